@@ -1,0 +1,114 @@
+# iotd - build, test, install, bench and fuzz.
+#
+#   make               optimised daemon at build/iotd
+#   make test          unit + end-to-end tests, then again under ASan+UBSan
+#   make unit          cmocka unit tests only (build/)
+#   make e2e           end-to-end tests only (build/)
+#   make check-san     unit + end-to-end tests on the sanitizer build (build-san/)
+#   make fuzz          each libFuzzer harness for FUZZ_SECONDS (clang)
+#   make install       PREFIX=/usr/local DESTDIR=
+
+CC       ?= cc
+BUILD    ?= build
+PREFIX   ?= /usr/local
+SYSCONFDIR ?= /etc
+FUZZ_SECONDS ?= 60
+PYTHON   ?= /usr/bin/python3
+
+PKGS     := libconfuse libsystemd
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	    -Wpointer-arith -Wno-unused-parameter
+OPT      ?= -O2 -g
+CFLAGS   += -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) -Iinclude $(PKG_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS  += $(EXTRA_LDFLAGS)
+LDLIBS   += $(PKG_LIBS)
+
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+COMMON_SRC := $(wildcard common/*.c)
+DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+LIB_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(DAEMON_SRC))
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+UNIT_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+CONTRIB_SRC := $(wildcard contrib/*.c)
+CONTRIB_BIN := $(patsubst contrib/%.c,$(BUILD)/contrib/%,$(CONTRIB_SRC))
+
+.PHONY: all unit e2e test check-san fuzz bench install uninstall clean run tools
+
+all: $(BUILD)/iotd tools
+
+tools: $(CONTRIB_BIN)
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libiotd.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/iotd: $(BUILD)/daemon/main.o $(BUILD)/libiotd.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libiotd.a $(wildcard include/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Wno-missing-prototypes $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS) -lcmocka
+
+$(BUILD)/contrib/%: contrib/%.c $(BUILD)/libiotd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
+
+unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+e2e: $(BUILD)/iotd tools
+	IOTD_BIN=$(abspath $(BUILD)/iotd) IOTD_TOOLS=$(abspath $(BUILD)/contrib) \
+	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
+
+check-san:
+	$(MAKE) BUILD=build-san OPT="-O1 -g" EXTRA_CFLAGS="$(SAN_FLAGS)" \
+	    EXTRA_LDFLAGS="$(SAN_FLAGS)" unit e2e
+
+test: all
+	$(MAKE) unit
+	$(MAKE) e2e
+	$(MAKE) check-san
+
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
+FUZZ_FLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1
+
+build-fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h)
+	@mkdir -p build-fuzz
+	clang -std=c17 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) $(FUZZ_FLAGS) -o $@ $< \
+	    $(COMMON_SRC) $(DAEMON_SRC) $(LDLIBS)
+
+fuzz: $(FUZZ_BIN)
+	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); \
+	    mkdir -p build-fuzz/corpus-$$n; \
+	    echo "== $$n for $(FUZZ_SECONDS)s"; \
+	    $$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	        build-fuzz/corpus-$$n tests/fuzz/corpus/$${n#fuzz_}; done
+
+bench: all
+	contrib/bench.sh
+
+run: all
+	$(BUILD)/iotd
+
+install: all
+	install -D -m 0755 $(BUILD)/iotd $(DESTDIR)$(PREFIX)/sbin/iotd
+	install -D -m 0644 contrib/iotd.conf $(DESTDIR)$(SYSCONFDIR)/iotd/iotd.conf
+	install -D -m 0644 systemd/iotd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/iotd.service
+	install -D -m 0644 systemd/iotd.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/iotd.socket
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/iotd $(DESTDIR)$(SYSCONFDIR)/iotd/iotd.conf \
+	    $(DESTDIR)$(PREFIX)/lib/systemd/system/iotd.service \
+	    $(DESTDIR)$(PREFIX)/lib/systemd/system/iotd.socket
+
+clean:
+	rm -rf build build-san build-fuzz

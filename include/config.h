@@ -1,0 +1,92 @@
+/*
+ * config.h - the daemon's configuration: defaults, file, environment, CLI.
+ *
+ * The supervisor parses it once (and again on SIGHUP) into a plain struct
+ * that children inherit by fork. Precedence: command line over environment
+ * (IOTD_<SECTION>_<KEY>, e.g. IOTD_SERVER_MAX_CONNECTIONS) over the file
+ * over built-in defaults.
+ */
+#ifndef IOTD_CONFIG_H
+#define IOTD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#define CONFIG_MAX_LISTEN 16
+#define CONFIG_ERR_LEN 512
+
+struct listen_addr {
+	char host[64];   /* numeric or name; "" or "*" means any */
+	char port[8];
+	int family;      /* AF_INET, AF_INET6 or AF_UNSPEC (host resolves) */
+};
+
+struct iotd_config {
+	/* server { } */
+	struct listen_addr listen[CONFIG_MAX_LISTEN];
+	int n_listen;
+	int workers;                 /* 0 = number of CPUs */
+	long max_connections;
+	long session_timeout_secs;   /* persistent sessions expire after this absence; 0 = never */
+	long keep_alive_timeout_secs;/* keep-alive applied to clients that ask for none (0) */
+	long max_keepalive;          /* a client asking for more is refused; 0 = no cap */
+	long connect_timeout;        /* seconds from accept to CONNECT */
+	long max_packet_size;        /* bytes, whole packet */
+	long retained_message_limit; /* number of retained topics */
+	long max_inflight;           /* QoS 1/2 messages in flight per session */
+	long max_queued_messages;    /* per session, beyond the in-flight window */
+	long max_queued_bytes;       /* per session; 0 = no byte cap */
+	long max_topic_levels;
+	long max_topic_length;
+	char user[64];               /* children drop to this user when started as root */
+	/* auth { } */
+	bool auth_enabled;
+	char auth_backend[32];
+	/* storage { } */
+	char storage_backend[16];    /* "memory" or "disk" */
+	char storage_path[256];
+	/* logging { } */
+	int log_level;               /* enum log_level */
+	int log_format;              /* enum log_format */
+	/* where it came from, for messages */
+	char path[256];
+};
+
+struct cli_args {
+	const char *config_path;     /* NULL: the default path, missing file is fine */
+	bool config_explicit;        /* -c given: a missing file is an error */
+	const char *listen[CONFIG_MAX_LISTEN];
+	int n_listen;
+	int workers;                 /* -1 when not given */
+	bool test_only;              /* -t */
+	bool help, version;
+	int verbose;                 /* -v count: raises log level */
+	/* internal: set by main when re-executing a role; unused for now */
+};
+
+/* Fill in built-in defaults. */
+void config_defaults(struct iotd_config *cfg);
+
+/*
+ * Parse argv. Returns 0, or -1 with a message in err ("unknown option
+ * '--x'", ...). Does not touch cfg.
+ */
+int config_parse_args(int argc, char **argv, struct cli_args *args,
+		      char *err, size_t errlen);
+
+/*
+ * Build the full configuration: defaults, then the file (args->config_path
+ * or the default path), then the environment, then the command line.
+ * Returns 0, or -1 with a message in err naming the file, line and key
+ * ("/etc/iotd/iotd.conf:12: server: max_connections: invalid value 'x'").
+ */
+int config_load(struct iotd_config *cfg, const struct cli_args *args,
+		char *const *envp, char *err, size_t errlen);
+
+/* Parse one listen address: "host:port", "[v6]:port", "tcp://host:port", ":port". */
+int config_parse_listen(const char *s, struct listen_addr *out);
+
+void config_usage(FILE *out, const char *prog);
+
+#endif

@@ -1,0 +1,38 @@
+/*
+ * log.h - logging for every role.
+ *
+ * One line per event on stderr, as text ("iotd[pid] worker 1: info: ...")
+ * or JSON ({"ts":..,"level":..,"role":..,"worker":..,"msg":..}). Under
+ * systemd (the journal stream is detected by JOURNAL_STREAM) text lines get
+ * an sd-daemon "<N>" priority prefix. Context fields (client id, remote
+ * address) are passed explicitly with log_client().
+ */
+#ifndef IOTD_LOG_H
+#define IOTD_LOG_H
+
+#include <stdarg.h>
+#include <stdnoreturn.h>
+
+enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
+enum log_format { LOG_FMT_TEXT, LOG_FMT_JSON };
+
+/* Set once at startup and again in each child after fork. worker < 0: none. */
+void log_init(enum log_level level, enum log_format format);
+void log_set_role(const char *role, int worker);
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+/* Parse "error"/"warn"/"info"/"debug" and "text"/"json"; -1 when unknown. */
+int log_level_parse(const char *s);
+int log_format_parse(const char *s);
+
+void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* A line about one client: the client id and remote address become fields. */
+void log_client(enum log_level level, const char *client_id, const char *remote,
+		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Log at error level and exit(1): for broken invariants and startup failures. */
+noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,125 @@
+/*
+ * rec.h - data-plane records between workers and the router.
+ *
+ * Each record travels as one shmring record (type = enum rec_type). The
+ * payload is a sequence of typed fields, written with recw_*() and read
+ * back with recr_*(): integers little-endian as the host is (both ends
+ * are the same binary), "str" = u16 length + bytes, "bytes" = u32 length
+ * + bytes. A reader never reads past the end: an overrun sets err and
+ * returns zeroes, and recr_end() fails unless the record was read to the
+ * last byte. A malformed record from a peer is a bug in iotd: log and
+ * drop it, never crash on it.
+ *
+ * Worker -> router (ring w2r[i]):
+ *   REC_CONNECT      u64 conn, u8 clean, u16 keepalive, str client_id, str remote,
+ *                    u8 will_flag, u8 will_qos, u8 will_retain, str will_topic,
+ *                    bytes will_payload
+ *                    (the worker has validated the CONNECT; the router owns
+ *                    the session registry and answers REC_CONNACK)
+ *   REC_SUBSCRIBE    u64 conn, u16 packet_id, u16 n, n x (str filter, u8 qos)
+ *                    (qos 0x80: the worker found the filter invalid; the
+ *                    router skips it and answers 0x80 for it)
+ *   REC_UNSUBSCRIBE  u64 conn, u16 packet_id, u16 n, n x (str filter)
+ *   REC_PUBLISH      u8 qos, u8 retain, str topic, bytes payload
+ *                    (qos = the publisher's QoS; the PUBACK/PUBREC was or
+ *                    will be sent by the worker)
+ *   REC_SESSION_MSG  u64 conn, u32 sid, u16 packet_id, u8 state, u8 qos, u8 retain,
+ *                    str topic, bytes payload
+ *                    (a QoS 1/2 message a closing persistent session still
+ *                    owes its client, sent just before REC_CLOSE; or, with
+ *                    state MSG_QUEUED, a delivery that reached a connection
+ *                    which had already closed: the router re-routes it to
+ *                    session sid)
+ *   REC_CLOSE        u64 conn, u8 publish_will, u16 n, n x u16 packet_id
+ *                    (connection gone; the ids are inbound QoS 2 messages
+ *                    awaiting PUBREL, kept for a persistent session)
+ *   REC_WORKER_DOWN  u32 worker, u32 new_epoch
+ *                    (written by the supervisor after worker i died and
+ *                    before its successor starts: every connection of an
+ *                    older epoch of that worker is gone, abnormally)
+ *
+ * Router -> worker (ring r2w[i]):
+ *   REC_CONNACK      u64 conn, u32 sid, u8 rc, u8 session_present, u16 n, n x u16 packet_id
+ *                    (ids: inbound QoS 2 awaiting PUBREL, from the stored session)
+ *   REC_SUBACK       u64 conn, u16 packet_id, u16 n, n x u8 code
+ *   REC_UNSUBACK     u64 conn, u16 packet_id
+ *   REC_DELIVER      u8 qos, str topic, bytes payload, u8 retain, u32 n,
+ *                    n x (u64 conn, u32 sid, u8 qos)
+ *                    (one record per worker per message: every target on
+ *                    that worker; target qos = min(publish, granted);
+ *                    retain=1 only for retained messages sent on subscribe)
+ *   REC_SESSION_MSG  as above: a stored message for a resumed session; the
+ *                    worker resends it (state MSG_INFLIGHT: same packet id,
+ *                    DUP=1; MSG_PUBREL: PUBREL only; MSG_QUEUED: new delivery)
+ *   REC_KICK         u64 conn
+ *                    (session taken over: close the connection, publish its will)
+ */
+#ifndef IOTD_REC_H
+#define IOTD_REC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum rec_type {
+	REC_CONNECT = 1,
+	REC_SUBSCRIBE,
+	REC_UNSUBSCRIBE,
+	REC_PUBLISH,
+	REC_SESSION_MSG,
+	REC_CLOSE,
+	REC_WORKER_DOWN,
+	REC_CONNACK,
+	REC_SUBACK,
+	REC_UNSUBACK,
+	REC_DELIVER,
+	REC_KICK,
+	REC_TYPE_MAX
+};
+
+enum msg_state {
+	MSG_QUEUED = 0,     /* not yet sent: gets a packet id when sent */
+	MSG_INFLIGHT = 1,   /* PUBLISH sent, awaiting PUBACK (QoS 1) or PUBREC (QoS 2) */
+	MSG_PUBREL = 2,     /* PUBREL sent, awaiting PUBCOMP (QoS 2) */
+};
+
+/* Growable writer, process-local. */
+struct recw {
+	uint8_t *buf;
+	size_t len, cap;
+	bool oom;            /* an allocation failed: the record is incomplete */
+};
+
+void recw_init(struct recw *w);
+void recw_free(struct recw *w);
+void recw_reset(struct recw *w);
+void recw_u8(struct recw *w, uint8_t v);
+void recw_u16(struct recw *w, uint16_t v);
+void recw_u32(struct recw *w, uint32_t v);
+void recw_u64(struct recw *w, uint64_t v);
+void recw_str(struct recw *w, const void *p, uint16_t len);
+void recw_bytes(struct recw *w, const void *p, uint32_t len);
+/* Overwrite a u16/u32 written earlier at offset off (for counts known late). */
+void recw_patch_u16(struct recw *w, size_t off, uint16_t v);
+void recw_patch_u32(struct recw *w, size_t off, uint32_t v);
+
+/* Bounds-checked reader over one record payload. */
+struct recr {
+	const uint8_t *p, *end;
+	bool err;
+};
+
+void recr_init(struct recr *r, const void *p, size_t len);
+uint8_t recr_u8(struct recr *r);
+uint16_t recr_u16(struct recr *r);
+uint32_t recr_u32(struct recr *r);
+uint64_t recr_u64(struct recr *r);
+/* Points into the record; *len 0 and *p NULL on error. */
+void recr_str(struct recr *r, const uint8_t **p, uint16_t *len);
+void recr_bytes(struct recr *r, const uint8_t **p, uint32_t *len);
+/* 0 when no field overran and every byte was read; -1 otherwise. */
+int recr_end(const struct recr *r);
+
+const char *rec_type_name(int type);
+
+#endif

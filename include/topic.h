@@ -1,0 +1,52 @@
+/*
+ * topic.h - topic names, topic filters, and the subscription trie.
+ *
+ * The trie is owned by the router alone: one level per node, '+' and '#'
+ * as ordinary children with special meaning at match time, topics that
+ * start with '$' never matched by a wildcard in the first level
+ * [MQTT-4.7.2-1]. Subscribers are opaque pointers (the router's sessions);
+ * one subscriber has at most one QoS per filter.
+ */
+#ifndef IOTD_TOPIC_H
+#define IOTD_TOPIC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * A topic name for PUBLISH: 1..max_len bytes, no '+' or '#', at most
+ * max_levels levels (0: no limit for either). UTF-8 is the codec's job.
+ */
+bool topic_name_valid(const char *t, size_t len, size_t max_levels, size_t max_len);
+/* A filter for SUBSCRIBE/UNSUBSCRIBE: '+' alone in its level, '#' alone and last. */
+bool topic_filter_valid(const char *f, size_t len, size_t max_levels, size_t max_len);
+/* Does filter match topic? Both assumed valid. */
+bool topic_matches(const char *filter, size_t flen, const char *topic, size_t tlen);
+
+struct topic_trie;
+
+struct topic_trie *topic_trie_new(void);
+/* Frees the trie and sets *t to NULL; NULL is fine. Subscribers are not freed. */
+void topic_trie_free(struct topic_trie **t);
+
+/* Returns 1 when added, 0 when the subscriber's QoS for this filter was replaced, -1 on ENOMEM. */
+int topic_trie_subscribe(struct topic_trie *t, const char *filter, size_t len,
+			 void *subscriber, uint8_t qos);
+/* Returns 1 when removed, 0 when the subscriber had no such filter. Empty nodes are pruned. */
+int topic_trie_unsubscribe(struct topic_trie *t, const char *filter, size_t len,
+			   void *subscriber);
+
+/*
+ * Call cb once per (matching filter, subscriber): a subscriber with two
+ * overlapping filters is reported twice, each with its own QoS; the router
+ * folds them into one delivery at the highest QoS [MQTT-3.3.5-1].
+ */
+typedef void (*topic_match_cb)(void *subscriber, uint8_t qos, void *arg);
+void topic_trie_match(const struct topic_trie *t, const char *topic, size_t len,
+		      topic_match_cb cb, void *arg);
+
+/* Number of (filter, subscriber) entries, for stats and tests. */
+size_t topic_trie_count(const struct topic_trie *t);
+
+#endif
