@@ -1,0 +1,83 @@
+/*
+ * role.h - what the supervisor hands each child role, and the shared
+ * memory segment every role maps.
+ *
+ * The supervisor creates all of it before the first fork and keeps it for
+ * the daemon's whole life: the memfd mapping with the rings and the
+ * counters, one eventfd per consuming process, and the listener <-> worker
+ * socketpairs. A restarted child therefore finds its rings, its wake-up
+ * eventfd and its fd channel exactly where its predecessor left them.
+ */
+#ifndef IOTD_ROLE_H
+#define IOTD_ROLE_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "iotd.h"
+#include "shmring.h"
+
+#define IOTD_SHM_MAGIC 0x696f7464u   /* "iotd" */
+
+struct worker_shm {
+	_Atomic uint32_t conns;        /* connections the worker holds now (listener balances on it) */
+	_Atomic uint32_t epoch;        /* bumped by the supervisor before each (re)start */
+	_Atomic uint64_t msgs_in;      /* PUBLISH packets received from clients */
+	_Atomic uint64_t msgs_out;     /* PUBLISH packets sent to clients */
+};
+
+struct iotd_shm {
+	uint32_t magic;
+	uint32_t nworkers;
+	uint64_t ring_size;            /* data bytes of each ring */
+	_Atomic uint64_t connects;     /* total accepted connections (listener) */
+	_Atomic uint32_t router_sessions; /* sessions the router knows */
+	_Atomic uint32_t retained;     /* retained messages held */
+	struct worker_shm workers[IOTD_MAX_WORKERS];
+	uint64_t w2r_off[IOTD_MAX_WORKERS]; /* offset of ring worker i -> router */
+	uint64_t r2w_off[IOTD_MAX_WORKERS]; /* offset of ring router -> worker i */
+};
+
+static inline struct shmring *shm_w2r(struct iotd_shm *s, unsigned i)
+{
+	return (struct shmring *)((char *)s + s->w2r_off[i]);
+}
+
+static inline struct shmring *shm_r2w(struct iotd_shm *s, unsigned i)
+{
+	return (struct shmring *)((char *)s + s->r2w_off[i]);
+}
+
+struct role_env {
+	const struct iotd_config *cfg;
+	struct iotd_shm *shm;
+	unsigned nworkers;
+	unsigned index;                /* worker index; 0 for other roles */
+	unsigned epoch;                /* this worker's epoch (conn ids carry it) */
+	int ctl_fd;                    /* SOCK_SEQPACKET to the supervisor */
+	int router_efd;                /* eventfd that wakes the router */
+	int worker_efd[IOTD_MAX_WORKERS]; /* eventfds that wake each worker */
+	int chan_listener[IOTD_MAX_WORKERS]; /* listener's end of the fd channel to worker i */
+	int chan_worker[IOTD_MAX_WORKERS];   /* worker i's end */
+	int listen_fds[CONFIG_MAX_LISTEN * 2];
+	int n_listen_fds;
+};
+
+/*
+ * Role entry points. Each sets up its own loop and runs until told to stop
+ * (IPC_SHUTDOWN or EOF on ctl_fd); the return value is the exit status.
+ * The supervisor has already set the process title, the log role and the
+ * parent-death signal, and closed the fds the role must not hold.
+ */
+int listener_main(struct role_env *env);
+int router_main(struct role_env *env);
+int worker_main(struct role_env *env);
+
+/* Wake a process sleeping on an eventfd (errors other than EAGAIN are fatal). */
+void eventfd_wake(int efd);
+/* Read and discard an eventfd's counter. */
+void eventfd_drain(int efd);
+
+#endif
