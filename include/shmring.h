@@ -70,8 +70,10 @@ struct shmring_producer {
 void shmring_producer_attach(struct shmring_producer *p, struct shmring *r);
 /*
  * Reserve room for a record with payload_len bytes; returns a pointer to
- * the payload, or NULL when the ring is full (p_wait is then set, so the
- * consumer will wake us) or payload_len > shmring_max_payload().
+ * the payload, or NULL when the ring is full (errno EAGAIN; p_wait is then
+ * set, so the consumer will wake us: commit what was reserved before
+ * sleeping, or the consumer has nothing to free) or payload_len >
+ * shmring_max_payload() (errno EMSGSIZE).
  */
 void *shmring_reserve(struct shmring_producer *p, uint16_t type, uint16_t flags,
 		      uint32_t payload_len);
@@ -85,13 +87,21 @@ struct shmring_consumer {
 };
 
 void shmring_consumer_attach(struct shmring_consumer *c, struct shmring *r);
-/* The next record (PAD skipped), or NULL when empty. The payload follows the header. */
+/*
+ * The next record (PAD skipped), or NULL when empty (errno EAGAIN). The
+ * payload follows the header. A record that does not fit in what the
+ * producer published means corrupted memory: NULL with errno EBADMSG, and
+ * everything published so far is skipped.
+ */
 const struct shmring_rec *shmring_peek(struct shmring_consumer *c);
 /* Step past the record shmring_peek() returned. */
 void shmring_next(struct shmring_consumer *c);
 /* Give back the space of everything consumed. Returns true when the producer must be woken. */
 bool shmring_release(struct shmring_consumer *c);
-/* Drop everything currently in the ring (a fresh consumer that must not see stale records). */
+/*
+ * Drop everything currently in the ring (a fresh consumer that must not see
+ * stale records). As for records read, shmring_release() gives the space back.
+ */
 void shmring_discard(struct shmring_consumer *c);
 /*
  * About to sleep: returns true when the ring is empty and c_sleep is now

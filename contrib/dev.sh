@@ -1,0 +1,55 @@
+#!/bin/sh
+# contrib/dev.sh - set up, build and run iotd, or run every test, on a
+# fresh Debian 12 machine.
+#
+#   contrib/dev.sh run     install what is missing, build, run on 127.0.0.1:1883
+#   contrib/dev.sh test    install what is missing, build, run every test
+#   contrib/dev.sh deps    only install what is missing
+#
+# Packages are installed with apt-get only when missing (root or sudo).
+set -eu
+
+cd "$(dirname "$0")/.."
+
+BUILD_PKGS="build-essential pkg-config libconfuse-dev libsystemd-dev uthash-dev"
+TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-paho-mqtt mosquitto-clients mosquitto procps"
+
+missing() {
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+			printf '%s ' "$p"
+	done
+}
+
+install_missing() {
+	need=$(missing "$@")
+	[ -z "$need" ] && return 0
+	echo "installing: $need"
+	sudo=""
+	[ "$(id -u)" -ne 0 ] && sudo="sudo"
+	$sudo apt-get update -qq
+	# shellcheck disable=SC2086
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $need
+}
+
+case "${1:-run}" in
+deps)
+	install_missing $BUILD_PKGS $TEST_PKGS
+	;;
+run)
+	install_missing $BUILD_PKGS
+	make -j"$(nproc)"
+	shift || true
+	# /etc/iotd/iotd.conf when installed, built-in defaults (127.0.0.1:1883) otherwise.
+	exec build/iotd "$@"
+	;;
+test)
+	install_missing $BUILD_PKGS $TEST_PKGS
+	make -j"$(nproc)" all
+	make test
+	;;
+*)
+	echo "usage: $0 run|test|deps" >&2
+	exit 2
+	;;
+esac

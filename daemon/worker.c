@@ -1,0 +1,1430 @@
+/*
+ * worker.c - a session worker: the client connections it was handed.
+ *
+ * Owns: the client sockets, their read and write buffers, keep-alive and
+ * connect deadlines, and the QoS state of its connected clients (the
+ * in-flight window and the queue behind it for outbound QoS 1/2 messages,
+ * and the inbound QoS 2 ids awaiting PUBREL). It decodes every packet,
+ * answers what it can alone (PUBACK/PUBREC/PUBCOMP, PINGRESP), and sends
+ * the rest to the router over its ring: CONNECT, SUBSCRIBE, UNSUBSCRIBE,
+ * PUBLISH, and the state a persistent session leaves behind when it
+ * closes. The router answers CONNACK, SUBACK, UNSUBACK and sends the
+ * deliveries, one record per message for all of this worker's targets.
+ *
+ * One epoll loop; replies and deliveries are appended to per-connection
+ * output buffers and flushed once per loop turn, ring records are
+ * committed once per turn, and the router is woken only if it sleeps.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ipc.h"
+#include "log.h"
+#include "mqtt.h"
+#include "rec.h"
+#include "role.h"
+#include "topic.h"
+
+#define READ_CHUNK 65536
+#define RING_BATCH 1024          /* router records handled per loop turn */
+#define OUT_LIMIT_MIN (1u << 20) /* QoS 0 dropped past this much unsent output */
+
+enum conn_state {
+	CS_NEW,          /* accepted, waiting for CONNECT */
+	CS_CONNECTING,   /* CONNECT sent to the router, waiting for its CONNACK */
+	CS_ACTIVE,
+	CS_CLOSED,       /* gone; freed at the end of the loop turn */
+};
+
+struct buf {
+	uint8_t *p;
+	size_t len, cap, off;        /* off: bytes of p already written (output) */
+};
+
+/* A QoS 1/2 message held until every client it went to has acknowledged it. */
+struct qmsg {
+	uint32_t refs;
+	uint16_t topic_len;
+	uint8_t retain;
+	uint32_t payload_len;
+	uint8_t data[];              /* topic, then payload */
+};
+
+struct inflight {
+	uint16_t packet_id;
+	uint8_t state;               /* MSG_INFLIGHT or MSG_PUBREL */
+	uint8_t qos;
+	struct qmsg *msg;            /* NULL once PUBREL was sent */
+};
+
+struct pending {
+	struct pending *next;
+	struct qmsg *msg;
+	uint8_t qos;
+};
+
+struct conn {
+	conn_id_t id;
+	int fd;
+	uint32_t sid;                /* the router's session id, from CONNACK */
+	uint8_t state;
+	bool clean;
+	bool paused;                 /* not reading: waiting for the router's CONNACK */
+	bool want_out;               /* EPOLLOUT armed */
+	bool dirty;                  /* in the flush list */
+	bool drop_logged;
+	uint16_t keepalive;          /* effective, seconds; 0 = none */
+	uint64_t last_rx_ms;
+	char *client_id;
+	char remote[64];
+	struct buf in, out;
+	struct inflight *inflight;   /* allocated while something is in flight */
+	uint16_t n_inflight;
+	uint16_t next_pid;
+	struct pending *pend_head, *pend_tail;
+	uint32_t n_pending;
+	uint16_t *qos2_in;           /* inbound QoS 2 ids awaiting PUBREL */
+	uint32_t n_qos2_in, cap_qos2_in;
+	struct conn *dirty_next;
+};
+
+/* A ring record that did not fit: kept in order until the router makes room. */
+struct backlog {
+	struct backlog *next;
+	uint16_t type;
+	uint32_t len;
+	uint8_t data[];
+};
+
+struct worker {
+	struct role_env *env;
+	const struct iotd_config *cfg;
+	unsigned index, epoch;
+	int epfd, timerfd;
+	struct shmring_producer prod;    /* to the router */
+	struct shmring_consumer cons;    /* from the router */
+	bool need_commit;
+	struct backlog *bl_head, *bl_tail;
+	size_t bl_bytes;
+	struct conn **slots;
+	uint16_t *serials;
+	uint32_t n_slots, cap_slots;
+	uint32_t *free_slots;
+	uint32_t n_free;
+	uint32_t n_conns;
+	struct conn *dirty;
+	struct conn *graveyard;          /* closed this turn: epoll may still name them */
+	struct recw rw;
+	uint8_t *rbuf;
+	uint64_t now_ms;
+	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
+	size_t out_limit;
+	bool stopping;
+};
+
+enum pkt_result { PKT_OK, PKT_PAUSE, PKT_CLOSED };
+
+static void conn_close(struct worker *w, struct conn *c, bool publish_will, const char *why);
+static void conn_process_input(struct worker *w, struct conn *c);
+
+static uint64_t clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* --- buffers ------------------------------------------------------------ */
+
+static int buf_reserve(struct buf *b, size_t n)
+{
+	size_t cap;
+	uint8_t *p;
+
+	if (b->len + n <= b->cap)
+		return 0;
+	cap = b->cap ? b->cap : 256;
+	while (cap < b->len + n)
+		cap *= 2;
+	p = realloc(b->p, cap);
+	if (p == NULL)
+		return -1;
+	b->p = p;
+	b->cap = cap;
+	return 0;
+}
+
+static void buf_free(struct buf *b)
+{
+	free(b->p);
+	*b = (struct buf){ 0 };
+}
+
+/* --- records to the router ---------------------------------------------- */
+
+static void backlog_add(struct worker *w, uint16_t type, const void *data, size_t len)
+{
+	struct backlog *b = malloc(sizeof(*b) + len);
+
+	if (b == NULL) {
+		log_error("out of memory queueing a %s record for the router; dropped",
+			  rec_type_name(type));
+		return;
+	}
+	b->next = NULL;
+	b->type = type;
+	b->len = (uint32_t)len;
+	memcpy(b->data, data, len);
+	if (w->bl_tail)
+		w->bl_tail->next = b;
+	else
+		w->bl_head = b;
+	w->bl_tail = b;
+	w->bl_bytes += len;
+}
+
+static void ring_push(struct worker *w, uint16_t type, const void *data, size_t len)
+{
+	void *dst;
+
+	if (w->bl_head == NULL) {
+		dst = shmring_reserve(&w->prod, type, 0, (uint32_t)len);
+		if (dst != NULL) {
+			memcpy(dst, data, len);
+			w->need_commit = true;
+			return;
+		}
+		if (errno == EMSGSIZE) {
+			log_error("%s record of %zu bytes is larger than the ring; dropped",
+				  rec_type_name(type), len);
+			return;
+		}
+	}
+	backlog_add(w, type, data, len);
+}
+
+static void push_recw(struct worker *w, uint16_t type)
+{
+	if (w->rw.oom) {
+		log_error("out of memory building a %s record; dropped", rec_type_name(type));
+		return;
+	}
+	ring_push(w, type, w->rw.buf, w->rw.len);
+}
+
+static void backlog_flush(struct worker *w)
+{
+	while (w->bl_head != NULL) {
+		struct backlog *b = w->bl_head;
+		void *dst = shmring_reserve(&w->prod, b->type, 0, b->len);
+
+		if (dst == NULL)
+			return;
+		memcpy(dst, b->data, b->len);
+		w->need_commit = true;
+		w->bl_head = b->next;
+		if (w->bl_head == NULL)
+			w->bl_tail = NULL;
+		w->bl_bytes -= b->len;
+		free(b);
+	}
+}
+
+static void ring_commit(struct worker *w)
+{
+	backlog_flush(w);
+	if (w->need_commit) {
+		w->need_commit = false;
+		if (shmring_commit(&w->prod))
+			eventfd_wake(w->env->router_efd);
+	}
+}
+
+/* --- output ------------------------------------------------------------- */
+
+static void conn_mark_dirty(struct worker *w, struct conn *c)
+{
+	if (!c->dirty) {
+		c->dirty = true;
+		c->dirty_next = w->dirty;
+		w->dirty = c;
+	}
+}
+
+static uint8_t *out_reserve(struct worker *w, struct conn *c, size_t n)
+{
+	uint8_t *p;
+
+	if (buf_reserve(&c->out, n) < 0)
+		return NULL;
+	p = c->out.p + c->out.len;
+	c->out.len += n;
+	conn_mark_dirty(w, c);
+	return p;
+}
+
+static void send_ack(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id)
+{
+	uint8_t *p = out_reserve(w, c, 4);
+
+	if (p != NULL)
+		mqtt_encode_ack(p, type, id);
+}
+
+static void send_connack(struct worker *w, struct conn *c, bool sp, uint8_t rc)
+{
+	uint8_t *p = out_reserve(w, c, 4);
+
+	if (p != NULL)
+		mqtt_encode_connack(p, sp, rc);
+}
+
+static void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
+			 const uint8_t *topic, size_t tlen, uint16_t pid,
+			 const uint8_t *payload, size_t plen)
+{
+	size_t n = mqtt_publish_size(tlen, plen, qos);
+	uint8_t *p = out_reserve(w, c, n);
+
+	if (p == NULL) {
+		log_client(LOG_LVL_WARN, c->client_id, c->remote,
+			   "out of memory for a delivery; message dropped");
+		return;
+	}
+	mqtt_encode_publish(p, dup, qos, retain, topic, tlen, pid, payload, plen);
+	w->msgs_out++;
+}
+
+static void conn_set_events(struct worker *w, struct conn *c)
+{
+	struct epoll_event ev = { .data.ptr = c };
+
+	ev.events = (c->paused ? 0 : EPOLLIN) | (c->want_out ? EPOLLOUT : 0);
+	if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
+		log_warn("epoll_ctl: %s", strerror(errno));
+}
+
+/* Returns false when the connection was closed. */
+static bool conn_flush(struct worker *w, struct conn *c)
+{
+	while (c->out.off < c->out.len) {
+		ssize_t n = write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				if (!c->want_out) {
+					c->want_out = true;
+					conn_set_events(w, c);
+				}
+				return true;
+			}
+			conn_close(w, c, true, strerror(errno));
+			return false;
+		}
+		c->out.off += (size_t)n;
+	}
+	/* Idle connections hold no buffer: memory per connection stays small. */
+	buf_free(&c->out);
+	if (c->want_out) {
+		c->want_out = false;
+		conn_set_events(w, c);
+	}
+	return true;
+}
+
+static void flush_dirty(struct worker *w)
+{
+	while (w->dirty != NULL) {
+		struct conn *c = w->dirty;
+
+		w->dirty = c->dirty_next;
+		c->dirty = false;
+		c->dirty_next = NULL;
+		if (!c->want_out)
+			conn_flush(w, c);
+	}
+}
+
+/* --- connection table --------------------------------------------------- */
+
+static struct conn *conn_lookup(struct worker *w, conn_id_t id)
+{
+	unsigned slot = conn_id_slot(id);
+	struct conn *c;
+
+	if (conn_id_worker(id) != w->index || conn_id_epoch(id) != (w->epoch & 0xffff) ||
+	    slot >= w->n_slots)
+		return NULL;
+	c = w->slots[slot];
+	return c != NULL && c->id == id ? c : NULL;
+}
+
+static int slot_alloc(struct worker *w, uint32_t *slot_r)
+{
+	if (w->n_free > 0) {
+		*slot_r = w->free_slots[--w->n_free];
+		return 0;
+	}
+	if (w->n_slots == w->cap_slots) {
+		uint32_t cap = w->cap_slots ? w->cap_slots * 2 : 1024;
+		struct conn **slots;
+		uint16_t *serials;
+		uint32_t *free_slots;
+
+		if (cap > 0xffffff)
+			return -1;
+		slots = realloc(w->slots, cap * sizeof(*slots));
+		if (slots == NULL)
+			return -1;
+		w->slots = slots;
+		serials = realloc(w->serials, cap * sizeof(*serials));
+		if (serials == NULL)
+			return -1;
+		w->serials = serials;
+		free_slots = realloc(w->free_slots, cap * sizeof(*free_slots));
+		if (free_slots == NULL)
+			return -1;
+		w->free_slots = free_slots;
+		w->cap_slots = cap;
+	}
+	w->slots[w->n_slots] = NULL;
+	w->serials[w->n_slots] = 0;
+	*slot_r = w->n_slots++;
+	return 0;
+}
+
+static void conn_new(struct worker *w, int fd, const struct ipc_client *info)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct conn *c;
+	uint32_t slot;
+
+	c = calloc(1, sizeof(*c));
+	if (c == NULL || slot_alloc(w, &slot) < 0) {
+		log_error("out of memory for a new connection from %s; closing it", info->remote);
+		free(c);
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->id = conn_id_make(w->index, w->epoch, slot, ++w->serials[slot]);
+	c->state = CS_NEW;
+	c->last_rx_ms = w->now_ms;
+	memcpy(c->remote, info->remote, sizeof(c->remote));
+	c->remote[sizeof(c->remote) - 1] = '\0';
+	ev.data.ptr = c;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		log_error("epoll_ctl: %s; closing the connection from %s", strerror(errno), c->remote);
+		w->free_slots[w->n_free++] = slot;
+		free(c);
+		close(fd);
+		return;
+	}
+	w->slots[slot] = c;
+	w->n_conns++;
+	atomic_fetch_add(&w->env->shm->workers[w->index].conns, 1);
+	log_debug("new connection from %s", c->remote);
+}
+
+static void qmsg_unref(struct qmsg *m)
+{
+	if (m != NULL && --m->refs == 0)
+		free(m);
+}
+
+static struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
+			     uint32_t plen, bool retain)
+{
+	struct qmsg *m = malloc(sizeof(*m) + tlen + plen);
+
+	if (m == NULL)
+		return NULL;
+	m->refs = 0;
+	m->topic_len = tlen;
+	m->retain = retain;
+	m->payload_len = plen;
+	memcpy(m->data, topic, tlen);
+	if (plen)
+		memcpy(m->data + tlen, payload, plen);
+	return m;
+}
+
+static void rec_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint16_t pid,
+			    uint8_t state, uint8_t qos, bool retain, const uint8_t *topic,
+			    uint16_t tlen, const uint8_t *payload, uint32_t plen)
+{
+	recw_reset(&w->rw);
+	recw_u64(&w->rw, conn);
+	recw_u32(&w->rw, sid);
+	recw_u16(&w->rw, pid);
+	recw_u8(&w->rw, state);
+	recw_u8(&w->rw, qos);
+	recw_u8(&w->rw, retain);
+	recw_str(&w->rw, topic, tlen);
+	recw_bytes(&w->rw, payload, plen);
+	push_recw(w, REC_SESSION_MSG);
+}
+
+/* A persistent session leaves what it still owes its client with the router. */
+static void conn_hand_back_state(struct worker *w, struct conn *c)
+{
+	for (uint16_t i = 0; i < c->n_inflight; i++) {
+		struct inflight *f = &c->inflight[i];
+		struct qmsg *m = f->msg;
+
+		if (m != NULL)
+			rec_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos, m->retain,
+					m->data, m->topic_len, m->data + m->topic_len,
+					m->payload_len);
+		else
+			rec_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos, false,
+					NULL, 0, NULL, 0);
+	}
+	for (struct pending *p = c->pend_head; p != NULL; p = p->next)
+		rec_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
+				p->msg->data, p->msg->topic_len, p->msg->data + p->msg->topic_len,
+				p->msg->payload_len);
+}
+
+static void conn_free_state(struct conn *c)
+{
+	struct pending *p, *next;
+
+	for (uint16_t i = 0; i < c->n_inflight; i++)
+		qmsg_unref(c->inflight[i].msg);
+	free(c->inflight);
+	for (p = c->pend_head; p != NULL; p = next) {
+		next = p->next;
+		qmsg_unref(p->msg);
+		free(p);
+	}
+	free(c->qos2_in);
+	free(c->client_id);
+	buf_free(&c->in);
+	buf_free(&c->out);
+}
+
+static void conn_close(struct worker *w, struct conn *c, bool publish_will, const char *why)
+{
+	unsigned slot = conn_id_slot(c->id);
+
+	if (c->state == CS_CONNECTING || c->state == CS_ACTIVE) {
+		if (c->state == CS_ACTIVE && !c->clean)
+			conn_hand_back_state(w, c);
+		recw_reset(&w->rw);
+		recw_u64(&w->rw, c->id);
+		recw_u8(&w->rw, publish_will);
+		if (c->clean) {
+			recw_u16(&w->rw, 0);
+		} else {
+			uint16_t n = (uint16_t)MIN(c->n_qos2_in, 65535u);
+
+			recw_u16(&w->rw, n);
+			for (uint16_t i = 0; i < n; i++)
+				recw_u16(&w->rw, c->qos2_in[i]);
+		}
+		push_recw(w, REC_CLOSE);
+		log_client(LOG_LVL_INFO, c->client_id, c->remote, "disconnected: %s", why);
+	} else {
+		log_debug("connection from %s closed before CONNECT: %s", c->remote, why);
+	}
+	/* Try to get the last bytes (a CONNACK with an error code) out. */
+	if (c->out.off < c->out.len)
+		(void)!write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
+	epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	c->fd = -1;
+	if (c->dirty) {
+		struct conn **pp = &w->dirty;
+
+		while (*pp != c)
+			pp = &(*pp)->dirty_next;
+		*pp = c->dirty_next;
+		c->dirty = false;
+	}
+	conn_free_state(c);
+	c->state = CS_CLOSED;
+	w->slots[slot] = NULL;
+	w->free_slots[w->n_free++] = slot;
+	w->n_conns--;
+	atomic_fetch_sub(&w->env->shm->workers[w->index].conns, 1);
+	c->dirty_next = w->graveyard;
+	w->graveyard = c;
+}
+
+static void bury_closed(struct worker *w)
+{
+	while (w->graveyard != NULL) {
+		struct conn *c = w->graveyard;
+
+		w->graveyard = c->dirty_next;
+		free(c);
+	}
+}
+
+/* --- outbound QoS ------------------------------------------------------- */
+
+static bool pid_in_use(const struct conn *c, uint16_t pid)
+{
+	for (uint16_t i = 0; i < c->n_inflight; i++)
+		if (c->inflight[i].packet_id == pid)
+			return true;
+	return false;
+}
+
+static uint16_t pid_alloc(struct conn *c)
+{
+	do {
+		c->next_pid = (uint16_t)(c->next_pid + 1);
+		if (c->next_pid == 0)
+			c->next_pid = 1;
+	} while (pid_in_use(c, c->next_pid));
+	return c->next_pid;
+}
+
+static bool inflight_room(struct worker *w, struct conn *c)
+{
+	if (c->n_inflight >= w->cfg->max_inflight)
+		return false;
+	if (c->inflight == NULL) {
+		c->inflight = malloc((size_t)w->cfg->max_inflight * sizeof(*c->inflight));
+		if (c->inflight == NULL)
+			return false;
+	}
+	return true;
+}
+
+static void inflight_send(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
+			  uint16_t pid, bool dup)
+{
+	struct inflight *f = &c->inflight[c->n_inflight++];
+
+	f->packet_id = pid;
+	f->state = MSG_INFLIGHT;
+	f->qos = qos;
+	f->msg = m;
+	m->refs++;
+	send_publish(w, c, dup, qos, m->retain, m->data, m->topic_len, pid,
+		     m->data + m->topic_len, m->payload_len);
+}
+
+static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos)
+{
+	struct pending *p;
+
+	if (c->n_pending >= (uint32_t)w->cfg->max_queued_messages ||
+	    (p = malloc(sizeof(*p))) == NULL) {
+		if (!c->drop_logged)
+			log_client(LOG_LVL_WARN, c->client_id, c->remote,
+				   "queue full (%u messages); dropping new messages", c->n_pending);
+		c->drop_logged = true;
+		return;
+	}
+	p->next = NULL;
+	p->msg = m;
+	p->qos = qos;
+	m->refs++;
+	if (c->pend_tail)
+		c->pend_tail->next = p;
+	else
+		c->pend_head = p;
+	c->pend_tail = p;
+	c->n_pending++;
+}
+
+static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos)
+{
+	if (c->pend_head == NULL && inflight_room(w, c))
+		inflight_send(w, c, m, qos, pid_alloc(c), false);
+	else
+		pending_add(w, c, m, qos);
+}
+
+/* Move queued messages into the window as acknowledgements free it. */
+static void pending_pump(struct worker *w, struct conn *c)
+{
+	while (c->pend_head != NULL && inflight_room(w, c)) {
+		struct pending *p = c->pend_head;
+
+		c->pend_head = p->next;
+		if (c->pend_head == NULL)
+			c->pend_tail = NULL;
+		c->n_pending--;
+		inflight_send(w, c, p->msg, p->qos, pid_alloc(c), false);
+		qmsg_unref(p->msg);
+		free(p);
+	}
+	if (c->pend_head == NULL)
+		c->drop_logged = false;
+	if (c->n_inflight == 0 && c->pend_head == NULL) {
+		free(c->inflight);
+		c->inflight = NULL;
+	}
+}
+
+static int inflight_find(const struct conn *c, uint16_t pid)
+{
+	for (uint16_t i = 0; i < c->n_inflight; i++)
+		if (c->inflight[i].packet_id == pid)
+			return i;
+	return -1;
+}
+
+static void inflight_remove(struct conn *c, int i)
+{
+	qmsg_unref(c->inflight[i].msg);
+	/* Keep the order: a resumed session resends in the original order. */
+	memmove(&c->inflight[i], &c->inflight[i + 1],
+		(size_t)(c->n_inflight - i - 1) * sizeof(*c->inflight));
+	c->n_inflight--;
+}
+
+/* --- inbound packets ---------------------------------------------------- */
+
+static bool qos2_in_has(const struct conn *c, uint16_t pid)
+{
+	for (uint32_t i = 0; i < c->n_qos2_in; i++)
+		if (c->qos2_in[i] == pid)
+			return true;
+	return false;
+}
+
+static int qos2_in_add(struct conn *c, uint16_t pid)
+{
+	if (c->n_qos2_in == c->cap_qos2_in) {
+		uint32_t cap = c->cap_qos2_in ? c->cap_qos2_in * 2 : 8;
+		uint16_t *p = realloc(c->qos2_in, cap * sizeof(*p));
+
+		if (p == NULL)
+			return -1;
+		c->qos2_in = p;
+		c->cap_qos2_in = cap;
+	}
+	c->qos2_in[c->n_qos2_in++] = pid;
+	return 0;
+}
+
+static void qos2_in_remove(struct conn *c, uint16_t pid)
+{
+	for (uint32_t i = 0; i < c->n_qos2_in; i++)
+		if (c->qos2_in[i] == pid) {
+			c->qos2_in[i] = c->qos2_in[--c->n_qos2_in];
+			return;
+		}
+}
+
+static void push_publish(struct worker *w, const struct mqtt_publish *pub)
+{
+	size_t len = 1 + 1 + 2 + pub->topic.len + 4 + pub->payload_len;
+	uint8_t *dst;
+
+	recw_reset(&w->rw);
+	if (w->bl_head == NULL &&
+	    (dst = shmring_reserve(&w->prod, REC_PUBLISH, 0, (uint32_t)len)) != NULL) {
+		/* The hot path: straight into the ring, no staging copy. */
+		dst[0] = pub->qos;
+		dst[1] = pub->retain;
+		memcpy(dst + 2, &pub->topic.len, 2);
+		memcpy(dst + 4, pub->topic.p, pub->topic.len);
+		memcpy(dst + 4 + pub->topic.len, &pub->payload_len, 4);
+		if (pub->payload_len)
+			memcpy(dst + 8 + pub->topic.len, pub->payload, pub->payload_len);
+		w->need_commit = true;
+		return;
+	}
+	recw_u8(&w->rw, pub->qos);
+	recw_u8(&w->rw, pub->retain);
+	recw_str(&w->rw, pub->topic.p, pub->topic.len);
+	recw_bytes(&w->rw, pub->payload, pub->payload_len);
+	push_recw(w, REC_PUBLISH);
+}
+
+static enum pkt_result handle_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
+{
+	if (!topic_name_valid((const char *)pub->topic.p, pub->topic.len,
+			      (size_t)w->cfg->max_topic_levels, (size_t)w->cfg->max_topic_length)) {
+		conn_close(w, c, true, "invalid topic name in PUBLISH");
+		return PKT_CLOSED;
+	}
+	w->msgs_in++;
+	switch (pub->qos) {
+	case 0:
+		push_publish(w, pub);
+		break;
+	case 1:
+		push_publish(w, pub);
+		send_ack(w, c, MQTT_PUBACK, pub->packet_id);
+		break;
+	case 2:
+		/* Exactly once: a resent id still awaiting PUBREL is not routed again. */
+		if (!qos2_in_has(c, pub->packet_id)) {
+			if (qos2_in_add(c, pub->packet_id) < 0) {
+				conn_close(w, c, true, "out of memory");
+				return PKT_CLOSED;
+			}
+			push_publish(w, pub);
+		}
+		send_ack(w, c, MQTT_PUBREC, pub->packet_id);
+		break;
+	}
+	return PKT_OK;
+}
+
+static void handle_sub(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+{
+	struct mqtt_list_iter it;
+	struct mqtt_str f;
+	uint8_t qos;
+	size_t count_off;
+	uint16_t n = 0;
+
+	recw_reset(&w->rw);
+	recw_u64(&w->rw, c->id);
+	recw_u16(&w->rw, pkt->u.list.packet_id);
+	count_off = w->rw.len;
+	recw_u16(&w->rw, 0);
+	mqtt_list_iter_init(&it, pkt);
+	while (mqtt_list_next(&it, &f, &qos)) {
+		bool ok = topic_filter_valid((const char *)f.p, f.len,
+					     (size_t)w->cfg->max_topic_levels,
+					     (size_t)w->cfg->max_topic_length);
+
+		recw_str(&w->rw, f.p, f.len);
+		if (pkt->type == MQTT_SUBSCRIBE)
+			recw_u8(&w->rw, ok ? qos : MQTT_SUBACK_FAILURE);
+		n++;
+	}
+	recw_patch_u16(&w->rw, count_off, n);
+	push_recw(w, pkt->type == MQTT_SUBSCRIBE ? REC_SUBSCRIBE : REC_UNSUBSCRIBE);
+}
+
+static enum pkt_result handle_connect(struct worker *w, struct conn *c, const struct mqtt_connect *ck)
+{
+	const struct iotd_config *cfg = w->cfg;
+	char gen[40];
+
+	if (ck->client_id.len == 0 && !ck->clean_session) {
+		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
+		conn_close(w, c, false, "empty client id with clean session 0");
+		return PKT_CLOSED;
+	}
+	if (cfg->max_keepalive > 0 && (ck->keepalive == 0 || ck->keepalive > cfg->max_keepalive)) {
+		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
+		conn_close(w, c, false, "keep-alive above max_keepalive");
+		return PKT_CLOSED;
+	}
+	if (ck->will_flag && !topic_name_valid((const char *)ck->will_topic.p, ck->will_topic.len,
+					       (size_t)cfg->max_topic_levels,
+					       (size_t)cfg->max_topic_length)) {
+		conn_close(w, c, false, "invalid will topic");
+		return PKT_CLOSED;
+	}
+	if (ck->client_id.len == 0) {
+		snprintf(gen, sizeof(gen), "iotd-%016llx", (unsigned long long)c->id);
+		c->client_id = strdup(gen);
+	} else {
+		c->client_id = strndup((const char *)ck->client_id.p, ck->client_id.len);
+	}
+	if (c->client_id == NULL) {
+		conn_close(w, c, false, "out of memory");
+		return PKT_CLOSED;
+	}
+	c->clean = ck->clean_session;
+	c->keepalive = ck->keepalive ? ck->keepalive : (uint16_t)cfg->keep_alive_timeout_secs;
+	recw_reset(&w->rw);
+	recw_u64(&w->rw, c->id);
+	recw_u8(&w->rw, ck->clean_session);
+	recw_u16(&w->rw, ck->keepalive);
+	recw_str(&w->rw, c->client_id, (uint16_t)strlen(c->client_id));
+	recw_str(&w->rw, c->remote, (uint16_t)strlen(c->remote));
+	recw_u8(&w->rw, ck->will_flag);
+	recw_u8(&w->rw, ck->will_qos);
+	recw_u8(&w->rw, ck->will_retain);
+	recw_str(&w->rw, ck->will_topic.p, ck->will_flag ? ck->will_topic.len : 0);
+	recw_bytes(&w->rw, ck->will_payload.p, ck->will_flag ? ck->will_payload.len : 0);
+	push_recw(w, REC_CONNECT);
+	c->state = CS_CONNECTING;
+	/* Nothing else from this client until the router has placed its session. */
+	c->paused = true;
+	conn_set_events(w, c);
+	return PKT_PAUSE;
+}
+
+static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+{
+	uint16_t pid = pkt->u.packet_id;
+	int i;
+
+	switch (pkt->type) {
+	case MQTT_PUBACK:
+	case MQTT_PUBCOMP:
+		i = inflight_find(c, pid);
+		if (i >= 0 && c->inflight[i].qos == (pkt->type == MQTT_PUBACK ? 1 : 2) &&
+		    c->inflight[i].state == (pkt->type == MQTT_PUBACK ? MSG_INFLIGHT : MSG_PUBREL)) {
+			inflight_remove(c, i);
+			pending_pump(w, c);
+		}
+		break;
+	case MQTT_PUBREC:
+		i = inflight_find(c, pid);
+		if (i >= 0 && c->inflight[i].qos == 2) {
+			if (c->inflight[i].state == MSG_INFLIGHT) {
+				qmsg_unref(c->inflight[i].msg);
+				c->inflight[i].msg = NULL;
+				c->inflight[i].state = MSG_PUBREL;
+			}
+			send_ack(w, c, MQTT_PUBREL, pid);
+		}
+		break;
+	case MQTT_PUBREL:
+		qos2_in_remove(c, pid);
+		send_ack(w, c, MQTT_PUBCOMP, pid);
+		break;
+	default:
+		break;
+	}
+	return PKT_OK;
+}
+
+static enum pkt_result handle_packet(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+{
+	if (c->state == CS_NEW) {
+		if (pkt->type != MQTT_CONNECT) {
+			conn_close(w, c, false, "first packet is not CONNECT");
+			return PKT_CLOSED;
+		}
+		return handle_connect(w, c, &pkt->u.connect);
+	}
+	switch (pkt->type) {
+	case MQTT_PUBLISH:
+		return handle_publish(w, c, &pkt->u.publish);
+	case MQTT_PUBACK:
+	case MQTT_PUBREC:
+	case MQTT_PUBREL:
+	case MQTT_PUBCOMP:
+		return handle_ack(w, c, pkt);
+	case MQTT_SUBSCRIBE:
+	case MQTT_UNSUBSCRIBE:
+		handle_sub(w, c, pkt);
+		return PKT_OK;
+	case MQTT_PINGREQ: {
+		uint8_t *p = out_reserve(w, c, 2);
+
+		if (p != NULL)
+			mqtt_encode_empty(p, MQTT_PINGRESP);
+		return PKT_OK;
+	}
+	case MQTT_DISCONNECT:
+		conn_close(w, c, false, "client sent DISCONNECT");
+		return PKT_CLOSED;
+	case MQTT_CONNECT:
+		conn_close(w, c, true, "second CONNECT");
+		return PKT_CLOSED;
+	default:
+		conn_close(w, c, true, "server-only packet from client");
+		return PKT_CLOSED;
+	}
+}
+
+static void decode_failure(struct worker *w, struct conn *c, int rc)
+{
+	char why[96];
+
+	if (rc == MQTT_ERR_PROTOCOL_LEVEL && c->state == CS_NEW) {
+		send_connack(w, c, false, MQTT_CONNACK_BAD_PROTOCOL);
+		conn_close(w, c, false, "unsupported protocol level");
+		return;
+	}
+	snprintf(why, sizeof(why), "protocol error: %s", mqtt_result_str(rc));
+	conn_close(w, c, c->state == CS_ACTIVE, why);
+}
+
+/*
+ * Decode and handle every whole packet in [p, p+len). Returns the bytes
+ * consumed, or -1 when the connection was closed.
+ */
+static ssize_t process_bytes(struct worker *w, struct conn *c, const uint8_t *p, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len && !c->paused) {
+		struct mqtt_packet pkt;
+		uint8_t first;
+		uint32_t remaining;
+		size_t hdr;
+		int rc = mqtt_fixed_header(p + off, len - off, (size_t)w->cfg->max_packet_size,
+					   &first, &remaining, &hdr);
+
+		if (rc == MQTT_INCOMPLETE)
+			break;
+		if (rc == MQTT_OK && hdr + remaining > len - off)
+			break;
+		if (rc == MQTT_OK)
+			rc = mqtt_decode(first, p + off + hdr, remaining, &pkt);
+		if (rc != MQTT_OK) {
+			decode_failure(w, c, rc);
+			return -1;
+		}
+		off += hdr + remaining;
+		switch (handle_packet(w, c, &pkt)) {
+		case PKT_CLOSED:
+			return -1;
+		case PKT_PAUSE:
+		case PKT_OK:
+			break;
+		}
+	}
+	return (ssize_t)off;
+}
+
+/* Handle what sits in c->in (partial packets, or input held while paused). */
+static void conn_process_input(struct worker *w, struct conn *c)
+{
+	ssize_t used = process_bytes(w, c, c->in.p, c->in.len);
+
+	if (used < 0)
+		return;
+	memmove(c->in.p, c->in.p + used, c->in.len - (size_t)used);
+	c->in.len -= (size_t)used;
+	if (c->in.len == 0)
+		buf_free(&c->in);
+}
+
+static void conn_read(struct worker *w, struct conn *c)
+{
+	ssize_t n = read(c->fd, w->rbuf, READ_CHUNK), used;
+
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		conn_close(w, c, true, n == 0 ? "connection closed by client" : strerror(errno));
+		return;
+	}
+	c->last_rx_ms = w->now_ms;
+	if (c->in.len > 0) {
+		/* A packet is already partly here: append, then decode in place. */
+		if (buf_reserve(&c->in, (size_t)n) < 0) {
+			conn_close(w, c, true, "out of memory");
+			return;
+		}
+		memcpy(c->in.p + c->in.len, w->rbuf, (size_t)n);
+		c->in.len += (size_t)n;
+		conn_process_input(w, c);
+		return;
+	}
+	used = process_bytes(w, c, w->rbuf, (size_t)n);
+	if (used < 0 || used == n)
+		return;
+	if (buf_reserve(&c->in, (size_t)(n - used)) < 0) {
+		conn_close(w, c, true, "out of memory");
+		return;
+	}
+	memcpy(c->in.p, w->rbuf + used, (size_t)(n - used));
+	c->in.len = (size_t)(n - used);
+}
+
+/* --- records from the router -------------------------------------------- */
+
+static void bounce(struct worker *w, conn_id_t conn, uint32_t sid, uint16_t pid, uint8_t state,
+		   uint8_t qos, bool retain, const uint8_t *topic, uint16_t tlen,
+		   const uint8_t *payload, uint32_t plen)
+{
+	/* The connection went away first: the router re-routes to the session. */
+	if (qos > 0 && sid != 0)
+		rec_session_msg(w, conn, sid, pid, state, qos, retain, topic, tlen, payload, plen);
+}
+
+static void rec_connack(struct worker *w, struct recr *r)
+{
+	conn_id_t id = recr_u64(r);
+	uint32_t sid = recr_u32(r);
+	uint8_t rc = recr_u8(r), sp = recr_u8(r);
+	uint16_t n = recr_u16(r);
+	struct conn *c = conn_lookup(w, id);
+
+	if (c == NULL || c->state != CS_CONNECTING) {
+		for (uint16_t i = 0; i < n; i++)
+			recr_u16(r);
+		return;
+	}
+	for (uint16_t i = 0; i < n; i++)
+		if (qos2_in_add(c, recr_u16(r)) < 0)
+			break;
+	if (rc != MQTT_CONNACK_ACCEPTED) {
+		send_connack(w, c, false, rc);
+		c->state = CS_NEW;
+		conn_close(w, c, false, "refused by the router");
+		return;
+	}
+	c->sid = sid;
+	c->state = CS_ACTIVE;
+	send_connack(w, c, sp, MQTT_CONNACK_ACCEPTED);
+	log_client(LOG_LVL_INFO, c->client_id, c->remote, "connected (clean session %d%s)",
+		   c->clean, sp ? ", session resumed" : "");
+	c->paused = false;
+	conn_set_events(w, c);
+	if (c->in.len > 0)
+		conn_process_input(w, c);
+}
+
+static void rec_suback(struct worker *w, struct recr *r, bool sub)
+{
+	conn_id_t id = recr_u64(r);
+	uint16_t pid = recr_u16(r);
+	struct conn *c = conn_lookup(w, id);
+	uint16_t n;
+	uint8_t *p;
+
+	if (!sub) {
+		if (c != NULL && c->state == CS_ACTIVE)
+			send_ack(w, c, MQTT_UNSUBACK, pid);
+		return;
+	}
+	n = recr_u16(r);
+	if (r->err || (size_t)(r->end - r->p) < n || c == NULL || c->state != CS_ACTIVE) {
+		r->p = r->end;
+		return;
+	}
+	p = out_reserve(w, c, mqtt_suback_size(n));
+	if (p != NULL)
+		mqtt_encode_suback(p, pid, r->p, n);
+	r->p += n;
+}
+
+static void rec_deliver(struct worker *w, struct recr *r)
+{
+	const uint8_t *topic, *payload;
+	uint16_t tlen;
+	uint32_t plen, n;
+	uint8_t qos, retain;
+	struct qmsg *m = NULL;
+
+	qos = recr_u8(r);
+	recr_str(r, &topic, &tlen);
+	recr_bytes(r, &payload, &plen);
+	retain = recr_u8(r);
+	n = recr_u32(r);
+	(void)qos;
+	for (uint32_t i = 0; i < n && !r->err; i++) {
+		conn_id_t id = recr_u64(r);
+		uint32_t sid = recr_u32(r);
+		uint8_t tq = recr_u8(r);
+		struct conn *c = conn_lookup(w, id);
+
+		if (r->err)
+			break;
+		if (c == NULL || c->state != CS_ACTIVE) {
+			bounce(w, id, sid, 0, MSG_QUEUED, tq, retain, topic, tlen, payload, plen);
+			continue;
+		}
+		if (tq == 0) {
+			if (c->out.len - c->out.off > w->out_limit) {
+				if (!c->drop_logged)
+					log_client(LOG_LVL_WARN, c->client_id, c->remote,
+						   "slow reader: dropping QoS 0 messages");
+				c->drop_logged = true;
+				continue;
+			}
+			send_publish(w, c, false, 0, retain, topic, tlen, 0, payload, plen);
+			continue;
+		}
+		if (m == NULL && (m = qmsg_new(topic, tlen, payload, plen, retain)) == NULL) {
+			log_error("out of memory for a QoS %u delivery; dropped", tq);
+			continue;
+		}
+		deliver_qos(w, c, m, tq > 2 ? 2 : tq);
+	}
+	if (m != NULL && m->refs == 0)
+		free(m);
+}
+
+static void rec_session_resend(struct worker *w, struct recr *r)
+{
+	conn_id_t id = recr_u64(r);
+	uint32_t sid = recr_u32(r);
+	uint16_t pid = recr_u16(r);
+	uint8_t state = recr_u8(r), qos = recr_u8(r), retain = recr_u8(r);
+	const uint8_t *topic, *payload;
+	uint16_t tlen;
+	uint32_t plen;
+	struct conn *c;
+	struct qmsg *m;
+
+	recr_str(r, &topic, &tlen);
+	recr_bytes(r, &payload, &plen);
+	if (r->err || qos == 0 || qos > 2)
+		return;
+	c = conn_lookup(w, id);
+	if (c == NULL || c->state != CS_ACTIVE) {
+		bounce(w, id, sid, pid, state, qos, retain, topic, tlen, payload, plen);
+		return;
+	}
+	if (state == MSG_PUBREL) {
+		if (pid != 0 && !pid_in_use(c, pid) && inflight_room(w, c)) {
+			c->inflight[c->n_inflight++] = (struct inflight){ pid, MSG_PUBREL, 2, NULL };
+			send_ack(w, c, MQTT_PUBREL, pid);
+		}
+		return;
+	}
+	m = qmsg_new(topic, tlen, payload, plen, retain);
+	if (m == NULL) {
+		log_error("out of memory resending a stored message; dropped");
+		return;
+	}
+	/* [MQTT-4.4.0-1]: unacknowledged messages go again with their ids, DUP set. */
+	if (state == MSG_INFLIGHT && pid != 0 && !pid_in_use(c, pid) && c->pend_head == NULL &&
+	    inflight_room(w, c))
+		inflight_send(w, c, m, qos, pid, true);
+	else
+		deliver_qos(w, c, m, qos);
+	if (m->refs == 0)
+		free(m);
+}
+
+static void rec_kick(struct worker *w, struct recr *r)
+{
+	struct conn *c = conn_lookup(w, recr_u64(r));
+
+	if (c != NULL)
+		conn_close(w, c, true, "session taken over by a new connection");
+}
+
+static void handle_record(struct worker *w, const struct shmring_rec *rec)
+{
+	struct recr r;
+
+	recr_init(&r, shmring_payload(rec), rec->len);
+	switch (rec->type) {
+	case REC_CONNACK: rec_connack(w, &r); break;
+	case REC_SUBACK: rec_suback(w, &r, true); break;
+	case REC_UNSUBACK: rec_suback(w, &r, false); break;
+	case REC_DELIVER: rec_deliver(w, &r); break;
+	case REC_SESSION_MSG: rec_session_resend(w, &r); break;
+	case REC_KICK: rec_kick(w, &r); break;
+	default:
+		log_warn("unexpected %s record from the router; ignored", rec_type_name(rec->type));
+		return;
+	}
+	if (recr_end(&r) < 0)
+		log_warn("malformed %s record from the router; ignored the rest",
+			 rec_type_name(rec->type));
+}
+
+static void drain_ring(struct worker *w)
+{
+	const struct shmring_rec *rec;
+	int n = 0;
+
+	while (n++ < RING_BATCH && (rec = shmring_peek(&w->cons)) != NULL) {
+		handle_record(w, rec);
+		shmring_next(&w->cons);
+	}
+	if (shmring_release(&w->cons))
+		eventfd_wake(w->env->router_efd);
+}
+
+/* --- timers, control, loop ---------------------------------------------- */
+
+static void check_deadlines(struct worker *w)
+{
+	uint64_t connect_ms = (uint64_t)w->cfg->connect_timeout * 1000;
+
+	for (uint32_t i = 0; i < w->n_slots; i++) {
+		struct conn *c = w->slots[i];
+		uint64_t idle;
+
+		if (c == NULL)
+			continue;
+		idle = w->now_ms - c->last_rx_ms;
+		if (c->state == CS_NEW && connect_ms > 0 && idle >= connect_ms)
+			conn_close(w, c, false, "no CONNECT within connect_timeout");
+		else if (c->state == CS_ACTIVE && c->keepalive > 0 &&
+			 idle >= (uint64_t)c->keepalive * 1500)
+			conn_close(w, c, true, "keep-alive timeout");
+	}
+}
+
+static void accept_clients(struct worker *w)
+{
+	for (int i = 0; i < 64; i++) {
+		struct ipc_hdr hdr;
+		struct ipc_client info;
+		int fd = -1;
+		ssize_t n = ipc_recv(w->env->chan_worker[w->index], &hdr, &info, sizeof(info), &fd);
+
+		if (n < 0 || hdr.type == 0)
+			return;
+		atomic_fetch_add(&w->env->shm->workers[w->index].accepted, 1);
+		if (hdr.type != IPC_CLIENT_FD || fd < 0 || (size_t)n != sizeof(info)) {
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		info.remote[sizeof(info.remote) - 1] = '\0';
+		conn_new(w, fd, &info);
+	}
+}
+
+static void close_all(struct worker *w, const char *why)
+{
+	for (uint32_t i = 0; i < w->n_slots; i++)
+		if (w->slots[i] != NULL)
+			conn_close(w, w->slots[i], false, why);
+}
+
+static bool control_message(struct worker *w)
+{
+	struct ipc_hdr hdr;
+	char buf[IPC_MAX_PAYLOAD];
+	int fd = -1;
+	ssize_t n = ipc_recv(w->env->ctl_fd, &hdr, buf, sizeof(buf), &fd);
+
+	if (fd >= 0)
+		close(fd);
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR;
+	if (hdr.type == 0 || hdr.type == IPC_SHUTDOWN)
+		return false;
+	if (hdr.type == IPC_PING)
+		ipc_send(w->env->ctl_fd, IPC_PONG, w->index, NULL, 0, -1);
+	return true;
+}
+
+static void publish_counters(struct worker *w)
+{
+	struct worker_shm *ws = &w->env->shm->workers[w->index];
+
+	if (w->msgs_in) {
+		atomic_fetch_add_explicit(&ws->msgs_in, w->msgs_in, memory_order_relaxed);
+		w->msgs_in = 0;
+	}
+	if (w->msgs_out) {
+		atomic_fetch_add_explicit(&ws->msgs_out, w->msgs_out, memory_order_relaxed);
+		w->msgs_out = 0;
+	}
+}
+
+static int worker_setup(struct worker *w, struct role_env *env)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
+
+	w->env = env;
+	w->cfg = env->cfg;
+	w->index = env->index;
+	w->epoch = env->epoch;
+	w->out_limit = MAX((size_t)OUT_LIMIT_MIN, 2 * (size_t)w->cfg->max_packet_size);
+	recw_init(&w->rw);
+	w->rbuf = malloc(READ_CHUNK);
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	w->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (w->rbuf == NULL || w->epfd < 0 || w->timerfd < 0 ||
+	    timerfd_settime(w->timerfd, 0, &its, NULL) < 0)
+		return -1;
+	shmring_producer_attach(&w->prod, shm_w2r(env->shm, w->index));
+	shmring_consumer_attach(&w->cons, shm_r2w(env->shm, w->index));
+	/* Whatever the router sent our predecessor is for connections that are gone. */
+	shmring_discard(&w->cons);
+	ev.data.ptr = &w->timerfd;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->timerfd, &ev) < 0)
+		return -1;
+	ev.data.ptr = &env->ctl_fd;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, env->ctl_fd, &ev) < 0)
+		return -1;
+	ev.data.ptr = &env->worker_efd[w->index];
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, env->worker_efd[w->index], &ev) < 0)
+		return -1;
+	ev.data.ptr = &env->chan_worker[w->index];
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, env->chan_worker[w->index], &ev) < 0)
+		return -1;
+	return 0;
+}
+
+static void worker_teardown(struct worker *w)
+{
+	struct backlog *b, *next;
+
+	ring_commit(w);
+	for (b = w->bl_head; b != NULL; b = next) {
+		next = b->next;
+		free(b);
+	}
+	free(w->slots);
+	free(w->serials);
+	free(w->free_slots);
+	free(w->rbuf);
+	recw_free(&w->rw);
+	close(w->epfd);
+	close(w->timerfd);
+}
+
+int worker_main(struct role_env *env)
+{
+	struct worker w = { 0 };
+	struct epoll_event evs[256];
+
+	if (worker_setup(&w, env) < 0)
+		fatal("worker setup failed: %s", strerror(errno));
+	atomic_store(&env->shm->workers[w.index].alive, 1);
+	ipc_send(env->ctl_fd, IPC_READY, w.index, NULL, 0, -1);
+	while (!w.stopping) {
+		int timeout = shmring_prepare_sleep(&w.cons) ? -1 : 0;
+		int n = epoll_wait(w.epfd, evs, (int)ARRAY_SIZE(evs), timeout);
+
+		if (n < 0 && errno != EINTR)
+			fatal("epoll_wait: %s", strerror(errno));
+		shmring_awake(&w.cons);
+		w.now_ms = clock_ms();
+		for (int i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+
+			if (p == &w.timerfd) {
+				uint64_t ticks;
+
+				(void)!read(w.timerfd, &ticks, sizeof(ticks));
+				check_deadlines(&w);
+				publish_counters(&w);
+			} else if (p == &env->ctl_fd) {
+				if (!control_message(&w))
+					w.stopping = true;
+			} else if (p == &env->worker_efd[w.index]) {
+				eventfd_drain(env->worker_efd[w.index]);
+			} else if (p == &env->chan_worker[w.index]) {
+				accept_clients(&w);
+			} else {
+				struct conn *c = p;
+
+				/* An earlier event of this turn may have closed it. */
+				if (c->state == CS_CLOSED)
+					continue;
+				if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP) && c->want_out) {
+					if (!conn_flush(&w, c))
+						continue;
+				}
+				if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP) &&
+				    c->state != CS_CLOSED)
+					conn_read(&w, c);
+			}
+		}
+		drain_ring(&w);
+		ring_commit(&w);
+		flush_dirty(&w);
+		bury_closed(&w);
+	}
+	close_all(&w, "broker shutting down");
+	bury_closed(&w);
+	publish_counters(&w);
+	worker_teardown(&w);
+	return 0;
+}
