@@ -465,6 +465,18 @@ static void reap_children(struct supervisor *sv)
 	}
 }
 
+/*
+ * A process killed between claiming a peer's wake-up flag and writing its
+ * eventfd leaves that peer asleep with work waiting: after a restart,
+ * wake every consumer once.
+ */
+static void wake_everyone(struct supervisor *sv)
+{
+	eventfd_wake(sv->env.router_efd);
+	for (unsigned i = 0; i < sv->env.nworkers; i++)
+		eventfd_wake(sv->env.worker_efd[i]);
+}
+
 static unsigned children_alive(const struct supervisor *sv)
 {
 	unsigned n = 0;
@@ -491,8 +503,11 @@ static void restart_due_children(struct supervisor *sv)
 			}
 			c->down_record_pending = false;
 		}
-		if (child_spawn(sv, c) < 0)
+		if (child_spawn(sv, c) < 0) {
 			child_schedule_restart(sv, c);
+			continue;
+		}
+		wake_everyone(sv);
 	}
 }
 

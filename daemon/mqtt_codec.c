@@ -1,0 +1,716 @@
+/*
+ * mqtt_codec.c - the MQTT 3.1.1 / 3.1 packet codec declared in mqtt.h.
+ *
+ * Owns the wire format and nothing else: fixed header, remaining length,
+ * every packet body in both directions, and UTF-8 validation. No state,
+ * no allocation, no I/O. Decoded strings point into the caller's buffer.
+ * Policy that needs context (topic syntax, client id rules, sessions) is
+ * left to the callers.
+ */
+#include "mqtt.h"
+
+#include <string.h>
+
+#define MQTT_PUBREL_FLAGS 0x2 /* also SUBSCRIBE, UNSUBSCRIBE [MQTT-2.2.2-1] */
+
+/* --- reading ------------------------------------------------------------ */
+
+/* A read cursor over one packet body; 'end' is never passed. */
+struct mqtt_rd {
+	const uint8_t *p, *end;
+};
+
+static inline size_t mqtt_rd_left(const struct mqtt_rd *r)
+{
+	return (size_t)(r->end - r->p);
+}
+
+static inline bool mqtt_rd_u8(struct mqtt_rd *r, uint8_t *v)
+{
+	if (r->p == r->end)
+		return false;
+	*v = *r->p++;
+	return true;
+}
+
+static inline bool mqtt_rd_u16(struct mqtt_rd *r, uint16_t *v)
+{
+	if (mqtt_rd_left(r) < 2)
+		return false;
+	*v = (uint16_t)(r->p[0] << 8 | r->p[1]);
+	r->p += 2;
+	return true;
+}
+
+/* Length-prefixed binary data: the form of every string and of the binary fields. */
+static inline int mqtt_rd_bin(struct mqtt_rd *r, struct mqtt_str *s)
+{
+	uint16_t n;
+
+	if (!mqtt_rd_u16(r, &n) || mqtt_rd_left(r) < n)
+		return MQTT_ERR_MALFORMED;
+	s->p = r->p;
+	s->len = n;
+	r->p += n;
+	return MQTT_OK;
+}
+
+static inline int mqtt_rd_utf8(struct mqtt_rd *r, struct mqtt_str *s)
+{
+	int rc = mqtt_rd_bin(r, s);
+
+	if (rc != MQTT_OK)
+		return rc;
+	return mqtt_utf8_valid(s->p, s->len) ? MQTT_OK : MQTT_ERR_UTF8;
+}
+
+static inline void mqtt_rd_init(struct mqtt_rd *r, const uint8_t *body, size_t len)
+{
+	r->p = body;
+	/* body may be NULL for an empty packet, and NULL + 0 is undefined */
+	r->end = len ? body + len : body;
+}
+
+/* --- UTF-8 [MQTT-1.5.3] ------------------------------------------------- */
+
+#define MQTT_ONES 0x0101010101010101ull
+#define MQTT_HIGHS 0x8080808080808080ull
+
+/*
+ * Topics are nearly always ASCII, so take 8 bytes at a time while they
+ * hold neither a high bit nor a zero byte (U+0000 is forbidden).
+ */
+static inline size_t mqtt_ascii_prefix(const uint8_t *p, size_t len)
+{
+	size_t i = 0;
+	uint64_t w;
+
+	while (len - i >= 8) {
+		memcpy(&w, p + i, 8);
+		if (((w | ((w - MQTT_ONES) & ~w)) & MQTT_HIGHS) != 0)
+			break;
+		i += 8;
+	}
+	return i;
+}
+
+/*
+ * Length of the well-formed sequence starting at p[0] (Unicode table 3-7),
+ * or 0 if ill-formed. The second byte's range is what rules out overlong
+ * forms, surrogates and code points above U+10FFFF.
+ */
+static inline size_t mqtt_utf8_seq(const uint8_t *p, size_t left)
+{
+	uint8_t c = p[0], lo = 0x80, hi = 0xBF;
+	size_t n;
+
+	if (c < 0x80)
+		return c != 0;
+	if (c < 0xC2)
+		return 0;       /* continuation byte, or overlong C0/C1 */
+	if (c < 0xE0) {
+		n = 2;
+	} else if (c < 0xF0) {
+		n = 3;
+		if (c == 0xE0)
+			lo = 0xA0;
+		else if (c == 0xED)
+			hi = 0x9F;
+	} else if (c < 0xF5) {
+		n = 4;
+		if (c == 0xF0)
+			lo = 0x90;
+		else if (c == 0xF4)
+			hi = 0x8F;
+	} else {
+		return 0;
+	}
+	if (left < n || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t i = 2; i < n; i++)
+		if ((p[i] & 0xC0) != 0x80)
+			return 0;
+	return n;
+}
+
+bool mqtt_utf8_valid(const uint8_t *p, size_t len)
+{
+	size_t i = 0;
+
+	while (i < len) {
+		size_t stop;
+
+		i += mqtt_ascii_prefix(p + i, len - i);
+		/* the word that stopped the fast path (or the tail) goes byte by byte */
+		stop = len - i < 8 ? len : i + 8;
+		while (i < stop) {
+			size_t n = mqtt_utf8_seq(p + i, len - i);
+
+			if (n == 0)
+				return false;
+			i += n;
+		}
+	}
+	return true;
+}
+
+/* --- fixed header ------------------------------------------------------- */
+
+int mqtt_fixed_header(const uint8_t *buf, size_t len, size_t max_packet,
+		      uint8_t *first_byte, uint32_t *remaining, size_t *hdr_len)
+{
+	uint32_t value = 0;
+
+	if (len == 0)
+		return MQTT_INCOMPLETE;
+	if ((buf[0] >> 4) == 0 || (buf[0] >> 4) == 15)
+		return MQTT_ERR_TYPE;
+	for (size_t i = 1; i < MQTT_MAX_FIXED_HEADER; i++) {
+		if (i >= len)
+			return MQTT_INCOMPLETE;
+		value |= (uint32_t)(buf[i] & 0x7F) << (7 * (i - 1));
+		/*
+		 * Even before the last length byte arrives, 'value' is a lower
+		 * bound (later bytes may be zero), so an oversized packet is
+		 * refused without waiting for the rest of its header.
+		 */
+		if (max_packet && (size_t)value + i + 1 > max_packet)
+			return MQTT_ERR_TOO_LARGE;
+		if (!(buf[i] & 0x80)) {
+			*first_byte = buf[0];
+			*remaining = value;
+			*hdr_len = i + 1;
+			return MQTT_OK;
+		}
+	}
+	return MQTT_ERR_MALFORMED;
+}
+
+/* --- decoding ----------------------------------------------------------- */
+
+static int mqtt_decode_connect_flags(struct mqtt_connect *c, uint8_t f)
+{
+	if (f & 0x01)
+		return MQTT_ERR_MALFORMED;      /* reserved [MQTT-3.1.2-3] */
+	c->clean_session = f & 0x02;
+	c->will_flag = f & 0x04;
+	c->will_qos = (f >> 3) & 3;
+	c->will_retain = f & 0x20;
+	c->password_flag = f & 0x40;
+	c->username_flag = f & 0x80;
+	if (c->will_qos == 3)
+		return MQTT_ERR_MALFORMED;      /* [MQTT-3.1.2-14] */
+	if (!c->will_flag && (c->will_qos || c->will_retain))
+		return MQTT_ERR_MALFORMED;      /* [MQTT-3.1.2-13], [MQTT-3.1.2-15] */
+	if (c->password_flag && !c->username_flag)
+		return MQTT_ERR_MALFORMED;      /* [MQTT-3.1.2-22] */
+	return MQTT_OK;
+}
+
+/*
+ * The level is checked right after the name and before anything else, so
+ * that a newer client (MQTT 5 adds properties) gets CONNACK 1, not a
+ * parse error [MQTT-3.1.2-2].
+ */
+static int mqtt_decode_protocol(struct mqtt_rd *r, struct mqtt_connect *c)
+{
+	struct mqtt_str name;
+	uint8_t want;
+
+	if (mqtt_rd_bin(r, &name) != MQTT_OK)
+		return MQTT_ERR_MALFORMED;
+	if (name.len == 4 && memcmp(name.p, "MQTT", 4) == 0)
+		want = 4;
+	else if (name.len == 6 && memcmp(name.p, "MQIsdp", 6) == 0)
+		want = 3;
+	else
+		return MQTT_ERR_PROTOCOL_NAME;  /* [MQTT-3.1.2-1] */
+	if (!mqtt_rd_u8(r, &c->protocol_level))
+		return MQTT_ERR_MALFORMED;
+	return c->protocol_level == want ? MQTT_OK : MQTT_ERR_PROTOCOL_LEVEL;
+}
+
+static int mqtt_decode_connect_payload(struct mqtt_rd *r, struct mqtt_connect *c)
+{
+	int rc = mqtt_rd_utf8(r, &c->client_id);
+
+	if (rc == MQTT_OK && c->will_flag) {
+		rc = mqtt_rd_utf8(r, &c->will_topic);
+		if (rc == MQTT_OK)
+			rc = mqtt_rd_bin(r, &c->will_payload);
+	}
+	if (rc == MQTT_OK && c->username_flag)
+		rc = mqtt_rd_utf8(r, &c->username);
+	if (rc == MQTT_OK && c->password_flag)
+		rc = mqtt_rd_bin(r, &c->password);
+	return rc;
+}
+
+static int mqtt_decode_connect(struct mqtt_rd *r, struct mqtt_connect *c)
+{
+	uint8_t flags;
+	int rc;
+
+	*c = (struct mqtt_connect){ 0 };
+	rc = mqtt_decode_protocol(r, c);
+	if (rc != MQTT_OK)
+		return rc;
+	if (!mqtt_rd_u8(r, &flags) || !mqtt_rd_u16(r, &c->keepalive))
+		return MQTT_ERR_MALFORMED;
+	rc = mqtt_decode_connect_flags(c, flags);
+	if (rc == MQTT_OK)
+		rc = mqtt_decode_connect_payload(r, c);
+	return rc;
+}
+
+static int mqtt_decode_connack(struct mqtt_rd *r, struct mqtt_connack *ca)
+{
+	if (mqtt_rd_left(r) != 2)
+		return MQTT_ERR_MALFORMED;
+	/* reserved bits [MQTT-3.2.2.1]; no session with a refusal [MQTT-3.2.2-4] */
+	if ((r->p[0] & 0xFE) || r->p[1] > MQTT_CONNACK_NOT_AUTHORIZED ||
+	    (r->p[0] && r->p[1]))
+		return MQTT_ERR_MALFORMED;
+	ca->session_present = r->p[0];
+	ca->rc = r->p[1];
+	r->p += 2;
+	return MQTT_OK;
+}
+
+static int mqtt_decode_publish(struct mqtt_rd *r, uint8_t flags, struct mqtt_publish *pub)
+{
+	int rc;
+
+	pub->dup = flags & 0x08;
+	pub->qos = (flags >> 1) & 3;
+	pub->retain = flags & 0x01;
+	pub->packet_id = 0;
+	if (pub->qos == 3)
+		return MQTT_ERR_MALFORMED;      /* [MQTT-3.3.1-4] */
+	if (pub->qos == 0 && pub->dup)
+		return MQTT_ERR_MALFORMED;      /* [MQTT-3.3.1-2] */
+	rc = mqtt_rd_utf8(r, &pub->topic);
+	if (rc != MQTT_OK)
+		return rc;
+	if (pub->qos && (!mqtt_rd_u16(r, &pub->packet_id) || pub->packet_id == 0))
+		return MQTT_ERR_MALFORMED;      /* [MQTT-2.3.1-1] */
+	pub->payload = r->p;
+	pub->payload_len = (uint32_t)mqtt_rd_left(r);
+	r->p = r->end;
+	return MQTT_OK;
+}
+
+/* PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: a packet id and nothing else. */
+static int mqtt_decode_ack(struct mqtt_rd *r, uint16_t *packet_id)
+{
+	if (mqtt_rd_left(r) != 2 || !mqtt_rd_u16(r, packet_id) || *packet_id == 0)
+		return MQTT_ERR_MALFORMED;
+	return MQTT_OK;
+}
+
+/*
+ * One list entry. A SUBSCRIBE's requested QoS has its upper six bits
+ * reserved [MQTT-3.8.3-4]; a SUBACK code is 0, 1, 2 or 0x80 [MQTT-3.9.3-2].
+ */
+static int mqtt_decode_entry(struct mqtt_rd *r, enum mqtt_type type)
+{
+	struct mqtt_str filter;
+	uint8_t q;
+	int rc;
+
+	if (type == MQTT_SUBACK) {
+		if (!mqtt_rd_u8(r, &q) || (q > 2 && q != MQTT_SUBACK_FAILURE))
+			return MQTT_ERR_MALFORMED;
+		return MQTT_OK;
+	}
+	rc = mqtt_rd_utf8(r, &filter);
+	if (rc != MQTT_OK || type == MQTT_UNSUBSCRIBE)
+		return rc;
+	if (!mqtt_rd_u8(r, &q) || q > 2)
+		return MQTT_ERR_MALFORMED;
+	return MQTT_OK;
+}
+
+/*
+ * The whole list is checked here so that mqtt_list_next() cannot fail.
+ * 'count' is 16 bits wide: a longer list is refused as too large, which
+ * a sane max_packet makes unreachable anyway.
+ */
+static int mqtt_decode_list(struct mqtt_rd *r, enum mqtt_type type, struct mqtt_list *l)
+{
+	size_t count = 0;
+
+	if (!mqtt_rd_u16(r, &l->packet_id) || l->packet_id == 0)
+		return MQTT_ERR_MALFORMED;
+	l->p = r->p;
+	l->len = mqtt_rd_left(r);
+	if (l->len == 0)
+		return MQTT_ERR_MALFORMED;      /* [MQTT-3.8.3-3], [MQTT-3.10.3-2] */
+	while (r->p != r->end) {
+		int rc = mqtt_decode_entry(r, type);
+
+		if (rc != MQTT_OK)
+			return rc;
+		if (++count > UINT16_MAX)
+			return MQTT_ERR_TOO_LARGE;
+	}
+	l->count = (uint16_t)count;
+	return MQTT_OK;
+}
+
+/* The fixed-header flags each type must carry [MQTT-2.2.2-1], [MQTT-2.2.2-2]. */
+static inline uint8_t mqtt_required_flags(enum mqtt_type type)
+{
+	return (type == MQTT_PUBREL || type == MQTT_SUBSCRIBE ||
+		type == MQTT_UNSUBSCRIBE) ? MQTT_PUBREL_FLAGS : 0;
+}
+
+static int mqtt_decode_body(struct mqtt_rd *r, struct mqtt_packet *out)
+{
+	switch (out->type) {
+	case MQTT_CONNECT:
+		return mqtt_decode_connect(r, &out->u.connect);
+	case MQTT_CONNACK:
+		return mqtt_decode_connack(r, &out->u.connack);
+	case MQTT_PUBLISH:
+		return mqtt_decode_publish(r, out->flags, &out->u.publish);
+	case MQTT_PUBACK:
+	case MQTT_PUBREC:
+	case MQTT_PUBREL:
+	case MQTT_PUBCOMP:
+	case MQTT_UNSUBACK:
+		return mqtt_decode_ack(r, &out->u.packet_id);
+	case MQTT_SUBSCRIBE:
+	case MQTT_SUBACK:
+	case MQTT_UNSUBSCRIBE:
+		return mqtt_decode_list(r, out->type, &out->u.list);
+	case MQTT_PINGREQ:
+	case MQTT_PINGRESP:
+	case MQTT_DISCONNECT:
+		return MQTT_OK;
+	}
+	return MQTT_ERR_TYPE;
+}
+
+int mqtt_decode(uint8_t first_byte, const uint8_t *body, size_t len,
+		struct mqtt_packet *out)
+{
+	unsigned type = first_byte >> 4;
+	struct mqtt_rd r;
+	int rc;
+
+	if (type < MQTT_CONNECT || type > MQTT_DISCONNECT)
+		return MQTT_ERR_TYPE;
+	out->type = (enum mqtt_type)type;
+	out->flags = first_byte & 0x0F;
+	if (out->type != MQTT_PUBLISH && out->flags != mqtt_required_flags(out->type))
+		return MQTT_ERR_MALFORMED;
+	mqtt_rd_init(&r, body, len);
+	rc = mqtt_decode_body(&r, out);
+	if (rc == MQTT_OK && r.p != r.end)
+		return MQTT_ERR_MALFORMED;      /* trailing bytes */
+	return rc;
+}
+
+/* --- lists -------------------------------------------------------------- */
+
+void mqtt_list_iter_init(struct mqtt_list_iter *it, const struct mqtt_packet *pkt)
+{
+	it->type = pkt->type;
+	it->p = pkt->u.list.p;
+	it->end = pkt->u.list.len ? pkt->u.list.p + pkt->u.list.len : pkt->u.list.p;
+}
+
+/* No bounds checks: mqtt_decode_list() already walked the same bytes. */
+bool mqtt_list_next(struct mqtt_list_iter *it, struct mqtt_str *filter, uint8_t *qos)
+{
+	struct mqtt_str f = { NULL, 0 };
+	uint8_t q = 0;
+
+	if (it->p >= it->end)
+		return false;
+	if (it->type != MQTT_SUBACK) {
+		f.len = (uint16_t)(it->p[0] << 8 | it->p[1]);
+		f.p = it->p + 2;
+		it->p += 2 + (size_t)f.len;
+	}
+	if (it->type != MQTT_UNSUBSCRIBE)
+		q = *it->p++;
+	if (filter)
+		*filter = f;
+	if (qos)
+		*qos = q;
+	return true;
+}
+
+/* --- encoding ----------------------------------------------------------- */
+
+size_t mqtt_varint_size(uint32_t n)
+{
+	if (n < 128u)
+		return 1;
+	if (n < 16384u)
+		return 2;
+	if (n < 2097152u)
+		return 3;
+	return n <= MQTT_MAX_REMAINING ? 4 : 0;
+}
+
+size_t mqtt_varint_encode(uint8_t *out, uint32_t n)
+{
+	size_t i = 0;
+
+	if (n > MQTT_MAX_REMAINING)
+		return 0;
+	do {
+		uint8_t b = n & 0x7F;
+
+		n >>= 7;
+		out[i++] = n ? (uint8_t)(b | 0x80) : b;
+	} while (n);
+	return i;
+}
+
+static inline uint8_t *mqtt_put_u16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+	return p + 2;
+}
+
+static inline uint8_t *mqtt_put_bin(uint8_t *p, const uint8_t *s, size_t len)
+{
+	p = mqtt_put_u16(p, (uint16_t)len);
+	if (len)
+		memcpy(p, s, len);
+	return p + len;
+}
+
+static inline uint8_t *mqtt_put_header(uint8_t *p, uint8_t first_byte, uint32_t remaining)
+{
+	*p++ = first_byte;
+	return p + mqtt_varint_encode(p, remaining);
+}
+
+/* Whole packet size for a body of 'remaining' bytes; 0 if over the protocol limit. */
+static inline size_t mqtt_packet_size(size_t remaining)
+{
+	if (remaining > MQTT_MAX_REMAINING)
+		return 0;
+	return 1 + mqtt_varint_size((uint32_t)remaining) + remaining;
+}
+
+size_t mqtt_encode_connack(uint8_t out[4], bool session_present, uint8_t rc)
+{
+	out[0] = MQTT_CONNACK << 4;
+	out[1] = 2;
+	out[2] = session_present && rc == MQTT_CONNACK_ACCEPTED; /* [MQTT-3.2.2-4] */
+	out[3] = rc;
+	return 4;
+}
+
+size_t mqtt_encode_ack(uint8_t out[4], enum mqtt_type type, uint16_t packet_id)
+{
+	if (type != MQTT_PUBACK && type != MQTT_PUBREC && type != MQTT_PUBREL &&
+	    type != MQTT_PUBCOMP && type != MQTT_UNSUBACK)
+		return 0;
+	out[0] = (uint8_t)(type << 4 | mqtt_required_flags(type));
+	out[1] = 2;
+	mqtt_put_u16(out + 2, packet_id);
+	return 4;
+}
+
+size_t mqtt_encode_empty(uint8_t out[2], enum mqtt_type type)
+{
+	if (type != MQTT_PINGREQ && type != MQTT_PINGRESP && type != MQTT_DISCONNECT)
+		return 0;
+	out[0] = (uint8_t)(type << 4);
+	out[1] = 0;
+	return 2;
+}
+
+size_t mqtt_suback_size(size_t n)
+{
+	if (n == 0 || n > MQTT_MAX_REMAINING)
+		return 0;
+	return mqtt_packet_size(2 + n);
+}
+
+size_t mqtt_encode_suback(uint8_t *out, uint16_t packet_id, const uint8_t *codes, size_t n)
+{
+	uint8_t *p;
+
+	if (mqtt_suback_size(n) == 0)
+		return 0;
+	p = mqtt_put_header(out, MQTT_SUBACK << 4, (uint32_t)(2 + n));
+	p = mqtt_put_u16(p, packet_id);
+	memcpy(p, codes, n);
+	return (size_t)(p + n - out);
+}
+
+static inline size_t mqtt_publish_remaining(size_t topic_len, size_t payload_len, uint8_t qos)
+{
+	if (topic_len > UINT16_MAX || qos > 2 || payload_len > MQTT_MAX_REMAINING)
+		return SIZE_MAX;
+	return 2 + topic_len + (qos ? 2 : 0) + payload_len;
+}
+
+size_t mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos)
+{
+	size_t rem = mqtt_publish_remaining(topic_len, payload_len, qos);
+
+	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
+}
+
+size_t mqtt_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
+			   const uint8_t *topic, size_t topic_len, uint16_t packet_id,
+			   const uint8_t *payload, size_t payload_len)
+{
+	size_t rem = mqtt_publish_remaining(topic_len, payload_len, qos);
+	uint8_t first;
+	uint8_t *p;
+
+	if (rem == SIZE_MAX || rem > MQTT_MAX_REMAINING)
+		return 0;
+	/* DUP is meaningless at QoS 0 and must be clear [MQTT-3.3.1-2] */
+	first = (uint8_t)(MQTT_PUBLISH << 4 | (dup && qos ? 0x08 : 0) | qos << 1 | (retain ? 1 : 0));
+	p = mqtt_put_header(out, first, (uint32_t)rem);
+	p = mqtt_put_bin(p, topic, topic_len);
+	if (qos)
+		p = mqtt_put_u16(p, packet_id);
+	if (payload_len)
+		memcpy(p, payload, payload_len);
+	return (size_t)(p + payload_len - out);
+}
+
+static inline const char *mqtt_protocol_name(uint8_t level)
+{
+	return level == 3 ? "MQIsdp" : "MQTT";
+}
+
+static size_t mqtt_connect_remaining(const struct mqtt_connect *c)
+{
+	size_t n = 2 + strlen(mqtt_protocol_name(c->protocol_level)) + 1 + 1 + 2;
+
+	n += 2 + (size_t)c->client_id.len;
+	if (c->will_flag)
+		n += 4 + (size_t)c->will_topic.len + c->will_payload.len;
+	if (c->username_flag)
+		n += 2 + (size_t)c->username.len;
+	if (c->password_flag)
+		n += 2 + (size_t)c->password.len;
+	return n;
+}
+
+size_t mqtt_connect_size(const struct mqtt_connect *c)
+{
+	return mqtt_packet_size(mqtt_connect_remaining(c));
+}
+
+/*
+ * Flags go out as given, even inconsistent ones, so tests can build the
+ * invalid CONNECTs the decoder must refuse; the fields that follow are
+ * written according to those flags.
+ */
+static inline uint8_t mqtt_connect_flags(const struct mqtt_connect *c)
+{
+	return (uint8_t)((c->clean_session ? 0x02 : 0) | (c->will_flag ? 0x04 : 0) |
+			 (c->will_qos & 3) << 3 | (c->will_retain ? 0x20 : 0) |
+			 (c->password_flag ? 0x40 : 0) | (c->username_flag ? 0x80 : 0));
+}
+
+size_t mqtt_encode_connect(uint8_t *out, const struct mqtt_connect *c)
+{
+	const char *name = mqtt_protocol_name(c->protocol_level);
+	uint8_t *p = mqtt_put_header(out, MQTT_CONNECT << 4, (uint32_t)mqtt_connect_remaining(c));
+
+	p = mqtt_put_bin(p, (const uint8_t *)name, strlen(name));
+	*p++ = c->protocol_level;
+	*p++ = mqtt_connect_flags(c);
+	p = mqtt_put_u16(p, c->keepalive);
+	p = mqtt_put_bin(p, c->client_id.p, c->client_id.len);
+	if (c->will_flag) {
+		p = mqtt_put_bin(p, c->will_topic.p, c->will_topic.len);
+		p = mqtt_put_bin(p, c->will_payload.p, c->will_payload.len);
+	}
+	if (c->username_flag)
+		p = mqtt_put_bin(p, c->username.p, c->username.len);
+	if (c->password_flag)
+		p = mqtt_put_bin(p, c->password.p, c->password.len);
+	return (size_t)(p - out);
+}
+
+static size_t mqtt_sub_remaining(enum mqtt_type type, const struct mqtt_str *filters, size_t n)
+{
+	size_t per = type == MQTT_SUBSCRIBE ? 3 : 2;  /* length prefix (+ qos) */
+	size_t rem = 2;
+
+	if ((type != MQTT_SUBSCRIBE && type != MQTT_UNSUBSCRIBE) || n == 0 ||
+	    n > MQTT_MAX_REMAINING / per)
+		return SIZE_MAX;
+	for (size_t i = 0; i < n; i++) {
+		rem += per + filters[i].len;
+		if (rem > MQTT_MAX_REMAINING)
+			return SIZE_MAX;
+	}
+	return rem;
+}
+
+size_t mqtt_sub_size(enum mqtt_type type, const struct mqtt_str *filters, size_t n)
+{
+	size_t rem = mqtt_sub_remaining(type, filters, n);
+
+	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
+}
+
+size_t mqtt_encode_sub(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+		       const struct mqtt_str *filters, const uint8_t *qos, size_t n)
+{
+	size_t rem = mqtt_sub_remaining(type, filters, n);
+	uint8_t *p;
+
+	if (rem == SIZE_MAX)
+		return 0;
+	p = mqtt_put_header(out, (uint8_t)(type << 4 | MQTT_PUBREL_FLAGS), (uint32_t)rem);
+	p = mqtt_put_u16(p, packet_id);
+	for (size_t i = 0; i < n; i++) {
+		p = mqtt_put_bin(p, filters[i].p, filters[i].len);
+		if (type == MQTT_SUBSCRIBE)
+			*p++ = qos[i];
+	}
+	return (size_t)(p - out);
+}
+
+/* --- names -------------------------------------------------------------- */
+
+const char *mqtt_type_name(int type)
+{
+	static const char *const names[] = {
+		[MQTT_CONNECT] = "CONNECT",         [MQTT_CONNACK] = "CONNACK",
+		[MQTT_PUBLISH] = "PUBLISH",         [MQTT_PUBACK] = "PUBACK",
+		[MQTT_PUBREC] = "PUBREC",           [MQTT_PUBREL] = "PUBREL",
+		[MQTT_PUBCOMP] = "PUBCOMP",         [MQTT_SUBSCRIBE] = "SUBSCRIBE",
+		[MQTT_SUBACK] = "SUBACK",           [MQTT_UNSUBSCRIBE] = "UNSUBSCRIBE",
+		[MQTT_UNSUBACK] = "UNSUBACK",       [MQTT_PINGREQ] = "PINGREQ",
+		[MQTT_PINGRESP] = "PINGRESP",       [MQTT_DISCONNECT] = "DISCONNECT",
+	};
+
+	if (type < MQTT_CONNECT || type > MQTT_DISCONNECT)
+		return "UNKNOWN";
+	return names[type];
+}
+
+const char *mqtt_result_str(int result)
+{
+	switch (result) {
+	case MQTT_OK:                   return "ok";
+	case MQTT_INCOMPLETE:           return "incomplete packet";
+	case MQTT_ERR_MALFORMED:        return "malformed packet";
+	case MQTT_ERR_UTF8:             return "invalid UTF-8 string";
+	case MQTT_ERR_PROTOCOL_NAME:    return "unknown protocol name";
+	case MQTT_ERR_PROTOCOL_LEVEL:   return "unsupported protocol level";
+	case MQTT_ERR_TOO_LARGE:        return "packet too large";
+	case MQTT_ERR_TYPE:             return "invalid packet type";
+	}
+	return "unknown result";
+}

@@ -1,0 +1,1689 @@
+/*
+ * router.c - the router role: the one place that knows every session,
+ * every subscription and every retained message.
+ *
+ * Owns the session registry (client id -> session; persistent sessions
+ * with their subscriptions, offline queues and inbound QoS 2 ids; each
+ * session's will), the subscription trie and the retained store. Workers
+ * own the connections: they tell the router what happened (rec.h, rings
+ * w2r[i]) and the router tells them what to send (rings r2w[i]).
+ *
+ * Two layers. The logic (router_new/handle/tick/free) takes one record at
+ * a time and emits records through a callback, so unit tests run it
+ * without processes. router_main() wires it to the rings, the eventfds,
+ * a 1 s timer and the supervisor's control socket.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+/* An allocation failure in a hash add must not exit the router: the add fails, tbl is NULL. */
+#define HASH_NONFATAL_OOM 1
+#include <uthash.h>
+
+#include "iotd.h"
+#include "ipc.h"
+#include "log.h"
+#include "mqtt.h"
+#include "rec.h"
+#include "retain.h"
+#include "role.h"
+#include "router.h"
+#include "shmring.h"
+#include "topic.h"
+
+#define ROUTER_TARGET_BYTES 13        /* u64 conn, u32 sid, u8 qos in a REC_DELIVER */
+#define ROUTER_MAX_WINDOW 65535u      /* a session cannot owe more in-flight messages than packet ids */
+#define ROUTER_REMOTE_LEN 64          /* as struct ipc_client: enough for "[v6]:port" */
+#define ROUTER_SUBACK_FAILURE 0x80
+
+enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
+
+/* ---- data -------------------------------------------------------------- */
+
+/* A CONNECT as the worker sent it, in one allocation. */
+struct session_connect {
+	conn_id_t conn;
+	bool clean;
+	bool will_flag;
+	uint8_t will_qos, will_retain;
+	uint16_t keepalive;
+	uint16_t client_id_len, will_topic_len;
+	uint32_t will_payload_len;
+	char *client_id;             /* NUL-terminated copies, into data[] */
+	char *remote;
+	char *will_topic;
+	uint8_t *will_payload;
+	char data[];
+};
+
+struct session_sub {
+	UT_hash_handle hh;
+	uint8_t qos;
+	uint16_t len;
+	char filter[];               /* NUL-terminated for log lines */
+};
+
+struct session_msg {
+	struct session_msg *next;
+	uint16_t packet_id;
+	uint8_t state, qos, retain;
+	uint16_t topic_len;
+	uint32_t payload_len;
+	uint8_t data[];              /* topic, then payload */
+};
+
+struct session {
+	uint32_t sid;
+	char *client_id;             /* NUL-terminated; "" for a server-named clean session */
+	uint16_t client_id_len;
+	bool clean;
+	bool online;
+	conn_id_t conn;              /* key of by_conn while online */
+	char remote[ROUTER_REMOTE_LEN];
+	struct session_connect *cx;  /* the accepted CONNECT (its will) while online */
+	struct session_sub *subs;
+
+	/*
+	 * Offline queue. Messages a closing connection still owes (REC_SESSION_MSG
+	 * from the session's own conn) go before those the router queued since,
+	 * because they are older: q_owed_tail marks where they end.
+	 */
+	struct session_msg *q_head, *q_tail, *q_owed_tail;
+	size_t q_queued, q_queued_bytes;   /* MSG_QUEUED ones: what the limits count */
+	size_t q_window;                   /* MSG_INFLIGHT / MSG_PUBREL ones */
+	bool q_warned;
+
+	uint16_t *qos2_ids;          /* inbound QoS 2 awaiting PUBREL, while offline */
+	uint16_t n_qos2_ids;
+
+	/* A CONNECT that takes this session over once its conn has closed. */
+	struct session_connect *pending;
+	conn_id_t pending_conn;      /* key of by_pending */
+
+	uint64_t last_seen_ms;
+	struct session *off_prev, *off_next; /* offline persistent sessions, oldest first */
+	bool in_offline;
+
+	uint64_t stamp;              /* publish that last matched us: folds overlapping filters */
+	uint8_t granted;
+
+	UT_hash_handle hh_id, hh_sid, hh_conn, hh_pend;
+};
+
+/*
+ * A waiting CONNECT that lost to a newer one: its worker answers the KICK
+ * with a REC_CLOSE, which is expected, not a stray record.
+ */
+struct router_kicked {
+	conn_id_t conn;
+	UT_hash_handle hh;
+};
+
+struct router {
+	const struct iotd_config *cfg;
+	unsigned nworkers;
+	router_emit_fn emit;
+	void *emit_arg;
+
+	struct topic_trie *trie;
+	struct retain_store *retained;
+	struct session *by_id, *by_sid, *by_conn, *by_pending;
+	struct router_kicked *kicked;
+	struct session *off_head, *off_tail;
+	uint32_t next_sid;
+	uint64_t now_ms;
+	size_t max_record;
+
+	/* per publish: matched sessions, and one REC_DELIVER being built per worker */
+	uint64_t stamp;
+	struct session **targets;
+	size_t n_targets, cap_targets;
+	struct recw deliver[IOTD_MAX_WORKERS];
+	size_t deliver_noff[IOTD_MAX_WORKERS];
+	uint32_t deliver_n[IOTD_MAX_WORKERS];
+
+	struct recw out;             /* any other record */
+	struct recw ack;             /* a SUBACK, kept while its retained messages go out */
+
+	bool warned_bad[REC_TYPE_MAX + 1];
+	bool warned_noconn[REC_TYPE_MAX + 1];
+	bool warned_retain_full, warned_targets;
+	uint64_t queue_drops, bad_records;
+};
+
+/* A message being routed; pointers into the record or into a stored will. */
+struct router_msg {
+	uint8_t qos, retain;
+	const char *topic;
+	uint16_t topic_len;
+	const uint8_t *payload;
+	uint32_t payload_len;
+};
+
+static void router_publish(struct router *r, const struct router_msg *m);
+static void router_connect_apply(struct router *r, struct session_connect *c);
+
+/* ---- output ------------------------------------------------------------ */
+
+static void router_emit(struct router *r, unsigned worker, uint16_t type, const struct recw *w)
+{
+	if (w->oom) {
+		log_error("router: out of memory building %s for worker %u: dropped",
+			  rec_type_name(type), worker);
+		return;
+	}
+	r->emit(r->emit_arg, worker, type, w);
+}
+
+static void router_send_connack(struct router *r, conn_id_t conn, uint32_t sid, uint8_t rc,
+				bool present, const uint16_t *ids, uint16_t n)
+{
+	struct recw *w = &r->out;
+
+	recw_reset(w);
+	recw_u64(w, conn);
+	recw_u32(w, sid);
+	recw_u8(w, rc);
+	recw_u8(w, present);
+	recw_u16(w, n);
+	for (uint16_t i = 0; i < n; i++)
+		recw_u16(w, ids[i]);
+	router_emit(r, conn_id_worker(conn), REC_CONNACK, w);
+}
+
+static void router_send_kick(struct router *r, conn_id_t conn)
+{
+	struct recw *w = &r->out;
+
+	recw_reset(w);
+	recw_u64(w, conn);
+	router_emit(r, conn_id_worker(conn), REC_KICK, w);
+}
+
+static void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid,
+				    uint16_t packet_id, uint8_t state, const struct router_msg *m)
+{
+	struct recw *w = &r->out;
+
+	recw_reset(w);
+	recw_u64(w, conn);
+	recw_u32(w, sid);
+	recw_u16(w, packet_id);
+	recw_u8(w, state);
+	recw_u8(w, m->qos);
+	recw_u8(w, m->retain);
+	recw_str(w, m->topic, m->topic_len);
+	recw_bytes(w, m->payload, m->payload_len);
+	router_emit(r, conn_id_worker(conn), REC_SESSION_MSG, w);
+}
+
+/* Header of a REC_DELIVER; the target count is patched in at the end. */
+static void router_deliver_begin(struct router *r, unsigned worker, const struct router_msg *m)
+{
+	struct recw *w = &r->deliver[worker];
+
+	recw_reset(w);
+	recw_u8(w, m->qos);
+	recw_str(w, m->topic, m->topic_len);
+	recw_bytes(w, m->payload, m->payload_len);
+	recw_u8(w, m->retain);
+	r->deliver_noff[worker] = w->len;
+	recw_u32(w, 0);
+}
+
+static void router_deliver_end(struct router *r, unsigned worker)
+{
+	struct recw *w = &r->deliver[worker];
+
+	recw_patch_u32(w, r->deliver_noff[worker], r->deliver_n[worker]);
+	router_emit(r, worker, REC_DELIVER, w);
+	r->deliver_n[worker] = 0;
+}
+
+static void router_deliver_add(struct router *r, const struct router_msg *m,
+			       const struct session *s, uint8_t qos)
+{
+	unsigned worker = conn_id_worker(s->conn);
+	struct recw *w = &r->deliver[worker];
+
+	/* A fan-out too big for one ring record goes out in several. */
+	if (r->deliver_n[worker] && r->max_record &&
+	    w->len + ROUTER_TARGET_BYTES > r->max_record)
+		router_deliver_end(r, worker);
+	if (!r->deliver_n[worker])
+		router_deliver_begin(r, worker, m);
+	recw_u64(w, s->conn);
+	recw_u32(w, s->sid);
+	recw_u8(w, qos);
+	r->deliver_n[worker]++;
+}
+
+static void router_deliver_flush(struct router *r)
+{
+	for (unsigned i = 0; i < r->nworkers; i++)
+		if (r->deliver_n[i])
+			router_deliver_end(r, i);
+}
+
+/* ---- sessions: queue --------------------------------------------------- */
+
+static void session_queue_clear(struct session *s)
+{
+	struct session_msg *m, *next;
+
+	for (m = s->q_head; m; m = next) {
+		next = m->next;
+		free(m);
+	}
+	s->q_head = s->q_tail = s->q_owed_tail = NULL;
+	s->q_queued = s->q_queued_bytes = s->q_window = 0;
+	s->q_warned = false;
+}
+
+static size_t session_queue_len(const struct session *s)
+{
+	return s->q_queued + s->q_window;
+}
+
+static bool session_queue_full(const struct router *r, const struct session *s,
+			       uint8_t state, size_t bytes)
+{
+	long max_msgs = r->cfg->max_queued_messages;
+	long max_bytes = r->cfg->max_queued_bytes;
+
+	/* The in-flight window is not "queued": it is only bounded by the packet ids. */
+	if (state != MSG_QUEUED)
+		return s->q_window >= ROUTER_MAX_WINDOW;
+	if (max_msgs > 0 && s->q_queued >= (size_t)max_msgs)
+		return true;
+	return max_bytes > 0 && s->q_queued_bytes + bytes > (size_t)max_bytes;
+}
+
+/*
+ * Store a message for a session that is not (or no longer) connected.
+ * owed: it comes from the session's closing connection, so it is older
+ * than anything the router queued meanwhile and goes before it.
+ */
+static void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t packet_id,
+			    uint8_t state, const struct router_msg *m)
+{
+	size_t bytes = (size_t)m->topic_len + m->payload_len;
+	struct session_msg *q;
+
+	if (session_queue_full(r, s, state, bytes)) {
+		r->queue_drops++;
+		if (!s->q_warned)
+			log_client(LOG_LVL_WARN, s->client_id, s->remote,
+				   "offline queue full (%zu messages, %zu bytes): dropping new messages",
+				   session_queue_len(s), s->q_queued_bytes);
+		s->q_warned = true;
+		return;
+	}
+	q = malloc(sizeof(*q) + bytes);
+	if (!q) {
+		r->queue_drops++;
+		log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+			   "out of memory: queued message dropped");
+		return;
+	}
+	q->packet_id = packet_id;
+	q->state = state;
+	q->qos = m->qos;
+	q->retain = m->retain;
+	q->topic_len = m->topic_len;
+	q->payload_len = m->payload_len;
+	if (m->topic_len)
+		memcpy(q->data, m->topic, m->topic_len);
+	if (m->payload_len)
+		memcpy(q->data + m->topic_len, m->payload, m->payload_len);
+
+	if (owed) {
+		q->next = s->q_owed_tail ? s->q_owed_tail->next : s->q_head;
+		if (s->q_owed_tail)
+			s->q_owed_tail->next = q;
+		else
+			s->q_head = q;
+		s->q_owed_tail = q;
+	} else {
+		q->next = NULL;
+		if (s->q_tail)
+			s->q_tail->next = q;
+		else
+			s->q_head = q;
+	}
+	if (!q->next)
+		s->q_tail = q;
+	if (state == MSG_QUEUED) {
+		s->q_queued++;
+		s->q_queued_bytes += bytes;
+	} else {
+		s->q_window++;
+	}
+	log_debug("router: session %u queued %s message (%zu stored)", s->sid,
+		  owed ? "owed" : "new", session_queue_len(s));
+}
+
+static void session_msg_view(const struct session_msg *q, struct router_msg *m)
+{
+	m->qos = q->qos;
+	m->retain = q->retain;
+	m->topic = (const char *)q->data;
+	m->topic_len = q->topic_len;
+	m->payload = q->data + q->topic_len;
+	m->payload_len = q->payload_len;
+}
+
+/* Hand the stored messages to the session's new connection: the unfinished exchanges first. */
+static void session_queue_send(struct router *r, struct session *s)
+{
+	struct router_msg m;
+
+	for (int pass = 0; pass < 2; pass++) {
+		for (const struct session_msg *q = s->q_head; q; q = q->next) {
+			if ((q->state == MSG_QUEUED) != (pass == 1))
+				continue;
+			session_msg_view(q, &m);
+			router_send_session_msg(r, s->conn, s->sid, q->packet_id, q->state, &m);
+		}
+	}
+	session_queue_clear(s);
+}
+
+/* ---- sessions: registry ------------------------------------------------ */
+
+static void session_offline_link(struct router *r, struct session *s)
+{
+	s->off_next = NULL;
+	s->off_prev = r->off_tail;
+	if (r->off_tail)
+		r->off_tail->off_next = s;
+	else
+		r->off_head = s;
+	r->off_tail = s;
+	s->in_offline = true;
+}
+
+static void session_offline_unlink(struct router *r, struct session *s)
+{
+	if (!s->in_offline)
+		return;
+	if (s->off_prev)
+		s->off_prev->off_next = s->off_next;
+	else
+		r->off_head = s->off_next;
+	if (s->off_next)
+		s->off_next->off_prev = s->off_prev;
+	else
+		r->off_tail = s->off_prev;
+	s->off_prev = s->off_next = NULL;
+	s->in_offline = false;
+}
+
+static void session_pending_drop(struct router *r, struct session *s)
+{
+	if (!s->pending)
+		return;
+	HASH_DELETE(hh_pend, r->by_pending, s);
+	free(s->pending);
+	s->pending = NULL;
+}
+
+static void session_unsubscribe_all(struct router *r, struct session *s)
+{
+	struct session_sub *sub, *tmp;
+
+	HASH_ITER(hh, s->subs, sub, tmp) {
+		topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
+		HASH_DEL(s->subs, sub);
+		free(sub);
+	}
+}
+
+static void session_free(struct router *r, struct session *s)
+{
+	session_unsubscribe_all(r, s);
+	session_queue_clear(s);
+	session_pending_drop(r, s);
+	session_offline_unlink(r, s);
+	if (s->online)
+		HASH_DELETE(hh_conn, r->by_conn, s);
+	if (s->client_id_len)
+		HASH_DELETE(hh_id, r->by_id, s);
+	HASH_DELETE(hh_sid, r->by_sid, s);
+	free(s->cx);
+	free(s->qos2_ids);
+	free(s->client_id);
+	free(s);
+}
+
+static struct session *session_new(struct router *r, const struct session_connect *c)
+{
+	struct session *s = calloc(1, sizeof(*s));
+	struct session *dup;
+
+	if (!s)
+		return NULL;
+	s->client_id = malloc((size_t)c->client_id_len + 1);
+	if (!s->client_id)
+		goto fail;
+	memcpy(s->client_id, c->client_id, (size_t)c->client_id_len + 1);
+	s->client_id_len = c->client_id_len;
+
+	/* sids are never 0 and never reused: skip any still held after a wrap. */
+	do {
+		s->sid = r->next_sid++;
+		if (!s->sid)
+			s->sid = r->next_sid++;
+		HASH_FIND(hh_sid, r->by_sid, &s->sid, sizeof(s->sid), dup);
+	} while (dup);
+
+	HASH_ADD(hh_sid, r->by_sid, sid, sizeof(s->sid), s);
+	if (!s->hh_sid.tbl)
+		goto fail;
+	/* A server-named session (empty client id) is nobody else's: no lookup by id. */
+	if (s->client_id_len) {
+		HASH_ADD_KEYPTR(hh_id, r->by_id, s->client_id, s->client_id_len, s);
+		if (!s->hh_id.tbl) {
+			HASH_DELETE(hh_sid, r->by_sid, s);
+			goto fail;
+		}
+	}
+	return s;
+fail:
+	free(s->client_id);
+	free(s);
+	return NULL;
+}
+
+static struct session *router_find_conn(struct router *r, conn_id_t conn)
+{
+	struct session *s;
+
+	HASH_FIND(hh_conn, r->by_conn, &conn, sizeof(conn), s);
+	return s;
+}
+
+static struct session *router_find_pending(struct router *r, conn_id_t conn)
+{
+	struct session *s;
+
+	HASH_FIND(hh_pend, r->by_pending, &conn, sizeof(conn), s);
+	return s;
+}
+
+static struct session *router_find_sid(struct router *r, uint32_t sid)
+{
+	struct session *s;
+
+	HASH_FIND(hh_sid, r->by_sid, &sid, sizeof(sid), s);
+	return s;
+}
+
+/* ---- connect, takeover, close ------------------------------------------ */
+
+static void router_kicked_add(struct router *r, conn_id_t conn)
+{
+	struct router_kicked *k = malloc(sizeof(*k));
+
+	/* Without it the CLOSE is merely logged as unexpected. */
+	if (!k)
+		return;
+	k->conn = conn;
+	HASH_ADD(hh, r->kicked, conn, sizeof(k->conn), k);
+	if (!k->hh.tbl)
+		free(k);
+}
+
+static bool router_kicked_take(struct router *r, conn_id_t conn)
+{
+	struct router_kicked *k;
+
+	HASH_FIND(hh, r->kicked, &conn, sizeof(conn), k);
+	if (!k)
+		return false;
+	HASH_DEL(r->kicked, k);
+	free(k);
+	return true;
+}
+
+struct connect_fields {
+	conn_id_t conn;
+	uint8_t clean;
+	uint16_t keepalive;
+	const uint8_t *client_id, *remote, *will_topic, *will_payload;
+	uint16_t client_id_len, remote_len, will_topic_len;
+	uint8_t will_flag, will_qos, will_retain;
+	uint32_t will_payload_len;
+};
+
+static struct session_connect *session_connect_new(const struct connect_fields *f)
+{
+	size_t remote_len = MIN((size_t)f->remote_len, (size_t)ROUTER_REMOTE_LEN - 1);
+	size_t topic_len = f->will_flag ? f->will_topic_len : 0;
+	size_t payload_len = f->will_flag ? f->will_payload_len : 0;
+	struct session_connect *c;
+	char *p;
+
+	c = malloc(sizeof(*c) + (size_t)f->client_id_len + 1 + remote_len + 1 + topic_len + 1 +
+		   payload_len);
+	if (!c)
+		return NULL;
+	c->conn = f->conn;
+	c->clean = f->clean;
+	c->keepalive = f->keepalive;
+	c->will_flag = f->will_flag;
+	c->will_qos = f->will_qos;
+	c->will_retain = f->will_retain;
+	c->client_id_len = f->client_id_len;
+	c->will_topic_len = (uint16_t)topic_len;
+	c->will_payload_len = (uint32_t)payload_len;
+
+	p = c->data;
+	c->client_id = p;
+	if (f->client_id_len)
+		memcpy(p, f->client_id, f->client_id_len);
+	p[f->client_id_len] = '\0';
+	p += f->client_id_len + 1;
+	c->remote = p;
+	if (remote_len)
+		memcpy(p, f->remote, remote_len);
+	p[remote_len] = '\0';
+	p += remote_len + 1;
+	c->will_topic = p;
+	if (topic_len)
+		memcpy(p, f->will_topic, topic_len);
+	p[topic_len] = '\0';
+	p += topic_len + 1;
+	c->will_payload = (uint8_t *)p;
+	if (payload_len)
+		memcpy(p, f->will_payload, payload_len);
+	return c;
+}
+
+/* A CONNECT the router cannot take (out of memory): the worker closes it. */
+static void router_refuse(struct router *r, struct session_connect *c)
+{
+	log_client(LOG_LVL_ERROR, c->client_id, c->remote,
+		   "out of memory: connection refused (server unavailable)");
+	router_send_connack(r, c->conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);
+	free(c);
+}
+
+/*
+ * The session is still connected elsewhere [MQTT-3.1.4-2]: kick that
+ * connection and finish this CONNECT once its REC_CLOSE arrives, so that
+ * what it still owes reaches the session first.
+ */
+static void router_takeover(struct router *r, struct session *s, struct session_connect *c)
+{
+	if (s->pending) {
+		/* The older waiting CONNECT loses: its connection never got a CONNACK. */
+		router_send_kick(r, s->pending->conn);
+		router_kicked_add(r, s->pending->conn);
+		session_pending_drop(r, s);
+	} else {
+		router_send_kick(r, s->conn);
+	}
+	s->pending_conn = c->conn;
+	HASH_ADD(hh_pend, r->by_pending, pending_conn, sizeof(s->pending_conn), s);
+	if (!s->hh_pend.tbl) {
+		router_refuse(r, c);
+		return;
+	}
+	s->pending = c;
+	log_client(LOG_LVL_INFO, s->client_id, c->remote,
+		   "session taken over: closing its previous connection");
+}
+
+/* Accept a CONNECT: takes ownership of c. */
+static void router_connect_apply(struct router *r, struct session_connect *c)
+{
+	struct session *s = NULL;
+	bool present;
+	size_t stored;
+
+	if (c->client_id_len)
+		HASH_FIND(hh_id, r->by_id, c->client_id, c->client_id_len, s);
+	if (s && s->online) {
+		router_takeover(r, s, c);
+		return;
+	}
+	if (s && (c->clean || s->clean)) {
+		log_client(LOG_LVL_INFO, s->client_id, c->remote,
+			   "stored session discarded (clean session requested)");
+		session_free(r, s);
+		s = NULL;
+	}
+	present = s != NULL;
+	if (!s) {
+		s = session_new(r, c);
+		if (!s) {
+			router_refuse(r, c);
+			return;
+		}
+	}
+	s->conn = c->conn;
+	HASH_ADD(hh_conn, r->by_conn, conn, sizeof(s->conn), s);
+	if (!s->hh_conn.tbl) {
+		if (!present)
+			session_free(r, s);
+		router_refuse(r, c);
+		return;
+	}
+	s->online = true;
+	session_offline_unlink(r, s);
+	s->clean = c->clean;
+	free(s->cx);
+	s->cx = c;
+	snprintf(s->remote, sizeof(s->remote), "%s", c->remote);
+
+	/* The worker owns the QoS 2 ids and the stored messages from here on. */
+	router_send_connack(r, s->conn, s->sid, MQTT_CONNACK_ACCEPTED, present, s->qos2_ids,
+			    s->n_qos2_ids);
+	free(s->qos2_ids);
+	s->qos2_ids = NULL;
+	s->n_qos2_ids = 0;
+	stored = session_queue_len(s);
+	if (present) {
+		session_queue_send(r, s);
+		log_client(LOG_LVL_INFO, s->client_id, s->remote,
+			   "session resumed (%zu stored messages)", stored);
+	} else {
+		log_client(LOG_LVL_INFO, s->client_id, s->remote, "session %s",
+			   s->clean ? "started (clean)" : "created (persistent)");
+	}
+}
+
+/*
+ * The session's connection is gone. The will goes out before the session
+ * state does, so a persistent session subscribed to it keeps it. A CONNECT
+ * waiting for this close is then accepted.
+ */
+static void router_close(struct router *r, struct session *s, bool publish_will,
+			 const uint8_t *ids, uint16_t n)
+{
+	struct session_connect *pending = s->pending;
+
+	if (pending) {
+		HASH_DELETE(hh_pend, r->by_pending, s);
+		s->pending = NULL;
+	}
+	HASH_DELETE(hh_conn, r->by_conn, s);
+	s->online = false;
+
+	if (publish_will && s->cx && s->cx->will_flag) {
+		struct router_msg will = {
+			.qos = s->cx->will_qos,
+			.retain = s->cx->will_retain,
+			.topic = s->cx->will_topic,
+			.topic_len = s->cx->will_topic_len,
+			.payload = s->cx->will_payload,
+			.payload_len = s->cx->will_payload_len,
+		};
+
+		log_client(LOG_LVL_INFO, s->client_id, s->remote, "publishing will on '%s'",
+			   s->cx->will_topic);
+		router_publish(r, &will);
+	}
+	free(s->cx);
+	s->cx = NULL;
+
+	if (s->clean) {
+		log_client(LOG_LVL_INFO, s->client_id, s->remote, "session ended");
+		session_free(r, s);
+	} else {
+		free(s->qos2_ids);
+		s->qos2_ids = NULL;
+		s->n_qos2_ids = 0;
+		if (n) {
+			s->qos2_ids = malloc((size_t)n * sizeof(uint16_t));
+			if (s->qos2_ids) {
+				memcpy(s->qos2_ids, ids, (size_t)n * sizeof(uint16_t));
+				s->n_qos2_ids = n;
+			} else {
+				log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+					   "out of memory: %u inbound QoS 2 ids forgotten", n);
+			}
+		}
+		s->q_owed_tail = NULL;
+		s->last_seen_ms = r->now_ms;
+		session_offline_link(r, s);
+		log_client(LOG_LVL_INFO, s->client_id, s->remote,
+			   "session offline (%zu stored messages)", session_queue_len(s));
+	}
+	if (pending)
+		router_connect_apply(r, pending);
+}
+
+/* ---- subscriptions and publishing -------------------------------------- */
+
+static uint8_t router_subscribe_one(struct router *r, struct session *s, const char *filter,
+				    uint16_t len, uint8_t qos)
+{
+	struct session_sub *sub;
+	bool added = false;
+
+	if (qos > 2 || !len || !topic_filter_valid(filter, len, 0, 0))
+		return ROUTER_SUBACK_FAILURE;
+	HASH_FIND(hh, s->subs, filter, len, sub);
+	if (!sub) {
+		sub = malloc(sizeof(*sub) + (size_t)len + 1);
+		if (!sub)
+			goto nomem;
+		memcpy(sub->filter, filter, len);
+		sub->filter[len] = '\0';
+		sub->len = len;
+		added = true;
+	}
+	if (topic_trie_subscribe(r->trie, filter, len, s, qos) < 0)
+		goto nomem_free;
+	if (added) {
+		HASH_ADD_KEYPTR(hh, s->subs, sub->filter, sub->len, sub);
+		if (!sub->hh.tbl) {
+			topic_trie_unsubscribe(r->trie, filter, len, s);
+			goto nomem_free;
+		}
+	}
+	sub->qos = qos;
+	log_debug("router: session %u subscribed to '%s' qos %u", s->sid, sub->filter, qos);
+	return qos;
+nomem_free:
+	if (added)
+		free(sub);
+nomem:
+	log_client(LOG_LVL_ERROR, s->client_id, s->remote, "out of memory: subscription refused");
+	return ROUTER_SUBACK_FAILURE;
+}
+
+static void router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
+				   uint16_t len)
+{
+	struct session_sub *sub;
+
+	HASH_FIND(hh, s->subs, filter, len, sub);
+	if (!sub)
+		return;
+	topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
+	HASH_DEL(s->subs, sub);
+	free(sub);
+}
+
+struct router_retained_ctx {
+	struct router *r;
+	const struct session *s;
+	uint8_t granted;
+};
+
+static void router_retained_cb(const char *topic, size_t topic_len, const uint8_t *payload,
+			       size_t payload_len, uint8_t qos, void *arg)
+{
+	struct router_retained_ctx *ctx = arg;
+	struct recw *w = &ctx->r->out;
+
+	if (topic_len > UINT16_MAX || payload_len > UINT32_MAX)
+		return;
+	recw_reset(w);
+	recw_u8(w, qos);
+	recw_str(w, topic, (uint16_t)topic_len);
+	recw_bytes(w, payload, (uint32_t)payload_len);
+	recw_u8(w, 1);
+	recw_u32(w, 1);
+	recw_u64(w, ctx->s->conn);
+	recw_u32(w, ctx->s->sid);
+	recw_u8(w, MIN(qos, ctx->granted));
+	router_emit(ctx->r, conn_id_worker(ctx->s->conn), REC_DELIVER, w);
+}
+
+static void router_retain(struct router *r, const struct router_msg *m)
+{
+	int rc = retain_put(r->retained, m->topic, m->topic_len, m->payload, m->payload_len,
+			    m->qos);
+
+	switch (rc) {
+	case RETAIN_FULL:
+		if (!r->warned_retain_full)
+			log_warn("router: retained store full (%zu topics): new retained topics are not kept",
+				 retain_count(r->retained));
+		r->warned_retain_full = true;
+		break;
+	case RETAIN_NOMEM:
+		log_error("router: out of memory: retained message on '%.*s' not kept",
+			  (int)m->topic_len, m->topic);
+		break;
+	case RETAIN_CLEARED:
+		/* Room again: the next time it fills up deserves a warning of its own. */
+		r->warned_retain_full = false;
+		break;
+	default:
+		break;
+	}
+}
+
+static bool router_grow_targets(struct router *r)
+{
+	size_t cap = r->cap_targets ? r->cap_targets * 2 : 64;
+	struct session **t = reallocarray(r->targets, cap, sizeof(*t));
+
+	if (!t)
+		return false;
+	r->targets = t;
+	r->cap_targets = cap;
+	return true;
+}
+
+static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
+{
+	struct router *r = arg;
+	struct session *s = subscriber;
+
+	if (s->stamp == r->stamp) {
+		s->granted = MAX(s->granted, qos);
+		return;
+	}
+	if (r->n_targets == r->cap_targets && !router_grow_targets(r)) {
+		if (!r->warned_targets)
+			log_error("router: out of memory: a message misses some subscribers");
+		r->warned_targets = true;
+		return;
+	}
+	s->stamp = r->stamp;
+	s->granted = qos;
+	r->targets[r->n_targets++] = s;
+}
+
+static void router_publish(struct router *r, const struct router_msg *m)
+{
+	struct router_msg routed = *m;
+
+	if (m->retain)
+		router_retain(r, m);
+	/* Retain is set only on deliveries caused by a new subscription [MQTT-3.3.1-9]. */
+	routed.retain = 0;
+
+	r->stamp++;
+	r->n_targets = 0;
+	topic_trie_match(r->trie, m->topic, m->topic_len, router_match_cb, r);
+	for (size_t i = 0; i < r->n_targets; i++) {
+		struct session *s = r->targets[i];
+		uint8_t qos = MIN(m->qos, s->granted);
+
+		if (s->online && !s->pending)
+			router_deliver_add(r, &routed, s, qos);
+		else if (qos > 0 && (!s->clean || s->online))
+			/* Offline persistent, or taken over: the next connection gets it. */
+			session_enqueue(r, s, false, 0, MSG_QUEUED,
+					&(struct router_msg){ qos, 0, m->topic, m->topic_len,
+							      m->payload, m->payload_len });
+	}
+	router_deliver_flush(r);
+	log_debug("router: '%.*s' qos %u to %zu sessions", (int)m->topic_len, m->topic, m->qos,
+		  r->n_targets);
+}
+
+/* ---- record handlers --------------------------------------------------- */
+
+/* The conn must belong to the worker whose ring carried the record. */
+static bool router_conn_ok(const struct router *r, unsigned worker, conn_id_t conn)
+{
+	return conn_id_worker(conn) == worker;
+}
+
+static int router_on_connect(struct router *r, unsigned worker, struct recr *rd)
+{
+	struct connect_fields f = { 0 };
+	struct session_connect *c;
+
+	f.conn = recr_u64(rd);
+	f.clean = recr_u8(rd);
+	f.keepalive = recr_u16(rd);
+	recr_str(rd, &f.client_id, &f.client_id_len);
+	recr_str(rd, &f.remote, &f.remote_len);
+	f.will_flag = recr_u8(rd);
+	f.will_qos = recr_u8(rd);
+	f.will_retain = recr_u8(rd);
+	recr_str(rd, &f.will_topic, &f.will_topic_len);
+	recr_bytes(rd, &f.will_payload, &f.will_payload_len);
+	if (recr_end(rd) || !router_conn_ok(r, worker, f.conn) || f.clean > 1 ||
+	    f.will_flag > 1 || f.will_qos > 2 || f.will_retain > 1)
+		return ROUTER_BAD;
+	if (memchr(f.client_id, '\0', f.client_id_len))
+		return ROUTER_BAD;
+	if (router_find_conn(r, f.conn) || router_find_pending(r, f.conn))
+		return ROUTER_BAD;         /* a second CONNECT on one connection */
+	if (f.will_flag && !topic_name_valid((const char *)f.will_topic, f.will_topic_len, 0, 0)) {
+		log_warn("router: CONNECT from worker %u with an invalid will topic: will ignored",
+			 worker);
+		f.will_flag = 0;
+	}
+	if (!f.client_id_len)
+		f.clean = 1;              /* a server-named session cannot persist [MQTT-3.1.3-8] */
+
+	c = session_connect_new(&f);
+	if (!c) {
+		log_error("router: out of memory: connection refused");
+		router_send_connack(r, f.conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);
+		return ROUTER_OK;
+	}
+	router_connect_apply(r, c);
+	return ROUTER_OK;
+}
+
+static int router_on_subscribe(struct router *r, unsigned worker, struct recr *rd)
+{
+	conn_id_t conn = recr_u64(rd);
+	uint16_t packet_id = recr_u16(rd);
+	uint16_t n = recr_u16(rd);
+	struct recr start = *rd, fr;
+	struct recw *ack = &r->ack;
+	const uint8_t *f;
+	uint16_t flen;
+	size_t codes;
+	struct session *s;
+
+	for (uint16_t i = 0; i < n; i++) {
+		recr_str(rd, &f, &flen);
+		recr_u8(rd);
+	}
+	if (recr_end(rd) || !router_conn_ok(r, worker, conn))
+		return ROUTER_BAD;
+	s = router_find_conn(r, conn);
+	if (!s)
+		return ROUTER_NOCONN;
+
+	recw_reset(ack);
+	recw_u64(ack, conn);
+	recw_u16(ack, packet_id);
+	recw_u16(ack, n);
+	codes = ack->len;
+	fr = start;
+	for (uint16_t i = 0; i < n; i++) {
+		uint8_t qos;
+
+		recr_str(&fr, &f, &flen);
+		qos = recr_u8(&fr);
+		recw_u8(ack, router_subscribe_one(r, s, (const char *)f, flen, qos));
+	}
+	router_emit(r, worker, REC_SUBACK, ack);
+	if (ack->oom)
+		return ROUTER_OK;
+
+	/* Retained messages after the SUBACK, for every filter granted [MQTT-3.3.1-6]. */
+	fr = start;
+	for (uint16_t i = 0; i < n; i++) {
+		struct router_retained_ctx ctx = { r, s, ack->buf[codes + i] };
+
+		recr_str(&fr, &f, &flen);
+		recr_u8(&fr);
+		if (ctx.granted != ROUTER_SUBACK_FAILURE)
+			retain_match(r->retained, (const char *)f, flen, router_retained_cb, &ctx);
+	}
+	return ROUTER_OK;
+}
+
+static int router_on_unsubscribe(struct router *r, unsigned worker, struct recr *rd)
+{
+	conn_id_t conn = recr_u64(rd);
+	uint16_t packet_id = recr_u16(rd);
+	uint16_t n = recr_u16(rd);
+	struct recr fr = *rd;
+	const uint8_t *f;
+	uint16_t flen;
+	struct session *s;
+	struct recw *w = &r->out;
+
+	for (uint16_t i = 0; i < n; i++)
+		recr_str(rd, &f, &flen);
+	if (recr_end(rd) || !router_conn_ok(r, worker, conn))
+		return ROUTER_BAD;
+	s = router_find_conn(r, conn);
+	if (!s)
+		return ROUTER_NOCONN;
+	for (uint16_t i = 0; i < n; i++) {
+		recr_str(&fr, &f, &flen);
+		router_unsubscribe_one(r, s, (const char *)f, flen);
+	}
+	recw_reset(w);
+	recw_u64(w, conn);
+	recw_u16(w, packet_id);
+	router_emit(r, worker, REC_UNSUBACK, w);
+	return ROUTER_OK;
+}
+
+static int router_on_publish(struct router *r, unsigned worker, struct recr *rd)
+{
+	struct router_msg m;
+	const uint8_t *topic;
+
+	m.qos = recr_u8(rd);
+	m.retain = recr_u8(rd);
+	recr_str(rd, &topic, &m.topic_len);
+	recr_bytes(rd, &m.payload, &m.payload_len);
+	m.topic = (const char *)topic;
+	if (recr_end(rd) || m.qos > 2 || m.retain > 1 ||
+	    !topic_name_valid(m.topic, m.topic_len, 0, 0))
+		return ROUTER_BAD;
+	router_publish(r, &m);
+	return ROUTER_OK;
+}
+
+static int router_on_session_msg(struct router *r, unsigned worker, struct recr *rd)
+{
+	conn_id_t conn = recr_u64(rd);
+	uint32_t sid = recr_u32(rd);
+	uint16_t packet_id = recr_u16(rd);
+	uint8_t state = recr_u8(rd);
+	struct router_msg m;
+	const uint8_t *topic;
+	struct session *s;
+
+	m.qos = recr_u8(rd);
+	m.retain = recr_u8(rd);
+	recr_str(rd, &topic, &m.topic_len);
+	recr_bytes(rd, &m.payload, &m.payload_len);
+	m.topic = (const char *)topic;
+	if (recr_end(rd) || !router_conn_ok(r, worker, conn) || state > MSG_PUBREL ||
+	    m.qos > 2 || m.retain > 1)
+		return ROUTER_BAD;
+	/* An unfinished exchange needs QoS >= 1 (PUBREL: 2); anything to publish needs a topic. */
+	if ((state != MSG_QUEUED && m.qos == 0) || (state == MSG_PUBREL && m.qos != 2))
+		return ROUTER_BAD;
+	if (state != MSG_PUBREL && !topic_name_valid(m.topic, m.topic_len, 0, 0))
+		return ROUTER_BAD;
+
+	s = router_find_sid(r, sid);
+	if (!s) {
+		log_debug("router: stored message for gone session %u dropped", sid);
+		return ROUTER_OK;
+	}
+	if (s->online && s->conn == conn) {
+		/* Owed by the session's own closing connection (REC_CLOSE follows). */
+		session_enqueue(r, s, true, packet_id, state, &m);
+	} else if (!s->online || s->pending) {
+		if (m.qos > 0)
+			session_enqueue(r, s, false, packet_id, state, &m);
+	} else {
+		/*
+		 * A delivery that reached a connection the session has since left:
+		 * the new connection gets it as a new message.
+		 */
+		router_send_session_msg(r, s->conn, s->sid, 0, MSG_QUEUED, &m);
+	}
+	return ROUTER_OK;
+}
+
+static int router_on_close(struct router *r, unsigned worker, struct recr *rd)
+{
+	conn_id_t conn = recr_u64(rd);
+	uint8_t publish_will = recr_u8(rd);
+	uint16_t n = recr_u16(rd);
+	const uint8_t *ids = rd->p;
+	struct session *s;
+
+	for (uint16_t i = 0; i < n; i++)
+		recr_u16(rd);
+	if (recr_end(rd) || !router_conn_ok(r, worker, conn) || publish_will > 1)
+		return ROUTER_BAD;
+	s = router_find_conn(r, conn);
+	if (s) {
+		router_close(r, s, publish_will, ids, n);
+		return ROUTER_OK;
+	}
+	s = router_find_pending(r, conn);
+	if (s) {
+		/* Gone before the connection it takes over closed: never accepted, no will. */
+		log_client(LOG_LVL_INFO, s->client_id, s->pending->remote,
+			   "connection closed while waiting for its session");
+		session_pending_drop(r, s);
+		return ROUTER_OK;
+	}
+	if (router_kicked_take(r, conn))
+		return ROUTER_OK;
+	return ROUTER_NOCONN;
+}
+
+static bool router_conn_dead(conn_id_t conn, unsigned worker, uint32_t new_epoch)
+{
+	return conn_id_worker(conn) == worker && conn_id_epoch(conn) != (new_epoch & 0xffff);
+}
+
+/* Close every session on the dead worker, as if each had sent REC_CLOSE(publish_will=1). */
+static size_t router_close_dead(struct router *r, unsigned worker, uint32_t new_epoch)
+{
+	struct session *s, *tmp;
+	uint32_t *sids;
+	size_t n = 0, closed = 0, cap = HASH_CNT(hh_conn, r->by_conn);
+
+	/*
+	 * Closing publishes wills and accepts waiting CONNECTs, which changes
+	 * by_conn: collect first, then look each session up again.
+	 */
+	sids = cap ? malloc(cap * sizeof(*sids)) : NULL;
+	if (sids || !cap) {
+		HASH_ITER(hh_conn, r->by_conn, s, tmp)
+			if (router_conn_dead(s->conn, worker, new_epoch))
+				sids[n++] = s->sid;
+		for (size_t i = 0; i < n; i++) {
+			s = router_find_sid(r, sids[i]);
+			if (s && s->online && router_conn_dead(s->conn, worker, new_epoch)) {
+				router_close(r, s, true, NULL, 0);
+				closed++;
+			}
+		}
+		free(sids);
+		return closed;
+	}
+	/* Out of memory: slower, but nothing is left open. */
+	for (;;) {
+		struct session *found = NULL;
+
+		HASH_ITER(hh_conn, r->by_conn, s, tmp) {
+			if (router_conn_dead(s->conn, worker, new_epoch)) {
+				found = s;
+				break;
+			}
+		}
+		if (!found)
+			return closed;
+		router_close(r, found, true, NULL, 0);
+		closed++;
+	}
+}
+
+static int router_on_worker_down(struct router *r, unsigned ring, struct recr *rd)
+{
+	uint32_t worker = recr_u32(rd);
+	uint32_t new_epoch = recr_u32(rd);
+	struct session *s, *tmp;
+	struct router_kicked *k, *ktmp;
+	size_t closed;
+
+	if (recr_end(rd) || worker >= r->nworkers)
+		return ROUTER_BAD;
+	HASH_ITER(hh, r->kicked, k, ktmp) {
+		if (router_conn_dead(k->conn, worker, new_epoch)) {
+			HASH_DEL(r->kicked, k);
+			free(k);
+		}
+	}
+	/* CONNECTs from the dead worker waiting for a takeover first: none may be accepted. */
+	HASH_ITER(hh_pend, r->by_pending, s, tmp)
+		if (router_conn_dead(s->pending_conn, worker, new_epoch))
+			session_pending_drop(r, s);
+	closed = router_close_dead(r, worker, new_epoch);
+	log_warn("router: worker %u down (epoch now %u): %zu sessions disconnected", worker,
+		 new_epoch, closed);
+	return ROUTER_OK;
+}
+
+typedef int (*router_handler_fn)(struct router *r, unsigned worker, struct recr *rd);
+
+static const router_handler_fn router_handlers[REC_TYPE_MAX] = {
+	[REC_CONNECT] = router_on_connect,
+	[REC_SUBSCRIBE] = router_on_subscribe,
+	[REC_UNSUBSCRIBE] = router_on_unsubscribe,
+	[REC_PUBLISH] = router_on_publish,
+	[REC_SESSION_MSG] = router_on_session_msg,
+	[REC_CLOSE] = router_on_close,
+	[REC_WORKER_DOWN] = router_on_worker_down,
+};
+
+/* ---- public logic interface -------------------------------------------- */
+
+int router_handle(struct router *r, unsigned worker, uint16_t type, const void *payload,
+		  size_t len)
+{
+	unsigned slot = type < REC_TYPE_MAX ? type : REC_TYPE_MAX;
+	struct recr rd;
+	int rc;
+
+	if (worker >= r->nworkers || type >= REC_TYPE_MAX || !router_handlers[type]) {
+		rc = ROUTER_BAD;
+	} else {
+		recr_init(&rd, payload, len);
+		rc = router_handlers[type](r, worker, &rd);
+	}
+	if (rc == ROUTER_OK)
+		return 0;
+	r->bad_records++;
+	/* Once per record type: a buggy worker must not flood the log. */
+	if (rc == ROUTER_BAD && !r->warned_bad[slot]) {
+		log_warn("router: malformed or unexpected record %s (type %u, %zu bytes) from ring %u dropped (logged once)",
+			 rec_type_name(type), type, len, worker);
+		r->warned_bad[slot] = true;
+	} else if (rc == ROUTER_NOCONN && !r->warned_noconn[slot]) {
+		log_warn("router: record %s for an unknown connection from worker %u dropped (logged once)",
+			 rec_type_name(type), worker);
+		r->warned_noconn[slot] = true;
+	}
+	return -1;
+}
+
+void router_tick(struct router *r, uint64_t now_ms)
+{
+	long secs = r->cfg->session_timeout_secs;
+	uint64_t timeout_ms;
+	struct session *s;
+
+	r->now_ms = now_ms;
+	if (secs <= 0)
+		return;
+	timeout_ms = (uint64_t)secs * 1000;
+	/* Offline sessions are linked in the order they left: the oldest first. */
+	while ((s = r->off_head) && now_ms >= s->last_seen_ms &&
+	       now_ms - s->last_seen_ms > timeout_ms) {
+		log_client(LOG_LVL_INFO, s->client_id, s->remote,
+			   "session expired after %ld s offline (%zu stored messages dropped)",
+			   secs, session_queue_len(s));
+		session_free(r, s);
+	}
+}
+
+void router_set_max_record(struct router *r, size_t bytes)
+{
+	r->max_record = bytes;
+}
+
+void router_get_stats(const struct router *r, struct router_stats *st)
+{
+	st->sessions = HASH_CNT(hh_sid, r->by_sid);
+	st->online = HASH_CNT(hh_conn, r->by_conn);
+	st->subscriptions = topic_trie_count(r->trie);
+	st->retained = retain_count(r->retained);
+	st->queue_drops = r->queue_drops;
+	st->bad_records = r->bad_records;
+}
+
+struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
+			  router_emit_fn emit, void *emit_arg)
+{
+	struct router *r;
+	long limit = cfg->retained_message_limit;
+
+	if (!nworkers || nworkers > IOTD_MAX_WORKERS || !emit)
+		return NULL;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	r->cfg = cfg;
+	r->nworkers = nworkers;
+	r->emit = emit;
+	r->emit_arg = emit_arg;
+	r->next_sid = 1;
+	recw_init(&r->out);
+	recw_init(&r->ack);
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		recw_init(&r->deliver[i]);
+	r->trie = topic_trie_new();
+	r->retained = retain_new(limit > 0 ? (size_t)limit : 0, 0);
+	if (!r->trie || !r->retained)
+		router_free(&r);
+	return r;
+}
+
+void router_free(struct router **rp)
+{
+	struct router *r = rp ? *rp : NULL;
+	struct session *s, *tmp;
+	struct router_kicked *k, *ktmp;
+
+	if (!r)
+		return;
+	HASH_ITER(hh_sid, r->by_sid, s, tmp)
+		session_free(r, s);
+	HASH_ITER(hh, r->kicked, k, ktmp) {
+		HASH_DEL(r->kicked, k);
+		free(k);
+	}
+	topic_trie_free(&r->trie);
+	retain_free(&r->retained);
+	recw_free(&r->out);
+	recw_free(&r->ack);
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		recw_free(&r->deliver[i]);
+	free(r->targets);
+	free(r);
+	*rp = NULL;
+}
+
+/* ---- the process ------------------------------------------------------- */
+
+#define ROUTER_BATCH 256             /* records per ring per turn: no worker starves the others */
+#define ROUTER_MAX_EVENTS 8
+
+/* A record the r2w ring had no room for yet. */
+struct router_blrec {
+	struct router_blrec *next;
+	uint16_t type;
+	uint32_t len;
+	uint8_t data[];
+};
+
+struct router_backlog {
+	struct router_blrec *head, *tail;
+	size_t n;
+};
+
+struct router_proc {
+	struct role_env *env;
+	struct router *r;
+	int epfd, tfd;
+	struct shmring_consumer in[IOTD_MAX_WORKERS];
+	struct shmring_producer out[IOTD_MAX_WORKERS];
+	bool dirty[IOTD_MAX_WORKERS];   /* records reserved, not committed */
+	struct router_backlog backlog[IOTD_MAX_WORKERS];
+};
+
+static uint64_t router_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static bool router_backlog_push(struct router_proc *p, unsigned worker, uint16_t type,
+				const struct recw *rec)
+{
+	struct router_backlog *b = &p->backlog[worker];
+	struct router_blrec *e = malloc(sizeof(*e) + rec->len);
+
+	if (!e)
+		return false;
+	e->next = NULL;
+	e->type = type;
+	e->len = (uint32_t)rec->len;
+	memcpy(e->data, rec->buf, rec->len);
+	if (b->tail)
+		b->tail->next = e;
+	else
+		b->head = e;
+	b->tail = e;
+	if (b->n++ == 0)
+		log_debug("router: ring to worker %u full: holding records", worker);
+	return true;
+}
+
+/* Records go to the ring in order: once one waits, all later ones wait behind it. */
+static int router_proc_emit(void *arg, unsigned worker, uint16_t type, const struct recw *rec)
+{
+	struct router_proc *p = arg;
+	void *dst;
+
+	if (worker >= p->env->nworkers)
+		return -1;
+	if (rec->len > shmring_max_payload(p->out[worker].r)) {
+		log_error("router: %s of %zu bytes exceeds the ring to worker %u: dropped",
+			  rec_type_name(type), rec->len, worker);
+		return -1;
+	}
+	if (!p->backlog[worker].head) {
+		dst = shmring_reserve(&p->out[worker], type, 0, (uint32_t)rec->len);
+		if (dst) {
+			memcpy(dst, rec->buf, rec->len);
+			p->dirty[worker] = true;
+			return 0;
+		}
+	}
+	if (router_backlog_push(p, worker, type, rec))
+		return 0;
+	log_error("router: out of memory holding %s for worker %u: dropped", rec_type_name(type),
+		  worker);
+	return -1;
+}
+
+static void router_backlog_flush(struct router_proc *p, unsigned worker)
+{
+	struct router_backlog *b = &p->backlog[worker];
+	struct router_blrec *e;
+	void *dst;
+
+	while ((e = b->head)) {
+		dst = shmring_reserve(&p->out[worker], e->type, 0, e->len);
+		if (!dst)
+			return;         /* p_wait is set: the worker wakes us when it makes room */
+		memcpy(dst, e->data, e->len);
+		p->dirty[worker] = true;
+		b->head = e->next;
+		if (!b->head)
+			b->tail = NULL;
+		b->n--;
+		free(e);
+	}
+}
+
+static void router_backlog_free(struct router_backlog *b)
+{
+	struct router_blrec *e, *next;
+
+	for (e = b->head; e; e = next) {
+		next = e->next;
+		free(e);
+	}
+	*b = (struct router_backlog){ 0 };
+}
+
+/* Retry held records, then publish each ring's batch with one wake-up at most. */
+static void router_proc_flush(struct router_proc *p)
+{
+	for (unsigned i = 0; i < p->env->nworkers; i++) {
+		router_backlog_flush(p, i);
+		if (!p->dirty[i])
+			continue;
+		p->dirty[i] = false;
+		if (shmring_commit(&p->out[i]))
+			eventfd_wake(p->env->worker_efd[i]);
+	}
+}
+
+/* One round-robin turn over the w2r rings; true when any record was handled. */
+static bool router_proc_drain(struct router_proc *p)
+{
+	bool busy = false;
+
+	for (unsigned i = 0; i < p->env->nworkers; i++) {
+		const struct shmring_rec *rec;
+		unsigned n = 0;
+
+		while (n < ROUTER_BATCH && (rec = shmring_peek(&p->in[i]))) {
+			router_handle(p->r, i, rec->type, shmring_payload(rec), rec->len);
+			shmring_next(&p->in[i]);
+			n++;
+		}
+		if (!n)
+			continue;
+		busy = true;
+		if (shmring_release(&p->in[i]))
+			eventfd_wake(p->env->worker_efd[i]);
+	}
+	return busy;
+}
+
+static bool router_proc_prepare_sleep(struct router_proc *p)
+{
+	bool ok = true;
+
+	/* Every ring gets c_sleep set, so whichever producer commits next wakes us. */
+	for (unsigned i = 0; i < p->env->nworkers; i++)
+		if (!shmring_prepare_sleep(&p->in[i]))
+			ok = false;
+	return ok;
+}
+
+static void router_proc_awake(struct router_proc *p)
+{
+	for (unsigned i = 0; i < p->env->nworkers; i++)
+		shmring_awake(&p->in[i]);
+}
+
+static void router_proc_stats(struct router_proc *p)
+{
+	struct router_stats st;
+
+	router_get_stats(p->r, &st);
+	atomic_store_explicit(&p->env->shm->router_sessions, (uint32_t)st.sessions,
+			      memory_order_relaxed);
+	atomic_store_explicit(&p->env->shm->retained, (uint32_t)st.retained,
+			      memory_order_relaxed);
+}
+
+/* Returns 1 to go on, 0 to stop (shutdown or the supervisor is gone). */
+static int router_proc_ctl(struct router_proc *p)
+{
+	struct ipc_hdr hdr;
+	char buf[IPC_MAX_PAYLOAD];
+	int fd = -1;
+	ssize_t n = ipc_recv(p->env->ctl_fd, &hdr, buf, sizeof(buf), &fd);
+
+	if (fd >= 0)
+		close(fd);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EINTR || errno == EMSGSIZE)
+			return 1;
+		log_error("router: control socket: %s", strerror(errno));
+		return 0;
+	}
+	if (n == 0 && hdr.type == 0)
+		return 0;
+	switch (hdr.type) {
+	case IPC_SHUTDOWN:
+		log_info("router: shutting down");
+		return 0;
+	case IPC_PING:
+		if (ipc_send(p->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1) < 0)
+			log_warn("router: cannot answer the supervisor's ping: %s", strerror(errno));
+		return 1;
+	default:
+		log_debug("router: ignoring control message %u", hdr.type);
+		return 1;
+	}
+}
+
+static int router_proc_setup(struct router_proc *p)
+{
+	struct role_env *env = p->env;
+	struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
+	struct epoll_event ev = { .events = EPOLLIN };
+	size_t max_record = SIZE_MAX;
+
+	for (unsigned i = 0; i < env->nworkers; i++) {
+		shmring_consumer_attach(&p->in[i], shm_w2r(env->shm, i));
+		shmring_producer_attach(&p->out[i], shm_r2w(env->shm, i));
+		max_record = MIN(max_record, shmring_max_payload(p->out[i].r));
+	}
+	p->r = router_new(env->cfg, env->nworkers, router_proc_emit, p);
+	if (!p->r) {
+		log_error("router: out of memory at start");
+		return -1;
+	}
+	router_set_max_record(p->r, max_record);
+	router_tick(p->r, router_now_ms());
+
+	p->epfd = epoll_create1(EPOLL_CLOEXEC);
+	p->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (p->epfd < 0 || p->tfd < 0 || timerfd_settime(p->tfd, 0, &its, NULL) < 0)
+		goto fail;
+	ev.data.fd = env->router_efd;
+	if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, env->router_efd, &ev) < 0)
+		goto fail;
+	ev.data.fd = env->ctl_fd;
+	if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, env->ctl_fd, &ev) < 0)
+		goto fail;
+	ev.data.fd = p->tfd;
+	if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->tfd, &ev) < 0)
+		goto fail;
+	return 0;
+fail:
+	log_error("router: cannot set up its event loop: %s", strerror(errno));
+	return -1;
+}
+
+static void router_proc_cleanup(struct router_proc *p)
+{
+	if (p->epfd >= 0)
+		close(p->epfd);
+	if (p->tfd >= 0)
+		close(p->tfd);
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		router_backlog_free(&p->backlog[i]);
+	router_free(&p->r);
+}
+
+/* Handle what woke us; returns 0 to stop. */
+static int router_proc_events(struct router_proc *p, int timeout)
+{
+	struct epoll_event evs[ROUTER_MAX_EVENTS];
+	uint64_t expirations;
+	int n = epoll_wait(p->epfd, evs, ROUTER_MAX_EVENTS, timeout);
+
+	if (n < 0)
+		return errno == EINTR ? 1 : -1;
+	for (int i = 0; i < n; i++) {
+		int fd = evs[i].data.fd;
+
+		if (fd == p->env->router_efd) {
+			eventfd_drain(fd);
+		} else if (fd == p->tfd) {
+			if (read(p->tfd, &expirations, sizeof(expirations)) > 0) {
+				router_tick(p->r, router_now_ms());
+				router_proc_stats(p);
+			}
+		} else if (fd == p->env->ctl_fd) {
+			if (!router_proc_ctl(p))
+				return 0;
+		}
+	}
+	return 1;
+}
+
+int router_main(struct role_env *env)
+{
+	struct router_proc *p = calloc(1, sizeof(*p));
+	int rc = 1, ev;
+
+	if (!p) {
+		log_error("router: out of memory at start");
+		return 1;
+	}
+	p->env = env;
+	p->epfd = p->tfd = -1;
+	if (router_proc_setup(p) < 0)
+		goto out;
+	if (ipc_send(env->ctl_fd, IPC_READY, 0, NULL, 0, -1) < 0) {
+		log_error("router: cannot report ready: %s", strerror(errno));
+		goto out;
+	}
+	log_info("router: serving %u workers", env->nworkers);
+
+	for (;;) {
+		bool busy = router_proc_drain(p);
+		int timeout = 0;
+
+		router_proc_flush(p);
+		if (busy)
+			router_proc_stats(p);
+		else if (router_proc_prepare_sleep(p))
+			timeout = -1;
+		ev = router_proc_events(p, timeout);
+		if (timeout)
+			router_proc_awake(p);
+		if (ev <= 0) {
+			if (ev < 0)
+				log_error("router: epoll_wait: %s", strerror(errno));
+			rc = ev < 0 ? 1 : 0;
+			break;
+		}
+	}
+	/* Whatever fits still goes out: the workers may outlive us. */
+	router_proc_flush(p);
+out:
+	router_proc_cleanup(p);
+	free(p);
+	return rc;
+}

@@ -1,0 +1,446 @@
+"""
+End-to-end tests for iotd: each test starts a fresh daemon on a free port
+and talks MQTT 3.1.1 to it (raw sockets, paho-mqtt, mosquitto_sub/pub).
+
+Run (from the repository root):
+    /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/e2e
+    IOTD_BIN=/path/to/iotd ...            # default: <repo>/build/iotd
+    E2E_BROKER=mosquitto ...              # run against /usr/sbin/mosquitto instead
+    E2E_TIMEOUT_SCALE=3 ...               # stretch every bound (sanitizer builds)
+
+Use /usr/bin/python3: the paho-mqtt the tests need is Debian's python3-paho-mqtt.
+
+Fixtures:
+    broker        a running daemon; options from @pytest.mark.broker_config(**server_opts)
+                  (workers=N, listen=[...], env={...}, args=[...] are fixture options,
+                  everything else goes into the config file's server { } section)
+    start_broker  factory: start_broker(**same options) -> Broker (stopped at teardown)
+    worker_of     worker_of(client) -> pid of the worker holding the server side
+
+Teardown fails the test if the daemon crashed: the supervisor is gone or
+exits non-zero on SIGINT, a child process disappeared or was replaced
+(a child died and was restarted), the daemon did not stop in time, or the
+log holds a sanitizer report ("ERROR: AddressSanitizer", "runtime error:")
+or mentions a crash signal.
+
+Markers:
+    iotd_only                 iotd-specific behaviour (process titles, workers,
+                              CLI, config errors, -t): skipped for mosquitto
+    mosquitto_differs(why)    MQTT behaviour where Mosquitto 2.0.11 knowingly
+                              differs from what iotd must do: skipped for mosquitto
+
+Known Mosquitto 2.0.11 differences (why a test skips under E2E_BROKER=mosquitto):
+  * server options with no Mosquitto equivalent skip the test automatically:
+    retained_message_limit, connect_timeout, keep_alive_timeout_secs,
+    session_timeout_secs, max_topic_levels, max_topic_length.
+  * an invalid topic filter in SUBSCRIBE (e.g. "a/#/b", "a+") makes Mosquitto
+    close the connection instead of answering SUBACK 0x80 for that filter.
+  * overlapping subscriptions ("a/#" and "a/+") get one copy per matching
+    subscription from Mosquitto (allow_duplicate_messages is always true in 2.0);
+    MQTT 3.1.1 wants a single copy at the maximum granted QoS.
+  * Mosquitto queues QoS 0 messages for offline clients only with
+    queue_qos0_messages; the tests never assert QoS 0 is or is not queued.
+  * MQTT 3.1 (MQIsdp) client ids are limited to 23 bytes by Mosquitto; the
+    3.1 test uses a short id so it runs on both.
+  * a single Mosquitto process holds every connection: "clients on two
+    different workers" assertions only apply to iotd (Broker.multiworker).
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mqttraw  # noqa: E402
+from helpers import (T, descendants, local_port_of, proc_alive, proc_cmdline,  # noqa: E402
+                     server_side_inode, socket_inodes, uid, wait_for)
+
+REPO = Path(__file__).resolve().parents[2]
+BROKER_KIND = os.environ.get("E2E_BROKER", "iotd").strip().lower()
+IOTD_BIN = os.environ.get("IOTD_BIN", str(REPO / "build" / "iotd"))
+MOSQUITTO_BIN = os.environ.get("MOSQUITTO_BIN", "/usr/sbin/mosquitto")
+
+if BROKER_KIND not in ("iotd", "mosquitto"):
+    raise SystemExit(f"E2E_BROKER must be 'iotd' or 'mosquitto', not {BROKER_KIND!r}")
+
+CRASH_PATTERNS = [
+    re.compile(r"ERROR: AddressSanitizer"),
+    re.compile(r"ERROR: LeakSanitizer"),
+    re.compile(r"runtime error:"),
+    re.compile(r"\b(SIGSEGV|SIGBUS|SIGILL|SIGFPE|SIGABRT)\b"),
+    re.compile(r"[Ss]egmentation fault"),
+]
+
+# server { } option -> mosquitto.conf option. None: no equivalent (skip).
+MOSQ_GLOBAL = {
+    "max_inflight": "max_inflight_messages",
+    "max_queued_messages": "max_queued_messages",
+    "max_queued_bytes": "max_queued_bytes",
+    "max_packet_size": "max_packet_size",
+    "max_keepalive": "max_keepalive",
+}
+MOSQ_LISTENER = {"max_connections": "max_connections"}
+
+
+def free_port(host="127.0.0.1"):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def split_listen(addr):
+    """'127.0.0.1:1883' / '[::1]:1883' -> (host, port)."""
+    m = re.match(r"^\[([^\]]+)\]:(\d+)$", addr) or re.match(r"^([^:]*):(\d+)$", addr)
+    assert m, f"bad listen address {addr!r}"
+    return m.group(1) or "127.0.0.1", int(m.group(2))
+
+
+def conf_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def iotd_config_text(server_opts, log_level="debug"):
+    lines = []
+    if server_opts:
+        lines.append("server {")
+        for k, v in server_opts.items():
+            lines.append(f"    {k} = {conf_value(v)}")
+        lines.append("}")
+    if log_level:
+        lines.append("logging {")
+        lines.append(f"    level = {conf_value(log_level)}")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def mosquitto_config_text(server_opts, listen):
+    glob, lst = [], []
+    for k, v in server_opts.items():
+        if k in MOSQ_GLOBAL:
+            glob.append(f"{MOSQ_GLOBAL[k]} {v}")
+        elif k in MOSQ_LISTENER:
+            lst.append(f"{MOSQ_LISTENER[k]} {v}")
+        else:
+            pytest.skip(f"mosquitto has no equivalent of server option {k!r}")
+    lines = ["per_listener_settings false", "allow_anonymous true", "persistence false",
+             "log_dest stderr", "log_type all", "sys_interval 0",
+             "allow_zero_length_clientid true"]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    lines += glob
+    for addr in listen:
+        host, port = split_listen(addr)
+        lines.append(f"listener {port} {host}")
+        lines += lst
+    return "\n".join(lines) + "\n"
+
+
+class Broker:
+    """One running daemon (iotd or, with E2E_BROKER=mosquitto, Mosquitto)."""
+
+    def __init__(self, tmpdir, name, workers=2, listen=None, env=None, args=None,
+                 config_text=None, log_level="debug", use_config=True, wait=True,
+                 **server_opts):
+        self.kind = BROKER_KIND
+        self.tmpdir = Path(tmpdir)
+        self.name = name
+        self.workers = workers
+        self.port = free_port()
+        self.listen = listen if listen is not None else [f"127.0.0.1:{self.port}"]
+        if listen is not None:
+            self.port = split_listen(listen[0])[1]
+        self.host = split_listen(self.listen[0])[0]
+        self.server_opts = server_opts
+        self.conf_path = self.tmpdir / f"{name}.conf"
+        self.log_path = self.tmpdir / f"{name}.log"
+        self.stopped = False
+        self.returncode = None
+        self.initial_pids = None
+        if self.kind == "mosquitto":
+            if not os.path.exists(MOSQUITTO_BIN):
+                pytest.skip(f"{MOSQUITTO_BIN} not installed")
+            self.conf_path.write_text(mosquitto_config_text(server_opts, self.listen))
+            argv = [MOSQUITTO_BIN, "-c", str(self.conf_path)]
+        else:
+            if not os.access(IOTD_BIN, os.X_OK):
+                pytest.fail(f"iotd binary {IOTD_BIN} not found (run make, or set IOTD_BIN)")
+            argv = [IOTD_BIN]
+            if use_config:
+                text = config_text if config_text is not None else \
+                    iotd_config_text(server_opts, log_level)
+                self.conf_path.write_text(text)
+                argv += ["-c", str(self.conf_path)]
+            for addr in self.listen:
+                argv += ["-l", addr]
+            if workers is not None:
+                argv += ["-w", str(workers)]
+            argv += list(args or [])
+        self.argv = argv
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env.setdefault("ASAN_OPTIONS", "abort_on_error=0:detect_leaks=1")
+        self._logf = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._logf,
+                                     stderr=subprocess.STDOUT, env=full_env,
+                                     start_new_session=True)
+        if wait:
+            self.wait_ready()
+
+    # --- introspection
+
+    @property
+    def multiworker(self):
+        """True when connections are spread over several worker processes."""
+        return self.kind == "iotd" and (self.workers or 0) > 1
+
+    @property
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=40):
+        return "\n".join(self.log.splitlines()[-n:])
+
+    def pids(self):
+        """The supervisor and all its living descendants."""
+        if not proc_alive(self.proc.pid):
+            return []
+        return [self.proc.pid] + descendants(self.proc.pid)
+
+    def worker_pids(self):
+        if self.kind == "mosquitto":
+            return [self.proc.pid] if proc_alive(self.proc.pid) else []
+        return [p for p in descendants(self.proc.pid)
+                if proc_cmdline(p).startswith("iotd: worker")]
+
+    def worker_of(self, client, timeout=5):
+        """Pid of the worker holding the server side of the client's TCP
+        connection (found through /proc/net/tcp{,6} and /proc/PID/fd)."""
+        cport = local_port_of(client)
+
+        def find():
+            inode = server_side_inode(self.port, cport)
+            if inode is None:
+                return None
+            for pid in self.worker_pids():
+                if inode in socket_inodes(pid):
+                    return pid
+            return None
+        return wait_for(find, timeout,
+                        f"a worker holding the server side of the connection from port {cport}")
+
+    def assert_spread(self, *clients):
+        """Assert the clients are held by at least two different workers
+        (iotd with several workers only; a no-op for Mosquitto)."""
+        if not self.multiworker:
+            return
+        owners = {self.worker_of(c) for c in clients}
+        assert len(owners) >= 2, (f"expected clients on at least two workers, all on "
+                                  f"{owners} (the listener should balance to the least-loaded worker)")
+
+    def assert_different_workers(self, a, b):
+        if not self.multiworker:
+            return
+        wa, wb = self.worker_of(a), self.worker_of(b)
+        assert wa != wb, f"both clients on worker pid {wa}: expected different workers"
+
+    # --- lifecycle
+
+    def _fail(self, msg):
+        pytest.fail(f"{msg}\n--- daemon log ({self.log_path}) tail ---\n{self.log_tail()}",
+                    pytrace=False)
+
+    def wait_ready(self, timeout=10):
+        """Wait until the port accepts connections and answers an MQTT CONNECT."""
+        deadline = time.monotonic() + T(timeout)
+        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                self.stopped = True
+                self.returncode = rc
+                self._fail(f"daemon exited with status {rc} during startup: {self.argv}")
+            try:
+                with socket.socket(fam, socket.SOCK_STREAM) as s:
+                    s.settimeout(1)
+                    s.connect((self.host, self.port))
+                break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self._fail(f"daemon did not accept connections on {self.host}:{self.port} "
+                           f"within {T(timeout):.0f} s")
+            time.sleep(0.02)
+        # A full handshake proves a worker serves clients; waiting for the
+        # server to close after DISCONNECT leaves no probe in any worker's count.
+        try:
+            with mqttraw.RawClient(self.port, host=self.host, timeout=T(5)) as c:
+                c.connect(uid("probe"), keepalive=30)
+                c.send(mqttraw.disconnect())
+                c.expect_closed(T(5))
+        except (AssertionError, OSError) as e:
+            self._fail(f"daemon accepts TCP on {self.port} but the MQTT probe failed: {e}")
+        if self.kind == "iotd" and self.workers:
+            want = 3 + self.workers
+            try:
+                wait_for(lambda: len(self.pids()) == want and
+                         len(self.worker_pids()) == self.workers, timeout,
+                         f"{want} daemon processes (supervisor, listener, router, "
+                         f"{self.workers} workers)")
+            except AssertionError as e:
+                self._fail(f"{e}; have {[(p, proc_cmdline(p)) for p in self.pids()]}")
+        self.initial_pids = set(self.pids())
+
+    def check_health(self):
+        """Fail if the daemon crashed or a child was replaced."""
+        rc = self.proc.poll()
+        if rc is not None and not self.stopped:
+            self.stopped = True
+            self.returncode = rc
+            self._fail(f"daemon exited by itself with status {rc}")
+        if self.initial_pids is not None and not self.stopped:
+            now = set(self.pids())
+            if now != self.initial_pids:
+                gone = sorted(self.initial_pids - now)
+                new = sorted(now - self.initial_pids)
+                self._fail(f"daemon processes changed during the test (a child died?): "
+                           f"gone {gone}, new {[(p, proc_cmdline(p)) for p in new]}")
+        self.check_log()
+
+    def check_log(self):
+        log = self.log
+        for rx in CRASH_PATTERNS:
+            m = rx.search(log)
+            if m:
+                i = m.start()
+                self._fail(f"crash report in the daemon log ({rx.pattern!r}):\n"
+                           f"{log[max(0, i - 500):i + 3000]}")
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGINT, timeout=10, expect_rc=0):
+        """Stop the daemon: sig, bounded wait, then SIGKILL (a failure).
+        Returns the exit status; fails on an unexpected one or leftovers."""
+        if self.stopped:
+            return self.returncode
+        pids = self.pids()
+        self.stopped = True
+        self.proc.send_signal(sig)
+        try:
+            self.returncode = self.proc.wait(T(timeout))
+        except subprocess.TimeoutExpired:
+            self._kill_all(pids)
+            self._fail(f"daemon did not exit within {T(timeout):.0f} s of {sig.name}")
+        finally:
+            self._logf.close()
+        leftover = []
+        deadline = time.monotonic() + T(5)
+        while time.monotonic() < deadline:
+            leftover = [p for p in pids if proc_alive(p)]
+            if not leftover:
+                break
+            time.sleep(0.02)
+        if leftover:
+            self._kill_all(leftover)
+            self._fail(f"daemon processes still alive after the supervisor exited: "
+                       f"{[(p, proc_cmdline(p)) for p in leftover]}")
+        if self.returncode < 0:
+            self._fail(f"daemon killed by signal {-self.returncode} (on {sig.name})")
+        if expect_rc is not None and self.returncode != expect_rc:
+            self._fail(f"daemon exited with status {self.returncode} on {sig.name}, "
+                       f"expected {expect_rc}")
+        return self.returncode
+
+    def _kill_all(self, pids):
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def teardown(self):
+        try:
+            if not self.stopped:
+                self.check_health()
+                self.stop()
+            self.check_log()
+        finally:
+            if self.proc.poll() is None:
+                self._kill_all(self.pids())
+            if not self._logf.closed:
+                self._logf.close()
+
+
+# ------------------------------------------------------------ pytest hooks
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "iotd_only: iotd-specific behaviour, skipped for mosquitto")
+    config.addinivalue_line("markers", "mosquitto_differs(reason): Mosquitto knowingly "
+                            "differs; skipped for mosquitto")
+    config.addinivalue_line("markers", "broker_config(**opts): options of the broker fixture")
+
+
+def pytest_report_header(config):
+    target = MOSQUITTO_BIN if BROKER_KIND == "mosquitto" else IOTD_BIN
+    return f"e2e broker: {BROKER_KIND} ({target})"
+
+
+def pytest_runtest_setup(item):
+    if BROKER_KIND == "mosquitto":
+        if item.get_closest_marker("iotd_only"):
+            pytest.skip("iotd-only behaviour")
+        m = item.get_closest_marker("mosquitto_differs")
+        if m:
+            pytest.skip("mosquitto differs: " + (m.args[0] if m.args else ""))
+
+
+@pytest.fixture
+def start_broker(tmp_path):
+    started = []
+
+    def start(**opts):
+        b = Broker(tmp_path, f"broker{len(started)}", **opts)
+        started.append(b)
+        return b
+
+    yield start
+    errors = []
+    for b in started:
+        try:
+            b.teardown()
+        except BaseException as e:  # pytest.fail raises an OutcomeException
+            errors.append(e)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def broker(request, start_broker):
+    m = request.node.get_closest_marker("broker_config")
+    opts = dict(m.kwargs) if m else {}
+    return start_broker(**opts)
+
+
+@pytest.fixture
+def worker_of(broker):
+    return broker.worker_of

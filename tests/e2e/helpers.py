@@ -1,0 +1,402 @@
+"""
+Shared helpers for the iotd end-to-end tests: bounded waiting, unique client
+ids, /proc lookups (which process holds the server side of a connection),
+a paho-mqtt wrapper and mosquitto_sub / mosquitto_pub subprocess wrappers.
+"""
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+# Multiply every bound by this (e.g. E2E_TIMEOUT_SCALE=3 under a slow sanitizer build).
+SCALE = float(os.environ.get("E2E_TIMEOUT_SCALE", "1"))
+
+
+def T(seconds):
+    """A timeout bound, scaled for slow builds."""
+    return seconds * SCALE
+
+
+def wait_for(cond, timeout, what, interval=0.02):
+    """Poll cond() until it returns something truthy; return that value.
+    Fails with 'timed out after N s waiting for <what>' otherwise."""
+    timeout = T(timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def uid(tag="c"):
+    """A client id unique to this call, at most 23 characters (the MQTT
+    3.1.1 limit a server must accept)."""
+    return f"{tag[:12]}-{secrets.token_hex(4)}"
+
+
+# ------------------------------------------------------------ /proc helpers
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def proc_stat(pid):
+    """(state, ppid) of a process, or None if it is gone."""
+    data = _read(f"/proc/{pid}/stat")
+    if data is None:
+        return None
+    rest = data[data.rindex(b")") + 2:].split()
+    return rest[0].decode(), int(rest[1])
+
+
+def proc_alive(pid):
+    """True if the process exists and is not a zombie."""
+    st = proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def proc_cmdline(pid):
+    """The process's argv joined by spaces (a rewritten process title shows
+    here), or '' if gone."""
+    data = _read(f"/proc/{pid}/cmdline")
+    if not data:
+        return ""
+    return data.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+
+
+def descendants(root):
+    """All living descendants of root (not root itself), via /proc/*/stat ppid."""
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        st = proc_stat(int(name))
+        if st is None or st[0] in ("Z", "X"):
+            continue
+        children.setdefault(st[1], []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        for c in children.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return sorted(out)
+
+
+def _tcp_table():
+    """Rows (local_port, remote_port, inode) of /proc/net/tcp and tcp6."""
+    rows = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        data = _read(path)
+        if not data:
+            continue
+        for line in data.decode().splitlines()[1:]:
+            f = line.split()
+            if len(f) < 10:
+                continue
+            lport = int(f[1].rsplit(":", 1)[1], 16)
+            rport = int(f[2].rsplit(":", 1)[1], 16)
+            inode = int(f[9])
+            if inode:
+                rows.append((lport, rport, inode))
+    return rows
+
+
+def socket_inodes(pid):
+    """Inodes of the sockets open in a process."""
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        m = re.match(r"socket:\[(\d+)\]", link)
+        if m:
+            out.add(int(m.group(1)))
+    return out
+
+
+def server_side_inode(broker_port, client_port):
+    """Inode of the server-side TCP socket of the connection from
+    client_port to broker_port, or None."""
+    for lport, rport, inode in _tcp_table():
+        if lport == broker_port and rport == client_port:
+            return inode
+    return None
+
+
+def client_port_of_pid(pid, broker_port):
+    """Local port of the process's TCP connection to broker_port, or None."""
+    inodes = socket_inodes(pid)
+    for lport, rport, inode in _tcp_table():
+        if rport == broker_port and inode in inodes:
+            return lport
+    return None
+
+
+def local_port_of(client):
+    """The client-side local port of a RawClient, PahoClient, socket, CLI
+    wrapper or a port number."""
+    if isinstance(client, int):
+        return client
+    if hasattr(client, "local_port"):
+        return client.local_port
+    if hasattr(client, "getsockname"):
+        return client.getsockname()[1]
+    raise TypeError(f"cannot find the local port of {client!r}")
+
+
+# ------------------------------------------------------------ paho wrapper
+
+class PahoClient:
+    """paho-mqtt 1.6.1 client run on its own network thread, with bounded
+    waits for CONNACK, SUBACK, publish completion and incoming messages."""
+
+    def __init__(self, port, client_id, clean_session=True, keepalive=60,
+                 will=None, host="127.0.0.1"):
+        self.port = port
+        self.host = host
+        self.client_id = client_id
+        self.c = mqtt.Client(client_id=client_id, clean_session=clean_session,
+                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+        if will is not None:
+            topic, payload, qos, retain = will
+            self.c.will_set(topic, payload, qos, retain)
+        self.keepalive = keepalive
+        self.lock = threading.Condition()
+        self.messages = []
+        self.connack = None
+        self.granted = {}
+        self.disconnected = None
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = self._on_subscribe
+        self.c.on_disconnect = self._on_disconnect
+
+    def _on_connect(self, c, ud, flags, rc):
+        with self.lock:
+            self.connack = (flags.get("session present", 0), rc)
+            self.lock.notify_all()
+
+    def _on_message(self, c, ud, msg):
+        with self.lock:
+            self.messages.append(msg)
+            self.lock.notify_all()
+
+    def _on_subscribe(self, c, ud, mid, granted):
+        with self.lock:
+            self.granted[mid] = list(granted)
+            self.lock.notify_all()
+
+    def _on_disconnect(self, c, ud, rc):
+        with self.lock:
+            self.disconnected = rc
+            self.lock.notify_all()
+
+    def _wait(self, cond, timeout, what):
+        timeout = T(timeout)
+        with self.lock:
+            if not self.lock.wait_for(cond, timeout):
+                raise AssertionError(f"[{self.client_id}] timed out after {timeout:.1f} s "
+                                     f"waiting for {what}")
+
+    def connect(self, expect_rc=0):
+        self.c.connect(self.host, self.port, self.keepalive)
+        self.c.loop_start()
+        self._wait(lambda: self.connack is not None, 5, "CONNACK")
+        assert self.connack[1] == expect_rc, f"CONNACK rc {self.connack[1]}, expected {expect_rc}"
+        return self.connack
+
+    def subscribe(self, topic, qos=0):
+        rc, mid = self.c.subscribe(topic, qos)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {rc}"
+        self._wait(lambda: mid in self.granted, 5, f"SUBACK for {topic!r}")
+        return self.granted[mid]
+
+    def unsubscribe(self, topic):
+        done = threading.Event()
+        self.c.on_unsubscribe = lambda c, ud, mid: done.set()
+        self.c.unsubscribe(topic)
+        assert done.wait(T(5)), f"[{self.client_id}] no UNSUBACK for {topic!r}"
+
+    def publish(self, topic, payload, qos=0, retain=False, wait=True):
+        info = self.c.publish(topic, payload, qos, retain)
+        if wait:
+            info.wait_for_publish(T(10))
+            assert info.is_published(), f"[{self.client_id}] publish to {topic!r} not completed"
+        return info
+
+    def wait_messages(self, n, timeout=10):
+        self._wait(lambda: len(self.messages) >= n, timeout,
+                   f"{n} messages (have {len(self.messages)})")
+        with self.lock:
+            return list(self.messages)
+
+    def wait_disconnected(self, timeout=5):
+        self._wait(lambda: self.disconnected is not None, timeout, "disconnection")
+
+    @property
+    def local_port(self):
+        s = self.c.socket()
+        assert s is not None, f"[{self.client_id}] not connected"
+        return s.getsockname()[1]
+
+    def disconnect(self):
+        try:
+            self.c.disconnect()
+        finally:
+            self.c.loop_stop()
+
+    def close(self):
+        """Drop the connection without DISCONNECT."""
+        s = self.c.socket()
+        self.c.loop_stop()
+        if s is not None:
+            s.close()
+
+
+# ------------------------------------------------------------ CLI clients
+
+def _cli(name):
+    path = shutil.which(name)
+    assert path, f"{name} not found (install mosquitto-clients)"
+    return path
+
+
+class _CliProc:
+    """A mosquitto-clients subprocess whose output is read line by line on a
+    thread (line-buffered through stdbuf)."""
+
+    def __init__(self, argv, stdin=None):
+        cmd = (["stdbuf", "-oL"] if shutil.which("stdbuf") else []) + argv
+        self.proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.lines = []
+        self.cond = threading.Condition()
+        self.t = threading.Thread(target=self._reader, daemon=True)
+        self.t.start()
+
+    def _reader(self):
+        for raw in self.proc.stdout:
+            with self.cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_line(self, pattern, timeout, what):
+        rx = re.compile(pattern)
+        timeout = T(timeout)
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(rx.search(l) for l in self.lines), timeout)
+            if not ok:
+                raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}; "
+                                     f"output so far: {self.lines[-20:]!r}")
+
+    def port_to(self, broker_port):
+        return wait_for(lambda: client_port_of_pid(self.proc.pid, broker_port), 5,
+                        "the client's TCP connection in /proc")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(T(5))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class CliSub(_CliProc):
+    """mosquitto_sub; messages parsed into (topic, payload, qos, retain)."""
+
+    FMT = "MSG %q %r %t %p"
+
+    def __init__(self, port, topic, qos, client_id, extra=()):
+        self.client_id = client_id
+        self.broker_port = port
+        super().__init__([_cli("mosquitto_sub"), "-h", "127.0.0.1", "-p", str(port),
+                          "-V", "mqttv311", "-t", topic, "-q", str(qos), "-i", client_id,
+                          "-d", "-F", self.FMT, *extra])
+
+    def wait_subscribed(self):
+        self.wait_line(r"received SUBACK", 5, f"mosquitto_sub {self.client_id} SUBACK")
+        return self
+
+    @property
+    def local_port(self):
+        return self.port_to(self.broker_port)
+
+    def messages(self):
+        out = []
+        with self.cond:
+            for l in self.lines:
+                if l.startswith("MSG "):
+                    _, q, r, topic, payload = (l.split(" ", 4) + [""])[:5]
+                    out.append((topic, payload, int(q), int(r)))
+        return out
+
+    def wait_messages(self, n, timeout=10):
+        wait_for(lambda: len(self.messages()) >= n, timeout,
+                 f"mosquitto_sub {self.client_id} to get {n} messages")
+        return self.messages()
+
+
+class CliPub(_CliProc):
+    """mosquitto_pub -l: stays connected and publishes one message per line
+    written to it."""
+
+    def __init__(self, port, topic, qos, client_id, extra=()):
+        self.client_id = client_id
+        self.broker_port = port
+        super().__init__([_cli("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(port),
+                          "-V", "mqttv311", "-t", topic, "-q", str(qos), "-i", client_id,
+                          "-d", "-l", *extra], stdin=subprocess.PIPE)
+        self.wait_line(r"received CONNACK", 5, f"mosquitto_pub {client_id} CONNACK")
+
+    @property
+    def local_port(self):
+        return self.port_to(self.broker_port)
+
+    def send_line(self, line):
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout=10):
+        """Close stdin; mosquitto_pub completes the publishes and exits 0."""
+        self.proc.stdin.close()
+        try:
+            rc = self.proc.wait(T(timeout))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"mosquitto_pub {self.client_id} did not finish; "
+                                 f"output: {self.lines[-20:]!r}")
+        self.t.join(T(5))
+        assert rc == 0, f"mosquitto_pub {self.client_id} exit {rc}: {self.lines[-20:]!r}"
+
+
+def mosquitto_pub_once(port, topic, message, qos=0, client_id=None, retain=False, timeout=10):
+    """A one-shot mosquitto_pub; asserts it exits 0."""
+    cmd = [_cli("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(port), "-V", "mqttv311",
+           "-t", topic, "-m", message, "-q", str(qos), "-i", client_id or uid("pub")]
+    if retain:
+        cmd.append("-r")
+    r = subprocess.run(cmd, capture_output=True, timeout=T(timeout))
+    assert r.returncode == 0, f"mosquitto_pub failed ({r.returncode}): {r.stderr!r}"

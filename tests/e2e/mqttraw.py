@@ -1,0 +1,509 @@
+"""
+mqttraw - a small raw MQTT 3.1.1 client over a plain socket, for protocol
+edge cases the well-behaved client libraries refuse to produce.
+
+Packet builders are plain functions returning bytes, so a test can send any
+packet (or any bytes) and take any liberty with flags, lengths and ids. The
+RawClient reads and parses what iotd sends back, always with a timeout.
+"""
+
+import errno
+import select
+import socket
+import struct
+import time
+
+# Packet types
+CONNECT = 1
+CONNACK = 2
+PUBLISH = 3
+PUBACK = 4
+PUBREC = 5
+PUBREL = 6
+PUBCOMP = 7
+SUBSCRIBE = 8
+SUBACK = 9
+UNSUBSCRIBE = 10
+UNSUBACK = 11
+PINGREQ = 12
+PINGRESP = 13
+DISCONNECT = 14
+
+TYPE_NAMES = {
+    0: "RESERVED0", CONNECT: "CONNECT", CONNACK: "CONNACK", PUBLISH: "PUBLISH",
+    PUBACK: "PUBACK", PUBREC: "PUBREC", PUBREL: "PUBREL", PUBCOMP: "PUBCOMP",
+    SUBSCRIBE: "SUBSCRIBE", SUBACK: "SUBACK", UNSUBSCRIBE: "UNSUBSCRIBE",
+    UNSUBACK: "UNSUBACK", PINGREQ: "PINGREQ", PINGRESP: "PINGRESP",
+    DISCONNECT: "DISCONNECT", 15: "RESERVED15",
+}
+
+SUBACK_FAILURE = 0x80
+
+
+class MQTTError(AssertionError):
+    """A protocol expectation was not met (fails the test)."""
+
+
+class ConnectionClosed(MQTTError):
+    """The server closed the connection while a packet was expected."""
+
+
+class Timeout(MQTTError):
+    """Nothing (or not enough) arrived within the time allowed."""
+
+
+# ---------------------------------------------------------------- encoding
+
+def enc_varint(n):
+    """Remaining-length encoding (1 to 4 bytes for legal values)."""
+    if n < 0:
+        raise ValueError("negative length")
+    out = bytearray()
+    while True:
+        b = n % 128
+        n //= 128
+        if n:
+            b |= 0x80
+        out.append(b)
+        if not n:
+            return bytes(out)
+
+
+def enc_bytes(b):
+    if isinstance(b, str):
+        b = b.encode("utf-8")
+    return struct.pack("!H", len(b)) + b
+
+
+enc_str = enc_bytes
+
+
+def packet(ptype, flags=0, body=b"", remaining_length=None):
+    """A control packet. remaining_length overrides the true length (to lie)."""
+    rl = len(body) if remaining_length is None else remaining_length
+    return bytes([(ptype << 4) | (flags & 0x0F)]) + enc_varint(rl) + body
+
+
+def connect(client_id="", clean=True, keepalive=60, will=None, username=None,
+            password=None, proto_name="MQTT", level=4, reserved=False,
+            flags=None, will_flag=None, will_qos=None, will_retain=None,
+            username_flag=None, password_flag=None):
+    """CONNECT. will = (topic, payload, qos, retain) or None.
+
+    The *_flag / will_qos / will_retain / reserved / flags arguments force the
+    connect-flags byte independently of the fields actually present.
+    """
+    if will is not None:
+        wtopic, wpayload, wqos, wretain = will
+    else:
+        wtopic = wpayload = None
+        wqos, wretain = 0, False
+    f = 0
+    if reserved:
+        f |= 0x01
+    if clean:
+        f |= 0x02
+    wf = will is not None if will_flag is None else will_flag
+    if wf:
+        f |= 0x04
+    q = wqos if will_qos is None else will_qos
+    f |= (q & 3) << 3
+    r = wretain if will_retain is None else will_retain
+    if r:
+        f |= 0x20
+    pf = password is not None if password_flag is None else password_flag
+    if pf:
+        f |= 0x40
+    uf = username is not None if username_flag is None else username_flag
+    if uf:
+        f |= 0x80
+    if flags is not None:
+        f = flags
+    body = enc_str(proto_name) + bytes([level, f]) + struct.pack("!H", keepalive)
+    body += enc_bytes(client_id)
+    if wtopic is not None:
+        body += enc_bytes(wtopic) + enc_bytes(wpayload)
+    if username is not None:
+        body += enc_bytes(username)
+    if password is not None:
+        body += enc_bytes(password)
+    return packet(CONNECT, 0, body)
+
+
+def connack(session_present=False, rc=0):
+    return packet(CONNACK, 0, bytes([1 if session_present else 0, rc]))
+
+
+def publish(topic, payload=b"", qos=0, retain=False, dup=False, pid=None):
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    flags = (0x08 if dup else 0) | ((qos & 3) << 1) | (0x01 if retain else 0)
+    body = enc_bytes(topic)
+    if qos > 0:
+        body += struct.pack("!H", pid if pid is not None else 1)
+    return packet(PUBLISH, flags, body + payload)
+
+
+def _ack(ptype, pid, flags=0):
+    return packet(ptype, flags, struct.pack("!H", pid))
+
+
+def puback(pid):
+    return _ack(PUBACK, pid)
+
+
+def pubrec(pid):
+    return _ack(PUBREC, pid)
+
+
+def pubrel(pid):
+    return _ack(PUBREL, pid, 0x02)
+
+
+def pubcomp(pid):
+    return _ack(PUBCOMP, pid)
+
+
+def subscribe(pid, filters, flags=0x02):
+    """filters: list of (topic_filter, qos) or bare filter strings (qos 0)."""
+    body = struct.pack("!H", pid)
+    for f in filters:
+        if isinstance(f, (str, bytes)):
+            f = (f, 0)
+        body += enc_bytes(f[0]) + bytes([f[1]])
+    return packet(SUBSCRIBE, flags, body)
+
+
+def suback(pid, codes):
+    return packet(SUBACK, 0, struct.pack("!H", pid) + bytes(codes))
+
+
+def unsubscribe(pid, filters, flags=0x02):
+    body = struct.pack("!H", pid)
+    for f in filters:
+        body += enc_bytes(f)
+    return packet(UNSUBSCRIBE, flags, body)
+
+
+def unsuback(pid):
+    return _ack(UNSUBACK, pid)
+
+
+def pingreq():
+    return packet(PINGREQ)
+
+
+def pingresp():
+    return packet(PINGRESP)
+
+
+def disconnect():
+    return packet(DISCONNECT)
+
+
+# ---------------------------------------------------------------- decoding
+
+class Packet:
+    """A received packet. Always: type, flags, body. Then, by type:
+    CONNACK: session_present, rc; PUBLISH: topic, payload, qos, dup, retain,
+    pid; SUBACK: pid, codes; PUBACK/PUBREC/PUBREL/PUBCOMP/UNSUBACK: pid."""
+
+    def __init__(self, ptype, flags, body):
+        self.type = ptype
+        self.flags = flags
+        self.body = body
+        self.pid = None
+        if ptype == CONNACK and len(body) >= 2:
+            self.session_present = bool(body[0] & 1)
+            self.rc = body[1]
+        elif ptype == PUBLISH:
+            self.dup = bool(flags & 0x08)
+            self.qos = (flags >> 1) & 3
+            self.retain = bool(flags & 0x01)
+            tl = struct.unpack("!H", body[:2])[0]
+            self.topic_bytes = body[2:2 + tl]
+            self.topic = self.topic_bytes.decode("utf-8", "replace")
+            pos = 2 + tl
+            if self.qos > 0:
+                self.pid = struct.unpack("!H", body[pos:pos + 2])[0]
+                pos += 2
+            self.payload = body[pos:]
+        elif ptype == SUBACK and len(body) >= 2:
+            self.pid = struct.unpack("!H", body[:2])[0]
+            self.codes = list(body[2:])
+        elif ptype in (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK) and len(body) >= 2:
+            self.pid = struct.unpack("!H", body[:2])[0]
+
+    @property
+    def name(self):
+        return TYPE_NAMES.get(self.type, str(self.type))
+
+    def __repr__(self):
+        if self.type == PUBLISH:
+            return (f"<PUBLISH topic={self.topic!r} qos={self.qos} dup={int(self.dup)} "
+                    f"retain={int(self.retain)} pid={self.pid} payload={self.payload[:40]!r}>")
+        if self.type == CONNACK:
+            return f"<CONNACK sp={int(self.session_present)} rc={self.rc}>"
+        if self.type == SUBACK:
+            return f"<SUBACK pid={self.pid} codes={self.codes}>"
+        if self.pid is not None:
+            return f"<{self.name} pid={self.pid} flags={self.flags:#x}>"
+        return f"<{self.name} flags={self.flags:#x} body={self.body!r}>"
+
+
+def parse_one(buf):
+    """(Packet, consumed) from the front of buf, or (None, 0) if incomplete."""
+    if len(buf) < 2:
+        return None, 0
+    mult, rl, i = 1, 0, 1
+    while True:
+        if i >= len(buf):
+            return None, 0
+        b = buf[i]
+        rl += (b & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not b & 0x80:
+            break
+        if i > 4:
+            raise MQTTError(f"server sent a malformed remaining length: {bytes(buf[:8])!r}")
+    if len(buf) < i + rl:
+        return None, 0
+    return Packet(buf[0] >> 4, buf[0] & 0x0F, bytes(buf[i:i + rl])), i + rl
+
+
+# ---------------------------------------------------------------- client
+
+class RawClient:
+    """A raw MQTT connection. Every read is bounded by a timeout."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, family=None):
+        if family is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.connect((host, port))
+        self.port = port
+        self.buf = bytearray()
+        self.pending = []   # PUBLISH packets that arrived while expect() waited for another type
+        self.closed = False
+        self.client_id = None
+
+    # --- plumbing
+
+    @property
+    def local_port(self):
+        return self.sock.getsockname()[1]
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _fill(self, deadline):
+        """Read more bytes into buf before deadline. Returns False on timeout;
+        raises ConnectionClosed on EOF/reset."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        r, _, _ = select.select([self.sock], [], [], remaining)
+        if not r:
+            return False
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        except OSError as e:
+            if e.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
+                data = b""
+            else:
+                raise
+        if not data:
+            raise ConnectionClosed("server closed the connection")
+        self.buf += data
+        return True
+
+    def recv_packet(self, timeout=5.0, what=None):
+        """The next packet; Timeout or ConnectionClosed otherwise."""
+        if self.pending:
+            return self.pending.pop(0)
+        return self._recv_wire(timeout, what)
+
+    def _recv_wire(self, timeout, what=None):
+        deadline = time.monotonic() + timeout
+        while True:
+            p, n = parse_one(self.buf)
+            if p is not None:
+                del self.buf[:n]
+                return p
+            try:
+                ok = self._fill(deadline)
+            except ConnectionClosed:
+                raise ConnectionClosed(
+                    f"server closed the connection while waiting for {what or 'a packet'}"
+                    + (f" (partial bytes: {bytes(self.buf)!r})" if self.buf else ""))
+            if not ok:
+                raise Timeout(f"no {what or 'packet'} from the server within {timeout:.1f} s")
+
+    def expect(self, ptype, timeout=5.0, pid=None):
+        """The next packet, asserted to be of ptype (and pid when given).
+        A PUBLISH arriving meanwhile (e.g. a client's own message) is kept for
+        the next recv_packet/recv_publish."""
+        deadline = time.monotonic() + timeout
+        if ptype == PUBLISH and self.pending:
+            p = self.pending.pop(0)
+        else:
+            while True:
+                p = self._recv_wire(max(0.0, deadline - time.monotonic()),
+                                    what=TYPE_NAMES[ptype])
+                if p.type == PUBLISH and ptype != PUBLISH:
+                    self.pending.append(p)
+                    continue
+                break
+        if p.type != ptype:
+            raise MQTTError(f"expected {TYPE_NAMES[ptype]}, got {p!r}")
+        if pid is not None and p.pid != pid:
+            raise MQTTError(f"expected {TYPE_NAMES[ptype]} with packet id {pid}, got {p!r}")
+        return p
+
+    def expect_closed(self, timeout=5.0):
+        """Assert the server closes the connection within timeout. Returns the
+        packets (parsed) it sent before closing."""
+        deadline = time.monotonic() + timeout
+        got, self.pending = self.pending, []
+        while True:
+            while True:
+                p, n = parse_one(self.buf)
+                if p is None:
+                    break
+                del self.buf[:n]
+                got.append(p)
+            try:
+                if not self._fill(deadline):
+                    raise Timeout(f"server did not close the connection within {timeout:.1f} s"
+                                  f" (received meanwhile: {got!r})")
+            except ConnectionClosed:
+                return got
+
+    def expect_no_packet(self, t=0.5):
+        """Assert nothing arrives (and the connection stays open) for t seconds."""
+        if self.pending:
+            raise MQTTError(f"expected no packet for {t} s, got {self.pending[0]!r}")
+        deadline = time.monotonic() + t
+        while True:
+            p, n = parse_one(self.buf)
+            if p is not None:
+                del self.buf[:n]
+                raise MQTTError(f"expected no packet for {t} s, got {p!r}")
+            try:
+                if not self._fill(deadline):
+                    return
+            except ConnectionClosed:
+                raise ConnectionClosed(f"server closed the connection (expected it to stay "
+                                       f"open and silent for {t} s)")
+
+    def is_open(self, t=0.2):
+        """True if the connection is still open (no EOF within t seconds).
+        Any packet arriving meanwhile is kept in the buffer."""
+        try:
+            self._fill(time.monotonic() + t)
+            return True
+        except ConnectionClosed:
+            return False
+
+    # --- conveniences
+
+    def connect(self, client_id="", clean=True, keepalive=60, expect_rc=0, **kw):
+        """Send CONNECT and wait for CONNACK; asserts rc == expect_rc."""
+        self.client_id = client_id
+        self.send(connect(client_id, clean=clean, keepalive=keepalive, **kw))
+        ack = self.expect(CONNACK)
+        if expect_rc is not None and ack.rc != expect_rc:
+            raise MQTTError(f"CONNACK return code {ack.rc}, expected {expect_rc}")
+        return ack
+
+    def subscribe(self, filters, pid=1, expect_codes=None):
+        """SUBSCRIBE and wait for SUBACK; returns the granted codes. If
+        expect_codes is None, each code must equal the requested qos."""
+        norm = [(f, 0) if isinstance(f, (str, bytes)) else f for f in filters]
+        self.send(subscribe(pid, norm))
+        ack = self.expect(SUBACK, pid=pid)
+        want = [q for _, q in norm] if expect_codes is None else expect_codes
+        if want is not False and ack.codes != list(want):
+            raise MQTTError(f"SUBACK codes {ack.codes}, expected {list(want)}")
+        return ack.codes
+
+    def unsubscribe(self, filters, pid=1):
+        self.send(unsubscribe(pid, filters))
+        return self.expect(UNSUBACK, pid=pid)
+
+    def publish(self, topic, payload=b"", qos=0, retain=False, pid=None, dup=False):
+        """PUBLISH and complete the handshake for the qos (PUBACK or
+        PUBREC/PUBREL/PUBCOMP)."""
+        if qos and pid is None:
+            pid = 1
+        self.send(publish(topic, payload, qos=qos, retain=retain, dup=dup, pid=pid))
+        if qos == 1:
+            self.expect(PUBACK, pid=pid)
+        elif qos == 2:
+            self.expect(PUBREC, pid=pid)
+            self.send(pubrel(pid))
+            self.expect(PUBCOMP, pid=pid)
+
+    def ping(self):
+        self.send(pingreq())
+        self.expect(PINGRESP)
+
+    def disconnect(self):
+        try:
+            self.send(disconnect())
+        except OSError:
+            pass
+        self.close()
+
+    def recv_publish(self, timeout=5.0, ack=True):
+        """The next packet, asserted to be a PUBLISH; acked per its qos when
+        ack is true (QoS 2: PUBREC, then PUBREL expected, then PUBCOMP)."""
+        p = self.recv_packet(timeout, what="PUBLISH")
+        if p.type != PUBLISH:
+            raise MQTTError(f"expected PUBLISH, got {p!r}")
+        if ack:
+            self.ack(p)
+        return p
+
+    def ack(self, p, timeout=5.0):
+        if p.qos == 1:
+            self.send(puback(p.pid))
+        elif p.qos == 2:
+            self.send(pubrec(p.pid))
+            self.expect(PUBREL, timeout=timeout, pid=p.pid)
+            self.send(pubcomp(p.pid))
+
+    def recv_publishes(self, n, timeout=10.0, ack=True):
+        """Exactly n PUBLISH packets within timeout (overall)."""
+        deadline = time.monotonic() + timeout
+        out = []
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"received {len(out)} of {n} PUBLISH packets within "
+                              f"{timeout:.1f} s: {out!r}")
+            try:
+                out.append(self.recv_publish(left, ack=ack))
+            except Timeout:
+                raise Timeout(f"received {len(out)} of {n} PUBLISH packets within "
+                              f"{timeout:.1f} s: {out!r}")
+        return out

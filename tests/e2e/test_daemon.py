@@ -1,0 +1,281 @@
+"""The iotd daemon itself: process titles, command line, configuration
+errors, environment overrides, listen addresses, signals."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+import mqttraw as m
+from conftest import IOTD_BIN, REPO, free_port
+from helpers import T, proc_alive, proc_cmdline, uid, wait_for
+
+pytestmark = pytest.mark.iotd_only
+
+
+def run_iotd(*args, timeout=10, env=None):
+    """Run iotd to completion (bounded); returns (rc, stdout + stderr)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    try:
+        r = subprocess.run([IOTD_BIN, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=T(timeout), env=full_env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"iotd {' '.join(args)} did not exit within {T(timeout):.0f} s "
+                    f"(output: {e.stdout!r} {e.stderr!r})")
+    return r.returncode, (r.stdout + r.stderr).decode("utf-8", "replace")
+
+
+def expected_version():
+    hdr = REPO / "include" / "iotd.h"
+    mt = re.search(r'#define\s+IOTD_VERSION\s+"([^"]+)"', hdr.read_text()) if hdr.exists() else None
+    return mt.group(1) if mt else None
+
+
+# ------------------------------------------------------------ processes
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_process_titles_show_supervisor_listener_router_and_workers(start_broker, workers):
+    b = start_broker(workers=workers)
+    titles = sorted(proc_cmdline(p) for p in b.pids())
+    want = sorted(["iotd: supervisor", "iotd: listener", "iotd: router"] +
+                  [f"iotd: worker {i}" for i in range(workers)])
+    assert titles == want, f"process titles {titles}"
+    assert proc_cmdline(b.proc.pid) == "iotd: supervisor"
+    # ps(1) shows the same.
+    out = subprocess.run(["ps", "-o", "args=", "-p", ",".join(map(str, b.pids()))],
+                         capture_output=True, text=True, timeout=10).stdout
+    assert sorted(l.strip() for l in out.splitlines() if l.strip()) == want
+
+
+def test_clients_are_balanced_over_workers(broker):
+    clients = [m.RawClient(broker.port, timeout=T(5)) for _ in range(4)]
+    try:
+        for c in clients:
+            c.connect(uid("bal"))
+        owners = [broker.worker_of(c) for c in clients]
+        counts = {w: owners.count(w) for w in broker.worker_pids()}
+        assert sorted(counts.values()) == [2, 2], f"4 clients over 2 workers: {counts}"
+    finally:
+        for c in clients:
+            c.close()
+
+
+# ------------------------------------------------------------ command line
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_exits_0_and_lists_options(flag):
+    rc, out = run_iotd(flag)
+    assert rc == 0, f"{flag} exit status {rc}: {out}"
+    for opt in ("-c", "-l", "-w", "-t", "--help", "--version"):
+        assert opt in out, f"{flag} output does not mention {opt}: {out}"
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_version(flag):
+    rc, out = run_iotd(flag)
+    assert rc == 0, f"{flag} exit status {rc}: {out}"
+    want = expected_version()
+    if want:
+        assert want in out, f"{flag} output {out!r} lacks version {want}"
+    else:
+        assert re.search(r"\d+\.\d+", out), f"no version in {out!r}"
+
+
+def test_unknown_option_exits_nonzero_naming_it():
+    rc, out = run_iotd("--no-such-option")
+    assert rc != 0
+    assert "--no-such-option" in out, out
+
+
+def test_test_config_with_valid_config_exits_0(tmp_path):
+    conf = tmp_path / "good.conf"
+    conf.write_text('server {\n    max_inflight = 20\n    max_queued_messages = 1000\n'
+                    '    retained_message_limit = 10000\n    keep_alive_timeout_secs = 60\n'
+                    '    max_packet_size = 1048576\n    connect_timeout = 10\n'
+                    '    session_timeout_secs = 300\n}\nlogging {\n    level = "debug"\n}\n')
+    rc, out = run_iotd("-t", "-c", str(conf))
+    assert rc == 0, f"-t on a valid config: status {rc}: {out}"
+
+
+BAD_CONFIGS = [
+    pytest.param("# bad key\nserver {\n    bogus_option = 5\n}\n", 3, "bogus_option",
+                 id="unknown-key"),
+    pytest.param("server {\n    max_inflight = 20\n    max_connections = abc\n}\n", 3,
+                 "max_connections", id="bad-integer"),
+    pytest.param("server {\n    max_inflight = 20\n}\n\nlogging {\n    level = \"loud\"\n}\n",
+                 6, "level", id="bad-log-level"),
+]
+
+
+def assert_names_file_line_key(out, path, line, key):
+    assert str(path) in out, f"message does not name the file {path}: {out!r}"
+    rest = out.replace(str(path), "")
+    assert re.search(rf"(?<![\d.]){line}(?![\d.])", rest), \
+        f"message does not give line {line}: {out!r}"
+    assert key in out, f"message does not name the key {key!r}: {out!r}"
+
+
+@pytest.mark.parametrize("text,line,key", BAD_CONFIGS)
+def test_test_config_with_bad_config_names_file_line_and_key(tmp_path, text, line, key):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(text)
+    rc, out = run_iotd("-t", "-c", str(conf))
+    assert rc != 0, f"-t on a bad config exited 0: {out}"
+    assert_names_file_line_key(out, conf, line, key)
+
+
+def test_start_with_bad_config_exits_nonzero_naming_file_line_and_key(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("server {\n    max_inflight = 20\n    max_connections = abc\n}\n")
+    rc, out = run_iotd("-c", str(conf), "-l", f"127.0.0.1:{free_port()}", "-w", "2")
+    assert rc != 0
+    assert_names_file_line_key(out, conf, 3, "max_connections")
+
+
+def test_missing_config_file_exits_nonzero_naming_it(tmp_path):
+    missing = tmp_path / "no-such-dir" / "missing.conf"
+    rc, out = run_iotd("-c", str(missing), "-l", f"127.0.0.1:{free_port()}", "-w", "2")
+    assert rc != 0, f"started with a missing -c file: {out}"
+    assert str(missing) in out, f"message does not name {missing}: {out!r}"
+
+
+def test_missing_config_file_with_test_flag_exits_nonzero(tmp_path):
+    missing = tmp_path / "missing.conf"
+    rc, out = run_iotd("-t", "-c", str(missing))
+    assert rc != 0
+    assert str(missing) in out
+
+
+def test_starts_with_defaults_without_config_file(start_broker):
+    b = start_broker(use_config=False)
+    with m.RawClient(b.port, timeout=T(5)) as c:
+        c.connect(uid("defaults"))
+        c.subscribe([("d/t", 1)])
+        c.publish("d/t", b"x", qos=1, pid=1)
+        assert c.recv_publish().payload == b"x"
+
+
+def test_empty_config_file_means_defaults(start_broker):
+    b = start_broker(config_text="")
+    with m.RawClient(b.port, timeout=T(5)) as c:
+        c.connect(uid("empty"))
+        c.ping()
+
+
+# ------------------------------------------------------------ environment
+
+def test_env_max_connections_refuses_third_connection(start_broker):
+    b = start_broker(env={"IOTD_SERVER_MAX_CONNECTIONS": "2"})
+    a = m.RawClient(b.port, timeout=T(5))
+    c2 = m.RawClient(b.port, timeout=T(5))
+    try:
+        a.connect(uid("mc1"))
+        c2.connect(uid("mc2"))
+        try:
+            third = m.RawClient(b.port, timeout=T(5))
+        except OSError:
+            third = None      # refused outright: fine
+        if third is not None:
+            try:
+                third.send(m.connect(uid("mc3")))
+            except OSError:
+                pass
+            got = third.expect_closed(T(5))
+            assert all(p.type == m.CONNACK and p.rc == 3 for p in got), \
+                f"third connection: expected close without CONNACK or CONNACK 3, got {got!r}"
+            third.close()
+        a.ping()
+        c2.ping()
+        # A slot frees when a client leaves.
+        a.disconnect()
+
+        def fourth_ok():
+            try:
+                with m.RawClient(b.port, timeout=T(2)) as c:
+                    c.send(m.connect(uid("mc4")))
+                    return c.recv_packet(T(2)).rc == 0
+            except (AssertionError, OSError):
+                return False
+        wait_for(fourth_ok, 5, "a new connection to be accepted after one left")
+    finally:
+        a.close()
+        c2.close()
+
+
+# ------------------------------------------------------------ listen addresses
+
+def test_listen_on_ipv6_loopback(start_broker):
+    port = free_port("::1")
+    b = start_broker(listen=[f"[::1]:{port}"])
+    sub = m.RawClient(port, host="::1", timeout=T(5))
+    pub = m.RawClient(port, host="::1", timeout=T(5))
+    try:
+        sub.connect(uid("v6sub"))
+        sub.subscribe([("v6/t", 1)])
+        pub.connect(uid("v6pub"))
+        b.assert_different_workers(sub, pub)
+        pub.publish("v6/t", b"over-ipv6", qos=1, pid=1)
+        assert sub.recv_publish().payload == b"over-ipv6"
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_two_listen_addresses_both_accept(start_broker):
+    p1, p2 = free_port(), free_port("::1")
+    b = start_broker(listen=[f"127.0.0.1:{p1}", f"[::1]:{p2}"])
+    sub = m.RawClient(p1, timeout=T(5))
+    pub = m.RawClient(p2, host="::1", timeout=T(5))
+    try:
+        sub.connect(uid("l1sub"))
+        sub.subscribe([("two/t", 1)])
+        pub.connect(uid("l2pub"))
+        pub.publish("two/t", b"across-listeners", qos=1, pid=1)
+        assert sub.recv_publish().payload == b"across-listeners"
+        assert b.port == p1
+    finally:
+        sub.close()
+        pub.close()
+
+
+# ------------------------------------------------------------ signals
+
+def test_sigint_graceful_stop_exits_0_and_all_processes_go(start_broker):
+    b = start_broker()
+    clients = [m.RawClient(b.port, timeout=T(5)) for _ in range(2)]
+    for c in clients:
+        c.connect(uid("sigint"))
+    pids = b.pids()
+    assert len(pids) == 5
+    t0 = time.monotonic()
+    rc = b.stop(signal.SIGINT, timeout=10, expect_rc=0)
+    assert rc == 0
+    wait_for(lambda: not any(proc_alive(p) for p in pids), 5, "every daemon process to exit")
+    assert time.monotonic() - t0 < T(10)
+    for c in clients:
+        c.expect_closed(T(2))
+        c.close()
+    b.check_log()
+
+
+def test_sigterm_stops_all_processes(start_broker):
+    b = start_broker()
+    with m.RawClient(b.port, timeout=T(5)) as c:
+        c.connect(uid("sigterm"))
+        pids = b.pids()
+        assert len(pids) == 5
+        b.stopped = True
+        b.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = b.proc.wait(T(10))
+        except subprocess.TimeoutExpired:
+            b._kill_all(pids)
+            pytest.fail("iotd did not exit within 10 s of SIGTERM")
+        assert rc >= 0 or rc == -signal.SIGTERM, f"iotd died of signal {-rc} on SIGTERM"
+        wait_for(lambda: not any(proc_alive(p) for p in pids), 5, "every daemon process to exit")
+        c.expect_closed(T(2))
+    b.check_log()

@@ -1,0 +1,518 @@
+/*
+ * test_retain.c - unit tests for retain.h: store, replace, clear, the
+ * count and byte limits, and wildcard lookups with the '$' rule.
+ *
+ * Under AddressSanitizer the tests also check that clearing gives every
+ * byte back.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "retain.h"
+#include "topic.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+
+#ifdef TEST_ASAN
+size_t __sanitizer_get_current_allocated_bytes(void);
+#endif
+
+/* ---- helpers ---- */
+
+#define SL(s) (s), strlen(s)
+#define MAX_GOT 32
+
+struct got {
+	char topic[MAX_GOT][64];
+	char payload[MAX_GOT][64];
+	uint8_t qos[MAX_GOT];
+	size_t n;      /* calls, even past MAX_GOT */
+};
+
+static void copy_str(char *dst, size_t cap, const void *src, size_t len)
+{
+	if (len >= cap)
+		len = cap - 1;
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
+static void collect(const char *topic, size_t topic_len, const uint8_t *payload,
+		    size_t payload_len, uint8_t qos, void *arg)
+{
+	struct got *g = arg;
+
+	if (g->n < MAX_GOT) {
+		copy_str(g->topic[g->n], sizeof(g->topic[0]), topic, topic_len);
+		copy_str(g->payload[g->n], sizeof(g->payload[0]), payload, payload_len);
+		g->qos[g->n] = qos;
+	}
+	g->n++;
+}
+
+static void count_cb(const char *topic, size_t topic_len, const uint8_t *payload,
+		     size_t payload_len, uint8_t qos, void *arg)
+{
+	(*(size_t *)arg)++;
+}
+
+static struct got *lookup(const struct retain_store *rs, const char *filter)
+{
+	static struct got g;
+
+	memset(&g, 0, sizeof(g));
+	retain_match(rs, SL(filter), collect, &g);
+	return &g;
+}
+
+static bool got_has(const struct got *g, const char *topic)
+{
+	for (size_t i = 0; i < g->n && i < MAX_GOT; i++)
+		if (strcmp(g->topic[i], topic) == 0)
+			return true;
+	return false;
+}
+
+static int put(struct retain_store *rs, const char *topic, const char *payload, uint8_t qos)
+{
+	return retain_put(rs, SL(topic), (const uint8_t *)payload, strlen(payload), qos);
+}
+
+/* n copies of level joined by '/'. */
+static char *repeat_levels(const char *level, size_t n, size_t *len)
+{
+	size_t ll = strlen(level);
+	char *s = malloc(n * (ll + 1) + 1);
+	size_t o = 0;
+
+	assert_non_null(s);
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			s[o++] = '/';
+		memcpy(s + o, level, ll);
+		o += ll;
+	}
+	s[o] = '\0';
+	*len = o;
+	return s;
+}
+
+/* ---- store, replace, clear ---- */
+
+static void test_free_accepts_null_and_clears_pointer(void **state)
+{
+	struct retain_store *rs = NULL;
+
+	retain_free(NULL);
+	retain_free(&rs);
+	rs = retain_new(0, 0);
+	assert_non_null(rs);
+	retain_free(&rs);
+	assert_null(rs);
+	assert_int_equal(retain_count(NULL), 0);
+	assert_int_equal(retain_bytes(NULL), 0);
+}
+
+static void test_put_keeps_own_copy(void **state)
+{
+	struct retain_store *rs = retain_new(0, 0);
+	char topic[] = "home/kitchen/temp";
+	uint8_t payload[] = "21.5";
+	struct got *g;
+
+	assert_non_null(rs);
+	assert_int_equal(retain_put(rs, topic, strlen(topic), payload, 4, 1), RETAIN_STORED);
+	memset(topic, 'x', strlen(topic));
+	memset(payload, 'y', 4);
+	g = lookup(rs, "home/kitchen/temp");
+	assert_int_equal(g->n, 1);
+	assert_string_equal(g->topic[0], "home/kitchen/temp");
+	assert_string_equal(g->payload[0], "21.5");
+	assert_int_equal(g->qos[0], 1);
+	assert_int_equal(retain_count(rs), 1);
+	assert_int_equal(retain_bytes(rs), strlen("home/kitchen/temp") + 4);
+	retain_free(&rs);
+}
+
+static void test_put_existing_topic_replaces(void **state)
+{
+	struct retain_store *rs = retain_new(0, 0);
+	struct got *g;
+
+	assert_non_null(rs);
+	assert_int_equal(put(rs, "a/b", "one", 0), RETAIN_STORED);
+	assert_int_equal(put(rs, "a/b", "three", 2), RETAIN_STORED);
+	assert_int_equal(retain_count(rs), 1);
+	assert_int_equal(retain_bytes(rs), 3 + 5);
+	g = lookup(rs, "a/b");
+	assert_int_equal(g->n, 1);
+	assert_string_equal(g->payload[0], "three");
+	assert_int_equal(g->qos[0], 2);
+	retain_free(&rs);
+}
+
+static void test_empty_payload_clears(void **state)
+{
+	struct retain_store *rs = retain_new(0, 0);
+
+	assert_non_null(rs);
+	assert_int_equal(put(rs, "a/b", "x", 0), RETAIN_STORED);
+	assert_int_equal(put(rs, "a/b/c", "y", 0), RETAIN_STORED);
+	assert_int_equal(retain_put(rs, SL("a/b"), NULL, 0, 0), RETAIN_CLEARED);
+	assert_int_equal(retain_count(rs), 1);
+	assert_int_equal(retain_bytes(rs), 5 + 1);
+	assert_int_equal(lookup(rs, "a/b")->n, 0);
+	assert_int_equal(lookup(rs, "a/b/c")->n, 1);
+	assert_int_equal(retain_put(rs, SL("a/b/c"), NULL, 0, 0), RETAIN_CLEARED);
+	assert_int_equal(retain_count(rs), 0);
+	assert_int_equal(retain_bytes(rs), 0);
+	assert_int_equal(lookup(rs, "#")->n, 0);
+	retain_free(&rs);
+}
+
+static void test_clearing_missing_topic_is_cleared(void **state)
+{
+	struct retain_store *rs = retain_new(0, 0);
+
+	assert_non_null(rs);
+	assert_int_equal(retain_put(rs, SL("nothing/here"), NULL, 0, 0), RETAIN_CLEARED);
+	assert_int_equal(put(rs, "a/b/c", "x", 0), RETAIN_STORED);
+	/* "a/b" exists only as a path to "a/b/c": nothing to clear. */
+	assert_int_equal(retain_put(rs, SL("a/b"), NULL, 0, 0), RETAIN_CLEARED);
+	assert_int_equal(retain_count(rs), 1);
+	assert_int_equal(lookup(rs, "a/b/c")->n, 1);
+	retain_free(&rs);
+}
+
+static void test_clearing_gives_memory_back(void **state)
+{
+#ifdef TEST_ASAN
+	static const char *const topics[] = {
+		"a", "a/b", "a/b/c", "a//b", "/", "$SYS/x", "deep/path/only/used/once",
+	};
+	struct retain_store *rs = retain_new(0, 0);
+	size_t before;
+
+	assert_non_null(rs);
+	before = __sanitizer_get_current_allocated_bytes();
+	for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
+		assert_int_equal(put(rs, topics[i], "payload", 1), RETAIN_STORED);
+	assert_true(__sanitizer_get_current_allocated_bytes() > before);
+	for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
+		assert_int_equal(retain_put(rs, SL(topics[i]), NULL, 0, 0), RETAIN_CLEARED);
+	assert_int_equal(retain_count(rs), 0);
+	assert_int_equal(__sanitizer_get_current_allocated_bytes(), before);
+	retain_free(&rs);
+#else
+	skip();
+#endif
+}
+
+/* ---- limits ---- */
+
+static void test_new_topic_past_max_count_is_full(void **state)
+{
+	struct retain_store *rs = retain_new(2, 0);
+
+	assert_non_null(rs);
+	assert_int_equal(put(rs, "a", "1", 0), RETAIN_STORED);
+	assert_int_equal(put(rs, "b", "2", 0), RETAIN_STORED);
+	assert_int_equal(put(rs, "c/d", "3", 0), RETAIN_FULL);
+	assert_int_equal(retain_count(rs), 2);
+	assert_int_equal(retain_bytes(rs), 4);
+	assert_int_equal(lookup(rs, "#")->n, 2);
+	/* Replacing and clearing still work at the limit. */
+	assert_int_equal(put(rs, "a", "11", 0), RETAIN_STORED);
+	assert_int_equal(retain_put(rs, SL("b"), NULL, 0, 0), RETAIN_CLEARED);
+	assert_int_equal(put(rs, "c/d", "3", 0), RETAIN_STORED);
+	assert_int_equal(retain_count(rs), 2);
+	retain_free(&rs);
+}
+
+static void test_new_topic_past_max_bytes_is_full(void **state)
+{
+	struct retain_store *rs = retain_new(0, 10);
+
+	assert_non_null(rs);
+	assert_int_equal(put(rs, "ab", "1234", 0), RETAIN_STORED);  /* 6 */
+	assert_int_equal(put(rs, "cd", "123", 0), RETAIN_FULL);     /* would be 11 */
+	assert_int_equal(retain_count(rs), 1);
+	assert_int_equal(retain_bytes(rs), 6);
+	assert_int_equal(lookup(rs, "cd")->n, 0);
+	assert_int_equal(put(rs, "cd", "12", 0), RETAIN_STORED);    /* exactly 10 */
+	assert_int_equal(retain_bytes(rs), 10);
+	retain_free(&rs);
+}
+
+static void test_replace_within_max_bytes_is_allowed(void **state)
+{
+	struct retain_store *rs = retain_new(0, 10);
+	struct got *g;
+
+	assert_non_null(rs);
+	assert_int_equal(put(rs, "ab", "12", 0), RETAIN_STORED);     /* 4 */
+	assert_int_equal(put(rs, "cd", "12", 0), RETAIN_STORED);     /* 8 */
+	assert_int_equal(put(rs, "ab", "1234", 1), RETAIN_STORED);   /* 10 */
+	assert_int_equal(retain_bytes(rs), 10);
+	assert_int_equal(put(rs, "ab", "12345", 2), RETAIN_FULL);    /* would be 11 */
+	g = lookup(rs, "ab");
+	assert_int_equal(g->n, 1);
+	assert_string_equal(g->payload[0], "1234");
+	assert_int_equal(g->qos[0], 1);
+	assert_int_equal(retain_bytes(rs), 10);
+	assert_int_equal(put(rs, "ab", "1", 0), RETAIN_STORED);      /* shrinking is fine */
+	assert_int_equal(retain_bytes(rs), 7);
+	retain_free(&rs);
+}
+
+/* ---- matching ---- */
+
+/* "$first" comes first so that the '$' rule is exercised on the first child too. */
+static const char *const stored_topics[] = {
+	"$first", "sport", "sport/", "sport/tennis", "sport/tennis/player1", "sport/tennis/player1/ranking",
+	"sport/tennis/player1/score/wimbledon", "sport/tennis/player2", "sport/golf",
+	"/finance", "finance", "/", "a//b", "$SYS", "$SYS/monitor/Clients", "x/$y",
+};
+
+struct retain_case {
+	const char *filter;
+	const char *want[10];
+};
+
+static const struct retain_case retain_cases[] = {
+	{ "sport/tennis/player1/#", { "sport/tennis/player1", "sport/tennis/player1/ranking",
+				      "sport/tennis/player1/score/wimbledon" } },
+	{ "sport/tennis/+", { "sport/tennis/player1", "sport/tennis/player2" } },
+	{ "sport/+", { "sport/", "sport/tennis", "sport/golf" } },
+	{ "+", { "sport", "finance" } },
+	{ "+/+", { "sport/", "sport/tennis", "sport/golf", "/finance", "/", "x/$y" } },
+	{ "/+", { "/finance", "/" } },
+	{ "+/tennis/#", { "sport/tennis", "sport/tennis/player1", "sport/tennis/player1/ranking",
+			  "sport/tennis/player1/score/wimbledon", "sport/tennis/player2" } },
+	{ "sport/+/player1", { "sport/tennis/player1" } },
+	{ "a/+/b", { "a//b" } },
+	{ "+/monitor/Clients", { NULL } },
+	{ "$SYS/#", { "$SYS", "$SYS/monitor/Clients" } },
+	{ "$SYS/monitor/+", { "$SYS/monitor/Clients" } },
+	{ "finance", { "finance" } },
+	{ "sport/tennis/player3", { NULL } },
+	{ "sport/tennis/player1/ranking/x", { NULL } },
+};
+
+static size_t want_count(const struct retain_case *c)
+{
+	size_t n = 0;
+
+	while (n < sizeof(c->want) / sizeof(c->want[0]) && c->want[n])
+		n++;
+	return n;
+}
+
+static struct retain_store *store_topics(void)
+{
+	struct retain_store *rs = retain_new(0, 0);
+
+	assert_non_null(rs);
+	for (size_t i = 0; i < sizeof(stored_topics) / sizeof(stored_topics[0]); i++)
+		assert_int_equal(put(rs, stored_topics[i], stored_topics[i], 0), RETAIN_STORED);
+	return rs;
+}
+
+static void test_wildcard_match_table(void **state)
+{
+	struct retain_store *rs = store_topics();
+	int failures = 0;
+
+	for (size_t i = 0; i < sizeof(retain_cases) / sizeof(retain_cases[0]); i++) {
+		const struct retain_case *c = &retain_cases[i];
+		struct got *g = lookup(rs, c->filter);
+		size_t want = want_count(c);
+
+		if (g->n != want) {
+			print_error("retain_match(\"%s\"): got %zu messages, want %zu\n",
+				    c->filter, g->n, want);
+			failures++;
+			continue;
+		}
+		for (size_t k = 0; k < want; k++) {
+			if (!got_has(g, c->want[k])) {
+				print_error("retain_match(\"%s\"): missing \"%s\"\n", c->filter,
+					    c->want[k]);
+				failures++;
+			}
+		}
+	}
+	assert_int_equal(failures, 0);
+	retain_free(&rs);
+}
+
+/* Every stored topic is reported iff topic_matches says so. */
+static void test_wildcard_match_agrees_with_topic_matches(void **state)
+{
+	static const char *const filters[] = {
+		"#", "+", "+/+", "+/#", "sport/#", "/#", "+/+/+", "+/tennis/+", "$SYS/+", "$SYS/#",
+		"x/+", "+/$y", "sport/+/+/#", "/",
+	};
+	struct retain_store *rs = store_topics();
+	int failures = 0;
+
+	for (size_t f = 0; f < sizeof(filters) / sizeof(filters[0]); f++) {
+		struct got *g = lookup(rs, filters[f]);
+		size_t want = 0;
+
+		for (size_t i = 0; i < sizeof(stored_topics) / sizeof(stored_topics[0]); i++) {
+			bool m = topic_matches(SL(filters[f]), SL(stored_topics[i]));
+
+			want += m;
+			if (m != got_has(g, stored_topics[i])) {
+				print_error("retain_match(\"%s\") on \"%s\": got %d, want %d\n",
+					    filters[f], stored_topics[i], !m, m);
+				failures++;
+			}
+		}
+		if (g->n != want) {
+			print_error("retain_match(\"%s\"): got %zu messages, want %zu\n",
+				    filters[f], g->n, want);
+			failures++;
+		}
+	}
+	assert_int_equal(failures, 0);
+	retain_free(&rs);
+}
+
+static void test_hash_skips_dollar_topics(void **state)
+{
+	struct retain_store *rs = store_topics();
+	struct got *g = lookup(rs, "#");
+
+	assert_int_equal(g->n, sizeof(stored_topics) / sizeof(stored_topics[0]) - 3);
+	assert_false(got_has(g, "$first"));
+	assert_false(got_has(g, "$SYS"));
+	assert_false(got_has(g, "$SYS/monitor/Clients"));
+	assert_true(got_has(g, "x/$y"));
+	retain_free(&rs);
+}
+
+static void test_hash_matches_parent_level(void **state)
+{
+	struct retain_store *rs = store_topics();
+	struct got *g = lookup(rs, "sport/tennis/player1/#");
+
+	assert_true(got_has(g, "sport/tennis/player1"));
+	retain_free(&rs);
+}
+
+static void test_filter_uses_length_not_nul(void **state)
+{
+	struct retain_store *rs = store_topics();
+	struct got g = { .n = 0 };
+
+	retain_match(rs, "sport/golfers", 10, collect, &g);
+	assert_int_equal(g.n, 1);
+	assert_string_equal(g.topic[0], "sport/golf");
+	retain_free(&rs);
+}
+
+/* ---- scale ---- */
+
+static void test_ten_thousand_level_topic(void **state)
+{
+	enum { LEVELS = 10000 };
+	struct retain_store *rs = retain_new(0, 0);
+	size_t tlen, plen, calls = 0;
+	char *topic = repeat_levels("l", LEVELS, &tlen);
+	char *plus = repeat_levels("+", LEVELS, &plen);
+
+	assert_non_null(rs);
+	assert_int_equal(retain_put(rs, topic, tlen, (const uint8_t *)"p", 1, 0), RETAIN_STORED);
+	assert_int_equal(put(rs, "l/x", "q", 0), RETAIN_STORED);
+	retain_match(rs, topic, tlen, count_cb, &calls);
+	assert_int_equal(calls, 1);
+	calls = 0;
+	retain_match(rs, plus, plen, count_cb, &calls);
+	assert_int_equal(calls, 1);
+	calls = 0;
+	retain_match(rs, SL("#"), count_cb, &calls);
+	assert_int_equal(calls, 2);
+	calls = 0;
+	retain_match(rs, SL("l/+/#"), count_cb, &calls);
+	assert_int_equal(calls, 2);
+	retain_free(&rs); /* one deep message left in place: freed without recursion */
+	free(topic);
+	free(plus);
+}
+
+static void test_hundred_thousand_sibling_topics(void **state)
+{
+	enum { N = 100000 };
+	struct retain_store *rs = retain_new(0, 0);
+	char buf[32];
+	size_t calls = 0;
+	struct got g;
+
+	assert_non_null(rs);
+	for (unsigned long i = 0; i < N; i++) {
+		int n = snprintf(buf, sizeof(buf), "dev/%lu", i);
+
+		assert_int_equal(retain_put(rs, buf, (size_t)n, (const uint8_t *)buf, (size_t)n, 0),
+				 RETAIN_STORED);
+	}
+	assert_int_equal(retain_count(rs), N);
+	for (unsigned long i = 0; i < N; i += 7) {
+		int n = snprintf(buf, sizeof(buf), "dev/%lu", i);
+
+		memset(&g, 0, sizeof(g));
+		retain_match(rs, buf, (size_t)n, collect, &g);
+		assert_int_equal(g.n, 1);
+		assert_string_equal(g.payload[0], buf);
+	}
+	retain_match(rs, SL("dev/+"), count_cb, &calls);
+	assert_int_equal(calls, N);
+	for (unsigned long i = 0; i < N; i += 2) {
+		int n = snprintf(buf, sizeof(buf), "dev/%lu", i);
+
+		assert_int_equal(retain_put(rs, buf, (size_t)n, NULL, 0, 0), RETAIN_CLEARED);
+	}
+	assert_int_equal(retain_count(rs), N / 2);
+	calls = 0;
+	retain_match(rs, SL("#"), count_cb, &calls);
+	assert_int_equal(calls, N / 2);
+	retain_free(&rs);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_free_accepts_null_and_clears_pointer),
+		cmocka_unit_test(test_put_keeps_own_copy),
+		cmocka_unit_test(test_put_existing_topic_replaces),
+		cmocka_unit_test(test_empty_payload_clears),
+		cmocka_unit_test(test_clearing_missing_topic_is_cleared),
+		cmocka_unit_test(test_clearing_gives_memory_back),
+		cmocka_unit_test(test_new_topic_past_max_count_is_full),
+		cmocka_unit_test(test_new_topic_past_max_bytes_is_full),
+		cmocka_unit_test(test_replace_within_max_bytes_is_allowed),
+		cmocka_unit_test(test_wildcard_match_table),
+		cmocka_unit_test(test_wildcard_match_agrees_with_topic_matches),
+		cmocka_unit_test(test_hash_skips_dollar_topics),
+		cmocka_unit_test(test_hash_matches_parent_level),
+		cmocka_unit_test(test_filter_uses_length_not_nul),
+		cmocka_unit_test(test_ten_thousand_level_topic),
+		cmocka_unit_test(test_hundred_thousand_sibling_topics),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

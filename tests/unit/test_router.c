@@ -1,0 +1,1564 @@
+/*
+ * test_router.c - the router's logic, driven record by record.
+ *
+ * Each test feeds w2r records to router_handle() as workers would, captures
+ * what the router emits through its callback, and decodes it with recr_*
+ * exactly as a worker would.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "iotd.h"
+#include "ipc.h"
+#include "log.h"
+#include "rec.h"
+#include "role.h"
+#include "router.h"
+#include "shmring.h"
+
+/* ---- fixture: a router and the records it emitted ----------------------- */
+
+struct cap {
+	unsigned worker;
+	uint16_t type;
+	size_t len;
+	uint8_t *buf;
+};
+
+struct fx {
+	struct iotd_config cfg;
+	struct router *r;
+	struct cap *caps;
+	size_t n, cap;
+};
+
+static int capture(void *arg, unsigned worker, uint16_t type, const struct recw *rec)
+{
+	struct fx *f = arg;
+	struct cap *c;
+
+	assert_false(rec->oom);
+	if (f->n == f->cap) {
+		f->cap = f->cap ? f->cap * 2 : 64;
+		f->caps = realloc(f->caps, f->cap * sizeof(*f->caps));
+		assert_non_null(f->caps);
+	}
+	c = &f->caps[f->n++];
+	c->worker = worker;
+	c->type = type;
+	c->len = rec->len;
+	c->buf = malloc(rec->len ? rec->len : 1);
+	assert_non_null(c->buf);
+	memcpy(c->buf, rec->buf, rec->len);
+	return 0;
+}
+
+static void fx_clear(struct fx *f)
+{
+	for (size_t i = 0; i < f->n; i++)
+		free(f->caps[i].buf);
+	f->n = 0;
+}
+
+static void fx_start(struct fx *f)
+{
+	f->r = router_new(&f->cfg, 4, capture, f);
+	assert_non_null(f->r);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return -1;
+	f->cfg.max_queued_messages = 100;
+	f->cfg.max_queued_bytes = 0;
+	f->cfg.session_timeout_secs = 0;
+	f->cfg.retained_message_limit = 100;
+	f->cfg.max_inflight = 20;
+	f->cfg.max_packet_size = 65536;
+	fx_start(f);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+
+	router_free(&f->r);
+	assert_null(f->r);
+	fx_clear(f);
+	free(f->caps);
+	free(f);
+	return 0;
+}
+
+/* Conn ids as worker w's epoch 1 would make them. */
+static conn_id_t C(unsigned worker, unsigned slot)
+{
+	return conn_id_make(worker, 1, slot, 1);
+}
+
+static size_t count_type(const struct fx *f, uint16_t type)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < f->n; i++)
+		n += f->caps[i].type == type;
+	return n;
+}
+
+/* ---- sending w2r records ------------------------------------------------ */
+
+static int handle(struct fx *f, unsigned worker, uint16_t type, struct recw *w)
+{
+	int rc;
+
+	assert_false(w->oom);
+	rc = router_handle(f->r, worker, type, w->buf, w->len);
+	recw_free(w);
+	return rc;
+}
+
+struct will {
+	const char *topic;
+	const char *payload;
+	uint8_t qos, retain;
+};
+
+static void build_connect(struct recw *w, conn_id_t conn, bool clean, const char *id,
+			  const struct will *will)
+{
+	recw_init(w);
+	recw_u64(w, conn);
+	recw_u8(w, clean);
+	recw_u16(w, 60);
+	recw_str(w, id, (uint16_t)strlen(id));
+	recw_str(w, "127.0.0.1:5000", 14);
+	recw_u8(w, will != NULL);
+	recw_u8(w, will ? will->qos : 0);
+	recw_u8(w, will ? will->retain : 0);
+	recw_str(w, will ? will->topic : "", will ? (uint16_t)strlen(will->topic) : 0);
+	recw_bytes(w, will ? will->payload : "", will ? (uint32_t)strlen(will->payload) : 0);
+}
+
+static int send_connect(struct fx *f, conn_id_t conn, bool clean, const char *id,
+			const struct will *will)
+{
+	struct recw w;
+
+	build_connect(&w, conn, clean, id, will);
+	return handle(f, conn_id_worker(conn), REC_CONNECT, &w);
+}
+
+static int send_subscribe(struct fx *f, conn_id_t conn, uint16_t packet_id, const char *filter,
+			  uint8_t qos)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, conn);
+	recw_u16(&w, packet_id);
+	recw_u16(&w, 1);
+	recw_str(&w, filter, (uint16_t)strlen(filter));
+	recw_u8(&w, qos);
+	return handle(f, conn_id_worker(conn), REC_SUBSCRIBE, &w);
+}
+
+static int send_unsubscribe(struct fx *f, conn_id_t conn, uint16_t packet_id, const char *filter)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, conn);
+	recw_u16(&w, packet_id);
+	recw_u16(&w, 1);
+	recw_str(&w, filter, (uint16_t)strlen(filter));
+	return handle(f, conn_id_worker(conn), REC_UNSUBSCRIBE, &w);
+}
+
+static void build_publish(struct recw *w, uint8_t qos, bool retain, const char *topic,
+			  const char *payload)
+{
+	recw_init(w);
+	recw_u8(w, qos);
+	recw_u8(w, retain);
+	recw_str(w, topic, (uint16_t)strlen(topic));
+	recw_bytes(w, payload, (uint32_t)strlen(payload));
+}
+
+static int send_publish(struct fx *f, unsigned worker, uint8_t qos, bool retain,
+			const char *topic, const char *payload)
+{
+	struct recw w;
+
+	build_publish(&w, qos, retain, topic, payload);
+	return handle(f, worker, REC_PUBLISH, &w);
+}
+
+static int send_close(struct fx *f, conn_id_t conn, bool publish_will, uint16_t n,
+		      const uint16_t *ids)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, conn);
+	recw_u8(&w, publish_will);
+	recw_u16(&w, n);
+	for (uint16_t i = 0; i < n; i++)
+		recw_u16(&w, ids[i]);
+	return handle(f, conn_id_worker(conn), REC_CLOSE, &w);
+}
+
+static int send_session_msg(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t packet_id,
+			    uint8_t state, uint8_t qos, const char *topic, const char *payload)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, conn);
+	recw_u32(&w, sid);
+	recw_u16(&w, packet_id);
+	recw_u8(&w, state);
+	recw_u8(&w, qos);
+	recw_u8(&w, 0);
+	recw_str(&w, topic, (uint16_t)strlen(topic));
+	recw_bytes(&w, payload, (uint32_t)strlen(payload));
+	return handle(f, conn_id_worker(conn), REC_SESSION_MSG, &w);
+}
+
+static int send_worker_down(struct fx *f, unsigned worker, uint32_t new_epoch)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u32(&w, worker);
+	recw_u32(&w, new_epoch);
+	return handle(f, worker, REC_WORKER_DOWN, &w);
+}
+
+/* ---- decoding r2w records ----------------------------------------------- */
+
+struct connack {
+	conn_id_t conn;
+	uint32_t sid;
+	uint8_t rc, present;
+	uint16_t n;
+	uint16_t ids[16];
+};
+
+static void decode_connack(const struct cap *c, struct connack *a)
+{
+	struct recr rd;
+
+	assert_int_equal(c->type, REC_CONNACK);
+	recr_init(&rd, c->buf, c->len);
+	a->conn = recr_u64(&rd);
+	a->sid = recr_u32(&rd);
+	a->rc = recr_u8(&rd);
+	a->present = recr_u8(&rd);
+	a->n = recr_u16(&rd);
+	assert_true(a->n <= ARRAY_SIZE(a->ids));
+	for (uint16_t i = 0; i < a->n; i++)
+		a->ids[i] = recr_u16(&rd);
+	assert_int_equal(recr_end(&rd), 0);
+	assert_int_equal(c->worker, conn_id_worker(a->conn));
+}
+
+struct target {
+	conn_id_t conn;
+	uint32_t sid;
+	uint8_t qos;
+};
+
+struct deliver {
+	uint8_t qos, retain;
+	char topic[128];
+	char payload[128];
+	uint32_t n;
+	struct target t[16];
+};
+
+static void copy_str(char *dst, size_t cap, const uint8_t *p, size_t len)
+{
+	assert_true(len < cap);
+	if (len)
+		memcpy(dst, p, len);
+	dst[len] = '\0';
+}
+
+static void decode_deliver(const struct cap *c, struct deliver *d)
+{
+	struct recr rd;
+	const uint8_t *p;
+	uint16_t tlen;
+	uint32_t plen;
+
+	assert_int_equal(c->type, REC_DELIVER);
+	recr_init(&rd, c->buf, c->len);
+	d->qos = recr_u8(&rd);
+	recr_str(&rd, &p, &tlen);
+	copy_str(d->topic, sizeof(d->topic), p, tlen);
+	recr_bytes(&rd, &p, &plen);
+	copy_str(d->payload, sizeof(d->payload), p, plen);
+	d->retain = recr_u8(&rd);
+	d->n = recr_u32(&rd);
+	assert_true(d->n <= ARRAY_SIZE(d->t));
+	for (uint32_t i = 0; i < d->n; i++) {
+		d->t[i].conn = recr_u64(&rd);
+		d->t[i].sid = recr_u32(&rd);
+		d->t[i].qos = recr_u8(&rd);
+		assert_int_equal(conn_id_worker(d->t[i].conn), c->worker);
+	}
+	assert_int_equal(recr_end(&rd), 0);
+}
+
+struct smsg {
+	conn_id_t conn;
+	uint32_t sid;
+	uint16_t packet_id;
+	uint8_t state, qos, retain;
+	char topic[128];
+	char payload[128];
+};
+
+static void decode_session_msg(const struct cap *c, struct smsg *m)
+{
+	struct recr rd;
+	const uint8_t *p;
+	uint16_t tlen;
+	uint32_t plen;
+
+	assert_int_equal(c->type, REC_SESSION_MSG);
+	recr_init(&rd, c->buf, c->len);
+	m->conn = recr_u64(&rd);
+	m->sid = recr_u32(&rd);
+	m->packet_id = recr_u16(&rd);
+	m->state = recr_u8(&rd);
+	m->qos = recr_u8(&rd);
+	m->retain = recr_u8(&rd);
+	recr_str(&rd, &p, &tlen);
+	copy_str(m->topic, sizeof(m->topic), p, tlen);
+	recr_bytes(&rd, &p, &plen);
+	copy_str(m->payload, sizeof(m->payload), p, plen);
+	assert_int_equal(recr_end(&rd), 0);
+	assert_int_equal(c->worker, conn_id_worker(m->conn));
+}
+
+static conn_id_t decode_conn_only(const struct cap *c, uint16_t type)
+{
+	struct recr rd;
+	conn_id_t conn;
+
+	assert_int_equal(c->type, type);
+	recr_init(&rd, c->buf, c->len);
+	conn = recr_u64(&rd);
+	assert_int_equal(recr_end(&rd), 0);
+	assert_int_equal(c->worker, conn_id_worker(conn));
+	return conn;
+}
+
+struct suback {
+	conn_id_t conn;
+	uint16_t packet_id, n;
+	uint8_t codes[16];
+};
+
+static void decode_suback(const struct cap *c, struct suback *s)
+{
+	struct recr rd;
+
+	assert_int_equal(c->type, REC_SUBACK);
+	recr_init(&rd, c->buf, c->len);
+	s->conn = recr_u64(&rd);
+	s->packet_id = recr_u16(&rd);
+	s->n = recr_u16(&rd);
+	assert_true(s->n <= ARRAY_SIZE(s->codes));
+	for (uint16_t i = 0; i < s->n; i++)
+		s->codes[i] = recr_u8(&rd);
+	assert_int_equal(recr_end(&rd), 0);
+}
+
+/* Connect a fresh session and return its sid; the CONNACK is checked and cleared. */
+static uint32_t connect_ok(struct fx *f, conn_id_t conn, bool clean, const char *id,
+			   const struct will *will)
+{
+	struct connack a;
+
+	fx_clear(f);
+	assert_int_equal(send_connect(f, conn, clean, id, will), 0);
+	assert_int_equal(f->n, 1);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.conn, conn);
+	assert_int_equal(a.rc, 0);
+	assert_int_equal(a.present, 0);
+	assert_int_not_equal(a.sid, 0);
+	fx_clear(f);
+	return a.sid;
+}
+
+static void subscribe_ok(struct fx *f, conn_id_t conn, const char *filter, uint8_t qos)
+{
+	fx_clear(f);
+	assert_int_equal(send_subscribe(f, conn, 1, filter, qos), 0);
+	assert_true(f->n >= 1);
+	assert_int_equal(f->caps[0].type, REC_SUBACK);
+	fx_clear(f);
+}
+
+/* ---- sessions ----------------------------------------------------------- */
+
+static void connect_new_session_is_acked_without_session_present(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	uint32_t a = connect_ok(f, C(0, 1), false, "dev-a", NULL);
+	uint32_t b = connect_ok(f, C(1, 1), true, "dev-b", NULL);
+
+	assert_int_not_equal(a, b);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.sessions, 2);
+	assert_int_equal(st.online, 2);
+}
+
+static void connect_persistent_resumes_with_stored_qos1_but_not_qos0(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
+	struct connack a;
+	struct smsg m;
+
+	subscribe_ok(f, C(0, 1), "t/#", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_publish(f, 1, 1, false, "t/1", "one"), 0);
+	assert_int_equal(send_publish(f, 1, 0, false, "t/0", "zero"), 0);
+	assert_int_equal(send_publish(f, 1, 2, false, "t/2", "two"), 0);
+	assert_int_equal(f->n, 0);           /* nobody online */
+
+	assert_int_equal(send_connect(f, C(2, 7), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 3);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	assert_int_equal(a.sid, sid);
+	assert_int_equal(a.conn, C(2, 7));
+	decode_session_msg(&f->caps[1], &m);
+	assert_int_equal(m.state, MSG_QUEUED);
+	assert_int_equal(m.qos, 1);
+	assert_string_equal(m.topic, "t/1");
+	assert_string_equal(m.payload, "one");
+	assert_int_equal(m.sid, sid);
+	assert_int_equal(m.conn, C(2, 7));
+	decode_session_msg(&f->caps[2], &m);
+	assert_int_equal(m.qos, 1);          /* granted 1 caps the QoS 2 publish */
+	assert_string_equal(m.topic, "t/2");
+
+	/* The queue went to the worker: a second resume has nothing. */
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(2, 7), false, 0, NULL), 0);
+	assert_int_equal(send_connect(f, C(2, 8), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 1);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+}
+
+static void connect_clean_discards_stored_session(void **state)
+{
+	struct fx *f = *state;
+	uint32_t old = connect_ok(f, C(0, 1), false, "dev", NULL);
+	uint32_t fresh;
+	struct router_stats st;
+
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "x"), 0);
+
+	fresh = connect_ok(f, C(0, 2), true, "dev", NULL);   /* checks session_present 0 */
+	assert_int_not_equal(fresh, old);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.sessions, 1);
+	assert_int_equal(st.subscriptions, 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "y"), 0);
+	assert_int_equal(f->n, 0);
+
+	/* A clean session ends with its connection. */
+	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.sessions, 0);
+}
+
+static void resume_returns_qos2_ids_and_unfinished_messages_first(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
+	const uint16_t ids[] = { 5, 7 };
+	struct connack a;
+	struct smsg m;
+
+	subscribe_ok(f, C(0, 1), "t", 2);
+	/* What the closing connection still owes, then the close itself. */
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 0, MSG_QUEUED, 1, "t", "later"), 0);
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 3, MSG_INFLIGHT, 2, "t", "inflight"), 0);
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 4, MSG_PUBREL, 2, "", ""), 0);
+	assert_int_equal(send_close(f, C(0, 1), false, 2, ids), 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "offline"), 0);
+	assert_int_equal(f->n, 0);
+
+	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 5);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	assert_int_equal(a.n, 2);
+	assert_int_equal(a.ids[0], 5);
+	assert_int_equal(a.ids[1], 7);
+	decode_session_msg(&f->caps[1], &m);
+	assert_int_equal(m.state, MSG_INFLIGHT);
+	assert_int_equal(m.packet_id, 3);
+	assert_string_equal(m.payload, "inflight");
+	decode_session_msg(&f->caps[2], &m);
+	assert_int_equal(m.state, MSG_PUBREL);
+	assert_int_equal(m.packet_id, 4);
+	decode_session_msg(&f->caps[3], &m);
+	assert_int_equal(m.state, MSG_QUEUED);
+	assert_string_equal(m.payload, "later");
+	decode_session_msg(&f->caps[4], &m);
+	assert_int_equal(m.state, MSG_QUEUED);
+	assert_string_equal(m.payload, "offline");
+
+	/* The ids went to the worker with the CONNACK. */
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+	assert_int_equal(send_connect(f, C(1, 2), false, "dev", NULL), 0);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.n, 0);
+}
+
+static void takeover_across_workers_kicks_then_acks_after_close(void **state)
+{
+	struct fx *f = *state;
+	const struct will will = { "dev/status", "gone", 1, 0 };
+	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", &will);
+	struct connack a;
+	struct deliver d;
+	struct smsg m;
+
+	connect_ok(f, C(3, 1), true, "watcher", NULL);
+	subscribe_ok(f, C(3, 1), "dev/status", 1);
+	subscribe_ok(f, C(0, 1), "cmd", 1);
+
+	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(f->caps[0].worker, 0);
+	assert_int_equal(decode_conn_only(&f->caps[0], REC_KICK), C(0, 1));
+	fx_clear(f);
+
+	/* Messages routed meanwhile wait for the new connection. */
+	assert_int_equal(send_publish(f, 2, 1, false, "cmd", "queued"), 0);
+	assert_int_equal(f->n, 0);
+	/* The old connection hands back what it owes, then closes. */
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 9, MSG_INFLIGHT, 1, "cmd", "owed"), 0);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+
+	assert_int_equal(f->n, 4);
+	decode_deliver(&f->caps[0], &d);      /* the will, before the new session starts */
+	assert_string_equal(d.topic, "dev/status");
+	assert_int_equal(d.t[0].conn, C(3, 1));
+	decode_connack(&f->caps[1], &a);
+	assert_int_equal(a.conn, C(1, 1));
+	assert_int_equal(f->caps[1].worker, 1);
+	assert_int_equal(a.present, 1);
+	assert_int_equal(a.sid, sid);
+	decode_session_msg(&f->caps[2], &m);
+	assert_int_equal(m.state, MSG_INFLIGHT);
+	assert_int_equal(m.packet_id, 9);
+	assert_int_equal(m.conn, C(1, 1));
+	decode_session_msg(&f->caps[3], &m);
+	assert_int_equal(m.state, MSG_QUEUED);
+	assert_string_equal(m.payload, "queued");
+
+	/* Deliveries now go to the new connection, on worker 1. */
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 2, 1, false, "cmd", "live"), 0);
+	assert_int_equal(f->n, 1);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(d.t[0].conn, C(1, 1));
+}
+
+static void takeover_by_clean_connect_starts_fresh(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
+	struct connack a;
+
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_connect(f, C(1, 1), true, "dev", NULL), 0);
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+	assert_int_equal(f->n, 1);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 0);
+	assert_int_not_equal(a.sid, sid);
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "x"), 0);
+	assert_int_equal(f->n, 0);
+}
+
+static void second_takeover_kicks_the_waiting_connect(void **state)
+{
+	struct fx *f = *state;
+	struct connack a;
+
+	connect_ok(f, C(0, 1), false, "dev", NULL);
+	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(2, 1), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(f->caps[0].worker, 1);
+	assert_int_equal(decode_conn_only(&f->caps[0], REC_KICK), C(1, 1));
+	fx_clear(f);
+
+	/* The kicked waiting connection closes: expected, and nothing happens to the session. */
+	assert_int_equal(send_close(f, C(1, 1), true, 0, NULL), 0);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(send_close(f, C(1, 1), true, 0, NULL), -1);   /* only once */
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+	assert_int_equal(f->n, 1);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.conn, C(2, 1));
+	assert_int_equal(a.present, 1);
+}
+
+static void waiting_connect_closed_early_is_forgotten(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+
+	connect_ok(f, C(0, 1), false, "dev", NULL);
+	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
+	assert_int_equal(send_close(f, C(1, 1), true, 0, NULL), 0);
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+	assert_int_equal(f->n, 0);            /* no CONNACK for the gone connection */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.online, 0);
+	assert_int_equal(st.sessions, 1);
+}
+
+static void waiting_connect_dropped_when_its_worker_dies(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+
+	connect_ok(f, C(0, 1), false, "dev", NULL);
+	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
+	assert_int_equal(send_worker_down(f, 1, 2), 0);
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+	assert_int_equal(f->n, 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.online, 0);
+}
+
+static void anonymous_clients_get_separate_sessions(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	uint32_t a = connect_ok(f, C(0, 1), true, "", NULL);
+	uint32_t b = connect_ok(f, C(1, 1), true, "", NULL);   /* no takeover, no KICK */
+
+	assert_int_not_equal(a, b);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.online, 2);
+}
+
+static void second_connect_on_one_connection_is_dropped(void **state)
+{
+	struct fx *f = *state;
+
+	connect_ok(f, C(0, 1), true, "dev", NULL);
+	assert_int_equal(send_connect(f, C(0, 1), true, "other", NULL), -1);
+	assert_int_equal(f->n, 0);
+}
+
+/* ---- subscriptions and routing ------------------------------------------ */
+
+static void subscribe_acks_first_then_sends_matching_retained(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid;
+	struct suback sa;
+	struct deliver d;
+	struct recw w;
+
+	assert_int_equal(send_publish(f, 0, 2, true, "home/temp", "21"), 0);
+	assert_int_equal(send_publish(f, 0, 0, true, "home/hum", "40"), 0);
+	assert_int_equal(send_publish(f, 0, 1, true, "office/temp", "19"), 0);
+	sid = connect_ok(f, C(1, 1), true, "dev", NULL);
+
+	recw_init(&w);
+	recw_u64(&w, C(1, 1));
+	recw_u16(&w, 42);
+	recw_u16(&w, 3);
+	recw_str(&w, "home/#", 6);
+	recw_u8(&w, 1);
+	recw_str(&w, "bad/#/x", 7);
+	recw_u8(&w, 0x80);
+	recw_str(&w, "nothing/here", 12);
+	recw_u8(&w, 2);
+	assert_int_equal(handle(f, 1, REC_SUBSCRIBE, &w), 0);
+
+	assert_int_equal(f->n, 3);
+	decode_suback(&f->caps[0], &sa);
+	assert_int_equal(sa.conn, C(1, 1));
+	assert_int_equal(sa.packet_id, 42);
+	assert_int_equal(sa.n, 3);
+	assert_int_equal(sa.codes[0], 1);
+	assert_int_equal(sa.codes[1], 0x80);
+	assert_int_equal(sa.codes[2], 2);
+	for (size_t i = 1; i < 3; i++) {
+		decode_deliver(&f->caps[i], &d);
+		assert_int_equal(d.retain, 1);
+		assert_int_equal(d.n, 1);
+		assert_int_equal(d.t[0].conn, C(1, 1));
+		assert_int_equal(d.t[0].sid, sid);
+		if (!strcmp(d.topic, "home/temp")) {
+			assert_int_equal(d.qos, 2);
+			assert_int_equal(d.t[0].qos, 1);     /* min(retained 2, granted 1) */
+			assert_string_equal(d.payload, "21");
+		} else {
+			assert_string_equal(d.topic, "home/hum");
+			assert_int_equal(d.t[0].qos, 0);
+		}
+	}
+}
+
+static void retained_message_is_cleared_by_empty_payload(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+
+	assert_int_equal(send_publish(f, 0, 1, true, "a/b", "x"), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.retained, 1);
+	assert_int_equal(send_publish(f, 0, 1, true, "a/b", ""), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.retained, 0);
+	connect_ok(f, C(0, 1), true, "dev", NULL);
+	assert_int_equal(send_subscribe(f, C(0, 1), 1, "a/#", 1), 0);
+	assert_int_equal(f->n, 1);            /* the SUBACK only */
+}
+
+static void live_publish_with_retain_is_delivered_without_retain(void **state)
+{
+	struct fx *f = *state;
+	struct deliver d;
+
+	connect_ok(f, C(0, 1), true, "dev", NULL);
+	subscribe_ok(f, C(0, 1), "a", 1);
+	assert_int_equal(send_publish(f, 1, 1, true, "a", "x"), 0);
+	assert_int_equal(f->n, 1);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(d.retain, 0);
+}
+
+static void overlapping_subscriptions_give_one_copy_at_highest_qos(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), true, "dev", NULL);
+	struct deliver d;
+
+	subscribe_ok(f, C(0, 1), "a/+", 0);
+	subscribe_ok(f, C(0, 1), "a/#", 2);
+	subscribe_ok(f, C(0, 1), "a/b", 1);
+	assert_int_equal(send_publish(f, 1, 2, false, "a/b", "x"), 0);
+	assert_int_equal(f->n, 1);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(d.n, 1);
+	assert_int_equal(d.t[0].sid, sid);
+	assert_int_equal(d.t[0].qos, 2);
+	assert_int_equal(d.qos, 2);
+}
+
+static void fan_out_to_three_sessions_on_two_workers_gives_two_delivers(void **state)
+{
+	struct fx *f = *state;
+	struct deliver d;
+	size_t seen = 0;
+
+	connect_ok(f, C(0, 1), true, "a", NULL);
+	connect_ok(f, C(0, 2), true, "b", NULL);
+	connect_ok(f, C(2, 1), true, "c", NULL);
+	subscribe_ok(f, C(0, 1), "s/#", 1);
+	subscribe_ok(f, C(0, 2), "s/x", 1);
+	subscribe_ok(f, C(2, 1), "+/x", 1);
+
+	assert_int_equal(send_publish(f, 1, 1, false, "s/x", "payload"), 0);
+	assert_int_equal(f->n, 2);
+	for (size_t i = 0; i < f->n; i++) {
+		decode_deliver(&f->caps[i], &d);
+		assert_string_equal(d.topic, "s/x");
+		assert_string_equal(d.payload, "payload");
+		assert_int_equal(d.retain, 0);
+		assert_int_equal(d.n, f->caps[i].worker == 0 ? 2 : 1);
+		seen += d.n;
+	}
+	assert_int_equal(seen, 3);
+	assert_int_not_equal(f->caps[0].worker, f->caps[1].worker);
+}
+
+static void big_fan_out_is_split_to_fit_a_ring_record(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	char id[16];
+	size_t targets = 0;
+
+	for (unsigned i = 0; i < 10; i++) {
+		snprintf(id, sizeof(id), "c%u", i);
+		connect_ok(f, C(0, i + 1), true, id, NULL);
+		subscribe_ok(f, C(0, i + 1), "t", 1);
+	}
+	/* Header (1 + 2+1 + 4+1 + 1 + 4 = 14 bytes) plus 3 targets of 13 bytes. */
+	router_set_max_record(f->r, 14 + 3 * 13);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "p"), 0);
+	assert_int_equal(f->n, 4);
+	for (size_t i = 0; i < f->n; i++) {
+		struct deliver d;
+
+		assert_true(f->caps[i].len <= 14 + 3 * 13);
+		decode_deliver(&f->caps[i], &d);
+		targets += d.n;
+	}
+	assert_int_equal(targets, 10);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.subscriptions, 10);
+}
+
+static void delivered_qos_is_the_lower_of_publish_and_granted(void **state)
+{
+	struct fx *f = *state;
+	struct deliver d;
+
+	connect_ok(f, C(0, 1), true, "low", NULL);
+	connect_ok(f, C(0, 2), true, "high", NULL);
+	subscribe_ok(f, C(0, 1), "t", 0);
+	subscribe_ok(f, C(0, 2), "t", 2);
+
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "x"), 0);
+	assert_int_equal(f->n, 1);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(d.qos, 1);
+	assert_int_equal(d.n, 2);
+	for (uint32_t i = 0; i < d.n; i++)
+		assert_int_equal(d.t[i].qos, d.t[i].conn == C(0, 1) ? 0 : 1);
+}
+
+static void unsubscribe_stops_delivery_and_is_acked(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	struct recr rd;
+
+	connect_ok(f, C(0, 1), true, "dev", NULL);
+	subscribe_ok(f, C(0, 1), "t/+", 1);
+	assert_int_equal(send_unsubscribe(f, C(0, 1), 77, "t/+"), 0);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(f->caps[0].type, REC_UNSUBACK);
+	recr_init(&rd, f->caps[0].buf, f->caps[0].len);
+	assert_int_equal(recr_u64(&rd), C(0, 1));
+	assert_int_equal(recr_u16(&rd), 77);
+	assert_int_equal(recr_end(&rd), 0);
+	fx_clear(f);
+
+	assert_int_equal(send_publish(f, 0, 1, false, "t/a", "x"), 0);
+	assert_int_equal(f->n, 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.subscriptions, 0);
+
+	/* Unsubscribing from nothing is still acknowledged. */
+	assert_int_equal(send_unsubscribe(f, C(0, 1), 78, "never"), 0);
+	assert_int_equal(count_type(f, REC_UNSUBACK), 1);
+}
+
+static void resubscribe_replaces_the_qos(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	struct deliver d;
+
+	connect_ok(f, C(0, 1), true, "dev", NULL);
+	subscribe_ok(f, C(0, 1), "t", 2);
+	subscribe_ok(f, C(0, 1), "t", 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.subscriptions, 1);
+	assert_int_equal(send_publish(f, 0, 2, false, "t", "x"), 0);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(d.t[0].qos, 0);
+}
+
+/* ---- offline queue ------------------------------------------------------ */
+
+static void offline_queue_drops_new_messages_when_full(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	struct smsg m;
+
+	f->cfg.max_queued_messages = 2;
+	connect_ok(f, C(0, 1), false, "dev", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "1"), 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "2"), 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "3"), 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "4"), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 2);
+
+	assert_int_equal(send_connect(f, C(0, 2), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 3);
+	decode_session_msg(&f->caps[1], &m);
+	assert_string_equal(m.payload, "1");
+	decode_session_msg(&f->caps[2], &m);
+	assert_string_equal(m.payload, "2");
+}
+
+static void offline_queue_respects_the_byte_budget(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+
+	f->cfg.max_queued_bytes = 10;          /* topic + payload bytes */
+	connect_ok(f, C(0, 1), false, "dev", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "1234"), 0);   /* 5 */
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "12345"), 0);  /* 6: over */
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "123"), 0);    /* 4: fits */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 1);
+	assert_int_equal(send_connect(f, C(0, 2), false, "dev", NULL), 0);
+	assert_int_equal(count_type(f, REC_SESSION_MSG), 2);
+}
+
+/* ---- wills, worker deaths, expiry --------------------------------------- */
+
+static void will_is_published_on_abnormal_close(void **state)
+{
+	struct fx *f = *state;
+	const struct will will = { "dev/lwt", "offline", 2, 1 };
+	struct router_stats st;
+	struct deliver d;
+
+	connect_ok(f, C(0, 1), true, "dev", &will);
+	connect_ok(f, C(1, 1), true, "watcher", NULL);
+	subscribe_ok(f, C(1, 1), "dev/+", 2);
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+	assert_int_equal(f->n, 1);
+	decode_deliver(&f->caps[0], &d);
+	assert_string_equal(d.topic, "dev/lwt");
+	assert_string_equal(d.payload, "offline");
+	assert_int_equal(d.qos, 2);
+	assert_int_equal(d.retain, 0);
+	assert_int_equal(d.t[0].conn, C(1, 1));
+	/* The will had retain set: it is kept. */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.retained, 1);
+	assert_int_equal(st.sessions, 1);
+}
+
+static void will_is_not_published_on_clean_disconnect(void **state)
+{
+	struct fx *f = *state;
+	const struct will will = { "dev/lwt", "offline", 1, 0 };
+
+	connect_ok(f, C(0, 1), false, "dev", &will);
+	connect_ok(f, C(1, 1), true, "watcher", NULL);
+	subscribe_ok(f, C(1, 1), "dev/lwt", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(f->n, 0);
+	/* Nor later: a will lives as long as its connection. */
+	assert_int_equal(send_connect(f, C(0, 2), false, "dev", NULL), 0);
+	assert_int_equal(send_close(f, C(0, 2), true, 0, NULL), 0);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+}
+
+static void will_reaches_own_persistent_session_queue(void **state)
+{
+	struct fx *f = *state;
+	const struct will will = { "dev/lwt", "bye", 1, 0 };
+	struct smsg m;
+
+	connect_ok(f, C(0, 1), false, "dev", &will);
+	subscribe_ok(f, C(0, 1), "dev/lwt", 1);
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(send_connect(f, C(0, 2), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 2);
+	decode_session_msg(&f->caps[1], &m);
+	assert_string_equal(m.payload, "bye");
+}
+
+static void worker_down_closes_its_sessions_and_publishes_wills(void **state)
+{
+	struct fx *f = *state;
+	const struct will will = { "lwt/a", "dead", 1, 0 };
+	struct router_stats st;
+	struct deliver d;
+
+	connect_ok(f, C(0, 1), true, "a", &will);
+	connect_ok(f, C(0, 2), false, "b", NULL);
+	connect_ok(f, C(1, 1), true, "watcher", NULL);
+	subscribe_ok(f, C(1, 1), "lwt/#", 1);
+
+	assert_int_equal(send_worker_down(f, 0, 2), 0);
+	assert_int_equal(f->n, 1);
+	decode_deliver(&f->caps[0], &d);
+	assert_string_equal(d.topic, "lwt/a");
+	assert_int_equal(d.t[0].conn, C(1, 1));
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.online, 1);
+	assert_int_equal(st.sessions, 2);      /* "b" persists, offline */
+
+	/* Connections of the new epoch are untouched by a repeated notice. */
+	fx_clear(f);
+	connect_ok(f, conn_id_make(0, 2, 1, 1), true, "c", NULL);
+	assert_int_equal(send_worker_down(f, 0, 2), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.online, 2);
+}
+
+static void offline_session_expires_after_timeout(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	struct connack a;
+
+	f->cfg.session_timeout_secs = 10;
+	router_tick(f->r, 1000);
+	connect_ok(f, C(0, 1), false, "old", NULL);
+	connect_ok(f, C(0, 2), false, "online", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+
+	router_tick(f->r, 11000);              /* exactly the timeout: kept */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.sessions, 2);
+	router_tick(f->r, 11001);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.sessions, 1);      /* the online one never expires */
+	assert_int_equal(st.subscriptions, 0);
+
+	assert_int_equal(send_connect(f, C(0, 3), false, "old", NULL), 0);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 0);
+}
+
+static void sessions_never_expire_with_timeout_zero(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+
+	connect_ok(f, C(0, 1), false, "dev", NULL);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	router_tick(f->r, UINT64_C(1) << 50);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.sessions, 1);
+}
+
+/* ---- bounces ------------------------------------------------------------ */
+
+static void bounce_goes_to_the_sessions_new_connection(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
+	struct smsg m;
+
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_connect(f, C(2, 1), false, "dev", NULL), 0);
+	fx_clear(f);
+
+	/* A delivery crossed the close of C(0,1): worker 0 hands it back. */
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 0, MSG_QUEUED, 1, "t", "late"), 0);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(f->caps[0].worker, 2);
+	decode_session_msg(&f->caps[0], &m);
+	assert_int_equal(m.conn, C(2, 1));
+	assert_int_equal(m.sid, sid);
+	assert_int_equal(m.state, MSG_QUEUED);
+	assert_string_equal(m.payload, "late");
+}
+
+static void bounce_to_offline_session_is_queued(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
+	struct smsg m;
+
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 0, MSG_QUEUED, 1, "t", "late"), 0);
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 0, MSG_QUEUED, 0, "t", "qos0"), 0);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 2);
+	decode_session_msg(&f->caps[1], &m);
+	assert_string_equal(m.payload, "late");
+}
+
+static void bounce_for_gone_session_is_dropped(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), true, "dev", NULL);
+
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 0, MSG_QUEUED, 1, "t", "x"), 0);
+	assert_int_equal(send_session_msg(f, C(0, 1), 999, 0, MSG_QUEUED, 1, "t", "x"), 0);
+	assert_int_equal(f->n, 0);
+}
+
+/* ---- a buggy worker ----------------------------------------------------- */
+
+static void records_for_unknown_connections_are_dropped(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+
+	assert_int_equal(send_subscribe(f, C(0, 9), 1, "t", 1), -1);
+	assert_int_equal(send_unsubscribe(f, C(0, 9), 1, "t"), -1);
+	assert_int_equal(send_close(f, C(0, 9), true, 0, NULL), -1);
+	assert_int_equal(f->n, 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.bad_records, 3);
+}
+
+static void records_from_the_wrong_ring_or_of_router_types_are_dropped(void **state)
+{
+	struct fx *f = *state;
+	struct recw w;
+
+	build_connect(&w, C(1, 1), true, "dev", NULL);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);     /* conn of worker 1 on ring 0 */
+	build_connect(&w, C(1, 1), true, "dev", NULL);
+	assert_int_equal(handle(f, 9, REC_CONNECT, &w), -1);     /* no such worker */
+	build_publish(&w, 0, 0, "t", "x");
+	assert_int_equal(handle(f, 0, REC_DELIVER, &w), -1);
+	build_publish(&w, 0, 0, "t", "x");
+	assert_int_equal(handle(f, 0, 0xffff, &w), -1);
+	build_publish(&w, 3, 0, "t", "x");
+	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);     /* QoS 3 */
+	build_publish(&w, 0, 0, "t/#", "x");
+	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);     /* wildcard topic */
+	build_publish(&w, 0, 0, "", "x");
+	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
+	assert_int_equal(send_worker_down(f, 0, 1), 0);
+	assert_int_equal(router_handle(f->r, 0, REC_WORKER_DOWN, "\x07\0\0\0\1\0\0\0", 8), -1);
+	assert_int_equal(router_handle(f->r, 0, REC_PUBLISH, NULL, 0), -1);
+	assert_int_equal(f->n, 0);
+}
+
+static uint32_t rng_state = 0x12345678;
+
+static uint32_t rng(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 17;
+	rng_state ^= rng_state << 5;
+	return rng_state;
+}
+
+/* Valid records of every w2r type, to be cut short and corrupted. */
+static size_t build_samples(struct recw *s, size_t cap, uint32_t sid)
+{
+	const struct will will = { "w/t", "payload", 1, 1 };
+	size_t n = 0;
+
+	assert_true(cap >= 8);
+	build_connect(&s[n++], C(0, 1), false, "dev", &will);
+	recw_init(&s[n]);
+	recw_u64(&s[n], C(0, 1));
+	recw_u16(&s[n], 1);
+	recw_u16(&s[n], 2);
+	recw_str(&s[n], "a/#", 3);
+	recw_u8(&s[n], 1);
+	recw_str(&s[n], "b/+", 3);
+	recw_u8(&s[n], 2);
+	n++;
+	recw_init(&s[n]);
+	recw_u64(&s[n], C(0, 1));
+	recw_u16(&s[n], 2);
+	recw_u16(&s[n], 1);
+	recw_str(&s[n], "a/#", 3);
+	n++;
+	build_publish(&s[n++], 1, 1, "a/b", "hello");
+	recw_init(&s[n]);
+	recw_u64(&s[n], C(0, 1));
+	recw_u32(&s[n], sid);
+	recw_u16(&s[n], 4);
+	recw_u8(&s[n], MSG_INFLIGHT);
+	recw_u8(&s[n], 1);
+	recw_u8(&s[n], 0);
+	recw_str(&s[n], "a/b", 3);
+	recw_bytes(&s[n], "x", 1);
+	n++;
+	recw_init(&s[n]);
+	recw_u64(&s[n], C(0, 1));
+	recw_u8(&s[n], 1);
+	recw_u16(&s[n], 2);
+	recw_u16(&s[n], 10);
+	recw_u16(&s[n], 11);
+	n++;
+	recw_init(&s[n]);
+	recw_u32(&s[n], 0);
+	recw_u32(&s[n], 5);
+	n++;
+	return n;
+}
+
+static const uint16_t sample_types[] = {
+	REC_CONNECT, REC_SUBSCRIBE, REC_UNSUBSCRIBE, REC_PUBLISH,
+	REC_SESSION_MSG, REC_CLOSE, REC_WORKER_DOWN,
+};
+
+static void garbage_records_do_not_crash_the_router(void **state)
+{
+	struct fx *f = *state;
+	struct recw s[8];
+	size_t n;
+	uint8_t buf[256];
+	struct router_stats st;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
+
+	subscribe_ok(f, C(0, 1), "#", 2);
+	n = build_samples(s, ARRAY_SIZE(s), sid);
+	assert_int_equal(n, ARRAY_SIZE(sample_types));
+
+	/* Every valid record cut at every length: decoding fails, nothing acts. */
+	for (size_t i = 0; i < n; i++) {
+		for (size_t len = 0; len < s[i].len; len++) {
+			uint8_t *copy = malloc(len ? len : 1);
+
+			assert_non_null(copy);
+			memcpy(copy, s[i].buf, len);   /* exact size: ASan sees any overread */
+			assert_int_equal(router_handle(f->r, 0, sample_types[i], copy, len), -1);
+			free(copy);
+		}
+	}
+	/* ... and with a byte too many. */
+	for (size_t i = 0; i < n; i++) {
+		memcpy(buf, s[i].buf, s[i].len);
+		buf[s[i].len] = 0;
+		assert_int_equal(router_handle(f->r, 0, sample_types[i], buf, s[i].len + 1), -1);
+	}
+	fx_clear(f);
+
+	/* Random bytes of random types. */
+	for (int iter = 0; iter < 20000; iter++) {
+		size_t len = rng() % 64;
+		uint16_t type = (uint16_t)(rng() % (REC_TYPE_MAX + 2));
+		uint8_t *p = malloc(len ? len : 1);
+
+		assert_non_null(p);
+		for (size_t k = 0; k < len; k++)
+			p[k] = (uint8_t)rng();
+		router_handle(f->r, rng() % 6, type, p, len);
+		free(p);
+		fx_clear(f);
+	}
+
+	/* Valid records with a few bytes flipped: these reach the deeper paths. */
+	for (int iter = 0; iter < 50000; iter++) {
+		size_t i = rng() % n;
+		size_t len = s[i].len;
+		uint8_t *p = malloc(len);
+		unsigned flips = 1 + rng() % 3;
+
+		assert_non_null(p);
+		memcpy(p, s[i].buf, len);
+		for (unsigned k = 0; k < flips; k++)
+			p[rng() % len] ^= (uint8_t)(1u << (rng() % 8));
+		router_handle(f->r, rng() % 2 ? 0 : conn_id_worker(C(0, 1)), sample_types[i], p, len);
+		free(p);
+		fx_clear(f);
+	}
+	/* And unmodified ones in random order: sessions come and go. */
+	for (int iter = 0; iter < 5000; iter++) {
+		size_t i = rng() % n;
+
+		router_handle(f->r, 0, sample_types[i], s[i].buf, s[i].len);
+		fx_clear(f);
+	}
+	for (size_t i = 0; i < n; i++)
+		recw_free(&s[i]);
+
+	/* Still serving. */
+	router_get_stats(f->r, &st);
+	assert_true(st.bad_records > 0);
+	connect_ok(f, C(3, 1), true, "after", NULL);
+}
+
+/* ---- the process: router_main over real rings ---------------------------- */
+
+#define PROC_RING 4096
+#define PROC_WORKERS 2
+#define PROC_MSGS 600
+
+struct proc {
+	struct iotd_config cfg;
+	struct role_env env;
+	struct iotd_shm *shm;
+	size_t shm_len;
+	int ctl;                       /* the supervisor's end */
+	pid_t pid;
+	struct shmring_producer w2r;   /* we are worker 0 */
+	struct shmring_consumer r2w;
+};
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void proc_start(struct proc *p)
+{
+	size_t off = (sizeof(struct iotd_shm) + 63) & ~(size_t)63;
+	size_t fp = shmring_footprint(PROC_RING);
+	int sv[2];
+	struct ipc_hdr hdr;
+	int fd;
+
+	memset(p, 0, sizeof(*p));
+	p->cfg.max_queued_messages = 100;
+	p->shm_len = off + 2 * PROC_WORKERS * fp;
+	p->shm = mmap(NULL, p->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_true(p->shm != MAP_FAILED);
+	p->shm->magic = IOTD_SHM_MAGIC;
+	p->shm->nworkers = PROC_WORKERS;
+	p->shm->ring_size = PROC_RING;
+	for (unsigned i = 0; i < PROC_WORKERS; i++) {
+		p->shm->w2r_off[i] = off + (2 * i) * fp;
+		p->shm->r2w_off[i] = off + (2 * i + 1) * fp;
+		shmring_init(shm_w2r(p->shm, i), PROC_RING);
+		shmring_init(shm_r2w(p->shm, i), PROC_RING);
+		p->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		assert_true(p->env.worker_efd[i] >= 0);
+	}
+	p->env.cfg = &p->cfg;
+	p->env.shm = p->shm;
+	p->env.nworkers = PROC_WORKERS;
+	p->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	assert_true(p->env.router_efd >= 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+	p->env.ctl_fd = sv[1];
+	p->ctl = sv[0];
+
+	p->pid = fork();
+	assert_true(p->pid >= 0);
+	if (p->pid == 0) {
+		close(sv[0]);
+		_exit(router_main(&p->env));
+	}
+	close(sv[1]);
+	assert_true(ipc_recv(p->ctl, &hdr, NULL, 0, &fd) >= 0);
+	assert_int_equal(hdr.type, IPC_READY);
+	shmring_producer_attach(&p->w2r, shm_w2r(p->shm, 0));
+	shmring_consumer_attach(&p->r2w, shm_r2w(p->shm, 0));
+}
+
+static void proc_stop(struct proc *p, bool shutdown)
+{
+	int status;
+
+	if (shutdown)
+		assert_int_equal(ipc_send(p->ctl, IPC_SHUTDOWN, 0, NULL, 0, -1), 0);
+	close(p->ctl);                 /* EOF stops it too */
+	assert_int_equal(waitpid(p->pid, &status, 0), p->pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	for (unsigned i = 0; i < PROC_WORKERS; i++)
+		close(p->env.worker_efd[i]);
+	close(p->env.router_efd);
+	munmap(p->shm, p->shm_len);
+}
+
+/* Write one record into w2r[0], waiting for room as a worker would. */
+static void proc_send(struct proc *p, uint16_t type, struct recw *w)
+{
+	uint64_t deadline = mono_ms() + 10000;
+	void *dst;
+
+	assert_false(w->oom);
+	while (!(dst = shmring_reserve(&p->w2r, type, 0, (uint32_t)w->len))) {
+		if (shmring_commit(&p->w2r))
+			eventfd_wake(p->env.router_efd);
+		assert_true(mono_ms() < deadline);
+		poll(NULL, 0, 1);
+	}
+	memcpy(dst, w->buf, w->len);
+	if (shmring_commit(&p->w2r))
+		eventfd_wake(p->env.router_efd);
+	recw_free(w);
+}
+
+/* The next record in r2w[0], copied out; its space is given back at once. */
+static void proc_recv(struct proc *p, struct cap *c)
+{
+	uint64_t deadline = mono_ms() + 10000;
+	const struct shmring_rec *rec;
+	struct pollfd pfd = { .fd = p->env.worker_efd[0], .events = POLLIN };
+
+	while (!(rec = shmring_peek(&p->r2w))) {
+		if (mono_ms() >= deadline) {
+			kill(p->pid, SIGKILL);
+			fail_msg("no record from the router within 10 s");
+		}
+		if (shmring_prepare_sleep(&p->r2w))
+			poll(&pfd, 1, 100);
+		shmring_awake(&p->r2w);
+		eventfd_drain(p->env.worker_efd[0]);
+	}
+	c->type = rec->type;
+	c->len = rec->len;
+	c->worker = 0;
+	c->buf = malloc(rec->len ? rec->len : 1);
+	assert_non_null(c->buf);
+	memcpy(c->buf, shmring_payload(rec), rec->len);
+	shmring_next(&p->r2w);
+	if (shmring_release(&p->r2w))
+		eventfd_wake(p->env.router_efd);
+}
+
+static void router_main_serves_the_rings_and_never_drops_when_full(void **state)
+{
+	struct proc p;
+	struct recw w;
+	struct cap c;
+	struct connack a;
+	struct deliver d;
+	struct ipc_hdr hdr;
+	char payload[100];
+	int fd;
+	unsigned i;
+
+	(void)state;
+	proc_start(&p);
+
+	build_connect(&w, C(0, 1), true, "dev", NULL);
+	proc_send(&p, REC_CONNECT, &w);
+	proc_recv(&p, &c);
+	decode_connack(&c, &a);
+	assert_int_equal(a.conn, C(0, 1));
+	free(c.buf);
+
+	recw_init(&w);
+	recw_u64(&w, C(0, 1));
+	recw_u16(&w, 1);
+	recw_u16(&w, 1);
+	recw_str(&w, "t", 1);
+	recw_u8(&w, 1);
+	proc_send(&p, REC_SUBSCRIBE, &w);
+	proc_recv(&p, &c);
+	assert_int_equal(c.type, REC_SUBACK);
+	free(c.buf);
+
+	/* Far more deliveries than r2w holds, while we read none of them. */
+	for (i = 0; i < PROC_MSGS; i++) {
+		memset(payload, 'x', sizeof(payload) - 1);
+		payload[sizeof(payload) - 1] = '\0';
+		snprintf(payload, 8, "%06u", i % 1000000);
+		payload[6] = '-';
+		build_publish(&w, 1, false, "t", payload);
+		proc_send(&p, REC_PUBLISH, &w);
+	}
+	for (i = 0; i < PROC_MSGS; i++) {
+		proc_recv(&p, &c);
+		decode_deliver(&c, &d);
+		assert_int_equal(d.n, 1);
+		assert_int_equal(d.t[0].conn, C(0, 1));
+		assert_int_equal(strtoul(d.payload, NULL, 10), i);      /* all of them, in order */
+		free(c.buf);
+	}
+
+	assert_int_equal(ipc_send(p.ctl, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_true(ipc_recv(p.ctl, &hdr, NULL, 0, &fd) >= 0);
+	assert_int_equal(hdr.type, IPC_PONG);
+	assert_int_equal(atomic_load(&p.shm->router_sessions), 1);
+	proc_stop(&p, true);
+}
+
+static void router_main_stops_when_the_supervisor_goes_away(void **state)
+{
+	struct proc p;
+
+	(void)state;
+	proc_start(&p);
+	proc_stop(&p, false);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+		T(connect_new_session_is_acked_without_session_present),
+		T(connect_persistent_resumes_with_stored_qos1_but_not_qos0),
+		T(connect_clean_discards_stored_session),
+		T(resume_returns_qos2_ids_and_unfinished_messages_first),
+		T(takeover_across_workers_kicks_then_acks_after_close),
+		T(takeover_by_clean_connect_starts_fresh),
+		T(second_takeover_kicks_the_waiting_connect),
+		T(waiting_connect_closed_early_is_forgotten),
+		T(waiting_connect_dropped_when_its_worker_dies),
+		T(anonymous_clients_get_separate_sessions),
+		T(second_connect_on_one_connection_is_dropped),
+		T(subscribe_acks_first_then_sends_matching_retained),
+		T(retained_message_is_cleared_by_empty_payload),
+		T(live_publish_with_retain_is_delivered_without_retain),
+		T(overlapping_subscriptions_give_one_copy_at_highest_qos),
+		T(fan_out_to_three_sessions_on_two_workers_gives_two_delivers),
+		T(big_fan_out_is_split_to_fit_a_ring_record),
+		T(delivered_qos_is_the_lower_of_publish_and_granted),
+		T(unsubscribe_stops_delivery_and_is_acked),
+		T(resubscribe_replaces_the_qos),
+		T(offline_queue_drops_new_messages_when_full),
+		T(offline_queue_respects_the_byte_budget),
+		T(will_is_published_on_abnormal_close),
+		T(will_is_not_published_on_clean_disconnect),
+		T(will_reaches_own_persistent_session_queue),
+		T(worker_down_closes_its_sessions_and_publishes_wills),
+		T(offline_session_expires_after_timeout),
+		T(sessions_never_expire_with_timeout_zero),
+		T(bounce_goes_to_the_sessions_new_connection),
+		T(bounce_to_offline_session_is_queued),
+		T(bounce_for_gone_session_is_dropped),
+		T(records_for_unknown_connections_are_dropped),
+		T(records_from_the_wrong_ring_or_of_router_types_are_dropped),
+		T(garbage_records_do_not_crash_the_router),
+		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
+		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
+#undef T
+	};
+
+	/* Quiet: the garbage tests provoke warnings on purpose. */
+	log_init(LOG_LVL_ERROR, LOG_FMT_TEXT);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
