@@ -343,7 +343,7 @@ static int apply_int(const struct key *k, const char *v, struct iotd_config *cfg
 	return 0;
 }
 
-/* A login name as useradd(8) accepts it by default. */
+/* A login name in POSIX's portable characters; getpwnam() decides if it exists. */
 static int apply_user(const struct key *k, const char *v, struct iotd_config *cfg,
 		      char *why, size_t whylen)
 {

@@ -4,6 +4,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "config.h"
 #include "iotd.h"
@@ -32,6 +33,17 @@ int main(int argc, char **argv, char **envp)
 	}
 	if (config_load(&cfg, &args, envp, err, sizeof(err)) < 0) {
 		fprintf(stderr, "iotd: %s\n", err);
+		return 1;
+	}
+	/* Refuse settings this build cannot honour rather than silently ignoring them. */
+	if (strcmp(cfg.storage_backend, "disk") == 0) {
+		fprintf(stderr, "iotd: %s: storage: backend: \"disk\" is not available in this "
+			"version; use \"memory\"\n", cfg.path[0] ? cfg.path : "(environment)");
+		return 1;
+	}
+	if (cfg.auth_enabled) {
+		fprintf(stderr, "iotd: %s: auth: enabled: authentication is not available in this "
+			"version\n", cfg.path[0] ? cfg.path : "(environment)");
 		return 1;
 	}
 	if (args.test_only) {

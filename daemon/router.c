@@ -1110,10 +1110,12 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 			session_enqueue(r, s, false, packet_id, state, &m);
 	} else {
 		/*
-		 * A delivery that reached a connection the session has since left:
-		 * the new connection gets it as a new message.
+		 * A delivery or stored message that reached a connection the session
+		 * has since left: on to the current one as it is, as a resume would.
+		 * A PUBREL carries no message, so it cannot become a new delivery;
+		 * the worker turns an in-flight one whose id is taken into one.
 		 */
-		router_send_session_msg(r, s->conn, s->sid, 0, MSG_QUEUED, &m);
+		router_send_session_msg(r, s->conn, s->sid, packet_id, state, &m);
 	}
 	return ROUTER_OK;
 }

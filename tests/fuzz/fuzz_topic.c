@@ -319,6 +319,22 @@ static void fuzz_check_filter(const struct retain_store *rs, const struct fuzz_m
 	CHECK(got == want);
 }
 
+/* "a/b/c" -> "+/+/+": a filter that must find every retained topic of that depth. */
+static struct fuzz_str fuzz_plusify(struct fuzz_str t, char *buf, size_t cap)
+{
+	size_t o = 0;
+
+	CHECK(cap >= 2 * t.len + 1);
+	buf[o++] = '+';
+	for (size_t i = 0; i < t.len; i++) {
+		if (t.p[i] != '/')
+			continue;
+		buf[o++] = '/';
+		buf[o++] = '+';
+	}
+	return (struct fuzz_str){ buf, o };
+}
+
 static void fuzz_script(const uint8_t *p, size_t left, struct fuzz_str f, struct fuzz_str t)
 {
 	static struct fuzz_model m;
@@ -359,6 +375,13 @@ static void fuzz_script(const uint8_t *p, size_t left, struct fuzz_str f, struct
 	for (size_t i = 0; i < m.nsubs; i++) {
 		fuzz_check_topic(trie, &m, m.subs[i].filter);
 		fuzz_check_filter(rs, &m, m.subs[i].filter);
+	}
+	for (size_t i = 0; i < m.nmsgs; i++) {
+		char buf[2 * 255 + 1];
+
+		fuzz_check_topic(trie, &m, m.msgs[i].topic);
+		fuzz_check_filter(rs, &m, m.msgs[i].topic);
+		fuzz_check_filter(rs, &m, fuzz_plusify(m.msgs[i].topic, buf, sizeof(buf)));
 	}
 
 	/* Take everything away: the memory must come back, not just the counts. */

@@ -1105,6 +1105,15 @@ static void bounce_goes_to_the_sessions_new_connection(void **state)
 	assert_int_equal(m.sid, sid);
 	assert_int_equal(m.state, MSG_QUEUED);
 	assert_string_equal(m.payload, "late");
+
+	/* A stored PUBREL that missed its connection stays a PUBREL, with its id. */
+	fx_clear(f);
+	assert_int_equal(send_session_msg(f, C(0, 1), sid, 12, MSG_PUBREL, 2, "", ""), 0);
+	assert_int_equal(f->n, 1);
+	decode_session_msg(&f->caps[0], &m);
+	assert_int_equal(m.conn, C(2, 1));
+	assert_int_equal(m.state, MSG_PUBREL);
+	assert_int_equal(m.packet_id, 12);
 }
 
 static void bounce_to_offline_session_is_queued(void **state)
