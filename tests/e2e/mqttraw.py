@@ -467,10 +467,15 @@ class RawClient:
         self.send(pingreq())
         self.expect(PINGRESP)
 
-    def disconnect(self):
+    def disconnect(self, wait_close=2.0):
+        """DISCONNECT, then give the server up to wait_close seconds to close
+        its side (it should; not asserted), so that the connection is gone
+        from the server when this returns."""
         try:
             self.send(disconnect())
-        except OSError:
+            if wait_close:
+                self.expect_closed(wait_close)
+        except (OSError, Timeout):
             pass
         self.close()
 

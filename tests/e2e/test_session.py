@@ -254,3 +254,23 @@ def test_session_present_0_with_clean_session_1_on_reconnect(broker):
     c.expect_no_packet(0.5)
     c.disconnect()
     pub.close()
+
+
+@pytest.mark.broker_config(session_timeout_secs=1)
+def test_persistent_session_expires_after_session_timeout(broker):
+    cid = uid("expire")
+    c = raw(broker, cid, clean=False)
+    c.subscribe([("exp/t", 1)])
+    c.disconnect()
+    c = m.RawClient(broker.port, timeout=T(5))
+    assert c.connect(cid, clean=False).session_present is True, "expired too early"
+    c.disconnect()
+    # A timer-driven behaviour: wait out session_timeout_secs=1 with margin.
+    time.sleep(3.5)
+    c = m.RawClient(broker.port, timeout=T(5))
+    ack = c.connect(cid, clean=False)
+    assert ack.session_present is False, "session still present 3.5 s after a 1 s timeout"
+    with raw(broker, uid("exppub")) as pub:
+        pub.publish("exp/t", b"x", qos=1, pid=1)
+    c.expect_no_packet(0.5)
+    c.disconnect()

@@ -4,6 +4,8 @@ DISCONNECT; the will's QoS and retain flag are honoured."""
 
 import time
 
+import pytest
+
 import mqttraw as m
 from helpers import T, uid
 
@@ -135,5 +137,21 @@ def test_will_retain_flag_is_honoured(broker):
         assert (p.topic, p.payload, p.retain) == ("will/kept", b"retained-will", True)
         late.expect_no_packet(0.5)
         late.close()
+    finally:
+        w.close()
+
+
+@pytest.mark.broker_config(keep_alive_timeout_secs=1)
+def test_keep_alive_timeout_applies_to_client_asking_for_none(broker):
+    w = watcher(broker)
+    try:
+        c = raw(broker, uid("wka0"), keepalive=0, will=("will/ka0", b"idle", 0, False))
+        t0 = time.monotonic()
+        p = w.recv_publish(timeout=T(4.5))
+        elapsed = time.monotonic() - t0
+        assert (p.topic, p.payload) == ("will/ka0", b"idle")
+        assert elapsed >= 1.0, f"closed after {elapsed:.2f} s, before keep_alive_timeout_secs=1"
+        c.expect_closed(T(2))
+        c.close()
     finally:
         w.close()
