@@ -2,8 +2,9 @@
  * test_retain.c - unit tests for retain.h: store, replace, clear, the
  * count and byte limits, and wildcard lookups with the '$' rule.
  *
- * Under AddressSanitizer the tests also check that clearing gives every
- * byte back.
+ * The tests also check that clearing gives all memory back (bytes under
+ * ASan, blocks otherwise) and, without ASan, that every allocation failure
+ * leaves the store as it was.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,6 +29,71 @@
 
 #ifdef TEST_ASAN
 size_t __sanitizer_get_current_allocated_bytes(void);
+
+/* Bytes in use. */
+static size_t test_live_memory(void)
+{
+	return __sanitizer_get_current_allocated_bytes();
+}
+#else
+/*
+ * Without ASan the test replaces malloc (glibc allows it) and hands every
+ * call on to glibc's own allocator, counting live blocks and failing one
+ * chosen allocation so that the out-of-memory paths run too.
+ */
+void *__libc_malloc(size_t n);
+void *__libc_calloc(size_t n, size_t size);
+void *__libc_realloc(void *p, size_t n);
+void __libc_free(void *p);
+
+static size_t test_live_blocks;
+static long test_fail_after = -1; /* allocations that still succeed; -1: all do */
+
+static bool test_alloc_fails(void)
+{
+	if (test_fail_after < 0)
+		return false;
+	return test_fail_after-- == 0;
+}
+
+void *malloc(size_t n)
+{
+	void *p = test_alloc_fails() ? NULL : __libc_malloc(n);
+
+	test_live_blocks += p != NULL;
+	return p;
+}
+
+void *calloc(size_t n, size_t size)
+{
+	void *p = test_alloc_fails() ? NULL : __libc_calloc(n, size);
+
+	test_live_blocks += p != NULL;
+	return p;
+}
+
+void *realloc(void *p, size_t n)
+{
+	void *q = test_alloc_fails() ? NULL : __libc_realloc(p, n);
+
+	if (!p && q)
+		test_live_blocks++;
+	else if (p && !q && n == 0)
+		test_live_blocks--;
+	return q;
+}
+
+void free(void *p)
+{
+	test_live_blocks -= p != NULL;
+	__libc_free(p);
+}
+
+/* Blocks in use. */
+static size_t test_live_memory(void)
+{
+	return test_live_blocks;
+}
 #endif
 
 /* ---- helpers ---- */
@@ -199,7 +265,6 @@ static void test_clearing_missing_topic_is_cleared(void **state)
 
 static void test_clearing_gives_memory_back(void **state)
 {
-#ifdef TEST_ASAN
 	static const char *const topics[] = {
 		"a", "a/b", "a/b/c", "a//b", "/", "$SYS/x", "deep/path/only/used/once",
 	};
@@ -207,18 +272,15 @@ static void test_clearing_gives_memory_back(void **state)
 	size_t before;
 
 	assert_non_null(rs);
-	before = __sanitizer_get_current_allocated_bytes();
+	before = test_live_memory();
 	for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
 		assert_int_equal(put(rs, topics[i], "payload", 1), RETAIN_STORED);
-	assert_true(__sanitizer_get_current_allocated_bytes() > before);
+	assert_true(test_live_memory() > before);
 	for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
 		assert_int_equal(retain_put(rs, SL(topics[i]), NULL, 0, 0), RETAIN_CLEARED);
 	assert_int_equal(retain_count(rs), 0);
-	assert_int_equal(__sanitizer_get_current_allocated_bytes(), before);
+	assert_int_equal(test_live_memory(), before);
 	retain_free(&rs);
-#else
-	skip();
-#endif
 }
 
 /* ---- limits ---- */
@@ -493,6 +555,78 @@ static void test_hundred_thousand_sibling_topics(void **state)
 	retain_free(&rs);
 }
 
+/* ---- out of memory (without ASan, which owns malloc itself) ---- */
+
+#ifndef TEST_ASAN
+/* Stores, failing each allocation in turn until it goes through. */
+static int put_despite_failures(struct retain_store *rs, const char *topic, const char *payload)
+{
+	for (long k = 0;; k++) {
+		size_t live = test_live_memory(), count = retain_count(rs), bytes = retain_bytes(rs);
+		int rc;
+
+		test_fail_after = k;
+		rc = put(rs, topic, payload, 1);
+		test_fail_after = -1;
+		if (rc != RETAIN_NOMEM)
+			return rc;
+		assert_int_equal(test_live_memory(), live);
+		assert_int_equal(retain_count(rs), count);
+		assert_int_equal(retain_bytes(rs), bytes);
+	}
+}
+#endif
+
+static void test_new_without_memory_returns_null(void **state)
+{
+#ifndef TEST_ASAN
+	size_t live = test_live_memory();
+	struct retain_store *rs;
+
+	for (long k = 0; k < 2; k++) {
+		test_fail_after = k;
+		rs = retain_new(0, 0);
+		test_fail_after = -1;
+		assert_null(rs);
+		assert_int_equal(test_live_memory(), live);
+	}
+#else
+	skip();
+#endif
+}
+
+static void test_put_without_memory_changes_nothing(void **state)
+{
+#ifndef TEST_ASAN
+	struct retain_store *rs = retain_new(0, 0);
+	char buf[32];
+	struct got *g;
+
+	assert_non_null(rs);
+	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "one"), RETAIN_STORED);
+	/* A failed replacement keeps the old message. */
+	test_fail_after = 0;
+	assert_int_equal(put(rs, "a/b/c/d", "two", 2), RETAIN_NOMEM);
+	test_fail_after = -1;
+	g = lookup(rs, "a/b/c/d");
+	assert_int_equal(g->n, 1);
+	assert_string_equal(g->payload[0], "one");
+	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "two"), RETAIN_STORED);
+	assert_int_equal(put_despite_failures(rs, "a/b/x", "three"), RETAIN_STORED);
+	/* Enough siblings for uthash to grow its bucket array at some point. */
+	for (int i = 0; i < 1000; i++) {
+		snprintf(buf, sizeof(buf), "s/%d", i);
+		assert_int_equal(put_despite_failures(rs, buf, "v"), RETAIN_STORED);
+	}
+	assert_int_equal(retain_count(rs), 1002);
+	assert_int_equal(lookup(rs, "s/+")->n, 1000);
+	assert_int_equal(lookup(rs, "a/#")->n, 2);
+	retain_free(&rs);
+#else
+	skip();
+#endif
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -512,6 +646,8 @@ int main(void)
 		cmocka_unit_test(test_filter_uses_length_not_nul),
 		cmocka_unit_test(test_ten_thousand_level_topic),
 		cmocka_unit_test(test_hundred_thousand_sibling_topics),
+		cmocka_unit_test(test_new_without_memory_returns_null),
+		cmocka_unit_test(test_put_without_memory_changes_nothing),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

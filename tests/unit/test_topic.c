@@ -3,8 +3,9 @@
  * topic_matches against the MQTT 3.1.1 section 4.7 examples, and the
  * subscription trie (subscribe, replace, unsubscribe, pruning, scale).
  *
- * Under AddressSanitizer the tests also check that unsubscribing gives
- * every byte back and that matching never allocates.
+ * The tests also check that unsubscribing gives all memory back and that
+ * matching never allocates (bytes under ASan, blocks otherwise), and,
+ * without ASan, that every allocation failure leaves the trie as it was.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -26,11 +27,12 @@
 #endif
 #endif
 
+static size_t test_mallocs; /* allocations so far, to prove a path allocates nothing */
+
 #ifdef TEST_ASAN
 size_t __sanitizer_get_current_allocated_bytes(void);
 int __sanitizer_install_malloc_and_free_hooks(void (*m)(const volatile void *, size_t),
 					      void (*f)(const volatile void *));
-static size_t test_mallocs;
 
 static void test_malloc_hook(const volatile void *p, size_t n)
 {
@@ -39,6 +41,72 @@ static void test_malloc_hook(const volatile void *p, size_t n)
 
 static void test_free_hook(const volatile void *p)
 {
+}
+
+/* Bytes in use. */
+static size_t test_live_memory(void)
+{
+	return __sanitizer_get_current_allocated_bytes();
+}
+#else
+/*
+ * Without ASan the test replaces malloc (glibc allows it) and hands every
+ * call on to glibc's own allocator, counting live blocks and failing one
+ * chosen allocation so that the out-of-memory paths run too.
+ */
+void *__libc_malloc(size_t n);
+void *__libc_calloc(size_t n, size_t size);
+void *__libc_realloc(void *p, size_t n);
+void __libc_free(void *p);
+
+static size_t test_live_blocks;
+static long test_fail_after = -1; /* allocations that still succeed; -1: all do */
+
+static bool test_alloc_fails(void)
+{
+	test_mallocs++;
+	if (test_fail_after < 0)
+		return false;
+	return test_fail_after-- == 0;
+}
+
+void *malloc(size_t n)
+{
+	void *p = test_alloc_fails() ? NULL : __libc_malloc(n);
+
+	test_live_blocks += p != NULL;
+	return p;
+}
+
+void *calloc(size_t n, size_t size)
+{
+	void *p = test_alloc_fails() ? NULL : __libc_calloc(n, size);
+
+	test_live_blocks += p != NULL;
+	return p;
+}
+
+void *realloc(void *p, size_t n)
+{
+	void *q = test_alloc_fails() ? NULL : __libc_realloc(p, n);
+
+	if (!p && q)
+		test_live_blocks++;
+	else if (p && !q && n == 0)
+		test_live_blocks--;
+	return q;
+}
+
+void free(void *p)
+{
+	test_live_blocks -= p != NULL;
+	__libc_free(p);
+}
+
+/* Blocks in use. */
+static size_t test_live_memory(void)
+{
+	return test_live_blocks;
 }
 #endif
 
@@ -519,34 +587,30 @@ static void test_unsubscribe_prunes_back_to_empty(void **state)
 
 static void test_unsubscribe_gives_memory_back(void **state)
 {
-#ifdef TEST_ASAN
 	struct topic_trie *t = topic_trie_new();
 	size_t before, peak;
 	void *subs[40];
 
 	assert_non_null(t);
-	before = __sanitizer_get_current_allocated_bytes();
+	before = test_live_memory();
 	for (size_t i = 0; i < 40; i++)
 		subscribe_all(t, &subs[i]);
-	peak = __sanitizer_get_current_allocated_bytes();
+	peak = test_live_memory();
 	assert_true(peak > before);
 	for (size_t i = 0; i < 40; i++)
 		unsubscribe_all(t, &subs[(i * 7) % 40]);
 	assert_int_equal(topic_trie_count(t), 0);
-	assert_int_equal(__sanitizer_get_current_allocated_bytes(), before);
+	assert_int_equal(test_live_memory(), before);
 
 	/* A node kept alive by a deeper filter still drops its subscriber array. */
 	assert_int_equal(topic_trie_subscribe(t, SL("a/b/c/d"), &subs[0], 0), 1);
-	before = __sanitizer_get_current_allocated_bytes();
+	before = test_live_memory();
 	for (size_t i = 0; i < 40; i++)
 		assert_int_equal(topic_trie_subscribe(t, SL("a/b"), &subs[i], 0), 1);
 	for (size_t i = 0; i < 40; i++)
 		assert_int_equal(topic_trie_unsubscribe(t, SL("a/b"), &subs[i]), 1);
-	assert_int_equal(__sanitizer_get_current_allocated_bytes(), before);
+	assert_int_equal(test_live_memory(), before);
 	topic_trie_free(&t);
-#else
-	skip();
-#endif
 }
 
 static void test_overlapping_filters_reported_once_each(void **state)
@@ -622,7 +686,6 @@ static void test_match_reports_all_950_subscribers_of_one_filter(void **state)
 
 static void test_match_does_not_allocate(void **state)
 {
-#ifdef TEST_ASAN
 	struct topic_trie *t = topic_trie_new();
 	static char subs[100];
 	size_t calls = 0, mallocs;
@@ -638,9 +701,6 @@ static void test_match_does_not_allocate(void **state)
 	assert_int_equal(test_mallocs, mallocs);
 	assert_int_equal(calls, 300);
 	topic_trie_free(&t);
-#else
-	skip();
-#endif
 }
 
 static void test_ten_thousand_level_topic(void **state)
@@ -751,6 +811,80 @@ static void test_empty_levels_are_distinct(void **state)
 	topic_trie_free(&t);
 }
 
+/* ---- out of memory (without ASan, which owns malloc itself) ---- */
+
+#ifndef TEST_ASAN
+/* Subscribes, failing each allocation in turn until it goes through. */
+static int subscribe_despite_failures(struct topic_trie *t, const char *filter, void *sub,
+				      uint8_t qos)
+{
+	for (long k = 0;; k++) {
+		size_t live = test_live_memory(), count = topic_trie_count(t);
+		int rc;
+
+		test_fail_after = k;
+		rc = topic_trie_subscribe(t, SL(filter), sub, qos);
+		test_fail_after = -1;
+		if (rc != -1)
+			return rc;
+		assert_int_equal(test_live_memory(), live);
+		assert_int_equal(topic_trie_count(t), count);
+	}
+}
+#endif
+
+static void test_trie_new_without_memory_returns_null(void **state)
+{
+#ifndef TEST_ASAN
+	size_t live = test_live_memory();
+	struct topic_trie *t;
+
+	for (long k = 0; k < 2; k++) {
+		test_fail_after = k;
+		t = topic_trie_new();
+		test_fail_after = -1;
+		assert_null(t);
+		assert_int_equal(test_live_memory(), live);
+	}
+#else
+	skip();
+#endif
+}
+
+static void test_subscribe_without_memory_changes_nothing(void **state)
+{
+#ifndef TEST_ASAN
+	static char subs[8];
+	struct topic_trie *t = topic_trie_new();
+	char buf[32];
+	struct hits h;
+
+	assert_non_null(t);
+	assert_int_equal(subscribe_despite_failures(t, "a/b/c/d", &subs[0], 0), 1);
+	assert_int_equal(subscribe_despite_failures(t, "a/+/c/#", &subs[0], 1), 1);
+	assert_int_equal(subscribe_despite_failures(t, "a/b/c/d", &subs[0], 2), 0);
+	for (size_t i = 1; i < 8; i++) /* grows the subscriber array */
+		assert_int_equal(subscribe_despite_failures(t, "a/b/c/d", &subs[i], 0), 1);
+	/* Enough siblings for uthash to grow its bucket array at some point. */
+	for (int i = 0; i < 1000; i++) {
+		snprintf(buf, sizeof(buf), "s/%d", i);
+		assert_int_equal(subscribe_despite_failures(t, buf, &subs[0], 0), 1);
+	}
+	assert_int_equal(topic_trie_count(t), 1009);
+	h = match(t, SL("a/b/c/d"));
+	assert_int_equal(h.n, 9);
+	h = match(t, SL("s/999"));
+	assert_int_equal(h.n, 1);
+	for (int i = 0; i < 1000; i++) {
+		snprintf(buf, sizeof(buf), "s/%d", i);
+		assert_int_equal(topic_trie_unsubscribe(t, SL(buf), &subs[0]), 1);
+	}
+	topic_trie_free(&t);
+#else
+	skip();
+#endif
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -776,6 +910,8 @@ int main(void)
 		cmocka_unit_test(test_ten_thousand_level_topic),
 		cmocka_unit_test(test_hundred_thousand_sibling_topics),
 		cmocka_unit_test(test_empty_levels_are_distinct),
+		cmocka_unit_test(test_trie_new_without_memory_returns_null),
+		cmocka_unit_test(test_subscribe_without_memory_changes_nothing),
 	};
 
 #ifdef TEST_ASAN
