@@ -1,7 +1,7 @@
 # iotd - build, test, install, bench and fuzz.
 #
 #   make               optimised daemon at build/iotd
-#   make test          unit + end-to-end tests, then again under ASan+UBSan
+#   make test          unit + end-to-end tests, again under ASan+UBSan, then every fuzzer
 #   make unit          cmocka unit tests only (build/)
 #   make e2e           end-to-end tests only (build/)
 #   make check-san     unit + end-to-end tests on the sanitizer build (build-san/)
@@ -15,7 +15,7 @@ SYSCONFDIR ?= /etc
 FUZZ_SECONDS ?= 60
 PYTHON   ?= /usr/bin/python3
 
-PKGS     := libconfuse libsystemd
+PKGS     := libconfuse libsystemd libseccomp
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -76,6 +76,7 @@ test: all
 	$(MAKE) unit
 	$(MAKE) e2e
 	$(MAKE) check-san
+	$(MAKE) fuzz
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
