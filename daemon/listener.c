@@ -28,6 +28,7 @@ struct listener {
 	uint64_t handed[IOTD_MAX_WORKERS];   /* fds sent to each worker, ever */
 	bool accepting;
 	bool full_logged;                    /* max_connections reached: logged once per episode */
+	unsigned last_worker;                /* the worker chosen last */
 };
 
 static void format_remote(const struct sockaddr_storage *ss, char *out, size_t len)
@@ -71,10 +72,13 @@ static uint64_t total_load(const struct listener *l)
 /* Least-loaded live worker first; a dead worker's channel just queues. */
 static int pick_worker(const struct listener *l, const bool *skip)
 {
+	unsigned n = l->env->nworkers;
 	int best = -1;
 	uint64_t best_load = UINT64_MAX;
 
-	for (unsigned i = 0; i < l->env->nworkers; i++) {
+	/* Ties go round-robin, so that a burst of connections alternates. */
+	for (unsigned k = 1; k <= n; k++) {
+		unsigned i = (l->last_worker + k) % n;
 		uint64_t load;
 
 		if (skip[i])
@@ -102,6 +106,7 @@ static void hand_over(struct listener *l, int fd, const struct sockaddr_storage 
 		if (ipc_send(l->env->chan_listener[w], IPC_CLIENT_FD, (uint32_t)w, &info,
 			     sizeof(info), fd) == 0) {
 			l->handed[w]++;
+			l->last_worker = (unsigned)w;
 			log_debug("connection from %s to worker %d", info.remote, w);
 			close(fd);
 			return;
@@ -167,6 +172,9 @@ static bool control_message(struct listener *l)
 		return true;
 	case IPC_PING:
 		ipc_send(l->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1);
+		return true;
+	case IPC_LOG_SETTINGS:
+		log_apply_settings(buf, (size_t)n);
 		return true;
 	default:
 		return true;

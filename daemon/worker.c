@@ -36,6 +36,8 @@
 #define READ_CHUNK 65536
 #define RING_BATCH 1024          /* router records handled per loop turn */
 #define OUT_LIMIT_MIN (1u << 20) /* QoS 0 dropped past this much unsent output */
+#define BACKLOG_HIGH (8u << 20)  /* stop reading clients past this much unsent to the router */
+#define BACKLOG_LOW (2u << 20)   /* ... and read again below this */
 
 enum conn_state {
 	CS_NEW,          /* accepted, waiting for CONNECT */
@@ -78,6 +80,7 @@ struct conn {
 	uint8_t state;
 	bool clean;
 	bool paused;                 /* not reading: waiting for the router's CONNACK */
+	bool throttled;              /* not reading: the router is behind (see worker.throttled) */
 	bool want_out;               /* EPOLLOUT armed */
 	bool dirty;                  /* in the flush list */
 	bool drop_logged;
@@ -91,6 +94,7 @@ struct conn {
 	uint16_t next_pid;
 	struct pending *pend_head, *pend_tail;
 	uint32_t n_pending;
+	size_t pending_bytes;
 	uint16_t *qos2_in;           /* inbound QoS 2 ids awaiting PUBREL */
 	uint32_t n_qos2_in, cap_qos2_in;
 	struct conn *dirty_next;
@@ -122,6 +126,7 @@ struct worker {
 	uint32_t n_conns;
 	struct conn *dirty;
 	struct conn *graveyard;          /* closed this turn: epoll may still name them */
+	bool throttled;                  /* backlog for the router too big: stop reading clients */
 	struct recw rw;
 	uint8_t *rbuf;
 	uint64_t now_ms;
@@ -308,7 +313,7 @@ static void conn_set_events(struct worker *w, struct conn *c)
 {
 	struct epoll_event ev = { .data.ptr = c };
 
-	ev.events = (c->paused ? 0 : EPOLLIN) | (c->want_out ? EPOLLOUT : 0);
+	ev.events = (c->paused || c->throttled ? 0 : EPOLLIN) | (c->want_out ? EPOLLOUT : 0);
 	if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
 		log_warn("epoll_ctl: %s", strerror(errno));
 }
@@ -623,7 +628,11 @@ static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 {
 	struct pending *p;
 
+	size_t bytes = (size_t)m->topic_len + m->payload_len;
+
 	if (c->n_pending >= (uint32_t)w->cfg->max_queued_messages ||
+	    (w->cfg->max_queued_bytes > 0 &&
+	     c->pending_bytes + bytes > (size_t)w->cfg->max_queued_bytes) ||
 	    (p = malloc(sizeof(*p))) == NULL) {
 		if (!c->drop_logged)
 			log_client(LOG_LVL_WARN, c->client_id, c->remote,
@@ -641,6 +650,7 @@ static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 		c->pend_head = p;
 	c->pend_tail = p;
 	c->n_pending++;
+	c->pending_bytes += bytes;
 }
 
 static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos)
@@ -661,6 +671,7 @@ static void pending_pump(struct worker *w, struct conn *c)
 		if (c->pend_head == NULL)
 			c->pend_tail = NULL;
 		c->n_pending--;
+		c->pending_bytes -= (size_t)p->msg->topic_len + p->msg->payload_len;
 		inflight_send(w, c, p->msg, p->qos, pid_alloc(c), false);
 		qmsg_unref(p->msg);
 		free(p);
@@ -1234,6 +1245,38 @@ static void drain_ring(struct worker *w)
 		eventfd_wake(w->env->router_efd);
 }
 
+/*
+ * When the router is behind (or restarting) its ring fills and records pile
+ * up here. Rather than grow without bound, stop reading from clients: TCP
+ * then pushes back on the publishers. Reading resumes once the backlog
+ * has drained below the low-water mark.
+ */
+static void throttle_update(struct worker *w)
+{
+	if (!w->throttled && w->bl_bytes > BACKLOG_HIGH) {
+		w->throttled = true;
+		log_warn("router is behind (%zu bytes waiting); pausing reads from clients",
+			 w->bl_bytes);
+	} else if (w->throttled && w->bl_bytes < BACKLOG_LOW) {
+		w->throttled = false;
+		log_info("router caught up; reading from clients again");
+		for (uint32_t i = 0; i < w->n_slots; i++) {
+			struct conn *c = w->slots[i];
+
+			if (c != NULL && c->throttled) {
+				c->throttled = false;
+				conn_set_events(w, c);
+			}
+		}
+	}
+}
+
+static void throttle_conn(struct worker *w, struct conn *c)
+{
+	c->throttled = true;
+	conn_set_events(w, c);
+}
+
 /* --- timers, control, loop ---------------------------------------------- */
 
 static void check_deadlines(struct worker *w)
@@ -1265,14 +1308,14 @@ static void accept_clients(struct worker *w)
 
 		if (n < 0 || hdr.type == 0)
 			return;
-		atomic_fetch_add(&w->env->shm->workers[w->index].accepted, 1);
-		if (hdr.type != IPC_CLIENT_FD || fd < 0 || (size_t)n != sizeof(info)) {
-			if (fd >= 0)
-				close(fd);
-			continue;
+		if (hdr.type == IPC_CLIENT_FD && fd >= 0 && (size_t)n == sizeof(info)) {
+			info.remote[sizeof(info.remote) - 1] = '\0';
+			conn_new(w, fd, &info);
+		} else if (fd >= 0) {
+			close(fd);
 		}
-		info.remote[sizeof(info.remote) - 1] = '\0';
-		conn_new(w, fd, &info);
+		/* After conns went up: the listener's load estimate never dips. */
+		atomic_fetch_add(&w->env->shm->workers[w->index].accepted, 1);
 	}
 }
 
@@ -1298,6 +1341,8 @@ static bool control_message(struct worker *w)
 		return false;
 	if (hdr.type == IPC_PING)
 		ipc_send(w->env->ctl_fd, IPC_PONG, w->index, NULL, 0, -1);
+	else if (hdr.type == IPC_LOG_SETTINGS)
+		log_apply_settings(buf, (size_t)n);
 	return true;
 }
 
@@ -1412,13 +1457,18 @@ int worker_main(struct role_env *env)
 					if (!conn_flush(&w, c))
 						continue;
 				}
-				if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP) &&
-				    c->state != CS_CLOSED)
+				if (!(evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) ||
+				    c->state == CS_CLOSED)
+					continue;
+				if (w.throttled && c->state == CS_ACTIVE)
+					throttle_conn(&w, c);
+				else
 					conn_read(&w, c);
 			}
 		}
 		drain_ring(&w);
 		ring_commit(&w);
+		throttle_update(&w);
 		flush_dirty(&w);
 		bury_closed(&w);
 	}
