@@ -279,3 +279,19 @@ def test_sigterm_stops_all_processes(start_broker):
         wait_for(lambda: not any(proc_alive(p) for p in pids), 5, "every daemon process to exit")
         c.expect_closed(T(2))
     b.check_log()
+
+
+def test_ipv6_wildcard_listen_is_dual_stack(start_broker):
+    port = free_port("::")
+    start_broker(listen=[f"[::]:{port}"])
+    sub = m.RawClient(port, host="::1", timeout=T(5))
+    pub = m.RawClient(port, host="127.0.0.1", timeout=T(5))
+    try:
+        sub.connect(uid("dualsub"))
+        sub.subscribe([("dual/t", 1)])
+        pub.connect(uid("dualpub"))
+        pub.publish("dual/t", b"v4-to-v6", qos=1, pid=1)
+        assert sub.recv_publish().payload == b"v4-to-v6"
+    finally:
+        sub.close()
+        pub.close()
