@@ -6,7 +6,8 @@
 #   make e2e           end-to-end tests only (build/)
 #   make check-san     unit + end-to-end tests on the sanitizer build (build-san/)
 #   make fuzz          each libFuzzer harness for FUZZ_SECONDS (clang)
-#   make install       PREFIX=/usr/local DESTDIR=
+#   make systemd-test  iotd under a real systemd (systemd-sandbox) and as root
+#   make install       PREFIX=/usr/local DESTDIR=  (uninstall: the same)
 
 CC       ?= cc
 BUILD    ?= build
@@ -15,7 +16,7 @@ SYSCONFDIR ?= /etc
 FUZZ_SECONDS ?= 60
 PYTHON   ?= /usr/bin/python3
 
-PKGS     := libconfuse libsystemd libseccomp
+PKGS     := libconfuse libsystemd libseccomp lmdb
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -36,7 +37,7 @@ UNIT_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 CONTRIB_SRC := $(wildcard contrib/*.c)
 CONTRIB_BIN := $(patsubst contrib/%.c,$(BUILD)/contrib/%,$(CONTRIB_SRC))
 
-.PHONY: all unit e2e test check-san fuzz bench install uninstall clean run tools
+.PHONY: all unit e2e test check-san fuzz bench install uninstall clean run tools systemd-test
 
 all: $(BUILD)/iotd tools
 
@@ -76,6 +77,7 @@ test: all
 	$(MAKE) unit
 	$(MAKE) e2e
 	$(MAKE) check-san
+	$(MAKE) systemd-test
 	$(MAKE) fuzz
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
@@ -100,16 +102,52 @@ bench: all
 run: all
 	$(BUILD)/iotd
 
-install: all
-	install -D -m 0755 $(BUILD)/iotd $(DESTDIR)$(PREFIX)/sbin/iotd
-	install -D -m 0644 contrib/iotd.conf $(DESTDIR)$(SYSCONFDIR)/iotd/iotd.conf
-	install -D -m 0644 systemd/iotd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/iotd.service
-	install -D -m 0644 systemd/iotd.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/iotd.socket
+# Where `make install` puts things (PREFIX, DESTDIR and each of these honoured).
+BINDIR      ?= $(PREFIX)/sbin
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+MANDIR      ?= $(PREFIX)/share/man
+CONFDIR     := $(SYSCONFDIR)/iotd
 
+# An existing iotd.conf is kept; the unit is rewritten for BINDIR and CONFDIR.
+install: all
+	install -D -m 0755 $(BUILD)/iotd $(DESTDIR)$(BINDIR)/iotd
+	@if [ -e $(DESTDIR)$(CONFDIR)/iotd.conf ]; then \
+	    echo "keeping the existing $(DESTDIR)$(CONFDIR)/iotd.conf"; \
+	else install -D -m 0644 contrib/iotd.conf $(DESTDIR)$(CONFDIR)/iotd.conf; fi
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR) \
+	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	sed -e 's|/usr/local/sbin/iotd|$(BINDIR)/iotd|' -e 's|/etc/iotd/iotd.conf|$(CONFDIR)/iotd.conf|' \
+	    systemd/iotd.service > $(DESTDIR)$(UNITDIR)/iotd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/iotd.service
+	install -m 0644 systemd/iotd.socket $(DESTDIR)$(UNITDIR)/iotd.socket
+	install -m 0644 systemd/iotd.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/iotd.conf
+	install -m 0644 systemd/iotd.tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/iotd.conf
+	install -m 0644 docs/iotd.8 $(DESTDIR)$(MANDIR)/man8/iotd.8
+	install -m 0644 docs/iotd.conf.5 $(DESTDIR)$(MANDIR)/man5/iotd.conf.5
+	@echo "installed; on a live system then run: systemd-sysusers; systemd-tmpfiles --create;" \
+	    "systemctl daemon-reload; systemctl enable --now iotd.socket"
+
+# iotd.conf is removed only while it is still the shipped file.
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/sbin/iotd $(DESTDIR)$(SYSCONFDIR)/iotd/iotd.conf \
-	    $(DESTDIR)$(PREFIX)/lib/systemd/system/iotd.service \
-	    $(DESTDIR)$(PREFIX)/lib/systemd/system/iotd.socket
+	rm -f $(DESTDIR)$(BINDIR)/iotd $(DESTDIR)$(UNITDIR)/iotd.service \
+	    $(DESTDIR)$(UNITDIR)/iotd.socket $(DESTDIR)$(SYSUSERSDIR)/iotd.conf \
+	    $(DESTDIR)$(TMPFILESDIR)/iotd.conf $(DESTDIR)$(MANDIR)/man8/iotd.8 \
+	    $(DESTDIR)$(MANDIR)/man5/iotd.conf.5
+	@if cmp -s contrib/iotd.conf $(DESTDIR)$(CONFDIR)/iotd.conf; then \
+	    rm -f $(DESTDIR)$(CONFDIR)/iotd.conf; rmdir $(DESTDIR)$(CONFDIR) 2>/dev/null || true; \
+	elif [ -e $(DESTDIR)$(CONFDIR)/iotd.conf ]; then \
+	    echo "keeping the modified $(DESTDIR)$(CONFDIR)/iotd.conf"; fi
+
+# iotd under a real systemd (../shared/tools/systemd-sandbox; skipped when
+# absent or not root), the unit checks, and privilege separation as root.
+SYSTEMD_STAGE := $(abspath $(BUILD))/systemd-stage
+
+systemd-test: all
+	rm -rf $(SYSTEMD_STAGE)
+	$(MAKE) --no-print-directory install DESTDIR=$(SYSTEMD_STAGE) PREFIX=/usr/local SYSCONFDIR=/etc
+	IOTD_BIN=$(abspath $(BUILD)/iotd) IOTD_STAGE=$(SYSTEMD_STAGE) tests/systemd/run.sh
 
 clean:
 	rm -rf build build-san build-fuzz

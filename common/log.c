@@ -1,11 +1,13 @@
 /*
- * log.c - one line per event on stderr, as text or JSON, for every role.
+ * log.c - one line per event for every role: structured journal entries
+ * under systemd, text or JSON lines on stderr otherwise.
  *
  * Owns the process's logging state: level, format, role name, worker
- * index and whether stderr is the journal. Each line is built in a stack
- * buffer and handed to the kernel with a single write(2), so lines from
- * the supervisor and its children never interleave on a shared stderr.
- * Nothing here allocates.
+ * index, whether stderr is the journal, and the journal socket a confined
+ * (chrooted) role connected before it lost sight of the file system. Each
+ * line is built in a stack buffer and handed to the kernel with a single
+ * system call, so lines from the supervisor and its children never
+ * interleave on a shared stderr. Nothing here allocates.
  */
 #include "log.h"
 
@@ -17,9 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <systemd/sd-journal.h>
 
 /* Longer lines are cut; a pipe write of this size is atomic (PIPE_BUF). */
 #define LOG_LINE_MAX 2048
@@ -48,9 +55,23 @@ static const char *const format_names[] = {
 	[LOG_FMT_JSON] = "json",
 };
 
+/* syslog(3) priorities for the journal's PRIORITY= field. */
+static const char *const level_priorities[] = {
+	[LOG_LVL_ERROR] = "PRIORITY=3",
+	[LOG_LVL_WARN] = "PRIORITY=4",
+	[LOG_LVL_INFO] = "PRIORITY=6",
+	[LOG_LVL_DEBUG] = "PRIORITY=7",
+};
+
+#define JOURNAL_SOCKET "/run/systemd/journal/socket"
+/* Fields of one journal entry: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, ROLE, WORKER, CLIENT_ID, REMOTE. */
+#define JOURNAL_FIELDS 7
+
 static enum log_level cur_level = LOG_LVL_INFO;
 static enum log_format cur_format = LOG_FMT_TEXT;
-static bool to_journal;
+static bool to_journal;          /* stderr is the journal stream: "<N>" prefixes, no JSON */
+static bool journal_native;      /* ... and journald's socket is there: structured entries */
+static int journal_fd = -1;      /* connected journal socket (log_journal_pin), or -1 */
 static char cur_role[LOG_ROLE_MAX] = "main";
 static int cur_worker = -1;
 
@@ -79,8 +100,69 @@ static bool stderr_is_journal(void)
 void log_init(enum log_level level, enum log_format format)
 {
 	log_set_level(level);
-	cur_format = format == LOG_FMT_JSON ? LOG_FMT_JSON : LOG_FMT_TEXT;
+	log_set_format(format);
 	to_journal = stderr_is_journal();
+	/* sd_journal_sendv() drops entries silently when journald has no socket. */
+	journal_native = to_journal && access(JOURNAL_SOCKET, W_OK) == 0;
+}
+
+void log_set_format(enum log_format format)
+{
+	cur_format = format == LOG_FMT_JSON ? LOG_FMT_JSON : LOG_FMT_TEXT;
+}
+
+/*
+ * sd_journal_sendv() names the journal socket by path on every call,
+ * which a chrooted process can no longer reach (and a seccomp-confined
+ * one may not even create a socket for). A confined role therefore
+ * connects a datagram socket first and writes each entry on it in the
+ * same native protocol. When that fails, entries go to stderr, which
+ * systemd still files in the journal, only without the extra fields.
+ */
+int log_journal_pin(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX, .sun_path = JOURNAL_SOCKET };
+	int fd, saved, sndbuf = 8 * 1024 * 1024;
+
+	if (!journal_native || journal_fd >= 0)
+		return 0;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		goto fail;
+	/* Room for bursts, as sd-journal gives its own socket; best effort. */
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	journal_fd = fd;
+	return 0;
+fail:
+	saved = errno;
+	if (fd >= 0)
+		close(fd);
+	journal_native = false;
+	log_warn("cannot connect to the journal (%s): logging to stderr", strerror(saved));
+	return -1;
+}
+
+void log_get_settings(struct log_settings *s)
+{
+	s->level = (uint32_t)cur_level;
+	s->format = (uint32_t)cur_format;
+}
+
+int log_apply_settings(const void *payload, size_t len)
+{
+	struct log_settings s;
+
+	if (len == sizeof(s))
+		memcpy(&s, payload, sizeof(s));
+	if (len != sizeof(s) || s.level > LOG_LVL_DEBUG || s.format > LOG_FMT_JSON) {
+		log_warn("ignoring malformed log settings (%zu bytes)", len);
+		return -1;
+	}
+	log_set_level((enum log_level)s.level);
+	log_set_format((enum log_format)s.format);
+	return 0;
 }
 
 void log_set_role(const char *role, int worker)
@@ -327,9 +409,13 @@ static void build_json(struct line *l, enum log_level level,
 	l->len += 3;
 }
 
+/*
+ * The text line. For the journal (bare) it is only "role: message
+ * fields": the journal has its own time, pid and priority.
+ */
 static void build_text(struct line *l, enum log_level level,
 		       const char *client_id, const char *remote,
-		       const char *msg, bool msg_cut)
+		       const char *msg, bool msg_cut, bool bare)
 {
 	struct line fields;
 	size_t stop;
@@ -346,27 +432,102 @@ static void build_text(struct line *l, enum log_level level,
 	}
 
 	stop = sizeof(l->buf) - 1 - fields.len;
-	if (to_journal) {
-		put(l, stop, level_prefixes[level]);
-	} else {
-		put_timestamp(l, stop);
-		put(l, stop, " ");
+	if (!bare) {
+		if (to_journal) {
+			put(l, stop, level_prefixes[level]);
+		} else {
+			put_timestamp(l, stop);
+			put(l, stop, " ");
+		}
+		put(l, stop, "iotd[");
+		put_long(l, stop, (long)getpid());
+		put(l, stop, "]: ");
 	}
-	put(l, stop, "iotd[");
-	put_long(l, stop, (long)getpid());
-	put(l, stop, "]: ");
 	put_field(l, stop, cur_role, false);
 	if (cur_worker >= 0) {
 		put(l, stop, " ");
 		put_long(l, stop, cur_worker);
 	}
 	put(l, stop, ": ");
-	put(l, stop, level_names[level]);
-	put(l, stop, ": ");
+	if (!bare) {
+		put(l, stop, level_names[level]);
+		put(l, stop, ": ");
+	}
 	put_msg(l, stop, msg, msg_cut, false);
 	memcpy(l->buf + l->len, fields.buf, fields.len);
 	l->len += fields.len;
-	l->buf[l->len++] = '\n';
+	if (!bare)
+		l->buf[l->len++] = '\n';
+}
+
+/*
+ * "NAME=value", the value capped like a text field and with control
+ * characters and invalid UTF-8 escaped as \xNN (spaces kept): never a raw
+ * newline, so the entry needs no binary framing.
+ */
+static void journal_field(struct line *l, const char *name, const char *value)
+{
+	l->len = 0;
+	put(l, sizeof(l->buf), name);
+	put_escaped(l, MIN(l->len + LOG_FIELD_MAX, sizeof(l->buf)), value, false, false);
+}
+
+/* One entry in the native protocol on the pinned socket: "NAME=value\n" each. */
+static bool journal_write_pinned(const struct iovec *fields, int n)
+{
+	struct iovec iov[2 * JOURNAL_FIELDS];
+	ssize_t sent;
+	size_t total = 0;
+
+	for (int i = 0; i < n; i++) {
+		iov[2 * i] = fields[i];
+		iov[2 * i + 1] = (struct iovec){ .iov_base = "\n", .iov_len = 1 };
+		total += fields[i].iov_len + 1;
+	}
+	do
+		sent = writev(journal_fd, iov, 2 * n);
+	while (sent < 0 && errno == EINTR);
+	return sent == (ssize_t)total;
+}
+
+/*
+ * A structured entry: the message as a human reads it, plus ROLE=,
+ * WORKER=, CLIENT_ID= and REMOTE= for `journalctl ROLE=worker` and
+ * friends. Returns false when the journal did not take it.
+ */
+static bool journal_send(enum log_level level, const char *client_id,
+			 const char *remote, const char *msg, bool msg_cut)
+{
+	struct line message, role, cid, rem;
+	char worker[32];
+	struct iovec iov[JOURNAL_FIELDS];
+	int n = 0;
+
+	memcpy(message.buf, "MESSAGE=", 8);
+	message.len = 8;
+	build_text(&message, level, client_id, remote, msg, msg_cut, true);
+	iov[n++] = (struct iovec){ .iov_base = message.buf, .iov_len = message.len };
+	iov[n++] = (struct iovec){ .iov_base = (void *)level_priorities[level],
+				   .iov_len = strlen(level_priorities[level]) };
+	iov[n++] = (struct iovec){ .iov_base = "SYSLOG_IDENTIFIER=iotd", .iov_len = 22 };
+	journal_field(&role, "ROLE=", cur_role);
+	iov[n++] = (struct iovec){ .iov_base = role.buf, .iov_len = role.len };
+	if (cur_worker >= 0) {
+		int len = snprintf(worker, sizeof(worker), "WORKER=%d", cur_worker);
+
+		iov[n++] = (struct iovec){ .iov_base = worker, .iov_len = (size_t)len };
+	}
+	if (client_id) {
+		journal_field(&cid, "CLIENT_ID=", client_id);
+		iov[n++] = (struct iovec){ .iov_base = cid.buf, .iov_len = cid.len };
+	}
+	if (remote) {
+		journal_field(&rem, "REMOTE=", remote);
+		iov[n++] = (struct iovec){ .iov_base = rem.buf, .iov_len = rem.len };
+	}
+	if (journal_fd >= 0)
+		return journal_write_pinned(iov, n);
+	return sd_journal_sendv(iov, n) >= 0;
 }
 
 static void write_line(const char *buf, size_t len)
@@ -395,12 +556,16 @@ static void vlog(enum log_level level, const char *client_id,
 	n = vsnprintf(msg, sizeof(msg), fmt, ap);
 	if (n < 0)
 		snprintf(msg, sizeof(msg), "(unformattable log message)");
+	if (journal_native && journal_send(level, client_id, remote, msg, n >= (int)sizeof(msg)))
+		goto out;
 	l.len = 0;
-	if (cur_format == LOG_FMT_JSON)
+	/* The journal stream files text lines by their "<N>" prefix; JSON would lose it. */
+	if (cur_format == LOG_FMT_JSON && !to_journal)
 		build_json(&l, level, client_id, remote, msg, n >= (int)sizeof(msg));
 	else
-		build_text(&l, level, client_id, remote, msg, n >= (int)sizeof(msg));
+		build_text(&l, level, client_id, remote, msg, n >= (int)sizeof(msg), false);
 	write_line(l.buf, l.len);
+out:
 	errno = saved_errno;
 }
 

@@ -165,6 +165,19 @@ bool shmring_commit(struct shmring_producer *p)
 	return atomic_exchange_explicit(&r->c_sleep, 0, memory_order_seq_cst) != 0;
 }
 
+bool shmring_producer_seek(struct shmring_producer *p, uint64_t pos)
+{
+	struct shmring *r = p->r;
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+
+	/* Never back over published records, never past space the consumer still holds. */
+	if (pos < head || pos - tail > r->size || (pos & (SHMRING_ALIGN - 1)))
+		return false;
+	p->head = pos;
+	return true;
+}
+
 /* ---- consumer ---------------------------------------------------------- */
 
 void shmring_consumer_attach(struct shmring_consumer *c, struct shmring *r)
@@ -233,6 +246,19 @@ const struct shmring_rec *shmring_peek(struct shmring_consumer *c)
 void shmring_next(struct shmring_consumer *c)
 {
 	c->tail += shmring_rec_size(shmring_at(c->r, c->tail)->len);
+}
+
+bool shmring_consumer_seek(struct shmring_consumer *c, uint64_t pos)
+{
+	struct shmring *r = c->r;
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+
+	/* Outside [tail, head] the position cannot be one this ring ever had unread. */
+	if (pos < tail || pos > head || (pos & (SHMRING_ALIGN - 1)))
+		return false;
+	c->tail = pos;
+	return true;
 }
 
 bool shmring_release(struct shmring_consumer *c)

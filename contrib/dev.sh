@@ -11,8 +11,8 @@ set -eu
 
 cd "$(dirname "$0")/.."
 
-BUILD_PKGS="build-essential pkg-config libconfuse-dev libsystemd-dev uthash-dev"
-TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-paho-mqtt mosquitto-clients mosquitto procps"
+BUILD_PKGS="build-essential pkg-config libconfuse-dev libsystemd-dev uthash-dev liblmdb-dev libseccomp-dev"
+TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev python3 python3-pytest python3-paho-mqtt mosquitto-clients mosquitto procps systemd systemd-container debootstrap gdb"
 
 missing() {
 	for p in "$@"; do

@@ -36,11 +36,6 @@ int main(int argc, char **argv, char **envp)
 		return 1;
 	}
 	/* Refuse settings this build cannot honour rather than silently ignoring them. */
-	if (strcmp(cfg.storage_backend, "disk") == 0) {
-		fprintf(stderr, "iotd: %s: storage: backend: \"disk\" is not available in this "
-			"version; use \"memory\"\n", cfg.path[0] ? cfg.path : "(environment)");
-		return 1;
-	}
 	if (cfg.auth_enabled) {
 		fprintf(stderr, "iotd: %s: auth: enabled: authentication is not available in this "
 			"version\n", cfg.path[0] ? cfg.path : "(environment)");

@@ -8,10 +8,19 @@
  * own the connections: they tell the router what happened (rec.h, rings
  * w2r[i]) and the router tells them what to send (rings r2w[i]).
  *
- * Two layers. The logic (router_new/handle/tick/free) takes one record at
- * a time and emits records through a callback, so unit tests run it
- * without processes. router_main() wires it to the rings, the eventfds,
- * a 1 s timer and the supervisor's control socket.
+ * Two layers. The logic (router_new/handle/tick/commit/free) takes one
+ * record at a time and emits records through a callback, so unit tests
+ * run it without processes. router_main() wires it to the rings, the
+ * eventfds, a 1 s timer, the supervisor's control socket and the store.
+ *
+ * Every change to that state is also written to the store (store.h) in
+ * the loop turn's transaction, so a restarted router rebuilds it: the
+ * store holds the state as of the last commit, and for each ring the
+ * position the state corresponds to (w2r: what was applied; r2w: what
+ * was emitted, including records held back because the ring was full).
+ * A turn commits the store BEFORE it publishes its r2w records and
+ * releases its w2r records, so whatever a worker sees or may overwrite
+ * is already in the store: a restart neither repeats nor loses a record.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -36,12 +45,15 @@
 #include "role.h"
 #include "router.h"
 #include "shmring.h"
+#include "store.h"
 #include "topic.h"
 
 #define ROUTER_TARGET_BYTES 13        /* u64 conn, u32 sid, u8 qos in a REC_DELIVER */
 #define ROUTER_MAX_WINDOW 65535u      /* a session cannot owe more in-flight messages than packet ids */
 #define ROUTER_REMOTE_LEN 64          /* as struct ipc_client: enough for "[v6]:port" */
 #define ROUTER_SUBACK_FAILURE 0x80
+/* Queue order: messages a closing connection still owed sort before those queued for it. */
+#define ROUTER_ORDER_QUEUED (UINT64_C(1) << 63)
 
 enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
 
@@ -72,6 +84,7 @@ struct session_sub {
 
 struct session_msg {
 	struct session_msg *next;
+	uint64_t order;              /* key in the store's queue: ascending = list order */
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
 	uint16_t topic_len;
@@ -126,6 +139,17 @@ struct router_kicked {
 	UT_hash_handle hh;
 };
 
+/*
+ * A retained topic changed since the last successful commit: if the
+ * commit fails, these are what the rewrite of the store must put right
+ * (the retained store cannot be listed as a whole).
+ */
+struct router_touched {
+	UT_hash_handle hh;
+	uint16_t len;
+	char topic[];
+};
+
 struct router {
 	const struct iotd_config *cfg;
 	unsigned nworkers;
@@ -138,8 +162,14 @@ struct router {
 	struct router_kicked *kicked;
 	struct session *off_head, *off_tail;
 	uint32_t next_sid;
+	uint64_t next_order;         /* queue order counter (without ROUTER_ORDER_QUEUED) */
 	uint64_t now_ms;
 	size_t max_record;
+
+	struct store *st;            /* NULL: in memory only */
+	struct router_touched *touched;
+	bool touched_oom;            /* a change could not be remembered: rewrite all retained */
+	bool restamp;                /* sessions of an earlier daemon wait for the first tick */
 
 	/* per publish: matched sessions, and one REC_DELIVER being built per worker */
 	uint64_t stamp;
@@ -169,6 +199,112 @@ struct router_msg {
 
 static void router_publish(struct router *r, const struct router_msg *m);
 static void router_connect_apply(struct router *r, struct session_connect *c);
+
+/* ---- persistence ------------------------------------------------------- */
+
+static void store_connect_view(const struct session_connect *c, struct store_connect *o)
+{
+	*o = (struct store_connect){
+		.conn = c->conn,
+		.clean = c->clean,
+		.will_flag = c->will_flag,
+		.will_qos = c->will_qos,
+		.will_retain = c->will_retain,
+		.keepalive = c->keepalive,
+		.remote = c->remote,
+		.will_topic = c->will_topic,
+		.will_topic_len = c->will_topic_len,
+		.will_payload = c->will_payload,
+		.will_payload_len = c->will_payload_len,
+	};
+}
+
+/* Write the session record (not its subscriptions or queue, which are written as they change). */
+static void session_persist(struct router *r, const struct session *s)
+{
+	struct store_session ss = {
+		.sid = s->sid,
+		.clean = s->clean,
+		.client_id = s->client_id,
+		.client_id_len = s->client_id_len,
+		.remote = s->remote,
+		.last_seen_ms = s->last_seen_ms,
+		.qos2_ids = s->qos2_ids,
+		.n_qos2_ids = s->n_qos2_ids,
+		.online = s->online && s->cx,
+		.pending = s->pending != NULL,
+	};
+
+	if (!r->st)
+		return;
+	if (ss.online)
+		store_connect_view(s->cx, &ss.cx);
+	if (ss.pending)
+		store_connect_view(s->pending, &ss.pend);
+	store_session_put(r->st, &ss);
+}
+
+static void session_msg_persist(struct router *r, const struct session *s,
+				const struct session_msg *q)
+{
+	struct store_msg m = {
+		.packet_id = q->packet_id,
+		.state = q->state,
+		.qos = q->qos,
+		.retain = q->retain,
+		.topic = (const char *)q->data,
+		.topic_len = q->topic_len,
+		.payload = q->data + q->topic_len,
+		.payload_len = q->payload_len,
+	};
+
+	if (r->st)
+		store_queue_put(r->st, s->sid, q->order, &m);
+}
+
+static void router_touched_clear(struct router *r)
+{
+	struct router_touched *t, *tmp;
+
+	HASH_ITER(hh, r->touched, t, tmp) {
+		HASH_DEL(r->touched, t);
+		free(t);
+	}
+	r->touched_oom = false;
+}
+
+static void router_touch_retained(struct router *r, const char *topic, uint16_t len)
+{
+	struct router_touched *t;
+
+	HASH_FIND(hh, r->touched, topic, len, t);
+	if (t)
+		return;
+	t = malloc(sizeof(*t) + len);
+	if (!t) {
+		r->touched_oom = true;
+		return;
+	}
+	t->len = len;
+	memcpy(t->topic, topic, len);
+	HASH_ADD_KEYPTR(hh, r->touched, t->topic, t->len, t);
+	if (!t->hh.tbl) {
+		free(t);
+		r->touched_oom = true;
+	}
+}
+
+static void router_persist_retained(struct router *r, const struct router_msg *m, int rc)
+{
+	if (!r->st || (rc != RETAIN_STORED && rc != RETAIN_CLEARED))
+		return;
+	router_touch_retained(r, m->topic, m->topic_len);
+	if (rc == RETAIN_STORED)
+		store_retained_put(r->st, m->topic, m->topic_len, m->qos, m->payload,
+				   m->payload_len);
+	else
+		store_retained_del(r->st, m->topic, m->topic_len);
+}
 
 /* ---- output ------------------------------------------------------------ */
 
@@ -306,33 +442,13 @@ static bool session_queue_full(const struct router *r, const struct session *s,
 	return max_bytes > 0 && s->q_queued_bytes + bytes > (size_t)max_bytes;
 }
 
-/*
- * Store a message for a session that is not (or no longer) connected.
- * owed: it comes from the session's closing connection, so it is older
- * than anything the router queued meanwhile and goes before it.
- */
-static void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t packet_id,
-			    uint8_t state, const struct router_msg *m)
+static struct session_msg *session_msg_new(uint16_t packet_id, uint8_t state,
+					   const struct router_msg *m)
 {
-	size_t bytes = (size_t)m->topic_len + m->payload_len;
-	struct session_msg *q;
+	struct session_msg *q = malloc(sizeof(*q) + (size_t)m->topic_len + m->payload_len);
 
-	if (session_queue_full(r, s, state, bytes)) {
-		r->queue_drops++;
-		if (!s->q_warned)
-			log_client(LOG_LVL_WARN, s->client_id, s->remote,
-				   "offline queue full (%zu messages, %zu bytes): dropping new messages",
-				   session_queue_len(s), s->q_queued_bytes);
-		s->q_warned = true;
-		return;
-	}
-	q = malloc(sizeof(*q) + bytes);
-	if (!q) {
-		r->queue_drops++;
-		log_client(LOG_LVL_ERROR, s->client_id, s->remote,
-			   "out of memory: queued message dropped");
-		return;
-	}
+	if (!q)
+		return NULL;
 	q->packet_id = packet_id;
 	q->state = state;
 	q->qos = m->qos;
@@ -343,7 +459,17 @@ static void session_enqueue(struct router *r, struct session *s, bool owed, uint
 		memcpy(q->data, m->topic, m->topic_len);
 	if (m->payload_len)
 		memcpy(q->data + m->topic_len, m->payload, m->payload_len);
+	return q;
+}
 
+/*
+ * Link q into the session's queue and count it. owed: it comes from the
+ * session's closing connection, so it is older than anything the router
+ * queued meanwhile and goes before it. The order key says the same to
+ * the store: owed ones without ROUTER_ORDER_QUEUED sort first.
+ */
+static void session_queue_link(struct session *s, struct session_msg *q, bool owed)
+{
 	if (owed) {
 		q->next = s->q_owed_tail ? s->q_owed_tail->next : s->q_head;
 		if (s->q_owed_tail)
@@ -360,12 +486,40 @@ static void session_enqueue(struct router *r, struct session *s, bool owed, uint
 	}
 	if (!q->next)
 		s->q_tail = q;
-	if (state == MSG_QUEUED) {
+	if (q->state == MSG_QUEUED) {
 		s->q_queued++;
-		s->q_queued_bytes += bytes;
+		s->q_queued_bytes += (size_t)q->topic_len + q->payload_len;
 	} else {
 		s->q_window++;
 	}
+}
+
+/* Store a message for a session that is not (or no longer) connected. */
+static void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t packet_id,
+			    uint8_t state, const struct router_msg *m)
+{
+	size_t bytes = (size_t)m->topic_len + m->payload_len;
+	struct session_msg *q;
+
+	if (session_queue_full(r, s, state, bytes)) {
+		r->queue_drops++;
+		if (!s->q_warned)
+			log_client(LOG_LVL_WARN, s->client_id, s->remote,
+				   "offline queue full (%zu messages, %zu bytes): dropping new messages",
+				   session_queue_len(s), s->q_queued_bytes);
+		s->q_warned = true;
+		return;
+	}
+	q = session_msg_new(packet_id, state, m);
+	if (!q) {
+		r->queue_drops++;
+		log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+			   "out of memory: queued message dropped");
+		return;
+	}
+	q->order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | (owed ? 0 : ROUTER_ORDER_QUEUED);
+	session_queue_link(s, q, owed);
+	session_msg_persist(r, s, q);
 	log_debug("router: session %u queued %s message (%zu stored)", s->sid,
 		  owed ? "owed" : "new", session_queue_len(s));
 }
@@ -393,6 +547,8 @@ static void session_queue_send(struct router *r, struct session *s)
 			router_send_session_msg(r, s->conn, s->sid, q->packet_id, q->state, &m);
 		}
 	}
+	if (r->st && s->q_head)
+		store_queue_clear(r->st, s->sid);
 	session_queue_clear(s);
 }
 
@@ -446,8 +602,11 @@ static void session_unsubscribe_all(struct router *r, struct session *s)
 	}
 }
 
+/* The session is gone for good (router_free frees without this: the store keeps it). */
 static void session_free(struct router *r, struct session *s)
 {
+	if (r->st)
+		store_session_del(r->st, s->sid);
 	session_unsubscribe_all(r, s);
 	session_queue_clear(s);
 	session_pending_drop(r, s);
@@ -483,6 +642,9 @@ static struct session *session_new(struct router *r, const struct session_connec
 			s->sid = r->next_sid++;
 		HASH_FIND(hh_sid, r->by_sid, &s->sid, sizeof(s->sid), dup);
 	} while (dup);
+	/* Never reused, not even by a restarted router: a worker may still name an old sid. */
+	if (r->st)
+		store_meta_put(r->st, "next_sid", r->next_sid);
 
 	HASH_ADD(hh_sid, r->by_sid, sid, sizeof(s->sid), s);
 	if (!s->hh_sid.tbl)
@@ -635,9 +797,11 @@ static void router_takeover(struct router *r, struct session *s, struct session_
 	HASH_ADD(hh_pend, r->by_pending, pending_conn, sizeof(s->pending_conn), s);
 	if (!s->hh_pend.tbl) {
 		router_refuse(r, c);
+		session_persist(r, s);
 		return;
 	}
 	s->pending = c;
+	session_persist(r, s);
 	log_client(LOG_LVL_INFO, s->client_id, c->remote,
 		   "session taken over: closing its previous connection");
 }
@@ -691,8 +855,10 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 	s->qos2_ids = NULL;
 	s->n_qos2_ids = 0;
 	stored = session_queue_len(s);
-	if (present) {
+	if (present)
 		session_queue_send(r, s);
+	session_persist(r, s);
+	if (present) {
 		log_client(LOG_LVL_INFO, s->client_id, s->remote,
 			   "session resumed (%zu stored messages)", stored);
 	} else {
@@ -755,6 +921,7 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 		s->q_owed_tail = NULL;
 		s->last_seen_ms = r->now_ms;
 		session_offline_link(r, s);
+		session_persist(r, s);
 		log_client(LOG_LVL_INFO, s->client_id, s->remote,
 			   "session offline (%zu stored messages)", session_queue_len(s));
 	}
@@ -792,6 +959,8 @@ static uint8_t router_subscribe_one(struct router *r, struct session *s, const c
 		}
 	}
 	sub->qos = qos;
+	if (r->st)
+		store_sub_put(r->st, s->sid, sub->filter, sub->len, qos);
 	log_debug("router: session %u subscribed to '%s' qos %u", s->sid, sub->filter, qos);
 	return qos;
 nomem_free:
@@ -810,6 +979,8 @@ static void router_unsubscribe_one(struct router *r, struct session *s, const ch
 	HASH_FIND(hh, s->subs, filter, len, sub);
 	if (!sub)
 		return;
+	if (r->st)
+		store_sub_del(r->st, s->sid, sub->filter, sub->len);
 	topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
 	HASH_DEL(s->subs, sub);
 	free(sub);
@@ -846,6 +1017,7 @@ static void router_retain(struct router *r, const struct router_msg *m)
 	int rc = retain_put(r->retained, m->topic, m->topic_len, m->payload, m->payload_len,
 			    m->qos);
 
+	router_persist_retained(r, m, rc);
 	switch (rc) {
 	case RETAIN_FULL:
 		if (!r->warned_retain_full)
@@ -1143,6 +1315,7 @@ static int router_on_close(struct router *r, unsigned worker, struct recr *rd)
 		log_client(LOG_LVL_INFO, s->client_id, s->pending->remote,
 			   "connection closed while waiting for its session");
 		session_pending_drop(r, s);
+		session_persist(r, s);
 		return ROUTER_OK;
 	}
 	if (router_kicked_take(r, conn))
@@ -1215,9 +1388,12 @@ static int router_on_worker_down(struct router *r, unsigned ring, struct recr *r
 		}
 	}
 	/* CONNECTs from the dead worker waiting for a takeover first: none may be accepted. */
-	HASH_ITER(hh_pend, r->by_pending, s, tmp)
-		if (router_conn_dead(s->pending_conn, worker, new_epoch))
+	HASH_ITER(hh_pend, r->by_pending, s, tmp) {
+		if (router_conn_dead(s->pending_conn, worker, new_epoch)) {
 			session_pending_drop(r, s);
+			session_persist(r, s);
+		}
+	}
 	closed = router_close_dead(r, worker, new_epoch);
 	log_warn("router: worker %u down (epoch now %u): %zu sessions disconnected", worker,
 		 new_epoch, closed);
@@ -1267,6 +1443,84 @@ int router_handle(struct router *r, unsigned worker, uint16_t type, const void *
 	return -1;
 }
 
+/*
+ * Sessions an earlier daemon left offline: their clock is not ours, so
+ * their timeout starts now. They sort last in the offline list.
+ */
+static void router_restamp(struct router *r)
+{
+	struct session *s;
+
+	for (s = r->off_tail; s && s->last_seen_ms == STORE_SEEN_UNKNOWN; s = s->off_prev) {
+		s->last_seen_ms = r->now_ms;
+		session_persist(r, s);
+	}
+	r->restamp = false;
+}
+
+struct router_resync_ctx {
+	struct router *r;
+	bool found;
+};
+
+static void router_resync_retained_cb(const char *topic, size_t topic_len,
+				      const uint8_t *payload, size_t payload_len, uint8_t qos,
+				      void *arg)
+{
+	struct router_resync_ctx *ctx = arg;
+
+	ctx->found = true;
+	store_retained_put(ctx->r->st, topic, (uint16_t)topic_len, qos, payload,
+			   (uint32_t)payload_len);
+}
+
+static void router_resync_session(struct router *r, struct session *s)
+{
+	struct session_sub *sub, *tmp;
+
+	session_persist(r, s);
+	HASH_ITER(hh, s->subs, sub, tmp)
+		store_sub_put(r->st, s->sid, sub->filter, sub->len, sub->qos);
+	for (const struct session_msg *q = s->q_head; q; q = q->next)
+		session_msg_persist(r, s, q);
+}
+
+/*
+ * A write to the store failed earlier: write the state again, in full for
+ * the sessions, topic by topic for the retained messages that changed
+ * since the last good commit (a topic is its own exact filter).
+ */
+static void router_resync(struct router *r)
+{
+	struct router_touched *t, *ttmp;
+	struct session *s, *stmp;
+
+	if (store_resync_begin(r->st) < 0)
+		return;
+	HASH_ITER(hh_sid, r->by_sid, s, stmp)
+		router_resync_session(r, s);
+	store_meta_put(r->st, "next_sid", r->next_sid);
+	HASH_ITER(hh, r->touched, t, ttmp) {
+		struct router_resync_ctx ctx = { r, false };
+
+		retain_match(r->retained, t->topic, t->len, router_resync_retained_cb, &ctx);
+		if (!ctx.found)
+			store_retained_del(r->st, t->topic, t->len);
+	}
+	if (r->touched_oom)
+		log_warn("router: out of memory earlier: some retained messages may be outdated in the store");
+}
+
+int router_commit(struct router *r)
+{
+	if (!r->st)
+		return 0;
+	if (store_commit(r->st) < 0)
+		return -1;
+	router_touched_clear(r);
+	return 0;
+}
+
 void router_tick(struct router *r, uint64_t now_ms)
 {
 	long secs = r->cfg->session_timeout_secs;
@@ -1274,6 +1528,10 @@ void router_tick(struct router *r, uint64_t now_ms)
 	struct session *s;
 
 	r->now_ms = now_ms;
+	if (r->restamp)
+		router_restamp(r);
+	if (r->st && store_stale(r->st))
+		router_resync(r);
 	if (secs <= 0)
 		return;
 	timeout_ms = (uint64_t)secs * 1000;
@@ -1302,8 +1560,297 @@ void router_get_stats(const struct router *r, struct router_stats *st)
 	st->bad_records = r->bad_records;
 }
 
+/* ---- rebuilding from the store ----------------------------------------- */
+
+struct router_load {
+	struct router *r;
+	struct session **offline;
+	size_t n_offline, cap_offline;
+	uint32_t max_sid;
+	size_t sessions, online, subs, queued, retained, skipped;
+	bool failed;                 /* out of memory: the router cannot start */
+};
+
+static struct session_connect *session_connect_load(const struct store_session *ss,
+						    const struct store_connect *c)
+{
+	struct connect_fields f = {
+		.conn = c->conn,
+		.clean = c->clean,
+		.keepalive = c->keepalive,
+		.client_id = (const uint8_t *)ss->client_id,
+		.client_id_len = ss->client_id_len,
+		.remote = (const uint8_t *)c->remote,
+		.remote_len = (uint16_t)strnlen(c->remote, ROUTER_REMOTE_LEN - 1),
+		.will_flag = c->will_flag,
+		.will_qos = c->will_qos,
+		.will_retain = c->will_retain,
+		.will_topic = (const uint8_t *)c->will_topic,
+		.will_topic_len = c->will_topic_len,
+		.will_payload = c->will_payload,
+		.will_payload_len = c->will_payload_len,
+	};
+
+	return session_connect_new(&f);
+}
+
+/* A session in no lookup yet: only its allocations to free. */
+static void session_unlinked_free(struct session *s)
+{
+	free(s->pending);
+	free(s->cx);
+	free(s->qos2_ids);
+	free(s->client_id);
+	free(s);
+}
+
+/* The allocations of a stored session, linked nowhere yet. */
+static struct session *session_load_new(const struct store_session *ss)
+{
+	struct session *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	s->sid = ss->sid;
+	s->clean = ss->clean;
+	s->last_seen_ms = ss->last_seen_ms;
+	snprintf(s->remote, sizeof(s->remote), "%s", ss->remote);
+	s->client_id = malloc((size_t)ss->client_id_len + 1);
+	if (!s->client_id)
+		goto fail;
+	if (ss->client_id_len)
+		memcpy(s->client_id, ss->client_id, ss->client_id_len);
+	s->client_id[ss->client_id_len] = '\0';
+	s->client_id_len = ss->client_id_len;
+	if (ss->n_qos2_ids) {
+		s->qos2_ids = malloc((size_t)ss->n_qos2_ids * sizeof(uint16_t));
+		if (!s->qos2_ids)
+			goto fail;
+		memcpy(s->qos2_ids, ss->qos2_ids, (size_t)ss->n_qos2_ids * sizeof(uint16_t));
+		s->n_qos2_ids = ss->n_qos2_ids;
+	}
+	if (ss->online && !(s->cx = session_connect_load(ss, &ss->cx)))
+		goto fail;
+	if (ss->pending && !(s->pending = session_connect_load(ss, &ss->pend)))
+		goto fail;
+	return s;
+fail:
+	session_unlinked_free(s);
+	return NULL;
+}
+
+/* A stored session that cannot be taken as it is (the store was damaged). */
+static bool router_load_reject(struct router *r, const struct store_session *ss)
+{
+	struct session *dup = NULL;
+
+	if (!ss->sid || router_find_sid(r, ss->sid))
+		return true;
+	if (ss->client_id_len)
+		HASH_FIND(hh_id, r->by_id, ss->client_id, ss->client_id_len, dup);
+	if (dup || (ss->clean && !ss->online))
+		return true;
+	if (ss->online && (conn_id_worker(ss->cx.conn) >= r->nworkers ||
+			   router_find_conn(r, ss->cx.conn)))
+		return true;
+	return ss->pending && (conn_id_worker(ss->pend.conn) >= r->nworkers ||
+			       router_find_pending(r, ss->pend.conn));
+}
+
+/*
+ * Link a loaded session into the lookups. false when out of memory: not
+ * in by_sid, the caller frees it; in by_sid, router_free will, and every
+ * field says only what is really linked (session_free trusts them).
+ */
+static bool router_load_link(struct router *r, struct session *s)
+{
+	struct session_connect *pending = s->pending;
+
+	s->pending = NULL;
+	HASH_ADD(hh_sid, r->by_sid, sid, sizeof(s->sid), s);
+	if (!s->hh_sid.tbl) {
+		s->pending = pending;
+		return false;
+	}
+	if (s->client_id_len) {
+		HASH_ADD_KEYPTR(hh_id, r->by_id, s->client_id, s->client_id_len, s);
+		if (!s->hh_id.tbl) {
+			s->client_id_len = 0;
+			goto fail;
+		}
+	}
+	if (s->cx) {
+		s->conn = s->cx->conn;
+		HASH_ADD(hh_conn, r->by_conn, conn, sizeof(s->conn), s);
+		if (!s->hh_conn.tbl)
+			goto fail;
+		s->online = true;
+	}
+	if (pending) {
+		s->pending_conn = pending->conn;
+		HASH_ADD(hh_pend, r->by_pending, pending_conn, sizeof(s->pending_conn), s);
+		if (!s->hh_pend.tbl)
+			goto fail;
+		s->pending = pending;
+	}
+	return true;
+fail:
+	free(pending);
+	return false;
+}
+
+static bool router_load_offline(struct router_load *ld, struct session *s)
+{
+	struct session **grown;
+
+	if (ld->n_offline == ld->cap_offline) {
+		ld->cap_offline = ld->cap_offline ? ld->cap_offline * 2 : 64;
+		grown = reallocarray(ld->offline, ld->cap_offline, sizeof(*grown));
+		if (!grown)
+			return false;
+		ld->offline = grown;
+	}
+	ld->offline[ld->n_offline++] = s;
+	return true;
+}
+
+static void router_load_session(void *arg, const struct store_session *ss)
+{
+	struct router_load *ld = arg;
+	struct router *r = ld->r;
+	struct session *s;
+
+	if (ld->failed)
+		return;
+	if (router_load_reject(r, ss)) {
+		log_warn("router: stored session %u ('%.*s') is inconsistent: dropped", ss->sid,
+			 (int)ss->client_id_len, ss->client_id);
+		ld->skipped++;
+		return;
+	}
+	s = session_load_new(ss);
+	if (!s) {
+		ld->failed = true;
+		return;
+	}
+	if (!router_load_link(r, s)) {
+		if (!s->hh_sid.tbl)
+			session_unlinked_free(s);
+		ld->failed = true;
+		return;
+	}
+	if (!s->online && !router_load_offline(ld, s)) {
+		ld->failed = true;
+		return;
+	}
+	if (s->last_seen_ms == STORE_SEEN_UNKNOWN)
+		r->restamp = true;
+	ld->max_sid = MAX(ld->max_sid, s->sid);
+	ld->sessions++;
+	ld->online += s->online;
+}
+
+static void router_load_sub(void *arg, uint32_t sid, const char *filter, uint16_t len,
+			    uint8_t qos)
+{
+	struct router_load *ld = arg;
+	struct session *s = router_find_sid(ld->r, sid);
+
+	if (s && router_subscribe_one(ld->r, s, filter, len, qos) != ROUTER_SUBACK_FAILURE)
+		ld->subs++;
+	else
+		ld->skipped++;
+}
+
+static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const struct store_msg *m)
+{
+	struct router_load *ld = arg;
+	struct router *r = ld->r;
+	struct session *s = router_find_sid(r, sid);
+	struct router_msg rm = { m->qos, m->retain, m->topic, m->topic_len, m->payload,
+				 m->payload_len };
+	struct session_msg *q;
+
+	if (!s || m->state > MSG_PUBREL) {
+		ld->skipped++;
+		return;
+	}
+	q = session_msg_new(m->packet_id, m->state, &rm);
+	if (!q) {
+		ld->failed = true;
+		return;
+	}
+	q->order = order;
+	/* The store hands them over in queue order: each goes at the tail. */
+	session_queue_link(s, q, false);
+	if (!(order & ROUTER_ORDER_QUEUED) && s->online)
+		s->q_owed_tail = q;       /* its connection is still closing */
+	r->next_order = MAX(r->next_order, (order & ~ROUTER_ORDER_QUEUED) + 1);
+	ld->queued++;
+}
+
+static void router_load_retained(void *arg, const char *topic, uint16_t len, uint8_t qos,
+				 const uint8_t *payload, uint32_t payload_len)
+{
+	struct router_load *ld = arg;
+	int rc = qos > 2 ? RETAIN_CLEARED :
+		 retain_put(ld->r->retained, topic, len, payload, payload_len, qos);
+
+	if (rc == RETAIN_STORED)
+		ld->retained++;
+	else if (rc == RETAIN_NOMEM)
+		ld->failed = true;
+	else
+		ld->skipped++;           /* past retained_message_limit, or damaged */
+}
+
+static int router_cmp_last_seen(const void *a, const void *b)
+{
+	const struct session *x = *(struct session *const *)a, *y = *(struct session *const *)b;
+
+	if (x->last_seen_ms != y->last_seen_ms)
+		return x->last_seen_ms < y->last_seen_ms ? -1 : 1;
+	return x->sid < y->sid ? -1 : x->sid > y->sid;
+}
+
+/* Rebuild sessions, subscriptions, queues and retained messages as the store last committed them. */
+static int router_load(struct router *r, struct store *st)
+{
+	struct router_load ld = { .r = r };
+	uint64_t next_sid = 0;
+	int rc = 0;
+
+	if (store_each_session(st, router_load_session, &ld) < 0 ||
+	    store_each_sub(st, router_load_sub, &ld) < 0 ||
+	    store_each_queued(st, router_load_queued, &ld) < 0 ||
+	    store_each_retained(st, router_load_retained, &ld) < 0 || ld.failed) {
+		if (ld.failed)
+			log_error("router: out of memory rebuilding the state from the store");
+		rc = -1;
+		goto out;
+	}
+	/* Offline sessions expire oldest first: relink them in the order they left. */
+	if (ld.n_offline)
+		qsort(ld.offline, ld.n_offline, sizeof(*ld.offline), router_cmp_last_seen);
+	for (size_t i = 0; i < ld.n_offline; i++)
+		session_offline_link(r, ld.offline[i]);
+	store_meta_get(st, "next_sid", &next_sid);
+	r->next_sid = (uint32_t)MAX(next_sid, (uint64_t)ld.max_sid + 1);
+	if (!r->next_sid)
+		r->next_sid = 1;
+	if (ld.sessions || ld.retained)
+		log_info("router: state rebuilt from the store: %zu sessions (%zu online), %zu subscriptions, %zu queued messages, %zu retained messages",
+			 ld.sessions, ld.online, ld.subs, ld.queued, ld.retained);
+	if (ld.skipped)
+		log_warn("router: %zu stored entries could not be taken back (inconsistent, or past a limit)",
+			 ld.skipped);
+out:
+	free(ld.offline);
+	return rc;
+}
+
 struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
-			  router_emit_fn emit, void *emit_arg)
+			  router_emit_fn emit, void *emit_arg, struct store *st)
 {
 	struct router *r;
 	long limit = cfg->retained_message_limit;
@@ -1324,8 +1871,12 @@ struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
 		recw_init(&r->deliver[i]);
 	r->trie = topic_trie_new();
 	r->retained = retain_new(limit > 0 ? (size_t)limit : 0, 0);
-	if (!r->trie || !r->retained)
+	if (!r->trie || !r->retained || (st && router_load(r, st) < 0)) {
 		router_free(&r);
+		return NULL;
+	}
+	/* Only now: loading must not write back what it reads. */
+	r->st = st;
 	return r;
 }
 
@@ -1337,8 +1888,11 @@ void router_free(struct router **rp)
 
 	if (!r)
 		return;
+	/* The store keeps what was committed: freeing memory is not ending sessions. */
+	r->st = NULL;
 	HASH_ITER(hh_sid, r->by_sid, s, tmp)
 		session_free(r, s);
+	router_touched_clear(r);
 	HASH_ITER(hh, r->kicked, k, ktmp) {
 		HASH_DEL(r->kicked, k);
 		free(k);
@@ -1358,10 +1912,12 @@ void router_free(struct router **rp)
 
 #define ROUTER_BATCH 256             /* records per ring per turn: no worker starves the others */
 #define ROUTER_MAX_EVENTS 8
+#define ROUTER_NO_POS UINT64_MAX     /* a ring position the store does not have yet */
 
-/* A record the r2w ring had no room for yet. */
+/* A record the r2w ring had no room for yet (kept in the store's outbox under seq too). */
 struct router_blrec {
 	struct router_blrec *next;
+	uint64_t seq;
 	uint16_t type;
 	uint32_t len;
 	uint8_t data[];
@@ -1370,16 +1926,22 @@ struct router_blrec {
 struct router_backlog {
 	struct router_blrec *head, *tail;
 	size_t n;
+	uint64_t next_seq;
 };
 
 struct router_proc {
 	struct role_env *env;
 	struct router *r;
+	struct store *st;
+	bool st_memory;                 /* backend "memory": removed at a graceful stop */
+	char st_dir[256];
 	int epfd, tfd;
 	struct shmring_consumer in[IOTD_MAX_WORKERS];
 	struct shmring_producer out[IOTD_MAX_WORKERS];
 	bool dirty[IOTD_MAX_WORKERS];   /* records reserved, not committed */
 	struct router_backlog backlog[IOTD_MAX_WORKERS];
+	uint64_t stored_tail[IOTD_MAX_WORKERS];  /* ring positions as last written to the store */
+	uint64_t stored_head[IOTD_MAX_WORKERS];
 };
 
 static uint64_t router_now_ms(void)
@@ -1390,25 +1952,41 @@ static uint64_t router_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static bool router_backlog_push(struct router_proc *p, unsigned worker, uint16_t type,
-				const struct recw *rec)
+static bool router_backlog_append(struct router_proc *p, unsigned worker, uint64_t seq,
+				  uint16_t type, const void *data, uint32_t len)
 {
 	struct router_backlog *b = &p->backlog[worker];
-	struct router_blrec *e = malloc(sizeof(*e) + rec->len);
+	struct router_blrec *e = malloc(sizeof(*e) + len);
 
 	if (!e)
 		return false;
 	e->next = NULL;
+	e->seq = seq;
 	e->type = type;
-	e->len = (uint32_t)rec->len;
-	memcpy(e->data, rec->buf, rec->len);
+	e->len = len;
+	if (len)
+		memcpy(e->data, data, len);
 	if (b->tail)
 		b->tail->next = e;
 	else
 		b->head = e;
 	b->tail = e;
+	b->next_seq = MAX(b->next_seq, seq + 1);
 	if (b->n++ == 0)
 		log_debug("router: ring to worker %u full: holding records", worker);
+	return true;
+}
+
+static bool router_backlog_push(struct router_proc *p, unsigned worker, uint16_t type,
+				const struct recw *rec)
+{
+	uint64_t seq = p->backlog[worker].next_seq;
+
+	if (!router_backlog_append(p, worker, seq, type, rec->buf, (uint32_t)rec->len))
+		return false;
+	/* Held records are emitted output: a restarted router must still send them. */
+	if (p->st)
+		store_outbox_put(p->st, worker, seq, type, rec->buf, (uint32_t)rec->len);
 	return true;
 }
 
@@ -1440,6 +2018,7 @@ static int router_proc_emit(void *arg, unsigned worker, uint16_t type, const str
 	return -1;
 }
 
+/* Move held records into the ring (reserved: published after the store's commit). */
 static void router_backlog_flush(struct router_proc *p, unsigned worker)
 {
 	struct router_backlog *b = &p->backlog[worker];
@@ -1452,6 +2031,8 @@ static void router_backlog_flush(struct router_proc *p, unsigned worker)
 			return;         /* p_wait is set: the worker wakes us when it makes room */
 		memcpy(dst, e->data, e->len);
 		p->dirty[worker] = true;
+		if (p->st)
+			store_outbox_del(p->st, worker, e->seq);
 		b->head = e->next;
 		if (!b->head)
 			b->tail = NULL;
@@ -1471,17 +2052,68 @@ static void router_backlog_free(struct router_backlog *b)
 	*b = (struct router_backlog){ 0 };
 }
 
-/* Retry held records, then publish each ring's batch with one wake-up at most. */
-static void router_proc_flush(struct router_proc *p)
+static void router_proc_backlogs(struct router_proc *p)
+{
+	for (unsigned i = 0; i < p->env->nworkers; i++)
+		router_backlog_flush(p, i);
+}
+
+/*
+ * Record in the turn's transaction how far each ring was applied (w2r)
+ * and written (r2w), then commit. After this the store agrees with what
+ * the workers are about to see, so publishing and releasing are safe.
+ */
+static void router_proc_persist(struct router_proc *p)
+{
+	char key[16];
+
+	if (!p->st)
+		return;
+	for (unsigned i = 0; i < p->env->nworkers; i++) {
+		if (p->in[i].tail != p->stored_tail[i]) {
+			snprintf(key, sizeof(key), "tail/%u", i);
+			store_meta_put(p->st, key, p->in[i].tail);
+			p->stored_tail[i] = p->in[i].tail;
+		}
+		if (p->out[i].head != p->stored_head[i]) {
+			snprintf(key, sizeof(key), "head/%u", i);
+			store_meta_put(p->st, key, p->out[i].head);
+			p->stored_head[i] = p->out[i].head;
+		}
+	}
+	if (router_commit(p->r) < 0) {
+		/* Unknown to the store after all: the rewrite puts them back. */
+		for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+			p->stored_tail[i] = p->stored_head[i] = ROUTER_NO_POS;
+	}
+}
+
+/* Publish each ring's batch with one wake-up at most. */
+static void router_proc_publish(struct router_proc *p)
 {
 	for (unsigned i = 0; i < p->env->nworkers; i++) {
-		router_backlog_flush(p, i);
 		if (!p->dirty[i])
 			continue;
 		p->dirty[i] = false;
 		if (shmring_commit(&p->out[i]))
 			eventfd_wake(p->env->worker_efd[i]);
 	}
+}
+
+static void router_proc_release(struct router_proc *p)
+{
+	for (unsigned i = 0; i < p->env->nworkers; i++)
+		if (shmring_release(&p->in[i]))
+			eventfd_wake(p->env->worker_efd[i]);
+}
+
+/* The end of a turn, in the order that keeps the store ahead of the rings. */
+static void router_proc_flush(struct router_proc *p)
+{
+	router_proc_backlogs(p);
+	router_proc_persist(p);
+	router_proc_publish(p);
+	router_proc_release(p);
 }
 
 /* One round-robin turn over the w2r rings; true when any record was handled. */
@@ -1498,11 +2130,7 @@ static bool router_proc_drain(struct router_proc *p)
 			shmring_next(&p->in[i]);
 			n++;
 		}
-		if (!n)
-			continue;
-		busy = true;
-		if (shmring_release(&p->in[i]))
-			eventfd_wake(p->env->worker_efd[i]);
+		busy |= n > 0;
 	}
 	return busy;
 }
@@ -1561,11 +2189,148 @@ static int router_proc_ctl(struct router_proc *p)
 		if (ipc_send(p->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1) < 0)
 			log_warn("router: cannot answer the supervisor's ping: %s", strerror(errno));
 		return 1;
+	case IPC_LOG_SETTINGS:
+		log_apply_settings(buf, (size_t)n);
+		return 1;
 	default:
 		log_debug("router: ignoring control message %u", hdr.type);
 		return 1;
 	}
 }
+
+/* ---- the process: the store -------------------------------------------- */
+
+/*
+ * Open the store of this daemon: backend "memory" in a tmpfs directory
+ * named after the supervisor (clearing what dead daemons left there),
+ * "disk" at storage.path. A store another daemon wrote is claimed, and
+ * forgets that daemon's connections and rings. *same: this daemon wrote
+ * it (the router restarted): its ring positions are ours.
+ */
+static int router_store_open(struct router_proc *p, bool *same)
+{
+	const struct iotd_config *cfg = p->env->cfg;
+	pid_t daemon = getppid();
+	char ident[STORE_IDENT_LEN], err[512];
+
+	p->st_memory = strcmp(cfg->storage_backend, "disk") != 0;
+	if (p->st_memory) {
+		store_sweep(STORE_MEMORY_ROOT, daemon);
+		if (store_memory_dir(p->st_dir, sizeof(p->st_dir), STORE_MEMORY_ROOT, daemon) < 0)
+			goto toolong;
+	} else if (snprintf(p->st_dir, sizeof(p->st_dir), "%s", cfg->storage_path) >=
+		   (int)sizeof(p->st_dir)) {
+		goto toolong;
+	}
+	p->st = store_open(p->st_dir, p->st_memory ? STORE_MEMORY : STORE_DISK,
+			   p->st_memory ? STORE_MEMORY_MAP : STORE_DISK_MAP, err, sizeof(err));
+	if (!p->st) {
+		log_error("router: %s", err);
+		return -1;
+	}
+	store_daemon_ident(daemon, ident, sizeof(ident));
+	*same = store_same_daemon(p->st, ident);
+	if (*same)
+		return 0;
+	/* A memory store of a dead daemon that had our pid is not ours to resume. */
+	if (store_new_daemon(p->st, ident, !p->st_memory) < 0) {
+		log_error("router: cannot claim the store %s", p->st_dir);
+		return -1;
+	}
+	return 0;
+toolong:
+	log_error("router: storage path too long");
+	return -1;
+}
+
+struct router_held_ctx {
+	struct router_proc *p;
+	unsigned worker;
+};
+
+static void router_restore_held(void *arg, uint64_t seq, uint16_t type, const void *data,
+				uint32_t len)
+{
+	struct router_held_ctx *ctx = arg;
+
+	if (!router_backlog_append(ctx->p, ctx->worker, seq, type, data, len))
+		log_error("router: out of memory: a held %s for worker %u is lost",
+			  rec_type_name(type), ctx->worker);
+}
+
+/* w2r: skip what the state already contains. */
+static void router_restore_tail(struct router_proc *p, unsigned i)
+{
+	uint64_t pos, tail = p->in[i].tail;
+	char key[16];
+
+	snprintf(key, sizeof(key), "tail/%u", i);
+	if (!store_meta_get(p->st, key, &pos) || pos == tail)
+		return;
+	if (shmring_consumer_seek(&p->in[i], pos))
+		log_info("router: ring from worker %u: %llu bytes were applied before the restart",
+			 i, (unsigned long long)(pos - tail));
+	else
+		log_warn("router: ring from worker %u: the store's position %llu is outside the ring (tail %llu): records may be lost or applied twice",
+			 i, (unsigned long long)pos, (unsigned long long)tail);
+}
+
+/* r2w: publish what the predecessor wrote in place and committed to the store, but not to the ring. */
+static void router_restore_head(struct router_proc *p, unsigned i)
+{
+	uint64_t pos, head = p->out[i].head;
+	char key[16];
+
+	snprintf(key, sizeof(key), "head/%u", i);
+	if (!store_meta_get(p->st, key, &pos) || pos == head)
+		return;
+	if (pos > head && shmring_producer_seek(&p->out[i], pos)) {
+		p->dirty[i] = true;
+		log_info("router: ring to worker %u: publishing %llu bytes written before the restart",
+			 i, (unsigned long long)(pos - head));
+	} else {
+		log_warn("router: ring to worker %u: the store's position %llu is outside the ring (head %llu): records may be lost",
+			 i, (unsigned long long)pos, (unsigned long long)head);
+	}
+}
+
+/* A router of the same daemon died: take its rings over exactly where the store says it was. */
+static void router_restore_rings(struct router_proc *p)
+{
+	for (unsigned i = 0; i < p->env->nworkers; i++) {
+		struct router_held_ctx ctx = { p, i };
+
+		router_restore_tail(p, i);
+		router_restore_head(p, i);
+		store_each_outbox(p->st, i, router_restore_held, &ctx);
+		if (p->backlog[i].n)
+			log_info("router: ring to worker %u: %zu held records taken back", i,
+				 p->backlog[i].n);
+	}
+}
+
+/* The store came back after failed writes: the held records go in again, positions with the turn. */
+static void router_proc_resynced(struct router_proc *p)
+{
+	store_outbox_clear(p->st);
+	for (unsigned i = 0; i < p->env->nworkers; i++)
+		for (struct router_blrec *e = p->backlog[i].head; e; e = e->next)
+			store_outbox_put(p->st, i, e->seq, e->type, e->data, e->len);
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		p->stored_tail[i] = p->stored_head[i] = ROUTER_NO_POS;
+}
+
+static void router_proc_tick(struct router_proc *p)
+{
+	bool stale = p->st && store_stale(p->st);
+
+	router_tick(p->r, router_now_ms());
+	if (stale && !store_stale(p->st))
+		router_proc_resynced(p);
+	router_proc_stats(p);
+}
+
+/* ---- the process: set-up and loop -------------------------------------- */
 
 static int router_proc_setup(struct router_proc *p)
 {
@@ -1573,19 +2338,28 @@ static int router_proc_setup(struct router_proc *p)
 	struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
 	struct epoll_event ev = { .events = EPOLLIN };
 	size_t max_record = SIZE_MAX;
+	bool same = false;
 
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		p->stored_tail[i] = p->stored_head[i] = ROUTER_NO_POS;
 	for (unsigned i = 0; i < env->nworkers; i++) {
 		shmring_consumer_attach(&p->in[i], shm_w2r(env->shm, i));
 		shmring_producer_attach(&p->out[i], shm_r2w(env->shm, i));
 		max_record = MIN(max_record, shmring_max_payload(p->out[i].r));
 	}
-	p->r = router_new(env->cfg, env->nworkers, router_proc_emit, p);
+	if (router_store_open(p, &same) < 0)
+		return -1;
+	p->r = router_new(env->cfg, env->nworkers, router_proc_emit, p, p->st);
 	if (!p->r) {
-		log_error("router: out of memory at start");
+		log_error("router: cannot build its state (out of memory, or the store is unreadable)");
 		return -1;
 	}
+	if (same)
+		router_restore_rings(p);
 	router_set_max_record(p->r, max_record);
 	router_tick(p->r, router_now_ms());
+	router_proc_flush(p);
+	router_proc_stats(p);
 
 	p->epfd = epoll_create1(EPOLL_CLOEXEC);
 	p->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -1606,7 +2380,12 @@ fail:
 	return -1;
 }
 
-static void router_proc_cleanup(struct router_proc *p)
+/*
+ * graceful: the daemon is stopping (or its supervisor is gone): a memory
+ * store has nothing left to outlive, a disk store is flushed. Otherwise
+ * (a failure) the store stays for the next router.
+ */
+static void router_proc_cleanup(struct router_proc *p, bool graceful)
 {
 	if (p->epfd >= 0)
 		close(p->epfd);
@@ -1615,6 +2394,11 @@ static void router_proc_cleanup(struct router_proc *p)
 	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
 		router_backlog_free(&p->backlog[i]);
 	router_free(&p->r);
+	if (p->st && graceful && !p->st_memory)
+		store_sync(p->st);
+	store_close(&p->st);
+	if (graceful && p->st_memory && p->st_dir[0] && store_remove(p->st_dir) < 0)
+		log_warn("router: cannot remove the store %s: %s", p->st_dir, strerror(errno));
 }
 
 /* Handle what woke us; returns 0 to stop. */
@@ -1633,8 +2417,9 @@ static int router_proc_events(struct router_proc *p, int timeout)
 			eventfd_drain(fd);
 		} else if (fd == p->tfd) {
 			if (read(p->tfd, &expirations, sizeof(expirations)) > 0) {
-				router_tick(p->r, router_now_ms());
-				router_proc_stats(p);
+				router_proc_tick(p);
+				if (p->st)
+					store_sync(p->st);
 			}
 		} else if (fd == p->env->ctl_fd) {
 			if (!router_proc_ctl(p))
@@ -1661,7 +2446,7 @@ int router_main(struct role_env *env)
 		log_error("router: cannot report ready: %s", strerror(errno));
 		goto out;
 	}
-	log_info("router: serving %u workers", env->nworkers);
+	log_info("router: serving %u workers (store %s)", env->nworkers, p->st_dir);
 
 	for (;;) {
 		bool busy = router_proc_drain(p);
@@ -1682,10 +2467,10 @@ int router_main(struct role_env *env)
 			break;
 		}
 	}
-	/* Whatever fits still goes out: the workers may outlive us. */
+	/* Whatever fits still goes out (the workers may outlive us), the tick's changes too. */
 	router_proc_flush(p);
 out:
-	router_proc_cleanup(p);
+	router_proc_cleanup(p, rc == 0);
 	free(p);
 	return rc;
 }

@@ -1,18 +1,24 @@
 /*
  * supervisor.c - the main process of iotd.
  *
- * Owns: the configuration, the listening sockets, the shared-memory mapping
- * with every ring, the eventfds that wake the router and the workers, the
- * listener <-> worker fd channels, and the child table. It never touches a
+ * Owns: the configuration, the listening sockets (its own or systemd's),
+ * the shared-memory mapping with every ring, the eventfds that wake the
+ * router and the workers, the listener <-> worker fd channels, the child
+ * table with each child's health, and the conversation with systemd
+ * (READY, STATUS, RELOADING, STOPPING, WATCHDOG). It never touches a
  * client byte. Children are forked (not exec'd) from it, so each inherits
- * the mapping and the fds; a dead child is reaped, logged and forked again
- * with backoff, and finds its rings and channels where its predecessor left
- * them. See docs/arch.md for the crash contract.
+ * the mapping and the fds, then leaves root when iotd was started as root
+ * (privsep.c); a dead child is reaped, logged and forked again with
+ * backoff, and finds its rings and channels where its predecessor left
+ * them. See docs/arch.md for the crash contract and each role's privileges.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +29,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +38,7 @@
 
 #include "ipc.h"
 #include "log.h"
+#include "privsep.h"
 #include "proctitle.h"
 #include "rec.h"
 #include "role.h"
@@ -40,6 +48,8 @@
 #define RESTART_MAX_MS 5000      /* backoff cap */
 #define STABLE_MS 10000          /* a child up this long has its backoff reset */
 #define STOP_GRACE_MS 5000       /* graceful stop: then SIGKILL */
+#define HEALTH_MS 5000           /* health check period when systemd's watchdog is off */
+#define HEALTH_MIN_MS 50
 
 enum child_state { CHILD_DOWN, CHILD_STARTING, CHILD_RUNNING };
 
@@ -54,6 +64,10 @@ struct child {
 	unsigned backoff_ms;
 	unsigned restarts;
 	bool down_record_pending;    /* a dead worker's REC_WORKER_DOWN not yet in its ring */
+	bool replacing;              /* asked to exit so a successor takes a new configuration */
+	bool ping_outstanding;       /* IPC_PING sent, IPC_PONG not yet back */
+	bool hang_logged;            /* "not answering" logged for this episode */
+	uint64_t ping_sent_ms;
 };
 
 struct supervisor {
@@ -67,6 +81,11 @@ struct supervisor {
 	bool ready_sent;
 	bool stopping;
 	uint64_t stop_deadline_ms;
+	bool socket_activated;       /* systemd passed the listening sockets */
+	struct privsep ps;           /* the identity children take when started as root */
+	bool watchdog;               /* systemd expects WATCHDOG=1 */
+	uint64_t health_ms;          /* ping period: half the watchdog interval, or HEALTH_MS */
+	uint64_t next_health_ms;
 };
 
 static uint64_t now_ms(void)
@@ -168,23 +187,124 @@ static int bind_listen_addr(struct role_env *env, const struct listen_addr *la)
 	return bound > 0 ? 0 : -1;
 }
 
+/* "0.0.0.0:1883", "[::]:1883", "/run/x.sock": for log lines about a socket. */
+static void format_sockname(int fd, char *out, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t slen = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+
+	snprintf(out, len, "?");
+	if (getsockname(fd, (struct sockaddr *)&ss, &slen) < 0)
+		return;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		snprintf(out, len, "%s:%u", host, ntohs(sin->sin_port));
+	} else if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+		snprintf(out, len, "[%s]:%u", host, ntohs(sin6->sin6_port));
+	} else if (ss.ss_family == AF_UNIX) {
+		const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
+
+		snprintf(out, len, "%s", slen > offsetof(struct sockaddr_un, sun_path) &&
+			 sun->sun_path[0] ? sun->sun_path : "(unnamed)");
+	}
+}
+
+/*
+ * What a passed socket carries, from its FileDescriptorName=. A socket
+ * unit without the option passes its own unit name ("iotd.socket"), and
+ * a launcher that names nothing passes "unknown": both mean plain MQTT.
+ */
+enum transport { TRANSPORT_MQTT, TRANSPORT_WEBSOCKET, TRANSPORT_UNKNOWN };
+
+static enum transport transport_of(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (strcmp(name, "mqtt") == 0 || strcmp(name, "unknown") == 0 ||
+	    (len > 7 && strcmp(name + len - 7, ".socket") == 0))
+		return TRANSPORT_MQTT;
+	if (strcmp(name, "websocket") == 0 || strcmp(name, "mqtt-ws") == 0)
+		return TRANSPORT_WEBSOCKET;
+	return TRANSPORT_UNKNOWN;
+}
+
+/* One passed socket: a listening stream socket for a transport we serve, made non-blocking. */
+static int take_passed_socket(struct supervisor *sv, int fd, const char *name)
+{
+	char where[128];
+	int flags;
+
+	format_sockname(fd, where, sizeof(where));
+	if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
+		log_error("socket '%s' (fd %d, %s) passed by systemd is not a listening stream "
+			  "socket", name, fd, where);
+		return -1;
+	}
+	switch (transport_of(name)) {
+	case TRANSPORT_MQTT:
+		break;
+	case TRANSPORT_WEBSOCKET:
+		log_error("socket '%s' (fd %d, %s) is for MQTT over WebSocket, which this version "
+			  "does not serve", name, fd, where);
+		return -1;
+	default:
+		log_error("socket '%s' (fd %d, %s): unknown FileDescriptorName= (expected "
+			  "\"mqtt\")", name, fd, where);
+		return -1;
+	}
+	if (sv->env.n_listen_fds >= (int)ARRAY_SIZE(sv->env.listen_fds)) {
+		log_error("too many sockets passed by systemd (at most %zu)",
+			  ARRAY_SIZE(sv->env.listen_fds));
+		return -1;
+	}
+	/* The listener accepts until EAGAIN: a blocking socket would stall it. */
+	flags = fcntl(fd, F_GETFL);
+	if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+		log_error("socket '%s' (fd %d): cannot make it non-blocking: %s", name, fd,
+			  strerror(errno));
+		return -1;
+	}
+	sv->env.listen_fds[sv->env.n_listen_fds++] = fd;
+	log_info("listening on %s (socket '%s' passed by systemd)", where, name);
+	return 0;
+}
+
+/* Sockets from systemd (socket activation): 0 when none were passed. */
+static int take_passed_sockets(struct supervisor *sv)
+{
+	char **names = NULL;
+	int n = sd_listen_fds_with_names(1, &names), rc = 0;
+
+	if (n < 0) {
+		log_error("cannot read the sockets passed by systemd: %s", strerror(-n));
+		return -1;
+	}
+	for (int i = 0; i < n && rc == 0; i++)
+		rc = take_passed_socket(sv, SD_LISTEN_FDS_START + i,
+					names && names[i] ? names[i] : "unknown");
+	if (names) {
+		for (int i = 0; i < n; i++)
+			free(names[i]);
+		free(names);
+	}
+	if (rc < 0)
+		return -1;
+	sv->socket_activated = n > 0;
+	return n;
+}
+
 static int open_listeners(struct supervisor *sv)
 {
-	int n = sd_listen_fds(1);
+	int n = take_passed_sockets(sv);
 
-	if (n > 0) {
-		for (int i = 0; i < n && i < (int)ARRAY_SIZE(sv->env.listen_fds); i++) {
-			int fd = SD_LISTEN_FDS_START + i;
-
-			if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
-				log_error("socket-activation fd %d is not a listening stream socket", fd);
-				return -1;
-			}
-			sv->env.listen_fds[sv->env.n_listen_fds++] = fd;
-		}
-		log_info("using %d socket(s) passed by systemd", n);
-		return 0;
-	}
+	if (n != 0)
+		return n < 0 ? -1 : 0;
 	for (int i = 0; i < sv->cfg->n_listen; i++)
 		if (bind_listen_addr(&sv->env, &sv->cfg->listen[i]) < 0)
 			return -1;
@@ -322,6 +442,8 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 		log_set_role(role_name(c->role), -1);
 	}
 	proctitle_set(title);
+	if (privsep_enter(&sv->ps, c->role, parent) < 0)
+		_exit(1);
 	switch (c->role) {
 	case ROLE_LISTENER: rc = listener_main(&sv->env); break;
 	case ROLE_ROUTER: rc = router_main(&sv->env); break;
@@ -362,6 +484,8 @@ static int child_spawn(struct supervisor *sv, struct child *c)
 	c->state = CHILD_STARTING;
 	c->started_ms = now_ms();
 	c->restart_at_ms = 0;
+	c->ping_outstanding = false;
+	c->hang_logged = false;
 	ev.data.ptr = c;
 	if (epoll_ctl(sv->epfd, EPOLL_CTL_ADD, c->ctl_fd, &ev) < 0)
 		fatal("epoll_ctl: %s", strerror(errno));
@@ -425,10 +549,11 @@ static void child_schedule_restart(struct supervisor *sv, struct child *c)
 
 static void child_exited(struct supervisor *sv, struct child *c, int status)
 {
-	char what[64], name[32];
+	char what[96], name[32];
 
 	if (WIFSIGNALED(status))
 		snprintf(what, sizeof(what), "killed by signal %d%s", WTERMSIG(status),
+			 WTERMSIG(status) == SIGSYS ? " (a system call outside its seccomp allow-list)" :
 			 WCOREDUMP(status) ? " (core dumped)" : "");
 	else
 		snprintf(what, sizeof(what), "exited with status %d", WEXITSTATUS(status));
@@ -436,6 +561,7 @@ static void child_exited(struct supervisor *sv, struct child *c, int status)
 	close_if(&c->ctl_fd);
 	c->state = CHILD_DOWN;
 	c->pid = 0;
+	c->ping_outstanding = false;
 	if (c->role == ROLE_WORKER) {
 		atomic_store(&sv->env.shm->workers[c->index].alive, 0);
 		atomic_store(&sv->env.shm->workers[c->index].conns, 0);
@@ -445,6 +571,13 @@ static void child_exited(struct supervisor *sv, struct child *c, int status)
 		log_debug("%s %s", name, what);
 		return;
 	}
+	if (c->replacing && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		c->replacing = false;
+		c->restart_at_ms = now_ms();
+		log_info("%s restarting with the new configuration", name);
+		return;
+	}
+	c->replacing = false;
 	c->restarts++;
 	log_warn("%s %s; restarting it", name, what);
 	if (c->role == ROLE_WORKER)
@@ -522,6 +655,8 @@ static void arm_timer(struct supervisor *sv)
 			next = MIN(next, sv->children[i].restart_at_ms);
 	if (sv->stopping)
 		next = MIN(next, sv->stop_deadline_ms);
+	else
+		next = MIN(next, sv->next_health_ms);
 	next = next > now ? next - now : 1;
 	its.it_value.tv_sec = (time_t)(next / 1000);
 	its.it_value.tv_nsec = (long)(next % 1000) * 1000000;
@@ -542,6 +677,89 @@ static void notify_status(struct supervisor *sv)
 		   (unsigned long long)out, sv->env.nworkers);
 }
 
+/* --- health checks and systemd's watchdog -------------------------------- */
+
+static void health_setup(struct supervisor *sv)
+{
+	uint64_t usec = 0;
+
+	sv->health_ms = HEALTH_MS;
+	if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+		sv->watchdog = true;
+		sv->health_ms = MAX(usec / 2000, (uint64_t)HEALTH_MIN_MS);
+		log_debug("systemd watchdog: %llu ms; health check every %llu ms",
+			  (unsigned long long)(usec / 1000), (unsigned long long)sv->health_ms);
+	}
+	sv->next_health_ms = now_ms() + sv->health_ms;
+}
+
+static void child_answered(struct child *c)
+{
+	char name[32];
+
+	c->ping_outstanding = false;
+	if (c->hang_logged)
+		log_info("%s answers health checks again", child_name(c, name, sizeof(name)));
+	c->hang_logged = false;
+}
+
+/*
+ * False when the child still owes the answer to the previous ping. One
+ * ping at a time: the control sockets block, and a hung child's queue
+ * must never fill up and stall the supervisor.
+ */
+static bool child_ping(struct supervisor *sv, struct child *c, uint64_t now)
+{
+	char name[32];
+
+	if (c->ping_outstanding) {
+		if (!c->hang_logged)
+			log_warn("%s (pid %d) has not answered a health check for %llu ms%s",
+				 child_name(c, name, sizeof(name)), (int)c->pid,
+				 (unsigned long long)(now - c->ping_sent_ms),
+				 sv->watchdog ? "; withholding the watchdog keep-alive" : "");
+		c->hang_logged = true;
+		return false;
+	}
+	if (ipc_send(c->ctl_fd, IPC_PING, c->index, NULL, 0, -1) == 0) {
+		c->ping_outstanding = true;
+		c->ping_sent_ms = now;
+		return true;
+	}
+	/* Gone: SIGCHLD follows. A full control socket: a child that stopped reading. */
+	if (errno == EPIPE || errno == ECONNRESET)
+		return true;
+	if (!c->hang_logged)
+		log_warn("cannot send a health check to %s (pid %d): %s",
+			 child_name(c, name, sizeof(name)), (int)c->pid, strerror(errno));
+	c->hang_logged = true;
+	return false;
+}
+
+/*
+ * Every health period: ping every child that has a control socket, and
+ * tell systemd we are alive only if each one answered the previous ping.
+ * A hung role thus stops the keep-alives and systemd restarts the service.
+ * Children that are down are the restart logic's business, not a hang.
+ */
+static void health_tick(struct supervisor *sv)
+{
+	uint64_t now = now_ms();
+	bool healthy = true;
+
+	if (sv->stopping || now < sv->next_health_ms)
+		return;
+	sv->next_health_ms = now + sv->health_ms;
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->state != CHILD_DOWN && c->ctl_fd >= 0 && !child_ping(sv, c, now))
+			healthy = false;
+	}
+	if (sv->watchdog && healthy)
+		sd_notify(0, "WATCHDOG=1");
+}
+
 static void child_message(struct supervisor *sv, struct child *c)
 {
 	struct ipc_hdr hdr;
@@ -554,6 +772,10 @@ static void child_message(struct supervisor *sv, struct child *c)
 	if (n < 0 || hdr.type == 0) {
 		/* EOF: the child is exiting; SIGCHLD does the rest. */
 		epoll_ctl(sv->epfd, EPOLL_CTL_DEL, c->ctl_fd, NULL);
+		return;
+	}
+	if (hdr.type == IPC_PONG) {
+		child_answered(c);
 		return;
 	}
 	if (hdr.type != IPC_READY)
@@ -618,21 +840,206 @@ static void stop_immediate(struct supervisor *sv)
 	}
 }
 
+/* --- reload ---------------------------------------------------------------- */
+
+/*
+ * How a changed key reaches the running daemon. APPLY_NOW: every process
+ * takes it at once. APPLY_LISTENER: the listener (which holds no client)
+ * is replaced by one forked with the new value; the listening sockets
+ * stay open meanwhile, so no connection is lost. APPLY_RESTART: it sizes
+ * shared memory, sockets, identities or state that live connections
+ * depend on; it takes effect at the next start of iotd.
+ */
+enum apply { APPLY_NOW, APPLY_LISTENER, APPLY_RESTART };
+
+struct cfg_field {
+	const char *name;
+	size_t off, size;
+	bool is_string;
+	enum apply how;
+};
+
+#define CF(name, f, str, how) \
+	{ name, offsetof(struct iotd_config, f), sizeof(((struct iotd_config *)0)->f), str, how }
+
+static const struct cfg_field cfg_fields[] = {
+	CF("server.workers", workers, false, APPLY_RESTART),
+	CF("server.max_connections", max_connections, false, APPLY_LISTENER),
+	CF("server.session_timeout_secs", session_timeout_secs, false, APPLY_RESTART),
+	CF("server.keep_alive_timeout_secs", keep_alive_timeout_secs, false, APPLY_RESTART),
+	CF("server.max_keepalive", max_keepalive, false, APPLY_RESTART),
+	CF("server.connect_timeout", connect_timeout, false, APPLY_RESTART),
+	CF("server.max_packet_size", max_packet_size, false, APPLY_RESTART),
+	CF("server.retained_message_limit", retained_message_limit, false, APPLY_RESTART),
+	CF("server.max_inflight", max_inflight, false, APPLY_RESTART),
+	CF("server.max_queued_messages", max_queued_messages, false, APPLY_RESTART),
+	CF("server.max_queued_bytes", max_queued_bytes, false, APPLY_RESTART),
+	CF("server.max_topic_levels", max_topic_levels, false, APPLY_RESTART),
+	CF("server.max_topic_length", max_topic_length, false, APPLY_RESTART),
+	CF("server.user", user, true, APPLY_RESTART),
+	CF("auth.enabled", auth_enabled, false, APPLY_RESTART),
+	CF("auth.backend", auth_backend, true, APPLY_RESTART),
+	CF("storage.backend", storage_backend, true, APPLY_RESTART),
+	CF("storage.path", storage_path, true, APPLY_RESTART),
+	CF("logging.level", log_level, false, APPLY_NOW),
+	CF("logging.format", log_format, false, APPLY_NOW),
+};
+
+static bool field_differs(const struct cfg_field *f, const struct iotd_config *a,
+			  const struct iotd_config *b)
+{
+	const char *pa = (const char *)a + f->off, *pb = (const char *)b + f->off;
+
+	if (f->is_string)
+		return strncmp(pa, pb, f->size) != 0;
+	return memcmp(pa, pb, f->size) != 0;
+}
+
+static bool listen_differs(const struct iotd_config *a, const struct iotd_config *b)
+{
+	if (a->n_listen != b->n_listen)
+		return true;
+	for (int i = 0; i < a->n_listen; i++)
+		if (strcmp(a->listen[i].host, b->listen[i].host) != 0 ||
+		    strcmp(a->listen[i].port, b->listen[i].port) != 0 ||
+		    a->listen[i].family != b->listen[i].family)
+			return true;
+	return false;
+}
+
+/*
+ * True when `next` differs from the running configuration in a key the
+ * table above does not know (one added to config.h later): such a change
+ * is reported as waiting for a restart rather than silently ignored.
+ */
+static bool other_fields_differ(const struct iotd_config *cur, const struct iotd_config *next)
+{
+	struct iotd_config a = *cur, b = *next;
+
+	for (size_t i = 0; i < ARRAY_SIZE(cfg_fields); i++)
+		memcpy((char *)&b + cfg_fields[i].off, (char *)&a + cfg_fields[i].off,
+		       cfg_fields[i].size);
+	memcpy(b.listen, a.listen, sizeof(a.listen));
+	b.n_listen = a.n_listen;
+	memcpy(b.path, a.path, sizeof(a.path));
+	return memcmp(&a, &b, sizeof(a)) != 0;
+}
+
+/* What main() refuses at start is refused at reload too. */
+static int config_refused(const struct iotd_config *cfg, char *err, size_t len)
+{
+	if (cfg->auth_enabled) {
+		snprintf(err, len, "%s: auth: enabled: authentication is not available in this "
+			 "version", cfg->path[0] ? cfg->path : "(environment)");
+		return -1;
+	}
+	return 0;
+}
+
+static void append_name(char *list, size_t len, const char *name)
+{
+	size_t used = strlen(list);
+
+	snprintf(list + used, len - used, "%s%s", used ? ", " : "", name);
+}
+
+static void broadcast(struct supervisor *sv, uint32_t type, const void *data, size_t len)
+{
+	char name[32];
+
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->state == CHILD_DOWN || c->ctl_fd < 0)
+			continue;
+		if (ipc_send(c->ctl_fd, type, c->index, data, len, -1) < 0)
+			log_warn("cannot send the new settings to %s: %s",
+				 child_name(c, name, sizeof(name)), strerror(errno));
+	}
+}
+
+/* Ask the listener to exit; child_exited() forks its successor at once. */
+static void replace_listener(struct supervisor *sv)
+{
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->role != ROLE_LISTENER || c->state == CHILD_DOWN)
+			continue;
+		if (ipc_send(c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) == 0)
+			c->replacing = true;
+		else
+			log_warn("cannot ask the listener to restart: %s", strerror(errno));
+	}
+}
+
+/*
+ * Take from `next` every key that can change while clients stay
+ * connected; name the others. The running configuration only ever holds
+ * values that are in force.
+ */
+static void apply_config(struct supervisor *sv, const struct iotd_config *next)
+{
+	char applied[512] = "", pending[512] = "";
+	bool logging = false, listener = false;
+
+	for (size_t i = 0; i < ARRAY_SIZE(cfg_fields); i++) {
+		const struct cfg_field *f = &cfg_fields[i];
+
+		if (!field_differs(f, sv->cfg, next))
+			continue;
+		if (f->how == APPLY_RESTART) {
+			append_name(pending, sizeof(pending), f->name);
+			continue;
+		}
+		memcpy((char *)sv->cfg + f->off, (const char *)next + f->off, f->size);
+		append_name(applied, sizeof(applied), f->name);
+		logging |= f->how == APPLY_NOW;
+		listener |= f->how == APPLY_LISTENER;
+	}
+	if (listen_differs(sv->cfg, next))
+		append_name(pending, sizeof(pending), sv->socket_activated ?
+			    "server.listen_addresses (ignored: systemd passes the sockets)" :
+			    "server.listen_addresses");
+	if (other_fields_differ(sv->cfg, next))
+		append_name(pending, sizeof(pending), "other keys");
+	if (logging) {
+		struct log_settings ls;
+
+		log_set_level(sv->cfg->log_level);
+		log_set_format(sv->cfg->log_format);
+		log_get_settings(&ls);
+		broadcast(sv, IPC_LOG_SETTINGS, &ls, sizeof(ls));
+	}
+	if (listener)
+		replace_listener(sv);
+	if (!applied[0] && !pending[0])
+		log_info("configuration reloaded: nothing changed");
+	else
+		log_info("configuration reloaded: applied: %s; after a restart of iotd: %s",
+			 applied[0] ? applied : "nothing", pending[0] ? pending : "nothing");
+}
+
+/*
+ * SIGHUP. A transaction: the new file is parsed and checked whole; if
+ * anything is wrong, nothing changes (never a fall-back to defaults).
+ */
 static void reload_config(struct supervisor *sv)
 {
 	struct iotd_config next;
+	struct timespec ts;
 	char err[CONFIG_ERR_LEN];
 
-	sd_notify(0, "RELOADING=1");
-	if (config_load(&next, sv->args, environ, err, sizeof(err)) < 0) {
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	sd_notifyf(0, "RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC=%llu",
+		   (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
+	if (config_load(&next, sv->args, environ, err, sizeof(err)) < 0 ||
+	    config_refused(&next, err, sizeof(err)) < 0)
 		log_error("reload failed, keeping the running configuration: %s", err);
-	} else {
-		sv->cfg->log_level = next.log_level;
-		log_set_level(next.log_level);
-		log_info("configuration reloaded (log level applied; other changes take effect "
-			 "when a role restarts)");
-	}
+	else
+		apply_config(sv, &next);
 	sd_notify(0, "READY=1");
+	notify_status(sv);
 }
 
 /* Returns false when the supervisor must leave its loop. */
@@ -735,6 +1142,7 @@ static void run_loop(struct supervisor *sv)
 			continue;
 		}
 		restart_due_children(sv);
+		health_tick(sv);
 		if (sv->ready_sent && now_ms() - last_status >= 1000) {
 			notify_status(sv);
 			last_status = now_ms();
@@ -753,16 +1161,23 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	if (sv.env.nworkers > IOTD_MAX_WORKERS)
 		sv.env.nworkers = IOTD_MAX_WORKERS;
 	proctitle_set("iotd: supervisor");
+	/* Everything that needs root is done before privsep_prepare(): children only drop. */
 	if (setup_loop(&sv) < 0 || open_listeners(&sv) < 0 || create_shm(&sv) < 0 ||
-	    create_channels(&sv) < 0)
-		return 1;
+	    create_channels(&sv) < 0 || privsep_prepare(&sv.ps, cfg->user) < 0)
+		goto fail;
+	health_setup(&sv);
 	setup_children(&sv);
 	for (unsigned i = 0; i < sv.n_children; i++)
 		if (child_spawn(&sv, &sv.children[i]) < 0) {
 			kill_children(&sv, SIGKILL);
-			return 1;
+			goto fail;
 		}
 	run_loop(&sv);
+	privsep_release(&sv.ps);
 	log_info("stopped");
 	return 0;
+fail:
+	privsep_release(&sv.ps);
+	sd_notify(0, "STATUS=failed to start; see the log");
+	return 1;
 }

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 1            /* bump whenever enum ipc_type or a payload changes */
+#define IPC_VERSION 2            /* bump whenever enum ipc_type or a payload changes */
 #define IPC_MAX_PAYLOAD 4096
 
 enum ipc_type {
@@ -24,6 +24,7 @@ enum ipc_type {
 	IPC_PING,             /* supervisor -> child: health check */
 	IPC_PONG,             /* child -> supervisor */
 	IPC_STOP_ACCEPT,      /* supervisor -> listener: close listening sockets */
+	IPC_LOG_SETTINGS,     /* supervisor -> child: new log level and format (struct log_settings, log.h) */
 	IPC_TYPE_MAX
 };
 

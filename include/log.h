@@ -1,16 +1,22 @@
 /*
  * log.h - logging for every role.
  *
- * One line per event on stderr, as text ("iotd[pid] worker 1: info: ...")
- * or JSON ({"ts":..,"level":..,"role":..,"worker":..,"msg":..}). Under
- * systemd (the journal stream is detected by JOURNAL_STREAM) text lines get
- * an sd-daemon "<N>" priority prefix. Context fields (client id, remote
- * address) are passed explicitly with log_client().
+ * Outside systemd: one line per event on stderr, as text ("iotd[pid]
+ * worker 1: info: ...") or JSON ({"ts":..,"level":..,"role":..,
+ * "worker":..,"msg":..}). Under systemd (stderr is the journal stream
+ * named by JOURNAL_STREAM): one journal entry per event with PRIORITY=,
+ * ROLE=, WORKER=, CLIENT_ID= and REMOTE= fields; if the journal refuses
+ * an entry it goes to stderr as text with an sd-daemon "<N>" prefix.
+ * Context fields (client id, remote address) are passed explicitly with
+ * log_client().
  */
 #ifndef IOTD_LOG_H
 #define IOTD_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdnoreturn.h>
 
 enum log_level { LOG_LVL_ERROR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
@@ -20,7 +26,24 @@ enum log_format { LOG_FMT_TEXT, LOG_FMT_JSON };
 void log_init(enum log_level level, enum log_format format);
 void log_set_role(const char *role, int worker);
 void log_set_level(enum log_level level);
+void log_set_format(enum log_format format);
 enum log_level log_get_level(void);
+/*
+ * Connect to the journal now, so that logging keeps working after a
+ * chroot and under a seccomp filter that forbids socket(2). A no-op when
+ * not logging to the journal. Returns 0, or -1 (logged) when entries
+ * will go to stderr instead.
+ */
+int log_journal_pin(void);
+
+/* The settings a reload changes at once: sent from the supervisor to each child. */
+struct log_settings {
+	uint32_t level;              /* enum log_level */
+	uint32_t format;             /* enum log_format */
+};
+void log_get_settings(struct log_settings *s);
+/* Apply a struct log_settings received as a message payload; -1 if malformed. */
+int log_apply_settings(const void *payload, size_t len);
 /* Parse "error"/"warn"/"info"/"debug" and "text"/"json"; -1 when unknown. */
 int log_level_parse(const char *s);
 int log_format_parse(const char *s);

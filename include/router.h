@@ -4,7 +4,9 @@
  * The router owns the session registry, the subscription trie and the
  * retained messages. router_main() (role.h) feeds it the records read from
  * the w2r rings; this interface lets unit tests feed it records directly
- * and capture what it sends back.
+ * and capture what it sends back. Given a store (store.h), the router
+ * writes every change to it and, when created over a store that holds
+ * state, starts from that state.
  */
 #ifndef IOTD_ROUTER_H
 #define IOTD_ROUTER_H
@@ -16,6 +18,7 @@
 #include "rec.h"
 
 struct router;
+struct store;
 
 /*
  * Called for every record the router sends to worker 'worker' (ring r2w),
@@ -25,11 +28,29 @@ struct router;
 typedef int (*router_emit_fn)(void *arg, unsigned worker, uint16_t type,
 			      const struct recw *rec);
 
-/* nworkers: 1..IOTD_MAX_WORKERS. cfg must outlive the router. NULL on ENOMEM. */
+/*
+ * nworkers: 1..IOTD_MAX_WORKERS. cfg must outlive the router. st: NULL
+ * keeps everything in memory; otherwise the router rebuilds sessions
+ * (online ones keep their connection ids), subscriptions, queues and
+ * retained messages from it, emitting nothing, and from then on writes
+ * every change into the store's open transaction (st must outlive the
+ * router). NULL on ENOMEM or when the store cannot be read (logged).
+ */
 struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
-			  router_emit_fn emit, void *emit_arg);
-/* Frees everything and sets *r to NULL; NULL is fine. Emits nothing. */
+			  router_emit_fn emit, void *emit_arg, struct store *st);
+/*
+ * Frees everything and sets *r to NULL; NULL is fine. Emits nothing and
+ * writes nothing: the store keeps what was committed, as after a crash.
+ */
 void router_free(struct router **r);
+
+/*
+ * Commit the changes made since the last commit to the store (one loop
+ * turn). 0, or -1 when the store refused them (logged once): the router
+ * keeps serving from memory and router_tick() writes the whole state
+ * again until the store takes it. 0 without a store.
+ */
+int router_commit(struct router *r);
 
 /*
  * Handle one record read from ring w2r[worker]. Returns 0 when it was
@@ -43,6 +64,8 @@ int router_handle(struct router *r, unsigned worker, uint16_t type,
  * Advance the router's clock (CLOCK_MONOTONIC milliseconds) and expire
  * persistent sessions absent longer than session_timeout_secs. The clock
  * also stamps sessions going offline, so call it at least once a second.
+ * The first tick starts the timeout of sessions an earlier daemon left;
+ * a tick after a failed commit rewrites the store.
  */
 void router_tick(struct router *r, uint64_t now_ms);
 

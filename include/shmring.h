@@ -79,6 +79,14 @@ void *shmring_reserve(struct shmring_producer *p, uint16_t type, uint16_t flags,
 		      uint32_t payload_len);
 /* Publish everything reserved so far. Returns true when the consumer must be woken. */
 bool shmring_commit(struct shmring_producer *p);
+/*
+ * Move the local head to pos, the end of records a predecessor wrote in
+ * place but died before committing: the next shmring_commit() publishes
+ * them. pos must lie between the published head and the consumer's tail
+ * plus the ring size, and be aligned; otherwise nothing changes and false
+ * is returned.
+ */
+bool shmring_producer_seek(struct shmring_producer *p, uint64_t pos);
 
 /* Process-local cursor of the consumer. */
 struct shmring_consumer {
@@ -96,6 +104,14 @@ void shmring_consumer_attach(struct shmring_consumer *c, struct shmring *r);
 const struct shmring_rec *shmring_peek(struct shmring_consumer *c);
 /* Step past the record shmring_peek() returned. */
 void shmring_next(struct shmring_consumer *c);
+/*
+ * Move the local tail to pos, a record boundary a predecessor recorded
+ * (a restarted consumer skipping records it knows were already applied).
+ * pos must lie between the shared tail and the published head and be
+ * aligned; otherwise nothing changes and false is returned. The space is
+ * given back by the next shmring_release().
+ */
+bool shmring_consumer_seek(struct shmring_consumer *c, uint64_t pos);
 /* Give back the space of everything consumed. Returns true when the producer must be woken. */
 bool shmring_release(struct shmring_consumer *c);
 /*

@@ -7,6 +7,8 @@ Run (from the repository root):
     IOTD_BIN=/path/to/iotd ...            # default: <repo>/build/iotd
     E2E_BROKER=mosquitto ...              # run against /usr/sbin/mosquitto instead
     E2E_TIMEOUT_SCALE=3 ...               # stretch every bound (sanitizer builds)
+    IOTD_WRAPPER="valgrind --log-file=..." ...  # prefix the daemon's command line
+                                          # (make valgrind; set E2E_TIMEOUT_SCALE too)
 
 Use /usr/bin/python3: the paho-mqtt the tests need is Debian's python3-paho-mqtt.
 
@@ -16,6 +18,17 @@ Fixtures:
                   everything else goes into the config file's server { } section)
     start_broker  factory: start_broker(**same options) -> Broker (stopped at teardown)
     worker_of     worker_of(client) -> pid of the worker holding the server side
+    bystander     a client subscribed to "by/#" on every worker from before the test's
+                  hostile input; bystander.check() proves the daemon kept every
+                  process (same pids) and delivered every message published to it
+
+Memory: broker.pss_kb(pids) sums Pss (/proc/PID/smaps_rollup) over the daemon's
+processes, leaving out the shared-memory rings (fixed-size, resident as traffic
+first touches them); broker.memory_mark() records it and .assert_back() waits
+(bounded) until it is back within max(+2 MB, +20%). Under an instrumented daemon
+(AddressSanitizer, or IOTD_WRAPPER such as valgrind), whose allocators keep
+freed memory in quarantine, broker.instrumented is true and memory bounds are
+not asserted.
 
 Teardown fails the test if the daemon crashed: the supervisor is gone or
 exits non-zero on SIGINT, a child process disappeared or was replaced
@@ -55,6 +68,7 @@ E2E_BROKER=mosquitto):
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -68,12 +82,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mqttraw  # noqa: E402
 from helpers import (T, descendants, local_port_of, proc_alive, proc_cmdline,  # noqa: E402
-                     server_side_inode, socket_inodes, uid, wait_for)
+                     proc_title, pss_kb, server_side_inode, smaps_rollup, socket_inodes,
+                     uid, wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_KIND = os.environ.get("E2E_BROKER", "iotd").strip().lower()
 IOTD_BIN = os.environ.get("IOTD_BIN", str(REPO / "build" / "iotd"))
 MOSQUITTO_BIN = os.environ.get("MOSQUITTO_BIN", "/usr/sbin/mosquitto")
+# A command the daemon runs under (e.g. valgrind): prefixed to its argv.
+IOTD_WRAPPER = shlex.split(os.environ.get("IOTD_WRAPPER", ""))
 
 if BROKER_KIND not in ("iotd", "mosquitto"):
     raise SystemExit(f"E2E_BROKER must be 'iotd' or 'mosquitto', not {BROKER_KIND!r}")
@@ -195,6 +212,7 @@ class Broker:
             if workers is not None:
                 argv += ["-w", str(workers)]
             argv += list(args or [])
+            argv = IOTD_WRAPPER + argv
         self.argv = argv
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -233,7 +251,7 @@ class Broker:
         if self.kind == "mosquitto":
             return [self.proc.pid] if proc_alive(self.proc.pid) else []
         return [p for p in descendants(self.proc.pid)
-                if proc_cmdline(p).startswith("iotd: worker")]
+                if proc_title(p).startswith("iotd: worker")]
 
     def worker_of(self, client, timeout=5):
         """Pid of the worker holding the server side of the client's TCP
@@ -265,6 +283,49 @@ class Broker:
             return
         wa, wb = self.worker_of(a), self.worker_of(b)
         assert wa != wb, f"both clients on worker pid {wa}: expected different workers"
+
+    # --- memory
+
+    @property
+    def instrumented(self):
+        """True when the daemon runs under a wrapper (valgrind) or is built with
+        AddressSanitizer: their allocators keep freed memory in quarantine, so
+        Pss says nothing about the daemon's own bounds."""
+        if IOTD_WRAPPER:
+            return True
+        try:
+            with open(f"/proc/{self.proc.pid}/maps") as f:
+                return "libasan" in f.read()
+        except OSError:
+            return False
+
+    def pss_kb(self, pids=None, shmem=False):
+        """Proportional set size, in kB, summed over pids (default: every
+        daemon process), so memory shared between them counts once. Without
+        shmem, the pages of the shared-memory rings are left out: the rings
+        are mapped at start at a size fixed by the configuration, and their
+        pages become resident as traffic first passes through them, which is
+        not growth (shmem_kb() checks they stay within the mapping)."""
+        return sum(pss_kb(p, shmem) for p in (self.pids() if pids is None else pids))
+
+    def shmem_kb(self):
+        """(resident kB, mapped kB) of the supervisor's shared-memory mapping."""
+        pid = self.proc.pid
+        resident = sum(smaps_rollup(p).get("Pss_Shmem", 0) for p in self.pids())
+        mapped = 0
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    if "memfd:" in line:
+                        lo, hi = line.split()[0].split("-")
+                        mapped += (int(hi, 16) - int(lo, 16)) // 1024
+        except OSError:
+            pass
+        return resident, mapped
+
+    def memory_mark(self, pids=None):
+        """Record the daemon's memory now; .assert_back() later."""
+        return MemoryMark(self, pids)
 
     # --- lifecycle
 
@@ -398,6 +459,93 @@ class Broker:
                 self._logf.close()
 
 
+class MemoryMark:
+    """The daemon's Pss at one moment, to check it comes back after a burst."""
+
+    MARGIN_KB = 2048
+    MARGIN_RATIO = 0.20
+
+    def __init__(self, broker, pids=None):
+        self.broker = broker
+        self.pids = list(broker.pids() if pids is None else pids)
+        self.kb = broker.pss_kb(self.pids)
+
+    def limit_kb(self):
+        return max(self.kb + self.MARGIN_KB, self.kb * (1 + self.MARGIN_RATIO))
+
+    def now_kb(self):
+        return self.broker.pss_kb(self.pids)
+
+    def assert_back(self, timeout=10, what="the daemon's memory"):
+        """Wait (bounded) until Pss (rings aside, see Broker.pss_kb) is within
+        max(+2 MB, +20%) of the mark, and the rings within their mapping.
+        Not asserted for an instrumented daemon (see Broker.instrumented)."""
+        if self.broker.instrumented:
+            return
+        limit = self.limit_kb()
+        try:
+            wait_for(lambda: self.now_kb() <= limit, timeout, "memory to settle")
+        except AssertionError:
+            per = {p: pss_kb(p, shmem=False) for p in self.pids}
+            raise AssertionError(f"{what}: Pss {self.now_kb()} kB (by pid: {per}), not back "
+                                 f"within {limit:.0f} kB of the {self.kb} kB it started at"
+                                 ) from None
+        resident, mapped = self.broker.shmem_kb()
+        assert resident <= mapped + 64, \
+            f"shared memory resident {resident} kB, more than its {mapped} kB mapping"
+
+
+class Bystander:
+    """Clients subscribed to "by/#" at QoS 2 before a test's hostile input,
+    one per worker (two when the daemon has several), kept connected
+    throughout. check() publishes a numbered message at QoS 0, 1 and 2 from a
+    fresh connection and asserts each subscriber's next PUBLISHes are exactly
+    those (so nothing was lost, and nothing foreign was delivered under
+    "by/"), and that the daemon still runs the same processes."""
+
+    TOPIC = "by/t"
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.pids = sorted(broker.pids())
+        self.subs = []
+        for i in range(2 if broker.multiworker else 1):
+            c = mqttraw.RawClient(broker.port, host=broker.host, timeout=T(5))
+            c.connect(uid(f"bystand{i}"))
+            c.subscribe([("by/#", 2)])
+            self.subs.append(c)
+        if len(self.subs) > 1:
+            broker.assert_spread(*self.subs)
+        self.c = self.subs[0]
+        self.n = 0
+
+    @property
+    def conns(self):
+        """Connections the bystander holds open."""
+        return len(self.subs)
+
+    def check(self, timeout=5):
+        self.n += 1
+        want = [f"still-alive-{self.n}-qos{q}".encode() for q in (0, 1, 2)]
+        assert sorted(self.broker.pids()) == self.pids, \
+            f"daemon processes changed: {self.pids} -> {sorted(self.broker.pids())}"
+        with mqttraw.RawClient(self.broker.port, host=self.broker.host, timeout=T(5)) as pub:
+            pub.connect(uid("bypub"))
+            for q, payload in enumerate(want):
+                pub.publish(self.TOPIC, payload, qos=q, pid=q or None)
+            pub.disconnect()
+        for c in self.subs:
+            got = [p.payload for p in c.recv_publishes(3, timeout=T(timeout))]
+            assert got == want, (f"bystander {c.client_id} received {got!r}, expected "
+                                 f"{want!r}: a message was lost or a foreign one delivered")
+        assert sorted(self.broker.pids()) == self.pids, \
+            f"daemon processes changed: {self.pids} -> {sorted(self.broker.pids())}"
+
+    def close(self):
+        for c in self.subs:
+            c.close()
+
+
 # ------------------------------------------------------------ pytest hooks
 
 def pytest_configure(config):
@@ -451,3 +599,10 @@ def broker(request, start_broker):
 @pytest.fixture
 def worker_of(broker):
     return broker.worker_of
+
+
+@pytest.fixture
+def bystander(broker):
+    b = Bystander(broker)
+    yield b
+    b.close()

@@ -77,6 +77,47 @@ def proc_cmdline(pid):
     return data.replace(b"\0", b" ").decode("utf-8", "replace").strip()
 
 
+def proc_title(pid):
+    """The process title: its cmdline when that was rewritten ("iotd: ..."),
+    else /proc/PID/comm (15 bytes at most), which a process wrapped by
+    valgrind still sets while its cmdline stays valgrind's."""
+    title = proc_cmdline(pid)
+    if title.startswith("iotd:"):
+        return title
+    comm = _read(f"/proc/{pid}/comm")
+    if comm and comm.decode("utf-8", "replace").startswith("iotd:"):
+        return comm.decode("utf-8", "replace").strip()
+    return title
+
+
+def smaps_rollup(pid):
+    """The kB fields of /proc/PID/smaps_rollup ({"Pss": ..., "Pss_Shmem": ...}),
+    or {} if the process is gone."""
+    data = _read(f"/proc/{pid}/smaps_rollup")
+    if not data:
+        return {}
+    return {k.decode(): int(v) for k, v in re.findall(rb"^(\w+):\s+(\d+) kB", data, re.M)}
+
+
+def pss_kb(pid, shmem=True):
+    """Proportional set size of a process in kB (0 if it is gone); without
+    its shared-memory (memfd, tmpfs) pages when shmem is false."""
+    r = smaps_rollup(pid)
+    return r.get("Pss", 0) - (0 if shmem else r.get("Pss_Shmem", 0))
+
+
+def raise_nofile(want):
+    """Raise this process's soft RLIMIT_NOFILE towards want (at most the hard
+    limit); returns the new soft limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 def descendants(root):
     """All living descendants of root (not root itself), via /proc/*/stat ppid."""
     children = {}

@@ -84,6 +84,46 @@ def packet(ptype, flags=0, body=b"", remaining_length=None):
     return bytes([(ptype << 4) | (flags & 0x0F)]) + enc_varint(rl) + body
 
 
+def enc_varint_padded(n, width):
+    """n as a remaining length of exactly width bytes (1..5): a non-minimal
+    (or, at 5 bytes, an illegal) encoding padded with continuation bytes."""
+    out = bytearray()
+    for i in range(width):
+        b = n % 128
+        n //= 128
+        out.append(b | (0x80 if i < width - 1 else 0))
+    if n:
+        raise ValueError("value does not fit in that many bytes")
+    return bytes(out)
+
+
+def split_packet(pkt):
+    """(first byte, remaining length, body) of an encoded packet."""
+    p, n = parse_one(pkt)
+    if p is None or n != len(pkt):
+        raise ValueError("not exactly one whole packet")
+    return pkt[0], len(p.body), p.body
+
+
+def with_length_width(pkt, width):
+    """The same packet with its remaining length encoded in width bytes."""
+    first, rl, body = split_packet(pkt)
+    return bytes([first]) + enc_varint_padded(rl, width) + body
+
+
+def with_flags(pkt, flags):
+    """The same packet with other fixed-header flags (low nibble)."""
+    return bytes([(pkt[0] & 0xF0) | (flags & 0x0F)]) + pkt[1:]
+
+
+def connect_v5(client_id="", clean=True, keepalive=60):
+    """An MQTT 5 CONNECT (protocol level 5, empty property lists)."""
+    body = enc_str("MQTT") + bytes([5, 0x02 if clean else 0]) + struct.pack("!H", keepalive)
+    body += b"\x00"                     # CONNECT properties: none
+    body += enc_bytes(client_id)
+    return packet(CONNECT, 0, body)
+
+
 def connect(client_id="", clean=True, keepalive=60, will=None, username=None,
             password=None, proto_name="MQTT", level=4, reserved=False,
             flags=None, will_flag=None, will_qos=None, will_retain=None,

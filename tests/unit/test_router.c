@@ -31,6 +31,7 @@
 #include "role.h"
 #include "router.h"
 #include "shmring.h"
+#include "store.h"
 
 /* ---- fixture: a router and the records it emitted ----------------------- */
 
@@ -46,6 +47,8 @@ struct fx {
 	struct router *r;
 	struct cap *caps;
 	size_t n, cap;
+	struct store *st;            /* NULL: the router keeps everything in memory */
+	char dir[64];                /* the store's temporary directory */
 };
 
 static int capture(void *arg, unsigned worker, uint16_t type, const struct recw *rec)
@@ -78,7 +81,7 @@ static void fx_clear(struct fx *f)
 
 static void fx_start(struct fx *f)
 {
-	f->r = router_new(&f->cfg, 4, capture, f);
+	f->r = router_new(&f->cfg, 4, capture, f, NULL);
 	assert_non_null(f->r);
 }
 
@@ -102,9 +105,15 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	struct fx *f = *state;
+	char cmd[128];
 
 	router_free(&f->r);
 	assert_null(f->r);
+	store_close(&f->st);
+	if (f->dir[0]) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+		assert_int_equal(system(cmd), 0);
+	}
 	fx_clear(f);
 	free(f->caps);
 	free(f);
@@ -1323,6 +1332,273 @@ static void garbage_records_do_not_crash_the_router(void **state)
 	connect_ok(f, C(3, 1), true, "after", NULL);
 }
 
+/* ---- with a store: what a crashed router's successor finds -------------- */
+
+/* Replace the fixture's in-memory router by one over a fresh store. */
+static void fx_store(struct fx *f, size_t mapsize)
+{
+	char path[96], err[512] = "";
+
+	router_free(&f->r);
+	snprintf(f->dir, sizeof(f->dir), "/tmp/iotd-test-router-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(path, sizeof(path), "%s/store", f->dir);
+	f->st = store_open(path, STORE_DISK, mapsize, err, sizeof(err));
+	if (!f->st)
+		fail_msg("store_open: %s", err);
+	f->r = router_new(&f->cfg, 4, capture, f, f->st);
+	assert_non_null(f->r);
+}
+
+/*
+ * The router dies: what was not committed is gone with it, the store (the
+ * file, reopened) keeps the rest. Then its successor starts over it and
+ * must not emit anything while rebuilding.
+ */
+static void fx_crash_and_restart(struct fx *f, const char *new_daemon)
+{
+	char path[96], err[512] = "";
+
+	store_abort(f->st);
+	router_free(&f->r);
+	store_close(&f->st);
+	fx_clear(f);
+	snprintf(path, sizeof(path), "%s/store", f->dir);
+	f->st = store_open(path, STORE_DISK, STORE_DISK_MAP, err, sizeof(err));
+	if (!f->st)
+		fail_msg("store_open: %s", err);
+	if (new_daemon)
+		assert_int_equal(store_new_daemon(f->st, new_daemon, true), 0);
+	f->r = router_new(&f->cfg, 4, capture, f, f->st);
+	assert_non_null(f->r);
+	assert_int_equal(f->n, 0);
+}
+
+static void expect_stats(struct fx *f, size_t sessions, size_t online, size_t subs,
+			 size_t retained)
+{
+	struct router_stats st;
+
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.sessions, sessions);
+	assert_int_equal(st.online, online);
+	assert_int_equal(st.subscriptions, subs);
+	assert_int_equal(st.retained, retained);
+}
+
+static const struct cap *find_deliver_to(struct fx *f, unsigned worker)
+{
+	for (size_t i = 0; i < f->n; i++)
+		if (f->caps[i].type == REC_DELIVER && f->caps[i].worker == worker)
+			return &f->caps[i];
+	fail_msg("no DELIVER for worker %u", worker);
+	return NULL;
+}
+
+static void a_crashed_router_comes_back_with_sessions_subscriptions_queues_and_retained(void **state)
+{
+	struct fx *f = *state;
+	struct will w = { "w/a", "a-gone", 1, 0 };
+	uint16_t ids[] = { 5, 6 };
+	uint32_t sid_a, sid_b, sid_p, sid_n, sid_new;
+	struct connack a;
+	struct deliver d;
+	struct smsg m;
+
+	fx_store(f, STORE_DISK_MAP);
+	router_tick(f->r, 1000);
+	sid_a = connect_ok(f, C(0, 1), false, "a", &w);
+	subscribe_ok(f, C(0, 1), "t/#", 2);
+	sid_b = connect_ok(f, C(1, 1), true, "b", NULL);
+	subscribe_ok(f, C(1, 1), "t/b", 1);
+	sid_p = connect_ok(f, C(2, 1), false, "p", NULL);
+	subscribe_ok(f, C(2, 1), "q/#", 2);
+	assert_int_equal(send_close(f, C(2, 1), false, 2, ids), 0);
+	assert_int_equal(send_publish(f, 3, 1, false, "q/1", "queued-1"), 0);
+	assert_int_equal(send_publish(f, 3, 2, false, "q/2", "queued-2"), 0);
+	assert_int_equal(send_publish(f, 3, 0, false, "q/0", "not-queued"), 0);
+	assert_int_equal(send_publish(f, 3, 1, true, "r/1", "retained"), 0);
+	assert_int_equal(router_commit(f->r), 0);
+
+	fx_crash_and_restart(f, NULL);
+	expect_stats(f, 3, 2, 3, 1);
+
+	/* Deliveries go to the same connections, at the same QoS. */
+	assert_int_equal(send_publish(f, 3, 2, false, "t/b", "live"), 0);
+	assert_int_equal(f->n, 2);
+	decode_deliver(find_deliver_to(f, 0), &d);
+	assert_int_equal(d.n, 1);
+	assert_int_equal(d.t[0].conn, C(0, 1));
+	assert_int_equal(d.t[0].sid, sid_a);
+	assert_int_equal(d.t[0].qos, 2);
+	decode_deliver(find_deliver_to(f, 1), &d);
+	assert_int_equal(d.t[0].conn, C(1, 1));
+	assert_int_equal(d.t[0].sid, sid_b);
+	assert_int_equal(d.t[0].qos, 1);
+	fx_clear(f);
+
+	/* Retained messages for a new subscriber. */
+	sid_n = connect_ok(f, C(3, 1), true, "n", NULL);
+	assert_int_equal(send_subscribe(f, C(3, 1), 1, "r/#", 1), 0);
+	assert_int_equal(f->n, 2);
+	assert_int_equal(f->caps[0].type, REC_SUBACK);
+	decode_deliver(&f->caps[1], &d);
+	assert_string_equal(d.payload, "retained");
+	assert_int_equal(d.retain, 1);
+	subscribe_ok(f, C(3, 1), "w/#", 1);
+
+	/* The persistent session resumes with its QoS 2 ids and its queue, in order. */
+	assert_int_equal(send_connect(f, C(2, 2), false, "p", NULL), 0);
+	assert_int_equal(f->n, 3);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	assert_int_equal(a.sid, sid_p);
+	assert_int_equal(a.n, 2);
+	assert_int_equal(a.ids[0], 5);
+	assert_int_equal(a.ids[1], 6);
+	decode_session_msg(&f->caps[1], &m);
+	assert_string_equal(m.payload, "queued-1");
+	assert_int_equal(m.qos, 1);
+	decode_session_msg(&f->caps[2], &m);
+	assert_string_equal(m.payload, "queued-2");
+	assert_int_equal(m.qos, 2);
+	fx_clear(f);
+
+	/* The will registered before the crash still goes out. */
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+	decode_deliver(find_deliver_to(f, 3), &d);
+	assert_string_equal(d.topic, "w/a");
+	assert_string_equal(d.payload, "a-gone");
+
+	/* Session ids are never reused, not even across the crash. */
+	sid_new = connect_ok(f, C(1, 2), true, "fresh", NULL);
+	assert_true(sid_new > sid_a && sid_new > sid_b && sid_new > sid_p && sid_new > sid_n);
+}
+
+static void only_committed_changes_outlive_the_router(void **state)
+{
+	struct fx *f = *state;
+
+	fx_store(f, STORE_DISK_MAP);
+	connect_ok(f, C(0, 1), false, "kept", NULL);
+	subscribe_ok(f, C(0, 1), "k", 1);
+	assert_int_equal(router_commit(f->r), 0);
+	connect_ok(f, C(1, 1), false, "lost", NULL);
+	subscribe_ok(f, C(0, 1), "k2", 1);
+	assert_int_equal(send_publish(f, 2, 1, true, "r", "lost"), 0);
+
+	fx_crash_and_restart(f, NULL);
+	expect_stats(f, 1, 1, 1, 0);
+}
+
+static void a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will(void **state)
+{
+	struct fx *f = *state;
+	struct will w = { "w/p", "p-gone", 1, 0 };
+	struct connack a;
+	struct smsg m;
+
+	f->cfg.session_timeout_secs = 10;
+	fx_store(f, STORE_DISK_MAP);
+	router_tick(f->r, 1000);
+	connect_ok(f, C(0, 1), false, "p", &w);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	connect_ok(f, C(1, 1), false, "off", NULL);
+	subscribe_ok(f, C(1, 1), "u", 1);
+	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+	assert_int_equal(send_publish(f, 2, 1, false, "u", "m1"), 0);
+	connect_ok(f, C(2, 1), true, "c", NULL);
+	subscribe_ok(f, C(2, 1), "w/#", 1);
+	assert_int_equal(router_commit(f->r), 0);
+
+	/* The whole daemon restarted: nobody is connected, nothing is published. */
+	fx_crash_and_restart(f, "another daemon");
+	expect_stats(f, 2, 0, 2, 0);
+
+	assert_int_equal(send_connect(f, C(1, 2), false, "off", NULL), 0);
+	assert_int_equal(f->n, 2);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	decode_session_msg(&f->caps[1], &m);
+	assert_string_equal(m.payload, "m1");
+	connect_ok(f, C(2, 2), false, "c", NULL);     /* the clean session is gone */
+
+	/* "p" left with the old daemon: its timeout counts from our first tick. */
+	router_tick(f->r, 500000);
+	expect_stats(f, 3, 2, 2, 0);
+	router_tick(f->r, 510000);
+	expect_stats(f, 3, 2, 2, 0);
+	router_tick(f->r, 510001);
+	expect_stats(f, 2, 2, 1, 0);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+}
+
+static void expiry_and_queue_limits_hold_across_a_crash(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+
+	f->cfg.session_timeout_secs = 10;
+	f->cfg.max_queued_messages = 3;
+	fx_store(f, STORE_DISK_MAP);
+	router_tick(f->r, 1000);
+	connect_ok(f, C(0, 1), false, "p", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(send_publish(f, 1, 1, false, "t", "x"), 0);
+	assert_int_equal(router_commit(f->r), 0);
+
+	fx_crash_and_restart(f, NULL);
+	router_tick(f->r, 5000);
+	expect_stats(f, 1, 0, 1, 0);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "one too many"), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 1);
+	router_tick(f->r, 11001);              /* offline since 1000, before the crash */
+	expect_stats(f, 0, 0, 0, 0);
+	assert_int_equal(router_commit(f->r), 0);
+
+	fx_crash_and_restart(f, NULL);
+	expect_stats(f, 0, 0, 0, 0);
+}
+
+static void a_store_that_refused_writes_is_rewritten_by_the_next_tick(void **state)
+{
+	struct fx *f = *state;
+	size_t big_len = 100000;
+	char *big = malloc(big_len + 1), topic[32];
+
+	assert_non_null(big);
+	memset(big, 'x', big_len);
+	big[big_len] = '\0';
+	fx_store(f, 1 << 20);
+	connect_ok(f, C(0, 1), false, "p", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(router_commit(f->r), 0);
+
+	/* More than the map holds: the turn's writes fail, serving goes on. */
+	for (int i = 0; i < 20; i++) {
+		snprintf(topic, sizeof(topic), "big/%d", i);
+		assert_int_equal(send_publish(f, 1, 0, true, topic, big), 0);
+	}
+	subscribe_ok(f, C(0, 1), "t2", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(router_commit(f->r), -1);
+	expect_stats(f, 1, 0, 2, 20);
+	for (int i = 0; i < 20; i++) {
+		snprintf(topic, sizeof(topic), "big/%d", i);
+		assert_int_equal(send_publish(f, 1, 0, true, topic, i < 18 ? "" : "small"), 0);
+	}
+	assert_int_equal(router_commit(f->r), -1);     /* still refused until the rewrite */
+
+	router_tick(f->r, 2000);
+	assert_int_equal(router_commit(f->r), 0);
+	fx_crash_and_restart(f, NULL);
+	expect_stats(f, 1, 0, 2, 2);
+	free(big);
+}
+
 /* ---- the process: router_main over real rings ---------------------------- */
 
 #define PROC_RING 4096
@@ -1348,13 +1624,11 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void proc_start(struct proc *p)
+/* The supervisor's part: shared memory, rings and eventfds, made once. */
+static void proc_init(struct proc *p)
 {
 	size_t off = (sizeof(struct iotd_shm) + 63) & ~(size_t)63;
 	size_t fp = shmring_footprint(PROC_RING);
-	int sv[2];
-	struct ipc_hdr hdr;
-	int fd;
 
 	memset(p, 0, sizeof(*p));
 	p->cfg.max_queued_messages = 100;
@@ -1377,6 +1651,17 @@ static void proc_start(struct proc *p)
 	p->env.nworkers = PROC_WORKERS;
 	p->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	assert_true(p->env.router_efd >= 0);
+	shmring_producer_attach(&p->w2r, shm_w2r(p->shm, 0));
+	shmring_consumer_attach(&p->r2w, shm_r2w(p->shm, 0));
+}
+
+/* Fork a router over the rings and wait until it is ready. */
+static void proc_spawn(struct proc *p)
+{
+	int sv[2];
+	struct ipc_hdr hdr;
+	int fd;
+
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
 	p->env.ctl_fd = sv[1];
 	p->ctl = sv[0];
@@ -1390,8 +1675,23 @@ static void proc_start(struct proc *p)
 	close(sv[1]);
 	assert_true(ipc_recv(p->ctl, &hdr, NULL, 0, &fd) >= 0);
 	assert_int_equal(hdr.type, IPC_READY);
-	shmring_producer_attach(&p->w2r, shm_w2r(p->shm, 0));
-	shmring_consumer_attach(&p->r2w, shm_r2w(p->shm, 0));
+}
+
+static void proc_start(struct proc *p)
+{
+	proc_init(p);
+	proc_spawn(p);
+}
+
+/* kill -9: no goodbye, the store and the rings stay as they are. */
+static void proc_kill(struct proc *p)
+{
+	int status;
+
+	assert_int_equal(kill(p->pid, SIGKILL), 0);
+	assert_int_equal(waitpid(p->pid, &status, 0), p->pid);
+	assert_true(WIFSIGNALED(status));
+	close(p->ctl);
 }
 
 static void proc_stop(struct proc *p, bool shutdown)
@@ -1515,6 +1815,144 @@ static void router_main_serves_the_rings_and_never_drops_when_full(void **state)
 	proc_stop(&p, true);
 }
 
+static void proc_publish(struct proc *p, const char *payload)
+{
+	struct recw w;
+
+	build_publish(&w, 1, false, "t", payload);
+	proc_send(p, REC_PUBLISH, &w);
+}
+
+static void proc_expect_deliver(struct proc *p, const char *payload)
+{
+	struct cap c;
+	struct deliver d;
+
+	proc_recv(p, &c);
+	decode_deliver(&c, &d);
+	assert_int_equal(d.n, 1);
+	assert_int_equal(d.t[0].conn, C(0, 1));
+	assert_string_equal(d.payload, payload);
+	free(c.buf);
+}
+
+/* Nothing more in r2w[0] for a while. */
+static void proc_expect_nothing(struct proc *p)
+{
+	const struct shmring_rec *rec;
+
+	poll(NULL, 0, 300);
+	rec = shmring_peek(&p->r2w);
+	if (rec)
+		fail_msg("unexpected %s from the router", rec_type_name(rec->type));
+}
+
+/* Wait until the router applied everything we sent and committed what it emitted. */
+static void proc_wait_applied(struct proc *p, uint64_t r2w_head)
+{
+	struct shmring *in = shm_w2r(p->shm, 0), *out = shm_r2w(p->shm, 0);
+	uint64_t deadline = mono_ms() + 10000;
+
+	while (atomic_load(&in->tail) != p->w2r.head || atomic_load(&out->head) <= r2w_head) {
+		assert_true(mono_ms() < deadline);
+		poll(NULL, 0, 1);
+	}
+}
+
+/* A router serving C(0, 1) as "dev", subscribed to "t" at QoS 1, that delivered m0. */
+static void proc_start_serving(struct proc *p)
+{
+	struct recw w;
+	struct cap c;
+	struct connack a;
+
+	proc_start(p);
+	build_connect(&w, C(0, 1), false, "dev", NULL);
+	proc_send(p, REC_CONNECT, &w);
+	proc_recv(p, &c);
+	decode_connack(&c, &a);
+	free(c.buf);
+	recw_init(&w);
+	recw_u64(&w, C(0, 1));
+	recw_u16(&w, 1);
+	recw_u16(&w, 1);
+	recw_str(&w, "t", 1);
+	recw_u8(&w, 1);
+	proc_send(p, REC_SUBSCRIBE, &w);
+	proc_recv(p, &c);
+	assert_int_equal(c.type, REC_SUBACK);
+	free(c.buf);
+	proc_publish(p, "m0");
+	proc_expect_deliver(p, "m0");
+}
+
+/*
+ * Killed after its commit and after publishing its deliveries, but before
+ * releasing the records it applied (the ring's tail is put back to what
+ * it was then): the successor must not apply them again.
+ */
+static void router_main_never_applies_a_record_twice_after_a_kill(void **state)
+{
+	struct proc p;
+	uint64_t w2r_tail;
+
+	(void)state;
+	proc_start_serving(&p);
+	w2r_tail = p.w2r.head;
+	proc_publish(&p, "m1");
+	proc_publish(&p, "m2");
+	proc_expect_deliver(&p, "m1");
+	proc_expect_deliver(&p, "m2");
+	proc_wait_applied(&p, 0);
+	proc_kill(&p);
+	atomic_store(&shm_w2r(p.shm, 0)->tail, w2r_tail);
+	proc_publish(&p, "m3");               /* while no router runs */
+
+	proc_spawn(&p);
+	proc_expect_deliver(&p, "m3");
+	proc_expect_nothing(&p);
+	proc_stop(&p, true);
+}
+
+/*
+ * Killed after its commit, before publishing what it emitted and before
+ * releasing what it applied (both rings put back to what they were then):
+ * the successor publishes those records, once, and does not apply the
+ * records again (a second CONNECT on one connection would be dropped and
+ * its CONNACK never sent).
+ */
+static void router_main_publishes_what_it_committed_after_a_kill(void **state)
+{
+	struct proc p;
+	struct recw w;
+	struct cap c;
+	struct connack a;
+	uint64_t w2r_tail, r2w_head;
+
+	(void)state;
+	proc_start_serving(&p);
+	w2r_tail = p.w2r.head;
+	r2w_head = p.r2w.tail;
+	build_connect(&w, C(0, 2), true, "dev2", NULL);
+	proc_send(&p, REC_CONNECT, &w);
+	proc_publish(&p, "m1");
+	proc_wait_applied(&p, r2w_head);
+	proc_kill(&p);
+	atomic_store(&shm_r2w(p.shm, 0)->head, r2w_head);
+	atomic_store(&shm_w2r(p.shm, 0)->tail, w2r_tail);
+
+	proc_spawn(&p);
+	proc_recv(&p, &c);
+	decode_connack(&c, &a);
+	assert_int_equal(a.conn, C(0, 2));
+	free(c.buf);
+	proc_expect_deliver(&p, "m1");
+	proc_expect_nothing(&p);
+	proc_publish(&p, "m2");
+	proc_expect_deliver(&p, "m2");
+	proc_stop(&p, true);
+}
+
 static void router_main_stops_when_the_supervisor_goes_away(void **state)
 {
 	struct proc p;
@@ -1562,8 +2000,15 @@ int main(void)
 		T(records_for_unknown_connections_are_dropped),
 		T(records_from_the_wrong_ring_or_of_router_types_are_dropped),
 		T(garbage_records_do_not_crash_the_router),
+		T(a_crashed_router_comes_back_with_sessions_subscriptions_queues_and_retained),
+		T(only_committed_changes_outlive_the_router),
+		T(a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will),
+		T(expiry_and_queue_limits_hold_across_a_crash),
+		T(a_store_that_refused_writes_is_rewritten_by_the_next_tick),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
+		cmocka_unit_test(router_main_never_applies_a_record_twice_after_a_kill),
+		cmocka_unit_test(router_main_publishes_what_it_committed_after_a_kill),
 #undef T
 	};
 

@@ -1,0 +1,1332 @@
+/*
+ * store.c - the router's state in an LMDB environment (see store.h).
+ *
+ * Owns the store directory: its LMDB environment (data.mdb), the lock
+ * file that keeps a second router out (iotd.lock), the named databases
+ * and the layout of every key and value in them:
+ *
+ *   meta      "format" -> u64 STORE_FORMAT, "daemon" -> identity string,
+ *             "next_sid", "tail/<i>", "head/<i>" -> u64
+ *   sessions  sid (u32 BE) -> clean, last_seen, client id, remote, QoS 2 ids,
+ *             the accepted CONNECT (when online), a waiting CONNECT
+ *   subs      sid (u32 BE) + filter -> u8 qos
+ *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
+ *             topic, payload
+ *   retained  topic -> u8 qos + payload
+ *   outbox    ring (u32 BE) + seq (u64 BE) -> u16 type + record payload
+ *
+ * Big-endian numbers in keys keep LMDB's byte order equal to numeric
+ * order, so a session's subscriptions and queue are one key range. Values
+ * use rec.h's host-order fields: an LMDB file is tied to its architecture
+ * anyway. LMDB keys are limited to 511 bytes while topics and filters may
+ * reach 65535: a longer key is stored as its first STORE_KEY_PREFIX bytes
+ * plus a u32 discriminator, with the whole key in front of the value.
+ *
+ * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
+ * user, so no robust mutex or reader table can be left behind by a
+ * killed router) and MDB_NOSYNC (durability is store_sync's business,
+ * once a second, for "disk"; tmpfs has nothing to sync). MDB_WRITEMAP is
+ * not used: a full tmpfs would turn a write into SIGBUS, where write(2)
+ * returns ENOSPC and the router goes on.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lmdb.h>
+
+#include "iotd.h"
+#include "log.h"
+#include "rec.h"
+#include "store.h"
+
+#define STORE_KEY_PREFIX 400u                      /* keys up to this size are stored as they are */
+#define STORE_KEY_LONG (STORE_KEY_PREFIX + 4u)      /* prefix + u32 discriminator */
+#define STORE_MAX_DBS 8
+#define STORE_LOCK_FILE "iotd.lock"
+#define STORE_DIR_PREFIX "iotd-"
+
+struct store {
+	MDB_env *env;
+	MDB_dbi meta, sessions, subs, queue, retained, outbox;
+	MDB_txn *txn;                /* this turn's write transaction, begun lazily */
+	enum store_kind kind;
+	int lock_fd;
+	bool stale;                  /* a write failed: mutations are ignored until a resync */
+	bool resyncing;              /* the open transaction rewrites everything */
+	bool warned;                 /* the failure of this episode was logged */
+	bool warned_sync;
+	bool unsynced;               /* committed since the last store_sync() */
+	struct recw val;             /* scratch for encoding values */
+	uint8_t *kbuf;               /* scratch for building long keys (sid + filter) */
+	size_t kcap;
+	uint8_t key[STORE_KEY_LONG];
+	char dir[256];
+};
+
+/* ---- keys -------------------------------------------------------------- */
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+	for (int i = 3; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
+}
+
+static MDB_val mval(const void *p, size_t len)
+{
+	return (MDB_val){ .mv_size = len, .mv_data = (void *)p };
+}
+
+/* ---- failures ---------------------------------------------------------- */
+
+/*
+ * A write failed: the transaction is unusable (LMDB requires an abort
+ * after MDB_MAP_FULL and friends), so everything of this turn is lost to
+ * the store. Log it once per episode; the router rewrites it all later.
+ */
+static void store_fail(struct store *st, const char *what, int rc)
+{
+	if (!st->warned)
+		log_error("store %s: %s: %s: serving from memory; the store is written again in full once it accepts writes",
+			  st->dir, what, mdb_strerror(rc));
+	st->warned = true;
+	st->stale = true;
+	st->resyncing = false;
+	if (st->txn) {
+		mdb_txn_abort(st->txn);
+		st->txn = NULL;
+	}
+}
+
+static MDB_txn *store_wtxn(struct store *st)
+{
+	int rc;
+
+	if (st->stale)
+		return NULL;
+	if (st->txn)
+		return st->txn;
+	rc = mdb_txn_begin(st->env, NULL, 0, &st->txn);
+	if (rc) {
+		st->txn = NULL;
+		store_fail(st, "beginning a transaction", rc);
+		return NULL;
+	}
+	return st->txn;
+}
+
+static void store_put(struct store *st, MDB_dbi dbi, MDB_val *k, MDB_val *v, const char *what)
+{
+	MDB_txn *txn = store_wtxn(st);
+	int rc;
+
+	if (!txn)
+		return;
+	rc = mdb_put(txn, dbi, k, v, 0);
+	if (rc)
+		store_fail(st, what, rc);
+}
+
+static void store_del(struct store *st, MDB_dbi dbi, MDB_val *k, const char *what)
+{
+	MDB_txn *txn = store_wtxn(st);
+	int rc;
+
+	if (!txn)
+		return;
+	rc = mdb_del(txn, dbi, k, NULL);
+	if (rc && rc != MDB_NOTFOUND)
+		store_fail(st, what, rc);
+}
+
+/* Delete every key that starts with prefix. */
+static void store_del_prefix(struct store *st, MDB_dbi dbi, const void *prefix, size_t len,
+			     const char *what)
+{
+	MDB_txn *txn = store_wtxn(st);
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc;
+
+	if (!txn)
+		return;
+	rc = mdb_cursor_open(txn, dbi, &cur);
+	if (rc) {
+		store_fail(st, what, rc);
+		return;
+	}
+	for (;;) {
+		k = mval(prefix, len);
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+		if (rc || k.mv_size < len || memcmp(k.mv_data, prefix, len) != 0)
+			break;
+		rc = mdb_cursor_del(cur, 0);
+		if (rc)
+			break;
+	}
+	mdb_cursor_close(cur);
+	if (rc && rc != MDB_NOTFOUND)
+		store_fail(st, what, rc);
+}
+
+/* ---- long keys --------------------------------------------------------- */
+
+/*
+ * Find the key under which 'full' is stored (*found) or may be stored,
+ * into *key (short keys are 'full' itself, long ones live in st->key).
+ * A long key is searched among the keys that share its prefix, comparing
+ * the whole key kept in front of each value. Returns 0 or an LMDB error.
+ */
+static int lkey_find(struct store *st, MDB_txn *txn, MDB_dbi dbi, const void *full,
+		     size_t len, MDB_val *key, bool *found)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	uint32_t next = 0, n, flen;
+	int rc;
+
+	*found = false;
+	if (len <= STORE_KEY_PREFIX) {
+		*key = mval(full, len);
+		rc = mdb_get(txn, dbi, key, &v);
+		*found = rc == 0;
+		return rc == MDB_NOTFOUND ? 0 : rc;
+	}
+	memcpy(st->key, full, STORE_KEY_PREFIX);
+	rc = mdb_cursor_open(txn, dbi, &cur);
+	if (rc)
+		return rc;
+	k = mval(st->key, STORE_KEY_PREFIX);
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		if (k.mv_size < STORE_KEY_PREFIX || memcmp(k.mv_data, st->key, STORE_KEY_PREFIX))
+			break;
+		if (k.mv_size != STORE_KEY_LONG || v.mv_size < 4)
+			continue;
+		n = get_be32((const uint8_t *)k.mv_data + STORE_KEY_PREFIX);
+		next = MAX(next, n + 1);
+		memcpy(&flen, v.mv_data, 4);
+		if (flen == len && v.mv_size >= 4 + len &&
+		    memcmp((const uint8_t *)v.mv_data + 4, full, len) == 0) {
+			next = n;
+			*found = true;
+			break;
+		}
+	}
+	mdb_cursor_close(cur);
+	if (rc && rc != MDB_NOTFOUND)
+		return rc;
+	put_be32(st->key + STORE_KEY_PREFIX, next);
+	*key = mval(st->key, STORE_KEY_LONG);
+	return 0;
+}
+
+/* Put value (a, b) under the possibly long key 'full'. */
+static void lkey_put(struct store *st, MDB_dbi dbi, const void *full, size_t len,
+		     const void *a, size_t alen, const void *b, size_t blen, const char *what)
+{
+	MDB_txn *txn = store_wtxn(st);
+	uint32_t flen = (uint32_t)len;
+	size_t head = len > STORE_KEY_PREFIX ? 4 + len : 0;
+	MDB_val k, v;
+	uint8_t *p;
+	bool found;
+	int rc;
+
+	if (!txn)
+		return;
+	rc = lkey_find(st, txn, dbi, full, len, &k, &found);
+	if (rc)
+		goto fail;
+	v = mval(NULL, head + alen + blen);
+	rc = mdb_put(txn, dbi, &k, &v, MDB_RESERVE);
+	if (rc)
+		goto fail;
+	p = v.mv_data;
+	if (head) {
+		memcpy(p, &flen, 4);
+		memcpy(p + 4, full, len);
+	}
+	if (alen)
+		memcpy(p + head, a, alen);
+	if (blen)
+		memcpy(p + head + alen, b, blen);
+	return;
+fail:
+	store_fail(st, what, rc);
+}
+
+static void lkey_del(struct store *st, MDB_dbi dbi, const void *full, size_t len,
+		     const char *what)
+{
+	MDB_txn *txn = store_wtxn(st);
+	MDB_val k;
+	bool found;
+	int rc;
+
+	if (!txn)
+		return;
+	rc = lkey_find(st, txn, dbi, full, len, &k, &found);
+	if (rc == 0 && found)
+		rc = mdb_del(txn, dbi, &k, NULL);
+	if (rc)
+		store_fail(st, what, rc);
+}
+
+/* Split an entry into its whole key and the rest of its value. false: corrupt. */
+static bool lkey_split(const MDB_val *k, const MDB_val *v, MDB_val *full, MDB_val *rest)
+{
+	uint32_t flen;
+
+	if (k->mv_size != STORE_KEY_LONG) {
+		*full = *k;
+		*rest = *v;
+		return true;
+	}
+	if (v->mv_size < 4)
+		return false;
+	memcpy(&flen, v->mv_data, 4);
+	if (flen <= STORE_KEY_PREFIX || v->mv_size - 4 < flen)
+		return false;
+	*full = mval((const uint8_t *)v->mv_data + 4, flen);
+	*rest = mval((const uint8_t *)v->mv_data + 4 + flen, v->mv_size - 4 - flen);
+	return true;
+}
+
+/* ---- value encodings --------------------------------------------------- */
+
+/* NUL-terminated strings travel with their NUL, so a reader can point at them. */
+static void enc_cstr(struct recw *w, const char *s)
+{
+	size_t len = strnlen(s ? s : "", UINT16_MAX - 1);
+
+	recw_str(w, s ? s : "", (uint16_t)(len + 1));
+	if (w->len && !w->oom)
+		w->buf[w->len - 1] = '\0';
+}
+
+static const char *dec_cstr(struct recr *r)
+{
+	const uint8_t *p;
+	uint16_t len;
+
+	recr_str(r, &p, &len);
+	if (!len || p[len - 1] != '\0') {
+		r->err = true;
+		return "";
+	}
+	return (const char *)p;
+}
+
+static void enc_connect(struct recw *w, const struct store_connect *c)
+{
+	recw_u64(w, c->conn);
+	recw_u8(w, c->clean);
+	recw_u16(w, c->keepalive);
+	recw_u8(w, c->will_flag);
+	recw_u8(w, c->will_qos);
+	recw_u8(w, c->will_retain);
+	enc_cstr(w, c->remote);
+	recw_str(w, c->will_topic, c->will_topic_len);
+	recw_bytes(w, c->will_payload, c->will_payload_len);
+}
+
+static void dec_connect(struct recr *r, struct store_connect *c)
+{
+	const uint8_t *topic;
+
+	c->conn = recr_u64(r);
+	c->clean = recr_u8(r);
+	c->keepalive = recr_u16(r);
+	c->will_flag = recr_u8(r);
+	c->will_qos = recr_u8(r);
+	c->will_retain = recr_u8(r);
+	c->remote = dec_cstr(r);
+	recr_str(r, &topic, &c->will_topic_len);
+	c->will_topic = (const char *)topic;
+	recr_bytes(r, &c->will_payload, &c->will_payload_len);
+}
+
+static void enc_session(struct recw *w, const struct store_session *s)
+{
+	recw_reset(w);
+	recw_u8(w, s->clean);
+	recw_u64(w, s->last_seen_ms);
+	recw_str(w, s->client_id, s->client_id_len);
+	enc_cstr(w, s->remote);
+	recw_u16(w, s->n_qos2_ids);
+	for (uint16_t i = 0; i < s->n_qos2_ids; i++)
+		recw_u16(w, s->qos2_ids[i]);
+	recw_u8(w, s->online);
+	if (s->online)
+		enc_connect(w, &s->cx);
+	recw_u8(w, s->pending);
+	if (s->pending)
+		enc_connect(w, &s->pend);
+}
+
+/* ids: room for n_qos2_ids, which the caller frees. 0, or -1 when corrupt. */
+static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, uint16_t **ids)
+{
+	struct recr r;
+	const uint8_t *cid;
+	uint8_t clean, online, pending;
+
+	*s = (struct store_session){ .sid = sid };
+	*ids = NULL;
+	recr_init(&r, v->mv_data, v->mv_size);
+	clean = recr_u8(&r);
+	s->clean = clean;
+	s->last_seen_ms = recr_u64(&r);
+	recr_str(&r, &cid, &s->client_id_len);
+	s->client_id = cid ? (const char *)cid : "";
+	s->remote = dec_cstr(&r);
+	s->n_qos2_ids = recr_u16(&r);
+	if (s->n_qos2_ids && !r.err) {
+		/* Values carry no alignment: copy the ids out. */
+		*ids = malloc((size_t)s->n_qos2_ids * sizeof(**ids));
+		if (!*ids)
+			return -1;
+		for (uint16_t i = 0; i < s->n_qos2_ids; i++)
+			(*ids)[i] = recr_u16(&r);
+	}
+	s->qos2_ids = *ids;
+	online = recr_u8(&r);
+	s->online = online;
+	if (online)
+		dec_connect(&r, &s->cx);
+	pending = recr_u8(&r);
+	s->pending = pending;
+	if (pending)
+		dec_connect(&r, &s->pend);
+	if (recr_end(&r) || clean > 1 || online > 1 || pending > 1) {
+		free(*ids);
+		*ids = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+static void enc_msg(struct recw *w, const struct store_msg *m)
+{
+	recw_reset(w);
+	recw_u16(w, m->packet_id);
+	recw_u8(w, m->state);
+	recw_u8(w, m->qos);
+	recw_u8(w, m->retain);
+	recw_str(w, m->topic, m->topic_len);
+	recw_bytes(w, m->payload, m->payload_len);
+}
+
+static int dec_msg(const MDB_val *v, struct store_msg *m)
+{
+	struct recr r;
+	const uint8_t *topic;
+
+	recr_init(&r, v->mv_data, v->mv_size);
+	m->packet_id = recr_u16(&r);
+	m->state = recr_u8(&r);
+	m->qos = recr_u8(&r);
+	m->retain = recr_u8(&r);
+	recr_str(&r, &topic, &m->topic_len);
+	m->topic = (const char *)topic;
+	recr_bytes(&r, &m->payload, &m->payload_len);
+	return recr_end(&r) || m->qos > 2 || m->retain > 1 ? -1 : 0;
+}
+
+/* ---- mutations --------------------------------------------------------- */
+
+void store_session_put(struct store *st, const struct store_session *s)
+{
+	uint8_t kb[4];
+	MDB_val k = mval(kb, 4), v;
+
+	if (!store_wtxn(st))
+		return;
+	enc_session(&st->val, s);
+	if (st->val.oom) {
+		store_fail(st, "encoding a session", ENOMEM);
+		return;
+	}
+	put_be32(kb, s->sid);
+	v = mval(st->val.buf, st->val.len);
+	store_put(st, st->sessions, &k, &v, "writing a session");
+}
+
+void store_session_del(struct store *st, uint32_t sid)
+{
+	uint8_t kb[4];
+	MDB_val k = mval(kb, 4);
+
+	put_be32(kb, sid);
+	store_del(st, st->sessions, &k, "deleting a session");
+	store_del_prefix(st, st->subs, kb, 4, "deleting a session's subscriptions");
+	store_del_prefix(st, st->queue, kb, 4, "deleting a session's queue");
+}
+
+/* Subscriptions are keyed by sid + filter: that whole key, in st->kbuf. */
+static bool sub_key(struct store *st, uint32_t sid, const char *filter, uint16_t len)
+{
+	size_t need = 4 + (size_t)len;
+	uint8_t *p;
+
+	if (need > st->kcap) {
+		p = realloc(st->kbuf, need);
+		if (!p)
+			return false;
+		st->kbuf = p;
+		st->kcap = need;
+	}
+	put_be32(st->kbuf, sid);
+	if (len)
+		memcpy(st->kbuf + 4, filter, len);
+	return true;
+}
+
+void store_sub_put(struct store *st, uint32_t sid, const char *filter, uint16_t len, uint8_t qos)
+{
+	if (!store_wtxn(st))
+		return;
+	if (!sub_key(st, sid, filter, len)) {
+		store_fail(st, "encoding a subscription", ENOMEM);
+		return;
+	}
+	lkey_put(st, st->subs, st->kbuf, 4 + (size_t)len, &qos, 1, NULL, 0,
+		 "writing a subscription");
+}
+
+void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t len)
+{
+	if (!store_wtxn(st))
+		return;
+	if (!sub_key(st, sid, filter, len)) {
+		store_fail(st, "encoding a subscription", ENOMEM);
+		return;
+	}
+	lkey_del(st, st->subs, st->kbuf, 4 + (size_t)len, "deleting a subscription");
+}
+
+void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m)
+{
+	uint8_t kb[12];
+	MDB_val k = mval(kb, sizeof(kb)), v;
+
+	if (!store_wtxn(st))
+		return;
+	enc_msg(&st->val, m);
+	if (st->val.oom) {
+		store_fail(st, "encoding a queued message", ENOMEM);
+		return;
+	}
+	put_be32(kb, sid);
+	put_be64(kb + 4, order);
+	v = mval(st->val.buf, st->val.len);
+	store_put(st, st->queue, &k, &v, "writing a queued message");
+}
+
+void store_queue_clear(struct store *st, uint32_t sid)
+{
+	uint8_t kb[4];
+
+	put_be32(kb, sid);
+	store_del_prefix(st, st->queue, kb, 4, "deleting a session's queue");
+}
+
+void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
+			const uint8_t *payload, uint32_t payload_len)
+{
+	lkey_put(st, st->retained, topic, len, &qos, 1, payload, payload_len,
+		 "writing a retained message");
+}
+
+void store_retained_del(struct store *st, const char *topic, uint16_t len)
+{
+	lkey_del(st, st->retained, topic, len, "deleting a retained message");
+}
+
+void store_meta_put(struct store *st, const char *key, uint64_t v)
+{
+	MDB_val k = mval(key, strlen(key)), val = mval(&v, sizeof(v));
+
+	store_put(st, st->meta, &k, &val, "writing a counter");
+}
+
+void store_outbox_put(struct store *st, unsigned ring, uint64_t seq, uint16_t type,
+		      const void *data, uint32_t len)
+{
+	MDB_txn *txn = store_wtxn(st);
+	uint8_t kb[12];
+	MDB_val k = mval(kb, sizeof(kb)), v = mval(NULL, sizeof(type) + (size_t)len);
+	int rc;
+
+	if (!txn)
+		return;
+	put_be32(kb, ring);
+	put_be64(kb + 4, seq);
+	rc = mdb_put(txn, st->outbox, &k, &v, MDB_RESERVE);
+	if (rc) {
+		store_fail(st, "writing a held record", rc);
+		return;
+	}
+	memcpy(v.mv_data, &type, sizeof(type));
+	if (len)
+		memcpy((uint8_t *)v.mv_data + sizeof(type), data, len);
+}
+
+void store_outbox_del(struct store *st, unsigned ring, uint64_t seq)
+{
+	uint8_t kb[12];
+	MDB_val k = mval(kb, sizeof(kb));
+
+	put_be32(kb, ring);
+	put_be64(kb + 4, seq);
+	store_del(st, st->outbox, &k, "deleting a held record");
+}
+
+static void store_drop(struct store *st, MDB_dbi dbi, const char *what)
+{
+	MDB_txn *txn = store_wtxn(st);
+	int rc;
+
+	if (!txn)
+		return;
+	rc = mdb_drop(txn, dbi, 0);
+	if (rc)
+		store_fail(st, what, rc);
+}
+
+void store_outbox_clear(struct store *st)
+{
+	store_drop(st, st->outbox, "deleting the held records");
+}
+
+/* ---- transactions ------------------------------------------------------ */
+
+int store_commit(struct store *st)
+{
+	int rc;
+
+	if (!st->txn)
+		return st->stale ? -1 : 0;
+	rc = mdb_txn_commit(st->txn);
+	st->txn = NULL;
+	if (rc) {
+		store_fail(st, "committing", rc);
+		return -1;
+	}
+	st->unsynced = true;
+	if (st->resyncing) {
+		log_info("store %s: written again in full: back in sync", st->dir);
+		st->resyncing = false;
+		st->warned = false;
+	}
+	return 0;
+}
+
+void store_abort(struct store *st)
+{
+	if (st->txn)
+		mdb_txn_abort(st->txn);
+	st->txn = NULL;
+}
+
+bool store_stale(const struct store *st)
+{
+	return st->stale;
+}
+
+int store_resync_begin(struct store *st)
+{
+	store_abort(st);
+	st->stale = false;
+	if (!store_wtxn(st))
+		return -1;
+	st->resyncing = true;
+	store_drop(st, st->sessions, "rewriting the sessions");
+	store_drop(st, st->subs, "rewriting the subscriptions");
+	store_drop(st, st->queue, "rewriting the queues");
+	return st->stale ? -1 : 0;
+}
+
+void store_sync(struct store *st)
+{
+	int rc;
+
+	if (st->kind != STORE_DISK || !st->unsynced)
+		return;
+	rc = mdb_env_sync(st->env, 1);
+	if (rc) {
+		if (!st->warned_sync)
+			log_error("store %s: flushing to disk: %s (retrying every second)", st->dir,
+				  mdb_strerror(rc));
+		st->warned_sync = true;
+		return;
+	}
+	st->unsynced = false;
+	st->warned_sync = false;
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+/* The open write transaction when there is one (it sees its own writes), else a read-only one. */
+static int store_rtxn(struct store *st, MDB_txn **txn, bool *own)
+{
+	*own = st->txn == NULL;
+	if (!*own) {
+		*txn = st->txn;
+		return 0;
+	}
+	return mdb_txn_begin(st->env, NULL, MDB_RDONLY, txn);
+}
+
+typedef bool (*store_entry_fn)(struct store *st, const MDB_val *k, const MDB_val *v, void *ctx);
+
+/* Call fn for every entry from 'from' (a key prefix) on, while fn returns true. */
+static int store_scan(struct store *st, MDB_dbi dbi, const void *from, size_t from_len,
+		      store_entry_fn fn, void *ctx, const char *what)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur = NULL;
+	MDB_val k = mval(from, from_len), v;
+	bool own;
+	int rc = store_rtxn(st, &txn, &own);
+
+	if (rc)
+		goto out;
+	rc = mdb_cursor_open(txn, dbi, &cur);
+	if (rc)
+		goto out_txn;
+	rc = mdb_cursor_get(cur, &k, &v, from_len ? MDB_SET_RANGE : MDB_FIRST);
+	while (rc == 0 && fn(st, &k, &v, ctx))
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	if (rc == MDB_NOTFOUND)
+		rc = 0;
+	mdb_cursor_close(cur);
+out_txn:
+	if (own)
+		mdb_txn_abort(txn);
+out:
+	if (rc)
+		log_error("store %s: reading %s: %s", st->dir, what, mdb_strerror(rc));
+	return rc ? -1 : 0;
+}
+
+static void store_corrupt(struct store *st, const char *what)
+{
+	log_error("store %s: a corrupt %s was skipped", st->dir, what);
+}
+
+struct scan_ctx {
+	void *cb;
+	void *arg;
+	unsigned ring;
+};
+
+static bool scan_session(struct store *st, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	struct scan_ctx *c = ctx;
+	struct store_session s;
+	uint16_t *ids;
+
+	if (k->mv_size != 4 || dec_session(v, get_be32(k->mv_data), &s, &ids) < 0) {
+		store_corrupt(st, "session");
+		return true;
+	}
+	((store_session_cb)c->cb)(c->arg, &s);
+	free(ids);
+	return true;
+}
+
+static bool scan_sub(struct store *st, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	struct scan_ctx *c = ctx;
+	MDB_val full, rest;
+
+	if (!lkey_split(k, v, &full, &rest) || full.mv_size < 4 ||
+	    full.mv_size - 4 > UINT16_MAX || rest.mv_size != 1) {
+		store_corrupt(st, "subscription");
+		return true;
+	}
+	((store_sub_cb)c->cb)(c->arg, get_be32(full.mv_data), (const char *)full.mv_data + 4,
+			      (uint16_t)(full.mv_size - 4), *(const uint8_t *)rest.mv_data);
+	return true;
+}
+
+static bool scan_queued(struct store *st, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	struct scan_ctx *c = ctx;
+	struct store_msg m;
+
+	if (k->mv_size != 12 || dec_msg(v, &m) < 0) {
+		store_corrupt(st, "queued message");
+		return true;
+	}
+	((store_queue_cb)c->cb)(c->arg, get_be32(k->mv_data),
+				get_be64((const uint8_t *)k->mv_data + 4), &m);
+	return true;
+}
+
+static bool scan_retained(struct store *st, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	struct scan_ctx *c = ctx;
+	MDB_val full, rest;
+	const uint8_t *p;
+
+	if (!lkey_split(k, v, &full, &rest) || !full.mv_size || full.mv_size > UINT16_MAX ||
+	    rest.mv_size < 1 || rest.mv_size - 1 > UINT32_MAX) {
+		store_corrupt(st, "retained message");
+		return true;
+	}
+	p = rest.mv_data;
+	((store_retained_cb)c->cb)(c->arg, full.mv_data, (uint16_t)full.mv_size, p[0], p + 1,
+				   (uint32_t)(rest.mv_size - 1));
+	return true;
+}
+
+static bool scan_outbox(struct store *st, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	struct scan_ctx *c = ctx;
+	uint16_t type;
+
+	if (k->mv_size != 12 || get_be32(k->mv_data) != c->ring)
+		return false;
+	if (v->mv_size < sizeof(type) || v->mv_size - sizeof(type) > UINT32_MAX) {
+		store_corrupt(st, "held record");
+		return true;
+	}
+	memcpy(&type, v->mv_data, sizeof(type));
+	((store_outbox_cb)c->cb)(c->arg, get_be64((const uint8_t *)k->mv_data + 4), type,
+				 (const uint8_t *)v->mv_data + sizeof(type),
+				 (uint32_t)(v->mv_size - sizeof(type)));
+	return true;
+}
+
+int store_each_session(struct store *st, store_session_cb cb, void *arg)
+{
+	struct scan_ctx c = { (void *)cb, arg, 0 };
+
+	return store_scan(st, st->sessions, NULL, 0, scan_session, &c, "sessions");
+}
+
+int store_each_sub(struct store *st, store_sub_cb cb, void *arg)
+{
+	struct scan_ctx c = { (void *)cb, arg, 0 };
+
+	return store_scan(st, st->subs, NULL, 0, scan_sub, &c, "subscriptions");
+}
+
+int store_each_queued(struct store *st, store_queue_cb cb, void *arg)
+{
+	struct scan_ctx c = { (void *)cb, arg, 0 };
+
+	return store_scan(st, st->queue, NULL, 0, scan_queued, &c, "queued messages");
+}
+
+int store_each_retained(struct store *st, store_retained_cb cb, void *arg)
+{
+	struct scan_ctx c = { (void *)cb, arg, 0 };
+
+	return store_scan(st, st->retained, NULL, 0, scan_retained, &c, "retained messages");
+}
+
+int store_each_outbox(struct store *st, unsigned ring, store_outbox_cb cb, void *arg)
+{
+	struct scan_ctx c = { (void *)cb, arg, ring };
+	uint8_t kb[4];
+
+	put_be32(kb, ring);
+	return store_scan(st, st->outbox, kb, sizeof(kb), scan_outbox, &c, "held records");
+}
+
+bool store_meta_get(struct store *st, const char *key, uint64_t *out)
+{
+	MDB_txn *txn;
+	MDB_val k = mval(key, strlen(key)), v;
+	bool own, ok = false;
+
+	if (store_rtxn(st, &txn, &own))
+		return false;
+	if (mdb_get(txn, st->meta, &k, &v) == 0 && v.mv_size == sizeof(*out)) {
+		memcpy(out, v.mv_data, sizeof(*out));
+		ok = true;
+	}
+	if (own)
+		mdb_txn_abort(txn);
+	return ok;
+}
+
+/* ---- the daemon that owns the store ------------------------------------ */
+
+bool store_same_daemon(struct store *st, const char *ident)
+{
+	MDB_txn *txn;
+	MDB_val k = mval("daemon", 6), v;
+	bool own, same = false;
+
+	if (store_rtxn(st, &txn, &own))
+		return false;
+	if (mdb_get(txn, st->meta, &k, &v) == 0)
+		same = v.mv_size == strlen(ident) && memcmp(v.mv_data, ident, v.mv_size) == 0;
+	if (own)
+		mdb_txn_abort(txn);
+	return same;
+}
+
+struct sid_list {
+	uint32_t *sid;
+	size_t n, cap;
+	bool oom;
+};
+
+static bool collect_sid(struct store *st, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	struct sid_list *l = ctx;
+	uint32_t *grown;
+
+	if (k->mv_size != 4)
+		return true;
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 64;
+		grown = reallocarray(l->sid, l->cap, sizeof(*grown));
+		if (!grown) {
+			l->oom = true;
+			return false;
+		}
+		l->sid = grown;
+	}
+	l->sid[l->n++] = get_be32(k->mv_data);
+	return true;
+}
+
+/* A session of an earlier daemon: no connection holds it any more. */
+static void store_session_orphan(struct store *st, uint32_t sid)
+{
+	uint8_t kb[4];
+	MDB_val k = mval(kb, 4), v;
+	struct store_session s;
+	uint16_t *ids = NULL;
+	void *copy = NULL;
+	int rc;
+
+	put_be32(kb, sid);
+	rc = mdb_get(st->txn, st->sessions, &k, &v);
+	if (rc)
+		goto fail;
+	/* Decode from a copy: the put below may reuse the page the value lives in. */
+	copy = malloc(v.mv_size ? v.mv_size : 1);
+	if (!copy) {
+		rc = ENOMEM;
+		goto fail;
+	}
+	memcpy(copy, v.mv_data, v.mv_size);
+	v.mv_data = copy;
+	if (dec_session(&v, sid, &s, &ids) < 0 || s.clean) {
+		/* Clean sessions end with their connection; a corrupt one cannot be resumed. */
+		store_session_del(st, sid);
+		goto out;
+	}
+	s.online = s.pending = false;
+	s.last_seen_ms = STORE_SEEN_UNKNOWN;
+	store_session_put(st, &s);
+	goto out;
+fail:
+	store_fail(st, "marking a session offline", rc);
+out:
+	free(ids);
+	free(copy);
+}
+
+/* Delete meta "head/<i>" and "tail/<i>": the rings they describe are gone. */
+static void store_forget_rings(struct store *st)
+{
+	char key[16];
+
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++) {
+		MDB_val k;
+
+		snprintf(key, sizeof(key), "tail/%u", i);
+		k = mval(key, strlen(key));
+		store_del(st, st->meta, &k, "forgetting ring positions");
+		snprintf(key, sizeof(key), "head/%u", i);
+		k = mval(key, strlen(key));
+		store_del(st, st->meta, &k, "forgetting ring positions");
+	}
+	store_outbox_clear(st);
+}
+
+int store_new_daemon(struct store *st, const char *ident, bool keep_persistent)
+{
+	struct sid_list l = { 0 };
+	MDB_val k = mval("daemon", 6), v = mval(ident, strlen(ident));
+	int rc = 0;
+
+	if (!store_wtxn(st))
+		return -1;
+	if (keep_persistent) {
+		if (store_scan(st, st->sessions, NULL, 0, collect_sid, &l, "sessions") < 0 ||
+		    l.oom) {
+			store_fail(st, "listing sessions", l.oom ? ENOMEM : EIO);
+			free(l.sid);
+			return -1;
+		}
+		for (size_t i = 0; i < l.n && !st->stale; i++)
+			store_session_orphan(st, l.sid[i]);
+		free(l.sid);
+	} else {
+		store_drop(st, st->sessions, "emptying the sessions");
+		store_drop(st, st->subs, "emptying the subscriptions");
+		store_drop(st, st->queue, "emptying the queues");
+		store_drop(st, st->retained, "emptying the retained messages");
+	}
+	store_forget_rings(st);
+	store_put(st, st->meta, &k, &v, "claiming the store");
+	rc = store_commit(st);
+	return rc;
+}
+
+/* ---- location and life cycle ------------------------------------------- */
+
+int store_memory_dir(char *buf, size_t len, const char *root, pid_t daemon)
+{
+	int n = snprintf(buf, len, "%s/" STORE_DIR_PREFIX "%d", root, (int)daemon);
+
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+int store_remove(const char *dir)
+{
+	char path[512];
+	struct dirent *e;
+	DIR *d = opendir(dir);
+	int rc = 0;
+
+	if (!d)
+		return errno == ENOENT ? 0 : -1;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= (int)sizeof(path) ||
+		    unlink(path) < 0)
+			rc = -1;
+	}
+	closedir(d);
+	if (rmdir(dir) < 0)
+		rc = -1;
+	return rc;
+}
+
+/* A leftover of a dead daemon, and no router of it left holding it? */
+static bool store_dir_abandoned(const char *dir, pid_t pid)
+{
+	char lock[640];
+	int fd;
+	bool free_lock;
+
+	if (kill(pid, 0) == 0 || errno != ESRCH)
+		return false;
+	snprintf(lock, sizeof(lock), "%s/%s", dir, STORE_LOCK_FILE);
+	fd = open(lock, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT;
+	free_lock = flock(fd, LOCK_EX | LOCK_NB) == 0;
+	close(fd);
+	return free_lock;
+}
+
+int store_sweep(const char *root, pid_t self)
+{
+	char dir[512];
+	struct dirent *e;
+	DIR *d = opendir(root);
+	int removed = 0;
+
+	if (!d)
+		return 0;
+	while ((e = readdir(d))) {
+		char *end;
+		long pid;
+
+		if (strncmp(e->d_name, STORE_DIR_PREFIX, strlen(STORE_DIR_PREFIX)))
+			continue;
+		errno = 0;
+		pid = strtol(e->d_name + strlen(STORE_DIR_PREFIX), &end, 10);
+		if (errno || *end || pid <= 0 || pid == self)
+			continue;
+		snprintf(dir, sizeof(dir), "%s/%s", root, e->d_name);
+		if (!store_dir_abandoned(dir, (pid_t)pid))
+			continue;
+		if (store_remove(dir) < 0) {
+			log_warn("store: cannot remove %s, left by a stopped iotd: %s", dir,
+				 strerror(errno));
+			continue;
+		}
+		log_info("store: removed %s, left by a stopped iotd (pid %ld)", dir, pid);
+		removed++;
+	}
+	closedir(d);
+	return removed;
+}
+
+static int read_line(const char *path, char *buf, size_t len)
+{
+	FILE *f = fopen(path, "re");
+	bool ok;
+
+	if (!f)
+		return -1;
+	ok = fgets(buf, (int)len, f) != NULL;
+	fclose(f);
+	if (!ok)
+		return -1;
+	buf[strcspn(buf, "\n")] = '\0';
+	return 0;
+}
+
+int store_daemon_ident(pid_t daemon, char *buf, size_t len)
+{
+	/*
+	 * Without a boot id (hidden by systemd's ProcSubset=pid) the pid and
+	 * its start time, in clock ticks since boot, still tell daemons apart
+	 * unless two boots start it at the same pid within the same tick.
+	 * The wall clock would not do: NTP moves it.
+	 */
+	char boot[64] = "?", stat[1024], path[64];
+	unsigned long long start = 0;
+	const char *p;
+	int n;
+
+	read_line("/proc/sys/kernel/random/boot_id", boot, sizeof(boot));
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)daemon);
+	if (read_line(path, stat, sizeof(stat)) == 0 && (p = strrchr(stat, ')'))) {
+		/* Field 22 (starttime); the name in field 2 may hold spaces, hence from ')'. */
+		p++;
+		for (int field = 2; field < 22 && p; field++)
+			p = strchr(p + 1, ' ');
+		if (p)
+			start = strtoull(p + 1, NULL, 10);
+	}
+	n = snprintf(buf, len, "%s/%d/%llu", boot, (int)daemon, start);
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+static int store_lock(struct store *st, char *err, size_t errlen)
+{
+	char path[512];
+
+	snprintf(path, sizeof(path), "%s/%s", st->dir, STORE_LOCK_FILE);
+	st->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (st->lock_fd < 0) {
+		snprintf(err, errlen, "store %s: cannot open %s: %s", st->dir, path, strerror(errno));
+		return -1;
+	}
+	if (flock(st->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		snprintf(err, errlen, "store %s: %s", st->dir,
+			 errno == EWOULDBLOCK ? "in use by another iotd router" : strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int store_mkdir(struct store *st, char *err, size_t errlen)
+{
+	struct stat sb;
+
+	if (mkdir(st->dir, 0700) < 0 && errno != EEXIST) {
+		snprintf(err, errlen, "store %s: cannot create the directory: %s", st->dir,
+			 strerror(errno));
+		return -1;
+	}
+	if (stat(st->dir, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+		snprintf(err, errlen, "store %s: not a directory", st->dir);
+		return -1;
+	}
+	return 0;
+}
+
+static int store_env_open(struct store *st, size_t mapsize, char *err, size_t errlen)
+{
+	unsigned flags = MDB_NOLOCK | MDB_NOSYNC | MDB_NOMETASYNC | MDB_NOTLS;
+	int rc;
+
+	rc = mdb_env_create(&st->env);
+	if (rc == 0)
+		rc = mdb_env_set_maxdbs(st->env, STORE_MAX_DBS);
+	if (rc == 0)
+		rc = mdb_env_set_mapsize(st->env, mapsize);
+	if (rc == 0)
+		rc = mdb_env_open(st->env, st->dir, flags, 0600);
+	if (rc == 0)
+		return 0;
+	if (rc == MDB_INVALID)
+		snprintf(err, errlen, "store %s: not an iotd store (data.mdb is not an LMDB file)",
+			 st->dir);
+	else if (rc == MDB_VERSION_MISMATCH)
+		snprintf(err, errlen, "store %s: written by an incompatible LMDB version", st->dir);
+	else
+		snprintf(err, errlen, "store %s: cannot open: %s", st->dir, mdb_strerror(rc));
+	return -1;
+}
+
+/* Open every database of a store whose format was checked (or that is new). */
+static int store_dbs_open(struct store *st, MDB_txn *txn)
+{
+	int rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta);
+
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "sessions", MDB_CREATE, &st->sessions);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "subs", MDB_CREATE, &st->subs);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "queue", MDB_CREATE, &st->queue);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "retained", MDB_CREATE, &st->retained);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "outbox", MDB_CREATE, &st->outbox);
+	return rc;
+}
+
+/*
+ * An empty environment becomes a new store; one with iotd's meta must be
+ * of a format we know; anything else is somebody else's data.
+ */
+static int store_check_format(struct store *st, MDB_txn *txn, char *err, size_t errlen)
+{
+	MDB_dbi main_db, meta;
+	MDB_stat ms;
+	MDB_val k = mval("format", 6), v;
+	uint64_t format = STORE_FORMAT;
+	int rc = mdb_dbi_open(txn, "meta", 0, &meta);
+
+	if (rc == MDB_NOTFOUND) {
+		rc = mdb_dbi_open(txn, NULL, 0, &main_db);
+		if (rc == 0)
+			rc = mdb_stat(txn, main_db, &ms);
+		if (rc)
+			goto lmdb;
+		if (ms.ms_entries)
+			goto foreign;
+		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &meta);
+		v = mval(&format, sizeof(format));
+		if (rc == 0)
+			rc = mdb_put(txn, meta, &k, &v, 0);
+		if (rc)
+			goto lmdb;
+		return 0;
+	}
+	if (rc == MDB_INCOMPATIBLE)
+		goto foreign;
+	if (rc)
+		goto lmdb;
+	rc = mdb_get(txn, meta, &k, &v);
+	if (rc == MDB_NOTFOUND || (rc == 0 && v.mv_size != sizeof(format)))
+		goto foreign;
+	if (rc)
+		goto lmdb;
+	memcpy(&format, v.mv_data, sizeof(format));
+	if (format == STORE_FORMAT)
+		return 0;
+	if (format > STORE_FORMAT)
+		snprintf(err, errlen, "store %s: format %llu is newer than this iotd understands (%d): "
+			 "use a newer iotd or another storage.path", st->dir,
+			 (unsigned long long)format, STORE_FORMAT);
+	else
+		snprintf(err, errlen, "store %s: not an iotd store (format %llu)", st->dir,
+			 (unsigned long long)format);
+	return -1;
+foreign:
+	snprintf(err, errlen, "store %s: not an iotd store (an LMDB environment without iotd's meta)",
+		 st->dir);
+	return -1;
+lmdb:
+	snprintf(err, errlen, "store %s: reading the format: %s", st->dir, mdb_strerror(rc));
+	return -1;
+}
+
+static int store_prepare(struct store *st, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+
+	if (rc)
+		goto lmdb;
+	if (store_check_format(st, txn, err, errlen) < 0) {
+		mdb_txn_abort(txn);
+		return -1;
+	}
+	rc = store_dbs_open(st, txn);
+	if (rc) {
+		mdb_txn_abort(txn);
+		goto lmdb;
+	}
+	rc = mdb_txn_commit(txn);
+	if (rc == 0)
+		return 0;
+lmdb:
+	snprintf(err, errlen, "store %s: cannot prepare: %s", st->dir, mdb_strerror(rc));
+	return -1;
+}
+
+struct store *store_open(const char *dir, enum store_kind kind, size_t mapsize,
+			 char *err, size_t errlen)
+{
+	struct store *st = calloc(1, sizeof(*st));
+
+	if (!st) {
+		snprintf(err, errlen, "store %s: out of memory", dir);
+		return NULL;
+	}
+	st->kind = kind;
+	st->lock_fd = -1;
+	recw_init(&st->val);
+	if (snprintf(st->dir, sizeof(st->dir), "%s", dir) >= (int)sizeof(st->dir)) {
+		snprintf(err, errlen, "store %s: path too long", dir);
+		goto fail;
+	}
+	if (store_mkdir(st, err, errlen) < 0 || store_lock(st, err, errlen) < 0 ||
+	    store_env_open(st, mapsize, err, errlen) < 0 || store_prepare(st, err, errlen) < 0)
+		goto fail;
+	return st;
+fail:
+	store_close(&st);
+	return NULL;
+}
+
+void store_close(struct store **stp)
+{
+	struct store *st = stp ? *stp : NULL;
+
+	if (!st)
+		return;
+	store_abort(st);
+	if (st->env)
+		mdb_env_close(st->env);
+	if (st->lock_fd >= 0)
+		close(st->lock_fd);
+	recw_free(&st->val);
+	free(st->kbuf);
+	free(st);
+	*stp = NULL;
+}

@@ -1,0 +1,320 @@
+"""The router's state survives the router: kill -9 it while clients on
+both workers publish and receive, and nobody notices but the log. With
+storage.backend "disk" it also survives a restart of the whole daemon.
+
+Every test here kills or restarts iotd processes on purpose, so each one
+accepts the new process set (Broker.initial_pids) before its teardown
+checks the daemon's health."""
+
+import os
+import pwd
+import shutil
+import signal
+import tempfile
+import threading
+import time
+
+import pytest
+
+import mqttraw as m
+from helpers import T, PahoClient, proc_alive, proc_cmdline, uid, wait_for
+
+pytestmark = pytest.mark.iotd_only
+
+
+# ------------------------------------------------------------ helpers
+
+def router_pid(broker):
+    for p in broker.pids():
+        if proc_cmdline(p).startswith("iotd: router"):
+            return p
+    return None
+
+
+def kill_router(broker):
+    """SIGKILL the router; return once its successor runs and has logged
+    that it serves (it rebuilt its state first)."""
+    old = router_pid(broker)
+    assert old, f"no router among {[(p, proc_cmdline(p)) for p in broker.pids()]}"
+    serving = broker.log.count("router: serving")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not proc_alive(old), 5, f"router {old} to die")
+    new = wait_for(lambda: (lambda p: p if p and p != old else None)(router_pid(broker)), 10,
+                   "the supervisor to start a new router")
+    wait_for(lambda: broker.log.count("router: serving") > serving, 10,
+             "the new router to serve")
+    # The restart is deliberate: the teardown must not take it for a crash.
+    broker.initial_pids = set(broker.pids())
+    return new
+
+
+def raw(broker, cid, **kw):
+    c = m.RawClient(broker.port, timeout=T(5))
+    c.connect(cid, **kw)
+    return c
+
+
+def paho(broker, tag, **kw):
+    c = PahoClient(broker.port, uid(tag), **kw)
+    c.connect()
+    return c
+
+
+def payloads(client):
+    with client.lock:
+        return [msg.payload.decode() for msg in client.messages]
+
+
+def store_dir(broker):
+    return f"/dev/shm/iotd-{broker.proc.pid}"
+
+
+def disk_env(path):
+    return {"IOTD_STORAGE_BACKEND": "disk", "IOTD_STORAGE_PATH": str(path)}
+
+
+def children_uid():
+    """The user iotd's children run as when started as root (server.user
+    "iotd", else "nobody"); None when not root (no privilege drop)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("iotd", "nobody"):
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            pass
+    return None
+
+
+@pytest.fixture
+def store_parent():
+    """A directory the router may create storage.path in, even after it
+    left root (pytest's tmp_path is private to root)."""
+    d = tempfile.mkdtemp(prefix="iotd-e2e-store-")
+    os.chmod(d, 0o755)
+    u = children_uid()
+    if u is not None:
+        os.chown(d, u, -1)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Publisher(threading.Thread):
+    """Publishes numbered messages at QoS 0, 1 and 2 in turn until stopped;
+    keeps the paho handle of each so the test knows which ones were
+    acknowledged (PUBACK / PUBCOMP)."""
+
+    def __init__(self, client, tag, topic):
+        super().__init__(daemon=True)
+        self.client, self.tag, self.topic = client, tag, topic
+        self.sent = []            # (payload, qos, MQTTMessageInfo)
+        self.stop = threading.Event()
+
+    def run(self):
+        i = 0
+        while not self.stop.is_set():
+            qos = i % 3
+            payload = f"{self.tag}-q{qos}-{i}"
+            info = self.client.publish(self.topic, payload, qos=qos, wait=False)
+            self.sent.append((payload, qos, info))
+            i += 1
+            time.sleep(0.003)
+
+    def acknowledged(self, qos, timeout=20):
+        out = []
+        for payload, q, info in self.sent:
+            if q != qos:
+                continue
+            info.wait_for_publish(T(timeout))
+            assert info.is_published(), f"{payload} never acknowledged"
+            out.append(payload)
+        return out
+
+
+# ------------------------------------------------------------ tests
+
+def test_router_crash_under_traffic_loses_no_acknowledged_message_and_no_client(broker):
+    s1, s2 = paho(broker, "csub1"), paho(broker, "csub2")
+    p1, p2 = paho(broker, "cpub1"), paho(broker, "cpub2")
+    broker.assert_different_workers(s1, s2)
+    broker.assert_different_workers(p1, p2)
+    for s in (s1, s2):
+        s.subscribe("crash/#", qos=2)
+    pubs = [Publisher(p1, "a", "crash/a"), Publisher(p2, "b", "crash/b")]
+    for p in pubs:
+        p.start()
+    time.sleep(T(0.5))
+    kill_router(broker)
+    time.sleep(T(0.5))
+    for p in pubs:
+        p.stop.set()
+        p.join(T(10))
+
+    for p in pubs:
+        q1, q2 = p.acknowledged(1), p.acknowledged(2)
+        assert q1 and q2, "the publishers should have run across the crash"
+        for s in (s1, s2):
+            wait_for(lambda: set(q1 + q2) <= set(payloads(s)), 20,
+                     f"{s.client_id} to receive every acknowledged QoS 1/2 message of {p.tag}")
+            got = payloads(s)
+            twice = [x for x in q2 if got.count(x) != 1]
+            assert not twice, f"QoS 2 messages not delivered exactly once: {twice[:10]}"
+    for c in (s1, s2, p1, p2):
+        assert c.disconnected is None, f"{c.client_id} was disconnected by the router's crash"
+        c.disconnect()
+
+
+def test_subscriptions_retained_and_queues_survive_a_router_crash(broker):
+    sub = raw(broker, uid("ksub"))
+    sub.subscribe([("keep/live", 1)])
+    pub = raw(broker, uid("kpub"))
+    broker.assert_different_workers(sub, pub)
+    pub.publish("keep/ret", b"retained-before", qos=1, pid=1, retain=True)
+    off_id = uid("koff")
+    off = raw(broker, off_id, clean=False)
+    off.subscribe([("keep/q", 2)])
+    off.disconnect()
+    for i in range(3):
+        pub.publish("keep/q", f"queued-{i}".encode(), qos=1 + i % 2, pid=10 + i)
+
+    kill_router(broker)
+
+    # The subscription is still in force: no resubscribe.
+    pub.publish("keep/live", b"after-crash", qos=1, pid=2)
+    p = sub.recv_publish(timeout=T(10))
+    assert (p.topic, p.payload) == ("keep/live", b"after-crash")
+    # The retained message is still there for a new subscriber.
+    late = raw(broker, uid("klate"))
+    late.subscribe([("keep/ret", 0)])
+    p = late.recv_publish(timeout=T(5))
+    assert (p.topic, p.payload, p.retain) == ("keep/ret", b"retained-before", True)
+    # The persistent session and its queue are back.
+    off = m.RawClient(broker.port, timeout=T(5))
+    assert off.connect(off_id, clean=False).session_present is True
+    got = [x.payload for x in off.recv_publishes(3, timeout=T(10))]
+    assert got == [b"queued-0", b"queued-1", b"queued-2"]
+    off.expect_no_packet(0.3)
+    assert sub.is_open() and pub.is_open()
+    for c in (sub, pub, late, off):
+        c.disconnect()
+
+
+def test_connections_restored_after_a_crash_keep_their_will_and_can_be_taken_over(broker):
+    watcher = raw(broker, uid("wwatch"))
+    watcher.subscribe([("will/#", 1)])
+    cid = uid("wdev")
+    dev = raw(broker, cid, clean=False, will=("will/dev", b"dev-gone", 1, False))
+    broker.assert_different_workers(watcher, dev)
+    taken_id = uid("wtake")
+    taken = raw(broker, taken_id)
+
+    kill_router(broker)
+
+    # The new router knows the connection: its will goes out when it breaks.
+    dev.close()
+    p = watcher.recv_publish(timeout=T(10))
+    assert (p.topic, p.payload) == ("will/dev", b"dev-gone")
+    # And a connection from before the crash can be taken over.
+    again = raw(broker, taken_id)
+    taken.expect_closed(T(5))
+    dev2 = m.RawClient(broker.port, timeout=T(5))
+    assert dev2.connect(cid, clean=False).session_present is True
+    for c in (watcher, again, dev2):
+        c.disconnect()
+
+
+def test_two_crashes_in_a_row_still_keep_everything(broker):
+    sub = raw(broker, uid("twosub"))
+    sub.subscribe([("two/#", 2)])
+    pub = raw(broker, uid("twopub"))
+    for round_ in range(2):
+        pub.publish("two/r", f"retained-{round_}".encode(), qos=2, pid=1 + round_, retain=True)
+        p = sub.recv_publish(timeout=T(5))
+        assert p.payload == f"retained-{round_}".encode()
+        kill_router(broker)
+    pub.publish("two/x", b"after-two-crashes", qos=2, pid=9)
+    assert sub.recv_publish(timeout=T(10)).payload == b"after-two-crashes"
+    sub.expect_no_packet(0.3)
+    late = raw(broker, uid("twolate"))
+    late.subscribe([("two/r", 2)])
+    assert late.recv_publish(timeout=T(5)).payload == b"retained-1"
+    for c in (sub, pub, late):
+        c.disconnect()
+
+
+def test_memory_store_lives_with_the_daemon(start_broker):
+    b = start_broker()
+    wait_for(lambda: os.path.isdir(store_dir(b)), 5, f"{store_dir(b)} to exist")
+    d = store_dir(b)
+    b.stop(signal.SIGINT)
+    wait_for(lambda: not os.path.exists(d), 5, f"{d} to be removed at a graceful stop")
+
+    # SIGTERM kills the router without goodbyes: the next daemon clears the leftover.
+    b2 = start_broker()
+    d2 = store_dir(b2)
+    wait_for(lambda: os.path.isdir(d2), 5, f"{d2} to exist")
+    b2.stop(signal.SIGTERM)
+    assert os.path.isdir(d2), "the store of a daemon stopped by SIGTERM stays until swept"
+    b3 = start_broker()
+    wait_for(lambda: not os.path.exists(d2), 5, f"{d2} to be swept by the next daemon")
+    b3.stop(signal.SIGINT)
+
+
+def test_disk_store_survives_a_daemon_restart(start_broker, store_parent):
+    env = disk_env(os.path.join(store_parent, "store"))
+    b = start_broker(env=env)
+    pub = raw(b, uid("dpub"))
+    pub.publish("disk/ret", b"kept-on-disk", qos=1, pid=1, retain=True)
+    away_id, online_id = uid("daway"), uid("donline")
+    away = raw(b, away_id, clean=False)
+    away.subscribe([("disk/q/#", 2)])
+    away.disconnect()
+    online = raw(b, online_id, clean=False, will=("disk/will", b"must-not-fire", 1, False))
+    online.subscribe([("disk/live", 1)])
+    clean_id = uid("dclean")
+    clean = raw(b, clean_id, clean=True)
+    clean.subscribe([("disk/live", 1)])
+    for i in range(4):
+        pub.publish(f"disk/q/{i}", f"queued-{i}".encode(), qos=1 + i % 2, pid=10 + i)
+    b.stop(signal.SIGTERM)
+    for c in (pub, online, clean):
+        c.close()
+
+    b2 = start_broker(env=env)
+    watch = raw(b2, uid("dwatch"))
+    watch.subscribe([("disk/#", 1)], pid=2)
+    p = watch.recv_publish(timeout=T(5))
+    assert (p.topic, p.payload, p.retain) == ("disk/ret", b"kept-on-disk", True)
+    # No will of the previous daemon's connections fires on start.
+    watch.expect_no_packet(0.5)
+
+    away = m.RawClient(b2.port, timeout=T(5))
+    assert away.connect(away_id, clean=False).session_present is True
+    got = [x.payload for x in away.recv_publishes(4, timeout=T(10))]
+    assert got == [f"queued-{i}".encode() for i in range(4)]
+    online = m.RawClient(b2.port, timeout=T(5))
+    assert online.connect(online_id, clean=False).session_present is True
+    c2 = m.RawClient(b2.port, timeout=T(5))
+    assert c2.connect(clean_id, clean=False).session_present is False, \
+        "a clean session must not outlive its daemon"
+    pub2 = raw(b2, uid("dpub2"))
+    pub2.publish("disk/live", b"still-subscribed", qos=1, pid=3)
+    p = online.recv_publish(timeout=T(5))
+    assert p.payload == b"still-subscribed"
+    c2.expect_no_packet(0.3)
+    for c in (watch, away, online, c2, pub2):
+        c.disconnect()
+
+
+def test_disk_store_of_another_program_is_refused(start_broker, store_parent):
+    store = os.path.join(store_parent, "notours")
+    os.mkdir(store)
+    with open(os.path.join(store, "data.mdb"), "wb") as f:
+        f.write(b"this is not an LMDB file\n" * 400)
+    u = children_uid()
+    if u is not None:
+        for p in (store, os.path.join(store, "data.mdb")):
+            os.chown(p, u, -1)
+    b = start_broker(env=disk_env(store), wait=False)
+    wait_for(lambda: "not an iotd store" in b.log, 10, "the router to refuse the store")
+    b.stop(signal.SIGTERM)

@@ -1,0 +1,225 @@
+"""Hostile CONNECTs and packet order: a first packet that is not CONNECT, a
+second CONNECT, server-only packets from a client, and every invalid
+CONNECT field. Each case asserts the exact reaction (closed without a reply,
+or one CONNACK with a given code, then closed), that a connected client's
+will is published when it breaks the protocol, and that a bystander
+subscribed throughout received every message while no daemon process died
+(the `bystander` fixture, conftest.py)."""
+
+import pytest
+
+import mqttraw as m
+from helpers import T, uid
+
+
+def raw(broker):
+    return m.RawClient(broker.port, timeout=T(5))
+
+
+def closed_without_reply(c, timeout=5):
+    got = c.expect_closed(T(timeout))
+    assert got == [], f"expected the connection closed without a reply, got {got!r}"
+
+
+def refused_with(c, rc, timeout=5):
+    """Exactly one CONNACK (session present 0, return code rc), then closed."""
+    got = c.expect_closed(T(timeout))
+    assert [(p.type, p.body) for p in got] == [(m.CONNACK, bytes([0, rc]))], \
+        f"expected CONNACK {rc} then close, got {got!r}"
+
+
+class WillWatch:
+    """A client subscribed to one will topic."""
+
+    def __init__(self, broker):
+        self.topic = f"will/{uid('w')}"
+        self.c = raw(broker)
+        self.c.connect(uid("watch"))
+        self.c.subscribe([(self.topic, 1)])
+
+    def will(self, payload=b"will"):
+        return (self.topic, payload, 1, False)
+
+    def expect_will(self, payload=b"will"):
+        p = self.c.recv_publish(timeout=T(5))
+        assert (p.topic, p.payload) == (self.topic, payload), repr(p)
+
+    def expect_no_will(self, t=0.5):
+        self.c.expect_no_packet(t)
+
+    def close(self):
+        self.c.close()
+
+
+@pytest.fixture
+def will_watch(broker):
+    w = WillWatch(broker)
+    yield w
+    w.close()
+
+
+# --- packet order -----------------------------------------------------------
+
+@pytest.mark.parametrize("pkt", [
+    pytest.param(m.publish("by/first", b"x"), id="publish"),
+    pytest.param(m.publish("by/first", b"x", qos=1, pid=1), id="publish-qos1"),
+    pytest.param(m.subscribe(1, [("by/#", 0)]), id="subscribe"),
+    pytest.param(m.unsubscribe(1, ["by/#"]), id="unsubscribe"),
+    pytest.param(m.pingreq(), id="pingreq"),
+    pytest.param(m.puback(1), id="puback"),
+    pytest.param(m.pubrel(1), id="pubrel"),
+    pytest.param(m.disconnect(), id="disconnect"),
+    pytest.param(m.connack(), id="connack"),
+    pytest.param(m.suback(1, [0]), id="suback"),
+    pytest.param(m.pingresp(), id="pingresp"),
+])
+def test_first_packet_not_connect_closes_without_reply(broker, bystander, pkt):
+    with raw(broker) as c:
+        c.send(pkt)
+        closed_without_reply(c)
+    bystander.check()
+
+
+def test_second_connect_closes_and_publishes_the_will(broker, bystander, will_watch):
+    with raw(broker) as c:
+        c.connect(uid("twice"), will=will_watch.will(b"second-connect"))
+        c.send(m.connect(uid("twice-again")))
+        closed_without_reply(c)
+    will_watch.expect_will(b"second-connect")
+    bystander.check()
+
+
+@pytest.mark.parametrize("pkt", [
+    pytest.param(m.connack(), id="connack"),
+    pytest.param(m.suback(1, [0]), id="suback",
+                 marks=pytest.mark.mosquitto_differs("Mosquitto ignores SUBACK from a client")),
+    pytest.param(m.unsuback(1), id="unsuback",
+                 marks=pytest.mark.mosquitto_differs("Mosquitto ignores UNSUBACK from a client")),
+    pytest.param(m.pingresp(), id="pingresp",
+                 marks=pytest.mark.mosquitto_differs("Mosquitto ignores PINGRESP from a client")),
+])
+def test_server_only_packet_closes_and_publishes_the_will(broker, bystander, will_watch, pkt):
+    with raw(broker) as c:
+        c.connect(uid("srvonly"), will=will_watch.will(b"server-only"))
+        c.send(pkt)
+        closed_without_reply(c)
+    will_watch.expect_will(b"server-only")
+    bystander.check()
+
+
+@pytest.mark.parametrize("pkt", [
+    pytest.param(m.with_flags(m.disconnect(), 0x1), id="disconnect-reserved-flags"),
+    pytest.param(bytes([0x00, 0x00]), id="reserved-type-0"),
+    pytest.param(m.with_flags(m.subscribe(1, [("a", 0)]), 0x0), id="subscribe-flags-0"),
+    pytest.param(m.publish("", b"x"), id="publish-empty-topic"),
+    pytest.param(m.publish("by/+", b"x"), id="publish-wildcard"),
+    pytest.param(m.publish(b"by/\xc0\xaf", b"x"), id="publish-overlong-utf8"),
+])
+def test_protocol_violation_publishes_the_will(broker, bystander, will_watch, pkt):
+    """A connection ended by a protocol violation is not a DISCONNECT: the
+    will goes out [MQTT-3.1.2-8]."""
+    with raw(broker) as c:
+        c.connect(uid("violate"), will=will_watch.will(b"violation"))
+        c.send(pkt)
+        closed_without_reply(c)
+    will_watch.expect_will(b"violation")
+    bystander.check()
+
+
+def test_disconnect_discards_the_will(broker, bystander, will_watch):
+    """The control for the cases above: a clean DISCONNECT publishes nothing."""
+    with raw(broker) as c:
+        c.connect(uid("clean"), will=will_watch.will(b"must-not"))
+        c.send(m.disconnect())
+        closed_without_reply(c)
+    will_watch.expect_no_will(0.5)
+    bystander.check()
+
+
+# --- CONNECT fields ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["MQTX", "mqtt", "MQTT\x00", "MQ", "", "MQIsdpX"])
+def test_unknown_protocol_name_closes_without_connack(broker, bystander, name):
+    with raw(broker) as c:
+        c.send(m.connect(uid("name"), proto_name=name))
+        closed_without_reply(c)
+    bystander.check()
+
+
+@pytest.mark.parametrize("name,level", [("MQTT", 3), ("MQTT", 5), ("MQTT", 0), ("MQTT", 255),
+                                        ("MQIsdp", 4)])
+def test_unsupported_protocol_level_gets_connack_1(broker, bystander, name, level):
+    with raw(broker) as c:
+        c.send(m.connect(uid("level"), proto_name=name, level=level))
+        refused_with(c, 1)
+    bystander.check()
+
+
+def test_mqtt5_connect_gets_connack_1(broker, bystander):
+    """A real MQTT 5 CONNECT (properties included) is answered in 3.1.1
+    form: 20 02 00 01, then closed [MQTT-3.1.2-2]."""
+    with raw(broker) as c:
+        c.send(m.connect_v5(uid("v5")))
+        refused_with(c, 1)
+    bystander.check()
+
+
+@pytest.mark.parametrize("kw", [
+    pytest.param(dict(will=("by/w", b"x", 3, False)), id="will-qos-3"),
+    pytest.param(dict(will_flag=False, will_qos=3), id="will-qos-3-without-will"),
+    pytest.param(dict(will_flag=False, will_retain=True), id="will-retain-without-will"),
+    pytest.param(dict(will_flag=False, will_qos=1), id="will-qos-1-without-will"),
+    pytest.param(dict(password=b"secret", username_flag=False), id="password-without-username"),
+    pytest.param(dict(reserved=True), id="reserved-connect-flag"),
+    pytest.param(dict(will=("by/+", b"x", 0, False)), id="will-topic-wildcard"),
+    pytest.param(dict(will=("", b"x", 0, False)), id="will-topic-empty"),
+])
+def test_invalid_connect_flags_close_without_connack(broker, bystander, kw):
+    with raw(broker) as c:
+        c.send(m.connect(uid("flags"), **kw))
+        closed_without_reply(c)
+    bystander.check()
+
+
+def test_empty_client_id_with_clean_session_0_gets_connack_2(broker, bystander):
+    with raw(broker) as c:
+        c.send(m.connect("", clean=False))
+        refused_with(c, 2)
+    bystander.check()
+
+
+def test_empty_client_id_with_clean_session_1_is_accepted(broker, bystander):
+    with raw(broker) as c:
+        c.connect("", clean=True)
+        c.subscribe([("anon/t", 1)])
+        c.publish("anon/t", b"me", qos=1, pid=3)
+        assert c.recv_publish(timeout=T(5)).payload == b"me"
+        c.disconnect()
+    bystander.check()
+
+
+def test_client_id_of_65535_bytes_is_accepted_and_works(broker, bystander):
+    """3.1.1 lets a server accept any client id length: iotd takes the
+    longest one the wire can carry, serves it, and takes it over."""
+    cid = ("L" + uid("long")).ljust(65535, "x")
+    with raw(broker) as c:
+        ack = c.connect(cid, clean=True)
+        assert (ack.session_present, ack.rc) == (False, 0)
+        c.subscribe([("long/t", 1)])
+        c.publish("long/t", b"to-myself", qos=1, pid=4)
+        assert c.recv_publish(timeout=T(5)).payload == b"to-myself"
+        with raw(broker) as c2:
+            c2.connect(cid, clean=True)
+            # the older connection is taken over: closed, nothing more sent
+            assert c.expect_closed(T(5)) == []
+            c2.ping()
+            c2.disconnect()
+    bystander.check()
+
+
+def test_username_and_password_are_accepted_when_authentication_is_off(broker, bystander):
+    with raw(broker) as c:
+        c.connect(uid("user"), username="someone", password=b"\x00\xff binary")
+        c.ping()
+        c.disconnect()
+    bystander.check()

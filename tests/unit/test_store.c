@@ -1,0 +1,760 @@
+/*
+ * test_store.c - the router's LMDB store: what is written comes back after
+ * a reopen, what was not committed does not, and stores iotd must not
+ * touch are refused.
+ *
+ * Each test works in its own temporary directory, removed at teardown.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <lmdb.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "rec.h"
+#include "store.h"
+
+#define MAP ((size_t)64 << 20)
+
+struct fx {
+	char dir[64];
+	char path[128];          /* the store: dir/s */
+	struct store *st;
+};
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return -1;
+	snprintf(f->dir, sizeof(f->dir), "/tmp/iotd-test-store-XXXXXX");
+	if (!mkdtemp(f->dir))
+		return -1;
+	snprintf(f->path, sizeof(f->path), "%s/s", f->dir);
+	*state = f;
+	return 0;
+}
+
+static void rm_rf(const char *dir)
+{
+	char cmd[256];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+
+	store_close(&f->st);
+	rm_rf(f->dir);
+	free(f);
+	return 0;
+}
+
+static struct store *open_ok(struct fx *f)
+{
+	char err[512] = "";
+
+	f->st = store_open(f->path, STORE_DISK, MAP, err, sizeof(err));
+	if (!f->st)
+		fail_msg("store_open: %s", err);
+	return f->st;
+}
+
+static void reopen(struct fx *f)
+{
+	store_close(&f->st);
+	open_ok(f);
+}
+
+/* ---- collecting what the store gives back ------------------------------- */
+
+struct got_session {
+	uint32_t sid;
+	bool clean, online, pending;
+	char client_id[64], remote[64];
+	uint64_t last_seen, conn, pend_conn;
+	uint16_t ids[8], n_ids;
+	bool will_flag;
+	uint8_t will_qos, will_retain;
+	char will_topic[64], will_payload[64];
+};
+
+struct got_msg {
+	uint32_t sid;
+	uint64_t order;
+	uint16_t packet_id;
+	uint8_t state, qos, retain;
+	char topic[1024], payload[64];
+};
+
+struct got {
+	struct got_session s[8];
+	size_t ns;
+	struct { uint32_t sid; char filter[1024]; uint8_t qos; } sub[8];
+	size_t nsub;
+	struct got_msg q[16];
+	size_t nq;
+	struct { char topic[1024]; uint8_t qos; char payload[64]; } ret[8];
+	size_t nret;
+	struct { uint64_t seq; uint16_t type; char data[64]; } held[8];
+	size_t nheld;
+};
+
+static void copy_str(char *dst, size_t cap, const void *src, size_t len)
+{
+	assert_true(len < cap);
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
+static void got_session(void *arg, const struct store_session *s)
+{
+	struct got *g = arg;
+	struct got_session *o = &g->s[g->ns++];
+
+	assert_true(g->ns <= 8);
+	o->sid = s->sid;
+	o->clean = s->clean;
+	o->online = s->online;
+	o->pending = s->pending;
+	copy_str(o->client_id, sizeof(o->client_id), s->client_id, s->client_id_len);
+	copy_str(o->remote, sizeof(o->remote), s->remote, strlen(s->remote));
+	o->last_seen = s->last_seen_ms;
+	o->n_ids = s->n_qos2_ids;
+	memcpy(o->ids, s->qos2_ids, s->n_qos2_ids * sizeof(uint16_t));
+	if (s->online) {
+		o->conn = s->cx.conn;
+		o->will_flag = s->cx.will_flag;
+		o->will_qos = s->cx.will_qos;
+		o->will_retain = s->cx.will_retain;
+		copy_str(o->will_topic, sizeof(o->will_topic), s->cx.will_topic,
+			 s->cx.will_topic_len);
+		copy_str(o->will_payload, sizeof(o->will_payload), s->cx.will_payload,
+			 s->cx.will_payload_len);
+	}
+	if (s->pending)
+		o->pend_conn = s->pend.conn;
+}
+
+static void got_sub(void *arg, uint32_t sid, const char *filter, uint16_t len, uint8_t qos)
+{
+	struct got *g = arg;
+
+	assert_true(g->nsub < 8);
+	g->sub[g->nsub].sid = sid;
+	copy_str(g->sub[g->nsub].filter, sizeof(g->sub[0].filter), filter, len);
+	g->sub[g->nsub++].qos = qos;
+}
+
+static void got_queued(void *arg, uint32_t sid, uint64_t order, const struct store_msg *m)
+{
+	struct got *g = arg;
+	struct got_msg *o = &g->q[g->nq++];
+
+	assert_true(g->nq <= 16);
+	o->sid = sid;
+	o->order = order;
+	o->packet_id = m->packet_id;
+	o->state = m->state;
+	o->qos = m->qos;
+	o->retain = m->retain;
+	copy_str(o->topic, sizeof(o->topic), m->topic, m->topic_len);
+	copy_str(o->payload, sizeof(o->payload), m->payload, m->payload_len);
+}
+
+static void got_retained(void *arg, const char *topic, uint16_t len, uint8_t qos,
+			 const uint8_t *payload, uint32_t payload_len)
+{
+	struct got *g = arg;
+
+	assert_true(g->nret < 8);
+	copy_str(g->ret[g->nret].topic, sizeof(g->ret[0].topic), topic, len);
+	copy_str(g->ret[g->nret].payload, sizeof(g->ret[0].payload), payload, payload_len);
+	g->ret[g->nret++].qos = qos;
+}
+
+static void got_held(void *arg, uint64_t seq, uint16_t type, const void *data, uint32_t len)
+{
+	struct got *g = arg;
+
+	assert_true(g->nheld < 8);
+	g->held[g->nheld].seq = seq;
+	g->held[g->nheld].type = type;
+	copy_str(g->held[g->nheld++].data, sizeof(g->held[0].data), data, len);
+}
+
+static struct got *read_all(struct store *st)
+{
+	struct got *g = calloc(1, sizeof(*g));
+
+	assert_non_null(g);
+	assert_int_equal(store_each_session(st, got_session, g), 0);
+	assert_int_equal(store_each_sub(st, got_sub, g), 0);
+	assert_int_equal(store_each_queued(st, got_queued, g), 0);
+	assert_int_equal(store_each_retained(st, got_retained, g), 0);
+	return g;
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static const uint16_t IDS[] = { 7, 300, 65535 };
+
+static void put_session(struct store *st, uint32_t sid, const char *id, bool clean, uint64_t conn,
+			uint64_t pend_conn)
+{
+	struct store_session s = {
+		.sid = sid,
+		.clean = clean,
+		.client_id = id,
+		.client_id_len = (uint16_t)strlen(id),
+		.remote = "127.0.0.1:5000",
+		.last_seen_ms = 1234,
+		.qos2_ids = IDS,
+		.n_qos2_ids = 3,
+		.online = conn != 0,
+		.pending = pend_conn != 0,
+	};
+
+	s.cx = (struct store_connect){
+		.conn = conn, .clean = clean, .will_flag = true, .will_qos = 1, .will_retain = 1,
+		.keepalive = 30, .remote = "127.0.0.1:5000", .will_topic = "gone/x",
+		.will_topic_len = 6, .will_payload = (const uint8_t *)"bye", .will_payload_len = 3,
+	};
+	s.pend = (struct store_connect){ .conn = pend_conn, .remote = "10.0.0.1:1" };
+	store_session_put(st, &s);
+}
+
+static void put_msg(struct store *st, uint32_t sid, uint64_t order, const char *topic,
+		    const char *payload)
+{
+	struct store_msg m = {
+		.packet_id = (uint16_t)order, .state = MSG_QUEUED, .qos = 1, .retain = 0,
+		.topic = topic, .topic_len = (uint16_t)strlen(topic),
+		.payload = (const uint8_t *)payload, .payload_len = (uint32_t)strlen(payload),
+	};
+
+	store_queue_put(st, sid, order, &m);
+}
+
+static void put_retained(struct store *st, const char *topic, const char *payload)
+{
+	store_retained_put(st, topic, (uint16_t)strlen(topic), 1, (const uint8_t *)payload,
+			   (uint32_t)strlen(payload));
+}
+
+/* A topic longer than an LMDB key: 'len' bytes of 'fill' ending in 'tail'. */
+static char *long_topic(size_t len, char fill, const char *tail)
+{
+	char *t = malloc(len + 1);
+
+	assert_non_null(t);
+	memset(t, fill, len);
+	memcpy(t + len - strlen(tail), tail, strlen(tail));
+	t[len] = '\0';
+	return t;
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static void everything_written_comes_back_after_reopen(void **state)
+{
+	struct fx *f = *state;
+	char *lt1 = long_topic(900, 'a', "/one"), *lt2 = long_topic(900, 'a', "/two");
+	struct got *g;
+	uint64_t v;
+
+	open_ok(f);
+	put_session(f->st, 1, "alpha", false, 0x0100000100010001ull, 0x0000000100020001ull);
+	put_session(f->st, 2, "beta", false, 0, 0);
+	store_sub_put(f->st, 1, "a/+/c", 5, 1);
+	store_sub_put(f->st, 1, lt1, 900, 2);
+	store_sub_put(f->st, 1, lt2, 900, 0);
+	store_sub_put(f->st, 2, "#", 1, 2);
+	put_msg(f->st, 2, 5, "t/1", "five");
+	put_msg(f->st, 2, 3, "t/1", "three");
+	put_retained(f->st, "r/1", "one");
+	put_retained(f->st, lt1, "long one");
+	put_retained(f->st, lt2, "long two");
+	store_meta_put(f->st, "next_sid", 3);
+	assert_int_equal(store_commit(f->st), 0);
+	reopen(f);
+
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 2);
+	assert_int_equal(g->s[0].sid, 1);
+	assert_string_equal(g->s[0].client_id, "alpha");
+	assert_false(g->s[0].clean);
+	assert_true(g->s[0].online);
+	assert_int_equal(g->s[0].conn, 0x0100000100010001ull);
+	assert_true(g->s[0].pending);
+	assert_int_equal(g->s[0].pend_conn, 0x0000000100020001ull);
+	assert_true(g->s[0].will_flag);
+	assert_int_equal(g->s[0].will_qos, 1);
+	assert_int_equal(g->s[0].will_retain, 1);
+	assert_string_equal(g->s[0].will_topic, "gone/x");
+	assert_string_equal(g->s[0].will_payload, "bye");
+	assert_string_equal(g->s[0].remote, "127.0.0.1:5000");
+	assert_int_equal(g->s[0].last_seen, 1234);
+	assert_int_equal(g->s[0].n_ids, 3);
+	assert_memory_equal(g->s[0].ids, IDS, sizeof(IDS));
+	assert_false(g->s[1].online);
+	assert_false(g->s[1].pending);
+
+	assert_int_equal(g->nsub, 4);
+	assert_int_equal(g->sub[0].sid, 1);
+	assert_string_equal(g->sub[0].filter, "a/+/c");
+	/* Two long filters sharing their first 400 bytes stay two. */
+	assert_string_equal(g->sub[1].filter, lt1);
+	assert_int_equal(g->sub[1].qos, 2);
+	assert_string_equal(g->sub[2].filter, lt2);
+	assert_int_equal(g->sub[2].qos, 0);
+	assert_int_equal(g->sub[3].sid, 2);
+
+	/* The queue comes back in order, not in the order it was written. */
+	assert_int_equal(g->nq, 2);
+	assert_int_equal(g->q[0].order, 3);
+	assert_string_equal(g->q[0].payload, "three");
+	assert_int_equal(g->q[1].order, 5);
+	assert_int_equal(g->q[1].qos, 1);
+	assert_string_equal(g->q[1].topic, "t/1");
+
+	assert_int_equal(g->nret, 3);
+	assert_string_equal(g->ret[0].topic, lt1);
+	assert_string_equal(g->ret[0].payload, "long one");
+	assert_string_equal(g->ret[1].topic, lt2);
+	assert_string_equal(g->ret[2].topic, "r/1");
+	assert_int_equal(g->ret[2].qos, 1);
+
+	assert_true(store_meta_get(f->st, "next_sid", &v));
+	assert_int_equal(v, 3);
+	assert_false(store_meta_get(f->st, "tail/0", &v));
+	free(g);
+	free(lt1);
+	free(lt2);
+}
+
+static void uncommitted_changes_are_lost_like_in_a_crash(void **state)
+{
+	struct fx *f = *state;
+	struct got *g;
+
+	open_ok(f);
+	put_retained(f->st, "kept", "1");
+	assert_int_equal(store_commit(f->st), 0);
+	put_retained(f->st, "lost", "2");
+	put_session(f->st, 9, "lost", true, 0, 0);
+	store_abort(f->st);
+	put_retained(f->st, "also-lost", "3");
+	reopen(f);                      /* closing aborts too */
+
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 0);
+	assert_int_equal(g->nret, 1);
+	assert_string_equal(g->ret[0].topic, "kept");
+	free(g);
+}
+
+static void deletes_remove_sessions_with_their_subscriptions_and_queue(void **state)
+{
+	struct fx *f = *state;
+	char *lt = long_topic(700, 'z', "/x");
+	struct got *g;
+
+	open_ok(f);
+	put_session(f->st, 1, "one", false, 0, 0);
+	put_session(f->st, 2, "two", false, 0, 0);
+	store_sub_put(f->st, 1, "a", 1, 0);
+	store_sub_put(f->st, 1, lt, 700, 1);
+	store_sub_put(f->st, 2, "b", 1, 1);
+	store_sub_put(f->st, 2, lt, 700, 1);
+	put_msg(f->st, 1, 1, "a", "x");
+	put_msg(f->st, 2, 1, "b", "y");
+	put_msg(f->st, 2, 2, "b", "z");
+	assert_int_equal(store_commit(f->st), 0);
+
+	store_session_del(f->st, 1);
+	store_sub_del(f->st, 2, lt, 700);
+	store_sub_del(f->st, 2, "nope", 4);         /* absent: nothing happens */
+	assert_int_equal(store_commit(f->st), 0);
+	reopen(f);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 1);
+	assert_int_equal(g->s[0].sid, 2);
+	assert_int_equal(g->nsub, 1);
+	assert_string_equal(g->sub[0].filter, "b");
+	assert_int_equal(g->nq, 2);
+	assert_int_equal(g->q[0].sid, 2);
+	free(g);
+
+	store_queue_clear(f->st, 2);
+	assert_int_equal(store_commit(f->st), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->nq, 0);
+	assert_int_equal(g->ns, 1);
+	free(g);
+	free(lt);
+}
+
+static void retained_messages_are_replaced_and_cleared(void **state)
+{
+	struct fx *f = *state;
+	char *lt1 = long_topic(1000, 'q', "/1"), *lt2 = long_topic(1000, 'q', "/2");
+	struct got *g;
+
+	open_ok(f);
+	put_retained(f->st, "a", "first");
+	put_retained(f->st, "a", "second");
+	put_retained(f->st, lt1, "L1");
+	put_retained(f->st, lt2, "L2");
+	put_retained(f->st, lt1, "L1 again");
+	assert_int_equal(store_commit(f->st), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->nret, 3);
+	assert_string_equal(g->ret[0].payload, "second");
+	assert_string_equal(g->ret[1].payload, "L1 again");
+	assert_string_equal(g->ret[2].payload, "L2");
+	free(g);
+
+	store_retained_del(f->st, lt1, 1000);
+	store_retained_del(f->st, "a", 1);
+	assert_int_equal(store_commit(f->st), 0);
+	reopen(f);
+	g = read_all(f->st);
+	assert_int_equal(g->nret, 1);
+	assert_string_equal(g->ret[0].topic, lt2);
+	free(g);
+	free(lt1);
+	free(lt2);
+}
+
+static void ring_positions_and_held_records_are_kept_per_ring(void **state)
+{
+	struct fx *f = *state;
+	struct got g = { 0 };
+	uint64_t v;
+
+	open_ok(f);
+	store_meta_put(f->st, "tail/0", 4096);
+	store_meta_put(f->st, "head/1", 1u << 20);
+	store_outbox_put(f->st, 1, 7, REC_DELIVER, "seven", 5);
+	store_outbox_put(f->st, 1, 8, REC_KICK, "eight", 5);
+	store_outbox_put(f->st, 0, 1, REC_CONNACK, "zero", 4);
+	store_outbox_put(f->st, 2, 1, REC_SUBACK, "two", 3);
+	assert_int_equal(store_commit(f->st), 0);
+	store_outbox_del(f->st, 1, 7);
+	assert_int_equal(store_commit(f->st), 0);
+	reopen(f);
+
+	assert_true(store_meta_get(f->st, "tail/0", &v));
+	assert_int_equal(v, 4096);
+	assert_true(store_meta_get(f->st, "head/1", &v));
+	assert_int_equal(v, 1u << 20);
+	assert_int_equal(store_each_outbox(f->st, 1, got_held, &g), 0);
+	assert_int_equal(g.nheld, 1);
+	assert_int_equal(g.held[0].seq, 8);
+	assert_int_equal(g.held[0].type, REC_KICK);
+	assert_string_equal(g.held[0].data, "eight");
+	g.nheld = 0;
+	assert_int_equal(store_each_outbox(f->st, 3, got_held, &g), 0);
+	assert_int_equal(g.nheld, 0);
+
+	store_outbox_clear(f->st);
+	assert_int_equal(store_commit(f->st), 0);
+	for (unsigned i = 0; i < 3; i++)
+		assert_int_equal(store_each_outbox(f->st, i, got_held, &g), 0);
+	assert_int_equal(g.nheld, 0);
+}
+
+static void new_daemon_keeps_persistent_sessions_offline_only(void **state)
+{
+	struct fx *f = *state;
+	struct got *g, held = { 0 };
+	uint64_t v;
+
+	open_ok(f);
+	assert_int_equal(store_new_daemon(f->st, "boot/1/100", true), 0);
+	assert_true(store_same_daemon(f->st, "boot/1/100"));
+	put_session(f->st, 1, "persistent-online", false, 0x0100000100010001ull,
+		    0x0000000100020001ull);
+	put_session(f->st, 2, "persistent-offline", false, 0, 0);
+	put_session(f->st, 3, "clean-online", true, 0x0100000100030001ull, 0);
+	store_sub_put(f->st, 1, "p/1", 3, 1);
+	store_sub_put(f->st, 3, "c/3", 3, 1);
+	put_msg(f->st, 2, 1, "t", "kept");
+	put_msg(f->st, 3, 1, "t", "gone");
+	put_retained(f->st, "r", "stays");
+	store_meta_put(f->st, "tail/0", 64);
+	store_meta_put(f->st, "head/0", 128);
+	store_meta_put(f->st, "next_sid", 4);
+	store_outbox_put(f->st, 0, 1, REC_DELIVER, "x", 1);
+	assert_int_equal(store_commit(f->st), 0);
+
+	/* The daemon restarts: another identity claims the store. */
+	reopen(f);
+	assert_false(store_same_daemon(f->st, "boot/2/100"));
+	assert_int_equal(store_new_daemon(f->st, "boot/2/100", true), 0);
+	assert_true(store_same_daemon(f->st, "boot/2/100"));
+	reopen(f);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 2);
+	assert_int_equal(g->s[0].sid, 1);
+	assert_false(g->s[0].online);           /* no will kept, no waiting CONNECT */
+	assert_false(g->s[0].pending);
+	assert_int_equal(g->s[0].last_seen, STORE_SEEN_UNKNOWN);
+	assert_int_equal(g->s[0].n_ids, 3);     /* the QoS 2 exchanges are still owed */
+	assert_int_equal(g->s[1].sid, 2);
+	assert_int_equal(g->s[1].last_seen, STORE_SEEN_UNKNOWN);
+	assert_int_equal(g->nsub, 1);
+	assert_string_equal(g->sub[0].filter, "p/1");
+	assert_int_equal(g->nq, 1);
+	assert_string_equal(g->q[0].payload, "kept");
+	assert_int_equal(g->nret, 1);
+	assert_false(store_meta_get(f->st, "tail/0", &v));
+	assert_false(store_meta_get(f->st, "head/0", &v));
+	assert_true(store_meta_get(f->st, "next_sid", &v));   /* sids are never reused */
+	assert_int_equal(v, 4);
+	assert_int_equal(store_each_outbox(f->st, 0, got_held, &held), 0);
+	assert_int_equal(held.nheld, 0);
+	free(g);
+}
+
+static void new_daemon_of_a_memory_store_starts_empty(void **state)
+{
+	struct fx *f = *state;
+	struct got *g;
+
+	open_ok(f);
+	put_session(f->st, 1, "p", false, 0, 0);
+	store_sub_put(f->st, 1, "p/1", 3, 1);
+	put_msg(f->st, 1, 1, "t", "x");
+	put_retained(f->st, "r", "x");
+	assert_int_equal(store_commit(f->st), 0);
+	assert_int_equal(store_new_daemon(f->st, "other", false), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->ns + g->nsub + g->nq + g->nret, 0);
+	free(g);
+}
+
+static void newer_format_is_refused(void **state)
+{
+	struct fx *f = *state;
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi meta;
+	uint64_t format = STORE_FORMAT + 1;
+	MDB_val k = { 6, "format" }, v = { sizeof(format), &format };
+	char err[512] = "";
+
+	open_ok(f);
+	store_close(&f->st);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	assert_int_equal(mdb_put(txn, meta, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	assert_null(store_open(f->path, STORE_DISK, MAP, err, sizeof(err)));
+	assert_non_null(strstr(err, "newer than this iotd"));
+}
+
+static void a_file_that_is_not_lmdb_is_refused(void **state)
+{
+	struct fx *f = *state;
+	char file[160], junk[8192], err[512] = "";
+	int fd;
+
+	assert_int_equal(mkdir(f->path, 0700), 0);
+	snprintf(file, sizeof(file), "%s/data.mdb", f->path);
+	fd = open(file, O_WRONLY | O_CREAT, 0600);
+	assert_true(fd >= 0);
+	memset(junk, 'j', sizeof(junk));
+	assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+	close(fd);
+	assert_null(store_open(f->path, STORE_DISK, MAP, err, sizeof(err)));
+	assert_non_null(strstr(err, "not an iotd store"));
+}
+
+static void an_lmdb_environment_of_somebody_else_is_refused(void **state)
+{
+	struct fx *f = *state;
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { 3, "key" }, v = { 5, "value" };
+	char err[512] = "";
+
+	assert_int_equal(mkdir(f->path, 0700), 0);
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, NULL, 0, &dbi), 0);
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	assert_null(store_open(f->path, STORE_DISK, MAP, err, sizeof(err)));
+	assert_non_null(strstr(err, "not an iotd store"));
+}
+
+static void a_path_that_is_a_file_or_in_use_is_refused(void **state)
+{
+	struct fx *f = *state;
+	char err[512] = "";
+	int fd;
+
+	open_ok(f);
+	assert_null(store_open(f->path, STORE_DISK, MAP, err, sizeof(err)));
+	assert_non_null(strstr(err, "in use by another iotd router"));
+	store_close(&f->st);
+	rm_rf(f->path);
+	fd = open(f->path, O_WRONLY | O_CREAT, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_null(store_open(f->path, STORE_DISK, MAP, err, sizeof(err)));
+	assert_non_null(strstr(err, "not a directory"));
+}
+
+/* A map too small for what is written: the failure is contained, then repaired. */
+static void a_failed_write_makes_the_store_stale_until_a_rewrite(void **state)
+{
+	struct fx *f = *state;
+	char err[512] = "", topic[32];
+	static uint8_t big[64 * 1024];
+	struct got *g;
+	int i;
+
+	f->st = store_open(f->path, STORE_DISK, 1 << 20, err, sizeof(err));
+	assert_non_null(f->st);
+	put_retained(f->st, "small", "s");
+	assert_int_equal(store_commit(f->st), 0);
+	for (i = 0; i < 64 && !store_stale(f->st); i++) {
+		snprintf(topic, sizeof(topic), "big/%d", i);
+		store_retained_put(f->st, topic, (uint16_t)strlen(topic), 0, big, sizeof(big));
+	}
+	assert_true(store_stale(f->st));
+	assert_int_equal(store_commit(f->st), -1);
+	put_retained(f->st, "ignored", "while stale");
+	assert_int_equal(store_commit(f->st), -1);
+
+	/* The last good commit is intact. */
+	g = read_all(f->st);
+	assert_int_equal(g->nret, 1);
+	free(g);
+
+	assert_int_equal(store_resync_begin(f->st), 0);
+	assert_false(store_stale(f->st));
+	put_session(f->st, 5, "after", false, 0, 0);
+	assert_int_equal(store_commit(f->st), 0);
+	reopen(f);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 1);
+	assert_int_equal(g->nret, 1);
+	free(g);
+}
+
+static pid_t dead_pid(void)
+{
+	pid_t pid = fork();
+	int status;
+
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	return pid;
+}
+
+static bool exists(const char *root, pid_t pid)
+{
+	char dir[160];
+	struct stat sb;
+
+	assert_int_equal(store_memory_dir(dir, sizeof(dir), root, pid), 0);
+	return stat(dir, &sb) == 0;
+}
+
+static void sweep_removes_only_stores_of_dead_daemons(void **state)
+{
+	struct fx *f = *state;
+	pid_t dead = dead_pid(), dead_held = dead_pid();
+	char dir[160], err[512];
+	struct store *held;
+
+	assert_int_equal(store_memory_dir(dir, sizeof(dir), f->dir, dead), 0);
+	f->st = store_open(dir, STORE_MEMORY, MAP, err, sizeof(err));
+	assert_non_null(f->st);
+	store_close(&f->st);
+	assert_int_equal(store_memory_dir(dir, sizeof(dir), f->dir, getpid()), 0);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	assert_int_equal(store_memory_dir(dir, sizeof(dir), f->dir, getppid()), 0);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	/* A router still holding the store of a dead pid: not a leftover yet. */
+	assert_int_equal(store_memory_dir(dir, sizeof(dir), f->dir, dead_held), 0);
+	held = store_open(dir, STORE_MEMORY, MAP, err, sizeof(err));
+	assert_non_null(held);
+
+	assert_int_equal(store_sweep(f->dir, getpid()), 1);
+	assert_false(exists(f->dir, dead));
+	assert_true(exists(f->dir, getpid()));
+	assert_true(exists(f->dir, getppid()));
+	assert_true(exists(f->dir, dead_held));
+	store_close(&held);
+	assert_int_equal(store_sweep(f->dir, getpid()), 1);
+	assert_false(exists(f->dir, dead_held));
+}
+
+static void daemon_identity_tells_processes_apart(void **state)
+{
+	char a[STORE_IDENT_LEN], b[STORE_IDENT_LEN], c[STORE_IDENT_LEN];
+
+	(void)state;
+	assert_int_equal(store_daemon_ident(getpid(), a, sizeof(a)), 0);
+	assert_int_equal(store_daemon_ident(getpid(), b, sizeof(b)), 0);
+	assert_int_equal(store_daemon_ident(getppid(), c, sizeof(c)), 0);
+	assert_string_equal(a, b);
+	assert_string_not_equal(a, c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+		T(everything_written_comes_back_after_reopen),
+		T(uncommitted_changes_are_lost_like_in_a_crash),
+		T(deletes_remove_sessions_with_their_subscriptions_and_queue),
+		T(retained_messages_are_replaced_and_cleared),
+		T(ring_positions_and_held_records_are_kept_per_ring),
+		T(new_daemon_keeps_persistent_sessions_offline_only),
+		T(new_daemon_of_a_memory_store_starts_empty),
+		T(newer_format_is_refused),
+		T(a_file_that_is_not_lmdb_is_refused),
+		T(an_lmdb_environment_of_somebody_else_is_refused),
+		T(a_path_that_is_a_file_or_in_use_is_refused),
+		T(a_failed_write_makes_the_store_stale_until_a_rewrite),
+		T(sweep_removes_only_stores_of_dead_daemons),
+		T(daemon_identity_tells_processes_apart),
+#undef T
+	};
+
+	/* Quiet: the failure tests provoke errors on purpose. */
+	log_init(LOG_LVL_ERROR, LOG_FMT_TEXT);
+	log_set_level(LOG_LVL_ERROR);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
