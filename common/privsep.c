@@ -177,7 +177,7 @@ static const char *const worker_syscalls[] = {
 };
 
 static const char *const listener_syscalls[] = {
-	"accept4", "accept",
+	"accept4", "accept", "setsockopt",
 };
 
 static int allow_names(scmp_filter_ctx ctx, const char *const *names, size_t n)

@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -84,6 +85,10 @@ static int pick_worker(const struct listener *l, const bool *skip)
 		if (skip[i])
 			continue;
 		load = worker_load(l, i);
+		/* A worker out of file descriptors would have the fd dropped in transit. */
+		if (load >= atomic_load(&l->env->shm->workers[i].capacity) &&
+		    atomic_load(&l->env->shm->workers[i].alive))
+			continue;
 		if (!atomic_load(&l->env->shm->workers[i].alive))
 			load += 1u << 30;
 		if (load < best_load) {
@@ -107,14 +112,17 @@ static void hand_over(struct listener *l, int fd, const struct sockaddr_storage 
 			     sizeof(info), fd) == 0) {
 			l->handed[w]++;
 			l->last_worker = (unsigned)w;
+			l->full_logged = false;
 			log_debug("connection from %s to worker %d", info.remote, w);
 			close(fd);
 			return;
 		}
 		skip[w] = true;
 	}
-	log_warn("no worker can take the connection from %s (all channels full); closing it",
-		 info.remote);
+	if (!l->full_logged)
+		log_warn("no worker can take the connection from %s (all at their open-file "
+			 "limit or channels full); refusing connections", info.remote);
+	l->full_logged = true;
 	close(fd);
 }
 
@@ -138,7 +146,8 @@ static void accept_some(struct listener *l, int lfd)
 			close(fd);
 			continue;
 		}
-		l->full_logged = false;
+		/* Replies are batched per loop turn already: Nagle would only add delay. */
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
 		atomic_fetch_add(&l->env->shm->connects, 1);
 		hand_over(l, fd, &ss);
 	}

@@ -26,6 +26,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
@@ -1150,6 +1151,28 @@ static void run_loop(struct supervisor *sv)
 	}
 }
 
+/*
+ * Each worker holds one fd per client: take the whole hard limit, which
+ * the children inherit (workers publish what it leaves them as capacity).
+ */
+static void raise_fd_limit(struct supervisor *sv)
+{
+	struct rlimit rl;
+	uint32_t cap = UINT32_MAX;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			log_warn("cannot raise the open-file limit: %s", strerror(errno));
+		getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	/* A worker needs a few fds of its own besides its clients. */
+	if (rl.rlim_cur != RLIM_INFINITY)
+		cap = rl.rlim_cur > 64 ? (uint32_t)MIN(rl.rlim_cur - 64, UINT32_MAX) : 1;
+	for (unsigned i = 0; i < sv->env.nworkers; i++)
+		atomic_store(&sv->env.shm->workers[i].capacity, cap);
+}
+
 int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 {
 	struct supervisor sv = { .cfg = cfg, .args = args };
@@ -1165,6 +1188,7 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	if (setup_loop(&sv) < 0 || open_listeners(&sv) < 0 || create_shm(&sv) < 0 ||
 	    create_channels(&sv) < 0 || privsep_prepare(&sv.ps, cfg->user) < 0)
 		goto fail;
+	raise_fd_limit(&sv);
 	health_setup(&sv);
 	setup_children(&sv);
 	for (unsigned i = 0; i < sv.n_children; i++)

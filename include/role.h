@@ -25,6 +25,7 @@ struct worker_shm {
 	_Atomic uint32_t conns;        /* connections the worker holds now (listener balances on it) */
 	_Atomic uint32_t alive;        /* set by the worker when serving, cleared by the supervisor at its death */
 	_Atomic uint64_t accepted;     /* client fds the worker has taken from its channel, ever */
+	_Atomic uint32_t capacity;     /* connections it can hold (open-file limit less a reserve) */
 	_Atomic uint32_t epoch;        /* bumped by the supervisor before each (re)start */
 	_Atomic uint64_t msgs_in;      /* PUBLISH packets received from clients */
 	_Atomic uint64_t msgs_out;     /* PUBLISH packets sent to clients */
