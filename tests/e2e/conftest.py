@@ -23,8 +23,8 @@ Fixtures:
                   process (same pids) and delivered every message published to it
 
 Memory: broker.pss_kb(pids) sums Pss (/proc/PID/smaps_rollup) over the daemon's
-processes, leaving out the shared-memory rings (fixed-size, resident as traffic
-first touches them); broker.memory_mark() records it and .assert_back() waits
+processes, leaving out the shared-memory rings (a fixed-size memfd mapping whose
+pages become resident as traffic first touches them); broker.memory_mark() records it and .assert_back() waits
 (bounded) until it is back within max(+2 MB, +20%). Under an instrumented daemon
 (AddressSanitizer, or IOTD_WRAPPER such as valgrind), whose allocators keep
 freed memory in quarantine, broker.instrumented is true and memory bounds are
@@ -82,7 +82,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mqttraw  # noqa: E402
 from helpers import (T, descendants, local_port_of, proc_alive, proc_cmdline,  # noqa: E402
-                     proc_title, pss_kb, server_side_inode, smaps_rollup, socket_inodes,
+                     proc_title, pss_kb, RING_MAPPING, server_side_inode, socket_inodes,
                      uid, wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,7 +222,13 @@ class Broker:
                                      stderr=subprocess.STDOUT, env=full_env,
                                      start_new_session=True)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                # Not yet handed to the fixture: nobody else would stop it.
+                if self.proc.poll() is None:
+                    self._kill_all(self.pids())
+                raise
 
     # --- introspection
 
@@ -302,21 +308,23 @@ class Broker:
     def pss_kb(self, pids=None, shmem=False):
         """Proportional set size, in kB, summed over pids (default: every
         daemon process), so memory shared between them counts once. Without
-        shmem, the pages of the shared-memory rings are left out: the rings
-        are mapped at start at a size fixed by the configuration, and their
-        pages become resident as traffic first passes through them, which is
-        not growth (shmem_kb() checks they stay within the mapping)."""
+        shmem, the pages of the shared-memory rings (the memfd mapping) are
+        left out: the rings are mapped at start at a size fixed by the
+        configuration, and their pages become resident as traffic first
+        passes through them, which is not growth (shmem_kb() checks they
+        stay within the mapping). Everything else counts, the router's
+        store in /dev/shm included."""
         return sum(pss_kb(p, shmem) for p in (self.pids() if pids is None else pids))
 
     def shmem_kb(self):
-        """(resident kB, mapped kB) of the supervisor's shared-memory mapping."""
-        pid = self.proc.pid
-        resident = sum(smaps_rollup(p).get("Pss_Shmem", 0) for p in self.pids())
+        """(resident kB summed over the daemon's processes, mapped kB) of the
+        shared-memory rings: resident can never exceed mapped."""
+        resident = sum(pss_kb(p) - pss_kb(p, shmem=False) for p in self.pids())
         mapped = 0
         try:
-            with open(f"/proc/{pid}/maps") as f:
+            with open(f"/proc/{self.proc.pid}/maps") as f:
                 for line in f:
-                    if "memfd:" in line:
+                    if RING_MAPPING in line:
                         lo, hi = line.split()[0].split("-")
                         mapped += (int(hi, 16) - int(lo, 16)) // 1024
         except OSError:
