@@ -54,6 +54,7 @@
 #define ROUTER_SUBACK_FAILURE 0x80
 /* Queue order: messages a closing connection still owed sort before those queued for it. */
 #define ROUTER_ORDER_QUEUED (UINT64_C(1) << 63)
+#define ROUTER_RESYNC_MAX_MS 60000    /* a store that keeps refusing is rewritten at most this rarely */
 
 enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
 
@@ -168,8 +169,10 @@ struct router {
 
 	struct store *st;            /* NULL: in memory only */
 	struct router_touched *touched;
-	bool touched_oom;            /* a change could not be remembered: rewrite all retained */
+	bool touched_oom;            /* a change could not be remembered: a rewrite may miss it */
 	bool restamp;                /* sessions of an earlier daemon wait for the first tick */
+	uint64_t resync_at_ms;       /* next rewrite of a stale store */
+	uint64_t resync_wait_ms;     /* doubles while rewrites fail: each one writes everything */
 
 	/* per publish: matched sessions, and one REC_DELIVER being built per worker */
 	uint64_t stamp;
@@ -1530,8 +1533,16 @@ void router_tick(struct router *r, uint64_t now_ms)
 	r->now_ms = now_ms;
 	if (r->restamp)
 		router_restamp(r);
-	if (r->st && store_stale(r->st))
-		router_resync(r);
+	if (r->st && store_stale(r->st)) {
+		if (now_ms >= r->resync_at_ms) {
+			router_resync(r);
+			r->resync_wait_ms = r->resync_wait_ms ?
+					    MIN(r->resync_wait_ms * 2, ROUTER_RESYNC_MAX_MS) : 1000;
+			r->resync_at_ms = now_ms + r->resync_wait_ms;
+		}
+	} else {
+		r->resync_at_ms = r->resync_wait_ms = 0;
+	}
 	if (secs <= 0)
 		return;
 	timeout_ms = (uint64_t)secs * 1000;
@@ -2215,8 +2226,13 @@ static int router_store_open(struct router_proc *p, bool *same)
 
 	p->st_memory = strcmp(cfg->storage_backend, "disk") != 0;
 	if (p->st_memory) {
-		store_sweep(STORE_MEMORY_ROOT, daemon);
-		if (store_memory_dir(p->st_dir, sizeof(p->st_dir), STORE_MEMORY_ROOT, daemon) < 0)
+		const char *root = store_memory_root();
+
+		if (strcmp(root, STORE_MEMORY_ROOT) != 0)
+			log_warn("router: %s is not writable: keeping the state in %s", STORE_MEMORY_ROOT,
+				 root);
+		store_sweep(root, daemon);
+		if (store_memory_dir(p->st_dir, sizeof(p->st_dir), root, daemon) < 0)
 			goto toolong;
 	} else if (snprintf(p->st_dir, sizeof(p->st_dir), "%s", cfg->storage_path) >=
 		   (int)sizeof(p->st_dir)) {

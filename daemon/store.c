@@ -1009,6 +1009,12 @@ int store_new_daemon(struct store *st, const char *ident, bool keep_persistent)
 
 /* ---- location and life cycle ------------------------------------------- */
 
+const char *store_memory_root(void)
+{
+	return access(STORE_MEMORY_ROOT, W_OK | X_OK) == 0 ? STORE_MEMORY_ROOT :
+							    STORE_MEMORY_FALLBACK;
+}
+
 int store_memory_dir(char *buf, size_t len, const char *root, pid_t daemon)
 {
 	int n = snprintf(buf, len, "%s/" STORE_DIR_PREFIX "%d", root, (int)daemon);
@@ -1016,39 +1022,50 @@ int store_memory_dir(char *buf, size_t len, const char *root, pid_t daemon)
 	return n < 0 || (size_t)n >= len ? -1 : 0;
 }
 
+/*
+ * Only the files a store holds, through a directory fd opened without
+ * following a symlink: /dev/shm is world-writable, and a link planted
+ * under a store's name must not make a router delete anything else.
+ */
 int store_remove(const char *dir)
 {
-	char path[512];
-	struct dirent *e;
-	DIR *d = opendir(dir);
+	static const char *const files[] = { "data.mdb", "lock.mdb", STORE_LOCK_FILE };
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	int rc = 0;
 
-	if (!d)
+	if (dfd < 0)
 		return errno == ENOENT ? 0 : -1;
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		if (snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) >= (int)sizeof(path) ||
-		    unlink(path) < 0)
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++)
+		if (unlinkat(dfd, files[i], 0) < 0 && errno != ENOENT)
 			rc = -1;
-	}
-	closedir(d);
+	close(dfd);
 	if (rmdir(dir) < 0)
 		rc = -1;
 	return rc;
 }
 
+/* A directory we made (not a link, ours, private): the only kind a router touches in a shared root. */
+static bool store_dir_private(const char *dir)
+{
+	struct stat sb;
+
+	return lstat(dir, &sb) == 0 && S_ISDIR(sb.st_mode) && sb.st_uid == geteuid() &&
+	       !(sb.st_mode & 077);
+}
+
 /* A leftover of a dead daemon, and no router of it left holding it? */
 static bool store_dir_abandoned(const char *dir, pid_t pid)
 {
-	char lock[640];
-	int fd;
+	int dfd, fd;
 	bool free_lock;
 
-	if (kill(pid, 0) == 0 || errno != ESRCH)
+	if (kill(pid, 0) == 0 || errno != ESRCH || !store_dir_private(dir))
 		return false;
-	snprintf(lock, sizeof(lock), "%s/%s", dir, STORE_LOCK_FILE);
-	fd = open(lock, O_RDWR | O_CLOEXEC);
+	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0)
+		return false;
+	fd = openat(dfd, STORE_LOCK_FILE, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+	close(dfd);
 	if (fd < 0)
 		return errno == ENOENT;
 	free_lock = flock(fd, LOCK_EX | LOCK_NB) == 0;
@@ -1150,6 +1167,11 @@ static int store_lock(struct store *st, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * storage.path is the administrator's (a symlink is fine there); a memory
+ * store lives in a world-writable directory, so it must be a directory
+ * this user made for itself, not something planted under its name.
+ */
 static int store_mkdir(struct store *st, char *err, size_t errlen)
 {
 	struct stat sb;
@@ -1161,6 +1183,11 @@ static int store_mkdir(struct store *st, char *err, size_t errlen)
 	}
 	if (stat(st->dir, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
 		snprintf(err, errlen, "store %s: not a directory", st->dir);
+		return -1;
+	}
+	if (st->kind == STORE_MEMORY && !store_dir_private(st->dir)) {
+		snprintf(err, errlen, "store %s: not a private directory of this user (a symlink, "
+			 "another owner, or open to others): refusing it", st->dir);
 		return -1;
 	}
 	return 0;

@@ -24,6 +24,7 @@
 
 #define STORE_FORMAT 1                    /* meta "format"; a newer store is refused */
 #define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/iotd-<daemon pid> */
+#define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */
 #define STORE_MEMORY_MAP ((size_t)1 << 30)
 #define STORE_DISK_MAP ((size_t)4 << 30)
 #define STORE_SEEN_UNKNOWN UINT64_MAX     /* last_seen of a session from an earlier daemon */
@@ -90,12 +91,14 @@ struct store *store_open(const char *dir, enum store_kind kind, size_t mapsize,
 void store_close(struct store **st);
 /* Remove a store directory and the files iotd put in it. 0 or -1 (errno). */
 int store_remove(const char *dir);
+/* STORE_MEMORY_ROOT when this user may create in it, else STORE_MEMORY_FALLBACK. */
+const char *store_memory_root(void);
 /* "<root>/iotd-<pid>": where backend "memory" keeps the store of daemon pid. */
 int store_memory_dir(char *buf, size_t len, const char *root, pid_t daemon);
 /*
  * Remove every "<root>/iotd-<pid>" left behind by a daemon that no longer
- * runs (kill(pid, 0) fails with ESRCH, and no router holds it). Returns
- * how many were removed.
+ * runs (kill(pid, 0) fails with ESRCH, and no router holds it) that is a
+ * private directory of this user. Returns how many were removed.
  */
 int store_sweep(const char *root, pid_t self);
 /*

@@ -99,11 +99,26 @@ def smaps_rollup(pid):
     return {k.decode(): int(v) for k, v in re.findall(rb"^(\w+):\s+(\d+) kB", data, re.M)}
 
 
+RING_MAPPING = "/memfd:iotd-shm"
+
+
 def pss_kb(pid, shmem=True):
     """Proportional set size of a process in kB (0 if it is gone); without
-    its shared-memory (memfd, tmpfs) pages when shmem is false."""
-    r = smaps_rollup(pid)
-    return r.get("Pss", 0) - (0 if shmem else r.get("Pss_Shmem", 0))
+    the pages of iotd's shared-memory rings (the "/memfd:iotd-shm" mapping)
+    when shmem is false."""
+    if shmem:
+        return smaps_rollup(pid).get("Pss", 0)
+    data = _read(f"/proc/{pid}/smaps")
+    if not data:
+        return 0
+    total, ring = 0, False
+    for line in data.split(b"\n"):
+        if line[:1] in b"0123456789abcdef" and b"-" in line.split(b" ", 1)[0]:
+            ring = line.rstrip().endswith(RING_MAPPING.encode()) or \
+                line.rstrip().endswith(RING_MAPPING.encode() + b" (deleted)")
+        elif line.startswith(b"Pss:") and not ring:
+            total += int(line.split()[1])
+    return total
 
 
 def raise_nofile(want):

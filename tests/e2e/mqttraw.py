@@ -317,10 +317,12 @@ def parse_one(buf):
 class RawClient:
     """A raw MQTT connection. Every read is bounded by a timeout."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=5.0, family=None):
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, family=None, rcvbuf=None):
         if family is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
+        if rcvbuf is not None:      # before connect(), so the window starts small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.connect((host, port))
@@ -359,8 +361,10 @@ class RawClient:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        r, _, _ = select.select([self.sock], [], [], remaining)
-        if not r:
+        # poll, not select: a test may hold more than FD_SETSIZE (1024) sockets
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        if not poller.poll(remaining * 1000):
             return False
         try:
             data = self.sock.recv(65536)

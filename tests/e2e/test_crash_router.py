@@ -118,7 +118,7 @@ class Publisher(threading.Thread):
             info = self.client.publish(self.topic, payload, qos=qos, wait=False)
             self.sent.append((payload, qos, info))
             i += 1
-            time.sleep(0.003)
+            time.sleep(0.001)
 
     def acknowledged(self, qos, timeout=20):
         out = []
@@ -143,9 +143,11 @@ def test_router_crash_under_traffic_loses_no_acknowledged_message_and_no_client(
     pubs = [Publisher(p1, "a", "crash/a"), Publisher(p2, "b", "crash/b")]
     for p in pubs:
         p.start()
-    time.sleep(T(0.5))
-    kill_router(broker)
-    time.sleep(T(0.5))
+    # Three kills: the more often, the likelier one lands in the middle of a batch.
+    for _ in range(3):
+        time.sleep(T(0.3))
+        kill_router(broker)
+    time.sleep(T(0.3))
     for p in pubs:
         p.stop.set()
         p.join(T(10))

@@ -3,7 +3,9 @@
  *
  * Each test feeds w2r records to router_handle() as workers would, captures
  * what the router emits through its callback, and decodes it with recr_*
- * exactly as a worker would.
+ * exactly as a worker would. The store tests crash a router over its store
+ * and check what its successor finds; the process tests run router_main()
+ * over real rings, kill it at the worst instants and restart it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1953,6 +1955,42 @@ static void router_main_publishes_what_it_committed_after_a_kill(void **state)
 	proc_stop(&p, true);
 }
 
+/*
+ * Killed while holding deliveries the full r2w ring had no room for: the
+ * successor sends every one of them, once, in order.
+ */
+static void router_main_keeps_held_records_across_a_kill(void **state)
+{
+	struct proc p;
+	char payload[100];
+	unsigned i;
+
+	(void)state;
+	proc_start_serving(&p);
+	for (i = 0; i < PROC_MSGS; i++) {
+		memset(payload, 'x', sizeof(payload) - 1);
+		payload[sizeof(payload) - 1] = '\0';
+		snprintf(payload, 8, "%06u", i);
+		payload[6] = '-';
+		proc_publish(&p, payload);
+	}
+	proc_wait_applied(&p, p.r2w.tail);
+	proc_kill(&p);
+
+	proc_spawn(&p);
+	for (i = 0; i < PROC_MSGS; i++) {
+		struct cap c;
+		struct deliver d;
+
+		proc_recv(&p, &c);
+		decode_deliver(&c, &d);
+		assert_int_equal(strtoul(d.payload, NULL, 10), i);
+		free(c.buf);
+	}
+	proc_expect_nothing(&p);
+	proc_stop(&p, true);
+}
+
 static void router_main_stops_when_the_supervisor_goes_away(void **state)
 {
 	struct proc p;
@@ -2009,6 +2047,7 @@ int main(void)
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
 		cmocka_unit_test(router_main_never_applies_a_record_twice_after_a_kill),
 		cmocka_unit_test(router_main_publishes_what_it_committed_after_a_kill),
+		cmocka_unit_test(router_main_keeps_held_records_across_a_kill),
 #undef T
 	};
 

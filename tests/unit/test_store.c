@@ -720,6 +720,38 @@ static void sweep_removes_only_stores_of_dead_daemons(void **state)
 	assert_false(exists(f->dir, dead_held));
 }
 
+/* /dev/shm is anybody's: a link or a foreign directory under a store's name is never used. */
+static void memory_stores_never_follow_planted_links(void **state)
+{
+	struct fx *f = *state;
+	char victim[128], file[160], link[160], open_dir[160], err[512] = "";
+	pid_t dead = dead_pid();
+	struct stat sb;
+	int fd;
+
+	snprintf(victim, sizeof(victim), "%s/victim", f->dir);
+	assert_int_equal(mkdir(victim, 0700), 0);
+	snprintf(file, sizeof(file), "%s/data.mdb", victim);
+	fd = open(file, O_WRONLY | O_CREAT, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(store_memory_dir(link, sizeof(link), f->dir, dead), 0);
+	assert_int_equal(symlink(victim, link), 0);
+
+	assert_int_equal(store_sweep(f->dir, getpid()), 0);
+	assert_int_equal(stat(file, &sb), 0);
+	assert_int_equal(store_remove(link), -1);          /* not a directory of ours */
+	assert_int_equal(stat(file, &sb), 0);
+	assert_null(store_open(link, STORE_MEMORY, MAP, err, sizeof(err)));
+	assert_non_null(strstr(err, "not a private directory"));
+
+	snprintf(open_dir, sizeof(open_dir), "%s/iotd-open", f->dir);
+	assert_int_equal(mkdir(open_dir, 0700), 0);
+	assert_int_equal(chmod(open_dir, 0777), 0);
+	assert_null(store_open(open_dir, STORE_MEMORY, MAP, err, sizeof(err)));
+	assert_non_null(strstr(err, "not a private directory"));
+}
+
 static void daemon_identity_tells_processes_apart(void **state)
 {
 	char a[STORE_IDENT_LEN], b[STORE_IDENT_LEN], c[STORE_IDENT_LEN];
@@ -749,6 +781,7 @@ int main(void)
 		T(a_path_that_is_a_file_or_in_use_is_refused),
 		T(a_failed_write_makes_the_store_stale_until_a_rewrite),
 		T(sweep_removes_only_stores_of_dead_daemons),
+		T(memory_stores_never_follow_planted_links),
 		T(daemon_identity_tells_processes_apart),
 #undef T
 	};
