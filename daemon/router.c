@@ -1922,6 +1922,7 @@ void router_free(struct router **rp)
 /* ---- the process ------------------------------------------------------- */
 
 #define ROUTER_BATCH 256             /* records per ring per turn: no worker starves the others */
+#define ROUTER_POLL_EVERY 16       /* busy turns between two looks at control events */
 #define ROUTER_MAX_EVENTS 8
 #define ROUTER_NO_POS UINT64_MAX     /* a ring position the store does not have yet */
 
@@ -2074,12 +2075,45 @@ static void router_proc_backlogs(struct router_proc *p)
  * and written (r2w), then commit. After this the store agrees with what
  * the workers are about to see, so publishing and releasing are safe.
  */
+static void router_journal_write(struct router_proc *p)
+{
+	struct router_journal *j = &p->env->shm->journal;
+	uint64_t seq = atomic_load_explicit(&j->seq, memory_order_relaxed) + 1;
+
+	for (unsigned i = 0; i < p->env->nworkers; i++) {
+		j->slot[seq & 1].w2r_tail[i] = p->in[i].tail;
+		j->slot[seq & 1].r2w_head[i] = p->out[i].head;
+	}
+	atomic_store_explicit(&j->seq, seq, memory_order_release);
+}
+
+/* The journal's positions for ring i, when a router of this daemon wrote one. */
+static bool router_journal_get(struct router_proc *p, unsigned i, uint64_t *tail,
+			       uint64_t *head)
+{
+	struct router_journal *j = &p->env->shm->journal;
+	uint64_t seq = atomic_load_explicit(&j->seq, memory_order_acquire);
+
+	if (seq == 0)
+		return false;
+	*tail = j->slot[seq & 1].w2r_tail[i];
+	*head = j->slot[seq & 1].r2w_head[i];
+	return true;
+}
+
 static void router_proc_persist(struct router_proc *p)
 {
 	char key[16];
 
-	if (!p->st)
+	/*
+	 * A turn that only routed needs no commit: the journal in shared
+	 * memory carries the positions. A turn that changed state commits
+	 * them with it, before the journal moves on.
+	 */
+	if (!p->st || !store_pending(p->st)) {
+		router_journal_write(p);
 		return;
+	}
 	for (unsigned i = 0; i < p->env->nworkers; i++) {
 		if (p->in[i].tail != p->stored_tail[i]) {
 			snprintf(key, sizeof(key), "tail/%u", i);
@@ -2097,6 +2131,7 @@ static void router_proc_persist(struct router_proc *p)
 		for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
 			p->stored_tail[i] = p->stored_head[i] = ROUTER_NO_POS;
 	}
+	router_journal_write(p);
 }
 
 /* Publish each ring's batch with one wake-up at most. */
@@ -2280,8 +2315,15 @@ static void router_restore_tail(struct router_proc *p, unsigned i)
 	uint64_t pos, tail = p->in[i].tail;
 	char key[16];
 
+	uint64_t jtail, jhead;
+
 	snprintf(key, sizeof(key), "tail/%u", i);
-	if (!store_meta_get(p->st, key, &pos) || pos == tail)
+	if (!store_meta_get(p->st, key, &pos))
+		pos = tail;
+	/* Positions only grow: the later of the store's and the journal's wins. */
+	if (router_journal_get(p, i, &jtail, &jhead) && jtail > pos)
+		pos = jtail;
+	if (pos == tail)
 		return;
 	if (shmring_consumer_seek(&p->in[i], pos))
 		log_info("router: ring from worker %u: %llu bytes were applied before the restart",
@@ -2297,8 +2339,14 @@ static void router_restore_head(struct router_proc *p, unsigned i)
 	uint64_t pos, head = p->out[i].head;
 	char key[16];
 
+	uint64_t jtail, jhead;
+
 	snprintf(key, sizeof(key), "head/%u", i);
-	if (!store_meta_get(p->st, key, &pos) || pos == head)
+	if (!store_meta_get(p->st, key, &pos))
+		pos = head;
+	if (router_journal_get(p, i, &jtail, &jhead) && jhead > pos)
+		pos = jhead;
+	if (pos == head)
 		return;
 	if (pos > head && shmring_producer_seek(&p->out[i], pos)) {
 		p->dirty[i] = true;
@@ -2381,9 +2429,12 @@ static int router_proc_setup(struct router_proc *p)
 	p->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (p->epfd < 0 || p->tfd < 0 || timerfd_settime(p->tfd, 0, &its, NULL) < 0)
 		goto fail;
+	/* Edge-triggered: a wake-up needs no read to re-arm it, one syscall less. */
+	ev.events = EPOLLIN | EPOLLET;
 	ev.data.fd = env->router_efd;
 	if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, env->router_efd, &ev) < 0)
 		goto fail;
+	ev.events = EPOLLIN;
 	ev.data.fd = env->ctl_fd;
 	if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, env->ctl_fd, &ev) < 0)
 		goto fail;
@@ -2430,7 +2481,7 @@ static int router_proc_events(struct router_proc *p, int timeout)
 		int fd = evs[i].data.fd;
 
 		if (fd == p->env->router_efd) {
-			eventfd_drain(fd);
+			continue;       /* the rings are drained every turn */
 		} else if (fd == p->tfd) {
 			if (read(p->tfd, &expirations, sizeof(expirations)) > 0) {
 				router_proc_tick(p);
@@ -2464,15 +2515,23 @@ int router_main(struct role_env *env)
 	}
 	log_info("router: serving %u workers (store %s)", env->nworkers, p->st_dir);
 
-	for (;;) {
+	for (unsigned busy_turns = 0;;) {
 		bool busy = router_proc_drain(p);
 		int timeout = 0;
 
 		router_proc_flush(p);
-		if (busy)
+		if (busy) {
 			router_proc_stats(p);
-		else if (router_proc_prepare_sleep(p))
+			/*
+			 * Look at the rings again before asking the kernel about
+			 * control and timer events; do that only every so often
+			 * while busy, so a lone message costs one epoll_wait.
+			 */
+			if (++busy_turns % ROUTER_POLL_EVERY)
+				continue;
+		} else if (router_proc_prepare_sleep(p)) {
 			timeout = -1;
+		}
 		ev = router_proc_events(p, timeout);
 		if (timeout)
 			router_proc_awake(p);

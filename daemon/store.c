@@ -121,6 +121,11 @@ static void store_fail(struct store *st, const char *what, int rc)
 	}
 }
 
+bool store_pending(const struct store *st)
+{
+	return st != NULL && st->txn != NULL;
+}
+
 static MDB_txn *store_wtxn(struct store *st)
 {
 	int rc;

@@ -31,6 +31,20 @@ struct worker_shm {
 	_Atomic uint64_t msgs_out;     /* PUBLISH packets sent to clients */
 };
 
+/*
+ * Where the router was in each ring at the end of its last turn: read by a
+ * restarted router. Written every turn without a system call, so a turn
+ * that changed no state needs no store commit. Two slots: the one named
+ * by seq is whole, the other may be half-written by a router that died.
+ */
+struct router_journal {
+	_Atomic uint64_t seq;              /* turns written; slot seq & 1 is valid when > 0 */
+	struct {
+		uint64_t w2r_tail[IOTD_MAX_WORKERS]; /* applied up to here */
+		uint64_t r2w_head[IOTD_MAX_WORKERS]; /* written up to here */
+	} slot[2];
+};
+
 struct iotd_shm {
 	uint32_t magic;
 	uint32_t nworkers;
@@ -41,6 +55,7 @@ struct iotd_shm {
 	struct worker_shm workers[IOTD_MAX_WORKERS];
 	uint64_t w2r_off[IOTD_MAX_WORKERS]; /* offset of ring worker i -> router */
 	uint64_t r2w_off[IOTD_MAX_WORKERS]; /* offset of ring router -> worker i */
+	struct router_journal journal;
 };
 
 static inline struct shmring *shm_w2r(struct iotd_shm *s, unsigned i)

@@ -128,6 +128,8 @@ int store_new_daemon(struct store *st, const char *ident, bool keep_persistent);
 
 /* Commit the open transaction, if any. 0, or -1: logged, the store is now stale. */
 int store_commit(struct store *st);
+/* True when this turn changed something (a write transaction is open). */
+bool store_pending(const struct store *st);
 /* Drop the open transaction, as a crash would. */
 void store_abort(struct store *st);
 /* A write failed since the last successful store_resync_begin(). */
