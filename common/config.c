@@ -84,6 +84,8 @@ static const struct key keys[] = {
 	KEY_INT(connect_timeout, 1, 3600),
 	KEY_INT(max_packet_size, 16, 268435460),
 	KEY_INT(retained_message_limit, 1, INT_MAX),
+	KEY_INT(retained_bytes_limit, 0, 1L << 40),
+	KEY_INT(memory_limit, 0, 1L << 46),
 	KEY_INT(max_inflight, 1, 65535),
 	KEY_INT(max_queued_messages, 1, INT_MAX),
 	KEY_INT(max_queued_bytes, 0, 1L << 40),
@@ -115,6 +117,8 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->connect_timeout = 10;
 	cfg->max_packet_size = 1048576;
 	cfg->retained_message_limit = 10000;
+	cfg->retained_bytes_limit = 67108864;
+	cfg->memory_limit = 0;
 	cfg->max_inflight = 20;
 	cfg->max_queued_messages = 1000;
 	cfg->max_queued_bytes = 0;

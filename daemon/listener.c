@@ -138,6 +138,13 @@ static void accept_some(struct listener *l, int lfd)
 				log_warn("accept: %s", strerror(errno));
 			return;
 		}
+		if (atomic_load(&l->env->shm->memory_pressure)) {
+			if (!l->full_logged)
+				log_warn("memory_limit reached; refusing new connections");
+			l->full_logged = true;
+			close(fd);
+			continue;
+		}
 		if (total_load(l) >= (uint64_t)l->env->cfg->max_connections) {
 			if (!l->full_logged)
 				log_warn("max_connections (%ld) reached; refusing new connections",

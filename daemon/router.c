@@ -1881,7 +1881,8 @@ struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
 	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
 		recw_init(&r->deliver[i]);
 	r->trie = topic_trie_new();
-	r->retained = retain_new(limit > 0 ? (size_t)limit : 0, 0);
+	r->retained = retain_new(limit > 0 ? (size_t)limit : 0,
+				 cfg->retained_bytes_limit > 0 ? (size_t)cfg->retained_bytes_limit : 0);
 	if (!r->trie || !r->retained || (st && router_load(r, st) < 0)) {
 		router_free(&r);
 		return NULL;

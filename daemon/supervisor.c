@@ -14,6 +14,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -664,6 +665,52 @@ static void arm_timer(struct supervisor *sv)
 	timerfd_settime(sv->timerfd, 0, &its, NULL);
 }
 
+/* Proportional set size of one process in KiB: shared pages counted once overall. */
+static uint64_t process_pss_kb(pid_t pid)
+{
+	char path[64], line[128];
+	uint64_t kb = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", (int)pid);
+	f = fopen(path, "re");
+	if (f == NULL)
+		return 0;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "Pss: %" SCNu64, &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/*
+ * memory_limit: once a second, the daemon's PSS against the ceiling. Over
+ * it, the listener refuses connections and the workers stop reading
+ * clients (as when the router is behind), so nothing new arrives to grow;
+ * reading resumes 10% below the ceiling.
+ */
+static void check_memory(struct supervisor *sv)
+{
+	uint64_t limit_kb = ((uint64_t)sv->cfg->memory_limit + 1023) / 1024, kb;
+	uint32_t was;
+
+	if (limit_kb == 0)
+		return;
+	kb = process_pss_kb(getpid());
+	for (unsigned i = 0; i < sv->n_children; i++)
+		if (sv->children[i].state != CHILD_DOWN && sv->children[i].pid > 0)
+			kb += process_pss_kb(sv->children[i].pid);
+	was = atomic_load(&sv->env.shm->memory_pressure);
+	if (!was && kb > limit_kb) {
+		atomic_store(&sv->env.shm->memory_pressure, 1);
+		log_warn("memory_limit reached (%" PRIu64 " KiB of %" PRIu64 " KiB): refusing "
+			 "connections and pausing reads from clients", kb, limit_kb);
+	} else if (was && kb < limit_kb - limit_kb / 10) {
+		atomic_store(&sv->env.shm->memory_pressure, 0);
+		log_info("memory back to %" PRIu64 " KiB: accepting and reading again", kb);
+	}
+}
+
 static void notify_status(struct supervisor *sv)
 {
 	uint64_t conns = 0, in = 0, out = 0;
@@ -1145,6 +1192,7 @@ static void run_loop(struct supervisor *sv)
 		restart_due_children(sv);
 		health_tick(sv);
 		if (sv->ready_sent && now_ms() - last_status >= 1000) {
+			check_memory(sv);
 			notify_status(sv);
 			last_status = now_ms();
 		}

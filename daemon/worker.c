@@ -16,6 +16,7 @@
  * committed once per turn, and the router is woken only if it sleeps.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -313,7 +314,9 @@ static void conn_set_events(struct worker *w, struct conn *c)
 {
 	struct epoll_event ev = { .data.ptr = c };
 
-	ev.events = (c->paused || c->throttled ? 0 : EPOLLIN) | (c->want_out ? EPOLLOUT : 0);
+	/* EPOLLRDHUP even when not reading: a client that leaves is always noticed. */
+	ev.events = EPOLLRDHUP | (c->paused || c->throttled ? 0 : EPOLLIN) |
+		    (c->want_out ? EPOLLOUT : 0);
 	if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
 		log_warn("epoll_ctl: %s", strerror(errno));
 }
@@ -411,7 +414,7 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 
 static void conn_new(struct worker *w, int fd, const struct ipc_client *info)
 {
-	struct epoll_event ev = { .events = EPOLLIN };
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
 	struct conn *c;
 	uint32_t slot;
 
@@ -1253,13 +1256,19 @@ static void drain_ring(struct worker *w)
  */
 static void throttle_update(struct worker *w)
 {
-	if (!w->throttled && w->bl_bytes > BACKLOG_HIGH) {
+	bool pressure = atomic_load_explicit(&w->env->shm->memory_pressure,
+					     memory_order_relaxed);
+
+	if (!w->throttled && (w->bl_bytes > BACKLOG_HIGH || pressure)) {
 		w->throttled = true;
-		log_warn("router is behind (%zu bytes waiting); pausing reads from clients",
-			 w->bl_bytes);
-	} else if (w->throttled && w->bl_bytes < BACKLOG_LOW) {
+		if (pressure)
+			log_warn("memory_limit reached; pausing reads from clients");
+		else
+			log_warn("router is behind (%zu bytes waiting); pausing reads from clients",
+				 w->bl_bytes);
+	} else if (w->throttled && w->bl_bytes < BACKLOG_LOW && !pressure) {
 		w->throttled = false;
-		log_info("router caught up; reading from clients again");
+		log_info("reading from clients again");
 		for (uint32_t i = 0; i < w->n_slots; i++) {
 			struct conn *c = w->slots[i];
 
@@ -1434,6 +1443,7 @@ int worker_main(struct role_env *env)
 			fatal("epoll_wait: %s", strerror(errno));
 		shmring_awake(&w.cons);
 		w.now_ms = clock_ms();
+		throttle_update(&w);     /* memory_limit may have been reached while we slept */
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 
@@ -1443,6 +1453,9 @@ int worker_main(struct role_env *env)
 				(void)!read(w.timerfd, &ticks, sizeof(ticks));
 				check_deadlines(&w);
 				publish_counters(&w);
+				/* Over the ceiling, give what was freed back to the system. */
+				if (atomic_load(&env->shm->memory_pressure))
+					malloc_trim(0);
 			} else if (p == &env->ctl_fd) {
 				if (!control_message(&w))
 					w.stopping = true;
@@ -1460,10 +1473,11 @@ int worker_main(struct role_env *env)
 					if (!conn_flush(&w, c))
 						continue;
 				}
-				if (!(evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) ||
+				if (!(evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) ||
 				    c->state == CS_CLOSED)
 					continue;
-				if (w.throttled && c->state == CS_ACTIVE)
+				if (w.throttled && c->state == CS_ACTIVE &&
+				    !(evs[i].events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
 					throttle_conn(&w, c);
 				else
 					conn_read(&w, c);

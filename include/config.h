@@ -34,6 +34,8 @@ struct iotd_config {
 	long connect_timeout;        /* seconds from accept to CONNECT */
 	long max_packet_size;        /* bytes, whole packet */
 	long retained_message_limit; /* number of retained topics */
+	long retained_bytes_limit;   /* topic + payload bytes of all retained messages; 0 = no cap */
+	long memory_limit;           /* whole daemon (PSS, KiB granularity), bytes; 0 = no ceiling */
 	long max_inflight;           /* QoS 1/2 messages in flight per session */
 	long max_queued_messages;    /* per session, beyond the in-flight window */
 	long max_queued_bytes;       /* per session; 0 = no byte cap */

@@ -52,6 +52,7 @@ struct iotd_shm {
 	_Atomic uint64_t connects;     /* total accepted connections (listener) */
 	_Atomic uint32_t router_sessions; /* sessions the router knows */
 	_Atomic uint32_t retained;     /* retained messages held */
+	_Atomic uint32_t memory_pressure; /* set by the supervisor while over memory_limit */
 	struct worker_shm workers[IOTD_MAX_WORKERS];
 	uint64_t w2r_off[IOTD_MAX_WORKERS]; /* offset of ring worker i -> router */
 	uint64_t r2w_off[IOTD_MAX_WORKERS]; /* offset of ring router -> worker i */
