@@ -26,7 +26,7 @@ ROOT=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/../.."
 SB=${IOTD_SANDBOX:-$ROOT/../shared/tools/systemd-sandbox}
 STAGE=${IOTD_STAGE:?set IOTD_STAGE to a make install DESTDIR tree}
 # The daemon's runtime libraries, the clients, and man for `verify`'s Documentation= check.
-export SANDBOX_PACKAGES="libconfuse2 libsystemd0 libseccomp2 mosquitto-clients man-db"
+export SANDBOX_PACKAGES="libconfuse2 libsystemd0 libseccomp2 liblmdb0 mosquitto-clients man-db"
 export SANDBOX_NAME=${SANDBOX_NAME:-iotd-test-$$}
 KEEPER=""   # pid (inside) of the subscriber that must survive reloads
 
