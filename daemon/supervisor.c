@@ -48,7 +48,7 @@
 
 #define RESTART_MIN_MS 10        /* first restart after a crash */
 #define RESTART_MAX_MS 5000      /* backoff cap */
-#define STABLE_MS 10000          /* a child up this long has its backoff reset */
+#define STABLE_MS 100            /* serving this long after READY resets the backoff */
 #define STOP_GRACE_MS 5000       /* graceful stop: then SIGKILL */
 #define HEALTH_MS 5000           /* health check period when systemd's watchdog is off */
 #define HEALTH_MIN_MS 50
@@ -62,6 +62,7 @@ struct child {
 	int ctl_fd;                  /* supervisor's end; -1 when down */
 	enum child_state state;
 	uint64_t started_ms;
+	uint64_t ready_ms;           /* when it reported READY; 0 until then */
 	uint64_t restart_at_ms;      /* 0: no restart scheduled */
 	unsigned backoff_ms;
 	unsigned restarts;
@@ -485,6 +486,7 @@ static int child_spawn(struct supervisor *sv, struct child *c)
 	c->pid = pid;
 	c->state = CHILD_STARTING;
 	c->started_ms = now_ms();
+	c->ready_ms = 0;
 	c->restart_at_ms = 0;
 	c->ping_outstanding = false;
 	c->hang_logged = false;
@@ -540,7 +542,12 @@ static void child_schedule_restart(struct supervisor *sv, struct child *c)
 	uint64_t now = now_ms();
 	char name[32];
 
-	if (now - c->started_ms >= STABLE_MS)
+	/*
+	 * A child that got as far as serving for a while died of something
+	 * new: restart it at once. One that dies before that, again and
+	 * again, is a crash loop: back off.
+	 */
+	if (c->ready_ms != 0 && now - c->ready_ms >= STABLE_MS)
 		c->backoff_ms = 0;
 	c->restart_at_ms = now + c->backoff_ms;
 	if (c->backoff_ms >= RESTART_MAX_MS / 2)
@@ -831,6 +838,7 @@ static void child_message(struct supervisor *sv, struct child *c)
 	char name[32];
 
 	c->state = CHILD_RUNNING;
+	c->ready_ms = now_ms();
 	if (c->restarts > 0)
 		log_info("%s is back (pid %d)", child_name(c, name, sizeof(name)), (int)c->pid);
 	if (!sv->ready_sent) {
