@@ -99,6 +99,12 @@ fuzz: $(FUZZ_BIN)
 bench: all
 	contrib/bench.sh
 
+# Time from kill -9 of each role until routing works again (contrib/recovery.sh;
+# RECOVERY_KILLS, RECOVERY_LOOP, RECOVERY_WORKERS, RECOVERY_TARGET_MS, RECOVERY_NO_FAIL).
+.PHONY: recovery
+recovery: $(BUILD)/iotd
+	IOTD_BIN=$(abspath $(BUILD)/iotd) PYTHON=$(PYTHON) contrib/recovery.sh
+
 run: all
 	$(BUILD)/iotd
 
@@ -158,13 +164,15 @@ systemd-test: all
 # and confines nothing. VALGRIND_TESTS picks a subset, PYTEST_ARGS passes on.
 # One record is suppressed: the environment copy proctitle_init() keeps for
 # the process's life, which valgrind's final __libc_freeres (clearenv) leaves
-# unreferenced and so reports as definitely lost.
+# unreferenced and so reports as definitely lost. --vgdb=no: no gdbserver
+# files in /tmp (a stale one of another user stops valgrind from starting).
 VALGRIND_DIR   ?= $(BUILD)/valgrind
 VALGRIND_USER  ?= nobody
 VALGRIND_SCALE ?= 10
 VALGRIND_TESTS ?= tests/e2e
 VALGRIND_OPTS  := --tool=memcheck --error-exitcode=99 --leak-check=full \
-	--errors-for-leak-kinds=definite --trace-children=yes --child-silent-after-fork=no
+	--errors-for-leak-kinds=definite --trace-children=yes --child-silent-after-fork=no \
+	--vgdb=no
 
 .PHONY: valgrind
 valgrind: $(BUILD)/iotd tools
