@@ -22,10 +22,11 @@ Fixtures:
                   hostile input; bystander.check() proves the daemon kept every
                   process (same pids) and delivered every message published to it
 
-Memory: broker.pss_kb(pids) sums Pss (/proc/PID/smaps_rollup) over the daemon's
-processes, leaving out the shared-memory rings (a fixed-size memfd mapping whose
-pages become resident as traffic first touches them); broker.memory_mark() records it and .assert_back() waits
-(bounded) until it is back within max(+2 MB, +20%). Under an instrumented daemon
+Memory: broker.pss_kb(pids) sums Pss (/proc/PID/smaps) over the daemon's
+processes, leaving out the shared-memory rings (a fixed-size memfd mapping
+whose pages become resident as traffic first touches them);
+broker.memory_mark() records it and .assert_back() waits (bounded) until it
+is back within max(+2 MB, +20%). Under an instrumented daemon
 (AddressSanitizer, or IOTD_WRAPPER such as valgrind), whose allocators keep
 freed memory in quarantine, broker.instrumented is true and memory bounds are
 not asserted.

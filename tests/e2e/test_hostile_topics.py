@@ -91,6 +91,7 @@ def test_dollar_topics_reach_dollar_filters_only(broker, bystander):
     bystander.check()
 
 
+@pytest.mark.iotd_only        # max_topic_levels
 @pytest.mark.parametrize("topic", [levels(10_000), "/" * 9_999, levels(129)],
                          ids=["10000-levels", "10000-empty-levels", "129-levels"])
 def test_topic_over_max_topic_levels_closes_publisher(broker, bystander, everything, topic):
@@ -102,6 +103,7 @@ def test_topic_over_max_topic_levels_closes_publisher(broker, bystander, everyth
     bystander.check()
 
 
+@pytest.mark.iotd_only        # max_topic_levels
 @pytest.mark.parametrize("flt", [levels(10_000), "/" * 9_999, levels(129), levels(9_999) + "/#",
                                  "+/" * 9_999 + "+"],
                          ids=["10000-levels", "10000-empty-levels", "129-levels",
