@@ -23,6 +23,7 @@
  * is already in the store: a restart neither repeats nor loses a record.
  */
 #include <errno.h>
+#include <malloc.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2393,6 +2394,9 @@ static void router_proc_tick(struct router_proc *p)
 	if (stale && !store_stale(p->st))
 		router_proc_resynced(p);
 	router_proc_stats(p);
+	/* Over memory_limit: give the heap's free blocks back to the system. */
+	if (atomic_load(&p->env->shm->memory_pressure))
+		malloc_trim(0);
 }
 
 /* ---- the process: set-up and loop -------------------------------------- */

@@ -169,8 +169,19 @@ static int buf_reserve(struct buf *b, size_t n)
 	return 0;
 }
 
+/*
+ * Set when a large block went back to the heap: glibc keeps freed memory
+ * for reuse, so the 1 s tick hands it back to the system (process-wide,
+ * as the heap is).
+ */
+static bool heap_trim_wanted;
+
+#define TRIM_MIN_BYTES 65536
+
 static void buf_free(struct buf *b)
 {
+	if (b->cap >= TRIM_MIN_BYTES)
+		heap_trim_wanted = true;
 	free(b->p);
 	*b = (struct buf){ 0 };
 }
@@ -331,6 +342,15 @@ static bool conn_flush(struct worker *w, struct conn *c)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN) {
+				/*
+				 * Keep only what is unsent: a slow but steady reader
+				 * must not make the buffer grow by what it already took.
+				 */
+				if (c->out.off >= c->out.len / 2) {
+					memmove(c->out.p, c->out.p + c->out.off, c->out.len - c->out.off);
+					c->out.len -= c->out.off;
+					c->out.off = 0;
+				}
 				if (!c->want_out) {
 					c->want_out = true;
 					conn_set_events(w, c);
@@ -447,8 +467,11 @@ static void conn_new(struct worker *w, int fd, const struct ipc_client *info)
 
 static void qmsg_unref(struct qmsg *m)
 {
-	if (m != NULL && --m->refs == 0)
+	if (m != NULL && --m->refs == 0) {
+		if ((size_t)m->topic_len + m->payload_len >= TRIM_MIN_BYTES)
+			heap_trim_wanted = true;
 		free(m);
+	}
 }
 
 static struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
@@ -991,6 +1014,11 @@ static ssize_t process_bytes(struct worker *w, struct conn *c, const uint8_t *p,
 			return -1;
 		}
 		off += hdr + remaining;
+		/*
+		 * Deadlines count whole packets, not bytes [MQTT-3.1.2-24]: a
+		 * client trickling a packet byte by byte does not keep itself alive.
+		 */
+		c->last_rx_ms = w->now_ms;
 		switch (handle_packet(w, c, &pkt)) {
 		case PKT_CLOSED:
 			return -1;
@@ -1025,7 +1053,6 @@ static void conn_read(struct worker *w, struct conn *c)
 		conn_close(w, c, true, n == 0 ? "connection closed by client" : strerror(errno));
 		return;
 	}
-	c->last_rx_ms = w->now_ms;
 	if (c->in.len > 0) {
 		/* A packet is already partly here: append, then decode in place. */
 		if (buf_reserve(&c->in, (size_t)n) < 0) {
@@ -1453,9 +1480,11 @@ int worker_main(struct role_env *env)
 				(void)!read(w.timerfd, &ticks, sizeof(ticks));
 				check_deadlines(&w);
 				publish_counters(&w);
-				/* Over the ceiling, give what was freed back to the system. */
-				if (atomic_load(&env->shm->memory_pressure))
+				/* Give large freed blocks back to the system (at once over the ceiling). */
+				if (heap_trim_wanted || atomic_load(&env->shm->memory_pressure)) {
+					heap_trim_wanted = false;
 					malloc_trim(0);
+				}
 			} else if (p == &env->ctl_fd) {
 				if (!control_message(&w))
 					w.stopping = true;

@@ -250,10 +250,6 @@ def test_connect_declared_longer_than_sent_is_closed_after_connect_timeout(broke
     bystander.check()
 
 
-@pytest.mark.xfail(strict=True, reason="iotd restarts the connect timeout at every byte "
-                   "received (worker.c check_deadlines measures CS_NEW idleness from "
-                   "last_rx_ms), so a client trickling a CONNECT that never completes "
-                   "holds its connection for ever")
 @pytest.mark.broker_config(connect_timeout=1)
 def test_connect_trickled_byte_by_byte_is_still_closed_after_connect_timeout(broker, bystander):
     """connect_timeout is the time a new connection has to send CONNECT: a
@@ -300,10 +296,6 @@ def test_packet_declared_longer_than_sent_after_connect_is_closed_by_keepalive(b
     bystander.check()
 
 
-@pytest.mark.xfail(strict=True, reason="iotd restarts the keep-alive at every byte received "
-                   "(worker.c conn_read sets last_rx_ms), not at every whole control packet "
-                   "[MQTT-3.1.2-24], so a client trickling a packet that never completes is "
-                   "never disconnected")
 def test_packet_trickled_after_connect_is_closed_by_keepalive(broker, bystander):
     """Keep-alive 1 s: a PUBLISH declaring 200 bytes, one byte every 0.3 s,
     is no control packet: closed after 1.5 s."""

@@ -308,11 +308,6 @@ def slow_reader_flood(broker, worker):
         place.close()
 
 
-@pytest.mark.xfail(strict=True, reason="iotd does not give freed memory back: after a few "
-                   "floods to a slow reader every worker stays at its high-water mark (about "
-                   "+3 to +10 MB each: freed output buffers and router backlog stay in glibc's "
-                   "heap; malloc_trim runs only above server.memory_limit, off by default), "
-                   "although nothing is leaked")
 @pytest.mark.iotd_only
 def test_memory_is_back_after_slow_reader_floods(broker, bystander):
     """50 MiB published to a topic whose only subscriber never reads, twice
@@ -329,11 +324,6 @@ def test_memory_is_back_after_slow_reader_floods(broker, bystander):
     mark.assert_back(timeout=3, what=f"after {2 * len(workers)} 50 MiB floods to slow readers")
 
 
-@pytest.mark.xfail(strict=True, reason="a worker keeps bytes it already wrote to a socket "
-                   "until the connection's output buffer drains completely (worker.c "
-                   "buf_reserve grows c->out and never moves out.off back), so a reader that "
-                   "keeps reading, but slower than its topic is published, makes the worker "
-                   "hold everything it has read: memory grows without bound")
 @pytest.mark.iotd_only
 def test_trickling_reader_is_bounded(broker, bystander):
     """A QoS 0 subscriber that reads, but slower (about 3 MB/s) than its

@@ -55,10 +55,10 @@ def refused(port):
         c.close()
 
 
-@pytest.mark.broker_config(memory_limit=24 << 20, max_inflight=100)
+@pytest.mark.broker_config(memory_limit=32 << 20, max_inflight=160)
 def test_memory_limit_refuses_connections_and_pauses_reads_until_memory_is_back(broker):
     # A QoS 1 subscriber that never reads makes the daemon hold every
-    # message in flight to it: 100 x 256 KiB is past the 24 MiB ceiling
+    # message in flight to it: 160 x 256 KiB is past the 32 MiB ceiling
     # (which leaves room for the rings' pages, resident once used).
     hog = m.RawClient(broker.port, timeout=T(5), rcvbuf=4096)
     hog.connect(uid("memhog"))
@@ -67,7 +67,7 @@ def test_memory_limit_refuses_connections_and_pauses_reads_until_memory_is_back(
     sub = raw(broker, uid("memsub"))
     try:
         sub.subscribe([("mem/small", 0)])
-        for i in range(100):
+        for i in range(160):
             pub.publish("mem/big", bytes(256 << 10), qos=1, pid=i + 1)
         wait_for(lambda: "memory_limit reached" in broker.log, T(6),
                  "the supervisor to log that memory_limit was reached")
@@ -76,7 +76,7 @@ def test_memory_limit_refuses_connections_and_pauses_reads_until_memory_is_back(
         sub.expect_no_packet(0.5)
         # The hog goes: its messages are freed, memory falls, service resumes.
         hog.close()
-        wait_for(lambda: "accepting and reading again" in broker.log, T(6),
+        wait_for(lambda: "accepting and reading again" in broker.log, T(10),
                  "the supervisor to log that memory is back under the ceiling")
         assert sub.recv_publish(timeout=T(3)).payload == b"held back"
         wait_for(lambda: not refused(broker.port), T(3), "new connections accepted again")
