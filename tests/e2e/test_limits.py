@@ -74,6 +74,10 @@ def test_memory_limit_refuses_connections_and_pauses_reads_until_memory_is_back(
         wait_for(lambda: refused(broker.port), T(3), "a new connection refused over memory_limit")
         pub.send(m.publish("mem/small", b"held back", qos=0))
         sub.expect_no_packet(0.5)
+        if broker.instrumented:
+            # A sanitizer's allocator keeps freed memory in quarantine: PSS
+            # does not fall, so the way back is checked on plain builds only.
+            return
         # The hog goes: its messages are freed, memory falls, service resumes.
         hog.close()
         wait_for(lambda: "accepting and reading again" in broker.log, T(10),
