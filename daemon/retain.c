@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "retain.h"
+#include "topic.h"
 
 /* Out of memory in HASH_ADD must come back to us, not exit the router. */
 #define HASH_NONFATAL_OOM 1
@@ -42,40 +43,6 @@ struct retain_store {
 	size_t count, bytes;
 	size_t max_count, max_bytes;
 };
-
-enum retain_kind { RETAIN_LITERAL, RETAIN_PLUS, RETAIN_HASH };
-
-/* Index of the '/' that ends the level starting at off, or len. */
-static size_t retain_level_end(const char *s, size_t len, size_t off)
-{
-	const char *slash;
-
-	if (off >= len)
-		return len;
-	slash = memchr(s + off, '/', len - off);
-	return slash ? (size_t)(slash - s) : len;
-}
-
-/* Start of the level before the one at off (off > 0; len + 1 is past the end). */
-static size_t retain_level_prev(const char *s, size_t off)
-{
-	size_t i = off - 1;
-
-	while (i > 0 && s[i - 1] != '/')
-		i--;
-	return i;
-}
-
-static enum retain_kind retain_level_kind(const char *s, size_t start, size_t end)
-{
-	if (end - start != 1)
-		return RETAIN_LITERAL;
-	if (s[start] == '+')
-		return RETAIN_PLUS;
-	if (s[start] == '#')
-		return RETAIN_HASH;
-	return RETAIN_LITERAL;
-}
 
 static size_t retain_msg_size(const struct retain_msg *m)
 {
@@ -168,7 +135,7 @@ static struct retain_node *retain_descend(const struct retain_store *rs, const c
 	size_t o = 0;
 
 	while (o <= len) {
-		size_t end = retain_level_end(topic, len, o);
+		size_t end = topic_level_end(topic, len, o);
 		struct retain_node *c = retain_node_child(n, topic + o, end - o);
 
 		if (!c)
@@ -185,7 +152,7 @@ static struct retain_node *retain_build(struct retain_store *rs, struct retain_n
 					const char *topic, size_t len, size_t off)
 {
 	while (off <= len) {
-		size_t end = retain_level_end(topic, len, off);
+		size_t end = topic_level_end(topic, len, off);
 		struct retain_node *c = retain_node_add(n, topic + off, end - off);
 
 		if (!c) {
@@ -405,13 +372,13 @@ static const struct retain_node *retain_walk_enter(const struct retain_walk *w,
 		retain_report(w, n);
 		return NULL;
 	}
-	end = retain_level_end(w->filter, w->len, off);
+	end = topic_level_end(w->filter, w->len, off);
 	*next = end + 1;
-	switch (retain_level_kind(w->filter, off, end)) {
-	case RETAIN_HASH:
+	switch (topic_level_kind(w->filter, off, end)) {
+	case TOPIC_HASH:
 		retain_report_subtree(w, n);
 		return NULL;
-	case RETAIN_PLUS:
+	case TOPIC_PLUS:
 		return retain_first_child(w, n);
 	default:
 		return retain_node_child(n, w->filter + off, end - off);
@@ -446,9 +413,9 @@ void retain_match(const struct retain_store *rs, const char *filter, size_t filt
 
 			if (n == w.root)
 				return;
-			prev = retain_level_prev(filter, off);
+			prev = topic_level_prev(filter, off);
 			/* Only a "+" level has siblings left to try; they share off. */
-			if (retain_level_kind(filter, prev, off - 1) == RETAIN_PLUS) {
+			if (topic_level_kind(filter, prev, off - 1) == TOPIC_PLUS) {
 				const struct retain_node *s = retain_next_sibling(&w, n);
 
 				if (s) {

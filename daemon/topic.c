@@ -44,45 +44,7 @@ struct topic_trie {
 	size_t count;
 };
 
-enum topic_kind { TOPIC_LITERAL, TOPIC_PLUS, TOPIC_HASH };
-
 #define TOPIC_SUBS_MIN 4
-
-/* Index of the '/' that ends the level starting at off, or len. */
-static size_t topic_level_end(const char *s, size_t len, size_t off)
-{
-	const char *slash;
-
-	if (off >= len)
-		return len;
-	slash = memchr(s + off, '/', len - off);
-	return slash ? (size_t)(slash - s) : len;
-}
-
-/*
- * Start of the level before the one starting at off (off > 0). Offsets of
- * len + 1 mean "past the last level", so s[off - 1] is always the '/' that
- * ended the previous level, or its end of string.
- */
-static size_t topic_level_prev(const char *s, size_t off)
-{
-	size_t i = off - 1;
-
-	while (i > 0 && s[i - 1] != '/')
-		i--;
-	return i;
-}
-
-static enum topic_kind topic_level_kind(const char *s, size_t start, size_t end)
-{
-	if (end - start != 1)
-		return TOPIC_LITERAL;
-	if (s[start] == '+')
-		return TOPIC_PLUS;
-	if (s[start] == '#')
-		return TOPIC_HASH;
-	return TOPIC_LITERAL;
-}
 
 /* '+' and '#' in a filter must fill their level; '#' must also be last. */
 static bool topic_wildcard_ok(const char *s, size_t len, size_t i)

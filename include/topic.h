@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /*
  * A topic name for PUBLISH: 1..max_len bytes, no '+' or '#', at most
@@ -23,6 +24,48 @@ bool topic_name_valid(const char *t, size_t len, size_t max_levels, size_t max_l
 bool topic_filter_valid(const char *f, size_t len, size_t max_levels, size_t max_len);
 /* Does filter match topic? Both assumed valid. */
 bool topic_matches(const char *filter, size_t flen, const char *topic, size_t tlen);
+
+/*
+ * Level walking, shared by the trie and the retained store. Offsets index
+ * the topic or filter; len + 1 means "past the last level".
+ */
+enum topic_kind { TOPIC_LITERAL, TOPIC_PLUS, TOPIC_HASH };
+
+/* Index of the '/' that ends the level starting at off, or len. */
+static inline size_t topic_level_end(const char *s, size_t len, size_t off)
+{
+	const char *slash;
+
+	if (off >= len)
+		return len;
+	slash = memchr(s + off, '/', len - off);
+	return slash ? (size_t)(slash - s) : len;
+}
+
+/*
+ * Start of the level before the one starting at off (off > 0). Offsets of
+ * len + 1 mean "past the last level", so s[off - 1] is always the '/' that
+ * ended the previous level, or its end of string.
+ */
+static inline size_t topic_level_prev(const char *s, size_t off)
+{
+	size_t i = off - 1;
+
+	while (i > 0 && s[i - 1] != '/')
+		i--;
+	return i;
+}
+
+static inline enum topic_kind topic_level_kind(const char *s, size_t start, size_t end)
+{
+	if (end - start != 1)
+		return TOPIC_LITERAL;
+	if (s[start] == '+')
+		return TOPIC_PLUS;
+	if (s[start] == '#')
+		return TOPIC_HASH;
+	return TOPIC_LITERAL;
+}
 
 struct topic_trie;
 
