@@ -1415,8 +1415,12 @@ static int worker_setup(struct worker *w, struct role_env *env)
 		return -1;
 	shmring_producer_attach(&w->prod, shm_w2r(env->shm, w->index));
 	shmring_consumer_attach(&w->cons, shm_r2w(env->shm, w->index));
-	/* Whatever the router sent our predecessor is for connections that are gone. */
-	shmring_discard(&w->cons);
+	/*
+	 * What the router sent our predecessor is read like anything else:
+	 * those connections are of an older epoch, so no lookup finds them,
+	 * and QoS 1/2 deliveries among them go back to the router for their
+	 * (now offline) sessions instead of being lost.
+	 */
 	ev.data.ptr = &w->timerfd;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->timerfd, &ev) < 0)
 		return -1;
