@@ -228,6 +228,7 @@ const char *rec_type_name(int type)
 		[REC_UNSUBACK] = "UNSUBACK",
 		[REC_DELIVER] = "DELIVER",
 		[REC_KICK] = "KICK",
+		[REC_MSG_STATE] = "MSG_STATE",
 	};
 
 	if (type < 0 || type >= (int)ARRAY_SIZE(names) || !names[type])

@@ -50,6 +50,7 @@
 #include "topic.h"
 
 #define ROUTER_TARGET_BYTES 13        /* u64 conn, u32 sid, u8 qos in a REC_DELIVER */
+#define ROUTER_COPY_BYTES 8           /* ... and u64 copy when the router keeps one */
 #define ROUTER_MAX_WINDOW 65535u      /* a session cannot owe more in-flight messages than packet ids */
 #define ROUTER_REMOTE_LEN 64          /* as struct ipc_client: enough for "[v6]:port" */
 #define ROUTER_SUBACK_FAILURE 0x80
@@ -89,6 +90,7 @@ struct session_msg {
 	uint64_t order;              /* key in the store's queue: ascending = list order */
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
+	bool at_worker;              /* a copy of what the session's connection holds (rec.h) */
 	uint16_t topic_len;
 	uint32_t payload_len;
 	uint8_t data[];              /* topic, then payload */
@@ -113,6 +115,7 @@ struct session {
 	struct session_msg *q_head, *q_tail, *q_owed_tail;
 	size_t q_queued, q_queued_bytes;   /* MSG_QUEUED ones: what the limits count */
 	size_t q_window;                   /* MSG_INFLIGHT / MSG_PUBREL ones */
+	size_t q_at_worker;                /* copies of what the connection holds */
 	bool q_warned;
 
 	uint16_t *qos2_ids;          /* inbound QoS 2 awaiting PUBREL, while offline */
@@ -256,6 +259,7 @@ static void session_msg_persist(struct router *r, const struct session *s,
 		.state = q->state,
 		.qos = q->qos,
 		.retain = q->retain,
+		.at_worker = q->at_worker,
 		.topic = (const char *)q->data,
 		.topic_len = q->topic_len,
 		.payload = q->data + q->topic_len,
@@ -347,7 +351,7 @@ static void router_send_kick(struct router *r, conn_id_t conn)
 	router_emit(r, conn_id_worker(conn), REC_KICK, w);
 }
 
-static void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid,
+static void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uint64_t copy,
 				    uint16_t packet_id, uint8_t state, const struct router_msg *m)
 {
 	struct recw *w = &r->out;
@@ -355,6 +359,7 @@ static void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t s
 	recw_reset(w);
 	recw_u64(w, conn);
 	recw_u32(w, sid);
+	recw_u64(w, copy);
 	recw_u16(w, packet_id);
 	recw_u8(w, state);
 	recw_u8(w, m->qos);
@@ -388,20 +393,25 @@ static void router_deliver_end(struct router *r, unsigned worker)
 }
 
 static void router_deliver_add(struct router *r, const struct router_msg *m,
-			       const struct session *s, uint8_t qos)
+			       const struct session *s, uint8_t qos, uint64_t copy)
 {
 	unsigned worker = conn_id_worker(s->conn);
 	struct recw *w = &r->deliver[worker];
 
 	/* A fan-out too big for one ring record goes out in several. */
 	if (r->deliver_n[worker] && r->max_record &&
-	    w->len + ROUTER_TARGET_BYTES > r->max_record)
+	    w->len + ROUTER_TARGET_BYTES + (copy ? ROUTER_COPY_BYTES : 0) > r->max_record)
 		router_deliver_end(r, worker);
 	if (!r->deliver_n[worker])
 		router_deliver_begin(r, worker, m);
 	recw_u64(w, s->conn);
 	recw_u32(w, s->sid);
-	recw_u8(w, qos);
+	if (copy) {
+		recw_u8(w, qos | REC_TARGET_COPY);
+		recw_u64(w, copy);
+	} else {
+		recw_u8(w, qos);
+	}
 	r->deliver_n[worker]++;
 }
 
@@ -423,8 +433,23 @@ static void session_queue_clear(struct session *s)
 		free(m);
 	}
 	s->q_head = s->q_tail = s->q_owed_tail = NULL;
-	s->q_queued = s->q_queued_bytes = s->q_window = 0;
+	s->q_queued = s->q_queued_bytes = s->q_window = s->q_at_worker = 0;
 	s->q_warned = false;
+}
+
+/* Add (dir 1) or take away (dir -1) q from the counts its kind is in. */
+static void session_queue_count(struct session *s, const struct session_msg *q, int dir)
+{
+	size_t bytes = (size_t)q->topic_len + q->payload_len;
+
+	if (q->at_worker) {
+		s->q_at_worker += (size_t)dir;
+	} else if (q->state == MSG_QUEUED) {
+		s->q_queued += (size_t)dir;
+		s->q_queued_bytes += dir > 0 ? bytes : -bytes;
+	} else {
+		s->q_window += (size_t)dir;
+	}
 }
 
 static size_t session_queue_len(const struct session *s)
@@ -455,6 +480,7 @@ static struct session_msg *session_msg_new(uint16_t packet_id, uint8_t state,
 		return NULL;
 	q->packet_id = packet_id;
 	q->state = state;
+	q->at_worker = false;
 	q->qos = m->qos;
 	q->retain = m->retain;
 	q->topic_len = m->topic_len;
@@ -490,12 +516,7 @@ static void session_queue_link(struct session *s, struct session_msg *q, bool ow
 	}
 	if (!q->next)
 		s->q_tail = q;
-	if (q->state == MSG_QUEUED) {
-		s->q_queued++;
-		s->q_queued_bytes += (size_t)q->topic_len + q->payload_len;
-	} else {
-		s->q_window++;
-	}
+	session_queue_count(s, q, 1);
 }
 
 /* Store a message for a session that is not (or no longer) connected. */
@@ -538,22 +559,98 @@ static void session_msg_view(const struct session_msg *q, struct router_msg *m)
 	m->payload_len = q->payload_len;
 }
 
-/* Hand the stored messages to the session's new connection: the unfinished exchanges first. */
+/*
+ * Hand the stored messages to the session's new connection, the
+ * unfinished exchanges first. Each stays here as a copy until the worker
+ * reports it done (REC_MSG_STATE).
+ */
 static void session_queue_send(struct router *r, struct session *s)
 {
 	struct router_msg m;
 
 	for (int pass = 0; pass < 2; pass++) {
-		for (const struct session_msg *q = s->q_head; q; q = q->next) {
-			if ((q->state == MSG_QUEUED) != (pass == 1))
+		for (struct session_msg *q = s->q_head; q; q = q->next) {
+			if (q->at_worker || (q->state == MSG_QUEUED) != (pass == 1))
 				continue;
+			session_queue_count(s, q, -1);
+			q->at_worker = true;
+			session_queue_count(s, q, 1);
+			session_msg_persist(r, s, q);
 			session_msg_view(q, &m);
-			router_send_session_msg(r, s->conn, s->sid, q->packet_id, q->state, &m);
+			router_send_session_msg(r, s->conn, s->sid, q->order, q->packet_id, q->state,
+						&m);
 		}
 	}
-	if (r->st && s->q_head)
-		store_queue_clear(r->st, s->sid);
-	session_queue_clear(s);
+	s->q_owed_tail = NULL;
+	s->q_warned = false;
+}
+
+/*
+ * Keep a copy of a QoS 1/2 message handed to a persistent session's
+ * connection. Returns its id for the worker, or 0 when none could be kept
+ * (out of memory: the worker then hands the message back on a clean close,
+ * as before copies existed, and a crash of the worker loses it).
+ */
+static uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_id,
+				 uint8_t state, const struct router_msg *m)
+{
+	struct session_msg *q;
+
+	if (s->clean || m->qos == 0 || s->q_at_worker >= ROUTER_MAX_WINDOW + (size_t)r->cfg->max_queued_messages)
+		return 0;
+	q = session_msg_new(packet_id, state, m);
+	if (!q) {
+		log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+			   "out of memory: a QoS %u message is not kept against a worker crash",
+			   m->qos);
+		return 0;
+	}
+	q->at_worker = true;
+	q->order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | ROUTER_ORDER_QUEUED;
+	session_queue_link(s, q, false);
+	session_msg_persist(r, s, q);
+	return q->order;
+}
+
+/* The connection is gone: what it held becomes the head of the offline queue, as last reported. */
+static void session_copies_release(struct router *r, struct session *s)
+{
+	for (struct session_msg *q = s->q_head; q && s->q_at_worker; q = q->next) {
+		if (!q->at_worker)
+			continue;
+		session_queue_count(s, q, -1);
+		q->at_worker = false;
+		session_queue_count(s, q, 1);
+		session_msg_persist(r, s, q);
+	}
+}
+
+/* The copy named copy, or NULL; *prev_r: the message before it in the queue. */
+static struct session_msg *session_copy_find(struct session *s, uint64_t copy,
+					     struct session_msg **prev_r)
+{
+	struct session_msg *prev = NULL;
+
+	for (struct session_msg *q = s->q_head; q; prev = q, q = q->next) {
+		if (q->order == copy && q->at_worker) {
+			*prev_r = prev;
+			return q;
+		}
+	}
+	return NULL;
+}
+
+static void session_msg_unlink(struct session *s, struct session_msg *q, struct session_msg *prev)
+{
+	if (prev)
+		prev->next = q->next;
+	else
+		s->q_head = q->next;
+	if (s->q_tail == q)
+		s->q_tail = prev;
+	if (s->q_owed_tail == q)
+		s->q_owed_tail = prev;
+	session_queue_count(s, q, -1);
 }
 
 /* ---- sessions: registry ------------------------------------------------ */
@@ -922,6 +1019,7 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 					   "out of memory: %u inbound QoS 2 ids forgotten", n);
 			}
 		}
+		session_copies_release(r, s);
 		s->q_owed_tail = NULL;
 		s->last_seen_ms = r->now_ms;
 		session_offline_link(r, s);
@@ -1091,7 +1189,11 @@ static void router_publish(struct router *r, const struct router_msg *m)
 		uint8_t qos = MIN(m->qos, s->granted);
 
 		if (s->online && !s->pending)
-			router_deliver_add(r, &routed, s, qos);
+			router_deliver_add(r, &routed, s, qos,
+					   session_copy_new(r, s, 0, MSG_QUEUED,
+							    &(struct router_msg){ qos, 0, m->topic,
+										  m->topic_len, m->payload,
+										  m->payload_len }));
 		else if (qos > 0 && (!s->clean || s->online))
 			/* Offline persistent, or taken over: the next connection gets it. */
 			session_enqueue(r, s, false, 0, MSG_QUEUED,
@@ -1253,6 +1355,7 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 {
 	conn_id_t conn = recr_u64(rd);
 	uint32_t sid = recr_u32(rd);
+	uint64_t copy = recr_u64(rd);
 	uint16_t packet_id = recr_u16(rd);
 	uint8_t state = recr_u8(rd);
 	struct router_msg m;
@@ -1278,6 +1381,10 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 		log_debug("router: stored message for gone session %u dropped", sid);
 		return ROUTER_OK;
 	}
+	if (copy) {
+		/* The router holds this one already, with its state as last reported. */
+		return ROUTER_OK;
+	}
 	if (s->online && s->conn == conn) {
 		/* Owed by the session's own closing connection (REC_CLOSE follows). */
 		session_enqueue(r, s, true, packet_id, state, &m);
@@ -1291,8 +1398,45 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 		 * A PUBREL carries no message, so it cannot become a new delivery;
 		 * the worker turns an in-flight one whose id is taken into one.
 		 */
-		router_send_session_msg(r, s->conn, s->sid, packet_id, state, &m);
+		router_send_session_msg(r, s->conn, s->sid, session_copy_new(r, s, packet_id, state, &m),
+					packet_id, state, &m);
 	}
+	return ROUTER_OK;
+}
+
+/* A worker's report on a message the router holds a copy of. */
+static int router_on_msg_state(struct router *r, unsigned worker, struct recr *rd)
+{
+	conn_id_t conn = recr_u64(rd);
+	uint32_t sid = recr_u32(rd);
+	uint64_t copy = recr_u64(rd);
+	uint16_t packet_id = recr_u16(rd);
+	uint8_t state = recr_u8(rd);
+	struct session_msg *q, *prev;
+	struct session *s;
+
+	if (recr_end(rd) || !router_conn_ok(r, worker, conn) || !copy ||
+	    state < MSG_INFLIGHT || state > MSG_DONE || (state != MSG_DONE && !packet_id))
+		return ROUTER_BAD;
+	s = router_find_sid(r, sid);
+	/* Reports come before the connection's REC_CLOSE: a copy released since is not theirs. */
+	if (!s || !s->online || s->conn != conn || !(q = session_copy_find(s, copy, &prev))) {
+		log_debug("router: state of message %llu of gone session %u ignored",
+			  (unsigned long long)copy, sid);
+		return ROUTER_OK;
+	}
+	if (state == MSG_DONE) {
+		session_msg_unlink(s, q, prev);
+		if (r->st)
+			store_queue_del(r->st, s->sid, q->order);
+		free(q);
+		return ROUTER_OK;
+	}
+	if (state == MSG_PUBREL && q->qos != 2)
+		return ROUTER_BAD;
+	q->packet_id = packet_id;
+	q->state = state;
+	session_msg_persist(r, s, q);
 	return ROUTER_OK;
 }
 
@@ -1414,6 +1558,7 @@ static const router_handler_fn router_handlers[REC_TYPE_MAX] = {
 	[REC_SESSION_MSG] = router_on_session_msg,
 	[REC_CLOSE] = router_on_close,
 	[REC_WORKER_DOWN] = router_on_worker_down,
+	[REC_MSG_STATE] = router_on_msg_state,
 };
 
 /* ---- public logic interface -------------------------------------------- */
@@ -1793,6 +1938,8 @@ static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const st
 		return;
 	}
 	q->order = order;
+	/* A copy for a connection that is gone (an earlier daemon's) is simply queued. */
+	q->at_worker = m->at_worker && s->online;
 	/* The store hands them over in queue order: each goes at the tail. */
 	session_queue_link(s, q, false);
 	if (!(order & ROUTER_ORDER_QUEUED) && s->online)
@@ -2547,7 +2694,14 @@ int router_main(struct role_env *env)
 			break;
 		}
 	}
-	/* Whatever fits still goes out (the workers may outlive us), the tick's changes too. */
+	/*
+	 * Asked to stop: the supervisor does that once the workers are gone, so
+	 * the rings hold their last records. Apply and store every one: each
+	 * may be a message its publisher was acknowledged.
+	 */
+	while (rc == 0 && router_proc_drain(p))
+		router_proc_flush(p);
+	/* Whatever fits still goes out, the tick's changes too. */
 	router_proc_flush(p);
 out:
 	router_proc_cleanup(p, rc == 0);

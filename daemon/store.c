@@ -435,11 +435,14 @@ static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, 
 	return 0;
 }
 
+/* Format 2: the state byte's high bit says the message is a copy held for a worker. */
+#define STORE_MSG_AT_WORKER 0x80
+
 static void enc_msg(struct recw *w, const struct store_msg *m)
 {
 	recw_reset(w);
 	recw_u16(w, m->packet_id);
-	recw_u8(w, m->state);
+	recw_u8(w, (uint8_t)(m->state | (m->at_worker ? STORE_MSG_AT_WORKER : 0)));
 	recw_u8(w, m->qos);
 	recw_u8(w, m->retain);
 	recw_str(w, m->topic, m->topic_len);
@@ -454,6 +457,8 @@ static int dec_msg(const MDB_val *v, struct store_msg *m)
 	recr_init(&r, v->mv_data, v->mv_size);
 	m->packet_id = recr_u16(&r);
 	m->state = recr_u8(&r);
+	m->at_worker = (m->state & STORE_MSG_AT_WORKER) != 0;
+	m->state &= (uint8_t)~STORE_MSG_AT_WORKER;
 	m->qos = recr_u8(&r);
 	m->retain = recr_u8(&r);
 	recr_str(&r, &topic, &m->topic_len);
@@ -550,6 +555,16 @@ void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struc
 	put_be64(kb + 4, order);
 	v = mval(st->val.buf, st->val.len);
 	store_put(st, st->queue, &k, &v, "writing a queued message");
+}
+
+void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
+{
+	uint8_t kb[12];
+	MDB_val k = mval(kb, sizeof(kb));
+
+	put_be32(kb, sid);
+	put_be64(kb + 4, order);
+	store_del(st, st->queue, &k, "deleting a queued message");
 }
 
 void store_queue_clear(struct store *st, uint32_t sid)
@@ -1280,6 +1295,15 @@ static int store_check_format(struct store *st, MDB_txn *txn, char *err, size_t 
 	memcpy(&format, v.mv_data, sizeof(format));
 	if (format == STORE_FORMAT)
 		return 0;
+	if (format >= STORE_FORMAT_OLDEST && format < STORE_FORMAT) {
+		/* Every older format is a subset of this one: mark it so an older iotd refuses it. */
+		format = STORE_FORMAT;
+		v = mval(&format, sizeof(format));
+		rc = mdb_put(txn, meta, &k, &v, 0);
+		if (rc)
+			goto lmdb;
+		return 0;
+	}
 	if (format > STORE_FORMAT)
 		snprintf(err, errlen, "store %s: format %llu is newer than this iotd understands (%d): "
 			 "use a newer iotd or another storage.path", st->dir,

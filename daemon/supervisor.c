@@ -83,6 +83,7 @@ struct supervisor {
 	unsigned n_children;
 	bool ready_sent;
 	bool stopping;
+	bool router_told;            /* stopping: the router was asked to stop (it goes last) */
 	uint64_t stop_deadline_ms;
 	bool socket_activated;       /* systemd passed the listening sockets */
 	struct privsep ps;           /* the identity children take when started as root */
@@ -629,6 +630,17 @@ static unsigned children_alive(const struct supervisor *sv)
 	return n;
 }
 
+/* Listener and workers: the processes that write into the router's rings. */
+static unsigned feeders_alive(const struct supervisor *sv)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < sv->n_children; i++)
+		if (sv->children[i].state != CHILD_DOWN && sv->children[i].role != ROLE_ROUTER)
+			n++;
+	return n;
+}
+
 static void restart_due_children(struct supervisor *sv)
 {
 	uint64_t now = now_ms();
@@ -854,6 +866,25 @@ static void child_message(struct supervisor *sv, struct child *c)
 
 /* --- stopping ----------------------------------------------------------- */
 
+/*
+ * The router stops last, once nothing can write into its rings any more:
+ * it then applies (and stores) every record the workers left, so a
+ * message a client got PUBACK/PUBCOMP for is never lost by a stop.
+ */
+static void shutdown_router_when_alone(struct supervisor *sv)
+{
+	if (sv->router_told || feeders_alive(sv) > 0)
+		return;
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->role == ROLE_ROUTER && c->state != CHILD_DOWN && c->ctl_fd >= 0 &&
+		    ipc_send(c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) < 0)
+			log_warn("cannot ask the router to stop: %s", strerror(errno));
+	}
+	sv->router_told = true;
+}
+
 static void stop_graceful(struct supervisor *sv)
 {
 	if (sv->stopping)
@@ -863,18 +894,25 @@ static void stop_graceful(struct supervisor *sv)
 	sd_notify(0, "STOPPING=1");
 	log_info("stopping (SIGINT): closing clients");
 	for (unsigned i = 0; i < sv->n_children; i++)
-		if (sv->children[i].state != CHILD_DOWN)
+		if (sv->children[i].state != CHILD_DOWN && sv->children[i].role != ROLE_ROUTER)
 			ipc_send(sv->children[i].ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1);
+	shutdown_router_when_alone(sv);
 }
 
-static void kill_children(struct supervisor *sv, int sig)
+static void kill_children(struct supervisor *sv, int sig, bool router_too)
 {
 	for (unsigned i = 0; i < sv->n_children; i++)
-		if (sv->children[i].state != CHILD_DOWN && sv->children[i].pid > 0)
+		if (sv->children[i].state != CHILD_DOWN && sv->children[i].pid > 0 &&
+		    (router_too || sv->children[i].role != ROLE_ROUTER))
 			kill(sv->children[i].pid, sig);
 }
 
-/* SIGTERM: no goodbyes. Wait (bounded) only so that no child outlives us. */
+/*
+ * SIGTERM: no goodbyes to clients (no will fires), but nothing a client
+ * was acknowledged is dropped: listener and workers die at once, then the
+ * router drains their rings and exits. All bounded by a second; whatever
+ * is still running then is killed.
+ */
 static void stop_immediate(struct supervisor *sv)
 {
 	uint64_t deadline = now_ms() + 1000;
@@ -882,17 +920,28 @@ static void stop_immediate(struct supervisor *sv)
 	sd_notify(0, "STOPPING=1");
 	log_info("stopping (SIGTERM)");
 	sv->stopping = true;
-	kill_children(sv, SIGKILL);
-	while (children_alive(sv) > 0 && now_ms() < deadline) {
+	kill_children(sv, SIGKILL, false);
+	while (children_alive(sv) > 0) {
 		int status;
-		pid_t pid = waitpid(-1, &status, 0);
+		bool late = now_ms() >= deadline;
+		pid_t pid = waitpid(-1, &status, late ? 0 : WNOHANG);
 		struct child *c;
 
 		if (pid < 0)
 			break;
+		if (pid == 0) {
+			/* Polled: the router is draining; this wait is bounded by the deadline. */
+			nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+			if (now_ms() >= deadline) {
+				log_warn("router still running after a second; killing it");
+				kill_children(sv, SIGKILL, true);
+			}
+			continue;
+		}
 		c = child_by_pid(sv, pid);
 		if (c != NULL)
 			child_exited(sv, c, status);
+		shutdown_router_when_alone(sv);
 	}
 }
 
@@ -1188,11 +1237,12 @@ static void run_loop(struct supervisor *sv)
 			}
 		}
 		if (sv->stopping) {
+			shutdown_router_when_alone(sv);
 			if (children_alive(sv) == 0)
 				return;
 			if (now_ms() >= sv->stop_deadline_ms) {
 				log_warn("children still running after %d ms; killing them", STOP_GRACE_MS);
-				kill_children(sv, SIGKILL);
+				kill_children(sv, SIGKILL, true);
 				sv->stop_deadline_ms = now_ms() + 1000;
 			}
 			continue;
@@ -1249,7 +1299,7 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	setup_children(&sv);
 	for (unsigned i = 0; i < sv.n_children; i++)
 		if (child_spawn(&sv, &sv.children[i]) < 0) {
-			kill_children(&sv, SIGKILL);
+			kill_children(&sv, SIGKILL, true);
 			goto fail;
 		}
 	run_loop(&sv);

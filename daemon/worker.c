@@ -61,16 +61,19 @@ struct qmsg {
 	uint8_t data[];              /* topic, then payload */
 };
 
+/* copy: the router's id for its copy of the message (persistent sessions), or 0. */
 struct inflight {
 	uint16_t packet_id;
 	uint8_t state;               /* MSG_INFLIGHT or MSG_PUBREL */
 	uint8_t qos;
 	struct qmsg *msg;            /* NULL once PUBREL was sent */
+	uint64_t copy;
 };
 
 struct pending {
 	struct pending *next;
 	struct qmsg *msg;
+	uint64_t copy;
 	uint8_t qos;
 };
 
@@ -498,6 +501,7 @@ static void rec_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint
 	recw_reset(&w->rw);
 	recw_u64(&w->rw, conn);
 	recw_u32(&w->rw, sid);
+	recw_u64(&w->rw, 0);
 	recw_u16(&w->rw, pid);
 	recw_u8(&w->rw, state);
 	recw_u8(&w->rw, qos);
@@ -507,13 +511,36 @@ static void rec_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint
 	push_recw(w, REC_SESSION_MSG);
 }
 
-/* A persistent session leaves what it still owes its client with the router. */
+/*
+ * Tell the router how the exchange of a message it holds a copy of moved
+ * on, so that a crash of this worker loses none of it (rec.h).
+ */
+static void report_state(struct worker *w, const struct conn *c, uint64_t copy, uint16_t pid,
+			 uint8_t state)
+{
+	if (copy == 0)
+		return;
+	recw_reset(&w->rw);
+	recw_u64(&w->rw, c->id);
+	recw_u32(&w->rw, c->sid);
+	recw_u64(&w->rw, copy);
+	recw_u16(&w->rw, pid);
+	recw_u8(&w->rw, state);
+	push_recw(w, REC_MSG_STATE);
+}
+
+/*
+ * A persistent session leaves what it still owes its client with the
+ * router: the messages it has no copy of (it has the others, up to date).
+ */
 static void conn_hand_back_state(struct worker *w, struct conn *c)
 {
 	for (uint16_t i = 0; i < c->n_inflight; i++) {
 		struct inflight *f = &c->inflight[i];
 		struct qmsg *m = f->msg;
 
+		if (f->copy != 0)
+			continue;
 		if (m != NULL)
 			rec_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos, m->retain,
 					m->data, m->topic_len, m->data + m->topic_len,
@@ -523,9 +550,10 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
 					NULL, 0, NULL, 0);
 	}
 	for (struct pending *p = c->pend_head; p != NULL; p = p->next)
-		rec_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
-				p->msg->data, p->msg->topic_len, p->msg->data + p->msg->topic_len,
-				p->msg->payload_len);
+		if (p->copy == 0)
+			rec_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
+					p->msg->data, p->msg->topic_len, p->msg->data + p->msg->topic_len,
+					p->msg->payload_len);
 }
 
 static void conn_free_state(struct conn *c)
@@ -636,8 +664,9 @@ static bool inflight_room(struct worker *w, struct conn *c)
 	return true;
 }
 
+/* dup: a resend under the packet id the router already knows. */
 static void inflight_send(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
-			  uint16_t pid, bool dup)
+			  uint16_t pid, bool dup, uint64_t copy)
 {
 	struct inflight *f = &c->inflight[c->n_inflight++];
 
@@ -645,15 +674,18 @@ static void inflight_send(struct worker *w, struct conn *c, struct qmsg *m, uint
 	f->state = MSG_INFLIGHT;
 	f->qos = qos;
 	f->msg = m;
+	f->copy = copy;
 	m->refs++;
 	send_publish(w, c, dup, qos, m->retain, m->data, m->topic_len, pid,
 		     m->data + m->topic_len, m->payload_len);
+	if (!dup)
+		report_state(w, c, copy, pid, MSG_INFLIGHT);
 }
 
-static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos)
+static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
+			uint64_t copy)
 {
 	struct pending *p;
-
 	size_t bytes = (size_t)m->topic_len + m->payload_len;
 
 	if (c->n_pending >= (uint32_t)w->cfg->max_queued_messages ||
@@ -664,10 +696,12 @@ static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 			log_client(LOG_LVL_WARN, c->client_id, c->remote,
 				   "queue full (%u messages); dropping new messages", c->n_pending);
 		c->drop_logged = true;
+		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
 	p->next = NULL;
 	p->msg = m;
+	p->copy = copy;
 	p->qos = qos;
 	m->refs++;
 	if (c->pend_tail)
@@ -679,12 +713,13 @@ static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 	c->pending_bytes += bytes;
 }
 
-static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos)
+static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
+			uint64_t copy)
 {
 	if (c->pend_head == NULL && inflight_room(w, c))
-		inflight_send(w, c, m, qos, pid_alloc(c), false);
+		inflight_send(w, c, m, qos, pid_alloc(c), false, copy);
 	else
-		pending_add(w, c, m, qos);
+		pending_add(w, c, m, qos, copy);
 }
 
 /* Move queued messages into the window as acknowledgements free it. */
@@ -698,7 +733,7 @@ static void pending_pump(struct worker *w, struct conn *c)
 			c->pend_tail = NULL;
 		c->n_pending--;
 		c->pending_bytes -= (size_t)p->msg->topic_len + p->msg->payload_len;
-		inflight_send(w, c, p->msg, p->qos, pid_alloc(c), false);
+		inflight_send(w, c, p->msg, p->qos, pid_alloc(c), false, p->copy);
 		qmsg_unref(p->msg);
 		free(p);
 	}
@@ -909,6 +944,7 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 		i = inflight_find(c, pid);
 		if (i >= 0 && c->inflight[i].qos == (pkt->type == MQTT_PUBACK ? 1 : 2) &&
 		    c->inflight[i].state == (pkt->type == MQTT_PUBACK ? MSG_INFLIGHT : MSG_PUBREL)) {
+			report_state(w, c, c->inflight[i].copy, pid, MSG_DONE);
 			inflight_remove(c, i);
 			pending_pump(w, c);
 		}
@@ -920,6 +956,7 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 				qmsg_unref(c->inflight[i].msg);
 				c->inflight[i].msg = NULL;
 				c->inflight[i].state = MSG_PUBREL;
+				report_state(w, c, c->inflight[i].copy, pid, MSG_PUBREL);
 			}
 			send_ack(w, c, MQTT_PUBREL, pid);
 		}
@@ -1077,12 +1114,15 @@ static void conn_read(struct worker *w, struct conn *c)
 
 /* --- records from the router -------------------------------------------- */
 
-static void bounce(struct worker *w, conn_id_t conn, uint32_t sid, uint16_t pid, uint8_t state,
-		   uint8_t qos, bool retain, const uint8_t *topic, uint16_t tlen,
+static void bounce(struct worker *w, conn_id_t conn, uint32_t sid, uint64_t copy, uint16_t pid,
+		   uint8_t state, uint8_t qos, bool retain, const uint8_t *topic, uint16_t tlen,
 		   const uint8_t *payload, uint32_t plen)
 {
-	/* The connection went away first: the router re-routes to the session. */
-	if (qos > 0 && sid != 0)
+	/*
+	 * The connection went away first: the router re-routes to the session
+	 * (it holds a copy already, if copy != 0).
+	 */
+	if (qos > 0 && sid != 0 && copy == 0)
 		rec_session_msg(w, conn, sid, pid, state, qos, retain, topic, tlen, payload, plen);
 }
 
@@ -1161,12 +1201,15 @@ static void rec_deliver(struct worker *w, struct recr *r)
 		conn_id_t id = recr_u64(r);
 		uint32_t sid = recr_u32(r);
 		uint8_t tq = recr_u8(r);
-		struct conn *c = conn_lookup(w, id);
+		uint64_t copy = tq & REC_TARGET_COPY ? recr_u64(r) : 0;
+		struct conn *c;
 
+		tq &= (uint8_t)~REC_TARGET_COPY;
 		if (r->err)
 			break;
+		c = conn_lookup(w, id);
 		if (c == NULL || c->state != CS_ACTIVE) {
-			bounce(w, id, sid, 0, MSG_QUEUED, tq, retain, topic, tlen, payload, plen);
+			bounce(w, id, sid, copy, 0, MSG_QUEUED, tq, retain, topic, tlen, payload, plen);
 			continue;
 		}
 		if (tq == 0) {
@@ -1182,9 +1225,10 @@ static void rec_deliver(struct worker *w, struct recr *r)
 		}
 		if (m == NULL && (m = qmsg_new(topic, tlen, payload, plen, retain)) == NULL) {
 			log_error("out of memory for a QoS %u delivery; dropped", tq);
+			report_state(w, c, copy, 0, MSG_DONE);
 			continue;
 		}
-		deliver_qos(w, c, m, tq > 2 ? 2 : tq);
+		deliver_qos(w, c, m, tq > 2 ? 2 : tq, copy);
 	}
 	if (m != NULL && m->refs == 0)
 		free(m);
@@ -1194,6 +1238,7 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 {
 	conn_id_t id = recr_u64(r);
 	uint32_t sid = recr_u32(r);
+	uint64_t copy = recr_u64(r);
 	uint16_t pid = recr_u16(r);
 	uint8_t state = recr_u8(r), qos = recr_u8(r), retain = recr_u8(r);
 	const uint8_t *topic, *payload;
@@ -1208,27 +1253,33 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 		return;
 	c = conn_lookup(w, id);
 	if (c == NULL || c->state != CS_ACTIVE) {
-		bounce(w, id, sid, pid, state, qos, retain, topic, tlen, payload, plen);
+		bounce(w, id, sid, copy, pid, state, qos, retain, topic, tlen, payload, plen);
 		return;
 	}
 	if (state == MSG_PUBREL) {
 		if (pid != 0 && !pid_in_use(c, pid) && inflight_room(w, c)) {
-			c->inflight[c->n_inflight++] = (struct inflight){ pid, MSG_PUBREL, 2, NULL };
+			c->inflight[c->n_inflight++] =
+				(struct inflight){ pid, MSG_PUBREL, 2, NULL, copy };
 			send_ack(w, c, MQTT_PUBREL, pid);
+		} else {
+			log_client(LOG_LVL_WARN, c->client_id, c->remote,
+				   "no room to resend PUBREL %u; dropped", pid);
+			report_state(w, c, copy, 0, MSG_DONE);
 		}
 		return;
 	}
 	m = qmsg_new(topic, tlen, payload, plen, retain);
 	if (m == NULL) {
 		log_error("out of memory resending a stored message; dropped");
+		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
 	/* [MQTT-4.4.0-1]: unacknowledged messages go again with their ids, DUP set. */
 	if (state == MSG_INFLIGHT && pid != 0 && !pid_in_use(c, pid) && c->pend_head == NULL &&
 	    inflight_room(w, c))
-		inflight_send(w, c, m, qos, pid, true);
+		inflight_send(w, c, m, qos, pid, true, copy);
 	else
-		deliver_qos(w, c, m, qos);
+		deliver_qos(w, c, m, qos, copy);
 	if (m->refs == 0)
 		free(m);
 }

@@ -23,13 +23,19 @@
  *   REC_PUBLISH      u8 qos, u8 retain, str topic, bytes payload
  *                    (qos = the publisher's QoS; the PUBACK/PUBREC was or
  *                    will be sent by the worker)
- *   REC_SESSION_MSG  u64 conn, u32 sid, u16 packet_id, u8 state, u8 qos, u8 retain,
- *                    str topic, bytes payload
+ *   REC_SESSION_MSG  u64 conn, u32 sid, u64 copy, u16 packet_id, u8 state, u8 qos,
+ *                    u8 retain, str topic, bytes payload
  *                    (a QoS 1/2 message a closing persistent session still
  *                    owes its client, sent just before REC_CLOSE; or, with
  *                    state MSG_QUEUED, a delivery that reached a connection
  *                    which had already closed: the router re-routes it to
- *                    session sid)
+ *                    session sid. Only for messages with copy 0: the router
+ *                    already holds the others)
+ *   REC_MSG_STATE    u64 conn, u32 sid, u64 copy, u16 packet_id, u8 state
+ *                    (the exchange of a message the router holds a copy of
+ *                    moved on: MSG_INFLIGHT = sent as packet_id; MSG_PUBREL =
+ *                    PUBREC received; MSG_DONE = acknowledged, or dropped by
+ *                    the worker: the router forgets its copy)
  *   REC_CLOSE        u64 conn, u8 publish_will, u16 n, n x u16 packet_id
  *                    (connection gone; the ids are inbound QoS 2 messages
  *                    awaiting PUBREL, kept for a persistent session)
@@ -44,13 +50,23 @@
  *   REC_SUBACK       u64 conn, u16 packet_id, u16 n, n x u8 code
  *   REC_UNSUBACK     u64 conn, u16 packet_id
  *   REC_DELIVER      u8 qos, str topic, bytes payload, u8 retain, u32 n,
- *                    n x (u64 conn, u32 sid, u8 qos)
+ *                    n x (u64 conn, u32 sid, u8 qos [, u64 copy])
  *                    (one record per worker per message: every target on
  *                    that worker; target qos = min(publish, granted);
- *                    retain=1 only for retained messages sent on subscribe)
+ *                    retain=1 only for retained messages sent on subscribe.
+ *                    qos | REC_TARGET_COPY: the router keeps a copy for this
+ *                    persistent session until the worker reports MSG_DONE,
+ *                    named by the u64 that follows)
  *   REC_SESSION_MSG  as above: a stored message for a resumed session; the
  *                    worker resends it (state MSG_INFLIGHT: same packet id,
  *                    DUP=1; MSG_PUBREL: PUBREL only; MSG_QUEUED: new delivery)
+ *                    and reports its progress with REC_MSG_STATE (copy != 0)
+ *
+ * Why the copies: a worker's death (kill -9) takes its connections' QoS
+ * state with it. The router keeps every QoS 1/2 message it hands a
+ * persistent session's connection, with the exchange's state as last
+ * reported, so a dead worker's sessions go offline with everything they
+ * were still owed, packet ids included [MQTT-4.4.0-1].
  *   REC_KICK         u64 conn
  *                    (session taken over: close the connection, publish its will)
  */
@@ -74,6 +90,7 @@ enum rec_type {
 	REC_UNSUBACK,
 	REC_DELIVER,
 	REC_KICK,
+	REC_MSG_STATE,
 	REC_TYPE_MAX
 };
 
@@ -81,7 +98,11 @@ enum msg_state {
 	MSG_QUEUED = 0,     /* not yet sent: gets a packet id when sent */
 	MSG_INFLIGHT = 1,   /* PUBLISH sent, awaiting PUBACK (QoS 1) or PUBREC (QoS 2) */
 	MSG_PUBREL = 2,     /* PUBREL sent, awaiting PUBCOMP (QoS 2) */
+	MSG_DONE = 3,       /* REC_MSG_STATE only: acknowledged or dropped */
 };
+
+/* In a REC_DELIVER target's qos: a u64 copy id follows. */
+#define REC_TARGET_COPY 0x80
 
 /* Growable writer, process-local. */
 struct recw {

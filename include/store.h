@@ -22,7 +22,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_FORMAT 1                    /* meta "format"; a newer store is refused */
+#define STORE_FORMAT 2                    /* meta "format"; a newer store is refused */
+#define STORE_FORMAT_OLDEST 1             /* still read (and upgraded in place) */
 #define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/iotd-<daemon pid> */
 #define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */
 #define STORE_MEMORY_MAP ((size_t)1 << 30)
@@ -71,6 +72,7 @@ struct store_session {
 struct store_msg {
 	uint16_t packet_id;
 	uint8_t state, qos, retain;       /* state: enum msg_state */
+	bool at_worker;                   /* a copy of what the session's connection holds */
 	const char *topic;
 	uint16_t topic_len;
 	const uint8_t *payload;
@@ -152,6 +154,7 @@ void store_sub_put(struct store *st, uint32_t sid, const char *filter, uint16_t 
 void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t len);
 /* order: position in the session's queue, kept in ascending order. */
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m);
+void store_queue_del(struct store *st, uint32_t sid, uint64_t order);
 void store_queue_clear(struct store *st, uint32_t sid);
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
 			const uint8_t *payload, uint32_t payload_len);

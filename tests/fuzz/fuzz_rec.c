@@ -102,9 +102,14 @@ static void el_filter_qos(struct cp *c)
 
 static void el_target(struct cp *c)
 {
+	uint8_t qos;
+
 	cp_u64(c);
 	cp_u32(c);
-	cp_u8(c);
+	qos = recr_u8(&c->r);
+	recw_u8(&c->w, qos);
+	if (qos & REC_TARGET_COPY)
+		cp_u64(c);
 }
 
 static void decode(struct cp *c, int type)
@@ -124,8 +129,11 @@ static void decode(struct cp *c, int type)
 		cp_u8(c); cp_u8(c); cp_str(c); cp_bytes(c);
 		break;
 	case REC_SESSION_MSG:
-		cp_u64(c); cp_u32(c); cp_u16(c); cp_u8(c); cp_u8(c); cp_u8(c);
+		cp_u64(c); cp_u32(c); cp_u64(c); cp_u16(c); cp_u8(c); cp_u8(c); cp_u8(c);
 		cp_str(c); cp_bytes(c);
+		break;
+	case REC_MSG_STATE:
+		cp_u64(c); cp_u32(c); cp_u64(c); cp_u16(c); cp_u8(c);
 		break;
 	case REC_CLOSE:
 		cp_u64(c); cp_u8(c); cp_list(c, 16, cp_u16);

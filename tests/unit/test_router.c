@@ -247,6 +247,7 @@ static int send_session_msg(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t
 	recw_init(&w);
 	recw_u64(&w, conn);
 	recw_u32(&w, sid);
+	recw_u64(&w, 0);
 	recw_u16(&w, packet_id);
 	recw_u8(&w, state);
 	recw_u8(&w, qos);
@@ -254,6 +255,21 @@ static int send_session_msg(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t
 	recw_str(&w, topic, (uint16_t)strlen(topic));
 	recw_bytes(&w, payload, (uint32_t)strlen(payload));
 	return handle(f, conn_id_worker(conn), REC_SESSION_MSG, &w);
+}
+
+/* A worker's report on a message the router keeps a copy of. */
+static int send_msg_state(struct fx *f, conn_id_t conn, uint32_t sid, uint64_t copy,
+			  uint16_t packet_id, uint8_t state)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, conn);
+	recw_u32(&w, sid);
+	recw_u64(&w, copy);
+	recw_u16(&w, packet_id);
+	recw_u8(&w, state);
+	return handle(f, conn_id_worker(conn), REC_MSG_STATE, &w);
 }
 
 static int send_worker_down(struct fx *f, unsigned worker, uint32_t new_epoch)
@@ -298,6 +314,7 @@ struct target {
 	conn_id_t conn;
 	uint32_t sid;
 	uint8_t qos;
+	uint64_t copy;               /* 0: the router keeps none */
 };
 
 struct deliver {
@@ -337,6 +354,8 @@ static void decode_deliver(const struct cap *c, struct deliver *d)
 		d->t[i].conn = recr_u64(&rd);
 		d->t[i].sid = recr_u32(&rd);
 		d->t[i].qos = recr_u8(&rd);
+		d->t[i].copy = d->t[i].qos & REC_TARGET_COPY ? recr_u64(&rd) : 0;
+		d->t[i].qos &= (uint8_t)~REC_TARGET_COPY;
 		assert_int_equal(conn_id_worker(d->t[i].conn), c->worker);
 	}
 	assert_int_equal(recr_end(&rd), 0);
@@ -345,6 +364,7 @@ static void decode_deliver(const struct cap *c, struct deliver *d)
 struct smsg {
 	conn_id_t conn;
 	uint32_t sid;
+	uint64_t copy;
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
 	char topic[128];
@@ -362,6 +382,7 @@ static void decode_session_msg(const struct cap *c, struct smsg *m)
 	recr_init(&rd, c->buf, c->len);
 	m->conn = recr_u64(&rd);
 	m->sid = recr_u32(&rd);
+	m->copy = recr_u64(&rd);
 	m->packet_id = recr_u16(&rd);
 	m->state = recr_u8(&rd);
 	m->qos = recr_u8(&rd);
@@ -480,11 +501,34 @@ static void connect_persistent_resumes_with_stored_qos1_but_not_qos0(void **stat
 	decode_session_msg(&f->caps[2], &m);
 	assert_int_equal(m.qos, 1);          /* granted 1 caps the QoS 2 publish */
 	assert_string_equal(m.topic, "t/2");
+	assert_int_not_equal(m.copy, 0);
 
-	/* The queue went to the worker: a second resume has nothing. */
+	/*
+	 * The router keeps copies until the worker reports them done: the first
+	 * was sent as packet id 9, the second never left the worker, and the
+	 * connection dies. The next resume gets both again, the first as an
+	 * unfinished exchange with its packet id.
+	 */
+	decode_session_msg(&f->caps[1], &m);
+	assert_int_equal(send_msg_state(f, C(2, 7), sid, m.copy, 9, MSG_INFLIGHT), 0);
 	fx_clear(f);
 	assert_int_equal(send_close(f, C(2, 7), false, 0, NULL), 0);
 	assert_int_equal(send_connect(f, C(2, 8), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 3);
+	decode_session_msg(&f->caps[1], &m);
+	assert_string_equal(m.topic, "t/1");
+	assert_int_equal(m.state, MSG_INFLIGHT);
+	assert_int_equal(m.packet_id, 9);
+	assert_int_equal(send_msg_state(f, C(2, 8), sid, m.copy, 9, MSG_DONE), 0);
+	decode_session_msg(&f->caps[2], &m);
+	assert_string_equal(m.topic, "t/2");
+	assert_int_equal(m.state, MSG_QUEUED);
+	assert_int_equal(send_msg_state(f, C(2, 8), sid, m.copy, 0, MSG_DONE), 0);
+
+	/* Both acknowledged: a further resume has nothing. */
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(2, 8), false, 0, NULL), 0);
+	assert_int_equal(send_connect(f, C(2, 9), false, "dev", NULL), 0);
 	assert_int_equal(f->n, 1);
 	decode_connack(&f->caps[0], &a);
 	assert_int_equal(a.present, 1);
@@ -1057,6 +1101,87 @@ static void worker_down_closes_its_sessions_and_publishes_wills(void **state)
 	assert_int_equal(st.online, 2);
 }
 
+/*
+ * A worker dies holding QoS 1/2 exchanges of a persistent session: the
+ * router's copies, in the state last reported, become the session's queue.
+ */
+static void worker_down_leaves_the_sessions_copies_as_last_reported(void **state)
+{
+	struct fx *f = *state;
+	const char *payloads[] = { "a", "b", "c", "d" };
+	uint64_t copy[4];
+	uint32_t sid = connect_ok(f, C(0, 1), false, "p", NULL);
+	struct connack a;
+	struct deliver d;
+	struct smsg m;
+
+	connect_ok(f, C(0, 2), true, "clean", NULL);
+	subscribe_ok(f, C(0, 1), "t", 2);
+	subscribe_ok(f, C(0, 2), "t", 2);
+	for (unsigned i = 0; i < 4; i++) {
+		fx_clear(f);
+		assert_int_equal(send_publish(f, 1, 2, false, "t", payloads[i]), 0);
+		assert_int_equal(f->n, 1);
+		decode_deliver(&f->caps[0], &d);
+		assert_int_equal(d.n, 2);
+		for (uint32_t t = 0; t < d.n; t++) {
+			if (d.t[t].conn == C(0, 1))
+				copy[i] = d.t[t].copy;
+			else
+				assert_int_equal(d.t[t].copy, 0);  /* a clean session gets none */
+		}
+		assert_int_not_equal(copy[i], 0);
+	}
+	/* "a": PUBREC came (PUBREL sent); "b": sent; "c": still queued in the worker; "d": done. */
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, copy[0], 1, MSG_INFLIGHT), 0);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, copy[0], 1, MSG_PUBREL), 0);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, copy[1], 2, MSG_INFLIGHT), 0);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, copy[3], 3, MSG_INFLIGHT), 0);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, copy[3], 3, MSG_PUBREL), 0);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, copy[3], 3, MSG_DONE), 0);
+	/* A report for a copy that is gone, or of another connection, changes nothing. */
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, copy[3], 0, MSG_DONE), 0);
+	assert_int_equal(send_msg_state(f, C(0, 3), sid, copy[1], 7, MSG_INFLIGHT), 0);
+
+	fx_clear(f);
+	assert_int_equal(send_worker_down(f, 0, 2), 0);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(send_connect(f, C(1, 1), false, "p", NULL), 0);
+	assert_int_equal(f->n, 4);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	decode_session_msg(&f->caps[1], &m);
+	assert_int_equal(m.state, MSG_PUBREL);
+	assert_int_equal(m.packet_id, 1);
+	assert_int_equal(m.copy, copy[0]);
+	decode_session_msg(&f->caps[2], &m);
+	assert_int_equal(m.state, MSG_INFLIGHT);
+	assert_int_equal(m.packet_id, 2);
+	assert_string_equal(m.payload, "b");
+	decode_session_msg(&f->caps[3], &m);
+	assert_int_equal(m.state, MSG_QUEUED);
+	assert_string_equal(m.payload, "c");
+	assert_int_equal(m.qos, 2);
+}
+
+/* Reports that cannot be right are refused: no copy id, no packet id, a PUBREL for QoS 1. */
+static void bad_message_state_reports_are_refused(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "p", NULL);
+	struct deliver d;
+
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "x"), 0);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, 0, 1, MSG_INFLIGHT), -1);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, d.t[0].copy, 0, MSG_INFLIGHT), -1);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, d.t[0].copy, 1, MSG_QUEUED), -1);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, d.t[0].copy, 1, MSG_DONE + 1), -1);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, d.t[0].copy, 1, MSG_PUBREL), -1);
+	assert_int_equal(send_msg_state(f, C(1, 1), sid, d.t[0].copy, 1, MSG_INFLIGHT), 0);
+}
+
 static void offline_session_expires_after_timeout(void **state)
 {
 	struct fx *f = *state;
@@ -1533,6 +1658,47 @@ static void a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will(voi
 	router_tick(f->r, 510001);
 	expect_stats(f, 2, 2, 1, 0);
 	assert_int_equal(count_type(f, REC_DELIVER), 0);
+}
+
+/* Copies held for a live connection outlive a router crash, with their reported state. */
+static void copies_survive_a_router_crash_and_a_new_daemon_queues_them(void **state)
+{
+	struct fx *f = *state;
+	struct connack a;
+	struct deliver d;
+	struct smsg m;
+	uint32_t sid;
+
+	fx_store(f, STORE_DISK_MAP);
+	sid = connect_ok(f, C(0, 1), false, "p", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "x"), 0);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid, d.t[0].copy, 4, MSG_INFLIGHT), 0);
+	assert_int_equal(router_commit(f->r), 0);
+
+	/* The router restarts; the connection never noticed. Then its worker dies. */
+	fx_crash_and_restart(f, NULL);
+	expect_stats(f, 1, 1, 1, 0);
+	assert_int_equal(send_worker_down(f, 0, 2), 0);
+	assert_int_equal(send_connect(f, C(1, 1), false, "p", NULL), 0);
+	assert_int_equal(f->n, 2);
+	decode_session_msg(&f->caps[1], &m);
+	assert_int_equal(m.state, MSG_INFLIGHT);
+	assert_int_equal(m.packet_id, 4);
+	assert_string_equal(m.payload, "x");
+	assert_int_equal(router_commit(f->r), 0);
+
+	/* A whole new daemon: nobody is connected, the copy is an ordinary stored message. */
+	fx_crash_and_restart(f, "another daemon");
+	expect_stats(f, 1, 0, 1, 0);
+	assert_int_equal(send_connect(f, C(2, 1), false, "p", NULL), 0);
+	assert_int_equal(f->n, 2);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	decode_session_msg(&f->caps[1], &m);
+	assert_int_equal(m.packet_id, 4);
+	assert_string_equal(m.payload, "x");
 }
 
 static void expiry_and_queue_limits_hold_across_a_crash(void **state)
@@ -2030,6 +2196,8 @@ int main(void)
 		T(will_is_not_published_on_clean_disconnect),
 		T(will_reaches_own_persistent_session_queue),
 		T(worker_down_closes_its_sessions_and_publishes_wills),
+		T(worker_down_leaves_the_sessions_copies_as_last_reported),
+		T(bad_message_state_reports_are_refused),
 		T(offline_session_expires_after_timeout),
 		T(sessions_never_expire_with_timeout_zero),
 		T(bounce_goes_to_the_sessions_new_connection),
@@ -2041,6 +2209,7 @@ int main(void)
 		T(a_crashed_router_comes_back_with_sessions_subscriptions_queues_and_retained),
 		T(only_committed_changes_outlive_the_router),
 		T(a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will),
+		T(copies_survive_a_router_crash_and_a_new_daemon_queues_them),
 		T(expiry_and_queue_limits_hold_across_a_crash),
 		T(a_store_that_refused_writes_is_rewritten_by_the_next_tick),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),

@@ -99,6 +99,7 @@ struct got_msg {
 	uint64_t order;
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
+	bool at_worker;
 	char topic[1024], payload[64];
 };
 
@@ -171,6 +172,7 @@ static void got_queued(void *arg, uint32_t sid, uint64_t order, const struct sto
 	o->order = order;
 	o->packet_id = m->packet_id;
 	o->state = m->state;
+	o->at_worker = m->at_worker;
 	o->qos = m->qos;
 	o->retain = m->retain;
 	copy_str(o->topic, sizeof(o->topic), m->topic, m->topic_len);
@@ -550,18 +552,14 @@ static void new_daemon_of_a_memory_store_starts_empty(void **state)
 	free(g);
 }
 
-static void newer_format_is_refused(void **state)
+/* Write a format number into a closed store, behind iotd's back. */
+static void set_format(struct fx *f, uint64_t format)
 {
-	struct fx *f = *state;
 	MDB_env *env;
 	MDB_txn *txn;
 	MDB_dbi meta;
-	uint64_t format = STORE_FORMAT + 1;
 	MDB_val k = { 6, "format" }, v = { sizeof(format), &format };
-	char err[512] = "";
 
-	open_ok(f);
-	store_close(&f->st);
 	assert_int_equal(mdb_env_create(&env), 0);
 	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
 	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK, 0600), 0);
@@ -570,9 +568,67 @@ static void newer_format_is_refused(void **state)
 	assert_int_equal(mdb_put(txn, meta, &k, &v, 0), 0);
 	assert_int_equal(mdb_txn_commit(txn), 0);
 	mdb_env_close(env);
+}
 
+static void newer_format_is_refused(void **state)
+{
+	struct fx *f = *state;
+	char err[512] = "";
+
+	open_ok(f);
+	store_close(&f->st);
+	set_format(f, STORE_FORMAT + 1);
 	assert_null(store_open(f->path, STORE_DISK, MAP, err, sizeof(err)));
 	assert_non_null(strstr(err, "newer than this iotd"));
+}
+
+/* Format 1 (no copies) is read as it is and marked current, so an older iotd refuses it. */
+static void older_format_is_read_and_upgraded(void **state)
+{
+	struct fx *f = *state;
+	struct got g = { 0 };
+	uint64_t format = 0;
+
+	open_ok(f);
+	put_session(f->st, 3, "dev", false, 0, 0);
+	put_msg(f->st, 3, 1, "t", "kept");
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	set_format(f, STORE_FORMAT_OLDEST);
+	open_ok(f);
+	assert_true(store_meta_get(f->st, "format", &format));
+	assert_int_equal(format, STORE_FORMAT);
+	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
+	assert_int_equal(g.nq, 1);
+	assert_string_equal(g.q[0].payload, "kept");
+}
+
+/* A copy held for a worker keeps its mark and its state; one can be deleted alone. */
+static void copies_keep_their_mark_and_go_one_by_one(void **state)
+{
+	struct fx *f = *state;
+	struct got g = { 0 };
+	struct store_msg m = {
+		.packet_id = 9, .state = MSG_PUBREL, .qos = 2, .at_worker = true,
+		.topic = "t", .topic_len = 1, .payload = (const uint8_t *)"", .payload_len = 0,
+	};
+
+	open_ok(f);
+	put_session(f->st, 3, "dev", false, 0, 0);
+	put_msg(f->st, 3, 1, "t", "one");
+	store_queue_put(f->st, 3, 2, &m);
+	put_msg(f->st, 3, 3, "t", "three");
+	store_queue_del(f->st, 3, 1);
+	assert_int_equal(store_commit(f->st), 0);
+	reopen(f);
+	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
+	assert_int_equal(g.nq, 2);
+	assert_int_equal(g.q[0].order, 2);
+	assert_true(g.q[0].at_worker);
+	assert_int_equal(g.q[0].state, MSG_PUBREL);
+	assert_int_equal(g.q[0].packet_id, 9);
+	assert_false(g.q[1].at_worker);
+	assert_string_equal(g.q[1].payload, "three");
 }
 
 static void a_file_that_is_not_lmdb_is_refused(void **state)
@@ -776,6 +832,8 @@ int main(void)
 		T(new_daemon_keeps_persistent_sessions_offline_only),
 		T(new_daemon_of_a_memory_store_starts_empty),
 		T(newer_format_is_refused),
+		T(older_format_is_read_and_upgraded),
+		T(copies_keep_their_mark_and_go_one_by_one),
 		T(a_file_that_is_not_lmdb_is_refused),
 		T(an_lmdb_environment_of_somebody_else_is_refused),
 		T(a_path_that_is_a_file_or_in_use_is_refused),
