@@ -229,6 +229,7 @@ const char *rec_type_name(int type)
 		[REC_DELIVER] = "DELIVER",
 		[REC_KICK] = "KICK",
 		[REC_MSG_STATE] = "MSG_STATE",
+		[REC_QOS2_IN] = "QOS2_IN",
 	};
 
 	if (type < 0 || type >= (int)ARRAY_SIZE(names) || !names[type])

@@ -118,7 +118,7 @@ struct session {
 	size_t q_at_worker;                /* copies of what the connection holds */
 	bool q_warned;
 
-	uint16_t *qos2_ids;          /* inbound QoS 2 awaiting PUBREL, while offline */
+	uint16_t *qos2_ids;          /* inbound QoS 2 awaiting PUBREL (online: as the worker reports) */
 	uint16_t n_qos2_ids;
 
 	/* A CONNECT that takes this session over once its conn has closed. */
@@ -949,12 +949,17 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 	s->cx = c;
 	snprintf(s->remote, sizeof(s->remote), "%s", c->remote);
 
-	/* The worker owns the QoS 2 ids and the stored messages from here on. */
+	/*
+	 * The worker takes the inbound QoS 2 ids over; a persistent session's
+	 * stay here too, kept in step by REC_QOS2_IN, for the worker's death.
+	 */
 	router_send_connack(r, s->conn, s->sid, MQTT_CONNACK_ACCEPTED, present, s->qos2_ids,
 			    s->n_qos2_ids);
-	free(s->qos2_ids);
-	s->qos2_ids = NULL;
-	s->n_qos2_ids = 0;
+	if (s->clean) {
+		free(s->qos2_ids);
+		s->qos2_ids = NULL;
+		s->n_qos2_ids = 0;
+	}
 	stored = session_queue_len(s);
 	if (present)
 		session_queue_send(r, s);
@@ -968,10 +973,30 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 	}
 }
 
+/* Replace the inbound QoS 2 ids with the n (unaligned u16) at ids. */
+static void session_qos2_ids_set(struct session *s, const uint8_t *ids, uint16_t n)
+{
+	free(s->qos2_ids);
+	s->qos2_ids = NULL;
+	s->n_qos2_ids = 0;
+	if (!n)
+		return;
+	s->qos2_ids = malloc((size_t)n * sizeof(uint16_t));
+	if (!s->qos2_ids) {
+		log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+			   "out of memory: %u inbound QoS 2 ids forgotten", n);
+		return;
+	}
+	memcpy(s->qos2_ids, ids, (size_t)n * sizeof(uint16_t));
+	s->n_qos2_ids = n;
+}
+
 /*
  * The session's connection is gone. The will goes out before the session
  * state does, so a persistent session subscribed to it keeps it. A CONNECT
- * waiting for this close is then accepted.
+ * waiting for this close is then accepted. ids: the inbound QoS 2 ids the
+ * worker reported at close; NULL when the worker died (the router's own
+ * record of them, kept by REC_QOS2_IN, stands).
  */
 static void router_close(struct router *r, struct session *s, bool publish_will,
 			 const uint8_t *ids, uint16_t n)
@@ -1006,19 +1031,8 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 		log_client(LOG_LVL_INFO, s->client_id, s->remote, "session ended");
 		session_free(r, s);
 	} else {
-		free(s->qos2_ids);
-		s->qos2_ids = NULL;
-		s->n_qos2_ids = 0;
-		if (n) {
-			s->qos2_ids = malloc((size_t)n * sizeof(uint16_t));
-			if (s->qos2_ids) {
-				memcpy(s->qos2_ids, ids, (size_t)n * sizeof(uint16_t));
-				s->n_qos2_ids = n;
-			} else {
-				log_client(LOG_LVL_ERROR, s->client_id, s->remote,
-					   "out of memory: %u inbound QoS 2 ids forgotten", n);
-			}
-		}
+		if (ids)
+			session_qos2_ids_set(s, ids, n);
 		session_copies_release(r, s);
 		s->q_owed_tail = NULL;
 		s->last_seen_ms = r->now_ms;
@@ -1404,6 +1418,46 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 	return ROUTER_OK;
 }
 
+/* A persistent session's inbound QoS 2 id was taken (PUBLISH) or released (PUBREL). */
+static int router_on_qos2_in(struct router *r, unsigned worker, struct recr *rd)
+{
+	conn_id_t conn = recr_u64(rd);
+	uint32_t sid = recr_u32(rd);
+	uint16_t packet_id = recr_u16(rd);
+	uint8_t held = recr_u8(rd);
+	struct session *s;
+	uint16_t i;
+
+	if (recr_end(rd) || !router_conn_ok(r, worker, conn) || !packet_id || held > 1)
+		return ROUTER_BAD;
+	s = router_find_sid(r, sid);
+	if (!s || !s->online || s->conn != conn || s->clean)
+		return ROUTER_OK;            /* gone meanwhile: its CLOSE carried the ids */
+	for (i = 0; i < s->n_qos2_ids && s->qos2_ids[i] != packet_id; i++)
+		;
+	if (held && i == s->n_qos2_ids) {
+		uint16_t *grown;
+
+		if (s->n_qos2_ids == UINT16_MAX)
+			return ROUTER_BAD;
+		grown = realloc(s->qos2_ids, ((size_t)s->n_qos2_ids + 1) * sizeof(*grown));
+		if (!grown) {
+			log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+				   "out of memory: inbound QoS 2 id %u not kept against a worker crash",
+				   packet_id);
+			return ROUTER_OK;
+		}
+		s->qos2_ids = grown;
+		s->qos2_ids[s->n_qos2_ids++] = packet_id;
+	} else if (!held && i < s->n_qos2_ids) {
+		s->qos2_ids[i] = s->qos2_ids[--s->n_qos2_ids];
+	} else {
+		return ROUTER_OK;
+	}
+	session_persist(r, s);
+	return ROUTER_OK;
+}
+
 /* A worker's report on a message the router holds a copy of. */
 static int router_on_msg_state(struct router *r, unsigned worker, struct recr *rd)
 {
@@ -1559,6 +1613,7 @@ static const router_handler_fn router_handlers[REC_TYPE_MAX] = {
 	[REC_CLOSE] = router_on_close,
 	[REC_WORKER_DOWN] = router_on_worker_down,
 	[REC_MSG_STATE] = router_on_msg_state,
+	[REC_QOS2_IN] = router_on_qos2_in,
 };
 
 /* ---- public logic interface -------------------------------------------- */

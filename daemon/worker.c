@@ -787,13 +787,30 @@ static int qos2_in_add(struct conn *c, uint16_t pid)
 	return 0;
 }
 
-static void qos2_in_remove(struct conn *c, uint16_t pid)
+static bool qos2_in_remove(struct conn *c, uint16_t pid)
 {
 	for (uint32_t i = 0; i < c->n_qos2_in; i++)
 		if (c->qos2_in[i] == pid) {
 			c->qos2_in[i] = c->qos2_in[--c->n_qos2_in];
-			return;
+			return true;
 		}
+	return false;
+}
+
+/*
+ * A persistent session's inbound QoS 2 ids are also kept by the router, so
+ * that a PUBLISH resent after this worker's death is not routed twice.
+ */
+static void report_qos2_in(struct worker *w, const struct conn *c, uint16_t pid, bool held)
+{
+	if (c->clean)
+		return;
+	recw_reset(&w->rw);
+	recw_u64(&w->rw, c->id);
+	recw_u32(&w->rw, c->sid);
+	recw_u16(&w->rw, pid);
+	recw_u8(&w->rw, held);
+	push_recw(w, REC_QOS2_IN);
 }
 
 static void push_publish(struct worker *w, const struct mqtt_publish *pub)
@@ -845,6 +862,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 				conn_close(w, c, true, "out of memory");
 				return PKT_CLOSED;
 			}
+			report_qos2_in(w, c, pub->packet_id, true);
 			push_publish(w, pub);
 		}
 		send_ack(w, c, MQTT_PUBREC, pub->packet_id);
@@ -962,7 +980,8 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 		}
 		break;
 	case MQTT_PUBREL:
-		qos2_in_remove(c, pid);
+		if (qos2_in_remove(c, pid))
+			report_qos2_in(w, c, pid, false);
 		send_ack(w, c, MQTT_PUBCOMP, pid);
 		break;
 	default:

@@ -36,6 +36,12 @@
  *                    moved on: MSG_INFLIGHT = sent as packet_id; MSG_PUBREL =
  *                    PUBREC received; MSG_DONE = acknowledged, or dropped by
  *                    the worker: the router forgets its copy)
+ *   REC_QOS2_IN      u64 conn, u32 sid, u16 packet_id, u8 held
+ *                    (persistent sessions only: an inbound QoS 2 id now
+ *                    awaits PUBREL (held 1, sent just before the message's
+ *                    REC_PUBLISH) or was released by PUBREL (held 0), so
+ *                    that after a crash of the worker a resent PUBLISH is
+ *                    not routed twice)
  *   REC_CLOSE        u64 conn, u8 publish_will, u16 n, n x u16 packet_id
  *                    (connection gone; the ids are inbound QoS 2 messages
  *                    awaiting PUBREL, kept for a persistent session)
@@ -91,6 +97,7 @@ enum rec_type {
 	REC_DELIVER,
 	REC_KICK,
 	REC_MSG_STATE,
+	REC_QOS2_IN,
 	REC_TYPE_MAX
 };
 

@@ -531,3 +531,43 @@ def test_inflight_exchanges_resume_with_their_packet_ids(broker):
     wait_for(lambda: len(broker.worker_pids()) == 2 and w not in broker.worker_pids(), T(10),
              "the supervisor to restart the killed worker")
     broker.initial_pids = set(broker.pids())
+
+
+@pytest.mark.broker_config(workers=2)
+def test_qos2_publish_resent_after_a_worker_death_is_routed_once(broker):
+    """A persistent publisher got PUBREC for a QoS 2 PUBLISH and its worker
+    dies before the PUBREL. Reconnected, it may resend the PUBLISH (DUP,
+    same id) and then PUBREL, as a client unsure of the PUBREC does: the
+    subscriber gets the message exactly once."""
+    sub = m.RawClient(broker.port, timeout=T(5))
+    sub.connect(uid("q2in-sub"))
+    sub.subscribe([("q2in/x", 2)])
+    other = [p for p in broker.worker_pids() if p != broker.worker_of(sub)]
+    assert len(other) == 1, f"expected two workers: {broker.worker_pids()}"
+    cid = uid("q2in-pub")
+    pub = raw_on(broker, other[0], cid, clean=False)
+    w = broker.worker_of(pub)
+
+    pub.send(m.publish("q2in/x", b"once", qos=2, pid=7))
+    pub.expect(m.PUBREC, pid=7, timeout=T(5))
+    got = sub.recv_publish(timeout=T(5))
+    assert got.payload == b"once"
+
+    os.kill(w, signal.SIGKILL)
+    pub.expect_closed(T(5))
+    pub.close()
+    back = m.RawClient(broker.port, timeout=T(5))
+    assert back.connect(cid, clean=False).session_present is True
+    back.send(m.publish("q2in/x", b"once", qos=2, pid=7, dup=True))
+    back.expect(m.PUBREC, pid=7, timeout=T(5))
+    back.send(m.pubrel(7))
+    back.expect(m.PUBCOMP, pid=7, timeout=T(5))
+    # A fresh message after it proves the resent one was not routed again.
+    back.publish("q2in/x", b"after", qos=1, pid=8)
+    nxt = sub.recv_publish(timeout=T(5))
+    assert nxt.payload == b"after", f"the resent QoS 2 PUBLISH was routed twice: {nxt!r}"
+    for c in (back, sub):
+        c.disconnect()
+    wait_for(lambda: len(broker.worker_pids()) == 2 and w not in broker.worker_pids(), T(10),
+             "the supervisor to restart the killed worker")
+    broker.initial_pids = set(broker.pids())

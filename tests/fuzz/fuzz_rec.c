@@ -135,6 +135,9 @@ static void decode(struct cp *c, int type)
 	case REC_MSG_STATE:
 		cp_u64(c); cp_u32(c); cp_u64(c); cp_u16(c); cp_u8(c);
 		break;
+	case REC_QOS2_IN:
+		cp_u64(c); cp_u32(c); cp_u16(c); cp_u8(c);
+		break;
 	case REC_CLOSE:
 		cp_u64(c); cp_u8(c); cp_list(c, 16, cp_u16);
 		break;

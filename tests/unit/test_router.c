@@ -272,6 +272,19 @@ static int send_msg_state(struct fx *f, conn_id_t conn, uint32_t sid, uint64_t c
 	return handle(f, conn_id_worker(conn), REC_MSG_STATE, &w);
 }
 
+static int send_qos2_in(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t packet_id,
+			bool held)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, conn);
+	recw_u32(&w, sid);
+	recw_u16(&w, packet_id);
+	recw_u8(&w, held);
+	return handle(f, conn_id_worker(conn), REC_QOS2_IN, &w);
+}
+
 static int send_worker_down(struct fx *f, unsigned worker, uint32_t new_epoch)
 {
 	struct recw w;
@@ -1162,6 +1175,49 @@ static void worker_down_leaves_the_sessions_copies_as_last_reported(void **state
 	assert_int_equal(m.state, MSG_QUEUED);
 	assert_string_equal(m.payload, "c");
 	assert_int_equal(m.qos, 2);
+}
+
+/*
+ * The inbound QoS 2 ids of a persistent session outlive its worker: the
+ * router keeps them in step with the worker's reports and hands them to
+ * the next connection, so a resent PUBLISH is not routed twice.
+ */
+static void worker_down_keeps_the_inbound_qos2_ids(void **state)
+{
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "p", NULL);
+	uint32_t csid = connect_ok(f, C(0, 2), true, "c", NULL);
+	struct connack a;
+
+	assert_int_equal(send_qos2_in(f, C(0, 1), sid, 5, true), 0);
+	assert_int_equal(send_qos2_in(f, C(0, 1), sid, 6, true), 0);
+	assert_int_equal(send_qos2_in(f, C(0, 1), sid, 6, true), 0);   /* a resend: kept once */
+	assert_int_equal(send_qos2_in(f, C(0, 1), sid, 7, true), 0);
+	assert_int_equal(send_qos2_in(f, C(0, 1), sid, 5, false), 0);
+	assert_int_equal(send_qos2_in(f, C(0, 2), csid, 9, true), 0);  /* clean: not kept */
+	assert_int_equal(send_qos2_in(f, C(0, 1), sid, 0, true), -1);
+	assert_int_equal(send_worker_down(f, 0, 2), 0);
+
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(1, 1), false, "p", NULL), 0);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	assert_int_equal(a.n, 2);
+	assert_true((a.ids[0] == 6 && a.ids[1] == 7) || (a.ids[0] == 7 && a.ids[1] == 6));
+	/* Handed over, and still kept: a second death of a worker keeps them again. */
+	assert_int_equal(send_qos2_in(f, C(1, 1), sid, 7, false), 0);
+	assert_int_equal(send_worker_down(f, 1, 2), 0);
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(2, 1), false, "p", NULL), 0);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.n, 1);
+	assert_int_equal(a.ids[0], 6);
+	/* A clean close says what is left: the worker's list replaces the router's. */
+	assert_int_equal(send_close(f, C(2, 1), false, 0, NULL), 0);
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(2, 2), false, "p", NULL), 0);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.n, 0);
 }
 
 /* Reports that cannot be right are refused: no copy id, no packet id, a PUBREL for QoS 1. */
@@ -2198,6 +2254,7 @@ int main(void)
 		T(worker_down_closes_its_sessions_and_publishes_wills),
 		T(worker_down_leaves_the_sessions_copies_as_last_reported),
 		T(bad_message_state_reports_are_refused),
+		T(worker_down_keeps_the_inbound_qos2_ids),
 		T(offline_session_expires_after_timeout),
 		T(sessions_never_expire_with_timeout_zero),
 		T(bounce_goes_to_the_sessions_new_connection),
