@@ -116,7 +116,7 @@ struct session {
 	size_t q_queued, q_queued_bytes;   /* MSG_QUEUED ones: what the limits count */
 	size_t q_window;                   /* MSG_INFLIGHT / MSG_PUBREL ones */
 	size_t q_at_worker;                /* copies of what the connection holds */
-	bool q_warned;
+	bool q_warned, q_warned_qos0;
 
 	uint16_t *qos2_ids;          /* inbound QoS 2 awaiting PUBREL (online: as the worker reports) */
 	uint16_t n_qos2_ids;
@@ -434,7 +434,7 @@ static void session_queue_clear(struct session *s)
 	}
 	s->q_head = s->q_tail = s->q_owed_tail = NULL;
 	s->q_queued = s->q_queued_bytes = s->q_window = s->q_at_worker = 0;
-	s->q_warned = false;
+	s->q_warned = s->q_warned_qos0 = false;
 }
 
 /* Add (dir 1) or take away (dir -1) q from the counts its kind is in. */
@@ -519,6 +519,39 @@ static void session_queue_link(struct session *s, struct session_msg *q, bool ow
 	session_queue_count(s, q, 1);
 }
 
+static void session_msg_unlink(struct session *s, struct session_msg *q, struct session_msg *prev);
+
+/*
+ * A full queue makes room by dropping its oldest queued QoS 0 messages
+ * first (queue_qos0_messages): they were never promised. true when the
+ * message now fits.
+ */
+static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t bytes)
+{
+	struct session_msg *q = s->q_head, *prev = NULL;
+
+	while (session_queue_full(r, s, MSG_QUEUED, bytes)) {
+		while (q && (q->qos != 0 || q->at_worker)) {
+			prev = q;
+			q = q->next;
+		}
+		if (!q)
+			return false;
+		if (!s->q_warned_qos0)
+			log_client(LOG_LVL_WARN, s->client_id, s->remote,
+				   "offline queue full (%zu messages, %zu bytes): dropping QoS 0 messages first",
+				   session_queue_len(s), s->q_queued_bytes);
+		s->q_warned_qos0 = true;
+		r->queue_drops++;
+		session_msg_unlink(s, q, prev);
+		if (r->st)
+			store_queue_del(r->st, s->sid, q->order);
+		free(q);
+		q = prev ? prev->next : s->q_head;
+	}
+	return true;
+}
+
 /* Store a message for a session that is not (or no longer) connected. */
 static void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t packet_id,
 			    uint8_t state, const struct router_msg *m)
@@ -526,7 +559,8 @@ static void session_enqueue(struct router *r, struct session *s, bool owed, uint
 	size_t bytes = (size_t)m->topic_len + m->payload_len;
 	struct session_msg *q;
 
-	if (session_queue_full(r, s, state, bytes)) {
+	if (session_queue_full(r, s, state, bytes) &&
+	    (state != MSG_QUEUED || !session_queue_evict_qos0(r, s, bytes))) {
 		r->queue_drops++;
 		if (!s->q_warned)
 			log_client(LOG_LVL_WARN, s->client_id, s->remote,
@@ -569,20 +603,33 @@ static void session_queue_send(struct router *r, struct session *s)
 	struct router_msg m;
 
 	for (int pass = 0; pass < 2; pass++) {
-		for (struct session_msg *q = s->q_head; q; q = q->next) {
+		struct session_msg *q, *prev = NULL, *next;
+
+		for (q = s->q_head; q; prev = q, q = next) {
+			next = q->next;
 			if (q->at_worker || (q->state == MSG_QUEUED) != (pass == 1))
 				continue;
+			session_msg_view(q, &m);
+			if (q->qos == 0) {
+				/* Nothing to acknowledge: it leaves the queue as it goes out. */
+				router_send_session_msg(r, s->conn, s->sid, 0, 0, MSG_QUEUED, &m);
+				session_msg_unlink(s, q, prev);
+				if (r->st)
+					store_queue_del(r->st, s->sid, q->order);
+				free(q);
+				q = prev;
+				continue;
+			}
 			session_queue_count(s, q, -1);
 			q->at_worker = true;
 			session_queue_count(s, q, 1);
 			session_msg_persist(r, s, q);
-			session_msg_view(q, &m);
 			router_send_session_msg(r, s->conn, s->sid, q->order, q->packet_id, q->state,
 						&m);
 		}
 	}
 	s->q_owed_tail = NULL;
-	s->q_warned = false;
+	s->q_warned = s->q_warned_qos0 = false;
 }
 
 /*
@@ -1208,7 +1255,8 @@ static void router_publish(struct router *r, const struct router_msg *m)
 							    &(struct router_msg){ qos, 0, m->topic,
 										  m->topic_len, m->payload,
 										  m->payload_len }));
-		else if (qos > 0 && (!s->clean || s->online))
+		else if ((qos > 0 && (!s->clean || s->online)) ||
+			 (qos == 0 && !s->clean && !s->online && r->cfg->queue_qos0_messages))
 			/* Offline persistent, or taken over: the next connection gets it. */
 			session_enqueue(r, s, false, 0, MSG_QUEUED,
 					&(struct router_msg){ qos, 0, m->topic, m->topic_len,

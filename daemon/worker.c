@@ -1268,11 +1268,16 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 
 	recr_str(r, &topic, &tlen);
 	recr_bytes(r, &payload, &plen);
-	if (r->err || qos == 0 || qos > 2)
+	if (r->err || qos > 2 || (qos == 0 && state != MSG_QUEUED))
 		return;
 	c = conn_lookup(w, id);
 	if (c == NULL || c->state != CS_ACTIVE) {
 		bounce(w, id, sid, copy, pid, state, qos, retain, topic, tlen, payload, plen);
+		return;
+	}
+	if (qos == 0) {
+		/* Queued offline (queue_qos0_messages): sent once, nothing to keep. */
+		send_publish(w, c, false, 0, retain, topic, tlen, 0, payload, plen);
 		return;
 	}
 	if (state == MSG_PUBREL) {

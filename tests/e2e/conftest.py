@@ -109,6 +109,7 @@ MOSQ_GLOBAL = {
     "max_inflight": "max_inflight_messages",
     "max_queued_messages": "max_queued_messages",
     "max_queued_bytes": "max_queued_bytes",
+    "queue_qos0_messages": "queue_qos0_messages",
     "max_packet_size": "max_packet_size",
     "max_keepalive": "max_keepalive",
 }
@@ -155,7 +156,7 @@ def mosquitto_config_text(server_opts, listen):
     glob, lst = [], []
     for k, v in server_opts.items():
         if k in MOSQ_GLOBAL:
-            glob.append(f"{MOSQ_GLOBAL[k]} {v}")
+            glob.append(f"{MOSQ_GLOBAL[k]} {str(v).lower() if isinstance(v, bool) else v}")
         elif k in MOSQ_LISTENER:
             lst.append(f"{MOSQ_LISTENER[k]} {v}")
         else:

@@ -112,6 +112,60 @@ def test_max_queued_messages_bounds_offline_queue(broker):
         pub.close()
 
 
+@pytest.mark.iotd_only
+@pytest.mark.broker_config(max_queued_messages=4, queue_qos0_messages=True)
+def test_full_offline_queue_drops_qos0_first(broker):
+    """queue_qos0_messages: QoS 0 is queued for an offline persistent
+    session too; a full queue drops its oldest QoS 0 messages first (logged
+    once), then new messages."""
+    cid = uid("q0first")
+    c = raw(broker, cid, clean=False)
+    c.subscribe([("q0/t", 1)])
+    c.disconnect()
+    pub = raw(broker, uid("q0pub"))
+    try:
+        plan = [(b"a", 0), (b"b", 1), (b"c", 0), (b"d", 1), (b"e", 0),
+                (b"f", 1), (b"g", 1), (b"h", 1)]
+        for i, (payload, qos) in enumerate(plan):
+            pub.publish("q0/t", payload, qos=qos, pid=i + 1)
+        # e pushed a out, f pushed c, g pushed e; then no QoS 0 was left: h is dropped.
+        c = m.RawClient(broker.port, timeout=T(5))
+        assert c.connect(cid, clean=False).session_present is True
+        got = [(p.payload, p.qos) for p in drain(c)]
+        assert got == [(b"b", 1), (b"d", 1), (b"f", 1), (b"g", 1)], got
+        assert broker.log.count("dropping QoS 0 messages first") == 1, broker.log_tail()
+        c.disconnect()
+    finally:
+        pub.close()
+
+
+@pytest.mark.iotd_only
+@pytest.mark.broker_config(queue_qos0_messages=True)
+def test_queued_qos0_is_delivered_once_at_qos0(broker):
+    cid = uid("q0once")
+    c = raw(broker, cid, clean=False)
+    c.subscribe([("q0o/t", 2)])
+    c.disconnect()
+    pub = raw(broker, uid("q0opub"))
+    try:
+        pub.publish("q0o/t", b"zero", qos=0)
+        pub.publish("q0o/t", b"one", qos=1, pid=1)
+        c = m.RawClient(broker.port, timeout=T(5))
+        assert c.connect(cid, clean=False).session_present is True
+        first, second = c.recv_publish(), c.recv_publish()
+        assert (first.payload, first.qos) == (b"zero", 0)
+        assert (second.payload, second.qos) == (b"one", 1)
+        c.disconnect()
+        # Delivered: a further resume brings nothing before a fresh message.
+        c = m.RawClient(broker.port, timeout=T(5))
+        assert c.connect(cid, clean=False).session_present is True
+        pub.publish("q0o/t", b"fresh", qos=1, pid=2)
+        assert c.recv_publish().payload == b"fresh"
+        c.disconnect()
+    finally:
+        pub.close()
+
+
 @pytest.mark.parametrize("how", ["disconnect", "drop"])
 def test_unacked_qos1_resent_with_dup_and_same_packet_id_on_reconnect(broker, how):
     cid = uid("resend")

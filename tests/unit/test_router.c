@@ -1220,6 +1220,58 @@ static void worker_down_keeps_the_inbound_qos2_ids(void **state)
 	assert_int_equal(a.n, 0);
 }
 
+/*
+ * queue_qos0_messages: an offline persistent session queues QoS 0 too, and
+ * a full queue drops its oldest QoS 0 messages first. A QoS 0 message
+ * leaves the queue as it is sent: no copy is kept.
+ */
+static void full_offline_queue_drops_qos0_first(void **state)
+{
+	struct fx *f = *state;
+	const char *want1[] = { "b", "c", "d" }, *want2[] = { "b", "d" };
+	struct router_stats st;
+	struct smsg m;
+
+	f->cfg.max_queued_messages = 3;
+	f->cfg.queue_qos0_messages = true;
+	connect_ok(f, C(0, 1), false, "p", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_publish(f, 1, 0, false, "t", "a"), 0);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "b"), 0);
+	assert_int_equal(send_publish(f, 1, 0, false, "t", "c"), 0);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "d"), 0);   /* full: "a" goes */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 1);
+
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(0, 2), false, "p", NULL), 0);
+	assert_int_equal(f->n, 4);
+	for (int i = 0; i < 3; i++) {
+		decode_session_msg(&f->caps[i + 1], &m);
+		assert_string_equal(m.payload, want1[i]);
+		assert_int_equal(m.qos, i == 1 ? 0 : 1);
+		assert_true((m.copy != 0) == (m.qos != 0));
+	}
+	/* Nothing acknowledged, the connection ends: QoS 1 comes again, QoS 0 does not. */
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
+	assert_int_equal(send_connect(f, C(0, 3), false, "p", NULL), 0);
+	assert_int_equal(f->n, 3);
+	for (int i = 0; i < 2; i++) {
+		decode_session_msg(&f->caps[i + 1], &m);
+		assert_string_equal(m.payload, want2[i]);
+	}
+
+	/* Without QoS 0 to drop, a full queue drops the new message. */
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(0, 3), false, 0, NULL), 0);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "e"), 0);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "f"), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 2);
+}
+
 /* Reports that cannot be right are refused: no copy id, no packet id, a PUBREL for QoS 1. */
 static void bad_message_state_reports_are_refused(void **state)
 {
@@ -2255,6 +2307,7 @@ int main(void)
 		T(worker_down_leaves_the_sessions_copies_as_last_reported),
 		T(bad_message_state_reports_are_refused),
 		T(worker_down_keeps_the_inbound_qos2_ids),
+		T(full_offline_queue_drops_qos0_first),
 		T(offline_session_expires_after_timeout),
 		T(sessions_never_expire_with_timeout_zero),
 		T(bounce_goes_to_the_sessions_new_connection),
