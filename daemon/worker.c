@@ -598,6 +598,11 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	} else {
 		log_debug("connection from %s closed before CONNECT: %s", c->remote, why);
 	}
+	/*
+	 * Uncount it before the client can see the close: a client that
+	 * reconnects at once must find the listener's view already updated.
+	 */
+	atomic_fetch_sub(&w->env->shm->workers[w->index].conns, 1);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
 	if (c->out.off < c->out.len)
 		(void)!write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
@@ -617,7 +622,6 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	w->slots[slot] = NULL;
 	w->free_slots[w->n_free++] = slot;
 	w->n_conns--;
-	atomic_fetch_sub(&w->env->shm->workers[w->index].conns, 1);
 	c->dirty_next = w->graveyard;
 	w->graveyard = c;
 }
