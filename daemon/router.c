@@ -96,15 +96,27 @@ struct session_msg {
 	uint8_t data[];              /* topic, then payload */
 };
 
+/*
+ * One per session, online or not; thousands of idle connections each have
+ * one, so the small fields are packed together ahead of the pointers.
+ */
 struct session {
 	uint32_t sid;
-	char *client_id;             /* NUL-terminated; "" for a server-named clean session */
 	uint16_t client_id_len;
+	uint16_t n_qos2_ids;
 	bool clean;
 	bool online;
-	conn_id_t conn;              /* key of by_conn while online */
-	char remote[ROUTER_REMOTE_LEN];
-	struct session_connect *cx;  /* the accepted CONNECT (its will) while online */
+	bool in_offline;             /* linked in the offline list */
+	bool q_warned, q_warned_qos0;
+	uint8_t granted;             /* with stamp: the QoS this publish goes out at */
+	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
+	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
+	uint32_t q_at_worker;        /* copies of what the connection holds */
+
+	char *client_id;             /* NUL-terminated; "" for a server-named clean session */
+	conn_id_t conn;              /* while online: in conn_slots */
+	struct session_connect *cx;  /* the accepted CONNECT (its will, its remote) while online */
+	char *remote_off;            /* offline: where it last connected from (session_remote()) */
 	struct session_sub *subs;
 
 	/*
@@ -113,26 +125,29 @@ struct session {
 	 * because they are older: q_owed_tail marks where they end.
 	 */
 	struct session_msg *q_head, *q_tail, *q_owed_tail;
-	size_t q_queued, q_queued_bytes;   /* MSG_QUEUED ones: what the limits count */
-	size_t q_window;                   /* MSG_INFLIGHT / MSG_PUBREL ones */
-	size_t q_at_worker;                /* copies of what the connection holds */
-	bool q_warned, q_warned_qos0;
+	size_t q_queued_bytes;
 
 	uint16_t *qos2_ids;          /* inbound QoS 2 awaiting PUBREL (online: as the worker reports) */
-	uint16_t n_qos2_ids;
 
 	/* A CONNECT that takes this session over once its conn has closed. */
 	struct session_connect *pending;
-	conn_id_t pending_conn;      /* key of by_pending */
 
 	uint64_t last_seen_ms;
 	struct session *off_prev, *off_next; /* offline persistent sessions, oldest first */
-	bool in_offline;
-
 	uint64_t stamp;              /* publish that last matched us: folds overlapping filters */
-	uint8_t granted;
 
-	UT_hash_handle hh_id, hh_sid, hh_conn, hh_pend;
+	UT_hash_handle hh_id, hh_sid;
+};
+
+/*
+ * A session's CONNECT waiting for its previous connection to close
+ * (takeover). Rare, so kept apart rather than as a hash handle in every
+ * session.
+ */
+struct router_waiting {
+	conn_id_t conn;
+	struct session *s;
+	UT_hash_handle hh;
 };
 
 /*
@@ -163,7 +178,15 @@ struct router {
 
 	struct topic_trie *trie;
 	struct retain_store *retained;
-	struct session *by_id, *by_sid, *by_conn, *by_pending;
+	struct session *by_id, *by_sid;
+	/*
+	 * Online sessions by connection: per worker, indexed by the conn id's
+	 * slot (dense, reused by the worker), checked against the whole id.
+	 */
+	struct session **conn_slots[IOTD_MAX_WORKERS];
+	uint32_t n_conn_slots[IOTD_MAX_WORKERS];
+	size_t n_online;
+	struct router_waiting *waiting;   /* by the waiting CONNECT's conn */
 	struct router_kicked *kicked;
 	struct session *off_head, *off_tail;
 	uint32_t next_sid;
@@ -207,6 +230,14 @@ struct router_msg {
 static void router_publish(struct router *r, const struct router_msg *m);
 static void router_connect_apply(struct router *r, struct session_connect *c);
 
+/* For log lines: the connection's address, or where an offline session was last seen. */
+static const char *session_remote(const struct session *s)
+{
+	if (s->cx)
+		return s->cx->remote;
+	return s->remote_off ? s->remote_off : "";
+}
+
 /* ---- persistence ------------------------------------------------------- */
 
 static void store_connect_view(const struct session_connect *c, struct store_connect *o)
@@ -234,7 +265,7 @@ static void session_persist(struct router *r, const struct session *s)
 		.clean = s->clean,
 		.client_id = s->client_id,
 		.client_id_len = s->client_id_len,
-		.remote = s->remote,
+		.remote = session_remote(s),
 		.last_seen_ms = s->last_seen_ms,
 		.qos2_ids = s->qos2_ids,
 		.n_qos2_ids = s->n_qos2_ids,
@@ -443,12 +474,12 @@ static void session_queue_count(struct session *s, const struct session_msg *q, 
 	size_t bytes = (size_t)q->topic_len + q->payload_len;
 
 	if (q->at_worker) {
-		s->q_at_worker += (size_t)dir;
+		s->q_at_worker += (uint32_t)dir;
 	} else if (q->state == MSG_QUEUED) {
-		s->q_queued += (size_t)dir;
+		s->q_queued += (uint32_t)dir;
 		s->q_queued_bytes += dir > 0 ? bytes : -bytes;
 	} else {
-		s->q_window += (size_t)dir;
+		s->q_window += (uint32_t)dir;
 	}
 }
 
@@ -538,7 +569,7 @@ static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t
 		if (!q)
 			return false;
 		if (!s->q_warned_qos0)
-			log_client(LOG_LVL_WARN, s->client_id, s->remote,
+			log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
 				   "offline queue full (%zu messages, %zu bytes): dropping QoS 0 messages first",
 				   session_queue_len(s), s->q_queued_bytes);
 		s->q_warned_qos0 = true;
@@ -563,7 +594,7 @@ static void session_enqueue(struct router *r, struct session *s, bool owed, uint
 	    (state != MSG_QUEUED || !session_queue_evict_qos0(r, s, bytes))) {
 		r->queue_drops++;
 		if (!s->q_warned)
-			log_client(LOG_LVL_WARN, s->client_id, s->remote,
+			log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
 				   "offline queue full (%zu messages, %zu bytes): dropping new messages",
 				   session_queue_len(s), s->q_queued_bytes);
 		s->q_warned = true;
@@ -572,7 +603,7 @@ static void session_enqueue(struct router *r, struct session *s, bool owed, uint
 	q = session_msg_new(packet_id, state, m);
 	if (!q) {
 		r->queue_drops++;
-		log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 			   "out of memory: queued message dropped");
 		return;
 	}
@@ -647,7 +678,7 @@ static uint64_t session_copy_new(struct router *r, struct session *s, uint16_t p
 		return 0;
 	q = session_msg_new(packet_id, state, m);
 	if (!q) {
-		log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 			   "out of memory: a QoS %u message is not kept against a worker crash",
 			   m->qos);
 		return 0;
@@ -702,6 +733,46 @@ static void session_msg_unlink(struct session *s, struct session_msg *q, struct 
 
 /* ---- sessions: registry ------------------------------------------------ */
 
+/* Index s by s->conn. false: out of memory, or the slot is held (a bug: logged). */
+static bool router_conn_link(struct router *r, struct session *s)
+{
+	unsigned w = conn_id_worker(s->conn), slot = conn_id_slot(s->conn);
+
+	if (w >= IOTD_MAX_WORKERS)
+		return false;
+	if (slot >= r->n_conn_slots[w]) {
+		uint32_t n = MAX(r->n_conn_slots[w] * 2, 64u);
+		struct session **grown;
+
+		while (n <= slot)
+			n *= 2;
+		grown = reallocarray(r->conn_slots[w], n, sizeof(*grown));
+		if (!grown)
+			return false;
+		memset(grown + r->n_conn_slots[w], 0, (n - r->n_conn_slots[w]) * sizeof(*grown));
+		r->conn_slots[w] = grown;
+		r->n_conn_slots[w] = n;
+	}
+	if (r->conn_slots[w][slot]) {
+		log_error("router: connection slot %u of worker %u is already held by session %u",
+			  slot, w, r->conn_slots[w][slot]->sid);
+		return false;
+	}
+	r->conn_slots[w][slot] = s;
+	r->n_online++;
+	return true;
+}
+
+static void router_conn_unlink(struct router *r, struct session *s)
+{
+	unsigned w = conn_id_worker(s->conn), slot = conn_id_slot(s->conn);
+
+	if (w < IOTD_MAX_WORKERS && slot < r->n_conn_slots[w] && r->conn_slots[w][slot] == s) {
+		r->conn_slots[w][slot] = NULL;
+		r->n_online--;
+	}
+}
+
 static void session_offline_link(struct router *r, struct session *s)
 {
 	s->off_next = NULL;
@@ -730,11 +801,38 @@ static void session_offline_unlink(struct router *r, struct session *s)
 	s->in_offline = false;
 }
 
+static bool router_waiting_add(struct router *r, struct session *s, conn_id_t conn)
+{
+	struct router_waiting *w = malloc(sizeof(*w));
+
+	if (!w)
+		return false;
+	w->conn = conn;
+	w->s = s;
+	HASH_ADD(hh, r->waiting, conn, sizeof(w->conn), w);
+	if (!w->hh.tbl) {
+		free(w);
+		return false;
+	}
+	return true;
+}
+
+static void router_waiting_del(struct router *r, conn_id_t conn)
+{
+	struct router_waiting *w;
+
+	HASH_FIND(hh, r->waiting, &conn, sizeof(conn), w);
+	if (w) {
+		HASH_DEL(r->waiting, w);
+		free(w);
+	}
+}
+
 static void session_pending_drop(struct router *r, struct session *s)
 {
 	if (!s->pending)
 		return;
-	HASH_DELETE(hh_pend, r->by_pending, s);
+	router_waiting_del(r, s->pending->conn);
 	free(s->pending);
 	s->pending = NULL;
 }
@@ -760,11 +858,12 @@ static void session_free(struct router *r, struct session *s)
 	session_pending_drop(r, s);
 	session_offline_unlink(r, s);
 	if (s->online)
-		HASH_DELETE(hh_conn, r->by_conn, s);
+		router_conn_unlink(r, s);
 	if (s->client_id_len)
 		HASH_DELETE(hh_id, r->by_id, s);
 	HASH_DELETE(hh_sid, r->by_sid, s);
 	free(s->cx);
+	free(s->remote_off);
 	free(s->qos2_ids);
 	free(s->client_id);
 	free(s);
@@ -814,18 +913,29 @@ fail:
 
 static struct session *router_find_conn(struct router *r, conn_id_t conn)
 {
+	unsigned w = conn_id_worker(conn), slot = conn_id_slot(conn);
 	struct session *s;
 
-	HASH_FIND(hh_conn, r->by_conn, &conn, sizeof(conn), s);
-	return s;
+	if (w >= IOTD_MAX_WORKERS || slot >= r->n_conn_slots[w])
+		return NULL;
+	s = r->conn_slots[w][slot];
+	return s && s->conn == conn ? s : NULL;
+}
+
+/* True when conn's slot is held, by conn or by another (which only a bug can make). */
+static bool router_conn_slot_taken(const struct router *r, conn_id_t conn)
+{
+	unsigned w = conn_id_worker(conn), slot = conn_id_slot(conn);
+
+	return w < IOTD_MAX_WORKERS && slot < r->n_conn_slots[w] && r->conn_slots[w][slot];
 }
 
 static struct session *router_find_pending(struct router *r, conn_id_t conn)
 {
-	struct session *s;
+	struct router_waiting *w;
 
-	HASH_FIND(hh_pend, r->by_pending, &conn, sizeof(conn), s);
-	return s;
+	HASH_FIND(hh, r->waiting, &conn, sizeof(conn), w);
+	return w ? w->s : NULL;
 }
 
 static struct session *router_find_sid(struct router *r, uint32_t sid)
@@ -941,9 +1051,7 @@ static void router_takeover(struct router *r, struct session *s, struct session_
 	} else {
 		router_send_kick(r, s->conn);
 	}
-	s->pending_conn = c->conn;
-	HASH_ADD(hh_pend, r->by_pending, pending_conn, sizeof(s->pending_conn), s);
-	if (!s->hh_pend.tbl) {
+	if (!router_waiting_add(r, s, c->conn)) {
 		router_refuse(r, c);
 		session_persist(r, s);
 		return;
@@ -982,8 +1090,7 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 		}
 	}
 	s->conn = c->conn;
-	HASH_ADD(hh_conn, r->by_conn, conn, sizeof(s->conn), s);
-	if (!s->hh_conn.tbl) {
+	if (!router_conn_link(r, s)) {
 		if (!present)
 			session_free(r, s);
 		router_refuse(r, c);
@@ -994,7 +1101,8 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 	s->clean = c->clean;
 	free(s->cx);
 	s->cx = c;
-	snprintf(s->remote, sizeof(s->remote), "%s", c->remote);
+	free(s->remote_off);
+	s->remote_off = NULL;
 
 	/*
 	 * The worker takes the inbound QoS 2 ids over; a persistent session's
@@ -1012,10 +1120,10 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 		session_queue_send(r, s);
 	session_persist(r, s);
 	if (present) {
-		log_client(LOG_LVL_INFO, s->client_id, s->remote,
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
 			   "session resumed (%zu stored messages)", stored);
 	} else {
-		log_client(LOG_LVL_INFO, s->client_id, s->remote, "session %s",
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session %s",
 			   s->clean ? "started (clean)" : "created (persistent)");
 	}
 }
@@ -1030,7 +1138,7 @@ static void session_qos2_ids_set(struct session *s, const uint8_t *ids, uint16_t
 		return;
 	s->qos2_ids = malloc((size_t)n * sizeof(uint16_t));
 	if (!s->qos2_ids) {
-		log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 			   "out of memory: %u inbound QoS 2 ids forgotten", n);
 		return;
 	}
@@ -1051,10 +1159,10 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 	struct session_connect *pending = s->pending;
 
 	if (pending) {
-		HASH_DELETE(hh_pend, r->by_pending, s);
+		router_waiting_del(r, pending->conn);
 		s->pending = NULL;
 	}
-	HASH_DELETE(hh_conn, r->by_conn, s);
+	router_conn_unlink(r, s);
 	s->online = false;
 
 	if (publish_will && s->cx && s->cx->will_flag) {
@@ -1067,17 +1175,20 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 			.payload_len = s->cx->will_payload_len,
 		};
 
-		log_client(LOG_LVL_INFO, s->client_id, s->remote, "publishing will on '%s'",
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "publishing will on '%s'",
 			   s->cx->will_topic);
 		router_publish(r, &will);
 	}
-	free(s->cx);
-	s->cx = NULL;
 
 	if (s->clean) {
-		log_client(LOG_LVL_INFO, s->client_id, s->remote, "session ended");
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session ended");
 		session_free(r, s);
 	} else {
+		/* Kept for log lines while offline; without it (out of memory) they show none. */
+		free(s->remote_off);
+		s->remote_off = s->cx ? strdup(s->cx->remote) : NULL;
+		free(s->cx);
+		s->cx = NULL;
 		if (ids)
 			session_qos2_ids_set(s, ids, n);
 		session_copies_release(r, s);
@@ -1085,7 +1196,7 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 		s->last_seen_ms = r->now_ms;
 		session_offline_link(r, s);
 		session_persist(r, s);
-		log_client(LOG_LVL_INFO, s->client_id, s->remote,
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
 			   "session offline (%zu stored messages)", session_queue_len(s));
 	}
 	if (pending)
@@ -1130,7 +1241,7 @@ nomem_free:
 	if (added)
 		free(sub);
 nomem:
-	log_client(LOG_LVL_ERROR, s->client_id, s->remote, "out of memory: subscription refused");
+	log_client(LOG_LVL_ERROR, s->client_id, session_remote(s), "out of memory: subscription refused");
 	return ROUTER_SUBACK_FAILURE;
 }
 
@@ -1295,7 +1406,7 @@ static int router_on_connect(struct router *r, unsigned worker, struct recr *rd)
 		return ROUTER_BAD;
 	if (memchr(f.client_id, '\0', f.client_id_len))
 		return ROUTER_BAD;
-	if (router_find_conn(r, f.conn) || router_find_pending(r, f.conn))
+	if (router_conn_slot_taken(r, f.conn) || router_find_pending(r, f.conn))
 		return ROUTER_BAD;         /* a second CONNECT on one connection */
 	if (f.will_flag && !topic_name_valid((const char *)f.will_topic, f.will_topic_len, 0, 0)) {
 		log_warn("router: CONNECT from worker %u with an invalid will topic: will ignored",
@@ -1490,7 +1601,7 @@ static int router_on_qos2_in(struct router *r, unsigned worker, struct recr *rd)
 			return ROUTER_BAD;
 		grown = realloc(s->qos2_ids, ((size_t)s->n_qos2_ids + 1) * sizeof(*grown));
 		if (!grown) {
-			log_client(LOG_LVL_ERROR, s->client_id, s->remote,
+			log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 				   "out of memory: inbound QoS 2 id %u not kept against a worker crash",
 				   packet_id);
 			return ROUTER_OK;
@@ -1581,51 +1692,29 @@ static bool router_conn_dead(conn_id_t conn, unsigned worker, uint32_t new_epoch
 /* Close every session on the dead worker, as if each had sent REC_CLOSE(publish_will=1). */
 static size_t router_close_dead(struct router *r, unsigned worker, uint32_t new_epoch)
 {
-	struct session *s, *tmp;
-	uint32_t *sids;
-	size_t n = 0, closed = 0, cap = HASH_CNT(hh_conn, r->by_conn);
+	size_t closed = 0;
 
 	/*
-	 * Closing publishes wills and accepts waiting CONNECTs, which changes
-	 * by_conn: collect first, then look each session up again.
+	 * Closing publishes wills and accepts waiting CONNECTs (of other
+	 * workers): the array may move, so it is indexed afresh each time.
 	 */
-	sids = cap ? malloc(cap * sizeof(*sids)) : NULL;
-	if (sids || !cap) {
-		HASH_ITER(hh_conn, r->by_conn, s, tmp)
-			if (router_conn_dead(s->conn, worker, new_epoch))
-				sids[n++] = s->sid;
-		for (size_t i = 0; i < n; i++) {
-			s = router_find_sid(r, sids[i]);
-			if (s && s->online && router_conn_dead(s->conn, worker, new_epoch)) {
-				router_close(r, s, true, NULL, 0);
-				closed++;
-			}
-		}
-		free(sids);
-		return closed;
-	}
-	/* Out of memory: slower, but nothing is left open. */
-	for (;;) {
-		struct session *found = NULL;
+	for (uint32_t slot = 0; slot < r->n_conn_slots[worker]; slot++) {
+		struct session *s = r->conn_slots[worker][slot];
 
-		HASH_ITER(hh_conn, r->by_conn, s, tmp) {
-			if (router_conn_dead(s->conn, worker, new_epoch)) {
-				found = s;
-				break;
-			}
+		if (s && router_conn_dead(s->conn, worker, new_epoch)) {
+			router_close(r, s, true, NULL, 0);
+			closed++;
 		}
-		if (!found)
-			return closed;
-		router_close(r, found, true, NULL, 0);
-		closed++;
 	}
+	return closed;
 }
 
 static int router_on_worker_down(struct router *r, unsigned ring, struct recr *rd)
 {
 	uint32_t worker = recr_u32(rd);
 	uint32_t new_epoch = recr_u32(rd);
-	struct session *s, *tmp;
+	struct session *s;
+	struct router_waiting *w, *wtmp;
 	struct router_kicked *k, *ktmp;
 	size_t closed;
 
@@ -1638,9 +1727,10 @@ static int router_on_worker_down(struct router *r, unsigned ring, struct recr *r
 		}
 	}
 	/* CONNECTs from the dead worker waiting for a takeover first: none may be accepted. */
-	HASH_ITER(hh_pend, r->by_pending, s, tmp) {
-		if (router_conn_dead(s->pending_conn, worker, new_epoch)) {
-			session_pending_drop(r, s);
+	HASH_ITER(hh, r->waiting, w, wtmp) {
+		if (router_conn_dead(w->conn, worker, new_epoch)) {
+			s = w->s;
+			session_pending_drop(r, s);    /* frees w */
 			session_persist(r, s);
 		}
 	}
@@ -1798,7 +1888,7 @@ void router_tick(struct router *r, uint64_t now_ms)
 	/* Offline sessions are linked in the order they left: the oldest first. */
 	while ((s = r->off_head) && now_ms >= s->last_seen_ms &&
 	       now_ms - s->last_seen_ms > timeout_ms) {
-		log_client(LOG_LVL_INFO, s->client_id, s->remote,
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
 			   "session expired after %ld s offline (%zu stored messages dropped)",
 			   secs, session_queue_len(s));
 		session_free(r, s);
@@ -1813,7 +1903,7 @@ void router_set_max_record(struct router *r, size_t bytes)
 void router_get_stats(const struct router *r, struct router_stats *st)
 {
 	st->sessions = HASH_CNT(hh_sid, r->by_sid);
-	st->online = HASH_CNT(hh_conn, r->by_conn);
+	st->online = r->n_online;
 	st->subscriptions = topic_trie_count(r->trie);
 	st->retained = retain_count(r->retained);
 	st->queue_drops = r->queue_drops;
@@ -1859,6 +1949,7 @@ static void session_unlinked_free(struct session *s)
 {
 	free(s->pending);
 	free(s->cx);
+	free(s->remote_off);
 	free(s->qos2_ids);
 	free(s->client_id);
 	free(s);
@@ -1874,7 +1965,8 @@ static struct session *session_load_new(const struct store_session *ss)
 	s->sid = ss->sid;
 	s->clean = ss->clean;
 	s->last_seen_ms = ss->last_seen_ms;
-	snprintf(s->remote, sizeof(s->remote), "%s", ss->remote);
+	if (!ss->online && !(s->remote_off = strdup(ss->remote)))
+		goto fail;
 	s->client_id = malloc((size_t)ss->client_id_len + 1);
 	if (!s->client_id)
 		goto fail;
@@ -1911,7 +2003,7 @@ static bool router_load_reject(struct router *r, const struct store_session *ss)
 	if (dup || (ss->clean && !ss->online))
 		return true;
 	if (ss->online && (conn_id_worker(ss->cx.conn) >= r->nworkers ||
-			   router_find_conn(r, ss->cx.conn)))
+			   router_conn_slot_taken(r, ss->cx.conn)))
 		return true;
 	return ss->pending && (conn_id_worker(ss->pend.conn) >= r->nworkers ||
 			       router_find_pending(r, ss->pend.conn));
@@ -1941,15 +2033,12 @@ static bool router_load_link(struct router *r, struct session *s)
 	}
 	if (s->cx) {
 		s->conn = s->cx->conn;
-		HASH_ADD(hh_conn, r->by_conn, conn, sizeof(s->conn), s);
-		if (!s->hh_conn.tbl)
+		if (!router_conn_link(r, s))
 			goto fail;
 		s->online = true;
 	}
 	if (pending) {
-		s->pending_conn = pending->conn;
-		HASH_ADD(hh_pend, r->by_pending, pending_conn, sizeof(s->pending_conn), s);
-		if (!s->hh_pend.tbl)
+		if (!router_waiting_add(r, s, pending->conn))
 			goto fail;
 		s->pending = pending;
 	}
@@ -2160,6 +2249,8 @@ void router_free(struct router **rp)
 		HASH_DEL(r->kicked, k);
 		free(k);
 	}
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		free(r->conn_slots[i]);
 	topic_trie_free(&r->trie);
 	retain_free(&r->retained);
 	recw_free(&r->out);
