@@ -135,9 +135,14 @@ def test_max_inflight_raised_sends_what_waited_and_lowered_holds_new_ones_back(b
 def test_lowered_max_queued_messages_keeps_what_is_queued_and_refuses_new_ones(broker):
     sub = raw(broker.port, uid("slowq"))
     sub.subscribe([("q/#", 1)])
+    # On the same (only) worker: each message reaches both in one record, so
+    # once the witness has m4, the slow subscriber's queue holds it too.
+    witness = raw(broker.port, uid("witness"))
+    witness.subscribe([("q/#", 0)])
     pub = raw(broker.port, uid("pubq"))
     for i in range(5):                    # m0 in flight, m1..m4 queued
         pub.publish("q/t", f"m{i}".encode(), qos=1, pid=i + 1)
+    assert [p.payload for p in witness.recv_publishes(5, timeout=T(5))][-1] == b"m4"
     p0 = sub.recv_publish(T(5), ack=False)
     assert p0.payload == b"m0"
 
@@ -154,6 +159,7 @@ def test_lowered_max_queued_messages_keeps_what_is_queued_and_refuses_new_ones(b
     assert sub.recv_publish(T(5)).payload == b"m7"
     pub.close()
     sub.close()
+    witness.close()
 
 
 @pytest.mark.broker_config(workers=2)
@@ -213,9 +219,15 @@ def test_lowered_session_timeout_expires_sessions_already_offline(broker):
 
 @pytest.mark.broker_config(workers=1, retained_message_limit=10)
 def test_lowered_retained_limit_keeps_what_is_stored_and_refuses_new_topics(broker):
+    # The router stores a retained message before it delivers it: once the
+    # witness has all three, all three are stored.
+    witness = raw(broker.port, uid("rwit"))
+    witness.subscribe([("r/#", 0)])
     pub = raw(broker.port, uid("rpub"))
     for i in range(3):
         pub.publish(f"r/{i}", f"v{i}".encode(), qos=1, retain=True, pid=i + 1)
+    witness.recv_publishes(3, timeout=T(5))
+    witness.close()
     broker.reload(retained_message_limit=2)
     pub.publish("r/new", b"refused", qos=1, retain=True, pid=4)
     pub.publish("r/0", b"replaced", qos=1, retain=True, pid=5)
