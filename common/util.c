@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include "ipc.h"
-
 #include "log.h"
 #include "role.h"
 
