@@ -1,13 +1,16 @@
 /*
- * util.c - small helpers every role shares: eventfd wake-ups (role.h).
+ * util.c - small helpers every role shares: eventfd wake-ups and taking a
+ * reloaded configuration (role.h).
  *
  * Owns nothing: the eventfds are the supervisor's, created non-blocking,
  * one per consuming process, and live as long as the daemon.
  */
 #include <errno.h>
 #include <stdint.h>
+#include <string.h>
 #include <unistd.h>
 
+#include "ipc.h"
 #include "log.h"
 #include "role.h"
 
@@ -40,4 +43,20 @@ void eventfd_drain(int efd)
 			return;
 		fatal("eventfd %d: read: %m", efd);
 	}
+}
+
+/* The whole struct crosses one control message: it must fit. */
+_Static_assert(sizeof(struct iotd_config) <= IPC_MAX_PAYLOAD,
+	       "struct iotd_config must fit in one IPC_CONFIG message");
+
+int role_take_config(struct role_env *env, const void *data, size_t len)
+{
+	if (len != sizeof(*env->cfg)) {
+		log_error("ignoring a configuration of %zu bytes from the supervisor (expected %zu)",
+			  len, sizeof(*env->cfg));
+		return -1;
+	}
+	memcpy(env->cfg, data, len);
+	log_debug("took the reloaded configuration");
+	return 0;
 }

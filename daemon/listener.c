@@ -192,6 +192,10 @@ static bool control_message(struct listener *l)
 	case IPC_LOG_SETTINGS:
 		log_apply_settings(buf, (size_t)n);
 		return true;
+	case IPC_CONFIG:
+		/* max_connections is read at each accept: the copy is all it takes. */
+		role_take_config(l->env, buf, (size_t)n);
+		return true;
 	default:
 		return true;
 	}

@@ -182,6 +182,18 @@ fail:
 	return NULL;
 }
 
+void retain_set_limits(struct retain_store *rs, size_t max_count, size_t max_bytes)
+{
+	rs->max_count = max_count;
+	rs->max_bytes = max_bytes;
+}
+
+/* Would `need` more bytes on top of `held` pass the byte budget? (held may be past it after a reload.) */
+static bool retain_over_budget(const struct retain_store *rs, size_t held, size_t need)
+{
+	return rs->max_bytes && (held > rs->max_bytes || need > rs->max_bytes - held);
+}
+
 void retain_free(struct retain_store **rsp)
 {
 	struct retain_node *n;
@@ -230,7 +242,8 @@ static int retain_replace(struct retain_store *rs, struct retain_node *n, const 
 	size_t need = topic_len + payload_len;
 	struct retain_msg *m;
 
-	if (rs->max_bytes && need > rs->max_bytes - others)
+	/* Not growing is always allowed: a lowered budget must not freeze a stale value. */
+	if (need > retain_msg_size(n->msg) && retain_over_budget(rs, others, need))
 		return RETAIN_FULL;
 	m = retain_msg_new(topic, topic_len, payload, payload_len, qos);
 	if (!m)
@@ -259,9 +272,7 @@ int retain_put(struct retain_store *rs, const char *topic, size_t topic_len,
 	n = retain_descend(rs, topic, topic_len, &off);
 	if (off > topic_len && n->msg)
 		return retain_replace(rs, n, topic, topic_len, payload, payload_len, qos);
-	/* rs->bytes never exceeds max_bytes, so the subtraction cannot wrap. */
-	if ((rs->max_count && rs->count >= rs->max_count) ||
-	    (rs->max_bytes && need > rs->max_bytes - rs->bytes))
+	if ((rs->max_count && rs->count >= rs->max_count) || retain_over_budget(rs, rs->bytes, need))
 		return RETAIN_FULL;
 	m = retain_msg_new(topic, topic_len, payload, payload_len, qos);
 	if (!m)

@@ -1900,6 +1900,17 @@ void router_set_max_record(struct router *r, size_t bytes)
 	r->max_record = bytes;
 }
 
+/* Lowered limits evict nothing; the "store full" warning may come again. */
+void router_config_changed(struct router *r)
+{
+	const struct iotd_config *cfg = r->cfg;
+
+	retain_set_limits(r->retained,
+			  cfg->retained_message_limit > 0 ? (size_t)cfg->retained_message_limit : 0,
+			  cfg->retained_bytes_limit > 0 ? (size_t)cfg->retained_bytes_limit : 0);
+	r->warned_retain_full = false;
+}
+
 void router_get_stats(const struct router *r, struct router_stats *st)
 {
 	st->sessions = HASH_CNT(hh_sid, r->by_sid);
@@ -2580,6 +2591,10 @@ static int router_proc_ctl(struct router_proc *p)
 		return 1;
 	case IPC_LOG_SETTINGS:
 		log_apply_settings(buf, (size_t)n);
+		return 1;
+	case IPC_CONFIG:
+		if (role_take_config(p->env, buf, (size_t)n) == 0 && p->r != NULL)
+			router_config_changed(p->r);
 		return 1;
 	default:
 		log_debug("router: ignoring control message %u", hdr.type);

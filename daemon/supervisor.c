@@ -86,6 +86,8 @@ struct supervisor {
 	bool router_told;            /* stopping: the router was asked to stop (it goes last) */
 	uint64_t stop_deadline_ms;
 	bool socket_activated;       /* systemd passed the listening sockets */
+	/* For each of env.listen_fds: the index in cfg->listen it was bound for (-1: systemd's). */
+	int listen_owner[CONFIG_MAX_LISTEN * 2];
 	struct privsep ps;           /* the identity children take when started as root */
 	bool watchdog;               /* systemd expects WATCHDOG=1 */
 	uint64_t health_ms;          /* ping period: half the watchdog interval, or HEALTH_MS */
@@ -132,6 +134,29 @@ static size_t round_pow2(size_t n)
 
 /* --- listening sockets ------------------------------------------------- */
 
+/* The sockets of a set of configured addresses (an empty host gives two). */
+struct listen_set {
+	int fd[CONFIG_MAX_LISTEN * 2];
+	int owner[CONFIG_MAX_LISTEN * 2];   /* index of the address in its configuration */
+	bool kept[CONFIG_MAX_LISTEN * 2];   /* taken over from the running set, not bound anew */
+	int n;
+};
+
+/* "127.0.0.1:1883", "[::1]:1883", "*:1883": a configured address, for log lines. */
+static void format_listen_addr(const struct listen_addr *la, char *out, size_t len)
+{
+	bool v6 = la->family == AF_INET6;
+
+	snprintf(out, len, "%s%s%s:%s", v6 ? "[" : "", la->host[0] ? la->host : "*",
+		 v6 ? "]" : "", la->port);
+}
+
+static bool listen_addr_equal(const struct listen_addr *a, const struct listen_addr *b)
+{
+	return strcmp(a->host, b->host) == 0 && strcmp(a->port, b->port) == 0 &&
+	       a->family == b->family;
+}
+
 static int bind_one(const struct addrinfo *ai, bool v6only)
 {
 	int fd, one = 1, v6 = v6only ? 1 : 0;
@@ -153,42 +178,78 @@ static int bind_one(const struct addrinfo *ai, bool v6only)
 }
 
 /*
- * Bind one configured address. An empty host means every address: both
- * families, IPv6 with V6ONLY so the IPv4 socket can share the port.
- * "[::]:port" alone is dual stack (V6ONLY off) unless it fails because an
- * IPv4 wildcard already holds the port.
+ * Bind one configured address, appending its sockets to set (owner: its
+ * index). An empty host means every address: both families, IPv6 with
+ * V6ONLY so the IPv4 socket can share the port. "[::]:port" alone is dual
+ * stack (V6ONLY off) unless it fails because an IPv4 wildcard already
+ * holds the port. Returns 0, or -1 with the reason in err; the sockets it
+ * appended stay in set for the caller to close.
  */
-static int bind_listen_addr(struct role_env *env, const struct listen_addr *la)
+static int bind_listen_addr(struct listen_set *set, const struct listen_addr *la, int owner,
+			    char *err, size_t errlen)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
 	struct addrinfo *res, *ai;
 	const char *host = la->host[0] && strcmp(la->host, "*") ? la->host : NULL;
+	char where[96];
 	int rc, fd, bound = 0;
 
+	format_listen_addr(la, where, sizeof(where));
 	hints.ai_family = la->family;
 	rc = getaddrinfo(host, la->port, &hints, &res);
 	if (rc != 0) {
-		log_error("cannot resolve listen address %s:%s: %s", la->host, la->port,
-			  gai_strerror(rc));
+		snprintf(err, errlen, "cannot resolve listen address %s: %s", where,
+			 gai_strerror(rc));
 		return -1;
 	}
 	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		if (env->n_listen_fds >= (int)ARRAY_SIZE(env->listen_fds))
+		if (set->n >= (int)ARRAY_SIZE(set->fd))
 			break;
 		fd = bind_one(ai, host == NULL);
 		if (fd < 0 && ai->ai_family == AF_INET6 && errno == EADDRINUSE)
 			fd = bind_one(ai, true);
 		if (fd < 0) {
-			log_error("cannot listen on %s:%s: %s", la->host[0] ? la->host : "*",
-				  la->port, strerror(errno));
+			int saved = errno;
+
+			/* After a drop of privileges (User= in the unit), say why rather than just EACCES. */
+			snprintf(err, errlen, "cannot listen on %s: %s%s", where, strerror(saved),
+				 saved == EACCES && atoi(la->port) < 1024 && geteuid() != 0 ?
+				 " (a port below 1024 needs root or CAP_NET_BIND_SERVICE, which the "
+				 "supervisor does not have)" : "");
 			freeaddrinfo(res);
 			return -1;
 		}
-		env->listen_fds[env->n_listen_fds++] = fd;
+		set->fd[set->n] = fd;
+		set->owner[set->n] = owner;
+		set->kept[set->n] = false;
+		set->n++;
 		bound++;
 	}
 	freeaddrinfo(res);
-	return bound > 0 ? 0 : -1;
+	if (bound == 0) {
+		snprintf(err, errlen, "cannot listen on %s: no usable address", where);
+		return -1;
+	}
+	return 0;
+}
+
+/* Close the sockets of set that were bound for it (a reload that failed). */
+static void listen_set_abandon(struct listen_set *set)
+{
+	for (int i = 0; i < set->n; i++)
+		if (!set->kept[i])
+			close(set->fd[i]);
+	set->n = 0;
+}
+
+/* Make set the sockets the listener serves. */
+static void listen_set_install(struct supervisor *sv, const struct listen_set *set)
+{
+	for (int i = 0; i < set->n; i++) {
+		sv->env.listen_fds[i] = set->fd[i];
+		sv->listen_owner[i] = set->owner[i];
+	}
+	sv->env.n_listen_fds = set->n;
 }
 
 /* "0.0.0.0:1883", "[::]:1883", "/run/x.sock": for log lines about a socket. */
@@ -305,18 +366,104 @@ static int take_passed_sockets(struct supervisor *sv)
 
 static int open_listeners(struct supervisor *sv)
 {
+	struct listen_set set = { .n = 0 };
+	char err[CONFIG_ERR_LEN], where[96];
 	int n = take_passed_sockets(sv);
 
+	for (int i = 0; i < sv->env.n_listen_fds; i++)
+		sv->listen_owner[i] = -1;
 	if (n != 0)
 		return n < 0 ? -1 : 0;
 	for (int i = 0; i < sv->cfg->n_listen; i++)
-		if (bind_listen_addr(&sv->env, &sv->cfg->listen[i]) < 0)
+		if (bind_listen_addr(&set, &sv->cfg->listen[i], i, err, sizeof(err)) < 0) {
+			log_error("%s", err);
+			listen_set_abandon(&set);
 			return -1;
-	for (int i = 0; i < sv->cfg->n_listen; i++)
-		log_info("listening on %s%s%s:%s", sv->cfg->listen[i].family == AF_INET6 ? "[" : "",
-			 sv->cfg->listen[i].host[0] ? sv->cfg->listen[i].host : "*",
-			 sv->cfg->listen[i].family == AF_INET6 ? "]" : "", sv->cfg->listen[i].port);
+		}
+	listen_set_install(sv, &set);
+	for (int i = 0; i < sv->cfg->n_listen; i++) {
+		format_listen_addr(&sv->cfg->listen[i], where, sizeof(where));
+		log_info("listening on %s", where);
+	}
 	return 0;
+}
+
+/*
+ * The sockets for the addresses of `next` (a reload): an address the
+ * running configuration has keeps its sockets, so accepting on it never
+ * stops; a new one is bound here, by the supervisor, which is still root
+ * when iotd was started as root. Returns 0, or -1 with the reason in err,
+ * having closed what it bound: the running sockets are untouched.
+ */
+static int listen_prepare(struct supervisor *sv, const struct iotd_config *next,
+			  struct listen_set *set, char *err, size_t errlen)
+{
+	char where[96];
+
+	set->n = 0;
+	for (int i = 0; i < next->n_listen; i++) {
+		const struct listen_addr *la = &next->listen[i];
+		int old = -1;
+
+		for (int j = 0; j < i; j++)
+			if (listen_addr_equal(&next->listen[j], la)) {
+				format_listen_addr(la, where, sizeof(where));
+				snprintf(err, errlen, "server.listen_addresses: %s is listed twice", where);
+				goto fail;
+			}
+		for (int j = 0; j < sv->cfg->n_listen && old < 0; j++)
+			if (listen_addr_equal(&sv->cfg->listen[j], la))
+				old = j;
+		if (old < 0) {
+			if (bind_listen_addr(set, la, i, err, errlen) < 0)
+				goto fail;
+			continue;
+		}
+		for (int k = 0; k < sv->env.n_listen_fds; k++)
+			if (sv->listen_owner[k] == old && set->n < (int)ARRAY_SIZE(set->fd)) {
+				set->fd[set->n] = sv->env.listen_fds[k];
+				set->owner[set->n] = i;
+				set->kept[set->n] = true;
+				set->n++;
+			}
+	}
+	return 0;
+fail:
+	listen_set_abandon(set);
+	return -1;
+}
+
+/*
+ * Serve `set` (from listen_prepare) from now on: the sockets of addresses
+ * no longer configured are closed here; the old listener keeps its copies
+ * until it exits, and its successor inherits exactly `set`.
+ */
+static void listen_commit(struct supervisor *sv, const struct iotd_config *next,
+			  const struct listen_set *set)
+{
+	char where[96];
+
+	for (int k = 0; k < sv->env.n_listen_fds; k++) {
+		bool kept = false;
+
+		for (int i = 0; i < set->n && !kept; i++)
+			kept = set->kept[i] && set->fd[i] == sv->env.listen_fds[k];
+		if (kept)
+			continue;
+		format_sockname(sv->env.listen_fds[k], where, sizeof(where));
+		log_info("no longer listening on %s", where);
+		close(sv->env.listen_fds[k]);
+	}
+	listen_set_install(sv, set);
+	for (int i = 0; i < next->n_listen; i++) {
+		bool bound = false;
+
+		for (int k = 0; k < set->n; k++)
+			bound |= set->owner[k] == i && !set->kept[k];
+		format_listen_addr(&next->listen[i], where, sizeof(where));
+		if (bound)
+			log_info("listening on %s", where);
+	}
 }
 
 /* --- shared memory, eventfds, channels ---------------------------------- */
@@ -713,8 +860,12 @@ static void check_memory(struct supervisor *sv)
 	uint64_t limit_kb = ((uint64_t)sv->cfg->memory_limit + 1023) / 1024, kb;
 	uint32_t was;
 
-	if (limit_kb == 0)
+	if (limit_kb == 0) {
+		/* The ceiling was removed by a reload while it held reads back. */
+		if (atomic_exchange(&sv->env.shm->memory_pressure, 0))
+			log_info("memory_limit removed: accepting and reading again");
 		return;
+	}
 	kb = process_pss_kb(getpid());
 	for (unsigned i = 0; i < sv->n_children; i++)
 		if (sv->children[i].state != CHILD_DOWN && sv->children[i].pid > 0)
@@ -948,14 +1099,16 @@ static void stop_immediate(struct supervisor *sv)
 /* --- reload ---------------------------------------------------------------- */
 
 /*
- * How a changed key reaches the running daemon. APPLY_NOW: every process
- * takes it at once. APPLY_LISTENER: the listener (which holds no client)
- * is replaced by one forked with the new value; the listening sockets
- * stay open meanwhile, so no connection is lost. APPLY_RESTART: it sizes
- * shared memory, sockets, identities or state that live connections
- * depend on; it takes effect at the next start of iotd.
+ * How a changed key reaches the running daemon. APPLY_LOG: every process
+ * takes the new logging settings at once (IPC_LOG_SETTINGS). APPLY_LIVE:
+ * a limit; every child gets the whole new configuration (IPC_CONFIG) and
+ * reads it at its next use of the limit, so new packets and new
+ * connections follow it while live connections stay. APPLY_RESTART: it
+ * sizes the processes, their identity or the store that the running state
+ * lives in; it takes effect at the next start of iotd. Listen addresses
+ * have their own path (listen_prepare, listen_commit).
  */
-enum apply { APPLY_NOW, APPLY_LISTENER, APPLY_RESTART };
+enum apply { APPLY_LOG, APPLY_LIVE, APPLY_RESTART };
 
 struct cfg_field {
 	const char *name;
@@ -969,25 +1122,28 @@ struct cfg_field {
 
 static const struct cfg_field cfg_fields[] = {
 	CF("server.workers", workers, false, APPLY_RESTART),
-	CF("server.max_connections", max_connections, false, APPLY_LISTENER),
-	CF("server.session_timeout_secs", session_timeout_secs, false, APPLY_RESTART),
-	CF("server.keep_alive_timeout_secs", keep_alive_timeout_secs, false, APPLY_RESTART),
-	CF("server.max_keepalive", max_keepalive, false, APPLY_RESTART),
-	CF("server.connect_timeout", connect_timeout, false, APPLY_RESTART),
-	CF("server.max_packet_size", max_packet_size, false, APPLY_RESTART),
-	CF("server.retained_message_limit", retained_message_limit, false, APPLY_RESTART),
-	CF("server.max_inflight", max_inflight, false, APPLY_RESTART),
-	CF("server.max_queued_messages", max_queued_messages, false, APPLY_RESTART),
-	CF("server.max_queued_bytes", max_queued_bytes, false, APPLY_RESTART),
-	CF("server.max_topic_levels", max_topic_levels, false, APPLY_RESTART),
-	CF("server.max_topic_length", max_topic_length, false, APPLY_RESTART),
+	CF("server.max_connections", max_connections, false, APPLY_LIVE),
+	CF("server.session_timeout_secs", session_timeout_secs, false, APPLY_LIVE),
+	CF("server.keep_alive_timeout_secs", keep_alive_timeout_secs, false, APPLY_LIVE),
+	CF("server.max_keepalive", max_keepalive, false, APPLY_LIVE),
+	CF("server.connect_timeout", connect_timeout, false, APPLY_LIVE),
+	CF("server.max_packet_size", max_packet_size, false, APPLY_LIVE),
+	CF("server.retained_message_limit", retained_message_limit, false, APPLY_LIVE),
+	CF("server.retained_bytes_limit", retained_bytes_limit, false, APPLY_LIVE),
+	CF("server.memory_limit", memory_limit, false, APPLY_LIVE),
+	CF("server.max_inflight", max_inflight, false, APPLY_LIVE),
+	CF("server.max_queued_messages", max_queued_messages, false, APPLY_LIVE),
+	CF("server.max_queued_bytes", max_queued_bytes, false, APPLY_LIVE),
+	CF("server.queue_qos0_messages", queue_qos0_messages, false, APPLY_LIVE),
+	CF("server.max_topic_levels", max_topic_levels, false, APPLY_LIVE),
+	CF("server.max_topic_length", max_topic_length, false, APPLY_LIVE),
 	CF("server.user", user, true, APPLY_RESTART),
 	CF("auth.enabled", auth_enabled, false, APPLY_RESTART),
 	CF("auth.backend", auth_backend, true, APPLY_RESTART),
 	CF("storage.backend", storage_backend, true, APPLY_RESTART),
 	CF("storage.path", storage_path, true, APPLY_RESTART),
-	CF("logging.level", log_level, false, APPLY_NOW),
-	CF("logging.format", log_format, false, APPLY_NOW),
+	CF("logging.level", log_level, false, APPLY_LOG),
+	CF("logging.format", log_format, false, APPLY_LOG),
 };
 
 static bool field_differs(const struct cfg_field *f, const struct iotd_config *a,
@@ -1005,9 +1161,7 @@ static bool listen_differs(const struct iotd_config *a, const struct iotd_config
 	if (a->n_listen != b->n_listen)
 		return true;
 	for (int i = 0; i < a->n_listen; i++)
-		if (strcmp(a->listen[i].host, b->listen[i].host) != 0 ||
-		    strcmp(a->listen[i].port, b->listen[i].port) != 0 ||
-		    a->listen[i].family != b->listen[i].family)
+		if (!listen_addr_equal(&a->listen[i], &b->listen[i]))
 			return true;
 	return false;
 }
@@ -1039,6 +1193,15 @@ static int config_refused(const struct iotd_config *cfg, char *err, size_t len)
 		return -1;
 	}
 	return 0;
+}
+
+/*
+ * The largest max_packet_size the rings made at start can carry: create_shm()
+ * would have made rings of the same size for it.
+ */
+static long ring_packet_max(const struct supervisor *sv)
+{
+	return (long)(sv->env.shm->ring_size / 2) - 65536;
 }
 
 static void append_name(char *list, size_t len, const char *name)
@@ -1081,12 +1244,15 @@ static void replace_listener(struct supervisor *sv)
 /*
  * Take from `next` every key that can change while clients stay
  * connected; name the others. The running configuration only ever holds
- * values that are in force.
+ * values that are in force: children forked later (a restart after a
+ * crash) inherit it. `set`: the sockets for next's listen addresses when
+ * they changed (listen_prepare), else NULL.
  */
-static void apply_config(struct supervisor *sv, const struct iotd_config *next)
+static void apply_config(struct supervisor *sv, const struct iotd_config *next,
+			 const struct listen_set *set)
 {
-	char applied[512] = "", pending[512] = "";
-	bool logging = false, listener = false;
+	char applied[512] = "", pending[512] = "", note[160];
+	bool logging = false, live = false;
 
 	for (size_t i = 0; i < ARRAY_SIZE(cfg_fields); i++) {
 		const struct cfg_field *f = &cfg_fields[i];
@@ -1097,15 +1263,28 @@ static void apply_config(struct supervisor *sv, const struct iotd_config *next)
 			append_name(pending, sizeof(pending), f->name);
 			continue;
 		}
+		/* A whole packet must fit in a ring record, and the rings keep their size. */
+		if (f->off == offsetof(struct iotd_config, max_packet_size) &&
+		    next->max_packet_size > ring_packet_max(sv)) {
+			snprintf(note, sizeof(note), "%s (above %ld, the most the shared-memory rings "
+				 "made at start carry)", f->name, ring_packet_max(sv));
+			append_name(pending, sizeof(pending), note);
+			continue;
+		}
 		memcpy((char *)sv->cfg + f->off, (const char *)next + f->off, f->size);
 		append_name(applied, sizeof(applied), f->name);
-		logging |= f->how == APPLY_NOW;
-		listener |= f->how == APPLY_LISTENER;
+		logging |= f->how == APPLY_LOG;
+		live |= f->how == APPLY_LIVE;
 	}
-	if (listen_differs(sv->cfg, next))
-		append_name(pending, sizeof(pending), sv->socket_activated ?
-			    "server.listen_addresses (ignored: systemd passes the sockets)" :
-			    "server.listen_addresses");
+	if (set != NULL) {
+		listen_commit(sv, next, set);
+		memcpy(sv->cfg->listen, next->listen, sizeof(next->listen));
+		sv->cfg->n_listen = next->n_listen;
+		append_name(applied, sizeof(applied), "server.listen_addresses");
+	} else if (listen_differs(sv->cfg, next)) {
+		append_name(pending, sizeof(pending),
+			    "server.listen_addresses (ignored: systemd passes the sockets)");
+	}
 	if (other_fields_differ(sv->cfg, next))
 		append_name(pending, sizeof(pending), "other keys");
 	if (logging) {
@@ -1116,7 +1295,9 @@ static void apply_config(struct supervisor *sv, const struct iotd_config *next)
 		log_get_settings(&ls);
 		broadcast(sv, IPC_LOG_SETTINGS, &ls, sizeof(ls));
 	}
-	if (listener)
+	if (live)
+		broadcast(sv, IPC_CONFIG, sv->cfg, sizeof(*sv->cfg));
+	if (set != NULL)
 		replace_listener(sv);
 	if (!applied[0] && !pending[0])
 		log_info("configuration reloaded: nothing changed");
@@ -1126,23 +1307,32 @@ static void apply_config(struct supervisor *sv, const struct iotd_config *next)
 }
 
 /*
- * SIGHUP. A transaction: the new file is parsed and checked whole; if
- * anything is wrong, nothing changes (never a fall-back to defaults).
+ * SIGHUP. A transaction: the new file is parsed and checked whole, and
+ * new listen addresses are bound; if anything fails, nothing changes
+ * (never a fall-back to defaults, never half a configuration).
  */
 static void reload_config(struct supervisor *sv)
 {
 	struct iotd_config next;
+	struct listen_set set = { .n = 0 };
 	struct timespec ts;
 	char err[CONFIG_ERR_LEN];
+	bool rebind;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	sd_notifyf(0, "RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC=%llu",
 		   (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
 	if (config_load(&next, sv->args, environ, err, sizeof(err)) < 0 ||
 	    config_refused(&next, err, sizeof(err)) < 0)
-		log_error("reload failed, keeping the running configuration: %s", err);
-	else
-		apply_config(sv, &next);
+		goto fail;
+	rebind = !sv->socket_activated && listen_differs(sv->cfg, &next);
+	if (rebind && listen_prepare(sv, &next, &set, err, sizeof(err)) < 0)
+		goto fail;
+	apply_config(sv, &next, rebind ? &set : NULL);
+	goto done;
+fail:
+	log_error("reload failed, keeping the running configuration: %s", err);
+done:
 	sd_notify(0, "READY=1");
 	notify_status(sv);
 }

@@ -95,6 +95,7 @@ struct conn {
 	struct buf in, out;
 	struct inflight *inflight;   /* allocated while something is in flight */
 	uint16_t n_inflight;
+	uint16_t cap_inflight;       /* entries allocated: max_inflight when allocated (it may change since) */
 	uint16_t next_pid;
 	struct pending *pend_head, *pend_tail;
 	uint32_t n_pending;
@@ -656,15 +657,26 @@ static uint16_t pid_alloc(struct conn *c)
 	return c->next_pid;
 }
 
+/*
+ * Room for one more message in flight. max_inflight may change under a
+ * reload: the array grows to a raised value, and is left as it is for a
+ * lowered one (only fewer entries are used), so n_inflight <= cap_inflight
+ * always holds.
+ */
 static bool inflight_room(struct worker *w, struct conn *c)
 {
-	if (c->n_inflight >= w->cfg->max_inflight)
+	long max = w->cfg->max_inflight;
+	struct inflight *p;
+
+	if (c->n_inflight >= max)
 		return false;
-	if (c->inflight == NULL) {
-		c->inflight = malloc((size_t)w->cfg->max_inflight * sizeof(*c->inflight));
-		if (c->inflight == NULL)
-			return false;
-	}
+	if (c->n_inflight < c->cap_inflight)
+		return true;
+	p = realloc(c->inflight, (size_t)max * sizeof(*c->inflight));
+	if (p == NULL)
+		return false;
+	c->inflight = p;
+	c->cap_inflight = (uint16_t)max;
 	return true;
 }
 
@@ -746,6 +758,7 @@ static void pending_pump(struct worker *w, struct conn *c)
 	if (c->n_inflight == 0 && c->pend_head == NULL) {
 		free(c->inflight);
 		c->inflight = NULL;
+		c->cap_inflight = 0;
 	}
 }
 
@@ -1441,6 +1454,23 @@ static void close_all(struct worker *w, const char *why)
 			conn_close(w, w->slots[i], false, why);
 }
 
+/*
+ * A reloaded configuration (IPC_CONFIG). Limits are read at each use, so
+ * new packets and new connections follow them; what was derived from them
+ * is derived again, and a raised max_inflight sends what waited behind the
+ * old window at once instead of at the next acknowledgement.
+ */
+static void worker_config_changed(struct worker *w)
+{
+	w->out_limit = MAX((size_t)OUT_LIMIT_MIN, 2 * (size_t)w->cfg->max_packet_size);
+	for (uint32_t i = 0; i < w->n_slots; i++) {
+		struct conn *c = w->slots[i];
+
+		if (c != NULL && c->state == CS_ACTIVE && c->pend_head != NULL)
+			pending_pump(w, c);
+	}
+}
+
 static bool control_message(struct worker *w)
 {
 	struct ipc_hdr hdr;
@@ -1458,6 +1488,8 @@ static bool control_message(struct worker *w)
 		ipc_send(w->env->ctl_fd, IPC_PONG, w->index, NULL, 0, -1);
 	else if (hdr.type == IPC_LOG_SETTINGS)
 		log_apply_settings(buf, (size_t)n);
+	else if (hdr.type == IPC_CONFIG && role_take_config(w->env, buf, (size_t)n) == 0)
+		worker_config_changed(w);
 	return true;
 }
 

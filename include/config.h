@@ -2,7 +2,9 @@
  * config.h - the daemon's configuration: defaults, file, environment, CLI.
  *
  * The supervisor parses it once (and again on SIGHUP) into a plain struct
- * that children inherit by fork. Precedence: command line over environment
+ * that children inherit by fork; after a reload each child gets the struct
+ * in force whole (IPC_CONFIG), so it must stay plain data, with no pointer,
+ * and fit in one control message (checked in common/util.c). Precedence: command line over environment
  * (IOTD_<SECTION>_<KEY>, e.g. IOTD_SERVER_MAX_CONNECTIONS) over the file
  * over built-in defaults.
  */

@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 2            /* bump whenever enum ipc_type or a payload changes */
+#define IPC_VERSION 3            /* bump whenever enum ipc_type or a payload changes */
 #define IPC_MAX_PAYLOAD 4096
 
 enum ipc_type {
@@ -25,6 +25,7 @@ enum ipc_type {
 	IPC_PONG,             /* child -> supervisor */
 	IPC_STOP_ACCEPT,      /* supervisor -> listener: close listening sockets */
 	IPC_LOG_SETTINGS,     /* supervisor -> child: new log level and format (struct log_settings, log.h) */
+	IPC_CONFIG,           /* supervisor -> child: the configuration in force after a reload (struct iotd_config) */
 	IPC_TYPE_MAX
 };
 

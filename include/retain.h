@@ -16,6 +16,11 @@ struct retain_store;
 /* max_count / max_bytes: 0 means no limit. */
 struct retain_store *retain_new(size_t max_count, size_t max_bytes);
 void retain_free(struct retain_store **rs);
+/*
+ * New limits (a reload). Nothing stored is evicted: past a lowered limit,
+ * only new topics (and replacements that would grow the total) are refused.
+ */
+void retain_set_limits(struct retain_store *rs, size_t max_count, size_t max_bytes);
 
 enum retain_result {
 	RETAIN_STORED = 0,     /* stored or replaced */

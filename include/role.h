@@ -70,7 +70,12 @@ static inline struct shmring *shm_r2w(struct iotd_shm *s, unsigned i)
 }
 
 struct role_env {
-	const struct iotd_config *cfg;
+	/*
+	 * The configuration in force. In a child it is the child's own copy
+	 * (fork copied the supervisor's), overwritten when IPC_CONFIG brings a
+	 * reloaded one (role_take_config); roles keep pointing at it.
+	 */
+	struct iotd_config *cfg;
 	struct iotd_shm *shm;
 	unsigned nworkers;
 	unsigned index;                /* worker index; 0 for other roles */
@@ -93,6 +98,13 @@ struct role_env {
 int listener_main(struct role_env *env);
 int router_main(struct role_env *env);
 int worker_main(struct role_env *env);
+
+/*
+ * A child's side of IPC_CONFIG: check the payload is a whole struct
+ * iotd_config and copy it over env->cfg. Returns 0, or -1 (logged) when
+ * it is not; the running configuration is then kept.
+ */
+int role_take_config(struct role_env *env, const void *data, size_t len);
 
 /* Wake a process sleeping on an eventfd (errors other than EAGAIN are fatal). */
 void eventfd_wake(int efd);

@@ -29,7 +29,8 @@ typedef int (*router_emit_fn)(void *arg, unsigned worker, uint16_t type,
 			      const struct recw *rec);
 
 /*
- * nworkers: 1..IOTD_MAX_WORKERS. cfg must outlive the router. st: NULL
+ * nworkers: 1..IOTD_MAX_WORKERS. cfg must outlive the router; its limits
+ * are read at each use (see router_config_changed for a reload). st: NULL
  * keeps everything in memory; otherwise the router rebuilds sessions
  * (online ones keep their connection ids), subscriptions, queues and
  * retained messages from it, emitting nothing, and from then on writes
@@ -75,6 +76,11 @@ void router_tick(struct router *r, uint64_t now_ms);
  * for the same worker.
  */
 void router_set_max_record(struct router *r, size_t bytes);
+/*
+ * The configuration router_new() was given has changed (a reload): take
+ * the limits that are not read afresh at each use (the retained store's).
+ */
+void router_config_changed(struct router *r);
 
 struct router_stats {
 	size_t sessions;        /* online and offline */

@@ -16,11 +16,17 @@ Fixtures:
     broker        a running daemon; options from @pytest.mark.broker_config(**server_opts)
                   (workers=N, listen=[...], env={...}, args=[...] are fixture options,
                   everything else goes into the config file's server { } section)
+                  (listen_in_config=True writes the addresses into the file's
+                  listen_addresses instead of passing -l, so that a reload can change them)
     start_broker  factory: start_broker(**same options) -> Broker (stopped at teardown)
     worker_of     worker_of(client) -> pid of the worker holding the server side
     bystander     a client subscribed to "by/#" on every worker from before the test's
                   hostile input; bystander.check() proves the daemon kept every
                   process (same pids) and delivered every message published to it
+
+Reload: broker.reload(**changes) rewrites the config file's server { } section
+and sends SIGHUP; it returns once the supervisor logged the outcome and, when
+a limit changed, every child took the new configuration.
 
 Memory: broker.pss_kb(pids) sums Pss (/proc/PID/smaps) over the daemon's
 processes, leaving out the shared-memory rings (a fixed-size memfd mapping
@@ -135,6 +141,8 @@ def conf_value(v):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return str(v)
+    if isinstance(v, (list, tuple)):
+        return "{" + ", ".join(conf_value(x) for x in v) + "}"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -179,7 +187,7 @@ class Broker:
 
     def __init__(self, tmpdir, name, workers=2, listen=None, env=None, args=None,
                  config_text=None, log_level="debug", use_config=True, wait=True,
-                 **server_opts):
+                 listen_in_config=False, **server_opts):
         self.kind = BROKER_KIND
         self.tmpdir = Path(tmpdir)
         self.name = name
@@ -189,6 +197,11 @@ class Broker:
         if listen is not None:
             self.port = split_listen(listen[0])[1]
         self.host = split_listen(self.listen[0])[0]
+        if listen_in_config:
+            # In the file's listen_addresses instead of -l (which a reload could not change).
+            server_opts = {"listen_addresses": list(self.listen), **server_opts}
+        self.listen_in_config = listen_in_config
+        self.log_level = log_level
         self.server_opts = server_opts
         self.conf_path = self.tmpdir / f"{name}.conf"
         self.log_path = self.tmpdir / f"{name}.log"
@@ -209,7 +222,7 @@ class Broker:
                     iotd_config_text(server_opts, log_level)
                 self.conf_path.write_text(text)
                 argv += ["-c", str(self.conf_path)]
-            for addr in self.listen:
+            for addr in ([] if listen_in_config else self.listen):
                 argv += ["-l", addr]
             if workers is not None:
                 argv += ["-w", str(workers)]
@@ -411,6 +424,40 @@ class Broker:
 
     def send_signal(self, sig):
         self.proc.send_signal(sig)
+
+    RELOAD_LINE = re.compile(r"configuration reloaded: .*|reload failed, keeping the running "
+                             r"configuration: .*")
+    TOOK_CONFIG = "took the reloaded configuration"
+
+    def reload(self, expect="configuration reloaded: applied", **changes):
+        """Rewrite the config file with the server { } options changed by
+        `changes` (None removes one), send SIGHUP and wait (bounded) for the
+        supervisor's next reload line, which must contain `expect`; returns
+        that line. When it applied a limit, also waits until every child
+        (router, listener, each worker) logged that it took the new
+        configuration (a debug line), so the limit is in force on return."""
+        opts = {**self.server_opts, **changes}
+        opts = {k: v for k, v in opts.items() if v is not None}
+        self.conf_path.write_text(iotd_config_text(opts, self.log_level))
+        before = len(self.RELOAD_LINE.findall(self.log))
+        took = self.log.count(self.TOOK_CONFIG)
+        children = 2 + len(self.worker_pids())
+        self.send_signal(signal.SIGHUP)
+        lines = wait_for(lambda: self.RELOAD_LINE.findall(self.log)[before:], 10,
+                         "the supervisor's log line about the reload")
+        line = lines[0]
+        if expect not in line:
+            self._fail(f"reload: expected {expect!r} in the log line, got {line!r}")
+        if "reload failed" in line:
+            return line
+        self.server_opts = opts
+        m = re.search(r"applied: (.*?); after a restart", line)
+        applied = m.group(1).split(", ") if m and m.group(1) != "nothing" else []
+        if any(not k.startswith("logging.") and k != "server.listen_addresses" for k in applied):
+            assert self.log_level == "debug", "reload() needs the children's debug lines"
+            wait_for(lambda: self.log.count(self.TOOK_CONFIG) >= took + children, 10,
+                     f"{children} children to take the reloaded configuration")
+        return line
 
     def stop(self, sig=signal.SIGINT, timeout=10, expect_rc=0):
         """Stop the daemon: sig, bounded wait, then SIGKILL (a failure).

@@ -11,7 +11,8 @@
 # the broken one is rejected with a journal line); kill -9 of a worker;
 # the watchdog (keep-alives flow, a stopped router gets the service
 # restarted); `systemctl start iotd` without the socket (binds from the
-# config, READY, STATUS=); `systemctl stop` within a second with nothing
+# config, READY, STATUS=; a reload adding a port below 1024 is refused,
+# one adding another port is served); `systemctl stop` within a second with nothing
 # left; and iotd run as root by a unit (children drop to iotd, confined
 # workers still log to the journal with their fields).
 # Needs root and IOTD_STAGE (a `make install DESTDIR=` tree); prints
@@ -146,11 +147,15 @@ t_reload_changed() {
 		-e 's/max_connections = 10000/max_connections = 5000/' /etc/iotd/iotd.conf
 	sx systemctl reload iotd || return 1
 	wait_journal iotd 'configuration reloaded: applied: server\.max_connections, logging\.level' || return 1
+	# The new limit reached every child (at debug level, set by the same reload).
+	wait_journal iotd '^router: took the reloaded configuration\|router\|' &&
+		wait_journal iotd '^listener: took the reloaded configuration\|listener\|' &&
+		wait_journal iotd '^worker [0-9]+: took the reloaded configuration\|worker\|[0-9]+\|' || return 1
 	pub -t keep/1 -m one -q 1 || return 1
-	# Debug lines now come from every kind of child; the listener was replaced.
+	# Debug lines now come from every kind of child; no process was replaced.
 	wait_journal iotd '^listener: connection from .*\|listener\|' &&
 		wait_journal iotd '^worker [0-9]+: .*\|worker\|[0-9]+\|.*\|7$' &&
-		[ "$(proc_pid listener)" != "$listener" ]
+		[ "$(proc_pid listener)" = "$listener" ]
 }
 t_reload_broken() {
 	sx sed -i 's/max_inflight = 20/max_inflight = "lots"/' /etc/iotd/iotd.conf
@@ -165,7 +170,7 @@ t_kept() {
 	sx grep -qx "keep/1 one" /tmp/keeper.out && ! journal_has iotd 'disconnected.*client_id=keeper'
 }
 check "a subscriber stays connected across the reloads" t_keeper
-check "systemctl reload with a changed config: applied at once, the listener replaced" t_reload_changed
+check "systemctl reload with a changed config: applied at once in every process, none replaced" t_reload_changed
 check "systemctl reload with a broken config: rejected with a journal line, service active" t_reload_broken
 check "the subscriber got messages from before and after, without a disconnect" t_kept
 printf '%s\n' "$CONF" | sx bash -c 'cat > /etc/iotd/iotd.conf'
@@ -219,8 +224,20 @@ t_status() {
 	wait_until 5 bash -c "'$SB' exec systemctl status iotd --no-pager | grep -E 'Status: \"[0-9]+ connections, [1-9][0-9]* messages in, [1-9][0-9]* out, [0-9]+ workers\"'"
 	sx systemctl status iotd --no-pager | grep 'Status:'
 }
+# A port below 1024 cannot be bound by the unprivileged supervisor: refused whole.
+t_reload_listen() {
+	sx sed -i 's/^\(\s*listen_addresses = \).*/\1{"127.0.0.1:1883", "127.0.0.1:883"}/' \
+		/etc/iotd/iotd.conf
+	sx systemctl reload iotd || return 1
+	wait_journal iotd 'reload failed, keeping the running configuration: cannot listen on 127\.0\.0\.1:883: Permission denied \(a port below 1024' || return 1
+	sx sed -i 's/"127.0.0.1:883"/"127.0.0.1:1884"/' /etc/iotd/iotd.conf
+	sx systemctl reload iotd || return 1
+	wait_journal iotd 'configuration reloaded: applied: server\.listen_addresses;' &&
+		roundtrip 127.0.0.1 1884 && roundtrip 127.0.0.1 1883
+}
 check "systemctl start iotd (no socket): binds from the config, READY reached" t_direct
 check "systemctl status shows the STATUS= line with the counters" t_status
+check "systemctl reload with new listen addresses: a privileged port refused, another served" t_reload_listen
 
 # ---- 7. stop -----------------------------------------------------------------------
 t_stop() {

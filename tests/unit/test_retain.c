@@ -340,6 +340,38 @@ static void test_replace_within_max_bytes_is_allowed(void **state)
 	retain_free(&rs);
 }
 
+/* A reload lowers the limits below what is held: nothing goes, nothing new comes in. */
+static void test_lowered_limits_evict_nothing_and_refuse_growth(void **state)
+{
+	struct retain_store *rs = retain_new(0, 0);
+	struct got *g;
+
+	assert_non_null(rs);
+	assert_int_equal(put(rs, "ab", "1234", 0), RETAIN_STORED);   /* 6 */
+	assert_int_equal(put(rs, "cd", "1234", 0), RETAIN_STORED);   /* 12 */
+	assert_int_equal(put(rs, "ef", "1234", 0), RETAIN_STORED);   /* 18 */
+	retain_set_limits(rs, 2, 10);
+	assert_int_equal(retain_count(rs), 3);
+	assert_int_equal(retain_bytes(rs), 18);
+	assert_int_equal(lookup(rs, "#")->n, 3);
+	assert_int_equal(put(rs, "gh", "1", 0), RETAIN_FULL);
+	assert_int_equal(put(rs, "ab", "12345", 0), RETAIN_FULL);    /* growing past the budget */
+	assert_int_equal(put(rs, "ab", "9876", 0), RETAIN_STORED);   /* same size: a new value */
+	g = lookup(rs, "ab");
+	assert_int_equal(g->n, 1);
+	assert_string_equal(g->payload[0], "9876");
+	assert_int_equal(put(rs, "cd", "1", 0), RETAIN_STORED);      /* shrinking: 15 */
+	assert_int_equal(retain_bytes(rs), 15);
+	assert_int_equal(retain_put(rs, SL("ef"), NULL, 0, 0), RETAIN_CLEARED);
+	assert_int_equal(retain_put(rs, SL("cd"), NULL, 0, 0), RETAIN_CLEARED); /* 6, 1 topic */
+	assert_int_equal(put(rs, "gh", "12", 0), RETAIN_STORED);     /* fits again: 10 */
+	/* Raised (or lifted) limits take new topics at once. */
+	retain_set_limits(rs, 0, 0);
+	assert_int_equal(put(rs, "ij", "123456789", 0), RETAIN_STORED);
+	assert_int_equal(retain_count(rs), 3);
+	retain_free(&rs);
+}
+
 /* ---- matching ---- */
 
 /* "$first" comes first so that the '$' rule is exercised on the first child too. */
@@ -639,6 +671,7 @@ int main(void)
 		cmocka_unit_test(test_new_topic_past_max_count_is_full),
 		cmocka_unit_test(test_new_topic_past_max_bytes_is_full),
 		cmocka_unit_test(test_replace_within_max_bytes_is_allowed),
+		cmocka_unit_test(test_lowered_limits_evict_nothing_and_refuse_growth),
 		cmocka_unit_test(test_wildcard_match_table),
 		cmocka_unit_test(test_wildcard_match_agrees_with_topic_matches),
 		cmocka_unit_test(test_hash_skips_dollar_topics),
