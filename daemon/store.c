@@ -64,6 +64,7 @@ struct store {
 	bool warned;                 /* the failure of this episode was logged */
 	bool warned_sync;
 	bool unsynced;               /* committed since the last store_sync() */
+	uint32_t sessions_max_sid;   /* largest session id written: above it, a put appends */
 	struct recw val;             /* scratch for encoding values */
 	uint8_t *kbuf;               /* scratch for building long keys (sid + filter) */
 	size_t kcap;
@@ -381,7 +382,9 @@ static void enc_session(struct recw *w, const struct store_session *s)
 	recw_u8(w, s->clean);
 	recw_u64(w, s->last_seen_ms);
 	recw_str(w, s->client_id, s->client_id_len);
-	enc_cstr(w, s->remote);
+	/* Online, the CONNECT below has the remote: "" here says "same as there". */
+	enc_cstr(w, s->online && s->remote && s->cx.remote && strcmp(s->remote, s->cx.remote) == 0 ?
+		 "" : s->remote);
 	recw_u16(w, s->n_qos2_ids);
 	for (uint16_t i = 0; i < s->n_qos2_ids; i++)
 		recw_u16(w, s->qos2_ids[i]);
@@ -423,6 +426,8 @@ static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, 
 	s->online = online;
 	if (online)
 		dec_connect(&r, &s->cx);
+	if (online && !r.err && s->remote[0] == '\0')
+		s->remote = s->cx.remote;
 	pending = recr_u8(&r);
 	s->pending = pending;
 	if (pending)
@@ -483,6 +488,24 @@ void store_session_put(struct store *st, const struct store_session *s)
 	}
 	put_be32(kb, s->sid);
 	v = mval(st->val.buf, st->val.len);
+	/*
+	 * Session ids only grow: a new session is appended, which fills
+	 * B-tree pages instead of splitting them in half (on tmpfs, every
+	 * page counts in the daemon's memory).
+	 */
+	if (s->sid > st->sessions_max_sid) {
+		int rc = mdb_put(st->txn, st->sessions, &k, &v, MDB_APPEND);
+
+		if (rc == 0) {
+			st->sessions_max_sid = s->sid;
+			return;
+		}
+		if (rc != MDB_KEYEXIST) {
+			store_fail(st, "writing a session", rc);
+			return;
+		}
+		st->sessions_max_sid = s->sid;
+	}
 	store_put(st, st->sessions, &k, &v, "writing a session");
 }
 

@@ -77,6 +77,11 @@ struct pending {
 	uint8_t qos;
 };
 
+/*
+ * One per client connection; an idle connection costs little more than
+ * this struct, so small fields sit together and the remote address is
+ * allocated at its length, at the end.
+ */
 struct conn {
 	conn_id_t id;
 	int fd;
@@ -89,20 +94,20 @@ struct conn {
 	bool dirty;                  /* in the flush list */
 	bool drop_logged;
 	uint16_t keepalive;          /* effective, seconds; 0 = none */
-	uint64_t last_rx_ms;
-	char *client_id;
-	char remote[64];
-	struct buf in, out;
-	struct inflight *inflight;   /* allocated while something is in flight */
 	uint16_t n_inflight;
 	uint16_t cap_inflight;       /* entries allocated: max_inflight when allocated (it may change since) */
 	uint16_t next_pid;
+	uint64_t last_rx_ms;
+	char *client_id;
+	struct buf in, out;
+	struct inflight *inflight;   /* allocated while something is in flight */
 	struct pending *pend_head, *pend_tail;
 	uint32_t n_pending;
+	uint32_t n_qos2_in, cap_qos2_in;
 	size_t pending_bytes;
 	uint16_t *qos2_in;           /* inbound QoS 2 ids awaiting PUBREL */
-	uint32_t n_qos2_in, cap_qos2_in;
 	struct conn *dirty_next;
+	char remote[];               /* "127.0.0.1:53412" or "[::1]:53412" */
 };
 
 /* A ring record that did not fit: kept in order until the router makes room. */
@@ -442,7 +447,7 @@ static void conn_new(struct worker *w, int fd, const struct ipc_client *info)
 	struct conn *c;
 	uint32_t slot;
 
-	c = calloc(1, sizeof(*c));
+	c = calloc(1, sizeof(*c) + strnlen(info->remote, sizeof(info->remote) - 1) + 1);
 	if (c == NULL || slot_alloc(w, &slot) < 0) {
 		log_error("out of memory for a new connection from %s; closing it", info->remote);
 		free(c);
@@ -453,8 +458,7 @@ static void conn_new(struct worker *w, int fd, const struct ipc_client *info)
 	c->id = conn_id_make(w->index, w->epoch, slot, ++w->serials[slot]);
 	c->state = CS_NEW;
 	c->last_rx_ms = w->now_ms;
-	memcpy(c->remote, info->remote, sizeof(c->remote));
-	c->remote[sizeof(c->remote) - 1] = '\0';
+	memcpy(c->remote, info->remote, strnlen(info->remote, sizeof(info->remote) - 1));
 	ev.data.ptr = c;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		log_error("epoll_ctl: %s; closing the connection from %s", strerror(errno), c->remote);
