@@ -31,10 +31,18 @@ union ipc_cmsg_recv {
 	struct cmsghdr align;
 };
 
+/* This process's pid, once ipc_set_process() ran in it (getpid() is a system call). */
+static uint32_t ipc_pid;
+
+void ipc_set_process(void)
+{
+	ipc_pid = (uint32_t)getpid();
+}
+
 int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t len, int fd)
 {
 	struct ipc_hdr hdr = { .type = type, .len = (uint32_t)len, .peer = peer,
-			       .pid = (uint32_t)getpid() };
+			       .pid = ipc_pid ? ipc_pid : (uint32_t)getpid() };
 	struct iovec iov[2] = {
 		{ .iov_base = &hdr, .iov_len = sizeof(hdr) },
 		{ .iov_base = (void *)data, .iov_len = len },

@@ -26,7 +26,6 @@
 struct listener {
 	struct role_env *env;
 	int epfd;
-	uint64_t handed[IOTD_MAX_WORKERS];   /* fds sent to each worker, ever */
 	bool accepting;
 	bool full_logged;                    /* max_connections reached: logged once per episode */
 	unsigned last_worker;                /* the worker chosen last */
@@ -55,10 +54,9 @@ static void format_remote(const struct sockaddr_storage *ss, char *out, size_t l
 static uint64_t worker_load(const struct listener *l, unsigned i)
 {
 	const struct worker_shm *w = &l->env->shm->workers[i];
-	uint64_t accepted = atomic_load(&w->accepted);
-	uint64_t transit = l->handed[i] > accepted ? l->handed[i] - accepted : 0;
+	uint64_t released = atomic_load(&w->released), handed = atomic_load(&w->handed);
 
-	return atomic_load(&w->conns) + transit;
+	return handed > released ? handed - released : 0;
 }
 
 static uint64_t total_load(const struct listener *l)
@@ -110,7 +108,7 @@ static void hand_over(struct listener *l, int fd, const struct sockaddr_storage 
 	while ((w = pick_worker(l, skip)) >= 0) {
 		if (ipc_send(l->env->chan_listener[w], IPC_CLIENT_FD, (uint32_t)w, &info,
 			     sizeof(info), fd) == 0) {
-			l->handed[w]++;
+			atomic_fetch_add(&l->env->shm->workers[w].handed, 1);
 			l->last_worker = (unsigned)w;
 			l->full_logged = false;
 			log_debug("connection from %s to worker %d", info.remote, w);
@@ -153,8 +151,6 @@ static void accept_some(struct listener *l, int lfd)
 			close(fd);
 			continue;
 		}
-		/* Replies are batched per loop turn already: Nagle would only add delay. */
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
 		atomic_fetch_add(&l->env->shm->connects, 1);
 		hand_over(l, fd, &ss);
 	}
@@ -206,12 +202,16 @@ int listener_main(struct role_env *env)
 	struct listener l = { .env = env, .accepting = true };
 	struct epoll_event ev = { .events = EPOLLIN }, evs[16];
 
-	for (unsigned i = 0; i < env->nworkers; i++)
-		l.handed[i] = atomic_load(&env->shm->workers[i].accepted);
 	l.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (l.epfd < 0)
 		fatal("epoll_create1: %s", strerror(errno));
 	for (int i = 0; i < env->n_listen_fds; i++) {
+		/*
+		 * Replies are batched per loop turn already: Nagle would only add
+		 * delay. Accepted sockets inherit it (Linux), one call for all.
+		 * A unix socket refuses it, harmlessly.
+		 */
+		setsockopt(env->listen_fds[i], IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
 		ev.data.fd = env->listen_fds[i];
 		if (epoll_ctl(l.epfd, EPOLL_CTL_ADD, env->listen_fds[i], &ev) < 0)
 			fatal("epoll_ctl: %s", strerror(errno));

@@ -573,6 +573,7 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
 		_exit(0);
+	ipc_set_process();
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	/* Ctrl-C reaches the whole process group: only the supervisor acts on it. */
@@ -722,6 +723,9 @@ static void child_exited(struct supervisor *sv, struct child *c, int status)
 	if (c->role == ROLE_WORKER) {
 		atomic_store(&sv->env.shm->workers[c->index].alive, 0);
 		atomic_store(&sv->env.shm->workers[c->index].conns, 0);
+		/* Every fd it had taken died with it; those still in its channel wait for its successor. */
+		atomic_store(&sv->env.shm->workers[c->index].released,
+			     atomic_load(&sv->env.shm->workers[c->index].accepted));
 	}
 	child_name(c, name, sizeof(name));
 	if (sv->stopping) {
@@ -1474,6 +1478,7 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	struct supervisor sv = { .cfg = cfg, .args = args };
 	long ncpu;
 
+	ipc_set_process();
 	sv.env.cfg = cfg;
 	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	sv.env.nworkers = cfg->workers > 0 ? (unsigned)cfg->workers : (unsigned)MAX(ncpu, 1);

@@ -441,7 +441,8 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 	return 0;
 }
 
-static void conn_new(struct worker *w, int fd, const struct ipc_client *info)
+/* false: it could not be taken (logged, fd closed). */
+static bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
 {
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
 	struct conn *c;
@@ -452,7 +453,7 @@ static void conn_new(struct worker *w, int fd, const struct ipc_client *info)
 		log_error("out of memory for a new connection from %s; closing it", info->remote);
 		free(c);
 		close(fd);
-		return;
+		return false;
 	}
 	c->fd = fd;
 	c->id = conn_id_make(w->index, w->epoch, slot, ++w->serials[slot]);
@@ -465,12 +466,13 @@ static void conn_new(struct worker *w, int fd, const struct ipc_client *info)
 		w->free_slots[w->n_free++] = slot;
 		free(c);
 		close(fd);
-		return;
+		return false;
 	}
 	w->slots[slot] = c;
 	w->n_conns++;
 	atomic_fetch_add(&w->env->shm->workers[w->index].conns, 1);
 	log_debug("new connection from %s", c->remote);
+	return true;
 }
 
 static void qmsg_unref(struct qmsg *m)
@@ -608,10 +610,11 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	 * reconnects at once must find the listener's view already updated.
 	 */
 	atomic_fetch_sub(&w->env->shm->workers[w->index].conns, 1);
+	atomic_fetch_add(&w->env->shm->workers[w->index].released, 1);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
 	if (c->out.off < c->out.len)
 		(void)!write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
-	epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	/* The only reference to the socket: closing it takes it out of epoll too. */
 	close(c->fd);
 	c->fd = -1;
 	if (c->dirty) {
@@ -1440,14 +1443,16 @@ static void accept_clients(struct worker *w)
 
 		if (n < 0 || hdr.type == 0)
 			return;
+		/* At once: should this worker die now, the supervisor counts the fd as gone. */
+		atomic_fetch_add(&w->env->shm->workers[w->index].accepted, 1);
 		if (hdr.type == IPC_CLIENT_FD && fd >= 0 && (size_t)n == sizeof(info)) {
 			info.remote[sizeof(info.remote) - 1] = '\0';
-			conn_new(w, fd, &info);
+			if (conn_new(w, fd, &info))
+				continue;
 		} else if (fd >= 0) {
 			close(fd);
 		}
-		/* After conns went up: the listener's load estimate never dips. */
-		atomic_fetch_add(&w->env->shm->workers[w->index].accepted, 1);
+		atomic_fetch_add(&w->env->shm->workers[w->index].released, 1);
 	}
 }
 

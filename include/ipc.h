@@ -40,6 +40,12 @@ struct ipc_client {              /* payload of IPC_CLIENT_FD */
 	char remote[64];             /* "127.0.0.1:53412" or "[::1]:53412" */
 };
 
+/*
+ * Remember this process's pid for the headers; call it again in a child
+ * right after fork(). Without it every send asks getpid().
+ */
+void ipc_set_process(void);
+
 /* Send one message; fd < 0 sends none. Non-blocking sockets may fail with EAGAIN. */
 int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t len, int fd);
 /*

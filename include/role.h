@@ -25,6 +25,13 @@ struct worker_shm {
 	_Atomic uint32_t conns;        /* connections the worker holds now (listener balances on it) */
 	_Atomic uint32_t alive;        /* set by the worker when serving, cleared by the supervisor at its death */
 	_Atomic uint64_t accepted;     /* client fds the worker has taken from its channel, ever */
+	/*
+	 * The listener balances on handed - released: a connection counts from
+	 * the moment it is handed over until it is gone, with no gap and no
+	 * double count in between.
+	 */
+	_Atomic uint64_t handed;       /* client fds the listener sent this worker, ever */
+	_Atomic uint64_t released;     /* of those, gone (closed or refused); at a worker's death the supervisor sets it to accepted */
 	_Atomic uint32_t capacity;     /* connections it can hold (open-file limit less a reserve) */
 	_Atomic uint32_t epoch;        /* bumped by the supervisor before each (re)start */
 	_Atomic uint64_t msgs_in;      /* PUBLISH packets received from clients */
