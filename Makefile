@@ -89,12 +89,10 @@ build-fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h)
 	clang -std=c17 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) $(FUZZ_FLAGS) -o $@ $< \
 	    $(COMMON_SRC) $(DAEMON_SRC) $(LDLIBS)
 
+# Each harness grows build-fuzz/corpus-<name> from tests/fuzz/corpus/<name>;
+# a summary line per harness (seconds, executions, cov/ft, corpus) ends the run.
 fuzz: $(FUZZ_BIN)
-	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); \
-	    mkdir -p build-fuzz/corpus-$$n; \
-	    echo "== $$n for $(FUZZ_SECONDS)s"; \
-	    $$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
-	        build-fuzz/corpus-$$n tests/fuzz/corpus/$${n#fuzz_}; done
+	tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
 
 bench: all
 	contrib/bench.sh
