@@ -6,6 +6,7 @@
 #   make e2e           end-to-end tests only (build/)
 #   make check-san     unit + end-to-end tests on the sanitizer build (build-san/)
 #   make fuzz          each libFuzzer harness for FUZZ_SECONDS (clang)
+#   make fuzz-coverage line and branch coverage each harness reaches on its corpus
 #   make systemd-test  iotd under a real systemd (systemd-sandbox) and as root
 #   make install       PREFIX=/usr/local DESTDIR=  (uninstall: the same)
 
@@ -37,7 +38,7 @@ UNIT_BIN   := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 CONTRIB_SRC := $(wildcard contrib/*.c)
 CONTRIB_BIN := $(patsubst contrib/%.c,$(BUILD)/contrib/%,$(CONTRIB_SRC))
 
-.PHONY: all unit e2e test check-san fuzz bench install uninstall clean run tools systemd-test
+.PHONY: all unit e2e test check-san fuzz fuzz-coverage bench install uninstall clean run tools systemd-test
 
 all: $(BUILD)/iotd tools
 
@@ -89,12 +90,23 @@ build-fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h)
 	clang -std=c17 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) $(FUZZ_FLAGS) -o $@ $< \
 	    $(COMMON_SRC) $(DAEMON_SRC) $(LDLIBS)
 
+# Each harness grows build-fuzz/corpus-<name> from tests/fuzz/corpus/<name>;
+# a summary line per harness (seconds, executions, cov/ft, corpus) ends the run.
 fuzz: $(FUZZ_BIN)
-	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); \
-	    mkdir -p build-fuzz/corpus-$$n; \
-	    echo "== $$n for $(FUZZ_SECONDS)s"; \
-	    $$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
-	        build-fuzz/corpus-$$n tests/fuzz/corpus/$${n#fuzz_}; done
+	tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BIN)
+
+# Line and branch coverage each harness reaches on its seed corpus plus the
+# corpus `make fuzz` grew (clang source-based coverage, llvm-profdata/llvm-cov).
+FUZZ_COV_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/cov/%,$(FUZZ_SRC))
+FUZZ_COV_FLAGS := -fsanitize=fuzzer -fprofile-instr-generate -fcoverage-mapping -g -O1
+
+build-fuzz/cov/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h)
+	@mkdir -p build-fuzz/cov
+	clang -std=c17 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) $(FUZZ_COV_FLAGS) -o $@ $< \
+	    $(COMMON_SRC) $(DAEMON_SRC) $(LDLIBS)
+
+fuzz-coverage: $(FUZZ_COV_BIN)
+	tests/fuzz/coverage.sh $(FUZZ_COV_BIN)
 
 bench: all
 	contrib/bench.sh

@@ -88,9 +88,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mqttraw  # noqa: E402
-from helpers import (T, descendants, local_port_of, proc_alive, proc_cmdline,  # noqa: E402
-                     proc_title, pss_kb, RING_MAPPING, server_side_inode, socket_inodes,
-                     uid, wait_for)
+from helpers import (T, descendants, in_epoll_wait, local_port_of, proc_alive,  # noqa: E402
+                     proc_cmdline, proc_title, pss_kb, RING_MAPPING, server_side_inode,
+                     socket_inodes, tcp_table, uid, wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_KIND = os.environ.get("E2E_BROKER", "iotd").strip().lower()
@@ -122,11 +122,35 @@ MOSQ_GLOBAL = {
 MOSQ_LISTENER = {"max_connections": "max_connections"}
 
 
+# Ports handed out by free_port(), each with the socket that keeps it taken.
+_reserved_ports = {}
+
+
 def free_port(host="127.0.0.1"):
+    """A port for a daemon to listen on, reserved until release_ports() (a
+    Broker releases its ports once it serves, the test's teardown whatever is
+    left). The port stays bound by a socket of ours with SO_REUSEADDR that
+    never listens: no other process's bind(port 0) and no outgoing
+    connection's ephemeral port can take it meanwhile (several suites run at
+    once), while the daemon, which binds with SO_REUSEADDR too, can."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    except BaseException:
+        s.close()
+        raise
+    _reserved_ports.setdefault(port, []).append(s)
+    return port
+
+
+def release_ports(ports=None):
+    """Give back ports reserved by free_port() (default: all of them)."""
+    for port in list(_reserved_ports) if ports is None else ports:
+        for s in _reserved_ports.pop(port, []):
+            s.close()
 
 
 def split_listen(addr):
@@ -192,10 +216,10 @@ class Broker:
         self.tmpdir = Path(tmpdir)
         self.name = name
         self.workers = workers
-        self.port = free_port()
-        self.listen = listen if listen is not None else [f"127.0.0.1:{self.port}"]
-        if listen is not None:
-            self.port = split_listen(listen[0])[1]
+        if listen is None:
+            listen = [f"127.0.0.1:{free_port()}"]
+        self.listen = listen
+        self.port = split_listen(listen[0])[1]
         self.host = split_listen(self.listen[0])[0]
         if listen_in_config:
             # In the file's listen_addresses instead of -l (which a reload could not change).
@@ -305,6 +329,31 @@ class Broker:
         wa, wb = self.worker_of(a), self.worker_of(b)
         assert wa != wb, f"both clients on worker pid {wa}: expected different workers"
 
+    def held_connections(self):
+        """Server-side TCP connections to the daemon's listen ports that a
+        process still holds: an fd in a worker, or in flight from the listener
+        to one. (A socket its holder closed is orphaned, inode 0, like one
+        still waiting in the listen queue.)"""
+        ports = {split_listen(a)[1] for a in self.listen}
+        return [(lport, rport) for lport, rport, inode in tcp_table()
+                if lport in ports and rport != 0 and inode != 0]
+
+    def wait_idle(self, timeout=5):
+        """Wait until the daemon holds no client connection and counts none
+        against max_connections. A worker closes a connection's socket
+        before it takes it off its count in shared memory (which the listener
+        checks max_connections against), in the same turn of its event loop;
+        so: first no socket held (held_connections()), then every worker seen
+        asleep in epoll_wait, which it reaches only after that turn."""
+        def idle():
+            if self.held_connections():
+                return False
+            if self.kind != "iotd":
+                return True
+            return all(in_epoll_wait(p) for p in self.worker_pids())
+        wait_for(idle, timeout, f"the daemon to hold no connection (held: "
+                 f"{self.held_connections()})")
+
     # --- memory
 
     @property
@@ -357,9 +406,10 @@ class Broker:
                     pytrace=False)
 
     def wait_ready(self, timeout=10):
-        """Wait until the port accepts connections and answers an MQTT CONNECT."""
+        """Wait until the port accepts connections and answers an MQTT CONNECT,
+        every process is up, and the daemon holds no connection (wait_idle):
+        a test starts from an empty daemon, max_connections slots included."""
         deadline = time.monotonic() + T(timeout)
-        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         while True:
             rc = self.proc.poll()
             if rc is not None:
@@ -367,9 +417,7 @@ class Broker:
                 self.returncode = rc
                 self._fail(f"daemon exited with status {rc} during startup: {self.argv}")
             try:
-                with socket.socket(fam, socket.SOCK_STREAM) as s:
-                    s.settimeout(1)
-                    s.connect((self.host, self.port))
+                probe = mqttraw.RawClient(self.port, host=self.host, timeout=T(5))
                 break
             except OSError:
                 pass
@@ -377,13 +425,14 @@ class Broker:
                 self._fail(f"daemon did not accept connections on {self.host}:{self.port} "
                            f"within {T(timeout):.0f} s")
             time.sleep(0.02)
-        # A full handshake proves a worker serves clients; waiting for the
-        # server to close after DISCONNECT leaves no probe in any worker's count.
+        # The connection that found the port open is the probe itself (a bare
+        # one would stay in a worker's count until that worker read its EOF):
+        # a full handshake proves a worker serves clients.
         try:
-            with mqttraw.RawClient(self.port, host=self.host, timeout=T(5)) as c:
-                c.connect(uid("probe"), keepalive=30)
-                c.send(mqttraw.disconnect())
-                c.expect_closed(T(5))
+            with probe:
+                probe.connect(uid("probe"), keepalive=30)
+                probe.send(mqttraw.disconnect())
+                probe.expect_closed(T(5))
         except (AssertionError, OSError) as e:
             self._fail(f"daemon accepts TCP on {self.port} but the MQTT probe failed: {e}")
         if self.kind == "iotd" and self.workers:
@@ -395,6 +444,12 @@ class Broker:
                          f"{self.workers} workers)")
             except AssertionError as e:
                 self._fail(f"{e}; have {[(p, proc_cmdline(p)) for p in self.pids()]}")
+        # Bound and serving: the reservations (free_port) have done their job.
+        release_ports(split_listen(a)[1] for a in self.listen)
+        try:
+            self.wait_idle(timeout)
+        except AssertionError as e:
+            self._fail(str(e))
         self.initial_pids = set(self.pids())
 
     def check_health(self):
@@ -624,6 +679,12 @@ def pytest_runtest_setup(item):
         m = item.get_closest_marker("mosquitto_differs")
         if m:
             pytest.skip("mosquitto differs: " + (m.args[0] if m.args else ""))
+
+
+@pytest.fixture(autouse=True)
+def _release_reserved_ports():
+    yield
+    release_ports()
 
 
 @pytest.fixture

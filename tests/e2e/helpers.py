@@ -152,7 +152,7 @@ def descendants(root):
     return sorted(out)
 
 
-def _tcp_table():
+def tcp_table():
     """Rows (local_port, remote_port, inode) of /proc/net/tcp and tcp6."""
     rows = []
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -169,6 +169,13 @@ def _tcp_table():
             if inode:
                 rows.append((lport, rport, inode))
     return rows
+
+
+def in_epoll_wait(pid):
+    """True if the process is asleep in epoll_wait (its /proc/PID/wchan, the
+    kernel function it sleeps in, is do_epoll_wait or ep_poll)."""
+    wchan = _read(f"/proc/{pid}/wchan") or b""
+    return b"epoll_wait" in wchan or b"ep_poll" in wchan
 
 
 def socket_inodes(pid):
@@ -192,7 +199,7 @@ def socket_inodes(pid):
 def server_side_inode(broker_port, client_port):
     """Inode of the server-side TCP socket of the connection from
     client_port to broker_port, or None."""
-    for lport, rport, inode in _tcp_table():
+    for lport, rport, inode in tcp_table():
         if lport == broker_port and rport == client_port:
             return inode
     return None
@@ -201,7 +208,7 @@ def server_side_inode(broker_port, client_port):
 def client_port_of_pid(pid, broker_port):
     """Local port of the process's TCP connection to broker_port, or None."""
     inodes = socket_inodes(pid)
-    for lport, rport, inode in _tcp_table():
+    for lport, rport, inode in tcp_table():
         if rport == broker_port and inode in inodes:
             return lport
     return None

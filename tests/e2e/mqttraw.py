@@ -323,9 +323,13 @@ class RawClient:
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         if rcvbuf is not None:      # before connect(), so the window starts small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.connect((host, port))
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.connect((host, port))
+        except BaseException:
+            self.sock.close()
+            raise
         self.port = port
         self.buf = bytearray()
         self.pending = []   # PUBLISH packets that arrived while expect() waited for another type

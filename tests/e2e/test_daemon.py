@@ -169,11 +169,18 @@ def test_empty_config_file_means_defaults(start_broker):
 # ------------------------------------------------------------ environment
 
 def test_env_max_connections_refuses_third_connection(start_broker):
+    # The broker fixture starts from an idle daemon (wait_idle). Each
+    # connection opens only once the one before has its CONNACK: the
+    # listener counts a connection a worker is taking over twice for a
+    # moment (the worker's count of connections held goes up before its
+    # count of connections taken from the listener), so two connections
+    # opened at once against max_connections = 2 can see the second refused.
     b = start_broker(env={"IOTD_SERVER_MAX_CONNECTIONS": "2"})
-    a = m.RawClient(b.port, timeout=T(5))
-    c2 = m.RawClient(b.port, timeout=T(5))
+    a = c2 = None
     try:
+        a = m.RawClient(b.port, timeout=T(5))
         a.connect(uid("mc1"))
+        c2 = m.RawClient(b.port, timeout=T(5))
         c2.connect(uid("mc2"))
         try:
             third = m.RawClient(b.port, timeout=T(5))
@@ -202,8 +209,9 @@ def test_env_max_connections_refuses_third_connection(start_broker):
                 return False
         wait_for(fourth_ok, 5, "a new connection to be accepted after one left")
     finally:
-        a.close()
-        c2.close()
+        for c in (a, c2):
+            if c is not None:
+                c.close()
 
 
 # ------------------------------------------------------------ listen addresses
