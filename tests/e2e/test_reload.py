@@ -16,7 +16,7 @@ import pytest
 
 import mqttraw as m
 from conftest import free_port
-from helpers import T, _tcp_table, proc_title, uid, wait_for
+from helpers import T, proc_title, tcp_table, uid, wait_for
 
 pytestmark = pytest.mark.iotd_only
 
@@ -53,7 +53,7 @@ def serves(port):
 
 def listening_inode(port):
     """Inode of the socket listening on the port (what a rebind would change)."""
-    for lport, rport, inode in _tcp_table():
+    for lport, rport, inode in tcp_table():
         if lport == port and rport == 0:
             return inode
     return None
