@@ -253,10 +253,14 @@ cleanup:
 	return rc;
 }
 
-/* A credential change clears the parent-death signal: arm it again. */
-static int rearm_pdeathsig(pid_t parent)
+/*
+ * A credential change clears the parent-death signal: arm it again. Not
+ * for the router: it outlives the supervisor just long enough to store
+ * what the dead workers left in the rings (see child_run()).
+ */
+static int rearm_pdeathsig(pid_t parent, enum iotd_role role)
 {
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
+	if (role != ROLE_ROUTER && prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) {
 		log_error("cannot set the parent-death signal: %s", strerror(errno));
 		return -1;
 	}
@@ -278,7 +282,7 @@ int privsep_enter(const struct privsep *ps, enum iotd_role role, pid_t parent)
 		log_journal_pin();
 	if (confine && enter_root(ps) < 0)
 		goto cleanup;
-	if (drop_ids(ps) < 0 || rearm_pdeathsig(parent) < 0)
+	if (drop_ids(ps) < 0 || rearm_pdeathsig(parent, role) < 0)
 		goto cleanup;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
 		log_error("cannot set no_new_privs: %s", strerror(errno));

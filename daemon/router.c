@@ -57,6 +57,7 @@
 /* Queue order: messages a closing connection still owed sort before those queued for it. */
 #define ROUTER_ORDER_QUEUED (UINT64_C(1) << 63)
 #define ROUTER_RESYNC_MAX_MS 60000    /* a store that keeps refusing is rewritten at most this rarely */
+#define ROUTER_ORPHAN_SECS 2          /* most time to drain the rings once the supervisor is gone */
 
 enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
 
@@ -2579,8 +2580,15 @@ static int router_proc_ctl(struct router_proc *p)
 		log_error("router: control socket: %s", strerror(errno));
 		return 0;
 	}
-	if (n == 0 && hdr.type == 0)
+	if (n == 0 && hdr.type == 0) {
+		/*
+		 * The supervisor is gone, and the workers with it: drain the rings
+		 * and exit (router_main). alarm() bounds that, should it hang.
+		 */
+		log_warn("router: the supervisor is gone; storing what the rings hold, then exiting");
+		alarm(ROUTER_ORPHAN_SECS);
 		return 0;
+	}
 	switch (hdr.type) {
 	case IPC_SHUTDOWN:
 		log_info("router: shutting down");

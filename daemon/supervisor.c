@@ -569,8 +569,13 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	char title[64];
 	int rc;
 
-	/* The supervisor's death must take us with it, even mid-setup. */
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/*
+	 * The supervisor's death must take us with it, even mid-setup. All but
+	 * the router die at once; the router sees its control socket's EOF,
+	 * applies and stores what the dead workers left in the rings (messages
+	 * they acknowledged) and exits, within a bounded time (router.c).
+	 */
+	prctl(PR_SET_PDEATHSIG, c->role == ROLE_ROUTER ? 0 : SIGKILL);
 	if (getppid() != parent)
 		_exit(0);
 	ipc_set_process();

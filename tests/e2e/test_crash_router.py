@@ -323,3 +323,43 @@ def test_disk_store_of_another_program_is_refused(start_broker, store_parent):
     b = start_broker(env=disk_env(store), wait=False)
     wait_for(lambda: "not an iotd store" in b.log, 10, "the router to refuse the store")
     b.stop(signal.SIGTERM)
+
+
+def test_acknowledged_messages_outlive_a_killed_supervisor_on_disk(start_broker, store_parent):
+    """kill -9 of the supervisor with storage.backend "disk": the workers die
+    with it, the router first stores what they left in the rings (here:
+    messages acknowledged while the router was stopped, so they can only be
+    in the rings), then exits; the next daemon delivers them all."""
+    env = disk_env(os.path.join(store_parent, "store"))
+    b = start_broker(env=env)
+    away_id = uid("sk-away")
+    away = raw(b, away_id, clean=False)
+    away.subscribe([("sk/q/#", 1)])
+    away.disconnect()
+    pub = raw(b, uid("sk-pub"))
+    router = router_pid(b)
+    children = [p for p in b.pids() if p != b.proc.pid]
+    os.kill(router, signal.SIGSTOP)
+    try:
+        for i in range(10):
+            pub.publish(f"sk/q/{i}", f"ring-{i}".encode(), qos=1, pid=i + 1)
+        os.kill(b.proc.pid, signal.SIGKILL)
+        b.returncode = b.proc.wait(T(5))
+        b.stopped = True                      # killed on purpose: the teardown reads the log
+    finally:
+        os.kill(router, signal.SIGCONT)
+    try:
+        wait_for(lambda: not [p for p in children if proc_alive(p)], T(3),
+                 "every child of the killed supervisor to exit")
+    finally:
+        for p in children:                    # ours: never leave them behind
+            if proc_alive(p):
+                os.kill(p, signal.SIGKILL)
+    pub.close()
+
+    b2 = start_broker(env=env)
+    back = m.RawClient(b2.port, timeout=T(5))
+    assert back.connect(away_id, clean=False).session_present is True
+    got = [p.payload for p in back.recv_publishes(10, timeout=T(10))]
+    assert got == [f"ring-{i}".encode() for i in range(10)], got
+    back.disconnect()
