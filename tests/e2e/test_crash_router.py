@@ -17,7 +17,7 @@ import time
 import pytest
 
 import mqttraw as m
-from helpers import T, PahoClient, proc_alive, proc_cmdline, uid, wait_for
+from helpers import T, PahoClient, proc_alive, proc_cmdline, proc_title, uid, wait_for
 
 pytestmark = pytest.mark.iotd_only
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.iotd_only
 
 def router_pid(broker):
     for p in broker.pids():
-        if proc_cmdline(p).startswith("iotd: router"):
+        if proc_title(p).startswith("iotd: router"):
             return p
     return None
 
