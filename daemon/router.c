@@ -551,7 +551,8 @@ static void session_queue_link(struct session *s, struct session_msg *q, bool ow
 	session_queue_count(s, q, 1);
 }
 
-static void session_msg_unlink(struct session *s, struct session_msg *q, struct session_msg *prev);
+static void session_msg_drop(struct router *r, struct session *s, struct session_msg *q,
+			     struct session_msg *prev);
 
 /*
  * A full queue makes room by dropping its oldest queued QoS 0 messages
@@ -575,10 +576,7 @@ static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t
 				   session_queue_len(s), s->q_queued_bytes);
 		s->q_warned_qos0 = true;
 		r->queue_drops++;
-		session_msg_unlink(s, q, prev);
-		if (r->st)
-			store_queue_del(r->st, s->sid, q->order);
-		free(q);
+		session_msg_drop(r, s, q, prev);
 		q = prev ? prev->next : s->q_head;
 	}
 	return true;
@@ -625,6 +623,16 @@ static void session_msg_view(const struct session_msg *q, struct router_msg *m)
 	m->payload_len = q->payload_len;
 }
 
+/* Mark q as a copy of what the session's connection holds, or no longer; counted and stored. */
+static void session_msg_mark(struct router *r, struct session *s, struct session_msg *q,
+			     bool at_worker)
+{
+	session_queue_count(s, q, -1);
+	q->at_worker = at_worker;
+	session_queue_count(s, q, 1);
+	session_msg_persist(r, s, q);
+}
+
 /*
  * Hand the stored messages to the session's new connection, the
  * unfinished exchanges first. Each stays here as a copy until the worker
@@ -645,17 +653,11 @@ static void session_queue_send(struct router *r, struct session *s)
 			if (q->qos == 0) {
 				/* Nothing to acknowledge: it leaves the queue as it goes out. */
 				router_send_session_msg(r, s->conn, s->sid, 0, 0, MSG_QUEUED, &m);
-				session_msg_unlink(s, q, prev);
-				if (r->st)
-					store_queue_del(r->st, s->sid, q->order);
-				free(q);
+				session_msg_drop(r, s, q, prev);
 				q = prev;
 				continue;
 			}
-			session_queue_count(s, q, -1);
-			q->at_worker = true;
-			session_queue_count(s, q, 1);
-			session_msg_persist(r, s, q);
+			session_msg_mark(r, s, q, true);
 			router_send_session_msg(r, s->conn, s->sid, q->order, q->packet_id, q->state,
 						&m);
 		}
@@ -675,7 +677,8 @@ static uint64_t session_copy_new(struct router *r, struct session *s, uint16_t p
 {
 	struct session_msg *q;
 
-	if (s->clean || m->qos == 0 || s->q_at_worker >= ROUTER_MAX_WINDOW + (size_t)r->cfg->max_queued_messages)
+	if (s->clean || m->qos == 0 ||
+	    s->q_at_worker >= ROUTER_MAX_WINDOW + (size_t)r->cfg->max_queued_messages)
 		return 0;
 	q = session_msg_new(packet_id, state, m);
 	if (!q) {
@@ -694,14 +697,9 @@ static uint64_t session_copy_new(struct router *r, struct session *s, uint16_t p
 /* The connection is gone: what it held becomes the head of the offline queue, as last reported. */
 static void session_copies_release(struct router *r, struct session *s)
 {
-	for (struct session_msg *q = s->q_head; q && s->q_at_worker; q = q->next) {
-		if (!q->at_worker)
-			continue;
-		session_queue_count(s, q, -1);
-		q->at_worker = false;
-		session_queue_count(s, q, 1);
-		session_msg_persist(r, s, q);
-	}
+	for (struct session_msg *q = s->q_head; q && s->q_at_worker; q = q->next)
+		if (q->at_worker)
+			session_msg_mark(r, s, q, false);
 }
 
 /* The copy named copy, or NULL; *prev_r: the message before it in the queue. */
@@ -719,7 +717,9 @@ static struct session_msg *session_copy_find(struct session *s, uint64_t copy,
 	return NULL;
 }
 
-static void session_msg_unlink(struct session *s, struct session_msg *q, struct session_msg *prev)
+/* Take q (after prev, NULL at the head) out of the queue and the store, and free it. */
+static void session_msg_drop(struct router *r, struct session *s, struct session_msg *q,
+			     struct session_msg *prev)
 {
 	if (prev)
 		prev->next = q->next;
@@ -730,6 +730,9 @@ static void session_msg_unlink(struct session *s, struct session_msg *q, struct 
 	if (s->q_owed_tail == q)
 		s->q_owed_tail = prev;
 	session_queue_count(s, q, -1);
+	if (r->st)
+		store_queue_del(r->st, s->sid, q->order);
+	free(q);
 }
 
 /* ---- sessions: registry ------------------------------------------------ */
@@ -1640,10 +1643,7 @@ static int router_on_msg_state(struct router *r, unsigned worker, struct recr *r
 		return ROUTER_OK;
 	}
 	if (state == MSG_DONE) {
-		session_msg_unlink(s, q, prev);
-		if (r->st)
-			store_queue_del(r->st, s->sid, q->order);
-		free(q);
+		session_msg_drop(r, s, q, prev);
 		return ROUTER_OK;
 	}
 	if (state == MSG_PUBREL && q->qos != 2)
@@ -2912,8 +2912,9 @@ int router_main(struct role_env *env)
 		}
 	}
 	/*
-	 * Asked to stop: the supervisor does that once the workers are gone, so
-	 * the rings hold their last records. Apply and store every one: each
+	 * Asked to stop (the supervisor does that once the workers are gone) or
+	 * orphaned (they died with the supervisor): the rings hold their last
+	 * records. Apply and store every one: each
 	 * may be a message its publisher was acknowledged.
 	 */
 	while (rc == 0 && router_proc_drain(p))

@@ -590,14 +590,6 @@ void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
 	store_del(st, st->queue, &k, "deleting a queued message");
 }
 
-void store_queue_clear(struct store *st, uint32_t sid)
-{
-	uint8_t kb[4];
-
-	put_be32(kb, sid);
-	store_del_prefix(st, st->queue, kb, 4, "deleting a session's queue");
-}
-
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
 			const uint8_t *payload, uint32_t payload_len)
 {

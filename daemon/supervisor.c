@@ -727,7 +727,6 @@ static void child_exited(struct supervisor *sv, struct child *c, int status)
 	c->ping_outstanding = false;
 	if (c->role == ROLE_WORKER) {
 		atomic_store(&sv->env.shm->workers[c->index].alive, 0);
-		atomic_store(&sv->env.shm->workers[c->index].conns, 0);
 		/* Every fd it had taken died with it; those still in its channel wait for its successor. */
 		atomic_store(&sv->env.shm->workers[c->index].released,
 			     atomic_load(&sv->env.shm->workers[c->index].accepted));
@@ -895,7 +894,10 @@ static void notify_status(struct supervisor *sv)
 	uint64_t conns = 0, in = 0, out = 0;
 
 	for (unsigned i = 0; i < sv->env.nworkers; i++) {
-		conns += atomic_load(&sv->env.shm->workers[i].conns);
+		/* Held = taken - gone; released first, so the difference never wraps. */
+		uint64_t released = atomic_load(&sv->env.shm->workers[i].released);
+
+		conns += atomic_load(&sv->env.shm->workers[i].accepted) - released;
 		in += atomic_load(&sv->env.shm->workers[i].msgs_in);
 		out += atomic_load(&sv->env.shm->workers[i].msgs_out);
 	}

@@ -470,7 +470,6 @@ static bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
 	}
 	w->slots[slot] = c;
 	w->n_conns++;
-	atomic_fetch_add(&w->env->shm->workers[w->index].conns, 1);
 	log_debug("new connection from %s", c->remote);
 	return true;
 }
@@ -609,7 +608,6 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	 * Uncount it before the client can see the close: a client that
 	 * reconnects at once must find the listener's view already updated.
 	 */
-	atomic_fetch_sub(&w->env->shm->workers[w->index].conns, 1);
 	atomic_fetch_add(&w->env->shm->workers[w->index].released, 1);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
 	if (c->out.off < c->out.len)

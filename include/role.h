@@ -22,7 +22,6 @@
 #define IOTD_SHM_MAGIC 0x696f7464u   /* "iotd" */
 
 struct worker_shm {
-	_Atomic uint32_t conns;        /* connections the worker holds now (listener balances on it) */
 	_Atomic uint32_t alive;        /* set by the worker when serving, cleared by the supervisor at its death */
 	_Atomic uint64_t accepted;     /* client fds the worker has taken from its channel, ever */
 	/*

@@ -155,7 +155,6 @@ void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t 
 /* order: position in the session's queue, kept in ascending order. */
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m);
 void store_queue_del(struct store *st, uint32_t sid, uint64_t order);
-void store_queue_clear(struct store *st, uint32_t sid);
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
 			const uint8_t *payload, uint32_t payload_len);
 void store_retained_del(struct store *st, const char *topic, uint16_t len);
