@@ -22,6 +22,7 @@
  * releases its w2r records, so whatever a worker sees or may overwrite
  * is already in the store: a restart neither repeats nor loses a record.
  */
+#include <assert.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdbool.h>
@@ -37,6 +38,7 @@
 #define HASH_NONFATAL_OOM 1
 #include <uthash.h>
 
+#include "hidx.h"
 #include "iotd.h"
 #include "ipc.h"
 #include "log.h"
@@ -63,21 +65,44 @@ enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
 
 /* ---- data -------------------------------------------------------------- */
 
-/* A CONNECT as the worker sent it, in one allocation. */
+/*
+ * A CONNECT as the worker sent it, in one allocation. Every online session
+ * keeps one, so its strings are found by their lengths rather than by
+ * pointers of their own: see the cx_ accessors below.
+ */
 struct session_connect {
 	conn_id_t conn;
+	uint32_t will_payload_len;
+	uint16_t keepalive;
+	uint16_t client_id_len, will_topic_len;
+	uint8_t remote_len;          /* < ROUTER_REMOTE_LEN */
 	bool clean;
 	bool will_flag;
 	uint8_t will_qos, will_retain;
-	uint16_t keepalive;
-	uint16_t client_id_len, will_topic_len;
-	uint32_t will_payload_len;
-	char *client_id;             /* NUL-terminated copies, into data[] */
-	char *remote;
-	char *will_topic;
-	uint8_t *will_payload;
-	char data[];
+	char data[];                 /* client id, remote, will topic (each NUL-terminated), will payload */
 };
+
+static_assert(ROUTER_REMOTE_LEN <= 256, "remote_len is 8 bits");
+
+static inline const char *cx_client_id(const struct session_connect *c)
+{
+	return c->data;
+}
+
+static inline const char *cx_remote(const struct session_connect *c)
+{
+	return c->data + c->client_id_len + 1;
+}
+
+static inline const char *cx_will_topic(const struct session_connect *c)
+{
+	return cx_remote(c) + c->remote_len + 1;
+}
+
+static inline const uint8_t *cx_will_payload(const struct session_connect *c)
+{
+	return (const uint8_t *)cx_will_topic(c) + c->will_topic_len + 1;
+}
 
 struct session_sub {
 	UT_hash_handle hh;
@@ -114,7 +139,6 @@ struct session {
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
 	uint32_t q_at_worker;        /* copies of what the connection holds */
 
-	char *client_id;             /* NUL-terminated; "" for a server-named clean session */
 	conn_id_t conn;              /* while online: in conn_slots */
 	struct session_connect *cx;  /* the accepted CONNECT (its will, its remote) while online */
 	char *remote_off;            /* offline: where it last connected from (session_remote()) */
@@ -137,7 +161,7 @@ struct session {
 	struct session *off_prev, *off_next; /* offline persistent sessions, oldest first */
 	uint64_t stamp;              /* publish that last matched us: folds overlapping filters */
 
-	UT_hash_handle hh_id, hh_sid;
+	char client_id[];            /* NUL-terminated; "" for a server-named clean session */
 };
 
 /*
@@ -179,7 +203,7 @@ struct router {
 
 	struct topic_trie *trie;
 	struct retain_store *retained;
-	struct session *by_id, *by_sid;
+	struct hidx by_id, by_sid;   /* sessions by client id (server-named ones not), by sid */
 	/*
 	 * Online sessions by connection: per worker, indexed by the conn id's
 	 * slot (dense, reused by the worker), checked against the whole id.
@@ -235,7 +259,7 @@ static void router_connect_apply(struct router *r, struct session_connect *c);
 static const char *session_remote(const struct session *s)
 {
 	if (s->cx)
-		return s->cx->remote;
+		return cx_remote(s->cx);
 	return s->remote_off ? s->remote_off : "";
 }
 
@@ -250,10 +274,10 @@ static void store_connect_view(const struct session_connect *c, struct store_con
 		.will_qos = c->will_qos,
 		.will_retain = c->will_retain,
 		.keepalive = c->keepalive,
-		.remote = c->remote,
-		.will_topic = c->will_topic,
+		.remote = cx_remote(c),
+		.will_topic = cx_will_topic(c),
 		.will_topic_len = c->will_topic_len,
-		.will_payload = c->will_payload,
+		.will_payload = cx_will_payload(c),
 		.will_payload_len = c->will_payload_len,
 	};
 }
@@ -852,6 +876,74 @@ static void session_unsubscribe_all(struct router *r, struct session *s)
 	}
 }
 
+/* ---- session lookups ------------------------------------------------- */
+
+struct session_key {
+	const char *id;
+	uint16_t len;
+};
+
+static bool session_has_id(const void *item, const void *key)
+{
+	const struct session *s = item;
+	const struct session_key *k = key;
+
+	return s->client_id_len == k->len && memcmp(s->client_id, k->id, k->len) == 0;
+}
+
+static bool session_has_sid(const void *item, const void *key)
+{
+	return ((const struct session *)item)->sid == *(const uint32_t *)key;
+}
+
+static struct session *router_find_id(const struct router *r, const char *id, uint16_t len)
+{
+	struct session_key k = { id, len };
+
+	return hidx_find(&r->by_id, hidx_hash_bytes(id, len), session_has_id, &k);
+}
+
+static struct session *router_find_sid(const struct router *r, uint32_t sid)
+{
+	return hidx_find(&r->by_sid, hidx_hash_u32(sid), session_has_sid, &sid);
+}
+
+/*
+ * Into both lookups; a server-named session (empty client id) is nobody
+ * else's, so by sid only. false when out of memory: then in neither.
+ */
+static bool router_session_link(struct router *r, struct session *s)
+{
+	if (!hidx_add(&r->by_sid, hidx_hash_u32(s->sid), s))
+		return false;
+	if (s->client_id_len &&
+	    !hidx_add(&r->by_id, hidx_hash_bytes(s->client_id, s->client_id_len), s)) {
+		hidx_del(&r->by_sid, hidx_hash_u32(s->sid), s);
+		return false;
+	}
+	return true;
+}
+
+static void router_session_unlink(struct router *r, struct session *s)
+{
+	if (s->client_id_len)
+		hidx_del(&r->by_id, hidx_hash_bytes(s->client_id, s->client_id_len), s);
+	hidx_del(&r->by_sid, hidx_hash_u32(s->sid), s);
+}
+
+/* The session with room for its client id: the one allocation a session always has. */
+static struct session *session_alloc(const char *client_id, uint16_t len)
+{
+	struct session *s = calloc(1, sizeof(*s) + (size_t)len + 1);
+
+	if (!s)
+		return NULL;
+	if (len)
+		memcpy(s->client_id, client_id, len);
+	s->client_id_len = len;
+	return s;
+}
+
 /* The session is gone for good (router_free frees without this: the store keeps it). */
 static void session_free(struct router *r, struct session *s)
 {
@@ -863,56 +955,33 @@ static void session_free(struct router *r, struct session *s)
 	session_offline_unlink(r, s);
 	if (s->online)
 		router_conn_unlink(r, s);
-	if (s->client_id_len)
-		HASH_DELETE(hh_id, r->by_id, s);
-	HASH_DELETE(hh_sid, r->by_sid, s);
+	router_session_unlink(r, s);
 	free(s->cx);
 	free(s->remote_off);
 	free(s->qos2_ids);
-	free(s->client_id);
 	free(s);
 }
 
 static struct session *session_new(struct router *r, const struct session_connect *c)
 {
-	struct session *s = calloc(1, sizeof(*s));
-	struct session *dup;
+	struct session *s = session_alloc(cx_client_id(c), c->client_id_len);
 
 	if (!s)
 		return NULL;
-	s->client_id = malloc((size_t)c->client_id_len + 1);
-	if (!s->client_id)
-		goto fail;
-	memcpy(s->client_id, c->client_id, (size_t)c->client_id_len + 1);
-	s->client_id_len = c->client_id_len;
-
 	/* sids are never 0 and never reused: skip any still held after a wrap. */
 	do {
 		s->sid = r->next_sid++;
 		if (!s->sid)
 			s->sid = r->next_sid++;
-		HASH_FIND(hh_sid, r->by_sid, &s->sid, sizeof(s->sid), dup);
-	} while (dup);
+	} while (router_find_sid(r, s->sid));
 	/* Never reused, not even by a restarted router: a worker may still name an old sid. */
 	if (r->st)
 		store_meta_put(r->st, "next_sid", r->next_sid);
-
-	HASH_ADD(hh_sid, r->by_sid, sid, sizeof(s->sid), s);
-	if (!s->hh_sid.tbl)
-		goto fail;
-	/* A server-named session (empty client id) is nobody else's: no lookup by id. */
-	if (s->client_id_len) {
-		HASH_ADD_KEYPTR(hh_id, r->by_id, s->client_id, s->client_id_len, s);
-		if (!s->hh_id.tbl) {
-			HASH_DELETE(hh_sid, r->by_sid, s);
-			goto fail;
-		}
+	if (!router_session_link(r, s)) {
+		free(s);
+		return NULL;
 	}
 	return s;
-fail:
-	free(s->client_id);
-	free(s);
-	return NULL;
 }
 
 static struct session *router_find_conn(struct router *r, conn_id_t conn)
@@ -940,14 +1009,6 @@ static struct session *router_find_pending(struct router *r, conn_id_t conn)
 
 	HASH_FIND(hh, r->waiting, &conn, sizeof(conn), w);
 	return w ? w->s : NULL;
-}
-
-static struct session *router_find_sid(struct router *r, uint32_t sid)
-{
-	struct session *s;
-
-	HASH_FIND(hh_sid, r->by_sid, &sid, sizeof(sid), s);
-	return s;
 }
 
 /* ---- connect, takeover, close ------------------------------------------ */
@@ -1006,26 +1067,23 @@ static struct session_connect *session_connect_new(const struct connect_fields *
 	c->will_qos = f->will_qos;
 	c->will_retain = f->will_retain;
 	c->client_id_len = f->client_id_len;
+	c->remote_len = (uint8_t)remote_len;
 	c->will_topic_len = (uint16_t)topic_len;
 	c->will_payload_len = (uint32_t)payload_len;
 
 	p = c->data;
-	c->client_id = p;
 	if (f->client_id_len)
 		memcpy(p, f->client_id, f->client_id_len);
 	p[f->client_id_len] = '\0';
 	p += f->client_id_len + 1;
-	c->remote = p;
 	if (remote_len)
 		memcpy(p, f->remote, remote_len);
 	p[remote_len] = '\0';
 	p += remote_len + 1;
-	c->will_topic = p;
 	if (topic_len)
 		memcpy(p, f->will_topic, topic_len);
 	p[topic_len] = '\0';
 	p += topic_len + 1;
-	c->will_payload = (uint8_t *)p;
 	if (payload_len)
 		memcpy(p, f->will_payload, payload_len);
 	return c;
@@ -1034,7 +1092,7 @@ static struct session_connect *session_connect_new(const struct connect_fields *
 /* A CONNECT the router cannot take (out of memory): the worker closes it. */
 static void router_refuse(struct router *r, struct session_connect *c)
 {
-	log_client(LOG_LVL_ERROR, c->client_id, c->remote,
+	log_client(LOG_LVL_ERROR, cx_client_id(c), cx_remote(c),
 		   "out of memory: connection refused (server unavailable)");
 	router_send_connack(r, c->conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);
 	free(c);
@@ -1062,7 +1120,7 @@ static void router_takeover(struct router *r, struct session *s, struct session_
 	}
 	s->pending = c;
 	session_persist(r, s);
-	log_client(LOG_LVL_INFO, s->client_id, c->remote,
+	log_client(LOG_LVL_INFO, s->client_id, cx_remote(c),
 		   "session taken over: closing its previous connection");
 }
 
@@ -1074,13 +1132,13 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 	size_t stored;
 
 	if (c->client_id_len)
-		HASH_FIND(hh_id, r->by_id, c->client_id, c->client_id_len, s);
+		s = router_find_id(r, cx_client_id(c), c->client_id_len);
 	if (s && s->online) {
 		router_takeover(r, s, c);
 		return;
 	}
 	if (s && (c->clean || s->clean)) {
-		log_client(LOG_LVL_INFO, s->client_id, c->remote,
+		log_client(LOG_LVL_INFO, s->client_id, cx_remote(c),
 			   "stored session discarded (clean session requested)");
 		session_free(r, s);
 		s = NULL;
@@ -1173,14 +1231,14 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 		struct router_msg will = {
 			.qos = s->cx->will_qos,
 			.retain = s->cx->will_retain,
-			.topic = s->cx->will_topic,
+			.topic = cx_will_topic(s->cx),
 			.topic_len = s->cx->will_topic_len,
-			.payload = s->cx->will_payload,
+			.payload = cx_will_payload(s->cx),
 			.payload_len = s->cx->will_payload_len,
 		};
 
 		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "publishing will on '%s'",
-			   s->cx->will_topic);
+			   cx_will_topic(s->cx));
 		router_publish(r, &will);
 	}
 
@@ -1190,7 +1248,7 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 	} else {
 		/* Kept for log lines while offline; without it (out of memory) they show none. */
 		free(s->remote_off);
-		s->remote_off = s->cx ? strdup(s->cx->remote) : NULL;
+		s->remote_off = s->cx ? strdup(cx_remote(s->cx)) : NULL;
 		free(s->cx);
 		s->cx = NULL;
 		if (ids)
@@ -1674,7 +1732,7 @@ static int router_on_close(struct router *r, unsigned worker, struct recr *rd)
 	s = router_find_pending(r, conn);
 	if (s) {
 		/* Gone before the connection it takes over closed: never accepted, no will. */
-		log_client(LOG_LVL_INFO, s->client_id, s->pending->remote,
+		log_client(LOG_LVL_INFO, s->client_id, cx_remote(s->pending),
 			   "connection closed while waiting for its session");
 		session_pending_drop(r, s);
 		session_persist(r, s);
@@ -1836,12 +1894,13 @@ static void router_resync_session(struct router *r, struct session *s)
 static void router_resync(struct router *r)
 {
 	struct router_touched *t, *ttmp;
-	struct session *s, *stmp;
+	struct session *s;
 
 	if (store_resync_begin(r->st) < 0)
 		return;
-	HASH_ITER(hh_sid, r->by_sid, s, stmp)
-		router_resync_session(r, s);
+	for (uint32_t i = hidx_slots(&r->by_sid); i-- > 0;)
+		if ((s = hidx_at(&r->by_sid, i)))
+			router_resync_session(r, s);
 	store_meta_put(r->st, "next_sid", r->next_sid);
 	HASH_ITER(hh, r->touched, t, ttmp) {
 		struct router_resync_ctx ctx = { r, false };
@@ -1914,7 +1973,7 @@ void router_config_changed(struct router *r)
 
 void router_get_stats(const struct router *r, struct router_stats *st)
 {
-	st->sessions = HASH_CNT(hh_sid, r->by_sid);
+	st->sessions = hidx_count(&r->by_sid);
 	st->online = r->n_online;
 	st->subscriptions = topic_trie_count(r->trie);
 	st->retained = retain_count(r->retained);
@@ -1963,14 +2022,13 @@ static void session_unlinked_free(struct session *s)
 	free(s->cx);
 	free(s->remote_off);
 	free(s->qos2_ids);
-	free(s->client_id);
 	free(s);
 }
 
 /* The allocations of a stored session, linked nowhere yet. */
 static struct session *session_load_new(const struct store_session *ss)
 {
-	struct session *s = calloc(1, sizeof(*s));
+	struct session *s = session_alloc(ss->client_id, ss->client_id_len);
 
 	if (!s)
 		return NULL;
@@ -1979,13 +2037,6 @@ static struct session *session_load_new(const struct store_session *ss)
 	s->last_seen_ms = ss->last_seen_ms;
 	if (!ss->online && !(s->remote_off = strdup(ss->remote)))
 		goto fail;
-	s->client_id = malloc((size_t)ss->client_id_len + 1);
-	if (!s->client_id)
-		goto fail;
-	if (ss->client_id_len)
-		memcpy(s->client_id, ss->client_id, ss->client_id_len);
-	s->client_id[ss->client_id_len] = '\0';
-	s->client_id_len = ss->client_id_len;
 	if (ss->n_qos2_ids) {
 		s->qos2_ids = malloc((size_t)ss->n_qos2_ids * sizeof(uint16_t));
 		if (!s->qos2_ids)
@@ -2006,13 +2057,10 @@ fail:
 /* A stored session that cannot be taken as it is (the store was damaged). */
 static bool router_load_reject(struct router *r, const struct store_session *ss)
 {
-	struct session *dup = NULL;
-
 	if (!ss->sid || router_find_sid(r, ss->sid))
 		return true;
-	if (ss->client_id_len)
-		HASH_FIND(hh_id, r->by_id, ss->client_id, ss->client_id_len, dup);
-	if (dup || (ss->clean && !ss->online))
+	if ((ss->client_id_len && router_find_id(r, ss->client_id, ss->client_id_len)) ||
+	    (ss->clean && !ss->online))
 		return true;
 	if (ss->online && (conn_id_worker(ss->cx.conn) >= r->nworkers ||
 			   router_conn_slot_taken(r, ss->cx.conn)))
@@ -2022,26 +2070,18 @@ static bool router_load_reject(struct router *r, const struct store_session *ss)
 }
 
 /*
- * Link a loaded session into the lookups. false when out of memory: not
- * in by_sid, the caller frees it; in by_sid, router_free will, and every
- * field says only what is really linked (session_free trusts them).
+ * Link a loaded session into the lookups. false when out of memory: in no
+ * lookup, the caller frees it; in them, router_free will, and every field
+ * says only what is really linked (session_free trusts them).
  */
 static bool router_load_link(struct router *r, struct session *s)
 {
 	struct session_connect *pending = s->pending;
 
 	s->pending = NULL;
-	HASH_ADD(hh_sid, r->by_sid, sid, sizeof(s->sid), s);
-	if (!s->hh_sid.tbl) {
+	if (!router_session_link(r, s)) {
 		s->pending = pending;
 		return false;
-	}
-	if (s->client_id_len) {
-		HASH_ADD_KEYPTR(hh_id, r->by_id, s->client_id, s->client_id_len, s);
-		if (!s->hh_id.tbl) {
-			s->client_id_len = 0;
-			goto fail;
-		}
 	}
 	if (s->cx) {
 		s->conn = s->cx->conn;
@@ -2095,7 +2135,7 @@ static void router_load_session(void *arg, const struct store_session *ss)
 		return;
 	}
 	if (!router_load_link(r, s)) {
-		if (!s->hh_sid.tbl)
+		if (router_find_sid(r, s->sid) != s)
 			session_unlinked_free(s);
 		ld->failed = true;
 		return;
@@ -2247,15 +2287,19 @@ struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
 void router_free(struct router **rp)
 {
 	struct router *r = rp ? *rp : NULL;
-	struct session *s, *tmp;
+	struct session *s;
 	struct router_kicked *k, *ktmp;
 
 	if (!r)
 		return;
 	/* The store keeps what was committed: freeing memory is not ending sessions. */
 	r->st = NULL;
-	HASH_ITER(hh_sid, r->by_sid, s, tmp)
-		session_free(r, s);
+	/* From the last slot down, each slot looked at again after a removal: see hidx.c. */
+	for (uint32_t i = hidx_slots(&r->by_sid); i-- > 0;)
+		while ((s = hidx_at(&r->by_sid, i)))
+			session_free(r, s);
+	hidx_free(&r->by_sid);
+	hidx_free(&r->by_id);
 	router_touched_clear(r);
 	HASH_ITER(hh, r->kicked, k, ktmp) {
 		HASH_DEL(r->kicked, k);
@@ -2286,6 +2330,7 @@ struct router_blrec {
 	struct router_blrec *next;
 	uint64_t seq;
 	uint16_t type;
+	bool stored;                 /* also in the store's outbox */
 	uint32_t len;
 	uint8_t data[];
 };
@@ -2309,6 +2354,12 @@ struct router_proc {
 	struct router_backlog backlog[IOTD_MAX_WORKERS];
 	uint64_t stored_tail[IOTD_MAX_WORKERS];  /* ring positions as last written to the store */
 	uint64_t stored_head[IOTD_MAX_WORKERS];
+	/*
+	 * A backlog emptied: glibc keeps the freed records for reuse, scattered
+	 * through the heap where no trim at its top reaches them, so the 1 s
+	 * tick hands them back to the system.
+	 */
+	bool trim_wanted;
 };
 
 static uint64_t router_now_ms(void)
@@ -2320,7 +2371,7 @@ static uint64_t router_now_ms(void)
 }
 
 static bool router_backlog_append(struct router_proc *p, unsigned worker, uint64_t seq,
-				  uint16_t type, const void *data, uint32_t len)
+				  uint16_t type, const void *data, uint32_t len, bool stored)
 {
 	struct router_backlog *b = &p->backlog[worker];
 	struct router_blrec *e = malloc(sizeof(*e) + len);
@@ -2330,6 +2381,7 @@ static bool router_backlog_append(struct router_proc *p, unsigned worker, uint64
 	e->next = NULL;
 	e->seq = seq;
 	e->type = type;
+	e->stored = stored;
 	e->len = len;
 	if (len)
 		memcpy(e->data, data, len);
@@ -2344,15 +2396,26 @@ static bool router_backlog_append(struct router_proc *p, unsigned worker, uint64
 	return true;
 }
 
+/*
+ * A DELIVER of a QoS 0 message (its header starts with the QoS, see
+ * router_deliver_begin) may be lost with the router, as with a worker:
+ * storing it would only fill the store while a slow worker floods.
+ */
+static bool router_rec_durable(uint16_t type, const struct recw *rec)
+{
+	return type != REC_DELIVER || (rec->len && rec->buf[0] != 0);
+}
+
 static bool router_backlog_push(struct router_proc *p, unsigned worker, uint16_t type,
 				const struct recw *rec)
 {
 	uint64_t seq = p->backlog[worker].next_seq;
+	bool stored = p->st && router_rec_durable(type, rec);
 
-	if (!router_backlog_append(p, worker, seq, type, rec->buf, (uint32_t)rec->len))
+	if (!router_backlog_append(p, worker, seq, type, rec->buf, (uint32_t)rec->len, stored))
 		return false;
 	/* Held records are emitted output: a restarted router must still send them. */
-	if (p->st)
+	if (stored)
 		store_outbox_put(p->st, worker, seq, type, rec->buf, (uint32_t)rec->len);
 	return true;
 }
@@ -2398,11 +2461,13 @@ static void router_backlog_flush(struct router_proc *p, unsigned worker)
 			return;         /* p_wait is set: the worker wakes us when it makes room */
 		memcpy(dst, e->data, e->len);
 		p->dirty[worker] = true;
-		if (p->st)
+		if (e->stored && p->st)
 			store_outbox_del(p->st, worker, e->seq);
 		b->head = e->next;
-		if (!b->head)
+		if (!b->head) {
 			b->tail = NULL;
+			p->trim_wanted = true;
+		}
 		b->n--;
 		free(e);
 	}
@@ -2670,7 +2735,7 @@ static void router_restore_held(void *arg, uint64_t seq, uint16_t type, const vo
 {
 	struct router_held_ctx *ctx = arg;
 
-	if (!router_backlog_append(ctx->p, ctx->worker, seq, type, data, len))
+	if (!router_backlog_append(ctx->p, ctx->worker, seq, type, data, len, true))
 		log_error("router: out of memory: a held %s for worker %u is lost",
 			  rec_type_name(type), ctx->worker);
 }
@@ -2758,9 +2823,11 @@ static void router_proc_tick(struct router_proc *p)
 	if (stale && !store_stale(p->st))
 		router_proc_resynced(p);
 	router_proc_stats(p);
-	/* Over memory_limit: give the heap's free blocks back to the system. */
-	if (atomic_load(&p->env->shm->memory_pressure))
+	/* A backlog gone, or over memory_limit: give the heap's free blocks back. */
+	if (p->trim_wanted || atomic_load(&p->env->shm->memory_pressure)) {
+		p->trim_wanted = false;
 		malloc_trim(0);
+	}
 }
 
 /* ---- the process: set-up and loop -------------------------------------- */

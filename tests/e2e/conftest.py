@@ -598,7 +598,7 @@ class MemoryMark:
         try:
             wait_for(lambda: self.now_kb() <= limit, timeout, "memory to settle")
         except AssertionError:
-            per = {p: pss_kb(p, shmem=False) for p in self.pids}
+            per = {f"{p} {proc_title(p) or '?'}": pss_kb(p, shmem=False) for p in self.pids}
             raise AssertionError(f"{what}: Pss {self.now_kb()} kB (by pid: {per}), not back "
                                  f"within {limit:.0f} kB of the {self.kb} kB it started at"
                                  ) from None

@@ -363,3 +363,45 @@ def test_acknowledged_messages_outlive_a_killed_supervisor_on_disk(start_broker,
     got = [p.payload for p in back.recv_publishes(10, timeout=T(10))]
     assert got == [f"ring-{i}".encode() for i in range(10)], got
     back.disconnect()
+
+
+def test_qos0_deliveries_held_for_a_stopped_worker_stay_out_of_the_store(broker):
+    """A worker that stops reading its ring (SIGSTOP) while 16 MiB of QoS 0
+    reach its subscriber: the router holds what the 4 MiB ring cannot take,
+    in memory only. A QoS 0 delivery may be lost with the router, so
+    storing it would only fill the store (RAM, with the memory backend).
+    Once the worker runs again its subscriber gets the messages, in order."""
+    sub = raw(broker, uid("hq-sub"))
+    sub.subscribe([("hq/t", 0)])
+    worker = broker.worker_of(sub)
+    spare, pub = [], None
+    for _ in range(6):
+        c = raw(broker, uid("hq-pub"))
+        if broker.worker_of(c) != worker:
+            pub = c
+            break
+        spare.append(c)
+    assert pub, f"no publisher off worker {worker} in 6 connections"
+    pub.subscribe([("hq/sync", 0)])
+    store = os.path.join(store_dir(broker), "data.mdb")
+    router = router_pid(broker)
+    size0, router0 = os.path.getsize(store), broker.pss_kb([router])
+    chunk = 64 * 1024
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        for i in range(256):
+            pub.publish("hq/t", i.to_bytes(4, "big") + bytes(chunk - 4))
+        # The router routes in ring order: once the publisher gets this back, all are routed.
+        pub.publish("hq/sync", b"")
+        assert pub.recv_publish(timeout=T(10)).topic == "hq/sync"
+        held_kb = broker.pss_kb([router]) - router0
+        grown = os.path.getsize(store) - size0
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert held_kb > 6 * 1024, \
+        f"the router holds only {held_kb} kB more: the ring never filled, nothing was tested"
+    assert grown < 1024 * 1024, f"the store grew by {grown} bytes for QoS 0 deliveries"
+    first = sub.recv_publish(timeout=T(10))
+    assert first.topic == "hq/t" and first.payload[:4] == (0).to_bytes(4, "big")
+    for c in [pub, sub] + spare:
+        c.disconnect()
