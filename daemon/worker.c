@@ -49,9 +49,10 @@ enum conn_state {
 	CS_CLOSED,       /* gone; freed at the end of the loop turn */
 };
 
+/* Allocated only while it holds bytes: an idle connection has none. */
 struct buf {
-	uint8_t *p;
-	size_t len, cap, off;        /* off: bytes of p already written (output) */
+	size_t len, cap, off;        /* off: bytes of data already written (output) */
+	uint8_t data[];
 };
 
 /* A QoS 1/2 message held until every client it went to has acknowledged it. */
@@ -97,14 +98,14 @@ struct conn_qos {
 
 /*
  * One per client connection; an idle connection costs little more than
- * this struct, so its fields leave no padding, the QoS state is allocated
- * apart, and the remote address and client id are allocated at their
- * lengths, at the end.
+ * this struct, so its fields leave no padding, the buffers and the QoS
+ * state are allocated apart and only while in use, and the remote address
+ * and client id are allocated at their lengths, at the end.
  */
 struct conn {
 	conn_id_t id;
 	uint64_t last_rx_ms;
-	struct buf in, out;
+	struct buf *in, *out;        /* NULL when empty */
 	struct conn_qos *qos;        /* NULL while no QoS 1/2 message is held */
 	struct conn *dirty_next;
 	int fd;
@@ -123,7 +124,7 @@ struct conn {
 	char remote[];
 };
 
-static_assert(sizeof(struct conn) <= 120, "struct conn grew: every idle connection pays for it");
+static_assert(sizeof(struct conn) <= 72, "struct conn grew: every idle connection pays for it");
 static_assert(sizeof(struct conn_qos) <= 56, "struct conn_qos grew");
 
 /* A ring record that did not fit: kept in order until the router makes room. */
@@ -187,21 +188,31 @@ static const char *conn_client_id(const struct conn *c)
 
 /* --- buffers ------------------------------------------------------------ */
 
-static int buf_reserve(struct buf *b, size_t n)
+/* Bytes held: not yet sent (output) or not yet decoded (input). */
+static size_t buf_held(const struct buf *b)
 {
-	size_t cap;
-	uint8_t *p;
+	return b != NULL ? b->len - b->off : 0;
+}
 
-	if (b->len + n <= b->cap)
+/* Room for n more bytes at the end of *bp, which may be NULL (empty). */
+static int buf_reserve(struct buf **bp, size_t n)
+{
+	struct buf *b = *bp;
+	bool fresh = b == NULL;
+	size_t len = fresh ? 0 : b->len, cap = fresh ? 0 : b->cap;
+
+	if (len + n <= cap)
 		return 0;
-	cap = b->cap ? b->cap : 256;
-	while (cap < b->len + n)
+	cap = cap ? cap : 256;
+	while (cap < len + n)
 		cap *= 2;
-	p = realloc(b->p, cap);
-	if (p == NULL)
+	b = realloc(b, sizeof(*b) + cap);
+	if (b == NULL)
 		return -1;
-	b->p = p;
+	if (fresh)
+		b->len = b->off = 0;
 	b->cap = cap;
+	*bp = b;
 	return 0;
 }
 
@@ -214,12 +225,12 @@ static bool heap_trim_wanted;
 
 #define TRIM_MIN_BYTES 65536
 
-static void buf_free(struct buf *b)
+static void buf_free(struct buf **bp)
 {
-	if (b->cap >= TRIM_MIN_BYTES)
+	if (*bp != NULL && (*bp)->cap >= TRIM_MIN_BYTES)
 		heap_trim_wanted = true;
-	free(b->p);
-	*b = (struct buf){ 0 };
+	free(*bp);
+	*bp = NULL;
 }
 
 /* --- records to the router ---------------------------------------------- */
@@ -319,8 +330,8 @@ static uint8_t *out_reserve(struct worker *w, struct conn *c, size_t n)
 
 	if (buf_reserve(&c->out, n) < 0)
 		return NULL;
-	p = c->out.p + c->out.len;
-	c->out.len += n;
+	p = c->out->data + c->out->len;
+	c->out->len += n;
 	conn_mark_dirty(w, c);
 	return p;
 }
@@ -376,8 +387,10 @@ static void conn_set_events(struct worker *w, struct conn *c)
 /* Returns false when the connection was closed. */
 static bool conn_flush(struct worker *w, struct conn *c)
 {
-	while (c->out.off < c->out.len) {
-		ssize_t n = write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
+	struct buf *b;
+
+	while ((b = c->out) != NULL && b->off < b->len) {
+		ssize_t n = write(c->fd, b->data + b->off, b->len - b->off);
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -387,10 +400,10 @@ static bool conn_flush(struct worker *w, struct conn *c)
 				 * Keep only what is unsent: a slow but steady reader
 				 * must not make the buffer grow by what it already took.
 				 */
-				if (c->out.off >= c->out.len / 2) {
-					memmove(c->out.p, c->out.p + c->out.off, c->out.len - c->out.off);
-					c->out.len -= c->out.off;
-					c->out.off = 0;
+				if (b->off >= b->len / 2) {
+					memmove(b->data, b->data + b->off, b->len - b->off);
+					b->len -= b->off;
+					b->off = 0;
 				}
 				if (!c->want_out) {
 					c->want_out = true;
@@ -401,7 +414,7 @@ static bool conn_flush(struct worker *w, struct conn *c)
 			conn_close(w, c, true, strerror(errno));
 			return false;
 		}
-		c->out.off += (size_t)n;
+		b->off += (size_t)n;
 	}
 	/* Idle connections hold no buffer: memory per connection stays small. */
 	buf_free(&c->out);
@@ -699,8 +712,8 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	 */
 	atomic_fetch_add(&w->env->shm->workers[w->index].released, 1);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
-	if (c->out.off < c->out.len)
-		(void)!write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
+	if (buf_held(c->out) > 0)
+		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
 	/* The only reference to the socket: closing it takes it out of epoll too. */
 	close(c->fd);
 	c->fd = -1;
@@ -1263,13 +1276,13 @@ static ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *
 /* Handle what sits in c->in (partial packets, or input held while paused). */
 static void conn_process_input(struct worker *w, struct conn *c)
 {
-	ssize_t used = process_bytes(w, &c, c->in.p, c->in.len);
+	ssize_t used = process_bytes(w, &c, c->in->data, c->in->len);
 
 	if (used < 0)
 		return;
-	memmove(c->in.p, c->in.p + used, c->in.len - (size_t)used);
-	c->in.len -= (size_t)used;
-	if (c->in.len == 0)
+	memmove(c->in->data, c->in->data + used, c->in->len - (size_t)used);
+	c->in->len -= (size_t)used;
+	if (c->in->len == 0)
 		buf_free(&c->in);
 }
 
@@ -1283,14 +1296,14 @@ static void conn_read(struct worker *w, struct conn *c)
 		conn_close(w, c, true, n == 0 ? "connection closed by client" : strerror(errno));
 		return;
 	}
-	if (c->in.len > 0) {
+	if (buf_held(c->in) > 0) {
 		/* A packet is already partly here: append, then decode in place. */
 		if (buf_reserve(&c->in, (size_t)n) < 0) {
 			conn_close(w, c, true, "out of memory");
 			return;
 		}
-		memcpy(c->in.p + c->in.len, w->rbuf, (size_t)n);
-		c->in.len += (size_t)n;
+		memcpy(c->in->data + c->in->len, w->rbuf, (size_t)n);
+		c->in->len += (size_t)n;
 		conn_process_input(w, c);
 		return;
 	}
@@ -1301,8 +1314,8 @@ static void conn_read(struct worker *w, struct conn *c)
 		conn_close(w, c, true, "out of memory");
 		return;
 	}
-	memcpy(c->in.p, w->rbuf + used, (size_t)(n - used));
-	c->in.len = (size_t)(n - used);
+	memcpy(c->in->data, w->rbuf + used, (size_t)(n - used));
+	c->in->len = (size_t)(n - used);
 }
 
 /* --- records from the router -------------------------------------------- */
@@ -1349,7 +1362,7 @@ static void rec_connack(struct worker *w, struct recr *r)
 		   c->clean, sp ? ", session resumed" : "");
 	c->paused = false;
 	conn_set_events(w, c);
-	if (c->in.len > 0)
+	if (buf_held(c->in) > 0)
 		conn_process_input(w, c);
 }
 
@@ -1407,7 +1420,7 @@ static void rec_deliver(struct worker *w, struct recr *r)
 			continue;
 		}
 		if (tq == 0) {
-			if (c->out.len - c->out.off > w->out_limit) {
+			if (buf_held(c->out) > w->out_limit) {
 				if (!c->drop_logged)
 					log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
 						   "slow reader: dropping QoS 0 messages");
