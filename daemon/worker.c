@@ -15,8 +15,10 @@
  * output buffers and flushed once per loop turn, ring records are
  * committed once per turn, and the router is woken only if it sleeps.
  */
+#include <assert.h>
 #include <errno.h>
 #include <malloc.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,9 +49,10 @@ enum conn_state {
 	CS_CLOSED,       /* gone; freed at the end of the loop turn */
 };
 
+/* Allocated only while it holds bytes: an idle connection has none. */
 struct buf {
-	uint8_t *p;
-	size_t len, cap, off;        /* off: bytes of p already written (output) */
+	size_t len, cap, off;        /* off: bytes of data already written (output) */
+	uint8_t data[];
 };
 
 /* A QoS 1/2 message held until every client it went to has acknowledged it. */
@@ -78,37 +81,51 @@ struct pending {
 };
 
 /*
+ * What only QoS 1/2 traffic needs, in either direction: allocated on first
+ * use and freed once nothing is held, so that an idle connection carries
+ * a NULL pointer for it.
+ */
+struct conn_qos {
+	struct inflight *inflight;   /* allocated while something is in flight or queued */
+	struct pending *pend_head, *pend_tail;
+	uint16_t *qos2_in;           /* inbound QoS 2 ids awaiting PUBREL */
+	size_t pending_bytes;
+	uint32_t n_pending;
+	uint32_t n_qos2_in, cap_qos2_in;
+	uint16_t n_inflight;
+	uint16_t cap_inflight;       /* entries allocated: max_inflight when allocated (it may change since) */
+};
+
+/*
  * One per client connection; an idle connection costs little more than
- * this struct, so small fields sit together and the remote address is
- * allocated at its length, at the end.
+ * this struct, so its fields leave no padding, the buffers and the QoS
+ * state are allocated apart and only while in use, and the remote address
+ * and client id are allocated at their lengths, at the end.
  */
 struct conn {
 	conn_id_t id;
+	uint64_t last_rx_ms;
+	struct buf *in, *out;        /* NULL when empty */
+	struct conn_qos *qos;        /* NULL while no QoS 1/2 message is held */
+	struct conn *dirty_next;
 	int fd;
 	uint32_t sid;                /* the router's session id, from CONNACK */
+	uint16_t keepalive;          /* effective, seconds; 0 = none */
+	uint16_t next_pid;           /* not in qos: ids go on rotating when that is freed */
 	uint8_t state;
+	uint8_t remote_len;
 	bool clean;
 	bool paused;                 /* not reading: waiting for the router's CONNACK */
 	bool throttled;              /* not reading: the router is behind (see worker.throttled) */
 	bool want_out;               /* EPOLLOUT armed */
 	bool dirty;                  /* in the flush list */
 	bool drop_logged;
-	uint16_t keepalive;          /* effective, seconds; 0 = none */
-	uint16_t n_inflight;
-	uint16_t cap_inflight;       /* entries allocated: max_inflight when allocated (it may change since) */
-	uint16_t next_pid;
-	uint64_t last_rx_ms;
-	char *client_id;
-	struct buf in, out;
-	struct inflight *inflight;   /* allocated while something is in flight */
-	struct pending *pend_head, *pend_tail;
-	uint32_t n_pending;
-	uint32_t n_qos2_in, cap_qos2_in;
-	size_t pending_bytes;
-	uint16_t *qos2_in;           /* inbound QoS 2 ids awaiting PUBREL */
-	struct conn *dirty_next;
-	char remote[];               /* "127.0.0.1:53412" or "[::1]:53412" */
+	/* "127.0.0.1:53412" or "[::1]:53412", NUL, the client id (empty before CONNECT), NUL */
+	char remote[];
 };
+
+static_assert(sizeof(struct conn) <= 72, "struct conn grew: every idle connection pays for it");
+static_assert(sizeof(struct conn_qos) <= 56, "struct conn_qos grew");
 
 /* A ring record that did not fit: kept in order until the router makes room. */
 struct backlog {
@@ -158,23 +175,44 @@ static uint64_t clock_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Allocated for a connection whose remote[] holds n bytes. */
+static size_t conn_size(size_t n)
+{
+	return MAX(sizeof(struct conn), offsetof(struct conn, remote) + n);
+}
+
+static const char *conn_client_id(const struct conn *c)
+{
+	return c->remote + c->remote_len + 1;
+}
+
 /* --- buffers ------------------------------------------------------------ */
 
-static int buf_reserve(struct buf *b, size_t n)
+/* Bytes held: not yet sent (output) or not yet decoded (input). */
+static size_t buf_held(const struct buf *b)
 {
-	size_t cap;
-	uint8_t *p;
+	return b != NULL ? b->len - b->off : 0;
+}
 
-	if (b->len + n <= b->cap)
+/* Room for n more bytes at the end of *bp, which may be NULL (empty). */
+static int buf_reserve(struct buf **bp, size_t n)
+{
+	struct buf *b = *bp;
+	bool fresh = b == NULL;
+	size_t len = fresh ? 0 : b->len, cap = fresh ? 0 : b->cap;
+
+	if (len + n <= cap)
 		return 0;
-	cap = b->cap ? b->cap : 256;
-	while (cap < b->len + n)
+	cap = cap ? cap : 256;
+	while (cap < len + n)
 		cap *= 2;
-	p = realloc(b->p, cap);
-	if (p == NULL)
+	b = realloc(b, sizeof(*b) + cap);
+	if (b == NULL)
 		return -1;
-	b->p = p;
+	if (fresh)
+		b->len = b->off = 0;
 	b->cap = cap;
+	*bp = b;
 	return 0;
 }
 
@@ -187,12 +225,12 @@ static bool heap_trim_wanted;
 
 #define TRIM_MIN_BYTES 65536
 
-static void buf_free(struct buf *b)
+static void buf_free(struct buf **bp)
 {
-	if (b->cap >= TRIM_MIN_BYTES)
+	if (*bp != NULL && (*bp)->cap >= TRIM_MIN_BYTES)
 		heap_trim_wanted = true;
-	free(b->p);
-	*b = (struct buf){ 0 };
+	free(*bp);
+	*bp = NULL;
 }
 
 /* --- records to the router ---------------------------------------------- */
@@ -292,8 +330,8 @@ static uint8_t *out_reserve(struct worker *w, struct conn *c, size_t n)
 
 	if (buf_reserve(&c->out, n) < 0)
 		return NULL;
-	p = c->out.p + c->out.len;
-	c->out.len += n;
+	p = c->out->data + c->out->len;
+	c->out->len += n;
 	conn_mark_dirty(w, c);
 	return p;
 }
@@ -322,7 +360,7 @@ static void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos
 	uint8_t *p = out_reserve(w, c, n);
 
 	if (p == NULL) {
-		log_client(LOG_LVL_WARN, c->client_id, c->remote,
+		log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
 			   "out of memory for a delivery; message dropped");
 		return;
 	}
@@ -330,22 +368,29 @@ static void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos
 	w->msgs_out++;
 }
 
-static void conn_set_events(struct worker *w, struct conn *c)
+static int conn_epoll_mod(struct worker *w, struct conn *c)
 {
 	struct epoll_event ev = { .data.ptr = c };
 
 	/* EPOLLRDHUP even when not reading: a client that leaves is always noticed. */
 	ev.events = EPOLLRDHUP | (c->paused || c->throttled ? 0 : EPOLLIN) |
 		    (c->want_out ? EPOLLOUT : 0);
-	if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
+	return epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+static void conn_set_events(struct worker *w, struct conn *c)
+{
+	if (conn_epoll_mod(w, c) < 0)
 		log_warn("epoll_ctl: %s", strerror(errno));
 }
 
 /* Returns false when the connection was closed. */
 static bool conn_flush(struct worker *w, struct conn *c)
 {
-	while (c->out.off < c->out.len) {
-		ssize_t n = write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
+	struct buf *b;
+
+	while ((b = c->out) != NULL && b->off < b->len) {
+		ssize_t n = write(c->fd, b->data + b->off, b->len - b->off);
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -355,10 +400,10 @@ static bool conn_flush(struct worker *w, struct conn *c)
 				 * Keep only what is unsent: a slow but steady reader
 				 * must not make the buffer grow by what it already took.
 				 */
-				if (c->out.off >= c->out.len / 2) {
-					memmove(c->out.p, c->out.p + c->out.off, c->out.len - c->out.off);
-					c->out.len -= c->out.off;
-					c->out.off = 0;
+				if (b->off >= b->len / 2) {
+					memmove(b->data, b->data + b->off, b->len - b->off);
+					b->len -= b->off;
+					b->off = 0;
 				}
 				if (!c->want_out) {
 					c->want_out = true;
@@ -369,7 +414,7 @@ static bool conn_flush(struct worker *w, struct conn *c)
 			conn_close(w, c, true, strerror(errno));
 			return false;
 		}
-		c->out.off += (size_t)n;
+		b->off += (size_t)n;
 	}
 	/* Idle connections hold no buffer: memory per connection stays small. */
 	buf_free(&c->out);
@@ -445,10 +490,13 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 static bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
 {
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
+	size_t rlen = strnlen(info->remote, sizeof(info->remote) - 1);
 	struct conn *c;
 	uint32_t slot;
 
-	c = calloc(1, sizeof(*c) + strnlen(info->remote, sizeof(info->remote) - 1) + 1);
+	static_assert(sizeof(info->remote) <= 256, "remote_len is one byte");
+	/* Zeroed: the remote address is followed by an empty client id. */
+	c = calloc(1, conn_size(rlen + 2));
 	if (c == NULL || slot_alloc(w, &slot) < 0) {
 		log_error("out of memory for a new connection from %s; closing it", info->remote);
 		free(c);
@@ -459,7 +507,8 @@ static bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
 	c->id = conn_id_make(w->index, w->epoch, slot, ++w->serials[slot]);
 	c->state = CS_NEW;
 	c->last_rx_ms = w->now_ms;
-	memcpy(c->remote, info->remote, strnlen(info->remote, sizeof(info->remote) - 1));
+	c->remote_len = (uint8_t)rlen;
+	memcpy(c->remote, info->remote, rlen);
 	ev.data.ptr = c;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		log_error("epoll_ctl: %s; closing the connection from %s", strerror(errno), c->remote);
@@ -472,6 +521,47 @@ static bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
 	w->n_conns++;
 	log_debug("new connection from %s", c->remote);
 	return true;
+}
+
+/* The link of the flush list that names c, which is in it. */
+static struct conn **dirty_link(struct worker *w, const struct conn *c)
+{
+	struct conn **pp = &w->dirty;
+
+	while (*pp != c)
+		pp = &(*pp)->dirty_next;
+	return pp;
+}
+
+/*
+ * The client id joins the remote address in the connection's allocation,
+ * which therefore moves: its slot, epoll and the flush list are pointed at
+ * the new one. Returns it, or NULL (errno set) with c left as it was.
+ */
+static struct conn *conn_add_client_id(struct worker *w, struct conn *c, const char *id,
+				       size_t len)
+{
+	struct conn *n = malloc(conn_size((size_t)c->remote_len + 1 + len + 1));
+	char *dst;
+	int err;
+
+	if (n == NULL)
+		return NULL;
+	memcpy(n, c, offsetof(struct conn, remote) + c->remote_len + 1);
+	dst = n->remote + n->remote_len + 1;
+	memcpy(dst, id, len);
+	dst[len] = '\0';
+	if (conn_epoll_mod(w, n) < 0) {
+		err = errno;
+		free(n);
+		errno = err;
+		return NULL;
+	}
+	w->slots[conn_id_slot(c->id)] = n;
+	if (c->dirty)
+		*dirty_link(w, c) = n;
+	free(c);
+	return n;
 }
 
 static void qmsg_unref(struct qmsg *m)
@@ -541,8 +631,12 @@ static void report_state(struct worker *w, const struct conn *c, uint64_t copy, 
  */
 static void conn_hand_back_state(struct worker *w, struct conn *c)
 {
-	for (uint16_t i = 0; i < c->n_inflight; i++) {
-		struct inflight *f = &c->inflight[i];
+	const struct conn_qos *q = c->qos;
+
+	if (q == NULL)
+		return;
+	for (uint16_t i = 0; i < q->n_inflight; i++) {
+		struct inflight *f = &q->inflight[i];
 		struct qmsg *m = f->msg;
 
 		if (f->copy != 0)
@@ -555,27 +649,35 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
 			rec_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos, false,
 					NULL, 0, NULL, 0);
 	}
-	for (struct pending *p = c->pend_head; p != NULL; p = p->next)
+	for (struct pending *p = q->pend_head; p != NULL; p = p->next)
 		if (p->copy == 0)
 			rec_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
 					p->msg->data, p->msg->topic_len, p->msg->data + p->msg->topic_len,
 					p->msg->payload_len);
 }
 
-static void conn_free_state(struct conn *c)
+static void conn_qos_free(struct conn_qos *q)
 {
 	struct pending *p, *next;
 
-	for (uint16_t i = 0; i < c->n_inflight; i++)
-		qmsg_unref(c->inflight[i].msg);
-	free(c->inflight);
-	for (p = c->pend_head; p != NULL; p = next) {
+	if (q == NULL)
+		return;
+	for (uint16_t i = 0; i < q->n_inflight; i++)
+		qmsg_unref(q->inflight[i].msg);
+	free(q->inflight);
+	for (p = q->pend_head; p != NULL; p = next) {
 		next = p->next;
 		qmsg_unref(p->msg);
 		free(p);
 	}
-	free(c->qos2_in);
-	free(c->client_id);
+	free(q->qos2_in);
+	free(q);
+}
+
+static void conn_free_state(struct conn *c)
+{
+	conn_qos_free(c->qos);
+	c->qos = NULL;
 	buf_free(&c->in);
 	buf_free(&c->out);
 }
@@ -593,14 +695,14 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 		if (c->clean) {
 			recw_u16(&w->rw, 0);
 		} else {
-			uint16_t n = (uint16_t)MIN(c->n_qos2_in, 65535u);
+			uint16_t n = c->qos ? (uint16_t)MIN(c->qos->n_qos2_in, 65535u) : 0;
 
 			recw_u16(&w->rw, n);
 			for (uint16_t i = 0; i < n; i++)
-				recw_u16(&w->rw, c->qos2_in[i]);
+				recw_u16(&w->rw, c->qos->qos2_in[i]);
 		}
 		push_recw(w, REC_CLOSE);
-		log_client(LOG_LVL_INFO, c->client_id, c->remote, "disconnected: %s", why);
+		log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "disconnected: %s", why);
 	} else {
 		log_debug("connection from %s closed before CONNECT: %s", c->remote, why);
 	}
@@ -610,17 +712,13 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	 */
 	atomic_fetch_add(&w->env->shm->workers[w->index].released, 1);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
-	if (c->out.off < c->out.len)
-		(void)!write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
+	if (buf_held(c->out) > 0)
+		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
 	/* The only reference to the socket: closing it takes it out of epoll too. */
 	close(c->fd);
 	c->fd = -1;
 	if (c->dirty) {
-		struct conn **pp = &w->dirty;
-
-		while (*pp != c)
-			pp = &(*pp)->dirty_next;
-		*pp = c->dirty_next;
+		*dirty_link(w, c) = c->dirty_next;
 		c->dirty = false;
 	}
 	conn_free_state(c);
@@ -644,10 +742,35 @@ static void bury_closed(struct worker *w)
 
 /* --- outbound QoS ------------------------------------------------------- */
 
-static bool pid_in_use(const struct conn *c, uint16_t pid)
+/* Allocated on first use; NULL when out of memory. */
+static struct conn_qos *conn_qos(struct conn *c)
 {
-	for (uint16_t i = 0; i < c->n_inflight; i++)
-		if (c->inflight[i].packet_id == pid)
+	if (c->qos == NULL)
+		c->qos = calloc(1, sizeof(*c->qos));
+	return c->qos;
+}
+
+/* Give back what is no longer held: an idle connection keeps no QoS state. */
+static void conn_qos_trim(struct conn *c)
+{
+	struct conn_qos *q = c->qos;
+
+	if (q == NULL || q->n_inflight > 0 || q->pend_head != NULL)
+		return;
+	free(q->inflight);
+	q->inflight = NULL;
+	q->cap_inflight = 0;
+	if (q->n_qos2_in > 0)
+		return;
+	free(q->qos2_in);
+	free(q);
+	c->qos = NULL;
+}
+
+static bool pid_in_use(const struct conn_qos *q, uint16_t pid)
+{
+	for (uint16_t i = 0; i < q->n_inflight; i++)
+		if (q->inflight[i].packet_id == pid)
 			return true;
 	return false;
 }
@@ -658,7 +781,7 @@ static uint16_t pid_alloc(struct conn *c)
 		c->next_pid = (uint16_t)(c->next_pid + 1);
 		if (c->next_pid == 0)
 			c->next_pid = 1;
-	} while (pid_in_use(c, c->next_pid));
+	} while (pid_in_use(c->qos, c->next_pid));
 	return c->next_pid;
 }
 
@@ -668,20 +791,20 @@ static uint16_t pid_alloc(struct conn *c)
  * lowered one (only fewer entries are used), so n_inflight <= cap_inflight
  * always holds.
  */
-static bool inflight_room(struct worker *w, struct conn *c)
+static bool inflight_room(struct worker *w, struct conn_qos *q)
 {
 	long max = w->cfg->max_inflight;
 	struct inflight *p;
 
-	if (c->n_inflight >= max)
+	if (q->n_inflight >= max)
 		return false;
-	if (c->n_inflight < c->cap_inflight)
+	if (q->n_inflight < q->cap_inflight)
 		return true;
-	p = realloc(c->inflight, (size_t)max * sizeof(*c->inflight));
+	p = realloc(q->inflight, (size_t)max * sizeof(*q->inflight));
 	if (p == NULL)
 		return false;
-	c->inflight = p;
-	c->cap_inflight = (uint16_t)max;
+	q->inflight = p;
+	q->cap_inflight = (uint16_t)max;
 	return true;
 }
 
@@ -689,7 +812,7 @@ static bool inflight_room(struct worker *w, struct conn *c)
 static void inflight_send(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
 			  uint16_t pid, bool dup, uint64_t copy)
 {
-	struct inflight *f = &c->inflight[c->n_inflight++];
+	struct inflight *f = &c->qos->inflight[c->qos->n_inflight++];
 
 	f->packet_id = pid;
 	f->state = MSG_INFLIGHT;
@@ -706,16 +829,17 @@ static void inflight_send(struct worker *w, struct conn *c, struct qmsg *m, uint
 static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
 			uint64_t copy)
 {
+	struct conn_qos *q = c->qos;
 	struct pending *p;
 	size_t bytes = (size_t)m->topic_len + m->payload_len;
 
-	if (c->n_pending >= (uint32_t)w->cfg->max_queued_messages ||
+	if (q->n_pending >= (uint32_t)w->cfg->max_queued_messages ||
 	    (w->cfg->max_queued_bytes > 0 &&
-	     c->pending_bytes + bytes > (size_t)w->cfg->max_queued_bytes) ||
+	     q->pending_bytes + bytes > (size_t)w->cfg->max_queued_bytes) ||
 	    (p = malloc(sizeof(*p))) == NULL) {
 		if (!c->drop_logged)
-			log_client(LOG_LVL_WARN, c->client_id, c->remote,
-				   "queue full (%u messages); dropping new messages", c->n_pending);
+			log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
+				   "queue full (%u messages); dropping new messages", q->n_pending);
 		c->drop_logged = true;
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
@@ -725,95 +849,117 @@ static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 	p->copy = copy;
 	p->qos = qos;
 	m->refs++;
-	if (c->pend_tail)
-		c->pend_tail->next = p;
+	if (q->pend_tail)
+		q->pend_tail->next = p;
 	else
-		c->pend_head = p;
-	c->pend_tail = p;
-	c->n_pending++;
-	c->pending_bytes += bytes;
+		q->pend_head = p;
+	q->pend_tail = p;
+	q->n_pending++;
+	q->pending_bytes += bytes;
 }
 
 static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
 			uint64_t copy)
 {
-	if (c->pend_head == NULL && inflight_room(w, c))
+	struct conn_qos *q = conn_qos(c);
+
+	if (q == NULL) {
+		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
+			   "out of memory for a QoS %u delivery; dropped", qos);
+		report_state(w, c, copy, 0, MSG_DONE);
+		return;
+	}
+	if (q->pend_head == NULL && inflight_room(w, q))
 		inflight_send(w, c, m, qos, pid_alloc(c), false, copy);
 	else
 		pending_add(w, c, m, qos, copy);
+	/* A refused delivery may leave the state it allocated empty. */
+	conn_qos_trim(c);
 }
 
 /* Move queued messages into the window as acknowledgements free it. */
 static void pending_pump(struct worker *w, struct conn *c)
 {
-	while (c->pend_head != NULL && inflight_room(w, c)) {
-		struct pending *p = c->pend_head;
+	struct conn_qos *q = c->qos;
 
-		c->pend_head = p->next;
-		if (c->pend_head == NULL)
-			c->pend_tail = NULL;
-		c->n_pending--;
-		c->pending_bytes -= (size_t)p->msg->topic_len + p->msg->payload_len;
+	while (q->pend_head != NULL && inflight_room(w, q)) {
+		struct pending *p = q->pend_head;
+
+		q->pend_head = p->next;
+		if (q->pend_head == NULL)
+			q->pend_tail = NULL;
+		q->n_pending--;
+		q->pending_bytes -= (size_t)p->msg->topic_len + p->msg->payload_len;
 		inflight_send(w, c, p->msg, p->qos, pid_alloc(c), false, p->copy);
 		qmsg_unref(p->msg);
 		free(p);
 	}
-	if (c->pend_head == NULL)
+	if (q->pend_head == NULL)
 		c->drop_logged = false;
-	if (c->n_inflight == 0 && c->pend_head == NULL) {
-		free(c->inflight);
-		c->inflight = NULL;
-		c->cap_inflight = 0;
-	}
+	conn_qos_trim(c);
 }
 
-static int inflight_find(const struct conn *c, uint16_t pid)
+static int inflight_find(const struct conn_qos *q, uint16_t pid)
 {
-	for (uint16_t i = 0; i < c->n_inflight; i++)
-		if (c->inflight[i].packet_id == pid)
+	if (q == NULL)
+		return -1;
+	for (uint16_t i = 0; i < q->n_inflight; i++)
+		if (q->inflight[i].packet_id == pid)
 			return i;
 	return -1;
 }
 
-static void inflight_remove(struct conn *c, int i)
+static void inflight_remove(struct conn_qos *q, int i)
 {
-	qmsg_unref(c->inflight[i].msg);
+	qmsg_unref(q->inflight[i].msg);
 	/* Keep the order: a resumed session resends in the original order. */
-	memmove(&c->inflight[i], &c->inflight[i + 1],
-		(size_t)(c->n_inflight - i - 1) * sizeof(*c->inflight));
-	c->n_inflight--;
+	memmove(&q->inflight[i], &q->inflight[i + 1],
+		(size_t)(q->n_inflight - i - 1) * sizeof(*q->inflight));
+	q->n_inflight--;
 }
 
 /* --- inbound packets ---------------------------------------------------- */
 
-static bool qos2_in_has(const struct conn *c, uint16_t pid)
+static bool qos2_in_has(const struct conn_qos *q, uint16_t pid)
 {
-	for (uint32_t i = 0; i < c->n_qos2_in; i++)
-		if (c->qos2_in[i] == pid)
+	if (q == NULL)
+		return false;
+	for (uint32_t i = 0; i < q->n_qos2_in; i++)
+		if (q->qos2_in[i] == pid)
 			return true;
 	return false;
 }
 
+/* -1 when out of memory; the caller trims what may be left empty. */
 static int qos2_in_add(struct conn *c, uint16_t pid)
 {
-	if (c->n_qos2_in == c->cap_qos2_in) {
-		uint32_t cap = c->cap_qos2_in ? c->cap_qos2_in * 2 : 8;
-		uint16_t *p = realloc(c->qos2_in, cap * sizeof(*p));
+	struct conn_qos *q = conn_qos(c);
+
+	if (q == NULL)
+		return -1;
+	if (q->n_qos2_in == q->cap_qos2_in) {
+		uint32_t cap = q->cap_qos2_in ? q->cap_qos2_in * 2 : 8;
+		uint16_t *p = realloc(q->qos2_in, cap * sizeof(*p));
 
 		if (p == NULL)
 			return -1;
-		c->qos2_in = p;
-		c->cap_qos2_in = cap;
+		q->qos2_in = p;
+		q->cap_qos2_in = cap;
 	}
-	c->qos2_in[c->n_qos2_in++] = pid;
+	q->qos2_in[q->n_qos2_in++] = pid;
 	return 0;
 }
 
 static bool qos2_in_remove(struct conn *c, uint16_t pid)
 {
-	for (uint32_t i = 0; i < c->n_qos2_in; i++)
-		if (c->qos2_in[i] == pid) {
-			c->qos2_in[i] = c->qos2_in[--c->n_qos2_in];
+	struct conn_qos *q = c->qos;
+
+	if (q == NULL)
+		return false;
+	for (uint32_t i = 0; i < q->n_qos2_in; i++)
+		if (q->qos2_in[i] == pid) {
+			q->qos2_in[i] = q->qos2_in[--q->n_qos2_in];
+			conn_qos_trim(c);
 			return true;
 		}
 	return false;
@@ -879,7 +1025,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 		break;
 	case 2:
 		/* Exactly once: a resent id still awaiting PUBREL is not routed again. */
-		if (!qos2_in_has(c, pub->packet_id)) {
+		if (!qos2_in_has(c->qos, pub->packet_id)) {
 			if (qos2_in_add(c, pub->packet_id) < 0) {
 				conn_close(w, c, true, "out of memory");
 				return PKT_CLOSED;
@@ -921,10 +1067,15 @@ static void handle_sub(struct worker *w, struct conn *c, const struct mqtt_packe
 	push_recw(w, pkt->type == MQTT_SUBSCRIBE ? REC_SUBSCRIBE : REC_UNSUBSCRIBE);
 }
 
-static enum pkt_result handle_connect(struct worker *w, struct conn *c, const struct mqtt_connect *ck)
+/* *cp: the connection, which moves (conn_add_client_id). */
+static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
+				      const struct mqtt_connect *ck)
 {
 	const struct iotd_config *cfg = w->cfg;
+	struct conn *c = *cp;
 	char gen[40];
+	const char *id;
+	size_t len;
 
 	if (ck->client_id.len == 0 && !ck->clean_session) {
 		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
@@ -944,21 +1095,30 @@ static enum pkt_result handle_connect(struct worker *w, struct conn *c, const st
 	}
 	if (ck->client_id.len == 0) {
 		snprintf(gen, sizeof(gen), "iotd-%016llx", (unsigned long long)c->id);
-		c->client_id = strdup(gen);
+		id = gen;
+		len = strlen(gen);
 	} else {
-		c->client_id = strndup((const char *)ck->client_id.p, ck->client_id.len);
+		id = (const char *)ck->client_id.p;
+		len = strnlen(id, ck->client_id.len);
 	}
-	if (c->client_id == NULL) {
-		conn_close(w, c, false, "out of memory");
+	/*
+	 * Nothing else from this client until the router has placed its
+	 * session: set before the move, whose epoll update then covers it.
+	 */
+	c->paused = true;
+	c = conn_add_client_id(w, c, id, len);
+	if (c == NULL) {
+		conn_close(w, *cp, false, strerror(errno));
 		return PKT_CLOSED;
 	}
+	*cp = c;
 	c->clean = ck->clean_session;
 	c->keepalive = ck->keepalive ? ck->keepalive : (uint16_t)cfg->keep_alive_timeout_secs;
 	recw_reset(&w->rw);
 	recw_u64(&w->rw, c->id);
 	recw_u8(&w->rw, ck->clean_session);
 	recw_u16(&w->rw, ck->keepalive);
-	recw_str(&w->rw, c->client_id, (uint16_t)strlen(c->client_id));
+	recw_str(&w->rw, id, (uint16_t)len);
 	recw_str(&w->rw, c->remote, (uint16_t)strlen(c->remote));
 	recw_u8(&w->rw, ck->will_flag);
 	recw_u8(&w->rw, ck->will_qos);
@@ -967,36 +1127,34 @@ static enum pkt_result handle_connect(struct worker *w, struct conn *c, const st
 	recw_bytes(&w->rw, ck->will_payload.p, ck->will_flag ? ck->will_payload.len : 0);
 	push_recw(w, REC_CONNECT);
 	c->state = CS_CONNECTING;
-	/* Nothing else from this client until the router has placed its session. */
-	c->paused = true;
-	conn_set_events(w, c);
 	return PKT_PAUSE;
 }
 
 static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
 {
+	struct conn_qos *q = c->qos;
 	uint16_t pid = pkt->u.packet_id;
 	int i;
 
 	switch (pkt->type) {
 	case MQTT_PUBACK:
 	case MQTT_PUBCOMP:
-		i = inflight_find(c, pid);
-		if (i >= 0 && c->inflight[i].qos == (pkt->type == MQTT_PUBACK ? 1 : 2) &&
-		    c->inflight[i].state == (pkt->type == MQTT_PUBACK ? MSG_INFLIGHT : MSG_PUBREL)) {
-			report_state(w, c, c->inflight[i].copy, pid, MSG_DONE);
-			inflight_remove(c, i);
+		i = inflight_find(q, pid);
+		if (i >= 0 && q->inflight[i].qos == (pkt->type == MQTT_PUBACK ? 1 : 2) &&
+		    q->inflight[i].state == (pkt->type == MQTT_PUBACK ? MSG_INFLIGHT : MSG_PUBREL)) {
+			report_state(w, c, q->inflight[i].copy, pid, MSG_DONE);
+			inflight_remove(q, i);
 			pending_pump(w, c);
 		}
 		break;
 	case MQTT_PUBREC:
-		i = inflight_find(c, pid);
-		if (i >= 0 && c->inflight[i].qos == 2) {
-			if (c->inflight[i].state == MSG_INFLIGHT) {
-				qmsg_unref(c->inflight[i].msg);
-				c->inflight[i].msg = NULL;
-				c->inflight[i].state = MSG_PUBREL;
-				report_state(w, c, c->inflight[i].copy, pid, MSG_PUBREL);
+		i = inflight_find(q, pid);
+		if (i >= 0 && q->inflight[i].qos == 2) {
+			if (q->inflight[i].state == MSG_INFLIGHT) {
+				qmsg_unref(q->inflight[i].msg);
+				q->inflight[i].msg = NULL;
+				q->inflight[i].state = MSG_PUBREL;
+				report_state(w, c, q->inflight[i].copy, pid, MSG_PUBREL);
 			}
 			send_ack(w, c, MQTT_PUBREL, pid);
 		}
@@ -1012,14 +1170,18 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 	return PKT_OK;
 }
 
-static enum pkt_result handle_packet(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+/* *cp: the connection, which a CONNECT moves. */
+static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
+				     const struct mqtt_packet *pkt)
 {
+	struct conn *c = *cp;
+
 	if (c->state == CS_NEW) {
 		if (pkt->type != MQTT_CONNECT) {
 			conn_close(w, c, false, "first packet is not CONNECT");
 			return PKT_CLOSED;
 		}
-		return handle_connect(w, c, &pkt->u.connect);
+		return handle_connect(w, cp, &pkt->u.connect);
 	}
 	switch (pkt->type) {
 	case MQTT_PUBLISH:
@@ -1067,10 +1229,12 @@ static void decode_failure(struct worker *w, struct conn *c, int rc)
 
 /*
  * Decode and handle every whole packet in [p, p+len). Returns the bytes
- * consumed, or -1 when the connection was closed.
+ * consumed, or -1 when the connection was closed. *cp is the connection,
+ * updated when a CONNECT moves it.
  */
-static ssize_t process_bytes(struct worker *w, struct conn *c, const uint8_t *p, size_t len)
+static ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size_t len)
 {
+	struct conn *c = *cp;
 	size_t off = 0;
 
 	while (off < len && !c->paused) {
@@ -1097,13 +1261,14 @@ static ssize_t process_bytes(struct worker *w, struct conn *c, const uint8_t *p,
 		 * client trickling a packet byte by byte does not keep itself alive.
 		 */
 		c->last_rx_ms = w->now_ms;
-		switch (handle_packet(w, c, &pkt)) {
+		switch (handle_packet(w, cp, &pkt)) {
 		case PKT_CLOSED:
 			return -1;
 		case PKT_PAUSE:
 		case PKT_OK:
 			break;
 		}
+		c = *cp;
 	}
 	return (ssize_t)off;
 }
@@ -1111,13 +1276,13 @@ static ssize_t process_bytes(struct worker *w, struct conn *c, const uint8_t *p,
 /* Handle what sits in c->in (partial packets, or input held while paused). */
 static void conn_process_input(struct worker *w, struct conn *c)
 {
-	ssize_t used = process_bytes(w, c, c->in.p, c->in.len);
+	ssize_t used = process_bytes(w, &c, c->in->data, c->in->len);
 
 	if (used < 0)
 		return;
-	memmove(c->in.p, c->in.p + used, c->in.len - (size_t)used);
-	c->in.len -= (size_t)used;
-	if (c->in.len == 0)
+	memmove(c->in->data, c->in->data + used, c->in->len - (size_t)used);
+	c->in->len -= (size_t)used;
+	if (c->in->len == 0)
 		buf_free(&c->in);
 }
 
@@ -1131,26 +1296,26 @@ static void conn_read(struct worker *w, struct conn *c)
 		conn_close(w, c, true, n == 0 ? "connection closed by client" : strerror(errno));
 		return;
 	}
-	if (c->in.len > 0) {
+	if (buf_held(c->in) > 0) {
 		/* A packet is already partly here: append, then decode in place. */
 		if (buf_reserve(&c->in, (size_t)n) < 0) {
 			conn_close(w, c, true, "out of memory");
 			return;
 		}
-		memcpy(c->in.p + c->in.len, w->rbuf, (size_t)n);
-		c->in.len += (size_t)n;
+		memcpy(c->in->data + c->in->len, w->rbuf, (size_t)n);
+		c->in->len += (size_t)n;
 		conn_process_input(w, c);
 		return;
 	}
-	used = process_bytes(w, c, w->rbuf, (size_t)n);
+	used = process_bytes(w, &c, w->rbuf, (size_t)n);
 	if (used < 0 || used == n)
 		return;
 	if (buf_reserve(&c->in, (size_t)(n - used)) < 0) {
 		conn_close(w, c, true, "out of memory");
 		return;
 	}
-	memcpy(c->in.p, w->rbuf + used, (size_t)(n - used));
-	c->in.len = (size_t)(n - used);
+	memcpy(c->in->data, w->rbuf + used, (size_t)(n - used));
+	c->in->len = (size_t)(n - used);
 }
 
 /* --- records from the router -------------------------------------------- */
@@ -1183,6 +1348,7 @@ static void rec_connack(struct worker *w, struct recr *r)
 	for (uint16_t i = 0; i < n; i++)
 		if (qos2_in_add(c, recr_u16(r)) < 0)
 			break;
+	conn_qos_trim(c);
 	if (rc != MQTT_CONNACK_ACCEPTED) {
 		send_connack(w, c, false, rc);
 		c->state = CS_NEW;
@@ -1192,11 +1358,11 @@ static void rec_connack(struct worker *w, struct recr *r)
 	c->sid = sid;
 	c->state = CS_ACTIVE;
 	send_connack(w, c, sp, MQTT_CONNACK_ACCEPTED);
-	log_client(LOG_LVL_INFO, c->client_id, c->remote, "connected (clean session %d%s)",
+	log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "connected (clean session %d%s)",
 		   c->clean, sp ? ", session resumed" : "");
 	c->paused = false;
 	conn_set_events(w, c);
-	if (c->in.len > 0)
+	if (buf_held(c->in) > 0)
 		conn_process_input(w, c);
 }
 
@@ -1254,9 +1420,9 @@ static void rec_deliver(struct worker *w, struct recr *r)
 			continue;
 		}
 		if (tq == 0) {
-			if (c->out.len - c->out.off > w->out_limit) {
+			if (buf_held(c->out) > w->out_limit) {
 				if (!c->drop_logged)
-					log_client(LOG_LVL_WARN, c->client_id, c->remote,
+					log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
 						   "slow reader: dropping QoS 0 messages");
 				c->drop_logged = true;
 				continue;
@@ -1275,6 +1441,21 @@ static void rec_deliver(struct worker *w, struct recr *r)
 		free(m);
 }
 
+static void resend_pubrel(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
+{
+	struct conn_qos *q = conn_qos(c);
+
+	if (q != NULL && pid != 0 && !pid_in_use(q, pid) && inflight_room(w, q)) {
+		q->inflight[q->n_inflight++] = (struct inflight){ pid, MSG_PUBREL, 2, NULL, copy };
+		send_ack(w, c, MQTT_PUBREL, pid);
+		return;
+	}
+	log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
+		   "no room to resend PUBREL %u; dropped", pid);
+	report_state(w, c, copy, 0, MSG_DONE);
+	conn_qos_trim(c);
+}
+
 static void rec_session_resend(struct worker *w, struct recr *r)
 {
 	conn_id_t id = recr_u64(r);
@@ -1286,6 +1467,7 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 	uint16_t tlen;
 	uint32_t plen;
 	struct conn *c;
+	struct conn_qos *q;
 	struct qmsg *m;
 
 	recr_str(r, &topic, &tlen);
@@ -1303,15 +1485,7 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 		return;
 	}
 	if (state == MSG_PUBREL) {
-		if (pid != 0 && !pid_in_use(c, pid) && inflight_room(w, c)) {
-			c->inflight[c->n_inflight++] =
-				(struct inflight){ pid, MSG_PUBREL, 2, NULL, copy };
-			send_ack(w, c, MQTT_PUBREL, pid);
-		} else {
-			log_client(LOG_LVL_WARN, c->client_id, c->remote,
-				   "no room to resend PUBREL %u; dropped", pid);
-			report_state(w, c, copy, 0, MSG_DONE);
-		}
+		resend_pubrel(w, c, pid, copy);
 		return;
 	}
 	m = qmsg_new(topic, tlen, payload, plen, retain);
@@ -1320,9 +1494,13 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
-	/* [MQTT-4.4.0-1]: unacknowledged messages go again with their ids, DUP set. */
-	if (state == MSG_INFLIGHT && pid != 0 && !pid_in_use(c, pid) && c->pend_head == NULL &&
-	    inflight_room(w, c))
+	/*
+	 * [MQTT-4.4.0-1]: unacknowledged messages go again with their ids, DUP
+	 * set. Anything else (or no memory for the QoS state) is deliver_qos's.
+	 */
+	q = conn_qos(c);
+	if (q != NULL && state == MSG_INFLIGHT && pid != 0 && !pid_in_use(q, pid) &&
+	    q->pend_head == NULL && inflight_room(w, q))
 		inflight_send(w, c, m, qos, pid, true, copy);
 	else
 		deliver_qos(w, c, m, qos, copy);
@@ -1473,7 +1651,7 @@ static void worker_config_changed(struct worker *w)
 	for (uint32_t i = 0; i < w->n_slots; i++) {
 		struct conn *c = w->slots[i];
 
-		if (c != NULL && c->state == CS_ACTIVE && c->pend_head != NULL)
+		if (c != NULL && c->state == CS_ACTIVE && c->qos != NULL && c->qos->pend_head != NULL)
 			pending_pump(w, c);
 	}
 }
