@@ -1,6 +1,6 @@
 /*
  * ipc.c - the control plane's message transport: one datagram per message
- * on a SOCK_SEQPACKET socketpair, with at most one fd (see ipc.h).
+ * on a SOCK_SEQPACKET socketpair, with up to IPC_MAX_FDS fds (see ipc.h).
  *
  * Owns the wire framing (struct ipc_hdr + payload) and the fd hygiene of
  * the receiving side: every received fd is close-on-exec from the start,
@@ -15,19 +15,19 @@
 #include "ipc.h"
 
 /*
- * Room for more fds than a message may carry, so that a peer sending
- * extras does not make the message fail (MSG_CTRUNC): we get them all and
- * close the surplus. Beyond this many the message is dropped as truncated.
+ * Room for every fd one sendmsg can carry (the kernel's SCM_MAX_FD), more
+ * than a message may: a peer sending extras does not make the message fail
+ * (MSG_CTRUNC); we get them all and close the surplus.
  */
-#define IPC_MAX_RECV_FDS 16
+#define IPC_RECV_FD_ROOM 253
 
 union ipc_cmsg_send {
-	char buf[CMSG_SPACE(sizeof(int))];
+	char buf[CMSG_SPACE(sizeof(int) * IPC_MAX_FDS)];
 	struct cmsghdr align;
 };
 
 union ipc_cmsg_recv {
-	char buf[CMSG_SPACE(sizeof(int) * IPC_MAX_RECV_FDS)];
+	char buf[CMSG_SPACE(sizeof(int) * IPC_RECV_FD_ROOM)];
 	struct cmsghdr align;
 };
 
@@ -39,7 +39,8 @@ void ipc_set_process(void)
 	ipc_pid = (uint32_t)getpid();
 }
 
-int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t len, int fd)
+int ipc_send_fds(int sock, uint32_t type, uint32_t peer, const void *data, size_t len,
+		 const int *fds, unsigned nfds)
 {
 	struct ipc_hdr hdr = { .type = type, .len = (uint32_t)len, .peer = peer,
 			       .pid = ipc_pid ? ipc_pid : (uint32_t)getpid() };
@@ -55,17 +56,21 @@ int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t le
 		errno = EMSGSIZE;
 		return -1;
 	}
-	if (fd >= 0) {
+	if (nfds > IPC_MAX_FDS) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (nfds > 0) {
 		struct cmsghdr *c;
 
 		memset(&cmsg, 0, sizeof(cmsg));
 		msg.msg_control = cmsg.buf;
-		msg.msg_controllen = sizeof(cmsg.buf);
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
 		c = CMSG_FIRSTHDR(&msg);
 		c->cmsg_level = SOL_SOCKET;
 		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
 	}
 	/* MSG_NOSIGNAL: a dead peer is an error to handle, not a reason to die of SIGPIPE. */
 	do
@@ -80,14 +85,25 @@ int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t le
 	return 0;
 }
 
+int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t len, int fd)
+{
+	return ipc_send_fds(sock, type, peer, data, len, &fd, fd >= 0 ? 1 : 0);
+}
+
+static void close_fds(const int *fds, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		close(fds[i]);
+}
+
 /*
- * Walk the ancillary data: keep the first fd, close every other one. A
- * message carries at most one fd by contract; more is a peer's bug, and
+ * Walk the ancillary data: keep the first max fds in the order sent, close
+ * every other one. More than the contract allows is a peer's bug, and
  * leaking the rest would slowly exhaust our fd table.
  */
-static int ipc_take_fds(struct msghdr *msg)
+static unsigned ipc_take_fds(struct msghdr *msg, int *fds, unsigned max)
 {
-	int keep = -1;
+	unsigned kept = 0;
 
 	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
 		size_t n;
@@ -99,16 +115,17 @@ static int ipc_take_fds(struct msghdr *msg)
 			int fd;
 
 			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-			if (keep < 0)
-				keep = fd;
+			if (kept < max)
+				fds[kept++] = fd;
 			else
 				close(fd);
 		}
 	}
-	return keep;
+	return kept;
 }
 
-ssize_t ipc_recv(int sock, struct ipc_hdr *hdr, void *data, size_t cap, int *fd_r)
+ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
+		     int *fds, unsigned max_fds, unsigned *nfds_r)
 {
 	struct iovec iov[2] = {
 		{ .iov_base = hdr, .iov_len = sizeof(*hdr) },
@@ -120,9 +137,9 @@ ssize_t ipc_recv(int sock, struct ipc_hdr *hdr, void *data, size_t cap, int *fd_
 		.msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf),
 	};
 	ssize_t n;
-	int fd;
+	unsigned nfds;
 
-	*fd_r = -1;
+	*nfds_r = 0;
 	memset(hdr, 0, sizeof(*hdr));
 	/* MSG_CMSG_CLOEXEC: no window in which a fork+exec elsewhere could inherit the fd. */
 	do
@@ -130,21 +147,35 @@ ssize_t ipc_recv(int sock, struct ipc_hdr *hdr, void *data, size_t cap, int *fd_
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -1;
-	fd = ipc_take_fds(&msg);
-	if (n == 0 && fd < 0)
+	nfds = ipc_take_fds(&msg, fds, max_fds < IPC_MAX_FDS ? max_fds : IPC_MAX_FDS);
+	if (n == 0 && nfds == 0)
 		return 0;                     /* EOF: hdr->type is 0 */
-	if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+	if (msg.msg_flags & MSG_TRUNC) {
 		errno = EMSGSIZE;
+		goto fail;
+	}
+	/* There is room for every fd a message can carry: some could not be installed. */
+	if (msg.msg_flags & MSG_CTRUNC) {
+		errno = EMFILE;
 		goto fail;
 	}
 	if ((size_t)n < sizeof(*hdr) || hdr->len != (size_t)n - sizeof(*hdr)) {
 		errno = EBADMSG;
 		goto fail;
 	}
-	*fd_r = fd;
+	*nfds_r = nfds;
 	return (ssize_t)hdr->len;
 fail:
-	if (fd >= 0)
-		close(fd);
+	close_fds(fds, nfds);
 	return -1;
+}
+
+ssize_t ipc_recv(int sock, struct ipc_hdr *hdr, void *data, size_t cap, int *fd_r)
+{
+	unsigned nfds;
+	ssize_t n = ipc_recv_fds(sock, hdr, data, cap, fd_r, 1, &nfds);
+
+	if (nfds == 0)
+		*fd_r = -1;
+	return n;
 }

@@ -1,17 +1,17 @@
 /*
- * listener.c - the listener role: accepts connections and hands each one
- * to a worker.
+ * listener.c - the listener role: accepts connections and hands them to
+ * the workers.
  *
  * Owns nothing durable: the listening sockets are the supervisor's (a
  * restarted listener inherits them) and the counters it balances on live in
- * shared memory. A client fd crosses to the chosen worker over its
- * SOCK_SEQPACKET channel with SCM_RIGHTS; the listener closes its copy.
+ * shared memory. The connections accepted in one go cross to their chosen
+ * workers over their SOCK_SEQPACKET channels with SCM_RIGHTS, one message
+ * per worker; the listener closes its copies.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -21,7 +21,7 @@
 #include "log.h"
 #include "role.h"
 
-#define ACCEPT_BATCH 64
+#define ACCEPT_BATCH IPC_MAX_FDS     /* accepted per wake-up: one batch, at most one message per worker */
 
 struct listener {
 	struct role_env *env;
@@ -31,23 +31,69 @@ struct listener {
 	unsigned last_worker;                /* the worker chosen last */
 };
 
-static void format_remote(const struct sockaddr_storage *ss, char *out, size_t len)
-{
-	char host[INET6_ADDRSTRLEN] = "?";
+/*
+ * Connections accepted in one go, not yet handed over. Until a worker's
+ * message is sent they count in pending[], so that balancing and
+ * max_connections see each of them as if it had been handed already.
+ */
+struct batch {
+	unsigned n;
+	int fd[ACCEPT_BATCH];                /* -1 once handed over or refused */
+	int worker[ACCEPT_BATCH];            /* the worker chosen for it */
+	struct ipc_client info[ACCEPT_BATCH];
+	unsigned pending[IOTD_MAX_WORKERS];  /* chosen for worker i, not yet sent */
+	bool skip[IOTD_MAX_WORKERS];         /* its channel refused a message in this batch */
+};
 
+/* Decimal digits of v at p; returns the end. */
+static char *put_uint(char *p, unsigned v)
+{
+	char digits[10];
+	int n = 0;
+
+	do
+		digits[n++] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	while (n > 0)
+		*p++ = digits[--n];
+	return p;
+}
+
+/*
+ * "1.2.3.4:port", "[v6]:port" or "local". By hand for IPv4 (glibc's
+ * inet_ntop formats it with sprintf), inet_ntop's rules for IPv6: this
+ * runs once per connection in the listener.
+ */
+static void format_remote(const struct sockaddr_storage *ss, struct ipc_client *info)
+{
+	char *p = info->remote;
+
+	memset(info, 0, sizeof(*info));     /* all of it crosses to the worker */
 	if (ss->ss_family == AF_INET) {
 		const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+		const unsigned char *a = (const unsigned char *)&sin->sin_addr;
 
-		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
-		snprintf(out, len, "%s:%u", host, ntohs(sin->sin_port));
+		for (int i = 0; i < 4; i++) {
+			p = put_uint(p, a[i]);
+			*p++ = i < 3 ? '.' : ':';
+		}
+		p = put_uint(p, ntohs(sin->sin_port));
 	} else if (ss->ss_family == AF_INET6) {
 		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
 
-		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
-		snprintf(out, len, "[%s]:%u", host, ntohs(sin6->sin6_port));
+		/* "[" + INET6_ADDRSTRLEN - 1 + "]:65535" + NUL fits in remote[64]. */
+		*p++ = '[';
+		if (inet_ntop(AF_INET6, &sin6->sin6_addr, p, INET6_ADDRSTRLEN) == NULL)
+			strcpy(p, "?");
+		p += strlen(p);
+		*p++ = ']';
+		*p++ = ':';
+		p = put_uint(p, ntohs(sin6->sin6_port));
 	} else {
-		snprintf(out, len, "local");
+		memcpy(p, "local", 5);
+		p += 5;
 	}
+	*p = '\0';
 }
 
 /* Connections a worker holds plus those on their way to it. */
@@ -69,7 +115,7 @@ static uint64_t total_load(const struct listener *l)
 }
 
 /* Least-loaded live worker first; a dead worker's channel just queues. */
-static int pick_worker(const struct listener *l, const bool *skip)
+static int pick_worker(const struct listener *l, const struct batch *b)
 {
 	unsigned n = l->env->nworkers;
 	int best = -1;
@@ -80,9 +126,9 @@ static int pick_worker(const struct listener *l, const bool *skip)
 		unsigned i = (l->last_worker + k) % n;
 		uint64_t load;
 
-		if (skip[i])
+		if (b->skip[i])
 			continue;
-		load = worker_load(l, i);
+		load = worker_load(l, i) + b->pending[i];
 		/* A worker out of file descriptors would have the fd dropped in transit. */
 		if (load >= atomic_load(&l->env->shm->workers[i].capacity) &&
 		    atomic_load(&l->env->shm->workers[i].alive))
@@ -97,36 +143,106 @@ static int pick_worker(const struct listener *l, const bool *skip)
 	return best;
 }
 
-static void hand_over(struct listener *l, int fd, const struct sockaddr_storage *ss)
+/* Choose a worker for connection i of the batch, or refuse it (closed). */
+static void place(struct listener *l, struct batch *b, unsigned i)
 {
-	struct ipc_client info;
-	bool skip[IOTD_MAX_WORKERS] = { false };
-	int w;
+	int w = pick_worker(l, b);
 
-	memset(&info, 0, sizeof(info));
-	format_remote(ss, info.remote, sizeof(info.remote));
-	while ((w = pick_worker(l, skip)) >= 0) {
-		if (ipc_send(l->env->chan_listener[w], IPC_CLIENT_FD, (uint32_t)w, &info,
-			     sizeof(info), fd) == 0) {
-			atomic_fetch_add(&l->env->shm->workers[w].handed, 1);
-			l->last_worker = (unsigned)w;
-			l->full_logged = false;
-			log_debug("connection from %s to worker %d", info.remote, w);
-			close(fd);
-			return;
-		}
-		skip[w] = true;
+	if (w >= 0) {
+		b->worker[i] = w;
+		b->pending[w]++;
+		l->last_worker = (unsigned)w;
+		return;
 	}
 	if (!l->full_logged)
 		log_warn("no worker can take the connection from %s (all at their open-file "
-			 "limit or channels full); refusing connections", info.remote);
+			 "limit or channels full); refusing connections", b->info[i].remote);
 	l->full_logged = true;
-	close(fd);
+	close(b->fd[i]);
+	b->fd[i] = -1;
+}
+
+/*
+ * One message to worker w with every connection chosen for it. Counted
+ * as handed once sent; on failure (its channel full or gone) they are
+ * placed again, elsewhere.
+ */
+static void send_to_worker(struct listener *l, struct batch *b, unsigned w)
+{
+	struct ipc_client info[ACCEPT_BATCH];
+	int fds[ACCEPT_BATCH];
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < b->n; i++) {
+		if (b->fd[i] >= 0 && b->worker[i] == (int)w) {
+			fds[n] = b->fd[i];
+			info[n++] = b->info[i];
+		}
+	}
+	b->pending[w] = 0;
+	if (ipc_send_fds(l->env->chan_listener[w], IPC_CLIENT_FD, w, info, n * sizeof(info[0]),
+			 fds, n) < 0) {
+		b->skip[w] = true;
+		for (unsigned i = 0; i < b->n; i++)
+			if (b->fd[i] >= 0 && b->worker[i] == (int)w)
+				place(l, b, i);
+		return;
+	}
+	atomic_fetch_add(&l->env->shm->workers[w].handed, n);
+	l->full_logged = false;
+	for (unsigned i = 0; i < b->n; i++) {
+		if (b->fd[i] >= 0 && b->worker[i] == (int)w) {
+			log_debug("connection from %s to worker %u", b->info[i].remote, w);
+			close(b->fd[i]);
+			b->fd[i] = -1;
+		}
+	}
+}
+
+/* Send until nothing is pending: each failed channel is skipped from then on. */
+static void hand_over(struct listener *l, struct batch *b)
+{
+	bool again;
+
+	do {
+		again = false;
+		for (unsigned w = 0; w < l->env->nworkers; w++) {
+			if (b->pending[w] > 0) {
+				send_to_worker(l, b, w);
+				again = true;
+			}
+		}
+	} while (again);
+}
+
+/* May one more connection come in, with the batch's own counted? */
+static bool admit(struct listener *l, const struct batch *b)
+{
+	if (atomic_load(&l->env->shm->memory_pressure)) {
+		if (!l->full_logged)
+			log_warn("memory_limit reached; refusing new connections");
+		l->full_logged = true;
+		return false;
+	}
+	if (total_load(l) + b->n >= (uint64_t)l->env->cfg->max_connections) {
+		if (!l->full_logged)
+			log_warn("max_connections (%ld) reached; refusing new connections",
+				 l->env->cfg->max_connections);
+		l->full_logged = true;
+		return false;
+	}
+	return true;
 }
 
 static void accept_some(struct listener *l, int lfd)
 {
-	for (int n = 0; n < ACCEPT_BATCH; n++) {
+	struct batch b;
+
+	b.n = 0;
+	memset(b.pending, 0, sizeof(b.pending));
+	memset(b.skip, 0, sizeof(b.skip));
+	/* Refused ones count too: a flood past max_connections does not keep us here. */
+	for (int k = 0; k < ACCEPT_BATCH; k++) {
 		struct sockaddr_storage ss;
 		socklen_t slen = sizeof(ss);
 		int fd = accept4(lfd, (struct sockaddr *)&ss, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -134,26 +250,18 @@ static void accept_some(struct listener *l, int lfd)
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
 				log_warn("accept: %s", strerror(errno));
-			return;
+			break;
 		}
-		if (atomic_load(&l->env->shm->memory_pressure)) {
-			if (!l->full_logged)
-				log_warn("memory_limit reached; refusing new connections");
-			l->full_logged = true;
-			close(fd);
-			continue;
-		}
-		if (total_load(l) >= (uint64_t)l->env->cfg->max_connections) {
-			if (!l->full_logged)
-				log_warn("max_connections (%ld) reached; refusing new connections",
-					 l->env->cfg->max_connections);
-			l->full_logged = true;
+		if (!admit(l, &b)) {
 			close(fd);
 			continue;
 		}
 		atomic_fetch_add(&l->env->shm->connects, 1);
-		hand_over(l, fd, &ss);
+		b.fd[b.n] = fd;
+		format_remote(&ss, &b.info[b.n]);
+		place(l, &b, b.n++);
 	}
+	hand_over(l, &b);
 }
 
 static void stop_accepting(struct listener *l)

@@ -1609,26 +1609,76 @@ static void check_deadlines(struct worker *w)
 	}
 }
 
+/*
+ * Connections taken per loop turn, so that a burst of them does not hold
+ * up the clients already served. Messages are taken whole: a turn may
+ * take up to IPC_MAX_FDS - 1 more.
+ */
+#define ACCEPT_PER_TURN 64
+
+/*
+ * How many connections the listener counted as handed in this message:
+ * one per struct ipc_client in its payload, whether or not their fds
+ * made it. Nothing else comes over the channel.
+ */
+static unsigned handed_in(const struct ipc_hdr *hdr)
+{
+	if (hdr->type != IPC_CLIENT_FD)
+		return 0;
+	return MIN(hdr->len / sizeof(struct ipc_client), (unsigned)IPC_MAX_FDS);
+}
+
+/* Returns how many of the message's connections were taken; every other fd is closed. */
+static unsigned take_clients(struct worker *w, const struct ipc_hdr *hdr, size_t len,
+			     struct ipc_client *info, const int *fds, unsigned nfds)
+{
+	unsigned taken = 0;
+
+	/* One fd per struct ipc_client, in the same order; anything else is not ours to guess. */
+	if (hdr->type != IPC_CLIENT_FD || nfds == 0 || len != nfds * sizeof(*info)) {
+		if (hdr->type == IPC_CLIENT_FD)
+			log_error("a malformed hand-over from the listener (%u fds, %zu bytes); "
+				  "closing its connections", nfds, len);
+		for (unsigned i = 0; i < nfds; i++)
+			close(fds[i]);
+		return 0;
+	}
+	for (unsigned i = 0; i < nfds; i++) {
+		info[i].remote[sizeof(info[i].remote) - 1] = '\0';
+		if (conn_new(w, fds[i], &info[i]))       /* it closes the fd when it cannot take it */
+			taken++;
+	}
+	return taken;
+}
+
 static void accept_clients(struct worker *w)
 {
-	for (int i = 0; i < 64; i++) {
-		struct ipc_hdr hdr;
-		struct ipc_client info;
-		int fd = -1;
-		ssize_t n = ipc_recv(w->env->chan_worker[w->index], &hdr, &info, sizeof(info), &fd);
+	struct worker_shm *ws = &w->env->shm->workers[w->index];
 
-		if (n < 0 || hdr.type == 0)
+	for (unsigned turn = 0; turn < ACCEPT_PER_TURN;) {
+		struct ipc_hdr hdr;
+		struct ipc_client info[IPC_MAX_FDS];
+		int fds[IPC_MAX_FDS];
+		unsigned nfds, handed, taken = 0;
+		ssize_t n = ipc_recv_fds(w->env->chan_worker[w->index], &hdr, info, sizeof(info),
+					 fds, IPC_MAX_FDS, &nfds);
+
+		/* Dropped messages did come: what they carried is accounted for below. */
+		if (n < 0 && errno != EMSGSIZE && errno != EBADMSG && errno != EMFILE)
 			return;
-		/* At once: should this worker die now, the supervisor counts the fd as gone. */
-		atomic_fetch_add(&w->env->shm->workers[w->index].accepted, 1);
-		if (hdr.type == IPC_CLIENT_FD && fd >= 0 && (size_t)n == sizeof(info)) {
-			info.remote[sizeof(info.remote) - 1] = '\0';
-			if (conn_new(w, fd, &info))
-				continue;
-		} else if (fd >= 0) {
-			close(fd);
-		}
-		atomic_fetch_add(&w->env->shm->workers[w->index].released, 1);
+		if (n == 0 && hdr.type == 0)
+			return;
+		handed = handed_in(&hdr);
+		/* At once: should this worker die now, the supervisor counts them as gone. */
+		atomic_fetch_add(&ws->accepted, handed);
+		if (n < 0)    /* its fds are closed already */
+			log_error("a hand-over of %u connection(s) from the listener failed: %s; "
+				  "they are closed", handed, strerror(errno));
+		else
+			taken = take_clients(w, &hdr, (size_t)n, info, fds, nfds);
+		if (handed > taken)
+			atomic_fetch_add(&ws->released, handed - taken);
+		turn += MAX(handed, 1u);
 	}
 }
 

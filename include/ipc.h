@@ -1,10 +1,11 @@
 /*
  * ipc.h - control plane: small typed messages over SOCK_SEQPACKET
- * socketpairs, with at most one file descriptor attached (SCM_RIGHTS).
+ * socketpairs, with file descriptors attached (SCM_RIGHTS): at most one,
+ * except IPC_CLIENT_FD, which carries up to IPC_MAX_FDS.
  *
  * Every message is one datagram: a fixed header and up to IPC_MAX_PAYLOAD
- * bytes. Sending an fd does not close it (the caller does, once sent);
- * a received fd is close-on-exec and owned by the receiver; extra fds that
+ * bytes. Sending fds does not close them (the caller does, once sent);
+ * received fds are close-on-exec and owned by the receiver; extra fds that
  * arrive are closed. Returns follow libc: -1 and errno on failure.
  */
 #ifndef IOTD_IPC_H
@@ -14,13 +15,18 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 3            /* bump whenever enum ipc_type or a payload changes */
+#define IPC_VERSION 4            /* bump whenever enum ipc_type or a payload changes */
 #define IPC_MAX_PAYLOAD 4096
+/*
+ * Fds one message may carry: a full IPC_CLIENT_FD payload, and well under
+ * the kernel's SCM_MAX_FD (253).
+ */
+#define IPC_MAX_FDS 64
 
 enum ipc_type {
 	IPC_READY = 1,        /* child -> supervisor: set up and serving */
 	IPC_SHUTDOWN,         /* supervisor -> child: graceful stop (payload: none) */
-	IPC_CLIENT_FD,        /* listener -> worker: fd + struct ipc_client */
+	IPC_CLIENT_FD,        /* listener -> worker: n fds + n struct ipc_client, in the same order */
 	IPC_PING,             /* supervisor -> child: health check */
 	IPC_PONG,             /* child -> supervisor */
 	IPC_STOP_ACCEPT,      /* supervisor -> listener: close listening sockets */
@@ -36,9 +42,12 @@ struct ipc_hdr {
 	uint32_t pid;                /* sender */
 };
 
-struct ipc_client {              /* payload of IPC_CLIENT_FD */
+struct ipc_client {              /* one per connection in an IPC_CLIENT_FD payload */
 	char remote[64];             /* "127.0.0.1:53412" or "[::1]:53412" */
 };
+
+_Static_assert(IPC_MAX_FDS * sizeof(struct ipc_client) <= IPC_MAX_PAYLOAD,
+	       "a full batch of connections fits one message");
 
 /*
  * Remember this process's pid for the headers; call it again in a child
@@ -48,6 +57,9 @@ void ipc_set_process(void);
 
 /* Send one message; fd < 0 sends none. Non-blocking sockets may fail with EAGAIN. */
 int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t len, int fd);
+/* Send one message with nfds fds (0 to IPC_MAX_FDS; more fails with EINVAL). */
+int ipc_send_fds(int sock, uint32_t type, uint32_t peer, const void *data, size_t len,
+		 const int *fds, unsigned nfds);
 /*
  * Receive one message. On success returns the payload length (copied into
  * data, at most cap bytes: a longer message fails with EMSGSIZE) and sets
@@ -55,5 +67,16 @@ int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t le
  * -1 with errno on error (EAGAIN when nothing is waiting).
  */
 ssize_t ipc_recv(int sock, struct ipc_hdr *hdr, void *data, size_t cap, int *fd_r);
+/*
+ * ipc_recv() for a message with up to max_fds fds (at most IPC_MAX_FDS):
+ * sets fds[0 .. *nfds_r - 1] in the order sent and closes any beyond
+ * max_fds. On failure no fd is left open and *nfds_r is 0. A message that
+ * did arrive but is dropped - longer than cap (EMSGSIZE), malformed
+ * (EBADMSG), or with fds this process had no room for (EMFILE: the whole
+ * message is dropped) - leaves *hdr as it came, so that a caller can
+ * still account for what the sender meant to send.
+ */
+ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
+		     int *fds, unsigned max_fds, unsigned *nfds_r);
 
 #endif

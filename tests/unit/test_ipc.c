@@ -1,7 +1,7 @@
 /*
  * test_ipc.c - unit tests of the control-plane transport: messages with
- * and without an fd over a SOCK_SEQPACKET socketpair, EOF, truncation and
- * the fd hygiene of the receiver.
+ * no fd, one fd or a batch of fds over a SOCK_SEQPACKET socketpair, EOF,
+ * truncation and the fd hygiene of the receiver.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -260,6 +261,112 @@ static void test_every_fd_is_released(void **state)
 	close(fd);
 }
 
+/* n pipes; the write ends go in a message, the read ends stay here. */
+static void make_pipes(int (*p)[2], int *ends, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		assert_int_equal(pipe2(p[i], O_NONBLOCK | O_CLOEXEC), 0);
+		ends[i] = p[i][1];
+	}
+}
+
+static void test_batch_of_fds_arrives_in_order(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_client cl[5], got[IPC_MAX_FDS];
+	struct ipc_hdr hdr;
+	int p[5][2], ends[5], fds[IPC_MAX_FDS];
+	unsigned nfds = 99;
+
+	memset(cl, 0, sizeof(cl));
+	for (int i = 0; i < 5; i++)
+		snprintf(cl[i].remote, sizeof(cl[i].remote), "10.0.0.%d:%d", i, 1000 + i);
+	make_pipes(p, ends, 5);
+	assert_int_equal(ipc_send_fds(e->a, IPC_CLIENT_FD, 1, cl, sizeof(cl), ends, 5), 0);
+	for (int i = 0; i < 5; i++)
+		close(p[i][1]);
+	assert_int_equal(ipc_recv_fds(e->b, &hdr, got, sizeof(got), fds, IPC_MAX_FDS, &nfds),
+			 sizeof(cl));
+	assert_int_equal(hdr.type, IPC_CLIENT_FD);
+	assert_int_equal(hdr.peer, 1);
+	assert_int_equal(nfds, 5);
+	for (int i = 0; i < 5; i++) {
+		char c;
+
+		assert_string_equal(got[i].remote, cl[i].remote);
+		assert_int_equal(fcntl(fds[i], F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+		/* fds[i] is the write end of pipe i: what goes in comes out there. */
+		assert_int_equal(write(fds[i], "x", 1), 1);
+		assert_int_equal(read(p[i][0], &c, 1), 1);
+		close(fds[i]);
+		assert_int_equal(read(p[i][0], &c, 1), 0);
+		close(p[i][0]);
+	}
+}
+
+static void test_fds_beyond_max_are_closed(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_hdr hdr;
+	int p[3][2], ends[3], fds[2];
+	unsigned nfds;
+	char c;
+
+	make_pipes(p, ends, 3);
+	assert_int_equal(ipc_send_fds(e->a, IPC_CLIENT_FD, 0, NULL, 0, ends, 3), 0);
+	for (int i = 0; i < 3; i++)
+		close(p[i][1]);
+	assert_int_equal(ipc_recv_fds(e->b, &hdr, NULL, 0, fds, 2, &nfds), 0);
+	assert_int_equal(nfds, 2);
+	close(fds[0]);
+	close(fds[1]);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(read(p[i][0], &c, 1), 0);     /* no writer left anywhere */
+		close(p[i][0]);
+	}
+}
+
+static void test_more_fds_than_a_message_carries_is_refused(void **state)
+{
+	struct ends *e = *state;
+	int fds[IPC_MAX_FDS + 1];
+
+	for (int i = 0; i <= IPC_MAX_FDS; i++)
+		fds[i] = 0;
+	errno = 0;
+	assert_int_equal(ipc_send_fds(e->a, IPC_CLIENT_FD, 0, NULL, 0, fds, IPC_MAX_FDS + 1), -1);
+	assert_int_equal(errno, EINVAL);
+}
+
+static void test_dropped_batch_keeps_its_header_and_closes_every_fd(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_client cl[4];
+	struct ipc_hdr hdr;
+	char small[64];
+	int p[4][2], ends[4], fds[IPC_MAX_FDS];
+	unsigned nfds = 99;
+	char c;
+
+	memset(cl, 0, sizeof(cl));
+	make_pipes(p, ends, 4);
+	assert_int_equal(ipc_send_fds(e->a, IPC_CLIENT_FD, 0, cl, sizeof(cl), ends, 4), 0);
+	for (int i = 0; i < 4; i++)
+		close(p[i][1]);
+	errno = 0;
+	assert_int_equal(ipc_recv_fds(e->b, &hdr, small, sizeof(small), fds, IPC_MAX_FDS, &nfds),
+			 -1);
+	assert_int_equal(errno, EMSGSIZE);
+	assert_int_equal(nfds, 0);
+	/* What the sender meant: a caller can still count it. */
+	assert_int_equal(hdr.type, IPC_CLIENT_FD);
+	assert_int_equal(hdr.len, sizeof(cl));
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(read(p[i][0], &c, 1), 0);
+		close(p[i][0]);
+	}
+}
+
 #define PAIR_TEST(f) cmocka_unit_test_setup_teardown(f, pair_setup, pair_teardown)
 
 int main(void)
@@ -273,6 +380,10 @@ int main(void)
 		PAIR_TEST(test_extra_fds_are_closed),
 		PAIR_TEST(test_short_or_inconsistent_message_is_rejected),
 		PAIR_TEST(test_every_fd_is_released),
+		PAIR_TEST(test_batch_of_fds_arrives_in_order),
+		PAIR_TEST(test_fds_beyond_max_are_closed),
+		PAIR_TEST(test_more_fds_than_a_message_carries_is_refused),
+		PAIR_TEST(test_dropped_batch_keeps_its_header_and_closes_every_fd),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
