@@ -120,6 +120,7 @@ struct conn {
 	bool want_out;               /* EPOLLOUT armed */
 	bool dirty;                  /* in the flush list */
 	bool drop_logged;
+	bool in_off;                 /* EPOLLIN left out of its epoll registration */
 	/* "127.0.0.1:53412" or "[::1]:53412", NUL, the client id (empty before CONNECT), NUL */
 	char remote[];
 };
@@ -373,8 +374,8 @@ static int conn_epoll_mod(struct worker *w, struct conn *c)
 	struct epoll_event ev = { .data.ptr = c };
 
 	/* EPOLLRDHUP even when not reading: a client that leaves is always noticed. */
-	ev.events = EPOLLRDHUP | (c->paused || c->throttled ? 0 : EPOLLIN) |
-		    (c->want_out ? EPOLLOUT : 0);
+	c->in_off = c->paused || c->throttled;
+	ev.events = EPOLLRDHUP | (c->in_off ? 0 : EPOLLIN) | (c->want_out ? EPOLLOUT : 0);
 	return epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -1101,17 +1102,20 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		id = (const char *)ck->client_id.p;
 		len = strnlen(id, ck->client_id.len);
 	}
-	/*
-	 * Nothing else from this client until the router has placed its
-	 * session: set before the move, whose epoll update then covers it.
-	 */
-	c->paused = true;
 	c = conn_add_client_id(w, c, id, len);
 	if (c == NULL) {
 		conn_close(w, *cp, false, strerror(errno));
 		return PKT_CLOSED;
 	}
 	*cp = c;
+	/*
+	 * Nothing else from this client until the router has placed its
+	 * session. EPOLLIN stays in the registration the move just updated,
+	 * and goes only if more input comes meanwhile (see worker_main): most
+	 * clients wait for their CONNACK, and taking it out and back would
+	 * cost an epoll_ctl call more per connection.
+	 */
+	c->paused = true;
 	c->clean = ck->clean_session;
 	c->keepalive = ck->keepalive ? ck->keepalive : (uint16_t)cfg->keep_alive_timeout_secs;
 	recw_reset(&w->rw);
@@ -1361,7 +1365,8 @@ static void rec_connack(struct worker *w, struct recr *r)
 	log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "connected (clean session %d%s)",
 		   c->clean, sp ? ", session resumed" : "");
 	c->paused = false;
-	conn_set_events(w, c);
+	if (c->in_off)
+		conn_set_events(w, c);
 	if (buf_held(c->in) > 0)
 		conn_process_input(w, c);
 }
@@ -1858,6 +1863,9 @@ int worker_main(struct role_env *env)
 				if (w.throttled && c->state == CS_ACTIVE &&
 				    !(evs[i].events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
 					throttle_conn(&w, c);
+				else if (c->paused && !c->in_off &&
+					 !(evs[i].events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
+					conn_set_events(&w, c);   /* input before its CONNACK: left in the kernel */
 				else
 					conn_read(&w, c);
 			}

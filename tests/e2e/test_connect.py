@@ -1,9 +1,13 @@
 """CONNECT handling: acceptance, refusal codes and protocol violations."""
 
+import os
+import signal
+import time
+
 import pytest
 
 import mqttraw as m
-from helpers import T, uid
+from helpers import T, proc_title, uid
 
 
 IGNORED_BY_MOSQUITTO = pytest.mark.mosquitto_differs(
@@ -141,6 +145,34 @@ def test_pingreq_gets_pingresp(broker):
             c.send(m.pingreq())
             p = c.expect(m.PINGRESP)
             assert p.flags == 0 and p.body == b""
+
+
+@pytest.mark.iotd_only
+def test_packets_sent_before_the_connack_are_handled_after_it(broker):
+    """Packets that arrive while the worker waits for the router to place the
+    session (the router is stopped meanwhile) wait, and are handled in order
+    once the CONNACK is out."""
+    router = next(p for p in broker.pids() if proc_title(p).startswith("iotd: router"))
+    with raw(broker) as c, raw(broker) as sub:
+        sub.connect(uid("early-sub"))
+        sub.subscribe([("early/t", 0)])
+        os.kill(router, signal.SIGSTOP)
+        try:
+            c.send(m.connect(uid("early")))
+            time.sleep(0.2)                  # its CONNECT is read: the worker waits
+            c.send(m.subscribe(1, [("early/t", 0)]))
+            time.sleep(0.1)
+            c.send(m.publish("early/t", b"early") + m.pingreq())
+            c.expect_no_packet(0.3)          # nothing before the CONNACK
+        finally:
+            os.kill(router, signal.SIGCONT)
+        assert c.expect(m.CONNACK, T(5)).rc == 0
+        # The worker answers PINGREQ itself, the router SUBSCRIBE: no order between them.
+        got = {p.type: p for p in (c.recv_packet(T(5)) for _ in range(3))}
+        assert sorted(got) == sorted([m.SUBACK, m.PUBLISH, m.PINGRESP]), got
+        assert got[m.SUBACK].body[-1:] == b"\x00"
+        assert got[m.PUBLISH].payload == b"early"
+        assert sub.recv_publish(T(5)).payload == b"early"
 
 
 @pytest.mark.parametrize("bad_id", [
