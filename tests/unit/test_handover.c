@@ -195,7 +195,11 @@ static int listen_loopback(int family)
 	return fd;
 }
 
-/* Connect n clients to the listening socket; the handshakes complete in the kernel's backlog. */
+/*
+ * Connect n clients to the listening socket, each sending the first byte of
+ * a CONNECT: the listener defers accepting a connection until its client
+ * has spoken (TCP_DEFER_ACCEPT).
+ */
 static void connect_clients(int lfd, int *clients, int n)
 {
 	struct sockaddr_storage ss;
@@ -206,6 +210,7 @@ static void connect_clients(int lfd, int *clients, int n)
 		clients[i] = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		assert_true(clients[i] >= 0);
 		assert_int_equal(connect(clients[i], (struct sockaddr *)&ss, len), 0);
+		assert_int_equal(send(clients[i], "\x10", 1, 0), 1);
 	}
 }
 
@@ -343,7 +348,7 @@ static void burst(struct fx *f, int *clients, int n)
 	assert_int_equal(kill(f->pid, SIGSTOP), 0);
 	wait_state(f->pid, 'T');
 	connect_clients(f->env.listen_fds[0], clients, n);
-	poll(NULL, 0, 20);             /* the last handshakes land in the accept queue */
+	poll(NULL, 0, 20);             /* the last first bytes land: all are in the accept queue */
 	assert_int_equal(kill(f->pid, SIGCONT), 0);
 }
 
