@@ -998,6 +998,9 @@ static void child_message(struct supervisor *sv, struct child *c)
 
 	if (fd >= 0)
 		close(fd);
+	/* Nothing to read after all: the channel is fine, keep listening to it. */
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
 	if (n < 0 || hdr.type == 0) {
 		/* EOF: the child is exiting; SIGCHLD does the rest. */
 		epoll_ctl(sv->epfd, EPOLL_CTL_DEL, c->ctl_fd, NULL);

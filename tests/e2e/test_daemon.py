@@ -172,11 +172,8 @@ def test_empty_config_file_means_defaults(start_broker):
 
 def test_env_max_connections_refuses_third_connection(start_broker):
     # The broker fixture starts from an idle daemon (wait_idle). Each
-    # connection opens only once the one before has its CONNACK: the
-    # listener counts a connection a worker is taking over twice for a
-    # moment (the worker's count of connections held goes up before its
-    # count of connections taken from the listener), so two connections
-    # opened at once against max_connections = 2 can see the second refused.
+    # connection opens only once the one before has its CONNACK, so that
+    # the first two are surely held when the third arrives.
     b = start_broker(env={"IOTD_SERVER_MAX_CONNECTIONS": "2"})
     a = c2 = None
     try:
