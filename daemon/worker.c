@@ -73,8 +73,8 @@ struct inflight {
 	uint64_t copy;
 };
 
+/* A delivery waiting for room in the in-flight window. */
 struct pending {
-	struct pending *next;
 	struct qmsg *msg;
 	uint64_t copy;
 	uint8_t qos;
@@ -87,10 +87,15 @@ struct pending {
  */
 struct conn_qos {
 	struct inflight *inflight;   /* allocated while something is in flight or queued */
-	struct pending *pend_head, *pend_tail;
+	/*
+	 * The queue behind the window: a ring of cap_pending entries (a power
+	 * of 2), oldest at pend_first. An array rather than a list: a long
+	 * queue is pumped in order, and a list costs a cache miss per entry.
+	 */
+	struct pending *pend;
 	uint16_t *qos2_in;           /* inbound QoS 2 ids awaiting PUBREL */
 	size_t pending_bytes;
-	uint32_t n_pending;
+	uint32_t pend_first, n_pending, cap_pending;
 	uint32_t n_qos2_in, cap_qos2_in;
 	uint16_t n_inflight;
 	uint16_t cap_inflight;       /* entries allocated: max_inflight when allocated (it may change since) */
@@ -127,6 +132,32 @@ struct conn {
 
 static_assert(sizeof(struct conn) <= 72, "struct conn grew: every idle connection pays for it");
 static_assert(sizeof(struct conn_qos) <= 56, "struct conn_qos grew");
+
+/* Entry i of the queue, 0 the oldest. */
+static inline struct pending *pending_at(const struct conn_qos *q, uint32_t i)
+{
+	return &q->pend[(q->pend_first + i) & (q->cap_pending - 1)];
+}
+
+/* Double the queue's ring (oldest first in the new one); false when out of memory. */
+static bool pending_grow(struct conn_qos *q)
+{
+	uint32_t cap = q->cap_pending ? q->cap_pending * 2 : 16;
+	struct pending *ring;
+
+	if (cap < q->cap_pending)
+		return false;
+	ring = reallocarray(NULL, cap, sizeof(*ring));
+	if (ring == NULL)
+		return false;
+	for (uint32_t i = 0; i < q->n_pending; i++)
+		ring[i] = *pending_at(q, i);
+	free(q->pend);
+	q->pend = ring;
+	q->pend_first = 0;
+	q->cap_pending = cap;
+	return true;
+}
 
 /* A ring record that did not fit: kept in order until the router makes room. */
 struct backlog {
@@ -650,27 +681,26 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
 			rec_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos, false,
 					NULL, 0, NULL, 0);
 	}
-	for (struct pending *p = q->pend_head; p != NULL; p = p->next)
+	for (uint32_t i = 0; i < q->n_pending; i++) {
+		const struct pending *p = pending_at(q, i);
+
 		if (p->copy == 0)
 			rec_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
 					p->msg->data, p->msg->topic_len, p->msg->data + p->msg->topic_len,
 					p->msg->payload_len);
+	}
 }
 
 static void conn_qos_free(struct conn_qos *q)
 {
-	struct pending *p, *next;
-
 	if (q == NULL)
 		return;
 	for (uint16_t i = 0; i < q->n_inflight; i++)
 		qmsg_unref(q->inflight[i].msg);
 	free(q->inflight);
-	for (p = q->pend_head; p != NULL; p = next) {
-		next = p->next;
-		qmsg_unref(p->msg);
-		free(p);
-	}
+	for (uint32_t i = 0; i < q->n_pending; i++)
+		qmsg_unref(pending_at(q, i)->msg);
+	free(q->pend);
 	free(q->qos2_in);
 	free(q);
 }
@@ -756,11 +786,14 @@ static void conn_qos_trim(struct conn *c)
 {
 	struct conn_qos *q = c->qos;
 
-	if (q == NULL || q->n_inflight > 0 || q->pend_head != NULL)
+	if (q == NULL || q->n_inflight > 0 || q->n_pending > 0)
 		return;
 	free(q->inflight);
 	q->inflight = NULL;
 	q->cap_inflight = 0;
+	free(q->pend);
+	q->pend = NULL;
+	q->pend_first = q->cap_pending = 0;
 	if (q->n_qos2_in > 0)
 		return;
 	free(q->qos2_in);
@@ -837,7 +870,7 @@ static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 	if (q->n_pending >= (uint32_t)w->cfg->max_queued_messages ||
 	    (w->cfg->max_queued_bytes > 0 &&
 	     q->pending_bytes + bytes > (size_t)w->cfg->max_queued_bytes) ||
-	    (p = malloc(sizeof(*p))) == NULL) {
+	    (q->n_pending == q->cap_pending && !pending_grow(q))) {
 		if (!c->drop_logged)
 			log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
 				   "queue full (%u messages); dropping new messages", q->n_pending);
@@ -845,16 +878,11 @@ static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
-	p->next = NULL;
+	p = pending_at(q, q->n_pending);
 	p->msg = m;
 	p->copy = copy;
 	p->qos = qos;
 	m->refs++;
-	if (q->pend_tail)
-		q->pend_tail->next = p;
-	else
-		q->pend_head = p;
-	q->pend_tail = p;
 	q->n_pending++;
 	q->pending_bytes += bytes;
 }
@@ -870,7 +898,7 @@ static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
-	if (q->pend_head == NULL && inflight_room(w, q))
+	if (q->n_pending == 0 && inflight_room(w, q))
 		inflight_send(w, c, m, qos, pid_alloc(c), false, copy);
 	else
 		pending_add(w, c, m, qos, copy);
@@ -883,19 +911,19 @@ static void pending_pump(struct worker *w, struct conn *c)
 {
 	struct conn_qos *q = c->qos;
 
-	while (q->pend_head != NULL && inflight_room(w, q)) {
-		struct pending *p = q->pend_head;
+	while (q->n_pending > 0 && inflight_room(w, q)) {
+		struct pending p = *pending_at(q, 0);
 
-		q->pend_head = p->next;
-		if (q->pend_head == NULL)
-			q->pend_tail = NULL;
+		q->pend_first = (q->pend_first + 1) & (q->cap_pending - 1);
 		q->n_pending--;
-		q->pending_bytes -= (size_t)p->msg->topic_len + p->msg->payload_len;
-		inflight_send(w, c, p->msg, p->qos, pid_alloc(c), false, p->copy);
-		qmsg_unref(p->msg);
-		free(p);
+		/* The messages are apart from the ring: ask for the next ones early. */
+		if (q->n_pending > 2)
+			__builtin_prefetch(pending_at(q, 2)->msg);
+		q->pending_bytes -= (size_t)p.msg->topic_len + p.msg->payload_len;
+		inflight_send(w, c, p.msg, p.qos, pid_alloc(c), false, p.copy);
+		qmsg_unref(p.msg);
 	}
-	if (q->pend_head == NULL)
+	if (q->n_pending == 0)
 		c->drop_logged = false;
 	conn_qos_trim(c);
 }
@@ -1505,7 +1533,7 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 	 */
 	q = conn_qos(c);
 	if (q != NULL && state == MSG_INFLIGHT && pid != 0 && !pid_in_use(q, pid) &&
-	    q->pend_head == NULL && inflight_room(w, q))
+	    q->n_pending == 0 && inflight_room(w, q))
 		inflight_send(w, c, m, qos, pid, true, copy);
 	else
 		deliver_qos(w, c, m, qos, copy);
@@ -1706,7 +1734,7 @@ static void worker_config_changed(struct worker *w)
 	for (uint32_t i = 0; i < w->n_slots; i++) {
 		struct conn *c = w->slots[i];
 
-		if (c != NULL && c->state == CS_ACTIVE && c->qos != NULL && c->qos->pend_head != NULL)
+		if (c != NULL && c->state == CS_ACTIVE && c->qos != NULL && c->qos->n_pending > 0)
 			pending_pump(w, c);
 	}
 }
