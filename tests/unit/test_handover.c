@@ -214,25 +214,32 @@ static void connect_clients(int lfd, int *clients, int n)
 	}
 }
 
+/* "1.2.3.4:port" or "[v6]:port" by the C library: what the listener must print. */
+static void format_addr(const struct sockaddr_storage *ss, char *out, size_t cap)
+{
+	char host[INET6_ADDRSTRLEN];
+
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		snprintf(out, cap, "%s:%u", host, ntohs(sin->sin_port));
+	} else {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+
+		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+		snprintf(out, cap, "[%s]:%u", host, ntohs(sin6->sin6_port));
+	}
+}
+
 /* What the listener would print for this client: its own address, seen from the broker. */
 static void expected_remote(int client, char *out, size_t cap)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
-	char host[INET6_ADDRSTRLEN];
 
 	assert_int_equal(getsockname(client, (struct sockaddr *)&ss, &len), 0);
-	if (ss.ss_family == AF_INET) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-
-		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
-		snprintf(out, cap, "%s:%u", host, ntohs(sin->sin_port));
-	} else {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-
-		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
-		snprintf(out, cap, "[%s]:%u", host, ntohs(sin6->sin6_port));
-	}
+	format_addr(&ss, out, cap);
 }
 
 /* The same, for the broker's end of a handed-over connection. */
@@ -240,20 +247,9 @@ static void peer_remote(int fd, char *out, size_t cap)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
-	char host[INET6_ADDRSTRLEN];
 
 	assert_int_equal(getpeername(fd, (struct sockaddr *)&ss, &len), 0);
-	if (ss.ss_family == AF_INET) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-
-		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
-		snprintf(out, cap, "%s:%u", host, ntohs(sin->sin_port));
-	} else {
-		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-
-		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
-		snprintf(out, cap, "[%s]:%u", host, ntohs(sin6->sin6_port));
-	}
+	format_addr(&ss, out, cap);
 }
 
 struct got {
