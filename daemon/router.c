@@ -2354,12 +2354,6 @@ struct router_proc {
 	struct router_backlog backlog[IOTD_MAX_WORKERS];
 	uint64_t stored_tail[IOTD_MAX_WORKERS];  /* ring positions as last written to the store */
 	uint64_t stored_head[IOTD_MAX_WORKERS];
-	/*
-	 * A backlog emptied: glibc keeps the freed records for reuse, scattered
-	 * through the heap where no trim at its top reaches them, so the 1 s
-	 * tick hands them back to the system.
-	 */
-	bool trim_wanted;
 };
 
 static uint64_t router_now_ms(void)
@@ -2464,10 +2458,8 @@ static void router_backlog_flush(struct router_proc *p, unsigned worker)
 		if (e->stored && p->st)
 			store_outbox_del(p->st, worker, e->seq);
 		b->head = e->next;
-		if (!b->head) {
+		if (!b->head)
 			b->tail = NULL;
-			p->trim_wanted = true;
-		}
 		b->n--;
 		free(e);
 	}
@@ -2823,11 +2815,9 @@ static void router_proc_tick(struct router_proc *p)
 	if (stale && !store_stale(p->st))
 		router_proc_resynced(p);
 	router_proc_stats(p);
-	/* A backlog gone, or over memory_limit: give the heap's free blocks back. */
-	if (p->trim_wanted || atomic_load(&p->env->shm->memory_pressure)) {
-		p->trim_wanted = false;
+	/* Over memory_limit: give the heap's free blocks back to the system. */
+	if (atomic_load(&p->env->shm->memory_pressure))
 		malloc_trim(0);
-	}
 }
 
 /* ---- the process: set-up and loop -------------------------------------- */

@@ -470,16 +470,14 @@ static void listen_commit(struct supervisor *sv, const struct iotd_config *next,
 
 static int create_shm(struct supervisor *sv)
 {
-	size_t ring_size, ring_bytes, header, len;
+	size_t ring_size, len;
 	unsigned n = sv->env.nworkers;
 	struct iotd_shm *shm;
 	int fd;
 
 	/* A ring must carry a whole max-size PUBLISH with room to spare. */
 	ring_size = round_pow2(MAX((size_t)1 << 20, 2 * ((size_t)sv->cfg->max_packet_size + 65536)));
-	ring_bytes = shmring_footprint(ring_size);
-	header = (sizeof(struct iotd_shm) + 4095) & ~(size_t)4095;
-	len = header + 2 * n * ring_bytes;
+	len = shm_size(n, ring_size);
 	fd = memfd_create("iotd-shm", MFD_CLOEXEC);
 	if (fd < 0 || ftruncate(fd, (off_t)len) < 0) {
 		log_error("cannot create shared memory: %s", strerror(errno));
@@ -493,15 +491,7 @@ static int create_shm(struct supervisor *sv)
 		log_error("cannot map shared memory: %s", strerror(errno));
 		return -1;
 	}
-	shm->magic = IOTD_SHM_MAGIC;
-	shm->nworkers = n;
-	shm->ring_size = ring_size;
-	for (unsigned i = 0; i < n; i++) {
-		shm->w2r_off[i] = header + (2 * i) * ring_bytes;
-		shm->r2w_off[i] = header + (2 * i + 1) * ring_bytes;
-		shmring_init(shm_w2r(shm, i), ring_size);
-		shmring_init(shm_r2w(shm, i), ring_size);
-	}
+	shm_layout(shm, n, ring_size);
 	sv->env.shm = shm;
 	sv->shm_len = len;
 	return 0;

@@ -65,6 +65,14 @@ struct iotd_shm {
 	struct router_journal journal;
 };
 
+/* Bytes of a mapping that holds the header and both rings of nworkers workers. */
+size_t shm_size(unsigned nworkers, size_t ring_size);
+/*
+ * Lay out a zeroed mapping of shm_size() bytes: the header on its own
+ * pages, then worker i's w2r and r2w rings, each initialised empty.
+ */
+void shm_layout(struct iotd_shm *shm, unsigned nworkers, size_t ring_size);
+
 static inline struct shmring *shm_w2r(struct iotd_shm *s, unsigned i)
 {
 	return (struct shmring *)((char *)s + s->w2r_off[i]);

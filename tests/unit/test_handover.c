@@ -65,24 +65,15 @@ static uint64_t mono_ms(void)
 /* What the supervisor makes before the first fork: memory, rings, eventfds, channels. */
 static void fx_init(struct fx *f)
 {
-	size_t off = (sizeof(struct iotd_shm) + 63) & ~(size_t)63;
-	size_t fp = shmring_footprint(RING);
-
 	memset(f, 0, sizeof(*f));
 	config_defaults(&f->cfg);
-	f->shm_len = off + 2 * NWORKERS * fp;
+	f->shm_len = shm_size(NWORKERS, RING);
 	f->shm = mmap(NULL, f->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	assert_true(f->shm != MAP_FAILED);
-	f->shm->magic = IOTD_SHM_MAGIC;
-	f->shm->nworkers = NWORKERS;
-	f->shm->ring_size = RING;
+	shm_layout(f->shm, NWORKERS, RING);
 	for (unsigned i = 0; i < NWORKERS; i++) {
 		int sp[2];
 
-		f->shm->w2r_off[i] = off + (2 * i) * fp;
-		f->shm->r2w_off[i] = off + (2 * i + 1) * fp;
-		shmring_init(shm_w2r(f->shm, i), RING);
-		shmring_init(shm_r2w(f->shm, i), RING);
 		atomic_store(&f->shm->workers[i].alive, 1);
 		atomic_store(&f->shm->workers[i].capacity, 1000);
 		f->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -1903,22 +1903,13 @@ static uint64_t mono_ms(void)
 /* The supervisor's part: shared memory, rings and eventfds, made once. */
 static void proc_init(struct proc *p)
 {
-	size_t off = (sizeof(struct iotd_shm) + 63) & ~(size_t)63;
-	size_t fp = shmring_footprint(PROC_RING);
-
 	memset(p, 0, sizeof(*p));
 	p->cfg.max_queued_messages = 100;
-	p->shm_len = off + 2 * PROC_WORKERS * fp;
+	p->shm_len = shm_size(PROC_WORKERS, PROC_RING);
 	p->shm = mmap(NULL, p->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	assert_true(p->shm != MAP_FAILED);
-	p->shm->magic = IOTD_SHM_MAGIC;
-	p->shm->nworkers = PROC_WORKERS;
-	p->shm->ring_size = PROC_RING;
+	shm_layout(p->shm, PROC_WORKERS, PROC_RING);
 	for (unsigned i = 0; i < PROC_WORKERS; i++) {
-		p->shm->w2r_off[i] = off + (2 * i) * fp;
-		p->shm->r2w_off[i] = off + (2 * i + 1) * fp;
-		shmring_init(shm_w2r(p->shm, i), PROC_RING);
-		shmring_init(shm_r2w(p->shm, i), PROC_RING);
 		p->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		assert_true(p->env.worker_efd[i] >= 0);
 	}
