@@ -230,6 +230,7 @@ const char *rec_type_name(int type)
 		[REC_KICK] = "KICK",
 		[REC_MSG_STATE] = "MSG_STATE",
 		[REC_QOS2_IN] = "QOS2_IN",
+		[REC_ROUTE] = "ROUTE",
 	};
 
 	if (type < 0 || type >= (int)ARRAY_SIZE(names) || !names[type])

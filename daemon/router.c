@@ -59,6 +59,7 @@
 /* Queue order: messages a closing connection still owed sort before those queued for it. */
 #define ROUTER_ORDER_QUEUED (UINT64_C(1) << 63)
 #define ROUTER_RESYNC_MAX_MS 60000    /* a store that keeps refusing is rewritten at most this rarely */
+#define ROUTER_ROUTE_MAX 1024        /* targets a REC_ROUTE names at most: a larger fan-out stays with the router */
 #define ROUTER_ORPHAN_SECS 2          /* most time to drain the rings once the supervisor is gone */
 
 enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
@@ -230,6 +231,10 @@ struct router {
 	uint64_t stamp;
 	struct session **targets;
 	size_t n_targets, cap_targets;
+	bool targets_short;          /* out of memory: the match missed some sessions */
+	/* the route generation (role.h), in shared memory, or route_gen_own */
+	_Atomic uint64_t *route_gen;
+	_Atomic uint64_t route_gen_own;
 	struct recw deliver[IOTD_MAX_WORKERS];
 	size_t deliver_noff[IOTD_MAX_WORKERS];
 	uint32_t deliver_n[IOTD_MAX_WORKERS];
@@ -253,6 +258,17 @@ struct router_msg {
 };
 
 static void router_publish(struct router *r, const struct router_msg *m);
+
+/*
+ * Where some topic's messages go may have changed: every route a worker
+ * cached (REC_ROUTE) is void. Before the record that makes the change
+ * visible to a client (SUBACK, CONNACK...) is emitted, so that a publish
+ * made after it cannot take a route from before it.
+ */
+static void router_routes_changed(struct router *r)
+{
+	atomic_fetch_add_explicit(r->route_gen, 1, memory_order_release);
+}
 static void router_connect_apply(struct router *r, struct session_connect *c);
 
 /* For log lines: the connection's address, or where an offline session was last seen. */
@@ -788,6 +804,8 @@ static bool router_conn_link(struct router *r, struct session *s)
 	}
 	r->conn_slots[w][slot] = s;
 	r->n_online++;
+	if (s->subs)
+		router_routes_changed(r);
 	return true;
 }
 
@@ -798,6 +816,8 @@ static void router_conn_unlink(struct router *r, struct session *s)
 	if (w < IOTD_MAX_WORKERS && slot < r->n_conn_slots[w] && r->conn_slots[w][slot] == s) {
 		r->conn_slots[w][slot] = NULL;
 		r->n_online--;
+		if (s->subs)
+			router_routes_changed(r);
 	}
 }
 
@@ -869,6 +889,8 @@ static void session_unsubscribe_all(struct router *r, struct session *s)
 {
 	struct session_sub *sub, *tmp;
 
+	if (s->subs)
+		router_routes_changed(r);
 	HASH_ITER(hh, s->subs, sub, tmp) {
 		topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
 		HASH_DEL(s->subs, sub);
@@ -1119,6 +1141,8 @@ static void router_takeover(struct router *r, struct session *s, struct session_
 		return;
 	}
 	s->pending = c;
+	if (s->subs)
+		router_routes_changed(r);
 	session_persist(r, s);
 	log_client(LOG_LVL_INFO, s->client_id, cx_remote(c),
 		   "session taken over: closing its previous connection");
@@ -1295,6 +1319,7 @@ static uint8_t router_subscribe_one(struct router *r, struct session *s, const c
 		}
 	}
 	sub->qos = qos;
+	router_routes_changed(r);
 	if (r->st)
 		store_sub_put(r->st, s->sid, sub->filter, sub->len, qos);
 	log_debug("router: session %u subscribed to '%s' qos %u", s->sid, sub->filter, qos);
@@ -1320,6 +1345,7 @@ static void router_unsubscribe_one(struct router *r, struct session *s, const ch
 	topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
 	HASH_DEL(s->subs, sub);
 	free(sub);
+	router_routes_changed(r);
 }
 
 struct router_retained_ctx {
@@ -1396,6 +1422,7 @@ static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
 		return;
 	}
 	if (r->n_targets == r->cap_targets && !router_grow_targets(r)) {
+		r->targets_short = true;
 		if (!r->warned_targets)
 			log_error("router: out of memory: a message misses some subscribers");
 		r->warned_targets = true;
@@ -1417,6 +1444,7 @@ static void router_publish(struct router *r, const struct router_msg *m)
 
 	r->stamp++;
 	r->n_targets = 0;
+	r->targets_short = false;
 	topic_trie_match(r->trie, m->topic, m->topic_len, router_match_cb, r);
 	for (size_t i = 0; i < r->n_targets; i++) {
 		struct session *s = r->targets[i];
@@ -1569,20 +1597,66 @@ static int router_on_unsubscribe(struct router *r, unsigned worker, struct recr 
 	return ROUTER_OK;
 }
 
+/*
+ * Can the worker that asked deliver the topic's messages itself? Only
+ * when the match just made (router_publish) found nothing but clean
+ * sessions online on that worker: they need no copy, no queue and no
+ * other worker. Anything else stays with the router.
+ */
+static bool router_route_local(const struct router *r, unsigned worker)
+{
+	if (r->targets_short || r->n_targets > ROUTER_ROUTE_MAX)
+		return false;
+	for (size_t i = 0; i < r->n_targets; i++) {
+		const struct session *s = r->targets[i];
+
+		if (!s->online || s->pending || !s->clean || conn_id_worker(s->conn) != worker)
+			return false;
+	}
+	return true;
+}
+
+/* Answer a REC_PUBLISH that asked for its topic's route (rec.h REC_ROUTE). */
+static void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
+				const struct router_msg *m)
+{
+	struct recw *w = &r->out;
+	bool local = router_route_local(r, worker);
+
+	recw_reset(w);
+	recw_u64(w, ask);
+	recw_u64(w, atomic_load_explicit(r->route_gen, memory_order_relaxed));
+	recw_str(w, m->topic, m->topic_len);
+	recw_u8(w, local);
+	recw_u32(w, local ? (uint32_t)r->n_targets : 0);
+	for (size_t i = 0; local && i < r->n_targets; i++) {
+		recw_u64(w, r->targets[i]->conn);
+		recw_u8(w, r->targets[i]->granted);
+	}
+	router_emit(r, worker, REC_ROUTE, w);
+}
+
 static int router_on_publish(struct router *r, unsigned worker, struct recr *rd)
 {
 	struct router_msg m;
 	const uint8_t *topic;
+	uint8_t flags;
+	uint64_t ask = 0;
 
 	m.qos = recr_u8(rd);
-	m.retain = recr_u8(rd);
+	flags = recr_u8(rd);
 	recr_str(rd, &topic, &m.topic_len);
 	recr_bytes(rd, &m.payload, &m.payload_len);
+	if (flags & REC_PUB_ASK)
+		ask = recr_u64(rd);
 	m.topic = (const char *)topic;
-	if (recr_end(rd) || m.qos > 2 || m.retain > 1 ||
+	m.retain = flags & REC_PUB_RETAIN;
+	if (recr_end(rd) || m.qos > 2 || (flags & ~(REC_PUB_RETAIN | REC_PUB_ASK)) ||
 	    !topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
 	router_publish(r, &m);
+	if (flags & REC_PUB_ASK)
+		router_answer_route(r, worker, ask, &m);
 	return ROUTER_OK;
 }
 
@@ -1971,6 +2045,18 @@ void router_config_changed(struct router *r)
 	r->warned_retain_full = false;
 }
 
+void router_set_route_gen(struct router *r, _Atomic uint64_t *gen)
+{
+	r->route_gen = gen ? gen : &r->route_gen_own;
+	/* Routes cached before this router (an earlier one's) are void too. */
+	router_routes_changed(r);
+}
+
+uint64_t router_route_gen(const struct router *r)
+{
+	return atomic_load_explicit(r->route_gen, memory_order_relaxed);
+}
+
 void router_get_stats(const struct router *r, struct router_stats *st)
 {
 	st->sessions = hidx_count(&r->by_sid);
@@ -2268,6 +2354,7 @@ struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
 	r->emit = emit;
 	r->emit_arg = emit_arg;
 	r->next_sid = 1;
+	r->route_gen = &r->route_gen_own;
 	recw_init(&r->out);
 	recw_init(&r->ack);
 	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
@@ -2397,6 +2484,8 @@ static bool router_backlog_append(struct router_proc *p, unsigned worker, uint64
  */
 static bool router_rec_durable(uint16_t type, const struct recw *rec)
 {
+	if (type == REC_ROUTE)
+		return false;       /* a worker that misses one asks again */
 	return type != REC_DELIVER || (rec->len && rec->buf[0] != 0);
 }
 
@@ -2844,6 +2933,7 @@ static int router_proc_setup(struct router_proc *p)
 		log_error("router: cannot build its state (out of memory, or the store is unreadable)");
 		return -1;
 	}
+	router_set_route_gen(p->r, &env->shm->route_gen);
 	if (same)
 		router_restore_rings(p);
 	router_set_max_record(p->r, max_record);

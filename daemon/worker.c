@@ -34,6 +34,7 @@
 #include "mqtt.h"
 #include "rec.h"
 #include "role.h"
+#include "routes.h"
 #include "topic.h"
 
 #define READ_CHUNK 65536
@@ -187,6 +188,9 @@ struct worker {
 	struct conn *graveyard;          /* closed this turn: epoll may still name them */
 	bool throttled;                  /* backlog for the router too big: stop reading clients */
 	struct recw rw;
+	struct route_cache routes;       /* topics this worker may deliver itself (routes.h) */
+	struct route_target *rt_scratch; /* a REC_ROUTE's targets being read */
+	uint32_t cap_rt_scratch;
 	uint8_t *rbuf;
 	uint64_t now_ms;
 	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
@@ -1010,9 +1014,11 @@ static void report_qos2_in(struct worker *w, const struct conn *c, uint16_t pid,
 	push_recw(w, REC_QOS2_IN);
 }
 
-static void push_publish(struct worker *w, const struct mqtt_publish *pub)
+/* ask: 0, or the route request this message carries (routes.h). */
+static void push_publish(struct worker *w, const struct mqtt_publish *pub, uint64_t ask)
 {
-	size_t len = 1 + 1 + 2 + pub->topic.len + 4 + pub->payload_len;
+	uint8_t flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0);
+	size_t len = 1 + 1 + 2 + pub->topic.len + 4 + pub->payload_len + (ask ? 8 : 0);
 	uint8_t *dst;
 
 	recw_reset(&w->rw);
@@ -1020,20 +1026,53 @@ static void push_publish(struct worker *w, const struct mqtt_publish *pub)
 	    (dst = shmring_reserve(&w->prod, REC_PUBLISH, 0, (uint32_t)len)) != NULL) {
 		/* The hot path: straight into the ring, no staging copy. */
 		dst[0] = pub->qos;
-		dst[1] = pub->retain;
+		dst[1] = flags;
 		memcpy(dst + 2, &pub->topic.len, 2);
 		memcpy(dst + 4, pub->topic.p, pub->topic.len);
 		memcpy(dst + 4 + pub->topic.len, &pub->payload_len, 4);
 		if (pub->payload_len)
 			memcpy(dst + 8 + pub->topic.len, pub->payload, pub->payload_len);
+		if (ask)
+			memcpy(dst + 8 + pub->topic.len + pub->payload_len, &ask, 8);
 		w->need_commit = true;
 		return;
 	}
 	recw_u8(&w->rw, pub->qos);
-	recw_u8(&w->rw, pub->retain);
+	recw_u8(&w->rw, flags);
 	recw_str(&w->rw, pub->topic.p, pub->topic.len);
 	recw_bytes(&w->rw, pub->payload, pub->payload_len);
+	if (ask)
+		recw_u64(&w->rw, ask);
 	push_recw(w, REC_PUBLISH);
+}
+
+static void deliver_local(struct worker *w, const struct route *rt,
+			  const struct mqtt_publish *pub);
+
+/*
+ * Deliver the message here when its topic's route is local and still
+ * valid; otherwise send it to the router, asking for the route unless the
+ * router already said it keeps the topic. Retained and QoS 2 messages
+ * always go to the router (it keeps the one, and routes the other once),
+ * and take the route back until the router answers again, so that later
+ * messages delivered here cannot overtake them.
+ */
+static void route_publish(struct worker *w, const struct mqtt_publish *pub)
+{
+	uint64_t gen = atomic_load_explicit(&w->env->shm->route_gen, memory_order_acquire);
+	const struct route *rt = routes_find(&w->routes, pub->topic.p, pub->topic.len);
+
+	if (rt != NULL && rt->kind != ROUTE_ASKED && rt->gen == gen) {
+		if (rt->kind == ROUTE_REMOTE) {
+			push_publish(w, pub, 0);
+			return;
+		}
+		if (pub->qos < 2 && !pub->retain) {
+			deliver_local(w, rt, pub);
+			return;
+		}
+	}
+	push_publish(w, pub, routes_ask(&w->routes, pub->topic.p, pub->topic.len));
 }
 
 static enum pkt_result handle_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
@@ -1046,10 +1085,10 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 	w->msgs_in++;
 	switch (pub->qos) {
 	case 0:
-		push_publish(w, pub);
+		route_publish(w, pub);
 		break;
 	case 1:
-		push_publish(w, pub);
+		route_publish(w, pub);
 		send_ack(w, c, MQTT_PUBACK, pub->packet_id);
 		break;
 	case 2:
@@ -1060,7 +1099,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 				return PKT_CLOSED;
 			}
 			report_qos2_in(w, c, pub->packet_id, true);
-			push_publish(w, pub);
+			route_publish(w, pub);
 		}
 		send_ack(w, c, MQTT_PUBREC, pub->packet_id);
 		break;
@@ -1423,20 +1462,55 @@ static void rec_suback(struct worker *w, struct recr *r, bool sub)
 	r->p += n;
 }
 
-static void rec_deliver(struct worker *w, struct recr *r)
-{
+/* One message and what its targets share: the QoS 1/2 copy, made on first need. */
+struct delivery {
 	const uint8_t *topic, *payload;
 	uint16_t tlen;
-	uint32_t plen, n;
-	uint8_t qos, retain;
-	struct qmsg *m = NULL;
+	uint32_t plen;
+	uint8_t retain;
+	struct qmsg *m;
+};
 
-	qos = recr_u8(r);
-	recr_str(r, &topic, &tlen);
-	recr_bytes(r, &payload, &plen);
-	retain = recr_u8(r);
+/* Deliver d to connection c at QoS qos (copy: the router's, or 0). */
+static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uint8_t qos,
+		       uint64_t copy)
+{
+	if (qos == 0) {
+		if (buf_held(c->out) > w->out_limit) {
+			if (!c->drop_logged)
+				log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
+					   "slow reader: dropping QoS 0 messages");
+			c->drop_logged = true;
+			return;
+		}
+		send_publish(w, c, false, 0, d->retain, d->topic, d->tlen, 0, d->payload, d->plen);
+		return;
+	}
+	if (d->m == NULL &&
+	    (d->m = qmsg_new(d->topic, d->tlen, d->payload, d->plen, d->retain)) == NULL) {
+		log_error("out of memory for a QoS %u delivery; dropped", qos);
+		report_state(w, c, copy, 0, MSG_DONE);
+		return;
+	}
+	deliver_qos(w, c, d->m, qos > 2 ? 2 : qos, copy);
+}
+
+static void delivery_done(struct delivery *d)
+{
+	if (d->m != NULL && d->m->refs == 0)
+		free(d->m);
+}
+
+static void rec_deliver(struct worker *w, struct recr *r)
+{
+	struct delivery d = { 0 };
+	uint32_t n;
+
+	(void)recr_u8(r);            /* the publisher's QoS: each target's says what to send */
+	recr_str(r, &d.topic, &d.tlen);
+	recr_bytes(r, &d.payload, &d.plen);
+	d.retain = recr_u8(r);
 	n = recr_u32(r);
-	(void)qos;
 	for (uint32_t i = 0; i < n && !r->err; i++) {
 		conn_id_t id = recr_u64(r);
 		uint32_t sid = recr_u32(r);
@@ -1449,29 +1523,70 @@ static void rec_deliver(struct worker *w, struct recr *r)
 			break;
 		c = conn_lookup(w, id);
 		if (c == NULL || c->state != CS_ACTIVE) {
-			bounce(w, id, sid, copy, 0, MSG_QUEUED, tq, retain, topic, tlen, payload, plen);
+			bounce(w, id, sid, copy, 0, MSG_QUEUED, tq, d.retain, d.topic, d.tlen,
+			       d.payload, d.plen);
 			continue;
 		}
-		if (tq == 0) {
-			if (buf_held(c->out) > w->out_limit) {
-				if (!c->drop_logged)
-					log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
-						   "slow reader: dropping QoS 0 messages");
-				c->drop_logged = true;
-				continue;
-			}
-			send_publish(w, c, false, 0, retain, topic, tlen, 0, payload, plen);
-			continue;
-		}
-		if (m == NULL && (m = qmsg_new(topic, tlen, payload, plen, retain)) == NULL) {
-			log_error("out of memory for a QoS %u delivery; dropped", tq);
-			report_state(w, c, copy, 0, MSG_DONE);
-			continue;
-		}
-		deliver_qos(w, c, m, tq > 2 ? 2 : tq, copy);
+		deliver_to(w, c, &d, tq, copy);
 	}
-	if (m != NULL && m->refs == 0)
-		free(m);
+	delivery_done(&d);
+}
+
+/*
+ * A message whose every target is a clean session on this worker: no
+ * copy, no report, and a target gone since the route was answered is
+ * simply skipped (its session ended with it).
+ */
+static void deliver_local(struct worker *w, const struct route *rt,
+			  const struct mqtt_publish *pub)
+{
+	struct delivery d = {
+		.topic = pub->topic.p, .tlen = pub->topic.len,
+		.payload = pub->payload, .plen = pub->payload_len,
+	};
+
+	for (uint32_t i = 0; i < rt->n_targets; i++) {
+		const struct route_target *t = &rt->targets[i];
+		struct conn *c = conn_lookup(w, t->conn);
+
+		if (c != NULL && c->state == CS_ACTIVE)
+			deliver_to(w, c, &d, MIN(pub->qos, t->qos), 0);
+	}
+	delivery_done(&d);
+}
+
+static void rec_route(struct worker *w, struct recr *r)
+{
+	const uint8_t *topic;
+	uint16_t tlen;
+	uint64_t ask, gen;
+	uint32_t n;
+	bool local;
+
+	ask = recr_u64(r);
+	gen = recr_u64(r);
+	recr_str(r, &topic, &tlen);
+	local = recr_u8(r) != 0;
+	n = recr_u32(r);
+	if (r->err || n > recr_left(r) / 9)
+		return;
+	if (n > w->cap_rt_scratch) {
+		struct route_target *t = reallocarray(w->rt_scratch, n, sizeof(*t));
+
+		if (t == NULL)
+			return;          /* the topic stays with the router */
+		w->rt_scratch = t;
+		w->cap_rt_scratch = n;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		w->rt_scratch[i].conn = recr_u64(r);
+		w->rt_scratch[i].qos = recr_u8(r);
+	}
+	if (r->err)
+		return;
+	routes_answer(&w->routes, topic, tlen, ask, gen,
+		      atomic_load_explicit(&w->env->shm->route_gen, memory_order_acquire),
+		      local, w->rt_scratch, n);
 }
 
 static void resend_pubrel(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
@@ -1561,6 +1676,7 @@ static void handle_record(struct worker *w, const struct shmring_rec *rec)
 	case REC_DELIVER: rec_deliver(w, &r); break;
 	case REC_SESSION_MSG: rec_session_resend(w, &r); break;
 	case REC_KICK: rec_kick(w, &r); break;
+	case REC_ROUTE: rec_route(w, &r); break;
 	default:
 		log_warn("unexpected %s record from the router; ignored", rec_type_name(rec->type));
 		return;
@@ -1832,6 +1948,8 @@ static void worker_teardown(struct worker *w)
 	free(w->free_slots);
 	free(w->rbuf);
 	recw_free(&w->rw);
+	routes_free(&w->routes);
+	free(w->rt_scratch);
 	close(w->epfd);
 	close(w->timerfd);
 }

@@ -20,9 +20,11 @@
  *                    (qos 0x80: the worker found the filter invalid; the
  *                    router skips it and answers 0x80 for it)
  *   REC_UNSUBSCRIBE  u64 conn, u16 packet_id, u16 n, n x (str filter)
- *   REC_PUBLISH      u8 qos, u8 retain, str topic, bytes payload
+ *   REC_PUBLISH      u8 qos, u8 flags, str topic, bytes payload [, u64 ask]
  *                    (qos = the publisher's QoS; the PUBACK/PUBREC was or
- *                    will be sent by the worker)
+ *                    will be sent by the worker. flags: REC_PUB_RETAIN;
+ *                    REC_PUB_ASK: the u64 ask follows, the worker wants the
+ *                    topic's route and the router answers with REC_ROUTE)
  *   REC_SESSION_MSG  u64 conn, u32 sid, u64 copy, u16 packet_id, u8 state, u8 qos,
  *                    u8 retain, str topic, bytes payload
  *                    (a QoS 1/2 message a closing persistent session still
@@ -75,6 +77,13 @@
  * were still owed, packet ids included [MQTT-4.4.0-1].
  *   REC_KICK         u64 conn
  *                    (session taken over: close the connection, publish its will)
+ *   REC_ROUTE        u64 ask, u64 gen, str topic, u8 local, u32 n, n x (u64 conn, u8 qos)
+ *                    (the answer to a REC_PUBLISH with REC_PUB_ASK, written
+ *                    after that message's deliveries: local 1 when every
+ *                    session the topic matches, n of them (possibly none),
+ *                    has a clean session online on this worker, with the
+ *                    QoS granted to each; local 0 and n 0 otherwise. Valid
+ *                    while iotd_shm.route_gen equals gen, see role.h)
  */
 #ifndef IOTD_REC_H
 #define IOTD_REC_H
@@ -98,6 +107,7 @@ enum rec_type {
 	REC_KICK,
 	REC_MSG_STATE,
 	REC_QOS2_IN,
+	REC_ROUTE,
 	REC_TYPE_MAX
 };
 
@@ -107,6 +117,10 @@ enum msg_state {
 	MSG_PUBREL = 2,     /* PUBREL sent, awaiting PUBCOMP (QoS 2) */
 	MSG_DONE = 3,       /* REC_MSG_STATE only: acknowledged or dropped */
 };
+
+/* REC_PUBLISH flags */
+#define REC_PUB_RETAIN 0x01
+#define REC_PUB_ASK 0x02
 
 /* In a REC_DELIVER target's qos: a u64 copy id follows. */
 #define REC_TARGET_COPY 0x80
@@ -145,6 +159,11 @@ uint64_t recr_u64(struct recr *r);
 /* Points into the record; *len 0 and *p NULL on error. */
 void recr_str(struct recr *r, const uint8_t **p, uint16_t *len);
 void recr_bytes(struct recr *r, const uint8_t **p, uint32_t *len);
+/* Bytes not read yet. */
+static inline size_t recr_left(const struct recr *r)
+{
+	return r->err ? 0 : (size_t)(r->end - r->p);
+}
 /* 0 when no field overran and every byte was read; -1 otherwise. */
 int recr_end(const struct recr *r);
 

@@ -59,7 +59,15 @@ struct iotd_shm {
 	_Atomic uint32_t router_sessions; /* sessions the router knows */
 	_Atomic uint32_t retained;     /* retained messages held */
 	_Atomic uint32_t memory_pressure; /* set by the supervisor while over memory_limit */
-	struct worker_shm workers[IOTD_MAX_WORKERS];
+	/*
+	 * Bumped by the router whenever a change could alter where a topic's
+	 * messages go (a subscription, a subscribed session connecting,
+	 * closing, taken over). A worker's cached route (REC_ROUTE) holds
+	 * while this is unchanged. Read on every publish, written rarely: on a
+	 * cache line of its own, away from the counters above.
+	 */
+	_Alignas(64) _Atomic uint64_t route_gen;
+	_Alignas(64) struct worker_shm workers[IOTD_MAX_WORKERS];
 	uint64_t w2r_off[IOTD_MAX_WORKERS]; /* offset of ring worker i -> router */
 	uint64_t r2w_off[IOTD_MAX_WORKERS]; /* offset of ring router -> worker i */
 	struct router_journal journal;

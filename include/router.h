@@ -11,6 +11,7 @@
 #ifndef IOTD_ROUTER_H
 #define IOTD_ROUTER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -81,6 +82,15 @@ void router_set_max_record(struct router *r, size_t bytes);
  * the limits that are not read afresh at each use (the retained store's).
  */
 void router_config_changed(struct router *r);
+
+/*
+ * The route generation (role.h: iotd_shm.route_gen): the router bumps it
+ * at every change that can alter where a topic's messages go, and stamps
+ * each REC_ROUTE with it. By default a counter of the router's own (unit
+ * tests); router_main() points it into shared memory. Setting it bumps it.
+ */
+void router_set_route_gen(struct router *r, _Atomic uint64_t *gen);
+uint64_t router_route_gen(const struct router *r);
 
 struct router_stats {
 	size_t sessions;        /* online and offline */

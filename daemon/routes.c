@@ -1,0 +1,130 @@
+/*
+ * routes.c - a worker's cache of the routes the router told it (routes.h).
+ *
+ * Owns the cached routes of one worker: topics, their state and, for a
+ * local route, its targets. Bounded (ROUTES_MAX entries, ROUTES_MAX_BYTES)
+ * by emptying it whole: a topic that loses its entry only goes to the
+ * router again, which is never wrong.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "routes.h"
+
+struct topic_key {
+	const uint8_t *p;
+	uint16_t len;
+};
+
+static bool route_has_topic(const void *item, const void *key)
+{
+	const struct route *rt = item;
+	const struct topic_key *k = key;
+
+	return rt->topic_len == k->len && memcmp(rt->topic, k->p, k->len) == 0;
+}
+
+static size_t route_size(const struct route *rt)
+{
+	return sizeof(*rt) + rt->topic_len + rt->n_targets * sizeof(struct route_target);
+}
+
+static void route_free(struct route *rt)
+{
+	free(rt->targets);
+	free(rt);
+}
+
+void routes_free(struct route_cache *rc)
+{
+	for (uint32_t i = hidx_slots(&rc->idx); i-- > 0;) {
+		struct route *rt = hidx_at(&rc->idx, i);
+
+		if (rt)
+			route_free(rt);
+	}
+	hidx_free(&rc->idx);
+	rc->bytes = 0;
+}
+
+struct route *routes_find(const struct route_cache *rc, const uint8_t *topic, uint16_t len)
+{
+	struct topic_key k = { topic, len };
+
+	if (!hidx_count(&rc->idx))
+		return NULL;
+	return hidx_find(&rc->idx, hidx_hash_bytes(topic, len), route_has_topic, &k);
+}
+
+static struct route *route_new(struct route_cache *rc, const uint8_t *topic, uint16_t len)
+{
+	struct route *rt;
+
+	if (hidx_count(&rc->idx) >= ROUTES_MAX || rc->bytes + sizeof(*rt) + len > ROUTES_MAX_BYTES)
+		routes_free(rc);
+	rt = calloc(1, sizeof(*rt) + len);
+	if (!rt)
+		return NULL;
+	rt->hash = hidx_hash_bytes(topic, len);
+	rt->topic_len = len;
+	memcpy(rt->topic, topic, len);
+	if (!hidx_add(&rc->idx, rt->hash, rt)) {
+		free(rt);
+		return NULL;
+	}
+	rc->bytes += route_size(rt);
+	return rt;
+}
+
+static void route_set_targets(struct route_cache *rc, struct route *rt, struct route_target *t,
+			      uint32_t n)
+{
+	rc->bytes -= route_size(rt);
+	free(rt->targets);
+	rt->targets = t;
+	rt->n_targets = n;
+	rc->bytes += route_size(rt);
+}
+
+uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len)
+{
+	struct route *rt = routes_find(rc, topic, len);
+
+	if (!rt && !(rt = route_new(rc, topic, len)))
+		return 0;
+	if (rt->kind != ROUTE_ASKED) {
+		route_set_targets(rc, rt, NULL, 0);
+		rt->kind = ROUTE_ASKED;
+	}
+	rt->ask = ++rc->next_ask;
+	return rt->ask;
+}
+
+bool routes_answer(struct route_cache *rc, const uint8_t *topic, uint16_t len, uint64_t ask,
+		   uint64_t gen, uint64_t current_gen, bool local,
+		   const struct route_target *targets, uint32_t n_targets)
+{
+	struct route *rt = routes_find(rc, topic, len);
+	struct route_target *t = NULL;
+
+	if (!rt || rt->kind != ROUTE_ASKED || gen != current_gen)
+		return false;
+	if (!local) {
+		/* Nothing is delivered here on a remote route: any answer will do. */
+		rt->kind = ROUTE_REMOTE;
+		rt->gen = gen;
+		return true;
+	}
+	if (ask != rt->ask)
+		return false;
+	if (n_targets) {
+		t = malloc(n_targets * sizeof(*t));
+		if (!t)
+			return false;
+		memcpy(t, targets, n_targets * sizeof(*t));
+	}
+	route_set_targets(rc, rt, t, n_targets);
+	rt->kind = ROUTE_LOCAL;
+	rt->gen = gen;
+	return true;
+}

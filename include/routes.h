@@ -1,0 +1,84 @@
+/*
+ * routes.h - a worker's cache of the routes the router told it.
+ *
+ * When every session a topic matches is a clean session online on the
+ * publisher's own worker, that worker can deliver the topic's messages
+ * itself: nothing to copy or queue, no other worker involved, and one
+ * process wake-up per message instead of three. The worker asks the
+ * router for a topic's route by flagging a PUBLISH it sends
+ * (REC_PUB_ASK); the router answers with REC_ROUTE after that message's
+ * deliveries. A route holds while the shared route generation is the one
+ * it was answered at (role.h, iotd_shm.route_gen).
+ *
+ * Order: a route becomes usable only by the answer to the last message of
+ * its topic the worker sent to the router. The router wrote that
+ * message's deliveries (and those of every earlier one) into this
+ * worker's ring before the answer, so by the time the worker reads the
+ * answer it has handed them all to its connections, and a message it
+ * delivers itself from then on cannot overtake them.
+ */
+#ifndef IOTD_ROUTES_H
+#define IOTD_ROUTES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hidx.h"
+#include "iotd.h"
+
+enum route_kind {
+	ROUTE_ASKED,      /* asked; messages go to the router until answered */
+	ROUTE_LOCAL,      /* delivered by this worker to targets[] */
+	ROUTE_REMOTE,     /* the router delivers; no need to ask again at this generation */
+};
+
+struct route_target {
+	conn_id_t conn;
+	uint8_t qos;      /* granted: a message goes out at min(its QoS, this) */
+};
+
+struct route {
+	uint64_t gen;     /* LOCAL, REMOTE: valid while the route generation is this */
+	uint64_t ask;     /* ASKED: the last ask sent for this topic */
+	uint32_t hash;
+	uint32_t n_targets;
+	uint16_t topic_len;
+	uint8_t kind;
+	struct route_target *targets;
+	char topic[];
+};
+
+struct route_cache {
+	struct hidx idx;
+	size_t bytes;     /* held by the routes, for the bound below */
+	uint64_t next_ask;
+};
+
+/* Past either bound, the cache is emptied before it takes a new topic. */
+#define ROUTES_MAX 4096
+#define ROUTES_MAX_BYTES (1u << 20)
+
+/* A zeroed struct route_cache is empty. */
+void routes_free(struct route_cache *rc);
+
+struct route *routes_find(const struct route_cache *rc, const uint8_t *topic, uint16_t len);
+
+/*
+ * A message of this topic goes to the router asking for its route: make
+ * (or turn) the topic's entry ROUTE_ASKED and return the ask to send, or
+ * 0 when there is no memory for an entry (the message goes unflagged).
+ */
+uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len);
+
+/*
+ * The router's answer. Taken when the topic still waits for an answer
+ * and gen is the current generation; a local one only when it answers
+ * the last ask. targets: n of them, read by the caller from the record
+ * (n_targets 0 for a remote answer). Returns true when taken.
+ */
+bool routes_answer(struct route_cache *rc, const uint8_t *topic, uint16_t len, uint64_t ask,
+		   uint64_t gen, uint64_t current_gen, bool local,
+		   const struct route_target *targets, uint32_t n_targets);
+
+#endif
