@@ -1573,8 +1573,11 @@ static void rec_route(struct worker *w, struct recr *r)
 	if (n > w->cap_rt_scratch) {
 		struct route_target *t = reallocarray(w->rt_scratch, n, sizeof(*t));
 
-		if (t == NULL)
-			return;          /* the topic stays with the router */
+		if (t == NULL) {
+			/* The topic stays with the router; the record is read all the same. */
+			r->p = r->end;
+			return;
+		}
 		w->rt_scratch = t;
 		w->cap_rt_scratch = n;
 	}
