@@ -3,7 +3,7 @@
 A worker may deliver a PUBLISH itself, without the router, while its cached
 route for the topic says that every matching subscription belongs to a
 clean-session client online on that same worker. The cache is valid while
-the router's subscription generation (shared memory) is unchanged; the
+the router's route generation (shared memory) is unchanged; the
 router bumps it on SUBSCRIBE, UNSUBSCRIBE, a session with subscriptions
 connecting, closing or taken over, and a worker's death. Retained and
 QoS 2 publishes always go through the router.
@@ -1147,7 +1147,6 @@ def test_killed_worker_leaves_the_other_workers_local_pair_streaming(lt):
 # ------------------------------------------------------------ 11. router stopped
 
 @pytest.mark.iotd_only
-@pytest.mark.xfail(reason="local delivery path not yet in this tree", strict=False)
 @pytest.mark.broker_config(workers=1)
 def test_local_pair_keeps_flowing_while_the_router_is_stopped(lt):
     """A publisher and a subscriber of the same worker with a learned route:
