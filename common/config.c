@@ -78,6 +78,7 @@ static const struct key keys[] = {
 	KEY("server", "listen_addresses", KT_LISTEN, listen, NULL),
 	KEY_INT(workers, 0, IOTD_MAX_WORKERS),
 	KEY_INT(max_connections, 1, 1048576),
+	KEY_INT(placement_slack, 0, 1000000),
 	KEY_INT(session_timeout_secs, 0, INT_MAX),
 	KEY_INT(keep_alive_timeout_secs, 0, 65535),
 	KEY_INT(max_keepalive, 0, 65535),
@@ -112,6 +113,7 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->n_listen = 1;
 	cfg->workers = 0;
 	cfg->max_connections = 10000;
+	cfg->placement_slack = 8;
 	cfg->session_timeout_secs = 300;
 	cfg->keep_alive_timeout_secs = 60;
 	cfg->max_keepalive = 0;

@@ -28,7 +28,7 @@ struct listener {
 	int epfd;
 	bool accepting;
 	bool full_logged;                    /* max_connections reached: logged once per episode */
-	unsigned last_worker;                /* the worker chosen last */
+	unsigned last_worker;                /* the worker chosen last (0 before the first) */
 };
 
 /*
@@ -114,8 +114,18 @@ static uint64_t total_load(const struct listener *l)
 	return n;
 }
 
-/* Least-loaded live worker first; a dead worker's channel just queues. */
-static int pick_worker(const struct listener *l, const struct batch *b)
+/* Connections worker i holds, with those of this batch chosen for it. */
+static uint64_t placed_load(const struct listener *l, const struct batch *b, unsigned i)
+{
+	return worker_load(l, i) + b->pending[i];
+}
+
+/*
+ * Least-loaded live worker first; a dead worker's channel just queues, so
+ * one is chosen only when no live worker can take the connection. Sets
+ * *least to the load chosen.
+ */
+static int least_loaded(const struct listener *l, const struct batch *b, uint64_t *least)
 {
 	unsigned n = l->env->nworkers;
 	int best = -1;
@@ -128,7 +138,7 @@ static int pick_worker(const struct listener *l, const struct batch *b)
 
 		if (b->skip[i])
 			continue;
-		load = worker_load(l, i) + b->pending[i];
+		load = placed_load(l, b, i);
 		/* A worker out of file descriptors would have the fd dropped in transit. */
 		if (load >= atomic_load(&l->env->shm->workers[i].capacity) &&
 		    atomic_load(&l->env->shm->workers[i].alive))
@@ -140,6 +150,40 @@ static int pick_worker(const struct listener *l, const struct batch *b)
 			best_load = load;
 		}
 	}
+	*least = best_load;
+	return best;
+}
+
+/* May worker i take one more: its channel not refused in this batch, alive, with room? */
+static bool can_take(const struct listener *l, const struct batch *b, unsigned i)
+{
+	const struct worker_shm *w = &l->env->shm->workers[i];
+
+	return !b->skip[i] && atomic_load(&w->alive) &&
+	       placed_load(l, b, i) < atomic_load(&w->capacity);
+}
+
+/*
+ * Connections that arrive one after another, typically one application's
+ * clients, are kept together on one worker: a publish whose subscribers
+ * are all clean sessions on its publisher's worker is delivered there,
+ * without the router. Balance stays bounded: the previous connection's
+ * worker is kept only while it can take this one and would then hold at
+ * most placement_slack more than the least-loaded worker; otherwise, and
+ * always with a slack of 0, the least-loaded. The slack is read here, at
+ * each connection, so that a reload applies to the next one.
+ */
+static int pick_worker(const struct listener *l, const struct batch *b)
+{
+	unsigned last = l->last_worker;
+	uint64_t least, slack = (uint64_t)l->env->cfg->placement_slack;
+	int best = least_loaded(l, b, &least);
+
+	if (best < 0 || (unsigned)best == last || !can_take(l, b, last))
+		return best;
+	/* Counted with this connection: with a slack of 0 it never stays. */
+	if (placed_load(l, b, last) + 1 <= least + slack)
+		return (int)last;
 	return best;
 }
 
@@ -297,7 +341,7 @@ static bool control_message(struct listener *l)
 		log_apply_settings(buf, (size_t)n);
 		return true;
 	case IPC_CONFIG:
-		/* max_connections is read at each accept: the copy is all it takes. */
+		/* max_connections and placement_slack are read at each use: the copy is all it takes. */
 		role_take_config(l->env, buf, (size_t)n);
 		return true;
 	default:

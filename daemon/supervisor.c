@@ -1127,6 +1127,7 @@ struct cfg_field {
 static const struct cfg_field cfg_fields[] = {
 	CF("server.workers", workers, false, APPLY_RESTART),
 	CF("server.max_connections", max_connections, false, APPLY_LIVE),
+	CF("server.placement_slack", placement_slack, false, APPLY_LIVE),
 	CF("server.session_timeout_secs", session_timeout_secs, false, APPLY_LIVE),
 	CF("server.keep_alive_timeout_secs", keep_alive_timeout_secs, false, APPLY_LIVE),
 	CF("server.max_keepalive", max_keepalive, false, APPLY_LIVE),

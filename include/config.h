@@ -30,6 +30,7 @@ struct iotd_config {
 	int n_listen;
 	int workers;                 /* 0 = number of CPUs */
 	long max_connections;
+	long placement_slack;        /* the previous connection's worker may hold this many more */
 	long session_timeout_secs;   /* persistent sessions expire after this absence; 0 = never */
 	long keep_alive_timeout_secs;/* keep-alive applied to clients that ask for none (0) */
 	long max_keepalive;          /* a client asking for more is refused; 0 = no cap */

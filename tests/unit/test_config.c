@@ -90,6 +90,7 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.listen[0].family, AF_INET);
 	assert_int_equal(c.workers, 0);
 	assert_int_equal(c.max_connections, 10000);
+	assert_int_equal(c.placement_slack, 8);
 	assert_int_equal(c.session_timeout_secs, 300);
 	assert_int_equal(c.keep_alive_timeout_secs, 60);
 	assert_int_equal(c.max_keepalive, 0);
@@ -157,6 +158,7 @@ static void full_file_sets_every_key(void **state)
 		"  listen_addresses = {\"0.0.0.0:1883\", \"[::1]:8883\", \"tcp://broker.local:1884\", \":1885\"}\n"
 		"  workers = 4\n"
 		"  max_connections = 500\n"
+		"  placement_slack = 0\n"
 		"  session_timeout_secs = 0\n"
 		"  keep_alive_timeout_secs = 30\n"
 		"  max_keepalive = 600\n"
@@ -186,6 +188,7 @@ static void full_file_sets_every_key(void **state)
 	assert_string_equal(c.listen[3].port, "1885");
 	assert_int_equal(c.workers, 4);
 	assert_int_equal(c.max_connections, 500);
+	assert_int_equal(c.placement_slack, 0);
 	assert_int_equal(c.session_timeout_secs, 0);
 	assert_int_equal(c.keep_alive_timeout_secs, 30);
 	assert_int_equal(c.max_keepalive, 600);
@@ -241,6 +244,8 @@ static const struct bad_value bad_values[] = {
 	{ "server", "max_connections", "0x10" },
 	{ "server", "max_connections", "5s" },
 	{ "server", "workers", "65" },
+	{ "server", "placement_slack", "-1" },
+	{ "server", "placement_slack", "1000001" },
 	{ "server", "session_timeout_secs", "-5" },
 	{ "server", "keep_alive_timeout_secs", "65536" },
 	{ "server", "max_keepalive", "70000" },
@@ -423,9 +428,9 @@ static void failed_load_leaves_the_config_untouched(void **state)
 static void shipped_config_file_equals_the_defaults(void **state)
 {
 	static const char *const keys[] = {
-		"listen_addresses", "workers", "max_connections", "session_timeout_secs",
-		"keep_alive_timeout_secs", "max_keepalive", "connect_timeout",
-		"max_packet_size", "retained_message_limit", "max_inflight",
+		"listen_addresses", "workers", "max_connections", "placement_slack",
+		"session_timeout_secs", "keep_alive_timeout_secs", "max_keepalive",
+		"connect_timeout", "max_packet_size", "retained_message_limit", "max_inflight",
 		"max_queued_messages", "max_queued_bytes", "max_topic_levels",
 		"max_topic_length", "user", "enabled", "backend", "path", "level", "format",
 	};

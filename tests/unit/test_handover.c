@@ -296,9 +296,11 @@ static void got_close(struct got *g)
 		close(g->fd[i]);
 }
 
+/* Placement on load alone (slack 0) unless a test sets a slack. */
 static void listener_fx(struct fx *f, int family)
 {
 	fx_init(f);
+	f->cfg.placement_slack = 0;
 	f->env.listen_fds[0] = listen_loopback(family);
 	f->env.n_listen_fds = 1;
 }
@@ -443,6 +445,8 @@ static void listener_sends_elsewhere_when_a_channel_is_full(void **state)
 	int fd;
 
 	listener_fx(&f, AF_INET);
+	/* Within the slack all six would stay on the first worker chosen: not on a refused channel. */
+	f.cfg.placement_slack = 8;
 	fx_spawn(&f, listener_main, 0);
 	/* Worker 0's channel full to the brim (as a dead worker's would be). */
 	while (ipc_send(f.env.chan_listener[0], IPC_PING, 0, NULL, 0, -1) == 0)
@@ -492,6 +496,155 @@ static void listener_names_ipv6_clients_in_brackets(void **state)
 	for (unsigned w = 0; w < NWORKERS; w++)
 		got_close(&g[w]);
 	close_all(clients, 2);
+	fx_stop(&f);
+}
+
+/*
+ * Connect one client and wait for its handover; returns the worker it went
+ * to. No worker runs to release it: it counts in that worker's load from
+ * then on.
+ */
+static unsigned next_worker(struct fx *f, int *client)
+{
+	struct pollfd pfd[NWORKERS];
+	struct ipc_client info[IPC_MAX_FDS];
+	struct ipc_hdr hdr;
+	int fds[IPC_MAX_FDS];
+	unsigned w, nfds;
+
+	connect_clients(f->env.listen_fds[0], client, 1);
+	for (w = 0; w < NWORKERS; w++)
+		pfd[w] = (struct pollfd){ .fd = f->env.chan_worker[w], .events = POLLIN };
+	assert_int_equal(poll(pfd, NWORKERS, 5000), 1);
+	for (w = 0; !(pfd[w].revents & POLLIN); w++)
+		;
+	assert_true(ipc_recv_fds(f->env.chan_worker[w], &hdr, info, sizeof(info), fds,
+				 IPC_MAX_FDS, &nfds) > 0);
+	assert_int_equal(hdr.type, IPC_CLIENT_FD);
+	assert_int_equal(nfds, 1);
+	close(fds[0]);
+	return w;
+}
+
+static void listener_with_slack_0_alternates_one_connection_after_another(void **state)
+{
+	struct fx f;
+	int clients[6];
+	unsigned prev = NWORKERS;
+
+	listener_fx(&f, AF_INET);
+	fx_spawn(&f, listener_main, 0);
+	for (int i = 0; i < 6; i++) {
+		unsigned w = next_worker(&f, &clients[i]);
+
+		assert_int_not_equal(w, prev);
+		prev = w;
+	}
+	for (unsigned w = 0; w < NWORKERS; w++)
+		assert_int_equal(atomic_load(&f.shm->workers[w].handed), 3);
+	close_all(clients, 6);
+	fx_stop(&f);
+}
+
+static void listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded(void **state)
+{
+	/*
+	 * Slack 3 over two idle workers: the first worker takes 3 (3 above the
+	 * other), then the other until it holds 3 above (3 and 6), then back.
+	 */
+	static const bool on_first[] = { 1, 1, 1, 0, 0, 0, 0, 0, 0, 1 };
+	struct fx f;
+	int clients[ARRAY_SIZE(on_first)];
+	unsigned first = NWORKERS;
+
+	listener_fx(&f, AF_INET);
+	f.cfg.placement_slack = 3;
+	fx_spawn(&f, listener_main, 0);
+	for (unsigned i = 0; i < ARRAY_SIZE(on_first); i++) {
+		unsigned w = next_worker(&f, &clients[i]);
+
+		if (i == 0)
+			first = w;
+		if ((w == first) != on_first[i])
+			fail_msg("connection %u went to worker %u, the first one went to %u", i, w,
+				 first);
+	}
+	assert_int_equal(atomic_load(&f.shm->workers[first].handed), 4);
+	assert_int_equal(atomic_load(&f.shm->workers[1 - first].handed), 6);
+	close_all(clients, (int)ARRAY_SIZE(on_first));
+	fx_stop(&f);
+}
+
+static void listener_leaves_a_dead_or_full_worker_within_the_slack(void **state)
+{
+	struct fx f;
+	int clients[6];
+	unsigned a, b;
+
+	listener_fx(&f, AF_INET);
+	f.cfg.placement_slack = 8;
+	fx_spawn(&f, listener_main, 0);
+	a = next_worker(&f, &clients[0]);
+	b = 1 - a;
+	assert_int_equal(next_worker(&f, &clients[1]), a);
+	/* Dead: its channel would only queue, the other worker serves at once. */
+	atomic_store(&f.shm->workers[a].alive, 0);
+	assert_int_equal(next_worker(&f, &clients[2]), b);
+	assert_int_equal(next_worker(&f, &clients[3]), b);
+	/* At its open-file limit (2 held): the fd would be dropped in transit. */
+	atomic_store(&f.shm->workers[a].alive, 1);
+	atomic_store(&f.shm->workers[b].capacity, 2);
+	assert_int_equal(next_worker(&f, &clients[4]), a);
+	/* Worker a stays, within the slack, once b has room again. */
+	atomic_store(&f.shm->workers[b].capacity, 1000);
+	assert_int_equal(next_worker(&f, &clients[5]), a);
+	close_all(clients, 6);
+	fx_stop(&f);
+}
+
+static void listener_keeps_the_slack_within_a_batch(void **state)
+{
+	struct fx f;
+	struct got g[NWORKERS];
+	int clients[10];
+
+	listener_fx(&f, AF_INET);
+	f.cfg.placement_slack = 3;
+	fx_spawn(&f, listener_main, 0);
+	burst(&f, clients, 10);
+	for (unsigned w = 0; w < NWORKERS; w++)
+		read_channel(&f, w, &g[w], 500);
+	/* As one after another: 3 and 0, then 3 and 6, then 4 and 6; one message each. */
+	for (unsigned w = 0; w < NWORKERS; w++)
+		assert_int_equal(g[w].msgs, 1);
+	assert_int_equal(g[0].conns + g[1].conns, 10);
+	assert_true((g[0].conns == 4 && g[1].conns == 6) || (g[0].conns == 6 && g[1].conns == 4));
+	for (unsigned w = 0; w < NWORKERS; w++)
+		got_close(&g[w]);
+	close_all(clients, 10);
+	fx_stop(&f);
+}
+
+static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state)
+{
+	struct fx f;
+	struct ipc_hdr hdr;
+	int clients[4], fd;
+	unsigned w;
+
+	listener_fx(&f, AF_INET);
+	fx_spawn(&f, listener_main, 0);
+	w = next_worker(&f, &clients[0]);
+	assert_int_equal(next_worker(&f, &clients[1]), 1 - w);
+	/* What the supervisor sends on a reload; the PONG says it was read. */
+	f.cfg.placement_slack = 8;
+	assert_int_equal(ipc_send(f.ctl, IPC_CONFIG, 0, &f.cfg, sizeof(f.cfg), -1), 0);
+	assert_int_equal(ipc_send(f.ctl, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_true(ipc_recv(f.ctl, &hdr, NULL, 0, &fd) >= 0);
+	assert_int_equal(hdr.type, IPC_PONG);
+	assert_int_equal(next_worker(&f, &clients[2]), 1 - w);
+	assert_int_equal(next_worker(&f, &clients[3]), 1 - w);
+	close_all(clients, 4);
 	fx_stop(&f);
 }
 
@@ -659,6 +812,11 @@ int main(void)
 		cmocka_unit_test(listener_refuses_beyond_max_connections_within_a_batch),
 		cmocka_unit_test(listener_sends_elsewhere_when_a_channel_is_full),
 		cmocka_unit_test(listener_names_ipv6_clients_in_brackets),
+		cmocka_unit_test(listener_with_slack_0_alternates_one_connection_after_another),
+		cmocka_unit_test(listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded),
+		cmocka_unit_test(listener_leaves_a_dead_or_full_worker_within_the_slack),
+		cmocka_unit_test(listener_keeps_the_slack_within_a_batch),
+		cmocka_unit_test(listener_takes_a_reloaded_slack_for_the_next_connection),
 		cmocka_unit_test(worker_takes_a_batch_and_closes_the_fd_it_cannot_take),
 		cmocka_unit_test(worker_closes_a_malformed_batch_and_counts_it),
 		cmocka_unit_test(worker_out_of_fds_closes_a_truncated_batch_and_counts_it),
