@@ -18,6 +18,12 @@ Fixtures:
                   everything else goes into the config file's server { } section)
                   (listen_in_config=True writes the addresses into the file's
                   listen_addresses instead of passing -l, so that a reload can change them)
+                  (placement_slack: the generated file sets placement_slack = 0 unless
+                  the options give one, so that each new connection goes to the
+                  least-loaded worker and clients connected one after another land on
+                  different workers, as assert_different_workers, assert_spread and the
+                  bystander expect; placement_slack=None leaves the key out, for the
+                  daemon's default. config_text= and use_config=False write no such line)
     start_broker  factory: start_broker(**same options) -> Broker (stopped at teardown)
     worker_of     worker_of(client) -> pid of the worker holding the server side
     bystander     a client subscribed to "by/#" on every worker from before the test's
@@ -225,6 +231,11 @@ class Broker:
             # In the file's listen_addresses instead of -l (which a reload could not change).
             server_opts = {"listen_addresses": list(self.listen), **server_opts}
         self.listen_in_config = listen_in_config
+        if self.kind == "iotd":
+            # Placement on load alone unless the test says otherwise (see the
+            # module's docstring); None: the key left out, the daemon's default.
+            server_opts = {"placement_slack": 0, **server_opts}
+            server_opts = {k: v for k, v in server_opts.items() if v is not None}
         self.log_level = log_level
         self.server_opts = server_opts
         self.conf_path = self.tmpdir / f"{name}.conf"
