@@ -75,7 +75,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-printf 'logging {\n    level = "warn"\n}\n' > "$WORK/iotd.conf"
+# Placement on load alone (placement_slack 0): a worker's recovery is timed
+# by a new connection reaching the restarted worker, the least-loaded one;
+# with a slack, new connections would stay on the other worker.
+printf 'server {\n    placement_slack = 0\n}\nlogging {\n    level = "warn"\n}\n' > "$WORK/iotd.conf"
 
 free_port() {
 	"$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
