@@ -1364,6 +1364,24 @@ static void set_route_gen_switches_the_counter_and_bumps_it(void **state)
 	assert_int_equal(atomic_load(&shared), 102);
 }
 
+/* router_free ends no session for the workers: it leaves the route generation alone. */
+static void router_free_leaves_the_route_gen_alone(void **state)
+{
+	static _Atomic uint64_t shared = 7;
+	struct fx *f = *state;
+	uint64_t before;
+
+	router_set_route_gen(f->r, &shared);
+	connect_ok(f, C(0, 1), true, "clean", NULL);
+	connect_ok(f, C(1, 1), false, "keeper", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	subscribe_ok(f, C(1, 1), "u", 1);
+	before = atomic_load(&shared);
+	router_free(&f->r);
+	assert_null(f->r);
+	assert_int_equal(atomic_load(&shared), before);
+}
+
 /* ---- offline queue ------------------------------------------------------ */
 
 static void offline_queue_drops_new_messages_when_full(void **state)
@@ -2678,6 +2696,7 @@ int main(void)
 		T(publish_without_ask_gets_no_route_and_bad_flags_are_dropped),
 		T(route_gen_moves_with_every_change_of_where_messages_go),
 		T(set_route_gen_switches_the_counter_and_bumps_it),
+		T(router_free_leaves_the_route_gen_alone),
 		T(offline_queue_drops_new_messages_when_full),
 		T(offline_queue_respects_the_byte_budget),
 		T(will_is_published_on_abnormal_close),
