@@ -2381,6 +2381,8 @@ void router_free(struct router **rp)
 		return;
 	/* The store keeps what was committed: freeing memory is not ending sessions. */
 	r->st = NULL;
+	/* Nor is it a change of where messages go: the route generation stays as it is. */
+	r->route_gen = &r->route_gen_own;
 	/* From the last slot down, each slot looked at again after a removal: see hidx.c. */
 	for (uint32_t i = hidx_slots(&r->by_sid); i-- > 0;)
 		while ((s = hidx_at(&r->by_sid, i)))

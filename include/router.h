@@ -87,7 +87,8 @@ void router_config_changed(struct router *r);
  * The route generation (role.h: iotd_shm.route_gen): the router bumps it
  * at every change that can alter where a topic's messages go, and stamps
  * each REC_ROUTE with it. By default a counter of the router's own (unit
- * tests); router_main() points it into shared memory. Setting it bumps it.
+ * tests); router_main() points it into shared memory. Setting it bumps it;
+ * router_free() leaves it alone.
  */
 void router_set_route_gen(struct router *r, _Atomic uint64_t *gen);
 uint64_t router_route_gen(const struct router *r);

@@ -112,8 +112,16 @@ static void el_target(struct cp *c)
 		cp_u64(c);
 }
 
+static void el_route_target(struct cp *c)
+{
+	cp_u64(c);
+	cp_u8(c);
+}
+
 static void decode(struct cp *c, int type)
 {
+	uint8_t flags;
+
 	switch (type) {
 	case REC_CONNECT:
 		cp_u64(c); cp_u8(c); cp_u16(c); cp_str(c); cp_str(c);
@@ -126,7 +134,12 @@ static void decode(struct cp *c, int type)
 		cp_u64(c); cp_u16(c); cp_list(c, 16, cp_str);
 		break;
 	case REC_PUBLISH:
-		cp_u8(c); cp_u8(c); cp_str(c); cp_bytes(c);
+		cp_u8(c);
+		flags = recr_u8(&c->r);
+		recw_u8(&c->w, flags);
+		cp_str(c); cp_bytes(c);
+		if (flags & REC_PUB_ASK)
+			cp_u64(c);
 		break;
 	case REC_SESSION_MSG:
 		cp_u64(c); cp_u32(c); cp_u64(c); cp_u16(c); cp_u8(c); cp_u8(c); cp_u8(c);
@@ -158,6 +171,9 @@ static void decode(struct cp *c, int type)
 		break;
 	case REC_KICK:
 		cp_u64(c);
+		break;
+	case REC_ROUTE:
+		cp_u64(c); cp_u64(c); cp_str(c); cp_u8(c); cp_list(c, 32, el_route_target);
 		break;
 	default:                         /* unknown type: only an empty payload is whole */
 		break;

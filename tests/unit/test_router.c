@@ -42,6 +42,7 @@ struct cap {
 	uint16_t type;
 	size_t len;
 	uint8_t *buf;
+	uint64_t route_gen;          /* router_route_gen() when the record was emitted */
 };
 
 struct fx {
@@ -68,6 +69,7 @@ static int capture(void *arg, unsigned worker, uint16_t type, const struct recw 
 	c->worker = worker;
 	c->type = type;
 	c->len = rec->len;
+	c->route_gen = f->r ? router_route_gen(f->r) : 0;
 	c->buf = malloc(rec->len ? rec->len : 1);
 	assert_non_null(c->buf);
 	memcpy(c->buf, rec->buf, rec->len);
@@ -206,23 +208,38 @@ static int send_unsubscribe(struct fx *f, conn_id_t conn, uint16_t packet_id, co
 	return handle(f, conn_id_worker(conn), REC_UNSUBSCRIBE, &w);
 }
 
-static void build_publish(struct recw *w, uint8_t qos, bool retain, const char *topic,
-			  const char *payload)
+/* ask: 0, or the route request the message carries (REC_PUB_ASK and the u64). */
+static void build_publish_ask(struct recw *w, uint8_t qos, bool retain, const char *topic,
+			      const char *payload, uint64_t ask)
 {
 	recw_init(w);
 	recw_u8(w, qos);
-	recw_u8(w, retain);
+	recw_u8(w, (retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0));
 	recw_str(w, topic, (uint16_t)strlen(topic));
 	recw_bytes(w, payload, (uint32_t)strlen(payload));
+	if (ask)
+		recw_u64(w, ask);
+}
+
+static void build_publish(struct recw *w, uint8_t qos, bool retain, const char *topic,
+			  const char *payload)
+{
+	build_publish_ask(w, qos, retain, topic, payload, 0);
+}
+
+static int send_publish_ask(struct fx *f, unsigned worker, uint8_t qos, bool retain,
+			    const char *topic, const char *payload, uint64_t ask)
+{
+	struct recw w;
+
+	build_publish_ask(&w, qos, retain, topic, payload, ask);
+	return handle(f, worker, REC_PUBLISH, &w);
 }
 
 static int send_publish(struct fx *f, unsigned worker, uint8_t qos, bool retain,
 			const char *topic, const char *payload)
 {
-	struct recw w;
-
-	build_publish(&w, qos, retain, topic, payload);
-	return handle(f, worker, REC_PUBLISH, &w);
+	return send_publish_ask(f, worker, qos, retain, topic, payload, 0);
 }
 
 static int send_close(struct fx *f, conn_id_t conn, bool publish_will, uint16_t n,
@@ -440,6 +457,53 @@ static void decode_suback(const struct cap *c, struct suback *s)
 	for (uint16_t i = 0; i < s->n; i++)
 		s->codes[i] = recr_u8(&rd);
 	assert_int_equal(recr_end(&rd), 0);
+}
+
+struct route_ans {
+	uint64_t ask, gen;
+	char topic[128];
+	uint8_t local;
+	uint32_t n;
+	struct {
+		conn_id_t conn;
+		uint8_t qos;
+	} t[16];                     /* the first 16 of n */
+};
+
+static void decode_route(const struct cap *c, struct route_ans *a)
+{
+	struct recr rd;
+	const uint8_t *p;
+	uint16_t tlen;
+
+	assert_int_equal(c->type, REC_ROUTE);
+	recr_init(&rd, c->buf, c->len);
+	a->ask = recr_u64(&rd);
+	a->gen = recr_u64(&rd);
+	recr_str(&rd, &p, &tlen);
+	copy_str(a->topic, sizeof(a->topic), p, tlen);
+	a->local = recr_u8(&rd);
+	a->n = recr_u32(&rd);
+	for (uint32_t i = 0; i < a->n && !rd.err; i++) {
+		conn_id_t conn = recr_u64(&rd);
+		uint8_t qos = recr_u8(&rd);
+
+		assert_int_equal(conn_id_worker(conn), c->worker);
+		if (i < ARRAY_SIZE(a->t)) {
+			a->t[i].conn = conn;
+			a->t[i].qos = qos;
+		}
+	}
+	assert_int_equal(recr_end(&rd), 0);
+}
+
+/* The granted QoS a REC_ROUTE gives conn; -1 when it does not name it. */
+static int route_qos(const struct route_ans *a, conn_id_t conn)
+{
+	for (uint32_t i = 0; i < a->n && i < ARRAY_SIZE(a->t); i++)
+		if (a->t[i].conn == conn)
+			return a->t[i].qos;
+	return -1;
 }
 
 /* Connect a fresh session and return its sid; the CONNACK is checked and cleared. */
@@ -980,6 +1044,342 @@ static void resubscribe_replaces_the_qos(void **state)
 	assert_int_equal(send_publish(f, 0, 2, false, "t", "x"), 0);
 	decode_deliver(&f->caps[0], &d);
 	assert_int_equal(d.t[0].qos, 0);
+}
+
+/* ---- routes a worker may cache (REC_PUB_ASK, REC_ROUTE) ----------------- */
+
+/* Publish from worker with an ask; the last record emitted must be its REC_ROUTE. */
+static void publish_asking(struct fx *f, unsigned worker, uint8_t qos, const char *topic,
+			   uint64_t ask, struct route_ans *a)
+{
+	fx_clear(f);
+	assert_int_equal(send_publish_ask(f, worker, qos, false, topic, "p", ask), 0);
+	assert_int_equal(count_type(f, REC_ROUTE), 1);
+	assert_true(f->n >= 1);
+	assert_int_equal(f->caps[f->n - 1].worker, worker);
+	decode_route(&f->caps[f->n - 1], a);
+	assert_int_equal(a->ask, ask);
+	assert_int_equal(a->gen, router_route_gen(f->r));
+	assert_string_equal(a->topic, topic);
+}
+
+static void route_is_local_when_every_target_is_a_clean_session_on_the_asking_worker(void **state)
+{
+	struct fx *f = *state;
+	struct route_ans a;
+	struct deliver d;
+
+	connect_ok(f, C(0, 1), true, "a", NULL);
+	connect_ok(f, C(0, 2), true, "b", NULL);
+	connect_ok(f, C(0, 3), true, "c", NULL);
+	/* a: three filters match, one target at the highest granted QoS. */
+	subscribe_ok(f, C(0, 1), "s/+", 0);
+	subscribe_ok(f, C(0, 1), "s/#", 2);
+	subscribe_ok(f, C(0, 1), "s/x", 1);
+	subscribe_ok(f, C(0, 2), "s/x", 0);
+	subscribe_ok(f, C(0, 3), "other", 2);
+
+	publish_asking(f, 0, 1, "s/x", 42, &a);
+	/* The message's deliveries first, then the answer, both to worker 0. */
+	assert_int_equal(f->n, 2);
+	assert_int_equal(f->caps[0].worker, 0);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(d.n, 2);
+	assert_string_equal(d.payload, "p");
+	assert_int_equal(a.local, 1);
+	assert_int_equal(a.n, 2);
+	assert_int_equal(route_qos(&a, C(0, 1)), 2);   /* granted, not min(publish, granted) */
+	assert_int_equal(route_qos(&a, C(0, 2)), 0);
+	assert_int_equal(route_qos(&a, C(0, 3)), -1);
+
+	/* A fan-out split into several REC_DELIVER: the answer follows the last. */
+	router_set_max_record(f->r, 14 + 3 + 13);
+	publish_asking(f, 0, 0, "s/x", 43, &a);
+	assert_int_equal(f->n, 3);
+	assert_int_equal(f->caps[0].type, REC_DELIVER);
+	assert_int_equal(f->caps[1].type, REC_DELIVER);
+	assert_int_equal(a.local, 1);
+	assert_int_equal(a.n, 2);
+}
+
+static void route_is_local_and_empty_without_subscribers(void **state)
+{
+	struct fx *f = *state;
+	struct route_ans a;
+
+	publish_asking(f, 2, 0, "nobody/home", 1, &a);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(a.local, 1);
+	assert_int_equal(a.n, 0);
+
+	/* A session elsewhere subscribed to another topic changes nothing. */
+	connect_ok(f, C(1, 1), true, "elsewhere", NULL);
+	subscribe_ok(f, C(1, 1), "somewhere/else", 1);
+	publish_asking(f, 2, 2, "nobody/home", 2, &a);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(a.local, 1);
+	assert_int_equal(a.n, 0);
+}
+
+/* The answer is remote: local 0, n 0, whatever the deliveries. */
+static void expect_remote(struct fx *f, unsigned worker, uint8_t qos, const char *topic,
+			  uint64_t ask)
+{
+	struct route_ans a;
+
+	publish_asking(f, worker, qos, topic, ask, &a);
+	assert_int_equal(a.local, 0);
+	assert_int_equal(a.n, 0);
+}
+
+static void route_is_remote_for_another_worker_a_persistent_or_a_pending_session(void **state)
+{
+	struct fx *f = *state;
+
+	/* Only a target on worker 1; and with one on worker 0 as well. */
+	connect_ok(f, C(1, 1), true, "w1", NULL);
+	subscribe_ok(f, C(1, 1), "w/t", 1);
+	expect_remote(f, 0, 1, "w/t", 1);
+	assert_int_equal(f->n, 2);
+	assert_int_equal(f->caps[0].worker, 1);
+	assert_int_equal(f->caps[0].type, REC_DELIVER);
+	connect_ok(f, C(0, 1), true, "w0", NULL);
+	subscribe_ok(f, C(0, 1), "w/#", 1);
+	expect_remote(f, 0, 1, "w/t", 2);
+	assert_int_equal(count_type(f, REC_DELIVER), 2);
+	/* The same topic asked from worker 1 is remote too (a target on worker 0). */
+	expect_remote(f, 1, 1, "w/t", 3);
+
+	/* A persistent session online on the asking worker. */
+	connect_ok(f, C(2, 1), false, "keeper", NULL);
+	subscribe_ok(f, C(2, 1), "p/t", 1);
+	expect_remote(f, 2, 1, "p/t", 4);
+	assert_int_equal(count_type(f, REC_DELIVER), 1);
+	/* ... and offline: its messages are queued by the router. */
+	assert_int_equal(send_close(f, C(2, 1), false, 0, NULL), 0);
+	expect_remote(f, 2, 1, "p/t", 5);
+	assert_int_equal(f->n, 1);
+
+	/* A clean session whose connection is being taken over. */
+	connect_ok(f, C(3, 1), true, "moving", NULL);
+	subscribe_ok(f, C(3, 1), "m/t", 1);
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(3, 2), true, "moving", NULL), 0);
+	assert_int_equal(decode_conn_only(&f->caps[0], REC_KICK), C(3, 1));
+	expect_remote(f, 3, 1, "m/t", 6);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+	expect_remote(f, 3, 0, "m/t", 7);
+}
+
+static void route_of_a_fan_out_past_the_limit_stays_with_the_router(void **state)
+{
+	struct fx *f = *state;
+	struct route_ans a;
+	char id[16];
+
+	/* ROUTER_ROUTE_MAX (1024) targets are named; one more is too many. */
+	for (unsigned i = 0; i < 1025; i++) {
+		snprintf(id, sizeof(id), "c%u", i);
+		connect_ok(f, C(0, i + 1), true, id, NULL);
+		subscribe_ok(f, C(0, i + 1), i < 1024 ? "t/+" : "t/b", 1);
+	}
+	publish_asking(f, 0, 1, "t/a", 1, &a);
+	assert_int_equal(a.local, 1);
+	assert_int_equal(a.n, 1024);
+	publish_asking(f, 0, 1, "t/b", 2, &a);
+	assert_int_equal(a.local, 0);
+	assert_int_equal(a.n, 0);
+}
+
+static void publish_without_ask_gets_no_route_and_bad_flags_are_dropped(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	struct route_ans a;
+	struct recw w;
+
+	connect_ok(f, C(0, 1), true, "a", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_publish(f, 0, 1, false, "t", "x"), 0);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(count_type(f, REC_ROUTE), 0);
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 0, 1, true, "t", "x"), 0);
+	assert_int_equal(count_type(f, REC_ROUTE), 0);
+	fx_clear(f);
+
+	/* Retain and ask together: the message is kept, and answered. */
+	assert_int_equal(send_publish_ask(f, 0, 1, true, "r", "kept", 9), 0);
+	assert_int_equal(f->n, 1);
+	decode_route(&f->caps[0], &a);
+	assert_int_equal(a.ask, 9);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.retained, 2);
+	fx_clear(f);
+
+	/* An unknown flag bit, alone or with the known ones. */
+	for (unsigned bit = 2; bit < 8; bit++) {
+		recw_init(&w);
+		recw_u8(&w, 1);
+		recw_u8(&w, (uint8_t)(1u << bit));
+		recw_str(&w, "t", 1);
+		recw_bytes(&w, "x", 1);
+		assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
+		build_publish_ask(&w, 1, true, "t", "x", 5);
+		w.buf[1] |= (uint8_t)(1u << bit);
+		assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
+	}
+	/* The ask flag with the ask cut short or missing; an ask without the flag. */
+	for (size_t cut = 1; cut <= 8; cut++) {
+		build_publish_ask(&w, 1, false, "t", "x", 5);
+		assert_int_equal(router_handle(f->r, 0, REC_PUBLISH, w.buf, w.len - cut), -1);
+		recw_free(&w);
+	}
+	build_publish_ask(&w, 1, false, "t", "x", 5);
+	w.buf[1] = 0;
+	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
+	build_publish_ask(&w, 1, false, "t", "x", 5);
+	recw_u8(&w, 0);                       /* a byte past the ask */
+	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
+	assert_int_equal(f->n, 0);            /* neither delivered nor answered */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.bad_records, 6 * 2 + 8 + 2);
+}
+
+static void route_gen_moves_with_every_change_of_where_messages_go(void **state)
+{
+	struct fx *f = *state;
+	uint64_t g = router_route_gen(f->r);
+	struct route_ans a;
+
+#define SAME() assert_int_equal(router_route_gen(f->r), g)
+#define MOVED()                                                 \
+	do {                                                    \
+		assert_true(router_route_gen(f->r) > g);        \
+		g = router_route_gen(f->r);                     \
+	} while (0)
+
+	/* Sessions without subscriptions and messages route nothing new. */
+	connect_ok(f, C(0, 1), true, "clean", NULL);
+	SAME();
+	connect_ok(f, C(0, 2), false, "keeper", NULL);
+	SAME();
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "x"), 0);
+	assert_int_equal(send_publish(f, 1, 1, true, "t", "x"), 0);
+	publish_asking(f, 1, 1, "t", 1, &a);
+	SAME();
+	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
+	SAME();
+	assert_int_equal(send_connect(f, C(0, 3), false, "keeper", NULL), 0);   /* resumed */
+	SAME();
+
+	/* SUBSCRIBE, again at another QoS, UNSUBSCRIBE: each before its ack. */
+	fx_clear(f);
+	assert_int_equal(send_subscribe(f, C(0, 1), 1, "t", 1), 0);
+	MOVED();
+	assert_int_equal(f->caps[0].type, REC_SUBACK);
+	assert_int_equal(f->caps[0].route_gen, g);
+	subscribe_ok(f, C(0, 1), "t", 2);
+	MOVED();
+	fx_clear(f);
+	assert_int_equal(send_unsubscribe(f, C(0, 1), 2, "t"), 0);
+	MOVED();
+	assert_int_equal(f->caps[0].route_gen, g);
+	assert_int_equal(send_unsubscribe(f, C(0, 1), 3, "t"), 0);   /* nothing left to remove */
+	SAME();
+
+	/* A clean session closes: without subscriptions, then with. */
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	SAME();
+	connect_ok(f, C(0, 4), true, "short", NULL);
+	subscribe_ok(f, C(0, 4), "s", 0);
+	MOVED();
+	assert_int_equal(send_close(f, C(0, 4), true, 0, NULL), 0);
+	MOVED();
+
+	/* A persistent session with subscriptions closes, then connects again. */
+	subscribe_ok(f, C(0, 3), "k/#", 1);
+	MOVED();
+	assert_int_equal(send_close(f, C(0, 3), false, 0, NULL), 0);
+	MOVED();
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(1, 1), false, "keeper", NULL), 0);
+	MOVED();
+	assert_int_equal(f->caps[0].type, REC_CONNACK);
+	assert_int_equal(f->caps[0].route_gen, g);
+
+	/* Taken over: at the KICK, and again when the new connection takes it. */
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(2, 1), false, "keeper", NULL), 0);
+	MOVED();
+	assert_int_equal(decode_conn_only(&f->caps[0], REC_KICK), C(1, 1));
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+	MOVED();
+	assert_int_equal(f->caps[0].type, REC_CONNACK);
+	assert_int_equal(f->caps[0].route_gen, g);
+
+	/* A worker down: with only unsubscribed sessions, then with a subscribed one. */
+	connect_ok(f, C(3, 1), true, "idle", NULL);
+	SAME();
+	assert_int_equal(send_worker_down(f, 3, 2), 0);
+	SAME();
+	connect_ok(f, C(1, 2), true, "busy", NULL);
+	subscribe_ok(f, C(1, 2), "b", 1);
+	MOVED();
+	assert_int_equal(send_worker_down(f, 1, 2), 0);
+	MOVED();
+	/* ... and the persistent one on worker 2 (subscribed, goes offline). */
+	assert_int_equal(send_worker_down(f, 2, 2), 0);
+	MOVED();
+	assert_int_equal(send_worker_down(f, 2, 2), 0);   /* nothing of epoch 1 left */
+	SAME();
+#undef SAME
+#undef MOVED
+}
+
+static void set_route_gen_switches_the_counter_and_bumps_it(void **state)
+{
+	static _Atomic uint64_t shared = 100;
+	struct fx *f = *state;
+	uint64_t own = router_route_gen(f->r);
+	struct route_ans a;
+
+	router_set_route_gen(f->r, &shared);
+	assert_int_equal(atomic_load(&shared), 101);
+	assert_int_equal(router_route_gen(f->r), 101);
+
+	connect_ok(f, C(0, 1), true, "a", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(atomic_load(&shared), 102);
+	publish_asking(f, 0, 1, "t", 1, &a);
+	assert_int_equal(a.gen, 102);
+	assert_int_equal(a.local, 1);
+
+	/* Back to its own counter, which the shared one's changes did not touch. */
+	router_set_route_gen(f->r, NULL);
+	assert_int_equal(router_route_gen(f->r), own + 1);
+	subscribe_ok(f, C(0, 1), "u", 1);
+	assert_int_equal(router_route_gen(f->r), own + 2);
+	assert_int_equal(atomic_load(&shared), 102);
+}
+
+/* router_free ends no session for the workers: it leaves the route generation alone. */
+static void router_free_leaves_the_route_gen_alone(void **state)
+{
+	static _Atomic uint64_t shared = 7;
+	struct fx *f = *state;
+	uint64_t before;
+
+	router_set_route_gen(f->r, &shared);
+	connect_ok(f, C(0, 1), true, "clean", NULL);
+	connect_ok(f, C(1, 1), false, "keeper", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	subscribe_ok(f, C(1, 1), "u", 1);
+	before = atomic_load(&shared);
+	router_free(&f->r);
+	assert_null(f->r);
+	assert_int_equal(atomic_load(&shared), before);
 }
 
 /* ---- offline queue ------------------------------------------------------ */
@@ -2289,6 +2689,14 @@ int main(void)
 		T(delivered_qos_is_the_lower_of_publish_and_granted),
 		T(unsubscribe_stops_delivery_and_is_acked),
 		T(resubscribe_replaces_the_qos),
+		T(route_is_local_when_every_target_is_a_clean_session_on_the_asking_worker),
+		T(route_is_local_and_empty_without_subscribers),
+		T(route_is_remote_for_another_worker_a_persistent_or_a_pending_session),
+		T(route_of_a_fan_out_past_the_limit_stays_with_the_router),
+		T(publish_without_ask_gets_no_route_and_bad_flags_are_dropped),
+		T(route_gen_moves_with_every_change_of_where_messages_go),
+		T(set_route_gen_switches_the_counter_and_bumps_it),
+		T(router_free_leaves_the_route_gen_alone),
 		T(offline_queue_drops_new_messages_when_full),
 		T(offline_queue_respects_the_byte_budget),
 		T(will_is_published_on_abnormal_close),
