@@ -1623,6 +1623,11 @@ static void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
 	struct recw *w = &r->out;
 	bool local = router_route_local(r, worker);
 
+	/* An answer too big for the ring would be dropped and asked for again and again. */
+	if (local && r->max_record &&
+	    8 + 8 + 2 + (size_t)m->topic_len + 1 + 4 + r->n_targets * 9 > r->max_record)
+		local = false;
+
 	recw_reset(w);
 	recw_u64(w, ask);
 	recw_u64(w, atomic_load_explicit(r->route_gen, memory_order_relaxed));
