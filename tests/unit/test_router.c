@@ -1092,14 +1092,27 @@ static void route_is_local_when_every_target_is_a_clean_session_on_the_asking_wo
 	assert_int_equal(route_qos(&a, C(0, 2)), 0);
 	assert_int_equal(route_qos(&a, C(0, 3)), -1);
 
-	/* A fan-out split into several REC_DELIVER: the answer follows the last. */
-	router_set_max_record(f->r, 14 + 3 + 13);
-	publish_asking(f, 0, 0, "s/x", 43, &a);
+	/*
+	 * A fan-out split into several REC_DELIVER (a 10-byte payload: 26 bytes
+	 * of header and 13 a target) while the answer (8 + 8 + 2 + 3 + 1 + 4 + 9
+	 * a target = 44 bytes) fits: it follows the last.
+	 */
+	router_set_max_record(f->r, 44);
+	fx_clear(f);
+	assert_int_equal(send_publish_ask(f, 0, 0, false, "s/x", "pppppppppp", 43), 0);
+	decode_route(&f->caps[f->n - 1], &a);
+	assert_int_equal(a.ask, 43);
 	assert_int_equal(f->n, 3);
 	assert_int_equal(f->caps[0].type, REC_DELIVER);
 	assert_int_equal(f->caps[1].type, REC_DELIVER);
 	assert_int_equal(a.local, 1);
 	assert_int_equal(a.n, 2);
+
+	/* One byte less and the answer would not fit the ring: the router keeps the topic. */
+	router_set_max_record(f->r, 43);
+	publish_asking(f, 0, 0, "s/x", 44, &a);
+	assert_int_equal(a.local, 0);
+	assert_int_equal(a.n, 0);
 }
 
 static void route_is_local_and_empty_without_subscribers(void **state)
