@@ -2,9 +2,8 @@
  * routes.c - a worker's cache of the routes the router told it (routes.h).
  *
  * Owns the cached routes of one worker: topics, their state and, for a
- * local route, its targets. Bounded (ROUTES_MAX entries, ROUTES_MAX_BYTES)
- * by emptying it whole: a topic that loses its entry only goes to the
- * router again, which is never wrong.
+ * local route, its targets. Bounded (ROUTES_MAX entries, ROUTES_MAX_BYTES):
+ * a topic without an entry only goes to the router, which is never wrong.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -56,12 +55,44 @@ struct route *routes_find(const struct route_cache *rc, const uint8_t *topic, ui
 	return hidx_find(&rc->idx, hidx_hash_bytes(topic, len), route_has_topic, &k);
 }
 
-static struct route *route_new(struct route_cache *rc, const uint8_t *topic, uint16_t len)
+static void route_remove(struct route_cache *rc, struct route *rt)
+{
+	hidx_del(&rc->idx, rt->hash, rt);
+	rc->bytes -= route_size(rt);
+	route_free(rt);
+}
+
+static bool routes_full(const struct route_cache *rc, uint16_t len)
+{
+	return hidx_count(&rc->idx) >= ROUTES_MAX ||
+	       rc->bytes + sizeof(struct route) + len > ROUTES_MAX_BYTES;
+}
+
+/*
+ * Remove the entries of other generations: routes no longer valid, asks
+ * made before the last change. From the last slot down, each slot looked
+ * at again after a removal (see hidx.c); an entry a removal shifts behind
+ * the walk is only kept.
+ */
+static void routes_sweep(struct route_cache *rc, uint64_t gen)
 {
 	struct route *rt;
 
-	if (hidx_count(&rc->idx) >= ROUTES_MAX || rc->bytes + sizeof(*rt) + len > ROUTES_MAX_BYTES)
-		routes_free(rc);
+	for (uint32_t i = hidx_slots(&rc->idx); i-- > 0;)
+		while ((rt = hidx_at(&rc->idx, i)) != NULL && rt->gen != gen)
+			route_remove(rc, rt);
+	rc->swept = gen + 1;
+}
+
+static struct route *route_new(struct route_cache *rc, const uint8_t *topic, uint16_t len,
+			       uint64_t gen)
+{
+	struct route *rt;
+
+	if (routes_full(rc, len) && rc->swept != gen + 1)
+		routes_sweep(rc, gen);
+	if (routes_full(rc, len))
+		return NULL;
 	rt = calloc(1, sizeof(*rt) + len);
 	if (!rt)
 		return NULL;
@@ -86,16 +117,17 @@ static void route_set_targets(struct route_cache *rc, struct route *rt, struct r
 	rc->bytes += route_size(rt);
 }
 
-uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len)
+uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len, uint64_t gen)
 {
 	struct route *rt = routes_find(rc, topic, len);
 
-	if (!rt && !(rt = route_new(rc, topic, len)))
+	if (!rt && !(rt = route_new(rc, topic, len, gen)))
 		return 0;
 	if (rt->kind != ROUTE_ASKED) {
 		route_set_targets(rc, rt, NULL, 0);
 		rt->kind = ROUTE_ASKED;
 	}
+	rt->gen = gen;
 	rt->ask = ++rc->next_ask;
 	return rt->ask;
 }

@@ -1072,7 +1072,7 @@ static void route_publish(struct worker *w, const struct mqtt_publish *pub)
 			return;
 		}
 	}
-	push_publish(w, pub, routes_ask(&w->routes, pub->topic.p, pub->topic.len));
+	push_publish(w, pub, routes_ask(&w->routes, pub->topic.p, pub->topic.len, gen));
 }
 
 static enum pkt_result handle_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)

@@ -39,7 +39,7 @@ struct route_target {
 };
 
 struct route {
-	uint64_t gen;     /* LOCAL, REMOTE: valid while the route generation is this */
+	uint64_t gen;     /* LOCAL, REMOTE: valid while the route generation is this; ASKED: asked at */
 	uint64_t ask;     /* ASKED: the last ask sent for this topic */
 	uint32_t hash;
 	uint32_t n_targets;
@@ -53,9 +53,16 @@ struct route_cache {
 	struct hidx idx;
 	size_t bytes;     /* held by the routes, for the bound below */
 	uint64_t next_ask;
+	uint64_t swept;   /* 1 + the generation of the last sweep; 0: none yet */
 };
 
-/* Past either bound, the cache is emptied before it takes a new topic. */
+/*
+ * Bounds. A full cache takes a new topic only after a sweep has removed
+ * the entries of older generations (at most one sweep a generation);
+ * failing that the topic is not cached and its messages go to the router
+ * without asking. So a worker that sees more topics than this costs the
+ * router no answer per message, and the topics it caches stay cached.
+ */
 #define ROUTES_MAX 4096
 #define ROUTES_MAX_BYTES (1u << 20)
 
@@ -67,9 +74,10 @@ struct route *routes_find(const struct route_cache *rc, const uint8_t *topic, ui
 /*
  * A message of this topic goes to the router asking for its route: make
  * (or turn) the topic's entry ROUTE_ASKED and return the ask to send, or
- * 0 when there is no memory for an entry (the message goes unflagged).
+ * 0 when the cache is full (see above) or out of memory (the message goes
+ * unflagged). gen: the current route generation.
  */
-uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len);
+uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len, uint64_t gen);
 
 /*
  * The router's answer. Taken when the topic still waits for an answer

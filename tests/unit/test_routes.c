@@ -1,6 +1,6 @@
 /*
  * test_routes.c - unit tests of a worker's route cache (daemon/routes.c):
- * asks and the answers taken or refused, the bounds that empty the cache,
+ * asks and the answers taken or refused, the bounds (a sweep of older generations),
  * topics told apart by their bytes, and freeing (ASan in `make check-san`
  * reports any leak).
  */
@@ -37,7 +37,7 @@ static size_t entry_bytes(const char *topic, uint32_t n)
 static struct route *make_local(struct route_cache *rc, const char *topic, uint64_t gen,
 				const struct route_target *t, uint32_t n)
 {
-	uint64_t ask = routes_ask(rc, T(topic));
+	uint64_t ask = routes_ask(rc, T(topic), 1);
 
 	assert_int_not_equal(ask, 0);
 	assert_true(routes_answer(rc, T(topic), ask, gen, gen, true, t, n));
@@ -65,7 +65,7 @@ static void ask_creates_an_asked_entry_with_increasing_asks(void **state)
 	struct route *rt;
 	uint64_t a1, a2, b1;
 
-	a1 = routes_ask(&rc, T("a/b"));
+	a1 = routes_ask(&rc, T("a/b"), 1);
 	assert_int_not_equal(a1, 0);
 	rt = find(&rc, "a/b");
 	assert_non_null(rt);
@@ -77,7 +77,7 @@ static void ask_creates_an_asked_entry_with_increasing_asks(void **state)
 	assert_memory_equal(rt->topic, "a/b", 3);
 	assert_int_equal(rc.bytes, entry_bytes("a/b", 0));
 
-	a2 = routes_ask(&rc, T("a/b"));       /* the same entry, asked again */
+	a2 = routes_ask(&rc, T("a/b"), 1);       /* the same entry, asked again */
 	assert_true(a2 > a1);
 	assert_ptr_equal(find(&rc, "a/b"), rt);
 	assert_int_equal(rt->ask, a2);
@@ -85,7 +85,7 @@ static void ask_creates_an_asked_entry_with_increasing_asks(void **state)
 	assert_int_equal(hidx_count(&rc.idx), 1);
 	assert_int_equal(rc.bytes, entry_bytes("a/b", 0));
 
-	b1 = routes_ask(&rc, T("b"));         /* one sequence for every topic */
+	b1 = routes_ask(&rc, T("b"), 1);         /* one sequence for every topic */
 	assert_true(b1 > a2);
 	assert_int_equal(hidx_count(&rc.idx), 2);
 	assert_int_equal(find(&rc, "b")->ask, b1);
@@ -101,7 +101,7 @@ static void local_answer_to_the_last_ask_at_the_current_gen_is_taken(void **stat
 	uint64_t ask;
 
 	memcpy(t, three, sizeof(t));
-	ask = routes_ask(&rc, T("x"));
+	ask = routes_ask(&rc, T("x"), 1);
 	assert_true(routes_answer(&rc, T("x"), ask, 7, 7, true, t, 3));
 	rt = find(&rc, "x");
 	assert_non_null(rt);
@@ -132,8 +132,8 @@ static void local_answer_to_an_older_ask_is_refused_while_a_newer_is_outstanding
 	struct route *rt;
 	uint64_t old, last;
 
-	old = routes_ask(&rc, T("x"));
-	last = routes_ask(&rc, T("x"));
+	old = routes_ask(&rc, T("x"), 1);
+	last = routes_ask(&rc, T("x"), 1);
 	assert_false(routes_answer(&rc, T("x"), old, 3, 3, true, three, 3));
 	rt = find(&rc, "x");
 	assert_int_equal(rt->kind, ROUTE_ASKED);
@@ -152,7 +152,7 @@ static void local_answer_to_an_older_ask_is_refused_while_a_newer_is_outstanding
 static void answer_at_another_gen_is_refused(void **state)
 {
 	struct route_cache rc = { 0 };
-	uint64_t ask = routes_ask(&rc, T("x"));
+	uint64_t ask = routes_ask(&rc, T("x"), 1);
 
 	assert_false(routes_answer(&rc, T("x"), ask, 4, 5, true, three, 3));   /* older */
 	assert_false(routes_answer(&rc, T("x"), ask, 6, 5, true, three, 3));   /* newer */
@@ -170,8 +170,8 @@ static void remote_answer_is_taken_for_any_ask(void **state)
 	struct route *rt;
 	uint64_t old, last;
 
-	old = routes_ask(&rc, T("x"));
-	last = routes_ask(&rc, T("x"));
+	old = routes_ask(&rc, T("x"), 1);
+	last = routes_ask(&rc, T("x"), 1);
 	assert_true(routes_answer(&rc, T("x"), old, 9, 9, false, NULL, 0));
 	rt = find(&rc, "x");
 	assert_int_equal(rt->kind, ROUTE_REMOTE);
@@ -185,7 +185,7 @@ static void remote_answer_is_taken_for_any_ask(void **state)
 	assert_int_equal(rt->n_targets, 0);
 
 	/* The last ask itself answered remote. */
-	last = routes_ask(&rc, T("y"));
+	last = routes_ask(&rc, T("y"), 1);
 	assert_true(routes_answer(&rc, T("y"), last, 9, 9, false, NULL, 0));
 	assert_int_equal(find(&rc, "y")->kind, ROUTE_REMOTE);
 	routes_free(&rc);
@@ -197,7 +197,7 @@ static void answer_for_a_topic_not_asked_or_already_answered_is_refused(void **s
 	struct route *rt;
 	uint64_t ask;
 
-	ask = routes_ask(&rc, T("asked"));
+	ask = routes_ask(&rc, T("asked"), 1);
 	assert_false(routes_answer(&rc, T("other"), ask, 1, 1, true, three, 3));
 	assert_false(routes_answer(&rc, T("other"), ask, 1, 1, false, NULL, 0));
 	assert_null(find(&rc, "other"));
@@ -223,7 +223,7 @@ static void asking_again_turns_an_answered_entry_asked_and_drops_its_targets(voi
 	uint64_t first = rt->ask, again;
 
 	assert_int_equal(rc.bytes, entry_bytes("x", 3));
-	again = routes_ask(&rc, T("x"));
+	again = routes_ask(&rc, T("x"), 1);
 	assert_true(again > first);
 	assert_ptr_equal(find(&rc, "x"), rt);
 	assert_int_equal(rt->kind, ROUTE_ASKED);
@@ -239,9 +239,9 @@ static void asking_again_turns_an_answered_entry_asked_and_drops_its_targets(voi
 	assert_int_equal(rt->gen, 3);
 
 	/* A remote entry asked again (a new gen) is ASKED as well. */
-	again = routes_ask(&rc, T("r"));
+	again = routes_ask(&rc, T("r"), 1);
 	assert_true(routes_answer(&rc, T("r"), again, 3, 3, false, NULL, 0));
-	again = routes_ask(&rc, T("r"));
+	again = routes_ask(&rc, T("r"), 1);
 	assert_int_equal(find(&rc, "r")->kind, ROUTE_ASKED);
 	assert_int_equal(find(&rc, "r")->ask, again);
 	assert_int_equal(rc.bytes, entry_bytes("x", 1) + entry_bytes("r", 0));
@@ -253,7 +253,7 @@ static void topic_name(char *buf, size_t cap, unsigned i)
 	snprintf(buf, cap, "dev/%u/state", i);
 }
 
-static void the_entry_bound_empties_the_cache_and_the_new_topic_is_added(void **state)
+static void the_entry_bound_sweeps_older_generations_then_refuses_new_topics(void **state)
 {
 	struct route_cache rc = { 0 };
 	char topic[32];
@@ -262,7 +262,7 @@ static void the_entry_bound_empties_the_cache_and_the_new_topic_is_added(void **
 
 	for (unsigned i = 0; i < ROUTES_MAX; i++) {
 		topic_name(topic, sizeof(topic), i);
-		ask = routes_ask(&rc, T(topic));
+		ask = routes_ask(&rc, T(topic), 1);
 		assert_true(ask > last);
 		last = ask;
 		bytes += entry_bytes(topic, 0);
@@ -273,20 +273,24 @@ static void the_entry_bound_empties_the_cache_and_the_new_topic_is_added(void **
 	assert_int_equal(hidx_count(&rc.idx), ROUTES_MAX);
 	assert_int_equal(rc.bytes, bytes);
 	assert_true(rc.bytes < ROUTES_MAX_BYTES);     /* the entry bound is the one met */
-	for (unsigned i = 0; i < ROUTES_MAX; i += 511) {
-		topic_name(topic, sizeof(topic), i);
-		assert_non_null(find(&rc, topic));
-	}
-	/* A topic already there is asked again without emptying anything. */
+
+	/* Every entry is of the current generation: a new topic is not cached. */
+	assert_int_equal(routes_ask(&rc, T("one/too/many"), 1), 0);
+	assert_int_equal(routes_ask(&rc, T("one/too/many"), 1), 0);
+	assert_null(find(&rc, "one/too/many"));
+	assert_int_equal(hidx_count(&rc.idx), ROUTES_MAX);
+	assert_int_equal(rc.bytes, bytes);
+	/* A topic already there is asked again as before. */
 	topic_name(topic, sizeof(topic), 5);
-	last = routes_ask(&rc, T(topic));
+	last = routes_ask(&rc, T(topic), 1);
+	assert_int_not_equal(last, 0);
 	assert_int_equal(hidx_count(&rc.idx), ROUTES_MAX);
 
-	ask = routes_ask(&rc, T("one/too/many"));
+	/* A new generation: the sweep removes every entry of the old one. */
+	ask = routes_ask(&rc, T("one/too/many"), 2);
 	assert_true(ask > last);                    /* asks never restart */
 	assert_int_equal(hidx_count(&rc.idx), 1);
 	assert_int_equal(rc.bytes, entry_bytes("one/too/many", 0));
-	assert_non_null(find(&rc, "one/too/many"));
 	assert_int_equal(find(&rc, "one/too/many")->kind, ROUTE_ASKED);
 	for (unsigned i = 0; i < ROUTES_MAX; i += 511) {
 		topic_name(topic, sizeof(topic), i);
@@ -294,12 +298,31 @@ static void the_entry_bound_empties_the_cache_and_the_new_topic_is_added(void **
 	}
 	/* The answer to an ask of an entry now gone is refused. */
 	topic_name(topic, sizeof(topic), 5);
-	assert_false(routes_answer(&rc, T(topic), last, 1, 1, true, three, 1));
+	assert_false(routes_answer(&rc, T(topic), last, 2, 2, true, three, 1));
 	assert_null(find(&rc, topic));
+	routes_free(&rc);
+
+	/* Only the older generations go: half the entries asked or answered at 3. */
+	for (unsigned i = 0; i < ROUTES_MAX; i++) {
+		topic_name(topic, sizeof(topic), i);
+		if (i % 2)
+			make_local(&rc, topic, 3, three, 2);
+		else
+			assert_int_not_equal(routes_ask(&rc, T(topic), 2), 0);
+	}
+	assert_int_not_equal(routes_ask(&rc, T("one/too/many"), 3), 0);
+	assert_int_equal(hidx_count(&rc.idx), ROUTES_MAX / 2 + 1);
+	for (unsigned i = 0; i < ROUTES_MAX; i++) {
+		topic_name(topic, sizeof(topic), i);
+		if (i % 2)
+			assert_int_equal(find(&rc, topic)->kind, ROUTE_LOCAL);
+		else
+			assert_null(find(&rc, topic));
+	}
 	routes_free(&rc);
 }
 
-static void the_byte_bound_empties_the_cache_and_the_new_topic_is_added(void **state)
+static void the_byte_bound_sweeps_older_generations_then_refuses_new_topics(void **state)
 {
 	enum { LEN = 60000 };
 	struct route_cache rc = { 0 };
@@ -313,7 +336,7 @@ static void the_byte_bound_empties_the_cache_and_the_new_topic_is_added(void **s
 	/* As many long topics as the bytes take: far fewer than ROUTES_MAX. */
 	for (unsigned i = 0; (held + 1) * entry <= ROUTES_MAX_BYTES; i++) {
 		memcpy(topic, (char[]){ 'a' + i % 26, 'a' + i / 26 }, 2);
-		assert_int_not_equal(routes_ask(&rc, (const uint8_t *)topic, LEN), 0);
+		assert_int_not_equal(routes_ask(&rc, (const uint8_t *)topic, LEN, 1), 0);
 		held++;
 		assert_int_equal(hidx_count(&rc.idx), held);
 		assert_int_equal(rc.bytes, held * entry);
@@ -322,7 +345,9 @@ static void the_byte_bound_empties_the_cache_and_the_new_topic_is_added(void **s
 	assert_true(rc.bytes + entry > ROUTES_MAX_BYTES);
 
 	memcpy(topic, "zz", 2);
-	assert_int_not_equal(routes_ask(&rc, (const uint8_t *)topic, LEN), 0);
+	assert_int_equal(routes_ask(&rc, (const uint8_t *)topic, LEN, 1), 0);
+	assert_int_equal(hidx_count(&rc.idx), held);
+	assert_int_not_equal(routes_ask(&rc, (const uint8_t *)topic, LEN, 2), 0);
 	assert_int_equal(hidx_count(&rc.idx), 1);
 	assert_int_equal(rc.bytes, entry);
 	assert_non_null(routes_find(&rc, (const uint8_t *)topic, LEN));
@@ -337,11 +362,14 @@ static void the_byte_bound_empties_the_cache_and_the_new_topic_is_added(void **s
 		struct route_target *t = calloc(n, sizeof(*t));
 
 		assert_non_null(t);
-		make_local(&rc, "big", 1, t, n);
+		make_local(&rc, "big", 4, t, n);
 		assert_int_equal(rc.bytes, entry_bytes("big", n));
-		make_local(&rc, "fits", 1, three, 3);
+		make_local(&rc, "fits", 4, three, 3);
 		assert_int_equal(hidx_count(&rc.idx), 2);
-		routes_ask(&rc, (const uint8_t *)topic, LEN);     /* 60 KB more: over */
+		/* 60 KB more would be over: refused at 4, taken at 5 once "big" is swept. */
+		assert_int_equal(routes_ask(&rc, (const uint8_t *)topic, LEN, 4), 0);
+		assert_int_equal(hidx_count(&rc.idx), 2);
+		assert_int_not_equal(routes_ask(&rc, (const uint8_t *)topic, LEN, 5), 0);
 		assert_int_equal(hidx_count(&rc.idx), 1);
 		assert_null(find(&rc, "big"));
 		assert_int_equal(rc.bytes, entry);
@@ -386,9 +414,9 @@ static void topics_sharing_a_hash_or_a_bucket_are_distinct(void **state)
 	uint64_t ask_a, ask_b;
 
 	assert_int_equal(hidx_hash_bytes(a, 8), hidx_hash_bytes(b, 8));
-	ask_a = routes_ask(&rc, T(a));
+	ask_a = routes_ask(&rc, T(a), 1);
 	assert_null(find(&rc, b));
-	ask_b = routes_ask(&rc, T(b));
+	ask_b = routes_ask(&rc, T(b), 1);
 	assert_int_equal(hidx_count(&rc.idx), 2);
 	assert_ptr_not_equal(find(&rc, a), find(&rc, b));
 	/* b's ask is the later one; a's answer is still a's. */
@@ -433,20 +461,20 @@ static void free_empties_a_full_cache_which_then_serves_again(void **state)
 		if (i % 3 == 0)
 			make_local(&rc, topic, 1, three, 3);
 		else if (i % 3 == 1)
-			assert_true(routes_answer(&rc, T(topic), routes_ask(&rc, T(topic)), 1, 1,
+			assert_true(routes_answer(&rc, T(topic), routes_ask(&rc, T(topic), 1), 1, 1,
 						  false, NULL, 0));
 		else
-			routes_ask(&rc, T(topic));
+			routes_ask(&rc, T(topic), 1);
 	}
 	assert_int_equal(hidx_count(&rc.idx), ROUTES_MAX);
-	last = routes_ask(&rc, T(topic));
+	last = routes_ask(&rc, T(topic), 1);
 	routes_free(&rc);
 	assert_int_equal(hidx_count(&rc.idx), 0);
 	assert_int_equal(hidx_slots(&rc.idx), 0);
 	assert_int_equal(rc.bytes, 0);
 	assert_null(find(&rc, topic));
 	/* Still usable, and its asks go on from where they were. */
-	assert_true(routes_ask(&rc, T(topic)) > last);
+	assert_true(routes_ask(&rc, T(topic), 1) > last);
 	assert_int_equal(rc.bytes, entry_bytes(topic, 0));
 	routes_free(&rc);
 	routes_free(&rc);
@@ -463,8 +491,8 @@ int main(void)
 		cmocka_unit_test(remote_answer_is_taken_for_any_ask),
 		cmocka_unit_test(answer_for_a_topic_not_asked_or_already_answered_is_refused),
 		cmocka_unit_test(asking_again_turns_an_answered_entry_asked_and_drops_its_targets),
-		cmocka_unit_test(the_entry_bound_empties_the_cache_and_the_new_topic_is_added),
-		cmocka_unit_test(the_byte_bound_empties_the_cache_and_the_new_topic_is_added),
+		cmocka_unit_test(the_entry_bound_sweeps_older_generations_then_refuses_new_topics),
+		cmocka_unit_test(the_byte_bound_sweeps_older_generations_then_refuses_new_topics),
 		cmocka_unit_test(topics_sharing_a_prefix_are_distinct),
 		cmocka_unit_test(topics_sharing_a_hash_or_a_bucket_are_distinct),
 		cmocka_unit_test(free_empties_a_full_cache_which_then_serves_again),
