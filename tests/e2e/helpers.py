@@ -196,6 +196,24 @@ def socket_inodes(pid):
     return out
 
 
+def server_rx_queue(broker_port, client_port):
+    """Bytes waiting in the receive queue of the server side of the
+    connection from client_port to broker_port (not yet read by the
+    daemon), or None while no process holds that socket (not accepted)."""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        data = _read(path)
+        if not data:
+            continue
+        for line in data.decode().splitlines()[1:]:
+            f = line.split()
+            if len(f) < 10 or not int(f[9]):
+                continue
+            if (int(f[1].rsplit(":", 1)[1], 16) == broker_port and
+                    int(f[2].rsplit(":", 1)[1], 16) == client_port):
+                return int(f[4].split(":")[1], 16)
+    return None
+
+
 def server_side_inode(broker_port, client_port):
     """Inode of the server-side TCP socket of the connection from
     client_port to broker_port, or None."""

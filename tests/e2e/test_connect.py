@@ -2,12 +2,11 @@
 
 import os
 import signal
-import time
 
 import pytest
 
 import mqttraw as m
-from helpers import T, proc_title, uid
+from helpers import T, local_port_of, proc_title, server_rx_queue, uid, wait_for
 
 
 IGNORED_BY_MOSQUITTO = pytest.mark.mosquitto_differs(
@@ -158,10 +157,17 @@ def test_packets_sent_before_the_connack_are_handled_after_it(broker):
         sub.subscribe([("early/t", 0)])
         os.kill(router, signal.SIGSTOP)
         try:
+            port = local_port_of(c)
+
+            def waiting(n):
+                return lambda: server_rx_queue(broker.port, port) == n
             c.send(m.connect(uid("early")))
-            time.sleep(0.2)                  # its CONNECT is read: the worker waits
-            c.send(m.subscribe(1, [("early/t", 0)]))
-            time.sleep(0.1)
+            # Its CONNECT is read: the worker waits for the router.
+            wait_for(waiting(0), T(5), "the worker reading the CONNECT")
+            subscribe = m.subscribe(1, [("early/t", 0)])
+            c.send(subscribe)
+            # Input before the CONNACK stays in the kernel; the next comes apart.
+            wait_for(waiting(len(subscribe)), T(5), "the SUBSCRIBE in the server's socket")
             c.send(m.publish("early/t", b"early") + m.pingreq())
             c.expect_no_packet(0.3)          # nothing before the CONNACK
         finally:
