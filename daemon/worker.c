@@ -1088,8 +1088,13 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 		route_publish(w, pub);
 		break;
 	case 1:
-		route_publish(w, pub);
+		/*
+		 * PUBACK queued first: connections are flushed last marked first,
+		 * so a delivery made here goes out before it, and its subscriber
+		 * is not kept waiting behind a write to the publisher.
+		 */
 		send_ack(w, c, MQTT_PUBACK, pub->packet_id);
+		route_publish(w, pub);
 		break;
 	case 2:
 		/* Exactly once: a resent id still awaiting PUBREL is not routed again. */
