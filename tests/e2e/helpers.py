@@ -324,6 +324,14 @@ class PahoClient:
             assert info.is_published(), f"[{self.client_id}] publish to {topic!r} not completed"
         return info
 
+    def held_qos2(self):
+        """QoS 2 messages this client received and sent PUBREC for, awaiting
+        PUBREL, by packet id: paho keeps them as session state and hands each
+        to on_message when its PUBREL comes (paho-mqtt 1.6.1 internals)."""
+        with self.c._in_message_mutex:
+            return {mid: (msg.topic, msg.payload.decode())
+                    for mid, msg in self.c._in_messages.items()}
+
     def wait_messages(self, n, timeout=10):
         self._wait(lambda: len(self.messages) >= n, timeout,
                    f"{n} messages (have {len(self.messages)})")
