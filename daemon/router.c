@@ -258,6 +258,7 @@ struct router_msg {
 };
 
 static void router_publish(struct router *r, const struct router_msg *m);
+static void router_connect_apply(struct router *r, struct session_connect *c);
 
 /*
  * Where some topic's messages go may have changed: every route a worker
@@ -269,7 +270,6 @@ static void router_routes_changed(struct router *r)
 {
 	atomic_fetch_add_explicit(r->route_gen, 1, memory_order_release);
 }
-static void router_connect_apply(struct router *r, struct session_connect *c);
 
 /* For log lines: the connection's address, or where an offline session was last seen. */
 static const char *session_remote(const struct session *s)
@@ -1616,18 +1616,9 @@ static bool router_route_local(const struct router *r, unsigned worker)
 	return true;
 }
 
-/* Answer a REC_PUBLISH that asked for its topic's route (rec.h REC_ROUTE). */
-static void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
-				const struct router_msg *m)
+static void router_route_record(const struct router *r, struct recw *w, uint64_t ask,
+				const struct router_msg *m, bool local)
 {
-	struct recw *w = &r->out;
-	bool local = router_route_local(r, worker);
-
-	/* An answer too big for the ring would be dropped and asked for again and again. */
-	if (local && r->max_record &&
-	    8 + 8 + 2 + (size_t)m->topic_len + 1 + 4 + r->n_targets * 9 > r->max_record)
-		local = false;
-
 	recw_reset(w);
 	recw_u64(w, ask);
 	recw_u64(w, atomic_load_explicit(r->route_gen, memory_order_relaxed));
@@ -1638,7 +1629,19 @@ static void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
 		recw_u64(w, r->targets[i]->conn);
 		recw_u8(w, r->targets[i]->granted);
 	}
-	router_emit(r, worker, REC_ROUTE, w);
+}
+
+/* Answer a REC_PUBLISH that asked for its topic's route (rec.h REC_ROUTE). */
+static void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
+				const struct router_msg *m)
+{
+	bool local = router_route_local(r, worker);
+
+	router_route_record(r, &r->out, ask, m, local);
+	/* An answer too big for the ring would be dropped and asked for again and again. */
+	if (local && r->max_record && r->out.len > r->max_record)
+		router_route_record(r, &r->out, ask, m, false);
+	router_emit(r, worker, REC_ROUTE, &r->out);
 }
 
 static int router_on_publish(struct router *r, unsigned worker, struct recr *rd)

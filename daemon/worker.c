@@ -1573,7 +1573,7 @@ static void rec_route(struct worker *w, struct recr *r)
 	recr_str(r, &topic, &tlen);
 	local = recr_u8(r) != 0;
 	n = recr_u32(r);
-	if (r->err || n > recr_left(r) / 9)
+	if (r->err || n > recr_left(r) / REC_ROUTE_TARGET_BYTES)
 		return;
 	if (n > w->cap_rt_scratch) {
 		struct route_target *t = reallocarray(w->rt_scratch, n, sizeof(*t));

@@ -122,6 +122,9 @@ enum msg_state {
 #define REC_PUB_RETAIN 0x01
 #define REC_PUB_ASK 0x02
 
+/* A REC_ROUTE target: u64 conn, u8 qos. */
+#define REC_ROUTE_TARGET_BYTES 9
+
 /* In a REC_DELIVER target's qos: a u64 copy id follows. */
 #define REC_TARGET_COPY 0x80
 

@@ -152,23 +152,26 @@ def descendants(root):
     return sorted(out)
 
 
-def tcp_table():
-    """Rows (local_port, remote_port, inode) of /proc/net/tcp and tcp6."""
-    rows = []
+def _tcp_rows():
+    """The fields of each socket row of /proc/net/tcp and tcp6 held by a
+    process (inode not 0)."""
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         data = _read(path)
         if not data:
             continue
         for line in data.decode().splitlines()[1:]:
             f = line.split()
-            if len(f) < 10:
-                continue
-            lport = int(f[1].rsplit(":", 1)[1], 16)
-            rport = int(f[2].rsplit(":", 1)[1], 16)
-            inode = int(f[9])
-            if inode:
-                rows.append((lport, rport, inode))
-    return rows
+            if len(f) >= 10 and int(f[9]):
+                yield f
+
+
+def _port(field):
+    return int(field.rsplit(":", 1)[1], 16)
+
+
+def tcp_table():
+    """Rows (local_port, remote_port, inode) of /proc/net/tcp and tcp6."""
+    return [(_port(f[1]), _port(f[2]), int(f[9])) for f in _tcp_rows()]
 
 
 def in_epoll_wait(pid):
@@ -200,17 +203,9 @@ def server_rx_queue(broker_port, client_port):
     """Bytes waiting in the receive queue of the server side of the
     connection from client_port to broker_port (not yet read by the
     daemon), or None while no process holds that socket (not accepted)."""
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        data = _read(path)
-        if not data:
-            continue
-        for line in data.decode().splitlines()[1:]:
-            f = line.split()
-            if len(f) < 10 or not int(f[9]):
-                continue
-            if (int(f[1].rsplit(":", 1)[1], 16) == broker_port and
-                    int(f[2].rsplit(":", 1)[1], 16) == client_port):
-                return int(f[4].split(":")[1], 16)
+    for f in _tcp_rows():
+        if _port(f[1]) == broker_port and _port(f[2]) == client_port:
+            return int(f[4].split(":")[1], 16)     # tx_queue:rx_queue
     return None
 
 
