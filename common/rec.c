@@ -222,7 +222,6 @@ const char *rec_type_name(int type)
 		[REC_PUBLISH] = "PUBLISH",
 		[REC_SESSION_MSG] = "SESSION_MSG",
 		[REC_CLOSE] = "CLOSE",
-		[REC_WORKER_DOWN] = "WORKER_DOWN",
 		[REC_CONNACK] = "CONNACK",
 		[REC_SUBACK] = "SUBACK",
 		[REC_UNSUBACK] = "UNSUBACK",

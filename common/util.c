@@ -1,6 +1,6 @@
 /*
- * util.c - small helpers every role shares: the shared mapping's layout,
- * eventfd wake-ups and taking a reloaded configuration (role.h).
+ * util.c - small helpers every role shares: eventfd wake-ups and taking
+ * a reloaded configuration (role.h).
  *
  * Owns nothing: the eventfds are the supervisor's, created non-blocking,
  * one per consuming process, and live as long as the daemon.
@@ -13,31 +13,6 @@
 #include "ipc.h"
 #include "log.h"
 #include "role.h"
-
-static size_t shm_header_size(void)
-{
-	return (sizeof(struct iotd_shm) + 4095) & ~(size_t)4095;
-}
-
-size_t shm_size(unsigned nworkers, size_t ring_size)
-{
-	return shm_header_size() + 2 * (size_t)nworkers * shmring_footprint(ring_size);
-}
-
-void shm_layout(struct iotd_shm *shm, unsigned nworkers, size_t ring_size)
-{
-	size_t header = shm_header_size(), ring_bytes = shmring_footprint(ring_size);
-
-	shm->magic = IOTD_SHM_MAGIC;
-	shm->nworkers = nworkers;
-	shm->ring_size = ring_size;
-	for (unsigned i = 0; i < nworkers; i++) {
-		shm->w2r_off[i] = header + (2 * i) * ring_bytes;
-		shm->r2w_off[i] = header + (2 * i + 1) * ring_bytes;
-		shmring_init(shm_w2r(shm, i), ring_size);
-		shmring_init(shm_r2w(shm, i), ring_size);
-	}
-}
 
 void eventfd_wake(int efd)
 {

@@ -96,13 +96,35 @@ static void format_remote(const struct sockaddr_storage *ss, struct ipc_client *
 	*p = '\0';
 }
 
-/* Connections a worker holds plus those on their way to it. */
+/* Is worker i's process of the current epoch up and serving? */
+static bool worker_alive(const struct listener *l, unsigned i)
+{
+	const struct shm_worker_state *st = &l->env->shm.sup->workers[i];
+
+	return atomic_load(&st->up) &&
+	       atomic_load(&l->env->shm.worker[i]->serving_epoch) == atomic_load(&st->epoch);
+}
+
+static uint32_t worker_capacity(const struct listener *l, unsigned i)
+{
+	return atomic_load(&l->env->shm.sup->workers[i].capacity);
+}
+
+/*
+ * Connections a worker holds plus those on their way to it: handed (our
+ * count) less those gone. A live worker says how many it released; of a
+ * dead one every connection it had taken is gone, and those still in its
+ * channel wait for its successor (which starts by releasing its
+ * predecessor's). The worker's numbers are its claims: a lying worker can
+ * only skew where new connections go, never make the count wrap.
+ */
 static uint64_t worker_load(const struct listener *l, unsigned i)
 {
-	const struct worker_shm *w = &l->env->shm->workers[i];
-	uint64_t released = atomic_load(&w->released), handed = atomic_load(&w->handed);
+	const struct shm_worker *w = l->env->shm.worker[i];
+	uint64_t handed = atomic_load(&l->env->shm.listener->handed[i]);
+	uint64_t gone = worker_alive(l, i) ? atomic_load(&w->released) : atomic_load(&w->accepted);
 
-	return handed > released ? handed - released : 0;
+	return handed > gone ? handed - gone : 0;
 }
 
 static uint64_t total_load(const struct listener *l)
@@ -140,10 +162,9 @@ static int least_loaded(const struct listener *l, const struct batch *b, uint64_
 			continue;
 		load = placed_load(l, b, i);
 		/* A worker out of file descriptors would have the fd dropped in transit. */
-		if (load >= atomic_load(&l->env->shm->workers[i].capacity) &&
-		    atomic_load(&l->env->shm->workers[i].alive))
+		if (load >= worker_capacity(l, i) && worker_alive(l, i))
 			continue;
-		if (!atomic_load(&l->env->shm->workers[i].alive))
+		if (!worker_alive(l, i))
 			load += 1u << 30;
 		if (load < best_load) {
 			best = (int)i;
@@ -157,10 +178,7 @@ static int least_loaded(const struct listener *l, const struct batch *b, uint64_
 /* May worker i take one more: its channel not refused in this batch, alive, with room? */
 static bool can_take(const struct listener *l, const struct batch *b, unsigned i)
 {
-	const struct worker_shm *w = &l->env->shm->workers[i];
-
-	return !b->skip[i] && atomic_load(&w->alive) &&
-	       placed_load(l, b, i) < atomic_load(&w->capacity);
+	return !b->skip[i] && worker_alive(l, i) && placed_load(l, b, i) < worker_capacity(l, i);
 }
 
 /*
@@ -232,7 +250,7 @@ static void send_to_worker(struct listener *l, struct batch *b, unsigned w)
 				place(l, b, i);
 		return;
 	}
-	atomic_fetch_add(&l->env->shm->workers[w].handed, n);
+	atomic_fetch_add(&l->env->shm.listener->handed[w], n);
 	l->full_logged = false;
 	for (unsigned i = 0; i < b->n; i++) {
 		if (b->fd[i] >= 0 && b->worker[i] == (int)w) {
@@ -262,7 +280,7 @@ static void hand_over(struct listener *l, struct batch *b)
 /* May one more connection come in, with the batch's own counted? */
 static bool admit(struct listener *l, const struct batch *b)
 {
-	if (atomic_load(&l->env->shm->memory_pressure)) {
+	if (atomic_load(&l->env->shm.sup->memory_pressure)) {
 		if (!l->full_logged)
 			log_warn("memory_limit reached; refusing new connections");
 		l->full_logged = true;
@@ -300,7 +318,7 @@ static void accept_some(struct listener *l, int lfd)
 			close(fd);
 			continue;
 		}
-		atomic_fetch_add(&l->env->shm->connects, 1);
+		atomic_fetch_add(&l->env->shm.listener->connects, 1);
 		b.fd[b.n] = fd;
 		format_remote(&ss, &b.info[b.n]);
 		place(l, &b, b.n++);

@@ -211,6 +211,9 @@ struct router {
 	 */
 	struct session **conn_slots[IOTD_MAX_WORKERS];
 	uint32_t n_conn_slots[IOTD_MAX_WORKERS];
+	/* What each worker's records may speak of (router_set_worker). */
+	uint32_t worker_epoch[IOTD_MAX_WORKERS];
+	uint32_t worker_slots[IOTD_MAX_WORKERS];
 	size_t n_online;
 	struct router_waiting *waiting;   /* by the waiting CONNECT's conn */
 	struct router_kicked *kicked;
@@ -1470,10 +1473,18 @@ static void router_publish(struct router *r, const struct router_msg *m)
 
 /* ---- record handlers --------------------------------------------------- */
 
-/* The conn must belong to the worker whose ring carried the record. */
+/*
+ * Provenance: the conn must be one the worker whose ring carried the
+ * record can hold now: its own, of its current epoch, in a slot it can
+ * have. A worker cannot act for another's connections or sessions, nor
+ * for its dead predecessor's, nor make the slot arrays grow past its
+ * capacity.
+ */
 static bool router_conn_ok(const struct router *r, unsigned worker, conn_id_t conn)
 {
-	return conn_id_worker(conn) == worker;
+	return conn_id_worker(conn) == worker &&
+	       conn_id_epoch(conn) == (r->worker_epoch[worker] & 0xffff) &&
+	       conn_id_slot(conn) < r->worker_slots[worker];
 }
 
 static int router_on_connect(struct router *r, unsigned worker, struct recr *rd)
@@ -1850,17 +1861,16 @@ static size_t router_close_dead(struct router *r, unsigned worker, uint32_t new_
 	return closed;
 }
 
-static int router_on_worker_down(struct router *r, unsigned ring, struct recr *rd)
+size_t router_worker_down(struct router *r, unsigned worker, uint32_t new_epoch)
 {
-	uint32_t worker = recr_u32(rd);
-	uint32_t new_epoch = recr_u32(rd);
 	struct session *s;
 	struct router_waiting *w, *wtmp;
 	struct router_kicked *k, *ktmp;
 	size_t closed;
 
-	if (recr_end(rd) || worker >= r->nworkers)
-		return ROUTER_BAD;
+	if (worker >= r->nworkers)
+		return 0;
+	r->worker_epoch[worker] = new_epoch;
 	HASH_ITER(hh, r->kicked, k, ktmp) {
 		if (router_conn_dead(k->conn, worker, new_epoch)) {
 			HASH_DEL(r->kicked, k);
@@ -1878,7 +1888,16 @@ static int router_on_worker_down(struct router *r, unsigned ring, struct recr *r
 	closed = router_close_dead(r, worker, new_epoch);
 	log_warn("router: worker %u down (epoch now %u): %zu sessions disconnected", worker,
 		 new_epoch, closed);
-	return ROUTER_OK;
+	return closed;
+}
+
+void router_set_worker(struct router *r, unsigned worker, uint32_t epoch, uint32_t slots)
+{
+	if (worker >= r->nworkers)
+		return;
+	r->worker_epoch[worker] = epoch;
+	/* Slots are 24 bits in a conn id: past that the check is moot. */
+	r->worker_slots[worker] = MIN(slots, 1u << 24);
 }
 
 typedef int (*router_handler_fn)(struct router *r, unsigned worker, struct recr *rd);
@@ -1890,7 +1909,6 @@ static const router_handler_fn router_handlers[REC_TYPE_MAX] = {
 	[REC_PUBLISH] = router_on_publish,
 	[REC_SESSION_MSG] = router_on_session_msg,
 	[REC_CLOSE] = router_on_close,
-	[REC_WORKER_DOWN] = router_on_worker_down,
 	[REC_MSG_STATE] = router_on_msg_state,
 	[REC_QOS2_IN] = router_on_qos2_in,
 };
@@ -2359,6 +2377,10 @@ struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
 		return NULL;
 	r->cfg = cfg;
 	r->nworkers = nworkers;
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++) {
+		r->worker_epoch[i] = 1;
+		r->worker_slots[i] = 1u << 24;
+	}
 	r->emit = emit;
 	r->emit_arg = emit_arg;
 	r->next_sid = 1;
@@ -2451,7 +2473,58 @@ struct router_proc {
 	struct router_backlog backlog[IOTD_MAX_WORKERS];
 	uint64_t stored_tail[IOTD_MAX_WORKERS];  /* ring positions as last written to the store */
 	uint64_t stored_head[IOTD_MAX_WORKERS];
+	/*
+	 * A worker that published something impossible in its rings: its ring
+	 * is no longer read (nor written) until its death is handled.
+	 */
+	bool faulty[IOTD_MAX_WORKERS];
+	/* IPC_WORKER_DOWN received: handle it once the dead worker's records are. */
+	bool down_pending[IOTD_MAX_WORKERS];
+	uint32_t down_epoch[IOTD_MAX_WORKERS];
+	bool down_done_due[IOTD_MAX_WORKERS];   /* IPC_WORKER_DOWN_DONE to send after the turn */
+	/*
+	 * After a death, the ring is left alone until the successor (of epoch
+	 * gate_epoch) says it serves: it first moves the ring's head back to
+	 * where we stand (shmring_producer_attach_at_tail).
+	 */
+	bool gated[IOTD_MAX_WORKERS];
+	uint32_t gate_epoch[IOTD_MAX_WORKERS];
 };
+
+/*
+ * Worker i broke its rings: say so once, stop reading them, and ask the
+ * supervisor to kill it. Its death comes back as IPC_WORKER_DOWN.
+ */
+static void router_proc_fault(struct router_proc *p, unsigned i, const char *what)
+{
+	struct ipc_worker msg = { .index = i,
+				  .epoch = atomic_load(&p->env->shm.sup->workers[i].epoch) };
+
+	if (p->faulty[i])
+		return;
+	p->faulty[i] = true;
+	log_error("router: worker %u %s: no longer reading its ring; asking for its restart", i,
+		  what);
+	if (ipc_send(p->env->ctl_fd, IPC_WORKER_FAULT, i, &msg, sizeof(msg), -1) < 0)
+		log_warn("router: cannot report worker %u: %s", i, strerror(errno));
+}
+
+/* May ring i be used now: not faulty, and not waiting for a successor to serve? */
+static bool router_proc_ring_open(struct router_proc *p, unsigned i)
+{
+	if (p->faulty[i])
+		return false;
+	if (!p->gated[i])
+		return true;
+	if (atomic_load(&p->env->shm.worker[i]->serving_epoch) != p->gate_epoch[i])
+		return false;
+	/* The successor serves: its ring starts where we stand; take its view afresh. */
+	p->gated[i] = false;
+	shmring_consumer_resync(&p->in[i]);
+	if (!shmring_producer_resync(&p->out[i]))
+		router_proc_fault(p, i, "published an impossible position in the ring to it");
+	return !p->faulty[i];
+}
 
 static uint64_t router_now_ms(void)
 {
@@ -2521,18 +2594,20 @@ static int router_proc_emit(void *arg, unsigned worker, uint16_t type, const str
 
 	if (worker >= p->env->nworkers)
 		return -1;
-	if (rec->len > shmring_max_payload(p->out[worker].r)) {
+	if (rec->len > shmring_max_payload(p->out[worker].r.size)) {
 		log_error("router: %s of %zu bytes exceeds the ring to worker %u: dropped",
 			  rec_type_name(type), rec->len, worker);
 		return -1;
 	}
-	if (!p->backlog[worker].head) {
+	if (!p->backlog[worker].head && router_proc_ring_open(p, worker)) {
 		dst = shmring_reserve(&p->out[worker], type, 0, (uint32_t)rec->len);
 		if (dst) {
 			memcpy(dst, rec->buf, rec->len);
 			p->dirty[worker] = true;
 			return 0;
 		}
+		if (errno == EPROTO)
+			router_proc_fault(p, worker, "published an impossible position in the ring to it");
 	}
 	if (router_backlog_push(p, worker, type, rec))
 		return 0;
@@ -2548,8 +2623,12 @@ static void router_backlog_flush(struct router_proc *p, unsigned worker)
 	struct router_blrec *e;
 	void *dst;
 
+	if (!b->head || !router_proc_ring_open(p, worker))
+		return;
 	while ((e = b->head)) {
 		dst = shmring_reserve(&p->out[worker], e->type, 0, e->len);
+		if (!dst && errno == EPROTO)
+			router_proc_fault(p, worker, "published an impossible position in the ring to it");
 		if (!dst)
 			return;         /* p_wait is set: the worker wakes us when it makes room */
 		memcpy(dst, e->data, e->len);
@@ -2588,7 +2667,7 @@ static void router_proc_backlogs(struct router_proc *p)
  */
 static void router_journal_write(struct router_proc *p)
 {
-	struct router_journal *j = &p->env->shm->journal;
+	struct router_journal *j = p->env->shm.journal;
 	uint64_t seq = atomic_load_explicit(&j->seq, memory_order_relaxed) + 1;
 
 	for (unsigned i = 0; i < p->env->nworkers; i++) {
@@ -2602,7 +2681,7 @@ static void router_journal_write(struct router_proc *p)
 static bool router_journal_get(struct router_proc *p, unsigned i, uint64_t *tail,
 			       uint64_t *head)
 {
-	struct router_journal *j = &p->env->shm->journal;
+	struct router_journal *j = p->env->shm.journal;
 	uint64_t seq = atomic_load_explicit(&j->seq, memory_order_acquire);
 
 	if (seq == 0)
@@ -2673,23 +2752,78 @@ static void router_proc_flush(struct router_proc *p)
 	router_proc_release(p);
 }
 
+/*
+ * A dead worker's records are all handled (or its ring is broken, or its
+ * successor has not written yet): its sessions go, and the ring waits for
+ * the successor, which starts where we stand.
+ */
+static void router_proc_down(struct router_proc *p, unsigned i)
+{
+	router_worker_down(p->r, i, p->down_epoch[i]);
+	p->down_pending[i] = false;
+	p->faulty[i] = false;
+	p->gated[i] = true;
+	p->gate_epoch[i] = p->down_epoch[i];
+	p->down_done_due[i] = true;
+}
+
+/* Up to ROUTER_BATCH records of ring i; returns how many. */
+static unsigned router_proc_drain_ring(struct router_proc *p, unsigned i)
+{
+	const struct shmring_rec *rec = NULL;
+	unsigned n = 0;
+	bool open = router_proc_ring_open(p, i);
+
+	while (open && n < ROUTER_BATCH && (rec = shmring_peek(&p->in[i]))) {
+		router_handle(p->r, i, rec->type, shmring_payload(rec), rec->len);
+		shmring_next(&p->in[i]);
+		n++;
+	}
+	if (open && rec == NULL && errno == EBADMSG)
+		router_proc_fault(p, i, "published an impossible position or record in its ring");
+	if (p->down_pending[i] && (!router_proc_ring_open(p, i) || (rec == NULL && errno == EAGAIN)))
+		router_proc_down(p, i);
+	return n;
+}
+
 /* One round-robin turn over the w2r rings; true when any record was handled. */
 static bool router_proc_drain(struct router_proc *p)
 {
 	bool busy = false;
 
-	for (unsigned i = 0; i < p->env->nworkers; i++) {
-		const struct shmring_rec *rec;
-		unsigned n = 0;
-
-		while (n < ROUTER_BATCH && (rec = shmring_peek(&p->in[i]))) {
-			router_handle(p->r, i, rec->type, shmring_payload(rec), rec->len);
-			shmring_next(&p->in[i]);
-			n++;
-		}
-		busy |= n > 0;
-	}
+	for (unsigned i = 0; i < p->env->nworkers; i++)
+		busy |= router_proc_drain_ring(p, i) > 0;
 	return busy;
+}
+
+/* After the turn is stored and released: the supervisor may fork the successors. */
+static void router_proc_downs_done(struct router_proc *p)
+{
+	for (unsigned i = 0; i < p->env->nworkers; i++) {
+		struct ipc_worker msg = { .index = i, .epoch = p->gate_epoch[i] };
+
+		if (!p->down_done_due[i])
+			continue;
+		if (ipc_send(p->env->ctl_fd, IPC_WORKER_DOWN_DONE, i, &msg, sizeof(msg), -1) < 0) {
+			log_warn("router: cannot confirm worker %u's death: %s", i, strerror(errno));
+			continue;          /* again after the next turn */
+		}
+		p->down_done_due[i] = false;
+	}
+}
+
+/* IPC_WORKER_DOWN: the supervisor reaped worker i. */
+static void router_proc_worker_down(struct router_proc *p, const void *data, ssize_t n)
+{
+	struct ipc_worker msg;
+
+	if (n != (ssize_t)sizeof(msg))
+		return;
+	memcpy(&msg, data, sizeof(msg));
+	if (msg.index >= p->env->nworkers)
+		return;
+	p->down_pending[msg.index] = true;
+	p->down_epoch[msg.index] = msg.epoch;
 }
 
 static bool router_proc_prepare_sleep(struct router_proc *p)
@@ -2714,9 +2848,9 @@ static void router_proc_stats(struct router_proc *p)
 	struct router_stats st;
 
 	router_get_stats(p->r, &st);
-	atomic_store_explicit(&p->env->shm->router_sessions, (uint32_t)st.sessions,
+	atomic_store_explicit(&p->env->shm.router->sessions, (uint32_t)st.sessions,
 			      memory_order_relaxed);
-	atomic_store_explicit(&p->env->shm->retained, (uint32_t)st.retained,
+	atomic_store_explicit(&p->env->shm.router->retained, (uint32_t)st.retained,
 			      memory_order_relaxed);
 }
 
@@ -2759,6 +2893,9 @@ static int router_proc_ctl(struct router_proc *p)
 	case IPC_CONFIG:
 		if (role_take_config(p->env, buf, (size_t)n) == 0 && p->r != NULL)
 			router_config_changed(p->r);
+		return 1;
+	case IPC_WORKER_DOWN:
+		router_proc_worker_down(p, buf, n);
 		return 1;
 	default:
 		log_debug("router: ignoring control message %u", hdr.type);
@@ -2915,11 +3052,27 @@ static void router_proc_tick(struct router_proc *p)
 		router_proc_resynced(p);
 	router_proc_stats(p);
 	/* Over memory_limit: give the heap's free blocks back to the system. */
-	if (atomic_load(&p->env->shm->memory_pressure))
+	if (atomic_load(&p->env->shm.sup->memory_pressure))
 		malloc_trim(0);
 }
 
 /* ---- the process: set-up and loop -------------------------------------- */
+
+/*
+ * At start: a worker forked once its predecessor's death was handled, but
+ * not serving yet, has not moved its ring's head back to our tail: the
+ * ring waits for it.
+ */
+static void router_proc_gate_setup(struct router_proc *p, unsigned i)
+{
+	const struct shm_worker_state *st = &p->env->shm.sup->workers[i];
+	uint32_t epoch = atomic_load(&st->epoch);
+
+	if (atomic_load(&st->up) && atomic_load(&p->env->shm.worker[i]->serving_epoch) != epoch) {
+		p->gated[i] = true;
+		p->gate_epoch[i] = epoch;
+	}
+}
 
 static int router_proc_setup(struct router_proc *p)
 {
@@ -2932,10 +3085,13 @@ static int router_proc_setup(struct router_proc *p)
 	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
 		p->stored_tail[i] = p->stored_head[i] = ROUTER_NO_POS;
 	for (unsigned i = 0; i < env->nworkers; i++) {
-		shmring_consumer_attach(&p->in[i], shm_w2r(env->shm, i));
-		shmring_producer_attach(&p->out[i], shm_r2w(env->shm, i));
-		max_record = MIN(max_record, shmring_max_payload(p->out[i].r));
+		if (!shmring_consumer_attach(&p->in[i], &env->shm.w2r[i]))
+			router_proc_fault(p, i, "left an impossible position in its ring");
+		if (!shmring_producer_attach(&p->out[i], &env->shm.r2w[i]))
+			router_proc_fault(p, i, "left an impossible position in the ring to it");
+		router_proc_gate_setup(p, i);
 	}
+	max_record = shmring_max_payload(env->shm.ring_size);
 	if (router_store_open(p, &same) < 0)
 		return -1;
 	p->r = router_new(env->cfg, env->nworkers, router_proc_emit, p, p->st);
@@ -2943,7 +3099,10 @@ static int router_proc_setup(struct router_proc *p)
 		log_error("router: cannot build its state (out of memory, or the store is unreadable)");
 		return -1;
 	}
-	router_set_route_gen(p->r, &env->shm->route_gen);
+	for (unsigned i = 0; i < env->nworkers; i++)
+		router_set_worker(p->r, i, atomic_load(&env->shm.sup->workers[i].epoch),
+				  atomic_load(&env->shm.sup->workers[i].capacity));
+	router_set_route_gen(p->r, &env->shm.router->route_gen);
 	if (same)
 		router_restore_rings(p);
 	router_set_max_record(p->r, max_record);
@@ -2984,8 +3143,10 @@ static void router_proc_cleanup(struct router_proc *p, bool graceful)
 		close(p->epfd);
 	if (p->tfd >= 0)
 		close(p->tfd);
-	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++) {
 		router_backlog_free(&p->backlog[i]);
+		shmring_consumer_detach(&p->in[i]);
+	}
 	router_free(&p->r);
 	if (p->st && graceful && !p->st_memory)
 		store_sync(p->st);
@@ -3046,6 +3207,7 @@ int router_main(struct role_env *env)
 		int timeout = 0;
 
 		router_proc_flush(p);
+		router_proc_downs_done(p);
 		if (busy) {
 			router_proc_stats(p);
 			/*

@@ -42,7 +42,6 @@
 #include "log.h"
 #include "privsep.h"
 #include "proctitle.h"
-#include "rec.h"
 #include "role.h"
 #include "supervisor.h"
 
@@ -66,7 +65,9 @@ struct child {
 	uint64_t restart_at_ms;      /* 0: no restart scheduled */
 	unsigned backoff_ms;
 	unsigned restarts;
-	bool down_record_pending;    /* a dead worker's REC_WORKER_DOWN not yet in its ring */
+	uint32_t epoch;              /* a worker's: its current (or last) process's epoch */
+	bool down_pending;           /* a dead worker: the router has not confirmed IPC_WORKER_DOWN */
+	bool down_sent;              /* ... and the router in charge now was told */
 	bool replacing;              /* asked to exit so a successor takes a new configuration */
 	bool ping_outstanding;       /* IPC_PING sent, IPC_PONG not yet back */
 	bool hang_logged;            /* "not answering" logged for this episode */
@@ -77,7 +78,7 @@ struct supervisor {
 	struct iotd_config *cfg;
 	const struct cli_args *args;
 	struct role_env env;
-	size_t shm_len;
+	struct shm_set shm;          /* every shared-memory region, both descriptors */
 	int epfd, sigfd, timerfd;
 	struct child children[2 + IOTD_MAX_WORKERS];
 	unsigned n_children;
@@ -470,30 +471,13 @@ static void listen_commit(struct supervisor *sv, const struct iotd_config *next,
 
 static int create_shm(struct supervisor *sv)
 {
-	size_t ring_size, len;
-	unsigned n = sv->env.nworkers;
-	struct iotd_shm *shm;
-	int fd;
+	size_t ring_size;
 
 	/* A ring must carry a whole max-size PUBLISH with room to spare. */
 	ring_size = round_pow2(MAX((size_t)1 << 20, 2 * ((size_t)sv->cfg->max_packet_size + 65536)));
-	len = shm_size(n, ring_size);
-	fd = memfd_create("iotd-shm", MFD_CLOEXEC);
-	if (fd < 0 || ftruncate(fd, (off_t)len) < 0) {
-		log_error("cannot create shared memory: %s", strerror(errno));
-		if (fd >= 0)
-			close(fd);
+	if (shm_create(&sv->shm, sv->env.nworkers, ring_size) < 0 ||
+	    shm_map_role(&sv->env.shm, &sv->shm, ROLE_SUPERVISOR, 0) < 0)
 		return -1;
-	}
-	shm = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
-	if (shm == MAP_FAILED) {
-		log_error("cannot map shared memory: %s", strerror(errno));
-		return -1;
-	}
-	shm_layout(shm, n, ring_size);
-	sv->env.shm = shm;
-	sv->shm_len = len;
 	return 0;
 }
 
@@ -550,7 +534,25 @@ static void child_close_fds(struct supervisor *sv, struct child *c)
 			close_if(&env->chan_listener[i]);
 		if (c->role != ROLE_WORKER || i != c->index)
 			close_if(&env->chan_worker[i]);
+		/* Only the router wakes workers; a worker sleeps on its own. */
+		if (c->role != ROLE_ROUTER && (c->role != ROLE_WORKER || i != c->index))
+			close_if(&env->worker_efd[i]);
 	}
+	if (c->role == ROLE_LISTENER)
+		close_if(&env->router_efd);
+}
+
+/*
+ * In the child: drop the supervisor's mappings and map what the role
+ * needs, each region writable only where the role is its writer; then no
+ * descriptor of any region stays open (shm.h).
+ */
+static void child_map_shm(struct supervisor *sv, struct child *c)
+{
+	shm_unmap(&sv->env.shm);
+	if (shm_map_role(&sv->env.shm, &sv->shm, c->role, c->index) < 0)
+		_exit(1);
+	shm_close(&sv->shm);
 }
 
 static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t parent)
@@ -578,11 +580,12 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGCHLD, SIG_DFL);
 	child_close_fds(sv, c);
+	child_map_shm(sv, c);
 	sv->env.ctl_fd = ctl_fd;
 	sv->env.index = c->index;
 	if (c->role == ROLE_WORKER) {
 		snprintf(title, sizeof(title), "iotd: worker %u", c->index);
-		sv->env.epoch = atomic_load(&sv->env.shm->workers[c->index].epoch);
+		sv->env.epoch = c->epoch;
 		log_set_role("worker", (int)c->index);
 	} else {
 		snprintf(title, sizeof(title), "iotd: %s", role_name(c->role));
@@ -611,8 +614,13 @@ static int child_spawn(struct supervisor *sv, struct child *c)
 			  strerror(errno));
 		return -1;
 	}
-	if (c->role == ROLE_WORKER)
-		atomic_fetch_add(&sv->env.shm->workers[c->index].epoch, 1);
+	if (c->role == ROLE_WORKER) {
+		struct shm_worker_state *ws = &sv->env.shm.sup->workers[c->index];
+
+		/* Before the fork: whoever sees it up knows which epoch it has. */
+		atomic_store(&ws->epoch, ++c->epoch);
+		atomic_store(&ws->up, 1);
+	}
 	c->ctl_fd = sp[0];
 	pid = fork();
 	if (pid < 0) {
@@ -651,34 +659,89 @@ static struct child *child_by_pid(struct supervisor *sv, pid_t pid)
 	return NULL;
 }
 
-/*
- * Tell the router, in order with the dead worker's last records, that its
- * connections are gone. The worker is dead and its successor not yet
- * forked, so the supervisor is the ring's only producer right now.
- */
-static bool write_worker_down(struct supervisor *sv, struct child *c)
+static struct child *router_child(struct supervisor *sv)
 {
-	struct shmring_producer prod;
-	struct recw w;
-	void *dst;
-	unsigned epoch = atomic_load(&sv->env.shm->workers[c->index].epoch) + 1;
+	for (unsigned i = 0; i < sv->n_children; i++)
+		if (sv->children[i].role == ROLE_ROUTER)
+			return &sv->children[i];
+	return NULL;
+}
 
-	recw_init(&w);
-	recw_u32(&w, c->index);
-	recw_u32(&w, epoch);
-	if (w.oom) {
-		recw_free(&w);
-		return false;
+/*
+ * Tell the router that a worker died. The router applies the dead
+ * worker's last records first, closes its sessions, and confirms
+ * (IPC_WORKER_DOWN_DONE); only then is the successor forked, so that the
+ * ring holds nothing of the dead process when the successor starts
+ * writing. The supervisor never writes into a child's memory: this goes
+ * over the router's control socket. A router that is not serving yet is
+ * told once it reports READY (router_told_downs).
+ */
+static void send_worker_down(struct supervisor *sv, struct child *c)
+{
+	struct child *rc = router_child(sv);
+	struct ipc_worker msg = { .index = c->index, .epoch = c->epoch + 1 };
+
+	if (!c->down_pending || c->down_sent || rc == NULL || rc->state != CHILD_RUNNING ||
+	    rc->ctl_fd < 0)
+		return;
+	if (ipc_send(rc->ctl_fd, IPC_WORKER_DOWN, c->index, &msg, sizeof(msg), -1) < 0) {
+		log_warn("cannot tell the router that worker %u is down: %s", c->index,
+			 strerror(errno));
+		return;
 	}
-	shmring_producer_attach(&prod, shm_w2r(sv->env.shm, c->index));
-	dst = shmring_reserve(&prod, REC_WORKER_DOWN, 0, (uint32_t)w.len);
-	if (dst != NULL) {
-		memcpy(dst, w.buf, w.len);
-		shmring_commit(&prod);
-		eventfd_wake(sv->env.router_efd);
+	c->down_sent = true;
+}
+
+/* The router (re)started: every death it has not confirmed is its to handle. */
+static void router_told_downs(struct supervisor *sv)
+{
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->role == ROLE_WORKER && c->down_pending) {
+			c->down_sent = false;
+			send_worker_down(sv, c);
+		}
 	}
-	recw_free(&w);
-	return dst != NULL;
+}
+
+/* IPC_WORKER_DOWN_DONE: the successor may start. */
+static void worker_down_done(struct supervisor *sv, const void *data, ssize_t n)
+{
+	struct ipc_worker msg;
+
+	if (n != (ssize_t)sizeof(msg))
+		return;
+	memcpy(&msg, data, sizeof(msg));
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->role == ROLE_WORKER && c->index == msg.index && c->down_pending &&
+		    msg.epoch == c->epoch + 1) {
+			c->down_pending = c->down_sent = false;
+			return;
+		}
+	}
+}
+
+/* IPC_WORKER_FAULT: the router found a worker's rings impossible. */
+static void worker_fault(struct supervisor *sv, const void *data, ssize_t n)
+{
+	struct ipc_worker msg;
+
+	if (n != (ssize_t)sizeof(msg))
+		return;
+	memcpy(&msg, data, sizeof(msg));
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->role == ROLE_WORKER && c->index == msg.index && c->epoch == msg.epoch &&
+		    c->state != CHILD_DOWN && c->pid > 0) {
+			log_error("worker %u broke its shared memory: killing it", c->index);
+			kill(c->pid, SIGKILL);
+			return;
+		}
+	}
 }
 
 static void child_schedule_restart(struct supervisor *sv, struct child *c)
@@ -715,12 +778,12 @@ static void child_exited(struct supervisor *sv, struct child *c, int status)
 	c->state = CHILD_DOWN;
 	c->pid = 0;
 	c->ping_outstanding = false;
-	if (c->role == ROLE_WORKER) {
-		atomic_store(&sv->env.shm->workers[c->index].alive, 0);
-		/* Every fd it had taken died with it; those still in its channel wait for its successor. */
-		atomic_store(&sv->env.shm->workers[c->index].released,
-			     atomic_load(&sv->env.shm->workers[c->index].accepted));
-	}
+	/*
+	 * Every fd a dead worker had taken died with it; those still in its
+	 * channel wait for its successor (the listener counts them so).
+	 */
+	if (c->role == ROLE_WORKER)
+		atomic_store(&sv->env.shm.sup->workers[c->index].up, 0);
 	child_name(c, name, sizeof(name));
 	if (sv->stopping) {
 		log_debug("%s %s", name, what);
@@ -735,8 +798,11 @@ static void child_exited(struct supervisor *sv, struct child *c, int status)
 	c->replacing = false;
 	c->restarts++;
 	log_warn("%s %s; restarting it", name, what);
-	if (c->role == ROLE_WORKER)
-		c->down_record_pending = true;
+	if (c->role == ROLE_WORKER) {
+		c->down_pending = true;
+		c->down_sent = false;
+		send_worker_down(sv, c);
+	}
 	child_schedule_restart(sv, c);
 }
 
@@ -795,12 +861,9 @@ static void restart_due_children(struct supervisor *sv)
 
 		if (c->state != CHILD_DOWN || c->restart_at_ms == 0 || c->restart_at_ms > now)
 			continue;
-		if (c->down_record_pending) {
-			if (!write_worker_down(sv, c)) {
-				c->restart_at_ms = now + 10;   /* ring full: the router is behind */
-				continue;
-			}
-			c->down_record_pending = false;
+		if (c->down_pending) {
+			c->restart_at_ms = now + 10;   /* the router has not applied the death yet */
+			continue;
 		}
 		if (child_spawn(sv, c) < 0) {
 			child_schedule_restart(sv, c);
@@ -860,7 +923,7 @@ static void check_memory(struct supervisor *sv)
 
 	if (limit_kb == 0) {
 		/* The ceiling was removed by a reload while it held reads back. */
-		if (atomic_exchange(&sv->env.shm->memory_pressure, 0))
+		if (atomic_exchange(&sv->env.shm.sup->memory_pressure, 0))
 			log_info("memory_limit removed: accepting and reading again");
 		return;
 	}
@@ -868,13 +931,13 @@ static void check_memory(struct supervisor *sv)
 	for (unsigned i = 0; i < sv->n_children; i++)
 		if (sv->children[i].state != CHILD_DOWN && sv->children[i].pid > 0)
 			kb += process_pss_kb(sv->children[i].pid);
-	was = atomic_load(&sv->env.shm->memory_pressure);
+	was = atomic_load(&sv->env.shm.sup->memory_pressure);
 	if (!was && kb > limit_kb) {
-		atomic_store(&sv->env.shm->memory_pressure, 1);
+		atomic_store(&sv->env.shm.sup->memory_pressure, 1);
 		log_warn("memory_limit reached (%" PRIu64 " KiB of %" PRIu64 " KiB): refusing "
 			 "connections and pausing reads from clients", kb, limit_kb);
 	} else if (was && kb < limit_kb - limit_kb / 10) {
-		atomic_store(&sv->env.shm->memory_pressure, 0);
+		atomic_store(&sv->env.shm.sup->memory_pressure, 0);
 		log_info("memory back to %" PRIu64 " KiB: accepting and reading again", kb);
 	}
 }
@@ -883,13 +946,15 @@ static void notify_status(struct supervisor *sv)
 {
 	uint64_t conns = 0, in = 0, out = 0;
 
+	/* The workers' own claims: numbers to show, nothing to act on. */
 	for (unsigned i = 0; i < sv->env.nworkers; i++) {
-		/* Held = taken - gone; released first, so the difference never wraps. */
-		uint64_t released = atomic_load(&sv->env.shm->workers[i].released);
+		const struct shm_worker *w = sv->env.shm.worker[i];
+		uint64_t released = atomic_load(&w->released), accepted = atomic_load(&w->accepted);
 
-		conns += atomic_load(&sv->env.shm->workers[i].accepted) - released;
-		in += atomic_load(&sv->env.shm->workers[i].msgs_in);
-		out += atomic_load(&sv->env.shm->workers[i].msgs_out);
+		if (atomic_load(&sv->env.shm.sup->workers[i].up) && accepted >= released)
+			conns += accepted - released;
+		in += atomic_load(&w->msgs_in);
+		out += atomic_load(&w->msgs_out);
 	}
 	sd_notifyf(0, "STATUS=%llu connections, %llu messages in, %llu out, %u workers",
 		   (unsigned long long)conns, (unsigned long long)in,
@@ -1000,12 +1065,23 @@ static void child_message(struct supervisor *sv, struct child *c)
 		child_answered(c);
 		return;
 	}
-	if (hdr.type != IPC_READY)
+	/* Only the router speaks of workers; from anyone else it is ignored. */
+	if (hdr.type == IPC_WORKER_DOWN_DONE && c->role == ROLE_ROUTER) {
+		worker_down_done(sv, buf, n);
+		return;
+	}
+	if (hdr.type == IPC_WORKER_FAULT && c->role == ROLE_ROUTER) {
+		worker_fault(sv, buf, n);
+		return;
+	}
+	if (hdr.type != IPC_READY || c->state != CHILD_STARTING)
 		return;
 	char name[32];
 
 	c->state = CHILD_RUNNING;
 	c->ready_ms = now_ms();
+	if (c->role == ROLE_ROUTER)
+		router_told_downs(sv);
 	if (c->restarts > 0)
 		log_info("%s is back (pid %d)", child_name(c, name, sizeof(name)), (int)c->pid);
 	if (!sv->ready_sent) {
@@ -1206,7 +1282,7 @@ static int config_refused(const struct iotd_config *cfg, char *err, size_t len)
  */
 static long ring_packet_max(const struct supervisor *sv)
 {
-	return (long)(sv->env.shm->ring_size / 2) - 65536;
+	return (long)(sv->shm.ring_size / 2) - 65536;
 }
 
 static void append_name(char *list, size_t len, const char *name)
@@ -1399,8 +1475,15 @@ static void setup_children(struct supervisor *sv)
 	unsigned n = 0;
 
 	sv->children[n++] = (struct child){ .role = ROLE_ROUTER, .ctl_fd = -1 };
-	for (unsigned i = 0; i < sv->env.nworkers; i++)
+	/*
+	 * A worker's epoch in shared memory is that of its current process,
+	 * or of the next one while none has run: the router, forked first,
+	 * takes records of that epoch only.
+	 */
+	for (unsigned i = 0; i < sv->env.nworkers; i++) {
 		sv->children[n++] = (struct child){ .role = ROLE_WORKER, .index = i, .ctl_fd = -1 };
+		atomic_store(&sv->env.shm.sup->workers[i].epoch, 1);
+	}
 	sv->children[n++] = (struct child){ .role = ROLE_LISTENER, .ctl_fd = -1 };
 	sv->n_children = n;
 }
@@ -1471,7 +1554,7 @@ static void raise_fd_limit(struct supervisor *sv)
 	if (rl.rlim_cur != RLIM_INFINITY)
 		cap = rl.rlim_cur > 64 ? (uint32_t)MIN(rl.rlim_cur - 64, UINT32_MAX) : 1;
 	for (unsigned i = 0; i < sv->env.nworkers; i++)
-		atomic_store(&sv->env.shm->workers[i].capacity, cap);
+		atomic_store(&sv->env.shm.sup->workers[i].capacity, cap);
 }
 
 int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)

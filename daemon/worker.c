@@ -745,7 +745,7 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	 * Uncount it before the client can see the close: a client that
 	 * reconnects at once must find the listener's view already updated.
 	 */
-	atomic_fetch_add(&w->env->shm->workers[w->index].released, 1);
+	atomic_fetch_add(&w->env->shm.worker[w->index]->released, 1);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
 	if (buf_held(c->out) > 0)
 		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
@@ -1059,7 +1059,7 @@ static void deliver_local(struct worker *w, const struct route *rt,
  */
 static void route_publish(struct worker *w, const struct mqtt_publish *pub)
 {
-	uint64_t gen = atomic_load_explicit(&w->env->shm->route_gen, memory_order_acquire);
+	uint64_t gen = atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire);
 	const struct route *rt = routes_find(&w->routes, pub->topic.p, pub->topic.len);
 
 	if (rt != NULL && rt->kind != ROUTE_ASKED && rt->gen == gen) {
@@ -1593,7 +1593,7 @@ static void rec_route(struct worker *w, struct recr *r)
 	if (r->err)
 		return;
 	routes_answer(&w->routes, topic, tlen, ask, gen,
-		      atomic_load_explicit(&w->env->shm->route_gen, memory_order_acquire),
+		      atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire),
 		      local, w->rt_scratch, n);
 }
 
@@ -1696,12 +1696,17 @@ static void handle_record(struct worker *w, const struct shmring_rec *rec)
 
 static void drain_ring(struct worker *w)
 {
-	const struct shmring_rec *rec;
+	const struct shmring_rec *rec = NULL;
 	int n = 0;
 
 	while (n++ < RING_BATCH && (rec = shmring_peek(&w->cons)) != NULL) {
 		handle_record(w, rec);
 		shmring_next(&w->cons);
+	}
+	if (rec == NULL && errno == EBADMSG) {
+		/* Nothing to parse there: skip to what the router wrote last. */
+		log_error("the ring from the router is corrupted; skipping what it holds");
+		shmring_discard(&w->cons);
 	}
 	if (shmring_release(&w->cons))
 		eventfd_wake(w->env->router_efd);
@@ -1715,7 +1720,7 @@ static void drain_ring(struct worker *w)
  */
 static void throttle_update(struct worker *w)
 {
-	bool pressure = atomic_load_explicit(&w->env->shm->memory_pressure,
+	bool pressure = atomic_load_explicit(&w->env->shm.sup->memory_pressure,
 					     memory_order_relaxed);
 
 	if (!w->throttled && (w->bl_bytes > BACKLOG_HIGH || pressure)) {
@@ -1810,7 +1815,7 @@ static unsigned take_clients(struct worker *w, const struct ipc_hdr *hdr, size_t
 
 static void accept_clients(struct worker *w)
 {
-	struct worker_shm *ws = &w->env->shm->workers[w->index];
+	struct shm_worker *ws = w->env->shm.worker[w->index];
 
 	for (unsigned turn = 0; turn < ACCEPT_PER_TURN;) {
 		struct ipc_hdr hdr;
@@ -1887,7 +1892,7 @@ static bool control_message(struct worker *w)
 
 static void publish_counters(struct worker *w)
 {
-	struct worker_shm *ws = &w->env->shm->workers[w->index];
+	struct shm_worker *ws = w->env->shm.worker[w->index];
 
 	if (w->msgs_in) {
 		atomic_fetch_add_explicit(&ws->msgs_in, w->msgs_in, memory_order_relaxed);
@@ -1916,14 +1921,24 @@ static int worker_setup(struct worker *w, struct role_env *env)
 	if (w->rbuf == NULL || w->epfd < 0 || w->timerfd < 0 ||
 	    timerfd_settime(w->timerfd, 0, &its, NULL) < 0)
 		return -1;
-	shmring_producer_attach(&w->prod, shm_w2r(env->shm, w->index));
-	shmring_consumer_attach(&w->cons, shm_r2w(env->shm, w->index));
+	/*
+	 * The router read our predecessor's records to the end before we were
+	 * forked (IPC_WORKER_DOWN_DONE): start where it stands, whatever a
+	 * faulty predecessor left in our own memory.
+	 */
+	shmring_producer_attach_at_tail(&w->prod, &env->shm.w2r[w->index]);
 	/*
 	 * What the router sent our predecessor is read like anything else:
 	 * those connections are of an older epoch, so no lookup finds them,
 	 * and QoS 1/2 deliveries among them go back to the router for their
-	 * (now offline) sessions instead of being lost.
+	 * (now offline) sessions instead of being lost. A position the
+	 * predecessor left that the router's ring cannot have is skipped.
 	 */
+	if (!shmring_consumer_attach(&w->cons, &env->shm.r2w[w->index])) {
+		log_error("the ring from the router: our predecessor left an impossible position; "
+			  "skipping what it holds");
+		shmring_discard(&w->cons);
+	}
 	ev.data.ptr = &w->timerfd;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->timerfd, &ev) < 0)
 		return -1;
@@ -1958,6 +1973,7 @@ static void worker_teardown(struct worker *w)
 	recw_free(&w->rw);
 	routes_free(&w->routes);
 	free(w->rt_scratch);
+	shmring_consumer_detach(&w->cons);
 	close(w->epfd);
 	close(w->timerfd);
 }
@@ -1966,10 +1982,14 @@ int worker_main(struct role_env *env)
 {
 	struct worker w = { 0 };
 	struct epoll_event evs[256];
+	struct shm_worker *ws;
 
 	if (worker_setup(&w, env) < 0)
 		fatal("worker setup failed: %s", strerror(errno));
-	atomic_store(&env->shm->workers[w.index].alive, 1);
+	/* Our predecessor's connections died with it; then the listener may count on us. */
+	ws = env->shm.worker[w.index];
+	atomic_store(&ws->released, atomic_load(&ws->accepted));
+	atomic_store(&ws->serving_epoch, w.epoch);
 	ipc_send(env->ctl_fd, IPC_READY, w.index, NULL, 0, -1);
 	while (!w.stopping) {
 		int timeout = shmring_prepare_sleep(&w.cons) ? -1 : 0;
@@ -1990,7 +2010,7 @@ int worker_main(struct role_env *env)
 				check_deadlines(&w);
 				publish_counters(&w);
 				/* Give large freed blocks back to the system (at once over the ceiling). */
-				if (heap_trim_wanted || atomic_load(&env->shm->memory_pressure)) {
+				if (heap_trim_wanted || atomic_load(&env->shm.sup->memory_pressure)) {
 					heap_trim_wanted = false;
 					malloc_trim(0);
 				}

@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 4            /* bump whenever enum ipc_type or a payload changes */
+#define IPC_VERSION 5            /* bump whenever enum ipc_type or a payload changes */
 #define IPC_MAX_PAYLOAD 4096
 /*
  * Fds one message may carry: a full IPC_CLIENT_FD payload, and well under
@@ -32,6 +32,9 @@ enum ipc_type {
 	IPC_STOP_ACCEPT,      /* supervisor -> listener: close listening sockets */
 	IPC_LOG_SETTINGS,     /* supervisor -> child: new log level and format (struct log_settings, log.h) */
 	IPC_CONFIG,           /* supervisor -> child: the configuration in force after a reload (struct iotd_config) */
+	IPC_WORKER_DOWN,      /* supervisor -> router: worker i died (struct ipc_worker) */
+	IPC_WORKER_DOWN_DONE, /* router -> supervisor: its last records applied, its sessions closed (struct ipc_worker) */
+	IPC_WORKER_FAULT,     /* router -> supervisor: worker i broke its rings: kill it (struct ipc_worker) */
 	IPC_TYPE_MAX
 };
 
@@ -44,6 +47,16 @@ struct ipc_hdr {
 
 struct ipc_client {              /* one per connection in an IPC_CLIENT_FD payload */
 	char remote[64];             /* "127.0.0.1:53412" or "[::1]:53412" */
+};
+
+/*
+ * A worker's death and what the router did about it. epoch: for
+ * WORKER_DOWN and WORKER_DOWN_DONE the successor's (every connection of
+ * another epoch is gone), for WORKER_FAULT the faulty process's.
+ */
+struct ipc_worker {
+	uint32_t index;
+	uint32_t epoch;
 };
 
 _Static_assert(IPC_MAX_FDS * sizeof(struct ipc_client) <= IPC_MAX_PAYLOAD,

@@ -47,10 +47,8 @@
  *   REC_CLOSE        u64 conn, u8 publish_will, u16 n, n x u16 packet_id
  *                    (connection gone; the ids are inbound QoS 2 messages
  *                    awaiting PUBREL, kept for a persistent session)
- *   REC_WORKER_DOWN  u32 worker, u32 new_epoch
- *                    (written by the supervisor after worker i died and
- *                    before its successor starts: every connection of an
- *                    older epoch of that worker is gone, abnormally)
+ *   (A worker's death reaches the router on its control socket,
+ *   IPC_WORKER_DOWN: no worker can write it.)
  *
  * Router -> worker (ring r2w[i]):
  *   REC_CONNACK      u64 conn, u32 sid, u8 rc, u8 session_present, u16 n, n x u16 packet_id
@@ -99,7 +97,6 @@ enum rec_type {
 	REC_PUBLISH,
 	REC_SESSION_MSG,
 	REC_CLOSE,
-	REC_WORKER_DOWN,
 	REC_CONNACK,
 	REC_SUBACK,
 	REC_UNSUBACK,

@@ -63,6 +63,24 @@ int router_handle(struct router *r, unsigned worker, uint16_t type,
 		  const void *payload, size_t len);
 
 /*
+ * Provenance: a record from ring w2r[worker] may only speak of that
+ * worker's connections of its current epoch, and of slots below 'slots'
+ * (the connections it can hold). The router process sets both from the
+ * supervisor's memory at start and the epoch again at each worker death.
+ * Until set, the epoch is 1 and slots are unbounded (unit tests).
+ */
+void router_set_worker(struct router *r, unsigned worker, uint32_t epoch, uint32_t slots);
+/*
+ * Worker 'worker' died (IPC_WORKER_DOWN) and every record it wrote was
+ * handled: every session on one of its connections of an epoch other than
+ * new_epoch goes offline as if its connection had dropped (wills
+ * published), CONNECTs it left waiting are dropped, and the worker's
+ * records are from then on taken from epoch new_epoch only. Idempotent.
+ * Returns the number of sessions closed.
+ */
+size_t router_worker_down(struct router *r, unsigned worker, uint32_t new_epoch);
+
+/*
  * Advance the router's clock (CLOCK_MONOTONIC milliseconds) and expire
  * persistent sessions absent longer than session_timeout_secs. The clock
  * also stamps sessions going offline, so call it at least once a second.
@@ -84,7 +102,7 @@ void router_set_max_record(struct router *r, size_t bytes);
 void router_config_changed(struct router *r);
 
 /*
- * The route generation (role.h: iotd_shm.route_gen): the router bumps it
+ * The route generation (shm.h: shm_router.route_gen): the router bumps it
  * at every change that can alter where a topic's messages go, and stamps
  * each REC_ROUTE with it. By default a counter of the router's own (unit
  * tests); router_main() points it into shared memory. Setting it bumps it;

@@ -393,18 +393,23 @@ class Broker:
 
     def shmem_kb(self):
         """(resident kB summed over the daemon's processes, mapped kB) of the
-        shared-memory rings: resident can never exceed mapped."""
-        resident = sum(pss_kb(p) - pss_kb(p, shmem=False) for p in self.pids())
-        mapped = 0
-        try:
-            with open(f"/proc/{self.proc.pid}/maps") as f:
-                for line in f:
-                    if RING_MAPPING in line:
-                        lo, hi = line.split()[0].split("-")
-                        mapped += (int(hi, 16) - int(lo, 16)) // 1024
-        except OSError:
-            pass
-        return resident, mapped
+        shared-memory regions: resident can never exceed mapped. Each region
+        is its own memfd, mapped by the processes that use it: counted once
+        (by inode), whoever maps it."""
+        pids = self.pids()
+        resident = sum(pss_kb(p) - pss_kb(p, shmem=False) for p in pids)
+        regions = {}
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/maps") as f:
+                    for line in f:
+                        if RING_MAPPING in line:
+                            fields = line.split()
+                            lo, hi = fields[0].split("-")
+                            regions[fields[4]] = (int(hi, 16) - int(lo, 16)) // 1024
+            except OSError:
+                pass
+        return resident, sum(regions.values())
 
     def memory_mark(self, pids=None):
         """Record the daemon's memory now; .assert_back() later."""

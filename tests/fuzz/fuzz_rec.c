@@ -154,9 +154,6 @@ static void decode(struct cp *c, int type)
 	case REC_CLOSE:
 		cp_u64(c); cp_u8(c); cp_list(c, 16, cp_u16);
 		break;
-	case REC_WORKER_DOWN:
-		cp_u32(c); cp_u32(c);
-		break;
 	case REC_CONNACK:
 		cp_u64(c); cp_u32(c); cp_u8(c); cp_u8(c); cp_list(c, 16, cp_u16);
 		break;
