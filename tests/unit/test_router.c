@@ -302,14 +302,11 @@ static int send_qos2_in(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t pac
 	return handle(f, conn_id_worker(conn), REC_QOS2_IN, &w);
 }
 
+/* The router process's part of IPC_WORKER_DOWN, once the worker's records are handled. */
 static int send_worker_down(struct fx *f, unsigned worker, uint32_t new_epoch)
 {
-	struct recw w;
-
-	recw_init(&w);
-	recw_u32(&w, worker);
-	recw_u32(&w, new_epoch);
-	return handle(f, worker, REC_WORKER_DOWN, &w);
+	router_worker_down(f->r, worker, new_epoch);
+	return 0;
 }
 
 /* ---- decoding r2w records ----------------------------------------------- */
@@ -1834,10 +1831,54 @@ static void records_from_the_wrong_ring_or_of_router_types_are_dropped(void **st
 	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);     /* wildcard topic */
 	build_publish(&w, 0, 0, "", "x");
 	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
-	assert_int_equal(send_worker_down(f, 0, 1), 0);
-	assert_int_equal(router_handle(f->r, 0, REC_WORKER_DOWN, "\x07\0\0\0\1\0\0\0", 8), -1);
+	/* What was once the supervisor's WORKER_DOWN record is a router type now. */
+	assert_int_equal(router_handle(f->r, 0, 7, "\0\0\0\0\2\0\0\0", 8), -1);
 	assert_int_equal(router_handle(f->r, 0, REC_PUBLISH, NULL, 0), -1);
 	assert_int_equal(f->n, 0);
+}
+
+/*
+ * Provenance: a ring speaks for its own worker's connections of the
+ * current epoch, in slots it can hold; nothing else acts.
+ */
+static void records_for_other_epochs_or_impossible_slots_are_dropped(void **state)
+{
+	struct fx *f = *state;
+	struct recw w;
+	struct router_stats st;
+
+	router_set_worker(f->r, 0, 3, 100);
+	build_connect(&w, conn_id_make(0, 2, 1, 1), true, "old", NULL);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);     /* a dead predecessor's */
+	build_connect(&w, conn_id_make(0, 4, 1, 1), true, "next", NULL);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);     /* a successor not yet born */
+	build_connect(&w, conn_id_make(0, 3, 100, 1), true, "far", NULL);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);     /* past its capacity */
+	build_connect(&w, conn_id_make(0, 3, (1u << 24) - 1, 1), true, "far", NULL);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);
+	assert_int_equal(f->n, 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.sessions, 0);
+
+	connect_ok(f, conn_id_make(0, 3, 99, 1), true, "ok", NULL);
+	/* The session of worker 1 cannot be closed from ring 0. */
+	connect_ok(f, C(1, 1), false, "w1", NULL);
+	recw_init(&w);
+	recw_u64(&w, C(1, 1));
+	recw_u8(&w, 1);
+	recw_u16(&w, 0);
+	assert_int_equal(handle(f, 0, REC_CLOSE, &w), -1);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.online, 2);
+
+	/* After the worker's death, only the new epoch speaks. */
+	router_worker_down(f->r, 0, 4);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.online, 1);
+	fx_clear(f);
+	build_connect(&w, conn_id_make(0, 3, 5, 1), true, "stale", NULL);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);
+	connect_ok(f, conn_id_make(0, 4, 5, 1), true, "fresh", NULL);
 }
 
 static uint32_t rng_state = 0x12345678;
@@ -1891,16 +1932,12 @@ static size_t build_samples(struct recw *s, size_t cap, uint32_t sid)
 	recw_u16(&s[n], 10);
 	recw_u16(&s[n], 11);
 	n++;
-	recw_init(&s[n]);
-	recw_u32(&s[n], 0);
-	recw_u32(&s[n], 5);
-	n++;
 	return n;
 }
 
 static const uint16_t sample_types[] = {
 	REC_CONNECT, REC_SUBSCRIBE, REC_UNSUBSCRIBE, REC_PUBLISH,
-	REC_SESSION_MSG, REC_CLOSE, REC_WORKER_DOWN,
+	REC_SESSION_MSG, REC_CLOSE,
 };
 
 static void garbage_records_do_not_crash_the_router(void **state)
@@ -2296,9 +2333,10 @@ static void a_store_that_refused_writes_is_rewritten_by_the_next_tick(void **sta
 
 struct proc {
 	struct iotd_config cfg;
-	struct role_env env;
-	struct iotd_shm *shm;
-	size_t shm_len;
+	struct role_env env;           /* the router's: env.shm is its mapping */
+	struct shm_set set;
+	struct shm_map sup;            /* ours as the supervisor */
+	struct shm_map wmap;           /* ours as worker 0 */
 	int ctl;                       /* the supervisor's end */
 	pid_t pid;
 	struct shmring_producer w2r;   /* we are worker 0 */
@@ -2318,21 +2356,25 @@ static void proc_init(struct proc *p)
 {
 	memset(p, 0, sizeof(*p));
 	p->cfg.max_queued_messages = 100;
-	p->shm_len = shm_size(PROC_WORKERS, PROC_RING);
-	p->shm = mmap(NULL, p->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	assert_true(p->shm != MAP_FAILED);
-	shm_layout(p->shm, PROC_WORKERS, PROC_RING);
+	assert_int_equal(shm_create(&p->set, PROC_WORKERS, PROC_RING), 0);
+	assert_int_equal(shm_map_role(&p->sup, &p->set, ROLE_SUPERVISOR, 0), 0);
+	assert_int_equal(shm_map_role(&p->wmap, &p->set, ROLE_WORKER, 0), 0);
+	assert_int_equal(shm_map_role(&p->env.shm, &p->set, ROLE_ROUTER, 0), 0);
+	/* Every worker up and serving as epoch 1, as after a start. */
 	for (unsigned i = 0; i < PROC_WORKERS; i++) {
+		atomic_store(&p->sup.sup->workers[i].epoch, 1);
+		atomic_store(&p->sup.sup->workers[i].up, 1);
+		atomic_store(&p->sup.sup->workers[i].capacity, 1000);
 		p->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		assert_true(p->env.worker_efd[i] >= 0);
 	}
+	atomic_store(&p->wmap.worker[0]->serving_epoch, 1);
 	p->env.cfg = &p->cfg;
-	p->env.shm = p->shm;
 	p->env.nworkers = PROC_WORKERS;
 	p->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	assert_true(p->env.router_efd >= 0);
-	shmring_producer_attach(&p->w2r, shm_w2r(p->shm, 0));
-	shmring_consumer_attach(&p->r2w, shm_r2w(p->shm, 0));
+	shmring_producer_attach_at_tail(&p->w2r, &p->wmap.w2r[0]);
+	assert_true(shmring_consumer_attach(&p->r2w, &p->wmap.r2w[0]));
 }
 
 /* Fork a router over the rings and wait until it is ready. */
@@ -2387,7 +2429,11 @@ static void proc_stop(struct proc *p, bool shutdown)
 	for (unsigned i = 0; i < PROC_WORKERS; i++)
 		close(p->env.worker_efd[i]);
 	close(p->env.router_efd);
-	munmap(p->shm, p->shm_len);
+	shmring_consumer_detach(&p->r2w);
+	shm_unmap(&p->env.shm);
+	shm_unmap(&p->wmap);
+	shm_unmap(&p->sup);
+	shm_close(&p->set);
 }
 
 /* Write one record into w2r[0], waiting for room as a worker would. */
@@ -2491,7 +2537,7 @@ static void router_main_serves_the_rings_and_never_drops_when_full(void **state)
 	assert_int_equal(ipc_send(p.ctl, IPC_PING, 0, NULL, 0, -1), 0);
 	assert_true(ipc_recv(p.ctl, &hdr, NULL, 0, &fd) >= 0);
 	assert_int_equal(hdr.type, IPC_PONG);
-	assert_int_equal(atomic_load(&p.shm->router_sessions), 1);
+	assert_int_equal(atomic_load(&p.env.shm.router->sessions), 1);
 	proc_stop(&p, true);
 }
 
@@ -2530,10 +2576,10 @@ static void proc_expect_nothing(struct proc *p)
 /* Wait until the router applied everything we sent and committed what it emitted. */
 static void proc_wait_applied(struct proc *p, uint64_t r2w_head)
 {
-	struct shmring *in = shm_w2r(p->shm, 0), *out = shm_r2w(p->shm, 0);
+	struct shm_router_ring *rr = p->env.shm.router_ring[0];
 	uint64_t deadline = mono_ms() + 10000;
 
-	while (atomic_load(&in->tail) != p->w2r.head || atomic_load(&out->head) <= r2w_head) {
+	while (atomic_load(&rr->w2r.tail) != p->w2r.head || atomic_load(&rr->r2w.head) <= r2w_head) {
 		assert_true(mono_ms() < deadline);
 		poll(NULL, 0, 1);
 	}
@@ -2585,7 +2631,7 @@ static void router_main_never_applies_a_record_twice_after_a_kill(void **state)
 	proc_expect_deliver(&p, "m2");
 	proc_wait_applied(&p, 0);
 	proc_kill(&p);
-	atomic_store(&shm_w2r(p.shm, 0)->tail, w2r_tail);
+	atomic_store(&p.env.shm.router_ring[0]->w2r.tail, w2r_tail);
 	proc_publish(&p, "m3");               /* while no router runs */
 
 	proc_spawn(&p);
@@ -2618,8 +2664,8 @@ static void router_main_publishes_what_it_committed_after_a_kill(void **state)
 	proc_publish(&p, "m1");
 	proc_wait_applied(&p, r2w_head);
 	proc_kill(&p);
-	atomic_store(&shm_r2w(p.shm, 0)->head, r2w_head);
-	atomic_store(&shm_w2r(p.shm, 0)->tail, w2r_tail);
+	atomic_store(&p.env.shm.router_ring[0]->r2w.head, r2w_head);
+	atomic_store(&p.env.shm.router_ring[0]->w2r.tail, w2r_tail);
 
 	proc_spawn(&p);
 	proc_recv(&p, &c);
@@ -2666,6 +2712,143 @@ static void router_main_keeps_held_records_across_a_kill(void **state)
 		free(c.buf);
 	}
 	proc_expect_nothing(&p);
+	proc_stop(&p, true);
+}
+
+/* The next control message from the router, which must be 'type' about worker 0. */
+static void proc_expect_ctl(struct proc *p, uint32_t type, uint32_t epoch)
+{
+	struct pollfd pfd = { .fd = p->ctl, .events = POLLIN };
+	struct ipc_worker msg;
+	struct ipc_hdr hdr;
+	int fd = -1;
+
+	assert_int_equal(poll(&pfd, 1, 10000), 1);
+	assert_int_equal(ipc_recv(p->ctl, &hdr, &msg, sizeof(msg), &fd), (ssize_t)sizeof(msg));
+	assert_int_equal(hdr.type, type);
+	assert_int_equal(msg.index, 0);
+	assert_int_equal(msg.epoch, epoch);
+}
+
+static void proc_worker_down(struct proc *p, uint32_t new_epoch)
+{
+	struct ipc_worker msg = { .index = 0, .epoch = new_epoch };
+
+	assert_int_equal(ipc_send(p->ctl, IPC_WORKER_DOWN, 0, &msg, sizeof(msg), -1), 0);
+}
+
+/* Worker 0's successor of epoch 'epoch': starts at the router's tail, then serves. */
+static void proc_successor(struct proc *p, uint32_t epoch)
+{
+	atomic_store(&p->sup.sup->workers[0].epoch, epoch);
+	shmring_producer_attach_at_tail(&p->w2r, &p->wmap.w2r[0]);
+	atomic_store(&p->wmap.worker[0]->serving_epoch, epoch);
+	eventfd_wake(p->env.router_efd);
+}
+
+/*
+ * The records a worker wrote before it died are applied before its death
+ * is: a SUBSCRIBE written while the router was stopped, and the death
+ * notice sent right after, leave the persistent session offline with that
+ * subscription; the router confirms only then, and takes the successor's
+ * records (of the new epoch) from where it stopped.
+ */
+static void router_main_applies_a_dead_workers_records_before_its_death(void **state)
+{
+	struct proc p;
+	struct recw w;
+	struct cap c;
+	struct connack a;
+	int status;
+
+	(void)state;
+	proc_start_serving(&p);              /* "dev", persistent, on C(0, 1), subscribed to t */
+	assert_int_equal(kill(p.pid, SIGSTOP), 0);
+	assert_int_equal(waitpid(p.pid, &status, WUNTRACED), p.pid);
+	recw_init(&w);
+	recw_u64(&w, C(0, 1));
+	recw_u16(&w, 2);
+	recw_u16(&w, 1);
+	recw_str(&w, "u", 1);
+	recw_u8(&w, 1);
+	proc_send(&p, REC_SUBSCRIBE, &w);
+	proc_worker_down(&p, 2);
+	assert_int_equal(kill(p.pid, SIGCONT), 0);
+	proc_recv(&p, &c);                    /* the SUBACK, to a connection now gone */
+	assert_int_equal(c.type, REC_SUBACK);
+	free(c.buf);
+	proc_expect_ctl(&p, IPC_WORKER_DOWN_DONE, 2);
+
+	proc_successor(&p, 2);
+	build_connect(&w, conn_id_make(0, 1, 2, 1), true, "stale", NULL);
+	proc_send(&p, REC_CONNECT, &w);      /* the old epoch: dropped */
+	build_connect(&w, conn_id_make(0, 2, 2, 1), true, "pub", NULL);
+	proc_send(&p, REC_CONNECT, &w);
+	proc_recv(&p, &c);
+	decode_connack(&c, &a);
+	assert_int_equal(a.conn, conn_id_make(0, 2, 2, 1));
+	free(c.buf);
+	build_publish(&w, 1, false, "u", "queued");
+	proc_send(&p, REC_PUBLISH, &w);
+	build_connect(&w, conn_id_make(0, 2, 1, 1), false, "dev", NULL);
+	proc_send(&p, REC_CONNECT, &w);
+	proc_recv(&p, &c);
+	decode_connack(&c, &a);
+	assert_int_equal(a.conn, conn_id_make(0, 2, 1, 1));
+	assert_true(a.present);
+	free(c.buf);
+	proc_recv(&p, &c);                    /* what "u" got while it was offline */
+	assert_int_equal(c.type, REC_SESSION_MSG);
+	free(c.buf);
+	proc_stop(&p, true);
+}
+
+/*
+ * A worker that publishes an impossible head is reported once and its
+ * ring left alone; the router keeps running, and once the worker's death
+ * is handled its successor is served from where the router stopped.
+ */
+static void router_main_reports_a_worker_that_breaks_its_ring(void **state)
+{
+	struct proc p;
+	struct recw w;
+	struct cap c;
+	struct connack a;
+	struct ipc_hdr hdr;
+	int fd;
+
+	(void)state;
+	proc_start_serving(&p);
+	atomic_store(&p.wmap.worker[0]->w2r.head, p.w2r.head + 3);  /* misaligned */
+	eventfd_wake(p.env.router_efd);
+	proc_expect_ctl(&p, IPC_WORKER_FAULT, 1);
+	assert_int_equal(ipc_send(p.ctl, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_true(ipc_recv(p.ctl, &hdr, NULL, 0, &fd) >= 0);
+	assert_int_equal(hdr.type, IPC_PONG);
+
+	proc_worker_down(&p, 2);
+	proc_expect_ctl(&p, IPC_WORKER_DOWN_DONE, 2);
+	proc_successor(&p, 2);
+	build_connect(&w, conn_id_make(0, 2, 1, 1), false, "dev", NULL);
+	proc_send(&p, REC_CONNECT, &w);
+	proc_recv(&p, &c);
+	decode_connack(&c, &a);
+	assert_int_equal(a.conn, conn_id_make(0, 2, 1, 1));
+	assert_true(a.present);
+	free(c.buf);
+	proc_stop(&p, true);
+}
+
+/* A worker that moves its r2w tail back behind what it had released is faulty too. */
+static void router_main_reports_a_worker_that_rewinds_its_tail(void **state)
+{
+	struct proc p;
+
+	(void)state;
+	proc_start_serving(&p);
+	atomic_store(&p.wmap.worker[0]->r2w.tail, 8);
+	proc_publish(&p, "m1");                   /* the delivery meets the tail */
+	proc_expect_ctl(&p, IPC_WORKER_FAULT, 1);
 	proc_stop(&p, true);
 }
 
@@ -2728,6 +2911,7 @@ int main(void)
 		T(records_for_unknown_connections_are_dropped),
 		T(records_from_the_wrong_ring_or_of_router_types_are_dropped),
 		T(garbage_records_do_not_crash_the_router),
+		T(records_for_other_epochs_or_impossible_slots_are_dropped),
 		T(a_crashed_router_comes_back_with_sessions_subscriptions_queues_and_retained),
 		T(only_committed_changes_outlive_the_router),
 		T(a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will),
@@ -2736,6 +2920,9 @@ int main(void)
 		T(a_store_that_refused_writes_is_rewritten_by_the_next_tick),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
+		cmocka_unit_test(router_main_applies_a_dead_workers_records_before_its_death),
+		cmocka_unit_test(router_main_reports_a_worker_that_breaks_its_ring),
+		cmocka_unit_test(router_main_reports_a_worker_that_rewinds_its_tail),
 		cmocka_unit_test(router_main_never_applies_a_record_twice_after_a_kill),
 		cmocka_unit_test(router_main_publishes_what_it_committed_after_a_kill),
 		cmocka_unit_test(router_main_keeps_held_records_across_a_kill),
