@@ -2443,6 +2443,7 @@ void router_free(struct router **rp)
 #define ROUTER_POLL_EVERY 16       /* busy turns between two looks at control events */
 #define ROUTER_MAX_EVENTS 8
 #define ROUTER_NO_POS UINT64_MAX     /* a ring position the store does not have yet */
+#define ROUTER_POISON_CRASHES 3      /* deaths in a row on one record before it is set aside */
 
 /* A record the r2w ring had no room for yet (kept in the store's outbox under seq too). */
 struct router_blrec {
@@ -2489,6 +2490,7 @@ struct router_proc {
 	 */
 	bool gated[IOTD_MAX_WORKERS];
 	uint32_t gate_epoch[IOTD_MAX_WORKERS];
+	bool poison_armed;              /* the journal's suspect is to be set aside when met */
 };
 
 /*
@@ -2767,6 +2769,68 @@ static void router_proc_down(struct router_proc *p, unsigned i)
 	p->down_done_due[i] = true;
 }
 
+/*
+ * A router that died handling a record is restarted and meets the same
+ * record again (the ring is its log). The journal says which record was in
+ * hand at each death: after ROUTER_POISON_CRASHES deaths in a row on one
+ * record, that record is set aside (logged, not handled) and the router
+ * serves again. Called once at start, after the rings are restored.
+ */
+static void router_proc_poison_check(struct router_proc *p)
+{
+	struct router_journal *j = p->env->shm.journal;
+
+	if (j->in_hand.ring == 0) {
+		/* A death elsewhere, or a start after a clean stop: the count starts over. */
+		j->suspect.ring = 0;
+		j->suspect_crashes = 0;
+		return;
+	}
+	if (j->in_hand.ring == j->suspect.ring && j->in_hand.pos == j->suspect.pos) {
+		j->suspect_crashes++;
+	} else {
+		j->suspect = j->in_hand;
+		j->suspect_crashes = 1;
+	}
+	j->in_hand.ring = 0;
+	log_warn("router: the previous router died handling the record at position %llu of worker %u's ring (%u time(s) in a row)",
+		 (unsigned long long)j->suspect.pos, (unsigned)(j->suspect.ring - 1),
+		 j->suspect_crashes);
+	p->poison_armed = j->suspect_crashes >= ROUTER_POISON_CRASHES;
+}
+
+/* Is rec, at the tail of ring i, the record that keeps killing the router? Then skip it. */
+static bool router_proc_set_aside(struct router_proc *p, unsigned i, const struct shmring_rec *rec)
+{
+	struct router_journal *j = p->env->shm.journal;
+
+	if (!p->poison_armed || j->suspect.ring != i + 1 || j->suspect.pos != p->in[i].tail)
+		return false;
+	log_error("router: set aside the %s record (%u bytes) at position %llu of worker %u's ring: the router died %u times handling it",
+		  rec_type_name(rec->type), rec->len, (unsigned long long)j->suspect.pos, i,
+		  j->suspect_crashes);
+	p->poison_armed = false;
+	j->suspect.ring = 0;
+	j->suspect_crashes = 0;
+	return true;
+}
+
+/* Handle one record, with the journal saying which one is in hand should it kill us. */
+static void router_proc_handle(struct router_proc *p, unsigned i, const struct shmring_rec *rec)
+{
+	struct router_journal *j = p->env->shm.journal;
+
+	if (router_proc_set_aside(p, i, rec))
+		return;
+	j->in_hand.pos = p->in[i].tail;
+	j->in_hand.ring = i + 1;
+	/* A crash is no event the compiler knows of: keep the stores where they are. */
+	atomic_signal_fence(memory_order_seq_cst);
+	router_handle(p->r, i, rec->type, shmring_payload(rec), rec->len);
+	atomic_signal_fence(memory_order_seq_cst);
+	j->in_hand.ring = 0;
+}
+
 /* Up to ROUTER_BATCH records of ring i; returns how many. */
 static unsigned router_proc_drain_ring(struct router_proc *p, unsigned i)
 {
@@ -2775,7 +2839,7 @@ static unsigned router_proc_drain_ring(struct router_proc *p, unsigned i)
 	bool open = router_proc_ring_open(p, i);
 
 	while (open && n < ROUTER_BATCH && (rec = shmring_peek(&p->in[i]))) {
-		router_handle(p->r, i, rec->type, shmring_payload(rec), rec->len);
+		router_proc_handle(p, i, rec);
 		shmring_next(&p->in[i]);
 		n++;
 	}
@@ -3105,6 +3169,7 @@ static int router_proc_setup(struct router_proc *p)
 	router_set_route_gen(p->r, &env->shm.router->route_gen);
 	if (same)
 		router_restore_rings(p);
+	router_proc_poison_check(p);
 	router_set_max_record(p->r, max_record);
 	router_tick(p->r, router_now_ms());
 	router_proc_flush(p);

@@ -99,6 +99,17 @@ struct router_journal {
 		uint64_t w2r_tail[IOTD_MAX_WORKERS]; /* applied up to here */
 		uint64_t r2w_head[IOTD_MAX_WORKERS]; /* written up to here */
 	} slot[2];
+	/*
+	 * The record in hand: written before each record is handled, cleared
+	 * after. A router that finds it set died handling that record; one
+	 * that died on the same record ROUTER_POISON_CRASHES times in a row
+	 * sets it aside instead of handling it again (router.c).
+	 */
+	_Alignas(64) struct router_record_ref {
+		uint64_t ring;                 /* worker index + 1; 0: none */
+		uint64_t pos;                  /* its position in w2r[ring - 1] */
+	} in_hand, suspect;
+	uint32_t suspect_crashes;          /* deaths in a row with the suspect in hand */
 };
 
 enum {

@@ -2852,6 +2852,71 @@ static void router_main_reports_a_worker_that_rewinds_its_tail(void **state)
 	proc_stop(&p, true);
 }
 
+/*
+ * A record the router died on three times in a row is set aside: the
+ * journal says a router died with it in hand twice already, the router
+ * stopped with it unapplied is killed once more, and its successor skips
+ * that one record and serves the next.
+ */
+static void router_main_sets_aside_a_record_it_keeps_dying_on(void **state)
+{
+	struct proc p;
+	struct router_journal *j;
+	uint64_t pos;
+	int status;
+
+	(void)state;
+	proc_start_serving(&p);
+	j = p.env.shm.journal;
+	assert_int_equal(kill(p.pid, SIGSTOP), 0);
+	assert_int_equal(waitpid(p.pid, &status, WUNTRACED), p.pid);
+	pos = p.w2r.head;
+	proc_publish(&p, "poison");
+	proc_publish(&p, "after");
+	proc_kill(&p);
+	/* As a router that died handling it twice would have left it. */
+	j->suspect.ring = 1;
+	j->suspect.pos = pos;
+	j->suspect_crashes = 2;
+	j->in_hand = j->suspect;
+
+	proc_spawn(&p);
+	proc_expect_deliver(&p, "after");
+	proc_expect_nothing(&p);
+	assert_int_equal(j->suspect_crashes, 0);
+	proc_publish(&p, "m2");
+	proc_expect_deliver(&p, "m2");
+	proc_stop(&p, true);
+}
+
+/* Twice is not enough: a record in hand at two deaths is handled again. */
+static void router_main_retries_a_record_it_died_on_twice(void **state)
+{
+	struct proc p;
+	struct router_journal *j;
+	uint64_t pos;
+	int status;
+
+	(void)state;
+	proc_start_serving(&p);
+	j = p.env.shm.journal;
+	assert_int_equal(kill(p.pid, SIGSTOP), 0);
+	assert_int_equal(waitpid(p.pid, &status, WUNTRACED), p.pid);
+	pos = p.w2r.head;
+	proc_publish(&p, "again");
+	proc_kill(&p);
+	j->suspect.ring = 1;
+	j->suspect.pos = pos;
+	j->suspect_crashes = 1;
+	j->in_hand = j->suspect;
+
+	proc_spawn(&p);
+	proc_expect_deliver(&p, "again");
+	assert_int_equal(j->suspect_crashes, 2);
+	assert_int_equal(j->in_hand.ring, 0);
+	proc_stop(&p, true);
+}
+
 static void router_main_stops_when_the_supervisor_goes_away(void **state)
 {
 	struct proc p;
@@ -2923,6 +2988,8 @@ int main(void)
 		cmocka_unit_test(router_main_applies_a_dead_workers_records_before_its_death),
 		cmocka_unit_test(router_main_reports_a_worker_that_breaks_its_ring),
 		cmocka_unit_test(router_main_reports_a_worker_that_rewinds_its_tail),
+		cmocka_unit_test(router_main_sets_aside_a_record_it_keeps_dying_on),
+		cmocka_unit_test(router_main_retries_a_record_it_died_on_twice),
 		cmocka_unit_test(router_main_never_applies_a_record_twice_after_a_kill),
 		cmocka_unit_test(router_main_publishes_what_it_committed_after_a_kill),
 		cmocka_unit_test(router_main_keeps_held_records_across_a_kill),
