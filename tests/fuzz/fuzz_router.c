@@ -1,0 +1,254 @@
+/*
+ * fuzz_router.c - libFuzzer harness for the router's record handlers, fed
+ * the record streams a hostile worker could write.
+ *
+ * Input: a sequence of operations. Most build a record with the real
+ * writer (rec.h) from a few input bytes: connection ids from a small set
+ * (two workers, two epochs, a few slots, so that records meet the sessions
+ * earlier ones made, and also name the wrong worker or epoch), client ids,
+ * topics and filters from small sets with wildcards, QoS and flags taken
+ * whole (invalid ones included). Others hand the router raw bytes under
+ * any type, a worker's death, or a clock tick. Whatever the stream, the
+ * router must not crash, read out of bounds, or leak (router_free at the
+ * end, LeakSanitizer), and everything it emits must be a router -> worker
+ * record for an existing worker that the record reader can walk.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "iotd.h"
+#include "rec.h"
+#include "router.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define NWORKERS 2
+
+struct in {
+	const uint8_t *p;
+	size_t left;
+};
+
+static uint8_t take(struct in *in)
+{
+	if (in->left == 0)
+		return 0;
+	in->left--;
+	return *in->p++;
+}
+
+static uint16_t take16(struct in *in)
+{
+	return (uint16_t)(take(in) | take(in) << 8);
+}
+
+static const char *const client_ids[] = { "a", "b", "c", "", "dev/1", "x\xc3\xa9" };
+static const char *const topics[] = {
+	"t", "t/a", "t/b/c", "$SYS/x", "a/b", "", "t/#", "+/a", "#", "t/+/c", "x\0y",
+};
+
+/* Each worker's current epoch, as the router was told (worker 2 does not exist). */
+static uint32_t cur_epoch[NWORKERS + 1];
+
+static conn_id_t pick_conn(struct in *in)
+{
+	uint8_t b = take(in);
+	unsigned worker = b % 3;
+
+	/* The current epoch or the one before, slot 0..7 (8 and more: past capacity), serial 1..2. */
+	return conn_id_make(worker, cur_epoch[worker] - (b >> 2 & 1), b >> 3 & 15, 1 + (b >> 7));
+}
+
+static void put_pick(struct recw *w, struct in *in, const char *const *set, size_t n)
+{
+	const char *s = set[take(in) % n];
+
+	recw_str(w, s, (uint16_t)strlen(s));
+}
+
+static void put_payload(struct recw *w, struct in *in)
+{
+	uint8_t n = take(in) % 16;
+	uint8_t buf[16];
+
+	for (uint8_t i = 0; i < n; i++)
+		buf[i] = take(in);
+	recw_bytes(w, buf, n);
+}
+
+static uint16_t build_connect(struct recw *w, struct in *in)
+{
+	uint8_t flags = take(in);
+
+	recw_u64(w, pick_conn(in));
+	recw_u8(w, flags & 3);                   /* clean (2, 3: invalid) */
+	recw_u16(w, take16(in));
+	put_pick(w, in, client_ids, sizeof(client_ids) / sizeof(client_ids[0]));
+	recw_str(w, "127.0.0.1:1", 11);
+	recw_u8(w, flags >> 2 & 3);              /* will flag */
+	recw_u8(w, flags >> 4 & 3);              /* will qos */
+	recw_u8(w, flags >> 6 & 1);              /* will retain */
+	put_pick(w, in, topics, sizeof(topics) / sizeof(topics[0]));
+	put_payload(w, in);
+	return REC_CONNECT;
+}
+
+static uint16_t build_subscribe(struct recw *w, struct in *in, bool sub)
+{
+	uint8_t n = take(in) % 4;
+
+	recw_u64(w, pick_conn(in));
+	recw_u16(w, take16(in));
+	recw_u16(w, n);
+	for (uint8_t i = 0; i < n; i++) {
+		put_pick(w, in, topics, sizeof(topics) / sizeof(topics[0]));
+		if (sub)
+			recw_u8(w, take(in) % 4);
+	}
+	return sub ? REC_SUBSCRIBE : REC_UNSUBSCRIBE;
+}
+
+static uint16_t build_publish(struct recw *w, struct in *in)
+{
+	uint8_t flags = take(in);
+
+	recw_u8(w, flags % 4);
+	recw_u8(w, flags >> 2 & 3);              /* retain, ask */
+	put_pick(w, in, topics, sizeof(topics) / sizeof(topics[0]));
+	put_payload(w, in);
+	if (flags & 8)
+		recw_u64(w, take(in));
+	return REC_PUBLISH;
+}
+
+static uint16_t build_session_msg(struct recw *w, struct in *in)
+{
+	recw_u64(w, pick_conn(in));
+	recw_u32(w, take(in) % 8);
+	recw_u64(w, take(in) % 4);
+	recw_u16(w, take16(in));
+	recw_u8(w, take(in) % 4);
+	recw_u8(w, take(in) % 4);
+	recw_u8(w, take(in) % 2);
+	put_pick(w, in, topics, sizeof(topics) / sizeof(topics[0]));
+	put_payload(w, in);
+	return REC_SESSION_MSG;
+}
+
+static uint16_t build_msg_state(struct recw *w, struct in *in)
+{
+	recw_u64(w, pick_conn(in));
+	recw_u32(w, take(in) % 8);
+	recw_u64(w, take(in) % 8);
+	recw_u16(w, take16(in));
+	recw_u8(w, take(in) % 5);
+	return REC_MSG_STATE;
+}
+
+static uint16_t build_qos2_in(struct recw *w, struct in *in)
+{
+	recw_u64(w, pick_conn(in));
+	recw_u32(w, take(in) % 8);
+	recw_u16(w, take(in) % 4);
+	recw_u8(w, take(in) % 3);
+	return REC_QOS2_IN;
+}
+
+static uint16_t build_close(struct recw *w, struct in *in)
+{
+	uint8_t n = take(in) % 4;
+
+	recw_u64(w, pick_conn(in));
+	recw_u8(w, take(in) % 3);
+	recw_u16(w, n);
+	for (uint8_t i = 0; i < n; i++)
+		recw_u16(w, take(in) % 4);
+	return REC_CLOSE;
+}
+
+/* Raw bytes under any type, cut anywhere. */
+static uint16_t build_raw(struct recw *w, struct in *in)
+{
+	uint16_t type = take(in) % (REC_TYPE_MAX + 2);
+	uint8_t n = take(in) % 48;
+
+	for (uint8_t i = 0; i < n; i++)
+		recw_u8(w, take(in));
+	return type;
+}
+
+/* What the router emits must be its own kind of record, for a worker that exists. */
+static int check_emit(void *arg, unsigned worker, uint16_t type, const struct recw *rec)
+{
+	(void)arg;
+	if (worker >= NWORKERS || type == 0 || type >= REC_TYPE_MAX)
+		abort();
+	if (type == REC_CONNECT || type == REC_SUBSCRIBE || type == REC_UNSUBSCRIBE ||
+	    type == REC_PUBLISH || type == REC_CLOSE || type == REC_MSG_STATE ||
+	    type == REC_QOS2_IN)
+		abort();
+	if (rec->oom || (rec->len > 0 && rec->buf == NULL))
+		abort();
+	return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static struct iotd_config cfg;
+	struct in in = { data, size };
+	struct router *r;
+	struct router_stats st;
+	uint64_t now = 1000;
+
+	config_defaults(&cfg);
+	cfg.max_queued_messages = 8;
+	cfg.retained_message_limit = 8;
+	cfg.max_inflight = 4;
+	r = router_new(&cfg, NWORKERS, check_emit, NULL, NULL);
+	if (r == NULL)
+		return 0;
+	for (unsigned i = 0; i <= NWORKERS; i++)
+		cur_epoch[i] = 1;
+	for (unsigned i = 0; i < NWORKERS; i++)
+		router_set_worker(r, i, 1, 8);
+	router_tick(r, now);
+	while (in.left > 0) {
+		uint8_t op = take(&in);
+		unsigned worker = op >> 4 & 1;
+		struct recw w;
+		uint16_t type;
+
+		recw_init(&w);
+		switch (op % 12) {
+		case 0: type = build_connect(&w, &in); break;
+		case 1: type = build_subscribe(&w, &in, true); break;
+		case 2: type = build_subscribe(&w, &in, false); break;
+		case 3: case 4: type = build_publish(&w, &in); break;
+		case 5: type = build_session_msg(&w, &in); break;
+		case 6: type = build_msg_state(&w, &in); break;
+		case 7: type = build_qos2_in(&w, &in); break;
+		case 8: type = build_close(&w, &in); break;
+		case 9: type = build_raw(&w, &in); break;
+		case 10:
+			/* A worker dies; its successor is of the next epoch. */
+			router_worker_down(r, worker, ++cur_epoch[worker]);
+			recw_free(&w);
+			continue;
+		default:
+			now += 1000u * (take(&in) % 8);
+			router_tick(r, now);
+			recw_free(&w);
+			continue;
+		}
+		if (!w.oom)
+			router_handle(r, op >> 5 & 1 ? worker : (op >> 6) % 3, type, w.buf, w.len);
+		recw_free(&w);
+	}
+	router_get_stats(r, &st);
+	if (st.online > st.sessions)
+		abort();
+	router_free(&r);
+	return 0;
+}
