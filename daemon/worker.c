@@ -364,7 +364,8 @@ static uint8_t *out_reserve(struct worker *w, struct conn *c, size_t n)
 {
 	uint8_t *p;
 
-	if (buf_reserve(&c->out, n) < 0)
+	/* Nothing to write has no place: c->out may not even exist. */
+	if (n == 0 || buf_reserve(&c->out, n) < 0)
 		return NULL;
 	p = c->out->data + c->out->len;
 	c->out->len += n;
@@ -393,8 +394,15 @@ static void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos
 			 const uint8_t *payload, size_t plen)
 {
 	size_t n = mqtt_publish_size(tlen, plen, qos);
-	uint8_t *p = out_reserve(w, c, n);
+	uint8_t *p;
 
+	/* No such PUBLISH (a QoS or size the router would never send): nothing to write. */
+	if (n == 0) {
+		log_warn("a delivery that cannot be a PUBLISH (QoS %u, %zu bytes); dropped", qos,
+			 tlen + plen);
+		return;
+	}
+	p = out_reserve(w, c, n);
 	if (p == NULL) {
 		log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
 			   "out of memory for a delivery; message dropped");
@@ -1457,7 +1465,7 @@ static void rec_suback(struct worker *w, struct recr *r, bool sub)
 		return;
 	}
 	n = recr_u16(r);
-	if (r->err || (size_t)(r->end - r->p) < n || c == NULL || c->state != CS_ACTIVE) {
+	if (r->err || n == 0 || (size_t)(r->end - r->p) < n || c == NULL || c->state != CS_ACTIVE) {
 		r->p = r->end;
 		return;
 	}
