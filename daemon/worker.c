@@ -1258,8 +1258,10 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 	struct conn *c = *cp;
 
 	if (c->state == CS_NEW) {
-		/* Refused from its first byte already (process_bytes); kept so
-		 * that handle_connect never reads another packet's fields. */
+		/*
+		 * Refused from its first byte already (process_bytes); kept so
+		 * that handle_connect never reads another packet's fields.
+		 */
 		if (pkt->type != MQTT_CONNECT) {
 			conn_close(w, c, false, "first packet is not CONNECT");
 			return PKT_CLOSED;
