@@ -749,7 +749,15 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
 	if (buf_held(c->out) > 0)
 		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
-	/* The only reference to the socket: closing it takes it out of epoll too. */
+	/*
+	 * Out of epoll before the close: the listener closes its copy of the
+	 * socket only after handing it over, so a connection refused on its
+	 * first read may still have another reference, and while one exists
+	 * the close alone would leave it registered, naming the freed conn.
+	 */
+	if (epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL) < 0)
+		log_warn("epoll_ctl(DEL) of the connection from %s: %s", c->remote,
+			 strerror(errno));
 	close(c->fd);
 	c->fd = -1;
 	if (c->dirty) {
