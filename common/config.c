@@ -72,7 +72,8 @@ static const char *const storage_backends[] = { "memory", "disk", NULL };
  * Upper bounds keep later arithmetic (seconds to milliseconds, counts
  * times sizes) far from overflow; MQTT itself caps keep-alive, topic
  * length and packet identifiers at 16 bits and a packet at 256 MiB plus
- * its fixed header.
+ * its fixed header. A server must accept client ids of 23 bytes
+ * [MQTT-3.1.3-5]; 64 bytes hold a CONNECT that carries one.
  */
 static const struct key keys[] = {
 	KEY("server", "listen_addresses", KT_LISTEN, listen, NULL),
@@ -84,6 +85,8 @@ static const struct key keys[] = {
 	KEY_INT(max_keepalive, 0, 65535),
 	KEY_INT(connect_timeout, 1, 3600),
 	KEY_INT(max_packet_size, 16, 268435460),
+	KEY_INT(max_connect_size, 64, 268435460),
+	KEY_INT(max_client_id_length, 23, 65535),
 	KEY_INT(retained_message_limit, 1, INT_MAX),
 	KEY_INT(retained_bytes_limit, 0, 1L << 40),
 	KEY_INT(memory_limit, 0, 1L << 46),
@@ -119,6 +122,8 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->max_keepalive = 0;
 	cfg->connect_timeout = 10;
 	cfg->max_packet_size = 1048576;
+	cfg->max_connect_size = 131072;
+	cfg->max_client_id_length = 1024;
 	cfg->retained_message_limit = 10000;
 	cfg->retained_bytes_limit = 67108864;
 	cfg->memory_limit = 0;

@@ -757,7 +757,15 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
 	if (buf_held(c->out) > 0)
 		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
-	/* The only reference to the socket: closing it takes it out of epoll too. */
+	/*
+	 * Out of epoll before the close: the listener closes its copy of the
+	 * socket only after handing it over, so a connection refused on its
+	 * first read may still have another reference, and while one exists
+	 * the close alone would leave it registered, naming the freed conn.
+	 */
+	if (epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL) < 0)
+		log_warn("epoll_ctl(DEL) of the connection from %s: %s", c->remote,
+			 strerror(errno));
 	close(c->fd);
 	c->fd = -1;
 	if (c->dirty) {
@@ -1163,6 +1171,11 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		conn_close(w, c, false, "empty client id with clean session 0");
 		return PKT_CLOSED;
 	}
+	if (ck->client_id.len > cfg->max_client_id_length) {
+		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
+		conn_close(w, c, false, "client id longer than max_client_id_length");
+		return PKT_CLOSED;
+	}
 	if (cfg->max_keepalive > 0 && (ck->keepalive == 0 || ck->keepalive > cfg->max_keepalive)) {
 		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
 		conn_close(w, c, false, "keep-alive above max_keepalive");
@@ -1261,6 +1274,10 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 	struct conn *c = *cp;
 
 	if (c->state == CS_NEW) {
+		/*
+		 * Refused from its first byte already (process_bytes); kept so
+		 * that handle_connect never reads another packet's fields.
+		 */
 		if (pkt->type != MQTT_CONNECT) {
 			conn_close(w, c, false, "first packet is not CONNECT");
 			return PKT_CLOSED;
@@ -1298,6 +1315,20 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 	}
 }
 
+/*
+ * The largest packet c may send next, fixed header included. Before its
+ * CONNECT, a client that has not yet said who it is may make the worker
+ * hold at most max_connect_size bytes of input (max_packet_size when
+ * that is lower): connect_timeout bounds how long, max_connections how
+ * many such clients there are.
+ */
+static size_t packet_limit(const struct worker *w, const struct conn *c)
+{
+	if (c->state == CS_NEW)
+		return (size_t)MIN(w->cfg->max_connect_size, w->cfg->max_packet_size);
+	return (size_t)w->cfg->max_packet_size;
+}
+
 static void decode_failure(struct worker *w, struct conn *c, int rc)
 {
 	char why[96];
@@ -1305,6 +1336,13 @@ static void decode_failure(struct worker *w, struct conn *c, int rc)
 	if (rc == MQTT_ERR_PROTOCOL_LEVEL && c->state == CS_NEW) {
 		send_connack(w, c, false, MQTT_CONNACK_BAD_PROTOCOL);
 		conn_close(w, c, false, "unsupported protocol level");
+		return;
+	}
+	if (rc == MQTT_ERR_TOO_LARGE && c->state == CS_NEW) {
+		snprintf(why, sizeof(why), "CONNECT declared larger than %zu bytes (%s)",
+			 packet_limit(w, c), w->cfg->max_connect_size <= w->cfg->max_packet_size ?
+			 "max_connect_size" : "max_packet_size");
+		conn_close(w, c, false, why);
 		return;
 	}
 	snprintf(why, sizeof(why), "protocol error: %s", mqtt_result_str(rc));
@@ -1326,9 +1364,18 @@ static ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *
 		uint8_t first;
 		uint32_t remaining;
 		size_t hdr;
-		int rc = mqtt_fixed_header(p + off, len - off, (size_t)w->cfg->max_packet_size,
-					   &first, &remaining, &hdr);
+		int rc;
 
+		/*
+		 * A first packet that is not CONNECT is refused from its first
+		 * byte: none of its body is waited for or held.
+		 */
+		if (c->state == CS_NEW && p[off] >> 4 != MQTT_CONNECT) {
+			conn_close(w, c, false, "first packet is not CONNECT");
+			return -1;
+		}
+		rc = mqtt_fixed_header(p + off, len - off, packet_limit(w, c), &first, &remaining,
+				       &hdr);
 		if (rc == MQTT_INCOMPLETE)
 			break;
 		if (rc == MQTT_OK && hdr + remaining > len - off)

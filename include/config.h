@@ -36,6 +36,8 @@ struct iotd_config {
 	long max_keepalive;          /* a client asking for more is refused; 0 = no cap */
 	long connect_timeout;        /* seconds from accept to CONNECT */
 	long max_packet_size;        /* bytes, whole packet */
+	long max_connect_size;       /* bytes, whole CONNECT; min(this, max_packet_size) applies */
+	long max_client_id_length;   /* bytes; a longer one gets CONNACK 2 */
 	long retained_message_limit; /* number of retained topics */
 	long retained_bytes_limit;   /* topic + payload bytes of all retained messages; 0 = no cap */
 	long memory_limit;           /* whole daemon (PSS, KiB granularity), bytes; 0 = no ceiling */

@@ -170,6 +170,18 @@ def connect(client_id="", clean=True, keepalive=60, will=None, username=None,
     return packet(CONNECT, 0, body)
 
 
+def connect_of_size(total, client_id, will_topic="big/will"):
+    """A CONNECT of exactly `total` bytes, fixed header included: a will
+    payload fills it up."""
+    fill = total - len(connect(client_id, will=(will_topic, b"", 0, False)))
+    for _ in range(4):              # the remaining length may take up to 3 bytes more
+        pkt = connect(client_id, will=(will_topic, b"w" * fill, 0, False))
+        if len(pkt) == total:
+            return pkt
+        fill -= 1
+    raise ValueError(f"no CONNECT of exactly {total} bytes")
+
+
 def connack(session_present=False, rc=0):
     return packet(CONNACK, 0, bytes([1 if session_present else 0, rc]))
 

@@ -1,15 +1,16 @@
 """Hostile CONNECTs and packet order: a first packet that is not CONNECT, a
-second CONNECT, server-only packets from a client, and every invalid
-CONNECT field. Each case asserts the exact reaction (closed without a reply,
-or one CONNACK with a given code, then closed), that a connected client's
-will is published when it breaks the protocol, and that a bystander
-subscribed throughout received every message while no daemon process died
-(the `bystander` fixture, conftest.py)."""
+second CONNECT, server-only packets from a client, every invalid CONNECT
+field, and what a client may make a worker hold before its CONNECT is
+whole (max_connect_size, max_client_id_length). Each case asserts the exact
+reaction (closed without a reply, or one CONNACK with a given code, then
+closed), that a connected client's will is published when it breaks the
+protocol, and that a bystander subscribed throughout received every message
+while no daemon process died (the `bystander` fixture, conftest.py)."""
 
 import pytest
 
 import mqttraw as m
-from helpers import T, uid
+from helpers import T, uid, wait_for
 
 
 def raw(broker):
@@ -203,9 +204,11 @@ def test_empty_client_id_with_clean_session_1_is_accepted(broker, bystander):
     bystander.check()
 
 
+@pytest.mark.broker_config(max_client_id_length=65535)
 def test_client_id_of_65535_bytes_is_accepted_and_works(broker, bystander):
-    """3.1.1 lets a server accept any client id length: iotd takes the
-    longest one the wire can carry, serves it, and takes it over."""
+    """3.1.1 lets a server accept any client id length: with the bound at
+    its top, iotd takes the longest one the wire can carry, serves it, and
+    takes it over."""
     cid = ("L" + uid("long")).ljust(65535, "x")
     with raw(broker) as c:
         ack = c.connect(cid, clean=True)
@@ -228,3 +231,122 @@ def test_username_and_password_are_accepted_when_authentication_is_off(broker, b
         c.ping()
         c.disconnect()
     bystander.check()
+
+
+# --- before CONNECT: what a client may make a worker hold -------------------
+
+def closed_before_connect(broker, c, why):
+    """The worker's debug line for a connection closed before its CONNECT,
+    naming the client's address and the reason."""
+    line = f"connection from 127.0.0.1:{c.local_port} closed before CONNECT: {why}"
+    wait_for(lambda: line in broker.log, 5, f"the log line {line!r}")
+
+
+# connect_timeout=60: what closes these connections within seconds can only
+# be their first byte, not the connect timeout.
+@pytest.mark.broker_config(connect_timeout=60)
+@pytest.mark.parametrize("header", [
+    pytest.param(bytes([0x30]) + m.enc_varint(500_000), id="publish"),
+    pytest.param(bytes([0x82]) + m.enc_varint(500_000), id="subscribe"),
+    pytest.param(bytes([0x30]), id="publish-first-byte-only"),
+    pytest.param(bytes([0x82]), id="subscribe-first-byte-only"),
+])
+def test_first_packet_not_connect_is_closed_from_its_fixed_header(broker, bystander, header):
+    """Only the fixed header (or just its first byte) of a packet declared
+    at 500 kB, within max_packet_size, is sent: the worker closes at once,
+    without waiting for the body."""
+    with raw(broker) as c:
+        c.send(header)
+        closed_without_reply(c)
+        closed_before_connect(broker, c, "first packet is not CONNECT")
+    bystander.check()
+
+
+@pytest.mark.broker_config(connect_timeout=60)
+@pytest.mark.parametrize("first", [0x30, 0x82], ids=["publish", "subscribe"])
+def test_first_packets_not_connect_leave_the_workers_no_bigger(broker, bystander, first):
+    """32 connections each send a first packet declared at 1,000,000 bytes
+    and 256 kB of its body: held, that would be 8 MB in the workers; each
+    connection is closed from its first byte and the workers' memory does
+    not grow."""
+    workers = broker.worker_pids()
+    mark = broker.memory_mark(workers)
+    body = bytes([first]) + m.enc_varint(1_000_000) + bytes(256 * 1024)
+    clients = [raw(broker) for _ in range(32)]
+    try:
+        for c in clients:
+            try:
+                c.send(body)
+            except OSError:
+                pass        # the server closed while the body was on its way
+        for c in clients:
+            closed_without_reply(c)
+    finally:
+        for c in clients:
+            c.close()
+    if not broker.instrumented:
+        grown = broker.pss_kb(workers) - mark.kb
+        assert grown < 2048, f"the workers grew by {grown} kB on 32 refused first packets"
+    bystander.check()
+    mark.assert_back(what="the workers")
+
+
+@pytest.mark.broker_config(max_connect_size=4096, connect_timeout=60)
+def test_connect_declared_over_max_connect_size_is_closed_from_its_fixed_header(
+        broker, bystander):
+    """A CONNECT header declaring one byte more than max_connect_size, and
+    nothing else: closed without a reply, and the worker says why."""
+    with raw(broker) as c:
+        c.send(bytes([0x10]) + m.enc_varint(4096 - 3 + 1))
+        closed_without_reply(c)
+        closed_before_connect(broker, c, "CONNECT declared larger than 4096 bytes "
+                                         "(max_connect_size)")
+    bystander.check()
+
+
+@pytest.mark.broker_config(max_connect_size=4096)
+def test_connect_of_exactly_max_connect_size_is_accepted_one_byte_more_is_closed(
+        broker, bystander):
+    """max_connect_size counts the whole CONNECT, fixed header included, and
+    bounds the CONNECT only: a PUBLISH twice that size follows it."""
+    with raw(broker) as c:
+        c.send(m.connect_of_size(4096, uid("edge")))
+        assert c.expect(m.CONNACK).rc == 0
+        c.publish("by/after-connect", b"p" * 8192, qos=1, pid=1)
+        for s in bystander.subs:
+            p = s.recv_publish(timeout=T(5))
+            assert (p.topic, len(p.payload)) == ("by/after-connect", 8192)
+        c.disconnect()
+    with raw(broker) as c:
+        c.send(m.connect_of_size(4097, uid("over")))
+        closed_without_reply(c)
+    bystander.check()
+
+
+@pytest.mark.broker_config(max_packet_size=2048, max_connect_size=65536)
+def test_max_packet_size_bounds_a_connect_when_it_is_the_lower(broker, bystander):
+    with raw(broker) as c:
+        c.send(m.connect_of_size(2048, uid("mps")))
+        assert c.expect(m.CONNACK).rc == 0
+        c.disconnect()
+    with raw(broker) as c:
+        c.send(bytes([0x10]) + m.enc_varint(2048 - 3 + 1))
+        closed_without_reply(c)
+        closed_before_connect(broker, c, "CONNECT declared larger than 2048 bytes "
+                                         "(max_packet_size)")
+    bystander.check()
+
+
+@pytest.mark.iotd_only
+@pytest.mark.parametrize("bound", [None, 64], ids=["default-1024", "configured-64"])
+def test_client_id_over_max_client_id_length_gets_connack_2(start_broker, bound):
+    broker = start_broker(max_client_id_length=bound)
+    longest = bound or 1024
+    with raw(broker) as c:
+        ack = c.connect(("L" + uid("id")).ljust(longest, "x"))
+        assert (ack.session_present, ack.rc) == (False, 0)
+        c.ping()
+        c.disconnect()
+    with raw(broker) as c:
+        c.send(m.connect(("L" + uid("id")).ljust(longest + 1, "x")))
+        refused_with(c, 2)

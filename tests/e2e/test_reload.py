@@ -16,7 +16,7 @@ import pytest
 
 import mqttraw as m
 from conftest import free_port
-from helpers import T, proc_title, tcp_table, uid, wait_for
+from helpers import T, proc_title, server_rx_queue, tcp_table, uid, wait_for
 
 pytestmark = pytest.mark.iotd_only
 
@@ -202,6 +202,49 @@ def test_raised_max_keepalive_caps_new_connections_only(broker):
         c.connect(uid("ka2"), keepalive=600, expect_rc=2)
     old.ping()
     old.close()
+
+
+@pytest.mark.broker_config(workers=1, max_client_id_length=200)
+def test_max_client_id_length_lowered_and_raised_applies_to_new_connects(broker):
+    cid = ("L" + uid("id")).ljust(100, "x")
+    old = raw(broker.port, cid)
+    broker.reload(max_client_id_length=50)
+    with m.RawClient(broker.port, timeout=T(5)) as c:
+        c.connect(("L" + uid("id")).ljust(100, "x"), expect_rc=2)
+    with raw(broker.port, ("L" + uid("id")).ljust(50, "x")) as c:
+        c.disconnect()
+    old.ping()          # connected before: keeps its id
+    broker.reload(max_client_id_length=100)
+    with raw(broker.port, ("L" + uid("id")).ljust(100, "x")) as c:
+        c.disconnect()
+    old.close()
+
+
+@pytest.mark.broker_config(workers=1, connect_timeout=60)
+def test_max_connect_size_lowered_and_raised_applies_to_connects_not_yet_whole(broker):
+    """A CONNECT declared at 2000 bytes, 100 of them sent, waits within the
+    default bound; lowered to 1024 by a reload, its next byte closes it. A
+    CONNECT within the new bound is served, and one of 2000 bytes again once
+    the bound is raised."""
+    partial = m.RawClient(broker.port, timeout=T(5))
+    whole = m.connect_of_size(2000, uid("big"))
+    partial.send(whole[:100])
+    wait_for(lambda: server_rx_queue(broker.port, partial.local_port) == 0, 5,
+             "the worker to have read the first 100 bytes of the CONNECT")
+    broker.reload(max_connect_size=1024)
+    partial.send(whole[100:101])
+    assert partial.expect_closed(T(5)) == []
+    partial.close()
+    with m.RawClient(broker.port, timeout=T(5)) as c:
+        c.send(bytes([0x10]) + m.enc_varint(1024 - 3 + 1))
+        assert c.expect_closed(T(5)) == []
+    with m.RawClient(broker.port, timeout=T(5)) as c:
+        c.send(m.connect_of_size(1024, uid("fits")))
+        assert c.expect(m.CONNACK).rc == 0
+    broker.reload(max_connect_size=4096)
+    with m.RawClient(broker.port, timeout=T(5)) as c:
+        c.send(m.connect_of_size(2000, uid("big2")))
+        assert c.expect(m.CONNACK).rc == 0
 
 
 @pytest.mark.broker_config(workers=1, session_timeout_secs=3600)

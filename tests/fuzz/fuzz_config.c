@@ -25,7 +25,9 @@ static void check_loaded(const struct iotd_config *c)
 	if (c->n_listen < 1 || c->n_listen > CONFIG_MAX_LISTEN ||
 	    c->workers < 0 || c->workers > IOTD_MAX_WORKERS ||
 	    c->max_connections < 1 || c->max_packet_size < 16 ||
-	    c->max_packet_size > 268435460 || c->max_inflight < 1 ||
+	    c->max_packet_size > 268435460 || c->max_connect_size < 64 ||
+	    c->max_connect_size > 268435460 || c->max_client_id_length < 23 ||
+	    c->max_client_id_length > 65535 || c->max_inflight < 1 ||
 	    c->max_inflight > 65535 || c->max_topic_length > 65535 ||
 	    c->keep_alive_timeout_secs > 65535 || c->max_keepalive > 65535 ||
 	    c->log_level < LOG_LVL_ERROR || c->log_level > LOG_LVL_DEBUG ||

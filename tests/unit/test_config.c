@@ -96,6 +96,8 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.max_keepalive, 0);
 	assert_int_equal(c.connect_timeout, 10);
 	assert_int_equal(c.max_packet_size, 1048576);
+	assert_int_equal(c.max_connect_size, 131072);
+	assert_int_equal(c.max_client_id_length, 1024);
 	assert_int_equal(c.retained_message_limit, 10000);
 	assert_int_equal(c.max_inflight, 20);
 	assert_int_equal(c.max_queued_messages, 1000);
@@ -164,6 +166,8 @@ static void full_file_sets_every_key(void **state)
 		"  max_keepalive = 600\n"
 		"  connect_timeout = 5\n"
 		"  max_packet_size = 65536\n"
+		"  max_connect_size = 4096\n"
+		"  max_client_id_length = 64\n"
 		"  retained_message_limit = 77\n"
 		"  max_inflight = 100\n"
 		"  max_queued_messages = 50\n"
@@ -194,6 +198,8 @@ static void full_file_sets_every_key(void **state)
 	assert_int_equal(c.max_keepalive, 600);
 	assert_int_equal(c.connect_timeout, 5);
 	assert_int_equal(c.max_packet_size, 65536);
+	assert_int_equal(c.max_connect_size, 4096);
+	assert_int_equal(c.max_client_id_length, 64);
 	assert_int_equal(c.retained_message_limit, 77);
 	assert_int_equal(c.max_inflight, 100);
 	assert_int_equal(c.max_queued_messages, 50);
@@ -252,6 +258,10 @@ static const struct bad_value bad_values[] = {
 	{ "server", "connect_timeout", "0" },
 	{ "server", "max_packet_size", "15" },
 	{ "server", "max_packet_size", "268435461" },
+	{ "server", "max_connect_size", "63" },
+	{ "server", "max_connect_size", "268435461" },
+	{ "server", "max_client_id_length", "22" },
+	{ "server", "max_client_id_length", "65536" },
 	{ "server", "retained_message_limit", "0" },
 	{ "server", "max_inflight", "0" },
 	{ "server", "max_inflight", "65536" },
@@ -430,7 +440,8 @@ static void shipped_config_file_equals_the_defaults(void **state)
 	static const char *const keys[] = {
 		"listen_addresses", "workers", "max_connections", "placement_slack",
 		"session_timeout_secs", "keep_alive_timeout_secs", "max_keepalive",
-		"connect_timeout", "max_packet_size", "retained_message_limit", "max_inflight",
+		"connect_timeout", "max_packet_size", "max_connect_size", "max_client_id_length",
+		"retained_message_limit", "max_inflight",
 		"max_queued_messages", "max_queued_bytes", "max_topic_levels",
 		"max_topic_length", "user", "enabled", "backend", "path", "level", "format",
 	};
@@ -584,6 +595,30 @@ static void keepalive_over_the_cap_blames_the_setting_that_was_given(void **stat
 			      no_env, &c, err, sizeof(err)), -1);
 	snprintf(want, sizeof(want), "%s:3: server: keep_alive_timeout_secs (200)", conf_path);
 	assert_int_equal(strncmp(err, want, strlen(want)), 0);
+}
+
+/*
+ * The CONNECT bounds take their minima (a CONNECT with the 23-byte client
+ * id every server must accept), and a max_connect_size above
+ * max_packet_size is no error: the worker applies the lower of the two.
+ */
+static void connect_bounds_take_their_minima_and_any_packet_size(void **state)
+{
+	char *env[] = { "IOTD_SERVER_MAX_CONNECT_SIZE=2097152",
+			"IOTD_SERVER_MAX_CLIENT_ID_LENGTH=65535", NULL };
+	struct iotd_config c;
+	char err[CONFIG_ERR_LEN];
+
+	assert_int_equal(load("server {\n max_connect_size = 64\n max_client_id_length = 23\n}\n",
+			      no_env, &c, err, sizeof(err)), 0);
+	assert_int_equal(c.max_connect_size, 64);
+	assert_int_equal(c.max_client_id_length, 23);
+
+	assert_int_equal(load("server {\n max_packet_size = 1024\n}\n", env, &c, err,
+			      sizeof(err)), 0);
+	assert_int_equal(c.max_packet_size, 1024);
+	assert_int_equal(c.max_connect_size, 2097152);
+	assert_int_equal(c.max_client_id_length, 65535);
 }
 
 static void auth_enabled_without_a_backend_is_rejected(void **state)
@@ -1146,6 +1181,7 @@ int main(void)
 		CONF_TEST(env_other_iotd_variables_are_ignored),
 		CONF_TEST(command_line_overrides_env_and_file),
 		CONF_TEST(keepalive_over_the_cap_blames_the_setting_that_was_given),
+		CONF_TEST(connect_bounds_take_their_minima_and_any_packet_size),
 		CONF_TEST(auth_enabled_without_a_backend_is_rejected),
 		cmocka_unit_test(listen_addresses_parse_or_are_rejected),
 		cmocka_unit_test(args_short_options_are_all_understood),
