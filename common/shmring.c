@@ -229,7 +229,8 @@ bool shmring_producer_resync(struct shmring_producer *p)
 {
 	uint64_t tail = atomic_load_explicit(&p->r.cctl->tail, memory_order_acquire);
 
-	p->broken = !shmring_tail_ok(&p->r, tail, 0, p->published);
+	/* What was reserved but not yet published must still fit within a ring of it. */
+	p->broken = !shmring_tail_ok(&p->r, tail, 0, p->published) || p->head - tail > p->r.size;
 	if (!p->broken)
 		p->tail = tail;
 	return !p->broken;

@@ -187,7 +187,9 @@ bool shmring_release(struct shmring_consumer *c);
 /*
  * Drop everything currently in the ring (a fresh consumer that must not see
  * stale records, or one that gives up on a broken ring) and clear broken
- * when the producer's head is plausible. As for records read,
+ * when the producer's head is aligned. The head is taken as the producer
+ * says: only for a producer the consumer trusts (a worker reading the
+ * router's ring), never to repair a ring a hostile producer broke. As for records read,
  * shmring_release() gives the space back.
  */
 void shmring_discard(struct shmring_consumer *c);

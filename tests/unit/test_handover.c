@@ -6,8 +6,10 @@
  * take closed, nothing leaked when a batch is malformed or truncated).
  *
  * Each test runs listener_main() or worker_main() in a child over the
- * shared memory and channels the supervisor would have made, and plays
- * the other side itself.
+ * shared memory and channels the supervisor would have made (the child
+ * maps only its role's regions, as the supervisor's children do), and
+ * plays the other side itself: the supervisor's and the workers' counters
+ * through mappings of their regions.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -40,19 +42,39 @@
 #include "ipc.h"
 #include "log.h"
 #include "role.h"
-#include "shmring.h"
+#include "shm.h"
 
 #define RING 4096
 #define NWORKERS 2
 
 struct fx {
 	struct iotd_config cfg;
-	struct role_env env;
-	struct iotd_shm *shm;
-	size_t shm_len;
+	struct role_env env;           /* the child maps its role's regions into env.shm */
+	struct shm_set set;
+	struct shm_map sup;            /* as the supervisor maps them: sup writable */
+	struct shm_map lis;            /* as the listener does: its counters writable */
+	struct shm_map wrk[NWORKERS];  /* as worker i does: its own region writable */
 	int ctl;                       /* the supervisor's end of the child's control socket */
 	pid_t pid;
 };
+
+/* What the supervisor says of worker i. */
+static struct shm_worker_state *sup_worker(struct fx *f, unsigned i)
+{
+	return &f->sup.sup->workers[i];
+}
+
+/* What worker i says of itself. */
+static struct shm_worker *worker_mem(struct fx *f, unsigned i)
+{
+	return f->wrk[i].worker[i];
+}
+
+/* Client fds the listener sent worker i, ever. */
+static _Atomic uint64_t *handed(struct fx *f, unsigned i)
+{
+	return &f->lis.listener->handed[i];
+}
 
 static uint64_t mono_ms(void)
 {
@@ -62,20 +84,25 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* What the supervisor makes before the first fork: memory, rings, eventfds, channels. */
+/*
+ * What the supervisor makes before the first fork: memory, rings, eventfds,
+ * channels; every worker up and serving in epoch 1.
+ */
 static void fx_init(struct fx *f)
 {
 	memset(f, 0, sizeof(*f));
 	config_defaults(&f->cfg);
-	f->shm_len = shm_size(NWORKERS, RING);
-	f->shm = mmap(NULL, f->shm_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	assert_true(f->shm != MAP_FAILED);
-	shm_layout(f->shm, NWORKERS, RING);
+	assert_int_equal(shm_create(&f->set, NWORKERS, RING), 0);
+	assert_int_equal(shm_map_role(&f->sup, &f->set, ROLE_SUPERVISOR, 0), 0);
+	assert_int_equal(shm_map_role(&f->lis, &f->set, ROLE_LISTENER, 0), 0);
 	for (unsigned i = 0; i < NWORKERS; i++) {
 		int sp[2];
 
-		atomic_store(&f->shm->workers[i].alive, 1);
-		atomic_store(&f->shm->workers[i].capacity, 1000);
+		assert_int_equal(shm_map_role(&f->wrk[i], &f->set, ROLE_WORKER, i), 0);
+		atomic_store(&sup_worker(f, i)->epoch, 1);
+		atomic_store(&sup_worker(f, i)->up, 1);
+		atomic_store(&sup_worker(f, i)->capacity, 1000);
+		atomic_store(&worker_mem(f, i)->serving_epoch, 1);
 		f->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		assert_true(f->env.worker_efd[i] >= 0);
 		assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC,
@@ -84,8 +111,8 @@ static void fx_init(struct fx *f)
 		f->env.chan_worker[i] = sp[1];
 	}
 	f->env.cfg = &f->cfg;
-	f->env.shm = f->shm;
 	f->env.nworkers = NWORKERS;
+	f->env.epoch = 1;
 	f->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	assert_true(f->env.router_efd >= 0);
 }
@@ -101,11 +128,22 @@ static rlim_t limit_for_room(int room)
 	return (rlim_t)fd;
 }
 
+/* Unmap the test's views of the regions. */
+static void fx_unmap(struct fx *f)
+{
+	shm_unmap(&f->sup);
+	shm_unmap(&f->lis);
+	for (unsigned i = 0; i < NWORKERS; i++)
+		shm_unmap(&f->wrk[i]);
+}
+
 /*
- * Fork a role and wait for its READY. With room > 0 the child's open-file
- * limit leaves it that many free fd numbers.
+ * Fork a role (worker 0 for ROLE_WORKER) and wait for its READY. The child
+ * keeps only its role's mappings and no region descriptor. With room > 0
+ * the child's open-file limit leaves it that many free fd numbers.
  */
-static void fx_spawn(struct fx *f, int (*role_main)(struct role_env *), rlim_t room)
+static void fx_spawn(struct fx *f, int (*role_main)(struct role_env *), enum iotd_role role,
+		     rlim_t room)
 {
 	struct ipc_hdr hdr;
 	int sv[2], fd;
@@ -119,6 +157,10 @@ static void fx_spawn(struct fx *f, int (*role_main)(struct role_env *), rlim_t r
 		struct rlimit rl;
 
 		close(sv[0]);
+		fx_unmap(f);
+		if (shm_map_role(&f->env.shm, &f->set, role, 0) < 0)
+			_exit(98);
+		shm_close(&f->set);
 		rl.rlim_cur = rl.rlim_max = limit_for_room((int)room);
 		if (room > 0 && setrlimit(RLIMIT_NOFILE, &rl) < 0)
 			_exit(99);
@@ -140,7 +182,8 @@ static void fx_free(struct fx *f)
 	close(f->env.router_efd);
 	for (int i = 0; i < f->env.n_listen_fds; i++)
 		close(f->env.listen_fds[i]);
-	munmap(f->shm, f->shm_len);
+	fx_unmap(f);
+	shm_close(&f->set);
 }
 
 static void fx_stop(struct fx *f)
@@ -354,7 +397,7 @@ static void listener_sends_one_message_per_worker_balanced(void **state)
 	int clients[10];
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -362,9 +405,9 @@ static void listener_sends_one_message_per_worker_balanced(void **state)
 	for (unsigned w = 0; w < NWORKERS; w++) {
 		assert_int_equal(g[w].msgs, 1);
 		assert_int_equal(g[w].conns, 5);
-		assert_int_equal(atomic_load(&f.shm->workers[w].handed), 5);
+		assert_int_equal(atomic_load(handed(&f, w)), 5);
 	}
-	assert_int_equal(atomic_load(&f.shm->connects), 10);
+	assert_int_equal(atomic_load(&f.lis.listener->connects), 10);
 	/* Every client once, by the address it has. */
 	for (int i = 0; i < 10; i++) {
 		char want[64];
@@ -390,15 +433,15 @@ static void listener_balances_on_load_with_the_batch_counted(void **state)
 
 	listener_fx(&f, AF_INET);
 	/* Worker 0 holds 4 already: the first 4 of the burst go to worker 1, then they alternate. */
-	atomic_store(&f.shm->workers[0].handed, 4);
-	fx_spawn(&f, listener_main, 0);
+	atomic_store(handed(&f, 0), 4);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	burst(&f, clients, 8);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
 	assert_int_equal(g[0].conns, 2);
 	assert_int_equal(g[1].conns, 6);
-	assert_int_equal(atomic_load(&f.shm->workers[0].handed), 6);
-	assert_int_equal(atomic_load(&f.shm->workers[1].handed), 6);
+	assert_int_equal(atomic_load(handed(&f, 0)), 6);
+	assert_int_equal(atomic_load(handed(&f, 1)), 6);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		got_close(&g[w]);
 	close_all(clients, 8);
@@ -413,14 +456,14 @@ static void listener_refuses_beyond_max_connections_within_a_batch(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.max_connections = 7;
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
 	assert_int_equal(g[0].conns + g[1].conns, 7);
-	assert_int_equal(atomic_load(&f.shm->workers[0].handed) +
-			 atomic_load(&f.shm->workers[1].handed), 7);
-	assert_int_equal(atomic_load(&f.shm->connects), 7);
+	assert_int_equal(atomic_load(handed(&f, 0)) +
+			 atomic_load(handed(&f, 1)), 7);
+	assert_int_equal(atomic_load(&f.lis.listener->connects), 7);
 	/* The three others were closed by the listener: their clients see the end. */
 	for (int i = 0; i < 10; i++) {
 		struct pollfd pfd = { .fd = clients[i], .events = POLLIN };
@@ -447,7 +490,7 @@ static void listener_sends_elsewhere_when_a_channel_is_full(void **state)
 	listener_fx(&f, AF_INET);
 	/* Within the slack all six would stay on the first worker chosen: not on a refused channel. */
 	f.cfg.placement_slack = 8;
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	/* Worker 0's channel full to the brim (as a dead worker's would be). */
 	while (ipc_send(f.env.chan_listener[0], IPC_PING, 0, NULL, 0, -1) == 0)
 		queued++;
@@ -455,8 +498,8 @@ static void listener_sends_elsewhere_when_a_channel_is_full(void **state)
 	burst(&f, clients, 6);
 	read_channel(&f, 1, &g[1], 500);
 	assert_int_equal(g[1].conns, 6);
-	assert_int_equal(atomic_load(&f.shm->workers[1].handed), 6);
-	assert_int_equal(atomic_load(&f.shm->workers[0].handed), 0);
+	assert_int_equal(atomic_load(handed(&f, 1)), 6);
+	assert_int_equal(atomic_load(handed(&f, 0)), 0);
 	/* Worker 0 got nothing but what filled its channel. */
 	for (int i = 0; i < queued; i++) {
 		assert_int_equal(ipc_recv(f.env.chan_worker[0], &hdr, NULL, 0, &fd), 0);
@@ -482,7 +525,7 @@ static void listener_names_ipv6_clients_in_brackets(void **state)
 		fx_free(&f);
 		skip();
 	}
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	burst(&f, clients, 2);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -497,6 +540,23 @@ static void listener_names_ipv6_clients_in_brackets(void **state)
 		got_close(&g[w]);
 	close_all(clients, 2);
 	fx_stop(&f);
+}
+
+/*
+ * The listener counts a connection once its message is sent: the count can
+ * trail the receipt by an instant.
+ */
+static void expect_handed(struct fx *f, unsigned w, uint64_t want)
+{
+	uint64_t deadline = mono_ms() + 5000;
+
+	while (atomic_load(handed(f, w)) != want) {
+		if (mono_ms() >= deadline)
+			fail_msg("worker %u: handed %llu, expected %llu", w,
+				 (unsigned long long)atomic_load(handed(f, w)),
+				 (unsigned long long)want);
+		poll(NULL, 0, 1);
+	}
 }
 
 /*
@@ -533,7 +593,7 @@ static void listener_with_slack_0_alternates_one_connection_after_another(void *
 	unsigned prev = NWORKERS;
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	for (int i = 0; i < 6; i++) {
 		unsigned w = next_worker(&f, &clients[i]);
 
@@ -541,7 +601,7 @@ static void listener_with_slack_0_alternates_one_connection_after_another(void *
 		prev = w;
 	}
 	for (unsigned w = 0; w < NWORKERS; w++)
-		assert_int_equal(atomic_load(&f.shm->workers[w].handed), 3);
+		expect_handed(&f, w, 3);
 	close_all(clients, 6);
 	fx_stop(&f);
 }
@@ -559,7 +619,7 @@ static void listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 3;
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	for (unsigned i = 0; i < ARRAY_SIZE(on_first); i++) {
 		unsigned w = next_worker(&f, &clients[i]);
 
@@ -569,8 +629,8 @@ static void listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded
 			fail_msg("connection %u went to worker %u, the first one went to %u", i, w,
 				 first);
 	}
-	assert_int_equal(atomic_load(&f.shm->workers[first].handed), 4);
-	assert_int_equal(atomic_load(&f.shm->workers[1 - first].handed), 6);
+	expect_handed(&f, first, 4);
+	expect_handed(&f, 1 - first, 6);
 	close_all(clients, (int)ARRAY_SIZE(on_first));
 	fx_stop(&f);
 }
@@ -583,20 +643,20 @@ static void listener_leaves_a_dead_or_full_worker_within_the_slack(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 8;
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	a = next_worker(&f, &clients[0]);
 	b = 1 - a;
 	assert_int_equal(next_worker(&f, &clients[1]), a);
 	/* Dead: its channel would only queue, the other worker serves at once. */
-	atomic_store(&f.shm->workers[a].alive, 0);
+	atomic_store(&sup_worker(&f, a)->up, 0);
 	assert_int_equal(next_worker(&f, &clients[2]), b);
 	assert_int_equal(next_worker(&f, &clients[3]), b);
 	/* At its open-file limit (2 held): the fd would be dropped in transit. */
-	atomic_store(&f.shm->workers[a].alive, 1);
-	atomic_store(&f.shm->workers[b].capacity, 2);
+	atomic_store(&sup_worker(&f, a)->up, 1);
+	atomic_store(&sup_worker(&f, b)->capacity, 2);
 	assert_int_equal(next_worker(&f, &clients[4]), a);
 	/* Worker a stays, within the slack, once b has room again. */
-	atomic_store(&f.shm->workers[b].capacity, 1000);
+	atomic_store(&sup_worker(&f, b)->capacity, 1000);
 	assert_int_equal(next_worker(&f, &clients[5]), a);
 	close_all(clients, 6);
 	fx_stop(&f);
@@ -610,7 +670,7 @@ static void listener_keeps_the_slack_within_a_batch(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 3;
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -633,7 +693,7 @@ static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state
 	unsigned w;
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, 0);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
 	w = next_worker(&f, &clients[0]);
 	assert_int_equal(next_worker(&f, &clients[1]), 1 - w);
 	/* What the supervisor sends on a reload; the PONG says it was read. */
@@ -648,6 +708,55 @@ static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state
 	fx_stop(&f);
 }
 
+/*
+ * A worker whose successor is forked (the supervisor's epoch moved on) but
+ * not serving yet is passed over like a dead one, until it says it serves.
+ */
+static void listener_passes_over_a_worker_not_yet_serving_its_epoch(void **state)
+{
+	struct fx f;
+	int clients[4];
+	unsigned a, b;
+
+	listener_fx(&f, AF_INET);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	a = next_worker(&f, &clients[0]);
+	b = 1 - a;
+	/* b holds nothing, but its new process has not started serving. */
+	atomic_store(&sup_worker(&f, b)->epoch, 2);
+	assert_int_equal(next_worker(&f, &clients[1]), a);
+	assert_int_equal(next_worker(&f, &clients[2]), a);
+	atomic_store(&worker_mem(&f, b)->serving_epoch, 2);
+	assert_int_equal(next_worker(&f, &clients[3]), b);
+	expect_handed(&f, a, 3);
+	expect_handed(&f, b, 1);
+	close_all(clients, 4);
+	fx_stop(&f);
+}
+
+/*
+ * A worker's counters are its claims: one that says it released more than
+ * it was ever handed counts as empty, not as a load that wrapped around
+ * (which would starve it); the listener's own count is unchanged.
+ */
+static void listener_takes_a_lying_workers_release_count_as_no_load(void **state)
+{
+	struct fx f;
+	int clients[4], on_liar = 0;
+
+	listener_fx(&f, AF_INET);
+	atomic_store(&worker_mem(&f, 0)->released, 1000);
+	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	for (int i = 0; i < 4; i++)
+		on_liar += next_worker(&f, &clients[i]) == 0;
+	/* Worker 1 takes at most the first, on a tie; worker 0 then always looks emptier. */
+	assert_true(on_liar >= 3);
+	expect_handed(&f, 0, (uint64_t)on_liar);
+	expect_handed(&f, 1, (uint64_t)(4 - on_liar));
+	close_all(clients, 4);
+	fx_stop(&f);
+}
+
 /* ---- the worker ---------------------------------------------------------- */
 
 /* Wait until worker 0 has counted accepted and released as expected. */
@@ -655,12 +764,12 @@ static void wait_counts(struct fx *f, uint64_t accepted, uint64_t released)
 {
 	uint64_t deadline = mono_ms() + 5000;
 
-	while (atomic_load(&f->shm->workers[0].accepted) != accepted ||
-	       atomic_load(&f->shm->workers[0].released) != released) {
+	while (atomic_load(&worker_mem(f, 0)->accepted) != accepted ||
+	       atomic_load(&worker_mem(f, 0)->released) != released) {
 		if (mono_ms() >= deadline)
 			fail_msg("worker 0: accepted %llu released %llu, expected %llu and %llu",
-				 (unsigned long long)atomic_load(&f->shm->workers[0].accepted),
-				 (unsigned long long)atomic_load(&f->shm->workers[0].released),
+				 (unsigned long long)atomic_load(&worker_mem(f, 0)->accepted),
+				 (unsigned long long)atomic_load(&worker_mem(f, 0)->released),
 				 (unsigned long long)accepted, (unsigned long long)released);
 		poll(NULL, 0, 5);
 	}
@@ -718,7 +827,7 @@ static void worker_takes_a_batch_and_closes_the_fd_it_cannot_take(void **state)
 	int a[2], b[2], file, fds[3];
 
 	fx_init(&f);
-	fx_spawn(&f, worker_main, 0);
+	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
 	/* epoll refuses a regular file: the middle one of the batch cannot be taken. */
@@ -750,7 +859,7 @@ static void worker_closes_a_malformed_batch_and_counts_it(void **state)
 	int a[2], b[2], fds[2];
 
 	fx_init(&f);
-	fx_spawn(&f, worker_main, 0);
+	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
 	/* Three connections counted by the sender, two fds: none can be matched. */
@@ -780,7 +889,7 @@ static void worker_out_of_fds_closes_a_truncated_batch_and_counts_it(void **stat
 
 	fx_init(&f);
 	/* Room for its own fds and a few more: a full batch cannot arrive whole (MSG_CTRUNC). */
-	fx_spawn(&f, worker_main, 10);
+	fx_spawn(&f, worker_main, ROLE_WORKER, 10);
 	for (int i = 0; i < IPC_MAX_FDS; i++) {
 		int sp[2];
 
@@ -804,6 +913,33 @@ static void worker_out_of_fds_closes_a_truncated_batch_and_counts_it(void **stat
 	fx_stop(&f);
 }
 
+/*
+ * A worker starting in a new epoch: its predecessor's connections died
+ * with it (released = accepted), then it says it serves its epoch, which
+ * is what the listener waits for.
+ */
+static void worker_starts_by_releasing_its_predecessors_connections(void **state)
+{
+	struct fx f;
+	int a[2];
+
+	fx_init(&f);
+	atomic_store(&worker_mem(&f, 0)->accepted, 7);
+	atomic_store(&worker_mem(&f, 0)->released, 3);
+	atomic_store(&sup_worker(&f, 0)->epoch, 2);
+	f.env.epoch = 2;
+	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
+	assert_int_equal(atomic_load(&worker_mem(&f, 0)->serving_epoch), 2);
+	assert_int_equal(atomic_load(&worker_mem(&f, 0)->released), 7);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
+	send_batch(&f, &a[1], 1, 1);
+	close(a[1]);
+	wait_counts(&f, 8, 7);
+	close(a[0]);
+	wait_counts(&f, 8, 8);
+	fx_stop(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -817,9 +953,12 @@ int main(void)
 		cmocka_unit_test(listener_leaves_a_dead_or_full_worker_within_the_slack),
 		cmocka_unit_test(listener_keeps_the_slack_within_a_batch),
 		cmocka_unit_test(listener_takes_a_reloaded_slack_for_the_next_connection),
+		cmocka_unit_test(listener_passes_over_a_worker_not_yet_serving_its_epoch),
+		cmocka_unit_test(listener_takes_a_lying_workers_release_count_as_no_load),
 		cmocka_unit_test(worker_takes_a_batch_and_closes_the_fd_it_cannot_take),
 		cmocka_unit_test(worker_closes_a_malformed_batch_and_counts_it),
 		cmocka_unit_test(worker_out_of_fds_closes_a_truncated_batch_and_counts_it),
+		cmocka_unit_test(worker_starts_by_releasing_its_predecessors_connections),
 	};
 
 	log_init(LOG_LVL_ERROR, LOG_FMT_TEXT);

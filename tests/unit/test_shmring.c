@@ -1,8 +1,11 @@
 /*
  * test_shmring.c - unit tests of the shared-memory record ring: batching,
- * wrap-around, the wake-up protocol, corruption handling, and real
- * producer/consumer pairs (two processes over a memfd mapping, a producer
- * killed mid-stream and replaced, and a threaded pair for TSan).
+ * wrap-around, the wake-up protocol, each end's checks of what the other
+ * end published (a consumer never reads outside data[] and keeps a
+ * private copy of each record; a producer refuses an impossible tail),
+ * repair after a fault, the daemon's read-only mappings (shm.c), and real
+ * producer/consumer pairs (two processes over the daemon's regions, a
+ * producer killed mid-stream and replaced, and a threaded pair for TSan).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +14,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -23,21 +27,68 @@
 #include <unistd.h>
 
 #include "role.h"
+#include "shm.h"
 #include "shmring.h"
 #include "stub_log.h"
 
 #define WAIT_MS 10000            /* no legitimate wait in these tests comes close */
+#define HDR ((uint64_t)sizeof(struct shmring_rec))
 
 /* ---- helpers ----------------------------------------------------------- */
 
-static struct shmring *ring_new(size_t size)
-{
-	struct shmring *r = aligned_alloc(64, shmring_footprint(size));
+/*
+ * A ring in private memory where every byte outside its three parts
+ * faults: [guard][pctl ... cctl][guard][data[]][guard], data[] ending
+ * exactly at the last guard page (and starting at a guard page when size
+ * is a multiple of the page size, as every ring here is on x86-64). A
+ * read out of bounds kills the test instead of going unnoticed.
+ */
+struct tring {
+	struct shmring r;            /* the view both ends are given */
+	struct shmring_pctl *pctl;
+	struct shmring_cctl *cctl;
+	uint8_t *data;
+	size_t size;
+	uint8_t *map;
+	size_t map_len;
+};
 
-	assert_non_null(r);
-	memset(r, 0xee, shmring_footprint(size));   /* init must not rely on zeroed memory */
-	shmring_init(r, size);
-	return r;
+static struct tring *ring_new(size_t size)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE), data_len = (size + pg - 1) / pg * pg;
+	struct tring *t = calloc(1, sizeof(*t));
+
+	assert_non_null(t);
+	t->map_len = 4 * pg + data_len;
+	t->map = mmap(NULL, t->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(t->map != MAP_FAILED);
+	assert_int_equal(mprotect(t->map, pg, PROT_NONE), 0);
+	assert_int_equal(mprotect(t->map + 2 * pg, pg, PROT_NONE), 0);
+	assert_int_equal(mprotect(t->map + 3 * pg + data_len, pg, PROT_NONE), 0);
+	/* Zeroed control parts, as shm_create() makes them; the data holds leftovers. */
+	t->pctl = (struct shmring_pctl *)(t->map + pg);
+	t->cctl = (struct shmring_cctl *)(t->map + 2 * pg - sizeof(struct shmring_cctl));
+	t->data = t->map + 3 * pg + data_len - size;
+	t->size = size;
+	memset(t->data, 0xee, size);
+	shmring_view(&t->r, t->pctl, t->cctl, t->data, size);
+	return t;
+}
+
+static void ring_free(struct tring *t)
+{
+	munmap(t->map, t->map_len);
+	free(t);
+}
+
+static uint64_t head_of(const struct tring *t)
+{
+	return atomic_load(&t->pctl->head);
+}
+
+static uint64_t tail_of(const struct tring *t)
+{
+	return atomic_load(&t->cctl->tail);
 }
 
 static void put(struct shmring_producer *p, uint16_t type, uint32_t len, uint8_t fill)
@@ -67,6 +118,14 @@ static void expect_empty(struct shmring_consumer *c)
 	errno = 0;
 	assert_null(shmring_peek(c));
 	assert_int_equal(errno, EAGAIN);
+}
+
+static void expect_broken(struct shmring_consumer *c)
+{
+	errno = 0;
+	assert_null(shmring_peek(c));
+	assert_int_equal(errno, EBADMSG);
+	assert_true(c->broken);
 }
 
 /* Deterministic content of record number seq, so the consumer can check it. */
@@ -137,15 +196,19 @@ enum { PRODUCE_OK = 0, PRODUCE_TIMEOUT = 2, PRODUCE_ERROR = 3, PRODUCE_STOPPED =
 /*
  * Producer side of the real pairs: records [start, end) in batches of
  * varying size, committing before it sleeps on a full ring (otherwise the
- * consumer could have nothing to free).
+ * consumer could have nothing to free). at_tail: start where the consumer
+ * stands, as a successor that does not trust its predecessor does.
  */
-static int produce(struct shmring *r, int c_efd, int p_efd, uint64_t start, uint64_t end,
-		   atomic_bool *stop)
+static int produce(const struct shmring *r, bool at_tail, int c_efd, int p_efd, uint64_t start,
+		   uint64_t end, atomic_bool *stop)
 {
 	struct shmring_producer p;
 	uint64_t seq = start;
 
-	shmring_producer_attach(&p, r);
+	if (at_tail)
+		shmring_producer_attach_at_tail(&p, r);
+	else if (!shmring_producer_attach(&p, r))
+		return PRODUCE_ERROR;
 	while (seq < end) {
 		unsigned batch = 1 + (unsigned)(seq % 61);
 		bool full = false;
@@ -176,10 +239,10 @@ static int produce(struct shmring *r, int c_efd, int p_efd, uint64_t start, uint
  * Consumer side: records *next up to end, checked one by one, sleeping on
  * c_efd when the ring is empty. Returns NULL, or why it failed.
  */
-static const char *consume(struct shmring *r, struct shmring_consumer *c, int c_efd, int p_efd,
-			   uint64_t *next, uint64_t end)
+static const char *consume(struct shmring_consumer *c, int c_efd, int p_efd, uint64_t *next,
+			   uint64_t end)
 {
-	static char why[160];
+	static char why[200];
 
 	while (*next < end) {
 		const struct shmring_rec *rec = shmring_peek(c);
@@ -211,9 +274,10 @@ static const char *consume(struct shmring *r, struct shmring_consumer *c, int c_
 			snprintf(why, sizeof(why),
 				 "no wake-up within %d ms waiting for record %llu (lost wake-up?)"
 				 " head=%llu tail=%llu c_sleep=%u p_wait=%u", WAIT_MS,
-				 (unsigned long long)*next, (unsigned long long)atomic_load(&r->head),
-				 (unsigned long long)c->tail, atomic_load(&r->c_sleep),
-				 atomic_load(&r->p_wait));
+				 (unsigned long long)*next,
+				 (unsigned long long)atomic_load(&c->r.pctl->head),
+				 (unsigned long long)c->tail, atomic_load(&c->r.cctl->c_sleep),
+				 atomic_load(&c->r.pctl->p_wait));
 			return why;
 		}
 		shmring_awake(c);
@@ -227,14 +291,14 @@ static const char *consume(struct shmring *r, struct shmring_consumer *c, int c_
 
 static void test_single_record_round_trip(void **state)
 {
-	struct shmring *r = ring_new(4096);
+	struct tring *t = ring_new(4096);
 	struct shmring_producer p;
 	struct shmring_consumer c;
 	const struct shmring_rec *rec;
 	uint8_t *pl;
 
-	shmring_producer_attach(&p, r);
-	shmring_consumer_attach(&c, r);
+	assert_true(shmring_producer_attach(&p, &t->r));
+	assert_true(shmring_consumer_attach(&c, &t->r));
 	pl = shmring_reserve(&p, 7, 0x55, 5);
 	assert_non_null(pl);
 	assert_int_equal((uintptr_t)pl % SHMRING_ALIGN, 0);
@@ -250,43 +314,46 @@ static void test_single_record_round_trip(void **state)
 	shmring_next(&c);
 	expect_empty(&c);
 	assert_false(shmring_release(&c));
-	assert_int_equal(atomic_load(&r->tail), 16);   /* 8-byte header + 5 bytes padded to 8 */
-	assert_int_equal(atomic_load(&r->head), 16);
-	free(r);
+	assert_int_equal(tail_of(t), 16);           /* 8-byte header + 5 bytes padded to 8 */
+	assert_int_equal(head_of(t), 16);
+	assert_int_equal(shmring_released(&c), 16);
+	shmring_consumer_detach(&c);
+	ring_free(t);
 }
 
 static void test_batch_commit_publishes_all_at_once(void **state)
 {
-	struct shmring *r = ring_new(4096);
+	struct tring *t = ring_new(4096);
 	struct shmring_producer p;
 	struct shmring_consumer c;
 
-	shmring_producer_attach(&p, r);
-	shmring_consumer_attach(&c, r);
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
 	for (int i = 0; i < 10; i++) {
 		put(&p, (uint16_t)(100 + i), (uint32_t)i * 3, (uint8_t)i);
 		expect_empty(&c);            /* reserved is not visible */
 	}
-	assert_int_equal(atomic_load(&r->head), 0);
+	assert_int_equal(head_of(t), 0);
 	assert_false(shmring_commit(&p));
 	for (int i = 0; i < 10; i++)
 		expect(&c, (uint16_t)(100 + i), (uint32_t)i * 3, (uint8_t)i);
 	expect_empty(&c);
 	assert_false(shmring_commit(&p));           /* nothing new: nothing happens */
-	free(r);
+	shmring_consumer_detach(&c);
+	ring_free(t);
 }
 
 static void test_wrap_around_with_pad_keeps_content(void **state)
 {
 	const size_t size = 4096;
-	struct shmring *r = ring_new(size);
+	struct tring *t = ring_new(size);
 	struct shmring_producer p;
 	struct shmring_consumer c;
 	uint64_t prod = 0, cons = 0;
 	unsigned pads = 0;
 
-	shmring_producer_attach(&p, r);
-	shmring_consumer_attach(&c, r);
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
 	while (cons < 50000) {
 		/* Produce until full, then consume a varying part: all offsets get visited. */
 		for (;;) {
@@ -299,7 +366,7 @@ static void test_wrap_around_with_pad_keeps_content(void **state)
 				break;
 			}
 			/* Placed at the start though we were not there: a PAD went in front. */
-			if ((before & (size - 1)) && pl == r->data + SHMRING_ALIGN)
+			if ((before & (size - 1)) && pl == t->data + SHMRING_ALIGN)
 				pads++;
 			memcpy(pl, &prod, sizeof(prod));
 			memset(pl + 8, (uint8_t)prod, seq_len(prod) % 1500);
@@ -323,81 +390,87 @@ static void test_wrap_around_with_pad_keeps_content(void **state)
 		}
 		shmring_release(&c);
 	}
-	assert_true(atomic_load(&r->head) > 100 * size);   /* many laps */
+	assert_true(head_of(t) > 100 * size);       /* many laps */
 	assert_true(pads > 100);
-	free(r);
+	assert_false(p.broken || c.broken);
+	shmring_consumer_detach(&c);
+	ring_free(t);
 }
 
 static void test_full_ring_returns_eagain_and_release_wakes_producer(void **state)
 {
-	struct shmring *r = ring_new(4096);
+	struct tring *t = ring_new(4096);
 	struct shmring_producer p;
 	struct shmring_consumer c;
 
-	shmring_producer_attach(&p, r);
-	shmring_consumer_attach(&c, r);
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
 	for (int i = 0; i < 64; i++)                 /* 64 x 64 bytes: exactly full */
 		put(&p, 1, 56, (uint8_t)i);
 	/* Reserved but uncommitted space counts: the ring is full already. */
 	errno = 0;
 	assert_null(shmring_reserve(&p, 1, 0, 0));
 	assert_int_equal(errno, EAGAIN);
-	assert_int_equal(atomic_load(&r->p_wait), 1);
+	assert_int_equal(atomic_load(&t->pctl->p_wait), 1);   /* odd: waiting */
 	assert_false(shmring_commit(&p));
 
 	assert_false(shmring_release(&c));           /* nothing consumed: no space given back */
-	assert_int_equal(atomic_load(&r->p_wait), 1);
 	expect(&c, 1, 56, 0);
 	assert_true(shmring_release(&c));            /* space back, producer was waiting */
-	assert_int_equal(atomic_load(&r->p_wait), 0);
 	expect(&c, 1, 56, 1);
 	assert_false(shmring_release(&c));           /* one wake-up per wait */
 
-	/* 128 bytes are free now: 120 payload bytes fit, 121 do not. */
+	/* 128 bytes are free now: 120 payload bytes fit, 121 do not (a new wait). */
 	errno = 0;
 	assert_null(shmring_reserve(&p, 1, 0, 121));
 	assert_int_equal(errno, EAGAIN);
+	assert_int_equal(atomic_load(&t->pctl->p_wait), 3);
 	put(&p, 2, 120, 0xaa);
+	assert_int_equal(atomic_load(&t->pctl->p_wait), 4);   /* room again: not waiting */
 	assert_false(shmring_commit(&p));
 	for (int i = 2; i < 64; i++)
 		expect(&c, 1, 56, (uint8_t)i);
+	assert_false(shmring_release(&c));           /* the producer stopped waiting by itself */
 	expect(&c, 2, 120, 0xaa);
 	expect_empty(&c);
-	free(r);
+	shmring_consumer_detach(&c);
+	ring_free(t);
 }
 
 static void test_prepare_sleep_true_only_when_empty(void **state)
 {
-	struct shmring *r = ring_new(4096);
+	struct tring *t = ring_new(4096);
 	struct shmring_producer p;
 	struct shmring_consumer c;
 
-	shmring_producer_attach(&p, r);
-	shmring_consumer_attach(&c, r);
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
 	assert_true(shmring_prepare_sleep(&c));
-	assert_int_equal(atomic_load(&r->c_sleep), 1);
+	assert_int_equal(atomic_load(&t->cctl->c_sleep), 1);
 	shmring_awake(&c);
-	assert_int_equal(atomic_load(&r->c_sleep), 0);
+	assert_int_equal(atomic_load(&t->cctl->c_sleep), 2);
 
 	put(&p, 3, 4, 9);
 	assert_false(shmring_commit(&p));
 	/* A record arrived between the last peek and going to sleep. */
 	assert_false(shmring_prepare_sleep(&c));
-	assert_int_equal(atomic_load(&r->c_sleep), 0);
+	assert_int_equal(atomic_load(&t->cctl->c_sleep) & 1, 0);
 	expect(&c, 3, 4, 9);
 	/* Read but not released still counts as empty: the consumer has seen it. */
 	assert_true(shmring_prepare_sleep(&c));
-	free(r);
+	assert_int_equal(atomic_load(&t->cctl->c_sleep) & 1, 1);
+	shmring_consumer_detach(&c);
+	ring_free(t);
 }
 
 static void test_commit_reports_wake_exactly_when_consumer_sleeps(void **state)
 {
-	struct shmring *r = ring_new(4096);
+	struct tring *t = ring_new(4096);
 	struct shmring_producer p;
 	struct shmring_consumer c;
 
-	shmring_producer_attach(&p, r);
-	shmring_consumer_attach(&c, r);
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
 	put(&p, 1, 1, 1);
 	assert_false(shmring_commit(&p));            /* consumer awake */
 	expect(&c, 1, 1, 1);
@@ -405,62 +478,139 @@ static void test_commit_reports_wake_exactly_when_consumer_sleeps(void **state)
 	assert_false(shmring_commit(&p));            /* nothing to publish: no wake-up */
 	put(&p, 1, 2, 2);
 	assert_true(shmring_commit(&p));             /* consumer asleep */
-	assert_int_equal(atomic_load(&r->c_sleep), 0);
 	put(&p, 1, 3, 3);
-	assert_false(shmring_commit(&p));            /* already woken once */
+	assert_false(shmring_commit(&p));            /* this sleep was answered already */
 	expect(&c, 1, 2, 2);
 	expect(&c, 1, 3, 3);
 	assert_true(shmring_prepare_sleep(&c));
 	shmring_awake(&c);
 	put(&p, 1, 4, 4);
 	assert_false(shmring_commit(&p));            /* consumer woke up by itself */
-	free(r);
+	shmring_consumer_detach(&c);
+	ring_free(t);
+}
+
+/*
+ * The flags are generation counters: every sleep (and every wait) is a new
+ * value, answered once; a spurious wake-up followed by a new sleep is a new
+ * sleep. A restarted producer answers a sleep its predecessor had answered
+ * already, and so does a restarted consumer for a wait.
+ */
+static void test_one_wakeup_per_sleep_generation_and_after_a_restart(void **state)
+{
+	struct tring *t = ring_new(4096);
+	struct shmring_producer p, p2;
+	struct shmring_consumer c, c2;
+	uint32_t gen;
+
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
+	assert_true(shmring_prepare_sleep(&c));
+	gen = atomic_load(&t->cctl->c_sleep);
+	assert_int_equal(gen & 1, 1);
+	put(&p, 1, 8, 1);
+	assert_true(shmring_commit(&p));
+	put(&p, 1, 8, 2);
+	assert_false(shmring_commit(&p));            /* same generation: once */
+	assert_int_equal(atomic_load(&t->cctl->c_sleep), gen);
+	/* Woken without reading (spurious), asleep again: a new generation. */
+	assert_false(shmring_prepare_sleep(&c));     /* records are there */
+	expect(&c, 1, 8, 1);
+	expect(&c, 1, 8, 2);
+	assert_true(shmring_prepare_sleep(&c));
+	assert_true(atomic_load(&t->cctl->c_sleep) != gen);
+	gen = atomic_load(&t->cctl->c_sleep);
+	assert_true(shmring_prepare_sleep(&c));      /* slept again without waking: new value */
+	assert_true(atomic_load(&t->cctl->c_sleep) != gen);
+	put(&p, 1, 8, 3);
+	assert_true(shmring_commit(&p));
+	put(&p, 1, 8, 4);
+	assert_false(shmring_commit(&p));
+
+	/* The producer dies after the wake-up; its successor wakes the same sleep again. */
+	assert_true(shmring_producer_attach(&p2, &t->r));
+	put(&p2, 1, 8, 5);
+	assert_true(shmring_commit(&p2));
+	put(&p2, 1, 8, 6);
+	assert_false(shmring_commit(&p2));
+	/* And one that starts at the consumer's tail, too. */
+	shmring_release(&c);
+	shmring_producer_attach_at_tail(&p, &t->r);
+	put(&p, 1, 8, 7);
+	assert_true(shmring_commit(&p));
+	shmring_consumer_resync(&c);
+	expect(&c, 1, 8, 7);
+	expect_empty(&c);
+	shmring_awake(&c);
+	assert_int_equal(atomic_load(&t->cctl->c_sleep) & 1, 0);
+
+	/* The same for p_wait: one wake-up per wait, and again from a new consumer. */
+	while (shmring_reserve(&p, 2, 0, 100))
+		;
+	assert_int_equal(errno, EAGAIN);
+	gen = atomic_load(&t->pctl->p_wait);
+	assert_int_equal(gen & 1, 1);
+	assert_false(shmring_commit(&p));
+	assert_non_null(shmring_peek(&c));
+	shmring_next(&c);
+	assert_true(shmring_release(&c));
+	assert_non_null(shmring_peek(&c));
+	shmring_next(&c);
+	assert_false(shmring_release(&c));           /* this wait was answered already */
+	assert_true(shmring_consumer_attach(&c2, &t->r));
+	assert_non_null(shmring_peek(&c2));
+	shmring_next(&c2);
+	assert_true(shmring_release(&c2));           /* a restarted consumer answers it again */
+	assert_int_equal(atomic_load(&t->pctl->p_wait), gen);
+	shmring_consumer_detach(&c2);
+	shmring_consumer_detach(&c);
+	ring_free(t);
 }
 
 static void test_discard_drops_stale_records(void **state)
 {
-	struct shmring *r = ring_new(4096);
+	struct tring *t = ring_new(4096);
 	struct shmring_producer p;
 	struct shmring_consumer c;
 
-	shmring_producer_attach(&p, r);
+	shmring_producer_attach(&p, &t->r);
 	while (shmring_reserve(&p, 5, 0, 100))
 		;
-	assert_int_equal(atomic_load(&r->p_wait), 1);
+	assert_int_equal(atomic_load(&t->pctl->p_wait), 1);
 	shmring_commit(&p);
 
 	/* A new consumer, as after a restart: stale records must not reach it. */
-	shmring_consumer_attach(&c, r);
+	assert_true(shmring_consumer_attach(&c, &t->r));
 	shmring_discard(&c);
 	expect_empty(&c);
 	assert_true(shmring_release(&c));            /* all space back: wake the producer */
-	assert_int_equal(atomic_load(&r->tail), atomic_load(&r->head));
+	assert_int_equal(tail_of(t), head_of(t));
 
 	put(&p, 6, 10, 0x42);
 	shmring_commit(&p);
 	expect(&c, 6, 10, 0x42);
 	expect_empty(&c);
-	free(r);
+	shmring_consumer_detach(&c);
+	ring_free(t);
 }
 
 static void test_max_payload_fits_at_every_offset(void **state)
 {
-	struct shmring *r = ring_new(4096);
-	struct shmring *big = ring_new(1 << 20);
+	struct tring *t = ring_new(4096);
 	struct shmring_producer p;
 	struct shmring_consumer c;
 	uint32_t max;
 
-	assert_int_equal(shmring_max_payload(r), 4096 / 2 - sizeof(struct shmring_rec));
-	assert_int_equal(shmring_max_payload(big), (1 << 19) - sizeof(struct shmring_rec));
-	max = (uint32_t)shmring_max_payload(r);
+	assert_int_equal(shmring_max_payload(4096), 4096 / 2 - HDR);
+	assert_int_equal(shmring_max_payload(1 << 20), (1 << 19) - HDR);
+	max = (uint32_t)shmring_max_payload(4096);
 
-	shmring_producer_attach(&p, r);
-	shmring_consumer_attach(&c, r);
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
 	errno = 0;
 	assert_null(shmring_reserve(&p, 1, 0, max + 1));
 	assert_int_equal(errno, EMSGSIZE);
-	assert_int_equal(atomic_load(&r->p_wait), 0);   /* too big is not full */
+	assert_int_equal(atomic_load(&t->pctl->p_wait), 0);   /* too big is not full */
 	for (uint32_t round = 0; round < 1024; round++) {
 		/* A small record of varying size in front moves the big one around. */
 		put(&p, 1, round % 72, 1);
@@ -470,88 +620,656 @@ static void test_max_payload_fits_at_every_offset(void **state)
 		expect(&c, 2, max, (uint8_t)round);
 		shmring_release(&c);
 	}
-	free(big);
-	free(r);
+	shmring_consumer_detach(&c);
+	ring_free(t);
 }
 
-/* Publish raw bytes as if a producer had written them. */
-static void raw_publish(struct shmring *r, uint64_t at, const struct shmring_rec *hdr,
-			uint64_t new_head)
-{
-	memcpy(r->data + (at & (r->size - 1)), hdr, sizeof(*hdr));
-	atomic_store(&r->head, new_head);
-}
+/* ---- a hostile producer: what the consumer does with what it finds ----- */
 
-static void expect_corrupt(struct shmring_consumer *c)
+/* Drop whatever is published and give the space back: the repair after a fault. */
+static void repair(struct shmring_consumer *c)
 {
-	errno = 0;
-	assert_null(shmring_peek(c));
-	assert_int_equal(errno, EBADMSG);
-	assert_int_equal(c->tail, atomic_load(&c->r->head));   /* skipped, not stuck */
+	shmring_discard(c);
+	assert_false(c->broken);
+	assert_int_equal(c->tail, atomic_load(&c->r.pctl->head));
+	shmring_release(c);
 	expect_empty(c);
 }
 
-static void test_corruption_detected_without_crash(void **state)
+/* Broken, and it stays so whatever the producer publishes next, until repaired. */
+static void expect_sticky_broken(struct tring *t, struct shmring_consumer *c, uint64_t sane_head)
 {
-	struct shmring *r = ring_new(4096);
+	uint64_t tail = c->tail;
+
+	expect_broken(c);
+	expect_broken(c);
+	assert_int_equal(c->tail, tail);            /* not moved by what it refused */
+	atomic_store(&t->pctl->head, sane_head);
+	expect_broken(c);
+	assert_false(shmring_consumer_seek(c, sane_head));
+	assert_true(shmring_prepare_sleep(c));      /* nothing to read until repaired */
+	assert_int_equal(c->tail, tail);
+	repair(c);
+}
+
+/* After a repair, an honest producer at the published head is heard clearly. */
+static void expect_works_again(struct tring *t, struct shmring_consumer *c)
+{
 	struct shmring_producer p;
-	struct shmring_consumer c;
-	uint64_t h;
 
-	shmring_producer_attach(&p, r);
-	shmring_consumer_attach(&c, r);
-
-	/* A length running past head. */
-	raw_publish(r, 0, &(struct shmring_rec){ .len = 9, .type = 1 }, 16);
-	expect_corrupt(&c);
-	/* A length running past the end of the ring, within head. */
-	h = atomic_load(&r->head);
-	raw_publish(r, h, &(struct shmring_rec){ .len = 0xfffffff0u, .type = 1 }, h + 4000);
-	expect_corrupt(&c);
-	/* A PAD that stops short of the end. */
-	h = atomic_load(&r->head);
-	raw_publish(r, h, &(struct shmring_rec){ .len = 8, .type = SHMRING_PAD }, h + 16);
-	expect_corrupt(&c);
-	/* head more than a ring ahead, and head behind tail. */
-	h = atomic_load(&r->head);
-	raw_publish(r, h, &(struct shmring_rec){ .len = 0, .type = 1 }, h + 8192);
-	expect_corrupt(&c);
-	h = atomic_load(&r->head);
-	atomic_store(&r->head, h - 8);
-	errno = 0;
-	assert_null(shmring_peek(&c));
-	assert_int_equal(errno, EBADMSG);
-	/* Misaligned head: the consumer skips to it, then finds its own tail misaligned. */
-	h = atomic_load(&r->head);
-	atomic_store(&r->head, h + 4);
-	expect_corrupt(&c);
-	atomic_store(&r->head, h + 4 + 16);
-	expect_corrupt(&c);
-	/* A partial header: fewer than 8 bytes published. */
-	h = (atomic_load(&r->head) + 7) & ~7ull;
-	c.tail = h;
-	atomic_store(&r->head, h + 4);
-	expect_corrupt(&c);
-
-	/* The ring still works for a producer that resumes from a sane head. */
-	atomic_store(&r->head, h + 64);
-	c.tail = h + 64;
-	shmring_release(&c);
-	shmring_producer_attach(&p, r);
+	assert_true(shmring_producer_attach(&p, &t->r));
 	put(&p, 9, 33, 0x33);
 	shmring_commit(&p);
-	expect(&c, 9, 33, 0x33);
-	free(r);
+	expect(c, 9, 33, 0x33);
+	expect_empty(c);
+}
+
+/*
+ * One record header written at counter 'at' where the consumer stands,
+ * then 'head' published: the consumer must refuse it without reading a
+ * byte outside data[] (guard pages), stay broken until discarded, then
+ * work again.
+ */
+static void hostile_record(size_t size, uint64_t at, struct shmring_rec hdr, uint64_t head)
+{
+	struct tring *t = ring_new(size);
+	struct shmring_consumer c;
+
+	atomic_store(&t->cctl->tail, at);
+	atomic_store(&t->pctl->head, at);
+	assert_true(shmring_consumer_attach(&c, &t->r));
+	memcpy(t->data + (at & (size - 1)), &hdr, sizeof(hdr));
+	atomic_store(&t->pctl->head, head);
+	expect_sticky_broken(t, &c, at);
+	expect_works_again(t, &c);
+	shmring_consumer_detach(&c);
+	ring_free(t);
+}
+
+static void test_consumer_refuses_impossible_records_within_bounds(void **state)
+{
+	const size_t size = 4096;
+	uint64_t lap = 7 * size;                    /* counters far from 0: masking matters */
+
+	/* A length running past the published head. */
+	hostile_record(size, lap, (struct shmring_rec){ .len = 9, .type = 1 }, lap + 16);
+	/* A length running past the end of the ring, within head: the copy would fault. */
+	hostile_record(size, lap + size - 16, (struct shmring_rec){ .len = 100, .type = 1 },
+		       lap + size - 16 + 200);
+	hostile_record(size, lap + size - 8, (struct shmring_rec){ .len = 8, .type = 1 },
+		       lap + size - 8 + 64);
+	/* The largest length there is: its size must not wrap around. */
+	hostile_record(size, lap, (struct shmring_rec){ .len = UINT32_MAX, .type = 1 },
+		       lap + size);
+	hostile_record(size, lap + size - 16, (struct shmring_rec){ .len = UINT32_MAX - 7,
+		       .type = SHMRING_PAD }, lap + size);
+	/* A whole ring in one record: within every bound but the payload limit. */
+	hostile_record(size, lap, (struct shmring_rec){ .len = size - HDR, .type = 1 }, lap + size);
+	hostile_record(size, lap, (struct shmring_rec){ .len = size / 2, .type = 1 }, lap + size);
+	/* A PAD that stops short of the end, and one that runs past it. */
+	hostile_record(size, lap, (struct shmring_rec){ .len = 8, .type = SHMRING_PAD }, lap + 32);
+	hostile_record(size, lap + size - 16, (struct shmring_rec){ .len = 100,
+		       .type = SHMRING_PAD }, lap + size + 128);
+	/* The same on a ring larger than a page. */
+	hostile_record(65536, 3 * 65536 - 24, (struct shmring_rec){ .len = 4000, .type = 1 },
+		       3 * 65536 + 4096);
+}
+
+/* The producer's head moving in ways no producer's head can. */
+static void test_consumer_refuses_impossible_heads(void **state)
+{
+	const size_t size = 4096;
+	struct {
+		const char *what;
+		int64_t from_head;                  /* the bad head, relative to the one seen */
+		int64_t from_tail;                  /* or relative to the consumer's tail, if != 0 */
+	} cases[] = {
+		{ "backwards, still ahead of the tail", -16, 0 },
+		{ "behind the tail", 0, -8 },
+		{ "more than a ring ahead of the tail", 0, (int64_t)size + 8 },
+		{ "far ahead", (int64_t)1 << 62, 0 },
+		{ "misaligned", 4, 0 },
+		{ "misaligned by one", 1, 0 },
+	};
+
+	for (size_t k = 0; k < ARRAY_SIZE(cases); k++) {
+		struct tring *t = ring_new(size);
+		struct shmring_producer p;
+		struct shmring_consumer c;
+		uint64_t seen, bad;
+
+		shmring_producer_attach(&p, &t->r);
+		shmring_consumer_attach(&c, &t->r);
+		for (int i = 0; i < 4; i++)
+			put(&p, 1, 8, (uint8_t)i);
+		shmring_commit(&p);
+		expect(&c, 1, 8, 0);                /* seen head 64, tail 16 */
+		seen = head_of(t);
+		bad = cases[k].from_tail ? c.tail + (uint64_t)cases[k].from_tail
+					 : seen + (uint64_t)cases[k].from_head;
+		atomic_store(&t->pctl->head, bad);
+		print_message("head %s: %llu (seen %llu, tail %llu)\n", cases[k].what,
+			      (unsigned long long)bad, (unsigned long long)seen,
+			      (unsigned long long)c.tail);
+		expect_sticky_broken(t, &c, seen);
+		assert_int_equal(c.tail, seen);
+		expect_works_again(t, &c);
+		shmring_consumer_detach(&c);
+		ring_free(t);
+	}
+}
+
+static void test_consumer_attach_and_discard_check_the_head(void **state)
+{
+	struct tring *t = ring_new(4096);
+	struct shmring_consumer c;
+
+	/* A tail that the published head cannot have: attach says so. */
+	atomic_store(&t->cctl->tail, 64);
+	atomic_store(&t->pctl->head, 32);
+	assert_false(shmring_consumer_attach(&c, &t->r));
+	expect_broken(&c);
+	repair(&c);
+	assert_int_equal(shmring_released(&c), 32);
+	atomic_store(&t->cctl->tail, 20);          /* misaligned (our own memory, left so) */
+	atomic_store(&t->pctl->head, 32);
+	assert_false(shmring_consumer_attach(&c, &t->r));
+	repair(&c);
+	/* A misaligned head leaves no record boundary to skip to: still broken. */
+	atomic_store(&t->pctl->head, 36);
+	expect_broken(&c);
+	shmring_discard(&c);
+	assert_true(c.broken);
+	expect_broken(&c);
+	atomic_store(&t->pctl->head, 40);
+	repair(&c);
+	expect_works_again(t, &c);
+	shmring_consumer_detach(&c);
+	ring_free(t);
+}
+
+/* What peek returned is the consumer's own copy: later writes to data[] do not reach it. */
+static void test_peeked_record_is_a_private_copy(void **state)
+{
+	struct tring *t = ring_new(4096);
+	struct shmring_producer p;
+	struct shmring_consumer c;
+	const struct shmring_rec *rec;
+	uint8_t want[300];
+
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
+	for (size_t i = 0; i < sizeof(want); i++)
+		want[i] = (uint8_t)(i * 13);
+	memcpy(shmring_reserve(&p, 0x1234, 0x77, sizeof(want)), want, sizeof(want));
+	put(&p, 2, 8, 2);
+	shmring_commit(&p);
+
+	rec = shmring_peek(&c);
+	assert_non_null(rec);
+	assert_true((uintptr_t)rec + HDR + rec->len <= (uintptr_t)t->data ||
+		    (uintptr_t)rec >= (uintptr_t)t->data + t->size);
+	/* The producer rewrites everything after publishing: header and payload. */
+	memset(t->data, 0x5a, t->size);
+	assert_int_equal(rec->len, sizeof(want));
+	assert_int_equal(rec->type, 0x1234);
+	assert_int_equal(rec->flags, 0x77);
+	assert_memory_equal(shmring_payload(rec), want, sizeof(want));
+	/* Stepping past it goes by the size it had when copied. */
+	shmring_next(&c);
+	assert_int_equal(c.tail, HDR + sizeof(want) + 4);
+	rec = shmring_peek(&c);                     /* the rewritten header: 0x5a5a5a5a bytes */
+	assert_null(rec);
+	assert_int_equal(errno, EBADMSG);
+	shmring_consumer_detach(&c);
+	ring_free(t);
+}
+
+/* ---- a hostile consumer: what the producer does with its tail ---------- */
+
+/*
+ * A producer that saw tail 128 with head 320 published and 64 more
+ * bytes reserved, then finds 'bad' there: EPROTO, and it stays so until
+ * the consumer's end is resynced with a possible tail.
+ */
+static void hostile_tail(uint64_t bad, bool backwards)
+{
+	struct tring *t = ring_new(4096);
+	struct shmring_producer p;
+	struct shmring_consumer c;
+
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
+	for (int i = 0; i < 4; i++)
+		put(&p, 1, 56, (uint8_t)i);
+	shmring_commit(&p);
+	expect(&c, 1, 56, 0);
+	expect(&c, 1, 56, 1);
+	shmring_release(&c);
+	put(&p, 1, 56, 4);                          /* the producer has seen tail 128 */
+	assert_int_equal(p.tail, 128);
+	shmring_commit(&p);
+	put(&p, 1, 56, 5);                          /* reserved, not published */
+	assert_int_equal(head_of(t), 320);
+
+	atomic_store(&t->cctl->tail, bad);
+	errno = 0;
+	assert_null(shmring_reserve(&p, 1, 0, 8));
+	assert_int_equal(errno, EPROTO);
+	assert_true(p.broken);
+	assert_int_equal(atomic_load(&t->pctl->p_wait), 0);   /* not a wait: nothing to wake */
+	/* The consumer's memory back to a possible value changes nothing by itself. */
+	atomic_store(&t->cctl->tail, 128);
+	errno = 0;
+	assert_null(shmring_reserve(&p, 1, 0, 8));
+	assert_int_equal(errno, EPROTO);
+	assert_false(shmring_producer_seek(&p, 384));
+	/*
+	 * A resync takes a tail only when it is possible; a new consumer's
+	 * tail behind the old one's is (it re-reads what its predecessor
+	 * read but did not release).
+	 */
+	if (!backwards) {
+		atomic_store(&t->cctl->tail, bad);
+		assert_false(shmring_producer_resync(&p));
+		assert_null(shmring_reserve(&p, 1, 0, 8));
+		assert_int_equal(errno, EPROTO);
+	}
+	atomic_store(&t->cctl->tail, 128);
+	assert_true(shmring_producer_resync(&p));
+	assert_false(p.broken);
+	put(&p, 1, 56, 6);
+	shmring_commit(&p);
+	for (int i = 2; i <= 6; i++)
+		expect(&c, 1, 56, (uint8_t)i);
+	expect_empty(&c);
+	shmring_consumer_detach(&c);
+	ring_free(t);
+}
+
+static void test_producer_refuses_impossible_tails(void **state)
+{
+	hostile_tail(120, true);                    /* backwards */
+	hostile_tail(0, true);                      /* backwards to the start */
+	hostile_tail(328, false);                   /* beyond the published head */
+	hostile_tail(384, false);                   /* beyond even the reserved head */
+	hostile_tail(UINT64_MAX - 7, false);
+	hostile_tail(132, false);                   /* misaligned */
+	hostile_tail(129, false);
+}
+
+static void test_producer_attach_checks_the_tail(void **state)
+{
+	struct tring *t = ring_new(4096);
+	struct shmring_producer p;
+
+	/* A trusted predecessor's head, and a consumer's tail ahead of it. */
+	atomic_store(&t->pctl->head, 3 * 4096 + 64);
+	atomic_store(&t->cctl->tail, 3 * 4096 + 72);
+	assert_false(shmring_producer_attach(&p, &t->r));
+	errno = 0;
+	assert_null(shmring_reserve(&p, 1, 0, 8));
+	assert_int_equal(errno, EPROTO);
+	atomic_store(&t->cctl->tail, 2 * 4096 + 56);   /* more than a ring behind */
+	assert_false(shmring_producer_resync(&p));
+	atomic_store(&t->cctl->tail, 2 * 4096 + 64);   /* exactly a ring behind: full */
+	assert_true(shmring_producer_resync(&p));
+	errno = 0;
+	assert_null(shmring_reserve(&p, 1, 0, 8));
+	assert_int_equal(errno, EAGAIN);
+
+	/* Starting at a misaligned tail: the head goes to the boundary below, which refuses it. */
+	atomic_store(&t->cctl->tail, 84);
+	shmring_producer_attach_at_tail(&p, &t->r);
+	assert_int_equal(head_of(t), 80);
+	errno = 0;
+	assert_null(shmring_reserve(&p, 1, 0, 8));
+	assert_int_equal(errno, EPROTO);
+	atomic_store(&t->cctl->tail, 80);
+	assert_true(shmring_producer_resync(&p));
+	assert_non_null(shmring_reserve(&p, 1, 0, 8));
+	ring_free(t);
+}
+
+/* ---- repair and restart ------------------------------------------------ */
+
+/*
+ * A successor that must not trust its predecessor starts where the
+ * consumer stands: whatever the predecessor published beyond is gone, and
+ * the consumer, resynced, reads the successor's records only.
+ */
+static void test_attach_at_tail_drops_the_predecessors_unread_records(void **state)
+{
+	struct tring *t = ring_new(4096);
+	struct shmring_producer p, succ;
+	struct shmring_consumer c;
+
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
+	for (int i = 1; i <= 3; i++)
+		put(&p, 1, 20, (uint8_t)i);
+	shmring_commit(&p);
+	put(&p, 1, 20, 4);                          /* reserved, never published */
+	expect(&c, 1, 20, 1);
+	expect(&c, 1, 20, 2);
+	shmring_release(&c);                         /* read to here: 2 x 32 bytes */
+
+	/* The predecessor dies; the successor starts at the tail, not at head 96. */
+	shmring_producer_attach_at_tail(&succ, &t->r);
+	assert_int_equal(head_of(t), 64);
+	assert_int_equal(succ.head, 64);
+	/* Until resynced, the consumer sees a head that went backwards: a fault. */
+	expect_broken(&c);
+	shmring_consumer_resync(&c);
+	expect_empty(&c);
+	put(&succ, 2, 10, 0xa0);
+	put(&succ, 2, 11, 0xa1);
+	shmring_commit(&succ);
+	expect(&c, 2, 10, 0xa0);                     /* not record 3 */
+	expect(&c, 2, 11, 0xa1);
+	expect_empty(&c);
+	shmring_release(&c);
+	assert_int_equal(tail_of(t), head_of(t));
+	shmring_consumer_detach(&c);
+	ring_free(t);
+}
+
+/* The seek functions a restarted router resumes with take only positions the ring can have. */
+static void test_seek_takes_only_possible_positions(void **state)
+{
+	struct tring *t = ring_new(4096);
+	struct shmring_producer p;
+	struct shmring_consumer c;
+
+	shmring_producer_attach(&p, &t->r);
+	shmring_consumer_attach(&c, &t->r);
+	for (int i = 0; i < 4; i++)
+		put(&p, 1, 8, (uint8_t)i);
+	shmring_commit(&p);                          /* records at 0, 16, 32, 48; head 64 */
+	expect(&c, 1, 8, 0);
+	shmring_release(&c);                         /* released 16 */
+	assert_false(shmring_consumer_seek(&c, 8));  /* behind the released tail */
+	assert_false(shmring_consumer_seek(&c, 72)); /* past the head */
+	assert_false(shmring_consumer_seek(&c, 36)); /* misaligned */
+	assert_true(shmring_consumer_seek(&c, 48));
+	expect(&c, 1, 8, 3);
+	assert_true(shmring_consumer_seek(&c, 16));  /* back to the released tail: allowed */
+	expect(&c, 1, 8, 1);
+	assert_true(shmring_consumer_seek(&c, 64));
+	expect_empty(&c);
+	shmring_release(&c);
+
+	/* A predecessor wrote records in place but died before publishing them. */
+	put(&p, 2, 8, 7);
+	put(&p, 2, 8, 8);
+	shmring_producer_attach(&p, &t->r);          /* at the published head 64: they are lost... */
+	assert_false(shmring_producer_seek(&p, 56)); /* behind the published head */
+	assert_false(shmring_producer_seek(&p, 68)); /* misaligned */
+	assert_false(shmring_producer_seek(&p, 64 + 4096 + 8)); /* beyond a ring past the tail */
+	assert_true(shmring_producer_seek(&p, 96));  /* ...unless the store says where they end */
+	shmring_commit(&p);
+	expect(&c, 2, 8, 7);
+	expect(&c, 2, 8, 8);
+	expect_empty(&c);
+	shmring_consumer_detach(&c);
+	ring_free(t);
+}
+
+/* ---- the daemon's mappings: each end writes only its own memory -------- */
+
+/*
+ * The mechanism shm.c relies on: memory mapped from a descriptor opened
+ * read-only (a memfd reopened through /proc/self/fd) cannot be made
+ * writable in that process, by mprotect() or through /proc/self/mem, and a
+ * store into it kills the process. The child holds a consumer's control
+ * part as a producer holds it.
+ */
+static void test_read_only_mapping_cannot_be_written(void **state)
+{
+	struct shmring_cctl *mine;
+	char path[64];
+	int rw, ro, status;
+	pid_t pid;
+
+	rw = memfd_create("iotd-test-ro", MFD_CLOEXEC);
+	assert_true(rw >= 0);
+	assert_int_equal(ftruncate(rw, 4096), 0);
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", rw);
+	ro = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(ro >= 0);
+	mine = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, rw, 0);
+	assert_true(mine != MAP_FAILED);
+	atomic_store(&mine->tail, 64);
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct shmring_cctl *theirs = mmap(NULL, 4096, PROT_READ, MAP_SHARED, ro, 0);
+		uint64_t v = 128;
+		int mem;
+
+		if (theirs == MAP_FAILED)
+			_exit(10);
+		if (mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, ro, 0) != MAP_FAILED ||
+		    errno != EACCES)
+			_exit(11);
+		close(rw);                          /* as a child of the daemon: no descriptor left */
+		close(ro);
+		if (atomic_load(&theirs->tail) != 64)
+			_exit(12);
+		if (mprotect(theirs, 4096, PROT_READ | PROT_WRITE) == 0 || errno != EACCES)
+			_exit(13);
+		mem = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+		if (mem >= 0 && pwrite(mem, &v, sizeof(v), (off_t)(uintptr_t)&theirs->tail) > 0)
+			_exit(14);
+		if (atomic_load(&theirs->tail) != 64)
+			_exit(15);
+		signal(SIGSEGV, SIG_DFL);           /* the sanitizers' handler would exit(1) */
+		atomic_store(&theirs->tail, v);
+		_exit(16);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	if (WIFEXITED(status))
+		fail_msg("the child exited %d instead of faulting", WEXITSTATUS(status));
+	assert_true(WIFSIGNALED(status));
+	assert_int_equal(WTERMSIG(status), SIGSEGV);
+	assert_int_equal(atomic_load(&mine->tail), 64);
+	munmap(mine, 4096);
+	close(rw);
+	close(ro);
+}
+
+enum acc { NO, RO, RW };
+
+/* The region's pointer by name in the map (what the roles use). */
+static void *region_named(const struct shm_map *m, unsigned k)
+{
+	if (k == SHM_SUP)
+		return m->sup;
+	if (k == SHM_LISTENER)
+		return m->listener;
+	if (k == SHM_ROUTER)
+		return m->router;
+	if (k == SHM_JOURNAL)
+		return m->journal;
+	if (k >= SHM_ROUTER_RING0)
+		return m->router_ring[k - SHM_ROUTER_RING0];
+	return m->worker[k - SHM_WORKER0];
+}
+
+static void check_access(const struct shm_map *m, unsigned k, enum acc want)
+{
+	uint8_t *addr = m->addr[k];
+
+	assert_ptr_equal(region_named(m, k), addr);
+	if (want == NO) {
+		assert_null(addr);
+		return;
+	}
+	assert_non_null(addr);
+	assert_true(m->len[k] >= 4096);
+	/* Zeroed at creation and readable to the end. */
+	assert_int_equal(((volatile uint8_t *)addr)[m->len[k] - 1], 0);
+	if (want == RO) {
+		errno = 0;
+		assert_int_equal(mprotect(addr, m->len[k], PROT_READ | PROT_WRITE), -1);
+		assert_int_equal(errno, EACCES);
+	} else {
+		assert_int_equal(mprotect(addr, m->len[k], PROT_READ | PROT_WRITE), 0);
+		((volatile uint8_t *)addr)[m->len[k] - 1] = 0;
+	}
+}
+
+/* Ring i's two views: where both of its regions are mapped, and only there. */
+static void check_rings(const struct shm_map *m, unsigned i)
+{
+	const struct shm_worker *w = m->worker[i];
+	const struct shm_router_ring *rr = m->router_ring[i];
+
+	if (w == NULL || rr == NULL) {
+		assert_null(m->w2r[i].pctl);
+		assert_null(m->r2w[i].pctl);
+		return;
+	}
+	assert_ptr_equal(m->w2r[i].pctl, &w->w2r);
+	assert_ptr_equal(m->w2r[i].cctl, &rr->w2r);
+	assert_ptr_equal(m->w2r[i].data, (const uint8_t *)w + SHM_HDR_BYTES);
+	assert_int_equal(m->w2r[i].size, m->ring_size);
+	assert_ptr_equal(m->r2w[i].pctl, &rr->r2w);
+	assert_ptr_equal(m->r2w[i].cctl, &w->r2w);
+	assert_ptr_equal(m->r2w[i].data, (const uint8_t *)rr + SHM_HDR_BYTES);
+	assert_int_equal(m->r2w[i].size, m->ring_size);
+}
+
+static void test_each_role_maps_writable_only_what_it_writes(void **state)
+{
+	/* shm.h's table, for two workers. */
+	static const struct {
+		enum iotd_role role;
+		unsigned index;
+		enum acc sup, listener, router, journal, worker[2], ring[2];
+	} roles[] = {
+		{ ROLE_SUPERVISOR, 0, RW, NO, RO, NO, { RO, RO }, { NO, NO } },
+		{ ROLE_LISTENER, 0, RO, RW, NO, NO, { RO, RO }, { NO, NO } },
+		{ ROLE_ROUTER, 0, RO, NO, RW, RW, { RO, RO }, { RW, RW } },
+		{ ROLE_WORKER, 0, RO, NO, RO, NO, { RW, NO }, { RO, NO } },
+		{ ROLE_WORKER, 1, RO, NO, RO, NO, { NO, RW }, { NO, RO } },
+	};
+	struct shm_set set;
+
+	assert_int_equal(shm_create(&set, 2, 8192), 0);
+	for (unsigned k = 0; k < SHM_NREGIONS; k++) {
+		bool used = k < SHM_WORKER0 + 2 || (k >= SHM_ROUTER_RING0 && k < SHM_ROUTER_RING0 + 2);
+
+		assert_int_equal(set.rw[k] >= 0, used);
+		if (used)
+			assert_int_equal(fcntl(set.ro[k], F_GETFL) & O_ACCMODE, O_RDONLY);
+	}
+	for (size_t n = 0; n < ARRAY_SIZE(roles); n++) {
+		struct shm_map m;
+
+		print_message("role %d index %u\n", roles[n].role, roles[n].index);
+		assert_int_equal(shm_map_role(&m, &set, roles[n].role, roles[n].index), 0);
+		assert_int_equal(m.nworkers, 2);
+		assert_int_equal(m.ring_size, 8192);
+		check_access(&m, SHM_SUP, roles[n].sup);
+		check_access(&m, SHM_LISTENER, roles[n].listener);
+		check_access(&m, SHM_ROUTER, roles[n].router);
+		check_access(&m, SHM_JOURNAL, roles[n].journal);
+		for (unsigned i = 0; i < 2; i++) {
+			check_access(&m, SHM_WORKER0 + i, roles[n].worker[i]);
+			check_access(&m, SHM_ROUTER_RING0 + i, roles[n].ring[i]);
+			check_rings(&m, i);
+		}
+		for (unsigned i = 2; i < IOTD_MAX_WORKERS; i++) {
+			check_access(&m, SHM_WORKER0 + i, NO);
+			check_access(&m, SHM_ROUTER_RING0 + i, NO);
+		}
+		shm_unmap(&m);
+		assert_null(m.sup);
+		assert_int_equal(m.nworkers, 2);
+	}
+	shm_close(&set);
+	for (unsigned k = 0; k < SHM_NREGIONS; k++)
+		assert_int_equal(set.rw[k], -1);
+}
+
+/*
+ * Both rings of worker 0 driven through the worker's and the router's own
+ * mappings, each end holding the other's memory read-only: any store of
+ * one end into the other's memory would kill the test. Covers a full ring
+ * (p_wait), a sleeping consumer (c_sleep), release, discard and resync.
+ */
+static void test_ring_ends_work_over_the_roles_mappings(void **state)
+{
+	struct shm_set set;
+	struct shm_map wm, rm;
+	struct {
+		const struct shmring *prod, *cons;
+		const char *name;
+	} rings[2];
+
+	assert_int_equal(shm_create(&set, 2, 4096), 0);
+	assert_int_equal(shm_map_role(&wm, &set, ROLE_WORKER, 0), 0);
+	assert_int_equal(shm_map_role(&rm, &set, ROLE_ROUTER, 0), 0);
+	rings[0].prod = &wm.w2r[0];
+	rings[0].cons = &rm.w2r[0];
+	rings[0].name = "w2r";
+	rings[1].prod = &rm.r2w[0];
+	rings[1].cons = &wm.r2w[0];
+	rings[1].name = "r2w";
+	for (int k = 0; k < 2; k++) {
+		struct shmring_producer p;
+		struct shmring_consumer c;
+		unsigned n = 0;
+
+		print_message("%s\n", rings[k].name);
+		shmring_producer_attach_at_tail(&p, rings[k].prod);
+		assert_true(shmring_consumer_attach(&c, rings[k].cons));
+		assert_true(shmring_prepare_sleep(&c));
+		while (shmring_reserve(&p, 1, 0, 100))
+			n++;
+		assert_int_equal(errno, EAGAIN);
+		assert_true(shmring_commit(&p));         /* the consumer sleeps */
+		shmring_awake(&c);
+		for (unsigned i = 0; i < n; i++) {
+			assert_non_null(shmring_peek(&c));
+			shmring_next(&c);
+			if (i == 0)
+				assert_true(shmring_release(&c));   /* the producer waits */
+		}
+		expect_empty(&c);
+		shmring_release(&c);
+		put(&p, 2, 8, 1);
+		shmring_commit(&p);
+		shmring_discard(&c);
+		shmring_release(&c);
+		expect_empty(&c);
+		assert_true(shmring_producer_resync(&p));
+		shmring_consumer_resync(&c);
+		put(&p, 3, 8, 2);
+		shmring_commit(&p);
+		expect(&c, 3, 8, 2);
+		shmring_consumer_detach(&c);
+	}
+	shm_unmap(&wm);
+	shm_unmap(&rm);
+	shm_close(&set);
 }
 
 /* ---- real producer/consumer pairs -------------------------------------- */
 
 #define PAIR_RING_SIZE 65536
 
+/*
+ * Worker 0's ring to the router, in the supervisor's regions: the test
+ * process is the router (its mapping), each producer a child process that
+ * maps worker 0's (or, for the threaded pair, a second mapping here).
+ */
 struct pair {
-	struct shmring *r;
-	size_t map_len;
-	int memfd, c_efd, p_efd;
+	struct shm_set set;
+	struct shm_map router;
+	int c_efd, p_efd;
 	pid_t child;
 };
 
@@ -562,15 +1280,9 @@ static int pair_setup(void **state)
 	if (!t)
 		return -1;
 	t->child = -1;
-	t->map_len = shmring_footprint(PAIR_RING_SIZE);
-	/* The supervisor's layout: one memfd, mapped shared, set up before fork. */
-	t->memfd = memfd_create("iotd-test-ring", MFD_CLOEXEC);
-	if (t->memfd < 0 || ftruncate(t->memfd, (off_t)t->map_len) < 0)
+	if (shm_create(&t->set, 1, PAIR_RING_SIZE) < 0 ||
+	    shm_map_role(&t->router, &t->set, ROLE_ROUTER, 0) < 0)
 		return -1;
-	t->r = mmap(NULL, t->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, t->memfd, 0);
-	if (t->r == MAP_FAILED)
-		return -1;
-	shmring_init(t->r, PAIR_RING_SIZE);
 	t->c_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	t->p_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (t->c_efd < 0 || t->p_efd < 0)
@@ -587,21 +1299,33 @@ static int pair_teardown(void **state)
 		kill(t->child, SIGKILL);
 		waitpid(t->child, NULL, 0);
 	}
-	munmap(t->r, t->map_len);
-	close(t->memfd);
+	shm_unmap(&t->router);
+	shm_close(&t->set);
 	close(t->c_efd);
 	close(t->p_efd);
 	free(t);
 	return 0;
 }
 
-static pid_t spawn_producer(struct pair *t, uint64_t start, uint64_t end)
+/* In a child: map what worker 0 maps, as the supervisor's child does, and drop the rest. */
+static const struct shmring *child_ring(struct pair *t)
+{
+	static struct shm_map m;
+
+	shm_unmap(&t->router);
+	if (shm_map_role(&m, &t->set, ROLE_WORKER, 0) < 0)
+		_exit(PRODUCE_ERROR);
+	shm_close(&t->set);
+	return &m.w2r[0];
+}
+
+static pid_t spawn_producer(struct pair *t, bool at_tail, uint64_t start, uint64_t end)
 {
 	pid_t pid = fork();
 
 	assert_true(pid >= 0);
 	if (pid == 0)
-		_exit(produce(t->r, t->c_efd, t->p_efd, start, end, NULL));
+		_exit(produce(child_ring(t), at_tail, t->c_efd, t->p_efd, start, end, NULL));
 	t->child = pid;
 	return pid;
 }
@@ -623,15 +1347,16 @@ static void test_two_processes_million_records_no_lost_wakeup(void **state)
 	const char *why;
 	int status;
 
-	shmring_consumer_attach(&c, t->r);
-	spawn_producer(t, 0, 1000000);
-	why = consume(t->r, &c, t->c_efd, t->p_efd, &next, 1000000);
+	assert_true(shmring_consumer_attach(&c, &t->router.w2r[0]));
+	spawn_producer(t, true, 0, 1000000);
+	why = consume(&c, t->c_efd, t->p_efd, &next, 1000000);
 	if (why)
 		fail_msg("consumer: %s", why);
 	status = reap(t);
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), PRODUCE_OK);
 	expect_empty(&c);
+	shmring_consumer_detach(&c);
 }
 
 /* Drain without sleeping: whatever a dead producer committed. */
@@ -660,11 +1385,11 @@ static void test_killed_producer_replaced_consumer_sees_whole_records(void **sta
 	int status;
 	pid_t pid;
 
-	shmring_consumer_attach(&c, t->r);
+	assert_true(shmring_consumer_attach(&c, &t->router.w2r[0]));
 
 	/* 1. An endless producer, killed at whatever point it has reached. */
-	spawn_producer(t, 0, UINT64_MAX);
-	why = consume(t->r, &c, t->c_efd, t->p_efd, &next, 100000);
+	spawn_producer(t, true, 0, UINT64_MAX);
+	why = consume(&c, t->c_efd, t->p_efd, &next, 100000);
 	if (why)
 		fail_msg("first producer: %s", why);
 	kill(t->child, SIGKILL);
@@ -672,24 +1397,28 @@ static void test_killed_producer_replaced_consumer_sees_whole_records(void **sta
 	assert_true(WIFSIGNALED(status));
 	drain_committed(&c, &next);
 
-	/* 2. Its successor continues, then dies holding a ring full of uncommitted garbage. */
+	/*
+	 * 2. A successor trusting its predecessor (at the published head)
+	 * continues, then dies holding a ring full of uncommitted garbage.
+	 */
 	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
+		const struct shmring *r = child_ring(t);
 		struct shmring_producer p;
 		uint8_t *pl;
-		int rc = produce(t->r, t->c_efd, t->p_efd, next, next + 1000, NULL);
+		int rc = produce(r, false, t->c_efd, t->p_efd, next, next + 1000, NULL);
 
 		if (rc != PRODUCE_OK)
 			_exit(rc);
-		shmring_producer_attach(&p, t->r);
+		shmring_producer_attach(&p, r);
 		while ((pl = shmring_reserve(&p, 0xbad, 0xbad, 200)))
 			memset(pl, 0xa5, 200);
 		kill(getpid(), SIGKILL);
 		_exit(PRODUCE_ERROR);
 	}
 	t->child = pid;
-	why = consume(t->r, &c, t->c_efd, t->p_efd, &next, next + 1000);
+	why = consume(&c, t->c_efd, t->p_efd, &next, next + 1000);
 	if (why)
 		fail_msg("second producer: %s", why);
 	status = reap(t);
@@ -697,19 +1426,26 @@ static void test_killed_producer_replaced_consumer_sees_whole_records(void **sta
 	assert_int_equal(WTERMSIG(status), SIGKILL);
 	expect_empty(&c);                           /* the garbage was never published */
 
-	/* 3. A third producer overwrites the garbage and runs to completion. */
+	/*
+	 * 3. A successor that does not trust it (a restarted worker) starts at
+	 * our tail, overwrites the garbage and runs to completion.
+	 */
 	eventfd_drain(t->p_efd);
-	spawn_producer(t, next, next + 200000);
-	why = consume(t->r, &c, t->c_efd, t->p_efd, &next, next + 200000);
+	shmring_release(&c);
+	spawn_producer(t, true, next, next + 200000);
+	shmring_consumer_resync(&c);
+	why = consume(&c, t->c_efd, t->p_efd, &next, next + 200000);
 	if (why)
 		fail_msg("third producer: %s", why);
 	status = reap(t);
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), PRODUCE_OK);
 	expect_empty(&c);
+	shmring_consumer_detach(&c);
 }
 
 struct thread_producer {
+	const struct shmring *r;
 	struct pair *t;
 	uint64_t end;
 	atomic_bool stop;
@@ -720,7 +1456,7 @@ static void *thread_produce(void *arg)
 {
 	struct thread_producer *tp = arg;
 
-	tp->rc = produce(tp->t->r, tp->t->c_efd, tp->t->p_efd, 0, tp->end, &tp->stop);
+	tp->rc = produce(tp->r, true, tp->t->c_efd, tp->t->p_efd, 0, tp->end, &tp->stop);
 	return NULL;
 }
 
@@ -728,16 +1464,19 @@ static void *thread_produce(void *arg)
 static void test_two_threads_records_in_order(void **state)
 {
 	struct pair *t = *state;
+	struct shm_map wm;
 	struct thread_producer tp = { .t = t, .end = 300000 };
 	struct shmring_consumer c;
 	pthread_t th;
 	uint64_t next = 0;
 	const char *why;
 
+	assert_int_equal(shm_map_role(&wm, &t->set, ROLE_WORKER, 0), 0);
+	tp.r = &wm.w2r[0];
 	atomic_init(&tp.stop, false);
-	shmring_consumer_attach(&c, t->r);
+	assert_true(shmring_consumer_attach(&c, &t->router.w2r[0]));
 	assert_int_equal(pthread_create(&th, NULL, thread_produce, &tp), 0);
-	why = consume(t->r, &c, t->c_efd, t->p_efd, &next, tp.end);
+	why = consume(&c, t->c_efd, t->p_efd, &next, tp.end);
 	if (why) {
 		atomic_store(&tp.stop, true);
 		eventfd_wake(t->p_efd);
@@ -747,6 +1486,8 @@ static void test_two_threads_records_in_order(void **state)
 		fail_msg("consumer: %s", why);
 	assert_int_equal(tp.rc, PRODUCE_OK);
 	expect_empty(&c);
+	shmring_consumer_detach(&c);
+	shm_unmap(&wm);
 }
 
 int main(void)
@@ -758,9 +1499,20 @@ int main(void)
 		cmocka_unit_test(test_full_ring_returns_eagain_and_release_wakes_producer),
 		cmocka_unit_test(test_prepare_sleep_true_only_when_empty),
 		cmocka_unit_test(test_commit_reports_wake_exactly_when_consumer_sleeps),
+		cmocka_unit_test(test_one_wakeup_per_sleep_generation_and_after_a_restart),
 		cmocka_unit_test(test_discard_drops_stale_records),
 		cmocka_unit_test(test_max_payload_fits_at_every_offset),
-		cmocka_unit_test(test_corruption_detected_without_crash),
+		cmocka_unit_test(test_consumer_refuses_impossible_records_within_bounds),
+		cmocka_unit_test(test_consumer_refuses_impossible_heads),
+		cmocka_unit_test(test_consumer_attach_and_discard_check_the_head),
+		cmocka_unit_test(test_peeked_record_is_a_private_copy),
+		cmocka_unit_test(test_producer_refuses_impossible_tails),
+		cmocka_unit_test(test_producer_attach_checks_the_tail),
+		cmocka_unit_test(test_attach_at_tail_drops_the_predecessors_unread_records),
+		cmocka_unit_test(test_seek_takes_only_possible_positions),
+		cmocka_unit_test(test_read_only_mapping_cannot_be_written),
+		cmocka_unit_test(test_each_role_maps_writable_only_what_it_writes),
+		cmocka_unit_test(test_ring_ends_work_over_the_roles_mappings),
 		cmocka_unit_test_setup_teardown(test_two_processes_million_records_no_lost_wakeup,
 						pair_setup, pair_teardown),
 		cmocka_unit_test_setup_teardown(test_killed_producer_replaced_consumer_sees_whole_records,
