@@ -79,6 +79,8 @@ static const struct key keys[] = {
 	KEY("server", "listen_addresses", KT_LISTEN, listen, NULL),
 	KEY_INT(workers, 0, IOTD_MAX_WORKERS),
 	KEY_INT(max_connections, 1, 1048576),
+	KEY_INT(max_sessions, 0, INT_MAX),
+	KEY_INT(max_subscriptions_per_session, 0, INT_MAX),
 	KEY_INT(placement_slack, 0, 1000000),
 	KEY_INT(session_timeout_secs, 0, INT_MAX),
 	KEY_INT(keep_alive_timeout_secs, 0, 65535),
@@ -93,6 +95,7 @@ static const struct key keys[] = {
 	KEY_INT(max_inflight, 1, 65535),
 	KEY_INT(max_queued_messages, 1, INT_MAX),
 	KEY_INT(max_queued_bytes, 0, 1L << 40),
+	KEY_INT(max_queued_bytes_total, 0, 1L << 46),
 	KEY("server", "queue_qos0_messages", KT_BOOL, queue_qos0_messages, NULL),
 	KEY_INT(max_topic_levels, 1, 65535),
 	KEY_INT(max_topic_length, 1, 65535),
@@ -116,6 +119,8 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->n_listen = 1;
 	cfg->workers = 0;
 	cfg->max_connections = 10000;
+	cfg->max_sessions = 100000;
+	cfg->max_subscriptions_per_session = 1000;
 	cfg->placement_slack = 8;
 	cfg->session_timeout_secs = 300;
 	cfg->keep_alive_timeout_secs = 60;
@@ -129,7 +134,8 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->memory_limit = 0;
 	cfg->max_inflight = 20;
 	cfg->max_queued_messages = 1000;
-	cfg->max_queued_bytes = 0;
+	cfg->max_queued_bytes = 16777216;
+	cfg->max_queued_bytes_total = 268435456;
 	cfg->queue_qos0_messages = false;
 	cfg->max_topic_levels = 128;
 	cfg->max_topic_length = 65535;
@@ -1150,6 +1156,14 @@ static int check_consistency(struct load_ctx *ctx)
 					   "max_keepalive"), where, sizeof(where));
 		set_err(ctx, "%skeep_alive_timeout_secs (%ld) exceeds max_keepalive (%ld)",
 			where, c->keep_alive_timeout_secs, c->max_keepalive);
+		return -1;
+	}
+	/* Every connection holds a session: fewer sessions would refuse connections silently. */
+	if (c->max_sessions > 0 && c->max_sessions < c->max_connections) {
+		describe_origin(ctx, blame(ctx, "server", "max_sessions", "max_connections"), where,
+				sizeof(where));
+		set_err(ctx, "%smax_sessions (%ld) is below max_connections (%ld): every connection holds a session",
+			where, c->max_sessions, c->max_connections);
 		return -1;
 	}
 	/* Authentication switched on with nothing to check against would admit everyone. */

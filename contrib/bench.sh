@@ -130,9 +130,11 @@ server {
 	listen_addresses = {"127.0.0.1:$PORT_IOTD"}
 	workers = 2
 	max_connections = $((CONNS + 1000))
+	max_sessions = 0
 	max_inflight = 20
 	max_queued_messages = 1000000
 	max_queued_bytes = 0
+	max_queued_bytes_total = 0
 }
 logging {
 	level = "warn"

@@ -112,15 +112,26 @@ struct session_sub {
 	char filter[];               /* NUL-terminated for log lines */
 };
 
+/*
+ * The topic and payload of a message held in session queues: one publish
+ * queued for many sessions is held once, shared by every entry that
+ * holds it (refs), and freed with the last one.
+ */
+struct msg_body {
+	uint32_t refs;               /* session_msg entries holding it */
+	uint32_t payload_len;
+	uint16_t topic_len;
+	uint8_t data[];              /* topic, then payload */
+};
+
+/* One message in one session's queue; what differs per session, and its shared body. */
 struct session_msg {
 	struct session_msg *next;
+	struct msg_body *body;
 	uint64_t order;              /* key in the store's queue: ascending = list order */
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
 	bool at_worker;              /* a copy of what the session's connection holds (rec.h) */
-	uint16_t topic_len;
-	uint32_t payload_len;
-	uint8_t data[];              /* topic, then payload */
 };
 
 /*
@@ -135,6 +146,7 @@ struct session {
 	bool online;
 	bool in_offline;             /* linked in the offline list */
 	bool q_warned, q_warned_qos0;
+	bool subs_warned;            /* max_subscriptions_per_session reached: logged */
 	uint8_t granted;             /* with stamp: the QoS this publish goes out at */
 	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
@@ -248,7 +260,13 @@ struct router {
 	bool warned_bad[REC_TYPE_MAX + 1];
 	bool warned_noconn[REC_TYPE_MAX + 1];
 	bool warned_retain_full, warned_targets;
+	bool warned_sessions_full;   /* max_sessions reached: logged once until a session fits again */
+	bool warned_held_full;       /* max_queued_bytes_total reached: logged once per episode */
 	uint64_t queue_drops, bad_records;
+
+	/* What every session queue holds (max_queued_bytes_total): each body once, each entry. */
+	size_t held_bytes;
+	size_t held_bodies;
 };
 
 /* A message being routed; pointers into the record or into a stored will. */
@@ -335,10 +353,10 @@ static void session_msg_persist(struct router *r, const struct session *s,
 		.qos = q->qos,
 		.retain = q->retain,
 		.at_worker = q->at_worker,
-		.topic = (const char *)q->data,
-		.topic_len = q->topic_len,
-		.payload = q->data + q->topic_len,
-		.payload_len = q->payload_len,
+		.topic = (const char *)q->body->data,
+		.topic_len = q->body->topic_len,
+		.payload = q->body->data + q->body->topic_len,
+		.payload_len = q->body->payload_len,
 	};
 
 	if (r->st)
@@ -499,23 +517,132 @@ static void router_deliver_flush(struct router *r)
 
 /* ---- sessions: queue --------------------------------------------------- */
 
-static void session_queue_clear(struct session *s)
+static size_t msg_body_bytes(const struct msg_body *b)
+{
+	return (size_t)b->topic_len + b->payload_len;
+}
+
+/* A body for m's topic and payload, held by no entry yet (refs 0, not counted). */
+static struct msg_body *msg_body_new(const struct router_msg *m)
+{
+	struct msg_body *b = malloc(sizeof(*b) + (size_t)m->topic_len + m->payload_len);
+
+	if (!b)
+		return NULL;
+	b->refs = 0;
+	b->topic_len = m->topic_len;
+	b->payload_len = m->payload_len;
+	if (m->topic_len)
+		memcpy(b->data, m->topic, m->topic_len);
+	if (m->payload_len)
+		memcpy(b->data + m->topic_len, m->payload, m->payload_len);
+	return b;
+}
+
+/* A body made for a message that no queue took in the end. */
+static void msg_body_discard(struct msg_body *b)
+{
+	if (b && !b->refs)
+		free(b);
+}
+
+/* The body a message about to be queued shares: *body, made from m on first need. */
+static struct msg_body *msg_body_get(struct msg_body **body, const struct router_msg *m)
+{
+	if (!*body)
+		*body = msg_body_new(m);
+	return *body;
+}
+
+/* What one more entry holding body (NULL: not made yet) adds to held_bytes. */
+static size_t router_held_cost(const struct msg_body *body, const struct router_msg *m)
+{
+	if (body && body->refs)
+		return ROUTER_ENTRY_COST;
+	return ROUTER_ENTRY_COST + (size_t)m->topic_len + m->payload_len;
+}
+
+/* Would holding more bytes take the session queues past max_queued_bytes_total? */
+static bool router_held_full(const struct router *r, size_t more)
+{
+	long max = r->cfg->max_queued_bytes_total;
+
+	return max > 0 && r->held_bytes + more > (size_t)max;
+}
+
+static void router_held_warn(struct router *r, const char *what)
+{
+	if (!r->warned_held_full)
+		log_warn("router: session queues hold %zu bytes, max_queued_bytes_total (%ld) reached: %s (logged once until they hold 10%% less)",
+			 r->held_bytes, r->cfg->max_queued_bytes_total, what);
+	r->warned_held_full = true;
+}
+
+/* An episode ends once the queues are 10% below the budget (or it was lifted). */
+static void router_held_check(struct router *r)
+{
+	long max = r->cfg->max_queued_bytes_total;
+
+	if (r->warned_held_full && (max <= 0 || r->held_bytes <= (size_t)max / 10 * 9))
+		r->warned_held_full = false;
+}
+
+/* A queue entry for body, which it holds (and which is counted once, with its first holder). */
+static struct session_msg *session_msg_new(struct router *r, uint16_t packet_id, uint8_t state,
+					   uint8_t qos, uint8_t retain, struct msg_body *body)
+{
+	struct session_msg *q;
+
+	if (!body || body->refs == UINT32_MAX || !(q = malloc(sizeof(*q))))
+		return NULL;
+	q->body = body;
+	q->packet_id = packet_id;
+	q->state = state;
+	q->at_worker = false;
+	q->qos = qos;
+	q->retain = retain;
+	if (body->refs++ == 0) {
+		r->held_bytes += msg_body_bytes(body);
+		r->held_bodies++;
+	}
+	r->held_bytes += ROUTER_ENTRY_COST;
+	return q;
+}
+
+/* Free an entry (already out of its queue) and, with its last holder, its body. */
+static void session_msg_free(struct router *r, struct session_msg *q)
+{
+	struct msg_body *b = q->body;
+
+	r->held_bytes -= ROUTER_ENTRY_COST;
+	if (--b->refs == 0) {
+		r->held_bytes -= msg_body_bytes(b);
+		r->held_bodies--;
+		free(b);
+	}
+	free(q);
+}
+
+static void session_queue_clear(struct router *r, struct session *s)
 {
 	struct session_msg *m, *next;
 
 	for (m = s->q_head; m; m = next) {
 		next = m->next;
-		free(m);
+		session_msg_free(r, m);
 	}
 	s->q_head = s->q_tail = s->q_owed_tail = NULL;
 	s->q_queued = s->q_queued_bytes = s->q_window = s->q_at_worker = 0;
 	s->q_warned = s->q_warned_qos0 = false;
 }
 
-/* Add (dir 1) or take away (dir -1) q from the counts its kind is in. */
+/*
+ * Add (dir 1) or take away (dir -1) q from the counts its kind is in. A
+ * session counts the whole size of every message it queues, shared or not.
+ */
 static void session_queue_count(struct session *s, const struct session_msg *q, int dir)
 {
-	size_t bytes = (size_t)q->topic_len + q->payload_len;
+	size_t bytes = msg_body_bytes(q->body);
 
 	if (q->at_worker) {
 		s->q_at_worker += (uint32_t)dir;
@@ -532,8 +659,13 @@ static size_t session_queue_len(const struct session *s)
 	return s->q_queued + s->q_window;
 }
 
+/*
+ * No room for a message of bytes (topic + payload) in state, whose entry
+ * would add held to what all queues hold: the session's own limits, then
+ * the budget of all sessions together.
+ */
 static bool session_queue_full(const struct router *r, const struct session *s,
-			       uint8_t state, size_t bytes)
+			       uint8_t state, size_t bytes, size_t held)
 {
 	long max_msgs = r->cfg->max_queued_messages;
 	long max_bytes = r->cfg->max_queued_bytes;
@@ -543,28 +675,9 @@ static bool session_queue_full(const struct router *r, const struct session *s,
 		return s->q_window >= ROUTER_MAX_WINDOW;
 	if (max_msgs > 0 && s->q_queued >= (size_t)max_msgs)
 		return true;
-	return max_bytes > 0 && s->q_queued_bytes + bytes > (size_t)max_bytes;
-}
-
-static struct session_msg *session_msg_new(uint16_t packet_id, uint8_t state,
-					   const struct router_msg *m)
-{
-	struct session_msg *q = malloc(sizeof(*q) + (size_t)m->topic_len + m->payload_len);
-
-	if (!q)
-		return NULL;
-	q->packet_id = packet_id;
-	q->state = state;
-	q->at_worker = false;
-	q->qos = m->qos;
-	q->retain = m->retain;
-	q->topic_len = m->topic_len;
-	q->payload_len = m->payload_len;
-	if (m->topic_len)
-		memcpy(q->data, m->topic, m->topic_len);
-	if (m->payload_len)
-		memcpy(q->data + m->topic_len, m->payload, m->payload_len);
-	return q;
+	if (max_bytes > 0 && s->q_queued_bytes + bytes > (size_t)max_bytes)
+		return true;
+	return router_held_full(r, held);
 }
 
 /*
@@ -602,11 +715,12 @@ static void session_msg_drop(struct router *r, struct session *s, struct session
  * first (queue_qos0_messages): they were never promised. true when the
  * message now fits.
  */
-static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t bytes)
+static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t bytes,
+				     size_t held)
 {
 	struct session_msg *q = s->q_head, *prev = NULL;
 
-	while (session_queue_full(r, s, MSG_QUEUED, bytes)) {
+	while (session_queue_full(r, s, MSG_QUEUED, bytes, held)) {
 		while (q && (q->qos != 0 || q->at_worker)) {
 			prev = q;
 			q = q->next;
@@ -615,8 +729,8 @@ static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t
 			return false;
 		if (!s->q_warned_qos0)
 			log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
-				   "offline queue full (%zu messages, %zu bytes): dropping QoS 0 messages first",
-				   session_queue_len(s), s->q_queued_bytes);
+				   "offline queue full (%zu messages, %zu bytes; all queues %zu bytes): dropping QoS 0 messages first",
+				   session_queue_len(s), s->q_queued_bytes, r->held_bytes);
 		s->q_warned_qos0 = true;
 		r->queue_drops++;
 		session_msg_drop(r, s, q, prev);
@@ -625,24 +739,33 @@ static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t
 	return true;
 }
 
-/* Store a message for a session that is not (or no longer) connected. */
+/*
+ * Store a message for a session that is not (or no longer) connected.
+ * *body: the message's shared body, made on first need; the caller
+ * discards it when no queue took it (msg_body_discard).
+ */
 static void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t packet_id,
-			    uint8_t state, const struct router_msg *m)
+			    uint8_t state, const struct router_msg *m, struct msg_body **body)
 {
 	size_t bytes = (size_t)m->topic_len + m->payload_len;
+	size_t held = router_held_cost(*body, m);
 	struct session_msg *q;
 
-	if (session_queue_full(r, s, state, bytes) &&
-	    (state != MSG_QUEUED || !session_queue_evict_qos0(r, s, bytes))) {
+	if (session_queue_full(r, s, state, bytes, held) &&
+	    (state != MSG_QUEUED || !session_queue_evict_qos0(r, s, bytes, held))) {
 		r->queue_drops++;
-		if (!s->q_warned)
-			log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
-				   "offline queue full (%zu messages, %zu bytes): dropping new messages",
-				   session_queue_len(s), s->q_queued_bytes);
-		s->q_warned = true;
+		if (state == MSG_QUEUED && router_held_full(r, held)) {
+			router_held_warn(r, "new messages for offline sessions are dropped");
+		} else {
+			if (!s->q_warned)
+				log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
+					   "offline queue full (%zu messages, %zu bytes): dropping new messages",
+					   session_queue_len(s), s->q_queued_bytes);
+			s->q_warned = true;
+		}
 		return;
 	}
-	q = session_msg_new(packet_id, state, m);
+	q = session_msg_new(r, packet_id, state, m->qos, m->retain, msg_body_get(body, m));
 	if (!q) {
 		r->queue_drops++;
 		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
@@ -656,14 +779,24 @@ static void session_enqueue(struct router *r, struct session *s, bool owed, uint
 		  owed ? "owed" : "new", session_queue_len(s));
 }
 
+/* Queue a message of its own (not a publish shared with other sessions). */
+static void session_enqueue_one(struct router *r, struct session *s, bool owed,
+				uint16_t packet_id, uint8_t state, const struct router_msg *m)
+{
+	struct msg_body *body = NULL;
+
+	session_enqueue(r, s, owed, packet_id, state, m, &body);
+	msg_body_discard(body);
+}
+
 static void session_msg_view(const struct session_msg *q, struct router_msg *m)
 {
 	m->qos = q->qos;
 	m->retain = q->retain;
-	m->topic = (const char *)q->data;
-	m->topic_len = q->topic_len;
-	m->payload = q->data + q->topic_len;
-	m->payload_len = q->payload_len;
+	m->topic = (const char *)q->body->data;
+	m->topic_len = q->body->topic_len;
+	m->payload = q->body->data + q->body->topic_len;
+	m->payload_len = q->body->payload_len;
 }
 
 /* Mark q as a copy of what the session's connection holds, or no longer; counted and stored. */
@@ -711,19 +844,25 @@ static void session_queue_send(struct router *r, struct session *s)
 
 /*
  * Keep a copy of a QoS 1/2 message handed to a persistent session's
- * connection. Returns its id for the worker, or 0 when none could be kept
- * (out of memory: the worker then hands the message back on a clean close,
- * as before copies existed, and a crash of the worker loses it).
+ * connection, sharing *body (see session_enqueue). Returns its id for the
+ * worker, or 0 when none is kept (out of memory, or past
+ * max_queued_bytes_total: the worker then hands the message back on a
+ * clean close, as before copies existed, and a crash of the worker loses
+ * it).
  */
 static uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_id,
-				 uint8_t state, const struct router_msg *m)
+				 uint8_t state, const struct router_msg *m, struct msg_body **body)
 {
 	struct session_msg *q;
 
 	if (s->clean || m->qos == 0 ||
 	    s->q_at_worker >= ROUTER_MAX_WINDOW + (size_t)r->cfg->max_queued_messages)
 		return 0;
-	q = session_msg_new(packet_id, state, m);
+	if (router_held_full(r, router_held_cost(*body, m))) {
+		router_held_warn(r, "messages to persistent sessions' connections are not kept against a worker crash");
+		return 0;
+	}
+	q = session_msg_new(r, packet_id, state, m->qos, m->retain, msg_body_get(body, m));
 	if (!q) {
 		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 			   "out of memory: a QoS %u message is not kept against a worker crash",
@@ -775,7 +914,7 @@ static void session_msg_drop(struct router *r, struct session *s, struct session
 	session_queue_count(s, q, -1);
 	if (r->st)
 		store_queue_del(r->st, s->sid, q->order);
-	free(q);
+	session_msg_free(r, q);
 }
 
 /* ---- sessions: registry ------------------------------------------------ */
@@ -975,7 +1114,7 @@ static void session_free(struct router *r, struct session *s)
 	if (r->st)
 		store_session_del(r->st, s->sid);
 	session_unsubscribe_all(r, s);
-	session_queue_clear(s);
+	session_queue_clear(r, s);
 	session_pending_drop(r, s);
 	session_offline_unlink(r, s);
 	if (s->online)
@@ -1123,6 +1262,31 @@ static void router_refuse(struct router *r, struct session_connect *c)
 	free(c);
 }
 
+/* A new session would take the router past max_sessions. */
+static bool router_sessions_full(const struct router *r)
+{
+	long max = r->cfg->max_sessions;
+
+	return max > 0 && hidx_count(&r->by_sid) >= (size_t)max;
+}
+
+/*
+ * A CONNECT that needs a new session past max_sessions: CONNACK 3 (server
+ * unavailable), and the worker closes it. Sessions resumed or taken over
+ * are never refused: they exist already.
+ */
+static void router_refuse_full(struct router *r, struct session_connect *c)
+{
+	if (!r->warned_sessions_full)
+		log_warn("router: max_sessions (%ld) reached: connections that need a new session are refused (logged once until one fits again)",
+			 r->cfg->max_sessions);
+	r->warned_sessions_full = true;
+	log_client(LOG_LVL_INFO, cx_client_id(c), cx_remote(c),
+		   "connection refused: max_sessions reached (server unavailable)");
+	router_send_connack(r, c->conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);
+	free(c);
+}
+
 /*
  * The session is still connected elsewhere [MQTT-3.1.4-2]: kick that
  * connection and finish this CONNECT once its REC_CLOSE arrives, so that
@@ -1172,11 +1336,16 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 	}
 	present = s != NULL;
 	if (!s) {
+		if (router_sessions_full(r)) {
+			router_refuse_full(r, c);
+			return;
+		}
 		s = session_new(r, c);
 		if (!s) {
 			router_refuse(r, c);
 			return;
 		}
+		r->warned_sessions_full = false;
 	}
 	s->conn = c->conn;
 	if (!router_conn_link(r, s)) {
@@ -1335,6 +1504,29 @@ nomem:
 	return ROUTER_SUBACK_FAILURE;
 }
 
+/*
+ * A filter the session does not hold yet, past max_subscriptions_per_session:
+ * refused (0x80 in SUBACK). One it holds may always be subscribed again.
+ */
+static bool router_subscription_refused(struct session *s, const struct iotd_config *cfg,
+					const char *filter, uint16_t len)
+{
+	struct session_sub *sub;
+	long max = cfg->max_subscriptions_per_session;
+
+	if (max <= 0 || HASH_COUNT(s->subs) < (size_t)max)
+		return false;
+	HASH_FIND(hh, s->subs, filter, len, sub);
+	if (sub)
+		return false;
+	if (!s->subs_warned)
+		log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
+			   "max_subscriptions_per_session (%ld) reached: new filters refused (logged once per session)",
+			   max);
+	s->subs_warned = true;
+	return true;
+}
+
 static void router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
 				   uint16_t len)
 {
@@ -1439,6 +1631,7 @@ static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
 static void router_publish(struct router *r, const struct router_msg *m)
 {
 	struct router_msg routed = *m;
+	struct msg_body *body = NULL;    /* held once by every queue the message enters */
 
 	if (m->retain)
 		router_retain(r, m);
@@ -1458,14 +1651,15 @@ static void router_publish(struct router *r, const struct router_msg *m)
 					   session_copy_new(r, s, 0, MSG_QUEUED,
 							    &(struct router_msg){ qos, 0, m->topic,
 										  m->topic_len, m->payload,
-										  m->payload_len }));
+										  m->payload_len }, &body));
 		else if ((qos > 0 && (!s->clean || s->online)) ||
 			 (qos == 0 && !s->clean && !s->online && r->cfg->queue_qos0_messages))
 			/* Offline persistent, or taken over: the next connection gets it. */
 			session_enqueue(r, s, false, 0, MSG_QUEUED,
 					&(struct router_msg){ qos, 0, m->topic, m->topic_len,
-							      m->payload, m->payload_len });
+							      m->payload, m->payload_len }, &body);
 	}
+	msg_body_discard(body);
 	router_deliver_flush(r);
 	log_debug("router: '%.*s' qos %u to %zu sessions", (int)m->topic_len, m->topic, m->qos,
 		  r->n_targets);
@@ -1560,7 +1754,9 @@ static int router_on_subscribe(struct router *r, unsigned worker, struct recr *r
 
 		recr_str(&fr, &f, &flen);
 		qos = recr_u8(&fr);
-		recw_u8(ack, router_subscribe_one(r, s, (const char *)f, flen, qos));
+		recw_u8(ack, router_subscription_refused(s, r->cfg, (const char *)f, flen) ?
+			     ROUTER_SUBACK_FAILURE :
+			     router_subscribe_one(r, s, (const char *)f, flen, qos));
 	}
 	router_emit(r, worker, REC_SUBACK, ack);
 	if (ack->oom)
@@ -1715,10 +1911,10 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 	}
 	if (s->online && s->conn == conn) {
 		/* Owed by the session's own closing connection (REC_CLOSE follows). */
-		session_enqueue(r, s, true, packet_id, state, &m);
+		session_enqueue_one(r, s, true, packet_id, state, &m);
 	} else if (!s->online || s->pending) {
 		if (m.qos > 0)
-			session_enqueue(r, s, false, packet_id, state, &m);
+			session_enqueue_one(r, s, false, packet_id, state, &m);
 	} else {
 		/*
 		 * A delivery or stored message that reached a connection the session
@@ -1726,8 +1922,12 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 		 * A PUBREL carries no message, so it cannot become a new delivery;
 		 * the worker turns an in-flight one whose id is taken into one.
 		 */
-		router_send_session_msg(r, s->conn, s->sid, session_copy_new(r, s, packet_id, state, &m),
-					packet_id, state, &m);
+		struct msg_body *body = NULL;
+
+		router_send_session_msg(r, s->conn, s->sid,
+					session_copy_new(r, s, packet_id, state, &m, &body), packet_id,
+					state, &m);
+		msg_body_discard(body);
 	}
 	return ROUTER_OK;
 }
@@ -2030,6 +2230,7 @@ void router_tick(struct router *r, uint64_t now_ms)
 	struct session *s;
 
 	r->now_ms = now_ms;
+	router_held_check(r);
 	if (r->restamp)
 		router_restamp(r);
 	if (r->st && store_stale(r->st)) {
@@ -2069,6 +2270,8 @@ void router_config_changed(struct router *r)
 			  cfg->retained_message_limit > 0 ? (size_t)cfg->retained_message_limit : 0,
 			  cfg->retained_bytes_limit > 0 ? (size_t)cfg->retained_bytes_limit : 0);
 	r->warned_retain_full = false;
+	r->warned_sessions_full = false;
+	router_held_check(r);
 }
 
 void router_set_route_gen(struct router *r, _Atomic uint64_t *gen)
@@ -2091,6 +2294,8 @@ void router_get_stats(const struct router *r, struct router_stats *st)
 	st->retained = retain_count(r->retained);
 	st->queue_drops = r->queue_drops;
 	st->bad_records = r->bad_records;
+	st->queued_bytes_total = r->held_bytes;
+	st->queued_payloads = r->held_bodies;
 }
 
 /* ---- rebuilding from the store ----------------------------------------- */
@@ -2102,6 +2307,11 @@ struct router_load {
 	uint32_t max_sid;
 	size_t sessions, online, subs, queued, retained, skipped;
 	bool failed;                 /* out of memory: the router cannot start */
+	/*
+	 * The bodies made so far, by content: the store keeps a message once
+	 * per queue, and equal ones are held once again, as they were.
+	 */
+	struct hidx bodies;
 };
 
 static struct session_connect *session_connect_load(const struct store_session *ss,
@@ -2275,6 +2485,38 @@ static void router_load_sub(void *arg, uint32_t sid, const char *filter, uint16_
 		ld->skipped++;
 }
 
+static bool msg_body_has(const void *item, const void *key)
+{
+	const struct msg_body *b = item;
+	const struct router_msg *m = key;
+
+	return b->topic_len == m->topic_len && b->payload_len == m->payload_len &&
+	       memcmp(b->data, m->topic, m->topic_len) == 0 &&
+	       (!m->payload_len || memcmp(b->data + m->topic_len, m->payload, m->payload_len) == 0);
+}
+
+static uint32_t msg_body_hash(const struct router_msg *m)
+{
+	return hidx_hash_bytes(m->payload, m->payload_len) ^
+	       hidx_hash_bytes(m->topic, m->topic_len) * 31u;
+}
+
+/* The body of a stored message: one already loaded with the same topic and payload, or a new one. */
+static struct msg_body *router_load_body(struct router_load *ld, const struct router_msg *m)
+{
+	uint32_t hash = msg_body_hash(m);
+	struct msg_body *b = hidx_find(&ld->bodies, hash, msg_body_has, m);
+
+	if (b)
+		return b;
+	b = msg_body_new(m);
+	if (b && !hidx_add(&ld->bodies, hash, b)) {
+		free(b);
+		return NULL;
+	}
+	return b;
+}
+
 static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const struct store_msg *m)
 {
 	struct router_load *ld = arg;
@@ -2282,14 +2524,20 @@ static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const st
 	struct session *s = router_find_sid(r, sid);
 	struct router_msg rm = { m->qos, m->retain, m->topic, m->topic_len, m->payload,
 				 m->payload_len };
+	struct msg_body *body;
 	struct session_msg *q;
 
 	if (!s || m->state > MSG_PUBREL) {
 		ld->skipped++;
 		return;
 	}
-	q = session_msg_new(m->packet_id, m->state, &rm);
+	body = router_load_body(ld, &rm);
+	q = session_msg_new(r, m->packet_id, m->state, m->qos, m->retain, body);
 	if (!q) {
+		if (body && !body->refs) {
+			hidx_del(&ld->bodies, msg_body_hash(&rm), body);
+			free(body);
+		}
 		ld->failed = true;
 		return;
 	}
@@ -2360,6 +2608,8 @@ static int router_load(struct router *r, struct store *st)
 		log_warn("router: %zu stored entries could not be taken back (inconsistent, or past a limit)",
 			 ld.skipped);
 out:
+	/* Every body loaded is held by a queue entry: a failed load frees them with the sessions. */
+	hidx_free(&ld.bodies);
 	free(ld.offline);
 	return rc;
 }

@@ -22,6 +22,14 @@ struct router;
 struct store;
 
 /*
+ * What a queue entry counts against max_queued_bytes_total besides the
+ * topic and payload of its message (counted once per message, however
+ * many queues hold it): the entry itself, the message's header and what
+ * the allocator adds to both.
+ */
+#define ROUTER_ENTRY_COST 64
+
+/*
  * Called for every record the router sends to worker 'worker' (ring r2w),
  * in order. rec is only valid during the call. Returns 0, or -1 when the
  * record could not be kept (the callee logs: the record is lost).
@@ -98,6 +106,9 @@ void router_set_max_record(struct router *r, size_t bytes);
 /*
  * The configuration router_new() was given has changed (a reload): take
  * the limits that are not read afresh at each use (the retained store's).
+ * The others (max_sessions, max_subscriptions_per_session, the queue
+ * limits) are read from cfg at each use; their "limit reached" warnings
+ * may come again.
  */
 void router_config_changed(struct router *r);
 
@@ -118,6 +129,13 @@ struct router_stats {
 	size_t retained;
 	uint64_t queue_drops;   /* messages an offline queue had no room for */
 	uint64_t bad_records;   /* records dropped by router_handle */
+	/*
+	 * What the session queues (offline messages and copies) hold, as
+	 * max_queued_bytes_total counts it: topic + payload of each message
+	 * once however many queues share it, plus ROUTER_ENTRY_COST per entry.
+	 */
+	size_t queued_bytes_total;
+	size_t queued_payloads; /* messages held, each once */
 };
 
 void router_get_stats(const struct router *r, struct router_stats *st);

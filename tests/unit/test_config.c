@@ -90,6 +90,8 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.listen[0].family, AF_INET);
 	assert_int_equal(c.workers, 0);
 	assert_int_equal(c.max_connections, 10000);
+	assert_int_equal(c.max_sessions, 100000);
+	assert_int_equal(c.max_subscriptions_per_session, 1000);
 	assert_int_equal(c.placement_slack, 8);
 	assert_int_equal(c.session_timeout_secs, 300);
 	assert_int_equal(c.keep_alive_timeout_secs, 60);
@@ -101,7 +103,8 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.retained_message_limit, 10000);
 	assert_int_equal(c.max_inflight, 20);
 	assert_int_equal(c.max_queued_messages, 1000);
-	assert_int_equal(c.max_queued_bytes, 0);
+	assert_int_equal(c.max_queued_bytes, 16777216);
+	assert_int_equal(c.max_queued_bytes_total, 268435456);
 	assert_int_equal(c.max_topic_levels, 128);
 	assert_int_equal(c.max_topic_length, 65535);
 	assert_string_equal(c.user, "iotd");
@@ -160,6 +163,8 @@ static void full_file_sets_every_key(void **state)
 		"  listen_addresses = {\"0.0.0.0:1883\", \"[::1]:8883\", \"tcp://broker.local:1884\", \":1885\"}\n"
 		"  workers = 4\n"
 		"  max_connections = 500\n"
+		"  max_sessions = 700\n"
+		"  max_subscriptions_per_session = 9\n"
 		"  placement_slack = 0\n"
 		"  session_timeout_secs = 0\n"
 		"  keep_alive_timeout_secs = 30\n"
@@ -172,6 +177,7 @@ static void full_file_sets_every_key(void **state)
 		"  max_inflight = 100\n"
 		"  max_queued_messages = 50\n"
 		"  max_queued_bytes = 1000000\n"
+		"  max_queued_bytes_total = 3000000\n"
 		"  max_topic_levels = 8\n"
 		"  max_topic_length = 1024\n"
 		"  user = \"mqtt\"\n"
@@ -192,6 +198,8 @@ static void full_file_sets_every_key(void **state)
 	assert_string_equal(c.listen[3].port, "1885");
 	assert_int_equal(c.workers, 4);
 	assert_int_equal(c.max_connections, 500);
+	assert_int_equal(c.max_sessions, 700);
+	assert_int_equal(c.max_subscriptions_per_session, 9);
 	assert_int_equal(c.placement_slack, 0);
 	assert_int_equal(c.session_timeout_secs, 0);
 	assert_int_equal(c.keep_alive_timeout_secs, 30);
@@ -204,6 +212,7 @@ static void full_file_sets_every_key(void **state)
 	assert_int_equal(c.max_inflight, 100);
 	assert_int_equal(c.max_queued_messages, 50);
 	assert_int_equal(c.max_queued_bytes, 1000000);
+	assert_int_equal(c.max_queued_bytes_total, 3000000);
 	assert_int_equal(c.max_topic_levels, 8);
 	assert_int_equal(c.max_topic_length, 1024);
 	assert_string_equal(c.user, "mqtt");
@@ -267,6 +276,13 @@ static const struct bad_value bad_values[] = {
 	{ "server", "max_inflight", "65536" },
 	{ "server", "max_queued_messages", "" },
 	{ "server", "max_queued_bytes", "1x" },
+	{ "server", "max_queued_bytes", "1099511627777" },
+	{ "server", "max_queued_bytes_total", "-1" },
+	{ "server", "max_queued_bytes_total", "70368744177665" },
+	{ "server", "max_sessions", "-1" },
+	{ "server", "max_sessions", "2147483648" },
+	{ "server", "max_subscriptions_per_session", "-1" },
+	{ "server", "max_subscriptions_per_session", "ten" },
 	{ "server", "max_topic_levels", "0" },
 	{ "server", "max_topic_length", "65536" },
 	{ "server", "user", "root;rm" },
@@ -619,6 +635,40 @@ static void connect_bounds_take_their_minima_and_any_packet_size(void **state)
 	assert_int_equal(c.max_packet_size, 1024);
 	assert_int_equal(c.max_connect_size, 2097152);
 	assert_int_equal(c.max_client_id_length, 65535);
+}
+
+static void max_sessions_below_max_connections_is_rejected(void **state)
+{
+	char *env[] = { "IOTD_SERVER_MAX_CONNECTIONS=200000", NULL };
+	struct iotd_config c;
+	char err[CONFIG_ERR_LEN], want[160];
+
+	/* The default max_sessions (100000) is blamed on the max_connections given. */
+	assert_int_equal(load("", env, &c, err, sizeof(err)), -1);
+	assert_string_equal(err, "environment: IOTD_SERVER_MAX_CONNECTIONS: max_sessions (100000) "
+			    "is below max_connections (200000): every connection holds a session");
+
+	assert_int_equal(load("server {\n max_connections = 50\n max_sessions = 49\n}\n",
+			      no_env, &c, err, sizeof(err)), -1);
+	snprintf(want, sizeof(want), "%s:3: server: max_sessions (49) is below max_connections (50)",
+		 conf_path);
+	assert_int_equal(strncmp(err, want, strlen(want)), 0);
+
+	/* Equal is enough; 0 is no cap at all; the new keys take 0 and their largest values. */
+	assert_int_equal(load("server {\n max_connections = 50\n max_sessions = 50\n}\n",
+			      no_env, &c, err, sizeof(err)), 0);
+	assert_int_equal(load("server {\n max_connections = 200000\n max_sessions = 0\n"
+			      " max_subscriptions_per_session = 0\n max_queued_bytes = 0\n"
+			      " max_queued_bytes_total = 0\n}\n", no_env, &c, err, sizeof(err)), 0);
+	assert_int_equal(c.max_sessions, 0);
+	assert_int_equal(c.max_subscriptions_per_session, 0);
+	assert_int_equal(c.max_queued_bytes, 0);
+	assert_int_equal(c.max_queued_bytes_total, 0);
+	assert_int_equal(load("server {\n max_sessions = 2147483647\n"
+			      " max_subscriptions_per_session = 2147483647\n"
+			      " max_queued_bytes_total = 70368744177664\n}\n",
+			      no_env, &c, err, sizeof(err)), 0);
+	assert_int_equal(c.max_queued_bytes_total, 1L << 46);
 }
 
 static void auth_enabled_without_a_backend_is_rejected(void **state)
@@ -1182,6 +1232,7 @@ int main(void)
 		CONF_TEST(command_line_overrides_env_and_file),
 		CONF_TEST(keepalive_over_the_cap_blames_the_setting_that_was_given),
 		CONF_TEST(connect_bounds_take_their_minima_and_any_packet_size),
+		CONF_TEST(max_sessions_below_max_connections_is_rejected),
 		CONF_TEST(auth_enabled_without_a_backend_is_rejected),
 		cmocka_unit_test(listen_addresses_parse_or_are_rejected),
 		cmocka_unit_test(args_short_options_are_all_understood),

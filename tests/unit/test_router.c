@@ -29,6 +29,7 @@
 #include "iotd.h"
 #include "ipc.h"
 #include "log.h"
+#include "mqtt.h"
 #include "rec.h"
 #include "role.h"
 #include "router.h"
@@ -1437,6 +1438,325 @@ static void offline_queue_respects_the_byte_budget(void **state)
 	assert_int_equal(count_type(f, REC_SESSION_MSG), 2);
 }
 
+/* ---- bounds on what clients make the router hold ----------------------- */
+
+static void expect_stats(struct fx *f, size_t sessions, size_t online, size_t subs,
+			 size_t retained);
+
+static void expect_refused_unavailable(struct fx *f, conn_id_t conn, const char *id)
+{
+	struct connack a;
+
+	fx_clear(f);
+	assert_int_equal(send_connect(f, conn, false, id, NULL), 0);
+	assert_int_equal(f->n, 1);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.conn, conn);
+	assert_int_equal(a.rc, MQTT_CONNACK_UNAVAILABLE);
+	assert_int_equal(a.sid, 0);
+	fx_clear(f);
+}
+
+static void max_sessions_refuses_new_sessions_but_not_resumes_or_takeovers(void **state)
+{
+	struct fx *f = *state;
+	struct connack a;
+
+	f->cfg.max_sessions = 2;
+	connect_ok(f, C(0, 1), false, "a", NULL);
+	connect_ok(f, C(1, 1), true, "b", NULL);
+	expect_refused_unavailable(f, C(2, 1), "c");
+	expect_stats(f, 2, 2, 0, 0);
+	/* The refused connection holds nothing: its slot takes a CONNECT again. */
+	expect_refused_unavailable(f, C(2, 1), "c");
+
+	/* An offline session still counts; resuming it is allowed. */
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	expect_refused_unavailable(f, C(2, 2), "c");
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(0, 2), false, "a", NULL), 0);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.rc, 0);
+	assert_int_equal(a.present, 1);
+
+	/* A takeover replaces a session: allowed at the limit, even by a clean CONNECT. */
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(3, 1), true, "b", NULL), 0);
+	assert_int_equal(count_type(f, REC_KICK), 1);
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(1, 1), true, 0, NULL), 0);
+	assert_int_equal(f->n, 1);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.conn, C(3, 1));
+	assert_int_equal(a.rc, 0);
+	expect_stats(f, 2, 2, 0, 0);
+
+	/* A clean CONNECT for a stored session discards it and starts one: no more sessions. */
+	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(0, 3), true, "a", NULL), 0);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.rc, 0);
+
+	/* Read at each use: raised, a new session fits; lowered, none is dropped. */
+	f->cfg.max_sessions = 3;
+	router_config_changed(f->r);
+	connect_ok(f, C(2, 3), false, "c", NULL);
+	expect_refused_unavailable(f, C(2, 4), "d");
+	f->cfg.max_sessions = 1;
+	router_config_changed(f->r);
+	expect_stats(f, 3, 3, 0, 0);
+	f->cfg.max_sessions = 0;              /* no cap */
+	connect_ok(f, C(2, 5), false, "d", NULL);
+	expect_stats(f, 4, 4, 0, 0);
+}
+
+static void send_subscribe_many(struct fx *f, conn_id_t conn, uint16_t n, const char *const *filters,
+				uint8_t qos, struct suback *sa)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, conn);
+	recw_u16(&w, 9);
+	recw_u16(&w, n);
+	for (uint16_t i = 0; i < n; i++) {
+		recw_str(&w, filters[i], (uint16_t)strlen(filters[i]));
+		recw_u8(&w, qos);
+	}
+	fx_clear(f);
+	assert_int_equal(handle(f, conn_id_worker(conn), REC_SUBSCRIBE, &w), 0);
+	assert_true(f->n >= 1);
+	decode_suback(&f->caps[0], sa);
+	assert_int_equal(sa->n, n);
+}
+
+static void max_subscriptions_per_session_refuses_new_filters_only(void **state)
+{
+	struct fx *f = *state;
+	const char *three[] = { "a", "b/+", "c/#" }, *again[] = { "a", "d" };
+	struct suback sa;
+	struct deliver d;
+
+	f->cfg.max_subscriptions_per_session = 2;
+	connect_ok(f, C(0, 1), true, "s", NULL);
+	send_subscribe_many(f, C(0, 1), 3, three, 1, &sa);
+	assert_int_equal(sa.codes[0], 1);
+	assert_int_equal(sa.codes[1], 1);
+	assert_int_equal(sa.codes[2], 0x80);
+	expect_stats(f, 1, 1, 2, 0);
+
+	/* A filter held may be subscribed again (its QoS replaced); a new one may not. */
+	send_subscribe_many(f, C(0, 1), 2, again, 2, &sa);
+	assert_int_equal(sa.codes[0], 2);
+	assert_int_equal(sa.codes[1], 0x80);
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 1, 2, false, "a", "x"), 0);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(d.t[0].qos, 2);
+	assert_int_equal(send_publish(f, 1, 2, false, "c/1", "x"), 0);
+	assert_int_equal(f->n, 1);
+
+	/* Each session has its own count. */
+	connect_ok(f, C(1, 1), true, "other", NULL);
+	send_subscribe_many(f, C(1, 1), 2, three, 0, &sa);
+	assert_int_equal(sa.codes[0], 0);
+	assert_int_equal(sa.codes[1], 0);
+
+	/* Room again after an UNSUBSCRIBE; and 0 lifts the cap, read at each use. */
+	assert_int_equal(send_unsubscribe(f, C(0, 1), 3, "a"), 0);
+	send_subscribe_many(f, C(0, 1), 1, &three[2], 1, &sa);
+	assert_int_equal(sa.codes[0], 1);
+	f->cfg.max_subscriptions_per_session = 0;
+	send_subscribe_many(f, C(0, 1), 2, again, 1, &sa);
+	assert_int_equal(sa.codes[0], 1);
+	assert_int_equal(sa.codes[1], 1);
+	expect_stats(f, 2, 2, 6, 0);
+}
+
+static void expect_held(struct fx *f, size_t bytes, size_t payloads)
+{
+	struct router_stats st;
+
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queued_bytes_total, bytes);
+	assert_int_equal(st.queued_payloads, payloads);
+}
+
+/* Three persistent sessions subscribed to t at QoS 1, offline: sids in sid[]. */
+static void three_offline(struct fx *f, uint32_t sid[3])
+{
+	static const char *const ids[] = { "p0", "p1", "p2" };
+
+	for (unsigned i = 0; i < 3; i++) {
+		sid[i] = connect_ok(f, C(i, 1), false, ids[i], NULL);
+		subscribe_ok(f, C(i, 1), "t", 1);
+		assert_int_equal(send_close(f, C(i, 1), false, 0, NULL), 0);
+	}
+}
+
+static void a_message_queued_for_many_sessions_is_held_once(void **state)
+{
+	struct fx *f = *state;
+	struct connack a;
+	struct smsg m[2];
+	uint32_t sid[3];
+
+	three_offline(f, sid);
+	expect_held(f, 0, 0);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "12345"), 0);
+	expect_held(f, 6 + 3 * ROUTER_ENTRY_COST, 1);
+	assert_int_equal(send_publish(f, 3, 2, false, "t", "ab"), 0);
+	expect_held(f, 6 + 3 + 6 * ROUTER_ENTRY_COST, 2);
+
+	/* p0 comes back: each message goes out as it was, and stays held as a copy. */
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(0, 2), false, "p0", NULL), 0);
+	assert_int_equal(f->n, 3);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	decode_session_msg(&f->caps[1], &m[0]);
+	decode_session_msg(&f->caps[2], &m[1]);
+	assert_string_equal(m[0].topic, "t");
+	assert_string_equal(m[0].payload, "12345");
+	assert_string_equal(m[1].payload, "ab");
+	assert_int_equal(m[1].qos, 1);
+	expect_held(f, 6 + 3 + 6 * ROUTER_ENTRY_COST, 2);
+	assert_int_equal(send_msg_state(f, C(0, 2), sid[0], m[0].copy, 1, MSG_DONE), 0);
+	assert_int_equal(send_msg_state(f, C(0, 2), sid[0], m[1].copy, 2, MSG_DONE), 0);
+	expect_held(f, 6 + 3 + 4 * ROUTER_ENTRY_COST, 2);
+
+	/* p1 is discarded: its entries go, the messages stay for p2. */
+	connect_ok(f, C(1, 2), true, "p1", NULL);
+	expect_held(f, 6 + 3 + 2 * ROUTER_ENTRY_COST, 2);
+
+	/* The last holder lets go: the payloads are freed. */
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(2, 2), false, "p2", NULL), 0);
+	decode_session_msg(&f->caps[1], &m[0]);
+	decode_session_msg(&f->caps[2], &m[1]);
+	assert_string_equal(m[0].payload, "12345");
+	assert_int_equal(send_msg_state(f, C(2, 2), sid[2], m[0].copy, 1, MSG_DONE), 0);
+	expect_held(f, 3 + ROUTER_ENTRY_COST, 1);
+	assert_int_equal(send_close(f, C(2, 2), false, 0, NULL), 0);
+	expect_held(f, 3 + ROUTER_ENTRY_COST, 1);        /* the copy is queued again */
+	connect_ok(f, C(2, 3), true, "p2", NULL);
+	expect_held(f, 0, 0);
+}
+
+static void each_session_counts_a_shared_message_against_its_own_byte_cap(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	uint32_t sid[3];
+
+	f->cfg.max_queued_bytes = 10;          /* topic + payload bytes, per session */
+	three_offline(f, sid);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "12345"), 0);   /* 6 each */
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "12345"), 0);   /* 12 > 10 */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 3);
+	expect_held(f, 6 + 3 * ROUTER_ENTRY_COST, 1);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "123"), 0);     /* 10: fits */
+	expect_held(f, 6 + 4 + 6 * ROUTER_ENTRY_COST, 2);
+}
+
+/* One body of 6 bytes ("t" + "12345") per entry: the budget holds two entries. */
+#define TWO_ENTRIES (2 * (6 + ROUTER_ENTRY_COST))
+
+static void max_queued_bytes_total_bounds_all_queues_together(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	struct deliver d;
+	uint32_t sid[3], online;
+	uint64_t copy;
+
+	f->cfg.max_queued_bytes_total = TWO_ENTRIES;
+	three_offline(f, sid);
+
+	/* p0, p1 and p2 share one message: 6 bytes and 3 entries are past the budget. */
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "12345"), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 1);
+	expect_held(f, 6 + 2 * ROUTER_ENTRY_COST, 1);
+
+	/*
+	 * Past the budget a new message is queued for no offline session, and a
+	 * persistent session online gets it live, without a copy kept against
+	 * a crash of its worker.
+	 */
+	online = connect_ok(f, C(3, 1), false, "on", NULL);
+	subscribe_ok(f, C(3, 1), "t", 1);
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "67890"), 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 4);
+	expect_held(f, 6 + 2 * ROUTER_ENTRY_COST, 1);
+	assert_int_equal(f->n, 1);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_equal(d.n, 1);
+	assert_int_equal(d.t[0].sid, online);
+	assert_int_equal(d.t[0].copy, 0);
+
+	/* Raised (a reload): room for one more message, held once, in two of four places. */
+	f->cfg.max_queued_bytes_total = TWO_ENTRIES + 6 + 2 * ROUTER_ENTRY_COST;
+	router_config_changed(f->r);
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "abcde"), 0);
+	expect_held(f, 12 + 4 * ROUTER_ENTRY_COST, 2);
+	decode_deliver(&f->caps[0], &d);
+	copy = d.t[0].copy;
+
+	/* Lowered: what is held stays, nothing new enters. */
+	f->cfg.max_queued_bytes_total = TWO_ENTRIES;
+	router_config_changed(f->r);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "fghij"), 0);
+	expect_held(f, 12 + 4 * ROUTER_ENTRY_COST, 2);
+
+	/* The holders let go: room again, and a copy for the online session is kept. */
+	for (unsigned i = 0; i < 3; i++)
+		connect_ok(f, C(i, 2), true, i == 0 ? "p0" : i == 1 ? "p1" : "p2", NULL);
+	if (copy)
+		assert_int_equal(send_msg_state(f, C(3, 1), online, copy, 1, MSG_DONE), 0);
+	expect_held(f, 0, 0);
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "again"), 0);
+	decode_deliver(&f->caps[0], &d);
+	assert_int_not_equal(d.t[0].copy, 0);
+	expect_held(f, 6 + ROUTER_ENTRY_COST, 1);
+}
+
+static void max_queued_bytes_total_drops_qos0_first(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	struct smsg m;
+
+	/* "t" + one byte: 2 + ROUTER_ENTRY_COST a message; room for two. */
+	f->cfg.max_queued_bytes_total = 2 * (2 + ROUTER_ENTRY_COST);
+	f->cfg.queue_qos0_messages = true;
+	connect_ok(f, C(0, 1), false, "p", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_publish(f, 1, 0, false, "t", "a"), 0);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "b"), 0);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "c"), 0);   /* "a" makes room */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 1);
+	assert_int_equal(send_publish(f, 1, 1, false, "t", "d"), 0);   /* nothing to drop first */
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 2);
+
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(0, 2), false, "p", NULL), 0);
+	assert_int_equal(f->n, 3);
+	decode_session_msg(&f->caps[1], &m);
+	assert_string_equal(m.payload, "b");
+	decode_session_msg(&f->caps[2], &m);
+	assert_string_equal(m.payload, "c");
+}
+
 /* ---- wills, worker deaths, expiry --------------------------------------- */
 
 static void will_is_published_on_abnormal_close(void **state)
@@ -2289,6 +2609,57 @@ static void expiry_and_queue_limits_hold_across_a_crash(void **state)
 	expect_stats(f, 0, 0, 0, 0);
 }
 
+static void shared_messages_and_their_counts_are_rebuilt_from_the_store(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats before, after;
+	struct smsg m;
+	uint32_t sid[3];
+
+	fx_store(f, STORE_DISK_MAP);
+	router_tick(f->r, 1000);
+	three_offline(f, sid);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "12345"), 0);
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "ab"), 0);
+	/* The same bytes again (another publish): held once more until a restart. */
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "ab"), 0);
+	expect_held(f, 6 + 3 + 3 + 9 * ROUTER_ENTRY_COST, 3);
+	assert_int_equal(router_commit(f->r), 0);
+	router_get_stats(f->r, &before);
+
+	/* The store keeps a copy per queue; the successor holds each message once. */
+	fx_crash_and_restart(f, NULL);
+	router_get_stats(f->r, &after);
+	assert_int_equal(after.sessions, before.sessions);
+	expect_held(f, 6 + 3 + 9 * ROUTER_ENTRY_COST, 2);
+
+	/* The limits count what was rebuilt. */
+	f->cfg.max_sessions = 3;
+	expect_refused_unavailable(f, C(3, 1), "new");
+	f->cfg.max_queued_bytes_total = 6 + 3 + 9 * ROUTER_ENTRY_COST;
+	assert_int_equal(send_publish(f, 3, 1, false, "t", "more"), 0);
+	router_get_stats(f->r, &after);
+	assert_int_equal(after.queue_drops, 3);
+
+	/* Every session lets go: nothing is left held. */
+	for (unsigned i = 0; i < 3; i++) {
+		fx_clear(f);
+		assert_int_equal(send_connect(f, C(i, 2), false, i == 0 ? "p0" : i == 1 ? "p1" : "p2",
+					      NULL), 0);
+		assert_int_equal(count_type(f, REC_SESSION_MSG), 3);
+		decode_session_msg(&f->caps[1], &m);
+		assert_string_equal(m.payload, "12345");
+		for (size_t k = 1; k < f->n; k++) {
+			decode_session_msg(&f->caps[k], &m);
+			assert_int_equal(send_msg_state(f, C(i, 2), sid[i], m.copy, 1, MSG_DONE), 0);
+		}
+	}
+	expect_held(f, 0, 0);
+	assert_int_equal(router_commit(f->r), 0);
+	fx_crash_and_restart(f, NULL);
+	expect_held(f, 0, 0);
+}
+
 static void a_store_that_refused_writes_is_rewritten_by_the_next_tick(void **state)
 {
 	struct fx *f = *state;
@@ -2960,6 +3331,12 @@ int main(void)
 		T(router_free_leaves_the_route_gen_alone),
 		T(offline_queue_drops_new_messages_when_full),
 		T(offline_queue_respects_the_byte_budget),
+		T(max_sessions_refuses_new_sessions_but_not_resumes_or_takeovers),
+		T(max_subscriptions_per_session_refuses_new_filters_only),
+		T(a_message_queued_for_many_sessions_is_held_once),
+		T(each_session_counts_a_shared_message_against_its_own_byte_cap),
+		T(max_queued_bytes_total_bounds_all_queues_together),
+		T(max_queued_bytes_total_drops_qos0_first),
 		T(will_is_published_on_abnormal_close),
 		T(will_is_not_published_on_clean_disconnect),
 		T(will_reaches_own_persistent_session_queue),
@@ -2982,6 +3359,7 @@ int main(void)
 		T(a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will),
 		T(copies_survive_a_router_crash_and_a_new_daemon_queues_them),
 		T(expiry_and_queue_limits_hold_across_a_crash),
+		T(shared_messages_and_their_counts_are_rebuilt_from_the_store),
 		T(a_store_that_refused_writes_is_rewritten_by_the_next_tick),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
