@@ -1127,6 +1127,8 @@ struct cfg_field {
 static const struct cfg_field cfg_fields[] = {
 	CF("server.workers", workers, false, APPLY_RESTART),
 	CF("server.max_connections", max_connections, false, APPLY_LIVE),
+	CF("server.max_connections_per_address", max_connections_per_address, false, APPLY_LIVE),
+	CF("server.max_connect_rate_per_address", max_connect_rate_per_address, false, APPLY_LIVE),
 	CF("server.placement_slack", placement_slack, false, APPLY_LIVE),
 	CF("server.session_timeout_secs", session_timeout_secs, false, APPLY_LIVE),
 	CF("server.keep_alive_timeout_secs", keep_alive_timeout_secs, false, APPLY_LIVE),
@@ -1139,6 +1141,8 @@ static const struct cfg_field cfg_fields[] = {
 	CF("server.max_inflight", max_inflight, false, APPLY_LIVE),
 	CF("server.max_queued_messages", max_queued_messages, false, APPLY_LIVE),
 	CF("server.max_queued_bytes", max_queued_bytes, false, APPLY_LIVE),
+	CF("server.max_inflight_bytes", max_inflight_bytes, false, APPLY_LIVE),
+	CF("server.max_output_bytes", max_output_bytes, false, APPLY_LIVE),
 	CF("server.queue_qos0_messages", queue_qos0_messages, false, APPLY_LIVE),
 	CF("server.max_topic_levels", max_topic_levels, false, APPLY_LIVE),
 	CF("server.max_topic_length", max_topic_length, false, APPLY_LIVE),
