@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addrlimit.h"
 #include "ipc.h"
 #include "log.h"
 #include "mqtt.h"
@@ -41,6 +42,7 @@
 #define RING_BATCH 1024          /* router records handled per loop turn */
 #define BACKLOG_HIGH (8u << 20)  /* stop reading clients past this much unsent to the router */
 #define BACKLOG_LOW (2u << 20)   /* ... and read again below this */
+#define REPORTS_SLACK 4096       /* address reports kept beyond two per connection held */
 
 enum conn_state {
 	CS_NEW,          /* accepted, waiting for CONNECT */
@@ -161,6 +163,18 @@ static bool pending_grow(struct conn_qos *q)
 	return true;
 }
 
+/*
+ * What the listener is to hear about this worker's connections, by
+ * address (ipc.h), in order; sent at the end of each loop turn, as much as
+ * the channel takes.
+ */
+struct addr_reports {
+	struct ipc_addr_entry *e;
+	uint32_t n, cap;
+	bool lost;                   /* could not keep them: LOST is queued, nothing more until a sync */
+	bool send_failed_logged;
+};
+
 /* A ring record that did not fit: kept in order until the router makes room. */
 struct backlog {
 	struct backlog *next;
@@ -190,6 +204,7 @@ struct worker {
 	bool throttled;                  /* backlog for the router too big: stop reading clients */
 	struct recw rw;
 	struct route_cache routes;       /* topics this worker may deliver itself (routes.h) */
+	struct addr_reports reports;     /* to the listener */
 	struct route_target *rt_scratch; /* a REC_ROUTE's targets being read */
 	uint32_t cap_rt_scratch;
 	uint8_t *rbuf;
@@ -346,6 +361,117 @@ static void ring_commit(struct worker *w)
 		w->need_commit = false;
 		if (shmring_commit(&w->prod))
 			eventfd_wake(w->env->router_efd);
+	}
+}
+
+/* --- address reports to the listener ----------------------------------- */
+
+static bool report_push(struct worker *w, uint32_t op, uint64_t token, const struct addr_key *k)
+{
+	struct addr_reports *r = &w->reports;
+	struct ipc_addr_entry *e;
+
+	if (r->n == r->cap) {
+		uint32_t cap = r->cap ? r->cap * 2 : 64;
+
+		e = reallocarray(r->e, cap, sizeof(*e));
+		if (e == NULL)
+			return false;
+		r->e = e;
+		r->cap = cap;
+	}
+	e = &r->e[r->n++];
+	*e = (struct ipc_addr_entry){ .op = op, .token = token };
+	if (k != NULL)
+		memcpy(e->key, k->b, sizeof(e->key));
+	return true;
+}
+
+/*
+ * The reports cannot be kept: drop them and have the listener ask for
+ * every connection held again. Nothing more is queued until it does.
+ */
+static void reports_lost(struct worker *w)
+{
+	struct addr_reports *r = &w->reports;
+
+	if (r->lost)
+		return;
+	r->n = 0;
+	r->lost = true;
+	if (!report_push(w, IPC_ADDR_LOST, 0, NULL))
+		log_error("out of memory for an address report to the listener; its "
+			  "per-address counts stay as they are");
+}
+
+/* A connection the listener handed this worker is gone. */
+static void report_gone(struct worker *w, const char *remote)
+{
+	struct addr_reports *r = &w->reports;
+	struct addr_key k;
+
+	if (r->lost || !addr_key_from_remote(remote, &k))
+		return;
+	/* A listener that reads nothing costs about what a sync answer would. */
+	if (r->n >= 2 * w->n_conns + REPORTS_SLACK) {
+		log_warn("the listener reads no address reports (%u waiting); dropping them", r->n);
+		reports_lost(w);
+	} else if (!report_push(w, IPC_ADDR_GONE, 0, &k)) {
+		log_error("out of memory for an address report to the listener; dropping them");
+		reports_lost(w);
+	}
+}
+
+/* IPC_ADDR_SYNC: what waits is old news; the answer is every connection held now. */
+static void answer_sync(struct worker *w, uint64_t token)
+{
+	struct addr_reports *r = &w->reports;
+	struct addr_key k;
+
+	r->n = 0;
+	r->lost = false;
+	if (!report_push(w, IPC_ADDR_RESET, token, NULL))
+		goto oom;
+	for (uint32_t i = 0; i < w->n_slots; i++) {
+		const struct conn *c = w->slots[i];
+
+		if (c != NULL && addr_key_from_remote(c->remote, &k) &&
+		    !report_push(w, IPC_ADDR_HELD, 0, &k))
+			goto oom;
+	}
+	return;
+oom:
+	log_error("out of memory answering the listener's address sync");
+	reports_lost(w);
+}
+
+static void reports_flush(struct worker *w)
+{
+	struct addr_reports *r = &w->reports;
+	uint32_t sent = 0;
+
+	while (sent < r->n) {
+		uint32_t k = MIN(r->n - sent, (uint32_t)IPC_ADDR_ENTRIES_MAX);
+
+		if (ipc_send(w->env->chan_worker[w->index], IPC_ADDR_REPORT, w->index, &r->e[sent],
+			     k * sizeof(*r->e), -1) < 0) {
+			/* Full: the rest goes at a later turn. */
+			if (errno != EAGAIN && !r->send_failed_logged) {
+				log_error("cannot send address reports to the listener: %s",
+					  strerror(errno));
+				r->send_failed_logged = true;
+			}
+			break;
+		}
+		sent += k;
+	}
+	memmove(r->e, r->e + sent, (size_t)(r->n - sent) * sizeof(*r->e));
+	r->n -= sent;
+	/* A large sync answer leaves a large array behind. */
+	if (r->n == 0 && r->cap > REPORTS_SLACK) {
+		free(r->e);
+		r->e = NULL;
+		r->cap = 0;
 	}
 }
 
@@ -768,6 +894,7 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	 * reconnects at once must find the listener's view already updated.
 	 */
 	atomic_fetch_add(&w->env->shm->workers[w->index].released, 1);
+	report_gone(w, c->remote);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
 	if (buf_held(c->out) > 0)
 		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
@@ -1878,9 +2005,11 @@ static unsigned take_clients(struct worker *w, const struct ipc_hdr *hdr, size_t
 
 	/* One fd per struct ipc_client, in the same order; anything else is not ours to guess. */
 	if (hdr->type != IPC_CLIENT_FD || nfds == 0 || len != nfds * sizeof(*info)) {
-		if (hdr->type == IPC_CLIENT_FD)
+		if (hdr->type == IPC_CLIENT_FD) {
 			log_error("a malformed hand-over from the listener (%u fds, %zu bytes); "
 				  "closing its connections", nfds, len);
+			reports_lost(w);    /* their addresses are not to be trusted */
+		}
 		for (unsigned i = 0; i < nfds; i++)
 			close(fds[i]);
 		return 0;
@@ -1889,6 +2018,8 @@ static unsigned take_clients(struct worker *w, const struct ipc_hdr *hdr, size_t
 		info[i].remote[sizeof(info[i].remote) - 1] = '\0';
 		if (conn_new(w, fds[i], &info[i]))       /* it closes the fd when it cannot take it */
 			taken++;
+		else
+			report_gone(w, info[i].remote);
 	}
 	return taken;
 }
@@ -1913,11 +2044,19 @@ static void accept_clients(struct worker *w)
 		handed = handed_in(&hdr);
 		/* At once: should this worker die now, the supervisor counts them as gone. */
 		atomic_fetch_add(&ws->accepted, handed);
-		if (n < 0)    /* its fds are closed already */
+		if (n < 0) {  /* its fds are closed already; their addresses unknown */
 			log_error("a hand-over of %u connection(s) from the listener failed: %s; "
 				  "they are closed", handed, strerror(errno));
-		else
+			reports_lost(w);
+		} else {
+			if (hdr.type == IPC_ADDR_SYNC && n == (ssize_t)sizeof(uint64_t)) {
+				uint64_t token;
+
+				memcpy(&token, info, sizeof(token));
+				answer_sync(w, token);
+			}
 			taken = take_clients(w, &hdr, (size_t)n, info, fds, nfds);
+		}
 		if (handed > taken)
 			atomic_fetch_add(&ws->released, handed - taken);
 		turn += MAX(handed, 1u);
@@ -2043,6 +2182,7 @@ static void worker_teardown(struct worker *w)
 	recw_free(&w->rw);
 	routes_free(&w->routes);
 	free(w->rt_scratch);
+	free(w->reports.e);
 	close(w->epfd);
 	close(w->timerfd);
 }
@@ -2117,6 +2257,7 @@ int worker_main(struct role_env *env)
 		throttle_update(&w);
 		flush_dirty(&w);
 		bury_closed(&w);
+		reports_flush(&w);
 	}
 	close_all(&w, "broker shutting down");
 	bury_closed(&w);

@@ -35,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addrlimit.h"
 #include "config.h"
 #include "iotd.h"
 #include "ipc.h"
@@ -296,13 +297,47 @@ static void got_close(struct got *g)
 		close(g->fd[i]);
 }
 
-/* Placement on load alone (slack 0) unless a test sets a slack. */
+/*
+ * Placement on load alone (slack 0) unless a test sets a slack; no
+ * per-address limits unless a test sets them.
+ */
 static void listener_fx(struct fx *f, int family)
 {
 	fx_init(f);
 	f->cfg.placement_slack = 0;
+	f->cfg.max_connections_per_address = 0;
+	f->cfg.max_connect_rate_per_address = 0;
 	f->env.listen_fds[0] = listen_loopback(family);
 	f->env.n_listen_fds = 1;
+}
+
+/* The IPC_ADDR_SYNC the listener sent worker w; returns its token. */
+static uint64_t expect_sync(struct fx *f, unsigned w)
+{
+	struct pollfd pfd = { .fd = f->env.chan_worker[w], .events = POLLIN };
+	struct ipc_hdr hdr;
+	uint64_t token;
+	int fd;
+
+	assert_int_equal(poll(&pfd, 1, 5000), 1);
+	assert_int_equal(ipc_recv(f->env.chan_worker[w], &hdr, &token, sizeof(token), &fd),
+			 sizeof(token));
+	assert_int_equal(hdr.type, IPC_ADDR_SYNC);
+	assert_int_equal(fd, -1);
+	assert_true(token != 0);
+	return token;
+}
+
+/* Run the listener; it asks every worker for what it holds first. */
+static void listener_spawn(struct fx *f, uint64_t *tokens)
+{
+	fx_spawn(f, listener_main, 0);
+	for (unsigned w = 0; w < NWORKERS; w++) {
+		uint64_t t = expect_sync(f, w);
+
+		if (tokens != NULL)
+			tokens[w] = t;
+	}
 }
 
 /* Wait until the process is in that state (/proc/PID/stat). */
@@ -354,7 +389,7 @@ static void listener_sends_one_message_per_worker_balanced(void **state)
 	int clients[10];
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -391,7 +426,7 @@ static void listener_balances_on_load_with_the_batch_counted(void **state)
 	listener_fx(&f, AF_INET);
 	/* Worker 0 holds 4 already: the first 4 of the burst go to worker 1, then they alternate. */
 	atomic_store(&f.shm->workers[0].handed, 4);
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 8);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -413,7 +448,7 @@ static void listener_refuses_beyond_max_connections_within_a_batch(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.max_connections = 7;
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -447,7 +482,7 @@ static void listener_sends_elsewhere_when_a_channel_is_full(void **state)
 	listener_fx(&f, AF_INET);
 	/* Within the slack all six would stay on the first worker chosen: not on a refused channel. */
 	f.cfg.placement_slack = 8;
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	/* Worker 0's channel full to the brim (as a dead worker's would be). */
 	while (ipc_send(f.env.chan_listener[0], IPC_PING, 0, NULL, 0, -1) == 0)
 		queued++;
@@ -482,7 +517,7 @@ static void listener_names_ipv6_clients_in_brackets(void **state)
 		fx_free(&f);
 		skip();
 	}
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 2);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -533,7 +568,7 @@ static void listener_with_slack_0_alternates_one_connection_after_another(void *
 	unsigned prev = NWORKERS;
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	for (int i = 0; i < 6; i++) {
 		unsigned w = next_worker(&f, &clients[i]);
 
@@ -559,7 +594,7 @@ static void listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 3;
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	for (unsigned i = 0; i < ARRAY_SIZE(on_first); i++) {
 		unsigned w = next_worker(&f, &clients[i]);
 
@@ -583,7 +618,7 @@ static void listener_leaves_a_dead_or_full_worker_within_the_slack(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 8;
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	a = next_worker(&f, &clients[0]);
 	b = 1 - a;
 	assert_int_equal(next_worker(&f, &clients[1]), a);
@@ -610,7 +645,7 @@ static void listener_keeps_the_slack_within_a_batch(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 3;
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -633,7 +668,7 @@ static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state
 	unsigned w;
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, 0);
+	listener_spawn(&f, NULL);
 	w = next_worker(&f, &clients[0]);
 	assert_int_equal(next_worker(&f, &clients[1]), 1 - w);
 	/* What the supervisor sends on a reload; the PONG says it was read. */
