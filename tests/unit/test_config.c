@@ -90,6 +90,8 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.listen[0].family, AF_INET);
 	assert_int_equal(c.workers, 0);
 	assert_int_equal(c.max_connections, 10000);
+	assert_int_equal(c.max_connections_per_address, 1000);
+	assert_int_equal(c.max_connect_rate_per_address, 100);
 	assert_int_equal(c.placement_slack, 8);
 	assert_int_equal(c.session_timeout_secs, 300);
 	assert_int_equal(c.keep_alive_timeout_secs, 60);
@@ -100,6 +102,8 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.max_inflight, 20);
 	assert_int_equal(c.max_queued_messages, 1000);
 	assert_int_equal(c.max_queued_bytes, 0);
+	assert_int_equal(c.max_inflight_bytes, 16777216);
+	assert_int_equal(c.max_output_bytes, 2097152);
 	assert_int_equal(c.max_topic_levels, 128);
 	assert_int_equal(c.max_topic_length, 65535);
 	assert_string_equal(c.user, "iotd");
@@ -158,6 +162,8 @@ static void full_file_sets_every_key(void **state)
 		"  listen_addresses = {\"0.0.0.0:1883\", \"[::1]:8883\", \"tcp://broker.local:1884\", \":1885\"}\n"
 		"  workers = 4\n"
 		"  max_connections = 500\n"
+		"  max_connections_per_address = 0\n"
+		"  max_connect_rate_per_address = 1000000\n"
 		"  placement_slack = 0\n"
 		"  session_timeout_secs = 0\n"
 		"  keep_alive_timeout_secs = 30\n"
@@ -168,6 +174,8 @@ static void full_file_sets_every_key(void **state)
 		"  max_inflight = 100\n"
 		"  max_queued_messages = 50\n"
 		"  max_queued_bytes = 1000000\n"
+		"  max_inflight_bytes = 1\n"
+		"  max_output_bytes = 1024\n"
 		"  max_topic_levels = 8\n"
 		"  max_topic_length = 1024\n"
 		"  user = \"mqtt\"\n"
@@ -188,6 +196,8 @@ static void full_file_sets_every_key(void **state)
 	assert_string_equal(c.listen[3].port, "1885");
 	assert_int_equal(c.workers, 4);
 	assert_int_equal(c.max_connections, 500);
+	assert_int_equal(c.max_connections_per_address, 0);
+	assert_int_equal(c.max_connect_rate_per_address, 1000000);
 	assert_int_equal(c.placement_slack, 0);
 	assert_int_equal(c.session_timeout_secs, 0);
 	assert_int_equal(c.keep_alive_timeout_secs, 30);
@@ -198,6 +208,8 @@ static void full_file_sets_every_key(void **state)
 	assert_int_equal(c.max_inflight, 100);
 	assert_int_equal(c.max_queued_messages, 50);
 	assert_int_equal(c.max_queued_bytes, 1000000);
+	assert_int_equal(c.max_inflight_bytes, 1);
+	assert_int_equal(c.max_output_bytes, 1024);
 	assert_int_equal(c.max_topic_levels, 8);
 	assert_int_equal(c.max_topic_length, 1024);
 	assert_string_equal(c.user, "mqtt");
@@ -257,6 +269,14 @@ static const struct bad_value bad_values[] = {
 	{ "server", "max_inflight", "65536" },
 	{ "server", "max_queued_messages", "" },
 	{ "server", "max_queued_bytes", "1x" },
+	{ "server", "max_inflight_bytes", "0" },
+	{ "server", "max_inflight_bytes", "1099511627777" },
+	{ "server", "max_output_bytes", "1023" },
+	{ "server", "max_output_bytes", "-1" },
+	{ "server", "max_connections_per_address", "-1" },
+	{ "server", "max_connections_per_address", "1048577" },
+	{ "server", "max_connect_rate_per_address", "1000001" },
+	{ "server", "max_connect_rate_per_address", "1.5" },
 	{ "server", "max_topic_levels", "0" },
 	{ "server", "max_topic_length", "65536" },
 	{ "server", "user", "root;rm" },
@@ -428,7 +448,9 @@ static void failed_load_leaves_the_config_untouched(void **state)
 static void shipped_config_file_equals_the_defaults(void **state)
 {
 	static const char *const keys[] = {
-		"listen_addresses", "workers", "max_connections", "placement_slack",
+		"listen_addresses", "workers", "max_connections", "max_connections_per_address",
+		"max_connect_rate_per_address", "placement_slack", "max_inflight_bytes",
+		"max_output_bytes",
 		"session_timeout_secs", "keep_alive_timeout_secs", "max_keepalive",
 		"connect_timeout", "max_packet_size", "retained_message_limit", "max_inflight",
 		"max_queued_messages", "max_queued_bytes", "max_topic_levels",
