@@ -273,8 +273,10 @@ static void read_reports(struct listener *l, unsigned w)
 
 		if (n < 0 && (errno == EMSGSIZE || errno == EBADMSG || errno == EMFILE))
 			continue;       /* dropped whole: a worker's mistake */
-		if (n <= 0)
-			return;         /* nothing more (EAGAIN); EOF cannot come: the supervisor holds both ends */
+		if (n < 0)
+			return;         /* nothing more (EAGAIN) */
+		if (n == 0 && hdr.type == 0)
+			return;         /* EOF: cannot come, the supervisor holds both ends */
 		if (hdr.type != IPC_ADDR_REPORT || (size_t)n % sizeof(e[0]) != 0)
 			continue;
 		for (size_t i = 0; i < (size_t)n / sizeof(e[0]); i++)

@@ -465,6 +465,8 @@ static void reports_flush(struct worker *w)
 		}
 		sent += k;
 	}
+	if (sent == 0)
+		return;
 	memmove(r->e, r->e + sent, (size_t)(r->n - sent) * sizeof(*r->e));
 	r->n -= sent;
 	/* A large sync answer leaves a large array behind. */
