@@ -81,6 +81,8 @@ static const struct key keys[] = {
 	KEY_INT(max_connections, 1, 1048576),
 	KEY_INT(max_sessions, 0, INT_MAX),
 	KEY_INT(max_subscriptions_per_session, 0, INT_MAX),
+	KEY_INT(max_connections_per_address, 0, 1048576),
+	KEY_INT(max_connect_rate_per_address, 0, 1000000),
 	KEY_INT(placement_slack, 0, 1000000),
 	KEY_INT(session_timeout_secs, 0, INT_MAX),
 	KEY_INT(keep_alive_timeout_secs, 0, 65535),
@@ -96,6 +98,8 @@ static const struct key keys[] = {
 	KEY_INT(max_queued_messages, 1, INT_MAX),
 	KEY_INT(max_queued_bytes, 0, 1L << 40),
 	KEY_INT(max_queued_bytes_total, 0, 1L << 46),
+	KEY_INT(max_inflight_bytes, 1, 1L << 40),
+	KEY_INT(max_output_bytes, 1024, 1L << 40),
 	KEY("server", "queue_qos0_messages", KT_BOOL, queue_qos0_messages, NULL),
 	KEY_INT(max_topic_levels, 1, 65535),
 	KEY_INT(max_topic_length, 1, 65535),
@@ -121,6 +125,8 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->max_connections = 10000;
 	cfg->max_sessions = 100000;
 	cfg->max_subscriptions_per_session = 1000;
+	cfg->max_connections_per_address = 1000;
+	cfg->max_connect_rate_per_address = 100;
 	cfg->placement_slack = 8;
 	cfg->session_timeout_secs = 300;
 	cfg->keep_alive_timeout_secs = 60;
@@ -136,6 +142,8 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->max_queued_messages = 1000;
 	cfg->max_queued_bytes = 16777216;
 	cfg->max_queued_bytes_total = 268435456;
+	cfg->max_inflight_bytes = 16777216;
+	cfg->max_output_bytes = 2097152;
 	cfg->queue_qos0_messages = false;
 	cfg->max_topic_levels = 128;
 	cfg->max_topic_length = 65535;

@@ -125,7 +125,8 @@ write_configs() {
 	cat >"$WORK/iotd.conf" <<EOF
 # Equivalent to mosquitto.conf: same in-flight window, queues deep enough
 # never to drop at QoS 1 (Mosquitto 2.0 drops at 100000 with fewer
-# messages outstanding), warnings and errors only.
+# messages outstanding), no per-address limits (the load comes from a few
+# loopback addresses, as fast as it can), warnings and errors only.
 server {
 	listen_addresses = {"127.0.0.1:$PORT_IOTD"}
 	workers = 2
@@ -135,6 +136,9 @@ server {
 	max_queued_messages = 1000000
 	max_queued_bytes = 0
 	max_queued_bytes_total = 0
+	max_connections_per_address = 0
+	max_connect_rate_per_address = 0
+	max_inflight_bytes = 1099511627776
 }
 logging {
 	level = "warn"

@@ -7,28 +7,50 @@
  * shared memory. The connections accepted in one go cross to their chosen
  * workers over their SOCK_SEQPACKET channels with SCM_RIGHTS, one message
  * per worker; the listener closes its copies.
+ *
+ * Also owns what it knows per remote address (addrlimit.h): how many
+ * connections each worker holds from it, learnt from the workers over the
+ * same channels (IPC_ADDR_SYNC, IPC_ADDR_REPORT in ipc.h), and how fast
+ * new ones come. What a worker reports is taken as hostile: it can make
+ * the counts wrong, never make the tables grow past their bounds.
  */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "addrlimit.h"
 #include "ipc.h"
 #include "log.h"
 #include "role.h"
 
 #define ACCEPT_BATCH IPC_MAX_FDS     /* accepted per wake-up: one batch, at most one message per worker */
+#define REPORTS_PER_WAKE 64          /* messages read from one worker's channel per wake-up */
+
+/* What the listener knows of one worker's connections, by address. */
+struct worker_view {
+	struct addr_counts held;             /* connections per address */
+	uint64_t sync_token;                 /* an IPC_ADDR_SYNC waits for its answer; 0: in step */
+	uint32_t epoch;                      /* the worker's epoch the view is of */
+	bool sync_unsent;                    /* that IPC_ADDR_SYNC still to be sent (channel full) */
+};
 
 struct listener {
 	struct role_env *env;
 	int epfd;
 	bool accepting;
 	bool full_logged;                    /* max_connections reached: logged once per episode */
+	bool table_full_logged;              /* the address counts at their bound: logged once */
 	unsigned last_worker;                /* the worker chosen last (0 before the first) */
+	uint32_t next_token;
+	struct addr_rates *rates;
+	struct worker_view views[IOTD_MAX_WORKERS];
 };
 
 /*
@@ -43,6 +65,8 @@ struct batch {
 	struct ipc_client info[ACCEPT_BATCH];
 	unsigned pending[IOTD_MAX_WORKERS];  /* chosen for worker i, not yet sent */
 	bool skip[IOTD_MAX_WORKERS];         /* its channel refused a message in this batch */
+	bool keyed[ACCEPT_BATCH];            /* it has an address (IP), counted in key[] */
+	struct addr_key key[ACCEPT_BATCH];
 };
 
 /* Decimal digits of v at p; returns the end. */
@@ -136,6 +160,192 @@ static uint64_t total_load(const struct listener *l)
 	return n;
 }
 
+/* --- addresses ----------------------------------------------------------- */
+
+static uint64_t clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Addresses held in every view together. */
+static uint32_t counted_addresses(const struct listener *l)
+{
+	uint32_t n = 0;
+
+	for (unsigned i = 0; i < l->env->nworkers; i++)
+		n += l->views[i].held.used;
+	return n;
+}
+
+/*
+ * One more connection from k on worker w. Every view together holds at
+ * most max_connections (and a batch) addresses, as many as there can be
+ * connections: only wrong reports from a worker can reach that, and then
+ * a connection goes uncounted rather than the table growing.
+ */
+static void count_address(struct listener *l, unsigned w, const struct addr_key *k)
+{
+	struct addr_counts *t = &l->views[w].held;
+	uint64_t budget = (uint64_t)l->env->cfg->max_connections + ACCEPT_BATCH;
+	uint64_t others = counted_addresses(l) - t->used;
+
+	if (addr_counts_add(t, k, budget > others ? (uint32_t)MIN(budget - others, UINT32_MAX) : 0))
+		return;
+	if (!l->table_full_logged)
+		log_warn("per-address connection counts full (%u addresses) or out of memory; "
+			 "a connection goes uncounted", counted_addresses(l));
+	l->table_full_logged = true;
+}
+
+/* Connections from k on every worker, this batch's included. */
+static uint64_t address_load(const struct listener *l, const struct addr_key *k)
+{
+	uint64_t n = 0;
+
+	for (unsigned i = 0; i < l->env->nworkers; i++)
+		n += addr_counts_get(&l->views[i].held, k);
+	return n;
+}
+
+static bool send_sync(struct listener *l, unsigned w)
+{
+	struct worker_view *v = &l->views[w];
+
+	if (ipc_send(l->env->chan_listener[w], IPC_ADDR_SYNC, w, &v->sync_token,
+		     sizeof(v->sync_token), -1) < 0)
+		return false;       /* its channel is full (a worker down): tried again */
+	v->sync_unsent = false;
+	return true;
+}
+
+/*
+ * Start worker w's view afresh: count from zero what is handed over from
+ * now on, and ask the worker for what it holds (see ipc.h). Until it
+ * answers, the connections it held before count for nothing.
+ */
+static void resync(struct listener *l, unsigned w)
+{
+	struct worker_view *v = &l->views[w];
+
+	addr_counts_clear(&v->held);
+	/* Never 0, and not one a previous listener could have asked with. */
+	v->sync_token = (uint64_t)(uint32_t)getpid() << 32 | ++l->next_token;
+	v->sync_unsent = true;
+	send_sync(l, w);
+}
+
+/* A restarted worker holds none of its predecessor's connections. */
+static void views_check(struct listener *l)
+{
+	for (unsigned w = 0; w < l->env->nworkers; w++) {
+		struct worker_view *v = &l->views[w];
+		uint32_t epoch = atomic_load(&l->env->shm.sup->workers[w].epoch);
+
+		if (epoch != v->epoch) {
+			v->epoch = epoch;
+			resync(l, w);
+		} else if (v->sync_unsent) {
+			send_sync(l, w);
+		}
+	}
+}
+
+/* One entry of a worker's report; anything unexpected is ignored. */
+static void apply_report(struct listener *l, unsigned w, const struct ipc_addr_entry *e)
+{
+	struct worker_view *v = &l->views[w];
+	struct addr_key k;
+
+	memcpy(k.b, e->key, sizeof(k.b));
+	switch (e->op) {
+	case IPC_ADDR_RESET:
+		if (v->sync_token != 0 && e->token == v->sync_token && !v->sync_unsent)
+			v->sync_token = 0;
+		break;
+	case IPC_ADDR_HELD:
+		if (v->sync_token == 0)
+			count_address(l, w, &k);
+		break;
+	case IPC_ADDR_GONE:
+		if (v->sync_token == 0)
+			addr_counts_sub(&v->held, &k);
+		break;
+	case IPC_ADDR_LOST:
+		/* Even with a request on its way: the worker may have failed to answer it. */
+		resync(l, w);
+		break;
+	default:
+		break;
+	}
+}
+
+/* What worker w reported, a bounded number of messages per wake-up. */
+static void read_reports(struct listener *l, unsigned w)
+{
+	views_check(l);
+	for (int m = 0; m < REPORTS_PER_WAKE; m++) {
+		struct ipc_addr_entry e[IPC_ADDR_ENTRIES_MAX];
+		struct ipc_hdr hdr;
+		int fds[1];
+		unsigned nfds;
+		ssize_t n = ipc_recv_fds(l->env->chan_listener[w], &hdr, e, sizeof(e), fds, 0, &nfds);
+
+		if (n < 0 && (errno == EMSGSIZE || errno == EBADMSG || errno == EMFILE))
+			continue;       /* dropped whole: a worker's mistake */
+		if (n < 0)
+			return;         /* nothing more (EAGAIN) */
+		if (n == 0 && hdr.type == 0)
+			return;         /* EOF: cannot come, the supervisor holds both ends */
+		if (hdr.type != IPC_ADDR_REPORT || (size_t)n % sizeof(e[0]) != 0)
+			continue;
+		for (size_t i = 0; i < (size_t)n / sizeof(e[0]); i++)
+			apply_report(l, w, &e[i]);
+	}
+}
+
+static bool refuse_address(struct addr_rate *r, uint8_t what, const struct addr_key *k,
+			   const char *remote, const char *key, long limit)
+{
+	char addr[64];
+
+	if (!(r->logged & what)) {
+		addr_key_format(k, addr, sizeof(addr));
+		log_client(LOG_LVL_WARN, "", remote,
+			   "%s (%ld) reached for %s; refusing its new connections", key, limit, addr);
+		r->logged |= what;
+	}
+	return false;
+}
+
+/*
+ * max_connect_rate_per_address (every connection takes a token, refused
+ * ones too: a client hammering at the door stays out), then
+ * max_connections_per_address. Both are read at each connection, so that
+ * a reload applies to the next one. A refusal is logged once per address
+ * until one of its connections is admitted again.
+ */
+static bool admit_address(struct listener *l, const struct addr_key *k, const char *remote)
+{
+	const struct iotd_config *cfg = l->env->cfg;
+	long rate = cfg->max_connect_rate_per_address, per = cfg->max_connections_per_address;
+	uint64_t now = clock_ms();
+	struct addr_rate *r = addr_rates_get(l->rates, k, now, rate);
+
+	if (rate > 0 && !addr_rate_take(r, now, rate))
+		return refuse_address(r, ADDR_LOGGED_RATE, k, remote,
+				      "max_connect_rate_per_address", rate);
+	if (per > 0 && address_load(l, k) >= (uint64_t)per)
+		return refuse_address(r, ADDR_LOGGED_COUNT, k, remote,
+				      "max_connections_per_address", per);
+	r->logged = 0;
+	return true;
+}
+
+/* --- placement ------------------------------------------------------------- */
+
 /* Connections worker i holds, with those of this batch chosen for it. */
 static uint64_t placed_load(const struct listener *l, const struct batch *b, unsigned i)
 {
@@ -214,6 +424,8 @@ static void place(struct listener *l, struct batch *b, unsigned i)
 		b->worker[i] = w;
 		b->pending[w]++;
 		l->last_worker = (unsigned)w;
+		if (b->keyed[i])
+			count_address(l, (unsigned)w, &b->key[i]);
 		return;
 	}
 	if (!l->full_logged)
@@ -242,12 +454,18 @@ static void send_to_worker(struct listener *l, struct batch *b, unsigned w)
 		}
 	}
 	b->pending[w] = 0;
-	if (ipc_send_fds(l->env->chan_listener[w], IPC_CLIENT_FD, w, info, n * sizeof(info[0]),
+	/* Its view's request goes first: the worker answers it before taking these. */
+	if ((l->views[w].sync_unsent && !send_sync(l, w)) ||
+	    ipc_send_fds(l->env->chan_listener[w], IPC_CLIENT_FD, w, info, n * sizeof(info[0]),
 			 fds, n) < 0) {
 		b->skip[w] = true;
-		for (unsigned i = 0; i < b->n; i++)
-			if (b->fd[i] >= 0 && b->worker[i] == (int)w)
+		for (unsigned i = 0; i < b->n; i++) {
+			if (b->fd[i] >= 0 && b->worker[i] == (int)w) {
+				if (b->keyed[i])
+					addr_counts_sub(&l->views[w].held, &b->key[i]);
 				place(l, b, i);
+			}
+		}
 		return;
 	}
 	atomic_fetch_add(&l->env->shm.listener->handed[w], n);
@@ -303,6 +521,7 @@ static void accept_some(struct listener *l, int lfd)
 	b.n = 0;
 	memset(b.pending, 0, sizeof(b.pending));
 	memset(b.skip, 0, sizeof(b.skip));
+	views_check(l);
 	/* Refused ones count too: a flood past max_connections does not keep us here. */
 	for (int k = 0; k < ACCEPT_BATCH; k++) {
 		struct sockaddr_storage ss;
@@ -318,9 +537,14 @@ static void accept_some(struct listener *l, int lfd)
 			close(fd);
 			continue;
 		}
+		format_remote(&ss, &b.info[b.n]);
+		b.keyed[b.n] = addr_key_from_sockaddr(&ss, &b.key[b.n]);
+		if (b.keyed[b.n] && !admit_address(l, &b.key[b.n], b.info[b.n].remote)) {
+			close(fd);
+			continue;
+		}
 		atomic_fetch_add(&l->env->shm.listener->connects, 1);
 		b.fd[b.n] = fd;
-		format_remote(&ss, &b.info[b.n]);
 		place(l, &b, b.n++);
 	}
 	hand_over(l, &b);
@@ -359,7 +583,7 @@ static bool control_message(struct listener *l)
 		log_apply_settings(buf, (size_t)n);
 		return true;
 	case IPC_CONFIG:
-		/* max_connections and placement_slack are read at each use: the copy is all it takes. */
+		/* Its limits and placement_slack are read at each use: the copy is all it takes. */
 		role_take_config(l->env, buf, (size_t)n);
 		return true;
 	default:
@@ -367,12 +591,24 @@ static bool control_message(struct listener *l)
 	}
 }
 
+/* The worker whose channel fd is, or -1. */
+static int channel_worker(const struct listener *l, int fd)
+{
+	for (unsigned w = 0; w < l->env->nworkers; w++)
+		if (l->env->chan_listener[w] == fd)
+			return (int)w;
+	return -1;
+}
+
 int listener_main(struct role_env *env)
 {
 	struct listener l = { .env = env, .accepting = true };
 	struct epoll_event ev = { .events = EPOLLIN }, evs[16];
 
+	l.rates = calloc(1, sizeof(*l.rates));
 	l.epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (l.rates == NULL)
+		fatal("out of memory for the per-address rates");
 	if (l.epfd < 0)
 		fatal("epoll_create1: %s", strerror(errno));
 	for (int i = 0; i < env->n_listen_fds; i++) {
@@ -398,6 +634,14 @@ int listener_main(struct role_env *env)
 	ev.data.fd = env->ctl_fd;
 	if (epoll_ctl(l.epfd, EPOLL_CTL_ADD, env->ctl_fd, &ev) < 0)
 		fatal("epoll_ctl: %s", strerror(errno));
+	/* The workers' reports; and what they hold now, from each of them. */
+	for (unsigned w = 0; w < env->nworkers; w++) {
+		ev.data.fd = env->chan_listener[w];
+		if (epoll_ctl(l.epfd, EPOLL_CTL_ADD, env->chan_listener[w], &ev) < 0)
+			fatal("epoll_ctl: %s", strerror(errno));
+		l.views[w].epoch = atomic_load(&env->shm.sup->workers[w].epoch);
+		resync(&l, w);
+	}
 	ipc_send(env->ctl_fd, IPC_READY, 0, NULL, 0, -1);
 	for (;;) {
 		int n = epoll_wait(l.epfd, evs, (int)ARRAY_SIZE(evs), -1);
@@ -405,9 +649,13 @@ int listener_main(struct role_env *env)
 		if (n < 0 && errno != EINTR)
 			fatal("epoll_wait: %s", strerror(errno));
 		for (int i = 0; i < n; i++) {
+			int w = channel_worker(&l, evs[i].data.fd);
+
 			if (evs[i].data.fd == env->ctl_fd) {
 				if (!control_message(&l))
 					return 0;
+			} else if (w >= 0) {
+				read_reports(&l, (unsigned)w);
 			} else if (l.accepting) {
 				accept_some(&l, evs[i].data.fd);
 			}

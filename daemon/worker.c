@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addrlimit.h"
 #include "ipc.h"
 #include "log.h"
 #include "mqtt.h"
@@ -39,9 +40,9 @@
 
 #define READ_CHUNK 65536
 #define RING_BATCH 1024          /* router records handled per loop turn */
-#define OUT_LIMIT_MIN (1u << 20) /* QoS 0 dropped past this much unsent output */
 #define BACKLOG_HIGH (8u << 20)  /* stop reading clients past this much unsent to the router */
 #define BACKLOG_LOW (2u << 20)   /* ... and read again below this */
+#define REPORTS_SLACK 4096       /* address reports kept beyond two per connection held */
 
 enum conn_state {
 	CS_NEW,          /* accepted, waiting for CONNECT */
@@ -95,7 +96,8 @@ struct conn_qos {
 	 */
 	struct pending *pend;
 	uint16_t *qos2_in;           /* inbound QoS 2 ids awaiting PUBREL */
-	size_t pending_bytes;
+	size_t pending_bytes;        /* topic + payload of the queue's messages */
+	size_t inflight_bytes;       /* ... and of those in flight (PUBREL stage: none) */
 	uint32_t pend_first, n_pending, cap_pending;
 	uint32_t n_qos2_in, cap_qos2_in;
 	uint16_t n_inflight;
@@ -127,12 +129,13 @@ struct conn {
 	bool dirty;                  /* in the flush list */
 	bool drop_logged;
 	bool in_off;                 /* EPOLLIN left out of its epoll registration */
+	bool out_full;               /* not reading: its unsent output is past max_output_bytes */
 	/* "127.0.0.1:53412" or "[::1]:53412", NUL, the client id (empty before CONNECT), NUL */
 	char remote[];
 };
 
 static_assert(sizeof(struct conn) <= 72, "struct conn grew: every idle connection pays for it");
-static_assert(sizeof(struct conn_qos) <= 56, "struct conn_qos grew");
+static_assert(sizeof(struct conn_qos) <= 64, "struct conn_qos grew");
 
 /* Entry i of the queue, 0 the oldest. */
 static inline struct pending *pending_at(const struct conn_qos *q, uint32_t i)
@@ -159,6 +162,18 @@ static bool pending_grow(struct conn_qos *q)
 	q->cap_pending = cap;
 	return true;
 }
+
+/*
+ * What the listener is to hear about this worker's connections, by
+ * address (ipc.h), in order; sent at the end of each loop turn, as much as
+ * the channel takes.
+ */
+struct addr_reports {
+	struct ipc_addr_entry *e;
+	uint32_t n, cap;
+	bool lost;                   /* could not keep them: LOST is queued, nothing more until a sync */
+	bool send_failed_logged;
+};
 
 /* A ring record that did not fit: kept in order until the router makes room. */
 struct backlog {
@@ -189,12 +204,12 @@ struct worker {
 	bool throttled;                  /* backlog for the router too big: stop reading clients */
 	struct recw rw;
 	struct route_cache routes;       /* topics this worker may deliver itself (routes.h) */
+	struct addr_reports reports;     /* to the listener */
 	struct route_target *rt_scratch; /* a REC_ROUTE's targets being read */
 	uint32_t cap_rt_scratch;
 	uint8_t *rbuf;
 	uint64_t now_ms;
 	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
-	size_t out_limit;
 	bool stopping;
 };
 
@@ -349,6 +364,119 @@ static void ring_commit(struct worker *w)
 	}
 }
 
+/* --- address reports to the listener ----------------------------------- */
+
+static bool report_push(struct worker *w, uint32_t op, uint64_t token, const struct addr_key *k)
+{
+	struct addr_reports *r = &w->reports;
+	struct ipc_addr_entry *e;
+
+	if (r->n == r->cap) {
+		uint32_t cap = r->cap ? r->cap * 2 : 64;
+
+		e = reallocarray(r->e, cap, sizeof(*e));
+		if (e == NULL)
+			return false;
+		r->e = e;
+		r->cap = cap;
+	}
+	e = &r->e[r->n++];
+	*e = (struct ipc_addr_entry){ .op = op, .token = token };
+	if (k != NULL)
+		memcpy(e->key, k->b, sizeof(e->key));
+	return true;
+}
+
+/*
+ * The reports cannot be kept: drop them and have the listener ask for
+ * every connection held again. Nothing more is queued until it does.
+ */
+static void reports_lost(struct worker *w)
+{
+	struct addr_reports *r = &w->reports;
+
+	if (r->lost)
+		return;
+	r->n = 0;
+	r->lost = true;
+	if (!report_push(w, IPC_ADDR_LOST, 0, NULL))
+		log_error("out of memory for an address report to the listener; its "
+			  "per-address counts stay as they are");
+}
+
+/* A connection the listener handed this worker is gone. */
+static void report_gone(struct worker *w, const char *remote)
+{
+	struct addr_reports *r = &w->reports;
+	struct addr_key k;
+
+	if (r->lost || !addr_key_from_remote(remote, &k))
+		return;
+	/* A listener that reads nothing costs about what a sync answer would. */
+	if (r->n >= 2 * w->n_conns + REPORTS_SLACK) {
+		log_warn("the listener reads no address reports (%u waiting); dropping them", r->n);
+		reports_lost(w);
+	} else if (!report_push(w, IPC_ADDR_GONE, 0, &k)) {
+		log_error("out of memory for an address report to the listener; dropping them");
+		reports_lost(w);
+	}
+}
+
+/* IPC_ADDR_SYNC: what waits is old news; the answer is every connection held now. */
+static void answer_sync(struct worker *w, uint64_t token)
+{
+	struct addr_reports *r = &w->reports;
+	struct addr_key k;
+
+	r->n = 0;
+	r->lost = false;
+	if (!report_push(w, IPC_ADDR_RESET, token, NULL))
+		goto oom;
+	for (uint32_t i = 0; i < w->n_slots; i++) {
+		const struct conn *c = w->slots[i];
+
+		if (c != NULL && addr_key_from_remote(c->remote, &k) &&
+		    !report_push(w, IPC_ADDR_HELD, 0, &k))
+			goto oom;
+	}
+	return;
+oom:
+	log_error("out of memory answering the listener's address sync");
+	reports_lost(w);
+}
+
+static void reports_flush(struct worker *w)
+{
+	struct addr_reports *r = &w->reports;
+	uint32_t sent = 0;
+
+	while (sent < r->n) {
+		uint32_t k = MIN(r->n - sent, (uint32_t)IPC_ADDR_ENTRIES_MAX);
+
+		if (ipc_send(w->env->chan_worker[w->index], IPC_ADDR_REPORT, w->index, &r->e[sent],
+			     k * sizeof(*r->e), -1) < 0) {
+			/* Full: the rest goes at a later turn. */
+			if (errno != EAGAIN && !r->send_failed_logged) {
+				log_error("cannot send address reports to the listener: %s",
+					  strerror(errno));
+				r->send_failed_logged = true;
+			}
+			break;
+		}
+		sent += k;
+	}
+	if (sent == 0)
+		return;
+	memmove(r->e, r->e + sent, (size_t)(r->n - sent) * sizeof(*r->e));
+	r->n -= sent;
+	/* A large sync answer leaves a large array behind. */
+	if (r->n == 0 && r->cap > REPORTS_SLACK) {
+		free(r->e);
+		r->e = NULL;
+		r->cap = 0;
+	}
+}
+
 /* --- output ------------------------------------------------------------- */
 
 static void conn_mark_dirty(struct worker *w, struct conn *c)
@@ -417,7 +545,7 @@ static int conn_epoll_mod(struct worker *w, struct conn *c)
 	struct epoll_event ev = { .data.ptr = c };
 
 	/* EPOLLRDHUP even when not reading: a client that leaves is always noticed. */
-	c->in_off = c->paused || c->throttled;
+	c->in_off = c->paused || c->throttled || c->out_full;
 	ev.events = EPOLLRDHUP | (c->in_off ? 0 : EPOLLIN) | (c->want_out ? EPOLLOUT : 0);
 	return epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
@@ -428,10 +556,26 @@ static void conn_set_events(struct worker *w, struct conn *c)
 		log_warn("epoll_ctl: %s", strerror(errno));
 }
 
+/*
+ * A client whose unsent output went past max_output_bytes is not read (see
+ * worker_main): every packet it sends may need a reply, and MQTT has no
+ * way to refuse an acknowledgement, so TCP pushes back on it instead. It
+ * is read again once its output is down to half the cap. Returns true
+ * when that changed (its epoll registration is the caller's to update).
+ */
+static bool out_drained(struct worker *w, struct conn *c)
+{
+	if (!c->out_full || buf_held(c->out) > (size_t)w->cfg->max_output_bytes / 2)
+		return false;
+	c->out_full = false;
+	return true;
+}
+
 /* Returns false when the connection was closed. */
 static bool conn_flush(struct worker *w, struct conn *c)
 {
 	struct buf *b;
+	bool changed;
 
 	while ((b = c->out) != NULL && b->off < b->len) {
 		ssize_t n = write(c->fd, b->data + b->off, b->len - b->off);
@@ -449,10 +593,10 @@ static bool conn_flush(struct worker *w, struct conn *c)
 					b->len -= b->off;
 					b->off = 0;
 				}
-				if (!c->want_out) {
-					c->want_out = true;
+				changed = out_drained(w, c) || !c->want_out;
+				c->want_out = true;
+				if (changed)
 					conn_set_events(w, c);
-				}
 				return true;
 			}
 			conn_close(w, c, true, strerror(errno));
@@ -462,10 +606,10 @@ static bool conn_flush(struct worker *w, struct conn *c)
 	}
 	/* Idle connections hold no buffer: memory per connection stays small. */
 	buf_free(&c->out);
-	if (c->want_out) {
-		c->want_out = false;
+	changed = out_drained(w, c) || c->want_out;
+	c->want_out = false;
+	if (changed)
 		conn_set_events(w, c);
-	}
 	return true;
 }
 
@@ -606,6 +750,12 @@ static struct conn *conn_add_client_id(struct worker *w, struct conn *c, const c
 		*dirty_link(w, c) = n;
 	free(c);
 	return n;
+}
+
+/* What a message costs each connection holding it, against its byte limits. */
+static size_t qmsg_bytes(const struct qmsg *m)
+{
+	return (size_t)m->topic_len + m->payload_len;
 }
 
 static void qmsg_unref(struct qmsg *m)
@@ -754,6 +904,7 @@ static void conn_close(struct worker *w, struct conn *c, bool publish_will, cons
 	 * reconnects at once must find the listener's view already updated.
 	 */
 	atomic_fetch_add(&w->env->shm.worker[w->index]->released, 1);
+	report_gone(w, c->remote);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
 	if (buf_held(c->out) > 0)
 		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
@@ -874,10 +1025,37 @@ static void inflight_send(struct worker *w, struct conn *c, struct qmsg *m, uint
 	f->msg = m;
 	f->copy = copy;
 	m->refs++;
+	c->qos->inflight_bytes += qmsg_bytes(m);
 	send_publish(w, c, dup, qos, m->retain, m->data, m->topic_len, pid,
 		     m->data + m->topic_len, m->payload_len);
 	if (!dup)
 		report_state(w, c, copy, pid, MSG_INFLIGHT);
+}
+
+/* A QoS 1/2 delivery refused by a limit: logged once until the queue empties. */
+static void drop_delivery(struct worker *w, struct conn *c, uint64_t copy, const char *why)
+{
+	const struct conn_qos *q = c->qos;
+
+	if (!c->drop_logged)
+		log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
+			   "%s (%u in flight, %u queued, %zu bytes); dropping new messages", why,
+			   q->n_inflight, q->n_pending, q->inflight_bytes + q->pending_bytes);
+	c->drop_logged = true;
+	report_state(w, c, copy, 0, MSG_DONE);
+}
+
+/*
+ * max_inflight_bytes: what one connection holds of QoS 1/2 messages, in
+ * flight and queued. A connection that holds none takes a message of any
+ * size, so that one larger than the limit still goes out.
+ */
+static bool over_inflight_bytes(const struct worker *w, const struct conn_qos *q,
+				const struct qmsg *m)
+{
+	size_t held = q->inflight_bytes + q->pending_bytes;
+
+	return held > 0 && held + qmsg_bytes(m) > (size_t)w->cfg->max_inflight_bytes;
 }
 
 static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
@@ -885,17 +1063,13 @@ static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 {
 	struct conn_qos *q = c->qos;
 	struct pending *p;
-	size_t bytes = (size_t)m->topic_len + m->payload_len;
+	size_t bytes = qmsg_bytes(m);
 
 	if (q->n_pending >= (uint32_t)w->cfg->max_queued_messages ||
 	    (w->cfg->max_queued_bytes > 0 &&
 	     q->pending_bytes + bytes > (size_t)w->cfg->max_queued_bytes) ||
 	    (q->n_pending == q->cap_pending && !pending_grow(q))) {
-		if (!c->drop_logged)
-			log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
-				   "queue full (%u messages); dropping new messages", q->n_pending);
-		c->drop_logged = true;
-		report_state(w, c, copy, 0, MSG_DONE);
+		drop_delivery(w, c, copy, "queue full");
 		return;
 	}
 	p = pending_at(q, q->n_pending);
@@ -918,7 +1092,9 @@ static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
-	if (q->n_pending == 0 && inflight_room(w, q))
+	if (over_inflight_bytes(w, q, m))
+		drop_delivery(w, c, copy, "max_inflight_bytes reached");
+	else if (q->n_pending == 0 && inflight_room(w, q))
 		inflight_send(w, c, m, qos, pid_alloc(c), false, copy);
 	else
 		pending_add(w, c, m, qos, copy);
@@ -939,7 +1115,7 @@ static void pending_pump(struct worker *w, struct conn *c)
 		/* The messages are apart from the ring: ask for the next ones early. */
 		if (q->n_pending > 2)
 			__builtin_prefetch(pending_at(q, 2)->msg);
-		q->pending_bytes -= (size_t)p.msg->topic_len + p.msg->payload_len;
+		q->pending_bytes -= qmsg_bytes(p.msg);
 		inflight_send(w, c, p.msg, p.qos, pid_alloc(c), false, p.copy);
 		qmsg_unref(p.msg);
 	}
@@ -958,9 +1134,21 @@ static int inflight_find(const struct conn_qos *q, uint16_t pid)
 	return -1;
 }
 
+/* The PUBREL stage holds no message: its bytes are given back at PUBREC. */
+static void inflight_drop_msg(struct conn_qos *q, int i)
+{
+	struct qmsg *m = q->inflight[i].msg;
+
+	if (m == NULL)
+		return;
+	q->inflight_bytes -= qmsg_bytes(m);
+	qmsg_unref(m);
+	q->inflight[i].msg = NULL;
+}
+
 static void inflight_remove(struct conn_qos *q, int i)
 {
-	qmsg_unref(q->inflight[i].msg);
+	inflight_drop_msg(q, i);
 	/* Keep the order: a resumed session resends in the original order. */
 	memmove(&q->inflight[i], &q->inflight[i + 1],
 		(size_t)(q->n_inflight - i - 1) * sizeof(*q->inflight));
@@ -1115,6 +1303,18 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 	case 2:
 		/* Exactly once: a resent id still awaiting PUBREL is not routed again. */
 		if (!qos2_in_has(c->qos, pub->packet_id)) {
+			/*
+			 * max_inflight bounds this direction too, as Mosquitto's
+			 * max_inflight_messages does: a client past it is closed
+			 * (it resends what it was not acknowledged when it comes
+			 * back). Holding it back instead would deadlock: the PUBRELs
+			 * that free the ids come on the same socket.
+			 */
+			if (c->qos != NULL && c->qos->n_qos2_in >= (uint32_t)w->cfg->max_inflight) {
+				conn_close(w, c, true, "too many QoS 2 messages awaiting PUBREL "
+					   "(max_inflight)");
+				return PKT_CLOSED;
+			}
 			if (qos2_in_add(c, pub->packet_id) < 0) {
 				conn_close(w, c, true, "out of memory");
 				return PKT_CLOSED;
@@ -1248,8 +1448,7 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 		i = inflight_find(q, pid);
 		if (i >= 0 && q->inflight[i].qos == 2) {
 			if (q->inflight[i].state == MSG_INFLIGHT) {
-				qmsg_unref(q->inflight[i].msg);
-				q->inflight[i].msg = NULL;
+				inflight_drop_msg(q, i);
 				q->inflight[i].state = MSG_PUBREL;
 				report_state(w, c, q->inflight[i].copy, pid, MSG_PUBREL);
 			}
@@ -1536,7 +1735,7 @@ static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uin
 		       uint64_t copy)
 {
 	if (qos == 0) {
-		if (buf_held(c->out) > w->out_limit) {
+		if (buf_held(c->out) > (size_t)w->cfg->max_output_bytes) {
 			if (!c->drop_logged)
 				log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
 					   "slow reader: dropping QoS 0 messages");
@@ -1805,6 +2004,21 @@ static void throttle_conn(struct worker *w, struct conn *c)
 	conn_set_events(w, c);
 }
 
+static bool out_over_cap(const struct worker *w, const struct conn *c)
+{
+	return buf_held(c->out) > (size_t)w->cfg->max_output_bytes;
+}
+
+/* See out_drained(): logged once per episode, as the slow reader's QoS 0 drops are. */
+static void hold_back_reader(struct worker *w, struct conn *c)
+{
+	log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
+		   "%zu bytes of output unsent (max_output_bytes); not reading it until they "
+		   "drain", buf_held(c->out));
+	c->out_full = true;
+	conn_set_events(w, c);
+}
+
 /* --- timers, control, loop ---------------------------------------------- */
 
 static void check_deadlines(struct worker *w)
@@ -1853,9 +2067,11 @@ static unsigned take_clients(struct worker *w, const struct ipc_hdr *hdr, size_t
 
 	/* One fd per struct ipc_client, in the same order; anything else is not ours to guess. */
 	if (hdr->type != IPC_CLIENT_FD || nfds == 0 || len != nfds * sizeof(*info)) {
-		if (hdr->type == IPC_CLIENT_FD)
+		if (hdr->type == IPC_CLIENT_FD) {
 			log_error("a malformed hand-over from the listener (%u fds, %zu bytes); "
 				  "closing its connections", nfds, len);
+			reports_lost(w);    /* their addresses are not to be trusted */
+		}
 		for (unsigned i = 0; i < nfds; i++)
 			close(fds[i]);
 		return 0;
@@ -1864,6 +2080,8 @@ static unsigned take_clients(struct worker *w, const struct ipc_hdr *hdr, size_t
 		info[i].remote[sizeof(info[i].remote) - 1] = '\0';
 		if (conn_new(w, fds[i], &info[i]))       /* it closes the fd when it cannot take it */
 			taken++;
+		else
+			report_gone(w, info[i].remote);
 	}
 	return taken;
 }
@@ -1888,11 +2106,19 @@ static void accept_clients(struct worker *w)
 		handed = handed_in(&hdr);
 		/* At once: should this worker die now, the supervisor counts them as gone. */
 		atomic_fetch_add(&ws->accepted, handed);
-		if (n < 0)    /* its fds are closed already */
+		if (n < 0) {  /* its fds are closed already; their addresses unknown */
 			log_error("a hand-over of %u connection(s) from the listener failed: %s; "
 				  "they are closed", handed, strerror(errno));
-		else
+			reports_lost(w);
+		} else {
+			if (hdr.type == IPC_ADDR_SYNC && n == (ssize_t)sizeof(uint64_t)) {
+				uint64_t token;
+
+				memcpy(&token, info, sizeof(token));
+				answer_sync(w, token);
+			}
 			taken = take_clients(w, &hdr, (size_t)n, info, fds, nfds);
+		}
 		if (handed > taken)
 			atomic_fetch_add(&ws->released, handed - taken);
 		turn += MAX(handed, 1u);
@@ -1914,10 +2140,11 @@ static void close_all(struct worker *w, const char *why)
  */
 static void worker_config_changed(struct worker *w)
 {
-	w->out_limit = MAX((size_t)OUT_LIMIT_MIN, 2 * (size_t)w->cfg->max_packet_size);
 	for (uint32_t i = 0; i < w->n_slots; i++) {
 		struct conn *c = w->slots[i];
 
+		if (c != NULL && out_drained(w, c))
+			conn_set_events(w, c);
 		if (c != NULL && c->state == CS_ACTIVE && c->qos != NULL && c->qos->n_pending > 0)
 			pending_pump(w, c);
 	}
@@ -1968,7 +2195,6 @@ static int worker_setup(struct worker *w, struct role_env *env)
 	w->cfg = env->cfg;
 	w->index = env->index;
 	w->epoch = env->epoch;
-	w->out_limit = MAX((size_t)OUT_LIMIT_MIN, 2 * (size_t)w->cfg->max_packet_size);
 	recw_init(&w->rw);
 	w->rbuf = malloc(READ_CHUNK);
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -2029,6 +2255,7 @@ static void worker_teardown(struct worker *w)
 	routes_free(&w->routes);
 	free(w->rt_scratch);
 	shmring_consumer_detach(&w->cons);
+	free(w->reports.e);
 	close(w->epfd);
 	close(w->timerfd);
 }
@@ -2092,6 +2319,9 @@ int worker_main(struct role_env *env)
 				if (w.throttled && c->state == CS_ACTIVE &&
 				    !(evs[i].events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
 					throttle_conn(&w, c);
+				else if (c->state == CS_ACTIVE && out_over_cap(&w, c) &&
+					 !(evs[i].events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
+					hold_back_reader(&w, c);
 				else if (c->paused && !c->in_off &&
 					 !(evs[i].events & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)))
 					conn_set_events(&w, c);   /* input before its CONNACK: left in the kernel */
@@ -2104,6 +2334,7 @@ int worker_main(struct role_env *env)
 		throttle_update(&w);
 		flush_dirty(&w);
 		bury_closed(&w);
+		reports_flush(&w);
 	}
 	close_all(&w, "broker shutting down");
 	bury_closed(&w);

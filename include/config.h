@@ -32,6 +32,8 @@ struct iotd_config {
 	long max_connections;
 	long max_sessions;           /* online and offline, in the router; 0 = no cap */
 	long max_subscriptions_per_session; /* filters one session holds; 0 = no cap */
+	long max_connections_per_address; /* held at once from one address (IPv4, IPv6 /64); 0 = no cap */
+	long max_connect_rate_per_address; /* new connections a second from one address; 0 = no cap */
 	long placement_slack;        /* the previous connection's worker may hold this many more */
 	long session_timeout_secs;   /* persistent sessions expire after this absence; 0 = never */
 	long keep_alive_timeout_secs;/* keep-alive applied to clients that ask for none (0) */
@@ -47,6 +49,8 @@ struct iotd_config {
 	long max_queued_messages;    /* per session, beyond the in-flight window */
 	long max_queued_bytes;       /* per session; 0 = no byte cap */
 	long max_queued_bytes_total; /* the router's session queues together; 0 = no cap */
+	long max_inflight_bytes;     /* QoS 1/2 bytes a connection holds in flight and queued behind the window */
+	long max_output_bytes;       /* unsent output past which QoS 0 is dropped and the client not read */
 	bool queue_qos0_messages;    /* offline persistent sessions queue QoS 0 too (dropped first) */
 	long max_topic_levels;
 	long max_topic_length;

@@ -35,6 +35,8 @@ enum ipc_type {
 	IPC_WORKER_DOWN,      /* supervisor -> router: worker i died (struct ipc_worker) */
 	IPC_WORKER_DOWN_DONE, /* router -> supervisor: its last records applied, its sessions closed (struct ipc_worker) */
 	IPC_WORKER_FAULT,     /* router -> supervisor: worker i broke its rings: kill it (struct ipc_worker) */
+	IPC_ADDR_SYNC,        /* listener -> worker: send every address you hold (payload: uint64_t token) */
+	IPC_ADDR_REPORT,      /* worker -> listener: n struct ipc_addr_entry, in the order they happened */
 	IPC_TYPE_MAX
 };
 
@@ -61,6 +63,33 @@ struct ipc_worker {
 
 _Static_assert(IPC_MAX_FDS * sizeof(struct ipc_client) <= IPC_MAX_PAYLOAD,
 	       "a full batch of connections fits one message");
+
+/*
+ * How the listener learns which addresses a worker's connections come
+ * from (max_connections_per_address). It counts each connection when it
+ * hands it over; the worker reports each one it was handed as it goes.
+ * To start afresh (a new listener, a restarted worker, a worker that lost
+ * track), the listener sends IPC_ADDR_SYNC with a new token and counts from
+ * zero the connections it hands over from then on; the worker answers,
+ * after every connection handed before the request, with ADDR_RESET
+ * carrying the token and one ADDR_HELD per connection it holds. Entries
+ * before the matching ADDR_RESET are old news and ignored.
+ */
+enum ipc_addr_op {
+	IPC_ADDR_RESET = 1,   /* the answer to the IPC_ADDR_SYNC with this token begins */
+	IPC_ADDR_HELD,        /* a connection held from key */
+	IPC_ADDR_GONE,        /* a connection from key is gone (closed, or could not be taken) */
+	IPC_ADDR_LOST,        /* the worker lost track (its reports could not be kept): sync again */
+};
+
+struct ipc_addr_entry {
+	uint32_t op;                 /* enum ipc_addr_op */
+	uint32_t reserved;           /* 0 */
+	uint64_t token;              /* IPC_ADDR_RESET: the request's token; else 0 */
+	uint8_t key[16];             /* IPC_ADDR_HELD, IPC_ADDR_GONE: struct addr_key (addrlimit.h) */
+};
+
+#define IPC_ADDR_ENTRIES_MAX (IPC_MAX_PAYLOAD / sizeof(struct ipc_addr_entry))
 
 /*
  * Remember this process's pid for the headers; call it again in a child

@@ -24,6 +24,9 @@ Fixtures:
                   different workers, as assert_different_workers, assert_spread and the
                   bystander expect; placement_slack=None leaves the key out, for the
                   daemon's default. config_text= and use_config=False write no such line)
+                  (max_connections_per_address, max_connect_rate_per_address: likewise
+                  0 unless the options give them, since every test client connects
+                  from 127.0.0.1 as fast as it can)
     start_broker  factory: start_broker(**same options) -> Broker (stopped at teardown)
     worker_of     worker_of(client) -> pid of the worker holding the server side
     bystander     a client subscribed to "by/#" on every worker from before the test's
@@ -232,9 +235,12 @@ class Broker:
             server_opts = {"listen_addresses": list(self.listen), **server_opts}
         self.listen_in_config = listen_in_config
         if self.kind == "iotd":
-            # Placement on load alone unless the test says otherwise (see the
-            # module's docstring); None: the key left out, the daemon's default.
-            server_opts = {"placement_slack": 0, **server_opts}
+            # Placement on load alone, and no per-address limits (every test
+            # client comes from 127.0.0.1, as fast as it can), unless the test
+            # says otherwise (see the module's docstring); None: the key left
+            # out, the daemon's default.
+            server_opts = {"placement_slack": 0, "max_connections_per_address": 0,
+                           "max_connect_rate_per_address": 0, **server_opts}
             server_opts = {k: v for k, v in server_opts.items() if v is not None}
         self.log_level = log_level
         self.server_opts = server_opts

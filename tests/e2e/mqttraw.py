@@ -329,13 +329,16 @@ def parse_one(buf):
 class RawClient:
     """A raw MQTT connection. Every read is bounded by a timeout."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=5.0, family=None, rcvbuf=None):
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, family=None, rcvbuf=None,
+                 source=None):
         if family is None:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         if rcvbuf is not None:      # before connect(), so the window starts small
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         try:
+            if source is not None:  # another loopback address: another client address
+                self.sock.bind((source, 0))
             self.sock.settimeout(timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock.connect((host, port))

@@ -8,8 +8,8 @@ while it lasts and back near where it started afterwards (Broker.pss_kb,
 MemoryMark; not asserted under AddressSanitizer or valgrind).
 
 Slow readers: a worker stops adding QoS 0 deliveries to a connection with
-more than max(1 MiB, 2 x max_packet_size) of unsent output (docs/arch.md,
-"Limits"). The bound asserted on the worker's memory is that output cap,
+more than max_output_bytes of unsent output (docs/arch.md, "Limits"). The
+bound asserted on the worker's memory is that output cap,
 plus one message, plus the kernel's largest TCP send buffer (tcp_wmem max,
 bytes iotd has written but still holds until its buffer drains), plus
 1 MiB of slack."""
@@ -26,7 +26,7 @@ import pytest
 import mqttraw as m
 from helpers import T, pss_kb, raise_nofile, uid, wait_for
 
-OUT_CAP = 1 << 20        # max(1 MiB, 2 x max_packet_size) with the default max_packet_size
+OUT_CAP = 2 << 20        # max_output_bytes' default
 
 
 def tcp_wmem_max():
@@ -265,7 +265,7 @@ def test_slow_reader_is_bounded_and_its_worker_serves_others_at_full_speed(broke
         if not broker.instrumented:
             assert grown <= worker_bound_kb(), (
                 f"worker {worker} grew by {grown} kB for a reader that never reads; bound "
-                f"{worker_bound_kb()} kB (1 MiB output cap + one message + tcp_wmem max + 1 MiB)")
+                f"{worker_bound_kb()} kB (2 MiB output cap + one message + tcp_wmem max + 1 MiB)")
         # The same topic, the same worker: a burst reaches the other subscriber at once.
         reader.close()
         fast.subscribe([("busy/t", 1)])

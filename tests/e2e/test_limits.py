@@ -58,7 +58,7 @@ def refused(port):
 
 @pytest.mark.skipif(bool(IOTD_WRAPPER), reason="valgrind alone takes the daemon past "
                     "the 32 MiB ceiling this test sets")
-@pytest.mark.broker_config(memory_limit=32 << 20, max_inflight=160)
+@pytest.mark.broker_config(memory_limit=32 << 20, max_inflight=160, max_inflight_bytes=64 << 20)
 def test_memory_limit_refuses_connections_and_pauses_reads_until_memory_is_back(broker):
     # A QoS 1 subscriber that never reads makes the daemon hold every
     # message in flight to it: 160 x 256 KiB is past the 32 MiB ceiling

@@ -92,6 +92,8 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.max_connections, 10000);
 	assert_int_equal(c.max_sessions, 100000);
 	assert_int_equal(c.max_subscriptions_per_session, 1000);
+	assert_int_equal(c.max_connections_per_address, 1000);
+	assert_int_equal(c.max_connect_rate_per_address, 100);
 	assert_int_equal(c.placement_slack, 8);
 	assert_int_equal(c.session_timeout_secs, 300);
 	assert_int_equal(c.keep_alive_timeout_secs, 60);
@@ -105,6 +107,8 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.max_queued_messages, 1000);
 	assert_int_equal(c.max_queued_bytes, 16777216);
 	assert_int_equal(c.max_queued_bytes_total, 268435456);
+	assert_int_equal(c.max_inflight_bytes, 16777216);
+	assert_int_equal(c.max_output_bytes, 2097152);
 	assert_int_equal(c.max_topic_levels, 128);
 	assert_int_equal(c.max_topic_length, 65535);
 	assert_string_equal(c.user, "iotd");
@@ -165,6 +169,8 @@ static void full_file_sets_every_key(void **state)
 		"  max_connections = 500\n"
 		"  max_sessions = 700\n"
 		"  max_subscriptions_per_session = 9\n"
+		"  max_connections_per_address = 0\n"
+		"  max_connect_rate_per_address = 1000000\n"
 		"  placement_slack = 0\n"
 		"  session_timeout_secs = 0\n"
 		"  keep_alive_timeout_secs = 30\n"
@@ -178,6 +184,8 @@ static void full_file_sets_every_key(void **state)
 		"  max_queued_messages = 50\n"
 		"  max_queued_bytes = 1000000\n"
 		"  max_queued_bytes_total = 3000000\n"
+		"  max_inflight_bytes = 1\n"
+		"  max_output_bytes = 1024\n"
 		"  max_topic_levels = 8\n"
 		"  max_topic_length = 1024\n"
 		"  user = \"mqtt\"\n"
@@ -200,6 +208,8 @@ static void full_file_sets_every_key(void **state)
 	assert_int_equal(c.max_connections, 500);
 	assert_int_equal(c.max_sessions, 700);
 	assert_int_equal(c.max_subscriptions_per_session, 9);
+	assert_int_equal(c.max_connections_per_address, 0);
+	assert_int_equal(c.max_connect_rate_per_address, 1000000);
 	assert_int_equal(c.placement_slack, 0);
 	assert_int_equal(c.session_timeout_secs, 0);
 	assert_int_equal(c.keep_alive_timeout_secs, 30);
@@ -213,6 +223,8 @@ static void full_file_sets_every_key(void **state)
 	assert_int_equal(c.max_queued_messages, 50);
 	assert_int_equal(c.max_queued_bytes, 1000000);
 	assert_int_equal(c.max_queued_bytes_total, 3000000);
+	assert_int_equal(c.max_inflight_bytes, 1);
+	assert_int_equal(c.max_output_bytes, 1024);
 	assert_int_equal(c.max_topic_levels, 8);
 	assert_int_equal(c.max_topic_length, 1024);
 	assert_string_equal(c.user, "mqtt");
@@ -283,6 +295,14 @@ static const struct bad_value bad_values[] = {
 	{ "server", "max_sessions", "2147483648" },
 	{ "server", "max_subscriptions_per_session", "-1" },
 	{ "server", "max_subscriptions_per_session", "ten" },
+	{ "server", "max_inflight_bytes", "0" },
+	{ "server", "max_inflight_bytes", "1099511627777" },
+	{ "server", "max_output_bytes", "1023" },
+	{ "server", "max_output_bytes", "-1" },
+	{ "server", "max_connections_per_address", "-1" },
+	{ "server", "max_connections_per_address", "1048577" },
+	{ "server", "max_connect_rate_per_address", "1000001" },
+	{ "server", "max_connect_rate_per_address", "1.5" },
 	{ "server", "max_topic_levels", "0" },
 	{ "server", "max_topic_length", "65536" },
 	{ "server", "user", "root;rm" },
@@ -454,7 +474,9 @@ static void failed_load_leaves_the_config_untouched(void **state)
 static void shipped_config_file_equals_the_defaults(void **state)
 {
 	static const char *const keys[] = {
-		"listen_addresses", "workers", "max_connections", "placement_slack",
+		"listen_addresses", "workers", "max_connections", "max_connections_per_address",
+		"max_connect_rate_per_address", "placement_slack", "max_inflight_bytes",
+		"max_output_bytes",
 		"session_timeout_secs", "keep_alive_timeout_secs", "max_keepalive",
 		"connect_timeout", "max_packet_size", "max_connect_size", "max_client_id_length",
 		"retained_message_limit", "max_inflight",

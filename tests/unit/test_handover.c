@@ -29,7 +29,9 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <linux/sockios.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -37,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addrlimit.h"
 #include "config.h"
 #include "iotd.h"
 #include "ipc.h"
@@ -339,13 +342,47 @@ static void got_close(struct got *g)
 		close(g->fd[i]);
 }
 
-/* Placement on load alone (slack 0) unless a test sets a slack. */
+/*
+ * Placement on load alone (slack 0) unless a test sets a slack; no
+ * per-address limits unless a test sets them.
+ */
 static void listener_fx(struct fx *f, int family)
 {
 	fx_init(f);
 	f->cfg.placement_slack = 0;
+	f->cfg.max_connections_per_address = 0;
+	f->cfg.max_connect_rate_per_address = 0;
 	f->env.listen_fds[0] = listen_loopback(family);
 	f->env.n_listen_fds = 1;
+}
+
+/* The IPC_ADDR_SYNC the listener sent worker w; returns its token. */
+static uint64_t expect_sync(struct fx *f, unsigned w)
+{
+	struct pollfd pfd = { .fd = f->env.chan_worker[w], .events = POLLIN };
+	struct ipc_hdr hdr;
+	uint64_t token;
+	int fd;
+
+	assert_int_equal(poll(&pfd, 1, 5000), 1);
+	assert_int_equal(ipc_recv(f->env.chan_worker[w], &hdr, &token, sizeof(token), &fd),
+			 sizeof(token));
+	assert_int_equal(hdr.type, IPC_ADDR_SYNC);
+	assert_int_equal(fd, -1);
+	assert_true(token != 0);
+	return token;
+}
+
+/* Run the listener; it asks every worker for what it holds first. */
+static void listener_spawn(struct fx *f, uint64_t *tokens)
+{
+	fx_spawn(f, listener_main, ROLE_LISTENER, 0);
+	for (unsigned w = 0; w < NWORKERS; w++) {
+		uint64_t t = expect_sync(f, w);
+
+		if (tokens != NULL)
+			tokens[w] = t;
+	}
 }
 
 /* Wait until the process is in that state (/proc/PID/stat). */
@@ -397,7 +434,7 @@ static void listener_sends_one_message_per_worker_balanced(void **state)
 	int clients[10];
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -434,7 +471,7 @@ static void listener_balances_on_load_with_the_batch_counted(void **state)
 	listener_fx(&f, AF_INET);
 	/* Worker 0 holds 4 already: the first 4 of the burst go to worker 1, then they alternate. */
 	atomic_store(handed(&f, 0), 4);
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 8);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -456,7 +493,7 @@ static void listener_refuses_beyond_max_connections_within_a_batch(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.max_connections = 7;
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -490,7 +527,7 @@ static void listener_sends_elsewhere_when_a_channel_is_full(void **state)
 	listener_fx(&f, AF_INET);
 	/* Within the slack all six would stay on the first worker chosen: not on a refused channel. */
 	f.cfg.placement_slack = 8;
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	/* Worker 0's channel full to the brim (as a dead worker's would be). */
 	while (ipc_send(f.env.chan_listener[0], IPC_PING, 0, NULL, 0, -1) == 0)
 		queued++;
@@ -525,7 +562,7 @@ static void listener_names_ipv6_clients_in_brackets(void **state)
 		fx_free(&f);
 		skip();
 	}
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 2);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -570,20 +607,26 @@ static unsigned next_worker(struct fx *f, int *client)
 	struct ipc_client info[IPC_MAX_FDS];
 	struct ipc_hdr hdr;
 	int fds[IPC_MAX_FDS];
-	unsigned w, nfds;
+	unsigned nfds;
 
 	connect_clients(f->env.listen_fds[0], client, 1);
-	for (w = 0; w < NWORKERS; w++)
-		pfd[w] = (struct pollfd){ .fd = f->env.chan_worker[w], .events = POLLIN };
-	assert_int_equal(poll(pfd, NWORKERS, 5000), 1);
-	for (w = 0; !(pfd[w].revents & POLLIN); w++)
-		;
-	assert_true(ipc_recv_fds(f->env.chan_worker[w], &hdr, info, sizeof(info), fds,
-				 IPC_MAX_FDS, &nfds) > 0);
-	assert_int_equal(hdr.type, IPC_CLIENT_FD);
-	assert_int_equal(nfds, 1);
-	close(fds[0]);
-	return w;
+	for (;;) {
+		for (unsigned w = 0; w < NWORKERS; w++)
+			pfd[w] = (struct pollfd){ .fd = f->env.chan_worker[w], .events = POLLIN };
+		assert_true(poll(pfd, NWORKERS, 5000) > 0);
+		for (unsigned w = 0; w < NWORKERS; w++) {
+			if (!(pfd[w].revents & POLLIN))
+				continue;
+			assert_true(ipc_recv_fds(f->env.chan_worker[w], &hdr, info, sizeof(info), fds,
+						 IPC_MAX_FDS, &nfds) > 0);
+			if (hdr.type == IPC_ADDR_SYNC)    /* the listener asks a new epoch afresh */
+				continue;
+			assert_int_equal(hdr.type, IPC_CLIENT_FD);
+			assert_int_equal(nfds, 1);
+			close(fds[0]);
+			return w;
+		}
+	}
 }
 
 static void listener_with_slack_0_alternates_one_connection_after_another(void **state)
@@ -593,7 +636,7 @@ static void listener_with_slack_0_alternates_one_connection_after_another(void *
 	unsigned prev = NWORKERS;
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	for (int i = 0; i < 6; i++) {
 		unsigned w = next_worker(&f, &clients[i]);
 
@@ -619,7 +662,7 @@ static void listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 3;
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	for (unsigned i = 0; i < ARRAY_SIZE(on_first); i++) {
 		unsigned w = next_worker(&f, &clients[i]);
 
@@ -643,7 +686,7 @@ static void listener_leaves_a_dead_or_full_worker_within_the_slack(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 8;
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	a = next_worker(&f, &clients[0]);
 	b = 1 - a;
 	assert_int_equal(next_worker(&f, &clients[1]), a);
@@ -670,7 +713,7 @@ static void listener_keeps_the_slack_within_a_batch(void **state)
 
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 3;
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	burst(&f, clients, 10);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		read_channel(&f, w, &g[w], 500);
@@ -693,7 +736,7 @@ static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state
 	unsigned w;
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	w = next_worker(&f, &clients[0]);
 	assert_int_equal(next_worker(&f, &clients[1]), 1 - w);
 	/* What the supervisor sends on a reload; the PONG says it was read. */
@@ -719,7 +762,7 @@ static void listener_passes_over_a_worker_not_yet_serving_its_epoch(void **state
 	unsigned a, b;
 
 	listener_fx(&f, AF_INET);
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	a = next_worker(&f, &clients[0]);
 	b = 1 - a;
 	/* b holds nothing, but its new process has not started serving. */
@@ -746,7 +789,7 @@ static void listener_takes_a_lying_workers_release_count_as_no_load(void **state
 
 	listener_fx(&f, AF_INET);
 	atomic_store(&worker_mem(&f, 0)->released, 1000);
-	fx_spawn(&f, listener_main, ROLE_LISTENER, 0);
+	listener_spawn(&f, NULL);
 	for (int i = 0; i < 4; i++)
 		on_liar += next_worker(&f, &clients[i]) == 0;
 	/* Worker 1 takes at most the first, on a tie; worker 0 then always looks emptier. */
@@ -940,6 +983,353 @@ static void worker_starts_by_releasing_its_predecessors_connections(void **state
 	fx_stop(&f);
 }
 
+/* ---- per-address limits ---------------------------------------------------- */
+
+/*
+ * Connect one client: the worker it is handed to, or -1 when the listener
+ * closes it. A sync request on the way is skipped; *sync gets its token.
+ */
+static int try_connect(struct fx *f, int *client, uint64_t *sync)
+{
+	connect_clients(f->env.listen_fds[0], client, 1);
+	for (;;) {
+		struct pollfd pfd[NWORKERS + 1];
+		struct ipc_client info[IPC_MAX_FDS];
+		struct ipc_hdr hdr;
+		int fds[IPC_MAX_FDS];
+		unsigned nfds;
+		char c;
+
+		for (unsigned w = 0; w < NWORKERS; w++)
+			pfd[w] = (struct pollfd){ .fd = f->env.chan_worker[w], .events = POLLIN };
+		pfd[NWORKERS] = (struct pollfd){ .fd = *client, .events = POLLIN };
+		assert_true(poll(pfd, NWORKERS + 1, 5000) > 0);
+		for (unsigned w = 0; w < NWORKERS; w++) {
+			ssize_t n;
+
+			if (!(pfd[w].revents & POLLIN))
+				continue;
+			n = ipc_recv_fds(f->env.chan_worker[w], &hdr, info, sizeof(info), fds,
+					 IPC_MAX_FDS, &nfds);
+			assert_true(n > 0);
+			if (hdr.type == IPC_ADDR_SYNC) {
+				if (sync != NULL)
+					memcpy(sync, info, sizeof(*sync));
+				continue;
+			}
+			assert_int_equal(hdr.type, IPC_CLIENT_FD);
+			assert_int_equal(nfds, 1);
+			close(fds[0]);
+			return (int)w;
+		}
+		if (pfd[NWORKERS].revents && recv(*client, &c, 1, MSG_DONTWAIT) <= 0)
+			return -1;
+	}
+}
+
+/* Connect until one is handed over (the listener may not have read a report yet). */
+static int connect_until_taken(struct fx *f, int *client)
+{
+	for (int tries = 0; tries < 200; tries++) {
+		int w = try_connect(f, client, NULL);
+
+		if (w >= 0)
+			return w;
+		close(*client);
+		poll(NULL, 0, 10);
+	}
+	fail_msg("no connection taken within 2 s");
+	return -1;
+}
+
+static struct ipc_addr_entry report(uint32_t op, uint64_t token, const char *remote)
+{
+	struct ipc_addr_entry e = { .op = op, .token = token };
+	struct addr_key k;
+
+	if (remote != NULL) {
+		assert_true(addr_key_from_remote(remote, &k));
+		memcpy(e.key, k.b, sizeof(e.key));
+	}
+	return e;
+}
+
+/* Send as a worker would, waiting (bounded) for room in the channel. */
+static void send_reports(struct fx *f, unsigned w, const struct ipc_addr_entry *e, size_t n)
+{
+	while (ipc_send(f->env.chan_worker[w], IPC_ADDR_REPORT, w, e, n * sizeof(*e), -1) < 0) {
+		struct pollfd pfd = { .fd = f->env.chan_worker[w], .events = POLLOUT };
+
+		assert_int_equal(errno, EAGAIN);
+		assert_int_equal(poll(&pfd, 1, 5000), 1);
+	}
+}
+
+/* Wait until the listener has read everything sent on worker w's channel. */
+static void wait_reports_read(struct fx *f, unsigned w)
+{
+	uint64_t deadline = mono_ms() + 5000;
+	int unread;
+
+	while (assert_int_equal(ioctl(f->env.chan_worker[w], SIOCOUTQ, &unread), 0), unread > 0) {
+		assert_true(mono_ms() < deadline);
+		poll(NULL, 0, 2);
+	}
+}
+
+/* Resident memory of a process, in KiB. */
+static long rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *fp;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	fp = fopen(path, "r");
+	assert_non_null(fp);
+	while (fgets(line, sizeof(line), fp) != NULL)
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+			break;
+	fclose(fp);
+	assert_true(kb > 0);
+	return kb;
+}
+
+static void listener_refuses_past_max_connections_per_address_until_one_is_gone(void **state)
+{
+	struct fx f;
+	uint64_t tok[NWORKERS];
+	int clients[7], w0;
+
+	listener_fx(&f, AF_INET);
+	f.cfg.max_connections_per_address = 3;
+	listener_spawn(&f, tok);
+	w0 = try_connect(&f, &clients[0], NULL);
+	assert_true(w0 >= 0);
+	assert_true(try_connect(&f, &clients[1], NULL) >= 0);
+	assert_true(try_connect(&f, &clients[2], NULL) >= 0);
+	assert_int_equal(try_connect(&f, &clients[3], NULL), -1);
+	/*
+	 * The worker of the first answers the listener's request (it held
+	 * nothing then) and reports that one gone. What comes before its
+	 * answer, or with another token, is old news: were it counted, three
+	 * more would be taken rather than one.
+	 */
+	{
+		struct ipc_addr_entry e[] = {
+			report(IPC_ADDR_GONE, 0, "127.0.0.1:1"),
+			report(IPC_ADDR_RESET, tok[w0] + 1, NULL),
+			report(IPC_ADDR_GONE, 0, "127.0.0.1:2"),
+			report(IPC_ADDR_RESET, tok[w0], NULL),
+			report(99, 0, "127.0.0.1:3"),
+			report(IPC_ADDR_GONE, 0, "127.0.0.1:4"),
+			report(IPC_ADDR_GONE, 0, "10.1.1.1:4"),      /* unknown: ignored */
+		};
+
+		send_reports(&f, (unsigned)w0, e, ARRAY_SIZE(e));
+		wait_reports_read(&f, (unsigned)w0);
+	}
+	connect_until_taken(&f, &clients[4]);
+	assert_int_equal(try_connect(&f, &clients[5], NULL), -1);
+	/* Another address is not concerned. */
+	close_all(clients, 6);
+	fx_stop(&f);
+}
+
+static void listener_refuses_past_max_connect_rate_per_address(void **state)
+{
+	struct fx f;
+	struct got g[NWORKERS];
+	int clients[8], refused = 0;
+
+	listener_fx(&f, AF_INET);
+	f.cfg.max_connect_rate_per_address = 3;
+	listener_spawn(&f, NULL);
+	/* Eight at once: the bucket holds three. */
+	burst(&f, clients, 8);
+	for (unsigned w = 0; w < NWORKERS; w++)
+		read_channel(&f, w, &g[w], 500);
+	assert_int_equal(g[0].conns + g[1].conns, 3);
+	assert_int_equal(atomic_load(&f.lis.listener->connects), 3);
+	for (int i = 0; i < 8; i++) {
+		struct pollfd pfd = { .fd = clients[i], .events = POLLIN };
+		char c;
+
+		if (poll(&pfd, 1, 0) == 1 && recv(clients[i], &c, 1, MSG_DONTWAIT) <= 0)
+			refused++;
+	}
+	assert_int_equal(refused, 5);
+	/* A third of a second later, one more. */
+	poll(NULL, 0, 400);
+	assert_true(try_connect(&f, &clients[0], NULL) >= 0);
+	for (unsigned w = 0; w < NWORKERS; w++)
+		got_close(&g[w]);
+	close_all(clients, 8);
+	fx_stop(&f);
+}
+
+static void listener_forgets_the_connections_of_a_restarted_worker(void **state)
+{
+	struct fx f;
+	uint64_t tok[NWORKERS], again = 0;
+	int clients[3], w, fd;
+	struct ipc_hdr hdr;
+
+	listener_fx(&f, AF_INET);
+	f.cfg.max_connections_per_address = 1;
+	listener_spawn(&f, tok);
+	w = try_connect(&f, &clients[0], NULL);
+	assert_true(w >= 0);
+	assert_int_equal(try_connect(&f, &clients[1], NULL), -1);
+	/* Its answer: the batch that refused it is over (epochs are read once a batch). */
+	assert_int_equal(ipc_send(f.ctl, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_true(ipc_recv(f.ctl, &hdr, NULL, 0, &fd) >= 0);
+	assert_int_equal(hdr.type, IPC_PONG);
+	/* Restarted: its connections died with it, and the listener asks the new one afresh. */
+	atomic_fetch_add(&sup_worker(&f, (unsigned)w)->epoch, 1);
+	atomic_fetch_add(&worker_mem(&f, (unsigned)w)->serving_epoch, 1);
+	assert_true(try_connect(&f, &clients[2], &again) >= 0);
+	if (again == 0)
+		again = expect_sync(&f, (unsigned)w);
+	assert_true(again != tok[w]);
+	close_all(clients, 3);
+	fx_stop(&f);
+}
+
+static void listener_takes_nothing_harmful_from_a_worker(void **state)
+{
+	struct fx f;
+	uint64_t tok[NWORKERS], again;
+	char path[] = "/tmp/iotd-test-reports-XXXXXX", junk[100];
+	struct ipc_addr_entry held[IPC_ADDR_ENTRIES_MAX];
+	int clients[4], file, fd;
+	struct ipc_hdr hdr;
+	long rss;
+
+	listener_fx(&f, AF_INET);
+	f.cfg.max_connections = 50;
+	f.cfg.max_connections_per_address = 2;
+	listener_spawn(&f, tok);
+	/* Not a report, a torn one, one carrying an fd, an empty one: ignored, the fd closed. */
+	file = mkstemp(path);
+	assert_true(file >= 0);
+	memset(junk, 0xa5, sizeof(junk));
+	assert_int_equal(ipc_send(f.env.chan_worker[0], IPC_PING, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(f.env.chan_worker[0], IPC_ADDR_REPORT, 0, junk, 33, -1), 0);
+	assert_int_equal(ipc_send(f.env.chan_worker[0], IPC_ADDR_REPORT, 0, junk, 96, file), 0);
+	assert_int_equal(ipc_send(f.env.chan_worker[0], IPC_ADDR_REPORT, 0, NULL, 0, -1), 0);
+	close(file);
+	/* In step, with one connection held from 127.0.0.1: one more from it, not two. */
+	held[0] = report(IPC_ADDR_RESET, tok[0], NULL);
+	held[1] = report(IPC_ADDR_HELD, 0, "127.0.0.1:1");
+	send_reports(&f, 0, held, 2);
+	wait_reports_read(&f, 0);
+	connect_until_taken(&f, &clients[0]);
+	assert_int_equal(try_connect(&f, &clients[1], NULL), -1);
+	for (uint64_t deadline = mono_ms() + 2000; holds_path(f.pid, path);)
+		assert_true(mono_ms() < deadline);
+	/*
+	 * 51,200 addresses claimed held: the counts keep max_connections and a
+	 * batch (114) of them. Unbounded they would take a few MB.
+	 */
+	rss = rss_kb(f.pid);
+	for (uint32_t m = 0; m < 400; m++) {
+		for (uint32_t i = 0; i < ARRAY_SIZE(held); i++) {
+			char remote[64];
+
+			snprintf(remote, sizeof(remote), "10.%u.%u.%u:1", m / 256, m % 256, i);
+			held[i] = report(IPC_ADDR_HELD, 0, remote);
+		}
+		send_reports(&f, 0, held, ARRAY_SIZE(held));
+	}
+	wait_reports_read(&f, 0);
+	assert_true(rss_kb(f.pid) - rss < 512);
+	/* Lost track: the listener asks again and forgets what worker 0 held. */
+	held[0] = report(IPC_ADDR_LOST, 0, NULL);
+	send_reports(&f, 0, held, 1);
+	again = expect_sync(&f, 0);
+	assert_true(again != tok[0]);
+	connect_until_taken(&f, &clients[2]);
+	/* Still answering its supervisor. */
+	assert_int_equal(ipc_send(f.ctl, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_true(ipc_recv(f.ctl, &hdr, NULL, 0, &fd) >= 0);
+	assert_int_equal(hdr.type, IPC_PONG);
+	unlink(path);
+	close_all(clients, 3);
+	fx_stop(&f);
+}
+
+/* Read worker 0's reports until n entries came (within 5 s). */
+static void read_worker_reports(struct fx *f, struct ipc_addr_entry *e, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		struct pollfd pfd = { .fd = f->env.chan_listener[0], .events = POLLIN };
+		struct ipc_addr_entry buf[IPC_ADDR_ENTRIES_MAX];
+		struct ipc_hdr hdr;
+		ssize_t len;
+		int fd;
+
+		assert_int_equal(poll(&pfd, 1, 5000), 1);
+		len = ipc_recv(f->env.chan_listener[0], &hdr, buf, sizeof(buf), &fd);
+		assert_true(len > 0);
+		assert_int_equal(hdr.type, IPC_ADDR_REPORT);
+		assert_int_equal(len % sizeof(buf[0]), 0);
+		assert_true(got + (size_t)len / sizeof(buf[0]) <= n);
+		memcpy(&e[got], buf, (size_t)len);
+		got += (size_t)len / sizeof(buf[0]);
+	}
+}
+
+static bool entry_is(const struct ipc_addr_entry *e, uint32_t op, const char *remote)
+{
+	struct ipc_addr_entry want = report(op, 0, remote);
+
+	return e->op == op && memcmp(e->key, want.key, sizeof(e->key)) == 0;
+}
+
+static void worker_answers_a_sync_with_what_it_holds_then_reports_each_close(void **state)
+{
+	struct fx f;
+	struct ipc_addr_entry e[3];
+	uint64_t token = 0x1234567887654321ull;
+	int a[2], b[2], c[2], fds[2];
+
+	fx_init(&f);
+	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
+	fds[0] = a[1];
+	fds[1] = b[1];
+	send_batch(&f, fds, 2, 2);              /* 10.0.0.1:1000 and 10.0.0.2:1001 */
+	close(a[1]);
+	close(b[1]);
+	wait_counts(&f, 2, 0);
+	/* One leaves before the request: reported, then left out of the answer. */
+	close(a[0]);
+	read_worker_reports(&f, e, 1);
+	assert_true(entry_is(&e[0], IPC_ADDR_GONE, "10.0.0.1:1"));
+	assert_int_equal(ipc_send(f.env.chan_listener[0], IPC_ADDR_SYNC, 0, &token, sizeof(token),
+				  -1), 0);
+	read_worker_reports(&f, e, 2);
+	assert_int_equal(e[0].op, IPC_ADDR_RESET);
+	assert_true(e[0].token == token);
+	assert_true(entry_is(&e[1], IPC_ADDR_HELD, "10.0.0.2:1"));
+	/* A connection taken after the request, then both leaving. */
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c), 0);
+	send_batch(&f, &c[1], 1, 1);            /* 10.0.0.1:1000 again */
+	close(c[1]);
+	wait_counts(&f, 3, 1);
+	close(b[0]);
+	wait_counts(&f, 3, 2);
+	close(c[0]);
+	read_worker_reports(&f, e, 2);
+	assert_true(entry_is(&e[0], IPC_ADDR_GONE, "10.0.0.2:1"));
+	assert_true(entry_is(&e[1], IPC_ADDR_GONE, "10.0.0.1:1"));
+	fx_stop(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -959,8 +1349,13 @@ int main(void)
 		cmocka_unit_test(worker_closes_a_malformed_batch_and_counts_it),
 		cmocka_unit_test(worker_out_of_fds_closes_a_truncated_batch_and_counts_it),
 		cmocka_unit_test(worker_starts_by_releasing_its_predecessors_connections),
+		cmocka_unit_test(listener_refuses_past_max_connections_per_address_until_one_is_gone),
+		cmocka_unit_test(listener_refuses_past_max_connect_rate_per_address),
+		cmocka_unit_test(listener_forgets_the_connections_of_a_restarted_worker),
+		cmocka_unit_test(listener_takes_nothing_harmful_from_a_worker),
+		cmocka_unit_test(worker_answers_a_sync_with_what_it_holds_then_reports_each_close),
 	};
 
-	log_init(LOG_LVL_ERROR, LOG_FMT_TEXT);
+	log_init(getenv("DBG") ? LOG_LVL_DEBUG : LOG_LVL_ERROR, LOG_FMT_TEXT);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,248 @@
+/*
+ * test_addrlimit.c - per-address keys (IPv4 exact, IPv6 /64, the same key
+ * from a socket address and from the listener's printed form), the
+ * connection counts against a reference model, and the rate buckets.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "addrlimit.h"
+#include "hidx.h"
+#include "iotd.h"
+
+static struct addr_key key_of_remote(const char *remote)
+{
+	struct addr_key k;
+
+	assert_true(addr_key_from_remote(remote, &k));
+	return k;
+}
+
+static struct addr_key key_of_v4(const char *host)
+{
+	struct sockaddr_storage ss = { 0 };
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+	struct addr_key k;
+
+	sin->sin_family = AF_INET;
+	sin->sin_port = htons(1883);
+	assert_int_equal(inet_pton(AF_INET, host, &sin->sin_addr), 1);
+	assert_true(addr_key_from_sockaddr(&ss, &k));
+	return k;
+}
+
+static struct addr_key key_of_v6(const char *host)
+{
+	struct sockaddr_storage ss = { 0 };
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+	struct addr_key k;
+
+	sin6->sin6_family = AF_INET6;
+	assert_int_equal(inet_pton(AF_INET6, host, &sin6->sin6_addr), 1);
+	assert_true(addr_key_from_sockaddr(&ss, &k));
+	return k;
+}
+
+static bool key_eq(struct addr_key a, struct addr_key b)
+{
+	return memcmp(a.b, b.b, sizeof(a.b)) == 0;
+}
+
+static void keys_are_ipv4_exact_and_ipv6_per_64(void **state)
+{
+	struct addr_key a = key_of_v4("127.0.0.1"), b = key_of_v4("127.0.0.2");
+	char out[64];
+
+	assert_false(key_eq(a, b));
+	/* The port does not matter; the printed form gives the same key. */
+	assert_true(key_eq(a, key_of_remote("127.0.0.1:53412")));
+	assert_true(key_eq(b, key_of_remote("127.0.0.2:1")));
+	/* An IPv4-mapped IPv6 client is its IPv4 address. */
+	assert_true(key_eq(a, key_of_v6("::ffff:127.0.0.1")));
+	assert_true(key_eq(a, key_of_remote("[::ffff:127.0.0.1]:9")));
+	/* One /64 is one address, the next /64 another. */
+	assert_true(key_eq(key_of_v6("2001:db8:1:2::1"), key_of_v6("2001:db8:1:2:ffff::9")));
+	assert_true(key_eq(key_of_v6("2001:db8:1:2::1"), key_of_remote("[2001:db8:1:2:a:b:c:d]:80")));
+	assert_false(key_eq(key_of_v6("2001:db8:1:2::1"), key_of_v6("2001:db8:1:3::1")));
+	assert_false(key_eq(key_of_v6("::1"), a));
+	addr_key_format(&a, out, sizeof(out));
+	assert_string_equal(out, "127.0.0.1");
+	a = key_of_v6("2001:db8:1:2:3:4:5:6");
+	addr_key_format(&a, out, sizeof(out));
+	assert_string_equal(out, "2001:db8:1:2::/64");
+}
+
+static void remotes_that_are_no_address_have_no_key(void **state)
+{
+	static const char *const bad[] = {
+		"local", "", ":", "1.2.3.4", "1.2.3:5", "[::1", "[]:5", "[1.2.3.4]:5",
+		"999.1.1.1:5", "[::g]:5", "[0123456789012345678901234567890123456789012345678]:1",
+	};
+	struct sockaddr_storage ss = { .ss_family = AF_UNIX };
+	struct addr_key k;
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+		assert_false(addr_key_from_remote(bad[i], &k));
+	assert_false(addr_key_from_sockaddr(&ss, &k));
+}
+
+/* Key number i: distinct IPv4 addresses. */
+static struct addr_key nth_key(uint32_t i)
+{
+	struct addr_key k = { { 0 } };
+
+	k.b[10] = k.b[11] = 0xff;
+	memcpy(&k.b[12], &i, 4);
+	return k;
+}
+
+#define N_KEYS 5000
+
+static void counts_follow_a_reference_and_give_their_memory_back(void **state)
+{
+	static uint32_t ref[N_KEYS];
+	struct addr_counts t = { 0 };
+	uint32_t seed = 12345, held = 0;
+
+	/* Random adds and removes, unknown removes among them, checked against an array. */
+	for (int step = 0; step < 200000; step++) {
+		uint32_t i;
+
+		seed = seed * 1103515245u + 12345u;
+		i = (seed >> 8) % N_KEYS;
+		if ((seed >> 4) & 1) {
+			struct addr_key k = nth_key(i);
+
+			assert_true(addr_counts_add(&t, &k, UINT32_MAX));
+			held += ref[i]++ == 0;
+		} else {
+			struct addr_key k = nth_key(i);
+
+			addr_counts_sub(&t, &k);
+			if (ref[i] > 0)
+				held -= --ref[i] == 0;
+		}
+		assert_int_equal(t.used, held);
+		if (step % 997 == 0)
+			for (uint32_t j = 0; j < N_KEYS; j++) {
+				struct addr_key k = nth_key(j);
+
+				assert_int_equal(addr_counts_get(&t, &k), ref[j]);
+			}
+	}
+	/* Load stays at most 3/4. */
+	assert_true(t.used * 4 <= (t.mask + 1) * 3);
+	for (uint32_t j = 0; j < N_KEYS; j++) {
+		struct addr_key k = nth_key(j);
+
+		while (ref[j]-- > 0)
+			addr_counts_sub(&t, &k);
+	}
+	assert_int_equal(t.used, 0);
+	assert_null(t.slots);
+	addr_counts_clear(&t);
+}
+
+static void counts_refuse_a_new_address_past_the_bound(void **state)
+{
+	struct addr_counts t = { 0 };
+	struct addr_key a = nth_key(1), b = nth_key(2), c = nth_key(3);
+
+	assert_true(addr_counts_add(&t, &a, 2));
+	assert_true(addr_counts_add(&t, &b, 2));
+	assert_false(addr_counts_add(&t, &c, 2));
+	/* An address already held still counts one more. */
+	assert_true(addr_counts_add(&t, &a, 2));
+	assert_int_equal(addr_counts_get(&t, &a), 2);
+	assert_int_equal(addr_counts_get(&t, &c), 0);
+	addr_counts_sub(&t, &b);
+	assert_true(addr_counts_add(&t, &c, 2));
+	addr_counts_clear(&t);
+	assert_int_equal(addr_counts_get(&t, &a), 0);
+}
+
+static void a_rate_bucket_holds_a_second_and_refills(void **state)
+{
+	struct addr_rates *r = calloc(1, sizeof(*r));
+	struct addr_key k = nth_key(7);
+	struct addr_rate *e;
+	uint64_t t = 1000;
+
+	assert_non_null(r);
+	e = addr_rates_get(r, &k, t, 4);
+	for (int i = 0; i < 4; i++)
+		assert_true(addr_rate_take(e, t, 4));
+	assert_false(addr_rate_take(e, t, 4));
+	/* A quarter of a second gives one back, not two. */
+	assert_true(addr_rate_take(e, t + 250, 4));
+	assert_false(addr_rate_take(e, t + 250, 4));
+	/* The same entry is found again; a long pause refills to the bucket's size only. */
+	assert_ptr_equal(addr_rates_get(r, &k, t + 60000, 4), e);
+	for (int i = 0; i < 4; i++)
+		assert_true(addr_rate_take(e, t + 60000, 4));
+	assert_false(addr_rate_take(e, t + 60000, 4));
+	/* A lowered rate caps what is there; a raised one refills at the new pace. */
+	assert_true(addr_rate_take(e, t + 62000, 1));
+	assert_false(addr_rate_take(e, t + 62000, 1));
+	assert_true(addr_rate_take(e, t + 62010, 100));
+	/* The largest rate does not overflow. */
+	assert_true(addr_rate_take(e, t + 999999, 1000000));
+	free(r);
+}
+
+static unsigned set_of(const struct addr_key *k)
+{
+	return hidx_hash_bytes(k->b, sizeof(k->b)) & (ADDR_RATE_SETS - 1);
+}
+
+static void a_full_rate_set_gives_up_the_entry_seen_longest_ago(void **state)
+{
+	struct addr_rates *r = calloc(1, sizeof(*r));
+	struct addr_key keys[ADDR_RATE_WAYS + 1];
+	unsigned n = 0;
+
+	assert_non_null(r);
+	/* ADDR_RATE_WAYS + 1 addresses of one set. */
+	keys[n++] = nth_key(0);
+	for (uint32_t i = 1; n < ARRAY_SIZE(keys); i++) {
+		struct addr_key k = nth_key(i);
+
+		if (set_of(&k) == set_of(&keys[0]))
+			keys[n++] = k;
+	}
+	/* Each seen at its time, each with its bucket emptied (rate 1). */
+	for (unsigned i = 0; i < ADDR_RATE_WAYS; i++)
+		assert_true(addr_rate_take(addr_rates_get(r, &keys[i], 10 + i, 1), 10 + i, 1));
+	/* Key 1 seen again: key 0 is now the one seen longest ago, and goes. */
+	assert_false(addr_rate_take(addr_rates_get(r, &keys[1], 20, 1), 20, 1));
+	assert_true(addr_rate_take(addr_rates_get(r, &keys[ADDR_RATE_WAYS], 21, 1), 21, 1));
+	/* The others kept their empty buckets; key 0 comes back with a full one. */
+	for (unsigned i = 1; i < ADDR_RATE_WAYS; i++)
+		assert_false(addr_rate_take(addr_rates_get(r, &keys[i], 22, 1), 22, 1));
+	assert_true(addr_rate_take(addr_rates_get(r, &keys[0], 22, 1), 22, 1));
+	free(r);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(keys_are_ipv4_exact_and_ipv6_per_64),
+		cmocka_unit_test(remotes_that_are_no_address_have_no_key),
+		cmocka_unit_test(counts_follow_a_reference_and_give_their_memory_back),
+		cmocka_unit_test(counts_refuse_a_new_address_past_the_bound),
+		cmocka_unit_test(a_rate_bucket_holds_a_second_and_refills),
+		cmocka_unit_test(a_full_rate_set_gives_up_the_entry_seen_longest_ago),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
