@@ -90,6 +90,7 @@ static const struct key keys[] = {
 	KEY_INT(max_inflight, 1, 65535),
 	KEY_INT(max_queued_messages, 1, INT_MAX),
 	KEY_INT(max_queued_bytes, 0, 1L << 40),
+	KEY_INT(max_router_backlog_bytes, 1048576, 1L << 40),
 	KEY("server", "queue_qos0_messages", KT_BOOL, queue_qos0_messages, NULL),
 	KEY_INT(max_topic_levels, 1, 65535),
 	KEY_INT(max_topic_length, 1, 65535),
@@ -125,6 +126,7 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->max_inflight = 20;
 	cfg->max_queued_messages = 1000;
 	cfg->max_queued_bytes = 0;
+	cfg->max_router_backlog_bytes = 67108864;
 	cfg->queue_qos0_messages = false;
 	cfg->max_topic_levels = 128;
 	cfg->max_topic_length = 65535;

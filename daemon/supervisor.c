@@ -1139,6 +1139,7 @@ static const struct cfg_field cfg_fields[] = {
 	CF("server.max_inflight", max_inflight, false, APPLY_LIVE),
 	CF("server.max_queued_messages", max_queued_messages, false, APPLY_LIVE),
 	CF("server.max_queued_bytes", max_queued_bytes, false, APPLY_LIVE),
+	CF("server.max_router_backlog_bytes", max_router_backlog_bytes, false, APPLY_LIVE),
 	CF("server.queue_qos0_messages", queue_qos0_messages, false, APPLY_LIVE),
 	CF("server.max_topic_levels", max_topic_levels, false, APPLY_LIVE),
 	CF("server.max_topic_length", max_topic_length, false, APPLY_LIVE),

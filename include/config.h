@@ -42,6 +42,7 @@ struct iotd_config {
 	long max_inflight;           /* QoS 1/2 messages in flight per session */
 	long max_queued_messages;    /* per session, beyond the in-flight window */
 	long max_queued_bytes;       /* per session; 0 = no byte cap */
+	long max_router_backlog_bytes; /* router's records held per worker ring; <= 0: no cap (tests) */
 	bool queue_qos0_messages;    /* offline persistent sessions queue QoS 0 too (dropped first) */
 	long max_topic_levels;
 	long max_topic_length;

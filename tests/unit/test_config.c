@@ -100,6 +100,7 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.max_inflight, 20);
 	assert_int_equal(c.max_queued_messages, 1000);
 	assert_int_equal(c.max_queued_bytes, 0);
+	assert_int_equal(c.max_router_backlog_bytes, 67108864);
 	assert_int_equal(c.max_topic_levels, 128);
 	assert_int_equal(c.max_topic_length, 65535);
 	assert_string_equal(c.user, "iotd");
@@ -168,6 +169,7 @@ static void full_file_sets_every_key(void **state)
 		"  max_inflight = 100\n"
 		"  max_queued_messages = 50\n"
 		"  max_queued_bytes = 1000000\n"
+		"  max_router_backlog_bytes = 2097152\n"
 		"  max_topic_levels = 8\n"
 		"  max_topic_length = 1024\n"
 		"  user = \"mqtt\"\n"
@@ -198,6 +200,7 @@ static void full_file_sets_every_key(void **state)
 	assert_int_equal(c.max_inflight, 100);
 	assert_int_equal(c.max_queued_messages, 50);
 	assert_int_equal(c.max_queued_bytes, 1000000);
+	assert_int_equal(c.max_router_backlog_bytes, 2097152);
 	assert_int_equal(c.max_topic_levels, 8);
 	assert_int_equal(c.max_topic_length, 1024);
 	assert_string_equal(c.user, "mqtt");
@@ -257,6 +260,9 @@ static const struct bad_value bad_values[] = {
 	{ "server", "max_inflight", "65536" },
 	{ "server", "max_queued_messages", "" },
 	{ "server", "max_queued_bytes", "1x" },
+	{ "server", "max_router_backlog_bytes", "0" },
+	{ "server", "max_router_backlog_bytes", "1048575" },
+	{ "server", "max_router_backlog_bytes", "1099511627777" },
 	{ "server", "max_topic_levels", "0" },
 	{ "server", "max_topic_length", "65536" },
 	{ "server", "user", "root;rm" },
@@ -431,7 +437,8 @@ static void shipped_config_file_equals_the_defaults(void **state)
 		"listen_addresses", "workers", "max_connections", "placement_slack",
 		"session_timeout_secs", "keep_alive_timeout_secs", "max_keepalive",
 		"connect_timeout", "max_packet_size", "retained_message_limit", "max_inflight",
-		"max_queued_messages", "max_queued_bytes", "max_topic_levels",
+		"max_queued_messages", "max_queued_bytes", "max_router_backlog_bytes",
+		"max_topic_levels",
 		"max_topic_length", "user", "enabled", "backend", "path", "level", "format",
 	};
 	struct cli_args a = { .config_path = "contrib/iotd.conf", .config_explicit = true,
