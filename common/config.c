@@ -100,6 +100,7 @@ static const struct key keys[] = {
 	KEY_INT(max_queued_bytes_total, 0, 1L << 46),
 	KEY_INT(max_inflight_bytes, 1, 1L << 40),
 	KEY_INT(max_output_bytes, 1024, 1L << 40),
+	KEY_INT(max_router_backlog_bytes, 1048576, 1L << 40),
 	KEY("server", "queue_qos0_messages", KT_BOOL, queue_qos0_messages, NULL),
 	KEY_INT(max_topic_levels, 1, 65535),
 	KEY_INT(max_topic_length, 1, 65535),
@@ -144,6 +145,7 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->max_queued_bytes_total = 268435456;
 	cfg->max_inflight_bytes = 16777216;
 	cfg->max_output_bytes = 2097152;
+	cfg->max_router_backlog_bytes = 67108864;
 	cfg->queue_qos0_messages = false;
 	cfg->max_topic_levels = 128;
 	cfg->max_topic_length = 65535;

@@ -10,6 +10,15 @@
  * an exact filter is a straight lookup, "+" visits siblings and "#" a
  * subtree. Walks use parent pointers and uthash's sibling list instead of
  * recursion, so deep topics cannot exhaust the stack.
+ *
+ * A walk is a small state machine (struct retain_cursor) advanced one node
+ * at a time, so that it can stop after any node and resume later: the
+ * router sends a subscription's retained messages at the pace its ring
+ * takes them. Between two calls the store may change; the node a cursor
+ * stands on is pinned (not freed even when emptied), and its ancestors
+ * live as long as it does, so a resumed walk never touches freed memory.
+ * Every stored message carries the store's sequence number at the time it
+ * was stored: a cursor skips those newer than itself.
  */
 #include <limits.h>
 #include <stdbool.h>
@@ -25,6 +34,7 @@
 
 struct retain_msg {
 	size_t topic_len, payload_len;
+	uint64_t seq;                /* rs->seq when stored: newer than a cursor, skipped by it */
 	uint8_t qos;
 	char data[];                 /* topic, then payload */
 };
@@ -34,7 +44,8 @@ struct retain_node {
 	struct retain_node *parent;  /* NULL for the root */
 	struct retain_node *children;
 	struct retain_msg *msg;      /* NULL when only a path to deeper topics */
-	size_t len;
+	uint32_t len;
+	uint32_t pins;               /* cursors standing here: not pruned while > 0 */
 	char level[];
 };
 
@@ -42,6 +53,7 @@ struct retain_store {
 	struct retain_node *root;    /* stands for "before the first level" */
 	size_t count, bytes;
 	size_t max_count, max_bytes;
+	uint64_t seq;                /* bumped by every message stored */
 };
 
 static size_t retain_msg_size(const struct retain_msg *m)
@@ -80,7 +92,7 @@ static struct retain_node *retain_node_new(struct retain_node *parent, const cha
 	if (!n)
 		return NULL;
 	n->parent = parent;
-	n->len = len;
+	n->len = (uint32_t)len;
 	if (len)
 		memcpy(n->level, level, len);
 	return n;
@@ -115,7 +127,7 @@ static struct retain_node *retain_node_add(struct retain_node *n, const char *le
 /* Frees n and its empty ancestors: a node lives only while something uses it. */
 static void retain_prune(struct retain_store *rs, struct retain_node *n)
 {
-	while (n != rs->root && !n->msg && !n->children) {
+	while (n != rs->root && !n->msg && !n->children && !n->pins) {
 		struct retain_node *p = n->parent;
 
 		HASH_DELETE(hh, p->children, n);
@@ -250,6 +262,7 @@ static int retain_replace(struct retain_store *rs, struct retain_node *n, const 
 		return RETAIN_NOMEM;
 	free(n->msg);
 	n->msg = m;
+	m->seq = ++rs->seq;
 	rs->bytes = others + need;
 	return RETAIN_STORED;
 }
@@ -281,6 +294,7 @@ int retain_put(struct retain_store *rs, const char *topic, size_t topic_len,
 	if (!n)
 		goto fail;
 	n->msg = m;
+	m->seq = ++rs->seq;
 	rs->count++;
 	rs->bytes += need;
 	return RETAIN_STORED;
@@ -299,143 +313,221 @@ size_t retain_bytes(const struct retain_store *rs)
 	return rs ? rs->bytes : 0;
 }
 
-/* ---- matching ---- */
+/* ---- matching: a resumable walk ---- */
 
-struct retain_walk {
-	const struct retain_node *root;
-	const char *filter;
-	size_t len;
-	retain_cb cb;
-	void *arg;
+enum retain_step {
+	RETAIN_ENTER,     /* at n, filter level off still to match below it */
+	RETAIN_SUBTREE,   /* "#": at n inside top's subtree, n not yet reported */
+	RETAIN_CLIMB,     /* "#": n's subtree done; on to its next sibling, within top */
+	RETAIN_BACK,      /* n is done: back up to the next candidate */
+	RETAIN_DONE,
 };
 
-static void retain_report(const struct retain_walk *w, const struct retain_node *n)
-{
-	const struct retain_msg *m = n->msg;
-
-	if (m)
-		w->cb(m->data, m->topic_len, (const uint8_t *)m->data + m->topic_len,
-		      m->payload_len, m->qos, w->arg);
-}
-
 /* [MQTT-4.7.2-1]: wildcards in the first level skip the root's '$' children. */
-static const struct retain_node *retain_skip_dollar(const struct retain_walk *w,
-						    const struct retain_node *n)
+static struct retain_node *retain_skip_dollar(const struct retain_node *root,
+					      struct retain_node *n)
 {
-	while (n && n->parent == w->root && n->len > 0 && n->level[0] == '$')
+	while (n && n->parent == root && n->len > 0 && n->level[0] == '$')
 		n = n->hh.next;
 	return n;
 }
 
-static const struct retain_node *retain_first_child(const struct retain_walk *w,
-						    const struct retain_node *n)
+static struct retain_node *retain_first_child(const struct retain_node *root,
+					      const struct retain_node *n)
 {
-	return retain_skip_dollar(w, n->children);
+	return retain_skip_dollar(root, n->children);
 }
 
-static const struct retain_node *retain_next_sibling(const struct retain_walk *w,
-						     const struct retain_node *n)
+static struct retain_node *retain_next_sibling(const struct retain_node *root,
+					       const struct retain_node *n)
 {
-	return retain_skip_dollar(w, n->hh.next);
+	return retain_skip_dollar(root, n->hh.next);
 }
 
-/* "#": top and everything below it, pre-order, without recursion. */
-static void retain_report_subtree(const struct retain_walk *w, const struct retain_node *top)
+/* Report n's message unless the cursor is older than it; false: the callback says stop. */
+static bool retain_report(const struct retain_cursor *c, const struct retain_node *n,
+			  retain_cursor_cb cb, void *arg)
 {
-	const struct retain_node *n = top;
+	const struct retain_msg *m = n->msg;
 
-	for (;;) {
-		const struct retain_node *c;
-
-		retain_report(w, n);
-		c = retain_first_child(w, n);
-		if (c) {
-			n = c;
-			continue;
-		}
-		for (;;) {
-			const struct retain_node *s;
-
-			if (n == top)
-				return;
-			s = retain_next_sibling(w, n);
-			if (s) {
-				n = s;
-				break;
-			}
-			n = n->parent;
-		}
-	}
+	if (!m || m->seq > c->since)
+		return true;
+	return cb(m->data, m->topic_len, (const uint8_t *)m->data + m->topic_len, m->payload_len,
+		  m->qos, arg);
 }
 
-/*
- * Reports what n matches when the filter levels before off are consumed,
- * and returns the first child to go down into, with *next set to the
- * filter offset after that child's level.
- */
-static const struct retain_node *retain_walk_enter(const struct retain_walk *w,
-						   const struct retain_node *n, size_t off,
-						   size_t *next)
+/* ENTER: match the filter level at off against the children of n. */
+static void retain_step_enter(struct retain_cursor *c, const struct retain_node *root,
+			      struct retain_node *n, retain_cursor_cb cb, void *arg, bool *go_on)
 {
+	struct retain_node *next;
 	size_t end;
 
-	if (off > w->len) {
-		retain_report(w, n);
-		return NULL;
+	if (c->off > c->len) {
+		*go_on = retain_report(c, n, cb, arg);
+		c->step = RETAIN_BACK;
+		return;
 	}
-	end = topic_level_end(w->filter, w->len, off);
-	*next = end + 1;
-	switch (topic_level_kind(w->filter, off, end)) {
+	end = topic_level_end(c->filter, c->len, c->off);
+	switch (topic_level_kind(c->filter, c->off, end)) {
 	case TOPIC_HASH:
-		retain_report_subtree(w, n);
-		return NULL;
+		/* "#" matches n itself too ("a/#" matches "a") and all below it. */
+		c->top = n;
+		c->step = RETAIN_SUBTREE;
+		return;
 	case TOPIC_PLUS:
-		return retain_first_child(w, n);
+		next = retain_first_child(root, n);
+		break;
 	default:
-		return retain_node_child(n, w->filter + off, end - off);
+		next = retain_node_child(n, c->filter + c->off, end - c->off);
+		break;
+	}
+	if (next) {
+		c->n = next;
+		c->off = end + 1;
+	} else {
+		c->step = RETAIN_BACK;
 	}
 }
 
+/* BACK: only a "+" level has siblings left to try; they share off. */
+static void retain_step_back(struct retain_cursor *c, const struct retain_node *root,
+			     struct retain_node *n)
+{
+	struct retain_node *next;
+	size_t prev;
+
+	if (n == root) {
+		c->step = RETAIN_DONE;
+		return;
+	}
+	prev = topic_level_prev(c->filter, c->off);
+	if (topic_level_kind(c->filter, prev, c->off - 1) == TOPIC_PLUS &&
+	    (next = retain_next_sibling(root, n))) {
+		c->n = next;
+		c->step = RETAIN_ENTER;
+		return;
+	}
+	c->off = prev;
+	c->n = n->parent;
+}
+
+/* One move of the walk (one node visited); *go_on false when the callback said stop. */
+static void retain_step(struct retain_cursor *c, const struct retain_node *root,
+			retain_cursor_cb cb, void *arg, bool *go_on)
+{
+	struct retain_node *n = c->n, *next;
+
+	switch (c->step) {
+	case RETAIN_ENTER:
+		retain_step_enter(c, root, n, cb, arg, go_on);
+		break;
+	case RETAIN_SUBTREE:
+		/* Pre-order: n, then its children. */
+		*go_on = retain_report(c, n, cb, arg);
+		next = retain_first_child(root, n);
+		if (next)
+			c->n = next;
+		else
+			c->step = RETAIN_CLIMB;
+		break;
+	case RETAIN_CLIMB:
+		if (n == c->top) {
+			c->top = NULL;
+			c->step = RETAIN_BACK;
+		} else if ((next = retain_next_sibling(root, n))) {
+			c->n = next;
+			c->step = RETAIN_SUBTREE;
+		} else {
+			c->n = n->parent;
+		}
+		break;
+	case RETAIN_BACK:
+		retain_step_back(c, root, n);
+		break;
+	default:
+		break;
+	}
+}
+
+static void retain_cursor_init(struct retain_cursor *c, struct retain_node *root,
+			       const char *filter, size_t len, uint64_t since)
+{
+	*c = (struct retain_cursor){
+		.filter = filter, .len = len, .n = root, .since = since, .step = RETAIN_ENTER,
+	};
+}
+
+void retain_cursor_start(struct retain_store *rs, struct retain_cursor *c, const char *filter,
+			 size_t len)
+{
+	retain_cursor_init(c, rs->root, filter, len, rs->seq);
+	c->n->pins++;
+}
+
+void retain_cursor_stop(struct retain_store *rs, struct retain_cursor *c)
+{
+	struct retain_node *n = c->n;
+
+	if (!n)
+		return;
+	c->n = NULL;
+	c->step = RETAIN_DONE;
+	n->pins--;
+	retain_prune(rs, n);
+}
+
+bool retain_cursor_next(struct retain_store *rs, struct retain_cursor *c, size_t *steps,
+			retain_cursor_cb cb, void *arg)
+{
+	struct retain_node *was = c->n;
+	bool go_on = true;
+
+	if (!was)
+		return true;
+	while (*steps > 0 && go_on && c->step != RETAIN_DONE) {
+		retain_step(c, rs->root, cb, arg, &go_on);
+		(*steps)--;
+	}
+	if (c->step == RETAIN_DONE) {
+		c->n = was;
+		retain_cursor_stop(rs, c);
+		return true;
+	}
+	/* The pin moves with the cursor; the node it leaves may be empty by now. */
+	if (c->n != was) {
+		c->n->pins++;
+		was->pins--;
+		retain_prune(rs, was);
+	}
+	return false;
+}
+
+struct retain_match_ctx {
+	retain_cb cb;
+	void *arg;
+};
+
+static bool retain_match_cb(const char *topic, size_t topic_len, const uint8_t *payload,
+			    size_t payload_len, uint8_t qos, void *arg)
+{
+	const struct retain_match_ctx *ctx = arg;
+
+	ctx->cb(topic, topic_len, payload, payload_len, qos, ctx->arg);
+	return true;
+}
+
+/* The whole walk at once: nothing changes the store meanwhile, so nothing is pinned. */
 void retain_match(const struct retain_store *rs, const char *filter, size_t filter_len,
 		  retain_cb cb, void *arg)
 {
-	struct retain_walk w;
-	const struct retain_node *n;
-	size_t off = 0;
+	struct retain_match_ctx ctx = { cb, arg };
+	struct retain_cursor c;
+	bool go_on = true;
 
 	if (!rs || !filter || !cb)
 		return;
-	w = (struct retain_walk){
-		.root = rs->root, .filter = filter, .len = filter_len, .cb = cb, .arg = arg,
-	};
-	/* Depth first; off is where the filter level below n starts, len + 1 past the end. */
-	n = w.root;
-	for (;;) {
-		size_t next = 0;
-		const struct retain_node *c = retain_walk_enter(&w, n, off, &next);
-
-		if (c) {
-			n = c;
-			off = next;
-			continue;
-		}
-		for (;;) {
-			size_t prev;
-
-			if (n == w.root)
-				return;
-			prev = topic_level_prev(filter, off);
-			/* Only a "+" level has siblings left to try; they share off. */
-			if (topic_level_kind(filter, prev, off - 1) == TOPIC_PLUS) {
-				const struct retain_node *s = retain_next_sibling(&w, n);
-
-				if (s) {
-					n = s;
-					break;
-				}
-			}
-			off = prev;
-			n = n->parent;
-		}
-	}
+	retain_cursor_init(&c, rs->root, filter, filter_len, UINT64_MAX);
+	while (c.step != RETAIN_DONE)
+		retain_step(&c, rs->root, retain_match_cb, &ctx, &go_on);
 }

@@ -61,6 +61,16 @@
 #define ROUTER_RESYNC_MAX_MS 60000    /* a store that keeps refusing is rewritten at most this rarely */
 #define ROUTER_ROUTE_MAX 1024        /* targets a REC_ROUTE names at most: a larger fan-out stays with the router */
 #define ROUTER_ORPHAN_SECS 2          /* most time to drain the rings once the supervisor is gone */
+/*
+ * Retained messages owed to new subscriptions go out a bounded amount per
+ * loop turn and worker (router_send_retained): nodes of the retained tree
+ * visited, bytes sent, and the nodes one walk takes before the next walk's
+ * turn. A turn's time stays small however many or big they are.
+ */
+#define ROUTER_RETAINED_STEPS 4096
+#define ROUTER_RETAINED_BYTES (2u << 20)
+#define ROUTER_RETAINED_SLICE 256
+#define ROUTER_RETAINED_REC_BYTES 32  /* a retained DELIVER's bytes besides topic and payload */
 
 enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
 
@@ -105,8 +115,11 @@ static inline const uint8_t *cx_will_payload(const struct session_connect *c)
 	return (const uint8_t *)cx_will_topic(c) + c->will_topic_len + 1;
 }
 
+struct router_cursor;
+
 struct session_sub {
 	UT_hash_handle hh;
+	struct router_cursor *cur;   /* its retained messages still to send, or NULL */
 	uint8_t qos;
 	uint16_t len;
 	char filter[];               /* NUL-terminated for log lines */
@@ -151,6 +164,7 @@ struct session {
 	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
 	uint32_t q_at_worker;        /* copies of what the connection holds */
+	uint32_t n_cursors;          /* subscriptions with retained messages still to send */
 
 	conn_id_t conn;              /* while online: in conn_slots */
 	struct session_connect *cx;  /* the accepted CONNECT (its will, its remote) while online */
@@ -198,6 +212,20 @@ struct router_kicked {
 };
 
 /*
+ * The retained messages a new subscription is still owed: a walk over the
+ * retained store that router_send_retained() advances as the ring to the
+ * session's worker takes them. One per subscription at most (a repeated
+ * SUBSCRIBE of the filter starts it again); it ends with the walk, or
+ * with the subscription, the connection or a takeover.
+ */
+struct router_cursor {
+	struct router_cursor *prev, *next; /* in the worker's list, round robin */
+	struct session *s;
+	struct session_sub *sub;     /* its filter and granted QoS */
+	struct retain_cursor walk;
+};
+
+/*
  * A retained topic changed since the last successful commit: if the
  * commit fails, these are what the rewrite of the store must put right
  * (the retained store cannot be listed as a whole).
@@ -213,6 +241,7 @@ struct router {
 	unsigned nworkers;
 	router_emit_fn emit;
 	void *emit_arg;
+	router_room_fn room;         /* NULL: every worker always has room */
 
 	struct topic_trie *trie;
 	struct retain_store *retained;
@@ -235,6 +264,10 @@ struct router {
 	uint64_t now_ms;
 	size_t max_record;
 
+	/* subscriptions owed retained messages, per worker of their session */
+	struct router_cursor *cur_head[IOTD_MAX_WORKERS], *cur_tail[IOTD_MAX_WORKERS];
+	size_t n_cursors;
+
 	struct store *st;            /* NULL: in memory only */
 	struct router_touched *touched;
 	bool touched_oom;            /* a change could not be remembered: a rewrite may miss it */
@@ -255,7 +288,7 @@ struct router {
 	uint32_t deliver_n[IOTD_MAX_WORKERS];
 
 	struct recw out;             /* any other record */
-	struct recw ack;             /* a SUBACK, kept while its retained messages go out */
+	struct recw ack;             /* a SUBACK, kept while its filters start their retained messages */
 
 	bool warned_bad[REC_TYPE_MAX + 1];
 	bool warned_noconn[REC_TYPE_MAX + 1];
@@ -513,6 +546,165 @@ static void router_deliver_flush(struct router *r)
 	for (unsigned i = 0; i < r->nworkers; i++)
 		if (r->deliver_n[i])
 			router_deliver_end(r, i);
+}
+
+/* ---- retained messages owed to new subscriptions ----------------------- */
+
+static bool router_room(struct router *r, unsigned worker)
+{
+	return !r->room || r->room(r->emit_arg, worker);
+}
+
+static void router_cursor_unlink(struct router *r, struct router_cursor *c)
+{
+	unsigned w = conn_id_worker(c->s->conn);
+
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		r->cur_head[w] = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	else
+		r->cur_tail[w] = c->prev;
+	c->prev = c->next = NULL;
+}
+
+static void router_cursor_link(struct router *r, struct router_cursor *c)
+{
+	unsigned w = conn_id_worker(c->s->conn);
+
+	c->next = NULL;
+	c->prev = r->cur_tail[w];
+	if (c->prev)
+		c->prev->next = c;
+	else
+		r->cur_head[w] = c;
+	r->cur_tail[w] = c;
+}
+
+/* The subscription owes nothing more (all sent, or it or its connection is gone). */
+static void router_cursor_drop(struct router *r, struct session_sub *sub)
+{
+	struct router_cursor *c = sub->cur;
+
+	if (!c)
+		return;
+	router_cursor_unlink(r, c);
+	retain_cursor_stop(r->retained, &c->walk);
+	c->s->n_cursors--;
+	r->n_cursors--;
+	sub->cur = NULL;
+	free(c);
+}
+
+/* The connection stops taking retained messages: it closes or is taken over. */
+static void session_cursors_drop(struct router *r, struct session *s)
+{
+	struct session_sub *sub, *tmp;
+
+	if (!s->n_cursors)
+		return;
+	HASH_ITER(hh, s->subs, sub, tmp)
+		router_cursor_drop(r, sub);
+}
+
+/*
+ * The subscription was just made or made again: it is owed every message
+ * retained now on a topic it matches [MQTT-3.3.1-6, MQTT-3.8.4-3], from
+ * the start of the store, even when an earlier walk of it had not ended.
+ */
+static void router_cursor_start(struct router *r, struct session *s, struct session_sub *sub)
+{
+	struct router_cursor *c = sub->cur;
+
+	if (c) {
+		retain_cursor_stop(r->retained, &c->walk);
+	} else {
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
+				   "out of memory: retained messages of '%s' not sent", sub->filter);
+			return;
+		}
+		c->s = s;
+		c->sub = sub;
+		sub->cur = c;
+		s->n_cursors++;
+		r->n_cursors++;
+		router_cursor_link(r, c);
+	}
+	retain_cursor_start(r->retained, &c->walk, sub->filter, sub->len);
+}
+
+struct router_retained_send {
+	struct router *r;
+	struct router_cursor *c;
+	unsigned worker;
+	size_t bytes;                /* left in this turn's budget for the worker */
+};
+
+/* One retained message to the cursor's subscriber; false: the turn's budget or the ring is full. */
+static bool router_retained_cb(const char *topic, size_t topic_len, const uint8_t *payload,
+			       size_t payload_len, uint8_t qos, void *arg)
+{
+	struct router_retained_send *ctx = arg;
+	const struct session *s = ctx->c->s;
+	struct recw *w = &ctx->r->out;
+	size_t cost = topic_len + payload_len + ROUTER_RETAINED_REC_BYTES;
+
+	if (topic_len <= UINT16_MAX && payload_len <= UINT32_MAX) {
+		recw_reset(w);
+		recw_u8(w, qos);
+		recw_str(w, topic, (uint16_t)topic_len);
+		recw_bytes(w, payload, (uint32_t)payload_len);
+		recw_u8(w, 1);
+		recw_u32(w, 1);
+		recw_u64(w, s->conn);
+		recw_u32(w, s->sid);
+		recw_u8(w, MIN(qos, ctx->c->sub->qos));
+		router_emit(ctx->r, ctx->worker, REC_DELIVER, w);
+	}
+	ctx->bytes -= MIN(ctx->bytes, cost);
+	return ctx->bytes > 0 && router_room(ctx->r, ctx->worker);
+}
+
+/*
+ * The walks owed to one worker's sessions, in turn, within the turn's
+ * budget and while its ring has room. true when some could go on now.
+ */
+static bool router_send_retained_to(struct router *r, unsigned worker)
+{
+	struct router_retained_send ctx = { r, NULL, worker, ROUTER_RETAINED_BYTES };
+	size_t steps = ROUTER_RETAINED_STEPS;
+	struct router_cursor *c;
+
+	while ((c = r->cur_head[worker]) && steps > 0 && ctx.bytes > 0 && router_room(r, worker)) {
+		size_t slice = MIN(steps, (size_t)ROUTER_RETAINED_SLICE), left = slice;
+
+		ctx.c = c;
+		if (retain_cursor_next(r->retained, &c->walk, &left, router_retained_cb, &ctx)) {
+			router_cursor_drop(r, c->sub);
+		} else {
+			/* The next walk's turn: one subscription cannot hold the others back. */
+			router_cursor_unlink(r, c);
+			router_cursor_link(r, c);
+		}
+		steps -= slice - left;
+	}
+	return r->cur_head[worker] && router_room(r, worker);
+}
+
+bool router_send_retained(struct router *r)
+{
+	bool more = false;
+
+	if (!r->n_cursors)
+		return false;
+	for (unsigned i = 0; i < r->nworkers; i++)
+		if (r->cur_head[i])
+			more |= router_send_retained_to(r, i);
+	return more;
 }
 
 /* ---- sessions: queue --------------------------------------------------- */
@@ -1034,6 +1226,7 @@ static void session_unsubscribe_all(struct router *r, struct session *s)
 	if (s->subs)
 		router_routes_changed(r);
 	HASH_ITER(hh, s->subs, sub, tmp) {
+		router_cursor_drop(r, sub);
 		topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
 		HASH_DEL(s->subs, sub);
 		free(sub);
@@ -1294,6 +1487,8 @@ static void router_refuse_full(struct router *r, struct session_connect *c)
  */
 static void router_takeover(struct router *r, struct session *s, struct session_connect *c)
 {
+	/* The kicked connection gets no more retained messages; the new one subscribes anew. */
+	session_cursors_drop(r, s);
 	if (s->pending) {
 		/* The older waiting CONNECT loses: its connection never got a CONNACK. */
 		router_send_kick(r, s->pending->conn);
@@ -1420,6 +1615,7 @@ static void router_close(struct router *r, struct session *s, bool publish_will,
 		router_waiting_del(r, pending->conn);
 		s->pending = NULL;
 	}
+	session_cursors_drop(r, s);
 	router_conn_unlink(r, s);
 	s->online = false;
 
@@ -1472,10 +1668,13 @@ static uint8_t router_subscribe_one(struct router *r, struct session *s, const c
 	if (qos > 2 || !len || !topic_filter_valid(filter, len, 0, 0))
 		return ROUTER_SUBACK_FAILURE;
 	HASH_FIND(hh, s->subs, filter, len, sub);
+	if (sub && sub->qos == qos)
+		return qos;               /* the same again (a filter repeated in one SUBSCRIBE): nothing changes */
 	if (!sub) {
 		sub = malloc(sizeof(*sub) + (size_t)len + 1);
 		if (!sub)
 			goto nomem;
+		sub->cur = NULL;
 		memcpy(sub->filter, filter, len);
 		sub->filter[len] = '\0';
 		sub->len = len;
@@ -1537,36 +1736,11 @@ static void router_unsubscribe_one(struct router *r, struct session *s, const ch
 		return;
 	if (r->st)
 		store_sub_del(r->st, s->sid, sub->filter, sub->len);
+	router_cursor_drop(r, sub);
 	topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
 	HASH_DEL(s->subs, sub);
 	free(sub);
 	router_routes_changed(r);
-}
-
-struct router_retained_ctx {
-	struct router *r;
-	const struct session *s;
-	uint8_t granted;
-};
-
-static void router_retained_cb(const char *topic, size_t topic_len, const uint8_t *payload,
-			       size_t payload_len, uint8_t qos, void *arg)
-{
-	struct router_retained_ctx *ctx = arg;
-	struct recw *w = &ctx->r->out;
-
-	if (topic_len > UINT16_MAX || payload_len > UINT32_MAX)
-		return;
-	recw_reset(w);
-	recw_u8(w, qos);
-	recw_str(w, topic, (uint16_t)topic_len);
-	recw_bytes(w, payload, (uint32_t)payload_len);
-	recw_u8(w, 1);
-	recw_u32(w, 1);
-	recw_u64(w, ctx->s->conn);
-	recw_u32(w, ctx->s->sid);
-	recw_u8(w, MIN(qos, ctx->granted));
-	router_emit(ctx->r, conn_id_worker(ctx->s->conn), REC_DELIVER, w);
 }
 
 static void router_retain(struct router *r, const struct router_msg *m)
@@ -1762,15 +1936,22 @@ static int router_on_subscribe(struct router *r, unsigned worker, struct recr *r
 	if (ack->oom)
 		return ROUTER_OK;
 
-	/* Retained messages after the SUBACK, for every filter granted [MQTT-3.3.1-6]. */
+	/*
+	 * Retained messages after the SUBACK, for every filter granted, sent
+	 * by router_send_retained() as the ring takes them. A filter repeated
+	 * in the packet is one subscription at its last QoS, and one walk.
+	 */
 	fr = start;
 	for (uint16_t i = 0; i < n; i++) {
-		struct router_retained_ctx ctx = { r, s, ack->buf[codes + i] };
+		struct session_sub *sub;
 
 		recr_str(&fr, &f, &flen);
 		recr_u8(&fr);
-		if (ctx.granted != ROUTER_SUBACK_FAILURE)
-			retain_match(r->retained, (const char *)f, flen, router_retained_cb, &ctx);
+		if (ack->buf[codes + i] == ROUTER_SUBACK_FAILURE)
+			continue;
+		HASH_FIND(hh, s->subs, f, flen, sub);
+		if (sub)
+			router_cursor_start(r, s, sub);
 	}
 	return ROUTER_OK;
 }
@@ -2256,6 +2437,11 @@ void router_tick(struct router *r, uint64_t now_ms)
 	}
 }
 
+void router_set_room(struct router *r, router_room_fn room)
+{
+	r->room = room;
+}
+
 void router_set_max_record(struct router *r, size_t bytes)
 {
 	r->max_record = bytes;
@@ -2292,6 +2478,7 @@ void router_get_stats(const struct router *r, struct router_stats *st)
 	st->online = r->n_online;
 	st->subscriptions = topic_trie_count(r->trie);
 	st->retained = retain_count(r->retained);
+	st->retained_walks = r->n_cursors;
 	st->queue_drops = r->queue_drops;
 	st->bad_records = r->bad_records;
 	st->queued_bytes_total = r->held_bytes;
@@ -2705,10 +2892,17 @@ struct router_blrec {
 	uint8_t data[];
 };
 
+/*
+ * Records for one worker waiting for room in its r2w ring, in order. Its
+ * bytes are capped by max_router_backlog_bytes (router_proc_emit): past
+ * the cap, deliveries are dropped; an episode lasts until it is empty.
+ */
 struct router_backlog {
 	struct router_blrec *head, *tail;
 	size_t n;
+	size_t bytes;                /* held, with each record's own overhead */
 	uint64_t next_seq;
+	uint64_t dropped;            /* records dropped in this episode */
 };
 
 struct router_proc {
@@ -2801,6 +2995,7 @@ static bool router_backlog_append(struct router_proc *p, unsigned worker, uint64
 	e->len = len;
 	if (len)
 		memcpy(e->data, data, len);
+	b->bytes += sizeof(*e) + len;
 	if (b->tail)
 		b->tail->next = e;
 	else
@@ -2838,6 +3033,32 @@ static bool router_backlog_push(struct router_proc *p, unsigned worker, uint16_t
 	return true;
 }
 
+/*
+ * Past max_router_backlog_bytes, what may go (a record already waiting is
+ * never dropped, and one record always fits an empty backlog):
+ * deliveries, whose loss MQTT tolerates (QoS 0), or that the router keeps
+ * a copy of (QoS 1/2 to a persistent session: that copy stays in memory
+ * and in the store and reaches the client after it reconnects), or that
+ * a clean session loses as it would with its worker; and route answers,
+ * which a worker asks for again. Never CONNACK, SUBACK, UNSUBACK, KICK or
+ * SESSION_MSG: a client or a takeover waits for each, and there are no
+ * more of them than requests the worker's clients made.
+ */
+static bool router_backlog_over(struct router_proc *p, unsigned worker, uint16_t type,
+				const struct recw *rec)
+{
+	struct router_backlog *b = &p->backlog[worker];
+	long cap = p->env->cfg->max_router_backlog_bytes;
+
+	if (cap <= 0 || !b->head || (type != REC_DELIVER && type != REC_ROUTE) ||
+	    b->bytes + sizeof(struct router_blrec) + rec->len <= (size_t)cap)
+		return false;
+	if (!b->dropped++)
+		log_warn("router: ring to worker %u full and %zu bytes held (max_router_backlog_bytes %ld): dropping deliveries to it until it catches up",
+			 worker, b->bytes, cap);
+	return true;
+}
+
 /* Records go to the ring in order: once one waits, all later ones wait behind it. */
 static int router_proc_emit(void *arg, unsigned worker, uint16_t type, const struct recw *rec)
 {
@@ -2861,6 +3082,8 @@ static int router_proc_emit(void *arg, unsigned worker, uint16_t type, const str
 		if (errno == EPROTO)
 			router_proc_fault(p, worker, "published an impossible position in the ring to it");
 	}
+	if (router_backlog_over(p, worker, type, rec))
+		return -1;
 	if (router_backlog_push(p, worker, type, rec))
 		return 0;
 	log_error("router: out of memory holding %s for worker %u: dropped", rec_type_name(type),
@@ -2891,8 +3114,22 @@ static void router_backlog_flush(struct router_proc *p, unsigned worker)
 		if (!b->head)
 			b->tail = NULL;
 		b->n--;
+		b->bytes -= sizeof(*e) + e->len;
 		free(e);
 	}
+	if (b->dropped) {
+		log_info("router: ring to worker %u caught up; %llu deliveries to it were dropped",
+			 worker, (unsigned long long)b->dropped);
+		b->dropped = 0;
+	}
+}
+
+/* The retained messages a subscription is owed wait while anything is held for its worker. */
+static bool router_proc_room(void *arg, unsigned worker)
+{
+	struct router_proc *p = arg;
+
+	return worker < p->env->nworkers && !p->backlog[worker].head;
 }
 
 static void router_backlog_free(struct router_backlog *b)
@@ -2995,13 +3232,21 @@ static void router_proc_release(struct router_proc *p)
 			eventfd_wake(p->env->worker_efd[i]);
 }
 
-/* The end of a turn, in the order that keeps the store ahead of the rings. */
-static void router_proc_flush(struct router_proc *p)
+/*
+ * The end of a turn, in the order that keeps the store ahead of the rings.
+ * Retained messages owed to new subscriptions fill what room the turn's
+ * records left. true when some are left that could go now.
+ */
+static bool router_proc_flush(struct router_proc *p)
 {
+	bool more;
+
 	router_proc_backlogs(p);
+	more = router_send_retained(p->r);
 	router_proc_persist(p);
 	router_proc_publish(p);
 	router_proc_release(p);
+	return more;
 }
 
 /*
@@ -3511,6 +3756,7 @@ int router_main(struct role_env *env)
 	p->epfd = p->tfd = -1;
 	if (router_proc_setup(p) < 0)
 		goto out;
+	router_set_room(p->r, router_proc_room);
 	if (ipc_send(env->ctl_fd, IPC_READY, 0, NULL, 0, -1) < 0) {
 		log_error("router: cannot report ready: %s", strerror(errno));
 		goto out;
@@ -3521,7 +3767,8 @@ int router_main(struct role_env *env)
 		bool busy = router_proc_drain(p);
 		int timeout = 0;
 
-		router_proc_flush(p);
+		/* Retained messages waiting for a full ring: its worker wakes us (p_wait). */
+		busy |= router_proc_flush(p);
 		router_proc_downs_done(p);
 		if (busy) {
 			router_proc_stats(p);

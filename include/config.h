@@ -51,6 +51,7 @@ struct iotd_config {
 	long max_queued_bytes_total; /* the router's session queues together; 0 = no cap */
 	long max_inflight_bytes;     /* QoS 1/2 bytes a connection holds in flight and queued behind the window */
 	long max_output_bytes;       /* unsent output past which QoS 0 is dropped and the client not read */
+	long max_router_backlog_bytes; /* router's records held per worker ring; <= 0: no cap (tests) */
 	bool queue_qos0_messages;    /* offline persistent sessions queue QoS 0 too (dropped first) */
 	long max_topic_levels;
 	long max_topic_length;

@@ -8,6 +8,7 @@
 #ifndef IOTD_RETAIN_H
 #define IOTD_RETAIN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +39,47 @@ typedef void (*retain_cb)(const char *topic, size_t topic_len, const uint8_t *pa
 /* Call cb for every retained message whose topic matches filter ($-rule included). */
 void retain_match(const struct retain_store *rs, const char *filter, size_t filter_len,
 		  retain_cb cb, void *arg);
+
+/*
+ * A walk over the messages matching one filter that can stop after any
+ * message and resume later, while the store changes in between. It
+ * reports, at most once each, the messages that were retained when it
+ * started and still are when it reaches them: a topic stored or replaced
+ * after the start is skipped (the caller's subscription got that message
+ * live), one cleared or removed is not reported. Topics are visited in
+ * the tree's order (per level, the order the levels first appeared).
+ *
+ * The fields are the walk's state, for retain.c alone. A started cursor
+ * pins one node of the store: stop it (or let it finish) before
+ * retain_free(). Memory held per cursor: the struct, nothing else.
+ */
+struct retain_node;
+struct retain_cursor {
+	const char *filter;          /* the caller's: must outlive the cursor */
+	size_t len;
+	struct retain_node *n;       /* where the walk stands (pinned); NULL once stopped */
+	struct retain_node *top;     /* the "#" subtree being walked */
+	size_t off;                  /* filter level below n */
+	uint64_t since;              /* messages stored later are skipped */
+	int step;
+};
+
+/* Start (or, after retain_cursor_stop, start again) a walk over filter. */
+void retain_cursor_start(struct retain_store *rs, struct retain_cursor *c, const char *filter,
+			 size_t len);
+/* Abandon the walk; nothing to do for a finished or stopped one. */
+void retain_cursor_stop(struct retain_store *rs, struct retain_cursor *c);
+/* false: stop after this message (it counts as reported). Must not change the store. */
+typedef bool (*retain_cursor_cb)(const char *topic, size_t topic_len, const uint8_t *payload,
+				 size_t payload_len, uint8_t qos, void *arg);
+/*
+ * Go on with the walk for at most *steps nodes (each node visited costs
+ * one, whether it holds a message or not; *steps is lowered by what was
+ * used) or until cb returns false. true when the walk is complete: the
+ * cursor is then stopped.
+ */
+bool retain_cursor_next(struct retain_store *rs, struct retain_cursor *c, size_t *steps,
+			retain_cursor_cb cb, void *arg);
 
 size_t retain_count(const struct retain_store *rs);
 size_t retain_bytes(const struct retain_store *rs);

@@ -12,6 +12,7 @@
 #define IOTD_ROUTER_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +37,12 @@ struct store;
  */
 typedef int (*router_emit_fn)(void *arg, unsigned worker, uint16_t type,
 			      const struct recw *rec);
+
+/*
+ * May the router send more to worker 'worker' now? The retained messages
+ * a SUBSCRIBE starts are sent only while it says yes (router_send_retained).
+ */
+typedef bool (*router_room_fn)(void *arg, unsigned worker);
 
 /*
  * nworkers: 1..IOTD_MAX_WORKERS. cfg must outlive the router; its limits
@@ -98,6 +105,20 @@ size_t router_worker_down(struct router *r, unsigned worker, uint32_t new_epoch)
 void router_tick(struct router *r, uint64_t now_ms);
 
 /*
+ * A SUBSCRIBE answers SUBACK at once and leaves its retained messages to
+ * this: call it once per loop turn, after the turn's records. For each
+ * worker whose ring has room (router_set_room; called with emit_arg) it
+ * sends more of the retained messages its sessions' new subscriptions are
+ * owed, a bounded amount per call (nodes of the retained store visited,
+ * bytes), and stops as soon as the room check says no. Returns true when
+ * some are left that could be sent now (the call's budget ran out): call
+ * it again without waiting. Costs nothing when no subscription is owed any.
+ */
+bool router_send_retained(struct router *r);
+/* The room check router_send_retained() asks; NULL (the default): always room. */
+void router_set_room(struct router *r, router_room_fn room);
+
+/*
  * Largest record payload the rings take (0: no limit, the default). A
  * fan-out whose REC_DELIVER would be bigger is split into several records
  * for the same worker.
@@ -127,6 +148,7 @@ struct router_stats {
 	size_t online;
 	size_t subscriptions;   /* (filter, session) pairs */
 	size_t retained;
+	size_t retained_walks;  /* subscriptions still owed retained messages */
 	uint64_t queue_drops;   /* messages an offline queue had no room for */
 	uint64_t bad_records;   /* records dropped by router_handle */
 	/*

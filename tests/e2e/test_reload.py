@@ -303,6 +303,15 @@ def test_restarted_worker_runs_with_the_reloaded_limits(broker):
 
 
 @pytest.mark.broker_config(workers=1)
+def test_router_backlog_cap_reloads_live(broker):
+    line = broker.reload(max_router_backlog_bytes=2 << 20)
+    assert "applied: server.max_router_backlog_bytes;" in line
+    line = broker.reload(expect="reload failed, keeping the running configuration",
+                         max_router_backlog_bytes=4096)
+    assert "max_router_backlog_bytes" in line
+    assert serves(broker.port)
+
+
 def test_keys_that_need_a_restart_are_named_and_the_rest_applies(broker):
     line = broker.reload(max_inflight=5, user="nobody")
     assert "applied: server.max_inflight;" in line

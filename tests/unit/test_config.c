@@ -109,6 +109,7 @@ static void defaults_are_the_documented_values(void **state)
 	assert_int_equal(c.max_queued_bytes_total, 268435456);
 	assert_int_equal(c.max_inflight_bytes, 16777216);
 	assert_int_equal(c.max_output_bytes, 2097152);
+	assert_int_equal(c.max_router_backlog_bytes, 67108864);
 	assert_int_equal(c.max_topic_levels, 128);
 	assert_int_equal(c.max_topic_length, 65535);
 	assert_string_equal(c.user, "iotd");
@@ -186,6 +187,7 @@ static void full_file_sets_every_key(void **state)
 		"  max_queued_bytes_total = 3000000\n"
 		"  max_inflight_bytes = 1\n"
 		"  max_output_bytes = 1024\n"
+		"  max_router_backlog_bytes = 2097152\n"
 		"  max_topic_levels = 8\n"
 		"  max_topic_length = 1024\n"
 		"  user = \"mqtt\"\n"
@@ -225,6 +227,7 @@ static void full_file_sets_every_key(void **state)
 	assert_int_equal(c.max_queued_bytes_total, 3000000);
 	assert_int_equal(c.max_inflight_bytes, 1);
 	assert_int_equal(c.max_output_bytes, 1024);
+	assert_int_equal(c.max_router_backlog_bytes, 2097152);
 	assert_int_equal(c.max_topic_levels, 8);
 	assert_int_equal(c.max_topic_length, 1024);
 	assert_string_equal(c.user, "mqtt");
@@ -303,6 +306,9 @@ static const struct bad_value bad_values[] = {
 	{ "server", "max_connections_per_address", "1048577" },
 	{ "server", "max_connect_rate_per_address", "1000001" },
 	{ "server", "max_connect_rate_per_address", "1.5" },
+	{ "server", "max_router_backlog_bytes", "0" },
+	{ "server", "max_router_backlog_bytes", "1048575" },
+	{ "server", "max_router_backlog_bytes", "1099511627777" },
 	{ "server", "max_topic_levels", "0" },
 	{ "server", "max_topic_length", "65536" },
 	{ "server", "user", "root;rm" },
@@ -480,7 +486,8 @@ static void shipped_config_file_equals_the_defaults(void **state)
 		"session_timeout_secs", "keep_alive_timeout_secs", "max_keepalive",
 		"connect_timeout", "max_packet_size", "max_connect_size", "max_client_id_length",
 		"retained_message_limit", "max_inflight",
-		"max_queued_messages", "max_queued_bytes", "max_topic_levels",
+		"max_queued_messages", "max_queued_bytes", "max_router_backlog_bytes",
+		"max_topic_levels",
 		"max_topic_length", "user", "enabled", "backend", "path", "level", "format",
 	};
 	struct cli_args a = { .config_path = "contrib/iotd.conf", .config_explicit = true,

@@ -53,6 +53,7 @@ struct fx {
 	size_t n, cap;
 	struct store *st;            /* NULL: the router keeps everything in memory */
 	char dir[64];                /* the store's temporary directory */
+	long room;                   /* records the "ring" still takes; < 0: no limit */
 };
 
 static int capture(void *arg, unsigned worker, uint16_t type, const struct recw *rec)
@@ -74,7 +75,17 @@ static int capture(void *arg, unsigned worker, uint16_t type, const struct recw 
 	c->buf = malloc(rec->len ? rec->len : 1);
 	assert_non_null(c->buf);
 	memcpy(c->buf, rec->buf, rec->len);
+	if (f->room > 0)
+		f->room--;
 	return 0;
+}
+
+/* The "ring" takes f->room more records (router_set_room). */
+static bool fx_room(void *arg, unsigned worker)
+{
+	const struct fx *f = arg;
+
+	return f->room != 0;
 }
 
 static void fx_clear(struct fx *f)
@@ -88,6 +99,8 @@ static void fx_start(struct fx *f)
 {
 	f->r = router_new(&f->cfg, 4, capture, f, NULL);
 	assert_non_null(f->r);
+	f->room = -1;
+	router_set_room(f->r, fx_room);
 }
 
 static int setup(void **state)
@@ -854,6 +867,9 @@ static void subscribe_acks_first_then_sends_matching_retained(void **state)
 	recw_str(&w, "nothing/here", 12);
 	recw_u8(&w, 2);
 	assert_int_equal(handle(f, 1, REC_SUBSCRIBE, &w), 0);
+	/* The SUBACK at once; the retained messages when the loop turn sends them. */
+	assert_int_equal(f->n, 1);
+	assert_false(router_send_retained(f->r));
 
 	assert_int_equal(f->n, 3);
 	decode_suback(&f->caps[0], &sa);
@@ -1042,6 +1058,270 @@ static void resubscribe_replaces_the_qos(void **state)
 	assert_int_equal(send_publish(f, 0, 2, false, "t", "x"), 0);
 	decode_deliver(&f->caps[0], &d);
 	assert_int_equal(d.t[0].qos, 0);
+}
+
+/* ---- retained messages owed to new subscriptions ------------------------ */
+
+static size_t retained_walks(struct fx *f)
+{
+	struct router_stats st;
+
+	router_get_stats(f->r, &st);
+	return st.retained_walks;
+}
+
+/* Deliveries captured to conn on topic, and how many of them had retain set. */
+static size_t delivered(struct fx *f, conn_id_t conn, const char *topic, size_t *retained)
+{
+	size_t n = 0;
+
+	if (retained)
+		*retained = 0;
+	for (size_t i = 0; i < f->n; i++) {
+		struct deliver d;
+
+		if (f->caps[i].type != REC_DELIVER)
+			continue;
+		decode_deliver(&f->caps[i], &d);
+		for (uint32_t t = 0; t < d.n && t < ARRAY_SIZE(d.t); t++) {
+			if (d.t[t].conn == conn && !strcmp(d.topic, topic)) {
+				n++;
+				if (retained && d.retain)
+					(*retained)++;
+			}
+		}
+	}
+	return n;
+}
+
+static void put_retained(struct fx *f, const char *fmt, unsigned n)
+{
+	char topic[64];
+
+	for (unsigned i = 0; i < n; i++) {
+		snprintf(topic, sizeof(topic), fmt, i);
+		assert_int_equal(send_publish(f, 0, 1, true, topic, "v"), 0);
+	}
+}
+
+static void retained_walk_resumes_as_the_ring_takes_them(void **state)
+{
+	struct fx *f = *state;
+	char topic[16];
+	size_t rounds = 0, ret;
+
+	put_retained(f, "t/%u", 10);
+	connect_ok(f, C(1, 1), true, "dev", NULL);
+	assert_int_equal(send_subscribe(f, C(1, 1), 1, "t/#", 1), 0);
+	assert_int_equal(retained_walks(f), 1);
+	/* A full ring: nothing goes, and the walk waits. */
+	f->room = 0;
+	assert_false(router_send_retained(f->r));
+	assert_int_equal(f->n, 1);
+	/* Three records of room a turn: three messages a turn. */
+	while (retained_walks(f)) {
+		size_t before = f->n;
+
+		f->room = 3;
+		assert_false(router_send_retained(f->r));
+		assert_true(f->n - before <= 3);
+		assert_true(++rounds <= 4);
+	}
+	assert_int_equal(rounds, 4);
+	assert_int_equal(f->n, 11);
+	assert_int_equal(f->caps[0].type, REC_SUBACK);
+	for (unsigned i = 0; i < 10; i++) {
+		snprintf(topic, sizeof(topic), "t/%u", i);
+		assert_int_equal(delivered(f, C(1, 1), topic, &ret), 1);
+		assert_int_equal(ret, 1);
+	}
+}
+
+/*
+ * While the walk waits: a topic it has not reached is cleared, another is
+ * replaced (the subscriber gets the new value live), a new one appears,
+ * and the one it stands on is cleared. Each topic reaches the subscriber
+ * once, never an old value after a new one.
+ */
+static void retained_walk_meets_changes_and_live_publishes_once(void **state)
+{
+	struct fx *f = *state;
+	char topic[16];
+	size_t ret;
+
+	put_retained(f, "t/%u", 10);
+	connect_ok(f, C(1, 1), true, "dev", NULL);
+	assert_int_equal(send_subscribe(f, C(1, 1), 1, "t/#", 1), 0);
+	f->room = 3;                          /* the SUBACK is gone: t/0 and t/1 */
+	assert_false(router_send_retained(f->r));
+	assert_int_equal(delivered(f, C(1, 1), "t/0", NULL) + delivered(f, C(1, 1), "t/1", NULL), 2);
+	f->room = -1;
+	assert_int_equal(send_publish(f, 0, 1, true, "t/1", ""), 0);    /* where the walk stands */
+	assert_int_equal(send_publish(f, 0, 1, true, "t/5", ""), 0);
+	assert_int_equal(send_publish(f, 0, 1, true, "t/7", "new"), 0);
+	assert_int_equal(send_publish(f, 0, 1, true, "t/new", "v"), 0);
+	assert_int_equal(send_publish(f, 0, 1, false, "t/8", "event"), 0);
+	assert_false(router_send_retained(f->r));
+	assert_int_equal(retained_walks(f), 0);
+
+	for (unsigned i = 0; i < 10; i++) {
+		snprintf(topic, sizeof(topic), "t/%u", i);
+		if (i == 1) {
+			/* Sent before it was cleared; the clearing publish goes out live too. */
+			assert_int_equal(delivered(f, C(1, 1), topic, &ret), 2);
+			assert_int_equal(ret, 1);
+		} else if (i == 5) {
+			/* Cleared before the walk reached it: only the clearing publish, live. */
+			assert_int_equal(delivered(f, C(1, 1), topic, &ret), 1);
+			assert_int_equal(ret, 0);
+		} else if (i == 7) {
+			assert_int_equal(delivered(f, C(1, 1), topic, &ret), 1);
+			assert_int_equal(ret, 0);     /* live, the new value */
+		} else if (i == 8) {
+			/* The live event, then the retained value it did not replace. */
+			assert_int_equal(delivered(f, C(1, 1), topic, &ret), 2);
+			assert_int_equal(ret, 1);
+		} else {
+			assert_int_equal(delivered(f, C(1, 1), topic, &ret), 1);
+			assert_int_equal(ret, 1);
+		}
+	}
+	assert_int_equal(delivered(f, C(1, 1), "t/new", &ret), 1);
+	assert_int_equal(ret, 0);
+}
+
+static void retained_walk_ends_with_its_subscription_connection_or_session(void **state)
+{
+	struct fx *f = *state;
+	struct will w = { "t/will", "gone", 0, 1 };
+
+	put_retained(f, "t/%u", 10);
+	for (int how = 0; how < 4; how++) {
+		conn_id_t conn = C(1, (unsigned)how + 1);
+
+		connect_ok(f, conn, how != 2, "dev", &w);
+		subscribe_ok(f, conn, "t/#", 1);
+		subscribe_ok(f, conn, "+/+", 1);
+		assert_int_equal(retained_walks(f), 2);
+		f->room = 2;
+		assert_false(router_send_retained(f->r));
+		assert_int_equal(count_type(f, REC_DELIVER), 2);
+		f->room = -1;
+		switch (how) {
+		case 0:
+			assert_int_equal(send_unsubscribe(f, conn, 2, "t/#"), 0);
+			assert_int_equal(send_unsubscribe(f, conn, 3, "+/+"), 0);
+			assert_int_equal(send_close(f, conn, false, 0, NULL), 0);
+			break;
+		case 1:
+			/* Its will is a retained message on a topic the walks match. */
+			assert_int_equal(send_close(f, conn, true, 0, NULL), 0);
+			break;
+		case 2:
+			/* A persistent session taken over by a connection on another worker. */
+			assert_int_equal(send_connect(f, C(2, 9), false, "dev", NULL), 0);
+			assert_int_equal(retained_walks(f), 0);
+			assert_int_equal(send_close(f, conn, false, 0, NULL), 0);
+			assert_int_equal(send_close(f, C(2, 9), false, 0, NULL), 0);
+			break;
+		default:
+			assert_int_equal(send_worker_down(f, 1, 2), 0);
+			break;
+		}
+		assert_int_equal(retained_walks(f), 0);
+		fx_clear(f);
+		assert_false(router_send_retained(f->r));
+		assert_int_equal(count_type(f, REC_DELIVER), 0);
+	}
+}
+
+static void repeated_filter_in_one_subscribe_is_one_subscription_and_one_walk(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	struct suback sa;
+	struct deliver d;
+	struct recw w;
+	const unsigned n = 5000;
+	size_t ret;
+
+	put_retained(f, "t/%u", 3);
+	connect_ok(f, C(1, 1), true, "dev", NULL);
+	recw_init(&w);
+	recw_u64(&w, C(1, 1));
+	recw_u16(&w, 7);
+	recw_u16(&w, 4);
+	recw_str(&w, "t/#", 3);
+	recw_u8(&w, 2);
+	recw_str(&w, "t/1", 3);
+	recw_u8(&w, 1);
+	recw_str(&w, "t/#", 3);
+	recw_u8(&w, 0);                      /* the last QoS wins */
+	recw_str(&w, "t/1", 3);
+	recw_u8(&w, 1);
+	assert_int_equal(handle(f, 1, REC_SUBSCRIBE, &w), 0);
+	decode_suback(&f->caps[0], &sa);
+	assert_int_equal(sa.n, 4);
+	assert_int_equal(sa.codes[0], 2);
+	assert_int_equal(sa.codes[1], 1);
+	assert_int_equal(sa.codes[2], 0);
+	assert_int_equal(sa.codes[3], 1);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.subscriptions, 2);
+	assert_int_equal(st.retained_walks, 2);
+	assert_false(router_send_retained(f->r));
+	assert_int_equal(delivered(f, C(1, 1), "t/0", &ret), 1);
+	assert_int_equal(delivered(f, C(1, 1), "t/2", &ret), 1);
+	assert_int_equal(delivered(f, C(1, 1), "t/1", &ret), 2);       /* one per filter */
+	assert_int_equal(ret, 2);
+	for (size_t i = 1; i < f->n; i++) {
+		decode_deliver(&f->caps[i], &d);
+		if (strcmp(d.topic, "t/1"))
+			assert_int_equal(d.t[0].qos, 0);
+	}
+
+	/* Thousands of "#": one subscription, one walk, every message once. */
+	fx_clear(f);
+	recw_init(&w);
+	recw_u64(&w, C(1, 1));
+	recw_u16(&w, 8);
+	recw_u16(&w, (uint16_t)n);
+	for (unsigned i = 0; i < n; i++) {
+		recw_str(&w, "#", 1);
+		recw_u8(&w, 1);
+	}
+	assert_int_equal(handle(f, 1, REC_SUBSCRIBE, &w), 0);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(f->caps[0].type, REC_SUBACK);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.subscriptions, 3);
+	assert_int_equal(st.retained_walks, 1);
+	assert_false(router_send_retained(f->r));
+	assert_int_equal(count_type(f, REC_DELIVER), 3);
+}
+
+/* A big tree is walked a bounded amount per turn, and the turns resume it. */
+static void retained_walk_of_a_big_tree_takes_several_bounded_turns(void **state)
+{
+	struct fx *f = *state;
+	const unsigned n = 20000;
+	size_t turns = 1;
+
+	f->cfg.retained_message_limit = n;
+	router_config_changed(f->r);
+	put_retained(f, "big/%u/x", n);
+	fx_clear(f);
+	connect_ok(f, C(1, 1), true, "dev", NULL);
+	subscribe_ok(f, C(1, 1), "+/+/+/#", 1);
+	subscribe_ok(f, C(1, 1), "+/+/nothing", 1);
+	while (router_send_retained(f->r)) {
+		/* Never more than the turn's budget: 4096 nodes visited. */
+		assert_true(count_type(f, REC_DELIVER) <= 4096 * turns);
+		assert_true(++turns < 100);
+	}
+	assert_true(turns >= n / 4096);
+	assert_int_equal(count_type(f, REC_DELIVER), n);
+	assert_int_equal(retained_walks(f), 0);
 }
 
 /* ---- routes a worker may cache (REC_PUB_ASK, REC_ROUTE) ----------------- */
@@ -2445,6 +2725,7 @@ static void a_crashed_router_comes_back_with_sessions_subscriptions_queues_and_r
 	/* Retained messages for a new subscriber. */
 	sid_n = connect_ok(f, C(3, 1), true, "n", NULL);
 	assert_int_equal(send_subscribe(f, C(3, 1), 1, "r/#", 1), 0);
+	assert_false(router_send_retained(f->r));
 	assert_int_equal(f->n, 2);
 	assert_int_equal(f->caps[0].type, REC_SUBACK);
 	decode_deliver(&f->caps[1], &d);
@@ -2983,6 +3264,108 @@ static void proc_start_serving(struct proc *p)
 	proc_expect_deliver(p, "m0");
 }
 
+static void proc_subscribe(struct proc *p, uint16_t packet_id, const char *filter, uint8_t qos)
+{
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, C(0, 1));
+	recw_u16(&w, packet_id);
+	recw_u16(&w, 1);
+	recw_str(&w, filter, (uint16_t)strlen(filter));
+	recw_u8(&w, qos);
+	proc_send(p, REC_SUBSCRIBE, &w);
+}
+
+/*
+ * A subscriber whose worker reads nothing for a while: the retained
+ * messages its subscription is owed wait for room in the ring (none is
+ * dropped, however small the backlog cap), and resume as the worker reads.
+ * Live QoS 0 deliveries past the cap are dropped; a SUBACK never is.
+ */
+static void router_main_paces_retained_and_caps_its_backlog(void **state)
+{
+	struct proc p;
+	struct recw w;
+	struct cap c;
+	struct deliver d;
+	char topic[16], payload[101], seen[200] = { 0 };
+	unsigned n = 0, last = 0;
+	bool first = true;
+
+	(void)state;
+	proc_init(&p);
+	p.cfg.max_router_backlog_bytes = 2048;
+	p.cfg.retained_message_limit = 1000;
+	proc_spawn(&p);
+	build_connect(&w, C(0, 1), true, "dev", NULL);
+	proc_send(&p, REC_CONNECT, &w);
+	proc_recv(&p, &c);
+	assert_int_equal(c.type, REC_CONNACK);
+	free(c.buf);
+
+	memset(payload, 'p', sizeof(payload) - 1);
+	payload[sizeof(payload) - 1] = '\0';
+	for (unsigned i = 0; i < 200; i++) {
+		snprintf(topic, sizeof(topic), "r/%u", i);
+		build_publish(&w, 1, true, topic, payload);
+		proc_send(&p, REC_PUBLISH, &w);
+	}
+	proc_subscribe(&p, 1, "r/#", 1);
+	proc_wait_applied(&p, 0);
+	proc_recv(&p, &c);
+	assert_int_equal(c.type, REC_SUBACK);
+	free(c.buf);
+	/* 200 x 130 bytes: several times the ring and the cap. */
+	for (unsigned i = 0; i < 200; i++) {
+		proc_recv(&p, &c);
+		decode_deliver(&c, &d);
+		assert_int_equal(d.retain, 1);
+		assert_int_equal(strncmp(d.topic, "r/", 2), 0);
+		n = (unsigned)strtoul(d.topic + 2, NULL, 10);
+		assert_true(n < 200);
+		assert_int_equal(seen[n]++, 0);
+		free(c.buf);
+	}
+	proc_expect_nothing(&p);
+
+	/* Live QoS 0 past the cap: dropped, the SUBACK behind them is not. */
+	proc_subscribe(&p, 2, "t", 0);
+	proc_recv(&p, &c);
+	assert_int_equal(c.type, REC_SUBACK);
+	free(c.buf);
+	for (unsigned i = 0; i < PROC_MSGS; i++) {
+		snprintf(payload, sizeof(payload), "%06u-and-some-more-bytes-to-fill-the-ring", i);
+		build_publish(&w, 0, false, "t", payload);
+		proc_send(&p, REC_PUBLISH, &w);
+	}
+	proc_subscribe(&p, 3, "u", 0);
+	proc_wait_applied(&p, 0);
+	n = 0;
+	for (;;) {
+		proc_recv(&p, &c);
+		if (c.type == REC_SUBACK) {
+			free(c.buf);
+			break;
+		}
+		decode_deliver(&c, &d);
+		assert_true(first || strtoul(d.payload, NULL, 10) > last);   /* in order */
+		last = (unsigned)strtoul(d.payload, NULL, 10);
+		first = false;
+		n++;
+		free(c.buf);
+	}
+	assert_true(n > 0 && n < PROC_MSGS);
+	/* Caught up: deliveries flow again. */
+	build_publish(&w, 0, false, "t", "after");
+	proc_send(&p, REC_PUBLISH, &w);
+	proc_recv(&p, &c);
+	decode_deliver(&c, &d);
+	assert_string_equal(d.payload, "after");
+	free(c.buf);
+	proc_stop(&p, true);
+}
+
 /*
  * Killed after its commit and after publishing its deliveries, but before
  * releasing the records it applied (the ring's tail is put back to what
@@ -3315,6 +3698,11 @@ int main(void)
 		T(subscribe_acks_first_then_sends_matching_retained),
 		T(retained_message_is_cleared_by_empty_payload),
 		T(live_publish_with_retain_is_delivered_without_retain),
+		T(retained_walk_resumes_as_the_ring_takes_them),
+		T(retained_walk_meets_changes_and_live_publishes_once),
+		T(retained_walk_ends_with_its_subscription_connection_or_session),
+		T(repeated_filter_in_one_subscribe_is_one_subscription_and_one_walk),
+		T(retained_walk_of_a_big_tree_takes_several_bounded_turns),
 		T(overlapping_subscriptions_give_one_copy_at_highest_qos),
 		T(fan_out_to_three_sessions_on_two_workers_gives_two_delivers),
 		T(big_fan_out_is_split_to_fit_a_ring_record),
@@ -3368,6 +3756,7 @@ int main(void)
 		cmocka_unit_test(router_main_reports_a_worker_that_rewinds_its_tail),
 		cmocka_unit_test(router_main_sets_aside_a_record_it_keeps_dying_on),
 		cmocka_unit_test(router_main_retries_a_record_it_died_on_twice),
+		cmocka_unit_test(router_main_paces_retained_and_caps_its_backlog),
 		cmocka_unit_test(router_main_never_applies_a_record_twice_after_a_kill),
 		cmocka_unit_test(router_main_publishes_what_it_committed_after_a_kill),
 		cmocka_unit_test(router_main_keeps_held_records_across_a_kill),
