@@ -835,8 +835,8 @@ static void rec_connect(struct recw *r, conn_id_t conn, const char *client_id)
 }
 
 /* Record types only the router writes, and numbers no record has. */
-static bool forge_router_only(struct writer *w, struct recw *r, struct target *t,
-			      unsigned other, uint32_t other_epoch)
+static bool forge_router_only(struct writer *w, struct recw *r, unsigned other,
+			      uint32_t other_epoch)
 {
 	static const char topic[] = "by/t";
 	conn_id_t conn = conn_id_make(other, other_epoch, 0, 1);
@@ -888,7 +888,6 @@ static bool forge_router_only(struct writer *w, struct recw *r, struct target *t
 	ok &= writer_rec(w, REC_TYPE_MAX, r);
 	recw_u64(r, conn);
 	ok &= writer_rec(w, UINT16_MAX, r);
-	(void)t;
 	return ok;
 }
 
@@ -930,7 +929,7 @@ static void case_forge(struct target *t)
 		/* A CONNECT on another worker's connection. */
 		rec_connect(&r, conn_id_make(other, other_epoch, GUESS_SLOTS, 1), "forged-other");
 		ok &= writer_rec(&w, REC_CONNECT, &r);
-		ok &= forge_router_only(&w, &r, t, other, other_epoch);
+		ok &= forge_router_only(&w, &r, other, other_epoch);
 	} else if (strcmp(variant, "session") == 0) {
 		/*
 		 * A connection id it may hold (its own epoch, slot 0): a stored
@@ -973,11 +972,12 @@ static void case_counters(struct target *t)
 
 	wait_router_caught_up(t);
 	if (strcmp(variant, "garbage") == 0) {
-		put_u32(t, OWN(t, serving_epoch), 0xdeadbeef);
-		put_u64(t, OWN(t, accepted), UINT64_MAX - 5);
-		put_u64(t, OWN(t, released), UINT64_MAX);
-		put_u64(t, OWN(t, msgs_in), UINT64_MAX);
-		put_u64(t, OWN(t, msgs_out), UINT64_MAX - 1);
+		if (!put_u32(t, OWN(t, serving_epoch), 0xdeadbeef) ||
+		    !put_u64(t, OWN(t, accepted), UINT64_MAX - 5) ||
+		    !put_u64(t, OWN(t, released), UINT64_MAX) ||
+		    !put_u64(t, OWN(t, msgs_in), UINT64_MAX) ||
+		    !put_u64(t, OWN(t, msgs_out), UINT64_MAX - 1))
+			die("cannot write the counters: %s", strerror(errno));
 		/* Flip the wake-up flags: the router may wake the worker, never more than once each. */
 		deadline = now_ms() + 500;
 		while (now_ms() < deadline) {
@@ -994,8 +994,8 @@ static void case_counters(struct target *t)
 		/* Claim the successor serves already, then break the ring. */
 		uint64_t head = mem_u64(t, OWN(t, w2r.head));
 
-		put_u32(t, OWN(t, serving_epoch), t->epoch + 1);
-		if (!put_u64(t, OWN(t, w2r.head), head + 4))
+		if (!put_u32(t, OWN(t, serving_epoch), t->epoch + 1) ||
+		    !put_u64(t, OWN(t, w2r.head), head + 4))
 			die("cannot write the w2r head");
 		wake_router(t);
 		report(t, "serving_epoch set to %u (its successor's), w2r head misaligned",
@@ -1089,6 +1089,9 @@ static void case_readonly(struct target *t)
 
 		if (m->writable) {
 			writable++;
+			/* The control: the same write into its own region goes through. */
+			check(t, mem_read(t, m->lo, &byte, 1) && mem_write(t, m->lo, &byte, 1),
+			      "write through /proc/PID/mem into its own region (control)");
 			check(t, len == SHM_HDR_BYTES + t->ring_size && maps_region(t->sup_pid, m->inode, 0),
 			      "writable mapping %" PRIx64 " of %" PRIu64 " bytes is its own region",
 			      m->lo, len);
