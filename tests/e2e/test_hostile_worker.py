@@ -251,22 +251,10 @@ def daemon(tmp_path_factory):
             broker._kill_all(broker.pids())
 
 
-# The successor of a worker that left the r2w tail past the router's head or
-# misaligned repairs it in private (shmring_discard) but says it serves
-# before it publishes the repair (shmring_release, at its first read of
-# the ring): a router that reopens the ring on serving_epoch in between
-# finds the old tail and has the honest successor killed too. A race
-# (the router's turn against the successor's first one), so not strict.
-TAIL_REPAIR = pytest.mark.xfail(strict=False, reason="worker_main sets serving_epoch before "
-                                "its repaired r2w tail is published: when the router looks "
-                                "in between, it faults and kills the successor as well")
-
 RING_CASES = [
     ("ring-head", "misaligned"), ("ring-head", "backwards"), ("ring-head", "beyond"),
     ("record-len", "huge"), ("record-len", "over-max"), ("record-len", "pad"),
-    ("tail", "backwards"),
-    pytest.param("tail", "beyond", marks=TAIL_REPAIR),
-    pytest.param("tail", "misaligned", marks=TAIL_REPAIR),
+    ("tail", "backwards"), ("tail", "beyond"), ("tail", "misaligned"),
 ]
 
 
@@ -320,20 +308,19 @@ def test_router_memory_bounded_across_cases(daemon):
 
 # ------------------------------------------------------------ faults found in the daemon
 
-@pytest.mark.xfail(strict=True, reason="REC_SESSION_MSG is checked for the connection id "
-                   "only: a worker names any session id with a connection id it may hold, "
-                   "and the router re-routes the message to that session wherever it lives "
-                   "(router_on_session_msg)")
 def test_forged_session_message_reaches_no_other_session(start_broker):
+    """SESSION_MSG records naming every session id with connection ids
+    worker 0 may hold: a session takes one only from its own connection
+    (the current or last one, or the one a takeover replaced), so no
+    session of worker 1, online or offline, gets the forged message."""
     broker = start_broker(workers=2)
     play(broker, "forge", "session", faulty=False)
 
 
-@pytest.mark.xfail(strict=True, reason="the successor takes its predecessor's 'accepted' "
-                   "counter as its own (worker_main: released = accepted), so a hostile "
-                   "worker's garbage makes the listener count worker 0 empty for good and "
-                   "max_connections no longer holds")
 def test_garbage_counters_keep_max_connections(start_broker):
+    """Garbage counters left by a dead worker are not its successor's: each
+    process counts from 0 and the listener from when it saw the epoch, so
+    max_connections still holds afterwards."""
     limit = 16
     broker = start_broker(workers=2, max_connections=limit)
     play(broker, "counters", "garbage", faulty=False)
@@ -353,13 +340,11 @@ def test_garbage_counters_keep_max_connections(start_broker):
             c.close()
 
 
-# A race too (the router's first turn after the death against the
-# successor's attach_at_tail), so not strict.
-@pytest.mark.xfail(strict=False, reason="the router opens a dead worker's ring again once "
-                   "serving_epoch, in the dead worker's own region, names the successor's "
-                   "epoch (router_proc_ring_open): a worker that wrote it before breaking its "
-                   "ring is found faulty again when the router looks before its successor "
-                   "has reset the ring, and the successor is killed (or its ring never read)")
-def test_epoch_claimed_ahead_does_not_reach_the_successor(start_broker):
+def test_garbage_left_for_the_successor_does_not_reach_it(start_broker):
+    """A worker that leaves garbage in its counters and flags and breaks
+    both ring positions before dying: the router opens the ring again only
+    once the supervisor says the successor is READY (nothing in the dead
+    worker's region can say so), the successor repairs and publishes the
+    r2w tail before that, and is found faulty by nobody."""
     broker = start_broker(workers=2)
-    play(broker, "counters", "epoch-ahead", faulty=True)
+    play(broker, "counters", "inherit", faulty=True)

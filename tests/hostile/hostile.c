@@ -22,7 +22,7 @@
  *   race        random                                data and head rewritten for ~1 s
  *   tail        backwards | beyond | misaligned       the r2w tail
  *   forge       conns | session                       well-formed records it may not send
- *   counters    garbage | epoch-ahead                 the header page's counters and flags
+ *   counters    garbage | inherit                     the header page's counters and flags
  *   readonly    writes                                what it may not write, and cannot
  *
  * One line per case on stdout: "hostile CASE VARIANT: worker N (pid P): ...".
@@ -972,8 +972,7 @@ static void case_counters(struct target *t)
 
 	wait_router_caught_up(t);
 	if (strcmp(variant, "garbage") == 0) {
-		if (!put_u32(t, OWN(t, serving_epoch), 0xdeadbeef) ||
-		    !put_u64(t, OWN(t, accepted), UINT64_MAX - 5) ||
+		if (!put_u64(t, OWN(t, accepted), UINT64_MAX - 5) ||
 		    !put_u64(t, OWN(t, released), UINT64_MAX) ||
 		    !put_u64(t, OWN(t, msgs_in), UINT64_MAX) ||
 		    !put_u64(t, OWN(t, msgs_out), UINT64_MAX - 1))
@@ -990,19 +989,24 @@ static void case_counters(struct target *t)
 		}
 		report(t, "counters set to garbage, wake-up flags flipped %u times", v);
 		target_finish(t, false);
-	} else if (strcmp(variant, "epoch-ahead") == 0) {
-		/* Claim the successor serves already, then break the ring. */
+	} else if (strcmp(variant, "inherit") == 0) {
+		/*
+		 * Leave garbage for the successor in everything the region holds,
+		 * then break the ring: the successor must take none of it.
+		 */
 		uint64_t head = mem_u64(t, OWN(t, w2r.head));
 
-		if (!put_u32(t, OWN(t, serving_epoch), t->epoch + 1) ||
+		if (!put_u64(t, OWN(t, accepted), UINT64_MAX - 5) ||
+		    !put_u64(t, OWN(t, released), 0) ||
+		    !put_u32(t, OWN(t, w2r.p_wait), 0xffffffff) ||
+		    !put_u64(t, OWN(t, r2w.tail), 3) ||
 		    !put_u64(t, OWN(t, w2r.head), head + 4))
-			die("cannot write the w2r head");
+			die("cannot write the counters and the w2r head");
 		wake_router(t);
-		report(t, "serving_epoch set to %u (its successor's), w2r head misaligned",
-		       t->epoch + 1);
+		report(t, "counters and flags left as garbage, r2w tail and w2r head misaligned");
 		target_finish(t, true);
 	} else {
-		die("counters: variant garbage or epoch-ahead");
+		die("counters: variant garbage or inherit");
 	}
 }
 
@@ -1172,7 +1176,7 @@ int main(int argc, char **argv)
 			"  race        random\n"
 			"  tail        backwards|beyond|misaligned\n"
 			"  forge       conns|session\n"
-			"  counters    garbage|epoch-ahead\n"
+			"  counters    garbage|inherit\n"
 			"  readonly    writes\n");
 		return 2;
 	}

@@ -3020,7 +3020,8 @@ static void proc_init(struct proc *p)
 		p->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		assert_true(p->env.worker_efd[i] >= 0);
 	}
-	atomic_store(&p->wmap.worker[0]->serving_epoch, 1);
+	for (unsigned i = 0; i < PROC_WORKERS; i++)
+		atomic_store(&p->sup.sup->workers[i].ready_epoch, 1);
 	p->env.cfg = &p->cfg;
 	p->env.nworkers = PROC_WORKERS;
 	p->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -3496,7 +3497,7 @@ static void proc_successor(struct proc *p, uint32_t epoch)
 {
 	atomic_store(&p->sup.sup->workers[0].epoch, epoch);
 	shmring_producer_attach_at_tail(&p->w2r, &p->wmap.w2r[0]);
-	atomic_store(&p->wmap.worker[0]->serving_epoch, epoch);
+	atomic_store(&p->sup.sup->workers[0].ready_epoch, epoch);   /* its READY */
 	eventfd_wake(p->env.router_efd);
 }
 
