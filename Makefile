@@ -63,11 +63,19 @@ $(BUILD)/contrib/%: contrib/%.c $(BUILD)/libiotd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
 
+# A compromised worker played against a running daemon (tests/e2e/test_hostile_worker.py).
+HOSTILE_BIN := $(BUILD)/tests/hostile
+
+$(HOSTILE_BIN): tests/hostile/hostile.c $(BUILD)/libiotd.a $(wildcard include/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -pthread -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
+
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
-e2e: $(BUILD)/iotd tools
+e2e: $(BUILD)/iotd tools $(HOSTILE_BIN)
 	IOTD_BIN=$(abspath $(BUILD)/iotd) IOTD_TOOLS=$(abspath $(BUILD)/contrib) \
+	    IOTD_HOSTILE=$(abspath $(HOSTILE_BIN)) \
 	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e $(PYTEST_ARGS)
 
 check-san:

@@ -120,13 +120,12 @@ static void format_remote(const struct sockaddr_storage *ss, struct ipc_client *
 	*p = '\0';
 }
 
-/* Is worker i's process of the current epoch up and serving? */
+/* Is worker i's process of the current epoch up and serving (the supervisor says so)? */
 static bool worker_alive(const struct listener *l, unsigned i)
 {
 	const struct shm_worker_state *st = &l->env->shm.sup->workers[i];
 
-	return atomic_load(&st->up) &&
-	       atomic_load(&l->env->shm.worker[i]->serving_epoch) == atomic_load(&st->epoch);
+	return atomic_load(&st->up) && atomic_load(&st->ready_epoch) == atomic_load(&st->epoch);
 }
 
 static uint32_t worker_capacity(const struct listener *l, unsigned i)
@@ -135,20 +134,42 @@ static uint32_t worker_capacity(const struct listener *l, unsigned i)
 }
 
 /*
- * Connections a worker holds plus those on their way to it: handed (our
- * count) less those gone. A live worker says how many it released; of a
- * dead one every connection it had taken is gone, and those still in its
- * channel wait for its successor (which starts by releasing its
- * predecessor's). The worker's numbers are its claims: a lying worker can
- * only skew where new connections go, never make the count wrap.
+ * Where worker i's process counts from: our handed[i] when we first saw
+ * its epoch (kept in our region, so a restarted listener keeps it too).
+ * Each worker process starts its own counts from 0.
+ */
+static uint64_t worker_base(const struct listener *l, unsigned i)
+{
+	struct shm_listener *ls = l->env->shm.listener;
+	uint32_t epoch = atomic_load(&l->env->shm.sup->workers[i].epoch);
+
+	if (atomic_load(&ls->base_epoch[i]) != epoch) {
+		atomic_store(&ls->base[i], atomic_load(&ls->handed[i]));
+		atomic_store(&ls->base_epoch[i], epoch);
+	}
+	return atomic_load(&ls->base[i]);
+}
+
+/*
+ * Connections a worker holds plus those on their way to it. Since the base
+ * we handed it 'since'; it says it took 'accepted' (more than 'since' when
+ * it took fds its predecessor left in the channel) and released
+ * 'released'. A dead worker's connections are all gone; what it had not
+ * taken waits in the channel for its successor. The worker's numbers are
+ * its claims, clamped so that the count never wraps: a lying worker can
+ * skew where new connections go, not the count of another worker nor its
+ * successor's.
  */
 static uint64_t worker_load(const struct listener *l, unsigned i)
 {
 	const struct shm_worker *w = l->env->shm.worker[i];
-	uint64_t handed = atomic_load(&l->env->shm.listener->handed[i]);
-	uint64_t gone = worker_alive(l, i) ? atomic_load(&w->released) : atomic_load(&w->accepted);
+	uint64_t since = atomic_load(&l->env->shm.listener->handed[i]) - worker_base(l, i);
+	uint64_t accepted = atomic_load(&w->accepted), released = atomic_load(&w->released);
+	uint64_t taken = since > accepted ? since : accepted;
 
-	return handed > gone ? handed - gone : 0;
+	if (!worker_alive(l, i))
+		return since > accepted ? since - accepted : 0;
+	return taken > released ? taken - released : 0;
 }
 
 static uint64_t total_load(const struct listener *l)

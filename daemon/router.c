@@ -166,7 +166,8 @@ struct session {
 	uint32_t q_at_worker;        /* copies of what the connection holds */
 	uint32_t n_cursors;          /* subscriptions with retained messages still to send */
 
-	conn_id_t conn;              /* while online: in conn_slots */
+	conn_id_t conn;              /* while online: in conn_slots; offline: the last one */
+	conn_id_t prev_conn;         /* the connection before conn (a takeover's old one) */
 	struct session_connect *cx;  /* the accepted CONNECT (its will, its remote) while online */
 	char *remote_off;            /* offline: where it last connected from (session_remote()) */
 	struct session_sub *subs;
@@ -1542,6 +1543,7 @@ static void router_connect_apply(struct router *r, struct session_connect *c)
 		}
 		r->warned_sessions_full = false;
 	}
+	s->prev_conn = s->conn;
 	s->conn = c->conn;
 	if (!router_conn_link(r, s)) {
 		if (!present)
@@ -2086,6 +2088,13 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 		log_debug("router: stored message for gone session %u dropped", sid);
 		return ROUTER_OK;
 	}
+	/*
+	 * Provenance: only what one of the session's own connections (the
+	 * current or last one, or the one a takeover replaced) owes it. A
+	 * worker cannot queue messages for sessions it never held.
+	 */
+	if (conn != s->conn && conn != s->prev_conn)
+		return ROUTER_NOCONN;
 	if (copy) {
 		/* The router holds this one already, with its state as last reported. */
 		return ROUTER_OK;
@@ -2929,8 +2938,10 @@ struct router_proc {
 	bool down_done_due[IOTD_MAX_WORKERS];   /* IPC_WORKER_DOWN_DONE to send after the turn */
 	/*
 	 * After a death, the ring is left alone until the successor (of epoch
-	 * gate_epoch) says it serves: it first moves the ring's head back to
-	 * where we stand (shmring_producer_attach_at_tail).
+	 * gate_epoch) has reported READY to the supervisor (sup ready_epoch):
+	 * it first moves the ring's head back to where we stand
+	 * (shmring_producer_attach_at_tail). Nothing in the worker's own
+	 * region could say so: its dead predecessor wrote that too.
 	 */
 	bool gated[IOTD_MAX_WORKERS];
 	uint32_t gate_epoch[IOTD_MAX_WORKERS];
@@ -2962,7 +2973,7 @@ static bool router_proc_ring_open(struct router_proc *p, unsigned i)
 		return false;
 	if (!p->gated[i])
 		return true;
-	if (atomic_load(&p->env->shm.worker[i]->serving_epoch) != p->gate_epoch[i])
+	if (atomic_load(&p->env->shm.sup->workers[i].ready_epoch) != p->gate_epoch[i])
 		return false;
 	/* The successor serves: its ring starts where we stand; take its view afresh. */
 	p->gated[i] = false;
@@ -3619,7 +3630,7 @@ static void router_proc_tick(struct router_proc *p)
 
 /*
  * At start: a worker forked once its predecessor's death was handled, but
- * not serving yet, has not moved its ring's head back to our tail: the
+ * not READY yet, may not have moved its ring's head back to our tail: the
  * ring waits for it.
  */
 static void router_proc_gate_setup(struct router_proc *p, unsigned i)
@@ -3627,7 +3638,7 @@ static void router_proc_gate_setup(struct router_proc *p, unsigned i)
 	const struct shm_worker_state *st = &p->env->shm.sup->workers[i];
 	uint32_t epoch = atomic_load(&st->epoch);
 
-	if (atomic_load(&st->up) && atomic_load(&p->env->shm.worker[i]->serving_epoch) != epoch) {
+	if (atomic_load(&st->up) && atomic_load(&st->ready_epoch) != epoch) {
 		p->gated[i] = true;
 		p->gate_epoch[i] = epoch;
 	}

@@ -1082,6 +1082,9 @@ static void child_message(struct supervisor *sv, struct child *c)
 	c->ready_ms = now_ms();
 	if (c->role == ROLE_ROUTER)
 		router_told_downs(sv);
+	/* Its rings are taken over: the router and the listener may count on it. */
+	if (c->role == ROLE_WORKER)
+		atomic_store(&sv->env.shm.sup->workers[c->index].ready_epoch, c->epoch);
 	if (c->restarts > 0)
 		log_info("%s is back (pid %d)", child_name(c, name, sizeof(name)), (int)c->pid);
 	if (!sv->ready_sent) {

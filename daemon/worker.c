@@ -2219,6 +2219,8 @@ static int worker_setup(struct worker *w, struct role_env *env)
 		log_error("the ring from the router: our predecessor left an impossible position; "
 			  "skipping what it holds");
 		shmring_discard(&w->cons);
+		/* Before READY: the router must see the repaired tail, never the old one. */
+		shmring_release(&w->cons);
 	}
 	ev.data.ptr = &w->timerfd;
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->timerfd, &ev) < 0)
@@ -2268,10 +2270,14 @@ int worker_main(struct role_env *env)
 
 	if (worker_setup(&w, env) < 0)
 		fatal("worker setup failed: %s", strerror(errno));
-	/* Our predecessor's connections died with it; then the listener may count on us. */
+	/*
+	 * Our own counts start from nothing: whatever our predecessor left in
+	 * them is its claim, not ours (the listener counts from when it saw
+	 * our epoch). READY then tells the supervisor we serve.
+	 */
 	ws = env->shm.worker[w.index];
-	atomic_store(&ws->released, atomic_load(&ws->accepted));
-	atomic_store(&ws->serving_epoch, w.epoch);
+	atomic_store(&ws->accepted, 0);
+	atomic_store(&ws->released, 0);
 	ipc_send(env->ctl_fd, IPC_READY, w.index, NULL, 0, -1);
 	while (!w.stopping) {
 		int timeout = shmring_prepare_sleep(&w.cons) ? -1 : 0;

@@ -39,6 +39,12 @@
 struct shm_worker_state {
 	_Atomic uint32_t epoch;        /* epoch of worker i's current (or next) process */
 	_Atomic uint32_t up;           /* 1 from its fork to its death */
+	/*
+	 * The epoch of the last process that reported READY: set up, its rings
+	 * taken over (shmring_producer_attach_at_tail), serving. Written by the
+	 * supervisor, so no dead worker can claim it for its successor.
+	 */
+	_Atomic uint32_t ready_epoch;
 	_Atomic uint32_t capacity;     /* connections it can hold (open-file limit less a reserve) */
 };
 
@@ -52,16 +58,22 @@ struct shm_sup {
 struct shm_listener {
 	_Atomic uint64_t connects;     /* accepted connections, ever */
 	_Atomic uint64_t handed[IOTD_MAX_WORKERS]; /* client fds sent to worker i, ever */
+	/*
+	 * handed[i] when the listener first saw worker i's epoch base_epoch[i]:
+	 * what the worker of that epoch says it took and released counts from
+	 * there (listener.c, worker_load).
+	 */
+	_Atomic uint64_t base[IOTD_MAX_WORKERS];
+	_Atomic uint32_t base_epoch[IOTD_MAX_WORKERS];
 };
 
 /*
- * Written by worker i only: the header page of its region. The listener
- * balances on handed - released: a connection counts from the moment it is
- * handed over until it is gone. Read by others as claims, never as sizes.
+ * Written by worker i only: the header page of its region. Each process
+ * starts its counters from 0, whatever its predecessor left. Read by others
+ * as claims, never as sizes.
  */
 struct shm_worker {
-	_Atomic uint32_t serving_epoch; /* the epoch of the process serving, once it is */
-	_Atomic uint64_t accepted;     /* client fds taken from the channel, ever */
+	_Atomic uint64_t accepted;     /* client fds this process took from the channel */
 	_Atomic uint64_t released;     /* of those, gone (closed or refused) */
 	_Atomic uint64_t msgs_in;      /* PUBLISH packets received from clients */
 	_Atomic uint64_t msgs_out;     /* PUBLISH packets sent to clients */

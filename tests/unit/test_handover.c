@@ -105,7 +105,7 @@ static void fx_init(struct fx *f)
 		atomic_store(&sup_worker(f, i)->epoch, 1);
 		atomic_store(&sup_worker(f, i)->up, 1);
 		atomic_store(&sup_worker(f, i)->capacity, 1000);
-		atomic_store(&worker_mem(f, i)->serving_epoch, 1);
+		atomic_store(&sup_worker(f, i)->ready_epoch, 1);
 		f->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		assert_true(f->env.worker_efd[i] >= 0);
 		assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC,
@@ -471,6 +471,7 @@ static void listener_balances_on_load_with_the_batch_counted(void **state)
 	listener_fx(&f, AF_INET);
 	/* Worker 0 holds 4 already: the first 4 of the burst go to worker 1, then they alternate. */
 	atomic_store(handed(&f, 0), 4);
+	atomic_store(&worker_mem(&f, 0)->accepted, 4);
 	listener_spawn(&f, NULL);
 	burst(&f, clients, 8);
 	for (unsigned w = 0; w < NWORKERS; w++)
@@ -769,7 +770,7 @@ static void listener_passes_over_a_worker_not_yet_serving_its_epoch(void **state
 	atomic_store(&sup_worker(&f, b)->epoch, 2);
 	assert_int_equal(next_worker(&f, &clients[1]), a);
 	assert_int_equal(next_worker(&f, &clients[2]), a);
-	atomic_store(&worker_mem(&f, b)->serving_epoch, 2);
+	atomic_store(&sup_worker(&f, b)->ready_epoch, 2);
 	assert_int_equal(next_worker(&f, &clients[3]), b);
 	expect_handed(&f, a, 3);
 	expect_handed(&f, b, 1);
@@ -957,31 +958,32 @@ static void worker_out_of_fds_closes_a_truncated_batch_and_counts_it(void **stat
 }
 
 /*
- * A worker starting in a new epoch: its predecessor's connections died
- * with it (released = accepted), then it says it serves its epoch, which
- * is what the listener waits for.
+ * A worker starting in a new epoch counts from 0, whatever its
+ * predecessor (perhaps a hostile one) left in its region, and has said
+ * READY by the time it serves.
  */
-static void worker_starts_by_releasing_its_predecessors_connections(void **state)
+static void worker_starts_its_counts_from_zero(void **state)
 {
 	struct fx f;
 	int a[2];
 
 	fx_init(&f);
-	atomic_store(&worker_mem(&f, 0)->accepted, 7);
+	atomic_store(&worker_mem(&f, 0)->accepted, UINT64_MAX - 5);
 	atomic_store(&worker_mem(&f, 0)->released, 3);
 	atomic_store(&sup_worker(&f, 0)->epoch, 2);
 	f.env.epoch = 2;
 	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
-	assert_int_equal(atomic_load(&worker_mem(&f, 0)->serving_epoch), 2);
-	assert_int_equal(atomic_load(&worker_mem(&f, 0)->released), 7);
+	assert_int_equal(atomic_load(&worker_mem(&f, 0)->accepted), 0);
+	assert_int_equal(atomic_load(&worker_mem(&f, 0)->released), 0);
 	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
 	send_batch(&f, &a[1], 1, 1);
 	close(a[1]);
-	wait_counts(&f, 8, 7);
+	wait_counts(&f, 1, 0);
 	close(a[0]);
-	wait_counts(&f, 8, 8);
+	wait_counts(&f, 1, 1);
 	fx_stop(&f);
 }
+
 
 /* ---- per-address limits ---------------------------------------------------- */
 
@@ -1187,7 +1189,7 @@ static void listener_forgets_the_connections_of_a_restarted_worker(void **state)
 	assert_int_equal(hdr.type, IPC_PONG);
 	/* Restarted: its connections died with it, and the listener asks the new one afresh. */
 	atomic_fetch_add(&sup_worker(&f, (unsigned)w)->epoch, 1);
-	atomic_fetch_add(&worker_mem(&f, (unsigned)w)->serving_epoch, 1);
+	atomic_fetch_add(&sup_worker(&f, (unsigned)w)->ready_epoch, 1);
 	assert_true(try_connect(&f, &clients[2], &again) >= 0);
 	if (again == 0)
 		again = expect_sync(&f, (unsigned)w);
@@ -1330,6 +1332,34 @@ static void worker_answers_a_sync_with_what_it_holds_then_reports_each_close(voi
 	fx_stop(&f);
 }
 
+/*
+ * Garbage a dead worker left in its counts is not its successor's: the
+ * listener counts from when it saw the new epoch, so the successor is
+ * not taken for empty forever, and max_connections holds.
+ */
+static void listener_counts_a_successor_from_its_own_epoch(void **state)
+{
+	struct fx f;
+	int clients[4];
+
+	listener_fx(&f, AF_INET);
+	f.cfg.max_connections = 3;
+	f.cfg.placement_slack = 0;
+	/* What the dead process left; its successor (epoch 2, READY) counts from 0. */
+	atomic_store(&sup_worker(&f, 0)->epoch, 2);
+	atomic_store(&sup_worker(&f, 0)->ready_epoch, 2);
+	atomic_store(&worker_mem(&f, 0)->accepted, 0);
+	atomic_store(&worker_mem(&f, 0)->released, 0);
+	atomic_store(handed(&f, 0), 1000);
+	listener_spawn(&f, NULL);
+	/* Three fit (none of them released, as no worker runs), the fourth does not. */
+	for (int i = 0; i < 3; i++)
+		assert_true(try_connect(&f, &clients[i], NULL) >= 0);
+	assert_int_equal(try_connect(&f, &clients[3], NULL), -1);
+	close_all(clients, 4);
+	fx_stop(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1348,7 +1378,8 @@ int main(void)
 		cmocka_unit_test(worker_takes_a_batch_and_closes_the_fd_it_cannot_take),
 		cmocka_unit_test(worker_closes_a_malformed_batch_and_counts_it),
 		cmocka_unit_test(worker_out_of_fds_closes_a_truncated_batch_and_counts_it),
-		cmocka_unit_test(worker_starts_by_releasing_its_predecessors_connections),
+		cmocka_unit_test(worker_starts_its_counts_from_zero),
+		cmocka_unit_test(listener_counts_a_successor_from_its_own_epoch),
 		cmocka_unit_test(listener_refuses_past_max_connections_per_address_until_one_is_gone),
 		cmocka_unit_test(listener_refuses_past_max_connect_rate_per_address),
 		cmocka_unit_test(listener_forgets_the_connections_of_a_restarted_worker),

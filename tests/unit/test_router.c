@@ -2481,6 +2481,38 @@ static void records_for_other_epochs_or_impossible_slots_are_dropped(void **stat
 	connect_ok(f, conn_id_make(0, 4, 5, 1), true, "fresh", NULL);
 }
 
+/*
+ * A stored message is taken only from one of its session's own
+ * connections: a worker naming another worker's session, online or
+ * offline, or a session it never held, queues and delivers nothing.
+ */
+static void session_msg_from_a_connection_the_session_never_had_is_dropped(void **state)
+{
+	struct fx *f = *state;
+	struct router_stats st;
+	uint32_t on_w1 = connect_ok(f, C(1, 1), false, "w1", NULL);
+	uint32_t offline = connect_ok(f, C(1, 2), false, "gone", NULL);
+	struct recw w;
+
+	recw_init(&w);
+	recw_u64(&w, C(1, 2));
+	recw_u8(&w, 0);
+	recw_u16(&w, 0);
+	assert_int_equal(handle(f, 1, REC_CLOSE, &w), 0);
+	fx_clear(f);
+	assert_int_equal(send_session_msg(f, C(0, 1), on_w1, 5, MSG_QUEUED, 1, "forged", "x"), -1);
+	assert_int_equal(send_session_msg(f, C(0, 1), offline, 6, MSG_QUEUED, 1, "forged", "x"), -1);
+	assert_int_equal(f->n, 0);
+	router_get_stats(f->r, &st);
+	assert_int_equal(st.queue_drops, 0);
+	/* Its own last connection may: what the closing connection still owed. */
+	assert_int_equal(send_session_msg(f, C(1, 2), offline, 7, MSG_QUEUED, 1, "own", "y"), 0);
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(1, 3), false, "gone", NULL), 0);
+	assert_int_equal(f->n, 2);              /* CONNACK, then the one queued message */
+	assert_int_equal(f->caps[1].type, REC_SESSION_MSG);
+}
+
 static uint32_t rng_state = 0x12345678;
 
 static uint32_t rng(void)
@@ -3020,7 +3052,8 @@ static void proc_init(struct proc *p)
 		p->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		assert_true(p->env.worker_efd[i] >= 0);
 	}
-	atomic_store(&p->wmap.worker[0]->serving_epoch, 1);
+	for (unsigned i = 0; i < PROC_WORKERS; i++)
+		atomic_store(&p->sup.sup->workers[i].ready_epoch, 1);
 	p->env.cfg = &p->cfg;
 	p->env.nworkers = PROC_WORKERS;
 	p->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -3496,7 +3529,7 @@ static void proc_successor(struct proc *p, uint32_t epoch)
 {
 	atomic_store(&p->sup.sup->workers[0].epoch, epoch);
 	shmring_producer_attach_at_tail(&p->w2r, &p->wmap.w2r[0]);
-	atomic_store(&p->wmap.worker[0]->serving_epoch, epoch);
+	atomic_store(&p->sup.sup->workers[0].ready_epoch, epoch);   /* its READY */
 	eventfd_wake(p->env.router_efd);
 }
 
@@ -3742,6 +3775,7 @@ int main(void)
 		T(records_from_the_wrong_ring_or_of_router_types_are_dropped),
 		T(garbage_records_do_not_crash_the_router),
 		T(records_for_other_epochs_or_impossible_slots_are_dropped),
+		T(session_msg_from_a_connection_the_session_never_had_is_dropped),
 		T(a_crashed_router_comes_back_with_sessions_subscriptions_queues_and_retained),
 		T(only_committed_changes_outlive_the_router),
 		T(a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will),
