@@ -36,7 +36,7 @@
 
 /* An allocation failure in a hash add must not exit the router: the add fails, tbl is NULL. */
 #define HASH_NONFATAL_OOM 1
-#include <uthash.h>
+#include "keyhash.h"  /* uthash, keyed */
 
 #include "hidx.h"
 #include "iotd.h"

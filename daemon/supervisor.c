@@ -39,6 +39,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "ipc.h"
+#include "keyhash.h"
 #include "log.h"
 #include "privsep.h"
 #include "proctitle.h"
@@ -569,6 +570,8 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	if (getppid() != parent)
 		_exit(0);
 	ipc_set_process();
+	/* Our own hash key, before any table and before seccomp (getrandom). */
+	keyhash_init();
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	/* Ctrl-C reaches the whole process group: only the supervisor acts on it. */
