@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 4            /* bump whenever enum ipc_type or a payload changes */
+#define IPC_VERSION 5            /* bump whenever enum ipc_type or a payload changes */
 #define IPC_MAX_PAYLOAD 4096
 /*
  * Fds one message may carry: a full IPC_CLIENT_FD payload, and well under
@@ -32,6 +32,7 @@ enum ipc_type {
 	IPC_STOP_ACCEPT,      /* supervisor -> listener: close listening sockets */
 	IPC_LOG_SETTINGS,     /* supervisor -> child: new log level and format (struct log_settings, log.h) */
 	IPC_CONFIG,           /* supervisor -> child: the configuration in force after a reload (struct iotd_config) */
+	IPC_STORE_FAILED,     /* router -> supervisor: its store cannot be opened (payload: why, a string); it exits on IPC_SHUTDOWN */
 	IPC_TYPE_MAX
 };
 
