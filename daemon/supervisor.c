@@ -1018,7 +1018,7 @@ static void stop_failed_start(struct supervisor *sv)
  */
 static void start_serving(struct supervisor *sv)
 {
-	struct child *listener = &sv->children[sv->n_children - 1];
+	struct child *listener = &sv->children[sv->n_children - 1];   /* setup_children() */
 	char where[128];
 
 	for (int i = 0; i < sv->env.n_listen_fds; i++) {
@@ -1043,8 +1043,8 @@ static void start_serving(struct supervisor *sv)
  * with backoff like after any other exit, since the store may come back
  * (a full file system freed, a disk remounted).
  */
-static void router_store_failed(struct supervisor *sv, struct child *c, const char *why,
-				size_t len)
+static void router_cannot_open_store(struct supervisor *sv, struct child *c, const char *why,
+				    size_t len)
 {
 	int n = (int)strnlen(why, len);
 
@@ -1080,7 +1080,7 @@ static void child_message(struct supervisor *sv, struct child *c)
 		return;
 	}
 	if (hdr.type == IPC_STORE_FAILED && c->role == ROLE_ROUTER) {
-		router_store_failed(sv, c, buf, (size_t)n);
+		router_cannot_open_store(sv, c, buf, (size_t)n);
 		return;
 	}
 	if (hdr.type != IPC_READY)
