@@ -394,7 +394,7 @@ static int open_listeners(struct supervisor *sv)
 	listen_set_install(sv, &set);
 	for (int i = 0; i < sv->cfg->n_listen; i++) {
 		format_listen_addr(&sv->cfg->listen[i], where, sizeof(where));
-		log_debug("bound %s; listening once the router is ready", where);
+		log_debug("bound %s (to listen once the router is ready)", where);
 	}
 	return 0;
 }
