@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "hidx.h"
+#include "keyhash.h"
 
 #define HIDX_MIN_SLOTS 16u
 
@@ -26,17 +27,13 @@ uint32_t hidx_hash_u32(uint32_t v)
 	return v;
 }
 
-/* FNV-1a, then the finaliser: FNV's low bits alone are weak for short keys. */
+/*
+ * Client ids and topics are the client's choice: keyed (keyhash.h), so no
+ * client can pick keys that pile up in one run of slots.
+ */
 uint32_t hidx_hash_bytes(const void *data, size_t len)
 {
-	const unsigned char *p = data;
-	uint32_t h = 2166136261u;
-
-	for (size_t i = 0; i < len; i++) {
-		h ^= p[i];
-		h *= 16777619u;
-	}
-	return hidx_hash_u32(h ^ (uint32_t)len);
+	return (uint32_t)keyhash(data, len);
 }
 
 void hidx_free(struct hidx *x)

@@ -30,7 +30,7 @@
 
 /* Out of memory in HASH_ADD must come back to us, not exit the router. */
 #define HASH_NONFATAL_OOM 1
-#include <uthash.h>
+#include "keyhash.h"  /* uthash, keyed */
 
 struct retain_msg {
 	size_t topic_len, payload_len;

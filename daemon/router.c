@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -36,7 +37,7 @@
 
 /* An allocation failure in a hash add must not exit the router: the add fails, tbl is NULL. */
 #define HASH_NONFATAL_OOM 1
-#include <uthash.h>
+#include "keyhash.h"  /* uthash, keyed */
 
 #include "hidx.h"
 #include "iotd.h"
@@ -71,6 +72,7 @@
 #define ROUTER_RETAINED_BYTES (2u << 20)
 #define ROUTER_RETAINED_SLICE 256
 #define ROUTER_RETAINED_REC_BYTES 32  /* a retained DELIVER's bytes besides topic and payload */
+#define ROUTER_STORE_FAILED_WAIT_MS 2000 /* most time to wait for the supervisor to read why the store failed */
 
 enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
 
@@ -3475,52 +3477,109 @@ static int router_proc_ctl(struct router_proc *p)
 
 /* ---- the process: the store -------------------------------------------- */
 
+/* Set by router_set_memory_store() before router_main(). */
+static char memory_store_name[STORE_NAME_LEN];
+static bool memory_store_successor;
+
+void router_set_memory_store(const char *name, bool successor)
+{
+	snprintf(memory_store_name, sizeof(memory_store_name), "%s", name);
+	memory_store_successor = successor;
+}
+
+/* "memory": the directory of this daemon's store, after clearing what dead daemons left. */
+static int router_memory_dir(struct router_proc *p, pid_t daemon, char *err, size_t errlen)
+{
+	const char *root = store_memory_root();
+
+	if (strcmp(root, STORE_MEMORY_ROOT) != 0)
+		log_warn("router: %s is not writable: keeping the state in %s", STORE_MEMORY_ROOT,
+			 root);
+	store_sweep(root, daemon);
+	if (store_memory_dir(p->st_dir, sizeof(p->st_dir), root, memory_store_name) < 0) {
+		snprintf(err, errlen, "store in %s: no name for it, or too long", root);
+		return -1;
+	}
+	if (memory_store_successor)
+		return 0;
+	return store_memory_create(p->st_dir, err, errlen);
+}
+
 /*
  * Open the store of this daemon: backend "memory" in a tmpfs directory
- * named after the supervisor (clearing what dead daemons left there),
+ * under the name the supervisor drew (see router_set_memory_store),
  * "disk" at storage.path. A store another daemon wrote is claimed, and
  * forgets that daemon's connections and rings. *same: this daemon wrote
- * it (the router restarted): its ring positions are ours.
+ * it (the router restarted): its ring positions are ours. On failure the
+ * reason is in err.
  */
-static int router_store_open(struct router_proc *p, bool *same)
+static int router_store_open(struct router_proc *p, bool *same, char *err, size_t errlen)
 {
 	const struct iotd_config *cfg = p->env->cfg;
 	pid_t daemon = getppid();
-	char ident[STORE_IDENT_LEN], err[512];
+	char ident[STORE_IDENT_LEN];
 
 	p->st_memory = strcmp(cfg->storage_backend, "disk") != 0;
 	if (p->st_memory) {
-		const char *root = store_memory_root();
-
-		if (strcmp(root, STORE_MEMORY_ROOT) != 0)
-			log_warn("router: %s is not writable: keeping the state in %s", STORE_MEMORY_ROOT,
-				 root);
-		store_sweep(root, daemon);
-		if (store_memory_dir(p->st_dir, sizeof(p->st_dir), root, daemon) < 0)
-			goto toolong;
+		if (router_memory_dir(p, daemon, err, errlen) < 0)
+			return -1;
 	} else if (snprintf(p->st_dir, sizeof(p->st_dir), "%s", cfg->storage_path) >=
 		   (int)sizeof(p->st_dir)) {
-		goto toolong;
-	}
-	p->st = store_open(p->st_dir, p->st_memory ? STORE_MEMORY : STORE_DISK,
-			   p->st_memory ? STORE_MEMORY_MAP : STORE_DISK_MAP, err, sizeof(err));
-	if (!p->st) {
-		log_error("router: %s", err);
+		snprintf(err, errlen, "storage.path is too long (at most %zu bytes)",
+			 sizeof(p->st_dir) - 1);
 		return -1;
 	}
+	p->st = store_open(p->st_dir, p->st_memory ? STORE_MEMORY : STORE_DISK,
+			   p->st_memory ? STORE_MEMORY_MAP : STORE_DISK_MAP, err, errlen);
+	if (!p->st)
+		return -1;
 	store_daemon_ident(daemon, ident, sizeof(ident));
 	*same = store_same_daemon(p->st, ident);
 	if (*same)
 		return 0;
 	/* A memory store of a dead daemon that had our pid is not ours to resume. */
 	if (store_new_daemon(p->st, ident, !p->st_memory) < 0) {
-		log_error("router: cannot claim the store %s", p->st_dir);
+		snprintf(err, errlen, "store %s: cannot claim it for this daemon (see above)",
+			 p->st_dir);
 		return -1;
 	}
 	return 0;
-toolong:
-	log_error("router: storage path too long");
-	return -1;
+}
+
+/*
+ * The store cannot be opened: tell the supervisor why (it logs it, and at
+ * the daemon's start stops it rather than serving clients no router can
+ * route for), then wait for its answer, so that the message is read
+ * before our exit is reaped. Bounded: an exit without the answer only
+ * means a restart with backoff.
+ */
+static void router_store_failed(struct router_proc *p, const char *why)
+{
+	struct pollfd pfd = { .fd = p->env->ctl_fd, .events = POLLIN };
+	uint64_t deadline = router_now_ms() + ROUTER_STORE_FAILED_WAIT_MS;
+	struct ipc_hdr hdr;
+	char buf[IPC_MAX_PAYLOAD];
+	int fd;
+
+	if (ipc_send(p->env->ctl_fd, IPC_STORE_FAILED, 0, why, strlen(why) + 1, -1) < 0) {
+		log_error("router: %s (and cannot tell the supervisor: %s)", why, strerror(errno));
+		return;
+	}
+	for (uint64_t now = router_now_ms(); now < deadline; now = router_now_ms()) {
+		ssize_t n;
+
+		if (poll(&pfd, 1, (int)(deadline - now)) <= 0)
+			continue;
+		fd = -1;
+		n = ipc_recv(p->env->ctl_fd, &hdr, buf, sizeof(buf), &fd);
+		if (fd >= 0)
+			close(fd);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR || errno == EMSGSIZE))
+			continue;
+		/* Answered, or the supervisor is gone (an error, EOF); anything else waits. */
+		if (n < 0 || hdr.type == 0 || hdr.type == IPC_SHUTDOWN)
+			return;
+	}
 }
 
 struct router_held_ctx {
@@ -3651,6 +3710,7 @@ static int router_proc_setup(struct router_proc *p)
 	struct epoll_event ev = { .events = EPOLLIN };
 	size_t max_record = SIZE_MAX;
 	bool same = false;
+	char err[512];
 
 	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
 		p->stored_tail[i] = p->stored_head[i] = ROUTER_NO_POS;
@@ -3662,8 +3722,10 @@ static int router_proc_setup(struct router_proc *p)
 		router_proc_gate_setup(p, i);
 	}
 	max_record = shmring_max_payload(env->shm.ring_size);
-	if (router_store_open(p, &same) < 0)
+	if (router_store_open(p, &same, err, sizeof(err)) < 0) {
+		router_store_failed(p, err);
 		return -1;
+	}
 	p->r = router_new(env->cfg, env->nworkers, router_proc_emit, p, p->st);
 	if (!p->r) {
 		log_error("router: cannot build its state (out of memory, or the store is unreadable)");

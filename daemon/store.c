@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -52,6 +53,7 @@
 #define STORE_MAX_DBS 8
 #define STORE_LOCK_FILE "iotd.lock"
 #define STORE_DIR_PREFIX "iotd-"
+#define STORE_NAME_RANDOM 16                      /* bytes of getrandom() in a memory store's name */
 
 struct store {
 	MDB_env *env;
@@ -1050,11 +1052,50 @@ const char *store_memory_root(void)
 							    STORE_MEMORY_FALLBACK;
 }
 
-int store_memory_dir(char *buf, size_t len, const char *root, pid_t daemon)
+int store_memory_name(char *buf, size_t len, pid_t daemon)
 {
-	int n = snprintf(buf, len, "%s/" STORE_DIR_PREFIX "%d", root, (int)daemon);
+	unsigned char rnd[STORE_NAME_RANDOM];
+	char hex[2 * STORE_NAME_RANDOM + 1];
+	size_t got = 0;
+	int n;
 
-	return n < 0 || (size_t)n >= len ? -1 : 0;
+	while (got < sizeof(rnd)) {
+		ssize_t r = getrandom(rnd + got, sizeof(rnd) - got, 0);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -1;
+		got += (size_t)r;
+	}
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+	n = snprintf(buf, len, STORE_DIR_PREFIX "%d-%s", (int)daemon, hex);
+	if (n < 0 || (size_t)n >= len) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	return 0;
+}
+
+int store_memory_dir(char *buf, size_t len, const char *root, const char *name)
+{
+	int n = snprintf(buf, len, "%s/%s", root, name);
+
+	return name[0] == '\0' || n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
+int store_memory_create(const char *dir, char *err, size_t errlen)
+{
+	if (mkdir(dir, 0700) == 0)
+		return 0;
+	if (errno == EEXIST)
+		snprintf(err, errlen, "store %s: something is already there under this daemon's "
+			 "new store name: refusing it", dir);
+	else
+		snprintf(err, errlen, "store %s: cannot create the directory: %s", dir,
+			 strerror(errno));
+	return -1;
 }
 
 /*
@@ -1108,6 +1149,16 @@ static bool store_dir_abandoned(const char *dir, pid_t pid)
 	return free_lock;
 }
 
+/* What follows the pid in a store's name: "-<32 hex digits>", or nothing (older versions). */
+static bool store_name_tail(const char *s)
+{
+	if (*s == '\0')
+		return true;
+	if (*s++ != '-' || strlen(s) != 2 * STORE_NAME_RANDOM)
+		return false;
+	return strspn(s, "0123456789abcdef") == 2 * STORE_NAME_RANDOM;
+}
+
 int store_sweep(const char *root, pid_t self)
 {
 	char dir[512];
@@ -1125,7 +1176,7 @@ int store_sweep(const char *root, pid_t self)
 			continue;
 		errno = 0;
 		pid = strtol(e->d_name + strlen(STORE_DIR_PREFIX), &end, 10);
-		if (errno || *end || pid <= 0 || pid == self)
+		if (errno || !store_name_tail(end) || pid <= 0 || pid == self)
 			continue;
 		snprintf(dir, sizeof(dir), "%s/%s", root, e->d_name);
 		if (!store_dir_abandoned(dir, (pid_t)pid))

@@ -39,10 +39,13 @@
 #include <systemd/sd-daemon.h>
 
 #include "ipc.h"
+#include "keyhash.h"
 #include "log.h"
 #include "privsep.h"
 #include "proctitle.h"
 #include "role.h"
+#include "router.h"
+#include "store.h"
 #include "supervisor.h"
 
 #define RESTART_MIN_MS 10        /* first restart after a crash */
@@ -83,6 +86,8 @@ struct supervisor {
 	struct child children[2 + IOTD_MAX_WORKERS];
 	unsigned n_children;
 	bool ready_sent;
+	bool serving;                /* the router was ready once: sockets listen, the listener runs */
+	bool start_failed;           /* stopping because the daemon could not start: exit 1 */
 	bool stopping;
 	bool router_told;            /* stopping: the router was asked to stop (it goes last) */
 	uint64_t stop_deadline_ms;
@@ -93,6 +98,7 @@ struct supervisor {
 	bool watchdog;               /* systemd expects WATCHDOG=1 */
 	uint64_t health_ms;          /* ping period: half the watchdog interval, or HEALTH_MS */
 	uint64_t next_health_ms;
+	char store_name[STORE_NAME_LEN]; /* the "memory" store's directory, drawn once at start */
 };
 
 static uint64_t now_ms(void)
@@ -158,7 +164,12 @@ static bool listen_addr_equal(const struct listen_addr *a, const struct listen_a
 	       a->family == b->family;
 }
 
-static int bind_one(const struct addrinfo *ai, bool v6only)
+/*
+ * listen_now false: bound only, so that the address is ours (a clash is a
+ * start-up error) while connections are still refused; start_serving()
+ * makes it listen once the router is ready.
+ */
+static int bind_one(const struct addrinfo *ai, bool v6only, bool listen_now)
 {
 	int fd, one = 1, v6 = v6only ? 1 : 0;
 
@@ -168,7 +179,7 @@ static int bind_one(const struct addrinfo *ai, bool v6only)
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (ai->ai_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6, sizeof(v6));
-	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
+	if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || (listen_now && listen(fd, SOMAXCONN) < 0)) {
 		int saved = errno;
 
 		close(fd);
@@ -187,7 +198,7 @@ static int bind_one(const struct addrinfo *ai, bool v6only)
  * appended stay in set for the caller to close.
  */
 static int bind_listen_addr(struct listen_set *set, const struct listen_addr *la, int owner,
-			    char *err, size_t errlen)
+			    bool listen_now, char *err, size_t errlen)
 {
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
 	struct addrinfo *res, *ai;
@@ -206,9 +217,9 @@ static int bind_listen_addr(struct listen_set *set, const struct listen_addr *la
 	for (ai = res; ai != NULL; ai = ai->ai_next) {
 		if (set->n >= (int)ARRAY_SIZE(set->fd))
 			break;
-		fd = bind_one(ai, host == NULL);
+		fd = bind_one(ai, host == NULL, listen_now);
 		if (fd < 0 && ai->ai_family == AF_INET6 && errno == EADDRINUSE)
-			fd = bind_one(ai, true);
+			fd = bind_one(ai, true, listen_now);
 		if (fd < 0) {
 			int saved = errno;
 
@@ -376,7 +387,7 @@ static int open_listeners(struct supervisor *sv)
 	if (n != 0)
 		return n < 0 ? -1 : 0;
 	for (int i = 0; i < sv->cfg->n_listen; i++)
-		if (bind_listen_addr(&set, &sv->cfg->listen[i], i, err, sizeof(err)) < 0) {
+		if (bind_listen_addr(&set, &sv->cfg->listen[i], i, false, err, sizeof(err)) < 0) {
 			log_error("%s", err);
 			listen_set_abandon(&set);
 			return -1;
@@ -384,7 +395,7 @@ static int open_listeners(struct supervisor *sv)
 	listen_set_install(sv, &set);
 	for (int i = 0; i < sv->cfg->n_listen; i++) {
 		format_listen_addr(&sv->cfg->listen[i], where, sizeof(where));
-		log_info("listening on %s", where);
+		log_debug("bound %s (to listen once the router is ready)", where);
 	}
 	return 0;
 }
@@ -416,7 +427,7 @@ static int listen_prepare(struct supervisor *sv, const struct iotd_config *next,
 			if (listen_addr_equal(&sv->cfg->listen[j], la))
 				old = j;
 		if (old < 0) {
-			if (bind_listen_addr(set, la, i, err, errlen) < 0)
+			if (bind_listen_addr(set, la, i, sv->serving, err, errlen) < 0)
 				goto fail;
 			continue;
 		}
@@ -571,6 +582,8 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	if (getppid() != parent)
 		_exit(0);
 	ipc_set_process();
+	/* Our own hash key, before any table and before seccomp (getrandom). */
+	keyhash_init();
 	sigemptyset(&all);
 	sigprocmask(SIG_SETMASK, &all, NULL);
 	/* Ctrl-C reaches the whole process group: only the supervisor acts on it. */
@@ -594,6 +607,8 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	proctitle_set(title);
 	if (privsep_enter(&sv->ps, c->role, parent) < 0)
 		_exit(1);
+	if (c->role == ROLE_ROUTER)
+		router_set_memory_store(sv->store_name, c->restarts > 0);
 	switch (c->role) {
 	case ROLE_LISTENER: rc = listener_main(&sv->env); break;
 	case ROLE_ROUTER: rc = router_main(&sv->env); break;
@@ -1044,6 +1059,70 @@ static void health_tick(struct supervisor *sv)
 		sd_notify(0, "WATCHDOG=1");
 }
 
+/*
+ * The daemon cannot start (the router cannot open its store, a socket
+ * cannot listen): stop every child and exit 1 (supervisor_main), rather
+ * than accept clients no router can route for.
+ */
+static void stop_failed_start(struct supervisor *sv)
+{
+	sv->start_failed = true;
+	sv->stopping = true;
+	sv->router_told = true;      /* told below, with the others */
+	sv->stop_deadline_ms = now_ms() + STOP_GRACE_MS;
+	for (unsigned i = 0; i < sv->n_children; i++)
+		if (sv->children[i].state != CHILD_DOWN && sv->children[i].ctl_fd >= 0)
+			ipc_send(sv->children[i].ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1);
+}
+
+/*
+ * The router is ready for the first time: only now do our sockets listen
+ * (until then a client is refused, not left waiting for a CONNACK) and
+ * the listener start. systemd's sockets listen from the start: their
+ * connections wait in the backlog.
+ */
+static void start_serving(struct supervisor *sv)
+{
+	struct child *listener = &sv->children[sv->n_children - 1];   /* setup_children() */
+	char where[128];
+
+	for (int i = 0; i < sv->env.n_listen_fds; i++) {
+		if (sv->listen_owner[i] < 0)
+			continue;
+		format_sockname(sv->env.listen_fds[i], where, sizeof(where));
+		if (listen(sv->env.listen_fds[i], SOMAXCONN) < 0) {
+			log_error("cannot listen on %s: %s", where, strerror(errno));
+			stop_failed_start(sv);
+			return;
+		}
+		log_info("listening on %s", where);
+	}
+	sv->serving = true;
+	if (child_spawn(sv, listener) < 0)
+		child_schedule_restart(sv, listener);
+}
+
+/*
+ * The router cannot open its store (it waits for our answer before it
+ * exits). At start that stops the daemon; later, the router is restarted
+ * with backoff like after any other exit, since the store may come back
+ * (a full file system freed, a disk remounted).
+ */
+static void router_cannot_open_store(struct supervisor *sv, struct child *c, const char *why,
+				    size_t len)
+{
+	int n = (int)strnlen(why, len);
+
+	if (!sv->ready_sent && !sv->stopping) {
+		log_error("cannot start: router: %.*s", n, why);
+		stop_failed_start(sv);
+		return;
+	}
+	log_error("router: %.*s", n, why);
+	if (ipc_send(c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) < 0)
+		log_warn("cannot answer the router: %s", strerror(errno));
+}
+
 static void child_message(struct supervisor *sv, struct child *c)
 {
 	struct ipc_hdr hdr;
@@ -1063,6 +1142,10 @@ static void child_message(struct supervisor *sv, struct child *c)
 	}
 	if (hdr.type == IPC_PONG) {
 		child_answered(c);
+		return;
+	}
+	if (hdr.type == IPC_STORE_FAILED && c->role == ROLE_ROUTER) {
+		router_cannot_open_store(sv, c, buf, (size_t)n);
 		return;
 	}
 	/* Only the router speaks of workers; from anyone else it is ignored. */
@@ -1087,6 +1170,8 @@ static void child_message(struct supervisor *sv, struct child *c)
 		atomic_store(&sv->env.shm.sup->workers[c->index].ready_epoch, c->epoch);
 	if (c->restarts > 0)
 		log_info("%s is back (pid %d)", child_name(c, name, sizeof(name)), (int)c->pid);
+	if (c->role == ROLE_ROUTER && !sv->serving && !sv->stopping)
+		start_serving(sv);
 	if (!sv->ready_sent) {
 		for (unsigned i = 0; i < sv->n_children; i++)
 			if (sv->children[i].state != CHILD_RUNNING)
@@ -1586,15 +1671,22 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	if (setup_loop(&sv) < 0 || open_listeners(&sv) < 0 || create_shm(&sv) < 0 ||
 	    create_channels(&sv) < 0 || privsep_prepare(&sv.ps, cfg->user) < 0)
 		goto fail;
+	if (store_memory_name(sv.store_name, sizeof(sv.store_name), getpid()) < 0) {
+		log_error("cannot draw a name for the memory store: %s", strerror(errno));
+		goto fail;
+	}
 	raise_fd_limit(&sv);
 	health_setup(&sv);
 	setup_children(&sv);
-	for (unsigned i = 0; i < sv.n_children; i++)
+	/* The listener (last) starts once the router is ready: start_serving(). */
+	for (unsigned i = 0; i + 1 < sv.n_children; i++)
 		if (child_spawn(&sv, &sv.children[i]) < 0) {
 			kill_children(&sv, SIGKILL, true);
 			goto fail;
 		}
 	run_loop(&sv);
+	if (sv.start_failed)
+		goto fail;
 	privsep_release(&sv.ps);
 	log_info("stopped");
 	return 0;

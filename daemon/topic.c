@@ -20,7 +20,7 @@
 
 /* Out of memory in HASH_ADD must come back to us, not exit the router. */
 #define HASH_NONFATAL_OOM 1
-#include <uthash.h>
+#include "keyhash.h"  /* uthash, keyed */
 
 struct topic_sub {
 	void *subscriber;

@@ -53,7 +53,12 @@ static inline void *hidx_at(const struct hidx *x, uint32_t pos)
 	return x->items[pos];
 }
 
-/* Hashes the callers use: spread over all 32 bits, as the index takes the low ones. */
+/*
+ * Hashes the callers use: spread over all 32 bits, as the index takes the
+ * low ones. Bytes a client chose (client ids, topics) go through the
+ * process's keyed hash (keyhash.h); numbers the daemon assigns (session
+ * ids) through a fixed mix.
+ */
 uint32_t hidx_hash_bytes(const void *data, size_t len);
 uint32_t hidx_hash_u32(uint32_t v);
 

@@ -37,6 +37,7 @@ enum ipc_type {
 	IPC_WORKER_FAULT,     /* router -> supervisor: worker i broke its rings: kill it (struct ipc_worker) */
 	IPC_ADDR_SYNC,        /* listener -> worker: send every address you hold (payload: uint64_t token) */
 	IPC_ADDR_REPORT,      /* worker -> listener: n struct ipc_addr_entry, in the order they happened */
+	IPC_STORE_FAILED,     /* router -> supervisor: its store cannot be opened (payload: why, a string); it exits on IPC_SHUTDOWN */
 	IPC_TYPE_MAX
 };
 

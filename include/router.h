@@ -162,4 +162,13 @@ struct router_stats {
 
 void router_get_stats(const struct router *r, struct router_stats *st);
 
+/*
+ * Where router_main() keeps a "memory" store, set in the router's process
+ * between fork and router_main(): the directory name the supervisor drew
+ * once at start (store_memory_name()), and whether a router of this
+ * daemon ran before. The first one makes the directory and refuses
+ * anything already there; a successor resumes its predecessor's.
+ */
+void router_set_memory_store(const char *name, bool successor);
+
 #endif

@@ -24,12 +24,13 @@
 
 #define STORE_FORMAT 2                    /* meta "format"; a newer store is refused */
 #define STORE_FORMAT_OLDEST 1             /* still read (and upgraded in place) */
-#define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/iotd-<daemon pid> */
+#define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/<store_memory_name()> */
 #define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */
 #define STORE_MEMORY_MAP ((size_t)1 << 30)
 #define STORE_DISK_MAP ((size_t)4 << 30)
 #define STORE_SEEN_UNKNOWN UINT64_MAX     /* last_seen of a session from an earlier daemon */
 #define STORE_IDENT_LEN 96
+#define STORE_NAME_LEN 64                 /* store_memory_name(): "iotd-<pid>-" and 32 hex digits */
 
 struct store;
 
@@ -95,11 +96,27 @@ void store_close(struct store **st);
 int store_remove(const char *dir);
 /* STORE_MEMORY_ROOT when this user may create in it, else STORE_MEMORY_FALLBACK. */
 const char *store_memory_root(void);
-/* "<root>/iotd-<pid>": where backend "memory" keeps the store of daemon pid. */
-int store_memory_dir(char *buf, size_t len, const char *root, pid_t daemon);
 /*
- * Remove every "<root>/iotd-<pid>" left behind by a daemon that no longer
- * runs (kill(pid, 0) fails with ESRCH, and no router holds it) that is a
+ * "iotd-<pid>-<32 hex digits>": the name of daemon pid's memory store
+ * directory, 128 bits of it from getrandom(), so that no local user can
+ * guess it and plant something under it in the world-writable root
+ * before the router makes it. The supervisor draws it once at start and
+ * every router of that daemon uses it. 0, or -1 (errno).
+ */
+int store_memory_name(char *buf, size_t len, pid_t daemon);
+/* "<root>/<name>": where backend "memory" keeps the store. 0, or -1 (too long). */
+int store_memory_dir(char *buf, size_t len, const char *root, const char *name);
+/*
+ * Make the directory of a new memory store: mkdir mode 0700, which fails
+ * when anything at all is there. The first router of a daemon makes it;
+ * a restarted one opens its predecessor's with store_open(), which checks
+ * it is still a private directory of this user. 0, or -1 with err.
+ */
+int store_memory_create(const char *dir, char *err, size_t errlen);
+/*
+ * Remove every "<root>/iotd-<pid>-<hex>" (or "<root>/iotd-<pid>", the
+ * name of older versions) left behind by a daemon that no longer runs
+ * (kill(pid, 0) fails with ESRCH, and no router holds it) that is a
  * private directory of this user. Returns how many were removed.
  */
 int store_sweep(const char *root, pid_t self);

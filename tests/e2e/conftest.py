@@ -85,10 +85,12 @@ E2E_BROKER=mosquitto):
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,9 +99,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mqttraw  # noqa: E402
-from helpers import (T, descendants, in_epoll_wait, local_port_of, proc_alive,  # noqa: E402
-                     proc_cmdline, proc_title, pss_kb, RING_MAPPING, server_side_inode,
-                     socket_inodes, tcp_table, uid, wait_for)
+from helpers import (T, children_uid, descendants, in_epoll_wait, local_port_of,  # noqa: E402
+                     proc_alive, proc_cmdline, proc_title, pss_kb, RING_MAPPING,
+                     server_side_inode, socket_inodes, tcp_table, uid, wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_KIND = os.environ.get("E2E_BROKER", "iotd").strip().lower()
@@ -701,6 +703,19 @@ def pytest_runtest_setup(item):
         m = item.get_closest_marker("mosquitto_differs")
         if m:
             pytest.skip("mosquitto differs: " + (m.args[0] if m.args else ""))
+
+
+@pytest.fixture
+def store_parent():
+    """A directory the router may create storage.path in, even after it
+    left root (pytest's tmp_path is private to root)."""
+    d = tempfile.mkdtemp(prefix="iotd-e2e-store-")
+    os.chmod(d, 0o755)
+    u = children_uid()
+    if u is not None:
+        os.chown(d, u, -1)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

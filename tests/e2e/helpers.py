@@ -5,6 +5,7 @@ a paho-mqtt wrapper and mosquitto_sub / mosquitto_pub subprocess wrappers.
 """
 
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -21,6 +22,19 @@ SCALE = float(os.environ.get("E2E_TIMEOUT_SCALE", "1"))
 def T(seconds):
     """A timeout bound, scaled for slow builds."""
     return seconds * SCALE
+
+
+def children_uid():
+    """The user iotd's children run as when started as root (server.user
+    "iotd", else "nobody"); None when not root (no privilege drop)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("iotd", "nobody"):
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            pass
+    return None
 
 
 def wait_for(cond, timeout, what, interval=0.02):

@@ -16,6 +16,7 @@ supervisor, a crash loop, and many kill -9 / restart cycles of every role.
 Each test kills iotd processes on purpose and accepts the new process set
 (Broker.initial_pids) before its teardown checks the daemon's health."""
 
+import glob
 import os
 import signal
 import statistics
@@ -301,7 +302,9 @@ def test_supervisor_death_takes_every_child(start_broker):
     assert len(children) == 4, f"expected listener, router and 2 workers: {children}"
     conns = [raw(b, f"sd{i}") for i in range(4)]
     b.assert_spread(*conns)
-    store = f"/dev/shm/iotd-{sup}"
+    stores = glob.glob(f"/dev/shm/iotd-{sup}-*")
+    assert len(stores) == 1, f"the memory store of daemon {sup}: {stores}"
+    store = stores[0]
 
     os.kill(sup, signal.SIGKILL)
     t0 = time.monotonic()

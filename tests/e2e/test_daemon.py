@@ -1,17 +1,21 @@
 """The iotd daemon itself: process titles, command line, configuration
-errors, environment overrides, listen addresses, signals."""
+errors, environment overrides, listen addresses, signals, a store the
+router cannot open at start."""
 
+import ctypes
+import ctypes.util
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
 import mqttraw as m
 from conftest import IOTD_BIN, IOTD_WRAPPER, REPO, free_port
-from helpers import T, proc_alive, proc_cmdline, uid, wait_for
+from helpers import T, children_uid, proc_alive, proc_cmdline, uid, wait_for
 
 pytestmark = pytest.mark.iotd_only
 
@@ -302,3 +306,142 @@ def test_ipv6_wildcard_listen_is_dual_stack(start_broker):
     finally:
         sub.close()
         pub.close()
+
+
+# ------------------------------------------------------------ a store the router cannot open
+
+class Knocker(threading.Thread):
+    """Connects to a port again and again until stopped, counting the
+    attempts refused (.knocking is set at the first) and keeping the
+    connections that were accepted, each with whether MQTT CONNECT got a
+    CONNACK on it."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.knocking = threading.Event()
+        self.stop = threading.Event()
+        self.refused = 0
+        self.accepted = []
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                c = m.RawClient(self.port, timeout=T(1))
+            except ConnectionRefusedError:
+                self.refused += 1
+                self.knocking.set()
+                time.sleep(0.001)       # pacing the attempts, not waiting for a condition
+                continue
+            with c:
+                try:
+                    c.connect(uid("knock"))
+                    self.accepted.append("CONNACK")
+                except (AssertionError, OSError, m.MQTTError) as e:
+                    self.accepted.append(f"no CONNACK ({e})")
+
+
+def lmdb_env_of_another_program(path):
+    """A real LMDB environment in directory path (through liblmdb): a key
+    in its main database and no iotd meta, somebody else's data."""
+    lib = ctypes.CDLL(ctypes.util.find_library("lmdb") or "liblmdb.so.0")
+
+    class Val(ctypes.Structure):
+        _fields_ = [("mv_size", ctypes.c_size_t), ("mv_data", ctypes.c_char_p)]
+
+    env, txn, dbi = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_uint()
+    key, val = Val(5, b"owner"), Val(15, b"another program")
+    assert lib.mdb_env_create(ctypes.byref(env)) == 0
+    assert lib.mdb_env_open(env, os.fsencode(path), 0, 0o600) == 0
+    assert lib.mdb_txn_begin(env, None, 0, ctypes.byref(txn)) == 0
+    assert lib.mdb_dbi_open(txn, None, 0, ctypes.byref(dbi)) == 0
+    assert lib.mdb_put(txn, dbi, ctypes.byref(key), ctypes.byref(val), 0) == 0
+    assert lib.mdb_txn_commit(txn) == 0
+    lib.mdb_env_close(env)
+
+
+def give_to_children(*paths):
+    """Make paths the children's (they left root), so that only what the test
+    means to be wrong with a store is."""
+    u = children_uid()
+    if u is not None:
+        for p in paths:
+            os.chown(p, u, -1)
+
+
+def bad_store(kind, parent):
+    """(storage.path, what the error names) for one kind of store the router cannot open."""
+    path = os.path.join(parent, kind)
+    if kind == "regular-file":
+        with open(path, "w") as f:
+            f.write("not a directory\n")
+        give_to_children(path)
+        return path, f"store {path}: not a directory"
+    if kind == "unwritable-dir":
+        os.mkdir(path, 0o555)           # not even the children's user may create in it
+        give_to_children(path)
+        return os.path.join(path, "store"), "cannot create the directory: Permission denied"
+    os.mkdir(path, 0o700)
+    if kind == "not-lmdb":
+        with open(os.path.join(path, "data.mdb"), "wb") as f:
+            f.write(b"this is not an LMDB file\n" * 400)
+        give_to_children(path, os.path.join(path, "data.mdb"))
+        return path, "not an iotd store (data.mdb is not an LMDB file)"
+    assert kind == "foreign-lmdb"
+    lmdb_env_of_another_program(path)
+    give_to_children(path, *(os.path.join(path, f) for f in os.listdir(path)))
+    return path, "not an iotd store (an LMDB environment without iotd's meta)"
+
+
+def start_must_fail(tmp_path, store, expect):
+    """Start iotd over a disk store its router cannot open while a client keeps
+    connecting: iotd exits 1 soon, with the reason on stderr, never started its
+    listener, and refused every connection meanwhile (none got as far as a
+    CONNACK). The start fails within milliseconds: the client is knocking
+    before it begins, but how many of its attempts fall inside is up to the
+    scheduler; the debug log says for certain that no listener ran."""
+    port = free_port()
+    conf = tmp_path / "bad-store.conf"
+    conf.write_text('logging {\n    level = "debug"\n}\n')
+    env = dict(os.environ, IOTD_STORAGE_BACKEND="disk", IOTD_STORAGE_PATH=store)
+    knock = Knocker(port)
+    knock.start()
+    assert knock.knocking.wait(T(5)), "the client never tried to connect"
+    t0 = time.monotonic()
+    proc = subprocess.Popen([IOTD_BIN, "-c", str(conf), "-l", f"127.0.0.1:{port}", "-w", "2"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=T(10))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)     # the session this test started
+        proc.communicate()
+        pytest.fail("iotd over a store it cannot open did not exit within 10 s")
+    finally:
+        knock.stop.set()
+        knock.join(T(10))
+    elapsed = time.monotonic() - t0
+    err = err.decode("utf-8", "replace")
+    assert proc.returncode == 1, f"exit status {proc.returncode}; stderr:\n{err}"
+    assert elapsed < T(5), f"took {elapsed:.1f} s to give up"
+    assert "cannot start: router: " in err and expect in err, err
+    assert "started router" in err and "started worker 1" in err, err
+    assert "started listener" not in err and "listening on" not in err, err
+    assert not re.search(r"iotd \S+ ready:", err), err
+    assert knock.accepted == [], f"connections accepted before the exit: {knock.accepted}"
+    return err
+
+
+@pytest.mark.parametrize("kind", ["regular-file", "unwritable-dir", "not-lmdb", "foreign-lmdb"])
+def test_a_store_the_router_cannot_open_stops_the_start(tmp_path, store_parent, kind):
+    store, expect = bad_store(kind, store_parent)
+    start_must_fail(tmp_path, store, expect)
+
+
+def test_a_store_another_daemon_holds_stops_the_start(start_broker, tmp_path, store_parent):
+    store = os.path.join(store_parent, "shared")
+    first = start_broker(env={"IOTD_STORAGE_BACKEND": "disk", "IOTD_STORAGE_PATH": store})
+    start_must_fail(tmp_path, store, f"store {store}: in use by another iotd router")
+    # The daemon that holds it never noticed.
+    with m.RawClient(first.port, timeout=T(5)) as c:
+        c.connect(uid("holder"))

@@ -22,6 +22,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -3023,6 +3024,8 @@ struct proc {
 	struct shm_map wmap;           /* ours as worker 0 */
 	int ctl;                       /* the supervisor's end */
 	pid_t pid;
+	char store_name[STORE_NAME_LEN]; /* the memory store's, as the supervisor draws it */
+	unsigned spawns;               /* routers started over this shared memory */
 	struct shmring_producer w2r;   /* we are worker 0 */
 	struct shmring_consumer r2w;
 };
@@ -3060,26 +3063,35 @@ static void proc_init(struct proc *p)
 	assert_true(p->env.router_efd >= 0);
 	shmring_producer_attach_at_tail(&p->w2r, &p->wmap.w2r[0]);
 	assert_true(shmring_consumer_attach(&p->r2w, &p->wmap.r2w[0]));
+	assert_int_equal(store_memory_name(p->store_name, sizeof(p->store_name), getpid()), 0);
+}
+
+/* Fork a router over the rings, as the supervisor does; returns our end of its control socket. */
+static void proc_fork(struct proc *p)
+{
+	int sv[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+	p->env.ctl_fd = sv[1];
+	p->ctl = sv[0];
+	p->pid = fork();
+	assert_true(p->pid >= 0);
+	if (p->pid == 0) {
+		close(sv[0]);
+		router_set_memory_store(p->store_name, p->spawns > 0);
+		_exit(router_main(&p->env));
+	}
+	close(sv[1]);
+	p->spawns++;
 }
 
 /* Fork a router over the rings and wait until it is ready. */
 static void proc_spawn(struct proc *p)
 {
-	int sv[2];
 	struct ipc_hdr hdr;
 	int fd;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-	p->env.ctl_fd = sv[1];
-	p->ctl = sv[0];
-
-	p->pid = fork();
-	assert_true(p->pid >= 0);
-	if (p->pid == 0) {
-		close(sv[0]);
-		_exit(router_main(&p->env));
-	}
-	close(sv[1]);
+	proc_fork(p);
 	assert_true(ipc_recv(p->ctl, &hdr, NULL, 0, &fd) >= 0);
 	assert_int_equal(hdr.type, IPC_READY);
 }
@@ -3713,6 +3725,45 @@ static void router_main_stops_when_the_supervisor_goes_away(void **state)
 	proc_stop(&p, false);
 }
 
+/*
+ * A router that cannot open its store tells the supervisor why and waits
+ * for its answer before it exits with status 1: the reason is read before
+ * the exit is seen. Here, the memory store's name is taken already when
+ * the first router of the daemon starts (something planted there).
+ */
+static void router_main_reports_a_store_it_cannot_open(void **state)
+{
+	char dir[256], why[IPC_MAX_PAYLOAD];
+	struct ipc_hdr hdr;
+	struct proc p;
+	int fd = -1, status;
+	ssize_t n;
+
+	(void)state;
+	proc_init(&p);
+	assert_int_equal(store_memory_dir(dir, sizeof(dir), store_memory_root(), p.store_name), 0);
+	assert_int_equal(mkdir(dir, 0700), 0);
+	proc_fork(&p);
+	n = ipc_recv(p.ctl, &hdr, why, sizeof(why) - 1, &fd);
+	assert_true(n > 0);
+	why[n] = '\0';
+	assert_int_equal(hdr.type, IPC_STORE_FAILED);
+	assert_non_null(strstr(why, dir));
+	assert_non_null(strstr(why, "already there"));
+	/* Still there, waiting for the answer. */
+	assert_int_equal(waitpid(p.pid, &status, WNOHANG), 0);
+	assert_int_equal(ipc_send(p.ctl, IPC_SHUTDOWN, 0, NULL, 0, -1), 0);
+	assert_int_equal(waitpid(p.pid, &status, 0), p.pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 1);
+	close(p.ctl);
+
+	/* A successor takes the directory as its predecessor's (private, ours) and resumes it. */
+	proc_spawn(&p);
+	proc_stop(&p, true);
+	assert_int_equal(access(dir, F_OK), -1);   /* a graceful stop removes it */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -3791,6 +3842,7 @@ int main(void)
 		cmocka_unit_test(router_main_sets_aside_a_record_it_keeps_dying_on),
 		cmocka_unit_test(router_main_retries_a_record_it_died_on_twice),
 		cmocka_unit_test(router_main_paces_retained_and_caps_its_backlog),
+		cmocka_unit_test(router_main_reports_a_store_it_cannot_open),
 		cmocka_unit_test(router_main_never_applies_a_record_twice_after_a_kill),
 		cmocka_unit_test(router_main_publishes_what_it_committed_after_a_kill),
 		cmocka_unit_test(router_main_keeps_held_records_across_a_kill),

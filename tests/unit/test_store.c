@@ -738,43 +738,104 @@ static pid_t dead_pid(void)
 	return pid;
 }
 
-static bool exists(const char *root, pid_t pid)
+/* The directory a daemon of that pid would keep its memory store in, under root. */
+static void memory_dir(char *dir, size_t len, const char *root, pid_t pid)
 {
-	char dir[160];
+	char name[STORE_NAME_LEN];
+
+	assert_int_equal(store_memory_name(name, sizeof(name), pid), 0);
+	assert_int_equal(store_memory_dir(dir, len, root, name), 0);
+}
+
+static bool exists(const char *dir)
+{
 	struct stat sb;
 
-	assert_int_equal(store_memory_dir(dir, sizeof(dir), root, pid), 0);
-	return stat(dir, &sb) == 0;
+	return lstat(dir, &sb) == 0;
+}
+
+/* 128 random bits in every name: nobody can guess the next one, the pid still reads. */
+static void memory_store_names_cannot_be_guessed(void **state)
+{
+	char a[STORE_NAME_LEN], b[STORE_NAME_LEN], want[32];
+	const char *hex;
+
+	(void)state;
+	assert_int_equal(store_memory_name(a, sizeof(a), 4242), 0);
+	assert_int_equal(store_memory_name(b, sizeof(b), 4242), 0);
+	snprintf(want, sizeof(want), "iotd-4242-");
+	assert_memory_equal(a, want, strlen(want));
+	hex = a + strlen(want);
+	assert_int_equal(strlen(hex), 32);
+	assert_int_equal(strspn(hex, "0123456789abcdef"), 32);
+	assert_string_not_equal(a, b);
+	assert_int_equal(store_memory_name(a, 20, 4242), -1);   /* never cut short */
+}
+
+/* The first router makes its directory: anything already under the name stops it. */
+static void a_new_memory_store_refuses_what_is_there(void **state)
+{
+	struct fx *f = *state;
+	char dir[160], link[160], err[512] = "";
+	struct stat sb;
+
+	memory_dir(dir, sizeof(dir), f->dir, getpid());
+	assert_int_equal(store_memory_create(dir, err, sizeof(err)), 0);
+	assert_int_equal(lstat(dir, &sb), 0);
+	assert_true(S_ISDIR(sb.st_mode));
+	assert_int_equal(sb.st_mode & 0777, 0700);
+	/* A second creation under the same name (a planted directory, even one of ours). */
+	assert_int_equal(store_memory_create(dir, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "already there"));
+	/* A restarted router opens its predecessor's directory. */
+	f->st = store_open(dir, STORE_MEMORY, MAP, err, sizeof(err));
+	assert_non_null(f->st);
+	store_close(&f->st);
+
+	memory_dir(link, sizeof(link), f->dir, getpid());
+	assert_int_equal(symlink(dir, link), 0);
+	assert_int_equal(store_memory_create(link, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "already there"));
 }
 
 static void sweep_removes_only_stores_of_dead_daemons(void **state)
 {
 	struct fx *f = *state;
-	pid_t dead = dead_pid(), dead_held = dead_pid();
-	char dir[160], err[512];
+	pid_t dead = dead_pid(), dead_held = dead_pid(), dead_old = dead_pid();
+	char d_dead[160], d_self[160], d_parent[160], d_held[160], d_old[160], d_other[160];
+	char err[512];
 	struct store *held;
 
-	assert_int_equal(store_memory_dir(dir, sizeof(dir), f->dir, dead), 0);
-	f->st = store_open(dir, STORE_MEMORY, MAP, err, sizeof(err));
+	memory_dir(d_dead, sizeof(d_dead), f->dir, dead);
+	f->st = store_open(d_dead, STORE_MEMORY, MAP, err, sizeof(err));
 	assert_non_null(f->st);
 	store_close(&f->st);
-	assert_int_equal(store_memory_dir(dir, sizeof(dir), f->dir, getpid()), 0);
-	assert_int_equal(mkdir(dir, 0700), 0);
-	assert_int_equal(store_memory_dir(dir, sizeof(dir), f->dir, getppid()), 0);
-	assert_int_equal(mkdir(dir, 0700), 0);
+	memory_dir(d_self, sizeof(d_self), f->dir, getpid());
+	assert_int_equal(mkdir(d_self, 0700), 0);
+	memory_dir(d_parent, sizeof(d_parent), f->dir, getppid());
+	assert_int_equal(mkdir(d_parent, 0700), 0);
+	/* The name older versions used: a leftover of theirs is swept too. */
+	snprintf(d_old, sizeof(d_old), "%s/iotd-%d", f->dir, (int)dead_old);
+	assert_int_equal(mkdir(d_old, 0700), 0);
+	/* Not a store's name: not ours to remove. */
+	snprintf(d_other, sizeof(d_other), "%s/iotd-%d-backup", f->dir, (int)dead);
+	assert_int_equal(mkdir(d_other, 0700), 0);
 	/* A router still holding the store of a dead pid: not a leftover yet. */
-	assert_int_equal(store_memory_dir(dir, sizeof(dir), f->dir, dead_held), 0);
-	held = store_open(dir, STORE_MEMORY, MAP, err, sizeof(err));
+	memory_dir(d_held, sizeof(d_held), f->dir, dead_held);
+	held = store_open(d_held, STORE_MEMORY, MAP, err, sizeof(err));
 	assert_non_null(held);
 
-	assert_int_equal(store_sweep(f->dir, getpid()), 1);
-	assert_false(exists(f->dir, dead));
-	assert_true(exists(f->dir, getpid()));
-	assert_true(exists(f->dir, getppid()));
-	assert_true(exists(f->dir, dead_held));
+	assert_int_equal(store_sweep(f->dir, getpid()), 2);
+	assert_false(exists(d_dead));
+	assert_false(exists(d_old));
+	assert_true(exists(d_self));
+	assert_true(exists(d_parent));
+	assert_true(exists(d_held));
+	assert_true(exists(d_other));
 	store_close(&held);
 	assert_int_equal(store_sweep(f->dir, getpid()), 1);
-	assert_false(exists(f->dir, dead_held));
+	assert_false(exists(d_held));
+	assert_int_equal(rmdir(d_other), 0);
 }
 
 /* /dev/shm is anybody's: a link or a foreign directory under a store's name is never used. */
@@ -792,7 +853,7 @@ static void memory_stores_never_follow_planted_links(void **state)
 	fd = open(file, O_WRONLY | O_CREAT, 0600);
 	assert_true(fd >= 0);
 	close(fd);
-	assert_int_equal(store_memory_dir(link, sizeof(link), f->dir, dead), 0);
+	memory_dir(link, sizeof(link), f->dir, dead);
 	assert_int_equal(symlink(victim, link), 0);
 
 	assert_int_equal(store_sweep(f->dir, getpid()), 0);
@@ -839,6 +900,8 @@ int main(void)
 		T(an_lmdb_environment_of_somebody_else_is_refused),
 		T(a_path_that_is_a_file_or_in_use_is_refused),
 		T(a_failed_write_makes_the_store_stale_until_a_rewrite),
+		T(memory_store_names_cannot_be_guessed),
+		T(a_new_memory_store_refuses_what_is_there),
 		T(sweep_removes_only_stores_of_dead_daemons),
 		T(memory_stores_never_follow_planted_links),
 		T(daemon_identity_tells_processes_apart),
