@@ -71,6 +71,9 @@ static void harness_init(void)
 	env.shm.router = &router_region;
 	env.shm.worker[0] = worker_region;
 	env.router_efd = -1;
+	env.ctl_fd = -1;
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		env.worker_efd[i] = env.chan_worker[i] = env.chan_listener[i] = -1;
 	shmring_view(&ring, &ring_pctl, &ring_cctl, ring_data, RING_BYTES);
 }
 
@@ -263,7 +266,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	w.index = 0;
 	w.epoch = 1;
 	w.now_ms = 1000;
-	w.out_limit = MAX((size_t)OUT_LIMIT_MIN, 2 * (size_t)cfg.max_packet_size);
 	w.epfd = epoll_create1(EPOLL_CLOEXEC);
 	w.timerfd = -1;
 	w.rbuf = malloc(READ_CHUNK);
