@@ -185,7 +185,9 @@ def attack(broker, bystander, store, filters, want, timeout, what):
         if not broker.instrumented:
             assert grown < ROUTER_BOUND_KB, (
                 f"the router grew by {grown} kB while sending {what}; bound {ROUTER_BOUND_KB} kB")
-        assert during >= RTT_MIN, (
+        # Under a sanitizer every round trip is slow too: too few fit in the
+        # attack to say anything of its latency (the p99 bound still holds).
+        assert during >= RTT_MIN or broker.instrumented, (
             f"only {during} round trips while the attack ran: it was over too soon to "
             f"measure anything")
         assert pair.p99() < T(RTT_P99), (
