@@ -720,42 +720,44 @@ static void router_told_downs(struct supervisor *sv)
 	}
 }
 
-/* IPC_WORKER_DOWN_DONE: the successor may start. */
-static void worker_down_done(struct supervisor *sv, const void *data, ssize_t n)
+/*
+ * The worker child an IPC_WORKER_DOWN_DONE or IPC_WORKER_FAULT names, with
+ * its epoch in *epoch; NULL for a message of the wrong size or index.
+ */
+static struct child *worker_named(struct supervisor *sv, const void *data, ssize_t n,
+				  uint32_t *epoch)
 {
 	struct ipc_worker msg;
 
 	if (n != (ssize_t)sizeof(msg))
-		return;
+		return NULL;
 	memcpy(&msg, data, sizeof(msg));
-	for (unsigned i = 0; i < sv->n_children; i++) {
-		struct child *c = &sv->children[i];
+	*epoch = msg.epoch;
+	for (unsigned i = 0; i < sv->n_children; i++)
+		if (sv->children[i].role == ROLE_WORKER && sv->children[i].index == msg.index)
+			return &sv->children[i];
+	return NULL;
+}
 
-		if (c->role == ROLE_WORKER && c->index == msg.index && c->down_pending &&
-		    msg.epoch == c->epoch + 1) {
-			c->down_pending = c->down_sent = false;
-			return;
-		}
-	}
+/* IPC_WORKER_DOWN_DONE: the successor may start. */
+static void worker_down_done(struct supervisor *sv, const void *data, ssize_t n)
+{
+	uint32_t epoch;
+	struct child *c = worker_named(sv, data, n, &epoch);
+
+	if (c != NULL && c->down_pending && epoch == c->epoch + 1)
+		c->down_pending = c->down_sent = false;
 }
 
 /* IPC_WORKER_FAULT: the router found a worker's rings impossible. */
 static void worker_fault(struct supervisor *sv, const void *data, ssize_t n)
 {
-	struct ipc_worker msg;
+	uint32_t epoch;
+	struct child *c = worker_named(sv, data, n, &epoch);
 
-	if (n != (ssize_t)sizeof(msg))
-		return;
-	memcpy(&msg, data, sizeof(msg));
-	for (unsigned i = 0; i < sv->n_children; i++) {
-		struct child *c = &sv->children[i];
-
-		if (c->role == ROLE_WORKER && c->index == msg.index && c->epoch == msg.epoch &&
-		    c->state != CHILD_DOWN && c->pid > 0) {
-			log_error("worker %u broke its shared memory: killing it", c->index);
-			kill(c->pid, SIGKILL);
-			return;
-		}
+	if (c != NULL && c->epoch == epoch && c->state != CHILD_DOWN && c->pid > 0) {
+		log_error("worker %u broke its shared memory: killing it", c->index);
+		kill(c->pid, SIGKILL);
 	}
 }
 
