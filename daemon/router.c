@@ -43,6 +43,7 @@
 #include "ipc.h"
 #include "log.h"
 #include "mqtt.h"
+#include "privsep.h"
 #include "rec.h"
 #include "retain.h"
 #include "role.h"
@@ -2937,6 +2938,9 @@ static int router_proc_setup(struct router_proc *p)
 		max_record = MIN(max_record, shmring_max_payload(p->out[i].r));
 	}
 	if (router_store_open(p, &same) < 0)
+		return -1;
+	/* From here on the router reaches no file but its store's. */
+	if (privsep_seal_store(p->st_dir, p->st_memory) < 0)
 		return -1;
 	p->r = router_new(env->cfg, env->nworkers, router_proc_emit, p, p->st);
 	if (!p->r) {

@@ -1491,6 +1491,8 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	    create_channels(&sv) < 0 || privsep_prepare(&sv.ps, cfg->user) < 0)
 		goto fail;
 	raise_fd_limit(&sv);
+	if (privsep_limit_supervisor(&sv.ps) < 0)
+		goto fail;
 	health_setup(&sv);
 	setup_children(&sv);
 	for (unsigned i = 0; i < sv.n_children; i++)
