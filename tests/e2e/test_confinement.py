@@ -28,9 +28,11 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 
 import pytest
 
+from conftest import IOTD_BIN
 from helpers import T, proc_title, wait_for
 
 pytestmark = pytest.mark.iotd_only
@@ -42,6 +44,28 @@ CAP_NET_BIND_SERVICE, CAP_SYS_CHROOT, CAP_SYS_PTRACE = 10, 18, 19
 NOBODY = pwd.getpwnam("nobody")
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}",
              "--clear-groups"]
+
+
+@pytest.fixture(scope="module")
+def unprivileged():
+    """Broker options that start the daemon as nobody when the tests run as
+    root (as themselves otherwise). nobody may not reach build/iotd (a
+    checkout under a private home): then it runs a copy in a directory of
+    its own, which the copy's libraries do not mind."""
+    if os.geteuid() != 0:
+        yield {"use_config": False}
+        return
+    opts = {"use_config": False, "wrapper": AS_NOBODY}
+    if subprocess.run(AS_NOBODY + ["test", "-x", IOTD_BIN]).returncode == 0:
+        yield opts
+        return
+    d = tempfile.mkdtemp(prefix="iotd-confinement-")
+    try:
+        os.chmod(d, 0o755)
+        shutil.copy2(IOTD_BIN, f"{d}/iotd")
+        yield {**opts, "binary": f"{d}/iotd"}
+    finally:
+        shutil.rmtree(d)
 
 
 def status(pid):
@@ -67,6 +91,13 @@ def children(broker):
     out = {proc_title(p).removeprefix("iotd: "): p for p in broker.pids()[1:]}
     assert len(out) == 2 + broker.workers, f"daemon children: {out}"
     return out
+
+
+def successor(broker, role, old):
+    """The pid of the process that replaced `old` in `role`, once there is one."""
+    return wait_for(lambda: next((p for p in broker.pids()[1:] if p != old and
+                                  proc_title(p) == f"iotd: {role}"), None),
+                    10, f"a new {role}")
 
 
 def confining(broker):
@@ -134,9 +165,9 @@ def retained_round_trip(b, topic, payload):
     assert out.stdout.strip() == payload, f"retained {topic}: {out.stdout!r} {out.stderr!r}"
 
 
-def test_started_unprivileged(start_broker):
+def test_started_unprivileged(start_broker, unprivileged):
     """No configuration file: the daemon, as nobody, reads nothing of the test's."""
-    b = start_broker(use_config=False, wrapper=AS_NOBODY if os.geteuid() == 0 else [])
+    b = start_broker(**unprivileged)
     confined = confining(b)
     me = NOBODY if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
     sup = status(b.proc.pid)
@@ -154,8 +185,7 @@ def test_started_unprivileged(start_broker):
                     "-m", "kept", "-r", "-q", "1"], check=True, timeout=T(10))
     router = children(b)["router"]
     os.kill(router, signal.SIGKILL)
-    new = wait_for(lambda: (lambda p: p if p and p != router else None)(
-        children(b).get("router")), 10, "a new router")
+    new = successor(b, "router", router)
     wait_for(lambda: f"router is back (pid {new})" in b.log, 10, "the new router to serve")
     retained_round_trip(b, "cf/r", "kept")
     assert_child_dropped("router", status(new), me.pw_uid, me.pw_gid, confined)
@@ -179,13 +209,11 @@ def need_gdb():
 
 
 @pytest.mark.parametrize("who", ["root", "unprivileged"])
-def test_router_opens_only_its_store(start_broker, who):
+def test_router_opens_only_its_store(start_broker, unprivileged, who):
     need_gdb()
     if who == "root" and os.geteuid() != 0:
         pytest.skip("needs root")
-    opts = {"user": "nobody"} if who == "root" else \
-        {"use_config": False, "wrapper": AS_NOBODY if os.geteuid() == 0 else []}
-    b = start_broker(**opts)
+    b = start_broker(**({"user": "nobody"} if who == "root" else unprivileged))
     if not confining(b):
         pytest.skip("no Landlock in a sanitizer build or under valgrind")
     if not landlock(b):
@@ -201,17 +229,16 @@ def test_router_opens_only_its_store(start_broker, who):
     assert "signal 31" not in b.log
 
 
-def test_worker_that_opens_a_file_is_killed(start_broker):
+def test_worker_that_opens_a_file_is_killed(start_broker, unprivileged):
     need_gdb()
-    b = start_broker(use_config=False, wrapper=AS_NOBODY if os.geteuid() == 0 else [])
+    b = start_broker(**unprivileged)
     if not confining(b):
         pytest.skip("no seccomp in a sanitizer build or under valgrind")
     old = children(b)["worker 1"]
     gdb_calls(old, '(int)open("/etc/passwd", 0)')
     wait_for(lambda: "worker 1 killed by signal 31 (a system call outside its seccomp "
              "allow-list)" in b.log, 10, "the supervisor to log the worker's SIGSYS")
-    new = wait_for(lambda: (lambda p: p if p and p != old else None)(
-        children(b).get("worker 1")), 10, "a new worker 1")
+    new = successor(b, "worker 1", old)
     wait_for(lambda: f"worker 1 is back (pid {new})" in b.log, 10, "the new worker to serve")
     assert status(new)["Seccomp"] == "2" and status(new)["NoNewPrivs"] == "1"
     b.initial_pids = set(b.pids())
