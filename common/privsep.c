@@ -155,8 +155,8 @@ static int landlock_probe(void)
 
 	if (abi > 0)
 		return (int)abi;
-	log_warn("Landlock is unavailable (%s): the children are confined by seccomp%s only",
-		 strerror(errno), geteuid() == 0 ? " and chroot" : "");
+	log_warn("Landlock is unavailable (%s): the children are confined by seccomp%s alone",
+		 strerror(errno), geteuid() == 0 ? " and the chroot" : "");
 	return 0;
 }
 
