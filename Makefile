@@ -182,10 +182,10 @@ systemd-test: all
 # The end-to-end tests with every daemon process under valgrind memcheck
 # (`make valgrind`; not part of `make test`: ten times slower). Each process writes
 # $(VALGRIND_DIR)/vg.<pid>.log; the target fails when pytest fails or any
-# log reports an error or a definite leak. iotd started as root confines its
-# listener and workers under seccomp, which valgrind cannot run under, so as
-# root the tests (and the daemon) run as VALGRIND_USER, for whom iotd drops
-# and confines nothing. VALGRIND_TESTS picks a subset, PYTEST_ARGS passes on.
+# log reports an error or a definite leak. As root the tests (and the daemon)
+# run as VALGRIND_USER, so that no child changes its user under valgrind;
+# iotd detects valgrind and leaves its children out of chroot, Landlock and
+# seccomp. VALGRIND_TESTS picks a subset, PYTEST_ARGS passes on.
 # One record is suppressed: the environment copy proctitle_init() keeps for
 # the process's life, which valgrind's final __libc_freeres (clearenv) leaves
 # unreferenced and so reports as definitely lost. --vgdb=no: no gdbserver

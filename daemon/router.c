@@ -44,6 +44,7 @@
 #include "ipc.h"
 #include "log.h"
 #include "mqtt.h"
+#include "privsep.h"
 #include "rec.h"
 #include "retain.h"
 #include "role.h"
@@ -3726,6 +3727,9 @@ static int router_proc_setup(struct router_proc *p)
 		router_store_failed(p, err);
 		return -1;
 	}
+	/* From here on the router reaches no file but its store's. */
+	if (privsep_seal_store(p->st_dir, p->st_memory) < 0)
+		return -1;
 	p->r = router_new(env->cfg, env->nworkers, router_proc_emit, p, p->st);
 	if (!p->r) {
 		log_error("router: cannot build its state (out of memory, or the store is unreadable)");

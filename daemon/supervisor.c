@@ -1678,6 +1678,8 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 		goto fail;
 	}
 	raise_fd_limit(&sv);
+	if (privsep_limit_supervisor(&sv.ps) < 0)
+		goto fail;
 	health_setup(&sv);
 	setup_children(&sv);
 	/* The listener (last) starts once the router is ready: start_serving(). */

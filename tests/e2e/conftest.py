@@ -18,6 +18,9 @@ Fixtures:
                   everything else goes into the config file's server { } section)
                   (listen_in_config=True writes the addresses into the file's
                   listen_addresses instead of passing -l, so that a reload can change them)
+                  (wrapper=[...] prefixes the daemon's command line, e.g. setpriv to
+                  start it as another user; it must exec the daemon in its own process;
+                  binary= runs that copy of build/iotd instead)
                   (placement_slack: the generated file sets placement_slack = 0 unless
                   the options give one, so that each new connection goes to the
                   least-loaded worker and clients connected one after another land on
@@ -222,7 +225,7 @@ class Broker:
 
     def __init__(self, tmpdir, name, workers=2, listen=None, env=None, args=None,
                  config_text=None, log_level="debug", use_config=True, wait=True,
-                 listen_in_config=False, **server_opts):
+                 listen_in_config=False, wrapper=None, binary=None, **server_opts):
         self.kind = BROKER_KIND
         self.tmpdir = Path(tmpdir)
         self.name = name
@@ -259,7 +262,7 @@ class Broker:
         else:
             if not os.access(IOTD_BIN, os.X_OK):
                 pytest.fail(f"iotd binary {IOTD_BIN} not found (run make, or set IOTD_BIN)")
-            argv = [IOTD_BIN]
+            argv = [binary or IOTD_BIN]
             if use_config:
                 text = config_text if config_text is not None else \
                     iotd_config_text(server_opts, log_level)
@@ -270,7 +273,7 @@ class Broker:
             if workers is not None:
                 argv += ["-w", str(workers)]
             argv += list(args or [])
-            argv = IOTD_WRAPPER + argv
+            argv = list(wrapper or []) + IOTD_WRAPPER + argv
         self.argv = argv
         full_env = dict(os.environ)
         full_env.update(env or {})

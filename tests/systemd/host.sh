@@ -2,9 +2,10 @@
 # host.sh - iotd outside systemd, started as root, on this machine.
 #
 # Checks privilege separation (every child under server.user with all
-# four uids, "nobody" when that user is missing; the listener and the
-# workers chrooted to a removed directory and under seccomp, also after a
-# restart; the supervisor alone keeps root; a worker made to call
+# four uids, "nobody" when that user is missing, and no capability left;
+# the listener and the workers chrooted to a removed directory, every
+# child under seccomp, also after a restart; the supervisor alone keeps
+# root, with only the capabilities it uses; a worker made to call
 # socket(2) through gdb is killed by the filter, logged and restarted), a
 # publish/subscribe round trip through the confined processes, a SIGHUP
 # that reaches every child and a broken config that changes nothing, a
@@ -83,11 +84,18 @@ t_ids() {  # every child: all four uids and gids the configured user's, no group
 		[ "$(ids "$pid" Uid)" = "$UID_DAEMON $UID_DAEMON $UID_DAEMON $UID_DAEMON" ] || return 1
 		[ "$(ids "$pid" Gid)" = "$GID_DAEMON $GID_DAEMON $GID_DAEMON $GID_DAEMON" ] || return 1
 		[ -z "$(ids "$pid" Groups)" ] && [ "$(ids "$pid" NoNewPrivs)" = 1 ] || return 1
+		for f in CapInh CapPrm CapEff CapBnd CapAmb; do
+			[ "$(ids "$pid" $f)" = 0000000000000000 ] || { echo "$f $(ids "$pid" $f)"; return 1; }
+		done
 		n=$((n + 1))
 	done < <(children)
 	[ "$n" = 4 ]
 }
-t_supervisor_root() { [ "$(ids "$SUP" Uid)" = "0 0 0 0" ]; }
+t_supervisor_root() {  # uid 0, with KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT SYS_PTRACE only
+	echo "CapEff $(ids "$SUP" CapEff) CapBnd $(ids "$SUP" CapBnd)"
+	[ "$(ids "$SUP" Uid)" = "0 0 0 0" ] && [ "$(ids "$SUP" CapEff)" = 00000000000c05e0 ] &&
+		[ "$(ids "$SUP" CapBnd)" = 00000000000c05e0 ]
+}
 t_confined() {  # ROLE...: chrooted to a removed directory and under a seccomp filter
 	local role pid root
 	for role in "$@"; do
@@ -98,9 +106,9 @@ t_confined() {  # ROLE...: chrooted to a removed directory and under a seccomp f
 		[ "$(status_field "$pid" Seccomp)" = 2 ] || return 1
 	done
 }
-t_router_unconfined() {
+t_router_confined() {  # not chrooted (its store is on the file system), under seccomp
 	local pid; pid=$(child_pid router)
-	[ "$(readlink "/proc/$pid/root")" = / ] && [ "$(status_field "$pid" Seccomp)" = 0 ]
+	[ "$(readlink "/proc/$pid/root")" = / ] && [ "$(status_field "$pid" Seccomp)" = 2 ]
 }
 t_roundtrip() {  # a subscriber and a publisher through the confined listener and workers
 	local out
@@ -144,11 +152,11 @@ t_stop() {
 	for p in $pids; do ! kill -0 "$p" 2>/dev/null || { echo "pid $p left over"; return 1; }; done
 }
 
-check "every child runs as the configured user (Uid/Gid of 'daemon', no groups, no_new_privs)" t_ids
-check "the supervisor alone keeps root" t_supervisor_root
+check "every child runs as the configured user (Uid/Gid of 'daemon', no groups, no capability, no_new_privs)" t_ids
+check "the supervisor alone keeps root, with only the capabilities it uses" t_supervisor_root
 check "listener and workers are chrooted (/proc/PID/root) and under seccomp (Seccomp: 2)" \
 	t_confined listener worker0 worker1
-check "the router drops the user but is not chrooted (documented)" t_router_unconfined
+check "the router is under seccomp but not chrooted (documented)" t_router_confined
 check "publish/subscribe round trip through the confined processes" t_roundtrip
 check "SIGHUP: the new log level reaches the listener and the workers" t_reload_reaches_children
 check "SIGHUP with a broken config: logged, nothing restarted, still serving" t_reload_broken

@@ -133,6 +133,18 @@ t_users() {
 	[ "$(wc -l <<<"$out")" -ge 4 ] && ! awk '$1 != "iotd" || $2 == 0' <<<"$out" | grep .
 }
 check "ps: every iotd process runs as user iotd, none as root" t_users
+t_unit_confined() {  # under User=iotd too, each child has its seccomp filter and no_new_privs
+	local n=0 pid role
+	while read -r pid role; do
+		[ "$role" = supervisor ] && continue
+		echo "$role pid $pid: $(sx grep -E '^(Seccomp|NoNewPrivs|CapEff):' "/proc/$pid/status" | tr '\n\t' '  ')"
+		sx grep -Eq '^Seccomp:[[:space:]]+2$' "/proc/$pid/status" || return 1
+		sx grep -Eq '^NoNewPrivs:[[:space:]]+1$' "/proc/$pid/status" || return 1
+		n=$((n + 1))
+	done < <(procs)
+	[ "$n" -ge 3 ] && ! sx journalctl -u iotd -o cat | grep -E 'signal 31|landlock: |seccomp: '
+}
+check "under the unit every child is under its seccomp filter, none killed by it" t_unit_confined
 
 # ---- 5. reload ----------------------------------------------------------------------
 MAIN=$(show iotd MainPID)
