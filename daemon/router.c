@@ -284,7 +284,7 @@ struct router {
 	struct session **targets;
 	size_t n_targets, cap_targets;
 	bool targets_short;          /* out of memory: the match missed some sessions */
-	/* the route generation (role.h), in shared memory, or route_gen_own */
+	/* the route generation (shm.h), in shared memory, or route_gen_own */
 	_Atomic uint64_t *route_gen;
 	_Atomic uint64_t route_gen_own;
 	struct recw deliver[IOTD_MAX_WORKERS];

@@ -81,7 +81,7 @@
  *                    session the topic matches, n of them (possibly none),
  *                    has a clean session online on this worker, with the
  *                    QoS granted to each; local 0 and n 0 otherwise. Valid
- *                    while iotd_shm.route_gen equals gen, see role.h)
+ *                    while shm_router.route_gen equals gen, see shm.h)
  */
 #ifndef IOTD_REC_H
 #define IOTD_REC_H

@@ -8,7 +8,7 @@
  * router for a topic's route by flagging a PUBLISH it sends
  * (REC_PUB_ASK); the router answers with REC_ROUTE after that message's
  * deliveries. A route holds while the shared route generation is the one
- * it was answered at (role.h, iotd_shm.route_gen).
+ * it was answered at (shm.h, shm_router.route_gen).
  *
  * Order: a route becomes usable only by the answer to the last message of
  * its topic the worker sent to the router. The router wrote that

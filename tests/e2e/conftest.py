@@ -41,7 +41,7 @@ and sends SIGHUP; it returns once the supervisor logged the outcome and, when
 a limit changed, every child took the new configuration.
 
 Memory: broker.pss_kb(pids) sums Pss (/proc/PID/smaps) over the daemon's
-processes, leaving out the shared-memory rings (a fixed-size memfd mapping
+processes, leaving out the shared-memory regions (fixed-size memfd mappings
 whose pages become resident as traffic first touches them);
 broker.memory_mark() records it and .assert_back() waits (bounded) until it
 is back within max(+2 MB, +20%). Under an instrumented daemon
@@ -394,7 +394,7 @@ class Broker:
     def pss_kb(self, pids=None, shmem=False):
         """Proportional set size, in kB, summed over pids (default: every
         daemon process), so memory shared between them counts once. Without
-        shmem, the pages of the shared-memory rings (the memfd mapping) are
+        shmem, the pages of the shared-memory regions (memfd mappings) are
         left out: the rings are mapped at start at a size fixed by the
         configuration, and their pages become resident as traffic first
         passes through them, which is not growth (shmem_kb() checks they
