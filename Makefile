@@ -21,8 +21,15 @@ PKGS     := libconfuse libsystemd libseccomp lmdb
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+# Warnings are errors in development and CI builds (contrib/dev.sh sets
+# WERROR=1); a user's newer compiler may warn of new things without failing.
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	    -Wpointer-arith -Wno-unused-parameter
+ifeq ($(WERROR),1)
+WARN     += -Werror
+endif
+# Each object and program records the headers it read (-MMD -MP, *.d).
+DEPFLAGS  = -MMD -MP -MF $@.d
 OPT      ?= -O2 -g
 CFLAGS   += -std=c17 -D_GNU_SOURCE $(OPT) $(WARN) -Iinclude $(PKG_CFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  += $(EXTRA_LDFLAGS)
@@ -44,9 +51,9 @@ all: $(BUILD)/iotd tools
 
 tools: $(CONTRIB_BIN)
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h)
+$(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c -o $@ $<
 
 $(BUILD)/libiotd.a: $(LIB_OBJ)
 	@rm -f $@
@@ -55,20 +62,20 @@ $(BUILD)/libiotd.a: $(LIB_OBJ)
 $(BUILD)/iotd: $(BUILD)/daemon/main.o $(BUILD)/libiotd.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libiotd.a $(wildcard include/*.h)
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libiotd.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Wno-missing-prototypes $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) $(DEPFLAGS) -Wno-missing-prototypes $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS) -lcmocka
 
 $(BUILD)/contrib/%: contrib/%.c $(BUILD)/libiotd.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
 
 # A compromised worker played against a running daemon (tests/e2e/test_hostile_worker.py).
 HOSTILE_BIN := $(BUILD)/tests/hostile
 
-$(HOSTILE_BIN): tests/hostile/hostile.c $(BUILD)/libiotd.a $(wildcard include/*.h)
+$(HOSTILE_BIN): tests/hostile/hostile.c $(BUILD)/libiotd.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -pthread -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(DEPFLAGS) $(LDFLAGS) -pthread -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
 
 unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
@@ -228,3 +235,5 @@ valgrind: $(BUILD)/iotd tools
 
 clean:
 	rm -rf build build-san build-fuzz
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -2,7 +2,7 @@
 # contrib/dev.sh - set up, build and run iotd, or run every test, on a
 # fresh Debian 12 machine.
 #
-#   contrib/dev.sh run     install what is missing, build, run on 127.0.0.1:1883
+#   contrib/dev.sh run     install what is missing (and mosquitto-clients), build, run on 127.0.0.1:1883
 #   contrib/dev.sh test    install what is missing, build, run every test
 #   contrib/dev.sh deps    only install what is missing
 #
@@ -10,6 +10,8 @@
 set -eu
 
 cd "$(dirname "$0")/.."
+# Development and CI builds treat every warning as an error (Makefile).
+export WERROR=1
 
 BUILD_PKGS="build-essential pkg-config libconfuse-dev libsystemd-dev uthash-dev liblmdb-dev libseccomp-dev"
 TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev llvm-14 python3 python3-pytest python3-paho-mqtt mosquitto-clients mosquitto procps systemd systemd-container debootstrap gdb"
@@ -37,7 +39,8 @@ deps)
 	install_missing $BUILD_PKGS $TEST_PKGS
 	;;
 run)
-	install_missing $BUILD_PKGS
+	# mosquitto-clients: the quick start's mosquitto_sub and mosquitto_pub.
+	install_missing $BUILD_PKGS mosquitto-clients
 	make -j"$(nproc)"
 	shift || true
 	# /etc/iotd/iotd.conf when installed, built-in defaults (127.0.0.1:1883) otherwise.
