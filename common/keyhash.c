@@ -93,11 +93,19 @@ uint64_t keyhash(const void *data, size_t len)
 		SIPROUND;
 		v0 ^= m;
 	}
-	if (len & 7) {
-		uint64_t tail = 0;
-
-		memcpy(&tail, p, len & 7);
-		b |= le64toh(tail);
+	/*
+	 * The last 0 to 7 bytes byte by byte: a memcpy() of a variable length
+	 * is a library call that cost as much as the whole hash of a short
+	 * topic level.
+	 */
+	switch (len & 7) {
+	case 7: b |= (uint64_t)p[6] << 48; /* fall through */
+	case 6: b |= (uint64_t)p[5] << 40; /* fall through */
+	case 5: b |= (uint64_t)p[4] << 32; /* fall through */
+	case 4: b |= (uint64_t)p[3] << 24; /* fall through */
+	case 3: b |= (uint64_t)p[2] << 16; /* fall through */
+	case 2: b |= (uint64_t)p[1] << 8;  /* fall through */
+	case 1: b |= (uint64_t)p[0];
 	}
 	v3 ^= b;
 	SIPROUND;
