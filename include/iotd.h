@@ -26,9 +26,13 @@ enum iotd_role {
 
 /*
  * A connection id names one client connection for its whole life, across
- * the worker -> router -> worker round trip. It is never reused while the
- * daemon runs: the worker's epoch changes at each restart of that worker
- * and the serial changes at each reuse of a slot.
+ * the worker -> router -> worker round trip. The worker's epoch changes at
+ * each restart of that worker, and a slot's serial at each reuse of the
+ * slot. Ids do come back: a worker reuses the slot freed last first, and a
+ * slot's 16-bit serial wraps after 65,536 connections in it. So a record
+ * about a connection that has closed finds no connection, or, only after
+ * 65,536 later connections in the same slot of the same worker process,
+ * another one: each side checks the whole id, never the slot alone.
  *
  *   63      56 55            40 39                  16 15        0
  *   | worker  |     epoch      |        slot          |  serial   |
