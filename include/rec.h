@@ -21,11 +21,13 @@
  * crash on it.
  *
  * Encoding: rec_X_encode(w, &x) makes w hold exactly the record (it starts
- * afresh); a record with a list built as its items come is written with
- * rec_X_begin(), rec_X_add() per item and rec_X_end() with the count. A
- * failed allocation leaves w->oom set: the record must not be sent. A
- * REC_PUBLISH can also be written straight into reserved ring memory
- * (rec_publish_size(), rec_publish_put()).
+ * afresh). A record whose list is built as its items come is written with
+ * rec_X_begin(w, &x), which starts w with everything but the list (x's
+ * list is not read) and returns the offset of the count, rec_X_add() per
+ * item, and rec_X_end(w, that offset, the count). A failed allocation
+ * leaves w->oom set: the record must not be sent. A REC_PUBLISH can also
+ * be written straight into reserved ring memory (rec_publish_size(),
+ * rec_publish_put()).
  */
 #ifndef IOTD_REC_H
 #define IOTD_REC_H
@@ -281,7 +283,6 @@ struct rec_subscription {
 
 int rec_subscribe_decode(struct rec_subscribe *x, const void *p, size_t len);
 bool rec_subscribe_next(struct rec_iter *it, struct rec_subscription *s);
-/* Returns the count's offset, for rec_subscribe_end(). x->filters is not read. */
 size_t rec_subscribe_begin(struct recw *w, const struct rec_subscribe *x);
 void rec_subscribe_add(struct recw *w, const struct rec_subscription *s);
 void rec_subscribe_end(struct recw *w, size_t count_off, uint16_t n);
@@ -462,7 +463,7 @@ size_t rec_suback_begin(struct recw *w, const struct rec_suback *x);
 void rec_suback_add(struct recw *w, uint8_t code);
 void rec_suback_end(struct recw *w, size_t count_off, uint16_t n);
 
-/* The codes written since rec_suback_begin() returned count_off; valid until w changes. */
+/* The codes written since rec_suback_begin() returned count_off (w not oom); valid until w changes. */
 static inline const uint8_t *rec_suback_codes(const struct recw *w, size_t count_off)
 {
 	return w->buf + count_off + sizeof(uint16_t);
@@ -559,7 +560,6 @@ static inline size_t rec_target_size(const struct rec_target *t)
 	return REC_TARGET_BYTES + (t->copy ? REC_TARGET_COPY_BYTES : 0);
 }
 
-/* Starts w with the head, count 0; returns the count's offset. x->targets is not read. */
 static inline size_t rec_deliver_begin(struct recw *w, const struct rec_deliver *x)
 {
 	size_t size = rec_deliver_head_size(x);
@@ -611,7 +611,7 @@ void rec_kick_encode(struct recw *w, const struct rec_kick *x);
 /*
  * REC_ROUTE: the answer to a REC_PUBLISH with REC_PUB_ASK, written after
  * that message's deliveries. local 1 when every session the topic matches
- * (possibly none) has a clean session online on this worker: the targets
+ * (possibly none) is a clean session online on this worker: the targets
  * are those, with the QoS granted to each; local 0 and no targets
  * otherwise. Valid while shm_router.route_gen equals gen, see shm.h.
  */
