@@ -1253,30 +1253,25 @@ static void push_publish(struct worker *w, const struct mqtt_publish *pub, uint6
 static void deliver_local(struct worker *w, const struct route *rt,
 			  const struct mqtt_publish *pub);
 
-/*
- * Deliver the message here when its topic's route is local and still
- * valid; otherwise send it to the router, asking for the route unless the
- * router already said it keeps the topic. Retained and QoS 2 messages
- * always go to the router (it keeps the one, and routes the other once),
- * and take the route back until the router answers again, so that later
- * messages delivered here cannot overtake them.
- */
+/* Deliver the message here or send it to the router, as its topic's route says (routes.h). */
 static void route_publish(struct worker *w, const struct mqtt_publish *pub)
 {
 	uint64_t gen = atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire);
-	const struct route *rt = routes_find(&w->routes, pub->topic.p, pub->topic.len);
+	const struct route *rt;
+	uint64_t ask;
 
-	if (rt != NULL && rt->kind != ROUTE_ASKED && rt->gen == gen) {
-		if (rt->kind == ROUTE_REMOTE) {
-			push_publish(w, pub, 0);
-			return;
-		}
-		if (pub->qos < 2 && !pub->retain) {
-			deliver_local(w, rt, pub);
-			return;
-		}
+	switch (routes_decide(&w->routes, pub->topic.p, pub->topic.len, pub->qos, pub->retain,
+			      gen, &rt, &ask)) {
+	case ROUTE_DELIVER_LOCAL:
+		deliver_local(w, rt, pub);
+		break;
+	case ROUTE_SEND:
+		push_publish(w, pub, 0);
+		break;
+	case ROUTE_SEND_ASK:
+		push_publish(w, pub, ask);
+		break;
 	}
-	push_publish(w, pub, routes_ask(&w->routes, pub->topic.p, pub->topic.len, gen));
 }
 
 static enum pkt_result handle_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
