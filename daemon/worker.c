@@ -33,6 +33,7 @@
 #include "ipc.h"
 #include "log.h"
 #include "mqtt.h"
+#include "qos.h"
 #include "rec.h"
 #include "role.h"
 #include "routes.h"
@@ -55,53 +56,6 @@ enum conn_state {
 struct buf {
 	size_t len, cap, off;        /* off: bytes of data already written (output) */
 	uint8_t data[];
-};
-
-/* A QoS 1/2 message held until every client it went to has acknowledged it. */
-struct qmsg {
-	uint32_t refs;
-	uint16_t topic_len;
-	uint8_t retain;
-	uint32_t payload_len;
-	uint8_t data[];              /* topic, then payload */
-};
-
-/* copy: the router's id for its copy of the message (persistent sessions), or 0. */
-struct inflight {
-	uint16_t packet_id;
-	uint8_t state;               /* MSG_INFLIGHT or MSG_PUBREL */
-	uint8_t qos;
-	struct qmsg *msg;            /* NULL once PUBREL was sent */
-	uint64_t copy;
-};
-
-/* A delivery waiting for room in the in-flight window. */
-struct pending {
-	struct qmsg *msg;
-	uint64_t copy;
-	uint8_t qos;
-};
-
-/*
- * What only QoS 1/2 traffic needs, in either direction: allocated on first
- * use and freed once nothing is held, so that an idle connection carries
- * a NULL pointer for it.
- */
-struct conn_qos {
-	struct inflight *inflight;   /* allocated while something is in flight or queued */
-	/*
-	 * The queue behind the window: a ring of cap_pending entries (a power
-	 * of 2), oldest at pend_first. An array rather than a list: a long
-	 * queue is pumped in order, and a list costs a cache miss per entry.
-	 */
-	struct pending *pend;
-	uint16_t *qos2_in;           /* inbound QoS 2 ids awaiting PUBREL */
-	size_t pending_bytes;        /* topic + payload of the queue's messages */
-	size_t inflight_bytes;       /* ... and of those in flight (PUBREL stage: none) */
-	uint32_t pend_first, n_pending, cap_pending;
-	uint32_t n_qos2_in, cap_qos2_in;
-	uint16_t n_inflight;
-	uint16_t cap_inflight;       /* entries allocated: max_inflight when allocated (it may change since) */
 };
 
 /*
@@ -135,33 +89,6 @@ struct conn {
 };
 
 static_assert(sizeof(struct conn) <= 72, "struct conn grew: every idle connection pays for it");
-static_assert(sizeof(struct conn_qos) <= 64, "struct conn_qos grew");
-
-/* Entry i of the queue, 0 the oldest. */
-static inline struct pending *pending_at(const struct conn_qos *q, uint32_t i)
-{
-	return &q->pend[(q->pend_first + i) & (q->cap_pending - 1)];
-}
-
-/* Double the queue's ring (oldest first in the new one); false when out of memory. */
-static bool pending_grow(struct conn_qos *q)
-{
-	uint32_t cap = q->cap_pending ? q->cap_pending * 2 : 16;
-	struct pending *ring;
-
-	if (cap < q->cap_pending)
-		return false;
-	ring = reallocarray(NULL, cap, sizeof(*ring));
-	if (ring == NULL)
-		return false;
-	for (uint32_t i = 0; i < q->n_pending; i++)
-		ring[i] = *pending_at(q, i);
-	free(q->pend);
-	q->pend = ring;
-	q->pend_first = 0;
-	q->cap_pending = cap;
-	return true;
-}
 
 /*
  * What the listener is to hear about this worker's connections, by
@@ -266,15 +193,6 @@ static int buf_reserve(struct buf **bp, size_t n)
 	*bp = b;
 	return 0;
 }
-
-/*
- * Set when a large block went back to the heap: glibc keeps freed memory
- * for reuse, so the 1 s tick hands it back to the system (process-wide,
- * as the heap is).
- */
-static bool heap_trim_wanted;
-
-#define TRIM_MIN_BYTES 65536
 
 static void buf_free(struct buf **bp)
 {
@@ -752,38 +670,6 @@ static struct conn *conn_add_client_id(struct worker *w, struct conn *c, const c
 	return n;
 }
 
-/* What a message costs each connection holding it, against its byte limits. */
-static size_t qmsg_bytes(const struct qmsg *m)
-{
-	return (size_t)m->topic_len + m->payload_len;
-}
-
-static void qmsg_unref(struct qmsg *m)
-{
-	if (m != NULL && --m->refs == 0) {
-		if ((size_t)m->topic_len + m->payload_len >= TRIM_MIN_BYTES)
-			heap_trim_wanted = true;
-		free(m);
-	}
-}
-
-static struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
-			     uint32_t plen, bool retain)
-{
-	struct qmsg *m = malloc(sizeof(*m) + tlen + plen);
-
-	if (m == NULL)
-		return NULL;
-	m->refs = 0;
-	m->topic_len = tlen;
-	m->retain = retain;
-	m->payload_len = plen;
-	memcpy(m->data, topic, tlen);
-	if (plen)
-		memcpy(m->data + tlen, payload, plen);
-	return m;
-}
-
 static void rec_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint16_t pid,
 			    uint8_t state, uint8_t qos, bool retain, const uint8_t *topic,
 			    uint16_t tlen, const uint8_t *payload, uint32_t plen)
@@ -844,7 +730,7 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
 					NULL, 0, NULL, 0);
 	}
 	for (uint32_t i = 0; i < q->n_pending; i++) {
-		const struct pending *p = pending_at(q, i);
+		const struct pending *p = qos_pending_at(q, i);
 
 		if (p->copy == 0)
 			rec_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
@@ -853,23 +739,9 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
 	}
 }
 
-static void conn_qos_free(struct conn_qos *q)
-{
-	if (q == NULL)
-		return;
-	for (uint16_t i = 0; i < q->n_inflight; i++)
-		qmsg_unref(q->inflight[i].msg);
-	free(q->inflight);
-	for (uint32_t i = 0; i < q->n_pending; i++)
-		qmsg_unref(pending_at(q, i)->msg);
-	free(q->pend);
-	free(q->qos2_in);
-	free(q);
-}
-
 static void conn_free_state(struct conn *c)
 {
-	conn_qos_free(c->qos);
+	qos_free(c->qos);
 	c->qos = NULL;
 	buf_free(&c->in);
 	buf_free(&c->out);
@@ -944,263 +816,79 @@ static void bury_closed(struct worker *w)
 
 /* --- outbound QoS ------------------------------------------------------- */
 
-/* Allocated on first use; NULL when out of memory. */
-static struct conn_qos *conn_qos(struct conn *c)
-{
-	if (c->qos == NULL)
-		c->qos = calloc(1, sizeof(*c->qos));
-	return c->qos;
-}
-
-/* Give back what is no longer held: an idle connection keeps no QoS state. */
-static void conn_qos_trim(struct conn *c)
-{
-	struct conn_qos *q = c->qos;
-
-	if (q == NULL || q->n_inflight > 0 || q->n_pending > 0)
-		return;
-	free(q->inflight);
-	q->inflight = NULL;
-	q->cap_inflight = 0;
-	free(q->pend);
-	q->pend = NULL;
-	q->pend_first = q->cap_pending = 0;
-	if (q->n_qos2_in > 0)
-		return;
-	free(q->qos2_in);
-	free(q);
-	c->qos = NULL;
-}
-
-static bool pid_in_use(const struct conn_qos *q, uint16_t pid)
-{
-	for (uint16_t i = 0; i < q->n_inflight; i++)
-		if (q->inflight[i].packet_id == pid)
-			return true;
-	return false;
-}
-
-static uint16_t pid_alloc(struct conn *c)
-{
-	do {
-		c->next_pid = (uint16_t)(c->next_pid + 1);
-		if (c->next_pid == 0)
-			c->next_pid = 1;
-	} while (pid_in_use(c->qos, c->next_pid));
-	return c->next_pid;
-}
-
-/*
- * Room for one more message in flight. max_inflight may change under a
- * reload: the array grows to a raised value, and is left as it is for a
- * lowered one (only fewer entries are used), so n_inflight <= cap_inflight
- * always holds.
- */
-static bool inflight_room(struct worker *w, struct conn_qos *q)
-{
-	long max = w->cfg->max_inflight;
-	struct inflight *p;
-
-	if (q->n_inflight >= max)
-		return false;
-	if (q->n_inflight < q->cap_inflight)
-		return true;
-	p = realloc(q->inflight, (size_t)max * sizeof(*q->inflight));
-	if (p == NULL)
-		return false;
-	q->inflight = p;
-	q->cap_inflight = (uint16_t)max;
-	return true;
-}
-
-/* dup: a resend under the packet id the router already knows. */
-static void inflight_send(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
-			  uint16_t pid, bool dup, uint64_t copy)
-{
-	struct inflight *f = &c->qos->inflight[c->qos->n_inflight++];
-
-	f->packet_id = pid;
-	f->state = MSG_INFLIGHT;
-	f->qos = qos;
-	f->msg = m;
-	f->copy = copy;
-	m->refs++;
-	c->qos->inflight_bytes += qmsg_bytes(m);
-	send_publish(w, c, dup, qos, m->retain, m->data, m->topic_len, pid,
-		     m->data + m->topic_len, m->payload_len);
-	if (!dup)
-		report_state(w, c, copy, pid, MSG_INFLIGHT);
-}
-
 /* A QoS 1/2 delivery refused by a limit: logged once until the queue empties. */
 static void drop_delivery(struct worker *w, struct conn *c, uint64_t copy, const char *why)
 {
-	const struct conn_qos *q = c->qos;
+	const struct conn_qos *q = c->qos;   /* NULL when the refusal left nothing held */
 
 	if (!c->drop_logged)
 		log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
 			   "%s (%u in flight, %u queued, %zu bytes); dropping new messages", why,
-			   q->n_inflight, q->n_pending, q->inflight_bytes + q->pending_bytes);
+			   q ? q->n_inflight : 0, q ? q->n_pending : 0,
+			   q ? q->inflight_bytes + q->pending_bytes : 0);
 	c->drop_logged = true;
 	report_state(w, c, copy, 0, MSG_DONE);
 }
 
-/*
- * max_inflight_bytes: what one connection holds of QoS 1/2 messages, in
- * flight and queued. A connection that holds none takes a message of any
- * size, so that one larger than the limit still goes out.
- */
-static bool over_inflight_bytes(const struct worker *w, const struct conn_qos *q,
-				const struct qmsg *m)
+/* A message the QoS state put in flight goes out (dup: a resend under the id the router knows). */
+static void send_inflight(struct worker *w, struct conn *c, const struct inflight *f, bool dup)
 {
-	size_t held = q->inflight_bytes + q->pending_bytes;
+	const struct qmsg *m = f->msg;
 
-	return held > 0 && held + qmsg_bytes(m) > (size_t)w->cfg->max_inflight_bytes;
+	send_publish(w, c, dup, f->qos, m->retain, m->data, m->topic_len, f->packet_id,
+		     m->data + m->topic_len, m->payload_len);
+	if (!dup)
+		report_state(w, c, f->copy, f->packet_id, MSG_INFLIGHT);
 }
 
-static void pending_add(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
-			uint64_t copy)
+/* What follows from the QoS state's verdict on a delivery at QoS qos (copy: the router's). */
+static void act_on_verdict(struct worker *w, struct conn *c, enum qos_verdict v,
+			   const struct inflight *sent, uint8_t qos, uint64_t copy)
 {
-	struct conn_qos *q = c->qos;
-	struct pending *p;
-	size_t bytes = qmsg_bytes(m);
-
-	if (q->n_pending >= (uint32_t)w->cfg->max_queued_messages ||
-	    (w->cfg->max_queued_bytes > 0 &&
-	     q->pending_bytes + bytes > (size_t)w->cfg->max_queued_bytes) ||
-	    (q->n_pending == q->cap_pending && !pending_grow(q))) {
+	switch (v) {
+	case QOS_SEND:
+	case QOS_RESEND:
+		send_inflight(w, c, sent, v == QOS_RESEND);
+		break;
+	case QOS_QUEUED:
+		break;
+	case QOS_DROP_BYTES:
+		drop_delivery(w, c, copy, "max_inflight_bytes reached");
+		break;
+	case QOS_DROP_QUEUE:
 		drop_delivery(w, c, copy, "queue full");
-		return;
+		break;
+	case QOS_NOMEM:
+		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
+			   "out of memory for a QoS %u delivery; dropped", qos);
+		report_state(w, c, copy, 0, MSG_DONE);
+		break;
 	}
-	p = pending_at(q, q->n_pending);
-	p->msg = m;
-	p->copy = copy;
-	p->qos = qos;
-	m->refs++;
-	q->n_pending++;
-	q->pending_bytes += bytes;
 }
 
 static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_t qos,
 			uint64_t copy)
 {
-	struct conn_qos *q = conn_qos(c);
+	struct inflight *sent = NULL;
+	enum qos_verdict v = qos_offer(&c->qos, &c->next_pid, w->cfg, m, qos, copy, &sent);
 
-	if (q == NULL) {
-		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
-			   "out of memory for a QoS %u delivery; dropped", qos);
-		report_state(w, c, copy, 0, MSG_DONE);
-		return;
-	}
-	if (over_inflight_bytes(w, q, m))
-		drop_delivery(w, c, copy, "max_inflight_bytes reached");
-	else if (q->n_pending == 0 && inflight_room(w, q))
-		inflight_send(w, c, m, qos, pid_alloc(c), false, copy);
-	else
-		pending_add(w, c, m, qos, copy);
-	/* A refused delivery may leave the state it allocated empty. */
-	conn_qos_trim(c);
+	act_on_verdict(w, c, v, sent, qos, copy);
 }
 
 /* Move queued messages into the window as acknowledgements free it. */
 static void pending_pump(struct worker *w, struct conn *c)
 {
-	struct conn_qos *q = c->qos;
+	struct inflight *f;
 
-	while (q->n_pending > 0 && inflight_room(w, q)) {
-		struct pending p = *pending_at(q, 0);
-
-		q->pend_first = (q->pend_first + 1) & (q->cap_pending - 1);
-		q->n_pending--;
-		/* The messages are apart from the ring: ask for the next ones early. */
-		if (q->n_pending > 2)
-			__builtin_prefetch(pending_at(q, 2)->msg);
-		q->pending_bytes -= qmsg_bytes(p.msg);
-		inflight_send(w, c, p.msg, p.qos, pid_alloc(c), false, p.copy);
-		qmsg_unref(p.msg);
-	}
-	if (q->n_pending == 0)
+	while ((f = qos_pump(c->qos, &c->next_pid, w->cfg)) != NULL)
+		send_inflight(w, c, f, false);
+	if (c->qos->n_pending == 0)
 		c->drop_logged = false;
-	conn_qos_trim(c);
+	qos_trim(&c->qos);
 }
 
-static int inflight_find(const struct conn_qos *q, uint16_t pid)
-{
-	if (q == NULL)
-		return -1;
-	for (uint16_t i = 0; i < q->n_inflight; i++)
-		if (q->inflight[i].packet_id == pid)
-			return i;
-	return -1;
-}
-
-/* The PUBREL stage holds no message: its bytes are given back at PUBREC. */
-static void inflight_drop_msg(struct conn_qos *q, int i)
-{
-	struct qmsg *m = q->inflight[i].msg;
-
-	if (m == NULL)
-		return;
-	q->inflight_bytes -= qmsg_bytes(m);
-	qmsg_unref(m);
-	q->inflight[i].msg = NULL;
-}
-
-static void inflight_remove(struct conn_qos *q, int i)
-{
-	inflight_drop_msg(q, i);
-	/* Keep the order: a resumed session resends in the original order. */
-	memmove(&q->inflight[i], &q->inflight[i + 1],
-		(size_t)(q->n_inflight - i - 1) * sizeof(*q->inflight));
-	q->n_inflight--;
-}
 
 /* --- inbound packets ---------------------------------------------------- */
-
-static bool qos2_in_has(const struct conn_qos *q, uint16_t pid)
-{
-	if (q == NULL)
-		return false;
-	for (uint32_t i = 0; i < q->n_qos2_in; i++)
-		if (q->qos2_in[i] == pid)
-			return true;
-	return false;
-}
-
-/* -1 when out of memory; the caller trims what may be left empty. */
-static int qos2_in_add(struct conn *c, uint16_t pid)
-{
-	struct conn_qos *q = conn_qos(c);
-
-	if (q == NULL)
-		return -1;
-	if (q->n_qos2_in == q->cap_qos2_in) {
-		uint32_t cap = q->cap_qos2_in ? q->cap_qos2_in * 2 : 8;
-		uint16_t *p = realloc(q->qos2_in, cap * sizeof(*p));
-
-		if (p == NULL)
-			return -1;
-		q->qos2_in = p;
-		q->cap_qos2_in = cap;
-	}
-	q->qos2_in[q->n_qos2_in++] = pid;
-	return 0;
-}
-
-static bool qos2_in_remove(struct conn *c, uint16_t pid)
-{
-	struct conn_qos *q = c->qos;
-
-	if (q == NULL)
-		return false;
-	for (uint32_t i = 0; i < q->n_qos2_in; i++)
-		if (q->qos2_in[i] == pid) {
-			q->qos2_in[i] = q->qos2_in[--q->n_qos2_in];
-			conn_qos_trim(c);
-			return true;
-		}
-	return false;
-}
 
 /*
  * A persistent session's inbound QoS 2 ids are also kept by the router, so
@@ -1296,26 +984,20 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 		route_publish(w, pub);
 		break;
 	case 2:
-		/* Exactly once: a resent id still awaiting PUBREL is not routed again. */
-		if (!qos2_in_has(c->qos, pub->packet_id)) {
-			/*
-			 * max_inflight bounds this direction too, as Mosquitto's
-			 * max_inflight_messages does: a client past it is closed
-			 * (it resends what it was not acknowledged when it comes
-			 * back). Holding it back instead would deadlock: the PUBRELs
-			 * that free the ids come on the same socket.
-			 */
-			if (c->qos != NULL && c->qos->n_qos2_in >= (uint32_t)w->cfg->max_inflight) {
-				conn_close(w, c, true, "too many QoS 2 messages awaiting PUBREL "
-					   "(max_inflight)");
-				return PKT_CLOSED;
-			}
-			if (qos2_in_add(c, pub->packet_id) < 0) {
-				conn_close(w, c, true, "out of memory");
-				return PKT_CLOSED;
-			}
+		switch (qos_in_receive(&c->qos, w->cfg, pub->packet_id)) {
+		case QOS_IN_NEW:
 			report_qos2_in(w, c, pub->packet_id, true);
 			route_publish(w, pub);
+			break;
+		case QOS_IN_HELD:        /* exactly once: not routed again */
+			break;
+		case QOS_IN_FULL:
+			conn_close(w, c, true, "too many QoS 2 messages awaiting PUBREL "
+				   "(max_inflight)");
+			return PKT_CLOSED;
+		case QOS_IN_NOMEM:
+			conn_close(w, c, true, "out of memory");
+			return PKT_CLOSED;
 		}
 		send_ack(w, c, MQTT_PUBREC, pub->packet_id);
 		break;
@@ -1424,34 +1106,33 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 
 static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
 {
-	struct conn_qos *q = c->qos;
 	uint16_t pid = pkt->u.packet_id;
-	int i;
+	uint64_t copy;
 
 	switch (pkt->type) {
 	case MQTT_PUBACK:
 	case MQTT_PUBCOMP:
-		i = inflight_find(q, pid);
-		if (i >= 0 && q->inflight[i].qos == (pkt->type == MQTT_PUBACK ? 1 : 2) &&
-		    q->inflight[i].state == (pkt->type == MQTT_PUBACK ? MSG_INFLIGHT : MSG_PUBREL)) {
-			report_state(w, c, q->inflight[i].copy, pid, MSG_DONE);
-			inflight_remove(q, i);
+		if (pkt->type == MQTT_PUBACK ? qos_puback(c->qos, pid, &copy) :
+					       qos_pubcomp(c->qos, pid, &copy)) {
+			report_state(w, c, copy, pid, MSG_DONE);
 			pending_pump(w, c);
 		}
 		break;
 	case MQTT_PUBREC:
-		i = inflight_find(q, pid);
-		if (i >= 0 && q->inflight[i].qos == 2) {
-			if (q->inflight[i].state == MSG_INFLIGHT) {
-				inflight_drop_msg(q, i);
-				q->inflight[i].state = MSG_PUBREL;
-				report_state(w, c, q->inflight[i].copy, pid, MSG_PUBREL);
-			}
+		switch (qos_pubrec(c->qos, pid, &copy)) {
+		case QOS_PUBREC_RELEASED:
+			report_state(w, c, copy, pid, MSG_PUBREL);
 			send_ack(w, c, MQTT_PUBREL, pid);
+			break;
+		case QOS_PUBREC_AGAIN:
+			send_ack(w, c, MQTT_PUBREL, pid);
+			break;
+		case QOS_PUBREC_UNKNOWN:
+			break;
 		}
 		break;
 	case MQTT_PUBREL:
-		if (qos2_in_remove(c, pid))
+		if (qos_in_release(&c->qos, pid))
 			report_qos2_in(w, c, pid, false);
 		send_ack(w, c, MQTT_PUBCOMP, pid);
 		break;
@@ -1671,9 +1352,9 @@ static void rec_connack(struct worker *w, struct recr *r)
 		return;
 	}
 	for (uint16_t i = 0; i < n; i++)
-		if (qos2_in_add(c, recr_u16(r)) < 0)
+		if (qos_in_hold(&c->qos, recr_u16(r)) < 0)
 			break;
-	conn_qos_trim(c);
+	qos_trim(&c->qos);
 	if (rc != MQTT_CONNACK_ACCEPTED) {
 		send_connack(w, c, false, rc);
 		c->state = CS_NEW;
@@ -1848,17 +1529,13 @@ static void rec_route(struct worker *w, struct recr *r)
 
 static void resend_pubrel(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
 {
-	struct conn_qos *q = conn_qos(c);
-
-	if (q != NULL && pid != 0 && !pid_in_use(q, pid) && inflight_room(w, q)) {
-		q->inflight[q->n_inflight++] = (struct inflight){ pid, MSG_PUBREL, 2, NULL, copy };
+	if (qos_resume_pubrel(&c->qos, w->cfg, pid, copy)) {
 		send_ack(w, c, MQTT_PUBREL, pid);
 		return;
 	}
 	log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
 		   "no room to resend PUBREL %u; dropped", pid);
 	report_state(w, c, copy, 0, MSG_DONE);
-	conn_qos_trim(c);
 }
 
 static void rec_session_resend(struct worker *w, struct recr *r)
@@ -1872,7 +1549,8 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 	uint16_t tlen;
 	uint32_t plen;
 	struct conn *c;
-	struct conn_qos *q;
+	struct inflight *sent = NULL;
+	enum qos_verdict v;
 	struct qmsg *m;
 
 	recr_str(r, &topic, &tlen);
@@ -1899,16 +1577,8 @@ static void rec_session_resend(struct worker *w, struct recr *r)
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
-	/*
-	 * [MQTT-4.4.0-1]: unacknowledged messages go again with their ids, DUP
-	 * set. Anything else (or no memory for the QoS state) is deliver_qos's.
-	 */
-	q = conn_qos(c);
-	if (q != NULL && state == MSG_INFLIGHT && pid != 0 && !pid_in_use(q, pid) &&
-	    q->n_pending == 0 && inflight_room(w, q))
-		inflight_send(w, c, m, qos, pid, true, copy);
-	else
-		deliver_qos(w, c, m, qos, copy);
+	v = qos_resume(&c->qos, &c->next_pid, w->cfg, m, qos, state, pid, copy, &sent);
+	act_on_verdict(w, c, v, sent, qos, copy);
 	if (m->refs == 0)
 		free(m);
 }
