@@ -70,6 +70,9 @@ $(BUILD)/contrib/%: contrib/%.c $(BUILD)/libiotd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
 
+# test_qos makes chosen allocations fail: the link wraps malloc and its kin.
+$(BUILD)/tests/test_qos: private LDFLAGS += -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=reallocarray
+
 # A compromised worker played against a running daemon (tests/e2e/test_hostile_worker.py).
 HOSTILE_BIN := $(BUILD)/tests/hostile
 
