@@ -1,14 +1,9 @@
 /*
- * worker_int.h - what the files of a worker process share (not an
- * interface: role.h has worker_main()).
- *
- *   worker.c          the process: set-up, loop, control, timers, hand-over
- *   worker_conn.c     the connections: table, buffers, reading, output, closing
- *   worker_mqtt.c     the packets the clients send
- *   worker_records.c  ring records to and from the router, and deliveries
- *
- * A connection's QoS 1/2 state is qos.h's; the topics the worker may
- * deliver itself, routes.h's.
+ * worker_int.h - what the files of a worker process (daemon/worker*.c)
+ * share: its structs and the functions each file offers the others.
+ * Private to them (role.h has worker_main(); docs/arch.md, "Map of the
+ * source", says which file owns what). A connection's QoS 1/2 state is
+ * qos.h's; the topics a worker may deliver itself, routes.h's.
  */
 #ifndef IOTD_WORKER_INT_H
 #define IOTD_WORKER_INT_H
