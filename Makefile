@@ -70,6 +70,9 @@ $(BUILD)/contrib/%: contrib/%.c $(BUILD)/libiotd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
 
+# test_qos makes chosen allocations fail: the link wraps malloc and its kin.
+$(BUILD)/tests/test_qos: private LDFLAGS += -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=reallocarray
+
 # A compromised worker played against a running daemon (tests/e2e/test_hostile_worker.py).
 HOSTILE_BIN := $(BUILD)/tests/hostile
 
@@ -100,14 +103,10 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 FUZZ_FLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1
 
-# A harness that includes a daemon file whole (to reach its private
-# handlers, as fuzz_worker.c does with worker.c) is not linked with it again.
-fuzz_own = $(if $(filter fuzz_worker,$(notdir $(basename $(1)))),$(filter-out daemon/worker.c,$(DAEMON_SRC)),$(DAEMON_SRC))
-
-build-fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h)
+build-fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h) $(wildcard daemon/*.h)
 	@mkdir -p build-fuzz
 	clang -std=c17 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) $(FUZZ_FLAGS) -o $@ $< \
-	    $(COMMON_SRC) $(call fuzz_own,$<) $(LDLIBS)
+	    $(COMMON_SRC) $(DAEMON_SRC) $(LDLIBS)
 
 # Each harness grows build-fuzz/corpus-<name> from tests/fuzz/corpus/<name>;
 # a summary line per harness (seconds, executions, cov/ft, corpus) ends the run.
@@ -119,10 +118,10 @@ fuzz: $(FUZZ_BIN)
 FUZZ_COV_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/cov/%,$(FUZZ_SRC))
 FUZZ_COV_FLAGS := -fsanitize=fuzzer -fprofile-instr-generate -fcoverage-mapping -g -O1
 
-build-fuzz/cov/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h)
+build-fuzz/cov/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h) $(wildcard daemon/*.h)
 	@mkdir -p build-fuzz/cov
 	clang -std=c17 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) $(FUZZ_COV_FLAGS) -o $@ $< \
-	    $(COMMON_SRC) $(call fuzz_own,$<) $(LDLIBS)
+	    $(COMMON_SRC) $(DAEMON_SRC) $(LDLIBS)
 
 fuzz-coverage: $(FUZZ_COV_BIN)
 	tests/fuzz/coverage.sh $(FUZZ_COV_BIN)

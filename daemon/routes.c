@@ -2,7 +2,8 @@
  * routes.c - a worker's cache of the routes the router told it (routes.h).
  *
  * Owns the cached routes of one worker: topics, their state and, for a
- * local route, its targets. Bounded (ROUTES_MAX entries, ROUTES_MAX_BYTES):
+ * local route, its targets; and so the choice, for each message, between
+ * delivering it there and sending it to the router (routes_decide). Bounded (ROUTES_MAX entries, ROUTES_MAX_BYTES):
  * a topic without an entry only goes to the router, which is never wrong.
  */
 #include <stdlib.h>
@@ -117,10 +118,10 @@ static void route_set_targets(struct route_cache *rc, struct route *rt, struct r
 	rc->bytes += route_size(rt);
 }
 
-uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len, uint64_t gen)
+/* routes_ask() on the topic's entry rt, or NULL when it has none. */
+static uint64_t route_ask(struct route_cache *rc, struct route *rt, const uint8_t *topic,
+			  uint16_t len, uint64_t gen)
 {
-	struct route *rt = routes_find(rc, topic, len);
-
 	if (!rt && !(rt = route_new(rc, topic, len, gen)))
 		return 0;
 	if (rt->kind != ROUTE_ASKED) {
@@ -130,6 +131,29 @@ uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len, 
 	rt->gen = gen;
 	rt->ask = ++rc->next_ask;
 	return rt->ask;
+}
+
+uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len, uint64_t gen)
+{
+	return route_ask(rc, routes_find(rc, topic, len), topic, len, gen);
+}
+
+enum route_decision routes_decide(struct route_cache *rc, const uint8_t *topic, uint16_t len,
+				  uint8_t qos, bool retain, uint64_t current_gen,
+				  const struct route **rt_r, uint64_t *ask)
+{
+	struct route *rt = routes_find(rc, topic, len);
+
+	if (rt && rt->kind != ROUTE_ASKED && rt->gen == current_gen) {
+		if (rt->kind == ROUTE_REMOTE)
+			return ROUTE_SEND;
+		if (qos < 2 && !retain) {
+			*rt_r = rt;
+			return ROUTE_DELIVER_LOCAL;
+		}
+	}
+	*ask = route_ask(rc, rt, topic, len, current_gen);
+	return *ask ? ROUTE_SEND_ASK : ROUTE_SEND;
 }
 
 bool routes_answer(struct route_cache *rc, const uint8_t *topic, uint16_t len, uint64_t ask,

@@ -79,6 +79,26 @@ struct route *routes_find(const struct route_cache *rc, const uint8_t *topic, ui
  */
 uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len, uint64_t gen);
 
+enum route_decision {
+	ROUTE_DELIVER_LOCAL, /* deliver to *rt's targets here; the router is not involved */
+	ROUTE_SEND,          /* send it to the router as it is */
+	ROUTE_SEND_ASK,      /* send it to the router carrying *ask */
+};
+
+/*
+ * Where a message of this topic goes at route generation current_gen. A
+ * valid local route delivers it here, a valid remote one sends it to the
+ * router as it is; any other topic goes to the router asking for its route
+ * (routes_ask; ROUTE_SEND when the cache cannot hold the ask). Retained
+ * and QoS 2 messages always go to the router (it keeps the one, and routes
+ * the other once), and take a local route back to asking until the router
+ * answers again, so that later messages delivered here cannot overtake
+ * them. *rt is set for ROUTE_DELIVER_LOCAL only, *ask for ROUTE_SEND_ASK.
+ */
+enum route_decision routes_decide(struct route_cache *rc, const uint8_t *topic, uint16_t len,
+				  uint8_t qos, bool retain, uint64_t current_gen,
+				  const struct route **rt, uint64_t *ask);
+
 /*
  * The router's answer. Taken when the topic still waits for an answer
  * and gen is the current generation; a local one only when it answers

@@ -2,9 +2,10 @@
  * fuzz_worker.c - libFuzzer harness for the worker's record handlers, fed
  * arbitrary record streams from the router's side of its ring.
  *
- * The worker's code is compiled into the harness whole (its handlers are
- * private to it), over a worker set up as worker_setup() would, with
- * private memory standing in for the shared regions. Each input starts
+ * The harness reaches the worker's record handlers through its private
+ * header (daemon/worker_int.h) and links the worker as the daemon does,
+ * over a worker set up as worker_setup() would, with private memory
+ * standing in for the shared regions. Each input starts
  * from four real connections (socketpairs) that sent a CONNECT through
  * the real read path, then feeds records built with the real writer
  * (rec.h): CONNACK, SUBACK, UNSUBACK, DELIVER, SESSION_MSG, KICK and ROUTE
@@ -14,9 +15,16 @@
  * Whatever the stream: no crash, no out-of-bounds access, no leak once
  * everything is closed and torn down.
  */
-#include "../../daemon/worker.c"
-
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "shm.h"
+#include "../../daemon/worker_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,8 +1,9 @@
 /*
  * test_routes.c - unit tests of a worker's route cache (daemon/routes.c):
- * asks and the answers taken or refused, the bounds (a sweep of older generations),
- * topics told apart by their bytes, and freeing (ASan in `make check-san`
- * reports any leak).
+ * asks and the answers taken or refused, where a message goes (routes_decide:
+ * here, to the router, asking or not), the bounds (a sweep of older
+ * generations), topics told apart by their bytes, and freeing (ASan in
+ * `make check-san` reports any leak).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -254,6 +255,150 @@ static void topic_name(char *buf, size_t cap, unsigned i)
 	snprintf(buf, cap, "dev/%u/state", i);
 }
 
+/* routes_decide() for a message of topic at gen; *ask_r the ask it carries (or 0). */
+static enum route_decision decide(struct route_cache *rc, const char *topic, uint8_t qos,
+				  bool retain, uint64_t gen, const struct route **rt,
+				  uint64_t *ask_r)
+{
+	enum route_decision d;
+	uint64_t ask = 0xdead;
+
+	*rt = NULL;
+	d = routes_decide(rc, T(topic), qos, retain, gen, rt, &ask);
+	if (d != ROUTE_DELIVER_LOCAL)
+		assert_null(*rt);
+	if (d == ROUTE_SEND_ASK)
+		assert_int_not_equal(ask, 0);
+	*ask_r = d == ROUTE_SEND_ASK ? ask : 0;
+	return d;
+}
+
+static void decide_asks_for_a_topic_without_a_route(void **state)
+{
+	struct route_cache rc = { 0 };
+	const struct route *rt;
+	uint64_t a1, a2;
+
+	assert_int_equal(decide(&rc, "x", 0, false, 4, &rt, &a1), ROUTE_SEND_ASK);
+	assert_int_equal(find(&rc, "x")->kind, ROUTE_ASKED);
+	assert_int_equal(find(&rc, "x")->ask, a1);
+	assert_int_equal(find(&rc, "x")->gen, 4);
+	/* Still unanswered: every message asks again, the last ask is the one that counts. */
+	assert_int_equal(decide(&rc, "x", 1, false, 4, &rt, &a2), ROUTE_SEND_ASK);
+	assert_true(a2 > a1);
+	assert_int_equal(find(&rc, "x")->ask, a2);
+	assert_false(routes_answer(&rc, T("x"), a1, 4, 4, true, three, 3));
+	assert_true(routes_answer(&rc, T("x"), a2, 4, 4, true, three, 3));
+	routes_free(&rc);
+}
+
+static void decide_delivers_here_on_a_valid_local_route(void **state)
+{
+	struct route_cache rc = { 0 };
+	struct route *local = make_local(&rc, "x", 5, three, 3);
+	uint64_t before = local->ask, ask;
+	const struct route *rt;
+
+	for (uint8_t qos = 0; qos < 2; qos++) {
+		assert_int_equal(decide(&rc, "x", qos, false, 5, &rt, &ask), ROUTE_DELIVER_LOCAL);
+		assert_ptr_equal(rt, local);
+		assert_int_equal(rt->n_targets, 3);
+		assert_int_equal(rt->targets[2].conn, three[2].conn);
+	}
+	/* Nothing asked, nothing changed. */
+	assert_int_equal(local->kind, ROUTE_LOCAL);
+	assert_int_equal(local->ask, before);
+	assert_int_equal(rc.next_ask, before);
+	routes_free(&rc);
+}
+
+static void decide_asks_again_once_the_generation_moved(void **state)
+{
+	struct route_cache rc = { 0 };
+	struct route *local = make_local(&rc, "x", 5, three, 3);
+	const struct route *rt;
+	uint64_t ask;
+
+	assert_int_equal(decide(&rc, "x", 0, false, 6, &rt, &ask), ROUTE_SEND_ASK);
+	assert_ptr_equal(find(&rc, "x"), local);
+	assert_int_equal(local->kind, ROUTE_ASKED);
+	assert_int_equal(local->gen, 6);
+	assert_int_equal(local->n_targets, 0);
+	assert_int_equal(rc.bytes, entry_bytes("x", 0));
+	/* The same for a remote route. */
+	assert_int_equal(decide(&rc, "r", 0, false, 6, &rt, &ask), ROUTE_SEND_ASK);
+	assert_true(routes_answer(&rc, T("r"), ask, 6, 6, false, NULL, 0));
+	assert_int_equal(decide(&rc, "r", 0, false, 7, &rt, &ask), ROUTE_SEND_ASK);
+	assert_int_equal(find(&rc, "r")->kind, ROUTE_ASKED);
+	routes_free(&rc);
+}
+
+static void decide_sends_retained_and_qos2_to_the_router_and_takes_the_route_back(void **state)
+{
+	static const struct { uint8_t qos; bool retain; } cases[] = {
+		{ 2, false }, { 0, true }, { 1, true }, { 2, true },
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct route_cache rc = { 0 };
+		struct route *local = make_local(&rc, "x", 5, three, 3);
+		const struct route *rt;
+		uint64_t ask, next;
+
+		assert_int_equal(decide(&rc, "x", cases[i].qos, cases[i].retain, 5, &rt, &ask),
+				 ROUTE_SEND_ASK);
+		assert_int_equal(local->kind, ROUTE_ASKED);
+		assert_int_equal(local->ask, ask);
+		assert_int_equal(local->n_targets, 0);
+		assert_null(local->targets);
+		/* Until the router answers that ask, a QoS 0 message goes there too. */
+		assert_int_equal(decide(&rc, "x", 0, false, 5, &rt, &next), ROUTE_SEND_ASK);
+		assert_true(next > ask);
+		assert_true(routes_answer(&rc, T("x"), next, 5, 5, true, three, 1));
+		assert_int_equal(decide(&rc, "x", 0, false, 5, &rt, &ask), ROUTE_DELIVER_LOCAL);
+		assert_int_equal(rt->n_targets, 1);
+		routes_free(&rc);
+	}
+}
+
+static void decide_sends_anything_on_a_valid_remote_route_without_asking(void **state)
+{
+	struct route_cache rc = { 0 };
+	const struct route *rt;
+	uint64_t ask, last;
+
+	assert_int_equal(decide(&rc, "r", 0, false, 3, &rt, &ask), ROUTE_SEND_ASK);
+	assert_true(routes_answer(&rc, T("r"), ask, 3, 3, false, NULL, 0));
+	last = rc.next_ask;
+	for (uint8_t qos = 0; qos < 3; qos++) {
+		assert_int_equal(decide(&rc, "r", qos, false, 3, &rt, &ask), ROUTE_SEND);
+		assert_int_equal(decide(&rc, "r", qos, true, 3, &rt, &ask), ROUTE_SEND);
+	}
+	assert_int_equal(find(&rc, "r")->kind, ROUTE_REMOTE);
+	assert_int_equal(rc.next_ask, last);
+	routes_free(&rc);
+}
+
+static void decide_sends_without_asking_when_the_cache_is_full(void **state)
+{
+	struct route_cache rc = { 0 };
+	const struct route *rt;
+	char topic[32];
+	uint64_t ask;
+
+	for (unsigned i = 0; i < ROUTES_MAX; i++) {
+		topic_name(topic, sizeof(topic), i);
+		assert_int_equal(decide(&rc, topic, 0, false, 1, &rt, &ask), ROUTE_SEND_ASK);
+	}
+	assert_int_equal(decide(&rc, "one/too/many", 0, false, 1, &rt, &ask), ROUTE_SEND);
+	assert_int_equal(decide(&rc, "one/too/many", 2, true, 1, &rt, &ask), ROUTE_SEND);
+	assert_null(find(&rc, "one/too/many"));
+	/* A new generation sweeps the old entries: the topic asks again. */
+	assert_int_equal(decide(&rc, "one/too/many", 0, false, 2, &rt, &ask), ROUTE_SEND_ASK);
+	assert_int_equal(hidx_count(&rc.idx), 1);
+	routes_free(&rc);
+}
+
 static void the_entry_bound_sweeps_older_generations_then_refuses_new_topics(void **state)
 {
 	struct route_cache rc = { 0 };
@@ -497,6 +642,12 @@ int main(void)
 		cmocka_unit_test(remote_answer_is_taken_for_any_ask),
 		cmocka_unit_test(answer_for_a_topic_not_asked_or_already_answered_is_refused),
 		cmocka_unit_test(asking_again_turns_an_answered_entry_asked_and_drops_its_targets),
+		cmocka_unit_test(decide_asks_for_a_topic_without_a_route),
+		cmocka_unit_test(decide_delivers_here_on_a_valid_local_route),
+		cmocka_unit_test(decide_asks_again_once_the_generation_moved),
+		cmocka_unit_test(decide_sends_retained_and_qos2_to_the_router_and_takes_the_route_back),
+		cmocka_unit_test(decide_sends_anything_on_a_valid_remote_route_without_asking),
+		cmocka_unit_test(decide_sends_without_asking_when_the_cache_is_full),
 		cmocka_unit_test(the_entry_bound_sweeps_older_generations_then_refuses_new_topics),
 		cmocka_unit_test(the_byte_bound_sweeps_older_generations_then_refuses_new_topics),
 		cmocka_unit_test(topics_sharing_a_prefix_are_distinct),

@@ -1,0 +1,451 @@
+/*
+ * worker_conn.c - a worker's client connections: the table, the buffers, I/O.
+ *
+ * Owns the connection table (slots indexed by the connection id's slot,
+ * their serials and free list), each connection's struct conn and its
+ * input and output buffers, the list of connections with output to flush
+ * (flushed once per loop turn, last marked first) and those closed this
+ * turn (freed at its end, as epoll may still name them). Reads hand whole
+ * packets to worker_mqtt.c; closing tells the router (worker_records.c) and
+ * the listener (worker.c).
+ */
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "worker_int.h"
+
+/* Allocated for a connection whose remote[] holds n bytes. */
+static size_t conn_size(size_t n)
+{
+	return MAX(sizeof(struct conn), offsetof(struct conn, remote) + n);
+}
+
+/* --- buffers ------------------------------------------------------------ */
+
+/* Room for n more bytes at the end of *bp, which may be NULL (empty). */
+static int buf_reserve(struct buf **bp, size_t n)
+{
+	struct buf *b = *bp;
+	bool fresh = b == NULL;
+	size_t len = fresh ? 0 : b->len, cap = fresh ? 0 : b->cap;
+
+	if (len + n <= cap)
+		return 0;
+	cap = cap ? cap : 256;
+	while (cap < len + n)
+		cap *= 2;
+	b = realloc(b, sizeof(*b) + cap);
+	if (b == NULL)
+		return -1;
+	if (fresh)
+		b->len = b->off = 0;
+	b->cap = cap;
+	*bp = b;
+	return 0;
+}
+
+/* A large one freed asks for a heap trim (heap_trim_wanted, qos.h). */
+static void buf_free(struct buf **bp)
+{
+	if (*bp != NULL && (*bp)->cap >= TRIM_MIN_BYTES)
+		heap_trim_wanted = true;
+	free(*bp);
+	*bp = NULL;
+}
+
+/* --- output ------------------------------------------------------------- */
+
+static void conn_mark_dirty(struct worker *w, struct conn *c)
+{
+	if (!c->dirty) {
+		c->dirty = true;
+		c->dirty_next = w->dirty;
+		w->dirty = c;
+	}
+}
+
+uint8_t *out_reserve(struct worker *w, struct conn *c, size_t n)
+{
+	uint8_t *p;
+
+	/* Nothing to write has no place: c->out may not even exist. */
+	if (n == 0 || buf_reserve(&c->out, n) < 0)
+		return NULL;
+	p = c->out->data + c->out->len;
+	c->out->len += n;
+	conn_mark_dirty(w, c);
+	return p;
+}
+
+void send_ack(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id)
+{
+	uint8_t *p = out_reserve(w, c, 4);
+
+	if (p != NULL)
+		mqtt_encode_ack(p, type, id);
+}
+
+void send_connack(struct worker *w, struct conn *c, bool sp, uint8_t rc)
+{
+	uint8_t *p = out_reserve(w, c, 4);
+
+	if (p != NULL)
+		mqtt_encode_connack(p, sp, rc);
+}
+
+void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
+		  const uint8_t *topic, size_t tlen, uint16_t pid,
+		  const uint8_t *payload, size_t plen)
+{
+	size_t n = mqtt_publish_size(tlen, plen, qos);
+	uint8_t *p;
+
+	/* No such PUBLISH (a QoS or size the router would never send): nothing to write. */
+	if (n == 0) {
+		log_warn("a delivery that cannot be a PUBLISH (QoS %u, %zu bytes); dropped", qos,
+			 tlen + plen);
+		return;
+	}
+	p = out_reserve(w, c, n);
+	if (p == NULL) {
+		log_client(LOG_LVL_WARN, conn_client_id(c), c->remote,
+			   "out of memory for a delivery; message dropped");
+		return;
+	}
+	mqtt_encode_publish(p, dup, qos, retain, topic, tlen, pid, payload, plen);
+	w->msgs_out++;
+}
+
+static int conn_epoll_mod(struct worker *w, struct conn *c)
+{
+	struct epoll_event ev = { .data.ptr = c };
+
+	/* EPOLLRDHUP even when not reading: a client that leaves is always noticed. */
+	c->in_off = c->paused || c->throttled || c->out_full;
+	ev.events = EPOLLRDHUP | (c->in_off ? 0 : EPOLLIN) | (c->want_out ? EPOLLOUT : 0);
+	return epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+void conn_set_events(struct worker *w, struct conn *c)
+{
+	if (conn_epoll_mod(w, c) < 0)
+		log_warn("epoll_ctl: %s", strerror(errno));
+}
+
+/*
+ * A client whose unsent output went past max_output_bytes is not read (see
+ * worker_main): every packet it sends may need a reply, and MQTT has no
+ * way to refuse an acknowledgement, so TCP pushes back on it instead. It
+ * is read again once its output is down to half the cap. Returns true
+ * when that changed (its epoll registration is the caller's to update).
+ */
+bool out_drained(struct worker *w, struct conn *c)
+{
+	if (!c->out_full || buf_held(c->out) > (size_t)w->cfg->max_output_bytes / 2)
+		return false;
+	c->out_full = false;
+	return true;
+}
+
+/* Returns false when the connection was closed. */
+bool conn_flush(struct worker *w, struct conn *c)
+{
+	struct buf *b;
+	bool changed;
+
+	while ((b = c->out) != NULL && b->off < b->len) {
+		ssize_t n = write(c->fd, b->data + b->off, b->len - b->off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				/*
+				 * Keep only what is unsent: a slow but steady reader
+				 * must not make the buffer grow by what it already took.
+				 */
+				if (b->off >= b->len / 2) {
+					memmove(b->data, b->data + b->off, b->len - b->off);
+					b->len -= b->off;
+					b->off = 0;
+				}
+				changed = out_drained(w, c) || !c->want_out;
+				c->want_out = true;
+				if (changed)
+					conn_set_events(w, c);
+				return true;
+			}
+			conn_close(w, c, true, strerror(errno));
+			return false;
+		}
+		b->off += (size_t)n;
+	}
+	/* Idle connections hold no buffer: memory per connection stays small. */
+	buf_free(&c->out);
+	changed = out_drained(w, c) || c->want_out;
+	c->want_out = false;
+	if (changed)
+		conn_set_events(w, c);
+	return true;
+}
+
+void flush_dirty(struct worker *w)
+{
+	while (w->dirty != NULL) {
+		struct conn *c = w->dirty;
+
+		w->dirty = c->dirty_next;
+		c->dirty = false;
+		c->dirty_next = NULL;
+		if (!c->want_out)
+			conn_flush(w, c);
+	}
+}
+
+/* --- connection table --------------------------------------------------- */
+
+struct conn *conn_lookup(struct worker *w, conn_id_t id)
+{
+	unsigned slot = conn_id_slot(id);
+	struct conn *c;
+
+	if (conn_id_worker(id) != w->index || conn_id_epoch(id) != (w->epoch & 0xffff) ||
+	    slot >= w->n_slots)
+		return NULL;
+	c = w->slots[slot];
+	return c != NULL && c->id == id ? c : NULL;
+}
+
+static int slot_alloc(struct worker *w, uint32_t *slot_r)
+{
+	if (w->n_free > 0) {
+		*slot_r = w->free_slots[--w->n_free];
+		return 0;
+	}
+	if (w->n_slots == w->cap_slots) {
+		uint32_t cap = w->cap_slots ? w->cap_slots * 2 : 1024;
+		struct conn **slots;
+		uint16_t *serials;
+		uint32_t *free_slots;
+
+		if (cap > 0xffffff)
+			return -1;
+		slots = realloc(w->slots, cap * sizeof(*slots));
+		if (slots == NULL)
+			return -1;
+		w->slots = slots;
+		serials = realloc(w->serials, cap * sizeof(*serials));
+		if (serials == NULL)
+			return -1;
+		w->serials = serials;
+		free_slots = realloc(w->free_slots, cap * sizeof(*free_slots));
+		if (free_slots == NULL)
+			return -1;
+		w->free_slots = free_slots;
+		w->cap_slots = cap;
+	}
+	w->slots[w->n_slots] = NULL;
+	w->serials[w->n_slots] = 0;
+	*slot_r = w->n_slots++;
+	return 0;
+}
+
+/* false: it could not be taken (logged, fd closed). */
+bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
+{
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
+	size_t rlen = strnlen(info->remote, sizeof(info->remote) - 1);
+	struct conn *c;
+	uint32_t slot;
+
+	static_assert(sizeof(info->remote) <= 256, "remote_len is one byte");
+	/* Zeroed: the remote address is followed by an empty client id. */
+	c = calloc(1, conn_size(rlen + 2));
+	if (c == NULL || slot_alloc(w, &slot) < 0) {
+		log_error("out of memory for a new connection from %s; closing it", info->remote);
+		free(c);
+		close(fd);
+		return false;
+	}
+	c->fd = fd;
+	c->id = conn_id_make(w->index, w->epoch, slot, ++w->serials[slot]);
+	c->state = CS_NEW;
+	c->last_rx_ms = w->now_ms;
+	c->remote_len = (uint8_t)rlen;
+	memcpy(c->remote, info->remote, rlen);
+	ev.data.ptr = c;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		log_error("epoll_ctl: %s; closing the connection from %s", strerror(errno), c->remote);
+		w->free_slots[w->n_free++] = slot;
+		free(c);
+		close(fd);
+		return false;
+	}
+	w->slots[slot] = c;
+	w->n_conns++;
+	log_debug("new connection from %s", c->remote);
+	return true;
+}
+
+/* The link of the flush list that names c, which is in it. */
+static struct conn **dirty_link(struct worker *w, const struct conn *c)
+{
+	struct conn **pp = &w->dirty;
+
+	while (*pp != c)
+		pp = &(*pp)->dirty_next;
+	return pp;
+}
+
+/*
+ * The client id joins the remote address in the connection's allocation,
+ * which therefore moves: its slot, epoll and the flush list are pointed at
+ * the new one. Returns it, or NULL (errno set) with c left as it was.
+ */
+struct conn *conn_add_client_id(struct worker *w, struct conn *c, const char *id,
+				size_t len)
+{
+	struct conn *n = malloc(conn_size((size_t)c->remote_len + 1 + len + 1));
+	char *dst;
+	int err;
+
+	if (n == NULL)
+		return NULL;
+	memcpy(n, c, offsetof(struct conn, remote) + c->remote_len + 1);
+	dst = n->remote + n->remote_len + 1;
+	memcpy(dst, id, len);
+	dst[len] = '\0';
+	if (conn_epoll_mod(w, n) < 0) {
+		err = errno;
+		free(n);
+		errno = err;
+		return NULL;
+	}
+	w->slots[conn_id_slot(c->id)] = n;
+	if (c->dirty)
+		*dirty_link(w, c) = n;
+	free(c);
+	return n;
+}
+
+/* --- closing ------------------------------------------------------------ */
+
+static void conn_free_state(struct conn *c)
+{
+	qos_free(c->qos);
+	c->qos = NULL;
+	buf_free(&c->in);
+	buf_free(&c->out);
+}
+
+void conn_close(struct worker *w, struct conn *c, bool publish_will, const char *why)
+{
+	unsigned slot = conn_id_slot(c->id);
+
+	if (c->state == CS_CONNECTING || c->state == CS_ACTIVE) {
+		push_close(w, c, publish_will);
+		log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "disconnected: %s", why);
+	} else {
+		log_debug("connection from %s closed before CONNECT: %s", c->remote, why);
+	}
+	/*
+	 * Uncount it before the client can see the close: a client that
+	 * reconnects at once must find the listener's view already updated.
+	 */
+	atomic_fetch_add(&w->env->shm.worker[w->index]->released, 1);
+	report_gone(w, c->remote);
+	/* Try to get the last bytes (a CONNACK with an error code) out. */
+	if (buf_held(c->out) > 0)
+		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
+	/*
+	 * Out of epoll before the close: the listener closes its copy of the
+	 * socket only after handing it over, so a connection refused on its
+	 * first read may still have another reference, and while one exists
+	 * the close alone would leave it registered, naming the freed conn.
+	 */
+	if (epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->fd, NULL) < 0)
+		log_warn("epoll_ctl(DEL) of the connection from %s: %s", c->remote,
+			 strerror(errno));
+	close(c->fd);
+	c->fd = -1;
+	if (c->dirty) {
+		*dirty_link(w, c) = c->dirty_next;
+		c->dirty = false;
+	}
+	conn_free_state(c);
+	c->state = CS_CLOSED;
+	w->slots[slot] = NULL;
+	w->free_slots[w->n_free++] = slot;
+	w->n_conns--;
+	c->dirty_next = w->graveyard;
+	w->graveyard = c;
+}
+
+void bury_closed(struct worker *w)
+{
+	while (w->graveyard != NULL) {
+		struct conn *c = w->graveyard;
+
+		w->graveyard = c->dirty_next;
+		free(c);
+	}
+}
+
+void close_all(struct worker *w, const char *why)
+{
+	for (uint32_t i = 0; i < w->n_slots; i++)
+		if (w->slots[i] != NULL)
+			conn_close(w, w->slots[i], false, why);
+}
+
+/* --- input -------------------------------------------------------------- */
+
+/* Handle what sits in c->in (partial packets, or input held while paused). */
+void conn_process_input(struct worker *w, struct conn *c)
+{
+	ssize_t used = process_bytes(w, &c, c->in->data, c->in->len);
+
+	if (used < 0)
+		return;
+	memmove(c->in->data, c->in->data + used, c->in->len - (size_t)used);
+	c->in->len -= (size_t)used;
+	if (c->in->len == 0)
+		buf_free(&c->in);
+}
+
+void conn_read(struct worker *w, struct conn *c)
+{
+	ssize_t n = read(c->fd, w->rbuf, READ_CHUNK), used;
+
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		conn_close(w, c, true, n == 0 ? "connection closed by client" : strerror(errno));
+		return;
+	}
+	if (buf_held(c->in) > 0) {
+		/* A packet is already partly here: append, then decode in place. */
+		if (buf_reserve(&c->in, (size_t)n) < 0) {
+			conn_close(w, c, true, "out of memory");
+			return;
+		}
+		memcpy(c->in->data + c->in->len, w->rbuf, (size_t)n);
+		c->in->len += (size_t)n;
+		conn_process_input(w, c);
+		return;
+	}
+	used = process_bytes(w, &c, w->rbuf, (size_t)n);
+	if (used < 0 || used == n)
+		return;
+	if (buf_reserve(&c->in, (size_t)(n - used)) < 0) {
+		conn_close(w, c, true, "out of memory");
+		return;
+	}
+	memcpy(c->in->data, w->rbuf + used, (size_t)(n - used));
+	c->in->len = (size_t)(n - used);
+}

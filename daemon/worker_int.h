@@ -1,0 +1,176 @@
+/*
+ * worker_int.h - what the files of a worker process (daemon/worker*.c)
+ * share: its structs and the functions each file offers the others.
+ * Private to them (role.h has worker_main(); docs/arch.md, "Map of the
+ * source", says which file owns what). A connection's QoS 1/2 state is
+ * qos.h's; the topics a worker may deliver itself, routes.h's.
+ */
+#ifndef IOTD_WORKER_INT_H
+#define IOTD_WORKER_INT_H
+
+#include <assert.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "addrlimit.h"
+#include "ipc.h"
+#include "mqtt.h"
+#include "qos.h"
+#include "rec.h"
+#include "role.h"
+#include "routes.h"
+#include "shmring.h"
+
+#define READ_CHUNK 65536         /* bytes read from a client at once */
+
+enum conn_state {
+	CS_NEW,          /* accepted, waiting for CONNECT */
+	CS_CONNECTING,   /* CONNECT sent to the router, waiting for its CONNACK */
+	CS_ACTIVE,
+	CS_CLOSED,       /* gone; freed at the end of the loop turn */
+};
+
+/* Allocated only while it holds bytes: an idle connection has none. */
+struct buf {
+	size_t len, cap, off;        /* off: bytes of data already written (output) */
+	uint8_t data[];
+};
+
+/*
+ * One per client connection; an idle connection costs little more than
+ * this struct, so its fields leave no padding, the buffers and the QoS
+ * state are allocated apart and only while in use, and the remote address
+ * and client id are allocated at their lengths, at the end.
+ */
+struct conn {
+	conn_id_t id;
+	uint64_t last_rx_ms;
+	struct buf *in, *out;        /* NULL when empty */
+	struct conn_qos *qos;        /* NULL while no QoS 1/2 message is held */
+	struct conn *dirty_next;
+	int fd;
+	uint32_t sid;                /* the router's session id, from CONNACK */
+	uint16_t keepalive;          /* effective, seconds; 0 = none */
+	uint16_t next_pid;           /* not in qos: ids go on rotating when that is freed */
+	uint8_t state;
+	uint8_t remote_len;
+	bool clean;
+	bool paused;                 /* not reading: waiting for the router's CONNACK */
+	bool throttled;              /* not reading: the router is behind (see worker.throttled) */
+	bool want_out;               /* EPOLLOUT armed */
+	bool dirty;                  /* in the flush list */
+	bool drop_logged;
+	bool in_off;                 /* EPOLLIN left out of its epoll registration */
+	bool out_full;               /* not reading: its unsent output is past max_output_bytes */
+	/* "127.0.0.1:53412" or "[::1]:53412", NUL, the client id (empty before CONNECT), NUL */
+	char remote[];
+};
+
+static_assert(sizeof(struct conn) <= 72, "struct conn grew: every idle connection pays for it");
+
+/* Bytes held: not yet sent (output) or not yet decoded (input). */
+static inline size_t buf_held(const struct buf *b)
+{
+	return b != NULL ? b->len - b->off : 0;
+}
+
+static inline const char *conn_client_id(const struct conn *c)
+{
+	return c->remote + c->remote_len + 1;
+}
+
+/*
+ * What the listener is to hear about this worker's connections, by
+ * address (ipc.h), in order; sent at the end of each loop turn, as much as
+ * the channel takes.
+ */
+struct addr_reports {
+	struct ipc_addr_entry *e;
+	uint32_t n, cap;
+	bool lost;                   /* could not keep them: LOST is queued, nothing more until a sync */
+	bool send_failed_logged;
+};
+
+/* A ring record that did not fit: kept in order until the router makes room. */
+struct backlog {
+	struct backlog *next;
+	uint16_t type;
+	uint32_t len;
+	uint8_t data[];
+};
+
+struct worker {
+	struct role_env *env;
+	const struct iotd_config *cfg;
+	unsigned index, epoch;
+	int epfd, timerfd;
+	struct shmring_producer prod;    /* to the router */
+	struct shmring_consumer cons;    /* from the router */
+	bool need_commit;
+	struct backlog *bl_head, *bl_tail;
+	size_t bl_bytes;
+	struct conn **slots;
+	uint16_t *serials;
+	uint32_t n_slots, cap_slots;
+	uint32_t *free_slots;
+	uint32_t n_free;
+	uint32_t n_conns;
+	struct conn *dirty;
+	struct conn *graveyard;          /* closed this turn: epoll may still name them */
+	bool throttled;                  /* backlog for the router too big: stop reading clients */
+	struct recw rw;
+	struct route_cache routes;       /* topics this worker may deliver itself (routes.h) */
+	struct addr_reports reports;     /* to the listener */
+	struct route_target *rt_scratch; /* a REC_ROUTE's targets being read */
+	uint32_t cap_rt_scratch;
+	uint8_t *rbuf;
+	uint64_t now_ms;
+	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
+	bool stopping;
+};
+
+enum pkt_result { PKT_OK, PKT_PAUSE, PKT_CLOSED };
+
+/* worker.c */
+void report_gone(struct worker *w, const char *remote);
+void worker_teardown(struct worker *w);
+
+/* worker_conn.c */
+struct conn *conn_lookup(struct worker *w, conn_id_t id);
+bool conn_new(struct worker *w, int fd, const struct ipc_client *info);
+struct conn *conn_add_client_id(struct worker *w, struct conn *c, const char *id, size_t len);
+void conn_set_events(struct worker *w, struct conn *c);
+uint8_t *out_reserve(struct worker *w, struct conn *c, size_t n);
+void send_ack(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id);
+void send_connack(struct worker *w, struct conn *c, bool sp, uint8_t rc);
+void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
+		  const uint8_t *topic, size_t tlen, uint16_t pid,
+		  const uint8_t *payload, size_t plen);
+bool out_drained(struct worker *w, struct conn *c);
+bool conn_flush(struct worker *w, struct conn *c);
+void flush_dirty(struct worker *w);
+void conn_read(struct worker *w, struct conn *c);
+void conn_process_input(struct worker *w, struct conn *c);
+void conn_close(struct worker *w, struct conn *c, bool publish_will, const char *why);
+void bury_closed(struct worker *w);
+void close_all(struct worker *w, const char *why);
+
+/* worker_mqtt.c */
+ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size_t len);
+
+/* worker_records.c */
+void push_recw(struct worker *w, uint16_t type);
+void push_publish(struct worker *w, const struct mqtt_publish *pub, uint64_t ask);
+void push_close(struct worker *w, struct conn *c, bool publish_will);
+void report_state(struct worker *w, const struct conn *c, uint64_t copy, uint16_t pid,
+		  uint8_t state);
+void report_qos2_in(struct worker *w, const struct conn *c, uint16_t pid, bool held);
+void ring_commit(struct worker *w);
+void deliver_local(struct worker *w, const struct route *rt, const struct mqtt_publish *pub);
+void pending_pump(struct worker *w, struct conn *c);
+void handle_record(struct worker *w, const struct shmring_rec *rec);
+void drain_ring(struct worker *w);
+
+#endif

@@ -1,0 +1,356 @@
+/*
+ * worker_mqtt.c - a worker's MQTT side: the packets its clients send.
+ *
+ * Decodes the whole packets a connection's input holds, within the packet
+ * limits (a client before its CONNECT is held to less), and handles each:
+ * CONNECT and SUBSCRIBE/UNSUBSCRIBE go to the router as records; PUBLISH
+ * is acknowledged here and delivered here or sent to the router, as its
+ * topic's route says (routes.h); PUBACK, PUBREC, PUBREL and PUBCOMP move
+ * the connection's QoS state (qos.h); PINGREQ is answered; DISCONNECT, a
+ * protocol error or a decode failure closes the connection.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "topic.h"
+#include "worker_int.h"
+
+/* Deliver the message here or send it to the router, as its topic's route says (routes.h). */
+static void route_publish(struct worker *w, const struct mqtt_publish *pub)
+{
+	uint64_t gen = atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire);
+	const struct route *rt;
+	uint64_t ask;
+
+	switch (routes_decide(&w->routes, pub->topic.p, pub->topic.len, pub->qos, pub->retain,
+			      gen, &rt, &ask)) {
+	case ROUTE_DELIVER_LOCAL:
+		deliver_local(w, rt, pub);
+		break;
+	case ROUTE_SEND:
+		push_publish(w, pub, 0);
+		break;
+	case ROUTE_SEND_ASK:
+		push_publish(w, pub, ask);
+		break;
+	}
+}
+
+static enum pkt_result handle_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
+{
+	if (!topic_name_valid((const char *)pub->topic.p, pub->topic.len,
+			      (size_t)w->cfg->max_topic_levels, (size_t)w->cfg->max_topic_length)) {
+		conn_close(w, c, true, "invalid topic name in PUBLISH");
+		return PKT_CLOSED;
+	}
+	w->msgs_in++;
+	switch (pub->qos) {
+	case 0:
+		route_publish(w, pub);
+		break;
+	case 1:
+		/*
+		 * PUBACK queued first: connections are flushed last marked first,
+		 * so a delivery made here goes out before it, and its subscriber
+		 * is not kept waiting behind a write to the publisher.
+		 */
+		send_ack(w, c, MQTT_PUBACK, pub->packet_id);
+		route_publish(w, pub);
+		break;
+	case 2:
+		switch (qos_in_receive(&c->qos, w->cfg, pub->packet_id)) {
+		case QOS_IN_NEW:
+			report_qos2_in(w, c, pub->packet_id, true);
+			route_publish(w, pub);
+			break;
+		case QOS_IN_HELD:        /* exactly once: not routed again */
+			break;
+		case QOS_IN_FULL:
+			conn_close(w, c, true, "too many QoS 2 messages awaiting PUBREL "
+				   "(max_inflight)");
+			return PKT_CLOSED;
+		case QOS_IN_NOMEM:
+			conn_close(w, c, true, "out of memory");
+			return PKT_CLOSED;
+		}
+		send_ack(w, c, MQTT_PUBREC, pub->packet_id);
+		break;
+	}
+	return PKT_OK;
+}
+
+static void handle_sub(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+{
+	struct mqtt_list_iter it;
+	struct mqtt_str f;
+	uint8_t qos;
+	size_t count_off;
+	uint16_t n = 0;
+
+	recw_reset(&w->rw);
+	recw_u64(&w->rw, c->id);
+	recw_u16(&w->rw, pkt->u.list.packet_id);
+	count_off = w->rw.len;
+	recw_u16(&w->rw, 0);
+	mqtt_list_iter_init(&it, pkt);
+	while (mqtt_list_next(&it, &f, &qos)) {
+		bool ok = topic_filter_valid((const char *)f.p, f.len,
+					     (size_t)w->cfg->max_topic_levels,
+					     (size_t)w->cfg->max_topic_length);
+
+		recw_str(&w->rw, f.p, f.len);
+		if (pkt->type == MQTT_SUBSCRIBE)
+			recw_u8(&w->rw, ok ? qos : MQTT_SUBACK_FAILURE);
+		n++;
+	}
+	recw_patch_u16(&w->rw, count_off, n);
+	push_recw(w, pkt->type == MQTT_SUBSCRIBE ? REC_SUBSCRIBE : REC_UNSUBSCRIBE);
+}
+
+/* *cp: the connection, which moves (conn_add_client_id). */
+static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
+				      const struct mqtt_connect *ck)
+{
+	const struct iotd_config *cfg = w->cfg;
+	struct conn *c = *cp;
+	char gen[40];
+	const char *id;
+	size_t len;
+
+	if (ck->client_id.len == 0 && !ck->clean_session) {
+		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
+		conn_close(w, c, false, "empty client id with clean session 0");
+		return PKT_CLOSED;
+	}
+	if (ck->client_id.len > cfg->max_client_id_length) {
+		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
+		conn_close(w, c, false, "client id longer than max_client_id_length");
+		return PKT_CLOSED;
+	}
+	if (cfg->max_keepalive > 0 && (ck->keepalive == 0 || ck->keepalive > cfg->max_keepalive)) {
+		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
+		conn_close(w, c, false, "keep-alive above max_keepalive");
+		return PKT_CLOSED;
+	}
+	if (ck->will_flag && !topic_name_valid((const char *)ck->will_topic.p, ck->will_topic.len,
+					       (size_t)cfg->max_topic_levels,
+					       (size_t)cfg->max_topic_length)) {
+		conn_close(w, c, false, "invalid will topic");
+		return PKT_CLOSED;
+	}
+	if (ck->client_id.len == 0) {
+		snprintf(gen, sizeof(gen), "iotd-%016llx", (unsigned long long)c->id);
+		id = gen;
+		len = strlen(gen);
+	} else {
+		id = (const char *)ck->client_id.p;
+		len = strnlen(id, ck->client_id.len);
+	}
+	c = conn_add_client_id(w, c, id, len);
+	if (c == NULL) {
+		conn_close(w, *cp, false, strerror(errno));
+		return PKT_CLOSED;
+	}
+	*cp = c;
+	/*
+	 * Nothing else from this client until the router has placed its
+	 * session. EPOLLIN stays in the registration the move just updated,
+	 * and goes only if more input comes meanwhile (see worker_main): most
+	 * clients wait for their CONNACK, and taking it out and back would
+	 * cost an epoll_ctl call more per connection.
+	 */
+	c->paused = true;
+	c->clean = ck->clean_session;
+	c->keepalive = ck->keepalive ? ck->keepalive : (uint16_t)cfg->keep_alive_timeout_secs;
+	recw_reset(&w->rw);
+	recw_u64(&w->rw, c->id);
+	recw_u8(&w->rw, ck->clean_session);
+	recw_u16(&w->rw, ck->keepalive);
+	recw_str(&w->rw, id, (uint16_t)len);
+	recw_str(&w->rw, c->remote, (uint16_t)strlen(c->remote));
+	recw_u8(&w->rw, ck->will_flag);
+	recw_u8(&w->rw, ck->will_qos);
+	recw_u8(&w->rw, ck->will_retain);
+	recw_str(&w->rw, ck->will_topic.p, ck->will_flag ? ck->will_topic.len : 0);
+	recw_bytes(&w->rw, ck->will_payload.p, ck->will_flag ? ck->will_payload.len : 0);
+	push_recw(w, REC_CONNECT);
+	c->state = CS_CONNECTING;
+	return PKT_PAUSE;
+}
+
+static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+{
+	uint16_t pid = pkt->u.packet_id;
+	uint64_t copy;
+
+	switch (pkt->type) {
+	case MQTT_PUBACK:
+	case MQTT_PUBCOMP:
+		if (pkt->type == MQTT_PUBACK ? qos_puback(c->qos, pid, &copy) :
+					       qos_pubcomp(c->qos, pid, &copy)) {
+			report_state(w, c, copy, pid, MSG_DONE);
+			pending_pump(w, c);
+		}
+		break;
+	case MQTT_PUBREC:
+		switch (qos_pubrec(c->qos, pid, &copy)) {
+		case QOS_PUBREC_RELEASED:
+			report_state(w, c, copy, pid, MSG_PUBREL);
+			send_ack(w, c, MQTT_PUBREL, pid);
+			break;
+		case QOS_PUBREC_AGAIN:
+			send_ack(w, c, MQTT_PUBREL, pid);
+			break;
+		case QOS_PUBREC_UNKNOWN:
+			break;
+		}
+		break;
+	case MQTT_PUBREL:
+		if (qos_in_release(&c->qos, pid))
+			report_qos2_in(w, c, pid, false);
+		send_ack(w, c, MQTT_PUBCOMP, pid);
+		break;
+	default:
+		break;
+	}
+	return PKT_OK;
+}
+
+/* *cp: the connection, which a CONNECT moves. */
+static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
+				     const struct mqtt_packet *pkt)
+{
+	struct conn *c = *cp;
+
+	if (c->state == CS_NEW) {
+		/*
+		 * Refused from its first byte already (process_bytes); kept so
+		 * that handle_connect never reads another packet's fields.
+		 */
+		if (pkt->type != MQTT_CONNECT) {
+			conn_close(w, c, false, "first packet is not CONNECT");
+			return PKT_CLOSED;
+		}
+		return handle_connect(w, cp, &pkt->u.connect);
+	}
+	switch (pkt->type) {
+	case MQTT_PUBLISH:
+		return handle_publish(w, c, &pkt->u.publish);
+	case MQTT_PUBACK:
+	case MQTT_PUBREC:
+	case MQTT_PUBREL:
+	case MQTT_PUBCOMP:
+		return handle_ack(w, c, pkt);
+	case MQTT_SUBSCRIBE:
+	case MQTT_UNSUBSCRIBE:
+		handle_sub(w, c, pkt);
+		return PKT_OK;
+	case MQTT_PINGREQ: {
+		uint8_t *p = out_reserve(w, c, 2);
+
+		if (p != NULL)
+			mqtt_encode_empty(p, MQTT_PINGRESP);
+		return PKT_OK;
+	}
+	case MQTT_DISCONNECT:
+		conn_close(w, c, false, "client sent DISCONNECT");
+		return PKT_CLOSED;
+	case MQTT_CONNECT:
+		conn_close(w, c, true, "second CONNECT");
+		return PKT_CLOSED;
+	default:
+		conn_close(w, c, true, "server-only packet from client");
+		return PKT_CLOSED;
+	}
+}
+
+/*
+ * The largest packet c may send next, fixed header included. Before its
+ * CONNECT, a client that has not yet said who it is may make the worker
+ * hold at most max_connect_size bytes of input (max_packet_size when
+ * that is lower): connect_timeout bounds how long, max_connections how
+ * many such clients there are.
+ */
+static size_t packet_limit(const struct worker *w, const struct conn *c)
+{
+	if (c->state == CS_NEW)
+		return (size_t)MIN(w->cfg->max_connect_size, w->cfg->max_packet_size);
+	return (size_t)w->cfg->max_packet_size;
+}
+
+static void decode_failure(struct worker *w, struct conn *c, int rc)
+{
+	char why[96];
+
+	if (rc == MQTT_ERR_PROTOCOL_LEVEL && c->state == CS_NEW) {
+		send_connack(w, c, false, MQTT_CONNACK_BAD_PROTOCOL);
+		conn_close(w, c, false, "unsupported protocol level");
+		return;
+	}
+	if (rc == MQTT_ERR_TOO_LARGE && c->state == CS_NEW) {
+		snprintf(why, sizeof(why), "CONNECT declared larger than %zu bytes (%s)",
+			 packet_limit(w, c), w->cfg->max_connect_size <= w->cfg->max_packet_size ?
+			 "max_connect_size" : "max_packet_size");
+		conn_close(w, c, false, why);
+		return;
+	}
+	snprintf(why, sizeof(why), "protocol error: %s", mqtt_result_str(rc));
+	conn_close(w, c, c->state == CS_ACTIVE, why);
+}
+
+/*
+ * Decode and handle every whole packet in [p, p+len). Returns the bytes
+ * consumed, or -1 when the connection was closed. *cp is the connection,
+ * updated when a CONNECT moves it.
+ */
+ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size_t len)
+{
+	struct conn *c = *cp;
+	size_t off = 0;
+
+	while (off < len && !c->paused) {
+		struct mqtt_packet pkt;
+		uint8_t first;
+		uint32_t remaining;
+		size_t hdr;
+		int rc;
+
+		/*
+		 * A first packet that is not CONNECT is refused from its first
+		 * byte: none of its body is waited for or held.
+		 */
+		if (c->state == CS_NEW && p[off] >> 4 != MQTT_CONNECT) {
+			conn_close(w, c, false, "first packet is not CONNECT");
+			return -1;
+		}
+		rc = mqtt_fixed_header(p + off, len - off, packet_limit(w, c), &first, &remaining,
+				       &hdr);
+		if (rc == MQTT_INCOMPLETE)
+			break;
+		if (rc == MQTT_OK && hdr + remaining > len - off)
+			break;
+		if (rc == MQTT_OK)
+			rc = mqtt_decode(first, p + off + hdr, remaining, &pkt);
+		if (rc != MQTT_OK) {
+			decode_failure(w, c, rc);
+			return -1;
+		}
+		off += hdr + remaining;
+		/*
+		 * Deadlines count whole packets, not bytes [MQTT-3.1.2-24]: a
+		 * client trickling a packet byte by byte does not keep itself alive.
+		 */
+		c->last_rx_ms = w->now_ms;
+		switch (handle_packet(w, cp, &pkt)) {
+		case PKT_CLOSED:
+			return -1;
+		case PKT_PAUSE:
+		case PKT_OK:
+			break;
+		}
+		c = *cp;
+	}
+	return (ssize_t)off;
+}
