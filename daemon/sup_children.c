@@ -103,7 +103,6 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	prctl(PR_SET_PDEATHSIG, c->role == ROLE_ROUTER ? 0 : SIGKILL);
 	if (getppid() != parent)
 		_exit(0);
-	ipc_set_process();
 	/* Our own hash key, before any table and before seccomp (getrandom). */
 	keyhash_init();
 	sigemptyset(&all);
@@ -140,6 +139,8 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	_exit(rc);
 }
 
+static void child_listen_to(struct child *c);
+
 int child_spawn(struct supervisor *sv, struct child *c)
 {
 	struct epoll_event ev = { .events = EPOLLIN };
@@ -172,6 +173,7 @@ int child_spawn(struct supervisor *sv, struct child *c)
 		child_run(sv, c, sp[1], parent);
 	}
 	close(sp[1]);
+	child_listen_to(c);
 	c->pid = pid;
 	c->state = CHILD_STARTING;
 	c->started_ms = now_ms();
@@ -244,16 +246,14 @@ static void router_told_downs(struct supervisor *sv)
 
 /*
  * The worker child an IPC_WORKER_DOWN_DONE or IPC_WORKER_FAULT names, with
- * its epoch in *epoch; NULL for a message of the wrong size or index.
+ * its epoch in *epoch; NULL for an index of no worker.
  */
-static struct child *worker_named(struct supervisor *sv, const void *data, ssize_t n,
+static struct child *worker_named(struct supervisor *sv, const struct ipc_msg *m,
 				  uint32_t *epoch)
 {
 	struct ipc_worker msg;
 
-	if (n != (ssize_t)sizeof(msg))
-		return NULL;
-	memcpy(&msg, data, sizeof(msg));
+	memcpy(&msg, m->data, sizeof(msg));
 	*epoch = msg.epoch;
 	for (unsigned i = 0; i < sv->n_children; i++)
 		if (sv->children[i].role == ROLE_WORKER && sv->children[i].index == msg.index)
@@ -262,20 +262,20 @@ static struct child *worker_named(struct supervisor *sv, const void *data, ssize
 }
 
 /* IPC_WORKER_DOWN_DONE: the successor may start. */
-static void worker_down_done(struct supervisor *sv, const void *data, ssize_t n)
+static void worker_down_done(struct supervisor *sv, const struct ipc_msg *m)
 {
 	uint32_t epoch;
-	struct child *c = worker_named(sv, data, n, &epoch);
+	struct child *c = worker_named(sv, m, &epoch);
 
 	if (c != NULL && c->down_pending && epoch == c->epoch + 1)
 		c->down_pending = c->down_sent = false;
 }
 
 /* IPC_WORKER_FAULT: the router found a worker's rings impossible. */
-static void worker_fault(struct supervisor *sv, const void *data, ssize_t n)
+static void worker_fault(struct supervisor *sv, const struct ipc_msg *m)
 {
 	uint32_t epoch;
-	struct child *c = worker_named(sv, data, n, &epoch);
+	struct child *c = worker_named(sv, m, &epoch);
 
 	if (c != NULL && c->epoch == epoch && c->state != CHILD_DOWN && c->pid > 0) {
 		log_error("worker %u broke its shared memory: killing it", c->index);
@@ -566,44 +566,13 @@ static void router_cannot_open_store(struct supervisor *sv, struct child *c, con
 		log_warn("cannot answer the router: %s", strerror(errno));
 }
 
-void child_message(struct supervisor *sv, struct child *c)
+/* READY: the child serves. The daemon is ready once every child is. */
+static void child_ready(struct supervisor *sv, struct child *c)
 {
-	struct ipc_hdr hdr;
-	char buf[IPC_MAX_PAYLOAD];
-	int fd = -1;
-	ssize_t n = ipc_recv(c->ctl_fd, &hdr, buf, sizeof(buf), &fd);
-
-	if (fd >= 0)
-		close(fd);
-	/* Nothing to read after all: the channel is fine, keep listening to it. */
-	if (n < 0 && (errno == EAGAIN || errno == EINTR))
-		return;
-	if (n < 0 || hdr.type == 0) {
-		/* EOF: the child is exiting; SIGCHLD does the rest. */
-		epoll_ctl(sv->epfd, EPOLL_CTL_DEL, c->ctl_fd, NULL);
-		return;
-	}
-	if (hdr.type == IPC_PONG) {
-		child_answered(c);
-		return;
-	}
-	if (hdr.type == IPC_STORE_FAILED && c->role == ROLE_ROUTER) {
-		router_cannot_open_store(sv, c, buf, (size_t)n);
-		return;
-	}
-	/* Only the router speaks of workers; from anyone else it is ignored. */
-	if (hdr.type == IPC_WORKER_DOWN_DONE && c->role == ROLE_ROUTER) {
-		worker_down_done(sv, buf, n);
-		return;
-	}
-	if (hdr.type == IPC_WORKER_FAULT && c->role == ROLE_ROUTER) {
-		worker_fault(sv, buf, n);
-		return;
-	}
-	if (hdr.type != IPC_READY || c->state != CHILD_STARTING)
-		return;
 	char name[32];
 
+	if (c->state != CHILD_STARTING)
+		return;
 	c->state = CHILD_RUNNING;
 	c->ready_ms = now_ms();
 	if (c->role == ROLE_ROUTER)
@@ -624,4 +593,81 @@ void child_message(struct supervisor *sv, struct child *c)
 		sd_notify(0, "READY=1");
 		notify_status(sv);
 	}
+}
+
+/* --- what the children say ------------------------------------------------ */
+
+#define CHILD_MSGS_PER_WAKE 16   /* read from one child's control socket per wake-up */
+
+/* What a handler of a child's message is given. */
+struct from_child {
+	struct supervisor *sv;
+	struct child *c;
+};
+
+static int on_ready(void *ctx, struct ipc_msg *m)
+{
+	struct from_child *f = ctx;
+
+	child_ready(f->sv, f->c);
+	return 0;
+}
+
+static int on_pong(void *ctx, struct ipc_msg *m)
+{
+	child_answered(((struct from_child *)ctx)->c);
+	return 0;
+}
+
+static int on_store_failed(void *ctx, struct ipc_msg *m)
+{
+	struct from_child *f = ctx;
+
+	router_cannot_open_store(f->sv, f->c, m->data, m->hdr.len);
+	return 0;
+}
+
+static int on_worker_down_done(void *ctx, struct ipc_msg *m)
+{
+	worker_down_done(((struct from_child *)ctx)->sv, m);
+	return 0;
+}
+
+static int on_worker_fault(void *ctx, struct ipc_msg *m)
+{
+	worker_fault(((struct from_child *)ctx)->sv, m);
+	return 0;
+}
+
+static const struct ipc_handler from_listener_or_worker[IPC_TYPE_MAX] = {
+	[IPC_READY] = { .fn = on_ready },
+	[IPC_PONG] = { .fn = on_pong },
+};
+
+/* Only the router speaks of workers and of the store. */
+static const struct ipc_handler from_router[IPC_TYPE_MAX] = {
+	[IPC_READY] = { .fn = on_ready },
+	[IPC_PONG] = { .fn = on_pong },
+	[IPC_STORE_FAILED] = { .fn = on_store_failed, .max_len = IPC_MAX_PAYLOAD },
+	[IPC_WORKER_DOWN_DONE] = { .fn = on_worker_down_done, IPC_LEN(sizeof(struct ipc_worker)) },
+	[IPC_WORKER_FAULT] = { .fn = on_worker_fault, IPC_LEN(sizeof(struct ipc_worker)) },
+};
+
+/* A new process behind c's control socket: what it may say, and nothing logged yet. */
+static void child_listen_to(struct child *c)
+{
+	char name[32];
+
+	ipc_dispatcher_init(&c->ctl_in, c->role == ROLE_ROUTER ? from_router : from_listener_or_worker,
+			    c->role == ROLE_WORKER ? c->index : IPC_PEER_ANY,
+			    child_name(c, name, sizeof(name)));
+}
+
+void child_message(struct supervisor *sv, struct child *c)
+{
+	struct from_child f = { .sv = sv, .c = c };
+
+	/* EOF: the child is exiting; SIGCHLD does the rest. */
+	if (ipc_dispatch(c->ctl_fd, &c->ctl_in, &f, CHILD_MSGS_PER_WAKE) < 0)
+		epoll_ctl(sv->epfd, EPOLL_CTL_DEL, c->ctl_fd, NULL);
 }

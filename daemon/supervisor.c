@@ -136,9 +136,12 @@ void stop_failed_start(struct supervisor *sv)
 	sv->stopping = true;
 	sv->router_told = true;      /* told below, with the others */
 	sv->stop_deadline_ms = now_ms() + STOP_GRACE_MS;
-	for (unsigned i = 0; i < sv->n_children; i++)
-		if (sv->children[i].state != CHILD_DOWN && sv->children[i].ctl_fd >= 0)
-			ipc_send(sv->children[i].ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1);
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->state != CHILD_DOWN && c->ctl_fd >= 0)
+			ipc_send(c->ctl_fd, IPC_SHUTDOWN, c->index, NULL, 0, -1);
+	}
 }
 
 /*
@@ -168,9 +171,12 @@ static void stop_graceful(struct supervisor *sv)
 	sv->stop_deadline_ms = now_ms() + STOP_GRACE_MS;
 	sd_notify(0, "STOPPING=1");
 	log_info("stopping (SIGINT): closing clients");
-	for (unsigned i = 0; i < sv->n_children; i++)
-		if (sv->children[i].state != CHILD_DOWN && sv->children[i].role != ROLE_ROUTER)
-			ipc_send(sv->children[i].ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1);
+	for (unsigned i = 0; i < sv->n_children; i++) {
+		struct child *c = &sv->children[i];
+
+		if (c->state != CHILD_DOWN && c->role != ROLE_ROUTER)
+			ipc_send(c->ctl_fd, IPC_SHUTDOWN, c->index, NULL, 0, -1);
+	}
 	shutdown_router_when_alone(sv);
 }
 
@@ -383,7 +389,6 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	struct supervisor sv = { .cfg = cfg, .args = args };
 	long ncpu;
 
-	ipc_set_process();
 	sv.env.cfg = cfg;
 	ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	sv.env.nworkers = cfg->workers > 0 ? (unsigned)cfg->workers : (unsigned)MAX(ncpu, 1);

@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "iotd.h"
+#include "ipc.h"
 #include "privsep.h"
 #include "role.h"
 #include "shm.h"
@@ -26,6 +27,7 @@ struct child {
 	unsigned index;
 	pid_t pid;
 	int ctl_fd;                  /* supervisor's end; -1 when down */
+	struct ipc_dispatcher ctl_in; /* what it may say on ctl_fd (child_message) */
 	enum child_state state;
 	uint64_t started_ms;
 	uint64_t ready_ms;           /* when it reported READY; 0 until then */
