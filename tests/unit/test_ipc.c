@@ -440,7 +440,8 @@ static void send_raw(int sock, struct ipc_hdr hdr, const void *data, size_t len)
 
 	assert_true(len <= IPC_MAX_PAYLOAD + 64);
 	memcpy(buf, &hdr, sizeof(hdr));
-	memcpy(buf + sizeof(hdr), data, len);
+	if (len > 0)
+		memcpy(buf + sizeof(hdr), data, len);
 	assert_int_equal(send(sock, buf, sizeof(hdr) + len, 0), (ssize_t)(sizeof(hdr) + len));
 }
 
