@@ -656,10 +656,11 @@ static const struct ipc_handler from_router[IPC_TYPE_MAX] = {
 /* A new process behind c's control socket: what it may say, and nothing logged yet. */
 static void child_listen_to(struct child *c)
 {
+	const struct ipc_handler *table = c->role == ROLE_ROUTER ? from_router :
+					  from_listener_or_worker;
 	char name[32];
 
-	ipc_dispatcher_init(&c->ctl_in, c->role == ROLE_ROUTER ? from_router : from_listener_or_worker,
-			    c->role == ROLE_WORKER ? c->index : IPC_PEER_ANY,
+	ipc_dispatcher_init(&c->ctl_in, table, c->role == ROLE_WORKER ? c->index : IPC_PEER_ANY,
 			    child_name(c, name, sizeof(name)));
 }
 

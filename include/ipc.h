@@ -121,23 +121,28 @@ ssize_t ipc_recv(int sock, struct ipc_hdr *hdr, void *data, size_t cap, int *fd_
  * sets fds[0 .. *nfds_r - 1] in the order sent and closes any beyond
  * max_fds. On failure no fd is left open and *nfds_r is 0. A message that
  * did arrive but is dropped - longer than cap (EMSGSIZE), malformed
- * (EBADMSG: shorter than its header says, or of type 0), or with fds this process had no room for (EMFILE: the whole
- * message is dropped) - leaves *hdr as it came, so that a caller can
- * still account for what the sender meant to send.
+ * (EBADMSG: not the length its header says, or of type 0), or with fds this
+ * process had no room for (EMFILE: the whole message is dropped) - leaves
+ * *hdr as it came, so that a caller can still account for what the sender
+ * meant to send.
  */
 ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
 		     int *fds, unsigned max_fds, unsigned *nfds_r);
-/* ipc_recv_fds() that never waits, on a blocking socket too: EAGAIN when nothing is waiting. */
+/* ipc_recv_fds() that never waits, even on a blocking socket (EAGAIN: nothing waiting). */
 ssize_t ipc_recv_fds_nowait(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
 			    int *fds, unsigned max_fds, unsigned *nfds_r);
 
 /* --- the receiving side (ipc_dispatch.c) ------------------------------------ */
 
-/* One message, as a handler gets it. */
+/*
+ * One message, as a handler gets it. data: hdr.len bytes, aligned for any
+ * type, the handler's to read and write until it returns. fds: nfds fds in
+ * the order sent, the handler's to keep or close.
+ */
 struct ipc_msg {
 	struct ipc_hdr hdr;
-	void *data;                  /* hdr.len bytes, aligned for any type; valid until the handler returns */
-	int *fds;                    /* nfds fds in the order sent: the handler's to keep or close */
+	void *data;
+	int *fds;
 	unsigned nfds;
 };
 
@@ -155,7 +160,7 @@ struct ipc_handler {
 	ipc_handler_fn *fn;
 	uint32_t min_len, max_len;
 	uint32_t unit;
-	uint32_t max_fds;            /* fds it may carry (up to IPC_MAX_FDS); any beyond are closed */
+	uint32_t max_fds;            /* fds it may carry (at most IPC_MAX_FDS); more are closed */
 };
 
 #define IPC_LEN(n) .min_len = (n), .max_len = (n)     /* a payload of exactly n bytes */
@@ -180,14 +185,15 @@ void ipc_dispatcher_init(struct ipc_dispatcher *d, const struct ipc_handler hand
 
 /*
  * Read and handle up to max messages waiting on sock, calling each one's
- * handler with ctx; it never waits, whether sock blocks or not. Refused, each kind logged
- * once per dispatcher and the message dropped with its fds: a message of
- * another IPC_VERSION or peer, of a type the table lacks, of the wrong
- * size, longer than IPC_MAX_PAYLOAD, malformed, or with fds this process
- * had no room for. Fds beyond the type's max_fds are closed (logged once)
- * and the message handled. Returns how many messages were read (handled
- * or refused; 0: none was waiting), or -1 when the socket is done: the
- * peer is gone (EOF, errno 0) or reading failed (errno).
+ * handler with ctx; it never waits, whether sock blocks or not. Refused,
+ * each kind logged once per dispatcher and the message dropped with its
+ * fds: a message of another IPC_VERSION or peer, of a type the table
+ * lacks, of the wrong size, longer than IPC_MAX_PAYLOAD, malformed, or
+ * with fds this process had no room for. Fds beyond the type's max_fds
+ * are closed (logged once) and the message handled. Returns how many
+ * messages were read (handled or refused; 0: none was waiting), or -1
+ * when the socket is done: the peer is gone (EOF, errno 0) or reading
+ * failed (errno).
  */
 int ipc_dispatch(int sock, struct ipc_dispatcher *d, void *ctx, unsigned max);
 

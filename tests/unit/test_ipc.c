@@ -596,7 +596,8 @@ static void test_dispatch_hands_a_full_batch_of_fds(void **state)
 
 	dispatcher_on(e, &d, IPC_PEER_ANY);
 	make_pipes(p, ends, IPC_MAX_FDS);
-	assert_int_equal(ipc_send_fds(e->a, IPC_CLIENT_FD, 0, cl, sizeof(cl), ends, IPC_MAX_FDS), 0);
+	assert_int_equal(ipc_send_fds(e->a, IPC_CLIENT_FD, 0, cl, sizeof(cl), ends, IPC_MAX_FDS),
+			 0);
 	for (int i = 0; i < IPC_MAX_FDS; i++)
 		close(p[i][1]);
 	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 1);
