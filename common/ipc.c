@@ -31,19 +31,11 @@ union ipc_cmsg_recv {
 	struct cmsghdr align;
 };
 
-/* This process's pid, once ipc_set_process() ran in it (getpid() is a system call). */
-static uint32_t ipc_pid;
-
-void ipc_set_process(void)
-{
-	ipc_pid = (uint32_t)getpid();
-}
-
 int ipc_send_fds(int sock, uint32_t type, uint32_t peer, const void *data, size_t len,
 		 const int *fds, unsigned nfds)
 {
 	struct ipc_hdr hdr = { .type = type, .len = (uint32_t)len, .peer = peer,
-			       .pid = ipc_pid ? ipc_pid : (uint32_t)getpid() };
+			       .version = IPC_VERSION };
 	struct iovec iov[2] = {
 		{ .iov_base = &hdr, .iov_len = sizeof(hdr) },
 		{ .iov_base = (void *)data, .iov_len = len },
@@ -124,8 +116,8 @@ static unsigned ipc_take_fds(struct msghdr *msg, int *fds, unsigned max)
 	return kept;
 }
 
-ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
-		     int *fds, unsigned max_fds, unsigned *nfds_r)
+static ssize_t recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
+			int *fds, unsigned max_fds, unsigned *nfds_r, int flags)
 {
 	struct iovec iov[2] = {
 		{ .iov_base = hdr, .iov_len = sizeof(*hdr) },
@@ -143,7 +135,7 @@ ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
 	memset(hdr, 0, sizeof(*hdr));
 	/* MSG_CMSG_CLOEXEC: no window in which a fork+exec elsewhere could inherit the fd. */
 	do
-		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return -1;
@@ -159,7 +151,8 @@ ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
 		errno = EMFILE;
 		goto fail;
 	}
-	if ((size_t)n < sizeof(*hdr) || hdr->len != (size_t)n - sizeof(*hdr)) {
+	/* Type 0 is no message: it would read as EOF. */
+	if ((size_t)n < sizeof(*hdr) || hdr->len != (size_t)n - sizeof(*hdr) || hdr->type == 0) {
 		errno = EBADMSG;
 		goto fail;
 	}
@@ -168,6 +161,18 @@ ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
 fail:
 	close_fds(fds, nfds);
 	return -1;
+}
+
+ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
+		     int *fds, unsigned max_fds, unsigned *nfds_r)
+{
+	return recv_fds(sock, hdr, data, cap, fds, max_fds, nfds_r, 0);
+}
+
+ssize_t ipc_recv_fds_nowait(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
+			    int *fds, unsigned max_fds, unsigned *nfds_r)
+{
+	return recv_fds(sock, hdr, data, cap, fds, max_fds, nfds_r, MSG_DONTWAIT);
 }
 
 ssize_t ipc_recv(int sock, struct ipc_hdr *hdr, void *data, size_t cap, int *fd_r)

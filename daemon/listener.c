@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -32,6 +33,7 @@
 
 #define ACCEPT_BATCH IPC_MAX_FDS     /* accepted per wake-up: one batch, at most one message per worker */
 #define REPORTS_PER_WAKE 64          /* messages read from one worker's channel per wake-up */
+#define CTL_PER_WAKE 16              /* messages read from the supervisor per wake-up */
 
 /* What the listener knows of one worker's connections, by address. */
 struct worker_view {
@@ -39,16 +41,19 @@ struct worker_view {
 	uint64_t sync_token;                 /* an IPC_ADDR_SYNC waits for its answer; 0: in step */
 	uint32_t epoch;                      /* the worker's epoch the view is of */
 	bool sync_unsent;                    /* that IPC_ADDR_SYNC still to be sent (channel full) */
+	struct ipc_dispatcher reports;       /* what the worker may send on its channel */
 };
 
 struct listener {
 	struct role_env *env;
 	int epfd;
 	bool accepting;
+	bool stopping;                       /* IPC_SHUTDOWN came */
 	bool full_logged;                    /* max_connections reached: logged once per episode */
 	bool table_full_logged;              /* the address counts at their bound: logged once */
 	unsigned last_worker;                /* the worker chosen last (0 before the first) */
 	uint32_t next_token;
+	struct ipc_dispatcher ctl;           /* what the supervisor may send */
 	struct addr_rates *rates;
 	struct worker_view views[IOTD_MAX_WORKERS];
 };
@@ -303,28 +308,27 @@ static void apply_report(struct listener *l, unsigned w, const struct ipc_addr_e
 	}
 }
 
+/* IPC_ADDR_REPORT; hdr.peer is the channel's worker (ipc_dispatch checked it). */
+static int on_addr_report(void *ctx, struct ipc_msg *m)
+{
+	const struct ipc_addr_entry *e = m->data;
+
+	for (size_t i = 0; i < m->hdr.len / sizeof(*e); i++)
+		apply_report(ctx, m->hdr.peer, &e[i]);
+	return 0;
+}
+
+static const struct ipc_handler from_worker[IPC_TYPE_MAX] = {
+	[IPC_ADDR_REPORT] = { .fn = on_addr_report, .unit = sizeof(struct ipc_addr_entry),
+			      .max_len = IPC_ADDR_ENTRIES_MAX * sizeof(struct ipc_addr_entry) },
+};
+
 /* What worker w reported, a bounded number of messages per wake-up. */
 static void read_reports(struct listener *l, unsigned w)
 {
 	views_check(l);
-	for (int m = 0; m < REPORTS_PER_WAKE; m++) {
-		struct ipc_addr_entry e[IPC_ADDR_ENTRIES_MAX];
-		struct ipc_hdr hdr;
-		int fds[1];
-		unsigned nfds;
-		ssize_t n = ipc_recv_fds(l->env->chan_listener[w], &hdr, e, sizeof(e), fds, 0, &nfds);
-
-		if (n < 0 && (errno == EMSGSIZE || errno == EBADMSG || errno == EMFILE))
-			continue;       /* dropped whole: a worker's mistake */
-		if (n < 0)
-			return;         /* nothing more (EAGAIN) */
-		if (n == 0 && hdr.type == 0)
-			return;         /* EOF: cannot come, the supervisor holds both ends */
-		if (hdr.type != IPC_ADDR_REPORT || (size_t)n % sizeof(e[0]) != 0)
-			continue;
-		for (size_t i = 0; i < (size_t)n / sizeof(e[0]); i++)
-			apply_report(l, w, &e[i]);
-	}
+	/* No EOF can come: the supervisor holds both ends. */
+	ipc_dispatch(l->env->chan_listener[w], &l->views[w].reports, l, REPORTS_PER_WAKE);
 }
 
 static bool refuse_address(struct addr_rate *r, uint8_t what, const struct addr_key *k,
@@ -578,38 +582,51 @@ static void stop_accepting(struct listener *l)
 	l->accepting = false;
 }
 
-/* Returns false when the listener must exit. */
+/* --- what the supervisor says ---------------------------------------------- */
+
+static int on_shutdown(void *ctx, struct ipc_msg *m)
+{
+	((struct listener *)ctx)->stopping = true;
+	return IPC_STOP;
+}
+
+static int on_stop_accept(void *ctx, struct ipc_msg *m)
+{
+	stop_accepting(ctx);
+	return 0;
+}
+
+static int on_ping(void *ctx, struct ipc_msg *m)
+{
+	ipc_send(((struct listener *)ctx)->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1);
+	return 0;
+}
+
+static int on_log_settings(void *ctx, struct ipc_msg *m)
+{
+	log_apply_settings(m->data, m->hdr.len);
+	return 0;
+}
+
+/* Its limits and placement_slack are read at each use: the copy is all it takes. */
+static int on_config(void *ctx, struct ipc_msg *m)
+{
+	role_take_config(((struct listener *)ctx)->env, m->data, m->hdr.len);
+	return 0;
+}
+
+static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
+	[IPC_SHUTDOWN] = { .fn = on_shutdown },
+	[IPC_STOP_ACCEPT] = { .fn = on_stop_accept },
+	[IPC_PING] = { .fn = on_ping },
+	[IPC_LOG_SETTINGS] = { .fn = on_log_settings, IPC_LEN(sizeof(struct log_settings)) },
+	[IPC_CONFIG] = { .fn = on_config, IPC_LEN(sizeof(struct iotd_config)) },
+};
+
+/* Returns false when the listener must exit: told to, or the supervisor is gone. */
 static bool control_message(struct listener *l)
 {
-	struct ipc_hdr hdr;
-	char buf[IPC_MAX_PAYLOAD];
-	int fd = -1;
-	ssize_t n = ipc_recv(l->env->ctl_fd, &hdr, buf, sizeof(buf), &fd);
-
-	if (fd >= 0)
-		close(fd);
-	if (n < 0)
-		return errno == EAGAIN || errno == EINTR;
-	switch (hdr.type) {
-	case 0:
-	case IPC_SHUTDOWN:
-		return false;
-	case IPC_STOP_ACCEPT:
-		stop_accepting(l);
-		return true;
-	case IPC_PING:
-		ipc_send(l->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1);
-		return true;
-	case IPC_LOG_SETTINGS:
-		log_apply_settings(buf, (size_t)n);
-		return true;
-	case IPC_CONFIG:
-		/* Its limits and placement_slack are read at each use: the copy is all it takes. */
-		role_take_config(l->env, buf, (size_t)n);
-		return true;
-	default:
-		return true;
-	}
+	return ipc_dispatch(l->env->ctl_fd, &l->ctl, l, CTL_PER_WAKE) >= 0 && !l->stopping;
 }
 
 /* The worker whose channel fd is, or -1. */
@@ -652,11 +669,16 @@ int listener_main(struct role_env *env)
 		if (epoll_ctl(l.epfd, EPOLL_CTL_ADD, env->listen_fds[i], &ev) < 0)
 			fatal("epoll_ctl: %s", strerror(errno));
 	}
+	ipc_dispatcher_init(&l.ctl, from_supervisor, IPC_PEER_ANY, "the supervisor");
 	ev.data.fd = env->ctl_fd;
 	if (epoll_ctl(l.epfd, EPOLL_CTL_ADD, env->ctl_fd, &ev) < 0)
 		fatal("epoll_ctl: %s", strerror(errno));
 	/* The workers' reports; and what they hold now, from each of them. */
 	for (unsigned w = 0; w < env->nworkers; w++) {
+		char from[32];
+
+		snprintf(from, sizeof(from), "worker %u", w);
+		ipc_dispatcher_init(&l.views[w].reports, from_worker, w, from);
 		ev.data.fd = env->chan_listener[w];
 		if (epoll_ctl(l.epfd, EPOLL_CTL_ADD, env->chan_listener[w], &ev) < 0)
 			fatal("epoll_ctl: %s", strerror(errno));

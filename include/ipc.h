@@ -7,6 +7,9 @@
  * bytes. Sending fds does not close them (the caller does, once sent);
  * received fds are close-on-exec and owned by the receiver; extra fds that
  * arrive are closed. Returns follow libc: -1 and errno on failure.
+ *
+ * ipc_dispatch() (below) reads a socket for a role: a table per socket
+ * says which types it takes, of what size, with how many fds.
  */
 #ifndef IOTD_IPC_H
 #define IOTD_IPC_H
@@ -15,7 +18,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 5            /* bump whenever enum ipc_type or a payload changes */
+#define IPC_VERSION 6            /* bump whenever the header, enum ipc_type or a payload changes */
 #define IPC_MAX_PAYLOAD 4096
 /*
  * Fds one message may carry: a full IPC_CLIENT_FD payload, and well under
@@ -41,11 +44,18 @@ enum ipc_type {
 	IPC_TYPE_MAX
 };
 
+/*
+ * peer: the worker the message is from, to or about, else 0. On a
+ * worker's own sockets (its control socket, its channel) the receiver
+ * requires that worker's index. version: the sender's IPC_VERSION, which
+ * the receiver requires to be its own. Who sent a message needs no field:
+ * each socketpair has one process at either end.
+ */
 struct ipc_hdr {
 	uint32_t type;
 	uint32_t len;                /* payload bytes */
-	uint32_t peer;               /* worker index, or 0 */
-	uint32_t pid;                /* sender */
+	uint32_t peer;
+	uint32_t version;
 };
 
 struct ipc_client {              /* one per connection in an IPC_CLIENT_FD payload */
@@ -92,11 +102,7 @@ struct ipc_addr_entry {
 
 #define IPC_ADDR_ENTRIES_MAX (IPC_MAX_PAYLOAD / sizeof(struct ipc_addr_entry))
 
-/*
- * Remember this process's pid for the headers; call it again in a child
- * right after fork(). Without it every send asks getpid().
- */
-void ipc_set_process(void);
+/* --- the transport (ipc.c) ------------------------------------------------ */
 
 /* Send one message; fd < 0 sends none. Non-blocking sockets may fail with EAGAIN. */
 int ipc_send(int sock, uint32_t type, uint32_t peer, const void *data, size_t len, int fd);
@@ -115,11 +121,80 @@ ssize_t ipc_recv(int sock, struct ipc_hdr *hdr, void *data, size_t cap, int *fd_
  * sets fds[0 .. *nfds_r - 1] in the order sent and closes any beyond
  * max_fds. On failure no fd is left open and *nfds_r is 0. A message that
  * did arrive but is dropped - longer than cap (EMSGSIZE), malformed
- * (EBADMSG), or with fds this process had no room for (EMFILE: the whole
- * message is dropped) - leaves *hdr as it came, so that a caller can
- * still account for what the sender meant to send.
+ * (EBADMSG: not the length its header says, or of type 0), or with fds this
+ * process had no room for (EMFILE: the whole message is dropped) - leaves
+ * *hdr as it came, so that a caller can still account for what the sender
+ * meant to send.
  */
 ssize_t ipc_recv_fds(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
 		     int *fds, unsigned max_fds, unsigned *nfds_r);
+/* ipc_recv_fds() that never waits, even on a blocking socket (EAGAIN: nothing waiting). */
+ssize_t ipc_recv_fds_nowait(int sock, struct ipc_hdr *hdr, void *data, size_t cap,
+			    int *fds, unsigned max_fds, unsigned *nfds_r);
+
+/* --- the receiving side (ipc_dispatch.c) ------------------------------------ */
+
+/*
+ * One message, as a handler gets it. data: hdr.len bytes, aligned for any
+ * type, the handler's to read and write until it returns. fds: nfds fds in
+ * the order sent, the handler's to keep or close.
+ */
+struct ipc_msg {
+	struct ipc_hdr hdr;
+	void *data;
+	int *fds;
+	unsigned nfds;
+};
+
+/* Returns 0 to read on, IPC_STOP to end this ipc_dispatch() call after this message. */
+typedef int ipc_handler_fn(void *ctx, struct ipc_msg *msg);
+#define IPC_STOP 1
+
+/*
+ * What a role takes of one message type. A table of IPC_TYPE_MAX of
+ * these, indexed by type, says all a role accepts on one socket; a type
+ * without fn is refused. The payload must be from min_len to max_len
+ * bytes and, with unit set, a whole number of unit-byte entries.
+ */
+struct ipc_handler {
+	ipc_handler_fn *fn;
+	uint32_t min_len, max_len;
+	uint32_t unit;
+	uint32_t max_fds;            /* fds it may carry (at most IPC_MAX_FDS); more are closed */
+};
+
+#define IPC_LEN(n) .min_len = (n), .max_len = (n)     /* a payload of exactly n bytes */
+#define IPC_PEER_ANY UINT32_MAX
+
+/* One socket's reading side: its table and what it has logged. */
+struct ipc_dispatcher {
+	const struct ipc_handler *handlers;      /* IPC_TYPE_MAX entries */
+	uint32_t peer;                           /* what every header must carry, or IPC_PEER_ANY */
+	/*
+	 * Told of every message refused, with its header as it came (fds
+	 * closed already): for a receiver that must account for what the
+	 * sender meant to send. NULL: nothing to account for.
+	 */
+	void (*refused)(void *ctx, const struct ipc_hdr *hdr);
+	char from[32];                           /* the sender, for log lines: "worker 3" */
+	uint32_t logged;                         /* kinds of refusal logged already */
+};
+
+void ipc_dispatcher_init(struct ipc_dispatcher *d, const struct ipc_handler handlers[IPC_TYPE_MAX],
+			 uint32_t peer, const char *from);
+
+/*
+ * Read and handle up to max messages waiting on sock, calling each one's
+ * handler with ctx; it never waits, whether sock blocks or not. Refused,
+ * each kind logged once per dispatcher and the message dropped with its
+ * fds: a message of another IPC_VERSION or peer, of a type the table
+ * lacks, of the wrong size, longer than IPC_MAX_PAYLOAD, malformed, or
+ * with fds this process had no room for. Fds beyond the type's max_fds
+ * are closed (logged once) and the message handled. Returns how many
+ * messages were read (handled or refused; 0: none was waiting), or -1
+ * when the socket is done: the peer is gone (EOF, errno 0) or reading
+ * failed (errno).
+ */
+int ipc_dispatch(int sock, struct ipc_dispatcher *d, void *ctx, unsigned max);
 
 #endif

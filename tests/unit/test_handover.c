@@ -167,7 +167,6 @@ static void fx_spawn(struct fx *f, int (*role_main)(struct role_env *), enum iot
 		rl.rlim_cur = rl.rlim_max = limit_for_room((int)room);
 		if (room > 0 && setrlimit(RLIMIT_NOFILE, &rl) < 0)
 			_exit(99);
-		ipc_set_process();
 		_exit(role_main(&f->env));
 	}
 	close(sv[1]);

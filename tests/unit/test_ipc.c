@@ -1,7 +1,9 @@
 /*
- * test_ipc.c - unit tests of the control-plane transport: messages with
- * no fd, one fd or a batch of fds over a SOCK_SEQPACKET socketpair, EOF,
- * truncation and the fd hygiene of the receiver.
+ * test_ipc.c - unit tests of the control plane: the transport (messages
+ * with no fd, one fd or a batch of fds over a SOCK_SEQPACKET socketpair,
+ * EOF, truncation, the fd hygiene of the receiver) and the dispatcher
+ * every role reads its sockets with (what it hands to which handler, what
+ * it refuses, how much it reads per call).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -65,7 +67,7 @@ static void test_message_without_fd_round_trips(void **state)
 	assert_int_equal(hdr.type, IPC_PING);
 	assert_int_equal(hdr.len, 0);
 	assert_int_equal(hdr.peer, 5);
-	assert_int_equal(hdr.pid, (uint32_t)getpid());
+	assert_int_equal(hdr.version, IPC_VERSION);
 	assert_int_equal(fd, -1);
 
 	assert_int_equal(ipc_send(e->b, IPC_PONG, 0, &cl, sizeof(cl), -1), 0);
@@ -168,7 +170,7 @@ static void test_oversize_fails_with_emsgsize_and_closes_fd(void **state)
 /* One message carrying two fds, built by hand: ipc_send never does that. */
 static void send_two_fds(int sock, int fd1, int fd2)
 {
-	struct ipc_hdr hdr = { .type = IPC_CLIENT_FD, .pid = (uint32_t)getpid() };
+	struct ipc_hdr hdr = { .type = IPC_CLIENT_FD, .version = IPC_VERSION };
 	struct iovec iov = { .iov_base = &hdr, .iov_len = sizeof(hdr) };
 	union {
 		char buf[CMSG_SPACE(2 * sizeof(int))];
@@ -232,6 +234,11 @@ static void test_short_or_inconsistent_message_is_rejected(void **state)
 	assert_int_equal(ipc_recv(e->b, &hdr, buf, sizeof(buf), &fd), -1);
 	assert_int_equal(errno, EBADMSG);
 	assert_int_equal(fd, -1);
+	/* Type 0, which only EOF may read as. */
+	assert_int_equal(ipc_send(e->a, 0, 0, NULL, 0, -1), 0);
+	errno = 0;
+	assert_int_equal(ipc_recv(e->b, &hdr, buf, sizeof(buf), &fd), -1);
+	assert_int_equal(errno, EBADMSG);
 }
 
 static void test_every_fd_is_released(void **state)
@@ -367,6 +374,354 @@ static void test_dropped_batch_keeps_its_header_and_closes_every_fd(void **state
 	}
 }
 
+/* --- the dispatcher ---------------------------------------------------------- */
+
+#define SEEN_MAX 8
+
+/* What the handlers and the refusal hook were given. */
+struct seen {
+	unsigned n;                      /* handler calls */
+	uint32_t type[SEEN_MAX], len[SEEN_MAX], peer[SEEN_MAX];
+	char data[SEEN_MAX][32];
+	unsigned nfds[SEEN_MAX];
+	int fds[IPC_MAX_FDS];            /* the last call's */
+	unsigned stop_at;                /* the call that returns IPC_STOP; 0: none */
+	unsigned refused;
+	struct ipc_hdr refused_hdr;      /* the last one */
+};
+
+static int record(void *ctx, struct ipc_msg *m)
+{
+	struct seen *s = ctx;
+	unsigned i = s->n++;
+
+	if (i < SEEN_MAX) {
+		s->type[i] = m->hdr.type;
+		s->len[i] = m->hdr.len;
+		s->peer[i] = m->hdr.peer;
+		memcpy(s->data[i], m->data, m->hdr.len < 32 ? m->hdr.len : 32);
+		s->nfds[i] = m->nfds;
+	}
+	memcpy(s->fds, m->fds, m->nfds * sizeof(int));
+	return s->n == s->stop_at ? IPC_STOP : 0;
+}
+
+static void note_refused(void *ctx, const struct ipc_hdr *hdr)
+{
+	struct seen *s = ctx;
+
+	s->refused++;
+	s->refused_hdr = *hdr;
+}
+
+static const struct ipc_handler table[IPC_TYPE_MAX] = {
+	[IPC_PING] = { .fn = record },
+	[IPC_PONG] = { .fn = record, .max_len = 16 },
+	[IPC_WORKER_DOWN] = { .fn = record, IPC_LEN(sizeof(struct ipc_worker)) },
+	[IPC_ADDR_REPORT] = { .fn = record, .unit = sizeof(struct ipc_addr_entry),
+			      .max_len = 2 * sizeof(struct ipc_addr_entry) },
+	[IPC_CLIENT_FD] = { .fn = record, .unit = sizeof(struct ipc_client),
+			    .max_len = IPC_MAX_FDS * sizeof(struct ipc_client),
+			    .max_fds = IPC_MAX_FDS },
+};
+
+/* A dispatcher on e->b, made non-blocking like the fd channels. */
+static void dispatcher_on(struct ends *e, struct ipc_dispatcher *d, uint32_t peer)
+{
+	assert_int_equal(fcntl(e->b, F_SETFL, O_NONBLOCK), 0);
+	ipc_dispatcher_init(d, table, peer, "the test");
+	d->refused = note_refused;
+}
+
+/* One datagram with a header of our making: what ipc_send never sends. */
+static void send_raw(int sock, struct ipc_hdr hdr, const void *data, size_t len)
+{
+	static char buf[sizeof(struct ipc_hdr) + IPC_MAX_PAYLOAD + 64];
+
+	assert_true(len <= IPC_MAX_PAYLOAD + 64);
+	memcpy(buf, &hdr, sizeof(hdr));
+	if (len > 0)
+		memcpy(buf + sizeof(hdr), data, len);
+	assert_int_equal(send(sock, buf, sizeof(hdr) + len, 0), (ssize_t)(sizeof(hdr) + len));
+}
+
+/* stderr into a file, for what gets logged; restored by captured(). */
+static int capture_stderr(FILE **f)
+{
+	int saved = dup(2);
+
+	fflush(stderr);
+	*f = tmpfile();
+	assert_non_null(*f);
+	assert_int_equal(dup2(fileno(*f), 2), 2);
+	return saved;
+}
+
+/* How many times needle was logged since capture_stderr(). */
+static unsigned captured(FILE *f, int saved, const char *needle)
+{
+	static char text[8192];
+	unsigned n = 0;
+	size_t len;
+
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	rewind(f);
+	len = fread(text, 1, sizeof(text) - 1, f);
+	text[len] = '\0';
+	fclose(f);
+	for (const char *p = strstr(text, needle); p != NULL; p = strstr(p + 1, needle))
+		n++;
+	return n;
+}
+
+static void test_dispatch_hands_each_type_to_its_handler(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+	struct ipc_worker w = { .index = 2, .epoch = 7 }, got;
+
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(e->a, IPC_PONG, 1, "hello", 5, -1), 0);
+	assert_int_equal(ipc_send(e->a, IPC_WORKER_DOWN, 2, &w, sizeof(w), -1), 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 3);
+	assert_int_equal(s.n, 3);
+	assert_int_equal(s.type[0], IPC_PING);
+	assert_int_equal(s.len[0], 0);
+	assert_int_equal(s.type[1], IPC_PONG);
+	assert_int_equal(s.peer[1], 1);
+	assert_memory_equal(s.data[1], "hello", 5);
+	assert_int_equal(s.type[2], IPC_WORKER_DOWN);
+	memcpy(&got, s.data[2], sizeof(got));
+	assert_int_equal(got.index, 2);
+	assert_int_equal(got.epoch, 7);
+	assert_int_equal(s.refused, 0);
+	/* Nothing more waiting. */
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 0);
+	assert_int_equal(s.n, 3);
+}
+
+static void test_dispatch_refuses_a_type_the_table_lacks_and_logs_it_once(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+	FILE *f;
+	int saved;
+
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	assert_int_equal(ipc_send(e->a, IPC_TYPE_MAX + 10, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(e->a, IPC_CONFIG, 0, "x", 1, -1), 0);     /* a type, not ours */
+	assert_int_equal(ipc_send(e->a, IPC_TYPE_MAX, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
+	saved = capture_stderr(&f);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 4);
+	assert_int_equal(captured(f, saved, "of a type not taken here"), 1);
+	assert_int_equal(s.refused, 3);
+	assert_int_equal(s.refused_hdr.type, IPC_TYPE_MAX);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(s.type[0], IPC_PING);
+}
+
+static void test_dispatch_refuses_a_payload_of_the_wrong_size(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+	struct ipc_addr_entry ae[3];
+	char big[32] = "0123456789abcdefX";
+
+	memset(ae, 0, sizeof(ae));
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	/* Exactly sizeof(struct ipc_worker): shorter and longer are refused. */
+	assert_int_equal(ipc_send(e->a, IPC_WORKER_DOWN, 0, big, 4, -1), 0);
+	assert_int_equal(ipc_send(e->a, IPC_WORKER_DOWN, 0, big, 12, -1), 0);
+	/* Up to 16 bytes. */
+	assert_int_equal(ipc_send(e->a, IPC_PONG, 0, big, 17, -1), 0);
+	/* Whole entries only, and at most two. */
+	assert_int_equal(ipc_send(e->a, IPC_ADDR_REPORT, 0, ae, sizeof(ae[0]) + 8, -1), 0);
+	assert_int_equal(ipc_send(e->a, IPC_ADDR_REPORT, 0, ae, sizeof(ae), -1), 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 5);
+	assert_int_equal(s.refused, 5);
+	assert_int_equal(s.n, 0);
+	assert_int_equal(s.refused_hdr.len, sizeof(ae));
+
+	assert_int_equal(ipc_send(e->a, IPC_PONG, 0, big, 16, -1), 0);
+	assert_int_equal(ipc_send(e->a, IPC_ADDR_REPORT, 0, ae, 2 * sizeof(ae[0]), -1), 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
+	assert_int_equal(s.n, 2);
+	assert_int_equal(s.len[0], 16);
+	assert_int_equal(s.len[1], 2 * sizeof(ae[0]));
+	assert_int_equal(s.refused, 5);
+}
+
+static void test_dispatch_closes_an_fd_where_none_is_expected(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+	int p1[2], p2[2];
+	char c;
+
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	assert_int_equal(pipe2(p1, O_NONBLOCK), 0);
+	assert_int_equal(pipe2(p2, O_NONBLOCK), 0);
+	/* PING takes no fd: handled without it. */
+	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, p1[1]), 0);
+	/* A refused message's fd goes too. */
+	assert_int_equal(ipc_send(e->a, IPC_CONFIG, 0, NULL, 0, p2[1]), 0);
+	close(p1[1]);
+	close(p2[1]);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(s.nfds[0], 0);
+	assert_int_equal(s.refused, 1);
+	/* No writer left anywhere: both fds were closed on arrival. */
+	assert_int_equal(read(p1[0], &c, 1), 0);
+	assert_int_equal(read(p2[0], &c, 1), 0);
+	close(p1[0]);
+	close(p2[0]);
+}
+
+static void test_dispatch_hands_a_full_batch_of_fds(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+	static struct ipc_client cl[IPC_MAX_FDS];
+	int p[IPC_MAX_FDS][2], ends[IPC_MAX_FDS];
+
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	make_pipes(p, ends, IPC_MAX_FDS);
+	assert_int_equal(ipc_send_fds(e->a, IPC_CLIENT_FD, 0, cl, sizeof(cl), ends, IPC_MAX_FDS),
+			 0);
+	for (int i = 0; i < IPC_MAX_FDS; i++)
+		close(p[i][1]);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 1);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(s.type[0], IPC_CLIENT_FD);
+	assert_int_equal(s.nfds[0], IPC_MAX_FDS);
+	for (int i = 0; i < IPC_MAX_FDS; i++) {
+		char c;
+
+		/* In the order sent, and the handler's: open until it closes them. */
+		assert_int_equal(write(s.fds[i], "x", 1), 1);
+		assert_int_equal(read(p[i][0], &c, 1), 1);
+		close(s.fds[i]);
+		close(p[i][0]);
+	}
+}
+
+static void test_dispatch_refuses_a_message_too_long_or_malformed(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+	static char big[IPC_MAX_PAYLOAD + 1];
+	struct ipc_hdr hdr = { .type = IPC_PONG, .len = sizeof(big), .version = IPC_VERSION };
+
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	send_raw(e->a, hdr, big, sizeof(big));
+	assert_int_equal(send(e->a, "abc", 3, 0), 3);
+	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 1), 1);
+	/* Told as it came: a receiver can account for what was meant. */
+	assert_int_equal(s.refused, 1);
+	assert_int_equal(s.refused_hdr.type, IPC_PONG);
+	assert_int_equal(s.refused_hdr.len, sizeof(big));
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
+	assert_int_equal(s.refused, 2);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(s.type[0], IPC_PING);
+}
+
+static void test_dispatch_refuses_another_version_or_peer(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+	struct ipc_hdr hdr = { .type = IPC_PING, .peer = 3, .version = IPC_VERSION + 1 };
+
+	dispatcher_on(e, &d, 3);
+	send_raw(e->a, hdr, NULL, 0);
+	assert_int_equal(ipc_send(e->a, IPC_PING, 4, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(e->a, IPC_PING, 3, NULL, 0, -1), 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 3);
+	assert_int_equal(s.refused, 2);
+	assert_int_equal(s.refused_hdr.peer, 4);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(s.peer[0], 3);
+}
+
+static void test_dispatch_reports_eof_after_what_came_before_it(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
+	close(e->a);
+	e->a = -1;
+	errno = EINVAL;
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), -1);
+	assert_int_equal(errno, 0);
+	assert_int_equal(s.n, 1);
+	/* And again: the peer stays gone. */
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), -1);
+	assert_int_equal(s.refused, 0);
+}
+
+static void test_dispatch_reads_at_most_max_per_call(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	for (int i = 0; i < 5; i++)
+		assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 2), 2);
+	assert_int_equal(s.n, 2);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 2), 2);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 2), 1);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 2), 0);
+	assert_int_equal(s.n, 5);
+}
+
+/* The control sockets block (a send waits for room): reading them never does. */
+static void test_dispatch_never_waits_on_a_blocking_socket(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { 0 };
+
+	ipc_dispatcher_init(&d, table, IPC_PEER_ANY, "the test");
+	assert_int_equal(fcntl(e->b, F_GETFL) & O_NONBLOCK, 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 0);
+	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 1);
+	assert_int_equal(s.n, 1);
+}
+
+static void test_dispatch_stops_where_a_handler_says(void **state)
+{
+	struct ends *e = *state;
+	struct ipc_dispatcher d;
+	struct seen s = { .stop_at = 2 };
+
+	dispatcher_on(e, &d, IPC_PEER_ANY);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
+	assert_int_equal(s.n, 2);
+	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
+	assert_int_equal(s.n, 4);
+}
+
 #define PAIR_TEST(f) cmocka_unit_test_setup_teardown(f, pair_setup, pair_teardown)
 
 int main(void)
@@ -384,6 +739,17 @@ int main(void)
 		PAIR_TEST(test_fds_beyond_max_are_closed),
 		PAIR_TEST(test_more_fds_than_a_message_carries_is_refused),
 		PAIR_TEST(test_dropped_batch_keeps_its_header_and_closes_every_fd),
+		PAIR_TEST(test_dispatch_hands_each_type_to_its_handler),
+		PAIR_TEST(test_dispatch_refuses_a_type_the_table_lacks_and_logs_it_once),
+		PAIR_TEST(test_dispatch_refuses_a_payload_of_the_wrong_size),
+		PAIR_TEST(test_dispatch_closes_an_fd_where_none_is_expected),
+		PAIR_TEST(test_dispatch_hands_a_full_batch_of_fds),
+		PAIR_TEST(test_dispatch_refuses_a_message_too_long_or_malformed),
+		PAIR_TEST(test_dispatch_refuses_another_version_or_peer),
+		PAIR_TEST(test_dispatch_reports_eof_after_what_came_before_it),
+		PAIR_TEST(test_dispatch_reads_at_most_max_per_call),
+		PAIR_TEST(test_dispatch_stops_where_a_handler_says),
+		PAIR_TEST(test_dispatch_never_waits_on_a_blocking_socket),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
