@@ -237,25 +237,23 @@ static unsigned handed_in(const struct ipc_hdr *hdr)
 }
 
 /* Returns how many of the message's connections were taken; every other fd is closed. */
-static unsigned take_clients(struct worker *w, const struct ipc_hdr *hdr, size_t len,
-			     struct ipc_client *info, const int *fds, unsigned nfds)
+static unsigned take_clients(struct worker *w, struct ipc_msg *m)
 {
+	struct ipc_client *info = m->data;
 	unsigned taken = 0;
 
 	/* One fd per struct ipc_client, in the same order; anything else is not ours to guess. */
-	if (hdr->type != IPC_CLIENT_FD || nfds == 0 || len != nfds * sizeof(*info)) {
-		if (hdr->type == IPC_CLIENT_FD) {
-			log_error("a malformed hand-over from the listener (%u fds, %zu bytes); "
-				  "closing its connections", nfds, len);
-			reports_lost(w);    /* their addresses are not to be trusted */
-		}
-		for (unsigned i = 0; i < nfds; i++)
-			close(fds[i]);
+	if (m->nfds == 0 || m->hdr.len != m->nfds * sizeof(*info)) {
+		log_error("a malformed hand-over from the listener (%u fds, %u bytes); "
+			  "closing its connections", m->nfds, m->hdr.len);
+		reports_lost(w);    /* their addresses are not to be trusted */
+		for (unsigned i = 0; i < m->nfds; i++)
+			close(m->fds[i]);
 		return 0;
 	}
-	for (unsigned i = 0; i < nfds; i++) {
+	for (unsigned i = 0; i < m->nfds; i++) {
 		info[i].remote[sizeof(info[i].remote) - 1] = '\0';
-		if (conn_new(w, fds[i], &info[i]))       /* it closes the fd when it cannot take it */
+		if (conn_new(w, m->fds[i], &info[i]))       /* it closes the fd when it cannot take it */
 			taken++;
 		else
 			report_gone(w, info[i].remote);
@@ -263,43 +261,70 @@ static unsigned take_clients(struct worker *w, const struct ipc_hdr *hdr, size_t
 	return taken;
 }
 
+/* Count a message's connections against this turn; IPC_STOP once it is full. */
+static int accept_turn_over(struct worker *w, unsigned handed)
+{
+	w->accept_turn += MAX(handed, 1u);
+	return w->accept_turn >= ACCEPT_PER_TURN ? IPC_STOP : 0;
+}
+
+/* IPC_CLIENT_FD */
+static int on_clients(void *ctx, struct ipc_msg *m)
+{
+	struct worker *w = ctx;
+	struct shm_worker *ws = w->env->shm.worker[w->index];
+	unsigned handed = handed_in(&m->hdr), taken;
+
+	/* At once: should this worker die now, the supervisor counts them as gone. */
+	atomic_fetch_add(&ws->accepted, handed);
+	taken = take_clients(w, m);
+	if (handed > taken)
+		atomic_fetch_add(&ws->released, handed - taken);
+	return accept_turn_over(w, handed);
+}
+
+/* IPC_ADDR_SYNC */
+static int on_addr_sync(void *ctx, struct ipc_msg *m)
+{
+	uint64_t token;
+
+	memcpy(&token, m->data, sizeof(token));
+	answer_sync(ctx, token);
+	return accept_turn_over(ctx, 0);
+}
+
+/*
+ * A message dropped whole (ipc_dispatch logged why), its fds closed: the
+ * connections it named are counted as taken and gone, and what the
+ * listener knows of our addresses can no longer be trusted.
+ */
+static void listener_message_refused(void *ctx, const struct ipc_hdr *hdr)
+{
+	struct worker *w = ctx;
+	struct shm_worker *ws = w->env->shm.worker[w->index];
+	unsigned handed = handed_in(hdr);
+
+	atomic_fetch_add(&ws->accepted, handed);
+	atomic_fetch_add(&ws->released, handed);
+	if (handed > 0)
+		log_error("a hand-over of %u connection(s) from the listener was dropped; "
+			  "they are closed", handed);
+	reports_lost(w);
+	w->accept_turn += MAX(handed, 1u);
+}
+
+static const struct ipc_handler from_listener[IPC_TYPE_MAX] = {
+	[IPC_CLIENT_FD] = { .fn = on_clients, .unit = sizeof(struct ipc_client),
+			    .max_len = IPC_MAX_FDS * sizeof(struct ipc_client),
+			    .max_fds = IPC_MAX_FDS },
+	[IPC_ADDR_SYNC] = { .fn = on_addr_sync, IPC_LEN(sizeof(uint64_t)) },
+};
+
 static void accept_clients(struct worker *w)
 {
-	struct shm_worker *ws = w->env->shm.worker[w->index];
-
-	for (unsigned turn = 0; turn < ACCEPT_PER_TURN;) {
-		struct ipc_hdr hdr;
-		struct ipc_client info[IPC_MAX_FDS];
-		int fds[IPC_MAX_FDS];
-		unsigned nfds, handed, taken = 0;
-		ssize_t n = ipc_recv_fds(w->env->chan_worker[w->index], &hdr, info, sizeof(info),
-					 fds, IPC_MAX_FDS, &nfds);
-
-		/* Dropped messages did come: what they carried is accounted for below. */
-		if (n < 0 && errno != EMSGSIZE && errno != EBADMSG && errno != EMFILE)
-			return;
-		if (n == 0 && hdr.type == 0)
-			return;
-		handed = handed_in(&hdr);
-		/* At once: should this worker die now, the supervisor counts them as gone. */
-		atomic_fetch_add(&ws->accepted, handed);
-		if (n < 0) {  /* its fds are closed already; their addresses unknown */
-			log_error("a hand-over of %u connection(s) from the listener failed: %s; "
-				  "they are closed", handed, strerror(errno));
-			reports_lost(w);
-		} else {
-			if (hdr.type == IPC_ADDR_SYNC && n == (ssize_t)sizeof(uint64_t)) {
-				uint64_t token;
-
-				memcpy(&token, info, sizeof(token));
-				answer_sync(w, token);
-			}
-			taken = take_clients(w, &hdr, (size_t)n, info, fds, nfds);
-		}
-		if (handed > taken)
-			atomic_fetch_add(&ws->released, handed - taken);
-		turn += MAX(handed, 1u);
-	}
+	w->accept_turn = 0;
+	/* No EOF can come: the supervisor holds both ends. */
+	ipc_dispatch(w->env->chan_worker[w->index], &w->chan_in, w, ACCEPT_PER_TURN);
 }
 
 /* --- timers, control, loop ---------------------------------------------- */
@@ -341,26 +366,50 @@ static void worker_config_changed(struct worker *w)
 	}
 }
 
+/* --- what the supervisor says -------------------------------------------- */
+
+#define CTL_PER_WAKE 16              /* messages read from the supervisor per wake-up */
+
+static int on_shutdown(void *ctx, struct ipc_msg *m)
+{
+	((struct worker *)ctx)->stopping = true;
+	return IPC_STOP;
+}
+
+static int on_ping(void *ctx, struct ipc_msg *m)
+{
+	struct worker *w = ctx;
+
+	ipc_send(w->env->ctl_fd, IPC_PONG, w->index, NULL, 0, -1);
+	return 0;
+}
+
+static int on_log_settings(void *ctx, struct ipc_msg *m)
+{
+	log_apply_settings(m->data, m->hdr.len);
+	return 0;
+}
+
+static int on_config(void *ctx, struct ipc_msg *m)
+{
+	struct worker *w = ctx;
+
+	if (role_take_config(w->env, m->data, m->hdr.len) == 0)
+		worker_config_changed(w);
+	return 0;
+}
+
+static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
+	[IPC_SHUTDOWN] = { .fn = on_shutdown },
+	[IPC_PING] = { .fn = on_ping },
+	[IPC_LOG_SETTINGS] = { .fn = on_log_settings, IPC_LEN(sizeof(struct log_settings)) },
+	[IPC_CONFIG] = { .fn = on_config, IPC_LEN(sizeof(struct iotd_config)) },
+};
+
+/* Returns false when the worker must stop: told to, or the supervisor is gone. */
 static bool control_message(struct worker *w)
 {
-	struct ipc_hdr hdr;
-	char buf[IPC_MAX_PAYLOAD];
-	int fd = -1;
-	ssize_t n = ipc_recv(w->env->ctl_fd, &hdr, buf, sizeof(buf), &fd);
-
-	if (fd >= 0)
-		close(fd);
-	if (n < 0)
-		return errno == EAGAIN || errno == EINTR;
-	if (hdr.type == 0 || hdr.type == IPC_SHUTDOWN)
-		return false;
-	if (hdr.type == IPC_PING)
-		ipc_send(w->env->ctl_fd, IPC_PONG, w->index, NULL, 0, -1);
-	else if (hdr.type == IPC_LOG_SETTINGS)
-		log_apply_settings(buf, (size_t)n);
-	else if (hdr.type == IPC_CONFIG && role_take_config(w->env, buf, (size_t)n) == 0)
-		worker_config_changed(w);
-	return true;
+	return ipc_dispatch(w->env->ctl_fd, &w->ctl_in, w, CTL_PER_WAKE) >= 0 && !w->stopping;
 }
 
 static void publish_counters(struct worker *w)
@@ -386,6 +435,9 @@ static int worker_setup(struct worker *w, struct role_env *env)
 	w->cfg = env->cfg;
 	w->index = env->index;
 	w->epoch = env->epoch;
+	ipc_dispatcher_init(&w->ctl_in, from_supervisor, w->index, "the supervisor");
+	ipc_dispatcher_init(&w->chan_in, from_listener, w->index, "the listener");
+	w->chan_in.refused = listener_message_refused;
 	recw_init(&w->rw);
 	w->rbuf = malloc(READ_CHUNK);
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);

@@ -129,6 +129,9 @@ struct worker {
 	uint64_t now_ms;
 	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
 	bool stopping;
+	struct ipc_dispatcher ctl_in;    /* what the supervisor may send (from_supervisor) */
+	struct ipc_dispatcher chan_in;   /* what the listener may send (from_listener) */
+	unsigned accept_turn;            /* connections handed in this loop turn (accept_clients) */
 };
 
 enum pkt_result { PKT_OK, PKT_PAUSE, PKT_CLOSED };
