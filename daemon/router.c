@@ -46,8 +46,7 @@ struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
 	r->route_gen = &r->route_gen_own;
 	recw_init(&r->out);
 	recw_init(&r->ack);
-	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
-		recw_init(&r->deliver[i]);
+	router_publish_scratch_init(&r->pub);
 	r->trie = topic_trie_new();
 	r->retained = retain_new(limit > 0 ? (size_t)limit : 0,
 				 cfg->retained_bytes_limit > 0 ? (size_t)cfg->retained_bytes_limit : 0);
@@ -76,9 +75,7 @@ void router_free(struct router **rp)
 	retain_free(&r->retained);
 	recw_free(&r->out);
 	recw_free(&r->ack);
-	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
-		recw_free(&r->deliver[i]);
-	free(r->targets);
+	router_publish_scratch_free(&r->pub);
 	free(r);
 	*rp = NULL;
 }

@@ -197,6 +197,32 @@ struct router_touched {
 	char topic[];
 };
 
+/*
+ * The buffers router_publish() uses again for each message, so that
+ * routing one allocates nothing. Owned by router_publish.c; nothing else
+ * reads them.
+ */
+struct router_publish_scratch {
+	uint64_t stamp;              /* the publish being matched: sessions it reached carry it */
+	struct session **targets;    /* the sessions it reached (struct router_match) */
+	size_t cap_targets;
+	/* one REC_DELIVER being built per worker, with its target count so far */
+	struct recw deliver[IOTD_MAX_WORKERS];
+	size_t deliver_noff[IOTD_MAX_WORKERS];
+	uint32_t deliver_n[IOTD_MAX_WORKERS];
+};
+
+/*
+ * What router_publish() matched: each session a filter reached, once, with
+ * the QoS its filters grant in session.granted. targets is the publish
+ * scratch's: valid until the next publish.
+ */
+struct router_match {
+	struct session *const *targets;
+	size_t n;
+	bool incomplete;             /* out of memory: the match missed some sessions */
+};
+
 struct router {
 	const struct iotd_config *cfg;
 	unsigned nworkers;
@@ -247,15 +273,8 @@ struct router {
 	/* subscriptions owed retained messages, per worker of their session */
 	struct router_cursor *cur_head[IOTD_MAX_WORKERS], *cur_tail[IOTD_MAX_WORKERS];
 	size_t n_cursors;
+	struct router_publish_scratch pub;
 	bool warned_retain_full, warned_targets;
-	/* per publish: matched sessions, and one REC_DELIVER being built per worker */
-	uint64_t stamp;
-	struct session **targets;
-	size_t n_targets, cap_targets;
-	bool targets_short;          /* out of memory: the match missed some sessions */
-	struct recw deliver[IOTD_MAX_WORKERS];
-	size_t deliver_noff[IOTD_MAX_WORKERS];
-	uint32_t deliver_n[IOTD_MAX_WORKERS];
 
 	/* The store: each file writes its own changes; router_load.c reads it back and rewrites it. */
 	struct store *st;            /* NULL: in memory only */
@@ -399,6 +418,8 @@ void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uin
 
 /* ---- router_publish.c: subscriptions, publish, retained, routes -------- */
 
+void router_publish_scratch_init(struct router_publish_scratch *pub);
+void router_publish_scratch_free(struct router_publish_scratch *pub);
 uint8_t router_subscribe_one(struct router *r, struct session *s, const char *filter,
 			     uint16_t len, uint8_t qos);
 bool router_subscription_refused(struct session *s, const struct iotd_config *cfg,
@@ -408,9 +429,9 @@ void router_unsubscribe_one(struct router *r, struct session *s, const char *fil
 void session_unsubscribe_all(struct router *r, struct session *s);
 void router_cursor_start(struct router *r, struct session *s, struct session_sub *sub);
 void session_cursors_drop(struct router *r, struct session *s);
-void router_publish(struct router *r, const struct router_msg *m);
+struct router_match router_publish(struct router *r, const struct router_msg *m);
 void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
-			 const struct router_msg *m);
+			 const struct router_msg *m, const struct router_match *match);
 
 /* ---- router_load.c: the store read back, and rewritten ----------------- */
 

@@ -6,10 +6,10 @@
  * session_sub), the retained store, and the walks over it that send a new
  * subscription its retained messages a bounded amount per loop turn
  * (router_send_retained). router_publish() matches a topic, builds one
- * REC_DELIVER per worker that has targets and queues for sessions that are
- * offline or being taken over; router_answer_route() then tells the worker
- * that asked whether it may deliver the topic's messages itself (REC_ROUTE;
- * docs/arch.md, "Local delivery").
+ * REC_DELIVER per worker that has targets, queues for sessions that are
+ * offline or being taken over, and returns what it matched: from that
+ * router_answer_route() tells the worker that asked whether it may deliver
+ * the topic's messages itself (REC_ROUTE; docs/arch.md, "Local delivery").
  */
 #include <stdlib.h>
 #include <string.h>
@@ -177,41 +177,59 @@ static void router_retain(struct router *r, const struct router_msg *m)
 
 /* ---- publishing -------------------------------------------------------- */
 
-/* Header of a REC_DELIVER; the target count is patched in at the end. */
-static void router_deliver_begin(struct router *r, unsigned worker, const struct router_msg *m)
+void router_publish_scratch_init(struct router_publish_scratch *pub)
 {
-	struct recw *w = &r->deliver[worker];
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		recw_init(&pub->deliver[i]);
+}
+
+void router_publish_scratch_free(struct router_publish_scratch *pub)
+{
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		recw_free(&pub->deliver[i]);
+	free(pub->targets);
+	pub->targets = NULL;
+	pub->cap_targets = 0;
+}
+
+/* Header of a REC_DELIVER; the target count is patched in at the end. */
+static void router_deliver_begin(struct router_publish_scratch *pub, unsigned worker,
+				 const struct router_msg *m)
+{
+	struct recw *w = &pub->deliver[worker];
 
 	recw_reset(w);
 	recw_u8(w, m->qos);
 	recw_str(w, m->topic, m->topic_len);
 	recw_bytes(w, m->payload, m->payload_len);
 	recw_u8(w, m->retain);
-	r->deliver_noff[worker] = w->len;
+	pub->deliver_noff[worker] = w->len;
 	recw_u32(w, 0);
 }
 
-static void router_deliver_end(struct router *r, unsigned worker)
+static inline void router_deliver_end(struct router *r, unsigned worker)
 {
-	struct recw *w = &r->deliver[worker];
+	struct router_publish_scratch *pub = &r->pub;
+	struct recw *w = &pub->deliver[worker];
 
-	recw_patch_u32(w, r->deliver_noff[worker], r->deliver_n[worker]);
+	recw_patch_u32(w, pub->deliver_noff[worker], pub->deliver_n[worker]);
 	router_emit(r, worker, REC_DELIVER, w);
-	r->deliver_n[worker] = 0;
+	pub->deliver_n[worker] = 0;
 }
 
 static void router_deliver_add(struct router *r, const struct router_msg *m,
 			       const struct session *s, uint8_t qos, uint64_t copy)
 {
+	struct router_publish_scratch *pub = &r->pub;
 	unsigned worker = conn_id_worker(s->conn);
-	struct recw *w = &r->deliver[worker];
+	struct recw *w = &pub->deliver[worker];
 
 	/* A fan-out too big for one ring record goes out in several. */
-	if (r->deliver_n[worker] && r->max_record &&
+	if (pub->deliver_n[worker] && r->max_record &&
 	    w->len + ROUTER_TARGET_BYTES + (copy ? ROUTER_COPY_BYTES : 0) > r->max_record)
 		router_deliver_end(r, worker);
-	if (!r->deliver_n[worker])
-		router_deliver_begin(r, worker, m);
+	if (!pub->deliver_n[worker])
+		router_deliver_begin(pub, worker, m);
 	recw_u64(w, s->conn);
 	recw_u32(w, s->sid);
 	if (copy) {
@@ -220,65 +238,78 @@ static void router_deliver_add(struct router *r, const struct router_msg *m,
 	} else {
 		recw_u8(w, qos);
 	}
-	r->deliver_n[worker]++;
+	pub->deliver_n[worker]++;
 }
 
 static void router_deliver_flush(struct router *r)
 {
 	for (unsigned i = 0; i < r->nworkers; i++)
-		if (r->deliver_n[i])
+		if (r->pub.deliver_n[i])
 			router_deliver_end(r, i);
 }
 
-static bool router_grow_targets(struct router *r)
+static bool router_grow_targets(struct router_publish_scratch *pub)
 {
-	size_t cap = r->cap_targets ? r->cap_targets * 2 : 64;
-	struct session **t = reallocarray(r->targets, cap, sizeof(*t));
+	size_t cap = pub->cap_targets ? pub->cap_targets * 2 : 64;
+	struct session **t = reallocarray(pub->targets, cap, sizeof(*t));
 
 	if (!t)
 		return false;
-	r->targets = t;
-	r->cap_targets = cap;
+	pub->targets = t;
+	pub->cap_targets = cap;
 	return true;
 }
 
+/* A match in progress: the targets so far are in r->pub.targets. */
+struct router_match_walk {
+	struct router *r;
+	size_t n;
+	bool incomplete;
+};
+
 static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
 {
-	struct router *r = arg;
+	struct router_match_walk *mw = arg;
+	struct router_publish_scratch *pub = &mw->r->pub;
 	struct session *s = subscriber;
 
-	if (s->stamp == r->stamp) {
+	if (s->stamp == pub->stamp) {
 		s->granted = MAX(s->granted, qos);
 		return;
 	}
-	if (r->n_targets == r->cap_targets && !router_grow_targets(r)) {
-		r->targets_short = true;
-		if (!r->warned_targets)
+	if (mw->n == pub->cap_targets && !router_grow_targets(pub)) {
+		mw->incomplete = true;
+		if (!mw->r->warned_targets)
 			log_error("router: out of memory: a message misses some subscribers");
-		r->warned_targets = true;
+		mw->r->warned_targets = true;
 		return;
 	}
-	s->stamp = r->stamp;
+	s->stamp = pub->stamp;
 	s->granted = qos;
-	r->targets[r->n_targets++] = s;
+	pub->targets[mw->n++] = s;
 }
 
-void router_publish(struct router *r, const struct router_msg *m)
+/*
+ * Route a message to every session subscribed to its topic. Returns what
+ * matched: the caller's, until the next publish.
+ */
+struct router_match router_publish(struct router *r, const struct router_msg *m)
 {
+	struct router_match_walk mw = { r, 0, false };
 	struct router_msg routed = *m;
 	struct msg_body *body = NULL;    /* held once by every queue the message enters */
+	struct session *const *targets;
 
 	if (m->retain)
 		router_retain(r, m);
 	/* Retain is set only on deliveries caused by a new subscription [MQTT-3.3.1-9]. */
 	routed.retain = 0;
 
-	r->stamp++;
-	r->n_targets = 0;
-	r->targets_short = false;
-	topic_trie_match(r->trie, m->topic, m->topic_len, router_match_cb, r);
-	for (size_t i = 0; i < r->n_targets; i++) {
-		struct session *s = r->targets[i];
+	r->pub.stamp++;
+	topic_trie_match(r->trie, m->topic, m->topic_len, router_match_cb, &mw);
+	targets = r->pub.targets;
+	for (size_t i = 0; i < mw.n; i++) {
+		struct session *s = targets[i];
 		uint8_t qos = MIN(m->qos, s->granted);
 
 		if (s->online && !s->pending)
@@ -297,23 +328,24 @@ void router_publish(struct router *r, const struct router_msg *m)
 	msg_body_discard(body);
 	router_deliver_flush(r);
 	log_debug("router: '%.*s' qos %u to %zu sessions", (int)m->topic_len, m->topic, m->qos,
-		  r->n_targets);
+		  mw.n);
+	return (struct router_match){ targets, mw.n, mw.incomplete };
 }
 
 /* ---- route answers ----------------------------------------------------- */
 
 /*
  * Can the worker that asked deliver the topic's messages itself? Only
- * when the match just made (router_publish) found nothing but clean
- * sessions online on that worker: they need no copy, no queue and no
- * other worker. Anything else stays with the router.
+ * when the match (router_publish) found nothing but clean sessions online
+ * on that worker: they need no copy, no queue and no other worker.
+ * Anything else stays with the router.
  */
-static bool router_route_local(const struct router *r, unsigned worker)
+static bool router_route_local(const struct router_match *match, unsigned worker)
 {
-	if (r->targets_short || r->n_targets > ROUTER_ROUTE_MAX)
+	if (match->incomplete || match->n > ROUTER_ROUTE_MAX)
 		return false;
-	for (size_t i = 0; i < r->n_targets; i++) {
-		const struct session *s = r->targets[i];
+	for (size_t i = 0; i < match->n; i++) {
+		const struct session *s = match->targets[i];
 
 		if (!s->online || s->pending || !s->clean || conn_id_worker(s->conn) != worker)
 			return false;
@@ -322,30 +354,34 @@ static bool router_route_local(const struct router *r, unsigned worker)
 }
 
 static void router_route_record(const struct router *r, struct recw *w, uint64_t ask,
-				const struct router_msg *m, bool local)
+				const struct router_msg *m, const struct router_match *match,
+				bool local)
 {
 	recw_reset(w);
 	recw_u64(w, ask);
 	recw_u64(w, atomic_load_explicit(r->route_gen, memory_order_relaxed));
 	recw_str(w, m->topic, m->topic_len);
 	recw_u8(w, local);
-	recw_u32(w, local ? (uint32_t)r->n_targets : 0);
-	for (size_t i = 0; local && i < r->n_targets; i++) {
-		recw_u64(w, r->targets[i]->conn);
-		recw_u8(w, r->targets[i]->granted);
+	recw_u32(w, local ? (uint32_t)match->n : 0);
+	for (size_t i = 0; local && i < match->n; i++) {
+		recw_u64(w, match->targets[i]->conn);
+		recw_u8(w, match->targets[i]->granted);
 	}
 }
 
-/* Answer a REC_PUBLISH that asked for its topic's route (rec.h REC_ROUTE). */
+/*
+ * Answer a REC_PUBLISH that asked for its topic's route (rec.h REC_ROUTE),
+ * from what its router_publish() matched.
+ */
 void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
-			 const struct router_msg *m)
+			 const struct router_msg *m, const struct router_match *match)
 {
-	bool local = router_route_local(r, worker);
+	bool local = router_route_local(match, worker);
 
-	router_route_record(r, &r->out, ask, m, local);
+	router_route_record(r, &r->out, ask, m, match, local);
 	/* An answer too big for the ring would be dropped and asked for again and again. */
 	if (local && r->max_record && r->out.len > r->max_record)
-		router_route_record(r, &r->out, ask, m, false);
+		router_route_record(r, &r->out, ask, m, match, false);
 	router_emit(r, worker, REC_ROUTE, &r->out);
 }
 

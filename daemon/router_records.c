@@ -177,6 +177,7 @@ static int router_on_unsubscribe(struct router *r, unsigned worker, struct recr 
 
 static int router_on_publish(struct router *r, unsigned worker, struct recr *rd)
 {
+	struct router_match match;
 	struct router_msg m;
 	const uint8_t *topic;
 	uint8_t flags;
@@ -193,9 +194,9 @@ static int router_on_publish(struct router *r, unsigned worker, struct recr *rd)
 	if (recr_end(rd) || m.qos > 2 || (flags & ~(REC_PUB_RETAIN | REC_PUB_ASK)) ||
 	    !topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
-	router_publish(r, &m);
+	match = router_publish(r, &m);
 	if (flags & REC_PUB_ASK)
-		router_answer_route(r, worker, ask, &m);
+		router_answer_route(r, worker, ask, &m, &match);
 	return ROUTER_OK;
 }
 
