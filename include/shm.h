@@ -115,7 +115,7 @@ struct router_journal {
 	 * The record in hand: written before each record is handled, cleared
 	 * after. A router that finds it set died handling that record; one
 	 * that died on the same record ROUTER_POISON_CRASHES times in a row
-	 * sets it aside instead of handling it again (router.c).
+	 * sets it aside instead of handling it again (router_proc.c).
 	 */
 	_Alignas(64) struct router_record_ref {
 		uint64_t ring;                 /* worker index + 1; 0: none */

@@ -12,7 +12,7 @@
  * mutations are ignored until the router rewrites its whole state
  * (store_resync_begin), and the router goes on serving from memory.
  *
- * Nothing here is LMDB-typed: router.c sees plain structs and callbacks.
+ * Nothing here is LMDB-typed: the router sees plain structs and callbacks.
  */
 #ifndef IOTD_STORE_H
 #define IOTD_STORE_H

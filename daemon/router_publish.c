@@ -1,0 +1,545 @@
+/*
+ * router_publish.c - where messages go: subscriptions, the routing of
+ * each publish, retained messages, and the routes workers cache.
+ *
+ * Owns the subscription trie (each session's filters are its
+ * session_sub), the retained store, and the walks over it that send a new
+ * subscription its retained messages a bounded amount per loop turn
+ * (router_send_retained). router_publish() matches a topic, builds one
+ * REC_DELIVER per worker that has targets, queues for sessions that are
+ * offline or being taken over, and returns what it matched: from that
+ * router_answer_route() tells the worker that asked whether it may deliver
+ * the topic's messages itself (REC_ROUTE; docs/arch.md, "Local delivery").
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "router_int.h"
+#include "mqtt.h"
+#include "store.h"
+#include "topic.h"
+
+#define ROUTER_TARGET_BYTES 13        /* u64 conn, u32 sid, u8 qos in a REC_DELIVER */
+#define ROUTER_COPY_BYTES 8           /* ... and u64 copy when the router keeps one */
+#define ROUTER_ROUTE_MAX 1024        /* targets a REC_ROUTE names at most: a larger fan-out stays with the router */
+/*
+ * Retained messages owed to new subscriptions go out a bounded amount per
+ * loop turn and worker (router_send_retained): nodes of the retained tree
+ * visited, bytes sent, and the nodes one walk takes before the next walk's
+ * turn. A turn's time stays small however many or big they are.
+ */
+#define ROUTER_RETAINED_STEPS 4096
+#define ROUTER_RETAINED_BYTES (2u << 20)
+#define ROUTER_RETAINED_SLICE 256
+#define ROUTER_RETAINED_REC_BYTES 32  /* a retained DELIVER's bytes besides topic and payload */
+
+static void router_cursor_drop(struct router *r, struct session_sub *sub);
+
+/* ---- subscriptions ----------------------------------------------------- */
+
+uint8_t router_subscribe_one(struct router *r, struct session *s, const char *filter,
+			     uint16_t len, uint8_t qos)
+{
+	struct session_sub *sub;
+	bool added = false;
+
+	if (qos > 2 || !len || !topic_filter_valid(filter, len, 0, 0))
+		return ROUTER_SUBACK_FAILURE;
+	HASH_FIND(hh, s->subs, filter, len, sub);
+	if (sub && sub->qos == qos)
+		return qos;               /* the same again (a filter repeated in one SUBSCRIBE): nothing changes */
+	if (!sub) {
+		sub = malloc(sizeof(*sub) + (size_t)len + 1);
+		if (!sub)
+			goto nomem;
+		sub->cur = NULL;
+		memcpy(sub->filter, filter, len);
+		sub->filter[len] = '\0';
+		sub->len = len;
+		added = true;
+	}
+	if (topic_trie_subscribe(r->trie, filter, len, s, qos) < 0)
+		goto nomem_free;
+	if (added) {
+		HASH_ADD_KEYPTR(hh, s->subs, sub->filter, sub->len, sub);
+		if (!sub->hh.tbl) {
+			topic_trie_unsubscribe(r->trie, filter, len, s);
+			goto nomem_free;
+		}
+	}
+	sub->qos = qos;
+	router_routes_changed(r);
+	if (r->st)
+		store_sub_put(r->st, s->sid, sub->filter, sub->len, qos);
+	log_debug("router: session %u subscribed to '%s' qos %u", s->sid, sub->filter, qos);
+	return qos;
+nomem_free:
+	if (added)
+		free(sub);
+nomem:
+	log_client(LOG_LVL_ERROR, s->client_id, session_remote(s), "out of memory: subscription refused");
+	return ROUTER_SUBACK_FAILURE;
+}
+
+/*
+ * A filter the session does not hold yet, past max_subscriptions_per_session:
+ * refused (0x80 in SUBACK). One it holds may always be subscribed again.
+ */
+bool router_subscription_refused(struct session *s, const struct iotd_config *cfg,
+				 const char *filter, uint16_t len)
+{
+	struct session_sub *sub;
+	long max = cfg->max_subscriptions_per_session;
+
+	if (max <= 0 || HASH_COUNT(s->subs) < (size_t)max)
+		return false;
+	HASH_FIND(hh, s->subs, filter, len, sub);
+	if (sub)
+		return false;
+	if (!s->subs_warned)
+		log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
+			   "max_subscriptions_per_session (%ld) reached: new filters refused (logged once per session)",
+			   max);
+	s->subs_warned = true;
+	return true;
+}
+
+void router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
+			    uint16_t len)
+{
+	struct session_sub *sub;
+
+	HASH_FIND(hh, s->subs, filter, len, sub);
+	if (!sub)
+		return;
+	if (r->st)
+		store_sub_del(r->st, s->sid, sub->filter, sub->len);
+	router_cursor_drop(r, sub);
+	topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
+	HASH_DEL(s->subs, sub);
+	free(sub);
+	router_routes_changed(r);
+}
+
+void session_unsubscribe_all(struct router *r, struct session *s)
+{
+	struct session_sub *sub, *tmp;
+
+	if (s->subs)
+		router_routes_changed(r);
+	HASH_ITER(hh, s->subs, sub, tmp) {
+		router_cursor_drop(r, sub);
+		topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
+		HASH_DEL(s->subs, sub);
+		free(sub);
+	}
+}
+
+/* ---- retained messages ------------------------------------------------- */
+
+static void router_persist_retained(struct router *r, const struct router_msg *m, int rc)
+{
+	if (!r->st || (rc != RETAIN_STORED && rc != RETAIN_CLEARED))
+		return;
+	router_touch_retained(r, m->topic, m->topic_len);
+	if (rc == RETAIN_STORED)
+		store_retained_put(r->st, m->topic, m->topic_len, m->qos, m->payload,
+				   m->payload_len);
+	else
+		store_retained_del(r->st, m->topic, m->topic_len);
+}
+
+static void router_retain(struct router *r, const struct router_msg *m)
+{
+	int rc = retain_put(r->retained, m->topic, m->topic_len, m->payload, m->payload_len,
+			    m->qos);
+
+	router_persist_retained(r, m, rc);
+	switch (rc) {
+	case RETAIN_FULL:
+		if (!r->warned_retain_full)
+			log_warn("router: retained store full (%zu topics): new retained topics are not kept",
+				 retain_count(r->retained));
+		r->warned_retain_full = true;
+		break;
+	case RETAIN_NOMEM:
+		log_error("router: out of memory: retained message on '%.*s' not kept",
+			  (int)m->topic_len, m->topic);
+		break;
+	case RETAIN_CLEARED:
+		/* Room again: the next time it fills up deserves a warning of its own. */
+		r->warned_retain_full = false;
+		break;
+	default:
+		break;
+	}
+}
+
+/* ---- publishing -------------------------------------------------------- */
+
+void router_publish_scratch_init(struct router_publish_scratch *pub)
+{
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		recw_init(&pub->deliver[i]);
+}
+
+void router_publish_scratch_free(struct router_publish_scratch *pub)
+{
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		recw_free(&pub->deliver[i]);
+	free(pub->targets);
+	pub->targets = NULL;
+	pub->cap_targets = 0;
+}
+
+/* Header of a REC_DELIVER; the target count is patched in at the end. */
+static void router_deliver_begin(struct router_publish_scratch *pub, unsigned worker,
+				 const struct router_msg *m)
+{
+	struct recw *w = &pub->deliver[worker];
+
+	recw_reset(w);
+	recw_u8(w, m->qos);
+	recw_str(w, m->topic, m->topic_len);
+	recw_bytes(w, m->payload, m->payload_len);
+	recw_u8(w, m->retain);
+	pub->deliver_noff[worker] = w->len;
+	recw_u32(w, 0);
+}
+
+static inline void router_deliver_end(struct router *r, unsigned worker)
+{
+	struct router_publish_scratch *pub = &r->pub;
+	struct recw *w = &pub->deliver[worker];
+
+	recw_patch_u32(w, pub->deliver_noff[worker], pub->deliver_n[worker]);
+	router_emit(r, worker, REC_DELIVER, w);
+	pub->deliver_n[worker] = 0;
+}
+
+static void router_deliver_add(struct router *r, const struct router_msg *m,
+			       const struct session *s, uint8_t qos, uint64_t copy)
+{
+	struct router_publish_scratch *pub = &r->pub;
+	unsigned worker = conn_id_worker(s->conn);
+	struct recw *w = &pub->deliver[worker];
+
+	/* A fan-out too big for one ring record goes out in several. */
+	if (pub->deliver_n[worker] && r->max_record &&
+	    w->len + ROUTER_TARGET_BYTES + (copy ? ROUTER_COPY_BYTES : 0) > r->max_record)
+		router_deliver_end(r, worker);
+	if (!pub->deliver_n[worker])
+		router_deliver_begin(pub, worker, m);
+	recw_u64(w, s->conn);
+	recw_u32(w, s->sid);
+	if (copy) {
+		recw_u8(w, qos | REC_TARGET_COPY);
+		recw_u64(w, copy);
+	} else {
+		recw_u8(w, qos);
+	}
+	pub->deliver_n[worker]++;
+}
+
+static void router_deliver_flush(struct router *r)
+{
+	for (unsigned i = 0; i < r->nworkers; i++)
+		if (r->pub.deliver_n[i])
+			router_deliver_end(r, i);
+}
+
+static bool router_grow_targets(struct router_publish_scratch *pub)
+{
+	size_t cap = pub->cap_targets ? pub->cap_targets * 2 : 64;
+	struct session **t = reallocarray(pub->targets, cap, sizeof(*t));
+
+	if (!t)
+		return false;
+	pub->targets = t;
+	pub->cap_targets = cap;
+	return true;
+}
+
+/* A match in progress: the targets so far are in r->pub.targets. */
+struct router_match_walk {
+	struct router *r;
+	size_t n;
+	bool incomplete;
+};
+
+static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
+{
+	struct router_match_walk *mw = arg;
+	struct router_publish_scratch *pub = &mw->r->pub;
+	struct session *s = subscriber;
+
+	if (s->stamp == pub->stamp) {
+		s->granted = MAX(s->granted, qos);
+		return;
+	}
+	if (mw->n == pub->cap_targets && !router_grow_targets(pub)) {
+		mw->incomplete = true;
+		if (!mw->r->warned_targets)
+			log_error("router: out of memory: a message misses some subscribers");
+		mw->r->warned_targets = true;
+		return;
+	}
+	s->stamp = pub->stamp;
+	s->granted = qos;
+	pub->targets[mw->n++] = s;
+}
+
+/*
+ * Route a message to every session subscribed to its topic. Returns what
+ * matched: the caller's, until the next publish.
+ */
+struct router_match router_publish(struct router *r, const struct router_msg *m)
+{
+	struct router_match_walk mw = { r, 0, false };
+	struct router_msg routed = *m;
+	struct msg_body *body = NULL;    /* held once by every queue the message enters */
+	struct session *const *targets;
+
+	if (m->retain)
+		router_retain(r, m);
+	/* Retain is set only on deliveries caused by a new subscription [MQTT-3.3.1-9]. */
+	routed.retain = 0;
+
+	r->pub.stamp++;
+	topic_trie_match(r->trie, m->topic, m->topic_len, router_match_cb, &mw);
+	targets = r->pub.targets;
+	for (size_t i = 0; i < mw.n; i++) {
+		struct session *s = targets[i];
+		uint8_t qos = MIN(m->qos, s->granted);
+
+		if (s->online && !s->pending)
+			router_deliver_add(r, &routed, s, qos,
+					   session_copy_new(r, s, 0, MSG_QUEUED,
+							    &(struct router_msg){ qos, 0, m->topic,
+										  m->topic_len, m->payload,
+										  m->payload_len }, &body));
+		else if ((qos > 0 && (!s->clean || s->online)) ||
+			 (qos == 0 && !s->clean && !s->online && r->cfg->queue_qos0_messages))
+			/* Offline persistent, or taken over: the next connection gets it. */
+			session_enqueue(r, s, false, 0, MSG_QUEUED,
+					&(struct router_msg){ qos, 0, m->topic, m->topic_len,
+							      m->payload, m->payload_len }, &body);
+	}
+	msg_body_discard(body);
+	router_deliver_flush(r);
+	log_debug("router: '%.*s' qos %u to %zu sessions", (int)m->topic_len, m->topic, m->qos,
+		  mw.n);
+	return (struct router_match){ targets, mw.n, mw.incomplete };
+}
+
+/* ---- route answers ----------------------------------------------------- */
+
+/*
+ * Can the worker that asked deliver the topic's messages itself? Only
+ * when the match (router_publish) found nothing but clean sessions online
+ * on that worker: they need no copy, no queue and no other worker.
+ * Anything else stays with the router.
+ */
+static bool router_route_local(const struct router_match *match, unsigned worker)
+{
+	if (match->incomplete || match->n > ROUTER_ROUTE_MAX)
+		return false;
+	for (size_t i = 0; i < match->n; i++) {
+		const struct session *s = match->targets[i];
+
+		if (!s->online || s->pending || !s->clean || conn_id_worker(s->conn) != worker)
+			return false;
+	}
+	return true;
+}
+
+static void router_route_record(const struct router *r, struct recw *w, uint64_t ask,
+				const struct router_msg *m, const struct router_match *match,
+				bool local)
+{
+	recw_reset(w);
+	recw_u64(w, ask);
+	recw_u64(w, atomic_load_explicit(r->route_gen, memory_order_relaxed));
+	recw_str(w, m->topic, m->topic_len);
+	recw_u8(w, local);
+	recw_u32(w, local ? (uint32_t)match->n : 0);
+	for (size_t i = 0; local && i < match->n; i++) {
+		recw_u64(w, match->targets[i]->conn);
+		recw_u8(w, match->targets[i]->granted);
+	}
+}
+
+/*
+ * Answer a REC_PUBLISH that asked for its topic's route (rec.h REC_ROUTE),
+ * from what its router_publish() matched.
+ */
+void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
+			 const struct router_msg *m, const struct router_match *match)
+{
+	bool local = router_route_local(match, worker);
+
+	router_route_record(r, &r->out, ask, m, match, local);
+	/* An answer too big for the ring would be dropped and asked for again and again. */
+	if (local && r->max_record && r->out.len > r->max_record)
+		router_route_record(r, &r->out, ask, m, match, false);
+	router_emit(r, worker, REC_ROUTE, &r->out);
+}
+
+/* ---- retained messages owed to new subscriptions ----------------------- */
+
+static bool router_room(struct router *r, unsigned worker)
+{
+	return !r->room || r->room(r->emit_arg, worker);
+}
+
+static void router_cursor_unlink(struct router *r, struct router_cursor *c)
+{
+	unsigned w = conn_id_worker(c->s->conn);
+
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		r->cur_head[w] = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	else
+		r->cur_tail[w] = c->prev;
+	c->prev = c->next = NULL;
+}
+
+static void router_cursor_link(struct router *r, struct router_cursor *c)
+{
+	unsigned w = conn_id_worker(c->s->conn);
+
+	c->next = NULL;
+	c->prev = r->cur_tail[w];
+	if (c->prev)
+		c->prev->next = c;
+	else
+		r->cur_head[w] = c;
+	r->cur_tail[w] = c;
+}
+
+/* The subscription owes nothing more (all sent, or it or its connection is gone). */
+static void router_cursor_drop(struct router *r, struct session_sub *sub)
+{
+	struct router_cursor *c = sub->cur;
+
+	if (!c)
+		return;
+	router_cursor_unlink(r, c);
+	retain_cursor_stop(r->retained, &c->walk);
+	c->s->n_cursors--;
+	r->n_cursors--;
+	sub->cur = NULL;
+	free(c);
+}
+
+/* The connection stops taking retained messages: it closes or is taken over. */
+void session_cursors_drop(struct router *r, struct session *s)
+{
+	struct session_sub *sub, *tmp;
+
+	if (!s->n_cursors)
+		return;
+	HASH_ITER(hh, s->subs, sub, tmp)
+		router_cursor_drop(r, sub);
+}
+
+/*
+ * The subscription was just made or made again: it is owed every message
+ * retained now on a topic it matches [MQTT-3.3.1-6, MQTT-3.8.4-3], from
+ * the start of the store, even when an earlier walk of it had not ended.
+ */
+void router_cursor_start(struct router *r, struct session *s, struct session_sub *sub)
+{
+	struct router_cursor *c = sub->cur;
+
+	if (c) {
+		retain_cursor_stop(r->retained, &c->walk);
+	} else {
+		c = calloc(1, sizeof(*c));
+		if (!c) {
+			log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
+				   "out of memory: retained messages of '%s' not sent", sub->filter);
+			return;
+		}
+		c->s = s;
+		c->sub = sub;
+		sub->cur = c;
+		s->n_cursors++;
+		r->n_cursors++;
+		router_cursor_link(r, c);
+	}
+	retain_cursor_start(r->retained, &c->walk, sub->filter, sub->len);
+}
+
+struct router_retained_send {
+	struct router *r;
+	struct router_cursor *c;
+	unsigned worker;
+	size_t bytes;                /* left in this turn's budget for the worker */
+};
+
+/* One retained message to the cursor's subscriber; false: the turn's budget or the ring is full. */
+static bool router_retained_cb(const char *topic, size_t topic_len, const uint8_t *payload,
+			       size_t payload_len, uint8_t qos, void *arg)
+{
+	struct router_retained_send *ctx = arg;
+	const struct session *s = ctx->c->s;
+	struct recw *w = &ctx->r->out;
+	size_t cost = topic_len + payload_len + ROUTER_RETAINED_REC_BYTES;
+
+	if (topic_len <= UINT16_MAX && payload_len <= UINT32_MAX) {
+		recw_reset(w);
+		recw_u8(w, qos);
+		recw_str(w, topic, (uint16_t)topic_len);
+		recw_bytes(w, payload, (uint32_t)payload_len);
+		recw_u8(w, 1);
+		recw_u32(w, 1);
+		recw_u64(w, s->conn);
+		recw_u32(w, s->sid);
+		recw_u8(w, MIN(qos, ctx->c->sub->qos));
+		router_emit(ctx->r, ctx->worker, REC_DELIVER, w);
+	}
+	ctx->bytes -= MIN(ctx->bytes, cost);
+	return ctx->bytes > 0 && router_room(ctx->r, ctx->worker);
+}
+
+/*
+ * The walks owed to one worker's sessions, in turn, within the turn's
+ * budget and while its ring has room. true when some could go on now.
+ */
+static bool router_send_retained_to(struct router *r, unsigned worker)
+{
+	struct router_retained_send ctx = { r, NULL, worker, ROUTER_RETAINED_BYTES };
+	size_t steps = ROUTER_RETAINED_STEPS;
+	struct router_cursor *c;
+
+	while ((c = r->cur_head[worker]) && steps > 0 && ctx.bytes > 0 && router_room(r, worker)) {
+		size_t slice = MIN(steps, (size_t)ROUTER_RETAINED_SLICE), left = slice;
+
+		ctx.c = c;
+		if (retain_cursor_next(r->retained, &c->walk, &left, router_retained_cb, &ctx)) {
+			router_cursor_drop(r, c->sub);
+		} else {
+			/* The next walk's turn: one subscription cannot hold the others back. */
+			router_cursor_unlink(r, c);
+			router_cursor_link(r, c);
+		}
+		steps -= slice - left;
+	}
+	return r->cur_head[worker] && router_room(r, worker);
+}
+
+bool router_send_retained(struct router *r)
+{
+	bool more = false;
+
+	if (!r->n_cursors)
+		return false;
+	for (unsigned i = 0; i < r->nworkers; i++)
+		if (r->cur_head[i])
+			more |= router_send_retained_to(r, i);
+	return more;
+}

@@ -1,0 +1,456 @@
+/*
+ * router_queue.c - what the router holds for sessions: their offline
+ * queues, the copies of the QoS 1/2 messages their connections hold, and
+ * the budget all of these share.
+ *
+ * A message queued for many sessions is one msg_body, shared by an entry
+ * (session_msg) in each queue. A persistent session's queue holds, in
+ * order: the messages its closing connection still owed, those queued
+ * since, and, while it is online, copies of what the worker has in flight
+ * for it, kept until the worker reports each done (REC_MSG_STATE) so that
+ * a worker's death loses none. max_queued_messages and max_queued_bytes
+ * bound each session, max_queued_bytes_total all of them (held_bytes).
+ * Every change is written to the store's queue.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "router_int.h"
+#include "store.h"
+
+#define ROUTER_MAX_WINDOW 65535u      /* a session cannot owe more in-flight messages than packet ids */
+
+/* ---- the store and the worker ------------------------------------------ */
+
+void session_msg_persist(struct router *r, const struct session *s,
+			 const struct session_msg *q)
+{
+	struct store_msg m = {
+		.packet_id = q->packet_id,
+		.state = q->state,
+		.qos = q->qos,
+		.retain = q->retain,
+		.at_worker = q->at_worker,
+		.topic = (const char *)q->body->data,
+		.topic_len = q->body->topic_len,
+		.payload = q->body->data + q->body->topic_len,
+		.payload_len = q->body->payload_len,
+	};
+
+	if (r->st)
+		store_queue_put(r->st, s->sid, q->order, &m);
+}
+
+void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uint64_t copy,
+			     uint16_t packet_id, uint8_t state, const struct router_msg *m)
+{
+	struct recw *w = &r->out;
+
+	recw_reset(w);
+	recw_u64(w, conn);
+	recw_u32(w, sid);
+	recw_u64(w, copy);
+	recw_u16(w, packet_id);
+	recw_u8(w, state);
+	recw_u8(w, m->qos);
+	recw_u8(w, m->retain);
+	recw_str(w, m->topic, m->topic_len);
+	recw_bytes(w, m->payload, m->payload_len);
+	router_emit(r, conn_id_worker(conn), REC_SESSION_MSG, w);
+}
+
+/* ---- bodies and the budget of all queues ------------------------------- */
+
+static size_t msg_body_bytes(const struct msg_body *b)
+{
+	return (size_t)b->topic_len + b->payload_len;
+}
+
+/* A body for m's topic and payload, held by no entry yet (refs 0, not counted). */
+struct msg_body *msg_body_new(const struct router_msg *m)
+{
+	struct msg_body *b = malloc(sizeof(*b) + (size_t)m->topic_len + m->payload_len);
+
+	if (!b)
+		return NULL;
+	b->refs = 0;
+	b->topic_len = m->topic_len;
+	b->payload_len = m->payload_len;
+	if (m->topic_len)
+		memcpy(b->data, m->topic, m->topic_len);
+	if (m->payload_len)
+		memcpy(b->data + m->topic_len, m->payload, m->payload_len);
+	return b;
+}
+
+/* The body a message about to be queued shares: *body, made from m on first need. */
+static struct msg_body *msg_body_get(struct msg_body **body, const struct router_msg *m)
+{
+	if (!*body)
+		*body = msg_body_new(m);
+	return *body;
+}
+
+/* What one more entry holding body (NULL: not made yet) adds to held_bytes. */
+static size_t router_held_cost(const struct msg_body *body, const struct router_msg *m)
+{
+	if (body && body->refs)
+		return ROUTER_ENTRY_COST;
+	return ROUTER_ENTRY_COST + (size_t)m->topic_len + m->payload_len;
+}
+
+/* Would holding more bytes take the session queues past max_queued_bytes_total? */
+static bool router_held_full(const struct router *r, size_t more)
+{
+	long max = r->cfg->max_queued_bytes_total;
+
+	return max > 0 && r->held_bytes + more > (size_t)max;
+}
+
+static void router_held_warn(struct router *r, const char *what)
+{
+	if (!r->warned_held_full)
+		log_warn("router: session queues hold %zu bytes, max_queued_bytes_total (%ld) reached: %s (logged once until they hold 10%% less)",
+			 r->held_bytes, r->cfg->max_queued_bytes_total, what);
+	r->warned_held_full = true;
+}
+
+/* An episode ends once the queues are 10% below the budget (or it was lifted). */
+void router_held_check(struct router *r)
+{
+	long max = r->cfg->max_queued_bytes_total;
+
+	if (r->warned_held_full && (max <= 0 || r->held_bytes <= (size_t)max / 10 * 9))
+		r->warned_held_full = false;
+}
+
+/* ---- a session's queue ------------------------------------------------- */
+
+/* A queue entry for body, which it holds (and which is counted once, with its first holder). */
+struct session_msg *session_msg_new(struct router *r, uint16_t packet_id, uint8_t state,
+				    uint8_t qos, uint8_t retain, struct msg_body *body)
+{
+	struct session_msg *q;
+
+	if (!body || body->refs == UINT32_MAX || !(q = malloc(sizeof(*q))))
+		return NULL;
+	q->body = body;
+	q->packet_id = packet_id;
+	q->state = state;
+	q->at_worker = false;
+	q->qos = qos;
+	q->retain = retain;
+	if (body->refs++ == 0) {
+		r->held_bytes += msg_body_bytes(body);
+		r->held_bodies++;
+	}
+	r->held_bytes += ROUTER_ENTRY_COST;
+	return q;
+}
+
+/* Free an entry (already out of its queue) and, with its last holder, its body. */
+static void session_msg_free(struct router *r, struct session_msg *q)
+{
+	struct msg_body *b = q->body;
+
+	r->held_bytes -= ROUTER_ENTRY_COST;
+	if (--b->refs == 0) {
+		r->held_bytes -= msg_body_bytes(b);
+		r->held_bodies--;
+		free(b);
+	}
+	free(q);
+}
+
+void session_queue_clear(struct router *r, struct session *s)
+{
+	struct session_msg *m, *next;
+
+	for (m = s->q_head; m; m = next) {
+		next = m->next;
+		session_msg_free(r, m);
+	}
+	s->q_head = s->q_tail = s->q_owed_tail = NULL;
+	s->q_queued = s->q_queued_bytes = s->q_window = s->q_at_worker = 0;
+	s->q_warned = s->q_warned_qos0 = false;
+}
+
+/*
+ * Add (dir 1) or take away (dir -1) q from the counts its kind is in. A
+ * session counts the whole size of every message it queues, shared or not.
+ */
+static void session_queue_count(struct session *s, const struct session_msg *q, int dir)
+{
+	size_t bytes = msg_body_bytes(q->body);
+
+	if (q->at_worker) {
+		s->q_at_worker += (uint32_t)dir;
+	} else if (q->state == MSG_QUEUED) {
+		s->q_queued += (uint32_t)dir;
+		s->q_queued_bytes += dir > 0 ? bytes : -bytes;
+	} else {
+		s->q_window += (uint32_t)dir;
+	}
+}
+
+size_t session_queue_len(const struct session *s)
+{
+	return s->q_queued + s->q_window;
+}
+
+/*
+ * No room for a message of bytes (topic + payload) in state, whose entry
+ * would add held to what all queues hold: the session's own limits, then
+ * the budget of all sessions together.
+ */
+static bool session_queue_full(const struct router *r, const struct session *s,
+			       uint8_t state, size_t bytes, size_t held)
+{
+	long max_msgs = r->cfg->max_queued_messages;
+	long max_bytes = r->cfg->max_queued_bytes;
+
+	/* The in-flight window is not "queued": it is only bounded by the packet ids. */
+	if (state != MSG_QUEUED)
+		return s->q_window >= ROUTER_MAX_WINDOW;
+	if (max_msgs > 0 && s->q_queued >= (size_t)max_msgs)
+		return true;
+	if (max_bytes > 0 && s->q_queued_bytes + bytes > (size_t)max_bytes)
+		return true;
+	return router_held_full(r, held);
+}
+
+/*
+ * Link q into the session's queue and count it. owed: it comes from the
+ * session's closing connection, so it is older than anything the router
+ * queued meanwhile and goes before it. The order key says the same to
+ * the store: owed ones without ROUTER_ORDER_QUEUED sort first.
+ */
+void session_queue_link(struct session *s, struct session_msg *q, bool owed)
+{
+	if (owed) {
+		q->next = s->q_owed_tail ? s->q_owed_tail->next : s->q_head;
+		if (s->q_owed_tail)
+			s->q_owed_tail->next = q;
+		else
+			s->q_head = q;
+		s->q_owed_tail = q;
+	} else {
+		q->next = NULL;
+		if (s->q_tail)
+			s->q_tail->next = q;
+		else
+			s->q_head = q;
+	}
+	if (!q->next)
+		s->q_tail = q;
+	session_queue_count(s, q, 1);
+}
+
+/* Take q (after prev, NULL at the head) out of the queue and the store, and free it. */
+void session_msg_drop(struct router *r, struct session *s, struct session_msg *q,
+		      struct session_msg *prev)
+{
+	if (prev)
+		prev->next = q->next;
+	else
+		s->q_head = q->next;
+	if (s->q_tail == q)
+		s->q_tail = prev;
+	if (s->q_owed_tail == q)
+		s->q_owed_tail = prev;
+	session_queue_count(s, q, -1);
+	if (r->st)
+		store_queue_del(r->st, s->sid, q->order);
+	session_msg_free(r, q);
+}
+
+/*
+ * A full queue makes room by dropping its oldest queued QoS 0 messages
+ * first (queue_qos0_messages): they were never promised. true when the
+ * message now fits.
+ */
+static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t bytes,
+				     size_t held)
+{
+	struct session_msg *q = s->q_head, *prev = NULL;
+
+	while (session_queue_full(r, s, MSG_QUEUED, bytes, held)) {
+		while (q && (q->qos != 0 || q->at_worker)) {
+			prev = q;
+			q = q->next;
+		}
+		if (!q)
+			return false;
+		if (!s->q_warned_qos0)
+			log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
+				   "offline queue full (%zu messages, %zu bytes; all queues %zu bytes): dropping QoS 0 messages first",
+				   session_queue_len(s), s->q_queued_bytes, r->held_bytes);
+		s->q_warned_qos0 = true;
+		r->queue_drops++;
+		session_msg_drop(r, s, q, prev);
+		q = prev ? prev->next : s->q_head;
+	}
+	return true;
+}
+
+/*
+ * Store a message for a session that is not (or no longer) connected.
+ * *body: the message's shared body, made on first need; the caller
+ * discards it when no queue took it (msg_body_discard).
+ */
+void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t packet_id,
+		     uint8_t state, const struct router_msg *m, struct msg_body **body)
+{
+	size_t bytes = (size_t)m->topic_len + m->payload_len;
+	size_t held = router_held_cost(*body, m);
+	struct session_msg *q;
+
+	if (session_queue_full(r, s, state, bytes, held) &&
+	    (state != MSG_QUEUED || !session_queue_evict_qos0(r, s, bytes, held))) {
+		r->queue_drops++;
+		if (state == MSG_QUEUED && router_held_full(r, held)) {
+			router_held_warn(r, "new messages for offline sessions are dropped");
+		} else {
+			if (!s->q_warned)
+				log_client(LOG_LVL_WARN, s->client_id, session_remote(s),
+					   "offline queue full (%zu messages, %zu bytes): dropping new messages",
+					   session_queue_len(s), s->q_queued_bytes);
+			s->q_warned = true;
+		}
+		return;
+	}
+	q = session_msg_new(r, packet_id, state, m->qos, m->retain, msg_body_get(body, m));
+	if (!q) {
+		r->queue_drops++;
+		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
+			   "out of memory: queued message dropped");
+		return;
+	}
+	q->order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | (owed ? 0 : ROUTER_ORDER_QUEUED);
+	session_queue_link(s, q, owed);
+	session_msg_persist(r, s, q);
+	log_debug("router: session %u queued %s message (%zu stored)", s->sid,
+		  owed ? "owed" : "new", session_queue_len(s));
+}
+
+/* Queue a message of its own (not a publish shared with other sessions). */
+void session_enqueue_one(struct router *r, struct session *s, bool owed,
+			 uint16_t packet_id, uint8_t state, const struct router_msg *m)
+{
+	struct msg_body *body = NULL;
+
+	session_enqueue(r, s, owed, packet_id, state, m, &body);
+	msg_body_discard(body);
+}
+
+static void session_msg_view(const struct session_msg *q, struct router_msg *m)
+{
+	m->qos = q->qos;
+	m->retain = q->retain;
+	m->topic = (const char *)q->body->data;
+	m->topic_len = q->body->topic_len;
+	m->payload = q->body->data + q->body->topic_len;
+	m->payload_len = q->body->payload_len;
+}
+
+/* Mark q as a copy of what the session's connection holds, or no longer; counted and stored. */
+static void session_msg_mark(struct router *r, struct session *s, struct session_msg *q,
+			     bool at_worker)
+{
+	session_queue_count(s, q, -1);
+	q->at_worker = at_worker;
+	session_queue_count(s, q, 1);
+	session_msg_persist(r, s, q);
+}
+
+/*
+ * Hand the stored messages to the session's new connection, the
+ * unfinished exchanges first. Each stays here as a copy until the worker
+ * reports it done (REC_MSG_STATE).
+ */
+void session_queue_send(struct router *r, struct session *s)
+{
+	struct router_msg m;
+
+	for (int pass = 0; pass < 2; pass++) {
+		struct session_msg *q, *prev = NULL, *next;
+
+		for (q = s->q_head; q; prev = q, q = next) {
+			next = q->next;
+			if (q->at_worker || (q->state == MSG_QUEUED) != (pass == 1))
+				continue;
+			session_msg_view(q, &m);
+			if (q->qos == 0) {
+				/* Nothing to acknowledge: it leaves the queue as it goes out. */
+				router_send_session_msg(r, s->conn, s->sid, 0, 0, MSG_QUEUED, &m);
+				session_msg_drop(r, s, q, prev);
+				q = prev;
+				continue;
+			}
+			session_msg_mark(r, s, q, true);
+			router_send_session_msg(r, s->conn, s->sid, q->order, q->packet_id, q->state,
+						&m);
+		}
+	}
+	s->q_owed_tail = NULL;
+	s->q_warned = s->q_warned_qos0 = false;
+}
+
+/* ---- copies of what a connection holds --------------------------------- */
+
+/*
+ * Keep a copy of a QoS 1/2 message handed to a persistent session's
+ * connection, sharing *body (see session_enqueue). Returns its id for the
+ * worker, or 0 when none is kept (out of memory, or past
+ * max_queued_bytes_total: the worker then hands the message back on a
+ * clean close, as before copies existed, and a crash of the worker loses
+ * it).
+ */
+uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_id,
+			  uint8_t state, const struct router_msg *m, struct msg_body **body)
+{
+	struct session_msg *q;
+
+	if (s->clean || m->qos == 0 ||
+	    s->q_at_worker >= ROUTER_MAX_WINDOW + (size_t)r->cfg->max_queued_messages)
+		return 0;
+	if (router_held_full(r, router_held_cost(*body, m))) {
+		router_held_warn(r, "messages to persistent sessions' connections are not kept against a worker crash");
+		return 0;
+	}
+	q = session_msg_new(r, packet_id, state, m->qos, m->retain, msg_body_get(body, m));
+	if (!q) {
+		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
+			   "out of memory: a QoS %u message is not kept against a worker crash",
+			   m->qos);
+		return 0;
+	}
+	q->at_worker = true;
+	q->order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | ROUTER_ORDER_QUEUED;
+	session_queue_link(s, q, false);
+	session_msg_persist(r, s, q);
+	return q->order;
+}
+
+/* The connection is gone: what it held becomes the head of the offline queue, as last reported. */
+void session_copies_release(struct router *r, struct session *s)
+{
+	for (struct session_msg *q = s->q_head; q && s->q_at_worker; q = q->next)
+		if (q->at_worker)
+			session_msg_mark(r, s, q, false);
+}
+
+/* The copy named copy, or NULL; *prev_r: the message before it in the queue. */
+struct session_msg *session_copy_find(struct session *s, uint64_t copy,
+				      struct session_msg **prev_r)
+{
+	struct session_msg *prev = NULL;
+
+	for (struct session_msg *q = s->q_head; q; prev = q, q = q->next) {
+		if (q->order == copy && q->at_worker) {
+			*prev_r = prev;
+			return q;
+		}
+	}
+	return NULL;
+}

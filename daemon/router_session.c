@@ -1,0 +1,684 @@
+/*
+ * router_session.c - the session registry, and the CONNECTs and closes
+ * that change it.
+ *
+ * Owns every struct session: the lookups by client id and by session id
+ * (hidx), the online sessions by connection slot per worker, the list of
+ * offline persistent sessions (oldest first, for expiry), the CONNECTs
+ * waiting for a takeover and the connections kicked by a newer one. A
+ * CONNECT makes, resumes or takes over a session; a close (or its
+ * worker's death) publishes the will and ends or parks it. What a
+ * session queues is router_queue.c's, what it subscribes router_publish.c's.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "router_int.h"
+#include "mqtt.h"
+#include "store.h"
+
+/* ---- persistence and output -------------------------------------------- */
+
+static void store_connect_view(const struct session_connect *c, struct store_connect *o)
+{
+	*o = (struct store_connect){
+		.conn = c->conn,
+		.clean = c->clean,
+		.will_flag = c->will_flag,
+		.will_qos = c->will_qos,
+		.will_retain = c->will_retain,
+		.keepalive = c->keepalive,
+		.remote = cx_remote(c),
+		.will_topic = cx_will_topic(c),
+		.will_topic_len = c->will_topic_len,
+		.will_payload = cx_will_payload(c),
+		.will_payload_len = c->will_payload_len,
+	};
+}
+
+/* Write the session record (not its subscriptions or queue, which are written as they change). */
+void session_persist(struct router *r, const struct session *s)
+{
+	struct store_session ss = {
+		.sid = s->sid,
+		.clean = s->clean,
+		.client_id = s->client_id,
+		.client_id_len = s->client_id_len,
+		.remote = session_remote(s),
+		.last_seen_ms = s->last_seen_ms,
+		.qos2_ids = s->qos2_ids,
+		.n_qos2_ids = s->n_qos2_ids,
+		.online = s->online && s->cx,
+		.pending = s->pending != NULL,
+	};
+
+	if (!r->st)
+		return;
+	if (ss.online)
+		store_connect_view(s->cx, &ss.cx);
+	if (ss.pending)
+		store_connect_view(s->pending, &ss.pend);
+	store_session_put(r->st, &ss);
+}
+
+void router_send_connack(struct router *r, conn_id_t conn, uint32_t sid, uint8_t rc,
+			 bool present, const uint16_t *ids, uint16_t n)
+{
+	struct recw *w = &r->out;
+
+	recw_reset(w);
+	recw_u64(w, conn);
+	recw_u32(w, sid);
+	recw_u8(w, rc);
+	recw_u8(w, present);
+	recw_u16(w, n);
+	for (uint16_t i = 0; i < n; i++)
+		recw_u16(w, ids[i]);
+	router_emit(r, conn_id_worker(conn), REC_CONNACK, w);
+}
+
+static void router_send_kick(struct router *r, conn_id_t conn)
+{
+	struct recw *w = &r->out;
+
+	recw_reset(w);
+	recw_u64(w, conn);
+	router_emit(r, conn_id_worker(conn), REC_KICK, w);
+}
+
+/* ---- the registry ------------------------------------------------------ */
+
+/* Index s by s->conn. false: out of memory, or the slot is held (a bug: logged). */
+bool router_conn_link(struct router *r, struct session *s)
+{
+	unsigned w = conn_id_worker(s->conn), slot = conn_id_slot(s->conn);
+
+	if (w >= IOTD_MAX_WORKERS)
+		return false;
+	if (slot >= r->n_conn_slots[w]) {
+		uint32_t n = MAX(r->n_conn_slots[w] * 2, 64u);
+		struct session **grown;
+
+		while (n <= slot)
+			n *= 2;
+		grown = reallocarray(r->conn_slots[w], n, sizeof(*grown));
+		if (!grown)
+			return false;
+		memset(grown + r->n_conn_slots[w], 0, (n - r->n_conn_slots[w]) * sizeof(*grown));
+		r->conn_slots[w] = grown;
+		r->n_conn_slots[w] = n;
+	}
+	if (r->conn_slots[w][slot]) {
+		log_error("router: connection slot %u of worker %u is already held by session %u",
+			  slot, w, r->conn_slots[w][slot]->sid);
+		return false;
+	}
+	r->conn_slots[w][slot] = s;
+	r->n_online++;
+	if (s->subs)
+		router_routes_changed(r);
+	return true;
+}
+
+static void router_conn_unlink(struct router *r, struct session *s)
+{
+	unsigned w = conn_id_worker(s->conn), slot = conn_id_slot(s->conn);
+
+	if (w < IOTD_MAX_WORKERS && slot < r->n_conn_slots[w] && r->conn_slots[w][slot] == s) {
+		r->conn_slots[w][slot] = NULL;
+		r->n_online--;
+		if (s->subs)
+			router_routes_changed(r);
+	}
+}
+
+void session_offline_link(struct router *r, struct session *s)
+{
+	s->off_next = NULL;
+	s->off_prev = r->off_tail;
+	if (r->off_tail)
+		r->off_tail->off_next = s;
+	else
+		r->off_head = s;
+	r->off_tail = s;
+	s->in_offline = true;
+}
+
+static void session_offline_unlink(struct router *r, struct session *s)
+{
+	if (!s->in_offline)
+		return;
+	if (s->off_prev)
+		s->off_prev->off_next = s->off_next;
+	else
+		r->off_head = s->off_next;
+	if (s->off_next)
+		s->off_next->off_prev = s->off_prev;
+	else
+		r->off_tail = s->off_prev;
+	s->off_prev = s->off_next = NULL;
+	s->in_offline = false;
+}
+
+bool router_waiting_add(struct router *r, struct session *s, conn_id_t conn)
+{
+	struct router_waiting *w = malloc(sizeof(*w));
+
+	if (!w)
+		return false;
+	w->conn = conn;
+	w->s = s;
+	HASH_ADD(hh, r->waiting, conn, sizeof(w->conn), w);
+	if (!w->hh.tbl) {
+		free(w);
+		return false;
+	}
+	return true;
+}
+
+static void router_waiting_del(struct router *r, conn_id_t conn)
+{
+	struct router_waiting *w;
+
+	HASH_FIND(hh, r->waiting, &conn, sizeof(conn), w);
+	if (w) {
+		HASH_DEL(r->waiting, w);
+		free(w);
+	}
+}
+
+void session_pending_drop(struct router *r, struct session *s)
+{
+	if (!s->pending)
+		return;
+	router_waiting_del(r, s->pending->conn);
+	free(s->pending);
+	s->pending = NULL;
+}
+
+/* ---- lookups, and a session's life ------------------------------------- */
+
+struct session_key {
+	const char *id;
+	uint16_t len;
+};
+
+static bool session_has_id(const void *item, const void *key)
+{
+	const struct session *s = item;
+	const struct session_key *k = key;
+
+	return s->client_id_len == k->len && memcmp(s->client_id, k->id, k->len) == 0;
+}
+
+struct session *router_find_id(const struct router *r, const char *id, uint16_t len)
+{
+	struct session_key k = { id, len };
+
+	return hidx_find(&r->by_id, hidx_hash_bytes(id, len), session_has_id, &k);
+}
+
+/*
+ * Into both lookups; a server-named session (empty client id) is nobody
+ * else's, so by sid only. false when out of memory: then in neither.
+ */
+bool router_session_link(struct router *r, struct session *s)
+{
+	if (!hidx_add(&r->by_sid, hidx_hash_u32(s->sid), s))
+		return false;
+	if (s->client_id_len &&
+	    !hidx_add(&r->by_id, hidx_hash_bytes(s->client_id, s->client_id_len), s)) {
+		hidx_del(&r->by_sid, hidx_hash_u32(s->sid), s);
+		return false;
+	}
+	return true;
+}
+
+static void router_session_unlink(struct router *r, struct session *s)
+{
+	if (s->client_id_len)
+		hidx_del(&r->by_id, hidx_hash_bytes(s->client_id, s->client_id_len), s);
+	hidx_del(&r->by_sid, hidx_hash_u32(s->sid), s);
+}
+
+/* The session with room for its client id: the one allocation a session always has. */
+struct session *session_alloc(const char *client_id, uint16_t len)
+{
+	struct session *s = calloc(1, sizeof(*s) + (size_t)len + 1);
+
+	if (!s)
+		return NULL;
+	if (len)
+		memcpy(s->client_id, client_id, len);
+	s->client_id_len = len;
+	return s;
+}
+
+/* The session is gone for good (router_free frees without this: the store keeps it). */
+void session_free(struct router *r, struct session *s)
+{
+	if (r->st)
+		store_session_del(r->st, s->sid);
+	session_unsubscribe_all(r, s);
+	session_queue_clear(r, s);
+	session_pending_drop(r, s);
+	session_offline_unlink(r, s);
+	if (s->online)
+		router_conn_unlink(r, s);
+	router_session_unlink(r, s);
+	free(s->cx);
+	free(s->remote_off);
+	free(s->qos2_ids);
+	free(s);
+}
+
+static struct session *session_new(struct router *r, const struct session_connect *c)
+{
+	struct session *s = session_alloc(cx_client_id(c), c->client_id_len);
+
+	if (!s)
+		return NULL;
+	/* sids are never 0 and never reused: skip any still held after a wrap. */
+	do {
+		s->sid = r->next_sid++;
+		if (!s->sid)
+			s->sid = r->next_sid++;
+	} while (router_find_sid(r, s->sid));
+	/* Never reused, not even by a restarted router: a worker may still name an old sid. */
+	if (r->st)
+		store_meta_put(r->st, "next_sid", r->next_sid);
+	if (!router_session_link(r, s)) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+/* True when conn's slot is held, by conn or by another (which only a bug can make). */
+bool router_conn_slot_taken(const struct router *r, conn_id_t conn)
+{
+	unsigned w = conn_id_worker(conn), slot = conn_id_slot(conn);
+
+	return w < IOTD_MAX_WORKERS && slot < r->n_conn_slots[w] && r->conn_slots[w][slot];
+}
+
+struct session *router_find_pending(struct router *r, conn_id_t conn)
+{
+	struct router_waiting *w;
+
+	HASH_FIND(hh, r->waiting, &conn, sizeof(conn), w);
+	return w ? w->s : NULL;
+}
+
+/* ---- connect, takeover, close ------------------------------------------ */
+
+static void router_kicked_add(struct router *r, conn_id_t conn)
+{
+	struct router_kicked *k = malloc(sizeof(*k));
+
+	/* Without it the CLOSE is merely logged as unexpected. */
+	if (!k)
+		return;
+	k->conn = conn;
+	HASH_ADD(hh, r->kicked, conn, sizeof(k->conn), k);
+	if (!k->hh.tbl)
+		free(k);
+}
+
+bool router_kicked_take(struct router *r, conn_id_t conn)
+{
+	struct router_kicked *k;
+
+	HASH_FIND(hh, r->kicked, &conn, sizeof(conn), k);
+	if (!k)
+		return false;
+	HASH_DEL(r->kicked, k);
+	free(k);
+	return true;
+}
+
+struct session_connect *session_connect_new(const struct connect_fields *f)
+{
+	size_t remote_len = MIN((size_t)f->remote_len, (size_t)ROUTER_REMOTE_LEN - 1);
+	size_t topic_len = f->will_flag ? f->will_topic_len : 0;
+	size_t payload_len = f->will_flag ? f->will_payload_len : 0;
+	struct session_connect *c;
+	char *p;
+
+	c = malloc(sizeof(*c) + (size_t)f->client_id_len + 1 + remote_len + 1 + topic_len + 1 +
+		   payload_len);
+	if (!c)
+		return NULL;
+	c->conn = f->conn;
+	c->clean = f->clean;
+	c->keepalive = f->keepalive;
+	c->will_flag = f->will_flag;
+	c->will_qos = f->will_qos;
+	c->will_retain = f->will_retain;
+	c->client_id_len = f->client_id_len;
+	c->remote_len = (uint8_t)remote_len;
+	c->will_topic_len = (uint16_t)topic_len;
+	c->will_payload_len = (uint32_t)payload_len;
+
+	p = c->data;
+	if (f->client_id_len)
+		memcpy(p, f->client_id, f->client_id_len);
+	p[f->client_id_len] = '\0';
+	p += f->client_id_len + 1;
+	if (remote_len)
+		memcpy(p, f->remote, remote_len);
+	p[remote_len] = '\0';
+	p += remote_len + 1;
+	if (topic_len)
+		memcpy(p, f->will_topic, topic_len);
+	p[topic_len] = '\0';
+	p += topic_len + 1;
+	if (payload_len)
+		memcpy(p, f->will_payload, payload_len);
+	return c;
+}
+
+/* A CONNECT the router cannot take (out of memory): the worker closes it. */
+static void router_refuse(struct router *r, struct session_connect *c)
+{
+	log_client(LOG_LVL_ERROR, cx_client_id(c), cx_remote(c),
+		   "out of memory: connection refused (server unavailable)");
+	router_send_connack(r, c->conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);
+	free(c);
+}
+
+/* A new session would take the router past max_sessions. */
+static bool router_sessions_full(const struct router *r)
+{
+	long max = r->cfg->max_sessions;
+
+	return max > 0 && hidx_count(&r->by_sid) >= (size_t)max;
+}
+
+/*
+ * A CONNECT that needs a new session past max_sessions: CONNACK 3 (server
+ * unavailable), and the worker closes it. Sessions resumed or taken over
+ * are never refused: they exist already.
+ */
+static void router_refuse_full(struct router *r, struct session_connect *c)
+{
+	if (!r->warned_sessions_full)
+		log_warn("router: max_sessions (%ld) reached: connections that need a new session are refused (logged once until one fits again)",
+			 r->cfg->max_sessions);
+	r->warned_sessions_full = true;
+	log_client(LOG_LVL_INFO, cx_client_id(c), cx_remote(c),
+		   "connection refused: max_sessions reached (server unavailable)");
+	router_send_connack(r, c->conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);
+	free(c);
+}
+
+/*
+ * The session is still connected elsewhere [MQTT-3.1.4-2]: kick that
+ * connection and finish this CONNECT once its REC_CLOSE arrives, so that
+ * what it still owes reaches the session first.
+ */
+static void router_takeover(struct router *r, struct session *s, struct session_connect *c)
+{
+	/* The kicked connection gets no more retained messages; the new one subscribes anew. */
+	session_cursors_drop(r, s);
+	if (s->pending) {
+		/* The older waiting CONNECT loses: its connection never got a CONNACK. */
+		router_send_kick(r, s->pending->conn);
+		router_kicked_add(r, s->pending->conn);
+		session_pending_drop(r, s);
+	} else {
+		router_send_kick(r, s->conn);
+	}
+	if (!router_waiting_add(r, s, c->conn)) {
+		router_refuse(r, c);
+		session_persist(r, s);
+		return;
+	}
+	s->pending = c;
+	if (s->subs)
+		router_routes_changed(r);
+	session_persist(r, s);
+	log_client(LOG_LVL_INFO, s->client_id, cx_remote(c),
+		   "session taken over: closing its previous connection");
+}
+
+/* Accept a CONNECT: takes ownership of c. */
+void router_connect_apply(struct router *r, struct session_connect *c)
+{
+	struct session *s = NULL;
+	bool present;
+	size_t stored;
+
+	if (c->client_id_len)
+		s = router_find_id(r, cx_client_id(c), c->client_id_len);
+	if (s && s->online) {
+		router_takeover(r, s, c);
+		return;
+	}
+	if (s && (c->clean || s->clean)) {
+		log_client(LOG_LVL_INFO, s->client_id, cx_remote(c),
+			   "stored session discarded (clean session requested)");
+		session_free(r, s);
+		s = NULL;
+	}
+	present = s != NULL;
+	if (!s) {
+		if (router_sessions_full(r)) {
+			router_refuse_full(r, c);
+			return;
+		}
+		s = session_new(r, c);
+		if (!s) {
+			router_refuse(r, c);
+			return;
+		}
+		r->warned_sessions_full = false;
+	}
+	s->prev_conn = s->conn;
+	s->conn = c->conn;
+	if (!router_conn_link(r, s)) {
+		if (!present)
+			session_free(r, s);
+		router_refuse(r, c);
+		return;
+	}
+	s->online = true;
+	session_offline_unlink(r, s);
+	s->clean = c->clean;
+	free(s->cx);
+	s->cx = c;
+	free(s->remote_off);
+	s->remote_off = NULL;
+
+	/*
+	 * The worker takes the inbound QoS 2 ids over; a persistent session's
+	 * stay here too, kept in step by REC_QOS2_IN, for the worker's death.
+	 */
+	router_send_connack(r, s->conn, s->sid, MQTT_CONNACK_ACCEPTED, present, s->qos2_ids,
+			    s->n_qos2_ids);
+	if (s->clean) {
+		free(s->qos2_ids);
+		s->qos2_ids = NULL;
+		s->n_qos2_ids = 0;
+	}
+	stored = session_queue_len(s);
+	if (present)
+		session_queue_send(r, s);
+	session_persist(r, s);
+	if (present) {
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+			   "session resumed (%zu stored messages)", stored);
+	} else {
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session %s",
+			   s->clean ? "started (clean)" : "created (persistent)");
+	}
+}
+
+/* Replace the inbound QoS 2 ids with the n (unaligned u16) at ids. */
+static void session_qos2_ids_set(struct session *s, const uint8_t *ids, uint16_t n)
+{
+	free(s->qos2_ids);
+	s->qos2_ids = NULL;
+	s->n_qos2_ids = 0;
+	if (!n)
+		return;
+	s->qos2_ids = malloc((size_t)n * sizeof(uint16_t));
+	if (!s->qos2_ids) {
+		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
+			   "out of memory: %u inbound QoS 2 ids forgotten", n);
+		return;
+	}
+	memcpy(s->qos2_ids, ids, (size_t)n * sizeof(uint16_t));
+	s->n_qos2_ids = n;
+}
+
+/*
+ * The session's connection is gone. The will goes out before the session
+ * state does, so a persistent session subscribed to it keeps it. A CONNECT
+ * waiting for this close is then accepted. ids: the inbound QoS 2 ids the
+ * worker reported at close; NULL when the worker died (the router's own
+ * record of them, kept by REC_QOS2_IN, stands).
+ */
+void router_close(struct router *r, struct session *s, bool publish_will,
+		  const uint8_t *ids, uint16_t n)
+{
+	struct session_connect *pending = s->pending;
+
+	if (pending) {
+		router_waiting_del(r, pending->conn);
+		s->pending = NULL;
+	}
+	session_cursors_drop(r, s);
+	router_conn_unlink(r, s);
+	s->online = false;
+
+	if (publish_will && s->cx && s->cx->will_flag) {
+		struct router_msg will = {
+			.qos = s->cx->will_qos,
+			.retain = s->cx->will_retain,
+			.topic = cx_will_topic(s->cx),
+			.topic_len = s->cx->will_topic_len,
+			.payload = cx_will_payload(s->cx),
+			.payload_len = s->cx->will_payload_len,
+		};
+
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "publishing will on '%s'",
+			   cx_will_topic(s->cx));
+		router_publish(r, &will);
+	}
+
+	if (s->clean) {
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session ended");
+		session_free(r, s);
+	} else {
+		/* Kept for log lines while offline; without it (out of memory) they show none. */
+		free(s->remote_off);
+		s->remote_off = s->cx ? strdup(cx_remote(s->cx)) : NULL;
+		free(s->cx);
+		s->cx = NULL;
+		if (ids)
+			session_qos2_ids_set(s, ids, n);
+		session_copies_release(r, s);
+		s->q_owed_tail = NULL;
+		s->last_seen_ms = r->now_ms;
+		session_offline_link(r, s);
+		session_persist(r, s);
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+			   "session offline (%zu stored messages)", session_queue_len(s));
+	}
+	if (pending)
+		router_connect_apply(r, pending);
+}
+
+static bool router_conn_dead(conn_id_t conn, unsigned worker, uint32_t new_epoch)
+{
+	return conn_id_worker(conn) == worker && conn_id_epoch(conn) != (new_epoch & 0xffff);
+}
+
+/* Close every session on the dead worker, as if each had sent REC_CLOSE(publish_will=1). */
+static size_t router_close_dead(struct router *r, unsigned worker, uint32_t new_epoch)
+{
+	size_t closed = 0;
+
+	/*
+	 * Closing publishes wills and accepts waiting CONNECTs (of other
+	 * workers): the array may move, so it is indexed afresh each time.
+	 */
+	for (uint32_t slot = 0; slot < r->n_conn_slots[worker]; slot++) {
+		struct session *s = r->conn_slots[worker][slot];
+
+		if (s && router_conn_dead(s->conn, worker, new_epoch)) {
+			router_close(r, s, true, NULL, 0);
+			closed++;
+		}
+	}
+	return closed;
+}
+
+
+/*
+ * Worker 'worker' died (router_worker_down): its connections of an epoch
+ * other than new_epoch are gone. Returns the number of sessions closed.
+ */
+size_t router_close_worker(struct router *r, unsigned worker, uint32_t new_epoch)
+{
+	struct session *s;
+	struct router_waiting *w, *wtmp;
+	struct router_kicked *k, *ktmp;
+
+	HASH_ITER(hh, r->kicked, k, ktmp) {
+		if (router_conn_dead(k->conn, worker, new_epoch)) {
+			HASH_DEL(r->kicked, k);
+			free(k);
+		}
+	}
+	/* CONNECTs from the dead worker waiting for a takeover first: none may be accepted. */
+	HASH_ITER(hh, r->waiting, w, wtmp) {
+		if (router_conn_dead(w->conn, worker, new_epoch)) {
+			s = w->s;
+			session_pending_drop(r, s);    /* frees w */
+			session_persist(r, s);
+		}
+	}
+	return router_close_dead(r, worker, new_epoch);
+}
+
+/* Persistent sessions absent longer than session_timeout_secs go (router_tick). */
+void router_sessions_expire(struct router *r)
+{
+	long secs = r->cfg->session_timeout_secs;
+	uint64_t timeout_ms, now_ms = r->now_ms;
+	struct session *s;
+
+	if (secs <= 0)
+		return;
+	timeout_ms = (uint64_t)secs * 1000;
+	/* Offline sessions are linked in the order they left: the oldest first. */
+	while ((s = r->off_head) && now_ms >= s->last_seen_ms &&
+	       now_ms - s->last_seen_ms > timeout_ms) {
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+			   "session expired after %ld s offline (%zu stored messages dropped)",
+			   secs, session_queue_len(s));
+		session_free(r, s);
+	}
+}
+
+/* Every session and the registry's tables, from memory only (router_free: the store keeps them). */
+void router_sessions_free(struct router *r)
+{
+	struct session *s;
+	struct router_kicked *k, *ktmp;
+
+	/* From the last slot down, each slot looked at again after a removal: see hidx.c. */
+	for (uint32_t i = hidx_slots(&r->by_sid); i-- > 0;)
+		while ((s = hidx_at(&r->by_sid, i)))
+			session_free(r, s);
+	hidx_free(&r->by_sid);
+	hidx_free(&r->by_id);
+	HASH_ITER(hh, r->kicked, k, ktmp) {
+		HASH_DEL(r->kicked, k);
+		free(k);
+	}
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+		free(r->conn_slots[i]);
+}
