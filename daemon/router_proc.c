@@ -99,6 +99,8 @@ struct router_proc {
 	bool gated[IOTD_MAX_WORKERS];
 	uint32_t gate_epoch[IOTD_MAX_WORKERS];
 	bool poison_armed;              /* the journal's suspect is to be set aside when met */
+	struct ipc_dispatcher ctl_in;   /* what the supervisor may send (router_from_supervisor) */
+	bool stopping;                  /* IPC_SHUTDOWN came */
 };
 
 /*
@@ -535,20 +537,6 @@ static void router_proc_downs_done(struct router_proc *p)
 	}
 }
 
-/* IPC_WORKER_DOWN: the supervisor reaped worker i. */
-static void router_proc_worker_down(struct router_proc *p, const void *data, ssize_t n)
-{
-	struct ipc_worker msg;
-
-	if (n != (ssize_t)sizeof(msg))
-		return;
-	memcpy(&msg, data, sizeof(msg));
-	if (msg.index >= p->env->nworkers)
-		return;
-	p->down_pending[msg.index] = true;
-	p->down_epoch[msg.index] = msg.epoch;
-}
-
 static bool router_proc_prepare_sleep(struct router_proc *p)
 {
 	bool ok = true;
@@ -577,53 +565,81 @@ static void router_proc_stats(struct router_proc *p)
 			      memory_order_relaxed);
 }
 
+/* ---- the process: what the supervisor says ----------------------------- */
+
+#define ROUTER_CTL_PER_WAKE 16          /* messages read from the supervisor per wake-up */
+
+static int router_on_shutdown(void *ctx, struct ipc_msg *m)
+{
+	struct router_proc *p = ctx;
+
+	log_info("router: shutting down");
+	p->stopping = true;
+	return IPC_STOP;
+}
+
+static int router_on_ping(void *ctx, struct ipc_msg *m)
+{
+	struct router_proc *p = ctx;
+
+	if (ipc_send(p->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1) < 0)
+		log_warn("router: cannot answer the supervisor's ping: %s", strerror(errno));
+	return 0;
+}
+
+static int router_on_log_settings(void *ctx, struct ipc_msg *m)
+{
+	log_apply_settings(m->data, m->hdr.len);
+	return 0;
+}
+
+static int router_on_config(void *ctx, struct ipc_msg *m)
+{
+	struct router_proc *p = ctx;
+
+	if (role_take_config(p->env, m->data, m->hdr.len) == 0 && p->r != NULL)
+		router_config_changed(p->r);
+	return 0;
+}
+
+/* IPC_WORKER_DOWN: the supervisor reaped worker i; handled once its records are. */
+static int router_on_worker_down(void *ctx, struct ipc_msg *m)
+{
+	struct router_proc *p = ctx;
+	struct ipc_worker msg;
+
+	memcpy(&msg, m->data, sizeof(msg));
+	if (msg.index >= p->env->nworkers)
+		return 0;
+	p->down_pending[msg.index] = true;
+	p->down_epoch[msg.index] = msg.epoch;
+	return 0;
+}
+
+static const struct ipc_handler router_from_supervisor[IPC_TYPE_MAX] = {
+	[IPC_SHUTDOWN] = { .fn = router_on_shutdown },
+	[IPC_PING] = { .fn = router_on_ping },
+	[IPC_LOG_SETTINGS] = { .fn = router_on_log_settings, IPC_LEN(sizeof(struct log_settings)) },
+	[IPC_CONFIG] = { .fn = router_on_config, IPC_LEN(sizeof(struct iotd_config)) },
+	[IPC_WORKER_DOWN] = { .fn = router_on_worker_down, IPC_LEN(sizeof(struct ipc_worker)) },
+};
+
 /* Returns 1 to go on, 0 to stop (shutdown or the supervisor is gone). */
 static int router_proc_ctl(struct router_proc *p)
 {
-	struct ipc_hdr hdr;
-	char buf[IPC_MAX_PAYLOAD];
-	int fd = -1;
-	ssize_t n = ipc_recv(p->env->ctl_fd, &hdr, buf, sizeof(buf), &fd);
-
-	if (fd >= 0)
-		close(fd);
-	if (n < 0) {
-		if (errno == EAGAIN || errno == EINTR || errno == EMSGSIZE)
-			return 1;
+	if (ipc_dispatch(p->env->ctl_fd, &p->ctl_in, p, ROUTER_CTL_PER_WAKE) >= 0)
+		return !p->stopping;
+	if (errno != 0) {
 		log_error("router: control socket: %s", strerror(errno));
 		return 0;
 	}
-	if (n == 0 && hdr.type == 0) {
-		/*
-		 * The supervisor is gone, and the workers with it: drain the rings
-		 * and exit (router_main). alarm() bounds that, should it hang.
-		 */
-		log_warn("router: the supervisor is gone; storing what the rings hold, then exiting");
-		alarm(ROUTER_ORPHAN_SECS);
-		return 0;
-	}
-	switch (hdr.type) {
-	case IPC_SHUTDOWN:
-		log_info("router: shutting down");
-		return 0;
-	case IPC_PING:
-		if (ipc_send(p->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1) < 0)
-			log_warn("router: cannot answer the supervisor's ping: %s", strerror(errno));
-		return 1;
-	case IPC_LOG_SETTINGS:
-		log_apply_settings(buf, (size_t)n);
-		return 1;
-	case IPC_CONFIG:
-		if (role_take_config(p->env, buf, (size_t)n) == 0 && p->r != NULL)
-			router_config_changed(p->r);
-		return 1;
-	case IPC_WORKER_DOWN:
-		router_proc_worker_down(p, buf, n);
-		return 1;
-	default:
-		log_debug("router: ignoring control message %u", hdr.type);
-		return 1;
-	}
+	/*
+	 * The supervisor is gone, and the workers with it: drain the rings
+	 * and exit (router_main). alarm() bounds that, should it hang.
+	 */
+	log_warn("router: the supervisor is gone; storing what the rings hold, then exiting");
+	alarm(ROUTER_ORPHAN_SECS);
+	return 0;
 }
 
 /* ---- the process: the store -------------------------------------------- */
@@ -708,27 +724,16 @@ static void router_store_failed(struct router_proc *p, const char *why)
 {
 	struct pollfd pfd = { .fd = p->env->ctl_fd, .events = POLLIN };
 	uint64_t deadline = router_now_ms() + ROUTER_STORE_FAILED_WAIT_MS;
-	struct ipc_hdr hdr;
-	char buf[IPC_MAX_PAYLOAD];
-	int fd;
 
 	if (ipc_send(p->env->ctl_fd, IPC_STORE_FAILED, 0, why, strlen(why) + 1, -1) < 0) {
 		log_error("router: %s (and cannot tell the supervisor: %s)", why, strerror(errno));
 		return;
 	}
-	for (uint64_t now = router_now_ms(); now < deadline; now = router_now_ms()) {
-		ssize_t n;
-
+	/* Until the answer (IPC_SHUTDOWN) or the supervisor's end; a PING meanwhile is answered. */
+	for (uint64_t now = router_now_ms(); now < deadline && !p->stopping; now = router_now_ms()) {
 		if (poll(&pfd, 1, (int)(deadline - now)) <= 0)
 			continue;
-		fd = -1;
-		n = ipc_recv(p->env->ctl_fd, &hdr, buf, sizeof(buf), &fd);
-		if (fd >= 0)
-			close(fd);
-		if (n < 0 && (errno == EAGAIN || errno == EINTR || errno == EMSGSIZE))
-			continue;
-		/* Answered, or the supervisor is gone (an error, EOF); anything else waits. */
-		if (n < 0 || hdr.type == 0 || hdr.type == IPC_SHUTDOWN)
+		if (ipc_dispatch(p->env->ctl_fd, &p->ctl_in, p, ROUTER_CTL_PER_WAKE) < 0)
 			return;
 	}
 }
@@ -981,6 +986,7 @@ int router_main(struct role_env *env)
 	}
 	p->env = env;
 	p->epfd = p->tfd = -1;
+	ipc_dispatcher_init(&p->ctl_in, router_from_supervisor, IPC_PEER_ANY, "the supervisor");
 	if (router_proc_setup(p) < 0)
 		goto out;
 	router_set_room(p->r, router_proc_room);

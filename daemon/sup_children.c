@@ -98,7 +98,7 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	 * The supervisor's death must take us with it, even mid-setup. All but
 	 * the router die at once; the router sees its control socket's EOF,
 	 * applies and stores what the dead workers left in the rings (messages
-	 * they acknowledged) and exits, within a bounded time (router.c).
+	 * they acknowledged) and exits, within a bounded time (router_proc.c).
 	 */
 	prctl(PR_SET_PDEATHSIG, c->role == ROLE_ROUTER ? 0 : SIGKILL);
 	if (getppid() != parent)
