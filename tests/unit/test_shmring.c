@@ -29,7 +29,6 @@
 #include "role.h"
 #include "shm.h"
 #include "shmring.h"
-#include "stub_log.h"
 
 #define WAIT_MS 10000            /* no legitimate wait in these tests comes close */
 #define HDR ((uint64_t)sizeof(struct shmring_rec))
