@@ -16,20 +16,9 @@ import pytest
 
 import mqttraw as m
 from conftest import free_port
-from helpers import T, proc_title, server_rx_queue, tcp_table, uid, wait_for
+from helpers import T, raw, server_rx_queue, tcp_table, uid, wait_for
 
 pytestmark = pytest.mark.iotd_only
-
-
-def raw(port, cid, **kw):
-    c = m.RawClient(port, timeout=T(5))
-    c.connect(cid, **kw)
-    return c
-
-
-def listener_pid(broker):
-    pids = [p for p in broker.pids() if proc_title(p) == "iotd: listener"]
-    return pids[0] if len(pids) == 1 else None
 
 
 def refuses(port):
@@ -62,7 +51,7 @@ def listening_inode(port):
 def accept_listener_change(broker):
     """The listener was replaced on purpose: the other processes must not have been."""
     before = broker.initial_pids
-    pid = wait_for(lambda: listener_pid(broker) not in (None, *before) and listener_pid(broker),
+    pid = wait_for(lambda: broker.role_pid("listener") not in (None, *before) and broker.role_pid("listener"),
                    10, "a new listener")
     now = set(broker.pids())
     gone = before - now
@@ -198,8 +187,7 @@ def test_lowered_connect_timeout_closes_silent_connections(broker):
 def test_raised_max_keepalive_caps_new_connections_only(broker):
     old = raw(broker.port, uid("ka"), keepalive=600)
     broker.reload(max_keepalive=60)
-    with m.RawClient(broker.port, timeout=T(5)) as c:
-        c.connect(uid("ka2"), keepalive=600, expect_rc=2)
+    raw(broker, uid("ka2"), keepalive=600, expect_rc=2).close()
     old.ping()
     old.close()
 
@@ -209,8 +197,7 @@ def test_max_client_id_length_lowered_and_raised_applies_to_new_connects(broker)
     cid = ("L" + uid("id")).ljust(100, "x")
     old = raw(broker.port, cid)
     broker.reload(max_client_id_length=50)
-    with m.RawClient(broker.port, timeout=T(5)) as c:
-        c.connect(("L" + uid("id")).ljust(100, "x"), expect_rc=2)
+    raw(broker, ("L" + uid("id")).ljust(100, "x"), expect_rc=2).close()
     with raw(broker.port, ("L" + uid("id")).ljust(50, "x")) as c:
         c.disconnect()
     old.ping()          # connected before: keeps its id
@@ -226,7 +213,7 @@ def test_max_connect_size_lowered_and_raised_applies_to_connects_not_yet_whole(b
     default bound; lowered to 1024 by a reload, its next byte closes it. A
     CONNECT within the new bound is served, and one of 2000 bytes again once
     the bound is raised."""
-    partial = m.RawClient(broker.port, timeout=T(5))
+    partial = raw(broker, connect=False)
     whole = m.connect_of_size(2000, uid("big"))
     partial.send(whole[:100])
     wait_for(lambda: server_rx_queue(broker.port, partial.local_port) == 0, 5,
@@ -235,14 +222,14 @@ def test_max_connect_size_lowered_and_raised_applies_to_connects_not_yet_whole(b
     partial.send(whole[100:101])
     assert partial.expect_closed(T(5)) == []
     partial.close()
-    with m.RawClient(broker.port, timeout=T(5)) as c:
+    with raw(broker, connect=False) as c:
         c.send(bytes([0x10]) + m.enc_varint(1024 - 3 + 1))
         assert c.expect_closed(T(5)) == []
-    with m.RawClient(broker.port, timeout=T(5)) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect_of_size(1024, uid("fits")))
         assert c.expect(m.CONNACK).rc == 0
     broker.reload(max_connect_size=4096)
-    with m.RawClient(broker.port, timeout=T(5)) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect_of_size(2000, uid("big2")))
         assert c.expect(m.CONNACK).rc == 0
 
@@ -358,7 +345,7 @@ def test_listen_addresses_move_to_a_new_port_without_dropping_clients(broker):
 @pytest.mark.broker_config(workers=1, listen_in_config=True)
 def test_unbindable_listen_address_rejects_the_whole_reload(broker):
     port = broker.port
-    listener = listener_pid(broker)
+    listener = broker.role_pid("listener")
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
@@ -368,7 +355,7 @@ def test_unbindable_listen_address_rejects_the_whole_reload(broker):
                              max_inflight=7)
         assert f"cannot listen on 127.0.0.1:{taken}: Address already in use" in line
     assert serves(port)
-    assert listener_pid(broker) == listener, "the listener was replaced by a failed reload"
+    assert broker.role_pid("listener") == listener, "the listener was replaced by a failed reload"
     # Nothing of it was applied: the original file changes nothing.
     assert broker.reload(expect="nothing changed",
                          listen_addresses=[f"127.0.0.1:{port}"], max_inflight=None)
