@@ -106,6 +106,29 @@ static inline size_t test_live_memory(void)
 {
 	return test_live_blocks;
 }
+
+/* Runs stmt with one allocation failing: the one after k that succeed. */
+#define WITH_ALLOC_FAILING(k, stmt) \
+	do { \
+		test_fail_after = (k); \
+		stmt; \
+		test_fail_after = -1; \
+	} while (0)
+
+/*
+ * expr (a constructor) returns NULL and leaves no memory behind, whichever
+ * of its first n allocations fails.
+ */
+#define assert_null_without_memory(n, expr) \
+	do { \
+		size_t live_ = test_live_memory(); \
+		for (long k_ = 0; k_ < (n); k_++) { \
+			void *p_; \
+			WITH_ALLOC_FAILING(k_, p_ = (expr)); \
+			assert_null(p_); \
+			assert_int_equal(test_live_memory(), live_); \
+		} \
+	} while (0)
 #endif
 
 #endif

@@ -20,6 +20,7 @@
 #include "topic.h"
 
 #include "failalloc.h"
+#include "levels.h"
 
 /* ---- helpers ---- */
 
@@ -80,25 +81,6 @@ static bool got_has(const struct got *g, const char *topic)
 static int put(struct retain_store *rs, const char *topic, const char *payload, uint8_t qos)
 {
 	return retain_put(rs, SL(topic), (const uint8_t *)payload, strlen(payload), qos);
-}
-
-/* n copies of level joined by '/'. */
-static char *repeat_levels(const char *level, size_t n, size_t *len)
-{
-	size_t ll = strlen(level);
-	char *s = malloc(n * (ll + 1) + 1);
-	size_t o = 0;
-
-	assert_non_null(s);
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			s[o++] = '/';
-		memcpy(s + o, level, ll);
-		o += ll;
-	}
-	s[o] = '\0';
-	*len = o;
-	return s;
 }
 
 /* ---- store, replace, clear ---- */
@@ -452,8 +434,8 @@ static void test_ten_thousand_level_topic(void **state)
 	enum { LEVELS = 10000 };
 	struct retain_store *rs = retain_new(0, 0);
 	size_t tlen, plen, calls = 0;
-	char *topic = repeat_levels("l", LEVELS, &tlen);
-	char *plus = repeat_levels("+", LEVELS, &plen);
+	char *topic = repeat_levels("l", LEVELS, NULL, &tlen);
+	char *plus = repeat_levels("+", LEVELS, NULL, &plen);
 
 	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, topic, tlen, (const uint8_t *)"p", 1, 0), RETAIN_STORED);
@@ -522,9 +504,7 @@ static int put_despite_failures(struct retain_store *rs, const char *topic, cons
 		size_t live = test_live_memory(), count = retain_count(rs), bytes = retain_bytes(rs);
 		int rc;
 
-		test_fail_after = k;
-		rc = put(rs, topic, payload, 1);
-		test_fail_after = -1;
+		WITH_ALLOC_FAILING(k, rc = put(rs, topic, payload, 1));
 		if (rc != RETAIN_NOMEM)
 			return rc;
 		assert_int_equal(test_live_memory(), live);
@@ -537,16 +517,7 @@ static int put_despite_failures(struct retain_store *rs, const char *topic, cons
 static void test_new_without_memory_returns_null(void **state)
 {
 #ifndef TEST_ASAN
-	size_t live = test_live_memory();
-	struct retain_store *rs;
-
-	for (long k = 0; k < 2; k++) {
-		test_fail_after = k;
-		rs = retain_new(0, 0);
-		test_fail_after = -1;
-		assert_null(rs);
-		assert_int_equal(test_live_memory(), live);
-	}
+	assert_null_without_memory(2, retain_new(0, 0));
 #else
 	skip();
 #endif
@@ -562,9 +533,7 @@ static void test_put_without_memory_changes_nothing(void **state)
 	assert_non_null(rs);
 	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "one"), RETAIN_STORED);
 	/* A failed replacement keeps the old message. */
-	test_fail_after = 0;
-	assert_int_equal(put(rs, "a/b/c/d", "two", 2), RETAIN_NOMEM);
-	test_fail_after = -1;
+	WITH_ALLOC_FAILING(0, assert_int_equal(put(rs, "a/b/c/d", "two", 2), RETAIN_NOMEM));
 	g = lookup(rs, "a/b/c/d");
 	assert_int_equal(g->n, 1);
 	assert_string_equal(g->payload[0], "one");

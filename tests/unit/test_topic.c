@@ -20,6 +20,7 @@
 #include "topic.h"
 
 #include "failalloc.h"
+#include "levels.h"
 
 /* ---- helpers ---- */
 
@@ -72,31 +73,6 @@ static size_t hits_for(const struct hits *h, void *sub, uint8_t *qos)
 static void count_cb(void *sub, uint8_t qos, void *arg)
 {
 	(*(size_t *)arg)++;
-}
-
-/* n copies of level joined by '/', then "/last" when last is set. */
-static char *repeat_levels(const char *level, size_t n, const char *last, size_t *len)
-{
-	size_t ll = strlen(level), lastl = last ? strlen(last) : 0;
-	size_t cap = n * (ll + 1) + lastl + 1;
-	char *s = malloc(cap);
-	size_t o = 0;
-
-	assert_non_null(s);
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			s[o++] = '/';
-		memcpy(s + o, level, ll);
-		o += ll;
-	}
-	if (last) {
-		s[o++] = '/';
-		memcpy(s + o, last, lastl);
-		o += lastl;
-	}
-	s[o] = '\0';
-	*len = o;
-	return s;
 }
 
 /* ---- validation ---- */
@@ -733,9 +709,7 @@ static int subscribe_despite_failures(struct topic_trie *t, const char *filter, 
 		size_t live = test_live_memory(), count = topic_trie_count(t);
 		int rc;
 
-		test_fail_after = k;
-		rc = topic_trie_subscribe(t, SL(filter), sub, qos);
-		test_fail_after = -1;
+		WITH_ALLOC_FAILING(k, rc = topic_trie_subscribe(t, SL(filter), sub, qos));
 		if (rc != -1)
 			return rc;
 		assert_int_equal(test_live_memory(), live);
@@ -747,16 +721,7 @@ static int subscribe_despite_failures(struct topic_trie *t, const char *filter, 
 static void test_trie_new_without_memory_returns_null(void **state)
 {
 #ifndef TEST_ASAN
-	size_t live = test_live_memory();
-	struct topic_trie *t;
-
-	for (long k = 0; k < 2; k++) {
-		test_fail_after = k;
-		t = topic_trie_new();
-		test_fail_after = -1;
-		assert_null(t);
-		assert_int_equal(test_live_memory(), live);
-	}
+	assert_null_without_memory(2, topic_trie_new());
 #else
 	skip();
 #endif
