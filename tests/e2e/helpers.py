@@ -335,9 +335,26 @@ class Clients:
         self.ends.append(end or c.close)
         return c
 
+    append = own        # a `spare` list for raw_on
+
     def raw(self, target, cid=None, **kw):
         """raw(target, cid, **kw), closed at the end."""
         return self.own(raw(target, cid, **kw))
+
+    def sub_and_pub(self, broker, tag, filters, paho=False):
+        """A raw subscriber to filters and a publisher (a PahoClient with
+        paho), client ids made from tag + "sub" and tag + "pub", held by
+        different workers (asserted when the daemon has several)."""
+        sub = self.raw(broker, tag=f"{tag}sub")
+        if paho:
+            pub = self.paho(broker.port, uid(f"{tag}pub"))
+        else:
+            pub = self.raw(broker, tag=f"{tag}pub")
+        sub.subscribe(filters)
+        if paho:
+            pub.connect()
+        broker.assert_different_workers(sub, pub)
+        return sub, pub
 
     def paho(self, port, client_id, **kw):
         """A PahoClient (not connected yet), disconnected at the end."""
@@ -347,6 +364,25 @@ class Clients:
     def close(self):
         while self.ends:
             self.ends.pop()()
+
+
+def offline_session(target, cid, filters):
+    """Leaves a persistent session for cid subscribed to filters, offline
+    (after DISCONNECT)."""
+    c = raw(target, cid, clean=False)
+    c.subscribe(filters)
+    c.disconnect()
+
+
+def resumed(target, cid, why=None, **connect_kw):
+    """A connection that resumed cid's stored session: CONNACK session
+    present 1 (asserted; why says what it means otherwise)."""
+    c = raw(target, cid, clean=False, **connect_kw)
+    if why is None:
+        assert c.connack.session_present is True
+    else:
+        assert c.connack.session_present is True, why
+    return c
 
 
 def close_all(clients):
@@ -360,6 +396,15 @@ def closed_without_reply(c, timeout=5):
     """Assert the server closes the connection within T(timeout), sending nothing first."""
     got = c.expect_closed(T(timeout))
     assert got == [], f"expected the connection closed without a reply, got {got!r}"
+
+
+def closed_without_reply_to(target, data, **raw_kw):
+    """A new connection, raw(target, **raw_kw), sends data: the server
+    closes it without a reply (closed_without_reply). Returns the client."""
+    with raw(target, **raw_kw) as c:
+        c.send(data)
+        closed_without_reply(c)
+    return c
 
 
 # ------------------------------------------------------------ placement and instruments

@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from helpers import T, PahoClient, proc_alive, proc_cmdline, raw, uid, wait_for
+from helpers import (T, offline_session, PahoClient, proc_alive, proc_cmdline, raw, resumed, uid,
+                     wait_for)
 
 pytestmark = pytest.mark.iotd_only
 
@@ -135,9 +136,7 @@ def test_subscriptions_retained_and_queues_survive_a_router_crash(broker):
     broker.assert_different_workers(sub, pub)
     pub.publish("keep/ret", b"retained-before", qos=1, pid=1, retain=True)
     off_id = uid("koff")
-    off = raw(broker, off_id, clean=False)
-    off.subscribe([("keep/q", 2)])
-    off.disconnect()
+    offline_session(broker, off_id, [("keep/q", 2)])
     for i in range(3):
         pub.publish("keep/q", f"queued-{i}".encode(), qos=1 + i % 2, pid=10 + i)
 
@@ -153,8 +152,7 @@ def test_subscriptions_retained_and_queues_survive_a_router_crash(broker):
     p = late.recv_publish(timeout=T(5))
     assert (p.topic, p.payload, p.retain) == ("keep/ret", b"retained-before", True)
     # The persistent session and its queue are back.
-    off = raw(broker, off_id, clean=False)
-    assert off.connack.session_present is True
+    off = resumed(broker, off_id)
     got = [x.payload for x in off.recv_publishes(3, timeout=T(10))]
     assert got == [b"queued-0", b"queued-1", b"queued-2"]
     off.expect_no_packet(0.3)
@@ -181,8 +179,7 @@ def test_connections_restored_after_a_crash_keep_their_will_and_can_be_taken_ove
     # And a connection from before the crash can be taken over.
     again = raw(broker, taken_id)
     taken.expect_closed(T(5))
-    dev2 = raw(broker, cid, clean=False)
-    assert dev2.connack.session_present is True
+    dev2 = resumed(broker, cid)
     for c in (watcher, again, dev2):
         c.disconnect()
 
@@ -238,9 +235,7 @@ def test_disk_store_survives_a_daemon_restart(start_broker, store_parent):
     pub = raw(b, uid("dpub"))
     pub.publish("disk/ret", b"kept-on-disk", qos=1, pid=1, retain=True)
     away_id, online_id = uid("daway"), uid("donline")
-    away = raw(b, away_id, clean=False)
-    away.subscribe([("disk/q/#", 2)])
-    away.disconnect()
+    offline_session(b, away_id, [("disk/q/#", 2)])
     online = raw(b, online_id, clean=False, will=("disk/will", b"must-not-fire", 1, False))
     online.subscribe([("disk/live", 1)])
     clean_id = uid("dclean")
@@ -262,12 +257,10 @@ def test_disk_store_survives_a_daemon_restart(start_broker, store_parent):
     # No will of the previous daemon's connections fires on start.
     watch.expect_no_packet(0.5)
 
-    away = raw(b2, away_id, clean=False)
-    assert away.connack.session_present is True
+    away = resumed(b2, away_id)
     got = [x.payload for x in away.recv_publishes(QUEUED_ON_DISK, timeout=T(10))]
     assert got == [f"queued-{i}".encode() for i in range(QUEUED_ON_DISK)]
-    online = raw(b2, online_id, clean=False)
-    assert online.connack.session_present is True
+    online = resumed(b2, online_id)
     c2 = raw(b2, clean_id, clean=False)
     assert c2.connack.session_present is False, \
         "a clean session must not outlive its daemon"
@@ -288,9 +281,7 @@ def test_acknowledged_messages_outlive_a_killed_supervisor_on_disk(start_broker,
     env = disk_env(os.path.join(store_parent, "store"))
     b = start_broker(env=env)
     away_id = uid("sk-away")
-    away = raw(b, away_id, clean=False)
-    away.subscribe([("sk/q/#", 1)])
-    away.disconnect()
+    offline_session(b, away_id, [("sk/q/#", 1)])
     pub = raw(b, uid("sk-pub"))
     router = b.role_pid("router")
     children = [p for p in b.pids() if p != b.proc.pid]
@@ -313,8 +304,7 @@ def test_acknowledged_messages_outlive_a_killed_supervisor_on_disk(start_broker,
     pub.close()
 
     b2 = start_broker(env=env)
-    back = raw(b2, away_id, clean=False)
-    assert back.connack.session_present is True
+    back = resumed(b2, away_id)
     got = [p.payload for p in back.recv_publishes(10, timeout=T(10))]
     assert got == [f"ring-{i}".encode() for i in range(10)], got
     back.disconnect()

@@ -31,8 +31,8 @@ import pytest
 
 import mqttraw as m
 from conftest import Broker
-from helpers import (T, drop_paho, PahoClient, proc_alive, proc_title, published, raw, raw_on, uid,
-                     wait_for)
+from helpers import (T, drop_paho, PahoClient, proc_alive, proc_title, published, raw, raw_on,
+                     resumed, uid, wait_for)
 
 pytestmark = pytest.mark.iotd_only
 
@@ -470,8 +470,7 @@ def test_inflight_exchanges_resume_with_their_packet_ids(broker):
     sub.expect_closed(T(5))
     sub.close()
 
-    back = raw(broker, cid, clean=False)
-    assert back.connack.session_present is True, "the session was lost"
+    back = resumed(broker, cid, "the session was lost")
     again = recv_n(back, 4, "the resent exchanges")
     rels = [p for p in again if p.type == m.PUBREL]
     pubs = {p.payload.decode(): p for p in again if p.type == m.PUBLISH}
@@ -490,8 +489,7 @@ def test_inflight_exchanges_resume_with_their_packet_ids(broker):
 
     # Everything acknowledged: a further resume brings nothing before a fresh message.
     back.disconnect()
-    last = raw(broker, cid, clean=False)
-    assert last.connack.session_present is True
+    last = resumed(broker, cid)
     pub.publish("inf/q1", b"marker", qos=1, pid=99)
     p = last.recv_publish(timeout=T(5))
     assert p.payload == b"marker", f"a finished exchange came again: {p!r}"
@@ -526,8 +524,7 @@ def test_qos2_publish_resent_after_a_worker_death_is_routed_once(broker):
     os.kill(w, signal.SIGKILL)
     pub.expect_closed(T(5))
     pub.close()
-    back = raw(broker, cid, clean=False)
-    assert back.connack.session_present is True
+    back = resumed(broker, cid)
     back.send(m.publish("q2in/x", b"once", qos=2, pid=7, dup=True))
     back.expect(m.PUBREC, pid=7, timeout=T(5))
     back.send(m.pubrel(7))

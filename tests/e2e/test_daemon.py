@@ -211,29 +211,32 @@ def test_env_max_connections_refuses_third_connection(start_broker):
 
 # ------------------------------------------------------------ listen addresses
 
+def delivered(clients, sub_at, pub_at, name, payload, apart=None):
+    """A subscriber connected to sub_at (port, host) gets at QoS 1 what a
+    publisher connected to pub_at publishes to <name>/t (both connections
+    open before either sends CONNECT; held by different workers of the
+    daemon `apart`, when given)."""
+    sub = clients.raw(sub_at[0], connect=False, host=sub_at[1])
+    pub = clients.raw(pub_at[0], connect=False, host=pub_at[1])
+    sub.connect(uid(f"{name}sub"))
+    sub.subscribe([(f"{name}/t", 1)])
+    pub.connect(uid(f"{name}pub"))
+    if apart is not None:
+        apart.assert_different_workers(sub, pub)
+    pub.publish(f"{name}/t", payload, qos=1, pid=1)
+    assert sub.recv_publish().payload == payload
+
+
 def test_listen_on_ipv6_loopback(start_broker, clients):
     port = free_port("::1")
     b = start_broker(listen=[f"[::1]:{port}"])
-    sub = clients.raw(port, connect=False, host="::1")
-    pub = clients.raw(port, connect=False, host="::1")
-    sub.connect(uid("v6sub"))
-    sub.subscribe([("v6/t", 1)])
-    pub.connect(uid("v6pub"))
-    b.assert_different_workers(sub, pub)
-    pub.publish("v6/t", b"over-ipv6", qos=1, pid=1)
-    assert sub.recv_publish().payload == b"over-ipv6"
+    delivered(clients, (port, "::1"), (port, "::1"), "v6", b"over-ipv6", apart=b)
 
 
 def test_two_listen_addresses_both_accept(start_broker, clients):
     p1, p2 = free_port(), free_port("::1")
     b = start_broker(listen=[f"127.0.0.1:{p1}", f"[::1]:{p2}"])
-    sub = clients.raw(p1, connect=False)
-    pub = clients.raw(p2, connect=False, host="::1")
-    sub.connect(uid("l1sub"))
-    sub.subscribe([("two/t", 1)])
-    pub.connect(uid("l2pub"))
-    pub.publish("two/t", b"across-listeners", qos=1, pid=1)
-    assert sub.recv_publish().payload == b"across-listeners"
+    delivered(clients, (p1, "127.0.0.1"), (p2, "::1"), "two", b"across-listeners")
     assert b.port == p1
 
 
@@ -278,13 +281,7 @@ def test_sigterm_stops_all_processes(start_broker):
 def test_ipv6_wildcard_listen_is_dual_stack(start_broker, clients):
     port = free_port("::")
     start_broker(listen=[f"[::]:{port}"])
-    sub = clients.raw(port, connect=False, host="::1")
-    pub = clients.raw(port, connect=False, host="127.0.0.1")
-    sub.connect(uid("dualsub"))
-    sub.subscribe([("dual/t", 1)])
-    pub.connect(uid("dualpub"))
-    pub.publish("dual/t", b"v4-to-v6", qos=1, pid=1)
-    assert sub.recv_publish().payload == b"v4-to-v6"
+    delivered(clients, (port, "::1"), (port, "127.0.0.1"), "dual", b"v4-to-v6")
 
 
 # ------------------------------------------------------------ a store the router cannot open

@@ -10,7 +10,7 @@ while no daemon process died (the `bystander` fixture, conftest.py)."""
 import pytest
 
 import mqttraw as m
-from helpers import T, closed_without_reply, raw, uid, wait_for
+from helpers import T, closed_without_reply, closed_without_reply_to, raw, uid, wait_for
 
 
 def refused_with(c, rc, timeout=5):
@@ -63,17 +63,14 @@ def will_watch(broker, clients):
     pytest.param(m.pingresp(), id="pingresp"),
 ])
 def test_first_packet_not_connect_closes_without_reply(broker, bystander, pkt):
-    with raw(broker, connect=False) as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, connect=False)
     bystander.check()
 
 
 @pytest.mark.mosquitto_differs("Mosquitto 2.0.11 publishes no will after a second CONNECT")
 def test_second_connect_closes_and_publishes_the_will(broker, bystander, will_watch):
-    with raw(broker, uid("twice"), will=will_watch.will(b"second-connect")) as c:
-        c.send(m.connect(uid("twice-again")))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.connect(uid("twice-again")), cid=uid("twice"),
+                            will=will_watch.will(b"second-connect"))
     will_watch.expect_will(b"second-connect")
     bystander.check()
 
@@ -88,9 +85,7 @@ def test_second_connect_closes_and_publishes_the_will(broker, bystander, will_wa
                  marks=pytest.mark.mosquitto_differs("Mosquitto ignores PINGRESP from a client")),
 ])
 def test_server_only_packet_closes_and_publishes_the_will(broker, bystander, will_watch, pkt):
-    with raw(broker, uid("srvonly"), will=will_watch.will(b"server-only")) as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, cid=uid("srvonly"), will=will_watch.will(b"server-only"))
     will_watch.expect_will(b"server-only")
     bystander.check()
 
@@ -106,18 +101,15 @@ def test_server_only_packet_closes_and_publishes_the_will(broker, bystander, wil
 def test_protocol_violation_publishes_the_will(broker, bystander, will_watch, pkt):
     """A connection ended by a protocol violation is not a DISCONNECT: the
     will goes out [MQTT-3.1.2-8]."""
-    with raw(broker, uid("violate"), will=will_watch.will(b"violation")) as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, cid=uid("violate"), will=will_watch.will(b"violation"))
     will_watch.expect_will(b"violation")
     bystander.check()
 
 
 def test_disconnect_discards_the_will(broker, bystander, will_watch):
     """The control for the cases above: a clean DISCONNECT publishes nothing."""
-    with raw(broker, uid("clean"), will=will_watch.will(b"must-not")) as c:
-        c.send(m.disconnect())
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.disconnect(), cid=uid("clean"),
+                            will=will_watch.will(b"must-not"))
     will_watch.expect_no_will(0.5)
     bystander.check()
 
@@ -126,9 +118,7 @@ def test_disconnect_discards_the_will(broker, bystander, will_watch):
 
 @pytest.mark.parametrize("name", ["MQTX", "mqtt", "MQTT\x00", "MQ", "", "MQIsdpX"])
 def test_unknown_protocol_name_closes_without_connack(broker, bystander, name):
-    with raw(broker, connect=False) as c:
-        c.send(m.connect(uid("name"), proto_name=name))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.connect(uid("name"), proto_name=name), connect=False)
     bystander.check()
 
 
@@ -165,9 +155,7 @@ def test_mqtt5_connect_gets_connack_1(broker, bystander):
     pytest.param(dict(will=("", b"x", 0, False)), id="will-topic-empty"),
 ])
 def test_invalid_connect_flags_close_without_connack(broker, bystander, kw):
-    with raw(broker, connect=False) as c:
-        c.send(m.connect(uid("flags"), **kw))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.connect(uid("flags"), **kw), connect=False)
     bystander.check()
 
 
@@ -216,11 +204,15 @@ def test_username_and_password_are_accepted_when_authentication_is_off(broker, b
 
 # --- before CONNECT: what a client may make a worker hold -------------------
 
-def closed_before_connect(broker, c, why):
-    """The worker's debug line for a connection closed before its CONNECT,
-    naming the client's address and the reason."""
-    line = f"connection from 127.0.0.1:{c.local_port} closed before CONNECT: {why}"
-    wait_for(lambda: line in broker.log, 5, f"the log line {line!r}")
+def closed_before_connect(broker, data, why):
+    """A new connection sends data: closed without a reply, and the worker's
+    debug line for a connection closed before its CONNECT names the
+    client's address and the reason."""
+    with raw(broker, connect=False) as c:
+        c.send(data)
+        closed_without_reply(c)
+        line = f"connection from 127.0.0.1:{c.local_port} closed before CONNECT: {why}"
+        wait_for(lambda: line in broker.log, 5, f"the log line {line!r}")
 
 
 # connect_timeout=60: what closes these connections within seconds can only
@@ -236,10 +228,7 @@ def test_first_packet_not_connect_is_closed_from_its_fixed_header(broker, bystan
     """Only the fixed header (or just its first byte) of a packet declared
     at 500 kB, within max_packet_size, is sent: the worker closes at once,
     without waiting for the body."""
-    with raw(broker, connect=False) as c:
-        c.send(header)
-        closed_without_reply(c)
-        closed_before_connect(broker, c, "first packet is not CONNECT")
+    closed_before_connect(broker, header, "first packet is not CONNECT")
     bystander.check()
 
 
@@ -277,11 +266,8 @@ def test_connect_declared_over_max_connect_size_is_closed_from_its_fixed_header(
         broker, bystander):
     """A CONNECT header declaring one byte more than max_connect_size, and
     nothing else: closed without a reply, and the worker says why."""
-    with raw(broker, connect=False) as c:
-        c.send(bytes([0x10]) + m.enc_varint(4096 - 3 + 1))
-        closed_without_reply(c)
-        closed_before_connect(broker, c, "CONNECT declared larger than 4096 bytes "
-                                         "(max_connect_size)")
+    closed_before_connect(broker, bytes([0x10]) + m.enc_varint(4096 - 3 + 1),
+                          "CONNECT declared larger than 4096 bytes (max_connect_size)")
     bystander.check()
 
 
@@ -298,9 +284,7 @@ def test_connect_of_exactly_max_connect_size_is_accepted_one_byte_more_is_closed
             p = s.recv_publish(timeout=T(5))
             assert (p.topic, len(p.payload)) == ("by/after-connect", 8192)
         c.disconnect()
-    with raw(broker, connect=False) as c:
-        c.send(m.connect_of_size(4097, uid("over")))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.connect_of_size(4097, uid("over")), connect=False)
     bystander.check()
 
 
@@ -310,11 +294,8 @@ def test_max_packet_size_bounds_a_connect_when_it_is_the_lower(broker, bystander
         c.send(m.connect_of_size(2048, uid("mps")))
         assert c.expect(m.CONNACK).rc == 0
         c.disconnect()
-    with raw(broker, connect=False) as c:
-        c.send(bytes([0x10]) + m.enc_varint(2048 - 3 + 1))
-        closed_without_reply(c)
-        closed_before_connect(broker, c, "CONNECT declared larger than 2048 bytes "
-                                         "(max_packet_size)")
+    closed_before_connect(broker, bytes([0x10]) + m.enc_varint(2048 - 3 + 1),
+                          "CONNECT declared larger than 2048 bytes (max_packet_size)")
     bystander.check()
 
 

@@ -8,7 +8,7 @@ process died (the `bystander` fixture, conftest.py)."""
 import pytest
 
 import mqttraw as m
-from helpers import T, closed_without_reply, raw
+from helpers import T, closed_without_reply_to, raw
 
 
 def test_qos2_packet_id_reused_before_pubrel_is_delivered_once(broker, bystander):
@@ -19,12 +19,9 @@ def test_qos2_packet_id_reused_before_pubrel_is_delivered_once(broker, bystander
     with raw(broker, tag="q2sub") as sub, raw(broker, tag="q2pub") as pub:
         broker.assert_different_workers(sub, pub)
         sub.subscribe([("q2/t", 2)])
-        pub.send(m.publish("q2/t", b"one", qos=2, pid=7))
-        pub.expect(m.PUBREC, pid=7)
-        pub.send(m.publish("q2/t", b"two", qos=2, pid=7))
-        pub.expect(m.PUBREC, pid=7)
-        pub.send(m.publish("q2/t", b"one", qos=2, pid=7, dup=True))
-        pub.expect(m.PUBREC, pid=7)
+        for payload, dup in ((b"one", False), (b"two", False), (b"one", True)):
+            pub.send(m.publish("q2/t", payload, qos=2, pid=7, dup=dup))
+            pub.expect(m.PUBREC, pid=7)
         pub.send(m.pubrel(7))
         pub.expect(m.PUBCOMP, pid=7)
         assert sub.recv_publish(timeout=T(5)).payload == b"one"
@@ -113,9 +110,7 @@ def test_ack_with_wrong_type_for_a_real_id_is_ignored(broker, bystander):
 ])
 def test_packet_id_0_closes_and_is_not_delivered(broker, bystander, pkt):
     """[MQTT-2.3.1-1]: packet ids are non-zero."""
-    with raw(broker, tag="pid0") as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, tag="pid0")
     bystander.check()
 
 

@@ -12,7 +12,7 @@ received the last message: the router handled every one before it."""
 
 import pytest
 
-from helpers import T, raw, uid
+from helpers import T, offline_session, raw, resumed, uid
 
 pytestmark = pytest.mark.iotd_only
 
@@ -27,9 +27,7 @@ def persistent_subscribers(broker, n, topic, tag):
     """n persistent sessions subscribed to topic at QoS 1, left offline."""
     ids = [uid(tag) for _ in range(n)]
     for cid in ids:
-        c = raw(broker, cid, clean=False)
-        c.subscribe([(topic, 1)])
-        c.disconnect()
+        offline_session(broker, cid, [(topic, 1)])
     return ids
 
 
@@ -79,8 +77,7 @@ def test_max_sessions_refuses_new_sessions_and_lets_stored_ones_back(broker):
 
     # A stored session resumes; a second connection takes it over.
     first = raw(broker, ids[0], clean=False)
-    second = raw(broker, ids[0], clean=False)
-    assert second.connack.session_present is True
+    second = resumed(broker, ids[0])
     first.expect_closed(T(5))
     first.close()
     second.disconnect()
@@ -94,8 +91,7 @@ def test_max_sessions_refuses_new_sessions_and_lets_stored_ones_back(broker):
     # Lowered below what is held: nothing is dropped, every session resumes.
     broker.reload(max_sessions=4)
     for cid in ids + [extra]:
-        c = raw(broker, cid, clean=False)
-        assert c.connack.session_present is True, cid
+        c = resumed(broker, cid, cid)
         c.disconnect()
     refused_unavailable(broker, uid("new"))
     assert sorted(broker.pids()) == pids

@@ -10,7 +10,7 @@ import struct
 import pytest
 
 import mqttraw as m
-from helpers import T, closed_without_reply, raw, uid
+from helpers import T, closed_without_reply, closed_without_reply_to, raw, uid
 
 BAD_UTF8 = [
     pytest.param(b"\xff", id="byte-ff"),
@@ -44,18 +44,15 @@ def test_bad_utf8_in_connect_closes_without_connack(broker, bystander, field, ba
         pkt = m.connect(uid("wt"), will=(b"by/" + bad, b"x", 0, False))
     else:
         pkt = m.connect(uid("un"), username=b"user-" + bad)
-    with raw(broker, connect=False) as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, connect=False)
     bystander.check()
 
 
 @pytest.mark.parametrize("bad", BAD_UTF8)
 @pytest.mark.parametrize("qos", [0, 1])
 def test_bad_utf8_in_publish_topic_closes_and_is_not_delivered(broker, bystander, bad, qos):
-    with raw(broker, uid("pub")) as c:
-        c.send(m.publish(b"by/" + bad, b"leak", qos=qos, pid=1 if qos else None))
-        closed_without_reply(c)
+    leak = m.publish(b"by/" + bad, b"leak", qos=qos, pid=1 if qos else None)
+    closed_without_reply_to(broker, leak, cid=uid("pub"))
     bystander.check()
 
 
@@ -106,9 +103,7 @@ PAST_END_CONNECT = [
 
 @pytest.mark.parametrize("body", PAST_END_CONNECT)
 def test_connect_string_past_packet_end_closes_without_connack(broker, bystander, body):
-    with raw(broker, connect=False) as c:
-        c.send(m.packet(m.CONNECT, 0, body))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.packet(m.CONNECT, 0, body), connect=False)
     bystander.check()
 
 
@@ -130,7 +125,5 @@ PAST_END_AFTER_CONNECT = [
 
 @pytest.mark.parametrize("pkt", PAST_END_AFTER_CONNECT)
 def test_string_past_packet_end_after_connect_closes(broker, bystander, pkt):
-    with raw(broker, uid("past")) as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, cid=uid("past"))
     bystander.check()

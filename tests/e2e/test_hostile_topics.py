@@ -10,7 +10,7 @@ daemon process died (the `bystander` fixture, conftest.py)."""
 import pytest
 
 import mqttraw as m
-from helpers import T, closed_without_reply, raw
+from helpers import T, closed_without_reply, closed_without_reply_to, raw
 
 
 def levels(n, word="a"):
@@ -29,9 +29,8 @@ def everything(broker, clients):
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_empty_topic_in_publish_closes(broker, bystander, everything, qos):
-    with raw(broker, tag="empty") as c:
-        c.send(m.publish("", b"empty", qos=qos, pid=1 if qos else None))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.publish("", b"empty", qos=qos, pid=1 if qos else None),
+                            tag="empty")
     everything.expect_no_packet(0.3)
     bystander.check()
 
@@ -40,9 +39,7 @@ def test_empty_topic_in_publish_closes(broker, bystander, everything, qos):
                                    "+", "#", "+/by", "by/\u00e9+"])
 def test_wildcard_in_publish_topic_closes_and_nothing_is_delivered(broker, bystander,
                                                                    everything, topic):
-    with raw(broker, tag="wild") as c:
-        c.send(m.publish(topic, b"wild", qos=1, pid=1))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.publish(topic, b"wild", qos=1, pid=1), tag="wild")
     everything.expect_no_packet(0.3)
     bystander.check()
 
@@ -84,9 +81,7 @@ def test_dollar_topics_reach_dollar_filters_only(broker, bystander):
                          ids=["10000-levels", "10000-empty-levels", "129-levels"])
 def test_topic_over_max_topic_levels_closes_publisher(broker, bystander, everything, topic):
     """Default max_topic_levels = 128."""
-    with raw(broker, tag="deep") as c:
-        c.send(m.publish(topic, b"deep", qos=1, pid=1))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.publish(topic, b"deep", qos=1, pid=1), tag="deep")
     everything.expect_no_packet(0.3)
     bystander.check()
 
@@ -174,9 +169,7 @@ def sub_body(pid, entries):
                  id="unsubscribe-packet-id-0"),
 ])
 def test_subscribe_without_filters_or_id_closes(broker, bystander, pkt):
-    with raw(broker, tag="nosub") as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, tag="nosub")
     bystander.check()
 
 
@@ -188,8 +181,6 @@ def test_subscribe_bad_requested_qos_byte_closes(broker, bystander, everything, 
     [MQTT-3.8.3-4]: the whole SUBSCRIBE is malformed, no SUBACK, nothing
     subscribed."""
     entries = [("by/#", q)] if position == "only" else [("by/#", 1), ("by/x", q)]
-    with raw(broker, tag="qbyte") as c:
-        c.send(m.packet(m.SUBSCRIBE, 2, sub_body(1, entries)))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.packet(m.SUBSCRIBE, 2, sub_body(1, entries)), tag="qbyte")
     everything.expect_no_packet(0.1)
     bystander.check()

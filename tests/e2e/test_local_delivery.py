@@ -433,6 +433,16 @@ class Env:
             p.enable_sync()
         return p
 
+    def learned_route(self, name, qos=1, tag="sub"):
+        """A subscriber to lt.topic(name) (granted qos) and a publisher, the
+        route between them learned (Pub.warm): (topic, Sub, Pub)."""
+        topic = self.topic(name)
+        sub = self.sub(tag)
+        sub.subscribe([(topic, qos)])
+        pub = self.pub("pub")
+        pub.warm(topic)
+        return topic, sub, pub
+
     def stream(self, *a, **kw):
         s = Stream(*a, **kw)
         self.streams.append(s)
@@ -635,11 +645,7 @@ def test_steady_subscriber_keeps_order_while_clients_come_subscribe_and_go(lt):
     its SUBACK and received by the steady subscriber before it leaves;
     the steady subscriber gets
     everything exactly once, in order."""
-    topic = lt.topic("conn/t")
-    steady = lt.sub("steady")
-    steady.subscribe([(topic, 1)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, steady, pub = lt.learned_route("conn/t", tag="steady")
     gate = Gate(20)
     stream = lt.stream(pub, topic, "v", qos=1, n=1000, follow=steady, gate=gate)
     filters = [topic, lt.topic("conn/+"), lt.topic("conn/#")]
@@ -888,11 +894,7 @@ def test_retained_publish_is_not_overtaken_by_the_messages_after_it(lt, qos):
     subscriber of the same worker gets the ten in order, the retained one
     with retain 0 (a live delivery); a client subscribing afterwards gets the
     last retained one, with retain 1."""
-    topic = lt.topic("ret/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 1)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, s, pub = lt.learned_route("ret/t")
     positions = [1, 0, 5, 9, 1]
     want = []
     for rnd, pos in enumerate(positions):
@@ -922,11 +924,7 @@ def test_qos2_publish_on_a_learned_route_arrives_once_between_its_neighbours(lt)
     """QoS 1, QoS 2 (whole handshake), QoS 1 publishes in turn on a topic
     whose route is learned, to a QoS 2 subscriber of the same worker: each
     arrives once, in order, the QoS 2 one at QoS 2."""
-    topic = lt.topic("q2/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 2)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, s, pub = lt.learned_route("q2/t", qos=2)
     want = []
     for rnd in range(6):
         for i, q in enumerate((1, 1, 2, 1, 1)):
@@ -947,11 +945,7 @@ def test_qos2_publish_pipelined_with_qos1_on_a_learned_route_keeps_its_place(lt)
     burst; the in-flight window is wide enough never to hold QoS 1/2
     deliveries back (a QoS 0 delivery is not queued behind it, so with a
     full window it would overtake them whatever the path)."""
-    topic = lt.topic("q2p/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 2)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, s, pub = lt.learned_route("q2p/t", qos=2)
     want = []
     for rnd in range(10):
         items = [(topic, f"r{rnd}m{i}", q, False) for i, q in enumerate((1, 2, 1, 1, 2, 1, 0))]
@@ -974,11 +968,7 @@ def test_persistent_subscriber_on_the_same_worker_gets_live_and_queued_messages(
     socket just closed) QoS 1 messages are queued for it, not delivered
     locally to the gone connection, and arrive, in order, when it comes
     back; then live delivery resumes."""
-    topic = lt.topic("pers/t")
-    clean = lt.sub("clean")
-    clean.subscribe([(topic, 1)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, clean, pub = lt.learned_route("pers/t", tag="clean")
     cid = uid("persist")
     p = lt.sub(client=lt.raw("persist", cid=cid, clean=False))
     p.subscribe([(topic, 1)])
@@ -1168,11 +1158,7 @@ def test_router_killed_while_a_local_pair_streams_loses_and_reorders_nothing(lt)
     clients of one worker: the subscriber gets every message exactly once,
     in order (through the restarted router's replay, or the local path)."""
     broker = lt.broker
-    topic = lt.topic("rk/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 1)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, s, pub = lt.learned_route("rk/t")
     stream = lt.stream(pub, topic, "k", qos=1, n=1000, follow=s)
     stream.start()
     s.wait_seq("k", 300)

@@ -96,14 +96,10 @@ def test_delivered_at_min_of_publish_qos_and_granted_qos(broker, clients):
 # ------------------------------------------------------------ QoS 2 flows
 
 def test_qos2_publish_resent_with_dup_before_pubrel_is_delivered_once(broker, clients):
-    sub = clients.raw(broker, uid("q2sub"))
-    pub = clients.raw(broker, uid("q2pub"))
-    sub.subscribe([("q2/once", 2)])
-    broker.assert_different_workers(sub, pub)
-    pub.send(m.publish("q2/once", b"only-once", qos=2, pid=77))
-    pub.expect(m.PUBREC, pid=77)
-    pub.send(m.publish("q2/once", b"only-once", qos=2, pid=77, dup=True))
-    pub.expect(m.PUBREC, pid=77)
+    sub, pub = clients.sub_and_pub(broker, "q2", [("q2/once", 2)])
+    for dup in (False, True):
+        pub.send(m.publish("q2/once", b"only-once", qos=2, pid=77, dup=dup))
+        pub.expect(m.PUBREC, pid=77)
     pub.send(m.pubrel(77))
     pub.expect(m.PUBCOMP, pid=77)
     got = sub.recv_publish()
@@ -116,10 +112,7 @@ def test_qos2_publish_resent_with_dup_before_pubrel_is_delivered_once(broker, cl
 
 
 def test_qos2_flow_with_raw_publisher_pubrec_pubrel_pubcomp(broker, clients):
-    sub = clients.raw(broker, uid("f2sub"))
-    pub = clients.raw(broker, uid("f2pub"))
-    sub.subscribe([("q2/flow", 2)])
-    broker.assert_different_workers(sub, pub)
+    sub, pub = clients.sub_and_pub(broker, "f2", [("q2/flow", 2)])
     pub.send(m.publish("q2/flow", b"x", qos=2, pid=0x1234))
     rec = pub.expect(m.PUBREC)
     assert rec.pid == 0x1234 and rec.flags == 0, f"bad PUBREC {rec!r}"
@@ -132,11 +125,7 @@ def test_qos2_flow_with_raw_publisher_pubrec_pubrel_pubcomp(broker, clients):
 
 
 def test_qos2_flow_with_raw_subscriber_pubrec_pubrel_pubcomp(broker, clients):
-    sub = clients.raw(broker, uid("s2sub"))
-    pub = clients.paho(broker.port, uid("s2pub"))
-    sub.subscribe([("q2/sflow", 2)])
-    pub.connect()
-    broker.assert_different_workers(sub, pub)
+    sub, pub = clients.sub_and_pub(broker, "s2", [("q2/sflow", 2)], paho=True)
     pub.publish("q2/sflow", "y", 2)
     p = sub.recv_publish(ack=False)
     assert p.qos == 2 and p.pid and not p.dup and p.payload == b"y", repr(p)
@@ -153,11 +142,7 @@ def test_qos2_flow_with_raw_subscriber_pubrec_pubrel_pubcomp(broker, clients):
 
 def test_1000_qos1_messages_arrive_in_order_on_another_worker(broker, clients):
     n = 1000
-    sub = clients.raw(broker, uid("ordsub"))
-    pub = clients.paho(broker.port, uid("ordpub"))
-    sub.subscribe([("order/t", 1)])
-    pub.connect()
-    broker.assert_different_workers(sub, pub)
+    sub, pub = clients.sub_and_pub(broker, "ord", [("order/t", 1)], paho=True)
     infos = [pub.publish("order/t", str(i), 1, wait=False) for i in range(n)]
     got = sub.recv_publishes(n, timeout=T(60))
     payloads = [int(p.payload) for p in got]
@@ -172,10 +157,7 @@ def test_1000_qos1_messages_arrive_in_order_on_another_worker(broker, clients):
 # ------------------------------------------------------------ subscriptions
 
 def test_overlapping_subscriptions_deliver_one_copy_at_max_qos(broker, clients):
-    sub = clients.raw(broker, uid("ovsub"))
-    pub = clients.raw(broker, uid("ovpub"))
-    sub.subscribe([("a/#", 1), ("a/+", 2)])
-    broker.assert_different_workers(sub, pub)
+    sub, pub = clients.sub_and_pub(broker, "ov", [("a/#", 1), ("a/+", 2)])
     pub.publish("a/b", b"one", qos=2, pid=5)
     p = sub.recv_publish()
     assert (p.topic, p.payload, p.qos) == ("a/b", b"one", 2)
@@ -225,11 +207,7 @@ def test_suback_0x80_for_invalid_filters_while_others_are_granted(broker, client
 # ------------------------------------------------------------ in-flight
 
 def test_packet_ids_distinct_among_unacked_inflight_messages(broker, clients):
-    sub = clients.raw(broker, uid("pidsub"))
-    pub = clients.paho(broker.port, uid("pidpub"))
-    sub.subscribe([("pid/t", 1)])
-    pub.connect()
-    broker.assert_different_workers(sub, pub)
+    sub, pub = clients.sub_and_pub(broker, "pid", [("pid/t", 1)], paho=True)
     for i in range(15):
         pub.publish("pid/t", str(i), 1)
     got = sub.recv_publishes(15, ack=False)
@@ -242,11 +220,7 @@ def test_packet_ids_distinct_among_unacked_inflight_messages(broker, clients):
 @pytest.mark.broker_config(max_inflight=5)
 def test_inflight_window_holds_back_messages_until_acked(broker, clients):
     n = 12
-    sub = clients.raw(broker, uid("winsub"))
-    pub = clients.paho(broker.port, uid("winpub"))
-    sub.subscribe([("win/t", 1)])
-    pub.connect()
-    broker.assert_different_workers(sub, pub)
+    sub, pub = clients.sub_and_pub(broker, "win", [("win/t", 1)], paho=True)
     for i in range(n):
         pub.publish("win/t", str(i), 1)
     first = sub.recv_publishes(5, ack=False)

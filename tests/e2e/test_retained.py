@@ -21,10 +21,7 @@ def test_retained_message_delivered_on_subscribe_with_retain_flag(broker, client
 
 
 def test_live_delivery_of_retained_publish_has_retain_0(broker, clients):
-    sub = clients.raw(broker, uid("lsub"))
-    pub = clients.raw(broker, uid("lpub"))
-    sub.subscribe([("live/t", 1)])
-    broker.assert_different_workers(sub, pub)
+    sub, pub = clients.sub_and_pub(broker, "l", [("live/t", 1)])
     pub.publish("live/t", b"now", qos=1, retain=True, pid=1)
     p = sub.recv_publish()
     assert p.payload == b"now"
@@ -63,10 +60,7 @@ def test_newer_retained_message_replaces_older(broker, clients):
 
 @pytest.mark.broker_config(retained_message_limit=3)
 def test_retained_message_limit_stores_no_more_distinct_topics(broker, clients):
-    sub = clients.raw(broker, uid("lmsub"))
-    pub = clients.raw(broker, uid("lmpub"))
-    sub.subscribe([("lim/#", 1)])
-    broker.assert_different_workers(sub, pub)
+    sub, pub = clients.sub_and_pub(broker, "lm", [("lim/#", 1)])
     for i in range(4):
         pub.publish(f"lim/{i}", f"r{i}".encode(), qos=1, retain=True, pid=i + 1)
     # All four are delivered live, the fourth included.
