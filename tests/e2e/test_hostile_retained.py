@@ -25,7 +25,7 @@ import time
 import pytest
 
 import mqttraw as m
-from helpers import T, PeakPss, Placement, pss_kb, PublishReader, raw, uid
+from helpers import T, PeakPss, Placement, pss_kb, PublishReader, raw
 
 ROUTER_BOUND_KB = 8 * 1024
 RTT_P99 = 0.2
@@ -70,16 +70,11 @@ class Pair:
 
     def __init__(self, broker, place, worker):
         self.sub = place.client("rttsub", worker, same=True,
-                                factory=lambda b: self._persistent(b))
+                                factory=lambda b: raw(b, tag="rttsub", clean=False))
         self.pub = place.client("rttpub", worker, same=True)
         self.sub.subscribe([("rtt/t", 1)])
         self.rtts = []
         self.n = 0
-
-    @staticmethod
-    def _persistent(broker):
-        c = raw(broker, uid("rttsub"), clean=False)
-        return c
 
     def round_trip(self):
         self.n += 1
