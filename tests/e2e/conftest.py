@@ -32,6 +32,8 @@ Fixtures:
                   from 127.0.0.1 as fast as it can)
     start_broker  factory: start_broker(**same options) -> Broker (stopped at teardown)
     worker_of     worker_of(client) -> pid of the worker holding the server side
+    clients       clients.raw(broker_or_port, cid, **kw) -> a RawClient (helpers.raw),
+                  closed at the end of the test
     bystander     a client subscribed to "by/#" on every worker from before the test's
                   hostile input; bystander.check() proves the daemon kept every
                   process (same pids) and delivered every message published to it
@@ -102,9 +104,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mqttraw  # noqa: E402
-from helpers import (T, children_uid, descendants, in_epoll_wait, local_port_of,  # noqa: E402
-                     proc_alive, proc_cmdline, proc_title, pss_kb, RING_MAPPING,
-                     server_side_inode, socket_inodes, tcp_table, uid, wait_for)
+from helpers import (T, Clients, children_uid, descendants, in_epoll_wait,  # noqa: E402
+                     local_port_of, proc_alive, proc_cmdline, proc_title, pss_kb, raw,
+                     RING_MAPPING, server_side_inode, socket_inodes, tcp_table, uid, wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_KIND = os.environ.get("E2E_BROKER", "iotd").strip().lower()
@@ -320,6 +322,27 @@ class Broker:
         return [p for p in descendants(self.proc.pid)
                 if proc_title(p).startswith("iotd: worker")]
 
+    def role_pid(self, role):
+        """Pid of the one living "iotd: router" / "iotd: listener" /
+        "iotd: worker N" (role "worker 0"), or None when there is none, or
+        more than one. Every role is a child of the supervisor: its task's
+        children list is read, not the whole of /proc."""
+        want = f"iotd: {role}"
+        sup = self.proc.pid
+        try:
+            with open(f"/proc/{sup}/task/{sup}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            kids = self.pids()[1:]
+        found = [p for p in kids if proc_alive(p) and proc_title(p) == want]
+        return found[0] if len(found) == 1 else None
+
+    def successor(self, role, old):
+        """Pid of the role's process once it is not `old` any more (a
+        successor runs), else None."""
+        p = self.role_pid(role)
+        return p if p and p != old else None
+
     def worker_of(self, client, timeout=5):
         """Pid of the worker holding the server side of the client's TCP
         connection (found through /proc/net/tcp{,6} and /proc/PID/fd)."""
@@ -444,7 +467,7 @@ class Broker:
                 self.returncode = rc
                 self._fail(f"daemon exited with status {rc} during startup: {self.argv}")
             try:
-                probe = mqttraw.RawClient(self.port, host=self.host, timeout=T(5))
+                probe = raw(self, connect=False)
                 break
             except OSError:
                 pass
@@ -649,8 +672,7 @@ class Bystander:
         self.pids = sorted(broker.pids())
         self.subs = []
         for i in range(2 if broker.multiworker else 1):
-            c = mqttraw.RawClient(broker.port, host=broker.host, timeout=T(5))
-            c.connect(uid(f"bystand{i}"))
+            c = raw(broker, tag=f"bystand{i}")
             c.subscribe([("by/#", 2)])
             self.subs.append(c)
         if len(self.subs) > 1:
@@ -668,8 +690,7 @@ class Bystander:
         want = [f"still-alive-{self.n}-qos{q}".encode() for q in (0, 1, 2)]
         assert sorted(self.broker.pids()) == self.pids, \
             f"daemon processes changed: {self.pids} -> {sorted(self.broker.pids())}"
-        with mqttraw.RawClient(self.broker.port, host=self.broker.host, timeout=T(5)) as pub:
-            pub.connect(uid("bypub"))
+        with raw(self.broker, tag="bypub") as pub:
             for q, payload in enumerate(want):
                 pub.publish(self.TOPIC, payload, qos=q, pid=q or None)
             pub.disconnect()
@@ -748,6 +769,15 @@ def start_broker(tmp_path):
 
 
 @pytest.fixture
+def clients(start_broker):
+    """Clients the test holds (helpers.Clients), closed at its end, before
+    any daemon it started stops."""
+    c = Clients()
+    yield c
+    c.close()
+
+
+@pytest.fixture
 def broker(request, start_broker):
     m = request.node.get_closest_marker("broker_config")
     opts = dict(m.kwargs) if m else {}
@@ -760,7 +790,5 @@ def worker_of(broker):
 
 
 @pytest.fixture
-def bystander(broker):
-    b = Bystander(broker)
-    yield b
-    b.close()
+def bystander(broker, clients):
+    return clients.own(Bystander(broker))

@@ -1,19 +1,25 @@
 """
 Shared helpers for the iotd end-to-end tests: bounded waiting, unique client
 ids, /proc lookups (which process holds the server side of a connection),
-a paho-mqtt wrapper and mosquitto_sub / mosquitto_pub subprocess wrappers.
+the raw-client factory (raw; raw_on to place a client on a worker; Clients,
+closed at the end of a test), a test's instruments (PeakPss samples memory,
+PublishReader drains a client on a thread), a paho-mqtt wrapper and
+mosquitto_sub / mosquitto_pub subprocess wrappers.
 """
 
 import os
 import pwd
 import re
 import secrets
+import select
 import shutil
 import subprocess
 import threading
 import time
 
 import paho.mqtt.client as mqtt
+
+import mqttraw
 
 # Multiply every bound by this (e.g. E2E_TIMEOUT_SCALE=3 under a slow sanitizer build).
 SCALE = float(os.environ.get("E2E_TIMEOUT_SCALE", "1"))
@@ -253,6 +259,265 @@ def local_port_of(client):
     raise TypeError(f"cannot find the local port of {client!r}")
 
 
+# ------------------------------------------------------------ raw clients
+
+def raw(target, cid=None, *, tag="raw", host=None, source=None, rcvbuf=None, timeout=None,
+        connect=True, **connect_kw):
+    """A mqttraw.RawClient to target (a Broker: its first listen address;
+    or a port on 127.0.0.1, unless host says otherwise), from source (a
+    local address to bind) with a receive buffer of rcvbuf bytes when
+    given; timeout (default T(5)) bounds connecting and sending.
+    connect=False returns the bare TCP connection. Otherwise it has sent
+    CONNECT as cid (default: a unique id made from tag) with connect_kw
+    (clean, keepalive, will, expect_rc, username, ...; see
+    RawClient.connect) and received the CONNACK, kept in .connack."""
+    if isinstance(target, int):
+        port, host = target, host or "127.0.0.1"
+    else:
+        port, host = target.port, host or target.host
+    c = mqttraw.RawClient(port, host=host, timeout=T(5) if timeout is None else timeout,
+                          rcvbuf=rcvbuf, source=source)
+    if connect:
+        try:
+            c.connack = c.connect(uid(tag) if cid is None else cid, **connect_kw)
+        except BaseException:
+            c.close()
+            raise
+    return c
+
+
+def raw_on(broker, want=None, cid=None, *, avoid=None, tag="on", tries=None, deadline=None,
+           spare=None, make=None, connect=True, **connect_kw):
+    """A RawClient held by worker pid `want` (or by any worker but `avoid`):
+    raw(broker, cid, tag=tag, connect=connect, **connect_kw), or make(),
+    again until one lands there. The listener gives a new connection to the
+    least-loaded worker, and a restarted worker only once it said it is
+    alive. A client that lands elsewhere is disconnected and, after a short
+    pause, another made; given a list `spare`, it is kept open there
+    instead (it shifts the balance), or, when it has a fixed client id or
+    CONNECT options (a will, a persistent session), it leaves and a plain
+    filler connection takes its place there. Gives up after `tries`
+    connections or at `deadline` (time.monotonic()), whichever comes
+    first; with neither, T(5) from now."""
+    if tries is None and deadline is None:
+        deadline = time.monotonic() + T(5)
+    n = 0
+    while True:
+        c = make() if make else raw(broker, cid, tag=tag, connect=connect, **connect_kw)
+        w = broker.worker_of(c)
+        if (want is None or w == want) and w != avoid:
+            return c
+        n += 1
+        if spare is None:
+            c.disconnect()
+        elif cid is not None or connect_kw:
+            c.disconnect()
+            spare.append(raw(broker, tag="filler"))
+        else:
+            spare.append(c)
+        if (tries is not None and n >= tries) or \
+                (deadline is not None and time.monotonic() >= deadline):
+            where = f"worker pid {want}" if avoid is None else f"a worker other than {avoid}"
+            raise AssertionError(f"no new connection reached {where} in {n} tries")
+        if spare is None:
+            time.sleep(0.01)
+
+
+class Clients:
+    """Clients a test holds, each ended at its end, the last made first: the
+    `clients` fixture, or an owner of its own."""
+
+    def __init__(self):
+        self.ends = []
+
+    def own(self, c, end=None):
+        """c, ended at the end by end() (default: c.close())."""
+        self.ends.append(end or c.close)
+        return c
+
+    append = own        # a `spare` list for raw_on
+
+    def raw(self, target, cid=None, **kw):
+        """raw(target, cid, **kw), closed at the end."""
+        return self.own(raw(target, cid, **kw))
+
+    def sub_and_pub(self, broker, tag, filters, paho=False):
+        """A raw subscriber to filters and a publisher (a PahoClient with
+        paho), client ids made from tag + "sub" and tag + "pub", held by
+        different workers (asserted when the daemon has several)."""
+        sub = self.raw(broker, tag=f"{tag}sub")
+        if paho:
+            pub = self.paho(broker.port, uid(f"{tag}pub"))
+        else:
+            pub = self.raw(broker, tag=f"{tag}pub")
+        sub.subscribe(filters)
+        if paho:
+            pub.connect()
+        broker.assert_different_workers(sub, pub)
+        return sub, pub
+
+    def paho(self, port, client_id, **kw):
+        """A PahoClient (not connected yet), disconnected at the end."""
+        c = PahoClient(port, client_id, **kw)
+        return self.own(c, c.disconnect)
+
+    def close(self):
+        while self.ends:
+            self.ends.pop()()
+
+
+def offline_session(target, cid, filters):
+    """Leaves a persistent session for cid subscribed to filters, offline
+    (after DISCONNECT)."""
+    c = raw(target, cid, clean=False)
+    c.subscribe(filters)
+    c.disconnect()
+
+
+def resumed(target, cid, why=None, **connect_kw):
+    """A connection that resumed cid's stored session: CONNACK session
+    present 1 (asserted; why says what it means otherwise)."""
+    c = raw(target, cid, clean=False, **connect_kw)
+    if why is None:
+        assert c.connack.session_present is True
+    else:
+        assert c.connack.session_present is True, why
+    return c
+
+
+def close_all(clients):
+    """Close each of the clients (None entries skipped)."""
+    for c in clients:
+        if c:
+            c.close()
+
+
+def closed_without_reply(c, timeout=5):
+    """Assert the server closes the connection within T(timeout), sending nothing first."""
+    got = c.expect_closed(T(timeout))
+    assert got == [], f"expected the connection closed without a reply, got {got!r}"
+
+
+def closed_without_reply_to(target, data, **raw_kw):
+    """A new connection, raw(target, **raw_kw), sends data: the server
+    closes it without a reply (closed_without_reply). Returns the client."""
+    with raw(target, **raw_kw) as c:
+        c.send(data)
+        closed_without_reply(c)
+    return c
+
+
+# ------------------------------------------------------------ placement and instruments
+
+class Placement:
+    """Connected clients placed on a chosen worker: the listener gives each
+    new connection to the least-loaded worker, so a client landing on the
+    wrong one is kept open (it shifts the balance) and another is tried."""
+
+    def __init__(self, broker):
+        self.broker = broker
+        self.spare = []
+
+    def client(self, tag, worker, same=True, tries=6, factory=None):
+        make = (lambda: factory(self.broker)) if factory else None
+        return raw_on(self.broker, worker if same else None, avoid=None if same else worker,
+                      tag=tag, tries=tries, spare=self.spare, make=make)
+
+    def close(self):
+        for c in self.spare:
+            c.close()
+
+
+class PeakPss:
+    """Samples the Pss of some processes (rings aside) every 20 ms on a
+    thread; .peak is the largest sum seen."""
+
+    def __init__(self, pids):
+        self.pids = list(pids)
+        self.peak = 0
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, sum(pss_kb(p, shmem=False) for p in self.pids))
+            self.stop.wait(0.02)
+
+    def finish(self):
+        self.stop.set()
+        self.t.join(T(5))
+        self.peak = max(self.peak, sum(pss_kb(p, shmem=False) for p in self.pids))
+        return self.peak
+
+
+class PublishReader:
+    """Reads a RawClient's socket on a thread as fast as it can, parses every
+    packet and acknowledges each QoS 1 PUBLISH; a subclass's take(publishes)
+    records each batch (under .cond). close() stops reading; a partial
+    packet goes back to the client's buffer."""
+
+    def __init__(self, client):
+        self.c = client
+        self.cond = threading.Condition()
+        self.stop = threading.Event()
+        self.error = None
+        self.buf = bytearray(client.buf)    # bytes of a packet not yet whole
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def take(self, publishes):
+        raise NotImplementedError
+
+    def _run(self):
+        s, buf = self.c.sock, self.buf
+        poller = select.poll()
+        poller.register(s, select.POLLIN)
+        try:
+            while not self.stop.is_set():
+                if not poller.poll(50):
+                    continue
+                data = s.recv(4 << 20)
+                if not data:
+                    raise ConnectionError("server closed the connection")
+                buf += data
+                got, acks, off = [], [], 0
+                while True:
+                    p, n = mqttraw.parse_one(memoryview(buf)[off:])
+                    if p is None:
+                        break
+                    off += n
+                    if p.type == mqttraw.PUBLISH:
+                        if p.qos == 1:
+                            acks.append(mqttraw.puback(p.pid))
+                        got.append(p)
+                del buf[:off]
+                if acks:
+                    s.sendall(b"".join(acks))
+                if got:
+                    with self.cond:
+                        self.take(got)
+                        self.cond.notify_all()
+        except Exception as e:  # reported by wait_until()
+            with self.cond:
+                self.error = e
+                self.cond.notify_all()
+
+    def wait_until(self, cond, timeout, what):
+        """Until cond() (called under .cond), within T(timeout); fails if the reader failed."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: self.error is not None or cond(), T(timeout))
+            assert self.error is None, f"reader failed: {self.error!r}"
+            assert ok, f"timed out after {T(timeout):.1f} s waiting for {what}"
+
+    def close(self):
+        if self.stop.is_set():
+            return
+        self.stop.set()
+        self.t.join(T(5))
+        self.c.buf = self.buf
+
+
 # ------------------------------------------------------------ paho wrapper
 
 class PahoClient:
@@ -333,6 +598,11 @@ class PahoClient:
             assert info.is_published(), f"[{self.client_id}] publish to {topic!r} not completed"
         return info
 
+    def payloads(self):
+        """(topic, payload as str) of every message received so far."""
+        with self.lock:
+            return [(msg.topic, msg.payload.decode()) for msg in self.messages]
+
     def held_qos2(self):
         """QoS 2 messages this client received and sent PUBREC for, awaiting
         PUBREL, by packet id: paho keeps them as session state and hands each
@@ -368,6 +638,24 @@ class PahoClient:
         self.c.loop_stop()
         if s is not None:
             s.close()
+
+
+def drop_paho(broker, c):
+    """DISCONNECT a paho client and wait until the server side is gone, so
+    that the listener's load count no longer includes it."""
+    port = c.local_port
+    c.disconnect()
+    wait_for(lambda: server_side_inode(broker.port, port) is None, 5,
+             f"the server to close the connection from port {port}")
+
+
+def published(info):
+    """Whether paho got the PUBACK / PUBCOMP of a publish (paho raises for a
+    publish made while it was not connected)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------ CLI clients

@@ -14,14 +14,7 @@ import time
 import pytest
 
 import mqttraw as m
-from helpers import T, uid
-
-
-def bad(broker, connected=True, keepalive=60, **kw):
-    c = m.RawClient(broker.port, timeout=T(5))
-    if connected:
-        c.connect(uid("bad"), keepalive=keepalive, **kw)
-    return c
+from helpers import T, closed_without_reply_to, raw, uid
 
 
 def send_quietly(c, data):
@@ -32,10 +25,34 @@ def send_quietly(c, data):
         pass
 
 
+def time_to_close(c, data, timeout):
+    """Sends data (when any) and waits, within T(timeout), for the server to
+    close the connection: (the packets it sent meanwhile, the seconds from
+    the send to the close)."""
+    t0 = time.monotonic()
+    if data:
+        c.send(data)
+    got = c.expect_closed(T(timeout))
+    return got, time.monotonic() - t0
+
+
+def trickle_until_closed(c, deadline):
+    """Send one more byte every 0.3 s until the server closes the
+    connection (True) or the deadline passes (False)."""
+    while time.monotonic() < deadline:
+        try:
+            c.send(b"\x00")
+        except OSError:
+            return True
+        if not c.is_open(0.3):
+            return True
+    return False
+
+
 @pytest.mark.broker_config(max_packet_size=1024)
 @pytest.mark.parametrize("connected", [True, False], ids=["after-connect", "as-first-packet"])
 def test_declared_length_over_max_packet_size_closes(broker, bystander, connected):
-    with bad(broker, connected) as c:
+    with raw(broker, tag="bad", connect=connected) as c:
         first = 0x30 if connected else 0x10
         c.send(bytes([first]) + m.enc_varint(100000) + b"\x00\x03a/b" + b"x" * 100)
         got = c.expect_closed(T(5))
@@ -45,7 +62,7 @@ def test_declared_length_over_max_packet_size_closes(broker, bystander, connecte
 
 @pytest.mark.broker_config(max_packet_size=1024)
 def test_actual_packet_over_max_packet_size_closes_and_is_not_delivered(broker, bystander):
-    with bad(broker) as c:
+    with raw(broker, tag="bad") as c:
         try:
             c.send(m.publish("by/big", b"x" * 4096, qos=0))
         except OSError:
@@ -62,7 +79,7 @@ def test_packet_of_exactly_max_packet_size_is_delivered_one_more_byte_closes(bro
     fill = 1024 - 3 - len(m.enc_str("by/edge"))    # 1 type byte + 2 length bytes
     exact = m.publish("by/edge", b"e" * fill, qos=0)
     assert len(exact) == 1024
-    with bad(broker) as c:
+    with raw(broker, tag="bad") as c:
         c.send(exact)
         c.ping()
         for s in bystander.subs:
@@ -78,7 +95,7 @@ def test_packet_of_exactly_max_packet_size_is_delivered_one_more_byte_closes(bro
 def test_declared_length_over_max_closes_before_the_body_is_sent(broker, bystander, connected):
     """Only the fixed header of a 200 MB packet is sent: the daemon closes at
     once, without waiting for (or allocating) the body."""
-    with bad(broker, connected) as c:
+    with raw(broker, tag="bad", connect=connected) as c:
         worker = broker.worker_of(c)
         mark = broker.memory_mark([worker])
         first = 0x30 if connected else 0x10
@@ -95,7 +112,7 @@ def test_declared_length_over_max_closes_before_the_body_is_sent(broker, bystand
 def test_declared_length_is_not_allocated_before_the_body_arrives(broker, bystander):
     """A packet declared at 200 MB (under the configured limit) of which only
     1 kB arrives costs the worker about 1 kB, not 200 MB."""
-    with bad(broker) as c:
+    with raw(broker, tag="bad") as c:
         worker = broker.worker_of(c)
         mark = broker.memory_mark([worker])
         c.send(bytes([0x30]) + m.enc_varint(200_000_000) + m.enc_str("by/huge") + b"h" * 1024)
@@ -109,16 +126,15 @@ def test_declared_length_is_not_allocated_before_the_body_arrives(broker, bystan
 
 @pytest.mark.parametrize("connected", [True, False], ids=["after-connect", "as-first-packet"])
 def test_five_byte_remaining_length_closes(broker, bystander, connected):
-    with bad(broker, connected) as c:
-        c.send(bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]) + b"\x00" * 16)
-        assert c.expect_closed(T(5)) == []
+    closed_without_reply_to(broker, bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]) + b"\x00" * 16,
+                            tag="bad", connect=connected)
     bystander.check()
 
 
 @pytest.mark.parametrize("connected", [True, False], ids=["after-connect", "as-first-packet"])
 def test_five_byte_remaining_length_of_small_value_closes(broker, bystander, connected):
     """80 80 80 80 01: small enough to pass any size limit, but five bytes."""
-    with bad(broker, connected) as c:
+    with raw(broker, tag="bad", connect=connected) as c:
         first = 0x30 if connected else 0x10
         c.send(bytes([first]) + m.enc_varint_padded(0, 4)[:-1] + b"\x80\x01" + b"\x00" * 8)
         assert c.expect_closed(T(5)) == []
@@ -130,7 +146,7 @@ def test_non_minimal_remaining_length_is_accepted(broker, bystander, width):
     """A receiver accepts a non-minimal remaining length (3.1.1 does not
     require the shortest form): the CONNECT is answered and the PUBLISH
     delivered, to subscribers on every worker."""
-    with m.RawClient(broker.port, timeout=T(5)) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.with_length_width(m.connect(uid("nonmin"), keepalive=60), width))
         ack = c.expect(m.CONNACK)
         assert ack.rc == 0
@@ -146,9 +162,7 @@ def test_non_minimal_remaining_length_is_accepted(broker, bystander, width):
 @pytest.mark.parametrize("ptype", [0, 15])
 @pytest.mark.parametrize("connected", [True, False], ids=["after-connect", "as-first-packet"])
 def test_reserved_packet_type_closes(broker, bystander, ptype, connected):
-    with bad(broker, connected) as c:
-        c.send(bytes([ptype << 4, 0x00]))
-        assert c.expect_closed(T(5)) == []
+    closed_without_reply_to(broker, bytes([ptype << 4, 0x00]), tag="bad", connect=connected)
     bystander.check()
 
 
@@ -178,16 +192,12 @@ RESERVED_FLAGS = [
 
 @pytest.mark.parametrize("pkt", RESERVED_FLAGS)
 def test_reserved_flag_bits_close(broker, bystander, pkt):
-    with bad(broker) as c:
-        c.send(pkt)
-        assert c.expect_closed(T(5)) == []
+    closed_without_reply_to(broker, pkt, tag="bad")
     bystander.check()
 
 
 def test_connect_with_reserved_header_flags_closes_without_connack(broker, bystander):
-    with bad(broker, connected=False) as c:
-        c.send(m.with_flags(m.connect(uid("flags")), 0x1))
-        assert c.expect_closed(T(5)) == []
+    closed_without_reply_to(broker, m.with_flags(m.connect(uid("flags")), 0x1), connect=False)
     bystander.check()
 
 
@@ -208,14 +218,12 @@ def test_connect_with_reserved_header_flags_closes_without_connack(broker, bysta
     pytest.param(bytes([0xE0, 0x01, 0x00]), id="disconnect-with-body"),
 ])
 def test_malformed_packet_after_connect_closes(broker, bystander, pkt):
-    with bad(broker) as c:
-        c.send(pkt)
-        assert c.expect_closed(T(5)) == []
+    closed_without_reply_to(broker, pkt, tag="bad")
     bystander.check()
 
 
 def test_garbage_bytes_close_connection(broker, bystander):
-    with bad(broker, connected=False) as c:
+    with raw(broker, connect=False) as c:
         send_quietly(c, bytes(range(256)) * 4)
         assert c.expect_closed(T(5)) == []
     bystander.check()
@@ -225,12 +233,9 @@ def test_garbage_bytes_close_connection(broker, bystander):
 
 @pytest.mark.broker_config(connect_timeout=2)
 def test_partial_connect_never_completed_is_closed_after_connect_timeout(broker, bystander):
-    with bad(broker, connected=False) as c:
+    with raw(broker, connect=False) as c:
         full = m.connect(uid("partial"))
-        c.send(full[:5])
-        t0 = time.monotonic()
-        got = c.expect_closed(T(2 + 3))
-        elapsed = time.monotonic() - t0
+        got, elapsed = time_to_close(c, full[:5], 2 + 3)
         assert got == [], f"answered a CONNECT that never arrived whole: {got!r}"
         assert elapsed >= 1.0, f"closed after {elapsed:.2f} s: before connect_timeout=2"
     bystander.check()
@@ -239,12 +244,9 @@ def test_partial_connect_never_completed_is_closed_after_connect_timeout(broker,
 @pytest.mark.broker_config(connect_timeout=1)
 def test_connect_declared_longer_than_sent_is_closed_after_connect_timeout(broker, bystander):
     """A CONNECT header declaring 200 bytes, 20 of them sent, then silence."""
-    with bad(broker, connected=False) as c:
+    with raw(broker, connect=False) as c:
         full = m.connect(uid("declared"))
-        t0 = time.monotonic()
-        c.send(bytes([0x10]) + m.enc_varint(200) + full[2:22])
-        got = c.expect_closed(T(1 + 3))
-        elapsed = time.monotonic() - t0
+        got, elapsed = time_to_close(c, bytes([0x10]) + m.enc_varint(200) + full[2:22], 1 + 3)
         assert got == [], repr(got)
         assert elapsed >= 0.5, f"closed after {elapsed:.2f} s: before connect_timeout=1"
     bystander.check()
@@ -255,20 +257,10 @@ def test_connect_trickled_byte_by_byte_is_still_closed_after_connect_timeout(bro
     """connect_timeout is the time a new connection has to send CONNECT: a
     client sending one byte of a never-ending CONNECT every 0.3 s must not
     hold its connection beyond it (1 s, checked once a second)."""
-    with bad(broker, connected=False) as c:
+    with raw(broker, connect=False) as c:
         t0 = time.monotonic()
         c.send(bytes([0x10]) + m.enc_varint(200))
-        deadline = t0 + T(1 + 2.5)
-        closed = False
-        while time.monotonic() < deadline:
-            try:
-                c.send(b"\x00")
-            except OSError:
-                closed = True
-                break
-            if not c.is_open(0.3):
-                closed = True
-                break
+        closed = trickle_until_closed(c, t0 + T(1 + 2.5))
         elapsed = time.monotonic() - t0
         assert closed, f"still open after {elapsed:.1f} s with connect_timeout=1"
         assert elapsed >= 0.5, f"closed after {elapsed:.2f} s: before connect_timeout=1"
@@ -280,14 +272,11 @@ def test_packet_declared_longer_than_sent_after_connect_is_closed_by_keepalive(b
     """After CONNECT the keep-alive governs (1.5 x 2 s), not connect_timeout
     (1 s): a PUBLISH declaring 100 bytes of which 10 arrive, then silence.
     The connection ends abnormally, so the will is published."""
-    with m.RawClient(broker.port, timeout=T(5)) as watcher:
-        watcher.connect(uid("watch"))
+    with raw(broker, uid("watch")) as watcher:
         watcher.subscribe([("will/declared", 0)])
-        with bad(broker, keepalive=2, will=("will/declared", b"gone", 0, False)) as c:
-            t0 = time.monotonic()
-            c.send(bytes([0x30]) + m.enc_varint(100) + m.enc_str("by/x") + b"x" * 4)
-            got = c.expect_closed(T(3 + 4))
-            elapsed = time.monotonic() - t0
+        with raw(broker, tag="bad", keepalive=2, will=("will/declared", b"gone", 0, False)) as c:
+            declared = bytes([0x30]) + m.enc_varint(100) + m.enc_str("by/x") + b"x" * 4
+            got, elapsed = time_to_close(c, declared, 3 + 4)
             assert got == [], repr(got)
             assert elapsed >= 2.5, (f"closed after {elapsed:.2f} s: the keep-alive is 2 s "
                                     f"(closed at 3 s), connect_timeout no longer applies")
@@ -299,20 +288,10 @@ def test_packet_declared_longer_than_sent_after_connect_is_closed_by_keepalive(b
 def test_packet_trickled_after_connect_is_closed_by_keepalive(broker, bystander):
     """Keep-alive 1 s: a PUBLISH declaring 200 bytes, one byte every 0.3 s,
     is no control packet: closed after 1.5 s."""
-    with bad(broker, keepalive=1) as c:
+    with raw(broker, tag="bad", keepalive=1) as c:
         t0 = time.monotonic()
         c.send(bytes([0x30]) + m.enc_varint(200))
-        deadline = t0 + T(1.5 + 2)
-        closed = False
-        while time.monotonic() < deadline:
-            try:
-                c.send(b"\x00")
-            except OSError:
-                closed = True
-                break
-            if not c.is_open(0.3):
-                closed = True
-                break
+        closed = trickle_until_closed(c, t0 + T(1.5 + 2))
         elapsed = time.monotonic() - t0
         assert closed, f"still open after {elapsed:.1f} s with a keep-alive of 1 s"
     bystander.check()
@@ -320,10 +299,8 @@ def test_packet_trickled_after_connect_is_closed_by_keepalive(broker, bystander)
 
 @pytest.mark.broker_config(connect_timeout=2)
 def test_connection_without_connect_is_closed_after_connect_timeout(broker, bystander):
-    with bad(broker, connected=False) as c:
-        t0 = time.monotonic()
-        got = c.expect_closed(T(2 + 3))
-        elapsed = time.monotonic() - t0
+    with raw(broker, connect=False) as c:
+        got, elapsed = time_to_close(c, b"", 2 + 3)
         assert got == [], f"sent packets to a client that never connected: {got!r}"
         assert elapsed >= 1.0, f"closed after {elapsed:.2f} s: before connect_timeout=2"
     bystander.check()
@@ -334,7 +311,7 @@ def test_many_bad_connections_in_a_row_leave_daemon_healthy(broker, bystander):
                 m.connect(uid("x"), proto_name="XXXX"), bytes([0xF0, 0x00]),
                 m.connect(uid("y"), reserved=True)]
     for i in range(20):
-        with bad(broker, connected=False) as c:
+        with raw(broker, connect=False) as c:
             c.send(payloads[i % len(payloads)])
             c.expect_closed(T(5))
     bystander.check()

@@ -18,37 +18,18 @@ import time
 import pytest
 
 import mqttraw as m
-from helpers import T, uid, wait_for
-from test_hostile_resources import PeakPss, Placement
+from helpers import T, close_all, PeakPss, Placement, raw, uid, wait_for
 
 pytestmark = pytest.mark.iotd_only
-
-
-def raw(broker, tag, source=None, **kw):
-    c = m.RawClient(broker.port, timeout=T(5), source=source, **kw)
-    c.connect(uid(tag))
-    return c
 
 
 def connect_from(broker, source):
     """A client connected (CONNACK 0) from that address, or None when the
     listener closed the connection at once."""
     try:
-        c = m.RawClient(broker.port, timeout=T(2), source=source)
-    except OSError:
-        return None
-    try:
-        c.connect(uid("addr"))
-        return c
+        return raw(broker, tag="addr", source=source, timeout=T(2))
     except (OSError, m.MQTTError):
-        c.close()
         return None
-
-
-def close_all(clients):
-    for c in clients:
-        if c:
-            c.close()
 
 
 # --- max_output_bytes --------------------------------------------------------
@@ -98,15 +79,14 @@ def deaf_client(broker, bystander, packet, reply, check_memory):
     same worker is served meanwhile. Once it reads, it gets one reply for
     every whole packet it sent. With check_memory, the worker's growth is
     asserted within twice the cap (its buffer grows by doubling) and a MiB."""
-    deaf = m.RawClient(broker.port, timeout=T(5), rcvbuf=4096)
-    deaf.connect(uid("deaf"))
+    deaf = raw(broker, uid("deaf"), rcvbuf=4096)
     worker = broker.worker_of(deaf)
     place = Placement(broker)
     sub = pub = None
     try:
         sub = place.client("sub", worker, same=True)
         sub.subscribe([("deaf/other", 0)])
-        pub = raw(broker, "other")
+        pub = raw(broker, tag="other")
         base = broker.pss_kb([worker])
         peak = PeakPss([worker])
         sent = send_until_held_back(deaf.sock, packet * 8192, DEAF_LIMIT, T(1))
@@ -167,8 +147,8 @@ def test_inflight_bytes_bound_what_one_connection_holds_and_reload_raises_it(bro
     bytes (topic + payload) with a window of 100: it is given 16 (64 KiB),
     the others are dropped and logged. Raised to 128 KiB by a reload, 16
     more of the next 40; once it acknowledges, new messages flow again."""
-    sub = raw(broker, "ibsub")
-    pub = raw(broker, "ibpub")
+    sub = raw(broker, tag="ibsub")
+    pub = raw(broker, tag="ibpub")
     try:
         sub.subscribe([("ib/t", 1), ("ib/sync", 0)])
         size = 4096 - len("ib/t")
@@ -196,28 +176,25 @@ def test_inflight_bytes_bound_what_one_connection_holds_and_reload_raises_it(bro
 # --- inbound QoS 2 ------------------------------------------------------------------
 
 @pytest.mark.broker_config(max_inflight=5)
-def test_qos2_ids_awaiting_pubrel_are_bounded_by_max_inflight(broker, bystander):
+def test_qos2_ids_awaiting_pubrel_are_bounded_by_max_inflight(broker, bystander, clients):
     """A publisher may hold max_inflight QoS 2 ids awaiting PUBREL: a resent
     id is acknowledged again, a PUBREL makes room, and a new id past the
     bound closes the connection (the client resends what it was not
     acknowledged when it comes back)."""
-    c = raw(broker, "q2")
-    try:
-        for pid in range(1, 6):
-            c.send(m.publish("q2/t", b"m%d" % pid, qos=2, pid=pid))
-            c.expect(m.PUBREC, pid=pid)
-        c.send(m.publish("q2/t", b"m3", qos=2, pid=3, dup=True))
-        c.expect(m.PUBREC, pid=3)
-        c.send(m.pubrel(1))
-        c.expect(m.PUBCOMP, pid=1)
-        c.send(m.publish("q2/t", b"m6", qos=2, pid=6))
-        c.expect(m.PUBREC, pid=6)
-        c.send(m.publish("q2/t", b"m7", qos=2, pid=7))
-        c.expect_closed(T(5))
-        assert "too many QoS 2 messages awaiting PUBREL" in broker.log
-        bystander.check()
-    finally:
-        c.close()
+    c = clients.raw(broker, tag="q2")
+    for pid in range(1, 6):
+        c.send(m.publish("q2/t", b"m%d" % pid, qos=2, pid=pid))
+        c.expect(m.PUBREC, pid=pid)
+    c.send(m.publish("q2/t", b"m3", qos=2, pid=3, dup=True))
+    c.expect(m.PUBREC, pid=3)
+    c.send(m.pubrel(1))
+    c.expect(m.PUBCOMP, pid=1)
+    c.send(m.publish("q2/t", b"m6", qos=2, pid=6))
+    c.expect(m.PUBREC, pid=6)
+    c.send(m.publish("q2/t", b"m7", qos=2, pid=7))
+    c.expect_closed(T(5))
+    assert "too many QoS 2 messages awaiting PUBREL" in broker.log
+    bystander.check()
 
 
 # --- per address ------------------------------------------------------------------

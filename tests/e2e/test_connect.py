@@ -6,15 +6,11 @@ import signal
 import pytest
 
 import mqttraw as m
-from helpers import T, local_port_of, proc_title, server_rx_queue, uid, wait_for
+from helpers import T, local_port_of, raw, server_rx_queue, uid, wait_for
 
 
 IGNORED_BY_MOSQUITTO = pytest.mark.mosquitto_differs(
     "Mosquitto silently ignores SUBACK/UNSUBACK/PINGRESP from a client")
-
-
-def raw(broker):
-    return m.RawClient(broker.port, timeout=T(5))
 
 
 def assert_closed_without_accept(c, timeout=5):
@@ -24,8 +20,16 @@ def assert_closed_without_accept(c, timeout=5):
     return got
 
 
+def connect_refused(broker, connect):
+    """A new connection sends the CONNECT packet `connect`: closed without
+    being accepted."""
+    with raw(broker, connect=False) as c:
+        c.send(connect)
+        assert_closed_without_accept(c)
+
+
 def test_connect_returns_connack_accepted(broker):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect(uid("ok"), clean=True, keepalive=30))
         ack = c.expect(m.CONNACK)
         assert ack.rc == 0
@@ -34,7 +38,7 @@ def test_connect_returns_connack_accepted(broker):
 
 
 def test_mqtt31_mqisdp_level3_is_accepted(broker):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect("v31-" + uid("a")[-8:], proto_name="MQIsdp", level=3))
         assert c.expect(m.CONNACK).rc == 0
         c.ping()
@@ -42,7 +46,7 @@ def test_mqtt31_mqisdp_level3_is_accepted(broker):
 
 @pytest.mark.parametrize("level", [2, 7, 255])
 def test_unsupported_protocol_level_gets_connack_1_then_close(broker, level):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect(uid("lvl"), level=level))
         ack = c.expect(m.CONNACK)
         assert ack.rc == 1, f"expected CONNACK 1 (unacceptable protocol version), got {ack!r}"
@@ -51,51 +55,41 @@ def test_unsupported_protocol_level_gets_connack_1_then_close(broker, level):
 
 @pytest.mark.parametrize("name", ["MQTX", "mqtt", "MQIsdp4", ""])
 def test_wrong_protocol_name_closes_connection(broker, name):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect(uid("name"), proto_name=name))
         got = c.expect_closed(T(5))
         assert got == [], f"expected a close without any packet, got {got!r}"
 
 
 def test_reserved_connect_flag_closes_connection(broker):
-    with raw(broker) as c:
-        c.send(m.connect(uid("rsv"), reserved=True))
-        assert_closed_without_accept(c)
+    connect_refused(broker, m.connect(uid("rsv"), reserved=True))
 
 
 def test_will_qos_3_closes_connection(broker):
-    with raw(broker) as c:
-        c.send(m.connect(uid("wq3"), will=("w/t", b"x", 0, False), will_qos=3))
-        assert_closed_without_accept(c)
+    connect_refused(broker, m.connect(uid("wq3"), will=("w/t", b"x", 0, False), will_qos=3))
 
 
 def test_will_retain_without_will_flag_closes_connection(broker):
-    with raw(broker) as c:
-        c.send(m.connect(uid("wret"), will_retain=True))
-        assert_closed_without_accept(c)
+    connect_refused(broker, m.connect(uid("wret"), will_retain=True))
 
 
 def test_will_qos_without_will_flag_closes_connection(broker):
-    with raw(broker) as c:
-        c.send(m.connect(uid("wqos"), will_qos=1))
-        assert_closed_without_accept(c)
+    connect_refused(broker, m.connect(uid("wqos"), will_qos=1))
 
 
 def test_password_without_username_closes_connection(broker):
-    with raw(broker) as c:
-        c.send(m.connect(uid("pw"), password=b"secret"))
-        assert_closed_without_accept(c)
+    connect_refused(broker, m.connect(uid("pw"), password=b"secret"))
 
 
 def test_empty_client_id_with_clean_session_is_accepted(broker):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect("", clean=True))
         assert c.expect(m.CONNACK).rc == 0
         c.ping()
 
 
 def test_empty_client_id_without_clean_session_gets_connack_2(broker):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect("", clean=False))
         ack = c.expect(m.CONNACK)
         assert ack.rc == 2, f"expected CONNACK 2 (identifier rejected), got {ack!r}"
@@ -109,14 +103,14 @@ def test_empty_client_id_without_clean_session_gets_connack_2(broker):
     pytest.param(m.disconnect(), id="disconnect"),
 ])
 def test_first_packet_not_connect_closes_connection(broker, first):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(first)
         got = c.expect_closed(T(5))
         assert got == [], f"expected a close without any packet, got {got!r}"
 
 
 def test_second_connect_closes_connection(broker):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         cid = uid("twice")
         c.connect(cid)
         c.send(m.connect(cid))
@@ -131,15 +125,13 @@ def test_second_connect_closes_connection(broker):
     pytest.param(m.pingresp(), id="pingresp", marks=IGNORED_BY_MOSQUITTO),
 ])
 def test_server_only_packet_from_client_closes_connection(broker, pkt):
-    with raw(broker) as c:
-        c.connect(uid("srvpkt"))
+    with raw(broker, uid("srvpkt")) as c:
         c.send(pkt)
         c.expect_closed(T(5))
 
 
 def test_pingreq_gets_pingresp(broker):
-    with raw(broker) as c:
-        c.connect(uid("ping"))
+    with raw(broker, uid("ping")) as c:
         for _ in range(3):
             c.send(m.pingreq())
             p = c.expect(m.PINGRESP)
@@ -151,8 +143,8 @@ def test_packets_sent_before_the_connack_are_handled_after_it(broker):
     """Packets that arrive while the worker waits for the router to place the
     session (the router is stopped meanwhile) wait, and are handled in order
     once the CONNACK is out."""
-    router = next(p for p in broker.pids() if proc_title(p).startswith("iotd: router"))
-    with raw(broker) as c, raw(broker) as sub:
+    router = broker.role_pid("router")
+    with raw(broker, connect=False) as c, raw(broker, connect=False) as sub:
         sub.connect(uid("early-sub"))
         sub.subscribe([("early/t", 0)])
         os.kill(router, signal.SIGSTOP)
@@ -188,6 +180,4 @@ def test_packets_sent_before_the_connack_are_handled_after_it(broker):
     pytest.param(b"a\x00b", id="nul"),
 ])
 def test_invalid_utf8_client_id_closes_connection(broker, bad_id):
-    with raw(broker) as c:
-        c.send(m.connect(bad_id))
-        assert_closed_without_accept(c)
+    connect_refused(broker, m.connect(bad_id))

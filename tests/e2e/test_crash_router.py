@@ -16,30 +16,23 @@ import time
 
 import pytest
 
-import mqttraw as m
-from helpers import T, PahoClient, proc_alive, proc_cmdline, proc_title, uid, wait_for
+from helpers import (T, offline_session, PahoClient, proc_alive, proc_cmdline, raw, resumed, uid,
+                     wait_for)
 
 pytestmark = pytest.mark.iotd_only
 
 
 # ------------------------------------------------------------ helpers
 
-def router_pid(broker):
-    for p in broker.pids():
-        if proc_title(p).startswith("iotd: router"):
-            return p
-    return None
-
-
 def kill_router(broker):
     """SIGKILL the router; return once its successor runs and has logged
     that it serves (it rebuilt its state first)."""
-    old = router_pid(broker)
+    old = broker.role_pid("router")
     assert old, f"no router among {[(p, proc_cmdline(p)) for p in broker.pids()]}"
     serving = broker.log.count("router: serving")
     os.kill(old, signal.SIGKILL)
     wait_for(lambda: not proc_alive(old), 5, f"router {old} to die")
-    new = wait_for(lambda: (lambda p: p if p and p != old else None)(router_pid(broker)), 10,
+    new = wait_for(lambda: broker.successor("router", old), 10,
                    "the supervisor to start a new router")
     wait_for(lambda: broker.log.count("router: serving") > serving, 10,
              "the new router to serve")
@@ -48,21 +41,10 @@ def kill_router(broker):
     return new
 
 
-def raw(broker, cid, **kw):
-    c = m.RawClient(broker.port, timeout=T(5))
-    c.connect(cid, **kw)
-    return c
-
-
 def paho(broker, tag, **kw):
     c = PahoClient(broker.port, uid(tag), **kw)
     c.connect()
     return c
-
-
-def payloads(client):
-    with client.lock:
-        return [msg.payload.decode() for msg in client.messages]
 
 
 STORE_NAME = re.compile(r"iotd-(\d+)-[0-9a-f]{32}$")
@@ -137,9 +119,9 @@ def test_router_crash_under_traffic_loses_no_acknowledged_message_and_no_client(
         q1, q2 = p.acknowledged(1), p.acknowledged(2)
         assert q1 and q2, "the publishers should have run across the crash"
         for s in (s1, s2):
-            wait_for(lambda: set(q1 + q2) <= set(payloads(s)), 20,
+            wait_for(lambda: set(q1 + q2) <= {p for _, p in s.payloads()}, 20,
                      f"{s.client_id} to receive every acknowledged QoS 1/2 message of {p.tag}")
-            got = payloads(s)
+            got = [p for _, p in s.payloads()]
             twice = [x for x in q2 if got.count(x) != 1]
             assert not twice, f"QoS 2 messages not delivered exactly once: {twice[:10]}"
     for c in (s1, s2, p1, p2):
@@ -154,9 +136,7 @@ def test_subscriptions_retained_and_queues_survive_a_router_crash(broker):
     broker.assert_different_workers(sub, pub)
     pub.publish("keep/ret", b"retained-before", qos=1, pid=1, retain=True)
     off_id = uid("koff")
-    off = raw(broker, off_id, clean=False)
-    off.subscribe([("keep/q", 2)])
-    off.disconnect()
+    offline_session(broker, off_id, [("keep/q", 2)])
     for i in range(3):
         pub.publish("keep/q", f"queued-{i}".encode(), qos=1 + i % 2, pid=10 + i)
 
@@ -172,8 +152,7 @@ def test_subscriptions_retained_and_queues_survive_a_router_crash(broker):
     p = late.recv_publish(timeout=T(5))
     assert (p.topic, p.payload, p.retain) == ("keep/ret", b"retained-before", True)
     # The persistent session and its queue are back.
-    off = m.RawClient(broker.port, timeout=T(5))
-    assert off.connect(off_id, clean=False).session_present is True
+    off = resumed(broker, off_id)
     got = [x.payload for x in off.recv_publishes(3, timeout=T(10))]
     assert got == [b"queued-0", b"queued-1", b"queued-2"]
     off.expect_no_packet(0.3)
@@ -200,8 +179,7 @@ def test_connections_restored_after_a_crash_keep_their_will_and_can_be_taken_ove
     # And a connection from before the crash can be taken over.
     again = raw(broker, taken_id)
     taken.expect_closed(T(5))
-    dev2 = m.RawClient(broker.port, timeout=T(5))
-    assert dev2.connect(cid, clean=False).session_present is True
+    dev2 = resumed(broker, cid)
     for c in (watcher, again, dev2):
         c.disconnect()
 
@@ -257,9 +235,7 @@ def test_disk_store_survives_a_daemon_restart(start_broker, store_parent):
     pub = raw(b, uid("dpub"))
     pub.publish("disk/ret", b"kept-on-disk", qos=1, pid=1, retain=True)
     away_id, online_id = uid("daway"), uid("donline")
-    away = raw(b, away_id, clean=False)
-    away.subscribe([("disk/q/#", 2)])
-    away.disconnect()
+    offline_session(b, away_id, [("disk/q/#", 2)])
     online = raw(b, online_id, clean=False, will=("disk/will", b"must-not-fire", 1, False))
     online.subscribe([("disk/live", 1)])
     clean_id = uid("dclean")
@@ -281,14 +257,12 @@ def test_disk_store_survives_a_daemon_restart(start_broker, store_parent):
     # No will of the previous daemon's connections fires on start.
     watch.expect_no_packet(0.5)
 
-    away = m.RawClient(b2.port, timeout=T(5))
-    assert away.connect(away_id, clean=False).session_present is True
+    away = resumed(b2, away_id)
     got = [x.payload for x in away.recv_publishes(QUEUED_ON_DISK, timeout=T(10))]
     assert got == [f"queued-{i}".encode() for i in range(QUEUED_ON_DISK)]
-    online = m.RawClient(b2.port, timeout=T(5))
-    assert online.connect(online_id, clean=False).session_present is True
-    c2 = m.RawClient(b2.port, timeout=T(5))
-    assert c2.connect(clean_id, clean=False).session_present is False, \
+    online = resumed(b2, online_id)
+    c2 = raw(b2, clean_id, clean=False)
+    assert c2.connack.session_present is False, \
         "a clean session must not outlive its daemon"
     pub2 = raw(b2, uid("dpub2"))
     pub2.publish("disk/live", b"still-subscribed", qos=1, pid=3)
@@ -307,11 +281,9 @@ def test_acknowledged_messages_outlive_a_killed_supervisor_on_disk(start_broker,
     env = disk_env(os.path.join(store_parent, "store"))
     b = start_broker(env=env)
     away_id = uid("sk-away")
-    away = raw(b, away_id, clean=False)
-    away.subscribe([("sk/q/#", 1)])
-    away.disconnect()
+    offline_session(b, away_id, [("sk/q/#", 1)])
     pub = raw(b, uid("sk-pub"))
-    router = router_pid(b)
+    router = b.role_pid("router")
     children = [p for p in b.pids() if p != b.proc.pid]
     os.kill(router, signal.SIGSTOP)
     try:
@@ -332,8 +304,7 @@ def test_acknowledged_messages_outlive_a_killed_supervisor_on_disk(start_broker,
     pub.close()
 
     b2 = start_broker(env=env)
-    back = m.RawClient(b2.port, timeout=T(5))
-    assert back.connect(away_id, clean=False).session_present is True
+    back = resumed(b2, away_id)
     got = [p.payload for p in back.recv_publishes(10, timeout=T(10))]
     assert got == [f"ring-{i}".encode() for i in range(10)], got
     back.disconnect()
@@ -358,7 +329,7 @@ def test_qos0_deliveries_held_for_a_stopped_worker_stay_out_of_the_store(broker)
     assert pub, f"no publisher off worker {worker} in 6 connections"
     pub.subscribe([("hq/sync", 0)])
     store = os.path.join(store_dir(broker), "data.mdb")
-    router = router_pid(broker)
+    router = broker.role_pid("router")
     size0, router0 = os.path.getsize(store), broker.pss_kb([router])
     chunk = 64 * 1024
     os.kill(worker, signal.SIGSTOP)

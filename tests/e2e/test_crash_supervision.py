@@ -25,9 +25,8 @@ import time
 
 import pytest
 
-import mqttraw as m
-from helpers import (T, PahoClient, proc_alive, proc_stat, proc_title, server_side_inode,
-                     uid, wait_for)
+from helpers import (T, drop_paho, PahoClient, proc_alive, proc_stat, proc_title, published, raw,
+                     raw_on, uid, wait_for)
 
 pytestmark = pytest.mark.iotd_only
 
@@ -35,23 +34,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------ /proc helpers
-
-def role_pid(broker, role):
-    """Pid of "iotd: router" / "iotd: listener" / "iotd: worker N" (role
-    "worker 0"), or None. Every role is a child of the supervisor: its
-    task's children list is read, not the whole of /proc."""
-    want = f"iotd: {role}"
-    sup = broker.proc.pid
-    try:
-        with open(f"/proc/{sup}/task/{sup}/children") as f:
-            kids = [int(x) for x in f.read().split()]
-    except OSError:
-        kids = broker.pids()[1:]
-    for p in kids:
-        if proc_alive(p) and proc_title(p) == want:
-            return p
-    return None
-
 
 def children_of(pid):
     """(pid, state) of every process whose parent is pid, zombies included."""
@@ -129,12 +111,6 @@ def poll_until(cond, deadline, what):
 
 # ------------------------------------------------------------ clients
 
-def raw(broker, tag, timeout=5, **kw):
-    c = m.RawClient(broker.port, timeout=T(timeout))
-    c.connect(uid(tag), **kw)
-    return c
-
-
 def round_trip(c, topic, payload=b"rt", timeout=None):
     """The client subscribes to topic, publishes to it at QoS 1 and gets it
     back: its worker, the router and back (timeout in seconds, default T(5))."""
@@ -148,34 +124,11 @@ def fresh_round_trip(broker, tag, timeout=None):
     """A new connection (listener, a worker, the router's CONNACK) does a
     publish round trip, then leaves (waiting for the server to close)."""
     timeout = T(5) if timeout is None else timeout
-    c = m.RawClient(broker.port, timeout=timeout)
+    c = raw(broker, tag=tag, timeout=timeout)
     try:
-        c.connect(uid(tag))
         round_trip(c, f"rt/{c.client_id}", timeout=timeout)
     finally:
         c.disconnect()
-
-
-def raw_on(broker, want, deadline, tag="on"):
-    """A RawClient held by worker pid `want`: a restarted worker is chosen
-    by the listener (least loaded) once it says it is alive; until then new
-    connections land elsewhere and are closed again."""
-    while True:
-        c = m.RawClient(broker.port, timeout=max(0.5, deadline - time.monotonic()))
-        c.connect(uid(tag))
-        if broker.worker_of(c) == want:
-            return c
-        c.disconnect()
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"no new connection reached the restarted worker {want}")
-        time.sleep(0.005)
-
-
-def drop_paho(broker, c):
-    port = c.local_port
-    c.disconnect()
-    wait_for(lambda: server_side_inode(broker.port, port) is None, 5,
-             f"the server to close the connection from port {port}")
 
 
 def paho_spread(broker, n_per_worker, tag):
@@ -197,18 +150,6 @@ def paho_spread(broker, n_per_worker, tag):
         drop_paho(broker, c)
     assert sum(len(v) for v in by_worker.values()) == need, f"could not spread: {by_worker}"
     return by_worker
-
-
-def payloads(client):
-    with client.lock:
-        return [(msg.topic, msg.payload.decode()) for msg in client.messages]
-
-
-def published(info):
-    try:
-        return info.is_published()
-    except (RuntimeError, ValueError):
-        return False
 
 
 class Flow(threading.Thread):
@@ -255,13 +196,12 @@ def test_listener_crash_keeps_connections_and_accepts_again(broker):
         f.start()
     wait_for(lambda: all(len(f.sent) > 50 for f in flows), 10, "traffic to flow")
 
-    old = role_pid(broker, "listener")
+    old = broker.role_pid("listener")
     assert old, f"no listener among {broker.pids()}"
     t0 = kill_time(old)
-    c = m.RawClient(broker.port, timeout=T(5))      # at once: waits in the backlog
-    c.connect(uid("lc-new"))
+    c = raw(broker, tag="lc-new")                   # at once: waits in the backlog
     accept_ms = (time.monotonic() - t0) * 1000
-    new = wait_for(lambda: (lambda p: p if p and p != old else None)(role_pid(broker, "listener")),
+    new = wait_for(lambda: broker.successor("listener", old),
                    5, "the supervisor to start a new listener")
     round_trip(c, "lc-new/x")
     c.disconnect()
@@ -276,9 +216,9 @@ def test_listener_crash_keeps_connections_and_accepts_again(broker):
         for f in flows:
             for q in (0, 1, 2):
                 sent = [p for t, p, qq, _ in f.sent if qq == q]
-                wait_for(lambda: len([p for t, p in payloads(s) if t == f"{f.base}/q{q}"])
+                wait_for(lambda: len([p for t, p in s.payloads() if t == f"{f.base}/q{q}"])
                          >= len(sent), 10, f"{s.client_id} to get every QoS {q} message of {f.tag}")
-                got = [p for t, p in payloads(s) if t == f"{f.base}/q{q}"]
+                got = [p for t, p in s.payloads() if t == f"{f.base}/q{q}"]
                 assert got == sent, (f"{s.client_id}: QoS {q} from {f.tag}: {len(sent)} sent, "
                                      f"{len(got)} received (lost, duplicated or out of order)")
     for v in clients.values():
@@ -300,7 +240,7 @@ def test_supervisor_death_takes_every_child(start_broker):
     sup = b.proc.pid
     children = b.pids()[1:]
     assert len(children) == 4, f"expected listener, router and 2 workers: {children}"
-    conns = [raw(b, f"sd{i}") for i in range(4)]
+    conns = [raw(b, tag=f"sd{i}") for i in range(4)]
     b.assert_spread(*conns)
     stores = glob.glob(f"/dev/shm/iotd-{sup}-*")
     assert len(stores) == 1, f"the memory store of daemon {sup}: {stores}"
@@ -341,17 +281,16 @@ def test_crash_loop_backs_off_without_spinning(broker):
     """Kill worker 0 each time it is back: 10 ms, x4, up to 5 s."""
     sup = broker.proc.pid
     # A client on worker 1 keeps its connection throughout.
-    w1 = role_pid(broker, "worker 1")
-    keep = raw_on(broker, w1, time.monotonic() + T(5), tag="keep")
+    w1 = broker.role_pid("worker 1")
+    keep = raw_on(broker, w1, tag="keep")
     restarts = broker.log.count("worker 0 killed by signal 9")
     cpu0, t_start = cpu_seconds(sup), time.monotonic()
     delays = []
     for k in range(LOOP_KILLS):
-        old = role_pid(broker, "worker 0")
+        old = broker.role_pid("worker 0")
         back = broker.log.count("worker 0 is back")
         t0 = kill_time(old)
-        new = poll_until(lambda: (lambda p: p if p and p != old else None)
-                         (role_pid(broker, "worker 0")), t0 + T(10),
+        new = poll_until(lambda: broker.successor("worker 0", old), t0 + T(10),
                          f"restart {k + 1} of worker 0")
         delays.append(time.monotonic() - t0)
         poll_until(lambda: broker.log.count("worker 0 is back") > back, t0 + T(15),
@@ -379,8 +318,8 @@ def test_crash_loop_backs_off_without_spinning(broker):
 
     # Healthy after: a client on the restarted worker does a round trip,
     # the client on the other worker never noticed.
-    new = role_pid(broker, "worker 0")
-    c = raw_on(broker, new, time.monotonic() + T(5))
+    new = broker.role_pid("worker 0")
+    c = raw_on(broker, new)
     round_trip(c, "loop/after")
     keep.publish("loop/after", b"from-worker-1", qos=1, pid=3)
     assert c.recv_publish(timeout=T(5)).payload == b"from-worker-1"
@@ -406,8 +345,8 @@ class Cycles:
         self.anchors = {}
         self.served_at = {}
         for i in range(self.n_workers):
-            pid = role_pid(broker, f"worker {i}")
-            self.anchors[i] = raw_on(broker, pid, time.monotonic() + T(5), tag=f"anchor{i}")
+            pid = broker.role_pid(f"worker {i}")
+            self.anchors[i] = raw_on(broker, pid, tag=f"anchor{i}")
         self.fds0 = fd_count(self.sup)
         self.fd_list0 = fd_targets(self.sup)
         self.role_fds0 = role_fds(broker)
@@ -424,19 +363,19 @@ class Cycles:
         since = time.monotonic() - self.served_at.get(role, 0.0)
         if since < SETTLED:
             time.sleep(SETTLED - since)
-        old = role_pid(b, role)
+        old = b.role_pid(role)
         assert old, f"no {role} among {[(p, proc_title(p)) for p in b.pids()]}"
         t0 = kill_time(old)
         deadline = t0 + budget
         n = len(self.times.get(role.split()[0], [])) + 1
         what = f"{role} (cycle {n})"
-        new = poll_until(lambda: (lambda p: p if p and p != old else None)(role_pid(b, role)),
+        new = poll_until(lambda: b.successor(role, old),
                          deadline, f"the supervisor to restart {what} within {budget:.1f} s")
         t_new = time.monotonic() - t0
         if role.startswith("worker"):
             i = int(role.split()[1])
             self.anchors[i].close()
-            c = raw_on(b, new, deadline, tag=f"anchor{i}")
+            c = raw_on(b, new, tag=f"anchor{i}", deadline=deadline)
             self.anchors[i] = c
             c.sock.settimeout(max(0.1, deadline - time.monotonic()))
             round_trip(c, f"cyc/w{i}", timeout=max(0.1, deadline - time.monotonic()))
@@ -466,7 +405,7 @@ class Cycles:
         b = self.broker
         try:
             wait_for(lambda: len(b.pids()) == 3 + self.n_workers and
-                     all(role_pid(b, r) for r in ("listener", "router")), 15,
+                     all(b.role_pid(r) for r in ("listener", "router")), 15,
                      "every role to run again")
         finally:
             b.initial_pids = set(b.pids())

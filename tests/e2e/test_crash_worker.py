@@ -31,7 +31,8 @@ import pytest
 
 import mqttraw as m
 from conftest import Broker
-from helpers import T, PahoClient, proc_alive, proc_title, server_side_inode, uid, wait_for
+from helpers import (T, drop_paho, PahoClient, proc_alive, proc_title, published, raw, raw_on,
+                     resumed, uid, wait_for)
 
 pytestmark = pytest.mark.iotd_only
 
@@ -54,15 +55,6 @@ def worker_pid_by_index(broker, index):
     return None
 
 
-def drop_paho(broker, c):
-    """DISCONNECT a paho client and wait until the server side is gone, so
-    that the listener's load count no longer includes it."""
-    port = c.local_port
-    c.disconnect()
-    wait_for(lambda: server_side_inode(broker.port, port) is None, 5,
-             f"the server to close the connection from port {port}")
-
-
 def paho_on(broker, make, want=None, avoid=None, fillers=None, tries=8):
     """A connected PahoClient (from make()) held by worker pid `want` (or by
     any worker but `avoid`). The listener hands a connection to the
@@ -75,42 +67,9 @@ def paho_on(broker, make, want=None, avoid=None, fillers=None, tries=8):
         if (want is None or w == want) and w != avoid:
             return c, w
         drop_paho(broker, c)
-        f = m.RawClient(broker.port, timeout=T(5))
-        f.connect(uid("filler"))
-        fillers.append(f)
+        fillers.append(raw(broker, tag="filler"))
     raise AssertionError(f"could not place a client on worker {want} (avoiding {avoid}) "
                          f"in {tries} tries")
-
-
-def raw_on(broker, want, cid=None, tries=20, **kw):
-    """A RawClient held by worker pid `want`, retrying while the listener
-    still sends new connections elsewhere (a restarted worker is chosen
-    only once it says it is alive)."""
-    deadline = time.monotonic() + T(5)
-    for _ in range(tries):
-        c = m.RawClient(broker.port, timeout=T(5))
-        c.connect(cid or uid("on"), **kw)
-        if broker.worker_of(c) == want:
-            return c
-        c.disconnect()
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.01)
-    raise AssertionError(f"no new connection reached worker pid {want}")
-
-
-def payloads(client):
-    with client.lock:
-        return [(msg.topic, msg.payload.decode()) for msg in client.messages]
-
-
-def published(info):
-    """Whether paho got the PUBACK / PUBCOMP of a publish (paho raises for a
-    publish made while it was not connected)."""
-    try:
-        return info.is_published()
-    except (RuntimeError, ValueError):
-        return False
 
 
 class Flow(threading.Thread):
@@ -232,7 +191,7 @@ def run_scenario(broker):
 
     # Wills, seen on the surviving worker.
     def wills():
-        return [(t, p) for t, p in payloads(watcher)]
+        return [(t, p) for t, p in watcher.payloads()]
     try:
         wait_for(lambda: {f"cwill/{r.sa_id}", f"cwill/{r.pa_id}"} <= {t for t, _ in wills()},
                  5, "the wills of the dead worker's clients")
@@ -265,34 +224,34 @@ def run_scenario(broker):
     # Everything pb sent (all three QoS) should reach sb; wait for it, bounded.
     want_b = {(tp, p) for tp, p, q, t, _ in fb.sent}
     try:
-        wait_for(lambda: want_b <= set(payloads(sb)), 10, "sb to receive every message of pb")
+        wait_for(lambda: want_b <= set(sb.payloads()), 10, "sb to receive every message of pb")
     except AssertionError:
         pass
     r.pa_acked_before_kill = fa.acked(1, before=r.t_kill) + fa.acked(2, before=r.t_kill)
     try:
-        wait_for(lambda: set(r.pa_acked_before_kill) <= set(payloads(sb)), 5,
+        wait_for(lambda: set(r.pa_acked_before_kill) <= set(sb.payloads()), 5,
                  "sb to receive pa's acknowledged messages")
     except AssertionError:
         pass
     time.sleep(T(0.2))            # to prove a negative: no duplicate will comes late
     r.wills = wills()
-    r.sb_got = payloads(sb)
-    r.sa_live = payloads(sa)
+    r.sb_got = sb.payloads()
+    r.sa_live = sa.payloads()
     # Exchanges at PUBREL stage (the dead worker had its PUBREC): the client
     # holds these messages and would deliver each on the PUBREL its session
     # gets again on reconnect; the raw client that stands in for it cannot.
     r.sa_held = sa.held_qos2()
 
     # The persistent subscriber comes back and gets what was queued for it.
-    r.sa_back = m.RawClient(broker.port, timeout=T(5))
-    r.sa_connack = r.sa_back.connect(r.sa_id, clean=False)
+    r.sa_back = raw(broker, r.sa_id, clean=False)
+    r.sa_connack = r.sa_back.connack
     r.sa_queued = drain(r, r.sa_back)
 
     # The restarted worker serves: a new client held by it does a round trip.
     wait_for(lambda: len(broker.worker_pids()) == 2 and a not in broker.worker_pids(), 10,
              "the supervisor to restart the killed worker")
     r.a_new = worker_pid_by_index(broker, r.a_index)
-    probe = raw_on(broker, r.a_new)
+    probe = raw_on(broker, r.a_new, tries=20, deadline=time.monotonic() + T(5))
     probe.subscribe([("cwprobe/x", 1)])
     r.pa2.publish("cwprobe/x", "through-the-new-worker", qos=1)
     r.probe_got = probe.recv_publish(timeout=T(5)).payload
@@ -483,13 +442,13 @@ def test_inflight_exchanges_resume_with_their_packet_ids(broker):
     and their packet ids, the unsent one as a new delivery; the one it had
     acknowledged never; and once all are acknowledged, nothing more."""
     cid = uid("inflight")
-    sub = m.RawClient(broker.port, timeout=T(5))
-    sub.connect(cid, clean=False)
+    sub = raw(broker, cid, clean=False)
     sub.subscribe([("inf/q1", 1), ("inf/q2", 2)])
     w = broker.worker_of(sub)
     other = [p for p in broker.worker_pids() if p != w]
     assert len(other) == 1, f"expected a second worker besides {w}: {broker.worker_pids()}"
-    pub = raw_on(broker, other[0], uid("inflight-pub"))
+    pub = raw_on(broker, other[0], uid("inflight-pub"), tries=20,
+                 deadline=time.monotonic() + T(5))
 
     plan = [("inf/q2", "A", 2), ("inf/q2", "B", 2), ("inf/q1", "C", 1),
             ("inf/q1", "D", 1), ("inf/q1", "E", 1), ("inf/q2", "F", 2)]
@@ -511,8 +470,7 @@ def test_inflight_exchanges_resume_with_their_packet_ids(broker):
     sub.expect_closed(T(5))
     sub.close()
 
-    back = m.RawClient(broker.port, timeout=T(5))
-    assert back.connect(cid, clean=False).session_present is True, "the session was lost"
+    back = resumed(broker, cid, "the session was lost")
     again = recv_n(back, 4, "the resent exchanges")
     rels = [p for p in again if p.type == m.PUBREL]
     pubs = {p.payload.decode(): p for p in again if p.type == m.PUBLISH}
@@ -531,8 +489,7 @@ def test_inflight_exchanges_resume_with_their_packet_ids(broker):
 
     # Everything acknowledged: a further resume brings nothing before a fresh message.
     back.disconnect()
-    last = m.RawClient(broker.port, timeout=T(5))
-    assert last.connect(cid, clean=False).session_present is True
+    last = resumed(broker, cid)
     pub.publish("inf/q1", b"marker", qos=1, pid=99)
     p = last.recv_publish(timeout=T(5))
     assert p.payload == b"marker", f"a finished exchange came again: {p!r}"
@@ -550,13 +507,13 @@ def test_qos2_publish_resent_after_a_worker_death_is_routed_once(broker):
     dies before the PUBREL. Reconnected, it may resend the PUBLISH (DUP,
     same id) and then PUBREL, as a client unsure of the PUBREC does: the
     subscriber gets the message exactly once."""
-    sub = m.RawClient(broker.port, timeout=T(5))
-    sub.connect(uid("q2in-sub"))
+    sub = raw(broker, uid("q2in-sub"))
     sub.subscribe([("q2in/x", 2)])
     other = [p for p in broker.worker_pids() if p != broker.worker_of(sub)]
     assert len(other) == 1, f"expected two workers: {broker.worker_pids()}"
     cid = uid("q2in-pub")
-    pub = raw_on(broker, other[0], cid, clean=False)
+    pub = raw_on(broker, other[0], cid, clean=False, tries=20,
+                 deadline=time.monotonic() + T(5))
     w = broker.worker_of(pub)
 
     pub.send(m.publish("q2in/x", b"once", qos=2, pid=7))
@@ -567,8 +524,7 @@ def test_qos2_publish_resent_after_a_worker_death_is_routed_once(broker):
     os.kill(w, signal.SIGKILL)
     pub.expect_closed(T(5))
     pub.close()
-    back = m.RawClient(broker.port, timeout=T(5))
-    assert back.connect(cid, clean=False).session_present is True
+    back = resumed(broker, cid)
     back.send(m.publish("q2in/x", b"once", qos=2, pid=7, dup=True))
     back.expect(m.PUBREC, pid=7, timeout=T(5))
     back.send(m.pubrel(7))

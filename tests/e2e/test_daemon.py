@@ -15,7 +15,7 @@ import pytest
 
 import mqttraw as m
 from conftest import IOTD_BIN, IOTD_WRAPPER, REPO, free_port
-from helpers import T, children_uid, proc_alive, proc_cmdline, uid, wait_for
+from helpers import T, children_uid, proc_alive, proc_cmdline, raw, uid, wait_for
 
 pytestmark = pytest.mark.iotd_only
 
@@ -57,17 +57,13 @@ def test_process_titles_show_supervisor_listener_router_and_workers(start_broker
     assert sorted(l.strip() for l in out.splitlines() if l.strip()) == want
 
 
-def test_clients_are_balanced_over_workers(broker):
-    clients = [m.RawClient(broker.port, timeout=T(5)) for _ in range(4)]
-    try:
-        for c in clients:
-            c.connect(uid("bal"))
-        owners = [broker.worker_of(c) for c in clients]
-        counts = {w: owners.count(w) for w in broker.worker_pids()}
-        assert sorted(counts.values()) == [2, 2], f"4 clients over 2 workers: {counts}"
-    finally:
-        for c in clients:
-            c.close()
+def test_clients_are_balanced_over_workers(broker, clients):
+    conns = [clients.raw(broker, connect=False) for _ in range(4)]
+    for c in conns:
+        c.connect(uid("bal"))
+    owners = [broker.worker_of(c) for c in conns]
+    counts = {w: owners.count(w) for w in broker.worker_pids()}
+    assert sorted(counts.values()) == [2, 2], f"4 clients over 2 workers: {counts}"
 
 
 # ------------------------------------------------------------ command line
@@ -158,8 +154,7 @@ def test_missing_config_file_with_test_flag_exits_nonzero(tmp_path):
 
 def test_starts_with_defaults_without_config_file(start_broker):
     b = start_broker(use_config=False)
-    with m.RawClient(b.port, timeout=T(5)) as c:
-        c.connect(uid("defaults"))
+    with raw(b, uid("defaults")) as c:
         c.subscribe([("d/t", 1)])
         c.publish("d/t", b"x", qos=1, pid=1)
         assert c.recv_publish().payload == b"x"
@@ -167,8 +162,7 @@ def test_starts_with_defaults_without_config_file(start_broker):
 
 def test_empty_config_file_means_defaults(start_broker):
     b = start_broker(config_text="")
-    with m.RawClient(b.port, timeout=T(5)) as c:
-        c.connect(uid("empty"))
+    with raw(b, uid("empty")) as c:
         c.ping()
 
 
@@ -181,12 +175,10 @@ def test_env_max_connections_refuses_third_connection(start_broker):
     b = start_broker(env={"IOTD_SERVER_MAX_CONNECTIONS": "2"})
     a = c2 = None
     try:
-        a = m.RawClient(b.port, timeout=T(5))
-        a.connect(uid("mc1"))
-        c2 = m.RawClient(b.port, timeout=T(5))
-        c2.connect(uid("mc2"))
+        a = raw(b, uid("mc1"))
+        c2 = raw(b, uid("mc2"))
         try:
-            third = m.RawClient(b.port, timeout=T(5))
+            third = raw(b, connect=False)
         except OSError:
             third = None      # refused outright: fine
         if third is not None:
@@ -205,7 +197,7 @@ def test_env_max_connections_refuses_third_connection(start_broker):
 
         def fourth_ok():
             try:
-                with m.RawClient(b.port, timeout=T(2)) as c:
+                with raw(b, connect=False, timeout=T(2)) as c:
                     c.send(m.connect(uid("mc4")))
                     return c.recv_packet(T(2)).rc == 0
             except (AssertionError, OSError):
@@ -219,45 +211,40 @@ def test_env_max_connections_refuses_third_connection(start_broker):
 
 # ------------------------------------------------------------ listen addresses
 
-def test_listen_on_ipv6_loopback(start_broker):
+def delivered(clients, sub_at, pub_at, name, payload, apart=None):
+    """A subscriber connected to sub_at (port, host) gets at QoS 1 what a
+    publisher connected to pub_at publishes to <name>/t (both connections
+    open before either sends CONNECT; held by different workers of the
+    daemon `apart`, when given)."""
+    sub = clients.raw(sub_at[0], connect=False, host=sub_at[1])
+    pub = clients.raw(pub_at[0], connect=False, host=pub_at[1])
+    sub.connect(uid(f"{name}sub"))
+    sub.subscribe([(f"{name}/t", 1)])
+    pub.connect(uid(f"{name}pub"))
+    if apart is not None:
+        apart.assert_different_workers(sub, pub)
+    pub.publish(f"{name}/t", payload, qos=1, pid=1)
+    assert sub.recv_publish().payload == payload
+
+
+def test_listen_on_ipv6_loopback(start_broker, clients):
     port = free_port("::1")
     b = start_broker(listen=[f"[::1]:{port}"])
-    sub = m.RawClient(port, host="::1", timeout=T(5))
-    pub = m.RawClient(port, host="::1", timeout=T(5))
-    try:
-        sub.connect(uid("v6sub"))
-        sub.subscribe([("v6/t", 1)])
-        pub.connect(uid("v6pub"))
-        b.assert_different_workers(sub, pub)
-        pub.publish("v6/t", b"over-ipv6", qos=1, pid=1)
-        assert sub.recv_publish().payload == b"over-ipv6"
-    finally:
-        sub.close()
-        pub.close()
+    delivered(clients, (port, "::1"), (port, "::1"), "v6", b"over-ipv6", apart=b)
 
 
-def test_two_listen_addresses_both_accept(start_broker):
+def test_two_listen_addresses_both_accept(start_broker, clients):
     p1, p2 = free_port(), free_port("::1")
     b = start_broker(listen=[f"127.0.0.1:{p1}", f"[::1]:{p2}"])
-    sub = m.RawClient(p1, timeout=T(5))
-    pub = m.RawClient(p2, host="::1", timeout=T(5))
-    try:
-        sub.connect(uid("l1sub"))
-        sub.subscribe([("two/t", 1)])
-        pub.connect(uid("l2pub"))
-        pub.publish("two/t", b"across-listeners", qos=1, pid=1)
-        assert sub.recv_publish().payload == b"across-listeners"
-        assert b.port == p1
-    finally:
-        sub.close()
-        pub.close()
+    delivered(clients, (p1, "127.0.0.1"), (p2, "::1"), "two", b"across-listeners")
+    assert b.port == p1
 
 
 # ------------------------------------------------------------ signals
 
 def test_sigint_graceful_stop_exits_0_and_all_processes_go(start_broker):
     b = start_broker()
-    clients = [m.RawClient(b.port, timeout=T(5)) for _ in range(2)]
+    clients = [raw(b, connect=False) for _ in range(2)]
     for c in clients:
         c.connect(uid("sigint"))
     pids = b.pids()
@@ -275,8 +262,7 @@ def test_sigint_graceful_stop_exits_0_and_all_processes_go(start_broker):
 
 def test_sigterm_stops_all_processes(start_broker):
     b = start_broker()
-    with m.RawClient(b.port, timeout=T(5)) as c:
-        c.connect(uid("sigterm"))
+    with raw(b, uid("sigterm")) as c:
         pids = b.pids()
         assert len(pids) == 5
         b.stopped = True
@@ -292,20 +278,10 @@ def test_sigterm_stops_all_processes(start_broker):
     b.check_log()
 
 
-def test_ipv6_wildcard_listen_is_dual_stack(start_broker):
+def test_ipv6_wildcard_listen_is_dual_stack(start_broker, clients):
     port = free_port("::")
     start_broker(listen=[f"[::]:{port}"])
-    sub = m.RawClient(port, host="::1", timeout=T(5))
-    pub = m.RawClient(port, host="127.0.0.1", timeout=T(5))
-    try:
-        sub.connect(uid("dualsub"))
-        sub.subscribe([("dual/t", 1)])
-        pub.connect(uid("dualpub"))
-        pub.publish("dual/t", b"v4-to-v6", qos=1, pid=1)
-        assert sub.recv_publish().payload == b"v4-to-v6"
-    finally:
-        sub.close()
-        pub.close()
+    delivered(clients, (port, "::1"), (port, "127.0.0.1"), "dual", b"v4-to-v6")
 
 
 # ------------------------------------------------------------ a store the router cannot open
@@ -327,7 +303,7 @@ class Knocker(threading.Thread):
     def run(self):
         while not self.stop.is_set():
             try:
-                c = m.RawClient(self.port, timeout=T(1))
+                c = raw(self.port, connect=False, timeout=T(1))
             except ConnectionRefusedError:
                 self.refused += 1
                 self.knocking.set()
@@ -443,5 +419,4 @@ def test_a_store_another_daemon_holds_stops_the_start(start_broker, tmp_path, st
     first = start_broker(env={"IOTD_STORAGE_BACKEND": "disk", "IOTD_STORAGE_PATH": store})
     start_must_fail(tmp_path, store, f"store {store}: in use by another iotd router")
     # The daemon that holds it never noticed.
-    with m.RawClient(first.port, timeout=T(5)) as c:
-        c.connect(uid("holder"))
+    raw(first, uid("holder")).close()

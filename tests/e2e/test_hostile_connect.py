@@ -10,16 +10,7 @@ while no daemon process died (the `bystander` fixture, conftest.py)."""
 import pytest
 
 import mqttraw as m
-from helpers import T, uid, wait_for
-
-
-def raw(broker):
-    return m.RawClient(broker.port, timeout=T(5))
-
-
-def closed_without_reply(c, timeout=5):
-    got = c.expect_closed(T(timeout))
-    assert got == [], f"expected the connection closed without a reply, got {got!r}"
+from helpers import T, closed_without_reply, closed_without_reply_to, raw, uid, wait_for
 
 
 def refused_with(c, rc, timeout=5):
@@ -34,8 +25,7 @@ class WillWatch:
 
     def __init__(self, broker):
         self.topic = f"will/{uid('w')}"
-        self.c = raw(broker)
-        self.c.connect(uid("watch"))
+        self.c = raw(broker, uid("watch"))
         self.c.subscribe([(self.topic, 1)])
 
     def will(self, payload=b"will"):
@@ -53,10 +43,8 @@ class WillWatch:
 
 
 @pytest.fixture
-def will_watch(broker):
-    w = WillWatch(broker)
-    yield w
-    w.close()
+def will_watch(broker, clients):
+    return clients.own(WillWatch(broker))
 
 
 # --- packet order -----------------------------------------------------------
@@ -75,18 +63,14 @@ def will_watch(broker):
     pytest.param(m.pingresp(), id="pingresp"),
 ])
 def test_first_packet_not_connect_closes_without_reply(broker, bystander, pkt):
-    with raw(broker) as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, connect=False)
     bystander.check()
 
 
 @pytest.mark.mosquitto_differs("Mosquitto 2.0.11 publishes no will after a second CONNECT")
 def test_second_connect_closes_and_publishes_the_will(broker, bystander, will_watch):
-    with raw(broker) as c:
-        c.connect(uid("twice"), will=will_watch.will(b"second-connect"))
-        c.send(m.connect(uid("twice-again")))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.connect(uid("twice-again")), cid=uid("twice"),
+                            will=will_watch.will(b"second-connect"))
     will_watch.expect_will(b"second-connect")
     bystander.check()
 
@@ -101,10 +85,7 @@ def test_second_connect_closes_and_publishes_the_will(broker, bystander, will_wa
                  marks=pytest.mark.mosquitto_differs("Mosquitto ignores PINGRESP from a client")),
 ])
 def test_server_only_packet_closes_and_publishes_the_will(broker, bystander, will_watch, pkt):
-    with raw(broker) as c:
-        c.connect(uid("srvonly"), will=will_watch.will(b"server-only"))
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, cid=uid("srvonly"), will=will_watch.will(b"server-only"))
     will_watch.expect_will(b"server-only")
     bystander.check()
 
@@ -120,20 +101,15 @@ def test_server_only_packet_closes_and_publishes_the_will(broker, bystander, wil
 def test_protocol_violation_publishes_the_will(broker, bystander, will_watch, pkt):
     """A connection ended by a protocol violation is not a DISCONNECT: the
     will goes out [MQTT-3.1.2-8]."""
-    with raw(broker) as c:
-        c.connect(uid("violate"), will=will_watch.will(b"violation"))
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, cid=uid("violate"), will=will_watch.will(b"violation"))
     will_watch.expect_will(b"violation")
     bystander.check()
 
 
 def test_disconnect_discards_the_will(broker, bystander, will_watch):
     """The control for the cases above: a clean DISCONNECT publishes nothing."""
-    with raw(broker) as c:
-        c.connect(uid("clean"), will=will_watch.will(b"must-not"))
-        c.send(m.disconnect())
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.disconnect(), cid=uid("clean"),
+                            will=will_watch.will(b"must-not"))
     will_watch.expect_no_will(0.5)
     bystander.check()
 
@@ -142,9 +118,7 @@ def test_disconnect_discards_the_will(broker, bystander, will_watch):
 
 @pytest.mark.parametrize("name", ["MQTX", "mqtt", "MQTT\x00", "MQ", "", "MQIsdpX"])
 def test_unknown_protocol_name_closes_without_connack(broker, bystander, name):
-    with raw(broker) as c:
-        c.send(m.connect(uid("name"), proto_name=name))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.connect(uid("name"), proto_name=name), connect=False)
     bystander.check()
 
 
@@ -154,7 +128,7 @@ MOSQ_V5 = pytest.mark.mosquitto_differs("Mosquitto speaks MQTT 5; iotd is a 3.1.
 @pytest.mark.parametrize("name,level", [("MQTT", 3), pytest.param("MQTT", 5, marks=MOSQ_V5),
                                         ("MQTT", 0), ("MQTT", 255), ("MQIsdp", 4)])
 def test_unsupported_protocol_level_gets_connack_1(broker, bystander, name, level):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect(uid("level"), proto_name=name, level=level))
         refused_with(c, 1)
     bystander.check()
@@ -164,7 +138,7 @@ def test_unsupported_protocol_level_gets_connack_1(broker, bystander, name, leve
 def test_mqtt5_connect_gets_connack_1(broker, bystander):
     """A real MQTT 5 CONNECT (properties included) is answered in 3.1.1
     form: 20 02 00 01, then closed [MQTT-3.1.2-2]."""
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect_v5(uid("v5")))
         refused_with(c, 1)
     bystander.check()
@@ -181,22 +155,19 @@ def test_mqtt5_connect_gets_connack_1(broker, bystander):
     pytest.param(dict(will=("", b"x", 0, False)), id="will-topic-empty"),
 ])
 def test_invalid_connect_flags_close_without_connack(broker, bystander, kw):
-    with raw(broker) as c:
-        c.send(m.connect(uid("flags"), **kw))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.connect(uid("flags"), **kw), connect=False)
     bystander.check()
 
 
 def test_empty_client_id_with_clean_session_0_gets_connack_2(broker, bystander):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect("", clean=False))
         refused_with(c, 2)
     bystander.check()
 
 
 def test_empty_client_id_with_clean_session_1_is_accepted(broker, bystander):
-    with raw(broker) as c:
-        c.connect("", clean=True)
+    with raw(broker, "", clean=True) as c:
         c.subscribe([("anon/t", 1)])
         c.publish("anon/t", b"me", qos=1, pid=3)
         assert c.recv_publish(timeout=T(5)).payload == b"me"
@@ -210,14 +181,13 @@ def test_client_id_of_65535_bytes_is_accepted_and_works(broker, bystander):
     its top, iotd takes the longest one the wire can carry, serves it, and
     takes it over."""
     cid = ("L" + uid("long")).ljust(65535, "x")
-    with raw(broker) as c:
-        ack = c.connect(cid, clean=True)
+    with raw(broker, cid, clean=True) as c:
+        ack = c.connack
         assert (ack.session_present, ack.rc) == (False, 0)
         c.subscribe([("long/t", 1)])
         c.publish("long/t", b"to-myself", qos=1, pid=4)
         assert c.recv_publish(timeout=T(5)).payload == b"to-myself"
-        with raw(broker) as c2:
-            c2.connect(cid, clean=True)
+        with raw(broker, cid, clean=True) as c2:
             # the older connection is taken over: closed, nothing more sent
             assert c.expect_closed(T(5)) == []
             c2.ping()
@@ -226,8 +196,7 @@ def test_client_id_of_65535_bytes_is_accepted_and_works(broker, bystander):
 
 
 def test_username_and_password_are_accepted_when_authentication_is_off(broker, bystander):
-    with raw(broker) as c:
-        c.connect(uid("user"), username="someone", password=b"\x00\xff binary")
+    with raw(broker, uid("user"), username="someone", password=b"\x00\xff binary") as c:
         c.ping()
         c.disconnect()
     bystander.check()
@@ -235,11 +204,15 @@ def test_username_and_password_are_accepted_when_authentication_is_off(broker, b
 
 # --- before CONNECT: what a client may make a worker hold -------------------
 
-def closed_before_connect(broker, c, why):
-    """The worker's debug line for a connection closed before its CONNECT,
-    naming the client's address and the reason."""
-    line = f"connection from 127.0.0.1:{c.local_port} closed before CONNECT: {why}"
-    wait_for(lambda: line in broker.log, 5, f"the log line {line!r}")
+def closed_before_connect(broker, data, why):
+    """A new connection sends data: closed without a reply, and the worker's
+    debug line for a connection closed before its CONNECT names the
+    client's address and the reason."""
+    with raw(broker, connect=False) as c:
+        c.send(data)
+        closed_without_reply(c)
+        line = f"connection from 127.0.0.1:{c.local_port} closed before CONNECT: {why}"
+        wait_for(lambda: line in broker.log, 5, f"the log line {line!r}")
 
 
 # connect_timeout=60: what closes these connections within seconds can only
@@ -255,10 +228,7 @@ def test_first_packet_not_connect_is_closed_from_its_fixed_header(broker, bystan
     """Only the fixed header (or just its first byte) of a packet declared
     at 500 kB, within max_packet_size, is sent: the worker closes at once,
     without waiting for the body."""
-    with raw(broker) as c:
-        c.send(header)
-        closed_without_reply(c)
-        closed_before_connect(broker, c, "first packet is not CONNECT")
+    closed_before_connect(broker, header, "first packet is not CONNECT")
     bystander.check()
 
 
@@ -272,7 +242,7 @@ def test_first_packets_not_connect_leave_the_workers_no_bigger(broker, bystander
     workers = broker.worker_pids()
     mark = broker.memory_mark(workers)
     body = bytes([first]) + m.enc_varint(1_000_000) + bytes(256 * 1024)
-    clients = [raw(broker) for _ in range(32)]
+    clients = [raw(broker, connect=False) for _ in range(32)]
     try:
         for c in clients:
             try:
@@ -296,11 +266,8 @@ def test_connect_declared_over_max_connect_size_is_closed_from_its_fixed_header(
         broker, bystander):
     """A CONNECT header declaring one byte more than max_connect_size, and
     nothing else: closed without a reply, and the worker says why."""
-    with raw(broker) as c:
-        c.send(bytes([0x10]) + m.enc_varint(4096 - 3 + 1))
-        closed_without_reply(c)
-        closed_before_connect(broker, c, "CONNECT declared larger than 4096 bytes "
-                                         "(max_connect_size)")
+    closed_before_connect(broker, bytes([0x10]) + m.enc_varint(4096 - 3 + 1),
+                          "CONNECT declared larger than 4096 bytes (max_connect_size)")
     bystander.check()
 
 
@@ -309,7 +276,7 @@ def test_connect_of_exactly_max_connect_size_is_accepted_one_byte_more_is_closed
         broker, bystander):
     """max_connect_size counts the whole CONNECT, fixed header included, and
     bounds the CONNECT only: a PUBLISH twice that size follows it."""
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect_of_size(4096, uid("edge")))
         assert c.expect(m.CONNACK).rc == 0
         c.publish("by/after-connect", b"p" * 8192, qos=1, pid=1)
@@ -317,23 +284,18 @@ def test_connect_of_exactly_max_connect_size_is_accepted_one_byte_more_is_closed
             p = s.recv_publish(timeout=T(5))
             assert (p.topic, len(p.payload)) == ("by/after-connect", 8192)
         c.disconnect()
-    with raw(broker) as c:
-        c.send(m.connect_of_size(4097, uid("over")))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.connect_of_size(4097, uid("over")), connect=False)
     bystander.check()
 
 
 @pytest.mark.broker_config(max_packet_size=2048, max_connect_size=65536)
 def test_max_packet_size_bounds_a_connect_when_it_is_the_lower(broker, bystander):
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect_of_size(2048, uid("mps")))
         assert c.expect(m.CONNACK).rc == 0
         c.disconnect()
-    with raw(broker) as c:
-        c.send(bytes([0x10]) + m.enc_varint(2048 - 3 + 1))
-        closed_without_reply(c)
-        closed_before_connect(broker, c, "CONNECT declared larger than 2048 bytes "
-                                         "(max_packet_size)")
+    closed_before_connect(broker, bytes([0x10]) + m.enc_varint(2048 - 3 + 1),
+                          "CONNECT declared larger than 2048 bytes (max_packet_size)")
     bystander.check()
 
 
@@ -342,11 +304,11 @@ def test_max_packet_size_bounds_a_connect_when_it_is_the_lower(broker, bystander
 def test_client_id_over_max_client_id_length_gets_connack_2(start_broker, bound):
     broker = start_broker(max_client_id_length=bound)
     longest = bound or 1024
-    with raw(broker) as c:
-        ack = c.connect(("L" + uid("id")).ljust(longest, "x"))
+    with raw(broker, ("L" + uid("id")).ljust(longest, "x")) as c:
+        ack = c.connack
         assert (ack.session_present, ack.rc) == (False, 0)
         c.ping()
         c.disconnect()
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect(("L" + uid("id")).ljust(longest + 1, "x")))
         refused_with(c, 2)

@@ -8,18 +8,7 @@ process died (the `bystander` fixture, conftest.py)."""
 import pytest
 
 import mqttraw as m
-from helpers import T, uid
-
-
-def raw(broker, tag="c"):
-    c = m.RawClient(broker.port, timeout=T(5))
-    c.connect(uid(tag))
-    return c
-
-
-def closed_without_reply(c):
-    got = c.expect_closed(T(5))
-    assert got == [], f"expected the connection closed without a reply, got {got!r}"
+from helpers import T, closed_without_reply_to, raw
 
 
 def test_qos2_packet_id_reused_before_pubrel_is_delivered_once(broker, bystander):
@@ -27,15 +16,12 @@ def test_qos2_packet_id_reused_before_pubrel_is_delivered_once(broker, bystander
     and not delivered again, whatever its payload or DUP flag
     [MQTT-4.3.3-2]; after PUBREL the id starts a new message. (Whether the
     first copy goes out at PUBLISH or at PUBREL is the server's choice.)"""
-    with raw(broker, "q2sub") as sub, raw(broker, "q2pub") as pub:
+    with raw(broker, tag="q2sub") as sub, raw(broker, tag="q2pub") as pub:
         broker.assert_different_workers(sub, pub)
         sub.subscribe([("q2/t", 2)])
-        pub.send(m.publish("q2/t", b"one", qos=2, pid=7))
-        pub.expect(m.PUBREC, pid=7)
-        pub.send(m.publish("q2/t", b"two", qos=2, pid=7))
-        pub.expect(m.PUBREC, pid=7)
-        pub.send(m.publish("q2/t", b"one", qos=2, pid=7, dup=True))
-        pub.expect(m.PUBREC, pid=7)
+        for payload, dup in ((b"one", False), (b"two", False), (b"one", True)):
+            pub.send(m.publish("q2/t", payload, qos=2, pid=7, dup=dup))
+            pub.expect(m.PUBREC, pid=7)
         pub.send(m.pubrel(7))
         pub.expect(m.PUBCOMP, pid=7)
         assert sub.recv_publish(timeout=T(5)).payload == b"one"
@@ -53,7 +39,7 @@ def test_qos2_packet_id_reused_before_pubrel_is_delivered_once(broker, bystander
 def test_pubrel_for_unknown_id_gets_pubcomp(broker, bystander):
     """[MQTT-4.3.3-1] method B: PUBREL for an id with no state is answered
     with PUBCOMP all the same, and the connection stays."""
-    with raw(broker, "relunk") as c:
+    with raw(broker, tag="relunk") as c:
         for pid in (1, 4242, 65535):
             c.send(m.pubrel(pid))
             p = c.recv_packet(T(5), what="PUBCOMP")
@@ -67,7 +53,7 @@ def test_pubrel_for_unknown_id_gets_pubcomp(broker, bystander):
 def test_ack_for_unknown_id_is_ignored(broker, bystander, ack):
     """PUBACK or PUBCOMP for an id never sent: no reply, connection stays
     (the next packet it gets is the PINGRESP it asks for)."""
-    with raw(broker, "ackunk") as c:
+    with raw(broker, tag="ackunk") as c:
         for pid in (1, 999, 65535):
             c.send(ack(pid))
         c.send(m.pingreq())
@@ -81,7 +67,7 @@ def test_ack_for_unknown_id_is_ignored(broker, bystander, ack):
 def test_pubrec_for_unknown_id_keeps_the_connection(broker, bystander):
     """PUBREC for an id never sent: 3.1.1 says nothing of it; the server may
     ignore it or answer PUBREL (MQTT 5 does), and keeps the connection."""
-    with raw(broker, "recunk") as c:
+    with raw(broker, tag="recunk") as c:
         for pid in (1, 999, 65535):
             c.send(m.pubrec(pid))
         c.send(m.pingreq())
@@ -101,7 +87,7 @@ def test_pubrec_for_unknown_id_keeps_the_connection(broker, bystander):
 def test_ack_with_wrong_type_for_a_real_id_is_ignored(broker, bystander):
     """A QoS 1 delivery answered with PUBCOMP stays in flight until the
     right PUBACK; nothing is sent in reply to the wrong one."""
-    with raw(broker, "wrongack") as sub, raw(broker, "wapub") as pub:
+    with raw(broker, tag="wrongack") as sub, raw(broker, tag="wapub") as pub:
         sub.subscribe([("wa/t", 1)])
         pub.publish("wa/t", b"q1", qos=1, pid=1)
         p = sub.recv_publish(timeout=T(5), ack=False)
@@ -124,9 +110,7 @@ def test_ack_with_wrong_type_for_a_real_id_is_ignored(broker, bystander):
 ])
 def test_packet_id_0_closes_and_is_not_delivered(broker, bystander, pkt):
     """[MQTT-2.3.1-1]: packet ids are non-zero."""
-    with raw(broker, "pid0") as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, tag="pid0")
     bystander.check()
 
 
@@ -146,7 +130,7 @@ def test_subscriber_that_never_acknowledges_is_bounded(broker, bystander, qos):
     max_inflight + max_queued_messages, in order; then nothing. (Whether
     memory is given back afterwards: test_hostile_resources.py.)"""
     total = 3 * (INFLIGHT + QUEUED)
-    with raw(broker, "noack") as sub, raw(broker, "flood") as pub:
+    with raw(broker, tag="noack") as sub, raw(broker, tag="flood") as pub:
         broker.assert_different_workers(sub, pub)
         worker = broker.worker_of(sub)
         wmark = broker.memory_mark([worker])

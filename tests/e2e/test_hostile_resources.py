@@ -24,7 +24,7 @@ import time
 import pytest
 
 import mqttraw as m
-from helpers import T, pss_kb, raise_nofile, uid, wait_for
+from helpers import T, PeakPss, Placement, PublishReader, raise_nofile, raw, uid, wait_for
 
 OUT_CAP = 2 << 20        # max_output_bytes' default
 
@@ -37,115 +37,19 @@ def tcp_wmem_max():
         return 4 << 20
 
 
-def raw(broker, tag="c", **kw):
-    c = m.RawClient(broker.port, timeout=T(5))
-    c.connect(uid(tag), **kw)
-    return c
-
-
-class Placement:
-    """Connected clients placed on a chosen worker: the listener gives each
-    new connection to the least-loaded worker, so a client landing on the
-    wrong one is kept open (it shifts the balance) and another is tried."""
-
-    def __init__(self, broker):
-        self.broker = broker
-        self.spare = []
-
-    def client(self, tag, worker, same=True, tries=6, factory=None):
-        for _ in range(tries):
-            c = factory(self.broker) if factory else raw(self.broker, tag)
-            if (self.broker.worker_of(c) == worker) == same:
-                return c
-            self.spare.append(c)
-        pytest.fail(f"could not place a client {'on' if same else 'off'} worker {worker} "
-                    f"in {tries} connections")
-
-    def close(self):
-        for c in self.spare:
-            c.close()
-
-
-class PeakPss:
-    """Samples the Pss of some processes (rings aside) every 20 ms on a
-    thread; .peak is the largest sum seen."""
-
-    def __init__(self, pids):
-        self.pids = list(pids)
-        self.peak = 0
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, sum(pss_kb(p, shmem=False) for p in self.pids))
-            self.stop.wait(0.02)
-
-    def finish(self):
-        self.stop.set()
-        self.t.join(T(5))
-        self.peak = max(self.peak, sum(pss_kb(p, shmem=False) for p in self.pids))
-        return self.peak
-
-
-class Reader:
-    """Reads a RawClient's socket on a thread as fast as it can, parses every
-    packet, acknowledges QoS 1 PUBLISHes and records (topic, first 16 bytes
-    of payload) of each one."""
+class Reader(PublishReader):
+    """Records (topic, first 16 bytes of payload) of each PUBLISH in .got."""
 
     def __init__(self, client):
-        self.c = client
         self.got = []
-        self.cond = threading.Condition()
-        self.stop = threading.Event()
-        self.error = None
-        self.buf = bytearray(client.buf)    # bytes of a packet not yet whole
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
+        super().__init__(client)
 
-    def _run(self):
-        s, buf = self.c.sock, self.buf
-        poller = select.poll()
-        poller.register(s, select.POLLIN)
-        try:
-            while not self.stop.is_set():
-                if not poller.poll(50):
-                    continue
-                data = s.recv(1 << 20)
-                if not data:
-                    raise ConnectionError("server closed the connection")
-                buf += data
-                batch = []
-                while True:
-                    p, n = m.parse_one(buf)
-                    if p is None:
-                        break
-                    del buf[:n]
-                    if p.type == m.PUBLISH:
-                        if p.qos == 1:
-                            s.sendall(m.puback(p.pid))
-                        batch.append((p.topic, bytes(p.payload[:16])))
-                if batch:
-                    with self.cond:
-                        self.got.extend(batch)
-                        self.cond.notify_all()
-        except Exception as e:  # reported by wait()
-            with self.cond:
-                self.error = e
-                self.cond.notify_all()
+    def take(self, publishes):
+        self.got.extend((p.topic, bytes(p.payload[:16])) for p in publishes)
 
     def wait(self, pred, timeout, what):
-        with self.cond:
-            ok = self.cond.wait_for(lambda: self.error is not None or pred(self.got), T(timeout))
-            assert self.error is None, f"reader failed: {self.error!r}"
-            assert ok, f"timed out after {T(timeout):.1f} s waiting for {what}"
-
-    def close(self):
-        """Stop reading; a partial packet goes back to the client's buffer."""
-        self.stop.set()
-        self.t.join(T(5))
-        self.c.buf = self.buf
+        """Until pred(.got)."""
+        self.wait_until(lambda: pred(self.got), timeout, what)
 
 
 # --- connections that never send CONNECT ------------------------------------
@@ -216,8 +120,7 @@ BURST_N = 200
 def slow_subscriber(broker, topic="busy/t", rcvbuf=4096):
     """A raw QoS 0 subscriber with a small receive buffer that, after its
     SUBACK, never reads again (unless the test reads its socket itself)."""
-    c = m.RawClient(broker.port, host=broker.host, timeout=T(5), rcvbuf=rcvbuf)
-    c.connect(uid("slow"))
+    c = raw(broker, uid("slow"), rcvbuf=rcvbuf)
     c.subscribe([(topic, 0)])
     return c
 
@@ -384,7 +287,7 @@ def test_retained_messages_to_100000_topics_keep_only_the_limit(broker, bystande
     existing topic can still be updated, a new '#' subscriber gets exactly
     1000 retained messages, and memory stays bounded."""
     mark = broker.memory_mark()
-    with raw(broker, "live") as live, raw(broker, "retpub") as pub:
+    with raw(broker, tag="live") as live, raw(broker, tag="retpub") as pub:
         broker.assert_different_workers(live, pub)
         live.subscribe([("ret/#", 0)])
         reader = Reader(live)
@@ -402,7 +305,7 @@ def test_retained_messages_to_100000_topics_keep_only_the_limit(broker, bystande
             grown = peak.finish() - mark.kb
         finally:
             reader.close()
-        with raw(broker, "retall") as c:
+        with raw(broker, tag="retall") as c:
             c.subscribe([("#", 0)])
             got = c.recv_publishes(RETAINED_LIMIT, timeout=T(10))
             c.expect_no_packet(0.5)

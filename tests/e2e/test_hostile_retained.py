@@ -20,14 +20,12 @@ attacker receives everything it is owed:
 * no daemon process dies (same PIDs, the `bystander` fixture).
 """
 
-import threading
 import time
 
 import pytest
 
 import mqttraw as m
-from helpers import T, pss_kb, proc_title, uid
-from test_hostile_resources import PeakPss, Placement
+from helpers import T, PeakPss, Placement, pss_kb, PublishReader, raw
 
 ROUTER_BOUND_KB = 8 * 1024
 RTT_P99 = 0.2
@@ -39,85 +37,30 @@ BIG_SIZE = 1_000_000     # 64 x 1 MB: within retained_bytes_limit (64 MiB) and m
 HASHES = 4000            # "#" repeated: one subscription
 
 
-def router_pid(broker):
-    pids = [p for p in broker.pids() if proc_title(p) == "iotd: router"]
-    assert len(pids) == 1, f"router not found among {broker.pids()}"
-    return pids[0]
-
-
-class Counter:
-    """Reads a RawClient's socket on a thread, acknowledges QoS 1 PUBLISHes
-    and counts them per (topic, retain flag) without keeping payloads;
-    .total counts those with retain set (the attacker's "#" also gets the
-    bystander pair's live messages)."""
+class Counter(PublishReader):
+    """Counts the PUBLISHes per (topic, retain flag) without keeping
+    payloads; .total counts those with retain set (the attacker's "#" also
+    gets the bystander pair's live messages)."""
 
     def __init__(self, client):
-        self.c = client
         self.n = {}
         self.total = 0
         self.bytes = 0
-        self.cond = threading.Condition()
-        self.stop = threading.Event()
-        self.error = None
-        self.buf = bytearray(client.buf)    # bytes of a packet not yet whole
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
+        super().__init__(client)
 
-    def _run(self):
-        s, buf = self.c.sock, self.buf
-        s.settimeout(0.05)
-        try:
-            while not self.stop.is_set():
-                try:
-                    data = s.recv(4 << 20)
-                except TimeoutError:
-                    continue
-                if not data:
-                    raise ConnectionError("server closed the connection")
-                buf += data
-                got, acks, off = [], [], 0
-                while True:
-                    p, n = m.parse_one(memoryview(buf)[off:])
-                    if p is None:
-                        break
-                    off += n
-                    if p.type == m.PUBLISH:
-                        if p.qos == 1:
-                            acks.append(m.puback(p.pid))
-                        got.append((p.topic, p.retain, len(p.payload)))
-                del buf[:off]
-                if acks:
-                    s.sendall(b"".join(acks))
-                with self.cond:
-                    for topic, retain, size in got:
-                        self.n[(topic, retain)] = self.n.get((topic, retain), 0) + 1
-                        self.bytes += size
-                        self.total += retain
-                    self.cond.notify_all()
-        except Exception as e:  # reported by wait()
-            with self.cond:
-                self.error = e
-                self.cond.notify_all()
+    def take(self, publishes):
+        for p in publishes:
+            self.n[(p.topic, p.retain)] = self.n.get((p.topic, p.retain), 0) + 1
+            self.bytes += len(p.payload)
+            self.total += p.retain
 
     def done(self, want):
         with self.cond:
             return self.error is not None or self.total >= want
 
     def wait(self, want, timeout):
-        with self.cond:
-            ok = self.cond.wait_for(lambda: self.error is not None or self.total >= want,
-                                    T(timeout))
-            assert self.error is None, f"attacker's reader failed: {self.error!r}"
-            assert ok, f"attacker got {self.total} of {want} retained messages in {T(timeout):.0f} s"
-
-    def close(self):
-        """Stop reading; a partial packet goes back to the client's buffer."""
-        if self.stop.is_set():
-            return
-        self.stop.set()
-        self.t.join(T(5))
-        self.c.sock.settimeout(T(5))
-        self.c.buf = self.buf
+        self.wait_until(lambda: self.total >= want, timeout,
+                        f"the attacker to get {want} retained messages")
 
 
 class Pair:
@@ -127,17 +70,11 @@ class Pair:
 
     def __init__(self, broker, place, worker):
         self.sub = place.client("rttsub", worker, same=True,
-                                factory=lambda b: self._persistent(b))
+                                factory=lambda b: raw(b, tag="rttsub", clean=False))
         self.pub = place.client("rttpub", worker, same=True)
         self.sub.subscribe([("rtt/t", 1)])
         self.rtts = []
         self.n = 0
-
-    @staticmethod
-    def _persistent(broker):
-        c = m.RawClient(broker.port, host=broker.host, timeout=T(5))
-        c.connect(uid("rttsub"), clean=False)
-        return c
 
     def round_trip(self):
         self.n += 1
@@ -170,7 +107,8 @@ def attack(broker, bystander, store, filters, want, timeout, what):
         pair = Pair(broker, place, broker.worker_of(pub))
         store(pub)
         pair.round_trip()              # the stored messages have all gone through the router
-        router = router_pid(broker)
+        router = broker.role_pid("router")
+        assert router, f"router not found among {broker.pids()}"
         before = pss_kb(router, shmem=False)
         peak = PeakPss([router])
         attacker.send(m.subscribe(1, filters))

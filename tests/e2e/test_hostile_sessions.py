@@ -12,35 +12,22 @@ received the last message: the router handled every one before it."""
 
 import pytest
 
-import mqttraw as m
-from helpers import T, uid
+from helpers import T, offline_session, raw, resumed, uid
 
 pytestmark = pytest.mark.iotd_only
 
 
-def raw(broker, cid, **kw):
-    c = m.RawClient(broker.port, timeout=T(5))
-    c.connect(cid, **kw)
-    return c
-
-
 def refused_unavailable(broker, cid, clean=False):
     """A CONNECT answered CONNACK 3 (server unavailable), then closed."""
-    c = m.RawClient(broker.port, timeout=T(5))
-    try:
-        c.connect(cid, clean=clean, expect_rc=3)
+    with raw(broker, cid, clean=clean, expect_rc=3) as c:
         c.expect_closed(T(5))
-    finally:
-        c.close()
 
 
 def persistent_subscribers(broker, n, topic, tag):
     """n persistent sessions subscribed to topic at QoS 1, left offline."""
     ids = [uid(tag) for _ in range(n)]
     for cid in ids:
-        c = raw(broker, cid, clean=False)
-        c.subscribe([(topic, 1)])
-        c.disconnect()
+        offline_session(broker, cid, [(topic, 1)])
     return ids
 
 
@@ -63,15 +50,12 @@ def publish_seen(broker, topic, payloads):
 
 def resume_and_drain(broker, cid, n):
     """Resume a stored session: exactly n messages come (acknowledged), no more."""
-    c = m.RawClient(broker.port, timeout=T(5))
-    try:
-        assert c.connect(cid, clean=False).session_present is True
+    with raw(broker, cid, clean=False) as c:
+        assert c.connack.session_present is True
         got = [p.payload for p in c.recv_publishes(n, timeout=T(20))]
         c.expect_no_packet(0.3)
         c.disconnect()
         return got
-    finally:
-        c.close()
 
 
 # --- max_sessions ------------------------------------------------------------
@@ -93,8 +77,7 @@ def test_max_sessions_refuses_new_sessions_and_lets_stored_ones_back(broker):
 
     # A stored session resumes; a second connection takes it over.
     first = raw(broker, ids[0], clean=False)
-    second = m.RawClient(broker.port, timeout=T(5))
-    assert second.connect(ids[0], clean=False).session_present is True
+    second = resumed(broker, ids[0])
     first.expect_closed(T(5))
     first.close()
     second.disconnect()
@@ -108,8 +91,7 @@ def test_max_sessions_refuses_new_sessions_and_lets_stored_ones_back(broker):
     # Lowered below what is held: nothing is dropped, every session resumes.
     broker.reload(max_sessions=4)
     for cid in ids + [extra]:
-        c = m.RawClient(broker.port, timeout=T(5))
-        assert c.connect(cid, clean=False).session_present is True, cid
+        c = resumed(broker, cid, cid)
         c.disconnect()
     refused_unavailable(broker, uid("new"))
     assert sorted(broker.pids()) == pids

@@ -10,7 +10,7 @@ import struct
 import pytest
 
 import mqttraw as m
-from helpers import T, uid
+from helpers import T, closed_without_reply, closed_without_reply_to, raw, uid
 
 BAD_UTF8 = [
     pytest.param(b"\xff", id="byte-ff"),
@@ -24,15 +24,6 @@ BAD_UTF8 = [
     pytest.param(b"\xf0\x80\x80\xaf", id="overlong-4"),
     pytest.param(b"\xf4\x90\x80\x80", id="above-U+10FFFF"),
 ]
-
-
-def raw(broker):
-    return m.RawClient(broker.port, timeout=T(5))
-
-
-def closed_without_reply(c):
-    got = c.expect_closed(T(5))
-    assert got == [], f"expected the connection closed without a reply, got {got!r}"
 
 
 def connect_body(flags, payload, keepalive=60):
@@ -53,27 +44,22 @@ def test_bad_utf8_in_connect_closes_without_connack(broker, bystander, field, ba
         pkt = m.connect(uid("wt"), will=(b"by/" + bad, b"x", 0, False))
     else:
         pkt = m.connect(uid("un"), username=b"user-" + bad)
-    with raw(broker) as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, connect=False)
     bystander.check()
 
 
 @pytest.mark.parametrize("bad", BAD_UTF8)
 @pytest.mark.parametrize("qos", [0, 1])
 def test_bad_utf8_in_publish_topic_closes_and_is_not_delivered(broker, bystander, bad, qos):
-    with raw(broker) as c:
-        c.connect(uid("pub"))
-        c.send(m.publish(b"by/" + bad, b"leak", qos=qos, pid=1 if qos else None))
-        closed_without_reply(c)
+    leak = m.publish(b"by/" + bad, b"leak", qos=qos, pid=1 if qos else None)
+    closed_without_reply_to(broker, leak, cid=uid("pub"))
     bystander.check()
 
 
 @pytest.mark.parametrize("bad", BAD_UTF8)
 @pytest.mark.parametrize("kind", ["subscribe", "unsubscribe"])
 def test_bad_utf8_in_filter_closes_without_ack(broker, bystander, bad, kind):
-    with raw(broker) as c:
-        c.connect(uid("sub"))
+    with raw(broker, uid("sub")) as c:
         if kind == "subscribe":
             c.send(m.subscribe(1, [("ok/#", 0), (b"by/" + bad, 0)]))
         else:
@@ -86,7 +72,7 @@ def test_well_formed_multibyte_utf8_is_accepted_and_delivered(broker, bystander)
     """The control: 2-, 3- and 4-byte characters and U+FEFF (never stripped
     [MQTT-1.5.3-3]) pass in every field."""
     topic = "by/\u00e9/\u65e5\u672c/\U0001F600/\ufeff"
-    with raw(broker) as c:
+    with raw(broker, connect=False) as c:
         c.connect("id-\u00e9\u65e5\U0001F600", username="us\u00e9r\ufeff",
                   will=("wt/\U0001F600", b"x", 0, False))
         c.subscribe([("\u65e5/+/\U0001F600", 1)])
@@ -117,9 +103,7 @@ PAST_END_CONNECT = [
 
 @pytest.mark.parametrize("body", PAST_END_CONNECT)
 def test_connect_string_past_packet_end_closes_without_connack(broker, bystander, body):
-    with raw(broker) as c:
-        c.send(m.packet(m.CONNECT, 0, body))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.packet(m.CONNECT, 0, body), connect=False)
     bystander.check()
 
 
@@ -141,8 +125,5 @@ PAST_END_AFTER_CONNECT = [
 
 @pytest.mark.parametrize("pkt", PAST_END_AFTER_CONNECT)
 def test_string_past_packet_end_after_connect_closes(broker, bystander, pkt):
-    with raw(broker) as c:
-        c.connect(uid("past"))
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, cid=uid("past"))
     bystander.check()

@@ -10,18 +10,7 @@ daemon process died (the `bystander` fixture, conftest.py)."""
 import pytest
 
 import mqttraw as m
-from helpers import T, uid
-
-
-def raw(broker, tag="c"):
-    c = m.RawClient(broker.port, timeout=T(5))
-    c.connect(uid(tag))
-    return c
-
-
-def closed_without_reply(c):
-    got = c.expect_closed(T(5))
-    assert got == [], f"expected the connection closed without a reply, got {got!r}"
+from helpers import T, closed_without_reply, closed_without_reply_to, raw
 
 
 def levels(n, word="a"):
@@ -29,21 +18,19 @@ def levels(n, word="a"):
 
 
 @pytest.fixture
-def everything(broker):
+def everything(broker, clients):
     """A client subscribed to '#': sees every non-'$' topic."""
-    c = raw(broker, "all")
+    c = clients.raw(broker, tag="all")
     c.subscribe([("#", 1)])
-    yield c
-    c.close()
+    return c
 
 
 # --- topic names ------------------------------------------------------------
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_empty_topic_in_publish_closes(broker, bystander, everything, qos):
-    with raw(broker, "empty") as c:
-        c.send(m.publish("", b"empty", qos=qos, pid=1 if qos else None))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.publish("", b"empty", qos=qos, pid=1 if qos else None),
+                            tag="empty")
     everything.expect_no_packet(0.3)
     bystander.check()
 
@@ -52,9 +39,7 @@ def test_empty_topic_in_publish_closes(broker, bystander, everything, qos):
                                    "+", "#", "+/by", "by/\u00e9+"])
 def test_wildcard_in_publish_topic_closes_and_nothing_is_delivered(broker, bystander,
                                                                    everything, topic):
-    with raw(broker, "wild") as c:
-        c.send(m.publish(topic, b"wild", qos=1, pid=1))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.publish(topic, b"wild", qos=1, pid=1), tag="wild")
     everything.expect_no_packet(0.3)
     bystander.check()
 
@@ -68,10 +53,10 @@ def test_dollar_topics_reach_dollar_filters_only(broker, bystander):
     subs = {}
     try:
         for f in match + miss:
-            c = raw(broker, "dollar")
+            c = raw(broker, tag="dollar")
             c.subscribe([(f, 1)])
             subs[f] = c
-        with raw(broker, "dpub") as pub:
+        with raw(broker, tag="dpub") as pub:
             broker.assert_spread(pub, *subs.values())
             pub.publish("$foo/bar", b"dollar", qos=1, pid=1)
             pub.publish("foo/bar", b"plain", qos=1, pid=2)
@@ -96,9 +81,7 @@ def test_dollar_topics_reach_dollar_filters_only(broker, bystander):
                          ids=["10000-levels", "10000-empty-levels", "129-levels"])
 def test_topic_over_max_topic_levels_closes_publisher(broker, bystander, everything, topic):
     """Default max_topic_levels = 128."""
-    with raw(broker, "deep") as c:
-        c.send(m.publish(topic, b"deep", qos=1, pid=1))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.publish(topic, b"deep", qos=1, pid=1), tag="deep")
     everything.expect_no_packet(0.3)
     bystander.check()
 
@@ -111,7 +94,7 @@ def test_topic_over_max_topic_levels_closes_publisher(broker, bystander, everyth
 def test_filter_over_max_topic_levels_gets_0x80(broker, bystander, flt):
     """The deep filter is refused (0x80), the other filter of the same
     SUBSCRIBE granted and working."""
-    with raw(broker, "deepsub") as c:
+    with raw(broker, tag="deepsub") as c:
         assert c.subscribe([("ok/t", 1), (flt, 1)], expect_codes=False) == [1, 0x80]
         c.publish("ok/t", b"fine", qos=1, pid=7)
         assert c.recv_publish(timeout=T(5)).payload == b"fine"
@@ -122,7 +105,7 @@ def test_filter_over_max_topic_levels_gets_0x80(broker, bystander, flt):
 
 def test_topic_of_exactly_max_topic_levels_is_delivered(broker, bystander):
     topic = levels(128, "d")
-    with raw(broker, "s128") as sub, raw(broker, "p128") as pub:
+    with raw(broker, tag="s128") as sub, raw(broker, tag="p128") as pub:
         assert sub.subscribe([(topic, 1), (levels(127, "d") + "/#", 1)]) == [1, 1]
         pub.publish(topic, b"128", qos=1, pid=1)
         p = sub.recv_publish(timeout=T(5))
@@ -135,7 +118,7 @@ def test_topic_of_65535_bytes_is_accepted_and_delivered(broker, bystander):
     """With the default max_topic_length (65535) the longest topic the wire
     can carry goes through, to an exact subscriber, live and retained."""
     topic = "long/" + "x" * (65535 - 5)
-    with raw(broker, "lsub") as sub, raw(broker, "lpub") as pub:
+    with raw(broker, tag="lsub") as sub, raw(broker, tag="lpub") as pub:
         broker.assert_different_workers(sub, pub)
         assert sub.subscribe([(topic, 1)]) == [1]
         pub.publish(topic, b"65535", qos=1, pid=1)
@@ -143,7 +126,7 @@ def test_topic_of_65535_bytes_is_accepted_and_delivered(broker, bystander):
         assert (len(p.topic_bytes), p.topic, p.payload) == (65535, topic, b"65535")
         pub.publish(topic, b"kept", qos=1, retain=True, pid=2)
         assert sub.recv_publish(timeout=T(5)).payload == b"kept"
-        with raw(broker, "late") as late:
+        with raw(broker, tag="late") as late:
             late.subscribe([(topic, 1)])
             p = late.recv_publish(timeout=T(5))
             assert (p.topic, p.payload, p.retain) == (topic, b"kept", True)
@@ -155,9 +138,9 @@ def test_topic_of_65535_bytes_is_accepted_and_delivered(broker, bystander):
 @pytest.mark.broker_config(max_topic_length=1024)
 def test_max_topic_length_bounds_topics_and_filters(broker, bystander, everything):
     ok, over = "t/" + "x" * 1022, "t/" + "x" * 1023
-    with raw(broker, "lensub") as sub:
+    with raw(broker, tag="lensub") as sub:
         assert sub.subscribe([(ok, 1), (over, 1), ("t/+", 1)], expect_codes=False) == [1, 0x80, 1]
-        with raw(broker, "lenpub") as pub:
+        with raw(broker, tag="lenpub") as pub:
             pub.publish(ok, b"1024", qos=1, pid=1)
             got = sub.recv_publish(timeout=T(5))
             assert (got.topic, got.payload) == (ok, b"1024")
@@ -186,9 +169,7 @@ def sub_body(pid, entries):
                  id="unsubscribe-packet-id-0"),
 ])
 def test_subscribe_without_filters_or_id_closes(broker, bystander, pkt):
-    with raw(broker, "nosub") as c:
-        c.send(pkt)
-        closed_without_reply(c)
+    closed_without_reply_to(broker, pkt, tag="nosub")
     bystander.check()
 
 
@@ -200,8 +181,6 @@ def test_subscribe_bad_requested_qos_byte_closes(broker, bystander, everything, 
     [MQTT-3.8.3-4]: the whole SUBSCRIBE is malformed, no SUBACK, nothing
     subscribed."""
     entries = [("by/#", q)] if position == "only" else [("by/#", 1), ("by/x", q)]
-    with raw(broker, "qbyte") as c:
-        c.send(m.packet(m.SUBSCRIBE, 2, sub_body(1, entries)))
-        closed_without_reply(c)
+    closed_without_reply_to(broker, m.packet(m.SUBSCRIBE, 2, sub_body(1, entries)), tag="qbyte")
     everything.expect_no_packet(0.1)
     bystander.check()

@@ -36,7 +36,7 @@ import pytest
 
 import mqttraw as m
 from conftest import Broker
-from helpers import T, pss_kb, proc_title, uid, wait_for
+from helpers import T, proc_title, pss_kb, raw, raw_on, uid, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = os.environ.get("IOTD_HOSTILE", str(REPO / "build" / "tests" / "hostile"))
@@ -61,13 +61,6 @@ def worker_pid(broker, index):
     return None
 
 
-def role_pid(broker, role):
-    for p in broker.pids():
-        if proc_title(p) == f"iotd: {role}":
-            return p
-    return None
-
-
 def status_fields(pid):
     with open(f"/proc/{pid}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
@@ -82,7 +75,7 @@ class Scene:
         self.broker = broker
         self.spare = []
         self.w0, self.w1 = worker_pid(broker, 0), worker_pid(broker, 1)
-        self.others = {r: role_pid(broker, r) for r in ("router", "listener")}
+        self.others = {r: broker.role_pid(r) for r in ("router", "listener")}
         self.others["supervisor"] = broker.proc.pid
         self.others["worker 1"] = self.w1
         self.victim = self.client_on(self.w0, "victim")
@@ -96,22 +89,11 @@ class Scene:
         self.pub = self.client_on(self.w1, "pub")
         self.log_at = len(broker.log)
 
-    def client_on(self, want, tag, cid=None, tries=12, **kw):
-        """A connected RawClient held by worker pid `want`: one that lands
-        elsewhere is kept open (it shifts the balance) and another made; a
-        client with a fixed id or a will leaves, and a plain filler takes
-        its place (the spares on worker 0 die with it: no will of theirs)."""
-        for _ in range(tries):
-            c = m.RawClient(self.broker.port, timeout=T(5))
-            c.connect(cid or uid(tag), **kw)
-            if self.broker.worker_of(c) == want:
-                return c
-            if cid or kw:
-                c.disconnect()
-                c = m.RawClient(self.broker.port, timeout=T(5))
-                c.connect(uid("filler"))
-            self.spare.append(c)
-        raise AssertionError(f"no connection reached worker pid {want} in {tries} tries")
+    def client_on(self, want, tag, cid=None, **kw):
+        """A connected RawClient held by worker pid `want`, those that land
+        elsewhere kept in the scene's spares (raw_on; the spares on worker 0
+        die with it: no will of theirs)."""
+        return raw_on(self.broker, want, cid, tag=tag, tries=12, spare=self.spare, **kw)
 
     def publish_before(self):
         """QoS 1 and 2 messages from worker 1, not yet seen by anyone."""
@@ -133,7 +115,7 @@ class Scene:
     # --- what must hold after the case
 
     def assert_others_kept(self):
-        now = {r: role_pid(self.broker, r) for r in ("router", "listener")}
+        now = {r: self.broker.role_pid(r) for r in ("router", "listener")}
         now["supervisor"] = self.broker.proc.pid if self.broker.proc.poll() is None else None
         now["worker 1"] = worker_pid(self.broker, 1)
         assert now == self.others, f"processes other than worker 0 changed: {self.others} -> {now}"
@@ -216,8 +198,7 @@ class Scene:
         the persistent session with a clean connection."""
         for c in [self.victim, self.sub, self.willer, self.pub, self.psub] + self.spare:
             c.disconnect(wait_close=T(2))
-        c = m.RawClient(self.broker.port, timeout=T(5))
-        c.connect(self.psub_id, clean=True)
+        c = raw(self.broker, self.psub_id, clean=True)
         c.disconnect()
 
 
@@ -243,7 +224,7 @@ def daemon(tmp_path_factory):
     try:
         # A first round through every role before the router's memory is marked.
         Scene(broker).close()
-        broker.router_mark = broker.memory_mark([role_pid(broker, "router")])
+        broker.router_mark = broker.memory_mark([broker.role_pid("router")])
         yield broker
         broker.teardown()
     finally:
@@ -303,7 +284,7 @@ def test_router_memory_bounded_across_cases(daemon):
     """Last of the module: the router's Pss is back near the mark taken
     before the first case (rings aside; not under an instrumented daemon)."""
     daemon.router_mark.assert_back(timeout=10, what="the router's memory after the cases")
-    print(f"router Pss {daemon.router_mark.kb} -> {pss_kb(role_pid(daemon, 'router'), False)} kB")
+    print(f"router Pss {daemon.router_mark.kb} -> {pss_kb(daemon.role_pid('router'), False)} kB")
 
 
 # ------------------------------------------------------------ faults found in the daemon
@@ -317,7 +298,7 @@ def test_forged_session_message_reaches_no_other_session(start_broker):
     play(broker, "forge", "session", faulty=False)
 
 
-def test_garbage_counters_keep_max_connections(start_broker):
+def test_garbage_counters_keep_max_connections(start_broker, clients):
     """Garbage counters left by a dead worker are not its successor's: each
     process counts from 0 and the listener from when it saw the epoch, so
     max_connections still holds afterwards."""
@@ -325,19 +306,15 @@ def test_garbage_counters_keep_max_connections(start_broker):
     broker = start_broker(workers=2, max_connections=limit)
     play(broker, "counters", "garbage", faulty=False)
     held = []
-    try:
-        for _ in range(limit + 4):
-            c = m.RawClient(broker.port, timeout=T(5))
-            held.append(c)
-            try:
-                c.connect(uid("fill"))
-            except m.MQTTError:
-                break
-        accepted = sum(1 for c in held if c.is_open(0.05))
-        assert accepted <= limit, f"{accepted} connections held at once, max_connections {limit}"
-    finally:
-        for c in held:
-            c.close()
+    for _ in range(limit + 4):
+        c = clients.raw(broker, connect=False)
+        held.append(c)
+        try:
+            c.connect(uid("fill"))
+        except m.MQTTError:
+            break
+    accepted = sum(1 for c in held if c.is_open(0.05))
+    assert accepted <= limit, f"{accepted} connections held at once, max_connections {limit}"
 
 
 def test_garbage_left_for_the_successor_does_not_reach_it(start_broker):

@@ -47,7 +47,7 @@ import time
 import pytest
 
 import mqttraw as m
-from helpers import T, proc_alive, proc_title, uid, wait_for
+from helpers import T, Clients, proc_alive, raw_on, uid, wait_for
 
 INF = float("inf")
 
@@ -328,7 +328,7 @@ class Gate:
 
 class Stream(threading.Thread):
     """Publishes b"<tag>:<i>" for i = 0, 1, ... on one topic from its own
-    thread: at least n messages, and on until `until` is set (when given).
+    thread: at least n messages, and on until complete() is called.
     QoS 1 waits for each PUBACK. With `follow` (a Sub), it keeps at most
     `window` messages ahead of that subscriber, so no queue limit drops
     anything. Records each message's start (before the write) and, QoS 1,
@@ -336,11 +336,11 @@ class Stream(threading.Thread):
 
     CAP = 60000
 
-    def __init__(self, pub, topic, tag, qos=1, n=2000, until=None, follow=None, window=200,
-                 gate=None):
+    def __init__(self, pub, topic, tag, qos=1, n=2000, follow=None, window=200, gate=None):
         super().__init__(daemon=True, name=f"stream-{tag}")
         self.pub, self.topic, self.tag, self.qos = pub, topic, tag, qos
-        self.n, self.until, self.follow, self.window = n, until, follow, window
+        self.n, self.follow, self.window = n, follow, window
+        self.until = threading.Event()
         self.gate = gate
         self.t_start, self.t_done = [], []
         self.error = None
@@ -350,7 +350,7 @@ class Stream(threading.Thread):
         try:
             i = 0
             while not self.halt.is_set():
-                if i >= self.n and (self.until is None or self.until.is_set()):
+                if i >= self.n and self.until.is_set():
                     break
                 if i >= self.CAP:
                     raise AssertionError(f"stream {self.tag} reached {self.CAP} messages")
@@ -374,8 +374,8 @@ class Stream(threading.Thread):
         return len(self.t_done)
 
     def finish(self, timeout=30):
-        """Wait for the stream to end (n reached and `until` set), re-raise
-        its failure; the count."""
+        """Wait for the stream to end (n reached and complete() called),
+        re-raise its failure; the count."""
         self.join(T(timeout))
         if self.is_alive():
             self.halt.set()
@@ -393,6 +393,19 @@ class Stream(threading.Thread):
         self.pub.publish(self.topic, f"{self.tag}-end", qos=1)
         sub.wait_payload(f"{self.tag}-end".encode())
 
+    def release(self):
+        """Let the stream end once it has sent n messages (its gate opened)."""
+        self.until.set()
+        if self.gate is not None:
+            self.gate.open()
+
+    def complete(self, sub):
+        """release(), finish() and end(sub): the count."""
+        self.release()
+        total = self.finish()
+        self.end(sub)
+        return total
+
 
 # ------------------------------------------------------------ fixture
 
@@ -401,7 +414,7 @@ class Env:
 
     def __init__(self, broker):
         self.broker = broker
-        self.owned = []
+        self.owned = Clients()
         self.streams = []
         self.base = f"lt/{secrets.token_hex(3)}"
 
@@ -409,21 +422,26 @@ class Env:
         return f"{self.base}/{name}"
 
     def raw(self, tag, cid=None, **kw):
-        c = m.RawClient(self.broker.port, host=self.broker.host, timeout=T(5))
-        self.owned.append(c)
-        c.connack = c.connect(cid or uid(tag), **kw)
-        return c
+        return self.owned.raw(self.broker, cid, tag=tag, **kw)
 
     def sub(self, tag="sub", client=None, **kw):
-        s = Sub(client or self.raw(tag, **kw))
-        self.owned.append(s)
-        return s
+        return self.owned.own(Sub(client or self.raw(tag, **kw)))
 
     def pub(self, tag="pub", client=None, sync=True, **kw):
         p = Pub(client or self.raw(tag, **kw))
         if sync:
             p.enable_sync()
         return p
+
+    def learned_route(self, name, qos=1, tag="sub"):
+        """A subscriber to lt.topic(name) (granted qos) and a publisher, the
+        route between them learned (Pub.warm): (topic, Sub, Pub)."""
+        topic = self.topic(name)
+        sub = self.sub(tag)
+        sub.subscribe([(topic, qos)])
+        pub = self.pub("pub")
+        pub.warm(topic)
+        return topic, sub, pub
 
     def stream(self, *a, **kw):
         s = Stream(*a, **kw)
@@ -450,17 +468,15 @@ class Env:
 
     def close(self):
         for s in self.streams:
+            s.release()
             s.halt.set()
             s.join(T(10))
-        for o in reversed(self.owned):
-            o.close()
+        self.owned.close()
 
 
 @pytest.fixture
-def lt(broker):
-    env = Env(broker)
-    yield env
-    env.close()
+def lt(broker, clients):
+    return clients.own(Env(broker))
 
 
 # ------------------------------------------------------------ checks
@@ -563,13 +579,6 @@ def check_windows(stream, steady, sub, windows, same_worker, need_both=True):
 
 # ------------------------------------------------------------ iotd processes
 
-def router_pid(broker):
-    for p in broker.pids():
-        if proc_title(p).startswith("iotd: router"):
-            return p
-    return None
-
-
 # ------------------------------------------------------------ 1. churn
 
 @pytest.mark.broker_config(workers=1)
@@ -588,38 +597,30 @@ def test_steady_subscriber_keeps_order_while_another_client_churns_subscriptions
     churn = lt.sub("churn")
     pub = lt.pub("pub")
     pub.warm(topic)
-    done = threading.Event()
     # About 10 messages per subscribe or unsubscribe: each window below
     # waits for 2 more, which the gate, widened first, always allows.
     gate = Gate(20)
-    stream = lt.stream(pub, topic, "c", qos=qos, n=2000, until=done, follow=steady, gate=gate)
+    stream = lt.stream(pub, topic, "c", qos=qos, n=2000, follow=steady, gate=gate)
     filters = [topic, lt.topic("churn/+"), lt.topic("churn/#")]
     windows = []
     stream.start()
-    try:
-        for k in range(120):
-            flt, g = filters[k % 3], (k // 3) % 2
-            t_sub, t_suback = churn.subscribe([(flt, g)])
-            gate.widen(10)
-            if windows:
-                windows[-1] = windows[-1][:4] + (t_sub,)
-            # Hold the subscription until two messages published after its
-            # SUBACK reached the steady subscriber (same for the gap below).
-            churn_from = len(stream.t_start)
-            steady.wait_seq("c", churn_from + 1)
-            t_unsub, t_unsuback = churn.unsubscribe([flt])
-            gate.widen(10)
-            windows.append((g, t_suback, t_unsub, t_unsuback, INF))
-            if k % 2:
-                steady.wait_seq("c", len(stream.t_start) + 1)
-        done.set()
-        gate.open()
-        total = stream.finish()
-        stream.end(steady)
-        flush(lt, churn, pub)
-    finally:
-        done.set()
-        gate.open()
+    for k in range(120):
+        flt, g = filters[k % 3], (k // 3) % 2
+        t_sub, t_suback = churn.subscribe([(flt, g)])
+        gate.widen(10)
+        if windows:
+            windows[-1] = windows[-1][:4] + (t_sub,)
+        # Hold the subscription until two messages published after its
+        # SUBACK reached the steady subscriber (same for the gap below).
+        churn_from = len(stream.t_start)
+        steady.wait_seq("c", churn_from + 1)
+        t_unsub, t_unsuback = churn.unsubscribe([flt])
+        gate.widen(10)
+        windows.append((g, t_suback, t_unsub, t_unsuback, INF))
+        if k % 2:
+            steady.wait_seq("c", len(stream.t_start) + 1)
+    total = stream.complete(steady)
+    flush(lt, churn, pub)
     assert total >= 2000
     nums = steady.nums("c")
     if qos:
@@ -644,39 +645,27 @@ def test_steady_subscriber_keeps_order_while_clients_come_subscribe_and_go(lt):
     its SUBACK and received by the steady subscriber before it leaves;
     the steady subscriber gets
     everything exactly once, in order."""
-    topic = lt.topic("conn/t")
-    steady = lt.sub("steady")
-    steady.subscribe([(topic, 1)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
-    done = threading.Event()
+    topic, steady, pub = lt.learned_route("conn/t", tag="steady")
     gate = Gate(20)
-    stream = lt.stream(pub, topic, "v", qos=1, n=1000, until=done, follow=steady, gate=gate)
+    stream = lt.stream(pub, topic, "v", qos=1, n=1000, follow=steady, gate=gate)
     filters = [topic, lt.topic("conn/+"), lt.topic("conn/#")]
     visits = []
     stream.start()
-    try:
-        for k in range(60):
-            c = lt.sub(f"visit{k}")
-            gate.widen(10)
-            steady.wait_seq("v", len(stream.t_start) + 1)
-            t_sub, t_suback = c.subscribe([(filters[k % 3], k % 2)])
-            gate.widen(10)
-            steady.wait_seq("v", len(stream.t_start) + 1)
-            # A clean session's messages still queued behind its in-flight
-            # window end with it: before DISCONNECT, wait for what the
-            # steady subscriber has now (it must come).
-            t_seen = time.monotonic()
-            c.wait_seq("v", steady.max_seq("v"))
-            c.disconnect()
-            visits.append((c, k % 2, t_sub, t_suback, t_seen))
-        done.set()
-        gate.open()
-        total = stream.finish()
-        stream.end(steady)
-    finally:
-        done.set()
-        gate.open()
+    for k in range(60):
+        c = lt.sub(f"visit{k}")
+        gate.widen(10)
+        steady.wait_seq("v", len(stream.t_start) + 1)
+        t_sub, t_suback = c.subscribe([(filters[k % 3], k % 2)])
+        gate.widen(10)
+        steady.wait_seq("v", len(stream.t_start) + 1)
+        # A clean session's messages still queued behind its in-flight
+        # window end with it: before DISCONNECT, wait for what the
+        # steady subscriber has now (it must come).
+        t_seen = time.monotonic()
+        c.wait_seq("v", steady.max_seq("v"))
+        c.disconnect()
+        visits.append((c, k % 2, t_sub, t_suback, t_seen))
+    total = stream.complete(steady)
     assert_in_order(steady.nums("v"), "the steady subscriber", total)
     n_in = 0
     for c, g, t_sub, t_suback, t_seen in visits:
@@ -807,27 +796,21 @@ def test_subscriber_on_the_other_worker_joins_and_leaves_mid_stream(lt):
     steady.subscribe([(topic, 1)])
     pub = lt.pub(client=pc)
     pub.warm(topic)
-    done = threading.Event()
-    stream = lt.stream(pub, topic, "r", qos=1, n=1500, until=done, follow=steady)
+    stream = lt.stream(pub, topic, "r", qos=1, n=1500, follow=steady)
     windows = []
     stream.start()
-    try:
-        steady.wait_seq("r", 100)
-        for k in range(3):
-            g = (1, 0, 1)[k]
-            t_sub, t_suback = remote.subscribe([(topic if k != 1 else lt.topic("remote/#"), g)])
-            if windows:
-                windows[-1] = windows[-1][:4] + (t_sub,)
-            steady.wait_seq("r", len(stream.t_start) + 50)
-            t_unsub, t_unsuback = remote.unsubscribe([topic if k != 1 else lt.topic("remote/#")])
-            windows.append((g, t_suback, t_unsub, t_unsuback, INF))
-            steady.wait_seq("r", len(stream.t_start) + 50)
-        done.set()
-        total = stream.finish()
-        stream.end(steady)
-        flush(lt, remote, pub)
-    finally:
-        done.set()
+    steady.wait_seq("r", 100)
+    for k in range(3):
+        g = (1, 0, 1)[k]
+        t_sub, t_suback = remote.subscribe([(topic if k != 1 else lt.topic("remote/#"), g)])
+        if windows:
+            windows[-1] = windows[-1][:4] + (t_sub,)
+        steady.wait_seq("r", len(stream.t_start) + 50)
+        t_unsub, t_unsuback = remote.unsubscribe([topic if k != 1 else lt.topic("remote/#")])
+        windows.append((g, t_suback, t_unsub, t_unsuback, INF))
+        steady.wait_seq("r", len(stream.t_start) + 50)
+    total = stream.complete(steady)
+    flush(lt, remote, pub)
     assert_in_order(steady.nums("r"), "the subscriber beside the publisher", total)
     check_windows(stream, steady, remote, windows, same_worker=False)
     # Each stay is one run of consecutive numbers (a gap would mean the
@@ -911,11 +894,7 @@ def test_retained_publish_is_not_overtaken_by_the_messages_after_it(lt, qos):
     subscriber of the same worker gets the ten in order, the retained one
     with retain 0 (a live delivery); a client subscribing afterwards gets the
     last retained one, with retain 1."""
-    topic = lt.topic("ret/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 1)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, s, pub = lt.learned_route("ret/t")
     positions = [1, 0, 5, 9, 1]
     want = []
     for rnd, pos in enumerate(positions):
@@ -945,11 +924,7 @@ def test_qos2_publish_on_a_learned_route_arrives_once_between_its_neighbours(lt)
     """QoS 1, QoS 2 (whole handshake), QoS 1 publishes in turn on a topic
     whose route is learned, to a QoS 2 subscriber of the same worker: each
     arrives once, in order, the QoS 2 one at QoS 2."""
-    topic = lt.topic("q2/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 2)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, s, pub = lt.learned_route("q2/t", qos=2)
     want = []
     for rnd in range(6):
         for i, q in enumerate((1, 1, 2, 1, 1)):
@@ -970,11 +945,7 @@ def test_qos2_publish_pipelined_with_qos1_on_a_learned_route_keeps_its_place(lt)
     burst; the in-flight window is wide enough never to hold QoS 1/2
     deliveries back (a QoS 0 delivery is not queued behind it, so with a
     full window it would overtake them whatever the path)."""
-    topic = lt.topic("q2p/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 2)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, s, pub = lt.learned_route("q2p/t", qos=2)
     want = []
     for rnd in range(10):
         items = [(topic, f"r{rnd}m{i}", q, False) for i, q in enumerate((1, 2, 1, 1, 2, 1, 0))]
@@ -997,11 +968,7 @@ def test_persistent_subscriber_on_the_same_worker_gets_live_and_queued_messages(
     socket just closed) QoS 1 messages are queued for it, not delivered
     locally to the gone connection, and arrive, in order, when it comes
     back; then live delivery resumes."""
-    topic = lt.topic("pers/t")
-    clean = lt.sub("clean")
-    clean.subscribe([(topic, 1)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
+    topic, clean, pub = lt.learned_route("pers/t", tag="clean")
     cid = uid("persist")
     p = lt.sub(client=lt.raw("persist", cid=cid, clean=False))
     p.subscribe([(topic, 1)])
@@ -1101,43 +1068,35 @@ def test_killed_worker_leaves_the_other_workers_local_pair_streaming(lt):
     puba.warm(ta)
     pubb.warm(tb)
     suba.wait_payload(b"warm:2")
-    done = threading.Event()
-    stream = lt.stream(pubb, tb, "w", qos=1, n=600, until=done, follow=subb)
+    stream = lt.stream(pubb, tb, "w", qos=1, n=600, follow=subb)
     stream.start()
-    try:
-        subb.wait_seq("w", 200)
-        os.kill(wa, signal.SIGKILL)
-        suba.wait_closed()
-        pa.expect_closed(T(5))
-        wait_for(lambda: len(broker.worker_pids()) == 2 and wa not in broker.worker_pids(),
-                 10, "the supervisor to restart the killed worker")
-        broker.initial_pids = set(broker.pids())      # the kill was deliberate
-        new_w = [p for p in broker.worker_pids() if p != wb][0]
-        subb.wait_seq("w", len(stream.t_start) + 100)
+    subb.wait_seq("w", 200)
+    os.kill(wa, signal.SIGKILL)
+    suba.wait_closed()
+    pa.expect_closed(T(5))
+    wait_for(lambda: len(broker.worker_pids()) == 2 and wa not in broker.worker_pids(),
+             10, "the supervisor to restart the killed worker")
+    broker.initial_pids = set(broker.pids())      # the kill was deliberate
+    new_w = [p for p in broker.worker_pids() if p != wb][0]
+    subb.wait_seq("w", len(stream.t_start) + 100)
 
-        # New clients land on the restarted worker (it holds the fewest).
-        def on_new():
-            c = lt.raw("reborn")
-            return c if broker.worker_of(c) == new_w else None
-        na = wait_for(on_new, 5, "a connection on the restarted worker", interval=0.01)
-        nsub_raw = wait_for(on_new, 5, "a connection on the restarted worker", interval=0.01)
-        nsub = lt.sub(client=nsub_raw)
-        nsub.subscribe([(ta, 1)])
-        npub = lt.pub(client=na, sync=False)
-        for i in range(20):
-            npub.publish(ta, f"again:{i}", qos=1)
-        nsub.wait_seq("again", 19)
-        assert nsub.nums("again") == list(range(20))
-        t_sub, t_suback = nsub.subscribe([(tb, 1)])
-        subb.wait_seq("w", len(stream.t_start) + 100)
-        t_unsub, t_unsuback = nsub.unsubscribe([tb])
-        subb.wait_seq("w", len(stream.t_start) + 50)
-        done.set()
-        total = stream.finish()
-        stream.end(subb)
-        flush(lt, nsub, pubb)
-    finally:
-        done.set()
+    # New clients land on the restarted worker (it holds the fewest); those
+    # that land elsewhere stay open (lt closes them).
+    reborn = dict(make=lambda: lt.raw("reborn"), spare=[])
+    na = raw_on(broker, new_w, **reborn)
+    nsub = lt.sub(client=raw_on(broker, new_w, **reborn))
+    nsub.subscribe([(ta, 1)])
+    npub = lt.pub(client=na, sync=False)
+    for i in range(20):
+        npub.publish(ta, f"again:{i}", qos=1)
+    nsub.wait_seq("again", 19)
+    assert nsub.nums("again") == list(range(20))
+    t_sub, t_suback = nsub.subscribe([(tb, 1)])
+    subb.wait_seq("w", len(stream.t_start) + 100)
+    t_unsub, t_unsuback = nsub.unsubscribe([tb])
+    subb.wait_seq("w", len(stream.t_start) + 50)
+    total = stream.complete(subb)
+    flush(lt, nsub, pubb)
     assert_in_order(subb.nums("w"), "the surviving worker's subscriber", total)
     check_windows(stream, subb, nsub, [(1, t_suback, t_unsub, t_unsuback, INF)],
                   same_worker=False)
@@ -1160,7 +1119,7 @@ def test_local_pair_keeps_flowing_while_the_router_is_stopped(lt):
     pub = lt.pub("pub")
     pub.warm(topic)
     s.wait_payload(b"warm:2")
-    router = router_pid(lt.broker)
+    router = lt.broker.role_pid("router")
     assert router, "no router process"
     os.kill(router, signal.SIGSTOP)
     try:
@@ -1199,29 +1158,19 @@ def test_router_killed_while_a_local_pair_streams_loses_and_reorders_nothing(lt)
     clients of one worker: the subscriber gets every message exactly once,
     in order (through the restarted router's replay, or the local path)."""
     broker = lt.broker
-    topic = lt.topic("rk/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 1)])
-    pub = lt.pub("pub")
-    pub.warm(topic)
-    done = threading.Event()
-    stream = lt.stream(pub, topic, "k", qos=1, n=1000, until=done, follow=s)
+    topic, s, pub = lt.learned_route("rk/t")
+    stream = lt.stream(pub, topic, "k", qos=1, n=1000, follow=s)
     stream.start()
-    try:
-        s.wait_seq("k", 300)
-        old = router_pid(broker)
-        assert old, "no router process"
-        serving = broker.log.count("router: serving")
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: not proc_alive(old), 5, f"router {old} to die")
-        wait_for(lambda: broker.log.count("router: serving") > serving, 10,
-                 "the new router to serve")
-        broker.initial_pids = set(broker.pids())      # the kill was deliberate
-        s.wait_seq("k", len(stream.t_start) + 300)
-        done.set()
-        total = stream.finish()
-        stream.end(s)
-    finally:
-        done.set()
+    s.wait_seq("k", 300)
+    old = broker.role_pid("router")
+    assert old, "no router process"
+    serving = broker.log.count("router: serving")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not proc_alive(old), 5, f"router {old} to die")
+    wait_for(lambda: broker.log.count("router: serving") > serving, 10,
+             "the new router to serve")
+    broker.initial_pids = set(broker.pids())      # the kill was deliberate
+    s.wait_seq("k", len(stream.t_start) + 300)
+    total = stream.complete(s)
     assert_in_order(s.nums("k"), "the subscriber", total)
     assert {q for _, _, q in s.seqs("k")} == {1}

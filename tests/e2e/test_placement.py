@@ -11,8 +11,7 @@ each is placed on its own, after the one before. The daemon starts idle
 
 import pytest
 
-import mqttraw as m
-from helpers import T, uid
+from helpers import T, close_all, raw, uid
 
 pytestmark = pytest.mark.iotd_only
 
@@ -21,18 +20,11 @@ def connect_in_turn(broker, n, name):
     clients = []
     try:
         for i in range(n):
-            c = m.RawClient(broker.port, timeout=T(5))
-            clients.append(c)
-            c.connect(uid(f"{name}{i}"))
+            clients.append(raw(broker, uid(f"{name}{i}")))
     except BaseException:
         close_all(clients)
         raise
     return clients
-
-
-def close_all(clients):
-    for c in clients:
-        c.close()
 
 
 def workers_of(broker, clients):

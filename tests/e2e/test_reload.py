@@ -16,20 +16,10 @@ import pytest
 
 import mqttraw as m
 from conftest import free_port
-from helpers import T, proc_title, server_rx_queue, tcp_table, uid, wait_for
+from helpers import (T, closed_without_reply_to, offline_session, raw, server_rx_queue, tcp_table,
+                     uid, wait_for)
 
 pytestmark = pytest.mark.iotd_only
-
-
-def raw(port, cid, **kw):
-    c = m.RawClient(port, timeout=T(5))
-    c.connect(cid, **kw)
-    return c
-
-
-def listener_pid(broker):
-    pids = [p for p in broker.pids() if proc_title(p) == "iotd: listener"]
-    return pids[0] if len(pids) == 1 else None
 
 
 def refuses(port):
@@ -62,7 +52,7 @@ def listening_inode(port):
 def accept_listener_change(broker):
     """The listener was replaced on purpose: the other processes must not have been."""
     before = broker.initial_pids
-    pid = wait_for(lambda: listener_pid(broker) not in (None, *before) and listener_pid(broker),
+    pid = wait_for(lambda: broker.role_pid("listener") not in (None, *before) and broker.role_pid("listener"),
                    10, "a new listener")
     now = set(broker.pids())
     gone = before - now
@@ -76,10 +66,10 @@ def accept_listener_change(broker):
 
 @pytest.mark.broker_config(workers=2)
 def test_lowered_max_packet_size_closes_a_client_connected_before_and_spares_the_others(
-        broker, bystander):
-    big = raw(broker.port, uid("big"))
-    small = raw(broker.port, uid("small"))
-    sub = raw(broker.port, uid("sub"))
+        broker, bystander, clients):
+    big = raw(broker, uid("big"))
+    small = clients.raw(broker, uid("small"))
+    sub = clients.raw(broker, uid("sub"))
     sub.subscribe([("mps/#", 1)])
     big.publish("mps/a", bytes(4000), qos=1)
     assert len(sub.recv_publish(T(5)).payload) == 4000
@@ -94,15 +84,13 @@ def test_lowered_max_packet_size_closes_a_client_connected_before_and_spares_the
     small.publish("mps/b", bytes(1000), qos=1)
     assert sub.recv_publish(T(5)).topic == "mps/b"
     bystander.check()
-    for c in (small, sub):
-        c.close()
 
 
 @pytest.mark.broker_config(workers=1, max_inflight=2)
-def test_max_inflight_raised_sends_what_waited_and_lowered_holds_new_ones_back(broker):
-    sub = raw(broker.port, uid("slow"))
+def test_max_inflight_raised_sends_what_waited_and_lowered_holds_new_ones_back(broker, clients):
+    sub = clients.raw(broker, uid("slow"))
     sub.subscribe([("inf/#", 1)])
-    pub = raw(broker.port, uid("pub"))
+    pub = clients.raw(broker, uid("pub"))
     for i in range(6):
         pub.publish("inf/t", f"m{i}".encode(), qos=1, pid=i + 1)
     first = sub.recv_publishes(2, timeout=T(5), ack=False)
@@ -127,19 +115,17 @@ def test_max_inflight_raised_sends_what_waited_and_lowered_holds_new_ones_back(b
     sub.expect_no_packet(0.5)
     sub.send(m.puback(got[0].pid))
     assert sub.recv_publish(T(5), ack=False).payload == b"m8"
-    pub.close()
-    sub.close()
 
 
 @pytest.mark.broker_config(workers=1, max_inflight=1, max_queued_messages=10)
-def test_lowered_max_queued_messages_keeps_what_is_queued_and_refuses_new_ones(broker):
-    sub = raw(broker.port, uid("slowq"))
+def test_lowered_max_queued_messages_keeps_what_is_queued_and_refuses_new_ones(broker, clients):
+    sub = clients.raw(broker, uid("slowq"))
     sub.subscribe([("q/#", 1)])
     # On the same (only) worker: each message reaches both in one record, so
     # once the witness has m4, the slow subscriber's queue holds it too.
-    witness = raw(broker.port, uid("witness"))
+    witness = clients.raw(broker, uid("witness"))
     witness.subscribe([("q/#", 0)])
-    pub = raw(broker.port, uid("pubq"))
+    pub = clients.raw(broker, uid("pubq"))
     for i in range(5):                    # m0 in flight, m1..m4 queued
         pub.publish("q/t", f"m{i}".encode(), qos=1, pid=i + 1)
     assert [p.payload for p in witness.recv_publishes(5, timeout=T(5))][-1] == b"m4"
@@ -157,28 +143,24 @@ def test_lowered_max_queued_messages_keeps_what_is_queued_and_refuses_new_ones(b
     # Under the new limit again: new messages flow.
     pub.publish("q/t", b"m7", qos=1, pid=8)
     assert sub.recv_publish(T(5)).payload == b"m7"
-    pub.close()
-    sub.close()
-    witness.close()
 
 
 @pytest.mark.broker_config(workers=2)
-def test_lowered_max_topic_levels_applies_to_clients_connected_before(broker):
-    c = raw(broker.port, uid("lvl"))
+def test_lowered_max_topic_levels_applies_to_clients_connected_before(broker, clients):
+    c = raw(broker, uid("lvl"))
     c.subscribe([("a/b/c/d", 0)])
     broker.reload(max_topic_levels=3)
     assert c.subscribe([("x/y/z/w", 0), ("x/y/z", 0)], pid=2, expect_codes=False) == [0x80, 0]
-    new = raw(broker.port, uid("lvl2"))
+    new = clients.raw(broker, uid("lvl2"))
     assert new.subscribe([("p/q/r/s", 0)], expect_codes=False) == [0x80]
     c.send(m.publish("a/b/c/d", b"too deep"))
     c.expect_closed(T(5))
-    new.close()
 
 
 @pytest.mark.broker_config(workers=2, connect_timeout=60)
-def test_lowered_connect_timeout_closes_silent_connections(broker):
+def test_lowered_connect_timeout_closes_silent_connections(broker, clients):
     before = socket.create_connection(("127.0.0.1", broker.port), timeout=T(5))
-    client = raw(broker.port, uid("ok"))
+    client = clients.raw(broker, uid("ok"))
     broker.reload(connect_timeout=1)
     after = socket.create_connection(("127.0.0.1", broker.port), timeout=T(5))
     for s, what in ((before, "accepted before the reload"), (after, "accepted after it")):
@@ -191,33 +173,28 @@ def test_lowered_connect_timeout_closes_silent_connections(broker):
         s.close()
     assert client.is_open(), "a connected client was closed by connect_timeout"
     client.ping()
-    client.close()
 
 
 @pytest.mark.broker_config(workers=1, max_keepalive=0)
-def test_raised_max_keepalive_caps_new_connections_only(broker):
-    old = raw(broker.port, uid("ka"), keepalive=600)
+def test_raised_max_keepalive_caps_new_connections_only(broker, clients):
+    old = clients.raw(broker, uid("ka"), keepalive=600)
     broker.reload(max_keepalive=60)
-    with m.RawClient(broker.port, timeout=T(5)) as c:
-        c.connect(uid("ka2"), keepalive=600, expect_rc=2)
+    raw(broker, uid("ka2"), keepalive=600, expect_rc=2).close()
     old.ping()
-    old.close()
 
 
 @pytest.mark.broker_config(workers=1, max_client_id_length=200)
-def test_max_client_id_length_lowered_and_raised_applies_to_new_connects(broker):
+def test_max_client_id_length_lowered_and_raised_applies_to_new_connects(broker, clients):
     cid = ("L" + uid("id")).ljust(100, "x")
-    old = raw(broker.port, cid)
+    old = clients.raw(broker, cid)
     broker.reload(max_client_id_length=50)
-    with m.RawClient(broker.port, timeout=T(5)) as c:
-        c.connect(("L" + uid("id")).ljust(100, "x"), expect_rc=2)
-    with raw(broker.port, ("L" + uid("id")).ljust(50, "x")) as c:
+    raw(broker, ("L" + uid("id")).ljust(100, "x"), expect_rc=2).close()
+    with raw(broker, ("L" + uid("id")).ljust(50, "x")) as c:
         c.disconnect()
     old.ping()          # connected before: keeps its id
     broker.reload(max_client_id_length=100)
-    with raw(broker.port, ("L" + uid("id")).ljust(100, "x")) as c:
+    with raw(broker, ("L" + uid("id")).ljust(100, "x")) as c:
         c.disconnect()
-    old.close()
 
 
 @pytest.mark.broker_config(workers=1, connect_timeout=60)
@@ -226,7 +203,7 @@ def test_max_connect_size_lowered_and_raised_applies_to_connects_not_yet_whole(b
     default bound; lowered to 1024 by a reload, its next byte closes it. A
     CONNECT within the new bound is served, and one of 2000 bytes again once
     the bound is raised."""
-    partial = m.RawClient(broker.port, timeout=T(5))
+    partial = raw(broker, connect=False)
     whole = m.connect_of_size(2000, uid("big"))
     partial.send(whole[:100])
     wait_for(lambda: server_rx_queue(broker.port, partial.local_port) == 0, 5,
@@ -235,38 +212,33 @@ def test_max_connect_size_lowered_and_raised_applies_to_connects_not_yet_whole(b
     partial.send(whole[100:101])
     assert partial.expect_closed(T(5)) == []
     partial.close()
-    with m.RawClient(broker.port, timeout=T(5)) as c:
-        c.send(bytes([0x10]) + m.enc_varint(1024 - 3 + 1))
-        assert c.expect_closed(T(5)) == []
-    with m.RawClient(broker.port, timeout=T(5)) as c:
+    closed_without_reply_to(broker, bytes([0x10]) + m.enc_varint(1024 - 3 + 1), connect=False)
+    with raw(broker, connect=False) as c:
         c.send(m.connect_of_size(1024, uid("fits")))
         assert c.expect(m.CONNACK).rc == 0
     broker.reload(max_connect_size=4096)
-    with m.RawClient(broker.port, timeout=T(5)) as c:
+    with raw(broker, connect=False) as c:
         c.send(m.connect_of_size(2000, uid("big2")))
         assert c.expect(m.CONNACK).rc == 0
 
 
 @pytest.mark.broker_config(workers=1, session_timeout_secs=3600)
-def test_lowered_session_timeout_expires_sessions_already_offline(broker):
+def test_lowered_session_timeout_expires_sessions_already_offline(broker, clients):
     cid = uid("persist")
-    c = raw(broker.port, cid, clean=False)
-    c.subscribe([("s/#", 1)])
-    c.disconnect()
+    offline_session(broker, cid, [("s/#", 1)])
     broker.reload(session_timeout_secs=1)
     wait_for(lambda: "session expired after 1 s offline" in broker.log, 10,
              "the offline session to expire under the new timeout")
-    c = raw(broker.port, cid, clean=False)
-    c.close()
+    clients.raw(broker, cid, clean=False)
 
 
 @pytest.mark.broker_config(workers=1, retained_message_limit=10)
-def test_lowered_retained_limit_keeps_what_is_stored_and_refuses_new_topics(broker):
+def test_lowered_retained_limit_keeps_what_is_stored_and_refuses_new_topics(broker, clients):
     # The router stores a retained message before it delivers it: once the
     # witness has all three, all three are stored.
-    witness = raw(broker.port, uid("rwit"))
+    witness = raw(broker, uid("rwit"))
     witness.subscribe([("r/#", 0)])
-    pub = raw(broker.port, uid("rpub"))
+    pub = clients.raw(broker, uid("rpub"))
     for i in range(3):
         pub.publish(f"r/{i}", f"v{i}".encode(), qos=1, retain=True, pid=i + 1)
     witness.recv_publishes(3, timeout=T(5))
@@ -274,7 +246,7 @@ def test_lowered_retained_limit_keeps_what_is_stored_and_refuses_new_topics(brok
     broker.reload(retained_message_limit=2)
     pub.publish("r/new", b"refused", qos=1, retain=True, pid=4)
     pub.publish("r/0", b"replaced", qos=1, retain=True, pid=5)
-    sub = raw(broker.port, uid("rsub"))
+    sub = clients.raw(broker, uid("rsub"))
     sub.subscribe([("r/#", 0)])
     got = {}
     for _ in range(3):
@@ -282,8 +254,6 @@ def test_lowered_retained_limit_keeps_what_is_stored_and_refuses_new_topics(brok
         got[p.topic] = p.payload
     sub.expect_no_packet(0.5)
     assert got == {"r/0": b"replaced", "r/1": b"v1", "r/2": b"v2"}
-    pub.close()
-    sub.close()
 
 
 @pytest.mark.broker_config(workers=1)
@@ -295,7 +265,7 @@ def test_restarted_worker_runs_with_the_reloaded_limits(broker):
                    "the supervisor to restart the killed worker")[0]
     wait_for(lambda: "worker 0 is back" in broker.log, 10, "the new worker to report ready")
     broker.initial_pids = set(broker.pids())
-    c = raw(broker.port, uid("after"))
+    c = raw(broker, uid("after"))
     assert broker.worker_of(c) == new
     assert c.subscribe([("a/b/c", 0), ("a/b", 0)], expect_codes=False) == [0x80, 0]
     c.send(m.publish("a/b", bytes(4000)))
@@ -329,9 +299,9 @@ def test_keys_that_need_a_restart_are_named_and_the_rest_applies(broker):
 
 
 @pytest.mark.broker_config(workers=2, listen_in_config=True)
-def test_listen_addresses_move_to_a_new_port_without_dropping_clients(broker):
+def test_listen_addresses_move_to_a_new_port_without_dropping_clients(broker, clients):
     old_port = broker.port
-    keeper = raw(old_port, uid("keeper"))
+    keeper = clients.raw(old_port, uid("keeper"))
     keeper.subscribe([("keep/#", 1)])
     new_port = free_port()
 
@@ -352,13 +322,12 @@ def test_listen_addresses_move_to_a_new_port_without_dropping_clients(broker):
     with raw(new_port, uid("pub")) as pub:
         pub.publish("keep/a", b"after the move", qos=1)
     assert keeper.recv_publish(T(5)).payload == b"after the move"
-    keeper.close()
 
 
 @pytest.mark.broker_config(workers=1, listen_in_config=True)
 def test_unbindable_listen_address_rejects_the_whole_reload(broker):
     port = broker.port
-    listener = listener_pid(broker)
+    listener = broker.role_pid("listener")
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
@@ -368,7 +337,7 @@ def test_unbindable_listen_address_rejects_the_whole_reload(broker):
                              max_inflight=7)
         assert f"cannot listen on 127.0.0.1:{taken}: Address already in use" in line
     assert serves(port)
-    assert listener_pid(broker) == listener, "the listener was replaced by a failed reload"
+    assert broker.role_pid("listener") == listener, "the listener was replaced by a failed reload"
     # Nothing of it was applied: the original file changes nothing.
     assert broker.reload(expect="nothing changed",
                          listen_addresses=[f"127.0.0.1:{port}"], max_inflight=None)

@@ -28,27 +28,22 @@ static struct addr_key key_of_remote(const char *remote)
 	return k;
 }
 
-static struct addr_key key_of_v4(const char *host)
+/* The key of a peer at host, an IPv6 address when it has a ':', else IPv4 (port 1883). */
+static struct addr_key key_of_ip(const char *host)
 {
 	struct sockaddr_storage ss = { 0 };
 	struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-	struct addr_key k;
-
-	sin->sin_family = AF_INET;
-	sin->sin_port = htons(1883);
-	assert_int_equal(inet_pton(AF_INET, host, &sin->sin_addr), 1);
-	assert_true(addr_key_from_sockaddr(&ss, &k));
-	return k;
-}
-
-static struct addr_key key_of_v6(const char *host)
-{
-	struct sockaddr_storage ss = { 0 };
 	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
 	struct addr_key k;
 
-	sin6->sin6_family = AF_INET6;
-	assert_int_equal(inet_pton(AF_INET6, host, &sin6->sin6_addr), 1);
+	if (strchr(host, ':')) {
+		sin6->sin6_family = AF_INET6;
+		assert_int_equal(inet_pton(AF_INET6, host, &sin6->sin6_addr), 1);
+	} else {
+		sin->sin_family = AF_INET;
+		sin->sin_port = htons(1883);
+		assert_int_equal(inet_pton(AF_INET, host, &sin->sin_addr), 1);
+	}
 	assert_true(addr_key_from_sockaddr(&ss, &k));
 	return k;
 }
@@ -60,7 +55,7 @@ static bool key_eq(struct addr_key a, struct addr_key b)
 
 static void keys_are_ipv4_exact_and_ipv6_per_64(void **state)
 {
-	struct addr_key a = key_of_v4("127.0.0.1"), b = key_of_v4("127.0.0.2");
+	struct addr_key a = key_of_ip("127.0.0.1"), b = key_of_ip("127.0.0.2");
 	char out[64];
 
 	assert_false(key_eq(a, b));
@@ -68,16 +63,16 @@ static void keys_are_ipv4_exact_and_ipv6_per_64(void **state)
 	assert_true(key_eq(a, key_of_remote("127.0.0.1:53412")));
 	assert_true(key_eq(b, key_of_remote("127.0.0.2:1")));
 	/* An IPv4-mapped IPv6 client is its IPv4 address. */
-	assert_true(key_eq(a, key_of_v6("::ffff:127.0.0.1")));
+	assert_true(key_eq(a, key_of_ip("::ffff:127.0.0.1")));
 	assert_true(key_eq(a, key_of_remote("[::ffff:127.0.0.1]:9")));
 	/* One /64 is one address, the next /64 another. */
-	assert_true(key_eq(key_of_v6("2001:db8:1:2::1"), key_of_v6("2001:db8:1:2:ffff::9")));
-	assert_true(key_eq(key_of_v6("2001:db8:1:2::1"), key_of_remote("[2001:db8:1:2:a:b:c:d]:80")));
-	assert_false(key_eq(key_of_v6("2001:db8:1:2::1"), key_of_v6("2001:db8:1:3::1")));
-	assert_false(key_eq(key_of_v6("::1"), a));
+	assert_true(key_eq(key_of_ip("2001:db8:1:2::1"), key_of_ip("2001:db8:1:2:ffff::9")));
+	assert_true(key_eq(key_of_ip("2001:db8:1:2::1"), key_of_remote("[2001:db8:1:2:a:b:c:d]:80")));
+	assert_false(key_eq(key_of_ip("2001:db8:1:2::1"), key_of_ip("2001:db8:1:3::1")));
+	assert_false(key_eq(key_of_ip("::1"), a));
 	addr_key_format(&a, out, sizeof(out));
 	assert_string_equal(out, "127.0.0.1");
-	a = key_of_v6("2001:db8:1:2:3:4:5:6");
+	a = key_of_ip("2001:db8:1:2:3:4:5:6");
 	addr_key_format(&a, out, sizeof(out));
 	assert_string_equal(out, "2001:db8:1:2::/64");
 }

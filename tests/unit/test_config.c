@@ -77,6 +77,31 @@ static int load(const char *text, char *const *envp, struct iotd_config *cfg,
 
 static char *no_env[] = { NULL };
 
+/* err begins with "<conf_path>:<line>: <what>". */
+static void assert_error_at(const char *err, int line, const char *what)
+{
+	char want[256];
+
+	snprintf(want, sizeof(want), "%s:%d: %s", conf_path, line, what);
+	assert_int_equal(strncmp(err, want, strlen(want)), 0);
+}
+
+/*
+ * A check across two settings blames the one given: set in env alone, the
+ * load fails with env_err; set in the file by text, with file_err at line 3.
+ */
+static void assert_blames_the_setting_given(char **env, const char *env_err, const char *text,
+					    const char *file_err)
+{
+	struct iotd_config c;
+	char err[CONFIG_ERR_LEN];
+
+	assert_int_equal(load("", env, &c, err, sizeof(err)), -1);
+	assert_string_equal(err, env_err);
+	assert_int_equal(load(text, no_env, &c, err, sizeof(err)), -1);
+	assert_error_at(err, 3, file_err);
+}
+
 /* ---- defaults and the file ---- */
 
 static void defaults_are_the_documented_values(void **state)
@@ -356,11 +381,10 @@ static void unknown_key_is_rejected_with_its_line(void **state)
 static void unknown_section_is_rejected(void **state)
 {
 	struct iotd_config c;
-	char err[CONFIG_ERR_LEN], want[128];
+	char err[CONFIG_ERR_LEN];
 
 	assert_int_equal(load("\nlistener { port = 1 }\n", no_env, &c, err, sizeof(err)), -1);
-	snprintf(want, sizeof(want), "%s:2: listener: unknown section", conf_path);
-	assert_int_equal(strncmp(err, want, strlen(want)), 0);
+	assert_error_at(err, 2, "listener: unknown section");
 }
 
 static void key_outside_its_section_is_rejected(void **state)
@@ -424,15 +448,14 @@ static void nul_byte_in_file_is_rejected_with_its_line(void **state)
 {
 	struct cli_args a = explicit_args();
 	struct iotd_config c;
-	char err[CONFIG_ERR_LEN], want[80];
+	char err[CONFIG_ERR_LEN];
 	FILE *f = fopen(conf_path, "w");
 
 	assert_non_null(f);
 	fwrite("server {\n\n workers = 1\0 }\n", 1, 26, f);
 	fclose(f);
 	assert_int_equal(config_load(&c, &a, no_env, err, sizeof(err)), -1);
-	snprintf(want, sizeof(want), "%s:3: NUL byte", conf_path);
-	assert_int_equal(strncmp(err, want, strlen(want)), 0);
+	assert_error_at(err, 3, "NUL byte");
 }
 
 static void empty_or_oversized_listen_list_is_rejected(void **state)
@@ -628,18 +651,12 @@ static void command_line_overrides_env_and_file(void **state)
 static void keepalive_over_the_cap_blames_the_setting_that_was_given(void **state)
 {
 	char *env[] = { "IOTD_SERVER_MAX_KEEPALIVE=30", NULL };
-	struct iotd_config c;
-	char err[CONFIG_ERR_LEN], want[128];
 
 	/* The default keep-alive (60) conflicts with the cap set in the environment. */
-	assert_int_equal(load("", env, &c, err, sizeof(err)), -1);
-	assert_string_equal(err, "environment: IOTD_SERVER_MAX_KEEPALIVE: "
-			    "keep_alive_timeout_secs (60) exceeds max_keepalive (30)");
-
-	assert_int_equal(load("server {\n max_keepalive = 100\n keep_alive_timeout_secs = 200\n}\n",
-			      no_env, &c, err, sizeof(err)), -1);
-	snprintf(want, sizeof(want), "%s:3: server: keep_alive_timeout_secs (200)", conf_path);
-	assert_int_equal(strncmp(err, want, strlen(want)), 0);
+	assert_blames_the_setting_given(env, "environment: IOTD_SERVER_MAX_KEEPALIVE: "
+					"keep_alive_timeout_secs (60) exceeds max_keepalive (30)",
+					"server {\n max_keepalive = 100\n keep_alive_timeout_secs = 200\n}\n",
+					"server: keep_alive_timeout_secs (200)");
 }
 
 /*
@@ -670,18 +687,14 @@ static void max_sessions_below_max_connections_is_rejected(void **state)
 {
 	char *env[] = { "IOTD_SERVER_MAX_CONNECTIONS=200000", NULL };
 	struct iotd_config c;
-	char err[CONFIG_ERR_LEN], want[160];
+	char err[CONFIG_ERR_LEN];
 
 	/* The default max_sessions (100000) is blamed on the max_connections given. */
-	assert_int_equal(load("", env, &c, err, sizeof(err)), -1);
-	assert_string_equal(err, "environment: IOTD_SERVER_MAX_CONNECTIONS: max_sessions (100000) "
-			    "is below max_connections (200000): every connection holds a session");
-
-	assert_int_equal(load("server {\n max_connections = 50\n max_sessions = 49\n}\n",
-			      no_env, &c, err, sizeof(err)), -1);
-	snprintf(want, sizeof(want), "%s:3: server: max_sessions (49) is below max_connections (50)",
-		 conf_path);
-	assert_int_equal(strncmp(err, want, strlen(want)), 0);
+	assert_blames_the_setting_given(env, "environment: IOTD_SERVER_MAX_CONNECTIONS: "
+					"max_sessions (100000) is below max_connections (200000): "
+					"every connection holds a session",
+					"server {\n max_connections = 50\n max_sessions = 49\n}\n",
+					"server: max_sessions (49) is below max_connections (50)");
 
 	/* Equal is enough; 0 is no cap at all; the new keys take 0 and their largest values. */
 	assert_int_equal(load("server {\n max_connections = 50\n max_sessions = 50\n}\n",

@@ -54,6 +54,18 @@ static bool fd_is_open(int fd)
 	return fcntl(fd, F_GETFD) >= 0 || errno != EBADF;
 }
 
+/* ipc_recv on e->b into buf fails with err, and gives no fd. */
+static void expect_recv_error(struct ends *e, char *buf, size_t len, int err)
+{
+	struct ipc_hdr hdr;
+	int fd = 99;
+
+	errno = 0;
+	assert_int_equal(ipc_recv(e->b, &hdr, buf, len, &fd), -1);
+	assert_int_equal(errno, err);
+	assert_int_equal(fd, -1);
+}
+
 static void test_message_without_fd_round_trips(void **state)
 {
 	struct ends *e = *state;
@@ -126,15 +138,10 @@ static void test_eof_returns_zero_with_type_zero(void **state)
 static void test_empty_nonblocking_socket_gives_eagain(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_hdr hdr;
 	char buf[16];
-	int fd;
 
 	assert_int_equal(fcntl(e->b, F_SETFL, O_NONBLOCK), 0);
-	errno = 0;
-	assert_int_equal(ipc_recv(e->b, &hdr, buf, sizeof(buf), &fd), -1);
-	assert_int_equal(errno, EAGAIN);
-	assert_int_equal(fd, -1);
+	expect_recv_error(e, buf, sizeof(buf), EAGAIN);
 }
 
 static void test_oversize_fails_with_emsgsize_and_closes_fd(void **state)
@@ -154,10 +161,7 @@ static void test_oversize_fails_with_emsgsize_and_closes_fd(void **state)
 	assert_int_equal(pipe2(pfd, O_NONBLOCK), 0);
 	assert_int_equal(ipc_send(e->a, IPC_CLIENT_FD, 0, big, 64, pfd[1]), 0);
 	close(pfd[1]);
-	errno = 0;
-	assert_int_equal(ipc_recv(e->b, &hdr, small, sizeof(small), &fd), -1);
-	assert_int_equal(errno, EMSGSIZE);
-	assert_int_equal(fd, -1);
+	expect_recv_error(e, small, sizeof(small), EMSGSIZE);
 	assert_int_equal(read(pfd[0], &c, 1), 0);   /* no write end left anywhere */
 	close(pfd[0]);
 
@@ -230,15 +234,10 @@ static void test_short_or_inconsistent_message_is_rejected(void **state)
 	/* A header whose len disagrees with what came. */
 	hdr = (struct ipc_hdr){ .type = IPC_PING, .len = 10 };
 	assert_int_equal(send(e->a, &hdr, sizeof(hdr), 0), (ssize_t)sizeof(hdr));
-	errno = 0;
-	assert_int_equal(ipc_recv(e->b, &hdr, buf, sizeof(buf), &fd), -1);
-	assert_int_equal(errno, EBADMSG);
-	assert_int_equal(fd, -1);
+	expect_recv_error(e, buf, sizeof(buf), EBADMSG);
 	/* Type 0, which only EOF may read as. */
 	assert_int_equal(ipc_send(e->a, 0, 0, NULL, 0, -1), 0);
-	errno = 0;
-	assert_int_equal(ipc_recv(e->b, &hdr, buf, sizeof(buf), &fd), -1);
-	assert_int_equal(errno, EBADMSG);
+	expect_recv_error(e, buf, sizeof(buf), EBADMSG);
 }
 
 static void test_every_fd_is_released(void **state)

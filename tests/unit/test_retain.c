@@ -19,82 +19,8 @@
 #include "retain.h"
 #include "topic.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TEST_ASAN 1
-#endif
-#endif
-
-#ifdef TEST_ASAN
-size_t __sanitizer_get_current_allocated_bytes(void);
-
-/* Bytes in use. */
-static size_t test_live_memory(void)
-{
-	return __sanitizer_get_current_allocated_bytes();
-}
-#else
-/*
- * Without ASan the test replaces malloc (glibc allows it) and hands every
- * call on to glibc's own allocator, counting live blocks and failing one
- * chosen allocation so that the out-of-memory paths run too.
- */
-void *__libc_malloc(size_t n);
-void *__libc_calloc(size_t n, size_t size);
-void *__libc_realloc(void *p, size_t n);
-void __libc_free(void *p);
-
-static size_t test_live_blocks;
-static long test_fail_after = -1; /* allocations that still succeed; -1: all do */
-
-static bool test_alloc_fails(void)
-{
-	if (test_fail_after < 0)
-		return false;
-	return test_fail_after-- == 0;
-}
-
-void *malloc(size_t n)
-{
-	void *p = test_alloc_fails() ? NULL : __libc_malloc(n);
-
-	test_live_blocks += p != NULL;
-	return p;
-}
-
-void *calloc(size_t n, size_t size)
-{
-	void *p = test_alloc_fails() ? NULL : __libc_calloc(n, size);
-
-	test_live_blocks += p != NULL;
-	return p;
-}
-
-void *realloc(void *p, size_t n)
-{
-	void *q = test_alloc_fails() ? NULL : __libc_realloc(p, n);
-
-	if (!p && q)
-		test_live_blocks++;
-	else if (p && !q && n == 0)
-		test_live_blocks--;
-	return q;
-}
-
-void free(void *p)
-{
-	test_live_blocks -= p != NULL;
-	__libc_free(p);
-}
-
-/* Blocks in use. */
-static size_t test_live_memory(void)
-{
-	return test_live_blocks;
-}
-#endif
+#include "failalloc.h"
+#include "levels.h"
 
 /* ---- helpers ---- */
 
@@ -155,25 +81,6 @@ static bool got_has(const struct got *g, const char *topic)
 static int put(struct retain_store *rs, const char *topic, const char *payload, uint8_t qos)
 {
 	return retain_put(rs, SL(topic), (const uint8_t *)payload, strlen(payload), qos);
-}
-
-/* n copies of level joined by '/'. */
-static char *repeat_levels(const char *level, size_t n, size_t *len)
-{
-	size_t ll = strlen(level);
-	char *s = malloc(n * (ll + 1) + 1);
-	size_t o = 0;
-
-	assert_non_null(s);
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			s[o++] = '/';
-		memcpy(s + o, level, ll);
-		o += ll;
-	}
-	s[o] = '\0';
-	*len = o;
-	return s;
 }
 
 /* ---- store, replace, clear ---- */
@@ -527,8 +434,8 @@ static void test_ten_thousand_level_topic(void **state)
 	enum { LEVELS = 10000 };
 	struct retain_store *rs = retain_new(0, 0);
 	size_t tlen, plen, calls = 0;
-	char *topic = repeat_levels("l", LEVELS, &tlen);
-	char *plus = repeat_levels("+", LEVELS, &plen);
+	char *topic = repeat_levels("l", LEVELS, NULL, &tlen);
+	char *plus = repeat_levels("+", LEVELS, NULL, &plen);
 
 	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, topic, tlen, (const uint8_t *)"p", 1, 0), RETAIN_STORED);
@@ -597,9 +504,7 @@ static int put_despite_failures(struct retain_store *rs, const char *topic, cons
 		size_t live = test_live_memory(), count = retain_count(rs), bytes = retain_bytes(rs);
 		int rc;
 
-		test_fail_after = k;
-		rc = put(rs, topic, payload, 1);
-		test_fail_after = -1;
+		WITH_ALLOC_FAILING(k, rc = put(rs, topic, payload, 1));
 		if (rc != RETAIN_NOMEM)
 			return rc;
 		assert_int_equal(test_live_memory(), live);
@@ -612,16 +517,7 @@ static int put_despite_failures(struct retain_store *rs, const char *topic, cons
 static void test_new_without_memory_returns_null(void **state)
 {
 #ifndef TEST_ASAN
-	size_t live = test_live_memory();
-	struct retain_store *rs;
-
-	for (long k = 0; k < 2; k++) {
-		test_fail_after = k;
-		rs = retain_new(0, 0);
-		test_fail_after = -1;
-		assert_null(rs);
-		assert_int_equal(test_live_memory(), live);
-	}
+	assert_null_without_memory(2, retain_new(0, 0));
 #else
 	skip();
 #endif
@@ -637,9 +533,7 @@ static void test_put_without_memory_changes_nothing(void **state)
 	assert_non_null(rs);
 	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "one"), RETAIN_STORED);
 	/* A failed replacement keeps the old message. */
-	test_fail_after = 0;
-	assert_int_equal(put(rs, "a/b/c/d", "two", 2), RETAIN_NOMEM);
-	test_fail_after = -1;
+	WITH_ALLOC_FAILING(0, assert_int_equal(put(rs, "a/b/c/d", "two", 2), RETAIN_NOMEM));
 	g = lookup(rs, "a/b/c/d");
 	assert_int_equal(g->n, 1);
 	assert_string_equal(g->payload[0], "one");

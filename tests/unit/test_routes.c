@@ -35,6 +35,14 @@ static size_t entry_bytes(const char *topic, uint32_t n)
 	return sizeof(struct route) + strlen(topic) + n * sizeof(struct route_target);
 }
 
+/* The entry rt for topic holds no target, and the cache accounts for it alone. */
+static void assert_bare(const struct route_cache *rc, const struct route *rt, const char *topic)
+{
+	assert_int_equal(rt->n_targets, 0);
+	assert_null(rt->targets);
+	assert_int_equal(rc->bytes, entry_bytes(topic, 0));
+}
+
 /* Ask, then answer that very ask as local at gen: the usual way to a LOCAL entry. */
 static struct route *make_local(struct route_cache *rc, const char *topic, uint64_t gen,
 				const struct route_target *t, uint32_t n)
@@ -140,9 +148,7 @@ static void local_answer_to_an_older_ask_is_refused_while_a_newer_is_outstanding
 	rt = find(&rc, "x");
 	assert_int_equal(rt->kind, ROUTE_ASKED);
 	assert_int_equal(rt->ask, last);
-	assert_int_equal(rt->n_targets, 0);
-	assert_null(rt->targets);
-	assert_int_equal(rc.bytes, entry_bytes("x", 0));
+	assert_bare(&rc, rt, "x");
 	/* An ask from the future (never sent) is refused too. */
 	assert_false(routes_answer(&rc, T("x"), last + 1, 3, 3, true, three, 3));
 	assert_true(routes_answer(&rc, T("x"), last, 3, 3, true, three, 1));
@@ -178,9 +184,7 @@ static void remote_answer_is_taken_for_any_ask(void **state)
 	rt = find(&rc, "x");
 	assert_int_equal(rt->kind, ROUTE_REMOTE);
 	assert_int_equal(rt->gen, 9);
-	assert_int_equal(rt->n_targets, 0);
-	assert_null(rt->targets);
-	assert_int_equal(rc.bytes, entry_bytes("x", 0));
+	assert_bare(&rc, rt, "x");
 	/* Answered: the reply to the last ask comes too late. */
 	assert_false(routes_answer(&rc, T("x"), last, 9, 9, true, three, 3));
 	assert_int_equal(rt->kind, ROUTE_REMOTE);
@@ -230,9 +234,7 @@ static void asking_again_turns_an_answered_entry_asked_and_drops_its_targets(voi
 	assert_ptr_equal(find(&rc, "x"), rt);
 	assert_int_equal(rt->kind, ROUTE_ASKED);
 	assert_int_equal(rt->ask, again);
-	assert_int_equal(rt->n_targets, 0);
-	assert_null(rt->targets);
-	assert_int_equal(rc.bytes, entry_bytes("x", 0));
+	assert_bare(&rc, rt, "x");
 	/* The earlier answer, at the same gen, cannot come back. */
 	assert_false(routes_answer(&rc, T("x"), first, 2, 2, true, three, 3));
 	assert_true(routes_answer(&rc, T("x"), again, 3, 3, true, three + 2, 1));

@@ -29,7 +29,6 @@
 #include "role.h"
 #include "shm.h"
 #include "shmring.h"
-#include "stub_log.h"
 
 #define WAIT_MS 10000            /* no legitimate wait in these tests comes close */
 #define HDR ((uint64_t)sizeof(struct shmring_rec))
@@ -79,6 +78,26 @@ static void ring_free(struct tring *t)
 {
 	munmap(t->map, t->map_len);
 	free(t);
+}
+
+/* A ring with its two ends attached: what most tests start from. */
+struct ends {
+	struct tring *t;
+	struct shmring_producer p;
+	struct shmring_consumer c;
+};
+
+static void ends_open(struct ends *e, size_t size)
+{
+	e->t = ring_new(size);
+	assert_true(shmring_producer_attach(&e->p, &e->t->r));
+	assert_true(shmring_consumer_attach(&e->c, &e->t->r));
+}
+
+static void ends_close(struct ends *e)
+{
+	shmring_consumer_detach(&e->c);
+	ring_free(e->t);
 }
 
 static uint64_t head_of(const struct tring *t)
@@ -291,56 +310,48 @@ static const char *consume(struct shmring_consumer *c, int c_efd, int p_efd, uin
 
 static void test_single_record_round_trip(void **state)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 	const struct shmring_rec *rec;
 	uint8_t *pl;
 
-	assert_true(shmring_producer_attach(&p, &t->r));
-	assert_true(shmring_consumer_attach(&c, &t->r));
-	pl = shmring_reserve(&p, 7, 0x55, 5);
+	ends_open(&e, 4096);
+	pl = shmring_reserve(&e.p, 7, 0x55, 5);
 	assert_non_null(pl);
 	assert_int_equal((uintptr_t)pl % SHMRING_ALIGN, 0);
 	memcpy(pl, "hello", 5);
-	assert_false(shmring_commit(&p));
+	assert_false(shmring_commit(&e.p));
 
-	rec = shmring_peek(&c);
+	rec = shmring_peek(&e.c);
 	assert_non_null(rec);
 	assert_int_equal(rec->type, 7);
 	assert_int_equal(rec->flags, 0x55);
 	assert_int_equal(rec->len, 5);
 	assert_memory_equal(shmring_payload(rec), "hello", 5);
-	shmring_next(&c);
-	expect_empty(&c);
-	assert_false(shmring_release(&c));
-	assert_int_equal(tail_of(t), 16);           /* 8-byte header + 5 bytes padded to 8 */
-	assert_int_equal(head_of(t), 16);
-	assert_int_equal(shmring_released(&c), 16);
-	shmring_consumer_detach(&c);
-	ring_free(t);
+	shmring_next(&e.c);
+	expect_empty(&e.c);
+	assert_false(shmring_release(&e.c));
+	assert_int_equal(tail_of(e.t), 16);         /* 8-byte header + 5 bytes padded to 8 */
+	assert_int_equal(head_of(e.t), 16);
+	assert_int_equal(shmring_released(&e.c), 16);
+	ends_close(&e);
 }
 
 static void test_batch_commit_publishes_all_at_once(void **state)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 
-	shmring_producer_attach(&p, &t->r);
-	shmring_consumer_attach(&c, &t->r);
+	ends_open(&e, 4096);
 	for (int i = 0; i < 10; i++) {
-		put(&p, (uint16_t)(100 + i), (uint32_t)i * 3, (uint8_t)i);
-		expect_empty(&c);            /* reserved is not visible */
+		put(&e.p, (uint16_t)(100 + i), (uint32_t)i * 3, (uint8_t)i);
+		expect_empty(&e.c);          /* reserved is not visible */
 	}
-	assert_int_equal(head_of(t), 0);
-	assert_false(shmring_commit(&p));
+	assert_int_equal(head_of(e.t), 0);
+	assert_false(shmring_commit(&e.p));
 	for (int i = 0; i < 10; i++)
-		expect(&c, (uint16_t)(100 + i), (uint32_t)i * 3, (uint8_t)i);
-	expect_empty(&c);
-	assert_false(shmring_commit(&p));           /* nothing new: nothing happens */
-	shmring_consumer_detach(&c);
-	ring_free(t);
+		expect(&e.c, (uint16_t)(100 + i), (uint32_t)i * 3, (uint8_t)i);
+	expect_empty(&e.c);
+	assert_false(shmring_commit(&e.p));         /* nothing new: nothing happens */
+	ends_close(&e);
 }
 
 static void test_wrap_around_with_pad_keeps_content(void **state)
@@ -399,95 +410,83 @@ static void test_wrap_around_with_pad_keeps_content(void **state)
 
 static void test_full_ring_returns_eagain_and_release_wakes_producer(void **state)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 
-	shmring_producer_attach(&p, &t->r);
-	shmring_consumer_attach(&c, &t->r);
+	ends_open(&e, 4096);
 	for (int i = 0; i < 64; i++)                 /* 64 x 64 bytes: exactly full */
-		put(&p, 1, 56, (uint8_t)i);
+		put(&e.p, 1, 56, (uint8_t)i);
 	/* Reserved but uncommitted space counts: the ring is full already. */
 	errno = 0;
-	assert_null(shmring_reserve(&p, 1, 0, 0));
+	assert_null(shmring_reserve(&e.p, 1, 0, 0));
 	assert_int_equal(errno, EAGAIN);
-	assert_int_equal(atomic_load(&t->pctl->p_wait), 1);   /* odd: waiting */
-	assert_false(shmring_commit(&p));
+	assert_int_equal(atomic_load(&e.t->pctl->p_wait), 1); /* odd: waiting */
+	assert_false(shmring_commit(&e.p));
 
-	assert_false(shmring_release(&c));           /* nothing consumed: no space given back */
-	expect(&c, 1, 56, 0);
-	assert_true(shmring_release(&c));            /* space back, producer was waiting */
-	expect(&c, 1, 56, 1);
-	assert_false(shmring_release(&c));           /* one wake-up per wait */
+	assert_false(shmring_release(&e.c));         /* nothing consumed: no space given back */
+	expect(&e.c, 1, 56, 0);
+	assert_true(shmring_release(&e.c));          /* space back, producer was waiting */
+	expect(&e.c, 1, 56, 1);
+	assert_false(shmring_release(&e.c));         /* one wake-up per wait */
 
 	/* 128 bytes are free now: 120 payload bytes fit, 121 do not (a new wait). */
 	errno = 0;
-	assert_null(shmring_reserve(&p, 1, 0, 121));
+	assert_null(shmring_reserve(&e.p, 1, 0, 121));
 	assert_int_equal(errno, EAGAIN);
-	assert_int_equal(atomic_load(&t->pctl->p_wait), 3);
-	put(&p, 2, 120, 0xaa);
-	assert_int_equal(atomic_load(&t->pctl->p_wait), 4);   /* room again: not waiting */
-	assert_false(shmring_commit(&p));
+	assert_int_equal(atomic_load(&e.t->pctl->p_wait), 3);
+	put(&e.p, 2, 120, 0xaa);
+	assert_int_equal(atomic_load(&e.t->pctl->p_wait), 4); /* room again: not waiting */
+	assert_false(shmring_commit(&e.p));
 	for (int i = 2; i < 64; i++)
-		expect(&c, 1, 56, (uint8_t)i);
-	assert_false(shmring_release(&c));           /* the producer stopped waiting by itself */
-	expect(&c, 2, 120, 0xaa);
-	expect_empty(&c);
-	shmring_consumer_detach(&c);
-	ring_free(t);
+		expect(&e.c, 1, 56, (uint8_t)i);
+	assert_false(shmring_release(&e.c));         /* the producer stopped waiting by itself */
+	expect(&e.c, 2, 120, 0xaa);
+	expect_empty(&e.c);
+	ends_close(&e);
 }
 
 static void test_prepare_sleep_true_only_when_empty(void **state)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 
-	shmring_producer_attach(&p, &t->r);
-	shmring_consumer_attach(&c, &t->r);
-	assert_true(shmring_prepare_sleep(&c));
-	assert_int_equal(atomic_load(&t->cctl->c_sleep), 1);
-	shmring_awake(&c);
-	assert_int_equal(atomic_load(&t->cctl->c_sleep), 2);
+	ends_open(&e, 4096);
+	assert_true(shmring_prepare_sleep(&e.c));
+	assert_int_equal(atomic_load(&e.t->cctl->c_sleep), 1);
+	shmring_awake(&e.c);
+	assert_int_equal(atomic_load(&e.t->cctl->c_sleep), 2);
 
-	put(&p, 3, 4, 9);
-	assert_false(shmring_commit(&p));
+	put(&e.p, 3, 4, 9);
+	assert_false(shmring_commit(&e.p));
 	/* A record arrived between the last peek and going to sleep. */
-	assert_false(shmring_prepare_sleep(&c));
-	assert_int_equal(atomic_load(&t->cctl->c_sleep) & 1, 0);
-	expect(&c, 3, 4, 9);
+	assert_false(shmring_prepare_sleep(&e.c));
+	assert_int_equal(atomic_load(&e.t->cctl->c_sleep) & 1, 0);
+	expect(&e.c, 3, 4, 9);
 	/* Read but not released still counts as empty: the consumer has seen it. */
-	assert_true(shmring_prepare_sleep(&c));
-	assert_int_equal(atomic_load(&t->cctl->c_sleep) & 1, 1);
-	shmring_consumer_detach(&c);
-	ring_free(t);
+	assert_true(shmring_prepare_sleep(&e.c));
+	assert_int_equal(atomic_load(&e.t->cctl->c_sleep) & 1, 1);
+	ends_close(&e);
 }
 
 static void test_commit_reports_wake_exactly_when_consumer_sleeps(void **state)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 
-	shmring_producer_attach(&p, &t->r);
-	shmring_consumer_attach(&c, &t->r);
-	put(&p, 1, 1, 1);
-	assert_false(shmring_commit(&p));            /* consumer awake */
-	expect(&c, 1, 1, 1);
-	assert_true(shmring_prepare_sleep(&c));
-	assert_false(shmring_commit(&p));            /* nothing to publish: no wake-up */
-	put(&p, 1, 2, 2);
-	assert_true(shmring_commit(&p));             /* consumer asleep */
-	put(&p, 1, 3, 3);
-	assert_false(shmring_commit(&p));            /* this sleep was answered already */
-	expect(&c, 1, 2, 2);
-	expect(&c, 1, 3, 3);
-	assert_true(shmring_prepare_sleep(&c));
-	shmring_awake(&c);
-	put(&p, 1, 4, 4);
-	assert_false(shmring_commit(&p));            /* consumer woke up by itself */
-	shmring_consumer_detach(&c);
-	ring_free(t);
+	ends_open(&e, 4096);
+	put(&e.p, 1, 1, 1);
+	assert_false(shmring_commit(&e.p));          /* consumer awake */
+	expect(&e.c, 1, 1, 1);
+	assert_true(shmring_prepare_sleep(&e.c));
+	assert_false(shmring_commit(&e.p));          /* nothing to publish: no wake-up */
+	put(&e.p, 1, 2, 2);
+	assert_true(shmring_commit(&e.p));           /* consumer asleep */
+	put(&e.p, 1, 3, 3);
+	assert_false(shmring_commit(&e.p));          /* this sleep was answered already */
+	expect(&e.c, 1, 2, 2);
+	expect(&e.c, 1, 3, 3);
+	assert_true(shmring_prepare_sleep(&e.c));
+	shmring_awake(&e.c);
+	put(&e.p, 1, 4, 4);
+	assert_false(shmring_commit(&e.p));          /* consumer woke up by itself */
+	ends_close(&e);
 }
 
 /*
@@ -596,32 +595,28 @@ static void test_discard_drops_stale_records(void **state)
 
 static void test_max_payload_fits_at_every_offset(void **state)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 	uint32_t max;
 
 	assert_int_equal(shmring_max_payload(4096), 4096 / 2 - HDR);
 	assert_int_equal(shmring_max_payload(1 << 20), (1 << 19) - HDR);
 	max = (uint32_t)shmring_max_payload(4096);
 
-	shmring_producer_attach(&p, &t->r);
-	shmring_consumer_attach(&c, &t->r);
+	ends_open(&e, 4096);
 	errno = 0;
-	assert_null(shmring_reserve(&p, 1, 0, max + 1));
+	assert_null(shmring_reserve(&e.p, 1, 0, max + 1));
 	assert_int_equal(errno, EMSGSIZE);
-	assert_int_equal(atomic_load(&t->pctl->p_wait), 0);   /* too big is not full */
+	assert_int_equal(atomic_load(&e.t->pctl->p_wait), 0); /* too big is not full */
 	for (uint32_t round = 0; round < 1024; round++) {
 		/* A small record of varying size in front moves the big one around. */
-		put(&p, 1, round % 72, 1);
-		put(&p, 2, max, (uint8_t)round);
-		shmring_commit(&p);
-		expect(&c, 1, round % 72, 1);
-		expect(&c, 2, max, (uint8_t)round);
-		shmring_release(&c);
+		put(&e.p, 1, round % 72, 1);
+		put(&e.p, 2, max, (uint8_t)round);
+		shmring_commit(&e.p);
+		expect(&e.c, 1, round % 72, 1);
+		expect(&e.c, 2, max, (uint8_t)round);
+		shmring_release(&e.c);
 	}
-	shmring_consumer_detach(&c);
-	ring_free(t);
+	ends_close(&e);
 }
 
 /* ---- a hostile producer: what the consumer does with what it finds ----- */
@@ -791,38 +786,34 @@ static void test_consumer_attach_and_discard_check_the_head(void **state)
 /* What peek returned is the consumer's own copy: later writes to data[] do not reach it. */
 static void test_peeked_record_is_a_private_copy(void **state)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 	const struct shmring_rec *rec;
 	uint8_t want[300];
 
-	shmring_producer_attach(&p, &t->r);
-	shmring_consumer_attach(&c, &t->r);
+	ends_open(&e, 4096);
 	for (size_t i = 0; i < sizeof(want); i++)
 		want[i] = (uint8_t)(i * 13);
-	memcpy(shmring_reserve(&p, 0x1234, 0x77, sizeof(want)), want, sizeof(want));
-	put(&p, 2, 8, 2);
-	shmring_commit(&p);
+	memcpy(shmring_reserve(&e.p, 0x1234, 0x77, sizeof(want)), want, sizeof(want));
+	put(&e.p, 2, 8, 2);
+	shmring_commit(&e.p);
 
-	rec = shmring_peek(&c);
+	rec = shmring_peek(&e.c);
 	assert_non_null(rec);
-	assert_true((uintptr_t)rec + HDR + rec->len <= (uintptr_t)t->data ||
-		    (uintptr_t)rec >= (uintptr_t)t->data + t->size);
+	assert_true((uintptr_t)rec + HDR + rec->len <= (uintptr_t)e.t->data ||
+		    (uintptr_t)rec >= (uintptr_t)e.t->data + e.t->size);
 	/* The producer rewrites everything after publishing: header and payload. */
-	memset(t->data, 0x5a, t->size);
+	memset(e.t->data, 0x5a, e.t->size);
 	assert_int_equal(rec->len, sizeof(want));
 	assert_int_equal(rec->type, 0x1234);
 	assert_int_equal(rec->flags, 0x77);
 	assert_memory_equal(shmring_payload(rec), want, sizeof(want));
 	/* Stepping past it goes by the size it had when copied. */
-	shmring_next(&c);
-	assert_int_equal(c.tail, HDR + sizeof(want) + 4);
-	rec = shmring_peek(&c);                     /* the rewritten header: 0x5a5a5a5a bytes */
+	shmring_next(&e.c);
+	assert_int_equal(e.c.tail, HDR + sizeof(want) + 4);
+	rec = shmring_peek(&e.c);                   /* the rewritten header: 0x5a5a5a5a bytes */
 	assert_null(rec);
 	assert_int_equal(errno, EBADMSG);
-	shmring_consumer_detach(&c);
-	ring_free(t);
+	ends_close(&e);
 }
 
 /* ---- a hostile consumer: what the producer does with its tail ---------- */
@@ -834,57 +825,53 @@ static void test_peeked_record_is_a_private_copy(void **state)
  */
 static void hostile_tail(uint64_t bad, bool backwards)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 
-	shmring_producer_attach(&p, &t->r);
-	shmring_consumer_attach(&c, &t->r);
+	ends_open(&e, 4096);
 	for (int i = 0; i < 4; i++)
-		put(&p, 1, 56, (uint8_t)i);
-	shmring_commit(&p);
-	expect(&c, 1, 56, 0);
-	expect(&c, 1, 56, 1);
-	shmring_release(&c);
-	put(&p, 1, 56, 4);                          /* the producer has seen tail 128 */
-	assert_int_equal(p.tail, 128);
-	shmring_commit(&p);
-	put(&p, 1, 56, 5);                          /* reserved, not published */
-	assert_int_equal(head_of(t), 320);
+		put(&e.p, 1, 56, (uint8_t)i);
+	shmring_commit(&e.p);
+	expect(&e.c, 1, 56, 0);
+	expect(&e.c, 1, 56, 1);
+	shmring_release(&e.c);
+	put(&e.p, 1, 56, 4);                        /* the producer has seen tail 128 */
+	assert_int_equal(e.p.tail, 128);
+	shmring_commit(&e.p);
+	put(&e.p, 1, 56, 5);                        /* reserved, not published */
+	assert_int_equal(head_of(e.t), 320);
 
-	atomic_store(&t->cctl->tail, bad);
+	atomic_store(&e.t->cctl->tail, bad);
 	errno = 0;
-	assert_null(shmring_reserve(&p, 1, 0, 8));
+	assert_null(shmring_reserve(&e.p, 1, 0, 8));
 	assert_int_equal(errno, EPROTO);
-	assert_true(p.broken);
-	assert_int_equal(atomic_load(&t->pctl->p_wait), 0);   /* not a wait: nothing to wake */
+	assert_true(e.p.broken);
+	assert_int_equal(atomic_load(&e.t->pctl->p_wait), 0); /* not a wait: nothing to wake */
 	/* The consumer's memory back to a possible value changes nothing by itself. */
-	atomic_store(&t->cctl->tail, 128);
+	atomic_store(&e.t->cctl->tail, 128);
 	errno = 0;
-	assert_null(shmring_reserve(&p, 1, 0, 8));
+	assert_null(shmring_reserve(&e.p, 1, 0, 8));
 	assert_int_equal(errno, EPROTO);
-	assert_false(shmring_producer_seek(&p, 384));
+	assert_false(shmring_producer_seek(&e.p, 384));
 	/*
 	 * A resync takes a tail only when it is possible; a new consumer's
 	 * tail behind the old one's is (it re-reads what its predecessor
 	 * read but did not release).
 	 */
 	if (!backwards) {
-		atomic_store(&t->cctl->tail, bad);
-		assert_false(shmring_producer_resync(&p));
-		assert_null(shmring_reserve(&p, 1, 0, 8));
+		atomic_store(&e.t->cctl->tail, bad);
+		assert_false(shmring_producer_resync(&e.p));
+		assert_null(shmring_reserve(&e.p, 1, 0, 8));
 		assert_int_equal(errno, EPROTO);
 	}
-	atomic_store(&t->cctl->tail, 128);
-	assert_true(shmring_producer_resync(&p));
-	assert_false(p.broken);
-	put(&p, 1, 56, 6);
-	shmring_commit(&p);
+	atomic_store(&e.t->cctl->tail, 128);
+	assert_true(shmring_producer_resync(&e.p));
+	assert_false(e.p.broken);
+	put(&e.p, 1, 56, 6);
+	shmring_commit(&e.p);
 	for (int i = 2; i <= 6; i++)
-		expect(&c, 1, 56, (uint8_t)i);
-	expect_empty(&c);
-	shmring_consumer_detach(&c);
-	ring_free(t);
+		expect(&e.c, 1, 56, (uint8_t)i);
+	expect_empty(&e.c);
+	ends_close(&e);
 }
 
 static void test_producer_refuses_impossible_tails(void **state)
@@ -977,42 +964,38 @@ static void test_attach_at_tail_drops_the_predecessors_unread_records(void **sta
 /* The seek functions a restarted router resumes with take only positions the ring can have. */
 static void test_seek_takes_only_possible_positions(void **state)
 {
-	struct tring *t = ring_new(4096);
-	struct shmring_producer p;
-	struct shmring_consumer c;
+	struct ends e;
 
-	shmring_producer_attach(&p, &t->r);
-	shmring_consumer_attach(&c, &t->r);
+	ends_open(&e, 4096);
 	for (int i = 0; i < 4; i++)
-		put(&p, 1, 8, (uint8_t)i);
-	shmring_commit(&p);                          /* records at 0, 16, 32, 48; head 64 */
-	expect(&c, 1, 8, 0);
-	shmring_release(&c);                         /* released 16 */
-	assert_false(shmring_consumer_seek(&c, 8));  /* behind the released tail */
-	assert_false(shmring_consumer_seek(&c, 72)); /* past the head */
-	assert_false(shmring_consumer_seek(&c, 36)); /* misaligned */
-	assert_true(shmring_consumer_seek(&c, 48));
-	expect(&c, 1, 8, 3);
-	assert_true(shmring_consumer_seek(&c, 16));  /* back to the released tail: allowed */
-	expect(&c, 1, 8, 1);
-	assert_true(shmring_consumer_seek(&c, 64));
-	expect_empty(&c);
-	shmring_release(&c);
+		put(&e.p, 1, 8, (uint8_t)i);
+	shmring_commit(&e.p);                        /* records at 0, 16, 32, 48; head 64 */
+	expect(&e.c, 1, 8, 0);
+	shmring_release(&e.c);                       /* released 16 */
+	assert_false(shmring_consumer_seek(&e.c, 8)); /* behind the released tail */
+	assert_false(shmring_consumer_seek(&e.c, 72)); /* past the head */
+	assert_false(shmring_consumer_seek(&e.c, 36)); /* misaligned */
+	assert_true(shmring_consumer_seek(&e.c, 48));
+	expect(&e.c, 1, 8, 3);
+	assert_true(shmring_consumer_seek(&e.c, 16)); /* back to the released tail: allowed */
+	expect(&e.c, 1, 8, 1);
+	assert_true(shmring_consumer_seek(&e.c, 64));
+	expect_empty(&e.c);
+	shmring_release(&e.c);
 
 	/* A predecessor wrote records in place but died before publishing them. */
-	put(&p, 2, 8, 7);
-	put(&p, 2, 8, 8);
-	shmring_producer_attach(&p, &t->r);          /* at the published head 64: they are lost... */
-	assert_false(shmring_producer_seek(&p, 56)); /* behind the published head */
-	assert_false(shmring_producer_seek(&p, 68)); /* misaligned */
-	assert_false(shmring_producer_seek(&p, 64 + 4096 + 8)); /* beyond a ring past the tail */
-	assert_true(shmring_producer_seek(&p, 96));  /* ...unless the store says where they end */
-	shmring_commit(&p);
-	expect(&c, 2, 8, 7);
-	expect(&c, 2, 8, 8);
-	expect_empty(&c);
-	shmring_consumer_detach(&c);
-	ring_free(t);
+	put(&e.p, 2, 8, 7);
+	put(&e.p, 2, 8, 8);
+	shmring_producer_attach(&e.p, &e.t->r);      /* at the published head 64: they are lost... */
+	assert_false(shmring_producer_seek(&e.p, 56)); /* behind the published head */
+	assert_false(shmring_producer_seek(&e.p, 68)); /* misaligned */
+	assert_false(shmring_producer_seek(&e.p, 64 + 4096 + 8)); /* beyond a ring past the tail */
+	assert_true(shmring_producer_seek(&e.p, 96)); /* ...unless the store says where they end */
+	shmring_commit(&e.p);
+	expect(&e.c, 2, 8, 7);
+	expect(&e.c, 2, 8, 8);
+	expect_empty(&e.c);
+	ends_close(&e);
 }
 
 /* ---- the daemon's mappings: each end writes only its own memory -------- */
@@ -1339,22 +1322,35 @@ static int reap(struct pair *t)
 	return status;
 }
 
+/* Consumes records up to end; a bad one fails the test, naming who produced it. */
+static void consume_from(struct pair *t, struct shmring_consumer *c, uint64_t *next, uint64_t end,
+			 const char *who)
+{
+	const char *why = consume(c, t->c_efd, t->p_efd, next, end);
+
+	if (why)
+		fail_msg("%s: %s", who, why);
+}
+
+/* The child producer exited and said all went well. */
+static void reap_ok(struct pair *t)
+{
+	int status = reap(t);
+
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), PRODUCE_OK);
+}
+
 static void test_two_processes_million_records_no_lost_wakeup(void **state)
 {
 	struct pair *t = *state;
 	struct shmring_consumer c;
 	uint64_t next = 0;
-	const char *why;
-	int status;
 
 	assert_true(shmring_consumer_attach(&c, &t->router.w2r[0]));
 	spawn_producer(t, true, 0, 1000000);
-	why = consume(&c, t->c_efd, t->p_efd, &next, 1000000);
-	if (why)
-		fail_msg("consumer: %s", why);
-	status = reap(t);
-	assert_true(WIFEXITED(status));
-	assert_int_equal(WEXITSTATUS(status), PRODUCE_OK);
+	consume_from(t, &c, &next, 1000000, "consumer");
+	reap_ok(t);
 	expect_empty(&c);
 	shmring_consumer_detach(&c);
 }
@@ -1381,7 +1377,6 @@ static void test_killed_producer_replaced_consumer_sees_whole_records(void **sta
 	struct pair *t = *state;
 	struct shmring_consumer c;
 	uint64_t next = 0;
-	const char *why;
 	int status;
 	pid_t pid;
 
@@ -1389,9 +1384,7 @@ static void test_killed_producer_replaced_consumer_sees_whole_records(void **sta
 
 	/* 1. An endless producer, killed at whatever point it has reached. */
 	spawn_producer(t, true, 0, UINT64_MAX);
-	why = consume(&c, t->c_efd, t->p_efd, &next, 100000);
-	if (why)
-		fail_msg("first producer: %s", why);
+	consume_from(t, &c, &next, 100000, "first producer");
 	kill(t->child, SIGKILL);
 	status = reap(t);
 	assert_true(WIFSIGNALED(status));
@@ -1418,9 +1411,7 @@ static void test_killed_producer_replaced_consumer_sees_whole_records(void **sta
 		_exit(PRODUCE_ERROR);
 	}
 	t->child = pid;
-	why = consume(&c, t->c_efd, t->p_efd, &next, next + 1000);
-	if (why)
-		fail_msg("second producer: %s", why);
+	consume_from(t, &c, &next, next + 1000, "second producer");
 	status = reap(t);
 	assert_true(WIFSIGNALED(status));
 	assert_int_equal(WTERMSIG(status), SIGKILL);
@@ -1434,12 +1425,8 @@ static void test_killed_producer_replaced_consumer_sees_whole_records(void **sta
 	shmring_release(&c);
 	spawn_producer(t, true, next, next + 200000);
 	shmring_consumer_resync(&c);
-	why = consume(&c, t->c_efd, t->p_efd, &next, next + 200000);
-	if (why)
-		fail_msg("third producer: %s", why);
-	status = reap(t);
-	assert_true(WIFEXITED(status));
-	assert_int_equal(WEXITSTATUS(status), PRODUCE_OK);
+	consume_from(t, &c, &next, next + 200000, "third producer");
+	reap_ok(t);
 	expect_empty(&c);
 	shmring_consumer_detach(&c);
 }

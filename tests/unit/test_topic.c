@@ -19,96 +19,8 @@
 
 #include "topic.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TEST_ASAN 1
-#endif
-#endif
-
-static size_t test_mallocs; /* allocations so far, to prove a path allocates nothing */
-
-#ifdef TEST_ASAN
-size_t __sanitizer_get_current_allocated_bytes(void);
-int __sanitizer_install_malloc_and_free_hooks(void (*m)(const volatile void *, size_t),
-					      void (*f)(const volatile void *));
-
-static void test_malloc_hook(const volatile void *p, size_t n)
-{
-	test_mallocs++;
-}
-
-static void test_free_hook(const volatile void *p)
-{
-}
-
-/* Bytes in use. */
-static size_t test_live_memory(void)
-{
-	return __sanitizer_get_current_allocated_bytes();
-}
-#else
-/*
- * Without ASan the test replaces malloc (glibc allows it) and hands every
- * call on to glibc's own allocator, counting live blocks and failing one
- * chosen allocation so that the out-of-memory paths run too.
- */
-void *__libc_malloc(size_t n);
-void *__libc_calloc(size_t n, size_t size);
-void *__libc_realloc(void *p, size_t n);
-void __libc_free(void *p);
-
-static size_t test_live_blocks;
-static long test_fail_after = -1; /* allocations that still succeed; -1: all do */
-
-static bool test_alloc_fails(void)
-{
-	test_mallocs++;
-	if (test_fail_after < 0)
-		return false;
-	return test_fail_after-- == 0;
-}
-
-void *malloc(size_t n)
-{
-	void *p = test_alloc_fails() ? NULL : __libc_malloc(n);
-
-	test_live_blocks += p != NULL;
-	return p;
-}
-
-void *calloc(size_t n, size_t size)
-{
-	void *p = test_alloc_fails() ? NULL : __libc_calloc(n, size);
-
-	test_live_blocks += p != NULL;
-	return p;
-}
-
-void *realloc(void *p, size_t n)
-{
-	void *q = test_alloc_fails() ? NULL : __libc_realloc(p, n);
-
-	if (!p && q)
-		test_live_blocks++;
-	else if (p && !q && n == 0)
-		test_live_blocks--;
-	return q;
-}
-
-void free(void *p)
-{
-	test_live_blocks -= p != NULL;
-	__libc_free(p);
-}
-
-/* Blocks in use. */
-static size_t test_live_memory(void)
-{
-	return test_live_blocks;
-}
-#endif
+#include "failalloc.h"
+#include "levels.h"
 
 /* ---- helpers ---- */
 
@@ -161,31 +73,6 @@ static size_t hits_for(const struct hits *h, void *sub, uint8_t *qos)
 static void count_cb(void *sub, uint8_t qos, void *arg)
 {
 	(*(size_t *)arg)++;
-}
-
-/* n copies of level joined by '/', then "/last" when last is set. */
-static char *repeat_levels(const char *level, size_t n, const char *last, size_t *len)
-{
-	size_t ll = strlen(level), lastl = last ? strlen(last) : 0;
-	size_t cap = n * (ll + 1) + lastl + 1;
-	char *s = malloc(cap);
-	size_t o = 0;
-
-	assert_non_null(s);
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			s[o++] = '/';
-		memcpy(s + o, level, ll);
-		o += ll;
-	}
-	if (last) {
-		s[o++] = '/';
-		memcpy(s + o, last, lastl);
-		o += lastl;
-	}
-	s[o] = '\0';
-	*len = o;
-	return s;
 }
 
 /* ---- validation ---- */
@@ -822,9 +709,7 @@ static int subscribe_despite_failures(struct topic_trie *t, const char *filter, 
 		size_t live = test_live_memory(), count = topic_trie_count(t);
 		int rc;
 
-		test_fail_after = k;
-		rc = topic_trie_subscribe(t, SL(filter), sub, qos);
-		test_fail_after = -1;
+		WITH_ALLOC_FAILING(k, rc = topic_trie_subscribe(t, SL(filter), sub, qos));
 		if (rc != -1)
 			return rc;
 		assert_int_equal(test_live_memory(), live);
@@ -836,16 +721,7 @@ static int subscribe_despite_failures(struct topic_trie *t, const char *filter, 
 static void test_trie_new_without_memory_returns_null(void **state)
 {
 #ifndef TEST_ASAN
-	size_t live = test_live_memory();
-	struct topic_trie *t;
-
-	for (long k = 0; k < 2; k++) {
-		test_fail_after = k;
-		t = topic_trie_new();
-		test_fail_after = -1;
-		assert_null(t);
-		assert_int_equal(test_live_memory(), live);
-	}
+	assert_null_without_memory(2, topic_trie_new());
 #else
 	skip();
 #endif
@@ -914,8 +790,5 @@ int main(void)
 		cmocka_unit_test(test_subscribe_without_memory_changes_nothing),
 	};
 
-#ifdef TEST_ASAN
-	__sanitizer_install_malloc_and_free_hooks(test_malloc_hook, test_free_hook);
-#endif
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
