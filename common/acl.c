@@ -438,7 +438,7 @@ static int section_cmp(const void *a, const void *b)
 /* Move from's rules to the end of to's. */
 static int section_merge(struct acl_section *to, struct acl_section *from)
 {
-	if (to->n + from->n > to->cap) {
+	if (from->n > 0 && to->n + from->n > to->cap) {
 		struct acl_rule *r = realloc(to->rules, (to->n + from->n) * sizeof(*r));
 
 		if (!r)
@@ -446,7 +446,8 @@ static int section_merge(struct acl_section *to, struct acl_section *from)
 		to->rules = r;
 		to->cap = to->n + from->n;
 	}
-	memcpy(to->rules + to->n, from->rules, from->n * sizeof(*from->rules));
+	if (from->n > 0)
+		memcpy(to->rules + to->n, from->rules, from->n * sizeof(*from->rules));
 	to->n += from->n;
 	from->n = 0;
 	section_free(from);
