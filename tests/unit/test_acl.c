@@ -141,6 +141,17 @@ static void sections_anonymous_and_users(void **state)
 	acl_free(acl);
 }
 
+/* Sections of one name are merged, the empty ones too. */
+static void empty_and_repeated_sections(void **state)
+{
+	struct acl *acl = parse_ok("user a\nuser a\nuser b\nuser a\ntopic x\nuser a\nuser c\n");
+
+	assert_true(can(acl, "a", "c", "x", ACL_READ));
+	assert_false(can(acl, "b", "c", "x", ACL_READ));
+	assert_false(can(acl, "c", "c", "x", ACL_READ));
+	acl_free(acl);
+}
+
 static void patterns_substitute_user_and_client_id(void **state)
 {
 	struct acl *acl = parse_ok("pattern readwrite users/%u/#\n"
@@ -635,6 +646,7 @@ int main(void)
 		cmocka_unit_test(deny_wins_whatever_the_order),
 		cmocka_unit_test(access_words),
 		cmocka_unit_test(sections_anonymous_and_users),
+		cmocka_unit_test(empty_and_repeated_sections),
 		cmocka_unit_test(patterns_substitute_user_and_client_id),
 		cmocka_unit_test(names_that_would_widen_a_pattern),
 		cmocka_unit_test(topic_rules_before_patterns),
