@@ -128,18 +128,22 @@ static void read_password(const char *prompt, char *out, size_t cap)
 	bool got;
 	size_t len;
 
+	/*
+	 * Echo goes off before the prompt shows, and nothing is flushed:
+	 * whatever is typed once the prompt is there is read, unechoed.
+	 */
 	if (tty) {
-		fputs(prompt, stderr);
-		fflush(stderr);
 		quiet = old;
 		quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
 		quiet.c_lflag |= ICANON;
-		if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) != 0)
+		if (tcsetattr(STDIN_FILENO, TCSANOW, &quiet) != 0)
 			die("cannot turn echo off: %s", strerror(errno));
+		fputs(prompt, stderr);
+		fflush(stderr);
 	}
 	got = fgets(out, (int)cap, stdin) != NULL;
 	if (tty) {
-		tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+		tcsetattr(STDIN_FILENO, TCSANOW, &old);
 		fputc('\n', stderr);
 	}
 	if (!got)
