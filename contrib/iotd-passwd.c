@@ -294,7 +294,7 @@ int main(int argc, char **argv)
 	char *old = NULL;
 	size_t old_len = 0;
 	struct stat st;
-	bool have_old = false;
+	bool have_old;
 	struct buf out = { 0 };
 	int c;
 
@@ -316,12 +316,10 @@ int main(int argc, char **argv)
 	user = argv[optind + 1];
 	check_user(user);
 
-	if (!create) {
-		if (textfile_read(path, MAX_FILE, &old, &old_len, err, sizeof(err)) != 0)
-			die("%s", err);
-		if (stat(path, &st) == 0)
-			have_old = true;
-	}
+	if (!create && textfile_read(path, MAX_FILE, &old, &old_len, err, sizeof(err)) != 0)
+		die("%s", err);
+	/* A file replaced, even whole (-c), keeps its owner and group. */
+	have_old = stat(path, &st) == 0;
 	if (!del) {
 		if (batch) {
 			if (strlen(argv[optind + 2]) > MAX_PASSWORD)

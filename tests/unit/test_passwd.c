@@ -609,6 +609,29 @@ static void tool_prompts_on_a_terminal_without_echo(void **state)
 	passwd_free(t);
 }
 
+/* As root: the file keeps its owner and group, -c or not; the mode becomes 0600. */
+static void tool_keeps_owner_and_group(void **state)
+{
+	char path[128];
+	struct stat st;
+
+	if (geteuid() != 0)
+		skip();
+	path_in_dir(path, sizeof(path), "owned");
+	write_file(path, FRANK "\n");
+	assert_int_equal(chown(path, 65534, 65534), 0);
+	assert_int_equal(chmod(path, 0640), 0);
+	assert_int_equal(tool(NULL, "-b", "-t", "1", "-m", "64", path, "frank", "x", NULL), 0);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_uid, 65534);
+	assert_int_equal(st.st_gid, 65534);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	assert_int_equal(tool(NULL, "-c", "-b", "-t", "1", "-m", "64", path, "new", "x", NULL), 0);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_uid, 65534);
+	assert_int_equal(st.st_gid, 65534);
+}
+
 static void tool_refuses_bad_use(void **state)
 {
 	char path[128], missing[128];
@@ -648,6 +671,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(tool_batch_create_add_change_delete, make_dir, remove_dir),
 		cmocka_unit_test_setup_teardown(tool_prompts_twice, make_dir, remove_dir),
 		cmocka_unit_test_setup_teardown(tool_prompts_on_a_terminal_without_echo, make_dir, remove_dir),
+		cmocka_unit_test_setup_teardown(tool_keeps_owner_and_group, make_dir, remove_dir),
 		cmocka_unit_test_setup_teardown(tool_refuses_bad_use, make_dir, remove_dir),
 	};
 
