@@ -27,6 +27,9 @@ targets() {
 	fuzz_rec) echo common/rec.c ;;
 	fuzz_shmring) echo common/shmring.c include/shmring.h ;;
 	fuzz_topic) echo daemon/topic.c daemon/retain.c include/topic.h ;;
+	fuzz_passwd) echo common/passwd.c common/b64.c ;;
+	fuzz_acl) echo common/acl.c ;;
+	fuzz_jwt) echo common/jwt.c common/json.c common/b64.c ;;
 	*) echo "coverage.sh: no target files listed for $1" >&2; return 1 ;;
 	esac
 }

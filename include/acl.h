@@ -1,0 +1,117 @@
+/*
+ * acl.h - the ACL file, in Mosquitto's format, and what it lets a client
+ * read and write.
+ *
+ * The file, one rule per line:
+ *
+ *   user NAME                          the lines after it are NAME's
+ *   topic [read|write|readwrite|deny] FILTER
+ *   pattern [read|write|readwrite|deny] FILTER
+ *
+ * No access word means readwrite ("topic read" alone is the filter "read",
+ * as in Mosquitto). topic lines before the first user line are the rules
+ * of clients without a user name; after it, of that user (a name may have
+ * several sections). pattern lines apply to every client wherever they
+ * stand, with "%u" replaced by the client's user name and "%c" by its
+ * client id; a pattern with %u does not apply to a client without a user
+ * name. '#' starts a comment line; blank lines, blanks around words and
+ * CRLF ends are fine. Anything else refuses the whole file with its line
+ * number: an unknown keyword, an unknown access word, a filter that is
+ * not a valid MQTT filter, a user line without a name.
+ *
+ * What a client may do with a topic, as Mosquitto 2 decides it:
+ *   1. a deny among its topic rules that matches: refused;
+ *   2. else an allow among them that matches with that access: allowed;
+ *   3. else, if its user name or client id holds '+', '#' or '/':
+ *      refused (substituted into a pattern, such a name would widen it:
+ *      "%c/#" for the id "a/#" or "+" reaches other clients' topics;
+ *      Mosquitto 2 checks '+' and '#' alone, 1.x '/' as well);
+ *   4. else a matching pattern deny: refused; a matching pattern allow
+ *      with that access: allowed;
+ *   5. anything else: refused (once there is an ACL, what it does not
+ *      allow is denied).
+ * Wildcards in the first level of a rule never match a topic that starts
+ * with '$' (MQTT 4.7.2).
+ *
+ * Checking is done on a client's view, compiled once at CONNECT
+ * (acl_client_new): its topic rules are in a trie built when the file is
+ * read, its patterns, substituted, in a trie of its own; a check walks
+ * the topic's levels down both, so its cost grows with the topic's depth
+ * and not with the number of rules.
+ */
+#ifndef IOTD_ACL_H
+#define IOTD_ACL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum acl_access {
+	ACL_READ = 1,   /* receive a message published to the topic */
+	ACL_WRITE = 2,  /* publish to the topic */
+};
+
+struct acl_limits {
+	size_t max_bytes;  /* the whole file */
+	size_t max_line;   /* one line, its end of line excluded */
+	size_t max_rules;  /* topic and pattern lines */
+};
+
+#define ACL_LIMITS_DEFAULT { .max_bytes = 16u << 20, .max_line = 65535 + 32, .max_rules = 100000 }
+
+/* Levels of one filter in the file or a list (a bound on the trie's depth). */
+#define ACL_MAX_LEVELS 128
+
+struct acl;
+struct acl_client;
+
+/* Parse an ACL file's bytes. Returns 0 with *out set, or -1 with "line N: ..." in err. */
+int acl_parse(const char *buf, size_t len, const struct acl_limits *lim, struct acl **out,
+	      char *err, size_t errlen);
+
+/* Read and parse the file at path; messages start with the path. */
+int acl_load(const char *path, const struct acl_limits *lim, struct acl **out,
+	     char *err, size_t errlen);
+
+void acl_free(struct acl *acl);
+
+/*
+ * A client's view of acl: user NULL for a client without a user name.
+ * Borrows acl's topic rules (acl must outlive it); NULL when out of memory.
+ */
+struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_t ulen,
+				  const char *client_id, size_t clen);
+
+/*
+ * A view from two lists of filters (a token's claims): read grants
+ * ACL_READ, write ACL_WRITE, nothing else is allowed. The filters must be
+ * valid (acl_filter_valid); NULL when out of memory.
+ */
+struct acl_client *acl_client_from_lists(const char *const *read, size_t nread,
+					 const char *const *write, size_t nwrite);
+
+void acl_client_free(struct acl_client *c);
+
+/* May the client do access (ACL_READ or ACL_WRITE) on this topic name? */
+bool acl_client_check(const struct acl_client *c, const char *topic, size_t len,
+		      enum acl_access access);
+
+/*
+ * May the client subscribe to this (valid) filter: could it match any
+ * topic the client may read? Decided conservatively, towards yes: the
+ * filter is granted when it overlaps some rule that allows reading and
+ * that overlap does not lie wholly inside one deny rule that applies to
+ * it. A filter whose readable part two deny rules cover only together is
+ * still granted; its messages are then refused one by one, as every
+ * delivery is checked with acl_client_check. A refused filter is answered
+ * with SUBACK 0x80.
+ */
+bool acl_client_may_subscribe(const struct acl_client *c, const char *filter, size_t len);
+
+/* One check without keeping a view (tests, tools): user NULL for none. */
+bool acl_check(const struct acl *acl, const char *user, const char *client_id,
+	       const char *topic, enum acl_access access);
+
+/* An MQTT topic filter: 1..65535 bytes, '+' and '#' alone in their level, '#' last; no NUL. */
+bool acl_filter_valid(const char *f, size_t len);
+
+#endif

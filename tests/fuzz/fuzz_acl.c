@@ -1,0 +1,115 @@
+/*
+ * fuzz_acl.c - libFuzzer harness for the ACL file (acl.h).
+ *
+ * Input: file NUL user NUL client-id NUL topic NUL topic ... The file goes
+ * through acl_parse; when it loads, a client view is made for the user
+ * (none when empty) and the client id, and each topic that is a valid
+ * topic name is checked for reading and writing. What may be read must
+ * not be refused as a SUBSCRIBE filter: neither the topic itself nor, for
+ * a topic outside '$', "#". The topics that are valid filters also make a
+ * view from lists, where reading and writing must be exactly what the
+ * lists say for the filters taken as topics.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "acl.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define MAX_TOPICS 16
+
+static const struct acl_limits lim = { .max_bytes = 1 << 16, .max_line = 4096, .max_rules = 256 };
+
+static bool topic_name(const char *t, size_t len)
+{
+	return len > 0 && !memchr(t, '+', len) && !memchr(t, '#', len) && !memchr(t, '\0', len);
+}
+
+static void check_view(const struct acl_client *c, char **topics, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t len = strlen(topics[i]);
+
+		if (!topic_name(topics[i], len))
+			continue;
+		acl_client_check(c, topics[i], len, ACL_WRITE);
+		if (!acl_client_check(c, topics[i], len, ACL_READ))
+			continue;
+		if (acl_filter_valid(topics[i], len) && !acl_client_may_subscribe(c, topics[i], len))
+			__builtin_trap();
+		if (topics[i][0] != '$' && !acl_client_may_subscribe(c, "#", 1))
+			__builtin_trap();
+	}
+}
+
+/* A view from the valid filters among the topics: half read, half write. */
+static void check_lists(char **topics, size_t n)
+{
+	const char *read[MAX_TOPICS], *write[MAX_TOPICS];
+	size_t nr = 0, nw = 0;
+	struct acl_client *c;
+
+	for (size_t i = 0; i < n; i++) {
+		if (!acl_filter_valid(topics[i], strlen(topics[i])))
+			continue;
+		if (i % 2)
+			write[nw++] = topics[i];
+		else
+			read[nr++] = topics[i];
+	}
+	c = acl_client_from_lists(read, nr, write, nw);
+	if (!c)
+		return;
+	for (size_t i = 0; i < nr; i++)
+		if (topic_name(read[i], strlen(read[i])) && !acl_client_check(c, read[i], strlen(read[i]), ACL_READ))
+			__builtin_trap();
+	for (size_t i = 0; i < nw; i++)
+		if (topic_name(write[i], strlen(write[i])) && !acl_client_check(c, write[i], strlen(write[i]), ACL_WRITE))
+			__builtin_trap();
+	check_view(c, topics, n);
+	acl_client_free(c);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	char *copy = malloc(size + 1), *parts[3 + MAX_TOPICS];
+	size_t nparts = 0, off = 0, flen;
+	struct acl *acl = NULL;
+	struct acl_client *c;
+	char err[256] = "";
+
+	if (!copy)
+		return 0;
+	memcpy(copy, data, size);
+	copy[size] = '\0';
+	flen = strnlen(copy, size);
+	/* The file is everything up to the first NUL; then NUL-separated strings. */
+	off = flen + 1;
+	while (off <= size && nparts < 3 + MAX_TOPICS) {
+		parts[nparts++] = copy + off;
+		off += strlen(copy + off) + 1;
+	}
+	if (acl_parse(copy, flen, &lim, &acl, err, sizeof(err)) != 0) {
+		if (acl || (strncmp(err, "line ", 5) != 0 && strncmp(err, "larger", 6) != 0))
+			__builtin_trap();
+		free(copy);
+		return 0;
+	}
+	if (nparts >= 2) {
+		const char *user = parts[0][0] ? parts[0] : NULL;
+
+		c = acl_client_new(acl, user, user ? strlen(user) : 0, parts[1], strlen(parts[1]));
+		if (c) {
+			check_view(c, parts + 2, nparts - 2);
+			acl_client_free(c);
+		}
+		check_lists(parts + 2, nparts - 2);
+	}
+	acl_free(acl);
+	free(copy);
+	return 0;
+}
