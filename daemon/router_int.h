@@ -357,18 +357,8 @@ static inline void msg_body_discard(struct msg_body *b)
 
 /* ---- router_session.c: registry, CONNECT, takeover, close -------------- */
 
-/* A CONNECT's fields, as read from REC_CONNECT or from the store. */
-struct connect_fields {
-	conn_id_t conn;
-	uint8_t clean;
-	uint16_t keepalive;
-	const uint8_t *client_id, *remote, *will_topic, *will_payload;
-	uint16_t client_id_len, remote_len, will_topic_len;
-	uint8_t will_flag, will_qos, will_retain;
-	uint32_t will_payload_len;
-};
-
-struct session_connect *session_connect_new(const struct connect_fields *f);
+/* The router's copy of a CONNECT, as a REC_CONNECT or the store gave it. */
+struct session_connect *session_connect_new(const struct rec_connect *f);
 struct session *session_alloc(const char *client_id, uint16_t len);
 void session_free(struct router *r, struct session *s);
 bool router_session_link(struct router *r, struct session *s);
@@ -385,7 +375,7 @@ void router_send_connack(struct router *r, conn_id_t conn, uint32_t sid, uint8_t
 			 bool present, const uint16_t *ids, uint16_t n);
 void router_connect_apply(struct router *r, struct session_connect *c);
 void router_close(struct router *r, struct session *s, bool publish_will,
-		  const uint8_t *ids, uint16_t n);
+		  const struct rec_iter *ids);
 size_t router_close_worker(struct router *r, unsigned worker, uint32_t new_epoch);
 void router_sessions_expire(struct router *r);
 void router_sessions_free(struct router *r);

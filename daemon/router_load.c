@@ -36,21 +36,18 @@ struct router_load {
 static struct session_connect *session_connect_load(const struct store_session *ss,
 						    const struct store_connect *c)
 {
-	struct connect_fields f = {
+	struct rec_connect f = {
 		.conn = c->conn,
 		.clean = c->clean,
 		.keepalive = c->keepalive,
-		.client_id = (const uint8_t *)ss->client_id,
-		.client_id_len = ss->client_id_len,
-		.remote = (const uint8_t *)c->remote,
-		.remote_len = (uint16_t)strnlen(c->remote, ROUTER_REMOTE_LEN - 1),
+		.client_id = { (const uint8_t *)ss->client_id, ss->client_id_len },
+		.remote = { (const uint8_t *)c->remote,
+			    (uint16_t)strnlen(c->remote, ROUTER_REMOTE_LEN - 1) },
 		.will_flag = c->will_flag,
 		.will_qos = c->will_qos,
 		.will_retain = c->will_retain,
-		.will_topic = (const uint8_t *)c->will_topic,
-		.will_topic_len = c->will_topic_len,
-		.will_payload = c->will_payload,
-		.will_payload_len = c->will_payload_len,
+		.will_topic = { (const uint8_t *)c->will_topic, c->will_topic_len },
+		.will_payload = { c->will_payload, c->will_payload_len },
 	};
 
 	return session_connect_new(&f);

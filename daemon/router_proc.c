@@ -174,15 +174,14 @@ static bool router_backlog_append(struct router_proc *p, unsigned worker, uint64
 }
 
 /*
- * A DELIVER of a QoS 0 message (its header starts with the QoS, see
- * router_deliver_begin) may be lost with the router, as with a worker:
- * storing it would only fill the store while a slow worker floods.
+ * A DELIVER of a QoS 0 message may be lost with the router, as with a
+ * worker: storing it would only fill the store while a slow worker floods.
  */
 static bool router_rec_durable(uint16_t type, const struct recw *rec)
 {
 	if (type == REC_ROUTE)
 		return false;       /* a worker that misses one asks again */
-	return type != REC_DELIVER || (rec->len && rec->buf[0] != 0);
+	return type != REC_DELIVER || rec_deliver_qos(rec->buf, rec->len) != 0;
 }
 
 static bool router_backlog_push(struct router_proc *p, unsigned worker, uint16_t type,

@@ -19,8 +19,6 @@
 #include "store.h"
 #include "topic.h"
 
-#define ROUTER_TARGET_BYTES 13        /* u64 conn, u32 sid, u8 qos in a REC_DELIVER */
-#define ROUTER_COPY_BYTES 8           /* ... and u64 copy when the router keeps one */
 #define ROUTER_ROUTE_MAX 1024        /* targets a REC_ROUTE names at most: a larger fan-out stays with the router */
 /*
  * Retained messages owed to new subscriptions go out a bounded amount per
@@ -31,7 +29,6 @@
 #define ROUTER_RETAINED_STEPS 4096
 #define ROUTER_RETAINED_BYTES (2u << 20)
 #define ROUTER_RETAINED_SLICE 256
-#define ROUTER_RETAINED_REC_BYTES 32  /* a retained DELIVER's bytes besides topic and payload */
 
 static void router_cursor_drop(struct router *r, struct session_sub *sub);
 
@@ -192,52 +189,31 @@ void router_publish_scratch_free(struct router_publish_scratch *pub)
 	pub->cap_targets = 0;
 }
 
-/* Header of a REC_DELIVER; the target count is patched in at the end. */
-static void router_deliver_begin(struct router_publish_scratch *pub, unsigned worker,
-				 const struct router_msg *m)
-{
-	struct recw *w = &pub->deliver[worker];
-
-	recw_reset(w);
-	recw_u8(w, m->qos);
-	recw_str(w, m->topic, m->topic_len);
-	recw_bytes(w, m->payload, m->payload_len);
-	recw_u8(w, m->retain);
-	pub->deliver_noff[worker] = w->len;
-	recw_u32(w, 0);
-}
-
 static inline void router_deliver_end(struct router *r, unsigned worker)
 {
 	struct router_publish_scratch *pub = &r->pub;
 	struct recw *w = &pub->deliver[worker];
 
-	recw_patch_u32(w, pub->deliver_noff[worker], pub->deliver_n[worker]);
+	rec_deliver_end(w, pub->deliver_noff[worker], pub->deliver_n[worker]);
 	router_emit(r, worker, REC_DELIVER, w);
 	pub->deliver_n[worker] = 0;
 }
 
-static void router_deliver_add(struct router *r, const struct router_msg *m,
+/* One more target of the message whose head is d, in its worker's REC_DELIVER. */
+static void router_deliver_add(struct router *r, const struct rec_deliver *d,
 			       const struct session *s, uint8_t qos, uint64_t copy)
 {
 	struct router_publish_scratch *pub = &r->pub;
 	unsigned worker = conn_id_worker(s->conn);
 	struct recw *w = &pub->deliver[worker];
+	const struct rec_target t = { .conn = s->conn, .sid = s->sid, .qos = qos, .copy = copy };
 
 	/* A fan-out too big for one ring record goes out in several. */
-	if (pub->deliver_n[worker] && r->max_record &&
-	    w->len + ROUTER_TARGET_BYTES + (copy ? ROUTER_COPY_BYTES : 0) > r->max_record)
+	if (pub->deliver_n[worker] && r->max_record && w->len + rec_target_size(&t) > r->max_record)
 		router_deliver_end(r, worker);
 	if (!pub->deliver_n[worker])
-		router_deliver_begin(pub, worker, m);
-	recw_u64(w, s->conn);
-	recw_u32(w, s->sid);
-	if (copy) {
-		recw_u8(w, qos | REC_TARGET_COPY);
-		recw_u64(w, copy);
-	} else {
-		recw_u8(w, qos);
-	}
+		pub->deliver_noff[worker] = rec_deliver_begin(w, d);
+	rec_deliver_add(w, &t);
 	pub->deliver_n[worker]++;
 }
 
@@ -296,14 +272,21 @@ static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
 struct router_match router_publish(struct router *r, const struct router_msg *m)
 {
 	struct router_match_walk mw = { r, 0, false };
-	struct router_msg routed = *m;
+	/*
+	 * The head of each REC_DELIVER it makes. Retain is set only on
+	 * deliveries caused by a new subscription [MQTT-3.3.1-9].
+	 */
+	const struct rec_deliver head = {
+		.qos = m->qos,
+		.topic = { (const uint8_t *)m->topic, m->topic_len },
+		.payload = { m->payload, m->payload_len },
+		.retain = 0,
+	};
 	struct msg_body *body = NULL;    /* held once by every queue the message enters */
 	struct session *const *targets;
 
 	if (m->retain)
 		router_retain(r, m);
-	/* Retain is set only on deliveries caused by a new subscription [MQTT-3.3.1-9]. */
-	routed.retain = 0;
 
 	r->pub.stamp++;
 	topic_trie_match(r->trie, m->topic, m->topic_len, router_match_cb, &mw);
@@ -313,7 +296,7 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 		uint8_t qos = MIN(m->qos, s->granted);
 
 		if (s->online && !s->pending)
-			router_deliver_add(r, &routed, s, qos,
+			router_deliver_add(r, &head, s, qos,
 					   session_copy_new(r, s, 0, MSG_QUEUED,
 							    &(struct router_msg){ qos, 0, m->topic,
 										  m->topic_len, m->payload,
@@ -357,16 +340,19 @@ static void router_route_record(const struct router *r, struct recw *w, uint64_t
 				const struct router_msg *m, const struct router_match *match,
 				bool local)
 {
-	recw_reset(w);
-	recw_u64(w, ask);
-	recw_u64(w, atomic_load_explicit(r->route_gen, memory_order_relaxed));
-	recw_str(w, m->topic, m->topic_len);
-	recw_u8(w, local);
-	recw_u32(w, local ? (uint32_t)match->n : 0);
-	for (size_t i = 0; local && i < match->n; i++) {
-		recw_u64(w, match->targets[i]->conn);
-		recw_u8(w, match->targets[i]->granted);
-	}
+	const struct rec_route x = {
+		.ask = ask,
+		.gen = atomic_load_explicit(r->route_gen, memory_order_relaxed),
+		.topic = { (const uint8_t *)m->topic, m->topic_len },
+		.local = local,
+	};
+	size_t count_off = rec_route_begin(w, &x);
+	size_t n = local ? match->n : 0;
+
+	for (size_t i = 0; i < n; i++)
+		rec_route_add(w, &(struct rec_route_target){ match->targets[i]->conn,
+							     match->targets[i]->granted });
+	rec_route_end(w, count_off, (uint32_t)n);
 }
 
 /*
@@ -488,18 +474,23 @@ static bool router_retained_cb(const char *topic, size_t topic_len, const uint8_
 	struct router_retained_send *ctx = arg;
 	const struct session *s = ctx->c->s;
 	struct recw *w = &ctx->r->out;
-	size_t cost = topic_len + payload_len + ROUTER_RETAINED_REC_BYTES;
+	/* What the record costs the turn, sent or not: its head and one target. */
+	size_t cost = REC_DELIVER_FIXED_BYTES + topic_len + payload_len + REC_TARGET_BYTES;
 
 	if (topic_len <= UINT16_MAX && payload_len <= UINT32_MAX) {
-		recw_reset(w);
-		recw_u8(w, qos);
-		recw_str(w, topic, (uint16_t)topic_len);
-		recw_bytes(w, payload, (uint32_t)payload_len);
-		recw_u8(w, 1);
-		recw_u32(w, 1);
-		recw_u64(w, s->conn);
-		recw_u32(w, s->sid);
-		recw_u8(w, MIN(qos, ctx->c->sub->qos));
+		const struct rec_deliver d = {
+			.qos = qos,
+			.topic = { (const uint8_t *)topic, (uint16_t)topic_len },
+			.payload = { payload, (uint32_t)payload_len },
+			.retain = 1,
+		};
+		const struct rec_target t = {
+			.conn = s->conn, .sid = s->sid, .qos = MIN(qos, ctx->c->sub->qos),
+		};
+		size_t count_off = rec_deliver_begin(w, &d);
+
+		rec_deliver_add(w, &t);
+		rec_deliver_end(w, count_off, 1);
 		router_emit(ctx->r, ctx->worker, REC_DELIVER, w);
 	}
 	ctx->bytes -= MIN(ctx->bytes, cost);

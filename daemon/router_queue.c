@@ -44,19 +44,20 @@ void session_msg_persist(struct router *r, const struct session *s,
 void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uint64_t copy,
 			     uint16_t packet_id, uint8_t state, const struct router_msg *m)
 {
-	struct recw *w = &r->out;
+	const struct rec_session_msg x = {
+		.conn = conn,
+		.sid = sid,
+		.copy = copy,
+		.packet_id = packet_id,
+		.state = state,
+		.qos = m->qos,
+		.retain = m->retain,
+		.topic = { (const uint8_t *)m->topic, m->topic_len },
+		.payload = { m->payload, m->payload_len },
+	};
 
-	recw_reset(w);
-	recw_u64(w, conn);
-	recw_u32(w, sid);
-	recw_u64(w, copy);
-	recw_u16(w, packet_id);
-	recw_u8(w, state);
-	recw_u8(w, m->qos);
-	recw_u8(w, m->retain);
-	recw_str(w, m->topic, m->topic_len);
-	recw_bytes(w, m->payload, m->payload_len);
-	router_emit(r, conn_id_worker(conn), REC_SESSION_MSG, w);
+	rec_session_msg_encode(&r->out, &x);
+	router_emit(r, conn_id_worker(conn), REC_SESSION_MSG, &r->out);
 }
 
 /* ---- bodies and the budget of all queues ------------------------------- */

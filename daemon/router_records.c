@@ -45,83 +45,68 @@ void router_set_worker(struct router *r, unsigned worker, uint32_t epoch, uint32
 
 /* ---- the records ------------------------------------------------------- */
 
-static int router_on_connect(struct router *r, unsigned worker, struct recr *rd)
+/*
+ * Each handler decodes its record whole first (rec.h): a malformed one is
+ * ROUTER_BAD before anything acts. Then what its fields say is checked.
+ */
+
+static int router_on_connect(struct router *r, unsigned worker, const void *p, size_t len)
 {
-	struct connect_fields f = { 0 };
+	struct rec_connect x;
 	struct session_connect *c;
 
-	f.conn = recr_u64(rd);
-	f.clean = recr_u8(rd);
-	f.keepalive = recr_u16(rd);
-	recr_str(rd, &f.client_id, &f.client_id_len);
-	recr_str(rd, &f.remote, &f.remote_len);
-	f.will_flag = recr_u8(rd);
-	f.will_qos = recr_u8(rd);
-	f.will_retain = recr_u8(rd);
-	recr_str(rd, &f.will_topic, &f.will_topic_len);
-	recr_bytes(rd, &f.will_payload, &f.will_payload_len);
-	if (recr_end(rd) || !router_conn_ok(r, worker, f.conn) || f.clean > 1 ||
-	    f.will_flag > 1 || f.will_qos > 2 || f.will_retain > 1)
+	if (rec_connect_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) || x.clean > 1 ||
+	    x.will_flag > 1 || x.will_qos > 2 || x.will_retain > 1)
 		return ROUTER_BAD;
-	if (memchr(f.client_id, '\0', f.client_id_len))
+	if (memchr(x.client_id.p, '\0', x.client_id.len))
 		return ROUTER_BAD;
-	if (router_conn_slot_taken(r, f.conn) || router_find_pending(r, f.conn))
+	if (router_conn_slot_taken(r, x.conn) || router_find_pending(r, x.conn))
 		return ROUTER_BAD;         /* a second CONNECT on one connection */
-	if (f.will_flag && !topic_name_valid((const char *)f.will_topic, f.will_topic_len, 0, 0)) {
+	if (x.will_flag &&
+	    !topic_name_valid((const char *)x.will_topic.p, x.will_topic.len, 0, 0)) {
 		log_warn("router: CONNECT from worker %u with an invalid will topic: will ignored",
 			 worker);
-		f.will_flag = 0;
+		x.will_flag = 0;
 	}
-	if (!f.client_id_len)
-		f.clean = 1;              /* a server-named session cannot persist [MQTT-3.1.3-8] */
+	if (!x.client_id.len)
+		x.clean = 1;              /* a server-named session cannot persist [MQTT-3.1.3-8] */
 
-	c = session_connect_new(&f);
+	c = session_connect_new(&x);
 	if (!c) {
 		log_error("router: out of memory: connection refused");
-		router_send_connack(r, f.conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);
+		router_send_connack(r, x.conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);
 		return ROUTER_OK;
 	}
 	router_connect_apply(r, c);
 	return ROUTER_OK;
 }
 
-static int router_on_subscribe(struct router *r, unsigned worker, struct recr *rd)
+static int router_on_subscribe(struct router *r, unsigned worker, const void *p, size_t len)
 {
-	conn_id_t conn = recr_u64(rd);
-	uint16_t packet_id = recr_u16(rd);
-	uint16_t n = recr_u16(rd);
-	struct recr start = *rd, fr;
+	struct rec_subscribe x;
+	struct rec_subscription sub;
+	struct rec_iter it;
 	struct recw *ack = &r->ack;
-	const uint8_t *f;
-	uint16_t flen;
-	size_t codes;
+	const uint8_t *codes;
+	size_t count_off;
 	struct session *s;
 
-	for (uint16_t i = 0; i < n; i++) {
-		recr_str(rd, &f, &flen);
-		recr_u8(rd);
-	}
-	if (recr_end(rd) || !router_conn_ok(r, worker, conn))
+	if (rec_subscribe_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn))
 		return ROUTER_BAD;
-	s = router_find_conn(r, conn);
+	s = router_find_conn(r, x.conn);
 	if (!s)
 		return ROUTER_NOCONN;
 
-	recw_reset(ack);
-	recw_u64(ack, conn);
-	recw_u16(ack, packet_id);
-	recw_u16(ack, n);
-	codes = ack->len;
-	fr = start;
-	for (uint16_t i = 0; i < n; i++) {
-		uint8_t qos;
+	count_off = rec_suback_begin(ack, &(struct rec_suback){ .conn = x.conn,
+							      .packet_id = x.packet_id });
+	for (it = x.filters; rec_subscribe_next(&it, &sub);) {
+		const char *filter = (const char *)sub.filter.p;
 
-		recr_str(&fr, &f, &flen);
-		qos = recr_u8(&fr);
-		recw_u8(ack, router_subscription_refused(s, r->cfg, (const char *)f, flen) ?
-			     ROUTER_SUBACK_FAILURE :
-			     router_subscribe_one(r, s, (const char *)f, flen, qos));
+		rec_suback_add(ack, router_subscription_refused(s, r->cfg, filter, sub.filter.len) ?
+				    ROUTER_SUBACK_FAILURE :
+				    router_subscribe_one(r, s, filter, sub.filter.len, sub.qos));
 	}
+	rec_suback_end(ack, count_off, (uint16_t)x.filters.n);
 	router_emit(r, worker, REC_SUBACK, ack);
 	if (ack->oom)
 		return ROUTER_OK;
@@ -131,103 +116,89 @@ static int router_on_subscribe(struct router *r, unsigned worker, struct recr *r
 	 * by router_send_retained() as the ring takes them. A filter repeated
 	 * in the packet is one subscription at its last QoS, and one walk.
 	 */
-	fr = start;
-	for (uint16_t i = 0; i < n; i++) {
-		struct session_sub *sub;
+	codes = rec_suback_codes(ack, count_off);
+	for (it = x.filters; rec_subscribe_next(&it, &sub); codes++) {
+		struct session_sub *held;
 
-		recr_str(&fr, &f, &flen);
-		recr_u8(&fr);
-		if (ack->buf[codes + i] == ROUTER_SUBACK_FAILURE)
+		if (*codes == ROUTER_SUBACK_FAILURE)
 			continue;
-		HASH_FIND(hh, s->subs, f, flen, sub);
-		if (sub)
-			router_cursor_start(r, s, sub);
+		HASH_FIND(hh, s->subs, sub.filter.p, sub.filter.len, held);
+		if (held)
+			router_cursor_start(r, s, held);
 	}
 	return ROUTER_OK;
 }
 
-static int router_on_unsubscribe(struct router *r, unsigned worker, struct recr *rd)
+static int router_on_unsubscribe(struct router *r, unsigned worker, const void *p, size_t len)
 {
-	conn_id_t conn = recr_u64(rd);
-	uint16_t packet_id = recr_u16(rd);
-	uint16_t n = recr_u16(rd);
-	struct recr fr = *rd;
-	const uint8_t *f;
-	uint16_t flen;
+	struct rec_unsubscribe x;
+	struct rec_str filter;
 	struct session *s;
-	struct recw *w = &r->out;
 
-	for (uint16_t i = 0; i < n; i++)
-		recr_str(rd, &f, &flen);
-	if (recr_end(rd) || !router_conn_ok(r, worker, conn))
+	if (rec_unsubscribe_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn))
 		return ROUTER_BAD;
-	s = router_find_conn(r, conn);
+	s = router_find_conn(r, x.conn);
 	if (!s)
 		return ROUTER_NOCONN;
-	for (uint16_t i = 0; i < n; i++) {
-		recr_str(&fr, &f, &flen);
-		router_unsubscribe_one(r, s, (const char *)f, flen);
-	}
-	recw_reset(w);
-	recw_u64(w, conn);
-	recw_u16(w, packet_id);
-	router_emit(r, worker, REC_UNSUBACK, w);
+	while (rec_unsubscribe_next(&x.filters, &filter))
+		router_unsubscribe_one(r, s, (const char *)filter.p, filter.len);
+	rec_unsuback_encode(&r->out, &(struct rec_unsuback){ .conn = x.conn,
+							   .packet_id = x.packet_id });
+	router_emit(r, worker, REC_UNSUBACK, &r->out);
 	return ROUTER_OK;
 }
 
-static int router_on_publish(struct router *r, unsigned worker, struct recr *rd)
+static int router_on_publish(struct router *r, unsigned worker, const void *p, size_t len)
 {
+	struct rec_publish x;
 	struct router_match match;
 	struct router_msg m;
-	const uint8_t *topic;
-	uint8_t flags;
-	uint64_t ask = 0;
 
-	m.qos = recr_u8(rd);
-	flags = recr_u8(rd);
-	recr_str(rd, &topic, &m.topic_len);
-	recr_bytes(rd, &m.payload, &m.payload_len);
-	if (flags & REC_PUB_ASK)
-		ask = recr_u64(rd);
-	m.topic = (const char *)topic;
-	m.retain = flags & REC_PUB_RETAIN;
-	if (recr_end(rd) || m.qos > 2 || (flags & ~(REC_PUB_RETAIN | REC_PUB_ASK)) ||
-	    !topic_name_valid(m.topic, m.topic_len, 0, 0))
+	if (rec_publish_decode(&x, p, len) || x.qos > 2 ||
+	    (x.flags & ~(REC_PUB_RETAIN | REC_PUB_ASK)))
+		return ROUTER_BAD;
+	m = (struct router_msg){
+		.qos = x.qos,
+		.retain = x.flags & REC_PUB_RETAIN,
+		.topic = (const char *)x.topic.p,
+		.topic_len = x.topic.len,
+		.payload = x.payload.p,
+		.payload_len = x.payload.len,
+	};
+	if (!topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
 	match = router_publish(r, &m);
-	if (flags & REC_PUB_ASK)
-		router_answer_route(r, worker, ask, &m, &match);
+	if (x.flags & REC_PUB_ASK)
+		router_answer_route(r, worker, x.ask, &m, &match);
 	return ROUTER_OK;
 }
 
-static int router_on_session_msg(struct router *r, unsigned worker, struct recr *rd)
+static int router_on_session_msg(struct router *r, unsigned worker, const void *p, size_t len)
 {
-	conn_id_t conn = recr_u64(rd);
-	uint32_t sid = recr_u32(rd);
-	uint64_t copy = recr_u64(rd);
-	uint16_t packet_id = recr_u16(rd);
-	uint8_t state = recr_u8(rd);
+	struct rec_session_msg x;
 	struct router_msg m;
-	const uint8_t *topic;
 	struct session *s;
 
-	m.qos = recr_u8(rd);
-	m.retain = recr_u8(rd);
-	recr_str(rd, &topic, &m.topic_len);
-	recr_bytes(rd, &m.payload, &m.payload_len);
-	m.topic = (const char *)topic;
-	if (recr_end(rd) || !router_conn_ok(r, worker, conn) || state > MSG_PUBREL ||
-	    m.qos > 2 || m.retain > 1)
+	if (rec_session_msg_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
+	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1)
 		return ROUTER_BAD;
+	m = (struct router_msg){
+		.qos = x.qos,
+		.retain = x.retain,
+		.topic = (const char *)x.topic.p,
+		.topic_len = x.topic.len,
+		.payload = x.payload.p,
+		.payload_len = x.payload.len,
+	};
 	/* An unfinished exchange needs QoS >= 1 (PUBREL: 2); anything to publish needs a topic. */
-	if ((state != MSG_QUEUED && m.qos == 0) || (state == MSG_PUBREL && m.qos != 2))
+	if ((x.state != MSG_QUEUED && m.qos == 0) || (x.state == MSG_PUBREL && m.qos != 2))
 		return ROUTER_BAD;
-	if (state != MSG_PUBREL && !topic_name_valid(m.topic, m.topic_len, 0, 0))
+	if (x.state != MSG_PUBREL && !topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
 
-	s = router_find_sid(r, sid);
+	s = router_find_sid(r, x.sid);
 	if (!s) {
-		log_debug("router: stored message for gone session %u dropped", sid);
+		log_debug("router: stored message for gone session %u dropped", x.sid);
 		return ROUTER_OK;
 	}
 	/*
@@ -235,18 +206,18 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 	 * current or last one, or the one a takeover replaced) owes it. A
 	 * worker cannot queue messages for sessions it never held.
 	 */
-	if (conn != s->conn && conn != s->prev_conn)
+	if (x.conn != s->conn && x.conn != s->prev_conn)
 		return ROUTER_NOCONN;
-	if (copy) {
+	if (x.copy) {
 		/* The router holds this one already, with its state as last reported. */
 		return ROUTER_OK;
 	}
-	if (s->online && s->conn == conn) {
+	if (s->online && s->conn == x.conn) {
 		/* Owed by the session's own closing connection (REC_CLOSE follows). */
-		session_enqueue_one(r, s, true, packet_id, state, &m);
+		session_enqueue_one(r, s, true, x.packet_id, x.state, &m);
 	} else if (!s->online || s->pending) {
 		if (m.qos > 0)
-			session_enqueue_one(r, s, false, packet_id, state, &m);
+			session_enqueue_one(r, s, false, x.packet_id, x.state, &m);
 	} else {
 		/*
 		 * A delivery or stored message that reached a connection the session
@@ -257,31 +228,29 @@ static int router_on_session_msg(struct router *r, unsigned worker, struct recr 
 		struct msg_body *body = NULL;
 
 		router_send_session_msg(r, s->conn, s->sid,
-					session_copy_new(r, s, packet_id, state, &m, &body), packet_id,
-					state, &m);
+					session_copy_new(r, s, x.packet_id, x.state, &m, &body),
+					x.packet_id, x.state, &m);
 		msg_body_discard(body);
 	}
 	return ROUTER_OK;
 }
 
 /* A persistent session's inbound QoS 2 id was taken (PUBLISH) or released (PUBREL). */
-static int router_on_qos2_in(struct router *r, unsigned worker, struct recr *rd)
+static int router_on_qos2_in(struct router *r, unsigned worker, const void *p, size_t len)
 {
-	conn_id_t conn = recr_u64(rd);
-	uint32_t sid = recr_u32(rd);
-	uint16_t packet_id = recr_u16(rd);
-	uint8_t held = recr_u8(rd);
+	struct rec_qos2_in x;
 	struct session *s;
 	uint16_t i;
 
-	if (recr_end(rd) || !router_conn_ok(r, worker, conn) || !packet_id || held > 1)
+	if (rec_qos2_in_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
+	    !x.packet_id || x.held > 1)
 		return ROUTER_BAD;
-	s = router_find_sid(r, sid);
-	if (!s || !s->online || s->conn != conn || s->clean)
+	s = router_find_sid(r, x.sid);
+	if (!s || !s->online || s->conn != x.conn || s->clean)
 		return ROUTER_OK;            /* gone meanwhile: its CLOSE carried the ids */
-	for (i = 0; i < s->n_qos2_ids && s->qos2_ids[i] != packet_id; i++)
+	for (i = 0; i < s->n_qos2_ids && s->qos2_ids[i] != x.packet_id; i++)
 		;
-	if (held && i == s->n_qos2_ids) {
+	if (x.held && i == s->n_qos2_ids) {
 		uint16_t *grown;
 
 		if (s->n_qos2_ids == UINT16_MAX)
@@ -290,12 +259,12 @@ static int router_on_qos2_in(struct router *r, unsigned worker, struct recr *rd)
 		if (!grown) {
 			log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 				   "out of memory: inbound QoS 2 id %u not kept against a worker crash",
-				   packet_id);
+				   x.packet_id);
 			return ROUTER_OK;
 		}
 		s->qos2_ids = grown;
-		s->qos2_ids[s->n_qos2_ids++] = packet_id;
-	} else if (!held && i < s->n_qos2_ids) {
+		s->qos2_ids[s->n_qos2_ids++] = x.packet_id;
+	} else if (!x.held && i < s->n_qos2_ids) {
 		s->qos2_ids[i] = s->qos2_ids[--s->n_qos2_ids];
 	} else {
 		return ROUTER_OK;
@@ -305,56 +274,48 @@ static int router_on_qos2_in(struct router *r, unsigned worker, struct recr *rd)
 }
 
 /* A worker's report on a message the router holds a copy of. */
-static int router_on_msg_state(struct router *r, unsigned worker, struct recr *rd)
+static int router_on_msg_state(struct router *r, unsigned worker, const void *p, size_t len)
 {
-	conn_id_t conn = recr_u64(rd);
-	uint32_t sid = recr_u32(rd);
-	uint64_t copy = recr_u64(rd);
-	uint16_t packet_id = recr_u16(rd);
-	uint8_t state = recr_u8(rd);
+	struct rec_msg_state x;
 	struct session_msg *q, *prev;
 	struct session *s;
 
-	if (recr_end(rd) || !router_conn_ok(r, worker, conn) || !copy ||
-	    state < MSG_INFLIGHT || state > MSG_DONE || (state != MSG_DONE && !packet_id))
+	if (rec_msg_state_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) || !x.copy ||
+	    x.state < MSG_INFLIGHT || x.state > MSG_DONE || (x.state != MSG_DONE && !x.packet_id))
 		return ROUTER_BAD;
-	s = router_find_sid(r, sid);
+	s = router_find_sid(r, x.sid);
 	/* Reports come before the connection's REC_CLOSE: a copy released since is not theirs. */
-	if (!s || !s->online || s->conn != conn || !(q = session_copy_find(s, copy, &prev))) {
+	if (!s || !s->online || s->conn != x.conn || !(q = session_copy_find(s, x.copy, &prev))) {
 		log_debug("router: state of message %llu of gone session %u ignored",
-			  (unsigned long long)copy, sid);
+			  (unsigned long long)x.copy, x.sid);
 		return ROUTER_OK;
 	}
-	if (state == MSG_DONE) {
+	if (x.state == MSG_DONE) {
 		session_msg_drop(r, s, q, prev);
 		return ROUTER_OK;
 	}
-	if (state == MSG_PUBREL && q->qos != 2)
+	if (x.state == MSG_PUBREL && q->qos != 2)
 		return ROUTER_BAD;
-	q->packet_id = packet_id;
-	q->state = state;
+	q->packet_id = x.packet_id;
+	q->state = x.state;
 	session_msg_persist(r, s, q);
 	return ROUTER_OK;
 }
 
-static int router_on_close(struct router *r, unsigned worker, struct recr *rd)
+static int router_on_close(struct router *r, unsigned worker, const void *p, size_t len)
 {
-	conn_id_t conn = recr_u64(rd);
-	uint8_t publish_will = recr_u8(rd);
-	uint16_t n = recr_u16(rd);
-	const uint8_t *ids = rd->p;
+	struct rec_close x;
 	struct session *s;
 
-	for (uint16_t i = 0; i < n; i++)
-		recr_u16(rd);
-	if (recr_end(rd) || !router_conn_ok(r, worker, conn) || publish_will > 1)
+	if (rec_close_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
+	    x.publish_will > 1)
 		return ROUTER_BAD;
-	s = router_find_conn(r, conn);
+	s = router_find_conn(r, x.conn);
 	if (s) {
-		router_close(r, s, publish_will, ids, n);
+		router_close(r, s, x.publish_will, &x.ids);
 		return ROUTER_OK;
 	}
-	s = router_find_pending(r, conn);
+	s = router_find_pending(r, x.conn);
 	if (s) {
 		/* Gone before the connection it takes over closed: never accepted, no will. */
 		log_client(LOG_LVL_INFO, s->client_id, cx_remote(s->pending),
@@ -363,7 +324,7 @@ static int router_on_close(struct router *r, unsigned worker, struct recr *rd)
 		session_persist(r, s);
 		return ROUTER_OK;
 	}
-	if (router_kicked_take(r, conn))
+	if (router_kicked_take(r, x.conn))
 		return ROUTER_OK;
 	return ROUTER_NOCONN;
 }
@@ -385,7 +346,7 @@ size_t router_worker_down(struct router *r, unsigned worker, uint32_t new_epoch)
 
 /* ---- dispatch ---------------------------------------------------------- */
 
-typedef int (*router_handler_fn)(struct router *r, unsigned worker, struct recr *rd);
+typedef int (*router_handler_fn)(struct router *r, unsigned worker, const void *p, size_t len);
 
 static const router_handler_fn router_handlers[REC_TYPE_MAX] = {
 	[REC_CONNECT] = router_on_connect,
@@ -402,15 +363,12 @@ int router_handle(struct router *r, unsigned worker, uint16_t type, const void *
 		  size_t len)
 {
 	unsigned slot = type < REC_TYPE_MAX ? type : REC_TYPE_MAX;
-	struct recr rd;
 	int rc;
 
-	if (worker >= r->nworkers || type >= REC_TYPE_MAX || !router_handlers[type]) {
+	if (worker >= r->nworkers || type >= REC_TYPE_MAX || !router_handlers[type])
 		rc = ROUTER_BAD;
-	} else {
-		recr_init(&rd, payload, len);
-		rc = router_handlers[type](r, worker, &rd);
-	}
+	else
+		rc = router_handlers[type](r, worker, payload, len);
 	if (rc == ROUTER_OK)
 		return 0;
 	r->bad_records++;

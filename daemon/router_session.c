@@ -64,26 +64,18 @@ void session_persist(struct router *r, const struct session *s)
 void router_send_connack(struct router *r, conn_id_t conn, uint32_t sid, uint8_t rc,
 			 bool present, const uint16_t *ids, uint16_t n)
 {
-	struct recw *w = &r->out;
+	const struct rec_connack x = {
+		.conn = conn, .sid = sid, .rc = rc, .session_present = present,
+	};
 
-	recw_reset(w);
-	recw_u64(w, conn);
-	recw_u32(w, sid);
-	recw_u8(w, rc);
-	recw_u8(w, present);
-	recw_u16(w, n);
-	for (uint16_t i = 0; i < n; i++)
-		recw_u16(w, ids[i]);
-	router_emit(r, conn_id_worker(conn), REC_CONNACK, w);
+	rec_connack_encode(&r->out, &x, ids, n);
+	router_emit(r, conn_id_worker(conn), REC_CONNACK, &r->out);
 }
 
 static void router_send_kick(struct router *r, conn_id_t conn)
 {
-	struct recw *w = &r->out;
-
-	recw_reset(w);
-	recw_u64(w, conn);
-	router_emit(r, conn_id_worker(conn), REC_KICK, w);
+	rec_kick_encode(&r->out, &(struct rec_kick){ .conn = conn });
+	router_emit(r, conn_id_worker(conn), REC_KICK, &r->out);
 }
 
 /* ---- the registry ------------------------------------------------------ */
@@ -337,15 +329,15 @@ bool router_kicked_take(struct router *r, conn_id_t conn)
 	return true;
 }
 
-struct session_connect *session_connect_new(const struct connect_fields *f)
+struct session_connect *session_connect_new(const struct rec_connect *f)
 {
-	size_t remote_len = MIN((size_t)f->remote_len, (size_t)ROUTER_REMOTE_LEN - 1);
-	size_t topic_len = f->will_flag ? f->will_topic_len : 0;
-	size_t payload_len = f->will_flag ? f->will_payload_len : 0;
+	size_t remote_len = MIN((size_t)f->remote.len, (size_t)ROUTER_REMOTE_LEN - 1);
+	size_t topic_len = f->will_flag ? f->will_topic.len : 0;
+	size_t payload_len = f->will_flag ? f->will_payload.len : 0;
 	struct session_connect *c;
 	char *p;
 
-	c = malloc(sizeof(*c) + (size_t)f->client_id_len + 1 + remote_len + 1 + topic_len + 1 +
+	c = malloc(sizeof(*c) + (size_t)f->client_id.len + 1 + remote_len + 1 + topic_len + 1 +
 		   payload_len);
 	if (!c)
 		return NULL;
@@ -355,26 +347,26 @@ struct session_connect *session_connect_new(const struct connect_fields *f)
 	c->will_flag = f->will_flag;
 	c->will_qos = f->will_qos;
 	c->will_retain = f->will_retain;
-	c->client_id_len = f->client_id_len;
+	c->client_id_len = f->client_id.len;
 	c->remote_len = (uint8_t)remote_len;
 	c->will_topic_len = (uint16_t)topic_len;
 	c->will_payload_len = (uint32_t)payload_len;
 
 	p = c->data;
-	if (f->client_id_len)
-		memcpy(p, f->client_id, f->client_id_len);
-	p[f->client_id_len] = '\0';
-	p += f->client_id_len + 1;
+	if (f->client_id.len)
+		memcpy(p, f->client_id.p, f->client_id.len);
+	p[f->client_id.len] = '\0';
+	p += f->client_id.len + 1;
 	if (remote_len)
-		memcpy(p, f->remote, remote_len);
+		memcpy(p, f->remote.p, remote_len);
 	p[remote_len] = '\0';
 	p += remote_len + 1;
 	if (topic_len)
-		memcpy(p, f->will_topic, topic_len);
+		memcpy(p, f->will_topic.p, topic_len);
 	p[topic_len] = '\0';
 	p += topic_len + 1;
 	if (payload_len)
-		memcpy(p, f->will_payload, payload_len);
+		memcpy(p, f->will_payload.p, payload_len);
 	return c;
 }
 
@@ -514,9 +506,11 @@ void router_connect_apply(struct router *r, struct session_connect *c)
 	}
 }
 
-/* Replace the inbound QoS 2 ids with the n (unaligned u16) at ids. */
-static void session_qos2_ids_set(struct session *s, const uint8_t *ids, uint16_t n)
+/* Replace the inbound QoS 2 ids with those of a REC_CLOSE (at most UINT16_MAX). */
+static void session_qos2_ids_set(struct session *s, struct rec_iter ids)
 {
+	uint16_t n = (uint16_t)ids.n;
+
 	free(s->qos2_ids);
 	s->qos2_ids = NULL;
 	s->n_qos2_ids = 0;
@@ -528,8 +522,8 @@ static void session_qos2_ids_set(struct session *s, const uint8_t *ids, uint16_t
 			   "out of memory: %u inbound QoS 2 ids forgotten", n);
 		return;
 	}
-	memcpy(s->qos2_ids, ids, (size_t)n * sizeof(uint16_t));
-	s->n_qos2_ids = n;
+	for (uint16_t id; rec_packet_id_next(&ids, &id);)
+		s->qos2_ids[s->n_qos2_ids++] = id;
 }
 
 /*
@@ -540,7 +534,7 @@ static void session_qos2_ids_set(struct session *s, const uint8_t *ids, uint16_t
  * record of them, kept by REC_QOS2_IN, stands).
  */
 void router_close(struct router *r, struct session *s, bool publish_will,
-		  const uint8_t *ids, uint16_t n)
+		  const struct rec_iter *ids)
 {
 	struct session_connect *pending = s->pending;
 
@@ -577,7 +571,7 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 		free(s->cx);
 		s->cx = NULL;
 		if (ids)
-			session_qos2_ids_set(s, ids, n);
+			session_qos2_ids_set(s, *ids);
 		session_copies_release(r, s);
 		s->q_owed_tail = NULL;
 		s->last_seen_ms = r->now_ms;
@@ -608,7 +602,7 @@ static size_t router_close_dead(struct router *r, unsigned worker, uint32_t new_
 		struct session *s = r->conn_slots[worker][slot];
 
 		if (s && router_conn_dead(s->conn, worker, new_epoch)) {
-			router_close(r, s, true, NULL, 0);
+			router_close(r, s, true, NULL);
 			closed++;
 		}
 	}

@@ -600,6 +600,12 @@ static inline void rec_deliver_end(struct recw *w, size_t count_off, uint32_t n)
 	recw_patch_u32(w, count_off, n);
 }
 
+/* The qos of a REC_DELIVER this process wrote (it comes first), without decoding the rest. */
+static inline uint8_t rec_deliver_qos(const void *p, size_t len)
+{
+	return len ? *(const uint8_t *)p : 0;
+}
+
 /* REC_KICK: the session was taken over: close the connection, publish its will. */
 struct rec_kick {
 	uint64_t conn;

@@ -1,11 +1,12 @@
 /*
  * test_router.c - the router's logic, driven record by record.
  *
- * Each test feeds w2r records to router_handle() as workers would, captures
- * what the router emits through its callback, and decodes it with recr_*
- * exactly as a worker would. The store tests crash a router over its store
- * and check what its successor finds; the process tests run router_main()
- * over real rings, kill it at the worst instants and restart it.
+ * Each test feeds w2r records to router_handle() as workers would, written
+ * with rec.h's encoders, captures what the router emits through its
+ * callback, and decodes it with rec.h's decoders as a worker would. The
+ * store tests crash a router over its store and check what its successor
+ * finds; the process tests run router_main() over real rings, kill it at
+ * the worst instants and restart it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -156,6 +157,17 @@ static size_t count_type(const struct fx *f, uint16_t type)
 
 /* ---- sending w2r records ------------------------------------------------ */
 
+/* A C string as a record's string. */
+static struct rec_str str(const char *s)
+{
+	return (struct rec_str){ (const uint8_t *)s, (uint16_t)strlen(s) };
+}
+
+static struct rec_bytes bytes(const char *s)
+{
+	return (struct rec_bytes){ (const uint8_t *)s, (uint32_t)strlen(s) };
+}
+
 static int handle(struct fx *f, unsigned worker, uint16_t type, struct recw *w)
 {
 	int rc;
@@ -175,17 +187,21 @@ struct will {
 static void build_connect(struct recw *w, conn_id_t conn, bool clean, const char *id,
 			  const struct will *will)
 {
+	const struct rec_connect x = {
+		.conn = conn,
+		.clean = clean,
+		.keepalive = 60,
+		.client_id = str(id),
+		.remote = str("127.0.0.1:5000"),
+		.will_flag = will != NULL,
+		.will_qos = will ? will->qos : 0,
+		.will_retain = will ? will->retain : 0,
+		.will_topic = str(will ? will->topic : ""),
+		.will_payload = bytes(will ? will->payload : ""),
+	};
+
 	recw_init(w);
-	recw_u64(w, conn);
-	recw_u8(w, clean);
-	recw_u16(w, 60);
-	recw_str(w, id, (uint16_t)strlen(id));
-	recw_str(w, "127.0.0.1:5000", 14);
-	recw_u8(w, will != NULL);
-	recw_u8(w, will ? will->qos : 0);
-	recw_u8(w, will ? will->retain : 0);
-	recw_str(w, will ? will->topic : "", will ? (uint16_t)strlen(will->topic) : 0);
-	recw_bytes(w, will ? will->payload : "", will ? (uint32_t)strlen(will->payload) : 0);
+	rec_connect_encode(w, &x);
 }
 
 static int send_connect(struct fx *f, conn_id_t conn, bool clean, const char *id,
@@ -197,43 +213,64 @@ static int send_connect(struct fx *f, conn_id_t conn, bool clean, const char *id
 	return handle(f, conn_id_worker(conn), REC_CONNECT, &w);
 }
 
-static int send_subscribe(struct fx *f, conn_id_t conn, uint16_t packet_id, const char *filter,
-			  uint8_t qos)
+static void build_subscribe(struct recw *w, conn_id_t conn, uint16_t packet_id,
+			    const struct rec_subscription *subs, uint16_t n)
+{
+	size_t count_off;
+
+	recw_init(w);
+	count_off = rec_subscribe_begin(w, &(struct rec_subscribe){ .conn = conn,
+								 .packet_id = packet_id });
+	for (uint16_t i = 0; i < n; i++)
+		rec_subscribe_add(w, &subs[i]);
+	rec_subscribe_end(w, count_off, n);
+}
+
+/* A SUBSCRIBE of the n filters in subs. */
+static int send_subscribes(struct fx *f, conn_id_t conn, uint16_t packet_id,
+			   const struct rec_subscription *subs, uint16_t n)
 {
 	struct recw w;
 
-	recw_init(&w);
-	recw_u64(&w, conn);
-	recw_u16(&w, packet_id);
-	recw_u16(&w, 1);
-	recw_str(&w, filter, (uint16_t)strlen(filter));
-	recw_u8(&w, qos);
+	build_subscribe(&w, conn, packet_id, subs, n);
 	return handle(f, conn_id_worker(conn), REC_SUBSCRIBE, &w);
+}
+
+static int send_subscribe(struct fx *f, conn_id_t conn, uint16_t packet_id, const char *filter,
+			  uint8_t qos)
+{
+	const struct rec_subscription sub = { str(filter), qos };
+
+	return send_subscribes(f, conn, packet_id, &sub, 1);
 }
 
 static int send_unsubscribe(struct fx *f, conn_id_t conn, uint16_t packet_id, const char *filter)
 {
 	struct recw w;
+	size_t count_off;
 
 	recw_init(&w);
-	recw_u64(&w, conn);
-	recw_u16(&w, packet_id);
-	recw_u16(&w, 1);
-	recw_str(&w, filter, (uint16_t)strlen(filter));
+	count_off = rec_unsubscribe_begin(&w, &(struct rec_unsubscribe){ .conn = conn,
+									.packet_id = packet_id });
+	rec_unsubscribe_add(&w, str(filter));
+	rec_unsubscribe_end(&w, count_off, 1);
 	return handle(f, conn_id_worker(conn), REC_UNSUBSCRIBE, &w);
 }
 
-/* ask: 0, or the route request the message carries (REC_PUB_ASK and the u64). */
+/* ask: 0, or the route request the message carries (REC_PUB_ASK). */
 static void build_publish_ask(struct recw *w, uint8_t qos, bool retain, const char *topic,
 			      const char *payload, uint64_t ask)
 {
+	const struct rec_publish x = {
+		.qos = qos,
+		.flags = (retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0),
+		.topic = str(topic),
+		.payload = bytes(payload),
+		.ask = ask,
+	};
+
 	recw_init(w);
-	recw_u8(w, qos);
-	recw_u8(w, (retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0));
-	recw_str(w, topic, (uint16_t)strlen(topic));
-	recw_bytes(w, payload, (uint32_t)strlen(payload));
-	if (ask)
-		recw_u64(w, ask);
+	rec_publish_encode(w, &x);
 }
 
 static void build_publish(struct recw *w, uint8_t qos, bool retain, const char *topic,
@@ -257,18 +294,40 @@ static int send_publish(struct fx *f, unsigned worker, uint8_t qos, bool retain,
 	return send_publish_ask(f, worker, qos, retain, topic, payload, 0);
 }
 
+static void build_close(struct recw *w, conn_id_t conn, bool publish_will, uint16_t n,
+			const uint16_t *ids)
+{
+	const struct rec_close x = { .conn = conn, .publish_will = publish_will };
+
+	recw_init(w);
+	rec_close_encode(w, &x, ids, n);
+}
+
 static int send_close(struct fx *f, conn_id_t conn, bool publish_will, uint16_t n,
 		      const uint16_t *ids)
 {
 	struct recw w;
 
-	recw_init(&w);
-	recw_u64(&w, conn);
-	recw_u8(&w, publish_will);
-	recw_u16(&w, n);
-	for (uint16_t i = 0; i < n; i++)
-		recw_u16(&w, ids[i]);
+	build_close(&w, conn, publish_will, n, ids);
 	return handle(f, conn_id_worker(conn), REC_CLOSE, &w);
+}
+
+/* What a closing connection owes its session (copy 0: the router holds no copy of it). */
+static void build_session_msg(struct recw *w, conn_id_t conn, uint32_t sid, uint16_t packet_id,
+			      uint8_t state, uint8_t qos, const char *topic, const char *payload)
+{
+	const struct rec_session_msg x = {
+		.conn = conn,
+		.sid = sid,
+		.packet_id = packet_id,
+		.state = state,
+		.qos = qos,
+		.topic = str(topic),
+		.payload = bytes(payload),
+	};
+
+	recw_init(w);
+	rec_session_msg_encode(w, &x);
 }
 
 static int send_session_msg(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t packet_id,
@@ -276,16 +335,7 @@ static int send_session_msg(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t
 {
 	struct recw w;
 
-	recw_init(&w);
-	recw_u64(&w, conn);
-	recw_u32(&w, sid);
-	recw_u64(&w, 0);
-	recw_u16(&w, packet_id);
-	recw_u8(&w, state);
-	recw_u8(&w, qos);
-	recw_u8(&w, 0);
-	recw_str(&w, topic, (uint16_t)strlen(topic));
-	recw_bytes(&w, payload, (uint32_t)strlen(payload));
+	build_session_msg(&w, conn, sid, packet_id, state, qos, topic, payload);
 	return handle(f, conn_id_worker(conn), REC_SESSION_MSG, &w);
 }
 
@@ -293,27 +343,26 @@ static int send_session_msg(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t
 static int send_msg_state(struct fx *f, conn_id_t conn, uint32_t sid, uint64_t copy,
 			  uint16_t packet_id, uint8_t state)
 {
+	const struct rec_msg_state x = {
+		.conn = conn, .sid = sid, .copy = copy, .packet_id = packet_id, .state = state,
+	};
 	struct recw w;
 
 	recw_init(&w);
-	recw_u64(&w, conn);
-	recw_u32(&w, sid);
-	recw_u64(&w, copy);
-	recw_u16(&w, packet_id);
-	recw_u8(&w, state);
+	rec_msg_state_encode(&w, &x);
 	return handle(f, conn_id_worker(conn), REC_MSG_STATE, &w);
 }
 
 static int send_qos2_in(struct fx *f, conn_id_t conn, uint32_t sid, uint16_t packet_id,
 			bool held)
 {
+	const struct rec_qos2_in x = {
+		.conn = conn, .sid = sid, .packet_id = packet_id, .held = held,
+	};
 	struct recw w;
 
 	recw_init(&w);
-	recw_u64(&w, conn);
-	recw_u32(&w, sid);
-	recw_u16(&w, packet_id);
-	recw_u8(&w, held);
+	rec_qos2_in_encode(&w, &x);
 	return handle(f, conn_id_worker(conn), REC_QOS2_IN, &w);
 }
 
@@ -326,6 +375,21 @@ static int send_worker_down(struct fx *f, unsigned worker, uint32_t new_epoch)
 
 /* ---- decoding r2w records ----------------------------------------------- */
 
+/*
+ * Each record is decoded with rec.h's decoder, as a worker does, and must
+ * be well-formed to its last byte; a record about a connection goes to
+ * that connection's worker. What the tests look at is copied out: lists
+ * into arrays, strings NUL-terminated.
+ */
+
+static void copy_str(char *dst, size_t cap, const uint8_t *p, size_t len)
+{
+	assert_true(len < cap);
+	if (len)
+		memcpy(dst, p, len);
+	dst[len] = '\0';
+}
+
 struct connack {
 	conn_id_t conn;
 	uint32_t sid;
@@ -336,71 +400,42 @@ struct connack {
 
 static void decode_connack(const struct cap *c, struct connack *a)
 {
-	struct recr rd;
+	struct rec_connack x;
+	uint16_t id;
 
 	assert_int_equal(c->type, REC_CONNACK);
-	recr_init(&rd, c->buf, c->len);
-	a->conn = recr_u64(&rd);
-	a->sid = recr_u32(&rd);
-	a->rc = recr_u8(&rd);
-	a->present = recr_u8(&rd);
-	a->n = recr_u16(&rd);
-	assert_true(a->n <= ARRAY_SIZE(a->ids));
-	for (uint16_t i = 0; i < a->n; i++)
-		a->ids[i] = recr_u16(&rd);
-	assert_int_equal(recr_end(&rd), 0);
+	assert_int_equal(rec_connack_decode(&x, c->buf, c->len), 0);
+	a->conn = x.conn;
+	a->sid = x.sid;
+	a->rc = x.rc;
+	a->present = x.session_present;
+	assert_true(x.ids.n <= ARRAY_SIZE(a->ids));
+	for (a->n = 0; rec_packet_id_next(&x.ids, &id);)
+		a->ids[a->n++] = id;
 	assert_int_equal(c->worker, conn_id_worker(a->conn));
 }
-
-struct target {
-	conn_id_t conn;
-	uint32_t sid;
-	uint8_t qos;
-	uint64_t copy;               /* 0: the router keeps none */
-};
 
 struct deliver {
 	uint8_t qos, retain;
 	char topic[128];
 	char payload[128];
 	uint32_t n;
-	struct target t[16];
+	struct rec_target t[16];
 };
-
-static void copy_str(char *dst, size_t cap, const uint8_t *p, size_t len)
-{
-	assert_true(len < cap);
-	if (len)
-		memcpy(dst, p, len);
-	dst[len] = '\0';
-}
 
 static void decode_deliver(const struct cap *c, struct deliver *d)
 {
-	struct recr rd;
-	const uint8_t *p;
-	uint16_t tlen;
-	uint32_t plen;
+	struct rec_deliver x;
 
 	assert_int_equal(c->type, REC_DELIVER);
-	recr_init(&rd, c->buf, c->len);
-	d->qos = recr_u8(&rd);
-	recr_str(&rd, &p, &tlen);
-	copy_str(d->topic, sizeof(d->topic), p, tlen);
-	recr_bytes(&rd, &p, &plen);
-	copy_str(d->payload, sizeof(d->payload), p, plen);
-	d->retain = recr_u8(&rd);
-	d->n = recr_u32(&rd);
-	assert_true(d->n <= ARRAY_SIZE(d->t));
-	for (uint32_t i = 0; i < d->n; i++) {
-		d->t[i].conn = recr_u64(&rd);
-		d->t[i].sid = recr_u32(&rd);
-		d->t[i].qos = recr_u8(&rd);
-		d->t[i].copy = d->t[i].qos & REC_TARGET_COPY ? recr_u64(&rd) : 0;
-		d->t[i].qos &= (uint8_t)~REC_TARGET_COPY;
-		assert_int_equal(conn_id_worker(d->t[i].conn), c->worker);
-	}
-	assert_int_equal(recr_end(&rd), 0);
+	assert_int_equal(rec_deliver_decode(&x, c->buf, c->len), 0);
+	d->qos = x.qos;
+	d->retain = x.retain;
+	copy_str(d->topic, sizeof(d->topic), x.topic.p, x.topic.len);
+	copy_str(d->payload, sizeof(d->payload), x.payload.p, x.payload.len);
+	assert_true(x.targets.n <= ARRAY_SIZE(d->t));
+	for (d->n = 0; rec_deliver_next(&x.targets, &d->t[d->n]); d->n++)
+		assert_int_equal(conn_id_worker(d->t[d->n].conn), c->worker);
 }
 
 struct smsg {
@@ -415,39 +450,38 @@ struct smsg {
 
 static void decode_session_msg(const struct cap *c, struct smsg *m)
 {
-	struct recr rd;
-	const uint8_t *p;
-	uint16_t tlen;
-	uint32_t plen;
+	struct rec_session_msg x;
 
 	assert_int_equal(c->type, REC_SESSION_MSG);
-	recr_init(&rd, c->buf, c->len);
-	m->conn = recr_u64(&rd);
-	m->sid = recr_u32(&rd);
-	m->copy = recr_u64(&rd);
-	m->packet_id = recr_u16(&rd);
-	m->state = recr_u8(&rd);
-	m->qos = recr_u8(&rd);
-	m->retain = recr_u8(&rd);
-	recr_str(&rd, &p, &tlen);
-	copy_str(m->topic, sizeof(m->topic), p, tlen);
-	recr_bytes(&rd, &p, &plen);
-	copy_str(m->payload, sizeof(m->payload), p, plen);
-	assert_int_equal(recr_end(&rd), 0);
+	assert_int_equal(rec_session_msg_decode(&x, c->buf, c->len), 0);
+	m->conn = x.conn;
+	m->sid = x.sid;
+	m->copy = x.copy;
+	m->packet_id = x.packet_id;
+	m->state = x.state;
+	m->qos = x.qos;
+	m->retain = x.retain;
+	copy_str(m->topic, sizeof(m->topic), x.topic.p, x.topic.len);
+	copy_str(m->payload, sizeof(m->payload), x.payload.p, x.payload.len);
 	assert_int_equal(c->worker, conn_id_worker(m->conn));
 }
 
-static conn_id_t decode_conn_only(const struct cap *c, uint16_t type)
+/* The connection a KICK closes. */
+static conn_id_t decode_kick(const struct cap *c)
 {
-	struct recr rd;
-	conn_id_t conn;
+	struct rec_kick x;
 
-	assert_int_equal(c->type, type);
-	recr_init(&rd, c->buf, c->len);
-	conn = recr_u64(&rd);
-	assert_int_equal(recr_end(&rd), 0);
-	assert_int_equal(c->worker, conn_id_worker(conn));
-	return conn;
+	assert_int_equal(c->type, REC_KICK);
+	assert_int_equal(rec_kick_decode(&x, c->buf, c->len), 0);
+	assert_int_equal(c->worker, conn_id_worker(x.conn));
+	return x.conn;
+}
+
+static void decode_unsuback(const struct cap *c, struct rec_unsuback *x)
+{
+	assert_int_equal(c->type, REC_UNSUBACK);
+	assert_int_equal(rec_unsuback_decode(x, c->buf, c->len), 0);
+	assert_int_equal(c->worker, conn_id_worker(x->conn));
 }
 
 struct suback {
@@ -458,17 +492,16 @@ struct suback {
 
 static void decode_suback(const struct cap *c, struct suback *s)
 {
-	struct recr rd;
+	struct rec_suback x;
+	uint8_t code;
 
 	assert_int_equal(c->type, REC_SUBACK);
-	recr_init(&rd, c->buf, c->len);
-	s->conn = recr_u64(&rd);
-	s->packet_id = recr_u16(&rd);
-	s->n = recr_u16(&rd);
-	assert_true(s->n <= ARRAY_SIZE(s->codes));
-	for (uint16_t i = 0; i < s->n; i++)
-		s->codes[i] = recr_u8(&rd);
-	assert_int_equal(recr_end(&rd), 0);
+	assert_int_equal(rec_suback_decode(&x, c->buf, c->len), 0);
+	s->conn = x.conn;
+	s->packet_id = x.packet_id;
+	assert_true(x.codes.n <= ARRAY_SIZE(s->codes));
+	for (s->n = 0; rec_suback_next(&x.codes, &code);)
+		s->codes[s->n++] = code;
 }
 
 struct route_ans {
@@ -476,37 +509,26 @@ struct route_ans {
 	char topic[128];
 	uint8_t local;
 	uint32_t n;
-	struct {
-		conn_id_t conn;
-		uint8_t qos;
-	} t[16];                     /* the first 16 of n */
+	struct rec_route_target t[16];   /* the first 16 of n */
 };
 
 static void decode_route(const struct cap *c, struct route_ans *a)
 {
-	struct recr rd;
-	const uint8_t *p;
-	uint16_t tlen;
+	struct rec_route x;
+	struct rec_route_target t;
 
 	assert_int_equal(c->type, REC_ROUTE);
-	recr_init(&rd, c->buf, c->len);
-	a->ask = recr_u64(&rd);
-	a->gen = recr_u64(&rd);
-	recr_str(&rd, &p, &tlen);
-	copy_str(a->topic, sizeof(a->topic), p, tlen);
-	a->local = recr_u8(&rd);
-	a->n = recr_u32(&rd);
-	for (uint32_t i = 0; i < a->n && !rd.err; i++) {
-		conn_id_t conn = recr_u64(&rd);
-		uint8_t qos = recr_u8(&rd);
-
-		assert_int_equal(conn_id_worker(conn), c->worker);
-		if (i < ARRAY_SIZE(a->t)) {
-			a->t[i].conn = conn;
-			a->t[i].qos = qos;
-		}
+	assert_int_equal(rec_route_decode(&x, c->buf, c->len), 0);
+	a->ask = x.ask;
+	a->gen = x.gen;
+	copy_str(a->topic, sizeof(a->topic), x.topic.p, x.topic.len);
+	a->local = x.local;
+	a->n = x.targets.n;
+	for (uint32_t i = 0; rec_route_next(&x.targets, &t); i++) {
+		assert_int_equal(conn_id_worker(t.conn), c->worker);
+		if (i < ARRAY_SIZE(a->t))
+			a->t[i] = t;
 	}
-	assert_int_equal(recr_end(&rd), 0);
 }
 
 /* The granted QoS a REC_ROUTE gives conn; -1 when it does not name it. */
@@ -518,21 +540,28 @@ static int route_qos(const struct route_ans *a, conn_id_t conn)
 	return -1;
 }
 
+/* A CONNECT answered by its CONNACK alone, for conn: a; what was captured is cleared. */
+static void connect_answered(struct fx *f, conn_id_t conn, bool clean, const char *id,
+			     const struct will *will, struct connack *a)
+{
+	fx_clear(f);
+	assert_int_equal(send_connect(f, conn, clean, id, will), 0);
+	assert_int_equal(f->n, 1);
+	decode_connack(&f->caps[0], a);
+	assert_int_equal(a->conn, conn);
+	fx_clear(f);
+}
+
 /* Connect a fresh session and return its sid; the CONNACK is checked and cleared. */
 static uint32_t connect_ok(struct fx *f, conn_id_t conn, bool clean, const char *id,
 			   const struct will *will)
 {
 	struct connack a;
 
-	fx_clear(f);
-	assert_int_equal(send_connect(f, conn, clean, id, will), 0);
-	assert_int_equal(f->n, 1);
-	decode_connack(&f->caps[0], &a);
-	assert_int_equal(a.conn, conn);
+	connect_answered(f, conn, clean, id, will, &a);
 	assert_int_equal(a.rc, 0);
 	assert_int_equal(a.present, 0);
 	assert_int_not_equal(a.sid, 0);
-	fx_clear(f);
 	return a.sid;
 }
 
@@ -543,6 +572,38 @@ static void subscribe_ok(struct fx *f, conn_id_t conn, const char *filter, uint8
 	assert_true(f->n >= 1);
 	assert_int_equal(f->caps[0].type, REC_SUBACK);
 	fx_clear(f);
+}
+
+/* A persistent session subscribed to filter whose connection closed: its sid. */
+static uint32_t offline_subscriber(struct fx *f, conn_id_t conn, const char *id,
+				   const char *filter, uint8_t qos)
+{
+	uint32_t sid = connect_ok(f, conn, false, id, NULL);
+
+	subscribe_ok(f, conn, filter, qos);
+	assert_int_equal(send_close(f, conn, false, 0, NULL), 0);
+	return sid;
+}
+
+/*
+ * conn resumes the stored session id: what this emits (after what was
+ * captured before) is a CONNACK with session present, then one stored
+ * message for each of the n payloads, in order.
+ */
+static void expect_resumed(struct fx *f, conn_id_t conn, const char *id, size_t n,
+			   const char *const *payloads)
+{
+	struct connack a;
+	struct smsg m;
+
+	assert_int_equal(send_connect(f, conn, false, id, NULL), 0);
+	assert_int_equal(f->n, 1 + n);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.present, 1);
+	for (size_t i = 0; i < n; i++) {
+		decode_session_msg(&f->caps[1 + i], &m);
+		assert_string_equal(m.payload, payloads[i]);
+	}
 }
 
 /* ---- sessions ----------------------------------------------------------- */
@@ -563,12 +624,10 @@ static void connect_new_session_is_acked_without_session_present(void **state)
 static void connect_persistent_resumes_with_stored_qos1_but_not_qos0(void **state)
 {
 	struct fx *f = *state;
-	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
+	uint32_t sid = offline_subscriber(f, C(0, 1), "dev", "t/#", 1);
 	struct connack a;
 	struct smsg m;
 
-	subscribe_ok(f, C(0, 1), "t/#", 1);
-	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t/1", "one"), 0);
 	assert_int_equal(send_publish(f, 1, 0, false, "t/0", "zero"), 0);
 	assert_int_equal(send_publish(f, 1, 2, false, "t/2", "two"), 0);
@@ -626,12 +685,10 @@ static void connect_persistent_resumes_with_stored_qos1_but_not_qos0(void **stat
 static void connect_clean_discards_stored_session(void **state)
 {
 	struct fx *f = *state;
-	uint32_t old = connect_ok(f, C(0, 1), false, "dev", NULL);
+	uint32_t old = offline_subscriber(f, C(0, 1), "dev", "t", 1);
 	uint32_t fresh;
 	struct router_stats st;
 
-	subscribe_ok(f, C(0, 1), "t", 1);
-	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "x"), 0);
 
 	fresh = connect_ok(f, C(0, 2), true, "dev", NULL);   /* checks session_present 0 */
@@ -710,7 +767,7 @@ static void takeover_across_workers_kicks_then_acks_after_close(void **state)
 	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
 	assert_int_equal(f->n, 1);
 	assert_int_equal(f->caps[0].worker, 0);
-	assert_int_equal(decode_conn_only(&f->caps[0], REC_KICK), C(0, 1));
+	assert_int_equal(decode_kick(&f->caps[0]), C(0, 1));
 	fx_clear(f);
 
 	/* Messages routed meanwhile wait for the new connection. */
@@ -776,7 +833,7 @@ static void second_takeover_kicks_the_waiting_connect(void **state)
 	assert_int_equal(send_connect(f, C(2, 1), false, "dev", NULL), 0);
 	assert_int_equal(f->n, 1);
 	assert_int_equal(f->caps[0].worker, 1);
-	assert_int_equal(decode_conn_only(&f->caps[0], REC_KICK), C(1, 1));
+	assert_int_equal(decode_kick(&f->caps[0]), C(1, 1));
 	fx_clear(f);
 
 	/* The kicked waiting connection closes: expected, and nothing happens to the session. */
@@ -850,24 +907,16 @@ static void subscribe_acks_first_then_sends_matching_retained(void **state)
 	uint32_t sid;
 	struct suback sa;
 	struct deliver d;
-	struct recw w;
+	const struct rec_subscription subs[] = {
+		{ str("home/#"), 1 }, { str("bad/#/x"), 0x80 }, { str("nothing/here"), 2 },
+	};
 
 	assert_int_equal(send_publish(f, 0, 2, true, "home/temp", "21"), 0);
 	assert_int_equal(send_publish(f, 0, 0, true, "home/hum", "40"), 0);
 	assert_int_equal(send_publish(f, 0, 1, true, "office/temp", "19"), 0);
 	sid = connect_ok(f, C(1, 1), true, "dev", NULL);
 
-	recw_init(&w);
-	recw_u64(&w, C(1, 1));
-	recw_u16(&w, 42);
-	recw_u16(&w, 3);
-	recw_str(&w, "home/#", 6);
-	recw_u8(&w, 1);
-	recw_str(&w, "bad/#/x", 7);
-	recw_u8(&w, 0x80);
-	recw_str(&w, "nothing/here", 12);
-	recw_u8(&w, 2);
-	assert_int_equal(handle(f, 1, REC_SUBSCRIBE, &w), 0);
+	assert_int_equal(send_subscribes(f, C(1, 1), 42, subs, ARRAY_SIZE(subs)), 0);
 	/* The SUBACK at once; the retained messages when the loop turn sends them. */
 	assert_int_equal(f->n, 1);
 	assert_false(router_send_retained(f->r));
@@ -977,20 +1026,23 @@ static void big_fan_out_is_split_to_fit_a_ring_record(void **state)
 	struct router_stats st;
 	char id[16];
 	size_t targets = 0;
+	/* Room for the message and 3 targets (clean sessions: no copies). */
+	const size_t max = rec_deliver_head_size(&(struct rec_deliver){ .topic = str("t"),
+									.payload = bytes("p") }) +
+			   3 * rec_target_size(&(struct rec_target){ .copy = 0 });
 
 	for (unsigned i = 0; i < 10; i++) {
 		snprintf(id, sizeof(id), "c%u", i);
 		connect_ok(f, C(0, i + 1), true, id, NULL);
 		subscribe_ok(f, C(0, i + 1), "t", 1);
 	}
-	/* Header (1 + 2+1 + 4+1 + 1 + 4 = 14 bytes) plus 3 targets of 13 bytes. */
-	router_set_max_record(f->r, 14 + 3 * 13);
+	router_set_max_record(f->r, max);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "p"), 0);
 	assert_int_equal(f->n, 4);
 	for (size_t i = 0; i < f->n; i++) {
 		struct deliver d;
 
-		assert_true(f->caps[i].len <= 14 + 3 * 13);
+		assert_true(f->caps[i].len <= max);
 		decode_deliver(&f->caps[i], &d);
 		targets += d.n;
 	}
@@ -1022,17 +1074,15 @@ static void unsubscribe_stops_delivery_and_is_acked(void **state)
 {
 	struct fx *f = *state;
 	struct router_stats st;
-	struct recr rd;
+	struct rec_unsuback ua;
 
 	connect_ok(f, C(0, 1), true, "dev", NULL);
 	subscribe_ok(f, C(0, 1), "t/+", 1);
 	assert_int_equal(send_unsubscribe(f, C(0, 1), 77, "t/+"), 0);
 	assert_int_equal(f->n, 1);
-	assert_int_equal(f->caps[0].type, REC_UNSUBACK);
-	recr_init(&rd, f->caps[0].buf, f->caps[0].len);
-	assert_int_equal(recr_u64(&rd), C(0, 1));
-	assert_int_equal(recr_u16(&rd), 77);
-	assert_int_equal(recr_end(&rd), 0);
+	decode_unsuback(&f->caps[0], &ua);
+	assert_int_equal(ua.conn, C(0, 1));
+	assert_int_equal(ua.packet_id, 77);
 	fx_clear(f);
 
 	assert_int_equal(send_publish(f, 0, 1, false, "t/a", "x"), 0);
@@ -1242,25 +1292,18 @@ static void repeated_filter_in_one_subscribe_is_one_subscription_and_one_walk(vo
 	struct router_stats st;
 	struct suback sa;
 	struct deliver d;
-	struct recw w;
+	const struct rec_subscription subs[] = {
+		{ str("t/#"), 2 }, { str("t/1"), 1 },
+		{ str("t/#"), 0 },               /* the last QoS wins */
+		{ str("t/1"), 1 },
+	};
+	struct rec_subscription *many;
 	const unsigned n = 5000;
 	size_t ret;
 
 	put_retained(f, "t/%u", 3);
 	connect_ok(f, C(1, 1), true, "dev", NULL);
-	recw_init(&w);
-	recw_u64(&w, C(1, 1));
-	recw_u16(&w, 7);
-	recw_u16(&w, 4);
-	recw_str(&w, "t/#", 3);
-	recw_u8(&w, 2);
-	recw_str(&w, "t/1", 3);
-	recw_u8(&w, 1);
-	recw_str(&w, "t/#", 3);
-	recw_u8(&w, 0);                      /* the last QoS wins */
-	recw_str(&w, "t/1", 3);
-	recw_u8(&w, 1);
-	assert_int_equal(handle(f, 1, REC_SUBSCRIBE, &w), 0);
+	assert_int_equal(send_subscribes(f, C(1, 1), 7, subs, ARRAY_SIZE(subs)), 0);
 	decode_suback(&f->caps[0], &sa);
 	assert_int_equal(sa.n, 4);
 	assert_int_equal(sa.codes[0], 2);
@@ -1283,15 +1326,12 @@ static void repeated_filter_in_one_subscribe_is_one_subscription_and_one_walk(vo
 
 	/* Thousands of "#": one subscription, one walk, every message once. */
 	fx_clear(f);
-	recw_init(&w);
-	recw_u64(&w, C(1, 1));
-	recw_u16(&w, 8);
-	recw_u16(&w, (uint16_t)n);
-	for (unsigned i = 0; i < n; i++) {
-		recw_str(&w, "#", 1);
-		recw_u8(&w, 1);
-	}
-	assert_int_equal(handle(f, 1, REC_SUBSCRIBE, &w), 0);
+	many = calloc(n, sizeof(*many));
+	assert_non_null(many);
+	for (unsigned i = 0; i < n; i++)
+		many[i] = (struct rec_subscription){ str("#"), 1 };
+	assert_int_equal(send_subscribes(f, C(1, 1), 8, many, (uint16_t)n), 0);
+	free(many);
 	assert_int_equal(f->n, 1);
 	assert_int_equal(f->caps[0].type, REC_SUBACK);
 	router_get_stats(f->r, &st);
@@ -1326,6 +1366,23 @@ static void retained_walk_of_a_big_tree_takes_several_bounded_turns(void **state
 }
 
 /* ---- routes a worker may cache (REC_PUB_ASK, REC_ROUTE) ----------------- */
+
+/* The bytes of a local REC_ROUTE for topic naming n targets. */
+static size_t route_size(const char *topic, uint32_t n)
+{
+	struct recw w;
+	size_t count_off, len;
+
+	recw_init(&w);
+	count_off = rec_route_begin(&w, &(struct rec_route){ .topic = str(topic), .local = 1 });
+	for (uint32_t i = 0; i < n; i++)
+		rec_route_add(&w, &(struct rec_route_target){ .conn = 0 });
+	rec_route_end(&w, count_off, n);
+	assert_false(w.oom);
+	len = w.len;
+	recw_free(&w);
+	return len;
+}
 
 /* Publish from worker with an ask; the last record emitted must be its REC_ROUTE. */
 static void publish_asking(struct fx *f, unsigned worker, uint8_t qos, const char *topic,
@@ -1372,11 +1429,10 @@ static void route_is_local_when_every_target_is_a_clean_session_on_the_asking_wo
 	assert_int_equal(route_qos(&a, C(0, 3)), -1);
 
 	/*
-	 * A fan-out split into several REC_DELIVER (a 10-byte payload: 26 bytes
-	 * of header and 13 a target) while the answer (8 + 8 + 2 + 3 + 1 + 4 + 9
-	 * a target = 44 bytes) fits: it follows the last.
+	 * A fan-out split into several REC_DELIVER (with a 10-byte payload one
+	 * target fills a record) while the answer just fits: it follows the last.
 	 */
-	router_set_max_record(f->r, 44);
+	router_set_max_record(f->r, route_size("s/x", 2));
 	fx_clear(f);
 	assert_int_equal(send_publish_ask(f, 0, 0, false, "s/x", "pppppppppp", 43), 0);
 	decode_route(&f->caps[f->n - 1], &a);
@@ -1388,7 +1444,7 @@ static void route_is_local_when_every_target_is_a_clean_session_on_the_asking_wo
 	assert_int_equal(a.n, 2);
 
 	/* One byte less and the answer would not fit the ring: the router keeps the topic. */
-	router_set_max_record(f->r, 43);
+	router_set_max_record(f->r, route_size("s/x", 2) - 1);
 	publish_asking(f, 0, 0, "s/x", 44, &a);
 	assert_int_equal(a.local, 0);
 	assert_int_equal(a.n, 0);
@@ -1457,7 +1513,7 @@ static void route_is_remote_for_another_worker_a_persistent_or_a_pending_session
 	subscribe_ok(f, C(3, 1), "m/t", 1);
 	fx_clear(f);
 	assert_int_equal(send_connect(f, C(3, 2), true, "moving", NULL), 0);
-	assert_int_equal(decode_conn_only(&f->caps[0], REC_KICK), C(3, 1));
+	assert_int_equal(decode_kick(&f->caps[0]), C(3, 1));
 	expect_remote(f, 3, 1, "m/t", 6);
 	assert_int_equal(count_type(f, REC_DELIVER), 0);
 	expect_remote(f, 3, 0, "m/t", 7);
@@ -1488,6 +1544,7 @@ static void publish_without_ask_gets_no_route_and_bad_flags_are_dropped(void **s
 	struct fx *f = *state;
 	struct router_stats st;
 	struct route_ans a;
+	struct rec_publish x = { .qos = 1, .topic = str("t"), .payload = bytes("x"), .ask = 5 };
 	struct recw w;
 
 	connect_ok(f, C(0, 1), true, "a", NULL);
@@ -1511,14 +1568,13 @@ static void publish_without_ask_gets_no_route_and_bad_flags_are_dropped(void **s
 
 	/* An unknown flag bit, alone or with the known ones. */
 	for (unsigned bit = 2; bit < 8; bit++) {
+		x.flags = (uint8_t)(1u << bit);
 		recw_init(&w);
-		recw_u8(&w, 1);
-		recw_u8(&w, (uint8_t)(1u << bit));
-		recw_str(&w, "t", 1);
-		recw_bytes(&w, "x", 1);
+		rec_publish_encode(&w, &x);
 		assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
-		build_publish_ask(&w, 1, true, "t", "x", 5);
-		w.buf[1] |= (uint8_t)(1u << bit);
+		x.flags = (uint8_t)(REC_PUB_RETAIN | REC_PUB_ASK | 1u << bit);
+		recw_init(&w);
+		rec_publish_encode(&w, &x);
 		assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
 	}
 	/* The ask flag with the ask cut short or missing; an ask without the flag. */
@@ -1527,8 +1583,8 @@ static void publish_without_ask_gets_no_route_and_bad_flags_are_dropped(void **s
 		assert_int_equal(router_handle(f->r, 0, REC_PUBLISH, w.buf, w.len - cut), -1);
 		recw_free(&w);
 	}
-	build_publish_ask(&w, 1, false, "t", "x", 5);
-	w.buf[1] = 0;
+	build_publish(&w, 1, false, "t", "x");
+	recw_u64(&w, 5);                      /* the ask's bytes, without its flag */
 	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
 	build_publish_ask(&w, 1, false, "t", "x", 5);
 	recw_u8(&w, 0);                       /* a byte past the ask */
@@ -1604,7 +1660,7 @@ static void route_gen_moves_with_every_change_of_where_messages_go(void **state)
 	fx_clear(f);
 	assert_int_equal(send_connect(f, C(2, 1), false, "keeper", NULL), 0);
 	MOVED();
-	assert_int_equal(decode_conn_only(&f->caps[0], REC_KICK), C(1, 1));
+	assert_int_equal(decode_kick(&f->caps[0]), C(1, 1));
 	fx_clear(f);
 	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
 	MOVED();
@@ -1680,12 +1736,9 @@ static void offline_queue_drops_new_messages_when_full(void **state)
 {
 	struct fx *f = *state;
 	struct router_stats st;
-	struct smsg m;
 
 	f->cfg.max_queued_messages = 2;
-	connect_ok(f, C(0, 1), false, "dev", NULL);
-	subscribe_ok(f, C(0, 1), "t", 1);
-	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	offline_subscriber(f, C(0, 1), "dev", "t", 1);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "1"), 0);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "2"), 0);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "3"), 0);
@@ -1693,12 +1746,7 @@ static void offline_queue_drops_new_messages_when_full(void **state)
 	router_get_stats(f->r, &st);
 	assert_int_equal(st.queue_drops, 2);
 
-	assert_int_equal(send_connect(f, C(0, 2), false, "dev", NULL), 0);
-	assert_int_equal(f->n, 3);
-	decode_session_msg(&f->caps[1], &m);
-	assert_string_equal(m.payload, "1");
-	decode_session_msg(&f->caps[2], &m);
-	assert_string_equal(m.payload, "2");
+	expect_resumed(f, C(0, 2), "dev", 2, (const char *const[]){ "1", "2" });
 }
 
 static void offline_queue_respects_the_byte_budget(void **state)
@@ -1707,9 +1755,7 @@ static void offline_queue_respects_the_byte_budget(void **state)
 	struct router_stats st;
 
 	f->cfg.max_queued_bytes = 10;          /* topic + payload bytes */
-	connect_ok(f, C(0, 1), false, "dev", NULL);
-	subscribe_ok(f, C(0, 1), "t", 1);
-	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	offline_subscriber(f, C(0, 1), "dev", "t", 1);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "1234"), 0);   /* 5 */
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "12345"), 0);  /* 6: over */
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "123"), 0);    /* 4: fits */
@@ -1728,14 +1774,9 @@ static void expect_refused_unavailable(struct fx *f, conn_id_t conn, const char 
 {
 	struct connack a;
 
-	fx_clear(f);
-	assert_int_equal(send_connect(f, conn, false, id, NULL), 0);
-	assert_int_equal(f->n, 1);
-	decode_connack(&f->caps[0], &a);
-	assert_int_equal(a.conn, conn);
+	connect_answered(f, conn, false, id, NULL, &a);
 	assert_int_equal(a.rc, MQTT_CONNACK_UNAVAILABLE);
 	assert_int_equal(a.sid, 0);
-	fx_clear(f);
 }
 
 static void max_sessions_refuses_new_sessions_but_not_resumes_or_takeovers(void **state)
@@ -1795,18 +1836,13 @@ static void max_sessions_refuses_new_sessions_but_not_resumes_or_takeovers(void 
 static void send_subscribe_many(struct fx *f, conn_id_t conn, uint16_t n, const char *const *filters,
 				uint8_t qos, struct suback *sa)
 {
-	struct recw w;
+	struct rec_subscription subs[4];
 
-	recw_init(&w);
-	recw_u64(&w, conn);
-	recw_u16(&w, 9);
-	recw_u16(&w, n);
-	for (uint16_t i = 0; i < n; i++) {
-		recw_str(&w, filters[i], (uint16_t)strlen(filters[i]));
-		recw_u8(&w, qos);
-	}
+	assert_true(n <= ARRAY_SIZE(subs));
+	for (uint16_t i = 0; i < n; i++)
+		subs[i] = (struct rec_subscription){ str(filters[i]), qos };
 	fx_clear(f);
-	assert_int_equal(handle(f, conn_id_worker(conn), REC_SUBSCRIBE, &w), 0);
+	assert_int_equal(send_subscribes(f, conn, 9, subs, n), 0);
 	assert_true(f->n >= 1);
 	decode_suback(&f->caps[0], sa);
 	assert_int_equal(sa->n, n);
@@ -1869,11 +1905,8 @@ static void three_offline(struct fx *f, uint32_t sid[3])
 {
 	static const char *const ids[] = { "p0", "p1", "p2" };
 
-	for (unsigned i = 0; i < 3; i++) {
-		sid[i] = connect_ok(f, C(i, 1), false, ids[i], NULL);
-		subscribe_ok(f, C(i, 1), "t", 1);
-		assert_int_equal(send_close(f, C(i, 1), false, 0, NULL), 0);
-	}
+	for (unsigned i = 0; i < 3; i++)
+		sid[i] = offline_subscriber(f, C(i, 1), ids[i], "t", 1);
 }
 
 static void a_message_queued_for_many_sessions_is_held_once(void **state)
@@ -2012,14 +2045,11 @@ static void max_queued_bytes_total_drops_qos0_first(void **state)
 {
 	struct fx *f = *state;
 	struct router_stats st;
-	struct smsg m;
 
 	/* "t" + one byte: 2 + ROUTER_ENTRY_COST a message; room for two. */
 	f->cfg.max_queued_bytes_total = 2 * (2 + ROUTER_ENTRY_COST);
 	f->cfg.queue_qos0_messages = true;
-	connect_ok(f, C(0, 1), false, "p", NULL);
-	subscribe_ok(f, C(0, 1), "t", 1);
-	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	offline_subscriber(f, C(0, 1), "p", "t", 1);
 	assert_int_equal(send_publish(f, 1, 0, false, "t", "a"), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "b"), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "c"), 0);   /* "a" makes room */
@@ -2030,12 +2060,7 @@ static void max_queued_bytes_total_drops_qos0_first(void **state)
 	assert_int_equal(st.queue_drops, 2);
 
 	fx_clear(f);
-	assert_int_equal(send_connect(f, C(0, 2), false, "p", NULL), 0);
-	assert_int_equal(f->n, 3);
-	decode_session_msg(&f->caps[1], &m);
-	assert_string_equal(m.payload, "b");
-	decode_session_msg(&f->caps[2], &m);
-	assert_string_equal(m.payload, "c");
+	expect_resumed(f, C(0, 2), "p", 2, (const char *const[]){ "b", "c" });
 }
 
 /* ---- wills, worker deaths, expiry --------------------------------------- */
@@ -2084,16 +2109,12 @@ static void will_reaches_own_persistent_session_queue(void **state)
 {
 	struct fx *f = *state;
 	const struct will will = { "dev/lwt", "bye", 1, 0 };
-	struct smsg m;
 
 	connect_ok(f, C(0, 1), false, "dev", &will);
 	subscribe_ok(f, C(0, 1), "dev/lwt", 1);
 	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
 	assert_int_equal(f->n, 0);
-	assert_int_equal(send_connect(f, C(0, 2), false, "dev", NULL), 0);
-	assert_int_equal(f->n, 2);
-	decode_session_msg(&f->caps[1], &m);
-	assert_string_equal(m.payload, "bye");
+	expect_resumed(f, C(0, 2), "dev", 1, (const char *const[]){ "bye" });
 }
 
 static void worker_down_closes_its_sessions_and_publishes_wills(void **state)
@@ -2239,15 +2260,13 @@ static void worker_down_keeps_the_inbound_qos2_ids(void **state)
 static void full_offline_queue_drops_qos0_first(void **state)
 {
 	struct fx *f = *state;
-	const char *want1[] = { "b", "c", "d" }, *want2[] = { "b", "d" };
+	const char *const want1[] = { "b", "c", "d" }, *const want2[] = { "b", "d" };
 	struct router_stats st;
 	struct smsg m;
 
 	f->cfg.max_queued_messages = 3;
 	f->cfg.queue_qos0_messages = true;
-	connect_ok(f, C(0, 1), false, "p", NULL);
-	subscribe_ok(f, C(0, 1), "t", 1);
-	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	offline_subscriber(f, C(0, 1), "p", "t", 1);
 	assert_int_equal(send_publish(f, 1, 0, false, "t", "a"), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "b"), 0);
 	assert_int_equal(send_publish(f, 1, 0, false, "t", "c"), 0);
@@ -2267,12 +2286,7 @@ static void full_offline_queue_drops_qos0_first(void **state)
 	/* Nothing acknowledged, the connection ends: QoS 1 comes again, QoS 0 does not. */
 	fx_clear(f);
 	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
-	assert_int_equal(send_connect(f, C(0, 3), false, "p", NULL), 0);
-	assert_int_equal(f->n, 3);
-	for (int i = 0; i < 2; i++) {
-		decode_session_msg(&f->caps[i + 1], &m);
-		assert_string_equal(m.payload, want2[i]);
-	}
+	expect_resumed(f, C(0, 3), "p", ARRAY_SIZE(want2), want2);
 
 	/* Without QoS 0 to drop, a full queue drops the new message. */
 	fx_clear(f);
@@ -2375,16 +2389,12 @@ static void bounce_to_offline_session_is_queued(void **state)
 {
 	struct fx *f = *state;
 	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
-	struct smsg m;
 
 	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
 	assert_int_equal(send_session_msg(f, C(0, 1), sid, 0, MSG_QUEUED, 1, "t", "late"), 0);
 	assert_int_equal(send_session_msg(f, C(0, 1), sid, 0, MSG_QUEUED, 0, "t", "qos0"), 0);
 	assert_int_equal(f->n, 0);
-	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
-	assert_int_equal(f->n, 2);
-	decode_session_msg(&f->caps[1], &m);
-	assert_string_equal(m.payload, "late");
+	expect_resumed(f, C(1, 1), "dev", 1, (const char *const[]){ "late" });
 }
 
 static void bounce_for_gone_session_is_dropped(void **state)
@@ -2464,10 +2474,7 @@ static void records_for_other_epochs_or_impossible_slots_are_dropped(void **stat
 	connect_ok(f, conn_id_make(0, 3, 99, 1), true, "ok", NULL);
 	/* The session of worker 1 cannot be closed from ring 0. */
 	connect_ok(f, C(1, 1), false, "w1", NULL);
-	recw_init(&w);
-	recw_u64(&w, C(1, 1));
-	recw_u8(&w, 1);
-	recw_u16(&w, 0);
+	build_close(&w, C(1, 1), true, 0, NULL);
 	assert_int_equal(handle(f, 0, REC_CLOSE, &w), -1);
 	router_get_stats(f->r, &st);
 	assert_int_equal(st.online, 2);
@@ -2493,13 +2500,8 @@ static void session_msg_from_a_connection_the_session_never_had_is_dropped(void 
 	struct router_stats st;
 	uint32_t on_w1 = connect_ok(f, C(1, 1), false, "w1", NULL);
 	uint32_t offline = connect_ok(f, C(1, 2), false, "gone", NULL);
-	struct recw w;
 
-	recw_init(&w);
-	recw_u64(&w, C(1, 2));
-	recw_u8(&w, 0);
-	recw_u16(&w, 0);
-	assert_int_equal(handle(f, 1, REC_CLOSE, &w), 0);
+	assert_int_equal(send_close(f, C(1, 2), false, 0, NULL), 0);
 	fx_clear(f);
 	assert_int_equal(send_session_msg(f, C(0, 1), on_w1, 5, MSG_QUEUED, 1, "forged", "x"), -1);
 	assert_int_equal(send_session_msg(f, C(0, 1), offline, 6, MSG_QUEUED, 1, "forged", "x"), -1);
@@ -2528,43 +2530,21 @@ static uint32_t rng(void)
 static size_t build_samples(struct recw *s, size_t cap, uint32_t sid)
 {
 	const struct will will = { "w/t", "payload", 1, 1 };
-	size_t n = 0;
+	const struct rec_subscription subs[] = { { str("a/#"), 1 }, { str("b/+"), 2 } };
+	const uint16_t ids[] = { 10, 11 };
+	size_t count_off, n = 0;
 
 	assert_true(cap >= 8);
 	build_connect(&s[n++], C(0, 1), false, "dev", &will);
+	build_subscribe(&s[n++], C(0, 1), 1, subs, ARRAY_SIZE(subs));
 	recw_init(&s[n]);
-	recw_u64(&s[n], C(0, 1));
-	recw_u16(&s[n], 1);
-	recw_u16(&s[n], 2);
-	recw_str(&s[n], "a/#", 3);
-	recw_u8(&s[n], 1);
-	recw_str(&s[n], "b/+", 3);
-	recw_u8(&s[n], 2);
-	n++;
-	recw_init(&s[n]);
-	recw_u64(&s[n], C(0, 1));
-	recw_u16(&s[n], 2);
-	recw_u16(&s[n], 1);
-	recw_str(&s[n], "a/#", 3);
-	n++;
+	count_off = rec_unsubscribe_begin(&s[n], &(struct rec_unsubscribe){ .conn = C(0, 1),
+									   .packet_id = 2 });
+	rec_unsubscribe_add(&s[n], str("a/#"));
+	rec_unsubscribe_end(&s[n++], count_off, 1);
 	build_publish(&s[n++], 1, 1, "a/b", "hello");
-	recw_init(&s[n]);
-	recw_u64(&s[n], C(0, 1));
-	recw_u32(&s[n], sid);
-	recw_u16(&s[n], 4);
-	recw_u8(&s[n], MSG_INFLIGHT);
-	recw_u8(&s[n], 1);
-	recw_u8(&s[n], 0);
-	recw_str(&s[n], "a/b", 3);
-	recw_bytes(&s[n], "x", 1);
-	n++;
-	recw_init(&s[n]);
-	recw_u64(&s[n], C(0, 1));
-	recw_u8(&s[n], 1);
-	recw_u16(&s[n], 2);
-	recw_u16(&s[n], 10);
-	recw_u16(&s[n], 11);
-	n++;
+	build_session_msg(&s[n++], C(0, 1), sid, 4, MSG_INFLIGHT, 1, "a/b", "x");
+	build_close(&s[n++], C(0, 1), true, ARRAY_SIZE(ids), ids);
 	return n;
 }
 
@@ -2814,17 +2794,13 @@ static void a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will(voi
 {
 	struct fx *f = *state;
 	struct will w = { "w/p", "p-gone", 1, 0 };
-	struct connack a;
-	struct smsg m;
 
 	f->cfg.session_timeout_secs = 10;
 	fx_store(f, STORE_DISK_MAP);
 	router_tick(f->r, 1000);
 	connect_ok(f, C(0, 1), false, "p", &w);
 	subscribe_ok(f, C(0, 1), "t", 1);
-	connect_ok(f, C(1, 1), false, "off", NULL);
-	subscribe_ok(f, C(1, 1), "u", 1);
-	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+	offline_subscriber(f, C(1, 1), "off", "u", 1);
 	assert_int_equal(send_publish(f, 2, 1, false, "u", "m1"), 0);
 	connect_ok(f, C(2, 1), true, "c", NULL);
 	subscribe_ok(f, C(2, 1), "w/#", 1);
@@ -2834,12 +2810,7 @@ static void a_new_daemon_finds_persistent_sessions_offline_and_fires_no_will(voi
 	fx_crash_and_restart(f, "another daemon");
 	expect_stats(f, 2, 0, 2, 0);
 
-	assert_int_equal(send_connect(f, C(1, 2), false, "off", NULL), 0);
-	assert_int_equal(f->n, 2);
-	decode_connack(&f->caps[0], &a);
-	assert_int_equal(a.present, 1);
-	decode_session_msg(&f->caps[1], &m);
-	assert_string_equal(m.payload, "m1");
+	expect_resumed(f, C(1, 2), "off", 1, (const char *const[]){ "m1" });
 	connect_ok(f, C(2, 2), false, "c", NULL);     /* the clean session is gone */
 
 	/* "p" left with the old daemon: its timeout counts from our first tick. */
@@ -2902,9 +2873,7 @@ static void expiry_and_queue_limits_hold_across_a_crash(void **state)
 	f->cfg.max_queued_messages = 3;
 	fx_store(f, STORE_DISK_MAP);
 	router_tick(f->r, 1000);
-	connect_ok(f, C(0, 1), false, "p", NULL);
-	subscribe_ok(f, C(0, 1), "t", 1);
-	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	offline_subscriber(f, C(0, 1), "p", "t", 1);
 	for (int i = 0; i < 5; i++)
 		assert_int_equal(send_publish(f, 1, 1, false, "t", "x"), 0);
 	assert_int_equal(router_commit(f->r), 0);
@@ -3180,12 +3149,93 @@ static void proc_recv(struct proc *p, struct cap *c)
 		eventfd_wake(p->env.router_efd);
 }
 
+/* The next record in r2w[0], which must be of this type; nothing more of it is read. */
+static void proc_expect(struct proc *p, uint16_t type)
+{
+	struct cap c;
+
+	proc_recv(p, &c);
+	assert_int_equal(c.type, type);
+	free(c.buf);
+}
+
+/* The next record in r2w[0], which must be a CONNACK for conn: whether it says session present. */
+static bool proc_expect_connack(struct proc *p, conn_id_t conn)
+{
+	struct connack a;
+	struct cap c;
+
+	proc_recv(p, &c);
+	decode_connack(&c, &a);
+	assert_int_equal(a.conn, conn);
+	free(c.buf);
+	return a.present;
+}
+
+/* The next record in r2w[0], which must be a DELIVER: decoded into d. */
+static void proc_recv_deliver(struct proc *p, struct deliver *d)
+{
+	struct cap c;
+
+	proc_recv(p, &c);
+	decode_deliver(&c, d);
+	free(c.buf);
+}
+
+/* The next record in r2w[0] must be one delivery of payload to C(0, 1). */
+static void proc_expect_deliver(struct proc *p, const char *payload)
+{
+	struct deliver d;
+
+	proc_recv_deliver(p, &d);
+	assert_int_equal(d.n, 1);
+	assert_int_equal(d.t[0].conn, C(0, 1));
+	assert_string_equal(d.payload, payload);
+}
+
+static void proc_connect(struct proc *p, conn_id_t conn, bool clean, const char *id)
+{
+	struct recw w;
+
+	build_connect(&w, conn, clean, id, NULL);
+	proc_send(p, REC_CONNECT, &w);
+}
+
+/* C(0, 1) subscribes to filter. */
+static void proc_subscribe(struct proc *p, uint16_t packet_id, const char *filter, uint8_t qos)
+{
+	struct recw w;
+
+	build_subscribe(&w, C(0, 1), packet_id, &(struct rec_subscription){ str(filter), qos }, 1);
+	proc_send(p, REC_SUBSCRIBE, &w);
+}
+
+static void proc_publish_to(struct proc *p, uint8_t qos, bool retain, const char *topic,
+			    const char *payload)
+{
+	struct recw w;
+
+	build_publish(&w, qos, retain, topic, payload);
+	proc_send(p, REC_PUBLISH, &w);
+}
+
+static void proc_publish(struct proc *p, const char *payload)
+{
+	proc_publish_to(p, 1, false, "t", payload);
+}
+
+/* 99 bytes that read as the number i: "000042-xxx...". */
+static void numbered_payload(char payload[100], unsigned i)
+{
+	memset(payload, 'x', 99);
+	payload[99] = '\0';
+	snprintf(payload, 8, "%06u", i % 1000000);
+	payload[6] = '-';
+}
+
 static void router_main_serves_the_rings_and_never_drops_when_full(void **state)
 {
 	struct proc p;
-	struct recw w;
-	struct cap c;
-	struct connack a;
 	struct deliver d;
 	struct ipc_hdr hdr;
 	char payload[100];
@@ -3195,40 +3245,21 @@ static void router_main_serves_the_rings_and_never_drops_when_full(void **state)
 	(void)state;
 	proc_start(&p);
 
-	build_connect(&w, C(0, 1), true, "dev", NULL);
-	proc_send(&p, REC_CONNECT, &w);
-	proc_recv(&p, &c);
-	decode_connack(&c, &a);
-	assert_int_equal(a.conn, C(0, 1));
-	free(c.buf);
-
-	recw_init(&w);
-	recw_u64(&w, C(0, 1));
-	recw_u16(&w, 1);
-	recw_u16(&w, 1);
-	recw_str(&w, "t", 1);
-	recw_u8(&w, 1);
-	proc_send(&p, REC_SUBSCRIBE, &w);
-	proc_recv(&p, &c);
-	assert_int_equal(c.type, REC_SUBACK);
-	free(c.buf);
+	proc_connect(&p, C(0, 1), true, "dev");
+	proc_expect_connack(&p, C(0, 1));
+	proc_subscribe(&p, 1, "t", 1);
+	proc_expect(&p, REC_SUBACK);
 
 	/* Far more deliveries than r2w holds, while we read none of them. */
 	for (i = 0; i < PROC_MSGS; i++) {
-		memset(payload, 'x', sizeof(payload) - 1);
-		payload[sizeof(payload) - 1] = '\0';
-		snprintf(payload, 8, "%06u", i % 1000000);
-		payload[6] = '-';
-		build_publish(&w, 1, false, "t", payload);
-		proc_send(&p, REC_PUBLISH, &w);
+		numbered_payload(payload, i);
+		proc_publish(&p, payload);
 	}
 	for (i = 0; i < PROC_MSGS; i++) {
-		proc_recv(&p, &c);
-		decode_deliver(&c, &d);
+		proc_recv_deliver(&p, &d);
 		assert_int_equal(d.n, 1);
 		assert_int_equal(d.t[0].conn, C(0, 1));
 		assert_int_equal(strtoul(d.payload, NULL, 10), i);      /* all of them, in order */
-		free(c.buf);
 	}
 
 	assert_int_equal(ipc_send(p.ctl, IPC_PING, 0, NULL, 0, -1), 0);
@@ -3236,27 +3267,6 @@ static void router_main_serves_the_rings_and_never_drops_when_full(void **state)
 	assert_int_equal(hdr.type, IPC_PONG);
 	assert_int_equal(atomic_load(&p.env.shm.router->sessions), 1);
 	proc_stop(&p, true);
-}
-
-static void proc_publish(struct proc *p, const char *payload)
-{
-	struct recw w;
-
-	build_publish(&w, 1, false, "t", payload);
-	proc_send(p, REC_PUBLISH, &w);
-}
-
-static void proc_expect_deliver(struct proc *p, const char *payload)
-{
-	struct cap c;
-	struct deliver d;
-
-	proc_recv(p, &c);
-	decode_deliver(&c, &d);
-	assert_int_equal(d.n, 1);
-	assert_int_equal(d.t[0].conn, C(0, 1));
-	assert_string_equal(d.payload, payload);
-	free(c.buf);
 }
 
 /* Nothing more in r2w[0] for a while. */
@@ -3285,41 +3295,13 @@ static void proc_wait_applied(struct proc *p, uint64_t r2w_head)
 /* A router serving C(0, 1) as "dev", subscribed to "t" at QoS 1, that delivered m0. */
 static void proc_start_serving(struct proc *p)
 {
-	struct recw w;
-	struct cap c;
-	struct connack a;
-
 	proc_start(p);
-	build_connect(&w, C(0, 1), false, "dev", NULL);
-	proc_send(p, REC_CONNECT, &w);
-	proc_recv(p, &c);
-	decode_connack(&c, &a);
-	free(c.buf);
-	recw_init(&w);
-	recw_u64(&w, C(0, 1));
-	recw_u16(&w, 1);
-	recw_u16(&w, 1);
-	recw_str(&w, "t", 1);
-	recw_u8(&w, 1);
-	proc_send(p, REC_SUBSCRIBE, &w);
-	proc_recv(p, &c);
-	assert_int_equal(c.type, REC_SUBACK);
-	free(c.buf);
+	proc_connect(p, C(0, 1), false, "dev");
+	proc_expect_connack(p, C(0, 1));
+	proc_subscribe(p, 1, "t", 1);
+	proc_expect(p, REC_SUBACK);
 	proc_publish(p, "m0");
 	proc_expect_deliver(p, "m0");
-}
-
-static void proc_subscribe(struct proc *p, uint16_t packet_id, const char *filter, uint8_t qos)
-{
-	struct recw w;
-
-	recw_init(&w);
-	recw_u64(&w, C(0, 1));
-	recw_u16(&w, packet_id);
-	recw_u16(&w, 1);
-	recw_str(&w, filter, (uint16_t)strlen(filter));
-	recw_u8(&w, qos);
-	proc_send(p, REC_SUBSCRIBE, &w);
 }
 
 /*
@@ -3331,7 +3313,6 @@ static void proc_subscribe(struct proc *p, uint16_t packet_id, const char *filte
 static void router_main_paces_retained_and_caps_its_backlog(void **state)
 {
 	struct proc p;
-	struct recw w;
 	struct cap c;
 	struct deliver d;
 	char topic[16], payload[101], seen[200] = { 0 };
@@ -3343,46 +3324,35 @@ static void router_main_paces_retained_and_caps_its_backlog(void **state)
 	p.cfg.max_router_backlog_bytes = 2048;
 	p.cfg.retained_message_limit = 1000;
 	proc_spawn(&p);
-	build_connect(&w, C(0, 1), true, "dev", NULL);
-	proc_send(&p, REC_CONNECT, &w);
-	proc_recv(&p, &c);
-	assert_int_equal(c.type, REC_CONNACK);
-	free(c.buf);
+	proc_connect(&p, C(0, 1), true, "dev");
+	proc_expect_connack(&p, C(0, 1));
 
 	memset(payload, 'p', sizeof(payload) - 1);
 	payload[sizeof(payload) - 1] = '\0';
 	for (unsigned i = 0; i < 200; i++) {
 		snprintf(topic, sizeof(topic), "r/%u", i);
-		build_publish(&w, 1, true, topic, payload);
-		proc_send(&p, REC_PUBLISH, &w);
+		proc_publish_to(&p, 1, true, topic, payload);
 	}
 	proc_subscribe(&p, 1, "r/#", 1);
 	proc_wait_applied(&p, 0);
-	proc_recv(&p, &c);
-	assert_int_equal(c.type, REC_SUBACK);
-	free(c.buf);
+	proc_expect(&p, REC_SUBACK);
 	/* 200 x 130 bytes: several times the ring and the cap. */
 	for (unsigned i = 0; i < 200; i++) {
-		proc_recv(&p, &c);
-		decode_deliver(&c, &d);
+		proc_recv_deliver(&p, &d);
 		assert_int_equal(d.retain, 1);
 		assert_int_equal(strncmp(d.topic, "r/", 2), 0);
 		n = (unsigned)strtoul(d.topic + 2, NULL, 10);
 		assert_true(n < 200);
 		assert_int_equal(seen[n]++, 0);
-		free(c.buf);
 	}
 	proc_expect_nothing(&p);
 
 	/* Live QoS 0 past the cap: dropped, the SUBACK behind them is not. */
 	proc_subscribe(&p, 2, "t", 0);
-	proc_recv(&p, &c);
-	assert_int_equal(c.type, REC_SUBACK);
-	free(c.buf);
+	proc_expect(&p, REC_SUBACK);
 	for (unsigned i = 0; i < PROC_MSGS; i++) {
 		snprintf(payload, sizeof(payload), "%06u-and-some-more-bytes-to-fill-the-ring", i);
-		build_publish(&w, 0, false, "t", payload);
-		proc_send(&p, REC_PUBLISH, &w);
+		proc_publish_to(&p, 0, false, "t", payload);
 	}
 	proc_subscribe(&p, 3, "u", 0);
 	proc_wait_applied(&p, 0);
@@ -3402,12 +3372,9 @@ static void router_main_paces_retained_and_caps_its_backlog(void **state)
 	}
 	assert_true(n > 0 && n < PROC_MSGS);
 	/* Caught up: deliveries flow again. */
-	build_publish(&w, 0, false, "t", "after");
-	proc_send(&p, REC_PUBLISH, &w);
-	proc_recv(&p, &c);
-	decode_deliver(&c, &d);
+	proc_publish_to(&p, 0, false, "t", "after");
+	proc_recv_deliver(&p, &d);
 	assert_string_equal(d.payload, "after");
-	free(c.buf);
 	proc_stop(&p, true);
 }
 
@@ -3449,17 +3416,13 @@ static void router_main_never_applies_a_record_twice_after_a_kill(void **state)
 static void router_main_publishes_what_it_committed_after_a_kill(void **state)
 {
 	struct proc p;
-	struct recw w;
-	struct cap c;
-	struct connack a;
 	uint64_t w2r_tail, r2w_head;
 
 	(void)state;
 	proc_start_serving(&p);
 	w2r_tail = p.w2r.head;
 	r2w_head = p.r2w.tail;
-	build_connect(&w, C(0, 2), true, "dev2", NULL);
-	proc_send(&p, REC_CONNECT, &w);
+	proc_connect(&p, C(0, 2), true, "dev2");
 	proc_publish(&p, "m1");
 	proc_wait_applied(&p, r2w_head);
 	proc_kill(&p);
@@ -3467,10 +3430,7 @@ static void router_main_publishes_what_it_committed_after_a_kill(void **state)
 	atomic_store(&p.env.shm.router_ring[0]->w2r.tail, w2r_tail);
 
 	proc_spawn(&p);
-	proc_recv(&p, &c);
-	decode_connack(&c, &a);
-	assert_int_equal(a.conn, C(0, 2));
-	free(c.buf);
+	proc_expect_connack(&p, C(0, 2));
 	proc_expect_deliver(&p, "m1");
 	proc_expect_nothing(&p);
 	proc_publish(&p, "m2");
@@ -3485,16 +3445,14 @@ static void router_main_publishes_what_it_committed_after_a_kill(void **state)
 static void router_main_keeps_held_records_across_a_kill(void **state)
 {
 	struct proc p;
+	struct deliver d;
 	char payload[100];
 	unsigned i;
 
 	(void)state;
 	proc_start_serving(&p);
 	for (i = 0; i < PROC_MSGS; i++) {
-		memset(payload, 'x', sizeof(payload) - 1);
-		payload[sizeof(payload) - 1] = '\0';
-		snprintf(payload, 8, "%06u", i);
-		payload[6] = '-';
+		numbered_payload(payload, i);
 		proc_publish(&p, payload);
 	}
 	proc_wait_applied(&p, p.r2w.tail);
@@ -3502,13 +3460,8 @@ static void router_main_keeps_held_records_across_a_kill(void **state)
 
 	proc_spawn(&p);
 	for (i = 0; i < PROC_MSGS; i++) {
-		struct cap c;
-		struct deliver d;
-
-		proc_recv(&p, &c);
-		decode_deliver(&c, &d);
+		proc_recv_deliver(&p, &d);
 		assert_int_equal(strtoul(d.payload, NULL, 10), i);
-		free(c.buf);
 	}
 	proc_expect_nothing(&p);
 	proc_stop(&p, true);
@@ -3546,6 +3499,21 @@ static void proc_successor(struct proc *p, uint32_t epoch)
 }
 
 /*
+ * A router serving as after proc_start_serving(), stopped where it stands
+ * (SIGSTOP): what is sent meanwhile waits for it. Returns where in w2r[0]
+ * the next record goes.
+ */
+static uint64_t proc_start_paused(struct proc *p)
+{
+	int status;
+
+	proc_start_serving(p);
+	assert_int_equal(kill(p->pid, SIGSTOP), 0);
+	assert_int_equal(waitpid(p->pid, &status, WUNTRACED), p->pid);
+	return p->w2r.head;
+}
+
+/*
  * The records a worker wrote before it died are applied before its death
  * is: a SUBSCRIBE written while the router was stopped, and the death
  * notice sent right after, leave the persistent session offline with that
@@ -3555,50 +3523,23 @@ static void proc_successor(struct proc *p, uint32_t epoch)
 static void router_main_applies_a_dead_workers_records_before_its_death(void **state)
 {
 	struct proc p;
-	struct recw w;
-	struct cap c;
-	struct connack a;
-	int status;
 
 	(void)state;
-	proc_start_serving(&p);              /* "dev", persistent, on C(0, 1), subscribed to t */
-	assert_int_equal(kill(p.pid, SIGSTOP), 0);
-	assert_int_equal(waitpid(p.pid, &status, WUNTRACED), p.pid);
-	recw_init(&w);
-	recw_u64(&w, C(0, 1));
-	recw_u16(&w, 2);
-	recw_u16(&w, 1);
-	recw_str(&w, "u", 1);
-	recw_u8(&w, 1);
-	proc_send(&p, REC_SUBSCRIBE, &w);
+	proc_start_paused(&p);               /* "dev", persistent, on C(0, 1), subscribed to t */
+	proc_subscribe(&p, 2, "u", 1);
 	proc_worker_down(&p, 2);
 	assert_int_equal(kill(p.pid, SIGCONT), 0);
-	proc_recv(&p, &c);                    /* the SUBACK, to a connection now gone */
-	assert_int_equal(c.type, REC_SUBACK);
-	free(c.buf);
+	proc_expect(&p, REC_SUBACK);          /* the SUBACK, to a connection now gone */
 	proc_expect_ctl(&p, IPC_WORKER_DOWN_DONE, 2);
 
 	proc_successor(&p, 2);
-	build_connect(&w, conn_id_make(0, 1, 2, 1), true, "stale", NULL);
-	proc_send(&p, REC_CONNECT, &w);      /* the old epoch: dropped */
-	build_connect(&w, conn_id_make(0, 2, 2, 1), true, "pub", NULL);
-	proc_send(&p, REC_CONNECT, &w);
-	proc_recv(&p, &c);
-	decode_connack(&c, &a);
-	assert_int_equal(a.conn, conn_id_make(0, 2, 2, 1));
-	free(c.buf);
-	build_publish(&w, 1, false, "u", "queued");
-	proc_send(&p, REC_PUBLISH, &w);
-	build_connect(&w, conn_id_make(0, 2, 1, 1), false, "dev", NULL);
-	proc_send(&p, REC_CONNECT, &w);
-	proc_recv(&p, &c);
-	decode_connack(&c, &a);
-	assert_int_equal(a.conn, conn_id_make(0, 2, 1, 1));
-	assert_true(a.present);
-	free(c.buf);
-	proc_recv(&p, &c);                    /* what "u" got while it was offline */
-	assert_int_equal(c.type, REC_SESSION_MSG);
-	free(c.buf);
+	proc_connect(&p, conn_id_make(0, 1, 2, 1), true, "stale");   /* the old epoch: dropped */
+	proc_connect(&p, conn_id_make(0, 2, 2, 1), true, "pub");
+	proc_expect_connack(&p, conn_id_make(0, 2, 2, 1));
+	proc_publish_to(&p, 1, false, "u", "queued");
+	proc_connect(&p, conn_id_make(0, 2, 1, 1), false, "dev");
+	assert_true(proc_expect_connack(&p, conn_id_make(0, 2, 1, 1)));
+	proc_expect(&p, REC_SESSION_MSG);     /* what "u" got while it was offline */
 	proc_stop(&p, true);
 }
 
@@ -3610,9 +3551,6 @@ static void router_main_applies_a_dead_workers_records_before_its_death(void **s
 static void router_main_reports_a_worker_that_breaks_its_ring(void **state)
 {
 	struct proc p;
-	struct recw w;
-	struct cap c;
-	struct connack a;
 	struct ipc_hdr hdr;
 	int fd;
 
@@ -3628,13 +3566,8 @@ static void router_main_reports_a_worker_that_breaks_its_ring(void **state)
 	proc_worker_down(&p, 2);
 	proc_expect_ctl(&p, IPC_WORKER_DOWN_DONE, 2);
 	proc_successor(&p, 2);
-	build_connect(&w, conn_id_make(0, 2, 1, 1), false, "dev", NULL);
-	proc_send(&p, REC_CONNECT, &w);
-	proc_recv(&p, &c);
-	decode_connack(&c, &a);
-	assert_int_equal(a.conn, conn_id_make(0, 2, 1, 1));
-	assert_true(a.present);
-	free(c.buf);
+	proc_connect(&p, conn_id_make(0, 2, 1, 1), false, "dev");
+	assert_true(proc_expect_connack(&p, conn_id_make(0, 2, 1, 1)));
 	proc_stop(&p, true);
 }
 
@@ -3652,6 +3585,22 @@ static void router_main_reports_a_worker_that_rewinds_its_tail(void **state)
 }
 
 /*
+ * Kill the paused router as the last of 'crashes' routers that died with
+ * the record at w2r position pos in hand: so its journal says.
+ */
+static struct router_journal *proc_kill_holding(struct proc *p, uint64_t pos, uint32_t crashes)
+{
+	struct router_journal *j = p->env.shm.journal;
+
+	proc_kill(p);
+	j->suspect.ring = 1;
+	j->suspect.pos = pos;
+	j->suspect_crashes = crashes;
+	j->in_hand = j->suspect;
+	return j;
+}
+
+/*
  * A record the router died on three times in a row is set aside: the
  * journal says a router died with it in hand twice already, the router
  * stopped with it unapplied is killed once more, and its successor skips
@@ -3662,22 +3611,12 @@ static void router_main_sets_aside_a_record_it_keeps_dying_on(void **state)
 	struct proc p;
 	struct router_journal *j;
 	uint64_t pos;
-	int status;
 
 	(void)state;
-	proc_start_serving(&p);
-	j = p.env.shm.journal;
-	assert_int_equal(kill(p.pid, SIGSTOP), 0);
-	assert_int_equal(waitpid(p.pid, &status, WUNTRACED), p.pid);
-	pos = p.w2r.head;
+	pos = proc_start_paused(&p);
 	proc_publish(&p, "poison");
 	proc_publish(&p, "after");
-	proc_kill(&p);
-	/* As a router that died handling it twice would have left it. */
-	j->suspect.ring = 1;
-	j->suspect.pos = pos;
-	j->suspect_crashes = 2;
-	j->in_hand = j->suspect;
+	j = proc_kill_holding(&p, pos, 2);
 
 	proc_spawn(&p);
 	proc_expect_deliver(&p, "after");
@@ -3694,20 +3633,11 @@ static void router_main_retries_a_record_it_died_on_twice(void **state)
 	struct proc p;
 	struct router_journal *j;
 	uint64_t pos;
-	int status;
 
 	(void)state;
-	proc_start_serving(&p);
-	j = p.env.shm.journal;
-	assert_int_equal(kill(p.pid, SIGSTOP), 0);
-	assert_int_equal(waitpid(p.pid, &status, WUNTRACED), p.pid);
-	pos = p.w2r.head;
+	pos = proc_start_paused(&p);
 	proc_publish(&p, "again");
-	proc_kill(&p);
-	j->suspect.ring = 1;
-	j->suspect.pos = pos;
-	j->suspect_crashes = 1;
-	j->in_hand = j->suspect;
+	j = proc_kill_holding(&p, pos, 1);
 
 	proc_spawn(&p);
 	proc_expect_deliver(&p, "again");
