@@ -52,7 +52,9 @@ static uint8_t take(struct in *in)
 
 static uint16_t take16(struct in *in)
 {
-	return (uint16_t)(take(in) | take(in) << 8);
+	uint16_t lo = take(in);
+
+	return (uint16_t)(lo | take(in) << 8);
 }
 
 /* What worker_setup() and the supervisor would have given the worker. */
@@ -215,9 +217,12 @@ static uint16_t build_connack(struct recw *rw, struct in *in)
 static uint16_t build_suback(struct recw *rw, struct in *in)
 {
 	uint8_t n = take(in) % 4;
-	struct rec_suback x = { .conn = pick_conn(in), .packet_id = take16(in) };
-	size_t count_off = rec_suback_begin(rw, &x);
+	struct rec_suback x;
+	size_t count_off;
 
+	x.conn = pick_conn(in);
+	x.packet_id = take16(in);
+	count_off = rec_suback_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++)
 		rec_suback_add(rw, take(in));
 	rec_suback_end(rw, count_off, n);
@@ -226,8 +231,10 @@ static uint16_t build_suback(struct recw *rw, struct in *in)
 
 static uint16_t build_unsuback(struct recw *rw, struct in *in)
 {
-	struct rec_unsuback x = { .conn = pick_conn(in), .packet_id = take16(in) };
+	struct rec_unsuback x;
 
+	x.conn = pick_conn(in);
+	x.packet_id = take16(in);
 	rec_unsuback_encode(rw, &x);
 	return REC_UNSUBACK;
 }
@@ -244,11 +251,12 @@ static uint16_t build_deliver(struct recw *rw, struct in *in)
 	x.retain = take(in) % 3;
 	count_off = rec_deliver_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++) {
-		uint8_t q = take(in);
-		struct rec_target t = { .conn = pick_conn(in), .sid = take(in) % 4 };
+		struct rec_target t;
 
-		t.qos = q & (uint8_t)~REC_TARGET_COPY;               /* any, not only 0..2 */
-		t.copy = q & REC_TARGET_COPY ? take(in) % 4 : 0;
+		t.conn = pick_conn(in);
+		t.sid = take(in) % 4;
+		t.qos = take(in) % 8;                /* any, not only 0..2 */
+		t.copy = take(in) % 4;               /* 0: none */
 		rec_deliver_add(rw, &t);
 	}
 	rec_deliver_end(rw, count_off, n);
@@ -285,8 +293,10 @@ static uint16_t build_route(struct recw *rw, struct in *in)
 	x.local = take(in) % 3;
 	count_off = rec_route_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++) {
-		struct rec_route_target t = { .conn = pick_conn(in), .qos = take(in) % 4 };
+		struct rec_route_target t;
 
+		t.conn = pick_conn(in);
+		t.qos = take(in) % 4;
 		rec_route_add(rw, &t);
 	}
 	rec_route_end(rw, count_off, n);
