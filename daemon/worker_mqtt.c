@@ -87,7 +87,6 @@ static bool filter_valid(const struct worker *w, struct mqtt_str f)
 				  (size_t)w->cfg->max_topic_length);
 }
 
-/* An invalid filter goes to the router all the same, as qos 0x80: it answers 0x80 for it. */
 static void handle_subscribe(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
 {
 	struct rec_subscribe x = { .conn = c->id, .packet_id = pkt->u.list.packet_id };
