@@ -767,7 +767,7 @@ static void case_tail(struct target *t)
 #define GUESS_SERIALS 8
 #define GUESS_SIDS 32
 
-/* A persistent session's message handed back, with no copy at the router. */
+/* A queued QoS 1 message for session sid, of which the router holds no copy. */
 static void build_session_msg(struct recw *r, conn_id_t conn, uint32_t sid, struct rec_str topic)
 {
 	rec_session_msg_encode(r, &(struct rec_session_msg){
