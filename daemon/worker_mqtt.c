@@ -81,32 +81,51 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 	return PKT_OK;
 }
 
-static void handle_sub(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+static bool filter_valid(const struct worker *w, struct mqtt_str f)
 {
+	return topic_filter_valid((const char *)f.p, f.len, (size_t)w->cfg->max_topic_levels,
+				  (size_t)w->cfg->max_topic_length);
+}
+
+static void handle_subscribe(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+{
+	struct rec_subscribe x = { .conn = c->id, .packet_id = pkt->u.list.packet_id };
 	struct mqtt_list_iter it;
 	struct mqtt_str f;
 	uint8_t qos;
-	size_t count_off;
+	size_t count_off = rec_subscribe_begin(&w->rw, &x);
 	uint16_t n = 0;
 
-	recw_reset(&w->rw);
-	recw_u64(&w->rw, c->id);
-	recw_u16(&w->rw, pkt->u.list.packet_id);
-	count_off = w->rw.len;
-	recw_u16(&w->rw, 0);
 	mqtt_list_iter_init(&it, pkt);
 	while (mqtt_list_next(&it, &f, &qos)) {
-		bool ok = topic_filter_valid((const char *)f.p, f.len,
-					     (size_t)w->cfg->max_topic_levels,
-					     (size_t)w->cfg->max_topic_length);
+		struct rec_subscription s = {
+			.filter = { f.p, f.len },
+			.qos = filter_valid(w, f) ? qos : MQTT_SUBACK_FAILURE,
+		};
 
-		recw_str(&w->rw, f.p, f.len);
-		if (pkt->type == MQTT_SUBSCRIBE)
-			recw_u8(&w->rw, ok ? qos : MQTT_SUBACK_FAILURE);
+		rec_subscribe_add(&w->rw, &s);
 		n++;
 	}
-	recw_patch_u16(&w->rw, count_off, n);
-	push_recw(w, pkt->type == MQTT_SUBSCRIBE ? REC_SUBSCRIBE : REC_UNSUBSCRIBE);
+	rec_subscribe_end(&w->rw, count_off, n);
+	push_recw(w, REC_SUBSCRIBE);
+}
+
+static void handle_unsubscribe(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+{
+	struct rec_unsubscribe x = { .conn = c->id, .packet_id = pkt->u.list.packet_id };
+	struct mqtt_list_iter it;
+	struct mqtt_str f;
+	uint8_t qos;
+	size_t count_off = rec_unsubscribe_begin(&w->rw, &x);
+	uint16_t n = 0;
+
+	mqtt_list_iter_init(&it, pkt);
+	while (mqtt_list_next(&it, &f, &qos)) {
+		rec_unsubscribe_add(&w->rw, (struct rec_str){ f.p, f.len });
+		n++;
+	}
+	rec_unsubscribe_end(&w->rw, count_off, n);
+	push_recw(w, REC_UNSUBSCRIBE);
 }
 
 /* *cp: the connection, which moves (conn_add_client_id). */
@@ -164,17 +183,18 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 	c->paused = true;
 	c->clean = ck->clean_session;
 	c->keepalive = ck->keepalive ? ck->keepalive : (uint16_t)cfg->keep_alive_timeout_secs;
-	recw_reset(&w->rw);
-	recw_u64(&w->rw, c->id);
-	recw_u8(&w->rw, ck->clean_session);
-	recw_u16(&w->rw, ck->keepalive);
-	recw_str(&w->rw, id, (uint16_t)len);
-	recw_str(&w->rw, c->remote, (uint16_t)strlen(c->remote));
-	recw_u8(&w->rw, ck->will_flag);
-	recw_u8(&w->rw, ck->will_qos);
-	recw_u8(&w->rw, ck->will_retain);
-	recw_str(&w->rw, ck->will_topic.p, ck->will_flag ? ck->will_topic.len : 0);
-	recw_bytes(&w->rw, ck->will_payload.p, ck->will_flag ? ck->will_payload.len : 0);
+	rec_connect_encode(&w->rw, &(struct rec_connect){
+		.conn = c->id,
+		.clean = ck->clean_session,
+		.keepalive = ck->keepalive,
+		.client_id = { (const uint8_t *)id, (uint16_t)len },
+		.remote = { (const uint8_t *)c->remote, (uint16_t)strlen(c->remote) },
+		.will_flag = ck->will_flag,
+		.will_qos = ck->will_qos,
+		.will_retain = ck->will_retain,
+		.will_topic = { ck->will_topic.p, ck->will_flag ? ck->will_topic.len : 0 },
+		.will_payload = { ck->will_payload.p, ck->will_flag ? ck->will_payload.len : 0 },
+	});
 	push_recw(w, REC_CONNECT);
 	c->state = CS_CONNECTING;
 	return PKT_PAUSE;
@@ -244,8 +264,10 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 	case MQTT_PUBCOMP:
 		return handle_ack(w, c, pkt);
 	case MQTT_SUBSCRIBE:
+		handle_subscribe(w, c, pkt);
+		return PKT_OK;
 	case MQTT_UNSUBSCRIBE:
-		handle_sub(w, c, pkt);
+		handle_unsubscribe(w, c, pkt);
 		return PKT_OK;
 	case MQTT_PINGREQ: {
 		uint8_t *p = out_reserve(w, c, 2);

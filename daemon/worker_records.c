@@ -103,49 +103,37 @@ void ring_commit(struct worker *w)
 /* ask: 0, or the route request this message carries (routes.h). */
 void push_publish(struct worker *w, const struct mqtt_publish *pub, uint64_t ask)
 {
-	uint8_t flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0);
-	size_t len = 1 + 1 + 2 + pub->topic.len + 4 + pub->payload_len + (ask ? 8 : 0);
+	struct rec_publish x = {
+		.qos = pub->qos,
+		.flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0),
+		.topic = { pub->topic.p, pub->topic.len },
+		.payload = { pub->payload, pub->payload_len },
+		.ask = ask,
+	};
+	uint32_t len = (uint32_t)rec_publish_size(&x);
 	uint8_t *dst;
 
-	recw_reset(&w->rw);
-	if (w->bl_head == NULL &&
-	    (dst = shmring_reserve(&w->prod, REC_PUBLISH, 0, (uint32_t)len)) != NULL) {
+	if (w->bl_head == NULL && (dst = shmring_reserve(&w->prod, REC_PUBLISH, 0, len)) != NULL) {
 		/* The hot path: straight into the ring, no staging copy. */
-		dst[0] = pub->qos;
-		dst[1] = flags;
-		memcpy(dst + 2, &pub->topic.len, 2);
-		memcpy(dst + 4, pub->topic.p, pub->topic.len);
-		memcpy(dst + 4 + pub->topic.len, &pub->payload_len, 4);
-		if (pub->payload_len)
-			memcpy(dst + 8 + pub->topic.len, pub->payload, pub->payload_len);
-		if (ask)
-			memcpy(dst + 8 + pub->topic.len + pub->payload_len, &ask, 8);
+		rec_publish_put(dst, &x);
 		w->need_commit = true;
 		return;
 	}
-	recw_u8(&w->rw, pub->qos);
-	recw_u8(&w->rw, flags);
-	recw_str(&w->rw, pub->topic.p, pub->topic.len);
-	recw_bytes(&w->rw, pub->payload, pub->payload_len);
-	if (ask)
-		recw_u64(&w->rw, ask);
+	rec_publish_encode(&w->rw, &x);
 	push_recw(w, REC_PUBLISH);
 }
 
-static void rec_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint16_t pid,
-			    uint8_t state, uint8_t qos, bool retain, const uint8_t *topic,
-			    uint16_t tlen, const uint8_t *payload, uint32_t plen)
+/* A message with no copy at the router (copy 0), handed to it for session sid. */
+static void push_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint16_t pid,
+			     uint8_t state, uint8_t qos, bool retain, struct rec_str topic,
+			     struct rec_bytes payload)
 {
-	recw_reset(&w->rw);
-	recw_u64(&w->rw, conn);
-	recw_u32(&w->rw, sid);
-	recw_u64(&w->rw, 0);
-	recw_u16(&w->rw, pid);
-	recw_u8(&w->rw, state);
-	recw_u8(&w->rw, qos);
-	recw_u8(&w->rw, retain);
-	recw_str(&w->rw, topic, tlen);
-	recw_bytes(&w->rw, payload, plen);
+	struct rec_session_msg x = {
+		.conn = conn, .sid = sid, .copy = 0, .packet_id = pid, .state = state,
+		.qos = qos, .retain = retain, .topic = topic, .payload = payload,
+	};
+
+	rec_session_msg_encode(&w->rw, &x);
 	push_recw(w, REC_SESSION_MSG);
 }
 
@@ -156,14 +144,13 @@ static void rec_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint
 void report_state(struct worker *w, const struct conn *c, uint64_t copy, uint16_t pid,
 		  uint8_t state)
 {
+	struct rec_msg_state x = {
+		.conn = c->id, .sid = c->sid, .copy = copy, .packet_id = pid, .state = state,
+	};
+
 	if (copy == 0)
 		return;
-	recw_reset(&w->rw);
-	recw_u64(&w->rw, c->id);
-	recw_u32(&w->rw, c->sid);
-	recw_u64(&w->rw, copy);
-	recw_u16(&w->rw, pid);
-	recw_u8(&w->rw, state);
+	rec_msg_state_encode(&w->rw, &x);
 	push_recw(w, REC_MSG_STATE);
 }
 
@@ -173,14 +160,24 @@ void report_state(struct worker *w, const struct conn *c, uint64_t copy, uint16_
  */
 void report_qos2_in(struct worker *w, const struct conn *c, uint16_t pid, bool held)
 {
+	struct rec_qos2_in x = { .conn = c->id, .sid = c->sid, .packet_id = pid, .held = held };
+
 	if (c->clean)
 		return;
-	recw_reset(&w->rw);
-	recw_u64(&w->rw, c->id);
-	recw_u32(&w->rw, c->sid);
-	recw_u16(&w->rw, pid);
-	recw_u8(&w->rw, held);
+	rec_qos2_in_encode(&w->rw, &x);
 	push_recw(w, REC_QOS2_IN);
+}
+
+/* A held message's topic and payload as records carry them; empty for none (PUBREL sent). */
+static struct rec_str held_topic(const struct qmsg *m)
+{
+	return m ? (struct rec_str){ m->data, m->topic_len } : (struct rec_str){ 0 };
+}
+
+static struct rec_bytes held_payload(const struct qmsg *m)
+{
+	return m ? (struct rec_bytes){ m->data + m->topic_len, m->payload_len }
+		 : (struct rec_bytes){ 0 };
 }
 
 /*
@@ -194,26 +191,19 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
 	if (q == NULL)
 		return;
 	for (uint16_t i = 0; i < q->n_inflight; i++) {
-		struct inflight *f = &q->inflight[i];
-		struct qmsg *m = f->msg;
+		const struct inflight *f = &q->inflight[i];
+		const struct qmsg *m = f->msg;   /* NULL once PUBREL was sent: nothing but the id */
 
-		if (f->copy != 0)
-			continue;
-		if (m != NULL)
-			rec_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos, m->retain,
-					m->data, m->topic_len, m->data + m->topic_len,
-					m->payload_len);
-		else
-			rec_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos, false,
-					NULL, 0, NULL, 0);
+		if (f->copy == 0)
+			push_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos,
+					 m ? m->retain : false, held_topic(m), held_payload(m));
 	}
 	for (uint32_t i = 0; i < q->n_pending; i++) {
 		const struct pending *p = qos_pending_at(q, i);
 
 		if (p->copy == 0)
-			rec_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
-					p->msg->data, p->msg->topic_len, p->msg->data + p->msg->topic_len,
-					p->msg->payload_len);
+			push_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
+					 held_topic(p->msg), held_payload(p->msg));
 	}
 }
 
@@ -224,20 +214,14 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
  */
 void push_close(struct worker *w, struct conn *c, bool publish_will)
 {
+	struct rec_close x = { .conn = c->id, .publish_will = publish_will };
+	uint16_t n = 0;
+
 	if (c->state == CS_ACTIVE && !c->clean)
 		conn_hand_back_state(w, c);
-	recw_reset(&w->rw);
-	recw_u64(&w->rw, c->id);
-	recw_u8(&w->rw, publish_will);
-	if (c->clean) {
-		recw_u16(&w->rw, 0);
-	} else {
-		uint16_t n = c->qos ? (uint16_t)MIN(c->qos->n_qos2_in, 65535u) : 0;
-
-		recw_u16(&w->rw, n);
-		for (uint16_t i = 0; i < n; i++)
-			recw_u16(&w->rw, c->qos->qos2_in[i]);
-	}
+	if (!c->clean && c->qos != NULL)
+		n = (uint16_t)MIN(c->qos->n_qos2_in, 65535u);
+	rec_close_encode(&w->rw, &x, n ? c->qos->qos2_in : NULL, n);
 	push_recw(w, REC_CLOSE);
 }
 
@@ -316,9 +300,8 @@ void pending_pump(struct worker *w, struct conn *c)
 
 /* One message and what its targets share: the QoS 1/2 copy, made on first need. */
 struct delivery {
-	const uint8_t *topic, *payload;
-	uint16_t tlen;
-	uint32_t plen;
+	struct rec_str topic;
+	struct rec_bytes payload;
 	uint8_t retain;
 	struct qmsg *m;
 };
@@ -335,11 +318,13 @@ static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uin
 			c->drop_logged = true;
 			return;
 		}
-		send_publish(w, c, false, 0, d->retain, d->topic, d->tlen, 0, d->payload, d->plen);
+		send_publish(w, c, false, 0, d->retain, d->topic.p, d->topic.len, 0, d->payload.p,
+			     d->payload.len);
 		return;
 	}
 	if (d->m == NULL &&
-	    (d->m = qmsg_new(d->topic, d->tlen, d->payload, d->plen, d->retain)) == NULL) {
+	    (d->m = qmsg_new(d->topic.p, d->topic.len, d->payload.p, d->payload.len,
+			     d->retain)) == NULL) {
 		log_error("out of memory for a QoS %u delivery; dropped", qos);
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
@@ -362,8 +347,8 @@ void deliver_local(struct worker *w, const struct route *rt,
 		   const struct mqtt_publish *pub)
 {
 	struct delivery d = {
-		.topic = pub->topic.p, .tlen = pub->topic.len,
-		.payload = pub->payload, .plen = pub->payload_len,
+		.topic = { pub->topic.p, pub->topic.len },
+		.payload = { pub->payload, pub->payload_len },
 	};
 
 	for (uint32_t i = 0; i < rt->n_targets; i++) {
@@ -378,143 +363,132 @@ void deliver_local(struct worker *w, const struct route *rt,
 
 /* --- records from the router -------------------------------------------- */
 
+/*
+ * One handler per record type. Each decodes its record whole before it
+ * acts (rec.h) and returns -1 for a malformed one, which it dropped.
+ */
+
 static void bounce(struct worker *w, conn_id_t conn, uint32_t sid, uint64_t copy, uint16_t pid,
-		   uint8_t state, uint8_t qos, bool retain, const uint8_t *topic, uint16_t tlen,
-		   const uint8_t *payload, uint32_t plen)
+		   uint8_t state, uint8_t qos, bool retain, struct rec_str topic,
+		   struct rec_bytes payload)
 {
 	/*
 	 * The connection went away first: the router re-routes to the session
 	 * (it holds a copy already, if copy != 0).
 	 */
 	if (qos > 0 && sid != 0 && copy == 0)
-		rec_session_msg(w, conn, sid, pid, state, qos, retain, topic, tlen, payload, plen);
+		push_session_msg(w, conn, sid, pid, state, qos, retain, topic, payload);
 }
 
-static void rec_connack(struct worker *w, struct recr *r)
+static int on_connack(struct worker *w, const void *p, size_t len)
 {
-	conn_id_t id = recr_u64(r);
-	uint32_t sid = recr_u32(r);
-	uint8_t rc = recr_u8(r), sp = recr_u8(r);
-	uint16_t n = recr_u16(r);
-	struct conn *c = conn_lookup(w, id);
+	struct rec_connack x;
+	struct conn *c;
+	uint16_t pid;
 
-	if (c == NULL || c->state != CS_CONNECTING) {
-		for (uint16_t i = 0; i < n; i++)
-			recr_u16(r);
-		return;
-	}
-	for (uint16_t i = 0; i < n; i++)
-		if (qos_in_hold(&c->qos, recr_u16(r)) < 0)
+	if (rec_connack_decode(&x, p, len) < 0)
+		return -1;
+	c = conn_lookup(w, x.conn);
+	if (c == NULL || c->state != CS_CONNECTING)
+		return 0;
+	while (rec_packet_id_next(&x.ids, &pid))
+		if (qos_in_hold(&c->qos, pid) < 0)
 			break;
 	qos_trim(&c->qos);
-	if (rc != MQTT_CONNACK_ACCEPTED) {
-		send_connack(w, c, false, rc);
+	if (x.rc != MQTT_CONNACK_ACCEPTED) {
+		send_connack(w, c, false, x.rc);
 		c->state = CS_NEW;
 		conn_close(w, c, false, "refused by the router");
-		return;
+		return 0;
 	}
-	c->sid = sid;
+	c->sid = x.sid;
 	c->state = CS_ACTIVE;
-	send_connack(w, c, sp, MQTT_CONNACK_ACCEPTED);
+	send_connack(w, c, x.session_present, MQTT_CONNACK_ACCEPTED);
 	log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "connected (clean session %d%s)",
-		   c->clean, sp ? ", session resumed" : "");
+		   c->clean, x.session_present ? ", session resumed" : "");
 	c->paused = false;
 	if (c->in_off)
 		conn_set_events(w, c);
 	if (buf_held(c->in) > 0)
 		conn_process_input(w, c);
+	return 0;
 }
 
-static void rec_suback(struct worker *w, struct recr *r, bool sub)
+static int on_suback(struct worker *w, const void *p, size_t len)
 {
-	conn_id_t id = recr_u64(r);
-	uint16_t pid = recr_u16(r);
-	struct conn *c = conn_lookup(w, id);
-	uint16_t n;
-	uint8_t *p;
+	struct rec_suback x;
+	struct conn *c;
+	uint8_t *out;
 
-	if (!sub) {
+	if (rec_suback_decode(&x, p, len) < 0)
+		return -1;
+	c = conn_lookup(w, x.conn);
+	if (x.codes.n == 0 || c == NULL || c->state != CS_ACTIVE)
+		return 0;
+	out = out_reserve(w, c, mqtt_suback_size(x.codes.n));
+	if (out != NULL)
+		mqtt_encode_suback(out, x.packet_id, x.codes.p, x.codes.n);
+	return 0;
+}
+
+static int on_unsuback(struct worker *w, const void *p, size_t len)
+{
+	struct rec_unsuback x;
+	struct conn *c;
+
+	if (rec_unsuback_decode(&x, p, len) < 0)
+		return -1;
+	c = conn_lookup(w, x.conn);
+	if (c != NULL && c->state == CS_ACTIVE)
+		send_ack(w, c, MQTT_UNSUBACK, x.packet_id);
+	return 0;
+}
+
+static int on_deliver(struct worker *w, const void *p, size_t len)
+{
+	struct rec_deliver x;
+	struct rec_target t;
+	struct delivery d;
+
+	if (rec_deliver_decode(&x, p, len) < 0)
+		return -1;
+	/* x.qos, the publisher's, is not needed: each target's says what to send. */
+	d = (struct delivery){ .topic = x.topic, .payload = x.payload, .retain = x.retain };
+	while (rec_deliver_next(&x.targets, &t)) {
+		struct conn *c = conn_lookup(w, t.conn);
+
 		if (c != NULL && c->state == CS_ACTIVE)
-			send_ack(w, c, MQTT_UNSUBACK, pid);
-		return;
-	}
-	n = recr_u16(r);
-	if (r->err || n == 0 || (size_t)(r->end - r->p) < n || c == NULL || c->state != CS_ACTIVE) {
-		r->p = r->end;
-		return;
-	}
-	p = out_reserve(w, c, mqtt_suback_size(n));
-	if (p != NULL)
-		mqtt_encode_suback(p, pid, r->p, n);
-	r->p += n;
-}
-
-static void rec_deliver(struct worker *w, struct recr *r)
-{
-	struct delivery d = { 0 };
-	uint32_t n;
-
-	(void)recr_u8(r);            /* the publisher's QoS: each target's says what to send */
-	recr_str(r, &d.topic, &d.tlen);
-	recr_bytes(r, &d.payload, &d.plen);
-	d.retain = recr_u8(r);
-	n = recr_u32(r);
-	for (uint32_t i = 0; i < n && !r->err; i++) {
-		conn_id_t id = recr_u64(r);
-		uint32_t sid = recr_u32(r);
-		uint8_t tq = recr_u8(r);
-		uint64_t copy = tq & REC_TARGET_COPY ? recr_u64(r) : 0;
-		struct conn *c;
-
-		tq &= (uint8_t)~REC_TARGET_COPY;
-		if (r->err)
-			break;
-		c = conn_lookup(w, id);
-		if (c == NULL || c->state != CS_ACTIVE) {
-			bounce(w, id, sid, copy, 0, MSG_QUEUED, tq, d.retain, d.topic, d.tlen,
-			       d.payload, d.plen);
-			continue;
-		}
-		deliver_to(w, c, &d, tq, copy);
+			deliver_to(w, c, &d, t.qos, t.copy);
+		else
+			bounce(w, t.conn, t.sid, t.copy, 0, MSG_QUEUED, t.qos, d.retain, d.topic,
+			       d.payload);
 	}
 	delivery_done(&d);
+	return 0;
 }
 
-static void rec_route(struct worker *w, struct recr *r)
+static int on_route(struct worker *w, const void *p, size_t len)
 {
-	const uint8_t *topic;
-	uint16_t tlen;
-	uint64_t ask, gen;
-	uint32_t n;
-	bool local;
+	struct rec_route x;
+	struct rec_route_target t;
+	uint32_t n = 0;
 
-	ask = recr_u64(r);
-	gen = recr_u64(r);
-	recr_str(r, &topic, &tlen);
-	local = recr_u8(r) != 0;
-	n = recr_u32(r);
-	if (r->err || n > recr_left(r) / REC_ROUTE_TARGET_BYTES)
-		return;
-	if (n > w->cap_rt_scratch) {
-		struct route_target *t = reallocarray(w->rt_scratch, n, sizeof(*t));
+	if (rec_route_decode(&x, p, len) < 0)
+		return -1;
+	if (x.targets.n > w->cap_rt_scratch) {
+		struct route_target *rt = reallocarray(w->rt_scratch, x.targets.n, sizeof(*rt));
 
-		if (t == NULL) {
-			/* The topic stays with the router; the record is read all the same. */
-			r->p = r->end;
-			return;
-		}
-		w->rt_scratch = t;
-		w->cap_rt_scratch = n;
+		if (rt == NULL)
+			return 0;    /* the topic stays with the router */
+		w->rt_scratch = rt;
+		w->cap_rt_scratch = x.targets.n;
 	}
-	for (uint32_t i = 0; i < n; i++) {
-		w->rt_scratch[i].conn = recr_u64(r);
-		w->rt_scratch[i].qos = recr_u8(r);
-	}
-	if (r->err)
-		return;
-	routes_answer(&w->routes, topic, tlen, ask, gen,
+	while (rec_route_next(&x.targets, &t))
+		w->rt_scratch[n++] = (struct route_target){ .conn = t.conn, .qos = t.qos };
+	routes_answer(&w->routes, x.topic.p, x.topic.len, x.ask, x.gen,
 		      atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire),
-		      local, w->rt_scratch, n);
+		      x.local != 0, w->rt_scratch, n);
+	return 0;
 }
 
 static void resend_pubrel(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
@@ -528,79 +502,81 @@ static void resend_pubrel(struct worker *w, struct conn *c, uint16_t pid, uint64
 	report_state(w, c, copy, 0, MSG_DONE);
 }
 
-static void rec_session_resend(struct worker *w, struct recr *r)
+/* A stored message of a resumed session, resent as its state says (rec.h). */
+static int on_session_msg(struct worker *w, const void *p, size_t len)
 {
-	conn_id_t id = recr_u64(r);
-	uint32_t sid = recr_u32(r);
-	uint64_t copy = recr_u64(r);
-	uint16_t pid = recr_u16(r);
-	uint8_t state = recr_u8(r), qos = recr_u8(r), retain = recr_u8(r);
-	const uint8_t *topic, *payload;
-	uint16_t tlen;
-	uint32_t plen;
+	struct rec_session_msg x;
 	struct conn *c;
 	struct inflight *sent = NULL;
 	enum qos_verdict v;
 	struct qmsg *m;
 
-	recr_str(r, &topic, &tlen);
-	recr_bytes(r, &payload, &plen);
-	if (r->err || qos > 2 || (qos == 0 && state != MSG_QUEUED))
-		return;
-	c = conn_lookup(w, id);
+	if (rec_session_msg_decode(&x, p, len) < 0)
+		return -1;
+	if (x.qos > 2 || (x.qos == 0 && x.state != MSG_QUEUED))
+		return 0;
+	c = conn_lookup(w, x.conn);
 	if (c == NULL || c->state != CS_ACTIVE) {
-		bounce(w, id, sid, copy, pid, state, qos, retain, topic, tlen, payload, plen);
-		return;
+		bounce(w, x.conn, x.sid, x.copy, x.packet_id, x.state, x.qos, x.retain, x.topic,
+		       x.payload);
+		return 0;
 	}
-	if (qos == 0) {
+	if (x.qos == 0) {
 		/* Queued offline (queue_qos0_messages): sent once, nothing to keep. */
-		send_publish(w, c, false, 0, retain, topic, tlen, 0, payload, plen);
-		return;
+		send_publish(w, c, false, 0, x.retain, x.topic.p, x.topic.len, 0, x.payload.p,
+			     x.payload.len);
+		return 0;
 	}
-	if (state == MSG_PUBREL) {
-		resend_pubrel(w, c, pid, copy);
-		return;
+	if (x.state == MSG_PUBREL) {
+		resend_pubrel(w, c, x.packet_id, x.copy);
+		return 0;
 	}
-	m = qmsg_new(topic, tlen, payload, plen, retain);
+	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, x.retain);
 	if (m == NULL) {
 		log_error("out of memory resending a stored message; dropped");
-		report_state(w, c, copy, 0, MSG_DONE);
-		return;
+		report_state(w, c, x.copy, 0, MSG_DONE);
+		return 0;
 	}
-	v = qos_resume(&c->qos, &c->next_pid, w->cfg, m, qos, state, pid, copy, &sent);
-	act_on_verdict(w, c, v, sent, qos, copy);
+	v = qos_resume(&c->qos, &c->next_pid, w->cfg, m, x.qos, x.state, x.packet_id, x.copy,
+		       &sent);
+	act_on_verdict(w, c, v, sent, x.qos, x.copy);
 	if (m->refs == 0)
 		free(m);
+	return 0;
 }
 
-static void rec_kick(struct worker *w, struct recr *r)
+static int on_kick(struct worker *w, const void *p, size_t len)
 {
-	struct conn *c = conn_lookup(w, recr_u64(r));
+	struct rec_kick x;
+	struct conn *c;
 
+	if (rec_kick_decode(&x, p, len) < 0)
+		return -1;
+	c = conn_lookup(w, x.conn);
 	if (c != NULL)
 		conn_close(w, c, true, "session taken over by a new connection");
+	return 0;
 }
 
 void handle_record(struct worker *w, const struct shmring_rec *rec)
 {
-	struct recr r;
+	const void *p = shmring_payload(rec);
+	int rc;
 
-	recr_init(&r, shmring_payload(rec), rec->len);
 	switch (rec->type) {
-	case REC_CONNACK: rec_connack(w, &r); break;
-	case REC_SUBACK: rec_suback(w, &r, true); break;
-	case REC_UNSUBACK: rec_suback(w, &r, false); break;
-	case REC_DELIVER: rec_deliver(w, &r); break;
-	case REC_SESSION_MSG: rec_session_resend(w, &r); break;
-	case REC_KICK: rec_kick(w, &r); break;
-	case REC_ROUTE: rec_route(w, &r); break;
+	case REC_CONNACK: rc = on_connack(w, p, rec->len); break;
+	case REC_SUBACK: rc = on_suback(w, p, rec->len); break;
+	case REC_UNSUBACK: rc = on_unsuback(w, p, rec->len); break;
+	case REC_DELIVER: rc = on_deliver(w, p, rec->len); break;
+	case REC_SESSION_MSG: rc = on_session_msg(w, p, rec->len); break;
+	case REC_KICK: rc = on_kick(w, p, rec->len); break;
+	case REC_ROUTE: rc = on_route(w, p, rec->len); break;
 	default:
 		log_warn("unexpected %s record from the router; ignored", rec_type_name(rec->type));
 		return;
 	}
-	if (recr_end(&r) < 0)
-		log_warn("malformed %s record from the router; ignored the rest",
-			 rec_type_name(rec->type));
+	if (rc < 0)
+		log_warn("malformed %s record from the router; dropped", rec_type_name(rec->type));
 }
 
 void drain_ring(struct worker *w)

@@ -2,19 +2,25 @@
  * fuzz_worker.c - libFuzzer harness for the worker's record handlers, fed
  * arbitrary record streams from the router's side of its ring.
  *
- * The harness reaches the worker's record handlers through its private
- * header (daemon/worker_int.h) and links the worker as the daemon does,
- * over a worker set up as worker_setup() would, with private memory
- * standing in for the shared regions. Each input starts
- * from four real connections (socketpairs) that sent a CONNECT through
- * the real read path, then feeds records built with the real writer
- * (rec.h): CONNACK, SUBACK, UNSUBACK, DELIVER, SESSION_MSG, KICK and ROUTE
- * over those connection ids and a few others, with QoS, flags, counts and
- * copy ids taken whole, and raw bytes under any type. Between records the
- * worker flushes its output and buries what it closed, as its loop does.
+ * The harness reaches the worker's record handlers (handle_record(),
+ * daemon/worker_records.c) through its private header (daemon/worker_int.h)
+ * and links the worker as the daemon does, QoS state (daemon/qos.c)
+ * included, over a worker set up as worker_setup() would, with private
+ * memory standing in for the shared regions. Each input starts from four
+ * real connections (socketpairs) that sent a CONNECT through the real read
+ * path, then feeds a sequence of records: well-formed ones built with the
+ * real encoders (rec.h) - CONNACK, SUBACK, UNSUBACK, DELIVER, SESSION_MSG,
+ * KICK and ROUTE over those connection ids and a few others, with QoS,
+ * flags, counts and copy ids taken whole, so that a CONNACK makes a
+ * connection active and later deliveries reach its QoS state - the same
+ * cut short or with a byte too many, and raw bytes under any type. The
+ * harness has no record layout of its own. Between records the worker
+ * flushes its output and buries what it closed, as its loop does; what it
+ * wrote to the router must be records of a worker's types that decode.
  * Whatever the stream: no crash, no out-of-bounds access, no leak once
  * everything is closed and torn down.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -46,7 +52,9 @@ static uint8_t take(struct in *in)
 
 static uint16_t take16(struct in *in)
 {
-	return (uint16_t)(take(in) | take(in) << 8);
+	uint16_t lo = take(in);
+
+	return (uint16_t)(lo | take(in) << 8);
 }
 
 /* What worker_setup() and the supervisor would have given the worker. */
@@ -85,30 +93,64 @@ static void harness_init(void)
 	shmring_view(&ring, &ring_pctl, &ring_cctl, ring_data, RING_BYTES);
 }
 
-/* The router's side of w2r: everything the worker wrote is read and dropped. */
+/* What a worker may write to the router. */
+static bool worker_type(uint16_t type)
+{
+	switch (type) {
+	case REC_CONNECT: case REC_SUBSCRIBE: case REC_UNSUBSCRIBE: case REC_PUBLISH:
+	case REC_SESSION_MSG: case REC_MSG_STATE: case REC_QOS2_IN: case REC_CLOSE:
+		return true;
+	default:
+		return false;
+	}
+}
+
+/*
+ * The router's side of w2r: everything the worker wrote is read, must be
+ * a record of a worker's type that its decoder takes, and is dropped.
+ */
 static void ring_empty(struct worker *w)
 {
+	const struct shmring_rec *rec;
+
 	ring_commit(w);
+	while ((rec = shmring_peek(&router_side)) != NULL) {
+		if (!worker_type(rec->type) ||
+		    rec_validate(rec->type, shmring_payload(rec), rec->len) < 0)
+			abort();
+		shmring_next(&router_side);
+	}
+	if (errno == EBADMSG)
+		abort();
 	shmring_discard(&router_side);
 	shmring_release(&router_side);
 }
+
+#define CONNECT_FLAGS 9          /* where connect_pkt has them */
 
 static const uint8_t connect_pkt[] = {
 	0x10, 0x0d, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x3c,
 	0x00, 0x01, 'c',
 };
 
-/* Four connections that sent a CONNECT, now waiting for their CONNACK. */
+/*
+ * Four connections that sent a CONNECT, now waiting for their CONNACK:
+ * the first half with a clean session, the others with a persistent one.
+ */
 static void conns_open(struct worker *w, int *peers)
 {
 	for (unsigned i = 0; i < NCONNS; i++) {
 		struct ipc_client info = { .remote = "127.0.0.1:1" };
+		uint8_t pkt[sizeof(connect_pkt)];
 		int sp[2];
 
+		memcpy(pkt, connect_pkt, sizeof(pkt));
+		if (i >= NCONNS / 2)
+			pkt[CONNECT_FLAGS] = 0x00;
 		peers[i] = -1;
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0)
 			continue;
-		if (write(sp[1], connect_pkt, sizeof(connect_pkt)) != sizeof(connect_pkt) ||
+		if (write(sp[1], pkt, sizeof(pkt)) != sizeof(pkt) ||
 		    !conn_new(w, sp[0], &info)) {
 			close(sp[1]);
 			continue;
@@ -138,102 +180,165 @@ static conn_id_t pick_conn(struct in *in)
 	return conn_id_make(0, 1, b % NCONNS, 1);
 }
 
-static void put_topic(struct recw *rw, struct in *in)
+static struct rec_str pick_topic(struct in *in)
 {
 	static const char *const topics[] = { "t", "t/a", "", "a/b/c", "$SYS/x", "t/#" };
-	const char *t = topics[take(in) % 6];
+	const char *t = topics[take(in) % ARRAY_SIZE(topics)];
 
-	recw_str(rw, t, (uint16_t)strlen(t));
+	return (struct rec_str){ (const uint8_t *)t, (uint16_t)strlen(t) };
 }
 
-static void put_payload(struct recw *rw, struct in *in)
+/* Up to 31 bytes of the input, copied to buf (which has 32). */
+static struct rec_bytes pick_payload(struct in *in, uint8_t *buf)
 {
-	uint8_t n = take(in) % 32, buf[32];
+	uint8_t n = take(in) % 32;
 
 	for (uint8_t i = 0; i < n; i++)
 		buf[i] = take(in);
-	recw_bytes(rw, buf, n);
+	return (struct rec_bytes){ buf, n };
 }
 
 static uint16_t build_connack(struct recw *rw, struct in *in)
 {
+	struct rec_connack x;
+	uint16_t ids[3];
 	uint8_t n = take(in) % 4;
 
-	recw_u64(rw, pick_conn(in));
-	recw_u32(rw, take(in));
-	recw_u8(rw, take(in) % 4 == 0 ? take(in) : 0);
-	recw_u8(rw, take(in) % 3);
-	recw_u16(rw, n);
+	x.conn = pick_conn(in);
+	x.sid = take(in);
+	x.rc = take(in) % 4 == 0 ? take(in) : 0;
+	x.session_present = take(in) % 3;
 	for (uint8_t i = 0; i < n; i++)
-		recw_u16(rw, take16(in));
+		ids[i] = take16(in);
+	rec_connack_encode(rw, &x, ids, n);
 	return REC_CONNACK;
 }
 
-static uint16_t build_suback(struct recw *rw, struct in *in, bool sub)
+static uint16_t build_suback(struct recw *rw, struct in *in)
 {
 	uint8_t n = take(in) % 4;
+	struct rec_suback x;
+	size_t count_off;
 
-	recw_u64(rw, pick_conn(in));
-	recw_u16(rw, take16(in));
-	if (!sub)
-		return REC_UNSUBACK;
-	recw_u16(rw, n);
+	x.conn = pick_conn(in);
+	x.packet_id = take16(in);
+	count_off = rec_suback_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++)
-		recw_u8(rw, take(in));
+		rec_suback_add(rw, take(in));
+	rec_suback_end(rw, count_off, n);
 	return REC_SUBACK;
+}
+
+static uint16_t build_unsuback(struct recw *rw, struct in *in)
+{
+	struct rec_unsuback x;
+
+	x.conn = pick_conn(in);
+	x.packet_id = take16(in);
+	rec_unsuback_encode(rw, &x);
+	return REC_UNSUBACK;
 }
 
 static uint16_t build_deliver(struct recw *rw, struct in *in)
 {
-	uint8_t n = take(in) % 5;
+	uint8_t n = take(in) % 5, buf[32];
+	struct rec_deliver x;
+	size_t count_off;
 
-	recw_u8(rw, take(in) % 4);
-	put_topic(rw, in);
-	put_payload(rw, in);
-	recw_u8(rw, take(in) % 3);
-	recw_u32(rw, n);
+	x.qos = take(in) % 4;
+	x.topic = pick_topic(in);
+	x.payload = pick_payload(in, buf);
+	x.retain = take(in) % 3;
+	count_off = rec_deliver_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++) {
-		uint8_t q = take(in);
+		struct rec_target t;
 
-		recw_u64(rw, pick_conn(in));
-		recw_u32(rw, take(in) % 4);
-		recw_u8(rw, q);                          /* QoS | REC_TARGET_COPY, or junk */
-		if (q & REC_TARGET_COPY)
-			recw_u64(rw, take(in) % 4);
+		t.conn = pick_conn(in);
+		t.sid = take(in) % 4;
+		t.qos = take(in) % 8;                /* any, not only 0..2 */
+		t.copy = take(in) % 4;               /* 0: none */
+		rec_deliver_add(rw, &t);
 	}
+	rec_deliver_end(rw, count_off, n);
 	return REC_DELIVER;
 }
 
 static uint16_t build_session_msg(struct recw *rw, struct in *in)
 {
-	recw_u64(rw, pick_conn(in));
-	recw_u32(rw, take(in) % 4);
-	recw_u64(rw, take(in) % 4);
-	recw_u16(rw, take16(in));
-	recw_u8(rw, take(in) % 5);
-	recw_u8(rw, take(in) % 4);
-	recw_u8(rw, take(in) % 3);
-	put_topic(rw, in);
-	put_payload(rw, in);
+	uint8_t buf[32];
+	struct rec_session_msg x;
+
+	x.conn = pick_conn(in);
+	x.sid = take(in) % 4;
+	x.copy = take(in) % 4;
+	x.packet_id = take16(in);
+	x.state = take(in) % 5;
+	x.qos = take(in) % 4;
+	x.retain = take(in) % 3;
+	x.topic = pick_topic(in);
+	x.payload = pick_payload(in, buf);
+	rec_session_msg_encode(rw, &x);
 	return REC_SESSION_MSG;
 }
 
 static uint16_t build_route(struct recw *rw, struct in *in)
 {
 	uint8_t n = take(in) % 4;
+	struct rec_route x;
+	size_t count_off;
 
-	recw_u64(rw, take(in) % 4);                     /* ask */
-	recw_u64(rw, atomic_load(&router_region.route_gen) + take(in) % 2);
-	put_topic(rw, in);
-	recw_u8(rw, take(in) % 3);                      /* local */
-	recw_u32(rw, n);
+	x.ask = take(in) % 4;
+	x.gen = atomic_load(&router_region.route_gen) + take(in) % 2;
+	x.topic = pick_topic(in);
+	x.local = take(in) % 3;
+	count_off = rec_route_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++) {
-		recw_u64(rw, pick_conn(in));
-		recw_u8(rw, take(in) % 4);
+		struct rec_route_target t;
+
+		t.conn = pick_conn(in);
+		t.qos = take(in) % 4;
+		rec_route_add(rw, &t);
 	}
+	rec_route_end(rw, count_off, n);
 	return REC_ROUTE;
 }
 
+static uint16_t build_kick(struct recw *rw, struct in *in)
+{
+	struct rec_kick x = { .conn = pick_conn(in) };
+
+	rec_kick_encode(rw, &x);
+	return REC_KICK;
+}
+
+/* A well-formed record of one of the types the router writes to a worker. */
+static uint16_t build_valid(struct recw *rw, struct in *in, uint8_t kind)
+{
+	switch (kind % 9) {
+	case 0: case 1: return build_connack(rw, in);
+	case 2: return build_suback(rw, in);
+	case 3: return build_unsuback(rw, in);
+	case 4: case 5: return build_deliver(rw, in);
+	case 6: return build_session_msg(rw, in);
+	case 7: return build_route(rw, in);
+	default: return build_kick(rw, in);
+	}
+}
+
+/* A well-formed record cut short, or with a byte too many: malformed by one field's worth. */
+static uint16_t build_damaged(struct recw *rw, struct in *in)
+{
+	uint16_t type = build_valid(rw, in, take(in));
+	uint8_t how = take(in);
+
+	if (how & 1)
+		recw_u8(rw, take(in));
+	else
+		rw->len = rw->len ? (how >> 1) % rw->len : 0;
+	return type;
+}
+
+/* Raw bytes under any type number, none included: no layout at all. */
 static uint16_t build_raw(struct recw *rw, struct in *in)
 {
 	uint16_t type = take(in) % (REC_TYPE_MAX + 2);
@@ -242,6 +347,46 @@ static uint16_t build_raw(struct recw *rw, struct in *in)
 	for (uint8_t i = 0; i < n; i++)
 		recw_u8(rw, take(in));
 	return type;
+}
+
+/*
+ * One of our active clients sends a PUBLISH (to the router or delivered
+ * here, as its route says) or acknowledges a packet id, through the real
+ * read path, so that the QoS state the records built moves on.
+ */
+static void client_packet(struct worker *w, const int *peers, struct in *in)
+{
+	static const uint8_t acks[] = {
+		MQTT_PUBACK << 4, MQTT_PUBREC << 4, MQTT_PUBREL << 4 | 0x02, MQTT_PUBCOMP << 4,
+	};
+	uint8_t b = take(in), pkt[16], n = 0;
+	unsigned i = b % NCONNS;
+	uint16_t pid = 1 + take(in) % 8;     /* the ids the worker hands out first */
+	struct conn *c = conn_lookup(w, conn_id_make(0, 1, i, 1));
+
+	if (c == NULL || c->state != CS_ACTIVE || peers[i] < 0)
+		return;
+	if (b & 0x80) {
+		uint8_t qos = (b >> 2) % 3;
+
+		pkt[n++] = (uint8_t)(MQTT_PUBLISH << 4 | qos << 1 | (b >> 4 & 1));
+		pkt[n++] = (uint8_t)(3 + (qos ? 2 : 0) + 1);
+		pkt[n++] = 0;
+		pkt[n++] = 1;
+		pkt[n++] = 't';
+		if (qos) {
+			pkt[n++] = (uint8_t)(pid >> 8);
+			pkt[n++] = (uint8_t)pid;
+		}
+		pkt[n++] = take(in);                  /* one byte of payload */
+	} else {
+		pkt[n++] = acks[b >> 2 & 3];
+		pkt[n++] = 2;
+		pkt[n++] = (uint8_t)(pid >> 8);
+		pkt[n++] = (uint8_t)pid;
+	}
+	if (write(peers[i], pkt, n) == n)
+		conn_read(w, c);
 }
 
 /* Hand the record to the worker as drain_ring() would: header and payload in one buffer. */
@@ -290,24 +435,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	while (in.left > 0) {
 		uint8_t op = take(&in);
 		struct recw rw;
-		uint16_t type;
+		int type = -1;                       /* none: a client's packet instead */
 
 		recw_init(&rw);
-		switch (op % 10) {
-		case 0: case 1: type = build_connack(&rw, &in); break;
-		case 2: type = build_suback(&rw, &in, true); break;
-		case 3: type = build_suback(&rw, &in, false); break;
-		case 4: case 5: type = build_deliver(&rw, &in); break;
-		case 6: type = build_session_msg(&rw, &in); break;
-		case 7: type = build_route(&rw, &in); break;
-		case 8:
-			recw_u64(&rw, pick_conn(&in));
-			type = REC_KICK;
-			break;
-		default: type = build_raw(&rw, &in); break;
+		switch (op % 12) {
+		case 9: type = build_raw(&rw, &in); break;
+		case 10: type = build_damaged(&rw, &in); break;
+		case 11: client_packet(&w, peers, &in); break;
+		default: type = build_valid(&rw, &in, op); break;
 		}
-		if (!rw.oom)
-			feed(&w, type, &rw);
+		if (type >= 0 && !rw.oom)
+			feed(&w, (uint16_t)type, &rw);
 		recw_free(&rw);
 		if (op & 0x80) {
 			atomic_fetch_add(&router_region.route_gen, 1);

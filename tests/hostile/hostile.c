@@ -10,10 +10,11 @@
  * worker first (SIGSTOP) so that the real code does not interfere, plays
  * one case, waits a little for the daemon's answer (the router finding the
  * ring impossible and the supervisor killing the worker), then kills the
- * worker (SIGKILL) if the daemon has not. Records are encoded with the
- * daemon's own writer (recw_*, rec.h) and laid out by the daemon's own
- * structures (shm.h, shmring.h), so a well-formed forgery is exactly what
- * a worker would send.
+ * worker (SIGKILL) if the daemon has not. Records are built with the
+ * daemon's own encoders (rec.h) and laid out in the ring by the daemon's
+ * own structures (shm.h, shmring.h), so a well-formed forgery is exactly
+ * what a worker would send; only records malformed on purpose are raw
+ * bytes.
  *
  *   hostile CASE VARIANT PID
  *
@@ -478,7 +479,7 @@ struct writer {
 	uint64_t bytes;              /* ring bytes written, padding included */
 };
 
-static uint64_t rec_bytes(uint64_t len)
+static uint64_t ring_record_bytes(uint64_t len)
 {
 	return (sizeof(struct shmring_rec) + len + SHMRING_ALIGN - 1) & ~(uint64_t)(SHMRING_ALIGN - 1);
 }
@@ -517,7 +518,7 @@ static bool writer_drained(struct writer *w, unsigned ms)
 static bool writer_put(struct writer *w, uint16_t type, const void *payload, uint32_t len)
 {
 	struct target *t = w->t;
-	uint64_t size = rec_bytes(len), mask = t->ring_size - 1;
+	uint64_t size = ring_record_bytes(len), mask = t->ring_size - 1;
 	uint64_t to_end = t->ring_size - (w->head & mask), pad = size > to_end ? to_end : 0;
 	uint64_t deadline = now_ms() + WAIT_READ_MS;
 	struct shmring_rec hdr = { .len = len, .type = type };
@@ -554,14 +555,16 @@ static bool writer_rec(struct writer *w, uint16_t type, struct recw *r)
 	return ok;
 }
 
+/* A string constant as records carry it. */
+#define STR(s) ((struct rec_str){ (const uint8_t *)(s), (uint16_t)(sizeof(s) - 1) })
+#define BYTES(s) ((struct rec_bytes){ (const uint8_t *)(s), (uint32_t)(sizeof(s) - 1) })
+
 /* A QoS 0 PUBLISH asking for the topic's route: the router always answers on r2w. */
-static void rec_publish_ask(struct recw *r, const char *topic)
+static void build_publish_ask(struct recw *r, struct rec_str topic)
 {
-	recw_u8(r, 0);
-	recw_u8(r, REC_PUB_ASK);
-	recw_str(r, topic, (uint16_t)strlen(topic));
-	recw_bytes(r, "", 0);
-	recw_u64(r, 1);
+	rec_publish_encode(r, &(struct rec_publish){
+		.qos = 0, .flags = REC_PUB_ASK, .topic = topic, .ask = 1,
+	});
 }
 
 /* Wait until the router has caught up with what the worker published before it stopped. */
@@ -731,7 +734,7 @@ static void case_tail(struct target *t)
 	recw_init(&r);
 	writer_init(&w, t);
 	/* A first answer makes the router look at (and remember) the tail as it is. */
-	rec_publish_ask(&r, "hostile/ask");
+	build_publish_ask(&r, STR("hostile/ask"));
 	if (!writer_rec(&w, REC_PUBLISH, &r) || !writer_publish(&w) ||
 	    !writer_drained(&w, WAIT_READ_MS))
 		die("the router did not read a PUBLISH from worker %u", t->index);
@@ -751,7 +754,7 @@ static void case_tail(struct target *t)
 	if (!put_u64(t, OWN(t, r2w.tail), tail))
 		die("cannot write the r2w tail: %s", strerror(errno));
 	/* The next answer makes the router check it. */
-	rec_publish_ask(&r, "hostile/ask");
+	build_publish_ask(&r, STR("hostile/ask"));
 	if (!writer_rec(&w, REC_PUBLISH, &r) || !writer_publish(&w))
 		die("cannot write to the w2r ring");
 	recw_free(&r);
@@ -764,126 +767,113 @@ static void case_tail(struct target *t)
 #define GUESS_SERIALS 8
 #define GUESS_SIDS 32
 
+/* A queued QoS 1 message for session sid, of which the router holds no copy. */
+static void build_session_msg(struct recw *r, conn_id_t conn, uint32_t sid, struct rec_str topic)
+{
+	rec_session_msg_encode(r, &(struct rec_session_msg){
+		.conn = conn, .sid = sid, .state = MSG_QUEUED, .qos = 1,
+		.topic = topic, .payload = BYTES("forged"),
+	});
+}
+
 static bool forge_about(struct writer *w, struct recw *r, conn_id_t conn)
 {
-	static const char forged_filter[] = "forged/#";
-	static const char topic[] = "forged/record";
+	const struct rec_str unsubscribed[] = { STR("#"), STR("by/#"), STR("pre/#") };
+	struct rec_subscription sub = { .filter = STR("forged/#"), .qos = 2 };
+	size_t count_off;
 	bool ok = true;
 
 	/* Close it, publishing its will. */
-	recw_u64(r, conn);
-	recw_u8(r, 1);
-	recw_u16(r, 0);
+	rec_close_encode(r, &(struct rec_close){ .conn = conn, .publish_will = 1 }, NULL, 0);
 	ok &= writer_rec(w, REC_CLOSE, r);
 	/* Subscribe it to what it never asked for, and away from what it did. */
-	recw_u64(r, conn);
-	recw_u16(r, 1);
-	recw_u16(r, 1);
-	recw_str(r, forged_filter, sizeof(forged_filter) - 1);
-	recw_u8(r, 2);
+	count_off = rec_subscribe_begin(r, &(struct rec_subscribe){ .conn = conn, .packet_id = 1 });
+	rec_subscribe_add(r, &sub);
+	rec_subscribe_end(r, count_off, 1);
 	ok &= writer_rec(w, REC_SUBSCRIBE, r);
-	recw_u64(r, conn);
-	recw_u16(r, 2);
-	recw_u16(r, 3);
-	recw_str(r, "#", 1);
-	recw_str(r, "by/#", 4);
-	recw_str(r, "pre/#", 5);
+	count_off = rec_unsubscribe_begin(r, &(struct rec_unsubscribe){ .conn = conn, .packet_id = 2 });
+	for (size_t i = 0; i < ARRAY_SIZE(unsubscribed); i++)
+		rec_unsubscribe_add(r, unsubscribed[i]);
+	rec_unsubscribe_end(r, count_off, ARRAY_SIZE(unsubscribed));
 	ok &= writer_rec(w, REC_UNSUBSCRIBE, r);
 	/* Reports on its sessions' messages and inbound QoS 2 ids. */
 	for (uint32_t sid = 1; ok && sid <= GUESS_SIDS; sid++) {
 		for (uint64_t copy = 1; ok && copy <= 4; copy++) {
-			recw_u64(r, conn);
-			recw_u32(r, sid);
-			recw_u64(r, copy);
-			recw_u16(r, 1);
-			recw_u8(r, MSG_DONE);
+			rec_msg_state_encode(r, &(struct rec_msg_state){
+				.conn = conn, .sid = sid, .copy = copy, .packet_id = 1,
+				.state = MSG_DONE,
+			});
 			ok &= writer_rec(w, REC_MSG_STATE, r);
 		}
-		recw_u64(r, conn);
-		recw_u32(r, sid);
-		recw_u16(r, 1);
-		recw_u8(r, 1);
+		rec_qos2_in_encode(r, &(struct rec_qos2_in){
+			.conn = conn, .sid = sid, .packet_id = 1, .held = 1,
+		});
 		ok &= writer_rec(w, REC_QOS2_IN, r);
-		recw_u64(r, conn);
-		recw_u32(r, sid);
-		recw_u64(r, 0);
-		recw_u16(r, 0);
-		recw_u8(r, MSG_QUEUED);
-		recw_u8(r, 1);
-		recw_u8(r, 0);
-		recw_str(r, topic, sizeof(topic) - 1);
-		recw_bytes(r, "forged", 6);
+		build_session_msg(r, conn, sid, STR("forged/record"));
 		ok &= writer_rec(w, REC_SESSION_MSG, r);
 	}
 	return ok;
 }
 
-static void rec_connect(struct recw *r, conn_id_t conn, const char *client_id)
+static void build_connect(struct recw *r, conn_id_t conn, const char *client_id)
 {
-	static const char will_topic[] = "forged/will";
-
-	recw_u64(r, conn);
-	recw_u8(r, 1);
-	recw_u16(r, 60);
-	recw_str(r, client_id, (uint16_t)strlen(client_id));
-	recw_str(r, "forged", 6);
-	recw_u8(r, 1);
-	recw_u8(r, 1);
-	recw_u8(r, 0);
-	recw_str(r, will_topic, sizeof(will_topic) - 1);
-	recw_bytes(r, "forged-will", 11);
+	rec_connect_encode(r, &(struct rec_connect){
+		.conn = conn, .clean = 1, .keepalive = 60,
+		.client_id = { (const uint8_t *)client_id, (uint16_t)strlen(client_id) },
+		.remote = STR("forged"),
+		.will_flag = 1, .will_qos = 1, .will_retain = 0,
+		.will_topic = STR("forged/will"), .will_payload = BYTES("forged-will"),
+	});
 }
 
 /* Record types only the router writes, and numbers no record has. */
 static bool forge_router_only(struct writer *w, struct recw *r, unsigned other,
 			      uint32_t other_epoch)
 {
-	static const char topic[] = "by/t";
+	const struct rec_str topic = STR("by/t");
 	conn_id_t conn = conn_id_make(other, other_epoch, 0, 1);
+	struct rec_route_target route_target = { .conn = conn, .qos = 2 };
+	size_t count_off;
 	bool ok = true;
 
-	/* The old WORKER_DOWN record (u32 worker, u32 new epoch) had the number CONNACK has now. */
+	/*
+	 * Raw bytes, on purpose: the old WORKER_DOWN record (u32 worker, u32
+	 * new epoch) had the number CONNACK has now; as a CONNACK it is
+	 * malformed.
+	 */
 	recw_u32(r, other);
 	recw_u32(r, other_epoch + 1);
 	ok &= writer_rec(w, REC_CONNACK, r);
-	recw_u64(r, conn);
-	recw_u32(r, 1);
-	recw_u8(r, 0);
-	recw_u8(r, 0);
-	recw_u16(r, 0);
+	rec_connack_encode(r, &(struct rec_connack){ .conn = conn, .sid = 1 }, NULL, 0);
 	ok &= writer_rec(w, REC_CONNACK, r);
-	recw_u64(r, conn);
-	recw_u16(r, 1);
-	recw_u16(r, 1);
-	recw_u8(r, 2);
+	count_off = rec_suback_begin(r, &(struct rec_suback){ .conn = conn, .packet_id = 1 });
+	rec_suback_add(r, 2);
+	rec_suback_end(r, count_off, 1);
 	ok &= writer_rec(w, REC_SUBACK, r);
-	recw_u64(r, conn);
-	recw_u16(r, 1);
+	rec_unsuback_encode(r, &(struct rec_unsuback){ .conn = conn, .packet_id = 1 });
 	ok &= writer_rec(w, REC_UNSUBACK, r);
-	recw_u8(r, 2);
-	recw_str(r, topic, sizeof(topic) - 1);
-	recw_bytes(r, "forged-deliver", 14);
-	recw_u8(r, 0);
-	recw_u32(r, GUESS_SLOTS * GUESS_SERIALS);
+	count_off = rec_deliver_begin(r, &(struct rec_deliver){
+		.qos = 2, .topic = topic, .payload = BYTES("forged-deliver"),
+	});
 	for (unsigned slot = 0; slot < GUESS_SLOTS; slot++)
-		for (unsigned serial = 1; serial <= GUESS_SERIALS; serial++) {
-			recw_u64(r, conn_id_make(other, other_epoch, slot, serial));
-			recw_u32(r, 1);
-			recw_u8(r, 2);
-		}
+		for (unsigned serial = 1; serial <= GUESS_SERIALS; serial++)
+			rec_deliver_add(r, &(struct rec_target){
+				.conn = conn_id_make(other, other_epoch, slot, serial),
+				.sid = 1, .qos = 2,
+			});
+	rec_deliver_end(r, count_off, GUESS_SLOTS * GUESS_SERIALS);
 	ok &= writer_rec(w, REC_DELIVER, r);
 	for (unsigned slot = 0; slot < GUESS_SLOTS; slot++) {
-		recw_u64(r, conn_id_make(other, other_epoch, slot, 1));
+		rec_kick_encode(r, &(struct rec_kick){ conn_id_make(other, other_epoch, slot, 1) });
 		ok &= writer_rec(w, REC_KICK, r);
 	}
-	recw_u64(r, 1);
-	recw_u64(r, 0);
-	recw_str(r, topic, sizeof(topic) - 1);
-	recw_u8(r, 1);
-	recw_u32(r, 1);
-	recw_u64(r, conn);
-	recw_u8(r, 2);
+	count_off = rec_route_begin(r, &(struct rec_route){
+		.ask = 1, .gen = 0, .topic = topic, .local = 1,
+	});
+	rec_route_add(r, &route_target);
+	rec_route_end(r, count_off, 1);
 	ok &= writer_rec(w, REC_ROUTE, r);
+	/* Raw bytes under numbers no record type has: no layout to follow. */
 	recw_u64(r, conn);
 	ok &= writer_rec(w, REC_TYPE_MAX, r);
 	recw_u64(r, conn);
@@ -921,13 +911,13 @@ static void case_forge(struct target *t)
 				ok &= forge_about(&w, &r, conn_id_make(t->index, e, slot, 1));
 		/* CONNECTs in slots past what it can hold. */
 		for (uint32_t slot = t->capacity; ok && slot < t->capacity + 4; slot++) {
-			rec_connect(&r, conn_id_make(t->index, t->epoch, slot, 1), "forged-slot");
+			build_connect(&r, conn_id_make(t->index, t->epoch, slot, 1), "forged-slot");
 			ok &= writer_rec(&w, REC_CONNECT, &r);
 		}
-		rec_connect(&r, conn_id_make(t->index, t->epoch, 0xffffff, 1), "forged-slot-max");
+		build_connect(&r, conn_id_make(t->index, t->epoch, 0xffffff, 1), "forged-slot-max");
 		ok &= writer_rec(&w, REC_CONNECT, &r);
 		/* A CONNECT on another worker's connection. */
-		rec_connect(&r, conn_id_make(other, other_epoch, GUESS_SLOTS, 1), "forged-other");
+		build_connect(&r, conn_id_make(other, other_epoch, GUESS_SLOTS, 1), "forged-other");
 		ok &= writer_rec(&w, REC_CONNECT, &r);
 		ok &= forge_router_only(&w, &r, other, other_epoch);
 	} else if (strcmp(variant, "session") == 0) {
@@ -935,18 +925,9 @@ static void case_forge(struct target *t)
 		 * A connection id it may hold (its own epoch, slot 0): a stored
 		 * message "re-routed" to every session, wherever it lives.
 		 */
-		static const char topic[] = "forged/session";
-
 		for (uint32_t sid = 1; ok && sid <= GUESS_SIDS; sid++) {
-			recw_u64(&r, conn_id_make(t->index, t->epoch, 0, 1));
-			recw_u32(&r, sid);
-			recw_u64(&r, 0);
-			recw_u16(&r, 0);
-			recw_u8(&r, MSG_QUEUED);
-			recw_u8(&r, 1);
-			recw_u8(&r, 0);
-			recw_str(&r, topic, sizeof(topic) - 1);
-			recw_bytes(&r, "forged", 6);
+			build_session_msg(&r, conn_id_make(t->index, t->epoch, 0, 1), sid,
+					  STR("forged/session"));
 			ok &= writer_rec(&w, REC_SESSION_MSG, &r);
 		}
 	} else {
