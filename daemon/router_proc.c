@@ -33,6 +33,7 @@
 #include "rec.h"
 #include "role.h"
 #include "router.h"
+#include "ringout.h"
 #include "shmring.h"
 #include "store.h"
 
@@ -44,29 +45,12 @@
 #define ROUTER_NO_POS UINT64_MAX     /* a ring position the store does not have yet */
 #define ROUTER_POISON_CRASHES 3      /* deaths in a row on one record before it is set aside */
 
-/* A record the r2w ring had no room for yet (kept in the store's outbox under seq too). */
-struct router_blrec {
-	struct router_blrec *next;
-	uint64_t seq;
-	uint16_t type;
-	bool stored;                 /* also in the store's outbox */
-	uint32_t len;
-	uint8_t data[];
-};
-
 /*
- * Records for one worker waiting for room in its r2w ring, in order. Its
+ * Records for a worker wait in its ringout's backlog while its r2w ring is
+ * full (those durable also in the store's outbox, under their seq). Their
  * bytes are capped by max_router_backlog_bytes (router_proc_emit): past
  * the cap, deliveries are dropped; an episode lasts until it is empty.
  */
-struct router_backlog {
-	struct router_blrec *head, *tail;
-	size_t n;
-	size_t bytes;                /* held, with each record's own overhead */
-	uint64_t next_seq;
-	uint64_t dropped;            /* records dropped in this episode */
-};
-
 struct router_proc {
 	struct role_env *env;
 	struct router *r;
@@ -76,8 +60,8 @@ struct router_proc {
 	int epfd, tfd;
 	struct shmring_consumer in[IOTD_MAX_WORKERS];
 	struct shmring_producer out[IOTD_MAX_WORKERS];
-	bool dirty[IOTD_MAX_WORKERS];   /* records reserved, not committed */
-	struct router_backlog backlog[IOTD_MAX_WORKERS];
+	struct ringout out_q[IOTD_MAX_WORKERS];      /* r2w producers with their backlogs */
+	uint64_t dropped[IOTD_MAX_WORKERS];          /* deliveries dropped in this backlog episode */
 	uint64_t stored_tail[IOTD_MAX_WORKERS];  /* ring positions as last written to the store */
 	uint64_t stored_head[IOTD_MAX_WORKERS];
 	/*
@@ -146,33 +130,6 @@ static uint64_t router_now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static bool router_backlog_append(struct router_proc *p, unsigned worker, uint64_t seq,
-				  uint16_t type, const void *data, uint32_t len, bool stored)
-{
-	struct router_backlog *b = &p->backlog[worker];
-	struct router_blrec *e = malloc(sizeof(*e) + len);
-
-	if (!e)
-		return false;
-	e->next = NULL;
-	e->seq = seq;
-	e->type = type;
-	e->stored = stored;
-	e->len = len;
-	if (len)
-		memcpy(e->data, data, len);
-	b->bytes += sizeof(*e) + len;
-	if (b->tail)
-		b->tail->next = e;
-	else
-		b->head = e;
-	b->tail = e;
-	b->next_seq = MAX(b->next_seq, seq + 1);
-	if (b->n++ == 0)
-		log_debug("router: ring to worker %u full: holding records", worker);
-	return true;
-}
-
 /*
  * A DELIVER of a QoS 0 message may be lost with the router, as with a
  * worker: storing it would only fill the store while a slow worker floods.
@@ -187,11 +144,17 @@ static bool router_rec_durable(uint16_t type, const struct recw *rec)
 static bool router_backlog_push(struct router_proc *p, unsigned worker, uint16_t type,
 				const struct recw *rec)
 {
-	uint64_t seq = p->backlog[worker].next_seq;
+	struct ringout *o = &p->out_q[worker];
+	uint64_t seq = o->next_seq;
 	bool stored = p->st && router_rec_durable(type, rec);
+	struct ringout_rec *e;
 
-	if (!router_backlog_append(p, worker, seq, type, rec->buf, (uint32_t)rec->len, stored))
+	if (o->n == 0)
+		log_debug("router: ring to worker %u full: holding records", worker);
+	e = ringout_hold(o, seq, type, rec->buf, (uint32_t)rec->len);
+	if (e == NULL)
 		return false;
+	e->stored = stored;
 	/* Held records are emitted output: a restarted router must still send them. */
 	if (stored)
 		store_outbox_put(p->st, worker, seq, type, rec->buf, (uint32_t)rec->len);
@@ -212,15 +175,15 @@ static bool router_backlog_push(struct router_proc *p, unsigned worker, uint16_t
 static bool router_backlog_over(struct router_proc *p, unsigned worker, uint16_t type,
 				const struct recw *rec)
 {
-	struct router_backlog *b = &p->backlog[worker];
+	struct ringout *o = &p->out_q[worker];
 	long cap = p->env->cfg->max_router_backlog_bytes;
 
-	if (cap <= 0 || !b->head || (type != REC_DELIVER && type != REC_ROUTE) ||
-	    b->bytes + sizeof(struct router_blrec) + rec->len <= (size_t)cap)
+	if (cap <= 0 || !o->head || (type != REC_DELIVER && type != REC_ROUTE) ||
+	    o->bytes + ringout_cost((uint32_t)rec->len) <= (size_t)cap)
 		return false;
-	if (!b->dropped++)
+	if (!p->dropped[worker]++)
 		log_warn("router: ring to worker %u full and %zu bytes held (max_router_backlog_bytes %ld): dropping deliveries to it until it catches up",
-			 worker, b->bytes, cap);
+			 worker, o->bytes, cap);
 	return true;
 }
 
@@ -237,11 +200,10 @@ static int router_proc_emit(void *arg, unsigned worker, uint16_t type, const str
 			  rec_type_name(type), rec->len, worker);
 		return -1;
 	}
-	if (!p->backlog[worker].head && router_proc_ring_open(p, worker)) {
-		dst = shmring_reserve(&p->out[worker], type, 0, (uint32_t)rec->len);
+	if (!p->out_q[worker].head && router_proc_ring_open(p, worker)) {
+		dst = ringout_reserve(&p->out_q[worker], type, (uint32_t)rec->len);
 		if (dst) {
 			memcpy(dst, rec->buf, rec->len);
-			p->dirty[worker] = true;
 			return 0;
 		}
 		if (errno == EPROTO)
@@ -256,36 +218,35 @@ static int router_proc_emit(void *arg, unsigned worker, uint16_t type, const str
 	return -1;
 }
 
+struct router_moved_ctx {
+	struct router_proc *p;
+	unsigned worker;
+};
+
+/* A held record went into the ring: the outbox no longer needs it. */
+static void router_backlog_moved(void *arg, const struct ringout_rec *e)
+{
+	struct router_moved_ctx *ctx = arg;
+
+	if (e->stored && ctx->p->st)
+		store_outbox_del(ctx->p->st, ctx->worker, e->seq);
+}
+
 /* Move held records into the ring (reserved: published after the store's commit). */
 static void router_backlog_flush(struct router_proc *p, unsigned worker)
 {
-	struct router_backlog *b = &p->backlog[worker];
-	struct router_blrec *e;
-	void *dst;
+	struct router_moved_ctx ctx = { p, worker };
+	struct ringout *o = &p->out_q[worker];
 
-	if (!b->head || !router_proc_ring_open(p, worker))
+	if (!o->head || !router_proc_ring_open(p, worker))
 		return;
-	while ((e = b->head)) {
-		dst = shmring_reserve(&p->out[worker], e->type, 0, e->len);
-		if (!dst && errno == EPROTO)
-			router_proc_fault(p, worker, "published an impossible position in the ring to it");
-		if (!dst)
-			return;         /* p_wait is set: the worker wakes us when it makes room */
-		memcpy(dst, e->data, e->len);
-		p->dirty[worker] = true;
-		if (e->stored && p->st)
-			store_outbox_del(p->st, worker, e->seq);
-		b->head = e->next;
-		if (!b->head)
-			b->tail = NULL;
-		b->n--;
-		b->bytes -= sizeof(*e) + e->len;
-		free(e);
-	}
-	if (b->dropped) {
+	/* Stops where the ring is full: p_wait is set, the worker wakes us when it makes room. */
+	if (ringout_flush(o, router_backlog_moved, &ctx) < 0)
+		router_proc_fault(p, worker, "published an impossible position in the ring to it");
+	if (!o->head && p->dropped[worker]) {
 		log_info("router: ring to worker %u caught up; %llu deliveries to it were dropped",
-			 worker, (unsigned long long)b->dropped);
-		b->dropped = 0;
+			 worker, (unsigned long long)p->dropped[worker]);
+		p->dropped[worker] = 0;
 	}
 }
 
@@ -294,18 +255,7 @@ static bool router_proc_room(void *arg, unsigned worker)
 {
 	struct router_proc *p = arg;
 
-	return worker < p->env->nworkers && !p->backlog[worker].head;
-}
-
-static void router_backlog_free(struct router_backlog *b)
-{
-	struct router_blrec *e, *next;
-
-	for (e = b->head; e; e = next) {
-		next = e->next;
-		free(e);
-	}
-	*b = (struct router_backlog){ 0 };
+	return worker < p->env->nworkers && !p->out_q[worker].head;
 }
 
 static void router_proc_backlogs(struct router_proc *p)
@@ -382,10 +332,7 @@ static void router_proc_persist(struct router_proc *p)
 static void router_proc_publish(struct router_proc *p)
 {
 	for (unsigned i = 0; i < p->env->nworkers; i++) {
-		if (!p->dirty[i])
-			continue;
-		p->dirty[i] = false;
-		if (shmring_commit(&p->out[i]))
+		if (ringout_commit(&p->out_q[i]))
 			eventfd_wake(p->env->worker_efd[i]);
 	}
 }
@@ -747,7 +694,11 @@ static void router_restore_held(void *arg, uint64_t seq, uint16_t type, const vo
 {
 	struct router_held_ctx *ctx = arg;
 
-	if (!router_backlog_append(ctx->p, ctx->worker, seq, type, data, len, true))
+	struct ringout_rec *e = ringout_hold(&ctx->p->out_q[ctx->worker], seq, type, data, len);
+
+	if (e != NULL)
+		e->stored = true;
+	else
 		log_error("router: out of memory: a held %s for worker %u is lost",
 			  rec_type_name(type), ctx->worker);
 }
@@ -792,7 +743,7 @@ static void router_restore_head(struct router_proc *p, unsigned i)
 	if (pos == head)
 		return;
 	if (pos > head && shmring_producer_seek(&p->out[i], pos)) {
-		p->dirty[i] = true;
+		p->out_q[i].reserved = true;
 		log_info("router: ring to worker %u: publishing %llu bytes written before the restart",
 			 i, (unsigned long long)(pos - head));
 	} else {
@@ -810,9 +761,9 @@ static void router_restore_rings(struct router_proc *p)
 		router_restore_tail(p, i);
 		router_restore_head(p, i);
 		store_each_outbox(p->st, i, router_restore_held, &ctx);
-		if (p->backlog[i].n)
+		if (p->out_q[i].n)
 			log_info("router: ring to worker %u: %zu held records taken back", i,
-				 p->backlog[i].n);
+				 p->out_q[i].n);
 	}
 }
 
@@ -821,7 +772,7 @@ static void router_proc_resynced(struct router_proc *p)
 {
 	store_outbox_clear(p->st);
 	for (unsigned i = 0; i < p->env->nworkers; i++)
-		for (struct router_blrec *e = p->backlog[i].head; e; e = e->next)
+		for (const struct ringout_rec *e = p->out_q[i].head; e; e = e->next)
 			store_outbox_put(p->st, i, e->seq, e->type, e->data, e->len);
 	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
 		p->stored_tail[i] = p->stored_head[i] = ROUTER_NO_POS;
@@ -867,8 +818,10 @@ static int router_proc_setup(struct router_proc *p)
 	bool same = false;
 	char err[512];
 
-	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
+	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++) {
 		p->stored_tail[i] = p->stored_head[i] = ROUTER_NO_POS;
+		ringout_init(&p->out_q[i], &p->out[i]);
+	}
 	for (unsigned i = 0; i < env->nworkers; i++) {
 		if (!shmring_consumer_attach(&p->in[i], &env->shm.w2r[i]))
 			router_proc_fault(p, i, "left an impossible position in its ring");
@@ -935,7 +888,7 @@ static void router_proc_cleanup(struct router_proc *p, bool graceful)
 	if (p->tfd >= 0)
 		close(p->tfd);
 	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++) {
-		router_backlog_free(&p->backlog[i]);
+		ringout_clear(&p->out_q[i]);
 		shmring_consumer_detach(&p->in[i]);
 	}
 	router_free(&p->r);
