@@ -180,14 +180,14 @@ static void throttle_update(struct worker *w)
 	bool pressure = atomic_load_explicit(&w->env->shm.sup->memory_pressure,
 					     memory_order_relaxed);
 
-	if (!w->throttled && (w->bl_bytes > BACKLOG_HIGH || pressure)) {
+	if (!w->throttled && (w->out.bytes > BACKLOG_HIGH || pressure)) {
 		w->throttled = true;
 		if (pressure)
 			log_warn("memory_limit reached; pausing reads from clients");
 		else
 			log_warn("router is behind (%zu bytes waiting); pausing reads from clients",
-				 w->bl_bytes);
-	} else if (w->throttled && w->bl_bytes < BACKLOG_LOW && !pressure) {
+				 w->out.bytes);
+	} else if (w->throttled && w->out.bytes < BACKLOG_LOW && !pressure) {
 		w->throttled = false;
 		log_info("reading from clients again");
 		for (uint32_t i = 0; i < w->n_slots; i++) {
@@ -451,6 +451,7 @@ static int worker_setup(struct worker *w, struct role_env *env)
 	 * faulty predecessor left in our own memory.
 	 */
 	shmring_producer_attach_at_tail(&w->prod, &env->shm.w2r[w->index]);
+	ringout_init(&w->out, &w->prod);
 	/*
 	 * What the router sent our predecessor is read like anything else:
 	 * those connections are of an older epoch, so no lookup finds them,
@@ -485,13 +486,8 @@ static int worker_setup(struct worker *w, struct role_env *env)
 
 void worker_teardown(struct worker *w)
 {
-	struct backlog *b, *next;
-
 	ring_commit(w);
-	for (b = w->bl_head; b != NULL; b = next) {
-		next = b->next;
-		free(b);
-	}
+	ringout_clear(&w->out);
 	free(w->slots);
 	free(w->serials);
 	free(w->free_slots);

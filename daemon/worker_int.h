@@ -19,6 +19,7 @@
 #include "mqtt.h"
 #include "qos.h"
 #include "rec.h"
+#include "ringout.h"
 #include "role.h"
 #include "routes.h"
 #include "shmring.h"
@@ -93,24 +94,14 @@ struct addr_reports {
 	bool send_failed_logged;
 };
 
-/* A ring record that did not fit: kept in order until the router makes room. */
-struct backlog {
-	struct backlog *next;
-	uint16_t type;
-	uint32_t len;
-	uint8_t data[];
-};
-
 struct worker {
 	struct role_env *env;
 	const struct iotd_config *cfg;
 	unsigned index, epoch;
 	int epfd, timerfd;
 	struct shmring_producer prod;    /* to the router */
+	struct ringout out;              /* prod, with the records that did not fit yet */
 	struct shmring_consumer cons;    /* from the router */
-	bool need_commit;
-	struct backlog *bl_head, *bl_tail;
-	size_t bl_bytes;
 	struct conn **slots;
 	uint16_t *serials;
 	uint32_t n_slots, cap_slots;

@@ -22,82 +22,24 @@
 
 /* --- records to the router ---------------------------------------------- */
 
-static void backlog_add(struct worker *w, uint16_t type, const void *data, size_t len)
-{
-	struct backlog *b = malloc(sizeof(*b) + len);
-
-	if (b == NULL) {
-		log_error("out of memory queueing a %s record for the router; dropped",
-			  rec_type_name(type));
-		return;
-	}
-	b->next = NULL;
-	b->type = type;
-	b->len = (uint32_t)len;
-	memcpy(b->data, data, len);
-	if (w->bl_tail)
-		w->bl_tail->next = b;
-	else
-		w->bl_head = b;
-	w->bl_tail = b;
-	w->bl_bytes += len;
-}
-
-static void ring_push(struct worker *w, uint16_t type, const void *data, size_t len)
-{
-	void *dst;
-
-	if (w->bl_head == NULL) {
-		dst = shmring_reserve(&w->prod, type, 0, (uint32_t)len);
-		if (dst != NULL) {
-			memcpy(dst, data, len);
-			w->need_commit = true;
-			return;
-		}
-		if (errno == EMSGSIZE) {
-			log_error("%s record of %zu bytes is larger than the ring; dropped",
-				  rec_type_name(type), len);
-			return;
-		}
-	}
-	backlog_add(w, type, data, len);
-}
-
 void push_recw(struct worker *w, uint16_t type)
 {
 	if (w->rw.oom) {
 		log_error("out of memory building a %s record; dropped", rec_type_name(type));
 		return;
 	}
-	ring_push(w, type, w->rw.buf, w->rw.len);
+	if (ringout_put(&w->out, type, w->rw.buf, (uint32_t)w->rw.len) < 0)
+		log_error("a %s record of %zu bytes for the router: %s; dropped",
+			  rec_type_name(type), w->rw.len,
+			  errno == EMSGSIZE ? "larger than the ring" : strerror(errno));
 }
 
-static void backlog_flush(struct worker *w)
-{
-	while (w->bl_head != NULL) {
-		struct backlog *b = w->bl_head;
-		void *dst = shmring_reserve(&w->prod, b->type, 0, b->len);
-
-		if (dst == NULL)
-			return;
-		memcpy(dst, b->data, b->len);
-		w->need_commit = true;
-		w->bl_head = b->next;
-		if (w->bl_head == NULL)
-			w->bl_tail = NULL;
-		w->bl_bytes -= b->len;
-		free(b);
-	}
-}
-
+/* Held records first, then what was reserved: published with one wake-up at most. */
 void ring_commit(struct worker *w)
 {
-	backlog_flush(w);
-	if (w->need_commit) {
-		w->need_commit = false;
-		if (shmring_commit(&w->prod))
-			eventfd_wake(w->env->router_efd);
-	}
+	ringout_flush(&w->out, NULL, NULL);
+	if (ringout_commit(&w->out))
+		eventfd_wake(w->env->router_efd);
 }
 
 /* ask: 0, or the route request this message carries (routes.h). */
@@ -113,10 +55,9 @@ void push_publish(struct worker *w, const struct mqtt_publish *pub, uint64_t ask
 	uint32_t len = (uint32_t)rec_publish_size(&x);
 	uint8_t *dst;
 
-	if (w->bl_head == NULL && (dst = shmring_reserve(&w->prod, REC_PUBLISH, 0, len)) != NULL) {
+	if ((dst = ringout_reserve(&w->out, REC_PUBLISH, len)) != NULL) {
 		/* The hot path: straight into the ring, no staging copy. */
 		rec_publish_put(dst, &x);
-		w->need_commit = true;
 		return;
 	}
 	rec_publish_encode(&w->rw, &x);

@@ -428,6 +428,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&ring_pctl, 0, sizeof(ring_pctl));
 	memset(&ring_cctl, 0, sizeof(ring_cctl));
 	shmring_producer_attach_at_tail(&w.prod, &ring);
+	ringout_init(&w.out, &w.prod);
 	shmring_consumer_attach(&router_side, &ring);
 	conns_open(&w, peers);
 	ring_empty(&w);
