@@ -1,0 +1,48 @@
+/*
+ * store_int.h - what the store's two files share: struct store and the
+ * layout constants (the store's format is described in store.c).
+ * Private to daemon/store.c and daemon/store_open.c.
+ */
+#ifndef IOTD_STORE_INT_H
+#define IOTD_STORE_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#include "rec.h"
+#include "store.h"
+
+#define STORE_KEY_PREFIX 400u                      /* keys up to this size are stored as they are */
+#define STORE_KEY_LONG (STORE_KEY_PREFIX + 4u)      /* prefix + u32 discriminator */
+#define STORE_MAX_DBS 8
+#define STORE_LOCK_FILE "iotd.lock"
+#define STORE_DIR_PREFIX "iotd-"
+#define STORE_NAME_RANDOM 16                      /* bytes of getrandom() in a memory store's name */
+
+struct store {
+	MDB_env *env;
+	MDB_dbi meta, sessions, subs, queue, retained, outbox;
+	MDB_txn *txn;                /* this turn's write transaction, begun lazily */
+	enum store_kind kind;
+	int lock_fd;
+	bool stale;                  /* a write failed: mutations are ignored until a resync */
+	bool resyncing;              /* the open transaction rewrites everything */
+	bool warned;                 /* the failure of this episode was logged */
+	bool warned_sync;
+	bool unsynced;               /* committed since the last store_sync() */
+	uint32_t sessions_max_sid;   /* largest session id written: above it, a put appends */
+	struct recw val;             /* scratch for encoding values */
+	uint8_t *kbuf;               /* scratch for building long keys (sid + filter) */
+	size_t kcap;
+	uint8_t key[STORE_KEY_LONG];
+	char dir[256];
+};
+
+static inline MDB_val mval(const void *p, size_t len)
+{
+	return (MDB_val){ .mv_size = len, .mv_data = (void *)p };
+}
+
+#endif
