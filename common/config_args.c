@@ -15,7 +15,7 @@
 #include "iotd.h"
 #include "log.h"
 
-/* ---- the command line ---- */
+/* ---- the command line's layer ---- */
 
 int load_args(struct load_ctx *ctx, const struct cli_args *args)
 {

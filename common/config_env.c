@@ -1,7 +1,7 @@
 /*
  * config_env.c - the environment's layer: IOTD_<SECTION>_<KEY> variables
  * over the file's values, each checked through the key table. A name in
- * one of our sections that is no key is an error.
+ * one of iotd's sections that is no key is an error.
  */
 #include "config.h"
 
