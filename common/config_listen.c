@@ -1,0 +1,144 @@
+/*
+ * config_listen.c - one listen address parsed and checked:
+ * "host:port", "[v6]:port", "tcp://host:port" or ":port" into a struct
+ * listen_addr (config_parse_listen, include/config.h). The file, the
+ * environment and -l all reach it through add_listen() in config.c.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+static bool valid_ipv6(const char *host)
+{
+	char addr[INET6_ADDRSTRLEN];
+	const char *zone = strchr(host, '%');
+	size_t len = zone ? (size_t)(zone - host) : strlen(host);
+	unsigned char buf[sizeof(struct in6_addr)];
+
+	if (len == 0 || len >= sizeof(addr))
+		return false;
+	memcpy(addr, host, len);
+	addr[len] = '\0';
+	if (inet_pton(AF_INET6, addr, buf) != 1)
+		return false;
+	if (!zone)
+		return true;
+	/* A zone is an interface name (link-local addresses): IFNAMSIZ - 1. */
+	zone++;
+	if (*zone == '\0' || strlen(zone) > 15)
+		return false;
+	for (; *zone; zone++)
+		if (!isalnum((unsigned char)*zone) && !strchr("._-", *zone))
+			return false;
+	return true;
+}
+
+/* Labels of letters, digits, '-' and '_'; no empty label. */
+static bool valid_hostname(const char *host)
+{
+	size_t label = 0;
+
+	for (const char *p = host; *p; p++) {
+		if (*p == '.') {
+			if (label == 0)
+				return false;
+			label = 0;
+		} else if (isalnum((unsigned char)*p) || *p == '-' || *p == '_') {
+			label++;
+		} else {
+			return false;
+		}
+	}
+	return label > 0 && host[0] != '-';
+}
+
+/*
+ * Digits and dots only must be a dotted quad: the resolver would take
+ * "10.1" or "4294967295" as an address in inet_aton's legacy forms.
+ */
+static bool looks_numeric(const char *host)
+{
+	return host[strspn(host, "0123456789.")] == '\0';
+}
+
+static int parse_port(const char *s, struct listen_addr *a)
+{
+	size_t n = strspn(s, "0123456789");
+	long port;
+
+	if (n == 0 || n > 5 || s[n] != '\0')
+		return -1;
+	port = strtol(s, NULL, 10);
+	if (port < 1 || port > 65535)
+		return -1;
+	snprintf(a->port, sizeof(a->port), "%ld", port);
+	return 0;
+}
+
+static int copy_host(struct listen_addr *a, const char *host, size_t len)
+{
+	if (len >= sizeof(a->host))
+		return -1;
+	memcpy(a->host, host, len);
+	a->host[len] = '\0';
+	return 0;
+}
+
+static int parse_bracketed(const char *s, struct listen_addr *a)
+{
+	const char *close = strchr(s, ']');
+
+	if (!close || close[1] != ':')
+		return -1;
+	if (copy_host(a, s + 1, (size_t)(close - s - 1)) < 0 || !valid_ipv6(a->host))
+		return -1;
+	a->family = AF_INET6;
+	return parse_port(close + 2, a);
+}
+
+static int parse_plain(const char *s, struct listen_addr *a)
+{
+	const char *colon = strrchr(s, ':');
+	struct in_addr in4;
+
+	/* A second colon is an IPv6 address without brackets: ambiguous. */
+	if (!colon || memchr(s, ':', (size_t)(colon - s)))
+		return -1;
+	if (copy_host(a, s, (size_t)(colon - s)) < 0)
+		return -1;
+	if (a->host[0] == '\0' || strcmp(a->host, "*") == 0) {
+		a->host[0] = '\0';
+		a->family = AF_UNSPEC;
+	} else if (inet_pton(AF_INET, a->host, &in4) == 1) {
+		a->family = AF_INET;
+	} else if (looks_numeric(a->host) || !valid_hostname(a->host)) {
+		return -1;
+	} else {
+		a->family = AF_UNSPEC;
+	}
+	return parse_port(colon + 1, a);
+}
+
+int config_parse_listen(const char *s, struct listen_addr *out)
+{
+	struct listen_addr a;
+
+	if (!s || !out)
+		return -1;
+	memset(&a, 0, sizeof(a));
+	if (strncasecmp(s, "tcp://", 6) == 0)
+		s += 6;
+	else if (strstr(s, "://"))
+		return -1;
+	if (*s == '[' ? parse_bracketed(s, &a) < 0 : parse_plain(s, &a) < 0)
+		return -1;
+	*out = a;
+	return 0;
+}
