@@ -621,8 +621,9 @@ static int parse_rule(struct acl_parse *p, size_t line, bool pattern, const char
 	return 0;
 }
 
-static int parse_line(struct acl_parse *p, size_t line, const char *s, size_t len)
+static int parse_line(void *arg, size_t line, const char *s, size_t len)
 {
+	struct acl_parse *p = arg;
 	size_t klen, next;
 
 	while (len > 0 && is_blank(s[len - 1]))
@@ -649,36 +650,19 @@ int acl_parse(const char *buf, size_t len, const struct acl_limits *lim, struct 
 	      char *err, size_t errlen)
 {
 	struct acl_parse p = { .lim = lim, .cur_index = SIZE_MAX, .err = err, .errlen = errlen };
-	size_t off = 0, line = 0;
 
-	if (len > lim->max_bytes) {
-		snprintf(err, errlen, "larger than %zu bytes", lim->max_bytes);
-		return -1;
-	}
 	p.acl = calloc(1, sizeof(*p.acl));
-	if (!p.acl) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	while (off < len) {
-		const char *nl = memchr(buf + off, '\n', len - off);
-		size_t end = nl ? (size_t)(nl - buf) : len;
-
-		line++;
-		if (end - off > lim->max_line) {
-			parse_fail(&p, line, "longer than the line limit");
-			goto fail;
-		}
-		if (parse_line(&p, line, buf + off, end - off) < 0)
-			goto fail;
-		off = end + 1;
-	}
-	if (acl_build(p.acl) < 0) {
-		snprintf(err, errlen, "out of memory");
+	if (!p.acl)
+		goto oom;
+	if (textfile_lines(buf, len, lim->max_bytes, lim->max_line, parse_line, &p, err,
+			   errlen) < 0)
 		goto fail;
-	}
+	if (acl_build(p.acl) < 0)
+		goto oom;
 	*out = p.acl;
 	return 0;
+oom:
+	snprintf(err, errlen, "out of memory");
 fail:
 	acl_free(p.acl);
 	return -1;
@@ -687,17 +671,12 @@ fail:
 int acl_load(const char *path, const struct acl_limits *lim, struct acl **out,
 	     char *err, size_t errlen)
 {
-	char *buf, msg[256];
-	size_t len;
-	int rc;
+	struct textfile f;
 
-	if (textfile_read(path, lim->max_bytes, &buf, &len, err, errlen) < 0)
+	if (textfile_open(&f, path, lim->max_bytes, err, errlen) < 0)
 		return -1;
-	rc = acl_parse(buf, len, lim, out, msg, sizeof(msg));
-	if (rc < 0)
-		snprintf(err, errlen, "%s: %s", path, msg);
-	free(buf);
-	return rc;
+	return textfile_close(&f, acl_parse(f.text, f.len, lim, out, f.err, sizeof(f.err)),
+			      err, errlen);
 }
 
 void acl_free(struct acl *acl)

@@ -37,6 +37,15 @@ static void json_ws(struct json_parser *p)
 		p->pos++;
 }
 
+/* Steps over c if it comes next. */
+static bool json_eat(struct json_parser *p, char c)
+{
+	if (p->pos >= p->len || p->s[p->pos] != c)
+		return false;
+	p->pos++;
+	return true;
+}
+
 /* A new value; its index, or -1. */
 static int64_t json_new(struct json_parser *p, enum json_type type)
 {
@@ -283,39 +292,6 @@ static int64_t json_string(struct json_parser *p)
 
 static int json_value(struct json_parser *p, uint32_t depth);
 
-static int json_array(struct json_parser *p, uint32_t depth)
-{
-	int64_t a = json_new(p, JSON_ARRAY);
-	uint32_t items = 0;
-
-	if (a < 0)
-		return -1;
-	p->pos++; /* '[' */
-	json_ws(p);
-	if (p->pos < p->len && p->s[p->pos] == ']') {
-		p->pos++;
-	} else {
-		for (;;) {
-			if (json_value(p, depth + 1) < 0)
-				return -1;
-			items++;
-			json_ws(p);
-			if (p->pos < p->len && p->s[p->pos] == ',') {
-				p->pos++;
-				continue;
-			}
-			if (p->pos < p->len && p->s[p->pos] == ']') {
-				p->pos++;
-				break;
-			}
-			return json_fail(p, "an array without ',' or ']'");
-		}
-	}
-	p->doc->v[a].len = items;
-	p->doc->v[a].end = p->doc->n;
-	return 0;
-}
-
 /* Is the key just read (index k) already a key of the object at index obj? */
 static bool json_key_seen(const struct json_parser *p, int64_t obj, int64_t k)
 {
@@ -330,50 +306,52 @@ static bool json_key_seen(const struct json_parser *p, int64_t obj, int64_t k)
 	return false;
 }
 
-static int json_object(struct json_parser *p, uint32_t depth)
+/* An object member's key and its ':'. */
+static int json_key(struct json_parser *p, int64_t obj)
 {
-	int64_t o = json_new(p, JSON_OBJECT);
-	uint32_t members = 0;
+	int64_t k;
 
-	if (o < 0)
-		return -1;
-	p->pos++; /* '{' */
 	json_ws(p);
-	if (p->pos < p->len && p->s[p->pos] == '}') {
-		p->pos++;
-	} else {
-		for (;;) {
-			int64_t k;
+	if (p->pos >= p->len || p->s[p->pos] != '"')
+		return json_fail(p, "an object key that is not a string");
+	k = json_string(p);
+	if (k < 0)
+		return -1;
+	if (json_key_seen(p, obj, k))
+		return json_fail(p, "a key named twice in one object");
+	json_ws(p);
+	if (!json_eat(p, ':'))
+		return json_fail(p, "an object key without ':'");
+	return 0;
+}
 
-			if (p->pos >= p->len || p->s[p->pos] != '"')
-				return json_fail(p, "an object key that is not a string");
-			k = json_string(p);
-			if (k < 0)
+/* An array, or an object (its members' keys too): members at depth + 1. */
+static int json_members(struct json_parser *p, uint32_t depth, enum json_type type)
+{
+	bool object = type == JSON_OBJECT;
+	char close = object ? '}' : ']';
+	int64_t c = json_new(p, type);
+	uint32_t n = 0;
+
+	if (c < 0)
+		return -1;
+	p->pos++; /* '[' or '{' */
+	json_ws(p);
+	if (!json_eat(p, close)) {
+		do {
+			if (object && json_key(p, c) < 0)
 				return -1;
-			if (json_key_seen(p, o, k))
-				return json_fail(p, "a key named twice in one object");
-			json_ws(p);
-			if (p->pos >= p->len || p->s[p->pos] != ':')
-				return json_fail(p, "an object key without ':'");
-			p->pos++;
 			if (json_value(p, depth + 1) < 0)
 				return -1;
-			members++;
+			n++;
 			json_ws(p);
-			if (p->pos < p->len && p->s[p->pos] == ',') {
-				p->pos++;
-				json_ws(p);
-				continue;
-			}
-			if (p->pos < p->len && p->s[p->pos] == '}') {
-				p->pos++;
-				break;
-			}
-			return json_fail(p, "an object without ',' or '}'");
-		}
+		} while (json_eat(p, ','));
+		if (!json_eat(p, close))
+			return json_fail(p, object ? "an object without ',' or '}'" :
+						     "an array without ',' or ']'");
 	}
-	p->doc->v[o].len = members;
-	p->doc->v[o].end = p->doc->n;
+	p->doc->v[c].len = n;
+	p->doc->v[c].end = p->doc->n;
 	return 0;
 }
 
@@ -387,7 +365,7 @@ static int json_value(struct json_parser *p, uint32_t depth)
 	case '[':
 		if (depth >= p->lim->max_depth)
 			return json_fail(p, "nested deeper than the limit");
-		return p->s[p->pos] == '{' ? json_object(p, depth) : json_array(p, depth);
+		return json_members(p, depth, p->s[p->pos] == '{' ? JSON_OBJECT : JSON_ARRAY);
 	case '"':
 		return json_string(p) < 0 ? -1 : 0;
 	case 't':

@@ -156,17 +156,12 @@ done:
 
 int jwt_keys_load(const char *path, struct jwt_keys **out, char *err, size_t errlen)
 {
-	char *buf, msg[256];
-	size_t len;
-	int rc;
+	struct textfile f;
 
-	if (textfile_read(path, JWT_MAX_KEY_FILE, &buf, &len, err, errlen) < 0)
+	if (textfile_open(&f, path, JWT_MAX_KEY_FILE, err, errlen) < 0)
 		return -1;
-	rc = jwt_keys_parse(buf, len, out, msg, sizeof(msg));
-	if (rc < 0)
-		snprintf(err, errlen, "%s: %s", path, msg);
-	free(buf);
-	return rc;
+	return textfile_close(&f, jwt_keys_parse(f.text, f.len, out, f.err, sizeof(f.err)),
+			      err, errlen);
 }
 
 void jwt_keys_free(struct jwt_keys *keys)

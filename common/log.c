@@ -42,25 +42,24 @@ static const char *const level_names[] = {
 	[LOG_LVL_DEBUG] = "debug",
 };
 
-/* sd-daemon(3) priorities: LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG. */
-static const char *const level_prefixes[] = {
-	[LOG_LVL_ERROR] = "<3>",
-	[LOG_LVL_WARN] = "<4>",
-	[LOG_LVL_INFO] = "<6>",
-	[LOG_LVL_DEBUG] = "<7>",
+/*
+ * Each level's syslog(3) priority (LOG_ERR, LOG_WARNING, LOG_INFO,
+ * LOG_DEBUG) as a line's sd-daemon(3) prefix on stderr and as the
+ * journal's PRIORITY= field.
+ */
+static const struct {
+	const char *prefix;
+	const char *field;
+} level_priorities[] = {
+	[LOG_LVL_ERROR] = { "<3>", "PRIORITY=3" },
+	[LOG_LVL_WARN] = { "<4>", "PRIORITY=4" },
+	[LOG_LVL_INFO] = { "<6>", "PRIORITY=6" },
+	[LOG_LVL_DEBUG] = { "<7>", "PRIORITY=7" },
 };
 
 static const char *const format_names[] = {
 	[LOG_FMT_TEXT] = "text",
 	[LOG_FMT_JSON] = "json",
-};
-
-/* syslog(3) priorities for the journal's PRIORITY= field. */
-static const char *const level_priorities[] = {
-	[LOG_LVL_ERROR] = "PRIORITY=3",
-	[LOG_LVL_WARN] = "PRIORITY=4",
-	[LOG_LVL_INFO] = "PRIORITY=6",
-	[LOG_LVL_DEBUG] = "PRIORITY=7",
 };
 
 #define JOURNAL_SOCKET "/run/systemd/journal/socket"
@@ -434,7 +433,7 @@ static void build_text(struct line *l, enum log_level level,
 	stop = sizeof(l->buf) - 1 - fields.len;
 	if (!bare) {
 		if (to_journal) {
-			put(l, stop, level_prefixes[level]);
+			put(l, stop, level_priorities[level].prefix);
 		} else {
 			put_timestamp(l, stop);
 			put(l, stop, " ");
@@ -507,8 +506,8 @@ static bool journal_send(enum log_level level, const char *client_id,
 	message.len = 8;
 	build_text(&message, level, client_id, remote, msg, msg_cut, true);
 	iov[n++] = (struct iovec){ .iov_base = message.buf, .iov_len = message.len };
-	iov[n++] = (struct iovec){ .iov_base = (void *)level_priorities[level],
-				   .iov_len = strlen(level_priorities[level]) };
+	iov[n++] = (struct iovec){ .iov_base = (void *)level_priorities[level].field,
+				   .iov_len = strlen(level_priorities[level].field) };
 	iov[n++] = (struct iovec){ .iov_base = "SYSLOG_IDENTIFIER=iotd", .iov_len = 22 };
 	journal_field(&role, "ROLE=", cur_role);
 	iov[n++] = (struct iovec){ .iov_base = role.buf, .iov_len = role.len };

@@ -274,8 +274,9 @@ static int pw_add(struct pw_parse *p, size_t line, const char *user, size_t ulen
 	return 0;
 }
 
-static int pw_line(struct pw_parse *p, size_t line, const char *s, size_t len)
+static int pw_line(void *arg, size_t line, const char *s, size_t len)
 {
+	struct pw_parse *p = arg;
 	struct pw_entry e = { 0 };
 	const char *colon, *why;
 	size_t ulen, hoff, hend;
@@ -354,30 +355,14 @@ int passwd_parse(const char *buf, size_t len, const struct passwd_limits *lim,
 		 struct passwd_table **out, char *err, size_t errlen)
 {
 	struct pw_parse p = { .lim = lim, .err = err, .errlen = errlen };
-	size_t off = 0, line = 0;
 
-	if (len > lim->max_bytes) {
-		snprintf(err, errlen, "larger than %zu bytes", lim->max_bytes);
-		return -1;
-	}
 	p.t = calloc(1, sizeof(*p.t));
 	if (!p.t) {
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	while (off < len) {
-		const char *nl = memchr(buf + off, '\n', len - off);
-		size_t end = nl ? (size_t)(nl - buf) : len;
-
-		line++;
-		if (end - off > lim->max_line) {
-			pw_fail(&p, line, "longer than the line limit");
-			goto fail;
-		}
-		if (pw_line(&p, line, buf + off, end - off) < 0)
-			goto fail;
-		off = end + 1;
-	}
+	if (textfile_lines(buf, len, lim->max_bytes, lim->max_line, pw_line, &p, err, errlen) < 0)
+		goto fail;
 	if (p.t->n > 0) {
 		/* The stand-in: the first line's kind and costs; random salt and hash match nothing. */
 		p.t->stand_in = p.t->e[0];
@@ -399,18 +384,12 @@ fail:
 int passwd_load(const char *path, const struct passwd_limits *lim,
 		struct passwd_table **out, char *err, size_t errlen)
 {
-	char *buf, msg[256];
-	size_t len;
-	int rc;
+	struct textfile f;
 
-	if (textfile_read(path, lim->max_bytes, &buf, &len, err, errlen) < 0)
+	if (textfile_open(&f, path, lim->max_bytes, err, errlen) < 0)
 		return -1;
-	rc = passwd_parse(buf, len, lim, out, msg, sizeof(msg));
-	if (rc < 0)
-		snprintf(err, errlen, "%s: %s", path, msg);
-	OPENSSL_cleanse(buf, len);
-	free(buf);
-	return rc;
+	return textfile_close(&f, passwd_parse(f.text, f.len, lim, out, f.err, sizeof(f.err)),
+			      err, errlen);
 }
 
 void passwd_free(struct passwd_table *t)

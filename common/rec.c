@@ -1,8 +1,9 @@
 /*
  * rec.c - the data-plane records that workers and the router exchange
  * through the rings: the growable field writer, and the decoder and
- * encoder of every record type not on the per-message path (rec.h has
- * those, REC_PUBLISH and REC_DELIVER, inline, and the field reader).
+ * encoder of every record type not on the per-message path, both made
+ * from one list of the record's fields (rec.h has those, REC_PUBLISH and
+ * REC_DELIVER, inline, and the field reader).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -137,22 +138,24 @@ void recw_patch_u32(struct recw *w, size_t off, uint32_t v)
 /* ---- records ----------------------------------------------------------- */
 
 /*
- * Decoders read every field with the bounds-checked reader and check once
- * at the end; a list is walked item by item, so that a huge count on a
- * short record stops at the first overrun. Encoders write field by field:
- * these records are not per message (REC_PUBLISH and REC_DELIVER, which
- * are, live in rec.h).
+ * Each record's layout is written once, below: its fields in wire order as
+ * F(kind, name), in the order of its struct in rec.h. The kinds: u8, u16,
+ * u32 and u64, an integer of that width; str, a struct rec_str; bytes, a
+ * struct rec_bytes; and, last, a list (a struct rec_iter) of one of these:
+ *
+ *   ids16       u16 count, then u16 packet ids, written from ids[0..n)
+ *   codes16     u16 count, then u8 codes
+ *   strs16      u16 count, then strings
+ *   subs16      u16 count, then each a string and a u8 qos
+ *   targets32   u32 count, then REC_ROUTE_TARGET_BYTES each
+ *
+ * From the list come the decoder and the encoder (or rec_X_begin(), whose
+ * list comes later), so the two cannot disagree. A decoder reads every
+ * field with the bounds-checked reader and checks once at the end; a list
+ * of strings is walked item by item, so that a huge count on a short
+ * record stops at the first overrun. These records are not per message
+ * (REC_PUBLISH and REC_DELIVER, which are, live in rec.h).
  */
-
-bool rec_packet_id_next(struct rec_iter *it, uint16_t *packet_id)
-{
-	if (!it->n)
-		return false;
-	memcpy(packet_id, it->p, sizeof(*packet_id));
-	it->p += sizeof(*packet_id);
-	it->n--;
-	return true;
-}
 
 /* A u16 count of fixed-size items, taken whole. */
 static void rec_read_array16(struct recr *r, struct rec_iter *it, size_t item_bytes)
@@ -161,79 +164,162 @@ static void rec_read_array16(struct recr *r, struct rec_iter *it, size_t item_by
 	it->p = recr_take(r, it->n * item_bytes);
 }
 
-int rec_connect_decode(struct rec_connect *x, const void *p, size_t len)
+/* A u32 count of fixed-size items, taken whole. */
+static void rec_read_array32(struct recr *r, struct rec_iter *it, size_t item_bytes)
 {
-	struct recr r;
-
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->clean = recr_u8(&r);
-	x->keepalive = recr_u16(&r);
-	recr_str(&r, &x->client_id.p, &x->client_id.len);
-	recr_str(&r, &x->remote.p, &x->remote.len);
-	x->will_flag = recr_u8(&r);
-	x->will_qos = recr_u8(&r);
-	x->will_retain = recr_u8(&r);
-	recr_str(&r, &x->will_topic.p, &x->will_topic.len);
-	recr_bytes(&r, &x->will_payload.p, &x->will_payload.len);
-	return recr_end(&r);
+	it->n = recr_u32(r);
+	/* n x item_bytes may not fit a size_t of 32 bits: compare by division. */
+	if (it->n > recr_left(r) / item_bytes)
+		r->err = true;
+	it->p = recr_take(r, (size_t)it->n * item_bytes);
 }
 
-void rec_connect_encode(struct recw *w, const struct rec_connect *x)
+/* A u16 count of strings, each followed by extra bytes. */
+static void rec_read_strs16(struct recr *r, struct rec_iter *it, size_t extra)
 {
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u8(w, x->clean);
-	recw_u16(w, x->keepalive);
-	recw_str(w, x->client_id.p, x->client_id.len);
-	recw_str(w, x->remote.p, x->remote.len);
-	recw_u8(w, x->will_flag);
-	recw_u8(w, x->will_qos);
-	recw_u8(w, x->will_retain);
-	recw_str(w, x->will_topic.p, x->will_topic.len);
-	recw_bytes(w, x->will_payload.p, x->will_payload.len);
-}
+	const uint8_t *s;
+	uint16_t len;
 
-int rec_subscribe_decode(struct rec_subscribe *x, const void *p, size_t len)
-{
-	struct recr r;
-	const uint8_t *f;
-	uint16_t flen;
-
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->packet_id = recr_u16(&r);
-	x->filters.n = recr_u16(&r);
-	x->filters.p = r.p;
-	for (uint32_t i = 0; i < x->filters.n && !r.err; i++) {
-		recr_str(&r, &f, &flen);
-		recr_u8(&r);
+	it->n = recr_u16(r);
+	it->p = r->p;
+	for (uint32_t i = 0; i < it->n && !r->err; i++) {
+		recr_str(r, &s, &len);
+		recr_take(r, extra);
 	}
-	return recr_end(&r);
 }
 
-bool rec_subscribe_next(struct rec_iter *it, struct rec_subscription *s)
+static void rec_write_ids(struct recw *w, const uint16_t *ids, uint16_t n)
+{
+	recw_u16(w, n);
+	for (uint16_t i = 0; i < n; i++)
+		recw_u16(w, ids[i]);
+}
+
+/* A field of x read from r. */
+#define DECODE(kind, f) DECODE_##kind(f)
+#define DECODE_u8(f) x->f = recr_u8(r);
+#define DECODE_u16(f) x->f = recr_u16(r);
+#define DECODE_u32(f) x->f = recr_u32(r);
+#define DECODE_u64(f) x->f = recr_u64(r);
+#define DECODE_str(f) recr_str(r, &x->f.p, &x->f.len);
+#define DECODE_bytes(f) recr_bytes(r, &x->f.p, &x->f.len);
+#define DECODE_ids16(f) rec_read_array16(r, &x->f, sizeof(uint16_t));
+#define DECODE_codes16(f) rec_read_array16(r, &x->f, sizeof(uint8_t));
+#define DECODE_strs16(f) rec_read_strs16(r, &x->f, 0);
+#define DECODE_subs16(f) rec_read_strs16(r, &x->f, sizeof(uint8_t));
+#define DECODE_targets32(f) rec_read_array32(r, &x->f, REC_ROUTE_TARGET_BYTES);
+
+/* A field of x written to w; a list's count is 0 until rec_X_end() patches it at count_off. */
+#define ENCODE(kind, f) ENCODE_##kind(f)
+#define ENCODE_u8(f) recw_u8(w, x->f);
+#define ENCODE_u16(f) recw_u16(w, x->f);
+#define ENCODE_u32(f) recw_u32(w, x->f);
+#define ENCODE_u64(f) recw_u64(w, x->f);
+#define ENCODE_str(f) recw_str(w, x->f.p, x->f.len);
+#define ENCODE_bytes(f) recw_bytes(w, x->f.p, x->f.len);
+#define ENCODE_ids16(f) rec_write_ids(w, ids, n);
+#define ENCODE_codes16(f) count_off = w->len; recw_u16(w, 0);
+#define ENCODE_strs16(f) ENCODE_codes16(f)
+#define ENCODE_subs16(f) ENCODE_codes16(f)
+#define ENCODE_targets32(f) count_off = w->len; recw_u32(w, 0);
+
+/* int rec_X_decode(struct rec_X *x, const void *p, size_t len) */
+#define REC_DECODER(X, FIELDS)                                                  \
+	int rec_##X##_decode(struct rec_##X *x, const void *p, size_t len)     \
+	{                                                                       \
+		struct recr rd, *r = &rd;                                       \
+                                                                                \
+		recr_init(r, p, len);                                           \
+		FIELDS(DECODE)                                                  \
+		return recr_end(r);                                             \
+	}
+
+/* void rec_X_encode(struct recw *w, const struct rec_X *x) */
+#define REC_ENCODER(X, FIELDS)                                                  \
+	void rec_##X##_encode(struct recw *w, const struct rec_##X *x)         \
+	{                                                                       \
+		recw_reset(w);                                                  \
+		FIELDS(ENCODE)                                                  \
+	}
+
+/* void rec_X_encode(struct recw *w, const struct rec_X *x, const uint16_t *ids, uint16_t n) */
+#define REC_ENCODER_IDS(X, FIELDS)                                              \
+	void rec_##X##_encode(struct recw *w, const struct rec_##X *x,         \
+			      const uint16_t *ids, uint16_t n)                  \
+	{                                                                       \
+		recw_reset(w);                                                  \
+		FIELDS(ENCODE)                                                  \
+	}
+
+/* size_t rec_X_begin(struct recw *w, const struct rec_X *x) */
+#define REC_BEGIN(X, FIELDS)                                                    \
+	size_t rec_##X##_begin(struct recw *w, const struct rec_##X *x)        \
+	{                                                                       \
+		size_t count_off = 0;                                           \
+                                                                                \
+		recw_reset(w);                                                  \
+		FIELDS(ENCODE)                                                  \
+		return count_off;                                               \
+	}
+
+/*
+ * The list walkers behind rec_X_next(): each steps over one item (false
+ * when none is left). The decoder checked every item, so none can overrun.
+ */
+static bool rec_iter_item(struct rec_iter *it, size_t size, const uint8_t **item)
 {
 	if (!it->n)
 		return false;
-	memcpy(&s->filter.len, it->p, sizeof(s->filter.len));
-	s->filter.p = it->p + sizeof(s->filter.len);
-	s->qos = s->filter.p[s->filter.len];
-	it->p = s->filter.p + s->filter.len + 1;
+	*item = it->p;
+	it->p += size;
 	it->n--;
 	return true;
 }
 
-size_t rec_subscribe_begin(struct recw *w, const struct rec_subscribe *x)
+static bool rec_iter_copy(struct rec_iter *it, void *item, size_t size)
 {
-	size_t count_off;
+	const uint8_t *p;
 
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u16(w, x->packet_id);
-	count_off = w->len;
-	recw_u16(w, 0);
-	return count_off;
+	if (!rec_iter_item(it, size, &p))
+		return false;
+	memcpy(item, p, size);
+	return true;
+}
+
+/* A string and the extra bytes after it. */
+static bool rec_iter_str(struct rec_iter *it, struct rec_str *s, size_t extra)
+{
+	if (!it->n)
+		return false;
+	memcpy(&s->len, it->p, sizeof(s->len));
+	s->p = it->p + sizeof(s->len);
+	it->p = s->p + s->len + extra;
+	it->n--;
+	return true;
+}
+
+bool rec_packet_id_next(struct rec_iter *it, uint16_t *packet_id)
+{
+	return rec_iter_copy(it, packet_id, sizeof(*packet_id));
+}
+
+#define CONNECT_FIELDS(F)                                                       \
+	F(u64, conn) F(u8, clean) F(u16, keepalive) F(str, client_id) F(str, remote) \
+	F(u8, will_flag) F(u8, will_qos) F(u8, will_retain) F(str, will_topic) \
+	F(bytes, will_payload)
+REC_DECODER(connect, CONNECT_FIELDS)
+REC_ENCODER(connect, CONNECT_FIELDS)
+
+#define SUBSCRIBE_FIELDS(F) F(u64, conn) F(u16, packet_id) F(subs16, filters)
+REC_DECODER(subscribe, SUBSCRIBE_FIELDS)
+REC_BEGIN(subscribe, SUBSCRIBE_FIELDS)
+
+bool rec_subscribe_next(struct rec_iter *it, struct rec_subscription *s)
+{
+	if (!rec_iter_str(it, &s->filter, sizeof(s->qos)))
+		return false;
+	s->qos = s->filter.p[s->filter.len];
+	return true;
 }
 
 void rec_subscribe_add(struct recw *w, const struct rec_subscription *s)
@@ -247,43 +333,13 @@ void rec_subscribe_end(struct recw *w, size_t count_off, uint16_t n)
 	recw_patch_u16(w, count_off, n);
 }
 
-int rec_unsubscribe_decode(struct rec_unsubscribe *x, const void *p, size_t len)
-{
-	struct recr r;
-	const uint8_t *f;
-	uint16_t flen;
-
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->packet_id = recr_u16(&r);
-	x->filters.n = recr_u16(&r);
-	x->filters.p = r.p;
-	for (uint32_t i = 0; i < x->filters.n && !r.err; i++)
-		recr_str(&r, &f, &flen);
-	return recr_end(&r);
-}
+#define UNSUBSCRIBE_FIELDS(F) F(u64, conn) F(u16, packet_id) F(strs16, filters)
+REC_DECODER(unsubscribe, UNSUBSCRIBE_FIELDS)
+REC_BEGIN(unsubscribe, UNSUBSCRIBE_FIELDS)
 
 bool rec_unsubscribe_next(struct rec_iter *it, struct rec_str *filter)
 {
-	if (!it->n)
-		return false;
-	memcpy(&filter->len, it->p, sizeof(filter->len));
-	filter->p = it->p + sizeof(filter->len);
-	it->p = filter->p + filter->len;
-	it->n--;
-	return true;
-}
-
-size_t rec_unsubscribe_begin(struct recw *w, const struct rec_unsubscribe *x)
-{
-	size_t count_off;
-
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u16(w, x->packet_id);
-	count_off = w->len;
-	recw_u16(w, 0);
-	return count_off;
+	return rec_iter_str(it, filter, 0);
 }
 
 void rec_unsubscribe_add(struct recw *w, struct rec_str filter)
@@ -306,158 +362,35 @@ void rec_publish_encode(struct recw *w, const struct rec_publish *x)
 		rec_publish_put(dst, x);
 }
 
-int rec_session_msg_decode(struct rec_session_msg *x, const void *p, size_t len)
-{
-	struct recr r;
+#define SESSION_MSG_FIELDS(F)                                                   \
+	F(u64, conn) F(u32, sid) F(u64, copy) F(u16, packet_id) F(u8, state)   \
+	F(u8, qos) F(u8, retain) F(str, topic) F(bytes, payload)
+REC_DECODER(session_msg, SESSION_MSG_FIELDS)
+REC_ENCODER(session_msg, SESSION_MSG_FIELDS)
 
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->sid = recr_u32(&r);
-	x->copy = recr_u64(&r);
-	x->packet_id = recr_u16(&r);
-	x->state = recr_u8(&r);
-	x->qos = recr_u8(&r);
-	x->retain = recr_u8(&r);
-	recr_str(&r, &x->topic.p, &x->topic.len);
-	recr_bytes(&r, &x->payload.p, &x->payload.len);
-	return recr_end(&r);
-}
+#define MSG_STATE_FIELDS(F) F(u64, conn) F(u32, sid) F(u64, copy) F(u16, packet_id) F(u8, state)
+REC_DECODER(msg_state, MSG_STATE_FIELDS)
+REC_ENCODER(msg_state, MSG_STATE_FIELDS)
 
-void rec_session_msg_encode(struct recw *w, const struct rec_session_msg *x)
-{
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u32(w, x->sid);
-	recw_u64(w, x->copy);
-	recw_u16(w, x->packet_id);
-	recw_u8(w, x->state);
-	recw_u8(w, x->qos);
-	recw_u8(w, x->retain);
-	recw_str(w, x->topic.p, x->topic.len);
-	recw_bytes(w, x->payload.p, x->payload.len);
-}
+#define QOS2_IN_FIELDS(F) F(u64, conn) F(u32, sid) F(u16, packet_id) F(u8, held)
+REC_DECODER(qos2_in, QOS2_IN_FIELDS)
+REC_ENCODER(qos2_in, QOS2_IN_FIELDS)
 
-int rec_msg_state_decode(struct rec_msg_state *x, const void *p, size_t len)
-{
-	struct recr r;
+#define CLOSE_FIELDS(F) F(u64, conn) F(u8, publish_will) F(ids16, ids)
+REC_DECODER(close, CLOSE_FIELDS)
+REC_ENCODER_IDS(close, CLOSE_FIELDS)
 
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->sid = recr_u32(&r);
-	x->copy = recr_u64(&r);
-	x->packet_id = recr_u16(&r);
-	x->state = recr_u8(&r);
-	return recr_end(&r);
-}
+#define CONNACK_FIELDS(F) F(u64, conn) F(u32, sid) F(u8, rc) F(u8, session_present) F(ids16, ids)
+REC_DECODER(connack, CONNACK_FIELDS)
+REC_ENCODER_IDS(connack, CONNACK_FIELDS)
 
-void rec_msg_state_encode(struct recw *w, const struct rec_msg_state *x)
-{
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u32(w, x->sid);
-	recw_u64(w, x->copy);
-	recw_u16(w, x->packet_id);
-	recw_u8(w, x->state);
-}
-
-int rec_qos2_in_decode(struct rec_qos2_in *x, const void *p, size_t len)
-{
-	struct recr r;
-
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->sid = recr_u32(&r);
-	x->packet_id = recr_u16(&r);
-	x->held = recr_u8(&r);
-	return recr_end(&r);
-}
-
-void rec_qos2_in_encode(struct recw *w, const struct rec_qos2_in *x)
-{
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u32(w, x->sid);
-	recw_u16(w, x->packet_id);
-	recw_u8(w, x->held);
-}
-
-int rec_close_decode(struct rec_close *x, const void *p, size_t len)
-{
-	struct recr r;
-
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->publish_will = recr_u8(&r);
-	rec_read_array16(&r, &x->ids, sizeof(uint16_t));
-	return recr_end(&r);
-}
-
-void rec_close_encode(struct recw *w, const struct rec_close *x, const uint16_t *ids, uint16_t n)
-{
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u8(w, x->publish_will);
-	recw_u16(w, n);
-	for (uint16_t i = 0; i < n; i++)
-		recw_u16(w, ids[i]);
-}
-
-int rec_connack_decode(struct rec_connack *x, const void *p, size_t len)
-{
-	struct recr r;
-
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->sid = recr_u32(&r);
-	x->rc = recr_u8(&r);
-	x->session_present = recr_u8(&r);
-	rec_read_array16(&r, &x->ids, sizeof(uint16_t));
-	return recr_end(&r);
-}
-
-void rec_connack_encode(struct recw *w, const struct rec_connack *x, const uint16_t *ids,
-			uint16_t n)
-{
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u32(w, x->sid);
-	recw_u8(w, x->rc);
-	recw_u8(w, x->session_present);
-	recw_u16(w, n);
-	for (uint16_t i = 0; i < n; i++)
-		recw_u16(w, ids[i]);
-}
-
-int rec_suback_decode(struct rec_suback *x, const void *p, size_t len)
-{
-	struct recr r;
-
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->packet_id = recr_u16(&r);
-	rec_read_array16(&r, &x->codes, sizeof(uint8_t));
-	return recr_end(&r);
-}
+#define SUBACK_FIELDS(F) F(u64, conn) F(u16, packet_id) F(codes16, codes)
+REC_DECODER(suback, SUBACK_FIELDS)
+REC_BEGIN(suback, SUBACK_FIELDS)
 
 bool rec_suback_next(struct rec_iter *it, uint8_t *code)
 {
-	if (!it->n)
-		return false;
-	*code = *it->p++;
-	it->n--;
-	return true;
-}
-
-size_t rec_suback_begin(struct recw *w, const struct rec_suback *x)
-{
-	size_t count_off;
-
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u16(w, x->packet_id);
-	count_off = w->len;
-	recw_u16(w, 0);
-	return count_off;
+	return rec_iter_copy(it, code, sizeof(*code));
 }
 
 void rec_suback_add(struct recw *w, uint8_t code)
@@ -470,78 +403,27 @@ void rec_suback_end(struct recw *w, size_t count_off, uint16_t n)
 	recw_patch_u16(w, count_off, n);
 }
 
-int rec_unsuback_decode(struct rec_unsuback *x, const void *p, size_t len)
-{
-	struct recr r;
+#define UNSUBACK_FIELDS(F) F(u64, conn) F(u16, packet_id)
+REC_DECODER(unsuback, UNSUBACK_FIELDS)
+REC_ENCODER(unsuback, UNSUBACK_FIELDS)
 
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	x->packet_id = recr_u16(&r);
-	return recr_end(&r);
-}
+#define KICK_FIELDS(F) F(u64, conn)
+REC_DECODER(kick, KICK_FIELDS)
+REC_ENCODER(kick, KICK_FIELDS)
 
-void rec_unsuback_encode(struct recw *w, const struct rec_unsuback *x)
-{
-	recw_reset(w);
-	recw_u64(w, x->conn);
-	recw_u16(w, x->packet_id);
-}
-
-int rec_kick_decode(struct rec_kick *x, const void *p, size_t len)
-{
-	struct recr r;
-
-	recr_init(&r, p, len);
-	x->conn = recr_u64(&r);
-	return recr_end(&r);
-}
-
-void rec_kick_encode(struct recw *w, const struct rec_kick *x)
-{
-	recw_reset(w);
-	recw_u64(w, x->conn);
-}
-
-int rec_route_decode(struct rec_route *x, const void *p, size_t len)
-{
-	struct recr r;
-
-	recr_init(&r, p, len);
-	x->ask = recr_u64(&r);
-	x->gen = recr_u64(&r);
-	recr_str(&r, &x->topic.p, &x->topic.len);
-	x->local = recr_u8(&r);
-	x->targets.n = recr_u32(&r);
-	/* n x 9 bytes may not fit a size_t of 32 bits: compare by division. */
-	if (x->targets.n > recr_left(&r) / REC_ROUTE_TARGET_BYTES)
-		return -1;
-	x->targets.p = recr_take(&r, (size_t)x->targets.n * REC_ROUTE_TARGET_BYTES);
-	return recr_end(&r);
-}
+#define ROUTE_FIELDS(F) F(u64, ask) F(u64, gen) F(str, topic) F(u8, local) F(targets32, targets)
+REC_DECODER(route, ROUTE_FIELDS)
+REC_BEGIN(route, ROUTE_FIELDS)
 
 bool rec_route_next(struct rec_iter *it, struct rec_route_target *t)
 {
-	if (!it->n)
+	const uint8_t *p;
+
+	if (!rec_iter_item(it, REC_ROUTE_TARGET_BYTES, &p))
 		return false;
-	memcpy(&t->conn, it->p, sizeof(t->conn));
-	t->qos = it->p[sizeof(t->conn)];
-	it->p += REC_ROUTE_TARGET_BYTES;
-	it->n--;
+	memcpy(&t->conn, p, sizeof(t->conn));
+	t->qos = p[sizeof(t->conn)];
 	return true;
-}
-
-size_t rec_route_begin(struct recw *w, const struct rec_route *x)
-{
-	size_t count_off;
-
-	recw_reset(w);
-	recw_u64(w, x->ask);
-	recw_u64(w, x->gen);
-	recw_str(w, x->topic.p, x->topic.len);
-	recw_u8(w, x->local);
-	count_off = w->len;
-	recw_u32(w, 0);
-	return count_off;
 }
 
 void rec_route_add(struct recw *w, const struct rec_route_target *t)

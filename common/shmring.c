@@ -202,10 +202,21 @@ void *shmring_reserve(struct shmring_producer *p, uint16_t type, uint16_t flags,
 	return rec + 1;
 }
 
+/*
+ * Must the other end be woken? now is its c_sleep (or p_wait): yes when
+ * odd (asleep, or waiting for room) and not answered yet (*woken).
+ */
+static inline bool shmring_wake_due(uint32_t now, uint32_t *woken)
+{
+	if (!(now & 1) || now == *woken)
+		return false;
+	*woken = now;                /* one wake-up per sleep */
+	return true;
+}
+
 bool shmring_commit(struct shmring_producer *p)
 {
 	struct shmring_cctl *cc = p->r.cctl;
-	uint32_t sleep;
 
 	if (p->published == p->head)
 		return false;
@@ -218,11 +229,8 @@ bool shmring_commit(struct shmring_producer *p)
 	 * later c_sleep store is then ordered after our head store, so its
 	 * re-check finds the records.
 	 */
-	sleep = atomic_load_explicit(&cc->c_sleep, memory_order_seq_cst);
-	if (!(sleep & 1) || sleep == p->woken)
-		return false;
-	p->woken = sleep;            /* one wake-up per sleep */
-	return true;
+	return shmring_wake_due(atomic_load_explicit(&cc->c_sleep, memory_order_seq_cst),
+				&p->woken);
 }
 
 bool shmring_producer_resync(struct shmring_producer *p)
@@ -391,17 +399,13 @@ bool shmring_consumer_seek(struct shmring_consumer *c, uint64_t pos)
 bool shmring_release(struct shmring_consumer *c)
 {
 	struct shmring_pctl *pc = c->r.pctl;
-	uint32_t wait;
 
 	if (shmring_released(c) == c->tail)
 		return false;
 	/* seq_cst: pairs with the producer's p_wait store (see shmring_wait_room). */
 	atomic_store_explicit(&c->r.cctl->tail, c->tail, memory_order_seq_cst);
-	wait = atomic_load_explicit(&pc->p_wait, memory_order_seq_cst);
-	if (!(wait & 1) || wait == c->woken)
-		return false;
-	c->woken = wait;             /* one wake-up per wait */
-	return true;
+	return shmring_wake_due(atomic_load_explicit(&pc->p_wait, memory_order_seq_cst),
+				&c->woken);
 }
 
 void shmring_discard(struct shmring_consumer *c)

@@ -1,7 +1,9 @@
 /*
- * textfile.c - a whole configuration file read into memory (textfile.h).
+ * textfile.c - a whole configuration file read into memory, and its lines
+ * walked (textfile.h).
  *
- * Owns nothing past the call: the buffer goes to the caller.
+ * Owns nothing past the call: the buffer goes to the caller, or from
+ * textfile_open() to textfile_close().
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -70,4 +72,47 @@ fail:
 	free(b);
 	close(fd);
 	return -1;
+}
+
+int textfile_open(struct textfile *f, const char *path, size_t max_bytes, char *err,
+		  size_t errlen)
+{
+	*f = (struct textfile){ .path = path };
+	return textfile_read(path, max_bytes, &f->text, &f->len, err, errlen);
+}
+
+int textfile_close(struct textfile *f, int rc, char *err, size_t errlen)
+{
+	if (rc < 0)
+		snprintf(err, errlen, "%s: %s", f->path, f->err);
+	explicit_bzero(f->text, f->len);
+	free(f->text);
+	f->text = NULL;
+	return rc;
+}
+
+int textfile_lines(const char *text, size_t len, size_t max_bytes, size_t max_line,
+		   int (*line)(void *arg, size_t no, const char *s, size_t n), void *arg,
+		   char *err, size_t errlen)
+{
+	size_t off = 0, no = 0;
+
+	if (len > max_bytes) {
+		snprintf(err, errlen, "larger than %zu bytes", max_bytes);
+		return -1;
+	}
+	while (off < len) {
+		const char *nl = memchr(text + off, '\n', len - off);
+		size_t end = nl ? (size_t)(nl - text) : len;
+
+		no++;
+		if (end - off > max_line) {
+			snprintf(err, errlen, "line %zu: longer than the line limit", no);
+			return -1;
+		}
+		if (line(arg, no, text + off, end - off) < 0)
+			return -1;
+		off = end + 1;
+	}
+	return 0;
 }

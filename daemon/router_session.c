@@ -190,22 +190,16 @@ void session_pending_drop(struct router *r, struct session *s)
 
 /* ---- lookups, and a session's life ------------------------------------- */
 
-struct session_key {
-	const char *id;
-	uint16_t len;
-};
-
 static bool session_has_id(const void *item, const void *key)
 {
 	const struct session *s = item;
-	const struct session_key *k = key;
 
-	return s->client_id_len == k->len && memcmp(s->client_id, k->id, k->len) == 0;
+	return hidx_bytes_eq(key, s->client_id, s->client_id_len);
 }
 
 struct session *router_find_id(const struct router *r, const char *id, uint16_t len)
 {
-	struct session_key k = { id, len };
+	struct hidx_bytes k = { id, len };
 
 	return hidx_find(&r->by_id, hidx_hash_bytes(id, len), session_has_id, &k);
 }

@@ -11,17 +11,11 @@
 
 #include "routes.h"
 
-struct topic_key {
-	const uint8_t *p;
-	uint16_t len;
-};
-
 static bool route_has_topic(const void *item, const void *key)
 {
 	const struct route *rt = item;
-	const struct topic_key *k = key;
 
-	return rt->topic_len == k->len && memcmp(rt->topic, k->p, k->len) == 0;
+	return hidx_bytes_eq(key, rt->topic, rt->topic_len);
 }
 
 static size_t route_size(const struct route *rt)
@@ -49,7 +43,7 @@ void routes_free(struct route_cache *rc)
 
 struct route *routes_find(const struct route_cache *rc, const uint8_t *topic, uint16_t len)
 {
-	struct topic_key k = { topic, len };
+	struct hidx_bytes k = { topic, len };
 
 	if (!hidx_count(&rc->idx))
 		return NULL;

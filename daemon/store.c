@@ -68,6 +68,21 @@ static uint64_t get_be64(const uint8_t *p)
 }
 
 
+/* A session's key, in kb. */
+static MDB_val key_sid(uint8_t kb[4], uint32_t sid)
+{
+	put_be32(kb, sid);
+	return mval(kb, 4);
+}
+
+/* The key of a session's queued message or of a ring's held record: id, then order, in kb. */
+static MDB_val key_ordered(uint8_t kb[12], uint32_t id, uint64_t order)
+{
+	put_be32(kb, id);
+	put_be64(kb + 4, order);
+	return mval(kb, 12);
+}
+
 /* ---- failures ---------------------------------------------------------- */
 
 /*
@@ -133,6 +148,33 @@ static void store_del(struct store *st, MDB_dbi dbi, MDB_val *k, const char *wha
 	rc = mdb_del(txn, dbi, k, NULL);
 	if (rc && rc != MDB_NOTFOUND)
 		store_fail(st, what, rc);
+}
+
+/* Deletes the key_ordered() key (id, order). */
+static void store_del_ordered(struct store *st, MDB_dbi dbi, uint32_t id, uint64_t order,
+			      const char *what)
+{
+	uint8_t kb[12];
+	MDB_val k = key_ordered(kb, id, order);
+
+	store_del(st, dbi, &k, what);
+}
+
+/*
+ * The value just encoded into st->val, for a write: false, with nothing to
+ * write, when the write transaction cannot be had or the encoding ran out
+ * of memory (the store fails then).
+ */
+static bool store_encoded(struct store *st, MDB_val *v, const char *what)
+{
+	if (!store_wtxn(st))
+		return false;
+	if (st->val.oom) {
+		store_fail(st, what, ENOMEM);
+		return false;
+	}
+	*v = mval(st->val.buf, st->val.len);
+	return true;
 }
 
 /* Delete every key that starts with prefix. */
@@ -444,17 +486,11 @@ static int dec_msg(const MDB_val *v, struct store_msg *m)
 void store_session_put(struct store *st, const struct store_session *s)
 {
 	uint8_t kb[4];
-	MDB_val k = mval(kb, 4), v;
+	MDB_val k = key_sid(kb, s->sid), v;
 
-	if (!store_wtxn(st))
-		return;
 	enc_session(&st->val, s);
-	if (st->val.oom) {
-		store_fail(st, "encoding a session", ENOMEM);
+	if (!store_encoded(st, &v, "encoding a session"))
 		return;
-	}
-	put_be32(kb, s->sid);
-	v = mval(st->val.buf, st->val.len);
 	/*
 	 * Session ids only grow: a new session is appended, which fills
 	 * B-tree pages instead of splitting them in half (on tmpfs, every
@@ -479,9 +515,8 @@ void store_session_put(struct store *st, const struct store_session *s)
 void store_session_del(struct store *st, uint32_t sid)
 {
 	uint8_t kb[4];
-	MDB_val k = mval(kb, 4);
+	MDB_val k = key_sid(kb, sid);
 
-	put_be32(kb, sid);
 	store_del(st, st->sessions, &k, "deleting a session");
 	store_del_prefix(st, st->subs, kb, 4, "deleting a session's subscriptions");
 	store_del_prefix(st, st->queue, kb, 4, "deleting a session's queue");
@@ -532,29 +567,16 @@ void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t 
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m)
 {
 	uint8_t kb[12];
-	MDB_val k = mval(kb, sizeof(kb)), v;
+	MDB_val k = key_ordered(kb, sid, order), v;
 
-	if (!store_wtxn(st))
-		return;
 	enc_msg(&st->val, m);
-	if (st->val.oom) {
-		store_fail(st, "encoding a queued message", ENOMEM);
-		return;
-	}
-	put_be32(kb, sid);
-	put_be64(kb + 4, order);
-	v = mval(st->val.buf, st->val.len);
-	store_put(st, st->queue, &k, &v, "writing a queued message");
+	if (store_encoded(st, &v, "encoding a queued message"))
+		store_put(st, st->queue, &k, &v, "writing a queued message");
 }
 
 void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
 {
-	uint8_t kb[12];
-	MDB_val k = mval(kb, sizeof(kb));
-
-	put_be32(kb, sid);
-	put_be64(kb + 4, order);
-	store_del(st, st->queue, &k, "deleting a queued message");
+	store_del_ordered(st, st->queue, sid, order, "deleting a queued message");
 }
 
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
@@ -581,13 +603,11 @@ void store_outbox_put(struct store *st, unsigned ring, uint64_t seq, uint16_t ty
 {
 	MDB_txn *txn = store_wtxn(st);
 	uint8_t kb[12];
-	MDB_val k = mval(kb, sizeof(kb)), v = mval(NULL, sizeof(type) + (size_t)len);
+	MDB_val k = key_ordered(kb, ring, seq), v = mval(NULL, sizeof(type) + (size_t)len);
 	int rc;
 
 	if (!txn)
 		return;
-	put_be32(kb, ring);
-	put_be64(kb + 4, seq);
 	rc = mdb_put(txn, st->outbox, &k, &v, MDB_RESERVE);
 	if (rc) {
 		store_fail(st, "writing a held record", rc);
@@ -600,12 +620,7 @@ void store_outbox_put(struct store *st, unsigned ring, uint64_t seq, uint16_t ty
 
 void store_outbox_del(struct store *st, unsigned ring, uint64_t seq)
 {
-	uint8_t kb[12];
-	MDB_val k = mval(kb, sizeof(kb));
-
-	put_be32(kb, ring);
-	put_be64(kb + 4, seq);
-	store_del(st, st->outbox, &k, "deleting a held record");
+	store_del_ordered(st, st->outbox, ring, seq, "deleting a held record");
 }
 
 static void store_drop(struct store *st, MDB_dbi dbi, const char *what)
@@ -826,32 +841,33 @@ static bool scan_outbox(struct store *st, const MDB_val *k, const MDB_val *v, vo
 	return true;
 }
 
+/* Every entry of dbi, decoded by scan and handed to cb. */
+static int store_each(struct store *st, MDB_dbi dbi, store_entry_fn scan, void *cb, void *arg,
+		      const char *what)
+{
+	struct scan_ctx c = { cb, arg, 0 };
+
+	return store_scan(st, dbi, NULL, 0, scan, &c, what);
+}
+
 int store_each_session(struct store *st, store_session_cb cb, void *arg)
 {
-	struct scan_ctx c = { (void *)cb, arg, 0 };
-
-	return store_scan(st, st->sessions, NULL, 0, scan_session, &c, "sessions");
+	return store_each(st, st->sessions, scan_session, (void *)cb, arg, "sessions");
 }
 
 int store_each_sub(struct store *st, store_sub_cb cb, void *arg)
 {
-	struct scan_ctx c = { (void *)cb, arg, 0 };
-
-	return store_scan(st, st->subs, NULL, 0, scan_sub, &c, "subscriptions");
+	return store_each(st, st->subs, scan_sub, (void *)cb, arg, "subscriptions");
 }
 
 int store_each_queued(struct store *st, store_queue_cb cb, void *arg)
 {
-	struct scan_ctx c = { (void *)cb, arg, 0 };
-
-	return store_scan(st, st->queue, NULL, 0, scan_queued, &c, "queued messages");
+	return store_each(st, st->queue, scan_queued, (void *)cb, arg, "queued messages");
 }
 
 int store_each_retained(struct store *st, store_retained_cb cb, void *arg)
 {
-	struct scan_ctx c = { (void *)cb, arg, 0 };
-
-	return store_scan(st, st->retained, NULL, 0, scan_retained, &c, "retained messages");
+	return store_each(st, st->retained, scan_retained, (void *)cb, arg, "retained messages");
 }
 
 int store_each_outbox(struct store *st, unsigned ring, store_outbox_cb cb, void *arg)
@@ -927,13 +943,12 @@ static bool collect_sid(struct store *st, const MDB_val *k, const MDB_val *v, vo
 static void store_session_orphan(struct store *st, uint32_t sid)
 {
 	uint8_t kb[4];
-	MDB_val k = mval(kb, 4), v;
+	MDB_val k = key_sid(kb, sid), v;
 	struct store_session s;
 	uint16_t *ids = NULL;
 	void *copy = NULL;
 	int rc;
 
-	put_be32(kb, sid);
 	rc = mdb_get(st->txn, st->sessions, &k, &v);
 	if (rc)
 		goto fail;

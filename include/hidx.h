@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct hidx {
 	void **items;                /* NULL: a free slot */
@@ -24,6 +25,20 @@ struct hidx {
 };
 
 typedef bool (*hidx_eq_fn)(const void *item, const void *key);
+
+/* A key of bytes (a client id, a topic), for an index by such keys. */
+struct hidx_bytes {
+	const void *p;
+	size_t len;
+};
+
+/* For an hidx_eq_fn: is the key (a struct hidx_bytes) these very bytes? */
+static inline bool hidx_bytes_eq(const void *key, const void *p, size_t len)
+{
+	const struct hidx_bytes *k = key;
+
+	return len == k->len && memcmp(p, k->p, len) == 0;
+}
 
 /* A zeroed struct hidx is an empty index. */
 void hidx_free(struct hidx *x);

@@ -1,5 +1,6 @@
 /*
- * textfile.h - read a whole configuration file into memory, bounded.
+ * textfile.h - read a whole configuration file into memory, bounded, and
+ * walk its lines.
  *
  * The password file, the ACL file and the JWT key file are read whole and
  * then parsed from the buffer (so that the fuzzers and the tests drive the
@@ -20,5 +21,35 @@
  */
 int textfile_read(const char *path, size_t max_bytes, char **buf, size_t *len,
 		  char *err, size_t errlen);
+
+/* A file read to be parsed, and the parser's message (without the path). */
+struct textfile {
+	const char *path;
+	char *text;                  /* NUL-terminated */
+	size_t len;
+	char err[256];
+};
+
+/* textfile_read() into f: 0, or -1 with the message in err. */
+int textfile_open(struct textfile *f, const char *path, size_t max_bytes, char *err,
+		  size_t errlen);
+
+/*
+ * The end of a parse whose result is rc: with rc < 0, err gets "path:
+ * f->err". The text is wiped before it is freed (a password file's hashes
+ * must not linger in the heap). Returns rc.
+ */
+int textfile_close(struct textfile *f, int rc, char *err, size_t errlen);
+
+/*
+ * Hand each line of text[0..len) to line(arg, its number from 1, its bytes
+ * without the '\n'), first to last, until one returns -1. A text over
+ * max_bytes, or a line over max_line, is refused with a message in err
+ * ("larger than 1048576 bytes", "line 3: longer than the line limit"); a
+ * line the callback refuses has the callback's. Returns 0 or -1.
+ */
+int textfile_lines(const char *text, size_t len, size_t max_bytes, size_t max_line,
+		   int (*line)(void *arg, size_t no, const char *s, size_t n), void *arg,
+		   char *err, size_t errlen);
 
 #endif
