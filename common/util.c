@@ -1,6 +1,6 @@
 /*
- * util.c - small helpers every role shares: eventfd wake-ups and taking
- * a reloaded configuration (role.h).
+ * util.c - small helpers every role shares: eventfd wake-ups, taking a
+ * reloaded configuration and applying new log settings (role.h).
  *
  * Owns nothing: the eventfds are the supervisor's, created non-blocking,
  * one per consuming process, and live as long as the daemon.
@@ -58,5 +58,11 @@ int role_take_config(struct role_env *env, const void *data, size_t len)
 	}
 	memcpy(env->cfg, data, len);
 	log_debug("took the reloaded configuration");
+	return 0;
+}
+
+int role_on_log_settings(void *ctx, struct ipc_msg *m)
+{
+	log_apply_settings(m->data, m->hdr.len);
 	return 0;
 }

@@ -602,12 +602,6 @@ static int on_ping(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
-static int on_log_settings(void *ctx, struct ipc_msg *m)
-{
-	log_apply_settings(m->data, m->hdr.len);
-	return 0;
-}
-
 /* Its limits and placement_slack are read at each use: the copy is all it takes. */
 static int on_config(void *ctx, struct ipc_msg *m)
 {
@@ -619,8 +613,8 @@ static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = on_shutdown },
 	[IPC_STOP_ACCEPT] = { .fn = on_stop_accept },
 	[IPC_PING] = { .fn = on_ping },
-	[IPC_LOG_SETTINGS] = { .fn = on_log_settings, IPC_LEN(sizeof(struct log_settings)) },
-	[IPC_CONFIG] = { .fn = on_config, IPC_LEN(sizeof(struct iotd_config)) },
+	ROLE_LOG_SETTINGS_ENTRY,
+	ROLE_CONFIG_ENTRY(on_config),
 };
 
 /* Returns false when the listener must exit: told to, or the supervisor is gone. */

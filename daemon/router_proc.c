@@ -533,12 +533,6 @@ static int router_on_ping(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
-static int router_on_log_settings(void *ctx, struct ipc_msg *m)
-{
-	log_apply_settings(m->data, m->hdr.len);
-	return 0;
-}
-
 static int router_on_config(void *ctx, struct ipc_msg *m)
 {
 	struct router_proc *p = ctx;
@@ -565,8 +559,8 @@ static int router_on_worker_down(void *ctx, struct ipc_msg *m)
 static const struct ipc_handler router_from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = router_on_shutdown },
 	[IPC_PING] = { .fn = router_on_ping },
-	[IPC_LOG_SETTINGS] = { .fn = router_on_log_settings, IPC_LEN(sizeof(struct log_settings)) },
-	[IPC_CONFIG] = { .fn = router_on_config, IPC_LEN(sizeof(struct iotd_config)) },
+	ROLE_LOG_SETTINGS_ENTRY,
+	ROLE_CONFIG_ENTRY(router_on_config),
 	[IPC_WORKER_DOWN] = { .fn = router_on_worker_down, IPC_LEN(sizeof(struct ipc_worker)) },
 };
 

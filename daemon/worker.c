@@ -384,12 +384,6 @@ static int on_ping(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
-static int on_log_settings(void *ctx, struct ipc_msg *m)
-{
-	log_apply_settings(m->data, m->hdr.len);
-	return 0;
-}
-
 static int on_config(void *ctx, struct ipc_msg *m)
 {
 	struct worker *w = ctx;
@@ -402,8 +396,8 @@ static int on_config(void *ctx, struct ipc_msg *m)
 static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = on_shutdown },
 	[IPC_PING] = { .fn = on_ping },
-	[IPC_LOG_SETTINGS] = { .fn = on_log_settings, IPC_LEN(sizeof(struct log_settings)) },
-	[IPC_CONFIG] = { .fn = on_config, IPC_LEN(sizeof(struct iotd_config)) },
+	ROLE_LOG_SETTINGS_ENTRY,
+	ROLE_CONFIG_ENTRY(on_config),
 };
 
 /* Returns false when the worker must stop: told to, or the supervisor is gone. */

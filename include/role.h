@@ -55,6 +55,18 @@ int worker_main(struct role_env *env);
  */
 int role_take_config(struct role_env *env, const void *data, size_t len);
 
+/*
+ * What every child does with IPC_LOG_SETTINGS (apply them), as an entry
+ * of its handler table for the supervisor's socket (ipc.h); and the entry
+ * of its IPC_CONFIG handler, which calls role_take_config().
+ */
+struct ipc_msg;
+int role_on_log_settings(void *ctx, struct ipc_msg *m);
+#define ROLE_LOG_SETTINGS_ENTRY \
+	[IPC_LOG_SETTINGS] = { .fn = role_on_log_settings, IPC_LEN(sizeof(struct log_settings)) }
+#define ROLE_CONFIG_ENTRY(handler) \
+	[IPC_CONFIG] = { .fn = (handler), IPC_LEN(sizeof(struct iotd_config)) }
+
 /* Wake a process sleeping on an eventfd (errors other than EAGAIN are fatal). */
 void eventfd_wake(int efd);
 /* Read and discard an eventfd's counter. */
