@@ -38,6 +38,8 @@
 #include "shmring.h"
 #include "store.h"
 
+#include "roles.h"
+
 /* ---- fixture: a router and the records it emitted ----------------------- */
 
 struct cap {
@@ -2999,14 +3001,6 @@ struct proc {
 	struct shmring_consumer r2w;
 };
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* The supervisor's part: shared memory, rings and eventfds, made once. */
 static void proc_init(struct proc *p)
 {
@@ -3016,20 +3010,9 @@ static void proc_init(struct proc *p)
 	assert_int_equal(shm_map_role(&p->sup, &p->set, ROLE_SUPERVISOR, 0), 0);
 	assert_int_equal(shm_map_role(&p->wmap, &p->set, ROLE_WORKER, 0), 0);
 	assert_int_equal(shm_map_role(&p->env.shm, &p->set, ROLE_ROUTER, 0), 0);
-	/* Every worker up and serving as epoch 1, as after a start. */
-	for (unsigned i = 0; i < PROC_WORKERS; i++) {
-		atomic_store(&p->sup.sup->workers[i].epoch, 1);
-		atomic_store(&p->sup.sup->workers[i].up, 1);
-		atomic_store(&p->sup.sup->workers[i].capacity, 1000);
-		p->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		assert_true(p->env.worker_efd[i] >= 0);
-	}
-	for (unsigned i = 0; i < PROC_WORKERS; i++)
-		atomic_store(&p->sup.sup->workers[i].ready_epoch, 1);
+	workers_started(p->sup.sup, &p->env, PROC_WORKERS);
 	p->env.cfg = &p->cfg;
 	p->env.nworkers = PROC_WORKERS;
-	p->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	assert_true(p->env.router_efd >= 0);
 	shmring_producer_attach_at_tail(&p->w2r, &p->wmap.w2r[0]);
 	assert_true(shmring_consumer_attach(&p->r2w, &p->wmap.r2w[0]));
 	assert_int_equal(store_memory_name(p->store_name, sizeof(p->store_name), getpid()), 0);
