@@ -83,6 +83,25 @@ static int put(struct retain_store *rs, const char *topic, const char *payload, 
 	return retain_put(rs, SL(topic), (const uint8_t *)payload, strlen(payload), qos);
 }
 
+/* The store holds count messages, of bytes in all (topics and payloads). */
+static void assert_holds(const struct retain_store *rs, size_t count, size_t bytes)
+{
+	assert_int_equal(retain_count(rs), count);
+	assert_int_equal(retain_bytes(rs), bytes);
+}
+
+/* topic retains one message: payload, at qos. */
+static void assert_retained(const struct retain_store *rs, const char *topic, const char *payload,
+			    uint8_t qos)
+{
+	struct got *g = lookup(rs, topic);
+
+	assert_int_equal(g->n, 1);
+	assert_string_equal(g->topic[0], topic);
+	assert_string_equal(g->payload[0], payload);
+	assert_int_equal(g->qos[0], qos);
+}
+
 /* ---- store, replace, clear ---- */
 
 static void test_free_accepts_null_and_clears_pointer(void **state)
@@ -104,36 +123,25 @@ static void test_put_keeps_own_copy(void **state)
 	struct retain_store *rs = retain_new(0, 0);
 	char topic[] = "home/kitchen/temp";
 	uint8_t payload[] = "21.5";
-	struct got *g;
 
 	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, topic, strlen(topic), payload, 4, 1), RETAIN_STORED);
 	memset(topic, 'x', strlen(topic));
 	memset(payload, 'y', 4);
-	g = lookup(rs, "home/kitchen/temp");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->topic[0], "home/kitchen/temp");
-	assert_string_equal(g->payload[0], "21.5");
-	assert_int_equal(g->qos[0], 1);
-	assert_int_equal(retain_count(rs), 1);
-	assert_int_equal(retain_bytes(rs), strlen("home/kitchen/temp") + 4);
+	assert_retained(rs, "home/kitchen/temp", "21.5", 1);
+	assert_holds(rs, 1, strlen("home/kitchen/temp") + 4);
 	retain_free(&rs);
 }
 
 static void test_put_existing_topic_replaces(void **state)
 {
 	struct retain_store *rs = retain_new(0, 0);
-	struct got *g;
 
 	assert_non_null(rs);
 	assert_int_equal(put(rs, "a/b", "one", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "a/b", "three", 2), RETAIN_STORED);
-	assert_int_equal(retain_count(rs), 1);
-	assert_int_equal(retain_bytes(rs), 3 + 5);
-	g = lookup(rs, "a/b");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->payload[0], "three");
-	assert_int_equal(g->qos[0], 2);
+	assert_holds(rs, 1, 3 + 5);
+	assert_retained(rs, "a/b", "three", 2);
 	retain_free(&rs);
 }
 
@@ -145,13 +153,11 @@ static void test_empty_payload_clears(void **state)
 	assert_int_equal(put(rs, "a/b", "x", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "a/b/c", "y", 0), RETAIN_STORED);
 	assert_int_equal(retain_put(rs, SL("a/b"), NULL, 0, 0), RETAIN_CLEARED);
-	assert_int_equal(retain_count(rs), 1);
-	assert_int_equal(retain_bytes(rs), 5 + 1);
+	assert_holds(rs, 1, 5 + 1);
 	assert_int_equal(lookup(rs, "a/b")->n, 0);
 	assert_int_equal(lookup(rs, "a/b/c")->n, 1);
 	assert_int_equal(retain_put(rs, SL("a/b/c"), NULL, 0, 0), RETAIN_CLEARED);
-	assert_int_equal(retain_count(rs), 0);
-	assert_int_equal(retain_bytes(rs), 0);
+	assert_holds(rs, 0, 0);
 	assert_int_equal(lookup(rs, "#")->n, 0);
 	retain_free(&rs);
 }
@@ -200,8 +206,7 @@ static void test_new_topic_past_max_count_is_full(void **state)
 	assert_int_equal(put(rs, "a", "1", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "b", "2", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "c/d", "3", 0), RETAIN_FULL);
-	assert_int_equal(retain_count(rs), 2);
-	assert_int_equal(retain_bytes(rs), 4);
+	assert_holds(rs, 2, 4);
 	assert_int_equal(lookup(rs, "#")->n, 2);
 	/* Replacing and clearing still work at the limit. */
 	assert_int_equal(put(rs, "a", "11", 0), RETAIN_STORED);
@@ -218,8 +223,7 @@ static void test_new_topic_past_max_bytes_is_full(void **state)
 	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "1234", 0), RETAIN_STORED);  /* 6 */
 	assert_int_equal(put(rs, "cd", "123", 0), RETAIN_FULL);     /* would be 11 */
-	assert_int_equal(retain_count(rs), 1);
-	assert_int_equal(retain_bytes(rs), 6);
+	assert_holds(rs, 1, 6);
 	assert_int_equal(lookup(rs, "cd")->n, 0);
 	assert_int_equal(put(rs, "cd", "12", 0), RETAIN_STORED);    /* exactly 10 */
 	assert_int_equal(retain_bytes(rs), 10);
@@ -229,7 +233,6 @@ static void test_new_topic_past_max_bytes_is_full(void **state)
 static void test_replace_within_max_bytes_is_allowed(void **state)
 {
 	struct retain_store *rs = retain_new(0, 10);
-	struct got *g;
 
 	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "12", 0), RETAIN_STORED);     /* 4 */
@@ -237,10 +240,7 @@ static void test_replace_within_max_bytes_is_allowed(void **state)
 	assert_int_equal(put(rs, "ab", "1234", 1), RETAIN_STORED);   /* 10 */
 	assert_int_equal(retain_bytes(rs), 10);
 	assert_int_equal(put(rs, "ab", "12345", 2), RETAIN_FULL);    /* would be 11 */
-	g = lookup(rs, "ab");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->payload[0], "1234");
-	assert_int_equal(g->qos[0], 1);
+	assert_retained(rs, "ab", "1234", 1);
 	assert_int_equal(retain_bytes(rs), 10);
 	assert_int_equal(put(rs, "ab", "1", 0), RETAIN_STORED);      /* shrinking is fine */
 	assert_int_equal(retain_bytes(rs), 7);
@@ -251,22 +251,18 @@ static void test_replace_within_max_bytes_is_allowed(void **state)
 static void test_lowered_limits_evict_nothing_and_refuse_growth(void **state)
 {
 	struct retain_store *rs = retain_new(0, 0);
-	struct got *g;
 
 	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "1234", 0), RETAIN_STORED);   /* 6 */
 	assert_int_equal(put(rs, "cd", "1234", 0), RETAIN_STORED);   /* 12 */
 	assert_int_equal(put(rs, "ef", "1234", 0), RETAIN_STORED);   /* 18 */
 	retain_set_limits(rs, 2, 10);
-	assert_int_equal(retain_count(rs), 3);
-	assert_int_equal(retain_bytes(rs), 18);
+	assert_holds(rs, 3, 18);
 	assert_int_equal(lookup(rs, "#")->n, 3);
 	assert_int_equal(put(rs, "gh", "1", 0), RETAIN_FULL);
 	assert_int_equal(put(rs, "ab", "12345", 0), RETAIN_FULL);    /* growing past the budget */
 	assert_int_equal(put(rs, "ab", "9876", 0), RETAIN_STORED);   /* same size: a new value */
-	g = lookup(rs, "ab");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->payload[0], "9876");
+	assert_retained(rs, "ab", "9876", 0);
 	assert_int_equal(put(rs, "cd", "1", 0), RETAIN_STORED);      /* shrinking: 15 */
 	assert_int_equal(retain_bytes(rs), 15);
 	assert_int_equal(retain_put(rs, SL("ef"), NULL, 0, 0), RETAIN_CLEARED);
@@ -508,8 +504,7 @@ static int put_despite_failures(struct retain_store *rs, const char *topic, cons
 		if (rc != RETAIN_NOMEM)
 			return rc;
 		assert_int_equal(test_live_memory(), live);
-		assert_int_equal(retain_count(rs), count);
-		assert_int_equal(retain_bytes(rs), bytes);
+		assert_holds(rs, count, bytes);
 	}
 }
 #endif
@@ -528,15 +523,12 @@ static void test_put_without_memory_changes_nothing(void **state)
 #ifndef TEST_ASAN
 	struct retain_store *rs = retain_new(0, 0);
 	char buf[32];
-	struct got *g;
 
 	assert_non_null(rs);
 	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "one"), RETAIN_STORED);
 	/* A failed replacement keeps the old message. */
 	WITH_ALLOC_FAILING(0, assert_int_equal(put(rs, "a/b/c/d", "two", 2), RETAIN_NOMEM));
-	g = lookup(rs, "a/b/c/d");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->payload[0], "one");
+	assert_retained(rs, "a/b/c/d", "one", 1);
 	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "two"), RETAIN_STORED);
 	assert_int_equal(put_despite_failures(rs, "a/b/x", "three"), RETAIN_STORED);
 	/* Enough siblings for uthash to grow its bucket array at some point. */
