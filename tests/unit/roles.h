@@ -2,14 +2,17 @@
  * roles.h - a role of the daemon run in a child by a unit test that plays
  * its supervisor: a monotonic clock for the test's deadlines, and the
  * workers' states and eventfds the supervisor sets up before its first
- * fork. Included after <cmocka.h>.
+ * fork, and the fork of the child with its control socket. Included after
+ * <cmocka.h>.
  */
 #ifndef IOTD_TEST_ROLES_H
 #define IOTD_TEST_ROLES_H
 
 #include <stdint.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "role.h"
 #include "shm.h"
@@ -39,6 +42,25 @@ static inline void workers_started(struct shm_sup *sup, struct role_env *env, un
 	}
 	env->router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	assert_true(env->router_efd >= 0);
+}
+
+/*
+ * Forks the child that is to run a role, as the supervisor does: the
+ * child's end of its control socket in env->ctl_fd, ours in *ctl, each
+ * side closing the other's. fork()'s result: 0 in the child.
+ */
+static inline pid_t fork_role(struct role_env *env, int *ctl)
+{
+	int sv[2];
+	pid_t pid;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+	env->ctl_fd = sv[1];
+	*ctl = sv[0];
+	pid = fork();
+	assert_true(pid >= 0);
+	close(pid == 0 ? sv[0] : sv[1]);
+	return pid;
 }
 
 #endif

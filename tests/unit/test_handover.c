@@ -136,17 +136,12 @@ static void fx_spawn(struct fx *f, int (*role_main)(struct role_env *), enum iot
 		     rlim_t room)
 {
 	struct ipc_hdr hdr;
-	int sv[2], fd;
+	int fd;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-	f->env.ctl_fd = sv[1];
-	f->ctl = sv[0];
-	f->pid = fork();
-	assert_true(f->pid >= 0);
+	f->pid = fork_role(&f->env, &f->ctl);
 	if (f->pid == 0) {
 		struct rlimit rl;
 
-		close(sv[0]);
 		fx_unmap(f);
 		if (shm_map_role(&f->env.shm, &f->set, role, 0) < 0)
 			_exit(98);
@@ -156,7 +151,6 @@ static void fx_spawn(struct fx *f, int (*role_main)(struct role_env *), enum iot
 			_exit(99);
 		_exit(role_main(&f->env));
 	}
-	close(sv[1]);
 	assert_true(ipc_recv(f->ctl, &hdr, NULL, 0, &fd) >= 0);
 	assert_int_equal(hdr.type, IPC_READY);
 }

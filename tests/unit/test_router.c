@@ -3021,19 +3021,11 @@ static void proc_init(struct proc *p)
 /* Fork a router over the rings, as the supervisor does; returns our end of its control socket. */
 static void proc_fork(struct proc *p)
 {
-	int sv[2];
-
-	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-	p->env.ctl_fd = sv[1];
-	p->ctl = sv[0];
-	p->pid = fork();
-	assert_true(p->pid >= 0);
+	p->pid = fork_role(&p->env, &p->ctl);
 	if (p->pid == 0) {
-		close(sv[0]);
 		router_set_memory_store(p->store_name, p->spawns > 0);
 		_exit(router_main(&p->env));
 	}
-	close(sv[1]);
 	p->spawns++;
 }
 
