@@ -310,18 +310,23 @@ static void layout_comments_blanks_crlf(void **state)
 
 static void malformed_lines_refuse_the_file(void **state)
 {
-	parse_fails("topic read a\nsubscribe a\n", "line 2: unknown keyword 'subscribe'");
-	parse_fails("\n\ntopic reed a/b\n", "line 3: unknown access 'reed'");
-	parse_fails("topic\n", "line 1: no topic filter");
-	parse_fails("pattern   \n", "line 1: no topic filter");
-	parse_fails("user\n", "line 1: a user line without a name");
-	parse_fails("user  \t\n", "line 1: a user line without a name");
-	parse_fails("topic read a/#/b\n", "line 1: 'a/#/b' is not a valid topic filter");
-	parse_fails("topic read a+\n", "line 1: 'a+' is not a valid topic filter");
-	parse_fails("topic read a/b#\n", "line 1: 'a/b#' is not a valid topic filter");
-	parse_fails("# ok\npattern deny +x/%c\n", "line 2: '+x/%c' is not a valid topic filter");
-	parse_fails("Topic read a\n", "line 1: unknown keyword 'Topic'");
-	parse_fails("topic READ a\n", "line 1: unknown access 'READ'");
+	static const struct refusal cases[] = {
+		{ "topic read a\nsubscribe a\n", "line 2: unknown keyword 'subscribe'" },
+		{ "\n\ntopic reed a/b\n", "line 3: unknown access 'reed'" },
+		{ "topic\n", "line 1: no topic filter" },
+		{ "pattern \n", "line 1: no topic filter" },
+		{ "user\n", "line 1: a user line without a name" },
+		{ "user \t\n", "line 1: a user line without a name" },
+		{ "topic read a/#/b\n", "line 1: 'a/#/b' is not a valid topic filter" },
+		{ "topic read a+\n", "line 1: 'a+' is not a valid topic filter" },
+		{ "topic read a/b#\n", "line 1: 'a/b#' is not a valid topic filter" },
+		{ "# ok\npattern deny +x/%c\n", "line 2: '+x/%c' is not a valid topic filter" },
+		{ "Topic read a\n", "line 1: unknown keyword 'Topic'" },
+		{ "topic READ a\n", "line 1: unknown access 'READ'" },
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++)
+		parse_fails(cases[i].text, cases[i].want);
 }
 
 static void nul_and_limits(void **state)

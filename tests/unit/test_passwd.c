@@ -196,33 +196,45 @@ static void blanks_around_user_and_hash_ignored(void **state)
 
 static void malformed_lines_refuse_the_file(void **state)
 {
-	parse_fails("# ok\n" FRANK "\nnocolon\n", "line 3: no ':'");
-	parse_fails(":$6$Dx4tPEtaaXiHlqW0$x\n", "line 1: an empty user name");
-	parse_fails("\n\nbob:\n", "line 3: no hash");
-	parse_fails("bob:plaintext\n", "line 1: the hash does not start");
-	parse_fails("bob:$5$abc$def\n", "line 1: the hash does not start");
-	parse_fails("bob:$7$0$Dx4tPEtaaXiHlqW0$CaIikY+0p/ahIWzUXWsIgFeEt/AUJyR3YyviXx7AaTpIlivDW5jC1ru1sJfm9UTi+ro/yzE02/fIxWX1JCQeLw==\n",
-		    "line 1: $7$: iterations");
-	parse_fails("bob:$7$x1$Dx4tPEtaaXiHlqW0$CaIikY+0p/ahIWzUXWsIgFeEt/AUJyR3YyviXx7AaTpIlivDW5jC1ru1sJfm9UTi+ro/yzE02/fIxWX1JCQeLw==\n",
-		    "line 1: $7$: iterations");
-	parse_fails("bob:$7$101$Dx4tPEtaaXiHlqW$CaIikY+0p/ahIWzUXWsIgFeEt/AUJyR3YyviXx7AaTpIlivDW5jC1ru1sJfm9UTi+ro/yzE02/fIxWX1JCQeLw==\n",
-		    "line 1: salt");
-	/* A hash one byte short (the last group dropped), and one with a stray character. */
-	parse_fails(FRANK "\nbob:$7$101$Dx4tPEtaaXiHlqW0$CaIikY+0p/ahIWzUXWsIgFeEt/AUJyR3YyviXx7AaTpIlivDW5jC1ru1sJfm9UTi+ro/yzE02/fIxWX1JCQe\n",
-		    "line 2: hash not 64 bytes");
-	parse_fails("bob:$6$Dx4tPEtaaXiHlqW0$bFB+EJBx5jgZOvthhspW9QQ48R0Oxqk2AYQfg6LBMWhVC6K3D59tXj06Nj+pnp4Swy1QW7rG6CTcNepU6IwW3A=*\n",
-		    "line 1: hash not 64 bytes");
-	parse_fails("bob:$6$Dx4tPEtaaXiHlqW0$bFB+EJBx5jgZOvthhspW9QQ48R0Oxqk2AYQfg6LBMWhVC6K3D59tXj06Nj+pnp4Swy1QW7rG6CTcNepU6IwW3A==$\n",
-		    "line 1: more '$' fields");
-	parse_fails("bob:$6$Dx4tPEtaaXiHlqW0$bFB+EJBx5jgZOvthhspW9QQ48R0Oxqk2AYQfg6LBMWhVC6K3D59tXj06Nj+pnp4Swy1QW7rG6CTcNepU6IwW3A==:x\n",
-		    "line 1: a second ':'");
-	parse_fails("bob:$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n", "line 1: the hash");
-	parse_fails("bob:$argon2id$v=16$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n", "line 1: $argon2id$: only version");
-	parse_fails("bob:$argon2id$v=19$t=1,m=64,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n", "line 1: $argon2id$: parameters");
-	parse_fails("bob:$argon2id$v=19$m=8,t=1,p=2$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n", "line 1: $argon2id$: parameters");
-	parse_fails("bob:$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaGhhc2hoYXNoaGFzaA\n", "line 1: $argon2id$: salt");
-	parse_fails("bob:$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA\n", "line 1: $argon2id$: hash");
-	parse_fails("bob:$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA\n", "line 1: $argon2id$: salt");
+	static const struct refusal cases[] = {
+		{ "# ok\n" FRANK "\nnocolon\n", "line 3: no ':'" },
+		{ ":$6$Dx4tPEtaaXiHlqW0$x\n", "line 1: an empty user name" },
+		{ "\n\nbob:\n", "line 3: no hash" },
+		{ "bob:plaintext\n", "line 1: the hash does not start" },
+		{ "bob:$5$abc$def\n", "line 1: the hash does not start" },
+		{ "bob:$7$0$Dx4tPEtaaXiHlqW0$CaIikY+0p/ahIWzUXWsIgFeEt/AUJyR3YyviXx7AaTpIlivDW5jC1ru1sJfm9UTi+ro/yzE02/fIxWX1JCQeLw==\n",
+		  "line 1: $7$: iterations" },
+		{ "bob:$7$x1$Dx4tPEtaaXiHlqW0$CaIikY+0p/ahIWzUXWsIgFeEt/AUJyR3YyviXx7AaTpIlivDW5jC1ru1sJfm9UTi+ro/yzE02/fIxWX1JCQeLw==\n",
+		  "line 1: $7$: iterations" },
+		{ "bob:$7$101$Dx4tPEtaaXiHlqW$CaIikY+0p/ahIWzUXWsIgFeEt/AUJyR3YyviXx7AaTpIlivDW5jC1ru1sJfm9UTi+ro/yzE02/fIxWX1JCQeLw==\n",
+		  "line 1: salt" },
+		/* A hash one byte short (the last group dropped), and one with a stray character. */
+		{ FRANK "\nbob:$7$101$Dx4tPEtaaXiHlqW0$CaIikY+0p/ahIWzUXWsIgFeEt/AUJyR3YyviXx7AaTpIlivDW5jC1ru1sJfm9UTi+ro/yzE02/fIxWX1JCQe\n",
+		  "line 2: hash not 64 bytes" },
+		{ "bob:$6$Dx4tPEtaaXiHlqW0$bFB+EJBx5jgZOvthhspW9QQ48R0Oxqk2AYQfg6LBMWhVC6K3D59tXj06Nj+pnp4Swy1QW7rG6CTcNepU6IwW3A=*\n",
+		  "line 1: hash not 64 bytes" },
+		{ "bob:$6$Dx4tPEtaaXiHlqW0$bFB+EJBx5jgZOvthhspW9QQ48R0Oxqk2AYQfg6LBMWhVC6K3D59tXj06Nj+pnp4Swy1QW7rG6CTcNepU6IwW3A==$\n",
+		  "line 1: more '$' fields" },
+		{ "bob:$6$Dx4tPEtaaXiHlqW0$bFB+EJBx5jgZOvthhspW9QQ48R0Oxqk2AYQfg6LBMWhVC6K3D59tXj06Nj+pnp4Swy1QW7rG6CTcNepU6IwW3A==:x\n",
+		  "line 1: a second ':'" },
+		{ "bob:$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n",
+		  "line 1: the hash" },
+		{ "bob:$argon2id$v=16$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n",
+		  "line 1: $argon2id$: only version" },
+		{ "bob:$argon2id$v=19$t=1,m=64,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n",
+		  "line 1: $argon2id$: parameters" },
+		{ "bob:$argon2id$v=19$m=8,t=1,p=2$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n",
+		  "line 1: $argon2id$: parameters" },
+		{ "bob:$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaGhhc2hoYXNoaGFzaA\n",
+		  "line 1: $argon2id$: salt" },
+		{ "bob:$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA\n",
+		  "line 1: $argon2id$: hash" },
+		{ "bob:$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA\n",
+		  "line 1: $argon2id$: salt" },
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++)
+		parse_fails(cases[i].text, cases[i].want);
 }
 
 static void nul_byte_refused(void **state)
