@@ -83,6 +83,15 @@ static int put(struct retain_store *rs, const char *topic, const char *payload, 
 	return retain_put(rs, SL(topic), (const uint8_t *)payload, strlen(payload), qos);
 }
 
+/* A store under those limits (0: none). */
+static struct retain_store *store_new(size_t max_count, size_t max_bytes)
+{
+	struct retain_store *rs = retain_new(max_count, max_bytes);
+
+	assert_non_null(rs);
+	return rs;
+}
+
 /* The store holds count messages, of bytes in all (topics and payloads). */
 static void assert_holds(const struct retain_store *rs, size_t count, size_t bytes)
 {
@@ -120,11 +129,10 @@ static void test_free_accepts_null_and_clears_pointer(void **state)
 
 static void test_put_keeps_own_copy(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	char topic[] = "home/kitchen/temp";
 	uint8_t payload[] = "21.5";
 
-	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, topic, strlen(topic), payload, 4, 1), RETAIN_STORED);
 	memset(topic, 'x', strlen(topic));
 	memset(payload, 'y', 4);
@@ -135,9 +143,8 @@ static void test_put_keeps_own_copy(void **state)
 
 static void test_put_existing_topic_replaces(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "a/b", "one", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "a/b", "three", 2), RETAIN_STORED);
 	assert_holds(rs, 1, 3 + 5);
@@ -147,9 +154,8 @@ static void test_put_existing_topic_replaces(void **state)
 
 static void test_empty_payload_clears(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "a/b", "x", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "a/b/c", "y", 0), RETAIN_STORED);
 	assert_int_equal(retain_put(rs, SL("a/b"), NULL, 0, 0), RETAIN_CLEARED);
@@ -164,9 +170,8 @@ static void test_empty_payload_clears(void **state)
 
 static void test_clearing_missing_topic_is_cleared(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, SL("nothing/here"), NULL, 0, 0), RETAIN_CLEARED);
 	assert_int_equal(put(rs, "a/b/c", "x", 0), RETAIN_STORED);
 	/* "a/b" exists only as a path to "a/b/c": nothing to clear. */
@@ -181,10 +186,9 @@ static void test_clearing_gives_memory_back(void **state)
 	static const char *const topics[] = {
 		"a", "a/b", "a/b/c", "a//b", "/", "$SYS/x", "deep/path/only/used/once",
 	};
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	size_t before;
 
-	assert_non_null(rs);
 	before = test_live_memory();
 	for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
 		assert_int_equal(put(rs, topics[i], "payload", 1), RETAIN_STORED);
@@ -200,9 +204,8 @@ static void test_clearing_gives_memory_back(void **state)
 
 static void test_new_topic_past_max_count_is_full(void **state)
 {
-	struct retain_store *rs = retain_new(2, 0);
+	struct retain_store *rs = store_new(2, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "a", "1", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "b", "2", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "c/d", "3", 0), RETAIN_FULL);
@@ -218,9 +221,8 @@ static void test_new_topic_past_max_count_is_full(void **state)
 
 static void test_new_topic_past_max_bytes_is_full(void **state)
 {
-	struct retain_store *rs = retain_new(0, 10);
+	struct retain_store *rs = store_new(0, 10);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "1234", 0), RETAIN_STORED);  /* 6 */
 	assert_int_equal(put(rs, "cd", "123", 0), RETAIN_FULL);     /* would be 11 */
 	assert_holds(rs, 1, 6);
@@ -232,9 +234,8 @@ static void test_new_topic_past_max_bytes_is_full(void **state)
 
 static void test_replace_within_max_bytes_is_allowed(void **state)
 {
-	struct retain_store *rs = retain_new(0, 10);
+	struct retain_store *rs = store_new(0, 10);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "12", 0), RETAIN_STORED);     /* 4 */
 	assert_int_equal(put(rs, "cd", "12", 0), RETAIN_STORED);     /* 8 */
 	assert_int_equal(put(rs, "ab", "1234", 1), RETAIN_STORED);   /* 10 */
@@ -250,9 +251,8 @@ static void test_replace_within_max_bytes_is_allowed(void **state)
 /* A reload lowers the limits below what is held: nothing goes, nothing new comes in. */
 static void test_lowered_limits_evict_nothing_and_refuse_growth(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "1234", 0), RETAIN_STORED);   /* 6 */
 	assert_int_equal(put(rs, "cd", "1234", 0), RETAIN_STORED);   /* 12 */
 	assert_int_equal(put(rs, "ef", "1234", 0), RETAIN_STORED);   /* 18 */
@@ -320,9 +320,8 @@ static size_t want_count(const struct retain_case *c)
 
 static struct retain_store *store_topics(void)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	for (size_t i = 0; i < sizeof(stored_topics) / sizeof(stored_topics[0]); i++)
 		assert_int_equal(put(rs, stored_topics[i], stored_topics[i], 0), RETAIN_STORED);
 	return rs;
@@ -428,12 +427,11 @@ static void test_filter_uses_length_not_nul(void **state)
 static void test_ten_thousand_level_topic(void **state)
 {
 	enum { LEVELS = 10000 };
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	size_t tlen, plen, calls = 0;
 	char *topic = repeat_levels("l", LEVELS, NULL, &tlen);
 	char *plus = repeat_levels("+", LEVELS, NULL, &plen);
 
-	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, topic, tlen, (const uint8_t *)"p", 1, 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "l/x", "q", 0), RETAIN_STORED);
 	retain_match(rs, topic, tlen, count_cb, &calls);
@@ -455,12 +453,11 @@ static void test_ten_thousand_level_topic(void **state)
 static void test_hundred_thousand_sibling_topics(void **state)
 {
 	enum { N = 100000 };
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	char buf[32];
 	size_t calls = 0;
 	struct got g;
 
-	assert_non_null(rs);
 	for (unsigned long i = 0; i < N; i++) {
 		int n = snprintf(buf, sizeof(buf), "dev/%lu", i);
 
@@ -521,10 +518,9 @@ static void test_new_without_memory_returns_null(void **state)
 static void test_put_without_memory_changes_nothing(void **state)
 {
 #ifndef TEST_ASAN
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	char buf[32];
 
-	assert_non_null(rs);
 	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "one"), RETAIN_STORED);
 	/* A failed replacement keeps the old message. */
 	WITH_ALLOC_FAILING(0, assert_int_equal(put(rs, "a/b/c/d", "two", 2), RETAIN_NOMEM));
