@@ -1,8 +1,8 @@
 /*
- * roles.h - a role of the daemon run in a child by a unit test that plays
- * its supervisor: a monotonic clock for the test's deadlines, and the
- * workers' states and eventfds the supervisor sets up before its first
- * fork, and the fork of the child with its control socket. Included after
+ * roles.h - for the unit tests that run a role of the daemon in a child and
+ * play its supervisor: a monotonic clock for their deadlines, the workers'
+ * states and eventfds the supervisor sets up before its first fork, and
+ * the fork of the child with its control socket. Included after
  * <cmocka.h>.
  */
 #ifndef IOTD_TEST_ROLES_H
