@@ -424,8 +424,13 @@ class Env:
     def raw(self, tag, cid=None, **kw):
         return self.owned.raw(self.broker, cid, tag=tag, **kw)
 
-    def sub(self, tag="sub", client=None, **kw):
-        return self.owned.own(Sub(client or self.raw(tag, **kw)))
+    def sub(self, tag="sub", client=None, subscribe=None, **kw):
+        """A Sub of a new client (or of client), subscribed at once to the
+        (filter, qos) list subscribe when given."""
+        s = self.owned.own(Sub(client or self.raw(tag, **kw)))
+        if subscribe:
+            s.subscribe(subscribe)
+        return s
 
     def pub(self, tag="pub", client=None, sync=True, **kw):
         p = Pub(client or self.raw(tag, **kw))
@@ -437,8 +442,7 @@ class Env:
         """A subscriber to lt.topic(name) (granted qos) and a publisher, the
         route between them learned (Pub.warm): (topic, Sub, Pub)."""
         topic = self.topic(name)
-        sub = self.sub(tag)
-        sub.subscribe([(topic, qos)])
+        sub = self.sub(tag, subscribe=[(topic, qos)])
         pub = self.pub("pub")
         pub.warm(topic)
         return topic, sub, pub
@@ -592,8 +596,7 @@ def test_steady_subscriber_keeps_order_while_another_client_churns_subscriptions
     exactly once in order (QoS 0: in order, no duplicate); the churning
     client gets what it must, once, in order, and nothing after an UNSUBACK."""
     topic = lt.topic("churn/t")
-    steady = lt.sub("steady")
-    steady.subscribe([(topic, 1)])
+    steady = lt.sub("steady", subscribe=[(topic, 1)])
     churn = lt.sub("churn")
     pub = lt.pub("pub")
     pub.warm(topic)
@@ -692,8 +695,7 @@ def test_subscriber_gets_the_next_message_after_its_suback(lt, beside):
     pub = lt.pub("pub")
     other = None
     if beside:
-        other = lt.sub("other")
-        other.subscribe([(topic, 1)])
+        other = lt.sub("other", subscribe=[(topic, 1)])
     pub.warm(topic)
     cases = [(topic, 0), (topic, 1), (lt.topic("join/+"), 1), (lt.topic("join/#"), 0),
              (lt.topic("+/t"), 1), (f"{lt.base}/#", 1)]
@@ -735,8 +737,7 @@ def test_nothing_published_after_unsuback_is_delivered(lt):
     at the remaining filter's QoS, dropping the last leaves nothing."""
     topic = lt.topic("leave/t")
     mark = lt.topic("leave/mark")
-    steady = lt.sub("steady")
-    steady.subscribe([(topic, 1)])
+    steady = lt.sub("steady", subscribe=[(topic, 1)])
     s = lt.sub("leaver")
     pub = lt.pub("pub")
     for rnd in range(5):
@@ -907,8 +908,7 @@ def test_retained_publish_is_not_overtaken_by_the_messages_after_it(lt, qos):
     assert got[3:] == want + [("end", False)], f"live deliveries: {got[3:]}"
     assert [p.qos for p, _ in s.packets()[3:-1]] == [qos] * len(want)
 
-    late = lt.sub("late")
-    late.subscribe([(topic, 1)])
+    late = lt.sub("late", subscribe=[(topic, 1)])
     p, _ = late.wait_count(1)[0]
     last = f"r{len(positions) - 1}m{positions[-1] + 1}".encode()
     assert (p.payload, p.retain, p.qos) == (last, True, qos), f"retained: {p!r}"
@@ -970,8 +970,7 @@ def test_persistent_subscriber_on_the_same_worker_gets_live_and_queued_messages(
     back; then live delivery resumes."""
     topic, clean, pub = lt.learned_route("pers/t", tag="clean")
     cid = uid("persist")
-    p = lt.sub(client=lt.raw("persist", cid=cid, clean=False))
-    p.subscribe([(topic, 1)])
+    p = lt.sub(client=lt.raw("persist", cid=cid, clean=False), subscribe=[(topic, 1)])
     for i in range(5):
         pub.publish(topic, f"live:{i}", qos=1)
     p.wait_seq("live", 4)
@@ -1017,11 +1016,9 @@ def test_session_takeover_moves_delivery_to_the_new_connection(lt):
     connection is closed; the new one, before it subscribes, gets nothing
     (its session is new); after its SUBACK it gets every message, in order."""
     topic = lt.topic("take/t")
-    watch = lt.sub("watch")
-    watch.subscribe([(topic, 1)])
+    watch = lt.sub("watch", subscribe=[(topic, 1)])
     cid = uid("taken")
-    old = lt.sub(client=lt.raw("taken", cid=cid))
-    old.subscribe([(topic, 1)])
+    old = lt.sub(client=lt.raw("taken", cid=cid), subscribe=[(topic, 1)])
     pub = lt.pub("pub")
     pub.warm(topic)
     old.wait_payload(b"warm:2")
@@ -1084,8 +1081,7 @@ def test_killed_worker_leaves_the_other_workers_local_pair_streaming(lt):
     # that land elsewhere stay open (lt closes them).
     reborn = dict(make=lambda: lt.raw("reborn"), spare=[])
     na = raw_on(broker, new_w, **reborn)
-    nsub = lt.sub(client=raw_on(broker, new_w, **reborn))
-    nsub.subscribe([(ta, 1)])
+    nsub = lt.sub(client=raw_on(broker, new_w, **reborn), subscribe=[(ta, 1)])
     npub = lt.pub(client=na, sync=False)
     for i in range(20):
         npub.publish(ta, f"again:{i}", qos=1)
@@ -1113,8 +1109,7 @@ def test_local_pair_keeps_flowing_while_the_router_is_stopped(lt):
     stopped; a SUBSCRIBE sent meanwhile is answered only after SIGCONT, and
     its client then gets what is published after its SUBACK."""
     topic = lt.topic("stop/t")
-    s = lt.sub("sub")
-    s.subscribe([(topic, 1)])
+    s = lt.sub("sub", subscribe=[(topic, 1)])
     late = lt.sub("late")
     pub = lt.pub("pub")
     pub.warm(topic)

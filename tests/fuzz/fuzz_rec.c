@@ -85,170 +85,95 @@ static int copy_deliver(struct recw *w, const uint8_t *p, size_t len)
 	return 0;
 }
 
-static int copy_subscribe(struct recw *w, const uint8_t *p, size_t len)
-{
-	struct rec_subscribe x;
-	struct rec_subscription s;
-	struct rec_iter it;
-	size_t off;
-	uint32_t i = 0;
+/* A record of a fixed layout: decoded, and encoded again. */
+#define COPY_FIXED(name) \
+	static int copy_##name(struct recw *w, const uint8_t *p, size_t len) \
+	{ \
+		struct rec_##name x; \
+\
+		if (rec_##name##_decode(&x, p, len)) \
+			return -1; \
+		rec_##name##_encode(w, &x); \
+		return 0; \
+	}
 
-	if (rec_subscribe_decode(&x, p, len))
-		return -1;
-	off = rec_subscribe_begin(w, &x);
-	it = x.filters;
-	for (; rec_subscribe_next(&it, &s); i++)
-		rec_subscribe_add(w, &s);
-	check_walked(&it, i, x.filters.n, p + len);
-	rec_subscribe_end(w, off, (uint16_t)i);
-	return 0;
-}
+COPY_FIXED(connect)
+COPY_FIXED(session_msg)
+COPY_FIXED(msg_state)
+COPY_FIXED(qos2_in)
+COPY_FIXED(unsuback)
+COPY_FIXED(kick)
 
-static int copy_unsubscribe(struct recw *w, const uint8_t *p, size_t len)
-{
-	struct rec_unsubscribe x;
-	struct rec_str f;
-	struct rec_iter it;
-	size_t off;
-	uint32_t i = 0;
+/*
+ * A record with a list: decoded, its head written again, then its list
+ * walked item by item (item_type, handed to rec_<name>_add as arg) into
+ * the copy, which must take exactly the count; then the statement after.
+ */
+#define COPY_LIST(name, list, item_type, arg, after) \
+	static int copy_##name(struct recw *w, const uint8_t *p, size_t len) \
+	{ \
+		struct rec_##name x; \
+		item_type item; \
+		struct rec_iter it; \
+		size_t off; \
+		uint32_t i = 0; \
+\
+		if (rec_##name##_decode(&x, p, len)) \
+			return -1; \
+		off = rec_##name##_begin(w, &x); \
+		it = x.list; \
+		for (; rec_##name##_next(&it, &item); i++) \
+			rec_##name##_add(w, arg); \
+		check_walked(&it, i, x.list.n, p + len); \
+		rec_##name##_end(w, off, i); \
+		after; \
+		return 0; \
+	}
 
-	if (rec_unsubscribe_decode(&x, p, len))
-		return -1;
-	off = rec_unsubscribe_begin(w, &x);
-	it = x.filters;
-	for (; rec_unsubscribe_next(&it, &f); i++)
-		rec_unsubscribe_add(w, f);
-	check_walked(&it, i, x.filters.n, p + len);
-	rec_unsubscribe_end(w, off, (uint16_t)i);
-	return 0;
-}
+COPY_LIST(subscribe, filters, struct rec_subscription, &item, (void)0)
+COPY_LIST(unsubscribe, filters, struct rec_str, item, (void)0)
+COPY_LIST(route, targets, struct rec_route_target, &item, (void)0)
+/* And the codes as written, in one piece. */
+COPY_LIST(suback, codes, uint8_t, item,
+	  CHECK(w->oom || i == 0 || memcmp(rec_suback_codes(w, off), x.codes.p, i) == 0))
 
-static int copy_suback(struct recw *w, const uint8_t *p, size_t len)
-{
-	struct rec_suback x;
-	struct rec_iter it;
-	size_t off;
-	uint32_t i = 0;
-	uint8_t code;
+/* A record with a list of packet ids: decoded, and encoded again from them. */
+#define COPY_IDS(name) \
+	static int copy_##name(struct recw *w, const uint8_t *p, size_t len) \
+	{ \
+		struct rec_##name x; \
+		uint16_t *ids; \
+\
+		if (rec_##name##_decode(&x, p, len)) \
+			return -1; \
+		ids = ids_array(x.ids, p + len); \
+		rec_##name##_encode(w, &x, ids, (uint16_t)x.ids.n); \
+		free(ids); \
+		return 0; \
+	}
 
-	if (rec_suback_decode(&x, p, len))
-		return -1;
-	off = rec_suback_begin(w, &x);
-	it = x.codes;
-	for (; rec_suback_next(&it, &code); i++)
-		rec_suback_add(w, code);
-	check_walked(&it, i, x.codes.n, p + len);
-	rec_suback_end(w, off, (uint16_t)i);
-	CHECK(w->oom || i == 0 || memcmp(rec_suback_codes(w, off), x.codes.p, i) == 0);
-	return 0;
-}
-
-static int copy_route(struct recw *w, const uint8_t *p, size_t len)
-{
-	struct rec_route x;
-	struct rec_route_target t;
-	struct rec_iter it;
-	size_t off;
-	uint32_t i = 0;
-
-	if (rec_route_decode(&x, p, len))
-		return -1;
-	off = rec_route_begin(w, &x);
-	it = x.targets;
-	for (; rec_route_next(&it, &t); i++)
-		rec_route_add(w, &t);
-	check_walked(&it, i, x.targets.n, p + len);
-	rec_route_end(w, off, i);
-	return 0;
-}
-
-static int copy_close(struct recw *w, const uint8_t *p, size_t len)
-{
-	struct rec_close x;
-	uint16_t *ids;
-
-	if (rec_close_decode(&x, p, len))
-		return -1;
-	ids = ids_array(x.ids, p + len);
-	rec_close_encode(w, &x, ids, (uint16_t)x.ids.n);
-	free(ids);
-	return 0;
-}
-
-static int copy_connack(struct recw *w, const uint8_t *p, size_t len)
-{
-	struct rec_connack x;
-	uint16_t *ids;
-
-	if (rec_connack_decode(&x, p, len))
-		return -1;
-	ids = ids_array(x.ids, p + len);
-	rec_connack_encode(w, &x, ids, (uint16_t)x.ids.n);
-	free(ids);
-	return 0;
-}
+COPY_IDS(close)
+COPY_IDS(connack)
 
 /* Decode p as a record of this type and encode it again into w; -1 if it does not decode. */
 static int copy_record(int type, struct recw *w, const uint8_t *p, size_t len)
 {
-	union {
-		struct rec_connect connect;
-		struct rec_session_msg session_msg;
-		struct rec_msg_state msg_state;
-		struct rec_qos2_in qos2_in;
-		struct rec_unsuback unsuback;
-		struct rec_kick kick;
-	} x;
-
 	switch (type) {
-	case REC_CONNECT:
-		if (rec_connect_decode(&x.connect, p, len))
-			return -1;
-		rec_connect_encode(w, &x.connect);
-		return 0;
-	case REC_SUBSCRIBE:
-		return copy_subscribe(w, p, len);
-	case REC_UNSUBSCRIBE:
-		return copy_unsubscribe(w, p, len);
-	case REC_PUBLISH:
-		return copy_publish(w, p, len);
-	case REC_SESSION_MSG:
-		if (rec_session_msg_decode(&x.session_msg, p, len))
-			return -1;
-		rec_session_msg_encode(w, &x.session_msg);
-		return 0;
-	case REC_MSG_STATE:
-		if (rec_msg_state_decode(&x.msg_state, p, len))
-			return -1;
-		rec_msg_state_encode(w, &x.msg_state);
-		return 0;
-	case REC_QOS2_IN:
-		if (rec_qos2_in_decode(&x.qos2_in, p, len))
-			return -1;
-		rec_qos2_in_encode(w, &x.qos2_in);
-		return 0;
-	case REC_CLOSE:
-		return copy_close(w, p, len);
-	case REC_CONNACK:
-		return copy_connack(w, p, len);
-	case REC_SUBACK:
-		return copy_suback(w, p, len);
-	case REC_UNSUBACK:
-		if (rec_unsuback_decode(&x.unsuback, p, len))
-			return -1;
-		rec_unsuback_encode(w, &x.unsuback);
-		return 0;
-	case REC_DELIVER:
-		return copy_deliver(w, p, len);
-	case REC_KICK:
-		if (rec_kick_decode(&x.kick, p, len))
-			return -1;
-		rec_kick_encode(w, &x.kick);
-		return 0;
-	case REC_ROUTE:
-		return copy_route(w, p, len);
-	default:
-		return -1;
+	case REC_CONNECT: return copy_connect(w, p, len);
+	case REC_SUBSCRIBE: return copy_subscribe(w, p, len);
+	case REC_UNSUBSCRIBE: return copy_unsubscribe(w, p, len);
+	case REC_PUBLISH: return copy_publish(w, p, len);
+	case REC_SESSION_MSG: return copy_session_msg(w, p, len);
+	case REC_MSG_STATE: return copy_msg_state(w, p, len);
+	case REC_QOS2_IN: return copy_qos2_in(w, p, len);
+	case REC_CLOSE: return copy_close(w, p, len);
+	case REC_CONNACK: return copy_connack(w, p, len);
+	case REC_SUBACK: return copy_suback(w, p, len);
+	case REC_UNSUBACK: return copy_unsuback(w, p, len);
+	case REC_DELIVER: return copy_deliver(w, p, len);
+	case REC_KICK: return copy_kick(w, p, len);
+	case REC_ROUTE: return copy_route(w, p, len);
+	default: return -1;
 	}
 }
 

@@ -22,27 +22,11 @@
 #include "rec.h"
 #include "router.h"
 
+#include "fuzzinput.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define NWORKERS 2
-
-struct in {
-	const uint8_t *p;
-	size_t left;
-};
-
-static uint8_t take(struct in *in)
-{
-	if (in->left == 0)
-		return 0;
-	in->left--;
-	return *in->p++;
-}
-
-static uint16_t take16(struct in *in)
-{
-	return (uint16_t)(take(in) | take(in) << 8);
-}
 
 static const char *const client_ids[] = { "a", "b", "c", "", "dev/1", "x\xc3\xa9" };
 static const char *const topics[] = {
@@ -52,7 +36,7 @@ static const char *const topics[] = {
 /* Each worker's current epoch, as the router was told (worker 2 does not exist). */
 static uint32_t cur_epoch[NWORKERS + 1];
 
-static conn_id_t pick_conn(struct in *in)
+static conn_id_t pick_conn(struct fuzz_in *in)
 {
 	uint8_t b = take(in);
 	unsigned worker = b % 3;
@@ -61,26 +45,9 @@ static conn_id_t pick_conn(struct in *in)
 	return conn_id_make(worker, cur_epoch[worker] - (b >> 2 & 1), b >> 3 & 15, 1 + (b >> 7));
 }
 
-static struct rec_str pick(struct in *in, const char *const *set, size_t n)
+static struct rec_str pick_topic(struct fuzz_in *in)
 {
-	const char *s = set[take(in) % n];
-
-	return (struct rec_str){ (const uint8_t *)s, (uint16_t)strlen(s) };
-}
-
-static struct rec_str pick_topic(struct in *in)
-{
-	return pick(in, topics, ARRAY_SIZE(topics));
-}
-
-/* Up to 15 bytes of input, copied to buf (the input may end first: zeroes then). */
-static struct rec_bytes take_payload(struct in *in, uint8_t buf[16])
-{
-	uint8_t n = take(in) % 16;
-
-	for (uint8_t i = 0; i < n; i++)
-		buf[i] = take(in);
-	return (struct rec_bytes){ buf, n };
+	return take_str(in, topics, ARRAY_SIZE(topics));
 }
 
 /*
@@ -88,7 +55,7 @@ static struct rec_bytes take_payload(struct in *in, uint8_t buf[16])
  * would leave the order open) and write the record with its encoder.
  */
 
-static uint16_t build_connect(struct recw *w, struct in *in)
+static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 {
 	uint8_t flags = take(in), buf[16];
 	struct rec_connect x = { .remote = { (const uint8_t *)"127.0.0.1:1", 11 } };
@@ -96,17 +63,17 @@ static uint16_t build_connect(struct recw *w, struct in *in)
 	x.conn = pick_conn(in);
 	x.clean = flags & 3;                     /* 2, 3: invalid */
 	x.keepalive = take16(in);
-	x.client_id = pick(in, client_ids, ARRAY_SIZE(client_ids));
+	x.client_id = take_str(in, client_ids, ARRAY_SIZE(client_ids));
 	x.will_flag = flags >> 2 & 3;
 	x.will_qos = flags >> 4 & 3;
 	x.will_retain = flags >> 6 & 1;
 	x.will_topic = pick_topic(in);
-	x.will_payload = take_payload(in, buf);
+	x.will_payload = take_payload(in, buf, sizeof(buf));
 	rec_connect_encode(w, &x);
 	return REC_CONNECT;
 }
 
-static uint16_t build_subscribe(struct recw *w, struct in *in)
+static uint16_t build_subscribe(struct recw *w, struct fuzz_in *in)
 {
 	uint8_t n = take(in) % 4;
 	struct rec_subscribe x;
@@ -126,7 +93,7 @@ static uint16_t build_subscribe(struct recw *w, struct in *in)
 	return REC_SUBSCRIBE;
 }
 
-static uint16_t build_unsubscribe(struct recw *w, struct in *in)
+static uint16_t build_unsubscribe(struct recw *w, struct fuzz_in *in)
 {
 	uint8_t n = take(in) % 4;
 	struct rec_unsubscribe x;
@@ -141,7 +108,7 @@ static uint16_t build_unsubscribe(struct recw *w, struct in *in)
 	return REC_UNSUBSCRIBE;
 }
 
-static uint16_t build_publish(struct recw *w, struct in *in)
+static uint16_t build_publish(struct recw *w, struct fuzz_in *in)
 {
 	uint8_t flags = take(in), buf[16];
 	struct rec_publish x = { 0 };
@@ -149,14 +116,14 @@ static uint16_t build_publish(struct recw *w, struct in *in)
 	x.qos = flags % 4;
 	x.flags = flags >> 2 & 3;                /* retain, ask */
 	x.topic = pick_topic(in);
-	x.payload = take_payload(in, buf);
+	x.payload = take_payload(in, buf, sizeof(buf));
 	if (x.flags & REC_PUB_ASK)
 		x.ask = take(in);
 	rec_publish_encode(w, &x);
 	return REC_PUBLISH;
 }
 
-static uint16_t build_session_msg(struct recw *w, struct in *in)
+static uint16_t build_session_msg(struct recw *w, struct fuzz_in *in)
 {
 	struct rec_session_msg x;
 	uint8_t buf[16];
@@ -169,12 +136,12 @@ static uint16_t build_session_msg(struct recw *w, struct in *in)
 	x.qos = take(in) % 4;
 	x.retain = take(in) % 2;
 	x.topic = pick_topic(in);
-	x.payload = take_payload(in, buf);
+	x.payload = take_payload(in, buf, sizeof(buf));
 	rec_session_msg_encode(w, &x);
 	return REC_SESSION_MSG;
 }
 
-static uint16_t build_msg_state(struct recw *w, struct in *in)
+static uint16_t build_msg_state(struct recw *w, struct fuzz_in *in)
 {
 	struct rec_msg_state x;
 
@@ -187,7 +154,7 @@ static uint16_t build_msg_state(struct recw *w, struct in *in)
 	return REC_MSG_STATE;
 }
 
-static uint16_t build_qos2_in(struct recw *w, struct in *in)
+static uint16_t build_qos2_in(struct recw *w, struct fuzz_in *in)
 {
 	struct rec_qos2_in x;
 
@@ -199,7 +166,7 @@ static uint16_t build_qos2_in(struct recw *w, struct in *in)
 	return REC_QOS2_IN;
 }
 
-static uint16_t build_close(struct recw *w, struct in *in)
+static uint16_t build_close(struct recw *w, struct fuzz_in *in)
 {
 	uint8_t n = take(in) % 4;
 	struct rec_close x;
@@ -211,17 +178,6 @@ static uint16_t build_close(struct recw *w, struct in *in)
 		ids[i] = take(in) % 4;
 	rec_close_encode(w, &x, ids, n);
 	return REC_CLOSE;
-}
-
-/* Raw bytes under any type, cut anywhere. */
-static uint16_t build_raw(struct recw *w, struct in *in)
-{
-	uint16_t type = take(in) % (REC_TYPE_MAX + 2);
-	uint8_t n = take(in) % 48;
-
-	for (uint8_t i = 0; i < n; i++)
-		recw_u8(w, take(in));
-	return type;
 }
 
 /*
@@ -247,7 +203,7 @@ static int check_emit(void *arg, unsigned worker, uint16_t type, const struct re
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static struct iotd_config cfg;
-	struct in in = { data, size };
+	struct fuzz_in in = { data, size };
 	struct router *r;
 	struct router_stats st;
 	uint64_t now = 1000;
@@ -280,7 +236,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 6: type = build_msg_state(&w, &in); break;
 		case 7: type = build_qos2_in(&w, &in); break;
 		case 8: type = build_close(&w, &in); break;
-		case 9: type = build_raw(&w, &in); break;
+		case 9: type = take_raw_record(&w, &in, 48); break;
 		case 10:
 			/* A worker dies; its successor is of the next epoch. */
 			router_worker_down(r, worker, ++cur_epoch[worker]);

@@ -32,30 +32,12 @@
 #include "shm.h"
 #include "../../daemon/worker_int.h"
 
+#include "fuzzinput.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define NCONNS 4
 #define RING_BYTES 65536
-
-struct in {
-	const uint8_t *p;
-	size_t left;
-};
-
-static uint8_t take(struct in *in)
-{
-	if (in->left == 0)
-		return 0;
-	in->left--;
-	return *in->p++;
-}
-
-static uint16_t take16(struct in *in)
-{
-	uint16_t lo = take(in);
-
-	return (uint16_t)(lo | take(in) << 8);
-}
 
 /* What worker_setup() and the supervisor would have given the worker. */
 static struct iotd_config cfg;
@@ -170,7 +152,7 @@ static void peers_drain(const int *peers)
 			;
 }
 
-static conn_id_t pick_conn(struct in *in)
+static conn_id_t pick_conn(struct fuzz_in *in)
 {
 	uint8_t b = take(in);
 
@@ -180,25 +162,14 @@ static conn_id_t pick_conn(struct in *in)
 	return conn_id_make(0, 1, b % NCONNS, 1);
 }
 
-static struct rec_str pick_topic(struct in *in)
+static struct rec_str pick_topic(struct fuzz_in *in)
 {
 	static const char *const topics[] = { "t", "t/a", "", "a/b/c", "$SYS/x", "t/#" };
-	const char *t = topics[take(in) % ARRAY_SIZE(topics)];
 
-	return (struct rec_str){ (const uint8_t *)t, (uint16_t)strlen(t) };
+	return take_str(in, topics, ARRAY_SIZE(topics));
 }
 
-/* Up to 31 bytes of the input, copied to buf (which has 32). */
-static struct rec_bytes pick_payload(struct in *in, uint8_t *buf)
-{
-	uint8_t n = take(in) % 32;
-
-	for (uint8_t i = 0; i < n; i++)
-		buf[i] = take(in);
-	return (struct rec_bytes){ buf, n };
-}
-
-static uint16_t build_connack(struct recw *rw, struct in *in)
+static uint16_t build_connack(struct recw *rw, struct fuzz_in *in)
 {
 	struct rec_connack x;
 	uint16_t ids[3];
@@ -214,7 +185,7 @@ static uint16_t build_connack(struct recw *rw, struct in *in)
 	return REC_CONNACK;
 }
 
-static uint16_t build_suback(struct recw *rw, struct in *in)
+static uint16_t build_suback(struct recw *rw, struct fuzz_in *in)
 {
 	uint8_t n = take(in) % 4;
 	struct rec_suback x;
@@ -229,7 +200,7 @@ static uint16_t build_suback(struct recw *rw, struct in *in)
 	return REC_SUBACK;
 }
 
-static uint16_t build_unsuback(struct recw *rw, struct in *in)
+static uint16_t build_unsuback(struct recw *rw, struct fuzz_in *in)
 {
 	struct rec_unsuback x;
 
@@ -239,7 +210,7 @@ static uint16_t build_unsuback(struct recw *rw, struct in *in)
 	return REC_UNSUBACK;
 }
 
-static uint16_t build_deliver(struct recw *rw, struct in *in)
+static uint16_t build_deliver(struct recw *rw, struct fuzz_in *in)
 {
 	uint8_t n = take(in) % 5, buf[32];
 	struct rec_deliver x;
@@ -247,7 +218,7 @@ static uint16_t build_deliver(struct recw *rw, struct in *in)
 
 	x.qos = take(in) % 4;
 	x.topic = pick_topic(in);
-	x.payload = pick_payload(in, buf);
+	x.payload = take_payload(in, buf, sizeof(buf));
 	x.retain = take(in) % 3;
 	count_off = rec_deliver_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++) {
@@ -263,7 +234,7 @@ static uint16_t build_deliver(struct recw *rw, struct in *in)
 	return REC_DELIVER;
 }
 
-static uint16_t build_session_msg(struct recw *rw, struct in *in)
+static uint16_t build_session_msg(struct recw *rw, struct fuzz_in *in)
 {
 	uint8_t buf[32];
 	struct rec_session_msg x;
@@ -276,12 +247,12 @@ static uint16_t build_session_msg(struct recw *rw, struct in *in)
 	x.qos = take(in) % 4;
 	x.retain = take(in) % 3;
 	x.topic = pick_topic(in);
-	x.payload = pick_payload(in, buf);
+	x.payload = take_payload(in, buf, sizeof(buf));
 	rec_session_msg_encode(rw, &x);
 	return REC_SESSION_MSG;
 }
 
-static uint16_t build_route(struct recw *rw, struct in *in)
+static uint16_t build_route(struct recw *rw, struct fuzz_in *in)
 {
 	uint8_t n = take(in) % 4;
 	struct rec_route x;
@@ -303,7 +274,7 @@ static uint16_t build_route(struct recw *rw, struct in *in)
 	return REC_ROUTE;
 }
 
-static uint16_t build_kick(struct recw *rw, struct in *in)
+static uint16_t build_kick(struct recw *rw, struct fuzz_in *in)
 {
 	struct rec_kick x = { .conn = pick_conn(in) };
 
@@ -312,7 +283,7 @@ static uint16_t build_kick(struct recw *rw, struct in *in)
 }
 
 /* A well-formed record of one of the types the router writes to a worker. */
-static uint16_t build_valid(struct recw *rw, struct in *in, uint8_t kind)
+static uint16_t build_valid(struct recw *rw, struct fuzz_in *in, uint8_t kind)
 {
 	switch (kind % 9) {
 	case 0: case 1: return build_connack(rw, in);
@@ -326,7 +297,7 @@ static uint16_t build_valid(struct recw *rw, struct in *in, uint8_t kind)
 }
 
 /* A well-formed record cut short, or with a byte too many: malformed by one field's worth. */
-static uint16_t build_damaged(struct recw *rw, struct in *in)
+static uint16_t build_damaged(struct recw *rw, struct fuzz_in *in)
 {
 	uint16_t type = build_valid(rw, in, take(in));
 	uint8_t how = take(in);
@@ -338,23 +309,12 @@ static uint16_t build_damaged(struct recw *rw, struct in *in)
 	return type;
 }
 
-/* Raw bytes under any type number, none included: no layout at all. */
-static uint16_t build_raw(struct recw *rw, struct in *in)
-{
-	uint16_t type = take(in) % (REC_TYPE_MAX + 2);
-	uint8_t n = take(in) % 64;
-
-	for (uint8_t i = 0; i < n; i++)
-		recw_u8(rw, take(in));
-	return type;
-}
-
 /*
  * One of our active clients sends a PUBLISH (to the router or delivered
  * here, as its route says) or acknowledges a packet id, through the real
  * read path, so that the QoS state the records built moves on.
  */
-static void client_packet(struct worker *w, const int *peers, struct in *in)
+static void client_packet(struct worker *w, const int *peers, struct fuzz_in *in)
 {
 	static const uint8_t acks[] = {
 		MQTT_PUBACK << 4, MQTT_PUBREC << 4, MQTT_PUBREL << 4 | 0x02, MQTT_PUBCOMP << 4,
@@ -407,7 +367,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static bool ready;
 	struct worker w = { 0 };
-	struct in in = { data, size };
+	struct fuzz_in in = { data, size };
 	int peers[NCONNS];
 
 	if (!ready) {
@@ -440,7 +400,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		recw_init(&rw);
 		switch (op % 12) {
-		case 9: type = build_raw(&rw, &in); break;
+		case 9: type = take_raw_record(&rw, &in, 64); break;
 		case 10: type = build_damaged(&rw, &in); break;
 		case 11: client_packet(&w, peers, &in); break;
 		default: type = build_valid(&rw, &in, op); break;

@@ -102,6 +102,81 @@ static void assert_blames_the_setting_given(char **env, const char *env_err, con
 	assert_error_at(err, 3, file_err);
 }
 
+/*
+ * The settings that defaults_are_the_documented_values and
+ * full_file_sets_every_key check alike: each one's default and the value
+ * the full file gives it, a number (long, int or bool) or a text.
+ */
+enum setting_type { SETTING_LONG, SETTING_INT, SETTING_BOOL, SETTING_TEXT };
+
+struct setting {
+	const char *name;
+	size_t off;
+	enum setting_type type;
+	long def, full;
+	const char *def_text, *full_text;
+};
+
+#define SETTING_AT(name) offsetof(struct iotd_config, name), \
+	_Generic(((struct iotd_config *)0)->name, long: SETTING_LONG, int: SETTING_INT, \
+		 bool: SETTING_BOOL, char *: SETTING_TEXT)
+#define NUMBER(name, def, full) { #name, SETTING_AT(name), def, full, NULL, NULL }
+#define TEXT(name, def, full) { #name, SETTING_AT(name), 0, 0, def, full }
+
+static const struct setting settings[] = {
+	NUMBER(workers, 0, 4),
+	NUMBER(max_connections, 10000, 500),
+	NUMBER(max_sessions, 100000, 700),
+	NUMBER(max_subscriptions_per_session, 1000, 9),
+	NUMBER(max_connections_per_address, 1000, 0),
+	NUMBER(max_connect_rate_per_address, 100, 1000000),
+	NUMBER(placement_slack, 8, 0),
+	NUMBER(session_timeout_secs, 300, 0),
+	NUMBER(keep_alive_timeout_secs, 60, 30),
+	NUMBER(max_keepalive, 0, 600),
+	NUMBER(connect_timeout, 10, 5),
+	NUMBER(max_packet_size, 1048576, 65536),
+	NUMBER(max_connect_size, 131072, 4096),
+	NUMBER(max_client_id_length, 1024, 64),
+	NUMBER(retained_message_limit, 10000, 77),
+	NUMBER(max_inflight, 20, 100),
+	NUMBER(max_queued_messages, 1000, 50),
+	NUMBER(max_queued_bytes, 16777216, 1000000),
+	NUMBER(max_queued_bytes_total, 268435456, 3000000),
+	NUMBER(max_inflight_bytes, 16777216, 1),
+	NUMBER(max_output_bytes, 2097152, 1024),
+	NUMBER(max_router_backlog_bytes, 67108864, 2097152),
+	NUMBER(max_topic_levels, 128, 8),
+	NUMBER(max_topic_length, 65535, 1024),
+	TEXT(user, "iotd", "mqtt"),
+	NUMBER(auth_enabled, false, false),
+	TEXT(auth_backend, "none", "none"),
+	TEXT(storage_backend, "memory", "disk"),
+	TEXT(storage_path, "/var/lib/iotd", "/srv/iotd"),
+	NUMBER(log_level, LOG_LVL_INFO, LOG_LVL_DEBUG),
+	NUMBER(log_format, LOG_FMT_TEXT, LOG_FMT_JSON),
+};
+
+/* Each of settings in c: its default, or the full file's value; a wrong one is named. */
+static void assert_settings(const struct iotd_config *c, bool full)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
+		const struct setting *s = &settings[i];
+		const char *at = (const char *)c + s->off, *text = full ? s->full_text : s->def_text;
+		long want = full ? s->full : s->def, got;
+
+		if (s->type == SETTING_TEXT) {
+			if (strcmp(at, text) != 0)
+				fail_msg("%s is '%s', want '%s'", s->name, at, text);
+			continue;
+		}
+		got = s->type == SETTING_LONG ? *(const long *)at
+		    : s->type == SETTING_INT ? *(const int *)at : *(const bool *)at;
+		if (got != want)
+			fail_msg("%s is %ld, want %ld", s->name, got, want);
+	}
+}
+
 /* ---- defaults and the file ---- */
 
 static void defaults_are_the_documented_values(void **state)
@@ -113,37 +188,7 @@ static void defaults_are_the_documented_values(void **state)
 	assert_string_equal(c.listen[0].host, "127.0.0.1");
 	assert_string_equal(c.listen[0].port, "1883");
 	assert_int_equal(c.listen[0].family, AF_INET);
-	assert_int_equal(c.workers, 0);
-	assert_int_equal(c.max_connections, 10000);
-	assert_int_equal(c.max_sessions, 100000);
-	assert_int_equal(c.max_subscriptions_per_session, 1000);
-	assert_int_equal(c.max_connections_per_address, 1000);
-	assert_int_equal(c.max_connect_rate_per_address, 100);
-	assert_int_equal(c.placement_slack, 8);
-	assert_int_equal(c.session_timeout_secs, 300);
-	assert_int_equal(c.keep_alive_timeout_secs, 60);
-	assert_int_equal(c.max_keepalive, 0);
-	assert_int_equal(c.connect_timeout, 10);
-	assert_int_equal(c.max_packet_size, 1048576);
-	assert_int_equal(c.max_connect_size, 131072);
-	assert_int_equal(c.max_client_id_length, 1024);
-	assert_int_equal(c.retained_message_limit, 10000);
-	assert_int_equal(c.max_inflight, 20);
-	assert_int_equal(c.max_queued_messages, 1000);
-	assert_int_equal(c.max_queued_bytes, 16777216);
-	assert_int_equal(c.max_queued_bytes_total, 268435456);
-	assert_int_equal(c.max_inflight_bytes, 16777216);
-	assert_int_equal(c.max_output_bytes, 2097152);
-	assert_int_equal(c.max_router_backlog_bytes, 67108864);
-	assert_int_equal(c.max_topic_levels, 128);
-	assert_int_equal(c.max_topic_length, 65535);
-	assert_string_equal(c.user, "iotd");
-	assert_false(c.auth_enabled);
-	assert_string_equal(c.auth_backend, "none");
-	assert_string_equal(c.storage_backend, "memory");
-	assert_string_equal(c.storage_path, "/var/lib/iotd");
-	assert_int_equal(c.log_level, LOG_LVL_INFO);
-	assert_int_equal(c.log_format, LOG_FMT_TEXT);
+	assert_settings(&c, false);
 	assert_string_equal(c.path, "");
 }
 
@@ -231,36 +276,7 @@ static void full_file_sets_every_key(void **state)
 	assert_int_equal(c.listen[2].family, AF_UNSPEC);
 	assert_string_equal(c.listen[3].host, "");
 	assert_string_equal(c.listen[3].port, "1885");
-	assert_int_equal(c.workers, 4);
-	assert_int_equal(c.max_connections, 500);
-	assert_int_equal(c.max_sessions, 700);
-	assert_int_equal(c.max_subscriptions_per_session, 9);
-	assert_int_equal(c.max_connections_per_address, 0);
-	assert_int_equal(c.max_connect_rate_per_address, 1000000);
-	assert_int_equal(c.placement_slack, 0);
-	assert_int_equal(c.session_timeout_secs, 0);
-	assert_int_equal(c.keep_alive_timeout_secs, 30);
-	assert_int_equal(c.max_keepalive, 600);
-	assert_int_equal(c.connect_timeout, 5);
-	assert_int_equal(c.max_packet_size, 65536);
-	assert_int_equal(c.max_connect_size, 4096);
-	assert_int_equal(c.max_client_id_length, 64);
-	assert_int_equal(c.retained_message_limit, 77);
-	assert_int_equal(c.max_inflight, 100);
-	assert_int_equal(c.max_queued_messages, 50);
-	assert_int_equal(c.max_queued_bytes, 1000000);
-	assert_int_equal(c.max_queued_bytes_total, 3000000);
-	assert_int_equal(c.max_inflight_bytes, 1);
-	assert_int_equal(c.max_output_bytes, 1024);
-	assert_int_equal(c.max_router_backlog_bytes, 2097152);
-	assert_int_equal(c.max_topic_levels, 8);
-	assert_int_equal(c.max_topic_length, 1024);
-	assert_string_equal(c.user, "mqtt");
-	assert_false(c.auth_enabled);
-	assert_string_equal(c.storage_backend, "disk");
-	assert_string_equal(c.storage_path, "/srv/iotd");
-	assert_int_equal(c.log_level, LOG_LVL_DEBUG);
-	assert_int_equal(c.log_format, LOG_FMT_JSON);
+	assert_settings(&c, true);
 	assert_string_equal(c.path, conf_path);
 }
 

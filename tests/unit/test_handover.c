@@ -47,6 +47,8 @@
 #include "role.h"
 #include "shm.h"
 
+#include "roles.h"
+
 #define RING 4096
 #define NWORKERS 2
 
@@ -79,14 +81,6 @@ static _Atomic uint64_t *handed(struct fx *f, unsigned i)
 	return &f->lis.listener->handed[i];
 }
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /*
  * What the supervisor makes before the first fork: memory, rings, eventfds,
  * channels; every worker up and serving in epoch 1.
@@ -98,16 +92,11 @@ static void fx_init(struct fx *f)
 	assert_int_equal(shm_create(&f->set, NWORKERS, RING), 0);
 	assert_int_equal(shm_map_role(&f->sup, &f->set, ROLE_SUPERVISOR, 0), 0);
 	assert_int_equal(shm_map_role(&f->lis, &f->set, ROLE_LISTENER, 0), 0);
+	workers_started(f->sup.sup, &f->env, NWORKERS);
 	for (unsigned i = 0; i < NWORKERS; i++) {
 		int sp[2];
 
 		assert_int_equal(shm_map_role(&f->wrk[i], &f->set, ROLE_WORKER, i), 0);
-		atomic_store(&sup_worker(f, i)->epoch, 1);
-		atomic_store(&sup_worker(f, i)->up, 1);
-		atomic_store(&sup_worker(f, i)->capacity, 1000);
-		atomic_store(&sup_worker(f, i)->ready_epoch, 1);
-		f->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		assert_true(f->env.worker_efd[i] >= 0);
 		assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC,
 					    0, sp), 0);
 		f->env.chan_listener[i] = sp[0];
@@ -116,8 +105,6 @@ static void fx_init(struct fx *f)
 	f->env.cfg = &f->cfg;
 	f->env.nworkers = NWORKERS;
 	f->env.epoch = 1;
-	f->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	assert_true(f->env.router_efd >= 0);
 }
 
 /* The open-file limit that leaves this process exactly room free fd numbers. */
@@ -149,17 +136,12 @@ static void fx_spawn(struct fx *f, int (*role_main)(struct role_env *), enum iot
 		     rlim_t room)
 {
 	struct ipc_hdr hdr;
-	int sv[2], fd;
+	int fd;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-	f->env.ctl_fd = sv[1];
-	f->ctl = sv[0];
-	f->pid = fork();
-	assert_true(f->pid >= 0);
+	f->pid = fork_role(&f->env, &f->ctl);
 	if (f->pid == 0) {
 		struct rlimit rl;
 
-		close(sv[0]);
 		fx_unmap(f);
 		if (shm_map_role(&f->env.shm, &f->set, role, 0) < 0)
 			_exit(98);
@@ -169,7 +151,6 @@ static void fx_spawn(struct fx *f, int (*role_main)(struct role_env *), enum iot
 			_exit(99);
 		_exit(role_main(&f->env));
 	}
-	close(sv[1]);
 	assert_true(ipc_recv(f->ctl, &hdr, NULL, 0, &fd) >= 0);
 	assert_int_equal(hdr.type, IPC_READY);
 }
@@ -426,6 +407,49 @@ static void close_all(int *fds, int n)
 		close(fds[i]);
 }
 
+/* A burst of n clients, and what each worker got of it within 500 ms. */
+static void burst_read(struct fx *f, int *clients, int n, struct got *g)
+{
+	burst(f, clients, n);
+	for (unsigned w = 0; w < NWORKERS; w++)
+		read_channel(f, w, &g[w], 500);
+}
+
+/* After a burst: the broker's ends and the clients closed, the listener stopped. */
+static void burst_end(struct fx *f, struct got *g, int *clients, int n)
+{
+	for (unsigned w = 0; w < NWORKERS; w++)
+		got_close(&g[w]);
+	close_all(clients, n);
+	fx_stop(f);
+}
+
+/* How many of the n clients the listener closed (they see the end). */
+static int refused_clients(const int *clients, int n)
+{
+	int refused = 0;
+
+	for (int i = 0; i < n; i++) {
+		struct pollfd pfd = { .fd = clients[i], .events = POLLIN };
+		char c;
+
+		if (poll(&pfd, 1, 0) == 1 && recv(clients[i], &c, 1, MSG_DONTWAIT) <= 0)
+			refused++;
+	}
+	return refused;
+}
+
+/* The child answers a PING: it has read all that its supervisor sent before. */
+static void expect_pong(struct fx *f)
+{
+	struct ipc_hdr hdr;
+	int fd;
+
+	assert_int_equal(ipc_send(f->ctl, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_true(ipc_recv(f->ctl, &hdr, NULL, 0, &fd) >= 0);
+	assert_int_equal(hdr.type, IPC_PONG);
+}
+
 static void listener_sends_one_message_per_worker_balanced(void **state)
 {
 	struct fx f;
@@ -434,9 +458,7 @@ static void listener_sends_one_message_per_worker_balanced(void **state)
 
 	listener_fx(&f, AF_INET);
 	listener_spawn(&f, NULL);
-	burst(&f, clients, 10);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		read_channel(&f, w, &g[w], 500);
+	burst_read(&f, clients, 10, g);
 	/* Ten at once over two idle workers: five each, in one message each. */
 	for (unsigned w = 0; w < NWORKERS; w++) {
 		assert_int_equal(g[w].msgs, 1);
@@ -455,10 +477,7 @@ static void listener_sends_one_message_per_worker_balanced(void **state)
 				seen += strcmp(g[w].remote[k], want) == 0;
 		assert_int_equal(seen, 1);
 	}
-	for (unsigned w = 0; w < NWORKERS; w++)
-		got_close(&g[w]);
-	close_all(clients, 10);
-	fx_stop(&f);
+	burst_end(&f, g, clients, 10);
 }
 
 static void listener_balances_on_load_with_the_batch_counted(void **state)
@@ -472,48 +491,31 @@ static void listener_balances_on_load_with_the_batch_counted(void **state)
 	atomic_store(handed(&f, 0), 4);
 	atomic_store(&worker_mem(&f, 0)->accepted, 4);
 	listener_spawn(&f, NULL);
-	burst(&f, clients, 8);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		read_channel(&f, w, &g[w], 500);
+	burst_read(&f, clients, 8, g);
 	assert_int_equal(g[0].conns, 2);
 	assert_int_equal(g[1].conns, 6);
 	assert_int_equal(atomic_load(handed(&f, 0)), 6);
 	assert_int_equal(atomic_load(handed(&f, 1)), 6);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		got_close(&g[w]);
-	close_all(clients, 8);
-	fx_stop(&f);
+	burst_end(&f, g, clients, 8);
 }
 
 static void listener_refuses_beyond_max_connections_within_a_batch(void **state)
 {
 	struct fx f;
 	struct got g[NWORKERS];
-	int clients[10], refused = 0;
+	int clients[10];
 
 	listener_fx(&f, AF_INET);
 	f.cfg.max_connections = 7;
 	listener_spawn(&f, NULL);
-	burst(&f, clients, 10);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		read_channel(&f, w, &g[w], 500);
+	burst_read(&f, clients, 10, g);
 	assert_int_equal(g[0].conns + g[1].conns, 7);
 	assert_int_equal(atomic_load(handed(&f, 0)) +
 			 atomic_load(handed(&f, 1)), 7);
 	assert_int_equal(atomic_load(&f.lis.listener->connects), 7);
-	/* The three others were closed by the listener: their clients see the end. */
-	for (int i = 0; i < 10; i++) {
-		struct pollfd pfd = { .fd = clients[i], .events = POLLIN };
-		char c;
-
-		if (poll(&pfd, 1, 0) == 1 && recv(clients[i], &c, 1, MSG_DONTWAIT) <= 0)
-			refused++;
-	}
-	assert_int_equal(refused, 3);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		got_close(&g[w]);
-	close_all(clients, 10);
-	fx_stop(&f);
+	/* The three others were closed by the listener. */
+	assert_int_equal(refused_clients(clients, 10), 3);
+	burst_end(&f, g, clients, 10);
 }
 
 static void listener_sends_elsewhere_when_a_channel_is_full(void **state)
@@ -563,9 +565,7 @@ static void listener_names_ipv6_clients_in_brackets(void **state)
 		skip();
 	}
 	listener_spawn(&f, NULL);
-	burst(&f, clients, 2);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		read_channel(&f, w, &g[w], 500);
+	burst_read(&f, clients, 2, g);
 	assert_int_equal(g[0].conns, 1);
 	assert_int_equal(g[1].conns, 1);
 	for (int i = 0; i < 2; i++) {
@@ -573,10 +573,7 @@ static void listener_names_ipv6_clients_in_brackets(void **state)
 		assert_true(strncmp(want, "[::1]:", 6) == 0);
 		assert_true(strcmp(g[0].remote[0], want) == 0 || strcmp(g[1].remote[0], want) == 0);
 	}
-	for (unsigned w = 0; w < NWORKERS; w++)
-		got_close(&g[w]);
-	close_all(clients, 2);
-	fx_stop(&f);
+	burst_end(&f, g, clients, 2);
 }
 
 /*
@@ -714,25 +711,19 @@ static void listener_keeps_the_slack_within_a_batch(void **state)
 	listener_fx(&f, AF_INET);
 	f.cfg.placement_slack = 3;
 	listener_spawn(&f, NULL);
-	burst(&f, clients, 10);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		read_channel(&f, w, &g[w], 500);
+	burst_read(&f, clients, 10, g);
 	/* As one after another: 3 and 0, then 3 and 6, then 4 and 6; one message each. */
 	for (unsigned w = 0; w < NWORKERS; w++)
 		assert_int_equal(g[w].msgs, 1);
 	assert_int_equal(g[0].conns + g[1].conns, 10);
 	assert_true((g[0].conns == 4 && g[1].conns == 6) || (g[0].conns == 6 && g[1].conns == 4));
-	for (unsigned w = 0; w < NWORKERS; w++)
-		got_close(&g[w]);
-	close_all(clients, 10);
-	fx_stop(&f);
+	burst_end(&f, g, clients, 10);
 }
 
 static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state)
 {
 	struct fx f;
-	struct ipc_hdr hdr;
-	int clients[4], fd;
+	int clients[4];
 	unsigned w;
 
 	listener_fx(&f, AF_INET);
@@ -742,9 +733,7 @@ static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state
 	/* What the supervisor sends on a reload; the PONG says it was read. */
 	f.cfg.placement_slack = 8;
 	assert_int_equal(ipc_send(f.ctl, IPC_CONFIG, 0, &f.cfg, sizeof(f.cfg), -1), 0);
-	assert_int_equal(ipc_send(f.ctl, IPC_PING, 0, NULL, 0, -1), 0);
-	assert_true(ipc_recv(f.ctl, &hdr, NULL, 0, &fd) >= 0);
-	assert_int_equal(hdr.type, IPC_PONG);
+	expect_pong(&f);
 	assert_int_equal(next_worker(&f, &clients[2]), 1 - w);
 	assert_int_equal(next_worker(&f, &clients[3]), 1 - w);
 	close_all(clients, 4);
@@ -1141,40 +1130,27 @@ static void listener_refuses_past_max_connect_rate_per_address(void **state)
 {
 	struct fx f;
 	struct got g[NWORKERS];
-	int clients[8], refused = 0;
+	int clients[8];
 
 	listener_fx(&f, AF_INET);
 	f.cfg.max_connect_rate_per_address = 3;
 	listener_spawn(&f, NULL);
 	/* Eight at once: the bucket holds three. */
-	burst(&f, clients, 8);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		read_channel(&f, w, &g[w], 500);
+	burst_read(&f, clients, 8, g);
 	assert_int_equal(g[0].conns + g[1].conns, 3);
 	assert_int_equal(atomic_load(&f.lis.listener->connects), 3);
-	for (int i = 0; i < 8; i++) {
-		struct pollfd pfd = { .fd = clients[i], .events = POLLIN };
-		char c;
-
-		if (poll(&pfd, 1, 0) == 1 && recv(clients[i], &c, 1, MSG_DONTWAIT) <= 0)
-			refused++;
-	}
-	assert_int_equal(refused, 5);
+	assert_int_equal(refused_clients(clients, 8), 5);
 	/* A third of a second later, one more. */
 	poll(NULL, 0, 400);
 	assert_true(try_connect(&f, &clients[0], NULL) >= 0);
-	for (unsigned w = 0; w < NWORKERS; w++)
-		got_close(&g[w]);
-	close_all(clients, 8);
-	fx_stop(&f);
+	burst_end(&f, g, clients, 8);
 }
 
 static void listener_forgets_the_connections_of_a_restarted_worker(void **state)
 {
 	struct fx f;
 	uint64_t tok[NWORKERS], again = 0;
-	int clients[3], w, fd;
-	struct ipc_hdr hdr;
+	int clients[3], w;
 
 	listener_fx(&f, AF_INET);
 	f.cfg.max_connections_per_address = 1;
@@ -1183,9 +1159,7 @@ static void listener_forgets_the_connections_of_a_restarted_worker(void **state)
 	assert_true(w >= 0);
 	assert_int_equal(try_connect(&f, &clients[1], NULL), -1);
 	/* Its answer: the batch that refused it is over (epochs are read once a batch). */
-	assert_int_equal(ipc_send(f.ctl, IPC_PING, 0, NULL, 0, -1), 0);
-	assert_true(ipc_recv(f.ctl, &hdr, NULL, 0, &fd) >= 0);
-	assert_int_equal(hdr.type, IPC_PONG);
+	expect_pong(&f);
 	/* Restarted: its connections died with it, and the listener asks the new one afresh. */
 	atomic_fetch_add(&sup_worker(&f, (unsigned)w)->epoch, 1);
 	atomic_fetch_add(&sup_worker(&f, (unsigned)w)->ready_epoch, 1);
@@ -1203,8 +1177,7 @@ static void listener_takes_nothing_harmful_from_a_worker(void **state)
 	uint64_t tok[NWORKERS], again;
 	char path[] = "/tmp/iotd-test-reports-XXXXXX", junk[100];
 	struct ipc_addr_entry held[IPC_ADDR_ENTRIES_MAX];
-	int clients[4], file, fd;
-	struct ipc_hdr hdr;
+	int clients[4], file;
 	long rss;
 
 	listener_fx(&f, AF_INET);
@@ -1252,9 +1225,7 @@ static void listener_takes_nothing_harmful_from_a_worker(void **state)
 	assert_true(again != tok[0]);
 	connect_until_taken(&f, &clients[2]);
 	/* Still answering its supervisor. */
-	assert_int_equal(ipc_send(f.ctl, IPC_PING, 0, NULL, 0, -1), 0);
-	assert_true(ipc_recv(f.ctl, &hdr, NULL, 0, &fd) >= 0);
-	assert_int_equal(hdr.type, IPC_PONG);
+	expect_pong(&f);
 	unlink(path);
 	close_all(clients, 3);
 	fx_stop(&f);

@@ -28,6 +28,8 @@
 #include "b64.h"
 #include "jwt.h"
 
+#include "files.h"
+
 #define NOW 1700000000
 
 enum { K_RSA, K_EC, K_ED, K_RSA2, K_EC2, K_ED2, NKEYS };
@@ -58,6 +60,17 @@ static struct jwt_keys *keys_of(const char *text)
 	if (jwt_keys_parse(text, strlen(text), &k, err, sizeof(err)) != 0)
 		fail_msg("keys refused: %s", err);
 	return k;
+}
+
+/* Fails unless the key file text is refused with an error containing want. */
+static void keys_refused(const char *text, const char *want)
+{
+	struct jwt_keys *k = NULL;
+	char err[256] = "";
+
+	assert_int_equal(jwt_keys_parse(text, strlen(text), &k, err, sizeof(err)), -1);
+	assert_null(k);
+	assert_contains(err, want);
 }
 
 static int make_keys(void **state)
@@ -477,45 +490,35 @@ static void claims_with_filter_lists(void **state)
 
 static void key_file_errors(void **state)
 {
-	struct jwt_keys *k = NULL;
-	char err[256], text[16384];
+	char text[16384];
 	EVP_PKEY *small = EVP_RSA_gen(1024), *p384 = EVP_EC_gen("P-384");
 	char *small_pem = public_pem(small), *p384_pem = public_pem(p384);
 	BIO *b = BIO_new(BIO_s_mem());
 	char *priv;
 	long n;
 
-	assert_int_equal(jwt_keys_parse("", 0, &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "no PUBLIC KEY block"));
-	assert_int_equal(jwt_keys_parse("just text\n", 10, &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "no PUBLIC KEY block"));
+	keys_refused("", "no PUBLIC KEY block");
+	keys_refused("just text\n", "no PUBLIC KEY block");
 	snprintf(text, sizeof(text), "%s%s", pem[K_ED], small_pem);
-	assert_int_equal(jwt_keys_parse(text, strlen(text), &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "block 2: an RSA key shorter than 2048 bits"));
-	assert_int_equal(jwt_keys_parse(p384_pem, strlen(p384_pem), &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "block 1: an EC key not on P-256"));
+	keys_refused(text, "block 2: an RSA key shorter than 2048 bits");
+	keys_refused(p384_pem, "block 1: an EC key not on P-256");
 	/* A private key in the file: refused, not skipped. */
 	assert_int_equal(PEM_write_bio_PrivateKey(b, key[K_ED], NULL, NULL, 0, NULL, NULL), 1);
 	n = BIO_get_mem_data(b, &priv);
 	snprintf(text, sizeof(text), "%s%.*s", pem[K_EC], (int)n, priv);
-	assert_int_equal(jwt_keys_parse(text, strlen(text), &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "block 2: not a PUBLIC KEY block"));
+	keys_refused(text, "block 2: not a PUBLIC KEY block");
 	/* A damaged block. */
 	snprintf(text, sizeof(text), "%s", pem[K_EC]);
 	text[40] = text[40] == 'A' ? 'B' : 'A';
-	assert_int_equal(jwt_keys_parse(text, strlen(text), &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "block 1: not a public key"));
+	keys_refused(text, "block 1: not a public key");
 	snprintf(text, sizeof(text), "%s", pem[K_EC]);
 	text[30] = '!';
-	assert_int_equal(jwt_keys_parse(text, strlen(text), &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "block 1: not PEM"));
+	keys_refused(text, "block 1: not PEM");
 	/* At most JWT_MAX_KEYS keys. */
 	text[0] = '\0';
 	for (int i = 0; i <= JWT_MAX_KEYS; i++)
 		strcat(text, pem[K_ED]);
-	assert_int_equal(jwt_keys_parse(text, strlen(text), &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "block 17: more keys"));
-	assert_null(k);
+	keys_refused(text, "block 17: more keys");
 	BIO_free(b);
 	EVP_PKEY_free(small);
 	EVP_PKEY_free(p384);
@@ -527,11 +530,8 @@ static void key_file_load(void **state)
 {
 	char path[] = "/tmp/iotd-test-jwt-XXXXXX", err[512];
 	struct jwt_keys *k = NULL;
-	int fd = mkstemp(path);
 
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, pem[K_EC], strlen(pem[K_EC])), (ssize_t)strlen(pem[K_EC]));
-	close(fd);
+	temp_file(path, pem[K_EC]);
 	assert_int_equal(jwt_keys_load(path, &k, err, sizeof(err)), 0);
 	assert_int_equal(verify(k, token(K_EC, VALID)), JWT_OK);
 	jwt_keys_free(k);
@@ -541,7 +541,7 @@ static void key_file_load(void **state)
 	assert_true(strncmp(err, path, strlen(path)) == 0);
 	unlink(path);
 	assert_int_equal(jwt_keys_load(path, &k, err, sizeof(err)), -1);
-	assert_non_null(strstr(err, "No such file"));
+	assert_contains(err, "No such file");
 }
 
 int main(void)

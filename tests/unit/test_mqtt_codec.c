@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "iotd.h"
 #include "mqtt.h"
 
 /* A byte-array literal and its size, for (ptr, len) arguments. */
@@ -39,31 +40,112 @@ static void assert_str(struct mqtt_str s, const char *want)
 		assert_memory_equal(s.p, want, s.len);
 }
 
+/* pkt, decoded, is a SUBSCRIBE, SUBACK or UNSUBSCRIBE: that type, packet id and count. */
+static void assert_list_head(const struct mqtt_packet *pkt, enum mqtt_type type, uint16_t packet_id,
+			     uint32_t count)
+{
+	assert_int_equal(pkt->type, type);
+	assert_int_equal(pkt->u.list.packet_id, packet_id);
+	assert_int_equal(pkt->u.list.count, count);
+}
+
 static void assert_bytes(const uint8_t *got, size_t got_len, const uint8_t *want, size_t want_len)
 {
 	assert_int_equal(got_len, want_len);
 	assert_memory_equal(got, want, want_len);
 }
 
+/*
+ * The cases below that are one packet and one answer are tables: each case
+ * runs as a test of its own, named as the case (see main()).
+ */
+
+/*
+ * The first bytes of a packet (none: NULL, 0) under max_packet, and
+ * mqtt_fixed_header's answer; when MQTT_OK, the remaining length and the
+ * header's length it gives, the first byte being the first of bytes.
+ */
+struct header_case {
+	const char *name;
+	const uint8_t *bytes;
+	size_t len;
+	size_t max_packet;
+	int rc;
+	uint32_t remaining;
+	size_t hdr_len;
+};
+
+/* A packet's body under the first byte of its fixed header, and mqtt_decode's answer. */
+struct decode_case {
+	const char *name;
+	uint8_t first;
+	const uint8_t *body;
+	size_t len;
+	int rc;
+};
+
+#define HEADER(name, max_packet, rc, ...) { name, BYTES(__VA_ARGS__), max_packet, rc, 0, 0 }
+#define HEADER_EMPTY(name, max_packet, rc) { name, NULL, 0, max_packet, rc, 0, 0 }
+#define HEADER_OK(name, max_packet, remaining, hdr_len, ...) \
+	{ name, BYTES(__VA_ARGS__), max_packet, MQTT_OK, remaining, hdr_len }
+#define DECODE(name, first, rc, ...) { name, first, BYTES(__VA_ARGS__), rc }
+#define DECODE_EMPTY(name, first, rc) { name, first, NULL, 0, rc }
+
+static void run_header_case(void **state)
+{
+	const struct header_case *c = *state;
+	uint8_t f = 0;
+	uint32_t r = 99;
+	size_t h = 99;
+
+	assert_int_equal(mqtt_fixed_header(c->bytes, c->len, c->max_packet, &f, &r, &h), c->rc);
+	if (c->rc != MQTT_OK)
+		return;
+	assert_int_equal(f, c->bytes[0]);
+	assert_int_equal(r, c->remaining);
+	assert_int_equal(h, c->hdr_len);
+}
+
+static void run_decode_case(void **state)
+{
+	const struct decode_case *c = *state;
+	struct mqtt_packet pkt;
+
+	assert_int_equal(mqtt_decode(c->first, c->body, c->len, &pkt), c->rc);
+}
+
+/* Each case of a table as a test of its own, named as the case. */
+#define ADD_CASES(tests, n, run, cases) \
+	for (size_t i_ = 0; i_ < ARRAY_SIZE(cases); i_++) \
+		tests[n++] = (struct CMUnitTest){ cases[i_].name, run, NULL, NULL, (void *)&cases[i_] }
+
 /* ---- fixed header ---------------------------------------------------- */
 
-static void test_fixed_header_empty_buffer_is_incomplete(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(NULL, 0, 0, &f, &r, &h), MQTT_INCOMPLETE);
-}
-
-static void test_fixed_header_without_length_is_incomplete(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(BYTES(0x30), 0, &f, &r, &h), MQTT_INCOMPLETE);
-}
+static const struct header_case fixed_header_cases[] = {
+	HEADER_EMPTY("test_fixed_header_empty_buffer_is_incomplete", 0, MQTT_INCOMPLETE),
+	HEADER("test_fixed_header_without_length_is_incomplete", 0, MQTT_INCOMPLETE, 0x30),
+	HEADER("test_fixed_header_type_0_is_rejected", 0, MQTT_ERR_TYPE, 0x00, 0x00),
+	HEADER("test_fixed_header_type_15_is_rejected", 0, MQTT_ERR_TYPE, 0xF0, 0x00),
+	HEADER("test_fixed_header_type_is_checked_before_length_arrives", 0, MQTT_ERR_TYPE, 0xF0),
+	HEADER("test_fixed_header_fifth_length_byte_is_malformed: a fifth byte", 0, MQTT_ERR_MALFORMED,
+	       0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01),
+	/* decided as soon as the 4th byte says "more", without the 5th */
+	HEADER("test_fixed_header_fifth_length_byte_is_malformed: the fourth asking for more", 0, MQTT_ERR_MALFORMED,
+	       0x30, 0x80, 0x80, 0x80, 0x80),
+	/* 2 + 99 > 100, known from the header alone */
+	HEADER("test_fixed_header_over_max_packet_is_too_large_before_body", 100, MQTT_ERR_TOO_LARGE,
+	       0x30, 99),
+	/* at least 16383 bytes whatever follows: no need to wait for more */
+	HEADER_OK("test_fixed_header_non_minimal_length_is_accepted", 0, 0, 3, 0xC0, 0x80, 0x00),
+	/* a PUBLISH announcing 200 bytes, none of which are here yet */
+	HEADER_OK("test_fixed_header_returns_remaining_before_body_arrives", 0, 200, 3,
+		  0x32, 0xC8, 0x01),
+	HEADER_OK("test_fixed_header_at_max_packet_is_accepted", 100, 98, 2, 0x30, 98),
+	HEADER_OK("test_fixed_header_max_packet_zero_means_protocol_limit", 0, MQTT_MAX_REMAINING, 5,
+		  0x30, 0xFF, 0xFF, 0xFF, 0x7F),
+	HEADER("test_fixed_header_too_large_detected_from_partial_length", 1000, MQTT_ERR_TOO_LARGE,
+	       0x30, 0xFF, 0xFF),
+};
 
 static void test_fixed_header_ending_inside_length_is_incomplete(void **state)
 {
@@ -75,113 +157,6 @@ static void test_fixed_header_ending_inside_length_is_incomplete(void **state)
 	for (size_t n = 0; n < sizeof(b); n++)
 		assert_int_equal(mqtt_fixed_header(b, n, 0, &f, &r, &h), MQTT_INCOMPLETE);
 	assert_int_equal(mqtt_fixed_header(b, sizeof(b), 0, &f, &r, &h), MQTT_OK);
-}
-
-static void test_fixed_header_type_0_is_rejected(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(BYTES(0x00, 0x00), 0, &f, &r, &h), MQTT_ERR_TYPE);
-}
-
-static void test_fixed_header_type_15_is_rejected(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(BYTES(0xF0, 0x00), 0, &f, &r, &h), MQTT_ERR_TYPE);
-}
-
-static void test_fixed_header_type_is_checked_before_length_arrives(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(BYTES(0xF0), 0, &f, &r, &h), MQTT_ERR_TYPE);
-}
-
-static void test_fixed_header_fifth_length_byte_is_malformed(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(BYTES(0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01), 0, &f, &r, &h),
-			 MQTT_ERR_MALFORMED);
-	/* decided as soon as the 4th byte says "more", without the 5th */
-	assert_int_equal(mqtt_fixed_header(BYTES(0x30, 0x80, 0x80, 0x80, 0x80), 0, &f, &r, &h),
-			 MQTT_ERR_MALFORMED);
-}
-
-static void test_fixed_header_non_minimal_length_is_accepted(void **state)
-{
-	uint8_t f;
-	uint32_t r = 99;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(BYTES(0xC0, 0x80, 0x00), 0, &f, &r, &h), MQTT_OK);
-	assert_int_equal(f, 0xC0);
-	assert_int_equal(r, 0);
-	assert_int_equal(h, 3);
-}
-
-static void test_fixed_header_returns_remaining_before_body_arrives(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	/* a PUBLISH announcing 200 bytes, none of which are here yet */
-	assert_int_equal(mqtt_fixed_header(BYTES(0x32, 0xC8, 0x01), 0, &f, &r, &h), MQTT_OK);
-	assert_int_equal(f, 0x32);
-	assert_int_equal(r, 200);
-	assert_int_equal(h, 3);
-}
-
-static void test_fixed_header_over_max_packet_is_too_large_before_body(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	/* 2 + 99 > 100, known from the header alone */
-	assert_int_equal(mqtt_fixed_header(BYTES(0x30, 99), 100, &f, &r, &h), MQTT_ERR_TOO_LARGE);
-}
-
-static void test_fixed_header_at_max_packet_is_accepted(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(BYTES(0x30, 98), 100, &f, &r, &h), MQTT_OK);
-	assert_int_equal(r, 98);
-}
-
-static void test_fixed_header_too_large_detected_from_partial_length(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	/* at least 16383 bytes whatever follows: no need to wait for more */
-	assert_int_equal(mqtt_fixed_header(BYTES(0x30, 0xFF, 0xFF), 1000, &f, &r, &h),
-			 MQTT_ERR_TOO_LARGE);
-}
-
-static void test_fixed_header_max_packet_zero_means_protocol_limit(void **state)
-{
-	uint8_t f;
-	uint32_t r;
-	size_t h;
-
-	assert_int_equal(mqtt_fixed_header(BYTES(0x30, 0xFF, 0xFF, 0xFF, 0x7F), 0, &f, &r, &h), MQTT_OK);
-	assert_int_equal(r, MQTT_MAX_REMAINING);
-	assert_int_equal(h, 5);
 }
 
 /* ---- remaining length ------------------------------------------------ */
@@ -309,34 +284,15 @@ static void test_non_publish_types_accept_only_their_fixed_flags(void **state)
 	}
 }
 
-static void test_pubrel_with_flags_0_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x60, BYTES(0, 1), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_subscribe_with_flags_0_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x80, BYTES(0, 1, 0, 1, 'a', 0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_unsubscribe_with_flags_0_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0xA0, BYTES(0, 1, 0, 1, 'a'), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_decode_type_0_and_15_are_rejected(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x00, NULL, 0, &pkt), MQTT_ERR_TYPE);
-	assert_int_equal(mqtt_decode(0xF0, NULL, 0, &pkt), MQTT_ERR_TYPE);
-}
+static const struct decode_case fixed_header_flags_decode_cases[] = {
+	DECODE("test_pubrel_with_flags_0_is_malformed", 0x60, MQTT_ERR_MALFORMED, 0, 1),
+	DECODE("test_subscribe_with_flags_0_is_malformed", 0x80, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 1, 'a', 0),
+	DECODE("test_unsubscribe_with_flags_0_is_malformed", 0xA0, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 1, 'a'),
+	DECODE_EMPTY("test_decode_type_0_and_15_are_rejected: type 0", 0x00, MQTT_ERR_TYPE),
+	DECODE_EMPTY("test_decode_type_0_and_15_are_rejected: type 15", 0xF0, MQTT_ERR_TYPE),
+};
 
 /* ---- CONNECT --------------------------------------------------------- */
 
@@ -476,110 +432,46 @@ static void test_connect_without_optional_fields_round_trips(void **state)
 	assert_false(pkt.u.connect.password_flag);
 }
 
-static void test_connect_unknown_protocol_name_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'X', 4, 2, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_PROTOCOL_NAME);
-}
-
-static void test_connect_protocol_name_is_case_sensitive(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'm', 'q', 't', 't', 4, 2, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_PROTOCOL_NAME);
-}
-
-static void test_connect_empty_protocol_name_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 0, 4, 2, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_PROTOCOL_NAME);
-}
-
-static void test_connect_mqtt_with_level_5_is_bad_level(void **state)
-{
-	struct mqtt_packet pkt;
-
+static const struct decode_case connect_decode_cases[] = {
+	DECODE("test_connect_unknown_protocol_name_is_refused", 0x10, MQTT_ERR_PROTOCOL_NAME,
+	       0, 4, 'M', 'Q', 'T', 'X', 4, 2, 0, 60, 0, 0),
+	DECODE("test_connect_protocol_name_is_case_sensitive", 0x10, MQTT_ERR_PROTOCOL_NAME,
+	       0, 4, 'm', 'q', 't', 't', 4, 2, 0, 60, 0, 0),
+	DECODE("test_connect_empty_protocol_name_is_refused", 0x10, MQTT_ERR_PROTOCOL_NAME,
+	       0, 0, 4, 2, 0, 60, 0, 0),
 	/* an MQTT 5 CONNECT: properties follow, but the level decides first */
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 5, 2, 0, 60, 0, 0, 0), &pkt),
-			 MQTT_ERR_PROTOCOL_LEVEL);
-}
-
-static void test_connect_mqtt_with_level_3_is_bad_level(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 3, 2, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_PROTOCOL_LEVEL);
-}
-
-static void test_connect_mqisdp_with_level_4_is_bad_level(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 6, 'M', 'Q', 'I', 's', 'd', 'p', 4, 2, 0, 60, 0, 0),
-				     &pkt), MQTT_ERR_PROTOCOL_LEVEL);
-}
-
-static void test_connect_reserved_flag_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x03, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_MALFORMED);
-}
-
-static void test_connect_will_qos_3_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x1E, 0, 60, 0, 0,
-						 0, 1, 't', 0, 0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_connect_will_qos_without_will_flag_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x0A, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_MALFORMED);
-}
-
-static void test_connect_will_retain_without_will_flag_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x22, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_MALFORMED);
-}
-
-static void test_connect_password_without_username_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x42, 0, 60, 0, 0,
-						 0, 1, 'p'), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_connect_trailing_bytes_are_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, 0, 0),
-				     &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_connect_missing_username_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x82, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_MALFORMED);
-}
+	DECODE("test_connect_mqtt_with_level_5_is_bad_level", 0x10, MQTT_ERR_PROTOCOL_LEVEL,
+	       0, 4, 'M', 'Q', 'T', 'T', 5, 2, 0, 60, 0, 0, 0),
+	DECODE("test_connect_mqtt_with_level_3_is_bad_level", 0x10, MQTT_ERR_PROTOCOL_LEVEL,
+	       0, 4, 'M', 'Q', 'T', 'T', 3, 2, 0, 60, 0, 0),
+	DECODE("test_connect_mqisdp_with_level_4_is_bad_level", 0x10, MQTT_ERR_PROTOCOL_LEVEL,
+	       0, 6, 'M', 'Q', 'I', 's', 'd', 'p', 4, 2, 0, 60, 0, 0),
+	DECODE("test_connect_reserved_flag_is_malformed", 0x10, MQTT_ERR_MALFORMED,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x03, 0, 60, 0, 0),
+	DECODE("test_connect_will_qos_3_is_malformed", 0x10, MQTT_ERR_MALFORMED,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x1E, 0, 60, 0, 0, 0, 1, 't', 0, 0),
+	DECODE("test_connect_will_qos_without_will_flag_is_malformed", 0x10, MQTT_ERR_MALFORMED,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x0A, 0, 60, 0, 0),
+	DECODE("test_connect_will_retain_without_will_flag_is_malformed", 0x10, MQTT_ERR_MALFORMED,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x22, 0, 60, 0, 0),
+	DECODE("test_connect_password_without_username_is_malformed", 0x10, MQTT_ERR_MALFORMED,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x42, 0, 60, 0, 0, 0, 1, 'p'),
+	DECODE("test_connect_trailing_bytes_are_malformed", 0x10, MQTT_ERR_MALFORMED,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, 0, 0),
+	DECODE("test_connect_missing_username_is_malformed", 0x10, MQTT_ERR_MALFORMED,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x82, 0, 60, 0, 0),
+	DECODE("test_connect_invalid_utf8_client_id_is_refused", 0x10, MQTT_ERR_UTF8,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, 2, 0xC0, 0x80),
+	DECODE("test_connect_invalid_utf8_will_topic_is_refused", 0x10, MQTT_ERR_UTF8,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x06, 0, 60, 0, 0, 0, 1, 0xFF, 0, 0),
+	DECODE("test_connect_invalid_utf8_username_is_refused", 0x10, MQTT_ERR_UTF8,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x82, 0, 60, 0, 0, 0, 1, 0x00),
+	DECODE("test_connect_password_and_will_payload_are_not_utf8_checked", 0x10, MQTT_OK,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0xC6, 0, 60, 0, 0, 0, 1, 't', 0, 2, 0x00, 0xC0, 0, 1,
+	       'u', 0, 2, 0xFF, 0x00),
+	DECODE("test_connect_with_nonzero_fixed_flags_is_malformed", 0x11, MQTT_ERR_MALFORMED,
+	       0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, 0),
+};
 
 static void test_connect_every_truncation_is_refused(void **state)
 {
@@ -596,47 +488,6 @@ static void test_connect_every_truncation_is_refused(void **state)
 		else
 			assert_int_equal(rc, MQTT_ERR_MALFORMED);
 	}
-}
-
-static void test_connect_invalid_utf8_client_id_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60,
-						 0, 2, 0xC0, 0x80), &pkt), MQTT_ERR_UTF8);
-}
-
-static void test_connect_invalid_utf8_will_topic_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x06, 0, 60, 0, 0,
-						 0, 1, 0xFF, 0, 0), &pkt), MQTT_ERR_UTF8);
-}
-
-static void test_connect_invalid_utf8_username_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x82, 0, 60, 0, 0,
-						 0, 1, 0x00), &pkt), MQTT_ERR_UTF8);
-}
-
-static void test_connect_password_and_will_payload_are_not_utf8_checked(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x10, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0xC6, 0, 60, 0, 0,
-						 0, 1, 't', 0, 2, 0x00, 0xC0,
-						 0, 1, 'u', 0, 2, 0xFF, 0x00), &pkt), MQTT_OK);
-}
-
-static void test_connect_with_nonzero_fixed_flags_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x11, BYTES(0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, 0), &pkt),
-			 MQTT_ERR_MALFORMED);
 }
 
 /* ---- CONNACK --------------------------------------------------------- */
@@ -670,35 +521,18 @@ static void test_connack_return_codes_1_to_5_decode(void **state)
 	}
 }
 
-static void test_connack_return_code_6_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x20, BYTES(0, 6), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_connack_reserved_bits_are_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x20, BYTES(0x02, 0), &pkt), MQTT_ERR_MALFORMED);
-	assert_int_equal(mqtt_decode(0x20, BYTES(0x80, 0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_connack_session_present_with_refusal_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x20, BYTES(1, MQTT_CONNACK_BAD_AUTH), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_connack_wrong_length_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x20, BYTES(0), &pkt), MQTT_ERR_MALFORMED);
-	assert_int_equal(mqtt_decode(0x20, BYTES(0, 0, 0), &pkt), MQTT_ERR_MALFORMED);
-}
+static const struct decode_case connack_decode_cases[] = {
+	DECODE("test_connack_return_code_6_is_malformed", 0x20, MQTT_ERR_MALFORMED, 0, 6),
+	DECODE("test_connack_reserved_bits_are_malformed: bit 1", 0x20, MQTT_ERR_MALFORMED,
+	       0x02, 0),
+	DECODE("test_connack_reserved_bits_are_malformed: bit 7", 0x20, MQTT_ERR_MALFORMED,
+	       0x80, 0),
+	DECODE("test_connack_session_present_with_refusal_is_malformed", 0x20, MQTT_ERR_MALFORMED,
+	       1, MQTT_CONNACK_BAD_AUTH),
+	DECODE("test_connack_wrong_length_is_malformed: 1 byte", 0x20, MQTT_ERR_MALFORMED, 0),
+	DECODE("test_connack_wrong_length_is_malformed: 3 bytes", 0x20, MQTT_ERR_MALFORMED,
+	       0, 0, 0),
+};
 
 static void test_connack_encodes(void **state)
 {
@@ -720,135 +554,69 @@ static void test_connack_encoder_clears_session_present_on_refusal(void **state)
 
 /* ---- PUBLISH --------------------------------------------------------- */
 
-static void test_publish_qos0_decodes(void **state)
+/* A whole PUBLISH (fixed header included) and every field mqtt_decode finds in it. */
+struct publish_case {
+	const char *name;
+	const uint8_t *packet;
+	size_t len;
+	bool dup;
+	uint8_t qos;
+	bool retain;
+	const char *topic;
+	uint16_t packet_id;
+	struct mqtt_str payload;
+};
+
+static void run_publish_case(void **state)
 {
+	const struct publish_case *c = *state;
 	struct mqtt_packet pkt;
 	const struct mqtt_publish *p = &pkt.u.publish;
 
-	assert_int_equal(decode_packet(BYTES(0x31, 7, 0, 3, 'a', '/', 'b', 'h', 'i'), &pkt), MQTT_OK);
+	assert_int_equal(decode_packet(c->packet, c->len, &pkt), MQTT_OK);
 	assert_int_equal(pkt.type, MQTT_PUBLISH);
-	assert_false(p->dup);
-	assert_int_equal(p->qos, 0);
-	assert_true(p->retain);
-	assert_str(p->topic, "a/b");
-	assert_int_equal(p->packet_id, 0);
-	assert_bytes(p->payload, p->payload_len, BYTES('h', 'i'));
+	assert_int_equal(p->dup, c->dup);
+	assert_int_equal(p->qos, c->qos);
+	assert_int_equal(p->retain, c->retain);
+	assert_str(p->topic, c->topic);
+	assert_int_equal(p->packet_id, c->packet_id);
+	assert_bytes(p->payload, p->payload_len, c->payload.p, c->payload.len);
 }
 
-static void test_publish_qos1_decodes(void **state)
-{
-	struct mqtt_packet pkt;
-	const struct mqtt_publish *p = &pkt.u.publish;
-
-	assert_int_equal(decode_packet(BYTES(0x3A, 7, 0, 1, 't', 0x12, 0x34, 'x', 'y'), &pkt), MQTT_OK);
-	assert_true(p->dup);
-	assert_int_equal(p->qos, 1);
-	assert_false(p->retain);
-	assert_str(p->topic, "t");
-	assert_int_equal(p->packet_id, 0x1234);
-	assert_bytes(p->payload, p->payload_len, BYTES('x', 'y'));
-}
-
-static void test_publish_qos2_decodes(void **state)
-{
-	struct mqtt_packet pkt;
-	const struct mqtt_publish *p = &pkt.u.publish;
-
-	assert_int_equal(decode_packet(BYTES(0x34, 6, 0, 1, 't', 0xFF, 0xFF, 0x00), &pkt), MQTT_OK);
-	assert_int_equal(p->qos, 2);
-	assert_int_equal(p->packet_id, 0xFFFF);
-	assert_bytes(p->payload, p->payload_len, BYTES(0x00));
-}
-
-static void test_publish_empty_payload_decodes(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(decode_packet(BYTES(0x30, 3, 0, 1, 't'), &pkt), MQTT_OK);
-	assert_int_equal(pkt.u.publish.payload_len, 0);
-}
-
-static void test_publish_payload_is_binary(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(decode_packet(BYTES(0x30, 5, 0, 1, 't', 0xC0, 0x00), &pkt), MQTT_OK);
-	assert_int_equal(pkt.u.publish.payload_len, 2);
-}
-
-static void test_publish_empty_topic_decodes(void **state)
-{
-	struct mqtt_packet pkt;
-
+static const struct publish_case publish_cases[] = {
+	{ "test_publish_qos0_decodes", BYTES(0x31, 7, 0, 3, 'a', '/', 'b', 'h', 'i'),
+	  false, 0, true, "a/b", 0, STR("hi") },
+	{ "test_publish_qos1_decodes", BYTES(0x3A, 7, 0, 1, 't', 0x12, 0x34, 'x', 'y'),
+	  true, 1, false, "t", 0x1234, STR("xy") },
+	{ "test_publish_qos2_decodes", BYTES(0x34, 6, 0, 1, 't', 0xFF, 0xFF, 0x00),
+	  false, 2, false, "t", 0xFFFF, STR("\x00") },
+	{ "test_publish_empty_payload_decodes", BYTES(0x30, 3, 0, 1, 't'),
+	  false, 0, false, "t", 0, STR("") },
+	{ "test_publish_payload_is_binary", BYTES(0x30, 5, 0, 1, 't', 0xC0, 0x00),
+	  false, 0, false, "t", 0, STR("\xC0\x00") },
 	/* an empty topic is the topic module's to refuse, not the codec's */
-	assert_int_equal(decode_packet(BYTES(0x30, 2, 0, 0), &pkt), MQTT_OK);
-	assert_int_equal(pkt.u.publish.topic.len, 0);
-}
+	{ "test_publish_empty_topic_decodes", BYTES(0x30, 2, 0, 0),
+	  false, 0, false, "", 0, STR("") },
+	{ "test_publish_wildcard_topic_is_left_to_the_caller", BYTES(0x30, 5, 0, 3, 'a', '/', '#'),
+	  false, 0, false, "a/#", 0, STR("") },
+};
 
-static void test_publish_wildcard_topic_is_left_to_the_caller(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(decode_packet(BYTES(0x30, 5, 0, 3, 'a', '/', '#'), &pkt), MQTT_OK);
-	assert_str(pkt.u.publish.topic, "a/#");
-}
-
-static void test_publish_qos3_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x36, BYTES(0, 1, 't', 0, 1), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_publish_qos0_with_dup_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x38, BYTES(0, 1, 't'), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_publish_qos1_with_zero_packet_id_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x32, BYTES(0, 1, 't', 0, 0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_publish_qos2_without_packet_id_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x34, BYTES(0, 1, 't', 0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_publish_topic_longer_than_packet_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x30, BYTES(0, 5, 'a', 'b', 'c'), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_publish_without_topic_length_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x30, NULL, 0, &pkt), MQTT_ERR_MALFORMED);
-	assert_int_equal(mqtt_decode(0x30, BYTES(0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_publish_invalid_utf8_topic_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x30, BYTES(0, 3, 0xED, 0xA0, 0x80, 'p'), &pkt), MQTT_ERR_UTF8);
-}
-
-static void test_publish_topic_with_nul_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x30, BYTES(0, 3, 'a', 0, 'b'), &pkt), MQTT_ERR_UTF8);
-}
+static const struct decode_case publish_decode_cases[] = {
+	DECODE("test_publish_qos3_is_malformed", 0x36, MQTT_ERR_MALFORMED, 0, 1, 't', 0, 1),
+	DECODE("test_publish_qos0_with_dup_is_malformed", 0x38, MQTT_ERR_MALFORMED, 0, 1, 't'),
+	DECODE("test_publish_qos1_with_zero_packet_id_is_malformed", 0x32, MQTT_ERR_MALFORMED,
+	       0, 1, 't', 0, 0),
+	DECODE("test_publish_qos2_without_packet_id_is_malformed", 0x34, MQTT_ERR_MALFORMED,
+	       0, 1, 't', 0),
+	DECODE("test_publish_topic_longer_than_packet_is_malformed", 0x30, MQTT_ERR_MALFORMED,
+	       0, 5, 'a', 'b', 'c'),
+	DECODE_EMPTY("test_publish_without_topic_length_is_malformed: no body", 0x30, MQTT_ERR_MALFORMED),
+	DECODE("test_publish_without_topic_length_is_malformed: 1 byte", 0x30, MQTT_ERR_MALFORMED,
+	       0),
+	DECODE("test_publish_invalid_utf8_topic_is_refused", 0x30, MQTT_ERR_UTF8,
+	       0, 3, 0xED, 0xA0, 0x80, 'p'),
+	DECODE("test_publish_topic_with_nul_is_refused", 0x30, MQTT_ERR_UTF8, 0, 3, 'a', 0, 'b'),
+};
 
 static void test_publish_encodes_qos0(void **state)
 {
@@ -1016,9 +784,7 @@ static void test_subscribe_decodes_and_walks(void **state)
 	uint8_t q;
 
 	assert_int_equal(decode_packet(subscribe_pkt, sizeof(subscribe_pkt), &pkt), MQTT_OK);
-	assert_int_equal(pkt.type, MQTT_SUBSCRIBE);
-	assert_int_equal(pkt.u.list.packet_id, 10);
-	assert_int_equal(pkt.u.list.count, 3);
+	assert_list_head(&pkt, MQTT_SUBSCRIBE, 10, 3);
 	mqtt_list_iter_init(&it, &pkt);
 	assert_true(mqtt_list_next(&it, &f, &q));
 	assert_str(f, "a/b");
@@ -1061,64 +827,27 @@ static void test_subscribe_round_trips(void **state)
 	assert_memory_equal(again, subscribe_pkt, sizeof(subscribe_pkt));
 }
 
-static void test_subscribe_zero_packet_id_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 0, 0, 1, 'a', 0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_subscribe_without_entries_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 1), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_subscribe_without_packet_id_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x82, NULL, 0, &pkt), MQTT_ERR_MALFORMED);
-	assert_int_equal(mqtt_decode(0x82, BYTES(0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_subscribe_qos_3_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 1, 0, 1, 'a', 3), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_subscribe_reserved_qos_bits_are_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 1, 0, 1, 'a', 0x04), &pkt), MQTT_ERR_MALFORMED);
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 1, 0, 1, 'a', 0x81), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_subscribe_missing_qos_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 1, 0, 1, 'a'), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_subscribe_truncated_filter_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 1, 0, 4, 'a', 'b', 0), &pkt), MQTT_ERR_MALFORMED);
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 1, 0, 1, 'a', 0, 0), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_subscribe_invalid_utf8_filter_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x82, BYTES(0, 1, 0, 2, 0xE0, 0x80, 0), &pkt), MQTT_ERR_UTF8);
-}
+static const struct decode_case subscribe_decode_cases[] = {
+	DECODE("test_subscribe_zero_packet_id_is_malformed", 0x82, MQTT_ERR_MALFORMED,
+	       0, 0, 0, 1, 'a', 0),
+	DECODE("test_subscribe_without_entries_is_malformed", 0x82, MQTT_ERR_MALFORMED, 0, 1),
+	DECODE_EMPTY("test_subscribe_without_packet_id_is_malformed: no body", 0x82, MQTT_ERR_MALFORMED),
+	DECODE("test_subscribe_without_packet_id_is_malformed: 1 byte", 0x82, MQTT_ERR_MALFORMED,
+	       0),
+	DECODE("test_subscribe_qos_3_is_malformed", 0x82, MQTT_ERR_MALFORMED, 0, 1, 0, 1, 'a', 3),
+	DECODE("test_subscribe_reserved_qos_bits_are_malformed: 0x04", 0x82, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 1, 'a', 0x04),
+	DECODE("test_subscribe_reserved_qos_bits_are_malformed: 0x81", 0x82, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 1, 'a', 0x81),
+	DECODE("test_subscribe_missing_qos_is_malformed", 0x82, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 1, 'a'),
+	DECODE("test_subscribe_truncated_filter_is_malformed: shorter than its length", 0x82, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 4, 'a', 'b', 0),
+	DECODE("test_subscribe_truncated_filter_is_malformed: a second length cut", 0x82, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 1, 'a', 0, 0),
+	DECODE("test_subscribe_invalid_utf8_filter_is_refused", 0x82, MQTT_ERR_UTF8,
+	       0, 1, 0, 2, 0xE0, 0x80, 0),
+};
 
 /* ---- SUBACK ---------------------------------------------------------- */
 
@@ -1132,9 +861,7 @@ static void test_suback_decodes_and_walks(void **state)
 	size_t n = 0;
 
 	assert_int_equal(decode_packet(BYTES(0x90, 6, 0x00, 0x0A, 0, 1, 2, 0x80), &pkt), MQTT_OK);
-	assert_int_equal(pkt.type, MQTT_SUBACK);
-	assert_int_equal(pkt.u.list.packet_id, 10);
-	assert_int_equal(pkt.u.list.count, 4);
+	assert_list_head(&pkt, MQTT_SUBACK, 10, 4);
 	mqtt_list_iter_init(&it, &pkt);
 	while (mqtt_list_next(&it, &f, &q)) {
 		assert_true(n < 4);
@@ -1172,27 +899,14 @@ static void test_suback_round_trips(void **state)
 	assert_memory_equal(got, codes, 3);
 }
 
-static void test_suback_invalid_return_code_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x90, BYTES(0, 1, 3), &pkt), MQTT_ERR_MALFORMED);
-	assert_int_equal(mqtt_decode(0x90, BYTES(0, 1, 0x81), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_suback_without_return_codes_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x90, BYTES(0, 1), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_suback_zero_packet_id_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0x90, BYTES(0, 0, 0), &pkt), MQTT_ERR_MALFORMED);
-}
+static const struct decode_case suback_decode_cases[] = {
+	DECODE("test_suback_invalid_return_code_is_malformed: 3", 0x90, MQTT_ERR_MALFORMED,
+	       0, 1, 3),
+	DECODE("test_suback_invalid_return_code_is_malformed: 0x81", 0x90, MQTT_ERR_MALFORMED,
+	       0, 1, 0x81),
+	DECODE("test_suback_without_return_codes_is_malformed", 0x90, MQTT_ERR_MALFORMED, 0, 1),
+	DECODE("test_suback_zero_packet_id_is_malformed", 0x90, MQTT_ERR_MALFORMED, 0, 0, 0),
+};
 
 static void test_suback_size_of_nothing_is_zero(void **state)
 {
@@ -1254,9 +968,7 @@ static void test_unsubscribe_decodes_and_walks(void **state)
 	uint8_t q = 9;
 
 	assert_int_equal(decode_packet(unsubscribe_pkt, sizeof(unsubscribe_pkt), &pkt), MQTT_OK);
-	assert_int_equal(pkt.type, MQTT_UNSUBSCRIBE);
-	assert_int_equal(pkt.u.list.packet_id, 256);
-	assert_int_equal(pkt.u.list.count, 2);
+	assert_list_head(&pkt, MQTT_UNSUBSCRIBE, 256, 2);
 	mqtt_list_iter_init(&it, &pkt);
 	assert_true(mqtt_list_next(&it, &f, &q));
 	assert_str(f, "a");
@@ -1293,27 +1005,17 @@ static void test_unsubscribe_round_trips(void **state)
 	assert_memory_equal(again, unsubscribe_pkt, sizeof(unsubscribe_pkt));
 }
 
-static void test_unsubscribe_without_filters_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0xA2, BYTES(0, 1), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_unsubscribe_zero_packet_id_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0xA2, BYTES(0, 0, 0, 1, 'a'), &pkt), MQTT_ERR_MALFORMED);
-}
-
-static void test_unsubscribe_truncated_filter_is_malformed(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0xA2, BYTES(0, 1, 0, 3, 'a'), &pkt), MQTT_ERR_MALFORMED);
-	assert_int_equal(mqtt_decode(0xA2, BYTES(0, 1, 0, 1, 'a', 0), &pkt), MQTT_ERR_MALFORMED);
-}
+static const struct decode_case unsubscribe_decode_cases[] = {
+	DECODE("test_unsubscribe_without_filters_is_malformed", 0xA2, MQTT_ERR_MALFORMED, 0, 1),
+	DECODE("test_unsubscribe_zero_packet_id_is_malformed", 0xA2, MQTT_ERR_MALFORMED,
+	       0, 0, 0, 1, 'a'),
+	DECODE("test_unsubscribe_truncated_filter_is_malformed: shorter than its length", 0xA2, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 3, 'a'),
+	DECODE("test_unsubscribe_truncated_filter_is_malformed: a second length cut", 0xA2, MQTT_ERR_MALFORMED,
+	       0, 1, 0, 1, 'a', 0),
+	DECODE("test_unsubscribe_invalid_utf8_filter_is_refused", 0xA2, MQTT_ERR_UTF8,
+	       0, 1, 0, 1, 0x80),
+};
 
 static void test_unsubscribe_empty_filter_decodes(void **state)
 {
@@ -1321,13 +1023,6 @@ static void test_unsubscribe_empty_filter_decodes(void **state)
 
 	assert_int_equal(mqtt_decode(0xA2, BYTES(0, 1, 0, 0), &pkt), MQTT_OK);
 	assert_int_equal(pkt.u.list.count, 1);
-}
-
-static void test_unsubscribe_invalid_utf8_filter_is_refused(void **state)
-{
-	struct mqtt_packet pkt;
-
-	assert_int_equal(mqtt_decode(0xA2, BYTES(0, 1, 0, 1, 0x80), &pkt), MQTT_ERR_UTF8);
 }
 
 static void test_sub_size_refuses_empty_lists_and_other_types(void **state)
@@ -1567,20 +1262,8 @@ static void test_result_strings_are_distinct(void **state)
 
 int main(void)
 {
-	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_fixed_header_empty_buffer_is_incomplete),
-		cmocka_unit_test(test_fixed_header_without_length_is_incomplete),
+	static const struct CMUnitTest functions[] = {
 		cmocka_unit_test(test_fixed_header_ending_inside_length_is_incomplete),
-		cmocka_unit_test(test_fixed_header_type_0_is_rejected),
-		cmocka_unit_test(test_fixed_header_type_15_is_rejected),
-		cmocka_unit_test(test_fixed_header_type_is_checked_before_length_arrives),
-		cmocka_unit_test(test_fixed_header_fifth_length_byte_is_malformed),
-		cmocka_unit_test(test_fixed_header_non_minimal_length_is_accepted),
-		cmocka_unit_test(test_fixed_header_returns_remaining_before_body_arrives),
-		cmocka_unit_test(test_fixed_header_over_max_packet_is_too_large_before_body),
-		cmocka_unit_test(test_fixed_header_at_max_packet_is_accepted),
-		cmocka_unit_test(test_fixed_header_too_large_detected_from_partial_length),
-		cmocka_unit_test(test_fixed_header_max_packet_zero_means_protocol_limit),
 		cmocka_unit_test(test_varint_size_at_boundaries),
 		cmocka_unit_test(test_varint_encode_at_boundaries),
 		cmocka_unit_test(test_fixed_header_decodes_boundary_lengths),
@@ -1588,10 +1271,6 @@ int main(void)
 		cmocka_unit_test(test_publish_round_trips_at_length_boundaries),
 		cmocka_unit_test(test_publish_size_at_protocol_limit),
 		cmocka_unit_test(test_non_publish_types_accept_only_their_fixed_flags),
-		cmocka_unit_test(test_pubrel_with_flags_0_is_malformed),
-		cmocka_unit_test(test_subscribe_with_flags_0_is_malformed),
-		cmocka_unit_test(test_unsubscribe_with_flags_0_is_malformed),
-		cmocka_unit_test(test_decode_type_0_and_15_are_rejected),
 		cmocka_unit_test(test_connect_minimal_decodes),
 		cmocka_unit_test(test_connect_full_decodes),
 		cmocka_unit_test(test_connect_strings_point_into_the_buffer),
@@ -1600,49 +1279,12 @@ int main(void)
 		cmocka_unit_test(test_connect_level_3_encodes_as_mqisdp),
 		cmocka_unit_test(test_connect_round_trips),
 		cmocka_unit_test(test_connect_without_optional_fields_round_trips),
-		cmocka_unit_test(test_connect_unknown_protocol_name_is_refused),
-		cmocka_unit_test(test_connect_protocol_name_is_case_sensitive),
-		cmocka_unit_test(test_connect_empty_protocol_name_is_refused),
-		cmocka_unit_test(test_connect_mqtt_with_level_5_is_bad_level),
-		cmocka_unit_test(test_connect_mqtt_with_level_3_is_bad_level),
-		cmocka_unit_test(test_connect_mqisdp_with_level_4_is_bad_level),
-		cmocka_unit_test(test_connect_reserved_flag_is_malformed),
-		cmocka_unit_test(test_connect_will_qos_3_is_malformed),
-		cmocka_unit_test(test_connect_will_qos_without_will_flag_is_malformed),
-		cmocka_unit_test(test_connect_will_retain_without_will_flag_is_malformed),
-		cmocka_unit_test(test_connect_password_without_username_is_malformed),
-		cmocka_unit_test(test_connect_trailing_bytes_are_malformed),
-		cmocka_unit_test(test_connect_missing_username_is_malformed),
 		cmocka_unit_test(test_connect_every_truncation_is_refused),
-		cmocka_unit_test(test_connect_invalid_utf8_client_id_is_refused),
-		cmocka_unit_test(test_connect_invalid_utf8_will_topic_is_refused),
-		cmocka_unit_test(test_connect_invalid_utf8_username_is_refused),
-		cmocka_unit_test(test_connect_password_and_will_payload_are_not_utf8_checked),
-		cmocka_unit_test(test_connect_with_nonzero_fixed_flags_is_malformed),
 		cmocka_unit_test(test_connack_decodes),
 		cmocka_unit_test(test_connack_session_present_decodes),
 		cmocka_unit_test(test_connack_return_codes_1_to_5_decode),
-		cmocka_unit_test(test_connack_return_code_6_is_malformed),
-		cmocka_unit_test(test_connack_reserved_bits_are_malformed),
-		cmocka_unit_test(test_connack_session_present_with_refusal_is_malformed),
-		cmocka_unit_test(test_connack_wrong_length_is_malformed),
 		cmocka_unit_test(test_connack_encodes),
 		cmocka_unit_test(test_connack_encoder_clears_session_present_on_refusal),
-		cmocka_unit_test(test_publish_qos0_decodes),
-		cmocka_unit_test(test_publish_qos1_decodes),
-		cmocka_unit_test(test_publish_qos2_decodes),
-		cmocka_unit_test(test_publish_empty_payload_decodes),
-		cmocka_unit_test(test_publish_payload_is_binary),
-		cmocka_unit_test(test_publish_empty_topic_decodes),
-		cmocka_unit_test(test_publish_wildcard_topic_is_left_to_the_caller),
-		cmocka_unit_test(test_publish_qos3_is_malformed),
-		cmocka_unit_test(test_publish_qos0_with_dup_is_malformed),
-		cmocka_unit_test(test_publish_qos1_with_zero_packet_id_is_malformed),
-		cmocka_unit_test(test_publish_qos2_without_packet_id_is_malformed),
-		cmocka_unit_test(test_publish_topic_longer_than_packet_is_malformed),
-		cmocka_unit_test(test_publish_without_topic_length_is_malformed),
-		cmocka_unit_test(test_publish_invalid_utf8_topic_is_refused),
-		cmocka_unit_test(test_publish_topic_with_nul_is_refused),
 		cmocka_unit_test(test_publish_encodes_qos0),
 		cmocka_unit_test(test_publish_encodes_qos1_with_dup),
 		cmocka_unit_test(test_publish_encodes_qos2_with_empty_payload),
@@ -1659,20 +1301,9 @@ int main(void)
 		cmocka_unit_test(test_subscribe_decodes_and_walks),
 		cmocka_unit_test(test_subscribe_encodes),
 		cmocka_unit_test(test_subscribe_round_trips),
-		cmocka_unit_test(test_subscribe_zero_packet_id_is_malformed),
-		cmocka_unit_test(test_subscribe_without_entries_is_malformed),
-		cmocka_unit_test(test_subscribe_without_packet_id_is_malformed),
-		cmocka_unit_test(test_subscribe_qos_3_is_malformed),
-		cmocka_unit_test(test_subscribe_reserved_qos_bits_are_malformed),
-		cmocka_unit_test(test_subscribe_missing_qos_is_malformed),
-		cmocka_unit_test(test_subscribe_truncated_filter_is_malformed),
-		cmocka_unit_test(test_subscribe_invalid_utf8_filter_is_refused),
 		cmocka_unit_test(test_suback_decodes_and_walks),
 		cmocka_unit_test(test_suback_encodes),
 		cmocka_unit_test(test_suback_round_trips),
-		cmocka_unit_test(test_suback_invalid_return_code_is_malformed),
-		cmocka_unit_test(test_suback_without_return_codes_is_malformed),
-		cmocka_unit_test(test_suback_zero_packet_id_is_malformed),
 		cmocka_unit_test(test_suback_size_of_nothing_is_zero),
 		cmocka_unit_test(test_encode_suback_refuses_empty_list),
 		cmocka_unit_test(test_list_of_65535_entries_decodes),
@@ -1680,11 +1311,7 @@ int main(void)
 		cmocka_unit_test(test_unsubscribe_decodes_and_walks),
 		cmocka_unit_test(test_unsubscribe_encodes),
 		cmocka_unit_test(test_unsubscribe_round_trips),
-		cmocka_unit_test(test_unsubscribe_without_filters_is_malformed),
-		cmocka_unit_test(test_unsubscribe_zero_packet_id_is_malformed),
-		cmocka_unit_test(test_unsubscribe_truncated_filter_is_malformed),
 		cmocka_unit_test(test_unsubscribe_empty_filter_decodes),
-		cmocka_unit_test(test_unsubscribe_invalid_utf8_filter_is_refused),
 		cmocka_unit_test(test_sub_size_refuses_empty_lists_and_other_types),
 		cmocka_unit_test(test_encode_sub_refuses_empty_lists_and_other_types),
 		cmocka_unit_test(test_sub_size_over_protocol_limit_is_zero),
@@ -1711,6 +1338,26 @@ int main(void)
 		cmocka_unit_test(test_type_names),
 		cmocka_unit_test(test_result_strings_are_distinct),
 	};
+	struct CMUnitTest tests[ARRAY_SIZE(functions) + ARRAY_SIZE(fixed_header_cases) +
+				ARRAY_SIZE(fixed_header_flags_decode_cases) +
+				ARRAY_SIZE(connect_decode_cases) +
+				ARRAY_SIZE(connack_decode_cases) + ARRAY_SIZE(publish_cases) +
+				ARRAY_SIZE(publish_decode_cases) +
+				ARRAY_SIZE(subscribe_decode_cases) +
+				ARRAY_SIZE(suback_decode_cases) +
+				ARRAY_SIZE(unsubscribe_decode_cases)];
+	size_t n = 0;
 
+	for (size_t i = 0; i < ARRAY_SIZE(functions); i++)
+		tests[n++] = functions[i];
+	ADD_CASES(tests, n, run_header_case, fixed_header_cases);
+	ADD_CASES(tests, n, run_decode_case, fixed_header_flags_decode_cases);
+	ADD_CASES(tests, n, run_decode_case, connect_decode_cases);
+	ADD_CASES(tests, n, run_decode_case, connack_decode_cases);
+	ADD_CASES(tests, n, run_publish_case, publish_cases);
+	ADD_CASES(tests, n, run_decode_case, publish_decode_cases);
+	ADD_CASES(tests, n, run_decode_case, subscribe_decode_cases);
+	ADD_CASES(tests, n, run_decode_case, suback_decode_cases);
+	ADD_CASES(tests, n, run_decode_case, unsubscribe_decode_cases);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

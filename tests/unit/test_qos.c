@@ -132,6 +132,21 @@ static uint16_t pump(struct conn_qos *q, uint16_t *next_pid, struct qmsg **m)
 	return f->packet_id;
 }
 
+/* The end of a test: the state freed, then the message, held by the test alone now. */
+static void free_all(struct conn_qos *q, struct qmsg *m)
+{
+	qos_free(q);
+	assert_int_equal(m->refs, 1);
+	qmsg_unref(m);
+}
+
+/* Nothing is held: trimming frees the state. */
+static void assert_trimmed_away(struct conn_qos **q)
+{
+	qos_trim(q);
+	assert_null(*q);
+}
+
 /* --- packet ids and the window ------------------------------------------- */
 
 static void a_first_message_allocates_the_state_and_goes_out_at_once(void **state)
@@ -149,9 +164,7 @@ static void a_first_message_allocates_the_state_and_goes_out_at_once(void **stat
 	assert_int_equal(q->inflight_bytes, 11);
 	assert_int_equal(q->n_pending, 0);
 	assert_int_equal(m->refs, 2);
-	qos_free(q);
-	assert_int_equal(m->refs, 1);
-	qmsg_unref(m);
+	free_all(q, m);
 }
 
 static void packet_ids_rotate_past_65535_skipping_0_and_ids_in_use(void **state)
@@ -179,9 +192,7 @@ static void packet_ids_rotate_past_65535_skipping_0_and_ids_in_use(void **state)
 	assert_int_equal(offer(&q, &next, m, 1, 0, &pid), QOS_SEND);
 	assert_int_equal(pid, 1);
 	assert_int_equal(q->n_inflight, 4);
-	qos_free(q);
-	assert_int_equal(m->refs, 1);
-	qmsg_unref(m);
+	free_all(q, m);
 }
 
 static void a_full_window_queues_and_acknowledgements_send_the_oldest_first(void **state)
@@ -268,8 +279,7 @@ static void the_queue_grows_across_its_wrap_keeping_the_order(void **state)
 	assert_int_equal(pump(q, &next, NULL), 0);
 	assert_int_equal(q->pending_bytes, 0);
 	assert_true(qos_puback(q, pid, &copy));
-	qos_trim(&q);
-	assert_null(q);
+	assert_trimmed_away(&q);
 	for (int i = 0; i < 64; i++) {
 		assert_int_equal(m[i]->refs, 1);
 		qmsg_unref(m[i]);
@@ -301,9 +311,7 @@ static void a_raised_max_inflight_widens_the_window_and_a_lowered_one_narrows_it
 	assert_int_equal(pump(q, &next, NULL), 5);
 	assert_int_equal(q->cap_inflight, 4);
 	assert_int_equal(q->n_pending, 1);
-	qos_free(q);
-	assert_int_equal(m->refs, 1);
-	qmsg_unref(m);
+	free_all(q, m);
 }
 
 /* --- limits and bytes ---------------------------------------------------- */
@@ -331,9 +339,7 @@ static void the_queue_refuses_past_max_queued_messages_and_bytes(void **state)
 	cfg.max_queued_bytes = 0;                                          /* no byte cap */
 	assert_int_equal(offer(&q, &next, m, 1, 0, NULL), QOS_QUEUED);
 	assert_int_equal(q->pending_bytes, 40);
-	qos_free(q);
-	assert_int_equal(m->refs, 1);
-	qmsg_unref(m);
+	free_all(q, m);
 }
 
 static void max_inflight_bytes_bounds_the_window_and_the_queue_together(void **state)
@@ -389,8 +395,7 @@ static void qos1_is_done_at_puback_and_nothing_else(void **state)
 	assert_int_equal(q->inflight_bytes, 0);
 	assert_int_equal(m->refs, 1);
 	assert_false(qos_puback(q, pid, &copy));        /* once */
-	qos_trim(&q);
-	assert_null(q);
+	assert_trimmed_away(&q);
 	qmsg_unref(m);
 }
 
@@ -419,8 +424,7 @@ static void qos2_goes_pubrec_then_pubcomp(void **state)
 	assert_int_equal(copy, 43);
 	assert_int_equal(q->n_inflight, 0);
 	assert_false(qos_pubcomp(q, pid, &copy));
-	qos_trim(&q);
-	assert_null(q);
+	assert_trimmed_away(&q);
 	qmsg_unref(m);
 }
 
@@ -448,8 +452,7 @@ static void unknown_ids_change_nothing(void **state)
 	assert_int_equal(q->n_inflight, 1);
 	assert_int_equal(q->inflight[0].state, MSG_INFLIGHT);
 	assert_int_equal(q->inflight_bytes, 4);
-	qos_free(q);
-	qmsg_unref(m);
+	free_all(q, m);
 }
 
 /* --- resumed sessions ---------------------------------------------------- */
@@ -485,9 +488,7 @@ static void a_resumed_message_in_flight_keeps_its_packet_id(void **state)
 	/* A queued one gets a new id. */
 	assert_int_equal(qos_resume(&q, &next, &cfg, m, 1, MSG_QUEUED, 700, 0, &sent), QOS_SEND);
 	assert_int_equal(sent->packet_id, 3);
-	qos_free(q);
-	assert_int_equal(m->refs, 1);
-	qmsg_unref(m);
+	free_all(q, m);
 }
 
 static void a_resumed_pubrel_waits_for_its_pubcomp(void **state)
@@ -513,8 +514,7 @@ static void a_resumed_pubrel_waits_for_its_pubcomp(void **state)
 	assert_true(qos_pubcomp(q, 300, &copy));
 	assert_int_equal(copy, 3);
 	assert_true(qos_puback(q, pid, &copy));
-	qos_trim(&q);
-	assert_null(q);
+	assert_trimmed_away(&q);
 	qmsg_unref(m);
 }
 
@@ -568,8 +568,7 @@ static void held_inbound_ids_keep_the_state_once_the_window_empties(void **state
 	/* A window allocated again works as before. */
 	assert_int_equal(offer(&q, &next, m, 1, 0, &pid), QOS_SEND);
 	assert_int_equal(pid, 2);
-	qos_free(q);
-	qmsg_unref(m);
+	free_all(q, m);
 }
 
 /* --- out of memory ------------------------------------------------------- */
@@ -643,9 +642,7 @@ static void a_queue_that_cannot_grow_refuses_and_keeps_what_it_holds(void **stat
 	assert_int_equal(q->pending_bytes, 16 * 2);
 	assert_int_equal(m->refs, 1 + 17);
 	assert_int_equal(offer(&q, &next, m, 1, 0, NULL), QOS_QUEUED);
-	qos_free(q);
-	assert_int_equal(m->refs, 1);
-	qmsg_unref(m);
+	free_all(q, m);
 }
 
 /* --- messages ------------------------------------------------------------ */

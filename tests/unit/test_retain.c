@@ -83,6 +83,34 @@ static int put(struct retain_store *rs, const char *topic, const char *payload, 
 	return retain_put(rs, SL(topic), (const uint8_t *)payload, strlen(payload), qos);
 }
 
+/* A store under those limits (0: none). */
+static struct retain_store *store_new(size_t max_count, size_t max_bytes)
+{
+	struct retain_store *rs = retain_new(max_count, max_bytes);
+
+	assert_non_null(rs);
+	return rs;
+}
+
+/* The store holds count messages, of bytes in all (topics and payloads). */
+static void assert_holds(const struct retain_store *rs, size_t count, size_t bytes)
+{
+	assert_int_equal(retain_count(rs), count);
+	assert_int_equal(retain_bytes(rs), bytes);
+}
+
+/* topic retains one message: payload, at qos. */
+static void assert_retained(const struct retain_store *rs, const char *topic, const char *payload,
+			    uint8_t qos)
+{
+	struct got *g = lookup(rs, topic);
+
+	assert_int_equal(g->n, 1);
+	assert_string_equal(g->topic[0], topic);
+	assert_string_equal(g->payload[0], payload);
+	assert_int_equal(g->qos[0], qos);
+}
+
 /* ---- store, replace, clear ---- */
 
 static void test_free_accepts_null_and_clears_pointer(void **state)
@@ -101,66 +129,49 @@ static void test_free_accepts_null_and_clears_pointer(void **state)
 
 static void test_put_keeps_own_copy(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	char topic[] = "home/kitchen/temp";
 	uint8_t payload[] = "21.5";
-	struct got *g;
 
-	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, topic, strlen(topic), payload, 4, 1), RETAIN_STORED);
 	memset(topic, 'x', strlen(topic));
 	memset(payload, 'y', 4);
-	g = lookup(rs, "home/kitchen/temp");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->topic[0], "home/kitchen/temp");
-	assert_string_equal(g->payload[0], "21.5");
-	assert_int_equal(g->qos[0], 1);
-	assert_int_equal(retain_count(rs), 1);
-	assert_int_equal(retain_bytes(rs), strlen("home/kitchen/temp") + 4);
+	assert_retained(rs, "home/kitchen/temp", "21.5", 1);
+	assert_holds(rs, 1, strlen("home/kitchen/temp") + 4);
 	retain_free(&rs);
 }
 
 static void test_put_existing_topic_replaces(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
-	struct got *g;
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "a/b", "one", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "a/b", "three", 2), RETAIN_STORED);
-	assert_int_equal(retain_count(rs), 1);
-	assert_int_equal(retain_bytes(rs), 3 + 5);
-	g = lookup(rs, "a/b");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->payload[0], "three");
-	assert_int_equal(g->qos[0], 2);
+	assert_holds(rs, 1, 3 + 5);
+	assert_retained(rs, "a/b", "three", 2);
 	retain_free(&rs);
 }
 
 static void test_empty_payload_clears(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "a/b", "x", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "a/b/c", "y", 0), RETAIN_STORED);
 	assert_int_equal(retain_put(rs, SL("a/b"), NULL, 0, 0), RETAIN_CLEARED);
-	assert_int_equal(retain_count(rs), 1);
-	assert_int_equal(retain_bytes(rs), 5 + 1);
+	assert_holds(rs, 1, 5 + 1);
 	assert_int_equal(lookup(rs, "a/b")->n, 0);
 	assert_int_equal(lookup(rs, "a/b/c")->n, 1);
 	assert_int_equal(retain_put(rs, SL("a/b/c"), NULL, 0, 0), RETAIN_CLEARED);
-	assert_int_equal(retain_count(rs), 0);
-	assert_int_equal(retain_bytes(rs), 0);
+	assert_holds(rs, 0, 0);
 	assert_int_equal(lookup(rs, "#")->n, 0);
 	retain_free(&rs);
 }
 
 static void test_clearing_missing_topic_is_cleared(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, SL("nothing/here"), NULL, 0, 0), RETAIN_CLEARED);
 	assert_int_equal(put(rs, "a/b/c", "x", 0), RETAIN_STORED);
 	/* "a/b" exists only as a path to "a/b/c": nothing to clear. */
@@ -175,10 +186,9 @@ static void test_clearing_gives_memory_back(void **state)
 	static const char *const topics[] = {
 		"a", "a/b", "a/b/c", "a//b", "/", "$SYS/x", "deep/path/only/used/once",
 	};
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	size_t before;
 
-	assert_non_null(rs);
 	before = test_live_memory();
 	for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++)
 		assert_int_equal(put(rs, topics[i], "payload", 1), RETAIN_STORED);
@@ -194,14 +204,12 @@ static void test_clearing_gives_memory_back(void **state)
 
 static void test_new_topic_past_max_count_is_full(void **state)
 {
-	struct retain_store *rs = retain_new(2, 0);
+	struct retain_store *rs = store_new(2, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "a", "1", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "b", "2", 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "c/d", "3", 0), RETAIN_FULL);
-	assert_int_equal(retain_count(rs), 2);
-	assert_int_equal(retain_bytes(rs), 4);
+	assert_holds(rs, 2, 4);
 	assert_int_equal(lookup(rs, "#")->n, 2);
 	/* Replacing and clearing still work at the limit. */
 	assert_int_equal(put(rs, "a", "11", 0), RETAIN_STORED);
@@ -213,13 +221,11 @@ static void test_new_topic_past_max_count_is_full(void **state)
 
 static void test_new_topic_past_max_bytes_is_full(void **state)
 {
-	struct retain_store *rs = retain_new(0, 10);
+	struct retain_store *rs = store_new(0, 10);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "1234", 0), RETAIN_STORED);  /* 6 */
 	assert_int_equal(put(rs, "cd", "123", 0), RETAIN_FULL);     /* would be 11 */
-	assert_int_equal(retain_count(rs), 1);
-	assert_int_equal(retain_bytes(rs), 6);
+	assert_holds(rs, 1, 6);
 	assert_int_equal(lookup(rs, "cd")->n, 0);
 	assert_int_equal(put(rs, "cd", "12", 0), RETAIN_STORED);    /* exactly 10 */
 	assert_int_equal(retain_bytes(rs), 10);
@@ -228,19 +234,14 @@ static void test_new_topic_past_max_bytes_is_full(void **state)
 
 static void test_replace_within_max_bytes_is_allowed(void **state)
 {
-	struct retain_store *rs = retain_new(0, 10);
-	struct got *g;
+	struct retain_store *rs = store_new(0, 10);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "12", 0), RETAIN_STORED);     /* 4 */
 	assert_int_equal(put(rs, "cd", "12", 0), RETAIN_STORED);     /* 8 */
 	assert_int_equal(put(rs, "ab", "1234", 1), RETAIN_STORED);   /* 10 */
 	assert_int_equal(retain_bytes(rs), 10);
 	assert_int_equal(put(rs, "ab", "12345", 2), RETAIN_FULL);    /* would be 11 */
-	g = lookup(rs, "ab");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->payload[0], "1234");
-	assert_int_equal(g->qos[0], 1);
+	assert_retained(rs, "ab", "1234", 1);
 	assert_int_equal(retain_bytes(rs), 10);
 	assert_int_equal(put(rs, "ab", "1", 0), RETAIN_STORED);      /* shrinking is fine */
 	assert_int_equal(retain_bytes(rs), 7);
@@ -250,23 +251,18 @@ static void test_replace_within_max_bytes_is_allowed(void **state)
 /* A reload lowers the limits below what is held: nothing goes, nothing new comes in. */
 static void test_lowered_limits_evict_nothing_and_refuse_growth(void **state)
 {
-	struct retain_store *rs = retain_new(0, 0);
-	struct got *g;
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	assert_int_equal(put(rs, "ab", "1234", 0), RETAIN_STORED);   /* 6 */
 	assert_int_equal(put(rs, "cd", "1234", 0), RETAIN_STORED);   /* 12 */
 	assert_int_equal(put(rs, "ef", "1234", 0), RETAIN_STORED);   /* 18 */
 	retain_set_limits(rs, 2, 10);
-	assert_int_equal(retain_count(rs), 3);
-	assert_int_equal(retain_bytes(rs), 18);
+	assert_holds(rs, 3, 18);
 	assert_int_equal(lookup(rs, "#")->n, 3);
 	assert_int_equal(put(rs, "gh", "1", 0), RETAIN_FULL);
 	assert_int_equal(put(rs, "ab", "12345", 0), RETAIN_FULL);    /* growing past the budget */
 	assert_int_equal(put(rs, "ab", "9876", 0), RETAIN_STORED);   /* same size: a new value */
-	g = lookup(rs, "ab");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->payload[0], "9876");
+	assert_retained(rs, "ab", "9876", 0);
 	assert_int_equal(put(rs, "cd", "1", 0), RETAIN_STORED);      /* shrinking: 15 */
 	assert_int_equal(retain_bytes(rs), 15);
 	assert_int_equal(retain_put(rs, SL("ef"), NULL, 0, 0), RETAIN_CLEARED);
@@ -324,9 +320,8 @@ static size_t want_count(const struct retain_case *c)
 
 static struct retain_store *store_topics(void)
 {
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 
-	assert_non_null(rs);
 	for (size_t i = 0; i < sizeof(stored_topics) / sizeof(stored_topics[0]); i++)
 		assert_int_equal(put(rs, stored_topics[i], stored_topics[i], 0), RETAIN_STORED);
 	return rs;
@@ -432,12 +427,11 @@ static void test_filter_uses_length_not_nul(void **state)
 static void test_ten_thousand_level_topic(void **state)
 {
 	enum { LEVELS = 10000 };
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	size_t tlen, plen, calls = 0;
 	char *topic = repeat_levels("l", LEVELS, NULL, &tlen);
 	char *plus = repeat_levels("+", LEVELS, NULL, &plen);
 
-	assert_non_null(rs);
 	assert_int_equal(retain_put(rs, topic, tlen, (const uint8_t *)"p", 1, 0), RETAIN_STORED);
 	assert_int_equal(put(rs, "l/x", "q", 0), RETAIN_STORED);
 	retain_match(rs, topic, tlen, count_cb, &calls);
@@ -459,12 +453,11 @@ static void test_ten_thousand_level_topic(void **state)
 static void test_hundred_thousand_sibling_topics(void **state)
 {
 	enum { N = 100000 };
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	char buf[32];
 	size_t calls = 0;
 	struct got g;
 
-	assert_non_null(rs);
 	for (unsigned long i = 0; i < N; i++) {
 		int n = snprintf(buf, sizeof(buf), "dev/%lu", i);
 
@@ -508,8 +501,7 @@ static int put_despite_failures(struct retain_store *rs, const char *topic, cons
 		if (rc != RETAIN_NOMEM)
 			return rc;
 		assert_int_equal(test_live_memory(), live);
-		assert_int_equal(retain_count(rs), count);
-		assert_int_equal(retain_bytes(rs), bytes);
+		assert_holds(rs, count, bytes);
 	}
 }
 #endif
@@ -526,17 +518,13 @@ static void test_new_without_memory_returns_null(void **state)
 static void test_put_without_memory_changes_nothing(void **state)
 {
 #ifndef TEST_ASAN
-	struct retain_store *rs = retain_new(0, 0);
+	struct retain_store *rs = store_new(0, 0);
 	char buf[32];
-	struct got *g;
 
-	assert_non_null(rs);
 	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "one"), RETAIN_STORED);
 	/* A failed replacement keeps the old message. */
 	WITH_ALLOC_FAILING(0, assert_int_equal(put(rs, "a/b/c/d", "two", 2), RETAIN_NOMEM));
-	g = lookup(rs, "a/b/c/d");
-	assert_int_equal(g->n, 1);
-	assert_string_equal(g->payload[0], "one");
+	assert_retained(rs, "a/b/c/d", "one", 1);
 	assert_int_equal(put_despite_failures(rs, "a/b/c/d", "two"), RETAIN_STORED);
 	assert_int_equal(put_despite_failures(rs, "a/b/x", "three"), RETAIN_STORED);
 	/* Enough siblings for uthash to grow its bucket array at some point. */

@@ -16,6 +16,8 @@
 #include "ringout.h"
 #include "shmring.h"
 
+#include "ringrec.h"
+
 #define RING_SIZE 4096
 
 struct fixture {
@@ -68,16 +70,7 @@ static int put(struct fixture *f, uint16_t type, uint32_t len, uint8_t tag)
 /* Consume one record and check it; its space is given back at once. */
 static void expect(struct fixture *f, uint16_t type, uint32_t len, uint8_t tag)
 {
-	const struct shmring_rec *rec = shmring_peek(&f->cons);
-	const uint8_t *p;
-
-	assert_non_null(rec);
-	assert_int_equal(rec->type, type);
-	assert_int_equal(rec->len, len);
-	p = shmring_payload(rec);
-	for (uint32_t i = 0; i < len; i++)
-		assert_int_equal(p[i], tag);
-	shmring_next(&f->cons);
+	expect_record(&f->cons, type, len, tag);
 	shmring_release(&f->cons);
 }
 

@@ -38,6 +38,8 @@
 #include "shmring.h"
 #include "store.h"
 
+#include "roles.h"
+
 /* ---- fixture: a router and the records it emitted ----------------------- */
 
 struct cap {
@@ -95,6 +97,15 @@ static void fx_clear(struct fx *f)
 	for (size_t i = 0; i < f->n; i++)
 		free(f->caps[i].buf);
 	f->n = 0;
+}
+
+/* The router's counters now. */
+static struct router_stats stats_of(struct fx *f)
+{
+	struct router_stats st;
+
+	router_get_stats(f->r, &st);
+	return st;
 }
 
 static void fx_start(struct fx *f)
@@ -382,6 +393,13 @@ static int send_worker_down(struct fx *f, unsigned worker, uint32_t new_epoch)
  * into arrays, strings NUL-terminated.
  */
 
+/* The captured record c is of type rtype, and decode (rec.h's decoder for it) takes it whole into *x. */
+#define DECODE_CAPTURED(c, rtype, decode, x) \
+	do { \
+		assert_int_equal((c)->type, rtype); \
+		assert_int_equal(decode(x, (c)->buf, (c)->len), 0); \
+	} while (0)
+
 static void copy_str(char *dst, size_t cap, const uint8_t *p, size_t len)
 {
 	assert_true(len < cap);
@@ -403,12 +421,8 @@ static void decode_connack(const struct cap *c, struct connack *a)
 	struct rec_connack x;
 	uint16_t id;
 
-	assert_int_equal(c->type, REC_CONNACK);
-	assert_int_equal(rec_connack_decode(&x, c->buf, c->len), 0);
-	a->conn = x.conn;
-	a->sid = x.sid;
-	a->rc = x.rc;
-	a->present = x.session_present;
+	DECODE_CAPTURED(c, REC_CONNACK, rec_connack_decode, &x);
+	*a = (struct connack){ .conn = x.conn, .sid = x.sid, .rc = x.rc, .present = x.session_present };
 	assert_true(x.ids.n <= ARRAY_SIZE(a->ids));
 	for (a->n = 0; rec_packet_id_next(&x.ids, &id);)
 		a->ids[a->n++] = id;
@@ -427,10 +441,8 @@ static void decode_deliver(const struct cap *c, struct deliver *d)
 {
 	struct rec_deliver x;
 
-	assert_int_equal(c->type, REC_DELIVER);
-	assert_int_equal(rec_deliver_decode(&x, c->buf, c->len), 0);
-	d->qos = x.qos;
-	d->retain = x.retain;
+	DECODE_CAPTURED(c, REC_DELIVER, rec_deliver_decode, &x);
+	*d = (struct deliver){ .qos = x.qos, .retain = x.retain };
 	copy_str(d->topic, sizeof(d->topic), x.topic.p, x.topic.len);
 	copy_str(d->payload, sizeof(d->payload), x.payload.p, x.payload.len);
 	assert_true(x.targets.n <= ARRAY_SIZE(d->t));
@@ -452,15 +464,9 @@ static void decode_session_msg(const struct cap *c, struct smsg *m)
 {
 	struct rec_session_msg x;
 
-	assert_int_equal(c->type, REC_SESSION_MSG);
-	assert_int_equal(rec_session_msg_decode(&x, c->buf, c->len), 0);
-	m->conn = x.conn;
-	m->sid = x.sid;
-	m->copy = x.copy;
-	m->packet_id = x.packet_id;
-	m->state = x.state;
-	m->qos = x.qos;
-	m->retain = x.retain;
+	DECODE_CAPTURED(c, REC_SESSION_MSG, rec_session_msg_decode, &x);
+	*m = (struct smsg){ .conn = x.conn, .sid = x.sid, .copy = x.copy, .packet_id = x.packet_id,
+			    .state = x.state, .qos = x.qos, .retain = x.retain };
 	copy_str(m->topic, sizeof(m->topic), x.topic.p, x.topic.len);
 	copy_str(m->payload, sizeof(m->payload), x.payload.p, x.payload.len);
 	assert_int_equal(c->worker, conn_id_worker(m->conn));
@@ -471,16 +477,14 @@ static conn_id_t decode_kick(const struct cap *c)
 {
 	struct rec_kick x;
 
-	assert_int_equal(c->type, REC_KICK);
-	assert_int_equal(rec_kick_decode(&x, c->buf, c->len), 0);
+	DECODE_CAPTURED(c, REC_KICK, rec_kick_decode, &x);
 	assert_int_equal(c->worker, conn_id_worker(x.conn));
 	return x.conn;
 }
 
 static void decode_unsuback(const struct cap *c, struct rec_unsuback *x)
 {
-	assert_int_equal(c->type, REC_UNSUBACK);
-	assert_int_equal(rec_unsuback_decode(x, c->buf, c->len), 0);
+	DECODE_CAPTURED(c, REC_UNSUBACK, rec_unsuback_decode, x);
 	assert_int_equal(c->worker, conn_id_worker(x->conn));
 }
 
@@ -495,10 +499,8 @@ static void decode_suback(const struct cap *c, struct suback *s)
 	struct rec_suback x;
 	uint8_t code;
 
-	assert_int_equal(c->type, REC_SUBACK);
-	assert_int_equal(rec_suback_decode(&x, c->buf, c->len), 0);
-	s->conn = x.conn;
-	s->packet_id = x.packet_id;
+	DECODE_CAPTURED(c, REC_SUBACK, rec_suback_decode, &x);
+	*s = (struct suback){ .conn = x.conn, .packet_id = x.packet_id };
 	assert_true(x.codes.n <= ARRAY_SIZE(s->codes));
 	for (s->n = 0; rec_suback_next(&x.codes, &code);)
 		s->codes[s->n++] = code;
@@ -517,13 +519,9 @@ static void decode_route(const struct cap *c, struct route_ans *a)
 	struct rec_route x;
 	struct rec_route_target t;
 
-	assert_int_equal(c->type, REC_ROUTE);
-	assert_int_equal(rec_route_decode(&x, c->buf, c->len), 0);
-	a->ask = x.ask;
-	a->gen = x.gen;
+	DECODE_CAPTURED(c, REC_ROUTE, rec_route_decode, &x);
+	*a = (struct route_ans){ .ask = x.ask, .gen = x.gen, .local = x.local, .n = x.targets.n };
 	copy_str(a->topic, sizeof(a->topic), x.topic.p, x.topic.len);
-	a->local = x.local;
-	a->n = x.targets.n;
 	for (uint32_t i = 0; rec_route_next(&x.targets, &t); i++) {
 		assert_int_equal(conn_id_worker(t.conn), c->worker);
 		if (i < ARRAY_SIZE(a->t))
@@ -611,14 +609,12 @@ static void expect_resumed(struct fx *f, conn_id_t conn, const char *id, size_t 
 static void connect_new_session_is_acked_without_session_present(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	uint32_t a = connect_ok(f, C(0, 1), false, "dev-a", NULL);
 	uint32_t b = connect_ok(f, C(1, 1), true, "dev-b", NULL);
 
 	assert_int_not_equal(a, b);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.sessions, 2);
-	assert_int_equal(st.online, 2);
+	assert_int_equal(stats_of(f).sessions, 2);
+	assert_int_equal(stats_of(f).online, 2);
 }
 
 static void connect_persistent_resumes_with_stored_qos1_but_not_qos0(void **state)
@@ -687,22 +683,19 @@ static void connect_clean_discards_stored_session(void **state)
 	struct fx *f = *state;
 	uint32_t old = offline_subscriber(f, C(0, 1), "dev", "t", 1);
 	uint32_t fresh;
-	struct router_stats st;
 
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "x"), 0);
 
 	fresh = connect_ok(f, C(0, 2), true, "dev", NULL);   /* checks session_present 0 */
 	assert_int_not_equal(fresh, old);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.sessions, 1);
-	assert_int_equal(st.subscriptions, 0);
+	assert_int_equal(stats_of(f).sessions, 1);
+	assert_int_equal(stats_of(f).subscriptions, 0);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "y"), 0);
 	assert_int_equal(f->n, 0);
 
 	/* A clean session ends with its connection. */
 	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.sessions, 0);
+	assert_int_equal(stats_of(f).sessions, 0);
 }
 
 static void resume_returns_qos2_ids_and_unfinished_messages_first(void **state)
@@ -850,7 +843,6 @@ static void second_takeover_kicks_the_waiting_connect(void **state)
 static void waiting_connect_closed_early_is_forgotten(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	connect_ok(f, C(0, 1), false, "dev", NULL);
 	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
@@ -858,15 +850,13 @@ static void waiting_connect_closed_early_is_forgotten(void **state)
 	fx_clear(f);
 	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
 	assert_int_equal(f->n, 0);            /* no CONNACK for the gone connection */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.online, 0);
-	assert_int_equal(st.sessions, 1);
+	assert_int_equal(stats_of(f).online, 0);
+	assert_int_equal(stats_of(f).sessions, 1);
 }
 
 static void waiting_connect_dropped_when_its_worker_dies(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	connect_ok(f, C(0, 1), false, "dev", NULL);
 	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
@@ -874,20 +864,17 @@ static void waiting_connect_dropped_when_its_worker_dies(void **state)
 	fx_clear(f);
 	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
 	assert_int_equal(f->n, 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.online, 0);
+	assert_int_equal(stats_of(f).online, 0);
 }
 
 static void anonymous_clients_get_separate_sessions(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	uint32_t a = connect_ok(f, C(0, 1), true, "", NULL);
 	uint32_t b = connect_ok(f, C(1, 1), true, "", NULL);   /* no takeover, no KICK */
 
 	assert_int_not_equal(a, b);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.online, 2);
+	assert_int_equal(stats_of(f).online, 2);
 }
 
 static void second_connect_on_one_connection_is_dropped(void **state)
@@ -949,14 +936,11 @@ static void subscribe_acks_first_then_sends_matching_retained(void **state)
 static void retained_message_is_cleared_by_empty_payload(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	assert_int_equal(send_publish(f, 0, 1, true, "a/b", "x"), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.retained, 1);
+	assert_int_equal(stats_of(f).retained, 1);
 	assert_int_equal(send_publish(f, 0, 1, true, "a/b", ""), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.retained, 0);
+	assert_int_equal(stats_of(f).retained, 0);
 	connect_ok(f, C(0, 1), true, "dev", NULL);
 	assert_int_equal(send_subscribe(f, C(0, 1), 1, "a/#", 1), 0);
 	assert_int_equal(f->n, 1);            /* the SUBACK only */
@@ -1023,7 +1007,6 @@ static void fan_out_to_three_sessions_on_two_workers_gives_two_delivers(void **s
 static void big_fan_out_is_split_to_fit_a_ring_record(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	char id[16];
 	size_t targets = 0;
 	/* Room for the message and 3 targets (clean sessions: no copies). */
@@ -1047,8 +1030,7 @@ static void big_fan_out_is_split_to_fit_a_ring_record(void **state)
 		targets += d.n;
 	}
 	assert_int_equal(targets, 10);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.subscriptions, 10);
+	assert_int_equal(stats_of(f).subscriptions, 10);
 }
 
 static void delivered_qos_is_the_lower_of_publish_and_granted(void **state)
@@ -1073,7 +1055,6 @@ static void delivered_qos_is_the_lower_of_publish_and_granted(void **state)
 static void unsubscribe_stops_delivery_and_is_acked(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	struct rec_unsuback ua;
 
 	connect_ok(f, C(0, 1), true, "dev", NULL);
@@ -1087,8 +1068,7 @@ static void unsubscribe_stops_delivery_and_is_acked(void **state)
 
 	assert_int_equal(send_publish(f, 0, 1, false, "t/a", "x"), 0);
 	assert_int_equal(f->n, 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.subscriptions, 0);
+	assert_int_equal(stats_of(f).subscriptions, 0);
 
 	/* Unsubscribing from nothing is still acknowledged. */
 	assert_int_equal(send_unsubscribe(f, C(0, 1), 78, "never"), 0);
@@ -1098,14 +1078,12 @@ static void unsubscribe_stops_delivery_and_is_acked(void **state)
 static void resubscribe_replaces_the_qos(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	struct deliver d;
 
 	connect_ok(f, C(0, 1), true, "dev", NULL);
 	subscribe_ok(f, C(0, 1), "t", 2);
 	subscribe_ok(f, C(0, 1), "t", 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.subscriptions, 1);
+	assert_int_equal(stats_of(f).subscriptions, 1);
 	assert_int_equal(send_publish(f, 0, 2, false, "t", "x"), 0);
 	decode_deliver(&f->caps[0], &d);
 	assert_int_equal(d.t[0].qos, 0);
@@ -1289,7 +1267,6 @@ static void retained_walk_ends_with_its_subscription_connection_or_session(void 
 static void repeated_filter_in_one_subscribe_is_one_subscription_and_one_walk(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	struct suback sa;
 	struct deliver d;
 	const struct rec_subscription subs[] = {
@@ -1310,9 +1287,8 @@ static void repeated_filter_in_one_subscribe_is_one_subscription_and_one_walk(vo
 	assert_int_equal(sa.codes[1], 1);
 	assert_int_equal(sa.codes[2], 0);
 	assert_int_equal(sa.codes[3], 1);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.subscriptions, 2);
-	assert_int_equal(st.retained_walks, 2);
+	assert_int_equal(stats_of(f).subscriptions, 2);
+	assert_int_equal(stats_of(f).retained_walks, 2);
 	assert_false(router_send_retained(f->r));
 	assert_int_equal(delivered(f, C(1, 1), "t/0", &ret), 1);
 	assert_int_equal(delivered(f, C(1, 1), "t/2", &ret), 1);
@@ -1334,9 +1310,8 @@ static void repeated_filter_in_one_subscribe_is_one_subscription_and_one_walk(vo
 	free(many);
 	assert_int_equal(f->n, 1);
 	assert_int_equal(f->caps[0].type, REC_SUBACK);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.subscriptions, 3);
-	assert_int_equal(st.retained_walks, 1);
+	assert_int_equal(stats_of(f).subscriptions, 3);
+	assert_int_equal(stats_of(f).retained_walks, 1);
 	assert_false(router_send_retained(f->r));
 	assert_int_equal(count_type(f, REC_DELIVER), 3);
 }
@@ -1542,7 +1517,6 @@ static void route_of_a_fan_out_past_the_limit_stays_with_the_router(void **state
 static void publish_without_ask_gets_no_route_and_bad_flags_are_dropped(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	struct route_ans a;
 	struct rec_publish x = { .qos = 1, .topic = str("t"), .payload = bytes("x"), .ask = 5 };
 	struct recw w;
@@ -1562,8 +1536,7 @@ static void publish_without_ask_gets_no_route_and_bad_flags_are_dropped(void **s
 	assert_int_equal(f->n, 1);
 	decode_route(&f->caps[0], &a);
 	assert_int_equal(a.ask, 9);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.retained, 2);
+	assert_int_equal(stats_of(f).retained, 2);
 	fx_clear(f);
 
 	/* An unknown flag bit, alone or with the known ones. */
@@ -1590,8 +1563,7 @@ static void publish_without_ask_gets_no_route_and_bad_flags_are_dropped(void **s
 	recw_u8(&w, 0);                       /* a byte past the ask */
 	assert_int_equal(handle(f, 0, REC_PUBLISH, &w), -1);
 	assert_int_equal(f->n, 0);            /* neither delivered nor answered */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.bad_records, 6 * 2 + 8 + 2);
+	assert_int_equal(stats_of(f).bad_records, 6 * 2 + 8 + 2);
 }
 
 static void route_gen_moves_with_every_change_of_where_messages_go(void **state)
@@ -1735,7 +1707,6 @@ static void router_free_leaves_the_route_gen_alone(void **state)
 static void offline_queue_drops_new_messages_when_full(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	f->cfg.max_queued_messages = 2;
 	offline_subscriber(f, C(0, 1), "dev", "t", 1);
@@ -1743,8 +1714,7 @@ static void offline_queue_drops_new_messages_when_full(void **state)
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "2"), 0);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "3"), 0);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "4"), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 2);
+	assert_int_equal(stats_of(f).queue_drops, 2);
 
 	expect_resumed(f, C(0, 2), "dev", 2, (const char *const[]){ "1", "2" });
 }
@@ -1752,15 +1722,13 @@ static void offline_queue_drops_new_messages_when_full(void **state)
 static void offline_queue_respects_the_byte_budget(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	f->cfg.max_queued_bytes = 10;          /* topic + payload bytes */
 	offline_subscriber(f, C(0, 1), "dev", "t", 1);
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "1234"), 0);   /* 5 */
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "12345"), 0);  /* 6: over */
 	assert_int_equal(send_publish(f, 0, 1, false, "t", "123"), 0);    /* 4: fits */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 1);
+	assert_int_equal(stats_of(f).queue_drops, 1);
 	assert_int_equal(send_connect(f, C(0, 2), false, "dev", NULL), 0);
 	assert_int_equal(count_type(f, REC_SESSION_MSG), 2);
 }
@@ -1893,11 +1861,9 @@ static void max_subscriptions_per_session_refuses_new_filters_only(void **state)
 
 static void expect_held(struct fx *f, size_t bytes, size_t payloads)
 {
-	struct router_stats st;
 
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queued_bytes_total, bytes);
-	assert_int_equal(st.queued_payloads, payloads);
+	assert_int_equal(stats_of(f).queued_bytes_total, bytes);
+	assert_int_equal(stats_of(f).queued_payloads, payloads);
 }
 
 /* Three persistent sessions subscribed to t at QoS 1, offline: sids in sid[]. */
@@ -1961,15 +1927,13 @@ static void a_message_queued_for_many_sessions_is_held_once(void **state)
 static void each_session_counts_a_shared_message_against_its_own_byte_cap(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	uint32_t sid[3];
 
 	f->cfg.max_queued_bytes = 10;          /* topic + payload bytes, per session */
 	three_offline(f, sid);
 	assert_int_equal(send_publish(f, 3, 1, false, "t", "12345"), 0);   /* 6 each */
 	assert_int_equal(send_publish(f, 3, 1, false, "t", "12345"), 0);   /* 12 > 10 */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 3);
+	assert_int_equal(stats_of(f).queue_drops, 3);
 	expect_held(f, 6 + 3 * ROUTER_ENTRY_COST, 1);
 	assert_int_equal(send_publish(f, 3, 1, false, "t", "123"), 0);     /* 10: fits */
 	expect_held(f, 6 + 4 + 6 * ROUTER_ENTRY_COST, 2);
@@ -1981,7 +1945,6 @@ static void each_session_counts_a_shared_message_against_its_own_byte_cap(void *
 static void max_queued_bytes_total_bounds_all_queues_together(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	struct deliver d;
 	uint32_t sid[3], online;
 	uint64_t copy;
@@ -1991,8 +1954,7 @@ static void max_queued_bytes_total_bounds_all_queues_together(void **state)
 
 	/* p0, p1 and p2 share one message: 6 bytes and 3 entries are past the budget. */
 	assert_int_equal(send_publish(f, 3, 1, false, "t", "12345"), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 1);
+	assert_int_equal(stats_of(f).queue_drops, 1);
 	expect_held(f, 6 + 2 * ROUTER_ENTRY_COST, 1);
 
 	/*
@@ -2004,8 +1966,7 @@ static void max_queued_bytes_total_bounds_all_queues_together(void **state)
 	subscribe_ok(f, C(3, 1), "t", 1);
 	fx_clear(f);
 	assert_int_equal(send_publish(f, 3, 1, false, "t", "67890"), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 4);
+	assert_int_equal(stats_of(f).queue_drops, 4);
 	expect_held(f, 6 + 2 * ROUTER_ENTRY_COST, 1);
 	assert_int_equal(f->n, 1);
 	decode_deliver(&f->caps[0], &d);
@@ -2044,7 +2005,6 @@ static void max_queued_bytes_total_bounds_all_queues_together(void **state)
 static void max_queued_bytes_total_drops_qos0_first(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	/* "t" + one byte: 2 + ROUTER_ENTRY_COST a message; room for two. */
 	f->cfg.max_queued_bytes_total = 2 * (2 + ROUTER_ENTRY_COST);
@@ -2053,11 +2013,9 @@ static void max_queued_bytes_total_drops_qos0_first(void **state)
 	assert_int_equal(send_publish(f, 1, 0, false, "t", "a"), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "b"), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "c"), 0);   /* "a" makes room */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 1);
+	assert_int_equal(stats_of(f).queue_drops, 1);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "d"), 0);   /* nothing to drop first */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 2);
+	assert_int_equal(stats_of(f).queue_drops, 2);
 
 	fx_clear(f);
 	expect_resumed(f, C(0, 2), "p", 2, (const char *const[]){ "b", "c" });
@@ -2069,7 +2027,6 @@ static void will_is_published_on_abnormal_close(void **state)
 {
 	struct fx *f = *state;
 	const struct will will = { "dev/lwt", "offline", 2, 1 };
-	struct router_stats st;
 	struct deliver d;
 
 	connect_ok(f, C(0, 1), true, "dev", &will);
@@ -2084,9 +2041,8 @@ static void will_is_published_on_abnormal_close(void **state)
 	assert_int_equal(d.retain, 0);
 	assert_int_equal(d.t[0].conn, C(1, 1));
 	/* The will had retain set: it is kept. */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.retained, 1);
-	assert_int_equal(st.sessions, 1);
+	assert_int_equal(stats_of(f).retained, 1);
+	assert_int_equal(stats_of(f).sessions, 1);
 }
 
 static void will_is_not_published_on_clean_disconnect(void **state)
@@ -2121,7 +2077,6 @@ static void worker_down_closes_its_sessions_and_publishes_wills(void **state)
 {
 	struct fx *f = *state;
 	const struct will will = { "lwt/a", "dead", 1, 0 };
-	struct router_stats st;
 	struct deliver d;
 
 	connect_ok(f, C(0, 1), true, "a", &will);
@@ -2134,16 +2089,14 @@ static void worker_down_closes_its_sessions_and_publishes_wills(void **state)
 	decode_deliver(&f->caps[0], &d);
 	assert_string_equal(d.topic, "lwt/a");
 	assert_int_equal(d.t[0].conn, C(1, 1));
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.online, 1);
-	assert_int_equal(st.sessions, 2);      /* "b" persists, offline */
+	assert_int_equal(stats_of(f).online, 1);
+	assert_int_equal(stats_of(f).sessions, 2);      /* "b" persists, offline */
 
 	/* Connections of the new epoch are untouched by a repeated notice. */
 	fx_clear(f);
 	connect_ok(f, conn_id_make(0, 2, 1, 1), true, "c", NULL);
 	assert_int_equal(send_worker_down(f, 0, 2), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.online, 2);
+	assert_int_equal(stats_of(f).online, 2);
 }
 
 /*
@@ -2261,7 +2214,6 @@ static void full_offline_queue_drops_qos0_first(void **state)
 {
 	struct fx *f = *state;
 	const char *const want1[] = { "b", "c", "d" }, *const want2[] = { "b", "d" };
-	struct router_stats st;
 	struct smsg m;
 
 	f->cfg.max_queued_messages = 3;
@@ -2271,8 +2223,7 @@ static void full_offline_queue_drops_qos0_first(void **state)
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "b"), 0);
 	assert_int_equal(send_publish(f, 1, 0, false, "t", "c"), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "d"), 0);   /* full: "a" goes */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 1);
+	assert_int_equal(stats_of(f).queue_drops, 1);
 
 	fx_clear(f);
 	assert_int_equal(send_connect(f, C(0, 2), false, "p", NULL), 0);
@@ -2293,8 +2244,7 @@ static void full_offline_queue_drops_qos0_first(void **state)
 	assert_int_equal(send_close(f, C(0, 3), false, 0, NULL), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "e"), 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "f"), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 2);
+	assert_int_equal(stats_of(f).queue_drops, 2);
 }
 
 /* Reports that cannot be right are refused: no copy id, no packet id, a PUBREL for QoS 1. */
@@ -2318,7 +2268,6 @@ static void bad_message_state_reports_are_refused(void **state)
 static void offline_session_expires_after_timeout(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	struct connack a;
 
 	f->cfg.session_timeout_secs = 10;
@@ -2329,12 +2278,10 @@ static void offline_session_expires_after_timeout(void **state)
 	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
 
 	router_tick(f->r, 11000);              /* exactly the timeout: kept */
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.sessions, 2);
+	assert_int_equal(stats_of(f).sessions, 2);
 	router_tick(f->r, 11001);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.sessions, 1);      /* the online one never expires */
-	assert_int_equal(st.subscriptions, 0);
+	assert_int_equal(stats_of(f).sessions, 1);      /* the online one never expires */
+	assert_int_equal(stats_of(f).subscriptions, 0);
 
 	assert_int_equal(send_connect(f, C(0, 3), false, "old", NULL), 0);
 	decode_connack(&f->caps[0], &a);
@@ -2344,13 +2291,11 @@ static void offline_session_expires_after_timeout(void **state)
 static void sessions_never_expire_with_timeout_zero(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	connect_ok(f, C(0, 1), false, "dev", NULL);
 	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
 	router_tick(f->r, UINT64_C(1) << 50);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.sessions, 1);
+	assert_int_equal(stats_of(f).sessions, 1);
 }
 
 /* ---- bounces ------------------------------------------------------------ */
@@ -2413,14 +2358,12 @@ static void bounce_for_gone_session_is_dropped(void **state)
 static void records_for_unknown_connections_are_dropped(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	assert_int_equal(send_subscribe(f, C(0, 9), 1, "t", 1), -1);
 	assert_int_equal(send_unsubscribe(f, C(0, 9), 1, "t"), -1);
 	assert_int_equal(send_close(f, C(0, 9), true, 0, NULL), -1);
 	assert_int_equal(f->n, 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.bad_records, 3);
+	assert_int_equal(stats_of(f).bad_records, 3);
 }
 
 static void records_from_the_wrong_ring_or_of_router_types_are_dropped(void **state)
@@ -2456,7 +2399,6 @@ static void records_for_other_epochs_or_impossible_slots_are_dropped(void **stat
 {
 	struct fx *f = *state;
 	struct recw w;
-	struct router_stats st;
 
 	router_set_worker(f->r, 0, 3, 100);
 	build_connect(&w, conn_id_make(0, 2, 1, 1), true, "old", NULL);
@@ -2468,21 +2410,18 @@ static void records_for_other_epochs_or_impossible_slots_are_dropped(void **stat
 	build_connect(&w, conn_id_make(0, 3, (1u << 24) - 1, 1), true, "far", NULL);
 	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);
 	assert_int_equal(f->n, 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.sessions, 0);
+	assert_int_equal(stats_of(f).sessions, 0);
 
 	connect_ok(f, conn_id_make(0, 3, 99, 1), true, "ok", NULL);
 	/* The session of worker 1 cannot be closed from ring 0. */
 	connect_ok(f, C(1, 1), false, "w1", NULL);
 	build_close(&w, C(1, 1), true, 0, NULL);
 	assert_int_equal(handle(f, 0, REC_CLOSE, &w), -1);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.online, 2);
+	assert_int_equal(stats_of(f).online, 2);
 
 	/* After the worker's death, only the new epoch speaks. */
 	router_worker_down(f->r, 0, 4);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.online, 1);
+	assert_int_equal(stats_of(f).online, 1);
 	fx_clear(f);
 	build_connect(&w, conn_id_make(0, 3, 5, 1), true, "stale", NULL);
 	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);
@@ -2497,7 +2436,6 @@ static void records_for_other_epochs_or_impossible_slots_are_dropped(void **stat
 static void session_msg_from_a_connection_the_session_never_had_is_dropped(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 	uint32_t on_w1 = connect_ok(f, C(1, 1), false, "w1", NULL);
 	uint32_t offline = connect_ok(f, C(1, 2), false, "gone", NULL);
 
@@ -2506,8 +2444,7 @@ static void session_msg_from_a_connection_the_session_never_had_is_dropped(void 
 	assert_int_equal(send_session_msg(f, C(0, 1), on_w1, 5, MSG_QUEUED, 1, "forged", "x"), -1);
 	assert_int_equal(send_session_msg(f, C(0, 1), offline, 6, MSG_QUEUED, 1, "forged", "x"), -1);
 	assert_int_equal(f->n, 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 0);
+	assert_int_equal(stats_of(f).queue_drops, 0);
 	/* Its own last connection may: what the closing connection still owed. */
 	assert_int_equal(send_session_msg(f, C(1, 2), offline, 7, MSG_QUEUED, 1, "own", "y"), 0);
 	fx_clear(f);
@@ -2867,7 +2804,6 @@ static void copies_survive_a_router_crash_and_a_new_daemon_queues_them(void **st
 static void expiry_and_queue_limits_hold_across_a_crash(void **state)
 {
 	struct fx *f = *state;
-	struct router_stats st;
 
 	f->cfg.session_timeout_secs = 10;
 	f->cfg.max_queued_messages = 3;
@@ -2882,8 +2818,7 @@ static void expiry_and_queue_limits_hold_across_a_crash(void **state)
 	router_tick(f->r, 5000);
 	expect_stats(f, 1, 0, 1, 0);
 	assert_int_equal(send_publish(f, 1, 1, false, "t", "one too many"), 0);
-	router_get_stats(f->r, &st);
-	assert_int_equal(st.queue_drops, 1);
+	assert_int_equal(stats_of(f).queue_drops, 1);
 	router_tick(f->r, 11001);              /* offline since 1000, before the crash */
 	expect_stats(f, 0, 0, 0, 0);
 	assert_int_equal(router_commit(f->r), 0);
@@ -2999,14 +2934,6 @@ struct proc {
 	struct shmring_consumer r2w;
 };
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* The supervisor's part: shared memory, rings and eventfds, made once. */
 static void proc_init(struct proc *p)
 {
@@ -3016,20 +2943,9 @@ static void proc_init(struct proc *p)
 	assert_int_equal(shm_map_role(&p->sup, &p->set, ROLE_SUPERVISOR, 0), 0);
 	assert_int_equal(shm_map_role(&p->wmap, &p->set, ROLE_WORKER, 0), 0);
 	assert_int_equal(shm_map_role(&p->env.shm, &p->set, ROLE_ROUTER, 0), 0);
-	/* Every worker up and serving as epoch 1, as after a start. */
-	for (unsigned i = 0; i < PROC_WORKERS; i++) {
-		atomic_store(&p->sup.sup->workers[i].epoch, 1);
-		atomic_store(&p->sup.sup->workers[i].up, 1);
-		atomic_store(&p->sup.sup->workers[i].capacity, 1000);
-		p->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-		assert_true(p->env.worker_efd[i] >= 0);
-	}
-	for (unsigned i = 0; i < PROC_WORKERS; i++)
-		atomic_store(&p->sup.sup->workers[i].ready_epoch, 1);
+	workers_started(p->sup.sup, &p->env, PROC_WORKERS);
 	p->env.cfg = &p->cfg;
 	p->env.nworkers = PROC_WORKERS;
-	p->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	assert_true(p->env.router_efd >= 0);
 	shmring_producer_attach_at_tail(&p->w2r, &p->wmap.w2r[0]);
 	assert_true(shmring_consumer_attach(&p->r2w, &p->wmap.r2w[0]));
 	assert_int_equal(store_memory_name(p->store_name, sizeof(p->store_name), getpid()), 0);
@@ -3038,19 +2954,11 @@ static void proc_init(struct proc *p)
 /* Fork a router over the rings, as the supervisor does; returns our end of its control socket. */
 static void proc_fork(struct proc *p)
 {
-	int sv[2];
-
-	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
-	p->env.ctl_fd = sv[1];
-	p->ctl = sv[0];
-	p->pid = fork();
-	assert_true(p->pid >= 0);
+	p->pid = fork_role(&p->env, &p->ctl);
 	if (p->pid == 0) {
-		close(sv[0]);
 		router_set_memory_store(p->store_name, p->spawns > 0);
 		_exit(router_main(&p->env));
 	}
-	close(sv[1]);
 	p->spawns++;
 }
 

@@ -30,6 +30,8 @@
 #include "shm.h"
 #include "shmring.h"
 
+#include "ringrec.h"
+
 #define WAIT_MS 10000            /* no legitimate wait in these tests comes close */
 #define HDR ((uint64_t)sizeof(struct shmring_rec))
 
@@ -116,20 +118,6 @@ static void put(struct shmring_producer *p, uint16_t type, uint32_t len, uint8_t
 
 	assert_non_null(pl);
 	memset(pl, fill, len);
-}
-
-static void expect(struct shmring_consumer *c, uint16_t type, uint32_t len, uint8_t fill)
-{
-	const struct shmring_rec *rec = shmring_peek(c);
-	const uint8_t *pl;
-
-	assert_non_null(rec);
-	assert_int_equal(rec->type, type);
-	assert_int_equal(rec->len, len);
-	pl = shmring_payload(rec);
-	for (uint32_t i = 0; i < len; i++)
-		assert_int_equal(pl[i], fill);
-	shmring_next(c);
 }
 
 static void expect_empty(struct shmring_consumer *c)
@@ -348,7 +336,7 @@ static void test_batch_commit_publishes_all_at_once(void **state)
 	assert_int_equal(head_of(e.t), 0);
 	assert_false(shmring_commit(&e.p));
 	for (int i = 0; i < 10; i++)
-		expect(&e.c, (uint16_t)(100 + i), (uint32_t)i * 3, (uint8_t)i);
+		expect_record(&e.c, (uint16_t)(100 + i), (uint32_t)i * 3, (uint8_t)i);
 	expect_empty(&e.c);
 	assert_false(shmring_commit(&e.p));         /* nothing new: nothing happens */
 	ends_close(&e);
@@ -423,9 +411,9 @@ static void test_full_ring_returns_eagain_and_release_wakes_producer(void **stat
 	assert_false(shmring_commit(&e.p));
 
 	assert_false(shmring_release(&e.c));         /* nothing consumed: no space given back */
-	expect(&e.c, 1, 56, 0);
+	expect_record(&e.c, 1, 56, 0);
 	assert_true(shmring_release(&e.c));          /* space back, producer was waiting */
-	expect(&e.c, 1, 56, 1);
+	expect_record(&e.c, 1, 56, 1);
 	assert_false(shmring_release(&e.c));         /* one wake-up per wait */
 
 	/* 128 bytes are free now: 120 payload bytes fit, 121 do not (a new wait). */
@@ -437,9 +425,9 @@ static void test_full_ring_returns_eagain_and_release_wakes_producer(void **stat
 	assert_int_equal(atomic_load(&e.t->pctl->p_wait), 4); /* room again: not waiting */
 	assert_false(shmring_commit(&e.p));
 	for (int i = 2; i < 64; i++)
-		expect(&e.c, 1, 56, (uint8_t)i);
+		expect_record(&e.c, 1, 56, (uint8_t)i);
 	assert_false(shmring_release(&e.c));         /* the producer stopped waiting by itself */
-	expect(&e.c, 2, 120, 0xaa);
+	expect_record(&e.c, 2, 120, 0xaa);
 	expect_empty(&e.c);
 	ends_close(&e);
 }
@@ -459,7 +447,7 @@ static void test_prepare_sleep_true_only_when_empty(void **state)
 	/* A record arrived between the last peek and going to sleep. */
 	assert_false(shmring_prepare_sleep(&e.c));
 	assert_int_equal(atomic_load(&e.t->cctl->c_sleep) & 1, 0);
-	expect(&e.c, 3, 4, 9);
+	expect_record(&e.c, 3, 4, 9);
 	/* Read but not released still counts as empty: the consumer has seen it. */
 	assert_true(shmring_prepare_sleep(&e.c));
 	assert_int_equal(atomic_load(&e.t->cctl->c_sleep) & 1, 1);
@@ -473,15 +461,15 @@ static void test_commit_reports_wake_exactly_when_consumer_sleeps(void **state)
 	ends_open(&e, 4096);
 	put(&e.p, 1, 1, 1);
 	assert_false(shmring_commit(&e.p));          /* consumer awake */
-	expect(&e.c, 1, 1, 1);
+	expect_record(&e.c, 1, 1, 1);
 	assert_true(shmring_prepare_sleep(&e.c));
 	assert_false(shmring_commit(&e.p));          /* nothing to publish: no wake-up */
 	put(&e.p, 1, 2, 2);
 	assert_true(shmring_commit(&e.p));           /* consumer asleep */
 	put(&e.p, 1, 3, 3);
 	assert_false(shmring_commit(&e.p));          /* this sleep was answered already */
-	expect(&e.c, 1, 2, 2);
-	expect(&e.c, 1, 3, 3);
+	expect_record(&e.c, 1, 2, 2);
+	expect_record(&e.c, 1, 3, 3);
 	assert_true(shmring_prepare_sleep(&e.c));
 	shmring_awake(&e.c);
 	put(&e.p, 1, 4, 4);
@@ -514,8 +502,8 @@ static void test_one_wakeup_per_sleep_generation_and_after_a_restart(void **stat
 	assert_int_equal(atomic_load(&t->cctl->c_sleep), gen);
 	/* Woken without reading (spurious), asleep again: a new generation. */
 	assert_false(shmring_prepare_sleep(&c));     /* records are there */
-	expect(&c, 1, 8, 1);
-	expect(&c, 1, 8, 2);
+	expect_record(&c, 1, 8, 1);
+	expect_record(&c, 1, 8, 2);
 	assert_true(shmring_prepare_sleep(&c));
 	assert_true(atomic_load(&t->cctl->c_sleep) != gen);
 	gen = atomic_load(&t->cctl->c_sleep);
@@ -538,7 +526,7 @@ static void test_one_wakeup_per_sleep_generation_and_after_a_restart(void **stat
 	put(&p, 1, 8, 7);
 	assert_true(shmring_commit(&p));
 	shmring_consumer_resync(&c);
-	expect(&c, 1, 8, 7);
+	expect_record(&c, 1, 8, 7);
 	expect_empty(&c);
 	shmring_awake(&c);
 	assert_int_equal(atomic_load(&t->cctl->c_sleep) & 1, 0);
@@ -587,7 +575,7 @@ static void test_discard_drops_stale_records(void **state)
 
 	put(&p, 6, 10, 0x42);
 	shmring_commit(&p);
-	expect(&c, 6, 10, 0x42);
+	expect_record(&c, 6, 10, 0x42);
 	expect_empty(&c);
 	shmring_consumer_detach(&c);
 	ring_free(t);
@@ -612,8 +600,8 @@ static void test_max_payload_fits_at_every_offset(void **state)
 		put(&e.p, 1, round % 72, 1);
 		put(&e.p, 2, max, (uint8_t)round);
 		shmring_commit(&e.p);
-		expect(&e.c, 1, round % 72, 1);
-		expect(&e.c, 2, max, (uint8_t)round);
+		expect_record(&e.c, 1, round % 72, 1);
+		expect_record(&e.c, 2, max, (uint8_t)round);
 		shmring_release(&e.c);
 	}
 	ends_close(&e);
@@ -655,7 +643,7 @@ static void expect_works_again(struct tring *t, struct shmring_consumer *c)
 	assert_true(shmring_producer_attach(&p, &t->r));
 	put(&p, 9, 33, 0x33);
 	shmring_commit(&p);
-	expect(c, 9, 33, 0x33);
+	expect_record(c, 9, 33, 0x33);
 	expect_empty(c);
 }
 
@@ -738,7 +726,7 @@ static void test_consumer_refuses_impossible_heads(void **state)
 		for (int i = 0; i < 4; i++)
 			put(&p, 1, 8, (uint8_t)i);
 		shmring_commit(&p);
-		expect(&c, 1, 8, 0);                /* seen head 64, tail 16 */
+		expect_record(&c, 1, 8, 0);                /* seen head 64, tail 16 */
 		seen = head_of(t);
 		bad = cases[k].from_tail ? c.tail + (uint64_t)cases[k].from_tail
 					 : seen + (uint64_t)cases[k].from_head;
@@ -831,8 +819,8 @@ static void hostile_tail(uint64_t bad, bool backwards)
 	for (int i = 0; i < 4; i++)
 		put(&e.p, 1, 56, (uint8_t)i);
 	shmring_commit(&e.p);
-	expect(&e.c, 1, 56, 0);
-	expect(&e.c, 1, 56, 1);
+	expect_record(&e.c, 1, 56, 0);
+	expect_record(&e.c, 1, 56, 1);
 	shmring_release(&e.c);
 	put(&e.p, 1, 56, 4);                        /* the producer has seen tail 128 */
 	assert_int_equal(e.p.tail, 128);
@@ -869,7 +857,7 @@ static void hostile_tail(uint64_t bad, bool backwards)
 	put(&e.p, 1, 56, 6);
 	shmring_commit(&e.p);
 	for (int i = 2; i <= 6; i++)
-		expect(&e.c, 1, 56, (uint8_t)i);
+		expect_record(&e.c, 1, 56, (uint8_t)i);
 	expect_empty(&e.c);
 	ends_close(&e);
 }
@@ -937,8 +925,8 @@ static void test_attach_at_tail_drops_the_predecessors_unread_records(void **sta
 		put(&p, 1, 20, (uint8_t)i);
 	shmring_commit(&p);
 	put(&p, 1, 20, 4);                          /* reserved, never published */
-	expect(&c, 1, 20, 1);
-	expect(&c, 1, 20, 2);
+	expect_record(&c, 1, 20, 1);
+	expect_record(&c, 1, 20, 2);
 	shmring_release(&c);                         /* read to here: 2 x 32 bytes */
 
 	/* The predecessor dies; the successor starts at the tail, not at head 96. */
@@ -952,8 +940,8 @@ static void test_attach_at_tail_drops_the_predecessors_unread_records(void **sta
 	put(&succ, 2, 10, 0xa0);
 	put(&succ, 2, 11, 0xa1);
 	shmring_commit(&succ);
-	expect(&c, 2, 10, 0xa0);                     /* not record 3 */
-	expect(&c, 2, 11, 0xa1);
+	expect_record(&c, 2, 10, 0xa0);                     /* not record 3 */
+	expect_record(&c, 2, 11, 0xa1);
 	expect_empty(&c);
 	shmring_release(&c);
 	assert_int_equal(tail_of(t), head_of(t));
@@ -970,15 +958,15 @@ static void test_seek_takes_only_possible_positions(void **state)
 	for (int i = 0; i < 4; i++)
 		put(&e.p, 1, 8, (uint8_t)i);
 	shmring_commit(&e.p);                        /* records at 0, 16, 32, 48; head 64 */
-	expect(&e.c, 1, 8, 0);
+	expect_record(&e.c, 1, 8, 0);
 	shmring_release(&e.c);                       /* released 16 */
 	assert_false(shmring_consumer_seek(&e.c, 8)); /* behind the released tail */
 	assert_false(shmring_consumer_seek(&e.c, 72)); /* past the head */
 	assert_false(shmring_consumer_seek(&e.c, 36)); /* misaligned */
 	assert_true(shmring_consumer_seek(&e.c, 48));
-	expect(&e.c, 1, 8, 3);
+	expect_record(&e.c, 1, 8, 3);
 	assert_true(shmring_consumer_seek(&e.c, 16)); /* back to the released tail: allowed */
-	expect(&e.c, 1, 8, 1);
+	expect_record(&e.c, 1, 8, 1);
 	assert_true(shmring_consumer_seek(&e.c, 64));
 	expect_empty(&e.c);
 	shmring_release(&e.c);
@@ -992,8 +980,8 @@ static void test_seek_takes_only_possible_positions(void **state)
 	assert_false(shmring_producer_seek(&e.p, 64 + 4096 + 8)); /* beyond a ring past the tail */
 	assert_true(shmring_producer_seek(&e.p, 96)); /* ...unless the store says where they end */
 	shmring_commit(&e.p);
-	expect(&e.c, 2, 8, 7);
-	expect(&e.c, 2, 8, 8);
+	expect_record(&e.c, 2, 8, 7);
+	expect_record(&e.c, 2, 8, 8);
 	expect_empty(&e.c);
 	ends_close(&e);
 }
@@ -1232,7 +1220,7 @@ static void test_ring_ends_work_over_the_roles_mappings(void **state)
 		shmring_consumer_resync(&c);
 		put(&p, 3, 8, 2);
 		shmring_commit(&p);
-		expect(&c, 3, 8, 2);
+		expect_record(&c, 3, 8, 2);
 		shmring_consumer_detach(&c);
 	}
 	shm_unmap(&wm);

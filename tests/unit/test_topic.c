@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "iotd.h"
 #include "topic.h"
 
 #include "failalloc.h"
@@ -70,6 +71,25 @@ static size_t hits_for(const struct hits *h, void *sub, uint8_t *qos)
 	return found;
 }
 
+/* Matching topic calls back once for each of the n subscribers in subs, and for nothing else. */
+static void assert_matches(const struct topic_trie *t, const char *topic, void *const *subs,
+			   size_t n)
+{
+	struct hits h = match(t, SL(topic));
+
+	if (h.n != n)
+		fail_msg("%s: %zu calls, want %zu", topic, h.n, n);
+	for (size_t i = 0; i < n; i++)
+		if (hits_for(&h, subs[i], NULL) != 1)
+			fail_msg("%s: subscriber %zu called back %zu times", topic, i,
+				 hits_for(&h, subs[i], NULL));
+}
+
+/* ASSERT_MATCHES(t, topic, &sub, ...): assert_matches on the subscribers listed. */
+#define ASSERT_MATCHES(t, topic, ...) \
+	assert_matches(t, topic, (void *const[]){ __VA_ARGS__ }, \
+		       ARRAY_SIZE(((void *const[]){ __VA_ARGS__ })))
+
 static void count_cb(void *sub, uint8_t qos, void *arg)
 {
 	(*(size_t *)arg)++;
@@ -77,23 +97,88 @@ static void count_cb(void *sub, uint8_t qos, void *arg)
 
 /* ---- validation ---- */
 
+/* A string, as a topic name or as a filter, under those limits (0: none); valid or not. */
 struct valid_case {
+	enum valid_as { NAME, FILTER } as;
 	const char *s;
 	size_t max_levels, max_len;
 	bool want;
 };
 
-static int check_valid_table(const char *what, const struct valid_case *c, size_t n,
+static const struct valid_case valid_cases[] = {
+	{ NAME, "a", 0, 0, true },
+	{ NAME, "/", 0, 0, true },
+	{ NAME, "//", 0, 0, true },
+	{ NAME, "a//b", 0, 0, true },
+	{ NAME, "/a", 0, 0, true },
+	{ NAME, "a/", 0, 0, true },
+	{ NAME, "sport/tennis/player1", 0, 0, true },
+	{ NAME, "Accounts payable", 0, 0, true },
+	{ NAME, "$SYS/monitor/Clients", 0, 0, true },
+	{ NAME, "", 0, 0, false },
+	{ NAME, "+", 0, 0, false },
+	{ NAME, "#", 0, 0, false },
+	{ NAME, "sport+", 0, 0, false },
+	{ NAME, "sport/+/x", 0, 0, false },
+	{ NAME, "sport/#", 0, 0, false },
+	{ NAME, "a#b", 0, 0, false },
+	{ NAME, "a/b/c", 3, 0, true },
+	{ NAME, "a/b/c", 2, 0, false },
+	{ NAME, "a/b/", 2, 0, false },
+	{ NAME, "a/b/c", 0, 5, true },
+	{ NAME, "a/b/c", 0, 4, false },
+	{ NAME, "a/b/c", 3, 5, true },
+	{ FILTER, "#", 0, 0, true },
+	{ FILTER, "+", 0, 0, true },
+	{ FILTER, "/", 0, 0, true },
+	{ FILTER, "a//b", 0, 0, true },
+	{ FILTER, "sport/tennis/#", 0, 0, true },
+	{ FILTER, "sport/tennis/player1/#", 0, 0, true },
+	{ FILTER, "sport/+/player1", 0, 0, true },
+	{ FILTER, "+/tennis/#", 0, 0, true },
+	{ FILTER, "+/+", 0, 0, true },
+	{ FILTER, "/+", 0, 0, true },
+	{ FILTER, "+/", 0, 0, true },   /* '+' fills level one; level two is empty */
+	{ FILTER, "/#", 0, 0, true },
+	{ FILTER, "+/#", 0, 0, true },
+	{ FILTER, "$SYS/#", 0, 0, true },
+	{ FILTER, "sport/+", 0, 0, true },
+	{ FILTER, "", 0, 0, false },
+	{ FILTER, "sport+", 0, 0, false },
+	{ FILTER, "sport/tennis#", 0, 0, false },
+	{ FILTER, "sport/tennis/#/ranking", 0, 0, false },
+	{ FILTER, "sport/#/x", 0, 0, false },
+	{ FILTER, "#/", 0, 0, false },
+	{ FILTER, "#/#", 0, 0, false },
+	{ FILTER, "a/+b", 0, 0, false },
+	{ FILTER, "a+/b", 0, 0, false },
+	{ FILTER, "++", 0, 0, false },
+	{ FILTER, "+#", 0, 0, false },
+	{ FILTER, "##", 0, 0, false },
+	{ FILTER, "a#", 0, 0, false },
+	{ FILTER, "#a", 0, 0, false },
+	{ FILTER, "+/+/+", 3, 0, true },
+	{ FILTER, "+/+/+", 2, 0, false },
+	{ FILTER, "a/#", 0, 3, true },
+	{ FILTER, "a/#", 0, 2, false },
+};
+
+/* Every case of valid_cases taken as `as` through fn; each wrong answer printed. */
+static int check_valid_cases(const char *what, enum valid_as as,
 			     bool (*fn)(const char *, size_t, size_t, size_t))
 {
 	int failures = 0;
 
-	for (size_t i = 0; i < n; i++) {
-		bool got = fn(c[i].s, strlen(c[i].s), c[i].max_levels, c[i].max_len);
+	for (size_t i = 0; i < ARRAY_SIZE(valid_cases); i++) {
+		const struct valid_case *c = &valid_cases[i];
+		bool got;
 
-		if (got != c[i].want) {
+		if (c->as != as)
+			continue;
+		got = fn(c->s, strlen(c->s), c->max_levels, c->max_len);
+		if (got != c->want) {
 			print_error("%s(\"%s\", levels %zu, len %zu): got %d, want %d\n", what,
-				    c[i].s, c[i].max_levels, c[i].max_len, got, c[i].want);
+				    c->s, c->max_levels, c->max_len, got, c->want);
 			failures++;
 		}
 	}
@@ -102,75 +187,12 @@ static int check_valid_table(const char *what, const struct valid_case *c, size_
 
 static void test_topic_name_validity_table(void **state)
 {
-	static const struct valid_case cases[] = {
-		{ "a", 0, 0, true },
-		{ "/", 0, 0, true },
-		{ "//", 0, 0, true },
-		{ "a//b", 0, 0, true },
-		{ "/a", 0, 0, true },
-		{ "a/", 0, 0, true },
-		{ "sport/tennis/player1", 0, 0, true },
-		{ "Accounts payable", 0, 0, true },
-		{ "$SYS/monitor/Clients", 0, 0, true },
-		{ "", 0, 0, false },
-		{ "+", 0, 0, false },
-		{ "#", 0, 0, false },
-		{ "sport+", 0, 0, false },
-		{ "sport/+/x", 0, 0, false },
-		{ "sport/#", 0, 0, false },
-		{ "a#b", 0, 0, false },
-		{ "a/b/c", 3, 0, true },
-		{ "a/b/c", 2, 0, false },
-		{ "a/b/", 2, 0, false },
-		{ "a/b/c", 0, 5, true },
-		{ "a/b/c", 0, 4, false },
-		{ "a/b/c", 3, 5, true },
-	};
-
-	assert_int_equal(check_valid_table("topic_name_valid", cases,
-					   sizeof(cases) / sizeof(cases[0]), topic_name_valid), 0);
+	assert_int_equal(check_valid_cases("topic_name_valid", NAME, topic_name_valid), 0);
 }
 
 static void test_topic_filter_validity_table(void **state)
 {
-	static const struct valid_case cases[] = {
-		{ "#", 0, 0, true },
-		{ "+", 0, 0, true },
-		{ "/", 0, 0, true },
-		{ "a//b", 0, 0, true },
-		{ "sport/tennis/#", 0, 0, true },
-		{ "sport/tennis/player1/#", 0, 0, true },
-		{ "sport/+/player1", 0, 0, true },
-		{ "+/tennis/#", 0, 0, true },
-		{ "+/+", 0, 0, true },
-		{ "/+", 0, 0, true },
-		{ "+/", 0, 0, true },   /* '+' fills level one; level two is empty */
-		{ "/#", 0, 0, true },
-		{ "+/#", 0, 0, true },
-		{ "$SYS/#", 0, 0, true },
-		{ "sport/+", 0, 0, true },
-		{ "", 0, 0, false },
-		{ "sport+", 0, 0, false },
-		{ "sport/tennis#", 0, 0, false },
-		{ "sport/tennis/#/ranking", 0, 0, false },
-		{ "sport/#/x", 0, 0, false },
-		{ "#/", 0, 0, false },
-		{ "#/#", 0, 0, false },
-		{ "a/+b", 0, 0, false },
-		{ "a+/b", 0, 0, false },
-		{ "++", 0, 0, false },
-		{ "+#", 0, 0, false },
-		{ "##", 0, 0, false },
-		{ "a#", 0, 0, false },
-		{ "#a", 0, 0, false },
-		{ "+/+/+", 3, 0, true },
-		{ "+/+/+", 2, 0, false },
-		{ "a/#", 0, 3, true },
-		{ "a/#", 0, 2, false },
-	};
-
-	assert_int_equal(check_valid_table("topic_filter_valid", cases,
-					   sizeof(cases) / sizeof(cases[0]), topic_filter_valid), 0);
+	assert_int_equal(check_valid_cases("topic_filter_valid", FILTER, topic_filter_valid), 0);
 }
 
 static void test_validators_use_length_not_nul(void **state)
@@ -315,7 +337,6 @@ static void test_dollar_topics_skip_first_level_wildcards(void **state)
 {
 	struct topic_trie *t = topic_trie_new();
 	int all, plus, sys, sys_plus;
-	struct hits h;
 
 	assert_non_null(t);
 	assert_int_equal(topic_trie_subscribe(t, SL("#"), &all, 0), 1);
@@ -323,15 +344,8 @@ static void test_dollar_topics_skip_first_level_wildcards(void **state)
 	assert_int_equal(topic_trie_subscribe(t, SL("$SYS/#"), &sys, 1), 1);
 	assert_int_equal(topic_trie_subscribe(t, SL("$SYS/monitor/+"), &sys_plus, 2), 1);
 
-	h = match(t, SL("$SYS/monitor/Clients"));
-	assert_int_equal(h.n, 2);
-	assert_int_equal(hits_for(&h, &sys, NULL), 1);
-	assert_int_equal(hits_for(&h, &sys_plus, NULL), 1);
-
-	h = match(t, SL("x/monitor/Clients"));
-	assert_int_equal(h.n, 2);
-	assert_int_equal(hits_for(&h, &all, NULL), 1);
-	assert_int_equal(hits_for(&h, &plus, NULL), 1);
+	ASSERT_MATCHES(t, "$SYS/monitor/Clients", &sys, &sys_plus);
+	ASSERT_MATCHES(t, "x/monitor/Clients", &all, &plus);
 	topic_trie_free(&t);
 }
 
@@ -420,9 +434,7 @@ static void test_unsubscribe_leaves_other_filters_working(void **state)
 	assert_int_equal(topic_trie_subscribe(t, SL("a/b"), &b, 0), 1);
 	assert_int_equal(topic_trie_subscribe(t, SL("a/b/#"), &b, 1), 1);
 	assert_int_equal(topic_trie_unsubscribe(t, SL("a/b/c"), &a), 1);
-	h = match(t, SL("a/b/c"));
-	assert_int_equal(h.n, 1);
-	assert_int_equal(hits_for(&h, &b, NULL), 1);
+	ASSERT_MATCHES(t, "a/b/c", &b);
 	assert_int_equal(topic_trie_unsubscribe(t, SL("a/b"), &b), 1);
 	h = match(t, SL("a/b"));
 	assert_int_equal(h.n, 1); /* a/b/# still matches its parent */
@@ -680,21 +692,14 @@ static void test_empty_levels_are_distinct(void **state)
 {
 	struct topic_trie *t = topic_trie_new();
 	int a, b, c;
-	struct hits h;
 
 	assert_non_null(t);
 	assert_int_equal(topic_trie_subscribe(t, SL("/"), &a, 0), 1);
 	assert_int_equal(topic_trie_subscribe(t, SL("a//b"), &b, 0), 1);
 	assert_int_equal(topic_trie_subscribe(t, SL("a/b"), &c, 0), 1);
-	h = match(t, SL("/"));
-	assert_int_equal(h.n, 1);
-	assert_int_equal(hits_for(&h, &a, NULL), 1);
-	h = match(t, SL("a//b"));
-	assert_int_equal(h.n, 1);
-	assert_int_equal(hits_for(&h, &b, NULL), 1);
-	h = match(t, SL("a/b"));
-	assert_int_equal(h.n, 1);
-	assert_int_equal(hits_for(&h, &c, NULL), 1);
+	ASSERT_MATCHES(t, "/", &a);
+	ASSERT_MATCHES(t, "a//b", &b);
+	ASSERT_MATCHES(t, "a/b", &c);
 	topic_trie_free(&t);
 }
 
