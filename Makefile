@@ -104,7 +104,7 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 FUZZ_FLAGS := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -g -O1
 
-build-fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h) $(wildcard common/*.h) $(wildcard daemon/*.h)
+build-fuzz/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h) $(wildcard common/*.h) $(wildcard daemon/*.h) $(wildcard tests/fuzz/*.h)
 	@mkdir -p build-fuzz
 	clang -std=c17 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) $(FUZZ_FLAGS) -o $@ $< \
 	    $(COMMON_SRC) $(DAEMON_SRC) $(LDLIBS)
@@ -119,7 +119,7 @@ fuzz: $(FUZZ_BIN)
 FUZZ_COV_BIN := $(patsubst tests/fuzz/%.c,build-fuzz/cov/%,$(FUZZ_SRC))
 FUZZ_COV_FLAGS := -fsanitize=fuzzer -fprofile-instr-generate -fcoverage-mapping -g -O1
 
-build-fuzz/cov/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h) $(wildcard common/*.h) $(wildcard daemon/*.h)
+build-fuzz/cov/%: tests/fuzz/%.c $(COMMON_SRC) $(DAEMON_SRC) $(wildcard include/*.h) $(wildcard common/*.h) $(wildcard daemon/*.h) $(wildcard tests/fuzz/*.h)
 	@mkdir -p build-fuzz/cov
 	clang -std=c17 -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS) $(FUZZ_COV_FLAGS) -o $@ $< \
 	    $(COMMON_SRC) $(DAEMON_SRC) $(LDLIBS)
