@@ -697,20 +697,29 @@ static void router_restore_held(void *arg, uint64_t seq, uint16_t type, const vo
 			  rec_type_name(type), ctx->worker);
 }
 
+/*
+ * Where ring i stood at the last commit, "tail" (w2r) or "head" (r2w):
+ * the later of the store's position and the journal's (positions only
+ * grow), or now when neither has one.
+ */
+static uint64_t router_saved_pos(struct router_proc *p, unsigned i, bool tail, uint64_t now)
+{
+	uint64_t pos, jtail, jhead;
+	char key[16];
+
+	snprintf(key, sizeof(key), "%s/%u", tail ? "tail" : "head", i);
+	if (!store_meta_get(p->st, key, &pos))
+		pos = now;
+	if (router_journal_get(p, i, &jtail, &jhead) && (tail ? jtail : jhead) > pos)
+		pos = tail ? jtail : jhead;
+	return pos;
+}
+
 /* w2r: skip what the state already contains. */
 static void router_restore_tail(struct router_proc *p, unsigned i)
 {
-	uint64_t pos, tail = p->in[i].tail;
-	char key[16];
+	uint64_t tail = p->in[i].tail, pos = router_saved_pos(p, i, true, tail);
 
-	uint64_t jtail, jhead;
-
-	snprintf(key, sizeof(key), "tail/%u", i);
-	if (!store_meta_get(p->st, key, &pos))
-		pos = tail;
-	/* Positions only grow: the later of the store's and the journal's wins. */
-	if (router_journal_get(p, i, &jtail, &jhead) && jtail > pos)
-		pos = jtail;
 	if (pos == tail)
 		return;
 	if (shmring_consumer_seek(&p->in[i], pos))
@@ -724,16 +733,8 @@ static void router_restore_tail(struct router_proc *p, unsigned i)
 /* r2w: publish what the predecessor wrote in place and committed to the store, but not to the ring. */
 static void router_restore_head(struct router_proc *p, unsigned i)
 {
-	uint64_t pos, head = p->out[i].head;
-	char key[16];
+	uint64_t head = p->out[i].head, pos = router_saved_pos(p, i, false, head);
 
-	uint64_t jtail, jhead;
-
-	snprintf(key, sizeof(key), "head/%u", i);
-	if (!store_meta_get(p->st, key, &pos))
-		pos = head;
-	if (router_journal_get(p, i, &jtail, &jhead) && jhead > pos)
-		pos = jhead;
 	if (pos == head)
 		return;
 	if (pos > head && shmring_producer_seek(&p->out[i], pos)) {
