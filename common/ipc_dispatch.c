@@ -99,7 +99,7 @@ int ipc_dispatch(int sock, struct ipc_dispatcher *d, void *ctx, unsigned max)
 	unsigned n;
 
 	for (n = 0; n < max; n++) {
-		struct ipc_msg m = { .data = buf.b, .fds = fds };
+		struct ipc_msg m = { .sock = sock, .data = buf.b, .fds = fds };
 		ssize_t len = ipc_recv_fds_nowait(sock, &m.hdr, buf.b, sizeof(buf.b), fds,
 						  IPC_MAX_FDS, &m.nfds);
 		const struct ipc_handler *h;

@@ -1,6 +1,7 @@
 /*
  * util.c - small helpers every role shares: eventfd wake-ups, taking a
- * reloaded configuration and applying new log settings (role.h).
+ * reloaded configuration, answering the supervisor's health checks and
+ * applying new log settings (role.h).
  *
  * Owns nothing: the eventfds are the supervisor's, created non-blocking,
  * one per consuming process, and live as long as the daemon.
@@ -58,6 +59,14 @@ int role_take_config(struct role_env *env, const void *data, size_t len)
 	}
 	memcpy(env->cfg, data, len);
 	log_debug("took the reloaded configuration");
+	return 0;
+}
+
+int role_on_ping(void *ctx, struct ipc_msg *m)
+{
+	/* EPIPE: the supervisor is gone, which its socket's EOF says next. */
+	if (ipc_send(m->sock, IPC_PONG, m->hdr.peer, NULL, 0, -1) < 0 && errno != EPIPE)
+		log_warn("cannot answer the supervisor's health check: %s", strerror(errno));
 	return 0;
 }
 

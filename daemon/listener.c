@@ -596,12 +596,6 @@ static int on_stop_accept(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
-static int on_ping(void *ctx, struct ipc_msg *m)
-{
-	ipc_send(((struct listener *)ctx)->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1);
-	return 0;
-}
-
 /* Its limits and placement_slack are read at each use: the copy is all it takes. */
 static int on_config(void *ctx, struct ipc_msg *m)
 {
@@ -612,7 +606,7 @@ static int on_config(void *ctx, struct ipc_msg *m)
 static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = on_shutdown },
 	[IPC_STOP_ACCEPT] = { .fn = on_stop_accept },
-	[IPC_PING] = { .fn = on_ping },
+	ROLE_PING_ENTRY,
 	ROLE_LOG_SETTINGS_ENTRY,
 	ROLE_CONFIG_ENTRY(on_config),
 };

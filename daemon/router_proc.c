@@ -524,15 +524,6 @@ static int router_on_shutdown(void *ctx, struct ipc_msg *m)
 	return IPC_STOP;
 }
 
-static int router_on_ping(void *ctx, struct ipc_msg *m)
-{
-	struct router_proc *p = ctx;
-
-	if (ipc_send(p->env->ctl_fd, IPC_PONG, 0, NULL, 0, -1) < 0)
-		log_warn("router: cannot answer the supervisor's ping: %s", strerror(errno));
-	return 0;
-}
-
 static int router_on_config(void *ctx, struct ipc_msg *m)
 {
 	struct router_proc *p = ctx;
@@ -558,7 +549,7 @@ static int router_on_worker_down(void *ctx, struct ipc_msg *m)
 
 static const struct ipc_handler router_from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = router_on_shutdown },
-	[IPC_PING] = { .fn = router_on_ping },
+	ROLE_PING_ENTRY,
 	ROLE_LOG_SETTINGS_ENTRY,
 	ROLE_CONFIG_ENTRY(router_on_config),
 	[IPC_WORKER_DOWN] = { .fn = router_on_worker_down, IPC_LEN(sizeof(struct ipc_worker)) },

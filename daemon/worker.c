@@ -376,14 +376,6 @@ static int on_shutdown(void *ctx, struct ipc_msg *m)
 	return IPC_STOP;
 }
 
-static int on_ping(void *ctx, struct ipc_msg *m)
-{
-	struct worker *w = ctx;
-
-	ipc_send(w->env->ctl_fd, IPC_PONG, w->index, NULL, 0, -1);
-	return 0;
-}
-
 static int on_config(void *ctx, struct ipc_msg *m)
 {
 	struct worker *w = ctx;
@@ -395,7 +387,7 @@ static int on_config(void *ctx, struct ipc_msg *m)
 
 static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = on_shutdown },
-	[IPC_PING] = { .fn = on_ping },
+	ROLE_PING_ENTRY,
 	ROLE_LOG_SETTINGS_ENTRY,
 	ROLE_CONFIG_ENTRY(on_config),
 };

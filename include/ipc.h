@@ -141,6 +141,7 @@ ssize_t ipc_recv_fds_nowait(int sock, struct ipc_hdr *hdr, void *data, size_t ca
  */
 struct ipc_msg {
 	struct ipc_hdr hdr;
+	int sock;                    /* the socket it came on, for an answer */
 	void *data;
 	int *fds;
 	unsigned nfds;

@@ -56,12 +56,15 @@ int worker_main(struct role_env *env);
 int role_take_config(struct role_env *env, const void *data, size_t len);
 
 /*
- * What every child does with IPC_LOG_SETTINGS (apply them), as an entry
- * of its handler table for the supervisor's socket (ipc.h); and the entry
- * of its IPC_CONFIG handler, which calls role_take_config().
+ * What every child does with the supervisor's IPC_PING (answer IPC_PONG,
+ * under the ping's peer) and IPC_LOG_SETTINGS (apply them), as entries of
+ * its handler table for the supervisor's socket (ipc.h); and the entry of
+ * its IPC_CONFIG handler, which calls role_take_config().
  */
 struct ipc_msg;
+int role_on_ping(void *ctx, struct ipc_msg *m);
 int role_on_log_settings(void *ctx, struct ipc_msg *m);
+#define ROLE_PING_ENTRY [IPC_PING] = { .fn = role_on_ping }
 #define ROLE_LOG_SETTINGS_ENTRY \
 	[IPC_LOG_SETTINGS] = { .fn = role_on_log_settings, IPC_LEN(sizeof(struct log_settings)) }
 #define ROLE_CONFIG_ENTRY(handler) \
