@@ -34,6 +34,20 @@ static bool router_conn_ok(const struct router *r, unsigned worker, conn_id_t co
 	       conn_id_slot(conn) < r->worker_slots[worker];
 }
 
+/*
+ * The online session of conn, as a record of worker names it: ROUTER_OK
+ * (*s set), ROUTER_BAD (not a connection worker may speak of) or
+ * ROUTER_NOCONN (none online on it).
+ */
+static int router_conn_session(struct router *r, unsigned worker, conn_id_t conn,
+			       struct session **s)
+{
+	if (!router_conn_ok(r, worker, conn))
+		return ROUTER_BAD;
+	*s = router_find_conn(r, conn);
+	return *s ? ROUTER_OK : ROUTER_NOCONN;
+}
+
 void router_set_worker(struct router *r, unsigned worker, uint32_t epoch, uint32_t slots)
 {
 	if (worker >= r->nworkers)
@@ -90,12 +104,12 @@ static int router_on_subscribe(struct router *r, unsigned worker, const void *p,
 	const uint8_t *codes;
 	size_t count_off;
 	struct session *s;
+	int rc;
 
-	if (rec_subscribe_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn))
+	if (rec_subscribe_decode(&x, p, len))
 		return ROUTER_BAD;
-	s = router_find_conn(r, x.conn);
-	if (!s)
-		return ROUTER_NOCONN;
+	if ((rc = router_conn_session(r, worker, x.conn, &s)) != ROUTER_OK)
+		return rc;
 
 	count_off = rec_suback_begin(ack, &(struct rec_suback){ .conn = x.conn,
 							      .packet_id = x.packet_id });
@@ -134,12 +148,12 @@ static int router_on_unsubscribe(struct router *r, unsigned worker, const void *
 	struct rec_unsubscribe x;
 	struct rec_str filter;
 	struct session *s;
+	int rc;
 
-	if (rec_unsubscribe_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn))
+	if (rec_unsubscribe_decode(&x, p, len))
 		return ROUTER_BAD;
-	s = router_find_conn(r, x.conn);
-	if (!s)
-		return ROUTER_NOCONN;
+	if ((rc = router_conn_session(r, worker, x.conn, &s)) != ROUTER_OK)
+		return rc;
 	while (rec_unsubscribe_next(&x.filters, &filter))
 		router_unsubscribe_one(r, s, (const char *)filter.p, filter.len);
 	rec_unsuback_encode(&r->out, &(struct rec_unsuback){ .conn = x.conn,
