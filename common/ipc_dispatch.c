@@ -105,7 +105,8 @@ int ipc_dispatch(int sock, struct ipc_dispatcher *d, void *ctx, unsigned max)
 		const struct ipc_handler *h;
 		int why;
 
-		if (len < 0 && errno == EAGAIN)
+		/* Nothing waiting, or a signal came first: the next wake-up reads on. */
+		if (len < 0 && (errno == EAGAIN || errno == EINTR))
 			break;
 		/* Arrived, but dropped whole by the transport (its fds closed). */
 		if (len < 0 && (errno == EMSGSIZE || errno == EBADMSG || errno == EMFILE)) {

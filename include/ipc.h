@@ -192,7 +192,8 @@ void ipc_dispatcher_init(struct ipc_dispatcher *d, const struct ipc_handler hand
  * lacks, of the wrong size, longer than IPC_MAX_PAYLOAD, malformed, or
  * with fds this process had no room for. Fds beyond the type's max_fds
  * are closed (logged once) and the message handled. Returns how many
- * messages were read (handled or refused; 0: none was waiting), or -1
+ * messages were read (handled or refused; 0: none was waiting, or a signal
+ * interrupted the read), or -1
  * when the socket is done: the peer is gone (EOF, errno 0) or reading
  * failed (errno).
  */
