@@ -193,9 +193,8 @@ void ipc_dispatcher_init(struct ipc_dispatcher *d, const struct ipc_handler hand
  * with fds this process had no room for. Fds beyond the type's max_fds
  * are closed (logged once) and the message handled. Returns how many
  * messages were read (handled or refused; 0: none was waiting, or a signal
- * interrupted the read), or -1
- * when the socket is done: the peer is gone (EOF, errno 0) or reading
- * failed (errno).
+ * interrupted the read), or -1 when the socket is done: the peer is gone
+ * (EOF, errno 0) or reading failed (errno).
  */
 int ipc_dispatch(int sock, struct ipc_dispatcher *d, void *ctx, unsigned max);
 
