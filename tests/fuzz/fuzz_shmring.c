@@ -385,12 +385,15 @@ static void op_commit(struct model *m)
 		m->woken = true;
 }
 
-/* PADs the consumer stepped over: a rewritten one may have led it anywhere. */
+/*
+ * PADs the consumer stepped over, and records whose rewritten header it
+ * took for one: either may have led it anywhere.
+ */
 static void skip_pads(struct model *m)
 {
 	struct mrec *e;
 
-	while (m->synced && (e = front(m)) && e->pad && e->pos < m->c.tail) {
+	while (m->synced && (e = front(m)) && (e->pad || e->hdr_bad) && e->pos < m->c.tail) {
 		if (e->hdr_bad)
 			unsync(m);
 		pop(m);
@@ -421,12 +424,12 @@ static void op_peek(struct model *m)
 		if (!m->synced)
 			return;
 		e = front(m);
-		if (!e || e->pad || e->pos != m->c.tail || e->pos + e->size > m->p.published)
-			abort();         /* a record the producer did not publish there */
-		if (e->hdr_bad) {
-			unsync(m);
+		if (e && e->pos == m->c.tail && e->hdr_bad) {
+			unsync(m);       /* a rewritten header, a PAD's too, reads as anything */
 			return;
 		}
+		if (!e || e->pad || e->pos != m->c.tail || e->pos + e->size > m->p.published)
+			abort();         /* a record the producer did not publish there */
 		if (rec->type != e->type || rec->len != e->len || rec->flags != (uint16_t)e->seq)
 			abort();
 		if (!e->body_bad && !intact(rec, e->seq, e->type, e->len))
