@@ -305,8 +305,8 @@ bool rec_packet_id_next(struct rec_iter *it, uint16_t *packet_id)
 
 #define CONNECT_FIELDS(F)                                                       \
 	F(u64, conn) F(u8, clean) F(u16, keepalive) F(str, client_id) F(str, remote) \
-	F(u8, will_flag) F(u8, will_qos) F(u8, will_retain) F(str, will_topic) \
-	F(bytes, will_payload)
+	F(str, user) F(u8, will_flag) F(u8, will_qos) F(u8, will_retain)        \
+	F(str, will_topic) F(bytes, will_payload)
 REC_DECODER(connect, CONNECT_FIELDS)
 REC_ENCODER(connect, CONNECT_FIELDS)
 

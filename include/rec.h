@@ -256,6 +256,7 @@ struct rec_connect {
 	uint16_t keepalive;
 	struct rec_str client_id;
 	struct rec_str remote;
+	struct rec_str user;         /* the CONNECT's user name (empty without one) */
 	uint8_t will_flag;
 	uint8_t will_qos;
 	uint8_t will_retain;

@@ -472,13 +472,14 @@ static void test_connect_layout(void **state)
 		0x3c, 0x00,                                     /* keepalive */
 		0x02, 0x00, 'c', '1',                           /* client id */
 		0x01, 0x00, 'r',                                /* remote */
+		0x02, 0x00, 'u', '1',                           /* user */
 		0x01, 0x01, 0x00,                               /* will flag, qos, retain */
 		0x01, 0x00, 'w',                                /* will topic */
 		0x03, 0x00, 0x00, 0x00, 'b', 'y', 'e',          /* will payload */
 	};
 	const struct rec_connect x = {
 		.conn = 0x0102030405060708ull, .clean = 1, .keepalive = 60,
-		.client_id = STR("c1"), .remote = STR("r"),
+		.client_id = STR("c1"), .remote = STR("r"), .user = STR("u1"),
 		.will_flag = 1, .will_qos = 1, .will_retain = 0,
 		.will_topic = STR("w"), .will_payload = BYTES("bye"),
 	};
@@ -495,6 +496,7 @@ static void test_connect_layout(void **state)
 	assert_int_equal(d.keepalive, 60);
 	assert_str(d.client_id, "c1");
 	assert_str(d.remote, "r");
+	assert_str(d.user, "u1");
 	assert_int_equal(d.will_flag, 1);
 	assert_int_equal(d.will_qos, 1);
 	assert_int_equal(d.will_retain, 0);
