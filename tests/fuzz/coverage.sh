@@ -30,6 +30,9 @@ targets() {
 	fuzz_passwd) echo common/passwd.c common/b64.c ;;
 	fuzz_acl) echo common/acl.c ;;
 	fuzz_jwt) echo common/jwt.c common/json.c common/b64.c ;;
+	fuzz_router) echo daemon/router_records.c daemon/router_session.c \
+	    daemon/router_publish.c daemon/router_queue.c daemon/router.c ;;
+	fuzz_worker) echo daemon/worker_records.c daemon/qos.c ;;
 	*) echo "coverage.sh: no target files listed for $1" >&2; return 1 ;;
 	esac
 }
