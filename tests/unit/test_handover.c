@@ -841,6 +841,7 @@ static bool peer_gone(int fd, int wait_ms)
 	return poll(&pfd, 1, wait_ms) == 1 && recv(fd, &c, 1, MSG_DONTWAIT) == 0;
 }
 
+/* A batch to worker 0 of nfds fds that names ninfo connections (10.0.0.1:1000, 10.0.0.2:1001...). */
 static void send_batch(struct fx *f, const int *fds, unsigned nfds, unsigned ninfo)
 {
 	struct ipc_client info[IPC_MAX_FDS];
@@ -852,6 +853,32 @@ static void send_batch(struct fx *f, const int *fds, unsigned nfds, unsigned nin
 				      ninfo * sizeof(info[0]), fds, nfds), 0);
 }
 
+/* A connection: the client's end in sp[0], the broker's in sp[1]. */
+static void client_pair(int sp[2])
+{
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+}
+
+/*
+ * n new connections handed to worker 0 in one batch that names ninfo of
+ * them (see send_batch); the broker's ends closed here, the clients' ends
+ * in clients.
+ */
+static void hand_batch(struct fx *f, int *clients, unsigned n, unsigned ninfo)
+{
+	int fds[IPC_MAX_FDS];
+
+	for (unsigned i = 0; i < n; i++) {
+		int sp[2];
+
+		client_pair(sp);
+		clients[i] = sp[0];
+		fds[i] = sp[1];
+	}
+	send_batch(f, fds, n, ninfo);
+	close_all(fds, (int)n);
+}
+
 static void worker_takes_a_batch_and_closes_the_fd_it_cannot_take(void **state)
 {
 	struct fx f;
@@ -860,8 +887,8 @@ static void worker_takes_a_batch_and_closes_the_fd_it_cannot_take(void **state)
 
 	fx_init(&f);
 	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
+	client_pair(a);
+	client_pair(b);
 	/* epoll refuses a regular file: the middle one of the batch cannot be taken. */
 	file = mkstemp(path);
 	assert_true(file >= 0);
@@ -888,60 +915,42 @@ static void worker_takes_a_batch_and_closes_the_fd_it_cannot_take(void **state)
 static void worker_closes_a_malformed_batch_and_counts_it(void **state)
 {
 	struct fx f;
-	int a[2], b[2], fds[2];
+	int clients[2], client;
 
 	fx_init(&f);
 	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
 	/* Three connections counted by the sender, two fds: none can be matched. */
-	fds[0] = a[1];
-	fds[1] = b[1];
-	send_batch(&f, fds, 2, 3);
-	close(a[1]);
-	close(b[1]);
+	hand_batch(&f, clients, 2, 3);
 	wait_counts(&f, 3, 3);
-	assert_true(peer_gone(a[0], 2000));
-	assert_true(peer_gone(b[0], 2000));
+	assert_true(peer_gone(clients[0], 2000));
+	assert_true(peer_gone(clients[1], 2000));
 	/* A well-formed one after it is taken. */
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	send_batch(&f, &a[1], 1, 1);
-	close(a[1]);
+	hand_batch(&f, &client, 1, 1);
 	wait_counts(&f, 4, 3);
-	assert_false(peer_gone(a[0], 100));
-	close(a[0]);
-	close(b[0]);
+	assert_false(peer_gone(client, 100));
+	close(client);
+	close_all(clients, 2);
 	fx_stop(&f);
 }
 
 static void worker_out_of_fds_closes_a_truncated_batch_and_counts_it(void **state)
 {
 	struct fx f;
-	int peers[IPC_MAX_FDS], fds[IPC_MAX_FDS], a[2];
+	int clients[IPC_MAX_FDS], client;
 
 	fx_init(&f);
 	/* Room for its own fds and a few more: a full batch cannot arrive whole (MSG_CTRUNC). */
 	fx_spawn(&f, worker_main, ROLE_WORKER, 10);
-	for (int i = 0; i < IPC_MAX_FDS; i++) {
-		int sp[2];
-
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
-		peers[i] = sp[0];
-		fds[i] = sp[1];
-	}
-	send_batch(&f, fds, IPC_MAX_FDS, IPC_MAX_FDS);
-	close_all(fds, IPC_MAX_FDS);
+	hand_batch(&f, clients, IPC_MAX_FDS, IPC_MAX_FDS);
 	wait_counts(&f, IPC_MAX_FDS, IPC_MAX_FDS);
 	for (int i = 0; i < IPC_MAX_FDS; i++)
-		assert_true(peer_gone(peers[i], 2000));
-	close_all(peers, IPC_MAX_FDS);
+		assert_true(peer_gone(clients[i], 2000));
+	close_all(clients, IPC_MAX_FDS);
 	/* Nothing leaked: a connection is still taken. */
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	send_batch(&f, &a[1], 1, 1);
-	close(a[1]);
+	hand_batch(&f, &client, 1, 1);
 	wait_counts(&f, IPC_MAX_FDS + 1, IPC_MAX_FDS);
-	assert_false(peer_gone(a[0], 100));
-	close(a[0]);
+	assert_false(peer_gone(client, 100));
+	close(client);
 	fx_stop(&f);
 }
 
@@ -953,7 +962,7 @@ static void worker_out_of_fds_closes_a_truncated_batch_and_counts_it(void **stat
 static void worker_starts_its_counts_from_zero(void **state)
 {
 	struct fx f;
-	int a[2];
+	int client;
 
 	fx_init(&f);
 	atomic_store(&worker_mem(&f, 0)->accepted, UINT64_MAX - 5);
@@ -963,11 +972,9 @@ static void worker_starts_its_counts_from_zero(void **state)
 	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
 	assert_int_equal(atomic_load(&worker_mem(&f, 0)->accepted), 0);
 	assert_int_equal(atomic_load(&worker_mem(&f, 0)->released), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	send_batch(&f, &a[1], 1, 1);
-	close(a[1]);
+	hand_batch(&f, &client, 1, 1);
 	wait_counts(&f, 1, 0);
-	close(a[0]);
+	close(client);
 	wait_counts(&f, 1, 1);
 	fx_stop(&f);
 }
@@ -1266,20 +1273,14 @@ static void worker_answers_a_sync_with_what_it_holds_then_reports_each_close(voi
 	struct fx f;
 	struct ipc_addr_entry e[3];
 	uint64_t token = 0x1234567887654321ull;
-	int a[2], b[2], c[2], fds[2];
+	int clients[2], late;
 
 	fx_init(&f);
 	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
-	fds[0] = a[1];
-	fds[1] = b[1];
-	send_batch(&f, fds, 2, 2);              /* 10.0.0.1:1000 and 10.0.0.2:1001 */
-	close(a[1]);
-	close(b[1]);
+	hand_batch(&f, clients, 2, 2);          /* 10.0.0.1:1000 and 10.0.0.2:1001 */
 	wait_counts(&f, 2, 0);
 	/* One leaves before the request: reported, then left out of the answer. */
-	close(a[0]);
+	close(clients[0]);
 	read_worker_reports(&f, e, 1);
 	assert_true(entry_is(&e[0], IPC_ADDR_GONE, "10.0.0.1:1"));
 	assert_int_equal(ipc_send(f.env.chan_listener[0], IPC_ADDR_SYNC, 0, &token, sizeof(token),
@@ -1289,13 +1290,11 @@ static void worker_answers_a_sync_with_what_it_holds_then_reports_each_close(voi
 	assert_true(e[0].token == token);
 	assert_true(entry_is(&e[1], IPC_ADDR_HELD, "10.0.0.2:1"));
 	/* A connection taken after the request, then both leaving. */
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c), 0);
-	send_batch(&f, &c[1], 1, 1);            /* 10.0.0.1:1000 again */
-	close(c[1]);
+	hand_batch(&f, &late, 1, 1);            /* 10.0.0.1:1000 again */
 	wait_counts(&f, 3, 1);
-	close(b[0]);
+	close(clients[1]);
 	wait_counts(&f, 3, 2);
-	close(c[0]);
+	close(late);
 	read_worker_reports(&f, e, 2);
 	assert_true(entry_is(&e[0], IPC_ADDR_GONE, "10.0.0.2:1"));
 	assert_true(entry_is(&e[1], IPC_ADDR_GONE, "10.0.0.1:1"));
