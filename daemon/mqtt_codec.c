@@ -96,9 +96,9 @@ static inline size_t mqtt_ascii_prefix(const uint8_t *p, size_t len)
 
 /*
  * Length of the well-formed sequence starting at p[0] (Unicode table 3-7),
- * or 0 if ill-formed. The lead byte gives the length; after four lead
- * bytes the second byte's range is narrower, which rules out overlong
- * forms, surrogates and code points above U+10FFFF.
+ * or 0 if ill-formed. The lead byte gives the length; after E0, ED, F0
+ * and F4 the second byte's range is narrower: that is what rules out
+ * overlong forms, surrogates and code points above U+10FFFF.
  */
 static inline size_t mqtt_utf8_seq(const uint8_t *p, size_t left)
 {
