@@ -440,7 +440,7 @@ static int refused_clients(const struct fx *f)
 	return refused;
 }
 
-/* A burst of n clients of which the listener takes (and counts) that many, closing the others. */
+/* A burst of n clients: the listener takes (and counts) taken of them and closes the others. */
 static void burst_taking(struct fx *f, int n, int taken)
 {
 	burst_read(f, n);
@@ -452,6 +452,7 @@ static void burst_taking(struct fx *f, int n, int taken)
 
 /* ---- the fixture of each test ---------------------------------------------- */
 
+/* Each test's fixture: what the supervisor makes (fx_init), for a worker's tests. */
 static int fx_setup(void **state)
 {
 	struct fx *f = malloc(sizeof(*f));
@@ -462,6 +463,7 @@ static int fx_setup(void **state)
 	return 0;
 }
 
+/* For the listener's tests: a listening socket on the loopback too (listener_fx). */
 static int listener_setup(void **state)
 {
 	fx_setup(state);
