@@ -96,8 +96,9 @@ static inline size_t mqtt_ascii_prefix(const uint8_t *p, size_t len)
 
 /*
  * Length of the well-formed sequence starting at p[0] (Unicode table 3-7),
- * or 0 if ill-formed. The second byte's range is what rules out overlong
- * forms, surrogates and code points above U+10FFFF.
+ * or 0 if ill-formed. The lead byte gives the length; after E0, ED, F0
+ * and F4 the second byte's range is narrower: that is what rules out
+ * overlong forms, surrogates and code points above U+10FFFF.
  */
 static inline size_t mqtt_utf8_seq(const uint8_t *p, size_t left)
 {
@@ -106,24 +107,14 @@ static inline size_t mqtt_utf8_seq(const uint8_t *p, size_t left)
 
 	if (c < 0x80)
 		return c != 0;
-	if (c < 0xC2)
-		return 0;       /* continuation byte, or overlong C0/C1 */
-	if (c < 0xE0) {
-		n = 2;
-	} else if (c < 0xF0) {
-		n = 3;
-		if (c == 0xE0)
-			lo = 0xA0;
-		else if (c == 0xED)
-			hi = 0x9F;
-	} else if (c < 0xF5) {
-		n = 4;
-		if (c == 0xF0)
-			lo = 0x90;
-		else if (c == 0xF4)
-			hi = 0x8F;
-	} else {
-		return 0;
+	if (c < 0xC2 || c > 0xF4)
+		return 0;       /* continuation byte, overlong C0/C1, or past U+10FFFF */
+	n = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+	switch (c) {
+	case 0xE0: lo = 0xA0; break;    /* overlong */
+	case 0xED: hi = 0x9F; break;    /* surrogates */
+	case 0xF0: lo = 0x90; break;    /* overlong */
+	case 0xF4: hi = 0x8F; break;    /* past U+10FFFF */
 	}
 	if (left < n || p[1] < lo || p[1] > hi)
 		return 0;

@@ -210,6 +210,18 @@ static uint16_t build_unsuback(struct recw *rw, struct fuzz_in *in)
 	return REC_UNSUBACK;
 }
 
+/* A delivery's target: a connection, a session id, any QoS, a copy id or none. */
+static struct rec_target pick_target(struct fuzz_in *in)
+{
+	struct rec_target t;
+
+	t.conn = pick_conn(in);
+	t.sid = take(in) % 4;
+	t.qos = take(in) % 8;                /* any, not only 0..2 */
+	t.copy = take(in) % 4;               /* 0: none */
+	return t;
+}
+
 static uint16_t build_deliver(struct recw *rw, struct fuzz_in *in)
 {
 	uint8_t n = take(in) % 5, buf[32];
@@ -222,12 +234,8 @@ static uint16_t build_deliver(struct recw *rw, struct fuzz_in *in)
 	x.retain = take(in) % 3;
 	count_off = rec_deliver_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++) {
-		struct rec_target t;
+		struct rec_target t = pick_target(in);
 
-		t.conn = pick_conn(in);
-		t.sid = take(in) % 4;
-		t.qos = take(in) % 8;                /* any, not only 0..2 */
-		t.copy = take(in) % 4;               /* 0: none */
 		rec_deliver_add(rw, &t);
 	}
 	rec_deliver_end(rw, count_off, n);

@@ -158,13 +158,29 @@ static int read_file(const char *path, char *buf, size_t cap)
 	return (int)len;
 }
 
+#define PROC_PATH 64             /* /proc/PID/ and a short name */
+
+/* /proc/PID/name, written into path (PROC_PATH bytes). */
+static const char *proc_path(char *path, pid_t pid, const char *name)
+{
+	snprintf(path, PROC_PATH, "/proc/%d/%s", (int)pid, name);
+	return path;
+}
+
+/* /proc/PID/name read whole into buf, as read_file(). */
+static int proc_read(pid_t pid, const char *name, char *buf, size_t cap)
+{
+	char path[PROC_PATH];
+
+	return read_file(proc_path(path, pid, name), buf, cap);
+}
+
 /* State letter and parent of a process; 0 when it is gone. */
 static char proc_state(pid_t pid, pid_t *ppid)
 {
-	char path[64], buf[512], *p;
+	char buf[512], *p;
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	if (read_file(path, buf, sizeof(buf)) <= 0 || (p = strrchr(buf, ')')) == NULL)
+	if (proc_read(pid, "stat", buf, sizeof(buf)) <= 0 || (p = strrchr(buf, ')')) == NULL)
 		return 0;
 	if (ppid)
 		*ppid = (pid_t)strtol(p + 4, NULL, 10);
@@ -181,11 +197,8 @@ static bool proc_gone(pid_t pid)
 /* The process title ("iotd: worker 0"), or "". */
 static void proc_title(pid_t pid, char *buf, size_t cap)
 {
-	char path[64];
-	int n;
+	int n = proc_read(pid, "cmdline", buf, cap);
 
-	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-	n = read_file(path, buf, cap);
 	if (n < 0)
 		n = 0;
 	for (int i = 0; i < n; i++)
@@ -224,12 +237,10 @@ static pid_t child_titled(pid_t ppid, const char *title)
 /* The process's mappings of iotd's regions. */
 static unsigned maps_read(pid_t pid, struct mapping *out, unsigned max)
 {
-	char path[64], line[512];
+	char path[PROC_PATH], line[512];
 	unsigned n = 0;
-	FILE *f;
+	FILE *f = fopen(proc_path(path, pid, "maps"), "re");
 
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-	f = fopen(path, "re");
 	if (f == NULL)
 		return 0;
 	while (fgets(line, sizeof(line), f)) {
@@ -319,14 +330,13 @@ static uint64_t w2r_tail(struct target *t)
  */
 static int take_router_efd(pid_t pid)
 {
-	char path[64], buf[8192];
+	char path[PROC_PATH], buf[8192];
 	int efds[8], nefd = 0, watched[64], nw = 0, chosen = -1;
 	DIR *d;
 	struct dirent *e;
 	int pidfd, fd;
 
-	snprintf(path, sizeof(path), "/proc/%d/fdinfo", (int)pid);
-	d = opendir(path);
+	d = opendir(proc_path(path, pid, "fdinfo"));
 	if (d == NULL)
 		return -1;
 	while ((e = readdir(d)) != NULL) {
@@ -378,7 +388,7 @@ static bool size_is_ring(uint64_t len)
 
 static void target_open(struct target *t, pid_t pid)
 {
-	char title[128], path[64];
+	char title[128], path[PROC_PATH];
 	uint64_t small = ((sizeof(struct shm_sup) + 4095) / 4096) * 4096;
 	unsigned nrw = 0;
 
@@ -412,8 +422,7 @@ static void target_open(struct target *t, pid_t pid)
 	if (nrw != 1 || !t->rring.lo || !t->sup.lo || t->sup.hi - t->sup.lo < small)
 		die("worker %d: cannot tell its regions apart in /proc/%d/maps", (int)pid, (int)pid);
 	t->ring_size = t->own.hi - t->own.lo - SHM_HDR_BYTES;
-	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
-	t->mem = open(path, O_RDWR | O_CLOEXEC);
+	t->mem = open(proc_path(path, pid, "mem"), O_RDWR | O_CLOEXEC);
 	if (t->mem < 0)
 		die("%s: %s (run as root)", path, strerror(errno));
 	t->epoch = mem_u32(t, t->sup.lo + offsetof(struct shm_sup, workers) +

@@ -51,6 +51,14 @@
 
 #define RING 4096
 #define NWORKERS 2
+#define MAX_CLIENTS 16
+
+/* What the listener sent one worker. */
+struct got {
+	unsigned msgs, conns;
+	char remote[64][64];
+	int fd[64];                    /* the broker's ends, closed with the fixture */
+};
 
 struct fx {
 	struct iotd_config cfg;
@@ -60,7 +68,10 @@ struct fx {
 	struct shm_map lis;            /* as the listener does: its counters writable */
 	struct shm_map wrk[NWORKERS];  /* as worker i does: its own region writable */
 	int ctl;                       /* the supervisor's end of the child's control socket */
-	pid_t pid;
+	pid_t pid;                     /* the child, 0 before fx_spawn() */
+	int clients[MAX_CLIENTS];      /* the listener's clients, closed with the fixture */
+	int nclients;
+	struct got got[NWORKERS];      /* what each worker got of the last burst */
 };
 
 /* What the supervisor says of worker i. */
@@ -213,22 +224,28 @@ static int listen_loopback(int family)
 }
 
 /*
- * Connect n clients to the listening socket, each sending the first byte of
- * a CONNECT: the listener defers accepting a connection until its client
- * has spoken (TCP_DEFER_ACCEPT).
+ * Connect n more clients to the listening socket, each sending the first
+ * byte of a CONNECT: the listener defers accepting a connection until its
+ * client has spoken (TCP_DEFER_ACCEPT). Returns the first one's index in
+ * f->clients.
  */
-static void connect_clients(int lfd, int *clients, int n)
+static int connect_clients(struct fx *f, int n)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
+	int first = f->nclients;
 
-	assert_int_equal(getsockname(lfd, (struct sockaddr *)&ss, &len), 0);
-	for (int i = 0; i < n; i++) {
-		clients[i] = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		assert_true(clients[i] >= 0);
-		assert_int_equal(connect(clients[i], (struct sockaddr *)&ss, len), 0);
-		assert_int_equal(send(clients[i], "\x10", 1, 0), 1);
+	assert_true(n <= MAX_CLIENTS - first);
+	assert_int_equal(getsockname(f->env.listen_fds[0], (struct sockaddr *)&ss, &len), 0);
+	for (int i = first; i < first + n; i++) {
+		int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		assert_true(fd >= 0);
+		f->clients[f->nclients++] = fd;
+		assert_int_equal(connect(fd, (struct sockaddr *)&ss, len), 0);
+		assert_int_equal(send(fd, "\x10", 1, 0), 1);
 	}
+	return first;
 }
 
 /* "1.2.3.4:port" or "[v6]:port" by the C library: what the listener must print. */
@@ -268,12 +285,6 @@ static void peer_remote(int fd, char *out, size_t cap)
 	assert_int_equal(getpeername(fd, (struct sockaddr *)&ss, &len), 0);
 	format_addr(&ss, out, cap);
 }
-
-struct got {
-	unsigned msgs, conns;
-	char remote[64][64];
-	int fd[64];                    /* the broker's ends, held until got_close() */
-};
 
 /*
  * Read what the listener sent worker w within wait_ms: check each message
@@ -328,7 +339,6 @@ static void got_close(struct got *g)
  */
 static void listener_fx(struct fx *f, int family)
 {
-	fx_init(f);
 	f->cfg.placement_slack = 0;
 	f->cfg.max_connections_per_address = 0;
 	f->cfg.max_connect_rate_per_address = 0;
@@ -392,11 +402,11 @@ static void wait_state(pid_t pid, char want)
  * The listener stopped while n clients connect, then let go: it finds them
  * all waiting and accepts them in one go.
  */
-static void burst(struct fx *f, int *clients, int n)
+static void burst(struct fx *f, int n)
 {
 	assert_int_equal(kill(f->pid, SIGSTOP), 0);
 	wait_state(f->pid, 'T');
-	connect_clients(f->env.listen_fds[0], clients, n);
+	connect_clients(f, n);
 	poll(NULL, 0, 20);             /* the last first bytes land: all are in the accept queue */
 	assert_int_equal(kill(f->pid, SIGCONT), 0);
 }
@@ -407,36 +417,81 @@ static void close_all(int *fds, int n)
 		close(fds[i]);
 }
 
-/* A burst of n clients, and what each worker got of it within 500 ms. */
-static void burst_read(struct fx *f, int *clients, int n, struct got *g)
+/* A burst of n clients, and what each worker got of it within 500 ms (f->got). */
+static void burst_read(struct fx *f, int n)
 {
-	burst(f, clients, n);
+	burst(f, n);
 	for (unsigned w = 0; w < NWORKERS; w++)
-		read_channel(f, w, &g[w], 500);
+		read_channel(f, w, &f->got[w], 500);
 }
 
-/* After a burst: the broker's ends and the clients closed, the listener stopped. */
-static void burst_end(struct fx *f, struct got *g, int *clients, int n)
-{
-	for (unsigned w = 0; w < NWORKERS; w++)
-		got_close(&g[w]);
-	close_all(clients, n);
-	fx_stop(f);
-}
-
-/* How many of the n clients the listener closed (they see the end). */
-static int refused_clients(const int *clients, int n)
+/* How many of the clients the listener closed (they see the end). */
+static int refused_clients(const struct fx *f)
 {
 	int refused = 0;
 
-	for (int i = 0; i < n; i++) {
-		struct pollfd pfd = { .fd = clients[i], .events = POLLIN };
+	for (int i = 0; i < f->nclients; i++) {
+		struct pollfd pfd = { .fd = f->clients[i], .events = POLLIN };
 		char c;
 
-		if (poll(&pfd, 1, 0) == 1 && recv(clients[i], &c, 1, MSG_DONTWAIT) <= 0)
+		if (poll(&pfd, 1, 0) == 1 && recv(f->clients[i], &c, 1, MSG_DONTWAIT) <= 0)
 			refused++;
 	}
 	return refused;
+}
+
+/* A burst of n clients: the listener takes (and counts) taken of them and closes the others. */
+static void burst_taking(struct fx *f, int n, int taken)
+{
+	burst_read(f, n);
+	assert_int_equal(f->got[0].conns + f->got[1].conns, taken);
+	assert_int_equal(atomic_load(handed(f, 0)) + atomic_load(handed(f, 1)), taken);
+	assert_int_equal(atomic_load(&f->lis.listener->connects), taken);
+	assert_int_equal(refused_clients(f), n - taken);
+}
+
+/* ---- the fixture of each test ---------------------------------------------- */
+
+/* Each test's fixture: what the supervisor makes (fx_init), for a worker's tests. */
+static int fx_setup(void **state)
+{
+	struct fx *f = malloc(sizeof(*f));
+
+	assert_non_null(f);
+	fx_init(f);
+	*state = f;
+	return 0;
+}
+
+/* For the listener's tests: a listening socket on the loopback too (listener_fx). */
+static int listener_setup(void **state)
+{
+	fx_setup(state);
+	listener_fx(*state, AF_INET);
+	return 0;
+}
+
+static int listener6_setup(void **state)
+{
+	fx_setup(state);
+	listener_fx(*state, AF_INET6);
+	return 0;
+}
+
+/* The broker's ends and the clients closed, the child stopped, the rest freed. */
+static int fx_teardown(void **state)
+{
+	struct fx *f = *state;
+
+	for (unsigned w = 0; w < NWORKERS; w++)
+		got_close(&f->got[w]);
+	close_all(f->clients, f->nclients);
+	if (f->pid > 0)
+		fx_stop(f);
+	else
+		fx_free(f);
+	free(f);
+	return 0;
 }
 
 /* The child answers a PING: it has read all that its supervisor sent before. */
@@ -452,128 +507,99 @@ static void expect_pong(struct fx *f)
 
 static void listener_sends_one_message_per_worker_balanced(void **state)
 {
-	struct fx f;
-	struct got g[NWORKERS];
-	int clients[10];
+	struct fx *f = *state;
 
-	listener_fx(&f, AF_INET);
-	listener_spawn(&f, NULL);
-	burst_read(&f, clients, 10, g);
+	listener_spawn(f, NULL);
+	burst_read(f, 10);
 	/* Ten at once over two idle workers: five each, in one message each. */
 	for (unsigned w = 0; w < NWORKERS; w++) {
-		assert_int_equal(g[w].msgs, 1);
-		assert_int_equal(g[w].conns, 5);
-		assert_int_equal(atomic_load(handed(&f, w)), 5);
+		assert_int_equal(f->got[w].msgs, 1);
+		assert_int_equal(f->got[w].conns, 5);
+		assert_int_equal(atomic_load(handed(f, w)), 5);
 	}
-	assert_int_equal(atomic_load(&f.lis.listener->connects), 10);
+	assert_int_equal(atomic_load(&f->lis.listener->connects), 10);
 	/* Every client once, by the address it has. */
 	for (int i = 0; i < 10; i++) {
 		char want[64];
 		int seen = 0;
 
-		expected_remote(clients[i], want, sizeof(want));
+		expected_remote(f->clients[i], want, sizeof(want));
 		for (unsigned w = 0; w < NWORKERS; w++)
-			for (unsigned k = 0; k < g[w].conns; k++)
-				seen += strcmp(g[w].remote[k], want) == 0;
+			for (unsigned k = 0; k < f->got[w].conns; k++)
+				seen += strcmp(f->got[w].remote[k], want) == 0;
 		assert_int_equal(seen, 1);
 	}
-	burst_end(&f, g, clients, 10);
 }
 
 static void listener_balances_on_load_with_the_batch_counted(void **state)
 {
-	struct fx f;
-	struct got g[NWORKERS];
-	int clients[8];
+	struct fx *f = *state;
 
-	listener_fx(&f, AF_INET);
 	/* Worker 0 holds 4 already: the first 4 of the burst go to worker 1, then they alternate. */
-	atomic_store(handed(&f, 0), 4);
-	atomic_store(&worker_mem(&f, 0)->accepted, 4);
-	listener_spawn(&f, NULL);
-	burst_read(&f, clients, 8, g);
-	assert_int_equal(g[0].conns, 2);
-	assert_int_equal(g[1].conns, 6);
-	assert_int_equal(atomic_load(handed(&f, 0)), 6);
-	assert_int_equal(atomic_load(handed(&f, 1)), 6);
-	burst_end(&f, g, clients, 8);
+	atomic_store(handed(f, 0), 4);
+	atomic_store(&worker_mem(f, 0)->accepted, 4);
+	listener_spawn(f, NULL);
+	burst_read(f, 8);
+	assert_int_equal(f->got[0].conns, 2);
+	assert_int_equal(f->got[1].conns, 6);
+	assert_int_equal(atomic_load(handed(f, 0)), 6);
+	assert_int_equal(atomic_load(handed(f, 1)), 6);
 }
 
 static void listener_refuses_beyond_max_connections_within_a_batch(void **state)
 {
-	struct fx f;
-	struct got g[NWORKERS];
-	int clients[10];
+	struct fx *f = *state;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.max_connections = 7;
-	listener_spawn(&f, NULL);
-	burst_read(&f, clients, 10, g);
-	assert_int_equal(g[0].conns + g[1].conns, 7);
-	assert_int_equal(atomic_load(handed(&f, 0)) +
-			 atomic_load(handed(&f, 1)), 7);
-	assert_int_equal(atomic_load(&f.lis.listener->connects), 7);
-	/* The three others were closed by the listener. */
-	assert_int_equal(refused_clients(clients, 10), 3);
-	burst_end(&f, g, clients, 10);
+	f->cfg.max_connections = 7;
+	listener_spawn(f, NULL);
+	burst_taking(f, 10, 7);
 }
 
 static void listener_sends_elsewhere_when_a_channel_is_full(void **state)
 {
-	struct fx f;
-	struct got g[NWORKERS];
-	int clients[6], queued = 0;
+	struct fx *f = *state;
+	int queued = 0;
 	struct ipc_hdr hdr;
 	int fd;
 
-	listener_fx(&f, AF_INET);
 	/* Within the slack all six would stay on the first worker chosen: not on a refused channel. */
-	f.cfg.placement_slack = 8;
-	listener_spawn(&f, NULL);
+	f->cfg.placement_slack = 8;
+	listener_spawn(f, NULL);
 	/* Worker 0's channel full to the brim (as a dead worker's would be). */
-	while (ipc_send(f.env.chan_listener[0], IPC_PING, 0, NULL, 0, -1) == 0)
+	while (ipc_send(f->env.chan_listener[0], IPC_PING, 0, NULL, 0, -1) == 0)
 		queued++;
 	assert_int_equal(errno, EAGAIN);
-	burst(&f, clients, 6);
-	read_channel(&f, 1, &g[1], 500);
-	assert_int_equal(g[1].conns, 6);
-	assert_int_equal(atomic_load(handed(&f, 1)), 6);
-	assert_int_equal(atomic_load(handed(&f, 0)), 0);
+	burst(f, 6);
+	read_channel(f, 1, &f->got[1], 500);
+	assert_int_equal(f->got[1].conns, 6);
+	assert_int_equal(atomic_load(handed(f, 1)), 6);
+	assert_int_equal(atomic_load(handed(f, 0)), 0);
 	/* Worker 0 got nothing but what filled its channel. */
 	for (int i = 0; i < queued; i++) {
-		assert_int_equal(ipc_recv(f.env.chan_worker[0], &hdr, NULL, 0, &fd), 0);
+		assert_int_equal(ipc_recv(f->env.chan_worker[0], &hdr, NULL, 0, &fd), 0);
 		assert_int_equal(hdr.type, IPC_PING);
 	}
-	assert_int_equal(ipc_recv(f.env.chan_worker[0], &hdr, NULL, 0, &fd), -1);
+	assert_int_equal(ipc_recv(f->env.chan_worker[0], &hdr, NULL, 0, &fd), -1);
 	assert_int_equal(errno, EAGAIN);
-	got_close(&g[1]);
-	close_all(clients, 6);
-	fx_stop(&f);
 }
 
 static void listener_names_ipv6_clients_in_brackets(void **state)
 {
-	struct fx f;
-	struct got g[NWORKERS];
-	int clients[2];
+	struct fx *f = *state;
 	char want[64];
 
-	listener_fx(&f, AF_INET6);
-	if (f.env.listen_fds[0] < 0) {
-		f.env.n_listen_fds = 0;
-		fx_free(&f);
-		skip();
-	}
-	listener_spawn(&f, NULL);
-	burst_read(&f, clients, 2, g);
-	assert_int_equal(g[0].conns, 1);
-	assert_int_equal(g[1].conns, 1);
+	if (f->env.listen_fds[0] < 0)
+		skip();                /* no IPv6 here */
+	listener_spawn(f, NULL);
+	burst_read(f, 2);
+	assert_int_equal(f->got[0].conns, 1);
+	assert_int_equal(f->got[1].conns, 1);
 	for (int i = 0; i < 2; i++) {
-		expected_remote(clients[i], want, sizeof(want));
+		expected_remote(f->clients[i], want, sizeof(want));
 		assert_true(strncmp(want, "[::1]:", 6) == 0);
-		assert_true(strcmp(g[0].remote[0], want) == 0 || strcmp(g[1].remote[0], want) == 0);
+		assert_true(strcmp(f->got[0].remote[0], want) == 0 ||
+			    strcmp(f->got[1].remote[0], want) == 0);
 	}
-	burst_end(&f, g, clients, 2);
 }
 
 /*
@@ -598,7 +624,7 @@ static void expect_handed(struct fx *f, unsigned w, uint64_t want)
  * to. No worker runs to release it: it counts in that worker's load from
  * then on.
  */
-static unsigned next_worker(struct fx *f, int *client)
+static unsigned next_worker(struct fx *f)
 {
 	struct pollfd pfd[NWORKERS];
 	struct ipc_client info[IPC_MAX_FDS];
@@ -606,7 +632,7 @@ static unsigned next_worker(struct fx *f, int *client)
 	int fds[IPC_MAX_FDS];
 	unsigned nfds;
 
-	connect_clients(f->env.listen_fds[0], client, 1);
+	connect_clients(f, 1);
 	for (;;) {
 		for (unsigned w = 0; w < NWORKERS; w++)
 			pfd[w] = (struct pollfd){ .fd = f->env.chan_worker[w], .events = POLLIN };
@@ -628,40 +654,34 @@ static unsigned next_worker(struct fx *f, int *client)
 
 static void listener_with_slack_0_alternates_one_connection_after_another(void **state)
 {
-	struct fx f;
-	int clients[6];
+	struct fx *f = *state;
 	unsigned prev = NWORKERS;
 
-	listener_fx(&f, AF_INET);
-	listener_spawn(&f, NULL);
+	listener_spawn(f, NULL);
 	for (int i = 0; i < 6; i++) {
-		unsigned w = next_worker(&f, &clients[i]);
+		unsigned w = next_worker(f);
 
 		assert_int_not_equal(w, prev);
 		prev = w;
 	}
 	for (unsigned w = 0; w < NWORKERS; w++)
-		expect_handed(&f, w, 3);
-	close_all(clients, 6);
-	fx_stop(&f);
+		expect_handed(f, w, 3);
 }
 
 static void listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded(void **state)
 {
+	struct fx *f = *state;
 	/*
 	 * Slack 3 over two idle workers: the first worker takes 3 (3 above the
 	 * other), then the other until it holds 3 above (3 and 6), then back.
 	 */
 	static const bool on_first[] = { 1, 1, 1, 0, 0, 0, 0, 0, 0, 1 };
-	struct fx f;
-	int clients[ARRAY_SIZE(on_first)];
 	unsigned first = NWORKERS;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.placement_slack = 3;
-	listener_spawn(&f, NULL);
+	f->cfg.placement_slack = 3;
+	listener_spawn(f, NULL);
 	for (unsigned i = 0; i < ARRAY_SIZE(on_first); i++) {
-		unsigned w = next_worker(&f, &clients[i]);
+		unsigned w = next_worker(f);
 
 		if (i == 0)
 			first = w;
@@ -669,75 +689,62 @@ static void listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded
 			fail_msg("connection %u went to worker %u, the first one went to %u", i, w,
 				 first);
 	}
-	expect_handed(&f, first, 4);
-	expect_handed(&f, 1 - first, 6);
-	close_all(clients, (int)ARRAY_SIZE(on_first));
-	fx_stop(&f);
+	expect_handed(f, first, 4);
+	expect_handed(f, 1 - first, 6);
 }
 
 static void listener_leaves_a_dead_or_full_worker_within_the_slack(void **state)
 {
-	struct fx f;
-	int clients[6];
+	struct fx *f = *state;
 	unsigned a, b;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.placement_slack = 8;
-	listener_spawn(&f, NULL);
-	a = next_worker(&f, &clients[0]);
+	f->cfg.placement_slack = 8;
+	listener_spawn(f, NULL);
+	a = next_worker(f);
 	b = 1 - a;
-	assert_int_equal(next_worker(&f, &clients[1]), a);
+	assert_int_equal(next_worker(f), a);
 	/* Dead: its channel would only queue, the other worker serves at once. */
-	atomic_store(&sup_worker(&f, a)->up, 0);
-	assert_int_equal(next_worker(&f, &clients[2]), b);
-	assert_int_equal(next_worker(&f, &clients[3]), b);
+	atomic_store(&sup_worker(f, a)->up, 0);
+	assert_int_equal(next_worker(f), b);
+	assert_int_equal(next_worker(f), b);
 	/* At its open-file limit (2 held): the fd would be dropped in transit. */
-	atomic_store(&sup_worker(&f, a)->up, 1);
-	atomic_store(&sup_worker(&f, b)->capacity, 2);
-	assert_int_equal(next_worker(&f, &clients[4]), a);
+	atomic_store(&sup_worker(f, a)->up, 1);
+	atomic_store(&sup_worker(f, b)->capacity, 2);
+	assert_int_equal(next_worker(f), a);
 	/* Worker a stays, within the slack, once b has room again. */
-	atomic_store(&sup_worker(&f, b)->capacity, 1000);
-	assert_int_equal(next_worker(&f, &clients[5]), a);
-	close_all(clients, 6);
-	fx_stop(&f);
+	atomic_store(&sup_worker(f, b)->capacity, 1000);
+	assert_int_equal(next_worker(f), a);
 }
 
 static void listener_keeps_the_slack_within_a_batch(void **state)
 {
-	struct fx f;
-	struct got g[NWORKERS];
-	int clients[10];
+	struct fx *f = *state;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.placement_slack = 3;
-	listener_spawn(&f, NULL);
-	burst_read(&f, clients, 10, g);
+	f->cfg.placement_slack = 3;
+	listener_spawn(f, NULL);
+	burst_read(f, 10);
 	/* As one after another: 3 and 0, then 3 and 6, then 4 and 6; one message each. */
 	for (unsigned w = 0; w < NWORKERS; w++)
-		assert_int_equal(g[w].msgs, 1);
-	assert_int_equal(g[0].conns + g[1].conns, 10);
-	assert_true((g[0].conns == 4 && g[1].conns == 6) || (g[0].conns == 6 && g[1].conns == 4));
-	burst_end(&f, g, clients, 10);
+		assert_int_equal(f->got[w].msgs, 1);
+	assert_int_equal(f->got[0].conns + f->got[1].conns, 10);
+	assert_true((f->got[0].conns == 4 && f->got[1].conns == 6) ||
+		    (f->got[0].conns == 6 && f->got[1].conns == 4));
 }
 
 static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state)
 {
-	struct fx f;
-	int clients[4];
+	struct fx *f = *state;
 	unsigned w;
 
-	listener_fx(&f, AF_INET);
-	listener_spawn(&f, NULL);
-	w = next_worker(&f, &clients[0]);
-	assert_int_equal(next_worker(&f, &clients[1]), 1 - w);
+	listener_spawn(f, NULL);
+	w = next_worker(f);
+	assert_int_equal(next_worker(f), 1 - w);
 	/* What the supervisor sends on a reload; the PONG says it was read. */
-	f.cfg.placement_slack = 8;
-	assert_int_equal(ipc_send(f.ctl, IPC_CONFIG, 0, &f.cfg, sizeof(f.cfg), -1), 0);
-	expect_pong(&f);
-	assert_int_equal(next_worker(&f, &clients[2]), 1 - w);
-	assert_int_equal(next_worker(&f, &clients[3]), 1 - w);
-	close_all(clients, 4);
-	fx_stop(&f);
+	f->cfg.placement_slack = 8;
+	assert_int_equal(ipc_send(f->ctl, IPC_CONFIG, 0, &f->cfg, sizeof(f->cfg), -1), 0);
+	expect_pong(f);
+	assert_int_equal(next_worker(f), 1 - w);
+	assert_int_equal(next_worker(f), 1 - w);
 }
 
 /*
@@ -746,24 +753,20 @@ static void listener_takes_a_reloaded_slack_for_the_next_connection(void **state
  */
 static void listener_passes_over_a_worker_not_yet_serving_its_epoch(void **state)
 {
-	struct fx f;
-	int clients[4];
+	struct fx *f = *state;
 	unsigned a, b;
 
-	listener_fx(&f, AF_INET);
-	listener_spawn(&f, NULL);
-	a = next_worker(&f, &clients[0]);
+	listener_spawn(f, NULL);
+	a = next_worker(f);
 	b = 1 - a;
 	/* b holds nothing, but its new process has not started serving. */
-	atomic_store(&sup_worker(&f, b)->epoch, 2);
-	assert_int_equal(next_worker(&f, &clients[1]), a);
-	assert_int_equal(next_worker(&f, &clients[2]), a);
-	atomic_store(&sup_worker(&f, b)->ready_epoch, 2);
-	assert_int_equal(next_worker(&f, &clients[3]), b);
-	expect_handed(&f, a, 3);
-	expect_handed(&f, b, 1);
-	close_all(clients, 4);
-	fx_stop(&f);
+	atomic_store(&sup_worker(f, b)->epoch, 2);
+	assert_int_equal(next_worker(f), a);
+	assert_int_equal(next_worker(f), a);
+	atomic_store(&sup_worker(f, b)->ready_epoch, 2);
+	assert_int_equal(next_worker(f), b);
+	expect_handed(f, a, 3);
+	expect_handed(f, b, 1);
 }
 
 /*
@@ -773,20 +776,17 @@ static void listener_passes_over_a_worker_not_yet_serving_its_epoch(void **state
  */
 static void listener_takes_a_lying_workers_release_count_as_no_load(void **state)
 {
-	struct fx f;
-	int clients[4], on_liar = 0;
+	struct fx *f = *state;
+	int on_liar = 0;
 
-	listener_fx(&f, AF_INET);
-	atomic_store(&worker_mem(&f, 0)->released, 1000);
-	listener_spawn(&f, NULL);
+	atomic_store(&worker_mem(f, 0)->released, 1000);
+	listener_spawn(f, NULL);
 	for (int i = 0; i < 4; i++)
-		on_liar += next_worker(&f, &clients[i]) == 0;
+		on_liar += next_worker(f) == 0;
 	/* Worker 1 takes at most the first, on a tie; worker 0 then always looks emptier. */
 	assert_true(on_liar >= 3);
-	expect_handed(&f, 0, (uint64_t)on_liar);
-	expect_handed(&f, 1, (uint64_t)(4 - on_liar));
-	close_all(clients, 4);
-	fx_stop(&f);
+	expect_handed(f, 0, (uint64_t)on_liar);
+	expect_handed(f, 1, (uint64_t)(4 - on_liar));
 }
 
 /* ---- the worker ---------------------------------------------------------- */
@@ -841,6 +841,7 @@ static bool peer_gone(int fd, int wait_ms)
 	return poll(&pfd, 1, wait_ms) == 1 && recv(fd, &c, 1, MSG_DONTWAIT) == 0;
 }
 
+/* A batch to worker 0 of nfds fds that names ninfo connections (10.0.0.1:1000, 10.0.0.2:1001...). */
 static void send_batch(struct fx *f, const int *fds, unsigned nfds, unsigned ninfo)
 {
 	struct ipc_client info[IPC_MAX_FDS];
@@ -852,97 +853,99 @@ static void send_batch(struct fx *f, const int *fds, unsigned nfds, unsigned nin
 				      ninfo * sizeof(info[0]), fds, nfds), 0);
 }
 
+/* A connection: the client's end in sp[0], the broker's in sp[1]. */
+static void client_pair(int sp[2])
+{
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
+}
+
+/*
+ * n new connections handed to worker 0 in one batch that names ninfo of
+ * them (see send_batch); the broker's ends closed here, the clients' ends
+ * in clients.
+ */
+static void hand_batch(struct fx *f, int *clients, unsigned n, unsigned ninfo)
+{
+	int fds[IPC_MAX_FDS];
+
+	for (unsigned i = 0; i < n; i++) {
+		int sp[2];
+
+		client_pair(sp);
+		clients[i] = sp[0];
+		fds[i] = sp[1];
+	}
+	send_batch(f, fds, n, ninfo);
+	close_all(fds, (int)n);
+}
+
 static void worker_takes_a_batch_and_closes_the_fd_it_cannot_take(void **state)
 {
-	struct fx f;
+	struct fx *f = *state;
 	char path[] = "/tmp/iotd-test-handover-XXXXXX";
 	int a[2], b[2], file, fds[3];
 
-	fx_init(&f);
-	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
+	fx_spawn(f, worker_main, ROLE_WORKER, 0);
+	client_pair(a);
+	client_pair(b);
 	/* epoll refuses a regular file: the middle one of the batch cannot be taken. */
 	file = mkstemp(path);
 	assert_true(file >= 0);
 	fds[0] = a[1];
 	fds[1] = file;
 	fds[2] = b[1];
-	send_batch(&f, fds, 3, 3);
+	send_batch(f, fds, 3, 3);
 	close(a[1]);
 	close(file);
 	close(b[1]);
-	wait_counts(&f, 3, 1);
-	assert_false(holds_path(f.pid, path));
+	wait_counts(f, 3, 1);
+	assert_false(holds_path(f->pid, path));
 	/* The two others are held and served. */
 	assert_false(peer_gone(a[0], 100));
 	assert_false(peer_gone(b[0], 0));
 	close(a[0]);
 	close(b[0]);
 	/* Their clients leaving releases them. */
-	wait_counts(&f, 3, 3);
+	wait_counts(f, 3, 3);
 	unlink(path);
-	fx_stop(&f);
 }
 
 static void worker_closes_a_malformed_batch_and_counts_it(void **state)
 {
-	struct fx f;
-	int a[2], b[2], fds[2];
+	struct fx *f = *state;
+	int clients[2], client;
 
-	fx_init(&f);
-	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
+	fx_spawn(f, worker_main, ROLE_WORKER, 0);
 	/* Three connections counted by the sender, two fds: none can be matched. */
-	fds[0] = a[1];
-	fds[1] = b[1];
-	send_batch(&f, fds, 2, 3);
-	close(a[1]);
-	close(b[1]);
-	wait_counts(&f, 3, 3);
-	assert_true(peer_gone(a[0], 2000));
-	assert_true(peer_gone(b[0], 2000));
+	hand_batch(f, clients, 2, 3);
+	wait_counts(f, 3, 3);
+	assert_true(peer_gone(clients[0], 2000));
+	assert_true(peer_gone(clients[1], 2000));
+	close_all(clients, 2);
 	/* A well-formed one after it is taken. */
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	send_batch(&f, &a[1], 1, 1);
-	close(a[1]);
-	wait_counts(&f, 4, 3);
-	assert_false(peer_gone(a[0], 100));
-	close(a[0]);
-	close(b[0]);
-	fx_stop(&f);
+	hand_batch(f, &client, 1, 1);
+	wait_counts(f, 4, 3);
+	assert_false(peer_gone(client, 100));
+	close(client);
 }
 
 static void worker_out_of_fds_closes_a_truncated_batch_and_counts_it(void **state)
 {
-	struct fx f;
-	int peers[IPC_MAX_FDS], fds[IPC_MAX_FDS], a[2];
+	struct fx *f = *state;
+	int clients[IPC_MAX_FDS], client;
 
-	fx_init(&f);
 	/* Room for its own fds and a few more: a full batch cannot arrive whole (MSG_CTRUNC). */
-	fx_spawn(&f, worker_main, ROLE_WORKER, 10);
-	for (int i = 0; i < IPC_MAX_FDS; i++) {
-		int sp[2];
-
-		assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp), 0);
-		peers[i] = sp[0];
-		fds[i] = sp[1];
-	}
-	send_batch(&f, fds, IPC_MAX_FDS, IPC_MAX_FDS);
-	close_all(fds, IPC_MAX_FDS);
-	wait_counts(&f, IPC_MAX_FDS, IPC_MAX_FDS);
+	fx_spawn(f, worker_main, ROLE_WORKER, 10);
+	hand_batch(f, clients, IPC_MAX_FDS, IPC_MAX_FDS);
+	wait_counts(f, IPC_MAX_FDS, IPC_MAX_FDS);
 	for (int i = 0; i < IPC_MAX_FDS; i++)
-		assert_true(peer_gone(peers[i], 2000));
-	close_all(peers, IPC_MAX_FDS);
+		assert_true(peer_gone(clients[i], 2000));
+	close_all(clients, IPC_MAX_FDS);
 	/* Nothing leaked: a connection is still taken. */
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	send_batch(&f, &a[1], 1, 1);
-	close(a[1]);
-	wait_counts(&f, IPC_MAX_FDS + 1, IPC_MAX_FDS);
-	assert_false(peer_gone(a[0], 100));
-	close(a[0]);
-	fx_stop(&f);
+	hand_batch(f, &client, 1, 1);
+	wait_counts(f, IPC_MAX_FDS + 1, IPC_MAX_FDS);
+	assert_false(peer_gone(client, 100));
+	close(client);
 }
 
 /*
@@ -952,24 +955,20 @@ static void worker_out_of_fds_closes_a_truncated_batch_and_counts_it(void **stat
  */
 static void worker_starts_its_counts_from_zero(void **state)
 {
-	struct fx f;
-	int a[2];
+	struct fx *f = *state;
+	int client;
 
-	fx_init(&f);
-	atomic_store(&worker_mem(&f, 0)->accepted, UINT64_MAX - 5);
-	atomic_store(&worker_mem(&f, 0)->released, 3);
-	atomic_store(&sup_worker(&f, 0)->epoch, 2);
-	f.env.epoch = 2;
-	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
-	assert_int_equal(atomic_load(&worker_mem(&f, 0)->accepted), 0);
-	assert_int_equal(atomic_load(&worker_mem(&f, 0)->released), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	send_batch(&f, &a[1], 1, 1);
-	close(a[1]);
-	wait_counts(&f, 1, 0);
-	close(a[0]);
-	wait_counts(&f, 1, 1);
-	fx_stop(&f);
+	atomic_store(&worker_mem(f, 0)->accepted, UINT64_MAX - 5);
+	atomic_store(&worker_mem(f, 0)->released, 3);
+	atomic_store(&sup_worker(f, 0)->epoch, 2);
+	f->env.epoch = 2;
+	fx_spawn(f, worker_main, ROLE_WORKER, 0);
+	assert_int_equal(atomic_load(&worker_mem(f, 0)->accepted), 0);
+	assert_int_equal(atomic_load(&worker_mem(f, 0)->released), 0);
+	hand_batch(f, &client, 1, 1);
+	wait_counts(f, 1, 0);
+	close(client);
+	wait_counts(f, 1, 1);
 }
 
 
@@ -979,9 +978,10 @@ static void worker_starts_its_counts_from_zero(void **state)
  * Connect one client: the worker it is handed to, or -1 when the listener
  * closes it. A sync request on the way is skipped; *sync gets its token.
  */
-static int try_connect(struct fx *f, int *client, uint64_t *sync)
+static int try_connect(struct fx *f, uint64_t *sync)
 {
-	connect_clients(f->env.listen_fds[0], client, 1);
+	int client = f->clients[connect_clients(f, 1)];
+
 	for (;;) {
 		struct pollfd pfd[NWORKERS + 1];
 		struct ipc_client info[IPC_MAX_FDS];
@@ -992,7 +992,7 @@ static int try_connect(struct fx *f, int *client, uint64_t *sync)
 
 		for (unsigned w = 0; w < NWORKERS; w++)
 			pfd[w] = (struct pollfd){ .fd = f->env.chan_worker[w], .events = POLLIN };
-		pfd[NWORKERS] = (struct pollfd){ .fd = *client, .events = POLLIN };
+		pfd[NWORKERS] = (struct pollfd){ .fd = client, .events = POLLIN };
 		assert_true(poll(pfd, NWORKERS + 1, 5000) > 0);
 		for (unsigned w = 0; w < NWORKERS; w++) {
 			ssize_t n;
@@ -1012,20 +1012,20 @@ static int try_connect(struct fx *f, int *client, uint64_t *sync)
 			close(fds[0]);
 			return (int)w;
 		}
-		if (pfd[NWORKERS].revents && recv(*client, &c, 1, MSG_DONTWAIT) <= 0)
+		if (pfd[NWORKERS].revents && recv(client, &c, 1, MSG_DONTWAIT) <= 0)
 			return -1;
 	}
 }
 
 /* Connect until one is handed over (the listener may not have read a report yet). */
-static int connect_until_taken(struct fx *f, int *client)
+static int connect_until_taken(struct fx *f)
 {
 	for (int tries = 0; tries < 200; tries++) {
-		int w = try_connect(f, client, NULL);
+		int w = try_connect(f, NULL);
 
 		if (w >= 0)
 			return w;
-		close(*client);
+		close(f->clients[--f->nclients]);    /* refused: not kept */
 		poll(NULL, 0, 10);
 	}
 	fail_msg("no connection taken within 2 s");
@@ -1087,18 +1087,17 @@ static long rss_kb(pid_t pid)
 
 static void listener_refuses_past_max_connections_per_address_until_one_is_gone(void **state)
 {
-	struct fx f;
+	struct fx *f = *state;
 	uint64_t tok[NWORKERS];
-	int clients[7], w0;
+	int w0;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.max_connections_per_address = 3;
-	listener_spawn(&f, tok);
-	w0 = try_connect(&f, &clients[0], NULL);
+	f->cfg.max_connections_per_address = 3;
+	listener_spawn(f, tok);
+	w0 = try_connect(f, NULL);
 	assert_true(w0 >= 0);
-	assert_true(try_connect(&f, &clients[1], NULL) >= 0);
-	assert_true(try_connect(&f, &clients[2], NULL) >= 0);
-	assert_int_equal(try_connect(&f, &clients[3], NULL), -1);
+	assert_true(try_connect(f, NULL) >= 0);
+	assert_true(try_connect(f, NULL) >= 0);
+	assert_int_equal(try_connect(f, NULL), -1);
 	/*
 	 * The worker of the first answers the listener's request (it held
 	 * nothing then) and reports that one gone. What comes before its
@@ -1116,97 +1115,84 @@ static void listener_refuses_past_max_connections_per_address_until_one_is_gone(
 			report(IPC_ADDR_GONE, 0, "10.1.1.1:4"),      /* unknown: ignored */
 		};
 
-		send_reports(&f, (unsigned)w0, e, ARRAY_SIZE(e));
-		wait_reports_read(&f, (unsigned)w0);
+		send_reports(f, (unsigned)w0, e, ARRAY_SIZE(e));
+		wait_reports_read(f, (unsigned)w0);
 	}
-	connect_until_taken(&f, &clients[4]);
-	assert_int_equal(try_connect(&f, &clients[5], NULL), -1);
+	connect_until_taken(f);
+	assert_int_equal(try_connect(f, NULL), -1);
 	/* Another address is not concerned. */
-	close_all(clients, 6);
-	fx_stop(&f);
 }
 
 static void listener_refuses_past_max_connect_rate_per_address(void **state)
 {
-	struct fx f;
-	struct got g[NWORKERS];
-	int clients[8];
+	struct fx *f = *state;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.max_connect_rate_per_address = 3;
-	listener_spawn(&f, NULL);
+	f->cfg.max_connect_rate_per_address = 3;
+	listener_spawn(f, NULL);
 	/* Eight at once: the bucket holds three. */
-	burst_read(&f, clients, 8, g);
-	assert_int_equal(g[0].conns + g[1].conns, 3);
-	assert_int_equal(atomic_load(&f.lis.listener->connects), 3);
-	assert_int_equal(refused_clients(clients, 8), 5);
+	burst_taking(f, 8, 3);
 	/* A third of a second later, one more. */
 	poll(NULL, 0, 400);
-	assert_true(try_connect(&f, &clients[0], NULL) >= 0);
-	burst_end(&f, g, clients, 8);
+	assert_true(try_connect(f, NULL) >= 0);
 }
 
 static void listener_forgets_the_connections_of_a_restarted_worker(void **state)
 {
-	struct fx f;
+	struct fx *f = *state;
 	uint64_t tok[NWORKERS], again = 0;
-	int clients[3], w;
+	int w;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.max_connections_per_address = 1;
-	listener_spawn(&f, tok);
-	w = try_connect(&f, &clients[0], NULL);
+	f->cfg.max_connections_per_address = 1;
+	listener_spawn(f, tok);
+	w = try_connect(f, NULL);
 	assert_true(w >= 0);
-	assert_int_equal(try_connect(&f, &clients[1], NULL), -1);
+	assert_int_equal(try_connect(f, NULL), -1);
 	/* Its answer: the batch that refused it is over (epochs are read once a batch). */
-	expect_pong(&f);
+	expect_pong(f);
 	/* Restarted: its connections died with it, and the listener asks the new one afresh. */
-	atomic_fetch_add(&sup_worker(&f, (unsigned)w)->epoch, 1);
-	atomic_fetch_add(&sup_worker(&f, (unsigned)w)->ready_epoch, 1);
-	assert_true(try_connect(&f, &clients[2], &again) >= 0);
+	atomic_fetch_add(&sup_worker(f, (unsigned)w)->epoch, 1);
+	atomic_fetch_add(&sup_worker(f, (unsigned)w)->ready_epoch, 1);
+	assert_true(try_connect(f, &again) >= 0);
 	if (again == 0)
-		again = expect_sync(&f, (unsigned)w);
+		again = expect_sync(f, (unsigned)w);
 	assert_true(again != tok[w]);
-	close_all(clients, 3);
-	fx_stop(&f);
 }
 
 static void listener_takes_nothing_harmful_from_a_worker(void **state)
 {
-	struct fx f;
+	struct fx *f = *state;
 	uint64_t tok[NWORKERS], again;
 	char path[] = "/tmp/iotd-test-reports-XXXXXX", junk[100];
 	struct ipc_addr_entry held[IPC_ADDR_ENTRIES_MAX];
-	int clients[4], file;
+	int file;
 	long rss;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.max_connections = 50;
-	f.cfg.max_connections_per_address = 2;
-	listener_spawn(&f, tok);
+	f->cfg.max_connections = 50;
+	f->cfg.max_connections_per_address = 2;
+	listener_spawn(f, tok);
 	/* Not a report, a torn one, one carrying an fd, an empty one: ignored, the fd closed. */
 	file = mkstemp(path);
 	assert_true(file >= 0);
 	memset(junk, 0xa5, sizeof(junk));
-	assert_int_equal(ipc_send(f.env.chan_worker[0], IPC_PING, 0, NULL, 0, -1), 0);
-	assert_int_equal(ipc_send(f.env.chan_worker[0], IPC_ADDR_REPORT, 0, junk, 33, -1), 0);
-	assert_int_equal(ipc_send(f.env.chan_worker[0], IPC_ADDR_REPORT, 0, junk, 96, file), 0);
-	assert_int_equal(ipc_send(f.env.chan_worker[0], IPC_ADDR_REPORT, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(f->env.chan_worker[0], IPC_PING, 0, NULL, 0, -1), 0);
+	assert_int_equal(ipc_send(f->env.chan_worker[0], IPC_ADDR_REPORT, 0, junk, 33, -1), 0);
+	assert_int_equal(ipc_send(f->env.chan_worker[0], IPC_ADDR_REPORT, 0, junk, 96, file), 0);
+	assert_int_equal(ipc_send(f->env.chan_worker[0], IPC_ADDR_REPORT, 0, NULL, 0, -1), 0);
 	close(file);
 	/* In step, with one connection held from 127.0.0.1: one more from it, not two. */
 	held[0] = report(IPC_ADDR_RESET, tok[0], NULL);
 	held[1] = report(IPC_ADDR_HELD, 0, "127.0.0.1:1");
-	send_reports(&f, 0, held, 2);
-	wait_reports_read(&f, 0);
-	connect_until_taken(&f, &clients[0]);
-	assert_int_equal(try_connect(&f, &clients[1], NULL), -1);
-	for (uint64_t deadline = mono_ms() + 2000; holds_path(f.pid, path);)
+	send_reports(f, 0, held, 2);
+	wait_reports_read(f, 0);
+	connect_until_taken(f);
+	assert_int_equal(try_connect(f, NULL), -1);
+	for (uint64_t deadline = mono_ms() + 2000; holds_path(f->pid, path);)
 		assert_true(mono_ms() < deadline);
 	/*
 	 * 51,200 addresses claimed held: the counts keep max_connections and a
 	 * batch (114) of them. Unbounded they would take a few MB.
 	 */
-	rss = rss_kb(f.pid);
+	rss = rss_kb(f->pid);
 	for (uint32_t m = 0; m < 400; m++) {
 		for (uint32_t i = 0; i < ARRAY_SIZE(held); i++) {
 			char remote[64];
@@ -1214,21 +1200,19 @@ static void listener_takes_nothing_harmful_from_a_worker(void **state)
 			snprintf(remote, sizeof(remote), "10.%u.%u.%u:1", m / 256, m % 256, i);
 			held[i] = report(IPC_ADDR_HELD, 0, remote);
 		}
-		send_reports(&f, 0, held, ARRAY_SIZE(held));
+		send_reports(f, 0, held, ARRAY_SIZE(held));
 	}
-	wait_reports_read(&f, 0);
-	assert_true(rss_kb(f.pid) - rss < 512);
+	wait_reports_read(f, 0);
+	assert_true(rss_kb(f->pid) - rss < 512);
 	/* Lost track: the listener asks again and forgets what worker 0 held. */
 	held[0] = report(IPC_ADDR_LOST, 0, NULL);
-	send_reports(&f, 0, held, 1);
-	again = expect_sync(&f, 0);
+	send_reports(f, 0, held, 1);
+	again = expect_sync(f, 0);
 	assert_true(again != tok[0]);
-	connect_until_taken(&f, &clients[2]);
+	connect_until_taken(f);
 	/* Still answering its supervisor. */
-	expect_pong(&f);
+	expect_pong(f);
 	unlink(path);
-	close_all(clients, 3);
-	fx_stop(&f);
 }
 
 /* Read worker 0's reports until n entries came (within 5 s). */
@@ -1263,43 +1247,33 @@ static bool entry_is(const struct ipc_addr_entry *e, uint32_t op, const char *re
 
 static void worker_answers_a_sync_with_what_it_holds_then_reports_each_close(void **state)
 {
-	struct fx f;
+	struct fx *f = *state;
 	struct ipc_addr_entry e[3];
 	uint64_t token = 0x1234567887654321ull;
-	int a[2], b[2], c[2], fds[2];
+	int clients[2], late;
 
-	fx_init(&f);
-	fx_spawn(&f, worker_main, ROLE_WORKER, 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, a), 0);
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, b), 0);
-	fds[0] = a[1];
-	fds[1] = b[1];
-	send_batch(&f, fds, 2, 2);              /* 10.0.0.1:1000 and 10.0.0.2:1001 */
-	close(a[1]);
-	close(b[1]);
-	wait_counts(&f, 2, 0);
+	fx_spawn(f, worker_main, ROLE_WORKER, 0);
+	hand_batch(f, clients, 2, 2);          /* 10.0.0.1:1000 and 10.0.0.2:1001 */
+	wait_counts(f, 2, 0);
 	/* One leaves before the request: reported, then left out of the answer. */
-	close(a[0]);
-	read_worker_reports(&f, e, 1);
+	close(clients[0]);
+	read_worker_reports(f, e, 1);
 	assert_true(entry_is(&e[0], IPC_ADDR_GONE, "10.0.0.1:1"));
-	assert_int_equal(ipc_send(f.env.chan_listener[0], IPC_ADDR_SYNC, 0, &token, sizeof(token),
+	assert_int_equal(ipc_send(f->env.chan_listener[0], IPC_ADDR_SYNC, 0, &token, sizeof(token),
 				  -1), 0);
-	read_worker_reports(&f, e, 2);
+	read_worker_reports(f, e, 2);
 	assert_int_equal(e[0].op, IPC_ADDR_RESET);
 	assert_true(e[0].token == token);
 	assert_true(entry_is(&e[1], IPC_ADDR_HELD, "10.0.0.2:1"));
 	/* A connection taken after the request, then both leaving. */
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, c), 0);
-	send_batch(&f, &c[1], 1, 1);            /* 10.0.0.1:1000 again */
-	close(c[1]);
-	wait_counts(&f, 3, 1);
-	close(b[0]);
-	wait_counts(&f, 3, 2);
-	close(c[0]);
-	read_worker_reports(&f, e, 2);
+	hand_batch(f, &late, 1, 1);            /* 10.0.0.1:1000 again */
+	wait_counts(f, 3, 1);
+	close(clients[1]);
+	wait_counts(f, 3, 2);
+	close(late);
+	read_worker_reports(f, e, 2);
 	assert_true(entry_is(&e[0], IPC_ADDR_GONE, "10.0.0.2:1"));
 	assert_true(entry_is(&e[1], IPC_ADDR_GONE, "10.0.0.1:1"));
-	fx_stop(&f);
 }
 
 /*
@@ -1309,52 +1283,52 @@ static void worker_answers_a_sync_with_what_it_holds_then_reports_each_close(voi
  */
 static void listener_counts_a_successor_from_its_own_epoch(void **state)
 {
-	struct fx f;
-	int clients[4];
+	struct fx *f = *state;
 
-	listener_fx(&f, AF_INET);
-	f.cfg.max_connections = 3;
-	f.cfg.placement_slack = 0;
+	f->cfg.max_connections = 3;
+	f->cfg.placement_slack = 0;
 	/* What the dead process left; its successor (epoch 2, READY) counts from 0. */
-	atomic_store(&sup_worker(&f, 0)->epoch, 2);
-	atomic_store(&sup_worker(&f, 0)->ready_epoch, 2);
-	atomic_store(&worker_mem(&f, 0)->accepted, 0);
-	atomic_store(&worker_mem(&f, 0)->released, 0);
-	atomic_store(handed(&f, 0), 1000);
-	listener_spawn(&f, NULL);
+	atomic_store(&sup_worker(f, 0)->epoch, 2);
+	atomic_store(&sup_worker(f, 0)->ready_epoch, 2);
+	atomic_store(&worker_mem(f, 0)->accepted, 0);
+	atomic_store(&worker_mem(f, 0)->released, 0);
+	atomic_store(handed(f, 0), 1000);
+	listener_spawn(f, NULL);
 	/* Three fit (none of them released, as no worker runs), the fourth does not. */
 	for (int i = 0; i < 3; i++)
-		assert_true(try_connect(&f, &clients[i], NULL) >= 0);
-	assert_int_equal(try_connect(&f, &clients[3], NULL), -1);
-	close_all(clients, 4);
-	fx_stop(&f);
+		assert_true(try_connect(f, NULL) >= 0);
+	assert_int_equal(try_connect(f, NULL), -1);
 }
+
+#define LISTENER_TEST(t) cmocka_unit_test_setup_teardown(t, listener_setup, fx_teardown)
+#define WORKER_TEST(t) cmocka_unit_test_setup_teardown(t, fx_setup, fx_teardown)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(listener_sends_one_message_per_worker_balanced),
-		cmocka_unit_test(listener_balances_on_load_with_the_batch_counted),
-		cmocka_unit_test(listener_refuses_beyond_max_connections_within_a_batch),
-		cmocka_unit_test(listener_sends_elsewhere_when_a_channel_is_full),
-		cmocka_unit_test(listener_names_ipv6_clients_in_brackets),
-		cmocka_unit_test(listener_with_slack_0_alternates_one_connection_after_another),
-		cmocka_unit_test(listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded),
-		cmocka_unit_test(listener_leaves_a_dead_or_full_worker_within_the_slack),
-		cmocka_unit_test(listener_keeps_the_slack_within_a_batch),
-		cmocka_unit_test(listener_takes_a_reloaded_slack_for_the_next_connection),
-		cmocka_unit_test(listener_passes_over_a_worker_not_yet_serving_its_epoch),
-		cmocka_unit_test(listener_takes_a_lying_workers_release_count_as_no_load),
-		cmocka_unit_test(worker_takes_a_batch_and_closes_the_fd_it_cannot_take),
-		cmocka_unit_test(worker_closes_a_malformed_batch_and_counts_it),
-		cmocka_unit_test(worker_out_of_fds_closes_a_truncated_batch_and_counts_it),
-		cmocka_unit_test(worker_starts_its_counts_from_zero),
-		cmocka_unit_test(listener_counts_a_successor_from_its_own_epoch),
-		cmocka_unit_test(listener_refuses_past_max_connections_per_address_until_one_is_gone),
-		cmocka_unit_test(listener_refuses_past_max_connect_rate_per_address),
-		cmocka_unit_test(listener_forgets_the_connections_of_a_restarted_worker),
-		cmocka_unit_test(listener_takes_nothing_harmful_from_a_worker),
-		cmocka_unit_test(worker_answers_a_sync_with_what_it_holds_then_reports_each_close),
+		LISTENER_TEST(listener_sends_one_message_per_worker_balanced),
+		LISTENER_TEST(listener_balances_on_load_with_the_batch_counted),
+		LISTENER_TEST(listener_refuses_beyond_max_connections_within_a_batch),
+		LISTENER_TEST(listener_sends_elsewhere_when_a_channel_is_full),
+		cmocka_unit_test_setup_teardown(listener_names_ipv6_clients_in_brackets,
+						listener6_setup, fx_teardown),
+		LISTENER_TEST(listener_with_slack_0_alternates_one_connection_after_another),
+		LISTENER_TEST(listener_keeps_a_worker_within_the_slack_then_takes_the_least_loaded),
+		LISTENER_TEST(listener_leaves_a_dead_or_full_worker_within_the_slack),
+		LISTENER_TEST(listener_keeps_the_slack_within_a_batch),
+		LISTENER_TEST(listener_takes_a_reloaded_slack_for_the_next_connection),
+		LISTENER_TEST(listener_passes_over_a_worker_not_yet_serving_its_epoch),
+		LISTENER_TEST(listener_takes_a_lying_workers_release_count_as_no_load),
+		WORKER_TEST(worker_takes_a_batch_and_closes_the_fd_it_cannot_take),
+		WORKER_TEST(worker_closes_a_malformed_batch_and_counts_it),
+		WORKER_TEST(worker_out_of_fds_closes_a_truncated_batch_and_counts_it),
+		WORKER_TEST(worker_starts_its_counts_from_zero),
+		LISTENER_TEST(listener_counts_a_successor_from_its_own_epoch),
+		LISTENER_TEST(listener_refuses_past_max_connections_per_address_until_one_is_gone),
+		LISTENER_TEST(listener_refuses_past_max_connect_rate_per_address),
+		LISTENER_TEST(listener_forgets_the_connections_of_a_restarted_worker),
+		LISTENER_TEST(listener_takes_nothing_harmful_from_a_worker),
+		WORKER_TEST(worker_answers_a_sync_with_what_it_holds_then_reports_each_close),
 	};
 
 	log_init(getenv("DBG") ? LOG_LVL_DEBUG : LOG_LVL_ERROR, LOG_FMT_TEXT);

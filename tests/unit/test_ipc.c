@@ -21,8 +21,25 @@
 
 #include "ipc.h"
 
+#define SEEN_MAX 8
+
+/* What the handlers and the refusal hook were given. */
+struct seen {
+	unsigned n;                      /* handler calls */
+	uint32_t type[SEEN_MAX], len[SEEN_MAX], peer[SEEN_MAX];
+	char data[SEEN_MAX][32];
+	unsigned nfds[SEEN_MAX];
+	int fds[IPC_MAX_FDS];            /* the last call's */
+	unsigned stop_at;                /* the call that returns IPC_STOP; 0: none */
+	unsigned refused;
+	struct ipc_hdr refused_hdr;      /* the last one */
+};
+
+/* A test's socketpair; for the dispatcher's tests, a dispatcher on b too. */
 struct ends {
 	int a, b;
+	struct ipc_dispatcher d;
+	struct seen seen;
 };
 
 static int pair_setup(void **state)
@@ -32,6 +49,7 @@ static int pair_setup(void **state)
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -1;
+	memset(&e, 0, sizeof(e));
 	e.a = sv[0];
 	e.b = sv[1];
 	*state = &e;
@@ -66,28 +84,32 @@ static void expect_recv_error(struct ends *e, char *buf, size_t len, int err)
 	assert_int_equal(fd, -1);
 }
 
+/* A message of that type with len bytes of payload (into buf, of cap) and no fd; its header. */
+static struct ipc_hdr expect_msg(int sock, uint32_t type, void *buf, size_t cap, size_t len)
+{
+	struct ipc_hdr hdr;
+	int fd = 123;
+
+	assert_int_equal(ipc_recv(sock, &hdr, buf, cap, &fd), (ssize_t)len);
+	assert_int_equal(hdr.type, type);
+	assert_int_equal(hdr.len, len);
+	assert_int_equal(hdr.version, IPC_VERSION);
+	assert_int_equal(fd, -1);
+	return hdr;
+}
+
 static void test_message_without_fd_round_trips(void **state)
 {
 	struct ends *e = *state;
 	struct ipc_client cl = { .remote = "127.0.0.1:53412" };
 	struct ipc_client got;
-	struct ipc_hdr hdr;
-	int fd = 123;
 
 	assert_int_equal(ipc_send(e->a, IPC_PING, 5, NULL, 0, -1), 0);
-	assert_int_equal(ipc_recv(e->b, &hdr, &got, sizeof(got), &fd), 0);
-	assert_int_equal(hdr.type, IPC_PING);
-	assert_int_equal(hdr.len, 0);
-	assert_int_equal(hdr.peer, 5);
-	assert_int_equal(hdr.version, IPC_VERSION);
-	assert_int_equal(fd, -1);
+	assert_int_equal(expect_msg(e->b, IPC_PING, &got, sizeof(got), 0).peer, 5);
 
 	assert_int_equal(ipc_send(e->b, IPC_PONG, 0, &cl, sizeof(cl), -1), 0);
-	assert_int_equal(ipc_recv(e->a, &hdr, &got, sizeof(got), &fd), sizeof(cl));
-	assert_int_equal(hdr.type, IPC_PONG);
-	assert_int_equal(hdr.len, sizeof(cl));
+	expect_msg(e->a, IPC_PONG, &got, sizeof(got), sizeof(cl));
 	assert_string_equal(got.remote, "127.0.0.1:53412");
-	assert_int_equal(fd, -1);
 }
 
 static void test_fd_arrives_working_and_cloexec(void **state)
@@ -149,8 +171,7 @@ static void test_oversize_fails_with_emsgsize_and_closes_fd(void **state)
 	struct ends *e = *state;
 	static char big[IPC_MAX_PAYLOAD + 1];
 	char small[8];
-	struct ipc_hdr hdr;
-	int pfd[2], fd = 99;
+	int pfd[2];
 	char c;
 
 	errno = 0;
@@ -167,8 +188,8 @@ static void test_oversize_fails_with_emsgsize_and_closes_fd(void **state)
 
 	/* The next message is intact. */
 	assert_int_equal(ipc_send(e->a, IPC_PONG, 0, "ok", 2, -1), 0);
-	assert_int_equal(ipc_recv(e->b, &hdr, small, sizeof(small), &fd), 2);
-	assert_int_equal(hdr.type, IPC_PONG);
+	expect_msg(e->b, IPC_PONG, small, sizeof(small), 2);
+	assert_memory_equal(small, "ok", 2);
 }
 
 /* One message carrying two fds, built by hand: ipc_send never does that. */
@@ -375,20 +396,6 @@ static void test_dropped_batch_keeps_its_header_and_closes_every_fd(void **state
 
 /* --- the dispatcher ---------------------------------------------------------- */
 
-#define SEEN_MAX 8
-
-/* What the handlers and the refusal hook were given. */
-struct seen {
-	unsigned n;                      /* handler calls */
-	uint32_t type[SEEN_MAX], len[SEEN_MAX], peer[SEEN_MAX];
-	char data[SEEN_MAX][32];
-	unsigned nfds[SEEN_MAX];
-	int fds[IPC_MAX_FDS];            /* the last call's */
-	unsigned stop_at;                /* the call that returns IPC_STOP; 0: none */
-	unsigned refused;
-	struct ipc_hdr refused_hdr;      /* the last one */
-};
-
 static int record(void *ctx, struct ipc_msg *m)
 {
 	struct seen *s = ctx;
@@ -424,12 +431,27 @@ static const struct ipc_handler table[IPC_TYPE_MAX] = {
 			    .max_fds = IPC_MAX_FDS },
 };
 
-/* A dispatcher on e->b, made non-blocking like the fd channels. */
-static void dispatcher_on(struct ends *e, struct ipc_dispatcher *d, uint32_t peer)
+/* The dispatcher e->d on e->b, made non-blocking like the fd channels. */
+static void dispatcher_on(struct ends *e, uint32_t peer)
 {
 	assert_int_equal(fcntl(e->b, F_SETFL, O_NONBLOCK), 0);
-	ipc_dispatcher_init(d, table, peer, "the test");
-	d->refused = note_refused;
+	ipc_dispatcher_init(&e->d, table, peer, "the test");
+	e->d.refused = note_refused;
+}
+
+/* A socketpair with a dispatcher on its b end that takes any peer. */
+static int dispatch_setup(void **state)
+{
+	if (pair_setup(state) < 0)
+		return -1;
+	dispatcher_on(*state, IPC_PEER_ANY);
+	return 0;
+}
+
+/* What the dispatcher reads of e->b in one call, at most max messages. */
+static int dispatch(struct ends *e, unsigned max)
+{
+	return ipc_dispatch(e->b, &e->d, &e->seen, max);
 }
 
 /* One datagram with a header of our making: what ipc_send never sends. */
@@ -478,63 +500,54 @@ static unsigned captured(FILE *f, int saved, const char *needle)
 static void test_dispatch_hands_each_type_to_its_handler(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 	struct ipc_worker w = { .index = 2, .epoch = 7 }, got;
 
-	dispatcher_on(e, &d, IPC_PEER_ANY);
 	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
 	assert_int_equal(ipc_send(e->a, IPC_PONG, 1, "hello", 5, -1), 0);
 	assert_int_equal(ipc_send(e->a, IPC_WORKER_DOWN, 2, &w, sizeof(w), -1), 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 3);
-	assert_int_equal(s.n, 3);
-	assert_int_equal(s.type[0], IPC_PING);
-	assert_int_equal(s.len[0], 0);
-	assert_int_equal(s.type[1], IPC_PONG);
-	assert_int_equal(s.peer[1], 1);
-	assert_memory_equal(s.data[1], "hello", 5);
-	assert_int_equal(s.type[2], IPC_WORKER_DOWN);
-	memcpy(&got, s.data[2], sizeof(got));
+	assert_int_equal(dispatch(e, 16), 3);
+	assert_int_equal(e->seen.n, 3);
+	assert_int_equal(e->seen.type[0], IPC_PING);
+	assert_int_equal(e->seen.len[0], 0);
+	assert_int_equal(e->seen.type[1], IPC_PONG);
+	assert_int_equal(e->seen.peer[1], 1);
+	assert_memory_equal(e->seen.data[1], "hello", 5);
+	assert_int_equal(e->seen.type[2], IPC_WORKER_DOWN);
+	memcpy(&got, e->seen.data[2], sizeof(got));
 	assert_int_equal(got.index, 2);
 	assert_int_equal(got.epoch, 7);
-	assert_int_equal(s.refused, 0);
+	assert_int_equal(e->seen.refused, 0);
 	/* Nothing more waiting. */
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 0);
-	assert_int_equal(s.n, 3);
+	assert_int_equal(dispatch(e, 16), 0);
+	assert_int_equal(e->seen.n, 3);
 }
 
 static void test_dispatch_refuses_a_type_the_table_lacks_and_logs_it_once(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 	FILE *f;
 	int saved;
 
-	dispatcher_on(e, &d, IPC_PEER_ANY);
 	assert_int_equal(ipc_send(e->a, IPC_TYPE_MAX + 10, 0, NULL, 0, -1), 0);
 	assert_int_equal(ipc_send(e->a, IPC_CONFIG, 0, "x", 1, -1), 0);     /* a type, not ours */
 	assert_int_equal(ipc_send(e->a, IPC_TYPE_MAX, 0, NULL, 0, -1), 0);
 	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
 	saved = capture_stderr(&f);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 4);
+	assert_int_equal(dispatch(e, 16), 4);
 	assert_int_equal(captured(f, saved, "of a type not taken here"), 1);
-	assert_int_equal(s.refused, 3);
-	assert_int_equal(s.refused_hdr.type, IPC_TYPE_MAX);
-	assert_int_equal(s.n, 1);
-	assert_int_equal(s.type[0], IPC_PING);
+	assert_int_equal(e->seen.refused, 3);
+	assert_int_equal(e->seen.refused_hdr.type, IPC_TYPE_MAX);
+	assert_int_equal(e->seen.n, 1);
+	assert_int_equal(e->seen.type[0], IPC_PING);
 }
 
 static void test_dispatch_refuses_a_payload_of_the_wrong_size(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 	struct ipc_addr_entry ae[3];
 	char big[32] = "0123456789abcdefX";
 
 	memset(ae, 0, sizeof(ae));
-	dispatcher_on(e, &d, IPC_PEER_ANY);
 	/* Exactly sizeof(struct ipc_worker): shorter and longer are refused. */
 	assert_int_equal(ipc_send(e->a, IPC_WORKER_DOWN, 0, big, 4, -1), 0);
 	assert_int_equal(ipc_send(e->a, IPC_WORKER_DOWN, 0, big, 12, -1), 0);
@@ -543,29 +556,26 @@ static void test_dispatch_refuses_a_payload_of_the_wrong_size(void **state)
 	/* Whole entries only, and at most two. */
 	assert_int_equal(ipc_send(e->a, IPC_ADDR_REPORT, 0, ae, sizeof(ae[0]) + 8, -1), 0);
 	assert_int_equal(ipc_send(e->a, IPC_ADDR_REPORT, 0, ae, sizeof(ae), -1), 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 5);
-	assert_int_equal(s.refused, 5);
-	assert_int_equal(s.n, 0);
-	assert_int_equal(s.refused_hdr.len, sizeof(ae));
+	assert_int_equal(dispatch(e, 16), 5);
+	assert_int_equal(e->seen.refused, 5);
+	assert_int_equal(e->seen.n, 0);
+	assert_int_equal(e->seen.refused_hdr.len, sizeof(ae));
 
 	assert_int_equal(ipc_send(e->a, IPC_PONG, 0, big, 16, -1), 0);
 	assert_int_equal(ipc_send(e->a, IPC_ADDR_REPORT, 0, ae, 2 * sizeof(ae[0]), -1), 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
-	assert_int_equal(s.n, 2);
-	assert_int_equal(s.len[0], 16);
-	assert_int_equal(s.len[1], 2 * sizeof(ae[0]));
-	assert_int_equal(s.refused, 5);
+	assert_int_equal(dispatch(e, 16), 2);
+	assert_int_equal(e->seen.n, 2);
+	assert_int_equal(e->seen.len[0], 16);
+	assert_int_equal(e->seen.len[1], 2 * sizeof(ae[0]));
+	assert_int_equal(e->seen.refused, 5);
 }
 
 static void test_dispatch_closes_an_fd_where_none_is_expected(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 	int p1[2], p2[2];
 	char c;
 
-	dispatcher_on(e, &d, IPC_PEER_ANY);
 	assert_int_equal(pipe2(p1, O_NONBLOCK), 0);
 	assert_int_equal(pipe2(p2, O_NONBLOCK), 0);
 	/* PING takes no fd: handled without it. */
@@ -574,10 +584,10 @@ static void test_dispatch_closes_an_fd_where_none_is_expected(void **state)
 	assert_int_equal(ipc_send(e->a, IPC_CONFIG, 0, NULL, 0, p2[1]), 0);
 	close(p1[1]);
 	close(p2[1]);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
-	assert_int_equal(s.n, 1);
-	assert_int_equal(s.nfds[0], 0);
-	assert_int_equal(s.refused, 1);
+	assert_int_equal(dispatch(e, 16), 2);
+	assert_int_equal(e->seen.n, 1);
+	assert_int_equal(e->seen.nfds[0], 0);
+	assert_int_equal(e->seen.refused, 1);
 	/* No writer left anywhere: both fds were closed on arrival. */
 	assert_int_equal(read(p1[0], &c, 1), 0);
 	assert_int_equal(read(p2[0], &c, 1), 0);
@@ -588,28 +598,25 @@ static void test_dispatch_closes_an_fd_where_none_is_expected(void **state)
 static void test_dispatch_hands_a_full_batch_of_fds(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 	static struct ipc_client cl[IPC_MAX_FDS];
 	int p[IPC_MAX_FDS][2], ends[IPC_MAX_FDS];
 
-	dispatcher_on(e, &d, IPC_PEER_ANY);
 	make_pipes(p, ends, IPC_MAX_FDS);
 	assert_int_equal(ipc_send_fds(e->a, IPC_CLIENT_FD, 0, cl, sizeof(cl), ends, IPC_MAX_FDS),
 			 0);
 	for (int i = 0; i < IPC_MAX_FDS; i++)
 		close(p[i][1]);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 1);
-	assert_int_equal(s.n, 1);
-	assert_int_equal(s.type[0], IPC_CLIENT_FD);
-	assert_int_equal(s.nfds[0], IPC_MAX_FDS);
+	assert_int_equal(dispatch(e, 16), 1);
+	assert_int_equal(e->seen.n, 1);
+	assert_int_equal(e->seen.type[0], IPC_CLIENT_FD);
+	assert_int_equal(e->seen.nfds[0], IPC_MAX_FDS);
 	for (int i = 0; i < IPC_MAX_FDS; i++) {
 		char c;
 
 		/* In the order sent, and the handler's: open until it closes them. */
-		assert_int_equal(write(s.fds[i], "x", 1), 1);
+		assert_int_equal(write(e->seen.fds[i], "x", 1), 1);
 		assert_int_equal(read(p[i][0], &c, 1), 1);
-		close(s.fds[i]);
+		close(e->seen.fds[i]);
 		close(p[i][0]);
 	}
 }
@@ -617,111 +624,97 @@ static void test_dispatch_hands_a_full_batch_of_fds(void **state)
 static void test_dispatch_refuses_a_message_too_long_or_malformed(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 	static char big[IPC_MAX_PAYLOAD + 1];
 	struct ipc_hdr hdr = { .type = IPC_PONG, .len = sizeof(big), .version = IPC_VERSION };
 
-	dispatcher_on(e, &d, IPC_PEER_ANY);
 	send_raw(e->a, hdr, big, sizeof(big));
 	assert_int_equal(send(e->a, "abc", 3, 0), 3);
 	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 1), 1);
+	assert_int_equal(dispatch(e, 1), 1);
 	/* Told as it came: a receiver can account for what was meant. */
-	assert_int_equal(s.refused, 1);
-	assert_int_equal(s.refused_hdr.type, IPC_PONG);
-	assert_int_equal(s.refused_hdr.len, sizeof(big));
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
-	assert_int_equal(s.refused, 2);
-	assert_int_equal(s.n, 1);
-	assert_int_equal(s.type[0], IPC_PING);
+	assert_int_equal(e->seen.refused, 1);
+	assert_int_equal(e->seen.refused_hdr.type, IPC_PONG);
+	assert_int_equal(e->seen.refused_hdr.len, sizeof(big));
+	assert_int_equal(dispatch(e, 16), 2);
+	assert_int_equal(e->seen.refused, 2);
+	assert_int_equal(e->seen.n, 1);
+	assert_int_equal(e->seen.type[0], IPC_PING);
 }
 
 static void test_dispatch_refuses_another_version_or_peer(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 	struct ipc_hdr hdr = { .type = IPC_PING, .peer = 3, .version = IPC_VERSION + 1 };
 
-	dispatcher_on(e, &d, 3);
+	dispatcher_on(e, 3);
 	send_raw(e->a, hdr, NULL, 0);
 	assert_int_equal(ipc_send(e->a, IPC_PING, 4, NULL, 0, -1), 0);
 	assert_int_equal(ipc_send(e->a, IPC_PING, 3, NULL, 0, -1), 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 3);
-	assert_int_equal(s.refused, 2);
-	assert_int_equal(s.refused_hdr.peer, 4);
-	assert_int_equal(s.n, 1);
-	assert_int_equal(s.peer[0], 3);
+	assert_int_equal(dispatch(e, 16), 3);
+	assert_int_equal(e->seen.refused, 2);
+	assert_int_equal(e->seen.refused_hdr.peer, 4);
+	assert_int_equal(e->seen.n, 1);
+	assert_int_equal(e->seen.peer[0], 3);
 }
 
 static void test_dispatch_reports_eof_after_what_came_before_it(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 
-	dispatcher_on(e, &d, IPC_PEER_ANY);
 	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
 	close(e->a);
 	e->a = -1;
 	errno = EINVAL;
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), -1);
+	assert_int_equal(dispatch(e, 16), -1);
 	assert_int_equal(errno, 0);
-	assert_int_equal(s.n, 1);
+	assert_int_equal(e->seen.n, 1);
 	/* And again: the peer stays gone. */
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), -1);
-	assert_int_equal(s.refused, 0);
+	assert_int_equal(dispatch(e, 16), -1);
+	assert_int_equal(e->seen.refused, 0);
 }
 
 static void test_dispatch_reads_at_most_max_per_call(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 
-	dispatcher_on(e, &d, IPC_PEER_ANY);
 	for (int i = 0; i < 5; i++)
 		assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 2), 2);
-	assert_int_equal(s.n, 2);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 2), 2);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 2), 1);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 2), 0);
-	assert_int_equal(s.n, 5);
+	assert_int_equal(dispatch(e, 2), 2);
+	assert_int_equal(e->seen.n, 2);
+	assert_int_equal(dispatch(e, 2), 2);
+	assert_int_equal(dispatch(e, 2), 1);
+	assert_int_equal(dispatch(e, 2), 0);
+	assert_int_equal(e->seen.n, 5);
 }
 
 /* The control sockets block (a send waits for room): reading them never does. */
 static void test_dispatch_never_waits_on_a_blocking_socket(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { 0 };
 
-	ipc_dispatcher_init(&d, table, IPC_PEER_ANY, "the test");
+	ipc_dispatcher_init(&e->d, table, IPC_PEER_ANY, "the test");
 	assert_int_equal(fcntl(e->b, F_GETFL) & O_NONBLOCK, 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 0);
+	assert_int_equal(dispatch(e, 16), 0);
 	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 1);
-	assert_int_equal(s.n, 1);
+	assert_int_equal(dispatch(e, 16), 1);
+	assert_int_equal(e->seen.n, 1);
 }
 
 static void test_dispatch_stops_where_a_handler_says(void **state)
 {
 	struct ends *e = *state;
-	struct ipc_dispatcher d;
-	struct seen s = { .stop_at = 2 };
 
-	dispatcher_on(e, &d, IPC_PEER_ANY);
+	e->seen.stop_at = 2;
 	for (int i = 0; i < 4; i++)
 		assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
-	assert_int_equal(s.n, 2);
-	assert_int_equal(ipc_dispatch(e->b, &d, &s, 16), 2);
-	assert_int_equal(s.n, 4);
+	assert_int_equal(dispatch(e, 16), 2);
+	assert_int_equal(e->seen.n, 2);
+	assert_int_equal(dispatch(e, 16), 2);
+	assert_int_equal(e->seen.n, 4);
 }
 
 #define PAIR_TEST(f) cmocka_unit_test_setup_teardown(f, pair_setup, pair_teardown)
+#define DISPATCH_TEST(f) cmocka_unit_test_setup_teardown(f, dispatch_setup, pair_teardown)
 
 int main(void)
 {
@@ -738,16 +731,16 @@ int main(void)
 		PAIR_TEST(test_fds_beyond_max_are_closed),
 		PAIR_TEST(test_more_fds_than_a_message_carries_is_refused),
 		PAIR_TEST(test_dropped_batch_keeps_its_header_and_closes_every_fd),
-		PAIR_TEST(test_dispatch_hands_each_type_to_its_handler),
-		PAIR_TEST(test_dispatch_refuses_a_type_the_table_lacks_and_logs_it_once),
-		PAIR_TEST(test_dispatch_refuses_a_payload_of_the_wrong_size),
-		PAIR_TEST(test_dispatch_closes_an_fd_where_none_is_expected),
-		PAIR_TEST(test_dispatch_hands_a_full_batch_of_fds),
-		PAIR_TEST(test_dispatch_refuses_a_message_too_long_or_malformed),
-		PAIR_TEST(test_dispatch_refuses_another_version_or_peer),
-		PAIR_TEST(test_dispatch_reports_eof_after_what_came_before_it),
-		PAIR_TEST(test_dispatch_reads_at_most_max_per_call),
-		PAIR_TEST(test_dispatch_stops_where_a_handler_says),
+		DISPATCH_TEST(test_dispatch_hands_each_type_to_its_handler),
+		DISPATCH_TEST(test_dispatch_refuses_a_type_the_table_lacks_and_logs_it_once),
+		DISPATCH_TEST(test_dispatch_refuses_a_payload_of_the_wrong_size),
+		DISPATCH_TEST(test_dispatch_closes_an_fd_where_none_is_expected),
+		DISPATCH_TEST(test_dispatch_hands_a_full_batch_of_fds),
+		DISPATCH_TEST(test_dispatch_refuses_a_message_too_long_or_malformed),
+		DISPATCH_TEST(test_dispatch_refuses_another_version_or_peer),
+		DISPATCH_TEST(test_dispatch_reports_eof_after_what_came_before_it),
+		DISPATCH_TEST(test_dispatch_reads_at_most_max_per_call),
+		DISPATCH_TEST(test_dispatch_stops_where_a_handler_says),
 		PAIR_TEST(test_dispatch_never_waits_on_a_blocking_socket),
 	};
 

@@ -219,7 +219,7 @@ static void test_new_topic_past_max_count_is_full(void **state)
 	retain_free(&rs);
 }
 
-static void test_new_topic_past_max_bytes_is_full(void **state)
+static void test_new_topic_or_replacement_past_max_bytes_is_full(void **state)
 {
 	struct retain_store *rs = store_new(0, 10);
 
@@ -228,23 +228,15 @@ static void test_new_topic_past_max_bytes_is_full(void **state)
 	assert_holds(rs, 1, 6);
 	assert_int_equal(lookup(rs, "cd")->n, 0);
 	assert_int_equal(put(rs, "cd", "12", 0), RETAIN_STORED);    /* exactly 10 */
+	/* A replacement counts what it adds: past the limit it is refused, the old one kept. */
+	assert_int_equal(put(rs, "ab", "12345", 2), RETAIN_FULL);   /* would be 11 */
+	assert_retained(rs, "ab", "1234", 0);
 	assert_int_equal(retain_bytes(rs), 10);
-	retain_free(&rs);
-}
-
-static void test_replace_within_max_bytes_is_allowed(void **state)
-{
-	struct retain_store *rs = store_new(0, 10);
-
-	assert_int_equal(put(rs, "ab", "12", 0), RETAIN_STORED);     /* 4 */
-	assert_int_equal(put(rs, "cd", "12", 0), RETAIN_STORED);     /* 8 */
-	assert_int_equal(put(rs, "ab", "1234", 1), RETAIN_STORED);   /* 10 */
-	assert_int_equal(retain_bytes(rs), 10);
-	assert_int_equal(put(rs, "ab", "12345", 2), RETAIN_FULL);    /* would be 11 */
-	assert_retained(rs, "ab", "1234", 1);
-	assert_int_equal(retain_bytes(rs), 10);
-	assert_int_equal(put(rs, "ab", "1", 0), RETAIN_STORED);      /* shrinking is fine */
+	assert_int_equal(put(rs, "ab", "1", 0), RETAIN_STORED);     /* shrinking is fine */
 	assert_int_equal(retain_bytes(rs), 7);
+	assert_int_equal(put(rs, "ab", "1234", 1), RETAIN_STORED);  /* growing within: 10 */
+	assert_retained(rs, "ab", "1234", 1);
+	assert_holds(rs, 2, 10);
 	retain_free(&rs);
 }
 
@@ -726,8 +718,7 @@ int main(void)
 		cmocka_unit_test(test_clearing_missing_topic_is_cleared),
 		cmocka_unit_test(test_clearing_gives_memory_back),
 		cmocka_unit_test(test_new_topic_past_max_count_is_full),
-		cmocka_unit_test(test_new_topic_past_max_bytes_is_full),
-		cmocka_unit_test(test_replace_within_max_bytes_is_allowed),
+		cmocka_unit_test(test_new_topic_or_replacement_past_max_bytes_is_full),
 		cmocka_unit_test(test_lowered_limits_evict_nothing_and_refuse_growth),
 		cmocka_unit_test(test_wildcard_match_table),
 		cmocka_unit_test(test_wildcard_match_agrees_with_topic_matches),
