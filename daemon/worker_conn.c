@@ -351,6 +351,8 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 		push_close(w, c, publish_will);
 		log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "disconnected: %s", why);
 	} else {
+		if (c->state == CS_AUTHENTICATING)
+			worker_auth_forget(w, c);
 		log_debug("connection from %s closed before CONNECT: %s", c->remote, why);
 	}
 	/*
