@@ -103,6 +103,14 @@ static int create_channels(struct supervisor *sv)
 			goto fail;
 		sv->env.auth_chan[i] = sp[0];
 		sv->env.auth_chan_worker[i] = sp[1];
+		/*
+		 * A request may be as long as IPC_MAX_PAYLOAD: room for more than
+		 * one in flight (the kernel caps this at twice net.core.wmem_max).
+		 */
+		for (int k = 0; k < 2; k++)
+			if (setsockopt(sp[k], SOL_SOCKET, SO_SNDBUF, &(int){ 4 * IPC_MAX_PAYLOAD },
+				       sizeof(int)) < 0)
+				goto fail;
 	}
 	return 0;
 fail:
