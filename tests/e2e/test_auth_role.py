@@ -1,0 +1,120 @@
+"""The auth role as a process: killed, it is restarted without
+disconnecting anyone, and a CONNECT it held is answered by its successor;
+repeated failures from one address are slowed down; a reload starts or
+stops it; an ACL file alone runs it."""
+
+import os
+import signal
+import time
+
+import pytest
+
+import mqttraw
+from authfiles import AuthDir, refusals
+from helpers import T, raw, wait_for
+
+pytestmark = pytest.mark.iotd_only
+
+USERS = {"alice": "alice-pw"}
+
+
+@pytest.fixture
+def auth_dir():
+    d = AuthDir()
+    yield d
+    d.remove()
+
+
+def file_broker(start_broker, auth_dir, **auth):
+    path = auth_dir.mosquitto_passwd("passwd", USERS)
+    return start_broker(auth={"backend": "file", "password_file": path, **auth},
+                        probe_auth=("alice", USERS["alice"]))
+
+
+def connack(broker, user, password):
+    with raw(broker, tag="role", expect_rc=None, username=user, password=password) as c:
+        return c.connack.rc
+
+
+def timed_connack(broker, user, password):
+    t0 = time.monotonic()
+    rc = connack(broker, user, password)
+    return rc, time.monotonic() - t0
+
+
+def test_auth_role_killed(start_broker, auth_dir):
+    """SIGKILL of the auth role: connected clients stay, a CONNECT waiting
+    for a verdict at the kill is answered by the successor, new CONNECTs work."""
+    b = file_broker(start_broker, auth_dir)
+    sub = raw(b, tag="stay", username="alice", password=USERS["alice"])
+    sub.subscribe([("role/#", 1)])
+    # Two failures: the next verdict from this address is held for 200 ms or more,
+    # so the kill below finds it in the auth role (or still in the channel).
+    assert connack(b, "alice", "wrong") == 4
+    assert connack(b, "alice", "wrong") == 4
+    pending = raw(b, tag="pending", connect=False)
+    pending.send(mqttraw.connect("pending-1", username="alice", password=USERS["alice"]))
+    old = b.role_pid("auth")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: b.successor("auth", old), 10, "the auth role's successor")
+    ack = pending.expect(mqttraw.CONNACK)
+    assert ack.rc == 0
+    pending.close()
+    assert connack(b, "alice", USERS["alice"]) == 0
+    with raw(b, tag="pub", username="alice", password=USERS["alice"]) as p:
+        p.publish("role/t", b"after", qos=1, pid=1)
+    assert [m.payload for m in sub.recv_publishes(1, timeout=T(5))] == [b"after"]
+    sub.close()
+    assert "auth killed by signal 9" in b.log
+    b.initial_pids = set(b.pids())
+
+
+def test_failures_are_slowed_down(start_broker, auth_dir):
+    """Each failure from an address doubles the wait before its next
+    verdict (100 ms after the first): the fifth attempt waits 800 ms or more."""
+    b = file_broker(start_broker, auth_dir)
+    for _ in range(4):
+        assert connack(b, "alice", "wrong") == 4
+    rc, took = timed_connack(b, "alice", "wrong")
+    assert rc == 4
+    assert took >= 0.8, f"the fifth failure was answered after {took:.3f} s"
+    # A success is slowed down too, and forgets the address's failures.
+    rc, took = timed_connack(b, "alice", USERS["alice"])
+    assert rc == 0 and took >= 1.6
+    assert len(refusals(b)) == 5
+
+
+def test_no_slow_down_when_disabled(start_broker, auth_dir):
+    b = file_broker(start_broker, auth_dir, max_failure_delay_ms=0)
+    for _ in range(6):
+        assert connack(b, "alice", "wrong") == 4
+    assert connack(b, "alice", USERS["alice"]) == 0
+
+
+def test_acl_file_alone_runs_the_auth_role(start_broker, auth_dir):
+    """backend "none" with an ACL file: the auth role holds the file, user
+    names are taken as given, loopback clients are served."""
+    acl = auth_dir.file("acl", "user alice\ntopic readwrite a/#\n")
+    b = start_broker(auth={"acl_file": acl})
+    assert b.role_pid("auth") is not None
+    assert connack(b, "whoever", None) == 0
+    with raw(b, tag="anon") as c:
+        assert c.connack.rc == 0
+
+
+def test_reload_starts_and_stops_the_auth_role(start_broker, auth_dir):
+    path = auth_dir.mosquitto_passwd("passwd", USERS)
+    b = start_broker()
+    assert b.role_pid("auth") is None
+    b.reload(auth={"backend": "file", "password_file": path})
+    wait_for(lambda: b.role_pid("auth"), 10, "the auth role")
+    assert wait_for(lambda: connack(b, "alice", USERS["alice"]) == 0, 10, "alice accepted")
+    with raw(b, tag="anon", expect_rc=None) as c:
+        assert c.connack.rc == 5
+    assert "authentication: backend file, anonymous clients refused" in b.log
+    b.reload(auth={})
+    wait_for(lambda: b.role_pid("auth") is None, 10, "the auth role to stop")
+    with raw(b, tag="anon2") as c:
+        assert c.connack.rc == 0
+    assert "auth stopped: the configuration no longer asks for it" in b.log
+    b.initial_pids = set(b.pids())
