@@ -133,6 +133,7 @@ struct ipc_auth_request {
 	uint8_t has_user, has_password;  /* the CONNECT's flags: an empty one is not an absent one */
 	uint16_t remote_len;
 	uint32_t client_id_len, user_len, password_len;
+	uint32_t reserved;               /* 0 */
 };
 
 /* Followed by the user name and the client's rules, without NULs. */

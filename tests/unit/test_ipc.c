@@ -3,7 +3,8 @@
  * with no fd, one fd or a batch of fds over a SOCK_SEQPACKET socketpair,
  * EOF, truncation, the fd hygiene of the receiver) and the dispatcher
  * every role reads its sockets with (what it hands to which handler, what
- * it refuses, how much it reads per call).
+ * it refuses, how much it reads per call), and the auth channels'
+ * request and verdict (ipc_auth.c), whose decoder trusts no length.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -724,6 +726,62 @@ static void test_dispatch_stops_where_a_handler_says(void **state)
 	assert_int_equal(s.n, 4);
 }
 
+static void test_auth_request_round_trips(void **state)
+{
+	static uint8_t password[IPC_AUTH_FIELD_MAX];
+	struct ipc_auth_fields f = {
+		.conn = 0x0102030405060708ull, .ticket = 7, .has_user = true, .has_password = true,
+		.remote = "[::1]:1883", .remote_len = 10, .client_id = "c1", .client_id_len = 2,
+		.user = "alice", .user_len = 5, .password = password, .password_len = sizeof(password),
+	}, g;
+	size_t len;
+	uint8_t *p;
+
+	memset(password, 'p', sizeof(password));
+	p = ipc_auth_request_encode(&f, &len);
+	assert_non_null(p);
+	assert_true(len <= IPC_MAX_PAYLOAD);
+	assert_true(ipc_auth_request_decode(p, len, &g));
+	assert_true(g.conn == f.conn && g.ticket == 7 && g.has_user && g.has_password);
+	assert_memory_equal(g.remote, "[::1]:1883", 10);
+	assert_memory_equal(g.client_id, "c1", 2);
+	assert_memory_equal(g.user, "alice", 5);
+	assert_int_equal(g.password_len, sizeof(password));
+	assert_memory_equal(g.password, password, sizeof(password));
+	/* One byte short or long, a length that overruns, a flag out of range: refused. */
+	assert_false(ipc_auth_request_decode(p, len - 1, &g));
+	assert_false(ipc_auth_request_decode(p, sizeof(struct ipc_auth_request) - 1, &g));
+	((struct ipc_auth_request *)p)->user_len = UINT32_MAX - 4;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	((struct ipc_auth_request *)p)->user_len = 5;
+	((struct ipc_auth_request *)p)->has_user = 2;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	((struct ipc_auth_request *)p)->has_user = 0;      /* no user name, but its bytes */
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	free(p);
+	/* Longer fields than MQTT allows are not encoded. */
+	f.user_len = IPC_AUTH_FIELD_MAX + 1;
+	assert_null(ipc_auth_request_encode(&f, &len));
+}
+
+static void test_auth_verdict_round_trips(void **state)
+{
+	struct ipc_auth_fields f = { .conn = 9, .ticket = 3, .code = 0, .user = "sensor-7",
+				     .user_len = 8, .rules = (const uint8_t *)"r\0\1#",
+				     .rules_len = 4 }, g;
+	size_t len;
+	uint8_t *p = ipc_auth_verdict_encode(&f, &len);
+
+	assert_non_null(p);
+	assert_true(ipc_auth_verdict_decode(p, len, &g));
+	assert_true(g.conn == 9 && g.ticket == 3 && g.code == 0);
+	assert_memory_equal(g.user, "sensor-7", 8);
+	assert_int_equal(g.rules_len, 4);
+	assert_memory_equal(g.rules, "r\0\1#", 4);
+	assert_false(ipc_auth_verdict_decode(p, len + 1, &g));
+	free(p);
+}
+
 #define PAIR_TEST(f) cmocka_unit_test_setup_teardown(f, pair_setup, pair_teardown)
 
 int main(void)
@@ -752,6 +810,8 @@ int main(void)
 		PAIR_TEST(test_dispatch_reads_at_most_max_per_call),
 		PAIR_TEST(test_dispatch_stops_where_a_handler_says),
 		PAIR_TEST(test_dispatch_never_waits_on_a_blocking_socket),
+		cmocka_unit_test(test_auth_request_round_trips),
+		cmocka_unit_test(test_auth_verdict_round_trips),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
