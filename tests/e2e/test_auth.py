@@ -3,6 +3,7 @@ by Debian's mosquitto_passwd ($7$ and -H sha512) and by iotd-passwd, real
 clients (mosquitto_pub/sub, Paho, raw), every CONNACK code, the refusal's
 log line, reload with a good and a broken file, and start-up checks."""
 
+import re
 import signal
 import subprocess
 import time
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from authfiles import AuthDir, mosquitto_passwd_has_sha512, refusals
-from conftest import IOTD_BIN
+from conftest import IOTD_BIN, REPO
 from helpers import T, raw, uid, wait_for
 
 pytestmark = pytest.mark.iotd_only
@@ -132,6 +133,11 @@ def test_refusal_log_line(start_broker, auth_dir):
     line = next(l for l in b.log.splitlines() if 'USER="mallory"' in l)
     assert ": auth: warn: refused REMOTE=127.0.0.1 " in line
     assert "secret-guess-1" not in b.log
+    # The README's fail2ban filter finds the address (<HOST> as fail2ban reads an IPv4 one).
+    readme = (REPO / "README.md").read_text()
+    failregex = re.search(r"^    failregex = (.*)$", readme, re.M).group(1)
+    m = re.match(failregex.replace("<HOST>", r"(?P<host>\d+\.\d+\.\d+\.\d+)"), line)
+    assert m and m["host"] == "127.0.0.1"
 
 
 def test_reload_good_and_broken_password_file(start_broker, auth_dir):

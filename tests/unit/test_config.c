@@ -550,12 +550,14 @@ static void shipped_config_file_equals_the_defaults(void **state)
 		"retained_message_limit", "max_inflight",
 		"max_queued_messages", "max_queued_bytes", "max_router_backlog_bytes",
 		"max_topic_levels",
-		"max_topic_length", "user", "enabled", "backend", "path", "level", "format",
+		"max_topic_length", "user", "backend", "allow_anonymous", "jwt_username_claim",
+		"jwt_leeway", "hash_threads", "max_pending", "max_failure_delay_ms", "path",
+		"level", "format",
 	};
 	struct cli_args a = { .config_path = "contrib/iotd.conf", .config_explicit = true,
 			      .workers = -1 };
 	struct iotd_config c, d;
-	char err[CONFIG_ERR_LEN], text[8192];
+	char err[CONFIG_ERR_LEN], text[16384];
 	FILE *f = fopen(a.config_path, "r");
 	size_t n;
 
