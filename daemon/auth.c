@@ -262,6 +262,7 @@ static int on_request(void *ctx, struct ipc_msg *m)
 	struct auth *a = ch->a;
 	struct ipc_auth_fields f;
 	struct auth_job *j, *dup;
+	uint32_t delay = 0;
 
 	if (!ipc_auth_request_decode(m->data, m->hdr.len, &f)) {
 		log_warn("a malformed authentication request from worker %u; dropped", ch->index);
@@ -292,8 +293,11 @@ static int on_request(void *ctx, struct ipc_msg *m)
 	atomic_fetch_add(&a->creds->refs, 1);
 	j->due_ms = clock_ms();
 	if (j->has_key)
-		j->due_ms += addr_fail_delay(a->fails, &j->key, j->due_ms,
-					     (uint32_t)a->cfg->auth_max_failure_delay_ms);
+		delay = addr_fail_delay(a->fails, &j->key, j->due_ms,
+					(uint32_t)a->cfg->auth_max_failure_delay_ms);
+	/* The clock counts whole milliseconds: one more, so that no answer comes early. */
+	if (delay > 0)
+		j->due_ms += delay + 1;
 	auth_pool_submit(&a->pool, j);
 	return 0;
 }

@@ -9,6 +9,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = Path(os.environ.get("IOTD_TOOLS", str(REPO / "build" / "contrib")))
 
@@ -56,6 +58,20 @@ class AuthDir:
 
     def remove(self):
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+@pytest.fixture
+def auth_dir():
+    """An AuthDir for the test (import it into a test module to use it)."""
+    d = AuthDir()
+    yield d
+    d.remove()
+
+
+def file_broker(start_broker, path, user, password, **auth):
+    """A daemon checking passwords against path; its start-up probe connects as user."""
+    return start_broker(auth={"backend": "file", "password_file": path, **auth},
+                        probe_auth=(user, password))
 
 
 def mosquitto_passwd_has_sha512():

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from authfiles import AuthDir, mosquitto_passwd_has_sha512, refusals
+import authfiles
+from authfiles import AuthDir, auth_dir, mosquitto_passwd_has_sha512, refusals  # noqa: F401
 from conftest import IOTD_BIN, REPO
 from helpers import T, raw, uid, wait_for
 
@@ -19,16 +20,8 @@ pytestmark = pytest.mark.iotd_only
 USERS = {"alice": "alice-pw", "bob": "bob pw with spaces"}
 
 
-@pytest.fixture
-def auth_dir():
-    d = AuthDir()
-    yield d
-    d.remove()
-
-
 def file_broker(start_broker, path, **auth):
-    return start_broker(auth={"backend": "file", "password_file": path, **auth},
-                        probe_auth=("alice", USERS["alice"]))
+    return authfiles.file_broker(start_broker, path, "alice", USERS["alice"], **auth)
 
 
 def pub(broker, user=None, password=None, topic="auth/t", msg="x"):
