@@ -25,6 +25,15 @@ static void inside(const void *field, size_t len, const uint8_t *data, size_t si
 		__builtin_trap();
 }
 
+/* Encoded again, a decoded message gives its bytes back (its fixed part aside: padding). */
+static void same_again(uint8_t *again, size_t len, size_t fixed, const uint8_t *data,
+		       size_t size)
+{
+	if (again == NULL || len != size || memcmp(again + fixed, data + fixed, size - fixed) != 0)
+		__builtin_trap();
+	free(again);
+}
+
 static void check_request(const uint8_t *data, size_t size)
 {
 	struct ipc_auth_fields f;
@@ -42,11 +51,7 @@ static void check_request(const uint8_t *data, size_t size)
 	    f.password_len != size || (!f.has_user && f.user_len))
 		__builtin_trap();
 	again = ipc_auth_request_encode(&f, &len);
-	if (again == NULL || len != size ||
-	    memcmp(again + sizeof(struct ipc_auth_request), data + sizeof(struct ipc_auth_request),
-		   size - sizeof(struct ipc_auth_request)) != 0)
-		__builtin_trap();
-	free(again);
+	same_again(again, len, sizeof(struct ipc_auth_request), data, size);
 }
 
 static void check_verdict(const uint8_t *data, size_t size)
@@ -60,11 +65,7 @@ static void check_verdict(const uint8_t *data, size_t size)
 	inside(f.user, f.user_len, data, size);
 	inside(f.rules, f.rules_len, data, size);
 	again = ipc_auth_verdict_encode(&f, &len);
-	if (again == NULL || len != size ||
-	    memcmp(again + sizeof(struct ipc_auth_verdict), data + sizeof(struct ipc_auth_verdict),
-		   size - sizeof(struct ipc_auth_verdict)) != 0)
-		__builtin_trap();
-	free(again);
+	same_again(again, len, sizeof(struct ipc_auth_verdict), data, size);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

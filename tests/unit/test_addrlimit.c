@@ -4,6 +4,7 @@
  * connection counts against a reference model, the rate buckets, the
  * loopback test and the slow-down of addresses that fail to authenticate.
  */
+#include <assert.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -201,21 +202,28 @@ static unsigned set_of(const struct addr_key *k)
 	return hidx_hash_bytes(k->b, sizeof(k->b)) & (ADDR_RATE_SETS - 1);
 }
 
+/* n addresses of one set (the rate and failure tables index alike). */
+static void keys_of_one_set(struct addr_key *keys, unsigned n)
+{
+	unsigned have = 0;
+
+	static_assert(ADDR_RATE_SETS == ADDR_FAIL_SETS, "one set function for both tables");
+	keys[have++] = nth_key(0);
+	for (uint32_t i = 1; have < n; i++) {
+		struct addr_key k = nth_key(i);
+
+		if (set_of(&k) == set_of(&keys[0]))
+			keys[have++] = k;
+	}
+}
+
 static void a_full_rate_set_gives_up_the_entry_seen_longest_ago(void **state)
 {
 	struct addr_rates *r = calloc(1, sizeof(*r));
 	struct addr_key keys[ADDR_RATE_WAYS + 1];
-	unsigned n = 0;
 
 	assert_non_null(r);
-	/* ADDR_RATE_WAYS + 1 addresses of one set. */
-	keys[n++] = nth_key(0);
-	for (uint32_t i = 1; n < ARRAY_SIZE(keys); i++) {
-		struct addr_key k = nth_key(i);
-
-		if (set_of(&k) == set_of(&keys[0]))
-			keys[n++] = k;
-	}
+	keys_of_one_set(keys, ARRAY_SIZE(keys));
 	/* Each seen at its time, each with its bucket emptied (rate 1). */
 	for (unsigned i = 0; i < ADDR_RATE_WAYS; i++)
 		assert_true(addr_rate_take(addr_rates_get(r, &keys[i], 10 + i, 1), 10 + i, 1));
@@ -289,16 +297,9 @@ static void a_full_failure_set_gives_up_the_oldest_failure(void **state)
 {
 	struct addr_fails *t = calloc(1, sizeof(*t));
 	struct addr_key keys[ADDR_FAIL_WAYS + 1];
-	unsigned n = 0;
 
 	assert_non_null(t);
-	keys[n++] = nth_key(0);
-	for (uint32_t i = 1; n < ARRAY_SIZE(keys); i++) {
-		struct addr_key k = nth_key(i);
-
-		if (set_of(&k) == set_of(&keys[0]))
-			keys[n++] = k;
-	}
+	keys_of_one_set(keys, ARRAY_SIZE(keys));
 	for (unsigned i = 0; i < ADDR_FAIL_WAYS; i++)
 		addr_fail_count(t, &keys[i], 10 + i);
 	addr_fail_count(t, &keys[0], 20);      /* key 1 now failed longest ago */
