@@ -101,10 +101,11 @@ void worker_auth_flush(struct worker *w)
 /* --- the verdicts --------------------------------------------------------- */
 
 /*
- * The client's rules, as the verdict carries them: opaque here, and kept
- * for their enforcement on this connection once that decodes them.
+ * The client's rules, as an accepting verdict carries them (empty without
+ * an ACL or a token's lists): opaque here; the ACL's enforcement decodes
+ * them onto the connection.
  */
-static void take_rules(struct worker *w, struct conn *c, const uint8_t *rules, size_t len)
+void conn_take_rules(struct worker *w, struct conn *c, const uint8_t *rules, size_t len)
 {
 	(void)w;
 	(void)c;
@@ -128,7 +129,7 @@ static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 		conn_close(w, c, false, "authentication refused");
 		return;
 	}
-	take_rules(w, c, f->rules, f->rules_len);
+	conn_take_rules(w, c, f->rules, f->rules_len);
 	rc = aw->rc;
 	rc.user = (struct rec_str){ (const uint8_t *)f->user, (uint16_t)f->user_len };
 	connect_forward(w, c, &rc);

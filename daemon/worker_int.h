@@ -163,6 +163,7 @@ bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const struct mqtt
 bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
 		      const struct rec_connect *rc);
 void worker_auth_forget(struct worker *w, const struct conn *c);
+void conn_take_rules(struct worker *w, struct conn *c, const uint8_t *rules, size_t len);
 
 /* worker_mqtt.c */
 void connect_forward(struct worker *w, struct conn *c, const struct rec_connect *rc);
