@@ -111,3 +111,36 @@ def test_reload_starts_and_stops_the_auth_role(start_broker, auth_dir):
         assert c.connack.rc == 0
     assert "auth stopped: the configuration no longer asks for it" in b.log
     b.initial_pids = set(b.pids())
+
+
+def test_a_verdict_for_a_closed_connection_is_dropped(start_broker, auth_dir):
+    """A client that leaves while its CONNECT waits for a verdict: the
+    verdict finds nothing, and the next client is served."""
+    b = file_broker(start_broker, auth_dir)
+    for _ in range(3):
+        assert connack(b, "alice", "wrong") == 4
+    gone = raw(b, tag="gone", connect=False)
+    gone.send(mqttraw.connect("gone-1", username="alice", password=USERS["alice"]))
+    gone.close()
+    # Its (delayed) answer was logged as sent, or dropped with the connection.
+    assert connack(b, "alice", USERS["alice"]) == 0
+    assert connack(b, "alice", USERS["alice"]) == 0
+
+
+def test_max_pending_bounds_the_connects_a_worker_holds(start_broker, auth_dir):
+    """With auth.max_pending = 1, a second CONNECT while one waits for its
+    (slowed-down) verdict gets CONNACK 3 at once, logged once."""
+    path = auth_dir.mosquitto_passwd("passwd", USERS)
+    b = start_broker(workers=1, probe_auth=("alice", USERS["alice"]),
+                     auth={"backend": "file", "password_file": path, "max_pending": 1})
+    for _ in range(4):
+        assert connack(b, "alice", "wrong") == 4      # the next answer waits 800 ms
+    first = raw(b, tag="first", connect=False)
+    first.send(mqttraw.connect("first-1", username="alice", password=USERS["alice"]))
+    second = raw(b, tag="second", connect=False)
+    second.send(mqttraw.connect("second-1", username="alice", password=USERS["alice"]))
+    codes = sorted([first.expect(mqttraw.CONNACK).rc, second.expect(mqttraw.CONNACK).rc])
+    first.close()
+    second.close()
+    assert codes == [0, 3]
+    assert b.log.count("(auth.max_pending); answering CONNACK 3 until they drain") == 1
