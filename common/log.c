@@ -622,7 +622,7 @@ void log_auth_refusal(const char *client_id, size_t client_id_len, const char *r
 	snprintf(host, sizeof(host), "%.*s", (int)hlen, remote + (remote[0] == '['));
 	snprintf(cid, sizeof(cid), "%.*s", (int)MIN(client_id_len, sizeof(cid) - 1), client_id);
 	log_client(LOG_LVL_WARN, cid, remote, "refused REMOTE=%s USER=\"%.*s\" CONNACK=%u (%s)",
-		   host, (int)MIN(user_len, (size_t)256), user, code, why);
+		   host, (int)MIN(user_len, (size_t)256), user ? user : "", code, why);
 }
 
 noreturn void fatal(const char *fmt, ...)

@@ -203,8 +203,11 @@ static struct auth_wait *wait_new(const struct rec_connect *rc)
 	if (aw == NULL)
 		return NULL;
 	*aw = (struct auth_wait){ .rc = *rc };
-	memcpy(aw->will, rc->will_topic.p, rc->will_topic.len);
-	memcpy(aw->will + rc->will_topic.len, rc->will_payload.p, rc->will_payload.len);
+	/* Empty fields may point nowhere. */
+	if (rc->will_topic.len > 0)
+		memcpy(aw->will, rc->will_topic.p, rc->will_topic.len);
+	if (rc->will_payload.len > 0)
+		memcpy(aw->will + rc->will_topic.len, rc->will_payload.p, rc->will_payload.len);
 	aw->rc.will_topic.p = aw->will;
 	aw->rc.will_payload.p = aw->will + rc->will_topic.len;
 	/* Set again from the connection and the verdict when the record is written. */
