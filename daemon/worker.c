@@ -342,10 +342,9 @@ static void check_deadlines(struct worker *w)
 		idle = w->now_ms - c->last_rx_ms;
 		if (c->state == CS_NEW && connect_ms > 0 && idle >= connect_ms)
 			conn_close(w, c, false, "no CONNECT within connect_timeout");
-		else if (c->state == CS_AUTHENTICATING && connect_ms > 0 && idle >= connect_ms) {
-			send_connack(w, c, false, MQTT_CONNACK_UNAVAILABLE);
-			conn_close(w, c, false, "no verdict from the auth role within connect_timeout");
-		}
+		else if (c->state == CS_AUTHENTICATING && connect_ms > 0 && idle >= connect_ms)
+			conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE,
+				    "no verdict from the auth role within connect_timeout");
 		else if (c->state == CS_ACTIVE && c->keepalive > 0 &&
 			 idle >= (uint64_t)c->keepalive * 1500)
 			conn_close(w, c, true, "keep-alive timeout");

@@ -124,9 +124,9 @@ static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 	    c == NULL || c->state != CS_AUTHENTICATING)
 		return;              /* gone, or answered already */
 	if (f->code != MQTT_CONNACK_ACCEPTED) {
-		send_connack(w, c, false, f->code == MQTT_CONNACK_BAD_AUTH ||
-			     f->code == MQTT_CONNACK_NOT_AUTHORIZED ? f->code : MQTT_CONNACK_UNAVAILABLE);
-		conn_close(w, c, false, "authentication refused");
+		conn_refuse(w, c, f->code == MQTT_CONNACK_BAD_AUTH ||
+			    f->code == MQTT_CONNACK_NOT_AUTHORIZED ? f->code : MQTT_CONNACK_UNAVAILABLE,
+			    "authentication refused");
 		return;
 	}
 	conn_take_rules(w, c, f->rules, f->rules_len);
@@ -185,12 +185,11 @@ void worker_auth_event(struct worker *w, uint32_t events)
 /* --- holding a CONNECT ------------------------------------------------------ */
 
 /* The secure default without the auth role: loopback clients only, unless allow_anonymous. */
-bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const struct mqtt_connect *ck)
+bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user, size_t ulen)
 {
 	if (w->cfg->auth_allow_anonymous || addr_remote_is_loopback(c->remote))
 		return true;
-	log_auth_refusal(conn_client_id(c), strlen(conn_client_id(c)), c->remote,
-			 (const char *)ck->username.p, ck->username_flag ? ck->username.len : 0,
+	log_auth_refusal(conn_client_id(c), strlen(conn_client_id(c)), c->remote, user, ulen,
 			 MQTT_CONNACK_NOT_AUTHORIZED, "not a loopback client, no auth.backend, and "
 			 "auth.allow_anonymous is false");
 	return false;
@@ -210,8 +209,8 @@ static struct auth_wait *wait_new(const struct rec_connect *rc)
 		memcpy(aw->will + rc->will_topic.len, rc->will_payload.p, rc->will_payload.len);
 	aw->rc.will_topic.p = aw->will;
 	aw->rc.will_payload.p = aw->will + rc->will_topic.len;
-	/* Set again from the connection and the verdict when the record is written. */
-	aw->rc.client_id = aw->rc.remote = aw->rc.user = (struct rec_str){ NULL, 0 };
+	/* The verdict's, when the record is written. */
+	aw->rc.user = (struct rec_str){ NULL, 0 };
 	return aw;
 }
 
@@ -252,7 +251,7 @@ bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connec
 	struct ipc_auth_fields f = {
 		.conn = c->id, .has_user = ck->username_flag, .has_password = ck->password_flag,
 		.remote = c->remote, .remote_len = c->remote_len,
-		.client_id = (const char *)rc->client_id.p, .client_id_len = rc->client_id.len,
+		.client_id = conn_client_id(c), .client_id_len = strlen(conn_client_id(c)),
 		.user = (const char *)ck->username.p, .user_len = ck->username_flag ? ck->username.len : 0,
 		.password = ck->password.p, .password_len = ck->password_flag ? ck->password.len : 0,
 	};
@@ -284,8 +283,7 @@ bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connec
 	worker_auth_flush(w);
 	return true;
 unavailable:
-	send_connack(w, c, false, MQTT_CONNACK_UNAVAILABLE);
-	conn_close(w, c, false, "cannot authenticate now");
+	conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, "cannot authenticate now");
 	return false;
 }
 
@@ -349,9 +347,8 @@ void worker_auth_config_changed(struct worker *w)
 
 		if (c == NULL || !ipc_auth_request_decode(aw->req, aw->req_len, &f))
 			continue;
-		f.code = MQTT_CONNACK_NOT_AUTHORIZED;
-		if (w->cfg->auth_allow_anonymous || addr_remote_is_loopback(c->remote))
-			f.code = MQTT_CONNACK_ACCEPTED;
+		f.code = worker_auth_loopback_ok(w, c, f.user, f.user_len) ?
+			 MQTT_CONNACK_ACCEPTED : MQTT_CONNACK_NOT_AUTHORIZED;
 		on_verdict_fields(w, &f);
 	}
 }

@@ -388,6 +388,13 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 	w->graveyard = c;
 }
 
+/* A CONNECT refused: CONNACK with its code, then close (no will: it was never registered). */
+void conn_refuse(struct worker *w, struct conn *c, uint8_t code, const char *why)
+{
+	send_connack(w, c, false, code);
+	conn_close(w, c, false, why);
+}
+
 void bury_closed(struct worker *w)
 {
 	while (w->graveyard != NULL) {

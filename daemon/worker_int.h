@@ -150,6 +150,7 @@ void flush_dirty(struct worker *w);
 void conn_read(struct worker *w, struct conn *c);
 void conn_process_input(struct worker *w, struct conn *c);
 void conn_close(struct worker *w, struct conn *c, bool publish_will, const char *why);
+void conn_refuse(struct worker *w, struct conn *c, uint8_t code, const char *why);
 void bury_closed(struct worker *w);
 void close_all(struct worker *w, const char *why);
 
@@ -159,7 +160,7 @@ void worker_auth_free(struct worker *w);
 void worker_auth_config_changed(struct worker *w);
 void worker_auth_event(struct worker *w, uint32_t events);
 void worker_auth_flush(struct worker *w);
-bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const struct mqtt_connect *ck);
+bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user, size_t ulen);
 bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
 		      const struct rec_connect *rc);
 void worker_auth_forget(struct worker *w, const struct conn *c);

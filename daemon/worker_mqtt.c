@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "addrlimit.h"
 #include "log.h"
 #include "topic.h"
 #include "worker_int.h"
@@ -175,9 +174,10 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		return PKT_CLOSED;
 	}
 	*cp = c;
-	if (!config_auth_role(cfg) && !worker_auth_loopback_ok(w, c, ck)) {
-		send_connack(w, c, false, MQTT_CONNACK_NOT_AUTHORIZED);
-		conn_close(w, c, false, "not authorized");
+	if (!config_auth_role(cfg) &&
+	    !worker_auth_loopback_ok(w, c, (const char *)ck->username.p,
+				     ck->username_flag ? ck->username.len : 0)) {
+		conn_refuse(w, c, MQTT_CONNACK_NOT_AUTHORIZED, "not a loopback client");
 		return PKT_CLOSED;
 	}
 	/*
@@ -194,8 +194,6 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		.conn = c->id,
 		.clean = ck->clean_session,
 		.keepalive = ck->keepalive,
-		.client_id = { (const uint8_t *)id, (uint16_t)len },
-		.remote = { (const uint8_t *)c->remote, (uint16_t)strlen(c->remote) },
 		.user = { ck->username.p, ck->username_flag ? ck->username.len : 0 },
 		.will_flag = ck->will_flag,
 		.will_qos = ck->will_qos,
@@ -210,7 +208,11 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 	return PKT_PAUSE;
 }
 
-/* The CONNECT to the router, which places the session and answers CONNACK. */
+/*
+ * The CONNECT to the router, which places the session and answers
+ * CONNACK; rc as handle_connect made it (the client id and the remote
+ * address are the connection's).
+ */
 void connect_forward(struct worker *w, struct conn *c, const struct rec_connect *rc)
 {
 	struct rec_connect x = *rc;
