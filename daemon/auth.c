@@ -214,6 +214,9 @@ static void decided(struct auth *a, struct auth_job *j)
 	if (j->code != MQTT_CONNACK_ACCEPTED)
 		log_auth_refusal(j->client_id, j->client_id_len, j->remote, j->user, j->user_len,
 				 j->code, j->why);
+	else
+		log_debug("accepted REMOTE=%s as \"%.*s\"", j->remote, (int)MIN(j->out_user_len, 256u),
+			  j->out_user);
 	if (j->due_ms > now)
 		hold_until_due(a, j);
 	else

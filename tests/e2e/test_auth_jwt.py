@@ -66,6 +66,8 @@ def test_valid_token(jwt_broker, keys):
     assert connack(jwt_broker, token) == 0
     with raw(jwt_broker, tag="jwtpub", username="whatever", password=token) as c:
         c.publish("sensors/7/t", b"x", qos=1, pid=1)
+    # Known by the token's claim, not by the user name it sent.
+    assert 'as "sensor-7"' in jwt_broker.log and 'as "whatever"' not in jwt_broker.log
 
 
 def test_expired_token(jwt_broker, keys):
