@@ -267,9 +267,9 @@ int privsep_seal_store(const char *dir, bool removable)
 
 /*
  * Landlock allows reading files beneath each directory, not the files
- * themselves: a rule follows an inode, and iotd-passwd, mosquitto_passwd
- * and editors replace a file by renaming a new one over it, which a rule
- * on the old inode would then refuse.
+ * themselves: a rule follows an inode, and iotd-passwd and editors
+ * replace a file by renaming a new one over it, which a rule on the old
+ * inode would then refuse.
  */
 int privsep_seal_read(const char *const *dirs, size_t n)
 {

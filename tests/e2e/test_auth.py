@@ -3,6 +3,7 @@ by Debian's mosquitto_passwd ($7$ and -H sha512) and by iotd-passwd, real
 clients (mosquitto_pub/sub, Paho, raw), every CONNACK code, the refusal's
 log line, reload with a good and a broken file, and start-up checks."""
 
+import os
 import re
 import signal
 import subprocess
@@ -139,8 +140,9 @@ def test_reload_good_and_broken_password_file(start_broker, auth_dir):
     path = auth_dir.mosquitto_passwd("passwd", USERS)
     b = file_broker(start_broker, path)
     assert connack(b, "alice", USERS["alice"]) == 0
-    # mosquitto_passwd replaces the file by renaming a new one over it.
-    auth_dir.mosquitto_passwd("passwd", {"alice": "new-pw"}, create=False)
+    # A new file renamed over the old one, as iotd-passwd and editors do: a new inode.
+    new = auth_dir.mosquitto_passwd("passwd.new", {"alice": "new-pw", "bob": USERS["bob"]})
+    os.replace(new, path)
     done = b.log.count("reload: files read again")
     b.send_signal(signal.SIGHUP)
     wait_for(lambda: b.log.count("reload: files read again") > done, 10,
