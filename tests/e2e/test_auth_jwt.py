@@ -100,3 +100,25 @@ def test_no_token_and_garbage(jwt_broker):
     assert connack(jwt_broker, "not.a.token") == 4
     with raw(jwt_broker, tag="jwtanon", expect_rc=None) as c:
         assert c.connack.rc == 5                       # anonymous
+
+
+def test_a_key_file_of_several_algorithms(start_broker, keys):
+    """RS256 and ES256 keys in one file: each algorithm is checked with its
+    own keys; the user name comes from the configured claim."""
+    d = AuthDir()
+    try:
+        path = d.file("keys.pem", (pem_public(keys["rsa"]) + pem_public(keys["ec"])).decode())
+        es = jwt.encode(claims(device="pump-3"), keys["ec"], algorithm="ES256")
+        b = start_broker(auth={"backend": "jwt", "jwt_key_file": path,
+                               "jwt_username_claim": "device"}, probe_auth=("x", es))
+        assert connack(b, es) == 0
+        assert connack(b, jwt.encode(claims(device="pump-4"), keys["rsa"],
+                                     algorithm="RS256")) == 0
+        assert 'as "pump-4"' in b.log
+        # Signed with the EC key but claiming RS256: checked with the RSA key, refused.
+        head = b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+        assert connack(b, head + es[es.index("."):]) == 4
+        # Without the configured claim: refused.
+        assert connack(b, jwt.encode(claims(), keys["ec"], algorithm="ES256")) == 4
+    finally:
+        d.remove()

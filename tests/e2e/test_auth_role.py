@@ -144,3 +144,19 @@ def test_max_pending_bounds_the_connects_a_worker_holds(start_broker, auth_dir):
     second.close()
     assert codes == [0, 3]
     assert b.log.count("(auth.max_pending); answering CONNACK 3 until they drain") == 1
+
+
+def test_reload_without_a_backend_decides_what_waited(start_broker, auth_dir):
+    """A CONNECT waiting for the auth role when a reload stops it is decided
+    by the worker, by the loopback rule (user names as given): a wrong
+    password the auth role would have refused gets CONNACK 0."""
+    b = file_broker(start_broker, auth_dir)
+    for _ in range(5):
+        assert connack(b, "alice", "wrong") == 4      # the next answer waits 1.6 s
+    waiting = raw(b, tag="waiting", connect=False)
+    waiting.send(mqttraw.connect("waiting-1", username="alice", password="wrong"))
+    b.reload(auth={})
+    assert waiting.expect(mqttraw.CONNACK).rc == 0
+    waiting.close()
+    wait_for(lambda: b.role_pid("auth") is None, 10, "the auth role to stop")
+    b.initial_pids = set(b.pids())
