@@ -5,7 +5,8 @@
  * user's name, bad password, anonymous), what a compromised worker may
  * send (a malformed request is dropped, the role carries on), the bound
  * on one worker's requests (CONNACK 3 at once), one answer for a request
- * sent twice, the slow-down of an address that failed, and a reload.
+ * sent twice, the slow-down of an address that failed, a reload; and a
+ * JWT's verdict: the user from its claim, its filter lists in the rules.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -27,6 +28,7 @@
 #include "mqtt.h"
 #include "passwd.h"
 #include "roles.h"
+#include "tokens.h"
 
 struct fx {
 	struct iotd_config cfg;
@@ -80,21 +82,29 @@ static bool nothing_within(int fd, int ms)
 	return poll(&pfd, 1, ms) == 0;
 }
 
-static int setup(void **state)
+static EVP_PKEY *jwt_key;           /* Ed25519: the "jwt" fixture's */
+
+/* A fixture in a directory of its own: the backend's file at f->path. */
+static struct fx *fx_new(const char *backend, const char *file)
 {
 	struct fx *f = calloc(1, sizeof(*f));
-	static uint8_t buf[IPC_MAX_PAYLOAD];
-	size_t len;
-	int sp[2];
 
 	assert_non_null(f);
 	snprintf(f->dir, sizeof(f->dir), "/tmp/iotd-test-auth-XXXXXX");
 	assert_non_null(mkdtemp(f->dir));
-	snprintf(f->path, sizeof(f->path), "%s/passwd", f->dir);
-	write_users(f, "alice-pw");
+	snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, file);
 	config_defaults(&f->cfg);
-	snprintf(f->cfg.auth_backend, sizeof(f->cfg.auth_backend), "file");
-	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	snprintf(f->cfg.auth_backend, sizeof(f->cfg.auth_backend), "%s", backend);
+	return f;
+}
+
+/* Fork the auth role on f's configuration; its READY and its greeting come first. */
+static int fx_start(struct fx *f, void **state)
+{
+	static uint8_t buf[IPC_MAX_PAYLOAD];
+	size_t len;
+	int sp[2];
+
 	f->cfg.auth_hash_threads = 1;
 	f->cfg.auth_max_pending = 2;
 	f->cfg.auth_max_failure_delay_ms = 400;
@@ -114,6 +124,31 @@ static int setup(void **state)
 	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_HELLO);
 	*state = f;
 	return 0;
+}
+
+static int setup(void **state)
+{
+	struct fx *f = fx_new("file", "passwd");
+
+	write_users(f, "alice-pw");
+	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	return fx_start(f, state);
+}
+
+static int setup_jwt(void **state)
+{
+	struct fx *f = fx_new("jwt", "keys.pem");
+	char *pem;
+
+	jwt_key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	assert_non_null(jwt_key);
+	pem = public_pem(jwt_key);
+	write_file(f->path, pem);
+	free(pem);
+	snprintf(f->cfg.auth_jwt_key_file, sizeof(f->cfg.auth_jwt_key_file), "%s", f->path);
+	snprintf(f->cfg.auth_jwt_read_claim, sizeof(f->cfg.auth_jwt_read_claim), "r");
+	snprintf(f->cfg.auth_jwt_write_claim, sizeof(f->cfg.auth_jwt_write_claim), "w");
+	return fx_start(f, state);
 }
 
 static int teardown(void **state)
@@ -246,6 +281,35 @@ static void a_reload_is_a_transaction(void **state)
 	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
 }
 
+static void a_token_names_its_client_and_carries_its_lists(void **state)
+{
+	static const char header[] = "{\"alg\":\"EdDSA\",\"typ\":\"JWT\"}";
+	static const uint8_t rules[] = "r\0\3a/#" "r\0\1b" "w\0\3a/b";
+	struct fx *f = *state;
+	struct ipc_auth_fields v;
+	char claims[256], user[64];
+
+	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-1\",\"exp\":%lld,"
+		 "\"r\":[\"a/#\",\"b\"],\"w\":[\"a/b\"]}", (long long)time(NULL) + 600);
+	ask(f, 40, 0, "127.0.0.1:1", "ignored", token_with(jwt_key, header, claims));
+	v = verdict(f, user, sizeof(user));
+	assert_int_equal(v.code, MQTT_CONNACK_ACCEPTED);
+	assert_string_equal(user, "dev-1");
+	assert_int_equal(v.rules_len, sizeof(rules) - 1);
+	assert_memory_equal(v.rules, rules, sizeof(rules) - 1);
+	/* No lists: no rules. */
+	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-2\",\"exp\":%lld}",
+		 (long long)time(NULL) + 600);
+	ask(f, 41, 0, "127.0.0.1:1", "ignored", token_with(jwt_key, header, claims));
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.code == MQTT_CONNACK_ACCEPTED && v.rules_len == 0);
+	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-3\",\"exp\":%lld}",
+		 (long long)time(NULL) - 1);
+	ask(f, 42, 0, "127.0.0.1:1", "ignored", token_with(jwt_key, header, claims));
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	EVP_PKEY_free(jwt_key);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -254,6 +318,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(failures_slow_down_and_bound_the_requests_held,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(a_reload_is_a_transaction, setup, teardown),
+		cmocka_unit_test_setup_teardown(a_token_names_its_client_and_carries_its_lists,
+						setup_jwt, teardown),
 	};
 
 	signal(SIGPIPE, SIG_IGN);
