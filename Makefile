@@ -8,7 +8,8 @@
 #   make fuzz          each libFuzzer harness for FUZZ_SECONDS (clang)
 #   make fuzz-coverage line and branch coverage each harness reaches on its corpus
 #   make systemd-test  iotd under a real systemd (systemd-sandbox) and as root
-#   make install       PREFIX=/usr/local DESTDIR=  (uninstall: the same)
+#   make install       PREFIX=/usr/local DESTDIR=  (uninstall: the same): iotd, iotd-passwd,
+#                      the units, the man pages, /etc/iotd/iotd.conf
 
 CC       ?= cc
 BUILD    ?= build
@@ -141,6 +142,7 @@ run: all
 
 # Where `make install` puts things (PREFIX, DESTDIR and each of these honoured).
 BINDIR      ?= $(PREFIX)/sbin
+TOOLDIR     ?= $(PREFIX)/bin
 UNITDIR     ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
 TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
@@ -150,6 +152,7 @@ CONFDIR     := $(SYSCONFDIR)/iotd
 # An existing iotd.conf is kept; the unit is rewritten for BINDIR and CONFDIR.
 install: all
 	install -D -m 0755 $(BUILD)/iotd $(DESTDIR)$(BINDIR)/iotd
+	install -D -m 0755 $(BUILD)/contrib/iotd-passwd $(DESTDIR)$(TOOLDIR)/iotd-passwd
 	@if [ -e $(DESTDIR)$(CONFDIR)/iotd.conf ]; then \
 	    echo "keeping the existing $(DESTDIR)$(CONFDIR)/iotd.conf"; \
 	else install -D -m 0644 contrib/iotd.conf $(DESTDIR)$(CONFDIR)/iotd.conf; fi
@@ -168,7 +171,8 @@ install: all
 
 # iotd.conf is removed only while it is still the shipped file.
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/iotd $(DESTDIR)$(UNITDIR)/iotd.service \
+	rm -f $(DESTDIR)$(BINDIR)/iotd $(DESTDIR)$(TOOLDIR)/iotd-passwd \
+	    $(DESTDIR)$(UNITDIR)/iotd.service \
 	    $(DESTDIR)$(UNITDIR)/iotd.socket $(DESTDIR)$(SYSUSERSDIR)/iotd.conf \
 	    $(DESTDIR)$(TMPFILESDIR)/iotd.conf $(DESTDIR)$(MANDIR)/man8/iotd.8 \
 	    $(DESTDIR)$(MANDIR)/man5/iotd.conf.5

@@ -2,7 +2,8 @@
  * addrlimit.c - per-address keys, connection counts and connection rates
  * (see addrlimit.h).
  *
- * Owns the two tables' memory. The count table is linear probing with
+ * Owns the count table's memory (the others are fixed arrays their
+ * owners hold). The count table is linear probing with
  * deletion by backward shift (no tombstones), so that a long-running
  * listener never degrades, at a load of at most 3/4; it halves once it is
  * less than 1/8 full.
@@ -50,40 +51,52 @@ bool addr_key_from_sockaddr(const struct sockaddr_storage *ss, struct addr_key *
 	return false;
 }
 
-bool addr_key_from_remote(const char *remote, struct addr_key *k)
+/* The address of "1.2.3.4:port" or "[v6]:port": AF_INET or AF_INET6, 0 for anything else. */
+static int remote_parse(const char *remote, struct in_addr *a4, struct in6_addr *a6)
 {
 	char host[INET6_ADDRSTRLEN];
-	const char *end;
-	size_t len;
+	bool v6 = remote[0] == '[';
+	const char *start = remote + v6, *end = v6 ? strchr(remote, ']') : strrchr(remote, ':');
+	size_t len = end ? (size_t)(end - start) : 0;
 
-	if (remote[0] == '[') {
-		struct in6_addr a6;
+	if (len == 0 || len >= sizeof(host))
+		return 0;
+	memcpy(host, start, len);
+	host[len] = '\0';
+	if (v6)
+		return inet_pton(AF_INET6, host, a6) == 1 ? AF_INET6 : 0;
+	return inet_pton(AF_INET, host, a4) == 1 ? AF_INET : 0;
+}
 
-		end = strchr(remote, ']');
-		len = end ? (size_t)(end - remote - 1) : 0;
-		if (len == 0 || len >= sizeof(host))
-			return false;
-		memcpy(host, remote + 1, len);
-		host[len] = '\0';
-		if (inet_pton(AF_INET6, host, &a6) != 1)
-			return false;
+bool addr_key_from_remote(const char *remote, struct addr_key *k)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	switch (remote_parse(remote, &a4, &a6)) {
+	case AF_INET:
+		key_v4(k, &a4);
+		return true;
+	case AF_INET6:
 		key_v6(k, &a6);
 		return true;
 	}
-	end = strrchr(remote, ':');
-	len = end ? (size_t)(end - remote) : 0;
-	if (len == 0 || len >= sizeof(host))
-		return false;
-	memcpy(host, remote, len);
-	host[len] = '\0';
-	{
-		struct in_addr a4;
+	return false;
+}
 
-		if (inet_pton(AF_INET, host, &a4) != 1)
-			return false;
-		key_v4(k, &a4);
+bool addr_remote_is_loopback(const char *remote)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+
+	switch (remote_parse(remote, &a4, &a6)) {
+	case AF_INET:
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	case AF_INET6:
+		return IN6_IS_ADDR_LOOPBACK(&a6) ||
+		       (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
 	}
-	return true;
+	return false;
 }
 
 void addr_key_format(const struct addr_key *k, char *out, size_t cap)
@@ -253,4 +266,60 @@ bool addr_rate_take(struct addr_rate *e, uint64_t now_ms, long rate)
 		return false;
 	e->milli -= 1000;
 	return true;
+}
+
+/* ---- recent authentication failures ---- */
+
+static struct addr_fail *fails_find(struct addr_fails *t, const struct addr_key *k,
+				    uint64_t now_ms)
+{
+	struct addr_fail *set = &t->e[(key_hash(k) & (ADDR_FAIL_SETS - 1)) * ADDR_FAIL_WAYS];
+
+	for (unsigned i = 0; i < ADDR_FAIL_WAYS; i++)
+		if (set[i].last_ms != 0 && key_eq(&set[i].key, k)) {
+			/* Failures long ago are forgotten. */
+			if (now_ms - set[i].last_ms >= ADDR_FAIL_FORGET_MS)
+				set[i].n = 0;
+			return &set[i];
+		}
+	return NULL;
+}
+
+uint32_t addr_fail_delay(struct addr_fails *t, const struct addr_key *k, uint64_t now_ms,
+			 uint32_t max_ms)
+{
+	struct addr_fail *e = fails_find(t, k, now_ms);
+	uint64_t ms;
+
+	if (e == NULL || e->n == 0)
+		return 0;
+	ms = (uint64_t)ADDR_FAIL_BASE_MS << (e->n - 1 < 20 ? e->n - 1 : 20);
+	return ms < max_ms ? (uint32_t)ms : max_ms;
+}
+
+void addr_fail_count(struct addr_fails *t, const struct addr_key *k, uint64_t now_ms)
+{
+	struct addr_fail *e = fails_find(t, k, now_ms);
+
+	if (e == NULL) {
+		struct addr_fail *set = &t->e[(key_hash(k) & (ADDR_FAIL_SETS - 1)) * ADDR_FAIL_WAYS];
+
+		/* A full set gives up the entry that failed longest ago. */
+		e = &set[0];
+		for (unsigned i = 1; i < ADDR_FAIL_WAYS; i++)
+			if (set[i].last_ms < e->last_ms)
+				e = &set[i];
+		*e = (struct addr_fail){ .key = *k };
+	}
+	if (e->n < UINT32_MAX)
+		e->n++;
+	e->last_ms = now_ms;
+}
+
+void addr_fail_clear(struct addr_fails *t, const struct addr_key *k)
+{
+	struct addr_fail *e = fails_find(t, k, 0);
+
+	if (e != NULL)
+		*e = (struct addr_fail){ 0 };
 }

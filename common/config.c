@@ -32,12 +32,13 @@
 const char *const config_sections[] = { "server", "auth", "storage", "logging" };
 static_assert(ARRAY_SIZE(config_sections) == N_SECTIONS, "N_SECTIONS counts config_sections[]");
 
-/* Only "none" exists today; a backend is added here and in the auth code. */
-static const char *const auth_backends[] = { "none", NULL };
+/* A backend is added here and in the auth role (daemon/auth_check.c). */
+static const char *const auth_backends[] = { "none", "file", "jwt", NULL };
 static const char *const storage_backends[] = { "memory", "disk", NULL };
 
 #define FIELD(f) offsetof(struct iotd_config, f), sizeof(((struct iotd_config *)0)->f)
 #define KEY_INT(f, lo, hi) { "server", #f, KT_INT, FIELD(f), lo, hi, NULL }
+#define KEY_AUTH_INT(name, f, lo, hi) { "auth", name, KT_INT, FIELD(f), lo, hi, NULL }
 #define KEY(sec, name, type, f, choices) { sec, name, type, FIELD(f), 0, 0, choices }
 
 /*
@@ -79,6 +80,17 @@ const struct key config_keys[] = {
 	KEY("server", "user", KT_USER, user, NULL),
 	KEY("auth", "enabled", KT_BOOL, auth_enabled, NULL),
 	KEY("auth", "backend", KT_CHOICE, auth_backend, auth_backends),
+	KEY("auth", "password_file", KT_PATH, auth_password_file, NULL),
+	KEY("auth", "acl_file", KT_PATH, auth_acl_file, NULL),
+	KEY("auth", "allow_anonymous", KT_BOOL, auth_allow_anonymous, NULL),
+	KEY("auth", "jwt_key_file", KT_PATH, auth_jwt_key_file, NULL),
+	KEY("auth", "jwt_username_claim", KT_NAME, auth_jwt_username_claim, NULL),
+	KEY("auth", "jwt_read_claim", KT_NAME, auth_jwt_read_claim, NULL),
+	KEY("auth", "jwt_write_claim", KT_NAME, auth_jwt_write_claim, NULL),
+	KEY_AUTH_INT("jwt_leeway", auth_jwt_leeway, 0, 86400),
+	KEY_AUTH_INT("hash_threads", auth_hash_threads, 1, 64),
+	KEY_AUTH_INT("max_pending", auth_max_pending, 1, 65536),
+	KEY_AUTH_INT("max_failure_delay_ms", auth_max_failure_delay_ms, 0, 60000),
 	KEY("storage", "backend", KT_CHOICE, storage_backend, storage_backends),
 	KEY("storage", "path", KT_PATH, storage_path, NULL),
 	KEY("logging", "level", KT_LEVEL, log_level, NULL),
@@ -124,6 +136,12 @@ void config_defaults(struct iotd_config *cfg)
 	snprintf(cfg->user, sizeof(cfg->user), "iotd");
 	cfg->auth_enabled = false;
 	snprintf(cfg->auth_backend, sizeof(cfg->auth_backend), "none");
+	snprintf(cfg->auth_jwt_username_claim, sizeof(cfg->auth_jwt_username_claim), "sub");
+	cfg->auth_allow_anonymous = false;
+	cfg->auth_jwt_leeway = 0;
+	cfg->auth_hash_threads = 2;
+	cfg->auth_max_pending = 256;
+	cfg->auth_max_failure_delay_ms = 5000;
 	snprintf(cfg->storage_backend, sizeof(cfg->storage_backend), "memory");
 	snprintf(cfg->storage_path, sizeof(cfg->storage_path), "/var/lib/iotd");
 	cfg->log_level = LOG_LVL_INFO;
@@ -245,6 +263,19 @@ static int apply_path(const struct key *k, const char *v, struct iotd_config *cf
 	return store_str(k, cfg, v, why, whylen);
 }
 
+/* Printable ASCII without blanks or quotes; "" unsets. */
+static int apply_name(const struct key *k, const char *v, struct iotd_config *cfg,
+		      char *why, size_t whylen)
+{
+	for (const char *p = v; *p; p++) {
+		if (!isgraph((unsigned char)*p) || *p == '"' || *p == '\\') {
+			snprintf(why, whylen, "expected printable characters without blanks or quotes");
+			return -1;
+		}
+	}
+	return store_str(k, cfg, v, why, whylen);
+}
+
 static int apply_choice(const struct key *k, const char *v, struct iotd_config *cfg,
 			char *why, size_t whylen)
 {
@@ -349,6 +380,8 @@ int key_apply(const struct key *k, const char *v, struct iotd_config *cfg,
 		return apply_path(k, v, cfg, why, whylen);
 	case KT_CHOICE:
 		return apply_choice(k, v, cfg, why, whylen);
+	case KT_NAME:
+		return apply_name(k, v, cfg, why, whylen);
 	case KT_LEVEL:
 	case KT_FORMAT:
 		return apply_enum(k, v, cfg, why, whylen);
@@ -441,6 +474,51 @@ static size_t blame(const struct load_ctx *ctx, const char *sec, const char *a,
 	return ctx->src[ia] == SRC_DEFAULT && ctx->src[ib] != SRC_DEFAULT ? ib : ia;
 }
 
+bool config_auth_role(const struct iotd_config *cfg)
+{
+	return strcmp(cfg->auth_backend, "none") != 0 || cfg->auth_acl_file[0] != '\0';
+}
+
+/* A key of the auth section that must be set for the backend chosen. */
+static int auth_needs(struct load_ctx *ctx, const char *key, const char *value)
+{
+	char where[CONFIG_ERR_LEN];
+
+	if (value[0] != '\0')
+		return 0;
+	describe_origin(ctx, (size_t)key_index("auth", "backend"), where, sizeof(where));
+	set_err(ctx, "%sbackend '%s' needs %s", where, ctx->cfg.auth_backend, key);
+	return -1;
+}
+
+/*
+ * auth.enabled predates the backends and is kept so that existing files
+ * load: it says nothing the backend does not, and is only checked when a
+ * file or the environment sets it. true needs a backend other than
+ * "none" (with nothing to check against it would admit everyone); false
+ * contradicts one.
+ */
+static int check_auth(struct load_ctx *ctx)
+{
+	const struct iotd_config *c = &ctx->cfg;
+	bool none = strcmp(c->auth_backend, "none") == 0;
+	char where[CONFIG_ERR_LEN];
+
+	if (ctx->src[key_index("auth", "enabled")] != SRC_DEFAULT && c->auth_enabled == none) {
+		describe_origin(ctx, blame(ctx, "auth", "enabled", "backend"), where,
+				sizeof(where));
+		set_err(ctx, "%senabled is %s but backend is '%s'", where,
+			c->auth_enabled ? "true" : "false", c->auth_backend);
+		return -1;
+	}
+	if (strcmp(c->auth_backend, "file") == 0)
+		return auth_needs(ctx, "password_file", c->auth_password_file);
+	if (strcmp(c->auth_backend, "jwt") == 0)
+		return auth_needs(ctx, "jwt_key_file", c->auth_jwt_key_file) < 0 ||
+		       auth_needs(ctx, "jwt_username_claim", c->auth_jwt_username_claim) < 0 ? -1 : 0;
+	return 0;
+}
+
 static int check_consistency(struct load_ctx *ctx)
 {
 	const struct iotd_config *c = &ctx->cfg;
@@ -462,14 +540,7 @@ static int check_consistency(struct load_ctx *ctx)
 			where, c->max_sessions, c->max_connections);
 		return -1;
 	}
-	/* Authentication switched on with nothing to check against would admit everyone. */
-	if (c->auth_enabled && strcmp(c->auth_backend, "none") == 0) {
-		describe_origin(ctx, blame(ctx, "auth", "enabled", "backend"), where,
-				sizeof(where));
-		set_err(ctx, "%senabled is true but backend is 'none'", where);
-		return -1;
-	}
-	return 0;
+	return check_auth(ctx);
 }
 
 int config_load(struct iotd_config *cfg, const struct cli_args *args,

@@ -26,6 +26,7 @@ enum key_type {
 	KT_LEVEL,	/* enum log_level */
 	KT_FORMAT,	/* enum log_format */
 	KT_LISTEN,	/* the listen list (listen[] and n_listen) */
+	KT_NAME,	/* printable text, possibly empty (a JWT claim's name) */
 };
 
 struct key {
@@ -40,7 +41,7 @@ struct key {
 
 /* The tables' lengths, checked against their initialisers in config.c. */
 #define N_SECTIONS 4
-#define N_KEYS 35
+#define N_KEYS 46
 
 extern const char *const config_sections[];
 extern const struct key config_keys[];

@@ -612,6 +612,19 @@ void log_client(enum log_level level, const char *client_id, const char *remote,
 	va_end(ap);
 }
 
+void log_auth_refusal(const char *client_id, size_t client_id_len, const char *remote,
+		      const char *user, size_t user_len, unsigned code, const char *why)
+{
+	char cid[256], host[64];
+	const char *end = remote[0] == '[' ? strchr(remote, ']') : strrchr(remote, ':');
+	size_t hlen = end ? (size_t)(end - remote) - (remote[0] == '[') : strlen(remote);
+
+	snprintf(host, sizeof(host), "%.*s", (int)hlen, remote + (remote[0] == '['));
+	snprintf(cid, sizeof(cid), "%.*s", (int)MIN(client_id_len, sizeof(cid) - 1), client_id);
+	log_client(LOG_LVL_WARN, cid, remote, "refused REMOTE=%s USER=\"%.*s\" CONNACK=%u (%s)",
+		   host, (int)MIN(user_len, (size_t)256), user ? user : "", code, why);
+}
+
 noreturn void fatal(const char *fmt, ...)
 {
 	va_list ap;

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -261,6 +262,29 @@ int privsep_seal_store(const char *dir, bool removable)
 		close(ruleset);
 		return -1;
 	}
+	return landlock_enforce(ruleset);
+}
+
+/*
+ * Landlock allows reading files beneath each directory, not the files
+ * themselves: a rule follows an inode, and iotd-passwd and editors
+ * replace a file by renaming a new one over it, which a rule on the old
+ * inode would then refuse.
+ */
+int privsep_seal_read(const char *const *dirs, size_t n)
+{
+	int ruleset;
+
+	if (!confined || landlock_abi == 0)
+		return 0;
+	ruleset = landlock_ruleset();
+	if (ruleset < 0)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		if (landlock_allow(ruleset, dirs[i], LANDLOCK_ACCESS_FS_READ_FILE) < 0) {
+			close(ruleset);
+			return -1;
+		}
 	return landlock_enforce(ruleset);
 }
 
@@ -510,6 +534,19 @@ static const char *const listener_syscalls[] = {
  * directory (privsep_seal_store, after this filter: Landlock's calls can
  * only take rights away); alarm bounds an orphaned router's last drain.
  */
+/*
+ * The auth role: reading its files (at start and on reload: Landlock keeps
+ * that to their directories, privsep_seal_read), and the threads that
+ * verify passwords (clone only with CLONE_THREAD, allow_conditional;
+ * clone3, whose flags seccomp cannot read, fails with ENOSYS so that
+ * glibc falls back to clone).
+ */
+static const char *const auth_syscalls[] = {
+	"openat", "newfstatat", "fstat", "statx", "lseek",
+	"eventfd2", "set_robust_list", "rseq", "sched_getaffinity",
+	"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
+};
+
 static const char *const router_syscalls[] = {
 	"openat", "newfstatat", "fstat", "statx", "fstatfs", "uname", "geteuid",
 	"access", "faccessat", "faccessat2", "getdents64", "lseek",
@@ -558,6 +595,11 @@ static int allow_conditional(scmp_filter_ctx ctx, enum iotd_role role)
 	if (rc == 0 && role == ROLE_ROUTER)
 		rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(kill), 1,
 				      SCMP_A1(SCMP_CMP_EQ, 0));
+	if (rc == 0 && role == ROLE_AUTH)
+		rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+				      SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
+	if (rc == 0 && role == ROLE_AUTH)
+		rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
 	for (size_t i = 0; rc == 0 && i < ARRAY_SIZE(fcntl_cmds); i++)
 		rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
 				      SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t)fcntl_cmds[i]));
@@ -587,6 +629,9 @@ static int load_filter(enum iotd_role role)
 		goto cleanup;
 	if (role == ROLE_ROUTER &&
 	    allow_names(ctx, router_syscalls, ARRAY_SIZE(router_syscalls)) < 0)
+		goto cleanup;
+	if (role == ROLE_AUTH &&
+	    allow_names(ctx, auth_syscalls, ARRAY_SIZE(auth_syscalls)) < 0)
 		goto cleanup;
 	err = seccomp_load(ctx);
 	if (err < 0) {

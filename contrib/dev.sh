@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 export WERROR=1
 
 BUILD_PKGS="build-essential pkg-config libconfuse-dev libsystemd-dev uthash-dev liblmdb-dev libseccomp-dev libssl-dev libargon2-dev"
-TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev llvm-14 python3 python3-pytest python3-paho-mqtt mosquitto-clients mosquitto procps systemd systemd-container debootstrap gdb"
+TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev llvm-14 python3 python3-pytest python3-paho-mqtt python3-jwt python3-cryptography mosquitto-clients mosquitto procps systemd systemd-container debootstrap gdb"
 
 missing() {
 	for p in "$@"; do

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "config.h"
 #include "iotd.h"
 #include "log.h"
@@ -35,10 +36,9 @@ int main(int argc, char **argv, char **envp)
 		fprintf(stderr, "iotd: %s\n", err);
 		return 1;
 	}
-	/* Refuse settings this build cannot honour rather than silently ignoring them. */
-	if (cfg.auth_enabled) {
-		fprintf(stderr, "iotd: %s: auth: enabled: authentication is not available in this "
-			"version\n", cfg.path[0] ? cfg.path : "(environment)");
+	/* The auth role's files, read as it will read them: a broken one stops the start. */
+	if (auth_files_check(&cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "iotd: %s\n", err);
 		return 1;
 	}
 	if (args.test_only) {

@@ -203,9 +203,12 @@ int store_daemon_ident(pid_t daemon, char *buf, size_t len)
 	read_line("/proc/sys/kernel/random/boot_id", boot, sizeof(boot));
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)daemon);
 	if (read_line(path, stat, sizeof(stat)) == 0 && (p = strrchr(stat, ')'))) {
-		/* Field 22 (starttime); the name in field 2 may hold spaces, hence from ')'. */
+		/*
+		 * Field 22 (starttime); the name in field 2 may hold spaces, hence
+		 * from ')', which the blank before field 3 follows.
+		 */
 		p++;
-		for (int field = 2; field < 22 && p; field++)
+		for (int field = 3; field < 22 && p; field++)
 			p = strchr(p + 1, ' ');
 		if (p)
 			start = strtoull(p + 1, NULL, 10);

@@ -63,6 +63,10 @@ static void child_close_fds(struct supervisor *sv, struct child *c)
 		env->n_listen_fds = 0;
 	}
 	for (unsigned i = 0; i < env->nworkers; i++) {
+		if (c->role != ROLE_AUTH)
+			close_if(&env->auth_chan[i]);
+		if (c->role != ROLE_WORKER || i != c->index)
+			close_if(&env->auth_chan_worker[i]);
 		if (c->role != ROLE_LISTENER)
 			close_if(&env->chan_listener[i]);
 		if (c->role != ROLE_WORKER || i != c->index)
@@ -71,7 +75,7 @@ static void child_close_fds(struct supervisor *sv, struct child *c)
 		if (c->role != ROLE_ROUTER && (c->role != ROLE_WORKER || i != c->index))
 			close_if(&env->worker_efd[i]);
 	}
-	if (c->role == ROLE_LISTENER)
+	if (c->role == ROLE_LISTENER || c->role == ROLE_AUTH)
 		close_if(&env->router_efd);
 }
 
@@ -134,6 +138,7 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	case ROLE_LISTENER: rc = listener_main(&sv->env); break;
 	case ROLE_ROUTER: rc = router_main(&sv->env); break;
 	case ROLE_WORKER: rc = worker_main(&sv->env); break;
+	case ROLE_AUTH: rc = auth_main(&sv->env); break;
 	default: rc = 1; break;
 	}
 	_exit(rc);
@@ -190,18 +195,42 @@ int child_spawn(struct supervisor *sv, struct child *c)
 	return 0;
 }
 
-struct child *child_by_pid(struct supervisor *sv, pid_t pid)
+/* The auth role runs only while the configuration asks for it; every other role always. */
+bool child_wanted(const struct supervisor *sv, const struct child *c)
+{
+	return c->role != ROLE_AUTH || config_auth_role(sv->cfg);
+}
+
+/* The one child of a role other than a worker. */
+struct child *child_of_role(struct supervisor *sv, enum iotd_role role)
 {
 	for (unsigned i = 0; i < sv->n_children; i++)
-		if (sv->children[i].pid == pid && sv->children[i].state != CHILD_DOWN)
+		if (sv->children[i].role == role)
 			return &sv->children[i];
 	return NULL;
 }
 
-static struct child *router_child(struct supervisor *sv)
+/* Which clients are served, said once at start and at every reload that changes it. */
+void log_auth_mode(const struct iotd_config *cfg)
+{
+	const char *acl = cfg->auth_acl_file[0] ? ", ACL file " : "";
+	const char *acl_path = cfg->auth_acl_file[0] ? cfg->auth_acl_file : "";
+
+	if (strcmp(cfg->auth_backend, "none") != 0)
+		log_info("authentication: backend %s, anonymous clients %s%s%s", cfg->auth_backend,
+			 cfg->auth_allow_anonymous ? "allowed" : "refused", acl, acl_path);
+	else if (cfg->auth_allow_anonymous)
+		log_info("authentication: none; clients from any address are served "
+			 "(auth.allow_anonymous)%s%s", acl, acl_path);
+	else
+		log_info("authentication: none; only loopback clients are served (set an "
+			 "auth.backend, or auth.allow_anonymous = true)%s%s", acl, acl_path);
+}
+
+struct child *child_by_pid(struct supervisor *sv, pid_t pid)
 {
 	for (unsigned i = 0; i < sv->n_children; i++)
-		if (sv->children[i].role == ROLE_ROUTER)
+		if (sv->children[i].pid == pid && sv->children[i].state != CHILD_DOWN)
 			return &sv->children[i];
 	return NULL;
 }
@@ -217,7 +246,7 @@ static struct child *router_child(struct supervisor *sv)
  */
 static void send_worker_down(struct supervisor *sv, struct child *c)
 {
-	struct child *rc = router_child(sv);
+	struct child *rc = child_of_role(sv, ROLE_ROUTER);
 	struct ipc_worker msg = { .index = c->index, .epoch = c->epoch + 1 };
 
 	if (!c->down_pending || c->down_sent || rc == NULL || rc->state != CHILD_RUNNING ||
@@ -328,6 +357,11 @@ void child_exited(struct supervisor *sv, struct child *c, int status)
 		log_debug("%s %s", name, what);
 		return;
 	}
+	if (!child_wanted(sv, c)) {
+		c->replacing = false;
+		log_info("%s stopped: the configuration no longer asks for it", name);
+		return;
+	}
 	if (c->replacing && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
 		c->replacing = false;
 		c->restart_at_ms = now_ms();
@@ -400,6 +434,10 @@ void restart_due_children(struct supervisor *sv)
 
 		if (c->state != CHILD_DOWN || c->restart_at_ms == 0 || c->restart_at_ms > now)
 			continue;
+		if (!child_wanted(sv, c)) {
+			c->restart_at_ms = 0;
+			continue;
+		}
 		if (c->down_pending) {
 			c->restart_at_ms = now + 10;   /* the router has not applied the death yet */
 			continue;
@@ -586,7 +624,8 @@ static void child_ready(struct supervisor *sv, struct child *c)
 		start_serving(sv);
 	if (!sv->ready_sent) {
 		for (unsigned i = 0; i < sv->n_children; i++)
-			if (sv->children[i].state != CHILD_RUNNING)
+			if (sv->children[i].state != CHILD_RUNNING &&
+			    child_wanted(sv, &sv->children[i]))
 				return;
 		sv->ready_sent = true;
 		log_info("iotd %s ready: %u workers", IOTD_VERSION, sv->env.nworkers);

@@ -17,6 +17,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "auth.h"
 #include "ipc.h"
 #include "log.h"
 #include "supervisor_int.h"
@@ -28,10 +29,14 @@
  * reads it at its next use of the limit, so new packets and new
  * connections follow it while live connections stay. APPLY_RESTART: it
  * sizes the processes, their identity or the store that the running state
- * lives in; it takes effect at the next start of iotd. Listen addresses
- * have their own path (listen_prepare, listen_commit).
+ * lives in; it takes effect at the next start of iotd. APPLY_AUTH: what
+ * the auth role was set up with (which files, shut in by Landlock, how
+ * many threads): the new files are read first, and a file that does not
+ * parse fails the whole reload; then the auth role is replaced (or
+ * started, or stopped) and every child gets the configuration. Listen
+ * addresses have their own path (listen_prepare, listen_commit).
  */
-enum apply { APPLY_LOG, APPLY_LIVE, APPLY_RESTART };
+enum apply { APPLY_LOG, APPLY_LIVE, APPLY_AUTH, APPLY_RESTART };
 
 struct cfg_field {
 	const char *name;
@@ -72,8 +77,19 @@ static const struct cfg_field cfg_fields[] = {
 	CF("server.max_topic_levels", max_topic_levels, false, APPLY_LIVE),
 	CF("server.max_topic_length", max_topic_length, false, APPLY_LIVE),
 	CF("server.user", user, true, APPLY_RESTART),
-	CF("auth.enabled", auth_enabled, false, APPLY_RESTART),
-	CF("auth.backend", auth_backend, true, APPLY_RESTART),
+	CF("auth.enabled", auth_enabled, false, APPLY_LIVE),
+	CF("auth.backend", auth_backend, true, APPLY_AUTH),
+	CF("auth.password_file", auth_password_file, true, APPLY_AUTH),
+	CF("auth.acl_file", auth_acl_file, true, APPLY_AUTH),
+	CF("auth.jwt_key_file", auth_jwt_key_file, true, APPLY_AUTH),
+	CF("auth.hash_threads", auth_hash_threads, false, APPLY_AUTH),
+	CF("auth.allow_anonymous", auth_allow_anonymous, false, APPLY_LIVE),
+	CF("auth.jwt_username_claim", auth_jwt_username_claim, true, APPLY_LIVE),
+	CF("auth.jwt_read_claim", auth_jwt_read_claim, true, APPLY_LIVE),
+	CF("auth.jwt_write_claim", auth_jwt_write_claim, true, APPLY_LIVE),
+	CF("auth.jwt_leeway", auth_jwt_leeway, false, APPLY_LIVE),
+	CF("auth.max_pending", auth_max_pending, false, APPLY_LIVE),
+	CF("auth.max_failure_delay_ms", auth_max_failure_delay_ms, false, APPLY_LIVE),
 	CF("storage.backend", storage_backend, true, APPLY_RESTART),
 	CF("storage.path", storage_path, true, APPLY_RESTART),
 	CF("logging.level", log_level, false, APPLY_LOG),
@@ -118,15 +134,50 @@ static bool other_fields_differ(const struct iotd_config *cur, const struct iotd
 	return memcmp(&a, &b, sizeof(a)) != 0;
 }
 
-/* What main() refuses at start is refused at reload too. */
-static int config_refused(const struct iotd_config *cfg, char *err, size_t len)
+/* Does next change what the auth role was set up with? */
+static bool auth_setup_differs(const struct iotd_config *cur, const struct iotd_config *next)
 {
-	if (cfg->auth_enabled) {
-		snprintf(err, len, "%s: auth: enabled: authentication is not available in this "
-			 "version", cfg->path[0] ? cfg->path : "(environment)");
-		return -1;
+	for (size_t i = 0; i < ARRAY_SIZE(cfg_fields); i++)
+		if (cfg_fields[i].how == APPLY_AUTH && field_differs(&cfg_fields[i], cur, next))
+			return true;
+	return false;
+}
+
+/*
+ * After the configuration was taken: an auth role set up anew (replaced,
+ * started or stopped as the configuration now asks), or told to read its
+ * files again.
+ */
+static void auth_apply(struct supervisor *sv, bool setup_changed)
+{
+	struct child *c = child_of_role(sv, ROLE_AUTH);
+	bool wanted = child_wanted(sv, c);
+
+	if (c->state == CHILD_DOWN) {
+		if (wanted && c->restart_at_ms == 0)
+			c->restart_at_ms = now_ms();     /* restart_due_children forks it */
+		return;
 	}
-	return 0;
+	if (!setup_changed && wanted) {
+		if (ipc_send(c->ctl_fd, IPC_AUTH_RELOAD, 0, NULL, 0, -1) < 0)
+			log_warn("cannot ask the auth role to read its files again: %s",
+				 strerror(errno));
+		return;
+	}
+	/* A successor inherits the new configuration; one no longer wanted stays down. */
+	if (ipc_send(c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) == 0)
+		c->replacing = true;
+	else
+		log_warn("cannot ask the auth role to restart: %s", strerror(errno));
+}
+
+/* What main() checks at start is checked at reload: files the auth role would not read. */
+static int auth_files_refused(const struct supervisor *sv, const struct iotd_config *next,
+			      char *err, size_t len)
+{
+	if (!auth_setup_differs(sv->cfg, next))
+		return 0;
+	return auth_files_check(next, err, len);
 }
 
 /*
@@ -185,8 +236,11 @@ static void replace_listener(struct supervisor *sv)
 static void apply_config(struct supervisor *sv, const struct iotd_config *next,
 			 const struct listen_set *set)
 {
-	char applied[512] = "", pending[512] = "", note[160];
-	bool logging = false, live = false;
+	char applied[1024] = "", pending[512] = "", note[160];
+	bool logging = false, live = false, auth_setup = auth_setup_differs(sv->cfg, next);
+	bool auth_mode = config_auth_role(sv->cfg) != config_auth_role(next) ||
+			 sv->cfg->auth_allow_anonymous != next->auth_allow_anonymous ||
+			 strcmp(sv->cfg->auth_backend, next->auth_backend) != 0;
 
 	for (size_t i = 0; i < ARRAY_SIZE(cfg_fields); i++) {
 		const struct cfg_field *f = &cfg_fields[i];
@@ -208,7 +262,7 @@ static void apply_config(struct supervisor *sv, const struct iotd_config *next,
 		memcpy((char *)sv->cfg + f->off, (const char *)next + f->off, f->size);
 		append_name(applied, sizeof(applied), f->name);
 		logging |= f->how == APPLY_LOG;
-		live |= f->how == APPLY_LIVE;
+		live |= f->how == APPLY_LIVE || f->how == APPLY_AUTH;
 	}
 	if (set != NULL) {
 		listen_commit(sv, next, set);
@@ -233,6 +287,9 @@ static void apply_config(struct supervisor *sv, const struct iotd_config *next,
 		broadcast(sv, IPC_CONFIG, sv->cfg, sizeof(*sv->cfg));
 	if (set != NULL)
 		replace_listener(sv);
+	auth_apply(sv, auth_setup);
+	if (auth_mode)
+		log_auth_mode(sv->cfg);
 	if (!applied[0] && !pending[0])
 		log_info("configuration reloaded: nothing changed");
 	else
@@ -257,7 +314,7 @@ void reload_config(struct supervisor *sv)
 	sd_notifyf(0, "RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC=%llu",
 		   (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
 	if (config_load(&next, sv->args, environ, err, sizeof(err)) < 0 ||
-	    config_refused(&next, err, sizeof(err)) < 0)
+	    auth_files_refused(sv, &next, err, sizeof(err)) < 0)
 		goto fail;
 	rebind = !sv->socket_activated && listen_differs(sv->cfg, &next);
 	if (rebind && listen_prepare(sv, &next, &set, err, sizeof(err)) < 0)

@@ -45,6 +45,7 @@ const char *role_name(enum iotd_role role)
 	case ROLE_LISTENER: return "listener";
 	case ROLE_ROUTER: return "router";
 	case ROLE_WORKER: return "worker";
+	case ROLE_AUTH: return "auth";
 	default: return "?";
 	}
 }
@@ -97,6 +98,19 @@ static int create_channels(struct supervisor *sv)
 			goto fail;
 		sv->env.chan_listener[i] = sp[0];
 		sv->env.chan_worker[i] = sp[1];
+		/* Made even without an auth role: a reload may start one. */
+		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0)
+			goto fail;
+		sv->env.auth_chan[i] = sp[0];
+		sv->env.auth_chan_worker[i] = sp[1];
+		/*
+		 * A request may be as long as IPC_MAX_PAYLOAD: room for more than
+		 * one in flight (the kernel caps this at twice net.core.wmem_max).
+		 */
+		for (int k = 0; k < 2; k++)
+			if (setsockopt(sp[k], SOL_SOCKET, SO_SNDBUF, &(int){ 4 * IPC_MAX_PAYLOAD },
+				       sizeof(int)) < 0)
+				goto fail;
 	}
 	return 0;
 fail:
@@ -268,6 +282,8 @@ static void setup_children(struct supervisor *sv)
 		sv->children[n++] = (struct child){ .role = ROLE_WORKER, .index = i, .ctl_fd = -1 };
 		atomic_store(&sv->env.shm.sup->workers[i].epoch, 1);
 	}
+	/* Forked only while the configuration asks for it (child_wanted). */
+	sv->children[n++] = (struct child){ .role = ROLE_AUTH, .ctl_fd = -1 };
 	sv->children[n++] = (struct child){ .role = ROLE_LISTENER, .ctl_fd = -1 };
 	sv->n_children = n;
 }
@@ -395,6 +411,7 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	if (sv.env.nworkers > IOTD_MAX_WORKERS)
 		sv.env.nworkers = IOTD_MAX_WORKERS;
 	proctitle_set("iotd: supervisor");
+	log_auth_mode(cfg);
 	/* Everything that needs root is done before privsep_prepare(): children only drop. */
 	if (setup_loop(&sv) < 0 || open_listeners(&sv) < 0 || create_shm(&sv) < 0 ||
 	    create_channels(&sv) < 0 || privsep_prepare(&sv.ps, cfg->user) < 0)
@@ -410,7 +427,7 @@ int supervisor_main(struct iotd_config *cfg, const struct cli_args *args)
 	setup_children(&sv);
 	/* The listener (last) starts once the router is ready: start_serving(). */
 	for (unsigned i = 0; i + 1 < sv.n_children; i++)
-		if (child_spawn(&sv, &sv.children[i]) < 0) {
+		if (child_wanted(&sv, &sv.children[i]) && child_spawn(&sv, &sv.children[i]) < 0) {
 			kill_children(&sv, SIGKILL, true);
 			goto fail;
 		}

@@ -49,7 +49,7 @@ struct supervisor {
 	struct role_env env;
 	struct shm_set shm;          /* every shared-memory region, both descriptors */
 	int epfd, sigfd, timerfd;
-	struct child children[2 + IOTD_MAX_WORKERS];
+	struct child children[3 + IOTD_MAX_WORKERS];
 	unsigned n_children;
 	bool ready_sent;
 	bool serving;                /* the router was ready once: sockets listen, the listener runs */
@@ -100,6 +100,8 @@ void listen_commit(struct supervisor *sv, const struct iotd_config *next,
 void start_serving(struct supervisor *sv);
 
 /* sup_children.c */
+bool child_wanted(const struct supervisor *sv, const struct child *c);
+struct child *child_of_role(struct supervisor *sv, enum iotd_role role);
 int child_spawn(struct supervisor *sv, struct child *c);
 void child_schedule_restart(struct supervisor *sv, struct child *c);
 void child_exited(struct supervisor *sv, struct child *c, int status);
@@ -111,6 +113,7 @@ unsigned feeders_alive(const struct supervisor *sv);
 void child_message(struct supervisor *sv, struct child *c);
 void health_setup(struct supervisor *sv);
 void health_tick(struct supervisor *sv);
+void log_auth_mode(const struct iotd_config *cfg);
 void check_memory(struct supervisor *sv);
 
 /* sup_reload.c */

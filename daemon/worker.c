@@ -342,6 +342,9 @@ static void check_deadlines(struct worker *w)
 		idle = w->now_ms - c->last_rx_ms;
 		if (c->state == CS_NEW && connect_ms > 0 && idle >= connect_ms)
 			conn_close(w, c, false, "no CONNECT within connect_timeout");
+		else if (c->state == CS_AUTHENTICATING && connect_ms > 0 && idle >= connect_ms)
+			conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE,
+				    "no verdict from the auth role within connect_timeout");
 		else if (c->state == CS_ACTIVE && c->keepalive > 0 &&
 			 idle >= (uint64_t)c->keepalive * 1500)
 			conn_close(w, c, true, "keep-alive timeout");
@@ -380,8 +383,10 @@ static int on_config(void *ctx, struct ipc_msg *m)
 {
 	struct worker *w = ctx;
 
-	if (role_take_config(w->env, m->data, m->hdr.len) == 0)
+	if (role_take_config(w->env, m->data, m->hdr.len) == 0) {
 		worker_config_changed(w);
+		worker_auth_config_changed(w);
+	}
 	return 0;
 }
 
@@ -467,7 +472,7 @@ static int worker_setup(struct worker *w, struct role_env *env)
 	ev.data.ptr = &env->chan_worker[w->index];
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, env->chan_worker[w->index], &ev) < 0)
 		return -1;
-	return 0;
+	return worker_auth_setup(w);
 }
 
 void worker_teardown(struct worker *w)
@@ -483,6 +488,7 @@ void worker_teardown(struct worker *w)
 	free(w->rt_scratch);
 	shmring_consumer_detach(&w->cons);
 	free(w->reports.e);
+	worker_auth_free(w);
 	close(w->epfd);
 	close(w->timerfd);
 }
@@ -534,6 +540,8 @@ int worker_main(struct role_env *env)
 				continue;   /* the ring is drained below, every turn */
 			} else if (p == &env->chan_worker[w.index]) {
 				accept_clients(&w);
+			} else if (p == &env->auth_chan_worker[w.index]) {
+				worker_auth_event(&w, evs[i].events);
 			} else {
 				struct conn *c = p;
 
@@ -566,6 +574,7 @@ int worker_main(struct role_env *env)
 		flush_dirty(&w);
 		bury_closed(&w);
 		reports_flush(&w);
+		worker_auth_flush(&w);
 	}
 	close_all(&w, "broker shutting down");
 	bury_closed(&w);

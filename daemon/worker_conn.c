@@ -351,6 +351,8 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 		push_close(w, c, publish_will);
 		log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "disconnected: %s", why);
 	} else {
+		if (c->state == CS_AUTHENTICATING)
+			worker_auth_forget(w, c);
 		log_debug("connection from %s closed before CONNECT: %s", c->remote, why);
 	}
 	/*
@@ -384,6 +386,13 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 	w->n_conns--;
 	c->dirty_next = w->graveyard;
 	w->graveyard = c;
+}
+
+/* A CONNECT refused: CONNACK with its code, then close (no will: it was never registered). */
+void conn_refuse(struct worker *w, struct conn *c, uint8_t code, const char *why)
+{
+	send_connack(w, c, false, code);
+	conn_close(w, c, false, why);
 }
 
 void bury_closed(struct worker *w)

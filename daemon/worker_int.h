@@ -28,6 +28,7 @@
 
 enum conn_state {
 	CS_NEW,          /* accepted, waiting for CONNECT */
+	CS_AUTHENTICATING, /* CONNECT valid, its credentials with the auth role (worker_auth.c) */
 	CS_CONNECTING,   /* CONNECT sent to the router, waiting for its CONNACK */
 	CS_ACTIVE,
 	CS_CLOSED,       /* gone; freed at the end of the loop turn */
@@ -123,6 +124,7 @@ struct worker {
 	struct ipc_dispatcher ctl_in;    /* what the supervisor may send (from_supervisor) */
 	struct ipc_dispatcher chan_in;   /* what the listener may send (from_listener) */
 	unsigned accept_turn;            /* connections handed in this loop turn (accept_clients) */
+	struct worker_auth *auth;        /* CONNECTs waiting for the auth role (worker_auth.c) */
 };
 
 enum pkt_result { PKT_OK, PKT_PAUSE, PKT_CLOSED };
@@ -148,10 +150,24 @@ void flush_dirty(struct worker *w);
 void conn_read(struct worker *w, struct conn *c);
 void conn_process_input(struct worker *w, struct conn *c);
 void conn_close(struct worker *w, struct conn *c, bool publish_will, const char *why);
+void conn_refuse(struct worker *w, struct conn *c, uint8_t code, const char *why);
 void bury_closed(struct worker *w);
 void close_all(struct worker *w, const char *why);
 
+/* worker_auth.c */
+int worker_auth_setup(struct worker *w);
+void worker_auth_free(struct worker *w);
+void worker_auth_config_changed(struct worker *w);
+void worker_auth_event(struct worker *w, uint32_t events);
+void worker_auth_flush(struct worker *w);
+bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user, size_t ulen);
+bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
+		      const struct rec_connect *rc);
+void worker_auth_forget(struct worker *w, const struct conn *c);
+void conn_take_rules(struct worker *w, struct conn *c, const uint8_t *rules, size_t len);
+
 /* worker_mqtt.c */
+void connect_forward(struct worker *w, struct conn *c, const struct rec_connect *rc);
 ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size_t len);
 
 /* worker_records.c */

@@ -134,6 +134,7 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 {
 	const struct iotd_config *cfg = w->cfg;
 	struct conn *c = *cp;
+	struct rec_connect rc;
 	char gen[40];
 	const char *id;
 	size_t len;
@@ -173,6 +174,12 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		return PKT_CLOSED;
 	}
 	*cp = c;
+	if (!config_auth_role(cfg) &&
+	    !worker_auth_loopback_ok(w, c, (const char *)ck->username.p,
+				     ck->username_flag ? ck->username.len : 0)) {
+		conn_refuse(w, c, MQTT_CONNACK_NOT_AUTHORIZED, "not a loopback client");
+		return PKT_CLOSED;
+	}
 	/*
 	 * Nothing else from this client until the router has placed its
 	 * session. EPOLLIN stays in the registration the move just updated,
@@ -183,22 +190,39 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 	c->paused = true;
 	c->clean = ck->clean_session;
 	c->keepalive = ck->keepalive ? ck->keepalive : (uint16_t)cfg->keep_alive_timeout_secs;
-	rec_connect_encode(&w->rw, &(struct rec_connect){
+	rc = (struct rec_connect){
 		.conn = c->id,
 		.clean = ck->clean_session,
 		.keepalive = ck->keepalive,
-		.client_id = { (const uint8_t *)id, (uint16_t)len },
-		.remote = { (const uint8_t *)c->remote, (uint16_t)strlen(c->remote) },
 		.user = { ck->username.p, ck->username_flag ? ck->username.len : 0 },
 		.will_flag = ck->will_flag,
 		.will_qos = ck->will_qos,
 		.will_retain = ck->will_retain,
 		.will_topic = { ck->will_topic.p, ck->will_flag ? ck->will_topic.len : 0 },
 		.will_payload = { ck->will_payload.p, ck->will_flag ? ck->will_payload.len : 0 },
-	});
+	};
+	/* With the auth role, the record waits for its verdict (worker_auth.c). */
+	if (config_auth_role(cfg))
+		return worker_auth_hold(w, c, ck, &rc) ? PKT_PAUSE : PKT_CLOSED;
+	connect_forward(w, c, &rc);
+	return PKT_PAUSE;
+}
+
+/*
+ * The CONNECT to the router, which places the session and answers
+ * CONNACK; rc as handle_connect made it (the client id and the remote
+ * address are the connection's).
+ */
+void connect_forward(struct worker *w, struct conn *c, const struct rec_connect *rc)
+{
+	struct rec_connect x = *rc;
+
+	x.client_id = (struct rec_str){ (const uint8_t *)conn_client_id(c),
+					(uint16_t)strlen(conn_client_id(c)) };
+	x.remote = (struct rec_str){ (const uint8_t *)c->remote, (uint16_t)strlen(c->remote) };
+	rec_connect_encode(&w->rw, &x);
 	push_recw(w, REC_CONNECT);
 	c->state = CS_CONNECTING;
-	return PKT_PAUSE;
 }
 
 static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)

@@ -37,6 +37,8 @@ bool addr_key_from_sockaddr(const struct sockaddr_storage *ss, struct addr_key *
  * connection it closes. false for anything else ("local").
  */
 bool addr_key_from_remote(const char *remote, struct addr_key *k);
+/* Is the remote address (as the listener prints it) 127.0.0.0/8, ::1 or ::ffff:127.x? */
+bool addr_remote_is_loopback(const char *remote);
 /* "1.2.3.4" or "2001:db8:1:2::/64", for log lines; out has room for 64 bytes. */
 void addr_key_format(const struct addr_key *k, char *out, size_t cap);
 
@@ -95,5 +97,40 @@ struct addr_rate *addr_rates_get(struct addr_rates *r, const struct addr_key *k,
  * second (a burst of one second's worth); false when it is empty.
  */
 bool addr_rate_take(struct addr_rate *e, uint64_t now_ms, long rate);
+
+/* ---- recent authentication failures per address (the auth role) ---- */
+
+/*
+ * An address whose credentials failed recently waits before its next
+ * verdicts: ADDR_FAIL_BASE_MS after one failure, doubling with each
+ * further one, up to a maximum the caller gives (auth.max_failure_delay_ms).
+ * A success forgets the address; so do ADDR_FAIL_FORGET_MS without a
+ * failure. The table is fixed (4,096 entries, 128 KiB), 4-way set-
+ * associative like the rates': a full set gives up the entry that failed
+ * longest ago, which only lets that address start again without a delay.
+ */
+#define ADDR_FAIL_SETS 1024
+#define ADDR_FAIL_WAYS 4
+#define ADDR_FAIL_BASE_MS 100u
+#define ADDR_FAIL_FORGET_MS (10u * 60 * 1000)
+
+struct addr_fail {
+	struct addr_key key;
+	uint64_t last_ms;            /* the last failure; 0: a free entry */
+	uint32_t n;                  /* failures since the last success */
+	uint32_t reserved;
+};
+
+struct addr_fails {
+	struct addr_fail e[ADDR_FAIL_SETS * ADDR_FAIL_WAYS];
+};
+
+/* How long the verdict of an attempt from k made now waits. now_ms > 0, never going back. */
+uint32_t addr_fail_delay(struct addr_fails *t, const struct addr_key *k, uint64_t now_ms,
+			 uint32_t max_ms);
+/* One more failure from k. */
+void addr_fail_count(struct addr_fails *t, const struct addr_key *k, uint64_t now_ms);
+/* A success from k: its failures are forgotten. */
+void addr_fail_clear(struct addr_fails *t, const struct addr_key *k);
 
 #endif

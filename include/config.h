@@ -56,9 +56,20 @@ struct iotd_config {
 	long max_topic_levels;
 	long max_topic_length;
 	char user[64];               /* children drop to this user when started as root */
-	/* auth { } */
-	bool auth_enabled;
-	char auth_backend[32];
+	/* auth { } (see docs/iotd.conf.5; the auth role reads the files) */
+	bool auth_enabled;           /* obsolete: says what auth_backend says (config.c) */
+	char auth_backend[32];       /* "none", "file" or "jwt" */
+	char auth_password_file[256];/* "" = none */
+	char auth_acl_file[256];     /* "" = none */
+	char auth_jwt_key_file[256]; /* "" = none */
+	char auth_jwt_username_claim[64];
+	char auth_jwt_read_claim[64];  /* "" = no read list */
+	char auth_jwt_write_claim[64]; /* "" = no write list */
+	bool auth_allow_anonymous;   /* clients without a user name; without a backend, any address */
+	long auth_jwt_leeway;        /* seconds of clock skew allowed on exp and nbf */
+	long auth_hash_threads;      /* threads of the auth role that verify passwords */
+	long auth_max_pending;       /* CONNECTs one worker holds waiting for a verdict */
+	long auth_max_failure_delay_ms; /* longest slow-down of an address that keeps failing; 0 = none */
 	/* storage { } */
 	char storage_backend[16];    /* "memory" or "disk" */
 	char storage_path[256];
@@ -99,6 +110,13 @@ int config_parse_args(int argc, char **argv, struct cli_args *args,
  */
 int config_load(struct iotd_config *cfg, const struct cli_args *args,
 		char *const *envp, char *err, size_t errlen);
+
+/*
+ * Whether the auth role runs: a backend checks credentials, or an ACL file
+ * is to be held. Without it, each worker serves loopback clients only
+ * unless auth.allow_anonymous.
+ */
+bool config_auth_role(const struct iotd_config *cfg);
 
 /* Parse one listen address: "host:port", "[v6]:port", "tcp://host:port", ":port". */
 int config_parse_listen(const char *s, struct listen_addr *out);

@@ -21,6 +21,7 @@ enum iotd_role {
 	ROLE_LISTENER,
 	ROLE_ROUTER,
 	ROLE_WORKER,
+	ROLE_AUTH,
 	ROLE_MAX
 };
 

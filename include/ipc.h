@@ -14,12 +14,19 @@
 #ifndef IOTD_IPC_H
 #define IOTD_IPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 6            /* bump whenever the header, enum ipc_type or a payload changes */
-#define IPC_MAX_PAYLOAD 4096
+#define IPC_VERSION 7            /* bump whenever the header, enum ipc_type or a payload changes */
+/*
+ * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
+ * and a password of MQTT's 65535 bytes each (every other message is
+ * under 4 KiB). It stays below what a unix socket's default send buffer
+ * (net.core.wmem_default, 208 KiB) lets one datagram carry.
+ */
+#define IPC_MAX_PAYLOAD (200 * 1024)
 /*
  * Fds one message may carry: a full IPC_CLIENT_FD payload, and well under
  * the kernel's SCM_MAX_FD (253).
@@ -41,6 +48,10 @@ enum ipc_type {
 	IPC_ADDR_SYNC,        /* listener -> worker: send every address you hold (payload: uint64_t token) */
 	IPC_ADDR_REPORT,      /* worker -> listener: n struct ipc_addr_entry, in the order they happened */
 	IPC_STORE_FAILED,     /* router -> supervisor: its store cannot be opened (payload: why, a string); it exits on IPC_SHUTDOWN */
+	IPC_AUTH_REQUEST,     /* worker -> auth: check a CONNECT's credentials (struct ipc_auth_request + bytes) */
+	IPC_AUTH_VERDICT,     /* auth -> worker: the answer (struct ipc_auth_verdict + bytes) */
+	IPC_AUTH_HELLO,       /* auth -> worker: a new auth process; send again every request not answered */
+	IPC_AUTH_RELOAD,      /* supervisor -> auth: read the files again, as a transaction */
 	IPC_TYPE_MAX
 };
 
@@ -100,7 +111,64 @@ struct ipc_addr_entry {
 	uint8_t key[16];             /* IPC_ADDR_HELD, IPC_ADDR_GONE: struct addr_key (addrlimit.h) */
 };
 
-#define IPC_ADDR_ENTRIES_MAX (IPC_MAX_PAYLOAD / sizeof(struct ipc_addr_entry))
+#define IPC_ADDR_ENTRIES_MAX (4096 / sizeof(struct ipc_addr_entry))
+
+/*
+ * The auth channels: one SOCK_SEQPACKET socketpair per worker between the
+ * auth role and that worker, both ends kept by the supervisor for the
+ * daemon's life, so that requests written while either side restarts wait
+ * for its successor. The worker names each request by the connection and
+ * a ticket (its own slot for the request), which the verdict carries
+ * back; a verdict whose connection is gone is dropped. What a worker
+ * sends is hostile input to the auth role (ipc_auth_request_decode
+ * checks every length). Encoders and decoders: common/ipc_auth.c.
+ */
+#define IPC_AUTH_FIELD_MAX 65535     /* a client id, user name or password: MQTT's bound */
+#define IPC_AUTH_REMOTE_MAX 63       /* struct ipc_client's remote, without its NUL */
+
+/* Followed by remote, client id, user name and password, without NULs. */
+struct ipc_auth_request {
+	uint64_t conn;
+	uint32_t ticket;
+	uint8_t has_user, has_password;  /* the CONNECT's flags: an empty one is not an absent one */
+	uint16_t remote_len;
+	uint32_t client_id_len, user_len, password_len;
+	uint32_t reserved;               /* 0 */
+};
+
+/* Followed by the user name and the client's rules, without NULs. */
+struct ipc_auth_verdict {
+	uint64_t conn;
+	uint32_t ticket;
+	uint8_t code;                    /* a CONNACK return code: 0, 3, 4 or 5 */
+	uint8_t reserved[3];
+	uint32_t user_len, rules_len;
+};
+
+/* A request or a verdict as its fields, pointing into a payload. */
+struct ipc_auth_fields {
+	uint64_t conn;
+	uint32_t ticket;
+	uint8_t code;                    /* verdicts */
+	bool has_user, has_password;     /* requests */
+	const char *remote, *client_id, *user;
+	const uint8_t *password, *rules;
+	size_t remote_len, client_id_len, user_len, password_len, rules_len;
+};
+
+_Static_assert(sizeof(struct ipc_auth_request) + IPC_AUTH_REMOTE_MAX + 3 * IPC_AUTH_FIELD_MAX <=
+	       IPC_MAX_PAYLOAD, "the largest request fits one message");
+
+/*
+ * A request's payload, malloc'd, in *len (the caller keeps it to send
+ * again); NULL when out of memory or a field is too long.
+ */
+void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len);
+/* The fields of a request's payload; false when its lengths do not add up or exceed a bound. */
+bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_fields *f);
+/* A verdict's payload (code, user name, rules), malloc'd; NULL as above. */
+void *ipc_auth_verdict_encode(const struct ipc_auth_fields *f, size_t *len);
+bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_fields *f);
 
 /* --- the transport (ipc.c) ------------------------------------------------ */
 

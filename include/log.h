@@ -55,6 +55,14 @@ void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A line about one client: the client id and remote address become fields. */
 void log_client(enum log_level level, const char *client_id, const char *remote,
 		const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/*
+ * The one line of a refused CONNECT, at warn, the same from the auth role
+ * and from a worker, for fail2ban and the like to match:
+ *   refused REMOTE=<address, no port> USER="<name>" CONNACK=<code> (<why>)
+ * The address comes before anything the client chose. Never a password.
+ */
+void log_auth_refusal(const char *client_id, size_t client_id_len, const char *remote,
+		      const char *user, size_t user_len, unsigned code, const char *why);
 /* Log at error level and exit(1): for broken invariants and startup failures. */
 noreturn void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

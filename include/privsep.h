@@ -19,6 +19,7 @@
 #define IOTD_PRIVSEP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 #include "iotd.h"
@@ -90,6 +91,13 @@ int privsep_enter(const struct privsep *ps, enum iotd_role role, pid_t parent);
  * unconfined, does nothing. Returns 0, or -1 (logged).
  */
 int privsep_seal_store(const char *dir, bool removable);
+
+/*
+ * In the auth role, once it has read its files: Landlock lets it read
+ * files beneath the n directories (those of its files) and nothing else.
+ * Without Landlock, or unconfined, does nothing. Returns 0, or -1 (logged).
+ */
+int privsep_seal_read(const char *const *dirs, size_t n);
 
 /* In the supervisor at exit. */
 void privsep_release(struct privsep *ps);

@@ -3,9 +3,10 @@
  *
  * The supervisor creates all of it before the first fork and keeps it for
  * the daemon's whole life: the shared-memory regions (shm.h), one eventfd
- * per consuming process, and the listener <-> worker socketpairs. A
- * restarted child therefore finds its rings, its wake-up eventfd and its
- * fd channel exactly where its predecessor left them.
+ * per consuming process, the listener <-> worker socketpairs and the
+ * auth <-> worker socketpairs. A restarted child therefore finds its
+ * rings, its wake-up eventfd and its channels exactly where its
+ * predecessor left them.
  */
 #ifndef IOTD_ROLE_H
 #define IOTD_ROLE_H
@@ -34,6 +35,8 @@ struct role_env {
 	int worker_efd[IOTD_MAX_WORKERS]; /* eventfds that wake each worker */
 	int chan_listener[IOTD_MAX_WORKERS]; /* listener's end of the fd channel to worker i */
 	int chan_worker[IOTD_MAX_WORKERS];   /* worker i's end */
+	int auth_chan[IOTD_MAX_WORKERS];     /* the auth role's end of its channel to worker i */
+	int auth_chan_worker[IOTD_MAX_WORKERS]; /* worker i's end */
 	int listen_fds[CONFIG_MAX_LISTEN * 2];
 	int n_listen_fds;
 };
@@ -47,6 +50,7 @@ struct role_env {
 int listener_main(struct role_env *env);
 int router_main(struct role_env *env);
 int worker_main(struct role_env *env);
+int auth_main(struct role_env *env);
 
 /*
  * A child's side of IPC_CONFIG: check the payload is a whole struct

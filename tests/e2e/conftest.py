@@ -186,13 +186,14 @@ def conf_value(v):
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def iotd_config_text(server_opts, log_level="debug"):
+def iotd_config_text(server_opts, log_level="debug", auth=None):
     lines = []
-    if server_opts:
-        lines.append("server {")
-        for k, v in server_opts.items():
-            lines.append(f"    {k} = {conf_value(v)}")
-        lines.append("}")
+    for name, opts in (("server", server_opts), ("auth", auth)):
+        if opts:
+            lines.append(name + " {")
+            for k, v in opts.items():
+                lines.append(f"    {k} = {conf_value(v)}")
+            lines.append("}")
     if log_level:
         lines.append("logging {")
         lines.append(f"    level = {conf_value(log_level)}")
@@ -227,7 +228,8 @@ class Broker:
 
     def __init__(self, tmpdir, name, workers=2, listen=None, env=None, args=None,
                  config_text=None, log_level="debug", use_config=True, wait=True,
-                 listen_in_config=False, wrapper=None, binary=None, **server_opts):
+                 listen_in_config=False, wrapper=None, binary=None, auth=None,
+                 probe_auth=None, **server_opts):
         self.kind = BROKER_KIND
         self.tmpdir = Path(tmpdir)
         self.name = name
@@ -251,6 +253,9 @@ class Broker:
             server_opts = {k: v for k, v in server_opts.items() if v is not None}
         self.log_level = log_level
         self.server_opts = server_opts
+        # auth { } keys; probe_auth: (user, password) the start-up probe connects with.
+        self.auth = auth
+        self.probe_auth = probe_auth
         self.conf_path = self.tmpdir / f"{name}.conf"
         self.log_path = self.tmpdir / f"{name}.log"
         self.stopped = False
@@ -267,7 +272,7 @@ class Broker:
             argv = [binary or IOTD_BIN]
             if use_config:
                 text = config_text if config_text is not None else \
-                    iotd_config_text(server_opts, log_level)
+                    iotd_config_text(server_opts, log_level, auth)
                 self.conf_path.write_text(text)
                 argv += ["-c", str(self.conf_path)]
             for addr in ([] if listen_in_config else self.listen):
@@ -294,6 +299,12 @@ class Broker:
                 raise
 
     # --- introspection
+
+    @property
+    def auth_role(self):
+        """True when the configuration runs an auth role (a backend, or an ACL file)."""
+        a = self.auth or {}
+        return a.get("backend", "none") != "none" or bool(a.get("acl_file"))
 
     @property
     def multiworker(self):
@@ -480,13 +491,16 @@ class Broker:
         # a full handshake proves a worker serves clients.
         try:
             with probe:
-                probe.connect(uid("probe"), keepalive=30)
+                # With a backend and no credentials, any CONNACK shows a worker serves.
+                user, password = self.probe_auth or (None, None)
+                probe.connect(uid("probe"), keepalive=30, username=user, password=password,
+                              expect_rc=0 if self.probe_auth or not self.auth_role else None)
                 probe.send(mqttraw.disconnect())
                 probe.expect_closed(T(5))
         except (AssertionError, OSError) as e:
             self._fail(f"daemon accepts TCP on {self.port} but the MQTT probe failed: {e}")
         if self.kind == "iotd" and self.workers:
-            want = 3 + self.workers
+            want = 3 + self.workers + self.auth_role
             try:
                 wait_for(lambda: len(self.pids()) == want and
                          len(self.worker_pids()) == self.workers, timeout,
@@ -534,7 +548,7 @@ class Broker:
                              r"configuration: .*")
     TOOK_CONFIG = "took the reloaded configuration"
 
-    def reload(self, expect="configuration reloaded: applied", **changes):
+    def reload(self, expect="configuration reloaded: applied", auth=None, **changes):
         """Rewrite the config file with the server { } options changed by
         `changes` (None removes one), send SIGHUP and wait (bounded) for the
         supervisor's next reload line, which must contain `expect`; returns
@@ -543,10 +557,11 @@ class Broker:
         configuration (a debug line), so the limit is in force on return."""
         opts = {**self.server_opts, **changes}
         opts = {k: v for k, v in opts.items() if v is not None}
-        self.conf_path.write_text(iotd_config_text(opts, self.log_level))
+        auth = self.auth if auth is None else auth
+        self.conf_path.write_text(iotd_config_text(opts, self.log_level, auth))
         before = len(self.RELOAD_LINE.findall(self.log))
         took = self.log.count(self.TOOK_CONFIG)
-        children = 2 + len(self.worker_pids())
+        children = 2 + len(self.worker_pids()) + (self.role_pid("auth") is not None)
         self.send_signal(signal.SIGHUP)
         lines = wait_for(lambda: self.RELOAD_LINE.findall(self.log)[before:], 10,
                          "the supervisor's log line about the reload")
@@ -556,6 +571,7 @@ class Broker:
         if "reload failed" in line:
             return line
         self.server_opts = opts
+        self.auth = auth
         m = re.search(r"applied: (.*?); after a restart", line)
         applied = m.group(1).split(", ") if m and m.group(1) != "nothing" else []
         if any(not k.startswith("logging.") and k != "server.listen_addresses" for k in applied):

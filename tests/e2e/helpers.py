@@ -525,7 +525,7 @@ class PahoClient:
     waits for CONNACK, SUBACK, publish completion and incoming messages."""
 
     def __init__(self, port, client_id, clean_session=True, keepalive=60,
-                 will=None, host="127.0.0.1"):
+                 will=None, host="127.0.0.1", username=None, password=None):
         self.port = port
         self.host = host
         self.client_id = client_id
@@ -534,6 +534,8 @@ class PahoClient:
         if will is not None:
             topic, payload, qos, retain = will
             self.c.will_set(topic, payload, qos, retain)
+        if username is not None:
+            self.c.username_pw_set(username, password)
         self.keepalive = keepalive
         self.lock = threading.Condition()
         self.messages = []

@@ -32,6 +32,7 @@ import tempfile
 
 import pytest
 
+from authfiles import AuthDir
 from conftest import IOTD_BIN
 from helpers import T, proc_title, wait_for
 
@@ -242,3 +243,33 @@ def test_worker_that_opens_a_file_is_killed(start_broker, unprivileged):
     wait_for(lambda: f"worker 1 is back (pid {new})" in b.log, 10, "the new worker to serve")
     assert status(new)["Seccomp"] == "2" and status(new)["NoNewPrivs"] == "1"
     b.initial_pids = set(b.pids())
+
+
+def test_auth_role_reads_only_beneath_its_files(start_broker):
+    """The auth role drops like every child and, under Landlock, reads the
+    files beneath its password file's directory (a file replaced by rename
+    stays readable), nothing else."""
+    need_gdb()
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    d = AuthDir()
+    try:
+        path = d.mosquitto_passwd("passwd", {"alice": "alice-pw"})
+        sibling = d.file("passwd.new", "alice:x\n")
+        b = start_broker(user="nobody", probe_auth=("alice", "alice-pw"),
+                         auth={"backend": "file", "password_file": path})
+        pid = b.role_pid("auth")
+        confined = confining(b)
+        assert_child_dropped("auth", status(pid), NOBODY.pw_uid, NOBODY.pw_gid, confined)
+        if not confined or not landlock(b):
+            pytest.skip("no Landlock here")
+        out, vals = gdb_calls(pid, '(int)open("/etc/passwd", 0)', "(int)*__errno_location()",
+                              f'(int)open("{path}", 0)', f'(int)open("{sibling}", 0)')
+        assert len(vals) == 4, f"gdb did not evaluate the calls:\n{out}"
+        assert vals[0] == -1 and vals[1] == 13, \
+            f"the auth role opened /etc/passwd (fd {vals[0]}, errno {vals[1]}): expected EACCES"
+        assert vals[2] >= 0 and vals[3] >= 0, f"the auth role could not read its directory:\n{out}"
+        gdb_calls(pid, f"(int)close({vals[2]})", f"(int)close({vals[3]})")
+        assert "signal 31" not in b.log
+    finally:
+        d.remove()

@@ -1,8 +1,10 @@
 /*
  * test_addrlimit.c - per-address keys (IPv4 exact, IPv6 /64, the same key
  * from a socket address and from the listener's printed form), the
- * connection counts against a reference model, and the rate buckets.
+ * connection counts against a reference model, the rate buckets, the
+ * loopback test and the slow-down of addresses that fail to authenticate.
  */
+#include <assert.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -200,21 +202,28 @@ static unsigned set_of(const struct addr_key *k)
 	return hidx_hash_bytes(k->b, sizeof(k->b)) & (ADDR_RATE_SETS - 1);
 }
 
+/* n addresses of one set (the rate and failure tables index alike). */
+static void keys_of_one_set(struct addr_key *keys, unsigned n)
+{
+	unsigned have = 0;
+
+	static_assert(ADDR_RATE_SETS == ADDR_FAIL_SETS, "one set function for both tables");
+	keys[have++] = nth_key(0);
+	for (uint32_t i = 1; have < n; i++) {
+		struct addr_key k = nth_key(i);
+
+		if (set_of(&k) == set_of(&keys[0]))
+			keys[have++] = k;
+	}
+}
+
 static void a_full_rate_set_gives_up_the_entry_seen_longest_ago(void **state)
 {
 	struct addr_rates *r = calloc(1, sizeof(*r));
 	struct addr_key keys[ADDR_RATE_WAYS + 1];
-	unsigned n = 0;
 
 	assert_non_null(r);
-	/* ADDR_RATE_WAYS + 1 addresses of one set. */
-	keys[n++] = nth_key(0);
-	for (uint32_t i = 1; n < ARRAY_SIZE(keys); i++) {
-		struct addr_key k = nth_key(i);
-
-		if (set_of(&k) == set_of(&keys[0]))
-			keys[n++] = k;
-	}
+	keys_of_one_set(keys, ARRAY_SIZE(keys));
 	/* Each seen at its time, each with its bucket emptied (rate 1). */
 	for (unsigned i = 0; i < ADDR_RATE_WAYS; i++)
 		assert_true(addr_rate_take(addr_rates_get(r, &keys[i], 10 + i, 1), 10 + i, 1));
@@ -228,6 +237,80 @@ static void a_full_rate_set_gives_up_the_entry_seen_longest_ago(void **state)
 	free(r);
 }
 
+static void loopback_is_127_8_and_ipv6_loopback(void **state)
+{
+	static const char *const yes[] = { "127.0.0.1:1883", "127.200.3.4:1", "[::1]:5",
+					   "[::ffff:127.0.0.1]:7" };
+	static const char *const no[] = { "10.0.0.1:1883", "128.0.0.1:1", "[::2]:5",
+					  "[::ffff:10.0.0.1]:7", "[2001:db8::1]:1", "local", "",
+					  "127.0.0.1", "[::1" };
+
+	for (size_t i = 0; i < ARRAY_SIZE(yes); i++)
+		assert_true(addr_remote_is_loopback(yes[i]));
+	for (size_t i = 0; i < ARRAY_SIZE(no); i++)
+		assert_false(addr_remote_is_loopback(no[i]));
+}
+
+static void failures_double_the_delay_up_to_the_maximum(void **state)
+{
+	struct addr_fails *t = calloc(1, sizeof(*t));
+	struct addr_key a = key_of_ip("192.0.2.1"), b = key_of_ip("192.0.2.2");
+	uint64_t now = 1000;
+
+	assert_non_null(t);
+	assert_int_equal(addr_fail_delay(t, &a, now, 5000), 0);
+	for (uint32_t n = 1; n <= 8; n++) {
+		addr_fail_count(t, &a, now);
+		assert_int_equal(addr_fail_delay(t, &a, now, 5000),
+				 MIN(ADDR_FAIL_BASE_MS << (n - 1), 5000u));
+		assert_int_equal(addr_fail_delay(t, &a, now, 0), 0);
+	}
+	assert_int_equal(addr_fail_delay(t, &b, now, 5000), 0);
+	/* A success forgets them. */
+	addr_fail_clear(t, &a);
+	assert_int_equal(addr_fail_delay(t, &a, now, 5000), 0);
+	/* So does time without a failure. */
+	addr_fail_count(t, &a, now);
+	assert_int_equal(addr_fail_delay(t, &a, now + ADDR_FAIL_FORGET_MS - 1, 5000),
+			 ADDR_FAIL_BASE_MS);
+	assert_int_equal(addr_fail_delay(t, &a, now + ADDR_FAIL_FORGET_MS, 5000), 0);
+	addr_fail_count(t, &a, now + ADDR_FAIL_FORGET_MS);
+	assert_int_equal(addr_fail_delay(t, &a, now + ADDR_FAIL_FORGET_MS, 5000),
+			 ADDR_FAIL_BASE_MS);
+	free(t);
+}
+
+static void failures_count_per_ipv6_64(void **state)
+{
+	struct addr_fails *t = calloc(1, sizeof(*t));
+	struct addr_key a = key_of_ip("2001:db8::1"), same = key_of_ip("2001:db8::ff"),
+			other = key_of_ip("2001:db8:0:1::1");
+
+	assert_non_null(t);
+	addr_fail_count(t, &a, 5);
+	assert_int_equal(addr_fail_delay(t, &same, 5, 5000), ADDR_FAIL_BASE_MS);
+	assert_int_equal(addr_fail_delay(t, &other, 5, 5000), 0);
+	free(t);
+}
+
+static void a_full_failure_set_gives_up_the_oldest_failure(void **state)
+{
+	struct addr_fails *t = calloc(1, sizeof(*t));
+	struct addr_key keys[ADDR_FAIL_WAYS + 1];
+
+	assert_non_null(t);
+	keys_of_one_set(keys, ARRAY_SIZE(keys));
+	for (unsigned i = 0; i < ADDR_FAIL_WAYS; i++)
+		addr_fail_count(t, &keys[i], 10 + i);
+	addr_fail_count(t, &keys[0], 20);      /* key 1 now failed longest ago */
+	addr_fail_count(t, &keys[ADDR_FAIL_WAYS], 21);
+	assert_int_equal(addr_fail_delay(t, &keys[1], 22, 5000), 0);
+	assert_int_equal(addr_fail_delay(t, &keys[0], 22, 5000), 2 * ADDR_FAIL_BASE_MS);
+	for (unsigned i = 2; i <= ADDR_FAIL_WAYS; i++)
+		assert_int_equal(addr_fail_delay(t, &keys[i], 22, 5000), ADDR_FAIL_BASE_MS);
+	free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -237,6 +320,10 @@ int main(void)
 		cmocka_unit_test(counts_refuse_a_new_address_past_the_bound),
 		cmocka_unit_test(a_rate_bucket_holds_a_second_and_refills),
 		cmocka_unit_test(a_full_rate_set_gives_up_the_entry_seen_longest_ago),
+		cmocka_unit_test(loopback_is_127_8_and_ipv6_loopback),
+		cmocka_unit_test(failures_double_the_delay_up_to_the_maximum),
+		cmocka_unit_test(failures_count_per_ipv6_64),
+		cmocka_unit_test(a_full_failure_set_gives_up_the_oldest_failure),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -151,6 +151,17 @@ static const struct setting settings[] = {
 	TEXT(user, "iotd", "mqtt"),
 	NUMBER(auth_enabled, false, false),
 	TEXT(auth_backend, "none", "none"),
+	TEXT(auth_password_file, "", "/etc/iotd/passwd"),
+	TEXT(auth_acl_file, "", "/etc/iotd/acl"),
+	TEXT(auth_jwt_key_file, "", "/etc/iotd/keys.pem"),
+	TEXT(auth_jwt_username_claim, "sub", "name"),
+	TEXT(auth_jwt_read_claim, "", "mqtt_read"),
+	TEXT(auth_jwt_write_claim, "", "mqtt_write"),
+	NUMBER(auth_allow_anonymous, false, true),
+	NUMBER(auth_jwt_leeway, 0, 30),
+	NUMBER(auth_hash_threads, 2, 4),
+	NUMBER(auth_max_pending, 256, 100),
+	NUMBER(auth_max_failure_delay_ms, 5000, 2000),
 	TEXT(storage_backend, "memory", "disk"),
 	TEXT(storage_path, "/var/lib/iotd", "/srv/iotd"),
 	NUMBER(log_level, LOG_LVL_INFO, LOG_LVL_DEBUG),
@@ -262,7 +273,12 @@ static void full_file_sets_every_key(void **state)
 		"  max_topic_length = 1024\n"
 		"  user = \"mqtt\"\n"
 		"}\n"
-		"auth { enabled = false backend = \"none\" }\n"
+		"auth { enabled = false backend = \"none\"\n"
+		"  password_file = \"/etc/iotd/passwd\" acl_file = \"/etc/iotd/acl\"\n"
+		"  jwt_key_file = \"/etc/iotd/keys.pem\" jwt_username_claim = name\n"
+		"  jwt_read_claim = mqtt_read jwt_write_claim = mqtt_write jwt_leeway = 30\n"
+		"  allow_anonymous = true hash_threads = 4 max_pending = 100\n"
+		"  max_failure_delay_ms = 2000 }\n"
 		"storage {\n  backend = disk\n  path = \"/srv/iotd\"\n}\n"
 		"logging { level = debug format = json }\n",
 		no_env, &c, err, sizeof(err)), 0);
@@ -357,6 +373,13 @@ static const struct bad_value bad_values[] = {
 	{ "server", "listen_addresses", "1.2.3.4" },
 	{ "auth", "enabled", "maybe" },
 	{ "auth", "backend", "ldap" },
+	{ "auth", "password_file", "passwd" },
+	{ "auth", "jwt_read_claim", "a b" },
+	{ "auth", "hash_threads", "0" },
+	{ "auth", "hash_threads", "65" },
+	{ "auth", "max_pending", "0" },
+	{ "auth", "max_failure_delay_ms", "60001" },
+	{ "auth", "jwt_leeway", "-1" },
 	{ "storage", "backend", "sql" },
 	{ "storage", "path", "relative/dir" },
 	{ "logging", "level", "loud" },
@@ -527,12 +550,14 @@ static void shipped_config_file_equals_the_defaults(void **state)
 		"retained_message_limit", "max_inflight",
 		"max_queued_messages", "max_queued_bytes", "max_router_backlog_bytes",
 		"max_topic_levels",
-		"max_topic_length", "user", "enabled", "backend", "path", "level", "format",
+		"max_topic_length", "user", "backend", "allow_anonymous", "jwt_username_claim",
+		"jwt_leeway", "hash_threads", "max_pending", "max_failure_delay_ms", "path",
+		"level", "format",
 	};
 	struct cli_args a = { .config_path = "contrib/iotd.conf", .config_explicit = true,
 			      .workers = -1 };
 	struct iotd_config c, d;
-	char err[CONFIG_ERR_LEN], text[8192];
+	char err[CONFIG_ERR_LEN], text[16384];
 	FILE *f = fopen(a.config_path, "r");
 	size_t n;
 
@@ -736,6 +761,41 @@ static void auth_enabled_without_a_backend_is_rejected(void **state)
 
 	assert_int_equal(load("auth {\n enabled = true\n}\n", no_env, &c, err, sizeof(err)), -1);
 	assert_non_null(strstr(err, ":2: auth: enabled is true but backend is 'none'"));
+}
+
+static void auth_backends_need_their_files(void **state)
+{
+	struct iotd_config c;
+	char err[CONFIG_ERR_LEN];
+
+	assert_int_equal(load("auth {\n backend = file\n}\n", no_env, &c, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, ":2: auth: backend 'file' needs password_file"));
+	assert_int_equal(load("auth {\n backend = jwt\n}\n", no_env, &c, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, ":2: auth: backend 'jwt' needs jwt_key_file"));
+	assert_int_equal(load("auth {\n backend = jwt\n jwt_key_file = \"/k\"\n"
+			      " jwt_username_claim = \"\"\n}\n", no_env, &c, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, "backend 'jwt' needs jwt_username_claim"));
+	assert_int_equal(load("auth {\n backend = file\n password_file = \"/p\"\n}\n", no_env, &c,
+			      err, sizeof(err)), 0);
+	assert_true(config_auth_role(&c));
+	assert_int_equal(load("auth {\n acl_file = \"/a\"\n}\n", no_env, &c, err, sizeof(err)), 0);
+	assert_true(config_auth_role(&c));
+	assert_int_equal(load("", no_env, &c, err, sizeof(err)), 0);
+	assert_false(config_auth_role(&c));
+}
+
+/* auth.enabled, kept for existing files, must agree with the backend when it is set. */
+static void auth_enabled_agrees_with_the_backend(void **state)
+{
+	struct iotd_config c;
+	char err[CONFIG_ERR_LEN];
+
+	assert_int_equal(load("auth {\n enabled = false\n backend = file\n"
+			      " password_file = \"/p\"\n}\n", no_env, &c, err, sizeof(err)), -1);
+	assert_non_null(strstr(err, ":2: auth: enabled is false but backend is 'file'"));
+	assert_int_equal(load("auth {\n enabled = true\n backend = file\n"
+			      " password_file = \"/p\"\n}\n", no_env, &c, err, sizeof(err)), 0);
+	assert_int_equal(load("auth {\n enabled = false\n}\n", no_env, &c, err, sizeof(err)), 0);
 }
 
 /* ---- listen addresses ---- */
@@ -1292,6 +1352,8 @@ int main(void)
 		CONF_TEST(connect_bounds_take_their_minima_and_any_packet_size),
 		CONF_TEST(max_sessions_below_max_connections_is_rejected),
 		CONF_TEST(auth_enabled_without_a_backend_is_rejected),
+		CONF_TEST(auth_backends_need_their_files),
+		CONF_TEST(auth_enabled_agrees_with_the_backend),
 		cmocka_unit_test(listen_addresses_parse_or_are_rejected),
 		cmocka_unit_test(args_short_options_are_all_understood),
 		cmocka_unit_test(args_long_options_are_all_understood),

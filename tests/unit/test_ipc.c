@@ -3,7 +3,8 @@
  * with no fd, one fd or a batch of fds over a SOCK_SEQPACKET socketpair,
  * EOF, truncation, the fd hygiene of the receiver) and the dispatcher
  * every role reads its sockets with (what it hands to which handler, what
- * it refuses, how much it reads per call).
+ * it refuses, how much it reads per call), and the auth channels'
+ * request and verdict (ipc_auth.c), whose decoder trusts no length.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -626,7 +628,10 @@ static void test_dispatch_refuses_a_message_too_long_or_malformed(void **state)
 	struct ends *e = *state;
 	static char big[IPC_MAX_PAYLOAD + 1];
 	struct ipc_hdr hdr = { .type = IPC_PONG, .len = sizeof(big), .version = IPC_VERSION };
+	int sndbuf = 1 << 20;
 
+	/* Room for the messages behind one of IPC_MAX_PAYLOAD (as the auth channels have). */
+	assert_int_equal(setsockopt(e->a, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
 	send_raw(e->a, hdr, big, sizeof(big));
 	assert_int_equal(send(e->a, "abc", 3, 0), 3);
 	assert_int_equal(ipc_send(e->a, IPC_PING, 0, NULL, 0, -1), 0);
@@ -713,6 +718,62 @@ static void test_dispatch_stops_where_a_handler_says(void **state)
 	assert_int_equal(e->seen.n, 4);
 }
 
+static void test_auth_request_round_trips(void **state)
+{
+	static uint8_t password[IPC_AUTH_FIELD_MAX];
+	struct ipc_auth_fields f = {
+		.conn = 0x0102030405060708ull, .ticket = 7, .has_user = true, .has_password = true,
+		.remote = "[::1]:1883", .remote_len = 10, .client_id = "c1", .client_id_len = 2,
+		.user = "alice", .user_len = 5, .password = password, .password_len = sizeof(password),
+	}, g;
+	size_t len;
+	uint8_t *p;
+
+	memset(password, 'p', sizeof(password));
+	p = ipc_auth_request_encode(&f, &len);
+	assert_non_null(p);
+	assert_true(len <= IPC_MAX_PAYLOAD);
+	assert_true(ipc_auth_request_decode(p, len, &g));
+	assert_true(g.conn == f.conn && g.ticket == 7 && g.has_user && g.has_password);
+	assert_memory_equal(g.remote, "[::1]:1883", 10);
+	assert_memory_equal(g.client_id, "c1", 2);
+	assert_memory_equal(g.user, "alice", 5);
+	assert_int_equal(g.password_len, sizeof(password));
+	assert_memory_equal(g.password, password, sizeof(password));
+	/* One byte short or long, a length that overruns, a flag out of range: refused. */
+	assert_false(ipc_auth_request_decode(p, len - 1, &g));
+	assert_false(ipc_auth_request_decode(p, sizeof(struct ipc_auth_request) - 1, &g));
+	((struct ipc_auth_request *)p)->user_len = UINT32_MAX - 4;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	((struct ipc_auth_request *)p)->user_len = 5;
+	((struct ipc_auth_request *)p)->has_user = 2;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	((struct ipc_auth_request *)p)->has_user = 0;      /* no user name, but its bytes */
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	free(p);
+	/* Longer fields than MQTT allows are not encoded. */
+	f.user_len = IPC_AUTH_FIELD_MAX + 1;
+	assert_null(ipc_auth_request_encode(&f, &len));
+}
+
+static void test_auth_verdict_round_trips(void **state)
+{
+	struct ipc_auth_fields f = { .conn = 9, .ticket = 3, .code = 0, .user = "sensor-7",
+				     .user_len = 8, .rules = (const uint8_t *)"r\0\1#",
+				     .rules_len = 4 }, g;
+	size_t len;
+	uint8_t *p = ipc_auth_verdict_encode(&f, &len);
+
+	assert_non_null(p);
+	assert_true(ipc_auth_verdict_decode(p, len, &g));
+	assert_true(g.conn == 9 && g.ticket == 3 && g.code == 0);
+	assert_memory_equal(g.user, "sensor-7", 8);
+	assert_int_equal(g.rules_len, 4);
+	assert_memory_equal(g.rules, "r\0\1#", 4);
+	assert_false(ipc_auth_verdict_decode(p, len + 1, &g));
+	free(p);
+}
+
 #define PAIR_TEST(f) cmocka_unit_test_setup_teardown(f, pair_setup, pair_teardown)
 #define DISPATCH_TEST(f) cmocka_unit_test_setup_teardown(f, dispatch_setup, pair_teardown)
 
@@ -742,6 +803,8 @@ int main(void)
 		DISPATCH_TEST(test_dispatch_reads_at_most_max_per_call),
 		DISPATCH_TEST(test_dispatch_stops_where_a_handler_says),
 		PAIR_TEST(test_dispatch_never_waits_on_a_blocking_socket),
+		cmocka_unit_test(test_auth_request_round_trips),
+		cmocka_unit_test(test_auth_verdict_round_trips),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

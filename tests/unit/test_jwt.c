@@ -29,6 +29,7 @@
 #include "jwt.h"
 
 #include "files.h"
+#include "tokens.h"
 
 #define NOW 1700000000
 
@@ -38,19 +39,6 @@ static EVP_PKEY *key[NKEYS];
 static char *pem[NKEYS];          /* each key's public half */
 static struct jwt_keys *keys[NKEYS];
 static struct jwt_keys *all_three;
-
-static char *public_pem(EVP_PKEY *k)
-{
-	BIO *b = BIO_new(BIO_s_mem());
-	char *data, *out;
-	long n;
-
-	assert_int_equal(PEM_write_bio_PUBKEY(b, k), 1);
-	n = BIO_get_mem_data(b, &data);
-	out = strndup(data, (size_t)n);
-	BIO_free(b);
-	return out;
-}
 
 static struct jwt_keys *keys_of(const char *text)
 {
@@ -104,54 +92,6 @@ static int free_keys(void **state)
 	}
 	jwt_keys_free(all_three);
 	return 0;
-}
-
-static void b64url(const void *data, size_t len, char *out, size_t cap)
-{
-	assert_true(b64_encode(B64_URL, data, len, out, cap) >= 0);
-}
-
-/* JOSE's signature of data with k: RS256, ES256 (r || s) or EdDSA. */
-static size_t sign(EVP_PKEY *k, const char *data, uint8_t *sig)
-{
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	bool ed = EVP_PKEY_get_base_id(k) == EVP_PKEY_ED25519;
-	uint8_t der[600];
-	size_t len = sizeof(der);
-
-	assert_int_equal(EVP_DigestSignInit(ctx, NULL, ed ? NULL : EVP_sha256(), NULL, k), 1);
-	assert_int_equal(EVP_DigestSign(ctx, der, &len, (const uint8_t *)data, strlen(data)), 1);
-	EVP_MD_CTX_free(ctx);
-	if (EVP_PKEY_get_base_id(k) == EVP_PKEY_EC) {
-		const uint8_t *p = der;
-		ECDSA_SIG *s = d2i_ECDSA_SIG(NULL, &p, (long)len);
-
-		assert_non_null(s);
-		BN_bn2binpad(ECDSA_SIG_get0_r(s), sig, 32);
-		BN_bn2binpad(ECDSA_SIG_get0_s(s), sig + 32, 32);
-		ECDSA_SIG_free(s);
-		return 64;
-	}
-	memcpy(sig, der, len);
-	return len;
-}
-
-/* header.payload.signature, the header and claims given as JSON text. */
-static char *token_with(EVP_PKEY *k, const char *header, const char *claims)
-{
-	static char tok[8192];
-	uint8_t sig[600];
-	size_t n, slen;
-
-	b64url(header, strlen(header), tok, sizeof(tok));
-	n = strlen(tok);
-	tok[n++] = '.';
-	b64url(claims, strlen(claims), tok + n, sizeof(tok) - n);
-	n = strlen(tok);
-	slen = sign(k, tok, sig);
-	tok[n++] = '.';
-	b64url(sig, slen, tok + n, sizeof(tok) - n);
-	return tok;
 }
 
 static const char *alg_of(int k)

@@ -17,6 +17,7 @@
 
 #include <fcntl.h>
 #include <lmdb.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -872,11 +873,29 @@ static void memory_stores_never_follow_planted_links(void **state)
 
 static void daemon_identity_tells_processes_apart(void **state)
 {
-	char a[STORE_IDENT_LEN], b[STORE_IDENT_LEN], c[STORE_IDENT_LEN];
+	char a[STORE_IDENT_LEN], b[STORE_IDENT_LEN], c[STORE_IDENT_LEN], stat[1024];
+	unsigned long long start = 0;
+	size_t n = sizeof(a) + 1;
+	FILE *f;
+	void *m;
 
 	(void)state;
 	assert_int_equal(store_daemon_ident(getpid(), a, sizeof(a)), 0);
+	/* The process's start time (field 22), not a field that moves with its memory. */
+	f = fopen("/proc/self/stat", "r");
+	assert_non_null(f);
+	assert_non_null(fgets(stat, sizeof(stat), f));
+	fclose(f);
+	assert_int_equal(sscanf(strrchr(stat, ')') + 2,
+				"%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d "
+				"%*d %*d %llu", &start), 1);
+	snprintf(c, sizeof(c), "/%d/%llu", (int)getpid(), start);
+	n = strlen(a);
+	assert_true(n > strlen(c) && strcmp(a + n - strlen(c), c) == 0);
+	m = mmap(NULL, 64u << 20, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(m != MAP_FAILED);
 	assert_int_equal(store_daemon_ident(getpid(), b, sizeof(b)), 0);
+	munmap(m, 64u << 20);
 	assert_int_equal(store_daemon_ident(getppid(), c, sizeof(c)), 0);
 	assert_string_equal(a, b);
 	assert_string_not_equal(a, c);

@@ -1,0 +1,112 @@
+/*
+ * ipc_auth.c - the auth channels' two messages (ipc.h): IPC_AUTH_REQUEST
+ * and IPC_AUTH_VERDICT, each a fixed struct followed by its byte fields.
+ *
+ * Owns their layout, defined here once for both ends. A request comes
+ * from a worker, which parses client bytes: decoding checks every length
+ * against its bound and against the payload before anything points into
+ * it, and never reads past the payload.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ipc.h"
+
+/* Append n bytes at *p. */
+static uint8_t *put(uint8_t *p, const void *src, size_t n)
+{
+	if (n > 0)
+		memcpy(p, src, n);
+	return p + n;
+}
+
+void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len)
+{
+	struct ipc_auth_request h = {
+		.conn = f->conn, .ticket = f->ticket,
+		.has_user = f->has_user, .has_password = f->has_password,
+		.remote_len = (uint16_t)f->remote_len, .client_id_len = (uint32_t)f->client_id_len,
+		.user_len = (uint32_t)f->user_len, .password_len = (uint32_t)f->password_len,
+	};
+	uint8_t *buf, *p;
+
+	if (f->remote_len > IPC_AUTH_REMOTE_MAX || f->client_id_len > IPC_AUTH_FIELD_MAX ||
+	    f->user_len > IPC_AUTH_FIELD_MAX || f->password_len > IPC_AUTH_FIELD_MAX)
+		return NULL;
+	*len = sizeof(h) + f->remote_len + f->client_id_len + f->user_len + f->password_len;
+	buf = malloc(*len);
+	if (buf == NULL)
+		return NULL;
+	p = put(buf, &h, sizeof(h));
+	p = put(p, f->remote, f->remote_len);
+	p = put(p, f->client_id, f->client_id_len);
+	p = put(p, f->user, f->user_len);
+	put(p, f->password, f->password_len);
+	return buf;
+}
+
+bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_fields *f)
+{
+	struct ipc_auth_request h;
+	const char *p = (const char *)data + sizeof(h);
+
+	if (len < sizeof(h))
+		return false;
+	memcpy(&h, data, sizeof(h));
+	if (h.remote_len > IPC_AUTH_REMOTE_MAX || h.client_id_len > IPC_AUTH_FIELD_MAX ||
+	    h.user_len > IPC_AUTH_FIELD_MAX || h.password_len > IPC_AUTH_FIELD_MAX ||
+	    h.has_user > 1 || h.has_password > 1 ||
+	    (!h.has_user && h.user_len) || (!h.has_password && h.password_len) ||
+	    len != sizeof(h) + (size_t)h.remote_len + h.client_id_len + h.user_len + h.password_len)
+		return false;
+	*f = (struct ipc_auth_fields){
+		.conn = h.conn, .ticket = h.ticket,
+		.has_user = h.has_user, .has_password = h.has_password,
+		.remote = p, .remote_len = h.remote_len,
+		.client_id = p + h.remote_len, .client_id_len = h.client_id_len,
+		.user = p + h.remote_len + h.client_id_len, .user_len = h.user_len,
+		.password = (const uint8_t *)p + h.remote_len + h.client_id_len + h.user_len,
+		.password_len = h.password_len,
+	};
+	return true;
+}
+
+void *ipc_auth_verdict_encode(const struct ipc_auth_fields *f, size_t *len)
+{
+	struct ipc_auth_verdict h = {
+		.conn = f->conn, .ticket = f->ticket, .code = f->code,
+		.user_len = (uint32_t)f->user_len, .rules_len = (uint32_t)f->rules_len,
+	};
+	uint8_t *buf, *p;
+
+	if (f->user_len > IPC_AUTH_FIELD_MAX ||
+	    f->rules_len > IPC_MAX_PAYLOAD - sizeof(h) - f->user_len)
+		return NULL;
+	*len = sizeof(h) + f->user_len + f->rules_len;
+	buf = malloc(*len);
+	if (buf == NULL)
+		return NULL;
+	p = put(buf, &h, sizeof(h));
+	p = put(p, f->user, f->user_len);
+	put(p, f->rules, f->rules_len);
+	return buf;
+}
+
+bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_fields *f)
+{
+	struct ipc_auth_verdict h;
+	const char *p = (const char *)data + sizeof(h);
+
+	if (len < sizeof(h))
+		return false;
+	memcpy(&h, data, sizeof(h));
+	if (h.user_len > IPC_AUTH_FIELD_MAX || h.rules_len > IPC_MAX_PAYLOAD ||
+	    len != sizeof(h) + (size_t)h.user_len + h.rules_len)
+		return false;
+	*f = (struct ipc_auth_fields){
+		.conn = h.conn, .ticket = h.ticket, .code = h.code,
+		.user = p, .user_len = h.user_len,
+		.rules = (const uint8_t *)p + h.user_len, .rules_len = h.rules_len,
+	};
+	return true;
+}

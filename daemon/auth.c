@@ -1,0 +1,509 @@
+/*
+ * auth.c - the auth role (`iotd: auth`): the process that alone holds the
+ * password file, the JWT keys and the ACL file, and answers the workers'
+ * IPC_AUTH_REQUESTs with IPC_AUTH_VERDICTs. It never parses MQTT.
+ *
+ * Owns its channels' reading and writing sides (one socketpair per
+ * worker, kept by the supervisor: requests written while this process
+ * restarts wait for its successor, which greets every worker with
+ * IPC_AUTH_HELLO so that each sends again what it has not had answered),
+ * the jobs in progress and their bound (auth.max_pending per worker,
+ * past which a request is answered CONNACK 3 at once), the slow-down of
+ * addresses that fail (addrlimit.h's table: a verdict waits until its
+ * job's due time), and the files' reload (IPC_AUTH_RELOAD, a
+ * transaction). Decisions are auth_check.c's, run on auth_pool.c's
+ * threads. What a worker sends is hostile input: every request is
+ * decoded with its lengths checked, and a worker can only fill its own
+ * share of the role.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "auth_int.h"
+#include "log.h"
+#include "mqtt.h"
+#include "privsep.h"
+#include "role.h"
+
+#define CTL_PER_WAKE 16
+#define REQUESTS_PER_WAKE 64         /* read from one worker's channel per wake-up */
+
+struct auth;
+
+/* One worker's channel. */
+struct auth_chan {
+	struct auth *a;
+	unsigned index;
+	int fd;
+	struct ipc_dispatcher in;
+	struct auth_job *jobs;       /* by connection id: every job not yet answered */
+	uint32_t held;               /* jobs of this worker, up to auth.max_pending */
+	struct auth_job *out, **out_tail;  /* answered, waiting for room in the channel */
+	void *out_verdict;           /* out's head, encoded */
+	size_t out_len;
+	bool hello_due;              /* IPC_AUTH_HELLO not sent yet */
+	bool want_out;               /* EPOLLOUT armed */
+	bool full;                   /* an episode of refusals past max_pending, logged */
+};
+
+struct auth {
+	struct role_env *env;
+	const struct iotd_config *cfg;
+	int epfd, timerfd;
+	struct auth_creds *creds;
+	struct auth_pool pool;
+	struct addr_fails *fails;
+	struct auth_job *delayed;    /* answered, held until due_ms; sorted by it */
+	struct ipc_dispatcher ctl_in;
+	struct auth_chan chans[IOTD_MAX_WORKERS];
+	bool stopping;
+};
+
+static uint64_t clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void job_free(struct auth_job *j)
+{
+	auth_creds_unref(j->creds);
+	free(j->out_user);
+	free(j->rules);
+	/* The password is a secret: not left in freed memory. */
+	explicit_bzero(j->bytes, j->client_id_len + j->user_len + j->password_len);
+	free(j);
+}
+
+/* --- answering ------------------------------------------------------------ */
+
+static void chan_set_events(struct auth_chan *ch, bool want_out)
+{
+	struct epoll_event ev = { .events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.ptr = ch };
+
+	if (ch->want_out == want_out)
+		return;
+	ch->want_out = want_out;
+	if (epoll_ctl(ch->a->epfd, EPOLL_CTL_MOD, ch->fd, &ev) < 0)
+		log_warn("epoll_ctl: %s", strerror(errno));
+}
+
+/* Send what the channel takes: the greeting first, then the verdicts in order. */
+static void chan_flush(struct auth_chan *ch)
+{
+	if (ch->hello_due) {
+		if (ipc_send(ch->fd, IPC_AUTH_HELLO, ch->index, NULL, 0, -1) < 0)
+			goto full;
+		ch->hello_due = false;
+	}
+	while (ch->out != NULL) {
+		struct auth_job *j = ch->out;
+		struct ipc_auth_fields f = {
+			.conn = j->conn, .ticket = j->ticket, .code = j->code,
+			.user = j->out_user, .user_len = j->out_user_len,
+			.rules = j->rules, .rules_len = j->rules_len,
+		};
+
+		if (ch->out_verdict == NULL) {
+			ch->out_verdict = ipc_auth_verdict_encode(&f, &ch->out_len);
+			if (ch->out_verdict == NULL) {
+				/* Too long or no memory: the worker's connect_timeout ends the wait. */
+				log_error("cannot encode a verdict for worker %u; dropped", ch->index);
+				goto done;
+			}
+		}
+		if (ipc_send(ch->fd, IPC_AUTH_VERDICT, ch->index, ch->out_verdict, ch->out_len,
+			     -1) < 0)
+			goto full;
+done:
+		free(ch->out_verdict);
+		ch->out_verdict = NULL;
+		ch->out = j->next;
+		if (ch->out == NULL)
+			ch->out_tail = &ch->out;
+		ch->held--;
+		job_free(j);
+	}
+	chan_set_events(ch, false);
+	return;
+full:
+	if (errno != EAGAIN)
+		log_error("cannot answer worker %u: %s", ch->index, strerror(errno));
+	chan_set_events(ch, true);
+}
+
+static void answer(struct auth *a, struct auth_job *j)
+{
+	struct auth_chan *ch = &a->chans[j->worker];
+
+	HASH_DEL(ch->jobs, j);
+	j->next = NULL;
+	*ch->out_tail = j;
+	ch->out_tail = &j->next;
+	if (ch->out == j)
+		chan_flush(ch);
+}
+
+/* CONNACK 3 at once: past the bound, or nothing to decide with. */
+static void answer_unavailable(struct auth *a, struct auth_job *j, const char *why)
+{
+	j->code = MQTT_CONNACK_UNAVAILABLE;
+	j->why = why;
+	answer(a, j);
+}
+
+/* --- the slow-down -------------------------------------------------------- */
+
+static void arm_timer(struct auth *a)
+{
+	struct itimerspec its = { 0 };
+	uint64_t now = clock_ms(), due;
+
+	if (a->delayed != NULL) {
+		due = a->delayed->due_ms > now ? a->delayed->due_ms - now : 1;
+		its.it_value.tv_sec = (time_t)(due / 1000);
+		its.it_value.tv_nsec = (long)(due % 1000) * 1000000;
+	}
+	timerfd_settime(a->timerfd, 0, &its, NULL);
+}
+
+static void hold_until_due(struct auth *a, struct auth_job *j)
+{
+	struct auth_job **pp = &a->delayed;
+
+	while (*pp != NULL && (*pp)->due_ms <= j->due_ms)
+		pp = &(*pp)->next;
+	j->next = *pp;
+	*pp = j;
+	arm_timer(a);
+}
+
+static void answer_due(struct auth *a)
+{
+	uint64_t now = clock_ms();
+
+	while (a->delayed != NULL && a->delayed->due_ms <= now) {
+		struct auth_job *j = a->delayed;
+
+		a->delayed = j->next;
+		answer(a, j);
+	}
+	arm_timer(a);
+}
+
+/* A job the pool decided: count it against its address, log a refusal, answer when due. */
+static void decided(struct auth *a, struct auth_job *j)
+{
+	uint64_t now = clock_ms();
+
+	if (j->has_key && j->bad_credentials)
+		addr_fail_count(a->fails, &j->key, now);
+	else if (j->has_key && j->code == MQTT_CONNACK_ACCEPTED)
+		addr_fail_clear(a->fails, &j->key);
+	if (j->code != MQTT_CONNACK_ACCEPTED)
+		log_auth_refusal(j->client_id, j->client_id_len, j->remote, j->user, j->user_len,
+				 j->code, j->why);
+	else
+		log_debug("accepted REMOTE=%s as \"%.*s\"", j->remote, (int)MIN(j->out_user_len, 256u),
+			  j->out_user);
+	if (j->due_ms > now)
+		hold_until_due(a, j);
+	else
+		answer(a, j);
+}
+
+/* --- requests --------------------------------------------------------------- */
+
+static struct auth_job *job_new(struct auth *a, unsigned worker, const struct ipc_auth_fields *f)
+{
+	size_t n = f->client_id_len + f->user_len + f->password_len;
+	struct auth_job *j = malloc(sizeof(*j) + n);
+	uint8_t *p;
+
+	if (j == NULL)
+		return NULL;
+	memset(j, 0, sizeof(*j));
+	j->worker = worker;
+	j->conn = f->conn;
+	j->ticket = f->ticket;
+	j->has_user = f->has_user;
+	j->has_password = f->has_password;
+	memcpy(j->remote, f->remote, f->remote_len);
+	j->remote[f->remote_len] = '\0';
+	j->has_key = addr_key_from_remote(j->remote, &j->key);
+	p = j->bytes;
+	j->client_id = (const char *)p;
+	j->client_id_len = f->client_id_len;
+	memcpy(p, f->client_id, f->client_id_len);
+	p += f->client_id_len;
+	j->user = (const char *)p;
+	j->user_len = f->user_len;
+	memcpy(p, f->user, f->user_len);
+	p += f->user_len;
+	j->password = p;
+	j->password_len = f->password_len;
+	memcpy(p, f->password, f->password_len);
+	auth_policy_from(a->cfg, &j->policy);
+	return j;
+}
+
+/* IPC_AUTH_REQUEST */
+static int on_request(void *ctx, struct ipc_msg *m)
+{
+	struct auth_chan *ch = ctx;
+	struct auth *a = ch->a;
+	struct ipc_auth_fields f;
+	struct auth_job *j, *dup;
+	uint32_t delay = 0;
+
+	if (!ipc_auth_request_decode(m->data, m->hdr.len, &f)) {
+		log_warn("a malformed authentication request from worker %u; dropped", ch->index);
+		return 0;
+	}
+	/* Sent again after our greeting while the first is still here: one answer is enough. */
+	HASH_FIND(hh, ch->jobs, &f.conn, sizeof(f.conn), dup);
+	if (dup != NULL)
+		return 0;
+	j = job_new(a, ch->index, &f);
+	if (j == NULL) {
+		log_error("out of memory for an authentication request; dropped");
+		return 0;
+	}
+	HASH_ADD(hh, ch->jobs, conn, sizeof(j->conn), j);
+	ch->held++;
+	if (ch->held > (uint32_t)a->cfg->auth_max_pending) {
+		if (!ch->full)
+			log_warn("worker %u has %u authentication requests waiting (auth.max_pending); "
+				 "answering CONNACK 3 until they drain", ch->index, ch->held - 1);
+		ch->full = true;
+		answer_unavailable(a, j, "too many requests waiting (auth.max_pending)");
+		return 0;
+	}
+	if (ch->held == 1)
+		ch->full = false;
+	j->creds = a->creds;
+	atomic_fetch_add(&a->creds->refs, 1);
+	j->due_ms = clock_ms();
+	if (j->has_key)
+		delay = addr_fail_delay(a->fails, &j->key, j->due_ms,
+					(uint32_t)a->cfg->auth_max_failure_delay_ms);
+	/* The clock counts whole milliseconds: one more, so that no answer comes early. */
+	if (delay > 0)
+		j->due_ms += delay + 1;
+	auth_pool_submit(&a->pool, j);
+	return 0;
+}
+
+static const struct ipc_handler from_worker[IPC_TYPE_MAX] = {
+	[IPC_AUTH_REQUEST] = { .fn = on_request, .min_len = sizeof(struct ipc_auth_request),
+			       .max_len = IPC_MAX_PAYLOAD },
+};
+
+/* --- the supervisor ------------------------------------------------------- */
+
+/* IPC_AUTH_RELOAD: the files again, all or nothing. */
+static int on_reload(void *ctx, struct ipc_msg *m)
+{
+	struct auth *a = ctx;
+	struct auth_creds *next;
+	char err[512], what[64];
+
+	if (auth_creds_load(a->cfg, &next, err, sizeof(err)) < 0) {
+		log_error("reload: %s; keeping the files in force", err);
+		return 0;
+	}
+	auth_creds_unref(a->creds);
+	a->creds = next;
+	auth_creds_describe(next, what, sizeof(what));
+	log_info("reload: files read again (%s)", what);
+	return 0;
+}
+
+static int on_shutdown(void *ctx, struct ipc_msg *m)
+{
+	((struct auth *)ctx)->stopping = true;
+	return IPC_STOP;
+}
+
+static int on_config(void *ctx, struct ipc_msg *m)
+{
+	role_take_config(((struct auth *)ctx)->env, m->data, m->hdr.len);
+	return 0;
+}
+
+static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
+	[IPC_SHUTDOWN] = { .fn = on_shutdown },
+	[IPC_AUTH_RELOAD] = { .fn = on_reload },
+	ROLE_PING_ENTRY,
+	ROLE_LOG_SETTINGS_ENTRY,
+	ROLE_CONFIG_ENTRY(on_config),
+};
+
+/* --- set-up ------------------------------------------------------------------ */
+
+/*
+ * Landlock: read beneath the directories of the files, nothing else (see
+ * privsep_seal_read for why not the files themselves). A reload that
+ * names other files replaces this process (sup_reload.c).
+ */
+static int seal(const struct iotd_config *cfg)
+{
+	const char *files[] = { cfg->auth_password_file, cfg->auth_jwt_key_file,
+				cfg->auth_acl_file };
+	char dirs[3][PATH_MAX];
+	const char *list[3];
+	size_t n = 0;
+
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+		if (files[i][0] == '\0')
+			continue;
+		snprintf(dirs[n], sizeof(dirs[n]), "%s", files[i]);
+		list[n] = dirname(dirs[n]);
+		n++;
+	}
+	return privsep_seal_read(list, n);
+}
+
+static int auth_setup(struct auth *a, struct role_env *env)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	char err[512], what[64];
+
+	a->env = env;
+	a->cfg = env->cfg;
+	a->fails = calloc(1, sizeof(*a->fails));
+	if (a->fails == NULL)
+		return -1;
+	/* Before Landlock: OpenSSL reads its configuration once, here. */
+	OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);
+	if (auth_creds_load(a->cfg, &a->creds, err, sizeof(err)) < 0) {
+		log_error("%s", err);
+		return -1;
+	}
+	if (seal(a->cfg) < 0 || auth_pool_start(&a->pool, (unsigned)a->cfg->auth_hash_threads) < 0)
+		return -1;
+	auth_creds_describe(a->creds, what, sizeof(what));
+	log_debug("files read (%s); %ld hashing threads", what, a->cfg->auth_hash_threads);
+	ipc_dispatcher_init(&a->ctl_in, from_supervisor, IPC_PEER_ANY, "the supervisor");
+	a->epfd = epoll_create1(EPOLL_CLOEXEC);
+	a->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (a->epfd < 0 || a->timerfd < 0)
+		return -1;
+	ev.data.ptr = &env->ctl_fd;
+	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, env->ctl_fd, &ev) < 0)
+		return -1;
+	ev.data.ptr = &a->timerfd;
+	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->timerfd, &ev) < 0)
+		return -1;
+	ev.data.ptr = &a->pool.efd;
+	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->pool.efd, &ev) < 0)
+		return -1;
+	for (unsigned i = 0; i < env->nworkers; i++) {
+		struct auth_chan *ch = &a->chans[i];
+		char from[32];
+
+		*ch = (struct auth_chan){ .a = a, .index = i, .fd = env->auth_chan[i],
+					  .hello_due = true };
+		ch->out_tail = &ch->out;
+		snprintf(from, sizeof(from), "worker %u", i);
+		ipc_dispatcher_init(&ch->in, from_worker, i, from);
+		ev.data.ptr = ch;
+		if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, ch->fd, &ev) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static void auth_teardown(struct auth *a)
+{
+	struct auth_job *j, *tmp;
+
+	auth_pool_stop(&a->pool);
+	for (j = auth_pool_take_done(&a->pool); j != NULL; j = tmp) {
+		tmp = j->next;
+		job_free(j);
+	}
+	for (j = a->pool.todo; j != NULL; j = tmp) {
+		tmp = j->next;
+		job_free(j);
+	}
+	for (j = a->delayed; j != NULL; j = tmp) {
+		tmp = j->next;
+		job_free(j);
+	}
+	for (unsigned i = 0; i < a->env->nworkers; i++) {
+		struct auth_chan *ch = &a->chans[i];
+
+		HASH_CLEAR(hh, ch->jobs);
+		for (j = ch->out; j != NULL; j = tmp) {
+			tmp = j->next;
+			job_free(j);
+		}
+		free(ch->out_verdict);
+	}
+	auth_creds_unref(a->creds);
+	free(a->fails);
+	close(a->epfd);
+	close(a->timerfd);
+}
+
+int auth_main(struct role_env *env)
+{
+	struct auth a = { 0 };
+	struct epoll_event evs[64];
+
+	if (auth_setup(&a, env) < 0) {
+		log_error("auth role setup failed");
+		return 1;
+	}
+	/* Every worker hears that what it sent before may be lost: it sends it again. */
+	for (unsigned i = 0; i < env->nworkers; i++)
+		chan_flush(&a.chans[i]);
+	ipc_send(env->ctl_fd, IPC_READY, 0, NULL, 0, -1);
+	while (!a.stopping) {
+		int n = epoll_wait(a.epfd, evs, (int)ARRAY_SIZE(evs), -1);
+
+		if (n < 0 && errno != EINTR)
+			fatal("epoll_wait: %s", strerror(errno));
+		for (int i = 0; i < n && !a.stopping; i++) {
+			void *p = evs[i].data.ptr;
+
+			if (p == &env->ctl_fd) {
+				if (ipc_dispatch(env->ctl_fd, &a.ctl_in, &a, CTL_PER_WAKE) < 0)
+					a.stopping = true;
+			} else if (p == &a.timerfd) {
+				uint64_t ticks;
+
+				(void)!read(a.timerfd, &ticks, sizeof(ticks));
+				answer_due(&a);
+			} else if (p == &a.pool.efd) {
+				struct auth_job *j = auth_pool_take_done(&a.pool), *next;
+
+				for (; j != NULL; j = next) {
+					next = j->next;
+					decided(&a, j);
+				}
+			} else {
+				struct auth_chan *ch = p;
+
+				if (evs[i].events & EPOLLOUT)
+					chan_flush(ch);
+				if (evs[i].events & EPOLLIN)
+					ipc_dispatch(ch->fd, &ch->in, ch, REQUESTS_PER_WAKE);
+			}
+		}
+	}
+	auth_teardown(&a);
+	return 0;
+}

@@ -1,0 +1,239 @@
+/*
+ * auth_check.c - the auth role's decisions: the files it holds and the
+ * verdict on one CONNECT's credentials.
+ *
+ * Owns the files in force (struct auth_creds): the password file, the JWT
+ * key file and the ACL file, read together as one transaction (all of
+ * them parse or none is taken) and counted, so that a reload replaces
+ * them while threads still decide with the old ones. auth_decide() runs
+ * on the pool's threads and touches nothing but its job and the files,
+ * which are read-only once loaded.
+ *
+ * The client's rules in a verdict: empty for now, except for a JWT's
+ * filter lists, which travel in this simple encoding until the ACL's own
+ * (acl_client_encode) replaces it: per filter one byte 'r' (may read) or
+ * 'w' (may write), its length as two bytes big-endian, its bytes.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "acl.h"
+#include "addrlimit.h"
+#include "auth.h"
+#include "auth_int.h"
+#include "jwt.h"
+#include "log.h"
+#include "mqtt.h"
+#include "passwd.h"
+
+/* ---- the files ---- */
+
+int auth_creds_load(const struct iotd_config *cfg, struct auth_creds **out, char *err,
+		    size_t errlen)
+{
+	static const struct passwd_limits pw_lim = PASSWD_LIMITS_DEFAULT;
+	static const struct acl_limits acl_lim = ACL_LIMITS_DEFAULT;
+	struct auth_creds *c = calloc(1, sizeof(*c));
+
+	if (c == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	atomic_init(&c->refs, 1);
+	if ((strcmp(cfg->auth_backend, "file") == 0 &&
+	     passwd_load(cfg->auth_password_file, &pw_lim, &c->pw, err, errlen) < 0) ||
+	    (strcmp(cfg->auth_backend, "jwt") == 0 &&
+	     jwt_keys_load(cfg->auth_jwt_key_file, &c->keys, err, errlen) < 0) ||
+	    (cfg->auth_acl_file[0] != '\0' &&
+	     acl_load(cfg->auth_acl_file, &acl_lim, &c->acl, err, errlen) < 0)) {
+		auth_creds_unref(c);
+		return -1;
+	}
+	*out = c;
+	return 0;
+}
+
+int auth_files_check(const struct iotd_config *cfg, char *err, size_t errlen)
+{
+	struct auth_creds *c;
+
+	if (!config_auth_role(cfg))
+		return 0;
+	if (auth_creds_load(cfg, &c, err, errlen) < 0)
+		return -1;
+	auth_creds_unref(c);
+	return 0;
+}
+
+void auth_creds_unref(struct auth_creds *c)
+{
+	if (c == NULL || atomic_fetch_sub(&c->refs, 1) != 1)
+		return;
+	passwd_free(c->pw);
+	jwt_keys_free(c->keys);
+	acl_free(c->acl);
+	free(c);
+}
+
+/* "3 users, ACL": what a load read, for the log. */
+void auth_creds_describe(const struct auth_creds *c, char *buf, size_t len)
+{
+	int n = 0;
+
+	buf[0] = '\0';
+	if (c->pw != NULL)
+		n = snprintf(buf, len, "%zu users", passwd_count(c->pw));
+	else if (c->keys != NULL)
+		n = snprintf(buf, len, "%zu keys", jwt_keys_count(c->keys));
+	if (c->acl != NULL && n >= 0 && (size_t)n < len)
+		snprintf(buf + n, len - (size_t)n, "%sACL", n > 0 ? ", " : "");
+}
+
+void auth_policy_from(const struct iotd_config *cfg, struct auth_policy *p)
+{
+	*p = (struct auth_policy){
+		.backend = strcmp(cfg->auth_backend, "file") == 0 ? AUTH_FILE :
+			   strcmp(cfg->auth_backend, "jwt") == 0 ? AUTH_JWT : AUTH_NONE,
+		.allow_anonymous = cfg->auth_allow_anonymous,
+		.leeway = (uint32_t)cfg->auth_jwt_leeway,
+	};
+	snprintf(p->user_claim, sizeof(p->user_claim), "%s", cfg->auth_jwt_username_claim);
+	snprintf(p->read_claim, sizeof(p->read_claim), "%s", cfg->auth_jwt_read_claim);
+	snprintf(p->write_claim, sizeof(p->write_claim), "%s", cfg->auth_jwt_write_claim);
+}
+
+/* ---- one decision ---- */
+
+static void accept_as(struct auth_job *j, const char *user, size_t len)
+{
+	j->out_user = malloc(len + 1);
+	if (j->out_user == NULL) {
+		j->code = MQTT_CONNACK_UNAVAILABLE;
+		j->why = "out of memory";
+		return;
+	}
+	memcpy(j->out_user, user, len);
+	j->out_user[len] = '\0';
+	j->out_user_len = len;
+	j->code = MQTT_CONNACK_ACCEPTED;
+}
+
+static void refuse(struct auth_job *j, uint8_t code, const char *why)
+{
+	j->code = code;
+	j->why = why;
+	j->bad_credentials = code == MQTT_CONNACK_BAD_AUTH;
+}
+
+/* The lists of a token in the rules' encoding (above); false when out of memory. */
+static bool encode_lists(struct auth_job *j, const struct jwt_claims *cl)
+{
+	size_t len = 0;
+	uint8_t *p;
+
+	for (size_t i = 0; i < cl->nread; i++)
+		len += 3 + strlen(cl->read[i]);
+	for (size_t i = 0; i < cl->nwrite; i++)
+		len += 3 + strlen(cl->write[i]);
+	if (len == 0)
+		return true;
+	j->rules = p = malloc(len);
+	if (p == NULL)
+		return false;
+	for (size_t k = 0; k < 2; k++) {
+		char *const *list = k == 0 ? cl->read : cl->write;
+		size_t n = k == 0 ? cl->nread : cl->nwrite;
+
+		for (size_t i = 0; i < n; i++) {
+			size_t flen = strlen(list[i]);
+
+			*p++ = k == 0 ? 'r' : 'w';
+			*p++ = (uint8_t)(flen >> 8);
+			*p++ = (uint8_t)flen;
+			memcpy(p, list[i], flen);
+			p += flen;
+		}
+	}
+	j->rules_len = len;
+	return true;
+}
+
+static void decide_file(struct auth_job *j)
+{
+	switch (passwd_verify(j->creds->pw, j->user, j->user_len, j->password, j->password_len)) {
+	case PASSWD_OK:
+		accept_as(j, j->user, j->user_len);
+		break;
+	case PASSWD_BAD:
+		refuse(j, MQTT_CONNACK_BAD_AUTH, "bad user name or password");
+		break;
+	case PASSWD_ERROR:
+		refuse(j, MQTT_CONNACK_UNAVAILABLE, "cannot verify the password (out of memory)");
+		break;
+	}
+}
+
+/* The password is the token; the user name the client sent is not used. */
+static void decide_jwt(struct auth_job *j)
+{
+	const struct auth_policy *p = &j->policy;
+	struct jwt_options opt = JWT_OPTIONS_DEFAULT;
+	struct jwt_claims cl;
+	char err[96];
+	enum jwt_result r;
+
+	opt.now = (int64_t)time(NULL);
+	opt.leeway = p->leeway;
+	opt.user_claim = p->user_claim;
+	opt.read_claim = p->read_claim[0] ? p->read_claim : NULL;
+	opt.write_claim = p->write_claim[0] ? p->write_claim : NULL;
+	r = jwt_verify(j->creds->keys, (const char *)j->password, j->password_len, &opt, &cl,
+		       err, sizeof(err));
+	if (r == JWT_ERROR) {
+		refuse(j, MQTT_CONNACK_UNAVAILABLE, "cannot verify the token (out of memory)");
+		return;
+	}
+	if (r != JWT_OK) {
+		snprintf(j->why_buf, sizeof(j->why_buf), "bad token: %s", err);
+		refuse(j, MQTT_CONNACK_BAD_AUTH, j->why_buf);
+		return;
+	}
+	if (!encode_lists(j, &cl))
+		refuse(j, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+	else
+		accept_as(j, cl.user, strlen(cl.user));
+	jwt_claims_free(&cl);
+}
+
+void auth_decide(struct auth_job *j)
+{
+	const struct auth_policy *p = &j->policy;
+
+	/* No backend (an ACL file alone): the user name is taken as given, from loopback only. */
+	if (p->backend == AUTH_NONE) {
+		if (!p->allow_anonymous && !addr_remote_is_loopback(j->remote))
+			refuse(j, MQTT_CONNACK_NOT_AUTHORIZED, "not a loopback client, and "
+			       "auth.allow_anonymous is false");
+		else
+			accept_as(j, j->user, j->user_len);
+		return;
+	}
+	if (!j->has_user) {
+		if (p->allow_anonymous)
+			accept_as(j, "", 0);
+		else
+			refuse(j, MQTT_CONNACK_NOT_AUTHORIZED, "no user name, and "
+			       "auth.allow_anonymous is false");
+		return;
+	}
+	if (!j->has_password) {
+		refuse(j, MQTT_CONNACK_BAD_AUTH, "no password");
+		return;
+	}
+	if (p->backend == AUTH_FILE)
+		decide_file(j);
+	else
+		decide_jwt(j);
+}

@@ -1,0 +1,99 @@
+/*
+ * auth_int.h - what the auth role's files share (daemon/auth*.c): a
+ * request being decided (struct auth_job), the files in force (struct
+ * auth_creds), the settings a decision reads (struct auth_policy) and the
+ * pool of threads that decides. Private to them; role.h has auth_main().
+ */
+#ifndef IOTD_AUTH_INT_H
+#define IOTD_AUTH_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "addrlimit.h"
+#include "config.h"
+#include "ipc.h"
+#include "keyhash.h"
+
+enum auth_backend { AUTH_NONE, AUTH_FILE, AUTH_JWT };
+
+/*
+ * The files in force, read together (auth_creds_load) and replaced whole
+ * on reload. Counted: each job holds the files it was decided with, so a
+ * reload never frees them under a thread.
+ */
+struct auth_creds {
+	atomic_uint refs;
+	struct passwd_table *pw;     /* backend "file" */
+	struct jwt_keys *keys;       /* backend "jwt" */
+	struct acl *acl;             /* auth.acl_file, held for its enforcement; NULL: none */
+};
+
+/* What a decision reads of the configuration, copied into each job (a reload may change it). */
+struct auth_policy {
+	enum auth_backend backend;
+	bool allow_anonymous;
+	uint32_t leeway;
+	char user_claim[64], read_claim[64], write_claim[64];
+};
+
+/* One request from a worker, from its arrival until its verdict is sent. */
+struct auth_job {
+	struct auth_job *next;       /* the pool's queues, the delayed list, a channel's output */
+	UT_hash_handle hh;           /* its channel's jobs by connection id */
+	struct auth_creds *creds;
+	struct auth_policy policy;
+	unsigned worker;
+	uint64_t conn;
+	uint32_t ticket;
+	uint64_t due_ms;             /* not answered before (the slow-down) */
+	struct addr_key key;
+	bool has_key;                /* an IP address: slowed down when it fails */
+	bool has_user, has_password;
+	char remote[IPC_AUTH_REMOTE_MAX + 1];
+	const char *client_id, *user;
+	const uint8_t *password;
+	size_t client_id_len, user_len, password_len;
+	/* The answer (auth_decide). */
+	uint8_t code;                /* CONNACK return code */
+	bool bad_credentials;        /* counts as a failure of its address */
+	const char *why;             /* a refusal's reason */
+	char why_buf[128];
+	char *out_user;              /* the name the client is known by (malloc'd) */
+	size_t out_user_len;
+	uint8_t *rules;              /* the client's rules (malloc'd), see auth_check.c */
+	size_t rules_len;
+	uint8_t bytes[];             /* client id, user name, password */
+};
+
+/* auth_check.c */
+int auth_creds_load(const struct iotd_config *cfg, struct auth_creds **out, char *err,
+		    size_t errlen);
+void auth_creds_unref(struct auth_creds *c);
+void auth_creds_describe(const struct auth_creds *c, char *buf, size_t len);
+void auth_policy_from(const struct iotd_config *cfg, struct auth_policy *p);
+void auth_decide(struct auth_job *j);
+
+/* auth_pool.c: threads that run auth_decide, so that a slow hash never stalls the loop. */
+struct auth_pool {
+	pthread_t threads[64];
+	unsigned n;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct auth_job *todo, **todo_tail;
+	struct auth_job *done, **done_tail;
+	bool stop;
+	int efd;                     /* written when a job is done */
+};
+
+int auth_pool_start(struct auth_pool *p, unsigned nthreads);
+void auth_pool_submit(struct auth_pool *p, struct auth_job *j);
+/* Every job decided since the last call, in order; NULL when none. */
+struct auth_job *auth_pool_take_done(struct auth_pool *p);
+/* Let the threads finish their job and join them; what is left is the caller's to free. */
+void auth_pool_stop(struct auth_pool *p);
+
+#endif

@@ -1,0 +1,368 @@
+/*
+ * worker_auth.c - a worker's side of authentication.
+ *
+ * With the auth role in use (config_auth_role), a valid CONNECT is held
+ * (CS_AUTHENTICATING, not read) while its credentials are with the auth
+ * role: this file owns those held CONNECTs (at most auth.max_pending;
+ * past it CONNACK 3), the requests they sent over the auth channel (kept,
+ * to be sent again when a new auth process greets us with
+ * IPC_AUTH_HELLO) and the verdicts that come back: refused, CONNACK 4, 5
+ * or 3 and close; accepted, the CONNECT goes to the router as it would
+ * have, under the user name the verdict gives. A verdict for a
+ * connection that is gone is dropped. Without the auth role, the secure
+ * default is applied here: only loopback clients, unless
+ * auth.allow_anonymous.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+
+#include "log.h"
+#include "worker_int.h"
+
+#define VERDICTS_PER_WAKE 64
+
+/* One CONNECT held for its verdict; its ticket is its index in waits[]. */
+struct auth_wait {
+	conn_id_t conn;
+	void *req;                   /* the request as sent, to send again */
+	size_t req_len;
+	bool sent;
+	struct rec_connect rc;       /* the CONNECT record but its user name; will bytes below */
+	uint8_t will[];
+};
+
+struct worker_auth {
+	struct ipc_dispatcher in;
+	int fd;
+	bool registered;             /* the channel is in the worker's epoll */
+	bool want_out;
+	bool full;                   /* an episode of refusals past auth.max_pending, logged */
+	struct auth_wait **waits;
+	uint32_t cap, held, unsent;
+};
+
+static struct worker_auth *wa_of(struct worker *w)
+{
+	return w->auth;
+}
+
+static void wait_free(struct worker_auth *wa, uint32_t ticket)
+{
+	struct auth_wait *aw = wa->waits[ticket];
+
+	if (!aw->sent)
+		wa->unsent--;
+	/* The password is a secret: not left in freed memory. */
+	explicit_bzero(aw->req, aw->req_len);
+	free(aw->req);
+	free(aw);
+	wa->waits[ticket] = NULL;
+	wa->held--;
+}
+
+static void set_out(struct worker *w, struct worker_auth *wa, bool want)
+{
+	struct epoll_event ev = { .events = EPOLLIN | (want ? EPOLLOUT : 0),
+				  .data.ptr = &w->env->auth_chan_worker[w->index] };
+
+	if (wa->want_out == want || !wa->registered)
+		return;
+	wa->want_out = want;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, wa->fd, &ev) < 0)
+		log_warn("epoll_ctl: %s", strerror(errno));
+}
+
+/* Send every request not yet sent, as far as the channel takes them. */
+void worker_auth_flush(struct worker *w)
+{
+	struct worker_auth *wa = wa_of(w);
+
+	if (wa == NULL || wa->unsent == 0)
+		return;
+	for (uint32_t t = 0; t < wa->cap && wa->unsent > 0; t++) {
+		struct auth_wait *aw = wa->waits[t];
+
+		if (aw == NULL || aw->sent)
+			continue;
+		if (ipc_send(wa->fd, IPC_AUTH_REQUEST, w->index, aw->req, aw->req_len, -1) < 0) {
+			if (errno != EAGAIN)
+				log_error("cannot send to the auth role: %s", strerror(errno));
+			set_out(w, wa, true);
+			return;
+		}
+		aw->sent = true;
+		wa->unsent--;
+	}
+	set_out(w, wa, false);
+}
+
+/* --- the verdicts --------------------------------------------------------- */
+
+/*
+ * The client's rules, as an accepting verdict carries them (empty without
+ * an ACL or a token's lists): opaque here; the ACL's enforcement decodes
+ * them onto the connection.
+ */
+void conn_take_rules(struct worker *w, struct conn *c, const uint8_t *rules, size_t len)
+{
+	(void)w;
+	(void)c;
+	(void)rules;
+	(void)len;
+}
+
+static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
+{
+	struct worker_auth *wa = wa_of(w);
+	struct conn *c = conn_lookup(w, f->conn);
+	struct auth_wait *aw;
+	struct rec_connect rc;
+
+	if (f->ticket >= wa->cap || (aw = wa->waits[f->ticket]) == NULL || aw->conn != f->conn ||
+	    c == NULL || c->state != CS_AUTHENTICATING)
+		return;              /* gone, or answered already */
+	if (f->code != MQTT_CONNACK_ACCEPTED) {
+		conn_refuse(w, c, f->code == MQTT_CONNACK_BAD_AUTH ||
+			    f->code == MQTT_CONNACK_NOT_AUTHORIZED ? f->code : MQTT_CONNACK_UNAVAILABLE,
+			    "authentication refused");
+		return;
+	}
+	conn_take_rules(w, c, f->rules, f->rules_len);
+	rc = aw->rc;
+	rc.user = (struct rec_str){ (const uint8_t *)f->user, (uint16_t)f->user_len };
+	connect_forward(w, c, &rc);
+	wait_free(wa, f->ticket);
+}
+
+/* IPC_AUTH_VERDICT */
+static int on_verdict(void *ctx, struct ipc_msg *m)
+{
+	struct ipc_auth_fields f;
+
+	if (!ipc_auth_verdict_decode(m->data, m->hdr.len, &f)) {
+		log_warn("a malformed verdict from the auth role; dropped");
+		return 0;
+	}
+	on_verdict_fields(ctx, &f);
+	return 0;
+}
+
+/* IPC_AUTH_HELLO: a new auth process; what the old one had read is lost. */
+static int on_hello(void *ctx, struct ipc_msg *m)
+{
+	struct worker *w = ctx;
+	struct worker_auth *wa = wa_of(w);
+
+	for (uint32_t t = 0; t < wa->cap; t++)
+		if (wa->waits[t] != NULL && wa->waits[t]->sent) {
+			wa->waits[t]->sent = false;
+			wa->unsent++;
+		}
+	if (wa->held > 0)
+		log_info("the auth role restarted: sending its %u requests again", wa->held);
+	worker_auth_flush(w);
+	return 0;
+}
+
+static const struct ipc_handler from_auth[IPC_TYPE_MAX] = {
+	[IPC_AUTH_VERDICT] = { .fn = on_verdict, .min_len = sizeof(struct ipc_auth_verdict),
+			       .max_len = IPC_MAX_PAYLOAD },
+	[IPC_AUTH_HELLO] = { .fn = on_hello },
+};
+
+void worker_auth_event(struct worker *w, uint32_t events)
+{
+	struct worker_auth *wa = wa_of(w);
+
+	if (events & EPOLLOUT)
+		worker_auth_flush(w);
+	if (events & EPOLLIN)
+		ipc_dispatch(wa->fd, &wa->in, w, VERDICTS_PER_WAKE);
+}
+
+/* --- holding a CONNECT ------------------------------------------------------ */
+
+/* The secure default without the auth role: loopback clients only, unless allow_anonymous. */
+bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user, size_t ulen)
+{
+	if (w->cfg->auth_allow_anonymous || addr_remote_is_loopback(c->remote))
+		return true;
+	log_auth_refusal(conn_client_id(c), strlen(conn_client_id(c)), c->remote, user, ulen,
+			 MQTT_CONNACK_NOT_AUTHORIZED, "not a loopback client, no auth.backend, and "
+			 "auth.allow_anonymous is false");
+	return false;
+}
+
+static struct auth_wait *wait_new(const struct rec_connect *rc)
+{
+	struct auth_wait *aw = malloc(sizeof(*aw) + rc->will_topic.len + rc->will_payload.len);
+
+	if (aw == NULL)
+		return NULL;
+	*aw = (struct auth_wait){ .rc = *rc };
+	/* Empty fields may point nowhere. */
+	if (rc->will_topic.len > 0)
+		memcpy(aw->will, rc->will_topic.p, rc->will_topic.len);
+	if (rc->will_payload.len > 0)
+		memcpy(aw->will + rc->will_topic.len, rc->will_payload.p, rc->will_payload.len);
+	aw->rc.will_topic.p = aw->will;
+	aw->rc.will_payload.p = aw->will + rc->will_topic.len;
+	/* The verdict's, when the record is written. */
+	aw->rc.user = (struct rec_str){ NULL, 0 };
+	return aw;
+}
+
+/* A free ticket, the table grown up to max_pending; false when it is full. */
+static bool ticket_take(struct worker *w, struct worker_auth *wa, uint32_t *t)
+{
+	uint32_t max = (uint32_t)w->cfg->auth_max_pending;
+
+	for (uint32_t i = 0; i < wa->cap && i < max; i++)
+		if (wa->waits[i] == NULL) {
+			*t = i;
+			return true;
+		}
+	if (wa->cap < max) {
+		uint32_t cap = MIN(max, wa->cap ? wa->cap * 2 : 16);
+		struct auth_wait **waits = reallocarray(wa->waits, cap, sizeof(*waits));
+
+		if (waits == NULL)
+			return false;
+		memset(waits + wa->cap, 0, (cap - wa->cap) * sizeof(*waits));
+		*t = wa->cap;
+		wa->waits = waits;
+		wa->cap = cap;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Hold c's CONNECT (rc, without its user name) and ask the auth role.
+ * Returns false when it cannot be held (c was answered CONNACK 3 and
+ * closed).
+ */
+bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
+		      const struct rec_connect *rc)
+{
+	struct worker_auth *wa = wa_of(w);
+	struct ipc_auth_fields f = {
+		.conn = c->id, .has_user = ck->username_flag, .has_password = ck->password_flag,
+		.remote = c->remote, .remote_len = c->remote_len,
+		.client_id = conn_client_id(c), .client_id_len = strlen(conn_client_id(c)),
+		.user = (const char *)ck->username.p, .user_len = ck->username_flag ? ck->username.len : 0,
+		.password = ck->password.p, .password_len = ck->password_flag ? ck->password.len : 0,
+	};
+	struct auth_wait *aw = NULL;
+	uint32_t t;
+
+	if (!ticket_take(w, wa, &t)) {
+		if (!wa->full)
+			log_warn("%u CONNECTs wait for the auth role (auth.max_pending); answering "
+				 "CONNACK 3 until they drain", wa->held);
+		wa->full = true;
+		goto unavailable;
+	}
+	if (wa->held == 0)
+		wa->full = false;
+	f.ticket = t;
+	aw = wait_new(rc);
+	if (aw == NULL || (aw->req = ipc_auth_request_encode(&f, &aw->req_len)) == NULL) {
+		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
+			   "cannot ask the auth role (out of memory)");
+		free(aw);
+		goto unavailable;
+	}
+	aw->conn = c->id;
+	wa->waits[t] = aw;
+	wa->held++;
+	wa->unsent++;
+	c->state = CS_AUTHENTICATING;
+	worker_auth_flush(w);
+	return true;
+unavailable:
+	conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, "cannot authenticate now");
+	return false;
+}
+
+/* c is closing while it waits for its verdict: the verdict will find nothing. */
+void worker_auth_forget(struct worker *w, const struct conn *c)
+{
+	struct worker_auth *wa = wa_of(w);
+
+	for (uint32_t t = 0; wa != NULL && t < wa->cap; t++)
+		if (wa->waits[t] != NULL && wa->waits[t]->conn == c->id) {
+			wait_free(wa, t);
+			return;
+		}
+}
+
+/* --- set-up and reload ------------------------------------------------------ */
+
+static int channel_register(struct worker *w, struct worker_auth *wa)
+{
+	struct epoll_event ev = { .events = EPOLLIN,
+				  .data.ptr = &w->env->auth_chan_worker[w->index] };
+
+	if (wa->registered || !config_auth_role(w->cfg))
+		return 0;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, wa->fd, &ev) < 0)
+		return -1;
+	wa->registered = true;
+	return 0;
+}
+
+int worker_auth_setup(struct worker *w)
+{
+	struct worker_auth *wa = calloc(1, sizeof(*wa));
+
+	if (wa == NULL)
+		return -1;
+	w->auth = wa;
+	wa->fd = w->env->auth_chan_worker[w->index];
+	ipc_dispatcher_init(&wa->in, from_auth, w->index, "the auth role");
+	return channel_register(w, wa);
+}
+
+/*
+ * A reloaded configuration. The auth role started: its channel is read
+ * from now on. It stopped: what waited for it is decided here, by the
+ * loopback rule.
+ */
+void worker_auth_config_changed(struct worker *w)
+{
+	struct worker_auth *wa = wa_of(w);
+
+	if (config_auth_role(w->cfg)) {
+		if (channel_register(w, wa) < 0)
+			log_error("cannot read the auth channel: %s", strerror(errno));
+		return;
+	}
+	for (uint32_t t = 0; t < wa->cap; t++) {
+		struct auth_wait *aw = wa->waits[t];
+		struct conn *c = aw ? conn_lookup(w, aw->conn) : NULL;
+		struct ipc_auth_fields f;
+
+		if (c == NULL || !ipc_auth_request_decode(aw->req, aw->req_len, &f))
+			continue;
+		f.code = worker_auth_loopback_ok(w, c, f.user, f.user_len) ?
+			 MQTT_CONNACK_ACCEPTED : MQTT_CONNACK_NOT_AUTHORIZED;
+		on_verdict_fields(w, &f);
+	}
+}
+
+void worker_auth_free(struct worker *w)
+{
+	struct worker_auth *wa = wa_of(w);
+
+	if (wa == NULL)
+		return;
+	for (uint32_t t = 0; t < wa->cap; t++)
+		if (wa->waits[t] != NULL)
+			wait_free(wa, t);
+	free(wa->waits);
+	free(wa);
+	w->auth = NULL;
+}

@@ -1,0 +1,83 @@
+/*
+ * fuzz_ipc_auth.c - libFuzzer harness for the auth channels' messages
+ * (ipc_auth.c): what a compromised worker can send the auth role, and
+ * the verdicts a worker reads.
+ *
+ * Input: a payload, decoded as a request and as a verdict. A decoded
+ * request's fields must lie inside the payload, within their bounds, and
+ * add up to it exactly; encoded again, it must give the same bytes. The
+ * same for a verdict.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ipc.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void inside(const void *field, size_t len, const uint8_t *data, size_t size)
+{
+	const uint8_t *p = field;
+
+	if (len > 0 && (p < data || p + len > data + size))
+		__builtin_trap();
+}
+
+/* Encoded again, a decoded message gives its bytes back (its fixed part aside: padding). */
+static void same_again(uint8_t *again, size_t len, size_t fixed, const uint8_t *data,
+		       size_t size)
+{
+	if (again == NULL || len != size || memcmp(again + fixed, data + fixed, size - fixed) != 0)
+		__builtin_trap();
+	free(again);
+}
+
+static void check_request(const uint8_t *data, size_t size)
+{
+	struct ipc_auth_fields f;
+	uint8_t *again;
+	size_t len;
+
+	if (!ipc_auth_request_decode(data, size, &f))
+		return;
+	inside(f.remote, f.remote_len, data, size);
+	inside(f.client_id, f.client_id_len, data, size);
+	inside(f.user, f.user_len, data, size);
+	inside(f.password, f.password_len, data, size);
+	if (f.remote_len > IPC_AUTH_REMOTE_MAX || f.user_len > IPC_AUTH_FIELD_MAX ||
+	    sizeof(struct ipc_auth_request) + f.remote_len + f.client_id_len + f.user_len +
+	    f.password_len != size || (!f.has_user && f.user_len))
+		__builtin_trap();
+	again = ipc_auth_request_encode(&f, &len);
+	same_again(again, len, sizeof(struct ipc_auth_request), data, size);
+}
+
+static void check_verdict(const uint8_t *data, size_t size)
+{
+	struct ipc_auth_fields f;
+	uint8_t *again;
+	size_t len;
+
+	if (!ipc_auth_verdict_decode(data, size, &f))
+		return;
+	inside(f.user, f.user_len, data, size);
+	inside(f.rules, f.rules_len, data, size);
+	again = ipc_auth_verdict_encode(&f, &len);
+	same_again(again, len, sizeof(struct ipc_auth_verdict), data, size);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	/* A payload as the dispatcher hands it: aligned, in memory of its own. */
+	uint8_t *copy = malloc(size ? size : 1);
+
+	if (copy == NULL)
+		return 0;
+	memcpy(copy, data, size);
+	check_request(copy, size);
+	check_verdict(copy, size);
+	free(copy);
+	return 0;
+}

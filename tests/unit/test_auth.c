@@ -1,0 +1,328 @@
+/*
+ * test_auth.c - the auth role (daemon/auth*.c) run in a child, with this
+ * test as its supervisor and as a worker at the other end of the auth
+ * channel: the greeting, verdicts of a password file (accepted with the
+ * user's name, bad password, anonymous), what a compromised worker may
+ * send (a malformed request is dropped, the role carries on), the bound
+ * on one worker's requests (CONNACK 3 at once), one answer for a request
+ * sent twice, the slow-down of an address that failed, a reload; and a
+ * JWT's verdict: the user from its claim, its filter lists in the rules.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "config.h"
+#include "files.h"
+#include "ipc.h"
+#include "log.h"
+#include "mqtt.h"
+#include "passwd.h"
+#include "roles.h"
+#include "tokens.h"
+
+struct fx {
+	struct iotd_config cfg;
+	struct role_env env;
+	char dir[64], path[96];
+	int ctl, chan;                   /* the supervisor's end, the worker's end */
+	pid_t pid;
+};
+
+/* A user line for the file: Argon2id at its cheapest. */
+static void user_line(char *out, size_t len, const char *user, const char *password)
+{
+	static const struct passwd_argon2_params cheap = { .t_cost = 1, .m_kib = 8, .lanes = 1 };
+	int n = snprintf(out, len, "%s:", user);
+
+	assert_int_equal(passwd_hash_argon2id(password, strlen(password), &cheap, out + n,
+					      len - (size_t)n), 0);
+	strcat(out, "\n");
+}
+
+static void write_users(struct fx *f, const char *alice_pw)
+{
+	char a[256], b[256], text[600];
+
+	user_line(a, sizeof(a), "alice", alice_pw);
+	user_line(b, sizeof(b), "bob", "bob-pw");
+	snprintf(text, sizeof(text), "%s%s", a, b);
+	write_file(f->path, text);
+}
+
+/* One message from fd within a second; its type, payload in buf. */
+static uint32_t recv_one(int fd, void *buf, size_t cap, size_t *len)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	struct ipc_hdr hdr;
+	ssize_t n;
+	int rfd;
+
+	if (poll(&pfd, 1, 1000) != 1)
+		return 0;
+	n = ipc_recv(fd, &hdr, buf, cap, &rfd);
+	assert_true(n >= 0);
+	*len = (size_t)n;
+	return hdr.type;
+}
+
+static bool nothing_within(int fd, int ms)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+	return poll(&pfd, 1, ms) == 0;
+}
+
+static EVP_PKEY *jwt_key;           /* Ed25519: the "jwt" fixture's */
+
+/* A fixture in a directory of its own: the backend's file at f->path. */
+static struct fx *fx_new(const char *backend, const char *file)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	assert_non_null(f);
+	snprintf(f->dir, sizeof(f->dir), "/tmp/iotd-test-auth-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, file);
+	config_defaults(&f->cfg);
+	snprintf(f->cfg.auth_backend, sizeof(f->cfg.auth_backend), "%s", backend);
+	return f;
+}
+
+/* Fork the auth role on f's configuration; its READY and its greeting come first. */
+static int fx_start(struct fx *f, void **state)
+{
+	static uint8_t buf[IPC_MAX_PAYLOAD];
+	size_t len;
+	int sp[2];
+
+	f->cfg.auth_hash_threads = 1;
+	f->cfg.auth_max_pending = 2;
+	f->cfg.auth_max_failure_delay_ms = 400;
+	f->env.cfg = &f->cfg;
+	f->env.nworkers = 1;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp),
+			 0);
+	f->env.auth_chan[0] = sp[0];
+	f->chan = sp[1];
+	f->pid = fork_role(&f->env, &f->ctl);
+	if (f->pid == 0) {
+		close(f->chan);
+		_exit(auth_main(&f->env));
+	}
+	close(sp[0]);
+	assert_int_equal(recv_one(f->ctl, buf, sizeof(buf), &len), IPC_READY);
+	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_HELLO);
+	*state = f;
+	return 0;
+}
+
+static int setup(void **state)
+{
+	struct fx *f = fx_new("file", "passwd");
+
+	write_users(f, "alice-pw");
+	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	return fx_start(f, state);
+}
+
+static int setup_jwt(void **state)
+{
+	struct fx *f = fx_new("jwt", "keys.pem");
+	char *pem;
+
+	jwt_key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+	assert_non_null(jwt_key);
+	pem = public_pem(jwt_key);
+	write_file(f->path, pem);
+	free(pem);
+	snprintf(f->cfg.auth_jwt_key_file, sizeof(f->cfg.auth_jwt_key_file), "%s", f->path);
+	snprintf(f->cfg.auth_jwt_read_claim, sizeof(f->cfg.auth_jwt_read_claim), "r");
+	snprintf(f->cfg.auth_jwt_write_claim, sizeof(f->cfg.auth_jwt_write_claim), "w");
+	return fx_start(f, state);
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	int status;
+
+	ipc_send(f->ctl, IPC_SHUTDOWN, 0, NULL, 0, -1);
+	assert_int_equal(waitpid(f->pid, &status, 0), f->pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	close(f->ctl);
+	close(f->chan);
+	unlink(f->path);
+	rmdir(f->dir);
+	free(f);
+	return 0;
+}
+
+static void ask(struct fx *f, uint64_t conn, uint32_t ticket, const char *remote,
+		const char *user, const char *password)
+{
+	struct ipc_auth_fields q = {
+		.conn = conn, .ticket = ticket, .remote = remote, .remote_len = strlen(remote),
+		.client_id = "c", .client_id_len = 1,
+		.has_user = user != NULL, .user = user, .user_len = user ? strlen(user) : 0,
+		.has_password = password != NULL, .password = (const uint8_t *)password,
+		.password_len = password ? strlen(password) : 0,
+	};
+	size_t len;
+	void *p = ipc_auth_request_encode(&q, &len);
+
+	assert_non_null(p);
+	assert_int_equal(ipc_send(f->chan, IPC_AUTH_REQUEST, 0, p, len, -1), 0);
+	free(p);
+}
+
+/* The next verdict: its connection, ticket and code; the user name in user. */
+static struct ipc_auth_fields verdict(struct fx *f, char *user, size_t cap)
+{
+	static uint8_t buf[IPC_MAX_PAYLOAD];
+	struct ipc_auth_fields v;
+	size_t len;
+
+	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_VERDICT);
+	assert_true(ipc_auth_verdict_decode(buf, len, &v));
+	snprintf(user, cap, "%.*s", (int)v.user_len, v.user);
+	return v;
+}
+
+static void a_password_file_decides(void **state)
+{
+	struct fx *f = *state;
+	struct ipc_auth_fields v;
+	char user[64];
+
+	ask(f, 1, 0, "127.0.0.1:1", "alice", "alice-pw");
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 1 && v.ticket == 0 && v.code == MQTT_CONNACK_ACCEPTED);
+	assert_string_equal(user, "alice");
+	ask(f, 2, 1, "127.0.0.2:1", "alice", "wrong");
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 2 && v.ticket == 1 && v.code == MQTT_CONNACK_BAD_AUTH);
+	ask(f, 3, 0, "127.0.0.3:1", "nobody", "x");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	ask(f, 4, 0, "127.0.0.3:1", NULL, NULL);
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_NOT_AUTHORIZED);
+	ask(f, 5, 0, "127.0.0.3:1", "bob", NULL);
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+}
+
+static void a_malformed_request_is_dropped(void **state)
+{
+	struct fx *f = *state;
+	struct ipc_auth_request h = { .conn = 9, .user_len = 1000, .has_user = 1 };
+	char user[64];
+
+	assert_int_equal(ipc_send(f->chan, IPC_AUTH_REQUEST, 0, &h, sizeof(h), -1), 0);
+	assert_int_equal(ipc_send(f->chan, IPC_AUTH_VERDICT, 0, &h, sizeof(h), -1), 0);
+	assert_int_equal(ipc_send(f->chan, IPC_AUTH_REQUEST, 5, &h, sizeof(h), -1), 0);
+	assert_true(nothing_within(f->chan, 200));
+	ask(f, 10, 0, "127.0.0.1:1", "bob", "bob-pw");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	assert_string_equal(user, "bob");
+}
+
+static void failures_slow_down_and_bound_the_requests_held(void **state)
+{
+	struct fx *f = *state;
+	struct ipc_auth_fields v;
+	uint64_t t0;
+	char user[64];
+
+	ask(f, 20, 0, "192.0.2.1:1", "alice", "wrong");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	ask(f, 21, 0, "192.0.2.1:1", "alice", "wrong");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	/* Two held for 200 ms, the same one again (one answer), a third past max_pending. */
+	t0 = mono_ms();
+	ask(f, 22, 0, "192.0.2.1:1", "alice", "alice-pw");
+	ask(f, 22, 0, "192.0.2.1:1", "alice", "alice-pw");
+	ask(f, 23, 1, "192.0.2.1:1", "alice", "alice-pw");
+	ask(f, 24, 2, "127.0.0.1:1", "alice", "alice-pw");
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 24 && v.code == MQTT_CONNACK_UNAVAILABLE);
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 22 && v.code == MQTT_CONNACK_ACCEPTED);
+	assert_true(mono_ms() - t0 >= 200);
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 23 && v.code == MQTT_CONNACK_ACCEPTED);
+	assert_true(nothing_within(f->chan, 200));
+	/* The success forgot the address: no wait any more. */
+	t0 = mono_ms();
+	ask(f, 25, 0, "192.0.2.1:1", "alice", "alice-pw");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	assert_true(mono_ms() - t0 < 200);
+}
+
+static void a_reload_is_a_transaction(void **state)
+{
+	struct fx *f = *state;
+	char user[64];
+
+	write_users(f, "new-pw");
+	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
+	ask(f, 30, 0, "127.0.0.1:1", "alice", "new-pw");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	write_file(f->path, "alice:not a hash\n");
+	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
+	ask(f, 31, 0, "127.0.0.1:1", "alice", "new-pw");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+}
+
+static void a_token_names_its_client_and_carries_its_lists(void **state)
+{
+	static const char header[] = "{\"alg\":\"EdDSA\",\"typ\":\"JWT\"}";
+	static const uint8_t rules[] = "r\0\3a/#" "r\0\1b" "w\0\3a/b";
+	struct fx *f = *state;
+	struct ipc_auth_fields v;
+	char claims[256], user[64];
+
+	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-1\",\"exp\":%lld,"
+		 "\"r\":[\"a/#\",\"b\"],\"w\":[\"a/b\"]}", (long long)time(NULL) + 600);
+	ask(f, 40, 0, "127.0.0.1:1", "ignored", token_with(jwt_key, header, claims));
+	v = verdict(f, user, sizeof(user));
+	assert_int_equal(v.code, MQTT_CONNACK_ACCEPTED);
+	assert_string_equal(user, "dev-1");
+	assert_int_equal(v.rules_len, sizeof(rules) - 1);
+	assert_memory_equal(v.rules, rules, sizeof(rules) - 1);
+	/* No lists: no rules. */
+	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-2\",\"exp\":%lld}",
+		 (long long)time(NULL) + 600);
+	ask(f, 41, 0, "127.0.0.1:1", "ignored", token_with(jwt_key, header, claims));
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.code == MQTT_CONNACK_ACCEPTED && v.rules_len == 0);
+	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-3\",\"exp\":%lld}",
+		 (long long)time(NULL) - 1);
+	ask(f, 42, 0, "127.0.0.1:1", "ignored", token_with(jwt_key, header, claims));
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	EVP_PKEY_free(jwt_key);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(a_password_file_decides, setup, teardown),
+		cmocka_unit_test_setup_teardown(a_malformed_request_is_dropped, setup, teardown),
+		cmocka_unit_test_setup_teardown(failures_slow_down_and_bound_the_requests_held,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(a_reload_is_a_transaction, setup, teardown),
+		cmocka_unit_test_setup_teardown(a_token_names_its_client_and_carries_its_lists,
+						setup_jwt, teardown),
+	};
+
+	signal(SIGPIPE, SIG_IGN);
+	log_init(LOG_LVL_WARN, LOG_FMT_TEXT);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
