@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "acl.h"
 #include "config.h"
 #include "rec.h"
 
@@ -132,6 +133,21 @@ void router_set_max_record(struct router *r, size_t bytes);
  * may come again.
  */
 void router_config_changed(struct router *r);
+
+/*
+ * The ACL (acl.h) every check is made against, from now on: the router
+ * owns it (and frees the one it replaces); NULL: none, everything is
+ * allowed. Each session's view is made from its user name (its CONNECT
+ * record's, kept with the session in the store) and client id, now for
+ * every session and later at each CONNECT. What is checked: each filter
+ * of a SUBSCRIBE (0x80 when it could reach nothing readable), each
+ * PUBLISH record (write: refused ones are not delivered, retained or
+ * queued) and will (write), each delivery, queued message, stored message
+ * sent and retained message sent (read, per target); a route is answered
+ * "local" only when every target may read the topic. Cached routes are
+ * voided (the route generation moves).
+ */
+void router_set_acl(struct router *r, struct acl *acl);
 
 /*
  * The route generation (shm.h: shm_router.route_gen): the router bumps it
