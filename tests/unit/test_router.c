@@ -3260,6 +3260,23 @@ static void acl_user_names_outlive_a_router_restart(void **state)
 	assert_string_equal(m.topic, "sensors/a");
 }
 
+/* A user name is a string: one holding a NUL would be cut short in the ACL's eyes. */
+static void acl_connect_with_a_nul_in_its_user_name_is_dropped(void **state)
+{
+	struct fx *f = *state;
+	const struct rec_connect x = {
+		.conn = C(0, 1), .clean = 1, .client_id = str("a"), .remote = str("127.0.0.1:1"),
+		.user = { (const uint8_t *)"alice\0x", 7 },
+	};
+	struct recw w;
+
+	recw_init(&w);
+	rec_connect_encode(&w, &x);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(stats_of(f).sessions, 0);
+}
+
 /* A persistent session resumed under another user name reads with that one's rules. */
 static void acl_resumed_session_reads_as_its_new_user(void **state)
 {
@@ -4046,6 +4063,7 @@ int main(void)
 		T(acl_route_is_local_only_when_every_target_may_read),
 		T(acl_views_are_made_again_for_a_new_acl),
 		T(acl_user_names_outlive_a_router_restart),
+		T(acl_connect_with_a_nul_in_its_user_name_is_dropped),
 		T(acl_resumed_session_reads_as_its_new_user),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
