@@ -10,6 +10,8 @@
  * offline or being taken over, and returns what it matched: from that
  * router_answer_route() tells the worker that asked whether it may deliver
  * the topic's messages itself (REC_ROUTE; docs/arch.md, "Local delivery").
+ * Under an ACL every target, live or retained, is checked for reading
+ * (docs/arch.md, "Access control").
  */
 #include <stdlib.h>
 #include <string.h>
