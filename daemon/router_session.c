@@ -9,8 +9,8 @@
  * each session's user name and view of the ACL (session_view_make). A
  * CONNECT makes, resumes or takes over a session; a close (or its
  * worker's death) publishes the will, if the ACL lets its owner, and ends
- * or parks it. What a
- * session queues is router_queue.c's, what it subscribes router_publish.c's.
+ * or parks it. What a session queues is router_queue.c's, what it
+ * subscribes router_publish.c's.
  */
 #include <stdlib.h>
 #include <string.h>
