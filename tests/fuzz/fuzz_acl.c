@@ -52,6 +52,23 @@ static void check_view(const struct acl_client *c, char **topics, size_t n)
 	}
 }
 
+/* Views c and d answer every question about the topics alike. */
+static void same_answers(const struct acl_client *c, const struct acl_client *d, char **topics,
+			 size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t len = strlen(topics[i]);
+
+		if (topic_name(topics[i], len))
+			for (int a = ACL_READ; a <= ACL_WRITE; a++)
+				if (acl_client_check(c, topics[i], len, a) != acl_client_check(d, topics[i], len, a))
+					__builtin_trap();
+		if (acl_filter_valid(topics[i], len) &&
+		    acl_client_may_subscribe(c, topics[i], len) != acl_client_may_subscribe(d, topics[i], len))
+			__builtin_trap();
+	}
+}
+
 /* The view's copy through its bytes answers like the view. */
 static void check_copy(const struct acl_client *c, char **topics, size_t n)
 {
@@ -68,17 +85,7 @@ static void check_copy(const struct acl_client *c, char **topics, size_t n)
 	recw_free(&w);
 	if (!d)
 		__builtin_trap();
-	for (size_t i = 0; i < n; i++) {
-		size_t len = strlen(topics[i]);
-
-		if (topic_name(topics[i], len))
-			for (int a = ACL_READ; a <= ACL_WRITE; a++)
-				if (acl_client_check(c, topics[i], len, a) != acl_client_check(d, topics[i], len, a))
-					__builtin_trap();
-		if (acl_filter_valid(topics[i], len) &&
-		    acl_client_may_subscribe(c, topics[i], len) != acl_client_may_subscribe(d, topics[i], len))
-			__builtin_trap();
-	}
+	same_answers(c, d, topics, n);
 	acl_client_free(d);
 }
 
@@ -101,17 +108,8 @@ static void check_acl_copy(const struct acl *acl, const char *user, const char *
 	recw_free(&w);
 	c = acl_client_new(acl, user, user ? strlen(user) : 0, cid, strlen(cid));
 	d = acl_client_new(back, user, user ? strlen(user) : 0, cid, strlen(cid));
-	for (size_t i = 0; c && d && i < n; i++) {
-		size_t len = strlen(topics[i]);
-
-		if (topic_name(topics[i], len))
-			for (int a = ACL_READ; a <= ACL_WRITE; a++)
-				if (acl_client_check(c, topics[i], len, a) != acl_client_check(d, topics[i], len, a))
-					__builtin_trap();
-		if (acl_filter_valid(topics[i], len) &&
-		    acl_client_may_subscribe(c, topics[i], len) != acl_client_may_subscribe(d, topics[i], len))
-			__builtin_trap();
-	}
+	if (c && d)
+		same_answers(c, d, topics, n);
 	acl_client_free(c);
 	acl_client_free(d);
 	acl_free(back);

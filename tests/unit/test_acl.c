@@ -754,7 +754,7 @@ static void codec_lists_round_trip(void **state)
 	acl_client_free(back);
 }
 
-/* The bytes of a small ACL, for the malformed cases to start from. */
+/* Bytes to decode, written from a spec (see build). */
 struct bytes {
 	uint8_t b[512];
 	size_t n;
@@ -772,165 +772,105 @@ static void put_u32(struct bytes *x, uint32_t v)
 	put(x, &v, 4);
 }
 
-static void put_str(struct bytes *x, const char *s)
+static void put_str(struct bytes *x, const char *s, size_t len)
 {
-	uint16_t n = (uint16_t)strlen(s);
+	uint16_t n = (uint16_t)len;
 
 	put(x, &n, 2);
-	put(x, s, n);
+	put(x, s, len);
 }
 
-static void put_rule(struct bytes *x, uint8_t access, const char *f)
+/*
+ * The bytes a spec says, its words apart: ACL or VIEW (the tag), a
+ * number (u32), bN (one byte), s:NAME (a string), rN:FILTER (a rule of
+ * access N).
+ */
+static struct bytes build(const char *spec)
 {
-	put(x, &access, 1);
-	put_str(x, f);
-}
+	struct bytes x = { .n = 0 };
 
-static void refused(const struct bytes *x, const char *why, const struct acl_limits *l)
-{
-	struct acl *acl = (struct acl *)1;
-	char err[256] = "";
+	while (*spec) {
+		size_t len = strcspn(spec, " ");
+		char word[64];
 
-	assert_int_equal(acl_decode(x->b, x->n, l ? l : &lim, &acl, err, sizeof(err)), -1);
-	assert_null(acl);
-	if (!strstr(err, why))
-		fail_msg("want '%s' in '%s'", why, err);
-}
-
-static void client_refused(const struct bytes *x, const char *why)
-{
-	char err[256] = "";
-
-	assert_null(acl_client_decode(x->b, x->n, err, sizeof(err)));
-	if (!strstr(err, why))
-		fail_msg("want '%s' in '%s'", why, err);
+		assert_true(len < sizeof(word));
+		memcpy(word, spec, len);
+		word[len] = '\0';
+		spec += len + (spec[len] == ' ');
+		if (!strcmp(word, "ACL") || !strcmp(word, "VIEW")) {
+			put_u32(&x, word[0] == 'A' ? ACL_WIRE_ACL : ACL_WIRE_CLIENT);
+		} else if (word[0] == 'b') {
+			put(&x, &(uint8_t){ (uint8_t)atoi(word + 1) }, 1);
+		} else if (word[0] == 's' && word[1] == ':') {
+			put_str(&x, word + 2, strlen(word + 2));
+		} else if (word[0] == 'r') {
+			put(&x, &(uint8_t){ (uint8_t)(word[1] - '0') }, 1);
+			put_str(&x, word + 3, strlen(word + 3));
+		} else {
+			put_u32(&x, (uint32_t)strtoul(word, NULL, 10));
+		}
+	}
+	return x;
 }
 
 static void codec_refuses_malformed_bytes(void **state)
 {
-	struct bytes x;
-	struct acl *acl = NULL;
-	struct recw w;
-	char err[256];
+	static const struct refused { const char *spec, *why; } acls[] = {
+		{ "VIEW", "wrong tag" },
+		{ "ACL 1073741824", "more rules than bytes" },
+		{ "ACL 1 r4:a 0 0", "unknown access" },
+		{ "ACL 1 r1:a/#/b 0 0", "not valid" },
+		{ "ACL 0 2 s:bob 0 s:alice 0 0", "ascending" },
+		{ "ACL 0 2 s:bob 0 s:bob 0 0", "ascending" },
+		{ "ACL 0 1 s: 0 0", "empty user name" },
+		{ "ACL 0 100", "more users than bytes" },
+		{ "ACL 0 0 0 b1", "bytes after the end" },
+	}, views[] = {
+		{ "ACL", "wrong tag" },
+		{ "VIEW b2", "neither 0 nor 1" },
+		{ "VIEW b1 0 1 r1:a", "refused" },
+		{ "VIEW b0 1 r1:a+ 0", "not valid" },
+		{ "VIEW b0 0 0 b0", "bytes after the end" },
+	};
 	const struct acl_limits one_rule = { .max_bytes = 1 << 20, .max_line = 100, .max_rules = 1 };
-	uint8_t one = 1;
+	struct bytes x = build("ACL 1 r1:a/# 2 s:alice 0 s:bob 1 r0:b 0");
+	struct acl *acl = NULL;
+	char err[256];
+	struct recw w;
 
-	/* Two users in order, two rules: accepted as it is. */
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	put_u32(&x, 1);
-	put_rule(&x, ACL_READ, "a/#");
-	put_u32(&x, 2);
-	put_str(&x, "alice");
-	put_u32(&x, 0);
-	put_str(&x, "bob");
-	put_u32(&x, 1);
-	put_rule(&x, 0, "b");
-	put_u32(&x, 0);
+	/* Two users in order, two rules: taken as they are. */
 	assert_int_equal(acl_decode(x.b, x.n, &lim, &acl, err, sizeof(err)), 0);
 	assert_true(acl_check(acl, NULL, "c", "a/x", ACL_READ));
 	assert_false(acl_check(acl, "bob", "c", "b", ACL_READ));
 	acl_free(acl);
-	refused(&x, "more rules than the limit", &one_rule);
-	refused(&x, "more than the limit", &(struct acl_limits){ .max_bytes = 10, .max_rules = 10 });
-
-	/* Every truncation is refused. */
+	/* Past the limits, and cut short anywhere: refused. */
+	assert_int_equal(acl_decode(x.b, x.n, &one_rule, &acl, err, sizeof(err)), -1);
+	assert_contains(err, "more rules than the limit");
+	assert_int_equal(acl_decode(x.b, x.n, &(struct acl_limits){ .max_bytes = 10, .max_rules = 10 },
+				    &acl, err, sizeof(err)), -1);
+	assert_contains(err, "more than the limit");
 	for (size_t n = 0; n < x.n; n++) {
-		struct bytes t = x;
-
-		t.n = n;
 		acl = NULL;
-		assert_int_equal(acl_decode(t.b, t.n, &lim, &acl, err, sizeof(err)), -1);
+		assert_int_equal(acl_decode(x.b, n, &lim, &acl, err, sizeof(err)), -1);
 		assert_null(acl);
 	}
-	/* And a byte after the end. */
-	put(&x, &one, 1);
-	refused(&x, "bytes after the end", NULL);
-
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_CLIENT);
-	refused(&x, "wrong tag", NULL);
-
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	put_u32(&x, 0x40000000);
-	refused(&x, "more rules than bytes", NULL);
-
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	put_u32(&x, 1);
-	put_rule(&x, 4, "a");
-	put_u32(&x, 0);
-	put_u32(&x, 0);
-	refused(&x, "unknown access", NULL);
-
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	put_u32(&x, 1);
-	put_rule(&x, 1, "a/#/b");
-	put_u32(&x, 0);
-	put_u32(&x, 0);
-	refused(&x, "not valid", NULL);
-
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	put_u32(&x, 0);
-	put_u32(&x, 2);
-	put_str(&x, "bob");
-	put_u32(&x, 0);
-	put_str(&x, "alice");
-	put_u32(&x, 0);
-	put_u32(&x, 0);
-	refused(&x, "ascending", NULL);
-
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	put_u32(&x, 0);
-	put_u32(&x, 2);
-	put_str(&x, "bob");
-	put_u32(&x, 0);
-	put_str(&x, "bob");
-	put_u32(&x, 0);
-	put_u32(&x, 0);
-	refused(&x, "ascending", NULL);
-
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	put_u32(&x, 0);
-	put_u32(&x, 1);
-	put_str(&x, "");
-	put_u32(&x, 0);
-	put_u32(&x, 0);
-	refused(&x, "empty user name", NULL);
-
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	put_u32(&x, 0);
-	put_u32(&x, 100);
-	refused(&x, "more users than bytes", NULL);
-
-	/* A view. */
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_ACL);
-	client_refused(&x, "wrong tag");
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_CLIENT);
-	put(&x, (uint8_t[]){ 2 }, 1);
-	client_refused(&x, "neither 0 nor 1");
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_CLIENT);
-	put(&x, &one, 1);
-	put_u32(&x, 0);
-	put_u32(&x, 1);
-	put_rule(&x, 1, "a");
-	client_refused(&x, "refused");
-	x = (struct bytes){ .n = 0 };
-	put_u32(&x, ACL_WIRE_CLIENT);
-	put(&x, (uint8_t[]){ 0 }, 1);
-	put_u32(&x, 1);
-	put_rule(&x, 1, "a+");
-	put_u32(&x, 0);
-	client_refused(&x, "not valid");
+	for (size_t i = 0; i < ARRAY_SIZE(acls); i++) {
+		x = build(acls[i].spec);
+		acl = (struct acl *)1;
+		err[0] = '\0';
+		if (acl_decode(x.b, x.n, &lim, &acl, err, sizeof(err)) != -1 || acl)
+			fail_msg("'%s' taken", acls[i].spec);
+		if (!strstr(err, acls[i].why))
+			fail_msg("'%s': want '%s' in '%s'", acls[i].spec, acls[i].why, err);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(views); i++) {
+		x = build(views[i].spec);
+		err[0] = '\0';
+		if (acl_client_decode(x.b, x.n, err, sizeof(err)))
+			fail_msg("'%s' taken", views[i].spec);
+		if (!strstr(err, views[i].why))
+			fail_msg("'%s': want '%s' in '%s'", views[i].spec, views[i].why, err);
+	}
 
 	/* Every truncation of a real view is refused, and every one-byte change decodes or is refused. */
 	{

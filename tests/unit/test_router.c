@@ -2969,19 +2969,21 @@ static int publish_from(struct fx *f, conn_id_t conn, uint8_t qos, bool retain, 
 	return handle(f, conn_id_worker(conn), REC_PUBLISH, &w);
 }
 
-/* The SUBACK codes of one SUBSCRIBE of n filters, each at QoS 1. */
-static void suback_codes(struct fx *f, conn_id_t conn, const char *const *filters, uint16_t n,
-			 struct suback *s)
+/* One SUBSCRIBE of the n filters, each at QoS 1, answered with the codes want. */
+static void expect_suback(struct fx *f, conn_id_t conn, const char *const *filters,
+			  const uint8_t *want, uint16_t n)
 {
 	struct rec_subscription subs[16];
+	struct suback s;
 
 	assert_true(n <= 16);
 	for (uint16_t i = 0; i < n; i++)
 		subs[i] = (struct rec_subscription){ str(filters[i]), 1 };
 	fx_clear(f);
 	assert_int_equal(send_subscribes(f, conn, 1, subs, n), 0);
-	decode_suback(&f->caps[0], s);
-	assert_int_equal(s->n, n);
+	decode_suback(&f->caps[0], &s);
+	assert_int_equal(s.n, n);
+	assert_memory_equal(s.codes, want, n);
 }
 
 /* conn resumes id's stored session as user: what it emits stays captured (CONNACK first). */
@@ -3003,16 +3005,39 @@ static void acl_suback_refuses_filters_with_nothing_readable(void **state)
 {
 	struct fx *f = *state;
 	const char *filters[] = { "sensors/#", "secret/#", "sensors/private/#", "sensors/+/t" };
-	struct suback s;
 
 	set_acl(f, SENSORS_ACL);
 	connect_as(f, C(0, 1), true, "a", "alice", NULL);
-	suback_codes(f, C(0, 1), filters, 4, &s);
-	assert_int_equal(s.codes[0], 1);
-	assert_int_equal(s.codes[1], 0x80);
-	assert_int_equal(s.codes[2], 0x80);
-	assert_int_equal(s.codes[3], 1);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 1, 0x80, 0x80, 1 }, 4);
 	assert_int_equal(stats_of(f).subscriptions, 2);   /* the refused ones are not subscribed */
+}
+
+/* Under SENSORS_ACL: alice's session "a" online on C(0, 1), and "carol", also alice's, offline; both on sensors/#. */
+static void alice_online_and_carol_offline(struct fx *f)
+{
+	connect_as(f, C(0, 1), false, "a", "alice", NULL);
+	subscribe_ok(f, C(0, 1), "sensors/#", 1);
+	connect_as(f, C(1, 1), false, "carol", "alice", NULL);
+	subscribe_ok(f, C(1, 1), "sensors/#", 1);
+	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+}
+
+/*
+ * pub publishes sensors/a and sensors/private/a: "a" gets the first only,
+ * and so does "carol" from her queue when she resumes on C(1, 2) (*m).
+ */
+static void only_sensors_a_reaches_alice(struct fx *f, struct smsg *m)
+{
+	connect_as(f, C(2, 1), true, "p", "pub", NULL);
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/a", "ok", 0), 0);
+	assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/private/a", "no", 0), 0);
+	assert_int_equal(delivered(f, C(0, 1), "sensors/a", NULL), 1);
+	assert_int_equal(delivered(f, C(0, 1), "sensors/private/a", NULL), 0);
+	resume(f, C(1, 2), "carol", "alice");
+	assert_int_equal(f->n, 2);
+	decode_session_msg(&f->caps[1], m);
+	assert_string_equal(m->topic, "sensors/a");
 }
 
 static void acl_read_rule_applies_to_every_delivery(void **state)
@@ -3021,24 +3046,8 @@ static void acl_read_rule_applies_to_every_delivery(void **state)
 	struct smsg m;
 
 	set_acl(f, SENSORS_ACL);
-	connect_as(f, C(0, 1), true, "a", "alice", NULL);
-	subscribe_ok(f, C(0, 1), "sensors/#", 1);
-	connect_as(f, C(1, 1), false, "carol", "alice", NULL);
-	subscribe_ok(f, C(1, 1), "sensors/#", 1);
-	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
-	connect_as(f, C(2, 1), true, "p", "pub", NULL);
-
-	fx_clear(f);
-	assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/a", "ok", 0), 0);
-	assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/private/a", "no", 0), 0);
-	assert_int_equal(delivered(f, C(0, 1), "sensors/a", NULL), 1);
-	assert_int_equal(delivered(f, C(0, 1), "sensors/private/a", NULL), 0);
-
-	/* The offline session queued only what it may read. */
-	resume(f, C(1, 2), "carol", "alice");
-	assert_int_equal(f->n, 2);
-	decode_session_msg(&f->caps[1], &m);
-	assert_string_equal(m.topic, "sensors/a");
+	alice_online_and_carol_offline(f);
+	only_sensors_a_reaches_alice(f, &m);
 
 	/* A message its last connection hands back goes on only where it may read. */
 	fx_clear(f);
@@ -3122,15 +3131,10 @@ static void acl_patterns_put_in_the_user_name_and_client_id(void **state)
 {
 	struct fx *f = *state;
 	const char *filters[] = { "users/alice/#", "users/bob/#", "devices/dev1/in", "devices/dev2/in" };
-	struct suback s;
 
 	set_acl(f, "pattern readwrite users/%u/#\npattern read devices/%c/in\n");
 	connect_as(f, C(0, 1), true, "dev1", "alice", NULL);
-	suback_codes(f, C(0, 1), filters, 4, &s);
-	assert_int_equal(s.codes[0], 1);
-	assert_int_equal(s.codes[1], 0x80);
-	assert_int_equal(s.codes[2], 1);
-	assert_int_equal(s.codes[3], 0x80);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 1, 0x80, 1, 0x80 }, 4);
 	fx_clear(f);
 	assert_int_equal(publish_from(f, C(0, 1), 0, false, "users/alice/x", "mine", 0), 0);
 	assert_int_equal(publish_from(f, C(0, 1), 0, false, "users/bob/x", "not mine", 0), 0);
@@ -3143,21 +3147,15 @@ static void acl_anonymous_clients_get_the_rules_before_any_user_line(void **stat
 {
 	struct fx *f = *state;
 	const char *filters[] = { "public/#", "private/#" };
-	struct suback s;
 
 	set_acl(f, "topic read public/#\nuser alice\ntopic read private/#\n");
 	connect_as(f, C(0, 1), true, "anon", NULL, NULL);
 	connect_as(f, C(0, 2), true, "a", "alice", NULL);
 	connect_as(f, C(0, 3), true, "b", "bob", NULL);
-	suback_codes(f, C(0, 1), filters, 2, &s);
-	assert_int_equal(s.codes[0], 1);
-	assert_int_equal(s.codes[1], 0x80);
-	suback_codes(f, C(0, 2), filters, 2, &s);
-	assert_int_equal(s.codes[0], 0x80);
-	assert_int_equal(s.codes[1], 1);
-	suback_codes(f, C(0, 3), filters, 2, &s);   /* a user without a section: nothing */
-	assert_int_equal(s.codes[0], 0x80);
-	assert_int_equal(s.codes[1], 0x80);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 1, 0x80 }, 2);
+	expect_suback(f, C(0, 2), filters, (const uint8_t[]){ 0x80, 1 }, 2);
+	/* A user without a section: nothing. */
+	expect_suback(f, C(0, 3), filters, (const uint8_t[]){ 0x80, 0x80 }, 2);
 }
 
 /* The REC_ROUTE answering conn's PUBLISH of topic with ask. */
@@ -3199,7 +3197,6 @@ static void acl_views_are_made_again_for_a_new_acl(void **state)
 {
 	struct fx *f = *state;
 	const char *filters[] = { "a/#", "b/#" };
-	struct suback s;
 	uint64_t gen;
 
 	set_acl(f, "user alice\ntopic read a/#\nuser pub\ntopic write #\n");
@@ -3220,9 +3217,7 @@ static void acl_views_are_made_again_for_a_new_acl(void **state)
 	assert_int_equal(publish_from(f, C(1, 1), 0, false, "b/1", "x", 0), 0);
 	assert_int_equal(delivered(f, C(0, 1), "a/1", NULL), 0);
 	assert_int_equal(delivered(f, C(0, 1), "b/1", NULL), 1);
-	suback_codes(f, C(0, 1), filters, 2, &s);
-	assert_int_equal(s.codes[0], 0x80);
-	assert_int_equal(s.codes[1], 1);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 0x80, 1 }, 2);
 
 	/* No ACL: everything is allowed again. */
 	router_set_acl(f->r, NULL);
@@ -3238,26 +3233,13 @@ static void acl_user_names_outlive_a_router_restart(void **state)
 
 	fx_store(f, STORE_DISK_MAP);
 	set_acl(f, SENSORS_ACL);
-	connect_as(f, C(0, 1), false, "a", "alice", NULL);
-	subscribe_ok(f, C(0, 1), "sensors/#", 1);
-	connect_as(f, C(1, 1), false, "carol", "alice", NULL);
-	subscribe_ok(f, C(1, 1), "sensors/#", 1);
-	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+	alice_online_and_carol_offline(f);
 	assert_int_equal(router_commit(f->r), 0);
 
 	fx_crash_and_restart(f, NULL);
 	set_acl(f, SENSORS_ACL);
-	connect_as(f, C(2, 1), true, "p", "pub", NULL);
-	fx_clear(f);
-	assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/a", "ok", 0), 0);
-	assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/private/a", "no", 0), 0);
 	/* Still alice's, online and offline: without her name they could read nothing at all. */
-	assert_int_equal(delivered(f, C(0, 1), "sensors/a", NULL), 1);
-	assert_int_equal(delivered(f, C(0, 1), "sensors/private/a", NULL), 0);
-	resume(f, C(1, 2), "carol", "alice");
-	assert_int_equal(f->n, 2);
-	decode_session_msg(&f->caps[1], &m);
-	assert_string_equal(m.topic, "sensors/a");
+	only_sensors_a_reaches_alice(f, &m);
 }
 
 /* A user name is a string: one holding a NUL would be cut short in the ACL's eyes. */
