@@ -142,6 +142,20 @@ void router_set_acl(struct router *r, struct acl *acl)
 	router_routes_changed(r);
 }
 
+int router_set_acl_bytes(struct router *r, const void *bytes, size_t len)
+{
+	static const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+	struct acl *acl;
+	char err[256];
+
+	if (acl_decode(bytes, len, &lim, &acl, err, sizeof(err)) < 0) {
+		log_error("router: the ACL sent to it is refused (%s): the one in force stays", err);
+		return -1;
+	}
+	router_set_acl(r, acl);
+	return 0;
+}
+
 void router_set_route_gen(struct router *r, _Atomic uint64_t *gen)
 {
 	r->route_gen = gen ? gen : &r->route_gen_own;

@@ -148,6 +148,15 @@ void router_config_changed(struct router *r);
  * voided (the route generation moves).
  */
 void router_set_acl(struct router *r, struct acl *acl);
+/*
+ * The same from the auth role's bytes (acl_encode), decoded as hostile
+ * input within ACL_LIMITS_DEFAULT. 0, or -1 when they do not decode
+ * (logged): the ACL in force stays. A router that is to enforce an ACL
+ * should be given one before its first record (an empty one, acl_parse
+ * of "", allows nothing), so that nothing passes unchecked while the
+ * auth role's is on its way, at start and after a restart.
+ */
+int router_set_acl_bytes(struct router *r, const void *bytes, size_t len);
 
 /*
  * The route generation (shm.h: shm_router.route_gen): the router bumps it

@@ -3219,6 +3219,28 @@ static void acl_views_are_made_again_for_a_new_acl(void **state)
 	assert_int_equal(delivered(f, C(0, 1), "b/1", NULL), 1);
 	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 0x80, 1 }, 2);
 
+	/* From the auth role's bytes; bytes that do not decode leave the ACL in force. */
+	{
+		const char *text = "user alice\ntopic read a/#\nuser pub\ntopic write #\n";
+		const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+		struct acl *acl = NULL;
+		struct recw w;
+		char err[128];
+
+		assert_int_equal(acl_parse(text, strlen(text), &lim, &acl, err, sizeof(err)), 0);
+		recw_init(&w);
+		assert_int_equal(acl_encode(acl, &w), 0);
+		acl_free(acl);
+		assert_int_equal(router_set_acl_bytes(f->r, w.buf, w.len), 0);
+		assert_int_equal(router_set_acl_bytes(f->r, w.buf, w.len - 1), -1);
+		recw_free(&w);
+	}
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "a/1", "x", 0), 0);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "b/1", "x", 0), 0);
+	assert_int_equal(delivered(f, C(0, 1), "a/1", NULL), 1);
+	assert_int_equal(delivered(f, C(0, 1), "b/1", NULL), 0);
+
 	/* No ACL: everything is allowed again. */
 	router_set_acl(f->r, NULL);
 	fx_clear(f);
