@@ -27,21 +27,20 @@
 static void route_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
 {
 	uint64_t gen = atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire);
+	bool to_router = pub->retain;
 	const struct route *rt;
 	uint64_t ask;
 
 	if (w->acl_in_force) {
-		if (!c->acl) {
-			push_publish(w, c->id, pub, 0);
-			return;
-		}
-		if (!acl_client_check(c->acl, (const char *)pub->topic.p, pub->topic.len, ACL_WRITE)) {
+		if (c->acl &&
+		    !acl_client_check(c->acl, (const char *)pub->topic.p, pub->topic.len, ACL_WRITE)) {
 			log_debug("PUBLISH from '%s' (%s) to '%.*s' refused by the ACL", conn_client_id(c),
 				  c->remote, (int)pub->topic.len, (const char *)pub->topic.p);
 			return;
 		}
+		to_router |= !c->acl;
 	}
-	switch (routes_decide(&w->routes, pub->topic.p, pub->topic.len, pub->qos, pub->retain,
+	switch (routes_decide(&w->routes, pub->topic.p, pub->topic.len, pub->qos, to_router,
 			      gen, &rt, &ask)) {
 	case ROUTE_DELIVER_LOCAL:
 		deliver_local(w, rt, pub);
