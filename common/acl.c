@@ -6,7 +6,8 @@
  * sections sorted by name, the patterns) and each client view (its
  * substituted patterns and their trie). A section keeps its rules as a
  * list, for the SUBSCRIBE question, and as a trie, for the per-message
- * one.
+ * one. The structs are in acl_int.h, shared with acl_codec.c, which turns
+ * them into bytes and back.
  *
  * The trie: one node per filter level, literal children in an array
  * sorted by (length, bytes) and found by binary search, '+' as a child of
@@ -22,51 +23,8 @@
 #include <string.h>
 
 #include "acl.h"
+#include "acl_int.h"
 #include "textfile.h"
-
-#define BIT_READ ACL_READ
-#define BIT_WRITE ACL_WRITE
-#define BIT_DENY 4
-#define ACL_NAME_MAX 65535
-#define ACL_FILTER_MAX 65535
-
-struct acl_node {
-	struct acl_node **kids;   /* literal levels, sorted by (len, bytes) */
-	struct acl_node *plus;
-	uint32_t nkids, cap;
-	uint32_t len;
-	uint8_t bits;             /* rules whose filter ends at this level */
-	uint8_t hash_bits;        /* rules whose filter ends with "/#" here ("#" at the root) */
-	char level[];
-};
-
-struct acl_rule {
-	char *filter;
-	uint32_t len;
-	uint8_t access;           /* ACL_READ | ACL_WRITE; 0: deny */
-};
-
-struct acl_section {
-	char *name;               /* NULL: clients without a user name, or a list view */
-	uint32_t name_len;
-	struct acl_rule *rules;
-	size_t n, cap;
-	struct acl_node *trie;
-};
-
-struct acl {
-	struct acl_section anon;
-	struct acl_section *users; /* sorted by name, one section per name */
-	size_t nusers, cap_users;
-	struct acl_section patterns;
-};
-
-struct acl_client {
-	const struct acl_section *topics; /* the client's topic rules: acl's, or own */
-	struct acl_section own;           /* acl_client_from_lists */
-	struct acl_section patterns;      /* substituted for this client */
-	bool patterns_refused;            /* its name or id would widen a pattern */
-};
 
 /* ---- filters ---- */
 
@@ -375,7 +333,7 @@ static uint8_t rule_bits(uint8_t access)
 	return access ? access : BIT_DENY;
 }
 
-static int section_add(struct acl_section *s, const char *f, size_t len, uint8_t access)
+int acl_section_add(struct acl_section *s, const char *f, size_t len, uint8_t access)
 {
 	struct acl_rule *r;
 
@@ -400,7 +358,7 @@ static int section_add(struct acl_section *s, const char *f, size_t len, uint8_t
 	return 0;
 }
 
-static int section_build(struct acl_section *s)
+int acl_section_build(struct acl_section *s)
 {
 	for (size_t i = 0; i < s->n; i++)
 		if (trie_add(&s->trie, s->rules[i].filter, s->rules[i].len,
@@ -409,7 +367,7 @@ static int section_build(struct acl_section *s)
 	return 0;
 }
 
-static void section_free(struct acl_section *s)
+void acl_section_free(struct acl_section *s)
 {
 	for (size_t i = 0; i < s->n; i++)
 		free(s->rules[i].filter);
@@ -419,7 +377,7 @@ static void section_free(struct acl_section *s)
 	memset(s, 0, sizeof(*s));
 }
 
-static int name_cmp(const char *a, size_t alen, const char *b, size_t blen)
+int acl_name_cmp(const char *a, size_t alen, const char *b, size_t blen)
 {
 	int r = memcmp(a, b, alen < blen ? alen : blen);
 
@@ -432,7 +390,7 @@ static int section_cmp(const void *a, const void *b)
 {
 	const struct acl_section *x = a, *y = b;
 
-	return name_cmp(x->name, x->name_len, y->name, y->name_len);
+	return acl_name_cmp(x->name, x->name_len, y->name, y->name_len);
 }
 
 /* Move from's rules to the end of to's. */
@@ -450,7 +408,7 @@ static int section_merge(struct acl_section *to, struct acl_section *from)
 		memcpy(to->rules + to->n, from->rules, from->n * sizeof(*from->rules));
 	to->n += from->n;
 	from->n = 0;
-	section_free(from);
+	acl_section_free(from);
 	return 0;
 }
 
@@ -472,10 +430,10 @@ static int acl_build(struct acl *acl)
 	for (size_t i = w; i < acl->nusers; i++)
 		memset(&acl->users[i], 0, sizeof(acl->users[i]));
 	acl->nusers = w;
-	if (section_build(&acl->anon) < 0)
+	if (acl_section_build(&acl->anon) < 0)
 		return -1;
 	for (size_t i = 0; i < acl->nusers; i++)
-		if (section_build(&acl->users[i]) < 0)
+		if (acl_section_build(&acl->users[i]) < 0)
 			return -1;
 	return 0;
 }
@@ -486,7 +444,7 @@ static const struct acl_section *acl_user(const struct acl *acl, const char *use
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		int r = name_cmp(user, ulen, acl->users[mid].name, acl->users[mid].name_len);
+		int r = acl_name_cmp(user, ulen, acl->users[mid].name, acl->users[mid].name_len);
 
 		if (r == 0)
 			return &acl->users[mid];
@@ -616,7 +574,7 @@ static int parse_rule(struct acl_parse *p, size_t line, bool pattern, const char
 	if (p->rules == p->lim->max_rules)
 		return parse_fail(p, line, "more rules than the limit");
 	p->rules++;
-	if (section_add(pattern ? &p->acl->patterns : parse_current(p), filter, flen, access) < 0)
+	if (acl_section_add(pattern ? &p->acl->patterns : parse_current(p), filter, flen, access) < 0)
 		return parse_fail(p, line, "out of memory");
 	return 0;
 }
@@ -683,11 +641,11 @@ void acl_free(struct acl *acl)
 {
 	if (!acl)
 		return;
-	section_free(&acl->anon);
+	acl_section_free(&acl->anon);
 	for (size_t i = 0; i < acl->nusers; i++)
-		section_free(&acl->users[i]);
+		acl_section_free(&acl->users[i]);
 	free(acl->users);
-	section_free(&acl->patterns);
+	acl_section_free(&acl->patterns);
 	free(acl);
 }
 
@@ -736,7 +694,7 @@ static int substitute(struct acl_section *out, const struct acl_rule *r, const c
 			f[n++] = r->filter[i];
 		}
 	}
-	rc = section_add(out, f, n, r->access);
+	rc = acl_section_add(out, f, n, r->access);
 	free(f);
 	return rc;
 }
@@ -763,7 +721,7 @@ struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_
 		if (substitute(&c->patterns, r, user, ulen, client_id, clen) < 0)
 			goto fail;
 	}
-	if (section_build(&c->patterns) < 0)
+	if (acl_section_build(&c->patterns) < 0)
 		goto fail;
 	return c;
 fail:
@@ -779,12 +737,12 @@ struct acl_client *acl_client_from_lists(const char *const *read, size_t nread,
 	if (!c)
 		return NULL;
 	for (size_t i = 0; i < nread; i++)
-		if (section_add(&c->own, read[i], strlen(read[i]), ACL_READ) < 0)
+		if (acl_section_add(&c->own, read[i], strlen(read[i]), ACL_READ) < 0)
 			goto fail;
 	for (size_t i = 0; i < nwrite; i++)
-		if (section_add(&c->own, write[i], strlen(write[i]), ACL_WRITE) < 0)
+		if (acl_section_add(&c->own, write[i], strlen(write[i]), ACL_WRITE) < 0)
 			goto fail;
-	if (section_build(&c->own) < 0)
+	if (acl_section_build(&c->own) < 0)
 		goto fail;
 	c->topics = &c->own;
 	return c;
@@ -797,8 +755,8 @@ void acl_client_free(struct acl_client *c)
 {
 	if (!c)
 		return;
-	section_free(&c->own);
-	section_free(&c->patterns);
+	acl_section_free(&c->own);
+	acl_section_free(&c->patterns);
 	free(c);
 }
 

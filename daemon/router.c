@@ -70,6 +70,7 @@ void router_free(struct router **rp)
 	/* Nor is it a change of where messages go: the route generation stays as it is. */
 	r->route_gen = &r->route_gen_own;
 	router_sessions_free(r);
+	acl_free(r->acl);            /* after the views, which borrow its rules */
 	router_touched_clear(r);
 	topic_trie_free(&r->trie);
 	retain_free(&r->retained);
@@ -121,6 +122,38 @@ void router_config_changed(struct router *r)
 	r->warned_retain_full = false;
 	r->warned_sessions_full = false;
 	router_held_check(r);
+}
+
+/*
+ * Every session's view is made again before the old ACL goes (views
+ * borrow its rules), and every cached route is void: a worker asks again,
+ * and gets "local" only where the new ACL lets every target read.
+ */
+void router_set_acl(struct router *r, struct acl *acl)
+{
+	struct acl *old = r->acl;
+	struct session *s;
+
+	r->acl = acl;
+	for (uint32_t i = hidx_slots(&r->by_sid); i-- > 0;)
+		if ((s = hidx_at(&r->by_sid, i)))
+			session_view_make(r, s);
+	acl_free(old);
+	router_routes_changed(r);
+}
+
+int router_set_acl_bytes(struct router *r, const void *bytes, size_t len)
+{
+	static const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+	struct acl *acl;
+	char err[256];
+
+	if (acl_decode(bytes, len, &lim, &acl, err, sizeof(err)) < 0) {
+		log_error("router: the ACL sent to it is refused (%s): the one in force stays", err);
+		return -1;
+	}
+	router_set_acl(r, acl);
+	return 0;
 }
 
 void router_set_route_gen(struct router *r, _Atomic uint64_t *gen)

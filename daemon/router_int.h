@@ -22,6 +22,7 @@
 #define HASH_NONFATAL_OOM 1
 #include "keyhash.h"  /* uthash, keyed */
 
+#include "acl.h"
 #include "hidx.h"
 #include "iotd.h"
 #include "log.h"
@@ -46,11 +47,12 @@ struct session_connect {
 	uint32_t will_payload_len;
 	uint16_t keepalive;
 	uint16_t client_id_len, will_topic_len;
+	uint16_t user_len;           /* 0: no user name */
 	uint8_t remote_len;          /* < ROUTER_REMOTE_LEN */
 	bool clean;
 	bool will_flag;
 	uint8_t will_qos, will_retain;
-	char data[];                 /* client id, remote, will topic (each NUL-terminated), will payload */
+	char data[];                 /* client id, remote, user, will topic (each NUL-terminated), will payload */
 };
 
 static_assert(ROUTER_REMOTE_LEN <= 256, "remote_len is 8 bits");
@@ -65,9 +67,14 @@ static inline const char *cx_remote(const struct session_connect *c)
 	return c->data + c->client_id_len + 1;
 }
 
-static inline const char *cx_will_topic(const struct session_connect *c)
+static inline const char *cx_user(const struct session_connect *c)
 {
 	return cx_remote(c) + c->remote_len + 1;
+}
+
+static inline const char *cx_will_topic(const struct session_connect *c)
+{
+	return cx_user(c) + c->user_len + 1;
 }
 
 static inline const uint8_t *cx_will_payload(const struct session_connect *c)
@@ -130,6 +137,8 @@ struct session {
 	conn_id_t prev_conn;         /* the connection before conn (a takeover's old one) */
 	struct session_connect *cx;  /* the accepted CONNECT (its will, its remote) while online */
 	char *remote_off;            /* offline: where it last connected from (session_remote()) */
+	char *user;                  /* its (last) connection's user name; NULL: none */
+	struct acl_client *acl;      /* its view of the router's ACL (router_acl_allows) */
 	struct session_sub *subs;
 
 	/*
@@ -276,6 +285,9 @@ struct router {
 	struct router_publish_scratch pub;
 	bool warned_retain_full, warned_targets;
 
+	/* The ACL every session's view is made from (router_set_acl); NULL: none, all allowed. */
+	struct acl *acl;
+
 	/* The store: each file writes its own changes; router_load.c reads it back and rewrites it. */
 	struct store *st;            /* NULL: in memory only */
 	struct router_touched *touched;
@@ -305,6 +317,17 @@ struct router_msg {
 static inline void router_routes_changed(struct router *r)
 {
 	atomic_fetch_add_explicit(r->route_gen, 1, memory_order_release);
+}
+
+/*
+ * May session s do access on the topic? Without an ACL, yes, at the cost
+ * of this one test; with one, as its view says, and a session without a
+ * view (out of memory when it was made) may do nothing.
+ */
+static inline bool router_acl_allows(const struct router *r, const struct session *s,
+				     const char *topic, size_t len, enum acl_access access)
+{
+	return !r->acl || (s->acl && acl_client_check(s->acl, topic, len, access));
 }
 
 /* For log lines: the connection's address, or where an offline session was last seen. */
@@ -360,6 +383,7 @@ static inline void msg_body_discard(struct msg_body *b)
 /* The router's copy of a CONNECT, as a REC_CONNECT or the store gave it. */
 struct session_connect *session_connect_new(const struct rec_connect *f);
 struct session *session_alloc(const char *client_id, uint16_t len);
+void session_view_make(struct router *r, struct session *s);
 void session_free(struct router *r, struct session *s);
 bool router_session_link(struct router *r, struct session *s);
 bool router_conn_link(struct router *r, struct session *s);

@@ -43,6 +43,7 @@ static struct session_connect *session_connect_load(const struct store_session *
 		.client_id = { (const uint8_t *)ss->client_id, ss->client_id_len },
 		.remote = { (const uint8_t *)c->remote,
 			    (uint16_t)strnlen(c->remote, ROUTER_REMOTE_LEN - 1) },
+		.user = { (const uint8_t *)c->user, c->user_len },
 		.will_flag = c->will_flag,
 		.will_qos = c->will_qos,
 		.will_retain = c->will_retain,
@@ -59,6 +60,7 @@ static void session_unlinked_free(struct session *s)
 	free(s->pending);
 	free(s->cx);
 	free(s->remote_off);
+	free(s->user);
 	free(s->qos2_ids);
 	free(s);
 }
@@ -74,6 +76,9 @@ static struct session *session_load_new(const struct store_session *ss)
 	s->clean = ss->clean;
 	s->last_seen_ms = ss->last_seen_ms;
 	if (!ss->online && !(s->remote_off = strdup(ss->remote)))
+		goto fail;
+	/* Its view of the ACL is made when the router is given one (router_set_acl). */
+	if (ss->user_len && !(s->user = strndup(ss->user, ss->user_len)))
 		goto fail;
 	if (ss->n_qos2_ids) {
 		s->qos2_ids = malloc((size_t)ss->n_qos2_ids * sizeof(uint16_t));

@@ -10,6 +10,8 @@
  * offline or being taken over, and returns what it matched: from that
  * router_answer_route() tells the worker that asked whether it may deliver
  * the topic's messages itself (REC_ROUTE; docs/arch.md, "Local delivery").
+ * Under an ACL every target, live or retained, is checked for reading
+ * (docs/arch.md, "Access control").
  */
 #include <stdlib.h>
 #include <string.h>
@@ -295,6 +297,8 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 		struct session *s = targets[i];
 		uint8_t qos = MIN(m->qos, s->granted);
 
+		if (!router_acl_allows(r, s, m->topic, m->topic_len, ACL_READ))
+			continue;
 		if (s->online && !s->pending)
 			router_deliver_add(r, &head, s, qos,
 					   session_copy_new(r, s, 0, MSG_QUEUED,
@@ -320,17 +324,21 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 /*
  * Can the worker that asked deliver the topic's messages itself? Only
  * when the match (router_publish) found nothing but clean sessions online
- * on that worker: they need no copy, no queue and no other worker.
- * Anything else stays with the router.
+ * on that worker, each of which the ACL lets read the topic: they need no
+ * copy, no queue, no other worker and no check the worker cannot make.
+ * Anything else stays with the router, as does a message whose publish
+ * was refused (match NULL).
  */
-static bool router_route_local(const struct router_match *match, unsigned worker)
+static bool router_route_local(const struct router *r, const struct router_match *match,
+			       unsigned worker, const struct router_msg *m)
 {
-	if (match->incomplete || match->n > ROUTER_ROUTE_MAX)
+	if (!match || match->incomplete || match->n > ROUTER_ROUTE_MAX)
 		return false;
 	for (size_t i = 0; i < match->n; i++) {
 		const struct session *s = match->targets[i];
 
-		if (!s->online || s->pending || !s->clean || conn_id_worker(s->conn) != worker)
+		if (!s->online || s->pending || !s->clean || conn_id_worker(s->conn) != worker ||
+		    !router_acl_allows(r, s, m->topic, m->topic_len, ACL_READ))
 			return false;
 	}
 	return true;
@@ -357,12 +365,13 @@ static void router_route_record(const struct router *r, struct recw *w, uint64_t
 
 /*
  * Answer a REC_PUBLISH that asked for its topic's route (rec.h REC_ROUTE),
- * from what its router_publish() matched.
+ * from what its router_publish() matched; match NULL: it was not routed
+ * (the ACL refused it), and the answer is "remote".
  */
 void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
 			 const struct router_msg *m, const struct router_match *match)
 {
-	bool local = router_route_local(match, worker);
+	bool local = router_route_local(r, match, worker, m);
 
 	router_route_record(r, &r->out, ask, m, match, local);
 	/* An answer too big for the ring would be dropped and asked for again and again. */
@@ -477,7 +486,8 @@ static bool router_retained_cb(const char *topic, size_t topic_len, const uint8_
 	/* What the record costs the turn, sent or not: its head and one target. */
 	size_t cost = REC_DELIVER_FIXED_BYTES + topic_len + payload_len + REC_TARGET_BYTES;
 
-	if (topic_len <= UINT16_MAX && payload_len <= UINT32_MAX) {
+	if (topic_len <= UINT16_MAX && payload_len <= UINT32_MAX &&
+	    router_acl_allows(ctx->r, s, topic, topic_len, ACL_READ)) {
 		const struct rec_deliver d = {
 			.qos = qos,
 			.topic = { (const uint8_t *)topic, (uint16_t)topic_len },

@@ -381,6 +381,13 @@ void session_queue_send(struct router *r, struct session *s)
 			if (q->at_worker || (q->state == MSG_QUEUED) != (pass == 1))
 				continue;
 			session_msg_view(q, &m);
+			if (q->state != MSG_PUBREL &&
+			    !router_acl_allows(r, s, m.topic, m.topic_len, ACL_READ)) {
+				/* Queued before the ACL or the session's user changed: not its to read now. */
+				session_msg_drop(r, s, q, prev);
+				q = prev;
+				continue;
+			}
 			if (q->qos == 0) {
 				/* Nothing to acknowledge: it leaves the queue as it goes out. */
 				router_send_session_msg(r, s->conn, s->sid, 0, 0, MSG_QUEUED, &m);

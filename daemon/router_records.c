@@ -72,7 +72,7 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
 	if (rec_connect_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) || x.clean > 1 ||
 	    x.will_flag > 1 || x.will_qos > 2 || x.will_retain > 1)
 		return ROUTER_BAD;
-	if (memchr(x.client_id.p, '\0', x.client_id.len))
+	if (memchr(x.client_id.p, '\0', x.client_id.len) || memchr(x.user.p, '\0', x.user.len))
 		return ROUTER_BAD;
 	if (router_conn_slot_taken(r, x.conn) || router_find_pending(r, x.conn))
 		return ROUTER_BAD;         /* a second CONNECT on one connection */
@@ -95,6 +95,20 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
 	return ROUTER_OK;
 }
 
+/* SUBACK's code for one filter: 0x80 past the session's limit or when the ACL lets it read nothing there. */
+static uint8_t router_subscribe_code(struct router *r, struct session *s, const char *filter,
+				     uint16_t len, uint8_t qos)
+{
+	if (router_subscription_refused(s, r->cfg, filter, len))
+		return ROUTER_SUBACK_FAILURE;
+	if (r->acl && !(s->acl && acl_client_may_subscribe(s->acl, filter, len))) {
+		log_debug("router: session %u: SUBSCRIBE to '%.*s' refused by the ACL", s->sid,
+			  (int)len, filter);
+		return ROUTER_SUBACK_FAILURE;
+	}
+	return router_subscribe_one(r, s, filter, len, qos);
+}
+
 static int router_on_subscribe(struct router *r, unsigned worker, const void *p, size_t len)
 {
 	struct rec_subscribe x;
@@ -114,11 +128,8 @@ static int router_on_subscribe(struct router *r, unsigned worker, const void *p,
 	count_off = rec_suback_begin(ack, &(struct rec_suback){ .conn = x.conn,
 							      .packet_id = x.packet_id });
 	for (it = x.filters; rec_subscribe_next(&it, &sub);) {
-		const char *filter = (const char *)sub.filter.p;
-
-		rec_suback_add(ack, router_subscription_refused(s, r->cfg, filter, sub.filter.len) ?
-				    ROUTER_SUBACK_FAILURE :
-				    router_subscribe_one(r, s, filter, sub.filter.len, sub.qos));
+		rec_suback_add(ack, router_subscribe_code(r, s, (const char *)sub.filter.p,
+							  sub.filter.len, sub.qos));
 	}
 	rec_suback_end(ack, count_off, (uint16_t)x.filters.n);
 	router_emit(r, worker, REC_SUBACK, ack);
@@ -162,6 +173,20 @@ static int router_on_unsubscribe(struct router *r, unsigned worker, const void *
 	return ROUTER_OK;
 }
 
+/* Under an ACL: may the session on conn, one of worker's, publish m? */
+static bool router_publisher_may(struct router *r, unsigned worker, conn_id_t conn,
+				 const struct router_msg *m)
+{
+	struct session *s = NULL;
+
+	if (router_conn_session(r, worker, conn, &s) == ROUTER_OK &&
+	    router_acl_allows(r, s, m->topic, m->topic_len, ACL_WRITE))
+		return true;
+	log_debug("router: PUBLISH to '%.*s' from %s refused by the ACL", (int)m->topic_len,
+		  m->topic, s ? s->client_id : "a connection without a session");
+	return false;
+}
+
 static int router_on_publish(struct router *r, unsigned worker, const void *p, size_t len)
 {
 	struct rec_publish x;
@@ -181,6 +206,13 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 	};
 	if (!topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
+	/* The publisher matters to the ACL alone: without one, no test beyond this. */
+	if (r->acl && !router_publisher_may(r, worker, x.conn, &m)) {
+		/* Not routed, retained or queued; the topic stays with the router for this worker. */
+		if (x.flags & REC_PUB_ASK)
+			router_answer_route(r, worker, x.ask, &m, NULL);
+		return ROUTER_OK;
+	}
 	match = router_publish(r, &m);
 	if (x.flags & REC_PUB_ASK)
 		router_answer_route(r, worker, x.ask, &m, &match);
@@ -224,6 +256,11 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 		return ROUTER_NOCONN;
 	if (x.copy) {
 		/* The router holds this one already, with its state as last reported. */
+		return ROUTER_OK;
+	}
+	if (x.state != MSG_PUBREL && !router_acl_allows(r, s, m.topic, m.topic_len, ACL_READ)) {
+		log_debug("router: session %u: message on '%.*s' dropped: the ACL does not let it read there",
+			  s->sid, (int)m.topic_len, m.topic);
 		return ROUTER_OK;
 	}
 	if (s->online && s->conn == x.conn) {

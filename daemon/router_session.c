@@ -5,10 +5,12 @@
  * Owns every struct session: the lookups by client id and by session id
  * (hidx), the online sessions by connection slot per worker, the list of
  * offline persistent sessions (oldest first, for expiry), the CONNECTs
- * waiting for a takeover and the connections kicked by a newer one. A
+ * waiting for a takeover and the connections kicked by a newer one, and
+ * each session's user name and view of the ACL (session_view_make). A
  * CONNECT makes, resumes or takes over a session; a close (or its
- * worker's death) publishes the will and ends or parks it. What a
- * session queues is router_queue.c's, what it subscribes router_publish.c's.
+ * worker's death) publishes the will, if the ACL lets its owner, and ends
+ * or parks it. What a session queues is router_queue.c's, what it
+ * subscribes router_publish.c's.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,8 @@ static void store_connect_view(const struct session_connect *c, struct store_con
 		.will_retain = c->will_retain,
 		.keepalive = c->keepalive,
 		.remote = cx_remote(c),
+		.user = cx_user(c),
+		.user_len = c->user_len,
 		.will_topic = cx_will_topic(c),
 		.will_topic_len = c->will_topic_len,
 		.will_payload = cx_will_payload(c),
@@ -45,6 +49,8 @@ void session_persist(struct router *r, const struct session *s)
 		.client_id = s->client_id,
 		.client_id_len = s->client_id_len,
 		.remote = session_remote(s),
+		.user = s->user ? s->user : "",
+		.user_len = s->user ? (uint16_t)strlen(s->user) : 0,
 		.last_seen_ms = s->last_seen_ms,
 		.qos2_ids = s->qos2_ids,
 		.n_qos2_ids = s->n_qos2_ids,
@@ -252,6 +258,8 @@ void session_free(struct router *r, struct session *s)
 	if (s->online)
 		router_conn_unlink(r, s);
 	router_session_unlink(r, s);
+	acl_client_free(s->acl);
+	free(s->user);
 	free(s->cx);
 	free(s->remote_off);
 	free(s->qos2_ids);
@@ -331,8 +339,8 @@ struct session_connect *session_connect_new(const struct rec_connect *f)
 	struct session_connect *c;
 	char *p;
 
-	c = malloc(sizeof(*c) + (size_t)f->client_id.len + 1 + remote_len + 1 + topic_len + 1 +
-		   payload_len);
+	c = malloc(sizeof(*c) + (size_t)f->client_id.len + 1 + remote_len + 1 + f->user.len + 1 +
+		   topic_len + 1 + payload_len);
 	if (!c)
 		return NULL;
 	c->conn = f->conn;
@@ -343,6 +351,7 @@ struct session_connect *session_connect_new(const struct rec_connect *f)
 	c->will_retain = f->will_retain;
 	c->client_id_len = f->client_id.len;
 	c->remote_len = (uint8_t)remote_len;
+	c->user_len = f->user.len;
 	c->will_topic_len = (uint16_t)topic_len;
 	c->will_payload_len = (uint32_t)payload_len;
 
@@ -355,6 +364,10 @@ struct session_connect *session_connect_new(const struct rec_connect *f)
 		memcpy(p, f->remote.p, remote_len);
 	p[remote_len] = '\0';
 	p += remote_len + 1;
+	if (f->user.len)
+		memcpy(p, f->user.p, f->user.len);
+	p[f->user.len] = '\0';
+	p += f->user.len + 1;
 	if (topic_len)
 		memcpy(p, f->will_topic.p, topic_len);
 	p[topic_len] = '\0';
@@ -362,6 +375,38 @@ struct session_connect *session_connect_new(const struct rec_connect *f)
 	if (payload_len)
 		memcpy(p, f->will_payload.p, payload_len);
 	return c;
+}
+
+/*
+ * The session's view of the ACL, made afresh from its user name and
+ * client id (at CONNECT, and for every session when the ACL changes).
+ * None without an ACL; none when out of memory, which router_acl_allows
+ * takes as "nothing allowed".
+ */
+void session_view_make(struct router *r, struct session *s)
+{
+	acl_client_free(s->acl);
+	s->acl = NULL;
+	if (!r->acl)
+		return;
+	s->acl = acl_client_new(r->acl, s->user, s->user ? strlen(s->user) : 0, s->client_id,
+				s->client_id_len);
+	if (!s->acl)
+		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
+			   "out of memory making its view of the ACL: it may do nothing");
+}
+
+/* The session is now c's: c's user name, and the view that goes with it. false: out of memory. */
+static bool session_user_take(struct router *r, struct session *s, const struct session_connect *c)
+{
+	char *user = NULL;
+
+	if (c->user_len && !(user = strndup(cx_user(c), c->user_len)))
+		return false;
+	free(s->user);
+	s->user = user;
+	session_view_make(r, s);
+	return true;
 }
 
 /* A CONNECT the router cannot take (out of memory): the worker closes it. */
@@ -460,6 +505,12 @@ void router_connect_apply(struct router *r, struct session_connect *c)
 		}
 		r->warned_sessions_full = false;
 	}
+	if (!session_user_take(r, s, c)) {
+		if (!present)
+			session_free(r, s);
+		router_refuse(r, c);
+		return;
+	}
 	s->prev_conn = s->conn;
 	s->conn = c->conn;
 	if (!router_conn_link(r, s)) {
@@ -550,9 +601,15 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 			.payload_len = s->cx->will_payload_len,
 		};
 
-		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "publishing will on '%s'",
-			   cx_will_topic(s->cx));
-		router_publish(r, &will);
+		if (router_acl_allows(r, s, will.topic, will.topic_len, ACL_WRITE)) {
+			log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+				   "publishing will on '%s'", cx_will_topic(s->cx));
+			router_publish(r, &will);
+		} else {
+			log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+				   "will on '%s' not published: the ACL does not let it write there",
+				   cx_will_topic(s->cx));
+		}
 	}
 
 	if (s->clean) {

@@ -133,7 +133,7 @@ uint64_t routes_ask(struct route_cache *rc, const uint8_t *topic, uint16_t len, 
 }
 
 enum route_decision routes_decide(struct route_cache *rc, const uint8_t *topic, uint16_t len,
-				  uint8_t qos, bool retain, uint64_t current_gen,
+				  uint8_t qos, bool to_router, uint64_t current_gen,
 				  const struct route **rt_r, uint64_t *ask)
 {
 	struct route *rt = routes_find(rc, topic, len);
@@ -141,7 +141,7 @@ enum route_decision routes_decide(struct route_cache *rc, const uint8_t *topic, 
 	if (rt && rt->kind != ROUTE_ASKED && rt->gen == current_gen) {
 		if (rt->kind == ROUTE_REMOTE)
 			return ROUTE_SEND;
-		if (qos < 2 && !retain) {
+		if (qos < 2 && !to_router) {
 			*rt_r = rt;
 			return ROUTE_DELIVER_LOCAL;
 		}

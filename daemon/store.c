@@ -9,7 +9,8 @@
  *   meta      "format" -> u64 STORE_FORMAT, "daemon" -> identity string,
  *             "next_sid", "tail/<i>", "head/<i>" -> u64
  *   sessions  sid (u32 BE) -> clean, last_seen, client id, remote, QoS 2 ids,
- *             the accepted CONNECT (when online), a waiting CONNECT
+ *             the accepted CONNECT (when online), a waiting CONNECT, then
+ *             (format 3) the session's user name and the waiting CONNECT's
  *   subs      sid (u32 BE) + filter -> u8 qos
  *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
  *             topic, payload
@@ -403,6 +404,30 @@ static void enc_session(struct recw *w, const struct store_session *s)
 	recw_u8(w, s->pending);
 	if (s->pending)
 		enc_connect(w, &s->pend);
+	/* Format 3, at the end so that a format 2 value reads as "no user names". */
+	recw_str(w, s->user, s->user_len);
+	if (s->pending)
+		recw_str(w, s->pend.user, s->pend.user_len);
+}
+
+/* The user names a format 3 value ends with; a format 2 one has none ("" for all). */
+static void dec_session_users(struct recr *r, struct store_session *s)
+{
+	const uint8_t *p;
+
+	s->user = s->cx.user = s->pend.user = "";
+	if (!recr_left(r))
+		return;
+	recr_str(r, &p, &s->user_len);
+	if (p && s->user_len)
+		s->user = (const char *)p;
+	s->cx.user = s->user;
+	s->cx.user_len = s->user_len;
+	if (s->pending) {
+		recr_str(r, &p, &s->pend.user_len);
+		if (p && s->pend.user_len)
+			s->pend.user = (const char *)p;
+	}
 }
 
 /* ids: room for n_qos2_ids, which the caller frees. 0, or -1 when corrupt. */
@@ -441,6 +466,7 @@ static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, 
 	s->pending = pending;
 	if (pending)
 		dec_connect(&r, &s->pend);
+	dec_session_users(&r, s);
 	if (recr_end(&r) || clean > 1 || online > 1 || pending > 1) {
 		free(*ids);
 		*ids = NULL;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "acl.h"
 #include "addrlimit.h"
 #include "ipc.h"
 #include "mqtt.h"
@@ -52,6 +53,7 @@ struct conn {
 	struct buf *in, *out;        /* NULL when empty */
 	struct conn_qos *qos;        /* NULL while no QoS 1/2 message is held */
 	struct conn *dirty_next;
+	struct acl_client *acl;      /* its view of the ACL (conn_set_rules); NULL: none given */
 	int fd;
 	uint32_t sid;                /* the router's session id, from CONNACK */
 	uint16_t keepalive;          /* effective, seconds; 0 = none */
@@ -70,7 +72,7 @@ struct conn {
 	char remote[];
 };
 
-static_assert(sizeof(struct conn) <= 72, "struct conn grew: every idle connection pays for it");
+static_assert(sizeof(struct conn) <= 80, "struct conn grew: every idle connection pays for it");
 
 /* Bytes held: not yet sent (output) or not yet decoded (input). */
 static inline size_t buf_held(const struct buf *b)
@@ -112,6 +114,12 @@ struct worker {
 	struct conn *dirty;
 	struct conn *graveyard;          /* closed this turn: epoll may still name them */
 	bool throttled;                  /* backlog for the router too big: stop reading clients */
+	/*
+	 * An ACL is in force (auth.acl_file, or a backend whose verdicts carry
+	 * rules): a PUBLISH uses a local route only when its connection's view
+	 * lets it write the topic (route_publish). False: no test beyond this.
+	 */
+	bool acl_in_force;
 	struct recw rw;
 	struct route_cache routes;       /* topics this worker may deliver itself (routes.h) */
 	struct addr_reports reports;     /* to the listener */
@@ -145,6 +153,7 @@ void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool 
 		  const uint8_t *topic, size_t tlen, uint16_t pid,
 		  const uint8_t *payload, size_t plen);
 bool out_drained(struct worker *w, struct conn *c);
+void conn_set_rules(struct worker *w, struct conn *c, const void *rules, size_t len);
 bool conn_flush(struct worker *w, struct conn *c);
 void flush_dirty(struct worker *w);
 void conn_read(struct worker *w, struct conn *c);
@@ -172,7 +181,7 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 
 /* worker_records.c */
 void push_recw(struct worker *w, uint16_t type);
-void push_publish(struct worker *w, const struct mqtt_publish *pub, uint64_t ask);
+void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask);
 void push_close(struct worker *w, struct conn *c, bool publish_will);
 void report_state(struct worker *w, const struct conn *c, uint64_t copy, uint16_t pid,
 		  uint8_t state);

@@ -17,23 +17,39 @@
 #include "topic.h"
 #include "worker_int.h"
 
-/* Deliver the message here or send it to the router, as its topic's route says (routes.h). */
-static void route_publish(struct worker *w, const struct mqtt_publish *pub)
+/*
+ * Deliver the message here or send it to the router, as its topic's route
+ * says (routes.h). Under an ACL a local route is taken only for what the
+ * publisher's view lets it write: without a view the router decides, and
+ * what the view refuses goes nowhere (it was acknowledged already, as the
+ * protocol wants; the router would refuse it too).
+ */
+static void route_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
 {
 	uint64_t gen = atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire);
+	bool to_router = pub->retain;
 	const struct route *rt;
 	uint64_t ask;
 
-	switch (routes_decide(&w->routes, pub->topic.p, pub->topic.len, pub->qos, pub->retain,
+	if (w->acl_in_force) {
+		if (c->acl &&
+		    !acl_client_check(c->acl, (const char *)pub->topic.p, pub->topic.len, ACL_WRITE)) {
+			log_debug("PUBLISH from '%s' (%s) to '%.*s' refused by the ACL", conn_client_id(c),
+				  c->remote, (int)pub->topic.len, (const char *)pub->topic.p);
+			return;
+		}
+		to_router |= !c->acl;
+	}
+	switch (routes_decide(&w->routes, pub->topic.p, pub->topic.len, pub->qos, to_router,
 			      gen, &rt, &ask)) {
 	case ROUTE_DELIVER_LOCAL:
 		deliver_local(w, rt, pub);
 		break;
 	case ROUTE_SEND:
-		push_publish(w, pub, 0);
+		push_publish(w, c->id, pub, 0);
 		break;
 	case ROUTE_SEND_ASK:
-		push_publish(w, pub, ask);
+		push_publish(w, c->id, pub, ask);
 		break;
 	}
 }
@@ -48,7 +64,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 	w->msgs_in++;
 	switch (pub->qos) {
 	case 0:
-		route_publish(w, pub);
+		route_publish(w, c, pub);
 		break;
 	case 1:
 		/*
@@ -57,13 +73,13 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 		 * is not kept waiting behind a write to the publisher.
 		 */
 		send_ack(w, c, MQTT_PUBACK, pub->packet_id);
-		route_publish(w, pub);
+		route_publish(w, c, pub);
 		break;
 	case 2:
 		switch (qos_in_receive(&c->qos, w->cfg, pub->packet_id)) {
 		case QOS_IN_NEW:
 			report_qos2_in(w, c, pub->packet_id, true);
-			route_publish(w, pub);
+			route_publish(w, c, pub);
 			break;
 		case QOS_IN_HELD:        /* exactly once: not routed again */
 			break;

@@ -42,12 +42,13 @@ void ring_commit(struct worker *w)
 		eventfd_wake(w->env->router_efd);
 }
 
-/* ask: 0, or the route request this message carries (routes.h). */
-void push_publish(struct worker *w, const struct mqtt_publish *pub, uint64_t ask)
+/* conn: the publisher's; ask: 0, or the route request this message carries (routes.h). */
+void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask)
 {
 	struct rec_publish x = {
 		.qos = pub->qos,
 		.flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0),
+		.conn = conn,
 		.topic = { pub->topic.p, pub->topic.len },
 		.payload = { pub->payload, pub->payload_len },
 		.ask = ask,

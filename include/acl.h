@@ -45,6 +45,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+struct recw;
+
 enum acl_access {
 	ACL_READ = 1,   /* receive a message published to the topic */
 	ACL_WRITE = 2,  /* publish to the topic */
@@ -110,6 +112,50 @@ bool acl_client_may_subscribe(const struct acl_client *c, const char *filter, si
 /* One check without keeping a view (tests, tools): user NULL for none. */
 bool acl_check(const struct acl *acl, const char *user, const char *client_id,
 	       const char *topic, enum acl_access access);
+
+/*
+ * The ACL and a client's view as bytes (common/acl_codec.c): the auth role,
+ * which alone reads the file, sends the whole ACL to the router and each
+ * client's view, in its verdict, to the client's worker. Both ends are on
+ * one host: numbers are in host order (rec.h's field writer and reader).
+ *
+ *   acl:     u32 ACL_WIRE_ACL, rules (anonymous), u32 nusers,
+ *            nusers x { str name, rules } (names strictly ascending,
+ *            1..65535 bytes, no NUL), rules (patterns, unsubstituted)
+ *   client:  u32 ACL_WIRE_CLIENT, u8 patterns_refused (0 or 1),
+ *            rules (its topic rules: its section's, or a token's lists),
+ *            rules (its patterns, substituted; none when refused)
+ *   rules:   u32 n, n x { u8 access (0 deny, 1 read, 2 write, 3 readwrite),
+ *            str filter (acl_filter_valid; a client's substituted
+ *            pattern may also be empty, as "%c" is for an empty id) }
+ *   str:     u16 length, bytes
+ *
+ * Rules keep the order of the file (the decision does not depend on it).
+ * Decoding trusts nothing: every count is bounded by the bytes left, every
+ * name and filter is checked, nothing may follow the end; an ACL also
+ * stays within lim (max_bytes for the whole, max_rules).
+ */
+#define ACL_WIRE_ACL 0x31414c41u     /* "ALA1" in little-endian memory */
+#define ACL_WIRE_CLIENT 0x31434c41u  /* "ALC1" */
+
+/* Append the whole ACL to w. 0, or -1 when out of memory (w->oom). */
+int acl_encode(const struct acl *acl, struct recw *w);
+/* Rebuild an ACL from acl_encode()'s bytes. 0 with *out set, or -1 with a message in err. */
+int acl_decode(const void *buf, size_t len, const struct acl_limits *lim, struct acl **out,
+	       char *err, size_t errlen);
+/*
+ * Append the view to w: what acl_client_check and acl_client_may_subscribe
+ * consult for this client, and nothing of other clients'. 0, or -1 when
+ * out of memory or when a substituted pattern is no filter (longer than
+ * 65535 bytes, or a name with a NUL put in it): such a client cannot be
+ * given a view.
+ */
+int acl_client_encode(const struct acl_client *c, struct recw *w);
+/*
+ * A view from acl_client_encode()'s bytes that answers every check as the
+ * encoded one did (it owns its rules). NULL with a message in err.
+ */
+struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, size_t errlen);
 
 /* An MQTT topic filter: 1..65535 bytes, '+' and '#' alone in their level, '#' last; no NUL. */
 bool acl_filter_valid(const char *f, size_t len);

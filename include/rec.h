@@ -303,8 +303,10 @@ void rec_unsubscribe_end(struct recw *w, size_t count_off, uint16_t n);
 
 /*
  * REC_PUBLISH: a client's PUBLISH, to be routed; qos is the publisher's,
- * whose PUBACK/PUBREC the worker sent or will send. With REC_PUB_ASK the
- * worker also wants the topic's route, and the router answers REC_ROUTE.
+ * whose PUBACK/PUBREC the worker sent or will send; conn the publisher's
+ * connection, whose session the router checks the ACL's write rule
+ * against (with no ACL in force the router does not look at it). With REC_PUB_ASK the worker also wants the topic's route, and
+ * the router answers REC_ROUTE.
  */
 #define REC_PUB_RETAIN 0x01
 #define REC_PUB_ASK 0x02
@@ -312,12 +314,13 @@ void rec_unsubscribe_end(struct recw *w, size_t count_off, uint16_t n);
 struct rec_publish {
 	uint8_t qos;
 	uint8_t flags;               /* REC_PUB_* */
+	uint64_t conn;
 	struct rec_str topic;
 	struct rec_bytes payload;
 	uint64_t ask;                /* on the wire only with REC_PUB_ASK (else 0 when decoded) */
 };
 
-#define REC_PUBLISH_FIXED_BYTES 8    /* qos, flags, the two lengths */
+#define REC_PUBLISH_FIXED_BYTES 16   /* qos, flags, conn, the two lengths */
 #define REC_PUBLISH_ASK_BYTES 8
 
 static inline int rec_publish_decode(struct rec_publish *x, const void *p, size_t len)
@@ -327,6 +330,7 @@ static inline int rec_publish_decode(struct rec_publish *x, const void *p, size_
 	recr_init(&r, p, len);
 	x->qos = recr_u8(&r);
 	x->flags = recr_u8(&r);
+	x->conn = recr_u64(&r);
 	recr_str(&r, &x->topic.p, &x->topic.len);
 	recr_bytes(&r, &x->payload.p, &x->payload.len);
 	x->ask = x->flags & REC_PUB_ASK ? recr_u64(&r) : 0;
@@ -344,6 +348,7 @@ static inline void rec_publish_put(uint8_t *dst, const struct rec_publish *x)
 {
 	dst = rec_put_u8(dst, x->qos);
 	dst = rec_put_u8(dst, x->flags);
+	dst = rec_put_u64(dst, x->conn);
 	dst = rec_put_u16(dst, x->topic.len);
 	dst = rec_put_mem(dst, x->topic.p, x->topic.len);
 	dst = rec_put_u32(dst, x->payload.len);

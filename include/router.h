@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "acl.h"
 #include "config.h"
 #include "rec.h"
 
@@ -132,6 +133,30 @@ void router_set_max_record(struct router *r, size_t bytes);
  * may come again.
  */
 void router_config_changed(struct router *r);
+
+/*
+ * The ACL (acl.h) every check is made against, from now on: the router
+ * owns it (and frees the one it replaces); NULL: none, everything is
+ * allowed. Each session's view is made from its user name (its CONNECT
+ * record's, kept with the session in the store) and client id, now for
+ * every session and later at each CONNECT. What is checked: each filter
+ * of a SUBSCRIBE (0x80 when it could reach nothing readable), each
+ * PUBLISH record (write: refused ones are not delivered, retained or
+ * queued) and will (write), each delivery, queued message, stored message
+ * sent and retained message sent (read, per target); a route is answered
+ * "local" only when every target may read the topic. Cached routes are
+ * voided (the route generation moves).
+ */
+void router_set_acl(struct router *r, struct acl *acl);
+/*
+ * The same from the auth role's bytes (acl_encode), decoded as hostile
+ * input within ACL_LIMITS_DEFAULT. 0, or -1 when they do not decode
+ * (logged): the ACL in force stays. A router that is to enforce an ACL
+ * should be given one before its first record (an empty one, acl_parse
+ * of "", allows nothing), so that nothing passes unchecked while the
+ * auth role's is on its way, at start and after a restart.
+ */
+int router_set_acl_bytes(struct router *r, const void *bytes, size_t len);
 
 /*
  * The route generation (shm.h: shm_router.route_gen): the router bumps it

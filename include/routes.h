@@ -89,14 +89,16 @@ enum route_decision {
  * Where a message of this topic goes at route generation current_gen. A
  * valid local route delivers it here, a valid remote one sends it to the
  * router as it is; any other topic goes to the router asking for its route
- * (routes_ask; ROUTE_SEND when the cache cannot hold the ask). Retained
- * and QoS 2 messages always go to the router (it keeps the one, and routes
- * the other once), and take a local route back to asking until the router
- * answers again, so that later messages delivered here cannot overtake
- * them. *rt is set for ROUTE_DELIVER_LOCAL only, *ask for ROUTE_SEND_ASK.
+ * (routes_ask; ROUTE_SEND when the cache cannot hold the ask). QoS 2
+ * messages and those the caller says must reach the router (to_router:
+ * retained ones, which it keeps, and under an ACL those of a publisher the
+ * worker cannot check) always go to the router (which routes QoS 2 ones
+ * once), and take a local route back to asking until the router answers
+ * again, so that later messages delivered here cannot overtake them. *rt
+ * is set for ROUTE_DELIVER_LOCAL only, *ask for ROUTE_SEND_ASK.
  */
 enum route_decision routes_decide(struct route_cache *rc, const uint8_t *topic, uint16_t len,
-				  uint8_t qos, bool retain, uint64_t current_gen,
+				  uint8_t qos, bool to_router, uint64_t current_gen,
 				  const struct route **rt, uint64_t *ask);
 
 /*

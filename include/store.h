@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_FORMAT 2                    /* meta "format"; a newer store is refused */
+#define STORE_FORMAT 3                    /* meta "format"; a newer store is refused */
 #define STORE_FORMAT_OLDEST 1             /* still read (and upgraded in place) */
 #define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/<store_memory_name()> */
 #define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */
@@ -47,6 +47,8 @@ struct store_connect {
 	uint8_t will_qos, will_retain;
 	uint16_t keepalive;
 	const char *remote;               /* NUL-terminated */
+	const char *user;                 /* the user name ("" and 0: none) */
+	uint16_t user_len;
 	const char *will_topic;
 	uint16_t will_topic_len;
 	const uint8_t *will_payload;
@@ -60,6 +62,8 @@ struct store_session {
 	const char *client_id;            /* "" for a server-named session */
 	uint16_t client_id_len;
 	const char *remote;               /* NUL-terminated: for log lines */
+	const char *user;                 /* its (last) connection's user name, for the ACL ("": none) */
+	uint16_t user_len;
 	uint64_t last_seen_ms;            /* router clock; STORE_SEEN_UNKNOWN: an earlier daemon's */
 	const uint16_t *qos2_ids;         /* inbound QoS 2 awaiting PUBREL (host order) */
 	uint16_t n_qos2_ids;

@@ -9,6 +9,11 @@
  * a topic outside '$', "#". The topics that are valid filters also make a
  * view from lists, where reading and writing must be exactly what the
  * lists say for the filters taken as topics.
+ *
+ * The bytes as a whole are also decoded as an encoded ACL and as an
+ * encoded view (acl_decode, acl_client_decode: hostile input), and every
+ * ACL and view made goes through its encoding and back, where the copy
+ * must answer every question as the original does.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,6 +22,7 @@
 #include <string.h>
 
 #include "acl.h"
+#include "rec.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -46,6 +52,93 @@ static void check_view(const struct acl_client *c, char **topics, size_t n)
 	}
 }
 
+/* Views c and d answer every question about the topics alike. */
+static void same_answers(const struct acl_client *c, const struct acl_client *d, char **topics,
+			 size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t len = strlen(topics[i]);
+
+		if (topic_name(topics[i], len))
+			for (int a = ACL_READ; a <= ACL_WRITE; a++)
+				if (acl_client_check(c, topics[i], len, a) != acl_client_check(d, topics[i], len, a))
+					__builtin_trap();
+		if (acl_filter_valid(topics[i], len) &&
+		    acl_client_may_subscribe(c, topics[i], len) != acl_client_may_subscribe(d, topics[i], len))
+			__builtin_trap();
+	}
+}
+
+/* The view's copy through its bytes answers like the view. */
+static void check_copy(const struct acl_client *c, char **topics, size_t n)
+{
+	struct acl_client *d;
+	struct recw w;
+	char err[256];
+
+	recw_init(&w);
+	if (acl_client_encode(c, &w) < 0) {
+		recw_free(&w);
+		return;
+	}
+	d = acl_client_decode(w.buf, w.len, err, sizeof(err));
+	recw_free(&w);
+	if (!d)
+		__builtin_trap();
+	same_answers(c, d, topics, n);
+	acl_client_free(d);
+}
+
+/* The ACL's copy through its bytes gives the user the view the ACL gives. */
+static void check_acl_copy(const struct acl *acl, const char *user, const char *cid,
+			   char **topics, size_t n)
+{
+	struct acl *back = NULL;
+	struct acl_client *c, *d;
+	struct recw w;
+	char err[256];
+
+	recw_init(&w);
+	if (acl_encode(acl, &w) < 0) {
+		recw_free(&w);
+		return;
+	}
+	if (acl_decode(w.buf, w.len, &lim, &back, err, sizeof(err)) != 0)
+		__builtin_trap();
+	recw_free(&w);
+	c = acl_client_new(acl, user, user ? strlen(user) : 0, cid, strlen(cid));
+	d = acl_client_new(back, user, user ? strlen(user) : 0, cid, strlen(cid));
+	if (c && d)
+		same_answers(c, d, topics, n);
+	acl_client_free(c);
+	acl_client_free(d);
+	acl_free(back);
+}
+
+/* Arbitrary bytes as an encoded ACL and view: refused with a message, or taken and usable. */
+static void decode_bytes(const uint8_t *data, size_t size)
+{
+	struct acl *acl = NULL;
+	struct acl_client *c;
+	char err[256] = "";
+
+	if (acl_decode(data, size, &lim, &acl, err, sizeof(err)) == 0) {
+		acl_check(acl, "u", "c", "a/b", ACL_READ);
+		acl_free(acl);
+	} else if (acl || !err[0]) {
+		__builtin_trap();
+	}
+	err[0] = '\0';
+	c = acl_client_decode(data, size, err, sizeof(err));
+	if (c) {
+		acl_client_check(c, "a/b", 3, ACL_WRITE);
+		acl_client_may_subscribe(c, "#", 1);
+		acl_client_free(c);
+	} else if (!err[0]) {
+		__builtin_trap();
+	}
+}
+
 /* A view from the valid filters among the topics: half read, half write. */
 static void check_lists(char **topics, size_t n)
 {
@@ -71,6 +164,7 @@ static void check_lists(char **topics, size_t n)
 		if (topic_name(write[i], strlen(write[i])) && !acl_client_check(c, write[i], strlen(write[i]), ACL_WRITE))
 			__builtin_trap();
 	check_view(c, topics, n);
+	check_copy(c, topics, n);
 	acl_client_free(c);
 }
 
@@ -82,6 +176,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct acl_client *c;
 	char err[256] = "";
 
+	decode_bytes(data, size);
 	if (!copy)
 		return 0;
 	memcpy(copy, data, size);
@@ -105,8 +200,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		c = acl_client_new(acl, user, user ? strlen(user) : 0, parts[1], strlen(parts[1]));
 		if (c) {
 			check_view(c, parts + 2, nparts - 2);
+			check_copy(c, parts + 2, nparts - 2);
 			acl_client_free(c);
 		}
+		check_acl_copy(acl, user, parts[1], parts + 2, nparts - 2);
 		check_lists(parts + 2, nparts - 2);
 	}
 	acl_free(acl);

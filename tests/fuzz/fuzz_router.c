@@ -8,15 +8,19 @@
  * earlier ones made, and also name the wrong worker or epoch), client ids,
  * topics and filters from small sets with wildcards, QoS and flags taken
  * whole (invalid ones included). Others hand the router raw bytes under
- * any type, a worker's death, or a clock tick. Whatever the stream, the
- * router must not crash, read out of bounds, or leak (router_free at the
- * end, LeakSanitizer), and everything it emits must be a router -> worker
- * record for an existing worker that its decoder takes whole.
+ * any type, a worker's death, a clock tick, or an ACL (one of a few, or
+ * none), against which CONNECTs with and without a user name and
+ * PUBLISHes from any connection are then checked. Whatever the stream,
+ * the router must not crash, read out of bounds, or leak (router_free at
+ * the end, LeakSanitizer), and everything it emits must be a router ->
+ * worker record for an existing worker that its decoder takes whole;
+ * under an ACL that allows nothing, no message may reach anyone.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "acl.h"
 #include "config.h"
 #include "iotd.h"
 #include "rec.h"
@@ -32,6 +36,15 @@ static const char *const client_ids[] = { "a", "b", "c", "", "dev/1", "x\xc3\xa9
 static const char *const topics[] = {
 	"t", "t/a", "t/b/c", "$SYS/x", "a/b", "", "t/#", "+/a", "#", "t/+/c", "x\0y",
 };
+
+/* The ACLs a stream may put in force; NULL: none. The last allows nothing. */
+static const char *const acls[] = {
+	"topic read #\ntopic write t/#\n",
+	"user alice\ntopic readwrite t/#\ntopic deny t/b/#\npattern readwrite %c/#\n",
+	NULL,
+	"",
+};
+static bool deny_all;
 
 /* Each worker's current epoch, as the router was told (worker 2 does not exist). */
 static uint32_t cur_epoch[NWORKERS + 1];
@@ -69,6 +82,8 @@ static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 	x.will_retain = flags >> 6 & 1;
 	x.will_topic = pick_topic(in);
 	x.will_payload = take_payload(in, buf, sizeof(buf));
+	if (flags & 0x80)
+		x.user = (struct rec_str){ (const uint8_t *)"alice", 5 };
 	rec_connect_encode(w, &x);
 	return REC_CONNECT;
 }
@@ -119,6 +134,7 @@ static uint16_t build_publish(struct recw *w, struct fuzz_in *in)
 	x.payload = take_payload(in, buf, sizeof(buf));
 	if (x.flags & REC_PUB_ASK)
 		x.ask = take(in);
+	x.conn = pick_conn(in);
 	rec_publish_encode(w, &x);
 	return REC_PUBLISH;
 }
@@ -197,7 +213,29 @@ static int check_emit(void *arg, unsigned worker, uint16_t type, const struct re
 		abort();
 	if (rec_validate(type, rec->buf, rec->len) != 0)
 		abort();
+	if (deny_all && type == REC_DELIVER)
+		abort();
+	if (deny_all && type == REC_SESSION_MSG) {
+		struct rec_session_msg m;
+
+		if (rec_session_msg_decode(&m, rec->buf, rec->len) || m.state != MSG_PUBREL)
+			abort();
+	}
 	return 0;
+}
+
+static void set_acl(struct router *r, unsigned which)
+{
+	static const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+	const char *text = acls[which % ARRAY_SIZE(acls)];
+	struct acl *acl = NULL;
+	char err[128];
+
+	deny_all = false;
+	if (text && acl_parse(text, strlen(text), &lim, &acl, err, sizeof(err)) != 0)
+		abort();
+	router_set_acl(r, acl);
+	deny_all = text && !text[0];
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -217,6 +255,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	for (unsigned i = 0; i <= NWORKERS; i++)
 		cur_epoch[i] = 1;
+	deny_all = false;
 	for (unsigned i = 0; i < NWORKERS; i++)
 		router_set_worker(r, i, 1, 8);
 	router_tick(r, now);
@@ -242,11 +281,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			router_worker_down(r, worker, ++cur_epoch[worker]);
 			recw_free(&w);
 			continue;
-		default:
-			now += 1000u * (take(&in) % 8);
-			router_tick(r, now);
+		default: {
+			uint8_t b = take(&in);
+
+			if (b & 0x80) {
+				set_acl(r, b >> 3 & 3);
+			} else {
+				now += 1000u * (b % 8);
+				router_tick(r, now);
+			}
 			recw_free(&w);
 			continue;
+		}
 		}
 		if (!w.oom)
 			router_handle(r, op >> 5 & 1 ? worker : (op >> 6) % 3, type, w.buf, w.len);

@@ -17,6 +17,10 @@
  * harness has no record layout of its own. Between records the worker
  * flushes its output and buries what it closed, as its loop does; what it
  * wrote to the router must be records of a worker's types that decode.
+ * Inputs of odd length run with an ACL in force, the connections holding
+ * the views a verdict gives (conn_set_rules): none, one that lets them
+ * write the topic their PUBLISHes use, one that does not, bytes that do
+ * not decode; a PUBLISH the view refuses must never reach the router.
  * Whatever the stream: no crash, no out-of-bounds access, no leak once
  * everything is closed and torn down.
  */
@@ -27,6 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "acl.h"
 #include "config.h"
 #include "log.h"
 #include "shm.h"
@@ -75,6 +80,27 @@ static void harness_init(void)
 	shmring_view(&ring, &ring_pctl, &ring_cctl, ring_data, RING_BYTES);
 }
 
+/* The view each connection gets (conn_set_rules), by slot; what client_packet publishes to is "t". */
+enum view { VIEW_NONE, VIEW_WRITES_T, VIEW_NOT_T, VIEW_BROKEN };
+static const enum view views[NCONNS] = { VIEW_NONE, VIEW_WRITES_T, VIEW_NOT_T, VIEW_BROKEN };
+static bool acl_in_force;
+
+/* Under the ACL, what the router is sent of a PUBLISH: what the publisher's view allows. */
+static void check_publish(const struct shmring_rec *rec)
+{
+	struct rec_publish x;
+	unsigned slot;
+
+	if (!acl_in_force || rec->type != REC_PUBLISH ||
+	    rec_publish_decode(&x, shmring_payload(rec), rec->len))
+		return;
+	slot = conn_id_slot(x.conn);
+	if (slot >= NCONNS)
+		abort();
+	if (views[slot] == VIEW_NOT_T)
+		abort();
+}
+
 /* What a worker may write to the router. */
 static bool worker_type(uint16_t type)
 {
@@ -100,12 +126,36 @@ static void ring_empty(struct worker *w)
 		if (!worker_type(rec->type) ||
 		    rec_validate(rec->type, shmring_payload(rec), rec->len) < 0)
 			abort();
+		check_publish(rec);
 		shmring_next(&router_side);
 	}
 	if (errno == EBADMSG)
 		abort();
 	shmring_discard(&router_side);
 	shmring_release(&router_side);
+}
+
+/* Slot i's rules, as its verdict would carry them. */
+static void conn_rules(struct worker *w, unsigned i)
+{
+	const char *t = "t", *x = "x";
+	struct conn *c = conn_lookup(w, conn_id_make(0, 1, i, 1));
+	struct acl_client *v = NULL;
+	struct recw rw;
+
+	if (c == NULL || views[i] == VIEW_NONE)
+		return;
+	recw_init(&rw);
+	if (views[i] == VIEW_BROKEN) {
+		recw_u32(&rw, ACL_WIRE_CLIENT);       /* and nothing more */
+	} else {
+		v = acl_client_from_lists(&t, 1, views[i] == VIEW_WRITES_T ? &t : &x, 1);
+		if (v == NULL || acl_client_encode(v, &rw) < 0)
+			abort();
+	}
+	conn_set_rules(w, c, rw.buf, rw.len);
+	acl_client_free(v);
+	recw_free(&rw);
 }
 
 #define CONNECT_FLAGS 9          /* where connect_pkt has them */
@@ -139,6 +189,7 @@ static void conns_open(struct worker *w, int *peers)
 		}
 		peers[i] = sp[1];
 		conn_read(w, w->slots[w->n_slots - 1]);
+		conn_rules(w, i);
 	}
 }
 
@@ -387,6 +438,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	w.index = 0;
 	w.epoch = 1;
 	w.now_ms = 1000;
+	w.acl_in_force = acl_in_force = size & 1;
 	w.epfd = epoll_create1(EPOLL_CLOEXEC);
 	w.timerfd = -1;
 	w.rbuf = malloc(READ_CHUNK);

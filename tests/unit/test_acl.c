@@ -4,7 +4,8 @@
  * patterns, the substitution of %u and %c and the names that may not be
  * substituted, '$' topics, the SUBSCRIBE question, and the tries checked
  * against a plain walk over the rules (the router's topic_matches) on
- * random rule sets.
+ * random rule sets; the ACL and a view as bytes (common/acl_codec.c):
+ * round trips that answer every question alike, malformed bytes refused.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 
 #include "acl.h"
 #include "iotd.h"
+#include "rec.h"
 #include "topic.h"
 
 #include "files.h"
@@ -572,9 +574,35 @@ static void ref_topics(char topics[][16], size_t *n)
 	}
 }
 
-static void tries_agree_with_a_plain_walk(void **state)
+/* A random ACL of 1..12 rules, as the file says it and as ref_check reads it. */
+static size_t random_acl(unsigned *seed, struct ref_rule rules[12], char text[1024])
 {
 	static const char *words[] = { "deny", "read", "write", "readwrite" };
+	size_t n = 1 + (size_t)(rand_r(seed) % 12), len = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		rules[i].kind = (int)(rand_r(seed) % 3);
+		rules[i].access = (int)(rand_r(seed) % 4);
+		ref_filter(rules[i].filter, sizeof(rules[i].filter), seed, rules[i].kind == 2);
+	}
+	/* anonymous topic rules, then patterns, then user u's topic rules */
+	text[0] = '\0';
+	for (int kind = 0; kind < 3; kind++) {
+		int k = kind == 1 ? 2 : kind == 2 ? 1 : 0;
+
+		if (k == 1)
+			len += (size_t)snprintf(text + len, 1024 - len, "user u\n");
+		for (size_t i = 0; i < n; i++)
+			if (rules[i].kind == k)
+				len += (size_t)snprintf(text + len, 1024 - len, "%s %s %s\n",
+							k == 2 ? "pattern" : "topic",
+							words[rules[i].access], rules[i].filter);
+	}
+	return n;
+}
+
+static void tries_agree_with_a_plain_walk(void **state)
+{
 	static char topics[200][16];
 	size_t ntopics;
 	unsigned seed = 20240601;
@@ -582,28 +610,10 @@ static void tries_agree_with_a_plain_walk(void **state)
 	ref_topics(topics, &ntopics);
 	for (int round = 0; round < 300; round++) {
 		struct ref_rule rules[12];
-		size_t n = 1 + (size_t)(rand_r(&seed) % 12);
 		char text[1024];
-		size_t len = 0;
+		size_t n = random_acl(&seed, rules, text);
 		struct acl *acl;
 
-		for (size_t i = 0; i < n; i++) {
-			rules[i].kind = (int)(rand_r(&seed) % 3);
-			rules[i].access = (int)(rand_r(&seed) % 4);
-			ref_filter(rules[i].filter, sizeof(rules[i].filter), &seed, rules[i].kind == 2);
-		}
-		/* anonymous topic rules, then patterns, then user u's topic rules */
-		for (int kind = 0; kind < 3; kind++) {
-			int k = kind == 1 ? 2 : kind == 2 ? 1 : 0;
-
-			if (k == 1)
-				len += (size_t)snprintf(text + len, sizeof(text) - len, "user u\n");
-			for (size_t i = 0; i < n; i++)
-				if (rules[i].kind == k)
-					len += (size_t)snprintf(text + len, sizeof(text) - len, "%s %s %s\n",
-								k == 2 ? "pattern" : "topic",
-								words[rules[i].access], rules[i].filter);
-		}
 		acl = parse_ok(text);
 		for (int who = 0; who < 2; who++) {
 			struct acl_client *c = acl_client_new(acl, who ? "u" : NULL, who, "id", 2);
@@ -632,6 +642,254 @@ static void tries_agree_with_a_plain_walk(void **state)
 			acl_client_free(c);
 		}
 		acl_free(acl);
+	}
+}
+
+/* ---- the ACL and a view as bytes ---- */
+
+static struct acl *round_trip(const struct acl *acl)
+{
+	struct recw w;
+	struct acl *back = NULL;
+	char err[256];
+
+	recw_init(&w);
+	assert_int_equal(acl_encode(acl, &w), 0);
+	if (acl_decode(w.buf, w.len, &lim, &back, err, sizeof(err)) != 0)
+		fail_msg("decoding an encoded ACL: %s", err);
+	recw_free(&w);
+	return back;
+}
+
+static struct acl_client *client_round_trip(const struct acl_client *c)
+{
+	struct recw w;
+	struct acl_client *back;
+	char err[256];
+
+	recw_init(&w);
+	assert_int_equal(acl_client_encode(c, &w), 0);
+	back = acl_client_decode(w.buf, w.len, err, sizeof(err));
+	if (!back)
+		fail_msg("decoding an encoded view: %s", err);
+	recw_free(&w);
+	return back;
+}
+
+/* Every read, write and SUBSCRIBE question answered alike by views a and b. */
+static void views_agree(const struct acl_client *a, const struct acl_client *b,
+			char topics[][16], size_t ntopics, const char *text)
+{
+	for (size_t t = 0; t < ntopics; t++) {
+		size_t len = strlen(topics[t]);
+
+		for (int x = ACL_READ; x <= ACL_WRITE; x++)
+			if (acl_client_check(a, topics[t], len, x) != acl_client_check(b, topics[t], len, x))
+				fail_msg("%s, %s: the round trip differs\n%s", topics[t],
+					 x == ACL_READ ? "read" : "write", text);
+		if (len && acl_client_may_subscribe(a, topics[t], len) !=
+			   acl_client_may_subscribe(b, topics[t], len))
+			fail_msg("subscribe %s: the round trip differs\n%s", topics[t], text);
+	}
+	for (const char *const *f = (const char *const[]){ "#", "+", "+/#", "a/+", "+/b/#", "$s/#", "u/+/a", NULL };
+	     *f; f++)
+		if (acl_client_may_subscribe(a, *f, strlen(*f)) != acl_client_may_subscribe(b, *f, strlen(*f)))
+			fail_msg("subscribe %s: the round trip differs\n%s", *f, text);
+}
+
+static void codec_round_trips_check_alike(void **state)
+{
+	static char topics[200][16];
+	static const char *users[] = { NULL, "u", "x", "a+b" };
+	static const char *ids[] = { "id", "u", "c#", "" };
+	size_t ntopics;
+	unsigned seed = 77;
+
+	ref_topics(topics, &ntopics);
+	for (int round = 0; round < 200; round++) {
+		struct ref_rule rules[12];
+		char text[1024];
+		struct acl *acl, *back;
+
+		random_acl(&seed, rules, text);
+		acl = parse_ok(text);
+		back = round_trip(acl);
+		for (size_t u = 0; u < 4; u++) {
+			for (size_t i = 0; i < 4; i++) {
+				size_t ulen = users[u] ? strlen(users[u]) : 0;
+				struct acl_client *c = acl_client_new(acl, users[u], ulen, ids[i], strlen(ids[i]));
+				struct acl_client *c2 = acl_client_new(back, users[u], ulen, ids[i], strlen(ids[i]));
+				struct acl_client *c3;
+
+				assert_non_null(c);
+				assert_non_null(c2);
+				c3 = client_round_trip(c);
+				views_agree(c, c2, topics, ntopics, text);
+				views_agree(c, c3, topics, ntopics, text);
+				acl_client_free(c);
+				acl_client_free(c2);
+				acl_client_free(c3);
+			}
+		}
+		acl_free(acl);
+		acl_free(back);
+	}
+}
+
+/* A token's lists travel as a view too. */
+static void codec_lists_round_trip(void **state)
+{
+	const char *read[] = { "sensors/#", "a/+/c" }, *write[] = { "cmd/1" };
+	struct acl_client *c = acl_client_from_lists(read, 2, write, 1), *back;
+
+	assert_non_null(c);
+	back = client_round_trip(c);
+	assert_true(acl_client_check(back, "sensors/x/y", 11, ACL_READ));
+	assert_false(acl_client_check(back, "sensors/x/y", 11, ACL_WRITE));
+	assert_true(acl_client_check(back, "cmd/1", 5, ACL_WRITE));
+	assert_false(acl_client_check(back, "cmd/2", 5, ACL_WRITE));
+	assert_true(acl_client_may_subscribe(back, "a/b/c", 5));
+	assert_false(acl_client_may_subscribe(back, "cmd/#", 5));
+	acl_client_free(c);
+	acl_client_free(back);
+}
+
+/* Bytes to decode, written from a spec (see build). */
+struct bytes {
+	uint8_t b[512];
+	size_t n;
+};
+
+static void put(struct bytes *x, const void *p, size_t n)
+{
+	assert_true(x->n + n <= sizeof(x->b));
+	memcpy(x->b + x->n, p, n);
+	x->n += n;
+}
+
+static void put_u32(struct bytes *x, uint32_t v)
+{
+	put(x, &v, 4);
+}
+
+static void put_str(struct bytes *x, const char *s, size_t len)
+{
+	uint16_t n = (uint16_t)len;
+
+	put(x, &n, 2);
+	put(x, s, len);
+}
+
+/*
+ * The bytes a spec says, its words apart: ACL or VIEW (the tag), a
+ * number (u32), bN (one byte), s:NAME (a string), rN:FILTER (a rule of
+ * access N).
+ */
+static struct bytes build(const char *spec)
+{
+	struct bytes x = { .n = 0 };
+
+	while (*spec) {
+		size_t len = strcspn(spec, " ");
+		char word[64];
+
+		assert_true(len < sizeof(word));
+		memcpy(word, spec, len);
+		word[len] = '\0';
+		spec += len + (spec[len] == ' ');
+		if (!strcmp(word, "ACL") || !strcmp(word, "VIEW")) {
+			put_u32(&x, word[0] == 'A' ? ACL_WIRE_ACL : ACL_WIRE_CLIENT);
+		} else if (word[0] == 'b') {
+			put(&x, &(uint8_t){ (uint8_t)atoi(word + 1) }, 1);
+		} else if (word[0] == 's' && word[1] == ':') {
+			put_str(&x, word + 2, strlen(word + 2));
+		} else if (word[0] == 'r') {
+			put(&x, &(uint8_t){ (uint8_t)(word[1] - '0') }, 1);
+			put_str(&x, word + 3, strlen(word + 3));
+		} else {
+			put_u32(&x, (uint32_t)strtoul(word, NULL, 10));
+		}
+	}
+	return x;
+}
+
+static void codec_refuses_malformed_bytes(void **state)
+{
+	static const struct refused { const char *spec, *why; } acls[] = {
+		{ "VIEW", "wrong tag" },
+		{ "ACL 1073741824", "more rules than bytes" },
+		{ "ACL 1 r4:a 0 0", "unknown access" },
+		{ "ACL 1 r1:a/#/b 0 0", "not valid" },
+		{ "ACL 0 2 s:bob 0 s:alice 0 0", "ascending" },
+		{ "ACL 0 2 s:bob 0 s:bob 0 0", "ascending" },
+		{ "ACL 0 1 s: 0 0", "empty user name" },
+		{ "ACL 0 100", "more users than bytes" },
+		{ "ACL 0 0 0 b1", "bytes after the end" },
+	}, views[] = {
+		{ "ACL", "wrong tag" },
+		{ "VIEW b2", "neither 0 nor 1" },
+		{ "VIEW b1 0 1 r1:a", "refused" },
+		{ "VIEW b0 1 r1:a+ 0", "not valid" },
+		{ "VIEW b0 0 0 b0", "bytes after the end" },
+	};
+	const struct acl_limits one_rule = { .max_bytes = 1 << 20, .max_line = 100, .max_rules = 1 };
+	struct bytes x = build("ACL 1 r1:a/# 2 s:alice 0 s:bob 1 r0:b 0");
+	struct acl *acl = NULL;
+	char err[256];
+	struct recw w;
+
+	/* Two users in order, two rules: taken as they are. */
+	assert_int_equal(acl_decode(x.b, x.n, &lim, &acl, err, sizeof(err)), 0);
+	assert_true(acl_check(acl, NULL, "c", "a/x", ACL_READ));
+	assert_false(acl_check(acl, "bob", "c", "b", ACL_READ));
+	acl_free(acl);
+	/* Past the limits, and cut short anywhere: refused. */
+	assert_int_equal(acl_decode(x.b, x.n, &one_rule, &acl, err, sizeof(err)), -1);
+	assert_contains(err, "more rules than the limit");
+	assert_int_equal(acl_decode(x.b, x.n, &(struct acl_limits){ .max_bytes = 10, .max_rules = 10 },
+				    &acl, err, sizeof(err)), -1);
+	assert_contains(err, "more than the limit");
+	for (size_t n = 0; n < x.n; n++) {
+		acl = NULL;
+		assert_int_equal(acl_decode(x.b, n, &lim, &acl, err, sizeof(err)), -1);
+		assert_null(acl);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(acls); i++) {
+		x = build(acls[i].spec);
+		acl = (struct acl *)1;
+		err[0] = '\0';
+		if (acl_decode(x.b, x.n, &lim, &acl, err, sizeof(err)) != -1 || acl)
+			fail_msg("'%s' taken", acls[i].spec);
+		if (!strstr(err, acls[i].why))
+			fail_msg("'%s': want '%s' in '%s'", acls[i].spec, acls[i].why, err);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(views); i++) {
+		x = build(views[i].spec);
+		err[0] = '\0';
+		if (acl_client_decode(x.b, x.n, err, sizeof(err)))
+			fail_msg("'%s' taken", views[i].spec);
+		if (!strstr(err, views[i].why))
+			fail_msg("'%s': want '%s' in '%s'", views[i].spec, views[i].why, err);
+	}
+
+	/* Every truncation of a real view is refused, and every one-byte change decodes or is refused. */
+	{
+		struct acl *a = parse_ok("topic read a/#\nuser u\ntopic deny a/b\npattern readwrite %u/%c/#\n");
+		struct acl_client *c = acl_client_new(a, "u", 1, "id", 2), *d;
+
+		recw_init(&w);
+		assert_int_equal(acl_client_encode(c, &w), 0);
+		for (size_t n = 0; n < w.len; n++)
+			assert_null(acl_client_decode(w.buf, n, err, sizeof(err)));
+		for (size_t i = 0; i < w.len; i++) {
+			w.buf[i] ^= 0x5a;
+			d = acl_client_decode(w.buf, w.len, err, sizeof(err));
+			acl_client_free(d);
+			w.buf[i] ^= 0x5a;
+		}
+		recw_free(&w);
+		acl_client_free(c);
+		acl_free(a);
 	}
 }
 
@@ -674,6 +932,9 @@ int main(void)
 		cmocka_unit_test(lists_from_a_token),
 		cmocka_unit_test(many_users_and_rules),
 		cmocka_unit_test(tries_agree_with_a_plain_walk),
+		cmocka_unit_test(codec_round_trips_check_alike),
+		cmocka_unit_test(codec_lists_round_trip),
+		cmocka_unit_test(codec_refuses_malformed_bytes),
 		cmocka_unit_test(load_names_the_path),
 	};
 

@@ -331,13 +331,14 @@ static void test_publish_layout(void **state)
 	static const uint8_t wire[] = {
 		0x01,                                           /* qos */
 		REC_PUB_RETAIN | REC_PUB_ASK,                   /* flags */
+		0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11, /* conn */
 		0x03, 0x00, 'a', '/', 'b',                      /* topic */
 		0x02, 0x00, 0x00, 0x00, 'x', 'y',               /* payload */
 		0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01, /* ask */
 	};
 	const struct rec_publish x = {
-		.qos = 1, .flags = REC_PUB_RETAIN | REC_PUB_ASK, .topic = STR("a/b"),
-		.payload = BYTES("xy"), .ask = 0x0102030405060708ull,
+		.qos = 1, .flags = REC_PUB_RETAIN | REC_PUB_ASK, .conn = 0x1112131415161718ull,
+		.topic = STR("a/b"), .payload = BYTES("xy"), .ask = 0x0102030405060708ull,
 	};
 	uint8_t put[sizeof(wire) + 1];
 	struct rec_publish d;
@@ -357,6 +358,7 @@ static void test_publish_layout(void **state)
 	assert_int_equal(rec_publish_decode(&d, wire, sizeof(wire)), 0);
 	assert_int_equal(d.qos, 1);
 	assert_int_equal(d.flags, REC_PUB_RETAIN | REC_PUB_ASK);
+	assert_true(d.conn == 0x1112131415161718ull);
 	assert_str(d.topic, "a/b");
 	assert_bytes(d.payload, "xy");
 	assert_true(d.ask == 0x0102030405060708ull);

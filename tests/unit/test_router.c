@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "acl.h"
 #include "iotd.h"
 #include "ipc.h"
 #include "log.h"
@@ -195,8 +196,9 @@ struct will {
 	uint8_t qos, retain;
 };
 
-static void build_connect(struct recw *w, conn_id_t conn, bool clean, const char *id,
-			  const struct will *will)
+/* A CONNECT with a user name (NULL: none). */
+static void build_connect_as(struct recw *w, conn_id_t conn, bool clean, const char *id,
+			     const char *user, const struct will *will)
 {
 	const struct rec_connect x = {
 		.conn = conn,
@@ -204,6 +206,7 @@ static void build_connect(struct recw *w, conn_id_t conn, bool clean, const char
 		.keepalive = 60,
 		.client_id = str(id),
 		.remote = str("127.0.0.1:5000"),
+		.user = str(user ? user : ""),
 		.will_flag = will != NULL,
 		.will_qos = will ? will->qos : 0,
 		.will_retain = will ? will->retain : 0,
@@ -213,6 +216,12 @@ static void build_connect(struct recw *w, conn_id_t conn, bool clean, const char
 
 	recw_init(w);
 	rec_connect_encode(w, &x);
+}
+
+static void build_connect(struct recw *w, conn_id_t conn, bool clean, const char *id,
+			  const struct will *will)
+{
+	build_connect_as(w, conn, clean, id, NULL, will);
 }
 
 static int send_connect(struct fx *f, conn_id_t conn, bool clean, const char *id,
@@ -268,13 +277,14 @@ static int send_unsubscribe(struct fx *f, conn_id_t conn, uint16_t packet_id, co
 	return handle(f, conn_id_worker(conn), REC_UNSUBSCRIBE, &w);
 }
 
-/* ask: 0, or the route request the message carries (REC_PUB_ASK). */
-static void build_publish_ask(struct recw *w, uint8_t qos, bool retain, const char *topic,
-			      const char *payload, uint64_t ask)
+/* conn: the publisher's (0: none, as without an ACL); ask: 0, or the route request (REC_PUB_ASK). */
+static void build_publish_from(struct recw *w, conn_id_t conn, uint8_t qos, bool retain,
+			       const char *topic, const char *payload, uint64_t ask)
 {
 	const struct rec_publish x = {
 		.qos = qos,
 		.flags = (retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0),
+		.conn = conn,
 		.topic = str(topic),
 		.payload = bytes(payload),
 		.ask = ask,
@@ -282,6 +292,12 @@ static void build_publish_ask(struct recw *w, uint8_t qos, bool retain, const ch
 
 	recw_init(w);
 	rec_publish_encode(w, &x);
+}
+
+static void build_publish_ask(struct recw *w, uint8_t qos, bool retain, const char *topic,
+			      const char *payload, uint64_t ask)
+{
+	build_publish_from(w, 0, qos, retain, topic, payload, ask);
 }
 
 static void build_publish(struct recw *w, uint8_t qos, bool retain, const char *topic,
@@ -2914,6 +2930,375 @@ static void a_store_that_refused_writes_is_rewritten_by_the_next_tick(void **sta
 	free(big);
 }
 
+/* ---- the ACL ------------------------------------------------------------ */
+
+static void set_acl(struct fx *f, const char *text)
+{
+	const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+	struct acl *acl = NULL;
+	char err[256];
+
+	if (acl_parse(text, strlen(text), &lim, &acl, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	router_set_acl(f->r, acl);
+}
+
+/* A CONNECT as user (NULL: none), accepted; its sid. What it emitted is cleared. */
+static uint32_t connect_as(struct fx *f, conn_id_t conn, bool clean, const char *id,
+			   const char *user, const struct will *will)
+{
+	struct connack a;
+	struct recw w;
+
+	fx_clear(f);
+	build_connect_as(&w, conn, clean, id, user, will);
+	assert_int_equal(handle(f, conn_id_worker(conn), REC_CONNECT, &w), 0);
+	assert_true(f->n >= 1);
+	decode_connack(&f->caps[0], &a);
+	assert_int_equal(a.rc, 0);
+	fx_clear(f);
+	return a.sid;
+}
+
+static int publish_from(struct fx *f, conn_id_t conn, uint8_t qos, bool retain, const char *topic,
+			const char *payload, uint64_t ask)
+{
+	struct recw w;
+
+	build_publish_from(&w, conn, qos, retain, topic, payload, ask);
+	return handle(f, conn_id_worker(conn), REC_PUBLISH, &w);
+}
+
+/* One SUBSCRIBE of the n filters, each at QoS 1, answered with the codes want. */
+static void expect_suback(struct fx *f, conn_id_t conn, const char *const *filters,
+			  const uint8_t *want, uint16_t n)
+{
+	struct rec_subscription subs[16];
+	struct suback s;
+
+	assert_true(n <= 16);
+	for (uint16_t i = 0; i < n; i++)
+		subs[i] = (struct rec_subscription){ str(filters[i]), 1 };
+	fx_clear(f);
+	assert_int_equal(send_subscribes(f, conn, 1, subs, n), 0);
+	decode_suback(&f->caps[0], &s);
+	assert_int_equal(s.n, n);
+	assert_memory_equal(s.codes, want, n);
+}
+
+/* conn resumes id's stored session as user: what it emits stays captured (CONNACK first). */
+static void resume(struct fx *f, conn_id_t conn, const char *id, const char *user)
+{
+	struct recw w;
+
+	fx_clear(f);
+	build_connect_as(&w, conn, false, id, user, NULL);
+	assert_int_equal(handle(f, conn_id_worker(conn), REC_CONNECT, &w), 0);
+	assert_true(f->n >= 1);
+	assert_int_equal(f->caps[0].type, REC_CONNACK);
+}
+
+#define SENSORS_ACL "user alice\ntopic read sensors/#\ntopic deny sensors/private/#\n" \
+		    "user pub\ntopic write #\n"
+
+static void acl_suback_refuses_filters_with_nothing_readable(void **state)
+{
+	struct fx *f = *state;
+	const char *filters[] = { "sensors/#", "secret/#", "sensors/private/#", "sensors/+/t" };
+
+	set_acl(f, SENSORS_ACL);
+	connect_as(f, C(0, 1), true, "a", "alice", NULL);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 1, 0x80, 0x80, 1 }, 4);
+	assert_int_equal(stats_of(f).subscriptions, 2);   /* the refused ones are not subscribed */
+}
+
+/* Under SENSORS_ACL: alice's session "a" online on C(0, 1), and "carol", also alice's, offline; both on sensors/#. */
+static void alice_online_and_carol_offline(struct fx *f)
+{
+	connect_as(f, C(0, 1), false, "a", "alice", NULL);
+	subscribe_ok(f, C(0, 1), "sensors/#", 1);
+	connect_as(f, C(1, 1), false, "carol", "alice", NULL);
+	subscribe_ok(f, C(1, 1), "sensors/#", 1);
+	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+}
+
+/*
+ * pub publishes sensors/a and sensors/private/a: "a" gets the first only,
+ * and so does "carol" from her queue when she resumes on C(1, 2) (*m).
+ */
+static void only_sensors_a_reaches_alice(struct fx *f, struct smsg *m)
+{
+	connect_as(f, C(2, 1), true, "p", "pub", NULL);
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/a", "ok", 0), 0);
+	assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/private/a", "no", 0), 0);
+	assert_int_equal(delivered(f, C(0, 1), "sensors/a", NULL), 1);
+	assert_int_equal(delivered(f, C(0, 1), "sensors/private/a", NULL), 0);
+	resume(f, C(1, 2), "carol", "alice");
+	assert_int_equal(f->n, 2);
+	decode_session_msg(&f->caps[1], m);
+	assert_string_equal(m->topic, "sensors/a");
+}
+
+static void acl_read_rule_applies_to_every_delivery(void **state)
+{
+	struct fx *f = *state;
+	struct smsg m;
+
+	set_acl(f, SENSORS_ACL);
+	alice_online_and_carol_offline(f);
+	only_sensors_a_reaches_alice(f, &m);
+
+	/* A message its last connection hands back goes on only where it may read. */
+	fx_clear(f);
+	assert_int_equal(send_session_msg(f, C(1, 1), m.sid, 0, MSG_QUEUED, 1, "sensors/private/b", "x"), 0);
+	assert_int_equal(send_session_msg(f, C(1, 1), m.sid, 0, MSG_QUEUED, 1, "sensors/b", "x"), 0);
+	assert_int_equal(f->n, 1);
+	decode_session_msg(&f->caps[0], &m);
+	assert_string_equal(m.topic, "sensors/b");
+}
+
+static void acl_refused_publish_is_not_delivered_retained_or_queued(void **state)
+{
+	struct fx *f = *state;
+	struct route_ans a;
+
+	set_acl(f, "topic read #\nuser pub\ntopic write cmd/#\n");
+	connect_as(f, C(0, 1), true, "watcher", NULL, NULL);
+	subscribe_ok(f, C(0, 1), "#", 1);
+	connect_as(f, C(1, 1), false, "p", NULL, NULL);
+	subscribe_ok(f, C(1, 1), "#", 1);
+	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+	connect_as(f, C(2, 1), true, "pub", "pub", NULL);
+
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(2, 1), 1, true, "other/x", "no", 0), 0);
+	/* Nor from a connection the router holds no session for, nor another worker's. */
+	assert_int_equal(publish_from(f, C(2, 9), 1, true, "cmd/1", "no", 0), 0);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(stats_of(f).retained, 0);
+	assert_int_equal(stats_of(f).queued_payloads, 0);
+	/* Asked for its route, the refused topic stays with the router: remote. */
+	assert_int_equal(publish_from(f, C(2, 1), 0, false, "other/x", "no", 7), 0);
+	assert_int_equal(f->n, 1);
+	decode_route(&f->caps[0], &a);
+	assert_int_equal(a.local, 0);
+	assert_int_equal(a.n, 0);
+
+	/* What it may write goes everywhere as usual. */
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(2, 1), 1, true, "cmd/1", "yes", 0), 0);
+	assert_int_equal(delivered(f, C(0, 1), "cmd/1", NULL), 1);
+	assert_int_equal(stats_of(f).retained, 1);
+	assert_int_equal(stats_of(f).queued_payloads, 1);
+}
+
+static void acl_retained_messages_go_only_where_readable(void **state)
+{
+	struct fx *f = *state;
+
+	set_acl(f, SENSORS_ACL);
+	connect_as(f, C(2, 1), true, "p", "pub", NULL);
+	assert_int_equal(publish_from(f, C(2, 1), 1, true, "sensors/a", "ok", 0), 0);
+	assert_int_equal(publish_from(f, C(2, 1), 1, true, "sensors/private/a", "no", 0), 0);
+	assert_int_equal(stats_of(f).retained, 2);
+	connect_as(f, C(0, 1), true, "a", "alice", NULL);
+	fx_clear(f);
+	assert_int_equal(send_subscribe(f, C(0, 1), 1, "sensors/#", 1), 0);
+	assert_false(router_send_retained(f->r));
+	assert_int_equal(count_type(f, REC_SUBACK), 1);
+	assert_int_equal(delivered(f, C(0, 1), "sensors/a", NULL), 1);
+	assert_int_equal(delivered(f, C(0, 1), "sensors/private/a", NULL), 0);
+}
+
+static void acl_will_is_published_only_where_its_owner_may_write(void **state)
+{
+	struct fx *f = *state;
+	const struct will will = { "wills/dave", "gone", 1, 0 };
+
+	set_acl(f, "topic read #\npattern write wills/%c\n");
+	connect_as(f, C(0, 1), true, "dave", NULL, &will);
+	connect_as(f, C(0, 2), true, "eve", NULL, &will);
+	connect_as(f, C(1, 1), true, "watcher", NULL, NULL);
+	subscribe_ok(f, C(1, 1), "wills/#", 1);
+	assert_int_equal(send_close(f, C(0, 2), true, 0, NULL), 0);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(send_close(f, C(0, 1), true, 0, NULL), 0);
+	assert_int_equal(delivered(f, C(1, 1), "wills/dave", NULL), 1);
+}
+
+static void acl_patterns_put_in_the_user_name_and_client_id(void **state)
+{
+	struct fx *f = *state;
+	const char *filters[] = { "users/alice/#", "users/bob/#", "devices/dev1/in", "devices/dev2/in" };
+
+	set_acl(f, "pattern readwrite users/%u/#\npattern read devices/%c/in\n");
+	connect_as(f, C(0, 1), true, "dev1", "alice", NULL);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 1, 0x80, 1, 0x80 }, 4);
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(0, 1), 0, false, "users/alice/x", "mine", 0), 0);
+	assert_int_equal(publish_from(f, C(0, 1), 0, false, "users/bob/x", "not mine", 0), 0);
+	assert_int_equal(publish_from(f, C(0, 1), 0, false, "devices/dev1/in", "read only", 0), 0);
+	assert_int_equal(f->n, 1);
+	assert_int_equal(delivered(f, C(0, 1), "users/alice/x", NULL), 1);
+}
+
+static void acl_anonymous_clients_get_the_rules_before_any_user_line(void **state)
+{
+	struct fx *f = *state;
+	const char *filters[] = { "public/#", "private/#" };
+
+	set_acl(f, "topic read public/#\nuser alice\ntopic read private/#\n");
+	connect_as(f, C(0, 1), true, "anon", NULL, NULL);
+	connect_as(f, C(0, 2), true, "a", "alice", NULL);
+	connect_as(f, C(0, 3), true, "b", "bob", NULL);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 1, 0x80 }, 2);
+	expect_suback(f, C(0, 2), filters, (const uint8_t[]){ 0x80, 1 }, 2);
+	/* A user without a section: nothing. */
+	expect_suback(f, C(0, 3), filters, (const uint8_t[]){ 0x80, 0x80 }, 2);
+}
+
+/* The REC_ROUTE answering conn's PUBLISH of topic with ask. */
+static void route_answer_from(struct fx *f, conn_id_t conn, const char *topic, uint64_t ask,
+			      struct route_ans *a)
+{
+	fx_clear(f);
+	assert_int_equal(publish_from(f, conn, 0, false, topic, "p", ask), 0);
+	assert_int_equal(count_type(f, REC_ROUTE), 1);
+	decode_route(&f->caps[f->n - 1], a);
+	assert_int_equal(a->ask, ask);
+}
+
+static void acl_route_is_local_only_when_every_target_may_read(void **state)
+{
+	struct fx *f = *state;
+	struct route_ans a;
+
+	set_acl(f, SENSORS_ACL);
+	connect_as(f, C(0, 1), true, "a", "alice", NULL);
+	subscribe_ok(f, C(0, 1), "sensors/#", 1);
+	connect_as(f, C(0, 2), true, "p", "pub", NULL);
+	connect_as(f, C(0, 3), true, "n", "nobody", NULL);
+
+	route_answer_from(f, C(0, 2), "sensors/a", 1, &a);
+	assert_int_equal(a.local, 1);
+	assert_int_equal(route_qos(&a, C(0, 1)), 1);
+	/* alice matches but may not read: the router keeps the topic, and delivers nothing. */
+	route_answer_from(f, C(0, 2), "sensors/private/a", 2, &a);
+	assert_int_equal(a.local, 0);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+	/* A publish the ACL refuses: remote, so that this worker keeps sending the topic here. */
+	route_answer_from(f, C(0, 3), "sensors/a", 3, &a);
+	assert_int_equal(a.local, 0);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+}
+
+static void acl_views_are_made_again_for_a_new_acl(void **state)
+{
+	struct fx *f = *state;
+	const char *filters[] = { "a/#", "b/#" };
+	uint64_t gen;
+
+	set_acl(f, "user alice\ntopic read a/#\nuser pub\ntopic write #\n");
+	connect_as(f, C(0, 1), true, "a", "alice", NULL);
+	connect_as(f, C(1, 1), true, "p", "pub", NULL);
+	subscribe_ok(f, C(0, 1), "#", 1);
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "a/1", "x", 0), 0);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "b/1", "x", 0), 0);
+	assert_int_equal(delivered(f, C(0, 1), "a/1", NULL), 1);
+	assert_int_equal(delivered(f, C(0, 1), "b/1", NULL), 0);
+
+	gen = router_route_gen(f->r);
+	set_acl(f, "user alice\ntopic read b/#\nuser pub\ntopic write #\n");
+	assert_true(router_route_gen(f->r) > gen);     /* every cached route is asked again */
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "a/1", "x", 0), 0);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "b/1", "x", 0), 0);
+	assert_int_equal(delivered(f, C(0, 1), "a/1", NULL), 0);
+	assert_int_equal(delivered(f, C(0, 1), "b/1", NULL), 1);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 0x80, 1 }, 2);
+
+	/* From the auth role's bytes; bytes that do not decode leave the ACL in force. */
+	{
+		const char *text = "user alice\ntopic read a/#\nuser pub\ntopic write #\n";
+		const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+		struct acl *acl = NULL;
+		struct recw w;
+		char err[128];
+
+		assert_int_equal(acl_parse(text, strlen(text), &lim, &acl, err, sizeof(err)), 0);
+		recw_init(&w);
+		assert_int_equal(acl_encode(acl, &w), 0);
+		acl_free(acl);
+		assert_int_equal(router_set_acl_bytes(f->r, w.buf, w.len), 0);
+		assert_int_equal(router_set_acl_bytes(f->r, w.buf, w.len - 1), -1);
+		recw_free(&w);
+	}
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "a/1", "x", 0), 0);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "b/1", "x", 0), 0);
+	assert_int_equal(delivered(f, C(0, 1), "a/1", NULL), 1);
+	assert_int_equal(delivered(f, C(0, 1), "b/1", NULL), 0);
+
+	/* No ACL: everything is allowed again. */
+	router_set_acl(f->r, NULL);
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(1, 1), 0, false, "a/1", "x", 0), 0);
+	assert_int_equal(delivered(f, C(0, 1), "a/1", NULL), 1);
+}
+
+static void acl_user_names_outlive_a_router_restart(void **state)
+{
+	struct fx *f = *state;
+	struct smsg m;
+
+	fx_store(f, STORE_DISK_MAP);
+	set_acl(f, SENSORS_ACL);
+	alice_online_and_carol_offline(f);
+	assert_int_equal(router_commit(f->r), 0);
+
+	fx_crash_and_restart(f, NULL);
+	set_acl(f, SENSORS_ACL);
+	/* Still alice's, online and offline: without her name they could read nothing at all. */
+	only_sensors_a_reaches_alice(f, &m);
+}
+
+/* A user name is a string: one holding a NUL would be cut short in the ACL's eyes. */
+static void acl_connect_with_a_nul_in_its_user_name_is_dropped(void **state)
+{
+	struct fx *f = *state;
+	const struct rec_connect x = {
+		.conn = C(0, 1), .clean = 1, .client_id = str("a"), .remote = str("127.0.0.1:1"),
+		.user = { (const uint8_t *)"alice\0x", 7 },
+	};
+	struct recw w;
+
+	recw_init(&w);
+	rec_connect_encode(&w, &x);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(stats_of(f).sessions, 0);
+}
+
+/* A persistent session resumed under another user name reads with that one's rules. */
+static void acl_resumed_session_reads_as_its_new_user(void **state)
+{
+	struct fx *f = *state;
+
+	set_acl(f, SENSORS_ACL "user bob\ntopic read other/#\n");
+	connect_as(f, C(0, 1), false, "shared", "alice", NULL);
+	subscribe_ok(f, C(0, 1), "sensors/#", 1);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	connect_as(f, C(1, 1), true, "p", "pub", NULL);
+	assert_int_equal(publish_from(f, C(1, 1), 1, false, "sensors/a", "for alice", 0), 0);
+	resume(f, C(0, 2), "shared", "bob");
+	assert_int_equal(f->n, 1);                 /* the CONNACK alone: alice's message is not bob's */
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(1, 1), 1, false, "sensors/b", "x", 0), 0);
+	assert_int_equal(f->n, 0);
+}
+
 /* ---- the process: router_main over real rings ---------------------------- */
 
 #define PROC_RING 4096
@@ -3672,6 +4057,18 @@ int main(void)
 		T(expiry_and_queue_limits_hold_across_a_crash),
 		T(shared_messages_and_their_counts_are_rebuilt_from_the_store),
 		T(a_store_that_refused_writes_is_rewritten_by_the_next_tick),
+		T(acl_suback_refuses_filters_with_nothing_readable),
+		T(acl_read_rule_applies_to_every_delivery),
+		T(acl_refused_publish_is_not_delivered_retained_or_queued),
+		T(acl_retained_messages_go_only_where_readable),
+		T(acl_will_is_published_only_where_its_owner_may_write),
+		T(acl_patterns_put_in_the_user_name_and_client_id),
+		T(acl_anonymous_clients_get_the_rules_before_any_user_line),
+		T(acl_route_is_local_only_when_every_target_may_read),
+		T(acl_views_are_made_again_for_a_new_acl),
+		T(acl_user_names_outlive_a_router_restart),
+		T(acl_connect_with_a_nul_in_its_user_name_is_dropped),
+		T(acl_resumed_session_reads_as_its_new_user),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
 		cmocka_unit_test(router_main_applies_a_dead_workers_records_before_its_death),

@@ -87,7 +87,7 @@ static void reopen(struct fx *f)
 struct got_session {
 	uint32_t sid;
 	bool clean, online, pending;
-	char client_id[64], remote[64];
+	char client_id[64], remote[64], user[64], pend_user[64];
 	uint64_t last_seen, conn, pend_conn;
 	uint16_t ids[8], n_ids;
 	bool will_flag;
@@ -136,6 +136,7 @@ static void got_session(void *arg, const struct store_session *s)
 	o->pending = s->pending;
 	copy_str(o->client_id, sizeof(o->client_id), s->client_id, s->client_id_len);
 	copy_str(o->remote, sizeof(o->remote), s->remote, strlen(s->remote));
+	copy_str(o->user, sizeof(o->user), s->user, s->user_len);
 	o->last_seen = s->last_seen_ms;
 	o->n_ids = s->n_qos2_ids;
 	memcpy(o->ids, s->qos2_ids, s->n_qos2_ids * sizeof(uint16_t));
@@ -149,8 +150,10 @@ static void got_session(void *arg, const struct store_session *s)
 		copy_str(o->will_payload, sizeof(o->will_payload), s->cx.will_payload,
 			 s->cx.will_payload_len);
 	}
-	if (s->pending)
+	if (s->pending) {
 		o->pend_conn = s->pend.conn;
+		copy_str(o->pend_user, sizeof(o->pend_user), s->pend.user, s->pend.user_len);
+	}
 }
 
 static void got_sub(void *arg, uint32_t sid, const char *filter, uint16_t len, uint8_t qos)
@@ -215,11 +218,15 @@ static struct got *read_all(struct store *st)
 
 /* ---- writing ------------------------------------------------------------ */
 
+/* Sessions are written with a user name of "user-<client id>"; the waiting CONNECT's is "next". */
+#define PUT_USER(id) "user-" id
+
 static const uint16_t IDS[] = { 7, 300, 65535 };
 
 static void put_session(struct store *st, uint32_t sid, const char *id, bool clean, uint64_t conn,
 			uint64_t pend_conn)
 {
+	char user[64];
 	struct store_session s = {
 		.sid = sid,
 		.clean = clean,
@@ -231,6 +238,8 @@ static void put_session(struct store *st, uint32_t sid, const char *id, bool cle
 		.n_qos2_ids = 3,
 		.online = conn != 0,
 		.pending = pend_conn != 0,
+		.user = user,
+		.user_len = (uint16_t)snprintf(user, sizeof(user), "user-%s", id),
 	};
 
 	s.cx = (struct store_connect){
@@ -238,7 +247,8 @@ static void put_session(struct store *st, uint32_t sid, const char *id, bool cle
 		.keepalive = 30, .remote = "127.0.0.1:5000", .will_topic = "gone/x",
 		.will_topic_len = 6, .will_payload = (const uint8_t *)"bye", .will_payload_len = 3,
 	};
-	s.pend = (struct store_connect){ .conn = pend_conn, .remote = "10.0.0.1:1" };
+	s.pend = (struct store_connect){ .conn = pend_conn, .remote = "10.0.0.1:1", .user = "next",
+					 .user_len = 4 };
 	store_session_put(st, &s);
 }
 
@@ -317,6 +327,10 @@ static void everything_written_comes_back_after_reopen(void **state)
 	assert_memory_equal(g->s[0].ids, IDS, sizeof(IDS));
 	assert_false(g->s[1].online);
 	assert_false(g->s[1].pending);
+	/* User names (format 3): the session's, online or not, and the waiting CONNECT's. */
+	assert_string_equal(g->s[0].user, PUT_USER("alpha"));
+	assert_string_equal(g->s[0].pend_user, "next");
+	assert_string_equal(g->s[1].user, PUT_USER("beta"));
 
 	assert_int_equal(g->nsub, 4);
 	assert_int_equal(g->sub[0].sid, 1);
@@ -521,6 +535,7 @@ static void new_daemon_keeps_persistent_sessions_offline_only(void **state)
 	assert_false(g->s[0].pending);
 	assert_int_equal(g->s[0].last_seen, STORE_SEEN_UNKNOWN);
 	assert_int_equal(g->s[0].n_ids, 3);     /* the QoS 2 exchanges are still owed */
+	assert_string_equal(g->s[0].user, PUT_USER("persistent-online")); /* for its view of the ACL */
 	assert_int_equal(g->s[1].sid, 2);
 	assert_int_equal(g->s[1].last_seen, STORE_SEEN_UNKNOWN);
 	assert_int_equal(g->nsub, 1);
@@ -603,6 +618,62 @@ static void older_format_is_read_and_upgraded(void **state)
 	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
 	assert_int_equal(g.nq, 1);
 	assert_string_equal(g.q[0].payload, "kept");
+}
+
+/* Cut n bytes off the end of session sid's value, behind iotd's back. */
+static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
+{
+	uint8_t kb[4] = { (uint8_t)(sid >> 24), (uint8_t)(sid >> 16), (uint8_t)(sid >> 8), (uint8_t)sid };
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi sessions;
+	MDB_val k = { 4, kb }, v;
+	uint8_t buf[1024];
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "sessions", 0, &sessions), 0);
+	assert_int_equal(mdb_get(txn, sessions, &k, &v), 0);
+	assert_true(v.mv_size > n && v.mv_size <= sizeof(buf));
+	memcpy(buf, v.mv_data, v.mv_size);
+	v = (MDB_val){ v.mv_size - n, buf };
+	assert_int_equal(mdb_put(txn, sessions, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+/* Format 2 sessions (no user names at the end) are read as sessions without one. */
+static void format_2_sessions_read_as_without_user_names(void **state)
+{
+	struct fx *f = *state;
+	struct got *g;
+	uint64_t format = 0;
+
+	open_ok(f);
+	put_session(f->st, 1, "on", false, 0x0100000100010001ull, 0x0000000100020001ull);
+	put_session(f->st, 2, "off", false, 0, 0);
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	/* What format 2 wrote: the same values without the user names. */
+	cut_session_value(f, 1, 2 + strlen(PUT_USER("on")) + 2 + strlen("next"));
+	cut_session_value(f, 2, 2 + strlen(PUT_USER("off")));
+	set_format(f, 2);
+	open_ok(f);
+	assert_true(store_meta_get(f->st, "format", &format));
+	assert_int_equal(format, STORE_FORMAT);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 2);
+	assert_true(g->s[0].online);
+	assert_true(g->s[0].pending);
+	assert_string_equal(g->s[0].client_id, "on");
+	assert_string_equal(g->s[0].will_payload, "bye");
+	assert_string_equal(g->s[0].user, "");
+	assert_string_equal(g->s[0].pend_user, "");
+	assert_string_equal(g->s[1].client_id, "off");
+	assert_string_equal(g->s[1].user, "");
+	free(g);
 }
 
 /* A copy held for a worker keeps its mark and its state; one can be deleted alone. */
@@ -914,6 +985,7 @@ int main(void)
 		T(new_daemon_of_a_memory_store_starts_empty),
 		T(newer_format_is_refused),
 		T(older_format_is_read_and_upgraded),
+		T(format_2_sessions_read_as_without_user_names),
 		T(copies_keep_their_mark_and_go_one_by_one),
 		T(a_file_that_is_not_lmdb_is_refused),
 		T(an_lmdb_environment_of_somebody_else_is_refused),
