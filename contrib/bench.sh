@@ -8,9 +8,17 @@
 # prints a table of iotd/Mosquitto ratios (median of the pairs) and exits
 # non-zero naming every scenario below its target.
 #
+# The -auth scenarios run the same clients with a user name and password
+# against a second iotd and Mosquitto that both read one password file
+# ($7$, made by mosquitto_passwd) and one ACL of 1,000 rules, generated in
+# the work directory. Each round runs iotd without authentication too, so
+# their own table also gives iotd with/without authentication, pair by pair.
+#
 #   BENCH_SECONDS=10      measured seconds per run
-#   BENCH_PAIRS=3         iotd/Mosquitto pairs per scenario and QoS
-#   BENCH_SCENARIOS="fanin fanout pairs latency conns"   a subset, in any order
+#   BENCH_PAIRS=3         iotd/Mosquitto pairs (-auth: rounds) per scenario and QoS
+#   BENCH_SCENARIOS="fanin fanout pairs latency conns conns-auth"   a subset, in
+#                         any order; also fanin-auth and fanout-auth (about 3.5
+#                         minutes each with the defaults, so not in the default set)
 #   BENCH_CONNS=10000     idle connections for "conns" (100000 needs higher
 #                         per-process open-file limits in the brokers)
 #   BENCH_NO_FAIL=1       report without failing
@@ -23,17 +31,20 @@ ROOT=$(pwd)
 
 SECS=${BENCH_SECONDS:-10}
 PAIRS=${BENCH_PAIRS:-3}
-SCENARIOS=$(echo "${BENCH_SCENARIOS:-fanin fanout pairs latency conns}" | tr ',' ' ')
+SCENARIOS=$(echo "${BENCH_SCENARIOS:-fanin fanout pairs latency conns conns-auth}" | tr ',' ' ')
 CONNS=${BENCH_CONNS:-10000}
 NO_FAIL=${BENCH_NO_FAIL:-0}
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
+MOSQUITTO_PASSWD=${MOSQUITTO_PASSWD:-/usr/bin/mosquitto_passwd}
 BENCH=$ROOT/build/contrib/iotd-bench
 NULLB=$ROOT/build/contrib/nullbroker
 IOTD=$ROOT/build/iotd
 
 # Targets, iotd/Mosquitto: throughput, CPU efficiency; latency and memory are "at most".
-declare -A T_TPUT=([fanin]=3 [pairs]=3 [fanout]=1.5)
-declare -A T_EFF=([fanin]=5 [pairs]=5 [fanout]=3 [latency]=1.0 [conns]=1.0)
+declare -A T_TPUT=([fanin]=3 [pairs]=3 [fanout]=1.5 [fanin-auth]=3 [fanout-auth]=1.5)
+declare -A T_EFF=([fanin]=5 [pairs]=5 [fanout]=3 [latency]=1.0 [conns]=1.0
+	[fanin-auth]=5 [fanout-auth]=3 [conns-auth]=1.0)
+T_NOAUTH=0.9         # fanin-auth, fanout-auth: iotd with/without auth, msgs/s and msgs/CPU-s
 T_LAT=1.0            # p50 and p99 ratios, latency scenario
 T_BYTES=1.0          # bytes per idle connection ratio
 T_IDLE_KB=10240      # iotd's idle PSS
@@ -45,8 +56,13 @@ for v in "$SECS" "$PAIRS" "$CONNS"; do
 	[[ $v =~ ^[0-9]+$ && $v -gt 0 ]] || die "BENCH_SECONDS, BENCH_PAIRS and BENCH_CONNS must be positive integers"
 done
 for s in $SCENARIOS; do
-	case $s in fanin|fanout|pairs|latency|conns) ;; *) die "unknown scenario '$s'" ;; esac
+	case $s in fanin|fanout|pairs|latency|conns|fanin-auth|fanout-auth|conns-auth) ;;
+	*) die "unknown scenario '$s'" ;; esac
 done
+AUTH=0               # 1: an -auth scenario is selected, so the -auth brokers run
+[[ " $SCENARIOS " == *"-auth "* ]] && AUTH=1
+AUTH_PASSWORD=bench-secret   # every client's; the brokers see only its $7$ hashes
+ACL_RULES=1000
 
 # ------------------------------------------------------------ prerequisites
 
@@ -65,6 +81,8 @@ install_mosquitto() {
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >&2 ||
 		die "cannot install mosquitto"
 	[[ -x $MOSQUITTO ]] || die "mosquitto is still missing at $MOSQUITTO"
+	((AUTH)) && [[ ! -x $MOSQUITTO_PASSWD ]] && die "the -auth scenarios need $MOSQUITTO_PASSWD (Debian's mosquitto)"
+	return 0
 }
 
 # ------------------------------------------------------------------ brokers
@@ -93,24 +111,32 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
+declare -A PORT PID  # by broker: iotd, mosquitto, null, and iotd-auth, mosquitto-auth
+BROKERS="iotd mosquitto null"
+((AUTH)) && BROKERS="$BROKERS iotd-auth mosquitto-auth"
+
+free_port() {  # broker -> PORT[broker]
 	local p
 	for _ in $(seq 20); do
 		p=$("$BENCH" --free-port)
-		[[ " ${USED_PORTS:-} " == *" $p "* ]] || { USED_PORTS="${USED_PORTS:-} $p"; echo "$p"; return; }
+		[[ " ${USED_PORTS:-} " == *" $p "* ]] || { USED_PORTS="${USED_PORTS:-} $p"; PORT[$1]=$p; return; }
 	done
 	die "no free port"
 }
 
-wait_port() {  # port pid name
+log_of() { if [[ $1 == null ]]; then echo "$WORK/nullbroker.log"; else echo "$WORK/$1.log"; fi; }
+
+wait_port() {  # broker
+	local hint=""
+	[[ $1 == iotd-auth ]] && hint="; does this iotd have the \"file\" auth backend? BENCH_SCENARIOS without the -auth scenarios runs the others"
 	for _ in $(seq 100); do
-		kill -0 "$2" 2>/dev/null || die "$3 exited at start-up (see $WORK/$3.log)"
-		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+		kill -0 "${PID[$1]}" 2>/dev/null || die "$1 exited at start-up (see $(log_of "$1"))$hint"
+		if (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$1]}") 2>/dev/null; then
 			return 0
 		fi
 		sleep 0.1
 	done
-	die "$3 does not listen on port $1 after 10 s"
+	die "$1 does not listen on port ${PORT[$1]} after 10 s"
 }
 
 # Sum of Pss (kB) over a process and its children.
@@ -121,14 +147,14 @@ pss_tree() {
 		awk '/^Pss:/ { s += $2 } END { print s + 0 }'
 }
 
-write_configs() {
-	cat >"$WORK/iotd.conf" <<EOF
+iotd_conf() {  # broker -> $WORK/<broker>.conf; iotd-auth's with the auth files
+	cat <<EOF
 # Equivalent to mosquitto.conf: same in-flight window, queues deep enough
 # never to drop at QoS 1 (Mosquitto 2.0 drops at 100000 with fewer
 # messages outstanding), no per-address limits (the load comes from a few
 # loopback addresses, as fast as it can), warnings and errors only.
 server {
-	listen_addresses = {"127.0.0.1:$PORT_IOTD"}
+	listen_addresses = {"127.0.0.1:${PORT[$1]}"}
 	workers = 2
 	max_connections = $((CONNS + 1000))
 	max_sessions = 0
@@ -144,43 +170,128 @@ logging {
 	level = "warn"
 }
 EOF
-	cat >"$WORK/mosquitto.conf" <<EOF
-listener $PORT_MOSQ 127.0.0.1
-allow_anonymous true
+	if [[ $1 == iotd-auth ]]; then
+		cat <<EOF
+auth {
+	backend = "file"
+	password_file = "$WORK/passwd"
+	acl_file = "$WORK/acl"
+	allow_anonymous = false
+}
+EOF
+	fi
+}
+
+mosquitto_conf() {  # broker -> $WORK/<broker>.conf; mosquitto-auth's with the auth files
+	echo "listener ${PORT[$1]} 127.0.0.1"
+	if [[ $1 == mosquitto-auth ]]; then
+		echo "allow_anonymous false"
+		echo "password_file $WORK/passwd"
+		echo "acl_file $WORK/acl"
+	else
+		echo "allow_anonymous true"
+	fi
+	cat <<EOF
 persistence false
 max_inflight_messages 20
 max_queued_messages 1000000
 max_queued_bytes 0
-log_dest file $WORK/mosquitto.log
+log_dest file $WORK/$1.log
 log_type error
 log_type warning
 connection_messages false
 EOF
-	: >"$WORK/mosquitto.log"
-	if id mosquitto >/dev/null 2>&1; then
-		chown mosquitto "$WORK/mosquitto.log" 2>/dev/null
-	fi
 }
 
-start_iotd() {
-	"$IOTD" -c "$WORK/iotd.conf" -l "127.0.0.1:$PORT_IOTD" -w 2 >>"$WORK/iotd.log" 2>&1 &
-	PID_IOTD=$!
-	STARTED+=("$PID_IOTD")
-	wait_port "$PORT_IOTD" "$PID_IOTD" iotd
+write_configs() {
+	local b
+	for b in $BROKERS; do
+		case $b in
+		iotd*) iotd_conf "$b" >"$WORK/$b.conf" ;;
+		mosquitto*)
+			mosquitto_conf "$b" >"$WORK/$b.conf"
+			: >"$WORK/$b.log"
+			if id mosquitto >/dev/null 2>&1; then
+				chown mosquitto "$WORK/$b.log" 2>/dev/null
+			fi
+			;;
+		esac
+	done
 }
 
-start_mosquitto() {
-	"$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.stderr" 2>&1 &
-	PID_MOSQ=$!
-	STARTED+=("$PID_MOSQ")
-	wait_port "$PORT_MOSQ" "$PID_MOSQ" mosquitto
+# The -auth scenarios' password file: "bench" for the traffic scenarios and
+# client0... for each conns-auth connection, one password, hashed by
+# mosquitto_passwd as it hashes a new user ($7$, PBKDF2-SHA512, its own salt
+# each). Readable by both brokers' users: it guards nothing but this run.
+write_passwd() {
+	local f=$WORK/passwd
+	{
+		echo "bench:$AUTH_PASSWORD"
+		seq 0 $((CONNS - 1)) | sed "s/.*/client&:$AUTH_PASSWORD/"
+	} >"$f"
+	"$MOSQUITTO_PASSWD" -U "$f" >&2 || die "mosquitto_passwd -U $f failed"
+	awk -F: '$2 !~ /^\$7\$/ { bad = 1 } END { exit bad || NR != '$((CONNS + 1))' }' "$f" ||
+		die "$f: mosquitto_passwd -U did not write $((CONNS + 1)) \$7\$ entries"
+	chmod 644 "$f"
 }
 
-start_null() {
-	"$NULLB" -p "$PORT_NULL" >>"$WORK/nullbroker.log" 2>&1 &
-	PID_NULL=$!
-	STARTED+=("$PID_NULL")
-	wait_port "$PORT_NULL" "$PID_NULL" nullbroker
+# One user section of the ACL, for a client the benchmark does not run.
+acl_user() {  # number
+	local u site=$(($1 % 20))
+	u=$(printf 'sensor-%04d' "$1")
+	echo
+	echo "user $u"
+	echo "topic readwrite site/$site/$u/#"
+	echo "topic deny site/$site/$u/config/secret"
+	echo "topic read site/$site/broadcast/+"
+	echo "topic write site/$site/alarms"
+	echo "topic read firmware/sensor/+"
+}
+
+# The ACL of the -auth scenarios, ACL_RULES rules as a fleet's might be:
+# anonymous rules, patterns every client gets with its user name or client
+# id in them, 190 user sections for other clients, and in the middle the
+# section of "bench", which allows exactly the topics the traffic scenarios
+# use (publishers write bench/in/N or bench/fanout, subscribers read bench/#
+# or bench/fanout). No other rule matches a bench/ topic or "bench".
+write_acl() {
+	local f=$WORK/acl i
+	{
+		echo "# contrib/bench.sh: $ACL_RULES rules"
+		echo "topic read public/announcements"
+		echo "topic read public/time"
+		echo
+		for ((i = 0; i < 11; i++)); do
+			echo "pattern read fleet/$i/%u/cmd/#"
+			echo "pattern deny fleet/$i/%u/cmd/firmware/#"
+			echo "pattern write fleet/$i/%u/telemetry/#"
+			echo "pattern write fleet/$i/%c/status"
+		done
+		for ((i = 0; i < 190; i++)); do
+			if ((i == 95)); then
+				echo
+				echo "user bench"
+				echo "topic deny bench/private/#"
+				echo "topic write bench/in/+"
+				echo "topic write bench/fanout"
+				echo "topic read bench/#"
+			fi
+			acl_user "$i"
+		done
+	} >"$f"
+	[[ $(grep -cE '^(topic|pattern) ' "$f") -eq $ACL_RULES ]] || die "$f does not hold $ACL_RULES rules"
+	chmod 644 "$f"
+}
+
+start_broker() {  # broker
+	case $1 in
+	iotd*) "$IOTD" -c "$WORK/$1.conf" -l "127.0.0.1:${PORT[$1]}" -w 2 >>"$WORK/$1.log" 2>&1 & ;;
+	mosquitto*) "$MOSQUITTO" -c "$WORK/$1.conf" >>"$WORK/$1.stderr" 2>&1 & ;;
+	null) "$NULLB" -p "${PORT[$1]}" >>"$(log_of null)" 2>&1 & ;;
+	esac
+	PID[$1]=$!
+	STARTED+=("${PID[$1]}")
+	wait_port "$1"
 }
 
 stop_pid() {  # pid: one we started; TERM, then KILL after 5 s
@@ -199,11 +310,8 @@ stop_pid() {  # pid: one we started; TERM, then KILL after 5 s
 # A fresh broker: memory per connection means nothing on a heap that earlier
 # runs have grown (freed memory is reused before new pages are touched).
 restart() {  # broker
-	case $1 in
-	iotd) stop_pid "$PID_IOTD"; start_iotd ;;
-	mosquitto) stop_pid "$PID_MOSQ"; start_mosquitto ;;
-	null) stop_pid "$PID_NULL"; start_null ;;
-	esac
+	stop_pid "${PID[$1]}"
+	start_broker "$1"
 	sleep 1
 }
 
@@ -218,20 +326,25 @@ conns_args() {
 	echo "-c $CONNS --procs $procs --src-addrs $src"
 }
 
+# The brokers a round of a scenario runs, in order: an -auth scenario runs
+# iotd without authentication too, for the with/without ratios.
+brokers_of() { if [[ $1 == *-auth ]]; then echo "iotd iotd-auth mosquitto-auth"; else echo "iotd mosquitto"; fi; }
+
+# An -auth scenario's clients: one user for the traffic, one each for conns-auth.
+auth_user() { if [[ $1 == conns-auth ]]; then echo "client%d"; else echo "bench"; fi; }
+
 # broker scenario qos round -> $WORK/runs/<scenario>-q<qos>-<broker>-<round>.json
 run_one() {
-	local who=$1 sc=$2 q=$3 round=$4 port pid out args rc=0
-	[[ $sc == conns ]] && restart "$who"
-	case $who in
-	iotd) port=$PORT_IOTD pid=$PID_IOTD ;;
-	mosquitto) port=$PORT_MOSQ pid=$PID_MOSQ ;;
-	null) port=$PORT_NULL pid=$PID_NULL ;;
-	esac
+	local who=$1 sc=$2 q=$3 round=$4 base=${2%-auth} port pid out args rc=0 creds=() tag="run $4"
+	[[ $base == conns ]] && restart "$who"
+	port=${PORT[$who]} pid=${PID[$who]}
 	out="$WORK/runs/$sc-q$q-$who-$round"
-	args="-s $sc -q $q -t $SECS"
-	[[ $sc == conns ]] && args="-s conns $(conns_args)"
+	args="-s $base -q $q -t $SECS"
+	[[ $base == conns ]] && args="-s conns $(conns_args)"
+	# the same CONNECT for every broker of an -auth round (iotd without auth ignores the password)
+	[[ $sc == *-auth ]] && creds=(--user "$(auth_user "$sc")" --password "$AUTH_PASSWORD") tag="run $4, $who"
 	# shellcheck disable=SC2086
-	timeout $((SECS + 240)) "$BENCH" -p "$port" $args --pids "$pid" --json >"$out.json" 2>"$out.err" || rc=$?
+	timeout $((SECS + 240)) "$BENCH" -p "$port" $args "${creds[@]}" --pids "$pid" --json >"$out.json" 2>"$out.err" || rc=$?
 	if [[ $rc -ne 0 ]]; then
 		local why
 		why=$(grep -o '"error":"[^"]*"' "$out.json" 2>/dev/null | cut -d'"' -f4)
@@ -239,15 +352,15 @@ run_one() {
 		[[ $rc -eq 124 ]] && why="iotd-bench timed out"
 		FAILURES+=("$sc qos $q: $who run $round failed: $why")
 		log "  $who: FAILED ($why)"
-		[[ $who == iotd ]] && BROKER_FAILURES+=("$sc qos $q run $round: $why")
+		[[ $who == iotd* ]] && BROKER_FAILURES+=("$sc qos $q $tag: $why")
 	else
-		log "  $who: $(summary "$out.json" "$sc")"
+		log "  $who: $(summary "$out.json" "$base")"
 	fi
 	if ! kill -0 "$pid" 2>/dev/null; then
 		FAILURES+=("$sc qos $q: $who died during run $round")
-		[[ $who == iotd ]] && BROKER_FAILURES+=("$sc qos $q run $round: iotd exited (see $WORK/iotd.log)")
+		[[ $who == iotd* ]] && BROKER_FAILURES+=("$sc qos $q $tag: $who exited (see $(log_of "$who"))")
 		log "  $who died; restarting it"
-		case $who in iotd) start_iotd ;; mosquitto) start_mosquitto ;; null) start_null ;; esac
+		start_broker "$who"
 	fi
 	sleep 1    # the broker finishes closing the run's connections outside the next measurement
 }
@@ -281,11 +394,11 @@ fmt() { awk -v a="$1" 'BEGIN { if (a == "nan") print "-"; else if (a >= 100) pri
 below() { awk -v a="$1" -v t="$2" 'BEGIN { exit !(a == "nan" || a + 0 < t + 0) }'; }
 above() { awk -v a="$1" -v t="$2" 'BEGIN { exit !(a == "nan" || a + 0 > t + 0) }'; }
 
-# Median over pairs of the per-pair iotd/mosquitto ratio of one figure.
-pair_ratio() {  # scenario qos key
-	local r rs=()
+# Median over pairs of the per-pair ratio of one figure, iotd/mosquitto unless given.
+pair_ratio() {  # scenario qos key [broker broker]
+	local r rs=() a=${4:-iotd} b=${5:-mosquitto}
 	for ((r = 1; r <= PAIRS; r++)); do
-		rs+=("$(ratio "$(jget "$WORK/runs/$1-q$2-iotd-$r.json" "$3")" "$(jget "$WORK/runs/$1-q$2-mosquitto-$r.json" "$3")")")
+		rs+=("$(ratio "$(jget "$WORK/runs/$1-q$2-$a-$r.json" "$3")" "$(jget "$WORK/runs/$1-q$2-$b-$r.json" "$3")")")
 	done
 	median "${rs[@]}"
 }
@@ -304,41 +417,79 @@ check() {  # label value op target
 	fi
 }
 
-row() {  # scenario qos
-	local sc=$1 q=$2 tk=msgs_per_s ek=msgs_per_cpu_s
-	[[ $sc == conns ]] && tk=connect_per_s ek=conns_per_cpu_s
-	local tput eff p50 p99 bytes
-	tput=$(pair_ratio "$sc" "$q" $tk)
-	eff=$(pair_ratio "$sc" "$q" $ek)
-	p50=$(pair_ratio "$sc" "$q" lat_p50_us)
-	p99=$(pair_ratio "$sc" "$q" lat_p99_us)
-	bytes=$(pair_ratio "$sc" "$q" bytes_per_conn)
-	local ie me ne
-	ie=$(raw "$sc" "$q" iotd $ek)
-	me=$(raw "$sc" "$q" mosquitto $ek)
-	ne=$(raw "$sc" "$q" null $ek)
+# The throughput and CPU-efficiency keys of a scenario's runs.
+fig_keys() {
+	if [[ ${1%-auth} == conns ]]; then echo "connect_per_s conns_per_cpu_s"; else echo "msgs_per_s msgs_per_cpu_s"; fi
+}
+
+# One row's ratios of an iotd broker to a Mosquitto broker, checked against
+# the scenario's targets: sets TPUT EFF P50 P99 BYTES, QN and VERDICT.
+compare() {  # scenario qos iotd-broker mosquitto-broker
+	local sc=$1 q=$2 tk ek
+	read -r tk ek <<<"$(fig_keys "$sc")"
+	TPUT=$(pair_ratio "$sc" "$q" "$tk" "$3" "$4")
+	EFF=$(pair_ratio "$sc" "$q" "$ek" "$3" "$4")
+	P50=$(pair_ratio "$sc" "$q" lat_p50_us "$3" "$4")
+	P99=$(pair_ratio "$sc" "$q" lat_p99_us "$3" "$4")
+	BYTES=$(pair_ratio "$sc" "$q" bytes_per_conn "$3" "$4")
 	VERDICT=ok
-	local qn=$q
-	[[ $sc == conns ]] && qn=-
-	[[ -n ${T_TPUT[$sc]:-} ]] && check "$sc qos $qn throughput ratio" "$tput" ">=" "${T_TPUT[$sc]}"
-	check "$sc qos $qn CPU-efficiency ratio" "$eff" ">=" "${T_EFF[$sc]}"
+	QN=$q
+	[[ ${sc%-auth} == conns ]] && QN=-
+	[[ -n ${T_TPUT[$sc]:-} ]] && check "$sc qos $QN throughput ratio" "$TPUT" ">=" "${T_TPUT[$sc]}"
+	check "$sc qos $QN CPU-efficiency ratio" "$EFF" ">=" "${T_EFF[$sc]}"
 	if [[ $sc == latency ]]; then
-		check "latency qos $q p50 ratio" "$p50" "<=" $T_LAT
-		check "latency qos $q p99 ratio" "$p99" "<=" $T_LAT
+		check "latency qos $q p50 ratio" "$P50" "<=" $T_LAT
+		check "latency qos $q p99 ratio" "$P99" "<=" $T_LAT
 	fi
-	[[ $sc == conns ]] && check "conns bytes/conn ratio" "$bytes" "<=" $T_BYTES
+	[[ $sc == conns ]] && check "conns bytes/conn ratio" "$BYTES" "<=" $T_BYTES
+	if [[ ${sc%-auth} == conns ]]; then P50=nan P99=nan; else BYTES=nan; fi
+}
+
+failed_runs() {  # scenario qos: a FAIL verdict when one of its runs failed
 	local f
-	for f in "${FAILURES[@]}"; do [[ $f == "$sc qos $q:"* ]] && VERDICT=FAIL; done
-	if [[ $sc == conns ]]; then p50=nan p99=nan; else bytes=nan; fi
+	for f in "${FAILURES[@]}"; do [[ $f == "$1 qos $2:"* ]] && VERDICT=FAIL; done
+}
+
+row() {  # scenario qos
+	local sc=$1 q=$2 tk ek ie me ne
+	read -r tk ek <<<"$(fig_keys "$sc")"
+	ie=$(raw "$sc" "$q" iotd "$ek")
+	me=$(raw "$sc" "$q" mosquitto "$ek")
+	ne=$(raw "$sc" "$q" null "$ek")
+	compare "$sc" "$q" iotd mosquitto
+	failed_runs "$sc" "$q"
 	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
-		"$sc" "$qn" "$(fmt "$tput")" "$(fmt "$eff")" "$(fmt "$p50")" "$(fmt "$p99")" "$(fmt "$bytes")" \
-		"$(fmt "$(raw "$sc" "$q" iotd $tk)")" "$(fmt "$(raw "$sc" "$q" mosquitto $tk)")" \
+		"$sc" "$QN" "$(fmt "$TPUT")" "$(fmt "$EFF")" "$(fmt "$P50")" "$(fmt "$P99")" "$(fmt "$BYTES")" \
+		"$(fmt "$(raw "$sc" "$q" iotd "$tk")")" "$(fmt "$(raw "$sc" "$q" mosquitto "$tk")")" \
 		"$(fmt "$ie")" "$(fmt "$me")" "$(fmt "$ne")" "$(fmt "$(ratio "$ie" "$ne")")" \
 		"$(lat_pair "$sc" "$q" iotd)" "$(lat_pair "$sc" "$q" mosquitto)" "$VERDICT"
 }
 
+# An -auth row: iotd-auth against mosquitto-auth (same files), and against
+# iotd without authentication in the same rounds ("no auth" columns).
+auth_row() {  # scenario qos
+	local sc=$1 q=$2 tk ek tput_na eff_na
+	read -r tk ek <<<"$(fig_keys "$sc")"
+	compare "$sc" "$q" iotd-auth mosquitto-auth
+	tput_na=$(pair_ratio "$sc" "$q" "$tk" iotd-auth iotd)
+	eff_na=$(pair_ratio "$sc" "$q" "$ek" iotd-auth iotd)
+	if [[ $sc != conns-auth ]]; then
+		check "$sc qos $q msgs/s with/without auth" "$tput_na" ">=" $T_NOAUTH
+		check "$sc qos $q msgs/CPU-s with/without auth" "$eff_na" ">=" $T_NOAUTH
+	fi
+	failed_runs "$sc" "$q"
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+		"$sc" "$QN" "$(fmt "$TPUT")" "$(fmt "$EFF")" "$(fmt "$tput_na")" "$(fmt "$eff_na")" \
+		"$(fmt "$P50")" "$(fmt "$P99")" "$(fmt "$BYTES")" \
+		"$(fmt "$(raw "$sc" "$q" iotd-auth "$tk")")" "$(fmt "$(raw "$sc" "$q" iotd "$tk")")" \
+		"$(fmt "$(raw "$sc" "$q" mosquitto-auth "$tk")")" \
+		"$(fmt "$(raw "$sc" "$q" iotd-auth "$ek")")" "$(fmt "$(raw "$sc" "$q" iotd "$ek")")" \
+		"$(fmt "$(raw "$sc" "$q" mosquitto-auth "$ek")")" \
+		"$(lat_pair "$sc" "$q" iotd-auth)" "$(lat_pair "$sc" "$q" mosquitto-auth)" "$VERDICT"
+}
+
 lat_pair() {  # scenario qos broker -> "p50/p99" in us, or bytes per connection for conns
-	if [[ $1 == conns ]]; then
+	if [[ ${1%-auth} == conns ]]; then
 		fmt "$(raw "$1" "$2" "$3" bytes_per_conn)"
 	else
 		echo "$(fmt "$(raw "$1" "$2" "$3" lat_p50_us)") / $(fmt "$(raw "$1" "$2" "$3" lat_p99_us)")"
@@ -346,43 +497,63 @@ lat_pair() {  # scenario qos broker -> "p50/p99" in us, or bytes per connection 
 }
 
 table() {
-	echo "| scenario | qos | msgs/s ratio | msgs/CPU-s ratio | p50 ratio | p99 ratio | bytes/conn ratio |" \
-		"iotd msgs/s | mosquitto msgs/s | iotd msgs/CPU-s | mosquitto msgs/CPU-s | null msgs/CPU-s |" \
-		"iotd/null CPU eff | iotd p50/p99 us (conns: B/conn) | mosquitto p50/p99 us (conns: B/conn) | verdict |"
-	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	local sc q
+	if [[ " $SCENARIOS " =~ \ (fanin|fanout|pairs|latency|conns)\  ]]; then
+		echo "| scenario | qos | msgs/s ratio | msgs/CPU-s ratio | p50 ratio | p99 ratio | bytes/conn ratio |" \
+			"iotd msgs/s | mosquitto msgs/s | iotd msgs/CPU-s | mosquitto msgs/CPU-s | null msgs/CPU-s |" \
+			"iotd/null CPU eff | iotd p50/p99 us (conns: B/conn) | mosquitto p50/p99 us (conns: B/conn) | verdict |"
+		echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+		for sc in $SCENARIOS; do
+			[[ $sc == *-auth ]] && continue
+			for q in $(qos_list "$sc"); do row "$sc" "$q"; done
+		done
+	fi
+	((AUTH)) || return 0
+	[[ " $SCENARIOS " =~ \ (fanin|fanout|pairs|latency|conns)\  ]] && echo
+	echo "With authentication: ratios are iotd/Mosquitto, both reading the same password file and"
+	echo "ACL ($ACL_RULES rules); \"no auth\" ratios are iotd with/without authentication, same rounds."
+	echo
+	echo "| scenario | qos | msgs/s ratio | msgs/CPU-s ratio | msgs/s vs no auth | msgs/CPU-s vs no auth |" \
+		"p50 ratio | p99 ratio | bytes/conn ratio | iotd msgs/s | iotd no-auth msgs/s | mosquitto msgs/s |" \
+		"iotd msgs/CPU-s | iotd no-auth msgs/CPU-s | mosquitto msgs/CPU-s |" \
+		"iotd p50/p99 us (conns: B/conn) | mosquitto p50/p99 us (conns: B/conn) | verdict |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 	for sc in $SCENARIOS; do
-		for q in $(qos_list "$sc"); do row "$sc" "$q"; done
+		[[ $sc == *-auth ]] || continue
+		for q in $(qos_list "$sc"); do auth_row "$sc" "$q"; done
 	done
 }
 
-qos_list() { if [[ $1 == conns ]]; then echo 0; else echo "0 1"; fi; }
+qos_list() { if [[ ${1%-auth} == conns ]]; then echo 0; else echo "0 1"; fi; }
 
 # ------------------------------------------------------------------ main
 
 build
 install_mosquitto
-PORT_IOTD=$(free_port)
-PORT_MOSQ=$(free_port)
-PORT_NULL=$(free_port)
+for b in $BROKERS; do free_port "$b"; done
 write_configs
-start_iotd
-start_mosquitto
-start_null
+if ((AUTH)); then
+	log "writing the -auth scenarios' password file ($((CONNS + 1)) users) and ACL ($ACL_RULES rules)"
+	write_passwd
+	write_acl
+fi
+for b in $BROKERS; do start_broker "$b"; done
 sleep 1
-IDLE_IOTD_KB=$(pss_tree "$PID_IOTD")
-IDLE_MOSQ_KB=$(pss_tree "$PID_MOSQ")
-log "work directory $WORK; iotd :$PORT_IOTD (pid $PID_IOTD), mosquitto :$PORT_MOSQ (pid $PID_MOSQ), null :$PORT_NULL (pid $PID_NULL)"
+IDLE_IOTD_KB=$(pss_tree "${PID[iotd]}")
+IDLE_MOSQ_KB=$(pss_tree "${PID[mosquitto]}")
+log "work directory $WORK; iotd :${PORT[iotd]} (pid ${PID[iotd]}), mosquitto :${PORT[mosquitto]} (pid ${PID[mosquitto]}), null :${PORT[null]} (pid ${PID[null]})"
+((AUTH)) && log "with authentication: iotd-auth :${PORT[iotd-auth]} (pid ${PID[iotd-auth]}), mosquitto-auth :${PORT[mosquitto-auth]} (pid ${PID[mosquitto-auth]})"
 log "idle PSS: iotd $IDLE_IOTD_KB kB, mosquitto $IDLE_MOSQ_KB kB"
 
 START=$(date +%s)
 for sc in $SCENARIOS; do
 	for q in $(qos_list "$sc"); do
 		for ((round = 1; round <= PAIRS; round++)); do
-			log "$sc qos $q, pair $round/$PAIRS"
-			run_one iotd "$sc" "$q" "$round"
-			run_one mosquitto "$sc" "$q" "$round"
+			if [[ $sc == *-auth ]]; then log "$sc qos $q, round $round/$PAIRS"; else log "$sc qos $q, pair $round/$PAIRS"; fi
+			for b in $(brokers_of "$sc"); do run_one "$b" "$sc" "$q" "$round"; done
 		done
+		# the null broker ignores credentials: its ceiling is the plain scenario's
+		[[ $sc == *-auth ]] && continue
 		log "$sc qos $q, null broker"
 		run_one null "$sc" "$q" 1
 	done
@@ -409,7 +580,7 @@ if ((${#BROKER_FAILURES[@]})); then
 	echo
 	echo "iotd failures:"
 	printf '  %s\n' "${BROKER_FAILURES[@]}"
-	grep -iE 'error|crit|fatal|signal' "$WORK/iotd.log" 2>/dev/null | tail -20 | sed 's/^/  log: /'
+	grep -hiE 'error|crit|fatal|signal' "$WORK"/iotd*.log 2>/dev/null | tail -20 | sed 's/^/  log: /'
 fi
 if ((${#FAILURES[@]})); then
 	echo

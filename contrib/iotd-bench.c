@@ -10,6 +10,7 @@
  * reordering are counted per publisher and subscriber, not guessed.
  *
  *   iotd-bench -p 1883 -s fanin -q 1 -t 10 --pids 1234 --json
+ *   iotd-bench -p 1883 -s conns -c 1000 --user 'client%d' --password secret
  *   iotd-bench --help
  */
 #include <arpa/inet.h>
@@ -62,6 +63,8 @@
 #define MAX_BROKER_PROCS 256
 #define MAX_PACKET (16u << 20)
 #define OUTSTANDING 65536         /* deliveries in flight in all, when --max-lag is not given */
+#define MAX_USER 256              /* --user, before its %d is replaced */
+#define MAX_PASSWORD 65535        /* MQTT's limit */
 
 enum scenario { SC_FANIN, SC_FANOUT, SC_PAIRS, SC_LATENCY, SC_CONNS };
 static const char *const sc_names[] = { "fanin", "fanout", "pairs", "latency", "conns" };
@@ -93,6 +96,8 @@ struct opts {
 	int n_src;
 	pid_t pids[MAX_PIDS];
 	int n_pids;
+	const char *user;         /* NULL: no user name; may hold one %d */
+	const char *password;     /* NULL: no password */
 	bool json;
 };
 
@@ -549,9 +554,24 @@ static void client_id(const struct conn *c, char *out, size_t len)
 	snprintf(out, len, "ib%d-%c%d", (int)getpid(), tag[c->role], c->idx);
 }
 
+/*
+ * The --user name of the connection opened n-th (from 0, across every
+ * --procs process): its %d, if any, is n. parse_user() checked the rest.
+ */
+static void user_name(const char *pattern, long n, char *out, size_t len)
+{
+	const char *d = strstr(pattern, "%d");
+
+	if (d)
+		snprintf(out, len, "%.*s%ld%s", (int)(d - pattern), pattern, n, d + 2);
+	else
+		snprintf(out, len, "%s", pattern);
+}
+
 static void queue_connect(struct run *r, struct conn *c)
 {
-	char id[32];
+	const struct opts *o = r->o;
+	char id[32], user[MAX_USER + 24];
 	struct mqtt_connect m = { 0 };
 
 	client_id(c, id, sizeof(id));
@@ -560,6 +580,17 @@ static void queue_connect(struct run *r, struct conn *c)
 	m.keepalive = KEEPALIVE;
 	m.client_id.p = (const uint8_t *)id;
 	m.client_id.len = (uint16_t)strlen(id);
+	if (o->user) {
+		user_name(o->user, r->src_first + (c - r->c), user, sizeof(user));
+		m.username_flag = true;
+		m.username.p = (const uint8_t *)user;
+		m.username.len = (uint16_t)strlen(user);
+	}
+	if (o->password) {
+		m.password_flag = true;
+		m.password.p = (const uint8_t *)o->password;
+		m.password.len = (uint16_t)strlen(o->password);
+	}
 	c->out.len += mqtt_encode_connect(buf_room(&c->out, mqtt_connect_size(&m)), &m);
 	mark_dirty(r, c);
 }
@@ -769,13 +800,28 @@ static void became_ready(struct run *r, struct conn *c)
 	r->t_last_ready = now;
 }
 
+/* MQTT 3.1.1 section 3.2.2.3, with what to check on this side. */
+static const char *connack_reason(const struct opts *o, uint8_t rc)
+{
+	switch (rc) {
+	case 1: return "unacceptable protocol version";
+	case 2: return "client identifier rejected";
+	case 3: return "server unavailable";
+	case 4: return o->user || o->password ? "bad user name or password: check --user and --password"
+					       : "bad user name or password: the broker wants --user and --password";
+	case 5: return o->user || o->password ? "not authorized: check --user and --password"
+					       : "not authorized: the broker wants --user and --password";
+	default: return "reserved";
+	}
+}
+
 static void on_connack(struct run *r, struct conn *c, const struct mqtt_connack *a)
 {
 	if (c->st != CS_CONNACK)
 		die("broker sent CONNACK to %s %d twice", role_names[c->role], c->idx);
 	if (a->rc != MQTT_CONNACK_ACCEPTED)
-		die("broker refused CONNECT of %s %d: CONNACK return code %u",
-		    role_names[c->role], c->idx, a->rc);
+		die("broker refused CONNECT of %s %d: CONNACK return code %u (%s)",
+		    role_names[c->role], c->idx, a->rc, connack_reason(r->o, a->rc));
 	if (c->role == R_SUB) {
 		c->st = CS_SUBACK;
 		queue_subscribe(r, c);
@@ -794,7 +840,8 @@ static void on_suback(struct run *r, struct conn *c, const struct mqtt_packet *p
 	if (c->st != CS_SUBACK || !mqtt_list_next(&it, &f, &code))
 		die("unexpected SUBACK for %s %d", role_names[c->role], c->idx);
 	if (code == MQTT_SUBACK_FAILURE)
-		die("broker refused the subscription of subscriber %d", c->idx);
+		die("broker refused the subscription of subscriber %d%s", c->idx,
+		    r->o->user ? " (does its ACL let --user read the filter?)" : "");
 	if (code < r->o->qos)
 		die("broker granted QoS %u to subscriber %d, %d was asked", code, c->idx, r->o->qos);
 	became_ready(r, c);
@@ -1415,6 +1462,9 @@ static uint64_t unacked_total(const struct run *r)
 /* The integrity verdict: the first reason this run does not count. */
 static void judge(struct run *r, uint64_t lost, uint64_t unacked, bool procs_changed)
 {
+	if (!r->rx_interval)    /* at QoS 0, a broker dropping every message (an ACL...) */
+		fail(r, "no message delivered in the measured interval%s",
+		     r->o->user ? ": does the ACL let --user write and read the scenario's topics?" : "");
 	if (r->ooo)
 		fail(r, "%" PRIu64 " deliveries out of order", r->ooo);
 	if (r->bad)
@@ -1744,6 +1794,10 @@ static void usage(FILE *f)
 		"  --procs N          spread the conns connections over N processes\n"
 		"  --src-addrs A,B    bind client sockets to these loopback addresses in turn\n"
 		"  --pids PID,PID     the broker's processes (children included) for CPU and memory\n"
+		"  --user NAME        user name in every CONNECT; a %%d in it becomes the\n"
+		"                     connection's number, from 0 in the order they are opened\n"
+		"                     (subscribers first, then publishers; conns: across --procs)\n"
+		"  --password PASS    password in every CONNECT\n"
 		"  --window N         QoS 1 PUBLISHes in flight per publisher (default 64)\n"
 		"  --max-lag N        messages a publisher may lead its slowest subscriber by\n"
 		"                     (default: %d deliveries in flight in all, shared out;\n"
@@ -1754,8 +1808,9 @@ static void usage(FILE *f)
 		"  --json             print one JSON object with every figure\n"
 		"  --free-port        print a free TCP port on 127.0.0.1 and exit\n"
 		"  --help             show this help\n\n"
-		"Exit status: 0 ok, 1 the broker lost, reordered or misrouted messages or\n"
-		"closed a connection, 2 usage or set-up error (refused connection...).\n",
+		"Exit status: 0 ok, 1 the broker lost, reordered or misrouted messages,\n"
+		"delivered none or closed a connection, 2 usage or set-up error (connection,\n"
+		"CONNECT or subscription refused: no broker, wrong --user or --password, an ACL...).\n",
 		PAYLOAD_HDR, OUTSTANDING);
 }
 
@@ -1835,6 +1890,25 @@ static void parse_pids(struct opts *o, const char *list)
 	}
 }
 
+/* At most one conversion, %d: the name reaches snprintf only through user_name(). */
+static const char *parse_user(const char *s)
+{
+	const char *pct = strchr(s, '%');
+
+	if (strlen(s) > MAX_USER)
+		die("--user is longer than %d bytes", MAX_USER);
+	if (pct && (pct[1] != 'd' || strchr(pct + 2, '%')))
+		die("--user may hold one %%d and no other %%, not '%s'", s);
+	return s;
+}
+
+static const char *parse_password(const char *s)
+{
+	if (strlen(s) > MAX_PASSWORD)
+		die("--password is longer than %d bytes", MAX_PASSWORD);
+	return s;
+}
+
 static enum scenario parse_scenario(const char *s)
 {
 	for (unsigned i = 0; i < sizeof(sc_names) / sizeof(sc_names[0]); i++)
@@ -1870,7 +1944,7 @@ static void free_port(void)
 static void parse_args(struct opts *o, int argc, char **argv)
 {
 	enum { O_PROCS = 256, O_SRC, O_PIDS, O_JSON, O_WINDOW, O_LAG, O_CWIN, O_RATE, O_DRAIN,
-	       O_FREE, O_HELP };
+	       O_FREE, O_HELP, O_USER, O_PASSWORD };
 	static const struct option lo[] = {
 		{ "procs", required_argument, 0, O_PROCS },
 		{ "src-addrs", required_argument, 0, O_SRC },
@@ -1882,6 +1956,8 @@ static void parse_args(struct opts *o, int argc, char **argv)
 		{ "rate", required_argument, 0, O_RATE },
 		{ "drain", required_argument, 0, O_DRAIN },
 		{ "free-port", no_argument, 0, O_FREE },
+		{ "user", required_argument, 0, O_USER },
+		{ "password", required_argument, 0, O_PASSWORD },
 		{ "help", no_argument, 0, O_HELP },
 		{ 0, 0, 0, 0 },
 	};
@@ -1913,6 +1989,8 @@ static void parse_args(struct opts *o, int argc, char **argv)
 		case O_RATE: o->rate = (int)num_arg(optarg, 1, 1000000, "--rate"); break;
 		case O_DRAIN: o->drain = secs_arg(optarg, "--drain"); break;
 		case O_FREE: free_port(); break;
+		case O_USER: o->user = parse_user(optarg); break;
+		case O_PASSWORD: o->password = parse_password(optarg); break;
 		case O_HELP: usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
 		}
