@@ -25,59 +25,53 @@ static void inside(const void *field, size_t len, const uint8_t *data, size_t si
 		__builtin_trap();
 }
 
-/* Encoded again, a decoded message gives its bytes back (its fixed part aside: padding). */
-static void same_again(uint8_t *again, size_t len, size_t fixed, const uint8_t *data,
+/* Encoded again, a message's fields give its bytes back (its fixed part aside: padding). */
+static void same_again(void *(*encode)(const struct ipc_auth_fields *, size_t *),
+		       const struct ipc_auth_fields *f, size_t fixed, const uint8_t *data,
 		       size_t size)
 {
+	size_t len;
+	uint8_t *again = encode(f, &len);
+
 	if (again == NULL || len != size || memcmp(again + fixed, data + fixed, size - fixed) != 0)
 		__builtin_trap();
 	free(again);
 }
 
-static void check_request(const uint8_t *data, size_t size)
+/* A decoded request: its fields inside the payload, within their bounds, adding up to it. */
+static void check_request(const struct ipc_auth_fields *f, const uint8_t *data, size_t size)
 {
-	struct ipc_auth_fields f;
-	uint8_t *again;
-	size_t len;
-
-	if (!ipc_auth_request_decode(data, size, &f))
-		return;
-	inside(f.remote, f.remote_len, data, size);
-	inside(f.client_id, f.client_id_len, data, size);
-	inside(f.user, f.user_len, data, size);
-	inside(f.password, f.password_len, data, size);
-	if (f.remote_len > IPC_AUTH_REMOTE_MAX || f.user_len > IPC_AUTH_FIELD_MAX ||
-	    sizeof(struct ipc_auth_request) + f.remote_len + f.client_id_len + f.user_len +
-	    f.password_len != size || (!f.has_user && f.user_len))
+	inside(f->remote, f->remote_len, data, size);
+	inside(f->client_id, f->client_id_len, data, size);
+	inside(f->user, f->user_len, data, size);
+	inside(f->password, f->password_len, data, size);
+	if (f->remote_len > IPC_AUTH_REMOTE_MAX || f->user_len > IPC_AUTH_FIELD_MAX ||
+	    sizeof(struct ipc_auth_request) + f->remote_len + f->client_id_len + f->user_len +
+	    f->password_len != size || (!f->has_user && f->user_len))
 		__builtin_trap();
-	again = ipc_auth_request_encode(&f, &len);
-	same_again(again, len, sizeof(struct ipc_auth_request), data, size);
+	same_again(ipc_auth_request_encode, f, sizeof(struct ipc_auth_request), data, size);
 }
 
-static void check_verdict(const uint8_t *data, size_t size)
+static void check_verdict(const struct ipc_auth_fields *f, const uint8_t *data, size_t size)
 {
-	struct ipc_auth_fields f;
-	uint8_t *again;
-	size_t len;
-
-	if (!ipc_auth_verdict_decode(data, size, &f))
-		return;
-	inside(f.user, f.user_len, data, size);
-	inside(f.rules, f.rules_len, data, size);
-	again = ipc_auth_verdict_encode(&f, &len);
-	same_again(again, len, sizeof(struct ipc_auth_verdict), data, size);
+	inside(f->user, f->user_len, data, size);
+	inside(f->rules, f->rules_len, data, size);
+	same_again(ipc_auth_verdict_encode, f, sizeof(struct ipc_auth_verdict), data, size);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	/* A payload as the dispatcher hands it: aligned, in memory of its own. */
 	uint8_t *copy = malloc(size ? size : 1);
+	struct ipc_auth_fields f;
 
 	if (copy == NULL)
 		return 0;
 	memcpy(copy, data, size);
-	check_request(copy, size);
-	check_verdict(copy, size);
+	if (ipc_auth_request_decode(copy, size, &f))
+		check_request(&f, copy, size);
+	if (ipc_auth_verdict_decode(copy, size, &f))
+		check_verdict(&f, copy, size);
 	free(copy);
 	return 0;
 }
