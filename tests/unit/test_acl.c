@@ -437,20 +437,39 @@ static void subscribe_is_conservative(void **state)
 		  "anonymous c may subscribe to a/+");
 }
 
-static void lists_from_a_token(void **state)
+/* A token's read and write lists, and what the view made from them answers. */
+static const char *const token_read[] = { "sensors/#", "$SYS/broker/load", "a/+/c" };
+static const char *const token_write[] = { "cmd/+/set", "cmd/1" };
+
+static struct acl_client *token_view(void)
 {
-	const char *read[] = { "sensors/#", "$SYS/broker/load" };
-	const char *write[] = { "cmd/+/set" };
-	struct acl_client *c = acl_client_from_lists(read, 2, write, 1);
+	struct acl_client *c = acl_client_from_lists(token_read, ARRAY_SIZE(token_read),
+						     token_write, ARRAY_SIZE(token_write));
 
 	assert_non_null(c);
+	return c;
+}
+
+static void assert_token_answers(const struct acl_client *c)
+{
 	assert_true(acl_client_check(c, "sensors/a", 9, ACL_READ));
+	assert_true(acl_client_check(c, "sensors/x/y", 11, ACL_READ));
 	assert_false(acl_client_check(c, "sensors/a", 9, ACL_WRITE));
 	assert_true(acl_client_check(c, "cmd/x/set", 9, ACL_WRITE));
 	assert_false(acl_client_check(c, "cmd/x/set", 9, ACL_READ));
+	assert_true(acl_client_check(c, "cmd/1", 5, ACL_WRITE));
+	assert_false(acl_client_check(c, "cmd/2", 5, ACL_WRITE));
 	assert_false(acl_client_check(c, "$SYS/x", 6, ACL_READ));
 	assert_true(acl_client_may_subscribe(c, "#", 1));
+	assert_true(acl_client_may_subscribe(c, "a/b/c", 5));
 	assert_false(acl_client_may_subscribe(c, "cmd/#", 5));
+}
+
+static void lists_from_a_token(void **state)
+{
+	struct acl_client *c = token_view();
+
+	assert_token_answers(c);
 	acl_client_free(c);
 	c = acl_client_from_lists(NULL, 0, NULL, 0);
 	assert_false(acl_client_check(c, "a", 1, ACL_READ));
@@ -559,25 +578,35 @@ static bool ref_check(const struct ref_rule *rules, size_t n, bool has_user, con
 	return !deny && allow;
 }
 
-static void ref_topics(char topics[][16], size_t *n)
+/* Every topic of one to three ref_levels; returns how many. */
+static size_t ref_topics(char topics[][16])
 {
-	size_t nl = sizeof(ref_levels) / sizeof(ref_levels[0]);
+	size_t nl = sizeof(ref_levels) / sizeof(ref_levels[0]), n = 0;
 
-	*n = 0;
 	for (size_t a = 0; a < nl; a++) {
-		snprintf(topics[(*n)++], 16, "%s", ref_levels[a]);
+		snprintf(topics[n++], 16, "%s", ref_levels[a]);
 		for (size_t b = 0; b < nl; b++) {
-			snprintf(topics[(*n)++], 16, "%s/%s", ref_levels[a], ref_levels[b]);
+			snprintf(topics[n++], 16, "%s/%s", ref_levels[a], ref_levels[b]);
 			for (size_t c = 0; c < nl; c++)
-				snprintf(topics[(*n)++], 16, "%s/%s/%s", ref_levels[a], ref_levels[b], ref_levels[c]);
+				snprintf(topics[n++], 16, "%s/%s/%s", ref_levels[a], ref_levels[b], ref_levels[c]);
 		}
 	}
+	return n;
 }
 
-/* A random ACL of 1..12 rules, as the file says it and as ref_check reads it. */
-static size_t random_acl(unsigned *seed, struct ref_rule rules[12], char text[1024])
+/* A random ACL: its n rules as ref_check reads them, its file text, and the ACL parsed. */
+struct random_acl {
+	struct ref_rule rules[12];
+	size_t n;
+	char text[1024];
+	struct acl *acl;
+};
+
+static void random_acl(unsigned *seed, struct random_acl *r)
 {
 	static const char *words[] = { "deny", "read", "write", "readwrite" };
+	struct ref_rule *rules = r->rules;
+	char *text = r->text;
 	size_t n = 1 + (size_t)(rand_r(seed) % 12), len = 0;
 
 	for (size_t i = 0; i < n; i++) {
@@ -598,33 +627,30 @@ static size_t random_acl(unsigned *seed, struct ref_rule rules[12], char text[10
 							k == 2 ? "pattern" : "topic",
 							words[rules[i].access], rules[i].filter);
 	}
-	return n;
+	r->n = n;
+	r->acl = parse_ok(text);
 }
 
 static void tries_agree_with_a_plain_walk(void **state)
 {
 	static char topics[200][16];
-	size_t ntopics;
+	size_t ntopics = ref_topics(topics);
 	unsigned seed = 20240601;
 
-	ref_topics(topics, &ntopics);
 	for (int round = 0; round < 300; round++) {
-		struct ref_rule rules[12];
-		char text[1024];
-		size_t n = random_acl(&seed, rules, text);
-		struct acl *acl;
+		struct random_acl r;
 
-		acl = parse_ok(text);
+		random_acl(&seed, &r);
 		for (int who = 0; who < 2; who++) {
-			struct acl_client *c = acl_client_new(acl, who ? "u" : NULL, who, "id", 2);
+			struct acl_client *c = acl_client_new(r.acl, who ? "u" : NULL, who, "id", 2);
 
 			for (size_t t = 0; t < ntopics; t++) {
 				for (int a = ACL_READ; a <= ACL_WRITE; a++) {
-					bool want = ref_check(rules, n, who, topics[t], a);
+					bool want = ref_check(r.rules, r.n, who, topics[t], a);
 
 					if (acl_client_check(c, topics[t], strlen(topics[t]), a) != want)
 						fail_msg("%s as %s, %s: want %d\n%s", topics[t], who ? "u" : "anonymous",
-							 a == ACL_READ ? "read" : "write", want, text);
+							 a == ACL_READ ? "read" : "write", want, r.text);
 				}
 			}
 			/* SUBSCRIBE: never refuse a filter through which some readable topic would come. */
@@ -637,11 +663,11 @@ static void tries_agree_with_a_plain_walk(void **state)
 					reachable = topic_matches(filter, strlen(filter), topics[t], strlen(topics[t])) &&
 						    acl_client_check(c, topics[t], strlen(topics[t]), ACL_READ);
 				if (reachable && !acl_client_may_subscribe(c, filter, strlen(filter)))
-					fail_msg("refused %s as %s\n%s", filter, who ? "u" : "anonymous", text);
+					fail_msg("refused %s as %s\n%s", filter, who ? "u" : "anonymous", r.text);
 			}
 			acl_client_free(c);
 		}
-		acl_free(acl);
+		acl_free(r.acl);
 	}
 }
 
@@ -702,36 +728,33 @@ static void codec_round_trips_check_alike(void **state)
 	static char topics[200][16];
 	static const char *users[] = { NULL, "u", "x", "a+b" };
 	static const char *ids[] = { "id", "u", "c#", "" };
-	size_t ntopics;
+	size_t ntopics = ref_topics(topics);
 	unsigned seed = 77;
 
-	ref_topics(topics, &ntopics);
 	for (int round = 0; round < 200; round++) {
-		struct ref_rule rules[12];
-		char text[1024];
-		struct acl *acl, *back;
+		struct random_acl r;
+		struct acl *back;
 
-		random_acl(&seed, rules, text);
-		acl = parse_ok(text);
-		back = round_trip(acl);
+		random_acl(&seed, &r);
+		back = round_trip(r.acl);
 		for (size_t u = 0; u < 4; u++) {
 			for (size_t i = 0; i < 4; i++) {
 				size_t ulen = users[u] ? strlen(users[u]) : 0;
-				struct acl_client *c = acl_client_new(acl, users[u], ulen, ids[i], strlen(ids[i]));
+				struct acl_client *c = acl_client_new(r.acl, users[u], ulen, ids[i], strlen(ids[i]));
 				struct acl_client *c2 = acl_client_new(back, users[u], ulen, ids[i], strlen(ids[i]));
 				struct acl_client *c3;
 
 				assert_non_null(c);
 				assert_non_null(c2);
 				c3 = client_round_trip(c);
-				views_agree(c, c2, topics, ntopics, text);
-				views_agree(c, c3, topics, ntopics, text);
+				views_agree(c, c2, topics, ntopics, r.text);
+				views_agree(c, c3, topics, ntopics, r.text);
 				acl_client_free(c);
 				acl_client_free(c2);
 				acl_client_free(c3);
 			}
 		}
-		acl_free(acl);
+		acl_free(r.acl);
 		acl_free(back);
 	}
 }
@@ -739,17 +762,9 @@ static void codec_round_trips_check_alike(void **state)
 /* A token's lists travel as a view too. */
 static void codec_lists_round_trip(void **state)
 {
-	const char *read[] = { "sensors/#", "a/+/c" }, *write[] = { "cmd/1" };
-	struct acl_client *c = acl_client_from_lists(read, 2, write, 1), *back;
+	struct acl_client *c = token_view(), *back = client_round_trip(c);
 
-	assert_non_null(c);
-	back = client_round_trip(c);
-	assert_true(acl_client_check(back, "sensors/x/y", 11, ACL_READ));
-	assert_false(acl_client_check(back, "sensors/x/y", 11, ACL_WRITE));
-	assert_true(acl_client_check(back, "cmd/1", 5, ACL_WRITE));
-	assert_false(acl_client_check(back, "cmd/2", 5, ACL_WRITE));
-	assert_true(acl_client_may_subscribe(back, "a/b/c", 5));
-	assert_false(acl_client_may_subscribe(back, "cmd/#", 5));
+	assert_token_answers(back);
 	acl_client_free(c);
 	acl_client_free(back);
 }
