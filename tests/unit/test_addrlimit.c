@@ -168,15 +168,32 @@ static void counts_refuse_a_new_address_past_the_bound(void **state)
 	assert_int_equal(addr_counts_get(&t, &a), 0);
 }
 
+/* A rate or failure table in *state: zeroed for the test, freed however the test ends. */
+static int rates_new(void **state)
+{
+	*state = calloc(1, sizeof(struct addr_rates));
+	return *state ? 0 : -1;
+}
+
+static int fails_new(void **state)
+{
+	*state = calloc(1, sizeof(struct addr_fails));
+	return *state ? 0 : -1;
+}
+
+static int table_free(void **state)
+{
+	free(*state);
+	return 0;
+}
+
 static void a_rate_bucket_holds_a_second_and_refills(void **state)
 {
-	struct addr_rates *r = calloc(1, sizeof(*r));
+	struct addr_rates *r = *state;
 	struct addr_key k = nth_key(7);
-	struct addr_rate *e;
 	uint64_t t = 1000;
+	struct addr_rate *e = addr_rates_get(r, &k, t, 4);
 
-	assert_non_null(r);
-	e = addr_rates_get(r, &k, t, 4);
 	for (int i = 0; i < 4; i++)
 		assert_true(addr_rate_take(e, t, 4));
 	assert_false(addr_rate_take(e, t, 4));
@@ -194,7 +211,6 @@ static void a_rate_bucket_holds_a_second_and_refills(void **state)
 	assert_true(addr_rate_take(e, t + 62010, 100));
 	/* The largest rate does not overflow. */
 	assert_true(addr_rate_take(e, t + 999999, 1000000));
-	free(r);
 }
 
 static unsigned set_of(const struct addr_key *k)
@@ -219,10 +235,9 @@ static void keys_of_one_set(struct addr_key *keys, unsigned n)
 
 static void a_full_rate_set_gives_up_the_entry_seen_longest_ago(void **state)
 {
-	struct addr_rates *r = calloc(1, sizeof(*r));
+	struct addr_rates *r = *state;
 	struct addr_key keys[ADDR_RATE_WAYS + 1];
 
-	assert_non_null(r);
 	keys_of_one_set(keys, ARRAY_SIZE(keys));
 	/* Each seen at its time, each with its bucket emptied (rate 1). */
 	for (unsigned i = 0; i < ADDR_RATE_WAYS; i++)
@@ -234,7 +249,6 @@ static void a_full_rate_set_gives_up_the_entry_seen_longest_ago(void **state)
 	for (unsigned i = 1; i < ADDR_RATE_WAYS; i++)
 		assert_false(addr_rate_take(addr_rates_get(r, &keys[i], 22, 1), 22, 1));
 	assert_true(addr_rate_take(addr_rates_get(r, &keys[0], 22, 1), 22, 1));
-	free(r);
 }
 
 static void loopback_is_127_8_and_ipv6_loopback(void **state)
@@ -253,11 +267,10 @@ static void loopback_is_127_8_and_ipv6_loopback(void **state)
 
 static void failures_double_the_delay_up_to_the_maximum(void **state)
 {
-	struct addr_fails *t = calloc(1, sizeof(*t));
+	struct addr_fails *t = *state;
 	struct addr_key a = key_of_ip("192.0.2.1"), b = key_of_ip("192.0.2.2");
 	uint64_t now = 1000;
 
-	assert_non_null(t);
 	assert_int_equal(addr_fail_delay(t, &a, now, 5000), 0);
 	for (uint32_t n = 1; n <= 8; n++) {
 		addr_fail_count(t, &a, now);
@@ -277,28 +290,24 @@ static void failures_double_the_delay_up_to_the_maximum(void **state)
 	addr_fail_count(t, &a, now + ADDR_FAIL_FORGET_MS);
 	assert_int_equal(addr_fail_delay(t, &a, now + ADDR_FAIL_FORGET_MS, 5000),
 			 ADDR_FAIL_BASE_MS);
-	free(t);
 }
 
 static void failures_count_per_ipv6_64(void **state)
 {
-	struct addr_fails *t = calloc(1, sizeof(*t));
+	struct addr_fails *t = *state;
 	struct addr_key a = key_of_ip("2001:db8::1"), same = key_of_ip("2001:db8::ff"),
 			other = key_of_ip("2001:db8:0:1::1");
 
-	assert_non_null(t);
 	addr_fail_count(t, &a, 5);
 	assert_int_equal(addr_fail_delay(t, &same, 5, 5000), ADDR_FAIL_BASE_MS);
 	assert_int_equal(addr_fail_delay(t, &other, 5, 5000), 0);
-	free(t);
 }
 
 static void a_full_failure_set_gives_up_the_oldest_failure(void **state)
 {
-	struct addr_fails *t = calloc(1, sizeof(*t));
+	struct addr_fails *t = *state;
 	struct addr_key keys[ADDR_FAIL_WAYS + 1];
 
-	assert_non_null(t);
 	keys_of_one_set(keys, ARRAY_SIZE(keys));
 	for (unsigned i = 0; i < ADDR_FAIL_WAYS; i++)
 		addr_fail_count(t, &keys[i], 10 + i);
@@ -308,7 +317,6 @@ static void a_full_failure_set_gives_up_the_oldest_failure(void **state)
 	assert_int_equal(addr_fail_delay(t, &keys[0], 22, 5000), 2 * ADDR_FAIL_BASE_MS);
 	for (unsigned i = 2; i <= ADDR_FAIL_WAYS; i++)
 		assert_int_equal(addr_fail_delay(t, &keys[i], 22, 5000), ADDR_FAIL_BASE_MS);
-	free(t);
 }
 
 int main(void)
@@ -318,12 +326,16 @@ int main(void)
 		cmocka_unit_test(remotes_that_are_no_address_have_no_key),
 		cmocka_unit_test(counts_follow_a_reference_and_give_their_memory_back),
 		cmocka_unit_test(counts_refuse_a_new_address_past_the_bound),
-		cmocka_unit_test(a_rate_bucket_holds_a_second_and_refills),
-		cmocka_unit_test(a_full_rate_set_gives_up_the_entry_seen_longest_ago),
+		cmocka_unit_test_setup_teardown(a_rate_bucket_holds_a_second_and_refills,
+						rates_new, table_free),
+		cmocka_unit_test_setup_teardown(a_full_rate_set_gives_up_the_entry_seen_longest_ago,
+						rates_new, table_free),
 		cmocka_unit_test(loopback_is_127_8_and_ipv6_loopback),
-		cmocka_unit_test(failures_double_the_delay_up_to_the_maximum),
-		cmocka_unit_test(failures_count_per_ipv6_64),
-		cmocka_unit_test(a_full_failure_set_gives_up_the_oldest_failure),
+		cmocka_unit_test_setup_teardown(failures_double_the_delay_up_to_the_maximum,
+						fails_new, table_free),
+		cmocka_unit_test_setup_teardown(failures_count_per_ipv6_64, fails_new, table_free),
+		cmocka_unit_test_setup_teardown(a_full_failure_set_gives_up_the_oldest_failure,
+						fails_new, table_free),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
