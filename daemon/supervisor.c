@@ -90,6 +90,11 @@ static int create_channels(struct supervisor *sv)
 	sv->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (sv->env.router_efd < 0)
 		goto fail;
+	/* Made even without an auth role, as the workers' channels below. */
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0)
+		goto fail;
+	sv->env.auth_router = sp[0];
+	sv->env.router_auth = sp[1];
 	for (unsigned i = 0; i < sv->env.nworkers; i++) {
 		sv->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		if (sv->env.worker_efd[i] < 0)

@@ -36,6 +36,7 @@
 #include "rec.h"
 #include "role.h"
 #include "router.h"
+#include "sealedfd.h"
 #include "shmring.h"
 #include "store.h"
 
@@ -3312,6 +3313,7 @@ struct proc {
 	struct shm_map sup;            /* ours as the supervisor */
 	struct shm_map wmap;           /* ours as worker 0 */
 	int ctl;                       /* the supervisor's end */
+	int auth;                      /* the auth role's end of its channel */
 	pid_t pid;
 	char store_name[STORE_NAME_LEN]; /* the memory store's, as the supervisor draws it */
 	unsigned spawns;               /* routers started over this shared memory */
@@ -3319,10 +3321,16 @@ struct proc {
 	struct shmring_consumer r2w;
 };
 
-/* The supervisor's part: shared memory, rings and eventfds, made once. */
+/* The supervisor's part: shared memory, rings, eventfds and the auth channel, made once. */
 static void proc_init(struct proc *p)
 {
+	int sp[2];
+
 	memset(p, 0, sizeof(*p));
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp),
+			 0);
+	p->env.router_auth = sp[0];
+	p->auth = sp[1];
 	p->cfg.max_queued_messages = 100;
 	assert_int_equal(shm_create(&p->set, PROC_WORKERS, PROC_RING), 0);
 	assert_int_equal(shm_map_role(&p->sup, &p->set, ROLE_SUPERVISOR, 0), 0);
@@ -3388,6 +3396,8 @@ static void proc_stop(struct proc *p, bool shutdown)
 	for (unsigned i = 0; i < PROC_WORKERS; i++)
 		close(p->env.worker_efd[i]);
 	close(p->env.router_efd);
+	close(p->env.router_auth);
+	close(p->auth);
 	shmring_consumer_detach(&p->r2w);
 	shm_unmap(&p->env.shm);
 	shm_unmap(&p->wmap);
@@ -3571,6 +3581,86 @@ static void proc_expect_nothing(struct proc *p)
 	rec = shmring_peek(&p->r2w);
 	if (rec)
 		fail_msg("unexpected %s from the router", rec_type_name(rec->type));
+}
+
+/* The next message from the router on the auth channel, within a second: its type, payload in buf. */
+static uint32_t proc_auth_recv(struct proc *p, void *buf, size_t cap)
+{
+	struct pollfd pfd = { .fd = p->auth, .events = POLLIN };
+	struct ipc_hdr hdr;
+	int fd;
+
+	if (poll(&pfd, 1, 1000) != 1)
+		return 0;
+	assert_true(ipc_recv(p->auth, &hdr, buf, cap, &fd) >= 0);
+	return hdr.type;
+}
+
+/* Send the router an ACL as the auth role does; sealed: as it must be. Its IPC_AUTH_ACL_TAKEN comes back. */
+static void proc_send_acl(struct proc *p, const char *text, uint64_t generation, bool sealed)
+{
+	static const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+	struct ipc_auth_acl msg = { .generation = generation };
+	struct acl *acl;
+	struct recw w;
+	char err[160];
+	uint64_t back = 0;
+	int fd;
+
+	assert_int_equal(acl_parse(text, strlen(text), &lim, &acl, err, sizeof(err)), 0);
+	recw_init(&w);
+	assert_int_equal(acl_encode(acl, &w), 0);
+	acl_free(acl);
+	msg.len = w.len;
+	if (sealed) {
+		fd = sealedfd_make("test-acl", w.buf, w.len);
+	} else {
+		fd = memfd_create("test-acl", MFD_CLOEXEC);
+		assert_int_equal(write(fd, w.buf, w.len), (ssize_t)w.len);
+	}
+	assert_true(fd >= 0);
+	recw_free(&w);
+	assert_int_equal(ipc_send(p->auth, IPC_AUTH_ACL, 0, &msg, sizeof(msg), fd), 0);
+	close(fd);
+	assert_int_equal(proc_auth_recv(p, &back, sizeof(back)), IPC_AUTH_ACL_TAKEN);
+	assert_true(back == generation);
+}
+
+/*
+ * With an ACL file configured, the router reads no record before the auth
+ * role's ACL is in force: it asks for it, refuses one that is not sealed,
+ * then applies what waited under the one that is.
+ */
+static void router_main_holds_the_rings_until_the_acl_comes(void **state)
+{
+	struct proc p;
+	struct recw w;
+	struct cap c;
+	struct suback sa;
+
+	(void)state;
+	proc_init(&p);
+	snprintf(p.cfg.auth_acl_file, sizeof(p.cfg.auth_acl_file), "/nonexistent/acl");
+	proc_spawn(&p);
+	assert_int_equal(proc_auth_recv(&p, NULL, 0), IPC_AUTH_ACL_ASK);
+	build_connect_as(&w, C(0, 1), true, "dev", "u", NULL);
+	proc_send(&p, REC_CONNECT, &w);
+	proc_expect_nothing(&p);
+	proc_send_acl(&p, "user u\ntopic read a/#\n", 1, false);
+	proc_expect_nothing(&p);
+	proc_send_acl(&p, "user u\ntopic read a/#\n", 2, true);
+	proc_expect_connack(&p, C(0, 1));
+	proc_subscribe(&p, 1, "b/#", 0);
+	proc_recv(&p, &c);
+	decode_suback(&c, &sa);
+	free(c.buf);
+	assert_true(sa.n == 1 && sa.codes[0] == 0x80);
+	proc_subscribe(&p, 2, "a/#", 0);
+	proc_recv(&p, &c);
+	decode_suback(&c, &sa);
+	free(c.buf);
+	assert_true(sa.n == 1 && sa.codes[0] == 0);
+	proc_stop(&p, true);
 }
 
 /* Wait until the router applied everything we sent and committed what it emitted. */
@@ -4070,6 +4160,7 @@ int main(void)
 		T(acl_connect_with_a_nul_in_its_user_name_is_dropped),
 		T(acl_resumed_session_reads_as_its_new_user),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
+		cmocka_unit_test(router_main_holds_the_rings_until_the_acl_comes),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
 		cmocka_unit_test(router_main_applies_a_dead_workers_records_before_its_death),
 		cmocka_unit_test(router_main_reports_a_worker_that_breaks_its_ring),
