@@ -10,9 +10,13 @@
  * the jobs in progress and their bound (auth.max_pending per worker,
  * past which a request is answered CONNACK 3 at once), the slow-down of
  * addresses that fail (addrlimit.h's table: a verdict waits until its
- * job's due time), and the files' reload (IPC_AUTH_RELOAD, a
- * transaction). Decisions are auth_check.c's, run on auth_pool.c's
- * threads. What a worker sends is hostile input: every request is
+ * job's due time), the files' reload (IPC_AUTH_RELOAD, a transaction)
+ * and the channel to the router, which gets the ACL in force (a sealed
+ * memfd, IPC_AUTH_ACL) at our start, when it asks and after a reload
+ * that changed it; once it took a change, every worker is told its
+ * connections' views are stale (IPC_AUTH_RULES_STALE). Decisions are
+ * auth_check.c's, run on auth_pool.c's threads; a client's view of the
+ * ACL file is made here, as its verdict is sent. What a worker sends is hostile input: every request is
  * decoded with its lengths checked, and a worker can only fill its own
  * share of the role.
  */

@@ -5,8 +5,11 @@
  * Owns the router's ends of the rings (w2r[i] read, r2w[i] written), the
  * records held back for a full r2w ring (the backlog, capped by
  * max_router_backlog_bytes), the journal of ring positions in shared
- * memory, the store it opens and the control socket to the supervisor
- * (SHUTDOWN, PING, CONFIG, WORKER_DOWN...). A worker that breaks its rings
+ * memory, the store it opens, the control socket to the supervisor
+ * (SHUTDOWN, PING, CONFIG, WORKER_DOWN...) and the channel from the auth
+ * role, which brings the ACL (a sealed memfd, checked before it is
+ * mapped): while the configuration names an ACL file and none has come,
+ * the rings are not read. A worker that breaks its rings
  * is reported (IPC_WORKER_FAULT) and no longer read. Each loop turn
  * handles a batch of records from every ring, then commits the store
  * BEFORE it publishes the r2w records and releases the w2r ones, so that

@@ -8,8 +8,11 @@
  * to be sent again when a new auth process greets us with
  * IPC_AUTH_HELLO) and the verdicts that come back: refused, CONNACK 4, 5
  * or 3 and close; accepted, the CONNECT goes to the router as it would
- * have, under the user name the verdict gives. A verdict for a
- * connection that is gone is dropped. Without the auth role, the secure
+ * have, under the user name the verdict gives, and the connection takes
+ * the client's view of the ACL the verdict carries (conn_set_rules),
+ * until IPC_AUTH_RULES_STALE says the ACL changed. A verdict for a
+ * connection that is gone is dropped. Also owns w->acl_in_force, set
+ * from the configuration. Without the auth role, the secure
  * default is applied here: only loopback clients, unless
  * auth.allow_anonymous.
  */

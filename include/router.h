@@ -152,9 +152,8 @@ void router_set_acl(struct router *r, struct acl *acl);
  * The same from the auth role's bytes (acl_encode), decoded as hostile
  * input within ACL_LIMITS_DEFAULT. 0, or -1 when they do not decode
  * (logged): the ACL in force stays. A router that is to enforce an ACL
- * should be given one before its first record (an empty one, acl_parse
- * of "", allows nothing), so that nothing passes unchecked while the
- * auth role's is on its way, at start and after a restart.
+ * must have it before its first record, so that nothing passes
+ * unchecked: router_proc.c reads no ring until the auth role's has come.
  */
 int router_set_acl_bytes(struct router *r, const void *bytes, size_t len);
 
