@@ -14,7 +14,9 @@
  * and the channel to the router, which gets the ACL in force (a sealed
  * memfd, IPC_AUTH_ACL) at our start, when it asks and after a reload
  * that changed it; once it took a change, every worker is told its
- * connections' views are stale (IPC_AUTH_RULES_STALE). Decisions are
+ * connections' views are stale (IPC_AUTH_RULES_STALE). While an ACL is in
+ * force, each accepted CONNECT is granted to the router
+ * (IPC_AUTH_GRANT) before its verdict goes to the worker. Decisions are
  * auth_check.c's, run on auth_pool.c's threads; a client's view of the
  * ACL file is made here, as its verdict is sent. What a worker sends is hostile input: every request is
  * decoded with its lengths checked, and a worker can only fill its own
@@ -45,6 +47,7 @@
 #define REQUESTS_PER_WAKE 64         /* read from one worker's channel per wake-up */
 
 struct auth;
+static bool grant_sent(struct auth *a, struct auth_job *j, const void *verdict, size_t len);
 
 /* One worker's channel. */
 struct auth_chan {
@@ -77,6 +80,7 @@ struct auth_router {
 	uint64_t stale_after;        /* 0: no change on its way */
 	bool due;                    /* to send (the channel was full) */
 	bool want_out;
+	bool grant_blocked;          /* a grant found the channel full: verdicts wait for room */
 };
 
 struct auth {
@@ -184,6 +188,8 @@ static void chan_flush(struct auth_chan *ch)
 				goto done;
 			}
 		}
+		if (!grant_sent(ch->a, j, ch->out_verdict, ch->out_len))
+			return;              /* the router's channel is full: on its EPOLLOUT */
 		if (ipc_send(ch->fd, IPC_AUTH_VERDICT, ch->index, ch->out_verdict, ch->out_len,
 			     -1) < 0)
 			goto full;
@@ -405,7 +411,7 @@ static void router_flush(struct auth *a)
 	} else {
 		rt->generation = msg.generation;
 		rt->due = false;
-		router_set_events(a, false);
+		router_set_events(a, rt->grant_blocked);
 	}
 	if (fd >= 0)
 		close(fd);
@@ -436,6 +442,40 @@ static bool router_acl_take(struct auth *a, const struct auth_creds *creds, bool
 	rt->stale_after = rt->generation + 1;
 	router_flush(a);
 	return true;
+}
+
+/*
+ * An accepted CONNECT is granted to the router before its verdict goes
+ * (while an ACL is in force): the grant is a verdict's payload, sent
+ * once. false: the router's channel is full (or failed: the worker's
+ * connect_timeout then ends the wait); tried again when it has room.
+ */
+static bool grant_sent(struct auth *a, struct auth_job *j, const void *verdict, size_t len)
+{
+	if (j->code != MQTT_CONNACK_ACCEPTED || j->granted || !config_acl_in_force(a->cfg))
+		return true;
+	if (ipc_send(a->router.fd, IPC_AUTH_GRANT, j->worker, verdict, len, -1) < 0) {
+		if (errno != EAGAIN)
+			log_error("cannot grant a CONNECT to the router: %s", strerror(errno));
+		a->router.grant_blocked = true;
+		router_set_events(a, true);
+		return false;
+	}
+	j->granted = true;
+	return true;
+}
+
+/* The router's channel has room: what waited for it goes. */
+static void router_writable(struct auth *a)
+{
+	router_flush(a);
+	if (!a->router.grant_blocked)
+		return;
+	a->router.grant_blocked = false;
+	for (unsigned i = 0; i < a->env->nworkers; i++)
+		chan_flush(&a->chans[i]);
+	if (!a->router.due && !a->router.grant_blocked)
+		router_set_events(a, false);
 }
 
 /* IPC_AUTH_ACL_ASK: a router that starts holds its rings until it has the ACL. */
@@ -677,7 +717,7 @@ int auth_main(struct role_env *env)
 				answer_due(&a);
 			} else if (p == &a.router) {
 				if (evs[i].events & EPOLLOUT)
-					router_flush(&a);
+					router_writable(&a);
 				if ((evs[i].events & EPOLLIN) &&
 				    ipc_dispatch(a.router.fd, &a.router.in, &a, CTL_PER_WAKE) < 0 &&
 				    errno != 0)

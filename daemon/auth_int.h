@@ -67,6 +67,7 @@ struct auth_job {
 	uint8_t *rules;              /* the client's rules (malloc'd), see auth_check.c */
 	size_t rules_len;
 	bool rules_from_token;       /* a JWT's lists: the ACL file's view is not wanted */
+	bool granted;                /* IPC_AUTH_GRANT sent to the router */
 	uint8_t bytes[];             /* client id, user name, password */
 };
 

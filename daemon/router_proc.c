@@ -32,6 +32,7 @@
 #include "iotd.h"
 #include "ipc.h"
 #include "log.h"
+#include "mqtt.h"
 #include "privsep.h"
 #include "rec.h"
 #include "role.h"
@@ -535,6 +536,8 @@ static int router_on_shutdown(void *ctx, struct ipc_msg *m)
 	return IPC_STOP;
 }
 
+static void router_proc_grant_fetch(void *arg);
+
 /* The rings wait for the ACL while the configuration names a file and none has come. */
 static void router_acl_wait_update(struct router_proc *p)
 {
@@ -553,6 +556,7 @@ static int router_on_config(void *ctx, struct ipc_msg *m)
 	if (role_take_config(p->env, m->data, m->hdr.len) < 0 || p->r == NULL)
 		return 0;
 	router_config_changed(p->r);
+	router_set_grants(p->r, config_acl_in_force(p->env->cfg), router_proc_grant_fetch, p);
 	if (p->env->cfg->auth_acl_file[0] == '\0' && p->have_acl) {
 		router_set_acl(p->r, NULL);
 		p->have_acl = false;
@@ -631,9 +635,27 @@ static int router_on_auth_acl(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
+/* IPC_AUTH_GRANT: a CONNECT the auth role accepted; a token's rules with it. */
+static int router_on_auth_grant(void *ctx, struct ipc_msg *m)
+{
+	struct router_proc *p = ctx;
+	struct ipc_auth_fields f;
+
+	if (!ipc_auth_verdict_decode(m->data, m->hdr.len, &f) || f.code != MQTT_CONNACK_ACCEPTED) {
+		log_warn("router: a malformed grant from the auth role; dropped");
+		return 0;
+	}
+	if (router_grant(p->r, f.conn, f.user, f.user_len, f.rules_from_token ? f.rules : NULL,
+			 f.rules_from_token ? f.rules_len : 0) < 0)
+		log_error("router: out of memory keeping a grant: its CONNECT will be refused");
+	return 0;
+}
+
 static const struct ipc_handler router_from_auth[IPC_TYPE_MAX] = {
 	[IPC_AUTH_ACL] = { .fn = router_on_auth_acl, IPC_LEN(sizeof(struct ipc_auth_acl)),
 			   .max_fds = 1 },
+	[IPC_AUTH_GRANT] = { .fn = router_on_auth_grant, .min_len = sizeof(struct ipc_auth_verdict),
+			     .max_len = IPC_MAX_PAYLOAD },
 };
 
 static void router_proc_auth(struct router_proc *p)
@@ -641,6 +663,19 @@ static void router_proc_auth(struct router_proc *p)
 	if (ipc_dispatch(p->env->router_auth, &p->auth_in, p, ROUTER_CTL_PER_WAKE) < 0 &&
 	    errno != 0)
 		log_warn("router: the auth role's channel: %s", strerror(errno));
+}
+
+/*
+ * A CONNECT whose grant has not been read: everything the auth role sent
+ * so far, which holds it if the auth role accepted it (it grants before
+ * it answers the worker).
+ */
+static void router_proc_grant_fetch(void *arg)
+{
+	struct router_proc *p = arg;
+
+	while (ipc_dispatch(p->env->router_auth, &p->auth_in, p, ROUTER_CTL_PER_WAKE) > 0)
+		;
 }
 
 /* Returns 1 to go on, 0 to stop (shutdown or the supervisor is gone). */
@@ -920,6 +955,7 @@ static int router_proc_setup(struct router_proc *p)
 		router_set_worker(p->r, i, atomic_load(&env->shm.sup->workers[i].epoch),
 				  atomic_load(&env->shm.sup->workers[i].capacity));
 	router_set_route_gen(p->r, &env->shm.router->route_gen);
+	router_set_grants(p->r, config_acl_in_force(env->cfg), router_proc_grant_fetch, p);
 	if (same)
 		router_restore_rings(p);
 	router_proc_poison_check(p);

@@ -56,6 +56,7 @@ enum ipc_type {
 	IPC_AUTH_ACL_ASK,     /* router -> auth: send the ACL in force (payload: none) */
 	IPC_AUTH_ACL_TAKEN,   /* router -> auth: the IPC_AUTH_ACL of this generation was handled (uint64_t) */
 	IPC_AUTH_RULES_STALE, /* auth -> worker: the ACL changed: drop every connection's view (payload: none) */
+	IPC_AUTH_GRANT,       /* auth -> router: a CONNECT accepted, before its verdict (a verdict's payload) */
 	IPC_TYPE_MAX
 };
 
@@ -188,7 +189,12 @@ bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_field
  * any size up to ACL_LIMITS_DEFAULT's max_bytes, 16 MiB); len 0 and no fd
  * say "no ACL". The router answers each with IPC_AUTH_ACL_TAKEN and its
  * generation; the auth role then tells the workers that their
- * connections' views are stale (IPC_AUTH_RULES_STALE).
+ * connections' views are stale (IPC_AUTH_RULES_STALE). While an ACL is in
+ * force (config_acl_in_force), each accepted CONNECT is granted to the
+ * router (IPC_AUTH_GRANT: a verdict's payload, its connection id, the
+ * user name and, for a token's lists, its rules) before the worker gets
+ * its verdict, so that the router believes no CONNECT record the auth
+ * role did not accept under that name.
  */
 struct ipc_auth_acl {
 	uint64_t generation;             /* counted by the auth process, from 1 */

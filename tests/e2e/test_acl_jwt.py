@@ -68,3 +68,22 @@ def test_jwt_lists_or_the_file(start_broker, auth_dir, ec_key):
         with raw(b, tag="jf2", username="x", password=token(ec_key, "dev-7")) as w:
             w.publish("open/x", b"no-reader", qos=1)
         c.expect_no_packet(0.3)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jwt_read_list(start_broker, auth_dir, ec_key, workers):
+    """A token's read list, which the router has from the auth role's grant:
+    SUBACK 0x80 for a filter it reaches nothing under, and a granted filter
+    delivers only what the list names, on both paths."""
+    b = jwt_acl_broker(start_broker, auth_dir, ec_key, workers)
+    s = raw(b, tag="jsub", username="x",
+            password=token(ec_key, "reader", read=["sensors/7/#", "open/#"]))
+    pw = token(ec_key, "writer", write=["#"])
+    if workers == 1:
+        p = raw(b, tag="jpub", username="x", password=pw)
+    else:
+        p = raw_on(b, avoid=b.worker_of(s), tag="jpub", username="x", password=pw)
+    with s, p:
+        assert s.subscribe(["sensors/#", "other/#", "open/#"], expect_codes=False) == \
+            [0, 0x80, 0]
+        assert rounds(p, s, ["sensors/7/a", "sensors/8/a"], n=3, qos=1) == ["sensors/7/a"] * 3

@@ -337,6 +337,18 @@ static void a_reload_is_a_transaction(void **state)
 	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
 }
 
+/* The grant the router is sent before a verdict: its fields point into a static buffer. */
+static struct ipc_auth_fields grant_sent(struct fx *f)
+{
+	static uint8_t buf[IPC_MAX_PAYLOAD];
+	struct ipc_auth_fields g;
+	size_t len;
+
+	assert_int_equal(recv_one(f->router, buf, sizeof(buf), &len), IPC_AUTH_GRANT);
+	assert_true(ipc_auth_verdict_decode(buf, len, &g));
+	return g;
+}
+
 /* The view a verdict's rules decode to. */
 static struct acl_client *view_of(const struct ipc_auth_fields *v)
 {
@@ -351,7 +363,7 @@ static void a_token_names_its_client_and_carries_its_lists(void **state)
 {
 	static const char header[] = "{\"alg\":\"EdDSA\",\"typ\":\"JWT\"}";
 	struct fx *f = *state;
-	struct ipc_auth_fields v;
+	struct ipc_auth_fields v, g;
 	struct acl_client *view;
 	char claims[256], user[64];
 
@@ -369,6 +381,9 @@ static void a_token_names_its_client_and_carries_its_lists(void **state)
 	assert_true(acl_client_check(view, "a/b", 3, ACL_WRITE));
 	assert_false(acl_client_check(view, "c", 1, ACL_READ));
 	acl_client_free(view);
+	/* Its grant to the router carries the same rules, as a token's. */
+	g = grant_sent(f);
+	assert_true(g.conn == 40 && g.rules_from_token && g.rules_len == v.rules_len);
 	/* No lists: no rules. */
 	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-2\",\"exp\":%lld}",
 		 (long long)time(NULL) + 600);
@@ -414,7 +429,7 @@ static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
 {
 	static uint8_t buf[256];
 	struct fx *f = *state;
-	struct ipc_auth_fields v;
+	struct ipc_auth_fields v, g;
 	struct acl_client *view;
 	struct acl *acl;
 	uint64_t gen;
@@ -433,6 +448,9 @@ static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
 	ask(f, 50, 0, "127.0.0.1:1", "alice", "alice-pw");
 	v = verdict(f, user, sizeof(user));
 	assert_true(v.code == MQTT_CONNACK_ACCEPTED && !v.rules_from_token);
+	/* The router heard of it first, under the same name. */
+	g = grant_sent(f);
+	assert_true(g.conn == 50 && g.user_len == 5 && memcmp(g.user, "alice", 5) == 0);
 	view = view_of(&v);
 	assert_true(acl_client_check(view, "a/x", 3, ACL_READ));
 	assert_false(acl_client_check(view, "a/secret", 8, ACL_READ));
@@ -464,6 +482,7 @@ static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
 	assert_true(nothing_within(f->router, 200));
 	ask(f, 51, 0, "127.0.0.1:1", "alice", "alice-pw");
 	v = verdict(f, user, sizeof(user));
+	assert_int_equal(grant_sent(f).conn, 51);
 	view = view_of(&v);
 	assert_true(acl_client_check(view, "a/secret", 8, ACL_READ));
 	acl_client_free(view);

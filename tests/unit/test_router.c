@@ -3300,6 +3300,89 @@ static void acl_resumed_session_reads_as_its_new_user(void **state)
 	assert_int_equal(f->n, 0);
 }
 
+/* ---- grants: the auth role vouches for each CONNECT ---------------------- */
+
+static unsigned grant_fetches;
+static struct fx *grant_fx;
+
+/* What the auth role "sent": the grant of C(0, 3), read only when the router asks. */
+static void grant_fetch(void *arg)
+{
+	(void)arg;
+	grant_fetches++;
+	assert_int_equal(router_grant(grant_fx->r, C(0, 3), "carol", 5, NULL, 0), 0);
+}
+
+/* The CONNACK code a CONNECT as user gets. */
+static uint8_t connect_code(struct fx *f, conn_id_t conn, const char *id, const char *user)
+{
+	struct connack a;
+	struct recw w;
+
+	fx_clear(f);
+	build_connect_as(&w, conn, true, id, user, NULL);
+	assert_int_equal(handle(f, conn_id_worker(conn), REC_CONNECT, &w), 0);
+	assert_true(f->n >= 1);
+	decode_connack(&f->caps[0], &a);
+	fx_clear(f);
+	return a.rc;
+}
+
+/*
+ * With grants required, a CONNECT record is believed only under the name
+ * the auth role granted its connection: another name, or none, is CONNACK
+ * 5; a grant not read yet is fetched; each grant serves one CONNECT.
+ */
+static void grant_required_for_every_connect(void **state)
+{
+	struct fx *f = *state;
+
+	set_acl(f, SENSORS_ACL);
+	grant_fx = f;
+	grant_fetches = 0;
+	router_set_grants(f->r, true, grant_fetch, NULL);
+	assert_int_equal(connect_code(f, C(0, 1), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
+	assert_int_equal(grant_fetches, 1);
+	assert_int_equal(router_grant(f->r, C(0, 1), "bob", 3, NULL, 0), 0);
+	assert_int_equal(connect_code(f, C(0, 1), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
+	assert_int_equal(router_grant(f->r, C(0, 2), "alice", 5, NULL, 0), 0);
+	assert_int_equal(connect_code(f, C(0, 2), "a", "alice"), MQTT_CONNACK_ACCEPTED);
+	/* carol's grant was read with the first fetch: no other is needed. */
+	assert_int_equal(connect_code(f, C(0, 3), "c", "carol"), MQTT_CONNACK_ACCEPTED);
+	assert_int_equal(grant_fetches, 1);
+	/* Its grant was used: a CONNECT record again on that connection finds none. */
+	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
+	assert_int_equal(connect_code(f, C(0, 2), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
+	assert_int_equal(grant_fetches, 2);
+	/* Not required: the record's name is taken. */
+	router_set_grants(f->r, false, NULL, NULL);
+	assert_int_equal(connect_code(f, C(0, 4), "d", "dave"), MQTT_CONNACK_ACCEPTED);
+}
+
+/* A token's rules in its grant are its session's view, without an ACL file and beside one. */
+static void grant_rules_are_the_session_view(void **state)
+{
+	static const char *const filters[] = { "sensors/#", "mine/#" };
+	static const uint8_t only_mine[] = { 0x80, 1 };
+	struct fx *f = *state;
+	const char *read[] = { "mine/#" };
+	struct acl_client *v = acl_client_from_lists(read, 1, NULL, 0);
+	struct recw w;
+
+	assert_non_null(v);
+	recw_init(&w);
+	assert_int_equal(acl_client_encode(v, &w), 0);
+	acl_client_free(v);
+	router_set_grants(f->r, true, NULL, NULL);
+	assert_int_equal(router_grant(f->r, C(0, 1), "dev", 3, w.buf, w.len), 0);
+	connect_as(f, C(0, 1), true, "dev", "dev", NULL);
+	expect_suback(f, C(0, 1), filters, only_mine, 2);
+	/* An ACL file that gives "dev" everything does not widen its token's lists. */
+	set_acl(f, "user dev\ntopic readwrite #\n");
+	expect_suback(f, C(0, 1), filters, only_mine, 2);
+	recw_free(&w);
+}
+
 /* ---- the process: router_main over real rings ---------------------------- */
 
 #define PROC_RING 4096
@@ -3626,16 +3709,31 @@ static void proc_send_acl(struct proc *p, const char *text, uint64_t generation,
 	assert_true(back == generation);
 }
 
+/* The auth role's grant of conn as user, as it sends it before the verdict. */
+static void proc_send_grant(struct proc *p, conn_id_t conn, const char *user)
+{
+	struct ipc_auth_fields g = { .conn = conn, .code = MQTT_CONNACK_ACCEPTED, .user = user,
+				     .user_len = strlen(user) };
+	size_t len;
+	void *payload = ipc_auth_verdict_encode(&g, &len);
+
+	assert_non_null(payload);
+	assert_int_equal(ipc_send(p->auth, IPC_AUTH_GRANT, 0, payload, len, -1), 0);
+	free(payload);
+}
+
 /*
  * With an ACL file configured, the router reads no record before the auth
  * role's ACL is in force: it asks for it, refuses one that is not sealed,
- * then applies what waited under the one that is.
+ * then applies what waited under the one that is, a CONNECT only as the
+ * auth role granted it.
  */
 static void router_main_holds_the_rings_until_the_acl_comes(void **state)
 {
 	struct proc p;
 	struct recw w;
 	struct cap c;
+	struct connack ca;
 	struct suback sa;
 
 	(void)state;
@@ -3643,13 +3741,23 @@ static void router_main_holds_the_rings_until_the_acl_comes(void **state)
 	snprintf(p.cfg.auth_acl_file, sizeof(p.cfg.auth_acl_file), "/nonexistent/acl");
 	proc_spawn(&p);
 	assert_int_equal(proc_auth_recv(&p, NULL, 0), IPC_AUTH_ACL_ASK);
+	build_connect_as(&w, C(0, 2), true, "liar", "u", NULL);   /* granted as no one */
+	proc_send(&p, REC_CONNECT, &w);
+	proc_send_grant(&p, C(0, 1), "u");
 	build_connect_as(&w, C(0, 1), true, "dev", "u", NULL);
 	proc_send(&p, REC_CONNECT, &w);
 	proc_expect_nothing(&p);
 	proc_send_acl(&p, "user u\ntopic read a/#\n", 1, false);
 	proc_expect_nothing(&p);
 	proc_send_acl(&p, "user u\ntopic read a/#\n", 2, true);
-	proc_expect_connack(&p, C(0, 1));
+	proc_recv(&p, &c);
+	decode_connack(&c, &ca);
+	free(c.buf);
+	assert_true(ca.conn == C(0, 2) && ca.rc == MQTT_CONNACK_NOT_AUTHORIZED);
+	proc_recv(&p, &c);
+	decode_connack(&c, &ca);
+	free(c.buf);
+	assert_true(ca.conn == C(0, 1) && ca.rc == MQTT_CONNACK_ACCEPTED);
 	proc_subscribe(&p, 1, "b/#", 0);
 	proc_recv(&p, &c);
 	decode_suback(&c, &sa);
@@ -4159,6 +4267,8 @@ int main(void)
 		T(acl_user_names_outlive_a_router_restart),
 		T(acl_connect_with_a_nul_in_its_user_name_is_dropped),
 		T(acl_resumed_session_reads_as_its_new_user),
+		T(grant_required_for_every_connect),
+		T(grant_rules_are_the_session_view),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
 		cmocka_unit_test(router_main_holds_the_rings_until_the_acl_comes),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
