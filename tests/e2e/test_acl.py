@@ -227,19 +227,29 @@ def test_reload_applies_to_next_message_broken_file_changes_nothing(start_broker
             ["sensors/private/a"] * 3
 
 
+def kill(b, role):
+    """kill -9 of the role's process, once it is dead; its old pid."""
+    old = b.role_pid(role)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not proc_alive(old), T(5), f"the {role} to die")
+    return old
+
+
+def restarted(b, role, old):
+    """Once a successor runs; the restart is deliberate, not a crash for the teardown."""
+    wait_for(lambda: b.successor(role, old), T(10), f"a new {role}")
+    b.initial_pids = set(b.pids())
+
+
 def test_router_killed_enforcement_continues(start_broker, auth_dir):
     b, _ = acl_broker(start_broker, auth_dir)
     s, p = pair(b, 2)
     with s, p:
         s.subscribe(["sensors/#", "open/#"])
-        old = b.role_pid("router")
         taken = b.log.count("router: ACL in force")
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: not proc_alive(old), T(5), "the router to die")
-        wait_for(lambda: b.successor("router", old), T(10), "a new router")
+        restarted(b, "router", kill(b, "router"))
         wait_for(lambda: b.log.count("router: ACL in force") > taken, T(10),
                  "the new router to take the ACL")
-        b.initial_pids = set(b.pids())
         assert rounds(p, s, ["sensors/a", "sensors/private/a"], n=3, qos=1) == \
             ["sensors/a"] * 3
 
@@ -249,12 +259,9 @@ def test_auth_killed_enforcement_continues(start_broker, auth_dir):
     s, p = pair(b, 2)
     with s, p:
         s.subscribe(["sensors/#", "open/#"])
-        old = b.role_pid("auth")
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: not proc_alive(old), T(5), "the auth role to die")
+        old = kill(b, "auth")
         assert rounds(p, s, ["sensors/a", "sensors/private/a"], n=2) == ["sensors/a"] * 2
-        wait_for(lambda: b.successor("auth", old), T(10), "a new auth role")
-        b.initial_pids = set(b.pids())
+        restarted(b, "auth", old)
         with raw(b, tag="sub2", username="sub") as s2:
             assert s2.subscribe(["sensors/#", "secret/#"], expect_codes=False) == [0, 0x80]
         assert rounds(p, s, ["sensors/a", "sensors/private/a"], n=2) == ["sensors/a"] * 2

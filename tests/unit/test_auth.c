@@ -425,25 +425,37 @@ static void taken(struct fx *f, uint64_t generation)
 				  sizeof(generation), -1), 0);
 }
 
-static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
+/*
+ * A changed ACL: the router is sent one that lets alice read `readable`
+ * and not `not_readable`; the workers hear their views are stale only
+ * once the router took it.
+ */
+static void acl_change_sent(struct fx *f, const char *readable, const char *not_readable)
 {
 	static uint8_t buf[256];
+	struct acl *acl;
+	uint64_t gen = acl_sent(f, &acl);
+	size_t len;
+
+	assert_true(acl_check(acl, "alice", "c1", readable, ACL_READ));
+	assert_false(acl_check(acl, "alice", "c1", not_readable, ACL_READ));
+	acl_free(acl);
+	assert_true(nothing_within(f->chan, 100));
+	taken(f, gen);
+	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_RULES_STALE);
+}
+
+static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
+{
 	struct fx *f = *state;
 	struct ipc_auth_fields v, g;
 	struct acl_client *view;
 	struct acl *acl;
 	uint64_t gen;
-	size_t len;
 	char user[64];
 
 	/* At start: the ACL, and once the router took it, stale views. */
-	gen = acl_sent(f, &acl);
-	assert_true(acl_check(acl, "alice", "c1", "a/x", ACL_READ));
-	assert_false(acl_check(acl, "alice", "c1", "a/secret", ACL_READ));
-	acl_free(acl);
-	assert_true(nothing_within(f->chan, 100));
-	taken(f, gen);
-	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_RULES_STALE);
+	acl_change_sent(f, "a/x", "a/secret");
 	/* A verdict: alice's view, her patterns substituted with her client id "c". */
 	ask(f, 50, 0, "127.0.0.1:1", "alice", "alice-pw");
 	v = verdict(f, user, sizeof(user));
@@ -469,13 +481,7 @@ static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
 	/* One that changes it: the new ACL, stale views once taken. */
 	write_file(f->acl_path, "user alice\ntopic read a/secret\n");
 	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
-	gen = acl_sent(f, &acl);
-	assert_true(acl_check(acl, "alice", "c1", "a/secret", ACL_READ));
-	assert_false(acl_check(acl, "alice", "c1", "a/x", ACL_READ));
-	acl_free(acl);
-	assert_true(nothing_within(f->chan, 100));
-	taken(f, gen);
-	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_RULES_STALE);
+	acl_change_sent(f, "a/secret", "a/x");
 	/* A file that does not parse: nothing changes. */
 	write_file(f->acl_path, "topic bogus a/#\n");
 	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
