@@ -18,9 +18,9 @@
  * force, each accepted CONNECT is granted to the router
  * (IPC_AUTH_GRANT) before its verdict goes to the worker. Decisions are
  * auth_check.c's, run on auth_pool.c's threads; a client's view of the
- * ACL file is made here, as its verdict is sent. What a worker sends is hostile input: every request is
- * decoded with its lengths checked, and a worker can only fill its own
- * share of the role.
+ * ACL file is made here, as its verdict is sent. What a worker sends is
+ * hostile input: every request is decoded with its lengths checked, and
+ * a worker can only fill its own share of the role.
  */
 #include <errno.h>
 #include <libgen.h>
@@ -47,7 +47,7 @@
 #define REQUESTS_PER_WAKE 64         /* read from one worker's channel per wake-up */
 
 struct auth;
-static bool grant_sent(struct auth *a, struct auth_job *j, const void *verdict, size_t len);
+static bool grant_sent(struct auth *a, struct auth_job *j);
 
 /* One worker's channel. */
 struct auth_chan {
@@ -188,7 +188,7 @@ static void chan_flush(struct auth_chan *ch)
 				goto done;
 			}
 		}
-		if (!grant_sent(ch->a, j, ch->out_verdict, ch->out_len))
+		if (!grant_sent(ch->a, j))
 			return;              /* the router's channel is full: on its EPOLLOUT */
 		if (ipc_send(ch->fd, IPC_AUTH_VERDICT, ch->index, ch->out_verdict, ch->out_len,
 			     -1) < 0)
@@ -446,21 +446,41 @@ static bool router_acl_take(struct auth *a, const struct auth_creds *creds, bool
 
 /*
  * An accepted CONNECT is granted to the router before its verdict goes
- * (while an ACL is in force): the grant is a verdict's payload, sent
- * once. false: the router's channel is full (or failed: the worker's
- * connect_timeout then ends the wait); tried again when it has room.
+ * (while an ACL is in force), once: a verdict's payload with its
+ * connection id, its user name and a token's rules (the router makes
+ * other views itself). false: the router's channel is full; tried again
+ * when it has room. A grant that cannot be sent at all is given up (and
+ * logged): the router then refuses that CONNECT.
  */
-static bool grant_sent(struct auth *a, struct auth_job *j, const void *verdict, size_t len)
+static bool grant_sent(struct auth *a, struct auth_job *j)
 {
+	struct ipc_auth_fields f = {
+		.conn = j->conn, .code = j->code, .user = j->out_user, .user_len = j->out_user_len,
+		.rules_from_token = j->rules_from_token,
+		.rules = j->rules_from_token ? j->rules : NULL,
+		.rules_len = j->rules_from_token ? j->rules_len : 0,
+	};
+	void *grant;
+	size_t len;
+	int rc;
+
 	if (j->code != MQTT_CONNACK_ACCEPTED || j->granted || !config_acl_in_force(a->cfg))
 		return true;
-	if (ipc_send(a->router.fd, IPC_AUTH_GRANT, j->worker, verdict, len, -1) < 0) {
-		if (errno != EAGAIN)
-			log_error("cannot grant a CONNECT to the router: %s", strerror(errno));
+	if ((grant = ipc_auth_verdict_encode(&f, &len)) == NULL) {
+		errno = ENOMEM;
+		rc = -1;
+	} else {
+		rc = ipc_send(a->router.fd, IPC_AUTH_GRANT, j->worker, grant, len, -1);
+		free(grant);
+	}
+	if (rc < 0 && errno == EAGAIN) {
 		a->router.grant_blocked = true;
 		router_set_events(a, true);
 		return false;
 	}
+	if (rc < 0)
+		log_error("cannot grant REMOTE=%s's CONNECT to the router (%s): it will be refused",
+			  j->remote, strerror(errno));
 	j->granted = true;
 	return true;
 }
