@@ -479,6 +479,13 @@ bool config_auth_role(const struct iotd_config *cfg)
 	return strcmp(cfg->auth_backend, "none") != 0 || cfg->auth_acl_file[0] != '\0';
 }
 
+bool config_acl_in_force(const struct iotd_config *cfg)
+{
+	return cfg->auth_acl_file[0] != '\0' ||
+	       (strcmp(cfg->auth_backend, "jwt") == 0 &&
+		(cfg->auth_jwt_read_claim[0] != '\0' || cfg->auth_jwt_write_claim[0] != '\0'));
+}
+
 /* A key of the auth section that must be set for the backend chosen. */
 static int auth_needs(struct load_ctx *ctx, const char *key, const char *value)
 {

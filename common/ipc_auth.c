@@ -75,6 +75,7 @@ void *ipc_auth_verdict_encode(const struct ipc_auth_fields *f, size_t *len)
 {
 	struct ipc_auth_verdict h = {
 		.conn = f->conn, .ticket = f->ticket, .code = f->code,
+		.flags = f->rules_from_token ? IPC_AUTH_RULES_FROM_TOKEN : 0,
 		.user_len = (uint32_t)f->user_len, .rules_len = (uint32_t)f->rules_len,
 	};
 	uint8_t *buf, *p;
@@ -105,6 +106,7 @@ bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_field
 		return false;
 	*f = (struct ipc_auth_fields){
 		.conn = h.conn, .ticket = h.ticket, .code = h.code,
+		.rules_from_token = (h.flags & IPC_AUTH_RULES_FROM_TOKEN) != 0,
 		.user = p, .user_len = h.user_len,
 		.rules = (const uint8_t *)p + h.user_len, .rules_len = h.rules_len,
 	};

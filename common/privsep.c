@@ -533,16 +533,19 @@ static const char *const listener_syscalls[] = {
  * memory store at a graceful stop. Landlock keeps those to the store's
  * directory (privsep_seal_store, after this filter: Landlock's calls can
  * only take rights away); alarm bounds an orphaned router's last drain.
+ * The ACL's memfd is checked with fstat and fcntl F_GET_SEALS
+ * (allow_conditional) and mapped read-only.
  */
 /*
  * The auth role: reading its files (at start and on reload: Landlock keeps
  * that to their directories, privsep_seal_read), and the threads that
  * verify passwords (clone only with CLONE_THREAD, allow_conditional;
  * clone3, whose flags seccomp cannot read, fails with ENOSYS so that
- * glibc falls back to clone).
+ * glibc falls back to clone), and the memfd that carries the ACL to the
+ * router (sealed with fcntl F_ADD_SEALS, allow_conditional).
  */
 static const char *const auth_syscalls[] = {
-	"openat", "newfstatat", "fstat", "statx", "lseek",
+	"openat", "newfstatat", "fstat", "statx", "lseek", "memfd_create",
 	"eventfd2", "set_robust_list", "rseq", "sched_getaffinity",
 	"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
 };
@@ -603,6 +606,12 @@ static int allow_conditional(scmp_filter_ctx ctx, enum iotd_role role)
 	for (size_t i = 0; rc == 0 && i < ARRAY_SIZE(fcntl_cmds); i++)
 		rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
 				      SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t)fcntl_cmds[i]));
+	/* The ACL's sealed memfd (sealedfd.h): the auth role seals it, the router checks. */
+	if (rc == 0 && (role == ROLE_AUTH || role == ROLE_ROUTER))
+		rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(fcntl), 1,
+				      SCMP_A1(SCMP_CMP_EQ, (scmp_datum_t)(role == ROLE_AUTH ?
+									  F_ADD_SEALS :
+									  F_GET_SEALS)));
 	if (rc < 0)
 		log_error("seccomp: cannot add a conditional rule: %s", strerror(-rc));
 	return rc < 0 ? -1 : 0;

@@ -10,11 +10,17 @@
  * the jobs in progress and their bound (auth.max_pending per worker,
  * past which a request is answered CONNACK 3 at once), the slow-down of
  * addresses that fail (addrlimit.h's table: a verdict waits until its
- * job's due time), and the files' reload (IPC_AUTH_RELOAD, a
- * transaction). Decisions are auth_check.c's, run on auth_pool.c's
- * threads. What a worker sends is hostile input: every request is
- * decoded with its lengths checked, and a worker can only fill its own
- * share of the role.
+ * job's due time), the files' reload (IPC_AUTH_RELOAD, a transaction)
+ * and the channel to the router, which gets the ACL in force (a sealed
+ * memfd, IPC_AUTH_ACL) at our start, when it asks and after a reload
+ * that changed it; once it took a change, every worker is told its
+ * connections' views are stale (IPC_AUTH_RULES_STALE). While an ACL is in
+ * force, each accepted CONNECT is granted to the router
+ * (IPC_AUTH_GRANT) before its verdict goes to the worker. Decisions are
+ * auth_check.c's, run on auth_pool.c's threads; a client's view of the
+ * ACL file is made here, as its verdict is sent. What a worker sends is
+ * hostile input: every request is decoded with its lengths checked, and
+ * a worker can only fill its own share of the role.
  */
 #include <errno.h>
 #include <libgen.h>
@@ -28,16 +34,20 @@
 
 #include <openssl/crypto.h>
 
+#include "acl.h"
 #include "auth_int.h"
 #include "log.h"
 #include "mqtt.h"
 #include "privsep.h"
+#include "rec.h"
 #include "role.h"
+#include "sealedfd.h"
 
 #define CTL_PER_WAKE 16
 #define REQUESTS_PER_WAKE 64         /* read from one worker's channel per wake-up */
 
 struct auth;
+static bool grant_sent(struct auth *a, struct auth_job *j);
 
 /* One worker's channel. */
 struct auth_chan {
@@ -51,8 +61,26 @@ struct auth_chan {
 	void *out_verdict;           /* out's head, encoded */
 	size_t out_len;
 	bool hello_due;              /* IPC_AUTH_HELLO not sent yet */
+	bool stale_due;              /* IPC_AUTH_RULES_STALE not sent yet */
 	bool want_out;               /* EPOLLOUT armed */
 	bool full;                   /* an episode of refusals past max_pending, logged */
+};
+
+/*
+ * The channel to the router, and the ACL it was sent: the bytes in force
+ * (to tell whether a reload changed them), the generation of the last
+ * IPC_AUTH_ACL and, while a change is on its way, the generation whose
+ * IPC_AUTH_ACL_TAKEN makes the workers drop their connections' views.
+ */
+struct auth_router {
+	int fd;
+	struct ipc_dispatcher in;
+	struct recw acl;             /* acl_encode of the ACL in force; len 0: none */
+	uint64_t generation;
+	uint64_t stale_after;        /* 0: no change on its way */
+	bool due;                    /* to send (the channel was full) */
+	bool want_out;
+	bool grant_blocked;          /* a grant found the channel full: verdicts wait for room */
 };
 
 struct auth {
@@ -65,6 +93,7 @@ struct auth {
 	struct auth_job *delayed;    /* answered, held until due_ms; sorted by it */
 	struct ipc_dispatcher ctl_in;
 	struct auth_chan chans[IOTD_MAX_WORKERS];
+	struct auth_router router;
 	bool stopping;
 };
 
@@ -99,7 +128,35 @@ static void chan_set_events(struct auth_chan *ch, bool want_out)
 		log_warn("epoll_ctl: %s", strerror(errno));
 }
 
-/* Send what the channel takes: the greeting first, then the verdicts in order. */
+/*
+ * An accepted client's view of the ACL file, made as its verdict goes out
+ * from the ACL in force now, so that no verdict sent after a change's
+ * IPC_AUTH_RULES_STALE carries a view of the ACL before it. One that
+ * cannot be made leaves the client without a view: its messages go
+ * through the router, which checks them.
+ */
+static void job_rules_from_acl(struct auth *a, struct auth_job *j)
+{
+	if (j->code != MQTT_CONNACK_ACCEPTED || j->rules_from_token)
+		return;
+	free(j->rules);
+	j->rules = NULL;
+	if (auth_rules_from_acl(a->creds->acl, j->out_user, j->out_user_len, j->client_id,
+				j->client_id_len, &j->rules, &j->rules_len) &&
+	    j->rules_len <= IPC_MAX_PAYLOAD - sizeof(struct ipc_auth_verdict) - j->out_user_len)
+		return;
+	free(j->rules);
+	j->rules = NULL;
+	j->rules_len = 0;
+	log_warn("cannot give REMOTE=%s its view of the ACL (out of memory, a name its "
+		 "patterns cannot take, or too long a view): its messages go through the router",
+		 j->remote);
+}
+
+/*
+ * Send what the channel takes: the greeting first, then word that the ACL
+ * changed, then the verdicts in order.
+ */
 static void chan_flush(struct auth_chan *ch)
 {
 	if (ch->hello_due) {
@@ -107,15 +164,23 @@ static void chan_flush(struct auth_chan *ch)
 			goto full;
 		ch->hello_due = false;
 	}
+	if (ch->stale_due) {
+		if (ipc_send(ch->fd, IPC_AUTH_RULES_STALE, ch->index, NULL, 0, -1) < 0)
+			goto full;
+		ch->stale_due = false;
+	}
 	while (ch->out != NULL) {
 		struct auth_job *j = ch->out;
 		struct ipc_auth_fields f = {
 			.conn = j->conn, .ticket = j->ticket, .code = j->code,
 			.user = j->out_user, .user_len = j->out_user_len,
-			.rules = j->rules, .rules_len = j->rules_len,
+			.rules_from_token = j->rules_from_token,
 		};
 
 		if (ch->out_verdict == NULL) {
+			job_rules_from_acl(ch->a, j);
+			f.rules = j->rules;
+			f.rules_len = j->rules_len;
 			ch->out_verdict = ipc_auth_verdict_encode(&f, &ch->out_len);
 			if (ch->out_verdict == NULL) {
 				/* Too long or no memory: the worker's connect_timeout ends the wait. */
@@ -123,6 +188,8 @@ static void chan_flush(struct auth_chan *ch)
 				goto done;
 			}
 		}
+		if (!grant_sent(ch->a, j))
+			return;              /* the router's channel is full: on its EPOLLOUT */
 		if (ipc_send(ch->fd, IPC_AUTH_VERDICT, ch->index, ch->out_verdict, ch->out_len,
 			     -1) < 0)
 			goto full;
@@ -310,6 +377,167 @@ static const struct ipc_handler from_worker[IPC_TYPE_MAX] = {
 			       .max_len = IPC_MAX_PAYLOAD },
 };
 
+/* --- the router ------------------------------------------------------------ */
+
+static void router_set_events(struct auth *a, bool want_out)
+{
+	struct auth_router *rt = &a->router;
+	struct epoll_event ev = { .events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.ptr = rt };
+
+	if (rt->want_out == want_out)
+		return;
+	rt->want_out = want_out;
+	if (epoll_ctl(a->epfd, EPOLL_CTL_MOD, rt->fd, &ev) < 0)
+		log_warn("epoll_ctl: %s", strerror(errno));
+}
+
+/* Send the router the ACL in force, when due; a full channel is tried again on EPOLLOUT. */
+static void router_flush(struct auth *a)
+{
+	struct auth_router *rt = &a->router;
+	struct ipc_auth_acl msg = { .generation = rt->generation + 1, .len = rt->acl.len };
+	int fd = -1;
+
+	if (!rt->due)
+		return;
+	if (msg.len > 0 && (fd = sealedfd_make("iotd-acl", rt->acl.buf, rt->acl.len)) < 0) {
+		log_error("cannot hand the ACL to the router: %s", strerror(errno));
+		return;                  /* tried again at the next change or request */
+	}
+	if (ipc_send(rt->fd, IPC_AUTH_ACL, 0, &msg, sizeof(msg), fd) < 0) {
+		if (errno != EAGAIN)
+			log_error("cannot send the ACL to the router: %s", strerror(errno));
+		router_set_events(a, errno == EAGAIN);
+	} else {
+		rt->generation = msg.generation;
+		rt->due = false;
+		router_set_events(a, rt->grant_blocked);
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+/*
+ * The ACL in force is creds': keep its bytes and send them to the router
+ * when they differ from those it has, the workers' views then being
+ * stale. false: it cannot be encoded (out of memory); nothing changed.
+ */
+static bool router_acl_take(struct auth *a, const struct auth_creds *creds, bool first)
+{
+	struct auth_router *rt = &a->router;
+	struct recw w;
+
+	recw_init(&w);
+	if (creds->acl != NULL && (acl_encode(creds->acl, &w) < 0 || w.oom)) {
+		recw_free(&w);
+		return false;
+	}
+	if (!first && w.len == rt->acl.len && (w.len == 0 || memcmp(w.buf, rt->acl.buf, w.len) == 0)) {
+		recw_free(&w);
+		return true;
+	}
+	recw_free(&rt->acl);
+	rt->acl = w;
+	rt->due = true;
+	rt->stale_after = rt->generation + 1;
+	router_flush(a);
+	return true;
+}
+
+/*
+ * An accepted CONNECT is granted to the router before its verdict goes
+ * (while an ACL is in force), once: a verdict's payload with its
+ * connection id, its user name and a token's rules (the router makes
+ * other views itself). false: the router's channel is full; tried again
+ * when it has room. A grant that cannot be sent at all is given up (and
+ * logged): the router then refuses that CONNECT.
+ */
+static bool grant_sent(struct auth *a, struct auth_job *j)
+{
+	struct ipc_auth_fields f = {
+		.conn = j->conn, .code = j->code, .user = j->out_user, .user_len = j->out_user_len,
+		.rules_from_token = j->rules_from_token,
+		.rules = j->rules_from_token ? j->rules : NULL,
+		.rules_len = j->rules_from_token ? j->rules_len : 0,
+	};
+	void *grant;
+	size_t len;
+	int rc;
+
+	if (j->code != MQTT_CONNACK_ACCEPTED || j->granted || !config_acl_in_force(a->cfg))
+		return true;
+	if ((grant = ipc_auth_verdict_encode(&f, &len)) == NULL) {
+		errno = ENOMEM;
+		rc = -1;
+	} else {
+		rc = ipc_send(a->router.fd, IPC_AUTH_GRANT, j->worker, grant, len, -1);
+		free(grant);
+	}
+	if (rc < 0 && errno == EAGAIN) {
+		a->router.grant_blocked = true;
+		router_set_events(a, true);
+		return false;
+	}
+	if (rc < 0)
+		log_error("cannot grant REMOTE=%s's CONNECT to the router (%s): it will be refused",
+			  j->remote, strerror(errno));
+	j->granted = true;
+	return true;
+}
+
+/* The router's channel has room: what waited for it goes. */
+static void router_writable(struct auth *a)
+{
+	router_flush(a);
+	if (!a->router.grant_blocked)
+		return;
+	a->router.grant_blocked = false;
+	for (unsigned i = 0; i < a->env->nworkers; i++)
+		chan_flush(&a->chans[i]);
+	if (!a->router.due && !a->router.grant_blocked)
+		router_set_events(a, false);
+}
+
+/* IPC_AUTH_ACL_ASK: a router that starts holds its rings until it has the ACL. */
+static int on_acl_ask(void *ctx, struct ipc_msg *m)
+{
+	struct auth *a = ctx;
+
+	a->router.due = true;
+	router_flush(a);
+	return 0;
+}
+
+/*
+ * IPC_AUTH_ACL_TAKEN: the router enforces the new ACL; the views given to
+ * the workers' connections before it are stale (a verdict already encoded
+ * is made again).
+ */
+static int on_acl_taken(void *ctx, struct ipc_msg *m)
+{
+	struct auth *a = ctx;
+	uint64_t generation;
+
+	memcpy(&generation, m->data, sizeof(generation));
+	if (a->router.stale_after == 0 || generation < a->router.stale_after)
+		return 0;
+	a->router.stale_after = 0;
+	for (unsigned i = 0; i < a->env->nworkers; i++) {
+		struct auth_chan *ch = &a->chans[i];
+
+		ch->stale_due = true;
+		free(ch->out_verdict);
+		ch->out_verdict = NULL;
+		chan_flush(ch);
+	}
+	return 0;
+}
+
+static const struct ipc_handler from_router[IPC_TYPE_MAX] = {
+	[IPC_AUTH_ACL_ASK] = { .fn = on_acl_ask },
+	[IPC_AUTH_ACL_TAKEN] = { .fn = on_acl_taken, IPC_LEN(sizeof(uint64_t)) },
+};
+
 /* --- the supervisor ------------------------------------------------------- */
 
 /* IPC_AUTH_RELOAD: the files again, all or nothing. */
@@ -321,6 +549,11 @@ static int on_reload(void *ctx, struct ipc_msg *m)
 
 	if (auth_creds_load(a->cfg, &next, err, sizeof(err)) < 0) {
 		log_error("reload: %s; keeping the files in force", err);
+		return 0;
+	}
+	if (!router_acl_take(a, next, false)) {
+		log_error("reload: out of memory encoding the ACL; keeping the files in force");
+		auth_creds_unref(next);
 		return 0;
 	}
 	auth_creds_unref(a->creds);
@@ -409,6 +642,11 @@ static int auth_setup(struct auth *a, struct role_env *env)
 	ev.data.ptr = &a->pool.efd;
 	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->pool.efd, &ev) < 0)
 		return -1;
+	a->router.fd = env->auth_router;
+	ipc_dispatcher_init(&a->router.in, from_router, IPC_PEER_ANY, "the router");
+	ev.data.ptr = &a->router;
+	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->router.fd, &ev) < 0)
+		return -1;
 	for (unsigned i = 0; i < env->nworkers; i++) {
 		struct auth_chan *ch = &a->chans[i];
 		char from[32];
@@ -453,6 +691,7 @@ static void auth_teardown(struct auth *a)
 		free(ch->out_verdict);
 	}
 	auth_creds_unref(a->creds);
+	recw_free(&a->router.acl);
 	free(a->fails);
 	close(a->epfd);
 	close(a->timerfd);
@@ -467,7 +706,16 @@ int auth_main(struct role_env *env)
 		log_error("auth role setup failed");
 		return 1;
 	}
-	/* Every worker hears that what it sent before may be lost: it sends it again. */
+	/*
+	 * The router gets the ACL first (the files may have changed since the
+	 * last process: the views the workers hold are then stale); every
+	 * worker hears that what it sent before may be lost: it sends it again.
+	 */
+	if (!router_acl_take(&a, a.creds, true)) {
+		log_error("out of memory encoding the ACL");
+		auth_teardown(&a);
+		return 1;
+	}
 	for (unsigned i = 0; i < env->nworkers; i++)
 		chan_flush(&a.chans[i]);
 	ipc_send(env->ctl_fd, IPC_READY, 0, NULL, 0, -1);
@@ -487,6 +735,13 @@ int auth_main(struct role_env *env)
 
 				(void)!read(a.timerfd, &ticks, sizeof(ticks));
 				answer_due(&a);
+			} else if (p == &a.router) {
+				if (evs[i].events & EPOLLOUT)
+					router_writable(&a);
+				if ((evs[i].events & EPOLLIN) &&
+				    ipc_dispatch(a.router.fd, &a.router.in, &a, CTL_PER_WAKE) < 0 &&
+				    errno != 0)
+					log_warn("the router's channel: %s", strerror(errno));
 			} else if (p == &a.pool.efd) {
 				struct auth_job *j = auth_pool_take_done(&a.pool), *next;
 

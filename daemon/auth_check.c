@@ -9,10 +9,10 @@
  * on the pool's threads and touches nothing but its job and the files,
  * which are read-only once loaded.
  *
- * The client's rules in a verdict: empty for now, except for a JWT's
- * filter lists, which travel in this simple encoding until the ACL's own
- * (acl_client_encode) replaces it: per filter one byte 'r' (may read) or
- * 'w' (may write), its length as two bytes big-endian, its bytes.
+ * The client's rules in a verdict (acl_client_encode's bytes): a JWT's
+ * filter lists, made here when the token has either list claim; else its
+ * view of the ACL file, made by auth.c as the verdict is sent
+ * (auth_rules_from_acl), from the ACL in force then; else nothing.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +27,7 @@
 #include "log.h"
 #include "mqtt.h"
 #include "passwd.h"
+#include "rec.h"
 
 /* ---- the files ---- */
 
@@ -127,37 +128,49 @@ static void refuse(struct auth_job *j, uint8_t code, const char *why)
 	j->bad_credentials = code == MQTT_CONNACK_BAD_AUTH;
 }
 
-/* The lists of a token in the rules' encoding (above); false when out of memory. */
-static bool encode_lists(struct auth_job *j, const struct jwt_claims *cl)
+/*
+ * A view as a verdict's rules (acl_client_encode), malloc'd in *rules;
+ * frees v. false when out of memory or when the view cannot be encoded.
+ */
+static bool rules_of_view(struct acl_client *v, uint8_t **rules, size_t *len)
 {
-	size_t len = 0;
-	uint8_t *p;
+	struct recw w;
+	bool ok;
 
-	for (size_t i = 0; i < cl->nread; i++)
-		len += 3 + strlen(cl->read[i]);
-	for (size_t i = 0; i < cl->nwrite; i++)
-		len += 3 + strlen(cl->write[i]);
-	if (len == 0)
-		return true;
-	j->rules = p = malloc(len);
-	if (p == NULL)
+	if (v == NULL)
 		return false;
-	for (size_t k = 0; k < 2; k++) {
-		char *const *list = k == 0 ? cl->read : cl->write;
-		size_t n = k == 0 ? cl->nread : cl->nwrite;
-
-		for (size_t i = 0; i < n; i++) {
-			size_t flen = strlen(list[i]);
-
-			*p++ = k == 0 ? 'r' : 'w';
-			*p++ = (uint8_t)(flen >> 8);
-			*p++ = (uint8_t)flen;
-			memcpy(p, list[i], flen);
-			p += flen;
-		}
+	recw_init(&w);
+	ok = acl_client_encode(v, &w) == 0 && !w.oom;
+	acl_client_free(v);
+	if (!ok) {
+		recw_free(&w);
+		return false;
 	}
-	j->rules_len = len;
+	*rules = w.buf;
+	*len = w.len;
 	return true;
+}
+
+bool auth_rules_from_acl(const struct acl *acl, const char *user, size_t ulen,
+			 const char *client_id, size_t clen, uint8_t **rules, size_t *len)
+{
+	*rules = NULL;
+	*len = 0;
+	if (acl == NULL)
+		return true;
+	return rules_of_view(acl_client_new(acl, ulen ? user : NULL, ulen, client_id, clen),
+			     rules, len);
+}
+
+/* A token's lists, when it has either claim: they are its rules, whatever the ACL file says. */
+static bool rules_of_token(struct auth_job *j, const struct jwt_claims *cl)
+{
+	if (!cl->has_read && !cl->has_write)
+		return true;
+	j->rules_from_token = true;
+	return rules_of_view(acl_client_from_lists((const char *const *)cl->read, cl->nread,
+						   (const char *const *)cl->write, cl->nwrite),
+			     &j->rules, &j->rules_len);
 }
 
 static void decide_file(struct auth_job *j)
@@ -200,7 +213,7 @@ static void decide_jwt(struct auth_job *j)
 		refuse(j, MQTT_CONNACK_BAD_AUTH, j->why_buf);
 		return;
 	}
-	if (!encode_lists(j, &cl))
+	if (!rules_of_token(j, &cl))
 		refuse(j, MQTT_CONNACK_UNAVAILABLE, "out of memory");
 	else
 		accept_as(j, cl.user, strlen(cl.user));

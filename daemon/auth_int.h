@@ -66,6 +66,8 @@ struct auth_job {
 	size_t out_user_len;
 	uint8_t *rules;              /* the client's rules (malloc'd), see auth_check.c */
 	size_t rules_len;
+	bool rules_from_token;       /* a JWT's lists: the ACL file's view is not wanted */
+	bool granted;                /* IPC_AUTH_GRANT sent to the router */
 	uint8_t bytes[];             /* client id, user name, password */
 };
 
@@ -76,6 +78,14 @@ void auth_creds_unref(struct auth_creds *c);
 void auth_creds_describe(const struct auth_creds *c, char *buf, size_t len);
 void auth_policy_from(const struct iotd_config *cfg, struct auth_policy *p);
 void auth_decide(struct auth_job *j);
+/*
+ * The view of a client (user name, empty for none, and client id) under
+ * acl as a verdict's rules, malloc'd in *rules (none without an ACL).
+ * false when out of memory or when the view cannot be encoded.
+ */
+struct acl;
+bool auth_rules_from_acl(const struct acl *acl, const char *user, size_t ulen,
+			 const char *client_id, size_t clen, uint8_t **rules, size_t *len);
 
 /* auth_pool.c: threads that run auth_decide, so that a slow hash never stalls the loop. */
 struct auth_pool {

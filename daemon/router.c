@@ -70,6 +70,7 @@ void router_free(struct router **rp)
 	/* Nor is it a change of where messages go: the route generation stays as it is. */
 	r->route_gen = &r->route_gen_own;
 	router_sessions_free(r);
+	router_grants_free(r);
 	acl_free(r->acl);            /* after the views, which borrow its rules */
 	router_touched_clear(r);
 	topic_trie_free(&r->trie);
@@ -99,6 +100,7 @@ void router_tick(struct router *r, uint64_t now_ms)
 		router_restamp(r);
 	router_resync_due(r);
 	router_sessions_expire(r);
+	router_grants_expire(r);
 }
 
 void router_set_room(struct router *r, router_room_fn room)

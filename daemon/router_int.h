@@ -139,6 +139,8 @@ struct session {
 	char *remote_off;            /* offline: where it last connected from (session_remote()) */
 	char *user;                  /* its (last) connection's user name; NULL: none */
 	struct acl_client *acl;      /* its view of the router's ACL (router_acl_allows) */
+	uint8_t *token_rules;        /* its token's view (from its grant), which acl decodes; NULL: none */
+	size_t token_rules_len;
 	struct session_sub *subs;
 
 	/*
@@ -232,6 +234,18 @@ struct router_match {
 	bool incomplete;             /* out of memory: the match missed some sessions */
 };
 
+/* One CONNECT the auth role accepted (router_grants.c). */
+struct router_grant {
+	conn_id_t conn;
+	UT_hash_handle hh;
+	struct router_grant *next, **prev_next;
+	uint64_t at_ms;
+	uint8_t *rules;              /* a token's view (acl_client_encode), NULL: none */
+	size_t rules_len;
+	size_t user_len;
+	char user[];                 /* NUL-terminated */
+};
+
 struct router {
 	const struct iotd_config *cfg;
 	unsigned nworkers;
@@ -287,6 +301,13 @@ struct router {
 
 	/* The ACL every session's view is made from (router_set_acl); NULL: none, all allowed. */
 	struct acl *acl;
+	/* Who the auth role accepted (router_grants.c), oldest first. */
+	struct router_grant *grants;          /* by conn */
+	struct router_grant *grant_head, **grant_tail;
+	size_t n_grants;
+	bool grants_required;
+	router_grant_fetch_fn *grant_fetch;
+	void *grant_fetch_arg;
 
 	/* The store: each file writes its own changes; router_load.c reads it back and rewrites it. */
 	struct store *st;            /* NULL: in memory only */
@@ -324,11 +345,23 @@ static inline void router_routes_changed(struct router *r)
  * of this one test; with one, as its view says, and a session without a
  * view (out of memory when it was made) may do nothing.
  */
+/* Is the session's access limited: an ACL, or its token's lists? */
+static inline bool router_acl_on(const struct router *r, const struct session *s)
+{
+	return r->acl || s->token_rules;
+}
+
 static inline bool router_acl_allows(const struct router *r, const struct session *s,
 				     const char *topic, size_t len, enum acl_access access)
 {
-	return !r->acl || (s->acl && acl_client_check(s->acl, topic, len, access));
+	return !router_acl_on(r, s) || (s->acl && acl_client_check(s->acl, topic, len, access));
 }
+
+/* router_grants.c */
+bool router_grant_vouches(struct router *r, conn_id_t conn, const char *user, size_t ulen);
+void router_grant_take_rules(struct router *r, conn_id_t conn, uint8_t **rules, size_t *len);
+void router_grants_expire(struct router *r);
+void router_grants_free(struct router *r);
 
 /* For log lines: the connection's address, or where an offline session was last seen. */
 static inline const char *session_remote(const struct session *s)

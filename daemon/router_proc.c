@@ -5,8 +5,11 @@
  * Owns the router's ends of the rings (w2r[i] read, r2w[i] written), the
  * records held back for a full r2w ring (the backlog, capped by
  * max_router_backlog_bytes), the journal of ring positions in shared
- * memory, the store it opens and the control socket to the supervisor
- * (SHUTDOWN, PING, CONFIG, WORKER_DOWN...). A worker that breaks its rings
+ * memory, the store it opens, the control socket to the supervisor
+ * (SHUTDOWN, PING, CONFIG, WORKER_DOWN...) and the channel from the auth
+ * role, which brings the ACL (a sealed memfd, checked before it is
+ * mapped): while the configuration names an ACL file and none has come,
+ * the rings are not read. A worker that breaks its rings
  * is reported (IPC_WORKER_FAULT) and no longer read. Each loop turn
  * handles a batch of records from every ring, then commits the store
  * BEFORE it publishes the r2w records and releases the w2r ones, so that
@@ -29,11 +32,13 @@
 #include "iotd.h"
 #include "ipc.h"
 #include "log.h"
+#include "mqtt.h"
 #include "privsep.h"
 #include "rec.h"
 #include "role.h"
 #include "router.h"
 #include "ringout.h"
+#include "sealedfd.h"
 #include "shmring.h"
 #include "store.h"
 
@@ -84,6 +89,13 @@ struct router_proc {
 	uint32_t gate_epoch[IOTD_MAX_WORKERS];
 	bool poison_armed;              /* the journal's suspect is to be set aside when met */
 	struct ipc_dispatcher ctl_in;   /* what the supervisor may send (router_from_supervisor) */
+	struct ipc_dispatcher auth_in;  /* what the auth role may send (router_from_auth) */
+	/*
+	 * The configuration names an ACL file and the auth role's ACL has not
+	 * come: the rings are not read, so that no record passes unchecked.
+	 */
+	bool acl_wait;
+	bool have_acl;                  /* the auth role's ACL is in force */
 	bool stopping;                  /* IPC_SHUTDOWN came */
 };
 
@@ -524,12 +536,33 @@ static int router_on_shutdown(void *ctx, struct ipc_msg *m)
 	return IPC_STOP;
 }
 
+static void router_proc_grant_fetch(void *arg);
+
+/* The rings wait for the ACL while the configuration names a file and none has come. */
+static void router_acl_wait_update(struct router_proc *p)
+{
+	bool wait = p->env->cfg->auth_acl_file[0] != '\0' && !p->have_acl;
+
+	if (wait && !p->acl_wait)
+		log_info("router: waiting for the auth role's ACL before reading the rings");
+	p->acl_wait = wait;
+}
+
+/* An ACL file no longer configured: nothing is checked any more. */
 static int router_on_config(void *ctx, struct ipc_msg *m)
 {
 	struct router_proc *p = ctx;
 
-	if (role_take_config(p->env, m->data, m->hdr.len) == 0 && p->r != NULL)
-		router_config_changed(p->r);
+	if (role_take_config(p->env, m->data, m->hdr.len) < 0 || p->r == NULL)
+		return 0;
+	router_config_changed(p->r);
+	router_set_grants(p->r, config_acl_in_force(p->env->cfg), router_proc_grant_fetch, p);
+	if (p->env->cfg->auth_acl_file[0] == '\0' && p->have_acl) {
+		router_set_acl(p->r, NULL);
+		p->have_acl = false;
+		log_info("router: no ACL file any more; nothing is checked");
+	}
+	router_acl_wait_update(p);
 	return 0;
 }
 
@@ -554,6 +587,96 @@ static const struct ipc_handler router_from_supervisor[IPC_TYPE_MAX] = {
 	ROLE_CONFIG_ENTRY(router_on_config),
 	[IPC_WORKER_DOWN] = { .fn = router_on_worker_down, IPC_LEN(sizeof(struct ipc_worker)) },
 };
+
+/* ---- the process: what the auth role says ------------------------------- */
+
+/*
+ * IPC_AUTH_ACL: the ACL in force, hostile input from a trusted role: a
+ * sealed memfd of the size announced, at most ACL_LIMITS_DEFAULT's
+ * max_bytes, decoded by router_set_acl_bytes (which keeps the ACL in
+ * force when it does not decode). "No ACL" while the configuration names
+ * a file can only be an old auth process's: ignored. Answered with its
+ * generation, whatever became of it.
+ */
+static int router_on_auth_acl(void *ctx, struct ipc_msg *m)
+{
+	static const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+	struct router_proc *p = ctx;
+	struct ipc_auth_acl msg;
+	const void *bytes;
+	char err[160];
+	int fd = m->nfds > 0 ? m->fds[0] : -1;
+
+	memcpy(&msg, m->data, sizeof(msg));
+	if (msg.len == 0) {
+		if (p->env->cfg->auth_acl_file[0] != '\0') {
+			log_warn("router: the auth role has no ACL, but the configuration names one; "
+				 "keeping what is in force");
+		} else if (p->have_acl) {
+			router_set_acl(p->r, NULL);
+			p->have_acl = false;
+		}
+	} else if (fd < 0 || !(bytes = sealedfd_map(fd, msg.len, lim.max_bytes, err, sizeof(err)))) {
+		log_error("router: the ACL sent to it is refused (%s): the one in force stays",
+			  fd < 0 ? "no memfd" : err);
+	} else {
+		if (router_set_acl_bytes(p->r, bytes, msg.len) == 0) {
+			p->have_acl = true;
+			log_info("router: ACL in force (%llu bytes)", (unsigned long long)msg.len);
+		}
+		sealedfd_unmap(bytes, msg.len);
+	}
+	if (fd >= 0)
+		close(fd);
+	router_acl_wait_update(p);
+	if (ipc_send(p->env->router_auth, IPC_AUTH_ACL_TAKEN, 0, &msg.generation,
+		     sizeof(msg.generation), -1) < 0)
+		log_warn("router: cannot tell the auth role its ACL was handled: %s", strerror(errno));
+	return 0;
+}
+
+/* IPC_AUTH_GRANT: a CONNECT the auth role accepted; a token's rules with it. */
+static int router_on_auth_grant(void *ctx, struct ipc_msg *m)
+{
+	struct router_proc *p = ctx;
+	struct ipc_auth_fields f;
+
+	if (!ipc_auth_verdict_decode(m->data, m->hdr.len, &f) || f.code != MQTT_CONNACK_ACCEPTED) {
+		log_warn("router: a malformed grant from the auth role; dropped");
+		return 0;
+	}
+	if (router_grant(p->r, f.conn, f.user, f.user_len, f.rules_from_token ? f.rules : NULL,
+			 f.rules_from_token ? f.rules_len : 0) < 0)
+		log_error("router: out of memory keeping a grant: its CONNECT will be refused");
+	return 0;
+}
+
+static const struct ipc_handler router_from_auth[IPC_TYPE_MAX] = {
+	[IPC_AUTH_ACL] = { .fn = router_on_auth_acl, IPC_LEN(sizeof(struct ipc_auth_acl)),
+			   .max_fds = 1 },
+	[IPC_AUTH_GRANT] = { .fn = router_on_auth_grant, .min_len = sizeof(struct ipc_auth_verdict),
+			     .max_len = IPC_MAX_PAYLOAD },
+};
+
+static void router_proc_auth(struct router_proc *p)
+{
+	if (ipc_dispatch(p->env->router_auth, &p->auth_in, p, ROUTER_CTL_PER_WAKE) < 0 &&
+	    errno != 0)
+		log_warn("router: the auth role's channel: %s", strerror(errno));
+}
+
+/*
+ * A CONNECT whose grant has not been read: everything the auth role sent
+ * so far, which holds it if the auth role accepted it (it grants before
+ * it answers the worker).
+ */
+static void router_proc_grant_fetch(void *arg)
+{
+	struct router_proc *p = arg;
+
+	while (ipc_dispatch(p->env->router_auth, &p->auth_in, p, ROUTER_CTL_PER_WAKE) > 0)
+		;
+}
 
 /* Returns 1 to go on, 0 to stop (shutdown or the supervisor is gone). */
 static int router_proc_ctl(struct router_proc *p)
@@ -832,6 +955,7 @@ static int router_proc_setup(struct router_proc *p)
 		router_set_worker(p->r, i, atomic_load(&env->shm.sup->workers[i].epoch),
 				  atomic_load(&env->shm.sup->workers[i].capacity));
 	router_set_route_gen(p->r, &env->shm.router->route_gen);
+	router_set_grants(p->r, config_acl_in_force(env->cfg), router_proc_grant_fetch, p);
 	if (same)
 		router_restore_rings(p);
 	router_proc_poison_check(p);
@@ -856,6 +980,18 @@ static int router_proc_setup(struct router_proc *p)
 	ev.data.fd = p->tfd;
 	if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->tfd, &ev) < 0)
 		goto fail;
+	ev.data.fd = env->router_auth;
+	if (epoll_ctl(p->epfd, EPOLL_CTL_ADD, env->router_auth, &ev) < 0)
+		goto fail;
+	/*
+	 * With an ACL file, no record is read before the auth role's ACL is
+	 * in force: asked for here (a router that restarts has none), and
+	 * sent anyway by an auth role that starts. Nothing is sent back
+	 * before it comes, so nothing else waits for it but the rings.
+	 */
+	router_acl_wait_update(p);
+	if (p->acl_wait && ipc_send(env->router_auth, IPC_AUTH_ACL_ASK, 0, NULL, 0, -1) < 0)
+		log_warn("router: cannot ask the auth role for the ACL: %s", strerror(errno));
 	return 0;
 fail:
 	log_error("router: cannot set up its event loop: %s", strerror(errno));
@@ -908,6 +1044,8 @@ static int router_proc_events(struct router_proc *p, int timeout)
 		} else if (fd == p->env->ctl_fd) {
 			if (!router_proc_ctl(p))
 				return 0;
+		} else if (fd == p->env->router_auth) {
+			router_proc_auth(p);
 		}
 	}
 	return 1;
@@ -925,6 +1063,7 @@ int router_main(struct role_env *env)
 	p->env = env;
 	p->epfd = p->tfd = -1;
 	ipc_dispatcher_init(&p->ctl_in, router_from_supervisor, IPC_PEER_ANY, "the supervisor");
+	ipc_dispatcher_init(&p->auth_in, router_from_auth, IPC_PEER_ANY, "the auth role");
 	if (router_proc_setup(p) < 0)
 		goto out;
 	router_set_room(p->r, router_proc_room);
@@ -935,7 +1074,7 @@ int router_main(struct role_env *env)
 	log_info("router: serving %u workers (store %s)", env->nworkers, p->st_dir);
 
 	for (unsigned busy_turns = 0;;) {
-		bool busy = router_proc_drain(p);
+		bool busy = !p->acl_wait && router_proc_drain(p);
 		int timeout = 0;
 
 		/* Retained messages waiting for a full ring: its worker wakes us (p_wait). */
@@ -950,7 +1089,7 @@ int router_main(struct role_env *env)
 			 */
 			if (++busy_turns % ROUTER_POLL_EVERY)
 				continue;
-		} else if (router_proc_prepare_sleep(p)) {
+		} else if (p->acl_wait || router_proc_prepare_sleep(p)) {
 			timeout = -1;
 		}
 		ev = router_proc_events(p, timeout);
@@ -969,7 +1108,7 @@ int router_main(struct role_env *env)
 	 * records. Apply and store every one: each
 	 * may be a message its publisher was acknowledged.
 	 */
-	while (rc == 0 && router_proc_drain(p))
+	while (rc == 0 && !p->acl_wait && router_proc_drain(p))
 		router_proc_flush(p);
 	/* Whatever fits still goes out, the tick's changes too. */
 	router_proc_flush(p);

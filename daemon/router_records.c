@@ -84,6 +84,14 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
 	}
 	if (!x.client_id.len)
 		x.clean = 1;              /* a server-named session cannot persist [MQTT-3.1.3-8] */
+	if (!router_grant_vouches(r, x.conn, (const char *)x.user.p, x.user.len)) {
+		log_warn("router: CONNECT of '%.*s' as \"%.*s\" from worker %u, which the auth role "
+			 "did not accept so: refused (CONNACK 5)", (int)MIN(x.client_id.len, 256u),
+			 (const char *)x.client_id.p, (int)MIN(x.user.len, 256u),
+			 (const char *)x.user.p, worker);
+		router_send_connack(r, x.conn, 0, MQTT_CONNACK_NOT_AUTHORIZED, false, NULL, 0);
+		return ROUTER_OK;
+	}
 
 	c = session_connect_new(&x);
 	if (!c) {
@@ -101,7 +109,7 @@ static uint8_t router_subscribe_code(struct router *r, struct session *s, const 
 {
 	if (router_subscription_refused(s, r->cfg, filter, len))
 		return ROUTER_SUBACK_FAILURE;
-	if (r->acl && !(s->acl && acl_client_may_subscribe(s->acl, filter, len))) {
+	if (router_acl_on(r, s) && !(s->acl && acl_client_may_subscribe(s->acl, filter, len))) {
 		log_debug("router: session %u: SUBSCRIBE to '%.*s' refused by the ACL", s->sid,
 			  (int)len, filter);
 		return ROUTER_SUBACK_FAILURE;
@@ -207,7 +215,7 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 	if (!topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
 	/* The publisher matters to the ACL alone: without one, no test beyond this. */
-	if (r->acl && !router_publisher_may(r, worker, x.conn, &m)) {
+	if ((r->acl || r->grants_required) && !router_publisher_may(r, worker, x.conn, &m)) {
 		/* Not routed, retained or queued; the topic stays with the router for this worker. */
 		if (x.flags & REC_PUB_ASK)
 			router_answer_route(r, worker, x.ask, &m, NULL);

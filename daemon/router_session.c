@@ -259,6 +259,7 @@ void session_free(struct router *r, struct session *s)
 		router_conn_unlink(r, s);
 	router_session_unlink(r, s);
 	acl_client_free(s->acl);
+	free(s->token_rules);
 	free(s->user);
 	free(s->cx);
 	free(s->remote_off);
@@ -385,8 +386,18 @@ struct session_connect *session_connect_new(const struct rec_connect *f)
  */
 void session_view_make(struct router *r, struct session *s)
 {
+	char err[160];
+
 	acl_client_free(s->acl);
 	s->acl = NULL;
+	if (s->token_rules) {
+		/* A token's lists, as the auth role granted them: they are its rules. */
+		s->acl = acl_client_decode(s->token_rules, s->token_rules_len, err, sizeof(err));
+		if (!s->acl)
+			log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
+				   "its token's rules are refused (%s): it may do nothing", err);
+		return;
+	}
 	if (!r->acl)
 		return;
 	s->acl = acl_client_new(r->acl, s->user, s->user ? strlen(s->user) : 0, s->client_id,
@@ -405,6 +416,8 @@ static bool session_user_take(struct router *r, struct session *s, const struct 
 		return false;
 	free(s->user);
 	s->user = user;
+	free(s->token_rules);
+	router_grant_take_rules(r, c->conn, &s->token_rules, &s->token_rules_len);
 	session_view_make(r, s);
 	return true;
 }

@@ -77,6 +77,10 @@ static void child_close_fds(struct supervisor *sv, struct child *c)
 	}
 	if (c->role == ROLE_LISTENER || c->role == ROLE_AUTH)
 		close_if(&env->router_efd);
+	if (c->role != ROLE_AUTH)
+		close_if(&env->auth_router);
+	if (c->role != ROLE_ROUTER)
+		close_if(&env->router_auth);
 }
 
 /*

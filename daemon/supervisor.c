@@ -83,12 +83,33 @@ static int create_shm(struct supervisor *sv)
 	return 0;
 }
 
+/*
+ * One of the auth role's channels. Made even without an auth role: a
+ * reload may start one. A message may be as long as IPC_MAX_PAYLOAD: room
+ * for more than one in flight (the kernel caps this at twice
+ * net.core.wmem_max).
+ */
+static int auth_channel(int *auth_end, int *other_end)
+{
+	int sp[2];
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0)
+		return -1;
+	*auth_end = sp[0];
+	*other_end = sp[1];
+	for (int k = 0; k < 2; k++)
+		if (setsockopt(sp[k], SOL_SOCKET, SO_SNDBUF, &(int){ 4 * IPC_MAX_PAYLOAD },
+			       sizeof(int)) < 0)
+			return -1;
+	return 0;
+}
+
 static int create_channels(struct supervisor *sv)
 {
 	int sp[2];
 
 	sv->env.router_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (sv->env.router_efd < 0)
+	if (sv->env.router_efd < 0 || auth_channel(&sv->env.auth_router, &sv->env.router_auth) < 0)
 		goto fail;
 	for (unsigned i = 0; i < sv->env.nworkers; i++) {
 		sv->env.worker_efd[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -98,19 +119,8 @@ static int create_channels(struct supervisor *sv)
 			goto fail;
 		sv->env.chan_listener[i] = sp[0];
 		sv->env.chan_worker[i] = sp[1];
-		/* Made even without an auth role: a reload may start one. */
-		if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0)
+		if (auth_channel(&sv->env.auth_chan[i], &sv->env.auth_chan_worker[i]) < 0)
 			goto fail;
-		sv->env.auth_chan[i] = sp[0];
-		sv->env.auth_chan_worker[i] = sp[1];
-		/*
-		 * A request may be as long as IPC_MAX_PAYLOAD: room for more than
-		 * one in flight (the kernel caps this at twice net.core.wmem_max).
-		 */
-		for (int k = 0; k < 2; k++)
-			if (setsockopt(sp[k], SOL_SOCKET, SO_SNDBUF, &(int){ 4 * IPC_MAX_PAYLOAD },
-				       sizeof(int)) < 0)
-				goto fail;
 	}
 	return 0;
 fail:

@@ -8,8 +8,11 @@
  * to be sent again when a new auth process greets us with
  * IPC_AUTH_HELLO) and the verdicts that come back: refused, CONNACK 4, 5
  * or 3 and close; accepted, the CONNECT goes to the router as it would
- * have, under the user name the verdict gives. A verdict for a
- * connection that is gone is dropped. Without the auth role, the secure
+ * have, under the user name the verdict gives, and the connection takes
+ * the client's view of the ACL the verdict carries (conn_set_rules),
+ * until IPC_AUTH_RULES_STALE says the ACL changed. A verdict for a
+ * connection that is gone is dropped. Also owns w->acl_in_force, set
+ * from the configuration. Without the auth role, the secure
  * default is applied here: only loopback clients, unless
  * auth.allow_anonymous.
  */
@@ -100,19 +103,6 @@ void worker_auth_flush(struct worker *w)
 
 /* --- the verdicts --------------------------------------------------------- */
 
-/*
- * The client's rules, as an accepting verdict carries them (empty without
- * an ACL or a token's lists): opaque here; the ACL's enforcement decodes
- * them onto the connection.
- */
-void conn_take_rules(struct worker *w, struct conn *c, const uint8_t *rules, size_t len)
-{
-	(void)w;
-	(void)c;
-	(void)rules;
-	(void)len;
-}
-
 static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 {
 	struct worker_auth *wa = wa_of(w);
@@ -129,7 +119,8 @@ static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 			    "authentication refused");
 		return;
 	}
-	conn_take_rules(w, c, f->rules, f->rules_len);
+	conn_set_rules(w, c, f->rules, f->rules_len);
+	c->rules_from_token = f->rules_from_token;
 	rc = aw->rc;
 	rc.user = (struct rec_str){ (const uint8_t *)f->user, (uint16_t)f->user_len };
 	connect_forward(w, c, &rc);
@@ -166,7 +157,33 @@ static int on_hello(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
+/*
+ * IPC_AUTH_RULES_STALE: the ACL changed and the router has the new one:
+ * every view made from the old file goes, and those connections' messages
+ * go through the router until they connect again. A token's lists stay:
+ * they come from the token, not the file.
+ */
+static int on_rules_stale(void *ctx, struct ipc_msg *m)
+{
+	struct worker *w = ctx;
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < w->n_slots; i++) {
+		struct conn *c = w->slots[i];
+
+		if (c == NULL || c->acl == NULL || c->rules_from_token)
+			continue;
+		conn_set_rules(w, c, NULL, 0);
+		n++;
+	}
+	if (n > 0)
+		log_info("the ACL changed: %u connections' messages go through the router until they "
+			 "connect again", n);
+	return 0;
+}
+
 static const struct ipc_handler from_auth[IPC_TYPE_MAX] = {
+	[IPC_AUTH_RULES_STALE] = { .fn = on_rules_stale },
 	[IPC_AUTH_VERDICT] = { .fn = on_verdict, .min_len = sizeof(struct ipc_auth_verdict),
 			       .max_len = IPC_MAX_PAYLOAD },
 	[IPC_AUTH_HELLO] = { .fn = on_hello },
@@ -318,6 +335,7 @@ int worker_auth_setup(struct worker *w)
 {
 	struct worker_auth *wa = calloc(1, sizeof(*wa));
 
+	w->acl_in_force = config_acl_in_force(w->cfg);
 	if (wa == NULL)
 		return -1;
 	w->auth = wa;
@@ -335,6 +353,7 @@ void worker_auth_config_changed(struct worker *w)
 {
 	struct worker_auth *wa = wa_of(w);
 
+	w->acl_in_force = config_acl_in_force(w->cfg);
 	if (config_auth_role(w->cfg)) {
 		if (channel_register(w, wa) < 0)
 			log_error("cannot read the auth channel: %s", strerror(errno));

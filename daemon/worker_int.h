@@ -58,7 +58,8 @@ struct conn {
 	uint32_t sid;                /* the router's session id, from CONNACK */
 	uint16_t keepalive;          /* effective, seconds; 0 = none */
 	uint16_t next_pid;           /* not in qos: ids go on rotating when that is freed */
-	uint8_t state;
+	uint8_t state : 7;           /* enum conn_state */
+	uint8_t rules_from_token : 1; /* acl is a token's lists: kept when the ACL file changes */
 	uint8_t remote_len;
 	bool clean;
 	bool paused;                 /* not reading: waiting for the router's CONNACK */
@@ -173,7 +174,6 @@ bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user,
 bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
 		      const struct rec_connect *rc);
 void worker_auth_forget(struct worker *w, const struct conn *c);
-void conn_take_rules(struct worker *w, struct conn *c, const uint8_t *rules, size_t len);
 
 /* worker_mqtt.c */
 void connect_forward(struct worker *w, struct conn *c, const struct rec_connect *rc);

@@ -117,6 +117,12 @@ int config_load(struct iotd_config *cfg, const struct cli_args *args,
  * unless auth.allow_anonymous.
  */
 bool config_auth_role(const struct iotd_config *cfg);
+/*
+ * Are clients' rights limited: an ACL file, or a JWT backend with a read
+ * or write list claim (a token's lists)? The workers then check writes
+ * before a local delivery.
+ */
+bool config_acl_in_force(const struct iotd_config *cfg);
 
 /* Parse one listen address: "host:port", "[v6]:port", "tcp://host:port", ":port". */
 int config_parse_listen(const char *s, struct listen_addr *out);

@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 7            /* bump whenever the header, enum ipc_type or a payload changes */
+#define IPC_VERSION 8            /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
@@ -52,6 +52,11 @@ enum ipc_type {
 	IPC_AUTH_VERDICT,     /* auth -> worker: the answer (struct ipc_auth_verdict + bytes) */
 	IPC_AUTH_HELLO,       /* auth -> worker: a new auth process; send again every request not answered */
 	IPC_AUTH_RELOAD,      /* supervisor -> auth: read the files again, as a transaction */
+	IPC_AUTH_ACL,         /* auth -> router: the ACL in force (struct ipc_auth_acl; a sealed memfd, none for no ACL) */
+	IPC_AUTH_ACL_ASK,     /* router -> auth: send the ACL in force (payload: none) */
+	IPC_AUTH_ACL_TAKEN,   /* router -> auth: the IPC_AUTH_ACL of this generation was handled (uint64_t) */
+	IPC_AUTH_RULES_STALE, /* auth -> worker: the ACL changed: drop every connection's view (payload: none) */
+	IPC_AUTH_GRANT,       /* auth -> router: a CONNECT accepted, before its verdict (a verdict's payload) */
 	IPC_TYPE_MAX
 };
 
@@ -141,15 +146,20 @@ struct ipc_auth_verdict {
 	uint64_t conn;
 	uint32_t ticket;
 	uint8_t code;                    /* a CONNACK return code: 0, 3, 4 or 5 */
-	uint8_t reserved[3];
+	uint8_t flags;                   /* IPC_AUTH_RULES_FROM_TOKEN */
+	uint8_t reserved[2];
 	uint32_t user_len, rules_len;
 };
+
+/* The rules are a token's lists: they stay when the ACL changes (IPC_AUTH_RULES_STALE). */
+#define IPC_AUTH_RULES_FROM_TOKEN 0x01
 
 /* A request or a verdict as its fields, pointing into a payload. */
 struct ipc_auth_fields {
 	uint64_t conn;
 	uint32_t ticket;
 	uint8_t code;                    /* verdicts */
+	bool rules_from_token;           /* verdicts */
 	bool has_user, has_password;     /* requests */
 	const char *remote, *client_id, *user;
 	const uint8_t *password, *rules;
@@ -169,6 +179,27 @@ bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_field
 /* A verdict's payload (code, user name, rules), malloc'd; NULL as above. */
 void *ipc_auth_verdict_encode(const struct ipc_auth_fields *f, size_t *len);
 bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_fields *f);
+
+/*
+ * The auth <-> router channel: one SOCK_SEQPACKET socketpair, kept by the
+ * supervisor for the daemon's life like the workers' auth channels. The
+ * auth role sends the whole ACL (acl_encode's bytes) at its start, when
+ * the router asks (IPC_AUTH_ACL_ASK: a router that starts) and after a
+ * reload that changed it, as a sealed memfd of len bytes (sealedfd.h:
+ * any size up to ACL_LIMITS_DEFAULT's max_bytes, 16 MiB); len 0 and no fd
+ * say "no ACL". The router answers each with IPC_AUTH_ACL_TAKEN and its
+ * generation; the auth role then tells the workers that their
+ * connections' views are stale (IPC_AUTH_RULES_STALE). While an ACL is in
+ * force (config_acl_in_force), each accepted CONNECT is granted to the
+ * router (IPC_AUTH_GRANT: a verdict's payload, its connection id, the
+ * user name and, for a token's lists, its rules) before the worker gets
+ * its verdict, so that the router believes no CONNECT record the auth
+ * role did not accept under that name.
+ */
+struct ipc_auth_acl {
+	uint64_t generation;             /* counted by the auth process, from 1 */
+	uint64_t len;                    /* the memfd's bytes; 0: no ACL */
+};
 
 /* --- the transport (ipc.c) ------------------------------------------------ */
 

@@ -4,7 +4,7 @@
  * The supervisor creates all of it before the first fork and keeps it for
  * the daemon's whole life: the shared-memory regions (shm.h), one eventfd
  * per consuming process, the listener <-> worker socketpairs and the
- * auth <-> worker socketpairs. A restarted child therefore finds its
+ * auth <-> worker socketpairs and the auth <-> router one. A restarted child therefore finds its
  * rings, its wake-up eventfd and its channels exactly where its
  * predecessor left them.
  */
@@ -37,6 +37,8 @@ struct role_env {
 	int chan_worker[IOTD_MAX_WORKERS];   /* worker i's end */
 	int auth_chan[IOTD_MAX_WORKERS];     /* the auth role's end of its channel to worker i */
 	int auth_chan_worker[IOTD_MAX_WORKERS]; /* worker i's end */
+	int auth_router;               /* the auth role's end of its channel to the router */
+	int router_auth;               /* the router's end */
 	int listen_fds[CONFIG_MAX_LISTEN * 2];
 	int n_listen_fds;
 };

@@ -18,6 +18,7 @@
 
 #include "acl.h"
 #include "config.h"
+#include "iotd.h"
 #include "rec.h"
 
 struct router;
@@ -152,11 +153,26 @@ void router_set_acl(struct router *r, struct acl *acl);
  * The same from the auth role's bytes (acl_encode), decoded as hostile
  * input within ACL_LIMITS_DEFAULT. 0, or -1 when they do not decode
  * (logged): the ACL in force stays. A router that is to enforce an ACL
- * should be given one before its first record (an empty one, acl_parse
- * of "", allows nothing), so that nothing passes unchecked while the
- * auth role's is on its way, at start and after a restart.
+ * must have it before its first record, so that nothing passes
+ * unchecked: router_proc.c reads no ring until the auth role's has come.
  */
 int router_set_acl_bytes(struct router *r, const void *bytes, size_t len);
+
+/*
+ * Grants (daemon/router_grants.c): with required set (an ACL is in
+ * force), a CONNECT record is taken only when the auth role granted its
+ * connection under its user name (router_grant); otherwise it is answered
+ * CONNACK 5 (logged). A grant missing when its CONNECT comes is asked for
+ * with fetch(arg) (read what the auth role sent: it sent the grant before
+ * its verdict, so the grant is there). A grant's rules (a token's view,
+ * acl_client_encode) become its session's view. Grants no CONNECT takes
+ * are forgotten after a minute, the oldest first past a bound.
+ */
+typedef void router_grant_fetch_fn(void *arg);
+void router_set_grants(struct router *r, bool required, router_grant_fetch_fn *fetch, void *arg);
+/* 0, or -1 when out of memory (the grant is lost: its CONNECT will be refused). */
+int router_grant(struct router *r, conn_id_t conn, const char *user, size_t ulen,
+		 const void *rules, size_t rlen);
 
 /*
  * The route generation (shm.h: shm_router.route_gen): the router bumps it

@@ -10,7 +10,9 @@
  * whole (invalid ones included). Others hand the router raw bytes under
  * any type, a worker's death, a clock tick, or an ACL (one of a few, or
  * none), against which CONNECTs with and without a user name and
- * PUBLISHes from any connection are then checked. Whatever the stream,
+ * PUBLISHes from any connection are then checked, grants required or not,
+ * and grants (router_grant: a user name, with or without a token's rules)
+ * for any connection. Whatever the stream,
  * the router must not crash, read out of bounds, or leak (router_free at
  * the end, LeakSanitizer), and everything it emits must be a router ->
  * worker record for an existing worker that its decoder takes whole;
@@ -45,6 +47,7 @@ static const char *const acls[] = {
 	"",
 };
 static bool deny_all;
+static bool token_granted;   /* a token's rules were granted: they, not the ACL, are its session's */
 
 /* Each worker's current epoch, as the router was told (worker 2 does not exist). */
 static uint32_t cur_epoch[NWORKERS + 1];
@@ -213,15 +216,41 @@ static int check_emit(void *arg, unsigned worker, uint16_t type, const struct re
 		abort();
 	if (rec_validate(type, rec->buf, rec->len) != 0)
 		abort();
-	if (deny_all && type == REC_DELIVER)
+	if (deny_all && !token_granted && type == REC_DELIVER)
 		abort();
-	if (deny_all && type == REC_SESSION_MSG) {
+	if (deny_all && !token_granted && type == REC_SESSION_MSG) {
 		struct rec_session_msg m;
 
 		if (rec_session_msg_decode(&m, rec->buf, rec->len) || m.state != MSG_PUBREL)
 			abort();
 	}
 	return 0;
+}
+
+/* A token's view, as a grant carries it: may read and write "t/#" alone. */
+static struct recw token_rules;
+
+static void grant(struct router *r, struct fuzz_in *in)
+{
+	static const char *const users[] = { "alice", "", "bob" };
+	uint8_t b = take(in);
+	const char *user = users[b % ARRAY_SIZE(users)];
+
+	if (b & 0x10) {
+		router_set_grants(r, b & 0x20, NULL, NULL);
+		return;
+	}
+	if (token_rules.len == 0) {
+		const char *list[] = { "t/#" };
+		struct acl_client *v = acl_client_from_lists(list, 1, list, 1);
+
+		if (!v || acl_client_encode(v, &token_rules) < 0)
+			abort();
+		acl_client_free(v);
+	}
+	token_granted |= (b & 0x40) != 0;
+	router_grant(r, pick_conn(in), user, strlen(user), b & 0x40 ? token_rules.buf : NULL,
+		     b & 0x40 ? token_rules.len : 0);
 }
 
 static void set_acl(struct router *r, unsigned which)
@@ -256,6 +285,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (unsigned i = 0; i <= NWORKERS; i++)
 		cur_epoch[i] = 1;
 	deny_all = false;
+	token_granted = false;
 	for (unsigned i = 0; i < NWORKERS; i++)
 		router_set_worker(r, i, 1, 8);
 	router_tick(r, now);
@@ -286,6 +316,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 			if (b & 0x80) {
 				set_acl(r, b >> 3 & 3);
+			} else if (b & 0x40) {
+				grant(r, &in);
 			} else {
 				now += 1000u * (b % 8);
 				router_tick(r, now);

@@ -5,8 +5,12 @@
  * user's name, bad password, anonymous), what a compromised worker may
  * send (a malformed request is dropped, the role carries on), the bound
  * on one worker's requests (CONNACK 3 at once), one answer for a request
- * sent twice, the slow-down of an address that failed, a reload; and a
- * JWT's verdict: the user from its claim, its filter lists in the rules.
+ * sent twice, the slow-down of an address that failed, a reload; a
+ * JWT's verdict: the user from its claim, its filter lists in the rules;
+ * and, with this test as the router too, the ACL file: sent as a sealed
+ * memfd at start, when asked and after a reload that changed it, the
+ * workers told their views are stale once the router took it, each
+ * verdict carrying the client's view.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +25,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "acl.h"
 #include "config.h"
 #include "files.h"
 #include "ipc.h"
@@ -28,13 +33,16 @@
 #include "mqtt.h"
 #include "passwd.h"
 #include "roles.h"
+#include "sealedfd.h"
 #include "tokens.h"
 
 struct fx {
 	struct iotd_config cfg;
 	struct role_env env;
 	char dir[64], path[96];
+	char acl_path[96];               /* an ACL file, when the fixture has one */
 	int ctl, chan;                   /* the supervisor's end, the worker's end */
+	int router;                      /* the router's end */
 	pid_t pid;
 };
 
@@ -59,20 +67,29 @@ static void write_users(struct fx *f, const char *alice_pw)
 	write_file(f->path, text);
 }
 
-/* One message from fd within a second; its type, payload in buf. */
-static uint32_t recv_one(int fd, void *buf, size_t cap, size_t *len)
+/* One message from fd within a second; its type, payload in buf, the fd it carried in *rfd. */
+static uint32_t recv_fd(int fd, void *buf, size_t cap, size_t *len, int *rfd)
 {
 	struct pollfd pfd = { .fd = fd, .events = POLLIN };
 	struct ipc_hdr hdr;
 	ssize_t n;
-	int rfd;
 
 	if (poll(&pfd, 1, 1000) != 1)
 		return 0;
-	n = ipc_recv(fd, &hdr, buf, cap, &rfd);
+	n = ipc_recv(fd, &hdr, buf, cap, rfd);
 	assert_true(n >= 0);
 	*len = (size_t)n;
 	return hdr.type;
+}
+
+static uint32_t recv_one(int fd, void *buf, size_t cap, size_t *len)
+{
+	int rfd;
+	uint32_t type = recv_fd(fd, buf, cap, len, &rfd);
+
+	if (type != 0 && rfd >= 0)
+		close(rfd);
+	return type;
 }
 
 static bool nothing_within(int fd, int ms)
@@ -114,16 +131,33 @@ static int fx_start(struct fx *f, void **state)
 			 0);
 	f->env.auth_chan[0] = sp[0];
 	f->chan = sp[1];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp),
+			 0);
+	f->env.auth_router = sp[0];
+	f->router = sp[1];
 	f->pid = fork_role(&f->env, &f->ctl);
 	if (f->pid == 0) {
 		close(f->chan);
+		close(f->router);
 		_exit(auth_main(&f->env));
 	}
-	close(sp[0]);
+	close(f->env.auth_chan[0]);
+	close(f->env.auth_router);
 	assert_int_equal(recv_one(f->ctl, buf, sizeof(buf), &len), IPC_READY);
 	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_HELLO);
 	*state = f;
 	return 0;
+}
+
+/* The ACL the router is sent: none (the fixture has no ACL file). */
+static void no_acl_sent(struct fx *f)
+{
+	struct ipc_auth_acl msg;
+	size_t len;
+	int fd;
+
+	assert_int_equal(recv_fd(f->router, &msg, sizeof(msg), &len, &fd), IPC_AUTH_ACL);
+	assert_true(len == sizeof(msg) && msg.len == 0 && fd < 0);
 }
 
 static int setup(void **state)
@@ -132,6 +166,23 @@ static int setup(void **state)
 
 	write_users(f, "alice-pw");
 	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	fx_start(f, state);
+	no_acl_sent(f);
+	return 0;
+}
+
+static const char acl_text[] = "user alice\ntopic read a/#\ntopic deny a/secret\n"
+			       "pattern write c/%c/#\n";
+
+static int setup_acl(void **state)
+{
+	struct fx *f = fx_new("file", "passwd");
+
+	write_users(f, "alice-pw");
+	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	snprintf(f->acl_path, sizeof(f->acl_path), "%s/acl", f->dir);
+	write_file(f->acl_path, acl_text);
+	snprintf(f->cfg.auth_acl_file, sizeof(f->cfg.auth_acl_file), "%s", f->acl_path);
 	return fx_start(f, state);
 }
 
@@ -148,7 +199,9 @@ static int setup_jwt(void **state)
 	snprintf(f->cfg.auth_jwt_key_file, sizeof(f->cfg.auth_jwt_key_file), "%s", f->path);
 	snprintf(f->cfg.auth_jwt_read_claim, sizeof(f->cfg.auth_jwt_read_claim), "r");
 	snprintf(f->cfg.auth_jwt_write_claim, sizeof(f->cfg.auth_jwt_write_claim), "w");
-	return fx_start(f, state);
+	fx_start(f, state);
+	no_acl_sent(f);
+	return 0;
 }
 
 static int teardown(void **state)
@@ -161,7 +214,10 @@ static int teardown(void **state)
 	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	close(f->ctl);
 	close(f->chan);
+	close(f->router);
 	unlink(f->path);
+	if (f->acl_path[0])
+		unlink(f->acl_path);
 	rmdir(f->dir);
 	free(f);
 	return 0;
@@ -281,12 +337,34 @@ static void a_reload_is_a_transaction(void **state)
 	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
 }
 
+/* The grant the router is sent before a verdict: its fields point into a static buffer. */
+static struct ipc_auth_fields grant_sent(struct fx *f)
+{
+	static uint8_t buf[IPC_MAX_PAYLOAD];
+	struct ipc_auth_fields g;
+	size_t len;
+
+	assert_int_equal(recv_one(f->router, buf, sizeof(buf), &len), IPC_AUTH_GRANT);
+	assert_true(ipc_auth_verdict_decode(buf, len, &g));
+	return g;
+}
+
+/* The view a verdict's rules decode to. */
+static struct acl_client *view_of(const struct ipc_auth_fields *v)
+{
+	char err[160];
+	struct acl_client *c = acl_client_decode(v->rules, v->rules_len, err, sizeof(err));
+
+	assert_non_null(c);
+	return c;
+}
+
 static void a_token_names_its_client_and_carries_its_lists(void **state)
 {
 	static const char header[] = "{\"alg\":\"EdDSA\",\"typ\":\"JWT\"}";
-	static const uint8_t rules[] = "r\0\3a/#" "r\0\1b" "w\0\3a/b";
 	struct fx *f = *state;
-	struct ipc_auth_fields v;
+	struct ipc_auth_fields v, g;
+	struct acl_client *view;
 	char claims[256], user[64];
 
 	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-1\",\"exp\":%lld,"
@@ -295,8 +373,17 @@ static void a_token_names_its_client_and_carries_its_lists(void **state)
 	v = verdict(f, user, sizeof(user));
 	assert_int_equal(v.code, MQTT_CONNACK_ACCEPTED);
 	assert_string_equal(user, "dev-1");
-	assert_int_equal(v.rules_len, sizeof(rules) - 1);
-	assert_memory_equal(v.rules, rules, sizeof(rules) - 1);
+	assert_true(v.rules_from_token);
+	view = view_of(&v);
+	assert_true(acl_client_check(view, "a/x", 3, ACL_READ));
+	assert_true(acl_client_check(view, "b", 1, ACL_READ));
+	assert_false(acl_client_check(view, "a/x", 3, ACL_WRITE));
+	assert_true(acl_client_check(view, "a/b", 3, ACL_WRITE));
+	assert_false(acl_client_check(view, "c", 1, ACL_READ));
+	acl_client_free(view);
+	/* Its grant to the router carries the same rules, as a token's. */
+	g = grant_sent(f);
+	assert_true(g.conn == 40 && g.rules_from_token && g.rules_len == v.rules_len);
 	/* No lists: no rules. */
 	snprintf(claims, sizeof(claims), "{\"sub\":\"dev-2\",\"exp\":%lld}",
 		 (long long)time(NULL) + 600);
@@ -310,6 +397,103 @@ static void a_token_names_its_client_and_carries_its_lists(void **state)
 	EVP_PKEY_free(jwt_key);
 }
 
+/* The ACL the router is sent: its generation; the ACL decoded from the sealed memfd in *acl. */
+static uint64_t acl_sent(struct fx *f, struct acl **acl)
+{
+	static const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+	struct ipc_auth_acl msg;
+	const void *bytes;
+	char err[160];
+	size_t len;
+	int fd;
+
+	assert_int_equal(recv_fd(f->router, &msg, sizeof(msg), &len, &fd), IPC_AUTH_ACL);
+	assert_true(len == sizeof(msg) && msg.len > 0 && fd >= 0);
+	/* Sealed: nobody may write it any more. */
+	assert_int_equal(write(fd, "x", 1), -1);
+	bytes = sealedfd_map(fd, msg.len, lim.max_bytes, err, sizeof(err));
+	assert_non_null(bytes);
+	close(fd);
+	assert_int_equal(acl_decode(bytes, msg.len, &lim, acl, err, sizeof(err)), 0);
+	sealedfd_unmap(bytes, msg.len);
+	return msg.generation;
+}
+
+static void taken(struct fx *f, uint64_t generation)
+{
+	assert_int_equal(ipc_send(f->router, IPC_AUTH_ACL_TAKEN, 0, &generation,
+				  sizeof(generation), -1), 0);
+}
+
+/*
+ * A changed ACL: the router is sent one that lets alice read `readable`
+ * and not `not_readable`; the workers hear their views are stale only
+ * once the router took it.
+ */
+static void acl_change_sent(struct fx *f, const char *readable, const char *not_readable)
+{
+	static uint8_t buf[256];
+	struct acl *acl;
+	uint64_t gen = acl_sent(f, &acl);
+	size_t len;
+
+	assert_true(acl_check(acl, "alice", "c1", readable, ACL_READ));
+	assert_false(acl_check(acl, "alice", "c1", not_readable, ACL_READ));
+	acl_free(acl);
+	assert_true(nothing_within(f->chan, 100));
+	taken(f, gen);
+	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_RULES_STALE);
+}
+
+static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
+{
+	struct fx *f = *state;
+	struct ipc_auth_fields v, g;
+	struct acl_client *view;
+	struct acl *acl;
+	uint64_t gen;
+	char user[64];
+
+	/* At start: the ACL, and once the router took it, stale views. */
+	acl_change_sent(f, "a/x", "a/secret");
+	/* A verdict: alice's view, her patterns substituted with her client id "c". */
+	ask(f, 50, 0, "127.0.0.1:1", "alice", "alice-pw");
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.code == MQTT_CONNACK_ACCEPTED && !v.rules_from_token);
+	/* The router heard of it first, under the same name. */
+	g = grant_sent(f);
+	assert_true(g.conn == 50 && g.user_len == 5 && memcmp(g.user, "alice", 5) == 0);
+	view = view_of(&v);
+	assert_true(acl_client_check(view, "a/x", 3, ACL_READ));
+	assert_false(acl_client_check(view, "a/secret", 8, ACL_READ));
+	assert_true(acl_client_check(view, "c/c/x", 5, ACL_WRITE));
+	assert_false(acl_client_check(view, "c/d/x", 5, ACL_WRITE));
+	acl_client_free(view);
+	/* A router that starts asks: the same ACL again, no stale views. */
+	assert_int_equal(ipc_send(f->router, IPC_AUTH_ACL_ASK, 0, NULL, 0, -1), 0);
+	gen = acl_sent(f, &acl);
+	acl_free(acl);
+	taken(f, gen);
+	assert_true(nothing_within(f->chan, 100));
+	/* A reload that changes nothing sends nothing. */
+	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
+	assert_true(nothing_within(f->router, 200));
+	/* One that changes it: the new ACL, stale views once taken. */
+	write_file(f->acl_path, "user alice\ntopic read a/secret\n");
+	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
+	acl_change_sent(f, "a/secret", "a/x");
+	/* A file that does not parse: nothing changes. */
+	write_file(f->acl_path, "topic bogus a/#\n");
+	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
+	assert_true(nothing_within(f->router, 200));
+	ask(f, 51, 0, "127.0.0.1:1", "alice", "alice-pw");
+	v = verdict(f, user, sizeof(user));
+	assert_int_equal(grant_sent(f).conn, 51);
+	view = view_of(&v);
+	assert_true(acl_client_check(view, "a/secret", 8, ACL_READ));
+	acl_client_free(view);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -320,6 +504,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(a_reload_is_a_transaction, setup, teardown),
 		cmocka_unit_test_setup_teardown(a_token_names_its_client_and_carries_its_lists,
 						setup_jwt, teardown),
+		cmocka_unit_test_setup_teardown(an_acl_file_goes_to_the_router_and_into_each_verdict,
+						setup_acl, teardown),
 	};
 
 	signal(SIGPIPE, SIG_IGN);

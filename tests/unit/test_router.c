@@ -36,6 +36,7 @@
 #include "rec.h"
 #include "role.h"
 #include "router.h"
+#include "sealedfd.h"
 #include "shmring.h"
 #include "store.h"
 
@@ -2943,9 +2944,9 @@ static void set_acl(struct fx *f, const char *text)
 	router_set_acl(f->r, acl);
 }
 
-/* A CONNECT as user (NULL: none), accepted; its sid. What it emitted is cleared. */
-static uint32_t connect_as(struct fx *f, conn_id_t conn, bool clean, const char *id,
-			   const char *user, const struct will *will)
+/* A CONNECT as user (NULL: none): its CONNACK. What it emitted is cleared. */
+static struct connack connect_answer(struct fx *f, conn_id_t conn, bool clean, const char *id,
+				     const char *user, const struct will *will)
 {
 	struct connack a;
 	struct recw w;
@@ -2955,8 +2956,17 @@ static uint32_t connect_as(struct fx *f, conn_id_t conn, bool clean, const char 
 	assert_int_equal(handle(f, conn_id_worker(conn), REC_CONNECT, &w), 0);
 	assert_true(f->n >= 1);
 	decode_connack(&f->caps[0], &a);
-	assert_int_equal(a.rc, 0);
 	fx_clear(f);
+	return a;
+}
+
+/* A CONNECT as user (NULL: none), accepted; its sid. */
+static uint32_t connect_as(struct fx *f, conn_id_t conn, bool clean, const char *id,
+			   const char *user, const struct will *will)
+{
+	struct connack a = connect_answer(f, conn, clean, id, user, will);
+
+	assert_int_equal(a.rc, 0);
 	return a.sid;
 }
 
@@ -3299,6 +3309,80 @@ static void acl_resumed_session_reads_as_its_new_user(void **state)
 	assert_int_equal(f->n, 0);
 }
 
+/* ---- grants: the auth role vouches for each CONNECT ---------------------- */
+
+static unsigned grant_fetches;
+static struct fx *grant_fx;
+
+/* What the auth role "sent": the grant of C(0, 3), read only when the router asks. */
+static void grant_fetch(void *arg)
+{
+	(void)arg;
+	grant_fetches++;
+	assert_int_equal(router_grant(grant_fx->r, C(0, 3), "carol", 5, NULL, 0), 0);
+}
+
+/* The CONNACK code a CONNECT as user gets. */
+static uint8_t connect_code(struct fx *f, conn_id_t conn, const char *id, const char *user)
+{
+	return connect_answer(f, conn, true, id, user, NULL).rc;
+}
+
+/*
+ * With grants required, a CONNECT record is believed only under the name
+ * the auth role granted its connection: another name, or none, is CONNACK
+ * 5; a grant not read yet is fetched; each grant serves one CONNECT.
+ */
+static void grant_required_for_every_connect(void **state)
+{
+	struct fx *f = *state;
+
+	set_acl(f, SENSORS_ACL);
+	grant_fx = f;
+	grant_fetches = 0;
+	router_set_grants(f->r, true, grant_fetch, NULL);
+	assert_int_equal(connect_code(f, C(0, 1), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
+	assert_int_equal(grant_fetches, 1);
+	assert_int_equal(router_grant(f->r, C(0, 1), "bob", 3, NULL, 0), 0);
+	assert_int_equal(connect_code(f, C(0, 1), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
+	assert_int_equal(router_grant(f->r, C(0, 2), "alice", 5, NULL, 0), 0);
+	assert_int_equal(connect_code(f, C(0, 2), "a", "alice"), MQTT_CONNACK_ACCEPTED);
+	/* carol's grant was read with the first fetch: no other is needed. */
+	assert_int_equal(connect_code(f, C(0, 3), "c", "carol"), MQTT_CONNACK_ACCEPTED);
+	assert_int_equal(grant_fetches, 1);
+	/* Its grant was used: a CONNECT record again on that connection finds none. */
+	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
+	assert_int_equal(connect_code(f, C(0, 2), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
+	assert_int_equal(grant_fetches, 2);
+	/* Not required: the record's name is taken. */
+	router_set_grants(f->r, false, NULL, NULL);
+	assert_int_equal(connect_code(f, C(0, 4), "d", "dave"), MQTT_CONNACK_ACCEPTED);
+}
+
+/* A token's rules in its grant are its session's view, without an ACL file and beside one. */
+static void grant_rules_are_the_session_view(void **state)
+{
+	static const char *const filters[] = { "sensors/#", "mine/#" };
+	static const uint8_t only_mine[] = { 0x80, 1 };
+	struct fx *f = *state;
+	const char *read[] = { "mine/#" };
+	struct acl_client *v = acl_client_from_lists(read, 1, NULL, 0);
+	struct recw w;
+
+	assert_non_null(v);
+	recw_init(&w);
+	assert_int_equal(acl_client_encode(v, &w), 0);
+	acl_client_free(v);
+	router_set_grants(f->r, true, NULL, NULL);
+	assert_int_equal(router_grant(f->r, C(0, 1), "dev", 3, w.buf, w.len), 0);
+	connect_as(f, C(0, 1), true, "dev", "dev", NULL);
+	expect_suback(f, C(0, 1), filters, only_mine, 2);
+	/* An ACL file that gives "dev" everything does not widen its token's lists. */
+	set_acl(f, "user dev\ntopic readwrite #\n");
+	expect_suback(f, C(0, 1), filters, only_mine, 2);
+	recw_free(&w);
+}
+
 /* ---- the process: router_main over real rings ---------------------------- */
 
 #define PROC_RING 4096
@@ -3312,6 +3396,7 @@ struct proc {
 	struct shm_map sup;            /* ours as the supervisor */
 	struct shm_map wmap;           /* ours as worker 0 */
 	int ctl;                       /* the supervisor's end */
+	int auth;                      /* the auth role's end of its channel */
 	pid_t pid;
 	char store_name[STORE_NAME_LEN]; /* the memory store's, as the supervisor draws it */
 	unsigned spawns;               /* routers started over this shared memory */
@@ -3319,10 +3404,16 @@ struct proc {
 	struct shmring_consumer r2w;
 };
 
-/* The supervisor's part: shared memory, rings and eventfds, made once. */
+/* The supervisor's part: shared memory, rings, eventfds and the auth channel, made once. */
 static void proc_init(struct proc *p)
 {
+	int sp[2];
+
 	memset(p, 0, sizeof(*p));
+	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp),
+			 0);
+	p->env.router_auth = sp[0];
+	p->auth = sp[1];
 	p->cfg.max_queued_messages = 100;
 	assert_int_equal(shm_create(&p->set, PROC_WORKERS, PROC_RING), 0);
 	assert_int_equal(shm_map_role(&p->sup, &p->set, ROLE_SUPERVISOR, 0), 0);
@@ -3388,6 +3479,8 @@ static void proc_stop(struct proc *p, bool shutdown)
 	for (unsigned i = 0; i < PROC_WORKERS; i++)
 		close(p->env.worker_efd[i]);
 	close(p->env.router_efd);
+	close(p->env.router_auth);
+	close(p->auth);
 	shmring_consumer_detach(&p->r2w);
 	shm_unmap(&p->env.shm);
 	shm_unmap(&p->wmap);
@@ -3571,6 +3664,111 @@ static void proc_expect_nothing(struct proc *p)
 	rec = shmring_peek(&p->r2w);
 	if (rec)
 		fail_msg("unexpected %s from the router", rec_type_name(rec->type));
+}
+
+/* The next message from the router on the auth channel, within a second: its type, payload in buf. */
+static uint32_t proc_auth_recv(struct proc *p, void *buf, size_t cap)
+{
+	struct pollfd pfd = { .fd = p->auth, .events = POLLIN };
+	struct ipc_hdr hdr;
+	int fd;
+
+	if (poll(&pfd, 1, 1000) != 1)
+		return 0;
+	assert_true(ipc_recv(p->auth, &hdr, buf, cap, &fd) >= 0);
+	return hdr.type;
+}
+
+/* Send the router an ACL as the auth role does; sealed: as it must be. Its IPC_AUTH_ACL_TAKEN comes back. */
+static void proc_send_acl(struct proc *p, const char *text, uint64_t generation, bool sealed)
+{
+	static const struct acl_limits lim = ACL_LIMITS_DEFAULT;
+	struct ipc_auth_acl msg = { .generation = generation };
+	struct acl *acl;
+	struct recw w;
+	char err[160];
+	uint64_t back = 0;
+	int fd;
+
+	assert_int_equal(acl_parse(text, strlen(text), &lim, &acl, err, sizeof(err)), 0);
+	recw_init(&w);
+	assert_int_equal(acl_encode(acl, &w), 0);
+	acl_free(acl);
+	msg.len = w.len;
+	if (sealed) {
+		fd = sealedfd_make("test-acl", w.buf, w.len);
+	} else {
+		fd = memfd_create("test-acl", MFD_CLOEXEC);
+		assert_int_equal(write(fd, w.buf, w.len), (ssize_t)w.len);
+	}
+	assert_true(fd >= 0);
+	recw_free(&w);
+	assert_int_equal(ipc_send(p->auth, IPC_AUTH_ACL, 0, &msg, sizeof(msg), fd), 0);
+	close(fd);
+	assert_int_equal(proc_auth_recv(p, &back, sizeof(back)), IPC_AUTH_ACL_TAKEN);
+	assert_true(back == generation);
+}
+
+/* The auth role's grant of conn as user, as it sends it before the verdict. */
+static void proc_send_grant(struct proc *p, conn_id_t conn, const char *user)
+{
+	struct ipc_auth_fields g = { .conn = conn, .code = MQTT_CONNACK_ACCEPTED, .user = user,
+				     .user_len = strlen(user) };
+	size_t len;
+	void *payload = ipc_auth_verdict_encode(&g, &len);
+
+	assert_non_null(payload);
+	assert_int_equal(ipc_send(p->auth, IPC_AUTH_GRANT, 0, payload, len, -1), 0);
+	free(payload);
+}
+
+/*
+ * With an ACL file configured, the router reads no record before the auth
+ * role's ACL is in force: it asks for it, refuses one that is not sealed,
+ * then applies what waited under the one that is, a CONNECT only as the
+ * auth role granted it.
+ */
+static void router_main_holds_the_rings_until_the_acl_comes(void **state)
+{
+	struct proc p;
+	struct recw w;
+	struct cap c;
+	struct connack ca;
+	struct suback sa;
+
+	(void)state;
+	proc_init(&p);
+	snprintf(p.cfg.auth_acl_file, sizeof(p.cfg.auth_acl_file), "/nonexistent/acl");
+	proc_spawn(&p);
+	assert_int_equal(proc_auth_recv(&p, NULL, 0), IPC_AUTH_ACL_ASK);
+	build_connect_as(&w, C(0, 2), true, "liar", "u", NULL);   /* granted as no one */
+	proc_send(&p, REC_CONNECT, &w);
+	proc_send_grant(&p, C(0, 1), "u");
+	build_connect_as(&w, C(0, 1), true, "dev", "u", NULL);
+	proc_send(&p, REC_CONNECT, &w);
+	proc_expect_nothing(&p);
+	proc_send_acl(&p, "user u\ntopic read a/#\n", 1, false);
+	proc_expect_nothing(&p);
+	proc_send_acl(&p, "user u\ntopic read a/#\n", 2, true);
+	proc_recv(&p, &c);
+	decode_connack(&c, &ca);
+	free(c.buf);
+	assert_true(ca.conn == C(0, 2) && ca.rc == MQTT_CONNACK_NOT_AUTHORIZED);
+	proc_recv(&p, &c);
+	decode_connack(&c, &ca);
+	free(c.buf);
+	assert_true(ca.conn == C(0, 1) && ca.rc == MQTT_CONNACK_ACCEPTED);
+	proc_subscribe(&p, 1, "b/#", 0);
+	proc_recv(&p, &c);
+	decode_suback(&c, &sa);
+	free(c.buf);
+	assert_true(sa.n == 1 && sa.codes[0] == 0x80);
+	proc_subscribe(&p, 2, "a/#", 0);
+	proc_recv(&p, &c);
+	decode_suback(&c, &sa);
+	free(c.buf);
+	assert_true(sa.n == 1 && sa.codes[0] == 0);
+	proc_stop(&p, true);
 }
 
 /* Wait until the router applied everything we sent and committed what it emitted. */
@@ -4069,7 +4267,10 @@ int main(void)
 		T(acl_user_names_outlive_a_router_restart),
 		T(acl_connect_with_a_nul_in_its_user_name_is_dropped),
 		T(acl_resumed_session_reads_as_its_new_user),
+		T(grant_required_for_every_connect),
+		T(grant_rules_are_the_session_view),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
+		cmocka_unit_test(router_main_holds_the_rings_until_the_acl_comes),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),
 		cmocka_unit_test(router_main_applies_a_dead_workers_records_before_its_death),
 		cmocka_unit_test(router_main_reports_a_worker_that_breaks_its_ring),
