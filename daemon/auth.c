@@ -668,6 +668,9 @@ static void auth_teardown(struct auth *a)
 	struct auth_job *j, *tmp;
 
 	auth_pool_stop(&a->pool);
+	/* The channels' indexes first: clearing one reads its first job. */
+	for (unsigned i = 0; i < a->env->nworkers; i++)
+		HASH_CLEAR(hh, a->chans[i].jobs);
 	for (j = auth_pool_take_done(&a->pool); j != NULL; j = tmp) {
 		tmp = j->next;
 		job_free(j);
@@ -683,7 +686,6 @@ static void auth_teardown(struct auth *a)
 	for (unsigned i = 0; i < a->env->nworkers; i++) {
 		struct auth_chan *ch = &a->chans[i];
 
-		HASH_CLEAR(hh, ch->jobs);
 		for (j = ch->out; j != NULL; j = tmp) {
 			tmp = j->next;
 			job_free(j);
