@@ -20,6 +20,25 @@ static uint8_t *put(uint8_t *p, const void *src, size_t n)
 	return p + n;
 }
 
+/* A message of len bytes holding hdr first, or NULL; *body is where its fields go. */
+static uint8_t *message_new(size_t len, const void *hdr, size_t hdr_len, uint8_t **body)
+{
+	uint8_t *buf = malloc(len);
+
+	if (buf != NULL)
+		*body = put(buf, hdr, hdr_len);
+	return buf;
+}
+
+/* Copy the fixed struct that opens a message; false when the message is shorter. */
+static bool take_header(void *hdr, size_t hdr_len, const void *data, size_t len)
+{
+	if (len < hdr_len)
+		return false;
+	memcpy(hdr, data, hdr_len);
+	return true;
+}
+
 void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len)
 {
 	struct ipc_auth_request h = {
@@ -34,10 +53,9 @@ void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len)
 	    f->user_len > IPC_AUTH_FIELD_MAX || f->password_len > IPC_AUTH_FIELD_MAX)
 		return NULL;
 	*len = sizeof(h) + f->remote_len + f->client_id_len + f->user_len + f->password_len;
-	buf = malloc(*len);
+	buf = message_new(*len, &h, sizeof(h), &p);
 	if (buf == NULL)
 		return NULL;
-	p = put(buf, &h, sizeof(h));
 	p = put(p, f->remote, f->remote_len);
 	p = put(p, f->client_id, f->client_id_len);
 	p = put(p, f->user, f->user_len);
@@ -50,10 +68,8 @@ bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_field
 	struct ipc_auth_request h;
 	const char *p = (const char *)data + sizeof(h);
 
-	if (len < sizeof(h))
-		return false;
-	memcpy(&h, data, sizeof(h));
-	if (h.remote_len > IPC_AUTH_REMOTE_MAX || h.client_id_len > IPC_AUTH_FIELD_MAX ||
+	if (!take_header(&h, sizeof(h), data, len) ||
+	    h.remote_len > IPC_AUTH_REMOTE_MAX || h.client_id_len > IPC_AUTH_FIELD_MAX ||
 	    h.user_len > IPC_AUTH_FIELD_MAX || h.password_len > IPC_AUTH_FIELD_MAX ||
 	    h.has_user > 1 || h.has_password > 1 ||
 	    (!h.has_user && h.user_len) || (!h.has_password && h.password_len) ||
@@ -84,10 +100,9 @@ void *ipc_auth_verdict_encode(const struct ipc_auth_fields *f, size_t *len)
 	    f->rules_len > IPC_MAX_PAYLOAD - sizeof(h) - f->user_len)
 		return NULL;
 	*len = sizeof(h) + f->user_len + f->rules_len;
-	buf = malloc(*len);
+	buf = message_new(*len, &h, sizeof(h), &p);
 	if (buf == NULL)
 		return NULL;
-	p = put(buf, &h, sizeof(h));
 	p = put(p, f->user, f->user_len);
 	put(p, f->rules, f->rules_len);
 	return buf;
@@ -98,10 +113,8 @@ bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_field
 	struct ipc_auth_verdict h;
 	const char *p = (const char *)data + sizeof(h);
 
-	if (len < sizeof(h))
-		return false;
-	memcpy(&h, data, sizeof(h));
-	if (h.user_len > IPC_AUTH_FIELD_MAX || h.rules_len > IPC_MAX_PAYLOAD ||
+	if (!take_header(&h, sizeof(h), data, len) ||
+	    h.user_len > IPC_AUTH_FIELD_MAX || h.rules_len > IPC_MAX_PAYLOAD ||
 	    len != sizeof(h) + (size_t)h.user_len + h.rules_len)
 		return false;
 	*f = (struct ipc_auth_fields){
