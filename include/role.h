@@ -81,4 +81,7 @@ void eventfd_wake(int efd);
 /* Read and discard an eventfd's counter. */
 void eventfd_drain(int efd);
 
+/* Add fd to the epoll set epfd for events; its events carry ptr. 0, or -1 (errno). */
+int epoll_watch(int epfd, int fd, uint32_t events, void *ptr);
+
 #endif
