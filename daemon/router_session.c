@@ -246,6 +246,19 @@ struct session *session_alloc(const char *client_id, uint16_t len)
 	return s;
 }
 
+/* A session in no lookup (any more): only its allocations to free. */
+void session_dealloc(struct session *s)
+{
+	acl_client_free(s->acl);
+	free(s->token_rules);
+	free(s->pending);
+	free(s->cx);
+	free(s->remote_off);
+	free(s->user);
+	free(s->qos2_ids);
+	free(s);
+}
+
 /* The session is gone for good (router_free frees without this: the store keeps it). */
 void session_free(struct router *r, struct session *s)
 {
@@ -258,13 +271,7 @@ void session_free(struct router *r, struct session *s)
 	if (s->online)
 		router_conn_unlink(r, s);
 	router_session_unlink(r, s);
-	acl_client_free(s->acl);
-	free(s->token_rules);
-	free(s->user);
-	free(s->cx);
-	free(s->remote_off);
-	free(s->qos2_ids);
-	free(s);
+	session_dealloc(s);
 }
 
 static struct session *session_new(struct router *r, const struct session_connect *c)
