@@ -10,14 +10,44 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "iotd.h"
 #include "ipc.h"
 
-/* Append n bytes at *p. */
-static uint8_t *put(uint8_t *p, const void *src, size_t n)
+/* One byte field of a message. */
+struct field {
+	const void *p;
+	size_t len;
+};
+
+/* A message: hdr, then the n fields one after the other; NULL when out of memory. */
+static void *message_new(const void *hdr, size_t hdr_len, const struct field *fields, size_t n,
+			 size_t *len)
 {
-	if (n > 0)
-		memcpy(p, src, n);
-	return p + n;
+	uint8_t *buf, *p;
+
+	*len = hdr_len;
+	for (size_t i = 0; i < n; i++)
+		*len += fields[i].len;
+	buf = malloc(*len);
+	if (buf == NULL)
+		return NULL;
+	memcpy(buf, hdr, hdr_len);
+	p = buf + hdr_len;
+	for (size_t i = 0; i < n; i++) {
+		if (fields[i].len > 0)
+			memcpy(p, fields[i].p, fields[i].len);
+		p += fields[i].len;
+	}
+	return buf;
+}
+
+/* Copy the fixed struct that opens a message; false when the message is shorter. */
+static bool take_header(void *hdr, size_t hdr_len, const void *data, size_t len)
+{
+	if (len < hdr_len)
+		return false;
+	memcpy(hdr, data, hdr_len);
+	return true;
 }
 
 void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len)
@@ -28,21 +58,15 @@ void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len)
 		.remote_len = (uint16_t)f->remote_len, .client_id_len = (uint32_t)f->client_id_len,
 		.user_len = (uint32_t)f->user_len, .password_len = (uint32_t)f->password_len,
 	};
-	uint8_t *buf, *p;
+	const struct field fields[] = {
+		{ f->remote, f->remote_len }, { f->client_id, f->client_id_len },
+		{ f->user, f->user_len }, { f->password, f->password_len },
+	};
 
 	if (f->remote_len > IPC_AUTH_REMOTE_MAX || f->client_id_len > IPC_AUTH_FIELD_MAX ||
 	    f->user_len > IPC_AUTH_FIELD_MAX || f->password_len > IPC_AUTH_FIELD_MAX)
 		return NULL;
-	*len = sizeof(h) + f->remote_len + f->client_id_len + f->user_len + f->password_len;
-	buf = malloc(*len);
-	if (buf == NULL)
-		return NULL;
-	p = put(buf, &h, sizeof(h));
-	p = put(p, f->remote, f->remote_len);
-	p = put(p, f->client_id, f->client_id_len);
-	p = put(p, f->user, f->user_len);
-	put(p, f->password, f->password_len);
-	return buf;
+	return message_new(&h, sizeof(h), fields, ARRAY_SIZE(fields), len);
 }
 
 bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_fields *f)
@@ -50,10 +74,8 @@ bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_field
 	struct ipc_auth_request h;
 	const char *p = (const char *)data + sizeof(h);
 
-	if (len < sizeof(h))
-		return false;
-	memcpy(&h, data, sizeof(h));
-	if (h.remote_len > IPC_AUTH_REMOTE_MAX || h.client_id_len > IPC_AUTH_FIELD_MAX ||
+	if (!take_header(&h, sizeof(h), data, len) ||
+	    h.remote_len > IPC_AUTH_REMOTE_MAX || h.client_id_len > IPC_AUTH_FIELD_MAX ||
 	    h.user_len > IPC_AUTH_FIELD_MAX || h.password_len > IPC_AUTH_FIELD_MAX ||
 	    h.has_user > 1 || h.has_password > 1 ||
 	    (!h.has_user && h.user_len) || (!h.has_password && h.password_len) ||
@@ -78,19 +100,12 @@ void *ipc_auth_verdict_encode(const struct ipc_auth_fields *f, size_t *len)
 		.flags = f->rules_from_token ? IPC_AUTH_RULES_FROM_TOKEN : 0,
 		.user_len = (uint32_t)f->user_len, .rules_len = (uint32_t)f->rules_len,
 	};
-	uint8_t *buf, *p;
+	const struct field fields[] = { { f->user, f->user_len }, { f->rules, f->rules_len } };
 
 	if (f->user_len > IPC_AUTH_FIELD_MAX ||
 	    f->rules_len > IPC_MAX_PAYLOAD - sizeof(h) - f->user_len)
 		return NULL;
-	*len = sizeof(h) + f->user_len + f->rules_len;
-	buf = malloc(*len);
-	if (buf == NULL)
-		return NULL;
-	p = put(buf, &h, sizeof(h));
-	p = put(p, f->user, f->user_len);
-	put(p, f->rules, f->rules_len);
-	return buf;
+	return message_new(&h, sizeof(h), fields, ARRAY_SIZE(fields), len);
 }
 
 bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_fields *f)
@@ -98,10 +113,8 @@ bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_field
 	struct ipc_auth_verdict h;
 	const char *p = (const char *)data + sizeof(h);
 
-	if (len < sizeof(h))
-		return false;
-	memcpy(&h, data, sizeof(h));
-	if (h.user_len > IPC_AUTH_FIELD_MAX || h.rules_len > IPC_MAX_PAYLOAD ||
+	if (!take_header(&h, sizeof(h), data, len) ||
+	    h.user_len > IPC_AUTH_FIELD_MAX || h.rules_len > IPC_MAX_PAYLOAD ||
 	    len != sizeof(h) + (size_t)h.user_len + h.rules_len)
 		return false;
 	*f = (struct ipc_auth_fields){

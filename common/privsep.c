@@ -559,6 +559,17 @@ static const char *const router_syscalls[] = {
 	"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
 };
 
+/* Each role's system calls beyond common_syscalls. */
+static const struct syscall_list {
+	const char *const *names;
+	size_t n;
+} role_syscalls[ROLE_MAX] = {
+	[ROLE_LISTENER] = { listener_syscalls, ARRAY_SIZE(listener_syscalls) },
+	[ROLE_ROUTER] = { router_syscalls, ARRAY_SIZE(router_syscalls) },
+	[ROLE_WORKER] = { worker_syscalls, ARRAY_SIZE(worker_syscalls) },
+	[ROLE_AUTH] = { auth_syscalls, ARRAY_SIZE(auth_syscalls) },
+};
+
 static int allow_names(scmp_filter_ctx ctx, const char *const *names, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -628,19 +639,8 @@ static int load_filter(enum iotd_role role)
 		return -1;
 	}
 	if (allow_names(ctx, common_syscalls, ARRAY_SIZE(common_syscalls)) < 0 ||
-	    allow_conditional(ctx, role) < 0)
-		goto cleanup;
-	if (role == ROLE_WORKER &&
-	    allow_names(ctx, worker_syscalls, ARRAY_SIZE(worker_syscalls)) < 0)
-		goto cleanup;
-	if (role == ROLE_LISTENER &&
-	    allow_names(ctx, listener_syscalls, ARRAY_SIZE(listener_syscalls)) < 0)
-		goto cleanup;
-	if (role == ROLE_ROUTER &&
-	    allow_names(ctx, router_syscalls, ARRAY_SIZE(router_syscalls)) < 0)
-		goto cleanup;
-	if (role == ROLE_AUTH &&
-	    allow_names(ctx, auth_syscalls, ARRAY_SIZE(auth_syscalls)) < 0)
+	    allow_conditional(ctx, role) < 0 ||
+	    allow_names(ctx, role_syscalls[role].names, role_syscalls[role].n) < 0)
 		goto cleanup;
 	err = seccomp_load(ctx);
 	if (err < 0) {

@@ -1,7 +1,7 @@
 /*
- * util.c - small helpers every role shares: eventfd wake-ups, taking a
- * reloaded configuration, answering the supervisor's health checks and
- * applying new log settings (role.h).
+ * util.c - small helpers every role shares: eventfd wake-ups, watching
+ * an fd with epoll, taking a reloaded configuration, answering the
+ * supervisor's health checks and applying new log settings (role.h).
  *
  * Owns nothing: the eventfds are the supervisor's, created non-blocking,
  * one per consuming process, and live as long as the daemon.
@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "ipc.h"
@@ -44,6 +45,13 @@ void eventfd_drain(int efd)
 			return;
 		fatal("eventfd %d: read: %m", efd);
 	}
+}
+
+int epoll_watch(int epfd, int fd, uint32_t events, void *ptr)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = ptr };
+
+	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
 /* The whole struct crosses one control message: it must fit. */

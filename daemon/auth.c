@@ -578,9 +578,7 @@ static int on_config(void *ctx, struct ipc_msg *m)
 static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = on_shutdown },
 	[IPC_AUTH_RELOAD] = { .fn = on_reload },
-	ROLE_PING_ENTRY,
-	ROLE_LOG_SETTINGS_ENTRY,
-	ROLE_CONFIG_ENTRY(on_config),
+	ROLE_SUPERVISOR_ENTRIES(on_config),
 };
 
 /* --- set-up ------------------------------------------------------------------ */
@@ -610,7 +608,6 @@ static int seal(const struct iotd_config *cfg)
 
 static int auth_setup(struct auth *a, struct role_env *env)
 {
-	struct epoll_event ev = { .events = EPOLLIN };
 	char err[512], what[64];
 
 	a->env = env;
@@ -633,19 +630,13 @@ static int auth_setup(struct auth *a, struct role_env *env)
 	a->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (a->epfd < 0 || a->timerfd < 0)
 		return -1;
-	ev.data.ptr = &env->ctl_fd;
-	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, env->ctl_fd, &ev) < 0)
-		return -1;
-	ev.data.ptr = &a->timerfd;
-	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->timerfd, &ev) < 0)
-		return -1;
-	ev.data.ptr = &a->pool.efd;
-	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->pool.efd, &ev) < 0)
+	if (epoll_watch(a->epfd, env->ctl_fd, EPOLLIN, &env->ctl_fd) < 0 ||
+	    epoll_watch(a->epfd, a->timerfd, EPOLLIN, &a->timerfd) < 0 ||
+	    epoll_watch(a->epfd, a->pool.efd, EPOLLIN, &a->pool.efd) < 0)
 		return -1;
 	a->router.fd = env->auth_router;
 	ipc_dispatcher_init(&a->router.in, from_router, IPC_PEER_ANY, "the router");
-	ev.data.ptr = &a->router;
-	if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, a->router.fd, &ev) < 0)
+	if (epoll_watch(a->epfd, a->router.fd, EPOLLIN, &a->router) < 0)
 		return -1;
 	for (unsigned i = 0; i < env->nworkers; i++) {
 		struct auth_chan *ch = &a->chans[i];
@@ -656,8 +647,7 @@ static int auth_setup(struct auth *a, struct role_env *env)
 		ch->out_tail = &ch->out;
 		snprintf(from, sizeof(from), "worker %u", i);
 		ipc_dispatcher_init(&ch->in, from_worker, i, from);
-		ev.data.ptr = ch;
-		if (epoll_ctl(a->epfd, EPOLL_CTL_ADD, ch->fd, &ev) < 0)
+		if (epoll_watch(a->epfd, ch->fd, EPOLLIN, ch) < 0)
 			return -1;
 	}
 	return 0;

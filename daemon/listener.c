@@ -606,9 +606,7 @@ static int on_config(void *ctx, struct ipc_msg *m)
 static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = on_shutdown },
 	[IPC_STOP_ACCEPT] = { .fn = on_stop_accept },
-	ROLE_PING_ENTRY,
-	ROLE_LOG_SETTINGS_ENTRY,
-	ROLE_CONFIG_ENTRY(on_config),
+	ROLE_SUPERVISOR_ENTRIES(on_config),
 };
 
 /* Returns false when the listener must exit: told to, or the supervisor is gone. */

@@ -416,6 +416,7 @@ static inline void msg_body_discard(struct msg_body *b)
 /* The router's copy of a CONNECT, as a REC_CONNECT or the store gave it. */
 struct session_connect *session_connect_new(const struct rec_connect *f);
 struct session *session_alloc(const char *client_id, uint16_t len);
+void session_dealloc(struct session *s);
 void session_view_make(struct router *r, struct session *s);
 void session_free(struct router *r, struct session *s);
 bool router_session_link(struct router *r, struct session *s);

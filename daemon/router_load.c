@@ -54,17 +54,6 @@ static struct session_connect *session_connect_load(const struct store_session *
 	return session_connect_new(&f);
 }
 
-/* A session in no lookup yet: only its allocations to free. */
-static void session_unlinked_free(struct session *s)
-{
-	free(s->pending);
-	free(s->cx);
-	free(s->remote_off);
-	free(s->user);
-	free(s->qos2_ids);
-	free(s);
-}
-
 /* The allocations of a stored session, linked nowhere yet. */
 static struct session *session_load_new(const struct store_session *ss)
 {
@@ -93,7 +82,7 @@ static struct session *session_load_new(const struct store_session *ss)
 		goto fail;
 	return s;
 fail:
-	session_unlinked_free(s);
+	session_dealloc(s);
 	return NULL;
 }
 
@@ -179,7 +168,7 @@ static void router_load_session(void *arg, const struct store_session *ss)
 	}
 	if (!router_load_link(r, s)) {
 		if (router_find_sid(r, s->sid) != s)
-			session_unlinked_free(s);
+			session_dealloc(s);
 		ld->failed = true;
 		return;
 	}

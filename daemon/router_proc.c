@@ -582,9 +582,7 @@ static int router_on_worker_down(void *ctx, struct ipc_msg *m)
 
 static const struct ipc_handler router_from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = router_on_shutdown },
-	ROLE_PING_ENTRY,
-	ROLE_LOG_SETTINGS_ENTRY,
-	ROLE_CONFIG_ENTRY(router_on_config),
+	ROLE_SUPERVISOR_ENTRIES(router_on_config),
 	[IPC_WORKER_DOWN] = { .fn = router_on_worker_down, IPC_LEN(sizeof(struct ipc_worker)) },
 };
 

@@ -246,6 +246,19 @@ struct session *session_alloc(const char *client_id, uint16_t len)
 	return s;
 }
 
+/* A session in no lookup (any more): only its allocations to free. */
+void session_dealloc(struct session *s)
+{
+	acl_client_free(s->acl);
+	free(s->token_rules);
+	free(s->pending);
+	free(s->cx);
+	free(s->remote_off);
+	free(s->user);
+	free(s->qos2_ids);
+	free(s);
+}
+
 /* The session is gone for good (router_free frees without this: the store keeps it). */
 void session_free(struct router *r, struct session *s)
 {
@@ -258,13 +271,7 @@ void session_free(struct router *r, struct session *s)
 	if (s->online)
 		router_conn_unlink(r, s);
 	router_session_unlink(r, s);
-	acl_client_free(s->acl);
-	free(s->token_rules);
-	free(s->user);
-	free(s->cx);
-	free(s->remote_off);
-	free(s->qos2_ids);
-	free(s);
+	session_dealloc(s);
 }
 
 static struct session *session_new(struct router *r, const struct session_connect *c)
@@ -332,6 +339,15 @@ bool router_kicked_take(struct router *r, conn_id_t conn)
 	return true;
 }
 
+/* Copies len bytes and a '\0' to p; returns where the next field goes. */
+static char *put_string(char *p, const void *src, size_t len)
+{
+	if (len)
+		memcpy(p, src, len);
+	p[len] = '\0';
+	return p + len + 1;
+}
+
 struct session_connect *session_connect_new(const struct rec_connect *f)
 {
 	size_t remote_len = MIN((size_t)f->remote.len, (size_t)ROUTER_REMOTE_LEN - 1);
@@ -356,23 +372,10 @@ struct session_connect *session_connect_new(const struct rec_connect *f)
 	c->will_topic_len = (uint16_t)topic_len;
 	c->will_payload_len = (uint32_t)payload_len;
 
-	p = c->data;
-	if (f->client_id.len)
-		memcpy(p, f->client_id.p, f->client_id.len);
-	p[f->client_id.len] = '\0';
-	p += f->client_id.len + 1;
-	if (remote_len)
-		memcpy(p, f->remote.p, remote_len);
-	p[remote_len] = '\0';
-	p += remote_len + 1;
-	if (f->user.len)
-		memcpy(p, f->user.p, f->user.len);
-	p[f->user.len] = '\0';
-	p += f->user.len + 1;
-	if (topic_len)
-		memcpy(p, f->will_topic.p, topic_len);
-	p[topic_len] = '\0';
-	p += topic_len + 1;
+	p = put_string(c->data, f->client_id.p, f->client_id.len);
+	p = put_string(p, f->remote.p, remote_len);
+	p = put_string(p, f->user.p, f->user.len);
+	p = put_string(p, f->will_topic.p, topic_len);
 	if (payload_len)
 		memcpy(p, f->will_payload.p, payload_len);
 	return c;

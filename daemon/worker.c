@@ -392,9 +392,7 @@ static int on_config(void *ctx, struct ipc_msg *m)
 
 static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = on_shutdown },
-	ROLE_PING_ENTRY,
-	ROLE_LOG_SETTINGS_ENTRY,
-	ROLE_CONFIG_ENTRY(on_config),
+	ROLE_SUPERVISOR_ENTRIES(on_config),
 };
 
 /* Returns false when the worker must stop: told to, or the supervisor is gone. */
@@ -419,7 +417,6 @@ static void publish_counters(struct worker *w)
 
 static int worker_setup(struct worker *w, struct role_env *env)
 {
-	struct epoll_event ev = { .events = EPOLLIN };
 	struct itimerspec its = { .it_interval = { 1, 0 }, .it_value = { 1, 0 } };
 
 	w->env = env;
@@ -457,20 +454,13 @@ static int worker_setup(struct worker *w, struct role_env *env)
 		/* Before READY: the router must see the repaired tail, never the old one. */
 		shmring_release(&w->cons);
 	}
-	ev.data.ptr = &w->timerfd;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->timerfd, &ev) < 0)
-		return -1;
-	ev.data.ptr = &env->ctl_fd;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, env->ctl_fd, &ev) < 0)
-		return -1;
-	/* Edge-triggered: a wake-up needs no read to re-arm it, one syscall less. */
-	ev.events = EPOLLIN | EPOLLET;
-	ev.data.ptr = &env->worker_efd[w->index];
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, env->worker_efd[w->index], &ev) < 0)
-		return -1;
-	ev.events = EPOLLIN;
-	ev.data.ptr = &env->chan_worker[w->index];
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, env->chan_worker[w->index], &ev) < 0)
+	/* The wake-up eventfd edge-triggered: no read to re-arm it, one syscall less. */
+	if (epoll_watch(w->epfd, w->timerfd, EPOLLIN, &w->timerfd) < 0 ||
+	    epoll_watch(w->epfd, env->ctl_fd, EPOLLIN, &env->ctl_fd) < 0 ||
+	    epoll_watch(w->epfd, env->worker_efd[w->index], EPOLLIN | EPOLLET,
+			&env->worker_efd[w->index]) < 0 ||
+	    epoll_watch(w->epfd, env->chan_worker[w->index], EPOLLIN,
+			&env->chan_worker[w->index]) < 0)
 		return -1;
 	return worker_auth_setup(w);
 }

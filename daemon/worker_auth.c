@@ -320,12 +320,9 @@ void worker_auth_forget(struct worker *w, const struct conn *c)
 
 static int channel_register(struct worker *w, struct worker_auth *wa)
 {
-	struct epoll_event ev = { .events = EPOLLIN,
-				  .data.ptr = &w->env->auth_chan_worker[w->index] };
-
 	if (wa->registered || !config_auth_role(w->cfg))
 		return 0;
-	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, wa->fd, &ev) < 0)
+	if (epoll_watch(w->epfd, wa->fd, EPOLLIN, &w->env->auth_chan_worker[w->index]) < 0)
 		return -1;
 	wa->registered = true;
 	return 0;

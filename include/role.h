@@ -63,22 +63,25 @@ int role_take_config(struct role_env *env, const void *data, size_t len);
 
 /*
  * What every child does with the supervisor's IPC_PING (answer IPC_PONG,
- * under the ping's peer) and IPC_LOG_SETTINGS (apply them), as entries of
- * its handler table for the supervisor's socket (ipc.h); and the entry of
- * its IPC_CONFIG handler, which calls role_take_config().
+ * under the ping's peer) and IPC_LOG_SETTINGS (apply them), and the
+ * child's own IPC_CONFIG handler (which calls role_take_config()): the
+ * entries every child's handler table for the supervisor's socket holds
+ * (ipc.h).
  */
 struct ipc_msg;
 int role_on_ping(void *ctx, struct ipc_msg *m);
 int role_on_log_settings(void *ctx, struct ipc_msg *m);
-#define ROLE_PING_ENTRY [IPC_PING] = { .fn = role_on_ping }
-#define ROLE_LOG_SETTINGS_ENTRY \
-	[IPC_LOG_SETTINGS] = { .fn = role_on_log_settings, IPC_LEN(sizeof(struct log_settings)) }
-#define ROLE_CONFIG_ENTRY(handler) \
-	[IPC_CONFIG] = { .fn = (handler), IPC_LEN(sizeof(struct iotd_config)) }
+#define ROLE_SUPERVISOR_ENTRIES(config_handler) \
+	[IPC_PING] = { .fn = role_on_ping }, \
+	[IPC_LOG_SETTINGS] = { .fn = role_on_log_settings, IPC_LEN(sizeof(struct log_settings)) }, \
+	[IPC_CONFIG] = { .fn = (config_handler), IPC_LEN(sizeof(struct iotd_config)) }
 
 /* Wake a process sleeping on an eventfd (errors other than EAGAIN are fatal). */
 void eventfd_wake(int efd);
 /* Read and discard an eventfd's counter. */
 void eventfd_drain(int efd);
+
+/* Add fd to the epoll set epfd for events; its events carry ptr. 0, or -1 (errno). */
+int epoll_watch(int epfd, int fd, uint32_t events, void *ptr);
 
 #endif
