@@ -340,17 +340,17 @@ static inline void router_routes_changed(struct router *r)
 	atomic_fetch_add_explicit(r->route_gen, 1, memory_order_release);
 }
 
-/*
- * May session s do access on the topic? Without an ACL, yes, at the cost
- * of this one test; with one, as its view says, and a session without a
- * view (out of memory when it was made) may do nothing.
- */
 /* Is the session's access limited: an ACL, or its token's lists? */
 static inline bool router_acl_on(const struct router *r, const struct session *s)
 {
 	return r->acl || s->token_rules;
 }
 
+/*
+ * May session s do access on the topic? Without an ACL, yes, at the cost
+ * of this one test; with one, as its view says, and a session without a
+ * view (out of memory when it was made) may do nothing.
+ */
 static inline bool router_acl_allows(const struct router *r, const struct session *s,
 				     const char *topic, size_t len, enum acl_access access)
 {
