@@ -64,6 +64,7 @@ struct auth_chan {
 	bool stale_due;              /* IPC_AUTH_RULES_STALE not sent yet */
 	bool want_out;               /* EPOLLOUT armed */
 	bool full;                   /* an episode of refusals past max_pending, logged */
+	bool foreign_logged;         /* a request about another worker's connection, logged */
 };
 
 /*
@@ -117,9 +118,14 @@ static void job_free(struct auth_job *j)
 
 /* --- answering ------------------------------------------------------------ */
 
+/*
+ * While verdicts wait for room, the channel is not read: a worker that
+ * does not read its answers cannot make this role hold more of its
+ * requests than fit in the socket, whatever it sends.
+ */
 static void chan_set_events(struct auth_chan *ch, bool want_out)
 {
-	struct epoll_event ev = { .events = EPOLLIN | (want_out ? EPOLLOUT : 0), .data.ptr = ch };
+	struct epoll_event ev = { .events = want_out ? EPOLLOUT : EPOLLIN, .data.ptr = ch };
 
 	if (ch->want_out == want_out)
 		return;
@@ -325,27 +331,29 @@ static struct auth_job *job_new(struct auth *a, unsigned worker, const struct ip
 	return j;
 }
 
-/* IPC_AUTH_REQUEST */
-static int on_request(void *ctx, struct ipc_msg *m)
+/* A decoded request from ch's worker: held, answered at once, or dropped. */
+static void request_take(struct auth_chan *ch, const struct ipc_auth_fields *f)
 {
-	struct auth_chan *ch = ctx;
 	struct auth *a = ch->a;
-	struct ipc_auth_fields f;
 	struct auth_job *j, *dup;
 	uint32_t delay = 0;
 
-	if (!ipc_auth_request_decode(m->data, m->hdr.len, &f)) {
-		log_warn("a malformed authentication request from worker %u; dropped", ch->index);
-		return 0;
+	/* A worker asks for its own connections only: a grant names the connection to the router. */
+	if (conn_id_worker(f->conn) != ch->index) {
+		if (!ch->foreign_logged)
+			log_warn("worker %u asked about a connection of worker %u; dropped (logged "
+				 "once)", ch->index, conn_id_worker(f->conn));
+		ch->foreign_logged = true;
+		return;
 	}
 	/* Sent again after our greeting while the first is still here: one answer is enough. */
-	HASH_FIND(hh, ch->jobs, &f.conn, sizeof(f.conn), dup);
+	HASH_FIND(hh, ch->jobs, &f->conn, sizeof(f->conn), dup);
 	if (dup != NULL)
-		return 0;
-	j = job_new(a, ch->index, &f);
+		return;
+	j = job_new(a, ch->index, f);
 	if (j == NULL) {
 		log_error("out of memory for an authentication request; dropped");
-		return 0;
+		return;
 	}
 	HASH_ADD(hh, ch->jobs, conn, sizeof(j->conn), j);
 	ch->held++;
@@ -355,7 +363,7 @@ static int on_request(void *ctx, struct ipc_msg *m)
 				 "answering CONNACK 3 until they drain", ch->index, ch->held - 1);
 		ch->full = true;
 		answer_unavailable(a, j, "too many requests waiting (auth.max_pending)");
-		return 0;
+		return;
 	}
 	if (ch->held == 1)
 		ch->full = false;
@@ -369,6 +377,20 @@ static int on_request(void *ctx, struct ipc_msg *m)
 	if (delay > 0)
 		j->due_ms += delay + 1;
 	auth_pool_submit(&a->pool, j);
+}
+
+/* IPC_AUTH_REQUEST; the password is wiped from the receive buffer whatever becomes of it. */
+static int on_request(void *ctx, struct ipc_msg *m)
+{
+	struct auth_chan *ch = ctx;
+	struct ipc_auth_fields f;
+
+	if (!ipc_auth_request_decode(m->data, m->hdr.len, &f)) {
+		log_warn("a malformed authentication request from worker %u; dropped", ch->index);
+		return 0;
+	}
+	request_take(ch, &f);
+	explicit_bzero((void *)f.password, f.password_len);
 	return 0;
 }
 

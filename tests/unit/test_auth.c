@@ -284,6 +284,8 @@ static void a_malformed_request_is_dropped(void **state)
 	assert_int_equal(ipc_send(f->chan, IPC_AUTH_REQUEST, 0, &h, sizeof(h), -1), 0);
 	assert_int_equal(ipc_send(f->chan, IPC_AUTH_VERDICT, 0, &h, sizeof(h), -1), 0);
 	assert_int_equal(ipc_send(f->chan, IPC_AUTH_REQUEST, 5, &h, sizeof(h), -1), 0);
+	/* Well formed, but about a connection of worker 1, on worker 0's channel. */
+	ask(f, (1ull << 56) | 11, 0, "127.0.0.1:1", "bob", "bob-pw");
 	assert_true(nothing_within(f->chan, 200));
 	ask(f, 10, 0, "127.0.0.1:1", "bob", "bob-pw");
 	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
