@@ -699,6 +699,11 @@ static int substitute(struct acl_section *out, const struct acl_rule *r, const c
 	return rc;
 }
 
+/*
+ * A view starts as the names its patterns need: substituting them costs
+ * an allocation per pattern, and most connections never publish or
+ * subscribe again after their first few packets, or at all.
+ */
 struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_t ulen,
 				  const char *client_id, size_t clen)
 {
@@ -713,20 +718,47 @@ struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_
 		c->patterns_refused = true;
 		return c;
 	}
+	c->who = malloc(ulen + clen + 2);
+	if (!c->who) {
+		free(c);
+		return NULL;
+	}
+	if (user)
+		memcpy(c->who, user, ulen);
+	c->who[ulen] = '\0';
+	memcpy(c->who + ulen + 1, client_id, clen);
+	c->who[ulen + 1 + clen] = '\0';
+	c->who_user = user != NULL;
+	c->pending_acl = acl;
+	return c;
+}
+
+bool acl_client_ready(struct acl_client *c)
+{
+	const struct acl *acl = c->pending_acl;
+	const char *user = c->who_user ? c->who : NULL;
+	size_t ulen, clen;
+	const char *cid;
+
+	if (!acl)
+		return true;
+	ulen = strlen(c->who);
+	cid = c->who + ulen + 1;
+	clen = strlen(cid);
 	for (size_t i = 0; i < acl->patterns.n; i++) {
 		const struct acl_rule *r = &acl->patterns.rules[i];
 
 		if (!user && has_user_mark(r))
 			continue;
-		if (substitute(&c->patterns, r, user, ulen, client_id, clen) < 0)
-			goto fail;
+		if (substitute(&c->patterns, r, user, ulen, cid, clen) < 0) {
+			acl_section_free(&c->patterns);
+			return false;
+		}
 	}
-	if (acl_section_build(&c->patterns) < 0)
-		goto fail;
-	return c;
-fail:
-	acl_client_free(c);
-	return NULL;
+	c->pending_acl = NULL;
+	free(c->who);
+	c->who = NULL;
+	return true;
 }
 
 struct acl_client *acl_client_from_lists(const char *const *read, size_t nread,
@@ -742,8 +774,6 @@ struct acl_client *acl_client_from_lists(const char *const *read, size_t nread,
 	for (size_t i = 0; i < nwrite; i++)
 		if (acl_section_add(&c->own, write[i], strlen(write[i]), ACL_WRITE) < 0)
 			goto fail;
-	if (acl_section_build(&c->own) < 0)
-		goto fail;
 	c->topics = &c->own;
 	return c;
 fail:
@@ -757,13 +787,33 @@ void acl_client_free(struct acl_client *c)
 		return;
 	acl_section_free(&c->own);
 	acl_section_free(&c->patterns);
+	free(c->who);
+	free(c->memo);
 	free(c);
 }
 
-bool acl_client_check(const struct acl_client *c, const char *topic, size_t len,
+/*
+ * A view's own tries are built at its first check, not when it is made:
+ * most connections are idle most of the time, and a view that answers
+ * no message costs its rule lists alone. A view whose tries cannot be
+ * built (out of memory) allows nothing.
+ */
+static bool view_built(struct acl_client *c)
+{
+	if (!c->built && acl_client_ready(c) && acl_section_build(&c->own) == 0 &&
+	    acl_section_build(&c->patterns) == 0)
+		c->built = true;
+	return c->built;
+}
+
+bool acl_client_check(struct acl_client *c, const char *topic, size_t len,
 		      enum acl_access access)
 {
-	uint8_t bits = c->topics ? trie_match(c->topics->trie, topic, len) : 0;
+	uint8_t bits;
+
+	if (!view_built(c))
+		return false;
+	bits = c->topics ? trie_match(c->topics->trie, topic, len) : 0;
 
 	if (bits & BIT_DENY)
 		return false;
@@ -773,6 +823,42 @@ bool acl_client_check(const struct acl_client *c, const char *topic, size_t len,
 		return false;
 	bits = trie_match(c->patterns.trie, topic, len);
 	return !(bits & BIT_DENY) && (bits & access);
+}
+
+/*
+ * The memo's slot, from a few of the topic's bytes: a hash of them all
+ * cost as much as the walk it saves. Topics that differ only elsewhere
+ * share a slot, which costs a walk, not an error: the slot's topic is
+ * compared whole.
+ */
+static unsigned memo_slot(const char *topic, size_t len, enum acl_access access)
+{
+	uint32_t h = (uint32_t)len ^ access ^ ((uint32_t)(uint8_t)topic[len - 1] << 1) ^
+		     ((uint32_t)(uint8_t)topic[len - 2 < len ? len - 2 : 0] << 2) ^
+		     ((uint32_t)(uint8_t)topic[len / 2] << 3);
+
+	return (h ^ (h >> 3) ^ (h >> 6)) % ACL_MEMO_SLOTS;
+}
+
+bool acl_client_may(struct acl_client *c, const char *topic, size_t len,
+		    enum acl_access access)
+{
+	struct acl_memo *m;
+	bool yes;
+
+	if (len == 0 || len > ACL_MEMO_TOPIC)
+		return acl_client_check(c, topic, len, access);
+	if (!c->memo && !(c->memo = calloc(ACL_MEMO_SLOTS, sizeof(*c->memo))))
+		return acl_client_check(c, topic, len, access);
+	m = &c->memo[memo_slot(topic, len, access)];
+	if (m->len == len && m->access == access && memcmp(m->topic, topic, len) == 0)
+		return m->yes;
+	yes = acl_client_check(c, topic, len, access);
+	m->len = (uint16_t)len;
+	m->access = (uint8_t)access;
+	m->yes = yes;
+	memcpy(m->topic, topic, len);
+	return yes;
 }
 
 /* Is the overlap inside one of s's deny rules? */
@@ -812,12 +898,14 @@ static bool readable_overlap(const struct acl_section *s, const struct acl_secti
 	return false;
 }
 
-bool acl_client_may_subscribe(const struct acl_client *c, const char *filter, size_t len)
+bool acl_client_may_subscribe(struct acl_client *c, const char *filter, size_t len)
 {
 	size_t longest = longest_rule(c->topics);
 	char *buf;
 	bool yes;
 
+	if (!acl_client_ready(c))
+		return false;
 	if (!c->patterns_refused && longest_rule(&c->patterns) > longest)
 		longest = longest_rule(&c->patterns);
 	buf = malloc(len + longest + 1);

@@ -60,8 +60,10 @@ int acl_encode(const struct acl *acl, struct recw *w)
 	return encode_rules(w, &acl->patterns, false);
 }
 
-int acl_client_encode(const struct acl_client *c, struct recw *w)
+int acl_client_encode(struct acl_client *c, struct recw *w)
 {
+	if (!acl_client_ready(c))
+		return -1;
 	recw_u32(w, ACL_WIRE_CLIENT);
 	recw_u8(w, c->patterns_refused);
 	if (encode_rules(w, c->topics, false) < 0)
@@ -98,7 +100,8 @@ static int dec_count(struct acl_dec *d, size_t min, size_t *n, const char *what)
 	return 0;
 }
 
-static int dec_rules(struct acl_dec *d, struct acl_section *s, bool substituted)
+/* A section's rules; its trie built when build says (a view's is built at its first check). */
+static int dec_rules(struct acl_dec *d, struct acl_section *s, bool substituted, bool build)
 {
 	size_t n;
 
@@ -122,7 +125,7 @@ static int dec_rules(struct acl_dec *d, struct acl_section *s, bool substituted)
 		if (acl_section_add(s, (const char *)f, len, access) < 0)
 			return dec_fail(d, "out of memory");
 	}
-	if (acl_section_build(s) < 0)
+	if (build && acl_section_build(s) < 0)
 		return dec_fail(d, "out of memory");
 	return 0;
 }
@@ -164,7 +167,7 @@ static int dec_user(struct acl_dec *d, struct acl *acl)
 	s->name[len] = '\0';
 	s->name_len = len;
 	acl->nusers++;
-	return dec_rules(d, s, false);
+	return dec_rules(d, s, false, true);
 }
 
 int acl_decode(const void *buf, size_t len, const struct acl_limits *lim, struct acl **out,
@@ -184,7 +187,7 @@ int acl_decode(const void *buf, size_t len, const struct acl_limits *lim, struct
 		snprintf(err, errlen, "ACL bytes: out of memory");
 		return -1;
 	}
-	if (dec_begin(&d, buf, len, ACL_WIRE_ACL) < 0 || dec_rules(&d, &acl->anon, false) < 0 ||
+	if (dec_begin(&d, buf, len, ACL_WIRE_ACL) < 0 || dec_rules(&d, &acl->anon, false, true) < 0 ||
 	    dec_count(&d, NAME_MIN_BYTES, &nusers, "more users than bytes") < 0)
 		goto fail;
 	if (nusers && !(acl->users = calloc(nusers, sizeof(*acl->users)))) {
@@ -195,7 +198,7 @@ int acl_decode(const void *buf, size_t len, const struct acl_limits *lim, struct
 	for (size_t i = 0; i < nusers; i++)
 		if (dec_user(&d, acl) < 0)
 			goto fail;
-	if (dec_rules(&d, &acl->patterns, false) < 0 || dec_end(&d) < 0)
+	if (dec_rules(&d, &acl->patterns, false, false) < 0 || dec_end(&d) < 0)
 		goto fail;
 	*out = acl;
 	return 0;
@@ -223,7 +226,8 @@ struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, siz
 		goto fail;
 	}
 	c->patterns_refused = refused;
-	if (dec_rules(&d, &c->own, false) < 0 || dec_rules(&d, &c->patterns, true) < 0 ||
+	if (dec_rules(&d, &c->own, false, false) < 0 ||
+	    dec_rules(&d, &c->patterns, true, false) < 0 ||
 	    dec_end(&d) < 0)
 		goto fail;
 	if (c->patterns_refused && c->patterns.n) {

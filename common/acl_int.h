@@ -51,13 +51,36 @@ struct acl {
 	struct acl_section patterns;
 };
 
+#define ACL_MEMO_SLOTS 8
+#define ACL_MEMO_TOPIC 60
+
+/* One remembered answer (acl_client_may): len 0 is an empty slot. */
+struct acl_memo {
+	uint16_t len;
+	uint8_t access;
+	bool yes;
+	char topic[ACL_MEMO_TOPIC];
+};
+
 struct acl_client {
 	const struct acl_section *topics; /* the client's topic rules: acl's, or own */
 	struct acl_section own;           /* acl_client_from_lists, acl_client_decode */
 	struct acl_section patterns;      /* substituted for this client */
 	bool patterns_refused;            /* its name or id would widen a pattern */
+	/*
+	 * Patterns are substituted at the view's first use, not when it is
+	 * made (acl_client_new): until then it keeps the ACL they come from
+	 * and the names that go into them (who: user, NUL, client id, NUL).
+	 */
+	const struct acl *pending_acl;
+	char *who;
+	bool who_user;                    /* who holds a user name (else anonymous) */
+	bool built;                       /* own's and patterns' tries (acl_client_check) */
+	struct acl_memo *memo;            /* ACL_MEMO_SLOTS answers, taken at first use */
 };
 
+/* Substitute the view's patterns if not yet done; false when out of memory (the view allows nothing). */
+bool acl_client_ready(struct acl_client *c);
 /* Append a rule (filter copied, not checked); 0, or -1 when out of memory. */
 int acl_section_add(struct acl_section *s, const char *f, size_t len, uint8_t access);
 /* Build the trie of the section's rules; 0, or -1 when out of memory. */

@@ -354,7 +354,7 @@ static inline bool router_acl_on(const struct router *r, const struct session *s
 static inline bool router_acl_allows(const struct router *r, const struct session *s,
 				     const char *topic, size_t len, enum acl_access access)
 {
-	return !router_acl_on(r, s) || (s->acl && acl_client_check(s->acl, topic, len, access));
+	return !router_acl_on(r, s) || (s->acl && acl_client_may(s->acl, topic, len, access));
 }
 
 /* router_grants.c */

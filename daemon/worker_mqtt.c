@@ -33,7 +33,7 @@ static void route_publish(struct worker *w, struct conn *c, const struct mqtt_pu
 
 	if (w->acl_in_force) {
 		if (c->acl &&
-		    !acl_client_check(c->acl, (const char *)pub->topic.p, pub->topic.len, ACL_WRITE)) {
+		    !acl_client_may(c->acl, (const char *)pub->topic.p, pub->topic.len, ACL_WRITE)) {
 			log_debug("PUBLISH from '%s' (%s) to '%.*s' refused by the ACL", conn_client_id(c),
 				  c->remote, (int)pub->topic.len, (const char *)pub->topic.p);
 			return;

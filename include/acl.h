@@ -33,9 +33,9 @@
  * Wildcards in the first level of a rule never match a topic that starts
  * with '$' (MQTT 4.7.2).
  *
- * Checking is done on a client's view, compiled once at CONNECT
- * (acl_client_new): its topic rules are in a trie built when the file is
- * read, its patterns, substituted, in a trie of its own; a check walks
+ * Checking is done on a client's view (acl_client_new): its topic rules
+ * are in a trie built when the file is read, its patterns, substituted,
+ * in a trie of its own, both made at its first use; a check walks
  * the topic's levels down both, so its cost grows with the topic's depth
  * and not with the number of rules.
  */
@@ -78,7 +78,10 @@ void acl_free(struct acl *acl);
 
 /*
  * A client's view of acl: user NULL for a client without a user name.
- * Borrows acl's topic rules (acl must outlive it); NULL when out of memory.
+ * Borrows acl's topic rules and patterns (acl must outlive it); NULL when
+ * out of memory. The patterns are substituted at the view's first use
+ * and its tries built at its first check, so a view that is never asked
+ * anything costs little more than the names it keeps.
  */
 struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_t ulen,
 				  const char *client_id, size_t clen);
@@ -93,9 +96,24 @@ struct acl_client *acl_client_from_lists(const char *const *read, size_t nread,
 
 void acl_client_free(struct acl_client *c);
 
-/* May the client do access (ACL_READ or ACL_WRITE) on this topic name? */
-bool acl_client_check(const struct acl_client *c, const char *topic, size_t len,
+/*
+ * May the client do access (ACL_READ or ACL_WRITE) on this topic name?
+ * The view's tries are built at its first check (no for all, when out of
+ * memory).
+ */
+bool acl_client_check(struct acl_client *c, const char *topic, size_t len,
 		      enum acl_access access);
+
+/*
+ * The same answer, remembered: the view keeps its last answers for a few
+ * short topics (ACL_MEMO_SLOTS, a topic of at most ACL_MEMO_TOPIC bytes),
+ * so a client that writes or reads the same topics again and again costs
+ * a hash and a compare per message instead of a walk of its tries. The
+ * memory is taken at the first call (none for a client that never
+ * publishes or receives); without it the answer is acl_client_check's.
+ */
+bool acl_client_may(struct acl_client *c, const char *topic, size_t len,
+		    enum acl_access access);
 
 /*
  * May the client subscribe to this (valid) filter: could it match any
@@ -107,7 +125,7 @@ bool acl_client_check(const struct acl_client *c, const char *topic, size_t len,
  * delivery is checked with acl_client_check. A refused filter is answered
  * with SUBACK 0x80.
  */
-bool acl_client_may_subscribe(const struct acl_client *c, const char *filter, size_t len);
+bool acl_client_may_subscribe(struct acl_client *c, const char *filter, size_t len);
 
 /* One check without keeping a view (tests, tools): user NULL for none. */
 bool acl_check(const struct acl *acl, const char *user, const char *client_id,
@@ -150,7 +168,7 @@ int acl_decode(const void *buf, size_t len, const struct acl_limits *lim, struct
  * 65535 bytes, or a name with a NUL put in it): such a client cannot be
  * given a view.
  */
-int acl_client_encode(const struct acl_client *c, struct recw *w);
+int acl_client_encode(struct acl_client *c, struct recw *w);
 /*
  * A view from acl_client_encode()'s bytes that answers every check as the
  * encoded one did (it owns its rules). NULL with a message in err.

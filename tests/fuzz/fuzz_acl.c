@@ -35,7 +35,7 @@ static bool topic_name(const char *t, size_t len)
 	return len > 0 && !memchr(t, '+', len) && !memchr(t, '#', len) && !memchr(t, '\0', len);
 }
 
-static void check_view(const struct acl_client *c, char **topics, size_t n)
+static void check_view(struct acl_client *c, char **topics, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		size_t len = strlen(topics[i]);
@@ -52,8 +52,23 @@ static void check_view(const struct acl_client *c, char **topics, size_t n)
 	}
 }
 
+/* The remembered answers (acl_client_may) are acl_client_check's, asked twice over. */
+static void memo_agrees(struct acl_client *c, char **topics, size_t n)
+{
+	for (int round = 0; round < 2; round++)
+		for (size_t i = 0; i < n; i++) {
+			size_t len = strlen(topics[i]);
+
+			if (topic_name(topics[i], len))
+				for (int a = ACL_READ; a <= ACL_WRITE; a++)
+					if (acl_client_may(c, topics[i], len, a) !=
+					    acl_client_check(c, topics[i], len, a))
+						__builtin_trap();
+		}
+}
+
 /* Views c and d answer every question about the topics alike. */
-static void same_answers(const struct acl_client *c, const struct acl_client *d, char **topics,
+static void same_answers(struct acl_client *c, struct acl_client *d, char **topics,
 			 size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
@@ -76,7 +91,7 @@ static struct acl_client *view_of(const struct acl *acl, const char *user, const
 }
 
 /* The view's copy through its bytes (when it can be encoded) answers like the view. */
-static void check_copy(const struct acl_client *c, char **topics, size_t n)
+static void check_copy(struct acl_client *c, char **topics, size_t n)
 {
 	struct acl_client *d;
 	struct recw w;
@@ -167,6 +182,7 @@ static void check_lists(char **topics, size_t n)
 			__builtin_trap();
 	check_view(c, topics, n);
 	check_copy(c, topics, n);
+	memo_agrees(c, topics, n);
 	acl_client_free(c);
 }
 
@@ -202,6 +218,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		c = view_of(acl, user, parts[1]);
 		if (c) {
 			check_view(c, parts + 2, nparts - 2);
+			memo_agrees(c, parts + 2, nparts - 2);
 			check_copy(c, parts + 2, nparts - 2);
 			acl_client_free(c);
 		}

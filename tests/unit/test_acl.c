@@ -450,7 +450,7 @@ static struct acl_client *token_view(void)
 	return c;
 }
 
-static void assert_token_answers(const struct acl_client *c)
+static void assert_token_answers(struct acl_client *c)
 {
 	assert_true(acl_client_check(c, "sensors/a", 9, ACL_READ));
 	assert_true(acl_client_check(c, "sensors/x/y", 11, ACL_READ));
@@ -671,6 +671,44 @@ static void tries_agree_with_a_plain_walk(void **state)
 	}
 }
 
+/*
+ * acl_client_may remembers answers: asked in a random order, again and
+ * again, for short topics that share its slots and for topics too long
+ * for them, it must answer as acl_client_check does every time.
+ */
+static void remembered_answers_agree(void **state)
+{
+	static char topics[200][16];
+	static char longer[4][80];
+	size_t ntopics = ref_topics(topics);
+	unsigned seed = 20261207;
+
+	for (int i = 0; i < 4; i++)
+		snprintf(longer[i], sizeof(longer[i]), "%s/%061d/%s", ref_levels[i % 3], i,
+			 ref_levels[(i + 1) % 3]);
+	for (int round = 0; round < 100; round++) {
+		struct random_acl r;
+
+		random_acl(&seed, &r);
+		for (int who = 0; who < 2; who++) {
+			struct acl_client *c = acl_client_new(r.acl, who ? "u" : NULL, who, "id", 2);
+
+			for (int q = 0; q < 2000; q++) {
+				size_t t = (size_t)rand_r(&seed) % (ntopics + 4);
+				const char *topic = t < ntopics ? topics[t] : longer[t - ntopics];
+				enum acl_access a = rand_r(&seed) % 2 ? ACL_READ : ACL_WRITE;
+				size_t len = strlen(topic);
+
+				if (acl_client_may(c, topic, len, a) != acl_client_check(c, topic, len, a))
+					fail_msg("%s as %s, %s: the remembered answer differs\n%s", topic,
+						 who ? "u" : "anonymous", a == ACL_READ ? "read" : "write", r.text);
+			}
+			acl_client_free(c);
+		}
+		acl_free(r.acl);
+	}
+}
+
 /* ---- the ACL and a view as bytes ---- */
 
 static struct acl *round_trip(const struct acl *acl)
@@ -687,7 +725,7 @@ static struct acl *round_trip(const struct acl *acl)
 	return back;
 }
 
-static struct acl_client *client_round_trip(const struct acl_client *c)
+static struct acl_client *client_round_trip(struct acl_client *c)
 {
 	struct recw w;
 	struct acl_client *back;
@@ -703,7 +741,7 @@ static struct acl_client *client_round_trip(const struct acl_client *c)
 }
 
 /* Every read, write and SUBSCRIBE question answered alike by views a and b. */
-static void views_agree(const struct acl_client *a, const struct acl_client *b,
+static void views_agree(struct acl_client *a, struct acl_client *b,
 			char topics[][16], size_t ntopics, const char *text)
 {
 	for (size_t t = 0; t < ntopics; t++) {
@@ -947,6 +985,7 @@ int main(void)
 		cmocka_unit_test(lists_from_a_token),
 		cmocka_unit_test(many_users_and_rules),
 		cmocka_unit_test(tries_agree_with_a_plain_walk),
+		cmocka_unit_test(remembered_answers_agree),
 		cmocka_unit_test(codec_round_trips_check_alike),
 		cmocka_unit_test(codec_lists_round_trip),
 		cmocka_unit_test(codec_refuses_malformed_bytes),

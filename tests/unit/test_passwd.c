@@ -25,6 +25,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
+#include "b64.h"
 #include "iotd.h"
 #include "passwd.h"
 
@@ -105,6 +108,47 @@ static void openssl_fixtures_verify(void **state)
 	LOGINS(t, PASSWD_OK, "carol:correct horse", "carol7:correct horse");
 	LOGINS(t, PASSWD_BAD, "carol:correct horse battery", "carol7:correct hors");
 	passwd_free(t);
+}
+
+/*
+ * $7$ is checked by PBKDF2 of iotd's own: it must agree with OpenSSL's
+ * PKCS5_PBKDF2_HMAC for passwords shorter and longer than a SHA-512
+ * block (a longer key is hashed first), several salt lengths and rounds.
+ */
+static void pbkdf2_agrees_with_openssl(void **state)
+{
+	static const size_t pwlens[] = { 0, 1, 13, 127, 128, 129, 300 };
+	static const size_t saltlens[] = { 1, 12, 16, 64 };
+	static const int rounds[] = { 1, 2, 101, 1000 };
+	uint8_t pw[300], salt[64], hash[64];
+	unsigned seed = 7;
+
+	for (size_t i = 0; i < sizeof(pw); i++)
+		pw[i] = (uint8_t)rand_r(&seed);
+	for (size_t i = 0; i < sizeof(salt); i++)
+		salt[i] = (uint8_t)rand_r(&seed);
+	for (size_t p = 0; p < ARRAY_SIZE(pwlens); p++)
+		for (size_t sl = 0; sl < ARRAY_SIZE(saltlens); sl++)
+			for (size_t r = 0; r < ARRAY_SIZE(rounds); r++) {
+				char line[512], s64[128], h64[128];
+				struct passwd_table *t;
+
+				assert_int_equal(PKCS5_PBKDF2_HMAC((const char *)pw, (int)pwlens[p], salt,
+								   (int)saltlens[sl], rounds[r], EVP_sha512(),
+								   64, hash), 1);
+				assert_true(b64_encode(B64_STD, salt, saltlens[sl], s64, sizeof(s64)) > 0);
+				assert_true(b64_encode(B64_STD, hash, 64, h64, sizeof(h64)) > 0);
+				snprintf(line, sizeof(line), "u:$7$%d$%s$%s", rounds[r], s64, h64);
+				t = parse_ok(line);
+				if (passwd_verify(t, "u", 1, pw, pwlens[p]) != PASSWD_OK)
+					fail_msg("password of %zu bytes, salt %zu, %d rounds: refused",
+						 pwlens[p], saltlens[sl], rounds[r]);
+				pw[0] ^= 1;
+				if (pwlens[p] && passwd_verify(t, "u", 1, pw, pwlens[p]) != PASSWD_BAD)
+					fail_msg("a changed password of %zu bytes accepted", pwlens[p]);
+				pw[0] ^= 1;
+				passwd_free(t);
+			}
 }
 
 /* A password is bytes: a NUL inside one is part of it, not its end. */
@@ -612,6 +656,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(mosquitto_fixtures_verify),
 		cmocka_unit_test(openssl_fixtures_verify),
+		cmocka_unit_test(pbkdf2_agrees_with_openssl),
 		cmocka_unit_test(passwords_are_bytes),
 		cmocka_unit_test(argon2id_round_trip),
 		cmocka_unit_test(argon2id_bad_parameters_refused),
