@@ -112,6 +112,9 @@ static struct fx *fx_new(const char *backend, const char *file)
 	snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, file);
 	config_defaults(&f->cfg);
 	snprintf(f->cfg.auth_backend, sizeof(f->cfg.auth_backend), "%s", backend);
+	f->cfg.auth_hash_threads = 1;
+	f->cfg.auth_max_pending = 2;
+	f->cfg.auth_max_failure_delay_ms = 400;
 	return f;
 }
 
@@ -122,9 +125,6 @@ static int fx_start(struct fx *f, void **state)
 	size_t len;
 	int sp[2];
 
-	f->cfg.auth_hash_threads = 1;
-	f->cfg.auth_max_pending = 2;
-	f->cfg.auth_max_failure_delay_ms = 400;
 	f->env.cfg = &f->cfg;
 	f->env.nworkers = 1;
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp),
@@ -166,6 +166,21 @@ static int setup(void **state)
 
 	write_users(f, "alice-pw");
 	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	fx_start(f, state);
+	no_acl_sent(f);
+	return 0;
+}
+
+/* More requests at once, anonymous clients allowed, one waiting behind a failing address. */
+static int setup_wide(void **state)
+{
+	struct fx *f = fx_new("file", "passwd");
+
+	write_users(f, "alice-pw");
+	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	f->cfg.auth_max_pending = 8;
+	f->cfg.auth_max_waiting_per_address = 1;
+	f->cfg.auth_allow_anonymous = true;
 	fx_start(f, state);
 	no_acl_sent(f);
 	return 0;
@@ -328,6 +343,101 @@ static void failures_slow_down_and_bound_the_requests_held(void **state)
 	ask(f, 25, 0, "192.0.2.1:1", "alice", "alice-pw");
 	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
 	assert_true(mono_ms() - t0 < 400);
+}
+
+static void cancel(struct fx *f, uint64_t conn, uint32_t ticket)
+{
+	struct ipc_auth_cancel c = { .conn = conn, .ticket = ticket };
+
+	assert_int_equal(ipc_send(f->chan, IPC_AUTH_CANCEL, 0, &c, sizeof(c), -1), 0);
+}
+
+static void fail_once(struct fx *f, uint64_t conn, const char *remote)
+{
+	char user[64];
+
+	ask(f, conn, 0, remote, "alice", "wrong");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+}
+
+/*
+ * A cancelled request gets no verdict and stops counting against
+ * max_pending at once, whether it waits behind its address or is held for
+ * its delay; a cancel with another ticket, or about another worker's
+ * connection, is ignored.
+ */
+static void a_cancel_drops_the_request_at_once(void **state)
+{
+	struct fx *f = *state;
+	struct ipc_auth_fields v;
+	char user[64];
+
+	fail_once(f, 60, "192.0.2.9:1");
+	fail_once(f, 61, "192.0.2.9:1");           /* its next verdicts wait 200 ms, then 400 */
+	ask(f, 62, 0, "192.0.2.9:1", "alice", "wrong");
+	ask(f, 63, 1, "192.0.2.9:1", "alice", "wrong");
+	cancel(f, 62, 0);
+	cancel(f, 63, 1);
+	/* max_pending is 2: both places are free again. */
+	ask(f, 64, 0, "192.0.2.10:1", "alice", "alice-pw");
+	ask(f, 65, 1, "192.0.2.11:1", "alice", "alice-pw");
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 64 && v.code == MQTT_CONNACK_ACCEPTED);
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 65 && v.code == MQTT_CONNACK_ACCEPTED);
+	assert_true(nothing_within(f->chan, 500));   /* nothing for 62 or 63 */
+	/* Held for its delay: cancels with the wrong ticket, or for worker 1, change nothing. */
+	ask(f, 66, 0, "192.0.2.9:1", "alice", "wrong");
+	cancel(f, 66, 1);
+	cancel(f, (1ull << 56) | 66, 0);
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 66 && v.code == MQTT_CONNACK_BAD_AUTH);
+}
+
+/*
+ * An address that failed has one request in flight: the next waits until
+ * the first is answered and then for its own delay, one more is refused
+ * at once (max_waiting_per_address 1), another address is not delayed;
+ * an anonymous client accepted does not forget the failures.
+ */
+static void a_failing_address_goes_one_at_a_time(void **state)
+{
+	struct fx *f = *state;
+	struct ipc_auth_fields v;
+	uint64_t t0;
+	char user[64];
+
+	fail_once(f, 70, "192.0.2.20:1");          /* 100 ms, then 200, then 400 */
+	t0 = mono_ms();
+	ask(f, 71, 0, "192.0.2.20:1", "alice", "wrong");
+	ask(f, 72, 1, "192.0.2.20:1", "alice", "wrong");
+	ask(f, 73, 2, "192.0.2.20:1", "alice", "wrong");
+	ask(f, 74, 3, "192.0.2.21:1", "alice", "alice-pw");
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 73 && v.code == MQTT_CONNACK_UNAVAILABLE);
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 74 && v.code == MQTT_CONNACK_ACCEPTED);
+	assert_true(mono_ms() - t0 < 100);
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 71 && v.code == MQTT_CONNACK_BAD_AUTH);
+	assert_true(mono_ms() - t0 >= 100);
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 72 && v.code == MQTT_CONNACK_BAD_AUTH);
+	assert_true(mono_ms() - t0 >= 100 + 200);
+	/* Anonymous, accepted: the address still waits (400 ms) for its next answers. */
+	t0 = mono_ms();
+	ask(f, 75, 0, "192.0.2.20:1", NULL, NULL);
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	assert_true(mono_ms() - t0 >= 400);
+	t0 = mono_ms();
+	ask(f, 76, 0, "192.0.2.20:1", "alice", "alice-pw");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	assert_true(mono_ms() - t0 >= 400);
+	/* A password that verified forgets them. */
+	t0 = mono_ms();
+	ask(f, 77, 0, "192.0.2.20:1", "alice", "wrong");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	assert_true(mono_ms() - t0 < 100);
 }
 
 static void a_reload_is_a_transaction(void **state)
@@ -509,6 +619,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(a_malformed_request_is_dropped, setup, teardown),
 		cmocka_unit_test_setup_teardown(failures_slow_down_and_bound_the_requests_held,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(a_cancel_drops_the_request_at_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(a_failing_address_goes_one_at_a_time, setup_wide,
+						teardown),
 		cmocka_unit_test_setup_teardown(a_reload_is_a_transaction, setup, teardown),
 		cmocka_unit_test_setup_teardown(a_token_names_its_client_and_carries_its_lists,
 						setup_jwt, teardown),
