@@ -269,6 +269,31 @@ static struct ipc_auth_fields verdict(struct fx *f, char *user, size_t cap)
 	return v;
 }
 
+/* The next verdict is conn's, with code. */
+static void expect_verdict(struct fx *f, uint64_t conn, uint8_t code)
+{
+	char user[64];
+	struct ipc_auth_fields v = verdict(f, user, sizeof(user));
+
+	assert_int_equal(v.conn, conn);
+	assert_int_equal(v.code, code);
+}
+
+static void cancel(struct fx *f, uint64_t conn, uint32_t ticket)
+{
+	struct ipc_auth_cancel c = { .conn = conn, .ticket = ticket };
+
+	assert_int_equal(ipc_send(f->chan, IPC_AUTH_CANCEL, 0, &c, sizeof(c), -1), 0);
+}
+
+static void fail_once(struct fx *f, uint64_t conn, const char *remote)
+{
+	char user[64];
+
+	ask(f, conn, 0, remote, "alice", "wrong");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+}
+
 static void a_password_file_decides(void **state)
 {
 	struct fx *f = *state;
@@ -310,16 +335,11 @@ static void a_malformed_request_is_dropped(void **state)
 static void failures_slow_down_and_bound_the_requests_held(void **state)
 {
 	struct fx *f = *state;
-	struct ipc_auth_fields v;
 	uint64_t t0;
-	char user[64];
 
-	ask(f, 20, 0, "192.0.2.1:1", "alice", "wrong");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
-	ask(f, 21, 0, "192.0.2.1:1", "alice", "wrong");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
-	ask(f, 26, 0, "192.0.2.1:1", "alice", "wrong");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	fail_once(f, 20, "192.0.2.1:1");
+	fail_once(f, 21, "192.0.2.1:1");
+	fail_once(f, 26, "192.0.2.1:1");
 	/*
 	 * Two held for 400 ms (the most this fixture allows, long enough for
 	 * the third to be read while they are held however slow the test
@@ -330,34 +350,16 @@ static void failures_slow_down_and_bound_the_requests_held(void **state)
 	ask(f, 22, 0, "192.0.2.1:1", "alice", "alice-pw");
 	ask(f, 23, 1, "192.0.2.1:1", "alice", "alice-pw");
 	ask(f, 24, 2, "127.0.0.1:1", "alice", "alice-pw");
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 24 && v.code == MQTT_CONNACK_UNAVAILABLE);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 22 && v.code == MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 24, MQTT_CONNACK_UNAVAILABLE);
+	expect_verdict(f, 22, MQTT_CONNACK_ACCEPTED);
 	assert_true(mono_ms() - t0 >= 400);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 23 && v.code == MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 23, MQTT_CONNACK_ACCEPTED);
 	assert_true(nothing_within(f->chan, 200));
 	/* The success forgot the address: no wait any more (it would be 400 ms). */
 	t0 = mono_ms();
 	ask(f, 25, 0, "192.0.2.1:1", "alice", "alice-pw");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 25, MQTT_CONNACK_ACCEPTED);
 	assert_true(mono_ms() - t0 < 400);
-}
-
-static void cancel(struct fx *f, uint64_t conn, uint32_t ticket)
-{
-	struct ipc_auth_cancel c = { .conn = conn, .ticket = ticket };
-
-	assert_int_equal(ipc_send(f->chan, IPC_AUTH_CANCEL, 0, &c, sizeof(c), -1), 0);
-}
-
-static void fail_once(struct fx *f, uint64_t conn, const char *remote)
-{
-	char user[64];
-
-	ask(f, conn, 0, remote, "alice", "wrong");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
 }
 
 /*
@@ -369,8 +371,6 @@ static void fail_once(struct fx *f, uint64_t conn, const char *remote)
 static void a_cancel_drops_the_request_at_once(void **state)
 {
 	struct fx *f = *state;
-	struct ipc_auth_fields v;
-	char user[64];
 
 	fail_once(f, 60, "192.0.2.9:1");
 	fail_once(f, 61, "192.0.2.9:1");           /* its next verdicts wait 200 ms, then 400 */
@@ -381,17 +381,14 @@ static void a_cancel_drops_the_request_at_once(void **state)
 	/* max_pending is 2: both places are free again. */
 	ask(f, 64, 0, "192.0.2.10:1", "alice", "alice-pw");
 	ask(f, 65, 1, "192.0.2.11:1", "alice", "alice-pw");
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 64 && v.code == MQTT_CONNACK_ACCEPTED);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 65 && v.code == MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 64, MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 65, MQTT_CONNACK_ACCEPTED);
 	assert_true(nothing_within(f->chan, 500));   /* nothing for 62 or 63 */
 	/* Held for its delay: cancels with the wrong ticket, or for worker 1, change nothing. */
 	ask(f, 66, 0, "192.0.2.9:1", "alice", "wrong");
 	cancel(f, 66, 1);
 	cancel(f, (1ull << 56) | 66, 0);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 66 && v.code == MQTT_CONNACK_BAD_AUTH);
+	expect_verdict(f, 66, MQTT_CONNACK_BAD_AUTH);
 }
 
 /*
@@ -403,9 +400,7 @@ static void a_cancel_drops_the_request_at_once(void **state)
 static void a_failing_address_goes_one_at_a_time(void **state)
 {
 	struct fx *f = *state;
-	struct ipc_auth_fields v;
 	uint64_t t0;
-	char user[64];
 
 	fail_once(f, 70, "192.0.2.20:1");          /* 100 ms, then 200, then 400 */
 	t0 = mono_ms();
@@ -413,30 +408,26 @@ static void a_failing_address_goes_one_at_a_time(void **state)
 	ask(f, 72, 1, "192.0.2.20:1", "alice", "wrong");
 	ask(f, 73, 2, "192.0.2.20:1", "alice", "wrong");
 	ask(f, 74, 3, "192.0.2.21:1", "alice", "alice-pw");
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 73 && v.code == MQTT_CONNACK_UNAVAILABLE);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 74 && v.code == MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 73, MQTT_CONNACK_UNAVAILABLE);
+	expect_verdict(f, 74, MQTT_CONNACK_ACCEPTED);
 	assert_true(mono_ms() - t0 < 100);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 71 && v.code == MQTT_CONNACK_BAD_AUTH);
+	expect_verdict(f, 71, MQTT_CONNACK_BAD_AUTH);
 	assert_true(mono_ms() - t0 >= 100);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 72 && v.code == MQTT_CONNACK_BAD_AUTH);
+	expect_verdict(f, 72, MQTT_CONNACK_BAD_AUTH);
 	assert_true(mono_ms() - t0 >= 100 + 200);
 	/* Anonymous, accepted: the address still waits (400 ms) for its next answers. */
 	t0 = mono_ms();
 	ask(f, 75, 0, "192.0.2.20:1", NULL, NULL);
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 75, MQTT_CONNACK_ACCEPTED);
 	assert_true(mono_ms() - t0 >= 400);
 	t0 = mono_ms();
 	ask(f, 76, 0, "192.0.2.20:1", "alice", "alice-pw");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 76, MQTT_CONNACK_ACCEPTED);
 	assert_true(mono_ms() - t0 >= 400);
 	/* A password that verified forgets them. */
 	t0 = mono_ms();
 	ask(f, 77, 0, "192.0.2.20:1", "alice", "wrong");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	expect_verdict(f, 77, MQTT_CONNACK_BAD_AUTH);
 	assert_true(mono_ms() - t0 < 100);
 }
 
