@@ -1,8 +1,9 @@
 /*
  * auth_int.h - what the auth role's files share (daemon/auth*.c): a
  * request being decided (struct auth_job), the files in force (struct
- * auth_creds), the settings a decision reads (struct auth_policy) and the
- * pool of threads that decides. Private to them; role.h has auth_main().
+ * auth_creds), the settings a decision reads (struct auth_policy), the
+ * order of the decisions (struct auth_sched) and the pool of threads that
+ * decides. Private to them; role.h has auth_main().
  */
 #ifndef IOTD_AUTH_INT_H
 #define IOTD_AUTH_INT_H
