@@ -91,6 +91,7 @@ const struct key config_keys[] = {
 	KEY_AUTH_INT("hash_threads", auth_hash_threads, 1, 64),
 	KEY_AUTH_INT("max_pending", auth_max_pending, 1, 65536),
 	KEY_AUTH_INT("max_failure_delay_ms", auth_max_failure_delay_ms, 0, 60000),
+	KEY_AUTH_INT("max_waiting_per_address", auth_max_waiting_per_address, 0, 65536),
 	KEY("storage", "backend", KT_CHOICE, storage_backend, storage_backends),
 	KEY("storage", "path", KT_PATH, storage_path, NULL),
 	KEY("logging", "level", KT_LEVEL, log_level, NULL),
@@ -142,6 +143,7 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->auth_hash_threads = 2;
 	cfg->auth_max_pending = 256;
 	cfg->auth_max_failure_delay_ms = 5000;
+	cfg->auth_max_waiting_per_address = 8;
 	snprintf(cfg->storage_backend, sizeof(cfg->storage_backend), "memory");
 	snprintf(cfg->storage_path, sizeof(cfg->storage_path), "/var/lib/iotd");
 	cfg->log_level = LOG_LVL_INFO;

@@ -8,9 +8,11 @@
  * restarts wait for its successor, which greets every worker with
  * IPC_AUTH_HELLO so that each sends again what it has not had answered),
  * the jobs in progress and their bound (auth.max_pending per worker,
- * past which a request is answered CONNACK 3 at once), the slow-down of
- * addresses that fail (addrlimit.h's table: a verdict waits until its
- * job's due time), the files' reload (IPC_AUTH_RELOAD, a transaction)
+ * past which a request is answered CONNACK 3 at once; IPC_AUTH_CANCEL
+ * drops one whose connection is gone), the slow-down of addresses that
+ * fail (addrlimit.h's table: a verdict waits until its job's due time;
+ * auth_sched.c lets such an address have one job in flight), the files'
+ * reload (IPC_AUTH_RELOAD, a transaction)
  * and the channel to the router, which gets the ACL in force (a sealed
  * memfd, IPC_AUTH_ACL) at our start, when it asks and after a reload
  * that changed it; once it took a change, every worker is told its
@@ -90,6 +92,7 @@ struct auth {
 	int epfd, timerfd;
 	struct auth_creds *creds;
 	struct auth_pool pool;
+	struct auth_sched sched;
 	struct addr_fails *fails;
 	struct auth_job *delayed;    /* answered, held until due_ms; sorted by it */
 	struct ipc_dispatcher ctl_in;
@@ -262,6 +265,49 @@ static void hold_until_due(struct auth *a, struct auth_job *j)
 	arm_timer(a);
 }
 
+/*
+ * A job about to be decided: its verdict waits for the slow-down of its
+ * address as it is now (after the failures of the job in flight before it).
+ * The clock counts whole milliseconds: one more, so that no answer comes
+ * early.
+ */
+static void job_set_due(struct auth *a, struct auth_job *j)
+{
+	uint64_t now = clock_ms();
+	uint32_t delay = j->has_key ? addr_fail_delay(a->fails, &j->key, now,
+						      (uint32_t)a->cfg->auth_max_failure_delay_ms) : 0;
+
+	j->due_ms = now + (delay > 0 ? delay + 1 : 0);
+}
+
+/* Give the threads what the scheduler lets them have. */
+static void dispatch(struct auth *a)
+{
+	struct auth_job *j;
+
+	while ((j = auth_sched_next(&a->sched)) != NULL)
+		auth_pool_submit(&a->pool, j);
+}
+
+/*
+ * A job at its end (decided and due, or taken out of a queue): the next
+ * job of its address starts, then the verdict goes, unless the connection
+ * is gone.
+ */
+static void job_done(struct auth *a, struct auth_job *j)
+{
+	struct auth_job *next = auth_sched_release(&a->sched, j);
+
+	if (next != NULL) {
+		job_set_due(a, next);
+		dispatch(a);
+	}
+	if (j->cancelled)
+		job_free(j);
+	else
+		answer(a, j);
+}
+
 static void answer_due(struct auth *a)
 {
 	uint64_t now = clock_ms();
@@ -270,19 +316,25 @@ static void answer_due(struct auth *a)
 		struct auth_job *j = a->delayed;
 
 		a->delayed = j->next;
-		answer(a, j);
+		job_done(a, j);
 	}
 	arm_timer(a);
 }
 
-/* A job the pool decided: count it against its address, log a refusal, answer when due. */
+/*
+ * A job the pool decided: count it against its address (a cancelled one
+ * too: a client that leaves does not escape the slow-down), log a
+ * refusal, end it when due. Only credentials that verified forget the
+ * address's failures; an anonymous client accepted does not.
+ */
 static void decided(struct auth *a, struct auth_job *j)
 {
 	uint64_t now = clock_ms();
 
+	auth_sched_hashed(&a->sched, j);
 	if (j->has_key && j->bad_credentials)
 		addr_fail_count(a->fails, &j->key, now);
-	else if (j->has_key && j->code == MQTT_CONNACK_ACCEPTED)
+	else if (j->has_key && j->good_credentials)
 		addr_fail_clear(a->fails, &j->key);
 	if (j->code != MQTT_CONNACK_ACCEPTED)
 		log_auth_refusal(j->client_id, j->client_id_len, j->remote, j->user, j->user_len,
@@ -290,10 +342,13 @@ static void decided(struct auth *a, struct auth_job *j)
 	else
 		log_debug("accepted REMOTE=%s as \"%.*s\"", j->remote, (int)MIN(j->out_user_len, 256u),
 			  j->out_user);
-	if (j->due_ms > now)
+	if (j->due_ms > now) {
+		j->state = JOB_DELAYED;
 		hold_until_due(a, j);
-	else
-		answer(a, j);
+	} else {
+		job_done(a, j);
+	}
+	dispatch(a);
 }
 
 /* --- requests --------------------------------------------------------------- */
@@ -336,7 +391,7 @@ static void request_take(struct auth_chan *ch, const struct ipc_auth_fields *f)
 {
 	struct auth *a = ch->a;
 	struct auth_job *j, *dup;
-	uint32_t delay = 0;
+	bool failing;
 
 	/* A worker asks for its own connections only: a grant names the connection to the router. */
 	if (conn_id_worker(f->conn) != ch->index) {
@@ -369,14 +424,23 @@ static void request_take(struct auth_chan *ch, const struct ipc_auth_fields *f)
 		ch->full = false;
 	j->creds = a->creds;
 	atomic_fetch_add(&a->creds->refs, 1);
-	j->due_ms = clock_ms();
-	if (j->has_key)
-		delay = addr_fail_delay(a->fails, &j->key, j->due_ms,
-					(uint32_t)a->cfg->auth_max_failure_delay_ms);
-	/* The clock counts whole milliseconds: one more, so that no answer comes early. */
-	if (delay > 0)
-		j->due_ms += delay + 1;
-	auth_pool_submit(&a->pool, j);
+	failing = j->has_key && addr_fail_delay(a->fails, &j->key, clock_ms(),
+						(uint32_t)a->cfg->auth_max_failure_delay_ms) > 0;
+	switch (auth_sched_add(&a->sched, j, failing,
+			       (uint32_t)a->cfg->auth_max_waiting_per_address)) {
+	case SCHED_FULL:
+		j->why = "too many attempts from its address waiting (auth.max_waiting_per_address)";
+		log_auth_refusal(j->client_id, j->client_id_len, j->remote, j->user, j->user_len,
+				 MQTT_CONNACK_UNAVAILABLE, j->why);
+		answer_unavailable(a, j, j->why);
+		break;
+	case SCHED_WAITING:
+		break;                   /* started when the job before it ends */
+	case SCHED_READY:
+		job_set_due(a, j);
+		dispatch(a);
+		break;
+	}
 }
 
 /* IPC_AUTH_REQUEST; the password is wiped from the receive buffer whatever becomes of it. */
@@ -394,9 +458,37 @@ static int on_request(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
+/*
+ * IPC_AUTH_CANCEL: the connection closed while its request was here; it
+ * stops counting against max_pending at once. A job still queued goes
+ * now; one with a thread, or decided and held for its delay, ends then
+ * without a verdict (its address stays in flight until then). Looked up
+ * among this channel's jobs alone, by connection and ticket: a cancel
+ * about another worker's connection, or one answered already, finds
+ * nothing and is ignored.
+ */
+static int on_cancel(void *ctx, struct ipc_msg *m)
+{
+	struct auth_chan *ch = ctx;
+	struct ipc_auth_cancel c;
+	struct auth_job *j;
+
+	memcpy(&c, m->data, sizeof(c));
+	HASH_FIND(hh, ch->jobs, &c.conn, sizeof(c.conn), j);
+	if (j == NULL || j->ticket != c.ticket)
+		return 0;
+	HASH_DEL(ch->jobs, j);
+	ch->held--;
+	j->cancelled = true;
+	if (auth_sched_remove(&ch->a->sched, j))
+		job_done(ch->a, j);
+	return 0;
+}
+
 static const struct ipc_handler from_worker[IPC_TYPE_MAX] = {
 	[IPC_AUTH_REQUEST] = { .fn = on_request, .min_len = sizeof(struct ipc_auth_request),
 			       .max_len = IPC_MAX_PAYLOAD },
+	[IPC_AUTH_CANCEL] = { .fn = on_cancel, IPC_LEN(sizeof(struct ipc_auth_cancel)) },
 };
 
 /* --- the router ------------------------------------------------------------ */
@@ -645,6 +737,7 @@ static int auth_setup(struct auth *a, struct role_env *env)
 	}
 	if (seal(a->cfg) < 0 || auth_pool_start(&a->pool, (unsigned)a->cfg->auth_hash_threads) < 0)
 		return -1;
+	auth_sched_init(&a->sched, env->nworkers, a->pool.n);
 	auth_creds_describe(a->creds, what, sizeof(what));
 	log_debug("files read (%s); %ld hashing threads", what, a->cfg->auth_hash_threads);
 	ipc_dispatcher_init(&a->ctl_in, from_supervisor, IPC_PEER_ANY, "the supervisor");
@@ -683,6 +776,7 @@ static void auth_teardown(struct auth *a)
 	/* The channels' indexes first: clearing one reads its first job. */
 	for (unsigned i = 0; i < a->env->nworkers; i++)
 		HASH_CLEAR(hh, a->chans[i].jobs);
+	auth_sched_clear(&a->sched, job_free);
 	for (j = auth_pool_take_done(&a->pool); j != NULL; j = tmp) {
 		tmp = j->next;
 		job_free(j);

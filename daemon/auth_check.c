@@ -177,6 +177,7 @@ static void decide_file(struct auth_job *j)
 {
 	switch (passwd_verify(j->creds->pw, j->user, j->user_len, j->password, j->password_len)) {
 	case PASSWD_OK:
+		j->good_credentials = true;
 		accept_as(j, j->user, j->user_len);
 		break;
 	case PASSWD_BAD:
@@ -213,6 +214,7 @@ static void decide_jwt(struct auth_job *j)
 		refuse(j, MQTT_CONNACK_BAD_AUTH, j->why_buf);
 		return;
 	}
+	j->good_credentials = true;
 	if (!rules_of_token(j, &cl))
 		refuse(j, MQTT_CONNACK_UNAVAILABLE, "out of memory");
 	else

@@ -1,8 +1,9 @@
 /*
  * auth_int.h - what the auth role's files share (daemon/auth*.c): a
  * request being decided (struct auth_job), the files in force (struct
- * auth_creds), the settings a decision reads (struct auth_policy) and the
- * pool of threads that decides. Private to them; role.h has auth_main().
+ * auth_creds), the settings a decision reads (struct auth_policy), the
+ * order of the decisions (struct auth_sched) and the pool of threads that
+ * decides. Private to them; role.h has auth_main().
  */
 #ifndef IOTD_AUTH_INT_H
 #define IOTD_AUTH_INT_H
@@ -15,6 +16,7 @@
 
 #include "addrlimit.h"
 #include "config.h"
+#include "iotd.h"
 #include "ipc.h"
 #include "keyhash.h"
 
@@ -40,10 +42,24 @@ struct auth_policy {
 	char user_claim[64], read_claim[64], write_claim[64];
 };
 
+/* Where a job is, from its arrival until its verdict is sent (auth_sched.c, auth.c). */
+enum auth_job_state {
+	JOB_WAITING,                 /* behind its failing address's job in flight */
+	JOB_READY,                   /* in its channel's queue, for a thread */
+	JOB_HASHING,                 /* with the pool */
+	JOB_DELAYED,                 /* decided, held until due_ms */
+};
+
+struct auth_addr;
+
 /* One request from a worker, from its arrival until its verdict is sent. */
 struct auth_job {
-	struct auth_job *next;       /* the pool's queues, the delayed list, a channel's output */
+	struct auth_job *next;       /* the queues (auth_sched.c), the pool's, the delayed list,
+					a channel's output */
 	UT_hash_handle hh;           /* its channel's jobs by connection id */
+	enum auth_job_state state;
+	bool cancelled;              /* the connection is gone (IPC_AUTH_CANCEL): no verdict */
+	struct auth_addr *addr;      /* its address's entry while it waits or is in flight there */
 	struct auth_creds *creds;
 	struct auth_policy policy;
 	unsigned worker;
@@ -60,6 +76,7 @@ struct auth_job {
 	/* The answer (auth_decide). */
 	uint8_t code;                /* CONNACK return code */
 	bool bad_credentials;        /* counts as a failure of its address */
+	bool good_credentials;       /* a password or token verified: its address's failures go */
 	const char *why;             /* a refusal's reason */
 	char why_buf[128];
 	char *out_user;              /* the name the client is known by (malloc'd) */
@@ -86,6 +103,58 @@ void auth_decide(struct auth_job *j);
 struct acl;
 bool auth_rules_from_acl(const struct acl *acl, const char *user, size_t ulen,
 			 const char *client_id, size_t clen, uint8_t **rules, size_t *len);
+
+/*
+ * auth_sched.c: which job a free thread decides next. Each worker's
+ * channel has a queue; the channels are served in turn, and one channel
+ * has at most `budget` jobs with the threads at once, so that one
+ * worker's clients cannot take every thread. An address that failed
+ * recently has one job in flight at a time (from its start until its
+ * verdict is sent or its due time passes), and at most max_waiting behind
+ * it; the others are not held at all.
+ */
+struct auth_sched_chan {
+	struct auth_job *ready, **ready_tail;
+	uint32_t hashing;            /* its jobs with the threads */
+};
+
+struct auth_sched {
+	struct auth_sched_chan chans[IOTD_MAX_WORKERS];
+	unsigned nchans, threads, budget;
+	unsigned turn;               /* the channel served first next time */
+	unsigned hashing;            /* jobs with the threads */
+	struct auth_addr *addrs;     /* failing addresses with a job in flight, by key */
+};
+
+enum auth_sched_added { SCHED_READY, SCHED_WAITING, SCHED_FULL };
+
+void auth_sched_init(struct auth_sched *s, unsigned nchans, unsigned threads);
+/*
+ * A new job. failing: its address failed recently (it then goes one at a
+ * time). SCHED_READY: queued for a thread (the caller sets its due time);
+ * SCHED_WAITING: behind the address's job in flight; SCHED_FULL: already
+ * max_waiting behind it (or no memory for its address's entry): the job
+ * is not taken (answer it CONNACK 3).
+ */
+enum auth_sched_added auth_sched_add(struct auth_sched *s, struct auth_job *j, bool failing,
+				     uint32_t max_waiting);
+/* The next job for a free thread (JOB_HASHING from now), or NULL. */
+struct auth_job *auth_sched_next(struct auth_sched *s);
+/* j's thread is free again. */
+void auth_sched_hashed(struct auth_sched *s, struct auth_job *j);
+/*
+ * j is done (its verdict sent, or dropped): its address's next job, now
+ * JOB_READY and in flight, or NULL. The caller sets that job's due time.
+ */
+struct auth_job *auth_sched_release(struct auth_sched *s, struct auth_job *j);
+/*
+ * Take a waiting or ready job out of the queues (true: the caller frees it
+ * after auth_sched_release). false: it is with a thread or delayed, and
+ * stays until then.
+ */
+bool auth_sched_remove(struct auth_sched *s, struct auth_job *j);
+/* Every job still queued, each given to free_job; the addresses forgotten. */
+void auth_sched_clear(struct auth_sched *s, void (*free_job)(struct auth_job *));
 
 /* auth_pool.c: threads that run auth_decide, so that a slow hash never stalls the loop. */
 struct auth_pool {

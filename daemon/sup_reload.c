@@ -90,6 +90,7 @@ static const struct cfg_field cfg_fields[] = {
 	CF("auth.jwt_leeway", auth_jwt_leeway, false, APPLY_LIVE),
 	CF("auth.max_pending", auth_max_pending, false, APPLY_LIVE),
 	CF("auth.max_failure_delay_ms", auth_max_failure_delay_ms, false, APPLY_LIVE),
+	CF("auth.max_waiting_per_address", auth_max_waiting_per_address, false, APPLY_LIVE),
 	CF("storage.backend", storage_backend, true, APPLY_RESTART),
 	CF("storage.path", storage_path, true, APPLY_RESTART),
 	CF("logging.level", log_level, false, APPLY_LOG),

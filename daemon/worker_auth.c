@@ -10,8 +10,10 @@
  * or 3 and close; accepted, the CONNECT goes to the router as it would
  * have, under the user name the verdict gives, and the connection takes
  * the client's view of the ACL the verdict carries (conn_set_rules),
- * until IPC_AUTH_RULES_STALE says the ACL changed. A verdict for a
- * connection that is gone is dropped. Also owns w->acl_in_force, set
+ * until IPC_AUTH_RULES_STALE says the ACL changed. A connection that
+ * closes while the auth role has its request cancels it
+ * (IPC_AUTH_CANCEL); a verdict for a connection that is gone is dropped.
+ * A full channel is written again on its EPOLLOUT. Also owns w->acl_in_force, set
  * from the configuration. Without the auth role, the secure
  * default is applied here: only loopback clients, unless
  * auth.allow_anonymous.
@@ -26,12 +28,17 @@
 
 #define VERDICTS_PER_WAKE 64
 
-/* One CONNECT held for its verdict; its ticket is its index in waits[]. */
+/*
+ * One CONNECT held for its verdict; its ticket is its index in waits[].
+ * A connection that closes after its request went keeps its slot, as a
+ * cancel, until IPC_AUTH_CANCEL is sent (or its verdict comes first).
+ */
 struct auth_wait {
 	conn_id_t conn;
-	void *req;                   /* the request as sent, to send again */
+	void *req;                   /* the request as sent, to send again; NULL for a cancel */
 	size_t req_len;
-	bool sent;
+	bool sent;                   /* the request, or the cancel */
+	bool cancel;                 /* the connection is gone: IPC_AUTH_CANCEL to send */
 	struct rec_connect rc;       /* the CONNECT record but its user name; will bytes below */
 	uint8_t will[];
 };
@@ -51,18 +58,37 @@ static struct worker_auth *wa_of(struct worker *w)
 	return w->auth;
 }
 
-static void wait_free(struct worker_auth *wa, uint32_t ticket)
+/* The request's bytes go; the password is a secret: not left in freed memory. */
+static void wait_drop_request(struct auth_wait *aw)
+{
+	if (aw->req != NULL)
+		explicit_bzero(aw->req, aw->req_len);
+	free(aw->req);
+	aw->req = NULL;
+	aw->req_len = 0;
+}
+
+/* Take the slot of ticket out of the table: its ticket is free again. */
+static struct auth_wait *wait_take(struct worker_auth *wa, uint32_t ticket)
 {
 	struct auth_wait *aw = wa->waits[ticket];
 
 	if (!aw->sent)
 		wa->unsent--;
-	/* The password is a secret: not left in freed memory. */
-	explicit_bzero(aw->req, aw->req_len);
-	free(aw->req);
-	free(aw);
 	wa->waits[ticket] = NULL;
 	wa->held--;
+	return aw;
+}
+
+static void wait_destroy(struct auth_wait *aw)
+{
+	wait_drop_request(aw);
+	free(aw);
+}
+
+static void wait_free(struct worker_auth *wa, uint32_t ticket)
+{
+	wait_destroy(wait_take(wa, ticket));
 }
 
 static void set_out(struct worker *w, struct worker_auth *wa, bool want)
@@ -77,28 +103,52 @@ static void set_out(struct worker *w, struct worker_auth *wa, bool want)
 		log_warn("epoll_ctl: %s", strerror(errno));
 }
 
-/* Send every request not yet sent, as far as the channel takes them. */
-void worker_auth_flush(struct worker *w)
+/* Send ticket t's request, or its cancel (and then free its slot). */
+static int wait_send(struct worker *w, struct worker_auth *wa, uint32_t t)
 {
-	struct worker_auth *wa = wa_of(w);
+	struct auth_wait *aw = wa->waits[t];
+	struct ipc_auth_cancel cancel = { .conn = aw->conn, .ticket = t };
 
-	if (wa == NULL || wa->unsent == 0)
-		return;
+	if (!aw->cancel) {
+		if (ipc_send(wa->fd, IPC_AUTH_REQUEST, w->index, aw->req, aw->req_len, -1) < 0)
+			return -1;
+		aw->sent = true;
+		wa->unsent--;
+		return 0;
+	}
+	if (ipc_send(wa->fd, IPC_AUTH_CANCEL, w->index, &cancel, sizeof(cancel), -1) < 0)
+		return -1;
+	wait_free(wa, t);
+	return 0;
+}
+
+/* Send every request and cancel not yet sent, as far as the channel takes them. */
+static void flush_now(struct worker *w, struct worker_auth *wa)
+{
 	for (uint32_t t = 0; t < wa->cap && wa->unsent > 0; t++) {
-		struct auth_wait *aw = wa->waits[t];
-
-		if (aw == NULL || aw->sent)
+		if (wa->waits[t] == NULL || wa->waits[t]->sent)
 			continue;
-		if (ipc_send(wa->fd, IPC_AUTH_REQUEST, w->index, aw->req, aw->req_len, -1) < 0) {
+		if (wait_send(w, wa, t) < 0) {
 			if (errno != EAGAIN)
 				log_error("cannot send to the auth role: %s", strerror(errno));
 			set_out(w, wa, true);
 			return;
 		}
-		aw->sent = true;
-		wa->unsent--;
 	}
 	set_out(w, wa, false);
+}
+
+/*
+ * What waits to be sent goes now, unless the channel was found full: then
+ * its EPOLLOUT sends it (worker_auth_event), not every turn of the loop.
+ */
+void worker_auth_flush(struct worker *w)
+{
+	struct worker_auth *wa = wa_of(w);
+
+	if (wa == NULL || wa->unsent == 0 || wa->want_out)
+		return;
+	flush_now(w, wa);
 }
 
 /* --- the verdicts --------------------------------------------------------- */
@@ -110,21 +160,26 @@ static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 	struct auth_wait *aw;
 	struct rec_connect rc;
 
-	if (f->ticket >= wa->cap || (aw = wa->waits[f->ticket]) == NULL || aw->conn != f->conn ||
-	    c == NULL || c->state != CS_AUTHENTICATING)
-		return;              /* gone, or answered already */
+	if (f->ticket >= wa->cap || (aw = wa->waits[f->ticket]) == NULL || aw->conn != f->conn)
+		return;              /* answered already */
+	if (aw->cancel || c == NULL || c->state != CS_AUTHENTICATING) {
+		wait_free(wa, f->ticket);    /* gone: no cancel needed any more */
+		return;
+	}
+	/* Out of the table first: the connection may close below, and has nothing to cancel. */
+	aw = wait_take(wa, f->ticket);
 	if (f->code != MQTT_CONNACK_ACCEPTED) {
 		conn_refuse(w, c, f->code == MQTT_CONNACK_BAD_AUTH ||
 			    f->code == MQTT_CONNACK_NOT_AUTHORIZED ? f->code : MQTT_CONNACK_UNAVAILABLE,
 			    "authentication refused");
-		return;
+	} else {
+		conn_set_rules(w, c, f->rules, f->rules_len);
+		c->rules_from_token = f->rules_from_token;
+		rc = aw->rc;
+		rc.user = (struct rec_str){ (const uint8_t *)f->user, (uint16_t)f->user_len };
+		connect_forward(w, c, &rc);
 	}
-	conn_set_rules(w, c, f->rules, f->rules_len);
-	c->rules_from_token = f->rules_from_token;
-	rc = aw->rc;
-	rc.user = (struct rec_str){ (const uint8_t *)f->user, (uint16_t)f->user_len };
-	connect_forward(w, c, &rc);
-	wait_free(wa, f->ticket);
+	wait_destroy(aw);
 }
 
 /* IPC_AUTH_VERDICT */
@@ -146,6 +201,7 @@ static int on_hello(void *ctx, struct ipc_msg *m)
 	struct worker *w = ctx;
 	struct worker_auth *wa = wa_of(w);
 
+	/* A cancel not sent yet is sent still: its request may wait in the socket. */
 	for (uint32_t t = 0; t < wa->cap; t++)
 		if (wa->waits[t] != NULL && wa->waits[t]->sent) {
 			wa->waits[t]->sent = false;
@@ -194,7 +250,7 @@ void worker_auth_event(struct worker *w, uint32_t events)
 	struct worker_auth *wa = wa_of(w);
 
 	if (events & EPOLLOUT)
-		worker_auth_flush(w);
+		flush_now(w, wa);
 	if (events & EPOLLIN)
 		ipc_dispatch(wa->fd, &wa->in, w, VERDICTS_PER_WAKE);
 }
@@ -304,16 +360,32 @@ unavailable:
 	return false;
 }
 
-/* c is closing while it waits for its verdict: the verdict will find nothing. */
+/*
+ * c is closing while it waits for its verdict. A request not sent yet
+ * goes; one the auth role has is cancelled (IPC_AUTH_CANCEL), so that it
+ * stops holding the role's share of this worker; its verdict, should it
+ * come first, finds nothing.
+ */
 void worker_auth_forget(struct worker *w, const struct conn *c)
 {
 	struct worker_auth *wa = wa_of(w);
 
-	for (uint32_t t = 0; wa != NULL && t < wa->cap; t++)
-		if (wa->waits[t] != NULL && wa->waits[t]->conn == c->id) {
+	for (uint32_t t = 0; wa != NULL && t < wa->cap; t++) {
+		struct auth_wait *aw = wa->waits[t];
+
+		if (aw == NULL || aw->conn != c->id || aw->cancel)
+			continue;
+		if (!aw->sent) {
 			wait_free(wa, t);
 			return;
 		}
+		wait_drop_request(aw);
+		aw->cancel = true;
+		aw->sent = false;
+		wa->unsent++;
+		worker_auth_flush(w);
+		return;
+	}
 }
 
 /* --- set-up and reload ------------------------------------------------------ */
@@ -361,6 +433,10 @@ void worker_auth_config_changed(struct worker *w)
 		struct conn *c = aw ? conn_lookup(w, aw->conn) : NULL;
 		struct ipc_auth_fields f;
 
+		if (aw != NULL && aw->cancel) {
+			wait_free(wa, t);            /* no role left to tell */
+			continue;
+		}
 		if (c == NULL || !ipc_auth_request_decode(aw->req, aw->req_len, &f))
 			continue;
 		f.code = worker_auth_loopback_ok(w, c, f.user, f.user_len) ?

@@ -70,6 +70,7 @@ struct iotd_config {
 	long auth_hash_threads;      /* threads of the auth role that verify passwords */
 	long auth_max_pending;       /* CONNECTs one worker holds waiting for a verdict */
 	long auth_max_failure_delay_ms; /* longest slow-down of an address that keeps failing; 0 = none */
+	long auth_max_waiting_per_address; /* CONNECTs of a failing address waiting behind its one in flight */
 	/* storage { } */
 	char storage_backend[16];    /* "memory" or "disk" */
 	char storage_path[256];

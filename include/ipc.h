@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 8            /* bump whenever the header, enum ipc_type or a payload changes */
+#define IPC_VERSION 9            /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
@@ -57,6 +57,7 @@ enum ipc_type {
 	IPC_AUTH_ACL_TAKEN,   /* router -> auth: the IPC_AUTH_ACL of this generation was handled (uint64_t) */
 	IPC_AUTH_RULES_STALE, /* auth -> worker: the ACL changed: drop every connection's view (payload: none) */
 	IPC_AUTH_GRANT,       /* auth -> router: a CONNECT accepted, before its verdict (a verdict's payload) */
+	IPC_AUTH_CANCEL,      /* worker -> auth: a request's connection closed; no verdict wanted (struct ipc_auth_cancel) */
 	IPC_TYPE_MAX
 };
 
@@ -149,6 +150,17 @@ struct ipc_auth_verdict {
 	uint8_t flags;                   /* IPC_AUTH_RULES_FROM_TOKEN */
 	uint8_t reserved[2];
 	uint32_t user_len, rules_len;
+};
+
+/*
+ * The request of this connection and ticket is not wanted any more (the
+ * connection closed): the auth role drops it, and it stops counting
+ * against auth.max_pending at once.
+ */
+struct ipc_auth_cancel {
+	uint64_t conn;
+	uint32_t ticket;
+	uint32_t reserved;               /* 0 */
 };
 
 /* The rules are a token's lists: they stay when the ACL changes (IPC_AUTH_RULES_STALE). */

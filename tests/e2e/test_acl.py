@@ -7,26 +7,37 @@ clients) or "file" (a mosquitto_passwd file).
 Paths: with workers=1 publisher and subscriber share the worker, whose
 local delivery path serves a topic once the router answered its route
 "local" (every target may read it); with workers=2 they are placed on two
-workers (raw_on), so every message goes through the router."""
+workers (raw_on), so every message goes through the router.
+
+What must not arrive is checked with a marker: a message that may
+arrive, sent after it on the same path (the same connection, or the
+router's order), so that once the marker is in, what was refused can no
+longer be on its way."""
 
 import os
+import re
 import signal
 import subprocess
 
 import pytest
 
 from authfiles import auth_dir  # noqa: F401
+from conftest import REPO
 from helpers import T, PahoClient, proc_alive, raw, raw_on, uid, wait_for
+
+HOSTILE = os.environ.get("IOTD_HOSTILE", str(REPO / "build" / "tests" / "hostile"))
 
 pytestmark = pytest.mark.iotd_only
 
 ACL = """\
 # anonymous clients
 topic read public/#
+topic write public/marker
 
 user pub
 topic write sensors/#
 topic write open/#
+topic write acl/marker
 
 user sub
 topic read sensors/#
@@ -61,6 +72,16 @@ def pair(b, workers, sub_user="sub", pub_user="pub"):
 
 def topics(c, n, timeout=5):
     return [x.topic for x in c.recv_publishes(n, timeout=T(timeout))]
+
+
+def until_marker(c, marker, timeout=5):
+    """The topics c receives before the first PUBLISH on marker."""
+    got = []
+    while True:
+        x = c.recv_publish(timeout=T(timeout))
+        if x.topic == marker:
+            return got
+        got.append(x.topic)
 
 
 def rounds(p, sub, names, n=5, qos=0):
@@ -117,42 +138,49 @@ def test_denied_publish_acknowledged_not_delivered_retained_or_queued(start_brok
         s.subscribe([("#", 2)])
         for qos in (0, 1, 2):
             p.publish("sensors/x", b"denied", qos=qos, retain=True, pid=qos or None)
-        # sub may write none of it; users/sub/... is its own (pattern): a marker.
-        p.publish("users/sub/end", b"end", qos=1, pid=7)
-        x = s.recv_publish(timeout=T(5))
-        assert x.topic == "users/sub/end"
-        s.expect_no_packet(0.3)
+        # sub may write none of it; users/sub/... is its own (pattern): a
+        # marker, retained too, published after the denied ones.
+        p.publish("users/sub/end", b"end", qos=1, retain=True, pid=7)
+        assert until_marker(s, "users/sub/end") == []
     with raw(b, offline, tag="off", username="all", clean=False) as o:
-        x = o.recv_publish(timeout=T(5))
-        assert x.topic == "users/sub/end"
-        o.expect_no_packet(0.3)
+        assert until_marker(o, "users/sub/end") == []
+    # The retained marker is held (s got it, so the router took it): asked
+    # for after sensors/#, it comes after whatever sensors/# has retained.
     with raw(b, tag="late", username="all") as late:
         late.subscribe(["sensors/#"])
-        late.expect_no_packet(0.5)
+        late.subscribe(["users/sub/end"], pid=2)
+        assert until_marker(late, "users/sub/end") == []
 
 
 def test_will_to_forbidden_topic_not_published(start_broker, auth_dir):
+    """The refused will is decided (the router says so) before the allowed
+    one is sent: the allowed one must be the first to arrive."""
     b, _ = acl_broker(start_broker, auth_dir)
     with raw(b, tag="all", username="all") as s:
         s.subscribe(["#"])
-        for topic in ("secret/will", "users/w/will"):
-            c = raw(b, tag="will", username="w", will=(topic, b"gone", 0, False))
-            c.close()                      # no DISCONNECT: the will goes, if allowed
-        x = s.recv_publish(timeout=T(5))
-        assert x.topic == "users/w/will"
-        s.expect_no_packet(0.3)
+        c = raw(b, tag="will", username="w", will=("secret/will", b"gone", 0, False))
+        c.close()                          # no DISCONNECT: the will goes, if allowed
+        wait_for(lambda: "will on 'secret/will' not published" in b.log, T(5),
+                 "the router to refuse the will")
+        c = raw(b, tag="will", username="w", will=("users/w/will", b"gone", 0, False))
+        c.close()
+        assert until_marker(s, "users/w/will") == []
 
 
 def test_patterns_user_and_client_id(start_broker, auth_dir):
     b, _ = acl_broker(start_broker, auth_dir)
-    with raw(b, "cl1", username="alice") as a, raw(b, tag="bob", username="bob") as bob:
+    with raw(b, "cl1", username="alice") as a, raw(b, tag="bob", username="bob") as bob, \
+            raw(b, tag="all", username="all") as watch:
         a.subscribe(["users/alice/#", "clients/cl1/#"])
+        watch.subscribe(["users/#", "clients/#"])
         assert bob.subscribe(["users/alice/#", "users/bob/#"], expect_codes=False) == [0x80, 0]
         bob.publish("users/alice/x", b"no", qos=1)       # not bob's to write
         bob.publish("clients/cl1/x", b"no", qos=1)       # read-only pattern
+        bob.publish("users/bob/end", b"marker", qos=1)   # his own
+        assert until_marker(watch, "users/bob/end") == []
         a.publish("users/alice/y", b"yes", qos=1)
-        assert topics(a, 1) == ["users/alice/y"]
-        a.expect_no_packet(0.3)
+        # Also read by alice's own subscription (patterns), and nothing before it.
+        assert until_marker(a, "users/alice/y") == []
 
 
 def test_anonymous_section(start_broker, auth_dir):
@@ -160,10 +188,10 @@ def test_anonymous_section(start_broker, auth_dir):
     b, _ = acl_broker(start_broker, auth_dir)
     with raw(b, tag="anon") as a, raw(b, tag="all", username="all") as w:
         assert a.subscribe(["public/#", "sensors/#"], expect_codes=False) == [0, 0x80]
-        a.publish("public/x", b"no", qos=1)             # read only
         w.subscribe(["#"])
-        a.publish("public/y", b"no", qos=1)
-        w.expect_no_packet(0.3)
+        a.publish("public/x", b"no", qos=1)             # read only
+        a.publish("public/marker", b"marker", qos=1)    # the one it may write
+        assert until_marker(w, "public/marker") == []
 
 
 def test_anonymous_with_a_password_file(start_broker, auth_dir):
@@ -188,10 +216,12 @@ def test_retained_only_where_readable(start_broker, auth_dir):
     with raw(b, tag="pub", username="pub") as p:
         p.publish("sensors/private/r", b"hidden", qos=1, retain=True)
         p.publish("sensors/r", b"shown", qos=1, retain=True)
+        p.publish("open/rmark", b"marker", qos=1, retain=True)
+    # Retained or live, what sensors/# gets comes before the marker.
     with raw(b, tag="sub", username="sub") as s:
         s.subscribe(["sensors/#"])
-        assert topics(s, 1) == ["sensors/r"]
-        s.expect_no_packet(0.3)
+        s.subscribe(["open/rmark"], pid=2)
+        assert until_marker(s, "open/rmark") == ["sensors/r"]
     with raw(b, tag="all", username="all") as a:
         a.subscribe(["sensors/#"])
         assert sorted(topics(a, 2)) == ["sensors/private/r", "sensors/r"]
@@ -289,14 +319,46 @@ def test_paho_and_mosquitto_pub(start_broker, auth_dir):
         s.close()
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access(HOSTILE, os.X_OK),
+                    reason=f"needs root and {HOSTILE} (/proc/PID/mem of a worker)")
+def test_router_refuses_a_publish_record_the_worker_did_not(start_broker, auth_dir):
+    """A compromised worker skips its own check: tests/hostile writes
+    PUBLISH records on acl/denied (pub may not write it) then acl/marker
+    (it may) for the sessions it holds. The router refuses the first: a
+    subscriber on the other worker gets the marker and nothing before it."""
+    b, _ = acl_broker(start_broker, auth_dir)
+    victim = raw(b, tag="victim", username="pub")
+    w = b.worker_of(victim)
+    with raw_on(b, avoid=w, tag="sub", username="all") as s:
+        s.subscribe(["acl/#"])
+        out = subprocess.run([HOSTILE, "acl", "publish", str(w)], capture_output=True,
+                             text=True, timeout=T(60))
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert until_marker(s, "acl/marker") == []
+    victim.close()
+    # The tool killed the worker it played: its successor is not a crash.
+    wait_for(lambda: w not in b.worker_pids() and len(b.worker_pids()) == 2, T(10),
+             "the worker's successor")
+    b.initial_pids = set(b.pids())
+
+
+IPC_MAX_PAYLOAD = 200 * 1024          # include/ipc.h: the most one control message carries
+
+
 def test_a_thousand_rule_acl(start_broker, auth_dir):
-    """1,000 users with a rule each (and the file's own rules): the router
-    gets the whole ACL (a memfd, not bounded by a control message) and the
-    last user's rule holds."""
-    text = ACL + "".join(f"user u{i}\ntopic readwrite u/{i}/#\n" for i in range(1000))
+    """Thousands of users with a rule each (and the file's own rules),
+    encoded larger than a control message can carry: the router gets the
+    whole ACL (a sealed memfd) and the last user's rule holds."""
+    n = 6000
+    text = ACL + "".join(f"user u{i}\ntopic readwrite u/{i}/a-level-that-weighs-the-rule/#\n"
+                         for i in range(n))
     b, _ = acl_broker(start_broker, auth_dir, text=text)
-    with raw(b, tag="u999", username="u999") as c:
-        assert c.subscribe(["u/999/#", "u/998/#"], expect_codes=False) == [0, 0x80]
-        c.publish("u/999/x", b"mine", qos=1)
-        assert topics(c, 1) == ["u/999/x"]
+    size = int(re.search(r"router: ACL in force \((\d+) bytes\)", b.log).group(1))
+    assert size > IPC_MAX_PAYLOAD, f"the ACL encodes to {size} bytes only"
+    last = f"u/{n - 1}/a-level-that-weighs-the-rule"
+    with raw(b, tag="last", username=f"u{n - 1}") as c:
+        assert c.subscribe([last + "/#", "u/0/a-level-that-weighs-the-rule/#"],
+                           expect_codes=False) == [0, 0x80]
+        c.publish(last + "/x", b"mine", qos=1)
+        assert topics(c, 1) == [last + "/x"]
 

@@ -6,6 +6,7 @@ stops it; an ACL file alone runs it."""
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -24,14 +25,15 @@ def file_broker(start_broker, auth_dir, **auth):
     return authfiles.file_broker(start_broker, path, "alice", USERS["alice"], **auth)
 
 
-def connack(broker, user, password):
-    with raw(broker, tag="role", expect_rc=None, username=user, password=password) as c:
+def connack(broker, user, password, source=None):
+    with raw(broker, tag="role", source=source, expect_rc=None, username=user,
+             password=password) as c:
         return c.connack.rc
 
 
-def timed_connack(broker, user, password):
+def timed_connack(broker, user, password, source=None):
     t0 = time.monotonic()
-    rc = connack(broker, user, password)
+    rc = connack(broker, user, password, source)
     return rc, time.monotonic() - t0
 
 
@@ -78,10 +80,16 @@ def test_failures_are_slowed_down(start_broker, auth_dir):
 
 
 def test_no_slow_down_when_disabled(start_broker, auth_dir):
+    """max_failure_delay_ms = 0: after a failure the next five failures and
+    a success are answered at once (slowed down, they would take 6.3 s)."""
     b = file_broker(start_broker, auth_dir, max_failure_delay_ms=0)
-    for _ in range(6):
+    assert connack(b, "alice", "wrong") == 4
+    t0 = time.monotonic()
+    for _ in range(5):
         assert connack(b, "alice", "wrong") == 4
     assert connack(b, "alice", USERS["alice"]) == 0
+    took = time.monotonic() - t0
+    assert took < 1.0, f"six answers took {took:.3f} s"
 
 
 def test_acl_file_alone_runs_the_auth_role(start_broker, auth_dir):
@@ -113,18 +121,70 @@ def test_reload_starts_and_stops_the_auth_role(start_broker, auth_dir):
     b.initial_pids = set(b.pids())
 
 
-def test_a_verdict_for_a_closed_connection_is_dropped(start_broker, auth_dir):
-    """A client that leaves while its CONNECT waits for a verdict: the
-    verdict finds nothing, and the next client is served."""
-    b = file_broker(start_broker, auth_dir)
-    for _ in range(3):
-        assert connack(b, "alice", "wrong") == 4
-    gone = raw(b, tag="gone", connect=False)
-    gone.send(mqttraw.connect("gone-1", username="alice", password=USERS["alice"]))
-    gone.close()
-    # Its (delayed) answer was logged as sent, or dropped with the connection.
-    assert connack(b, "alice", USERS["alice"]) == 0
-    assert connack(b, "alice", USERS["alice"]) == 0
+def closed_while_held(b):
+    return b.log.count("closed before CONNECT")
+
+
+def test_closed_connections_free_their_place_at_once(start_broker, auth_dir):
+    """auth.max_pending = 2, one worker. Rounds of two clients whose
+    CONNECTs wait for the auth role (their address failed: the answers are
+    slowed down by seconds), the worker full with them (a third gets
+    CONNACK 3), then closed: each cancels its request, which stops counting
+    in the auth role at once. A valid client from another address after
+    them is accepted, not refused (CONNACK 3). (Without the cancel, the
+    auth role would hold two requests until the first answers, seconds
+    later: the second round would already be refused by it.)"""
+    path = auth_dir.mosquitto_passwd("passwd", USERS)
+    b = start_broker(workers=1, probe_auth=("alice", USERS["alice"]),
+                     auth={"backend": "file", "password_file": path, "max_pending": 2,
+                           "max_failure_delay_ms": 10000})
+    for _ in range(5):
+        assert connack(b, "alice", "wrong") == 4      # the next answer waits 1.6 s
+    for r in range(4):
+        held = [raw(b, tag="gone", connect=False) for _ in range(2)]
+        for i, c in enumerate(held):
+            c.send(mqttraw.connect(f"gone-{r}-{i}", username="alice", password="wrong"))
+        # The worker holds both (so their requests went to the auth role).
+        assert wait_for(lambda: connack(b, "alice", "wrong") == 3, T(5),
+                        "the worker to hold both CONNECTs")
+        before = closed_while_held(b)
+        for c in held:
+            c.close()
+        wait_for(lambda: closed_while_held(b) >= before + 2, T(5),
+                 "the worker to see both close")
+    assert connack(b, "alice", USERS["alice"], source="127.0.0.2") == 0
+    # The verdicts still due for the closed ones find nobody, and nothing breaks.
+    assert connack(b, "alice", USERS["alice"], source="127.0.0.3") == 0
+
+
+def test_parallel_failures_wait_their_turn(start_broker, auth_dir):
+    """An address that failed gets one answer at a time, each after its own
+    delay (100, 200, 400, 800 ms), however many connections it opens at
+    once; a right password from another address meanwhile is not held up
+    by them."""
+    b = file_broker(start_broker, auth_dir, max_failure_delay_ms=800)
+    assert connack(b, "alice", "wrong") == 4
+    clients = [raw(b, tag="par", connect=False) for _ in range(4)]
+    t0 = time.monotonic()
+    for i, c in enumerate(clients):
+        c.send(mqttraw.connect(f"par-{i}", username="alice", password="wrong"))
+
+    def answered(c):
+        rc = c.expect(mqttraw.CONNACK, timeout=T(10)).rc
+        return time.monotonic() - t0, rc
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        waits = pool.map(answered, clients)
+        rc, took = timed_connack(b, "alice", USERS["alice"], source="127.0.0.2")
+        assert rc == 0 and took < 0.4, f"the other address waited {took:.3f} s"
+        results = sorted(waits)
+    for c in clients:
+        c.close()
+    assert [rc for _, rc in results] == [4] * 4
+    due = 0.0
+    for (at, _), delay in zip(results, (0.1, 0.2, 0.4, 0.8)):
+        due += delay
+        assert at >= due, f"answers at {[round(t, 3) for t, _ in results]} s"
 
 
 def test_max_pending_bounds_the_connects_a_worker_holds(start_broker, auth_dir):

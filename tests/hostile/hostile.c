@@ -23,6 +23,7 @@
  *   race        random                                data and head rewritten for ~1 s
  *   tail        backwards | beyond | misaligned       the r2w tail
  *   forge       conns | session                       well-formed records it may not send
+ *   acl         publish                               a PUBLISH its session may not write
  *   counters    garbage | inherit                     the header page's counters and flags
  *   readonly    writes                                what it may not write, and cannot
  *
@@ -954,6 +955,46 @@ static void case_forge(struct target *t)
 	target_finish(t, false);
 }
 
+/*
+ * The router's write check, which a compromised worker cannot skip: for
+ * every connection id the worker may hold (its epoch, the guessed slots
+ * and serials), a QoS 0 PUBLISH on acl/denied, then one on acl/marker,
+ * as if its clients had sent them. Under an ACL that lets the session
+ * write acl/marker and not acl/denied, a subscriber to acl/# must get the
+ * marker and never the other: the router reads the records in order, so
+ * once the marker came, the denied one was decided. The test asserts
+ * that; this only writes and sees the records read.
+ */
+static void case_acl(struct target *t)
+{
+	const struct rec_str topics[] = { STR("acl/denied"), STR("acl/marker") };
+	struct writer w;
+	struct recw r;
+	bool ok = true, read;
+
+	if (strcmp(variant, "publish") != 0)
+		die("acl: variant publish");
+	recw_init(&r);
+	wait_router_caught_up(t);
+	writer_init(&w, t);
+	for (size_t i = 0; i < ARRAY_SIZE(topics); i++)
+		for (unsigned slot = 0; ok && slot < GUESS_SLOTS; slot++)
+			for (unsigned serial = 1; ok && serial <= GUESS_SERIALS; serial++) {
+				rec_publish_encode(&r, &(struct rec_publish){
+					.conn = conn_id_make(t->index, t->epoch, slot, serial),
+					.topic = topics[i], .payload = BYTES("forged"),
+				});
+				ok &= writer_rec(&w, REC_PUBLISH, &r);
+			}
+	recw_free(&r);
+	if (!ok || !writer_publish(&w))
+		die("cannot write the PUBLISH records (worker gone, or the router stopped reading)");
+	read = writer_drained(&w, WAIT_READ_MS);
+	check(t, read, "%u PUBLISH records on acl/denied then acl/marker, %s", w.records,
+	      read ? "all read by the router" : "not all read by the router");
+	target_finish(t, false);
+}
+
 /* The header page's counters and wake-up flags: claims nobody may take for sizes. */
 static void case_counters(struct target *t)
 {
@@ -1166,6 +1207,7 @@ int main(int argc, char **argv)
 			"  race        random\n"
 			"  tail        backwards|beyond|misaligned\n"
 			"  forge       conns|session\n"
+			"  acl         publish\n"
 			"  counters    garbage|inherit\n"
 			"  readonly    writes\n");
 		return 2;
@@ -1191,6 +1233,8 @@ int main(int argc, char **argv)
 		case_tail(&t);
 	else if (strcmp(case_name, "forge") == 0)
 		case_forge(&t);
+	else if (strcmp(case_name, "acl") == 0)
+		case_acl(&t);
 	else if (strcmp(case_name, "counters") == 0)
 		case_counters(&t);
 	else {

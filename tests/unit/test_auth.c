@@ -112,6 +112,9 @@ static struct fx *fx_new(const char *backend, const char *file)
 	snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, file);
 	config_defaults(&f->cfg);
 	snprintf(f->cfg.auth_backend, sizeof(f->cfg.auth_backend), "%s", backend);
+	f->cfg.auth_hash_threads = 1;
+	f->cfg.auth_max_pending = 2;
+	f->cfg.auth_max_failure_delay_ms = 400;
 	return f;
 }
 
@@ -122,9 +125,6 @@ static int fx_start(struct fx *f, void **state)
 	size_t len;
 	int sp[2];
 
-	f->cfg.auth_hash_threads = 1;
-	f->cfg.auth_max_pending = 2;
-	f->cfg.auth_max_failure_delay_ms = 400;
 	f->env.cfg = &f->cfg;
 	f->env.nworkers = 1;
 	assert_int_equal(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp),
@@ -166,6 +166,21 @@ static int setup(void **state)
 
 	write_users(f, "alice-pw");
 	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	fx_start(f, state);
+	no_acl_sent(f);
+	return 0;
+}
+
+/* More requests at once, anonymous clients allowed, one waiting behind a failing address. */
+static int setup_wide(void **state)
+{
+	struct fx *f = fx_new("file", "passwd");
+
+	write_users(f, "alice-pw");
+	snprintf(f->cfg.auth_password_file, sizeof(f->cfg.auth_password_file), "%s", f->path);
+	f->cfg.auth_max_pending = 8;
+	f->cfg.auth_max_waiting_per_address = 1;
+	f->cfg.auth_allow_anonymous = true;
 	fx_start(f, state);
 	no_acl_sent(f);
 	return 0;
@@ -254,6 +269,31 @@ static struct ipc_auth_fields verdict(struct fx *f, char *user, size_t cap)
 	return v;
 }
 
+/* The next verdict is conn's, with code. */
+static void expect_verdict(struct fx *f, uint64_t conn, uint8_t code)
+{
+	char user[64];
+	struct ipc_auth_fields v = verdict(f, user, sizeof(user));
+
+	assert_int_equal(v.conn, conn);
+	assert_int_equal(v.code, code);
+}
+
+static void cancel(struct fx *f, uint64_t conn, uint32_t ticket)
+{
+	struct ipc_auth_cancel c = { .conn = conn, .ticket = ticket };
+
+	assert_int_equal(ipc_send(f->chan, IPC_AUTH_CANCEL, 0, &c, sizeof(c), -1), 0);
+}
+
+static void fail_once(struct fx *f, uint64_t conn, const char *remote)
+{
+	char user[64];
+
+	ask(f, conn, 0, remote, "alice", "wrong");
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+}
+
 static void a_password_file_decides(void **state)
 {
 	struct fx *f = *state;
@@ -295,16 +335,11 @@ static void a_malformed_request_is_dropped(void **state)
 static void failures_slow_down_and_bound_the_requests_held(void **state)
 {
 	struct fx *f = *state;
-	struct ipc_auth_fields v;
 	uint64_t t0;
-	char user[64];
 
-	ask(f, 20, 0, "192.0.2.1:1", "alice", "wrong");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
-	ask(f, 21, 0, "192.0.2.1:1", "alice", "wrong");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
-	ask(f, 26, 0, "192.0.2.1:1", "alice", "wrong");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+	fail_once(f, 20, "192.0.2.1:1");
+	fail_once(f, 21, "192.0.2.1:1");
+	fail_once(f, 26, "192.0.2.1:1");
 	/*
 	 * Two held for 400 ms (the most this fixture allows, long enough for
 	 * the third to be read while they are held however slow the test
@@ -315,19 +350,85 @@ static void failures_slow_down_and_bound_the_requests_held(void **state)
 	ask(f, 22, 0, "192.0.2.1:1", "alice", "alice-pw");
 	ask(f, 23, 1, "192.0.2.1:1", "alice", "alice-pw");
 	ask(f, 24, 2, "127.0.0.1:1", "alice", "alice-pw");
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 24 && v.code == MQTT_CONNACK_UNAVAILABLE);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 22 && v.code == MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 24, MQTT_CONNACK_UNAVAILABLE);
+	expect_verdict(f, 22, MQTT_CONNACK_ACCEPTED);
 	assert_true(mono_ms() - t0 >= 400);
-	v = verdict(f, user, sizeof(user));
-	assert_true(v.conn == 23 && v.code == MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 23, MQTT_CONNACK_ACCEPTED);
 	assert_true(nothing_within(f->chan, 200));
 	/* The success forgot the address: no wait any more (it would be 400 ms). */
 	t0 = mono_ms();
 	ask(f, 25, 0, "192.0.2.1:1", "alice", "alice-pw");
-	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 25, MQTT_CONNACK_ACCEPTED);
 	assert_true(mono_ms() - t0 < 400);
+}
+
+/*
+ * A cancelled request gets no verdict and stops counting against
+ * max_pending at once, whether it waits behind its address or is held for
+ * its delay; a cancel with another ticket, or about another worker's
+ * connection, is ignored.
+ */
+static void a_cancel_drops_the_request_at_once(void **state)
+{
+	struct fx *f = *state;
+
+	fail_once(f, 60, "192.0.2.9:1");
+	fail_once(f, 61, "192.0.2.9:1");           /* its next verdicts wait 200 ms, then 400 */
+	ask(f, 62, 0, "192.0.2.9:1", "alice", "wrong");
+	ask(f, 63, 1, "192.0.2.9:1", "alice", "wrong");
+	cancel(f, 62, 0);
+	cancel(f, 63, 1);
+	/* max_pending is 2: both places are free again. */
+	ask(f, 64, 0, "192.0.2.10:1", "alice", "alice-pw");
+	ask(f, 65, 1, "192.0.2.11:1", "alice", "alice-pw");
+	expect_verdict(f, 64, MQTT_CONNACK_ACCEPTED);
+	expect_verdict(f, 65, MQTT_CONNACK_ACCEPTED);
+	assert_true(nothing_within(f->chan, 500));   /* nothing for 62 or 63 */
+	/* Held for its delay: cancels with the wrong ticket, or for worker 1, change nothing. */
+	ask(f, 66, 0, "192.0.2.9:1", "alice", "wrong");
+	cancel(f, 66, 1);
+	cancel(f, (1ull << 56) | 66, 0);
+	expect_verdict(f, 66, MQTT_CONNACK_BAD_AUTH);
+}
+
+/*
+ * An address that failed has one request in flight: the next waits until
+ * the first is answered and then for its own delay, one more is refused
+ * at once (max_waiting_per_address 1), another address is not delayed;
+ * an anonymous client accepted does not forget the failures.
+ */
+static void a_failing_address_goes_one_at_a_time(void **state)
+{
+	struct fx *f = *state;
+	uint64_t t0;
+
+	fail_once(f, 70, "192.0.2.20:1");          /* 100 ms, then 200, then 400 */
+	t0 = mono_ms();
+	ask(f, 71, 0, "192.0.2.20:1", "alice", "wrong");
+	ask(f, 72, 1, "192.0.2.20:1", "alice", "wrong");
+	ask(f, 73, 2, "192.0.2.20:1", "alice", "wrong");
+	ask(f, 74, 3, "192.0.2.21:1", "alice", "alice-pw");
+	expect_verdict(f, 73, MQTT_CONNACK_UNAVAILABLE);
+	expect_verdict(f, 74, MQTT_CONNACK_ACCEPTED);
+	assert_true(mono_ms() - t0 < 100);
+	expect_verdict(f, 71, MQTT_CONNACK_BAD_AUTH);
+	assert_true(mono_ms() - t0 >= 100);
+	expect_verdict(f, 72, MQTT_CONNACK_BAD_AUTH);
+	assert_true(mono_ms() - t0 >= 100 + 200);
+	/* Anonymous, accepted: the address still waits (400 ms) for its next answers. */
+	t0 = mono_ms();
+	ask(f, 75, 0, "192.0.2.20:1", NULL, NULL);
+	expect_verdict(f, 75, MQTT_CONNACK_ACCEPTED);
+	assert_true(mono_ms() - t0 >= 400);
+	t0 = mono_ms();
+	ask(f, 76, 0, "192.0.2.20:1", "alice", "alice-pw");
+	expect_verdict(f, 76, MQTT_CONNACK_ACCEPTED);
+	assert_true(mono_ms() - t0 >= 400);
+	/* A password that verified forgets them. */
+	t0 = mono_ms();
+	ask(f, 77, 0, "192.0.2.20:1", "alice", "wrong");
+	expect_verdict(f, 77, MQTT_CONNACK_BAD_AUTH);
+	assert_true(mono_ms() - t0 < 100);
 }
 
 static void a_reload_is_a_transaction(void **state)
@@ -509,6 +610,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(a_malformed_request_is_dropped, setup, teardown),
 		cmocka_unit_test_setup_teardown(failures_slow_down_and_bound_the_requests_held,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(a_cancel_drops_the_request_at_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(a_failing_address_goes_one_at_a_time, setup_wide,
+						teardown),
 		cmocka_unit_test_setup_teardown(a_reload_is_a_transaction, setup, teardown),
 		cmocka_unit_test_setup_teardown(a_token_names_its_client_and_carries_its_lists,
 						setup_jwt, teardown),
