@@ -249,8 +249,8 @@ static void grant(struct router *r, struct fuzz_in *in)
 		acl_client_free(v);
 	}
 	token_granted |= (b & 0x40) != 0;
-	router_grant(r, pick_conn(in), user, strlen(user), b & 0x40 ? token_rules.buf : NULL,
-		     b & 0x40 ? token_rules.len : 0);
+	router_grant(r, pick_conn(in), user, strlen(user), b & 0x40, token_rules.buf,
+		     token_rules.len);
 }
 
 static void set_acl(struct router *r, unsigned which)

@@ -3319,7 +3319,7 @@ static void grant_fetch(void *arg)
 {
 	(void)arg;
 	grant_fetches++;
-	assert_int_equal(router_grant(grant_fx->r, C(0, 3), "carol", 5, NULL, 0), 0);
+	assert_int_equal(router_grant(grant_fx->r, C(0, 3), "carol", 5, false, NULL, 0), 0);
 }
 
 /* The CONNACK code a CONNECT as user gets. */
@@ -3343,9 +3343,9 @@ static void grant_required_for_every_connect(void **state)
 	router_set_grants(f->r, true, grant_fetch, NULL);
 	assert_int_equal(connect_code(f, C(0, 1), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
 	assert_int_equal(grant_fetches, 1);
-	assert_int_equal(router_grant(f->r, C(0, 1), "bob", 3, NULL, 0), 0);
+	assert_int_equal(router_grant(f->r, C(0, 1), "bob", 3, false, NULL, 0), 0);
 	assert_int_equal(connect_code(f, C(0, 1), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
-	assert_int_equal(router_grant(f->r, C(0, 2), "alice", 5, NULL, 0), 0);
+	assert_int_equal(router_grant(f->r, C(0, 2), "alice", 5, false, NULL, 0), 0);
 	assert_int_equal(connect_code(f, C(0, 2), "a", "alice"), MQTT_CONNACK_ACCEPTED);
 	/* carol's grant was read with the first fetch: no other is needed. */
 	assert_int_equal(connect_code(f, C(0, 3), "c", "carol"), MQTT_CONNACK_ACCEPTED);
@@ -3374,7 +3374,7 @@ static void grant_rules_are_the_session_view(void **state)
 	assert_int_equal(acl_client_encode(v, &w), 0);
 	acl_client_free(v);
 	router_set_grants(f->r, true, NULL, NULL);
-	assert_int_equal(router_grant(f->r, C(0, 1), "dev", 3, w.buf, w.len), 0);
+	assert_int_equal(router_grant(f->r, C(0, 1), "dev", 3, true, w.buf, w.len), 0);
 	connect_as(f, C(0, 1), true, "dev", "dev", NULL);
 	expect_suback(f, C(0, 1), filters, only_mine, 2);
 	/* An ACL file that gives "dev" everything does not widen its token's lists. */
