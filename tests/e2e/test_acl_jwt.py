@@ -87,3 +87,26 @@ def test_jwt_read_list(start_broker, auth_dir, ec_key, workers):
         assert s.subscribe(["sensors/#", "other/#", "open/#"], expect_codes=False) == \
             [0, 0x80, 0]
         assert rounds(p, s, ["sensors/7/a", "sensors/8/a"], n=3, qos=1) == ["sensors/7/a"] * 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jwt_read_list_outlives_a_router_restart(start_broker, auth_dir, ec_key, workers):
+    """A router killed with SIGKILL while a token's persistent session is
+    connected: its successor has the token's read list from the store, so
+    the session still gets only what the list names (without an ACL file,
+    a session without its list would get everything)."""
+    from test_crash_router import kill_router
+
+    b = jwt_acl_broker(start_broker, auth_dir, ec_key, workers)
+    s = raw(b, tag="jkeep", clean=False, username="x",
+            password=token(ec_key, "reader", read=["sensors/7/#", "open/#"]))
+    pw = token(ec_key, "writer", write=["#"])
+    if workers == 1:
+        p = raw(b, tag="jpub", username="x", password=pw)
+    else:
+        p = raw_on(b, avoid=b.worker_of(s), tag="jpub", username="x", password=pw)
+    with s, p:
+        s.subscribe([("sensors/#", 1), ("open/#", 1)])
+        assert rounds(p, s, ["sensors/7/a", "sensors/8/a"], n=2, qos=1) == ["sensors/7/a"] * 2
+        kill_router(b)
+        assert rounds(p, s, ["sensors/7/a", "sensors/8/a"], n=3, qos=1) == ["sensors/7/a"] * 3
