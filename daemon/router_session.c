@@ -6,7 +6,8 @@
  * (hidx), the online sessions by connection slot per worker, the list of
  * offline persistent sessions (oldest first, for expiry), the CONNECTs
  * waiting for a takeover and the connections kicked by a newer one, and
- * each session's user name and view of the ACL (session_view_make). A
+ * each session's user name, token's rules and view of the ACL
+ * (session_view_make). A
  * CONNECT makes, resumes or takes over a session; a close (or its
  * worker's death) publishes the will, if the ACL lets its owner, and ends
  * or parks it. What a session queues is router_queue.c's, what it
