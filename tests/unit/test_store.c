@@ -122,7 +122,8 @@ struct got {
 static void copy_str(char *dst, size_t cap, const void *src, size_t len)
 {
 	assert_true(len < cap);
-	memcpy(dst, src, len);
+	if (len)                     /* src may be NULL then: a token without rules */
+		memcpy(dst, src, len);
 	dst[len] = '\0';
 }
 
@@ -143,7 +144,8 @@ static void got_session(void *arg, const struct store_session *s)
 	copy_str(o->token_rules, sizeof(o->token_rules), s->token.rules, s->token.len);
 	o->last_seen = s->last_seen_ms;
 	o->n_ids = s->n_qos2_ids;
-	memcpy(o->ids, s->qos2_ids, s->n_qos2_ids * sizeof(uint16_t));
+	if (s->n_qos2_ids)
+		memcpy(o->ids, s->qos2_ids, s->n_qos2_ids * sizeof(uint16_t));
 	if (s->online) {
 		o->conn = s->cx.conn;
 		o->will_flag = s->cx.will_flag;
