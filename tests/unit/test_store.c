@@ -682,66 +682,65 @@ static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
 /* What a format 4 value spends on a token with these rules: its flag, then the counted rules. */
 #define TOKEN_BYTES(rules) (1 + 4 + strlen(rules))
 
-/* Format 2 sessions (no user names at the end) are read as sessions without one. */
-static void format_2_sessions_read_as_without_user_names(void **state)
+/*
+ * Sessions "on" (online, with a waiting CONNECT) and "off" as an older
+ * format wrote them: their values without the last on_cut and off_cut
+ * bytes, the store marked that format. What the store, opened again and
+ * marked current, gives back.
+ */
+static struct got *two_sessions_of_format(struct fx *f, uint64_t format, size_t on_cut,
+					  size_t off_cut)
 {
-	struct fx *f = *state;
 	struct got *g;
-	uint64_t format = 0;
+	uint64_t v = 0;
 
 	open_ok(f);
 	put_session(f->st, 1, "on", false, 0x0100000100010001ull, 0x0000000100020001ull);
 	put_session(f->st, 2, "off", false, 0, 0);
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
-	/* What format 2 wrote: the same values without the user names and tokens. */
-	cut_session_value(f, 1, 2 + strlen(PUT_USER("on")) + 2 + strlen("next") +
-			  TOKEN_BYTES(PUT_TOKEN("on")) + TOKEN_BYTES(PEND_TOKEN));
-	cut_session_value(f, 2, 2 + strlen(PUT_USER("off")) + TOKEN_BYTES(PUT_TOKEN("off")));
-	set_format(f, 2);
+	cut_session_value(f, 1, on_cut);
+	cut_session_value(f, 2, off_cut);
+	set_format(f, format);
 	open_ok(f);
-	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, STORE_FORMAT);
+	assert_true(store_meta_get(f->st, "format", &v));
+	assert_int_equal(v, STORE_FORMAT);
 	g = read_all(f->st);
 	assert_int_equal(g->ns, 2);
 	assert_true(g->s[0].online);
 	assert_true(g->s[0].pending);
 	assert_string_equal(g->s[0].client_id, "on");
 	assert_string_equal(g->s[0].will_payload, "bye");
+	assert_string_equal(g->s[1].client_id, "off");
+	return g;
+}
+
+/* Format 2 sessions (no user names, nor tokens, at the end) are read as sessions without them. */
+static void format_2_sessions_read_as_without_user_names(void **state)
+{
+	struct got *g = two_sessions_of_format(*state, 2,
+		2 + strlen(PUT_USER("on")) + 2 + strlen("next") + TOKEN_BYTES(PUT_TOKEN("on")) +
+		TOKEN_BYTES(PEND_TOKEN),
+		2 + strlen(PUT_USER("off")) + TOKEN_BYTES(PUT_TOKEN("off")));
+
 	assert_string_equal(g->s[0].user, "");
 	assert_string_equal(g->s[0].pend_user, "");
-	assert_string_equal(g->s[1].client_id, "off");
 	assert_string_equal(g->s[1].user, "");
+	assert_false(g->s[0].token);
 	free(g);
 }
 
 /*
  * Format 3 sessions (no tokens at the end) are read as sessions whose
- * users came with no token's rules, their user names kept; the store is
- * marked format 4.
+ * users came with no token's rules (no format 3 daemon stored any), their
+ * user names kept.
  */
 static void format_3_sessions_read_as_without_tokens(void **state)
 {
-	struct fx *f = *state;
-	struct got *g;
-	uint64_t format = 0;
+	struct got *g = two_sessions_of_format(*state, 3,
+		TOKEN_BYTES(PUT_TOKEN("on")) + TOKEN_BYTES(PEND_TOKEN),
+		TOKEN_BYTES(PUT_TOKEN("off")));
 
-	open_ok(f);
-	put_session(f->st, 1, "on", false, 0x0100000100010001ull, 0x0000000100020001ull);
-	put_session(f->st, 2, "off", false, 0, 0);
-	assert_int_equal(store_commit(f->st), 0);
-	store_close(&f->st);
-	/* What format 3 wrote: the same values without the tokens. */
-	cut_session_value(f, 1, TOKEN_BYTES(PUT_TOKEN("on")) + TOKEN_BYTES(PEND_TOKEN));
-	cut_session_value(f, 2, TOKEN_BYTES(PUT_TOKEN("off")));
-	set_format(f, 3);
-	open_ok(f);
-	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, 4);
-	g = read_all(f->st);
-	assert_int_equal(g->ns, 2);
-	assert_true(g->s[0].online);
-	assert_true(g->s[0].pending);
 	assert_string_equal(g->s[0].user, PUT_USER("on"));
 	assert_string_equal(g->s[0].pend_user, "next");
 	assert_false(g->s[0].token);
