@@ -61,13 +61,15 @@ static struct session_connect *session_connect_load(const struct store_session *
  * lost, and the session may do nothing until it connects again: never
  * everything.
  */
-static void session_token_load(struct session *s, const struct store_token *t)
+static void session_token_load(struct session *s, const struct store_session *ss)
 {
+	const struct store_token *t = &ss->token;
+
 	s->token = t->on;
 	if (!t->on || !t->len)
 		return;
 	if (!(s->token_rules = malloc(t->len))) {
-		log_client(LOG_LVL_ERROR, s->client_id, "",
+		log_client(LOG_LVL_ERROR, s->client_id, ss->remote,
 			   "out of memory loading its token's rules: it may do nothing until it connects again");
 		return;
 	}
@@ -90,7 +92,7 @@ static struct session *session_load_new(const struct store_session *ss)
 	/* Its view: of its token's rules now (router_load_session), of the ACL when it comes. */
 	if (ss->user_len && !(s->user = strndup(ss->user, ss->user_len)))
 		goto fail;
-	session_token_load(s, &ss->token);
+	session_token_load(s, ss);
 	if (ss->n_qos2_ids) {
 		s->qos2_ids = malloc((size_t)ss->n_qos2_ids * sizeof(uint16_t));
 		if (!s->qos2_ids)
