@@ -38,21 +38,27 @@
 /* ---- data -------------------------------------------------------------- */
 
 /*
- * A CONNECT as the worker sent it, in one allocation. Every online session
+ * A CONNECT as the worker sent it, in one allocation, with the token's
+ * rules its grant carried (taken out of the grant as the record is
+ * accepted, so that a CONNECT waiting for a takeover keeps them however
+ * long it waits, and the store keeps them with it). Every online session
  * keeps one, so its strings are found by their lengths rather than by
  * pointers of their own: see the cx_ accessors below.
  */
 struct session_connect {
 	conn_id_t conn;
 	uint32_t will_payload_len;
+	uint32_t token_rules_len;    /* 0 with token: the rules are lost, it may do nothing */
 	uint16_t keepalive;
 	uint16_t client_id_len, will_topic_len;
 	uint16_t user_len;           /* 0: no user name */
 	uint8_t remote_len;          /* < ROUTER_REMOTE_LEN */
 	bool clean;
 	bool will_flag;
+	bool token;                  /* its user came with a token's rules (its grant said so) */
 	uint8_t will_qos, will_retain;
-	char data[];                 /* client id, remote, user, will topic (each NUL-terminated), will payload */
+	/* client id, remote, user, will topic (each NUL-terminated), will payload, token's rules */
+	char data[];
 };
 
 static_assert(ROUTER_REMOTE_LEN <= 256, "remote_len is 8 bits");
@@ -80,6 +86,11 @@ static inline const char *cx_will_topic(const struct session_connect *c)
 static inline const uint8_t *cx_will_payload(const struct session_connect *c)
 {
 	return (const uint8_t *)cx_will_topic(c) + c->will_topic_len + 1;
+}
+
+static inline const uint8_t *cx_token_rules(const struct session_connect *c)
+{
+	return cx_will_payload(c) + c->will_payload_len;
 }
 
 struct router_cursor;
@@ -127,6 +138,7 @@ struct session {
 	bool in_offline;             /* linked in the offline list */
 	bool q_warned, q_warned_qos0;
 	bool subs_warned;            /* max_subscriptions_per_session reached: logged */
+	bool token;                  /* its user came with a token's rules: they, or nothing, hold */
 	uint8_t granted;             /* with stamp: the QoS this publish goes out at */
 	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
@@ -139,7 +151,7 @@ struct session {
 	char *remote_off;            /* offline: where it last connected from (session_remote()) */
 	char *user;                  /* its (last) connection's user name; NULL: none */
 	struct acl_client *acl;      /* its view of the router's ACL (router_acl_allows) */
-	uint8_t *token_rules;        /* its token's view (from its grant), which acl decodes; NULL: none */
+	uint8_t *token_rules;        /* with token: its token's view (acl_client_encode); NULL: lost */
 	size_t token_rules_len;
 	struct session_sub *subs;
 
@@ -238,12 +250,19 @@ struct router_match {
 struct router_grant {
 	conn_id_t conn;
 	UT_hash_handle hh;
-	struct router_grant *next, **prev_next;
+	struct router_grant *next, **prev_next; /* in its worker's share, oldest first */
 	uint64_t at_ms;
+	bool token;                  /* a token's rules: rules (none: lost, it may do nothing) */
 	uint8_t *rules;              /* a token's view (acl_client_encode), NULL: none */
 	size_t rules_len;
 	size_t user_len;
 	char user[];                 /* NUL-terminated */
+};
+
+/* The grants of one worker's connections, oldest first: what one worker can make the router hold. */
+struct router_grant_share {
+	struct router_grant *head, **tail;
+	size_t n;
 };
 
 struct router {
@@ -301,10 +320,9 @@ struct router {
 
 	/* The ACL every session's view is made from (router_set_acl); NULL: none, all allowed. */
 	struct acl *acl;
-	/* Who the auth role accepted (router_grants.c), oldest first. */
+	/* Who the auth role accepted (router_grants.c). */
 	struct router_grant *grants;          /* by conn */
-	struct router_grant *grant_head, **grant_tail;
-	size_t n_grants;
+	struct router_grant_share grant_share[IOTD_MAX_WORKERS];
 	bool grants_required;
 	router_grant_fetch_fn *grant_fetch;
 	void *grant_fetch_arg;
@@ -340,10 +358,10 @@ static inline void router_routes_changed(struct router *r)
 	atomic_fetch_add_explicit(r->route_gen, 1, memory_order_release);
 }
 
-/* Is the session's access limited: an ACL, or its token's lists? */
+/* Is the session's access limited: an ACL, or its token's lists (even lost ones)? */
 static inline bool router_acl_on(const struct router *r, const struct session *s)
 {
-	return r->acl || s->token_rules;
+	return r->acl || s->token;
 }
 
 /*
@@ -358,8 +376,9 @@ static inline bool router_acl_allows(const struct router *r, const struct sessio
 }
 
 /* router_grants.c */
-bool router_grant_vouches(struct router *r, conn_id_t conn, const char *user, size_t ulen);
-void router_grant_take_rules(struct router *r, conn_id_t conn, uint8_t **rules, size_t *len);
+bool router_grant_vouches(struct router *r, conn_id_t conn, const char *user, size_t ulen,
+			  struct router_grant **g);
+void router_grant_used(struct router *r, struct router_grant *g);
 void router_grants_expire(struct router *r);
 void router_grants_free(struct router *r);
 
@@ -413,8 +432,16 @@ static inline void msg_body_discard(struct msg_body *b)
 
 /* ---- router_session.c: registry, CONNECT, takeover, close -------------- */
 
-/* The router's copy of a CONNECT, as a REC_CONNECT or the store gave it. */
-struct session_connect *session_connect_new(const struct rec_connect *f);
+/* A token's rules as a grant or the store gives them; token false: none. */
+struct session_token {
+	bool token;
+	const uint8_t *rules;
+	size_t len;
+};
+
+/* The router's copy of a CONNECT, as a REC_CONNECT or the store gave it, with its token's rules. */
+struct session_connect *session_connect_new(const struct rec_connect *f,
+					    const struct session_token *tok);
 struct session *session_alloc(const char *client_id, uint16_t len);
 void session_dealloc(struct session *s);
 void session_view_make(struct router *r, struct session *s);

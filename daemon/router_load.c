@@ -34,8 +34,10 @@ struct router_load {
 };
 
 static struct session_connect *session_connect_load(const struct store_session *ss,
-						    const struct store_connect *c)
+						    const struct store_connect *c,
+						    const struct store_token *t)
 {
+	const struct session_token tok = { t->on, t->rules, t->len };
 	struct rec_connect f = {
 		.conn = c->conn,
 		.clean = c->clean,
@@ -51,7 +53,28 @@ static struct session_connect *session_connect_load(const struct store_session *
 		.will_payload = { c->will_payload, c->will_payload_len },
 	};
 
-	return session_connect_new(&f);
+	return session_connect_new(&f, &tok);
+}
+
+/*
+ * The session's token's rules as stored. Without memory for them they are
+ * lost, and the session may do nothing until it connects again: never
+ * everything.
+ */
+static void session_token_load(struct session *s, const struct store_session *ss)
+{
+	const struct store_token *t = &ss->token;
+
+	s->token = t->on;
+	if (!t->on || !t->len)
+		return;
+	if (!(s->token_rules = malloc(t->len))) {
+		log_client(LOG_LVL_ERROR, s->client_id, ss->remote,
+			   "out of memory loading its token's rules: it may do nothing until it connects again");
+		return;
+	}
+	memcpy(s->token_rules, t->rules, t->len);
+	s->token_rules_len = t->len;
 }
 
 /* The allocations of a stored session, linked nowhere yet. */
@@ -66,9 +89,10 @@ static struct session *session_load_new(const struct store_session *ss)
 	s->last_seen_ms = ss->last_seen_ms;
 	if (!ss->online && !(s->remote_off = strdup(ss->remote)))
 		goto fail;
-	/* Its view of the ACL is made when the router is given one (router_set_acl). */
+	/* Its view: of its token's rules now (router_load_session), of the ACL when it comes. */
 	if (ss->user_len && !(s->user = strndup(ss->user, ss->user_len)))
 		goto fail;
+	session_token_load(s, ss);
 	if (ss->n_qos2_ids) {
 		s->qos2_ids = malloc((size_t)ss->n_qos2_ids * sizeof(uint16_t));
 		if (!s->qos2_ids)
@@ -76,9 +100,11 @@ static struct session *session_load_new(const struct store_session *ss)
 		memcpy(s->qos2_ids, ss->qos2_ids, (size_t)ss->n_qos2_ids * sizeof(uint16_t));
 		s->n_qos2_ids = ss->n_qos2_ids;
 	}
-	if (ss->online && !(s->cx = session_connect_load(ss, &ss->cx)))
+	/* The connection's token's rules are the session's (above): the CONNECT keeps none. */
+	if (ss->online &&
+	    !(s->cx = session_connect_load(ss, &ss->cx, &(struct store_token){ 0 })))
 		goto fail;
-	if (ss->pending && !(s->pending = session_connect_load(ss, &ss->pend)))
+	if (ss->pending && !(s->pending = session_connect_load(ss, &ss->pend, &ss->pend_token)))
 		goto fail;
 	return s;
 fail:
@@ -176,6 +202,7 @@ static void router_load_session(void *arg, const struct store_session *ss)
 		ld->failed = true;
 		return;
 	}
+	session_view_make(r, s);
 	if (s->last_seen_ms == STORE_SEEN_UNKNOWN)
 		r->restamp = true;
 	ld->max_sid = MAX(ld->max_sid, s->sid);

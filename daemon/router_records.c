@@ -64,10 +64,17 @@ void router_set_worker(struct router *r, unsigned worker, uint32_t epoch, uint32
  * ROUTER_BAD before anything acts. Then what its fields say is checked.
  */
 
+/*
+ * A CONNECT record: taken when the auth role vouches for it (its grant,
+ * if grants are required), and its grant, with a token's rules, taken
+ * into the router's copy of it (session_connect), which keeps them until
+ * the session is placed, however long a takeover makes it wait.
+ */
 static int router_on_connect(struct router *r, unsigned worker, const void *p, size_t len)
 {
 	struct rec_connect x;
 	struct session_connect *c;
+	struct router_grant *g;
 
 	if (rec_connect_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) || x.clean > 1 ||
 	    x.will_flag > 1 || x.will_qos > 2 || x.will_retain > 1)
@@ -84,7 +91,7 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
 	}
 	if (!x.client_id.len)
 		x.clean = 1;              /* a server-named session cannot persist [MQTT-3.1.3-8] */
-	if (!router_grant_vouches(r, x.conn, (const char *)x.user.p, x.user.len)) {
+	if (!router_grant_vouches(r, x.conn, (const char *)x.user.p, x.user.len, &g)) {
 		log_warn("router: CONNECT of '%.*s' as \"%.*s\" from worker %u, which the auth role "
 			 "did not accept so: refused (CONNACK 5)", (int)MIN(x.client_id.len, 256u),
 			 (const char *)x.client_id.p, (int)MIN(x.user.len, 256u),
@@ -93,7 +100,9 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
 		return ROUTER_OK;
 	}
 
-	c = session_connect_new(&x);
+	c = session_connect_new(&x, g ? &(struct session_token){ g->token, g->rules,
+								 g->rules_len } : NULL);
+	router_grant_used(r, g);
 	if (!c) {
 		log_error("router: out of memory: connection refused");
 		router_send_connack(r, x.conn, 0, MQTT_CONNACK_UNAVAILABLE, false, NULL, 0);

@@ -6,7 +6,8 @@
  * (hidx), the online sessions by connection slot per worker, the list of
  * offline persistent sessions (oldest first, for expiry), the CONNECTs
  * waiting for a takeover and the connections kicked by a newer one, and
- * each session's user name and view of the ACL (session_view_make). A
+ * each session's user name, token's rules and view of the ACL
+ * (session_view_make). A
  * CONNECT makes, resumes or takes over a session; a close (or its
  * worker's death) publishes the will, if the ACL lets its owner, and ends
  * or parks it. What a session queues is router_queue.c's, what it
@@ -56,14 +57,18 @@ void session_persist(struct router *r, const struct session *s)
 		.n_qos2_ids = s->n_qos2_ids,
 		.online = s->online && s->cx,
 		.pending = s->pending != NULL,
+		.token = { s->token, s->token_rules, (uint32_t)s->token_rules_len },
 	};
 
 	if (!r->st)
 		return;
 	if (ss.online)
 		store_connect_view(s->cx, &ss.cx);
-	if (ss.pending)
+	if (ss.pending) {
 		store_connect_view(s->pending, &ss.pend);
+		ss.pend_token = (struct store_token){ s->pending->token, cx_token_rules(s->pending),
+						      s->pending->token_rules_len };
+	}
 	store_session_put(r->st, &ss);
 }
 
@@ -348,16 +353,20 @@ static char *put_string(char *p, const void *src, size_t len)
 	return p + len + 1;
 }
 
-struct session_connect *session_connect_new(const struct rec_connect *f)
+struct session_connect *session_connect_new(const struct rec_connect *f,
+					    const struct session_token *tok)
 {
 	size_t remote_len = MIN((size_t)f->remote.len, (size_t)ROUTER_REMOTE_LEN - 1);
 	size_t topic_len = f->will_flag ? f->will_topic.len : 0;
 	size_t payload_len = f->will_flag ? f->will_payload.len : 0;
+	size_t rules_len = tok && tok->token && tok->rules ? tok->len : 0;
 	struct session_connect *c;
 	char *p;
 
+	if (rules_len > UINT32_MAX)
+		rules_len = 0;               /* no encoding is that long: lost, so nothing allowed */
 	c = malloc(sizeof(*c) + (size_t)f->client_id.len + 1 + remote_len + 1 + f->user.len + 1 +
-		   topic_len + 1 + payload_len);
+		   topic_len + 1 + payload_len + rules_len);
 	if (!c)
 		return NULL;
 	c->conn = f->conn;
@@ -371,6 +380,8 @@ struct session_connect *session_connect_new(const struct rec_connect *f)
 	c->user_len = f->user.len;
 	c->will_topic_len = (uint16_t)topic_len;
 	c->will_payload_len = (uint32_t)payload_len;
+	c->token = tok && tok->token;
+	c->token_rules_len = (uint32_t)rules_len;
 
 	p = put_string(c->data, f->client_id.p, f->client_id.len);
 	p = put_string(p, f->remote.p, remote_len);
@@ -378,7 +389,28 @@ struct session_connect *session_connect_new(const struct rec_connect *f)
 	p = put_string(p, f->will_topic.p, topic_len);
 	if (payload_len)
 		memcpy(p, f->will_payload.p, payload_len);
+	if (rules_len)
+		memcpy(p + payload_len, tok->rules, rules_len);
 	return c;
+}
+
+/*
+ * The session's copy of c's token's rules: it needs them offline too,
+ * when c is gone. false: out of memory (the CONNECT is refused).
+ */
+static bool session_token_take(struct session *s, const struct session_connect *c)
+{
+	uint8_t *rules = NULL;
+
+	if (c->token_rules_len && !(rules = malloc(c->token_rules_len)))
+		return false;
+	if (rules)
+		memcpy(rules, cx_token_rules(c), c->token_rules_len);
+	free(s->token_rules);
+	s->token = c->token;
+	s->token_rules = rules;
+	s->token_rules_len = c->token_rules_len;
+	return true;
 }
 
 /*
@@ -393,12 +425,18 @@ void session_view_make(struct router *r, struct session *s)
 
 	acl_client_free(s->acl);
 	s->acl = NULL;
-	if (s->token_rules) {
+	if (s->token) {
 		/* A token's lists, as the auth role granted them: they are its rules. */
-		s->acl = acl_client_decode(s->token_rules, s->token_rules_len, err, sizeof(err));
+		const char *why = "they are lost";
+
+		if (s->token_rules &&
+		    !(s->acl = acl_client_decode(s->token_rules, s->token_rules_len, err,
+						 sizeof(err))))
+			why = err;
 		if (!s->acl)
 			log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
-				   "its token's rules are refused (%s): it may do nothing", err);
+				   "its token's rules are refused (%s): it may do nothing until it connects again",
+				   why);
 		return;
 	}
 	if (!r->acl)
@@ -410,17 +448,35 @@ void session_view_make(struct router *r, struct session *s)
 			   "out of memory making its view of the ACL: it may do nothing");
 }
 
-/* The session is now c's: c's user name, and the view that goes with it. false: out of memory. */
+/* c is placed: its token's rules are its session's now, and c's copy goes. */
+static struct session_connect *cx_token_rules_drop(struct session_connect *c)
+{
+	size_t size = (size_t)((const char *)cx_token_rules(c) - (const char *)c);
+	struct session_connect *smaller;
+
+	if (!c->token_rules_len)
+		return c;
+	c->token_rules_len = 0;
+	smaller = realloc(c, size);
+	return smaller ? smaller : c;
+}
+
+/*
+ * The session is now c's: c's user name, its token's rules, and the view
+ * that goes with them. false: out of memory, the session as it was.
+ */
 static bool session_user_take(struct router *r, struct session *s, const struct session_connect *c)
 {
 	char *user = NULL;
 
 	if (c->user_len && !(user = strndup(cx_user(c), c->user_len)))
 		return false;
+	if (!session_token_take(s, c)) {
+		free(user);
+		return false;
+	}
 	free(s->user);
 	s->user = user;
-	free(s->token_rules);
-	router_grant_take_rules(r, c->conn, &s->token_rules, &s->token_rules_len);
 	session_view_make(r, s);
 	return true;
 }
@@ -539,7 +595,7 @@ void router_connect_apply(struct router *r, struct session_connect *c)
 	session_offline_unlink(r, s);
 	s->clean = c->clean;
 	free(s->cx);
-	s->cx = c;
+	s->cx = cx_token_rules_drop(c);
 	free(s->remote_off);
 	s->remote_off = NULL;
 

@@ -10,7 +10,10 @@
  *             "next_sid", "tail/<i>", "head/<i>" -> u64
  *   sessions  sid (u32 BE) -> clean, last_seen, client id, remote, QoS 2 ids,
  *             the accepted CONNECT (when online), a waiting CONNECT, then
- *             (format 3) the session's user name and the waiting CONNECT's
+ *             (format 3) the session's user name and the waiting CONNECT's,
+ *             then (format 4) the session's token (u8: 1 when its user came
+ *             with a token's rules, and u32-counted rules) and the waiting
+ *             CONNECT's
  *   subs      sid (u32 BE) + filter -> u8 qos
  *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
  *             topic, payload
@@ -23,6 +26,12 @@
  * anyway. LMDB keys are limited to 511 bytes while topics and filters may
  * reach 65535: a longer key is stored as its first STORE_KEY_PREFIX bytes
  * plus a u32 discriminator, with the whole key in front of the value.
+ *
+ * A format is read by every later iotd, which marks the store with its own
+ * format as it opens it (an older iotd then refuses it) and leaves the
+ * values as they are: what a later format adds goes at the end of a value,
+ * so an older value reads as without it (format 2: no user names; format
+ * 3: no token's rules, which its daemon never stored).
  *
  * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
  * user, so no robust mutex or reader table can be left behind by a
@@ -386,6 +395,25 @@ static void dec_connect(struct recr *r, struct store_connect *c)
 	recr_bytes(r, &c->will_payload, &c->will_payload_len);
 }
 
+static void enc_token(struct recw *w, const struct store_token *t)
+{
+	recw_u8(w, t->on);
+	recw_bytes(w, t->rules, t->on ? t->len : 0);
+}
+
+/* A token flag other than 0 or 1 is corrupt (r->err): the session is skipped. */
+static void dec_token(struct recr *r, struct store_token *t)
+{
+	uint8_t on = recr_u8(r);
+
+	if (on > 1)
+		r->err = true;
+	t->on = on == 1;
+	recr_bytes(r, &t->rules, &t->len);
+	if (!t->len)
+		t->rules = NULL;
+}
+
 static void enc_session(struct recw *w, const struct store_session *s)
 {
 	recw_reset(w);
@@ -408,6 +436,10 @@ static void enc_session(struct recw *w, const struct store_session *s)
 	recw_str(w, s->user, s->user_len);
 	if (s->pending)
 		recw_str(w, s->pend.user, s->pend.user_len);
+	/* Format 4, after them so that a format 3 value reads as "no token". */
+	enc_token(w, &s->token);
+	if (s->pending)
+		enc_token(w, &s->pend_token);
 }
 
 /* The user names a format 3 value ends with; a format 2 one has none ("" for all). */
@@ -428,6 +460,17 @@ static void dec_session_users(struct recr *r, struct store_session *s)
 		if (p && s->pend.user_len)
 			s->pend.user = (const char *)p;
 	}
+}
+
+/* The tokens a format 4 value ends with; an older one has none. */
+static void dec_session_tokens(struct recr *r, struct store_session *s)
+{
+	s->token = s->pend_token = (struct store_token){ 0 };
+	if (!recr_left(r))
+		return;
+	dec_token(r, &s->token);
+	if (s->pending)
+		dec_token(r, &s->pend_token);
 }
 
 /* ids: room for n_qos2_ids, which the caller frees. 0, or -1 when corrupt. */
@@ -467,6 +510,7 @@ static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, 
 	if (pending)
 		dec_connect(&r, &s->pend);
 	dec_session_users(&r, s);
+	dec_session_tokens(&r, s);
 	if (recr_end(&r) || clean > 1 || online > 1 || pending > 1) {
 		free(*ids);
 		*ids = NULL;

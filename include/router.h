@@ -164,14 +164,21 @@ int router_set_acl_bytes(struct router *r, const void *bytes, size_t len);
  * connection under its user name (router_grant); otherwise it is answered
  * CONNACK 5 (logged). A grant missing when its CONNECT comes is asked for
  * with fetch(arg) (read what the auth role sent: it sent the grant before
- * its verdict, so the grant is there). A grant's rules (a token's view,
- * acl_client_encode) become its session's view. Grants no CONNECT takes
- * are forgotten after a minute, the oldest first past a bound.
+ * its verdict, so the grant is there). A token's grant (token set) carries
+ * its rules (a token's view, acl_client_encode), which become its
+ * session's view, kept with the session in the store; a token's grant
+ * without rules leaves its session allowed nothing. Grants no CONNECT
+ * takes are forgotten after a minute, and past a bound per worker (twice
+ * auth.max_pending, at least 1,024 for all workers together) that
+ * worker's oldest first.
  */
 typedef void router_grant_fetch_fn(void *arg);
 void router_set_grants(struct router *r, bool required, router_grant_fetch_fn *fetch, void *arg);
-/* 0, or -1 when out of memory (the grant is lost: its CONNECT will be refused). */
-int router_grant(struct router *r, conn_id_t conn, const char *user, size_t ulen,
+/*
+ * 0, or -1 (logged) when out of memory or when conn is no worker's of
+ * this router: the grant is lost, its CONNECT will be refused.
+ */
+int router_grant(struct router *r, conn_id_t conn, const char *user, size_t ulen, bool token,
 		 const void *rules, size_t rlen);
 
 /*

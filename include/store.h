@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_FORMAT 3                    /* meta "format"; a newer store is refused */
+#define STORE_FORMAT 4                    /* meta "format"; a newer store is refused */
 #define STORE_FORMAT_OLDEST 1             /* still read (and upgraded in place) */
 #define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/<store_memory_name()> */
 #define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */
@@ -55,6 +55,17 @@ struct store_connect {
 	uint32_t will_payload_len;
 };
 
+/*
+ * A token's rules (acl_client_encode's bytes), which a user's token gave
+ * it instead of the ACL file's. on with no rules: they were lost, and the
+ * router allows that session nothing.
+ */
+struct store_token {
+	bool on;
+	const uint8_t *rules;
+	uint32_t len;
+};
+
 /* One session; pointers are only valid during the call that passes it. */
 struct store_session {
 	uint32_t sid;
@@ -64,6 +75,7 @@ struct store_session {
 	const char *remote;               /* NUL-terminated: for log lines */
 	const char *user;                 /* its (last) connection's user name, for the ACL ("": none) */
 	uint16_t user_len;
+	struct store_token token;         /* that user's token's rules */
 	uint64_t last_seen_ms;            /* router clock; STORE_SEEN_UNKNOWN: an earlier daemon's */
 	const uint16_t *qos2_ids;         /* inbound QoS 2 awaiting PUBREL (host order) */
 	uint16_t n_qos2_ids;
@@ -71,6 +83,7 @@ struct store_session {
 	struct store_connect cx;
 	bool pending;                     /* pend: a CONNECT waiting to take it over */
 	struct store_connect pend;
+	struct store_token pend_token;    /* ... and its token's rules */
 };
 
 /* A message in a session's queue. */

@@ -37,6 +37,20 @@ def jwt_acl_broker(start_broker, auth_dir, key, workers, acl=None):
     return start_broker(workers=workers, auth=auth, probe_auth=("any", token(key, "probe")))
 
 
+def reader_and_writer(b, key, workers, **reader_kw):
+    """A client whose token reads sensors/7/# and open/# (reader_kw: its
+    other CONNECT options), and one whose token writes everything, on
+    another worker when there are two."""
+    s = raw(b, tag="jsub", username="x", **reader_kw,
+            password=token(key, "reader", read=["sensors/7/#", "open/#"]))
+    pw = token(key, "writer", write=["#"])
+    if workers == 1:
+        p = raw(b, tag="jpub", username="x", password=pw)
+    else:
+        p = raw_on(b, avoid=b.worker_of(s), tag="jpub", username="x", password=pw)
+    return s, p
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_jwt_write_list(start_broker, auth_dir, ec_key, workers):
     """A token's write list: what it does not name is acknowledged and goes
@@ -76,14 +90,25 @@ def test_jwt_read_list(start_broker, auth_dir, ec_key, workers):
     SUBACK 0x80 for a filter it reaches nothing under, and a granted filter
     delivers only what the list names, on both paths."""
     b = jwt_acl_broker(start_broker, auth_dir, ec_key, workers)
-    s = raw(b, tag="jsub", username="x",
-            password=token(ec_key, "reader", read=["sensors/7/#", "open/#"]))
-    pw = token(ec_key, "writer", write=["#"])
-    if workers == 1:
-        p = raw(b, tag="jpub", username="x", password=pw)
-    else:
-        p = raw_on(b, avoid=b.worker_of(s), tag="jpub", username="x", password=pw)
+    s, p = reader_and_writer(b, ec_key, workers)
     with s, p:
         assert s.subscribe(["sensors/#", "other/#", "open/#"], expect_codes=False) == \
             [0, 0x80, 0]
+        assert rounds(p, s, ["sensors/7/a", "sensors/8/a"], n=3, qos=1) == ["sensors/7/a"] * 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jwt_read_list_outlives_a_router_restart(start_broker, auth_dir, ec_key, workers):
+    """A router killed with SIGKILL while a token's persistent session is
+    connected: its successor has the token's read list from the store, so
+    the session still gets only what the list names (without an ACL file,
+    a session without its list would get everything)."""
+    from test_crash_router import kill_router
+
+    b = jwt_acl_broker(start_broker, auth_dir, ec_key, workers)
+    s, p = reader_and_writer(b, ec_key, workers, clean=False)
+    with s, p:
+        s.subscribe([("sensors/#", 1), ("open/#", 1)])
+        assert rounds(p, s, ["sensors/7/a", "sensors/8/a"], n=2, qos=1) == ["sensors/7/a"] * 2
+        kill_router(b)
         assert rounds(p, s, ["sensors/7/a", "sensors/8/a"], n=3, qos=1) == ["sensors/7/a"] * 3

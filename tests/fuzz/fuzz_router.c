@@ -11,8 +11,8 @@
  * any type, a worker's death, a clock tick, or an ACL (one of a few, or
  * none), against which CONNECTs with and without a user name and
  * PUBLISHes from any connection are then checked, grants required or not,
- * and grants (router_grant: a user name, with or without a token's rules)
- * for any connection. Whatever the stream,
+ * and grants (router_grant: a user name, with or without a token, with or
+ * without its rules) for any connection. Whatever the stream,
  * the router must not crash, read out of bounds, or leak (router_free at
  * the end, LeakSanitizer), and everything it emits must be a router ->
  * worker record for an existing worker that its decoder takes whole;
@@ -249,8 +249,9 @@ static void grant(struct router *r, struct fuzz_in *in)
 		acl_client_free(v);
 	}
 	token_granted |= (b & 0x40) != 0;
-	router_grant(r, pick_conn(in), user, strlen(user), b & 0x40 ? token_rules.buf : NULL,
-		     b & 0x40 ? token_rules.len : 0);
+	/* A token's grant with its rules, or without them (lost: its session may do nothing). */
+	router_grant(r, pick_conn(in), user, strlen(user), b & 0x40, token_rules.buf,
+		     b & 0x80 ? 0 : token_rules.len);
 }
 
 static void set_acl(struct router *r, unsigned which)

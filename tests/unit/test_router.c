@@ -3319,7 +3319,7 @@ static void grant_fetch(void *arg)
 {
 	(void)arg;
 	grant_fetches++;
-	assert_int_equal(router_grant(grant_fx->r, C(0, 3), "carol", 5, NULL, 0), 0);
+	assert_int_equal(router_grant(grant_fx->r, C(0, 3), "carol", 5, false, NULL, 0), 0);
 }
 
 /* The CONNACK code a CONNECT as user gets. */
@@ -3343,9 +3343,9 @@ static void grant_required_for_every_connect(void **state)
 	router_set_grants(f->r, true, grant_fetch, NULL);
 	assert_int_equal(connect_code(f, C(0, 1), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
 	assert_int_equal(grant_fetches, 1);
-	assert_int_equal(router_grant(f->r, C(0, 1), "bob", 3, NULL, 0), 0);
+	assert_int_equal(router_grant(f->r, C(0, 1), "bob", 3, false, NULL, 0), 0);
 	assert_int_equal(connect_code(f, C(0, 1), "a", "alice"), MQTT_CONNACK_NOT_AUTHORIZED);
-	assert_int_equal(router_grant(f->r, C(0, 2), "alice", 5, NULL, 0), 0);
+	assert_int_equal(router_grant(f->r, C(0, 2), "alice", 5, false, NULL, 0), 0);
 	assert_int_equal(connect_code(f, C(0, 2), "a", "alice"), MQTT_CONNACK_ACCEPTED);
 	/* carol's grant was read with the first fetch: no other is needed. */
 	assert_int_equal(connect_code(f, C(0, 3), "c", "carol"), MQTT_CONNACK_ACCEPTED);
@@ -3374,13 +3374,162 @@ static void grant_rules_are_the_session_view(void **state)
 	assert_int_equal(acl_client_encode(v, &w), 0);
 	acl_client_free(v);
 	router_set_grants(f->r, true, NULL, NULL);
-	assert_int_equal(router_grant(f->r, C(0, 1), "dev", 3, w.buf, w.len), 0);
+	assert_int_equal(router_grant(f->r, C(0, 1), "dev", 3, true, w.buf, w.len), 0);
 	connect_as(f, C(0, 1), true, "dev", "dev", NULL);
 	expect_suback(f, C(0, 1), filters, only_mine, 2);
 	/* An ACL file that gives "dev" everything does not widen its token's lists. */
 	set_acl(f, "user dev\ntopic readwrite #\n");
 	expect_suback(f, C(0, 1), filters, only_mine, 2);
 	recw_free(&w);
+}
+
+/* A token's view reading only what read names, encoded as the auth role grants it. */
+static void token_rules(struct recw *w, const char *read)
+{
+	struct acl_client *v = acl_client_from_lists(&read, 1, NULL, 0);
+
+	assert_non_null(v);
+	recw_init(w);
+	assert_int_equal(acl_client_encode(v, w), 0);
+	acl_client_free(v);
+}
+
+/* The auth role's grant of conn to user, with a token's rules (NULL: a token's, without rules). */
+static void grant_token(struct fx *f, conn_id_t conn, const char *user, const struct recw *rules)
+{
+	assert_int_equal(router_grant(f->r, conn, user, strlen(user), true,
+				      rules ? rules->buf : NULL, rules ? rules->len : 0), 0);
+}
+
+static void grant_user(struct fx *f, conn_id_t conn, const char *user)
+{
+	assert_int_equal(router_grant(f->r, conn, user, strlen(user), false, NULL, 0), 0);
+}
+
+static const char *const sensors_and_mine[] = { "sensors/#", "mine/#" };
+static const uint8_t only_mine[] = { 0x80, 1 };
+
+/*
+ * A CONNECT waiting for a takeover keeps its token's rules however long it
+ * waits: its grant is taken as the record comes, so neither the grants'
+ * minute nor a flood of grants on its worker can make its session
+ * unrestricted when it is placed.
+ */
+static void token_rules_outlive_a_long_takeover(void **state)
+{
+	struct fx *f = *state;
+	struct recw rules, w;
+
+	token_rules(&rules, "mine/#");
+	router_set_grants(f->r, true, NULL, NULL);
+	grant_token(f, C(0, 1), "dev", &rules);
+	connect_as(f, C(0, 1), false, "dev", "dev", NULL);
+	grant_token(f, C(1, 1), "dev", &rules);
+	fx_clear(f);
+	build_connect_as(&w, C(1, 1), false, "dev", "dev", NULL);
+	assert_int_equal(handle(f, 1, REC_CONNECT, &w), 0);
+	assert_int_equal(count_type(f, REC_KICK), 1);
+	/* The old connection takes longer than a grant lives, and its worker floods its share. */
+	router_tick(f->r, 61001);
+	for (unsigned i = 0; i < 3000; i++)
+		grant_user(f, C(1, 100 + i), "flood");
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(count_type(f, REC_CONNACK), 1);
+	expect_suback(f, C(1, 1), sensors_and_mine, only_mine, 2);
+	recw_free(&rules);
+}
+
+/* A token's grant without rules (they were lost): its session may read and write nothing. */
+static void token_without_rules_allows_nothing(void **state)
+{
+	static const uint8_t none[] = { 0x80, 0x80 };
+	struct fx *f = *state;
+
+	router_set_grants(f->r, true, NULL, NULL);
+	grant_token(f, C(0, 1), "dev", NULL);
+	connect_as(f, C(0, 1), true, "dev", "dev", NULL);
+	expect_suback(f, C(0, 1), sensors_and_mine, none, 2);
+	grant_user(f, C(1, 1), "sub");
+	connect_as(f, C(1, 1), true, "s", "sub", NULL);
+	subscribe_ok(f, C(1, 1), "#", 1);
+	fx_clear(f);
+	assert_int_equal(publish_from(f, C(0, 1), 0, false, "mine/a", "x", 0), 0);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+}
+
+/*
+ * Grants are bounded per worker: one worker flooding grants (its
+ * connections only) forgets its own oldest, never another worker's; a
+ * share holds twice auth.max_pending.
+ */
+static void grants_flood_evicts_only_the_flooding_workers(void **state)
+{
+	struct fx *f = *state;
+
+	f->cfg.auth_max_pending = 300;
+	router_set_grants(f->r, true, NULL, NULL);
+	grant_user(f, C(1, 1), "bob");
+	for (unsigned i = 1; i <= 601; i++)
+		grant_user(f, C(0, i), "mallory");
+	assert_int_equal(connect_code(f, C(1, 1), "b", "bob"), MQTT_CONNACK_ACCEPTED);
+	/* Worker 0's share holds 600: its first grant went, its second stays. */
+	assert_int_equal(connect_code(f, C(0, 1), "m1", "mallory"), MQTT_CONNACK_NOT_AUTHORIZED);
+	assert_int_equal(connect_code(f, C(0, 2), "m2", "mallory"), MQTT_CONNACK_ACCEPTED);
+	/* A grant for a connection of no worker of this router is dropped. */
+	assert_int_equal(router_grant(f->r, C(5, 1), "x", 1, false, NULL, 0), -1);
+}
+
+/*
+ * A restarted router finds every session's token's rules in the store:
+ * online, offline, and waiting for a takeover. Without them the sessions
+ * would read everything (no ACL file here).
+ */
+static void token_rules_outlive_a_router_restart(void **state)
+{
+	struct fx *f = *state;
+	struct recw rules, w;
+
+	fx_store(f, STORE_DISK_MAP);
+	token_rules(&rules, "mine/#");
+	router_set_grants(f->r, true, NULL, NULL);
+	grant_token(f, C(0, 1), "dev", &rules);
+	connect_as(f, C(0, 1), false, "on", "dev", NULL);
+	subscribe_ok(f, C(0, 1), "#", 1);
+	grant_token(f, C(0, 2), "dev", &rules);
+	connect_as(f, C(0, 2), false, "off", "dev", NULL);
+	subscribe_ok(f, C(0, 2), "#", 1);
+	assert_int_equal(send_close(f, C(0, 2), false, 0, NULL), 0);
+	grant_token(f, C(0, 3), "dev", &rules);
+	connect_as(f, C(0, 3), false, "wait", "dev", NULL);
+	grant_token(f, C(1, 3), "dev", &rules);
+	build_connect_as(&w, C(1, 3), false, "wait", "dev", NULL);
+	assert_int_equal(handle(f, 1, REC_CONNECT, &w), 0);
+	grant_user(f, C(2, 1), "pub");
+	connect_as(f, C(2, 1), true, "p", "pub", NULL);
+	assert_int_equal(router_commit(f->r), 0);
+
+	fx_crash_and_restart(f, NULL);
+	assert_int_equal(publish_from(f, C(2, 1), 1, false, "other/a", "x", 0), 0);
+	assert_int_equal(stats_of(f).queued_payloads, 0);       /* not queued for "off" */
+	assert_int_equal(delivered(f, C(0, 1), "other/a", NULL), 0);
+	assert_int_equal(publish_from(f, C(2, 1), 1, false, "mine/a", "x", 0), 0);
+	assert_int_equal(stats_of(f).queued_payloads, 1);
+	assert_int_equal(delivered(f, C(0, 1), "mine/a", NULL), 1);
+	expect_suback(f, C(0, 1), sensors_and_mine, only_mine, 2);
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(0, 3), false, 0, NULL), 0);
+	assert_int_equal(count_type(f, REC_CONNACK), 1);
+	expect_suback(f, C(1, 3), sensors_and_mine, only_mine, 2);
+
+	/* A new daemon over the store: "off" is still held to its token's rules. */
+	assert_int_equal(router_commit(f->r), 0);
+	fx_crash_and_restart(f, "another daemon");
+	connect_as(f, C(2, 9), true, "p", NULL, NULL);
+	assert_int_equal(stats_of(f).queued_payloads, 1);
+	assert_int_equal(publish_from(f, C(2, 9), 1, false, "other/b", "x", 0), 0);
+	assert_int_equal(stats_of(f).queued_payloads, 1);
+	recw_free(&rules);
 }
 
 /* ---- the process: router_main over real rings ---------------------------- */
@@ -4269,6 +4418,10 @@ int main(void)
 		T(acl_resumed_session_reads_as_its_new_user),
 		T(grant_required_for_every_connect),
 		T(grant_rules_are_the_session_view),
+		T(token_rules_outlive_a_long_takeover),
+		T(token_without_rules_allows_nothing),
+		T(grants_flood_evicts_only_the_flooding_workers),
+		T(token_rules_outlive_a_router_restart),
 		cmocka_unit_test(router_main_serves_the_rings_and_never_drops_when_full),
 		cmocka_unit_test(router_main_holds_the_rings_until_the_acl_comes),
 		cmocka_unit_test(router_main_stops_when_the_supervisor_goes_away),

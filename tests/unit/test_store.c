@@ -88,6 +88,8 @@ struct got_session {
 	uint32_t sid;
 	bool clean, online, pending;
 	char client_id[64], remote[64], user[64], pend_user[64];
+	bool token, pend_token;
+	char token_rules[64], pend_token_rules[64];
 	uint64_t last_seen, conn, pend_conn;
 	uint16_t ids[8], n_ids;
 	bool will_flag;
@@ -120,7 +122,8 @@ struct got {
 static void copy_str(char *dst, size_t cap, const void *src, size_t len)
 {
 	assert_true(len < cap);
-	memcpy(dst, src, len);
+	if (len)                     /* src may be NULL then: a token without rules */
+		memcpy(dst, src, len);
 	dst[len] = '\0';
 }
 
@@ -137,9 +140,12 @@ static void got_session(void *arg, const struct store_session *s)
 	copy_str(o->client_id, sizeof(o->client_id), s->client_id, s->client_id_len);
 	copy_str(o->remote, sizeof(o->remote), s->remote, strlen(s->remote));
 	copy_str(o->user, sizeof(o->user), s->user, s->user_len);
+	o->token = s->token.on;
+	copy_str(o->token_rules, sizeof(o->token_rules), s->token.rules, s->token.len);
 	o->last_seen = s->last_seen_ms;
 	o->n_ids = s->n_qos2_ids;
-	memcpy(o->ids, s->qos2_ids, s->n_qos2_ids * sizeof(uint16_t));
+	if (s->n_qos2_ids)
+		memcpy(o->ids, s->qos2_ids, s->n_qos2_ids * sizeof(uint16_t));
 	if (s->online) {
 		o->conn = s->cx.conn;
 		o->will_flag = s->cx.will_flag;
@@ -153,6 +159,9 @@ static void got_session(void *arg, const struct store_session *s)
 	if (s->pending) {
 		o->pend_conn = s->pend.conn;
 		copy_str(o->pend_user, sizeof(o->pend_user), s->pend.user, s->pend.user_len);
+		o->pend_token = s->pend_token.on;
+		copy_str(o->pend_token_rules, sizeof(o->pend_token_rules), s->pend_token.rules,
+			 s->pend_token.len);
 	}
 }
 
@@ -218,15 +227,20 @@ static struct got *read_all(struct store *st)
 
 /* ---- writing ------------------------------------------------------------ */
 
-/* Sessions are written with a user name of "user-<client id>"; the waiting CONNECT's is "next". */
+/*
+ * Sessions are written with a user name of "user-<client id>" and token's
+ * rules "tok-<client id>"; the waiting CONNECT's are "next" and "ptok".
+ */
 #define PUT_USER(id) "user-" id
+#define PUT_TOKEN(id) "tok-" id
+#define PEND_TOKEN "ptok"
 
 static const uint16_t IDS[] = { 7, 300, 65535 };
 
 static void put_session(struct store *st, uint32_t sid, const char *id, bool clean, uint64_t conn,
 			uint64_t pend_conn)
 {
-	char user[64];
+	char user[64], token[64];
 	struct store_session s = {
 		.sid = sid,
 		.clean = clean,
@@ -240,6 +254,9 @@ static void put_session(struct store *st, uint32_t sid, const char *id, bool cle
 		.pending = pend_conn != 0,
 		.user = user,
 		.user_len = (uint16_t)snprintf(user, sizeof(user), "user-%s", id),
+		.token = { true, (const uint8_t *)token,
+			   (uint32_t)snprintf(token, sizeof(token), "tok-%s", id) },
+		.pend_token = { true, (const uint8_t *)PEND_TOKEN, 4 },
 	};
 
 	s.cx = (struct store_connect){
@@ -331,6 +348,13 @@ static void everything_written_comes_back_after_reopen(void **state)
 	assert_string_equal(g->s[0].user, PUT_USER("alpha"));
 	assert_string_equal(g->s[0].pend_user, "next");
 	assert_string_equal(g->s[1].user, PUT_USER("beta"));
+	/* Tokens' rules (format 4): the session's, and the waiting CONNECT's. */
+	assert_true(g->s[0].token);
+	assert_string_equal(g->s[0].token_rules, PUT_TOKEN("alpha"));
+	assert_true(g->s[0].pend_token);
+	assert_string_equal(g->s[0].pend_token_rules, PEND_TOKEN);
+	assert_true(g->s[1].token);
+	assert_string_equal(g->s[1].token_rules, PUT_TOKEN("beta"));
 
 	assert_int_equal(g->nsub, 4);
 	assert_int_equal(g->sub[0].sid, 1);
@@ -620,8 +644,11 @@ static void older_format_is_read_and_upgraded(void **state)
 	assert_string_equal(g.q[0].payload, "kept");
 }
 
-/* Cut n bytes off the end of session sid's value, behind iotd's back. */
-static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
+/*
+ * Change session sid's value behind iotd's back: cut n bytes off its end,
+ * then, when back is not 0, set the byte back bytes from the new end to poke.
+ */
+static void change_session_value(struct fx *f, uint32_t sid, size_t n, size_t back, uint8_t poke)
 {
 	uint8_t kb[4] = { (uint8_t)(sid >> 24), (uint8_t)(sid >> 16), (uint8_t)(sid >> 8), (uint8_t)sid };
 	MDB_env *env;
@@ -639,40 +666,124 @@ static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
 	assert_true(v.mv_size > n && v.mv_size <= sizeof(buf));
 	memcpy(buf, v.mv_data, v.mv_size);
 	v = (MDB_val){ v.mv_size - n, buf };
+	assert_true(back <= v.mv_size);
+	if (back)
+		buf[v.mv_size - back] = poke;
 	assert_int_equal(mdb_put(txn, sessions, &k, &v, 0), 0);
 	assert_int_equal(mdb_txn_commit(txn), 0);
 	mdb_env_close(env);
 }
 
-/* Format 2 sessions (no user names at the end) are read as sessions without one. */
-static void format_2_sessions_read_as_without_user_names(void **state)
+static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
 {
-	struct fx *f = *state;
+	change_session_value(f, sid, n, 0, 0);
+}
+
+/* What a format 4 value spends on a token with these rules: its flag, then the counted rules. */
+#define TOKEN_BYTES(rules) (1 + 4 + strlen(rules))
+
+/*
+ * Sessions "on" (online, with a waiting CONNECT) and "off" as an older
+ * format wrote them: their values without the last on_cut and off_cut
+ * bytes, the store marked that format. What the store, opened again and
+ * marked current, gives back.
+ */
+static struct got *two_sessions_of_format(struct fx *f, uint64_t format, size_t on_cut,
+					  size_t off_cut)
+{
 	struct got *g;
-	uint64_t format = 0;
+	uint64_t v = 0;
 
 	open_ok(f);
 	put_session(f->st, 1, "on", false, 0x0100000100010001ull, 0x0000000100020001ull);
 	put_session(f->st, 2, "off", false, 0, 0);
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
-	/* What format 2 wrote: the same values without the user names. */
-	cut_session_value(f, 1, 2 + strlen(PUT_USER("on")) + 2 + strlen("next"));
-	cut_session_value(f, 2, 2 + strlen(PUT_USER("off")));
-	set_format(f, 2);
+	cut_session_value(f, 1, on_cut);
+	cut_session_value(f, 2, off_cut);
+	set_format(f, format);
 	open_ok(f);
-	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, STORE_FORMAT);
+	assert_true(store_meta_get(f->st, "format", &v));
+	assert_int_equal(v, STORE_FORMAT);
 	g = read_all(f->st);
 	assert_int_equal(g->ns, 2);
 	assert_true(g->s[0].online);
 	assert_true(g->s[0].pending);
 	assert_string_equal(g->s[0].client_id, "on");
 	assert_string_equal(g->s[0].will_payload, "bye");
+	assert_string_equal(g->s[1].client_id, "off");
+	return g;
+}
+
+/* Format 2 sessions (no user names, nor tokens, at the end) are read as sessions without them. */
+static void format_2_sessions_read_as_without_user_names(void **state)
+{
+	struct got *g = two_sessions_of_format(*state, 2,
+		2 + strlen(PUT_USER("on")) + 2 + strlen("next") + TOKEN_BYTES(PUT_TOKEN("on")) +
+		TOKEN_BYTES(PEND_TOKEN),
+		2 + strlen(PUT_USER("off")) + TOKEN_BYTES(PUT_TOKEN("off")));
+
 	assert_string_equal(g->s[0].user, "");
 	assert_string_equal(g->s[0].pend_user, "");
-	assert_string_equal(g->s[1].client_id, "off");
 	assert_string_equal(g->s[1].user, "");
+	assert_false(g->s[0].token);
+	free(g);
+}
+
+/*
+ * Format 3 sessions (no tokens at the end) are read as sessions whose
+ * users came with no token's rules (no format 3 daemon stored any), their
+ * user names kept.
+ */
+static void format_3_sessions_read_as_without_tokens(void **state)
+{
+	struct got *g = two_sessions_of_format(*state, 3,
+		TOKEN_BYTES(PUT_TOKEN("on")) + TOKEN_BYTES(PEND_TOKEN),
+		TOKEN_BYTES(PUT_TOKEN("off")));
+
+	assert_string_equal(g->s[0].user, PUT_USER("on"));
+	assert_string_equal(g->s[0].pend_user, "next");
+	assert_false(g->s[0].token);
+	assert_false(g->s[0].pend_token);
+	assert_string_equal(g->s[1].user, PUT_USER("off"));
+	assert_false(g->s[1].token);
+	free(g);
+}
+
+/*
+ * A token whose rules were lost stays a token without rules (the router
+ * then allows its session nothing); a session of an earlier daemon keeps
+ * its token; a token flag that is neither 0 nor 1 makes the value corrupt.
+ */
+static void tokens_without_rules_and_orphans_keep_their_mark(void **state)
+{
+	struct fx *f = *state;
+	struct store_session s = {
+		.sid = 5, .client_id = "lost", .client_id_len = 4, .remote = "r",
+		.token = { true, NULL, 0 },
+	};
+	struct got *g;
+
+	open_ok(f);
+	store_session_put(f->st, &s);
+	put_session(f->st, 6, "kept", false, 0x0100000100010001ull, 0);
+	assert_int_equal(store_commit(f->st), 0);
+	assert_int_equal(store_new_daemon(f->st, "another daemon", true), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 2);
+	assert_true(g->s[0].token);
+	assert_string_equal(g->s[0].token_rules, "");
+	assert_false(g->s[1].online);
+	assert_true(g->s[1].token);
+	assert_string_equal(g->s[1].token_rules, PUT_TOKEN("kept"));
+	free(g);
+	store_close(&f->st);
+	/* Session 5's value ends with its token: the flag, then a u32 0 (no rules). */
+	change_session_value(f, 5, 0, 5, 2);
+	open_ok(f);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 1);
+	assert_int_equal(g->s[0].sid, 6);
 	free(g);
 }
 
@@ -986,6 +1097,8 @@ int main(void)
 		T(newer_format_is_refused),
 		T(older_format_is_read_and_upgraded),
 		T(format_2_sessions_read_as_without_user_names),
+		T(format_3_sessions_read_as_without_tokens),
+		T(tokens_without_rules_and_orphans_keep_their_mark),
 		T(copies_keep_their_mark_and_go_one_by_one),
 		T(a_file_that_is_not_lmdb_is_refused),
 		T(an_lmdb_environment_of_somebody_else_is_refused),
