@@ -550,6 +550,16 @@ static const char *const auth_syscalls[] = {
 	"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
 };
 
+/*
+ * The key role: reading its files once at start (Landlock keeps that to
+ * their directories, privsep_seal_read; getdents64 for tls.ca_path), and
+ * nothing else beyond its loop: no thread, no memfd, no socket.
+ */
+static const char *const keys_syscalls[] = {
+	"openat", "newfstatat", "fstat", "statx", "lseek", "getdents64",
+	"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
+};
+
 static const char *const router_syscalls[] = {
 	"openat", "newfstatat", "fstat", "statx", "fstatfs", "uname", "geteuid",
 	"access", "faccessat", "faccessat2", "getdents64", "lseek",
@@ -568,6 +578,7 @@ static const struct syscall_list {
 	[ROLE_ROUTER] = { router_syscalls, ARRAY_SIZE(router_syscalls) },
 	[ROLE_WORKER] = { worker_syscalls, ARRAY_SIZE(worker_syscalls) },
 	[ROLE_AUTH] = { auth_syscalls, ARRAY_SIZE(auth_syscalls) },
+	[ROLE_KEYS] = { keys_syscalls, ARRAY_SIZE(keys_syscalls) },
 };
 
 static int allow_names(scmp_filter_ctx ctx, const char *const *names, size_t n)

@@ -67,6 +67,10 @@ static void child_close_fds(struct supervisor *sv, struct child *c)
 			close_if(&env->auth_chan[i]);
 		if (c->role != ROLE_WORKER || i != c->index)
 			close_if(&env->auth_chan_worker[i]);
+		if (c->role != ROLE_KEYS)
+			close_if(&env->keys_chan[i]);
+		if (c->role != ROLE_WORKER || i != c->index)
+			close_if(&env->keys_chan_worker[i]);
 		if (c->role != ROLE_LISTENER)
 			close_if(&env->chan_listener[i]);
 		if (c->role != ROLE_WORKER || i != c->index)
@@ -75,7 +79,7 @@ static void child_close_fds(struct supervisor *sv, struct child *c)
 		if (c->role != ROLE_ROUTER && (c->role != ROLE_WORKER || i != c->index))
 			close_if(&env->worker_efd[i]);
 	}
-	if (c->role == ROLE_LISTENER || c->role == ROLE_AUTH)
+	if (c->role == ROLE_LISTENER || c->role == ROLE_AUTH || c->role == ROLE_KEYS)
 		close_if(&env->router_efd);
 	if (c->role != ROLE_AUTH)
 		close_if(&env->auth_router);
@@ -143,6 +147,7 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	case ROLE_ROUTER: rc = router_main(&sv->env); break;
 	case ROLE_WORKER: rc = worker_main(&sv->env); break;
 	case ROLE_AUTH: rc = auth_main(&sv->env); break;
+	case ROLE_KEYS: rc = keys_main(&sv->env); break;
 	default: rc = 1; break;
 	}
 	_exit(rc);
@@ -199,10 +204,14 @@ int child_spawn(struct supervisor *sv, struct child *c)
 	return 0;
 }
 
-/* The auth role runs only while the configuration asks for it; every other role always. */
+/* The auth and key roles run only while the configuration asks for them; every other role always. */
 bool child_wanted(const struct supervisor *sv, const struct child *c)
 {
-	return c->role != ROLE_AUTH || config_auth_role(sv->cfg);
+	if (c->role == ROLE_AUTH)
+		return config_auth_role(sv->cfg);
+	if (c->role == ROLE_KEYS)
+		return config_tls(sv->cfg);
+	return true;
 }
 
 /* The one child of a role other than a worker. */
@@ -588,6 +597,24 @@ void health_tick(struct supervisor *sv)
 }
 
 /*
+ * The key role cannot use its files (a key that does not match the
+ * certificate, a file it cannot read or parse) and exits. At start that
+ * stops the daemon; later, it is restarted with backoff like after any
+ * other exit, since the files may be fixed meanwhile.
+ */
+static void keys_failed(struct supervisor *sv, const char *why, size_t len)
+{
+	int n = (int)strnlen(why, len);
+
+	if (!sv->ready_sent && !sv->stopping) {
+		log_error("cannot start: keys: %.*s", n, why);
+		stop_failed_start(sv);
+		return;
+	}
+	log_error("keys: %.*s", n, why);
+}
+
+/*
  * The router cannot open its store (it waits for our answer before it
  * exits). At start that stops the daemon; later, the router is restarted
  * with backoff like after any other exit, since the store may come back
@@ -670,6 +697,12 @@ static int on_store_failed(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
+static int on_keys_failed(void *ctx, struct ipc_msg *m)
+{
+	keys_failed(((struct from_child *)ctx)->sv, m->data, m->hdr.len);
+	return 0;
+}
+
 static int on_worker_down_done(void *ctx, struct ipc_msg *m)
 {
 	worker_down_done(((struct from_child *)ctx)->sv, m);
@@ -696,11 +729,18 @@ static const struct ipc_handler from_router[IPC_TYPE_MAX] = {
 	[IPC_WORKER_FAULT] = { .fn = on_worker_fault, IPC_LEN(sizeof(struct ipc_worker)) },
 };
 
+/* The key role may say why it cannot start. */
+static const struct ipc_handler from_keys[IPC_TYPE_MAX] = {
+	[IPC_READY] = { .fn = on_ready },
+	[IPC_PONG] = { .fn = on_pong },
+	[IPC_KEYS_FAILED] = { .fn = on_keys_failed, .max_len = 1024 },
+};
+
 /* A new process behind c's control socket: what it may say, and nothing logged yet. */
 static void child_listen_to(struct child *c)
 {
 	const struct ipc_handler *table = c->role == ROLE_ROUTER ? from_router :
-					  from_listener_or_worker;
+					  c->role == ROLE_KEYS ? from_keys : from_listener_or_worker;
 	char name[32];
 
 	ipc_dispatcher_init(&c->ctl_in, table, c->role == ROLE_WORKER ? c->index : IPC_PEER_ANY,
