@@ -20,13 +20,20 @@ size_t ipc_keys_md_len(uint8_t md)
 	}
 }
 
-/* A digest algorithm gets a digest of its md's length; Ed25519 some data and no md. */
+/*
+ * A digest algorithm gets a digest of its md's length; a PSS encoding
+ * the length of an RSA key iotd takes and no md; Ed25519 some data and no
+ * md.
+ */
 static bool sign_fields_ok(const struct ipc_keys_fields *f)
 {
 	if (f->alg == 0 || f->alg >= IPC_KEYS_ALG_MAX)
 		return false;
 	if (f->alg == IPC_KEYS_ED25519)
 		return f->md == IPC_KEYS_MD_NONE && f->len > 0 && f->len <= IPC_KEYS_DATA_MAX;
+	if (f->alg == IPC_KEYS_RSA_PSS)
+		return f->md == IPC_KEYS_MD_NONE && f->len >= IPC_KEYS_PSS_MIN &&
+		       f->len <= IPC_KEYS_SIG_MAX;
 	return ipc_keys_md_len(f->md) != 0 && f->len == ipc_keys_md_len(f->md);
 }
 

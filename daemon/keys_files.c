@@ -285,23 +285,83 @@ static int sign_ed25519(EVP_PKEY *key, const struct ipc_keys_fields *req, uint8_
 	return ok ? 0 : -1;
 }
 
-/* The other algorithms sign a digest: PKCS#1 v1.5, PSS (salt and MGF1 of the digest's), ECDSA. */
+/* PKCS#1 v1.5 and ECDSA sign a digest; a checked PSS encoding is signed as it is. */
 static int sign_digest(EVP_PKEY *key, const struct ipc_keys_fields *req, uint8_t *sig,
 		       size_t *sig_len)
 {
 	EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
-	const EVP_MD *md = md_of(req->md);
-	int ok = c != NULL && EVP_PKEY_sign_init(c) == 1 && EVP_PKEY_CTX_set_signature_md(c, md) == 1;
+	int ok = c != NULL && EVP_PKEY_sign_init(c) == 1;
 
-	if (ok && req->alg == IPC_KEYS_RSA_PKCS1)
-		ok = EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) == 1;
 	if (ok && req->alg == IPC_KEYS_RSA_PSS)
-		ok = EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PSS_PADDING) == 1 &&
-		     EVP_PKEY_CTX_set_rsa_pss_saltlen(c, RSA_PSS_SALTLEN_DIGEST) == 1 &&
-		     EVP_PKEY_CTX_set_rsa_mgf1_md(c, md) == 1;
+		ok = EVP_PKEY_CTX_set_rsa_padding(c, RSA_NO_PADDING) == 1;
+	else if (ok)
+		ok = EVP_PKEY_CTX_set_signature_md(c, md_of(req->md)) == 1 &&
+		     (req->alg != IPC_KEYS_RSA_PKCS1 ||
+		      EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) == 1);
 	ok = ok && EVP_PKEY_sign(c, sig, sig_len, req->data, req->len) == 1;
 	EVP_PKEY_CTX_free(c);
 	return ok ? 0 : -1;
+}
+
+/* db ^= MGF1(seed) (RFC 8017, B.2.1). */
+static bool mgf1_xor(uint8_t *db, size_t dblen, const uint8_t *seed, size_t hlen,
+		     const EVP_MD *md)
+{
+	uint8_t mask[EVP_MAX_MD_SIZE], ctr[4];
+	size_t done = 0;
+
+	for (uint32_t i = 0; done < dblen; i++) {
+		ctr[0] = (uint8_t)(i >> 24);
+		ctr[1] = (uint8_t)(i >> 16);
+		ctr[2] = (uint8_t)(i >> 8);
+		ctr[3] = (uint8_t)i;
+		EVP_MD_CTX *m = EVP_MD_CTX_new();
+		bool ok = m != NULL && EVP_DigestInit_ex(m, md, NULL) == 1 &&
+			  EVP_DigestUpdate(m, seed, hlen) == 1 && EVP_DigestUpdate(m, ctr, 4) == 1 &&
+			  EVP_DigestFinal_ex(m, mask, NULL) == 1;
+
+		EVP_MD_CTX_free(m);
+		if (!ok)
+			return false;
+		for (size_t j = 0; j < hlen && done < dblen; j++)
+			db[done++] ^= mask[j];
+	}
+	return true;
+}
+
+/*
+ * Is em, of the key's size, an EMSA-PSS encoding (RFC 8017, 9.1.1) with
+ * MGF1 of md and a salt of md's length: masked zeros, a one and the salt,
+ * the hash, 0xbc? Only its digest is not checked (it is hashed into H).
+ */
+static bool pss_encoded_with(EVP_PKEY *key, const uint8_t *em, size_t len, const EVP_MD *md)
+{
+	size_t hlen = (size_t)EVP_MD_get_size(md), embits = (size_t)EVP_PKEY_get_bits(key) - 1;
+	size_t emlen = (embits + 7) / 8, dblen, top = 8 * emlen - embits;
+	uint8_t db[IPC_KEYS_SIG_MAX];
+
+	if (len != (size_t)EVP_PKEY_get_size(key) || len - emlen > 1 || (len > emlen && em[0]))
+		return false;
+	em += len - emlen;
+	if (emlen < 2 * hlen + 2 || em[emlen - 1] != 0xbc || (em[0] & (uint8_t)(0xff << (8 - top))))
+		return false;
+	dblen = emlen - hlen - 1;
+	memcpy(db, em, dblen);
+	if (!mgf1_xor(db, dblen, em + dblen, hlen, md))
+		return false;
+	db[0] &= (uint8_t)(0xff >> top);
+	for (size_t i = 0; i < dblen - hlen - 1; i++)
+		if (db[i] != 0)
+			return false;
+	return db[dblen - hlen - 1] == 0x01;
+}
+
+/* The digests TLS uses with PSS. */
+static bool pss_encoded(EVP_PKEY *key, const uint8_t *em, size_t len)
+{
+	return pss_encoded_with(key, em, len, EVP_sha256()) ||
+	       pss_encoded_with(key, em, len, EVP_sha384()) ||
+	       pss_encoded_with(key, em, len, EVP_sha512());
 }
 
 uint32_t keys_sign(const struct keys_files *f, const struct ipc_keys_fields *req, uint8_t *sig,
@@ -311,7 +371,8 @@ uint32_t keys_sign(const struct keys_files *f, const struct ipc_keys_fields *req
 
 	if (req->key_id != f->key_id)
 		return IPC_KEYS_WRONG_KEY;
-	if (!alg_fits(f->key, req->alg))
+	if (!alg_fits(f->key, req->alg) ||
+	    (req->alg == IPC_KEYS_RSA_PSS && !pss_encoded(f->key, req->data, req->len)))
 		return IPC_KEYS_WRONG_ALG;
 	*sig_len = IPC_KEYS_SIG_MAX;
 	rc = req->alg == IPC_KEYS_ED25519 ? sign_ed25519(f->key, req, sig, sig_len) :

@@ -5,20 +5,22 @@
  * handshake's signature sent to the key role and waited for.
  *
  * The worker never holds the server's private key. Its SSL_CTX holds a
- * stand-in made from the certificate's public key: an RSA or EC key with
- * a method of its own, which OpenSSL 3.0 treats as a legacy ("foreign")
- * key, and a legacy EVP_PKEY_METHOD for RSA and EC whose sign operation,
- * for the stand-in only, sends the digest, the padding and the digest's
- * name to the key role (IPC_KEYS_SIGN) and pauses the handshake's async
- * job (SSL_MODE_ASYNC: SSL_do_handshake returns SSL_ERROR_WANT_ASYNC).
- * The answer (IPC_KEYS_SIGNED) resumes it. Those interfaces are
- * deprecated in OpenSSL 3.0, and this is the one file that uses them
+ * stand-in made from the certificate's public key: an RSA key with an
+ * RSA_METHOD of its own, or an EC key with an EC_KEY_METHOD, which
+ * OpenSSL 3.0 treats as a legacy ("foreign") key and signs with through
+ * those methods. Their private-key operations send the request to the
+ * key role (IPC_KEYS_SIGN) and pause the handshake's async job
+ * (SSL_MODE_ASYNC: SSL_do_handshake returns SSL_ERROR_WANT_ASYNC); the
+ * answer (IPC_KEYS_SIGNED) resumes it. PKCS#1 v1.5 and ECDSA give the
+ * digest; for RSA-PSS OpenSSL encodes the digest itself and asks for the
+ * raw RSA operation on the encoding, which the key role checks is a PSS
+ * encoding before it signs (keys_files.c). Those methods are deprecated
+ * in OpenSSL 3.0, and this is the one file that uses them
  * (OPENSSL_SUPPRESS_DEPRECATED); tests/unit/test_tls.c checks that
- * OpenSSL does call them, for RSA-PSS (TLS 1.3), RSA PKCS#1 and ECDSA.
- * The method is registered for the whole process: any other RSA or EC
- * key it signs with goes to OpenSSL's own legacy code, unchanged.
- * Ed25519 certificates cannot be stood in for so (no legacy method): the
- * key role signs with such keys, the workers refuse them for now.
+ * OpenSSL does call them, for RSA-PSS (TLS 1.3), RSA PKCS#1 (TLS 1.2)
+ * and ECDSA. Ed25519 certificates cannot be stood in for so (no legacy
+ * method): the key role signs with such keys, the workers refuse them
+ * for now.
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
 
@@ -79,67 +81,20 @@ struct tls_worker {
  */
 static struct tls_conn *tls_current;
 
-/* The stand-ins' methods and the legacy sign operations they replace, set once. */
+/* The stand-ins' methods, made once per process. */
 static RSA_METHOD *stub_rsa_method;
 static EC_KEY_METHOD *stub_ec_method;
-static int (*legacy_rsa_sign)(EVP_PKEY_CTX *, unsigned char *, size_t *, const unsigned char *,
-			      size_t);
-static int (*legacy_ec_sign)(EVP_PKEY_CTX *, unsigned char *, size_t *, const unsigned char *,
-			     size_t);
-
-static bool is_stub(EVP_PKEY *pk)
-{
-	if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA) {
-		const RSA *r = EVP_PKEY_get0_RSA(pk);
-
-		return r != NULL && RSA_get_method(r) == stub_rsa_method;
-	}
-	if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC) {
-		const EC_KEY *e = EVP_PKEY_get0_EC_KEY(pk);
-
-		return e != NULL && EC_KEY_get_method(e) == stub_ec_method;
-	}
-	return false;
-}
 
 /* --- the signature, sent and waited for ----------------------------------------- */
 
-static uint8_t md_code(const EVP_MD *md)
+static uint8_t md_of_nid(int nid)
 {
-	switch (md != NULL ? EVP_MD_get_type(md) : NID_undef) {
+	switch (nid) {
 	case NID_sha256: return IPC_KEYS_MD_SHA256;
 	case NID_sha384: return IPC_KEYS_MD_SHA384;
 	case NID_sha512: return IPC_KEYS_MD_SHA512;
 	default: return IPC_KEYS_MD_NONE;
 	}
-}
-
-/*
- * What OpenSSL asks of the key, as a request: PKCS#1 v1.5, or PSS with
- * MGF1 and salt of the digest's (what TLS 1.3 and TLS 1.2 use), or ECDSA.
- */
-static bool request_of(EVP_PKEY_CTX *pctx, EVP_PKEY *pk, struct ipc_keys_fields *f)
-{
-	const EVP_MD *md = NULL, *mgf1 = NULL;
-	int pad = 0, salt = 0;
-
-	if (EVP_PKEY_CTX_get_signature_md(pctx, &md) <= 0 || (f->md = md_code(md)) == 0)
-		return false;
-	if (EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC) {
-		f->alg = IPC_KEYS_ECDSA;
-		return true;
-	}
-	if (EVP_PKEY_CTX_get_rsa_padding(pctx, &pad) <= 0)
-		return false;
-	if (pad == RSA_PKCS1_PADDING) {
-		f->alg = IPC_KEYS_RSA_PKCS1;
-		return true;
-	}
-	f->alg = IPC_KEYS_RSA_PSS;
-	return pad == RSA_PKCS1_PSS_PADDING && EVP_PKEY_CTX_get_rsa_pss_saltlen(pctx, &salt) > 0 &&
-	       (salt == RSA_PSS_SALTLEN_DIGEST || salt == EVP_MD_get_size(md)) &&
-	       EVP_PKEY_CTX_get_rsa_mgf1_md(pctx, &mgf1) > 0 && mgf1 != NULL &&
-	       EVP_MD_get_type(mgf1) == EVP_MD_get_type(md);
 }
 
 /* Send c's request; false when the channel is full or broken (logged once). */
@@ -168,43 +123,81 @@ static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
 }
 
 /*
- * The stand-in's sign operation, inside the handshake's async job: the
- * request goes, the job pauses until the answer came (the handshake
- * returns TLS_WANT_KEYS meanwhile), and the signature is OpenSSL's.
+ * Inside the handshake's async job: the request goes, the job pauses
+ * until the answer came (the handshake returns TLS_WANT_KEYS meanwhile),
+ * and the signature is copied out. Its length, or -1.
  */
-static int stub_sign(EVP_PKEY_CTX *pctx, unsigned char *sig, size_t *siglen,
-		     const unsigned char *tbs, size_t tbslen)
+static long signature_of(struct ipc_keys_fields *f, uint8_t *sig, size_t cap)
 {
-	EVP_PKEY *pk = EVP_PKEY_CTX_get0_pkey(pctx);
 	struct tls_conn *c = tls_current;
-	struct ipc_keys_fields f = { .data = tbs, .len = tbslen };
 
-	if (!is_stub(pk))
-		return (EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA ? legacy_rsa_sign :
-			legacy_ec_sign)(pctx, sig, siglen, tbs, tbslen);
-	if (sig == NULL) {
-		*siglen = (size_t)EVP_PKEY_get_size(pk);
-		return 1;
-	}
-	if (c == NULL || ASYNC_get_current_job() == NULL || !request_of(pctx, pk, &f) ||
-	    !request_send(c, &f))
-		return 0;
+	if (c == NULL || ASYNC_get_current_job() == NULL || !request_send(c, f))
+		return -1;
 	while (!c->answered)
 		if (!ASYNC_pause_job())
-			return 0;
-	if (c->sig_status != IPC_KEYS_OK || c->sig_len > *siglen) {
+			return -1;
+	if (c->sig_status != IPC_KEYS_OK || c->sig_len > cap) {
 		log_debug("the key role did not sign (status %u)", c->sig_status);
-		return 0;
+		return -1;
 	}
 	memcpy(sig, c->sig, c->sig_len);
-	*siglen = c->sig_len;
+	return (long)c->sig_len;
+}
+
+/* RSASSA-PKCS1-v1_5 (TLS 1.2): OpenSSL hands over the digest and its type. */
+static int stub_rsa_sign(int type, const unsigned char *m, unsigned int m_len,
+			 unsigned char *sig, unsigned int *sig_len, const RSA *rsa)
+{
+	struct ipc_keys_fields f = { .alg = IPC_KEYS_RSA_PKCS1, .md = md_of_nid(type),
+				     .data = m, .len = m_len };
+	long n = signature_of(&f, sig, (size_t)RSA_size(rsa));
+
+	if (n < 0)
+		return 0;
+	*sig_len = (unsigned int)n;
 	return 1;
 }
 
-/* The legacy methods, once per process: copies of OpenSSL's with stub_sign. */
+/*
+ * RSASSA-PSS (TLS 1.3, and TLS 1.2 when asked): OpenSSL encodes the
+ * digest itself and asks for the raw operation on the encoding, which
+ * the key role checks is one (IPC_KEYS_RSA_PSS).
+ */
+static int stub_rsa_priv_enc(int flen, const unsigned char *from, unsigned char *to, RSA *rsa,
+			     int padding)
+{
+	struct ipc_keys_fields f = { .alg = IPC_KEYS_RSA_PSS, .data = from, .len = (size_t)flen };
+
+	if (padding != RSA_NO_PADDING)
+		return -1;
+	return (int)signature_of(&f, to, (size_t)RSA_size(rsa));
+}
+
+/* ECDSA: the digest, and its type (else told by its length); the signature is DER. */
+static int stub_ec_sign(int type, const unsigned char *dgst, int dlen, unsigned char *sig,
+			unsigned int *siglen, const BIGNUM *kinv, const BIGNUM *r, EC_KEY *eckey)
+{
+	uint8_t md = md_of_nid(type);
+	struct ipc_keys_fields f = { .alg = IPC_KEYS_ECDSA, .data = dgst, .len = (size_t)dlen };
+	long n;
+
+	f.md = md != IPC_KEYS_MD_NONE ? md : dlen == 32 ? IPC_KEYS_MD_SHA256 :
+	       dlen == 48 ? IPC_KEYS_MD_SHA384 : dlen == 64 ? IPC_KEYS_MD_SHA512 : IPC_KEYS_MD_NONE;
+	n = signature_of(&f, sig, (size_t)ECDSA_size(eckey));
+	if (n < 0)
+		return 0;
+	*siglen = (unsigned int)n;
+	return 1;
+}
+
+/* The methods, once per process: OpenSSL's, with the private-key operations ours. */
 static int stub_methods_init(void)
 {
-	static const int types[] = { EVP_PKEY_RSA, EVP_PKEY_EC };
+	int (*sign)(int, const unsigned char *, int, unsigned char *, unsigned int *,
+		    const BIGNUM *, const BIGNUM *, EC_KEY *) = NULL;
+	int (*sign_setup)(EC_KEY *, BN_CTX *, BIGNUM **, BIGNUM **) = NULL;
+	ECDSA_SIG *(*sign_sig)(const unsigned char *, int, const BIGNUM *, const BIGNUM *,
+			       EC_KEY *) = NULL;
 
 	if (stub_rsa_method != NULL)
 		return 0;
@@ -213,23 +206,10 @@ static int stub_methods_init(void)
 	if (stub_rsa_method == NULL || stub_ec_method == NULL)
 		return -1;
 	RSA_meth_set1_name(stub_rsa_method, "iotd key role");
-	for (size_t i = 0; i < ARRAY_SIZE(types); i++) {
-		EVP_PKEY_METHOD *m = EVP_PKEY_meth_new(types[i], 0);
-		int (*init)(EVP_PKEY_CTX *) = NULL;
-		int (*sign)(EVP_PKEY_CTX *, unsigned char *, size_t *, const unsigned char *,
-			    size_t) = NULL;
-
-		if (m == NULL)
-			return -1;
-		EVP_PKEY_meth_copy(m, EVP_PKEY_meth_find(types[i]));
-		EVP_PKEY_meth_get_sign(m, &init, &sign);
-		*(types[i] == EVP_PKEY_RSA ? &legacy_rsa_sign : &legacy_ec_sign) = sign;
-		EVP_PKEY_meth_set_sign(m, init, stub_sign);
-		if (EVP_PKEY_meth_add0(m) != 1) {
-			EVP_PKEY_meth_free(m);
-			return -1;
-		}
-	}
+	RSA_meth_set_sign(stub_rsa_method, stub_rsa_sign);
+	RSA_meth_set_priv_enc(stub_rsa_method, stub_rsa_priv_enc);
+	EC_KEY_METHOD_get_sign(stub_ec_method, &sign, &sign_setup, &sign_sig);
+	EC_KEY_METHOD_set_sign(stub_ec_method, stub_ec_sign, sign_setup, sign_sig);
 	return 0;
 }
 

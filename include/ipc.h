@@ -221,7 +221,13 @@ struct ipc_auth_acl {
  */
 enum ipc_keys_alg {
 	IPC_KEYS_RSA_PKCS1 = 1,      /* RSASSA-PKCS1-v1_5 over a digest (TLS 1.2) */
-	IPC_KEYS_RSA_PSS,            /* RSASSA-PSS, MGF1 and salt of the digest's length, over a digest */
+	/*
+	 * RSASSA-PSS: the raw RSA operation on an encoding OpenSSL made of
+	 * the digest (MGF1 and salt of the digest's), with no md; the key
+	 * role signs nothing that is not such an encoding, so that a worker
+	 * gets signatures and never a decryption.
+	 */
+	IPC_KEYS_RSA_PSS,
 	IPC_KEYS_ECDSA,              /* over a digest */
 	IPC_KEYS_ED25519,            /* over the data itself */
 	IPC_KEYS_ALG_MAX
@@ -239,7 +245,9 @@ enum ipc_keys_md {
 #define IPC_KEYS_DATA_MAX 2048
 #define IPC_KEYS_SIG_MAX 1024        /* an RSA-8192 signature */
 
-/* Followed by len bytes: a digest of md's length, or Ed25519's data. */
+#define IPC_KEYS_PSS_MIN 256         /* an RSA-2048 encoding */
+
+/* Followed by len bytes: a digest of md's length, a PSS encoding, or Ed25519's data. */
 struct ipc_keys_sign {
 	uint64_t id;                 /* the worker's, returned in the answer */
 	uint32_t key_id;             /* the chain's (IPC_KEYS_CHAIN) it was made for */
