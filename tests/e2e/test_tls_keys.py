@@ -1,0 +1,112 @@
+"""The key role (`iotd: keys`): with a tls section it runs, as the
+children's user, without capabilities, under its seccomp filter; killed,
+it is restarted; a key that does not match its certificate, or a
+certificate without its key, stops the daemon's start with a clear error;
+without a tls section there is no key role."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from authfiles import AuthDir
+from helpers import T, children_uid, proc_title, wait_for
+
+pytestmark = pytest.mark.iotd_only
+
+
+@pytest.fixture
+def tls_dir():
+    d = AuthDir()
+    yield d
+    d.remove()
+
+
+def make_cert(d, name, kind="rsa"):
+    """A self-signed certificate and its key (RSA-2048 or P-256), made by openssl."""
+    key, cert = str(d.path / f"{name}.key"), str(d.path / f"{name}.pem")
+    algo = ["-newkey", "rsa:2048"] if kind == "rsa" else \
+        ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    subprocess.run(["openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=iotd-e2e",
+                    "-keyout", key, "-out", cert] + algo, check=True, capture_output=True,
+                   timeout=60)
+    # The key role reads it as the children's user.
+    os.chmod(key, 0o644)
+    os.chmod(cert, 0o644)
+    return cert, key
+
+
+def status(pid):
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def exit_status(b, timeout=10):
+    """The daemon's exit status once it stopped by itself."""
+    b.returncode = b.proc.wait(T(timeout))
+    b.stopped = True
+    return b.returncode
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec"])
+def test_keys_role_runs_confined(start_broker, tls_dir, kind):
+    cert, key = make_cert(tls_dir, "server", kind)
+    b = start_broker(tls={"cert_file": cert, "key_file": key})
+    pid = b.role_pid("keys")
+    assert pid is not None, "no iotd: keys process"
+    assert proc_title(pid) == "iotd: keys"
+    st = status(pid)
+    uid = children_uid()
+    if uid is not None:
+        assert st["Uid"].split() == [str(uid)] * 4
+    for field in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(st[field], 16) == 0, f"{field} {st[field]}"
+    assert st["NoNewPrivs"] == "1"
+    if not b.instrumented:
+        assert st["Seccomp"] == "2"
+
+
+def test_keys_role_restarted(start_broker, tls_dir):
+    cert, key = make_cert(tls_dir, "server")
+    b = start_broker(tls={"cert_file": cert, "key_file": key})
+    old = b.role_pid("keys")
+    os.kill(old, signal.SIGKILL)
+    new = wait_for(lambda: b.successor("keys", old), 10, "the key role's successor")
+    wait_for(lambda: "keys is back" in b.log, 10, "the key role back")
+    assert "keys killed by signal 9" in b.log
+    assert new != old
+    b.initial_pids = set(b.pids())
+
+
+def test_wrong_key_refuses_start(start_broker, tls_dir):
+    cert, _ = make_cert(tls_dir, "server")
+    _, other = make_cert(tls_dir, "other")
+    b = start_broker(tls={"cert_file": cert, "key_file": other}, wait=False)
+    assert exit_status(b) == 1
+    assert "cannot start: keys: the key in tls.key_file does not match the certificate" in b.log
+
+
+def test_unreadable_key_refuses_start(start_broker, tls_dir):
+    cert, _ = make_cert(tls_dir, "server")
+    b = start_broker(tls={"cert_file": cert, "key_file": str(tls_dir.path / "missing.key")},
+                     wait=False)
+    assert exit_status(b) == 1
+    assert "cannot start: keys: tls.key_file" in b.log
+
+
+def test_cert_without_key_refused(start_broker, tls_dir):
+    cert, _ = make_cert(tls_dir, "server")
+    b = start_broker(tls={"cert_file": cert}, wait=False)
+    assert exit_status(b) == 1
+    assert "cert_file needs key_file" in b.log
+
+
+def test_no_keys_role_without_tls(broker):
+    assert broker.role_pid("keys") is None
+    assert not any(proc_title(p) == "iotd: keys" for p in broker.pids())
