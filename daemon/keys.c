@@ -11,8 +11,9 @@
  * tls.max_pending_signs requests: a channel whose queue is full, or whose
  * answer waits for room, is not read, so that what one worker sends
  * waits in its own socket. Queues are served round robin, one signature
- * per channel in turn, so that one worker's flood of handshakes delays
- * another's by at most one signature per round. Also owns the
+ * per channel in a round, and the sockets are looked at between two
+ * rounds, so that one worker's flood of handshakes delays another's by
+ * one signature at most. Also owns the
  * session-ticket keys: drawn at start, rotated every KEYS_TICKET_ROTATE_S
  * (the previous one kept to open tickets), sent to every worker so that a
  * ticket one worker issued is taken by any. Each worker gets the chain
@@ -38,7 +39,6 @@
 #include "role.h"
 
 #define CTL_PER_WAKE 16
-#define SIGNS_PER_TURN 64            /* signatures between two looks at the sockets */
 #define KEYS_TICKET_ROTATE_S 3600    /* a ticket key issues for an hour, opens for two */
 
 struct keys;
@@ -183,28 +183,31 @@ static void chan_serve_one(struct keys_chan *ch)
 	chan_flush(ch);
 }
 
+/* Whether ch has a request to sign and room for its answer. */
+static bool chan_servable(const struct keys_chan *ch)
+{
+	return ch->n > 0 && ch->answer_len == 0 && !ch->chain_due && !ch->tickets_due;
+}
+
 /*
- * Up to SIGNS_PER_TURN signatures, one per channel with a request and
- * room for its answer, in turn from where the last round stopped. True
- * when requests remain that could be served now.
+ * One round: one signature for each channel that can take one, starting
+ * after the one that started the last round. True when requests remain
+ * that could be served now.
  */
 static bool serve_round_robin(struct keys *k)
 {
-	unsigned nw = k->env->nworkers, done = 0, idle = 0;
+	unsigned nw = k->env->nworkers;
+	bool more = false;
 
-	while (done < SIGNS_PER_TURN && idle < nw) {
-		struct keys_chan *ch = &k->chans[k->next];
+	for (unsigned i = 0; i < nw; i++) {
+		struct keys_chan *ch = &k->chans[(k->next + i) % nw];
 
-		k->next = (k->next + 1) % nw;
-		if (ch->n == 0 || ch->answer_len > 0 || ch->chain_due || ch->tickets_due) {
-			idle++;
-			continue;
-		}
-		idle = 0;
-		chan_serve_one(ch);
-		done++;
+		if (chan_servable(ch))
+			chan_serve_one(ch);
+		more = more || chan_servable(ch);
 	}
-	return idle < nw;
+	k->next = (k->next + 1) % nw;
+	return more;
 }
 
 /* --- session-ticket keys ---------------------------------------------------- */

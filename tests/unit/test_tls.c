@@ -44,10 +44,11 @@
 
 static char dir[] = "/tmp/iotd-test-tls.XXXXXX";
 
-/* A key: "rsa" (2048 bits) or "ec" (P-256). */
+/* A key: "rsa" (2048 bits), "rsa3072" or "ec" (P-256). */
 static EVP_PKEY *key_new(const char *kind)
 {
-	EVP_PKEY *k = strcmp(kind, "rsa") == 0 ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
+	EVP_PKEY *k = strcmp(kind, "rsa") == 0 ? EVP_RSA_gen(2048) :
+		      strcmp(kind, "rsa3072") == 0 ? EVP_RSA_gen(3072) : EVP_EC_gen("P-256");
 
 	assert_non_null(k);
 	return k;
@@ -113,6 +114,20 @@ static void files_make(const char *kind, bool matching, struct iotd_config *cfg)
 	EVP_PKEY_free(other);
 }
 
+/* A key and its self-signed certificate in dir/<name>.key and .pem (CN "iotd-test"). */
+static void pair_make(const char *name, const char *kind, char *cert, char *key, size_t len)
+{
+	EVP_PKEY *k = key_new(kind);
+	X509 *x = cert_new(k);
+
+	snprintf(cert, len, "%s/%s.pem", dir, name);
+	snprintf(key, len, "%s/%s.key", dir, name);
+	write_cert(cert, x);
+	write_key(key, k);
+	X509_free(x);
+	EVP_PKEY_free(k);
+}
+
 /* The key role in a child, with nworkers channels; the workers' ends in env. */
 struct role {
 	struct role_env env;
@@ -120,7 +135,8 @@ struct role {
 	pid_t pid;
 };
 
-static void role_start(struct role *r, struct iotd_config *cfg, unsigned nworkers)
+/* The channels, before the role starts: what is written now is waiting when it does. */
+static void role_channels(struct role *r, struct iotd_config *cfg, unsigned nworkers)
 {
 	memset(r, 0, sizeof(*r));
 	r->env.cfg = cfg;
@@ -133,6 +149,12 @@ static void role_start(struct role *r, struct iotd_config *cfg, unsigned nworker
 		r->env.keys_chan[i] = sp[0];
 		r->env.keys_chan_worker[i] = sp[1];
 	}
+}
+
+static void role_fork(struct role *r)
+{
+	unsigned nworkers = r->env.nworkers;
+
 	r->pid = fork_role(&r->env, &r->ctl);
 	if (r->pid == 0) {
 		for (unsigned i = 0; i < nworkers; i++)
@@ -141,6 +163,12 @@ static void role_start(struct role *r, struct iotd_config *cfg, unsigned nworker
 	}
 	for (unsigned i = 0; i < nworkers; i++)
 		close(r->env.keys_chan[i]);
+}
+
+static void role_start(struct role *r, struct iotd_config *cfg, unsigned nworkers)
+{
+	role_channels(r, cfg, nworkers);
+	role_fork(r);
 }
 
 /* The next message from the role on its control socket (waits up to WAIT_MS). */
@@ -198,12 +226,24 @@ static struct tls_worker *worker_ready(struct iotd_config *cfg, unsigned index, 
 	return w;
 }
 
-/* A client that checks the server's certificate against cert_file and offers ALPN "mqtt". */
+/* The client's certificate and key for the next handshakes; "" for none. */
+static char client_cert[200], client_key[200];
+/* The identity the worker's side found in the last handshake's client certificate. */
+static char identity[256];
+
+/*
+ * A client that checks the server's certificate against cert_file and
+ * offers ALPN "mqtt", with client_cert if set.
+ */
 static SSL *client_new(SSL_CTX **ctx, const struct iotd_config *cfg, int version, int fd,
 		       SSL_SESSION *resume)
 {
 	*ctx = SSL_CTX_new(TLS_client_method());
 	assert_non_null(*ctx);
+	if (client_cert[0]) {
+		assert_int_equal(SSL_CTX_use_certificate_file(*ctx, client_cert, SSL_FILETYPE_PEM), 1);
+		assert_int_equal(SSL_CTX_use_PrivateKey_file(*ctx, client_key, SSL_FILETYPE_PEM), 1);
+	}
 	assert_int_equal(SSL_CTX_load_verify_locations(*ctx, cfg->tls_cert_file, NULL), 1);
 	SSL_CTX_set_verify(*ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_min_proto_version(*ctx, version);
@@ -275,6 +315,8 @@ static bool handshake(struct tls_worker *w, int keys_fd, const struct iotd_confi
 		assert_int_equal(SSL_version(cs), version);
 		assert_string_equal(tls_conn_alpn(c), "mqtt");
 		*reused = SSL_session_reused(cs);
+		if (tls_conn_identity(c, identity, sizeof(identity)) < 0)
+			identity[0] = '\0';
 		if (session != NULL)
 			*session = SSL_get1_session(cs);
 		SSL_shutdown(cs);
@@ -355,6 +397,172 @@ static void test_wrong_key_refused(void **state)
 	assert_int_equal(role_says(&r, buf, sizeof(buf)), IPC_KEYS_FAILED);
 	assert_contains(buf, "does not match the certificate");
 	assert_int_equal(role_stop(&r), 1);
+}
+
+/* A client certificate checked against tls.ca_file gives its CN as the identity; none is refused. */
+static void test_client_certificate(void **state)
+{
+	struct iotd_config cfg;
+	struct role r;
+	struct tls_worker *w;
+	char buf[64];
+	bool reused;
+
+	files_make("ec", true, &cfg);
+	pair_make("client", "ec", client_cert, client_key, sizeof(client_cert));
+	snprintf(cfg.tls_ca_file, sizeof(cfg.tls_ca_file), "%s", client_cert);
+	cfg.tls_require_certificate = true;
+	role_start(&r, &cfg, 1);
+	assert_int_equal(role_says(&r, buf, sizeof(buf)), IPC_READY);
+	w = worker_ready(&cfg, 0, r.env.keys_chan_worker[0]);
+	assert_true(handshake(w, r.env.keys_chan_worker[0], &cfg, TLS1_3_VERSION, NULL, NULL,
+			      &reused));
+	assert_string_equal(identity, "iotd-test");
+	/* Without a certificate the handshake fails (TLS 1.2: before the client finishes). */
+	client_cert[0] = '\0';
+	assert_false(handshake(w, r.env.keys_chan_worker[0], &cfg, TLS1_2_VERSION, NULL, NULL,
+			       &reused));
+	tls_worker_free(w);
+	assert_int_equal(role_stop(&r), 0);
+}
+
+/* --- the key role as the workers' peer, through its channels ---------------------- */
+
+/* One ECDSA request over SHA-256, as a worker sends it. */
+static void send_ecdsa(int fd, unsigned index, uint64_t id, uint32_t key_id)
+{
+	uint8_t digest[32] = { (uint8_t)id }, buf[IPC_KEYS_SIGN_LEN_MAX];
+	struct ipc_keys_fields f = { .id = id, .key_id = key_id, .alg = IPC_KEYS_ECDSA,
+				     .md = IPC_KEYS_MD_SHA256, .data = digest, .len = 32 };
+	size_t len = ipc_keys_sign_encode(&f, buf);
+
+	assert_true(len > 0);
+	assert_int_equal(ipc_send(fd, IPC_KEYS_SIGN, index, buf, len, -1), 0);
+}
+
+/* The next answer on a worker's channel (chain and tickets skipped), within WAIT_MS. */
+static struct ipc_keys_fields next_answer(int fd, uint8_t *buf)
+{
+	uint64_t until = mono_ms() + WAIT_MS;
+	struct ipc_keys_fields a;
+
+	while (mono_ms() < until) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		struct ipc_hdr hdr;
+		int rfd;
+		ssize_t n;
+
+		if (poll(&p, 1, 100) != 1)
+			continue;
+		n = ipc_recv(fd, &hdr, buf, IPC_MAX_PAYLOAD, &rfd);
+		assert_true(n >= 0);
+		if (hdr.type != IPC_KEYS_SIGNED)
+			continue;
+		assert_true(ipc_keys_signed_decode(buf, (size_t)n, &a));
+		return a;
+	}
+	fail_msg("no answer from the key role");
+	return a;
+}
+
+/* How many answers wait on fd now. */
+static unsigned answers_waiting(int fd, uint8_t *buf)
+{
+	struct ipc_hdr hdr;
+	unsigned n = 0;
+	int rfd;
+
+	while (ipc_recv_fds_nowait(fd, &hdr, buf, IPC_MAX_PAYLOAD, &rfd, 1, &(unsigned){ 0 }) >= 0)
+		n += hdr.type == IPC_KEYS_SIGNED;
+	return n;
+}
+
+/*
+ * Worker 0 floods the role with requests, worker 1 sends one: worker 1's
+ * is answered after at most a round of worker 0's, not after all of them.
+ */
+static void test_round_robin(void **state)
+{
+	struct iotd_config cfg;
+	struct role r;
+	struct ipc_keys_fields a;
+	uint8_t *buf = malloc(IPC_MAX_PAYLOAD);
+	char msg[64];
+	unsigned before;
+
+	assert_non_null(buf);
+	files_make("rsa3072", true, &cfg);
+	cfg.tls_max_pending_signs = 128;
+	role_channels(&r, &cfg, 2);
+	for (uint64_t id = 1; id <= 128; id++) {
+		uint8_t digest[32] = { (uint8_t)id }, req[IPC_KEYS_SIGN_LEN_MAX];
+		struct ipc_keys_fields f = { .id = id, .key_id = 1, .alg = IPC_KEYS_RSA_PKCS1,
+					     .md = IPC_KEYS_MD_SHA256, .data = digest, .len = 32 };
+
+		assert_int_equal(ipc_send(r.env.keys_chan_worker[0], IPC_KEYS_SIGN, 0, req,
+					  ipc_keys_sign_encode(&f, req), -1), 0);
+	}
+	{
+		uint8_t digest[32] = { 0 }, req[IPC_KEYS_SIGN_LEN_MAX];
+		struct ipc_keys_fields f = { .id = 1000, .key_id = 1, .alg = IPC_KEYS_RSA_PKCS1,
+					     .md = IPC_KEYS_MD_SHA256, .data = digest, .len = 32 };
+
+		assert_int_equal(ipc_send(r.env.keys_chan_worker[1], IPC_KEYS_SIGN, 1, req,
+					  ipc_keys_sign_encode(&f, req), -1), 0);
+	}
+	role_fork(&r);
+	assert_int_equal(role_says(&r, msg, sizeof(msg)), IPC_READY);
+	a = next_answer(r.env.keys_chan_worker[1], buf);
+	assert_int_equal(a.id, 1000);
+	assert_int_equal(a.status, IPC_KEYS_OK);
+	before = answers_waiting(r.env.keys_chan_worker[0], buf);
+	assert_true(before < 64);
+	free(buf);
+	assert_int_equal(role_stop(&r), 0);
+}
+
+/*
+ * What a compromised worker may send: a malformed request (dropped, the
+ * role serves on), another key's id, an algorithm of another key, and for
+ * RSA-PSS bytes that are no PSS encoding (a ciphertext to decrypt): each
+ * refused with its status, never signed.
+ */
+static void test_hostile_requests(void **state)
+{
+	struct iotd_config cfg;
+	struct role r;
+	struct ipc_keys_fields a, f;
+	uint8_t *buf = malloc(IPC_MAX_PAYLOAD), req[IPC_KEYS_SIGN_LEN_MAX], em[256];
+	char msg[64];
+	int fd;
+
+	assert_non_null(buf);
+	files_make("rsa", true, &cfg);
+	role_start(&r, &cfg, 1);
+	assert_int_equal(role_says(&r, msg, sizeof(msg)), IPC_READY);
+	fd = r.env.keys_chan_worker[0];
+	memset(req, 0xff, sizeof(struct ipc_keys_sign) + 8);
+	assert_int_equal(ipc_send(fd, IPC_KEYS_SIGN, 0, req, sizeof(struct ipc_keys_sign) + 8, -1), 0);
+	send_ecdsa(fd, 0, 1, 2);
+	a = next_answer(fd, buf);
+	assert_int_equal(a.id, 1);
+	assert_int_equal(a.status, IPC_KEYS_WRONG_KEY);
+	send_ecdsa(fd, 0, 2, 1);
+	a = next_answer(fd, buf);
+	assert_int_equal(a.id, 2);
+	assert_int_equal(a.status, IPC_KEYS_WRONG_ALG);
+	for (size_t i = 0; i < sizeof(em); i++)
+		em[i] = (uint8_t)(i * 7 + 1);
+	em[0] = 0x12;
+	em[255] = 0xbc;
+	f = (struct ipc_keys_fields){ .id = 3, .key_id = 1, .alg = IPC_KEYS_RSA_PSS, .data = em,
+				      .len = sizeof(em) };
+	assert_int_equal(ipc_send(fd, IPC_KEYS_SIGN, 0, req, ipc_keys_sign_encode(&f, req), -1), 0);
+	a = next_answer(fd, buf);
+	assert_int_equal(a.id, 3);
+	assert_int_equal(a.status, IPC_KEYS_WRONG_ALG);
+	free(buf);
+	assert_int_equal(role_stop(&r), 0);
 }
 
 /* --- the codec ------------------------------------------------------------------- */
@@ -450,6 +658,10 @@ static int teardown(void **state)
 	unlink(path);
 	snprintf(path, sizeof(path), "%s/key.pem", dir);
 	unlink(path);
+	snprintf(path, sizeof(path), "%s/client.pem", dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/client.key", dir);
+	unlink(path);
 	rmdir(dir);
 	return 0;
 }
@@ -466,6 +678,9 @@ int main(void)
 		cmocka_unit_test(test_ec_tls12),
 		cmocka_unit_test(test_ec_tls13),
 		cmocka_unit_test(test_ticket_across_workers),
+		cmocka_unit_test(test_client_certificate),
+		cmocka_unit_test(test_round_robin),
+		cmocka_unit_test(test_hostile_requests),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
