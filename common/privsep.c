@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <libgen.h>
 #include <limits.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
@@ -286,6 +287,30 @@ int privsep_seal_read(const char *const *dirs, size_t n)
 			return -1;
 		}
 	return landlock_enforce(ruleset);
+}
+
+int privsep_seal_read_files(const char *const *files, size_t n, const char *const *dirs,
+			    size_t m)
+{
+	char buf[8][PATH_MAX];
+	const char *list[16];
+	size_t k = 0;
+
+	if (n > ARRAY_SIZE(buf) || m > ARRAY_SIZE(list) - ARRAY_SIZE(buf)) {
+		log_error("landlock: too many files to allow");
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (files[i][0] == '\0')
+			continue;
+		snprintf(buf[k], sizeof(buf[k]), "%s", files[i]);
+		list[k] = dirname(buf[k]);
+		k++;
+	}
+	for (size_t i = 0; i < m; i++)
+		if (dirs[i][0] != '\0')
+			list[k++] = dirs[i];
+	return privsep_seal_read(list, k);
 }
 
 /* ---- capabilities ---------------------------------------------------------- */

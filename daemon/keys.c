@@ -22,8 +22,6 @@
  * request is decoded with its lengths checked.
  */
 #include <errno.h>
-#include <libgen.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -285,20 +283,9 @@ static int seal(const struct iotd_config *cfg)
 {
 	const char *files[] = { cfg->tls_key_file, cfg->tls_cert_file, cfg->tls_ca_file,
 				cfg->tls_crl_file };
-	char dirs[ARRAY_SIZE(files) + 1][PATH_MAX];
-	const char *list[ARRAY_SIZE(files) + 1];
-	size_t n = 0;
+	const char *dirs[] = { cfg->tls_ca_path };
 
-	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
-		if (files[i][0] == '\0')
-			continue;
-		snprintf(dirs[n], sizeof(dirs[n]), "%s", files[i]);
-		list[n] = dirname(dirs[n]);
-		n++;
-	}
-	if (cfg->tls_ca_path[0] != '\0')
-		list[n++] = cfg->tls_ca_path;
-	return privsep_seal_read(list, n);
+	return privsep_seal_read_files(files, ARRAY_SIZE(files), dirs, ARRAY_SIZE(dirs));
 }
 
 static int chain_msg_make(struct keys *k)

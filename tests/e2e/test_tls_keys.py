@@ -12,7 +12,7 @@ import time
 import pytest
 
 from authfiles import AuthDir
-from helpers import T, children_uid, proc_title, wait_for
+from helpers import T, children_uid, proc_status, proc_title, wait_for
 
 pytestmark = pytest.mark.iotd_only
 
@@ -38,15 +38,6 @@ def make_cert(d, name, kind="rsa"):
     return cert, key
 
 
-def status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
-    return out
-
-
 def exit_status(b, timeout=10):
     """The daemon's exit status once it stopped by itself."""
     b.returncode = b.proc.wait(T(timeout))
@@ -61,7 +52,7 @@ def test_keys_role_runs_confined(start_broker, tls_dir, kind):
     pid = b.role_pid("keys")
     assert pid is not None, "no iotd: keys process"
     assert proc_title(pid) == "iotd: keys"
-    st = status(pid)
+    st = proc_status(pid)
     uid = children_uid()
     if uid is not None:
         assert st["Uid"].split() == [str(uid)] * 4
