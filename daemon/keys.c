@@ -17,7 +17,10 @@
  * session-ticket keys: drawn at start, rotated every KEYS_TICKET_ROTATE_S
  * (the previous one kept to open tickets), sent to every worker so that a
  * ticket one worker issued is taken by any. Each worker gets the chain
- * (public) at our start and when it asks (IPC_KEYS_ASK: a new worker).
+ * (public) at our start, when it asks (IPC_KEYS_ASK: a new worker) and
+ * after a reload (IPC_KEYS_RELOAD: the files read again as a
+ * transaction, under a new key id; the key replaced still signs for the
+ * handshakes begun under it).
  * Files: keys_files.c. What a worker sends is hostile input: every
  * request is decoded with its lengths checked.
  */
@@ -26,6 +29,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -68,7 +72,9 @@ struct keys {
 	int epfd, timerfd;
 	unsigned cap;                /* each queue's bound */
 	unsigned next;               /* the channel served first in the next round */
-	struct keys_files files;
+	struct keys_files files;     /* in force: new connections' chain */
+	struct keys_files prev;      /* the one a reload replaced: for handshakes begun under it */
+	uint64_t prev_until_ms;      /* ... until tls.handshake_timeout after the reload */
 	uint8_t *chain_msg;          /* IPC_KEYS_CHAIN's payload */
 	size_t chain_len;
 	struct ipc_keys_tickets tickets;
@@ -76,6 +82,30 @@ struct keys {
 	struct keys_chan chans[IOTD_MAX_WORKERS];
 	bool stopping;
 };
+
+static uint64_t clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * The key a reload replaced is dropped once every handshake begun under
+ * it has ended; how long epoll may sleep until then (-1: nothing held).
+ */
+static int prev_expire(struct keys *k)
+{
+	uint64_t now = clock_ms();
+
+	if (k->prev.key == NULL)
+		return -1;
+	if (now < k->prev_until_ms)
+		return (int)(k->prev_until_ms - now);
+	keys_files_free(&k->prev);
+	return -1;
+}
 
 /* --- a channel ------------------------------------------------------------ */
 
@@ -173,7 +203,8 @@ static void chan_serve_one(struct keys_chan *ch)
 	uint8_t sig[IPC_KEYS_SIG_MAX];
 	struct ipc_keys_fields a = { .id = r->f.id, .data = sig };
 
-	a.status = keys_sign(&ch->k->files, &r->f, sig, &a.len);
+	a.status = keys_sign(r->f.key_id == ch->k->prev.key_id && ch->k->prev.key != NULL ?
+			     &ch->k->prev : &ch->k->files, &r->f, sig, &a.len);
 	ch->answer_len = ipc_keys_signed_encode(&a, ch->answer);
 	explicit_bzero(r->data, r->f.len);
 	ch->head = (ch->head + 1) % ch->k->cap;
@@ -231,6 +262,42 @@ static int tickets_rotate(struct keys *k)
 
 /* --- the supervisor ----------------------------------------------------------- */
 
+static int chain_msg_make(struct keys *k);
+
+/*
+ * IPC_KEYS_RELOAD: the files again, all or nothing. New ones go to every
+ * worker under a new key id (their new connections use them); the ones
+ * they replace still sign for handshakes begun under them.
+ */
+static int on_reload(void *ctx, struct ipc_msg *m)
+{
+	struct keys *k = ctx;
+	struct keys_files next, was = k->files;
+	char err[512];
+
+	if (keys_files_load(k->cfg, k->files.key_id + 1, &next, err, sizeof(err)) < 0) {
+		log_error("reload: %s; keeping the key and certificate in force", err);
+		return 0;
+	}
+	k->files = next;
+	if (chain_msg_make(k) < 0) {
+		log_error("reload: out of memory; keeping the key and certificate in force");
+		keys_files_free(&k->files);
+		k->files = was;
+		chain_msg_make(k);
+		return 0;
+	}
+	keys_files_free(&k->prev);
+	k->prev = was;
+	k->prev_until_ms = clock_ms() + (uint64_t)k->cfg->tls_handshake_timeout * 1000;
+	for (unsigned i = 0; i < k->env->nworkers; i++) {
+		k->chans[i].chain_due = true;
+		chan_flush(&k->chans[i]);
+	}
+	log_info("reload: key and certificate chain read again");
+	return 0;
+}
+
 static int on_shutdown(void *ctx, struct ipc_msg *m)
 {
 	((struct keys *)ctx)->stopping = true;
@@ -245,6 +312,7 @@ static int on_config(void *ctx, struct ipc_msg *m)
 
 static const struct ipc_handler from_supervisor[IPC_TYPE_MAX] = {
 	[IPC_SHUTDOWN] = { .fn = on_shutdown },
+	[IPC_KEYS_RELOAD] = { .fn = on_reload },
 	ROLE_SUPERVISOR_ENTRIES(on_config),
 };
 
@@ -337,6 +405,7 @@ static void keys_teardown(struct keys *k)
 	}
 	OPENSSL_cleanse(&k->tickets, sizeof(k->tickets));
 	keys_files_free(&k->files);
+	keys_files_free(&k->prev);
 	free(k->chain_msg);
 	close(k->epfd);
 	close(k->timerfd);
@@ -363,7 +432,7 @@ int keys_main(struct role_env *env)
 		  k.files.chain_len, k.files.trust_len);
 	ipc_send(env->ctl_fd, IPC_READY, 0, NULL, 0, -1);
 	while (!k.stopping) {
-		int n = epoll_wait(k.epfd, evs, (int)ARRAY_SIZE(evs), more ? 0 : -1);
+		int n = epoll_wait(k.epfd, evs, (int)ARRAY_SIZE(evs), more ? 0 : prev_expire(&k));
 
 		if (n < 0 && errno != EINTR)
 			fatal("epoll_wait: %s", strerror(errno));

@@ -90,7 +90,7 @@ static const struct cfg_field cfg_fields[] = {
 	CF("auth.jwt_leeway", auth_jwt_leeway, false, APPLY_LIVE),
 	CF("auth.max_pending", auth_max_pending, false, APPLY_LIVE),
 	CF("auth.max_failure_delay_ms", auth_max_failure_delay_ms, false, APPLY_LIVE),
-	/* The key role reads its files at its start: a reload of them is to come. */
+	/* Which files the key role reads (Landlock) and how the workers use them: at start. */
 	CF("tls.cert_file", tls_cert_file, true, APPLY_RESTART),
 	CF("tls.key_file", tls_key_file, true, APPLY_RESTART),
 	CF("tls.ca_file", tls_ca_file, true, APPLY_RESTART),
@@ -183,6 +183,21 @@ static void auth_apply(struct supervisor *sv, bool setup_changed)
 		c->replacing = true;
 	else
 		log_warn("cannot ask the auth role to restart: %s", strerror(errno));
+}
+
+/*
+ * The key role reads its files again on every reload, as a transaction
+ * (a file it cannot use changes nothing, logged there). Other paths, and
+ * TLS switched on or off, wait for a restart of iotd (APPLY_RESTART).
+ */
+static void keys_apply(struct supervisor *sv)
+{
+	struct child *c = child_of_role(sv, ROLE_KEYS);
+
+	if (c->state != CHILD_RUNNING)
+		return;
+	if (ipc_send(c->ctl_fd, IPC_KEYS_RELOAD, 0, NULL, 0, -1) < 0)
+		log_warn("cannot ask the key role to read its files again: %s", strerror(errno));
 }
 
 /* What main() checks at start is checked at reload: files the auth role would not read. */
@@ -302,6 +317,7 @@ static void apply_config(struct supervisor *sv, const struct iotd_config *next,
 	if (set != NULL)
 		replace_listener(sv);
 	auth_apply(sv, auth_setup);
+	keys_apply(sv);
 	if (auth_mode)
 		log_auth_mode(sv->cfg);
 	if (!applied[0] && !pending[0])

@@ -63,6 +63,7 @@ enum ipc_type {
 	IPC_KEYS_TICKETS,     /* keys -> worker: the session-ticket keys (struct ipc_keys_tickets) */
 	IPC_KEYS_ASK,         /* worker -> keys: a new worker: send the chain and the ticket keys (payload: none) */
 	IPC_KEYS_FAILED,      /* keys -> supervisor: its files are unusable (payload: why, a string); it exits */
+	IPC_KEYS_RELOAD,      /* supervisor -> keys: read the files again, as a transaction (payload: none) */
 	IPC_TYPE_MAX
 };
 

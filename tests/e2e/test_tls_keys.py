@@ -101,3 +101,24 @@ def test_cert_without_key_refused(start_broker, tls_dir):
 def test_no_keys_role_without_tls(broker):
     assert broker.role_pid("keys") is None
     assert not any(proc_title(p) == "iotd: keys" for p in broker.pids())
+
+
+def test_reload_reads_files_again(start_broker, tls_dir):
+    """SIGHUP: the key role reads its files again in place (certificate
+    renewal); a key that does not match changes nothing. Either way it
+    stays the same process."""
+    cert, key = make_cert(tls_dir, "server")
+    b = start_broker(tls={"cert_file": cert, "key_file": key})
+    pid = b.role_pid("keys")
+    new_cert, new_key = make_cert(tls_dir, "renewed", "ec")
+    os.replace(new_cert, cert)
+    os.replace(new_key, key)
+    b.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload: key and certificate chain read again" in b.log, 10,
+             "the key role's reload")
+    _, other = make_cert(tls_dir, "other")
+    os.replace(other, key)
+    b.send_signal(signal.SIGHUP)
+    wait_for(lambda: "does not match the certificate in tls.cert_file" in b.log and
+             "keeping the key and certificate in force" in b.log, 10, "the refused reload")
+    assert b.role_pid("keys") == pid

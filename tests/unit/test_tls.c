@@ -426,6 +426,57 @@ static void test_client_certificate(void **state)
 	assert_int_equal(role_stop(&r), 0);
 }
 
+/* The role handled everything sent on its control socket before: a ping answered. */
+static void role_synced(struct role *r)
+{
+	char buf[64];
+
+	assert_int_equal(ipc_send(r->ctl, IPC_PING, 0, NULL, 0, -1), 0);
+	assert_int_equal(role_says(r, buf, sizeof(buf)), IPC_PONG);
+}
+
+/*
+ * A reload with a new key and certificate: the workers get the new chain
+ * and handshakes are signed with the new key; one with a key that does not
+ * match changes nothing.
+ */
+static void test_reload(void **state)
+{
+	struct iotd_config cfg, next;
+	struct role r;
+	struct tls_worker *w;
+	char buf[64], in_force[8192];
+	bool reused;
+	int fd;
+
+	files_make("rsa", true, &cfg);
+	role_start(&r, &cfg, 1);
+	assert_int_equal(role_says(&r, buf, sizeof(buf)), IPC_READY);
+	fd = r.env.keys_chan_worker[0];
+	w = worker_ready(&cfg, 0, fd);
+	assert_true(handshake(w, fd, &cfg, TLS1_3_VERSION, NULL, NULL, &reused));
+	/* New files at the same paths (an EC key now); the role reads them on reload. */
+	files_make("ec", true, &next);
+	assert_int_equal(ipc_send(r.ctl, IPC_KEYS_RELOAD, 0, NULL, 0, -1), 0);
+	role_synced(&r);
+	keys_wait(w, fd, WAIT_MS, NULL);
+	/* The client trusts the new certificate only: the new chain and key are in use. */
+	assert_true(handshake(w, fd, &cfg, TLS1_3_VERSION, NULL, NULL, &reused));
+	snprintf(in_force, sizeof(in_force), "%s", read_file(cfg.tls_cert_file));
+	/*
+	 * A key that does not match: the reload changes nothing (the client,
+	 * trusting the certificate in force only, still gets through).
+	 */
+	files_make("rsa", false, &next);
+	assert_int_equal(ipc_send(r.ctl, IPC_KEYS_RELOAD, 0, NULL, 0, -1), 0);
+	role_synced(&r);
+	write_file(cfg.tls_cert_file, in_force);
+	keys_wait(w, fd, 200, NULL);
+	assert_true(handshake(w, fd, &cfg, TLS1_3_VERSION, NULL, NULL, &reused));
+	tls_worker_free(w);
+	assert_int_equal(role_stop(&r), 0);
+}
+
 /* --- the key role as the workers' peer, through its channels ---------------------- */
 
 /* One ECDSA request over SHA-256, as a worker sends it. */
@@ -679,6 +730,7 @@ int main(void)
 		cmocka_unit_test(test_ec_tls13),
 		cmocka_unit_test(test_ticket_across_workers),
 		cmocka_unit_test(test_client_certificate),
+		cmocka_unit_test(test_reload),
 		cmocka_unit_test(test_round_robin),
 		cmocka_unit_test(test_hostile_requests),
 	};
