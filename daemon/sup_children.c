@@ -31,6 +31,7 @@
 #include "proctitle.h"
 #include "router.h"
 #include "supervisor_int.h"
+#include "worker_tls.h"
 
 #define RESTART_MIN_MS 10        /* first restart after a crash */
 #define RESTART_MAX_MS 5000      /* backoff cap */
@@ -138,6 +139,9 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 		log_set_role(role_name(c->role), -1);
 	}
 	proctitle_set(title);
+	/* A worker's TLS: OpenSSL's files read while files can be read. */
+	if (c->role == ROLE_WORKER && config_tls(sv->cfg) && tls_worker_preinit() < 0)
+		_exit(1);
 	if (privsep_enter(&sv->ps, c->role, parent) < 0)
 		_exit(1);
 	if (c->role == ROLE_ROUTER)

@@ -472,6 +472,20 @@ int tls_worker_on_keys(struct tls_worker *w, void (*resumed)(struct tls_conn *c,
 	return n < 0 ? -1 : 0;
 }
 
+int tls_worker_preinit(void)
+{
+	SSL_CTX *probe;
+
+	if (OPENSSL_init_ssl(OPENSSL_INIT_LOAD_CONFIG, NULL) != 1 || stub_methods_init() < 0) {
+		log_error("TLS: cannot initialise OpenSSL");
+		return -1;
+	}
+	/* A context made and dropped: what OpenSSL fetches once (its ciphers, groups) is in. */
+	probe = SSL_CTX_new(TLS_server_method());
+	SSL_CTX_free(probe);
+	return probe != NULL ? 0 : -1;
+}
+
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)
 {
 	struct tls_worker *w;

@@ -33,6 +33,13 @@ struct tls_worker;
 struct tls_conn;
 
 /*
+ * In a worker that is to serve TLS, before its confinement: OpenSSL reads
+ * its configuration file and sets up what it loads lazily, since the
+ * confined worker can open no file. -1 (logged) on failure.
+ */
+int tls_worker_preinit(void);
+
+/*
  * A worker's TLS over keys_fd (its end of the key role's channel); it
  * asks the key role for the chain at once. NULL when out of memory.
  */

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -36,6 +37,7 @@
 #include "files.h"
 #include "ipc.h"
 #include "log.h"
+#include "privsep.h"
 #include "role.h"
 #include "roles.h"
 #include "worker_tls.h"
@@ -205,13 +207,17 @@ static void on_resumed(struct tls_conn *c, void *arg)
 	*(struct tls_conn **)arg = c;
 }
 
-/* Waits for the key role's messages, up to ms, and reads them. */
+/* Waits for the key role's messages, up to ms, and reads them (with epoll, as a worker does). */
 static void keys_wait(struct tls_worker *w, int fd, int ms, struct tls_conn **resumed)
 {
-	struct pollfd p = { .fd = fd, .events = POLLIN };
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN };
 
-	if (poll(&p, 1, ms) == 1)
+	assert_true(ep >= 0);
+	assert_int_equal(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev), 0);
+	if (epoll_wait(ep, &ev, 1, ms) == 1)
 		assert_int_equal(tls_worker_on_keys(w, on_resumed, resumed), 0);
+	close(ep);
 }
 
 static struct tls_worker *worker_ready(struct iotd_config *cfg, unsigned index, int fd)
@@ -228,6 +234,8 @@ static struct tls_worker *worker_ready(struct iotd_config *cfg, unsigned index, 
 
 /* The client's certificate and key for the next handshakes; "" for none. */
 static char client_cert[200], client_key[200];
+/* The certificate the client trusts, when it can no longer read cert_file; else NULL. */
+static X509 *client_trust;
 /* The identity the worker's side found in the last handshake's client certificate. */
 static char identity[256];
 
@@ -244,7 +252,10 @@ static SSL *client_new(SSL_CTX **ctx, const struct iotd_config *cfg, int version
 		assert_int_equal(SSL_CTX_use_certificate_file(*ctx, client_cert, SSL_FILETYPE_PEM), 1);
 		assert_int_equal(SSL_CTX_use_PrivateKey_file(*ctx, client_key, SSL_FILETYPE_PEM), 1);
 	}
-	assert_int_equal(SSL_CTX_load_verify_locations(*ctx, cfg->tls_cert_file, NULL), 1);
+	if (client_trust != NULL)
+		assert_int_equal(X509_STORE_add_cert(SSL_CTX_get_cert_store(*ctx), client_trust), 1);
+	else
+		assert_int_equal(SSL_CTX_load_verify_locations(*ctx, cfg->tls_cert_file, NULL), 1);
 	SSL_CTX_set_verify(*ctx, SSL_VERIFY_PEER, NULL);
 	SSL_CTX_set_min_proto_version(*ctx, version);
 	SSL_CTX_set_max_proto_version(*ctx, version);
@@ -265,10 +276,10 @@ static SSL *client_new(SSL_CTX **ctx, const struct iotd_config *cfg, int version
  * each way. Returns whether it finished; *signed_by_role counts the
  * signatures the key role answered.
  */
-static bool handshake(struct tls_worker *w, int keys_fd, const struct iotd_config *cfg,
-		      int version, SSL_SESSION *resume, SSL_SESSION **session, bool *reused)
+static bool handshake_on(int sp[2], struct tls_worker *w, int keys_fd,
+			 const struct iotd_config *cfg, int version, SSL_SESSION *resume,
+			 SSL_SESSION **session, bool *reused)
 {
-	int sp[2];
 	SSL_CTX *cctx;
 	SSL *cs;
 	struct tls_conn *c, *resumed = NULL;
@@ -277,7 +288,6 @@ static bool handshake(struct tls_worker *w, int keys_fd, const struct iotd_confi
 	char buf[64];
 	size_t n;
 
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp), 0);
 	cs = client_new(&cctx, cfg, version, sp[0], resume);
 	c = tls_conn_new(w, sp[1], &sp[1]);
 	assert_non_null(c);
@@ -327,6 +337,16 @@ static bool handshake(struct tls_worker *w, int keys_fd, const struct iotd_confi
 	close(sp[0]);
 	close(sp[1]);
 	return client_done && server_done;
+}
+
+/* handshake_on() over a new socketpair. */
+static bool handshake(struct tls_worker *w, int keys_fd, const struct iotd_config *cfg,
+		      int version, SSL_SESSION *resume, SSL_SESSION **session, bool *reused)
+{
+	int sp[2];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp), 0);
+	return handshake_on(sp, w, keys_fd, cfg, version, resume, session, reused);
 }
 
 static void handshake_with(const char *kind, int version)
@@ -474,6 +494,51 @@ static void test_reload(void **state)
 	keys_wait(w, fd, 200, NULL);
 	assert_true(handshake(w, fd, &cfg, TLS1_3_VERSION, NULL, NULL, &reused));
 	tls_worker_free(w);
+	assert_int_equal(role_stop(&r), 0);
+}
+
+/*
+ * The worker's side under a worker's own confinement (privsep_enter: as
+ * root the chroot, the children's user, Landlock and its seccomp filter):
+ * with OpenSSL set up before (tls_worker_preinit), a whole handshake
+ * through the key role makes no system call the worker may not make.
+ */
+static void test_confined_worker(void **state)
+{
+	struct iotd_config cfg;
+	struct role r;
+	char buf[64];
+	pid_t pid;
+	int status;
+
+	files_make("rsa", true, &cfg);
+	role_start(&r, &cfg, 1);
+	assert_int_equal(role_says(&r, buf, sizeof(buf)), IPC_READY);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct privsep ps;
+		struct tls_worker *w;
+		int sp[2], fd = r.env.keys_chan_worker[0];
+		FILE *f = fopen(cfg.tls_cert_file, "r");
+		bool reused, ok;
+
+		client_trust = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+		if (f != NULL)
+			fclose(f);
+		if (client_trust == NULL || tls_worker_preinit() < 0 ||
+		    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0 ||
+		    privsep_prepare(&ps, "nobody") < 0 || privsep_enter(&ps, ROLE_WORKER, getppid()) < 0)
+			_exit(2);
+		w = worker_ready(&cfg, 0, fd);
+		ok = handshake_on(sp, w, fd, &cfg, TLS1_3_VERSION, NULL, NULL, &reused);
+		_exit(ok ? 0 : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		fail_msg("the confined worker %s %d", WIFEXITED(status) ? "exited with" :
+			 "was killed by signal", WIFEXITED(status) ? WEXITSTATUS(status) :
+			 WTERMSIG(status));
 	assert_int_equal(role_stop(&r), 0);
 }
 
@@ -731,6 +796,7 @@ int main(void)
 		cmocka_unit_test(test_ticket_across_workers),
 		cmocka_unit_test(test_client_certificate),
 		cmocka_unit_test(test_reload),
+		cmocka_unit_test(test_confined_worker),
 		cmocka_unit_test(test_round_robin),
 		cmocka_unit_test(test_hostile_requests),
 	};
