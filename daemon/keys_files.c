@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 
 #include "iotd.h"
+#include "keys.h"
 #include "keys_int.h"
 #include "log.h"
 
@@ -241,6 +242,18 @@ int keys_files_load(const struct iotd_config *cfg, uint32_t key_id, struct keys_
 fail:
 	keys_files_free(f);
 	return -1;
+}
+
+int keys_files_check(const struct iotd_config *cfg, char *err, size_t errlen)
+{
+	struct keys_files f;
+
+	if (!config_tls(cfg))
+		return 0;
+	if (keys_files_load(cfg, 1, &f, err, errlen) < 0)
+		return -1;
+	keys_files_free(&f);
+	return 0;
 }
 
 void keys_files_free(struct keys_files *f)

@@ -1,8 +1,9 @@
 """The key role (`iotd: keys`): with a tls section it runs, as the
 children's user, without capabilities, under its seccomp filter; killed,
 it is restarted; a key that does not match its certificate, or a
-certificate without its key, stops the daemon's start with a clear error;
-without a tls section there is no key role."""
+certificate without its key, stops the daemon's start with a clear error,
+and `iotd -t` says so too; SIGHUP has it read its files again as a
+transaction; without a tls section there is no key role."""
 
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from authfiles import AuthDir
+from conftest import IOTD_BIN
 from helpers import T, children_uid, proc_status, proc_title, wait_for
 
 pytestmark = pytest.mark.iotd_only
@@ -122,3 +124,18 @@ def test_reload_reads_files_again(start_broker, tls_dir):
     wait_for(lambda: "does not match the certificate in tls.cert_file" in b.log and
              "keeping the key and certificate in force" in b.log, 10, "the refused reload")
     assert b.role_pid("keys") == pid
+
+
+def test_check_only(tls_dir, tmp_path):
+    """iotd -t loads the key role's files too: a key that does not match
+    its certificate is an error, a matching one is valid."""
+    cert, key = make_cert(tls_dir, "server")
+    _, other = make_cert(tls_dir, "other")
+    conf = tmp_path / "t.conf"
+    for key_file, rc, says in ((other, 1, "does not match the certificate"),
+                               (key, 0, "is valid")):
+        conf.write_text(f'tls {{\n    cert_file = "{cert}"\n    key_file = "{key_file}"\n}}\n')
+        p = subprocess.run([IOTD_BIN, "-t", "-c", str(conf)], capture_output=True, text=True,
+                           timeout=T(30))
+        assert p.returncode == rc, p.stderr
+        assert says in p.stdout + p.stderr
