@@ -602,11 +602,12 @@ void health_tick(struct supervisor *sv)
 
 /*
  * The key role cannot use its files (a key that does not match the
- * certificate, a file it cannot read or parse) and exits. At start that
- * stops the daemon; later, it is restarted with backoff like after any
- * other exit, since the files may be fixed meanwhile.
+ * certificate, a file it cannot read or parse); it waits for our answer
+ * before it exits. At start that stops the daemon; later, it is told to
+ * exit and restarted with backoff like after any other exit, since the
+ * files may be fixed meanwhile.
  */
-static void keys_failed(struct supervisor *sv, const char *why, size_t len)
+static void keys_failed(struct supervisor *sv, struct child *c, const char *why, size_t len)
 {
 	int n = (int)strnlen(why, len);
 
@@ -616,6 +617,8 @@ static void keys_failed(struct supervisor *sv, const char *why, size_t len)
 		return;
 	}
 	log_error("keys: %.*s", n, why);
+	if (ipc_send(c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) < 0)
+		log_warn("cannot answer the key role: %s", strerror(errno));
 }
 
 /*
@@ -703,7 +706,9 @@ static int on_store_failed(void *ctx, struct ipc_msg *m)
 
 static int on_keys_failed(void *ctx, struct ipc_msg *m)
 {
-	keys_failed(((struct from_child *)ctx)->sv, m->data, m->hdr.len);
+	struct from_child *f = ctx;
+
+	keys_failed(f->sv, f->c, m->data, m->hdr.len);
 	return 0;
 }
 

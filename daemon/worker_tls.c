@@ -247,6 +247,15 @@ static EVP_PKEY *stub_of(EVP_PKEY *pub)
 	return NULL;
 }
 
+/* OpenSSL's last error, for a log line, and the queue cleared. */
+static const char *ssl_reason(void)
+{
+	const char *why = ERR_reason_error_string(ERR_peek_last_error());
+
+	ERR_clear_error();
+	return why != NULL ? why : "no reason given";
+}
+
 /* --- the SSL_CTX ------------------------------------------------------------------- */
 
 /* ALPN: "mqtt" when the client offers it; a client that offers others goes on without. */
@@ -315,7 +324,8 @@ static bool ctx_use_chain(SSL_CTX *ctx, const struct ipc_keys_pem *p)
 		log_error("TLS: the workers cannot use a certificate of this key type yet (RSA "
 			  "and EC only)");
 	while (ok && (x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL)
-		ok = SSL_CTX_add0_chain_cert(ctx, x) == 1;
+		if (!(ok = SSL_CTX_add0_chain_cert(ctx, x) == 1))
+			X509_free(x);
 	ERR_clear_error();
 	EVP_PKEY_free(stub);
 	X509_free(leaf);
@@ -379,9 +389,7 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 	     (!cfg->tls_groups[0] || SSL_CTX_set1_groups_list(ctx, cfg->tls_groups) == 1) &&
 	     ctx_use_chain(ctx, p) && ctx_use_trust(ctx, cfg, p);
 	if (!ok) {
-		log_error("TLS: cannot set up (%s): new TLS connections are refused",
-			  ERR_reason_error_string(ERR_peek_last_error()) ?: "no reason given");
-		ERR_clear_error();
+		log_error("TLS: cannot set up (%s): new TLS connections are refused", ssl_reason());
 		SSL_CTX_free(ctx);
 		return NULL;
 	}
@@ -554,8 +562,7 @@ static enum tls_result result_of(struct tls_conn *c, int rc)
 	case SSL_ERROR_WANT_ASYNC: return TLS_WANT_KEYS;
 	case SSL_ERROR_ZERO_RETURN: return TLS_CLOSED;
 	default:
-		log_debug("TLS: %s", e == SSL_ERROR_SYSCALL ? strerror(errno) :
-			  ERR_reason_error_string(ERR_peek_last_error()) ?: "failed");
+		log_debug("TLS: %s", e == SSL_ERROR_SYSCALL ? strerror(errno) : ssl_reason());
 		ERR_clear_error();
 		return TLS_ERROR;
 	}

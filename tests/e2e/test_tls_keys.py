@@ -139,3 +139,27 @@ def test_check_only(tls_dir, tmp_path):
                            timeout=T(30))
         assert p.returncode == rc, p.stderr
         assert says in p.stdout + p.stderr
+
+
+def test_restart_with_bad_files_backs_off(start_broker, tls_dir):
+    """A key role restarted after the daemon's start that cannot use its
+    files says why, exits and is restarted with backoff (the daemon
+    serves on); once the files are fixed, it is back."""
+    cert, key = make_cert(tls_dir, "server")
+    b = start_broker(tls={"cert_file": cert, "key_file": key})
+    good = (tls_dir.path / "server.key").read_bytes()
+    _, other = make_cert(tls_dir, "other")
+    os.replace(other, key)
+    old = b.role_pid("keys")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: b.log.count("keys exited with status 1") >= 2, 10,
+             "the key role failing again")
+    assert "keys: the key in tls.key_file does not match the certificate" in b.log
+    assert "cannot start" not in b.log
+    assert b.proc.poll() is None
+    tmp = tls_dir.path / "fixed.key"
+    tmp.write_bytes(good)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, key)
+    wait_for(lambda: "keys is back" in b.log, 15, "the key role back")
+    b.initial_pids = set(b.pids())
