@@ -600,48 +600,6 @@ void health_tick(struct supervisor *sv)
 		sd_notify(0, "WATCHDOG=1");
 }
 
-/*
- * The key role cannot use its files (a key that does not match the
- * certificate, a file it cannot read or parse); it waits for our answer
- * before it exits. At start that stops the daemon; later, it is told to
- * exit and restarted with backoff like after any other exit, since the
- * files may be fixed meanwhile.
- */
-static void keys_failed(struct supervisor *sv, struct child *c, const char *why, size_t len)
-{
-	int n = (int)strnlen(why, len);
-
-	if (!sv->ready_sent && !sv->stopping) {
-		log_error("cannot start: keys: %.*s", n, why);
-		stop_failed_start(sv);
-		return;
-	}
-	log_error("keys: %.*s", n, why);
-	if (ipc_send(c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) < 0)
-		log_warn("cannot answer the key role: %s", strerror(errno));
-}
-
-/*
- * The router cannot open its store (it waits for our answer before it
- * exits). At start that stops the daemon; later, the router is restarted
- * with backoff like after any other exit, since the store may come back
- * (a full file system freed, a disk remounted).
- */
-static void router_cannot_open_store(struct supervisor *sv, struct child *c, const char *why,
-				    size_t len)
-{
-	int n = (int)strnlen(why, len);
-
-	if (!sv->ready_sent && !sv->stopping) {
-		log_error("cannot start: router: %.*s", n, why);
-		stop_failed_start(sv);
-		return;
-	}
-	log_error("router: %.*s", n, why);
-	if (ipc_send(c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) < 0)
-		log_warn("cannot answer the router: %s", strerror(errno));
-}
-
 /* READY: the child serves. The daemon is ready once every child is. */
 static void child_ready(struct supervisor *sv, struct child *c)
 {
@@ -696,22 +654,6 @@ static int on_pong(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
-static int on_store_failed(void *ctx, struct ipc_msg *m)
-{
-	struct from_child *f = ctx;
-
-	router_cannot_open_store(f->sv, f->c, m->data, m->hdr.len);
-	return 0;
-}
-
-static int on_keys_failed(void *ctx, struct ipc_msg *m)
-{
-	struct from_child *f = ctx;
-
-	keys_failed(f->sv, f->c, m->data, m->hdr.len);
-	return 0;
-}
-
 static int on_worker_down_done(void *ctx, struct ipc_msg *m)
 {
 	worker_down_done(((struct from_child *)ctx)->sv, m);
@@ -724,6 +666,32 @@ static int on_worker_fault(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
+/*
+ * A child that cannot serve: the router cannot open its store (IPC_STORE_FAILED),
+ * the key role cannot use its files (IPC_KEYS_FAILED: a key that does not
+ * match its certificate, a file it cannot read or parse). It waits for our
+ * answer before it exits, so that its reason is read before its exit is
+ * seen. At start that stops the daemon; later, it is told to exit and
+ * restarted with backoff like after any other exit, since what it lacks may
+ * come back (a full file system freed, a disk remounted, the files fixed).
+ */
+static int on_cannot_serve(void *ctx, struct ipc_msg *m)
+{
+	struct from_child *f = ctx;
+	int n = (int)strnlen(m->data, m->hdr.len);
+	const char *who = role_name(f->c->role);
+
+	if (!f->sv->ready_sent && !f->sv->stopping) {
+		log_error("cannot start: %s: %.*s", who, n, (const char *)m->data);
+		stop_failed_start(f->sv);
+		return 0;
+	}
+	log_error("%s: %.*s", who, n, (const char *)m->data);
+	if (ipc_send(f->c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) < 0)
+		log_warn("cannot answer the %s role: %s", who, strerror(errno));
+	return 0;
+}
+
 static const struct ipc_handler from_listener_or_worker[IPC_TYPE_MAX] = {
 	[IPC_READY] = { .fn = on_ready },
 	[IPC_PONG] = { .fn = on_pong },
@@ -733,7 +701,7 @@ static const struct ipc_handler from_listener_or_worker[IPC_TYPE_MAX] = {
 static const struct ipc_handler from_router[IPC_TYPE_MAX] = {
 	[IPC_READY] = { .fn = on_ready },
 	[IPC_PONG] = { .fn = on_pong },
-	[IPC_STORE_FAILED] = { .fn = on_store_failed, .max_len = IPC_MAX_PAYLOAD },
+	[IPC_STORE_FAILED] = { .fn = on_cannot_serve, .max_len = IPC_MAX_PAYLOAD },
 	[IPC_WORKER_DOWN_DONE] = { .fn = on_worker_down_done, IPC_LEN(sizeof(struct ipc_worker)) },
 	[IPC_WORKER_FAULT] = { .fn = on_worker_fault, IPC_LEN(sizeof(struct ipc_worker)) },
 };
@@ -742,7 +710,7 @@ static const struct ipc_handler from_router[IPC_TYPE_MAX] = {
 static const struct ipc_handler from_keys[IPC_TYPE_MAX] = {
 	[IPC_READY] = { .fn = on_ready },
 	[IPC_PONG] = { .fn = on_pong },
-	[IPC_KEYS_FAILED] = { .fn = on_keys_failed, .max_len = 1024 },
+	[IPC_KEYS_FAILED] = { .fn = on_cannot_serve, .max_len = 1024 },
 };
 
 /* A new process behind c's control socket: what it may say, and nothing logged yet. */
