@@ -63,6 +63,9 @@ def test_keys_role_runs_confined(start_broker, tls_dir, kind):
     assert st["NoNewPrivs"] == "1"
     if not b.instrumented:
         assert st["Seccomp"] == "2"
+    # No shared memory: it holds nothing another process writes.
+    with open(f"/proc/{pid}/maps") as f:
+        assert "iotd-shm" not in f.read()
 
 
 def test_keys_role_restarted(start_broker, tls_dir):
