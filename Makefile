@@ -18,7 +18,7 @@ SYSCONFDIR ?= /etc
 FUZZ_SECONDS ?= 60
 PYTHON   ?= /usr/bin/python3
 
-PKGS     := libconfuse libsystemd libseccomp lmdb libcrypto libargon2
+PKGS     := libconfuse libsystemd libseccomp lmdb libssl libcrypto libargon2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -29,12 +29,13 @@
 /* "tcp://" + "[" + 63-byte host + "]:" + port, with room to spare. */
 #define LISTEN_STR_MAX 96
 
-const char *const config_sections[] = { "server", "auth", "storage", "logging" };
+const char *const config_sections[] = { "server", "auth", "tls", "storage", "logging" };
 static_assert(ARRAY_SIZE(config_sections) == N_SECTIONS, "N_SECTIONS counts config_sections[]");
 
 /* A backend is added here and in the auth role (daemon/auth_check.c). */
 static const char *const auth_backends[] = { "none", "file", "jwt", NULL };
 static const char *const storage_backends[] = { "memory", "disk", NULL };
+static const char *const tls_versions[] = { "tlsv1.2", "tlsv1.3", NULL };
 
 #define FIELD(f) offsetof(struct iotd_config, f), sizeof(((struct iotd_config *)0)->f)
 #define KEY_INT(f, lo, hi) { "server", #f, KT_INT, FIELD(f), lo, hi, NULL }
@@ -92,6 +93,19 @@ const struct key config_keys[] = {
 	KEY_AUTH_INT("max_pending", auth_max_pending, 1, 65536),
 	KEY_AUTH_INT("max_failure_delay_ms", auth_max_failure_delay_ms, 0, 60000),
 	KEY_AUTH_INT("max_waiting_per_address", auth_max_waiting_per_address, 0, 65536),
+	KEY("tls", "cert_file", KT_PATH, tls_cert_file, NULL),
+	KEY("tls", "key_file", KT_PATH, tls_key_file, NULL),
+	KEY("tls", "ca_file", KT_PATH, tls_ca_file, NULL),
+	KEY("tls", "ca_path", KT_PATH, tls_ca_path, NULL),
+	KEY("tls", "crl_file", KT_PATH, tls_crl_file, NULL),
+	KEY("tls", "require_certificate", KT_BOOL, tls_require_certificate, NULL),
+	KEY("tls", "use_identity_as_username", KT_BOOL, tls_use_identity_as_username, NULL),
+	KEY("tls", "min_version", KT_CHOICE, tls_min_version, tls_versions),
+	KEY("tls", "ciphers", KT_NAME, tls_ciphers, NULL),
+	KEY("tls", "ciphersuites", KT_NAME, tls_ciphersuites, NULL),
+	KEY("tls", "groups", KT_NAME, tls_groups, NULL),
+	{ "tls", "handshake_timeout", KT_INT, FIELD(tls_handshake_timeout), 1, 300, NULL },
+	{ "tls", "max_pending_signs", KT_INT, FIELD(tls_max_pending_signs), 1, 4096, NULL },
 	KEY("storage", "backend", KT_CHOICE, storage_backend, storage_backends),
 	KEY("storage", "path", KT_PATH, storage_path, NULL),
 	KEY("logging", "level", KT_LEVEL, log_level, NULL),
@@ -144,6 +158,9 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->auth_max_pending = 256;
 	cfg->auth_max_failure_delay_ms = 5000;
 	cfg->auth_max_waiting_per_address = 8;
+	snprintf(cfg->tls_min_version, sizeof(cfg->tls_min_version), "tlsv1.2");
+	cfg->tls_handshake_timeout = 10;
+	cfg->tls_max_pending_signs = 64;
 	snprintf(cfg->storage_backend, sizeof(cfg->storage_backend), "memory");
 	snprintf(cfg->storage_path, sizeof(cfg->storage_path), "/var/lib/iotd");
 	cfg->log_level = LOG_LVL_INFO;
@@ -528,6 +545,47 @@ static int check_auth(struct load_ctx *ctx)
 	return 0;
 }
 
+bool config_tls(const struct iotd_config *cfg)
+{
+	return cfg->tls_cert_file[0] != '\0' || cfg->tls_key_file[0] != '\0';
+}
+
+/* A key of the tls section that another one needs. */
+static int tls_needs(struct load_ctx *ctx, const char *by, const char *key, bool set)
+{
+	char where[CONFIG_ERR_LEN];
+
+	if (set)
+		return 0;
+	describe_origin(ctx, (size_t)key_index("tls", by), where, sizeof(where));
+	set_err(ctx, "%s%s needs %s", where, by, key);
+	return -1;
+}
+
+/*
+ * A certificate and its key go together; a client's certificate is
+ * checked against a CA, and an identity is taken only from a checked one.
+ * Whether the key matches the certificate is the key role's to check at
+ * its start (nothing else reads the key).
+ */
+static int check_tls(struct load_ctx *ctx)
+{
+	const struct iotd_config *c = &ctx->cfg;
+
+	if (!config_tls(c))
+		return 0;
+	if (tls_needs(ctx, "cert_file", "key_file", c->tls_key_file[0] != '\0') < 0 ||
+	    tls_needs(ctx, "key_file", "cert_file", c->tls_cert_file[0] != '\0') < 0 ||
+	    (c->tls_require_certificate &&
+	     tls_needs(ctx, "require_certificate", "ca_file or ca_path",
+		       c->tls_ca_file[0] != '\0' || c->tls_ca_path[0] != '\0') < 0) ||
+	    (c->tls_use_identity_as_username &&
+	     tls_needs(ctx, "use_identity_as_username", "require_certificate = true",
+		       c->tls_require_certificate) < 0))
+		return -1;
+	return 0;
+}
+
 static int check_consistency(struct load_ctx *ctx)
 {
 	const struct iotd_config *c = &ctx->cfg;
@@ -549,7 +607,7 @@ static int check_consistency(struct load_ctx *ctx)
 			where, c->max_sessions, c->max_connections);
 		return -1;
 	}
-	return check_auth(ctx);
+	return check_auth(ctx) < 0 || check_tls(ctx) < 0 ? -1 : 0;
 }
 
 int config_load(struct iotd_config *cfg, const struct cli_args *args,

@@ -40,8 +40,8 @@ struct key {
 };
 
 /* The tables' lengths, checked against their initialisers in config.c. */
-#define N_SECTIONS 4
-#define N_KEYS 47
+#define N_SECTIONS 5
+#define N_KEYS 60
 
 extern const char *const config_sections[];
 extern const struct key config_keys[];

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <libgen.h>
 #include <limits.h>
 #include <linux/capability.h>
 #include <linux/landlock.h>
@@ -288,6 +289,30 @@ int privsep_seal_read(const char *const *dirs, size_t n)
 	return landlock_enforce(ruleset);
 }
 
+int privsep_seal_read_files(const char *const *files, size_t n, const char *const *dirs,
+			    size_t m)
+{
+	char buf[8][PATH_MAX];
+	const char *list[16];
+	size_t k = 0;
+
+	if (n > ARRAY_SIZE(buf) || m > ARRAY_SIZE(list) - ARRAY_SIZE(buf)) {
+		log_error("landlock: too many files to allow");
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (files[i][0] == '\0')
+			continue;
+		snprintf(buf[k], sizeof(buf[k]), "%s", files[i]);
+		list[k] = dirname(buf[k]);
+		k++;
+	}
+	for (size_t i = 0; i < m; i++)
+		if (dirs[i][0] != '\0')
+			list[k++] = dirs[i];
+	return privsep_seal_read(list, k);
+}
+
 /* ---- capabilities ---------------------------------------------------------- */
 
 struct caps {
@@ -550,6 +575,16 @@ static const char *const auth_syscalls[] = {
 	"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
 };
 
+/*
+ * The key role: reading its files once at start (Landlock keeps that to
+ * their directories, privsep_seal_read; getdents64 for tls.ca_path), and
+ * nothing else beyond its loop: no thread, no memfd, no socket.
+ */
+static const char *const keys_syscalls[] = {
+	"openat", "newfstatat", "fstat", "statx", "lseek", "getdents64",
+	"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self",
+};
+
 static const char *const router_syscalls[] = {
 	"openat", "newfstatat", "fstat", "statx", "fstatfs", "uname", "geteuid",
 	"access", "faccessat", "faccessat2", "getdents64", "lseek",
@@ -568,6 +603,7 @@ static const struct syscall_list {
 	[ROLE_ROUTER] = { router_syscalls, ARRAY_SIZE(router_syscalls) },
 	[ROLE_WORKER] = { worker_syscalls, ARRAY_SIZE(worker_syscalls) },
 	[ROLE_AUTH] = { auth_syscalls, ARRAY_SIZE(auth_syscalls) },
+	[ROLE_KEYS] = { keys_syscalls, ARRAY_SIZE(keys_syscalls) },
 };
 
 static int allow_names(scmp_filter_ctx ctx, const char *const *names, size_t n)

@@ -9,6 +9,7 @@
 #include "auth.h"
 #include "config.h"
 #include "iotd.h"
+#include "keys.h"
 #include "log.h"
 #include "proctitle.h"
 #include "supervisor.h"
@@ -38,6 +39,11 @@ int main(int argc, char **argv, char **envp)
 	}
 	/* The auth role's files, read as it will read them: a broken one stops the start. */
 	if (auth_files_check(&cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "iotd: %s\n", err);
+		return 1;
+	}
+	/* The key role's files, by `iotd -t` only: the supervisor never holds the key. */
+	if (args.test_only && keys_files_check(&cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "iotd: %s\n", err);
 		return 1;
 	}

@@ -31,6 +31,7 @@
 #include "proctitle.h"
 #include "router.h"
 #include "supervisor_int.h"
+#include "worker_tls.h"
 
 #define RESTART_MIN_MS 10        /* first restart after a crash */
 #define RESTART_MAX_MS 5000      /* backoff cap */
@@ -67,6 +68,10 @@ static void child_close_fds(struct supervisor *sv, struct child *c)
 			close_if(&env->auth_chan[i]);
 		if (c->role != ROLE_WORKER || i != c->index)
 			close_if(&env->auth_chan_worker[i]);
+		if (c->role != ROLE_KEYS)
+			close_if(&env->keys_chan[i]);
+		if (c->role != ROLE_WORKER || i != c->index)
+			close_if(&env->keys_chan_worker[i]);
 		if (c->role != ROLE_LISTENER)
 			close_if(&env->chan_listener[i]);
 		if (c->role != ROLE_WORKER || i != c->index)
@@ -75,7 +80,7 @@ static void child_close_fds(struct supervisor *sv, struct child *c)
 		if (c->role != ROLE_ROUTER && (c->role != ROLE_WORKER || i != c->index))
 			close_if(&env->worker_efd[i]);
 	}
-	if (c->role == ROLE_LISTENER || c->role == ROLE_AUTH)
+	if (c->role == ROLE_LISTENER || c->role == ROLE_AUTH || c->role == ROLE_KEYS)
 		close_if(&env->router_efd);
 	if (c->role != ROLE_AUTH)
 		close_if(&env->auth_router);
@@ -134,6 +139,9 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 		log_set_role(role_name(c->role), -1);
 	}
 	proctitle_set(title);
+	/* A worker's TLS: OpenSSL's files read while files can be read. */
+	if (c->role == ROLE_WORKER && config_tls(sv->cfg) && tls_worker_preinit() < 0)
+		_exit(1);
 	if (privsep_enter(&sv->ps, c->role, parent) < 0)
 		_exit(1);
 	if (c->role == ROLE_ROUTER)
@@ -143,6 +151,7 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	case ROLE_ROUTER: rc = router_main(&sv->env); break;
 	case ROLE_WORKER: rc = worker_main(&sv->env); break;
 	case ROLE_AUTH: rc = auth_main(&sv->env); break;
+	case ROLE_KEYS: rc = keys_main(&sv->env); break;
 	default: rc = 1; break;
 	}
 	_exit(rc);
@@ -199,10 +208,14 @@ int child_spawn(struct supervisor *sv, struct child *c)
 	return 0;
 }
 
-/* The auth role runs only while the configuration asks for it; every other role always. */
+/* The auth and key roles run only while the configuration asks for them; every other role always. */
 bool child_wanted(const struct supervisor *sv, const struct child *c)
 {
-	return c->role != ROLE_AUTH || config_auth_role(sv->cfg);
+	if (c->role == ROLE_AUTH)
+		return config_auth_role(sv->cfg);
+	if (c->role == ROLE_KEYS)
+		return config_tls(sv->cfg);
+	return true;
 }
 
 /* The one child of a role other than a worker. */
@@ -587,27 +600,6 @@ void health_tick(struct supervisor *sv)
 		sd_notify(0, "WATCHDOG=1");
 }
 
-/*
- * The router cannot open its store (it waits for our answer before it
- * exits). At start that stops the daemon; later, the router is restarted
- * with backoff like after any other exit, since the store may come back
- * (a full file system freed, a disk remounted).
- */
-static void router_cannot_open_store(struct supervisor *sv, struct child *c, const char *why,
-				    size_t len)
-{
-	int n = (int)strnlen(why, len);
-
-	if (!sv->ready_sent && !sv->stopping) {
-		log_error("cannot start: router: %.*s", n, why);
-		stop_failed_start(sv);
-		return;
-	}
-	log_error("router: %.*s", n, why);
-	if (ipc_send(c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) < 0)
-		log_warn("cannot answer the router: %s", strerror(errno));
-}
-
 /* READY: the child serves. The daemon is ready once every child is. */
 static void child_ready(struct supervisor *sv, struct child *c)
 {
@@ -662,14 +654,6 @@ static int on_pong(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
-static int on_store_failed(void *ctx, struct ipc_msg *m)
-{
-	struct from_child *f = ctx;
-
-	router_cannot_open_store(f->sv, f->c, m->data, m->hdr.len);
-	return 0;
-}
-
 static int on_worker_down_done(void *ctx, struct ipc_msg *m)
 {
 	worker_down_done(((struct from_child *)ctx)->sv, m);
@@ -682,6 +666,32 @@ static int on_worker_fault(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
+/*
+ * A child that cannot serve: the router cannot open its store (IPC_STORE_FAILED),
+ * the key role cannot use its files (IPC_KEYS_FAILED: a key that does not
+ * match its certificate, a file it cannot read or parse). It waits for our
+ * answer before it exits, so that its reason is read before its exit is
+ * seen. At start that stops the daemon; later, it is told to exit and
+ * restarted with backoff like after any other exit, since what it lacks may
+ * come back (a full file system freed, a disk remounted, the files fixed).
+ */
+static int on_cannot_serve(void *ctx, struct ipc_msg *m)
+{
+	struct from_child *f = ctx;
+	int n = (int)strnlen(m->data, m->hdr.len);
+	const char *who = role_name(f->c->role);
+
+	if (!f->sv->ready_sent && !f->sv->stopping) {
+		log_error("cannot start: %s: %.*s", who, n, (const char *)m->data);
+		stop_failed_start(f->sv);
+		return 0;
+	}
+	log_error("%s: %.*s", who, n, (const char *)m->data);
+	if (ipc_send(f->c->ctl_fd, IPC_SHUTDOWN, 0, NULL, 0, -1) < 0)
+		log_warn("cannot answer the %s role: %s", who, strerror(errno));
+	return 0;
+}
+
 static const struct ipc_handler from_listener_or_worker[IPC_TYPE_MAX] = {
 	[IPC_READY] = { .fn = on_ready },
 	[IPC_PONG] = { .fn = on_pong },
@@ -691,16 +701,23 @@ static const struct ipc_handler from_listener_or_worker[IPC_TYPE_MAX] = {
 static const struct ipc_handler from_router[IPC_TYPE_MAX] = {
 	[IPC_READY] = { .fn = on_ready },
 	[IPC_PONG] = { .fn = on_pong },
-	[IPC_STORE_FAILED] = { .fn = on_store_failed, .max_len = IPC_MAX_PAYLOAD },
+	[IPC_STORE_FAILED] = { .fn = on_cannot_serve, .max_len = IPC_MAX_PAYLOAD },
 	[IPC_WORKER_DOWN_DONE] = { .fn = on_worker_down_done, IPC_LEN(sizeof(struct ipc_worker)) },
 	[IPC_WORKER_FAULT] = { .fn = on_worker_fault, IPC_LEN(sizeof(struct ipc_worker)) },
+};
+
+/* The key role may say why it cannot start. */
+static const struct ipc_handler from_keys[IPC_TYPE_MAX] = {
+	[IPC_READY] = { .fn = on_ready },
+	[IPC_PONG] = { .fn = on_pong },
+	[IPC_KEYS_FAILED] = { .fn = on_cannot_serve, .max_len = 1024 },
 };
 
 /* A new process behind c's control socket: what it may say, and nothing logged yet. */
 static void child_listen_to(struct child *c)
 {
 	const struct ipc_handler *table = c->role == ROLE_ROUTER ? from_router :
-					  from_listener_or_worker;
+					  c->role == ROLE_KEYS ? from_keys : from_listener_or_worker;
 	char name[32];
 
 	ipc_dispatcher_init(&c->ctl_in, table, c->role == ROLE_WORKER ? c->index : IPC_PEER_ANY,

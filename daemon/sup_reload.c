@@ -91,6 +91,20 @@ static const struct cfg_field cfg_fields[] = {
 	CF("auth.max_pending", auth_max_pending, false, APPLY_LIVE),
 	CF("auth.max_failure_delay_ms", auth_max_failure_delay_ms, false, APPLY_LIVE),
 	CF("auth.max_waiting_per_address", auth_max_waiting_per_address, false, APPLY_LIVE),
+	/* Which files the key role reads (Landlock) and how the workers use them: at start. */
+	CF("tls.cert_file", tls_cert_file, true, APPLY_RESTART),
+	CF("tls.key_file", tls_key_file, true, APPLY_RESTART),
+	CF("tls.ca_file", tls_ca_file, true, APPLY_RESTART),
+	CF("tls.ca_path", tls_ca_path, true, APPLY_RESTART),
+	CF("tls.crl_file", tls_crl_file, true, APPLY_RESTART),
+	CF("tls.require_certificate", tls_require_certificate, false, APPLY_RESTART),
+	CF("tls.use_identity_as_username", tls_use_identity_as_username, false, APPLY_RESTART),
+	CF("tls.min_version", tls_min_version, true, APPLY_RESTART),
+	CF("tls.ciphers", tls_ciphers, true, APPLY_RESTART),
+	CF("tls.ciphersuites", tls_ciphersuites, true, APPLY_RESTART),
+	CF("tls.groups", tls_groups, true, APPLY_RESTART),
+	CF("tls.handshake_timeout", tls_handshake_timeout, false, APPLY_LIVE),
+	CF("tls.max_pending_signs", tls_max_pending_signs, false, APPLY_RESTART),
 	CF("storage.backend", storage_backend, true, APPLY_RESTART),
 	CF("storage.path", storage_path, true, APPLY_RESTART),
 	CF("logging.level", log_level, false, APPLY_LOG),
@@ -170,6 +184,21 @@ static void auth_apply(struct supervisor *sv, bool setup_changed)
 		c->replacing = true;
 	else
 		log_warn("cannot ask the auth role to restart: %s", strerror(errno));
+}
+
+/*
+ * The key role reads its files again on every reload, as a transaction
+ * (a file it cannot use changes nothing, logged there). Other paths, and
+ * TLS switched on or off, wait for a restart of iotd (APPLY_RESTART).
+ */
+static void keys_apply(struct supervisor *sv)
+{
+	struct child *c = child_of_role(sv, ROLE_KEYS);
+
+	if (c->state != CHILD_RUNNING)
+		return;
+	if (ipc_send(c->ctl_fd, IPC_KEYS_RELOAD, 0, NULL, 0, -1) < 0)
+		log_warn("cannot ask the key role to read its files again: %s", strerror(errno));
 }
 
 /* What main() checks at start is checked at reload: files the auth role would not read. */
@@ -289,6 +318,7 @@ static void apply_config(struct supervisor *sv, const struct iotd_config *next,
 	if (set != NULL)
 		replace_listener(sv);
 	auth_apply(sv, auth_setup);
+	keys_apply(sv);
 	if (auth_mode)
 		log_auth_mode(sv->cfg);
 	if (!applied[0] && !pending[0])

@@ -46,6 +46,7 @@ const char *role_name(enum iotd_role role)
 	case ROLE_ROUTER: return "router";
 	case ROLE_WORKER: return "worker";
 	case ROLE_AUTH: return "auth";
+	case ROLE_KEYS: return "keys";
 	default: return "?";
 	}
 }
@@ -84,8 +85,8 @@ static int create_shm(struct supervisor *sv)
 }
 
 /*
- * One of the auth role's channels. Made even without an auth role: a
- * reload may start one. A message may be as long as IPC_MAX_PAYLOAD: room
+ * One of the auth role's or the key role's channels. Made even without
+ * such a role: a reload may start one. A message may be as long as IPC_MAX_PAYLOAD: room
  * for more than one in flight (the kernel caps this at twice
  * net.core.wmem_max).
  */
@@ -119,7 +120,8 @@ static int create_channels(struct supervisor *sv)
 			goto fail;
 		sv->env.chan_listener[i] = sp[0];
 		sv->env.chan_worker[i] = sp[1];
-		if (auth_channel(&sv->env.auth_chan[i], &sv->env.auth_chan_worker[i]) < 0)
+		if (auth_channel(&sv->env.auth_chan[i], &sv->env.auth_chan_worker[i]) < 0 ||
+		    auth_channel(&sv->env.keys_chan[i], &sv->env.keys_chan_worker[i]) < 0)
 			goto fail;
 	}
 	return 0;
@@ -294,6 +296,7 @@ static void setup_children(struct supervisor *sv)
 	}
 	/* Forked only while the configuration asks for it (child_wanted). */
 	sv->children[n++] = (struct child){ .role = ROLE_AUTH, .ctl_fd = -1 };
+	sv->children[n++] = (struct child){ .role = ROLE_KEYS, .ctl_fd = -1 };
 	sv->children[n++] = (struct child){ .role = ROLE_LISTENER, .ctl_fd = -1 };
 	sv->n_children = n;
 }

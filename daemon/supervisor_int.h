@@ -49,7 +49,7 @@ struct supervisor {
 	struct role_env env;
 	struct shm_set shm;          /* every shared-memory region, both descriptors */
 	int epfd, sigfd, timerfd;
-	struct child children[3 + IOTD_MAX_WORKERS];
+	struct child children[4 + IOTD_MAX_WORKERS];
 	unsigned n_children;
 	bool ready_sent;
 	bool serving;                /* the router was ready once: sockets listen, the listener runs */

@@ -71,6 +71,20 @@ struct iotd_config {
 	long auth_max_pending;       /* CONNECTs one worker holds waiting for a verdict */
 	long auth_max_failure_delay_ms; /* longest slow-down of an address that keeps failing; 0 = none */
 	long auth_max_waiting_per_address; /* CONNECTs of a failing address waiting behind its one in flight */
+	/* tls { } (see docs/iotd.conf.5; only the key role reads key_file) */
+	char tls_cert_file[256];     /* the server's certificate chain, PEM; "" = no TLS */
+	char tls_key_file[256];      /* its private key, PEM (RSA, EC P-256/P-384, Ed25519) */
+	char tls_ca_file[256];       /* CAs that sign clients' certificates */
+	char tls_ca_path[256];       /* a directory of them (c_rehash) */
+	char tls_crl_file[256];      /* revoked client certificates */
+	bool tls_require_certificate;    /* a client without a valid certificate is refused */
+	bool tls_use_identity_as_username; /* the certificate's CN (else first SAN) is the user name */
+	char tls_min_version[16];    /* "tlsv1.2" or "tlsv1.3" */
+	char tls_ciphers[256];       /* TLS 1.2 cipher list; "" = OpenSSL's default */
+	char tls_ciphersuites[256];  /* TLS 1.3 suites; "" = OpenSSL's default */
+	char tls_groups[128];        /* key exchange groups; "" = OpenSSL's default */
+	long tls_handshake_timeout;  /* seconds from accept to a finished handshake */
+	long tls_max_pending_signs;  /* signatures one worker may have waiting in the key role */
 	/* storage { } */
 	char storage_backend[16];    /* "memory" or "disk" */
 	char storage_path[256];
@@ -124,6 +138,9 @@ bool config_auth_role(const struct iotd_config *cfg);
  * before a local delivery.
  */
 bool config_acl_in_force(const struct iotd_config *cfg);
+
+/* Whether TLS is configured (a certificate and its key): the key role runs. */
+bool config_tls(const struct iotd_config *cfg);
 
 /* Parse one listen address: "host:port", "[v6]:port", "tcp://host:port", ":port". */
 int config_parse_listen(const char *s, struct listen_addr *out);

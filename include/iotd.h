@@ -22,6 +22,7 @@ enum iotd_role {
 	ROLE_ROUTER,
 	ROLE_WORKER,
 	ROLE_AUTH,
+	ROLE_KEYS,
 	ROLE_MAX
 };
 

@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 9            /* bump whenever the header, enum ipc_type or a payload changes */
+#define IPC_VERSION 10           /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
@@ -58,6 +58,13 @@ enum ipc_type {
 	IPC_AUTH_RULES_STALE, /* auth -> worker: the ACL changed: drop every connection's view (payload: none) */
 	IPC_AUTH_GRANT,       /* auth -> router: a CONNECT accepted, before its verdict (a verdict's payload) */
 	IPC_AUTH_CANCEL,      /* worker -> auth: a request's connection closed; no verdict wanted (struct ipc_auth_cancel) */
+	IPC_KEYS_SIGN,        /* worker -> keys: sign for a handshake (struct ipc_keys_sign + bytes) */
+	IPC_KEYS_SIGNED,      /* keys -> worker: the signature (struct ipc_keys_signed + bytes) */
+	IPC_KEYS_CHAIN,       /* keys -> worker: the certificate chain in force (struct ipc_keys_chain + PEM) */
+	IPC_KEYS_TICKETS,     /* keys -> worker: the session-ticket keys (struct ipc_keys_tickets) */
+	IPC_KEYS_ASK,         /* worker -> keys: a new worker: send the chain and the ticket keys (payload: none) */
+	IPC_KEYS_FAILED,      /* keys -> supervisor: its files are unusable (payload: why, a string); it exits */
+	IPC_KEYS_RELOAD,      /* supervisor -> keys: read the files again, as a transaction (payload: none) */
 	IPC_TYPE_MAX
 };
 
@@ -212,6 +219,133 @@ struct ipc_auth_acl {
 	uint64_t generation;             /* counted by the auth process, from 1 */
 	uint64_t len;                    /* the memfd's bytes; 0: no ACL */
 };
+
+/*
+ * The key role's channels: one SOCK_SEQPACKET socketpair per worker,
+ * kept by the supervisor like the auth channels. Only the key role holds
+ * the server's private key; a worker sends it what a handshake needs
+ * signed and gets the signature back (IPC_KEYS_SIGN, IPC_KEYS_SIGNED,
+ * matched by the worker's request id), and gets the public certificate
+ * chain (IPC_KEYS_CHAIN) and the session-ticket keys (IPC_KEYS_TICKETS)
+ * when the role starts, when it asks (IPC_KEYS_ASK) and, for the ticket
+ * keys, at each rotation. A request is hostile input to the key role:
+ * ipc_keys_sign_decode checks the algorithm, the digest and the length
+ * that goes with them. Encoders and decoders: common/ipc_keys.c.
+ */
+enum ipc_keys_alg {
+	IPC_KEYS_RSA_PKCS1 = 1,      /* RSASSA-PKCS1-v1_5 over a digest (TLS 1.2) */
+	/*
+	 * RSASSA-PSS: the raw RSA operation on an encoding OpenSSL made of
+	 * the digest (MGF1 and salt of the digest's), with no md; the key
+	 * role signs nothing that is not such an encoding, so that a worker
+	 * gets signatures and never a decryption.
+	 */
+	IPC_KEYS_RSA_PSS,
+	IPC_KEYS_ECDSA,              /* over a digest */
+	IPC_KEYS_ED25519,            /* over the data itself */
+	IPC_KEYS_ALG_MAX
+};
+
+enum ipc_keys_md {
+	IPC_KEYS_MD_NONE = 0,        /* Ed25519 */
+	IPC_KEYS_MD_SHA256,
+	IPC_KEYS_MD_SHA384,
+	IPC_KEYS_MD_SHA512,
+	IPC_KEYS_MD_MAX
+};
+
+/* Ed25519's data: TLS 1.3's signed content is under 200 bytes, TLS 1.2's key exchange under 1 KiB. */
+#define IPC_KEYS_DATA_MAX 2048
+#define IPC_KEYS_SIG_MAX 1024        /* an RSA-8192 signature */
+
+#define IPC_KEYS_PSS_MIN 256         /* an RSA-2048 encoding */
+
+/* Followed by len bytes: a digest of md's length, a PSS encoding, or Ed25519's data. */
+struct ipc_keys_sign {
+	uint64_t id;                 /* the worker's, returned in the answer */
+	uint32_t key_id;             /* the chain's (IPC_KEYS_CHAIN) it was made for */
+	uint8_t alg, md;             /* enum ipc_keys_alg, enum ipc_keys_md */
+	uint16_t len;
+};
+
+/* Followed by len bytes of signature (0 unless status is IPC_KEYS_OK). */
+struct ipc_keys_signed {
+	uint64_t id;
+	uint32_t status;             /* enum ipc_keys_status */
+	uint32_t len;
+};
+
+enum ipc_keys_status {
+	IPC_KEYS_OK = 0,
+	IPC_KEYS_WRONG_KEY,          /* key_id is not the key in force (a reload replaced it) */
+	IPC_KEYS_WRONG_ALG,          /* not an algorithm of the key in force */
+	IPC_KEYS_SIGN_FAILED,
+};
+
+/*
+ * Followed by chain_len bytes of PEM, the certificate and then its chain,
+ * and trust_len bytes of PEM, the CAs that sign clients' certificates and
+ * their CRLs (tls.ca_file, tls.ca_path, tls.crl_file: a worker opens no
+ * file). The key role writes them from the certificates it parsed, so
+ * that nothing else a file holds (a key beside a certificate) reaches a
+ * worker. Together they fit one message (IPC_KEYS_CHAIN_MAX).
+ */
+struct ipc_keys_chain {
+	uint32_t key_id;             /* counted by the key role from 1, per key it loaded */
+	uint32_t chain_len, trust_len;
+};
+
+#define IPC_KEYS_CHAIN_MAX (IPC_MAX_PAYLOAD - sizeof(struct ipc_keys_chain))
+
+/* What a chain message carries, pointing into its payload. */
+struct ipc_keys_pem {
+	uint32_t key_id;
+	const char *chain, *trust;
+	size_t chain_len, trust_len;
+};
+
+/* One session-ticket key: the name a ticket carries, its AES-256-CBC and HMAC-SHA256 keys. */
+struct ipc_ticket_key {
+	uint8_t name[16];
+	uint8_t aes[32];
+	uint8_t hmac[32];
+};
+
+/* keys[0] issues and opens tickets; keys[1], the previous one, only opens them. */
+struct ipc_keys_tickets {
+	uint32_t n;                  /* 1 or 2 */
+	uint32_t reserved;           /* 0 */
+	struct ipc_ticket_key keys[2];
+};
+
+/* A request or an answer as its fields, data pointing into a payload. */
+struct ipc_keys_fields {
+	uint64_t id;
+	uint32_t key_id;             /* requests */
+	uint8_t alg, md;             /* requests */
+	uint32_t status;             /* answers */
+	const uint8_t *data;         /* the digest or data; the signature */
+	size_t len;
+};
+
+#define IPC_KEYS_SIGN_LEN_MAX (sizeof(struct ipc_keys_sign) + IPC_KEYS_DATA_MAX)
+#define IPC_KEYS_SIGNED_LEN_MAX (sizeof(struct ipc_keys_signed) + IPC_KEYS_SIG_MAX)
+
+/* The digest's length for md, 0 for IPC_KEYS_MD_NONE or an unknown one. */
+size_t ipc_keys_md_len(uint8_t md);
+/* A request's payload into buf (IPC_KEYS_SIGN_LEN_MAX bytes); 0 when a field is out of bounds. */
+size_t ipc_keys_sign_encode(const struct ipc_keys_fields *f, uint8_t *buf);
+/* The fields of a request; false unless the algorithm, digest and length go together. */
+bool ipc_keys_sign_decode(const void *data, size_t len, struct ipc_keys_fields *f);
+/* An answer's payload into buf (IPC_KEYS_SIGNED_LEN_MAX bytes); 0 when too long. */
+size_t ipc_keys_signed_encode(const struct ipc_keys_fields *f, uint8_t *buf);
+bool ipc_keys_signed_decode(const void *data, size_t len, struct ipc_keys_fields *f);
+/* A chain message's payload, malloc'd, in *len; NULL when out of memory or too long. */
+void *ipc_keys_chain_encode(const struct ipc_keys_pem *p, size_t *len);
+/* A chain message's parts; false when the lengths disagree or there is no chain. */
+bool ipc_keys_chain_decode(const void *data, size_t len, struct ipc_keys_pem *p);
+/* The ticket keys of a whole struct ipc_keys_tickets; false unless n is 1 or 2. */
+bool ipc_keys_tickets_decode(const void *data, size_t len, struct ipc_keys_tickets *t);
 
 /* --- the transport (ipc.c) ------------------------------------------------ */
 

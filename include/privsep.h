@@ -98,6 +98,13 @@ int privsep_seal_store(const char *dir, bool removable);
  * Without Landlock, or unconfined, does nothing. Returns 0, or -1 (logged).
  */
 int privsep_seal_read(const char *const *dirs, size_t n);
+/*
+ * privsep_seal_read() for the directories of n files (an empty path is
+ * none) and the m directories dirs: what a role that reads those files
+ * again on reload may keep reading.
+ */
+int privsep_seal_read_files(const char *const *files, size_t n, const char *const *dirs,
+			    size_t m);
 
 /* In the supervisor at exit. */
 void privsep_release(struct privsep *ps);

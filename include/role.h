@@ -4,7 +4,8 @@
  * The supervisor creates all of it before the first fork and keeps it for
  * the daemon's whole life: the shared-memory regions (shm.h), one eventfd
  * per consuming process, the listener <-> worker socketpairs and the
- * auth <-> worker socketpairs and the auth <-> router one. A restarted child therefore finds its
+ * auth <-> worker socketpairs and the auth <-> router one, the keys <-> worker
+ * socketpairs. A restarted child therefore finds its
  * rings, its wake-up eventfd and its channels exactly where its
  * predecessor left them.
  */
@@ -37,6 +38,8 @@ struct role_env {
 	int chan_worker[IOTD_MAX_WORKERS];   /* worker i's end */
 	int auth_chan[IOTD_MAX_WORKERS];     /* the auth role's end of its channel to worker i */
 	int auth_chan_worker[IOTD_MAX_WORKERS]; /* worker i's end */
+	int keys_chan[IOTD_MAX_WORKERS];     /* the key role's end of its channel to worker i */
+	int keys_chan_worker[IOTD_MAX_WORKERS]; /* worker i's end */
 	int auth_router;               /* the auth role's end of its channel to the router */
 	int router_auth;               /* the router's end */
 	int listen_fds[CONFIG_MAX_LISTEN * 2];
@@ -53,6 +56,7 @@ int listener_main(struct role_env *env);
 int router_main(struct role_env *env);
 int worker_main(struct role_env *env);
 int auth_main(struct role_env *env);
+int keys_main(struct role_env *env);
 
 /*
  * A child's side of IPC_CONFIG: check the payload is a whole struct

@@ -186,9 +186,9 @@ def conf_value(v):
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def iotd_config_text(server_opts, log_level="debug", auth=None):
+def iotd_config_text(server_opts, log_level="debug", auth=None, tls=None):
     lines = []
-    for name, opts in (("server", server_opts), ("auth", auth)):
+    for name, opts in (("server", server_opts), ("auth", auth), ("tls", tls)):
         if opts:
             lines.append(name + " {")
             for k, v in opts.items():
@@ -229,7 +229,7 @@ class Broker:
     def __init__(self, tmpdir, name, workers=2, listen=None, env=None, args=None,
                  config_text=None, log_level="debug", use_config=True, wait=True,
                  listen_in_config=False, wrapper=None, binary=None, auth=None,
-                 probe_auth=None, **server_opts):
+                 probe_auth=None, tls=None, **server_opts):
         self.kind = BROKER_KIND
         self.tmpdir = Path(tmpdir)
         self.name = name
@@ -256,6 +256,8 @@ class Broker:
         # auth { } keys; probe_auth: (user, password) the start-up probe connects with.
         self.auth = auth
         self.probe_auth = probe_auth
+        # tls { } keys: with a certificate, the key role runs.
+        self.tls = tls
         self.conf_path = self.tmpdir / f"{name}.conf"
         self.log_path = self.tmpdir / f"{name}.log"
         self.stopped = False
@@ -272,7 +274,7 @@ class Broker:
             argv = [binary or IOTD_BIN]
             if use_config:
                 text = config_text if config_text is not None else \
-                    iotd_config_text(server_opts, log_level, auth)
+                    iotd_config_text(server_opts, log_level, auth, tls)
                 self.conf_path.write_text(text)
                 argv += ["-c", str(self.conf_path)]
             for addr in ([] if listen_in_config else self.listen):
@@ -500,7 +502,7 @@ class Broker:
         except (AssertionError, OSError) as e:
             self._fail(f"daemon accepts TCP on {self.port} but the MQTT probe failed: {e}")
         if self.kind == "iotd" and self.workers:
-            want = 3 + self.workers + self.auth_role
+            want = 3 + self.workers + self.auth_role + bool(self.tls)
             try:
                 wait_for(lambda: len(self.pids()) == want and
                          len(self.worker_pids()) == self.workers, timeout,

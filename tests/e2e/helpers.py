@@ -82,6 +82,16 @@ def proc_stat(pid):
     return rest[0].decode(), int(rest[1])
 
 
+def proc_status(pid):
+    """/proc/PID/status as {field: value}."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
 def proc_alive(pid):
     """True if the process exists and is not a zombie."""
     st = proc_stat(pid)

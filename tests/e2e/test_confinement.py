@@ -35,6 +35,7 @@ import pytest
 from authfiles import AuthDir
 from conftest import IOTD_BIN
 from helpers import T, proc_title, wait_for
+from helpers import proc_status as status
 
 pytestmark = pytest.mark.iotd_only
 
@@ -67,16 +68,6 @@ def unprivileged():
         yield {**opts, "binary": f"{d}/iotd"}
     finally:
         shutil.rmtree(d)
-
-
-def status(pid):
-    """/proc/PID/status as {field: value}."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
-    return out
 
 
 def caps(st, field):

@@ -1,0 +1,80 @@
+/*
+ * worker_tls.h - a worker's TLS (daemon/worker_tls.c): the server side
+ * of the TLS record layer for connections on non-blocking fds, with the
+ * handshake's private-key operation done by the key role (`iotd: keys`)
+ * over the worker's channel to it. The worker never holds the key.
+ *
+ * One struct tls_worker per worker process holds the SSL_CTX (made from
+ * the certificate chain and the clients' CAs the key role sends), the
+ * session-ticket keys and the signatures in flight. A connection's
+ * handshake that needs a signature returns TLS_WANT_KEYS; once the
+ * worker's loop sees the key role's channel readable it calls
+ * tls_worker_on_keys(), which names each connection whose answer came:
+ * calling tls_conn_handshake() on it again finishes the handshake.
+ */
+#ifndef IOTD_WORKER_TLS_H
+#define IOTD_WORKER_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+
+enum tls_result {
+	TLS_DONE = 0,        /* the handshake finished; bytes read or written */
+	TLS_WANT_READ,       /* wait for the fd to be readable, then call again */
+	TLS_WANT_WRITE,      /* wait for the fd to be writable, then call again */
+	TLS_WANT_KEYS,       /* wait for the key role's answer (tls_worker_on_keys) */
+	TLS_CLOSED,          /* the peer closed the TLS session */
+	TLS_ERROR,           /* a failed handshake or a broken connection (logged at debug) */
+};
+
+struct tls_worker;
+struct tls_conn;
+
+/*
+ * In a worker that is to serve TLS, before its confinement: OpenSSL reads
+ * its configuration file and sets up what it loads lazily, since the
+ * confined worker can open no file. -1 (logged) on failure.
+ */
+int tls_worker_preinit(void);
+
+/*
+ * A worker's TLS over keys_fd (its end of the key role's channel); it
+ * asks the key role for the chain at once. NULL when out of memory.
+ */
+struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd);
+void tls_worker_free(struct tls_worker *w);
+/* Whether the key role's chain came: until then no handshake can start. */
+bool tls_worker_ready(const struct tls_worker *w);
+
+/*
+ * Read the key role's channel: the chain (a new SSL_CTX for connections
+ * made from then on), the ticket keys, the signatures. resumed() is
+ * called for each connection whose signature came. -1 when the channel
+ * is broken, else 0.
+ */
+int tls_worker_on_keys(struct tls_worker *w, void (*resumed)(struct tls_conn *c, void *arg),
+		       void *arg);
+
+/* A server-side TLS connection on a connected non-blocking fd (not owned). NULL: not ready or no memory. */
+struct tls_conn *tls_conn_new(struct tls_worker *w, int fd, void *owner);
+void *tls_conn_owner(const struct tls_conn *c);
+enum tls_result tls_conn_handshake(struct tls_conn *c);
+/* Decrypted bytes, up to cap, in *n (TLS_DONE). */
+enum tls_result tls_conn_read(struct tls_conn *c, void *buf, size_t cap, size_t *n);
+/* Bytes taken, in *n (TLS_DONE); after TLS_WANT_*, call again with the same bytes. */
+enum tls_result tls_conn_write(struct tls_conn *c, const void *buf, size_t len, size_t *n);
+/*
+ * The client certificate's identity for tls.use_identity_as_username:
+ * its subject's CN, else its first DNS or email SAN. Its length, or -1
+ * when there is no verified certificate or no such name, or it does not
+ * fit len (with its NUL).
+ */
+int tls_conn_identity(const struct tls_conn *c, char *buf, size_t len);
+/* The ALPN protocol agreed ("mqtt"), or NULL. */
+const char *tls_conn_alpn(const struct tls_conn *c);
+/* Frees the connection, ending a handshake that waits for the key role. The fd stays open. */
+void tls_conn_free(struct tls_conn *c);
+
+#endif
