@@ -20,7 +20,8 @@ PYTHON   ?= /usr/bin/python3
 
 PKGS     := libconfuse libsystemd libseccomp lmdb libcrypto libargon2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# Debian's libwslay-dev ships no pkg-config file.
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay
 
 # Warnings are errors in development and CI builds (contrib/dev.sh sets
 # WERROR=1); a user's newer compiler may warn of new things without failing.

@@ -41,7 +41,7 @@ struct key {
 
 /* The tables' lengths, checked against their initialisers in config.c. */
 #define N_SECTIONS 4
-#define N_KEYS 46
+#define N_KEYS 47
 
 extern const char *const config_sections[];
 extern const struct key config_keys[];

@@ -25,6 +25,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "http_upgrade.h"
 #include "ipc.h"
 #include "keyhash.h"
 #include "log.h"
@@ -134,6 +135,8 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 		log_set_role(role_name(c->role), -1);
 	}
 	proctitle_set(title);
+	if (c->role == ROLE_WORKER)
+		http_upgrade_prepare();   /* WebSocket accept keys need OpenSSL's files */
 	if (privsep_enter(&sv->ps, c->role, parent) < 0)
 		_exit(1);
 	if (c->role == ROLE_ROUTER)

@@ -62,6 +62,7 @@ static const struct cfg_field cfg_fields[] = {
 	CF("server.connect_timeout", connect_timeout, false, APPLY_LIVE),
 	CF("server.max_packet_size", max_packet_size, false, APPLY_LIVE),
 	CF("server.max_connect_size", max_connect_size, false, APPLY_LIVE),
+	CF("server.max_http_request_size", max_http_request_size, false, APPLY_LIVE),
 	CF("server.max_client_id_length", max_client_id_length, false, APPLY_LIVE),
 	CF("server.retained_message_limit", retained_message_limit, false, APPLY_LIVE),
 	CF("server.retained_bytes_limit", retained_bytes_limit, false, APPLY_LIVE),
