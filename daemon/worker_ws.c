@@ -288,10 +288,28 @@ void ws_last_write(struct worker *w, struct conn *c)
 
 /* --- input ---------------------------------------------------------------- */
 
+/*
+ * wslay answers a frame its frame layer refuses (a control frame over 125
+ * bytes or fragmented, a length in the wrong form) with a close frame that
+ * has no code: 1002 is sent in its place when no frame of ours is partly
+ * sent (idle: wslay held nothing to send before it read), the stream then
+ * being between frames.
+ */
+static void ws_frame_refused(struct ws_conn *ws, struct conn *c, bool idle)
+{
+	static const uint8_t close_1002[] = { 0x88, 0x02, 0x03, 0xea };
+
+	if (!idle)
+		return;
+	wslay_event_shutdown_write(ws->ctx);
+	(void)xport_lower_write(c, close_1002, sizeof(close_1002), false);
+}
+
 /* Frames from the socket (after what followed the upgrade request), through wslay. */
 static void ws_run(struct worker *w, struct conn *c, struct ws_conn *ws)
 {
 	struct ws_call k = { .w = w, .c = c, .budget = READ_CHUNK };
+	bool idle = !wslay_event_want_write(ws->ctx);
 	char why[96];
 	int rc;
 
@@ -306,6 +324,11 @@ static void ws_run(struct worker *w, struct conn *c, struct ws_conn *ws)
 		return;
 	}
 	c = k.c;
+	if (rc == WSLAY_ERR_CALLBACK_FAILURE && !k.eof && !k.err) {
+		ws_frame_refused(ws, c, idle);
+		conn_close(w, c, true, "WebSocket protocol error (close 1002)");
+		return;
+	}
 	if (rc != 0) {
 		conn_close(w, c, true, k.eof ? "connection closed by client" :
 			   k.err ? strerror(k.err) : "WebSocket: out of memory");
