@@ -544,7 +544,7 @@ static int check_listen_tls(struct load_ctx *ctx)
 			continue;
 		describe_origin(ctx, (size_t)key_index("server", "listen_addresses"), where,
 				sizeof(where));
-		set_err(ctx, "%s%s://%s:%s: TLS listeners need a tls { } section, which this "
+		set_err(ctx, "%slisten_addresses: %s://%s:%s: TLS listeners need a tls { } section, which this "
 			"version does not have", where, listen_transport_name(c->listen[i].transport),
 			c->listen[i].host[0] ? c->listen[i].host : "*", c->listen[i].port);
 		return -1;
