@@ -398,28 +398,28 @@ static void ws_upgrade_read(struct worker *w, struct conn *c, struct ws_conn *ws
 	struct http_upgrade u;
 	ssize_t n;
 
-	if (ws->req_len >= max) {
-		conn_close(w, c, false, "WebSocket upgrade request too large");
-		return;
-	}
-	if (ws->req_cap < max) {
-		char *req = realloc(ws->req, max);
+	/* Holding max already (a reload lowered it): the parse answers 431 without reading. */
+	if (ws->req_len < max) {
+		if (ws->req_cap < max) {
+			char *req = realloc(ws->req, max);
 
-		if (req == NULL) {
-			conn_close(w, c, false, "out of memory");
+			if (req == NULL) {
+				conn_close(w, c, false, "out of memory");
+				return;
+			}
+			ws->req = req;
+			ws->req_cap = max;
+		}
+		n = xport_lower_read(c, ws->req + ws->req_len, max - ws->req_len);
+		if (n <= 0) {
+			if (n < 0 && errno == EAGAIN)
+				return;
+			conn_close(w, c, false, n == 0 ? "connection closed by client" :
+				   strerror(errno));
 			return;
 		}
-		ws->req = req;
-		ws->req_cap = max;
+		ws->req_len += (size_t)n;
 	}
-	n = xport_lower_read(c, ws->req + ws->req_len, MIN(ws->req_cap, max) - ws->req_len);
-	if (n <= 0) {
-		if (n < 0 && errno == EAGAIN)
-			return;
-		conn_close(w, c, false, n == 0 ? "connection closed by client" : strerror(errno));
-		return;
-	}
-	ws->req_len += (size_t)n;
 	http_upgrade_parse(ws->req, ws->req_len, max, ws->path, &u);
 	if (u.status != HTTP_UPGRADE_INCOMPLETE)
 		ws_answer(w, c, ws, &u);
