@@ -27,15 +27,25 @@
 #include "log.h"
 #include "supervisor_int.h"
 
+/* What log lines put before an address of this transport: nothing for plain MQTT. */
+static const char *scheme_prefix(int transport)
+{
+	switch (transport) {
+	case LISTEN_TCP: return "";
+	case LISTEN_MQTTS: return "mqtts://";
+	case LISTEN_WS: return "ws://";
+	case LISTEN_WSS: return "wss://";
+	default: return "?://";
+	}
+}
+
 /* "127.0.0.1:1883", "[::1]:1883", "ws://0.0.0.0:8080/mqtt": a configured address, for log lines. */
 static void format_listen_addr(const struct listen_addr *la, char *out, size_t len)
 {
 	bool v6 = la->family == AF_INET6;
-	bool plain = la->transport == LISTEN_TCP;
 
-	snprintf(out, len, "%s%s%s%s%s:%s%s", plain ? "" : listen_transport_name(la->transport),
-		 plain ? "" : "://", v6 ? "[" : "", la->host[0] ? la->host : "*", v6 ? "]" : "",
-		 la->port, la->path);
+	snprintf(out, len, "%s%s%s%s:%s%s", scheme_prefix(la->transport), v6 ? "[" : "",
+		 la->host[0] ? la->host : "*", v6 ? "]" : "", la->port, la->path);
 }
 
 bool listen_addr_equal(const struct listen_addr *a, const struct listen_addr *b)
@@ -244,9 +254,8 @@ static int take_passed_socket(struct supervisor *sv, int fd, const char *name)
 	memset(&sv->env.listen_kinds[sv->env.n_listen_fds], 0, sizeof(sv->env.listen_kinds[0]));
 	sv->env.listen_kinds[sv->env.n_listen_fds].transport = transport;
 	sv->env.listen_fds[sv->env.n_listen_fds++] = fd;
-	log_info("listening on %s%s%s (socket '%s' passed by systemd)",
-		 transport == LISTEN_TCP ? "" : listen_transport_name(transport),
-		 transport == LISTEN_TCP ? "" : "://", where, name);
+	log_info("listening on %s%s (socket '%s' passed by systemd)", scheme_prefix(transport),
+		 where, name);
 	return 0;
 }
 
@@ -398,9 +407,8 @@ void start_serving(struct supervisor *sv)
 			stop_failed_start(sv);
 			return;
 		}
-		log_info("listening on %s%s%s%s", transport == LISTEN_TCP ? "" :
-			 listen_transport_name(transport), transport == LISTEN_TCP ? "" : "://",
-			 where, sv->env.listen_kinds[i].path);
+		log_info("listening on %s%s%s", scheme_prefix(transport), where,
+			 sv->env.listen_kinds[i].path);
 	}
 	sv->serving = true;
 	if (child_spawn(sv, listener) < 0)
