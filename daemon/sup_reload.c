@@ -107,12 +107,15 @@ static bool field_differs(const struct cfg_field *f, const struct iotd_config *a
 	return memcmp(pa, pb, f->size) != 0;
 }
 
+/* Addresses, or what one of them serves (its transport, its WebSocket path), changed. */
 static bool listen_differs(const struct iotd_config *a, const struct iotd_config *b)
 {
 	if (a->n_listen != b->n_listen)
 		return true;
 	for (int i = 0; i < a->n_listen; i++)
-		if (!listen_addr_equal(&a->listen[i], &b->listen[i]))
+		if (!listen_addr_equal(&a->listen[i], &b->listen[i]) ||
+		    a->listen[i].transport != b->listen[i].transport ||
+		    strcmp(a->listen[i].path, b->listen[i].path) != 0)
 			return true;
 	return false;
 }

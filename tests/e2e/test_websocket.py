@@ -19,6 +19,7 @@ import wsraw
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, WsClient, frame
 from conftest import IOTD_BIN, REPO, free_port
 from helpers import (T, PahoClient, server_side_inode, socket_inodes, uid, wait_for)
+from test_reload import accept_listener_change
 
 pytestmark = pytest.mark.iotd_only
 
@@ -188,6 +189,23 @@ def test_never_finished_upgrade_is_closed_after_connect_timeout(broker, bystande
         c.send(wsraw.upgrade_request()[0][:40])
         c.expect_eof(T(5))
     bystander.check()
+
+
+def test_reload_changes_the_path_a_listener_serves(start_broker):
+    """The same address with another path keeps its socket; the new
+    listener serves the new path only."""
+    tcp, ws = free_port(), free_port()
+    b = start_broker(listen=[f"127.0.0.1:{tcp}", f"ws://127.0.0.1:{ws}/mqtt"],
+                     listen_in_config=True)
+    b.reload(listen_addresses=[f"127.0.0.1:{tcp}", f"ws://127.0.0.1:{ws}/live"])
+    accept_listener_change(b)
+
+    def status(path):
+        with WsClient(ws) as c:
+            c.send(wsraw.upgrade_request(path)[0])
+            return c.http_response()[0]
+    wait_for(lambda: status("/live") == 101, T(10), "the new listener to serve /live")
+    assert status("/mqtt") == 404
 
 
 def test_tls_listeners_are_refused_until_tls_exists(tmp_path):
