@@ -20,7 +20,8 @@ PYTHON   ?= /usr/bin/python3
 
 PKGS     := libconfuse libsystemd libseccomp lmdb libssl libcrypto libargon2
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# Debian's libwslay-dev ships no pkg-config file.
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay
 
 # Warnings are errors in development and CI builds (contrib/dev.sh sets
 # WERROR=1); a user's newer compiler may warn of new things without failing.
@@ -162,6 +163,7 @@ install: all
 	    systemd/iotd.service > $(DESTDIR)$(UNITDIR)/iotd.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/iotd.service
 	install -m 0644 systemd/iotd.socket $(DESTDIR)$(UNITDIR)/iotd.socket
+	install -m 0644 systemd/iotd-websocket.socket $(DESTDIR)$(UNITDIR)/iotd-websocket.socket
 	install -m 0644 systemd/iotd.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/iotd.conf
 	install -m 0644 systemd/iotd.tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/iotd.conf
 	install -m 0644 docs/iotd.8 $(DESTDIR)$(MANDIR)/man8/iotd.8
@@ -173,7 +175,8 @@ install: all
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/iotd $(DESTDIR)$(TOOLDIR)/iotd-passwd \
 	    $(DESTDIR)$(UNITDIR)/iotd.service \
-	    $(DESTDIR)$(UNITDIR)/iotd.socket $(DESTDIR)$(SYSUSERSDIR)/iotd.conf \
+	    $(DESTDIR)$(UNITDIR)/iotd.socket $(DESTDIR)$(UNITDIR)/iotd-websocket.socket \
+	    $(DESTDIR)$(SYSUSERSDIR)/iotd.conf \
 	    $(DESTDIR)$(TMPFILESDIR)/iotd.conf $(DESTDIR)$(MANDIR)/man8/iotd.8 \
 	    $(DESTDIR)$(MANDIR)/man5/iotd.conf.5
 	@if cmp -s contrib/iotd.conf $(DESTDIR)$(CONFDIR)/iotd.conf; then \

@@ -64,6 +64,7 @@ const struct key config_keys[] = {
 	KEY_INT(connect_timeout, 1, 3600),
 	KEY_INT(max_packet_size, 16, 268435460),
 	KEY_INT(max_connect_size, 64, 268435460),
+	KEY_INT(max_http_request_size, 512, 65536),
 	KEY_INT(max_client_id_length, 23, 65535),
 	KEY_INT(retained_message_limit, 1, INT_MAX),
 	KEY_INT(retained_bytes_limit, 0, 1L << 40),
@@ -132,6 +133,7 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->keep_alive_timeout_secs = 60;
 	cfg->max_keepalive = 0;
 	cfg->connect_timeout = 10;
+	cfg->max_http_request_size = 8192;
 	cfg->max_packet_size = 1048576;
 	cfg->max_connect_size = 131072;
 	cfg->max_client_id_length = 1024;
@@ -335,8 +337,9 @@ int add_listen(struct listen_addr *list, int *n, const char *v,
 		return -1;
 	}
 	if (config_parse_listen(v, &list[*n]) < 0) {
-		snprintf(why, whylen, "'%s' is not host:port, [v6]:port, "
-			 "tcp://host:port or :port", shown(v, buf, sizeof(buf)));
+		snprintf(why, whylen, "'%s' is not host:port, [v6]:port, tcp://host:port, "
+			 ":port, mqtts://host:port, ws://host:port[/path] or "
+			 "wss://host:port[/path]", shown(v, buf, sizeof(buf)));
 		return -1;
 	}
 	(*n)++;
@@ -586,11 +589,35 @@ static int check_tls(struct load_ctx *ctx)
 	return 0;
 }
 
+/*
+ * mqtts:// and wss:// listeners: the workers do not run TLS on client
+ * connections yet, so they are refused here rather than served in clear.
+ */
+static int check_listen_tls(struct load_ctx *ctx)
+{
+	const struct iotd_config *c = &ctx->cfg;
+	char where[CONFIG_ERR_LEN];
+
+	for (int i = 0; i < c->n_listen; i++) {
+		if (!listen_transport_tls(c->listen[i].transport))
+			continue;
+		describe_origin(ctx, (size_t)key_index("server", "listen_addresses"), where,
+				sizeof(where));
+		set_err(ctx, "%slisten_addresses: %s://%s:%s: TLS listeners are not served by this "
+			"version", where, listen_transport_name(c->listen[i].transport),
+			c->listen[i].host[0] ? c->listen[i].host : "*", c->listen[i].port);
+		return -1;
+	}
+	return 0;
+}
+
 static int check_consistency(struct load_ctx *ctx)
 {
 	const struct iotd_config *c = &ctx->cfg;
 	char where[CONFIG_ERR_LEN];
 
+	if (check_listen_tls(ctx) < 0)
+		return -1;
 	/* The keep-alive imposed on clients must pass the broker's own cap. */
 	if (c->max_keepalive > 0 && c->keep_alive_timeout_secs > c->max_keepalive) {
 		describe_origin(ctx, blame(ctx, "server", "keep_alive_timeout_secs",

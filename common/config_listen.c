@@ -1,8 +1,10 @@
 /*
  * config_listen.c - one listen address parsed and checked:
- * "host:port", "[v6]:port", "tcp://host:port" or ":port" into a struct
- * listen_addr (config_parse_listen, include/config.h). The file, the
- * environment and -l all reach it through add_listen() in config.c.
+ * "host:port", "[v6]:port", "tcp://host:port" or ":port", and with the
+ * other transports' schemes "mqtts://host:port", "ws://host:port[/path]"
+ * and "wss://host:port[/path]", into a struct listen_addr
+ * (config_parse_listen, include/config.h). The file, the environment and
+ * -l all reach it through add_listen() in config.c.
  */
 #include "config.h"
 
@@ -126,18 +128,78 @@ static int parse_plain(const char *s, struct listen_addr *a)
 	return parse_port(colon + 1, a);
 }
 
+static const struct {
+	const char *scheme;      /* with its "://" */
+	enum listen_transport transport;
+} schemes[] = {
+	{ "tcp://", LISTEN_TCP },
+	{ "mqtts://", LISTEN_MQTTS },
+	{ "ws://", LISTEN_WS },
+	{ "wss://", LISTEN_WSS },
+};
+
+const char *listen_transport_name(int transport)
+{
+	static const char *const names[] = { "tcp", "mqtts", "ws", "wss" };
+
+	return transport >= 0 && transport < LISTEN_N_TRANSPORTS ? names[transport] : "?";
+}
+
+bool listen_transport_tls(int transport)
+{
+	return transport == LISTEN_MQTTS || transport == LISTEN_WSS;
+}
+
+/*
+ * A ws:// path: "/" then visible ASCII, no query or fragment (a request
+ * for "/mqtt?x" is matched on its path alone).
+ */
+static int parse_path(const char *s, struct listen_addr *a)
+{
+	size_t len = strlen(s);
+
+	if (s[0] != '/' || len >= sizeof(a->path))
+		return -1;
+	for (const char *p = s; *p; p++)
+		if (*p <= ' ' || *p >= 0x7f || *p == '?' || *p == '#')
+			return -1;
+	memcpy(a->path, s, len + 1);
+	return 0;
+}
+
 int config_parse_listen(const char *s, struct listen_addr *out)
 {
 	struct listen_addr a;
+	char hostport[96];
+	const char *slash;
+	size_t len;
 
 	if (!s || !out)
 		return -1;
 	memset(&a, 0, sizeof(a));
-	if (strncasecmp(s, "tcp://", 6) == 0)
-		s += 6;
-	else if (strstr(s, "://"))
+	a.transport = LISTEN_TCP;
+	for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++) {
+		size_t n = strlen(schemes[i].scheme);
+
+		if (strncasecmp(s, schemes[i].scheme, n) == 0) {
+			a.transport = schemes[i].transport;
+			s += n;
+			break;
+		}
+	}
+	if (strstr(s, "://"))
 		return -1;
-	if (*s == '[' ? parse_bracketed(s, &a) < 0 : parse_plain(s, &a) < 0)
+	/* Only WebSocket listeners have a path. */
+	slash = strchr(s, '/');
+	len = slash ? (size_t)(slash - s) : strlen(s);
+	if (slash && ((a.transport != LISTEN_WS && a.transport != LISTEN_WSS) ||
+		      parse_path(slash, &a) < 0))
+		return -1;
+	if (len >= sizeof(hostport))
+		return -1;
+	memcpy(hostport, s, len);
+	hostport[len] = '\0';
+	if (*hostport == '[' ? parse_bracketed(hostport, &a) < 0 : parse_plain(hostport, &a) < 0)
 		return -1;
 	*out = a;
 	return 0;

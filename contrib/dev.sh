@@ -13,8 +13,11 @@ cd "$(dirname "$0")/.."
 # Development and CI builds treat every warning as an error (Makefile).
 export WERROR=1
 
-BUILD_PKGS="build-essential pkg-config libconfuse-dev libsystemd-dev uthash-dev liblmdb-dev libseccomp-dev libssl-dev libargon2-dev"
-TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev llvm-14 python3 python3-pytest python3-paho-mqtt python3-jwt python3-cryptography mosquitto-clients mosquitto procps systemd systemd-container debootstrap gdb"
+BUILD_PKGS="build-essential pkg-config libconfuse-dev libsystemd-dev uthash-dev liblmdb-dev libseccomp-dev libssl-dev libargon2-dev libwslay-dev"
+# chromium and npm: the browser test (tests/e2e/test_websocket.py) runs MQTT.js in headless Chromium.
+TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev llvm-14 python3 python3-pytest python3-paho-mqtt python3-jwt python3-cryptography mosquitto-clients mosquitto procps systemd systemd-container debootstrap gdb chromium"
+# MQTT.js for that test, from the npm registry, under the build directory.
+MQTTJS_DIR=build/npm
 
 missing() {
 	for p in "$@"; do
@@ -34,9 +37,18 @@ install_missing() {
 	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $need
 }
 
+# npm itself only when no npm is there (a Node.js from elsewhere brings its own).
+install_test_deps() {
+	# shellcheck disable=SC2086
+	install_missing $BUILD_PKGS $TEST_PKGS
+	command -v npm >/dev/null || install_missing npm
+	[ -f "$MQTTJS_DIR/node_modules/mqtt/dist/mqtt.min.js" ] ||
+		npm install --no-audit --no-fund --prefix "$MQTTJS_DIR" mqtt@5
+}
+
 case "${1:-run}" in
 deps)
-	install_missing $BUILD_PKGS $TEST_PKGS
+	install_test_deps
 	;;
 run)
 	# mosquitto-clients: the quick start's mosquitto_sub and mosquitto_pub.
@@ -47,7 +59,7 @@ run)
 	exec build/iotd "$@"
 	;;
 test)
-	install_missing $BUILD_PKGS $TEST_PKGS
+	install_test_deps
 	make -j"$(nproc)" all
 	make test
 	;;

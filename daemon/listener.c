@@ -539,8 +539,20 @@ static bool admit(struct listener *l, const struct batch *b)
 	return true;
 }
 
+/* What the connections of listening socket lfd speak (role_env.listen_kinds). */
+static const struct listen_kind *listen_kind_of(const struct listener *l, int lfd)
+{
+	static const struct listen_kind plain = { .transport = LISTEN_TCP };
+
+	for (int i = 0; i < l->env->n_listen_fds; i++)
+		if (l->env->listen_fds[i] == lfd)
+			return &l->env->listen_kinds[i];
+	return &plain;
+}
+
 static void accept_some(struct listener *l, int lfd)
 {
+	const struct listen_kind *kind = listen_kind_of(l, lfd);
 	struct batch b;
 
 	b.n = 0;
@@ -563,6 +575,8 @@ static void accept_some(struct listener *l, int lfd)
 			continue;
 		}
 		format_remote(&ss, &b.info[b.n]);
+		b.info[b.n].transport = (uint32_t)kind->transport;
+		memcpy(b.info[b.n].path, kind->path, sizeof(b.info[b.n].path));
 		b.keyed[b.n] = addr_key_from_sockaddr(&ss, &b.key[b.n]);
 		if (b.keyed[b.n] && !admit_address(l, &b.key[b.n], b.info[b.n].remote)) {
 			close(fd);

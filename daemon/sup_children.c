@@ -25,6 +25,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "http_upgrade.h"
 #include "ipc.h"
 #include "keyhash.h"
 #include "log.h"
@@ -142,6 +143,8 @@ static void child_run(struct supervisor *sv, struct child *c, int ctl_fd, pid_t 
 	/* A worker's TLS: OpenSSL's files read while files can be read. */
 	if (c->role == ROLE_WORKER && config_tls(sv->cfg) && tls_worker_preinit() < 0)
 		_exit(1);
+	if (c->role == ROLE_WORKER)
+		http_upgrade_prepare();   /* WebSocket accept keys need OpenSSL's files */
 	if (privsep_enter(&sv->ps, c->role, parent) < 0)
 		_exit(1);
 	if (c->role == ROLE_ROUTER)

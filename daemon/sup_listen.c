@@ -27,13 +27,25 @@
 #include "log.h"
 #include "supervisor_int.h"
 
-/* "127.0.0.1:1883", "[::1]:1883", "*:1883": a configured address, for log lines. */
+/* What log lines put before an address of this transport: nothing for plain MQTT. */
+static const char *scheme_prefix(int transport)
+{
+	switch (transport) {
+	case LISTEN_TCP: return "";
+	case LISTEN_MQTTS: return "mqtts://";
+	case LISTEN_WS: return "ws://";
+	case LISTEN_WSS: return "wss://";
+	default: return "?://";
+	}
+}
+
+/* "127.0.0.1:1883", "[::1]:1883", "ws://0.0.0.0:8080/mqtt": a configured address, for log lines. */
 static void format_listen_addr(const struct listen_addr *la, char *out, size_t len)
 {
 	bool v6 = la->family == AF_INET6;
 
-	snprintf(out, len, "%s%s%s:%s", v6 ? "[" : "", la->host[0] ? la->host : "*",
-		 v6 ? "]" : "", la->port);
+	snprintf(out, len, "%s%s%s%s:%s%s", scheme_prefix(la->transport), v6 ? "[" : "",
+		 la->host[0] ? la->host : "*", v6 ? "]" : "", la->port, la->path);
 }
 
 bool listen_addr_equal(const struct listen_addr *a, const struct listen_addr *b)
@@ -81,7 +93,7 @@ static int bind_listen_addr(struct listen_set *set, const struct listen_addr *la
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
 	struct addrinfo *res, *ai;
 	const char *host = la->host[0] && strcmp(la->host, "*") ? la->host : NULL;
-	char where[96];
+	char where[192];
 	int rc, fd, bound = 0;
 
 	format_listen_addr(la, where, sizeof(where));
@@ -132,12 +144,21 @@ static void listen_set_abandon(struct listen_set *set)
 	set->n = 0;
 }
 
-/* Make set the sockets the listener serves. */
-static void listen_set_install(struct supervisor *sv, const struct listen_set *set)
+/*
+ * Make set the sockets the listener serves, each with the transport of
+ * the address of cfg it was bound for (an address kept over a reload
+ * takes the new one's).
+ */
+static void listen_set_install(struct supervisor *sv, const struct iotd_config *cfg,
+			       const struct listen_set *set)
 {
 	for (int i = 0; i < set->n; i++) {
+		const struct listen_addr *la = &cfg->listen[set->owner[i]];
+
 		sv->env.listen_fds[i] = set->fd[i];
 		sv->listen_owner[i] = set->owner[i];
+		sv->env.listen_kinds[i].transport = la->transport;
+		memcpy(sv->env.listen_kinds[i].path, la->path, sizeof(la->path));
 	}
 	sv->env.n_listen_fds = set->n;
 }
@@ -171,29 +192,33 @@ static void format_sockname(int fd, char *out, size_t len)
 }
 
 /*
- * What a passed socket carries, from its FileDescriptorName=. A socket
- * unit without the option passes its own unit name ("iotd.socket"), and
- * a launcher that names nothing passes "unknown": both mean plain MQTT.
+ * What a passed socket carries, from its FileDescriptorName=: "mqtt",
+ * "websocket" (or "mqtt-ws"), "mqtts", "websocket-tls". A socket unit
+ * without the option passes its own unit name ("iotd.socket"), and a
+ * launcher that names nothing passes "unknown": both mean plain MQTT.
+ * Returns an enum listen_transport, or -1 for a name we do not know.
  */
-enum transport { TRANSPORT_MQTT, TRANSPORT_WEBSOCKET, TRANSPORT_UNKNOWN };
-
-static enum transport transport_of(const char *name)
+static int transport_of(const char *name)
 {
 	size_t len = strlen(name);
 
 	if (strcmp(name, "mqtt") == 0 || strcmp(name, "unknown") == 0 ||
 	    (len > 7 && strcmp(name + len - 7, ".socket") == 0))
-		return TRANSPORT_MQTT;
+		return LISTEN_TCP;
 	if (strcmp(name, "websocket") == 0 || strcmp(name, "mqtt-ws") == 0)
-		return TRANSPORT_WEBSOCKET;
-	return TRANSPORT_UNKNOWN;
+		return LISTEN_WS;
+	if (strcmp(name, "mqtts") == 0)
+		return LISTEN_MQTTS;
+	if (strcmp(name, "websocket-tls") == 0)
+		return LISTEN_WSS;
+	return -1;
 }
 
 /* One passed socket: a listening stream socket for a transport we serve, made non-blocking. */
 static int take_passed_socket(struct supervisor *sv, int fd, const char *name)
 {
 	char where[128];
-	int flags;
+	int flags, transport = transport_of(name);
 
 	format_sockname(fd, where, sizeof(where));
 	if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
@@ -201,16 +226,16 @@ static int take_passed_socket(struct supervisor *sv, int fd, const char *name)
 			  "socket", name, fd, where);
 		return -1;
 	}
-	switch (transport_of(name)) {
-	case TRANSPORT_MQTT:
-		break;
-	case TRANSPORT_WEBSOCKET:
-		log_error("socket '%s' (fd %d, %s) is for MQTT over WebSocket, which this version "
-			  "does not serve", name, fd, where);
-		return -1;
-	default:
+	if (transport < 0) {
 		log_error("socket '%s' (fd %d, %s): unknown FileDescriptorName= (expected "
-			  "\"mqtt\")", name, fd, where);
+			  "\"mqtt\", \"websocket\", \"mqtts\" or \"websocket-tls\")", name, fd,
+			  where);
+		return -1;
+	}
+	if (listen_transport_tls(transport)) {
+		log_error("socket '%s' (fd %d, %s) is for %s, and TLS listeners are not served by "
+			  "this version", name, fd, where,
+			  listen_transport_name(transport));
 		return -1;
 	}
 	if (sv->env.n_listen_fds >= (int)ARRAY_SIZE(sv->env.listen_fds)) {
@@ -225,8 +250,12 @@ static int take_passed_socket(struct supervisor *sv, int fd, const char *name)
 			  strerror(errno));
 		return -1;
 	}
+	/* A passed WebSocket socket serves any path: the unit has no place for one. */
+	memset(&sv->env.listen_kinds[sv->env.n_listen_fds], 0, sizeof(sv->env.listen_kinds[0]));
+	sv->env.listen_kinds[sv->env.n_listen_fds].transport = transport;
 	sv->env.listen_fds[sv->env.n_listen_fds++] = fd;
-	log_info("listening on %s (socket '%s' passed by systemd)", where, name);
+	log_info("listening on %s%s (socket '%s' passed by systemd)", scheme_prefix(transport),
+		 where, name);
 	return 0;
 }
 
@@ -270,7 +299,7 @@ int open_listeners(struct supervisor *sv)
 			listen_set_abandon(&set);
 			return -1;
 		}
-	listen_set_install(sv, &set);
+	listen_set_install(sv, sv->cfg, &set);
 	for (int i = 0; i < sv->cfg->n_listen; i++) {
 		format_listen_addr(&sv->cfg->listen[i], where, sizeof(where));
 		log_debug("bound %s (to listen once the router is ready)", where);
@@ -288,7 +317,7 @@ int open_listeners(struct supervisor *sv)
 int listen_prepare(struct supervisor *sv, const struct iotd_config *next,
 		   struct listen_set *set, char *err, size_t errlen)
 {
-	char where[96];
+	char where[192];
 
 	set->n = 0;
 	for (int i = 0; i < next->n_listen; i++) {
@@ -331,7 +360,7 @@ fail:
 void listen_commit(struct supervisor *sv, const struct iotd_config *next,
 		   const struct listen_set *set)
 {
-	char where[96];
+	char where[192];
 
 	for (int k = 0; k < sv->env.n_listen_fds; k++) {
 		bool kept = false;
@@ -344,7 +373,7 @@ void listen_commit(struct supervisor *sv, const struct iotd_config *next,
 		log_info("no longer listening on %s", where);
 		close(sv->env.listen_fds[k]);
 	}
-	listen_set_install(sv, set);
+	listen_set_install(sv, next, set);
 	for (int i = 0; i < next->n_listen; i++) {
 		bool bound = false;
 
@@ -370,13 +399,16 @@ void start_serving(struct supervisor *sv)
 	for (int i = 0; i < sv->env.n_listen_fds; i++) {
 		if (sv->listen_owner[i] < 0)
 			continue;
+		int transport = sv->env.listen_kinds[i].transport;
+
 		format_sockname(sv->env.listen_fds[i], where, sizeof(where));
 		if (listen(sv->env.listen_fds[i], SOMAXCONN) < 0) {
 			log_error("cannot listen on %s: %s", where, strerror(errno));
 			stop_failed_start(sv);
 			return;
 		}
-		log_info("listening on %s", where);
+		log_info("listening on %s%s%s", scheme_prefix(transport), where,
+			 sv->env.listen_kinds[i].path);
 	}
 	sv->serving = true;
 	if (child_spawn(sv, listener) < 0)

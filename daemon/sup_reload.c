@@ -62,6 +62,7 @@ static const struct cfg_field cfg_fields[] = {
 	CF("server.connect_timeout", connect_timeout, false, APPLY_LIVE),
 	CF("server.max_packet_size", max_packet_size, false, APPLY_LIVE),
 	CF("server.max_connect_size", max_connect_size, false, APPLY_LIVE),
+	CF("server.max_http_request_size", max_http_request_size, false, APPLY_LIVE),
 	CF("server.max_client_id_length", max_client_id_length, false, APPLY_LIVE),
 	CF("server.retained_message_limit", retained_message_limit, false, APPLY_LIVE),
 	CF("server.retained_bytes_limit", retained_bytes_limit, false, APPLY_LIVE),
@@ -121,12 +122,15 @@ static bool field_differs(const struct cfg_field *f, const struct iotd_config *a
 	return memcmp(pa, pb, f->size) != 0;
 }
 
+/* Addresses, or what one of them serves (its transport, its WebSocket path), changed. */
 static bool listen_differs(const struct iotd_config *a, const struct iotd_config *b)
 {
 	if (a->n_listen != b->n_listen)
 		return true;
 	for (int i = 0; i < a->n_listen; i++)
-		if (!listen_addr_equal(&a->listen[i], &b->listen[i]))
+		if (!listen_addr_equal(&a->listen[i], &b->listen[i]) ||
+		    a->listen[i].transport != b->listen[i].transport ||
+		    strcmp(a->listen[i].path, b->listen[i].path) != 0)
 			return true;
 	return false;
 }

@@ -7,7 +7,9 @@
  * (flushed once per loop turn, last marked first) and those closed this
  * turn (freed at its end, as epoll may still name them). Reads hand whole
  * packets to worker_mqtt.c; closing tells the router (worker_records.c) and
- * the listener (worker.c).
+ * the listener (worker.c). A connection with layers above its socket
+ * (WebSocket, worker_transport.h) has its reads, flushes and last write
+ * done by them; they hand MQTT's bytes back through conn_feed().
  */
 #include <errno.h>
 #include <stddef.h>
@@ -18,6 +20,7 @@
 
 #include "log.h"
 #include "worker_int.h"
+#include "worker_transport.h"
 
 /* Allocated for a connection whose remote[] holds n bytes. */
 static size_t conn_size(size_t n)
@@ -152,12 +155,36 @@ bool out_drained(struct worker *w, struct conn *c)
 	return true;
 }
 
+void conn_flushed(struct worker *w, struct conn *c, bool blocked)
+{
+	struct buf *b = c->out;
+	bool changed;
+
+	if (!blocked || buf_held(b) == 0) {
+		/* Idle connections hold no buffer: memory per connection stays small. */
+		buf_free(&c->out);
+	} else if (b->off >= b->len / 2) {
+		/*
+		 * Keep only what is unsent: a slow but steady reader must not
+		 * make the buffer grow by what it already took.
+		 */
+		memmove(b->data, b->data + b->off, b->len - b->off);
+		b->len -= b->off;
+		b->off = 0;
+	}
+	changed = out_drained(w, c) || c->want_out != blocked;
+	c->want_out = blocked;
+	if (changed)
+		conn_set_events(w, c);
+}
+
 /* Returns false when the connection was closed. */
 bool conn_flush(struct worker *w, struct conn *c)
 {
 	struct buf *b;
-	bool changed;
 
+	if (c->xp != NULL)
+		return xport_flush(w, c);
 	while ((b = c->out) != NULL && b->off < b->len) {
 		ssize_t n = write(c->fd, b->data + b->off, b->len - b->off);
 
@@ -165,19 +192,7 @@ bool conn_flush(struct worker *w, struct conn *c)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN) {
-				/*
-				 * Keep only what is unsent: a slow but steady reader
-				 * must not make the buffer grow by what it already took.
-				 */
-				if (b->off >= b->len / 2) {
-					memmove(b->data, b->data + b->off, b->len - b->off);
-					b->len -= b->off;
-					b->off = 0;
-				}
-				changed = out_drained(w, c) || !c->want_out;
-				c->want_out = true;
-				if (changed)
-					conn_set_events(w, c);
+				conn_flushed(w, c, true);
 				return true;
 			}
 			conn_close(w, c, true, strerror(errno));
@@ -185,12 +200,7 @@ bool conn_flush(struct worker *w, struct conn *c)
 		}
 		b->off += (size_t)n;
 	}
-	/* Idle connections hold no buffer: memory per connection stays small. */
-	buf_free(&c->out);
-	changed = out_drained(w, c) || c->want_out;
-	c->want_out = false;
-	if (changed)
-		conn_set_events(w, c);
+	conn_flushed(w, c, false);
 	return true;
 }
 
@@ -258,20 +268,34 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 /* false: it could not be taken (logged, fd closed). */
 bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
 {
+	static bool refused_logged;
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
 	size_t rlen = strnlen(info->remote, sizeof(info->remote) - 1);
+	struct xport *xp;
+	const char *why;
 	struct conn *c;
 	uint32_t slot;
 
 	static_assert(sizeof(info->remote) <= 256, "remote_len is one byte");
+	if (xport_new(info, &xp, &why) < 0) {
+		/* The listener's word: logged once, as it may say it of every connection. */
+		if (!refused_logged)
+			log_error("the connection from %s cannot be served (%s); closing it, and "
+				  "others like it without a word", info->remote, why);
+		refused_logged = true;
+		close(fd);
+		return false;
+	}
 	/* Zeroed: the remote address is followed by an empty client id. */
 	c = calloc(1, conn_size(rlen + 2));
 	if (c == NULL || slot_alloc(w, &slot) < 0) {
 		log_error("out of memory for a new connection from %s; closing it", info->remote);
+		xport_free(xp);
 		free(c);
 		close(fd);
 		return false;
 	}
+	c->xp = xp;
 	c->fd = fd;
 	c->id = conn_id_make(w->index, w->epoch, slot, ++w->serials[slot]);
 	c->state = CS_NEW;
@@ -282,6 +306,7 @@ bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
 	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		log_error("epoll_ctl: %s; closing the connection from %s", strerror(errno), c->remote);
 		w->free_slots[w->n_free++] = slot;
+		xport_free(c->xp);
 		free(c);
 		close(fd);
 		return false;
@@ -357,6 +382,8 @@ void conn_set_rules(struct worker *w, struct conn *c, const void *rules, size_t 
 
 static void conn_free_state(struct conn *c)
 {
+	xport_free(c->xp);
+	c->xp = NULL;
 	acl_client_free(c->acl);
 	c->acl = NULL;
 	qos_free(c->qos);
@@ -384,7 +411,9 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 	atomic_fetch_add(&w->env->shm.worker[w->index]->released, 1);
 	report_gone(w, c->remote);
 	/* Try to get the last bytes (a CONNACK with an error code) out. */
-	if (buf_held(c->out) > 0)
+	if (c->xp != NULL)
+		xport_last_write(w, c);
+	else if (buf_held(c->out) > 0)
 		(void)!write(c->fd, c->out->data + c->out->off, buf_held(c->out));
 	/*
 	 * Out of epoll before the close: the listener closes its copy of the
@@ -436,47 +465,71 @@ void close_all(struct worker *w, const char *why)
 
 /* --- input -------------------------------------------------------------- */
 
-/* Handle what sits in c->in (partial packets, or input held while paused). */
-void conn_process_input(struct worker *w, struct conn *c)
+/* What sits in *cp's input (partial packets, or input held while paused); false: closed. */
+static bool process_held(struct worker *w, struct conn **cp)
 {
-	ssize_t used = process_bytes(w, &c, c->in->data, c->in->len);
+	struct conn *c;
+	ssize_t used = process_bytes(w, cp, (*cp)->in->data, (*cp)->in->len);
 
 	if (used < 0)
-		return;
+		return false;
+	c = *cp;
 	memmove(c->in->data, c->in->data + used, c->in->len - (size_t)used);
 	c->in->len -= (size_t)used;
 	if (c->in->len == 0)
 		buf_free(&c->in);
+	return true;
+}
+
+void conn_process_input(struct worker *w, struct conn *c)
+{
+	process_held(w, &c);
+}
+
+bool conn_feed(struct worker *w, struct conn **cp, const uint8_t *p, size_t n)
+{
+	struct conn *c = *cp;
+	ssize_t used;
+
+	if (buf_held(c->in) > 0) {
+		/* A packet is already partly here: append, then decode in place. */
+		if (buf_reserve(&c->in, n) < 0) {
+			conn_close(w, c, true, "out of memory");
+			return false;
+		}
+		memcpy(c->in->data + c->in->len, p, n);
+		c->in->len += n;
+		return process_held(w, cp);
+	}
+	used = process_bytes(w, cp, p, n);
+	if (used < 0)
+		return false;
+	c = *cp;
+	if ((size_t)used == n)
+		return true;
+	if (buf_reserve(&c->in, n - (size_t)used) < 0) {
+		conn_close(w, c, true, "out of memory");
+		return false;
+	}
+	memcpy(c->in->data, p + used, n - (size_t)used);
+	c->in->len = n - (size_t)used;
+	return true;
 }
 
 void conn_read(struct worker *w, struct conn *c)
 {
-	ssize_t n = read(c->fd, w->rbuf, READ_CHUNK), used;
+	ssize_t n;
 
+	if (c->xp != NULL) {
+		xport_read(w, c);
+		return;
+	}
+	n = read(c->fd, w->rbuf, READ_CHUNK);
 	if (n <= 0) {
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return;
 		conn_close(w, c, true, n == 0 ? "connection closed by client" : strerror(errno));
 		return;
 	}
-	if (buf_held(c->in) > 0) {
-		/* A packet is already partly here: append, then decode in place. */
-		if (buf_reserve(&c->in, (size_t)n) < 0) {
-			conn_close(w, c, true, "out of memory");
-			return;
-		}
-		memcpy(c->in->data + c->in->len, w->rbuf, (size_t)n);
-		c->in->len += (size_t)n;
-		conn_process_input(w, c);
-		return;
-	}
-	used = process_bytes(w, &c, w->rbuf, (size_t)n);
-	if (used < 0 || used == n)
-		return;
-	if (buf_reserve(&c->in, (size_t)(n - used)) < 0) {
-		conn_close(w, c, true, "out of memory");
-		return;
-	}
-	memcpy(c->in->data, w->rbuf + used, (size_t)(n - used));
-	c->in->len = (size_t)(n - used);
+	conn_feed(w, &c, w->rbuf, (size_t)n);
 }

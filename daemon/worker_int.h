@@ -27,6 +27,8 @@
 
 #define READ_CHUNK 65536         /* bytes read from a client at once */
 
+struct xport;                    /* worker_transport.h */
+
 enum conn_state {
 	CS_NEW,          /* accepted, waiting for CONNECT */
 	CS_AUTHENTICATING, /* CONNECT valid, its credentials with the auth role (worker_auth.c) */
@@ -54,26 +56,29 @@ struct conn {
 	struct conn_qos *qos;        /* NULL while no QoS 1/2 message is held */
 	struct conn *dirty_next;
 	struct acl_client *acl;      /* its view of the ACL (conn_set_rules); NULL: none given */
+	struct xport *xp;            /* layers above the socket (worker_transport.h); NULL: plain TCP */
 	int fd;
 	uint32_t sid;                /* the router's session id, from CONNACK */
 	uint16_t keepalive;          /* effective, seconds; 0 = none */
 	uint16_t next_pid;           /* not in qos: ids go on rotating when that is freed */
-	uint8_t state : 7;           /* enum conn_state */
-	uint8_t rules_from_token : 1; /* acl is a token's lists: kept when the ACL file changes */
 	uint8_t remote_len;
-	bool clean;
-	bool paused;                 /* not reading: waiting for the router's CONNACK */
-	bool throttled;              /* not reading: the router is behind (see worker.throttled) */
-	bool want_out;               /* EPOLLOUT armed */
-	bool dirty;                  /* in the flush list */
-	bool drop_logged;
-	bool in_off;                 /* EPOLLIN left out of its epoll registration */
-	bool out_full;               /* not reading: its unsent output is past max_output_bytes */
+	/* Flags as bits, so that the pointer xp costs an idle connection one byte. */
+	uint8_t state : 3;           /* enum conn_state */
+	bool rules_from_token : 1;   /* acl is a token's lists: kept when the ACL file changes */
+	bool clean : 1;
+	bool paused : 1;             /* not reading: waiting for the router's CONNACK */
+	bool throttled : 1;          /* not reading: the router is behind (see worker.throttled) */
+	bool want_out : 1;           /* EPOLLOUT armed */
+	bool dirty : 1;              /* in the flush list */
+	bool drop_logged : 1;
+	bool in_off : 1;             /* EPOLLIN left out of its epoll registration */
+	bool out_full : 1;           /* not reading: its unsent output is past max_output_bytes */
 	/* "127.0.0.1:53412" or "[::1]:53412", NUL, the client id (empty before CONNECT), NUL */
 	char remote[];
 };
 
 static_assert(sizeof(struct conn) <= 80, "struct conn grew: every idle connection pays for it");
+static_assert(CS_CLOSED < 8, "enum conn_state fits conn.state");
 
 /* Bytes held: not yet sent (output) or not yet decoded (input). */
 static inline size_t buf_held(const struct buf *b)
@@ -156,8 +161,20 @@ void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool 
 bool out_drained(struct worker *w, struct conn *c);
 void conn_set_rules(struct worker *w, struct conn *c, const void *rules, size_t len);
 bool conn_flush(struct worker *w, struct conn *c);
+/*
+ * After a flush of c's output: blocked, some is left for EPOLLOUT (its
+ * sent part dropped); else none (its buffer freed). Reading resumes once
+ * the output is down to half max_output_bytes.
+ */
+void conn_flushed(struct worker *w, struct conn *c, bool blocked);
 void flush_dirty(struct worker *w);
 void conn_read(struct worker *w, struct conn *c);
+/*
+ * MQTT bytes from the client: decoded at once when nothing is held, else
+ * after what is; the rest of a packet is kept in c->in. *cp follows the
+ * connection (its CONNECT moves it). Returns false when it was closed.
+ */
+bool conn_feed(struct worker *w, struct conn **cp, const uint8_t *p, size_t n);
 void conn_process_input(struct worker *w, struct conn *c);
 void conn_close(struct worker *w, struct conn *c, bool publish_will, const char *why);
 void conn_refuse(struct worker *w, struct conn *c, uint8_t code, const char *why);

@@ -18,10 +18,26 @@
 #define CONFIG_MAX_LISTEN 16
 #define CONFIG_ERR_LEN 512
 
+/*
+ * What a listener's connections speak above TCP. The values cross from
+ * the listener to the workers (struct ipc_client), so they are fixed.
+ */
+enum listen_transport {
+	LISTEN_TCP = 0,  /* MQTT over TCP: tcp://, or no scheme */
+	LISTEN_MQTTS,    /* MQTT over TLS: mqtts:// (needs TLS) */
+	LISTEN_WS,       /* MQTT over WebSocket: ws:// */
+	LISTEN_WSS,      /* MQTT over WebSocket over TLS: wss:// (needs TLS) */
+	LISTEN_N_TRANSPORTS
+};
+
+#define LISTEN_PATH_MAX 64   /* a ws:// or wss:// path with its NUL */
+
 struct listen_addr {
 	char host[64];   /* numeric or name; "" or "*" means any */
 	char port[8];
 	int family;      /* AF_INET, AF_INET6 or AF_UNSPEC (host resolves) */
+	int transport;   /* enum listen_transport */
+	char path[LISTEN_PATH_MAX]; /* ws, wss: the one path served ("/mqtt"); "": any */
 };
 
 struct iotd_config {
@@ -41,6 +57,7 @@ struct iotd_config {
 	long connect_timeout;        /* seconds from accept to CONNECT */
 	long max_packet_size;        /* bytes, whole packet */
 	long max_connect_size;       /* bytes, whole CONNECT; min(this, max_packet_size) applies */
+	long max_http_request_size;  /* bytes: a WebSocket upgrade request, request line and headers */
 	long max_client_id_length;   /* bytes; a longer one gets CONNACK 2 */
 	long retained_message_limit; /* number of retained topics */
 	long retained_bytes_limit;   /* topic + payload bytes of all retained messages; 0 = no cap */
@@ -142,8 +159,18 @@ bool config_acl_in_force(const struct iotd_config *cfg);
 /* Whether TLS is configured (a certificate and its key): the key role runs. */
 bool config_tls(const struct iotd_config *cfg);
 
-/* Parse one listen address: "host:port", "[v6]:port", "tcp://host:port", ":port". */
+/*
+ * Parse one listen address: "host:port", "[v6]:port", "tcp://host:port",
+ * ":port", "mqtts://host:port", "ws://host:port[/path]",
+ * "wss://host:port[/path]".
+ */
 int config_parse_listen(const char *s, struct listen_addr *out);
+
+/* "tcp", "mqtts", "ws", "wss": a transport's scheme, for messages. */
+const char *listen_transport_name(int transport);
+
+/* Does this transport need TLS (mqtts, wss)? */
+bool listen_transport_tls(int transport);
 
 void config_usage(FILE *out, const char *prog);
 

@@ -19,7 +19,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 10           /* bump whenever the header, enum ipc_type or a payload changes */
+#include "config.h"
+
+#define IPC_VERSION 11           /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
@@ -84,6 +86,8 @@ struct ipc_hdr {
 
 struct ipc_client {              /* one per connection in an IPC_CLIENT_FD payload */
 	char remote[64];             /* "127.0.0.1:53412" or "[::1]:53412" */
+	uint32_t transport;          /* enum listen_transport (config.h): the worker checks it */
+	char path[LISTEN_PATH_MAX];  /* ws, wss: the path its listener serves; "": any */
 };
 
 /*

@@ -44,6 +44,11 @@ struct role_env {
 	int router_auth;               /* the router's end */
 	int listen_fds[CONFIG_MAX_LISTEN * 2];
 	int n_listen_fds;
+	/* For each of listen_fds: what its connections speak, handed on with each of them. */
+	struct listen_kind {
+		int transport;             /* enum listen_transport */
+		char path[LISTEN_PATH_MAX]; /* ws, wss: the path served; "": any */
+	} listen_kinds[CONFIG_MAX_LISTEN * 2];
 };
 
 /*

@@ -535,12 +535,16 @@ class PahoClient:
     waits for CONNACK, SUBACK, publish completion and incoming messages."""
 
     def __init__(self, port, client_id, clean_session=True, keepalive=60,
-                 will=None, host="127.0.0.1", username=None, password=None):
+                 will=None, host="127.0.0.1", username=None, password=None, ws_path=None):
+        """ws_path: MQTT over WebSocket, asking for that path ("/mqtt")."""
         self.port = port
         self.host = host
         self.client_id = client_id
         self.c = mqtt.Client(client_id=client_id, clean_session=clean_session,
-                             protocol=mqtt.MQTTv311, reconnect_on_failure=False)
+                             protocol=mqtt.MQTTv311, reconnect_on_failure=False,
+                             transport="tcp" if ws_path is None else "websockets")
+        if ws_path is not None:
+            self.c.ws_set_options(path=ws_path)
         if will is not None:
             topic, payload, qos, retain = will
             self.c.will_set(topic, payload, qos, retain)
@@ -636,7 +640,7 @@ class PahoClient:
     def local_port(self):
         s = self.c.socket()
         assert s is not None, f"[{self.client_id}] not connected"
-        return s.getsockname()[1]
+        return getattr(s, "_socket", s).getsockname()[1]   # over WebSocket, paho's wrapper
 
     def disconnect(self):
         try:

@@ -30,6 +30,7 @@ targets() {
 	fuzz_passwd) echo common/passwd.c common/b64.c ;;
 	fuzz_acl) echo common/acl.c ;;
 	fuzz_jwt) echo common/jwt.c common/json.c common/b64.c ;;
+	fuzz_http_upgrade) echo common/http_upgrade.c ;;
 	fuzz_router) echo daemon/router_records.c daemon/router_session.c \
 	    daemon/router_publish.c daemon/router_queue.c daemon/router.c ;;
 	fuzz_worker) echo daemon/worker_records.c daemon/qos.c ;;

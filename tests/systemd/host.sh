@@ -204,8 +204,25 @@ t_activated() {
 	out=$(cat "$WORK/log")
 	grep -q "listening on 127.0.0.1:$PORT (socket 'mqtt' passed by systemd)" <<<"$out"
 }
-t_refused() {
-	systemd-socket-activate -l "127.0.0.1:$PORT" --fdname=websocket "$BIN" -c "$WORK/iotd.conf" \
+# A WebSocket upgrade on 127.0.0.1:$1 answered "101".
+ws_upgrade() {
+	timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$1 &&
+		printf "GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n" >&3 &&
+		head -c 12 <&3' _ "$1" | grep -qx 'HTTP/1.1 101'
+}
+t_ws_activated() {
+	local out
+	systemd-socket-activate -l "127.0.0.1:$PORT" -l "127.0.0.1:$((PORT + 1))" \
+		--fdname=mqtt:websocket "$BIN" -c "$WORK/iotd.conf" >"$WORK/log" 2>&1 &
+	SUP=$!
+	sleep 0.2
+	t_roundtrip || return 1
+	ws_upgrade $((PORT + 1)) || return 1
+	out=$(cat "$WORK/log")
+	grep -q "listening on ws://127.0.0.1:$((PORT + 1)) (socket 'websocket' passed by systemd)" <<<"$out"
+}
+t_refused() {  # t_refused NAME WHAT: a passed socket named NAME, refused with a log line saying WHAT
+	systemd-socket-activate -l "127.0.0.1:$PORT" --fdname="$1" "$BIN" -c "$WORK/iotd.conf" \
 		>"$WORK/log" 2>&1 &
 	SUP=$!
 	sleep 0.2
@@ -215,12 +232,18 @@ t_refused() {
 	wait "$SUP" || rc=$?
 	SUP=""
 	cat "$WORK/log"
-	[ "$rc" = 1 ] && t_log_says "is for MQTT over WebSocket, which this version does not serve"
+	[ "$rc" = 1 ] && t_log_says "$2"
 }
 if command -v systemd-socket-activate >/dev/null; then
 	check "systemd-socket-activate: the passed 'mqtt' socket is served" t_activated
 	check "stopped" t_stop
-	check "a passed 'websocket' socket is refused: exit 1 with a log line" t_refused
+	check "systemd-socket-activate: passed 'mqtt' and 'websocket' sockets are served" \
+		t_ws_activated
+	check "stopped" t_stop
+	check "a passed 'websocket-tls' socket is refused: exit 1 with a log line" \
+		t_refused websocket-tls "is for wss, and TLS listeners are not served by this version"
+	check "a passed socket of an unknown name is refused: exit 1 with a log line" \
+		t_refused quic "unknown FileDescriptorName="
 else
 	echo "SKIP: systemd-socket-activate not installed (package systemd)"
 fi

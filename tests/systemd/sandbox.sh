@@ -27,7 +27,7 @@ ROOT=$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || (cd "$HERE/../.."
 SB=${IOTD_SANDBOX:-$ROOT/../shared/tools/systemd-sandbox}
 STAGE=${IOTD_STAGE:?set IOTD_STAGE to a make install DESTDIR tree}
 # The daemon's runtime libraries, the clients, and man for `verify`'s Documentation= check.
-export SANDBOX_PACKAGES="libconfuse2 libsystemd0 libseccomp2 liblmdb0 mosquitto-clients man-db"
+export SANDBOX_PACKAGES="libconfuse2 libsystemd0 libseccomp2 liblmdb0 libwslay1 mosquitto-clients man-db"
 export SANDBOX_NAME=${SANDBOX_NAME:-iotd-test-$$}
 KEEPER=""   # pid (inside) of the subscriber that must survive reloads
 
@@ -87,8 +87,8 @@ sx systemctl daemon-reload
 CONF=$(sx cat /etc/iotd/iotd.conf)
 
 # ---- the units ------------------------------------------------------------------
-t_verify() { local out; out=$(sx systemd-analyze verify iotd.socket iotd.service 2>&1); echo "$out"; [ -z "$out" ]; }
-check "systemd-analyze verify iotd.socket iotd.service prints nothing" t_verify
+t_verify() { local out; out=$(sx systemd-analyze verify iotd.socket iotd-websocket.socket iotd.service 2>&1); echo "$out"; [ -z "$out" ]; }
+check "systemd-analyze verify iotd.socket iotd-websocket.socket iotd.service prints nothing" t_verify
 check "the iotd user exists (sysusers.d) and /var/lib/iotd is its (tmpfiles.d)" \
 	sx bash -c 'id iotd && [ "$(stat -c %U /var/lib/iotd)" = iotd ]'
 
@@ -102,16 +102,25 @@ t_first() { pub -t first/t -m hello -r -q 1 -i first-conn; }
 t_retained() { sx mosquitto_sub -h 127.0.0.1 -t first/t -v -C 1 -W 5 -i second-conn | grep -x "first/t hello"; }
 t_passed() {
 	wait_journal iotd "listening on 0\.0\.0\.0:1883 \(socket 'mqtt' passed by systemd\)" &&
-		journal_has iotd "listening on \[::\]:1883 \(socket 'mqtt' passed by systemd\)"
+		journal_has iotd "listening on \[::\]:1883 \(socket 'mqtt' passed by systemd\)" &&
+		journal_has iotd "listening on ws://0\.0\.0\.0:8080 \(socket 'websocket' passed by systemd\)" &&
+		journal_has iotd "listening on ws://\[::\]:8080 \(socket 'websocket' passed by systemd\)"
 }
-check "systemctl start iotd.socket" sx systemctl start iotd.socket
+t_ws_upgrade() {  # a WebSocket upgrade on the passed socket is answered 101
+	sx timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 &&
+		printf "GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n" >&3 &&
+		head -c 12 <&3' | grep -qx 'HTTP/1.1 101'
+}
+check "systemctl start iotd.socket iotd-websocket.socket" \
+	sx systemctl start iotd.socket iotd-websocket.socket
 check "nothing runs before the first connection" t_idle
 check "the first connection activates iotd and succeeds (retained publish)" t_first
 check "systemctl is-active iotd: active" sx systemctl is-active iotd
 check "the retained message comes back to a subscriber" t_retained
 check "live publish/subscribe round trip over IPv4" roundtrip 127.0.0.1 1883
 check "live publish/subscribe round trip over IPv6" roundtrip ::1 1883
-check "iotd took both sockets systemd passed, by name" t_passed
+check "iotd took the four sockets systemd passed, by name" t_passed
+check "a WebSocket upgrade on the passed 'websocket' socket is answered 101" t_ws_upgrade
 
 # ---- 3. the journal's fields ------------------------------------------------------
 t_fields() {
@@ -224,7 +233,7 @@ sx rm -f /etc/systemd/system/iotd.service.d/watchdog.conf
 sx systemctl daemon-reload
 
 # ---- 2. systemctl start iotd without the socket unit -------------------------------
-sx systemctl stop iotd.socket iotd.service
+sx systemctl stop iotd.socket iotd-websocket.socket iotd.service
 t_direct() {
 	sx systemctl start iotd || return 1   # Type=notify: returns once READY=1 arrived
 	[ "$(sx systemctl is-active iotd)" = active ] &&

@@ -34,5 +34,12 @@ t_names() {
 
 check "systemd-analyze security --offline=yes iotd.service: exposure 2.0 or lower" t_exposure
 check "iotd.service keeps no capability (CapabilityBoundingSet= empty)" t_cap_empty
+t_ws_names() {
+	grep -qx 'FileDescriptorName=websocket' "$UNITS/iotd-websocket.socket" &&
+		grep -qx 'Service=iotd.service' "$UNITS/iotd-websocket.socket" &&
+		grep -qx 'ListenStream=0.0.0.0:8080' "$UNITS/iotd-websocket.socket" &&
+		grep -qx 'ListenStream=\[::\]:8080' "$UNITS/iotd-websocket.socket"
+}
 check "iotd.socket: 1883 on IPv4 and IPv6, named 'mqtt'" t_names
+check "iotd-websocket.socket: 8080 on IPv4 and IPv6 for iotd.service, named 'websocket'" t_ws_names
 summary "units"

@@ -157,6 +157,7 @@ static const struct setting settings[] = {
 	NUMBER(connect_timeout, 10, 5),
 	NUMBER(max_packet_size, 1048576, 65536),
 	NUMBER(max_connect_size, 131072, 4096),
+	NUMBER(max_http_request_size, 8192, 2048),
 	NUMBER(max_client_id_length, 1024, 64),
 	NUMBER(retained_message_limit, 10000, 77),
 	NUMBER(max_inflight, 20, 100),
@@ -280,6 +281,7 @@ static void full_file_sets_every_key(void **state)
 		"  connect_timeout = 5\n"
 		"  max_packet_size = 65536\n"
 		"  max_connect_size = 4096\n"
+		"  max_http_request_size = 2048\n"
 		"  max_client_id_length = 64\n"
 		"  retained_message_limit = 77\n"
 		"  max_inflight = 100\n"
@@ -358,6 +360,8 @@ static const struct bad_value bad_values[] = {
 	{ "server", "max_packet_size", "268435461" },
 	{ "server", "max_connect_size", "63" },
 	{ "server", "max_connect_size", "268435461" },
+	{ "server", "max_http_request_size", "511" },
+	{ "server", "max_http_request_size", "65537" },
 	{ "server", "max_client_id_length", "22" },
 	{ "server", "max_client_id_length", "65536" },
 	{ "server", "retained_message_limit", "0" },
@@ -524,6 +528,19 @@ static void empty_or_oversized_listen_list_is_rejected(void **state)
 	assert_load_fails(text, "listen_addresses: more than 16 addresses");
 }
 
+static void tls_listeners_are_refused_without_tls(void **state)
+{
+	struct iotd_config c;
+
+	assert_loads("server { listen_addresses = { \":1883\", \"ws://:8080/mqtt\" } }\n", &c);
+	assert_int_equal(c.listen[1].transport, LISTEN_WS);
+	assert_string_equal(c.listen[1].path, "/mqtt");
+	assert_load_fails("server { listen_addresses = { \"mqtts://:8883\" } }\n",
+			  "listen_addresses: mqtts://*:8883: TLS listeners are not served by this version");
+	assert_load_fails("server { listen_addresses = { \":1\", \"wss://h:443/m\" } }\n",
+			  "wss://h:443: TLS listeners are not served by this version");
+}
+
 static void control_characters_in_values_do_not_reach_the_message(void **state)
 {
 	struct iotd_config c;
@@ -554,8 +571,8 @@ static void shipped_config_file_equals_the_defaults(void **state)
 		"max_connect_rate_per_address", "placement_slack", "max_inflight_bytes",
 		"max_output_bytes",
 		"session_timeout_secs", "keep_alive_timeout_secs", "max_keepalive",
-		"connect_timeout", "max_packet_size", "max_connect_size", "max_client_id_length",
-		"retained_message_limit", "max_inflight",
+		"connect_timeout", "max_packet_size", "max_connect_size", "max_http_request_size",
+		"max_client_id_length", "retained_message_limit", "max_inflight",
 		"max_queued_messages", "max_queued_bytes", "max_router_backlog_bytes",
 		"max_topic_levels",
 		"max_topic_length", "user", "backend", "allow_anonymous", "jwt_username_claim",
@@ -798,22 +815,30 @@ static void auth_enabled_agrees_with_the_backend(void **state)
 struct listen_case {
 	const char *in, *host, *port;
 	int family;
+	int transport;               /* enum listen_transport */
+	const char *path;            /* NULL: "" */
 };
 
 static const struct listen_case listen_accepted[] = {
-	{ "127.0.0.1:1883", "127.0.0.1", "1883", AF_INET },
-	{ "0.0.0.0:1", "0.0.0.0", "1", AF_INET },
-	{ "[::1]:1883", "::1", "1883", AF_INET6 },
-	{ "[::]:8883", "::", "8883", AF_INET6 },
-	{ "[fe80::1%eth0]:1883", "fe80::1%eth0", "1883", AF_INET6 },
-	{ "tcp://10.0.0.1:1883", "10.0.0.1", "1883", AF_INET },
-	{ "TCP://[::1]:1", "::1", "1", AF_INET6 },
-	{ "tcp://broker.example.com:65535", "broker.example.com", "65535", AF_UNSPEC },
-	{ "localhost:1883", "localhost", "1883", AF_UNSPEC },
-	{ ":1883", "", "1883", AF_UNSPEC },
-	{ "*:1883", "", "1883", AF_UNSPEC },
-	{ "tcp://:1883", "", "1883", AF_UNSPEC },
-	{ "host:01883", "host", "1883", AF_UNSPEC },
+	{ "127.0.0.1:1883", "127.0.0.1", "1883", AF_INET, LISTEN_TCP, NULL },
+	{ "0.0.0.0:1", "0.0.0.0", "1", AF_INET, LISTEN_TCP, NULL },
+	{ "[::1]:1883", "::1", "1883", AF_INET6, LISTEN_TCP, NULL },
+	{ "[::]:8883", "::", "8883", AF_INET6, LISTEN_TCP, NULL },
+	{ "[fe80::1%eth0]:1883", "fe80::1%eth0", "1883", AF_INET6, LISTEN_TCP, NULL },
+	{ "tcp://10.0.0.1:1883", "10.0.0.1", "1883", AF_INET, LISTEN_TCP, NULL },
+	{ "TCP://[::1]:1", "::1", "1", AF_INET6, LISTEN_TCP, NULL },
+	{ "tcp://broker.example.com:65535", "broker.example.com", "65535", AF_UNSPEC, LISTEN_TCP, NULL },
+	{ "localhost:1883", "localhost", "1883", AF_UNSPEC, LISTEN_TCP, NULL },
+	{ ":1883", "", "1883", AF_UNSPEC, LISTEN_TCP, NULL },
+	{ "*:1883", "", "1883", AF_UNSPEC, LISTEN_TCP, NULL },
+	{ "tcp://:1883", "", "1883", AF_UNSPEC, LISTEN_TCP, NULL },
+	{ "host:01883", "host", "1883", AF_UNSPEC, LISTEN_TCP, NULL },
+	{ "ws://127.0.0.1:8080", "127.0.0.1", "8080", AF_INET, LISTEN_WS, NULL },
+	{ "WS://[::1]:8080/mqtt", "::1", "8080", AF_INET6, LISTEN_WS, "/mqtt" },
+	{ "ws://:80/a/b-c_d.e~f", "", "80", AF_UNSPEC, LISTEN_WS, "/a/b-c_d.e~f" },
+	{ "ws://host:80/", "host", "80", AF_UNSPEC, LISTEN_WS, "/" },
+	{ "wss://host:443/mqtt", "host", "443", AF_UNSPEC, LISTEN_WSS, "/mqtt" },
+	{ "mqtts://0.0.0.0:8883", "0.0.0.0", "8883", AF_INET, LISTEN_MQTTS, NULL },
 };
 
 static const char *const listen_refused[] = {
@@ -822,6 +847,11 @@ static const char *const listen_refused[] = {
 	"[::1%]:1883", "::1:1883", "udp://x:1", "http://x:1", "1.2.3.256:1", "10.1:1883",
 	"12345:1883", "a..b:1", "-a:1", "ho st:1", " host:1", "host:1 ", "", ":",
 	"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa:1",
+	/* Paths: only WebSocket listeners have one, visible ASCII without query or fragment. */
+	"tcp://host:1/mqtt", "host:1/mqtt", "mqtts://host:1/x", "ws://host:1mqtt",
+	"ws://host:1/a b", "ws://host:1/a?b", "ws://host:1/a#b", "ws://host/mqtt", "ws://:1/\x7f",
+	"ws://host:1/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+	"ws://ws://host:1", "wss:/host:1",
 };
 
 static void listen_addresses_parse_or_are_rejected(void **state)
@@ -834,9 +864,11 @@ static void listen_addresses_parse_or_are_rejected(void **state)
 		if (config_parse_listen(t->in, &a) != 0)
 			fail_msg("'%s' was rejected", t->in);
 		if (strcmp(a.host, t->host) != 0 || strcmp(a.port, t->port) != 0 ||
-		    a.family != t->family)
-			fail_msg("'%s' gave host '%s' port '%s' family %d", t->in, a.host,
-				 a.port, a.family);
+		    a.family != t->family || a.transport != t->transport ||
+		    strcmp(a.path, t->path ? t->path : "") != 0)
+			fail_msg("'%s' gave host '%s' port '%s' family %d transport %s path '%s'",
+				 t->in, a.host, a.port, a.family, listen_transport_name(a.transport),
+				 a.path);
 	}
 	for (size_t i = 0; i < ARRAY_SIZE(listen_refused); i++) {
 		struct listen_addr a;
@@ -1310,6 +1342,7 @@ int main(void)
 		CONF_TEST(comments_anywhere_keep_line_numbers_right),
 		CONF_TEST(nul_byte_in_file_is_rejected_with_its_line),
 		CONF_TEST(empty_or_oversized_listen_list_is_rejected),
+		CONF_TEST(tls_listeners_are_refused_without_tls),
 		CONF_TEST(control_characters_in_values_do_not_reach_the_message),
 		CONF_TEST(failed_load_leaves_the_config_untouched),
 		cmocka_unit_test(shipped_config_file_equals_the_defaults),

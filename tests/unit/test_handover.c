@@ -57,6 +57,7 @@
 struct got {
 	unsigned msgs, conns;
 	char remote[64][64];
+	struct ipc_client info[64];    /* each one as it came */
 	int fd[64];                    /* the broker's ends, closed with the fixture */
 };
 
@@ -321,6 +322,7 @@ static void read_channel(struct fx *f, unsigned w, struct got *g, int wait_ms)
 			assert_string_equal(info[i].remote, remote);
 			assert_true(g->conns < ARRAY_SIZE(g->remote));
 			strcpy(g->remote[g->conns], info[i].remote);
+			g->info[g->conns] = info[i];
 			g->fd[g->conns++] = fds[i];
 		}
 		g->msgs++;
@@ -529,6 +531,22 @@ static void listener_sends_one_message_per_worker_balanced(void **state)
 				seen += strcmp(f->got[w].remote[k], want) == 0;
 		assert_int_equal(seen, 1);
 	}
+}
+
+/* Each connection names the transport and path of the socket it came through. */
+static void listener_hands_on_the_transport_of_the_socket(void **state)
+{
+	struct fx *f = *state;
+
+	f->env.listen_kinds[0].transport = LISTEN_WS;
+	strcpy(f->env.listen_kinds[0].path, "/mqtt");
+	listener_spawn(f, NULL);
+	burst_read(f, 4);
+	for (unsigned w = 0; w < NWORKERS; w++)
+		for (unsigned k = 0; k < f->got[w].conns; k++) {
+			assert_int_equal(f->got[w].info[k].transport, LISTEN_WS);
+			assert_string_equal(f->got[w].info[k].path, "/mqtt");
+		}
 }
 
 static void listener_balances_on_load_with_the_batch_counted(void **state)
@@ -908,6 +926,43 @@ static void worker_takes_a_batch_and_closes_the_fd_it_cannot_take(void **state)
 	/* Their clients leaving releases them. */
 	wait_counts(f, 3, 3);
 	unlink(path);
+}
+
+/*
+ * The transport is the listener's word: one the worker does not serve (TLS,
+ * or no transport at all) is closed and counted released; a path without
+ * its NUL is cut, not read past.
+ */
+static void worker_refuses_a_transport_it_does_not_serve(void **state)
+{
+	static const uint32_t transports[] = { LISTEN_TCP, 99, LISTEN_WSS, LISTEN_MQTTS, LISTEN_WS };
+	struct fx *f = *state;
+	struct ipc_client info[5];
+	int clients[5], fds[5];
+
+	fx_spawn(f, worker_main, ROLE_WORKER, 0);
+	memset(info, 0, sizeof(info));
+	for (unsigned i = 0; i < 5; i++) {
+		int sp[2];
+
+		client_pair(sp);
+		clients[i] = sp[0];
+		fds[i] = sp[1];
+		snprintf(info[i].remote, sizeof(info[i].remote), "10.0.0.%u:1", i + 1);
+		info[i].transport = transports[i];
+	}
+	memset(info[4].path, '/', sizeof(info[4].path));
+	assert_int_equal(ipc_send_fds(f->env.chan_listener[0], IPC_CLIENT_FD, 0, info,
+				      sizeof(info), fds, 5), 0);
+	close_all(fds, 5);
+	wait_counts(f, 5, 3);
+	assert_false(peer_gone(clients[0], 100));
+	assert_true(peer_gone(clients[1], 2000));
+	assert_true(peer_gone(clients[2], 2000));
+	assert_true(peer_gone(clients[3], 2000));
+	assert_false(peer_gone(clients[4], 0));
+	close_all(clients, 5);
+	wait_counts(f, 5, 5);
 }
 
 static void worker_closes_a_malformed_batch_and_counts_it(void **state)
@@ -1307,6 +1362,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		LISTENER_TEST(listener_sends_one_message_per_worker_balanced),
+		LISTENER_TEST(listener_hands_on_the_transport_of_the_socket),
 		LISTENER_TEST(listener_balances_on_load_with_the_batch_counted),
 		LISTENER_TEST(listener_refuses_beyond_max_connections_within_a_batch),
 		LISTENER_TEST(listener_sends_elsewhere_when_a_channel_is_full),
@@ -1320,6 +1376,7 @@ int main(void)
 		LISTENER_TEST(listener_passes_over_a_worker_not_yet_serving_its_epoch),
 		LISTENER_TEST(listener_takes_a_lying_workers_release_count_as_no_load),
 		WORKER_TEST(worker_takes_a_batch_and_closes_the_fd_it_cannot_take),
+		WORKER_TEST(worker_refuses_a_transport_it_does_not_serve),
 		WORKER_TEST(worker_closes_a_malformed_batch_and_counts_it),
 		WORKER_TEST(worker_out_of_fds_closes_a_truncated_batch_and_counts_it),
 		WORKER_TEST(worker_starts_its_counts_from_zero),
