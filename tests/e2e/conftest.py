@@ -337,6 +337,17 @@ class Broker:
         return [p for p in descendants(self.proc.pid)
                 if proc_title(p).startswith("iotd: worker")]
 
+    def wait_worker_replaced(self, gone, n=2, timeout=10):
+        """Wait until the supervisor has replaced worker process gone: n
+        workers, gone not among them, each try one look at them (two looks
+        could see gone still there, then neither it nor its successor
+        yet). Returns that look's pids."""
+        seen = []
+        wait_for(lambda: seen.append(self.worker_pids()) or
+                 (len(seen[-1]) == n and gone not in seen[-1]),
+                 T(timeout), "the supervisor to restart the killed worker")
+        return seen[-1]
+
     def role_pid(self, role):
         """Pid of the one living "iotd: router" / "iotd: listener" /
         "iotd: worker N" (role "worker 0"), or None when there is none, or

@@ -278,8 +278,7 @@ def test_a_restarted_worker_leaves_no_count_behind(broker):
     survivor = b if broker.worker_of(b) != worker else None
     os.kill(worker, signal.SIGKILL)
     a.expect_closed(T(5))
-    wait_for(lambda: len(broker.worker_pids()) == 2 and worker not in broker.worker_pids(), 10,
-             "the worker restarted")
+    broker.wait_worker_replaced(worker)
     broker.initial_pids = set(broker.pids())
     c = wait_for(lambda: connect_from(broker, "127.0.0.6"), 5,
                  "a connection from 127.0.0.6 once the worker holding one died")

@@ -248,8 +248,7 @@ def run_scenario(broker):
     r.sa_queued = drain(r, r.sa_back)
 
     # The restarted worker serves: a new client held by it does a round trip.
-    wait_for(lambda: len(broker.worker_pids()) == 2 and a not in broker.worker_pids(), 10,
-             "the supervisor to restart the killed worker")
+    broker.wait_worker_replaced(a)
     r.a_new = worker_pid_by_index(broker, r.a_index)
     probe = raw_on(broker, r.a_new, tries=20, deadline=time.monotonic() + T(5))
     probe.subscribe([("cwprobe/x", 1)])
@@ -496,8 +495,7 @@ def test_inflight_exchanges_resume_with_their_packet_ids(broker):
     last.disconnect()
     pub.disconnect()
     # The kill was deliberate: the teardown must not take the new worker for a crash.
-    wait_for(lambda: len(broker.worker_pids()) == 2 and w not in broker.worker_pids(), T(10),
-             "the supervisor to restart the killed worker")
+    broker.wait_worker_replaced(w)
     broker.initial_pids = set(broker.pids())
 
 
@@ -535,6 +533,5 @@ def test_qos2_publish_resent_after_a_worker_death_is_routed_once(broker):
     assert nxt.payload == b"after", f"the resent QoS 2 PUBLISH was routed twice: {nxt!r}"
     for c in (back, sub):
         c.disconnect()
-    wait_for(lambda: len(broker.worker_pids()) == 2 and w not in broker.worker_pids(), T(10),
-             "the supervisor to restart the killed worker")
+    broker.wait_worker_replaced(w)
     broker.initial_pids = set(broker.pids())

@@ -1071,10 +1071,9 @@ def test_killed_worker_leaves_the_other_workers_local_pair_streaming(lt):
     os.kill(wa, signal.SIGKILL)
     suba.wait_closed()
     pa.expect_closed(T(5))
-    wait_for(lambda: len(broker.worker_pids()) == 2 and wa not in broker.worker_pids(),
-             10, "the supervisor to restart the killed worker")
+    workers = broker.wait_worker_replaced(wa)
     broker.initial_pids = set(broker.pids())      # the kill was deliberate
-    new_w = [p for p in broker.worker_pids() if p != wb][0]
+    new_w = [p for p in workers if p != wb][0]
     subb.wait_seq("w", len(stream.t_start) + 100)
 
     # New clients land on the restarted worker (it holds the fewest); those
