@@ -119,7 +119,7 @@ struct opts {
 	bool json;
 	/* transports */
 	bool tls;
-	const char *cafile, *cert, *key, *ciphers, *ciphersuites, *sni;
+	const char *cafile, *cert, *key, *ciphers, *ciphersuites, *groups, *sni;
 	int tls_version;          /* 0: any TLS 1.2 or later; 12 or 13: only that one */
 	bool tls_resume;          /* offer the session of an earlier connection */
 	const char *ws_path;      /* NULL: MQTT straight on TCP or TLS */
@@ -709,6 +709,8 @@ static SSL_CTX *tls_ctx(const struct opts *o)
 		die("--ciphers '%s': %s", o->ciphers, tls_error());
 	if (o->ciphersuites && !SSL_CTX_set_ciphersuites(ctx, o->ciphersuites))
 		die("--ciphersuites '%s': %s", o->ciphersuites, tls_error());
+	if (o->groups && !SSL_CTX_set1_groups_list(ctx, o->groups))
+		die("--groups '%s': %s", o->groups, tls_error());
 	if (o->cafile ? !SSL_CTX_load_verify_locations(ctx, o->cafile, NULL)
 		      : !SSL_CTX_set_default_verify_paths(ctx))
 		die("cannot load the trusted certificates%s%s: %s", o->cafile ? " of " : "",
@@ -769,15 +771,16 @@ static const char *tls_failure(struct conn *c, int rc, bool *want_write)
 	}
 }
 
-/* "TLSv1.3 TLS_AES_128_GCM_SHA256 EC-256": what the broker chose, for the report. */
+/* "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519 EC-256": what the broker chose, for the report. */
 static void tls_describe(struct run *r, struct conn *c)
 {
 	X509 *peer = SSL_get0_peer_certificate(c->ssl);
 	EVP_PKEY *k = peer ? X509_get0_pubkey(peer) : NULL;
+	const char *group = SSL_group_to_name(c->ssl, SSL_get_negotiated_group(c->ssl));
 
-	snprintf(r->tls_desc, sizeof(r->tls_desc), "%s %s %s-%d", SSL_get_version(c->ssl),
-		 SSL_get_cipher_name(c->ssl), k ? EVP_PKEY_get0_type_name(k) : "?",
-		 k ? EVP_PKEY_get_bits(k) : 0);
+	snprintf(r->tls_desc, sizeof(r->tls_desc), "%s %s %s %s-%d", SSL_get_version(c->ssl),
+		 SSL_get_cipher_name(c->ssl), group ? group : "?",
+		 k ? EVP_PKEY_get0_type_name(k) : "?", k ? EVP_PKEY_get_bits(k) : 0);
 }
 
 static void base64(const uint8_t *in, int n, char *out)
@@ -2504,6 +2507,7 @@ static void usage(FILE *f)
 		"  --cafile FILE      certificates trusted for the broker (default: the system's)\n"
 		"  --cert FILE        client certificate chain (PEM); --key FILE its key\n"
 		"  --ciphers LIST     TLS 1.2 cipher list; --ciphersuites LIST: TLS 1.3 suites\n"
+		"  --groups LIST      key exchange groups offered, e.g. X25519 (default: OpenSSL's)\n"
 		"  --tls-version V    1.2 or 1.3 only (default: 1.2 or later)\n"
 		"  --sni NAME         server name sent and checked\n"
 		"  --tls-resume       resume the first session on every later connection\n"
@@ -2670,7 +2674,7 @@ static void parse_args(struct opts *o, int argc, char **argv)
 {
 	enum { O_PROCS = 256, O_SRC, O_PIDS, O_JSON, O_WINDOW, O_LAG, O_CWIN, O_RATE, O_DRAIN,
 	       O_FREE, O_HELP, O_USER, O_PASSWORD, O_TLS, O_CAFILE, O_CERT, O_KEY, O_CIPHERS,
-	       O_SUITES, O_TLSVER, O_SNI, O_RESUME, O_WS, O_WSMAX };
+	       O_SUITES, O_GROUPS, O_TLSVER, O_SNI, O_RESUME, O_WS, O_WSMAX };
 	static const struct option lo[] = {
 		{ "procs", required_argument, 0, O_PROCS },
 		{ "src-addrs", required_argument, 0, O_SRC },
@@ -2691,6 +2695,7 @@ static void parse_args(struct opts *o, int argc, char **argv)
 		{ "key", required_argument, 0, O_KEY },
 		{ "ciphers", required_argument, 0, O_CIPHERS },
 		{ "ciphersuites", required_argument, 0, O_SUITES },
+		{ "groups", required_argument, 0, O_GROUPS },
 		{ "tls-version", required_argument, 0, O_TLSVER },
 		{ "sni", required_argument, 0, O_SNI },
 		{ "tls-resume", no_argument, 0, O_RESUME },
@@ -2734,6 +2739,7 @@ static void parse_args(struct opts *o, int argc, char **argv)
 		case O_KEY: o->key = optarg; break;
 		case O_CIPHERS: o->ciphers = optarg; break;
 		case O_SUITES: o->ciphersuites = optarg; break;
+		case O_GROUPS: o->groups = optarg; break;
 		case O_TLSVER: o->tls_version = parse_tls_version(optarg); break;
 		case O_SNI: o->sni = optarg; break;
 		case O_RESUME: o->tls_resume = true; break;
@@ -2745,7 +2751,7 @@ static void parse_args(struct opts *o, int argc, char **argv)
 	}
 	if (optind < argc)
 		die("unexpected argument '%s'", argv[optind]);
-	if (!o->tls && (o->cafile || o->cert || o->key || o->ciphers || o->ciphersuites ||
+	if (!o->tls && (o->cafile || o->cert || o->key || o->ciphers || o->ciphersuites || o->groups ||
 			o->tls_version || o->sni || o->tls_resume))
 		die("TLS options need --tls");
 	if (o->ws_frame_max && !o->ws_path)
