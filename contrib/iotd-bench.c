@@ -2187,6 +2187,7 @@ struct conns_report {
 	int proc;
 	long ok;
 	uint64_t t_last;      /* CLOCK_MONOTONIC ns of its last CONNACK */
+	char tls_desc[96];    /* what its first TLS session negotiated */
 	char err[256];
 };
 
@@ -2224,6 +2225,7 @@ static void conns_child(const struct opts *o, int k, long first, long count, int
 	rep.proc = k;
 	rep.ok = r.ready;
 	rep.t_last = r.t_last_ready;
+	memcpy(rep.tls_desc, r.tls_desc, sizeof(rep.tls_desc));
 	w = write(report_fd, &rep, sizeof(rep));   /* atomic: smaller than PIPE_BUF */
 	(void)w;
 	(void)poll(&pfd, 1, 600 * 1000);   /* the parent closes hold_fd (or exits) */
@@ -2293,7 +2295,8 @@ static void fork_kids(const struct opts *o, pid_t *kids, int rep[2], int hold[2]
 }
 
 /* Children open the connections; returns the latest CONNACK time among them. */
-static uint64_t conns_forked(const struct opts *o, int *hold_w, pid_t *kids, long *ok)
+static uint64_t conns_forked(const struct opts *o, int *hold_w, pid_t *kids, long *ok,
+			     char *tls_desc)
 {
 	int rep[2], hold[2], got = 0;
 	bool reported[MAX_PROCS] = { false };
@@ -2323,6 +2326,9 @@ static uint64_t conns_forked(const struct opts *o, int *hold_w, pid_t *kids, lon
 		*ok += cr.ok;
 		if (cr.t_last > t_last)
 			t_last = cr.t_last;
+		cr.tls_desc[sizeof(cr.tls_desc) - 1] = '\0';
+		if (!tls_desc[0])
+			memcpy(tls_desc, cr.tls_desc, sizeof(cr.tls_desc));
 	}
 	close(rep[0]);
 	return t_last;
@@ -2340,6 +2346,7 @@ static int run_conns(const struct opts *o)
 	double cpu, dt;
 	struct figures f = { { stdout, true }, o->json };
 
+	r.o = o;   /* for the report when helper processes open the connections */
 	if (o->procs == 1)
 		check_fd_limit(o->conns);
 	else
@@ -2352,7 +2359,7 @@ static int run_conns(const struct opts *o)
 		ok = r.ready;
 		t_last = r.t_last_ready;
 	} else {
-		t_last = conns_forked(o, &hold_w, kids, &ok);
+		t_last = conns_forked(o, &hold_w, kids, &ok, r.tls_desc);
 	}
 	proc_snapshot(o, &c1);
 	sleep_s(0.5);   /* lets the broker finish what it allocates per connection */
@@ -2368,7 +2375,7 @@ static int run_conns(const struct opts *o)
 	fig_bool(&f, "ok", ok == o->conns && !c1.root_gone);
 	fig_text(&f, "scenario", "conns");
 	fig_int(&f, "qos", 0);
-	fig_text(&f, "transport", transport_name(o));
+	fig_transport(&f, &r);
 	fig_int(&f, "connections", (uint64_t)ok);
 	fig_int(&f, "procs", (uint64_t)o->procs);
 	fig_int(&f, "src_addrs", (uint64_t)(o->n_src ? o->n_src : 1));
