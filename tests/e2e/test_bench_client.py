@@ -1,13 +1,16 @@
 """The benchmark client's TLS and WebSocket transports (contrib/iotd-bench.c),
 checked against a real TLS and WebSocket broker: a Mosquitto started here
 with an MQTT, a TLS, a WebSocket and a TLS WebSocket listener, all serving
-one ECDSA P-256 certificate for 127.0.0.1 signed by a CA made here.
+one ECDSA P-256 certificate for 127.0.0.1 signed by a CA made here
+(python3-cryptography).
 
 A relay between the client and Mosquitto's WebSocket listener re-frames
 everything the broker sends into fragments of one to three bytes with pings
 between them, so that the client's reassembly of packets split across
 frames, continuation frames and its pong answers are exercised too."""
 
+import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -23,34 +26,43 @@ import pytest
 from conftest import free_port, release_ports
 from helpers import T, wait_for
 
+x509 = pytest.importorskip("cryptography.x509")
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH = Path(os.environ.get("IOTD_TOOLS", str(REPO / "build" / "contrib"))) / "iotd-bench"
 MOSQUITTO = "/usr/sbin/mosquitto"
 
-EXT = ("subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
-       "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+def pem_key(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=T(30))
-
-
-def make_ca(d, name):
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "2", "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-            cwd=d)
+def certificate(subject, issuer, key, signer, ca):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(hours=1))
+         .not_valid_after(now + datetime.timedelta(days=2))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        b = b.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    return b.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def make_certs(d):
-    """ca.pem, and server.pem/server.key for 127.0.0.1 signed by it; other-ca.pem
-    trusts nothing here."""
-    make_ca(d, "ca")
-    make_ca(d, "other-ca")
-    (d / "ext").write_text(EXT)
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr", cwd=d)
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext", "-out", "server.pem", cwd=d)
+    """ca.pem, and server.pem/server.key (ECDSA P-256) for 127.0.0.1 signed by
+    it; other-ca.pem, a CA that signed nothing here."""
+    ca_key, other_key, key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    (d / "ca.pem").write_bytes(certificate("ca", "ca", ca_key, ca_key, True))
+    (d / "other-ca.pem").write_bytes(certificate("other-ca", "other-ca", other_key, other_key, True))
+    (d / "server.pem").write_bytes(certificate("127.0.0.1", "ca", key, ca_key, False))
+    (d / "server.key").write_bytes(pem_key(key))
     for f in d.iterdir():
         os.chmod(f, 0o644)   # Mosquitto reads them as its own user; they guard this test only
 
@@ -95,8 +107,8 @@ class Mosquitto:
 
 @pytest.fixture(scope="module")
 def certs():
-    if not os.access(MOSQUITTO, os.X_OK) or not shutil.which("openssl"):
-        pytest.skip("needs mosquitto and openssl")
+    if not os.access(MOSQUITTO, os.X_OK):
+        pytest.skip(f"needs {MOSQUITTO}")
     if not BENCH.exists():
         pytest.skip(f"{BENCH} is not built")
     d = Path(tempfile.mkdtemp(prefix="iotd-e2e-bench-"))
