@@ -552,6 +552,27 @@ static void conn_lost(struct run *r, struct conn *c, const char *why)
 	c->writable = false;
 }
 
+/* One send(): the bytes written, or 0 when the socket is full or the connection lost. */
+static size_t sock_send(struct run *r, struct conn *c, const uint8_t *p, size_t n)
+{
+	for (;;) {
+		ssize_t k = send(c->fd, p, n, MSG_NOSIGNAL);
+
+		if (k >= 0) {
+			if ((size_t)k < n)
+				c->writable = false;  /* socket full: the next EPOLLOUT edge resumes */
+			return (size_t)k;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			c->writable = false;
+		else
+			conn_lost(r, c, strerror(errno));
+		return 0;
+	}
+}
+
 static void xport_flush(struct run *r, struct conn *c);
 static void parse_input(struct run *r, struct conn *c, uint64_t now);
 
@@ -561,23 +582,8 @@ static void conn_flush(struct run *r, struct conn *c)
 		xport_flush(r, c);
 		return;
 	}
-	for (int i = 0; i < 4 && c->writable && c->out.len > c->out.off; i++) {
-		size_t want = c->out.len - c->out.off;
-		ssize_t n = send(c->fd, c->out.p + c->out.off, want, MSG_NOSIGNAL);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				c->writable = false;
-			else
-				conn_lost(r, c, strerror(errno));
-			break;
-		}
-		c->out.off += (size_t)n;
-		if ((size_t)n < want)
-			c->writable = false;  /* socket full: the next EPOLLOUT edge resumes */
-	}
+	for (int i = 0; i < 4 && c->writable && c->out.len > c->out.off; i++)
+		c->out.off += sock_send(r, c, c->out.p + c->out.off, c->out.len - c->out.off);
 	if (c->out.off == c->out.len)
 		c->out.off = c->out.len = 0;
 }
@@ -909,44 +915,40 @@ static void ws_frame_output(const struct opts *o, struct conn *c)
 	b->off = b->len = 0;
 }
 
+/*
+ * One SSL_write or SSL_read: the bytes moved, or 0 when it has to wait
+ * (for the socket to drain: not writable until the next EPOLLOUT edge)
+ * or the connection is lost.
+ */
+static size_t tls_io(struct run *r, struct conn *c, bool writing, uint8_t *p, size_t n)
+{
+	int len = n > INT_MAX ? INT_MAX : (int)n, rc;
+	bool want_write = false;
+	const char *why;
+
+	ERR_clear_error();
+	rc = writing ? SSL_write(c->ssl, p, len) : SSL_read(c->ssl, p, len);
+	if (rc > 0)
+		return (size_t)rc;
+	why = tls_failure(c, rc, &want_write);
+	if (why)
+		conn_lost(r, c, why);
+	else if (want_write)
+		c->writable = false;
+	return 0;
+}
+
 /* Writes b through TLS or straight to the socket until it is empty or would block. */
 static void xport_write(struct run *r, struct conn *c, struct buf *b)
 {
 	while (c->writable && b->len > b->off && c->st != CS_CLOSED) {
 		size_t want = b->len - b->off;
+		size_t n = c->ssl ? tls_io(r, c, true, b->p + b->off, want)
+				  : sock_send(r, c, b->p + b->off, want);
 
-		if (c->ssl) {
-			bool want_write = false;
-			const char *why;
-			int n;
-
-			ERR_clear_error();
-			n = SSL_write(c->ssl, b->p + b->off, want > INT_MAX ? INT_MAX : (int)want);
-			if (n > 0) {
-				b->off += (size_t)n;
-				continue;
-			}
-			why = tls_failure(c, n, &want_write);
-			if (why)
-				conn_lost(r, c, why);
-			else if (want_write)
-				c->writable = false;
-			break;   /* wanting to read: xport_read() calls again */
-		}
-		ssize_t n = send(c->fd, b->p + b->off, want, MSG_NOSIGNAL);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				c->writable = false;
-			else
-				conn_lost(r, c, strerror(errno));
-			break;
-		}
-		b->off += (size_t)n;
-		if ((size_t)n < want)
-			c->writable = false;
+		if (!n)
+			break;   /* TLS wanting to read: xport_read() calls again */
+		b->off += n;
 	}
 	if (b->off == b->len)
 		b->off = b->len = 0;
@@ -977,20 +979,12 @@ static void xport_fill(struct run *r, struct conn *c, struct buf *b, bool *full)
 		size_t room = b->cap - b->len;
 
 		if (c->ssl) {
-			bool want_write = false;
-			const char *why;
-			int n;
+			size_t n = tls_io(r, c, false, b->p + b->len, room);
 
-			ERR_clear_error();
-			n = SSL_read(c->ssl, b->p + b->len, room > INT_MAX ? INT_MAX : (int)room);
-			if (n > 0) {
-				b->len += (size_t)n;
-				continue;
-			}
-			why = tls_failure(c, n, &want_write);
-			if (why)
-				conn_lost(r, c, why);
-			break;
+			if (!n)
+				break;
+			b->len += n;
+			continue;
 		}
 		ssize_t n = read(c->fd, b->p + b->len, room);
 
