@@ -541,6 +541,9 @@ static void queue_ack(struct run *r, struct conn *c, enum mqtt_type type, uint16
 
 static void conn_lost(struct run *r, struct conn *c, const char *why)
 {
+	if (r->ph == PH_SETUP && (c->st == CS_TLS || c->st == CS_UPGRADE))
+		die("%s %d: %s set-up failed (%s)", role_names[c->role], c->idx,
+		    c->st == CS_TLS ? "TLS" : "WebSocket", why);
 	if (r->ph == PH_SETUP)
 		die("broker closed %s %d during set-up (%s): is it refusing connections?",
 		    role_names[c->role], c->idx, why);
