@@ -72,6 +72,9 @@ $(BUILD)/contrib/%: contrib/%.c $(BUILD)/libiotd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libiotd.a $(LDLIBS)
 
+# The benchmark's clients speak TLS too: only iotd-bench links libssl.
+$(BUILD)/contrib/iotd-bench: private LDLIBS += $(shell pkg-config --libs libssl 2>/dev/null)
+
 # test_qos makes chosen allocations fail: the link wraps malloc and its kin.
 $(BUILD)/tests/test_qos: private LDFLAGS += -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=reallocarray
 

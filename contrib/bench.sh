@@ -14,11 +14,23 @@
 # the work directory. Each round runs iotd without authentication too, so
 # their own table also gives iotd with/without authentication, pair by pair.
 #
+# The TLS and WebSocket scenarios (fanin-tls, pairs-tls, handshakes-ecdsa,
+# handshakes-rsa, conns-tls, fanin-ws) run against a further iotd and
+# Mosquitto per listener kind: TLS with an ECDSA P-256 certificate, TLS with
+# an RSA-2048 one, WebSocket on /mqtt. A CA and both certificates for
+# 127.0.0.1 are made in the work directory; both brokers serve the same
+# certificate and key. The client offers only TLS 1.3, TLS_AES_128_GCM_SHA256
+# and X25519, so both brokers negotiate the same. While an iotd cannot
+# start with such a listener, its rows say so and Mosquitto is measured alone.
+#
 #   BENCH_SECONDS=10      measured seconds per run
 #   BENCH_PAIRS=3         iotd/Mosquitto pairs (-auth: rounds) per scenario and QoS
 #   BENCH_SCENARIOS="fanin fanout pairs latency conns conns-auth"   a subset, in
 #                         any order; also fanin-auth and fanout-auth (about 3.5
-#                         minutes each with the defaults, so not in the default set)
+#                         minutes each with the defaults, so not in the default set),
+#                         and the TLS and WebSocket ones above (not in the default set:
+#                         BENCH_SCENARIOS="fanin-tls pairs-tls handshakes-ecdsa
+#                         handshakes-rsa conns-tls fanin-ws")
 #   BENCH_CONNS=10000     idle connections for "conns" (100000 needs higher
 #                         per-process open-file limits in the brokers)
 #   BENCH_NO_FAIL=1       report without failing
@@ -41,9 +53,12 @@ NULLB=$ROOT/build/contrib/nullbroker
 IOTD=$ROOT/build/iotd
 
 # Targets, iotd/Mosquitto: throughput, CPU efficiency; latency and memory are "at most".
-declare -A T_TPUT=([fanin]=3 [pairs]=3 [fanout]=1.5 [fanin-auth]=3 [fanout-auth]=1.5)
+declare -A T_TPUT=([fanin]=3 [pairs]=3 [fanout]=1.5 [fanin-auth]=3 [fanout-auth]=1.5
+	[fanin-tls]=3 [pairs-tls]=3 [fanin-ws]=3)
 declare -A T_EFF=([fanin]=5 [pairs]=5 [fanout]=3 [latency]=1.0 [conns]=1.0
-	[fanin-auth]=5 [fanout-auth]=3 [conns-auth]=1.0)
+	[fanin-auth]=5 [fanout-auth]=3 [conns-auth]=1.0
+	[fanin-tls]=5 [pairs-tls]=5 [fanin-ws]=5 [handshakes-ecdsa]=1.0 [handshakes-rsa]=1.0
+	[conns-tls]=1.0)
 T_NOAUTH=0.9         # fanin-auth, fanout-auth: iotd with/without auth, msgs/s and msgs/CPU-s
 T_LAT=1.0            # p50 and p99 ratios, latency scenario
 T_BYTES=1.0          # bytes per idle connection ratio
@@ -57,12 +72,31 @@ for v in "$SECS" "$PAIRS" "$CONNS"; do
 done
 for s in $SCENARIOS; do
 	case $s in fanin|fanout|pairs|latency|conns|fanin-auth|fanout-auth|conns-auth) ;;
+	fanin-tls|pairs-tls|handshakes-ecdsa|handshakes-rsa|conns-tls|fanin-ws) ;;
 	*) die "unknown scenario '$s'" ;; esac
 done
 AUTH=0               # 1: an -auth scenario is selected, so the -auth brokers run
 [[ " $SCENARIOS " == *"-auth "* ]] && AUTH=1
 AUTH_PASSWORD=bench-secret   # every client's; the brokers see only its $7$ hashes
 ACL_RULES=1000
+
+# The TLS and WebSocket scenarios: which listener each runs against, and the
+# client's side of it. One suite, one group, one version for both brokers.
+is_transport() { [[ $1 == *-tls || $1 == *-ws || $1 == handshakes-* ]]; }
+listener_of() {  # scenario -> tls, rsa or ws
+	case $1 in handshakes-rsa) echo rsa ;; *-ws) echo ws ;; *) echo tls ;; esac
+}
+TLS_SUITE=TLS_AES_128_GCM_SHA256
+TLS_GROUP=X25519
+WS_PATH=/mqtt
+LISTENERS=""         # the listener kinds the selected scenarios need
+for s in $SCENARIOS; do
+	is_transport "$s" || continue
+	l=$(listener_of "$s")
+	[[ " $LISTENERS " == *" $l "* ]] || LISTENERS="$LISTENERS $l"
+done
+declare -A UNAVAILABLE   # an iotd that cannot start with its listener: why
+is_transport_broker() { [[ $1 == *-tls || $1 == *-rsa || $1 == *-ws ]]; }
 
 # ------------------------------------------------------------ prerequisites
 
@@ -114,6 +148,7 @@ trap 'exit 130' INT TERM
 declare -A PORT PID  # by broker: iotd, mosquitto, null, and iotd-auth, mosquitto-auth
 BROKERS="iotd mosquitto null"
 ((AUTH)) && BROKERS="$BROKERS iotd-auth mosquitto-auth"
+for l in $LISTENERS; do BROKERS="$BROKERS iotd-$l mosquitto-$l"; done
 
 free_port() {  # broker -> PORT[broker]
 	local p
@@ -126,10 +161,18 @@ free_port() {  # broker -> PORT[broker]
 
 log_of() { if [[ $1 == null ]]; then echo "$WORK/nullbroker.log"; else echo "$WORK/$1.log"; fi; }
 
+# Returns 1 when an iotd with a TLS or WebSocket listener exits at start-up:
+# an iotd without those listeners yet refuses the configuration.
 wait_port() {  # broker
 	local hint=""
 	[[ $1 == iotd-auth ]] && hint="; does this iotd have the \"file\" auth backend? BENCH_SCENARIOS without the -auth scenarios runs the others"
 	for _ in $(seq 100); do
+		if ! kill -0 "${PID[$1]}" 2>/dev/null && [[ $1 == iotd-* ]] && is_transport_broker "$1"; then
+			wait "${PID[$1]}" 2>/dev/null
+			UNAVAILABLE[$1]=$(tail -1 "$(log_of "$1")")
+			log "$1 cannot serve this yet: ${UNAVAILABLE[$1]}"
+			return 1
+		fi
 		kill -0 "${PID[$1]}" 2>/dev/null || die "$1 exited at start-up (see $(log_of "$1"))$hint"
 		if (exec 3<>"/dev/tcp/127.0.0.1/${PORT[$1]}") 2>/dev/null; then
 			return 0
@@ -147,6 +190,17 @@ pss_tree() {
 		awk '/^Pss:/ { s += $2 } END { print s + 0 }'
 }
 
+# A broker's listener address, in iotd's form.
+iotd_listen() {  # broker
+	case $1 in
+	*-tls | *-rsa) echo "mqtts://127.0.0.1:${PORT[$1]}" ;;
+	*-ws) echo "ws://127.0.0.1:${PORT[$1]}$WS_PATH" ;;
+	*) echo "127.0.0.1:${PORT[$1]}" ;;
+	esac
+}
+
+cert_of() { if [[ $1 == *-rsa ]]; then echo rsa; else echo ecdsa; fi; }
+
 iotd_conf() {  # broker -> $WORK/<broker>.conf; iotd-auth's with the auth files
 	cat <<EOF
 # Equivalent to mosquitto.conf: same in-flight window, queues deep enough
@@ -154,7 +208,7 @@ iotd_conf() {  # broker -> $WORK/<broker>.conf; iotd-auth's with the auth files
 # messages outstanding), no per-address limits (the load comes from a few
 # loopback addresses, as fast as it can), warnings and errors only.
 server {
-	listen_addresses = {"127.0.0.1:${PORT[$1]}"}
+	listen_addresses = {"$(iotd_listen "$1")"}
 	workers = 2
 	max_connections = $((CONNS + 1000))
 	max_sessions = 0
@@ -180,10 +234,33 @@ auth {
 }
 EOF
 	fi
+	if [[ $1 == *-tls || $1 == *-rsa ]]; then
+		cat <<EOF
+tls {
+	cert_file = "$WORK/tls/$(cert_of "$1").pem"
+	key_file = "$WORK/tls/$(cert_of "$1").key"
+}
+EOF
+	fi
 }
 
 mosquitto_conf() {  # broker -> $WORK/<broker>.conf; mosquitto-auth's with the auth files
 	echo "listener ${PORT[$1]} 127.0.0.1"
+	case $1 in
+	*-tls | *-rsa)
+		echo "cafile $WORK/tls/ca.pem"
+		echo "certfile $WORK/tls/$(cert_of "$1").pem"
+		echo "keyfile $WORK/tls/$(cert_of "$1").key"
+		echo "tls_version tlsv1.3"
+		echo "ciphers_tls1.3 $TLS_SUITE"
+		;;
+	*-ws)
+		echo "protocol websockets"
+		# Mosquitto 2.0.11 exits with websockets listeners only ("Unable to
+		# start any listening sockets"): an MQTT listener no client uses
+		echo "listener ${PORT[$1-mqtt]} 127.0.0.1"
+		;;
+	esac
 	if [[ $1 == mosquitto-auth ]]; then
 		echo "allow_anonymous false"
 		echo "password_file $WORK/passwd"
@@ -217,6 +294,28 @@ write_configs() {
 			;;
 		esac
 	done
+}
+
+# A CA, and an ECDSA P-256 and an RSA-2048 server certificate for
+# 127.0.0.1 signed by it. The keys are readable by both brokers' users:
+# they guard nothing but this run.
+write_certs() {
+	local d=$WORK/tls k ext
+	ext=$'subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth'
+	{ mkdir -p "$d" && chmod 755 "$d"; } || die "cannot create $d"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+		-subj /CN=iotd-bench-ca -keyout "$d/ca.key" -out "$d/ca.pem" 2>>"$d/openssl.log" ||
+		die "openssl cannot make the CA (see $d/openssl.log)"
+	for k in ecdsa rsa; do
+		local kopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
+		[[ $k == rsa ]] && kopt=(-newkey rsa:2048)
+		openssl req "${kopt[@]}" -nodes -subj /CN=127.0.0.1 -keyout "$d/$k.key" -out "$d/$k.csr" \
+			2>>"$d/openssl.log" || die "openssl cannot make the $k key (see $d/openssl.log)"
+		openssl x509 -req -in "$d/$k.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+			-days 7 -extfile <(echo "$ext") -out "$d/$k.pem" 2>>"$d/openssl.log" ||
+			die "openssl cannot sign the $k certificate (see $d/openssl.log)"
+	done
+	chmod 644 "$d"/*.key "$d"/*.pem
 }
 
 # The -auth scenarios' password file: "bench" for the traffic scenarios and
@@ -285,6 +384,7 @@ write_acl() {
 
 start_broker() {  # broker
 	case $1 in
+	iotd-tls | iotd-rsa | iotd-ws) "$IOTD" -c "$WORK/$1.conf" >>"$WORK/$1.log" 2>&1 & ;;
 	iotd*) "$IOTD" -c "$WORK/$1.conf" -l "127.0.0.1:${PORT[$1]}" -w 2 >>"$WORK/$1.log" 2>&1 & ;;
 	mosquitto*) "$MOSQUITTO" -c "$WORK/$1.conf" >>"$WORK/$1.stderr" 2>&1 & ;;
 	null) "$NULLB" -p "${PORT[$1]}" >>"$(log_of null)" 2>&1 & ;;
@@ -328,19 +428,45 @@ conns_args() {
 
 # The brokers a round of a scenario runs, in order: an -auth scenario runs
 # iotd without authentication too, for the with/without ratios.
-brokers_of() { if [[ $1 == *-auth ]]; then echo "iotd iotd-auth mosquitto-auth"; else echo "iotd mosquitto"; fi; }
+brokers_of() {
+	if [[ $1 == *-auth ]]; then echo "iotd iotd-auth mosquitto-auth"
+	elif is_transport "$1"; then echo "iotd-$(listener_of "$1") mosquitto-$(listener_of "$1")"
+	else echo "iotd mosquitto"; fi
+}
+
+# The client scenario under a bench.sh scenario: fanin-tls -> fanin.
+base_of() { local b=${1%-auth}; b=${b%-tls}; b=${b%-ws}; b=${b%-ecdsa}; echo "${b%-rsa}"; }
+
+# Scenarios of connections only, run at one QoS and shown without one.
+no_qos() { case $(base_of "$1") in conns | handshakes) return 0 ;; esac; return 1; }
+
+# The client's transport options for a scenario.
+transport_args() {  # scenario
+	is_transport "$1" || return 0
+	case $(listener_of "$1") in
+	ws) echo "--ws $WS_PATH" ;;
+	*) echo "--tls --cafile $WORK/tls/ca.pem --tls-version 1.3 --ciphersuites $TLS_SUITE --groups $TLS_GROUP" ;;
+	esac
+}
 
 # An -auth scenario's clients: one user for the traffic, one each for conns-auth.
 auth_user() { if [[ $1 == conns-auth ]]; then echo "client%d"; else echo "bench"; fi; }
 
 # broker scenario qos round -> $WORK/runs/<scenario>-q<qos>-<broker>-<round>.json
 run_one() {
-	local who=$1 sc=$2 q=$3 round=$4 base=${2%-auth} port pid out args rc=0 creds=() tag="run $4"
+	local who=$1 sc=$2 q=$3 round=$4 base port pid out args rc=0 creds=() tag="run $4"
+	base=$(base_of "$2")
+	if [[ -n ${UNAVAILABLE[$who]:-} ]]; then
+		log "  $who: cannot serve this yet"
+		return
+	fi
 	[[ $base == conns ]] && restart "$who"
 	port=${PORT[$who]} pid=${PID[$who]}
 	out="$WORK/runs/$sc-q$q-$who-$round"
 	args="-s $base -q $q -t $SECS"
 	[[ $base == conns ]] && args="-s conns $(conns_args)"
+	[[ $base == handshakes ]] && args="-s handshakes -t $SECS"
+	args="$args $(transport_args "$sc")"
 	# the same CONNECT for every broker of an -auth round (iotd without auth ignores the password)
 	[[ $sc == *-auth ]] && creds=(--user "$(auth_user "$sc")" --password "$AUTH_PASSWORD") tag="run $4, $who"
 	# shellcheck disable=SC2086
@@ -374,7 +500,9 @@ jget() {  # file key -> value; "nan" when missing, null, or the run failed
 }
 
 summary() {
-	if [[ $2 == conns ]]; then
+	if [[ $2 == handshakes ]]; then
+		echo "$(jget "$1" handshakes_per_s) handshakes/s, $(jget "$1" handshakes_per_cpu_s) per CPU-s, p50 $(jget "$1" hs_p50_us) us ($(jget "$1" tls))"
+	elif [[ $2 == conns ]]; then
 		echo "$(jget "$1" connect_per_s) conn/s, $(jget "$1" conns_per_cpu_s) conn/CPU-s, $(jget "$1" bytes_per_conn) B/conn"
 	else
 		echo "$(jget "$1" msgs_per_s) msg/s, $(jget "$1" msgs_per_cpu_s) msg/CPU-s, p50 $(jget "$1" lat_p50_us) us, p99 $(jget "$1" lat_p99_us) us"
@@ -419,7 +547,11 @@ check() {  # label value op target
 
 # The throughput and CPU-efficiency keys of a scenario's runs.
 fig_keys() {
-	if [[ ${1%-auth} == conns ]]; then echo "connect_per_s conns_per_cpu_s"; else echo "msgs_per_s msgs_per_cpu_s"; fi
+	case $(base_of "$1") in
+	conns) echo "connect_per_s conns_per_cpu_s" ;;
+	handshakes) echo "handshakes_per_s handshakes_per_cpu_s" ;;
+	*) echo "msgs_per_s msgs_per_cpu_s" ;;
+	esac
 }
 
 # One row's ratios of an iotd broker to a Mosquitto broker, checked against
@@ -434,15 +566,16 @@ compare() {  # scenario qos iotd-broker mosquitto-broker
 	BYTES=$(pair_ratio "$sc" "$q" bytes_per_conn "$3" "$4")
 	VERDICT=ok
 	QN=$q
-	[[ ${sc%-auth} == conns ]] && QN=-
+	no_qos "$sc" && QN=-
 	[[ -n ${T_TPUT[$sc]:-} ]] && check "$sc qos $QN throughput ratio" "$TPUT" ">=" "${T_TPUT[$sc]}"
 	check "$sc qos $QN CPU-efficiency ratio" "$EFF" ">=" "${T_EFF[$sc]}"
 	if [[ $sc == latency ]]; then
 		check "latency qos $q p50 ratio" "$P50" "<=" $T_LAT
 		check "latency qos $q p99 ratio" "$P99" "<=" $T_LAT
 	fi
-	[[ $sc == conns ]] && check "conns bytes/conn ratio" "$BYTES" "<=" $T_BYTES
-	if [[ ${sc%-auth} == conns ]]; then P50=nan P99=nan; else BYTES=nan; fi
+	[[ $sc == conns || $sc == conns-tls ]] && check "$sc bytes/conn ratio" "$BYTES" "<=" $T_BYTES
+	if no_qos "$sc"; then P50=nan P99=nan; fi
+	[[ $(base_of "$sc") == conns ]] || BYTES=nan
 }
 
 failed_runs() {  # scenario qos: a FAIL verdict when one of its runs failed
@@ -489,8 +622,10 @@ auth_row() {  # scenario qos
 }
 
 lat_pair() {  # scenario qos broker -> "p50/p99" in us, or bytes per connection for conns
-	if [[ ${1%-auth} == conns ]]; then
+	if [[ $(base_of "$1") == conns ]]; then
 		fmt "$(raw "$1" "$2" "$3" bytes_per_conn)"
+	elif [[ $(base_of "$1") == handshakes ]]; then
+		echo "$(fmt "$(raw "$1" "$2" "$3" hs_p50_us)") / $(fmt "$(raw "$1" "$2" "$3" hs_p99_us)")"
 	else
 		echo "$(fmt "$(raw "$1" "$2" "$3" lat_p50_us)") / $(fmt "$(raw "$1" "$2" "$3" lat_p99_us)")"
 	fi
@@ -505,6 +640,7 @@ table() {
 		echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for sc in $SCENARIOS; do
 			[[ $sc == *-auth ]] && continue
+			is_transport "$sc" && continue
 			for q in $(qos_list "$sc"); do row "$sc" "$q"; done
 		done
 	fi
@@ -524,19 +660,67 @@ table() {
 	done
 }
 
-qos_list() { if [[ ${1%-auth} == conns ]]; then echo 0; else echo "0 1"; fi; }
+qos_list() { if no_qos "$1"; then echo 0; else echo "0 1"; fi; }
+
+# A TLS or WebSocket row: iotd against Mosquitto on the same listener kind;
+# an iotd that cannot start with that listener yet leaves Mosquitto's alone.
+transport_row() {  # scenario qos
+	local sc=$1 q=$2 tk ek i m
+	i=iotd-$(listener_of "$1") m=mosquitto-$(listener_of "$1")
+	read -r tk ek <<<"$(fig_keys "$sc")"
+	if [[ -n ${UNAVAILABLE[$i]:-} ]]; then
+		TPUT=nan EFF=nan BYTES=nan QN=$q VERDICT="iotd cannot serve this yet"
+		no_qos "$sc" && QN=-
+	else
+		compare "$sc" "$q" "$i" "$m"
+	fi
+	failed_runs "$sc" "$q"
+	printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+		"$sc" "$QN" "$(fmt "$TPUT")" "$(fmt "$EFF")" "$(fmt "$BYTES")" \
+		"$(fmt "$(raw "$sc" "$q" "$i" "$tk")")" "$(fmt "$(raw "$sc" "$q" "$m" "$tk")")" \
+		"$(fmt "$(raw "$sc" "$q" "$i" "$ek")")" "$(fmt "$(raw "$sc" "$q" "$m" "$ek")")" \
+		"$(lat_pair "$sc" "$q" "$i")" "$(lat_pair "$sc" "$q" "$m")" \
+		"$(negotiated "$sc" "$q" "$m")" "$VERDICT"
+}
+
+negotiated() {  # scenario qos broker -> what its first run negotiated, or the transport
+	local v
+	v=$(jget "$WORK/runs/$1-q$2-$3-1.json" tls)
+	[[ $v == nan || -z $v ]] && v=$(jget "$WORK/runs/$1-q$2-$3-1.json" transport)
+	[[ $v == nan ]] && v=-
+	echo "$v"
+}
+
+transport_table() {
+	local sc q
+	[[ -n $LISTENERS ]] || return 0
+	if ((AUTH)) || [[ " $SCENARIOS " =~ \ (fanin|fanout|pairs|latency|conns)\  ]]; then echo; fi
+	echo "TLS and WebSocket: ratios are iotd/Mosquitto serving the same certificate and key"
+	echo "(handshakes: per second and per broker CPU-second; conns-tls: connections per CPU-second)."
+	echo
+	echo "| scenario | qos | throughput ratio | per-CPU-s ratio | bytes/conn ratio | iotd throughput |" \
+		"mosquitto throughput | iotd per CPU-s | mosquitto per CPU-s |" \
+		"iotd p50/p99 us (conns: B/conn) | mosquitto p50/p99 us (conns: B/conn) | mosquitto's session | verdict |"
+	echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	for sc in $SCENARIOS; do
+		is_transport "$sc" || continue
+		for q in $(qos_list "$sc"); do transport_row "$sc" "$q"; done
+	done
+}
 
 # ------------------------------------------------------------------ main
 
 build
 install_mosquitto
 for b in $BROKERS; do free_port "$b"; done
+[[ " $LISTENERS " == *" ws "* ]] && free_port mosquitto-ws-mqtt
 write_configs
 if ((AUTH)); then
 	log "writing the -auth scenarios' password file ($((CONNS + 1)) users) and ACL ($ACL_RULES rules)"
 	write_passwd
 	write_acl
 fi
+[[ " $LISTENERS " == *" tls "* || " $LISTENERS " == *" rsa "* ]] && write_certs
 for b in $BROKERS; do start_broker "$b"; done
 sleep 1
 IDLE_IOTD_KB=$(pss_tree "${PID[iotd]}")
@@ -552,8 +736,9 @@ for sc in $SCENARIOS; do
 			if [[ $sc == *-auth ]]; then log "$sc qos $q, round $round/$PAIRS"; else log "$sc qos $q, pair $round/$PAIRS"; fi
 			for b in $(brokers_of "$sc"); do run_one "$b" "$sc" "$q" "$round"; done
 		done
-		# the null broker ignores credentials: its ceiling is the plain scenario's
+		# the null broker ignores credentials and speaks neither TLS nor WebSocket
 		[[ $sc == *-auth ]] && continue
+		is_transport "$sc" && continue
 		log "$sc qos $q, null broker"
 		run_one null "$sc" "$q" 1
 	done
@@ -565,8 +750,10 @@ MISSED=()
 	echo "iotd $("$IOTD" -V 2>/dev/null | awk '{print $2}') vs $("$MOSQUITTO" -h 2>/dev/null | awk 'NR==1 {print $1, $3}'), $SECS s per run, $PAIRS pair(s), $(nproc) CPUs, $ELAPSED s of runs"
 	echo
 	table
+	transport_table
 	echo
 	echo "idle PSS: iotd $IDLE_IOTD_KB kB (target < $T_IDLE_KB kB), mosquitto $IDLE_MOSQ_KB kB"
+	for b in "${!UNAVAILABLE[@]}"; do echo "$b cannot serve this yet: ${UNAVAILABLE[$b]}"; done
 } >"$WORK/results.md"
 if ((IDLE_IOTD_KB >= T_IDLE_KB)); then
 	MISSED+=("iotd idle PSS = $IDLE_IOTD_KB kB (target < $T_IDLE_KB kB)")

@@ -9,7 +9,14 @@
  * (publisher id, sequence number, send time), so loss, duplicates and
  * reordering are counted per publisher and subscriber, not guessed.
  *
+ * Clients speak plain TCP, TLS (OpenSSL, --tls), MQTT over WebSocket
+ * (--ws PATH) or both (wss). The transports sit behind conn_read() and
+ * conn_flush(): a plain TCP connection takes one branch more per read or
+ * write system call and nothing per message.
+ *
  *   iotd-bench -p 1883 -s fanin -q 1 -t 10 --pids 1234 --json
+ *   iotd-bench -p 8883 -s handshakes --tls --cafile ca.pem -t 10 --pids 1234
+ *   iotd-bench -p 8080 -s pairs --ws /mqtt -t 10
  *   iotd-bench -p 1883 -s conns -c 1000 --user 'client%d' --password secret
  *   iotd-bench --help
  */
@@ -32,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -39,6 +47,13 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "mqtt.h"
 
@@ -65,14 +80,17 @@
 #define OUTSTANDING 65536         /* deliveries in flight in all, when --max-lag is not given */
 #define MAX_USER 256              /* --user, before its %d is replaced */
 #define MAX_PASSWORD 65535        /* MQTT's limit */
+#define WS_MAX_RESPONSE 8192      /* the HTTP upgrade response's headers */
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   /* RFC 6455 section 1.3 */
 
-enum scenario { SC_FANIN, SC_FANOUT, SC_PAIRS, SC_LATENCY, SC_CONNS };
-static const char *const sc_names[] = { "fanin", "fanout", "pairs", "latency", "conns" };
+enum scenario { SC_FANIN, SC_FANOUT, SC_PAIRS, SC_LATENCY, SC_CONNS, SC_HANDSHAKES };
+static const char *const sc_names[] = { "fanin", "fanout", "pairs", "latency", "conns",
+					"handshakes" };
 
 enum role { R_SUB, R_PUB, R_IDLE, R_TIMER };
 static const char *const role_names[] = { "subscriber", "publisher", "connection", "timer" };
 
-enum cstate { CS_NEW, CS_CONNECTING, CS_CONNACK, CS_SUBACK, CS_READY, CS_CLOSED };
+enum cstate { CS_NEW, CS_CONNECTING, CS_TLS, CS_UPGRADE, CS_CONNACK, CS_SUBACK, CS_READY, CS_CLOSED };
 enum phase { PH_SETUP, PH_MEASURE, PH_DRAIN, PH_DONE };
 
 struct opts {
@@ -99,12 +117,28 @@ struct opts {
 	const char *user;         /* NULL: no user name; may hold one %d */
 	const char *password;     /* NULL: no password */
 	bool json;
+	/* transports */
+	bool tls;
+	const char *cafile, *cert, *key, *ciphers, *ciphersuites, *groups, *sni;
+	int tls_version;          /* 0: any TLS 1.2 or later; 12 or 13: only that one */
+	bool tls_resume;          /* offer the session of an earlier connection */
+	const char *ws_path;      /* NULL: MQTT straight on TCP or TLS */
+	size_t ws_frame_max;      /* payload bytes per WebSocket frame; 0: no limit */
 };
 
 /* Bytes at [off, len) are pending; cap is the allocation. */
 struct buf {
 	uint8_t *p;
 	size_t off, len, cap;
+};
+
+/* A WebSocket connection's framing (RFC 6455): wire bytes either way. */
+struct ws {
+	struct buf in;            /* read from the socket, not yet unframed */
+	struct buf out;           /* framed, not yet written */
+	uint64_t left;            /* payload bytes of the current data frame still to come */
+	uint32_t rng;             /* masking keys */
+	char key[32];             /* Sec-WebSocket-Key, base64 */
 };
 
 /* What one subscriber got from one publisher. */
@@ -121,7 +155,10 @@ struct conn {
 	int idx;                  /* among publishers, subscribers or idle connections */
 	enum cstate st;
 	bool writable, dirty, more_in;
-	struct buf in, out;
+	struct buf in, out;       /* MQTT bytes */
+	SSL *ssl;                 /* --tls */
+	struct ws *ws;            /* --ws */
+	uint64_t t_start;         /* ns: when its TCP connect began */
 	/* publisher */
 	char topic[48];
 	uint16_t topic_len;
@@ -169,6 +206,9 @@ struct run {
 	bool busy;                /* a publisher could send more: do not sleep */
 	uint64_t t0, t1, t_stop, last_rx, t_first_ready, t_last_ready;
 	uint64_t rx, rx_interval, distinct, dup, ooo, bad, bad_ack, wrong_qos;
+	uint64_t handshakes, resumed;   /* handshakes scenario */
+	SSL_SESSION *session;     /* --tls-resume: offered to every new connection */
+	char tls_desc[96];        /* version, cipher suite and server key of the first session */
 	struct hist h;
 	struct procset c0, c1;
 	long pss1_kb;             /* at the end of the measured interval */
@@ -501,6 +541,9 @@ static void queue_ack(struct run *r, struct conn *c, enum mqtt_type type, uint16
 
 static void conn_lost(struct run *r, struct conn *c, const char *why)
 {
+	if (r->ph == PH_SETUP && (c->st == CS_TLS || c->st == CS_UPGRADE))
+		die("%s %d: %s set-up failed (%s)", role_names[c->role], c->idx,
+		    c->st == CS_TLS ? "TLS" : "WebSocket", why);
 	if (r->ph == PH_SETUP)
 		die("broker closed %s %d during set-up (%s): is it refusing connections?",
 		    role_names[c->role], c->idx, why);
@@ -512,25 +555,38 @@ static void conn_lost(struct run *r, struct conn *c, const char *why)
 	c->writable = false;
 }
 
+/* One send(): the bytes written, or 0 when the socket is full or the connection lost. */
+static size_t sock_send(struct run *r, struct conn *c, const uint8_t *p, size_t n)
+{
+	for (;;) {
+		ssize_t k = send(c->fd, p, n, MSG_NOSIGNAL);
+
+		if (k >= 0) {
+			if ((size_t)k < n)
+				c->writable = false;  /* socket full: the next EPOLLOUT edge resumes */
+			return (size_t)k;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			c->writable = false;
+		else
+			conn_lost(r, c, strerror(errno));
+		return 0;
+	}
+}
+
+static void xport_flush(struct run *r, struct conn *c);
+static void parse_input(struct run *r, struct conn *c, uint64_t now);
+
 static void conn_flush(struct run *r, struct conn *c)
 {
-	for (int i = 0; i < 4 && c->writable && c->out.len > c->out.off; i++) {
-		size_t want = c->out.len - c->out.off;
-		ssize_t n = send(c->fd, c->out.p + c->out.off, want, MSG_NOSIGNAL);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				c->writable = false;
-			else
-				conn_lost(r, c, strerror(errno));
-			break;
-		}
-		c->out.off += (size_t)n;
-		if ((size_t)n < want)
-			c->writable = false;  /* socket full: the next EPOLLOUT edge resumes */
+	if (c->ssl || c->ws) {
+		xport_flush(r, c);
+		return;
 	}
+	for (int i = 0; i < 4 && c->writable && c->out.len > c->out.off; i++)
+		c->out.off += sock_send(r, c, c->out.p + c->out.off, c->out.len - c->out.off);
 	if (c->out.off == c->out.len)
 		c->out.off = c->out.len = 0;
 }
@@ -624,6 +680,522 @@ static void queue_subscribe(struct run *r, struct conn *c)
 	mark_dirty(r, c);
 }
 
+/* ------------------------------------------------------------ transports */
+
+static SSL_CTX *g_tls;   /* one per process: conns helpers make their own after fork() */
+
+static const char *tls_error(void)
+{
+	static char msg[256];
+	unsigned long e = ERR_get_error();
+
+	if (!e)
+		return "no detail";
+	ERR_error_string_n(e, msg, sizeof(msg));
+	return msg;
+}
+
+static int tls_version_of(int v)
+{
+	return v == 13 ? TLS1_3_VERSION : TLS1_2_VERSION;
+}
+
+/* The client context: versions, suites, trust and identity, made once. */
+static SSL_CTX *tls_ctx(const struct opts *o)
+{
+	SSL_CTX *ctx;
+	X509_VERIFY_PARAM *vp;
+
+	if (g_tls)
+		return g_tls;
+	ctx = SSL_CTX_new(TLS_client_method());
+	if (!ctx)
+		die("SSL_CTX_new: %s", tls_error());
+	SSL_CTX_set_min_proto_version(ctx, tls_version_of(o->tls_version));
+	if (o->tls_version)
+		SSL_CTX_set_max_proto_version(ctx, tls_version_of(o->tls_version));
+	if (o->ciphers && !SSL_CTX_set_cipher_list(ctx, o->ciphers))
+		die("--ciphers '%s': %s", o->ciphers, tls_error());
+	if (o->ciphersuites && !SSL_CTX_set_ciphersuites(ctx, o->ciphersuites))
+		die("--ciphersuites '%s': %s", o->ciphersuites, tls_error());
+	if (o->groups && !SSL_CTX_set1_groups_list(ctx, o->groups))
+		die("--groups '%s': %s", o->groups, tls_error());
+	if (o->cafile ? !SSL_CTX_load_verify_locations(ctx, o->cafile, NULL)
+		      : !SSL_CTX_set_default_verify_paths(ctx))
+		die("cannot load the trusted certificates%s%s: %s", o->cafile ? " of " : "",
+		    o->cafile ? o->cafile : "", tls_error());
+	if (o->cert && (SSL_CTX_use_certificate_chain_file(ctx, o->cert) != 1 ||
+			SSL_CTX_use_PrivateKey_file(ctx, o->key ? o->key : o->cert, SSL_FILETYPE_PEM) != 1 ||
+			SSL_CTX_check_private_key(ctx) != 1))
+		die("cannot use --cert %s / --key %s: %s", o->cert, o->key ? o->key : o->cert, tls_error());
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	/* the broker's certificate must name the address connected to (or --sni) */
+	vp = SSL_CTX_get0_param(ctx);
+	if (o->sni ? !X509_VERIFY_PARAM_set1_host(vp, o->sni, 0)
+		   : !X509_VERIFY_PARAM_set1_ip_asc(vp, o->host) &&
+		     !X509_VERIFY_PARAM_set1_host(vp, o->host, 0))
+		die("cannot check certificates against %s: %s", o->sni ? o->sni : o->host, tls_error());
+	/* sessions are resumed only when asked, from r->session */
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	g_tls = ctx;
+	return ctx;
+}
+
+static void tls_new(struct run *r, struct conn *c)
+{
+	c->ssl = SSL_new(tls_ctx(r->o));
+	if (!c->ssl || !SSL_set_fd(c->ssl, c->fd))
+		die("SSL_new: %s", tls_error());
+	SSL_set_connect_state(c->ssl);
+	if (r->o->sni && !SSL_set_tlsext_host_name(c->ssl, r->o->sni))
+		die("--sni %s: %s", r->o->sni, tls_error());
+	if (r->session)
+		SSL_set_session(c->ssl, r->session);
+}
+
+/* What went wrong with an SSL call that returned rc; NULL: it only has to wait. */
+static const char *tls_failure(struct conn *c, int rc, bool *want_write)
+{
+	static char msg[320];
+
+	switch (SSL_get_error(c->ssl, rc)) {
+	case SSL_ERROR_WANT_WRITE:
+		*want_write = true;
+		return NULL;
+	case SSL_ERROR_WANT_READ:
+		return NULL;
+	case SSL_ERROR_ZERO_RETURN:
+		return "TLS close_notify";
+	case SSL_ERROR_SYSCALL:
+		return errno ? strerror(errno) : "end of stream";
+	default:
+		if (SSL_get_verify_result(c->ssl) != X509_V_OK) {
+			snprintf(msg, sizeof(msg), "TLS: the broker's certificate: %s",
+				 X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)));
+			return msg;
+		}
+		snprintf(msg, sizeof(msg), "TLS: %s", tls_error());
+		return msg;
+	}
+}
+
+/* "TLSv1.3 TLS_AES_128_GCM_SHA256 X25519 EC-256": what the broker chose, for the report. */
+static void tls_describe(struct run *r, struct conn *c)
+{
+	X509 *peer = SSL_get0_peer_certificate(c->ssl);
+	EVP_PKEY *k = peer ? X509_get0_pubkey(peer) : NULL;
+	const char *group = SSL_group_to_name(c->ssl, SSL_get_negotiated_group(c->ssl));
+
+	snprintf(r->tls_desc, sizeof(r->tls_desc), "%s %s %s %s-%d", SSL_get_version(c->ssl),
+		 SSL_get_cipher_name(c->ssl), group ? group : "?",
+		 k ? EVP_PKEY_get0_type_name(k) : "?", k ? EVP_PKEY_get_bits(k) : 0);
+}
+
+static void base64(const uint8_t *in, int n, char *out)
+{
+	EVP_EncodeBlock((unsigned char *)out, in, n);
+}
+
+/* RFC 6455 section 4.1: GET with Upgrade, the client's key and "mqtt" as subprotocol. */
+static void ws_queue_upgrade(struct run *r, struct conn *c)
+{
+	const struct opts *o = r->o;
+	uint8_t nonce[16];
+	char req[1024];
+	int n;
+
+	if (RAND_bytes(nonce, sizeof(nonce)) != 1)
+		die("RAND_bytes: %s", tls_error());
+	base64(nonce, sizeof(nonce), c->ws->key);
+	memcpy(&c->ws->rng, nonce, 4);
+	c->ws->rng |= 1;   /* xorshift32 must not start at 0 */
+	n = snprintf(req, sizeof(req),
+		     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+		     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+		     "Sec-WebSocket-Protocol: mqtt\r\n\r\n",
+		     o->ws_path, o->host, o->port, c->ws->key);
+	memcpy(buf_room(&c->ws->out, (size_t)n), req, (size_t)n);
+	c->ws->out.len += (size_t)n;
+	c->st = CS_UPGRADE;
+	mark_dirty(r, c);
+}
+
+/* TCP, then TLS and the WebSocket upgrade when asked, are up: MQTT may start. */
+static void transport_ready(struct run *r, struct conn *c)
+{
+	if (c->ssl && !r->tls_desc[0])
+		tls_describe(r, c);
+	if (c->ws && c->st != CS_UPGRADE) {
+		ws_queue_upgrade(r, c);
+		return;
+	}
+	c->st = CS_CONNACK;
+	queue_connect(r, c);
+}
+
+static void tls_handshake(struct run *r, struct conn *c)
+{
+	bool want_write = false;
+	const char *why;
+	int rc;
+
+	ERR_clear_error();
+	rc = SSL_connect(c->ssl);
+	if (rc == 1) {
+		transport_ready(r, c);
+		return;
+	}
+	why = tls_failure(c, rc, &want_write);
+	if (why)
+		conn_lost(r, c, why);
+	else if (want_write)
+		c->writable = false;
+}
+
+/* The TCP connection is up. */
+static void link_up(struct run *r, struct conn *c)
+{
+	if (c->ssl) {
+		c->st = CS_TLS;
+		tls_handshake(r, c);
+	} else {
+		transport_ready(r, c);
+	}
+}
+
+static uint32_t xorshift32(uint32_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 17;
+	*s ^= *s << 5;
+	return *s;
+}
+
+/* One final frame, masked as a client's must be (RFC 6455 section 5.3). */
+static void ws_frame(struct ws *w, uint8_t opcode, const uint8_t *p, size_t n)
+{
+	uint8_t *f = buf_room(&w->out, n + 14);
+	uint32_t key = xorshift32(&w->rng);
+	size_t hl = 2;
+	uint8_t *mask;
+
+	f[0] = 0x80 | opcode;
+	if (n < 126) {
+		f[1] = (uint8_t)(0x80 | n);
+	} else if (n < 65536) {
+		f[1] = 0x80 | 126;
+		f[2] = (uint8_t)(n >> 8);
+		f[3] = (uint8_t)n;
+		hl = 4;
+	} else {
+		f[1] = 0x80 | 127;
+		for (int i = 0; i < 8; i++)
+			f[2 + i] = (uint8_t)((uint64_t)n >> (56 - 8 * i));
+		hl = 10;
+	}
+	mask = f + hl;
+	memcpy(mask, &key, 4);
+	hl += 4;
+	for (size_t i = 0; i < n; i++)
+		f[hl + i] = p[i] ^ mask[i & 3];
+	w->out.len += hl + n;
+}
+
+/* Frames every pending MQTT byte: many packets to a frame, or --ws-frame-max a frame. */
+static void ws_frame_output(const struct opts *o, struct conn *c)
+{
+	struct buf *b = &c->out;
+
+	while (b->len > b->off) {
+		size_t n = b->len - b->off;
+
+		if (o->ws_frame_max && n > o->ws_frame_max)
+			n = o->ws_frame_max;
+		ws_frame(c->ws, 0x2, b->p + b->off, n);
+		b->off += n;
+	}
+	b->off = b->len = 0;
+}
+
+/*
+ * One SSL_write or SSL_read: the bytes moved, or 0 when it has to wait
+ * (for the socket to drain: not writable until the next EPOLLOUT edge)
+ * or the connection is lost.
+ */
+static size_t tls_io(struct run *r, struct conn *c, bool writing, uint8_t *p, size_t n)
+{
+	int len = n > INT_MAX ? INT_MAX : (int)n, rc;
+	bool want_write = false;
+	const char *why;
+
+	ERR_clear_error();
+	rc = writing ? SSL_write(c->ssl, p, len) : SSL_read(c->ssl, p, len);
+	if (rc > 0)
+		return (size_t)rc;
+	why = tls_failure(c, rc, &want_write);
+	if (why)
+		conn_lost(r, c, why);
+	else if (want_write)
+		c->writable = false;
+	return 0;
+}
+
+/* Writes b through TLS or straight to the socket until it is empty or would block. */
+static void xport_write(struct run *r, struct conn *c, struct buf *b)
+{
+	while (c->writable && b->len > b->off && c->st != CS_CLOSED) {
+		size_t want = b->len - b->off;
+		size_t n = c->ssl ? tls_io(r, c, true, b->p + b->off, want)
+				  : sock_send(r, c, b->p + b->off, want);
+
+		if (!n)
+			break;   /* TLS wanting to read: xport_read() calls again */
+		b->off += n;
+	}
+	if (b->off == b->len)
+		b->off = b->len = 0;
+}
+
+/*
+ * New frames are made only once the last ones are written: MQTT bytes
+ * wait in c->out meanwhile, so a publisher pauses as it does on TCP.
+ */
+static void xport_flush(struct run *r, struct conn *c)
+{
+	if (!c->ws) {
+		xport_write(r, c, &c->out);
+		return;
+	}
+	xport_write(r, c, &c->ws->out);
+	if (c->ws->out.len == 0 && c->out.len > c->out.off && c->st != CS_UPGRADE) {
+		ws_frame_output(r->o, c);
+		xport_write(r, c, &c->ws->out);
+	}
+}
+
+/* Reads into b what the socket holds; *full: b filled up, read again next turn. */
+static void xport_fill(struct run *r, struct conn *c, struct buf *b, bool *full)
+{
+	buf_room(b, 1);
+	while (b->len < b->cap && c->st != CS_CLOSED) {
+		size_t room = b->cap - b->len;
+
+		if (c->ssl) {
+			size_t n = tls_io(r, c, false, b->p + b->len, room);
+
+			if (!n)
+				break;
+			b->len += n;
+			continue;
+		}
+		ssize_t n = read(c->fd, b->p + b->len, room);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				conn_lost(r, c, strerror(errno));
+			break;
+		}
+		if (n == 0) {
+			conn_lost(r, c, "end of stream");
+			break;
+		}
+		b->len += (size_t)n;
+		if ((size_t)n < room)
+			break;   /* drained: the next byte raises a new edge */
+	}
+	*full = b->len == b->cap && c->st != CS_CLOSED;
+}
+
+/* A header's value in the upgrade response (NUL-terminated), or NULL. */
+static const char *http_header(const char *resp, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (const char *l = strstr(resp, "\r\n"); l; l = strstr(l + 2, "\r\n")) {
+		if (!strncasecmp(l + 2, name, n) && l[2 + n] == ':') {
+			const char *v = l + 3 + n;
+
+			while (*v == ' ' || *v == '\t')
+				v++;
+			return v;
+		}
+	}
+	return NULL;
+}
+
+static bool header_is(const char *resp, const char *name, const char *want)
+{
+	const char *v = http_header(resp, name);
+	size_t n = strlen(want);
+
+	return v && !strncasecmp(v, want, n) && (v[n] == '\r' || v[n] == ' ' || v[n] == '\t');
+}
+
+/* RFC 6455 section 4.2.2: 101, the accept key of our key, and "mqtt". */
+static void ws_check_upgrade(struct run *r, struct conn *c)
+{
+	struct buf *b = &c->ws->in;
+	char resp[WS_MAX_RESPONSE + 1], keyed[96], accept[32];
+	uint8_t sha1[20];
+	const uint8_t *end = memmem(b->p + b->off, b->len - b->off, "\r\n\r\n", 4);
+	size_t hl;
+
+	if (!end) {
+		if (b->len - b->off > WS_MAX_RESPONSE)
+			conn_lost(r, c, "WebSocket upgrade response headers too long");
+		return;
+	}
+	hl = (size_t)(end + 4 - (b->p + b->off));
+	if (hl > WS_MAX_RESPONSE) {
+		conn_lost(r, c, "WebSocket upgrade response headers too long");
+		return;
+	}
+	memcpy(resp, b->p + b->off, hl);
+	resp[hl] = '\0';
+	b->off += hl;
+	snprintf(keyed, sizeof(keyed), "%s%s", c->ws->key, WS_GUID);
+	EVP_Digest(keyed, strlen(keyed), sha1, NULL, EVP_sha1(), NULL);
+	base64(sha1, sizeof(sha1), accept);
+	if (strncmp(resp, "HTTP/1.1 101", 12))
+		conn_lost(r, c, "WebSocket upgrade refused (no 101 Switching Protocols)");
+	else if (!header_is(resp, "Sec-WebSocket-Accept", accept))
+		conn_lost(r, c, "WebSocket upgrade: wrong Sec-WebSocket-Accept");
+	else if (!header_is(resp, "Sec-WebSocket-Protocol", "mqtt"))
+		conn_lost(r, c, "WebSocket upgrade: the broker did not choose subprotocol mqtt");
+	else
+		transport_ready(r, c);
+}
+
+/* A control frame, whole in b at off: ping is answered, close ends the connection. */
+static void ws_control(struct run *r, struct conn *c, uint8_t opcode, const uint8_t *p, size_t n)
+{
+	if (opcode == 0x9) {
+		ws_frame(c->ws, 0xA, p, n);
+		mark_dirty(r, c);
+	} else if (opcode == 0x8) {
+		conn_lost(r, c, "WebSocket close frame");
+	} else if (opcode != 0xA) {
+		conn_lost(r, c, "WebSocket frame with a reserved opcode");
+	}
+}
+
+/*
+ * Unframes what was read into MQTT bytes in c->in: data frames are
+ * streamed (a packet may span frames, a frame may hold many packets),
+ * control frames are taken whole. Returns whether c->in grew.
+ */
+static bool ws_unframe(struct run *r, struct conn *c)
+{
+	struct ws *w = c->ws;
+	struct buf *b = &w->in;
+	bool grew = false;
+
+	while (b->len > b->off && c->st != CS_CLOSED) {
+		const uint8_t *h = b->p + b->off;
+		size_t avail = b->len - b->off, hl = 2;
+		uint64_t n;
+
+		if (w->left) {
+			size_t take = avail < w->left ? avail : (size_t)w->left;
+
+			memcpy(buf_room(&c->in, take), h, take);
+			c->in.len += take;
+			b->off += take;
+			w->left -= take;
+			grew = true;
+			continue;
+		}
+		if (avail < 2)
+			break;
+		n = h[1] & 0x7f;
+		hl += n == 126 ? 2 : n == 127 ? 8 : 0;
+		if (avail < hl)
+			break;
+		if (h[1] & 0x80) {
+			conn_lost(r, c, "masked WebSocket frame from the broker");
+			break;
+		}
+		if (n >= 126) {
+			n = 0;
+			for (size_t i = 2; i < hl; i++)
+				n = n << 8 | h[i];
+		}
+		if (h[0] & 0x08) {   /* control: at most 125 bytes, never fragmented */
+			if (n > 125 || !(h[0] & 0x80)) {
+				conn_lost(r, c, "bad WebSocket control frame");
+				break;
+			}
+			if (avail < hl + n)
+				break;
+			b->off += hl + (size_t)n;
+			ws_control(r, c, h[0] & 0x0f, h + hl, (size_t)n);
+			continue;
+		}
+		if ((h[0] & 0x0f) != 0x2 && (h[0] & 0x0f) != 0x0) {
+			conn_lost(r, c, "non-binary WebSocket data frame");
+			break;
+		}
+		b->off += hl;
+		w->left = n;
+	}
+	if (b->off == b->len)
+		b->off = b->len = 0;
+	return grew;
+}
+
+static void xport_read(struct run *r, struct conn *c)
+{
+	bool full;
+
+	if (!c->ws) {
+		xport_fill(r, c, &c->in, &full);
+		parse_input(r, c, now_ns());
+	} else {
+		xport_fill(r, c, &c->ws->in, &full);
+		if (c->st == CS_UPGRADE)
+			ws_check_upgrade(r, c);
+		if (c->st != CS_UPGRADE && ws_unframe(r, c))
+			parse_input(r, c, now_ns());
+	}
+	if (full && c->st != CS_CLOSED) {
+		c->more_in = true;
+		r->more_next[r->n_more++] = c;
+	}
+	/* a TLS write may have waited for this read */
+	if (c->ssl && (c->out.len > c->out.off || (c->ws && c->ws->out.len)))
+		mark_dirty(r, c);
+}
+
+/* Best effort at close: DISCONNECT when nothing else is half written, then close_notify. */
+static void xport_close(struct conn *c)
+{
+	uint8_t d[2];
+	size_t n = mqtt_encode_empty(d, MQTT_DISCONNECT);
+	bool quiet = c->out.len == c->out.off && (!c->ws || !c->ws->out.len);
+
+	if (c->st == CS_READY && quiet && c->ws) {
+		ws_frame(c->ws, 0x2, d, n);
+		if (c->ssl)
+			(void)SSL_write(c->ssl, c->ws->out.p, (int)c->ws->out.len);
+		else
+			(void)send(c->fd, c->ws->out.p, c->ws->out.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	} else if (c->st == CS_READY && quiet && c->ssl) {
+		(void)SSL_write(c->ssl, d, (int)n);
+	}
+	if (c->ssl) {
+		if (SSL_is_init_finished(c->ssl))
+			(void)SSL_shutdown(c->ssl);
+		SSL_free(c->ssl);
+		c->ssl = NULL;
+		ERR_clear_error();
+	}
+	if (c->ws)
+		c->ws->in.off = c->ws->in.len = c->ws->out.off = c->ws->out.len = c->ws->left = 0;
+}
+
 static void set_opt(int fd, int level, int name, int val)
 {
 	(void)setsockopt(fd, level, name, &val, sizeof(val));
@@ -659,6 +1231,8 @@ static void conn_start(struct run *r, struct conn *c, long global_idx)
 	c->fd = socket(o->dst.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0)
 		connect_failed(o, errno);
+	c->in.off = c->in.len = c->out.off = c->out.len = 0;
+	c->t_start = now_ns();
 	set_opt(c->fd, IPPROTO_TCP, TCP_NODELAY, 1);
 	if (c->role == R_PUB && o->qos == 0)
 		set_opt(c->fd, SOL_SOCKET, SO_SNDBUF, PUB_SNDBUF);
@@ -667,10 +1241,11 @@ static void conn_start(struct run *r, struct conn *c, long global_idx)
 		die("epoll_ctl: %s", strerror(errno));
 	c->st = CS_CONNECTING;
 	r->handshaking++;
+	if (o->tls)
+		tls_new(r, c);
 	if (connect(c->fd, (const struct sockaddr *)&o->dst, o->dst_len) == 0) {
-		c->st = CS_CONNACK;
 		c->writable = true;
-		queue_connect(r, c);
+		link_up(r, c);
 	} else if (errno != EINPROGRESS) {
 		connect_failed(o, errno);
 	}
@@ -683,7 +1258,9 @@ static void conn_close(struct conn *c)
 
 	if (c->fd < 0)
 		return;
-	if (c->st == CS_READY) {
+	if (c->ssl || c->ws) {
+		xport_close(c);
+	} else if (c->st == CS_READY) {
 		uint8_t d[2];
 		size_t n = mqtt_encode_empty(d, MQTT_DISCONNECT);
 
@@ -918,6 +1495,10 @@ static void conn_read(struct run *r, struct conn *c)
 	c->more_in = false;
 	if (c->st == CS_CLOSED)
 		return;
+	if (c->ssl || c->ws) {
+		xport_read(r, c);
+		return;
+	}
 	buf_room(&c->in, 1);
 	room = c->in.cap - c->in.len;
 	n = read(c->fd, c->in.p + c->in.len, room);
@@ -947,8 +1528,8 @@ static void conn_connected(struct run *r, struct conn *c)
 		err = errno;
 	if (err)
 		connect_failed(r->o, err);
-	c->st = CS_CONNACK;
-	queue_connect(r, c);
+	c->writable = true;
+	link_up(r, c);
 }
 
 static void on_event(struct run *r, struct conn *c, uint32_t ev)
@@ -960,8 +1541,13 @@ static void on_event(struct run *r, struct conn *c, uint32_t ev)
 	}
 	if (ev & EPOLLOUT) {
 		c->writable = true;
-		if (c->out.len > c->out.off)
+		if (c->out.len > c->out.off || c->ws)
 			mark_dirty(r, c);
+	}
+	if (c->st == CS_TLS) {
+		tls_handshake(r, c);
+		if (c->st == CS_TLS)
+			return;
 	}
 	if ((ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && !c->more_in)
 		conn_read(r, c);
@@ -1185,6 +1771,11 @@ static void add_conn(struct run *r, enum role role, int idx)
 		buf_init(&c->in, IDLE_RBUF);
 	}
 	buf_init(&c->out, role == R_PUB ? QOS0_BATCH * 2 : 256);
+	if (r->o->ws_path) {
+		c->ws = xcalloc(1, sizeof(*c->ws));
+		buf_init(&c->ws->in, c->in.cap);
+		buf_init(&c->ws->out, c->out.cap + 64);
+	}
 }
 
 static void pub_topic(const struct run *r, struct conn *c)
@@ -1440,6 +2031,20 @@ static void fig_end(struct figures *f)
 	fflush(stdout);
 }
 
+static const char *transport_name(const struct opts *o)
+{
+	if (o->ws_path)
+		return o->tls ? "wss" : "ws";
+	return o->tls ? "tls" : "tcp";
+}
+
+/* The transport, and with TLS what the broker chose. */
+static void fig_transport(struct figures *f, const struct run *r)
+{
+	fig_text(f, "transport", transport_name(r->o));
+	fig_text(f, "tls", r->tls_desc);
+}
+
 static uint64_t lost_total(const struct run *r)
 {
 	uint64_t lost = 0;
@@ -1503,6 +2108,7 @@ static void report_traffic(struct run *r)
 	fig_bool(&f, "ok", !r->failure[0]);
 	fig_text(&f, "scenario", sc_names[o->sc]);
 	fig_int(&f, "qos", (uint64_t)o->qos);
+	fig_transport(&f, r);
 	fig_num(&f, "seconds", dt);
 	fig_int(&f, "payload", o->payload);
 	fig_int(&f, "publishers", (uint64_t)r->n_pubs);
@@ -1578,6 +2184,7 @@ struct conns_report {
 	int proc;
 	long ok;
 	uint64_t t_last;      /* CLOCK_MONOTONIC ns of its last CONNACK */
+	char tls_desc[96];    /* what its first TLS session negotiated */
 	char err[256];
 };
 
@@ -1615,6 +2222,7 @@ static void conns_child(const struct opts *o, int k, long first, long count, int
 	rep.proc = k;
 	rep.ok = r.ready;
 	rep.t_last = r.t_last_ready;
+	memcpy(rep.tls_desc, r.tls_desc, sizeof(rep.tls_desc));
 	w = write(report_fd, &rep, sizeof(rep));   /* atomic: smaller than PIPE_BUF */
 	(void)w;
 	(void)poll(&pfd, 1, 600 * 1000);   /* the parent closes hold_fd (or exits) */
@@ -1684,7 +2292,8 @@ static void fork_kids(const struct opts *o, pid_t *kids, int rep[2], int hold[2]
 }
 
 /* Children open the connections; returns the latest CONNACK time among them. */
-static uint64_t conns_forked(const struct opts *o, int *hold_w, pid_t *kids, long *ok)
+static uint64_t conns_forked(const struct opts *o, int *hold_w, pid_t *kids, long *ok,
+			     char *tls_desc)
 {
 	int rep[2], hold[2], got = 0;
 	bool reported[MAX_PROCS] = { false };
@@ -1714,6 +2323,9 @@ static uint64_t conns_forked(const struct opts *o, int *hold_w, pid_t *kids, lon
 		*ok += cr.ok;
 		if (cr.t_last > t_last)
 			t_last = cr.t_last;
+		cr.tls_desc[sizeof(cr.tls_desc) - 1] = '\0';
+		if (!tls_desc[0])
+			memcpy(tls_desc, cr.tls_desc, sizeof(cr.tls_desc));
 	}
 	close(rep[0]);
 	return t_last;
@@ -1731,6 +2343,7 @@ static int run_conns(const struct opts *o)
 	double cpu, dt;
 	struct figures f = { { stdout, true }, o->json };
 
+	r.o = o;   /* for the report when helper processes open the connections */
 	if (o->procs == 1)
 		check_fd_limit(o->conns);
 	else
@@ -1743,7 +2356,7 @@ static int run_conns(const struct opts *o)
 		ok = r.ready;
 		t_last = r.t_last_ready;
 	} else {
-		t_last = conns_forked(o, &hold_w, kids, &ok);
+		t_last = conns_forked(o, &hold_w, kids, &ok, r.tls_desc);
 	}
 	proc_snapshot(o, &c1);
 	sleep_s(0.5);   /* lets the broker finish what it allocates per connection */
@@ -1759,6 +2372,7 @@ static int run_conns(const struct opts *o)
 	fig_bool(&f, "ok", ok == o->conns && !c1.root_gone);
 	fig_text(&f, "scenario", "conns");
 	fig_int(&f, "qos", 0);
+	fig_transport(&f, &r);
 	fig_int(&f, "connections", (uint64_t)ok);
 	fig_int(&f, "procs", (uint64_t)o->procs);
 	fig_int(&f, "src_addrs", (uint64_t)(o->n_src ? o->n_src : 1));
@@ -1774,6 +2388,91 @@ static int run_conns(const struct opts *o)
 	return ok == o->conns && !c1.root_gone ? 0 : 1;
 }
 
+/* ------------------------------------------------------------ handshakes */
+
+/* A connection that got its CONNACK is counted, closed and opened anew. */
+static void recycle(struct run *r)
+{
+	uint64_t now = now_ns();
+
+	for (int i = 0; i < r->n && r->ph == PH_MEASURE; i++) {
+		struct conn *c = &r->c[i];
+
+		if (c->st != CS_READY)
+			continue;
+		r->handshakes++;
+		h_add(&r->h, now - c->t_start);
+		if (c->ssl && SSL_session_reused(c->ssl))
+			r->resumed++;
+		/* TLS 1.3 tickets came before the CONNACK: this session can be resumed */
+		if (c->ssl && r->o->tls_resume && !r->session)
+			r->session = SSL_get1_session(c->ssl);
+		conn_close(c);
+		r->ready--;
+		if (now < r->t_stop)
+			conn_start(r, c, r->src_first + i);
+	}
+}
+
+/*
+ * Connections opened, brought through TCP, TLS, the WebSocket upgrade and
+ * CONNECT/CONNACK, and closed, --conn-window at a time, for -t seconds:
+ * what a broker spends on each newcomer, key exchange and signature included.
+ */
+static int run_handshakes(const struct opts *o)
+{
+	static struct run r;
+	struct rusage ru;
+	struct figures f = { { stdout, true }, o->json };
+	double dt, cpu;
+	bool changed;
+
+	check_fd_limit(o->conn_window);
+	run_init(&r, o, 0, 0, o->conn_window);
+	proc_snapshot(o, &r.c0);
+	r.t0 = now_ns();
+	r.t_stop = r.t0 + ns_of(o->seconds);
+	r.ph = PH_MEASURE;
+	for (int i = 0; i < r.n; i++)
+		conn_start(&r, &r.c[i], i);
+	while (r.ph == PH_MEASURE && now_ns() < r.t_stop) {
+		turn(&r, r.t_stop);
+		recycle(&r);
+	}
+	r.t1 = now_ns();
+	proc_snapshot(o, &r.c1);
+	close_all(&r);
+	dt = secs(r.t1 - r.t0);
+	cpu = r.c1.cpu_s - r.c0.cpu_s;
+	changed = o->n_pids && !same_procs(&r.c0, &r.c1);
+	if (!r.handshakes)
+		fail(&r, "no handshake completed in %.1f s", dt);
+	if (r.c1.root_gone)
+		fail(&r, "a broker process given with --pids exited during the run");
+	getrusage(RUSAGE_SELF, &ru);
+	fig_bool(&f, "ok", !r.failure[0]);
+	fig_text(&f, "scenario", "handshakes");
+	fig_int(&f, "qos", 0);
+	fig_transport(&f, &r);
+	fig_num(&f, "seconds", dt);
+	fig_int(&f, "conn_window", (uint64_t)o->conn_window);
+	fig_int(&f, "handshakes", r.handshakes);
+	fig_int(&f, "resumed", r.resumed);
+	fig_num(&f, "handshakes_per_s", dt > 0 ? (double)r.handshakes / dt : 0);
+	fig_num(&f, "broker_cpu_s", o->n_pids ? cpu : NAN);
+	fig_num(&f, "handshakes_per_cpu_s", o->n_pids && cpu > 0 ? (double)r.handshakes / cpu : NAN);
+	fig_bool(&f, "broker_procs_changed", changed);
+	fig_num(&f, "hs_p50_us", h_pct_us(&r.h, 0.50));
+	fig_num(&f, "hs_p99_us", h_pct_us(&r.h, 0.99));
+	fig_num(&f, "bench_cpu_s", (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+		(double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
+	fig_text(&f, "error", r.failure);
+	fig_end(&f);
+	if (r.failure[0])
+		fprintf(stderr, "iotd-bench: FAILED handshakes: %s\n", r.failure);
+	return r.failure[0] ? 1 : 0;
+}
+
 /* --------------------------------------------------------------- options */
 
 static void usage(FILE *f)
@@ -1786,7 +2485,9 @@ static void usage(FILE *f)
 		"  -s SCENARIO        fanin (16 publishers -> 1 subscriber on bench/#),\n"
 		"                     fanout (1 publisher -> 950 subscribers),\n"
 		"                     pairs (50 publisher/subscriber pairs),\n"
-		"                     latency (one pair at --rate msg/s), conns (idle connections)\n"
+		"                     latency (one pair at --rate msg/s), conns (idle connections),\n"
+		"                     handshakes (connect, CONNECT/CONNACK, close, for -t seconds,\n"
+		"                     --conn-window at once)\n"
 		"  -q QOS             0 or 1 (default 0)\n"
 		"  -t SECONDS         measured interval (default 10)\n"
 		"  -P BYTES           payload size, >= %d (default 64)\n"
@@ -1805,6 +2506,18 @@ static void usage(FILE *f)
 		"  --conn-window N    connection handshakes in progress at once (default 64)\n"
 		"  --rate N           latency scenario: messages per second (default 1000)\n"
 		"  --drain SECONDS    most time to wait for late deliveries (default 10)\n"
+		"  --tls              connect with TLS (OpenSSL); the broker's certificate is\n"
+		"                     checked against -h (an IP address) or --sni\n"
+		"  --cafile FILE      certificates trusted for the broker (default: the system's)\n"
+		"  --cert FILE        client certificate chain (PEM); --key FILE its key\n"
+		"  --ciphers LIST     TLS 1.2 cipher list; --ciphersuites LIST: TLS 1.3 suites\n"
+		"  --groups LIST      key exchange groups offered, e.g. X25519 (default: OpenSSL's)\n"
+		"  --tls-version V    1.2 or 1.3 only (default: 1.2 or later)\n"
+		"  --sni NAME         server name sent and checked\n"
+		"  --tls-resume       resume the first session on every later connection\n"
+		"  --ws PATH          MQTT over WebSocket at PATH (with --tls: wss)\n"
+		"  --ws-frame-max N   payload bytes per WebSocket frame (default: one frame\n"
+		"                     per write, however many packets it holds)\n"
 		"  --json             print one JSON object with every figure\n"
 		"  --free-port        print a free TCP port on 127.0.0.1 and exit\n"
 		"  --help             show this help\n\n"
@@ -1909,12 +2622,32 @@ static const char *parse_password(const char *s)
 	return s;
 }
 
+static int parse_tls_version(const char *s)
+{
+	if (!strcmp(s, "1.2"))
+		return 12;
+	if (!strcmp(s, "1.3"))
+		return 13;
+	die("--tls-version must be 1.2 or 1.3, not '%s'", s);
+}
+
+/* An origin-form request target: no space or control byte may reach the request line. */
+static const char *parse_ws_path(const char *s)
+{
+	if (s[0] != '/' || strlen(s) > 512)
+		die("--ws takes a path starting with '/', at most 512 bytes, not '%s'", s);
+	for (const char *p = s; *p; p++)
+		if ((unsigned char)*p <= ' ' || *p == 0x7f)
+			die("--ws path '%s' holds a space or control character", s);
+	return s;
+}
+
 static enum scenario parse_scenario(const char *s)
 {
 	for (unsigned i = 0; i < sizeof(sc_names) / sizeof(sc_names[0]); i++)
 		if (!strcmp(s, sc_names[i]))
 			return (enum scenario)i;
-	die("unknown scenario '%s' (fanin, fanout, pairs, latency, conns)", s);
+	die("unknown scenario '%s' (fanin, fanout, pairs, latency, conns, handshakes)", s);
 }
 
 static double secs_arg(const char *s, const char *what)
@@ -1944,7 +2677,8 @@ static void free_port(void)
 static void parse_args(struct opts *o, int argc, char **argv)
 {
 	enum { O_PROCS = 256, O_SRC, O_PIDS, O_JSON, O_WINDOW, O_LAG, O_CWIN, O_RATE, O_DRAIN,
-	       O_FREE, O_HELP, O_USER, O_PASSWORD };
+	       O_FREE, O_HELP, O_USER, O_PASSWORD, O_TLS, O_CAFILE, O_CERT, O_KEY, O_CIPHERS,
+	       O_SUITES, O_GROUPS, O_TLSVER, O_SNI, O_RESUME, O_WS, O_WSMAX };
 	static const struct option lo[] = {
 		{ "procs", required_argument, 0, O_PROCS },
 		{ "src-addrs", required_argument, 0, O_SRC },
@@ -1959,6 +2693,18 @@ static void parse_args(struct opts *o, int argc, char **argv)
 		{ "user", required_argument, 0, O_USER },
 		{ "password", required_argument, 0, O_PASSWORD },
 		{ "help", no_argument, 0, O_HELP },
+		{ "tls", no_argument, 0, O_TLS },
+		{ "cafile", required_argument, 0, O_CAFILE },
+		{ "cert", required_argument, 0, O_CERT },
+		{ "key", required_argument, 0, O_KEY },
+		{ "ciphers", required_argument, 0, O_CIPHERS },
+		{ "ciphersuites", required_argument, 0, O_SUITES },
+		{ "groups", required_argument, 0, O_GROUPS },
+		{ "tls-version", required_argument, 0, O_TLSVER },
+		{ "sni", required_argument, 0, O_SNI },
+		{ "tls-resume", no_argument, 0, O_RESUME },
+		{ "ws", required_argument, 0, O_WS },
+		{ "ws-frame-max", required_argument, 0, O_WSMAX },
 		{ 0, 0, 0, 0 },
 	};
 	int ch;
@@ -1991,12 +2737,29 @@ static void parse_args(struct opts *o, int argc, char **argv)
 		case O_FREE: free_port(); break;
 		case O_USER: o->user = parse_user(optarg); break;
 		case O_PASSWORD: o->password = parse_password(optarg); break;
+		case O_TLS: o->tls = true; break;
+		case O_CAFILE: o->cafile = optarg; break;
+		case O_CERT: o->cert = optarg; break;
+		case O_KEY: o->key = optarg; break;
+		case O_CIPHERS: o->ciphers = optarg; break;
+		case O_SUITES: o->ciphersuites = optarg; break;
+		case O_GROUPS: o->groups = optarg; break;
+		case O_TLSVER: o->tls_version = parse_tls_version(optarg); break;
+		case O_SNI: o->sni = optarg; break;
+		case O_RESUME: o->tls_resume = true; break;
+		case O_WS: o->ws_path = parse_ws_path(optarg); break;
+		case O_WSMAX: o->ws_frame_max = (size_t)num_arg(optarg, 1, 1 << 24, "--ws-frame-max"); break;
 		case O_HELP: usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
 		}
 	}
 	if (optind < argc)
 		die("unexpected argument '%s'", argv[optind]);
+	if (!o->tls && (o->cafile || o->cert || o->key || o->ciphers || o->ciphersuites || o->groups ||
+			o->tls_version || o->sni || o->tls_resume))
+		die("TLS options need --tls");
+	if (o->ws_frame_max && !o->ws_path)
+		die("--ws-frame-max needs --ws");
 	if (o->max_lag && o->qos && o->max_lag < o->window)
 		o->max_lag = o->window;
 	resolve(o);
@@ -2010,5 +2773,7 @@ int main(int argc, char **argv)
 	parse_args(&o, argc, argv);
 	if (o.sc == SC_CONNS)
 		return run_conns(&o);
+	if (o.sc == SC_HANDSHAKES)
+		return run_handshakes(&o);
 	return run_traffic(&o);
 }
