@@ -438,9 +438,12 @@ static int acl_build(struct acl *acl)
 	return 0;
 }
 
-static const struct acl_section *acl_user(const struct acl *acl, const char *user, size_t ulen)
+const struct acl_section *acl_user_section(const struct acl *acl, const char *user, size_t ulen)
 {
 	size_t lo = 0, hi = acl->nusers;
+
+	if (user == NULL)
+		return &acl->anon;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -659,6 +662,11 @@ static bool name_widens(const char *s, size_t len)
 	return false;
 }
 
+bool acl_names_widen(const char *user, size_t ulen, const char *client_id, size_t clen)
+{
+	return (user && name_widens(user, ulen)) || name_widens(client_id, clen);
+}
+
 static bool has_user_mark(const struct acl_rule *r)
 {
 	for (uint32_t i = 0; i + 1 < r->len; i++)
@@ -704,17 +712,17 @@ static int substitute(struct acl_section *out, const struct acl_rule *r, const c
  * an allocation per pattern, and most connections never publish or
  * subscribe again after their first few packets, or at all.
  */
-struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_t ulen,
-				  const char *client_id, size_t clen)
+struct acl_client *acl_view_new(const struct acl_section *topics, const struct acl_section *patterns,
+				const char *user, size_t ulen, const char *client_id, size_t clen)
 {
 	struct acl_client *c = calloc(1, sizeof(*c));
 
 	if (!c)
 		return NULL;
-	c->topics = user ? acl_user(acl, user, ulen) : &acl->anon;
-	if (acl->patterns.n == 0)
+	c->topics = topics;
+	if (!patterns || patterns->n == 0)
 		return c;
-	if ((user && name_widens(user, ulen)) || name_widens(client_id, clen)) {
+	if (acl_names_widen(user, ulen, client_id, clen)) {
 		c->patterns_refused = true;
 		return c;
 	}
@@ -729,24 +737,31 @@ struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_
 	memcpy(c->who + ulen + 1, client_id, clen);
 	c->who[ulen + 1 + clen] = '\0';
 	c->who_user = user != NULL;
-	c->pending_acl = acl;
+	c->pending = patterns;
 	return c;
+}
+
+struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_t ulen,
+				  const char *client_id, size_t clen)
+{
+	return acl_view_new(acl_user_section(acl, user, ulen), &acl->patterns, user, ulen,
+			    client_id, clen);
 }
 
 bool acl_client_ready(struct acl_client *c)
 {
-	const struct acl *acl = c->pending_acl;
+	const struct acl_section *patterns = c->pending;
 	const char *user = c->who_user ? c->who : NULL;
 	size_t ulen, clen;
 	const char *cid;
 
-	if (!acl)
+	if (!patterns)
 		return true;
 	ulen = strlen(c->who);
 	cid = c->who + ulen + 1;
 	clen = strlen(cid);
-	for (size_t i = 0; i < acl->patterns.n; i++) {
-		const struct acl_rule *r = &acl->patterns.rules[i];
+	for (size_t i = 0; i < patterns->n; i++) {
+		const struct acl_rule *r = &patterns->rules[i];
 
 		if (!user && has_user_mark(r))
 			continue;
@@ -755,7 +770,7 @@ bool acl_client_ready(struct acl_client *c)
 			return false;
 		}
 	}
-	c->pending_acl = NULL;
+	c->pending = NULL;
 	free(c->who);
 	c->who = NULL;
 	return true;
@@ -789,6 +804,8 @@ void acl_client_free(struct acl_client *c)
 	acl_section_free(&c->patterns);
 	free(c->who);
 	free(c->memo);
+	if (c->shared)
+		acl_shared_unref(c->shared);
 	free(c);
 }
 
@@ -800,8 +817,8 @@ void acl_client_free(struct acl_client *c)
  */
 static bool view_built(struct acl_client *c)
 {
-	if (!c->built && acl_client_ready(c) && acl_section_build(&c->own) == 0 &&
-	    acl_section_build(&c->patterns) == 0)
+	if (!c->built && acl_client_ready(c) && (!c->shared || acl_shared_build(c->shared)) &&
+	    acl_section_build(&c->own) == 0 && acl_section_build(&c->patterns) == 0)
 		c->built = true;
 	return c->built;
 }

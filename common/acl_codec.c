@@ -71,6 +71,26 @@ int acl_client_encode(struct acl_client *c, struct recw *w)
 	return encode_rules(w, &c->patterns, true);
 }
 
+int acl_patterns_encode(const struct acl *acl, uint64_t generation, struct recw *w)
+{
+	recw_u32(w, ACL_WIRE_PATTERNS);
+	recw_u64(w, generation);
+	return encode_rules(w, &acl->patterns, false);
+}
+
+int acl_view_encode(const struct acl *acl, uint64_t generation, const char *user, size_t ulen,
+		    const char *client_id, size_t clen, struct recw *w)
+{
+	bool patterns = acl->patterns.n > 0 && !acl_names_widen(user, ulen, client_id, clen);
+
+	recw_u32(w, ACL_WIRE_VIEW);
+	recw_u64(w, generation);
+	recw_u8(w, patterns);
+	if (encode_rules(w, acl_user_section(acl, user, ulen), false) < 0)
+		return -1;
+	return patterns;
+}
+
 /* ---- decoding ---------------------------------------------------------- */
 
 struct acl_dec {
@@ -238,4 +258,45 @@ struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, siz
 fail:
 	acl_client_free(c);
 	return NULL;
+}
+
+/* A worker's generation: counted from 1 (0 is none). */
+static int dec_generation(struct acl_dec *d, uint64_t *generation)
+{
+	*generation = recr_u64(&d->r);
+	if (d->r.err)
+		return dec_fail(d, "truncated");
+	return *generation ? 0 : dec_fail(d, "generation 0");
+}
+
+int acl_templates_decode(const void *buf, size_t len, struct acl_templates *t, char *err,
+			 size_t errlen)
+{
+	struct acl_dec d = { .rules_left = SIZE_MAX, .err = err, .errlen = errlen };
+
+	if (dec_begin(&d, buf, len, ACL_WIRE_PATTERNS) < 0 || dec_generation(&d, &t->generation) < 0 ||
+	    dec_rules(&d, &t->rules, false, false) < 0 || dec_end(&d) < 0) {
+		acl_section_free(&t->rules);
+		return -1;
+	}
+	return 0;
+}
+
+int acl_view_decode(const void *buf, size_t len, uint64_t *generation, bool *patterns,
+		    struct acl_section *topics, char *err, size_t errlen)
+{
+	struct acl_dec d = { .rules_left = SIZE_MAX, .err = err, .errlen = errlen };
+	uint8_t flag;
+
+	if (dec_begin(&d, buf, len, ACL_WIRE_VIEW) < 0 || dec_generation(&d, generation) < 0)
+		return -1;
+	flag = recr_u8(&d.r);
+	if (d.r.err || flag > 1)
+		return dec_fail(&d, "a patterns flag that is neither 0 nor 1");
+	*patterns = flag;
+	if (dec_rules(&d, topics, false, false) < 0 || dec_end(&d) < 0) {
+		acl_section_free(topics);
+		return -1;
+	}
+	return 0;
 }

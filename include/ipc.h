@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define IPC_VERSION 9            /* bump whenever the header, enum ipc_type or a payload changes */
+#define IPC_VERSION 10           /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
@@ -55,9 +55,10 @@ enum ipc_type {
 	IPC_AUTH_ACL,         /* auth -> router: the ACL in force (struct ipc_auth_acl; a sealed memfd, none for no ACL) */
 	IPC_AUTH_ACL_ASK,     /* router -> auth: send the ACL in force (payload: none) */
 	IPC_AUTH_ACL_TAKEN,   /* router -> auth: the IPC_AUTH_ACL of this generation was handled (uint64_t) */
-	IPC_AUTH_RULES_STALE, /* auth -> worker: the ACL changed: drop every connection's view (payload: none) */
+	IPC_AUTH_RULES_STALE, /* auth -> worker: the router has this generation: drop older views (uint64_t) */
 	IPC_AUTH_GRANT,       /* auth -> router: a CONNECT accepted, before its verdict (a verdict's payload) */
 	IPC_AUTH_CANCEL,      /* worker -> auth: a request's connection closed; no verdict wanted (struct ipc_auth_cancel) */
+	IPC_AUTH_PATTERNS,    /* auth -> worker: the ACL's patterns for views of its generation (acl_patterns_encode) */
 	IPC_TYPE_MAX
 };
 
@@ -128,6 +129,16 @@ struct ipc_addr_entry {
  * back; a verdict whose connection is gone is dropped. What a worker
  * sends is hostile input to the auth role (ipc_auth_request_decode
  * checks every length). Encoders and decoders: common/ipc_auth.c.
+ *
+ * With an ACL file, each generation of it (counted by the auth process,
+ * from 1; one more at each change) reaches a worker as IPC_AUTH_PATTERNS,
+ * the patterns every view of it shares, before any verdict made from it;
+ * an accepted verdict then carries the client's topic rules and the
+ * generation (acl_view_encode), or a token's lists (acl_client_encode,
+ * IPC_AUTH_RULES_FROM_TOKEN). IPC_AUTH_RULES_STALE names the generation
+ * the router took: views of older ones go. A new auth process counts
+ * again from 1: its IPC_AUTH_HELLO drops every view of the file and the
+ * patterns.
  */
 #define IPC_AUTH_FIELD_MAX 65535     /* a client id, user name or password: MQTT's bound */
 #define IPC_AUTH_REMOTE_MAX 63       /* struct ipc_client's remote, without its NUL */
