@@ -232,7 +232,7 @@ static int on_verdict(void *ctx, struct ipc_msg *m)
  * those connections' messages go through the router until they connect
  * again.
  */
-static void views_drop(struct worker *w, uint64_t generation)
+static void views_drop(struct worker *w, uint64_t generation, const char *why)
 {
 	uint32_t n = 0;
 
@@ -246,8 +246,8 @@ static void views_drop(struct worker *w, uint64_t generation)
 		n++;
 	}
 	if (n > 0)
-		log_info("%u connections' views of the ACL are stale: their messages go through the "
-			 "router until they connect again", n);
+		log_info("%s: %u connections' messages go through the router until they connect "
+			 "again", why, n);
 }
 
 /*
@@ -260,7 +260,7 @@ static int on_hello(void *ctx, struct ipc_msg *m)
 	struct worker *w = ctx;
 	struct worker_auth *wa = wa_of(w);
 
-	views_drop(w, UINT64_MAX);
+	views_drop(w, UINT64_MAX, "a new auth process");
 	acl_views_forget(wa->views);
 
 	/* A cancel not sent yet is sent still: its request may wait in the socket. */
@@ -284,7 +284,7 @@ static int on_rules_stale(void *ctx, struct ipc_msg *m)
 	uint64_t generation;
 
 	memcpy(&generation, m->data, sizeof(generation));
-	views_drop(ctx, generation);
+	views_drop(ctx, generation, "the ACL changed");
 	return 0;
 }
 
