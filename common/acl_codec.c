@@ -68,7 +68,7 @@ int acl_client_encode(struct acl_client *c, struct recw *w)
 	recw_u8(w, c->patterns_refused);
 	if (encode_rules(w, c->topics, false) < 0)
 		return -1;
-	return encode_rules(w, &c->patterns, true);
+	return encode_rules(w, c->patterns, true);
 }
 
 int acl_patterns_encode(const struct acl *acl, uint64_t generation, struct recw *w)
@@ -237,7 +237,13 @@ struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, siz
 		snprintf(err, errlen, "ACL bytes: out of memory");
 		return NULL;
 	}
-	c->topics = &c->own;
+	c->own = calloc(1, sizeof(*c->own));
+	c->patterns = calloc(1, sizeof(*c->patterns));
+	if (!c->own || !c->patterns) {
+		snprintf(err, errlen, "ACL bytes: out of memory");
+		goto fail;
+	}
+	c->topics = c->own;
 	if (dec_begin(&d, buf, len, ACL_WIRE_CLIENT) < 0)
 		goto fail;
 	refused = recr_u8(&d.r);
@@ -246,11 +252,11 @@ struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, siz
 		goto fail;
 	}
 	c->patterns_refused = refused;
-	if (dec_rules(&d, &c->own, false, false) < 0 ||
-	    dec_rules(&d, &c->patterns, true, false) < 0 ||
+	if (dec_rules(&d, c->own, false, false) < 0 ||
+	    dec_rules(&d, c->patterns, true, false) < 0 ||
 	    dec_end(&d) < 0)
 		goto fail;
-	if (c->patterns_refused && c->patterns.n) {
+	if (c->patterns_refused && c->patterns->n) {
 		dec_fail(&d, "patterns for a client they were refused to");
 		goto fail;
 	}

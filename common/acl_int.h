@@ -72,24 +72,27 @@ struct acl_templates {
 
 struct acl_shared;
 
+/*
+ * A view: what a connection or a session holds for its client, so kept
+ * small; its rule lists are allocated apart, when it has any of its own.
+ */
 struct acl_client {
 	const struct acl_section *topics; /* the client's topic rules: acl's, shared's, or own */
-	struct acl_section own;           /* acl_client_from_lists, acl_client_decode */
-	struct acl_section patterns;      /* substituted for this client */
-	bool patterns_refused;            /* its name or id would widen a pattern */
+	struct acl_section *own;          /* acl_client_from_lists, acl_client_decode; NULL: none */
+	struct acl_section *patterns;     /* substituted for this client; NULL: none (yet) */
 	/*
 	 * Patterns are substituted at the view's first use, not when it is
 	 * made (acl_view_new): until then it keeps the patterns (the ACL's,
-	 * or a worker's templates) and the names that go into them (who:
-	 * user, NUL, client id, NUL).
+	 * or a worker's templates) and the names that go into them (who).
 	 */
 	const struct acl_section *pending;
-	char *who;
-	bool who_user;                    /* who holds a user name (else anonymous) */
-	bool built;                       /* own's and patterns' tries (acl_client_check) */
 	struct acl_memo *memo;            /* ACL_MEMO_SLOTS answers, taken at first use */
 	/* A worker's view (acl_views_client): its topics and templates, counted; NULL: none. */
 	struct acl_shared *shared;
+	bool patterns_refused;            /* its name or id would widen a pattern */
+	bool who_user;                    /* who holds a user name (else anonymous) */
+	bool built;                       /* own's and patterns' tries (acl_client_check) */
+	char who[];                       /* with patterns: user, NUL, client id, NUL */
 };
 
 /*
