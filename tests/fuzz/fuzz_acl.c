@@ -135,12 +135,9 @@ static void check_acl_copy(const struct acl *acl, const char *user, const char *
 	recw_free(&w);
 }
 
-/* A view from a worker's store: refused with a message, or taken and usable. */
-static void worker_view_usable(struct acl_views *views, const uint8_t *data, size_t size)
+/* A view decoded from bytes: refused with a message (in err), or taken and usable. */
+static void view_usable(struct acl_client *c, const char *err)
 {
-	char err[256] = "";
-	struct acl_client *c = acl_views_client(views, data, size, "u", 1, "c", 1, err, sizeof(err));
-
 	if (c) {
 		acl_client_check(c, "u/c/x", 5, ACL_WRITE);
 		acl_client_may_subscribe(c, "#", 1);
@@ -148,6 +145,14 @@ static void worker_view_usable(struct acl_views *views, const uint8_t *data, siz
 	} else if (!err[0]) {
 		__builtin_trap();
 	}
+}
+
+/* A view from a worker's store. */
+static void worker_view_usable(struct acl_views *views, const uint8_t *data, size_t size)
+{
+	char err[256] = "";
+
+	view_usable(acl_views_client(views, data, size, "u", 1, "c", 1, err, sizeof(err)), err);
 }
 
 /*
@@ -186,7 +191,6 @@ static void decode_worker_bytes(const uint8_t *data, size_t size)
 static void decode_bytes(const uint8_t *data, size_t size)
 {
 	struct acl *acl = NULL;
-	struct acl_client *c;
 	char err[256] = "";
 
 	if (acl_decode(data, size, &lim, &acl, err, sizeof(err)) == 0) {
@@ -196,14 +200,7 @@ static void decode_bytes(const uint8_t *data, size_t size)
 		__builtin_trap();
 	}
 	err[0] = '\0';
-	c = acl_client_decode(data, size, err, sizeof(err));
-	if (c) {
-		acl_client_check(c, "a/b", 3, ACL_WRITE);
-		acl_client_may_subscribe(c, "#", 1);
-		acl_client_free(c);
-	} else if (!err[0]) {
-		__builtin_trap();
-	}
+	view_usable(acl_client_decode(data, size, err, sizeof(err)), err);
 	decode_worker_bytes(data, size);
 }
 
