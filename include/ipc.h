@@ -23,7 +23,8 @@
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
- * under 4 KiB). It stays below what a unix socket's default send buffer
+ * under 4 KiB but a verdict's rules and the ACL's patterns, which are
+ * given up past it). It stays below what a unix socket's default send buffer
  * (net.core.wmem_default, 208 KiB) lets one datagram carry.
  */
 #define IPC_MAX_PAYLOAD (200 * 1024)
@@ -211,8 +212,8 @@ bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_field
  * reload that changed it, as a sealed memfd of len bytes (sealedfd.h:
  * any size up to ACL_LIMITS_DEFAULT's max_bytes, 16 MiB); len 0 and no fd
  * say "no ACL". The router answers each with IPC_AUTH_ACL_TAKEN and its
- * generation; the auth role then tells the workers that their
- * connections' views are stale (IPC_AUTH_RULES_STALE). While an ACL is in
+ * generation; the auth role then tells the workers that views of older
+ * generations are stale (IPC_AUTH_RULES_STALE). While an ACL is in
  * force (config_acl_in_force), each accepted CONNECT is granted to the
  * router (IPC_AUTH_GRANT: a verdict's payload, its connection id, the
  * user name and, for a token's lists, its rules) before the worker gets
