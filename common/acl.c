@@ -360,7 +360,7 @@ int acl_section_add(struct acl_section *s, const char *f, size_t len, uint8_t ac
 
 int acl_section_build(struct acl_section *s)
 {
-	for (size_t i = 0; i < s->n; i++)
+	for (size_t i = 0; s && i < s->n; i++)
 		if (trie_add(&s->trie, s->rules[i].filter, s->rules[i].len,
 			     rule_bits(s->rules[i].access)) < 0)
 			return -1;
@@ -369,6 +369,8 @@ int acl_section_build(struct acl_section *s)
 
 void acl_section_free(struct acl_section *s)
 {
+	if (!s)
+		return;
 	for (size_t i = 0; i < s->n; i++)
 		free(s->rules[i].filter);
 	free(s->rules);
@@ -438,9 +440,12 @@ static int acl_build(struct acl *acl)
 	return 0;
 }
 
-static const struct acl_section *acl_user(const struct acl *acl, const char *user, size_t ulen)
+const struct acl_section *acl_user_section(const struct acl *acl, const char *user, size_t ulen)
 {
 	size_t lo = 0, hi = acl->nusers;
+
+	if (user == NULL)
+		return &acl->anon;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -659,6 +664,11 @@ static bool name_widens(const char *s, size_t len)
 	return false;
 }
 
+bool acl_names_widen(const char *user, size_t ulen, const char *client_id, size_t clen)
+{
+	return (user && name_widens(user, ulen)) || name_widens(client_id, clen);
+}
+
 static bool has_user_mark(const struct acl_rule *r)
 {
 	for (uint32_t i = 0; i + 1 < r->len; i++)
@@ -704,60 +714,60 @@ static int substitute(struct acl_section *out, const struct acl_rule *r, const c
  * an allocation per pattern, and most connections never publish or
  * subscribe again after their first few packets, or at all.
  */
-struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_t ulen,
-				  const char *client_id, size_t clen)
+struct acl_client *acl_view_new(const struct acl_section *topics, const struct acl_section *patterns,
+				const char *user, size_t ulen, const char *client_id, size_t clen)
 {
-	struct acl_client *c = calloc(1, sizeof(*c));
+	bool pending = patterns && patterns->n > 0 && !acl_names_widen(user, ulen, client_id, clen);
+	struct acl_client *c = calloc(1, sizeof(*c) + (pending ? ulen + clen + 2 : 0));
 
 	if (!c)
 		return NULL;
-	c->topics = user ? acl_user(acl, user, ulen) : &acl->anon;
-	if (acl->patterns.n == 0)
+	c->topics = topics;
+	c->patterns_refused = patterns && patterns->n > 0 && !pending;
+	if (!pending)
 		return c;
-	if ((user && name_widens(user, ulen)) || name_widens(client_id, clen)) {
-		c->patterns_refused = true;
-		return c;
-	}
-	c->who = malloc(ulen + clen + 2);
-	if (!c->who) {
-		free(c);
-		return NULL;
-	}
 	if (user)
 		memcpy(c->who, user, ulen);
 	c->who[ulen] = '\0';
 	memcpy(c->who + ulen + 1, client_id, clen);
 	c->who[ulen + 1 + clen] = '\0';
 	c->who_user = user != NULL;
-	c->pending_acl = acl;
+	c->pending = patterns;
 	return c;
+}
+
+struct acl_client *acl_client_new(const struct acl *acl, const char *user, size_t ulen,
+				  const char *client_id, size_t clen)
+{
+	return acl_view_new(acl_user_section(acl, user, ulen), &acl->patterns, user, ulen,
+			    client_id, clen);
 }
 
 bool acl_client_ready(struct acl_client *c)
 {
-	const struct acl *acl = c->pending_acl;
+	const struct acl_section *patterns = c->pending;
 	const char *user = c->who_user ? c->who : NULL;
 	size_t ulen, clen;
 	const char *cid;
 
-	if (!acl)
+	if (!patterns)
 		return true;
+	if (!c->patterns && !(c->patterns = calloc(1, sizeof(*c->patterns))))
+		return false;
 	ulen = strlen(c->who);
 	cid = c->who + ulen + 1;
 	clen = strlen(cid);
-	for (size_t i = 0; i < acl->patterns.n; i++) {
-		const struct acl_rule *r = &acl->patterns.rules[i];
+	for (size_t i = 0; i < patterns->n; i++) {
+		const struct acl_rule *r = &patterns->rules[i];
 
 		if (!user && has_user_mark(r))
 			continue;
-		if (substitute(&c->patterns, r, user, ulen, cid, clen) < 0) {
-			acl_section_free(&c->patterns);
+		if (substitute(c->patterns, r, user, ulen, cid, clen) < 0) {
+			acl_section_free(c->patterns);
 			return false;
 		}
 	}
-	c->pending_acl = NULL;
-	free(c->who);
-	c->who = NULL;
+	c->pending = NULL;
 	return true;
 }
 
@@ -768,13 +778,15 @@ struct acl_client *acl_client_from_lists(const char *const *read, size_t nread,
 
 	if (!c)
 		return NULL;
+	if (!(c->own = calloc(1, sizeof(*c->own))))
+		goto fail;
 	for (size_t i = 0; i < nread; i++)
-		if (acl_section_add(&c->own, read[i], strlen(read[i]), ACL_READ) < 0)
+		if (acl_section_add(c->own, read[i], strlen(read[i]), ACL_READ) < 0)
 			goto fail;
 	for (size_t i = 0; i < nwrite; i++)
-		if (acl_section_add(&c->own, write[i], strlen(write[i]), ACL_WRITE) < 0)
+		if (acl_section_add(c->own, write[i], strlen(write[i]), ACL_WRITE) < 0)
 			goto fail;
-	c->topics = &c->own;
+	c->topics = c->own;
 	return c;
 fail:
 	acl_client_free(c);
@@ -785,10 +797,13 @@ void acl_client_free(struct acl_client *c)
 {
 	if (!c)
 		return;
-	acl_section_free(&c->own);
-	acl_section_free(&c->patterns);
-	free(c->who);
+	acl_section_free(c->own);
+	free(c->own);
+	acl_section_free(c->patterns);
+	free(c->patterns);
 	free(c->memo);
+	if (c->shared)
+		acl_shared_unref(c->shared);
 	free(c);
 }
 
@@ -800,8 +815,8 @@ void acl_client_free(struct acl_client *c)
  */
 static bool view_built(struct acl_client *c)
 {
-	if (!c->built && acl_client_ready(c) && acl_section_build(&c->own) == 0 &&
-	    acl_section_build(&c->patterns) == 0)
+	if (!c->built && acl_client_ready(c) && (!c->shared || acl_shared_build(c->shared)) &&
+	    acl_section_build(c->own) == 0 && acl_section_build(c->patterns) == 0)
 		c->built = true;
 	return c->built;
 }
@@ -821,7 +836,7 @@ bool acl_client_check(struct acl_client *c, const char *topic, size_t len,
 		return true;
 	if (c->patterns_refused)
 		return false;
-	bits = trie_match(c->patterns.trie, topic, len);
+	bits = c->patterns ? trie_match(c->patterns->trie, topic, len) : 0;
 	return !(bits & BIT_DENY) && (bits & access);
 }
 
@@ -906,13 +921,13 @@ bool acl_client_may_subscribe(struct acl_client *c, const char *filter, size_t l
 
 	if (!acl_client_ready(c))
 		return false;
-	if (!c->patterns_refused && longest_rule(&c->patterns) > longest)
-		longest = longest_rule(&c->patterns);
+	if (!c->patterns_refused && longest_rule(c->patterns) > longest)
+		longest = longest_rule(c->patterns);
 	buf = malloc(len + longest + 1);
 	if (!buf)
 		return false;
 	yes = readable_overlap(c->topics, NULL, filter, len, buf) ||
-	      (!c->patterns_refused && readable_overlap(&c->patterns, c->topics, filter, len, buf));
+	      (!c->patterns_refused && readable_overlap(c->patterns, c->topics, filter, len, buf));
 	free(buf);
 	return yes;
 }

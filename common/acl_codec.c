@@ -68,7 +68,27 @@ int acl_client_encode(struct acl_client *c, struct recw *w)
 	recw_u8(w, c->patterns_refused);
 	if (encode_rules(w, c->topics, false) < 0)
 		return -1;
-	return encode_rules(w, &c->patterns, true);
+	return encode_rules(w, c->patterns, true);
+}
+
+int acl_patterns_encode(const struct acl *acl, uint64_t generation, struct recw *w)
+{
+	recw_u32(w, ACL_WIRE_PATTERNS);
+	recw_u64(w, generation);
+	return encode_rules(w, &acl->patterns, false);
+}
+
+int acl_view_encode(const struct acl *acl, uint64_t generation, const char *user, size_t ulen,
+		    const char *client_id, size_t clen, struct recw *w)
+{
+	bool patterns = acl->patterns.n > 0 && !acl_names_widen(user, ulen, client_id, clen);
+
+	recw_u32(w, ACL_WIRE_VIEW);
+	recw_u64(w, generation);
+	recw_u8(w, patterns);
+	if (encode_rules(w, acl_user_section(acl, user, ulen), false) < 0)
+		return -1;
+	return patterns;
 }
 
 /* ---- decoding ---------------------------------------------------------- */
@@ -217,7 +237,13 @@ struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, siz
 		snprintf(err, errlen, "ACL bytes: out of memory");
 		return NULL;
 	}
-	c->topics = &c->own;
+	c->own = calloc(1, sizeof(*c->own));
+	c->patterns = calloc(1, sizeof(*c->patterns));
+	if (!c->own || !c->patterns) {
+		snprintf(err, errlen, "ACL bytes: out of memory");
+		goto fail;
+	}
+	c->topics = c->own;
 	if (dec_begin(&d, buf, len, ACL_WIRE_CLIENT) < 0)
 		goto fail;
 	refused = recr_u8(&d.r);
@@ -226,11 +252,11 @@ struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, siz
 		goto fail;
 	}
 	c->patterns_refused = refused;
-	if (dec_rules(&d, &c->own, false, false) < 0 ||
-	    dec_rules(&d, &c->patterns, true, false) < 0 ||
+	if (dec_rules(&d, c->own, false, false) < 0 ||
+	    dec_rules(&d, c->patterns, true, false) < 0 ||
 	    dec_end(&d) < 0)
 		goto fail;
-	if (c->patterns_refused && c->patterns.n) {
+	if (c->patterns_refused && c->patterns->n) {
 		dec_fail(&d, "patterns for a client they were refused to");
 		goto fail;
 	}
@@ -238,4 +264,45 @@ struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, siz
 fail:
 	acl_client_free(c);
 	return NULL;
+}
+
+/* A worker's generation: counted from 1 (0 is none). */
+static int dec_generation(struct acl_dec *d, uint64_t *generation)
+{
+	*generation = recr_u64(&d->r);
+	if (d->r.err)
+		return dec_fail(d, "truncated");
+	return *generation ? 0 : dec_fail(d, "generation 0");
+}
+
+int acl_templates_decode(const void *buf, size_t len, struct acl_templates *t, char *err,
+			 size_t errlen)
+{
+	struct acl_dec d = { .rules_left = SIZE_MAX, .err = err, .errlen = errlen };
+
+	if (dec_begin(&d, buf, len, ACL_WIRE_PATTERNS) < 0 || dec_generation(&d, &t->generation) < 0 ||
+	    dec_rules(&d, &t->rules, false, false) < 0 || dec_end(&d) < 0) {
+		acl_section_free(&t->rules);
+		return -1;
+	}
+	return 0;
+}
+
+int acl_view_decode(const void *buf, size_t len, uint64_t *generation, bool *patterns,
+		    struct acl_section *topics, char *err, size_t errlen)
+{
+	struct acl_dec d = { .rules_left = SIZE_MAX, .err = err, .errlen = errlen };
+	uint8_t flag;
+
+	if (dec_begin(&d, buf, len, ACL_WIRE_VIEW) < 0 || dec_generation(&d, generation) < 0)
+		return -1;
+	flag = recr_u8(&d.r);
+	if (d.r.err || flag > 1)
+		return dec_fail(&d, "a patterns flag that is neither 0 nor 1");
+	*patterns = flag;
+	if (dec_rules(&d, topics, false, false) < 0 || dec_end(&d) < 0) {
+		acl_section_free(topics);
+		return -1;
+	}
+	return 0;
 }

@@ -1,8 +1,9 @@
 /*
- * acl_int.h - what the ACL's two files share (common/acl.c,
- * common/acl_codec.c): the parsed file, a client's view, and the
- * functions that fill a section of rules and build its trie. Nothing
- * outside them includes this; include/acl.h is the interface.
+ * acl_int.h - what the ACL's files share (common/acl.c,
+ * common/acl_codec.c, common/acl_views.c): the parsed file, a client's
+ * view, a worker's patterns, and the functions that fill a section of
+ * rules, build its trie and decode the parts of a worker's views.
+ * Nothing outside them includes this; include/acl.h is the interface.
  */
 #ifndef IOTD_ACL_INT_H
 #define IOTD_ACL_INT_H
@@ -62,22 +63,49 @@ struct acl_memo {
 	char topic[ACL_MEMO_TOPIC];
 };
 
+/* The patterns of one generation of the ACL, unsubstituted, as a worker holds them: counted. */
+struct acl_templates {
+	unsigned refs;
+	uint64_t generation;
+	struct acl_section rules;
+};
+
+struct acl_shared;
+
+/*
+ * A view: what a connection or a session holds for its client, so kept
+ * small; its rule lists are allocated apart, when it has any of its own.
+ */
 struct acl_client {
-	const struct acl_section *topics; /* the client's topic rules: acl's, or own */
-	struct acl_section own;           /* acl_client_from_lists, acl_client_decode */
-	struct acl_section patterns;      /* substituted for this client */
-	bool patterns_refused;            /* its name or id would widen a pattern */
+	const struct acl_section *topics; /* the client's topic rules: acl's, shared's, or own */
+	struct acl_section *own;          /* acl_client_from_lists, acl_client_decode; NULL: none */
+	struct acl_section *patterns;     /* substituted for this client; NULL: none (yet) */
 	/*
 	 * Patterns are substituted at the view's first use, not when it is
-	 * made (acl_client_new): until then it keeps the ACL they come from
-	 * and the names that go into them (who: user, NUL, client id, NUL).
+	 * made (acl_view_new): until then it keeps the patterns (the ACL's,
+	 * or a worker's templates) and the names that go into them (who).
 	 */
-	const struct acl *pending_acl;
-	char *who;
+	const struct acl_section *pending;
+	struct acl_memo *memo;            /* ACL_MEMO_SLOTS answers, taken at first use */
+	/* A worker's view (acl_views_client): its topics and templates, counted; NULL: none. */
+	struct acl_shared *shared;
+	bool patterns_refused;            /* its name or id would widen a pattern */
 	bool who_user;                    /* who holds a user name (else anonymous) */
 	bool built;                       /* own's and patterns' tries (acl_client_check) */
-	struct acl_memo *memo;            /* ACL_MEMO_SLOTS answers, taken at first use */
+	char who[];                       /* with patterns: user, NUL, client id, NUL */
 };
+
+/*
+ * A view of topics (NULL: none) and patterns (NULL or empty: none) for a
+ * client (user NULL: none); both borrowed, to outlive the view. NULL when
+ * out of memory.
+ */
+struct acl_client *acl_view_new(const struct acl_section *topics, const struct acl_section *patterns,
+				const char *user, size_t ulen, const char *client_id, size_t clen);
+/* The topic rules of a user (NULL: the anonymous section); NULL when the file has none for it. */
+const struct acl_section *acl_user_section(const struct acl *acl, const char *user, size_t ulen);
+/* Would these names widen a pattern they are put into (user NULL: none)? */
+bool acl_names_widen(const char *user, size_t ulen, const char *client_id, size_t clen);
 
 /* Substitute the view's patterns if not yet done; false when out of memory (the view allows nothing). */
 bool acl_client_ready(struct acl_client *c);
@@ -88,5 +116,15 @@ int acl_section_build(struct acl_section *s);
 void acl_section_free(struct acl_section *s);
 /* The order of user sections: memcmp, then the shorter first. */
 int acl_name_cmp(const char *a, size_t alen, const char *b, size_t blen);
+
+/* acl_codec.c: a worker's parts (the formats: acl.h). 0, or -1 with a message in err. */
+int acl_templates_decode(const void *buf, size_t len, struct acl_templates *t, char *err,
+			 size_t errlen);
+int acl_view_decode(const void *buf, size_t len, uint64_t *generation, bool *patterns,
+		    struct acl_section *topics, char *err, size_t errlen);
+
+/* acl_views.c: what a view made by acl_views_client holds of its worker's store. */
+bool acl_shared_build(struct acl_shared *s);       /* its topics' trie; false when out of memory */
+void acl_shared_unref(struct acl_shared *s);
 
 #endif

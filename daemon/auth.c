@@ -12,11 +12,13 @@
  * drops one whose connection is gone), the slow-down of addresses that
  * fail (addrlimit.h's table: a verdict waits until its job's due time;
  * auth_sched.c lets such an address have one job in flight), the files'
- * reload (IPC_AUTH_RELOAD, a transaction)
- * and the channel to the router, which gets the ACL in force (a sealed
- * memfd, IPC_AUTH_ACL) at our start, when it asks and after a reload
- * that changed it; once it took a change, every worker is told its
- * connections' views are stale (IPC_AUTH_RULES_STALE). While an ACL is in
+ * reload (IPC_AUTH_RELOAD, a transaction), the generation of the ACL
+ * (one more at each change) and its patterns, sent to every worker
+ * (IPC_AUTH_PATTERNS) before any verdict made from it, and the channel to
+ * the router, which gets the ACL in force (a sealed memfd, IPC_AUTH_ACL)
+ * at our start, when it asks and after a reload that changed it; once it
+ * took a change, every worker is told that views of older generations are
+ * stale (IPC_AUTH_RULES_STALE). While an ACL is in
  * force, each accepted CONNECT is granted to the router
  * (IPC_AUTH_GRANT) before its verdict goes to the worker. Decisions are
  * auth_check.c's, run on auth_pool.c's threads; a client's view of the
@@ -63,7 +65,9 @@ struct auth_chan {
 	void *out_verdict;           /* out's head, encoded */
 	size_t out_len;
 	bool hello_due;              /* IPC_AUTH_HELLO not sent yet */
+	bool patterns_due;           /* IPC_AUTH_PATTERNS of the generation in force not sent yet */
 	bool stale_due;              /* IPC_AUTH_RULES_STALE not sent yet */
+	uint64_t stale_generation;   /* what it says: the generation the router took */
 	bool want_out;               /* EPOLLOUT armed */
 	bool full;                   /* an episode of refusals past max_pending, logged */
 	bool foreign_logged;         /* a request about another worker's connection, logged */
@@ -98,6 +102,14 @@ struct auth {
 	struct ipc_dispatcher ctl_in;
 	struct auth_chan chans[IOTD_MAX_WORKERS];
 	struct auth_router router;
+	/*
+	 * The generation of the ACL in force (one more at each change, none
+	 * or another file) and its patterns as IPC_AUTH_PATTERNS carries
+	 * them (len 0: no ACL, or too long for a message: patterns_sent false).
+	 */
+	uint64_t acl_generation;
+	struct recw patterns;
+	bool patterns_sent;
 	bool stopping;
 };
 
@@ -139,10 +151,10 @@ static void chan_set_events(struct auth_chan *ch, bool want_out)
 
 /*
  * An accepted client's view of the ACL file, made as its verdict goes out
- * from the ACL in force now, so that no verdict sent after a change's
- * IPC_AUTH_RULES_STALE carries a view of the ACL before it. One that
- * cannot be made leaves the client without a view: its messages go
- * through the router, which checks them.
+ * from the ACL in force now, whose patterns went to the worker before
+ * (chan_flush), so that no verdict sent after a change carries a view of
+ * the ACL before it. One that cannot be made leaves the client without a
+ * view: its messages go through the router, which checks them.
  */
 static void job_rules_from_acl(struct auth *a, struct auth_job *j)
 {
@@ -150,31 +162,42 @@ static void job_rules_from_acl(struct auth *a, struct auth_job *j)
 		return;
 	free(j->rules);
 	j->rules = NULL;
-	if (auth_rules_from_acl(a->creds->acl, j->out_user, j->out_user_len, j->client_id,
-				j->client_id_len, &j->rules, &j->rules_len) &&
+	if (auth_rules_from_acl(a->creds->acl, a->acl_generation, a->patterns_sent, j->out_user,
+				j->out_user_len, j->client_id, j->client_id_len, &j->rules,
+				&j->rules_len) &&
 	    j->rules_len <= IPC_MAX_PAYLOAD - sizeof(struct ipc_auth_verdict) - j->out_user_len)
 		return;
 	free(j->rules);
 	j->rules = NULL;
 	j->rules_len = 0;
-	log_warn("cannot give REMOTE=%s its view of the ACL (out of memory, a name its "
-		 "patterns cannot take, or too long a view): its messages go through the router",
+	log_warn("cannot give REMOTE=%s its view of the ACL (out of memory, patterns too long "
+		 "for a message, or too long a view): its messages go through the router",
 		 j->remote);
 }
 
 /*
- * Send what the channel takes: the greeting first, then word that the ACL
- * changed, then the verdicts in order.
+ * Send what the channel takes: the greeting first, then the patterns of
+ * the ACL in force, then word of the generation the router took, then the
+ * verdicts in order (made from the ACL whose patterns went before).
  */
 static void chan_flush(struct auth_chan *ch)
 {
+	struct auth *a = ch->a;
+
 	if (ch->hello_due) {
 		if (ipc_send(ch->fd, IPC_AUTH_HELLO, ch->index, NULL, 0, -1) < 0)
 			goto full;
 		ch->hello_due = false;
 	}
+	if (ch->patterns_due) {
+		if (a->patterns.len > 0 && ipc_send(ch->fd, IPC_AUTH_PATTERNS, ch->index,
+						    a->patterns.buf, a->patterns.len, -1) < 0)
+			goto full;
+		ch->patterns_due = false;
+	}
 	if (ch->stale_due) {
-		if (ipc_send(ch->fd, IPC_AUTH_RULES_STALE, ch->index, NULL, 0, -1) < 0)
+		if (ipc_send(ch->fd, IPC_AUTH_RULES_STALE, ch->index, &ch->stale_generation,
+			     sizeof(ch->stale_generation), -1) < 0)
 			goto full;
 		ch->stale_due = false;
 	}
@@ -533,10 +556,12 @@ static void router_flush(struct auth *a)
 
 /*
  * The ACL in force is creds': keep its bytes and send them to the router
- * when they differ from those it has, the workers' views then being
- * stale. false: it cannot be encoded (out of memory); nothing changed.
+ * when they differ from those it has (*changed), the workers' views then
+ * being stale. false: it cannot be encoded (out of memory); nothing
+ * changed.
  */
-static bool router_acl_take(struct auth *a, const struct auth_creds *creds, bool first)
+static bool router_acl_take(struct auth *a, const struct auth_creds *creds, bool first,
+			    bool *changed)
 {
 	struct auth_router *rt = &a->router;
 	struct recw w;
@@ -546,7 +571,9 @@ static bool router_acl_take(struct auth *a, const struct auth_creds *creds, bool
 		recw_free(&w);
 		return false;
 	}
-	if (!first && w.len == rt->acl.len && (w.len == 0 || memcmp(w.buf, rt->acl.buf, w.len) == 0)) {
+	*changed = first || w.len != rt->acl.len ||
+		   (w.len > 0 && memcmp(w.buf, rt->acl.buf, w.len) != 0);
+	if (!*changed) {
 		recw_free(&w);
 		return true;
 	}
@@ -612,6 +639,38 @@ static void router_writable(struct auth *a)
 		router_set_events(a, false);
 }
 
+/*
+ * The ACL in force (a->creds') is a new generation: its patterns go to
+ * every worker before any verdict made from it (a verdict encoded and
+ * waiting for room is made again). Patterns too long for one message are
+ * not sent: the clients they apply to get no view (the router decides).
+ */
+static void workers_acl_take(struct auth *a)
+{
+	const struct acl *acl = a->creds->acl;
+
+	a->acl_generation++;
+	recw_free(&a->patterns);
+	a->patterns_sent = acl == NULL;
+	if (acl != NULL && acl_patterns_encode(acl, a->acl_generation, &a->patterns) == 0 &&
+	    !a->patterns.oom && a->patterns.len <= IPC_MAX_PAYLOAD)
+		a->patterns_sent = true;
+	if (!a->patterns_sent) {
+		log_error("the ACL's patterns (%zu bytes) cannot go to the workers (out of memory, "
+			  "or more than a message's %u): their clients' messages all go through "
+			  "the router", a->patterns.len, (unsigned)IPC_MAX_PAYLOAD);
+		recw_free(&a->patterns);
+	}
+	for (unsigned i = 0; i < a->env->nworkers; i++) {
+		struct auth_chan *ch = &a->chans[i];
+
+		ch->patterns_due = true;
+		free(ch->out_verdict);
+		ch->out_verdict = NULL;
+		chan_flush(ch);
+	}
+}
+
 /* IPC_AUTH_ACL_ASK: a router that starts holds its rings until it has the ACL. */
 static int on_acl_ask(void *ctx, struct ipc_msg *m)
 {
@@ -624,8 +683,8 @@ static int on_acl_ask(void *ctx, struct ipc_msg *m)
 
 /*
  * IPC_AUTH_ACL_TAKEN: the router enforces the new ACL; the views given to
- * the workers' connections before it are stale (a verdict already encoded
- * is made again).
+ * the workers' connections of generations before it are stale (a verdict
+ * already encoded is made again).
  */
 static int on_acl_taken(void *ctx, struct ipc_msg *m)
 {
@@ -640,6 +699,7 @@ static int on_acl_taken(void *ctx, struct ipc_msg *m)
 		struct auth_chan *ch = &a->chans[i];
 
 		ch->stale_due = true;
+		ch->stale_generation = a->acl_generation;
 		free(ch->out_verdict);
 		ch->out_verdict = NULL;
 		chan_flush(ch);
@@ -660,18 +720,21 @@ static int on_reload(void *ctx, struct ipc_msg *m)
 	struct auth *a = ctx;
 	struct auth_creds *next;
 	char err[512], what[64];
+	bool changed;
 
 	if (auth_creds_load(a->cfg, &next, err, sizeof(err)) < 0) {
 		log_error("reload: %s; keeping the files in force", err);
 		return 0;
 	}
-	if (!router_acl_take(a, next, false)) {
+	if (!router_acl_take(a, next, false, &changed)) {
 		log_error("reload: out of memory encoding the ACL; keeping the files in force");
 		auth_creds_unref(next);
 		return 0;
 	}
 	auth_creds_unref(a->creds);
 	a->creds = next;
+	if (changed)
+		workers_acl_take(a);
 	auth_creds_describe(next, what, sizeof(what));
 	log_info("reload: files read again (%s)", what);
 	return 0;
@@ -800,6 +863,7 @@ static void auth_teardown(struct auth *a)
 	}
 	auth_creds_unref(a->creds);
 	recw_free(&a->router.acl);
+	recw_free(&a->patterns);
 	free(a->fails);
 	close(a->epfd);
 	close(a->timerfd);
@@ -809,6 +873,7 @@ int auth_main(struct role_env *env)
 {
 	struct auth a = { 0 };
 	struct epoll_event evs[64];
+	bool changed;
 
 	if (auth_setup(&a, env) < 0) {
 		log_error("auth role setup failed");
@@ -817,15 +882,15 @@ int auth_main(struct role_env *env)
 	/*
 	 * The router gets the ACL first (the files may have changed since the
 	 * last process: the views the workers hold are then stale); every
-	 * worker hears that what it sent before may be lost: it sends it again.
+	 * worker hears that what it sent before may be lost (it sends it
+	 * again, and drops its views of the file), then the patterns.
 	 */
-	if (!router_acl_take(&a, a.creds, true)) {
+	if (!router_acl_take(&a, a.creds, true, &changed)) {
 		log_error("out of memory encoding the ACL");
 		auth_teardown(&a);
 		return 1;
 	}
-	for (unsigned i = 0; i < env->nworkers; i++)
-		chan_flush(&a.chans[i]);
+	workers_acl_take(&a);
 	ipc_send(env->ctl_fd, IPC_READY, 0, NULL, 0, -1);
 	while (!a.stopping) {
 		int n = epoll_wait(a.epfd, evs, (int)ARRAY_SIZE(evs), -1);

@@ -9,10 +9,12 @@
  * on the pool's threads and touches nothing but its job and the files,
  * which are read-only once loaded.
  *
- * The client's rules in a verdict (acl_client_encode's bytes): a JWT's
- * filter lists, made here when the token has either list claim; else its
- * view of the ACL file, made by auth.c as the verdict is sent
- * (auth_rules_from_acl), from the ACL in force then; else nothing.
+ * The client's rules in a verdict: a JWT's filter lists
+ * (acl_client_encode's bytes), made here when the token has either list
+ * claim; else its view of the ACL file (acl_view_encode's: its topic
+ * rules, the patterns being the worker's already), made by auth.c as the
+ * verdict is sent (auth_rules_from_acl), from the ACL in force then; else
+ * nothing.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,15 +153,26 @@ static bool rules_of_view(struct acl_client *v, uint8_t **rules, size_t *len)
 	return true;
 }
 
-bool auth_rules_from_acl(const struct acl *acl, const char *user, size_t ulen,
-			 const char *client_id, size_t clen, uint8_t **rules, size_t *len)
+bool auth_rules_from_acl(const struct acl *acl, uint64_t generation, bool patterns_sent,
+			 const char *user, size_t ulen, const char *client_id, size_t clen,
+			 uint8_t **rules, size_t *len)
 {
+	struct recw w;
+	int rc;
+
 	*rules = NULL;
 	*len = 0;
 	if (acl == NULL)
 		return true;
-	return rules_of_view(acl_client_new(acl, ulen ? user : NULL, ulen, client_id, clen),
-			     rules, len);
+	recw_init(&w);
+	rc = acl_view_encode(acl, generation, ulen ? user : NULL, ulen, client_id, clen, &w);
+	if (rc < 0 || w.oom || (rc == 1 && !patterns_sent)) {
+		recw_free(&w);
+		return false;
+	}
+	*rules = w.buf;
+	*len = w.len;
+	return true;
 }
 
 /* A token's lists, when it has either claim: they are its rules, whatever the ACL file says. */

@@ -97,12 +97,15 @@ void auth_policy_from(const struct iotd_config *cfg, struct auth_policy *p);
 void auth_decide(struct auth_job *j);
 /*
  * The view of a client (user name, empty for none, and client id) under
- * acl as a verdict's rules, malloc'd in *rules (none without an ACL).
- * false when out of memory or when the view cannot be encoded.
+ * acl, of this generation, as a verdict's rules (acl_view_encode),
+ * malloc'd in *rules (none without an ACL). false when out of memory, or
+ * when the client needs the patterns and the workers could not be sent
+ * them (patterns_sent false).
  */
 struct acl;
-bool auth_rules_from_acl(const struct acl *acl, const char *user, size_t ulen,
-			 const char *client_id, size_t clen, uint8_t **rules, size_t *len);
+bool auth_rules_from_acl(const struct acl *acl, uint64_t generation, bool patterns_sent,
+			 const char *user, size_t ulen, const char *client_id, size_t clen,
+			 uint8_t **rules, size_t *len);
 
 /*
  * auth_sched.c: which job a free thread decides next. Each worker's

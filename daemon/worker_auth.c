@@ -9,8 +9,11 @@
  * IPC_AUTH_HELLO) and the verdicts that come back: refused, CONNACK 4, 5
  * or 3 and close; accepted, the CONNECT goes to the router as it would
  * have, under the user name the verdict gives, and the connection takes
- * the client's view of the ACL the verdict carries (conn_set_rules),
- * until IPC_AUTH_RULES_STALE says the ACL changed. A connection that
+ * the client's view of the ACL (conn_set_rules): a token's lists, or one
+ * made from the verdict's topic rules and the patterns the auth role
+ * sends once per generation of the ACL (IPC_AUTH_PATTERNS; this file
+ * owns them and the rules the views share, an acl_views store), until
+ * IPC_AUTH_RULES_STALE says the router took a later one. A connection that
  * closes while the auth role has its request cancels it
  * (IPC_AUTH_CANCEL); a verdict for a connection that is gone is dropped.
  * A full channel is written again on its EPOLLOUT. Also owns w->acl_in_force, set
@@ -51,6 +54,7 @@ struct worker_auth {
 	bool full;                   /* an episode of refusals past auth.max_pending, logged */
 	struct auth_wait **waits;
 	uint32_t cap, held, unsent;
+	struct acl_views *views;     /* the ACL's patterns, and what views share */
 };
 
 static struct worker_auth *wa_of(struct worker *w)
@@ -153,6 +157,33 @@ void worker_auth_flush(struct worker *w)
 
 /* --- the verdicts --------------------------------------------------------- */
 
+/*
+ * The view an accepted verdict gives its connection: a token's lists
+ * (whole), or its topic rules under the patterns it was made for, with
+ * the verdict's user name (empty: none) and the client id put into them.
+ * Rules that do not decode leave it without one (logged).
+ */
+static struct acl_client *verdict_view(struct worker_auth *wa, const struct conn *c,
+				       const struct ipc_auth_fields *f)
+{
+	const char *cid = conn_client_id(c);
+	struct acl_client *view;
+	char err[160];
+
+	if (f->rules_len == 0)
+		return NULL;
+	if (f->rules_from_token)
+		view = acl_client_decode(f->rules, f->rules_len, err, sizeof(err));
+	else
+		view = acl_views_client(wa->views, f->rules, f->rules_len,
+					f->user_len ? f->user : NULL, f->user_len, cid, strlen(cid),
+					err, sizeof(err));
+	if (view == NULL)
+		log_client(LOG_LVL_ERROR, cid, c->remote,
+			   "its ACL rules are refused (%s): its messages go through the router", err);
+	return view;
+}
+
 static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 {
 	struct worker_auth *wa = wa_of(w);
@@ -173,7 +204,7 @@ static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 			    f->code == MQTT_CONNACK_NOT_AUTHORIZED ? f->code : MQTT_CONNACK_UNAVAILABLE,
 			    "authentication refused");
 	} else {
-		conn_set_rules(w, c, f->rules, f->rules_len);
+		conn_set_rules(w, c, verdict_view(wa, c, f));
 		c->rules_from_token = f->rules_from_token;
 		rc = aw->rc;
 		rc.user = (struct rec_str){ (const uint8_t *)f->user, (uint16_t)f->user_len };
@@ -195,11 +226,42 @@ static int on_verdict(void *ctx, struct ipc_msg *m)
 	return 0;
 }
 
-/* IPC_AUTH_HELLO: a new auth process; what the old one had read is lost. */
+/*
+ * Every connection's view made from the file before generation (a
+ * token's lists stay: they come from the token, not the file) goes:
+ * those connections' messages go through the router until they connect
+ * again.
+ */
+static void views_drop(struct worker *w, uint64_t generation, const char *why)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < w->n_slots; i++) {
+		struct conn *c = w->slots[i];
+
+		if (c == NULL || c->acl == NULL || c->rules_from_token ||
+		    acl_client_generation(c->acl) >= generation)
+			continue;
+		conn_set_rules(w, c, NULL);
+		n++;
+	}
+	if (n > 0)
+		log_info("%s: %u connections' messages go through the router until they connect "
+			 "again", why, n);
+}
+
+/*
+ * IPC_AUTH_HELLO: a new auth process; what the old one had read is lost.
+ * Its generations count from 1 again: the views and patterns of the old
+ * one go.
+ */
 static int on_hello(void *ctx, struct ipc_msg *m)
 {
 	struct worker *w = ctx;
 	struct worker_auth *wa = wa_of(w);
+
+	views_drop(w, UINT64_MAX, "a new auth process");
+	acl_views_forget(wa->views);
 
 	/* A cancel not sent yet is sent still: its request may wait in the socket. */
 	for (uint32_t t = 0; t < wa->cap; t++)
@@ -214,32 +276,37 @@ static int on_hello(void *ctx, struct ipc_msg *m)
 }
 
 /*
- * IPC_AUTH_RULES_STALE: the ACL changed and the router has the new one:
- * every view made from the old file goes, and those connections' messages
- * go through the router until they connect again. A token's lists stay:
- * they come from the token, not the file.
+ * IPC_AUTH_RULES_STALE: the router has the ACL of this generation; views
+ * made from older ones go.
  */
 static int on_rules_stale(void *ctx, struct ipc_msg *m)
 {
+	uint64_t generation;
+
+	memcpy(&generation, m->data, sizeof(generation));
+	views_drop(ctx, generation, "the ACL changed");
+	return 0;
+}
+
+/*
+ * IPC_AUTH_PATTERNS: the patterns of the ACL's next generation, for the
+ * verdicts after it. Patterns that do not decode leave none: the views
+ * that need them are not made (their messages go through the router).
+ */
+static int on_patterns(void *ctx, struct ipc_msg *m)
+{
 	struct worker *w = ctx;
-	uint32_t n = 0;
+	char err[160];
 
-	for (uint32_t i = 0; i < w->n_slots; i++) {
-		struct conn *c = w->slots[i];
-
-		if (c == NULL || c->acl == NULL || c->rules_from_token)
-			continue;
-		conn_set_rules(w, c, NULL, 0);
-		n++;
-	}
-	if (n > 0)
-		log_info("the ACL changed: %u connections' messages go through the router until they "
-			 "connect again", n);
+	if (acl_views_set_patterns(wa_of(w)->views, m->data, m->hdr.len, err, sizeof(err)) < 0)
+		log_error("the ACL's patterns from the auth role are refused (%s): the clients they "
+			  "apply to go through the router", err);
 	return 0;
 }
 
 static const struct ipc_handler from_auth[IPC_TYPE_MAX] = {
-	[IPC_AUTH_RULES_STALE] = { .fn = on_rules_stale },
+	[IPC_AUTH_RULES_STALE] = { .fn = on_rules_stale, IPC_LEN(sizeof(uint64_t)) },
+	[IPC_AUTH_PATTERNS] = { .fn = on_patterns, .max_len = IPC_MAX_PAYLOAD },
 	[IPC_AUTH_VERDICT] = { .fn = on_verdict, .min_len = sizeof(struct ipc_auth_verdict),
 			       .max_len = IPC_MAX_PAYLOAD },
 	[IPC_AUTH_HELLO] = { .fn = on_hello },
@@ -409,6 +476,8 @@ int worker_auth_setup(struct worker *w)
 		return -1;
 	w->auth = wa;
 	wa->fd = w->env->auth_chan_worker[w->index];
+	if ((wa->views = acl_views_new()) == NULL)
+		return -1;
 	ipc_dispatcher_init(&wa->in, from_auth, w->index, "the auth role");
 	return channel_register(w, wa);
 }
@@ -455,6 +524,7 @@ void worker_auth_free(struct worker *w)
 		if (wa->waits[t] != NULL)
 			wait_free(wa, t);
 	free(wa->waits);
+	acl_views_free(wa->views);
 	free(wa);
 	w->auth = NULL;
 }

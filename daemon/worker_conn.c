@@ -359,23 +359,14 @@ struct conn *conn_add_client_id(struct worker *w, struct conn *c, const char *id
 }
 
 /*
- * The client's view of the ACL, as its auth verdict carries it
- * (acl_client_encode's bytes; none when len is 0). Bytes that do not
- * decode leave the connection without a view: with an ACL in force its
- * messages then all go to the router, which checks them itself.
+ * The client's view of the ACL (worker_auth.c makes it from its auth
+ * verdict), which the connection now owns; NULL: none (with an ACL in
+ * force its messages then all go to the router, which checks them).
  */
-void conn_set_rules(struct worker *w, struct conn *c, const void *rules, size_t len)
+void conn_set_rules(struct worker *w, struct conn *c, struct acl_client *view)
 {
-	char err[160];
-
 	acl_client_free(c->acl);
-	c->acl = NULL;
-	if (!len)
-		return;
-	c->acl = acl_client_decode(rules, len, err, sizeof(err));
-	if (!c->acl)
-		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
-			   "its ACL rules are refused (%s): its messages go through the router", err);
+	c->acl = view;
 }
 
 /* --- closing ------------------------------------------------------------ */

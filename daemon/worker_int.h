@@ -159,7 +159,7 @@ void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool 
 		  const uint8_t *topic, size_t tlen, uint16_t pid,
 		  const uint8_t *payload, size_t plen);
 bool out_drained(struct worker *w, struct conn *c);
-void conn_set_rules(struct worker *w, struct conn *c, const void *rules, size_t len);
+void conn_set_rules(struct worker *w, struct conn *c, struct acl_client *view);
 bool conn_flush(struct worker *w, struct conn *c);
 /*
  * After a flush of c's output: blocked, some is left for EPOLLOUT (its

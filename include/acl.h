@@ -44,6 +44,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct recw;
 
@@ -133,28 +134,39 @@ bool acl_check(const struct acl *acl, const char *user, const char *client_id,
 
 /*
  * The ACL and a client's view as bytes (common/acl_codec.c): the auth role,
- * which alone reads the file, sends the whole ACL to the router and each
- * client's view, in its verdict, to the client's worker. Both ends are on
- * one host: numbers are in host order (rec.h's field writer and reader).
+ * which alone reads the file, sends the whole ACL to the router; to each
+ * worker the patterns once per generation of the ACL, and in each verdict
+ * the client's topic rules (a view), or a token's lists (a client). Both
+ * ends are on one host: numbers are in host order (rec.h's field writer
+ * and reader).
  *
- *   acl:     u32 ACL_WIRE_ACL, rules (anonymous), u32 nusers,
- *            nusers x { str name, rules } (names strictly ascending,
- *            1..65535 bytes, no NUL), rules (patterns, unsubstituted)
- *   client:  u32 ACL_WIRE_CLIENT, u8 patterns_refused (0 or 1),
- *            rules (its topic rules: its section's, or a token's lists),
- *            rules (its patterns, substituted; none when refused)
- *   rules:   u32 n, n x { u8 access (0 deny, 1 read, 2 write, 3 readwrite),
- *            str filter (acl_filter_valid; a client's substituted
- *            pattern may also be empty, as "%c" is for an empty id) }
- *   str:     u16 length, bytes
+ *   acl:      u32 ACL_WIRE_ACL, rules (anonymous), u32 nusers,
+ *             nusers x { str name, rules } (names strictly ascending,
+ *             1..65535 bytes, no NUL), rules (patterns, unsubstituted)
+ *   client:   u32 ACL_WIRE_CLIENT, u8 patterns_refused (0 or 1),
+ *             rules (its topic rules: its section's, or a token's lists),
+ *             rules (its patterns, substituted; none when refused)
+ *   patterns: u32 ACL_WIRE_PATTERNS, u64 generation (from 1),
+ *             rules (the patterns, unsubstituted)
+ *   view:     u32 ACL_WIRE_VIEW, u64 generation (of the ACL it is made
+ *             from), u8 patterns (1: that generation's patterns apply to
+ *             the client, to be substituted by the receiver; 0: none do),
+ *             rules (its topic rules: its user's section, or the
+ *             anonymous one; none when the file has no section for it)
+ *   rules:    u32 n, n x { u8 access (0 deny, 1 read, 2 write, 3 readwrite),
+ *             str filter (acl_filter_valid; a client's substituted
+ *             pattern may also be empty, as "%c" is for an empty id) }
+ *   str:      u16 length, bytes
  *
  * Rules keep the order of the file (the decision does not depend on it).
  * Decoding trusts nothing: every count is bounded by the bytes left, every
  * name and filter is checked, nothing may follow the end; an ACL also
  * stays within lim (max_bytes for the whole, max_rules).
  */
-#define ACL_WIRE_ACL 0x31414c41u     /* "ALA1" in little-endian memory */
-#define ACL_WIRE_CLIENT 0x31434c41u  /* "ALC1" */
+#define ACL_WIRE_ACL 0x31414c41u       /* "ALA1" in little-endian memory */
+#define ACL_WIRE_CLIENT 0x31434c41u    /* "ALC1" */
+#define ACL_WIRE_PATTERNS 0x31504c41u  /* "ALP1" */
+#define ACL_WIRE_VIEW 0x31564c41u      /* "ALV1" */
 
 /* Append the whole ACL to w. 0, or -1 when out of memory (w->oom). */
 int acl_encode(const struct acl *acl, struct recw *w);
@@ -174,6 +186,54 @@ int acl_client_encode(struct acl_client *c, struct recw *w);
  * encoded one did (it owns its rules). NULL with a message in err.
  */
 struct acl_client *acl_client_decode(const void *buf, size_t len, char *err, size_t errlen);
+
+/*
+ * A worker's side (common/acl_views.c). A view in full repeats every
+ * pattern, substituted, for every client: a worker is instead given the
+ * patterns once per generation of the ACL (acl_patterns_encode) and, per
+ * client, its topic rules and whether the patterns apply
+ * (acl_view_encode); it makes the view itself (acl_views_client),
+ * borrowing the patterns and substituting the client's names into them at
+ * the view's first use, as acl_client_new does. Views made from the same
+ * bytes share one decoded copy of their topic rules and its trie.
+ */
+
+/* The patterns of acl, for views of this generation. 0, or -1 when out of memory. */
+int acl_patterns_encode(const struct acl *acl, uint64_t generation, struct recw *w);
+/*
+ * A client's view of acl (user NULL: none) as a worker is given it: 1
+ * when the patterns apply to it (the worker needs this generation's), 0
+ * when none do, -1 when out of memory.
+ */
+int acl_view_encode(const struct acl *acl, uint64_t generation, const char *user, size_t ulen,
+		    const char *client_id, size_t clen, struct recw *w);
+
+/* A worker's patterns and the topic rules its views share. */
+struct acl_views;
+
+struct acl_views *acl_views_new(void);
+/* Views made from it may outlive it: each keeps what it shares. */
+void acl_views_free(struct acl_views *v);
+/*
+ * acl_patterns_encode()'s bytes: the patterns for views of their
+ * generation from now on. 0, or -1 with a message in err (then no views
+ * that need patterns can be made until the next).
+ */
+int acl_views_set_patterns(struct acl_views *v, const void *buf, size_t len, char *err,
+			   size_t errlen);
+/* The patterns and what is shared are forgotten (a new sender: its generations start again). */
+void acl_views_forget(struct acl_views *v);
+/*
+ * A client's view (user NULL: none) from acl_view_encode()'s bytes: its
+ * topic rules shared with every view of the same bytes, the patterns in
+ * force (which must be of the view's generation when it needs them)
+ * substituted at its first use. NULL with a message in err.
+ */
+struct acl_client *acl_views_client(struct acl_views *v, const void *buf, size_t len,
+				    const char *user, size_t ulen, const char *client_id,
+				    size_t clen, char *err, size_t errlen);
+/* The generation of the ACL a view of acl_views_client() was made from; 0 for any other view. */
+uint64_t acl_client_generation(const struct acl_client *c);
 
 /* An MQTT topic filter: 1..65535 bytes, '+' and '#' alone in their level, '#' last; no NUL. */
 bool acl_filter_valid(const char *f, size_t len);

@@ -21,11 +21,12 @@
 
 #include "config.h"
 
-#define IPC_VERSION 11           /* bump whenever the header, enum ipc_type or a payload changes */
+#define IPC_VERSION 12           /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
- * under 4 KiB). It stays below what a unix socket's default send buffer
+ * under 4 KiB but a verdict's rules and the ACL's patterns, which are
+ * given up past it). It stays below what a unix socket's default send buffer
  * (net.core.wmem_default, 208 KiB) lets one datagram carry.
  */
 #define IPC_MAX_PAYLOAD (200 * 1024)
@@ -57,7 +58,7 @@ enum ipc_type {
 	IPC_AUTH_ACL,         /* auth -> router: the ACL in force (struct ipc_auth_acl; a sealed memfd, none for no ACL) */
 	IPC_AUTH_ACL_ASK,     /* router -> auth: send the ACL in force (payload: none) */
 	IPC_AUTH_ACL_TAKEN,   /* router -> auth: the IPC_AUTH_ACL of this generation was handled (uint64_t) */
-	IPC_AUTH_RULES_STALE, /* auth -> worker: the ACL changed: drop every connection's view (payload: none) */
+	IPC_AUTH_RULES_STALE, /* auth -> worker: the router has this generation: drop older views (uint64_t) */
 	IPC_AUTH_GRANT,       /* auth -> router: a CONNECT accepted, before its verdict (a verdict's payload) */
 	IPC_AUTH_CANCEL,      /* worker -> auth: a request's connection closed; no verdict wanted (struct ipc_auth_cancel) */
 	IPC_KEYS_SIGN,        /* worker -> keys: sign for a handshake (struct ipc_keys_sign + bytes) */
@@ -67,6 +68,7 @@ enum ipc_type {
 	IPC_KEYS_ASK,         /* worker -> keys: a new worker: send the chain and the ticket keys (payload: none) */
 	IPC_KEYS_FAILED,      /* keys -> supervisor: its files are unusable (payload: why, a string); it exits */
 	IPC_KEYS_RELOAD,      /* supervisor -> keys: read the files again, as a transaction (payload: none) */
+	IPC_AUTH_PATTERNS,    /* auth -> worker: the ACL's patterns for views of its generation (acl_patterns_encode) */
 	IPC_TYPE_MAX
 };
 
@@ -139,6 +141,16 @@ struct ipc_addr_entry {
  * back; a verdict whose connection is gone is dropped. What a worker
  * sends is hostile input to the auth role (ipc_auth_request_decode
  * checks every length). Encoders and decoders: common/ipc_auth.c.
+ *
+ * With an ACL file, each generation of it (counted by the auth process,
+ * from 1; one more at each change) reaches a worker as IPC_AUTH_PATTERNS,
+ * the patterns every view of it shares, before any verdict made from it;
+ * an accepted verdict then carries the client's topic rules and the
+ * generation (acl_view_encode), or a token's lists (acl_client_encode,
+ * IPC_AUTH_RULES_FROM_TOKEN). IPC_AUTH_RULES_STALE names the generation
+ * the router took: views of older ones go. A new auth process counts
+ * again from 1: its IPC_AUTH_HELLO drops every view of the file and the
+ * patterns.
  */
 #define IPC_AUTH_FIELD_MAX 65535     /* a client id, user name or password: MQTT's bound */
 #define IPC_AUTH_REMOTE_MAX 63       /* struct ipc_client's remote, without its NUL */
@@ -211,8 +223,8 @@ bool ipc_auth_verdict_decode(const void *data, size_t len, struct ipc_auth_field
  * reload that changed it, as a sealed memfd of len bytes (sealedfd.h:
  * any size up to ACL_LIMITS_DEFAULT's max_bytes, 16 MiB); len 0 and no fd
  * say "no ACL". The router answers each with IPC_AUTH_ACL_TAKEN and its
- * generation; the auth role then tells the workers that their
- * connections' views are stale (IPC_AUTH_RULES_STALE). While an ACL is in
+ * generation; the auth role then tells the workers that views of older
+ * generations are stale (IPC_AUTH_RULES_STALE). While an ACL is in
  * force (config_acl_in_force), each accepted CONNECT is granted to the
  * router (IPC_AUTH_GRANT: a verdict's payload, its connection id, the
  * user name and, for a token's lists, its rules) before the worker gets

@@ -183,6 +183,30 @@ def test_patterns_user_and_client_id(start_broker, auth_dir):
         assert until_marker(a, "users/alice/y") == []
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_patterns_on_the_local_path(start_broker, auth_dir, workers):
+    """A publisher whose patterns allow fleet/%u/x and fleet/%c/s: its own
+    topics arrive, another user's and another client id's never, on the
+    worker's local path (workers=1: the worker substitutes the patterns it
+    was sent once into the publisher's view) and through the router."""
+    text = ACL + "pattern write fleet/%u/x\npattern write fleet/%c/s\npattern write fleet/%u/end\n"
+    b, _ = acl_broker(start_broker, auth_dir, text=text, workers=workers)
+    s = raw(b, tag="sub", username="all")
+    if workers == 1:
+        p = raw(b, "car7", username="fleet1")
+    else:
+        p = raw_on(b, cid="car7", avoid=b.worker_of(s), username="fleet1")
+        b.assert_different_workers(s, p)
+    with s, p:
+        s.subscribe(["fleet/#"])
+        for qos in (0, 1):
+            for i in range(5):
+                for t in ("fleet/other/x", "fleet/fleet1/x", "fleet/car8/s", "fleet/car7/s"):
+                    p.publish(t, b"%d" % i, qos=qos, pid=1 if qos else None)
+                p.publish("fleet/fleet1/end", b"%d" % i, qos=qos, pid=1 if qos else None)
+                assert until_marker(s, "fleet/fleet1/end") == ["fleet/fleet1/x", "fleet/car7/s"]
+
+
 def test_anonymous_section(start_broker, auth_dir):
     """Clients without a user name get the lines before the first user line."""
     b, _ = acl_broker(start_broker, auth_dir)

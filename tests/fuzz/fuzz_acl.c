@@ -10,10 +10,13 @@
  * view from lists, where reading and writing must be exactly what the
  * lists say for the filters taken as topics.
  *
- * The bytes as a whole are also decoded as an encoded ACL and as an
- * encoded view (acl_decode, acl_client_decode: hostile input), and every
- * ACL and view made goes through its encoding and back, where the copy
- * must answer every question as the original does.
+ * The bytes as a whole are also decoded as an encoded ACL, an encoded
+ * view, a worker's patterns and a worker's view (acl_decode,
+ * acl_client_decode, acl_views_set_patterns, acl_views_client: hostile
+ * input; the last with patterns of the generation the bytes name), and
+ * every ACL and view made goes through its encoding and back, where the
+ * copy must answer every question as the original does; so does the view
+ * a worker makes from the ACL's patterns and the client's topic rules.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -132,11 +135,62 @@ static void check_acl_copy(const struct acl *acl, const char *user, const char *
 	recw_free(&w);
 }
 
+/* A view decoded from bytes: refused with a message (in err), or taken and usable. */
+static void view_usable(struct acl_client *c, const char *err)
+{
+	if (c) {
+		acl_client_check(c, "u/c/x", 5, ACL_WRITE);
+		acl_client_may_subscribe(c, "#", 1);
+		acl_client_free(c);
+	} else if (!err[0]) {
+		__builtin_trap();
+	}
+}
+
+/* A view from a worker's store. */
+static void worker_view_usable(struct acl_views *views, const uint8_t *data, size_t size)
+{
+	char err[256] = "";
+
+	view_usable(acl_views_client(views, data, size, "u", 1, "c", 1, err, sizeof(err)), err);
+}
+
+/*
+ * Arbitrary bytes as a worker's patterns and view: the view is made with
+ * patterns of the generation its bytes name (when they name one), so that
+ * its rules are reached.
+ */
+static void decode_worker_bytes(const uint8_t *data, size_t size)
+{
+	static struct acl *patterns;
+	struct acl_views *views = acl_views_new();
+	char err[256] = "";
+	uint64_t gen = 0;
+	struct recw w;
+
+	if (!views)
+		return;
+	if (!patterns && acl_parse("pattern write %u/%c/#\n", 22, &lim, &patterns, err,
+				   sizeof(err)) != 0)
+		__builtin_trap();
+	if (acl_views_set_patterns(views, data, size, err, sizeof(err)) < 0 && !err[0])
+		__builtin_trap();
+	worker_view_usable(views, data, size);
+	if (size >= 12)
+		memcpy(&gen, data + 4, sizeof(gen));
+	recw_init(&w);
+	if (gen && acl_patterns_encode(patterns, gen, &w) == 0 &&
+	    acl_views_set_patterns(views, w.buf, w.len, err, sizeof(err)) < 0)
+		__builtin_trap();
+	recw_free(&w);
+	worker_view_usable(views, data, size);
+	acl_views_free(views);
+}
+
 /* Arbitrary bytes as an encoded ACL and view: refused with a message, or taken and usable. */
 static void decode_bytes(const uint8_t *data, size_t size)
 {
 	struct acl *acl = NULL;
-	struct acl_client *c;
 	char err[256] = "";
 
 	if (acl_decode(data, size, &lim, &acl, err, sizeof(err)) == 0) {
@@ -146,14 +200,39 @@ static void decode_bytes(const uint8_t *data, size_t size)
 		__builtin_trap();
 	}
 	err[0] = '\0';
-	c = acl_client_decode(data, size, err, sizeof(err));
-	if (c) {
-		acl_client_check(c, "a/b", 3, ACL_WRITE);
-		acl_client_may_subscribe(c, "#", 1);
-		acl_client_free(c);
-	} else if (!err[0]) {
-		__builtin_trap();
+	view_usable(acl_client_decode(data, size, err, sizeof(err)), err);
+	decode_worker_bytes(data, size);
+}
+
+/*
+ * The view a worker makes of the client (the ACL's patterns, sent once,
+ * and the client's topic rules) answers like the router's.
+ */
+static void check_worker_view(const struct acl *acl, struct acl_client *c, const char *user,
+			      const char *cid, char **topics, size_t n)
+{
+	size_t ulen = user ? strlen(user) : 0;
+	struct acl_views *views = acl_views_new();
+	struct acl_client *d = NULL;
+	struct recw p, w;
+	char err[256];
+
+	recw_init(&p);
+	recw_init(&w);
+	if (views && acl_patterns_encode(acl, 3, &p) == 0 && !p.oom &&
+	    acl_views_set_patterns(views, p.buf, p.len, err, sizeof(err)) == 0 &&
+	    acl_view_encode(acl, 3, user, ulen, cid, strlen(cid), &w) >= 0 && !w.oom) {
+		d = acl_views_client(views, w.buf, w.len, user, ulen, cid, strlen(cid), err,
+				     sizeof(err));
+		if (!d)
+			__builtin_trap();
+		same_answers(c, d, topics, n);
+		memo_agrees(d, topics, n);
+		acl_client_free(d);
 	}
+	recw_free(&p);
+	recw_free(&w);
+	acl_views_free(views);
 }
 
 /* A view from the valid filters among the topics: half read, half write. */
@@ -220,6 +299,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			check_view(c, parts + 2, nparts - 2);
 			memo_agrees(c, parts + 2, nparts - 2);
 			check_copy(c, parts + 2, nparts - 2);
+			check_worker_view(acl, c, user, parts[1], parts + 2, nparts - 2);
 			acl_client_free(c);
 		}
 		check_acl_copy(acl, user, parts[1], parts + 2, nparts - 2);

@@ -135,27 +135,19 @@ static void ring_empty(struct worker *w)
 	shmring_release(&router_side);
 }
 
-/* Slot i's rules, as its verdict would carry them. */
+/* Slot i's view, as its verdict would give it (rules that do not decode: none). */
 static void conn_rules(struct worker *w, unsigned i)
 {
 	const char *t = "t", *x = "x";
 	struct conn *c = conn_lookup(w, conn_id_make(0, 1, i, 1));
 	struct acl_client *v = NULL;
-	struct recw rw;
 
-	if (c == NULL || views[i] == VIEW_NONE)
+	if (c == NULL || views[i] == VIEW_NONE || views[i] == VIEW_BROKEN)
 		return;
-	recw_init(&rw);
-	if (views[i] == VIEW_BROKEN) {
-		recw_u32(&rw, ACL_WIRE_CLIENT);       /* and nothing more */
-	} else {
-		v = acl_client_from_lists(&t, 1, views[i] == VIEW_WRITES_T ? &t : &x, 1);
-		if (v == NULL || acl_client_encode(v, &rw) < 0)
-			abort();
-	}
-	conn_set_rules(w, c, rw.buf, rw.len);
-	acl_client_free(v);
-	recw_free(&rw);
+	v = acl_client_from_lists(&t, 1, views[i] == VIEW_WRITES_T ? &t : &x, 1);
+	if (v == NULL)
+		abort();
+	conn_set_rules(w, c, v);
 }
 
 #define CONNECT_FLAGS 9          /* where connect_pkt has them */

@@ -5,7 +5,11 @@
  * substituted, '$' topics, the SUBSCRIBE question, and the tries checked
  * against a plain walk over the rules (the router's topic_matches) on
  * random rule sets; the ACL and a view as bytes (common/acl_codec.c):
- * round trips that answer every question alike, malformed bytes refused.
+ * round trips that answer every question alike, malformed bytes refused;
+ * a worker's views (common/acl_views.c): made from the patterns sent once
+ * and each client's topic rules, they answer as the router's do, share
+ * their rules, keep the patterns of their own generation and refuse
+ * those of another.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +23,7 @@
 #include <unistd.h>
 
 #include "acl.h"
+#include "../../common/acl_int.h"
 #include "iotd.h"
 #include "rec.h"
 #include "topic.h"
@@ -761,6 +766,37 @@ static void views_agree(struct acl_client *a, struct acl_client *b,
 			fail_msg("subscribe %s: the round trip differs\n%s", *f, text);
 }
 
+/* The worker's view of a client: its topic rules as a verdict carries them, made with views' patterns. */
+static struct acl_client *worker_view(struct acl_views *views, const struct acl *acl, uint64_t gen,
+				      const char *user, const char *id)
+{
+	size_t ulen = user ? strlen(user) : 0;
+	struct acl_client *c;
+	char err[256];
+	struct recw w;
+
+	recw_init(&w);
+	assert_true(acl_view_encode(acl, gen, user, ulen, id, strlen(id), &w) >= 0);
+	c = acl_views_client(views, w.buf, w.len, user, ulen, id, strlen(id), err, sizeof(err));
+	if (!c)
+		fail_msg("making a worker's view: %s", err);
+	recw_free(&w);
+	return c;
+}
+
+/* A worker's store given acl's patterns, as generation gen. */
+static void patterns_given(struct acl_views *views, const struct acl *acl, uint64_t gen)
+{
+	char err[256];
+	struct recw w;
+
+	recw_init(&w);
+	assert_int_equal(acl_patterns_encode(acl, gen, &w), 0);
+	if (acl_views_set_patterns(views, w.buf, w.len, err, sizeof(err)) < 0)
+		fail_msg("taking patterns: %s", err);
+	recw_free(&w);
+}
+
 static void codec_round_trips_check_alike(void **state)
 {
 	static char topics[200][16];
@@ -770,28 +806,35 @@ static void codec_round_trips_check_alike(void **state)
 	unsigned seed = 77;
 
 	for (int round = 0; round < 200; round++) {
+		struct acl_views *views = acl_views_new();
 		struct random_acl r;
 		struct acl *back;
 
+		assert_non_null(views);
 		random_acl(&seed, &r);
 		back = round_trip(r.acl);
+		patterns_given(views, r.acl, (uint64_t)round + 1);
 		for (size_t u = 0; u < 4; u++) {
 			for (size_t i = 0; i < 4; i++) {
 				size_t ulen = users[u] ? strlen(users[u]) : 0;
 				struct acl_client *c = acl_client_new(r.acl, users[u], ulen, ids[i], strlen(ids[i]));
 				struct acl_client *c2 = acl_client_new(back, users[u], ulen, ids[i], strlen(ids[i]));
-				struct acl_client *c3;
+				struct acl_client *c3, *c4;
 
 				assert_non_null(c);
 				assert_non_null(c2);
 				c3 = client_round_trip(c);
+				c4 = worker_view(views, r.acl, (uint64_t)round + 1, users[u], ids[i]);
 				views_agree(c, c2, topics, ntopics, r.text);
 				views_agree(c, c3, topics, ntopics, r.text);
+				views_agree(c, c4, topics, ntopics, r.text);
 				acl_client_free(c);
 				acl_client_free(c2);
 				acl_client_free(c3);
+				acl_client_free(c4);
 			}
 		}
+		acl_views_free(views);
 		acl_free(r.acl);
 		acl_free(back);
 	}
@@ -946,6 +989,122 @@ static void codec_refuses_malformed_bytes(void **state)
 	}
 }
 
+/*
+ * A worker's views: a verdict carries the topic rules alone; views of one
+ * user share them (and their trie); a view keeps the patterns of its
+ * generation when newer ones come, and outlives its store; a view of a
+ * generation whose patterns did not come is refused.
+ */
+static void worker_views_share_and_keep_their_generation(void **state)
+{
+	struct acl *one = parse_ok("user u\ntopic read a/#\npattern write p/%u/%c\n");
+	struct acl *two = parse_ok("user u\ntopic read a/#\npattern write q/%u\n");
+	struct acl_views *views = acl_views_new();
+	struct acl_client *x, *y, *z;
+	char err[256];
+	struct recw w;
+
+	assert_non_null(views);
+	/* What a verdict carries: no pattern. */
+	recw_init(&w);
+	assert_int_equal(acl_view_encode(one, 1, "u", 1, "c1", 2, &w), 1);
+	assert_null(memmem(w.buf, w.len, "p/", 2));
+	/* No patterns yet: a view that needs them is refused. */
+	assert_null(acl_views_client(views, w.buf, w.len, "u", 1, "c1", 2, err, sizeof(err)));
+	assert_contains(err, "did not come");
+	patterns_given(views, one, 1);
+	x = acl_views_client(views, w.buf, w.len, "u", 1, "c1", 2, err, sizeof(err));
+	y = acl_views_client(views, w.buf, w.len, "u", 1, "c2", 2, err, sizeof(err));
+	assert_non_null(x);
+	assert_non_null(y);
+	assert_ptr_equal(x->topics, y->topics);
+	assert_int_equal(acl_client_generation(x), 1);
+	/* Generation 2 comes: x and y, not substituted yet, keep generation 1's patterns. */
+	patterns_given(views, two, 2);
+	assert_null(acl_views_client(views, w.buf, w.len, "u", 1, "c1", 2, err, sizeof(err)));
+	assert_true(acl_client_check(x, "p/u/c1", 6, ACL_WRITE));
+	assert_false(acl_client_check(x, "p/u/c2", 6, ACL_WRITE));
+	assert_false(acl_client_check(x, "q/u", 3, ACL_WRITE));
+	assert_true(acl_client_check(y, "a/b", 3, ACL_READ));
+	recw_free(&w);
+	/* A view of generation 2 gets its patterns; one whose names widen them gets none. */
+	z = worker_view(views, two, 2, "u", "c1");
+	assert_true(acl_client_check(z, "q/u", 3, ACL_WRITE));
+	assert_false(acl_client_check(z, "p/u/c1", 6, ACL_WRITE));
+	assert_ptr_not_equal(x->topics, z->topics);
+	acl_client_free(z);
+	z = worker_view(views, two, 2, "u/x", "c1");
+	assert_false(acl_client_check(z, "q/u/x", 5, ACL_WRITE));
+	acl_client_free(z);
+	/* Forgotten (a new sender): new views need its patterns; those made stay whole. */
+	acl_views_forget(views);
+	recw_init(&w);
+	assert_int_equal(acl_view_encode(two, 2, "u", 1, "c1", 2, &w), 1);
+	assert_null(acl_views_client(views, w.buf, w.len, "u", 1, "c1", 2, err, sizeof(err)));
+	recw_free(&w);
+	/* Views outlive their store. */
+	acl_views_free(views);
+	assert_true(acl_client_check(y, "p/u/c2", 6, ACL_WRITE));
+	acl_client_free(x);
+	acl_client_free(y);
+	acl_free(one);
+	acl_free(two);
+}
+
+/* A worker's bytes: every truncation refused, every one-byte change decoded or refused. */
+static void worker_bytes_refused_when_malformed(void **state)
+{
+	struct acl *a = parse_ok("topic read a/#\nuser u\ntopic deny a/b\npattern readwrite %u/%c/#\n");
+	struct acl_views *views = acl_views_new();
+	struct acl_client *c;
+	struct recw p, w;
+	char err[256];
+
+	recw_init(&p);
+	recw_init(&w);
+	assert_int_equal(acl_patterns_encode(a, 7, &p), 0);
+	assert_int_equal(acl_view_encode(a, 7, "u", 1, "id", 2, &w), 1);
+	for (size_t n = 0; n < p.len; n++)
+		assert_int_equal(acl_views_set_patterns(views, p.buf, n, err, sizeof(err)), -1);
+	assert_int_equal(acl_views_set_patterns(views, p.buf, p.len, err, sizeof(err)), 0);
+	for (size_t n = 0; n < w.len; n++)
+		assert_null(acl_views_client(views, w.buf, n, "u", 1, "id", 2, err, sizeof(err)));
+	for (size_t i = 0; i < w.len; i++) {
+		w.buf[i] ^= 0x5a;
+		acl_client_free(acl_views_client(views, w.buf, w.len, "u", 1, "id", 2, err,
+						 sizeof(err)));
+		w.buf[i] ^= 0x5a;
+	}
+	for (size_t i = 0; i < p.len; i++) {
+		p.buf[i] ^= 0x5a;
+		acl_views_set_patterns(views, p.buf, p.len, err, sizeof(err));
+		p.buf[i] ^= 0x5a;
+	}
+	assert_int_equal(acl_views_set_patterns(views, p.buf, p.len, err, sizeof(err)), 0);
+	/* A flag of 2; a flag of 0: the topic rules alone. */
+	w.buf[12] = 2;
+	assert_null(acl_views_client(views, w.buf, w.len, "u", 1, "id", 2, err, sizeof(err)));
+	assert_contains(err, "neither 0 nor 1");
+	w.buf[12] = 0;
+	c = acl_views_client(views, w.buf, w.len, "u", 1, "id", 2, err, sizeof(err));
+	assert_non_null(c);
+	assert_false(acl_client_check(c, "u/id/x", 6, ACL_READ));
+	assert_false(acl_client_check(c, "a/b", 3, ACL_READ));
+	assert_false(acl_client_check(c, "a/x", 3, ACL_READ));
+	acl_client_free(c);
+	/* Generation 0, another format's tag. */
+	memset(p.buf + 4, 0, 8);
+	assert_int_equal(acl_views_set_patterns(views, p.buf, p.len, err, sizeof(err)), -1);
+	assert_contains(err, "generation 0");
+	memcpy(p.buf, &(uint32_t){ ACL_WIRE_VIEW }, 4);
+	assert_int_equal(acl_views_set_patterns(views, p.buf, p.len, err, sizeof(err)), -1);
+	assert_contains(err, "wrong tag");
+	recw_free(&p);
+	recw_free(&w);
+	acl_views_free(views);
+	acl_free(a);
+}
+
 static void load_names_the_path(void **state)
 {
 	char path[] = "/tmp/iotd-test-acl-XXXXXX", err[512];
@@ -989,6 +1148,8 @@ int main(void)
 		cmocka_unit_test(codec_round_trips_check_alike),
 		cmocka_unit_test(codec_lists_round_trip),
 		cmocka_unit_test(codec_refuses_malformed_bytes),
+		cmocka_unit_test(worker_views_share_and_keep_their_generation),
+		cmocka_unit_test(worker_bytes_refused_when_malformed),
 		cmocka_unit_test(load_names_the_path),
 	};
 

@@ -8,9 +8,10 @@
  * sent twice, the slow-down of an address that failed, a reload; a
  * JWT's verdict: the user from its claim, its filter lists in the rules;
  * and, with this test as the router too, the ACL file: sent as a sealed
- * memfd at start, when asked and after a reload that changed it, the
- * workers told their views are stale once the router took it, each
- * verdict carrying the client's view.
+ * memfd at start, when asked and after a reload that changed it, its
+ * patterns to the worker at once, the worker told which generation the
+ * router took, each verdict carrying the client's topic rules alone,
+ * which make its view with the patterns.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -44,6 +45,7 @@ struct fx {
 	int ctl, chan;                   /* the supervisor's end, the worker's end */
 	int router;                      /* the router's end */
 	pid_t pid;
+	struct acl_views *views;         /* the worker's: the patterns it was sent */
 };
 
 /* A user line for the file: Argon2id at its cheapest. */
@@ -115,6 +117,8 @@ static struct fx *fx_new(const char *backend, const char *file)
 	f->cfg.auth_hash_threads = 1;
 	f->cfg.auth_max_pending = 2;
 	f->cfg.auth_max_failure_delay_ms = 400;
+	f->views = acl_views_new();
+	assert_non_null(f->views);
 	return f;
 }
 
@@ -234,6 +238,7 @@ static int teardown(void **state)
 	if (f->acl_path[0])
 		unlink(f->acl_path);
 	rmdir(f->dir);
+	acl_views_free(f->views);
 	free(f);
 	return 0;
 }
@@ -458,11 +463,14 @@ static struct ipc_auth_fields grant_sent(struct fx *f)
 	return g;
 }
 
-/* The view a verdict's rules decode to. */
-static struct acl_client *view_of(const struct ipc_auth_fields *v)
+/* The view a verdict's rules make on the worker (client id "c", as ask() sends). */
+static struct acl_client *view_of(struct fx *f, const struct ipc_auth_fields *v)
 {
 	char err[160];
-	struct acl_client *c = acl_client_decode(v->rules, v->rules_len, err, sizeof(err));
+	struct acl_client *c = v->rules_from_token ?
+			       acl_client_decode(v->rules, v->rules_len, err, sizeof(err)) :
+			       acl_views_client(f->views, v->rules, v->rules_len, v->user,
+						v->user_len, "c", 1, err, sizeof(err));
 
 	assert_non_null(c);
 	return c;
@@ -483,7 +491,7 @@ static void a_token_names_its_client_and_carries_its_lists(void **state)
 	assert_int_equal(v.code, MQTT_CONNACK_ACCEPTED);
 	assert_string_equal(user, "dev-1");
 	assert_true(v.rules_from_token);
-	view = view_of(&v);
+	view = view_of(f, &v);
 	assert_true(acl_client_check(view, "a/x", 3, ACL_READ));
 	assert_true(acl_client_check(view, "b", 1, ACL_READ));
 	assert_false(acl_client_check(view, "a/x", 3, ACL_WRITE));
@@ -536,22 +544,29 @@ static void taken(struct fx *f, uint64_t generation)
 
 /*
  * A changed ACL: the router is sent one that lets alice read `readable`
- * and not `not_readable`; the workers hear their views are stale only
- * once the router took it.
+ * and not `not_readable`; the workers get its patterns at once and hear
+ * that older views are stale only once the router took it. Returns the
+ * generation they are told.
  */
-static void acl_change_sent(struct fx *f, const char *readable, const char *not_readable)
+static uint64_t acl_change_sent(struct fx *f, const char *readable, const char *not_readable)
 {
-	static uint8_t buf[256];
+	static uint8_t buf[IPC_MAX_PAYLOAD];
 	struct acl *acl;
-	uint64_t gen = acl_sent(f, &acl);
+	uint64_t gen = acl_sent(f, &acl), stale;
+	char err[160];
 	size_t len;
 
 	assert_true(acl_check(acl, "alice", "c1", readable, ACL_READ));
 	assert_false(acl_check(acl, "alice", "c1", not_readable, ACL_READ));
 	acl_free(acl);
+	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_PATTERNS);
+	assert_int_equal(acl_views_set_patterns(f->views, buf, len, err, sizeof(err)), 0);
 	assert_true(nothing_within(f->chan, 100));
 	taken(f, gen);
 	assert_int_equal(recv_one(f->chan, buf, sizeof(buf), &len), IPC_AUTH_RULES_STALE);
+	assert_int_equal(len, sizeof(stale));
+	memcpy(&stale, buf, sizeof(stale));
+	return stale;
 }
 
 static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
@@ -563,20 +578,33 @@ static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
 	uint64_t gen;
 	char user[64];
 
-	/* At start: the ACL, and once the router took it, stale views. */
-	acl_change_sent(f, "a/x", "a/secret");
-	/* A verdict: alice's view, her patterns substituted with her client id "c". */
+	/* At start: the ACL, its patterns, and once the router took it, stale views. */
+	assert_int_equal(acl_change_sent(f, "a/x", "a/secret"), 1);
+	/*
+	 * A verdict: alice's topic rules, not the patterns; her view, the
+	 * patterns substituted with her client id "c".
+	 */
 	ask(f, 50, 0, "127.0.0.1:1", "alice", "alice-pw");
 	v = verdict(f, user, sizeof(user));
 	assert_true(v.code == MQTT_CONNACK_ACCEPTED && !v.rules_from_token);
+	assert_null(memmem(v.rules, v.rules_len, "c/", 2));
 	/* The router heard of it first, under the same name. */
 	g = grant_sent(f);
 	assert_true(g.conn == 50 && g.user_len == 5 && memcmp(g.user, "alice", 5) == 0);
-	view = view_of(&v);
+	view = view_of(f, &v);
+	assert_int_equal(acl_client_generation(view), 1);
 	assert_true(acl_client_check(view, "a/x", 3, ACL_READ));
 	assert_false(acl_client_check(view, "a/secret", 8, ACL_READ));
 	assert_true(acl_client_check(view, "c/c/x", 5, ACL_WRITE));
 	assert_false(acl_client_check(view, "c/d/x", 5, ACL_WRITE));
+	acl_client_free(view);
+	/* bob has no section: the patterns alone. */
+	ask(f, 52, 0, "127.0.0.1:1", "bob", "bob-pw");
+	v = verdict(f, user, sizeof(user));
+	assert_int_equal(grant_sent(f).conn, 52);
+	view = view_of(f, &v);
+	assert_false(acl_client_check(view, "a/x", 3, ACL_READ));
+	assert_true(acl_client_check(view, "c/c/x", 5, ACL_WRITE));
 	acl_client_free(view);
 	/* A router that starts asks: the same ACL again, no stale views. */
 	assert_int_equal(ipc_send(f->router, IPC_AUTH_ACL_ASK, 0, NULL, 0, -1), 0);
@@ -587,10 +615,10 @@ static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
 	/* A reload that changes nothing sends nothing. */
 	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
 	assert_true(nothing_within(f->router, 200));
-	/* One that changes it: the new ACL, stale views once taken. */
-	write_file(f->acl_path, "user alice\ntopic read a/secret\n");
+	/* One that changes it: the new ACL and its patterns, stale views once taken. */
+	write_file(f->acl_path, "user alice\ntopic read a/secret\npattern write d/%u\n");
 	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
-	acl_change_sent(f, "a/secret", "a/x");
+	assert_int_equal(acl_change_sent(f, "a/secret", "a/x"), 2);
 	/* A file that does not parse: nothing changes. */
 	write_file(f->acl_path, "topic bogus a/#\n");
 	assert_int_equal(ipc_send(f->ctl, IPC_AUTH_RELOAD, 0, NULL, 0, -1), 0);
@@ -598,8 +626,11 @@ static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
 	ask(f, 51, 0, "127.0.0.1:1", "alice", "alice-pw");
 	v = verdict(f, user, sizeof(user));
 	assert_int_equal(grant_sent(f).conn, 51);
-	view = view_of(&v);
+	view = view_of(f, &v);
+	assert_int_equal(acl_client_generation(view), 2);
 	assert_true(acl_client_check(view, "a/secret", 8, ACL_READ));
+	assert_true(acl_client_check(view, "d/alice", 7, ACL_WRITE));
+	assert_false(acl_client_check(view, "c/c/x", 5, ACL_WRITE));
 	acl_client_free(view);
 }
 
