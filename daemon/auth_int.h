@@ -123,9 +123,10 @@ struct auth_sched_chan {
 
 struct auth_sched {
 	struct auth_sched_chan chans[IOTD_MAX_WORKERS];
-	unsigned nchans, threads, budget;
+	unsigned nchans, budget;
+	unsigned slots;              /* jobs the pool may hold at once (auth_sched.c) */
 	unsigned turn;               /* the channel served first next time */
-	unsigned hashing;            /* jobs with the threads */
+	unsigned hashing;            /* jobs with the pool */
 	struct auth_addr *addrs;     /* failing addresses with a job in flight, by key */
 };
 

@@ -6,8 +6,8 @@
  *
  * Owns the two queues, under one mutex: jobs to decide (FIFO) and jobs
  * decided, which the loop takes when the pool's eventfd wakes it. The
- * loop gives it no more jobs than it has threads, in the order
- * auth_sched.c chooses; how many jobs exist at once is the loop's bound
+ * loop gives it a job or two per thread, in the order auth_sched.c
+ * chooses; how many jobs exist at once is the loop's bound
  * (auth.max_pending per worker), not the pool's.
  */
 #include <errno.h>

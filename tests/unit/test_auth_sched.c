@@ -42,29 +42,34 @@ static void channels_take_turns_within_their_budget(void **state)
 {
 	struct auth_sched s;
 
-	/* Four threads, two workers: each channel may have three at once. */
+	/*
+	 * Four threads, two workers: the pool holds two jobs per thread, and
+	 * each channel may have three threads' worth (six) at once.
+	 */
 	auth_sched_init(&s, 2, 4);
-	assert_int_equal(s.budget, 3);
-	for (unsigned i = 0; i < 6; i++)
+	assert_int_equal(s.budget, 6);
+	assert_int_equal(s.slots, 8);
+	for (unsigned i = 0; i < 8; i++)
 		assert_int_equal(auth_sched_add(&s, job(i, 0, 0), false, 4), SCHED_READY);
-	assert_ptr_equal(auth_sched_next(&s), &jobs[0]);
-	assert_ptr_equal(auth_sched_next(&s), &jobs[1]);
-	assert_ptr_equal(auth_sched_next(&s), &jobs[2]);
-	/* Worker 0 has its three: the last thread is left for worker 1. */
+	for (unsigned i = 0; i < 6; i++)
+		assert_ptr_equal(auth_sched_next(&s), &jobs[i]);
+	/* Worker 0 has its six: the last thread's two are left for worker 1. */
 	assert_null(auth_sched_next(&s));
 	assert_int_equal(auth_sched_add(&s, job(10, 1, 0), false, 4), SCHED_READY);
 	assert_int_equal(auth_sched_add(&s, job(11, 1, 0), false, 4), SCHED_READY);
+	assert_int_equal(auth_sched_add(&s, job(12, 1, 0), false, 4), SCHED_READY);
 	assert_ptr_equal(auth_sched_next(&s), &jobs[10]);
-	assert_null(auth_sched_next(&s));        /* every thread busy */
+	assert_ptr_equal(auth_sched_next(&s), &jobs[11]);
+	assert_null(auth_sched_next(&s));        /* the pool is full */
 	/* Served in turn: worker 0 (after worker 1's job), then worker 1. */
 	auth_sched_hashed(&s, &jobs[0]);
-	assert_ptr_equal(auth_sched_next(&s), &jobs[3]);
+	assert_ptr_equal(auth_sched_next(&s), &jobs[6]);
 	auth_sched_hashed(&s, &jobs[1]);
-	assert_ptr_equal(auth_sched_next(&s), &jobs[11]);
+	assert_ptr_equal(auth_sched_next(&s), &jobs[12]);
 	auth_sched_clear(&s, no_free);
-	/* Fewer threads than workers: one each. */
+	/* Fewer threads than workers: one thread's worth each. */
 	auth_sched_init(&s, 4, 2);
-	assert_int_equal(s.budget, 1);
+	assert_int_equal(s.budget, 2);
 }
 
 static void a_failing_address_has_one_job_in_flight(void **state)
