@@ -248,3 +248,30 @@ def test_key_role_killed(start_broker, certs):
     finally:
         sub.c.loop_stop()
         sub.c.disconnect()
+
+
+def test_handshake_waiting_for_a_dead_key_role_completes(start_broker, certs):
+    """A handshake whose signature the key role had not made when it died
+    is signed by its successor, within tls.handshake_timeout."""
+    b = tls_broker(start_broker, certs.server_rsa, workers=1, handshake_timeout=30)
+    old = b.role_pid("keys")
+    os.kill(old, signal.SIGSTOP)
+    seen = b.log.count("new connection from")
+    client = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{b.mqtts}",
+                               "-CAfile", certs.ca, "-ign_eof"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b.log.count("new connection from") > seen, T(10), "the connection")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: b.successor("keys", old), T(10), "the key role's successor")
+        b.initial_pids = set(b.pids())
+        # A byte that is no MQTT once the handshake is done: the daemon closes.
+        out, _ = client.communicate(b"\n", timeout=T(20))
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    out = out.decode(errors="replace")
+    assert "Verify return code: 0 (ok)" in out, out
+    assert "TLS handshake not finished" not in b.log
