@@ -287,12 +287,18 @@ def raw(target, cid=None, *, tag="raw", host=None, source=None, rcvbuf=None, tim
         port, host = target.port, host or target.host
     c = mqttraw.RawClient(port, host=host, timeout=T(5) if timeout is None else timeout,
                           rcvbuf=rcvbuf, source=source)
-    if connect:
-        try:
-            c.connack = c.connect(uid(tag) if cid is None else cid, **connect_kw)
-        except BaseException:
-            c.close()
-            raise
+    return connected(c, cid, tag, **connect_kw) if connect else c
+
+
+def connected(c, cid=None, tag="raw", **connect_kw):
+    """c (a RawClient) once it sent CONNECT as cid (default: a unique id
+    made from tag) with connect_kw and received the CONNACK, kept in
+    .connack; closed if that fails."""
+    try:
+        c.connack = c.connect(uid(tag) if cid is None else cid, **connect_kw)
+    except BaseException:
+        c.close()
+        raise
     return c
 
 

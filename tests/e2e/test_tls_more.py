@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 import mqttraw as m
 from authfiles import auth_dir  # noqa: F401
 from certs import Issued, certs, pki  # noqa: F401
-from helpers import T, CliSub, PahoClient, raise_nofile, uid, wait_for
+from helpers import T, CliSub, raise_nofile, uid, wait_for
 from test_acl import until_marker
 from test_websocket import browser_round_trip, needs_browser
 from tlsbroker import cli_tls, presented, tls_broker, tls_raw

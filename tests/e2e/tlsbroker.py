@@ -10,7 +10,7 @@ import subprocess
 
 import mqttraw
 from conftest import free_port
-from helpers import T, uid, wait_for
+from helpers import T, connected, wait_for
 
 
 def tls_broker(start_broker, certs, server=None, tls=None, wss_path="/mqtt", **opts):
@@ -76,13 +76,7 @@ def tls_raw(port, certs, client=None, cid=None, tag="tls", connect=True, **conne
     """A TlsRawClient to port trusting the test CA, with the client
     certificate `client` (an Issued) if given, CONNECTed as in helpers.raw."""
     c = TlsRawClient(port, client_context(certs.ca, client), timeout=T(5))
-    if connect:
-        try:
-            c.connack = c.connect(uid(tag) if cid is None else cid, **connect_kw)
-        except BaseException:
-            c.close()
-            raise
-    return c
+    return connected(c, cid, tag, **connect_kw) if connect else c
 
 
 def presented(port, ca):
