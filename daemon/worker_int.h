@@ -28,6 +28,7 @@
 #define READ_CHUNK 65536         /* bytes read from a client at once */
 
 struct xport;                    /* worker_transport.h */
+struct tls_worker;               /* worker_tls.h */
 
 enum conn_state {
 	CS_NEW,          /* accepted, waiting for CONNECT */
@@ -66,7 +67,7 @@ struct conn {
 	uint8_t state : 3;           /* enum conn_state */
 	bool rules_from_token : 1;   /* acl is a token's lists: kept when the ACL file changes */
 	bool clean : 1;
-	bool paused : 1;             /* not reading: waiting for the router's CONNACK */
+	bool paused : 1;             /* not reading: waiting for the router's CONNACK, or TLS for the key role */
 	bool throttled : 1;          /* not reading: the router is behind (see worker.throttled) */
 	bool want_out : 1;           /* EPOLLOUT armed */
 	bool dirty : 1;              /* in the flush list */
@@ -139,6 +140,7 @@ struct worker {
 	struct ipc_dispatcher chan_in;   /* what the listener may send (from_listener) */
 	unsigned accept_turn;            /* connections handed in this loop turn (accept_clients) */
 	struct worker_auth *auth;        /* CONNECTs waiting for the auth role (worker_auth.c) */
+	struct tls_worker *tls;          /* TLS is configured: the SSL_CTX and the key role's channel */
 };
 
 enum pkt_result { PKT_OK, PKT_PAUSE, PKT_CLOSED };

@@ -53,6 +53,7 @@ struct tls_conn {
 	void *owner;
 	uint32_t key_id;             /* the chain's its SSL_CTX was made from */
 	uint64_t sign_id;            /* the signature in flight; 0: none */
+	const struct ipc_keys_fields *req; /* its request, on the paused job's stack */
 	UT_hash_handle hh;           /* in w->signing, by sign_id */
 	bool answered;               /* the answer to sign_id came (or never will) */
 	uint32_t sig_status;
@@ -117,6 +118,7 @@ static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
 		return false;
 	}
 	c->sign_id = f->id;
+	c->req = f;
 	c->answered = false;
 	HASH_ADD(hh, w->signing, sign_id, sizeof(c->sign_id), c);
 	return true;
@@ -376,8 +378,13 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 		SSL_CTX_set_app_data(ctx, w);
 		SSL_CTX_set_mode(ctx, SSL_MODE_ASYNC | SSL_MODE_ENABLE_PARTIAL_WRITE |
 			       SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
-		/* No renegotiation: a client could ask for signatures without end. */
-		SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+		/*
+		 * No renegotiation: a client could ask for signatures without
+		 * end. A client that closes without close_notify has closed: MQTT
+		 * frames its packets, a cut cannot pass for a whole one.
+		 */
+		SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+					 SSL_OP_IGNORE_UNEXPECTED_EOF);
 		SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
 		SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_keys);
 		SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"iotd", 4);
@@ -398,6 +405,24 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 
 /* --- the key role's channel --------------------------------------------------------- */
 
+/*
+ * A chain comes from a key role that started (or reloaded): the requests
+ * still unanswered go again, as a key role that died took its queue with
+ * it. Under the same id: should both answer, the second finds no one.
+ */
+static void requests_resend(struct tls_worker *w)
+{
+	uint8_t buf[IPC_KEYS_SIGN_LEN_MAX];
+	struct tls_conn *c, *tmp;
+	size_t len;
+
+	HASH_ITER(hh, w->signing, c, tmp) {
+		len = ipc_keys_sign_encode(c->req, buf);
+		if (len > 0 && ipc_send(w->keys_fd, IPC_KEYS_SIGN, w->index, buf, len, -1) < 0)
+			break;      /* full: handshake_timeout ends what waits */
+	}
+}
+
 static int on_chain(void *ctx, struct ipc_msg *m)
 {
 	struct tls_worker *w = ctx;
@@ -413,6 +438,7 @@ static int on_chain(void *ctx, struct ipc_msg *m)
 	SSL_CTX_free(w->ctx);        /* connections hold their own reference */
 	w->ctx = next;
 	w->key_id = p.key_id;
+	requests_resend(w);
 	return 0;
 }
 
@@ -436,6 +462,7 @@ static void answer_take(struct tls_worker *w, struct tls_conn *c, const struct i
 {
 	HASH_DEL(w->signing, c);
 	c->sign_id = 0;
+	c->req = NULL;
 	c->answered = true;
 	c->sig_status = a->status;
 	c->sig_len = a->len;
@@ -654,6 +681,18 @@ int tls_conn_identity(const struct tls_conn *c, char *buf, size_t len)
 	return first_san(x, buf, len);
 }
 
+bool tls_conn_pending(const struct tls_conn *c)
+{
+	return SSL_pending(c->ssl) > 0;
+}
+
+void tls_conn_close_notify(struct tls_conn *c)
+{
+	if (SSL_is_init_finished(c->ssl) && !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN))
+		(void)SSL_shutdown(c->ssl);
+	ERR_clear_error();
+}
+
 void tls_conn_free(struct tls_conn *c)
 {
 	if (c == NULL)
@@ -662,6 +701,7 @@ void tls_conn_free(struct tls_conn *c)
 	if (c->sign_id != 0) {
 		HASH_DEL(c->w->signing, c);
 		c->sign_id = 0;
+		c->req = NULL;
 	}
 	if (SSL_waiting_for_async(c->ssl)) {
 		c->answered = true;

@@ -74,6 +74,10 @@ enum tls_result tls_conn_write(struct tls_conn *c, const void *buf, size_t len, 
 int tls_conn_identity(const struct tls_conn *c, char *buf, size_t len);
 /* The ALPN protocol agreed ("mqtt"), or NULL. */
 const char *tls_conn_alpn(const struct tls_conn *c);
+/* Decrypted bytes held in OpenSSL that no event on the fd will announce. */
+bool tls_conn_pending(const struct tls_conn *c);
+/* A close_notify, once, if the handshake finished and the socket takes it now. */
+void tls_conn_close_notify(struct tls_conn *c);
 /* Frees the connection, ending a handshake that waits for the key role. The fd stays open. */
 void tls_conn_free(struct tls_conn *c);
 
