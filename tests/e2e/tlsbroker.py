@@ -17,12 +17,13 @@ def tls_broker(start_broker, certs, server=None, tls=None, wss_path="/mqtt", **o
     """A daemon with listeners 127.0.0.1:<port> (.port), mqtts:// (.mqtts_port)
     and wss://...<wss_path> (.wss_port); its tls section: the server
     certificate `server` (an Issued; default certs.server_rsa), the CA as
-    ca_file, and the keys in `tls`. Returns once a TLS handshake on the
+    ca_file, and the keys in `tls` (None leaves a key out). Returns once a TLS handshake on the
     mqtts port succeeded (the workers have the chain), with no connection
     held."""
     server = server or certs.server_rsa
     tcp, mqtts, wss = free_port(), free_port(), free_port()
     conf = {"cert_file": server.cert, "key_file": server.key, "ca_file": certs.ca, **(tls or {})}
+    conf = {k: v for k, v in conf.items() if v is not None}
     b = start_broker(listen=[f"127.0.0.1:{tcp}", f"mqtts://127.0.0.1:{mqtts}",
                              f"wss://127.0.0.1:{wss}{wss_path}"], tls=conf, **opts)
     b.mqtts_port, b.wss_port = mqtts, wss
