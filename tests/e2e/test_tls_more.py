@@ -124,12 +124,27 @@ def test_certificate_identity_drives_the_acl(start_broker, certs, auth_dir, clie
                              expect_codes=False) == [0, 0x80]
 
 
-def test_client_certificate_required_and_checked(start_broker, certs, auth_dir):
+def test_client_certificate_required_and_checked(start_broker, pki, certs, auth_dir):
     """With require_certificate and a CRL: no certificate, or a revoked one,
-    is refused; a valid one is served."""
-    b = mtls_broker(start_broker, certs, auth_dir, crl_file=certs.crl)
+    is refused; a valid one is served; revoked later, a new CRL renamed
+    into place and SIGHUP, it is refused from then on."""
+    crl = str(pki.dir / "crl-live.pem")
+    shutil.copyfile(certs.crl, crl)
+    os.chmod(crl, 0o644)
+    b = mtls_broker(start_broker, certs, auth_dir, crl_file=crl)
+    late = pki.client("late", cn="late-1")
     assert refused(b.mqtts_port, certs)
     assert refused(b.mqtts_port, certs, certs.revoked)
+    for client in (certs.sensor1, late):
+        with tls_raw(b.mqtts_port, certs, client, tag="ok") as c:
+            c.ping()
+    pki.revoke(late)
+    os.replace(pki.crl("crl-next"), crl)
+    n = b.log.count(READ_AGAIN)
+    b.send_signal(signal.SIGHUP)
+    wait_for(lambda: b.log.count(READ_AGAIN) > n, 10, "the key role to read its files again")
+    wait_for(lambda: refused(b.mqtts_port, certs, late), 10,
+             "the certificate revoked by the new CRL to be refused")
     with tls_raw(b.mqtts_port, certs, certs.sensor1, tag="ok") as c:
         c.ping()
 
