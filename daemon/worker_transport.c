@@ -52,10 +52,6 @@ int xport_new(struct worker *w, int fd, conn_id_t id, const struct ipc_client *i
 			*why = "TLS is not configured";
 			return -1;
 		}
-		if (!tls_worker_ready(w->tls)) {
-			*why = "no certificate from the key role yet";
-			return -1;
-		}
 		break;
 	default:
 		*why = "unknown transport";
@@ -68,8 +64,11 @@ int xport_new(struct worker *w, int fd, conn_id_t id, const struct ipc_client *i
 	if (x == NULL)
 		return -1;
 	x->transport = (uint8_t)info->transport;
+	x->fd = fd;
+	/* Before the key role's chain came, its TLS waits (xport_chain_came). */
 	if ((has_ws(x->transport) && (x->ws = ws_new(path)) == NULL) ||
-	    (listen_transport_tls(x->transport) && (x->tls = tls_conn_new(w->tls, fd, x)) == NULL)) {
+	    (listen_transport_tls(x->transport) && tls_worker_ready(w->tls) &&
+	     (x->tls = tls_conn_new(w->tls, fd, x)) == NULL)) {
 		xport_free(x);
 		return -1;
 	}
@@ -89,7 +88,7 @@ void xport_free(struct xport *xp)
 
 bool xport_handshaking(const struct xport *xp)
 {
-	return xp->tls != NULL && !xp->tls_up;
+	return listen_transport_tls(xp->transport) && !xp->tls_up;
 }
 
 /* What TLS waits for on the socket's writability (in_off as conn_epoll_mod set it). */
@@ -146,6 +145,23 @@ static bool tls_handshake_step(struct worker *w, struct conn *c)
 	}
 	tls_rearm(w, c, paused != c->paused);
 	return r == TLS_DONE;
+}
+
+void xport_chain_came(struct worker *w)
+{
+	for (uint32_t i = 0; i < w->n_slots; i++) {
+		struct conn *c = w->slots[i];
+		struct xport *x = c != NULL ? c->xp : NULL;
+
+		if (x == NULL || !listen_transport_tls(x->transport) || x->tls != NULL)
+			continue;
+		if ((x->tls = tls_conn_new(w->tls, x->fd, x)) == NULL) {
+			conn_close(w, c, false, "out of memory for TLS");
+			continue;
+		}
+		if (tls_handshake_step(w, c))
+			xport_read(w, c);
+	}
 }
 
 void xport_keys_answered(struct tls_conn *tc, void *worker)
@@ -216,8 +232,13 @@ void xport_read(struct worker *w, struct conn *c)
 	struct xport *x = c->xp;
 	conn_id_t id = x->id;
 
-	if (x->tls != NULL && !x->tls_up) {
-		if (x->tls_wants_keys) {
+	if (listen_transport_tls(x->transport) && !x->tls_up) {
+		if (x->tls == NULL && !c->paused) {
+			c->paused = true;    /* the key role's chain first: its input off till then */
+			conn_set_events(w, c);
+			return;
+		}
+		if (x->tls == NULL || x->tls_wants_keys) {
 			/* Its input is off, yet here: the client hung up or the socket broke. */
 			conn_close(w, c, false, "connection closed by client during the TLS handshake");
 			return;
@@ -243,7 +264,7 @@ bool xport_out_ready(struct worker *w, struct conn *c)
 	if (!x->tls_wants_out && !(x->tls_pending && !c->in_off))
 		return false;
 	x->tls_wants_out = false;
-	if (x->tls != NULL && !x->tls_up && !tls_handshake_step(w, c))
+	if (xport_handshaking(x) && (x->tls == NULL || !tls_handshake_step(w, c)))
 		return true;
 	xport_read(w, c);
 	if ((c = conn_lookup(w, id)) != NULL && c->want_out)
@@ -255,7 +276,7 @@ bool xport_flush(struct worker *w, struct conn *c)
 {
 	struct xport *x = c->xp;
 
-	if (x->tls != NULL && !x->tls_up)
+	if (xport_handshaking(x))
 		return true;          /* no MQTT before the handshake: nothing to send */
 	if (x->ws != NULL)
 		return ws_flush(w, c);
@@ -268,7 +289,7 @@ void xport_last_write(struct worker *w, struct conn *c)
 	struct buf *b = c->out;
 	size_t n;
 
-	if (x->tls != NULL && (!x->tls_up || x->tls_failed))
+	if (xport_handshaking(x) || x->tls_failed)
 		return;        /* nothing to say, or no way to say it */
 	if (x->ws != NULL)
 		ws_last_write(w, c);

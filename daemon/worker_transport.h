@@ -44,8 +44,10 @@ struct xport {
 	bool out_armed : 1;          /* EPOLLOUT armed for the above (xport_events) */
 	bool tls_failed : 1;         /* closed or broken: nothing more is written */
 	conn_id_t id;                /* its connection, which moves (a key role's answer finds it) */
+	int fd;                      /* its socket, for a TLS made once the chain came */
 	struct ws_conn *ws;          /* ws, wss: the WebSocket layer (worker_ws.c) */
-	struct tls_conn *tls;        /* mqtts, wss: the TLS layer, under the others */
+	struct tls_conn *tls;        /* mqtts, wss: the TLS layer, under the others (NULL until
+	                              * the key role's chain came) */
 };
 
 /*
@@ -70,6 +72,8 @@ uint32_t xport_events(struct conn *c);
  * it is the output's (conn_flush).
  */
 bool xport_out_ready(struct worker *w, struct conn *c);
+/* The key role's first chain came: the TLS connections that waited for it start. */
+void xport_chain_came(struct worker *w);
 /* The key role answered the handshake of the TLS connection tc (tls_worker_on_keys). */
 void xport_keys_answered(struct tls_conn *tc, void *worker);
 
