@@ -190,8 +190,9 @@ void worker_auth_config_changed(struct worker *w);
 void worker_auth_event(struct worker *w, uint32_t events);
 void worker_auth_flush(struct worker *w);
 bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user, size_t ulen);
+/* from_cert: ck's user name is the client certificate's identity (IPC_AUTH_USER_FROM_CERT). */
 bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
-		      const struct rec_connect *rc);
+		      bool from_cert, const struct rec_connect *rc);
 void worker_auth_forget(struct worker *w, const struct conn *c);
 
 /* worker_mqtt.c */

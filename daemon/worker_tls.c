@@ -57,8 +57,9 @@ struct tls_conn {
 	UT_hash_handle hh;           /* in w->signing, by sign_id */
 	bool answered;               /* the answer to sign_id came (or never will) */
 	uint32_t sig_status;
-	size_t sig_len;
-	uint8_t sig[IPC_KEYS_SIG_MAX];
+	/* Where the answer goes: OpenSSL's buffer, on the paused job's stack. */
+	uint8_t *sig;
+	size_t sig_len, sig_cap;
 };
 
 struct tls_worker {
@@ -133,17 +134,23 @@ static long signature_of(struct ipc_keys_fields *f, uint8_t *sig, size_t cap)
 {
 	struct tls_conn *c = tls_current;
 
-	if (c == NULL || ASYNC_get_current_job() == NULL || !request_send(c, f))
+	long n;
+
+	if (c == NULL || ASYNC_get_current_job() == NULL)
+		return -1;
+	c->sig = sig;
+	c->sig_cap = cap;
+	if (!request_send(c, f))
 		return -1;
 	while (!c->answered)
 		if (!ASYNC_pause_job())
-			return -1;
-	if (c->sig_status != IPC_KEYS_OK || c->sig_len > cap) {
+			break;
+	n = c->answered && c->sig_status == IPC_KEYS_OK ? (long)c->sig_len : -1;
+	if (n < 0)
 		log_debug("the key role did not sign (status %u)", c->sig_status);
-		return -1;
-	}
-	memcpy(sig, c->sig, c->sig_len);
-	return (long)c->sig_len;
+	c->sig = NULL;
+	c->sig_cap = c->sig_len = 0;
+	return n;
 }
 
 /* RSASSA-PKCS1-v1_5 (TLS 1.2): OpenSSL hands over the digest and its type. */
@@ -388,6 +395,8 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 		SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
 		SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_keys);
 		SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"iotd", 4);
+		/* Tickets alone resume sessions: no cache holding one per connection. */
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 		ok = SSL_CTX_set_min_proto_version(ctx, strcmp(cfg->tls_min_version, "tlsv1.3") == 0 ?
 							 TLS1_3_VERSION : TLS1_2_VERSION) == 1;
 	}
@@ -464,9 +473,11 @@ static void answer_take(struct tls_worker *w, struct tls_conn *c, const struct i
 	c->sign_id = 0;
 	c->req = NULL;
 	c->answered = true;
-	c->sig_status = a->status;
-	c->sig_len = a->len;
-	memcpy(c->sig, a->data, a->len);
+	c->sig_status = a->len <= c->sig_cap ? a->status : IPC_KEYS_SIGN_FAILED;
+	if (c->sig_status == IPC_KEYS_OK) {
+		memcpy(c->sig, a->data, a->len);
+		c->sig_len = a->len;
+	}
 	if (w->resumed != NULL)
 		w->resumed(c, w->arg);
 }

@@ -147,6 +147,12 @@ static bool tls_handshake_step(struct worker *w, struct conn *c)
 	return r == TLS_DONE;
 }
 
+int xport_identity(const struct conn *c, char *buf, size_t len)
+{
+	return c->xp != NULL && c->xp->tls != NULL && c->xp->tls_up ?
+	       tls_conn_identity(c->xp->tls, buf, len) : -1;
+}
+
 void xport_chain_came(struct worker *w)
 {
 	for (uint32_t i = 0; i < w->n_slots; i++) {

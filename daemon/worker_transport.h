@@ -72,6 +72,13 @@ uint32_t xport_events(struct conn *c);
  * it is the output's (conn_flush).
  */
 bool xport_out_ready(struct worker *w, struct conn *c);
+/*
+ * The verified client certificate's identity (tls_conn_identity) of a TLS
+ * connection, into buf; its length, or -1 (none, longer than
+ * XPORT_IDENTITY_MAX, or not TLS).
+ */
+#define XPORT_IDENTITY_MAX 1024      /* a certificate's CN or SAN as a user name, bytes */
+int xport_identity(const struct conn *c, char *buf, size_t len);
 /* The key role's first chain came: the TLS connections that waited for it start. */
 void xport_chain_came(struct worker *w);
 /* The key role answered the handshake of the TLS connection tc (tls_worker_on_keys). */

@@ -20,13 +20,15 @@ from helpers import PahoClient, T, raw, uid, wait_for
 pytestmark = pytest.mark.iotd_only
 
 
-def tls_broker(start_broker, server, workers=2, **tls):
-    """A daemon with a plain listener first (its readiness probe) and mqtts and wss ones."""
+def tls_broker(start_broker, server, workers=2, server_opts=None, **tls):
+    """A daemon with a plain listener first (its readiness probe) and mqtts
+    and wss ones; tls: the tls section's keys beside the certificate."""
     tcp, mqtts, wss = free_port(), free_port(), free_port()
     b = start_broker(workers=workers,
                      listen=[f"127.0.0.1:{tcp}", f"mqtts://127.0.0.1:{mqtts}",
                              f"wss://127.0.0.1:{wss}/mqtt"],
-                     tls={"cert_file": server.cert, "key_file": server.key, **tls})
+                     tls={"cert_file": server.cert, "key_file": server.key, **tls},
+                     **(server_opts or {}))
     b.mqtts, b.wss = mqtts, wss
     return b
 
@@ -58,6 +60,13 @@ def round_trip(port, ca, tag, client=()):
             sub.wait()
     assert sub.returncode == 0, err
     assert out.strip() == f"hi {tag}"
+
+
+def tls_paho(port, ca, tag, ws_path=None):
+    """A PahoClient over TLS that verifies the server against ca."""
+    c = PahoClient(port, uid(tag), ws_path=ws_path)
+    c.c.tls_set(ca_certs=ca)
+    return c
 
 
 def s_client(port, *args, data=b"", timeout=10):
@@ -99,10 +108,8 @@ def test_paho(start_broker, certs, transport):
     b = tls_broker(start_broker, certs.server_rsa)
     port = b.mqtts if transport == "tcp" else b.wss
     ws_path = "/mqtt" if transport == "websockets" else None
-    sub = PahoClient(port, uid("psub"), ws_path=ws_path)
-    pub = PahoClient(port, uid("ppub"), ws_path=ws_path)
-    for c in (sub, pub):
-        c.c.tls_set(ca_certs=certs.ca)
+    sub = tls_paho(port, certs.ca, "psub", ws_path)
+    pub = tls_paho(port, certs.ca, "ppub", ws_path)
     try:
         sub.connect()
         sub.subscribe("paho/tls", qos=1)
@@ -120,7 +127,15 @@ def test_paho(start_broker, certs, transport):
 
 # ---------------------------------------------------------------- refusals
 
-def test_unknown_ca_fails_on_the_client(start_broker, certs, pki):
+def test_refusing_connack_reaches_the_client(start_broker, certs):
+    """The last write on close goes through TLS: the CONNACK that refuses."""
+    b = tls_broker(start_broker, certs.server_ec, server_opts={"max_keepalive": 60})
+    r = mosquitto("mosquitto_pub", b.mqtts, certs.ca, "-k", "600", "-t", "x", "-m", "y")
+    assert r.returncode != 0
+    assert "identifier rejected" in r.stderr.lower(), r.stderr
+
+
+def test_unknown_ca_fails_on_the_client(start_broker, certs):
     b = tls_broker(start_broker, certs.server_rsa)
     _, out = s_client(b.mqtts, "-CAfile", "/etc/ssl/certs/ca-certificates.crt",
                       "-verify_return_error")
@@ -162,8 +177,7 @@ def closed_after(port, *chunks):
 
 def test_plaintext_and_garbage_closed_others_unaffected(start_broker, certs):
     b = tls_broker(start_broker, certs.server_rsa)
-    held = PahoClient(b.mqtts, uid("held"))
-    held.c.tls_set(ca_certs=certs.ca)
+    held = tls_paho(b.mqtts, certs.ca, "held")
     held.connect()
     try:
         # An MQTT CONNECT where a ClientHello belongs.
@@ -218,8 +232,7 @@ def test_session_resumed_on_both_workers(start_broker, certs, tmp_path):
 
 def test_key_role_killed(start_broker, certs):
     b = tls_broker(start_broker, certs.server_rsa)
-    sub = PahoClient(b.mqtts, uid("ksub"))
-    sub.c.tls_set(ca_certs=certs.ca)
+    sub = tls_paho(b.mqtts, certs.ca, "ksub")
     sub.connect()
     try:
         sub.subscribe("keys/killed", qos=1)
