@@ -554,6 +554,8 @@ int worker_main(struct role_env *env)
 					log_error("the key role's channel is broken");
 				if (!ready && tls_worker_ready(w.tls))
 					xport_chain_came(&w);
+				if (w.tls_jobs_wanted > 0)
+					xport_jobs_freed(&w);
 			} else {
 				struct conn *c = p;
 

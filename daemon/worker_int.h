@@ -141,6 +141,7 @@ struct worker {
 	unsigned accept_turn;            /* connections handed in this loop turn (accept_clients) */
 	struct worker_auth *auth;        /* CONNECTs waiting for the auth role (worker_auth.c) */
 	struct tls_worker *tls;          /* TLS is configured: the SSL_CTX and the key role's channel */
+	uint32_t tls_jobs_wanted;        /* handshakes waiting for a job (xport_jobs_freed) */
 };
 
 enum pkt_result { PKT_OK, PKT_PAUSE, PKT_CLOSED };

@@ -532,12 +532,33 @@ int tls_worker_preinit(void)
 	return probe != NULL ? 0 : -1;
 }
 
+/*
+ * The async jobs, once per process: at most 4 x tls.max_pending_signs
+ * handshakes wait for a signature (a job holds a 32 KiB stack, kept in the
+ * pool once made); the others find no job (TLS_WANT_JOB) and wait for one.
+ */
+static bool async_pool_init(const struct iotd_config *cfg)
+{
+	static bool done;
+
+	if (!done && ASYNC_init_thread((size_t)cfg->tls_max_pending_signs * 4, 0) != 1) {
+		log_error("TLS: cannot set up OpenSSL's async jobs");
+		return false;
+	}
+	done = true;
+	return true;
+}
+
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)
 {
 	struct tls_worker *w;
 
 	if (stub_methods_init() < 0 || (w = calloc(1, sizeof(*w))) == NULL)
 		return NULL;
+	if (!async_pool_init(cfg)) {
+		free(w);
+		return NULL;
+	}
 	w->cfg = cfg;
 	w->index = index;
 	w->keys_fd = keys_fd;
@@ -598,6 +619,9 @@ static enum tls_result result_of(struct tls_conn *c, int rc)
 	case SSL_ERROR_WANT_READ: return TLS_WANT_READ;
 	case SSL_ERROR_WANT_WRITE: return TLS_WANT_WRITE;
 	case SSL_ERROR_WANT_ASYNC: return TLS_WANT_KEYS;
+	case SSL_ERROR_WANT_ASYNC_JOB:
+		ERR_clear_error();
+		return TLS_WANT_JOB;
 	case SSL_ERROR_ZERO_RETURN: return TLS_CLOSED;
 	default:
 		log_debug("TLS: %s", e == SSL_ERROR_SYSCALL ? strerror(errno) : ssl_reason());
@@ -613,7 +637,11 @@ enum tls_result tls_conn_handshake(struct tls_conn *c)
 	tls_current = c;
 	rc = SSL_do_handshake(c->ssl);
 	tls_current = NULL;
-	return rc == 1 ? TLS_DONE : result_of(c, rc);
+	if (rc != 1)
+		return result_of(c, rc);
+	/* Only a handshake signs: reads and writes need no job from the bounded pool. */
+	SSL_clear_mode(c->ssl, SSL_MODE_ASYNC);
+	return TLS_DONE;
 }
 
 enum tls_result tls_conn_read(struct tls_conn *c, void *buf, size_t cap, size_t *n)

@@ -130,7 +130,10 @@ static bool tls_handshake_step(struct worker *w, struct conn *c)
 	bool paused = c->paused;
 
 	x->tls_wants_out = r == TLS_WANT_WRITE;
-	x->tls_wants_keys = c->paused = r == TLS_WANT_KEYS;
+	x->tls_wants_job = r == TLS_WANT_JOB;
+	x->tls_wants_keys = c->paused = r == TLS_WANT_KEYS || r == TLS_WANT_JOB;
+	if (x->tls_wants_job)
+		w->tls_jobs_wanted++;
 	if (r == TLS_CLOSED || r == TLS_ERROR) {
 		x->tls_failed = true;
 		conn_close(w, c, false, r == TLS_CLOSED ? "connection closed by client during the "
@@ -167,6 +170,26 @@ void xport_chain_came(struct worker *w)
 		}
 		if (tls_handshake_step(w, c))
 			xport_read(w, c);
+	}
+}
+
+void xport_jobs_freed(struct worker *w)
+{
+	uint32_t wanted = w->tls_jobs_wanted;
+
+	w->tls_jobs_wanted = 0;
+	for (uint32_t i = 0; i < w->n_slots && wanted > 0; i++) {
+		struct conn *c = w->slots[i];
+
+		if (c == NULL || c->xp == NULL || !c->xp->tls_wants_job)
+			continue;
+		wanted--;
+		if (tls_handshake_step(w, c))
+			xport_read(w, c);
+		else if (w->tls_jobs_wanted > 0) {
+			w->tls_jobs_wanted += wanted;   /* none free again: the rest wait on */
+			return;
+		}
 	}
 }
 

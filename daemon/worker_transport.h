@@ -40,6 +40,7 @@ struct xport {
 	bool tls_up : 1;             /* the TLS handshake is done */
 	bool tls_wants_out : 1;      /* TLS's handshake or read waits for the socket to take bytes */
 	bool tls_wants_keys : 1;     /* the handshake waits for the key role (input off) */
+	bool tls_wants_job : 1;      /* ... or for another's signature to free a job (input off) */
 	bool tls_pending : 1;        /* OpenSSL holds decrypted bytes wslay did not ask for yet */
 	bool out_armed : 1;          /* EPOLLOUT armed for the above (xport_events) */
 	bool tls_failed : 1;         /* closed or broken: nothing more is written */
@@ -81,6 +82,11 @@ bool xport_out_ready(struct worker *w, struct conn *c);
 int xport_identity(const struct conn *c, char *buf, size_t len);
 /* The key role's first chain came: the TLS connections that waited for it start. */
 void xport_chain_came(struct worker *w);
+/*
+ * After the key role's answers: the handshakes that found no job free go
+ * on (TLS_WANT_JOB), while jobs last.
+ */
+void xport_jobs_freed(struct worker *w);
 /* The key role answered the handshake of the TLS connection tc (tls_worker_on_keys). */
 void xport_keys_answered(struct tls_conn *tc, void *worker);
 
