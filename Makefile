@@ -167,6 +167,9 @@ install: all
 	chmod 0644 $(DESTDIR)$(UNITDIR)/iotd.service
 	install -m 0644 systemd/iotd.socket $(DESTDIR)$(UNITDIR)/iotd.socket
 	install -m 0644 systemd/iotd-websocket.socket $(DESTDIR)$(UNITDIR)/iotd-websocket.socket
+	install -m 0644 systemd/iotd-mqtts.socket $(DESTDIR)$(UNITDIR)/iotd-mqtts.socket
+	install -m 0644 systemd/iotd-websocket-tls.socket \
+	    $(DESTDIR)$(UNITDIR)/iotd-websocket-tls.socket
 	install -m 0644 systemd/iotd.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/iotd.conf
 	install -m 0644 systemd/iotd.tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/iotd.conf
 	install -m 0644 docs/iotd.8 $(DESTDIR)$(MANDIR)/man8/iotd.8
@@ -179,6 +182,7 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/iotd $(DESTDIR)$(TOOLDIR)/iotd-passwd \
 	    $(DESTDIR)$(UNITDIR)/iotd.service \
 	    $(DESTDIR)$(UNITDIR)/iotd.socket $(DESTDIR)$(UNITDIR)/iotd-websocket.socket \
+	    $(DESTDIR)$(UNITDIR)/iotd-mqtts.socket $(DESTDIR)$(UNITDIR)/iotd-websocket-tls.socket \
 	    $(DESTDIR)$(SYSUSERSDIR)/iotd.conf \
 	    $(DESTDIR)$(TMPFILESDIR)/iotd.conf $(DESTDIR)$(MANDIR)/man8/iotd.8 \
 	    $(DESTDIR)$(MANDIR)/man5/iotd.conf.5

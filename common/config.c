@@ -589,22 +589,19 @@ static int check_tls(struct load_ctx *ctx)
 	return 0;
 }
 
-/*
- * mqtts:// and wss:// listeners: the workers do not run TLS on client
- * connections yet, so they are refused here rather than served in clear.
- */
+/* mqtts:// and wss:// listeners need the server's certificate and key. */
 static int check_listen_tls(struct load_ctx *ctx)
 {
 	const struct iotd_config *c = &ctx->cfg;
 	char where[CONFIG_ERR_LEN];
 
-	for (int i = 0; i < c->n_listen; i++) {
+	for (int i = 0; i < c->n_listen && !config_tls(c); i++) {
 		if (!listen_transport_tls(c->listen[i].transport))
 			continue;
 		describe_origin(ctx, (size_t)key_index("server", "listen_addresses"), where,
 				sizeof(where));
-		set_err(ctx, "%slisten_addresses: %s://%s:%s: TLS listeners are not served by this "
-			"version", where, listen_transport_name(c->listen[i].transport),
+		set_err(ctx, "%slisten_addresses: %s://%s:%s needs tls.cert_file and tls.key_file",
+			where, listen_transport_name(c->listen[i].transport),
 			c->listen[i].host[0] ? c->listen[i].host : "*", c->listen[i].port);
 		return -1;
 	}

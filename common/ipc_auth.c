@@ -57,6 +57,7 @@ void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len)
 		.has_user = f->has_user, .has_password = f->has_password,
 		.remote_len = (uint16_t)f->remote_len, .client_id_len = (uint32_t)f->client_id_len,
 		.user_len = (uint32_t)f->user_len, .password_len = (uint32_t)f->password_len,
+		.flags = f->user_from_cert ? IPC_AUTH_USER_FROM_CERT : 0,
 	};
 	const struct field fields[] = {
 		{ f->remote, f->remote_len }, { f->client_id, f->client_id_len },
@@ -77,13 +78,15 @@ bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_field
 	if (!take_header(&h, sizeof(h), data, len) ||
 	    h.remote_len > IPC_AUTH_REMOTE_MAX || h.client_id_len > IPC_AUTH_FIELD_MAX ||
 	    h.user_len > IPC_AUTH_FIELD_MAX || h.password_len > IPC_AUTH_FIELD_MAX ||
-	    h.has_user > 1 || h.has_password > 1 ||
+	    h.has_user > 1 || h.has_password > 1 || (h.flags & ~(uint32_t)IPC_AUTH_USER_FROM_CERT) ||
+	    ((h.flags & IPC_AUTH_USER_FROM_CERT) && (!h.has_user || h.has_password)) ||
 	    (!h.has_user && h.user_len) || (!h.has_password && h.password_len) ||
 	    len != sizeof(h) + (size_t)h.remote_len + h.client_id_len + h.user_len + h.password_len)
 		return false;
 	*f = (struct ipc_auth_fields){
 		.conn = h.conn, .ticket = h.ticket,
 		.has_user = h.has_user, .has_password = h.has_password,
+		.user_from_cert = (h.flags & IPC_AUTH_USER_FROM_CERT) != 0,
 		.remote = p, .remote_len = h.remote_len,
 		.client_id = p + h.remote_len, .client_id_len = h.client_id_len,
 		.user = p + h.remote_len + h.client_id_len, .user_len = h.user_len,

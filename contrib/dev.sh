@@ -15,7 +15,7 @@ export WERROR=1
 
 BUILD_PKGS="build-essential pkg-config libconfuse-dev libsystemd-dev uthash-dev liblmdb-dev libseccomp-dev libssl-dev libargon2-dev libwslay-dev"
 # chromium and npm: the browser test (tests/e2e/test_websocket.py) runs MQTT.js in headless Chromium.
-TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev llvm-14 python3 python3-pytest python3-paho-mqtt python3-jwt python3-cryptography mosquitto-clients mosquitto procps systemd systemd-container debootstrap gdb chromium"
+TEST_PKGS="libcmocka-dev clang libclang-rt-14-dev llvm-14 python3 python3-pytest python3-paho-mqtt python3-jwt python3-cryptography openssl mosquitto-clients mosquitto procps systemd systemd-container debootstrap gdb chromium"
 # MQTT.js for that test, from the npm registry, under the build directory.
 MQTTJS_DIR=build/npm
 

@@ -390,6 +390,7 @@ static struct auth_job *job_new(struct auth *a, unsigned worker, const struct ip
 	j->ticket = f->ticket;
 	j->has_user = f->has_user;
 	j->has_password = f->has_password;
+	j->user_from_cert = f->user_from_cert;
 	memcpy(j->remote, f->remote, f->remote_len);
 	j->remote[f->remote_len] = '\0';
 	j->has_key = addr_key_from_remote(j->remote, &j->key);

@@ -100,6 +100,7 @@ void auth_policy_from(const struct iotd_config *cfg, struct auth_policy *p)
 		.backend = strcmp(cfg->auth_backend, "file") == 0 ? AUTH_FILE :
 			   strcmp(cfg->auth_backend, "jwt") == 0 ? AUTH_JWT : AUTH_NONE,
 		.allow_anonymous = cfg->auth_allow_anonymous,
+		.use_identity_as_username = cfg->tls_use_identity_as_username,
 		.leeway = (uint32_t)cfg->auth_jwt_leeway,
 	};
 	snprintf(p->user_claim, sizeof(p->user_claim), "%s", cfg->auth_jwt_username_claim);
@@ -239,6 +240,19 @@ void auth_decide(struct auth_job *j)
 {
 	const struct auth_policy *p = &j->policy;
 
+	/*
+	 * A client certificate's identity as the user name, without a
+	 * password, as Mosquitto's use_identity_as_username: the worker's
+	 * word (docs/arch.md, "Authentication"), taken only when configured.
+	 */
+	if (j->user_from_cert) {
+		if (p->use_identity_as_username)
+			accept_as(j, j->user, j->user_len);
+		else
+			refuse(j, MQTT_CONNACK_NOT_AUTHORIZED, "a certificate's identity, and "
+			       "tls.use_identity_as_username is false");
+		return;
+	}
 	/* No backend (an ACL file alone): the user name is taken as given, from loopback only. */
 	if (p->backend == AUTH_NONE) {
 		if (!p->allow_anonymous && !addr_remote_is_loopback(j->remote))

@@ -38,6 +38,7 @@ struct auth_creds {
 struct auth_policy {
 	enum auth_backend backend;
 	bool allow_anonymous;
+	bool use_identity_as_username;   /* tls.use_identity_as_username */
 	uint32_t leeway;
 	char user_claim[64], read_claim[64], write_claim[64];
 };
@@ -69,6 +70,7 @@ struct auth_job {
 	struct addr_key key;
 	bool has_key;                /* an IP address: slowed down when it fails */
 	bool has_user, has_password;
+	bool user_from_cert;         /* the user name is a client certificate's identity */
 	char remote[IPC_AUTH_REMOTE_MAX + 1];
 	const char *client_id, *user;
 	const uint8_t *password;

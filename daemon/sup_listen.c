@@ -232,10 +232,9 @@ static int take_passed_socket(struct supervisor *sv, int fd, const char *name)
 			  where);
 		return -1;
 	}
-	if (listen_transport_tls(transport)) {
-		log_error("socket '%s' (fd %d, %s) is for %s, and TLS listeners are not served by "
-			  "this version", name, fd, where,
-			  listen_transport_name(transport));
+	if (listen_transport_tls(transport) && !config_tls(sv->cfg)) {
+		log_error("socket '%s' (fd %d, %s) is for %s, which needs tls.cert_file and "
+			  "tls.key_file", name, fd, where, listen_transport_name(transport));
 		return -1;
 	}
 	if (sv->env.n_listen_fds >= (int)ARRAY_SIZE(sv->env.listen_fds)) {

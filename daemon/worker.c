@@ -34,6 +34,8 @@
 
 #include "log.h"
 #include "worker_int.h"
+#include "worker_tls.h"
+#include "worker_transport.h"
 
 #define BACKLOG_HIGH (8u << 20)  /* stop reading clients past this much unsent to the router */
 #define BACKLOG_LOW (2u << 20)   /* ... and read again below this */
@@ -332,6 +334,7 @@ static void accept_clients(struct worker *w)
 static void check_deadlines(struct worker *w)
 {
 	uint64_t connect_ms = (uint64_t)w->cfg->connect_timeout * 1000;
+	uint64_t handshake_ms = (uint64_t)w->cfg->tls_handshake_timeout * 1000;
 
 	for (uint32_t i = 0; i < w->n_slots; i++) {
 		struct conn *c = w->slots[i];
@@ -340,7 +343,11 @@ static void check_deadlines(struct worker *w)
 		if (c == NULL)
 			continue;
 		idle = w->now_ms - c->last_rx_ms;
-		if (c->state == CS_NEW && connect_ms > 0 && idle >= connect_ms)
+		if (c->xp != NULL && xport_handshaking(c->xp)) {
+			if (idle >= handshake_ms)
+				conn_close(w, c, false, "TLS handshake not finished within "
+					   "tls.handshake_timeout");
+		} else if (c->state == CS_NEW && connect_ms > 0 && idle >= connect_ms)
 			conn_close(w, c, false, "no CONNECT within connect_timeout");
 		else if (c->state == CS_AUTHENTICATING && connect_ms > 0 && idle >= connect_ms)
 			conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE,
@@ -462,6 +469,12 @@ static int worker_setup(struct worker *w, struct role_env *env)
 	    epoll_watch(w->epfd, env->chan_worker[w->index], EPOLLIN,
 			&env->chan_worker[w->index]) < 0)
 		return -1;
+	if (config_tls(w->cfg)) {
+		w->tls = tls_worker_new(w->cfg, w->index, env->keys_chan_worker[w->index]);
+		if (w->tls == NULL || epoll_watch(w->epfd, env->keys_chan_worker[w->index], EPOLLIN,
+						  &env->keys_chan_worker[w->index]) < 0)
+			return -1;
+	}
 	return worker_auth_setup(w);
 }
 
@@ -479,6 +492,7 @@ void worker_teardown(struct worker *w)
 	shmring_consumer_detach(&w->cons);
 	free(w->reports.e);
 	worker_auth_free(w);
+	tls_worker_free(w->tls);
 	close(w->epfd);
 	close(w->timerfd);
 }
@@ -532,11 +546,24 @@ int worker_main(struct role_env *env)
 				accept_clients(&w);
 			} else if (p == &env->auth_chan_worker[w.index]) {
 				worker_auth_event(&w, evs[i].events);
+			} else if (p == &env->keys_chan_worker[w.index]) {
+				bool ready = tls_worker_ready(w.tls);
+
+				/* No EOF can come: the supervisor holds both ends. */
+				if (tls_worker_on_keys(w.tls, xport_keys_answered, &w) < 0)
+					log_error("the key role's channel is broken");
+				if (!ready && tls_worker_ready(w.tls))
+					xport_chain_came(&w);
+				if (w.tls_jobs_wanted > 0)
+					xport_jobs_freed(&w);
 			} else {
 				struct conn *c = p;
 
 				/* An earlier event of this turn may have closed it. */
 				if (c->state == CS_CLOSED)
+					continue;
+				if (c->xp != NULL && (evs[i].events & EPOLLOUT) &&
+				    xport_out_ready(&w, c))
 					continue;
 				if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP) && c->want_out) {
 					if (!conn_flush(&w, c))

@@ -385,11 +385,12 @@ static bool ticket_take(struct worker *w, struct worker_auth *wa, uint32_t *t)
  * closed).
  */
 bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
-		      const struct rec_connect *rc)
+		      bool from_cert, const struct rec_connect *rc)
 {
 	struct worker_auth *wa = wa_of(w);
 	struct ipc_auth_fields f = {
 		.conn = c->id, .has_user = ck->username_flag, .has_password = ck->password_flag,
+		.user_from_cert = from_cert,
 		.remote = c->remote, .remote_len = c->remote_len,
 		.client_id = conn_client_id(c), .client_id_len = strlen(conn_client_id(c)),
 		.user = (const char *)ck->username.p, .user_len = ck->username_flag ? ck->username.len : 0,

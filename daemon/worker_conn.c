@@ -131,6 +131,8 @@ static int conn_epoll_mod(struct worker *w, struct conn *c)
 	/* EPOLLRDHUP even when not reading: a client that leaves is always noticed. */
 	c->in_off = c->paused || c->throttled || c->out_full;
 	ev.events = EPOLLRDHUP | (c->in_off ? 0 : EPOLLIN) | (c->want_out ? EPOLLOUT : 0);
+	if (c->xp != NULL)
+		ev.events |= xport_events(c);
 	return epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -277,27 +279,28 @@ bool conn_new(struct worker *w, int fd, const struct ipc_client *info)
 	uint32_t slot;
 
 	static_assert(sizeof(info->remote) <= 256, "remote_len is one byte");
-	if (xport_new(info, &xp, &why) < 0) {
-		/* The listener's word: logged once, as it may say it of every connection. */
-		if (!refused_logged)
-			log_error("the connection from %s cannot be served (%s); closing it, and "
-				  "others like it without a word", info->remote, why);
-		refused_logged = true;
-		close(fd);
-		return false;
-	}
 	/* Zeroed: the remote address is followed by an empty client id. */
 	c = calloc(1, conn_size(rlen + 2));
 	if (c == NULL || slot_alloc(w, &slot) < 0) {
 		log_error("out of memory for a new connection from %s; closing it", info->remote);
-		xport_free(xp);
+		free(c);
+		close(fd);
+		return false;
+	}
+	c->id = conn_id_make(w->index, w->epoch, slot, ++w->serials[slot]);
+	if (xport_new(w, fd, c->id, info, &xp, &why) < 0) {
+		/* Maybe the listener's word: logged once, as it may say it of every connection. */
+		if (!refused_logged)
+			log_error("the connection from %s cannot be served (%s); closing it, and "
+				  "others like it without a word", info->remote, why);
+		refused_logged = true;
+		w->free_slots[w->n_free++] = slot;
 		free(c);
 		close(fd);
 		return false;
 	}
 	c->xp = xp;
 	c->fd = fd;
-	c->id = conn_id_make(w->index, w->epoch, slot, ++w->serials[slot]);
 	c->state = CS_NEW;
 	c->last_rx_ms = w->now_ms;
 	c->remote_len = (uint8_t)rlen;

@@ -28,6 +28,7 @@
 #define READ_CHUNK 65536         /* bytes read from a client at once */
 
 struct xport;                    /* worker_transport.h */
+struct tls_worker;               /* worker_tls.h */
 
 enum conn_state {
 	CS_NEW,          /* accepted, waiting for CONNECT */
@@ -66,7 +67,7 @@ struct conn {
 	uint8_t state : 3;           /* enum conn_state */
 	bool rules_from_token : 1;   /* acl is a token's lists: kept when the ACL file changes */
 	bool clean : 1;
-	bool paused : 1;             /* not reading: waiting for the router's CONNACK */
+	bool paused : 1;             /* not reading: waiting for the router's CONNACK, or TLS for the key role */
 	bool throttled : 1;          /* not reading: the router is behind (see worker.throttled) */
 	bool want_out : 1;           /* EPOLLOUT armed */
 	bool dirty : 1;              /* in the flush list */
@@ -139,6 +140,8 @@ struct worker {
 	struct ipc_dispatcher chan_in;   /* what the listener may send (from_listener) */
 	unsigned accept_turn;            /* connections handed in this loop turn (accept_clients) */
 	struct worker_auth *auth;        /* CONNECTs waiting for the auth role (worker_auth.c) */
+	struct tls_worker *tls;          /* TLS is configured: the SSL_CTX and the key role's channel */
+	uint32_t tls_jobs_wanted;        /* handshakes waiting for a job (xport_jobs_freed) */
 };
 
 enum pkt_result { PKT_OK, PKT_PAUSE, PKT_CLOSED };
@@ -188,8 +191,9 @@ void worker_auth_config_changed(struct worker *w);
 void worker_auth_event(struct worker *w, uint32_t events);
 void worker_auth_flush(struct worker *w);
 bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user, size_t ulen);
+/* from_cert: ck's user name is the client certificate's identity (IPC_AUTH_USER_FROM_CERT). */
 bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
-		      const struct rec_connect *rc);
+		      bool from_cert, const struct rec_connect *rc);
 void worker_auth_forget(struct worker *w, const struct conn *c);
 
 /* worker_mqtt.c */

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "topic.h"
 #include "worker_int.h"
+#include "worker_transport.h"
 
 /*
  * Deliver the message here or send it to the router, as its topic's route
@@ -145,13 +146,35 @@ static void handle_unsubscribe(struct worker *w, struct conn *c, const struct mq
 }
 
 /* *cp: the connection, which moves (conn_add_client_id). */
+/*
+ * tls.use_identity_as_username: the verified client certificate's
+ * identity replaces the CONNECT's user name and password (*k, a copy of
+ * the CONNECT, points into ident). False: there is none (refused).
+ */
+static bool take_identity(struct conn *c, struct mqtt_connect *k, char *ident, size_t cap)
+{
+	int n = xport_identity(c, ident, cap);
+
+	if (n < 0)
+		return false;
+	k->username_flag = true;
+	k->username.p = (const uint8_t *)ident;
+	k->username.len = (uint16_t)n;
+	k->password_flag = false;
+	k->password.len = 0;
+	return true;
+}
+
 static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
-				      const struct mqtt_connect *ck)
+				      const struct mqtt_connect *connect)
 {
 	const struct iotd_config *cfg = w->cfg;
 	struct conn *c = *cp;
+	struct mqtt_connect k = *connect;
+	const struct mqtt_connect *ck = &k;
+	bool from_cert = false;
 	struct rec_connect rc;
-	char gen[40];
+	char gen[40], ident[XPORT_IDENTITY_MAX + 1];
 	const char *id;
 	size_t len;
 
@@ -190,6 +213,15 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		return PKT_CLOSED;
 	}
 	*cp = c;
+	if (cfg->tls_use_identity_as_username && c->xp != NULL &&
+	    listen_transport_tls(c->xp->transport)) {
+		if (!take_identity(c, &k, ident, sizeof(ident))) {
+			conn_refuse(w, c, MQTT_CONNACK_NOT_AUTHORIZED, "no identity in the client "
+				    "certificate (tls.use_identity_as_username)");
+			return PKT_CLOSED;
+		}
+		from_cert = true;
+	}
 	if (!config_auth_role(cfg) &&
 	    !worker_auth_loopback_ok(w, c, (const char *)ck->username.p,
 				     ck->username_flag ? ck->username.len : 0)) {
@@ -219,7 +251,7 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 	};
 	/* With the auth role, the record waits for its verdict (worker_auth.c). */
 	if (config_auth_role(cfg))
-		return worker_auth_hold(w, c, ck, &rc) ? PKT_PAUSE : PKT_CLOSED;
+		return worker_auth_hold(w, c, ck, from_cert, &rc) ? PKT_PAUSE : PKT_CLOSED;
 	connect_forward(w, c, &rc);
 	return PKT_PAUSE;
 }

@@ -53,11 +53,13 @@ struct tls_conn {
 	void *owner;
 	uint32_t key_id;             /* the chain's its SSL_CTX was made from */
 	uint64_t sign_id;            /* the signature in flight; 0: none */
+	const struct ipc_keys_fields *req; /* its request, on the paused job's stack */
 	UT_hash_handle hh;           /* in w->signing, by sign_id */
 	bool answered;               /* the answer to sign_id came (or never will) */
 	uint32_t sig_status;
-	size_t sig_len;
-	uint8_t sig[IPC_KEYS_SIG_MAX];
+	/* Where the answer goes: OpenSSL's buffer, on the paused job's stack. */
+	uint8_t *sig;
+	size_t sig_len, sig_cap;
 };
 
 struct tls_worker {
@@ -117,6 +119,7 @@ static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
 		return false;
 	}
 	c->sign_id = f->id;
+	c->req = f;
 	c->answered = false;
 	HASH_ADD(hh, w->signing, sign_id, sizeof(c->sign_id), c);
 	return true;
@@ -131,17 +134,23 @@ static long signature_of(struct ipc_keys_fields *f, uint8_t *sig, size_t cap)
 {
 	struct tls_conn *c = tls_current;
 
-	if (c == NULL || ASYNC_get_current_job() == NULL || !request_send(c, f))
+	long n;
+
+	if (c == NULL || ASYNC_get_current_job() == NULL)
+		return -1;
+	c->sig = sig;
+	c->sig_cap = cap;
+	if (!request_send(c, f))
 		return -1;
 	while (!c->answered)
 		if (!ASYNC_pause_job())
-			return -1;
-	if (c->sig_status != IPC_KEYS_OK || c->sig_len > cap) {
+			break;
+	n = c->answered && c->sig_status == IPC_KEYS_OK ? (long)c->sig_len : -1;
+	if (n < 0)
 		log_debug("the key role did not sign (status %u)", c->sig_status);
-		return -1;
-	}
-	memcpy(sig, c->sig, c->sig_len);
-	return (long)c->sig_len;
+	c->sig = NULL;
+	c->sig_cap = c->sig_len = 0;
+	return n;
 }
 
 /* RSASSA-PKCS1-v1_5 (TLS 1.2): OpenSSL hands over the digest and its type. */
@@ -376,11 +385,18 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 		SSL_CTX_set_app_data(ctx, w);
 		SSL_CTX_set_mode(ctx, SSL_MODE_ASYNC | SSL_MODE_ENABLE_PARTIAL_WRITE |
 			       SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
-		/* No renegotiation: a client could ask for signatures without end. */
-		SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+		/*
+		 * No renegotiation: a client could ask for signatures without
+		 * end. A client that closes without close_notify has closed: MQTT
+		 * frames its packets, a cut cannot pass for a whole one.
+		 */
+		SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+					 SSL_OP_IGNORE_UNEXPECTED_EOF);
 		SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
 		SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_keys);
 		SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"iotd", 4);
+		/* Tickets alone resume sessions: no cache holding one per connection. */
+		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 		ok = SSL_CTX_set_min_proto_version(ctx, strcmp(cfg->tls_min_version, "tlsv1.3") == 0 ?
 							 TLS1_3_VERSION : TLS1_2_VERSION) == 1;
 	}
@@ -398,6 +414,24 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 
 /* --- the key role's channel --------------------------------------------------------- */
 
+/*
+ * A chain comes from a key role that started (or reloaded): the requests
+ * still unanswered go again, as a key role that died took its queue with
+ * it. Under the same id: should both answer, the second finds no one.
+ */
+static void requests_resend(struct tls_worker *w)
+{
+	uint8_t buf[IPC_KEYS_SIGN_LEN_MAX];
+	struct tls_conn *c, *tmp;
+	size_t len;
+
+	HASH_ITER(hh, w->signing, c, tmp) {
+		len = ipc_keys_sign_encode(c->req, buf);
+		if (len > 0 && ipc_send(w->keys_fd, IPC_KEYS_SIGN, w->index, buf, len, -1) < 0)
+			break;      /* full: handshake_timeout ends what waits */
+	}
+}
+
 static int on_chain(void *ctx, struct ipc_msg *m)
 {
 	struct tls_worker *w = ctx;
@@ -413,6 +447,7 @@ static int on_chain(void *ctx, struct ipc_msg *m)
 	SSL_CTX_free(w->ctx);        /* connections hold their own reference */
 	w->ctx = next;
 	w->key_id = p.key_id;
+	requests_resend(w);
 	return 0;
 }
 
@@ -436,10 +471,13 @@ static void answer_take(struct tls_worker *w, struct tls_conn *c, const struct i
 {
 	HASH_DEL(w->signing, c);
 	c->sign_id = 0;
+	c->req = NULL;
 	c->answered = true;
-	c->sig_status = a->status;
-	c->sig_len = a->len;
-	memcpy(c->sig, a->data, a->len);
+	c->sig_status = a->len <= c->sig_cap ? a->status : IPC_KEYS_SIGN_FAILED;
+	if (c->sig_status == IPC_KEYS_OK) {
+		memcpy(c->sig, a->data, a->len);
+		c->sig_len = a->len;
+	}
 	if (w->resumed != NULL)
 		w->resumed(c, w->arg);
 }
@@ -494,12 +532,33 @@ int tls_worker_preinit(void)
 	return probe != NULL ? 0 : -1;
 }
 
+/*
+ * The async jobs, once per process: at most 4 x tls.max_pending_signs
+ * handshakes wait for a signature (a job holds a 32 KiB stack, kept in the
+ * pool once made); the others find no job (TLS_WANT_JOB) and wait for one.
+ */
+static bool async_pool_init(const struct iotd_config *cfg)
+{
+	static bool done;
+
+	if (!done && ASYNC_init_thread((size_t)cfg->tls_max_pending_signs * 4, 0) != 1) {
+		log_error("TLS: cannot set up OpenSSL's async jobs");
+		return false;
+	}
+	done = true;
+	return true;
+}
+
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)
 {
 	struct tls_worker *w;
 
 	if (stub_methods_init() < 0 || (w = calloc(1, sizeof(*w))) == NULL)
 		return NULL;
+	if (!async_pool_init(cfg)) {
+		free(w);
+		return NULL;
+	}
 	w->cfg = cfg;
 	w->index = index;
 	w->keys_fd = keys_fd;
@@ -560,6 +619,9 @@ static enum tls_result result_of(struct tls_conn *c, int rc)
 	case SSL_ERROR_WANT_READ: return TLS_WANT_READ;
 	case SSL_ERROR_WANT_WRITE: return TLS_WANT_WRITE;
 	case SSL_ERROR_WANT_ASYNC: return TLS_WANT_KEYS;
+	case SSL_ERROR_WANT_ASYNC_JOB:
+		ERR_clear_error();
+		return TLS_WANT_JOB;
 	case SSL_ERROR_ZERO_RETURN: return TLS_CLOSED;
 	default:
 		log_debug("TLS: %s", e == SSL_ERROR_SYSCALL ? strerror(errno) : ssl_reason());
@@ -575,7 +637,11 @@ enum tls_result tls_conn_handshake(struct tls_conn *c)
 	tls_current = c;
 	rc = SSL_do_handshake(c->ssl);
 	tls_current = NULL;
-	return rc == 1 ? TLS_DONE : result_of(c, rc);
+	if (rc != 1)
+		return result_of(c, rc);
+	/* Only a handshake signs: reads and writes need no job from the bounded pool. */
+	SSL_clear_mode(c->ssl, SSL_MODE_ASYNC);
+	return TLS_DONE;
 }
 
 enum tls_result tls_conn_read(struct tls_conn *c, void *buf, size_t cap, size_t *n)
@@ -654,6 +720,18 @@ int tls_conn_identity(const struct tls_conn *c, char *buf, size_t len)
 	return first_san(x, buf, len);
 }
 
+bool tls_conn_pending(const struct tls_conn *c)
+{
+	return SSL_pending(c->ssl) > 0;
+}
+
+void tls_conn_close_notify(struct tls_conn *c)
+{
+	if (SSL_is_init_finished(c->ssl) && !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN))
+		(void)SSL_shutdown(c->ssl);
+	ERR_clear_error();
+}
+
 void tls_conn_free(struct tls_conn *c)
 {
 	if (c == NULL)
@@ -662,6 +740,7 @@ void tls_conn_free(struct tls_conn *c)
 	if (c->sign_id != 0) {
 		HASH_DEL(c->w->signing, c);
 		c->sign_id = 0;
+		c->req = NULL;
 	}
 	if (SSL_waiting_for_async(c->ssl)) {
 		c->answered = true;

@@ -162,8 +162,15 @@ struct ipc_auth_request {
 	uint8_t has_user, has_password;  /* the CONNECT's flags: an empty one is not an absent one */
 	uint16_t remote_len;
 	uint32_t client_id_len, user_len, password_len;
-	uint32_t reserved;               /* 0 */
+	uint32_t flags;                  /* IPC_AUTH_USER_FROM_CERT */
 };
+
+/*
+ * The user name is the identity of the client's verified TLS certificate
+ * (tls.use_identity_as_username), with no password: the worker's word,
+ * taken only while the auth role's configuration says so.
+ */
+#define IPC_AUTH_USER_FROM_CERT 0x01
 
 /* Followed by the user name and the client's rules, without NULs. */
 struct ipc_auth_verdict {
@@ -196,6 +203,7 @@ struct ipc_auth_fields {
 	uint8_t code;                    /* verdicts */
 	bool rules_from_token;           /* verdicts */
 	bool has_user, has_password;     /* requests */
+	bool user_from_cert;             /* requests: IPC_AUTH_USER_FROM_CERT */
 	const char *remote, *client_id, *user;
 	const uint8_t *password, *rules;
 	size_t remote_len, client_id_len, user_len, password_len, rules_len;

@@ -25,6 +25,8 @@ enum tls_result {
 	TLS_WANT_READ,       /* wait for the fd to be readable, then call again */
 	TLS_WANT_WRITE,      /* wait for the fd to be writable, then call again */
 	TLS_WANT_KEYS,       /* wait for the key role's answer (tls_worker_on_keys) */
+	TLS_WANT_JOB,        /* every handshake job waits for the key role: call again after
+	                      * tls_worker_on_keys() answered one */
 	TLS_CLOSED,          /* the peer closed the TLS session */
 	TLS_ERROR,           /* a failed handshake or a broken connection (logged at debug) */
 };
@@ -41,7 +43,10 @@ int tls_worker_preinit(void);
 
 /*
  * A worker's TLS over keys_fd (its end of the key role's channel); it
- * asks the key role for the chain at once. NULL when out of memory.
+ * asks the key role for the chain at once. At most 4 x
+ * tls.max_pending_signs handshakes wait for a signature at once (each
+ * holds an async job and its 32 KiB stack); more get TLS_WANT_JOB. NULL
+ * when out of memory.
  */
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd);
 void tls_worker_free(struct tls_worker *w);
@@ -74,6 +79,10 @@ enum tls_result tls_conn_write(struct tls_conn *c, const void *buf, size_t len, 
 int tls_conn_identity(const struct tls_conn *c, char *buf, size_t len);
 /* The ALPN protocol agreed ("mqtt"), or NULL. */
 const char *tls_conn_alpn(const struct tls_conn *c);
+/* Decrypted bytes held in OpenSSL that no event on the fd will announce. */
+bool tls_conn_pending(const struct tls_conn *c);
+/* A close_notify, once, if the handshake finished and the socket takes it now. */
+void tls_conn_close_notify(struct tls_conn *c);
 /* Frees the connection, ending a handshake that waits for the key role. The fd stays open. */
 void tls_conn_free(struct tls_conn *c);
 

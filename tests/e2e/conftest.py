@@ -369,13 +369,14 @@ class Broker:
         p = self.role_pid(role)
         return p if p and p != old else None
 
-    def worker_of(self, client, timeout=5):
+    def worker_of(self, client, timeout=5, port=None):
         """Pid of the worker holding the server side of the client's TCP
-        connection (found through /proc/net/tcp{,6} and /proc/PID/fd)."""
+        connection to port (default: the first listen address's), found
+        through /proc/net/tcp{,6} and /proc/PID/fd."""
         cport = local_port_of(client)
 
         def find():
-            inode = server_side_inode(self.port, cport)
+            inode = server_side_inode(port or self.port, cport)
             if inode is None:
                 return None
             for pid in self.worker_pids():

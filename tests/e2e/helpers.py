@@ -287,12 +287,18 @@ def raw(target, cid=None, *, tag="raw", host=None, source=None, rcvbuf=None, tim
         port, host = target.port, host or target.host
     c = mqttraw.RawClient(port, host=host, timeout=T(5) if timeout is None else timeout,
                           rcvbuf=rcvbuf, source=source)
-    if connect:
-        try:
-            c.connack = c.connect(uid(tag) if cid is None else cid, **connect_kw)
-        except BaseException:
-            c.close()
-            raise
+    return connected(c, cid, tag, **connect_kw) if connect else c
+
+
+def connected(c, cid=None, tag="raw", **connect_kw):
+    """c (a RawClient) once it sent CONNECT as cid (default: a unique id
+    made from tag) with connect_kw and received the CONNACK, kept in
+    .connack; closed if that fails."""
+    try:
+        c.connack = c.connect(uid(tag) if cid is None else cid, **connect_kw)
+    except BaseException:
+        c.close()
+        raise
     return c
 
 
@@ -535,8 +541,10 @@ class PahoClient:
     waits for CONNACK, SUBACK, publish completion and incoming messages."""
 
     def __init__(self, port, client_id, clean_session=True, keepalive=60,
-                 will=None, host="127.0.0.1", username=None, password=None, ws_path=None):
-        """ws_path: MQTT over WebSocket, asking for that path ("/mqtt")."""
+                 will=None, host="127.0.0.1", username=None, password=None, ws_path=None,
+                 tls=None):
+        """ws_path: MQTT over WebSocket, asking for that path ("/mqtt");
+        tls: (CA file, certificate file or None, key file or None), over TLS."""
         self.port = port
         self.host = host
         self.client_id = client_id
@@ -545,6 +553,9 @@ class PahoClient:
                              transport="tcp" if ws_path is None else "websockets")
         if ws_path is not None:
             self.c.ws_set_options(path=ws_path)
+        if tls is not None:
+            cafile, certfile, keyfile = tls
+            self.c.tls_set(ca_certs=cafile, certfile=certfile, keyfile=keyfile)
         if will is not None:
             topic, payload, qos, retain = will
             self.c.will_set(topic, payload, qos, retain)

@@ -208,14 +208,14 @@ def test_reload_changes_the_path_a_listener_serves(start_broker):
     assert status("/mqtt") == 404
 
 
-def test_tls_listeners_are_refused_until_tls_exists(tmp_path):
+def test_tls_listeners_need_a_certificate(tmp_path):
     conf = tmp_path / "empty.conf"
     conf.write_text("")
     for addr in (f"mqtts://127.0.0.1:{free_port()}", f"wss://127.0.0.1:{free_port()}/mqtt"):
         r = subprocess.run([IOTD_BIN, "-t", "-c", str(conf), "-l", addr],
                            capture_output=True, text=True, timeout=T(10))
         assert r.returncode != 0
-        assert "TLS listeners are not served by this version" in r.stderr, r.stderr
+        assert "needs tls.cert_file and tls.key_file" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- browser
@@ -225,20 +225,24 @@ MQTTJS = os.environ.get("IOTD_MQTTJS",
 CHROMIUM = shutil.which("chromium")
 
 
-@pytest.mark.skipif(CHROMIUM is None or not os.path.exists(MQTTJS),
-                    reason="needs chromium and MQTT.js (contrib/dev.sh installs both)")
-def test_browser_publishes_and_subscribes_over_websocket(broker, tmp_path):
-    """MQTT.js in headless Chromium connects to ws://.../mqtt, subscribes,
-    publishes and gets its message back, then publishes the result, which a
-    Paho client over TCP waits for."""
+needs_browser = pytest.mark.skipif(CHROMIUM is None or not os.path.exists(MQTTJS),
+                                   reason="needs chromium and MQTT.js (contrib/dev.sh "
+                                   "installs both)")
+
+
+def browser_round_trip(tcp_port, ws_port, tmp_path, scheme="ws", flags=()):
+    """MQTT.js in headless Chromium (ws_browser.html, with Chromium's extra
+    flags) connects to <scheme>://127.0.0.1:<ws_port>/mqtt, subscribes,
+    publishes and gets its message back, then publishes the result, which
+    a Paho client over TCP to tcp_port waits for."""
     tag = uid("br")
-    watcher = paho(broker.port, "watch")
+    watcher = paho(tcp_port, "watch")
     watcher.subscribe(f"browser/result/{tag}", qos=1)
     page = (REPO / "tests/e2e/ws_browser.html").as_uri()
-    url = f"{page}?port={broker.ws_port}&id={tag}&mqttjs={MQTTJS}"
+    url = f"{page}?scheme={scheme}&port={ws_port}&id={tag}&mqttjs={MQTTJS}"
     proc = subprocess.Popen(
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", url],
+         "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}", *flags, url],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         watcher.wait_messages(1, timeout=60)
@@ -247,3 +251,9 @@ def test_browser_publishes_and_subscribes_over_websocket(broker, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(T(10))
         watcher.disconnect()
+
+
+@needs_browser
+def test_browser_publishes_and_subscribes_over_websocket(broker, tmp_path):
+    """MQTT.js in headless Chromium over ws://."""
+    browser_round_trip(broker.port, broker.ws_port, tmp_path)

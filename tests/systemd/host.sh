@@ -234,14 +234,50 @@ t_refused() {  # t_refused NAME WHAT: a passed socket named NAME, refused with a
 	cat "$WORK/log"
 	[ "$rc" = 1 ] && t_log_says "$2"
 }
+# A certificate for 127.0.0.1 and a tls section that serves it (the key role reads them as server.user).
+tls_conf() {
+	chmod o+x "$WORK" && mkdir -p -m 0755 "$WORK/tls" || return 1
+	openssl req -x509 -nodes -days 2 -subj /CN=iotd-host-test -newkey ec \
+		-pkeyopt ec_paramgen_curve:P-256 -addext subjectAltName=IP:127.0.0.1 \
+		-keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null || return 1
+	chmod 0644 "$WORK/tls/key.pem" "$WORK/tls/cert.pem"
+	printf 'tls {\n\tcert_file = "%s"\n\tkey_file = "%s"\n}\n' "$WORK/tls/cert.pem" \
+		"$WORK/tls/key.pem" >>"$WORK/iotd.conf"
+}
+t_tls_activated() {  # passed 'mqtts' and 'websocket-tls' sockets: a TLS round trip, an upgrade over TLS
+	local out wss=$((PORT + 2))
+	tls_conf || return 1
+	systemd-socket-activate -l "127.0.0.1:$PORT" -l "127.0.0.1:$((PORT + 1))" -l "127.0.0.1:$wss" \
+		--fdname=mqtt:mqtts:websocket-tls "$BIN" -c "$WORK/iotd.conf" >"$WORK/log" 2>&1 &
+	SUP=$!
+	sleep 0.5
+	out=$(timeout 10 bash -c "mosquitto_sub -h 127.0.0.1 -p $((PORT + 1)) --cafile $WORK/tls/cert.pem \
+		-t rt/# -v -C 1 -W 8 & s=\$!;
+		for _ in \$(seq 40); do mosquitto_pub -h 127.0.0.1 -p $((PORT + 1)) \
+		--cafile $WORK/tls/cert.pem -t rt/x -m hello -q 1;
+		kill -0 \$s 2>/dev/null || break; sleep 0.2; done; wait \$s")
+	echo "$out"
+	[ "$out" = "rt/x hello" ] || { cat "$WORK/log"; return 1; }
+	# stdin held open: s_client would end at its EOF before the answer came.
+	out=$({ printf "GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"; sleep 3; } |
+		timeout 10 openssl s_client -quiet -connect "127.0.0.1:$wss" -CAfile "$WORK/tls/cert.pem" \
+		2>/dev/null | head -c 12)
+	[ "$out" = "HTTP/1.1 101" ] || { echo "answer: $out"; return 1; }
+	t_log_says "listening on mqtts://127.0.0.1:$((PORT + 1)) (socket 'mqtts' passed by systemd)" &&
+		t_log_says "listening on wss://127.0.0.1:$wss (socket 'websocket-tls' passed by systemd)"
+}
 if command -v systemd-socket-activate >/dev/null; then
 	check "systemd-socket-activate: the passed 'mqtt' socket is served" t_activated
 	check "stopped" t_stop
 	check "systemd-socket-activate: passed 'mqtt' and 'websocket' sockets are served" \
 		t_ws_activated
 	check "stopped" t_stop
-	check "a passed 'websocket-tls' socket is refused: exit 1 with a log line" \
-		t_refused websocket-tls "is for wss, and TLS listeners are not served by this version"
+	check "a passed 'websocket-tls' socket without a certificate is refused: exit 1, a log line" \
+		t_refused websocket-tls "is for wss, which needs tls.cert_file and tls.key_file"
+	check "systemd-socket-activate: passed 'mqtts' and 'websocket-tls' sockets are served" \
+		t_tls_activated
+	check "stopped" t_stop
+	write_conf "$PORT" daemon info
 	check "a passed socket of an unknown name is refused: exit 1 with a log line" \
 		t_refused quic "unknown FileDescriptorName="
 else

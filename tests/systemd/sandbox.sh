@@ -87,8 +87,8 @@ sx systemctl daemon-reload
 CONF=$(sx cat /etc/iotd/iotd.conf)
 
 # ---- the units ------------------------------------------------------------------
-t_verify() { local out; out=$(sx systemd-analyze verify iotd.socket iotd-websocket.socket iotd.service 2>&1); echo "$out"; [ -z "$out" ]; }
-check "systemd-analyze verify iotd.socket iotd-websocket.socket iotd.service prints nothing" t_verify
+t_verify() { local out; out=$(sx systemd-analyze verify iotd.socket iotd-websocket.socket iotd-mqtts.socket iotd-websocket-tls.socket iotd.service 2>&1); echo "$out"; [ -z "$out" ]; }
+check "systemd-analyze verify of iotd.service and its four socket units prints nothing" t_verify
 check "the iotd user exists (sysusers.d) and /var/lib/iotd is its (tmpfiles.d)" \
 	sx bash -c 'id iotd && [ "$(stat -c %U /var/lib/iotd)" = iotd ]'
 

@@ -40,6 +40,16 @@ t_ws_names() {
 		grep -qx 'ListenStream=0.0.0.0:8080' "$UNITS/iotd-websocket.socket" &&
 		grep -qx 'ListenStream=\[::\]:8080' "$UNITS/iotd-websocket.socket"
 }
+t_tls_names() {  # t_tls_names UNIT NAME PORT
+	grep -qx "FileDescriptorName=$2" "$UNITS/$1" &&
+		grep -qx 'Service=iotd.service' "$UNITS/$1" &&
+		grep -qx "ListenStream=0.0.0.0:$3" "$UNITS/$1" &&
+		grep -qx "ListenStream=\[::\]:$3" "$UNITS/$1"
+}
 check "iotd.socket: 1883 on IPv4 and IPv6, named 'mqtt'" t_names
 check "iotd-websocket.socket: 8080 on IPv4 and IPv6 for iotd.service, named 'websocket'" t_ws_names
+check "iotd-mqtts.socket: 8883 on IPv4 and IPv6 for iotd.service, named 'mqtts'" \
+	t_tls_names iotd-mqtts.socket mqtts 8883
+check "iotd-websocket-tls.socket: 8081 on IPv4 and IPv6 for iotd.service, named 'websocket-tls'" \
+	t_tls_names iotd-websocket-tls.socket websocket-tls 8081
 summary "units"

@@ -243,10 +243,11 @@ static int teardown(void **state)
 	return 0;
 }
 
-static void ask(struct fx *f, uint64_t conn, uint32_t ticket, const char *remote,
-		const char *user, const char *password)
+static void ask_as(struct fx *f, uint64_t conn, uint32_t ticket, const char *remote,
+		   const char *user, const char *password, bool from_cert)
 {
 	struct ipc_auth_fields q = {
+		.user_from_cert = from_cert,
 		.conn = conn, .ticket = ticket, .remote = remote, .remote_len = strlen(remote),
 		.client_id = "c", .client_id_len = 1,
 		.has_user = user != NULL, .user = user, .user_len = user ? strlen(user) : 0,
@@ -259,6 +260,12 @@ static void ask(struct fx *f, uint64_t conn, uint32_t ticket, const char *remote
 	assert_non_null(p);
 	assert_int_equal(ipc_send(f->chan, IPC_AUTH_REQUEST, 0, p, len, -1), 0);
 	free(p);
+}
+
+static void ask(struct fx *f, uint64_t conn, uint32_t ticket, const char *remote,
+		const char *user, const char *password)
+{
+	ask_as(f, conn, ticket, remote, user, password, false);
 }
 
 /* The next verdict: its connection, ticket and code; the user name in user. */
@@ -317,6 +324,26 @@ static void a_password_file_decides(void **state)
 	ask(f, 4, 0, "127.0.0.3:1", NULL, NULL);
 	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_NOT_AUTHORIZED);
 	ask(f, 5, 0, "127.0.0.3:1", "bob", NULL);
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
+}
+
+/* A certificate's identity is taken without a password only with tls.use_identity_as_username. */
+static void a_certificate_identity_needs_its_setting(void **state)
+{
+	struct fx *f = *state;
+	struct ipc_auth_fields v;
+	char user[64];
+
+	ask_as(f, 1, 0, "127.0.0.1:1", "sensor-1", NULL, true);
+	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_NOT_AUTHORIZED);
+	f->cfg.tls_use_identity_as_username = true;
+	assert_int_equal(ipc_send(f->ctl, IPC_CONFIG, 0, &f->cfg, sizeof(f->cfg), -1), 0);
+	ask_as(f, 2, 0, "127.0.0.1:1", "sensor-1", NULL, true);
+	v = verdict(f, user, sizeof(user));
+	assert_true(v.conn == 2 && v.code == MQTT_CONNACK_ACCEPTED);
+	assert_string_equal(user, "sensor-1");
+	/* Not a user of the password file, and still a password is asked of others. */
+	ask(f, 3, 0, "127.0.0.1:1", "sensor-1", NULL);
 	assert_int_equal(verdict(f, user, sizeof(user)).code, MQTT_CONNACK_BAD_AUTH);
 }
 
@@ -638,6 +665,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(a_password_file_decides, setup, teardown),
+		cmocka_unit_test_setup_teardown(a_certificate_identity_needs_its_setting, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(a_malformed_request_is_dropped, setup, teardown),
 		cmocka_unit_test_setup_teardown(failures_slow_down_and_bound_the_requests_held,
 						setup, teardown),

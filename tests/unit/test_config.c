@@ -536,9 +536,13 @@ static void tls_listeners_are_refused_without_tls(void **state)
 	assert_int_equal(c.listen[1].transport, LISTEN_WS);
 	assert_string_equal(c.listen[1].path, "/mqtt");
 	assert_load_fails("server { listen_addresses = { \"mqtts://:8883\" } }\n",
-			  "listen_addresses: mqtts://*:8883: TLS listeners are not served by this version");
+			  "listen_addresses: mqtts://*:8883 needs tls.cert_file and tls.key_file");
 	assert_load_fails("server { listen_addresses = { \":1\", \"wss://h:443/m\" } }\n",
-			  "wss://h:443: TLS listeners are not served by this version");
+			  "wss://h:443 needs tls.cert_file and tls.key_file");
+	assert_loads("server { listen_addresses = { \"mqtts://:8883\", \"wss://h:443/m\" } }\n"
+		     "tls { cert_file = \"/c.pem\"\n key_file = \"/k.pem\" }\n", &c);
+	assert_int_equal(c.listen[0].transport, LISTEN_MQTTS);
+	assert_int_equal(c.listen[1].transport, LISTEN_WSS);
 }
 
 static void control_characters_in_values_do_not_reach_the_message(void **state)

@@ -748,8 +748,23 @@ static void test_auth_request_round_trips(void **state)
 	((struct ipc_auth_request *)p)->user_len = 5;
 	((struct ipc_auth_request *)p)->has_user = 2;
 	assert_false(ipc_auth_request_decode(p, len, &g));
+	((struct ipc_auth_request *)p)->has_user = 1;
+	((struct ipc_auth_request *)p)->flags = 0x02;      /* a flag of no meaning */
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	/* A certificate's identity comes without a password. */
+	((struct ipc_auth_request *)p)->flags = IPC_AUTH_USER_FROM_CERT;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	((struct ipc_auth_request *)p)->flags = 0;
 	((struct ipc_auth_request *)p)->has_user = 0;      /* no user name, but its bytes */
 	assert_false(ipc_auth_request_decode(p, len, &g));
+	free(p);
+	f.has_password = false;
+	f.password_len = 0;
+	f.user_from_cert = true;
+	p = ipc_auth_request_encode(&f, &len);
+	assert_non_null(p);
+	assert_true(ipc_auth_request_decode(p, len, &g));
+	assert_true(g.user_from_cert && g.has_user && !g.has_password);
 	free(p);
 	/* Longer fields than MQTT allows are not encoded. */
 	f.user_len = IPC_AUTH_FIELD_MAX + 1;
