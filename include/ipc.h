@@ -21,7 +21,7 @@
 
 #include "config.h"
 
-#define IPC_VERSION 12           /* bump whenever the header, enum ipc_type or a payload changes */
+#define IPC_VERSION 13           /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
