@@ -370,8 +370,13 @@ static bool ctx_use_trust(SSL_CTX *ctx, const struct iotd_config *cfg,
 	sk_X509_INFO_pop_free(infos, X509_INFO_free);
 	if (crls)
 		X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK);
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (cfg->tls_require_certificate ?
-						    SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0), NULL);
+	/*
+	 * A certificate is asked for only when one is required, as Mosquitto
+	 * does: a browser asked for one it does not have abandons the
+	 * handshake rather than going on without.
+	 */
+	if (cfg->tls_require_certificate)
+		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
 	return true;
 }
 
