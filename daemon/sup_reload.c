@@ -104,6 +104,8 @@ static const struct cfg_field cfg_fields[] = {
 	CF("tls.ciphers", tls_ciphers, true, APPLY_RESTART),
 	CF("tls.ciphersuites", tls_ciphersuites, true, APPLY_RESTART),
 	CF("tls.groups", tls_groups, true, APPLY_RESTART),
+	CF("tls.certificate", tls_named, false, APPLY_RESTART),
+	CF("tls.certificate", n_tls_named, false, APPLY_RESTART),
 	CF("tls.handshake_timeout", tls_handshake_timeout, false, APPLY_LIVE),
 	CF("tls.max_pending_signs", tls_max_pending_signs, false, APPLY_RESTART),
 	CF("storage.backend", storage_backend, true, APPLY_RESTART),
@@ -130,7 +132,8 @@ static bool listen_differs(const struct iotd_config *a, const struct iotd_config
 	for (int i = 0; i < a->n_listen; i++)
 		if (!listen_addr_equal(&a->listen[i], &b->listen[i]) ||
 		    a->listen[i].transport != b->listen[i].transport ||
-		    strcmp(a->listen[i].path, b->listen[i].path) != 0)
+		    strcmp(a->listen[i].path, b->listen[i].path) != 0 ||
+		    a->listen[i].tls != b->listen[i].tls)
 			return true;
 	return false;
 }
