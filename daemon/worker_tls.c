@@ -52,6 +52,7 @@ struct tls_conn {
 	struct tls_worker *w;
 	SSL *ssl;
 	void *owner;
+	uint32_t cert;               /* the certificate it presents (TLS_CERTS_MAX) */
 	uint32_t key_id;             /* the chain's its SSL_CTX was made from */
 	uint64_t sign_id;            /* the signature in flight; 0: none */
 	const struct ipc_keys_fields *req; /* its request, on the paused job's stack */
@@ -425,16 +426,19 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 
 /*
  * A chain comes from a key role that started (or reloaded): the requests
- * still unanswered go again, as a key role that died took its queue with
- * it. Under the same id: should both answer, the second finds no one.
+ * still unanswered for that certificate go again, as a key role that died
+ * took its queue with it. Under the same id: should both answer, the
+ * second finds no one.
  */
-static void requests_resend(struct tls_worker *w)
+static void requests_resend(struct tls_worker *w, uint32_t cert)
 {
 	uint8_t buf[IPC_KEYS_SIGN_LEN_MAX];
 	struct tls_conn *c, *tmp;
 	size_t len;
 
 	HASH_ITER(hh, w->signing, c, tmp) {
+		if (c->cert != cert)
+			continue;
 		len = ipc_keys_sign_encode(c->req, buf);
 		if (len > 0 && ipc_send(w->keys_fd, IPC_KEYS_SIGN, w->index, buf, len, -1) < 0)
 			break;      /* full: handshake_timeout ends what waits */
@@ -456,7 +460,7 @@ static int on_chain(void *ctx, struct ipc_msg *m)
 	SSL_CTX_free(w->ctx[p.cert]); /* connections hold their own reference */
 	w->ctx[p.cert] = next;
 	w->key_id[p.cert] = p.key_id;
-	requests_resend(w);
+	requests_resend(w, p.cert);
 	return 0;
 }
 
@@ -619,6 +623,7 @@ struct tls_conn *tls_conn_new(struct tls_worker *w, uint32_t cert, int fd, void 
 		return NULL;
 	c->w = w;
 	c->owner = owner;
+	c->cert = cert;
 	c->key_id = w->key_id[cert];
 	c->ssl = SSL_new(w->ctx[cert]);
 	if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1) {

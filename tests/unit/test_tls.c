@@ -229,6 +229,13 @@ static struct tls_worker *worker_ready(struct iotd_config *cfg, unsigned index, 
 	while (!tls_worker_ready(w, 0) && mono_ms() < until)
 		keys_wait(w, fd, 100, NULL);
 	assert_true(tls_worker_ready(w, 0));
+	/* The listener's index is hostile: none past the configuration's certificates. */
+	assert_true(tls_worker_serves(w, 0));
+	assert_false(tls_worker_serves(w, (uint32_t)config_tls_certs(cfg)));
+	assert_false(tls_worker_serves(w, TLS_CERTS_MAX));
+	assert_false(tls_worker_serves(w, UINT32_MAX));
+	assert_false(tls_worker_ready(w, UINT32_MAX));
+	assert_null(tls_conn_new(w, UINT32_MAX, fd, NULL));
 	return w;
 }
 
