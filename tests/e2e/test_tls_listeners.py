@@ -16,6 +16,7 @@ import pytest
 from certs import Issued, Pki, certs, pki  # noqa: F401
 from conftest import free_port, iotd_config_text
 from helpers import CliSub, T, uid, wait_for
+from test_reload import accept_listener_change
 from test_tls_keys import exit_status
 from tlsbroker import presented
 
@@ -37,9 +38,10 @@ def internal():
     p.remove()
 
 
-def two_cert_config(default, named, name="internal"):
-    """The file: tls { } with `default` (an Issued) and certificate "name" with `named`."""
-    text = iotd_config_text(SERVER_OPTS, "debug", None,
+def two_cert_config(default, named, name="internal", server=None):
+    """The file: tls { } with `default` (an Issued) and certificate "name"
+    with `named`; server: more server { } keys."""
+    text = iotd_config_text({**SERVER_OPTS, **(server or {})}, "debug", None,
                             {"cert_file": default.cert, "key_file": default.key})
     block = (f'    certificate "{name}" {{\n        cert_file = "{named.cert}"\n'
              f'        key_file = "{named.key}"\n    }}\n')
@@ -128,6 +130,38 @@ def test_reload_rotates_one(start_broker, certs, internal):  # noqa: F811
     assert 'tls certificate "internal": the key in tls.key_file does not match' in b.log
     assert presented(b.private, internal.ca_cert)[0] == renewed.serial
     assert presented(b.public, certs.ca)[0] == certs.server_rsa.serial
+
+
+def test_reload_adds_listeners(start_broker, certs, internal):  # noqa: F811
+    """A reload may add a listener presenting a certificate of the start,
+    found by its name even when a new section comes before it in the file;
+    one naming a certificate new in the file waits for a restart: the
+    reload is refused, saying so."""
+    tcp, first = f"127.0.0.1:{free_port()}", f"mqtts://127.0.0.1:{free_port()}?tls=internal"
+    text = two_cert_config(certs.server_rsa, internal.server_cert,
+                           server={"listen_addresses": [tcp, first]})
+    b = start_broker(config_text=text, tls=KEY_ROLE, listen=[tcp, first],
+                     listen_in_config=True)
+    added = free_port()
+    b.conf_path.write_text(two_cert_config(
+        certs.server_rsa, internal.server_cert,
+        server={"listen_addresses": [tcp, first, f"mqtts://127.0.0.1:{added}?tls=internal"]}))
+    before = b.log.count("configuration reloaded: applied")
+    b.send_signal(signal.SIGHUP)
+    wait_for(lambda: b.log.count("configuration reloaded: applied") > before, 10, "the reload")
+    accept_listener_change(b)
+    wait_presented(added, internal.ca_cert, internal.server_cert.serial)
+    other = free_port()
+    text = two_cert_config(certs.server_rsa, internal.server_cert,
+                           server={"listen_addresses": [tcp, first,
+                                                        f"mqtts://127.0.0.1:{other}?tls=new"]})
+    block = (f'    certificate "new" {{\n        cert_file = "{certs.server_ec.cert}"\n'
+             f'        key_file = "{certs.server_ec.key}"\n    }}\n')
+    b.conf_path.write_text(text.replace("tls {\n", "tls {\n" + block, 1))
+    b.send_signal(signal.SIGHUP)
+    wait_for(lambda: f"mqtts://127.0.0.1:{other}?tls=new presents a certificate that is read "
+             "at the next start of iotd" in b.log, 10, "the refused reload")
+    assert presented(added, internal.ca_cert)[0] == internal.server_cert.serial
 
 
 def test_unknown_certificate_refuses_start(start_broker, certs, internal):  # noqa: F811
