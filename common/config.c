@@ -561,7 +561,7 @@ int config_tls_certs(const struct iotd_config *cfg)
 
 void config_tls_cert(const struct iotd_config *cfg, int i, struct tls_cert_files *out)
 {
-	const struct tls_named *n = &cfg->tls_named[i - 1];
+	const struct tls_named *n;
 
 	if (i == 0) {
 		*out = (struct tls_cert_files){ .name = "", .cert_file = cfg->tls_cert_file,
@@ -572,6 +572,7 @@ void config_tls_cert(const struct iotd_config *cfg, int i, struct tls_cert_files
 						.require_certificate = cfg->tls_require_certificate };
 		return;
 	}
+	n = &cfg->tls_named[i - 1];
 	*out = (struct tls_cert_files){ .name = n->name, .cert_file = n->cert_file,
 					.key_file = n->key_file, .ca_file = n->ca_file,
 					.ca_path = "", .crl_file = "",
