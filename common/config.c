@@ -338,8 +338,8 @@ int add_listen(struct listen_addr *list, int *n, const char *v,
 	}
 	if (config_parse_listen(v, &list[*n]) < 0) {
 		snprintf(why, whylen, "'%s' is not host:port, [v6]:port, tcp://host:port, "
-			 ":port, mqtts://host:port, ws://host:port[/path] or "
-			 "wss://host:port[/path]", shown(v, buf, sizeof(buf)));
+			 ":port, mqtts://host:port[?tls=name], ws://host:port[/path] or "
+			 "wss://host:port[/path][?tls=name]", shown(v, buf, sizeof(buf)));
 		return -1;
 	}
 	(*n)++;
@@ -550,7 +550,33 @@ static int check_auth(struct load_ctx *ctx)
 
 bool config_tls(const struct iotd_config *cfg)
 {
-	return cfg->tls_cert_file[0] != '\0' || cfg->tls_key_file[0] != '\0';
+	return cfg->tls_cert_file[0] != '\0' || cfg->tls_key_file[0] != '\0' ||
+	       cfg->n_tls_named > 0;
+}
+
+int config_tls_certs(const struct iotd_config *cfg)
+{
+	return 1 + cfg->n_tls_named;
+}
+
+void config_tls_cert(const struct iotd_config *cfg, int i, struct tls_cert_files *out)
+{
+	const struct tls_named *n;
+
+	if (i == 0) {
+		*out = (struct tls_cert_files){ .name = "", .cert_file = cfg->tls_cert_file,
+						.key_file = cfg->tls_key_file,
+						.ca_file = cfg->tls_ca_file,
+						.ca_path = cfg->tls_ca_path,
+						.crl_file = cfg->tls_crl_file,
+						.require_certificate = cfg->tls_require_certificate };
+		return;
+	}
+	n = &cfg->tls_named[i - 1];
+	*out = (struct tls_cert_files){ .name = n->name, .cert_file = n->cert_file,
+					.key_file = n->key_file, .ca_file = n->ca_file,
+					.ca_path = "", .crl_file = "",
+					.require_certificate = n->require_certificate };
 }
 
 /* A key of the tls section that another one needs. */
@@ -565,6 +591,26 @@ static int tls_needs(struct load_ctx *ctx, const char *by, const char *key, bool
 	return -1;
 }
 
+/* The same of a named certificate, which only the file declares. */
+static int named_needs(struct load_ctx *ctx, const struct tls_named *n, const char *by,
+		       const char *key, bool set)
+{
+	if (set)
+		return 0;
+	set_err(ctx, "%s:%d: tls: certificate \"%s\": %s needs %s", ctx->path, n->line,
+		n->name, by, key);
+	return -1;
+}
+
+static int check_tls_named(struct load_ctx *ctx, const struct tls_named *n)
+{
+	return named_needs(ctx, n, "certificate", "cert_file", n->cert_file[0] != '\0') < 0 ||
+	       named_needs(ctx, n, "certificate", "key_file", n->key_file[0] != '\0') < 0 ||
+	       (n->require_certificate &&
+		named_needs(ctx, n, "require_certificate", "ca_file", n->ca_file[0] != '\0') < 0) ?
+	       -1 : 0;
+}
+
 /*
  * A certificate and its key go together; a client's certificate is
  * checked against a CA, and an identity is taken only from a checked one.
@@ -575,7 +621,10 @@ static int check_tls(struct load_ctx *ctx)
 {
 	const struct iotd_config *c = &ctx->cfg;
 
-	if (!config_tls(c))
+	for (int i = 0; i < c->n_tls_named; i++)
+		if (check_tls_named(ctx, &c->tls_named[i]) < 0)
+			return -1;
+	if (c->tls_cert_file[0] == '\0' && c->tls_key_file[0] == '\0')
 		return 0;
 	if (tls_needs(ctx, "cert_file", "key_file", c->tls_key_file[0] != '\0') < 0 ||
 	    tls_needs(ctx, "key_file", "cert_file", c->tls_cert_file[0] != '\0') < 0 ||
@@ -589,20 +638,42 @@ static int check_tls(struct load_ctx *ctx)
 	return 0;
 }
 
-/* mqtts:// and wss:// listeners need the server's certificate and key. */
+/* The index of the certificate a TLS listener names (TLS_CERTS_MAX), or -1. */
+static int tls_named_index(const struct iotd_config *c, const char *name)
+{
+	for (int i = 0; i < c->n_tls_named; i++)
+		if (strcmp(c->tls_named[i].name, name) == 0)
+			return 1 + i;
+	return -1;
+}
+
+/*
+ * mqtts:// and wss:// listeners need a certificate: tls { }'s, or the
+ * named one their "?tls=name" gives, which must be declared.
+ */
 static int check_listen_tls(struct load_ctx *ctx)
 {
-	const struct iotd_config *c = &ctx->cfg;
+	struct iotd_config *c = &ctx->cfg;
 	char where[CONFIG_ERR_LEN];
 
-	for (int i = 0; i < c->n_listen && !config_tls(c); i++) {
-		if (!listen_transport_tls(c->listen[i].transport))
+	for (int i = 0; i < c->n_listen; i++) {
+		struct listen_addr *la = &c->listen[i];
+
+		la->tls = la->tls_name[0] ? tls_named_index(c, la->tls_name) : 0;
+		if (!listen_transport_tls(la->transport) ||
+		    (la->tls > 0 || (la->tls == 0 && c->tls_cert_file[0] != '\0')))
 			continue;
 		describe_origin(ctx, (size_t)key_index("server", "listen_addresses"), where,
 				sizeof(where));
-		set_err(ctx, "%slisten_addresses: %s://%s:%s needs tls.cert_file and tls.key_file",
-			where, listen_transport_name(c->listen[i].transport),
-			c->listen[i].host[0] ? c->listen[i].host : "*", c->listen[i].port);
+		if (la->tls < 0)
+			set_err(ctx, "%slisten_addresses: %s://%s:%s?tls=%s: no tls { certificate "
+				"\"%s\" { } } is declared", where, listen_transport_name(la->transport),
+				la->host[0] ? la->host : "*", la->port, la->tls_name, la->tls_name);
+		else
+			set_err(ctx, "%slisten_addresses: %s://%s:%s needs tls.cert_file and "
+				"tls.key_file, or ?tls=name", where,
+				listen_transport_name(la->transport),
+				la->host[0] ? la->host : "*", la->port);
 		return -1;
 	}
 	return 0;

@@ -90,7 +90,9 @@ static int on_listen_value(cfg_t *sec, cfg_opt_t *opt, const char *value, void *
 	}
 	if (config_parse_listen(value, &a) < 0) {
 		cfg_error(sec, "%s: invalid value '%s' (expected host:port, [v6]:port, "
-			  "tcp://host:port or :port)", opt->name, shown(value, buf, sizeof(buf)));
+			  "tcp://host:port, :port, mqtts://host:port[?tls=name], "
+			  "ws://host:port[/path] or wss://host:port[/path][?tls=name])", opt->name,
+			  shown(value, buf, sizeof(buf)));
 		return -1;
 	}
 	ctx->src[i] = SRC_FILE;
@@ -108,16 +110,37 @@ static int on_listen_list(cfg_t *sec, cfg_opt_t *opt)
 	return 0;
 }
 
+/*
+ * tls { certificate "name" { } }: a certificate a listener names. Its
+ * values are checked as tls { }'s are (key_apply), into its slot.
+ */
+static const struct {
+	const char *name;
+	enum key_type type;
+	size_t off, size;
+} named_keys[] = {
+#define NAMED(f, t) { #f, t, offsetof(struct tls_named, f), sizeof(((struct tls_named *)0)->f) }
+	NAMED(cert_file, KT_PATH),
+	NAMED(key_file, KT_PATH),
+	NAMED(ca_file, KT_PATH),
+	NAMED(require_certificate, KT_BOOL),
+#undef NAMED
+};
+
 /* libconfuse option tables, generated from keys[] so the two never drift. */
 struct opt_tables {
-	cfg_opt_t sec[N_SECTIONS][N_KEYS + 1];
+	cfg_opt_t sec[N_SECTIONS][N_KEYS + 2];
 	cfg_opt_t root[N_SECTIONS + 1];
+	cfg_opt_t named[ARRAY_SIZE(named_keys) + 1];
 };
 
 static void build_opts(struct opt_tables *t)
 {
 	const cfg_opt_t end = CFG_END();
 
+	for (size_t i = 0; i < ARRAY_SIZE(named_keys); i++)
+		t->named[i] = (cfg_opt_t)CFG_STR(named_keys[i].name, NULL, CFGF_NODEFAULT);
+	t->named[ARRAY_SIZE(named_keys)] = end;
 	for (size_t s = 0; s < N_SECTIONS; s++) {
 		size_t n = 0;
 
@@ -134,6 +157,9 @@ static void build_opts(struct opt_tables *t)
 				t->sec[s][n++] = (cfg_opt_t)CFG_STR_CB(k->name, NULL,
 						CFGF_NODEFAULT, on_file_value);
 		}
+		if (strcmp(config_sections[s], "tls") == 0)
+			t->sec[s][n++] = (cfg_opt_t)CFG_SEC("certificate", t->named,
+					CFGF_MULTI | CFGF_TITLE | CFGF_NO_TITLE_DUPES);
 		t->sec[s][n] = end;
 		t->root[s] = (cfg_opt_t)CFG_SEC(config_sections[s], t->sec[s], CFGF_NONE);
 	}
@@ -390,6 +416,60 @@ static int take_listen(struct load_ctx *ctx, cfg_t *root)
 	return 0;
 }
 
+/* One named certificate's name and values, into slot n. */
+static int take_named(struct load_ctx *ctx, cfg_t *sec, struct tls_named *n)
+{
+	const char *name = cfg_title(sec);
+	size_t len = strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				  "0123456789._-");
+	char why[160], buf[SHOWN_MAX + 4];
+
+	if (len == 0 || name[len] != '\0' || len >= sizeof(n->name)) {
+		set_err(ctx, "%s:%d: tls: certificate \"%s\": expected a name of up to %d letters, "
+			"digits, '.', '_' or '-'", ctx->path, sec->line, shown(name, buf, sizeof(buf)),
+			TLS_NAME_MAX - 1);
+		return -1;
+	}
+	memcpy(n->name, name, len + 1);
+	n->line = sec->line;
+	for (size_t i = 0; i < ARRAY_SIZE(named_keys); i++) {
+		size_t off = (size_t)((char *)n - (char *)&ctx->cfg) + named_keys[i].off;
+		struct key k = { "tls", named_keys[i].name, named_keys[i].type, off,
+				 named_keys[i].size, 0, 0, NULL };
+		const char *v = cfg_size(sec, k.name) > 0 ? cfg_getstr(sec, k.name) : NULL;
+
+		if (v != NULL && key_apply(&k, v, &ctx->cfg, why, sizeof(why)) < 0) {
+			set_err(ctx, "%s:%d: tls: certificate \"%s\": %s: invalid value '%s' (%s)",
+				ctx->path, sec->line, n->name, k.name, shown(v, buf, sizeof(buf)),
+				why);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* The named certificates given in the file replace those before (there are none). */
+static int take_tls_named(struct load_ctx *ctx, cfg_t *root)
+{
+	cfg_t *tls = cfg_getsec(root, "tls");
+	unsigned int n = tls != NULL ? cfg_size(tls, "certificate") : 0;
+
+	if (n > CONFIG_MAX_TLS_NAMED) {
+		set_err(ctx, "%s: tls: more than %d named certificates", ctx->path,
+			CONFIG_MAX_TLS_NAMED);
+		return -1;
+	}
+	memset(ctx->cfg.tls_named, 0, sizeof(ctx->cfg.tls_named));
+	ctx->cfg.n_tls_named = 0;
+	for (unsigned int j = 0; j < n; j++) {
+		if (take_named(ctx, cfg_getnsec(tls, "certificate", j),
+			       &ctx->cfg.tls_named[j]) < 0)
+			return -1;
+		ctx->cfg.n_tls_named++;
+	}
+	return 0;
+}
+
 static int parse_text(struct load_ctx *ctx, char *text)
 {
 	struct opt_tables t;
@@ -411,7 +491,7 @@ static int parse_text(struct load_ctx *ctx, char *text)
 		set_err(ctx, "%s: cannot parse", ctx->path);
 		goto free_root;
 	}
-	if (take_listen(ctx, root) < 0)
+	if (take_listen(ctx, root) < 0 || take_tls_named(ctx, root) < 0)
 		goto free_root;
 	rc = 0;
 free_root:

@@ -2,7 +2,8 @@
  * config_listen.c - one listen address parsed and checked:
  * "host:port", "[v6]:port", "tcp://host:port" or ":port", and with the
  * other transports' schemes "mqtts://host:port", "ws://host:port[/path]"
- * and "wss://host:port[/path]", into a struct listen_addr
+ * and "wss://host:port[/path]", the TLS ones with "?tls=name" after
+ * them (the certificate they present), into a struct listen_addr
  * (config_parse_listen, include/config.h). The file, the environment and
  * -l all reach it through add_listen() in config.c.
  */
@@ -167,11 +168,26 @@ static int parse_path(const char *s, struct listen_addr *a)
 	return 0;
 }
 
+/* "tls=name": letters, digits, '.', '_' and '-', up to TLS_NAME_MAX - 1 of them. */
+static int parse_query(const char *q, struct listen_addr *a)
+{
+	size_t len;
+
+	if (strncmp(q, "tls=", 4) != 0 || !listen_transport_tls(a->transport))
+		return -1;
+	q += 4;
+	len = strspn(q, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-");
+	if (len == 0 || q[len] != '\0' || len >= sizeof(a->tls_name))
+		return -1;
+	memcpy(a->tls_name, q, len + 1);
+	return 0;
+}
+
 int config_parse_listen(const char *s, struct listen_addr *out)
 {
 	struct listen_addr a;
-	char hostport[96];
-	const char *slash;
+	char hostport[96], addr[160];
+	const char *slash, *query;
 	size_t len;
 
 	if (!s || !out)
@@ -189,6 +205,14 @@ int config_parse_listen(const char *s, struct listen_addr *out)
 	}
 	if (strstr(s, "://"))
 		return -1;
+	/* The query first: what is before it is parsed as ever. */
+	if ((query = strchr(s, '?')) != NULL) {
+		if ((size_t)(query - s) >= sizeof(addr) || parse_query(query + 1, &a) < 0)
+			return -1;
+		memcpy(addr, s, (size_t)(query - s));
+		addr[query - s] = '\0';
+		s = addr;
+	}
 	/* Only WebSocket listeners have a path. */
 	slash = strchr(s, '/');
 	len = slash ? (size_t)(slash - s) : strlen(s);

@@ -88,7 +88,7 @@ bool ipc_keys_signed_decode(const void *data, size_t len, struct ipc_keys_fields
 
 void *ipc_keys_chain_encode(const struct ipc_keys_pem *p, size_t *len)
 {
-	struct ipc_keys_chain h = { .key_id = p->key_id, .chain_len = (uint32_t)p->chain_len,
+	struct ipc_keys_chain h = { .key_id = p->key_id, .cert = p->cert, .chain_len = (uint32_t)p->chain_len,
 				    .trust_len = (uint32_t)p->trust_len };
 	uint8_t *buf;
 
@@ -111,12 +111,12 @@ bool ipc_keys_chain_decode(const void *data, size_t len, struct ipc_keys_pem *p)
 	if (len < sizeof(h))
 		return false;
 	memcpy(&h, data, sizeof(h));
-	*p = (struct ipc_keys_pem){ .key_id = h.key_id,
+	*p = (struct ipc_keys_pem){ .key_id = h.key_id, .cert = h.cert,
 				    .chain = (const char *)data + sizeof(h), .chain_len = h.chain_len,
 				    .trust = (const char *)data + sizeof(h) + h.chain_len,
 				    .trust_len = h.trust_len };
 	return h.chain_len <= len - sizeof(h) && h.trust_len == len - sizeof(h) - h.chain_len &&
-	       h.chain_len > 0 && h.key_id != 0;
+	       h.chain_len > 0 && h.key_id != 0 && h.cert < TLS_CERTS_MAX;
 }
 
 bool ipc_keys_tickets_decode(const void *data, size_t len, struct ipc_keys_tickets *t)

@@ -292,13 +292,14 @@ int privsep_seal_read(const char *const *dirs, size_t n)
 int privsep_seal_read_files(const char *const *files, size_t n, const char *const *dirs,
 			    size_t m)
 {
-	char buf[8][PATH_MAX];
-	const char *list[16];
+	char (*buf)[PATH_MAX] = calloc(n + 1, sizeof(*buf));
+	const char **list = calloc(n + m + 1, sizeof(*list));
 	size_t k = 0;
+	int rc = -1;
 
-	if (n > ARRAY_SIZE(buf) || m > ARRAY_SIZE(list) - ARRAY_SIZE(buf)) {
-		log_error("landlock: too many files to allow");
-		return -1;
+	if (buf == NULL || list == NULL) {
+		log_error("landlock: out of memory");
+		goto done;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (files[i][0] == '\0')
@@ -310,7 +311,11 @@ int privsep_seal_read_files(const char *const *files, size_t n, const char *cons
 	for (size_t i = 0; i < m; i++)
 		if (dirs[i][0] != '\0')
 			list[k++] = dirs[i];
-	return privsep_seal_read(list, k);
+	rc = privsep_seal_read(list, k);
+done:
+	free(buf);
+	free(list);
+	return rc;
 }
 
 /* ---- capabilities ---------------------------------------------------------- */

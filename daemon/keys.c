@@ -1,6 +1,7 @@
 /*
  * keys.c - the key role (`iotd: keys`): the process that alone holds the
- * server's TLS private key, forked only while TLS is configured. The
+ * server's TLS private keys (tls { }'s and each named certificate's, each
+ * under a key id), forked only while TLS is configured. The
  * workers run the TLS record layer; each handshake's one private-key
  * operation comes here as an IPC_KEYS_SIGN and goes back as an
  * IPC_KEYS_SIGNED (daemon/worker_tls.c is the other side). It never
@@ -16,11 +17,11 @@
  * one signature at most. Also owns the
  * session-ticket keys: drawn at start, rotated every KEYS_TICKET_ROTATE_S
  * (the previous one kept to open tickets), sent to every worker so that a
- * ticket one worker issued is taken by any. Each worker gets the chain
+ * ticket one worker issued is taken by any. Each worker gets every chain
  * (public) at our start, when it asks (IPC_KEYS_ASK: a new worker) and
- * after a reload (IPC_KEYS_RELOAD: the files read again as a
- * transaction, under a new key id; the key replaced still signs for the
- * handshakes begun under it).
+ * after a reload (IPC_KEYS_RELOAD: every certificate's files read again
+ * as one transaction, each under a new key id; the keys replaced still
+ * sign for the handshakes begun under them).
  * Files: keys_files.c. What a worker sends is hostile input: every
  * request is decoded with its lengths checked.
  */
@@ -61,7 +62,8 @@ struct keys_chan {
 	unsigned head, n;
 	uint8_t answer[IPC_KEYS_SIGNED_LEN_MAX]; /* signed, waiting for room */
 	size_t answer_len;
-	bool chain_due, tickets_due;
+	uint32_t chains_due;         /* a bit per certificate whose chain is to go */
+	bool tickets_due;
 	uint32_t events;             /* armed in epoll */
 	bool malformed_logged;
 };
@@ -72,11 +74,14 @@ struct keys {
 	int epfd, timerfd;
 	unsigned cap;                /* each queue's bound */
 	unsigned next;               /* the channel served first in the next round */
-	struct keys_files files;     /* in force: new connections' chain */
-	struct keys_files prev;      /* the one a reload replaced: for handshakes begun under it */
+	struct keys_files files[TLS_CERTS_MAX]; /* in force: new connections' chains */
+	struct keys_files prev[TLS_CERTS_MAX];  /* those a reload replaced: for handshakes
+	                                         * begun under them */
 	uint64_t prev_until_ms;      /* ... until tls.handshake_timeout after the reload */
-	uint8_t *chain_msg;          /* IPC_KEYS_CHAIN's payload */
-	size_t chain_len;
+	uint32_t last_key_id;        /* the key ids given so far */
+	uint32_t all_chains;         /* a bit per certificate held */
+	uint8_t *chain_msg[TLS_CERTS_MAX]; /* each one's IPC_KEYS_CHAIN payload */
+	size_t chain_len[TLS_CERTS_MAX];
 	struct ipc_keys_tickets tickets;
 	struct ipc_dispatcher ctl_in;
 	struct keys_chan chans[IOTD_MAX_WORKERS];
@@ -99,11 +104,12 @@ static int prev_expire(struct keys *k)
 {
 	uint64_t now = clock_ms();
 
-	if (k->prev.key == NULL)
+	if (k->prev_until_ms == 0)
 		return -1;
 	if (now < k->prev_until_ms)
 		return (int)(k->prev_until_ms - now);
-	keys_files_free(&k->prev);
+	keys_files_free_all(k->prev);
+	k->prev_until_ms = 0;
 	return -1;
 }
 
@@ -112,7 +118,7 @@ static int prev_expire(struct keys *k)
 /* Read while the queue has room and no answer waits; write while something waits. */
 static void chan_arm(struct keys_chan *ch)
 {
-	bool out = ch->answer_len > 0 || ch->chain_due || ch->tickets_due;
+	bool out = ch->answer_len > 0 || ch->chains_due != 0 || ch->tickets_due;
 	uint32_t events = (ch->n < ch->k->cap && !out ? EPOLLIN : 0) | (out ? EPOLLOUT : 0);
 	struct epoll_event ev = { .events = events, .data.ptr = ch };
 
@@ -133,17 +139,22 @@ static bool chan_send(struct keys_chan *ch, uint32_t type, const void *data, siz
 	return errno != EAGAIN;      /* a broken channel: given up, not retried */
 }
 
-/* What waits goes, in order: the chain, the ticket keys, an answer. */
+/* What waits goes, in order: the chains, the ticket keys, an answer. */
 static void chan_flush(struct keys_chan *ch)
 {
 	struct keys *k = ch->k;
 
-	if (ch->chain_due && chan_send(ch, IPC_KEYS_CHAIN, k->chain_msg, k->chain_len))
-		ch->chain_due = false;
-	if (!ch->chain_due && ch->tickets_due &&
+	for (int i = 0; i < TLS_CERTS_MAX && ch->chains_due != 0; i++) {
+		if (!(ch->chains_due & (1u << i)))
+			continue;
+		if (!chan_send(ch, IPC_KEYS_CHAIN, k->chain_msg[i], k->chain_len[i]))
+			break;
+		ch->chains_due &= ~(1u << i);
+	}
+	if (ch->chains_due == 0 && ch->tickets_due &&
 	    chan_send(ch, IPC_KEYS_TICKETS, &k->tickets, sizeof(k->tickets)))
 		ch->tickets_due = false;
-	if (!ch->chain_due && !ch->tickets_due && ch->answer_len > 0 &&
+	if (ch->chains_due == 0 && !ch->tickets_due && ch->answer_len > 0 &&
 	    chan_send(ch, IPC_KEYS_SIGNED, ch->answer, ch->answer_len))
 		ch->answer_len = 0;
 	chan_arm(ch);
@@ -177,7 +188,8 @@ static int on_ask(void *ctx, struct ipc_msg *m)
 {
 	struct keys_chan *ch = ctx;
 
-	ch->chain_due = ch->tickets_due = true;
+	ch->chains_due = ch->k->all_chains;
+	ch->tickets_due = true;
 	return 0;
 }
 
@@ -196,15 +208,27 @@ static void chan_read(struct keys_chan *ch)
 	chan_flush(ch);
 }
 
+/* The key a request names: one in force, or one a reload replaced; NULL: none. */
+static const struct keys_files *key_named(const struct keys *k, uint32_t key_id)
+{
+	for (int i = 0; i < TLS_CERTS_MAX; i++) {
+		if (k->files[i].key != NULL && k->files[i].key_id == key_id)
+			return &k->files[i];
+		if (k->prev[i].key != NULL && k->prev[i].key_id == key_id)
+			return &k->prev[i];
+	}
+	return NULL;
+}
+
 /* The head of ch's queue signed and answered (or held until the channel has room). */
 static void chan_serve_one(struct keys_chan *ch)
 {
 	struct keys_req *r = &ch->queue[ch->head];
+	const struct keys_files *f = key_named(ch->k, r->f.key_id);
 	uint8_t sig[IPC_KEYS_SIG_MAX];
 	struct ipc_keys_fields a = { .id = r->f.id, .data = sig };
 
-	a.status = keys_sign(r->f.key_id == ch->k->prev.key_id && ch->k->prev.key != NULL ?
-			     &ch->k->prev : &ch->k->files, &r->f, sig, &a.len);
+	a.status = f != NULL ? keys_sign(f, &r->f, sig, &a.len) : IPC_KEYS_WRONG_KEY;
 	ch->answer_len = ipc_keys_signed_encode(&a, ch->answer);
 	explicit_bzero(r->data, r->f.len);
 	ch->head = (ch->head + 1) % ch->k->cap;
@@ -215,7 +239,7 @@ static void chan_serve_one(struct keys_chan *ch)
 /* Whether ch has a request to sign and room for its answer. */
 static bool chan_servable(const struct keys_chan *ch)
 {
-	return ch->n > 0 && ch->answer_len == 0 && !ch->chain_due && !ch->tickets_due;
+	return ch->n > 0 && ch->answer_len == 0 && ch->chains_due == 0 && !ch->tickets_due;
 }
 
 /*
@@ -262,39 +286,71 @@ static int tickets_rotate(struct keys *k)
 
 /* --- the supervisor ----------------------------------------------------------- */
 
-static int chain_msg_make(struct keys *k);
+/*
+ * Each certificate's IPC_KEYS_CHAIN payload, from files: all made, then
+ * put in place (and all_chains set), or none.
+ */
+static int chain_msgs_make(struct keys *k, const struct keys_files *files)
+{
+	uint8_t *msg[TLS_CERTS_MAX] = { 0 };
+	size_t len[TLS_CERTS_MAX] = { 0 };
+	uint32_t all = 0;
+
+	for (int i = 0; i < TLS_CERTS_MAX; i++) {
+		const struct keys_files *f = &files[i];
+		struct ipc_keys_pem p = { .key_id = f->key_id, .cert = (uint32_t)i,
+					  .chain = f->chain, .chain_len = f->chain_len,
+					  .trust = f->trust, .trust_len = f->trust_len };
+
+		if (f->key == NULL)
+			continue;
+		if ((msg[i] = ipc_keys_chain_encode(&p, &len[i])) == NULL) {
+			for (int j = 0; j < i; j++)
+				free(msg[j]);
+			return -1;
+		}
+		all |= 1u << i;
+	}
+	for (int i = 0; i < TLS_CERTS_MAX; i++) {
+		free(k->chain_msg[i]);
+		k->chain_msg[i] = msg[i];
+		k->chain_len[i] = len[i];
+	}
+	k->all_chains = all;
+	return 0;
+}
 
 /*
- * IPC_KEYS_RELOAD: the files again, all or nothing. New ones go to every
- * worker under a new key id (their new connections use them); the ones
- * they replace still sign for handshakes begun under them.
+ * IPC_KEYS_RELOAD: every certificate's files again, all or nothing. New
+ * ones go to every worker under new key ids (their new connections use
+ * them); the ones they replace still sign for handshakes begun under them.
  */
 static int on_reload(void *ctx, struct ipc_msg *m)
 {
 	struct keys *k = ctx;
-	struct keys_files next, was = k->files;
+	struct keys_files next[TLS_CERTS_MAX];
+	uint32_t key_id = k->last_key_id;
 	char err[512];
 
-	if (keys_files_load(k->cfg, k->files.key_id + 1, &next, err, sizeof(err)) < 0) {
-		log_error("reload: %s; keeping the key and certificate in force", err);
+	if (keys_files_load_all(k->cfg, &key_id, next, err, sizeof(err)) < 0) {
+		log_error("reload: %s; keeping every key and certificate in force", err);
 		return 0;
 	}
-	k->files = next;
-	if (chain_msg_make(k) < 0) {
-		log_error("reload: out of memory; keeping the key and certificate in force");
-		keys_files_free(&k->files);
-		k->files = was;
-		chain_msg_make(k);
+	if (chain_msgs_make(k, next) < 0) {
+		log_error("reload: out of memory; keeping every key and certificate in force");
+		keys_files_free_all(next);
 		return 0;
 	}
-	keys_files_free(&k->prev);
-	k->prev = was;
+	k->last_key_id = key_id;
+	keys_files_free_all(k->prev);
+	memcpy(k->prev, k->files, sizeof(k->prev));
+	memcpy(k->files, next, sizeof(k->files));
 	k->prev_until_ms = clock_ms() + (uint64_t)k->cfg->tls_handshake_timeout * 1000;
 	for (unsigned i = 0; i < k->env->nworkers; i++) {
-		k->chans[i].chain_due = true;
+		k->chans[i].chains_due = k->all_chains;
 		chan_flush(&k->chans[i]);
 	}
-	log_info("reload: key and certificate chain read again");
+	log_info("reload: keys and certificate chains read again");
 	return 0;
 }
 
@@ -344,27 +400,25 @@ static int refuse_to_start(struct role_env *env, const char *why)
 /* --- set-up ------------------------------------------------------------------ */
 
 /*
- * Landlock: read beneath the directories of the files, nothing else
- * (privsep_seal_read says why not the files themselves).
+ * Landlock: read beneath the directories of every certificate's files,
+ * nothing else (privsep_seal_read says why not the files themselves).
  */
 static int seal(const struct iotd_config *cfg)
 {
-	const char *files[] = { cfg->tls_key_file, cfg->tls_cert_file, cfg->tls_ca_file,
-				cfg->tls_crl_file };
-	const char *dirs[] = { cfg->tls_ca_path };
+	const char *files[4 * TLS_CERTS_MAX], *dirs[TLS_CERTS_MAX];
+	size_t nf = 0, nd = 0;
 
-	return privsep_seal_read_files(files, ARRAY_SIZE(files), dirs, ARRAY_SIZE(dirs));
-}
+	for (int i = 0; i < config_tls_certs(cfg); i++) {
+		struct tls_cert_files tc;
 
-static int chain_msg_make(struct keys *k)
-{
-	struct ipc_keys_pem p = { .key_id = k->files.key_id,
-				  .chain = k->files.chain, .chain_len = k->files.chain_len,
-				  .trust = k->files.trust, .trust_len = k->files.trust_len };
-
-	free(k->chain_msg);
-	k->chain_msg = ipc_keys_chain_encode(&p, &k->chain_len);
-	return k->chain_msg != NULL ? 0 : -1;
+		config_tls_cert(cfg, i, &tc);
+		files[nf++] = tc.key_file;
+		files[nf++] = tc.cert_file;
+		files[nf++] = tc.ca_file;
+		files[nf++] = tc.crl_file;
+		dirs[nd++] = tc.ca_path;
+	}
+	return privsep_seal_read_files(files, nf, dirs, nd);
 }
 
 static int keys_setup(struct keys *k, struct role_env *env)
@@ -377,14 +431,15 @@ static int keys_setup(struct keys *k, struct role_env *env)
 	k->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (k->epfd < 0 || k->timerfd < 0 || timerfd_settime(k->timerfd, 0, &every, NULL) < 0 ||
 	    epoll_watch(k->epfd, env->ctl_fd, EPOLLIN, &env->ctl_fd) < 0 ||
-	    epoll_watch(k->epfd, k->timerfd, EPOLLIN, &k->timerfd) < 0 || chain_msg_make(k) < 0)
+	    epoll_watch(k->epfd, k->timerfd, EPOLLIN, &k->timerfd) < 0 ||
+	    chain_msgs_make(k, k->files) < 0)
 		return -1;
 	for (unsigned i = 0; i < env->nworkers; i++) {
 		struct keys_chan *ch = &k->chans[i];
 		char from[32];
 
 		*ch = (struct keys_chan){ .k = k, .index = i, .fd = env->keys_chan[i],
-					  .chain_due = true, .events = EPOLLIN };
+					  .chains_due = k->all_chains, .events = EPOLLIN };
 		ch->queue = calloc(k->cap, sizeof(*ch->queue));
 		snprintf(from, sizeof(from), "worker %u", i);
 		ipc_dispatcher_init(&ch->in, from_worker, i, from);
@@ -404,9 +459,10 @@ static void keys_teardown(struct keys *k)
 		free(ch->queue);
 	}
 	OPENSSL_cleanse(&k->tickets, sizeof(k->tickets));
-	keys_files_free(&k->files);
-	keys_files_free(&k->prev);
-	free(k->chain_msg);
+	keys_files_free_all(k->files);
+	keys_files_free_all(k->prev);
+	for (int i = 0; i < TLS_CERTS_MAX; i++)
+		free(k->chain_msg[i]);
 	close(k->epfd);
 	close(k->timerfd);
 }
@@ -421,15 +477,14 @@ int keys_main(struct role_env *env)
 	k.cap = (unsigned)k.cfg->tls_max_pending_signs;
 	/* Before Landlock: OpenSSL reads its configuration once, here. */
 	OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, NULL);
-	if (keys_files_load(k.cfg, 1, &k.files, err, sizeof(err)) < 0)
+	if (keys_files_load_all(k.cfg, &k.last_key_id, k.files, err, sizeof(err)) < 0)
 		return refuse_to_start(env, err);
 	if (seal(k.cfg) < 0 || keys_setup(&k, env) < 0) {
 		log_error("key role setup failed");
 		keys_teardown(&k);
 		return 1;
 	}
-	log_debug("key and certificate chain read (%zu bytes of chain, %zu of clients' CAs)",
-		  k.files.chain_len, k.files.trust_len);
+	log_debug("keys and certificate chains read (%u)", (unsigned)k.last_key_id);
 	ipc_send(env->ctl_fd, IPC_READY, 0, NULL, 0, -1);
 	while (!k.stopping) {
 		int n = epoll_wait(k.epfd, evs, (int)ARRAY_SIZE(evs), more ? 0 : prev_expire(&k));

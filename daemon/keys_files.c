@@ -1,9 +1,10 @@
 /*
  * keys_files.c - the key role's files and its one use of the private
- * key: tls.key_file read and checked against tls.cert_file, the chain and
- * the clients' CAs and CRLs (tls.ca_file, tls.ca_path, tls.crl_file)
- * written out again as PEM for the workers, and the signature of one
- * request. Nothing here but the key role ever reads tls.key_file.
+ * keys: for each certificate (tls { }'s and the named ones), its key_file
+ * read and checked against its cert_file, the chain and the clients' CAs
+ * and CRLs (ca_file, ca_path, crl_file) written out again as PEM for the
+ * workers, and the signature of one request. Nothing here but the key
+ * role ever reads a key_file.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -194,7 +195,7 @@ static int append_ca_path(const char *dir, BIO *out, char *err, size_t errlen)
 	return 0;
 }
 
-static int load_trust(const struct iotd_config *cfg, struct keys_files *f, char *err,
+static int load_trust(const struct tls_cert_files *cfg, struct keys_files *f, char *err,
 		      size_t errlen)
 {
 	BIO *out = BIO_new(BIO_s_mem());
@@ -204,15 +205,15 @@ static int load_trust(const struct iotd_config *cfg, struct keys_files *f, char 
 		snprintf(err, errlen, "out of memory");
 		return -1;
 	}
-	if (cfg->tls_ca_file[0] && append_pem(cfg->tls_ca_file, out, true, false) <= 0) {
+	if (cfg->ca_file[0] && append_pem(cfg->ca_file, out, true, false) <= 0) {
 		snprintf(err, errlen, "tls.ca_file %s: no PEM certificate could be read",
-			 cfg->tls_ca_file);
+			 cfg->ca_file);
 		goto done;
 	}
-	if (cfg->tls_ca_path[0] && append_ca_path(cfg->tls_ca_path, out, err, errlen) < 0)
+	if (cfg->ca_path[0] && append_ca_path(cfg->ca_path, out, err, errlen) < 0)
 		goto done;
-	if (cfg->tls_crl_file[0] && append_pem(cfg->tls_crl_file, out, false, true) <= 0) {
-		snprintf(err, errlen, "tls.crl_file %s: no PEM CRL could be read", cfg->tls_crl_file);
+	if (cfg->crl_file[0] && append_pem(cfg->crl_file, out, false, true) <= 0) {
+		snprintf(err, errlen, "tls.crl_file %s: no PEM CRL could be read", cfg->crl_file);
 		goto done;
 	}
 	if (bio_take(out, &f->trust, &f->trust_len) < 0) {
@@ -225,13 +226,14 @@ done:
 	return rc;
 }
 
-int keys_files_load(const struct iotd_config *cfg, uint32_t key_id, struct keys_files *f,
-		    char *err, size_t errlen)
+/* One certificate's files, under key_id. */
+static int keys_files_load(const struct tls_cert_files *tc, uint32_t key_id, struct keys_files *f,
+			   char *err, size_t errlen)
 {
 	*f = (struct keys_files){ .key_id = key_id };
-	if (load_key(cfg->tls_key_file, &f->key, err, errlen) < 0 ||
-	    load_chain(cfg->tls_cert_file, f->key, f, err, errlen) < 0 ||
-	    load_trust(cfg, f, err, errlen) < 0)
+	if (load_key(tc->key_file, &f->key, err, errlen) < 0 ||
+	    load_chain(tc->cert_file, f->key, f, err, errlen) < 0 ||
+	    load_trust(tc, f, err, errlen) < 0)
 		goto fail;
 	if (f->chain_len + f->trust_len > IPC_KEYS_CHAIN_MAX) {
 		snprintf(err, errlen, "the certificate chain and the clients' CAs take %zu bytes, "
@@ -244,15 +246,42 @@ fail:
 	return -1;
 }
 
+int keys_files_load_all(const struct iotd_config *cfg, uint32_t *key_id, struct keys_files *f,
+			char *err, size_t errlen)
+{
+	char why[512];
+
+	for (int i = 0; i < TLS_CERTS_MAX; i++)
+		f[i] = (struct keys_files){ 0 };
+	for (int i = 0; i < config_tls_certs(cfg); i++) {
+		struct tls_cert_files tc;
+
+		config_tls_cert(cfg, i, &tc);
+		if (tc.cert_file[0] == '\0')
+			continue;            /* tls { } without a certificate: named ones only */
+		if (keys_files_load(&tc, *key_id + 1, &f[i], why, sizeof(why)) < 0) {
+			if (tc.name[0])
+				snprintf(err, errlen, "tls certificate \"%s\": %s", tc.name, why);
+			else
+				snprintf(err, errlen, "%s", why);
+			keys_files_free_all(f);
+			return -1;
+		}
+		(*key_id)++;
+	}
+	return 0;
+}
+
 int keys_files_check(const struct iotd_config *cfg, char *err, size_t errlen)
 {
-	struct keys_files f;
+	struct keys_files f[TLS_CERTS_MAX];
+	uint32_t key_id = 0;
 
 	if (!config_tls(cfg))
 		return 0;
-	if (keys_files_load(cfg, 1, &f, err, errlen) < 0)
+	if (keys_files_load_all(cfg, &key_id, f, err, errlen) < 0)
 		return -1;
-	keys_files_free(&f);
+	keys_files_free_all(f);
 	return 0;
 }
 
@@ -262,6 +291,12 @@ void keys_files_free(struct keys_files *f)
 	free(f->chain);
 	free(f->trust);
 	*f = (struct keys_files){ 0 };
+}
+
+void keys_files_free_all(struct keys_files *f)
+{
+	for (int i = 0; i < TLS_CERTS_MAX; i++)
+		keys_files_free(&f[i]);
 }
 
 static const EVP_MD *md_of(uint8_t md)
@@ -382,7 +417,7 @@ uint32_t keys_sign(const struct keys_files *f, const struct ipc_keys_fields *req
 {
 	int rc;
 
-	if (req->key_id != f->key_id)
+	if (f->key == NULL || req->key_id != f->key_id)
 		return IPC_KEYS_WRONG_KEY;
 	if (!alg_fits(f->key, req->alg) ||
 	    (req->alg == IPC_KEYS_RSA_PSS && !pss_encoded(f->key, req->data, req->len)))

@@ -577,6 +577,7 @@ static void accept_some(struct listener *l, int lfd)
 		format_remote(&ss, &b.info[b.n]);
 		b.info[b.n].transport = (uint32_t)kind->transport;
 		memcpy(b.info[b.n].path, kind->path, sizeof(b.info[b.n].path));
+		b.info[b.n].tls = (uint32_t)kind->tls;
 		b.keyed[b.n] = addr_key_from_sockaddr(&ss, &b.key[b.n]);
 		if (b.keyed[b.n] && !admit_address(l, &b.key[b.n], b.info[b.n].remote)) {
 			close(fd);

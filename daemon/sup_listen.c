@@ -159,6 +159,7 @@ static void listen_set_install(struct supervisor *sv, const struct iotd_config *
 		sv->listen_owner[i] = set->owner[i];
 		sv->env.listen_kinds[i].transport = la->transport;
 		memcpy(sv->env.listen_kinds[i].path, la->path, sizeof(la->path));
+		sv->env.listen_kinds[i].tls = la->tls;
 	}
 	sv->env.n_listen_fds = set->n;
 }
@@ -232,7 +233,8 @@ static int take_passed_socket(struct supervisor *sv, int fd, const char *name)
 			  where);
 		return -1;
 	}
-	if (listen_transport_tls(transport) && !config_tls(sv->cfg)) {
+	/* A passed socket presents tls { }'s certificate: the unit names none. */
+	if (listen_transport_tls(transport) && sv->cfg->tls_cert_file[0] == '\0') {
 		log_error("socket '%s' (fd %d, %s) is for %s, which needs tls.cert_file and "
 			  "tls.key_file", name, fd, where, listen_transport_name(transport));
 		return -1;

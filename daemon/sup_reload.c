@@ -104,6 +104,8 @@ static const struct cfg_field cfg_fields[] = {
 	CF("tls.ciphers", tls_ciphers, true, APPLY_RESTART),
 	CF("tls.ciphersuites", tls_ciphersuites, true, APPLY_RESTART),
 	CF("tls.groups", tls_groups, true, APPLY_RESTART),
+	CF("tls.certificate", tls_named, false, APPLY_RESTART),
+	CF("tls.certificate", n_tls_named, false, APPLY_RESTART),
 	CF("tls.handshake_timeout", tls_handshake_timeout, false, APPLY_LIVE),
 	CF("tls.max_pending_signs", tls_max_pending_signs, false, APPLY_RESTART),
 	CF("storage.backend", storage_backend, true, APPLY_RESTART),
@@ -130,7 +132,8 @@ static bool listen_differs(const struct iotd_config *a, const struct iotd_config
 	for (int i = 0; i < a->n_listen; i++)
 		if (!listen_addr_equal(&a->listen[i], &b->listen[i]) ||
 		    a->listen[i].transport != b->listen[i].transport ||
-		    strcmp(a->listen[i].path, b->listen[i].path) != 0)
+		    strcmp(a->listen[i].path, b->listen[i].path) != 0 ||
+		    a->listen[i].tls != b->listen[i].tls)
 			return true;
 	return false;
 }
@@ -333,6 +336,38 @@ static void apply_config(struct supervisor *sv, const struct iotd_config *next,
 }
 
 /*
+ * The certificates stay those of the start (the key role's and the
+ * workers' slots) until a restart: each TLS listen address of next gets
+ * the index its certificate has among them, by name (so that sections
+ * moved in the file change nothing), and one whose certificate is not
+ * among them refuses the reload.
+ */
+static int listen_certs_resolve(const struct supervisor *sv, struct iotd_config *next,
+				char *err, size_t len)
+{
+	const struct iotd_config *cur = sv->cfg;
+
+	for (int i = 0; i < next->n_listen; i++) {
+		struct listen_addr *la = &next->listen[i];
+
+		if (!listen_transport_tls(la->transport))
+			continue;
+		la->tls = la->tls_name[0] || cur->tls_cert_file[0] == '\0' ? -1 : 0;
+		for (int j = 0; j < cur->n_tls_named && la->tls_name[0]; j++)
+			if (strcmp(cur->tls_named[j].name, la->tls_name) == 0)
+				la->tls = 1 + j;
+		if (la->tls >= 0)
+			continue;
+		snprintf(err, len, "server.listen_addresses: %s://%s:%s%s%s presents a certificate "
+			 "that is read at the next start of iotd, not at a reload",
+			 listen_transport_name(la->transport), la->host[0] ? la->host : "*", la->port,
+			 la->tls_name[0] ? "?tls=" : "", la->tls_name);
+		return -1;
+	}
+	return 0;
+}
+
+/*
  * SIGHUP. A transaction: the new file is parsed and checked whole, and
  * new listen addresses are bound; if anything fails, nothing changes
  * (never a fall-back to defaults, never half a configuration).
@@ -349,7 +384,8 @@ void reload_config(struct supervisor *sv)
 	sd_notifyf(0, "RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC=%llu",
 		   (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000);
 	if (config_load(&next, sv->args, environ, err, sizeof(err)) < 0 ||
-	    auth_files_refused(sv, &next, err, sizeof(err)) < 0)
+	    auth_files_refused(sv, &next, err, sizeof(err)) < 0 ||
+	    listen_certs_resolve(sv, &next, err, sizeof(err)) < 0)
 		goto fail;
 	rebind = !sv->socket_activated && listen_differs(sv->cfg, &next);
 	if (rebind && listen_prepare(sv, &next, &set, err, sizeof(err)) < 0)

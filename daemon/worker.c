@@ -547,12 +547,12 @@ int worker_main(struct role_env *env)
 			} else if (p == &env->auth_chan_worker[w.index]) {
 				worker_auth_event(&w, evs[i].events);
 			} else if (p == &env->keys_chan_worker[w.index]) {
-				bool ready = tls_worker_ready(w.tls);
+				unsigned ready = tls_worker_ready_count(w.tls);
 
 				/* No EOF can come: the supervisor holds both ends. */
 				if (tls_worker_on_keys(w.tls, xport_keys_answered, &w) < 0)
 					log_error("the key role's channel is broken");
-				if (!ready && tls_worker_ready(w.tls))
+				if (tls_worker_ready_count(w.tls) > ready)
 					xport_chain_came(&w);
 				if (w.tls_jobs_wanted > 0)
 					xport_jobs_freed(&w);

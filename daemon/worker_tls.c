@@ -1,8 +1,9 @@
 /*
- * worker_tls.c - a worker's TLS (worker_tls.h): the SSL_CTX made from
- * what the key role sends (the certificate chain, the clients' CAs, the
- * session-ticket keys), the connections' handshakes and records, and the
- * handshake's signature sent to the key role and waited for.
+ * worker_tls.c - a worker's TLS (worker_tls.h): an SSL_CTX per
+ * certificate, made from what the key role sends (each certificate's
+ * chain and clients' CAs, the session-ticket keys), the connections'
+ * handshakes and records, and the handshake's signature sent to the key
+ * role and waited for.
  *
  * The worker never holds the server's private key. Its SSL_CTX holds a
  * stand-in made from the certificate's public key: an RSA key with an
@@ -51,6 +52,7 @@ struct tls_conn {
 	struct tls_worker *w;
 	SSL *ssl;
 	void *owner;
+	uint32_t cert;               /* the certificate it presents (TLS_CERTS_MAX) */
 	uint32_t key_id;             /* the chain's its SSL_CTX was made from */
 	uint64_t sign_id;            /* the signature in flight; 0: none */
 	const struct ipc_keys_fields *req; /* its request, on the paused job's stack */
@@ -67,8 +69,9 @@ struct tls_worker {
 	unsigned index;
 	int keys_fd;
 	struct ipc_dispatcher in;
-	SSL_CTX *ctx;                /* for new connections; NULL until the chain came */
-	uint32_t key_id;
+	int ncerts;                  /* config_tls_certs: the certificates a listener may name */
+	SSL_CTX *ctx[TLS_CERTS_MAX]; /* for new connections; NULL until the chain came */
+	uint32_t key_id[TLS_CERTS_MAX];
 	struct ipc_keys_tickets tickets;
 	uint64_t next_id;
 	struct tls_conn *signing;    /* connections waiting for a signature, by sign_id */
@@ -343,8 +346,7 @@ static bool ctx_use_chain(SSL_CTX *ctx, const struct ipc_keys_pem *p)
 }
 
 /* The clients' CAs and CRLs: a client's certificate is asked for and checked. */
-static bool ctx_use_trust(SSL_CTX *ctx, const struct iotd_config *cfg,
-			  const struct ipc_keys_pem *p)
+static bool ctx_use_trust(SSL_CTX *ctx, bool require_certificate, const struct ipc_keys_pem *p)
 {
 	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
 	BIO *b;
@@ -375,7 +377,7 @@ static bool ctx_use_trust(SSL_CTX *ctx, const struct iotd_config *cfg,
 	 * does: a browser asked for one it does not have abandons the
 	 * handshake rather than going on without.
 	 */
-	if (cfg->tls_require_certificate)
+	if (require_certificate)
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
 	return true;
 }
@@ -384,7 +386,10 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 {
 	const struct iotd_config *cfg = w->cfg;
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	struct tls_cert_files tc;
 	bool ok = ctx != NULL;
+
+	config_tls_cert(cfg, (int)p->cert, &tc);
 
 	if (ok) {
 		SSL_CTX_set_app_data(ctx, w);
@@ -408,7 +413,7 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 	ok = ok && (!cfg->tls_ciphers[0] || SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers) == 1) &&
 	     (!cfg->tls_ciphersuites[0] || SSL_CTX_set_ciphersuites(ctx, cfg->tls_ciphersuites) == 1) &&
 	     (!cfg->tls_groups[0] || SSL_CTX_set1_groups_list(ctx, cfg->tls_groups) == 1) &&
-	     ctx_use_chain(ctx, p) && ctx_use_trust(ctx, cfg, p);
+	     ctx_use_chain(ctx, p) && ctx_use_trust(ctx, tc.require_certificate, p);
 	if (!ok) {
 		log_error("TLS: cannot set up (%s): new TLS connections are refused", ssl_reason());
 		SSL_CTX_free(ctx);
@@ -421,16 +426,19 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 
 /*
  * A chain comes from a key role that started (or reloaded): the requests
- * still unanswered go again, as a key role that died took its queue with
- * it. Under the same id: should both answer, the second finds no one.
+ * still unanswered for that certificate go again, as a key role that died
+ * took its queue with it. Under the same id: should both answer, the
+ * second finds no one.
  */
-static void requests_resend(struct tls_worker *w)
+static void requests_resend(struct tls_worker *w, uint32_t cert)
 {
 	uint8_t buf[IPC_KEYS_SIGN_LEN_MAX];
 	struct tls_conn *c, *tmp;
 	size_t len;
 
 	HASH_ITER(hh, w->signing, c, tmp) {
+		if (c->cert != cert)
+			continue;
 		len = ipc_keys_sign_encode(c->req, buf);
 		if (len > 0 && ipc_send(w->keys_fd, IPC_KEYS_SIGN, w->index, buf, len, -1) < 0)
 			break;      /* full: handshake_timeout ends what waits */
@@ -443,16 +451,16 @@ static int on_chain(void *ctx, struct ipc_msg *m)
 	struct ipc_keys_pem p;
 	SSL_CTX *next;
 
-	if (!ipc_keys_chain_decode(m->data, m->hdr.len, &p)) {
+	if (!ipc_keys_chain_decode(m->data, m->hdr.len, &p) || (int)p.cert >= w->ncerts) {
 		log_error("a malformed certificate chain from the key role; ignored");
 		return 0;
 	}
 	if ((next = ctx_make(w, &p)) == NULL)
 		return 0;
-	SSL_CTX_free(w->ctx);        /* connections hold their own reference */
-	w->ctx = next;
-	w->key_id = p.key_id;
-	requests_resend(w);
+	SSL_CTX_free(w->ctx[p.cert]); /* connections hold their own reference */
+	w->ctx[p.cert] = next;
+	w->key_id[p.cert] = p.key_id;
+	requests_resend(w, p.cert);
 	return 0;
 }
 
@@ -565,6 +573,7 @@ struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index,
 		return NULL;
 	}
 	w->cfg = cfg;
+	w->ncerts = config_tls_certs(cfg);
 	w->index = index;
 	w->keys_fd = keys_fd;
 	ipc_dispatcher_init(&w->in, from_keys, index, "the key role");
@@ -579,28 +588,44 @@ void tls_worker_free(struct tls_worker *w)
 	if (w == NULL)
 		return;
 	HASH_CLEAR(hh, w->signing);
-	SSL_CTX_free(w->ctx);
+	for (int i = 0; i < TLS_CERTS_MAX; i++)
+		SSL_CTX_free(w->ctx[i]);
 	OPENSSL_cleanse(&w->tickets, sizeof(w->tickets));
 	free(w);
 }
 
-bool tls_worker_ready(const struct tls_worker *w)
+bool tls_worker_serves(const struct tls_worker *w, uint32_t cert)
 {
-	return w->ctx != NULL;
+	return cert < (uint32_t)w->ncerts && (cert > 0 || w->cfg->tls_cert_file[0] != '\0');
+}
+
+bool tls_worker_ready(const struct tls_worker *w, uint32_t cert)
+{
+	return cert < (uint32_t)w->ncerts && w->ctx[cert] != NULL;
+}
+
+unsigned tls_worker_ready_count(const struct tls_worker *w)
+{
+	unsigned n = 0;
+
+	for (int i = 0; i < w->ncerts; i++)
+		n += w->ctx[i] != NULL;
+	return n;
 }
 
 /* --- connections --------------------------------------------------------------------- */
 
-struct tls_conn *tls_conn_new(struct tls_worker *w, int fd, void *owner)
+struct tls_conn *tls_conn_new(struct tls_worker *w, uint32_t cert, int fd, void *owner)
 {
 	struct tls_conn *c;
 
-	if (w->ctx == NULL || (c = calloc(1, sizeof(*c))) == NULL)
+	if (!tls_worker_ready(w, cert) || (c = calloc(1, sizeof(*c))) == NULL)
 		return NULL;
 	c->w = w;
 	c->owner = owner;
-	c->key_id = w->key_id;
-	c->ssl = SSL_new(w->ctx);
+	c->cert = cert;
+	c->key_id = w->key_id[cert];
+	c->ssl = SSL_new(w->ctx[cert]);
 	if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1) {
 		SSL_free(c->ssl);
 		free(c);

@@ -52,6 +52,10 @@ int xport_new(struct worker *w, int fd, conn_id_t id, const struct ipc_client *i
 			*why = "TLS is not configured";
 			return -1;
 		}
+		if (!tls_worker_serves(w->tls, info->tls)) {
+			*why = "unknown TLS certificate";
+			return -1;
+		}
 		break;
 	default:
 		*why = "unknown transport";
@@ -64,11 +68,12 @@ int xport_new(struct worker *w, int fd, conn_id_t id, const struct ipc_client *i
 	if (x == NULL)
 		return -1;
 	x->transport = (uint8_t)info->transport;
+	x->cert = listen_transport_tls(x->transport) ? (uint8_t)info->tls : 0;
 	x->fd = fd;
 	/* Before the key role's chain came, its TLS waits (xport_chain_came). */
 	if ((has_ws(x->transport) && (x->ws = ws_new(path)) == NULL) ||
-	    (listen_transport_tls(x->transport) && tls_worker_ready(w->tls) &&
-	     (x->tls = tls_conn_new(w->tls, fd, x)) == NULL)) {
+	    (listen_transport_tls(x->transport) && tls_worker_ready(w->tls, x->cert) &&
+	     (x->tls = tls_conn_new(w->tls, x->cert, fd, x)) == NULL)) {
 		xport_free(x);
 		return -1;
 	}
@@ -162,9 +167,10 @@ void xport_chain_came(struct worker *w)
 		struct conn *c = w->slots[i];
 		struct xport *x = c != NULL ? c->xp : NULL;
 
-		if (x == NULL || !listen_transport_tls(x->transport) || x->tls != NULL)
+		if (x == NULL || !listen_transport_tls(x->transport) || x->tls != NULL ||
+		    !tls_worker_ready(w->tls, x->cert))
 			continue;
-		if ((x->tls = tls_conn_new(w->tls, x->fd, x)) == NULL) {
+		if ((x->tls = tls_conn_new(w->tls, x->cert, x->fd, x)) == NULL) {
 			conn_close(w, c, false, "out of memory for TLS");
 			continue;
 		}

@@ -44,6 +44,7 @@ struct xport {
 	bool tls_pending : 1;        /* OpenSSL holds decrypted bytes wslay did not ask for yet */
 	bool out_armed : 1;          /* EPOLLOUT armed for the above (xport_events) */
 	bool tls_failed : 1;         /* closed or broken: nothing more is written */
+	uint8_t cert;                /* mqtts, wss: the certificate presented (TLS_CERTS_MAX, checked) */
 	conn_id_t id;                /* its connection, which moves (a key role's answer finds it) */
 	int fd;                      /* its socket, for a TLS made once the chain came */
 	struct ws_conn *ws;          /* ws, wss: the WebSocket layer (worker_ws.c) */

@@ -31,6 +31,16 @@ enum listen_transport {
 };
 
 #define LISTEN_PATH_MAX 64   /* a ws:// or wss:// path with its NUL */
+#define TLS_NAME_MAX 32      /* a named certificate's name with its NUL */
+#define CONFIG_MAX_TLS_NAMED 8
+
+/*
+ * The certificates a TLS listener may present: 0 is tls { }'s own
+ * (tls.cert_file), i > 0 is tls.certificate "name" { } number i - 1. The
+ * index crosses from the listener to the workers (struct ipc_client),
+ * which bound-check it.
+ */
+#define TLS_CERTS_MAX (1 + CONFIG_MAX_TLS_NAMED)
 
 struct listen_addr {
 	char host[64];   /* numeric or name; "" or "*" means any */
@@ -38,6 +48,18 @@ struct listen_addr {
 	int family;      /* AF_INET, AF_INET6 or AF_UNSPEC (host resolves) */
 	int transport;   /* enum listen_transport */
 	char path[LISTEN_PATH_MAX]; /* ws, wss: the one path served ("/mqtt"); "": any */
+	char tls_name[TLS_NAME_MAX]; /* mqtts, wss: "?tls=name"; "": tls { }'s certificate */
+	int tls;         /* its index (TLS_CERTS_MAX), set by config_load from tls_name */
+};
+
+/* tls { certificate "name" { } }: a certificate a listener names (?tls=name). */
+struct tls_named {
+	char name[TLS_NAME_MAX];
+	char cert_file[256];
+	char key_file[256];
+	char ca_file[256];           /* its own clients' CAs; "": none */
+	bool require_certificate;
+	int line;                    /* where the file declares it, for messages */
 };
 
 struct iotd_config {
@@ -102,6 +124,8 @@ struct iotd_config {
 	char tls_groups[128];        /* key exchange groups; "" = OpenSSL's default */
 	long tls_handshake_timeout;  /* seconds from accept to a finished handshake */
 	long tls_max_pending_signs;  /* signatures one worker may have waiting in the key role */
+	struct tls_named tls_named[CONFIG_MAX_TLS_NAMED]; /* tls { certificate "name" { } } */
+	int n_tls_named;
 	/* storage { } */
 	char storage_backend[16];    /* "memory" or "disk" */
 	char storage_path[256];
@@ -156,13 +180,29 @@ bool config_auth_role(const struct iotd_config *cfg);
  */
 bool config_acl_in_force(const struct iotd_config *cfg);
 
-/* Whether TLS is configured (a certificate and its key): the key role runs. */
+/*
+ * Whether TLS is configured (tls { }'s certificate and key, or a named
+ * one): the key role runs.
+ */
 bool config_tls(const struct iotd_config *cfg);
+/* How many certificates the key role holds slots for: 1 + the named ones. */
+int config_tls_certs(const struct iotd_config *cfg);
+
+/*
+ * Certificate i's files (TLS_CERTS_MAX): 0 is tls { }'s, i > 0 a named
+ * one's. cert_file "" for an unset slot 0.
+ */
+struct tls_cert_files {
+	const char *name;            /* "" for tls { }'s */
+	const char *cert_file, *key_file, *ca_file, *ca_path, *crl_file;
+	bool require_certificate;
+};
+void config_tls_cert(const struct iotd_config *cfg, int i, struct tls_cert_files *out);
 
 /*
  * Parse one listen address: "host:port", "[v6]:port", "tcp://host:port",
  * ":port", "mqtts://host:port", "ws://host:port[/path]",
- * "wss://host:port[/path]".
+ * "wss://host:port[/path]"; mqtts and wss may end in "?tls=name".
  */
 int config_parse_listen(const char *s, struct listen_addr *out);
 

@@ -21,7 +21,7 @@
 
 #include "config.h"
 
-#define IPC_VERSION 13           /* bump whenever the header, enum ipc_type or a payload changes */
+#define IPC_VERSION 14           /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
@@ -90,6 +90,8 @@ struct ipc_client {              /* one per connection in an IPC_CLIENT_FD paylo
 	char remote[64];             /* "127.0.0.1:53412" or "[::1]:53412" */
 	uint32_t transport;          /* enum listen_transport (config.h): the worker checks it */
 	char path[LISTEN_PATH_MAX];  /* ws, wss: the path its listener serves; "": any */
+	uint32_t tls;                /* mqtts, wss: its listener's certificate (TLS_CERTS_MAX):
+	                              * the worker checks it */
 };
 
 /*
@@ -316,6 +318,7 @@ enum ipc_keys_status {
  */
 struct ipc_keys_chain {
 	uint32_t key_id;             /* counted by the key role from 1, per key it loaded */
+	uint32_t cert;               /* which certificate (TLS_CERTS_MAX): 0 is tls { }'s */
 	uint32_t chain_len, trust_len;
 };
 
@@ -324,6 +327,7 @@ struct ipc_keys_chain {
 /* What a chain message carries, pointing into its payload. */
 struct ipc_keys_pem {
 	uint32_t key_id;
+	uint32_t cert;
 	const char *chain, *trust;
 	size_t chain_len, trust_len;
 };

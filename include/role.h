@@ -48,6 +48,7 @@ struct role_env {
 	struct listen_kind {
 		int transport;             /* enum listen_transport */
 		char path[LISTEN_PATH_MAX]; /* ws, wss: the path served; "": any */
+		int tls;                   /* mqtts, wss: the certificate presented (TLS_CERTS_MAX) */
 	} listen_kinds[CONFIG_MAX_LISTEN * 2];
 };
 

@@ -4,8 +4,9 @@
  * handshake's private-key operation done by the key role (`iotd: keys`)
  * over the worker's channel to it. The worker never holds the key.
  *
- * One struct tls_worker per worker process holds the SSL_CTX (made from
- * the certificate chain and the clients' CAs the key role sends), the
+ * One struct tls_worker per worker process holds an SSL_CTX per
+ * certificate (made from the certificate chain and the clients' CAs the
+ * key role sends: 0 is tls { }'s, the others the named ones), the
  * session-ticket keys and the signatures in flight. A connection's
  * handshake that needs a signature returns TLS_WANT_KEYS; once the
  * worker's loop sees the key role's channel readable it calls
@@ -17,6 +18,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -50,8 +52,15 @@ int tls_worker_preinit(void);
  */
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd);
 void tls_worker_free(struct tls_worker *w);
-/* Whether the key role's chain came: until then no handshake can start. */
-bool tls_worker_ready(const struct tls_worker *w);
+/*
+ * Whether certificate cert (TLS_CERTS_MAX, as the listener says) is one
+ * configured: any index is taken, as a compromised listener may send it.
+ */
+bool tls_worker_serves(const struct tls_worker *w, uint32_t cert);
+/* Whether the key role's chain for cert came: until then its handshakes cannot start. */
+bool tls_worker_ready(const struct tls_worker *w, uint32_t cert);
+/* How many certificates' chains came (a new one: connections waiting for it may start). */
+unsigned tls_worker_ready_count(const struct tls_worker *w);
 
 /*
  * Read the key role's channel: the chain (a new SSL_CTX for connections
@@ -62,8 +71,11 @@ bool tls_worker_ready(const struct tls_worker *w);
 int tls_worker_on_keys(struct tls_worker *w, void (*resumed)(struct tls_conn *c, void *arg),
 		       void *arg);
 
-/* A server-side TLS connection on a connected non-blocking fd (not owned). NULL: not ready or no memory. */
-struct tls_conn *tls_conn_new(struct tls_worker *w, int fd, void *owner);
+/*
+ * A server-side TLS connection presenting certificate cert, on a connected
+ * non-blocking fd (not owned). NULL: cert not ready, or no memory.
+ */
+struct tls_conn *tls_conn_new(struct tls_worker *w, uint32_t cert, int fd, void *owner);
 void *tls_conn_owner(const struct tls_conn *c);
 enum tls_result tls_conn_handshake(struct tls_conn *c);
 /* Decrypted bytes, up to cap, in *n (TLS_DONE). */

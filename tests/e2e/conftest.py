@@ -170,8 +170,10 @@ def release_ports(ports=None):
 
 
 def split_listen(addr):
-    """'127.0.0.1:1883' / '[::1]:1883' / 'ws://127.0.0.1:8080/mqtt' -> (host, port)."""
+    """'127.0.0.1:1883' / '[::1]:1883' / 'ws://127.0.0.1:8080/mqtt' /
+    'mqtts://127.0.0.1:8883?tls=name' -> (host, port)."""
     addr = re.sub(r"^[a-z]+://", "", addr)
+    addr = re.sub(r"\?.*$", "", addr)
     addr = re.sub(r"/.*$", "", addr)
     m = re.match(r"^\[([^\]]+)\]:(\d+)$", addr) or re.match(r"^([^:]*):(\d+)$", addr)
     assert m, f"bad listen address {addr!r}"

@@ -119,13 +119,13 @@ def test_reload_reads_files_again(start_broker, tls_dir):
     os.replace(new_cert, cert)
     os.replace(new_key, key)
     b.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reload: key and certificate chain read again" in b.log, 10,
+    wait_for(lambda: "reload: keys and certificate chains read again" in b.log, 10,
              "the key role's reload")
     _, other = make_cert(tls_dir, "other")
     os.replace(other, key)
     b.send_signal(signal.SIGHUP)
     wait_for(lambda: "does not match the certificate in tls.cert_file" in b.log and
-             "keeping the key and certificate in force" in b.log, 10, "the refused reload")
+             "keeping every key and certificate in force" in b.log, 10, "the refused reload")
     assert b.role_pid("keys") == pid
 
 

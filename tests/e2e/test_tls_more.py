@@ -39,8 +39,8 @@ from tlsbroker import cli_tls, presented, tls_broker, tls_raw
 
 pytestmark = pytest.mark.iotd_only
 
-READ_AGAIN = "reload: key and certificate chain read again"
-KEPT = "keeping the key and certificate in force"
+READ_AGAIN = "reload: keys and certificate chains read again"
+KEPT = "keeping every key and certificate in force"
 
 
 def peer_serial(c):

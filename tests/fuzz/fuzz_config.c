@@ -36,7 +36,16 @@ static void check_loaded(const struct iotd_config *c)
 		__builtin_trap();
 	for (int i = 0; i < c->n_listen; i++)
 		if (c->listen[i].port[0] == '\0' ||
-		    memchr(c->listen[i].host, '\0', sizeof(c->listen[i].host)) == NULL)
+		    memchr(c->listen[i].host, '\0', sizeof(c->listen[i].host)) == NULL ||
+		    c->listen[i].tls < 0 || c->listen[i].tls > c->n_tls_named ||
+		    (c->listen[i].tls_name[0] && !listen_transport_tls(c->listen[i].transport)))
+			__builtin_trap();
+	/* Named certificates: within bounds, each whole. */
+	if (c->n_tls_named < 0 || c->n_tls_named > CONFIG_MAX_TLS_NAMED)
+		__builtin_trap();
+	for (int i = 0; i < c->n_tls_named; i++)
+		if (c->tls_named[i].name[0] == '\0' || c->tls_named[i].cert_file[0] != '/' ||
+		    c->tls_named[i].key_file[0] != '/')
 			__builtin_trap();
 }
 
@@ -52,7 +61,8 @@ static void fuzz_listen(const uint8_t *data, size_t size)
 		n++;
 	}
 	buf[n] = '\0';
-	if (config_parse_listen(buf, &a) == 0 && a.port[0] == '\0')
+	if (config_parse_listen(buf, &a) == 0 &&
+	    (a.port[0] == '\0' || memchr(a.tls_name, '\0', sizeof(a.tls_name)) == NULL))
 		__builtin_trap();
 }
 

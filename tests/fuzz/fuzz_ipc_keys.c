@@ -60,7 +60,8 @@ static void check_chain(const struct ipc_keys_pem *p, const uint8_t *data, size_
 {
 	inside(p->chain, p->chain_len, data, size);
 	inside(p->trust, p->trust_len, data, size);
-	if (sizeof(struct ipc_keys_chain) + p->chain_len + p->trust_len != size || p->chain_len == 0)
+	if (sizeof(struct ipc_keys_chain) + p->chain_len + p->trust_len != size ||
+	    p->chain_len == 0 || p->cert >= TLS_CERTS_MAX)
 		__builtin_trap();
 }
 

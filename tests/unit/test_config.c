@@ -545,6 +545,74 @@ static void tls_listeners_are_refused_without_tls(void **state)
 	assert_int_equal(c.listen[1].transport, LISTEN_WSS);
 }
 
+static void named_tls_certificates(void **state)
+{
+	static const char named[] =
+		"tls { cert_file = \"/c.pem\"\n key_file = \"/k.pem\"\n"
+		" certificate \"internal\" { cert_file = \"/i.pem\"\n key_file = \"/i.key\"\n"
+		"  ca_file = \"/ca.pem\"\n require_certificate = true }\n"
+		" certificate \"b-2.x\" { cert_file = \"/b.pem\"\n key_file = \"/b.key\" } }\n";
+	struct iotd_config c;
+	struct tls_cert_files tc;
+	char text[1024];
+
+	snprintf(text, sizeof(text), "server { listen_addresses = { \"mqtts://:8883\", "
+		 "\"wss://h:443/m?tls=internal\", \"mqtts://:8884?tls=b-2.x\" } }\n%s", named);
+	assert_loads(text, &c);
+	assert_int_equal(c.n_tls_named, 2);
+	assert_int_equal(config_tls_certs(&c), 3);
+	assert_int_equal(c.listen[0].tls, 0);
+	assert_int_equal(c.listen[1].tls, 1);
+	assert_string_equal(c.listen[1].path, "/m");
+	assert_string_equal(c.listen[1].tls_name, "internal");
+	assert_int_equal(c.listen[2].tls, 2);
+	config_tls_cert(&c, 1, &tc);
+	assert_string_equal(tc.name, "internal");
+	assert_string_equal(tc.cert_file, "/i.pem");
+	assert_string_equal(tc.key_file, "/i.key");
+	assert_string_equal(tc.ca_file, "/ca.pem");
+	assert_true(tc.require_certificate);
+	config_tls_cert(&c, 2, &tc);
+	assert_false(tc.require_certificate);
+	assert_string_equal(tc.ca_file, "");
+	config_tls_cert(&c, 0, &tc);
+	assert_string_equal(tc.cert_file, "/c.pem");
+
+	/* A name no section declares; a query on a listener without TLS. */
+	snprintf(text, sizeof(text), "server { listen_addresses = { \"mqtts://:8883?tls=intern\" "
+		 "} }\n%s", named);
+	assert_load_fails(text, "mqtts://*:8883?tls=intern: no tls { certificate \"intern\" { } } "
+			  "is declared");
+	assert_load_fails("server { listen_addresses = { \"ws://:80/m?tls=a\" } }\n",
+			  "invalid value");
+	assert_load_fails("server { listen_addresses = { \"mqtts://:8883?tls=\" } }\n",
+			  "invalid value");
+	assert_load_fails("server { listen_addresses = { \"mqtts://:8883?x=a\" } }\n",
+			  "invalid value");
+	/* Named ones only: a listener without ?tls= needs tls { }'s own. */
+	assert_loads("server { listen_addresses = { \"mqtts://:1?tls=a\" } }\n"
+		     "tls { certificate \"a\" { cert_file = \"/a\"\n key_file = \"/k\" } }\n", &c);
+	assert_true(config_tls(&c));
+	assert_load_fails("server { listen_addresses = { \"mqtts://:1\" } }\n"
+			  "tls { certificate \"a\" { cert_file = \"/a\"\n key_file = \"/k\" } }\n",
+			  "needs tls.cert_file and tls.key_file, or ?tls=name");
+	/* Each named certificate is whole and checked. */
+	assert_load_fails("tls { certificate \"a\" { cert_file = \"/a\" } }\n",
+			  "tls: certificate \"a\": certificate needs key_file");
+	assert_load_fails("tls { certificate \"a\" { cert_file = \"/a\"\n key_file = \"/k\"\n"
+			  " require_certificate = true } }\n",
+			  "tls: certificate \"a\": require_certificate needs ca_file");
+	assert_load_fails("tls { certificate \"a\" { cert_file = \"rel\" } }\n",
+			  "tls: certificate \"a\": cert_file: invalid value 'rel' (expected an "
+			  "absolute path)");
+	assert_load_fails("tls { certificate \"a b\" { cert_file = \"/a\" } }\n",
+			  "expected a name of up to 31 letters");
+	assert_load_fails("tls { certificate \"a\" { cert_file = \"/a\"\n key_file = \"/k\" }\n"
+			  " certificate \"a\" { cert_file = \"/a\"\n key_file = \"/k\" } }\n",
+			  "tls: found duplicate title 'a'");
+	assert_load_fails("tls { certificate \"a\" { cert = \"/a\" } }\n", "unknown key");
+}
+
 static void control_characters_in_values_do_not_reach_the_message(void **state)
 {
 	struct iotd_config c;
@@ -1347,6 +1415,7 @@ int main(void)
 		CONF_TEST(nul_byte_in_file_is_rejected_with_its_line),
 		CONF_TEST(empty_or_oversized_listen_list_is_rejected),
 		CONF_TEST(tls_listeners_are_refused_without_tls),
+		CONF_TEST(named_tls_certificates),
 		CONF_TEST(control_characters_in_values_do_not_reach_the_message),
 		CONF_TEST(failed_load_leaves_the_config_untouched),
 		cmocka_unit_test(shipped_config_file_equals_the_defaults),

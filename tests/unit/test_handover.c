@@ -533,19 +533,21 @@ static void listener_sends_one_message_per_worker_balanced(void **state)
 	}
 }
 
-/* Each connection names the transport and path of the socket it came through. */
+/* Each connection names the transport, path and certificate of the socket it came through. */
 static void listener_hands_on_the_transport_of_the_socket(void **state)
 {
 	struct fx *f = *state;
 
-	f->env.listen_kinds[0].transport = LISTEN_WS;
+	f->env.listen_kinds[0].transport = LISTEN_WSS;
 	strcpy(f->env.listen_kinds[0].path, "/mqtt");
+	f->env.listen_kinds[0].tls = 2;
 	listener_spawn(f, NULL);
 	burst_read(f, 4);
 	for (unsigned w = 0; w < NWORKERS; w++)
 		for (unsigned k = 0; k < f->got[w].conns; k++) {
-			assert_int_equal(f->got[w].info[k].transport, LISTEN_WS);
+			assert_int_equal(f->got[w].info[k].transport, LISTEN_WSS);
 			assert_string_equal(f->got[w].info[k].path, "/mqtt");
+			assert_int_equal(f->got[w].info[k].tls, 2);
 		}
 }
 

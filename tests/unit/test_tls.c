@@ -226,9 +226,16 @@ static struct tls_worker *worker_ready(struct iotd_config *cfg, unsigned index, 
 	uint64_t until = mono_ms() + WAIT_MS;
 
 	assert_non_null(w);
-	while (!tls_worker_ready(w) && mono_ms() < until)
+	while (!tls_worker_ready(w, 0) && mono_ms() < until)
 		keys_wait(w, fd, 100, NULL);
-	assert_true(tls_worker_ready(w));
+	assert_true(tls_worker_ready(w, 0));
+	/* The listener's index is hostile: none past the configuration's certificates. */
+	assert_true(tls_worker_serves(w, 0));
+	assert_false(tls_worker_serves(w, (uint32_t)config_tls_certs(cfg)));
+	assert_false(tls_worker_serves(w, TLS_CERTS_MAX));
+	assert_false(tls_worker_serves(w, UINT32_MAX));
+	assert_false(tls_worker_ready(w, UINT32_MAX));
+	assert_null(tls_conn_new(w, UINT32_MAX, fd, NULL));
 	return w;
 }
 
@@ -289,7 +296,7 @@ static bool handshake_on(int sp[2], struct tls_worker *w, int keys_fd,
 	size_t n;
 
 	cs = client_new(&cctx, cfg, version, sp[0], resume);
-	c = tls_conn_new(w, sp[1], &sp[1]);
+	c = tls_conn_new(w, 0, sp[1], &sp[1]);
 	assert_non_null(c);
 	while ((!client_done || !server_done) && !failed && mono_ms() < until) {
 		if (!client_done) {
@@ -713,6 +720,28 @@ static void test_sign_codec(void **state)
 	assert_int_equal(ipc_keys_sign_encode(&f, buf), 0);
 }
 
+/* A chain names its certificate, one of those a configuration can have. */
+static void test_chain_codec(void **state)
+{
+	struct ipc_keys_pem p = { .key_id = 7, .cert = 2, .chain = "PEM", .chain_len = 3,
+				  .trust = "CA", .trust_len = 2 }, q;
+	size_t len;
+	uint8_t *buf = ipc_keys_chain_encode(&p, &len);
+
+	assert_non_null(buf);
+	assert_true(ipc_keys_chain_decode(buf, len, &q));
+	assert_int_equal(q.key_id, 7);
+	assert_int_equal(q.cert, 2);
+	assert_int_equal(q.chain_len, 3);
+	assert_memory_equal(q.chain, "PEM", 3);
+	assert_memory_equal(q.trust, "CA", 2);
+	free(buf);
+	p.cert = TLS_CERTS_MAX;
+	buf = ipc_keys_chain_encode(&p, &len);
+	assert_false(ipc_keys_chain_decode(buf, len, &q));
+	free(buf);
+}
+
 static void test_signed_codec(void **state)
 {
 	uint8_t sig[256] = { 9 }, buf[IPC_KEYS_SIGNED_LEN_MAX];
@@ -787,6 +816,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_sign_codec),
 		cmocka_unit_test(test_signed_codec),
+		cmocka_unit_test(test_chain_codec),
 		cmocka_unit_test(test_config_tls),
 		cmocka_unit_test(test_wrong_key_refused),
 		cmocka_unit_test(test_rsa_tls12),
