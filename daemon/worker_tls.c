@@ -58,6 +58,7 @@ struct tls_conn {
 	const struct ipc_keys_fields *req; /* its request, on the paused job's stack */
 	UT_hash_handle hh;           /* in w->signing, by sign_id */
 	bool answered;               /* the answer to sign_id came (or never will) */
+	bool drained;                /* the last read wanted the socket: no whole record buffered */
 	uint32_t sig_status;
 	/* Where the answer goes: OpenSSL's buffer, on the paused job's stack. */
 	uint8_t *sig;
@@ -396,6 +397,13 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 		SSL_CTX_set_mode(ctx, SSL_MODE_ASYNC | SSL_MODE_ENABLE_PARTIAL_WRITE |
 			       SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
 		/*
+		 * Read ahead: one read(2) takes every record the socket holds (up
+		 * to TLS_READ_AHEAD bytes), not a header and a body per record;
+		 * the buffer is released when empty, so an idle connection holds none.
+		 */
+		SSL_CTX_set_read_ahead(ctx, 1);
+		SSL_CTX_set_default_read_buffer_len(ctx, TLS_READ_AHEAD);
+		/*
 		 * No renegotiation: a client could ask for signatures without
 		 * end. A client that closes without close_notify has closed: MQTT
 		 * frames its packets, a cut cannot pass for a whole one.
@@ -676,12 +684,19 @@ enum tls_result tls_conn_handshake(struct tls_conn *c)
 
 enum tls_result tls_conn_read(struct tls_conn *c, void *buf, size_t cap, size_t *n)
 {
+	enum tls_result r;
 	int rc;
 
 	tls_current = c;
 	rc = SSL_read_ex(c->ssl, buf, cap, n);
 	tls_current = NULL;
-	return rc == 1 ? TLS_DONE : result_of(c, rc);
+	if (rc == 1) {
+		c->drained = false;
+		return TLS_DONE;
+	}
+	r = result_of(c, rc);
+	c->drained = r == TLS_WANT_READ;
+	return r;
 }
 
 enum tls_result tls_conn_write(struct tls_conn *c, const void *buf, size_t len, size_t *n)
@@ -750,9 +765,19 @@ int tls_conn_identity(const struct tls_conn *c, char *buf, size_t len)
 	return first_san(x, buf, len);
 }
 
+/*
+ * Bytes to read without the socket: decrypted ones, or records read
+ * ahead. After a read that wanted the socket, what OpenSSL holds is part
+ * of a record, which only the socket can complete.
+ */
 bool tls_conn_pending(const struct tls_conn *c)
 {
-	return SSL_pending(c->ssl) > 0;
+	return SSL_pending(c->ssl) > 0 || (!c->drained && SSL_has_pending(c->ssl));
+}
+
+bool tls_conn_buffered(const struct tls_conn *c)
+{
+	return SSL_has_pending(c->ssl);
 }
 
 void tls_conn_close_notify(struct tls_conn *c)
