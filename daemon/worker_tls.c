@@ -79,6 +79,7 @@ struct tls_worker {
 	void (*resumed)(struct tls_conn *c, void *arg); /* during tls_worker_on_keys */
 	void *arg;
 	bool send_logged;
+	bool jobs_pooled;            /* a handshake paused since the pool was last emptied */
 };
 
 /*
@@ -126,6 +127,7 @@ static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
 	c->req = f;
 	c->answered = false;
 	HASH_ADD(hh, w->signing, sign_id, sizeof(c->sign_id), c);
+	w->jobs_pooled = true;
 	return true;
 }
 
@@ -555,8 +557,9 @@ int tls_worker_preinit(void)
 
 /*
  * The async jobs, once per process: at most 4 x tls.max_pending_signs
- * handshakes wait for a signature (a job holds a 32 KiB stack, kept in the
- * pool once made); the others find no job (TLS_WANT_JOB) and wait for one.
+ * handshakes wait for a signature; the others find no job (TLS_WANT_JOB)
+ * and wait for one. A job holds a 32 KiB stack, kept in the pool once made
+ * until tls_worker_tick() empties it.
  */
 static bool async_pool_init(const struct iotd_config *cfg)
 {
@@ -568,6 +571,21 @@ static bool async_pool_init(const struct iotd_config *cfg)
 	}
 	done = true;
 	return true;
+}
+
+/*
+ * Every second: once no handshake waits for a signature, the jobs a burst
+ * of them made go, stacks and all, so that the memory serves connections
+ * (a paused job would outlive its pool: none is paused then).
+ */
+void tls_worker_tick(struct tls_worker *w)
+{
+	if (!w->jobs_pooled || HASH_COUNT(w->signing) > 0)
+		return;
+	ASYNC_cleanup_thread();
+	if (ASYNC_init_thread((size_t)w->cfg->tls_max_pending_signs * 4, 0) != 1)
+		log_warn("TLS: cannot set up OpenSSL's async jobs again; OpenSSL makes them as needed");
+	w->jobs_pooled = false;
 }
 
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)

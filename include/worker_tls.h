@@ -55,6 +55,8 @@ int tls_worker_preinit(void);
  */
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd);
 void tls_worker_free(struct tls_worker *w);
+/* The worker's 1 s tick: the async jobs' pool emptied once no handshake waits for a signature. */
+void tls_worker_tick(struct tls_worker *w);
 /*
  * Whether certificate cert (TLS_CERTS_MAX, as the listener says) is one
  * configured: any index is taken, as a compromised listener may send it.
