@@ -532,6 +532,8 @@ int worker_main(struct role_env *env)
 				(void)!read(w.timerfd, &ticks, sizeof(ticks));
 				check_deadlines(&w);
 				publish_counters(&w);
+				if (w.tls != NULL)
+					tls_worker_tick(w.tls);
 				/* Give large freed blocks back to the system (at once over the ceiling). */
 				if (heap_trim_wanted || atomic_load(&env->shm.sup->memory_pressure)) {
 					heap_trim_wanted = false;

@@ -58,6 +58,7 @@ struct tls_conn {
 	const struct ipc_keys_fields *req; /* its request, on the paused job's stack */
 	UT_hash_handle hh;           /* in w->signing, by sign_id */
 	bool answered;               /* the answer to sign_id came (or never will) */
+	bool drained;                /* the last read wanted the socket: no whole record buffered */
 	uint32_t sig_status;
 	/* Where the answer goes: OpenSSL's buffer, on the paused job's stack. */
 	uint8_t *sig;
@@ -78,6 +79,7 @@ struct tls_worker {
 	void (*resumed)(struct tls_conn *c, void *arg); /* during tls_worker_on_keys */
 	void *arg;
 	bool send_logged;
+	bool jobs_pooled;            /* a handshake paused since the pool was last emptied */
 };
 
 /*
@@ -125,6 +127,7 @@ static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
 	c->req = f;
 	c->answered = false;
 	HASH_ADD(hh, w->signing, sign_id, sizeof(c->sign_id), c);
+	w->jobs_pooled = true;
 	return true;
 }
 
@@ -396,6 +399,13 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 		SSL_CTX_set_mode(ctx, SSL_MODE_ASYNC | SSL_MODE_ENABLE_PARTIAL_WRITE |
 			       SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
 		/*
+		 * Read ahead: one read(2) takes every record the socket holds (up
+		 * to TLS_READ_AHEAD bytes), not a header and a body per record;
+		 * the buffer is released when empty, so an idle connection holds none.
+		 */
+		SSL_CTX_set_read_ahead(ctx, 1);
+		SSL_CTX_set_default_read_buffer_len(ctx, TLS_READ_AHEAD);
+		/*
 		 * No renegotiation: a client could ask for signatures without
 		 * end. A client that closes without close_notify has closed: MQTT
 		 * frames its packets, a cut cannot pass for a whole one.
@@ -547,8 +557,9 @@ int tls_worker_preinit(void)
 
 /*
  * The async jobs, once per process: at most 4 x tls.max_pending_signs
- * handshakes wait for a signature (a job holds a 32 KiB stack, kept in the
- * pool once made); the others find no job (TLS_WANT_JOB) and wait for one.
+ * handshakes wait for a signature; the others find no job (TLS_WANT_JOB)
+ * and wait for one. A job holds a 32 KiB stack, kept in the pool once made
+ * until tls_worker_tick() empties it.
  */
 static bool async_pool_init(const struct iotd_config *cfg)
 {
@@ -560,6 +571,21 @@ static bool async_pool_init(const struct iotd_config *cfg)
 	}
 	done = true;
 	return true;
+}
+
+/*
+ * Every second: once no handshake waits for a signature, the jobs a burst
+ * of them made go, stacks and all, so that the memory serves connections
+ * (a paused job would outlive its pool: none is paused then).
+ */
+void tls_worker_tick(struct tls_worker *w)
+{
+	if (!w->jobs_pooled || HASH_COUNT(w->signing) > 0)
+		return;
+	ASYNC_cleanup_thread();
+	if (ASYNC_init_thread((size_t)w->cfg->tls_max_pending_signs * 4, 0) != 1)
+		log_warn("TLS: cannot set up OpenSSL's async jobs again; OpenSSL makes them as needed");
+	w->jobs_pooled = false;
 }
 
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)
@@ -676,12 +702,19 @@ enum tls_result tls_conn_handshake(struct tls_conn *c)
 
 enum tls_result tls_conn_read(struct tls_conn *c, void *buf, size_t cap, size_t *n)
 {
+	enum tls_result r;
 	int rc;
 
 	tls_current = c;
 	rc = SSL_read_ex(c->ssl, buf, cap, n);
 	tls_current = NULL;
-	return rc == 1 ? TLS_DONE : result_of(c, rc);
+	if (rc == 1) {
+		c->drained = false;
+		return TLS_DONE;
+	}
+	r = result_of(c, rc);
+	c->drained = r == TLS_WANT_READ;
+	return r;
 }
 
 enum tls_result tls_conn_write(struct tls_conn *c, const void *buf, size_t len, size_t *n)
@@ -750,9 +783,19 @@ int tls_conn_identity(const struct tls_conn *c, char *buf, size_t len)
 	return first_san(x, buf, len);
 }
 
+/*
+ * Bytes to read without the socket: decrypted ones, or records read
+ * ahead. After a read that wanted the socket, what OpenSSL holds is part
+ * of a record, which only the socket can complete.
+ */
 bool tls_conn_pending(const struct tls_conn *c)
 {
-	return SSL_pending(c->ssl) > 0;
+	return SSL_pending(c->ssl) > 0 || (!c->drained && SSL_has_pending(c->ssl));
+}
+
+bool tls_conn_buffered(const struct tls_conn *c)
+{
+	return SSL_has_pending(c->ssl);
 }
 
 void tls_conn_close_notify(struct tls_conn *c)

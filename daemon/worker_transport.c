@@ -120,7 +120,7 @@ static void tls_rearm(struct worker *w, struct conn *c, bool changed)
 {
 	struct xport *x = c->xp;
 
-	x->tls_pending = x->ws != NULL && x->tls_up && tls_conn_pending(x->tls);
+	x->tls_pending = x->tls_up && tls_conn_pending(x->tls);
 	if (changed || x->out_armed != tls_wants_epollout(c, c->paused || c->throttled ||
 							   c->out_full))
 		conn_set_events(w, c);
@@ -224,6 +224,9 @@ static void tls_mqtt_read(struct worker *w, struct conn *c)
 		total += n;
 		if (!conn_feed(w, &c, w->rbuf, n))
 			return;
+		/* All it read is out: the next read(2) would most likely find nothing. */
+		if (!tls_conn_buffered(c->xp->tls))
+			break;
 	}
 	if (r == TLS_CLOSED || r == TLS_ERROR) {
 		c->xp->tls_failed = true;

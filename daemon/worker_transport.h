@@ -41,7 +41,7 @@ struct xport {
 	bool tls_wants_out : 1;      /* TLS's handshake or read waits for the socket to take bytes */
 	bool tls_wants_keys : 1;     /* the handshake waits for the key role (input off) */
 	bool tls_wants_job : 1;      /* ... or for another's signature to free a job (input off) */
-	bool tls_pending : 1;        /* OpenSSL holds decrypted bytes wslay did not ask for yet */
+	bool tls_pending : 1;        /* OpenSSL holds bytes no event on the fd will announce */
 	bool out_armed : 1;          /* EPOLLOUT armed for the above (xport_events) */
 	bool tls_failed : 1;         /* closed or broken: nothing more is written */
 	uint8_t cert;                /* mqtts, wss: the certificate presented (TLS_CERTS_MAX, checked) */

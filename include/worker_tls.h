@@ -33,6 +33,9 @@ enum tls_result {
 	TLS_ERROR,           /* a failed handshake or a broken connection (logged at debug) */
 };
 
+/* Bytes of records one read(2) takes at most (OpenSSL's read-ahead buffer, while not empty). */
+#define TLS_READ_AHEAD 32768
+
 struct tls_worker;
 struct tls_conn;
 
@@ -52,6 +55,8 @@ int tls_worker_preinit(void);
  */
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd);
 void tls_worker_free(struct tls_worker *w);
+/* The worker's 1 s tick: the async jobs' pool emptied once no handshake waits for a signature. */
+void tls_worker_tick(struct tls_worker *w);
 /*
  * Whether certificate cert (TLS_CERTS_MAX, as the listener says) is one
  * configured: any index is taken, as a compromised listener may send it.
@@ -91,8 +96,10 @@ enum tls_result tls_conn_write(struct tls_conn *c, const void *buf, size_t len, 
 int tls_conn_identity(const struct tls_conn *c, char *buf, size_t len);
 /* The ALPN protocol agreed ("mqtt"), or NULL. */
 const char *tls_conn_alpn(const struct tls_conn *c);
-/* Decrypted bytes held in OpenSSL that no event on the fd will announce. */
+/* Bytes held in OpenSSL (decrypted, or whole records read ahead) that no event on the fd will announce. */
 bool tls_conn_pending(const struct tls_conn *c);
+/* Anything OpenSSL read from the fd and has not handed out yet, a part of a record included. */
+bool tls_conn_buffered(const struct tls_conn *c);
 /* A close_notify, once, if the handshake finished and the socket takes it now. */
 void tls_conn_close_notify(struct tls_conn *c);
 /* Frees the connection, ending a handshake that waits for the key role. The fd stays open. */
