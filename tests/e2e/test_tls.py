@@ -1,9 +1,10 @@
 """MQTT over TLS (mqtts://) and over WebSocket over TLS (wss://), with
 real clients: mosquitto_pub/sub and Paho through a round trip (RSA and
 ECDSA server certificates, client certificates when required), openssl
-s_client for what must fail (an unknown CA, an expired certificate, a
-revoked client, TLS 1.0/1.1), bytes that are no TLS, a stalled handshake,
-session resumption on either worker, and the key role killed."""
+s_client for what must fail (an unknown CA, a wrong host name, an expired
+certificate, a revoked client, TLS 1.0/1.1), bytes that are no TLS, a
+stalled handshake, session resumption on either worker, and the key role
+killed."""
 
 import os
 import signal
@@ -141,6 +142,26 @@ def test_unknown_ca_fails_on_the_client(start_broker, certs):
                       "-verify_return_error")
     assert "verify error" in out, out
     assert "CONNECTED" in out
+
+
+def test_wrong_host_fails_on_the_client(start_broker, certs):
+    """The broker presents its certificate for 127.0.0.1 and localhost: a
+    client that expects another name refuses it, one that expects either
+    name (or connects to it: mosquitto_pub) accepts it."""
+    b = tls_broker(start_broker, certs.server_rsa)
+    rc, out = s_client(b.mqtts, "-CAfile", certs.ca, "-verify_hostname", "broker.example.org",
+                       "-verify_return_error")
+    assert rc != 0
+    assert "hostname mismatch" in out, out
+    for name in ("localhost", "127.0.0.1"):
+        check = "-verify_ip" if name[0].isdigit() else "-verify_hostname"
+        rc, out = s_client(b.mqtts, "-CAfile", certs.ca, check, name, "-verify_return_error")
+        assert "Verify return code: 0 (ok)" in out, out
+    # mosquitto_pub checks the name it connects to against the certificate.
+    r = subprocess.run(["mosquitto_pub", "-h", "localhost", "-p", str(b.mqtts), "--cafile",
+                        certs.ca, "-t", "tls/right-host", "-m", "x"],
+                       capture_output=True, text=True, timeout=T(10))
+    assert r.returncode == 0, r.stderr
 
 
 def test_expired_server_certificate_rejected(start_broker, certs):
