@@ -70,6 +70,7 @@ int xport_new(struct worker *w, int fd, conn_id_t id, const struct ipc_client *i
 	x->transport = (uint8_t)info->transport;
 	x->cert = listen_transport_tls(x->transport) ? (uint8_t)info->tls : 0;
 	x->fd = fd;
+	x->out_head = has_ws(x->transport) ? WS_HEAD_MAX : 0;
 	/* Before the key role's chain came, its TLS waits (xport_chain_came). */
 	if ((has_ws(x->transport) && (x->ws = ws_new(path)) == NULL) ||
 	    (listen_transport_tls(x->transport) && tls_worker_ready(w->tls, x->cert) &&
