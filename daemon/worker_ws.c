@@ -59,7 +59,7 @@ struct ws_call {
 	struct conn *c;
 	size_t budget;               /* bytes the socket may still give in this call */
 	bool eof;                    /* the client closed its side */
-	int err;                     /* errno of a failed read or write */
+	int err;                     /* errno of a failed read */
 };
 
 struct ws_conn {

@@ -63,8 +63,16 @@ def close_payload(code, reason=b""):
 class WsClient:
     """A TCP connection to a ws:// listener; handshake() upgrades it."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=5.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, rcvbuf=None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if rcvbuf is not None:  # before connect(), so the window starts small
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
+        except BaseException:
+            self.sock.close()
+            raise
         self.buf = b""
 
     def close(self):
