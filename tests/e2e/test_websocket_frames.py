@@ -10,7 +10,6 @@ WANT_WRITE) and go on: a ping sent meanwhile is answered between frames,
 never inside one.
 """
 
-import socket
 import ssl
 import struct
 import time
@@ -133,14 +132,11 @@ class TlsRecords:
     none for the application (a session ticket)."""
 
     def __init__(self, port, ca):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        self.sock.settimeout(T(5))
-        self.sock.connect(("127.0.0.1", port))
+        # Below TLS: a WsClient's socket and byte buffer, nothing of its WebSocket.
+        self.tcp = WsClient(port, timeout=T(5), rcvbuf=RCVBUF)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = client_context(ca).wrap_bio(self.incoming, self.outgoing,
                                                server_hostname="localhost")
-        self.raw = b""
         deadline = time.monotonic() + T(10)
         while True:
             try:
@@ -152,31 +148,21 @@ class TlsRecords:
         self._push()
 
     def close(self):
-        self.sock.close()
+        self.tcp.close()
 
     def _push(self):
         data = self.outgoing.read()
         if data:
-            self.sock.sendall(data)
+            self.tcp.send(data)
 
     def send(self, data):
         self.tls.write(data)
         self._push()
 
     def _read(self, n, deadline):
-        while len(self.raw) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise m.Timeout("timed out waiting for a TLS record")
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                raise m.Timeout("timed out waiting for a TLS record") from None
-            if not data:
-                raise m.ConnectionClosed("the server closed the connection")
-            self.raw += data
-        out, self.raw = self.raw[:n], self.raw[n:]
+        while len(self.tcp.buf) < n:
+            self.tcp.fill(deadline)
+        out, self.tcp.buf = self.tcp.buf[:n], self.tcp.buf[n:]
         return out
 
     def _record_bytes(self, deadline):
