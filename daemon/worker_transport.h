@@ -99,12 +99,11 @@ void xport_last_write(struct worker *w, struct conn *c);
 
 /*
  * The layer below the calling one: read(2) and write(2) semantics (-1
- * with errno EAGAIN when it would block); more: more bytes follow at once
- * (MSG_MORE, for the socket). After TLS_WANT_WRITE a write is made again
- * with the same bytes, as wslay does.
+ * with errno EAGAIN when it would block). After TLS_WANT_WRITE a write is
+ * made again with the same bytes (worker_ws.c's ws_output).
  */
 ssize_t xport_lower_read(struct conn *c, void *buf, size_t n);
-ssize_t xport_lower_write(struct conn *c, const void *buf, size_t n, bool more);
+ssize_t xport_lower_write(struct conn *c, const void *buf, size_t n);
 
 /*
  * worker_ws.c: the WebSocket layer. A frame of MQTT's output has its

@@ -260,7 +260,7 @@ static void ws_frame_start(struct ws_conn *ws, struct conn *c)
 /* Bytes to the layer below: how many went, 0 when it would block, -1 when broken (errno). */
 static ssize_t ws_write(struct conn *c, const uint8_t *data, size_t len)
 {
-	ssize_t n = xport_lower_write(c, data, len, false);
+	ssize_t n = xport_lower_write(c, data, len);
 
 	if (n < 0 && errno == EAGAIN)
 		return 0;
@@ -349,7 +349,7 @@ static void ws_frame_refused(struct ws_conn *ws, struct conn *c, bool idle)
 	if (!idle)
 		return;
 	wslay_event_shutdown_write(ws->ctx);
-	(void)xport_lower_write(c, close_1002, sizeof(close_1002), false);
+	(void)xport_lower_write(c, close_1002, sizeof(close_1002));
 }
 
 /* Frames from the socket (after what followed the upgrade request), through wslay. */
@@ -413,7 +413,7 @@ static void ws_answer(struct worker *w, struct conn *c, struct ws_conn *ws,
 	char resp[256], why[128];
 	size_t n = http_upgrade_response(u, resp, sizeof(resp));
 
-	if (xport_lower_write(c, resp, n, false) != (ssize_t)n) {
+	if (xport_lower_write(c, resp, n) != (ssize_t)n) {
 		conn_close(w, c, false, "cannot send the WebSocket upgrade's answer");
 		return;
 	}
