@@ -1,13 +1,14 @@
 """How iotd frames its output over WebSocket (docs/arch.md, Transports):
 what a flush finds to send becomes one binary frame, bounded (64 KiB;
 16 KiB over wss://, one TLS record), so a burst of small publishes
-arrives in far fewer frames than messages and a 100 KiB one in frames
-far larger than 4 KiB, intact; over wss:// each frame, header and
-payload, is exactly one TLS record (seen by a client that reads the
-records itself, through a memory BIO). The subscriber's receive window
-is small, so the server's writes stop partway (EAGAIN, SSL_write's
-WANT_WRITE) and go on: a ping sent meanwhile is answered between frames,
-never inside one.
+arrives in far fewer frames than messages and 100 KiB ones in frames far
+larger than 4 KiB, intact; over wss:// each frame, header and payload, is
+exactly one TLS record (seen by a client that reads the records itself,
+through a memory BIO). Then the subscriber stops reading until its
+output is past max_output_bytes, the server's writes having stopped
+partway (EAGAIN, SSL_write's WANT_WRITE): once it reads again every frame
+is whole, and a ping sent meanwhile is answered between frames, never
+inside one.
 """
 
 import ssl
@@ -26,7 +27,10 @@ from wsraw import OP_BINARY, OP_PING, OP_PONG, WsClient, accept_of, frame, upgra
 pytestmark = pytest.mark.iotd_only
 
 SMALL = 400                   # small publishes in the burst
-BIG = 100 * 1024              # the large publish's payload
+BIG = 100 * 1024              # a large publish's payload
+BIGS = 4                      # large publishes after them
+OUTPUT_MAX = 1 << 20          # max_output_bytes: a burst is held whole
+DEAF_LIMIT = 64 << 20         # bytes published at most for a subscriber that does not read
 FRAME_MAX = 65536             # a data frame's bytes, header included (worker_ws.c)
 FRAME_MAX_TLS = 16384         # ... over wss://: one TLS record's plaintext
 RCVBUF = 8192                 # the subscriber's receive buffer
@@ -87,43 +91,81 @@ class Subscriber:
 
 def burst_and_check(b, send, sub, frame_max):
     """sub (CONNECTed over send) subscribes; a TCP client publishes SMALL
-    small messages and a BIG one in one write while sub pings; all arrive,
-    in order, intact, as frames of at most frame_max bytes, far fewer than
-    the messages."""
-    send(frame(OP_BINARY, m.subscribe(1, [("wsf/t", 0)])))
+    small messages and BIGS large ones in one write while sub pings; all
+    arrive, in order, intact, as frames of at most frame_max bytes, far
+    fewer than the messages."""
+    send(frame(OP_BINARY, m.subscribe(1, [("wsf/t", 1)])))
     assert sub.packet().type == m.SUBACK
-    big = bytes(range(256)) * (BIG // 256)
+    bigs = [bytes([i]) + bytes(range(256)) * (BIG // 256) for i in range(BIGS)]
     with raw(b, tag="wsfpub") as pub:
         pub.send(b"".join(m.publish("wsf/t", b"small %04d" % i) for i in range(SMALL)) +
-                 m.publish("wsf/t", big))
+                 b"".join(m.publish("wsf/t", p) for p in bigs))
         send(frame(OP_PING, b"between frames"))
         before = len(sub.frames)
-        got = [sub.packet() for _ in range(SMALL + 1)]
-    assert [p.payload for p in got[:SMALL]] == [b"small %04d" % i for i in range(SMALL)]
-    assert got[SMALL].type == m.PUBLISH and got[SMALL].payload == big, "the large payload broke"
+        got = [sub.packet().payload for _ in range(SMALL + BIGS)]
+    assert got[:SMALL] == [b"small %04d" % i for i in range(SMALL)]
+    assert got[SMALL:] == bigs, "a large payload broke"
     frames = sub.frames[before:]
     sizes = [frame_size(len(p)) for _, _, p in frames]
     assert max(sizes) <= frame_max, f"a frame of {max(sizes)} bytes"
-    # Several packets to a frame: what each flush found went as one frame.
-    assert len(frames) <= SMALL // 4 + BIG // (frame_max - 4) + 2, \
-        f"{SMALL + 1} messages in {len(frames)} frames"
-    # The large one in frames of the bound, not of 4 KiB.
-    assert sum(1 for s in sizes if s > frame_max // 2) >= BIG // frame_max, sizes
+    # Several packets to a frame: what each flush found went as one frame;
+    # the large ones in frames of the bound, not of 4 KiB.
+    least = (BIG + 10) * BIGS // (frame_max - 4) + 1
+    assert len(frames) <= SMALL // 4 + 2 * least, \
+        f"{SMALL + BIGS} messages in {len(frames)} frames"
+    assert sum(1 for s in sizes if s > frame_max // 2) >= least // 2, sizes
     deadline = time.monotonic() + T(5)
     while not sub.pongs:
         sub.frame(deadline)
     assert sub.pongs == [b"between frames"] and sub.stream == b""
 
 
+def numbered(i):
+    return b"%08d" % i + bytes(range(256)) * 4
+
+
+def blocked_then_drained(b, send, sub):
+    """sub (subscribed by burst_and_check) stops reading while a TCP client
+    publishes until sub's worker drops QoS 0 messages for it: its output is
+    past max_output_bytes, the socket having taken no more, a frame
+    half-sent. sub pings; then, reading again, it finds every frame whole,
+    the pong between two, and what came of the publishes intact and in
+    order, up to a QoS 1 one that is not dropped."""
+    sub.pongs.clear()
+    batch = 64
+    with raw(b, tag="wsfdeaf") as pub:
+        sent, deadline = 0, time.monotonic() + T(30)
+        while "slow reader: dropping QoS 0 messages" not in b.log:
+            assert sent * 1040 < DEAF_LIMIT and time.monotonic() < deadline, \
+                "the subscriber's output never stopped"
+            pub.send(b"".join(m.publish("wsf/t", numbered(i)) for i in range(sent, sent + batch)))
+            sent += batch
+        send(frame(OP_PING, b"while blocked"))
+        pub.send(m.publish("wsf/t", b"end", qos=1, pid=1))
+        assert pub.recv_packet(T(10)).type == m.PUBACK
+        seen = []
+        while (p := sub.packet(T(30))).payload != b"end":
+            seen.append(p.payload)
+    assert 0 < len(seen) < sent, f"{len(seen)} of {sent} publishes came"
+    order = [int(p[:8]) for p in seen]
+    assert seen == [numbered(i) for i in order] and order == sorted(set(order))
+    deadline = time.monotonic() + T(5)
+    while not sub.pongs:
+        sub.frame(deadline)
+    assert sub.pongs == [b"while blocked"]
+
+
 def test_ws_output_leaves_in_few_large_frames(start_broker):
     tcp, ws = free_port(), free_port()
-    b = start_broker(listen=[f"127.0.0.1:{tcp}", f"ws://127.0.0.1:{ws}/mqtt"])
+    b = start_broker(listen=[f"127.0.0.1:{tcp}", f"ws://127.0.0.1:{ws}/mqtt"],
+                     max_output_bytes=OUTPUT_MAX)
     with WsClient(ws, timeout=T(5), rcvbuf=RCVBUF) as c:
         c.handshake("/mqtt")
         c.send(frame(OP_BINARY, m.connect(uid("wsf"))))
         sub = Subscriber(lambda deadline: c.recv_frame(max(deadline - time.monotonic(), 0.01)))
         assert sub.packet().type == m.CONNACK
         burst_and_check(b, c.send, sub, FRAME_MAX)
+        blocked_then_drained(b, c.send, sub)
 
 
 class TlsRecords:
@@ -181,7 +223,7 @@ class TlsRecords:
 
 
 def test_wss_frame_is_one_tls_record(start_broker, certs):  # noqa: F811
-    b = tls_broker(start_broker, certs)
+    b = tls_broker(start_broker, certs, max_output_bytes=OUTPUT_MAX)
     c = TlsRecords(b.wss_port, certs.ca)
     try:
         req, key = upgrade_request("/mqtt")
@@ -206,5 +248,6 @@ def test_wss_frame_is_one_tls_record(start_broker, certs):  # noqa: F811
         sub = Subscriber(next_frame)
         assert sub.packet().type == m.CONNACK
         burst_and_check(b, c.send, sub, FRAME_MAX_TLS)
+        blocked_then_drained(b, c.send, sub)
     finally:
         c.close()
