@@ -30,12 +30,15 @@ static size_t conn_size(size_t n)
 
 /* --- buffers ------------------------------------------------------------ */
 
-/* Room for n more bytes at the end of *bp, which may be NULL (empty). */
-static int buf_reserve(struct buf **bp, size_t n)
+/*
+ * Room for n more bytes at the end of *bp, which may be NULL (empty); a
+ * new buffer starts head bytes in (its off and len), kept free in front.
+ */
+static int buf_reserve(struct buf **bp, size_t n, size_t head)
 {
 	struct buf *b = *bp;
 	bool fresh = b == NULL;
-	size_t len = fresh ? 0 : b->len, cap = fresh ? 0 : b->cap;
+	size_t len = fresh ? head : b->len, cap = fresh ? 0 : b->cap;
 
 	if (len + n <= cap)
 		return 0;
@@ -46,7 +49,7 @@ static int buf_reserve(struct buf **bp, size_t n)
 	if (b == NULL)
 		return -1;
 	if (fresh)
-		b->len = b->off = 0;
+		b->len = b->off = head;
 	b->cap = cap;
 	*bp = b;
 	return 0;
@@ -63,6 +66,12 @@ static void buf_free(struct buf **bp)
 
 /* --- output ------------------------------------------------------------- */
 
+/* Bytes kept free in front of c->out's unsent ones, for its layers (xport.out_head). */
+static size_t out_head(const struct conn *c)
+{
+	return c->xp != NULL ? c->xp->out_head : 0;
+}
+
 static void conn_mark_dirty(struct worker *w, struct conn *c)
 {
 	if (!c->dirty) {
@@ -77,7 +86,7 @@ uint8_t *out_reserve(struct worker *w, struct conn *c, size_t n)
 	uint8_t *p;
 
 	/* Nothing to write has no place: c->out may not even exist. */
-	if (n == 0 || buf_reserve(&c->out, n) < 0)
+	if (n == 0 || buf_reserve(&c->out, n, out_head(c)) < 0)
 		return NULL;
 	p = c->out->data + c->out->len;
 	c->out->len += n;
@@ -160,19 +169,20 @@ bool out_drained(struct worker *w, struct conn *c)
 void conn_flushed(struct worker *w, struct conn *c, bool blocked)
 {
 	struct buf *b = c->out;
+	size_t head = out_head(c);
 	bool changed;
 
 	if (!blocked || buf_held(b) == 0) {
 		/* Idle connections hold no buffer: memory per connection stays small. */
 		buf_free(&c->out);
-	} else if (b->off >= b->len / 2) {
+	} else if (b->off > head && b->off >= b->len / 2) {
 		/*
 		 * Keep only what is unsent: a slow but steady reader must not
 		 * make the buffer grow by what it already took.
 		 */
-		memmove(b->data, b->data + b->off, b->len - b->off);
-		b->len -= b->off;
-		b->off = 0;
+		memmove(b->data + head, b->data + b->off, b->len - b->off);
+		b->len = head + b->len - b->off;
+		b->off = head;
 	}
 	changed = out_drained(w, c) || c->want_out != blocked;
 	c->want_out = blocked;
@@ -487,7 +497,7 @@ bool conn_feed(struct worker *w, struct conn **cp, const uint8_t *p, size_t n)
 
 	if (buf_held(c->in) > 0) {
 		/* A packet is already partly here: append, then decode in place. */
-		if (buf_reserve(&c->in, n) < 0) {
+		if (buf_reserve(&c->in, n, 0) < 0) {
 			conn_close(w, c, true, "out of memory");
 			return false;
 		}
@@ -501,7 +511,7 @@ bool conn_feed(struct worker *w, struct conn **cp, const uint8_t *p, size_t n)
 	c = *cp;
 	if ((size_t)used == n)
 		return true;
-	if (buf_reserve(&c->in, n - (size_t)used) < 0) {
+	if (buf_reserve(&c->in, n - (size_t)used, 0) < 0) {
 		conn_close(w, c, true, "out of memory");
 		return false;
 	}

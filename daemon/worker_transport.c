@@ -70,6 +70,7 @@ int xport_new(struct worker *w, int fd, conn_id_t id, const struct ipc_client *i
 	x->transport = (uint8_t)info->transport;
 	x->cert = listen_transport_tls(x->transport) ? (uint8_t)info->tls : 0;
 	x->fd = fd;
+	x->out_head = has_ws(x->transport) ? WS_HEAD_MAX : 0;
 	/* Before the key role's chain came, its TLS waits (xport_chain_came). */
 	if ((has_ws(x->transport) && (x->ws = ws_new(path)) == NULL) ||
 	    (listen_transport_tls(x->transport) && tls_worker_ready(w->tls, x->cert) &&
@@ -342,7 +343,8 @@ void xport_last_write(struct worker *w, struct conn *c)
 /*
  * TLS's answer as read(2)'s and write(2)'s: EAGAIN, 0 at the end, EPROTO
  * when broken. A read that waits for the socket to take bytes has
- * EPOLLOUT armed (xport_read); a write's is wslay's to wait for.
+ * EPOLLOUT armed (xport_read); a write, as any blocked flush
+ * (conn_flushed).
  */
 static ssize_t tls_as_syscall(struct xport *x, enum tls_result r, size_t n, bool reading)
 {
@@ -383,7 +385,7 @@ ssize_t xport_lower_read(struct conn *c, void *buf, size_t n)
 	return r;
 }
 
-ssize_t xport_lower_write(struct conn *c, const void *buf, size_t n, bool more)
+ssize_t xport_lower_write(struct conn *c, const void *buf, size_t n)
 {
 	enum tls_result t;
 	ssize_t r;
@@ -394,7 +396,7 @@ ssize_t xport_lower_write(struct conn *c, const void *buf, size_t n, bool more)
 		return tls_as_syscall(c->xp, t, put, false);
 	}
 	do
-		r = send(c->fd, buf, n, MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+		r = send(c->fd, buf, n, MSG_NOSIGNAL);
 	while (r < 0 && errno == EINTR);
 	return r;
 }

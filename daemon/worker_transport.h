@@ -45,6 +45,7 @@ struct xport {
 	bool out_armed : 1;          /* EPOLLOUT armed for the above (xport_events) */
 	bool tls_failed : 1;         /* closed or broken: nothing more is written */
 	uint8_t cert;                /* mqtts, wss: the certificate presented (TLS_CERTS_MAX, checked) */
+	uint8_t out_head;            /* bytes kept free in front of c->out's unsent ones (WS_HEAD_MAX) */
 	conn_id_t id;                /* its connection, which moves (a key role's answer finds it) */
 	int fd;                      /* its socket, for a TLS made once the chain came */
 	struct ws_conn *ws;          /* ws, wss: the WebSocket layer (worker_ws.c) */
@@ -98,14 +99,18 @@ void xport_last_write(struct worker *w, struct conn *c);
 
 /*
  * The layer below the calling one: read(2) and write(2) semantics (-1
- * with errno EAGAIN when it would block); more: more bytes follow at once
- * (MSG_MORE, for the socket). After TLS_WANT_WRITE a write is made again
- * with the same bytes, as wslay does.
+ * with errno EAGAIN when it would block). After TLS_WANT_WRITE a write is
+ * made again with the same bytes (worker_ws.c's ws_output).
  */
 ssize_t xport_lower_read(struct conn *c, void *buf, size_t n);
-ssize_t xport_lower_write(struct conn *c, const void *buf, size_t n, bool more);
+ssize_t xport_lower_write(struct conn *c, const void *buf, size_t n);
 
-/* worker_ws.c: the WebSocket layer. */
+/*
+ * worker_ws.c: the WebSocket layer. A frame of MQTT's output has its
+ * header written in the bytes kept free in front of it (xport.out_head):
+ * WS_HEAD_MAX, the header of a server frame of up to 65535 payload bytes.
+ */
+#define WS_HEAD_MAX 4
 struct ws_conn *ws_new(const char *path);
 void ws_free(struct ws_conn *ws);
 void ws_read(struct worker *w, struct conn *c);

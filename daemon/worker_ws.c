@@ -5,17 +5,31 @@
  * Owns each such connection's struct ws_conn: first its opening handshake
  * (the HTTP upgrade request gathered up to server.max_http_request_size,
  * read by common/http_upgrade.c and answered), then wslay's event context,
- * which reads and writes the frames. The payload of binary messages is
- * MQTT's byte stream (conn_feed): packets may be split across frames and
- * several may share one. What MQTT writes (c->out) leaves as one binary
- * message per flush, in frames of wslay's buffer size, taken from c->out
- * only as each frame goes, so that the output bound (max_output_bytes)
- * still counts it. wslay answers pings and closes, and closes with 1002
- * what breaks the protocol (an unmasked frame, a bad opcode, a control
- * frame over 125 bytes or fragmented, a bad close code); here a text
- * message is closed with 1003 and a message over max_packet_size plus a
- * fixed header with 1009. A connection that never finishes its handshake
- * meets connect_timeout like any other before its CONNECT.
+ * which reads the frames and writes the control frames (pong, close). The
+ * payload of binary messages is MQTT's byte stream (conn_feed): packets
+ * may be split across frames and several may share one. wslay answers
+ * pings and closes, and closes with 1002 what breaks the protocol (an
+ * unmasked frame, a bad opcode, a control frame over 125 bytes or
+ * fragmented, a bad close code); here a text message is closed with 1003
+ * and a message over max_packet_size plus a fixed header with 1009. A
+ * connection that never finishes its handshake meets connect_timeout like
+ * any other before its CONNECT.
+ *
+ * MQTT's output (c->out) is framed here, not by wslay: wslay hands a
+ * frame's header and its payload to its send callback in two calls, which
+ * under TLS become two records, and takes a message in chunks of its 4 KiB
+ * buffer, copying each (wslay_event_queue_msg would copy it whole). A
+ * server's frame is unmasked (RFC 6455 5.1), so its header is 2 or 4 bytes
+ * that ws_frame_start() writes in front of the payload, in the room c->out
+ * keeps there (xport.out_head), and the frame leaves in place with one
+ * write, or one SSL_write. What a flush finds in c->out becomes one binary
+ * frame of at most WS_FRAME_MAX bytes (under TLS WS_FRAME_MAX_TLS: one
+ * record), the rest the next frames; taken from c->out only as it goes,
+ * it still counts in max_output_bytes. wslay's control frames are gathered
+ * whole into a stage of 127 bytes, and leave in one write too. Frames are
+ * never interleaved (ws_output): a staged control frame first, then the
+ * rest of the data frame being sent, then wslay's control frames, then a
+ * new data frame.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -33,6 +47,11 @@
 #define WS_CLOSE_UNSUPPORTED 1003
 #define WS_CLOSE_TOO_BIG 1009
 #define MQTT_FIXED_HEADER_MAX 5
+#define WS_FRAME_MAX 65536           /* a data frame's bytes, header included */
+#define WS_FRAME_MAX_TLS 16384       /* ... under TLS: one record's (RFC 8446 5.1) */
+#define WS_CTL_MAX (2 + 125)         /* a server's control frame (RFC 6455 5.5) */
+
+static_assert(WS_FRAME_MAX - WS_HEAD_MAX <= UINT16_MAX, "a data frame's header is WS_HEAD_MAX");
 
 /* A call into wslay: the connection its callbacks act on, which MQTT may move or close. */
 struct ws_call {
@@ -40,7 +59,7 @@ struct ws_call {
 	struct conn *c;
 	size_t budget;               /* bytes the socket may still give in this call */
 	bool eof;                    /* the client closed its side */
-	int err;                     /* errno of a failed read or write */
+	int err;                     /* errno of a failed read */
 };
 
 struct ws_conn {
@@ -50,9 +69,12 @@ struct ws_conn {
 	char *req;
 	size_t req_len, req_cap, req_off;
 	uint64_t msg_len;            /* bytes of the data message being received */
+	size_t frame_left;           /* bytes of the data frame being sent, from c->out->off */
 	const char *refused;         /* why the input was refused (a close queued); NULL: fine */
+	uint8_t ctl[WS_CTL_MAX];     /* a control frame of wslay's, gathered (on_send) */
+	uint8_t ctl_len, ctl_off;    /* its bytes, those sent */
+	bool ctl_whole;              /* it is whole: wslay's next waits for it to be sent */
 	bool in_data;                /* the frame being received is a binary message's */
-	bool sending;                /* a message of c->out's bytes is queued, not yet whole */
 	bool busy;                   /* inside wslay: ws_free waits for it to return */
 	bool dead;                   /* ws_free was called while busy */
 	char path[LISTEN_PATH_MAX];  /* the one path served; "": any */
@@ -141,22 +163,20 @@ would_block:
 	return -1;
 }
 
+/* wslay's control frames, gathered whole into the stage, which ws_output sends. */
 static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
 		       void *user)
 {
 	struct ws_conn *ws = user;
-	struct ws_call *k = ws->call;
-	ssize_t n = xport_lower_write(k->c, data, len, flags & WSLAY_MSG_MORE);
 
-	if (n >= 0)
-		return n;
-	if (errno == EAGAIN) {
+	if (ws->ctl_whole || len > sizeof(ws->ctl) - ws->ctl_len) {
 		wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-	} else {
-		k->err = errno;
-		wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+		return -1;
 	}
-	return -1;
+	memcpy(ws->ctl + ws->ctl_len, data, len);
+	ws->ctl_len += (uint8_t)len;
+	ws->ctl_whole = !(flags & WSLAY_MSG_MORE);
+	return (ssize_t)len;
 }
 
 /* Close with code; what the client sends from now on is not read. */
@@ -203,25 +223,6 @@ static void on_frame_chunk(wslay_event_context_ptr ctx,
 		wslay_event_shutdown_read(ctx);      /* closed: nothing more to read */
 }
 
-/* MQTT's output: as much of c->out as one frame takes, the message ending with it. */
-static ssize_t on_out_read(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
-			   const union wslay_event_msg_source *source, int *eof, void *user)
-{
-	struct ws_conn *ws = user;
-	struct buf *out = ws->call->c->out;
-	size_t n = MIN(len, buf_held(out));
-
-	if (n > 0) {
-		memcpy(buf, out->data + out->off, n);
-		out->off += n;
-	}
-	if (buf_held(out) == 0) {
-		*eof = 1;
-		ws->sending = false;
-	}
-	return (ssize_t)n;
-}
-
 static const struct wslay_event_callbacks ws_callbacks = {
 	.recv_callback = on_recv,
 	.send_callback = on_send,
@@ -231,45 +232,92 @@ static const struct wslay_event_callbacks ws_callbacks = {
 
 /* --- output --------------------------------------------------------------- */
 
-/* c->out's bytes queued as a binary message, unless one still takes them. */
-static void ws_queue_output(struct ws_conn *ws, struct conn *c)
+/*
+ * The next data frame: c->out's unsent bytes, up to the frame's bound,
+ * behind a header written in the WS_HEAD_MAX bytes in front of them. They
+ * are free: c->out starts that far in and is compacted to there
+ * (xport.out_head), and a frame ends further on than where it starts.
+ */
+static void ws_frame_start(struct ws_conn *ws, struct conn *c)
 {
-	struct wslay_event_fragmented_msg msg = {
-		.opcode = WSLAY_BINARY_FRAME,
-		.read_callback = on_out_read,
-	};
+	struct buf *b = c->out;
+	size_t max = c->xp->transport == LISTEN_WSS ? WS_FRAME_MAX_TLS : WS_FRAME_MAX;
+	size_t n = MIN(buf_held(b), max - WS_HEAD_MAX);
+	size_t head = n < 126 ? 2 : 4;
+	uint8_t *h = b->data + (b->off -= head);
 
-	if (ws->sending || buf_held(c->out) == 0)
-		return;
-	if (wslay_event_queue_fragmented_msg(ws->ctx, &msg) == 0)
-		ws->sending = true;
+	h[0] = 0x80 | WSLAY_BINARY_FRAME;    /* FIN: each frame a whole message */
+	if (head == 2) {
+		h[1] = (uint8_t)n;
+	} else {
+		h[1] = 126;
+		h[2] = (uint8_t)(n >> 8);
+		h[3] = (uint8_t)n;
+	}
+	ws->frame_left = head + n;
 }
 
-/* Send what wslay holds; returns wslay's answer (0: sent or would block). */
-static int ws_send(struct ws_conn *ws, struct ws_call *k)
+/* Bytes to the layer below: how many went, 0 when it would block, -1 when broken (errno). */
+static ssize_t ws_write(struct conn *c, const uint8_t *data, size_t len)
 {
-	struct ws_call *outer = ws->call;
-	int rc;
+	ssize_t n = xport_lower_write(c, data, len);
 
-	ws->call = k;
-	ws_queue_output(ws, k->c);
-	rc = wslay_event_send(ws->ctx);
-	ws->call = outer;
-	return rc;
+	if (n < 0 && errno == EAGAIN)
+		return 0;
+	if (n == 0)
+		errno = EPIPE;       /* TLS closed */
+	return n > 0 ? n : -1;
+}
+
+/*
+ * Whole frames out, in their order (see the top): 1 when all went, 0 when
+ * the socket is full, -1 when it broke (*err its errno, or 0: wslay's).
+ */
+static int ws_output(struct ws_conn *ws, struct conn *c, int *err)
+{
+	ssize_t n;
+
+	for (;;) {
+		if (ws->ctl_off < ws->ctl_len) {
+			if ((n = ws_write(c, ws->ctl + ws->ctl_off, ws->ctl_len - ws->ctl_off)) <= 0)
+				goto blocked;
+			ws->ctl_off += (uint8_t)n;
+			if (ws->ctl_off == ws->ctl_len) {
+				ws->ctl_off = ws->ctl_len = 0;
+				ws->ctl_whole = false;
+			}
+		} else if (ws->frame_left > 0) {
+			if ((n = ws_write(c, c->out->data + c->out->off, ws->frame_left)) <= 0)
+				goto blocked;
+			c->out->off += (size_t)n;
+			ws->frame_left -= (size_t)n;
+		} else if (wslay_event_want_write(ws->ctx)) {
+			*err = 0;
+			if (wslay_event_send(ws->ctx) != 0 || ws->ctl_len == 0)
+				return -1;     /* nothing staged: wslay is broken */
+		} else if (buf_held(c->out) > 0 && wslay_event_get_write_enabled(ws->ctx)) {
+			ws_frame_start(ws, c);
+		} else {
+			return 1;
+		}
+	}
+blocked:
+	*err = errno;
+	return n < 0 ? -1 : 0;
 }
 
 bool ws_flush(struct worker *w, struct conn *c)
 {
 	struct ws_conn *ws = c->xp->ws;
-	struct ws_call k = { .w = w, .c = c };
+	int err, rc;
 
 	if (ws->ctx == NULL)
 		return true;      /* no MQTT before the upgrade: nothing to send */
-	if (ws_send(ws, &k) != 0) {
-		conn_close(w, c, true, k.err ? strerror(k.err) : "WebSocket send failed");
+	if ((rc = ws_output(ws, c, &err)) < 0) {
+		conn_close(w, c, true, err ? strerror(err) : "WebSocket send failed");
 		return false;
 	}
-	conn_flushed(w, c, wslay_event_want_write(ws->ctx));
+	conn_flushed(w, c, rc == 0);
 	return true;
 }
 
@@ -277,13 +325,12 @@ bool ws_flush(struct worker *w, struct conn *c)
 void ws_last_write(struct worker *w, struct conn *c)
 {
 	struct ws_conn *ws = c->xp->ws;
-	struct ws_call k = { .w = w, .c = c };
+	int err;
 
-	if (ws->ctx == NULL)
+	if (ws->ctx == NULL || ws_output(ws, c, &err) < 0)
 		return;
-	ws_queue_output(ws, c);
 	(void)wslay_event_queue_close(ws->ctx, WS_CLOSE_NORMAL, NULL, 0);
-	(void)ws_send(ws, &k);
+	(void)ws_output(ws, c, &err);
 }
 
 /* --- input ---------------------------------------------------------------- */
@@ -292,7 +339,7 @@ void ws_last_write(struct worker *w, struct conn *c)
  * wslay answers a frame its frame layer refuses (a control frame over 125
  * bytes or fragmented, a length in the wrong form) with a close frame that
  * has no code: 1002 is sent in its place when no frame of ours is partly
- * sent (idle: wslay held nothing to send before it read), the stream then
+ * sent (idle: nothing was left to send before it read), the stream then
  * being between frames.
  */
 static void ws_frame_refused(struct ws_conn *ws, struct conn *c, bool idle)
@@ -302,14 +349,14 @@ static void ws_frame_refused(struct ws_conn *ws, struct conn *c, bool idle)
 	if (!idle)
 		return;
 	wslay_event_shutdown_write(ws->ctx);
-	(void)xport_lower_write(c, close_1002, sizeof(close_1002), false);
+	(void)xport_lower_write(c, close_1002, sizeof(close_1002));
 }
 
 /* Frames from the socket (after what followed the upgrade request), through wslay. */
 static void ws_run(struct worker *w, struct conn *c, struct ws_conn *ws)
 {
 	struct ws_call k = { .w = w, .c = c, .budget = READ_CHUNK };
-	bool idle = !wslay_event_want_write(ws->ctx);
+	bool idle = ws->ctl_len == 0 && ws->frame_left == 0 && !wslay_event_want_write(ws->ctx);
 	char why[96];
 	int rc;
 
@@ -366,7 +413,7 @@ static void ws_answer(struct worker *w, struct conn *c, struct ws_conn *ws,
 	char resp[256], why[128];
 	size_t n = http_upgrade_response(u, resp, sizeof(resp));
 
-	if (xport_lower_write(c, resp, n, false) != (ssize_t)n) {
+	if (xport_lower_write(c, resp, n) != (ssize_t)n) {
 		conn_close(w, c, false, "cannot send the WebSocket upgrade's answer");
 		return;
 	}

@@ -63,8 +63,16 @@ def close_payload(code, reason=b""):
 class WsClient:
     """A TCP connection to a ws:// listener; handshake() upgrades it."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=5.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, rcvbuf=None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if rcvbuf is not None:  # before connect(), so the window starts small
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
+        except BaseException:
+            self.sock.close()
+            raise
         self.buf = b""
 
     def close(self):
@@ -79,7 +87,8 @@ class WsClient:
     def send(self, data):
         self.sock.sendall(data)
 
-    def _fill(self, deadline):
+    def fill(self, deadline):
+        """More bytes into buf before deadline."""
         left = deadline - time.monotonic()
         if left <= 0:
             raise mqttraw.Timeout("timed out waiting for the server")
@@ -98,7 +107,7 @@ class WsClient:
         """(status, {header: value}) of the server's answer to the upgrade."""
         deadline = time.monotonic() + timeout
         while b"\r\n\r\n" not in self.buf:
-            self._fill(deadline)
+            self.fill(deadline)
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         lines = head.decode().split("\r\n")
         headers = {}
@@ -134,7 +143,7 @@ class WsClient:
                         payload = self.buf[off:off + n]
                         self.buf = self.buf[off + n:]
                         return bool(b0 & 0x80), b0 & 0x0F, payload
-            self._fill(deadline)
+            self.fill(deadline)
 
     def recv_mqtt(self, timeout=5.0):
         """The next MQTT packet, from the payload of binary frames."""
@@ -163,7 +172,7 @@ class WsClient:
         deadline = time.monotonic() + timeout
         try:
             while True:
-                self._fill(deadline)
+                self.fill(deadline)
                 self.buf = b""
         except mqttraw.ConnectionClosed:
             return
