@@ -224,6 +224,11 @@ int mqtt5_decode(uint8_t first_byte, const uint8_t *body, size_t len, struct mqt
 	return rc;
 }
 
+void mqtt5_list_iter_init(struct mqtt_list_iter *it, const struct mqtt5_packet *pkt)
+{
+	mqtt_list_iter_set(it, pkt->type, &pkt->u.list);
+}
+
 /* --- encoding ----------------------------------------------------------- */
 
 /* A body of 'fixed' bytes then the block: its remaining length, or SIZE_MAX. */

@@ -366,9 +366,7 @@ int mqtt_decode(uint8_t first_byte, const uint8_t *body, size_t len,
 
 void mqtt_list_iter_init(struct mqtt_list_iter *it, const struct mqtt_packet *pkt)
 {
-	it->type = pkt->type;
-	it->p = pkt->u.list.p;
-	it->end = pkt->u.list.len ? pkt->u.list.p + pkt->u.list.len : pkt->u.list.p;
+	mqtt_list_iter_set(it, pkt->type, &pkt->u.list);
 }
 
 /* No bounds checks: mqtt_decode_list() already walked the same bytes. */

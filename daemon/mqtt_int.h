@@ -136,6 +136,14 @@ static inline void mqtt_decode_payload(struct mqtt_rd *r, struct mqtt_publish *p
 	r->p = r->end;
 }
 
+static inline void mqtt_list_iter_set(struct mqtt_list_iter *it, enum mqtt_type type,
+				      const struct mqtt_list *l)
+{
+	it->type = type;
+	it->p = l->p;
+	it->end = l->len ? l->p + l->len : l->p;
+}
+
 /* --- shared decoders (daemon/mqtt_codec.c, daemon/mqtt_props.c) ---------- */
 
 /*

@@ -478,7 +478,8 @@ size_t mqtt5_out_size(const struct mqtt5_out *o)
 {
 	if (o == NULL)
 		return 1;
-	if (o->len > MQTT_MAX_REMAINING)
+	/* the block with its length field must fit in a packet */
+	if (o->len > MQTT_MAX_REMAINING - 4)
 		return SIZE_MAX;
 	return mqtt_varint_size((uint32_t)o->len) + o->len;
 }

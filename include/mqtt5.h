@@ -290,6 +290,9 @@ int mqtt5_fixed_header(const uint8_t *buf, size_t len, size_t max_packet,
  */
 int mqtt5_decode(uint8_t first_byte, const uint8_t *body, size_t len, struct mqtt5_packet *out);
 
+/* Walk a decoded SUBSCRIBE, SUBACK, UNSUBSCRIBE or UNSUBACK with mqtt_list_next(). */
+void mqtt5_list_iter_init(struct mqtt_list_iter *it, const struct mqtt5_packet *pkt);
+
 /*
  * Encoders. As in mqtt.h, each *_size() gives the whole packet's bytes
  * (0 when the arguments are invalid or the packet would pass the

@@ -1242,7 +1242,8 @@ static void test_type_names(void **state)
 	assert_string_equal(mqtt_type_name(MQTT_UNSUBSCRIBE), "UNSUBSCRIBE");
 	assert_string_equal(mqtt_type_name(MQTT_DISCONNECT), "DISCONNECT");
 	assert_string_equal(mqtt_type_name(0), "UNKNOWN");
-	assert_string_equal(mqtt_type_name(15), "UNKNOWN");
+	assert_string_equal(mqtt_type_name(MQTT_AUTH), "AUTH");
+	assert_string_equal(mqtt_type_name(16), "UNKNOWN");
 	assert_string_equal(mqtt_type_name(-1), "UNKNOWN");
 }
 
@@ -1250,7 +1251,7 @@ static void test_result_strings_are_distinct(void **state)
 {
 	static const int results[] = {
 		MQTT_OK, MQTT_INCOMPLETE, MQTT_ERR_MALFORMED, MQTT_ERR_UTF8, MQTT_ERR_PROTOCOL_NAME,
-		MQTT_ERR_PROTOCOL_LEVEL, MQTT_ERR_TOO_LARGE, MQTT_ERR_TYPE,
+		MQTT_ERR_PROTOCOL_LEVEL, MQTT_ERR_TOO_LARGE, MQTT_ERR_TYPE, MQTT_ERR_PROTOCOL,
 	};
 	const size_t n = sizeof(results) / sizeof(results[0]);
 
