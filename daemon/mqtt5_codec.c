@@ -3,7 +3,9 @@
  * every type on a version 5 connection, the encoders, and the reason
  * codes with the packets that may carry each. What MQTT 5 shares with
  * 3.1.1 (CONNECT, the PUBLISH head, list entries, the writers) is
- * daemon/mqtt_codec.c's; properties are daemon/mqtt_props.c's.
+ * daemon/mqtt_codec.c's, and so are the encoders of PUBLISH, SUBSCRIBE,
+ * UNSUBSCRIBE, SUBACK, UNSUBACK and CONNECT, one for both versions;
+ * properties are daemon/mqtt_props.c's.
  */
 #include "mqtt5.h"
 #include "mqtt_int.h"
@@ -204,24 +206,16 @@ static int mqtt5_decode_body(struct mqtt_rd *r, struct mqtt5_packet *out)
 
 int mqtt5_decode(uint8_t first_byte, const uint8_t *body, size_t len, struct mqtt5_packet *out)
 {
-	unsigned type = first_byte >> 4;
 	struct mqtt_rd r;
-	int rc;
+	int rc = mqtt_decode_first(first_byte, MQTT_AUTH, &out->type, &out->flags);
 
-	if (type < MQTT_CONNECT || type > MQTT_AUTH)
-		return MQTT_ERR_TYPE;
-	out->type = (enum mqtt_type)type;
-	out->flags = first_byte & 0x0F;
 	out->reason = 0;
 	mqtt5_props_init(&out->props);
 	mqtt5_props_init(&out->will_props);
-	if (out->type != MQTT_PUBLISH && out->flags != mqtt_required_flags(out->type))
-		return MQTT_ERR_MALFORMED;
+	if (rc != MQTT_OK)
+		return rc;
 	mqtt_rd_init(&r, body, len);
-	rc = mqtt5_decode_body(&r, out);
-	if (rc == MQTT_OK && r.p != r.end)
-		return MQTT_ERR_MALFORMED;      /* trailing bytes */
-	return rc;
+	return mqtt_decode_end(&r, mqtt5_decode_body(&r, out));
 }
 
 void mqtt5_list_iter_init(struct mqtt_list_iter *it, const struct mqtt5_packet *pkt)
@@ -241,14 +235,11 @@ static size_t mqtt5_remaining(size_t fixed, const struct mqtt5_out *props)
 	return fixed + pn;
 }
 
-static inline size_t mqtt5_size_of(size_t rem)
-{
-	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
-}
-
 size_t mqtt5_connack_size(const struct mqtt5_out *props)
 {
-	return mqtt5_size_of(mqtt5_remaining(2, props));
+	size_t rem = mqtt5_remaining(2, props);
+
+	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
 }
 
 size_t mqtt5_encode_connack(uint8_t *out, bool session_present, uint8_t reason,
@@ -263,48 +254,6 @@ size_t mqtt5_encode_connack(uint8_t *out, bool session_present, uint8_t reason,
 	*p++ = session_present && reason == MQTT5_RC_SUCCESS;  /* [MQTT-3.2.2-6] */
 	*p++ = reason;
 	return (size_t)(mqtt5_put_out(p, props) - out);
-}
-
-static size_t mqtt5_publish_remaining(size_t topic_len, size_t payload_len, uint8_t qos,
-				      const struct mqtt5_out *props)
-{
-	size_t rem;
-
-	if (topic_len > UINT16_MAX || qos > 2 || payload_len > MQTT_MAX_REMAINING)
-		return SIZE_MAX;
-	rem = mqtt5_remaining(2 + topic_len + (qos ? 2 : 0), props);
-	if (rem == SIZE_MAX || payload_len > MQTT_MAX_REMAINING - rem)
-		return SIZE_MAX;
-	return rem + payload_len;
-}
-
-size_t mqtt5_publish_size(size_t topic_len, size_t payload_len, uint8_t qos,
-			  const struct mqtt5_out *props)
-{
-	return mqtt5_size_of(mqtt5_publish_remaining(topic_len, payload_len, qos, props));
-}
-
-size_t mqtt5_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
-			    const uint8_t *topic, size_t topic_len, uint16_t packet_id,
-			    const struct mqtt5_out *props, const uint8_t *payload,
-			    size_t payload_len)
-{
-	size_t rem = mqtt5_publish_remaining(topic_len, payload_len, qos, props);
-	uint8_t first;
-	uint8_t *p;
-
-	if (rem == SIZE_MAX)
-		return 0;
-	/* DUP is meaningless at QoS 0 and must be clear [MQTT-3.3.1-2] */
-	first = (uint8_t)(MQTT_PUBLISH << 4 | (dup && qos ? 0x08 : 0) | qos << 1 | (retain ? 1 : 0));
-	p = mqtt_put_header(out, first, (uint32_t)rem);
-	p = mqtt_put_bin(p, topic, topic_len);
-	if (qos)
-		p = mqtt_put_u16(p, packet_id);
-	p = mqtt5_put_out(p, props);
-	if (payload_len)
-		memcpy(p, payload, payload_len);
-	return (size_t)(p + payload_len - out);
 }
 
 /*
@@ -378,50 +327,4 @@ size_t mqtt5_encode_reason(uint8_t *out, enum mqtt_type type, uint8_t reason,
 		return 0;
 	p = mqtt_put_header(out, (uint8_t)(type << 4), (uint32_t)mqtt5_reason_tail(reason, props));
 	return (size_t)(mqtt5_put_reason_tail(p, reason, props) - out);
-}
-
-/* The shared encoders write no block for NULL; in MQTT 5 NULL is the empty block. */
-static const struct mqtt5_out mqtt5_empty;
-
-static inline const struct mqtt5_out *mqtt5_block(const struct mqtt5_out *props)
-{
-	return props ? props : &mqtt5_empty;
-}
-
-size_t mqtt5_suback_size(size_t n, const struct mqtt5_out *props)
-{
-	return mqtt_codes_size_v(n, mqtt5_block(props));
-}
-
-size_t mqtt5_encode_suback(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
-			   const uint8_t *codes, size_t n, const struct mqtt5_out *props)
-{
-	if (type != MQTT_SUBACK && type != MQTT_UNSUBACK)
-		return 0;
-	return mqtt_encode_codes_v(out, type, packet_id, mqtt5_block(props), codes, n);
-}
-
-size_t mqtt5_connect_size(const struct mqtt_connect *c, const struct mqtt5_out *props,
-			  const struct mqtt5_out *will_props)
-{
-	return mqtt_connect_size_v(c, props, will_props);
-}
-
-size_t mqtt5_encode_connect(uint8_t *out, const struct mqtt_connect *c,
-			    const struct mqtt5_out *props, const struct mqtt5_out *will_props)
-{
-	return mqtt_encode_connect_v(out, c, props, will_props);
-}
-
-size_t mqtt5_sub_size(enum mqtt_type type, const struct mqtt_str *filters, size_t n,
-		      const struct mqtt5_out *props)
-{
-	return mqtt_sub_size_v(type, filters, n, mqtt5_block(props));
-}
-
-size_t mqtt5_encode_sub(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
-			const struct mqtt_str *filters, const uint8_t *options, size_t n,
-			const struct mqtt5_out *props)
-{
-	return mqtt_encode_sub_v(out, type, packet_id, mqtt5_block(props), filters, options, n);
 }

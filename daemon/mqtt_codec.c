@@ -345,21 +345,13 @@ static int mqtt_decode_body(struct mqtt_rd *r, struct mqtt_packet *out)
 int mqtt_decode(uint8_t first_byte, const uint8_t *body, size_t len,
 		struct mqtt_packet *out)
 {
-	unsigned type = first_byte >> 4;
 	struct mqtt_rd r;
-	int rc;
+	int rc = mqtt_decode_first(first_byte, MQTT_DISCONNECT, &out->type, &out->flags);
 
-	if (type < MQTT_CONNECT || type > MQTT_DISCONNECT)
-		return MQTT_ERR_TYPE;
-	out->type = (enum mqtt_type)type;
-	out->flags = first_byte & 0x0F;
-	if (out->type != MQTT_PUBLISH && out->flags != mqtt_required_flags(out->type))
-		return MQTT_ERR_MALFORMED;
+	if (rc != MQTT_OK)
+		return rc;
 	mqtt_rd_init(&r, body, len);
-	rc = mqtt_decode_body(&r, out);
-	if (rc == MQTT_OK && r.p != r.end)
-		return MQTT_ERR_MALFORMED;      /* trailing bytes */
-	return rc;
+	return mqtt_decode_end(&r, mqtt_decode_body(&r, out));
 }
 
 /* --- lists -------------------------------------------------------------- */
@@ -448,7 +440,18 @@ size_t mqtt_encode_empty(uint8_t out[2], enum mqtt_type type)
 	return 2;
 }
 
-/* SUBACK (and MQTT 5 UNSUBACK): props NULL in 3.1.1, where no block goes out. */
+/*
+ * The encoders below serve both versions: props NULL is 3.1.1, where no
+ * property block goes out; MQTT 5's NULL (the empty block) is mqtt5_empty.
+ */
+static const struct mqtt5_out mqtt5_empty;
+
+static inline const struct mqtt5_out *mqtt5_block(const struct mqtt5_out *props)
+{
+	return props ? props : &mqtt5_empty;
+}
+
+/* SUBACK, and MQTT 5 UNSUBACK: packet id, block, one code per entry. */
 static size_t mqtt_codes_remaining(size_t n, const struct mqtt5_out *props)
 {
 	size_t pn = props ? mqtt5_out_size(props) : 0;
@@ -458,15 +461,13 @@ static size_t mqtt_codes_remaining(size_t n, const struct mqtt5_out *props)
 	return 2 + pn + n;
 }
 
-size_t mqtt_codes_size_v(size_t n, const struct mqtt5_out *props)
+static inline size_t mqtt_size_of(size_t rem)
 {
-	size_t rem = mqtt_codes_remaining(n, props);
-
 	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
 }
 
-size_t mqtt_encode_codes_v(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
-			   const struct mqtt5_out *props, const uint8_t *codes, size_t n)
+static size_t mqtt_encode_codes(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+				const struct mqtt5_out *props, const uint8_t *codes, size_t n)
 {
 	size_t rem = mqtt_codes_remaining(n, props);
 	uint8_t *p;
@@ -483,33 +484,45 @@ size_t mqtt_encode_codes_v(uint8_t *out, enum mqtt_type type, uint16_t packet_id
 
 size_t mqtt_suback_size(size_t n)
 {
-	return mqtt_codes_size_v(n, NULL);
+	return mqtt_size_of(mqtt_codes_remaining(n, NULL));
 }
 
 size_t mqtt_encode_suback(uint8_t *out, uint16_t packet_id, const uint8_t *codes, size_t n)
 {
-	return mqtt_encode_codes_v(out, MQTT_SUBACK, packet_id, NULL, codes, n);
+	return mqtt_encode_codes(out, MQTT_SUBACK, packet_id, NULL, codes, n);
 }
 
-static inline size_t mqtt_publish_remaining(size_t topic_len, size_t payload_len, uint8_t qos)
+size_t mqtt5_suback_size(size_t n, const struct mqtt5_out *props)
 {
-	if (topic_len > UINT16_MAX || qos > 2 || payload_len > MQTT_MAX_REMAINING)
+	return mqtt_size_of(mqtt_codes_remaining(n, mqtt5_block(props)));
+}
+
+size_t mqtt5_encode_suback(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+			   const uint8_t *codes, size_t n, const struct mqtt5_out *props)
+{
+	if (type != MQTT_SUBACK && type != MQTT_UNSUBACK)
+		return 0;
+	return mqtt_encode_codes(out, type, packet_id, mqtt5_block(props), codes, n);
+}
+
+static inline size_t mqtt_publish_remaining(size_t topic_len, size_t payload_len, uint8_t qos,
+					    const struct mqtt5_out *props)
+{
+	size_t pn = props ? mqtt5_out_size(props) : 0;
+
+	if (topic_len > UINT16_MAX || qos > 2 || payload_len > MQTT_MAX_REMAINING ||
+	    pn > MQTT_MAX_REMAINING)
 		return SIZE_MAX;
-	return 2 + topic_len + (qos ? 2 : 0) + payload_len;
+	return 2 + topic_len + (qos ? 2 : 0) + pn + payload_len;
 }
 
-size_t mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos)
+/* Inlined into both versions' encoders: 3.1.1's pays nothing for MQTT 5. */
+static inline size_t mqtt_publish_write(uint8_t *out, bool dup, uint8_t qos, bool retain,
+					const uint8_t *topic, size_t topic_len,
+					uint16_t packet_id, const struct mqtt5_out *props,
+					const uint8_t *payload, size_t payload_len)
 {
-	size_t rem = mqtt_publish_remaining(topic_len, payload_len, qos);
-
-	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
-}
-
-size_t mqtt_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
-			   const uint8_t *topic, size_t topic_len, uint16_t packet_id,
-			   const uint8_t *payload, size_t payload_len)
-{
-	size_t rem = mqtt_publish_remaining(topic_len, payload_len, qos);
+	size_t rem = mqtt_publish_remaining(topic_len, payload_len, qos, props);
 	uint8_t first;
 	uint8_t *p;
 
@@ -521,9 +534,39 @@ size_t mqtt_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
 	p = mqtt_put_bin(p, topic, topic_len);
 	if (qos)
 		p = mqtt_put_u16(p, packet_id);
+	if (props)
+		p = mqtt5_put_out(p, props);
 	if (payload_len)
 		memcpy(p, payload, payload_len);
 	return (size_t)(p + payload_len - out);
+}
+
+size_t mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos)
+{
+	return mqtt_size_of(mqtt_publish_remaining(topic_len, payload_len, qos, NULL));
+}
+
+size_t mqtt_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
+			   const uint8_t *topic, size_t topic_len, uint16_t packet_id,
+			   const uint8_t *payload, size_t payload_len)
+{
+	return mqtt_publish_write(out, dup, qos, retain, topic, topic_len, packet_id, NULL,
+				  payload, payload_len);
+}
+
+size_t mqtt5_publish_size(size_t topic_len, size_t payload_len, uint8_t qos,
+			  const struct mqtt5_out *props)
+{
+	return mqtt_size_of(mqtt_publish_remaining(topic_len, payload_len, qos, mqtt5_block(props)));
+}
+
+size_t mqtt5_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
+			    const uint8_t *topic, size_t topic_len, uint16_t packet_id,
+			    const struct mqtt5_out *props, const uint8_t *payload,
+			    size_t payload_len)
+{
+	return mqtt_publish_write(out, dup, qos, retain, topic, topic_len, packet_id,
+				  mqtt5_block(props), payload, payload_len);
 }
 
 static inline const char *mqtt_protocol_name(uint8_t level)
@@ -555,17 +598,15 @@ static size_t mqtt_connect_remaining(const struct mqtt_connect *c, const struct 
 	return n;
 }
 
-size_t mqtt_connect_size_v(const struct mqtt_connect *c, const struct mqtt5_out *props,
-			   const struct mqtt5_out *will)
+size_t mqtt5_connect_size(const struct mqtt_connect *c, const struct mqtt5_out *props,
+			  const struct mqtt5_out *will)
 {
-	size_t rem = mqtt_connect_remaining(c, props, will);
-
-	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
+	return mqtt_size_of(mqtt_connect_remaining(c, props, will));
 }
 
 size_t mqtt_connect_size(const struct mqtt_connect *c)
 {
-	return mqtt_connect_size_v(c, NULL, NULL);
+	return mqtt5_connect_size(c, NULL, NULL);
 }
 
 /*
@@ -580,8 +621,8 @@ static inline uint8_t mqtt_connect_flags(const struct mqtt_connect *c)
 			 (c->password_flag ? 0x40 : 0) | (c->username_flag ? 0x80 : 0));
 }
 
-size_t mqtt_encode_connect_v(uint8_t *out, const struct mqtt_connect *c,
-			     const struct mqtt5_out *props, const struct mqtt5_out *will)
+size_t mqtt5_encode_connect(uint8_t *out, const struct mqtt_connect *c,
+			    const struct mqtt5_out *props, const struct mqtt5_out *will)
 {
 	const char *name = mqtt_protocol_name(c->protocol_level);
 	size_t rem = mqtt_connect_remaining(c, props, will);
@@ -612,10 +653,9 @@ size_t mqtt_encode_connect_v(uint8_t *out, const struct mqtt_connect *c,
 
 size_t mqtt_encode_connect(uint8_t *out, const struct mqtt_connect *c)
 {
-	return mqtt_encode_connect_v(out, c, NULL, NULL);
+	return mqtt5_encode_connect(out, c, NULL, NULL);
 }
 
-/* props NULL in 3.1.1, where no block goes out. */
 static size_t mqtt_sub_remaining(enum mqtt_type type, const struct mqtt_str *filters, size_t n,
 				 const struct mqtt5_out *props)
 {
@@ -633,22 +673,20 @@ static size_t mqtt_sub_remaining(enum mqtt_type type, const struct mqtt_str *fil
 	return rem;
 }
 
-size_t mqtt_sub_size_v(enum mqtt_type type, const struct mqtt_str *filters, size_t n,
-		       const struct mqtt5_out *props)
-{
-	size_t rem = mqtt_sub_remaining(type, filters, n, props);
-
-	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
-}
-
 size_t mqtt_sub_size(enum mqtt_type type, const struct mqtt_str *filters, size_t n)
 {
-	return mqtt_sub_size_v(type, filters, n, NULL);
+	return mqtt_size_of(mqtt_sub_remaining(type, filters, n, NULL));
 }
 
-size_t mqtt_encode_sub_v(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
-			 const struct mqtt5_out *props, const struct mqtt_str *filters,
-			 const uint8_t *qos, size_t n)
+size_t mqtt5_sub_size(enum mqtt_type type, const struct mqtt_str *filters, size_t n,
+		      const struct mqtt5_out *props)
+{
+	return mqtt_size_of(mqtt_sub_remaining(type, filters, n, mqtt5_block(props)));
+}
+
+static size_t mqtt_encode_list(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+			       const struct mqtt5_out *props, const struct mqtt_str *filters,
+			       const uint8_t *qos, size_t n)
 {
 	size_t rem = mqtt_sub_remaining(type, filters, n, props);
 	uint8_t *p;
@@ -670,7 +708,14 @@ size_t mqtt_encode_sub_v(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
 size_t mqtt_encode_sub(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
 		       const struct mqtt_str *filters, const uint8_t *qos, size_t n)
 {
-	return mqtt_encode_sub_v(out, type, packet_id, NULL, filters, qos, n);
+	return mqtt_encode_list(out, type, packet_id, NULL, filters, qos, n);
+}
+
+size_t mqtt5_encode_sub(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+			const struct mqtt_str *filters, const uint8_t *options, size_t n,
+			const struct mqtt5_out *props)
+{
+	return mqtt_encode_list(out, type, packet_id, mqtt5_block(props), filters, options, n);
 }
 
 /* --- names -------------------------------------------------------------- */

@@ -104,6 +104,32 @@ static inline uint8_t mqtt_required_flags(enum mqtt_type type)
 }
 
 /*
+ * A packet's first byte, types up to last_type: its type and flags, and
+ * the flags every type but PUBLISH must carry [MQTT-2.2.2-1], [MQTT-2.2.2-2].
+ */
+static inline int mqtt_decode_first(uint8_t first_byte, unsigned last_type,
+				    enum mqtt_type *type, uint8_t *flags)
+{
+	unsigned t = first_byte >> 4;
+
+	if (t < MQTT_CONNECT || t > last_type)
+		return MQTT_ERR_TYPE;
+	*type = (enum mqtt_type)t;
+	*flags = first_byte & 0x0F;
+	if (*type != MQTT_PUBLISH && *flags != mqtt_required_flags(*type))
+		return MQTT_ERR_MALFORMED;
+	return MQTT_OK;
+}
+
+/* A body that decoded (rc) must have been read to its end. */
+static inline int mqtt_decode_end(const struct mqtt_rd *r, int rc)
+{
+	if (rc == MQTT_OK && r->p != r->end)
+		return MQTT_ERR_MALFORMED;      /* trailing bytes */
+	return rc;
+}
+
+/*
  * A PUBLISH up to its payload in 3.1.1, up to its properties in MQTT 5:
  * flags, topic, packet id.
  */
@@ -199,24 +225,5 @@ static inline size_t mqtt_packet_size(size_t remaining)
  */
 size_t mqtt5_out_size(const struct mqtt5_out *o);
 uint8_t *mqtt5_put_out(uint8_t *p, const struct mqtt5_out *o);
-
-/*
- * The encoders both versions share (daemon/mqtt_codec.c). CONNECT writes
- * its property blocks at level 5 only; the others write none when props
- * is NULL (3.1.1) and one (maybe empty) otherwise.
- */
-size_t mqtt_connect_size_v(const struct mqtt_connect *c, const struct mqtt5_out *props,
-			   const struct mqtt5_out *will);
-size_t mqtt_encode_connect_v(uint8_t *out, const struct mqtt_connect *c,
-			     const struct mqtt5_out *props, const struct mqtt5_out *will);
-size_t mqtt_sub_size_v(enum mqtt_type type, const struct mqtt_str *filters, size_t n,
-		       const struct mqtt5_out *props);
-size_t mqtt_encode_sub_v(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
-			 const struct mqtt5_out *props, const struct mqtt_str *filters,
-			 const uint8_t *qos, size_t n);
-/* SUBACK, or an MQTT 5 UNSUBACK: packet id, block, one code per entry. */
-size_t mqtt_codes_size_v(size_t n, const struct mqtt5_out *props);
-size_t mqtt_encode_codes_v(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
-			   const struct mqtt5_out *props, const uint8_t *codes, size_t n);
 
 #endif

@@ -1,7 +1,8 @@
 /*
  * mqtt5.h - the MQTT 5.0 side of the packet codec: properties, reason
  * codes, the decoding of every packet type and the encoders of what a
- * broker sends (daemon/mqtt_props.c, daemon/mqtt5_codec.c).
+ * broker sends (daemon/mqtt_props.c, daemon/mqtt5_codec.c, and the
+ * encoders 3.1.1 shares in daemon/mqtt_codec.c).
  *
  * The rules of mqtt.h hold: pure functions, no allocation, decoded
  * strings point into the caller's buffer. A property block is kept as
