@@ -18,23 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzzmqtt.h"
 #include "mqtt.h"
 #include "mqtt5.h"
 
-#define CHECK(cond) do { if (!(cond)) __builtin_trap(); } while (0)
-
-static uint8_t *fz_copy(const uint8_t *p, size_t n)
-{
-	uint8_t *c;
-
-	if (n == 0)
-		return NULL;
-	c = malloc(n);
-	CHECK(c != NULL);
-	memcpy(c, p, n);
-	return c;
-}
-
+/* An encoder's buffer, of the nonzero size its size function gave. */
 static uint8_t *fz_alloc(size_t n)
 {
 	uint8_t *c = malloc(n ? n : 1);
@@ -105,13 +93,6 @@ static void fz_check_props(const struct mqtt5_props *p, unsigned ctx)
 	      fz_same_str(again.reason_string, p->reason_string));
 	free(blk);
 	free(buf);
-}
-
-static void fz_in_body(const uint8_t *body, size_t len, const uint8_t *p, size_t n)
-{
-	if (n == 0)
-		return;
-	CHECK(p >= body && p + n <= body + len);
 }
 
 static bool fz_same_props(const struct mqtt5_props *a, const struct mqtt5_props *b)
@@ -238,27 +219,17 @@ static void fz_forward(const struct mqtt5_packet *pkt)
 static void fz_list(const struct mqtt5_packet *pkt, const struct mqtt5_out *po)
 {
 	const struct mqtt_list *l = &pkt->u.list;
-	struct mqtt_str *filters = calloc(l->count ? l->count : 1, sizeof(*filters));
-	uint8_t *q = calloc(l->count ? l->count : 1, 1);
+	struct mqtt_str *filters;
+	uint8_t *q;
 	struct mqtt_list_iter it;
-	struct mqtt_str f;
-	uint8_t v;
-	size_t k = 0, n;
+	size_t k = l->count, n;
 	uint8_t *out;
 	bool codes = pkt->type == MQTT_SUBACK || pkt->type == MQTT_UNSUBACK;
 
-	CHECK(filters != NULL && q != NULL && l->count >= 1);
 	mqtt5_list_iter_init(&it, pkt);
-	while (mqtt_list_next(&it, &f, &v)) {
-		CHECK(k < l->count);
-		if (!codes)
-			CHECK(mqtt_utf8_valid(f.p, f.len));
-		else
-			CHECK(mqtt5_reason_name(pkt->type, v) != NULL);
-		filters[k] = f;
-		q[k++] = v;
-	}
-	CHECK(k == l->count);
+	fuzz_walk_list(&it, l->count, l->p, l->len, &filters, &q);
+	for (size_t i = 0; codes && i < k; i++)
+		CHECK(mqtt5_reason_name(pkt->type, q[i]) != NULL);
 	n = codes ? mqtt5_suback_size(k, po) : mqtt5_sub_size(pkt->type, filters, k, po);
 	out = fz_alloc(n);
 	if (codes)
@@ -329,7 +300,7 @@ static void fz_round_trip(const struct mqtt5_packet *pkt)
 
 static void fz_decode(uint8_t first, const uint8_t *data, size_t len)
 {
-	uint8_t *body = fz_copy(data, len);
+	uint8_t *body = fuzz_copy(data, len);
 	struct mqtt5_packet pkt;
 	int rc = mqtt5_decode(first, body, len, &pkt);
 
@@ -337,8 +308,8 @@ static void fz_decode(uint8_t first, const uint8_t *data, size_t len)
 	CHECK(mqtt5_result_reason(rc) == 0 || mqtt5_result_reason(rc) >= 0x81);
 	if (rc == MQTT_OK) {
 		CHECK(pkt.type == (first >> 4) && pkt.flags == (first & 0x0F));
-		fz_in_body(body, len, pkt.props.raw, pkt.props.raw_len);
-		fz_in_body(body, len, pkt.will_props.raw, pkt.will_props.raw_len);
+		fuzz_in_body(body, len, pkt.props.raw, pkt.props.raw_len);
+		fuzz_in_body(body, len, pkt.will_props.raw, pkt.will_props.raw_len);
 		fz_check_props(&pkt.props, pkt.type);
 		fz_check_props(&pkt.will_props, MQTT5_CTX_WILL);
 		if (pkt.type != MQTT_CONNECT || pkt.u.connect.protocol_level == 5)
@@ -358,10 +329,10 @@ static void fz_block(const uint8_t *data, size_t size)
 	if (size == 0)
 		return;
 	ctx = data[0] & 0x0F;
-	c = fz_copy(data + 1, size - 1);
+	c = fuzz_copy(data + 1, size - 1);
 	if (mqtt5_props_decode(c, size - 1, ctx, &p, &used) == MQTT_OK) {
 		CHECK(used <= size - 1);
-		fz_in_body(c, size - 1, p.raw, p.raw_len);
+		fuzz_in_body(c, size - 1, p.raw, p.raw_len);
 		fz_check_props(&p, ctx);
 	}
 	free(c);

@@ -18,34 +18,19 @@
 #include "iotd.h"
 #include "mqtt.h"
 #include "mqtt5.h"
+#include "mqttbytes.h"
 
-#define BYTES(...) ((const uint8_t[]){ __VA_ARGS__ }), sizeof((const uint8_t[]){ __VA_ARGS__ })
-#define STR(s) ((struct mqtt_str){ (const uint8_t *)(s), (uint16_t)(sizeof(s) - 1) })
+/* A string literal as (ptr, len) arguments. */
 #define U(s) (const uint8_t *)(s), sizeof(s) - 1
 
 /* Decode one whole MQTT 5 packet: fixed header + body, nothing else. */
 static int decode5(const uint8_t *b, size_t len, struct mqtt5_packet *pkt)
 {
-	uint8_t first = 0;
-	uint32_t rem = 0;
-	size_t hl = 0;
+	uint8_t first;
+	uint32_t rem;
+	size_t hl = whole_packet(b, len, true, &first, &rem);
 
-	assert_int_equal(mqtt5_fixed_header(b, len, 0, &first, &rem, &hl), MQTT_OK);
-	assert_int_equal(hl + rem, len);
 	return mqtt5_decode(first, b + hl, rem, pkt);
-}
-
-static void assert_str(struct mqtt_str s, const char *want)
-{
-	assert_int_equal(s.len, strlen(want));
-	if (s.len)
-		assert_memory_equal(s.p, want, s.len);
-}
-
-static void assert_bytes(const uint8_t *got, size_t got_len, const uint8_t *want, size_t want_len)
-{
-	assert_int_equal(got_len, want_len);
-	assert_memory_equal(got, want, want_len);
 }
 
 /* --- every property on every packet -------------------------------------- */
@@ -300,17 +285,6 @@ static void test_absent_properties_hold_the_defaults(void **state)
 }
 
 /* --- one packet, one answer ---------------------------------------------- */
-
-struct decode_case {
-	const char *name;
-	uint8_t first;
-	const uint8_t *body;
-	size_t len;
-	int rc;
-};
-
-#define DECODE(name, first, rc, ...) { name, first, BYTES(__VA_ARGS__), rc }
-#define DECODE_EMPTY(name, first, rc) { name, first, NULL, 0, rc }
 
 static void run_decode_case(void **state)
 {
@@ -977,8 +951,6 @@ int main(void)
 
 	for (size_t i = 0; i < ARRAY_SIZE(functions); i++)
 		tests[n++] = functions[i];
-	for (size_t i = 0; i < ARRAY_SIZE(props_decode_cases); i++)
-		tests[n++] = (struct CMUnitTest){ props_decode_cases[i].name, run_decode_case, NULL,
-						  NULL, (void *)&props_decode_cases[i] };
+	ADD_CASES(tests, n, run_decode_case, props_decode_cases);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
