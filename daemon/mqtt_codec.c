@@ -253,9 +253,10 @@ static int mqtt_decode_ack(struct mqtt_rd *r, uint16_t *packet_id)
 /*
  * One list entry. A SUBSCRIBE's requested QoS has its upper six bits
  * reserved [MQTT-3.8.3-4]; a SUBACK code is 0, 1, 2 or 0x80 [MQTT-3.9.3-2].
- * MQTT 5: the subscription options keep bits 6 and 7 reserved and take
- * retain handling 0..2 [MQTT-3.8.3-5]; SUBACK and UNSUBACK carry the
- * reason codes their tables list.
+ * MQTT 5: the subscription options keep bits 6 and 7 reserved
+ * [MQTT-3.8.3-5], and QoS 3 or retain handling 3 is a Protocol Error
+ * [MQTT-3.8.3.1]; SUBACK and UNSUBACK carry the reason codes their tables
+ * list.
  */
 static int mqtt_decode_entry(struct mqtt_rd *r, enum mqtt_type type, bool v5)
 {
@@ -273,11 +274,13 @@ static int mqtt_decode_entry(struct mqtt_rd *r, enum mqtt_type type, bool v5)
 	rc = mqtt_rd_utf8(r, &filter);
 	if (rc != MQTT_OK || type == MQTT_UNSUBSCRIBE)
 		return rc;
-	if (!mqtt_rd_u8(r, &q) || (q & 3) == 3)
+	if (!mqtt_rd_u8(r, &q))
 		return MQTT_ERR_MALFORMED;
-	if (v5)
-		return (q & 0xC0) || (q >> 4 & 3) == 3 ? MQTT_ERR_MALFORMED : MQTT_OK;
-	return q > 2 ? MQTT_ERR_MALFORMED : MQTT_OK;
+	if (!v5)
+		return q > 2 ? MQTT_ERR_MALFORMED : MQTT_OK;
+	if (q & 0xC0)
+		return MQTT_ERR_MALFORMED;
+	return (q & 3) == 3 || (q >> 4 & 3) == 3 ? MQTT_ERR_PROTOCOL : MQTT_OK;
 }
 
 /*

@@ -327,7 +327,7 @@ size_t mqtt5_prop_num_size(enum mqtt5_prop_id id, uint32_t v)
 {
 	const struct mqtt5_prop_def *d = mqtt5_def(id);
 
-	if (d == NULL)
+	if (d == NULL || mqtt5_prop_range(d, v) != MQTT_OK)
 		return 0;
 	switch (d->kind) {
 	case MQTT5_BYTE:

@@ -82,7 +82,7 @@ struct mqtt5_props {
 	uint64_t present;
 	uint32_t message_expiry, session_expiry, will_delay, max_packet_size;
 	uint32_t sub_id;
-	uint16_t sub_id_count, user_prop_count;
+	uint32_t sub_id_count, user_prop_count;
 	uint16_t server_keep_alive, receive_max, topic_alias_max, topic_alias;
 	uint8_t payload_format, request_problem_info, request_response_info, max_qos;
 	uint8_t retain_available, wildcard_sub_available, sub_id_available, shared_sub_available;
@@ -136,9 +136,9 @@ const char *mqtt5_prop_name(unsigned id);
 /*
  * Building a block: a buffer the caller owns (a small one on the stack
  * is the intent), properties appended one by one. A property that does
- * not fit, or an id that takes another kind of value, or a value too
- * large for its kind, sets 'failed' and is left out; check it once at
- * the end. Sizes: the *_size functions below give a property's bytes
+ * not fit, or an id that takes another kind of value, or a value its
+ * kind or range does not allow (what the decoder refuses), sets 'failed'
+ * and is left out; check it once at the end. Sizes: the *_size functions below give a property's bytes
  * (0 for the wrong kind), so buffers can be sized first.
  */
 struct mqtt5_pbuf {
@@ -332,7 +332,11 @@ size_t mqtt5_reason_size(uint8_t reason, const struct mqtt5_out *props);
 size_t mqtt5_encode_reason(uint8_t *out, enum mqtt_type type, uint8_t reason,
 			   const struct mqtt5_out *props);
 
-/* Client side, for the benchmark client, tests and fuzz seeds. */
+/*
+ * Client side, for the benchmark client, tests and fuzz seeds. CONNECT
+ * writes its blocks when c->protocol_level is 5 (the will's with the
+ * will flag), and is the 3.1.1 CONNECT otherwise.
+ */
 size_t mqtt5_connect_size(const struct mqtt_connect *c, const struct mqtt5_out *props,
 			  const struct mqtt5_out *will_props);
 size_t mqtt5_encode_connect(uint8_t *out, const struct mqtt_connect *c,

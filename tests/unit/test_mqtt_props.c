@@ -385,11 +385,11 @@ static const struct decode_case props_decode_cases[] = {
 	       0x00, 0x01, 0x04, 0x0B, 0x01, 0x0B, 0x02, 0x00, 0x01, 'a', 0x00),
 	DECODE("subscribe_options_all_set", 0x82, MQTT_OK,
 	       0x00, 0x01, 0x02, 0x0B, 0x05, 0x00, 0x01, 'a', 0x2E),
-	DECODE("subscribe_retain_handling_3_is_malformed", 0x82, MQTT_ERR_MALFORMED,
+	DECODE("subscribe_retain_handling_3_is_protocol_error", 0x82, MQTT_ERR_PROTOCOL,
 	       0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x30),
 	DECODE("subscribe_reserved_option_bits_are_malformed", 0x82, MQTT_ERR_MALFORMED,
 	       0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x40),
-	DECODE("subscribe_qos3_is_malformed", 0x82, MQTT_ERR_MALFORMED,
+	DECODE("subscribe_qos3_is_protocol_error", 0x82, MQTT_ERR_PROTOCOL,
 	       0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x03),
 	DECODE("subscribe_without_entries_is_malformed", 0x82, MQTT_ERR_MALFORMED,
 	       0x00, 0x01, 0x00),
@@ -841,6 +841,10 @@ static void test_builder_sizes_and_refusals(void **state)
 
 	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_PAYLOAD_FORMAT, 1), 2);
 	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_PAYLOAD_FORMAT, 256), 0);
+	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_PAYLOAD_FORMAT, 2), 0);
+	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_SUB_ID, 0), 0);
+	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_RECEIVE_MAX, 0), 0);
+	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_TOPIC_ALIAS_MAX, 0), 3);
 	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_TOPIC_ALIAS, 65535), 3);
 	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_TOPIC_ALIAS, 65536), 0);
 	assert_int_equal(mqtt5_prop_num_size(MQTT5_PROP_MESSAGE_EXPIRY, 0xFFFFFFFF), 5);
