@@ -5,7 +5,10 @@
  * every packet body in both directions, and UTF-8 validation. No state,
  * no allocation, no I/O. Decoded strings point into the caller's buffer.
  * Policy that needs context (topic syntax, client id rules, sessions) is
- * left to the callers.
+ * left to the callers. What MQTT 5 shares with 3.1.1 is written once,
+ * here: the fixed header, CONNECT of every level, list entries, and the
+ * encoders of PUBLISH, SUBSCRIBE/UNSUBSCRIBE, SUBACK/UNSUBACK and CONNECT
+ * (MQTT 5's in mqtt5.h, the rest of it in daemon/mqtt5_codec.c).
  */
 #include "mqtt.h"
 #include "mqtt5.h"

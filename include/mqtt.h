@@ -6,7 +6,7 @@
  * lives as long as that buffer. Every length is checked against the packet
  * end; every UTF-8 string is validated ([MQTT-1.5.3]). Both directions are
  * covered: the broker decodes client packets, the benchmark client and the
- * tests decode server packets.
+ * tests decode server packets. MQTT 5 is mqtt5.h's.
  */
 #ifndef IOTD_MQTT_H
 #define IOTD_MQTT_H
