@@ -5,71 +5,16 @@
  * every packet body in both directions, and UTF-8 validation. No state,
  * no allocation, no I/O. Decoded strings point into the caller's buffer.
  * Policy that needs context (topic syntax, client id rules, sessions) is
- * left to the callers.
+ * left to the callers. What MQTT 5 shares with 3.1.1 is written once,
+ * here: the fixed header, CONNECT of every level, list entries, and the
+ * encoders of PUBLISH, SUBSCRIBE/UNSUBSCRIBE, SUBACK/UNSUBACK and CONNECT
+ * (MQTT 5's in mqtt5.h, the rest of it in daemon/mqtt5_codec.c).
  */
 #include "mqtt.h"
+#include "mqtt5.h"
+#include "mqtt_int.h"
 
 #include <string.h>
-
-#define MQTT_PUBREL_FLAGS 0x2 /* also SUBSCRIBE, UNSUBSCRIBE [MQTT-2.2.2-1] */
-
-/* --- reading ------------------------------------------------------------ */
-
-/* A read cursor over one packet body; 'end' is never passed. */
-struct mqtt_rd {
-	const uint8_t *p, *end;
-};
-
-static inline size_t mqtt_rd_left(const struct mqtt_rd *r)
-{
-	return (size_t)(r->end - r->p);
-}
-
-static inline bool mqtt_rd_u8(struct mqtt_rd *r, uint8_t *v)
-{
-	if (r->p == r->end)
-		return false;
-	*v = *r->p++;
-	return true;
-}
-
-static inline bool mqtt_rd_u16(struct mqtt_rd *r, uint16_t *v)
-{
-	if (mqtt_rd_left(r) < 2)
-		return false;
-	*v = (uint16_t)(r->p[0] << 8 | r->p[1]);
-	r->p += 2;
-	return true;
-}
-
-/* Length-prefixed binary data: the form of every string and of the binary fields. */
-static inline int mqtt_rd_bin(struct mqtt_rd *r, struct mqtt_str *s)
-{
-	uint16_t n;
-
-	if (!mqtt_rd_u16(r, &n) || mqtt_rd_left(r) < n)
-		return MQTT_ERR_MALFORMED;
-	s->p = r->p;
-	s->len = n;
-	r->p += n;
-	return MQTT_OK;
-}
-
-static inline int mqtt_rd_utf8(struct mqtt_rd *r, struct mqtt_str *s)
-{
-	int rc = mqtt_rd_bin(r, s);
-
-	if (rc != MQTT_OK)
-		return rc;
-	return mqtt_utf8_valid(s->p, s->len) ? MQTT_OK : MQTT_ERR_UTF8;
-}
-
-static inline void mqtt_rd_init(struct mqtt_rd *r, const uint8_t *body, size_t len)
-{
-	r->p = body;
-	/* body may be NULL for an empty packet, and NULL + 0 is undefined */
-	r->end = len ? body + len : body;
-}
 
 /* --- UTF-8 [MQTT-1.5.3] ------------------------------------------------- */
 
@@ -147,14 +92,16 @@ bool mqtt_utf8_valid(const uint8_t *p, size_t len)
 
 /* --- fixed header ------------------------------------------------------- */
 
-int mqtt_fixed_header(const uint8_t *buf, size_t len, size_t max_packet,
-		      uint8_t *first_byte, uint32_t *remaining, size_t *hdr_len)
+/* last_type: MQTT_DISCONNECT in 3.1.1, MQTT_AUTH in MQTT 5. */
+static inline int mqtt_header(const uint8_t *buf, size_t len, size_t max_packet,
+			      unsigned last_type, uint8_t *first_byte, uint32_t *remaining,
+			      size_t *hdr_len)
 {
 	uint32_t value = 0;
 
 	if (len == 0)
 		return MQTT_INCOMPLETE;
-	if ((buf[0] >> 4) == 0 || (buf[0] >> 4) == 15)
+	if ((buf[0] >> 4) == 0 || (buf[0] >> 4) > last_type)
 		return MQTT_ERR_TYPE;
 	for (size_t i = 1; i < MQTT_MAX_FIXED_HEADER; i++) {
 		if (i >= len)
@@ -177,6 +124,19 @@ int mqtt_fixed_header(const uint8_t *buf, size_t len, size_t max_packet,
 	return MQTT_ERR_MALFORMED;
 }
 
+int mqtt_fixed_header(const uint8_t *buf, size_t len, size_t max_packet,
+		      uint8_t *first_byte, uint32_t *remaining, size_t *hdr_len)
+{
+	return mqtt_header(buf, len, max_packet, MQTT_DISCONNECT, first_byte, remaining,
+			   hdr_len);
+}
+
+int mqtt5_fixed_header(const uint8_t *buf, size_t len, size_t max_packet,
+		       uint8_t *first_byte, uint32_t *remaining, size_t *hdr_len)
+{
+	return mqtt_header(buf, len, max_packet, MQTT_AUTH, first_byte, remaining, hdr_len);
+}
+
 /* --- decoding ----------------------------------------------------------- */
 
 static int mqtt_decode_connect_flags(struct mqtt_connect *c, uint8_t f)
@@ -193,17 +153,17 @@ static int mqtt_decode_connect_flags(struct mqtt_connect *c, uint8_t f)
 		return MQTT_ERR_MALFORMED;      /* [MQTT-3.1.2-14] */
 	if (!c->will_flag && (c->will_qos || c->will_retain))
 		return MQTT_ERR_MALFORMED;      /* [MQTT-3.1.2-13], [MQTT-3.1.2-15] */
-	if (c->password_flag && !c->username_flag)
-		return MQTT_ERR_MALFORMED;      /* [MQTT-3.1.2-22] */
+	if (c->password_flag && !c->username_flag && c->protocol_level < 5)
+		return MQTT_ERR_MALFORMED;      /* [MQTT-3.1.2-22], gone in MQTT 5 */
 	return MQTT_OK;
 }
 
 /*
  * The level is checked right after the name and before anything else, so
  * that a newer client (MQTT 5 adds properties) gets CONNACK 1, not a
- * parse error [MQTT-3.1.2-2].
+ * parse error [MQTT-3.1.2-2]. Level 5 is taken only when v5 is set.
  */
-static int mqtt_decode_protocol(struct mqtt_rd *r, struct mqtt_connect *c)
+static int mqtt_decode_protocol(struct mqtt_rd *r, struct mqtt_connect *c, bool v5)
 {
 	struct mqtt_str name;
 	uint8_t want;
@@ -218,13 +178,18 @@ static int mqtt_decode_protocol(struct mqtt_rd *r, struct mqtt_connect *c)
 		return MQTT_ERR_PROTOCOL_NAME;  /* [MQTT-3.1.2-1] */
 	if (!mqtt_rd_u8(r, &c->protocol_level))
 		return MQTT_ERR_MALFORMED;
-	return c->protocol_level == want ? MQTT_OK : MQTT_ERR_PROTOCOL_LEVEL;
+	if (c->protocol_level == want || (v5 && want == 4 && c->protocol_level == 5))
+		return MQTT_OK;
+	return MQTT_ERR_PROTOCOL_LEVEL;
 }
 
-static int mqtt_decode_connect_payload(struct mqtt_rd *r, struct mqtt_connect *c)
+static int mqtt_decode_connect_payload(struct mqtt_rd *r, struct mqtt_connect *c,
+				       struct mqtt5_props *will)
 {
 	int rc = mqtt_rd_utf8(r, &c->client_id);
 
+	if (rc == MQTT_OK && c->will_flag && c->protocol_level == 5)
+		rc = mqtt5_props_read(r, MQTT5_CTX_WILL, will);
 	if (rc == MQTT_OK && c->will_flag) {
 		rc = mqtt_rd_utf8(r, &c->will_topic);
 		if (rc == MQTT_OK)
@@ -237,20 +202,23 @@ static int mqtt_decode_connect_payload(struct mqtt_rd *r, struct mqtt_connect *c
 	return rc;
 }
 
-static int mqtt_decode_connect(struct mqtt_rd *r, struct mqtt_connect *c)
+int mqtt_decode_connect_v(struct mqtt_rd *r, struct mqtt_connect *c,
+			  struct mqtt5_props *props, struct mqtt5_props *will)
 {
 	uint8_t flags;
 	int rc;
 
 	*c = (struct mqtt_connect){ 0 };
-	rc = mqtt_decode_protocol(r, c);
+	rc = mqtt_decode_protocol(r, c, props != NULL);
 	if (rc != MQTT_OK)
 		return rc;
 	if (!mqtt_rd_u8(r, &flags) || !mqtt_rd_u16(r, &c->keepalive))
 		return MQTT_ERR_MALFORMED;
 	rc = mqtt_decode_connect_flags(c, flags);
+	if (rc == MQTT_OK && c->protocol_level == 5)
+		rc = mqtt5_props_read(r, MQTT_CONNECT, props);
 	if (rc == MQTT_OK)
-		rc = mqtt_decode_connect_payload(r, c);
+		rc = mqtt_decode_connect_payload(r, c, will);
 	return rc;
 }
 
@@ -270,25 +238,11 @@ static int mqtt_decode_connack(struct mqtt_rd *r, struct mqtt_connack *ca)
 
 static int mqtt_decode_publish(struct mqtt_rd *r, uint8_t flags, struct mqtt_publish *pub)
 {
-	int rc;
+	int rc = mqtt_decode_publish_head(r, flags, pub);
 
-	pub->dup = flags & 0x08;
-	pub->qos = (flags >> 1) & 3;
-	pub->retain = flags & 0x01;
-	pub->packet_id = 0;
-	if (pub->qos == 3)
-		return MQTT_ERR_MALFORMED;      /* [MQTT-3.3.1-4] */
-	if (pub->qos == 0 && pub->dup)
-		return MQTT_ERR_MALFORMED;      /* [MQTT-3.3.1-2] */
-	rc = mqtt_rd_utf8(r, &pub->topic);
-	if (rc != MQTT_OK)
-		return rc;
-	if (pub->qos && (!mqtt_rd_u16(r, &pub->packet_id) || pub->packet_id == 0))
-		return MQTT_ERR_MALFORMED;      /* [MQTT-2.3.1-1] */
-	pub->payload = r->p;
-	pub->payload_len = (uint32_t)mqtt_rd_left(r);
-	r->p = r->end;
-	return MQTT_OK;
+	if (rc == MQTT_OK)
+		mqtt_decode_payload(r, pub);
+	return rc;
 }
 
 /* PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: a packet id and nothing else. */
@@ -302,24 +256,34 @@ static int mqtt_decode_ack(struct mqtt_rd *r, uint16_t *packet_id)
 /*
  * One list entry. A SUBSCRIBE's requested QoS has its upper six bits
  * reserved [MQTT-3.8.3-4]; a SUBACK code is 0, 1, 2 or 0x80 [MQTT-3.9.3-2].
+ * MQTT 5: the subscription options keep bits 6 and 7 reserved
+ * [MQTT-3.8.3-5], and QoS 3 or retain handling 3 is a Protocol Error
+ * [MQTT-3.8.3.1]; SUBACK and UNSUBACK carry the reason codes their tables
+ * list.
  */
-static int mqtt_decode_entry(struct mqtt_rd *r, enum mqtt_type type)
+static int mqtt_decode_entry(struct mqtt_rd *r, enum mqtt_type type, bool v5)
 {
 	struct mqtt_str filter;
 	uint8_t q;
 	int rc;
 
-	if (type == MQTT_SUBACK) {
-		if (!mqtt_rd_u8(r, &q) || (q > 2 && q != MQTT_SUBACK_FAILURE))
+	if (type == MQTT_SUBACK || type == MQTT_UNSUBACK) {
+		if (!mqtt_rd_u8(r, &q))
 			return MQTT_ERR_MALFORMED;
-		return MQTT_OK;
+		if (v5)
+			return mqtt5_reason_allowed(type, q) ? MQTT_OK : MQTT_ERR_MALFORMED;
+		return q > 2 && q != MQTT_SUBACK_FAILURE ? MQTT_ERR_MALFORMED : MQTT_OK;
 	}
 	rc = mqtt_rd_utf8(r, &filter);
 	if (rc != MQTT_OK || type == MQTT_UNSUBSCRIBE)
 		return rc;
-	if (!mqtt_rd_u8(r, &q) || q > 2)
+	if (!mqtt_rd_u8(r, &q))
 		return MQTT_ERR_MALFORMED;
-	return MQTT_OK;
+	if (!v5)
+		return q > 2 ? MQTT_ERR_MALFORMED : MQTT_OK;
+	if (q & 0xC0)
+		return MQTT_ERR_MALFORMED;
+	return (q & 3) == 3 || (q >> 4 & 3) == 3 ? MQTT_ERR_PROTOCOL : MQTT_OK;
 }
 
 /*
@@ -327,18 +291,17 @@ static int mqtt_decode_entry(struct mqtt_rd *r, enum mqtt_type type)
  * 'count' is 16 bits wide: a longer list is refused as too large, which
  * a sane max_packet makes unreachable anyway.
  */
-static int mqtt_decode_list(struct mqtt_rd *r, enum mqtt_type type, struct mqtt_list *l)
+int mqtt_decode_list_entries(struct mqtt_rd *r, enum mqtt_type type, struct mqtt_list *l,
+			     bool v5)
 {
 	size_t count = 0;
 
-	if (!mqtt_rd_u16(r, &l->packet_id) || l->packet_id == 0)
-		return MQTT_ERR_MALFORMED;
 	l->p = r->p;
 	l->len = mqtt_rd_left(r);
 	if (l->len == 0)
 		return MQTT_ERR_MALFORMED;      /* [MQTT-3.8.3-3], [MQTT-3.10.3-2] */
 	while (r->p != r->end) {
-		int rc = mqtt_decode_entry(r, type);
+		int rc = mqtt_decode_entry(r, type, v5);
 
 		if (rc != MQTT_OK)
 			return rc;
@@ -349,18 +312,18 @@ static int mqtt_decode_list(struct mqtt_rd *r, enum mqtt_type type, struct mqtt_
 	return MQTT_OK;
 }
 
-/* The fixed-header flags each type must carry [MQTT-2.2.2-1], [MQTT-2.2.2-2]. */
-static inline uint8_t mqtt_required_flags(enum mqtt_type type)
+static int mqtt_decode_list(struct mqtt_rd *r, enum mqtt_type type, struct mqtt_list *l)
 {
-	return (type == MQTT_PUBREL || type == MQTT_SUBSCRIBE ||
-		type == MQTT_UNSUBSCRIBE) ? MQTT_PUBREL_FLAGS : 0;
+	if (!mqtt_rd_u16(r, &l->packet_id) || l->packet_id == 0)
+		return MQTT_ERR_MALFORMED;
+	return mqtt_decode_list_entries(r, type, l, false);
 }
 
 static int mqtt_decode_body(struct mqtt_rd *r, struct mqtt_packet *out)
 {
 	switch (out->type) {
 	case MQTT_CONNECT:
-		return mqtt_decode_connect(r, &out->u.connect);
+		return mqtt_decode_connect_v(r, &out->u.connect, NULL, NULL);
 	case MQTT_CONNACK:
 		return mqtt_decode_connack(r, &out->u.connack);
 	case MQTT_PUBLISH:
@@ -379,6 +342,8 @@ static int mqtt_decode_body(struct mqtt_rd *r, struct mqtt_packet *out)
 	case MQTT_PINGRESP:
 	case MQTT_DISCONNECT:
 		return MQTT_OK;
+	case MQTT_AUTH:
+		break;
 	}
 	return MQTT_ERR_TYPE;
 }
@@ -386,30 +351,20 @@ static int mqtt_decode_body(struct mqtt_rd *r, struct mqtt_packet *out)
 int mqtt_decode(uint8_t first_byte, const uint8_t *body, size_t len,
 		struct mqtt_packet *out)
 {
-	unsigned type = first_byte >> 4;
 	struct mqtt_rd r;
-	int rc;
+	int rc = mqtt_decode_first(first_byte, MQTT_DISCONNECT, &out->type, &out->flags);
 
-	if (type < MQTT_CONNECT || type > MQTT_DISCONNECT)
-		return MQTT_ERR_TYPE;
-	out->type = (enum mqtt_type)type;
-	out->flags = first_byte & 0x0F;
-	if (out->type != MQTT_PUBLISH && out->flags != mqtt_required_flags(out->type))
-		return MQTT_ERR_MALFORMED;
+	if (rc != MQTT_OK)
+		return rc;
 	mqtt_rd_init(&r, body, len);
-	rc = mqtt_decode_body(&r, out);
-	if (rc == MQTT_OK && r.p != r.end)
-		return MQTT_ERR_MALFORMED;      /* trailing bytes */
-	return rc;
+	return mqtt_decode_end(&r, mqtt_decode_body(&r, out));
 }
 
 /* --- lists -------------------------------------------------------------- */
 
 void mqtt_list_iter_init(struct mqtt_list_iter *it, const struct mqtt_packet *pkt)
 {
-	it->type = pkt->type;
-	it->p = pkt->u.list.p;
-	it->end = pkt->u.list.len ? pkt->u.list.p + pkt->u.list.len : pkt->u.list.p;
+	mqtt_list_iter_set(it, pkt->type, &pkt->u.list);
 }
 
 /* No bounds checks: mqtt_decode_list() already walked the same bytes. */
@@ -420,7 +375,7 @@ bool mqtt_list_next(struct mqtt_list_iter *it, struct mqtt_str *filter, uint8_t 
 
 	if (it->p >= it->end)
 		return false;
-	if (it->type != MQTT_SUBACK) {
+	if (it->type != MQTT_SUBACK && it->type != MQTT_UNSUBACK) {
 		f.len = (uint16_t)(it->p[0] << 8 | it->p[1]);
 		f.p = it->p + 2;
 		it->p += 2 + (size_t)f.len;
@@ -462,35 +417,6 @@ size_t mqtt_varint_encode(uint8_t *out, uint32_t n)
 	return i;
 }
 
-static inline uint8_t *mqtt_put_u16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)(v >> 8);
-	p[1] = (uint8_t)v;
-	return p + 2;
-}
-
-static inline uint8_t *mqtt_put_bin(uint8_t *p, const uint8_t *s, size_t len)
-{
-	p = mqtt_put_u16(p, (uint16_t)len);
-	if (len)
-		memcpy(p, s, len);
-	return p + len;
-}
-
-static inline uint8_t *mqtt_put_header(uint8_t *p, uint8_t first_byte, uint32_t remaining)
-{
-	*p++ = first_byte;
-	return p + mqtt_varint_encode(p, remaining);
-}
-
-/* Whole packet size for a body of 'remaining' bytes; 0 if over the protocol limit. */
-static inline size_t mqtt_packet_size(size_t remaining)
-{
-	if (remaining > MQTT_MAX_REMAINING)
-		return 0;
-	return 1 + mqtt_varint_size((uint32_t)remaining) + remaining;
-}
-
 size_t mqtt_encode_connack(uint8_t out[4], bool session_present, uint8_t rc)
 {
 	out[0] = MQTT_CONNACK << 4;
@@ -520,44 +446,89 @@ size_t mqtt_encode_empty(uint8_t out[2], enum mqtt_type type)
 	return 2;
 }
 
-size_t mqtt_suback_size(size_t n)
+/*
+ * The encoders below serve both versions: props NULL is 3.1.1, where no
+ * property block goes out; MQTT 5's NULL (the empty block) is mqtt5_empty.
+ */
+static const struct mqtt5_out mqtt5_empty;
+
+static inline const struct mqtt5_out *mqtt5_block(const struct mqtt5_out *props)
 {
-	if (n == 0 || n > MQTT_MAX_REMAINING)
-		return 0;
-	return mqtt_packet_size(2 + n);
+	return props ? props : &mqtt5_empty;
 }
 
-size_t mqtt_encode_suback(uint8_t *out, uint16_t packet_id, const uint8_t *codes, size_t n)
+/* SUBACK, and MQTT 5 UNSUBACK: packet id, block, one code per entry. */
+static size_t mqtt_codes_remaining(size_t n, const struct mqtt5_out *props)
 {
+	size_t pn = props ? mqtt5_out_size(props) : 0;
+
+	if (n == 0 || n > MQTT_MAX_REMAINING || pn == SIZE_MAX)
+		return SIZE_MAX;
+	return 2 + pn + n;
+}
+
+static inline size_t mqtt_size_of(size_t rem)
+{
+	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
+}
+
+static size_t mqtt_encode_codes(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+				const struct mqtt5_out *props, const uint8_t *codes, size_t n)
+{
+	size_t rem = mqtt_codes_remaining(n, props);
 	uint8_t *p;
 
-	if (mqtt_suback_size(n) == 0)
+	if (rem == SIZE_MAX || rem > MQTT_MAX_REMAINING)
 		return 0;
-	p = mqtt_put_header(out, MQTT_SUBACK << 4, (uint32_t)(2 + n));
+	p = mqtt_put_header(out, (uint8_t)(type << 4), (uint32_t)rem);
 	p = mqtt_put_u16(p, packet_id);
+	if (props)
+		p = mqtt5_put_out(p, props);
 	memcpy(p, codes, n);
 	return (size_t)(p + n - out);
 }
 
-static inline size_t mqtt_publish_remaining(size_t topic_len, size_t payload_len, uint8_t qos)
+size_t mqtt_suback_size(size_t n)
 {
-	if (topic_len > UINT16_MAX || qos > 2 || payload_len > MQTT_MAX_REMAINING)
+	return mqtt_size_of(mqtt_codes_remaining(n, NULL));
+}
+
+size_t mqtt_encode_suback(uint8_t *out, uint16_t packet_id, const uint8_t *codes, size_t n)
+{
+	return mqtt_encode_codes(out, MQTT_SUBACK, packet_id, NULL, codes, n);
+}
+
+size_t mqtt5_suback_size(size_t n, const struct mqtt5_out *props)
+{
+	return mqtt_size_of(mqtt_codes_remaining(n, mqtt5_block(props)));
+}
+
+size_t mqtt5_encode_suback(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+			   const uint8_t *codes, size_t n, const struct mqtt5_out *props)
+{
+	if (type != MQTT_SUBACK && type != MQTT_UNSUBACK)
+		return 0;
+	return mqtt_encode_codes(out, type, packet_id, mqtt5_block(props), codes, n);
+}
+
+static inline size_t mqtt_publish_remaining(size_t topic_len, size_t payload_len, uint8_t qos,
+					    const struct mqtt5_out *props)
+{
+	size_t pn = props ? mqtt5_out_size(props) : 0;
+
+	if (topic_len > UINT16_MAX || qos > 2 || payload_len > MQTT_MAX_REMAINING ||
+	    pn > MQTT_MAX_REMAINING)
 		return SIZE_MAX;
-	return 2 + topic_len + (qos ? 2 : 0) + payload_len;
+	return 2 + topic_len + (qos ? 2 : 0) + pn + payload_len;
 }
 
-size_t mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos)
+/* Inlined into both versions' encoders: 3.1.1's pays nothing for MQTT 5. */
+static inline size_t mqtt_publish_write(uint8_t *out, bool dup, uint8_t qos, bool retain,
+					const uint8_t *topic, size_t topic_len,
+					uint16_t packet_id, const struct mqtt5_out *props,
+					const uint8_t *payload, size_t payload_len)
 {
-	size_t rem = mqtt_publish_remaining(topic_len, payload_len, qos);
-
-	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
-}
-
-size_t mqtt_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
-			   const uint8_t *topic, size_t topic_len, uint16_t packet_id,
-			   const uint8_t *payload, size_t payload_len)
-{
-	size_t rem = mqtt_publish_remaining(topic_len, payload_len, qos);
+	size_t rem = mqtt_publish_remaining(topic_len, payload_len, qos, props);
 	uint8_t first;
 	uint8_t *p;
 
@@ -569,9 +540,39 @@ size_t mqtt_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
 	p = mqtt_put_bin(p, topic, topic_len);
 	if (qos)
 		p = mqtt_put_u16(p, packet_id);
+	if (props)
+		p = mqtt5_put_out(p, props);
 	if (payload_len)
 		memcpy(p, payload, payload_len);
 	return (size_t)(p + payload_len - out);
+}
+
+size_t mqtt_publish_size(size_t topic_len, size_t payload_len, uint8_t qos)
+{
+	return mqtt_size_of(mqtt_publish_remaining(topic_len, payload_len, qos, NULL));
+}
+
+size_t mqtt_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
+			   const uint8_t *topic, size_t topic_len, uint16_t packet_id,
+			   const uint8_t *payload, size_t payload_len)
+{
+	return mqtt_publish_write(out, dup, qos, retain, topic, topic_len, packet_id, NULL,
+				  payload, payload_len);
+}
+
+size_t mqtt5_publish_size(size_t topic_len, size_t payload_len, uint8_t qos,
+			  const struct mqtt5_out *props)
+{
+	return mqtt_size_of(mqtt_publish_remaining(topic_len, payload_len, qos, mqtt5_block(props)));
+}
+
+size_t mqtt5_encode_publish(uint8_t *out, bool dup, uint8_t qos, bool retain,
+			    const uint8_t *topic, size_t topic_len, uint16_t packet_id,
+			    const struct mqtt5_out *props, const uint8_t *payload,
+			    size_t payload_len)
+{
+	return mqtt_publish_write(out, dup, qos, retain, topic, topic_len, packet_id,
+				  mqtt5_block(props), payload, payload_len);
 }
 
 static inline const char *mqtt_protocol_name(uint8_t level)
@@ -579,7 +580,9 @@ static inline const char *mqtt_protocol_name(uint8_t level)
 	return level == 3 ? "MQIsdp" : "MQTT";
 }
 
-static size_t mqtt_connect_remaining(const struct mqtt_connect *c)
+/* The property blocks (length fields included) go in at level 5 only. */
+static size_t mqtt_connect_remaining(const struct mqtt_connect *c, const struct mqtt5_out *props,
+				     const struct mqtt5_out *will)
 {
 	size_t n = 2 + strlen(mqtt_protocol_name(c->protocol_level)) + 1 + 1 + 2;
 
@@ -590,12 +593,26 @@ static size_t mqtt_connect_remaining(const struct mqtt_connect *c)
 		n += 2 + (size_t)c->username.len;
 	if (c->password_flag)
 		n += 2 + (size_t)c->password.len;
+	if (c->protocol_level == 5) {
+		size_t pn = mqtt5_out_size(props);
+		size_t wn = c->will_flag ? mqtt5_out_size(will) : 0;
+
+		if (pn == SIZE_MAX || wn == SIZE_MAX)
+			return SIZE_MAX;
+		n += pn + wn;
+	}
 	return n;
+}
+
+size_t mqtt5_connect_size(const struct mqtt_connect *c, const struct mqtt5_out *props,
+			  const struct mqtt5_out *will)
+{
+	return mqtt_size_of(mqtt_connect_remaining(c, props, will));
 }
 
 size_t mqtt_connect_size(const struct mqtt_connect *c)
 {
-	return mqtt_packet_size(mqtt_connect_remaining(c));
+	return mqtt5_connect_size(c, NULL, NULL);
 }
 
 /*
@@ -610,17 +627,26 @@ static inline uint8_t mqtt_connect_flags(const struct mqtt_connect *c)
 			 (c->password_flag ? 0x40 : 0) | (c->username_flag ? 0x80 : 0));
 }
 
-size_t mqtt_encode_connect(uint8_t *out, const struct mqtt_connect *c)
+size_t mqtt5_encode_connect(uint8_t *out, const struct mqtt_connect *c,
+			    const struct mqtt5_out *props, const struct mqtt5_out *will)
 {
 	const char *name = mqtt_protocol_name(c->protocol_level);
-	uint8_t *p = mqtt_put_header(out, MQTT_CONNECT << 4, (uint32_t)mqtt_connect_remaining(c));
+	size_t rem = mqtt_connect_remaining(c, props, will);
+	uint8_t *p;
 
+	if (rem == SIZE_MAX || rem > MQTT_MAX_REMAINING)
+		return 0;
+	p = mqtt_put_header(out, MQTT_CONNECT << 4, (uint32_t)rem);
 	p = mqtt_put_bin(p, (const uint8_t *)name, strlen(name));
 	*p++ = c->protocol_level;
 	*p++ = mqtt_connect_flags(c);
 	p = mqtt_put_u16(p, c->keepalive);
+	if (c->protocol_level == 5)
+		p = mqtt5_put_out(p, props);
 	p = mqtt_put_bin(p, c->client_id.p, c->client_id.len);
 	if (c->will_flag) {
+		if (c->protocol_level == 5)
+			p = mqtt5_put_out(p, will);
 		p = mqtt_put_bin(p, c->will_topic.p, c->will_topic.len);
 		p = mqtt_put_bin(p, c->will_payload.p, c->will_payload.len);
 	}
@@ -631,13 +657,19 @@ size_t mqtt_encode_connect(uint8_t *out, const struct mqtt_connect *c)
 	return (size_t)(p - out);
 }
 
-static size_t mqtt_sub_remaining(enum mqtt_type type, const struct mqtt_str *filters, size_t n)
+size_t mqtt_encode_connect(uint8_t *out, const struct mqtt_connect *c)
+{
+	return mqtt5_encode_connect(out, c, NULL, NULL);
+}
+
+static size_t mqtt_sub_remaining(enum mqtt_type type, const struct mqtt_str *filters, size_t n,
+				 const struct mqtt5_out *props)
 {
 	size_t per = type == MQTT_SUBSCRIBE ? 3 : 2;  /* length prefix (+ qos) */
-	size_t rem = 2;
+	size_t rem = 2 + (props ? mqtt5_out_size(props) : 0);
 
 	if ((type != MQTT_SUBSCRIBE && type != MQTT_UNSUBSCRIBE) || n == 0 ||
-	    n > MQTT_MAX_REMAINING / per)
+	    n > MQTT_MAX_REMAINING / per || rem > MQTT_MAX_REMAINING)
 		return SIZE_MAX;
 	for (size_t i = 0; i < n; i++) {
 		rem += per + filters[i].len;
@@ -649,27 +681,47 @@ static size_t mqtt_sub_remaining(enum mqtt_type type, const struct mqtt_str *fil
 
 size_t mqtt_sub_size(enum mqtt_type type, const struct mqtt_str *filters, size_t n)
 {
-	size_t rem = mqtt_sub_remaining(type, filters, n);
-
-	return rem == SIZE_MAX ? 0 : mqtt_packet_size(rem);
+	return mqtt_size_of(mqtt_sub_remaining(type, filters, n, NULL));
 }
 
-size_t mqtt_encode_sub(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
-		       const struct mqtt_str *filters, const uint8_t *qos, size_t n)
+size_t mqtt5_sub_size(enum mqtt_type type, const struct mqtt_str *filters, size_t n,
+		      const struct mqtt5_out *props)
 {
-	size_t rem = mqtt_sub_remaining(type, filters, n);
+	return mqtt_size_of(mqtt_sub_remaining(type, filters, n, mqtt5_block(props)));
+}
+
+static size_t mqtt_encode_list(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+			       const struct mqtt5_out *props, const struct mqtt_str *filters,
+			       const uint8_t *qos, size_t n)
+{
+	size_t rem = mqtt_sub_remaining(type, filters, n, props);
 	uint8_t *p;
 
 	if (rem == SIZE_MAX)
 		return 0;
 	p = mqtt_put_header(out, (uint8_t)(type << 4 | MQTT_PUBREL_FLAGS), (uint32_t)rem);
 	p = mqtt_put_u16(p, packet_id);
+	if (props)
+		p = mqtt5_put_out(p, props);
 	for (size_t i = 0; i < n; i++) {
 		p = mqtt_put_bin(p, filters[i].p, filters[i].len);
 		if (type == MQTT_SUBSCRIBE)
 			*p++ = qos[i];
 	}
 	return (size_t)(p - out);
+}
+
+size_t mqtt_encode_sub(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+		       const struct mqtt_str *filters, const uint8_t *qos, size_t n)
+{
+	return mqtt_encode_list(out, type, packet_id, NULL, filters, qos, n);
+}
+
+size_t mqtt5_encode_sub(uint8_t *out, enum mqtt_type type, uint16_t packet_id,
+			const struct mqtt_str *filters, const uint8_t *options, size_t n,
+			const struct mqtt5_out *props)
+{
+	return mqtt_encode_list(out, type, packet_id, mqtt5_block(props), filters, options, n);
 }
 
 /* --- names -------------------------------------------------------------- */
@@ -684,9 +736,10 @@ const char *mqtt_type_name(int type)
 		[MQTT_SUBACK] = "SUBACK",           [MQTT_UNSUBSCRIBE] = "UNSUBSCRIBE",
 		[MQTT_UNSUBACK] = "UNSUBACK",       [MQTT_PINGREQ] = "PINGREQ",
 		[MQTT_PINGRESP] = "PINGRESP",       [MQTT_DISCONNECT] = "DISCONNECT",
+		[MQTT_AUTH] = "AUTH",
 	};
 
-	if (type < MQTT_CONNECT || type > MQTT_DISCONNECT)
+	if (type < MQTT_CONNECT || type > MQTT_AUTH)
 		return "UNKNOWN";
 	return names[type];
 }
@@ -702,6 +755,7 @@ const char *mqtt_result_str(int result)
 	case MQTT_ERR_PROTOCOL_LEVEL:   return "unsupported protocol level";
 	case MQTT_ERR_TOO_LARGE:        return "packet too large";
 	case MQTT_ERR_TYPE:             return "invalid packet type";
+	case MQTT_ERR_PROTOCOL:         return "protocol error";
 	}
 	return "unknown result";
 }

@@ -6,7 +6,7 @@
  * lives as long as that buffer. Every length is checked against the packet
  * end; every UTF-8 string is validated ([MQTT-1.5.3]). Both directions are
  * covered: the broker decodes client packets, the benchmark client and the
- * tests decode server packets.
+ * tests decode server packets. MQTT 5 is mqtt5.h's.
  */
 #ifndef IOTD_MQTT_H
 #define IOTD_MQTT_H
@@ -30,6 +30,7 @@ enum mqtt_type {
 	MQTT_PINGREQ = 12,
 	MQTT_PINGRESP = 13,
 	MQTT_DISCONNECT = 14,
+	MQTT_AUTH = 15,                 /* MQTT 5 only (mqtt5.h); refused by the 3.1.1 decoder */
 };
 
 /* CONNACK return codes [MQTT-3.2.2.3] */
@@ -56,6 +57,7 @@ enum mqtt_result {
 	MQTT_ERR_PROTOCOL_LEVEL = -4,/* name fine, level unsupported: CONNACK 1 then close */
 	MQTT_ERR_TOO_LARGE = -5,    /* remaining length over the caller's limit */
 	MQTT_ERR_TYPE = -6,         /* packet type 0 or 15 */
+	MQTT_ERR_PROTOCOL = -7,     /* MQTT 5 only: a Protocol Error (reason code 0x82) */
 };
 
 struct mqtt_str {
@@ -64,8 +66,8 @@ struct mqtt_str {
 };
 
 struct mqtt_connect {
-	uint8_t protocol_level;     /* 3 (MQIsdp) or 4 (MQTT) */
-	bool clean_session;
+	uint8_t protocol_level;     /* 3 (MQIsdp), 4 (MQTT) or 5 (MQTT 5, mqtt5.h) */
+	bool clean_session;         /* Clean Start in MQTT 5 */
 	uint16_t keepalive;
 	struct mqtt_str client_id;
 	bool will_flag;
@@ -144,8 +146,9 @@ int mqtt_decode(uint8_t first_byte, const uint8_t *body, size_t len,
 
 void mqtt_list_iter_init(struct mqtt_list_iter *it, const struct mqtt_packet *pkt);
 /*
- * Next entry. SUBSCRIBE: filter + requested qos. UNSUBSCRIBE: filter.
- * SUBACK: *qos only (the return code). Returns false at the end.
+ * Next entry. SUBSCRIBE: filter + requested qos (MQTT 5: the whole
+ * subscription options byte). UNSUBSCRIBE: filter. SUBACK (and an MQTT 5
+ * UNSUBACK): *qos only (the return or reason code). Returns false at the end.
  */
 bool mqtt_list_next(struct mqtt_list_iter *it, struct mqtt_str *filter, uint8_t *qos);
 
