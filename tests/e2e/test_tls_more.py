@@ -32,8 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 import mqttraw as m
 from authfiles import auth_dir  # noqa: F401
 from certs import Issued, certs, pki  # noqa: F401
+from conftest import free_port
 from helpers import T, CliSub, raise_nofile, uid, wait_for
 from test_acl import until_marker
+from test_tls_keys import exit_status
 from test_websocket import browser_round_trip, needs_browser
 from tlsbroker import cli_tls, presented, tls_broker, tls_raw
 
@@ -147,6 +149,33 @@ def test_client_certificate_required_and_checked(start_broker, pki, certs, auth_
              "the certificate revoked by the new CRL to be refused")
     with tls_raw(b.mqtts_port, certs, certs.sensor1, tag="ok") as c:
         c.ping()
+
+
+def test_identity_on_a_passed_socket_needs_a_required_certificate(start_broker, certs):
+    """A socket systemd passes for mqtts presents tls { }'s certificate:
+    with use_identity_as_username and without tls.require_certificate,
+    the start is refused, saying so (no client may come in without an
+    identity)."""
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.skip("systemd-socket-activate not installed")
+    port = free_port()
+    b = start_broker(tls={"cert_file": certs.server_rsa.cert, "key_file": certs.server_rsa.key,
+                          "use_identity_as_username": True},
+                     wrapper=["systemd-socket-activate", "-l", f"127.0.0.1:{port}",
+                              "--fdname=mqtts"], wait=False)
+
+    def knock():
+        # systemd-socket-activate starts iotd at the first connection.
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=T(1)).close()
+            return True
+        except OSError:
+            return False
+    wait_for(knock, 10, "the socket systemd-socket-activate listens on")
+    assert exit_status(b) == 1
+    assert (f"socket 'mqtts' (fd 3, 127.0.0.1:{port}) is for mqtts, which presents tls {{ }}'s "
+            "certificate: tls.use_identity_as_username needs tls.require_certificate = true "
+            "there") in b.log
 
 
 # ---------------------------------------------------------------- rotation
