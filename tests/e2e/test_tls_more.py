@@ -5,13 +5,15 @@ MQTT.js in Chromium) and the certificates of certs.py:
 * client certificates: use_identity_as_username makes the certificate's
   CN (else its SAN) the user name the ACL is matched against, whatever
   the CONNECT says; a client without a certificate, or with a revoked
-  one, is refused;
+  one, is refused; a socket systemd passes where no certificate is
+  required refuses the start;
 * certificate rotation by SIGHUP while a subscriber stays connected, and
   a broken pair on a later SIGHUP that changes nothing;
 * the private key's secret material is in the memory of `iotd: keys`
   alone (not in the listener's, a worker's or any other process's);
 * a killed key role: connected clients go on, new ones connect once it
-  is back;
+  is back, and handshakes whose requests it had read are signed by its
+  successor;
 * a browser over wss://;
 * hostile TLS: a handshake flood does not keep a well-behaved client out,
   and a connection silent after TCP is closed after tls.handshake_timeout.
