@@ -613,9 +613,9 @@ static int check_tls_named(struct load_ctx *ctx, const struct tls_named *n)
 
 /*
  * A certificate and its key go together; a client's certificate is
- * checked against a CA (an identity is taken only from a required one:
- * check_tls_identity). Whether the key matches the certificate is the key role's to check at
- * its start (nothing else reads the key).
+ * checked against a CA (an identity is taken only where one is required:
+ * check_tls_identity). Whether the key matches the certificate is the
+ * key role's to check at its start (nothing else reads the key).
  */
 static int check_tls(struct load_ctx *ctx)
 {
