@@ -613,9 +613,9 @@ static int check_tls_named(struct load_ctx *ctx, const struct tls_named *n)
 
 /*
  * A certificate and its key go together; a client's certificate is
- * checked against a CA, and an identity is taken only from a checked one.
- * Whether the key matches the certificate is the key role's to check at
- * its start (nothing else reads the key).
+ * checked against a CA (an identity is taken only where one is required:
+ * check_tls_identity). Whether the key matches the certificate is the
+ * key role's to check at its start (nothing else reads the key).
  */
 static int check_tls(struct load_ctx *ctx)
 {
@@ -630,11 +630,55 @@ static int check_tls(struct load_ctx *ctx)
 	    tls_needs(ctx, "key_file", "cert_file", c->tls_cert_file[0] != '\0') < 0 ||
 	    (c->tls_require_certificate &&
 	     tls_needs(ctx, "require_certificate", "ca_file or ca_path",
-		       c->tls_ca_file[0] != '\0' || c->tls_ca_path[0] != '\0') < 0) ||
-	    (c->tls_use_identity_as_username &&
-	     tls_needs(ctx, "use_identity_as_username", "require_certificate = true",
-		       c->tls_require_certificate) < 0))
+		       c->tls_ca_file[0] != '\0' || c->tls_ca_path[0] != '\0') < 0))
 		return -1;
+	return 0;
+}
+
+/* A listen address as written, for messages: scheme, host ("*": any), port, ?tls=name. */
+static void listen_shown(const struct listen_addr *la, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s://%s:%s%s%s", listen_transport_name(la->transport),
+		 la->host[0] ? la->host : "*", la->port, la->tls_name[0] ? "?tls=" : "",
+		 la->tls_name);
+}
+
+/*
+ * tls.use_identity_as_username takes a TLS client's user name from its
+ * certificate: every certificate a TLS listener presents must then
+ * require one (the sockets systemd passes are checked as they are
+ * taken). A listener that let a client in without one would have no
+ * identity to give it, and none may come in as anyone else.
+ */
+static int check_tls_identity(struct load_ctx *ctx)
+{
+	const struct iotd_config *c = &ctx->cfg;
+	char where[CONFIG_ERR_LEN], addr[CONFIG_ERR_LEN];
+	struct tls_cert_files tc;
+
+	if (!c->tls_use_identity_as_username)
+		return 0;
+	for (int i = 0; i < c->n_listen; i++) {
+		const struct listen_addr *la = &c->listen[i];
+
+		if (!listen_transport_tls(la->transport))
+			continue;
+		config_tls_cert(c, la->tls, &tc);
+		if (tc.require_certificate)
+			continue;
+		describe_origin(ctx, (size_t)key_index("tls", "use_identity_as_username"), where,
+				sizeof(where));
+		listen_shown(la, addr, sizeof(addr));
+		if (tc.name[0])
+			set_err(ctx, "%suse_identity_as_username needs require_certificate = true "
+				"where it is used: %s presents tls.certificate \"%s\", whose "
+				"require_certificate is false", where, addr, tc.name);
+		else
+			set_err(ctx, "%suse_identity_as_username needs require_certificate = true "
+				"where it is used: %s presents tls { }'s certificate, and "
+				"tls.require_certificate is false", where, addr);
+		return -1;
+	}
 	return 0;
 }
 
@@ -654,7 +698,7 @@ static int tls_named_index(const struct iotd_config *c, const char *name)
 static int check_listen_tls(struct load_ctx *ctx)
 {
 	struct iotd_config *c = &ctx->cfg;
-	char where[CONFIG_ERR_LEN];
+	char where[CONFIG_ERR_LEN], addr[CONFIG_ERR_LEN];
 
 	for (int i = 0; i < c->n_listen; i++) {
 		struct listen_addr *la = &c->listen[i];
@@ -665,15 +709,13 @@ static int check_listen_tls(struct load_ctx *ctx)
 			continue;
 		describe_origin(ctx, (size_t)key_index("server", "listen_addresses"), where,
 				sizeof(where));
+		listen_shown(la, addr, sizeof(addr));
 		if (la->tls < 0)
-			set_err(ctx, "%slisten_addresses: %s://%s:%s?tls=%s: no tls { certificate "
-				"\"%s\" { } } is declared", where, listen_transport_name(la->transport),
-				la->host[0] ? la->host : "*", la->port, la->tls_name, la->tls_name);
+			set_err(ctx, "%slisten_addresses: %s: no tls { certificate \"%s\" { } } is "
+				"declared", where, addr, la->tls_name);
 		else
-			set_err(ctx, "%slisten_addresses: %s://%s:%s needs tls.cert_file and "
-				"tls.key_file, or ?tls=name", where,
-				listen_transport_name(la->transport),
-				la->host[0] ? la->host : "*", la->port);
+			set_err(ctx, "%slisten_addresses: %s needs tls.cert_file and tls.key_file, "
+				"or ?tls=name", where, addr);
 		return -1;
 	}
 	return 0;
@@ -702,7 +744,7 @@ static int check_consistency(struct load_ctx *ctx)
 			where, c->max_sessions, c->max_connections);
 		return -1;
 	}
-	return check_auth(ctx) < 0 || check_tls(ctx) < 0 ? -1 : 0;
+	return check_auth(ctx) < 0 || check_tls(ctx) < 0 || check_tls_identity(ctx) < 0 ? -1 : 0;
 }
 
 int config_load(struct iotd_config *cfg, const struct cli_args *args,

@@ -26,6 +26,12 @@
 
 #define CA_PATH_FILES_MAX 1024       /* files of tls.ca_path read at most */
 
+/*
+ * Messages name a file by the key that gives it: where is "tls." for
+ * tls { }'s own, "tls.certificate \"name\"." for a named certificate's.
+ */
+#define WHERE_MAX (sizeof("tls.certificate \"\".") + TLS_NAME_MAX)
+
 /* OpenSSL's last error, for a message. */
 static const char *ssl_why(void)
 {
@@ -59,23 +65,25 @@ static const char *key_kind_refused(EVP_PKEY *key)
 	return "a key of a kind other than RSA, EC or Ed25519";
 }
 
-static int load_key(const char *path, EVP_PKEY **key, char *err, size_t errlen)
+static int load_key(const char *where, const char *path, EVP_PKEY **key, char *err,
+		    size_t errlen)
 {
 	FILE *fp = fopen(path, "re");
 	const char *refused;
 
 	if (fp == NULL) {
-		snprintf(err, errlen, "tls.key_file %s: %s", path, strerror(errno));
+		snprintf(err, errlen, "%skey_file %s: %s", where, path, strerror(errno));
 		return -1;
 	}
 	*key = PEM_read_PrivateKey(fp, NULL, NULL, NULL);
 	fclose(fp);
 	if (*key == NULL) {
-		snprintf(err, errlen, "tls.key_file %s: not a PEM private key: %s", path, ssl_why());
+		snprintf(err, errlen, "%skey_file %s: not a PEM private key: %s", where, path,
+			 ssl_why());
 		return -1;
 	}
 	if ((refused = key_kind_refused(*key)) != NULL) {
-		snprintf(err, errlen, "tls.key_file %s: %s", path, refused);
+		snprintf(err, errlen, "%skey_file %s: %s", where, path, refused);
 		EVP_PKEY_free(*key);
 		*key = NULL;
 		return -1;
@@ -104,8 +112,8 @@ static int bio_take(BIO *b, char **out, size_t *len)
  * The certificate (first) and its chain, each written again from what
  * was parsed; the first must match the key.
  */
-static int load_chain(const char *path, EVP_PKEY *key, struct keys_files *f, char *err,
-		      size_t errlen)
+static int load_chain(const char *where, const char *path, EVP_PKEY *key, struct keys_files *f,
+		      char *err, size_t errlen)
 {
 	FILE *fp = fopen(path, "re");
 	BIO *out = BIO_new(BIO_s_mem());
@@ -113,14 +121,14 @@ static int load_chain(const char *path, EVP_PKEY *key, struct keys_files *f, cha
 	int n = 0, rc = -1;
 
 	if (fp == NULL || out == NULL) {
-		snprintf(err, errlen, "tls.cert_file %s: %s", path,
+		snprintf(err, errlen, "%scert_file %s: %s", where, path,
 			 fp == NULL ? strerror(errno) : "out of memory");
 		goto done;
 	}
 	while ((x = PEM_read_X509(fp, NULL, NULL, NULL)) != NULL) {
 		if (n == 0 && X509_check_private_key(x, key) != 1) {
-			snprintf(err, errlen, "the key in tls.key_file does not match the "
-				 "certificate in tls.cert_file %s", path);
+			snprintf(err, errlen, "the key in %skey_file does not match the "
+				 "certificate in %scert_file %s", where, where, path);
 			X509_free(x);
 			goto done;
 		}
@@ -130,7 +138,7 @@ static int load_chain(const char *path, EVP_PKEY *key, struct keys_files *f, cha
 	}
 	ERR_clear_error();               /* the end of the file reads as an error */
 	if (n == 0) {
-		snprintf(err, errlen, "tls.cert_file %s: no PEM certificate", path);
+		snprintf(err, errlen, "%scert_file %s: no PEM certificate", where, path);
 		goto done;
 	}
 	if (bio_take(out, &f->chain, &f->chain_len) < 0) {
@@ -172,14 +180,15 @@ static int append_pem(const char *path, BIO *out, bool certs, bool crls)
 }
 
 /* tls.ca_path: each regular file that holds certificates (c_rehash's links among them). */
-static int append_ca_path(const char *dir, BIO *out, char *err, size_t errlen)
+static int append_ca_path(const char *where, const char *dir, BIO *out, char *err,
+			  size_t errlen)
 {
 	DIR *d = opendir(dir);
 	struct dirent *e;
 	unsigned files = 0;
 
 	if (d == NULL) {
-		snprintf(err, errlen, "tls.ca_path %s: %s", dir, strerror(errno));
+		snprintf(err, errlen, "%sca_path %s: %s", where, dir, strerror(errno));
 		return -1;
 	}
 	while ((e = readdir(d)) != NULL && files < CA_PATH_FILES_MAX) {
@@ -195,8 +204,8 @@ static int append_ca_path(const char *dir, BIO *out, char *err, size_t errlen)
 	return 0;
 }
 
-static int load_trust(const struct tls_cert_files *cfg, struct keys_files *f, char *err,
-		      size_t errlen)
+static int load_trust(const char *where, const struct tls_cert_files *cfg, struct keys_files *f,
+		      char *err, size_t errlen)
 {
 	BIO *out = BIO_new(BIO_s_mem());
 	int rc = -1;
@@ -206,14 +215,15 @@ static int load_trust(const struct tls_cert_files *cfg, struct keys_files *f, ch
 		return -1;
 	}
 	if (cfg->ca_file[0] && append_pem(cfg->ca_file, out, true, false) <= 0) {
-		snprintf(err, errlen, "tls.ca_file %s: no PEM certificate could be read",
+		snprintf(err, errlen, "%sca_file %s: no PEM certificate could be read", where,
 			 cfg->ca_file);
 		goto done;
 	}
-	if (cfg->ca_path[0] && append_ca_path(cfg->ca_path, out, err, errlen) < 0)
+	if (cfg->ca_path[0] && append_ca_path(where, cfg->ca_path, out, err, errlen) < 0)
 		goto done;
 	if (cfg->crl_file[0] && append_pem(cfg->crl_file, out, false, true) <= 0) {
-		snprintf(err, errlen, "tls.crl_file %s: no PEM CRL could be read", cfg->crl_file);
+		snprintf(err, errlen, "%scrl_file %s: no PEM CRL could be read", where,
+			 cfg->crl_file);
 		goto done;
 	}
 	if (bio_take(out, &f->trust, &f->trust_len) < 0) {
@@ -230,14 +240,21 @@ done:
 static int keys_files_load(const struct tls_cert_files *tc, uint32_t key_id, struct keys_files *f,
 			   char *err, size_t errlen)
 {
+	char where[WHERE_MAX];
+
+	if (tc->name[0])
+		snprintf(where, sizeof(where), "tls.certificate \"%s\".", tc->name);
+	else
+		snprintf(where, sizeof(where), "tls.");
 	*f = (struct keys_files){ .key_id = key_id };
-	if (load_key(tc->key_file, &f->key, err, errlen) < 0 ||
-	    load_chain(tc->cert_file, f->key, f, err, errlen) < 0 ||
-	    load_trust(tc, f, err, errlen) < 0)
+	if (load_key(where, tc->key_file, &f->key, err, errlen) < 0 ||
+	    load_chain(where, tc->cert_file, f->key, f, err, errlen) < 0 ||
+	    load_trust(where, tc, f, err, errlen) < 0)
 		goto fail;
 	if (f->chain_len + f->trust_len > IPC_KEYS_CHAIN_MAX) {
-		snprintf(err, errlen, "the certificate chain and the clients' CAs take %zu bytes, "
-			 "more than %zu", f->chain_len + f->trust_len, (size_t)IPC_KEYS_CHAIN_MAX);
+		snprintf(err, errlen, "%scert_file %s: the certificate chain and the clients' CAs "
+			 "take %zu bytes, more than %zu", where, tc->cert_file,
+			 f->chain_len + f->trust_len, (size_t)IPC_KEYS_CHAIN_MAX);
 		goto fail;
 	}
 	return 0;
@@ -249,8 +266,6 @@ fail:
 int keys_files_load_all(const struct iotd_config *cfg, uint32_t *key_id, struct keys_files *f,
 			char *err, size_t errlen)
 {
-	char why[512];
-
 	for (int i = 0; i < TLS_CERTS_MAX; i++)
 		f[i] = (struct keys_files){ 0 };
 	for (int i = 0; i < config_tls_certs(cfg); i++) {
@@ -259,11 +274,7 @@ int keys_files_load_all(const struct iotd_config *cfg, uint32_t *key_id, struct 
 		config_tls_cert(cfg, i, &tc);
 		if (tc.cert_file[0] == '\0')
 			continue;            /* tls { } without a certificate: named ones only */
-		if (keys_files_load(&tc, *key_id + 1, &f[i], why, sizeof(why)) < 0) {
-			if (tc.name[0])
-				snprintf(err, errlen, "tls certificate \"%s\": %s", tc.name, why);
-			else
-				snprintf(err, errlen, "%s", why);
+		if (keys_files_load(&tc, *key_id + 1, &f[i], err, errlen) < 0) {
 			keys_files_free_all(f);
 			return -1;
 		}

@@ -239,6 +239,14 @@ static int take_passed_socket(struct supervisor *sv, int fd, const char *name)
 			  "tls.key_file", name, fd, where, listen_transport_name(transport));
 		return -1;
 	}
+	if (listen_transport_tls(transport) && sv->cfg->tls_use_identity_as_username &&
+	    !sv->cfg->tls_require_certificate) {
+		log_error("socket '%s' (fd %d, %s) is for %s, which presents tls { }'s "
+			  "certificate: tls.use_identity_as_username needs "
+			  "tls.require_certificate = true there", name, fd, where,
+			  listen_transport_name(transport));
+		return -1;
+	}
 	if (sv->env.n_listen_fds >= (int)ARRAY_SIZE(sv->env.listen_fds)) {
 		log_error("too many sockets passed by systemd (at most %zu)",
 			  ARRAY_SIZE(sv->env.listen_fds));

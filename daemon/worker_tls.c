@@ -55,7 +55,7 @@ struct tls_conn {
 	uint32_t cert;               /* the certificate it presents (TLS_CERTS_MAX) */
 	uint32_t key_id;             /* the chain's its SSL_CTX was made from */
 	uint64_t sign_id;            /* the signature in flight; 0: none */
-	const struct ipc_keys_fields *req; /* its request, on the paused job's stack */
+	struct ipc_keys_fields *req; /* its request, on the paused job's stack */
 	UT_hash_handle hh;           /* in w->signing, by sign_id */
 	bool answered;               /* the answer to sign_id came (or never will) */
 	bool drained;                /* the last read wanted the socket: no whole record buffered */
@@ -104,19 +104,27 @@ static uint8_t md_of_nid(int nid)
 	}
 }
 
-/* Send c's request; false when the channel is full or broken (logged once). */
-static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
+/* f to the key role under a new request id; false when it did not go (errno). */
+static bool request_write(struct tls_worker *w, struct ipc_keys_fields *f)
 {
-	struct tls_worker *w = c->w;
 	uint8_t buf[IPC_KEYS_SIGN_LEN_MAX];
 	size_t len;
 
 	f->id = ++w->next_id;
-	f->key_id = c->key_id;
-	len = ipc_keys_sign_encode(f, buf);
-	if (len == 0)
+	if ((len = ipc_keys_sign_encode(f, buf)) == 0) {
+		errno = EMSGSIZE;
 		return false;
-	if (ipc_send(w->keys_fd, IPC_KEYS_SIGN, w->index, buf, len, -1) < 0) {
+	}
+	return ipc_send(w->keys_fd, IPC_KEYS_SIGN, w->index, buf, len, -1) == 0;
+}
+
+/* Send c's request; false when the channel is full or broken (logged once). */
+static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
+{
+	struct tls_worker *w = c->w;
+
+	f->key_id = c->key_id;
+	if (!request_write(w, f)) {
 		if (!w->send_logged)
 			log_warn("cannot ask the key role for a signature: %s; the handshake "
 				 "fails (further ones unlogged)", strerror(errno));
@@ -435,24 +443,47 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 /* --- the key role's channel --------------------------------------------------------- */
 
 /*
+ * One unanswered request again, under a new request id: an answer to the
+ * one before, which a new key role may still read from the channel, finds
+ * no one. A handshake presenting the certificate of the chain that came
+ * (now) asks for the key id that goes with it now: a key role started
+ * again numbers its keys anew, and the id asked for before may be unknown
+ * to it (or another key's). One presenting another keeps its id, which a
+ * reloaded key role still signs with. False when the channel is full.
+ */
+static bool request_resend(struct tls_worker *w, struct tls_conn *c, const X509 *now)
+{
+	uint64_t before = c->req->id;
+
+	if (X509_cmp(SSL_CTX_get0_certificate(SSL_get_SSL_CTX(c->ssl)), now) == 0)
+		c->key_id = c->req->key_id = w->key_id[c->cert];
+	if (!request_write(w, c->req)) {
+		c->req->id = before;
+		return false;
+	}
+	c->sign_id = c->req->id;
+	return true;
+}
+
+/*
  * A chain comes from a key role that started (or reloaded): the requests
  * still unanswered for that certificate go again, as a key role that died
- * took its queue with it. Under the same id: should both answer, the
- * second finds no one.
+ * took its queue with it. What cannot go (a full channel) waits under its
+ * id until tls.handshake_timeout.
  */
 static void requests_resend(struct tls_worker *w, uint32_t cert)
 {
-	uint8_t buf[IPC_KEYS_SIGN_LEN_MAX];
-	struct tls_conn *c, *tmp;
-	size_t len;
+	const X509 *now = SSL_CTX_get0_certificate(w->ctx[cert]);
+	struct tls_conn *c, *tmp, *again = NULL;
+	bool full = false;
 
 	HASH_ITER(hh, w->signing, c, tmp) {
-		if (c->cert != cert)
-			continue;
-		len = ipc_keys_sign_encode(c->req, buf);
-		if (len > 0 && ipc_send(w->keys_fd, IPC_KEYS_SIGN, w->index, buf, len, -1) < 0)
-			break;      /* full: handshake_timeout ends what waits */
+		HASH_DEL(w->signing, c);
+		if (c->cert == cert && !full)
+			full = !request_resend(w, c, now);
+		HASH_ADD(hh, again, sign_id, sizeof(c->sign_id), c);
 	}
+	w->signing = again;
 }
 
 static int on_chain(void *ctx, struct ipc_msg *m)

@@ -127,7 +127,8 @@ def test_reload_rotates_one(start_broker, certs, internal):  # noqa: F811
     os.replace(broken.cert, cert)
     b.send_signal(signal.SIGHUP)
     wait_for(lambda: KEPT in b.log, 10, "the refused reload")
-    assert 'tls certificate "internal": the key in tls.key_file does not match' in b.log
+    assert ('the key in tls.certificate "internal".key_file does not match the certificate '
+            f'in tls.certificate "internal".cert_file {cert}') in b.log
     assert presented(b.private, internal.ca_cert)[0] == renewed.serial
     assert presented(b.public, certs.ca)[0] == certs.server_rsa.serial
 
@@ -172,6 +173,28 @@ def test_unknown_certificate_refuses_start(start_broker, certs, internal):  # no
     assert exit_status(b) == 1
     assert 'mqtts://127.0.0.1:%d?tls=intern: no tls { certificate "intern" { } } is ' \
            'declared' % port in b.log
+
+
+@pytest.mark.parametrize("fault", ["wrong", "missing"])
+def test_named_key_refuses_start(start_broker, certs, internal, fault):  # noqa: F811
+    """A named certificate's key that does not match, or cannot be read,
+    stops the start with a message naming that certificate's keys, not
+    tls { }'s own."""
+    key = internal.server("other", "ec").key if fault == "wrong" else \
+        str(internal.dir / "missing.key")
+    s = internal.server_cert
+    named = Issued(s.cert, key, s.serial, s.subject)
+    b = start_broker(config_text=two_cert_config(certs.server_rsa, named),
+                     listen=[f"127.0.0.1:{free_port()}",
+                             f"mqtts://127.0.0.1:{free_port()}?tls=internal"], wait=False)
+    assert exit_status(b) == 1
+    if fault == "wrong":
+        says = ('cannot start: keys: the key in tls.certificate "internal".key_file does not '
+                f'match the certificate in tls.certificate "internal".cert_file {s.cert}')
+    else:
+        says = f'cannot start: keys: tls.certificate "internal".key_file {key}: No such file'
+    assert says in b.log
+    assert "tls.key_file" not in b.log
 
 
 def test_named_only(start_broker, certs, internal):  # noqa: F811

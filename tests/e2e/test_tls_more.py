@@ -5,13 +5,15 @@ MQTT.js in Chromium) and the certificates of certs.py:
 * client certificates: use_identity_as_username makes the certificate's
   CN (else its SAN) the user name the ACL is matched against, whatever
   the CONNECT says; a client without a certificate, or with a revoked
-  one, is refused;
+  one, is refused; a socket systemd passes where no certificate is
+  required refuses the start;
 * certificate rotation by SIGHUP while a subscriber stays connected, and
   a broken pair on a later SIGHUP that changes nothing;
 * the private key's secret material is in the memory of `iotd: keys`
   alone (not in the listener's, a worker's or any other process's);
 * a killed key role: connected clients go on, new ones connect once it
-  is back;
+  is back, and handshakes whose requests it had read are signed by its
+  successor;
 * a browser over wss://;
 * hostile TLS: a handshake flood does not keep a well-behaved client out,
   and a connection silent after TCP is closed after tls.handshake_timeout.
@@ -22,6 +24,8 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import threading
 import time
 
 import pytest
@@ -32,10 +36,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 import mqttraw as m
 from authfiles import auth_dir  # noqa: F401
 from certs import Issued, certs, pki  # noqa: F401
-from helpers import T, CliSub, raise_nofile, uid, wait_for
+from conftest import free_port
+from helpers import T, CliSub, connected, raise_nofile, uid, wait_for
 from test_acl import until_marker
+from test_tls_keys import exit_status
 from test_websocket import browser_round_trip, needs_browser
-from tlsbroker import cli_tls, presented, tls_broker, tls_raw
+from tlsbroker import TlsRawClient, cli_tls, client_context, presented, tls_broker, tls_raw
 
 pytestmark = pytest.mark.iotd_only
 
@@ -147,6 +153,33 @@ def test_client_certificate_required_and_checked(start_broker, pki, certs, auth_
              "the certificate revoked by the new CRL to be refused")
     with tls_raw(b.mqtts_port, certs, certs.sensor1, tag="ok") as c:
         c.ping()
+
+
+def test_identity_on_a_passed_socket_needs_a_required_certificate(start_broker, certs):
+    """A socket systemd passes for mqtts presents tls { }'s certificate:
+    with use_identity_as_username and without tls.require_certificate,
+    the start is refused, saying so (no client may come in without an
+    identity)."""
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.skip("systemd-socket-activate not installed")
+    port = free_port()
+    b = start_broker(tls={"cert_file": certs.server_rsa.cert, "key_file": certs.server_rsa.key,
+                          "use_identity_as_username": True},
+                     wrapper=["systemd-socket-activate", "-l", f"127.0.0.1:{port}",
+                              "--fdname=mqtts"], wait=False)
+
+    def knock():
+        # systemd-socket-activate starts iotd at the first connection.
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=T(1)).close()
+            return True
+        except OSError:
+            return False
+    wait_for(knock, 10, "the socket systemd-socket-activate listens on")
+    assert exit_status(b) == 1
+    assert (f"socket 'mqtts' (fd 3, 127.0.0.1:{port}) is for mqtts, which presents tls {{ }}'s "
+            "certificate: tls.use_identity_as_username needs tls.require_certificate = true "
+            "there") in b.log
 
 
 # ---------------------------------------------------------------- rotation
@@ -349,6 +382,74 @@ def test_killed_key_role(start_broker, certs, clients):
     assert sub.wait_messages(3)[1:] == [("keep/2", "new", 1, 0), ("keep/3", "old", 1, 0)]
     assert [x.payload for x in wsub.wait_messages(3)] == [b"while-down", b"new", b"old"]
     assert connack_count(sub) == 1
+
+
+@pytest.mark.parametrize("reloaded", [False, True])
+def test_signatures_lost_with_the_key_role_are_asked_again(start_broker, certs, clients,
+                                                           reloaded):
+    """Handshakes whose signature requests the key role had read when it
+    died: gdb holds `iotd: keys` at its first signature (it had read that
+    request, maybe others; the rest wait in its socket) and kills it there.
+    Its successor sends the chain, the workers send every unanswered
+    request again, and every handshake completes with a CONNACK; a
+    subscriber connected before goes on, on the same connection. After a
+    reload the keys had ids the successor, which numbers them anew, does
+    not know: the requests go again under the id the certificate has now."""
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb not installed (package gdb)")
+    b = tls_broker(start_broker, certs, tls={"handshake_timeout": 60})
+    if b.instrumented:
+        pytest.skip("gdb cannot attach to a daemon under valgrind")
+    sub = CliSub(b.mqtts_port, "resend/#", 1, uid("resendsub"), extra=cli_tls(certs))
+    clients.own(sub, sub.stop).wait_subscribed()
+    if reloaded:
+        b.send_signal(signal.SIGHUP)
+        wait_for(lambda: READ_AGAIN in b.log, 10, "the key role's reload")
+    old = b.role_pid("keys")
+    gdb = subprocess.Popen(["gdb", "-p", str(old), "-batch", "-nx", "-ex", "break keys_sign",
+                            "-ex", "continue", "-ex", "kill"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    try:
+        # Set while the process is held: in place before it reads a request.
+        for line in gdb.stdout:
+            out.append(line)
+            if line.startswith("Breakpoint 1 at"):
+                break
+        assert out and out[-1].startswith("Breakpoint 1 at"), "".join(out)
+        done = [None] * 4
+
+        def handshake(i):
+            try:
+                c = TlsRawClient(b.mqtts_port, client_context(certs.ca), timeout=T(30))
+                done[i] = connected(c, tag=f"resend{i}")
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                done[i] = e
+        threads = [threading.Thread(target=handshake, args=(i,)) for i in range(len(done))]
+        for t in threads:
+            t.start()
+        rest, _ = gdb.communicate(timeout=T(30))
+        out.append(rest)
+        for t in threads:
+            t.join(T(40))
+    finally:
+        if gdb.poll() is None:
+            gdb.kill()
+            gdb.wait()
+    out = "".join(out)
+    assert "Breakpoint 1, keys_sign" in out, out
+    assert "keys killed by signal 9" in b.log
+    wait_for(lambda: b.successor("keys", old), 10, "the key role's successor")
+    b.initial_pids = set(b.pids())
+    for c in done:
+        assert not isinstance(c, BaseException) and c is not None, repr(c)
+        clients.own(c)
+    for i, c in enumerate(done):
+        c.publish(f"resend/{i}", b"after", qos=1)
+    got = sub.wait_messages(len(done))
+    assert sorted(t for t, *_ in got) == [f"resend/{i}" for i in range(len(done))]
+    assert connack_count(sub) == 1
+    assert "TLS handshake not finished" not in b.log
 
 
 # ---------------------------------------------------------------- browser

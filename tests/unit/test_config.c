@@ -613,6 +613,68 @@ static void named_tls_certificates(void **state)
 	assert_load_fails("tls { certificate \"a\" { cert = \"/a\" } }\n", "unknown key");
 }
 
+/*
+ * tls.use_identity_as_username: every TLS listener's certificate, tls { }'s
+ * own or a named one, requires a client certificate; plain listeners and
+ * certificates no listener presents do not matter.
+ */
+static void identity_needs_certificates_where_used(void **state)
+{
+	static const char top_plain[] = "cert_file = \"/c.pem\"\n key_file = \"/k.pem\"\n";
+	static const char top_req[] = "cert_file = \"/c.pem\"\n key_file = \"/k.pem\"\n"
+				      " ca_file = \"/ca.pem\"\n require_certificate = true\n";
+	static const char a_plain[] = "certificate \"a\" { cert_file = \"/a\"\n key_file = \"/k\" }\n";
+	static const char a_req[] = "certificate \"a\" { cert_file = \"/a\"\n key_file = \"/k\"\n"
+				    " ca_file = \"/ca\"\n require_certificate = true }\n";
+	static const struct {
+		const char *listen, *top, *named, *fails_with;
+	} cases[] = {
+		/* Named certificates only. */
+		{ "\"mqtts://:1?tls=a\"", "", a_plain,
+		  "use_identity_as_username needs require_certificate = true where it is used: "
+		  "mqtts://*:1?tls=a presents tls.certificate \"a\", whose require_certificate "
+		  "is false" },
+		{ "\"mqtts://:1?tls=a\", \"wss://h:2/m?tls=a\"", "", a_req, NULL },
+		/* tls { } requires, the named one does not, and the other way round. */
+		{ "\"mqtts://:1\", \"wss://h:2/m?tls=a\"", top_req, a_plain,
+		  "wss://h:2?tls=a presents tls.certificate \"a\", whose require_certificate "
+		  "is false" },
+		{ "\"mqtts://:1?tls=a\", \"wss://h:2/m\"", top_plain, a_req,
+		  "wss://h:2 presents tls { }'s certificate, and tls.require_certificate is false" },
+		{ "\":3\", \"mqtts://:1?tls=a\"", top_plain, a_req, NULL },
+		{ "\"mqtts://:1\", \"wss://h:2/m?tls=a\"", top_req, a_req, NULL },
+		/* No TLS listener presents the certificate that does not require. */
+		{ "\":3\", \"ws://:4/m\"", top_plain, a_plain, NULL },
+	};
+	static const char named_only[] = "server { listen_addresses = { \"mqtts://:1?tls=a\" } }\n"
+					 "tls { certificate \"a\" { cert_file = \"/a\"\n"
+					 " key_file = \"/k\" } }\n";
+	char *env[] = { "IOTD_TLS_USE_IDENTITY_AS_USERNAME=true", NULL };
+	struct iotd_config c;
+	char text[1024], err[CONFIG_ERR_LEN];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(text, sizeof(text), "server { listen_addresses = { %s } }\n"
+			 "tls { use_identity_as_username = true\n %s %s}\n", cases[i].listen,
+			 cases[i].top, cases[i].named);
+		if (cases[i].fails_with)
+			assert_load_fails(text, cases[i].fails_with);
+		else
+			assert_loads(text, &c);
+	}
+	/* The message says where the option was set. */
+	assert_int_equal(load("server { listen_addresses = { \"mqtts://:1?tls=a\" } }\n"
+			      "tls { certificate \"a\" { cert_file = \"/a\"\n key_file = \"/k\" }\n"
+			      " use_identity_as_username = true }\n", no_env, &c, err, sizeof(err)),
+			 -1);
+	assert_error_at(err, 4, "tls: use_identity_as_username needs require_certificate");
+	assert_int_equal(load(named_only, env, &c, err, sizeof(err)), -1);
+	assert_string_equal(err, "environment: IOTD_TLS_USE_IDENTITY_AS_USERNAME: "
+			    "use_identity_as_username needs require_certificate = true where it "
+			    "is used: mqtts://*:1?tls=a presents tls.certificate \"a\", whose "
+			    "require_certificate is false");
+}
+
 static void control_characters_in_values_do_not_reach_the_message(void **state)
 {
 	struct iotd_config c;
@@ -1416,6 +1478,7 @@ int main(void)
 		CONF_TEST(empty_or_oversized_listen_list_is_rejected),
 		CONF_TEST(tls_listeners_are_refused_without_tls),
 		CONF_TEST(named_tls_certificates),
+		CONF_TEST(identity_needs_certificates_where_used),
 		CONF_TEST(control_characters_in_values_do_not_reach_the_message),
 		CONF_TEST(failed_load_leaves_the_config_untouched),
 		cmocka_unit_test(shipped_config_file_equals_the_defaults),

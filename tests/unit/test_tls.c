@@ -772,7 +772,8 @@ static void test_config_tls(void **state)
 	temp_file(path, "tls { cert_file = \"/x/cert.pem\" }\n");
 	assert_int_equal(config_load(&cfg, &args, envp, err, sizeof(err)), -1);
 	assert_contains(err, "cert_file needs key_file");
-	write_file(path, "tls { cert_file = \"/x/c.pem\"\n key_file = \"/x/k.pem\"\n"
+	write_file(path, "server { listen_addresses = { \"mqtts://:8883\" } }\n"
+		   "tls { cert_file = \"/x/c.pem\"\n key_file = \"/x/k.pem\"\n"
 		   "use_identity_as_username = true }\n");
 	assert_int_equal(config_load(&cfg, &args, envp, err, sizeof(err)), -1);
 	assert_contains(err, "use_identity_as_username needs require_certificate");
