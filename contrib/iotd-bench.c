@@ -1605,7 +1605,8 @@ static void on_disconnect(struct run *r, struct conn *c, uint8_t reason)
  * packet, is decoded by the 3.1.1 decoder, whose payload then starts with
  * the property block, skipped by its length: no property is parsed, and
  * no subscription identifier, message expiry or user property a broker
- * adds costs more than a length. Every other packet is decoded in full.
+ * adds costs more than a length. A PUBACK of the 3.1.1 form takes the
+ * 3.1.1 decoder too; every other packet is decoded in full.
  */
 static int take_packet5(struct run *r, struct conn *c, uint8_t first, const uint8_t *body,
 			uint32_t len, uint64_t now)
@@ -1625,8 +1626,13 @@ static int take_packet5(struct run *r, struct conn *c, uint8_t first, const uint
 		on_delivery(r, c, &pub.u.publish, now);
 		return MQTT_OK;
 	}
-	/* the 3.1.1 refusal of a broker that does not speak MQTT 5 */
-	if (first >> 4 == MQTT_CONNACK && len == 2 && body[1] && body[1] < 0x80)
+	/*
+	 * A PUBACK without reason code is 3.1.1's (the per-message one at QoS
+	 * 1); a CONNACK with a 3.1.1 return code is the refusal of a broker
+	 * that does not speak MQTT 5.
+	 */
+	if ((first >> 4 == MQTT_PUBACK && len == 2) ||
+	    (first >> 4 == MQTT_CONNACK && len == 2 && body[1] && body[1] < 0x80))
 		return take_packet(r, c, first, body, len, now);
 	rc = mqtt5_decode(first, body, len, &pkt);
 	if (rc != MQTT_OK)
