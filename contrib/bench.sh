@@ -23,6 +23,16 @@
 # and X25519, so both brokers negotiate the same. While an iotd cannot
 # start with such a listener, its rows say so and Mosquitto is measured alone.
 #
+# The -v5 scenarios (fanin-v5, fanout-v5, pairs-v5, conns-v5) are their
+# 3.1.1 twins with MQTT 5 clients (iotd-bench -V 5), against the same
+# brokers and with the same targets. sharedfanin (and sharedfanin-v5) is
+# fanin's load spread over a shared subscription: 50 publishers, a group of
+# 10 subscribers on $share/bench/bench/in/#, each message to one member;
+# its rows are judged as fanin's. A broker without MQTT 5 refuses the -v5
+# clients' CONNECT, one without shared subscriptions delivers nothing to
+# the group: either run fails, is reported, and the script goes on. The
+# null broker speaks neither, so it sits these scenarios out.
+#
 #   BENCH_SECONDS=10      measured seconds per run
 #   BENCH_PAIRS=3         iotd/Mosquitto pairs (-auth: rounds) per scenario and QoS
 #   BENCH_SCENARIOS="fanin fanout pairs latency conns conns-auth"   a subset, in
@@ -30,7 +40,10 @@
 #                         minutes each with the defaults, so not in the default set),
 #                         and the TLS and WebSocket ones above (not in the default set:
 #                         BENCH_SCENARIOS="fanin-tls pairs-tls handshakes-ecdsa
-#                         handshakes-rsa conns-tls fanin-ws")
+#                         handshakes-rsa conns-tls fanin-ws"), and the MQTT 5 and
+#                         shared subscription ones above (not in the default set:
+#                         BENCH_SCENARIOS="fanin-v5 fanout-v5 pairs-v5 conns-v5
+#                         sharedfanin sharedfanin-v5")
 #   BENCH_CONNS=10000     idle connections for "conns" (100000 needs higher
 #                         per-process open-file limits in the brokers)
 #   BENCH_NO_FAIL=1       report without failing
@@ -54,11 +67,13 @@ IOTD=$ROOT/build/iotd
 
 # Targets, iotd/Mosquitto: throughput, CPU efficiency; latency and memory are "at most".
 declare -A T_TPUT=([fanin]=3 [pairs]=3 [fanout]=1.5 [fanin-auth]=3 [fanout-auth]=1.5
-	[fanin-tls]=3 [pairs-tls]=3 [fanin-ws]=3)
+	[fanin-tls]=3 [pairs-tls]=3 [fanin-ws]=3
+	[fanin-v5]=3 [pairs-v5]=3 [fanout-v5]=1.5 [sharedfanin]=3 [sharedfanin-v5]=3)
 declare -A T_EFF=([fanin]=5 [pairs]=5 [fanout]=3 [latency]=1.0 [conns]=1.0
 	[fanin-auth]=5 [fanout-auth]=3 [conns-auth]=1.0
 	[fanin-tls]=5 [pairs-tls]=5 [fanin-ws]=5 [handshakes-ecdsa]=1.0 [handshakes-rsa]=1.0
-	[conns-tls]=1.0)
+	[conns-tls]=1.0
+	[fanin-v5]=5 [pairs-v5]=5 [fanout-v5]=3 [conns-v5]=1.0 [sharedfanin]=5 [sharedfanin-v5]=5)
 T_NOAUTH=0.9         # fanin-auth, fanout-auth: iotd with/without auth, msgs/s and msgs/CPU-s
 T_LAT=1.0            # p50 and p99 ratios, latency scenario
 T_BYTES=1.0          # bytes per idle connection ratio
@@ -73,6 +88,7 @@ done
 for s in $SCENARIOS; do
 	case $s in fanin|fanout|pairs|latency|conns|fanin-auth|fanout-auth|conns-auth) ;;
 	fanin-tls|pairs-tls|handshakes-ecdsa|handshakes-rsa|conns-tls|fanin-ws) ;;
+	fanin-v5|fanout-v5|pairs-v5|conns-v5|sharedfanin|sharedfanin-v5) ;;
 	*) die "unknown scenario '$s'" ;; esac
 done
 AUTH=0               # 1: an -auth scenario is selected, so the -auth brokers run
@@ -435,7 +451,17 @@ brokers_of() {
 }
 
 # The client scenario under a bench.sh scenario: fanin-tls -> fanin.
-base_of() { local b=${1%-auth}; b=${b%-tls}; b=${b%-ws}; b=${b%-ecdsa}; echo "${b%-rsa}"; }
+base_of() { local b=${1%-auth}; b=${b%-tls}; b=${b%-ws}; b=${b%-ecdsa}; b=${b%-v5}; echo "${b%-rsa}"; }
+
+# The client's MQTT version: 5 for the -v5 scenarios.
+version_args() { [[ $1 == *-v5 ]] && echo "-V 5"; return 0; }
+
+# Scenarios the null broker cannot serve: it speaks neither MQTT 5 nor shared subscriptions.
+null_serves() { [[ $1 != *-v5 && $1 != sharedfanin* ]]; }
+
+# The scenarios of the first table: not -auth, not TLS or WebSocket.
+is_plain() { [[ $1 != *-auth ]] && ! is_transport "$1"; }
+any_plain() { local s; for s in $SCENARIOS; do is_plain "$s" && return 0; done; return 1; }
 
 # Scenarios of connections only, run at one QoS and shown without one.
 no_qos() { case $(base_of "$1") in conns | handshakes) return 0 ;; esac; return 1; }
@@ -466,7 +492,7 @@ run_one() {
 	args="-s $base -q $q -t $SECS"
 	[[ $base == conns ]] && args="-s conns $(conns_args)"
 	[[ $base == handshakes ]] && args="-s handshakes -t $SECS"
-	args="$args $(transport_args "$sc")"
+	args="$args $(transport_args "$sc") $(version_args "$sc")"
 	# the same CONNECT for every broker of an -auth round (iotd without auth ignores the password)
 	[[ $sc == *-auth ]] && creds=(--user "$(auth_user "$sc")" --password "$AUTH_PASSWORD") tag="run $4, $who"
 	# shellcheck disable=SC2086
@@ -504,6 +530,8 @@ summary() {
 		echo "$(jget "$1" handshakes_per_s) handshakes/s, $(jget "$1" handshakes_per_cpu_s) per CPU-s, p50 $(jget "$1" hs_p50_us) us ($(jget "$1" tls))"
 	elif [[ $2 == conns ]]; then
 		echo "$(jget "$1" connect_per_s) conn/s, $(jget "$1" conns_per_cpu_s) conn/CPU-s, $(jget "$1" bytes_per_conn) B/conn"
+	elif [[ $2 == sharedfanin ]]; then
+		echo "$(jget "$1" msgs_per_s) msg/s, $(jget "$1" msgs_per_cpu_s) msg/CPU-s, p50 $(jget "$1" lat_p50_us) us, members max/min $(jget "$1" fairness)"
 	else
 		echo "$(jget "$1" msgs_per_s) msg/s, $(jget "$1" msgs_per_cpu_s) msg/CPU-s, p50 $(jget "$1" lat_p50_us) us, p99 $(jget "$1" lat_p99_us) us"
 	fi
@@ -573,7 +601,7 @@ compare() {  # scenario qos iotd-broker mosquitto-broker
 		check "latency qos $q p50 ratio" "$P50" "<=" $T_LAT
 		check "latency qos $q p99 ratio" "$P99" "<=" $T_LAT
 	fi
-	[[ $sc == conns || $sc == conns-tls ]] && check "$sc bytes/conn ratio" "$BYTES" "<=" $T_BYTES
+	[[ $sc == conns || $sc == conns-tls || $sc == conns-v5 ]] && check "$sc bytes/conn ratio" "$BYTES" "<=" $T_BYTES
 	if no_qos "$sc"; then P50=nan P99=nan; fi
 	[[ $(base_of "$sc") == conns ]] || BYTES=nan
 }
@@ -633,19 +661,18 @@ lat_pair() {  # scenario qos broker -> "p50/p99" in us, or bytes per connection 
 
 table() {
 	local sc q
-	if [[ " $SCENARIOS " =~ \ (fanin|fanout|pairs|latency|conns)\  ]]; then
+	if any_plain; then
 		echo "| scenario | qos | msgs/s ratio | msgs/CPU-s ratio | p50 ratio | p99 ratio | bytes/conn ratio |" \
 			"iotd msgs/s | mosquitto msgs/s | iotd msgs/CPU-s | mosquitto msgs/CPU-s | null msgs/CPU-s |" \
 			"iotd/null CPU eff | iotd p50/p99 us (conns: B/conn) | mosquitto p50/p99 us (conns: B/conn) | verdict |"
 		echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 		for sc in $SCENARIOS; do
-			[[ $sc == *-auth ]] && continue
-			is_transport "$sc" && continue
+			is_plain "$sc" || continue
 			for q in $(qos_list "$sc"); do row "$sc" "$q"; done
 		done
 	fi
 	((AUTH)) || return 0
-	[[ " $SCENARIOS " =~ \ (fanin|fanout|pairs|latency|conns)\  ]] && echo
+	any_plain && echo
 	echo "With authentication: ratios are iotd/Mosquitto, both reading the same password file and"
 	echo "ACL ($ACL_RULES rules); \"no auth\" ratios are iotd with/without authentication, same rounds."
 	echo
@@ -694,7 +721,7 @@ negotiated() {  # scenario qos broker -> what its first run negotiated, or the t
 transport_table() {
 	local sc q
 	[[ -n $LISTENERS ]] || return 0
-	if ((AUTH)) || [[ " $SCENARIOS " =~ \ (fanin|fanout|pairs|latency|conns)\  ]]; then echo; fi
+	if ((AUTH)) || any_plain; then echo; fi
 	echo "TLS and WebSocket: ratios are iotd/Mosquitto serving the same certificate and key"
 	echo "(handshakes: per second and per broker CPU-second; conns-tls: connections per CPU-second)."
 	echo
@@ -737,8 +764,8 @@ for sc in $SCENARIOS; do
 			for b in $(brokers_of "$sc"); do run_one "$b" "$sc" "$q" "$round"; done
 		done
 		# the null broker ignores credentials and speaks neither TLS nor WebSocket
-		[[ $sc == *-auth ]] && continue
-		is_transport "$sc" && continue
+		is_plain "$sc" || continue
+		null_serves "$sc" || continue
 		log "$sc qos $q, null broker"
 		run_one null "$sc" "$q" 1
 	done

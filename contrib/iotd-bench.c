@@ -1,5 +1,5 @@
 /*
- * iotd-bench.c - MQTT 3.1.1 load generator: measures a broker's delivery
+ * iotd-bench.c - MQTT load generator: measures a broker's delivery
  * rate, latency, CPU time per delivery and memory per connection, so that
  * iotd can be compared side by side with other brokers (contrib/bench.sh).
  *
@@ -8,6 +8,14 @@
  * sits between the figures and the broker. Every payload carries
  * (publisher id, sequence number, send time), so loss, duplicates and
  * reordering are counted per publisher and subscriber, not guessed.
+ *
+ * Clients speak MQTT 3.1.1 or, with -V 5, MQTT 5.0 (include/mqtt5.h):
+ * CONNECT, SUBSCRIBE and PUBLISH carry empty property blocks, and a
+ * PUBLISH's properties, whatever the broker puts there, are skipped by
+ * their length, so a delivery costs what it costs in 3.1.1. The
+ * sharedfanin scenario subscribes a group of connections to one shared
+ * subscription ($share/GROUP/FILTER) and checks that each message reaches
+ * exactly one member.
  *
  * Clients speak plain TCP, TLS (OpenSSL, --tls), MQTT over WebSocket
  * (--ws PATH) or both (wss). The transports sit behind conn_read() and
@@ -56,10 +64,14 @@
 #include <openssl/x509v3.h>
 
 #include "mqtt.h"
+#include "mqtt5.h"
 
 #define FANIN_PUBS 16
 #define FANOUT_SUBS 950
 #define N_PAIRS 50
+#define SHARED_PUBS 50
+#define SHARED_MEMBERS 10
+#define SHARED_FILTER "$share/bench/bench/in/#"
 #define PAYLOAD_HDR 20            /* u32 publisher, u64 sequence, u64 send time (ns) */
 #define SUB_RBUF (256 * 1024)     /* large reads: many deliveries per system call */
 #define PUB_RBUF (16 * 1024)
@@ -83,9 +95,10 @@
 #define WS_MAX_RESPONSE 8192      /* the HTTP upgrade response's headers */
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"   /* RFC 6455 section 1.3 */
 
-enum scenario { SC_FANIN, SC_FANOUT, SC_PAIRS, SC_LATENCY, SC_CONNS, SC_HANDSHAKES };
+enum scenario { SC_FANIN, SC_FANOUT, SC_PAIRS, SC_LATENCY, SC_CONNS, SC_HANDSHAKES,
+	       SC_SHAREDFANIN };
 static const char *const sc_names[] = { "fanin", "fanout", "pairs", "latency", "conns",
-					"handshakes" };
+					"handshakes", "sharedfanin" };
 
 enum role { R_SUB, R_PUB, R_IDLE, R_TIMER };
 static const char *const role_names[] = { "subscriber", "publisher", "connection", "timer" };
@@ -96,6 +109,7 @@ enum phase { PH_SETUP, PH_MEASURE, PH_DRAIN, PH_DONE };
 struct opts {
 	const char *host;
 	int port;
+	int mqtt_version;         /* the CONNECT's protocol level: 4 (MQTT 3.1.1) or 5 */
 	enum scenario sc;
 	int qos;
 	double seconds;
@@ -141,7 +155,11 @@ struct ws {
 	char key[32];             /* Sec-WebSocket-Key, base64 */
 };
 
-/* What one subscriber got from one publisher. */
+/*
+ * What one subscriber got from one publisher. A shared group has one more
+ * per publisher (run.group) for what any member got; there 'next' is the
+ * lowest sequence no member has got, the group's floor (group_floor()).
+ */
 struct track {
 	uint64_t next;            /* highest sequence received + 1 */
 	uint64_t distinct;        /* sequences received at least once */
@@ -197,6 +215,7 @@ struct run {
 	struct conn **pub, **sub;
 	int **pub_subs;           /* subscriber indexes expecting each publisher */
 	int *pub_nsubs;
+	struct track *group;      /* sharedfanin: per publisher, what the group got; else NULL */
 	struct conn **dirty, **more, **more_next;
 	int n_dirty, n_more;
 	long src_first;           /* global index of c[0], for --src-addrs rotation */
@@ -206,6 +225,8 @@ struct run {
 	bool busy;                /* a publisher could send more: do not sleep */
 	uint64_t t0, t1, t_stop, last_rx, t_first_ready, t_last_ready;
 	uint64_t rx, rx_interval, distinct, dup, ooo, bad, bad_ack, wrong_qos;
+	uint64_t refused;         /* MQTT 5 PUBACKs with a failure reason code */
+	uint8_t refused_reason;   /* the first of them */
 	uint64_t handshakes, resumed;   /* handshakes scenario */
 	SSL_SESSION *session;     /* --tls-resume: offered to every new connection */
 	char tls_desc[96];        /* version, cipher suite and server key of the first session */
@@ -218,6 +239,16 @@ struct run {
 
 static const struct opts *g_opts;   /* for error reports only */
 static bool g_child;                /* a conns helper process: errors go to stderr only */
+
+static const char *mqtt_version_name(const struct opts *o)
+{
+	return o->mqtt_version == MQTT5_PROTOCOL_LEVEL ? "5.0" : "3.1.1";
+}
+
+static bool v5(const struct run *r)
+{
+	return r->o->mqtt_version == MQTT5_PROTOCOL_LEVEL;
+}
 
 /* ---------------------------------------------------------------- errors */
 
@@ -247,8 +278,8 @@ static void die(const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, "iotd-bench: %s\n", msg);
 	if (g_opts && g_opts->json && !g_child) {
-		printf("{\"ok\":false,\"scenario\":\"%s\",\"qos\":%d,\"error\":",
-		       sc_names[g_opts->sc], g_opts->qos);
+		printf("{\"ok\":false,\"scenario\":\"%s\",\"qos\":%d,\"mqtt_version\":\"%s\",\"error\":",
+		       sc_names[g_opts->sc], g_opts->qos, mqtt_version_name(g_opts));
 		json_str(stdout, msg);
 		printf("}\n");
 	}
@@ -535,7 +566,10 @@ static void mark_dirty(struct run *r, struct conn *c)
 
 static void queue_ack(struct run *r, struct conn *c, enum mqtt_type type, uint16_t id)
 {
-	c->out.len += mqtt_encode_ack(buf_room(&c->out, 4), type, id);
+	uint8_t *p = buf_room(&c->out, MQTT5_ACK_MAX);
+
+	c->out.len += v5(r) ? mqtt5_encode_ack(p, type, id, MQTT5_RC_SUCCESS, NULL)
+			    : mqtt_encode_ack(p, type, id);
 	mark_dirty(r, c);
 }
 
@@ -631,8 +665,8 @@ static void queue_connect(struct run *r, struct conn *c)
 	struct mqtt_connect m = { 0 };
 
 	client_id(c, id, sizeof(id));
-	m.protocol_level = 4;
-	m.clean_session = true;
+	m.protocol_level = (uint8_t)o->mqtt_version;
+	m.clean_session = true;     /* Clean Start in MQTT 5, with no session expiry */
 	m.keepalive = KEEPALIVE;
 	m.client_id.p = (const uint8_t *)id;
 	m.client_id.len = (uint16_t)strlen(id);
@@ -647,7 +681,11 @@ static void queue_connect(struct run *r, struct conn *c)
 		m.password.p = (const uint8_t *)o->password;
 		m.password.len = (uint16_t)strlen(o->password);
 	}
-	c->out.len += mqtt_encode_connect(buf_room(&c->out, mqtt_connect_size(&m)), &m);
+	if (v5(r))
+		c->out.len += mqtt5_encode_connect(buf_room(&c->out, mqtt5_connect_size(&m, NULL, NULL)),
+						   &m, NULL, NULL);
+	else
+		c->out.len += mqtt_encode_connect(buf_room(&c->out, mqtt_connect_size(&m)), &m);
 	mark_dirty(r, c);
 }
 
@@ -659,6 +697,9 @@ static void sub_filter(const struct run *r, const struct conn *c, char *out, siz
 		break;
 	case SC_PAIRS:
 		snprintf(out, len, "bench/pair/%d", c->idx);
+		break;
+	case SC_SHAREDFANIN:
+		snprintf(out, len, SHARED_FILTER);
 		break;
 	default:
 		snprintf(out, len, "bench/%s", sc_names[r->o->sc]);
@@ -675,8 +716,13 @@ static void queue_subscribe(struct run *r, struct conn *c)
 	sub_filter(r, c, f, sizeof(f));
 	filter.p = (const uint8_t *)f;
 	filter.len = (uint16_t)strlen(f);
-	c->out.len += mqtt_encode_sub(buf_room(&c->out, mqtt_sub_size(MQTT_SUBSCRIBE, &filter, 1)),
-				      MQTT_SUBSCRIBE, 1, &filter, &qos, 1);
+	if (v5(r))
+		c->out.len += mqtt5_encode_sub(buf_room(&c->out, mqtt5_sub_size(MQTT_SUBSCRIBE, &filter,
+										1, NULL)),
+					       MQTT_SUBSCRIBE, 1, &filter, &qos, 1, NULL);
+	else
+		c->out.len += mqtt_encode_sub(buf_room(&c->out, mqtt_sub_size(MQTT_SUBSCRIBE, &filter, 1)),
+					      MQTT_SUBSCRIBE, 1, &filter, &qos, 1);
 	mark_dirty(r, c);
 }
 
@@ -1280,6 +1326,7 @@ static bool expects(const struct run *r, int sub, int pub)
 	case SC_FANIN:
 	case SC_FANOUT:
 	case SC_LATENCY:
+	case SC_SHAREDFANIN:    /* any member may get any message, one member each */
 		return true;
 	case SC_PAIRS:
 		return sub == pub;
@@ -1301,8 +1348,8 @@ static void track_grow(struct track *t, uint64_t seq)
 	t->nwords = n;
 }
 
-/* Records one delivery: new in order, late (reordered) or a duplicate. */
-static void track_add(struct run *r, struct track *t, uint64_t seq)
+/* Marks a sequence received; false (a duplicate) when it was already. */
+static bool track_mark(struct run *r, struct track *t, uint64_t seq)
 {
 	uint64_t bit = 1ull << (seq % 64);
 
@@ -1310,15 +1357,57 @@ static void track_add(struct run *r, struct track *t, uint64_t seq)
 		track_grow(t, seq);
 	if (t->bits[seq / 64] & bit) {
 		r->dup++;
-		return;
+		return false;
 	}
 	t->bits[seq / 64] |= bit;
 	t->distinct++;
 	r->distinct++;
+	return true;
+}
+
+/* A delivery below the highest one so far is late: reordered. */
+static void track_order(struct run *r, struct track *t, uint64_t seq)
+{
 	if (seq < t->next)
 		r->ooo++;
 	else
 		t->next = seq + 1;
+}
+
+/*
+ * Records one delivery: new in order, late (reordered) or a duplicate. In
+ * a shared group a message is new or a duplicate for the group as a whole,
+ * and in order or late for the member that got it.
+ */
+static void track_add(struct run *r, struct conn *c, uint32_t pub, uint64_t seq)
+{
+	struct track *t = r->group ? &r->group[pub] : &c->tr[pub];
+
+	if (track_mark(r, t, seq))
+		track_order(r, &c->tr[pub], seq);
+}
+
+/*
+ * The group's floor for one publisher: the lowest sequence no member has
+ * got, those below lag_base (given up as lost) skipped. It only moves up,
+ * so each sequence is stepped over once in the whole run.
+ */
+static uint64_t group_floor(const struct run *r, int pub)
+{
+	struct track *g = &r->group[pub];
+	uint64_t lo = g->next > r->pub[pub]->lag_base ? g->next : r->pub[pub]->lag_base;
+
+	while (lo / 64 < g->nwords) {
+		unsigned k = (unsigned)(lo % 64);
+		uint64_t w = ~(g->bits[lo / 64] >> k);  /* 1: not received (or shifted in) */
+		unsigned got = w ? (unsigned)__builtin_ctzll(w) : 64;
+
+		lo += got;
+		if (got < 64 - k)
+			break;   /* stopped at a sequence not received */
+	}
+	g->next = lo;
+	return lo;
 }
 
 static void on_delivery(struct run *r, struct conn *c, const struct mqtt_publish *p, uint64_t now)
@@ -1341,7 +1430,7 @@ static void on_delivery(struct run *r, struct conn *c, const struct mqtt_publish
 		r->bad++;    /* misrouted, or a sequence never sent */
 		return;
 	}
-	track_add(r, &c->tr[pub], seq);
+	track_add(r, c, pub, seq);
 	h_add(&r->h, now > sent_at ? now - sent_at : 0);
 	c->rx++;
 	r->rx++;
@@ -1350,7 +1439,8 @@ static void on_delivery(struct run *r, struct conn *c, const struct mqtt_publish
 		r->rx_interval++;
 }
 
-static void on_puback(struct run *r, struct conn *c, uint16_t id)
+/* reason: MQTT 5's (0 in 3.1.1); one of 0x80 or more refused the message. */
+static void on_puback(struct run *r, struct conn *c, uint16_t id, uint8_t reason)
 {
 	uint64_t bit = 1ull << (id % 64);
 
@@ -1358,6 +1448,8 @@ static void on_puback(struct run *r, struct conn *c, uint16_t id)
 		r->bad_ack++;
 		return;
 	}
+	if (reason >= 0x80 && !r->refused++)
+		r->refused_reason = reason;
 	c->ids[id / 64] &= ~bit;
 	c->inflight--;
 	c->acked++;
@@ -1392,13 +1484,29 @@ static const char *connack_reason(const struct opts *o, uint8_t rc)
 	}
 }
 
-static void on_connack(struct run *r, struct conn *c, const struct mqtt_connack *a)
+/* An MQTT 5 reason code's name, for messages. */
+static const char *reason_name(enum mqtt_type type, uint8_t code)
+{
+	const char *name = mqtt5_reason_name(type, code);
+
+	return name ? name : "not a reason code of this packet";
+}
+
+/*
+ * rc: a 3.1.1 return code, or with v5_rc an MQTT 5 reason code. A broker
+ * without MQTT 5 answers a level 5 CONNECT with the 3.1.1 return code 1.
+ */
+static void on_connack(struct run *r, struct conn *c, uint8_t rc, bool v5_rc)
 {
 	if (c->st != CS_CONNACK)
 		die("broker sent CONNACK to %s %d twice", role_names[c->role], c->idx);
-	if (a->rc != MQTT_CONNACK_ACCEPTED)
-		die("broker refused CONNECT of %s %d: CONNACK return code %u (%s)",
-		    role_names[c->role], c->idx, a->rc, connack_reason(r->o, a->rc));
+	if (v5_rc && rc != MQTT5_RC_SUCCESS)
+		die("broker refused CONNECT of %s %d: CONNACK reason code 0x%02x (%s)",
+		    role_names[c->role], c->idx, rc, reason_name(MQTT_CONNACK, rc));
+	if (!v5_rc && rc != MQTT_CONNACK_ACCEPTED)
+		die("broker refused CONNECT of %s %d: CONNACK return code %u (%s)%s",
+		    role_names[c->role], c->idx, rc, connack_reason(r->o, rc),
+		    v5(r) && rc == 1 ? ": the broker does not speak MQTT 5 (-V 5)" : "");
 	if (c->role == R_SUB) {
 		c->st = CS_SUBACK;
 		queue_subscribe(r, c);
@@ -1407,16 +1515,19 @@ static void on_connack(struct run *r, struct conn *c, const struct mqtt_connack 
 	}
 }
 
-static void on_suback(struct run *r, struct conn *c, const struct mqtt_packet *pkt)
+/* 3.1.1's one failure code, 0x80, is MQTT 5's first; MQTT 5 names why. */
+static void on_suback(struct run *r, struct conn *c, struct mqtt_list_iter *it)
 {
-	struct mqtt_list_iter it;
 	struct mqtt_str f;
 	uint8_t code = MQTT_SUBACK_FAILURE;
 
-	mqtt_list_iter_init(&it, pkt);
-	if (c->st != CS_SUBACK || !mqtt_list_next(&it, &f, &code))
+	if (c->st != CS_SUBACK || !mqtt_list_next(it, &f, &code))
 		die("unexpected SUBACK for %s %d", role_names[c->role], c->idx);
-	if (code == MQTT_SUBACK_FAILURE)
+	if (code >= MQTT_SUBACK_FAILURE && v5(r))
+		die("broker refused the subscription of subscriber %d: SUBACK reason code 0x%02x (%s)%s",
+		    c->idx, code, reason_name(MQTT_SUBACK, code),
+		    r->o->user ? " (does its ACL let --user read the filter?)" : "");
+	if (code >= MQTT_SUBACK_FAILURE)
 		die("broker refused the subscription of subscriber %d%s", c->idx,
 		    r->o->user ? " (does its ACL let --user read the filter?)" : "");
 	if (code < r->o->qos)
@@ -1424,20 +1535,29 @@ static void on_suback(struct run *r, struct conn *c, const struct mqtt_packet *p
 	became_ready(r, c);
 }
 
-static void on_packet(struct run *r, struct conn *c, const struct mqtt_packet *pkt, uint64_t now)
+/* One whole packet of a 3.1.1 connection. */
+static int take_packet(struct run *r, struct conn *c, uint8_t first, const uint8_t *body,
+		       uint32_t len, uint64_t now)
 {
-	switch (pkt->type) {
+	struct mqtt_packet pkt;
+	struct mqtt_list_iter it;
+	int rc = mqtt_decode(first, body, len, &pkt);
+
+	if (rc != MQTT_OK)
+		return rc;
+	switch (pkt.type) {
 	case MQTT_PUBLISH:
-		on_delivery(r, c, &pkt->u.publish, now);
+		on_delivery(r, c, &pkt.u.publish, now);
 		break;
 	case MQTT_PUBACK:
-		on_puback(r, c, pkt->u.packet_id);
+		on_puback(r, c, pkt.u.packet_id, 0);
 		break;
 	case MQTT_CONNACK:
-		on_connack(r, c, &pkt->u.connack);
+		on_connack(r, c, pkt.u.connack.rc, false);
 		break;
 	case MQTT_SUBACK:
-		on_suback(r, c, pkt);
+		mqtt_list_iter_init(&it, &pkt);
+		on_suback(r, c, &it);
 		break;
 	case MQTT_PINGRESP:
 		break;
@@ -1445,19 +1565,115 @@ static void on_packet(struct run *r, struct conn *c, const struct mqtt_packet *p
 		r->bad++;
 		break;
 	}
+	return MQTT_OK;
+}
+
+/*
+ * Steps a PUBLISH's payload past its property block (Variable Byte Integer
+ * length, then the properties), which this side has no use for. False
+ * when the length is malformed or runs past the packet.
+ */
+static bool skip_properties(struct mqtt_publish *p)
+{
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < 4 && i < p->payload_len; i++) {
+		n |= (uint32_t)(p->payload[i] & 0x7f) << (7 * i);
+		if (p->payload[i] & 0x80)
+			continue;
+		if (n > p->payload_len - i - 1)
+			return false;
+		p->payload += i + 1 + n;
+		p->payload_len -= i + 1 + n;
+		return true;
+	}
+	return false;
+}
+
+/* A DISCONNECT from an MQTT 5 broker: the connection is lost, and the reason says why. */
+static void on_disconnect(struct run *r, struct conn *c, uint8_t reason)
+{
+	char why[128];
+
+	snprintf(why, sizeof(why), "DISCONNECT reason code 0x%02x: %s", reason,
+		 reason_name(MQTT_DISCONNECT, reason));
+	conn_lost(r, c, why);
+}
+
+/*
+ * One whole packet of an MQTT 5 connection. A PUBLISH, the per-message
+ * packet, is decoded by the 3.1.1 decoder, whose payload then starts with
+ * the property block, skipped by its length: no property is parsed, and
+ * no subscription identifier, message expiry or user property a broker
+ * adds costs more than a length. A PUBACK of the 3.1.1 form takes the
+ * 3.1.1 decoder too; every other packet is decoded in full.
+ */
+static int take_packet5(struct run *r, struct conn *c, uint8_t first, const uint8_t *body,
+			uint32_t len, uint64_t now)
+{
+	struct mqtt5_packet pkt;
+	struct mqtt_list_iter it;
+	int rc;
+
+	if (first >> 4 == MQTT_PUBLISH) {
+		struct mqtt_packet pub;
+
+		rc = mqtt_decode(first, body, len, &pub);
+		if (rc != MQTT_OK)
+			return rc;
+		if (!skip_properties(&pub.u.publish))
+			return MQTT_ERR_MALFORMED;
+		on_delivery(r, c, &pub.u.publish, now);
+		return MQTT_OK;
+	}
+	/*
+	 * A PUBACK without reason code is 3.1.1's (the per-message one at QoS
+	 * 1); a CONNACK with a 3.1.1 return code is the refusal of a broker
+	 * that does not speak MQTT 5.
+	 */
+	if ((first >> 4 == MQTT_PUBACK && len == 2) ||
+	    (first >> 4 == MQTT_CONNACK && len == 2 && body[1] && body[1] < 0x80))
+		return take_packet(r, c, first, body, len, now);
+	rc = mqtt5_decode(first, body, len, &pkt);
+	if (rc != MQTT_OK)
+		return rc;
+	switch (pkt.type) {
+	case MQTT_PUBACK:
+		on_puback(r, c, pkt.u.packet_id, pkt.reason);
+		break;
+	case MQTT_CONNACK:
+		on_connack(r, c, pkt.reason, true);
+		break;
+	case MQTT_SUBACK:
+		mqtt5_list_iter_init(&it, &pkt);
+		on_suback(r, c, &it);
+		break;
+	case MQTT_DISCONNECT:
+		on_disconnect(r, c, pkt.reason);
+		break;
+	case MQTT_PINGRESP:
+		break;
+	default:
+		r->bad++;
+		break;
+	}
+	return MQTT_OK;
 }
 
 /* Decodes every whole packet in place; a partial one stays for the next read. */
 static void parse_input(struct run *r, struct conn *c, uint64_t now)
 {
 	struct buf *b = &c->in;
+	bool is_v5 = v5(r);
 
-	while (r->ph != PH_DONE) {
+	while (r->ph != PH_DONE && c->st != CS_CLOSED) {
 		uint8_t first;
 		uint32_t rem;
 		size_t hl;
-		struct mqtt_packet pkt;
-		int rc = mqtt_fixed_header(b->p + b->off, b->len - b->off, MAX_PACKET, &first, &rem, &hl);
+		int rc = is_v5 ? mqtt5_fixed_header(b->p + b->off, b->len - b->off, MAX_PACKET,
+						    &first, &rem, &hl)
+			       : mqtt_fixed_header(b->p + b->off, b->len - b->off, MAX_PACKET,
+						   &first, &rem, &hl);
 
 		if (rc == MQTT_INCOMPLETE)
 			break;
@@ -1469,13 +1685,12 @@ static void parse_input(struct run *r, struct conn *c, uint64_t now)
 			buf_room(b, hl + rem - (b->len - b->off));
 			break;
 		}
-		rc = mqtt_decode(first, b->p + b->off + hl, rem, &pkt);
+		rc = (is_v5 ? take_packet5 : take_packet)(r, c, first, b->p + b->off + hl, rem, now);
 		if (rc != MQTT_OK) {
 			fail(r, "broker sent a bad %s to %s %d: %s", mqtt_type_name(first >> 4),
 			     role_names[c->role], c->idx, mqtt_result_str(rc));
 			return;
 		}
-		on_packet(r, c, &pkt, now);
 		b->off += hl + rem;
 	}
 	if (b->off == b->len)
@@ -1555,10 +1770,16 @@ static void on_event(struct run *r, struct conn *c, uint32_t ev)
 
 /* -------------------------------------------------------------- publishing */
 
-/* Lowest 'next' among the subscribers that should get this publisher's messages. */
+/*
+ * Lowest 'next' among the subscribers that should get this publisher's
+ * messages; for a shared group, the group's floor.
+ */
 static uint64_t sub_floor(const struct run *r, int pub)
 {
 	uint64_t lo = UINT64_MAX;
+
+	if (r->group)
+		return group_floor(r, pub);
 
 	for (int i = 0; i < r->pub_nsubs[pub]; i++) {
 		uint64_t n = r->sub[r->pub_subs[pub][i]]->tr[pub].next;
@@ -1613,20 +1834,33 @@ static uint16_t take_packet_id(struct run *r, struct conn *c)
 	die("no free packet identifier");
 }
 
-/* Appends one PUBLISH carrying (publisher, sequence, send time). */
+static size_t publish_size(const struct run *r, const struct conn *c)
+{
+	const struct opts *o = r->o;
+
+	return v5(r) ? mqtt5_publish_size(c->topic_len, o->payload, (uint8_t)o->qos, NULL)
+		     : mqtt_publish_size(c->topic_len, o->payload, (uint8_t)o->qos);
+}
+
+/* Appends one PUBLISH carrying (publisher, sequence, send time); MQTT 5's without properties. */
 static void put_publish(struct run *r, struct conn *c, uint64_t now)
 {
 	const struct opts *o = r->o;
 	uint32_t pub = (uint32_t)c->idx;
 	uint16_t id = o->qos ? take_packet_id(r, c) : 0;
-	size_t sz = mqtt_publish_size(c->topic_len, o->payload, (uint8_t)o->qos);
+	uint8_t *out = buf_room(&c->out, publish_size(r, c));
 
 	memcpy(r->pay, &pub, 4);
 	memcpy(r->pay + 4, &c->seq, 8);
 	memcpy(r->pay + 12, &now, 8);
-	c->out.len += mqtt_encode_publish(buf_room(&c->out, sz), false, (uint8_t)o->qos, false,
-					  (const uint8_t *)c->topic, c->topic_len, id,
-					  r->pay, o->payload);
+	if (v5(r))
+		c->out.len += mqtt5_encode_publish(out, false, (uint8_t)o->qos, false,
+						   (const uint8_t *)c->topic, c->topic_len, id,
+						   NULL, r->pay, o->payload);
+	else
+		c->out.len += mqtt_encode_publish(out, false, (uint8_t)o->qos, false,
+						  (const uint8_t *)c->topic, c->topic_len, id,
+						  r->pay, o->payload);
 	c->seq++;
 }
 
@@ -1634,7 +1868,7 @@ static void put_publish(struct run *r, struct conn *c, uint64_t now)
 static bool pump_publisher(struct run *r, struct conn *c, uint64_t now)
 {
 	const struct opts *o = r->o;
-	size_t sz = mqtt_publish_size(c->topic_len, o->payload, (uint8_t)o->qos);
+	size_t sz = publish_size(r, c);
 	uint64_t budget, room;
 
 	if (c->st != CS_READY || !c->writable || c->out.len > c->out.off)
@@ -1782,6 +2016,7 @@ static void pub_topic(const struct run *r, struct conn *c)
 {
 	switch (r->o->sc) {
 	case SC_FANIN:
+	case SC_SHAREDFANIN:
 		snprintf(c->topic, sizeof(c->topic), "bench/in/%d", c->idx);
 		break;
 	case SC_PAIRS:
@@ -1806,6 +2041,8 @@ static void link_pubs_subs(struct run *r)
 	}
 	for (int s = 0; s < r->n_subs; s++)
 		r->sub[s]->tr = xcalloc((size_t)r->n_pubs, sizeof(struct track));
+	if (r->o->sc == SC_SHAREDFANIN)
+		r->group = xcalloc((size_t)r->n_pubs, sizeof(struct track));
 }
 
 static void run_init(struct run *r, const struct opts *o, int n_pubs, int n_subs, long n_idle)
@@ -1863,12 +2100,18 @@ static void close_all(struct run *r)
 
 /* ---------------------------------------------------------- traffic runs */
 
+/* Deliveries each message of a publisher should make: one for a shared group. */
+static uint64_t fan_of(const struct run *r, int pub)
+{
+	return r->group ? 1 : (uint64_t)r->pub_nsubs[pub];
+}
+
 static uint64_t expected_total(const struct run *r)
 {
 	uint64_t sum = 0;
 
 	for (int p = 0; p < r->n_pubs; p++)
-		sum += r->pub[p]->seq * (uint64_t)r->pub_nsubs[p];
+		sum += r->pub[p]->seq * fan_of(r, p);
 	return sum;
 }
 
@@ -2024,6 +2267,22 @@ static void fig_bool(struct figures *f, const char *k, bool v)
 		printf("%-22s %s\n", k, v ? "yes" : "no");
 }
 
+/* A list of counts: a JSON array, or one text line. */
+static void fig_ints(struct figures *f, const char *k, const uint64_t *v, int n)
+{
+	if (f->json) {
+		jkey(&f->w, k);
+		for (int i = 0; i < n; i++)
+			printf("%c%" PRIu64, i ? ',' : '[', v[i]);
+		printf(n ? "]" : "[]");
+		return;
+	}
+	printf("%-22s", k);
+	for (int i = 0; i < n; i++)
+		printf(" %" PRIu64, v[i]);
+	printf("\n");
+}
+
 static void fig_end(struct figures *f)
 {
 	if (f->json)
@@ -2038,9 +2297,10 @@ static const char *transport_name(const struct opts *o)
 	return o->tls ? "tls" : "tcp";
 }
 
-/* The transport, and with TLS what the broker chose. */
+/* The MQTT version, the transport, and with TLS what the broker chose. */
 static void fig_transport(struct figures *f, const struct run *r)
 {
+	fig_text(f, "mqtt_version", mqtt_version_name(r->o));
 	fig_text(f, "transport", transport_name(r->o));
 	fig_text(f, "tls", r->tls_desc);
 }
@@ -2049,7 +2309,9 @@ static uint64_t lost_total(const struct run *r)
 {
 	uint64_t lost = 0;
 
-	for (int p = 0; p < r->n_pubs; p++)
+	for (int p = 0; p < r->n_pubs && r->group; p++)
+		lost += r->pub[p]->seq - r->group[p].distinct;
+	for (int p = 0; p < r->n_pubs && !r->group; p++)
 		for (int i = 0; i < r->pub_nsubs[p]; i++)
 			lost += r->pub[p]->seq - r->sub[r->pub_subs[p][i]]->tr[p].distinct;
 	return lost;
@@ -2069,13 +2331,17 @@ static void judge(struct run *r, uint64_t lost, uint64_t unacked, bool procs_cha
 {
 	if (!r->rx_interval)    /* at QoS 0, a broker dropping every message (an ACL...) */
 		fail(r, "no message delivered in the measured interval%s",
-		     r->o->user ? ": does the ACL let --user write and read the scenario's topics?" : "");
+		     r->o->user ? ": does the ACL let --user write and read the scenario's topics?" :
+		     r->group ? ": does the broker support shared subscriptions (" SHARED_FILTER ")?" : "");
 	if (r->ooo)
 		fail(r, "%" PRIu64 " deliveries out of order", r->ooo);
 	if (r->bad)
 		fail(r, "%" PRIu64 " unexpected packets (misrouted, corrupt or never sent)", r->bad);
 	if (r->bad_ack)
 		fail(r, "%" PRIu64 " PUBACKs for packet ids not in flight", r->bad_ack);
+	if (r->refused)
+		fail(r, "%" PRIu64 " PUBACKs refused the message, the first with reason code 0x%02x (%s)",
+		     r->refused, r->refused_reason, reason_name(MQTT_PUBACK, r->refused_reason));
 	if (r->o->qos == 1 && lost)
 		fail(r, "%" PRIu64 " QoS 1 messages lost (not delivered %.1f s after the end)",
 		     lost, r->o->drain);
@@ -2089,6 +2355,23 @@ static void judge(struct run *r, uint64_t lost, uint64_t unacked, bool procs_cha
 		fail(r, "a broker process given with --pids exited during the run");
 	else if (procs_changed)
 		fail(r, "the broker's process set changed during the run (a crash and restart?)");
+}
+
+/*
+ * A shared group: deliveries per member, and how evenly the broker spread
+ * them (largest over smallest count; none when a member got nothing).
+ */
+static void report_group(struct figures *f, const struct run *r)
+{
+	uint64_t n[SHARED_MEMBERS], lo = UINT64_MAX, hi = 0;
+
+	for (int s = 0; s < r->n_subs && s < SHARED_MEMBERS; s++) {
+		n[s] = r->sub[s]->rx;
+		lo = n[s] < lo ? n[s] : lo;
+		hi = n[s] > hi ? n[s] : hi;
+	}
+	fig_ints(f, "member_deliveries", n, r->n_subs < SHARED_MEMBERS ? r->n_subs : SHARED_MEMBERS);
+	fig_num(f, "fairness", lo && lo != UINT64_MAX ? (double)hi / (double)lo : NAN);
 }
 
 static void report_traffic(struct run *r)
@@ -2134,6 +2417,8 @@ static void report_traffic(struct run *r)
 	fig_num(&f, "lat_max_us", (double)r->h.max / 1e3);
 	fig_num(&f, "bench_cpu_s", (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
 		(double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
+	if (r->group)
+		report_group(&f, r);
 	fig_text(&f, "error", r->failure);
 	fig_end(&f);
 	if (r->failure[0])
@@ -2163,6 +2448,8 @@ static int run_traffic(struct opts *o)
 		subs = FANOUT_SUBS;
 	else if (o->sc == SC_PAIRS)
 		pubs = subs = N_PAIRS;
+	else if (o->sc == SC_SHAREDFANIN)
+		pubs = SHARED_PUBS, subs = SHARED_MEMBERS;
 	if (!o->max_lag_set)
 		o->max_lag = default_lag(o, pubs, o->sc == SC_FANOUT ? subs : 1);
 	run_init(&r, o, pubs, subs, 0);
@@ -2479,7 +2766,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"Usage: iotd-bench [OPTION]...\n"
-		"MQTT 3.1.1 load generator for iotd and other brokers (loopback only).\n\n"
+		"MQTT 3.1.1 and 5.0 load generator for iotd and other brokers (loopback only).\n\n"
 		"  -h HOST            broker address (default 127.0.0.1)\n"
 		"  -p PORT            broker port (default 1883)\n"
 		"  -s SCENARIO        fanin (16 publishers -> 1 subscriber on bench/#),\n"
@@ -2487,7 +2774,11 @@ static void usage(FILE *f)
 		"                     pairs (50 publisher/subscriber pairs),\n"
 		"                     latency (one pair at --rate msg/s), conns (idle connections),\n"
 		"                     handshakes (connect, CONNECT/CONNACK, close, for -t seconds,\n"
-		"                     --conn-window at once)\n"
+		"                     --conn-window at once),\n"
+		"                     sharedfanin (%d publishers -> a group of %d subscribers\n"
+		"                     sharing " SHARED_FILTER "; each message to one of them)\n"
+		"  -V VERSION         MQTT version of every client: 4 (3.1.1, the default)\n"
+		"                     or 5 (5.0); also --mqtt-version VERSION\n"
 		"  -q QOS             0 or 1 (default 0)\n"
 		"  -t SECONDS         measured interval (default 10)\n"
 		"  -P BYTES           payload size, >= %d (default 64)\n"
@@ -2524,7 +2815,7 @@ static void usage(FILE *f)
 		"Exit status: 0 ok, 1 the broker lost, reordered or misrouted messages,\n"
 		"delivered none or closed a connection, 2 usage or set-up error (connection,\n"
 		"CONNECT or subscription refused: no broker, wrong --user or --password, an ACL...).\n",
-		PAYLOAD_HDR, OUTSTANDING);
+		SHARED_PUBS, SHARED_MEMBERS, PAYLOAD_HDR, OUTSTANDING);
 }
 
 static long num_arg(const char *s, long lo, long hi, const char *what)
@@ -2647,7 +2938,16 @@ static enum scenario parse_scenario(const char *s)
 	for (unsigned i = 0; i < sizeof(sc_names) / sizeof(sc_names[0]); i++)
 		if (!strcmp(s, sc_names[i]))
 			return (enum scenario)i;
-	die("unknown scenario '%s' (fanin, fanout, pairs, latency, conns, handshakes)", s);
+	die("unknown scenario '%s' (fanin, fanout, pairs, latency, conns, handshakes, sharedfanin)", s);
+}
+
+static int parse_mqtt_version(const char *s)
+{
+	if (!strcmp(s, "4") || !strcmp(s, "3.1.1"))
+		return 4;
+	if (!strcmp(s, "5") || !strcmp(s, "5.0"))
+		return MQTT5_PROTOCOL_LEVEL;
+	die("-V takes 4 (MQTT 3.1.1) or 5 (MQTT 5.0), not '%s'", s);
 }
 
 static double secs_arg(const char *s, const char *what)
@@ -2705,19 +3005,22 @@ static void parse_args(struct opts *o, int argc, char **argv)
 		{ "tls-resume", no_argument, 0, O_RESUME },
 		{ "ws", required_argument, 0, O_WS },
 		{ "ws-frame-max", required_argument, 0, O_WSMAX },
+		{ "mqtt-version", required_argument, 0, 'V' },
 		{ 0, 0, 0, 0 },
 	};
 	int ch;
 
-	*o = (struct opts){ .host = "127.0.0.1", .port = 1883, .seconds = 10, .payload = 64,
+	*o = (struct opts){ .host = "127.0.0.1", .port = 1883, .mqtt_version = 4,
+			    .seconds = 10, .payload = 64,
 			    .conns = 10000, .procs = 1, .window = 64,
 			    .conn_window = 64, .rate = 1000, .drain = 10 };
 	g_opts = o;
-	while ((ch = getopt_long(argc, argv, "h:p:s:q:t:P:c:", lo, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "h:p:s:q:t:P:c:V:", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'h': o->host = optarg; break;
 		case 'p': o->port = (int)num_arg(optarg, 1, 65535, "-p"); break;
 		case 's': o->sc = parse_scenario(optarg); break;
+		case 'V': o->mqtt_version = parse_mqtt_version(optarg); break;
 		case 'q': o->qos = (int)num_arg(optarg, 0, 1, "-q"); break;
 		case 't': o->seconds = secs_arg(optarg, "-t"); break;
 		case 'P': o->payload = (size_t)num_arg(optarg, PAYLOAD_HDR, 65536, "-P"); break;

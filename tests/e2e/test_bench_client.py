@@ -1,8 +1,10 @@
-"""The benchmark client's TLS and WebSocket transports (contrib/iotd-bench.c),
-checked against a real TLS and WebSocket broker: a Mosquitto started here
-with an MQTT, a TLS, a WebSocket and a TLS WebSocket listener, all serving
-one ECDSA P-256 certificate for 127.0.0.1 signed by a CA made here
-(python3-cryptography).
+"""The benchmark client's TLS and WebSocket transports, its MQTT 5 clients
+and its shared subscription scenario (contrib/iotd-bench.c), checked
+against a real broker: a Mosquitto started here with an MQTT, a TLS, a
+WebSocket and a TLS WebSocket listener, all serving one ECDSA P-256
+certificate for 127.0.0.1 signed by a CA made here (python3-cryptography).
+Mosquitto 2.0 speaks MQTT 5 and shared subscriptions; iotd, which speaks
+MQTT 3.1.1, is checked for the refusal the client reports.
 
 A relay between the client and Mosquitto's WebSocket listener re-frames
 everything the broker sends into fragments of one to three bytes with pings
@@ -339,3 +341,120 @@ def test_ws_broker_frames_split_and_pinged(mosq):
         relay.close()
     delivered_all(r)
     assert relay.fragments > r["received"], (relay.fragments, r["received"])
+
+
+# ------------------------------------------- MQTT 5 and shared subscriptions
+
+@pytest.mark.parametrize("scenario,qos", [("fanin", "1"), ("pairs", "0")])
+def test_v5_traffic(mosq, scenario, qos):
+    r = bench(mosq.port["mqtt"], "-V", "5", "-s", scenario, "-q", qos, "-t", "1")
+    delivered_all(r)
+    assert r["mqtt_version"] == "5.0", r
+
+
+def test_v5_conns(mosq):
+    r = bench(mosq.port["mqtt"], "--mqtt-version", "5", "-s", "conns", "-c", "200")
+    assert r["ok"] and r["connections"] == 200 and r["mqtt_version"] == "5.0", r
+
+
+@pytest.mark.parametrize("version,qos", [("5", "0"), ("5", "1"), ("4", "1")])
+def test_sharedfanin(mosq, version, qos):
+    """Every message reaches exactly one member of the group, and the
+    members' counts add up to the deliveries."""
+    r = bench(mosq.port["mqtt"], "-V", version, "-s", "sharedfanin", "-q", qos, "-t", "1")
+    delivered_all(r)
+    assert r["publishers"] == 50 and r["subscribers"] == 10, r
+    assert r["received"] == r["sent"], r
+    members = r["member_deliveries"]
+    assert len(members) == 10 and sum(members) == r["received"] and min(members) > 0, r
+    assert r["fairness"] == pytest.approx(max(members) / min(members), rel=1e-4), r
+    assert r["mqtt_version"] == ("5.0" if version == "5" else "3.1.1"), r
+
+
+@pytest.mark.iotd_only
+def test_v5_refused_by_v311_broker(broker):
+    """iotd (MQTT 3.1.1) answers a level 5 CONNECT with return code 1: exit 2, named."""
+    if not BENCH.exists():
+        pytest.skip(f"{BENCH} is not built")
+    r = bench(broker.port, "-V", "5", "-s", "fanin", "-t", "1", expect_rc=2)
+    assert r["mqtt_version"] == "5.0", r
+    assert "CONNACK return code 1 (unacceptable protocol version)" in r["error"], r
+    assert "does not speak MQTT 5" in r["error"], r
+
+
+def varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def read_varint(f):
+    n = shift = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            raise EOFError
+        n |= (b[0] & 0x7F) << shift
+        shift += 7
+        if not b[0] & 0x80:
+            return n
+
+
+# Properties a broker may put on a delivery: the largest subscription
+# identifier (a 4-byte Variable Byte Integer), a message expiry, a content
+# type and a user property.
+EXTRA_PROPS = (b"\x0b" + varint(268435455) + b"\x02\x00\x00\x0e\x10" +
+               b"\x03\x00\x0aapp/binary" + b"\x26\x00\x01k\x00\x05value")
+
+
+def with_props(first, body):
+    """A v5 PUBLISH body with EXTRA_PROPS before the properties it had."""
+    i = 2 + int.from_bytes(body[:2], "big") + (2 if first & 0x06 else 0)
+    n, j = 0, i
+    while True:
+        n |= (body[j] & 0x7F) << (7 * (j - i))
+        j += 1
+        if not body[j - 1] & 0x80:
+            break
+    props = EXTRA_PROPS + body[j:j + n]
+    return body[:i] + varint(len(props)) + props + body[j + n:]
+
+
+class PropsRelay(Relay):
+    """Forwards MQTT both ways, adding EXTRA_PROPS to every PUBLISH the broker sends."""
+
+    def __init__(self, upstream):
+        self.publishes = 0
+        super().__init__(upstream)
+
+    def down(self, u, c):
+        f = u.makefile("rb")
+        try:
+            while True:
+                first = f.read(1)
+                if not first:
+                    break
+                body = f.read(read_varint(f))
+                if first[0] >> 4 == 3:
+                    body = with_props(first[0], body)
+                    with self.lock:
+                        self.publishes += 1
+                c.sendall(first + varint(len(body)) + body)
+        except (OSError, EOFError):
+            pass
+        self.shut(c)
+
+
+def test_v5_delivery_properties_skipped(mosq):
+    """Deliveries carrying properties (a 4-byte subscription identifier among
+    them) are counted as they would be without."""
+    relay = PropsRelay(mosq.port["mqtt"])
+    try:
+        r = bench(relay.port, "-V", "5", "-s", "fanin", "-q", "1", "-t", "1", "--max-lag", "256")
+    finally:
+        relay.close()
+    delivered_all(r)
+    assert relay.publishes >= r["received"] > 0, (relay.publishes, r)
