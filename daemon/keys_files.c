@@ -45,7 +45,12 @@ static const char *ssl_why(void)
 	return buf;
 }
 
-/* A key the workers can stand in for: RSA of 2048 bits or more, P-256, P-384, Ed25519. */
+/*
+ * A key the workers can stand in for: RSA of 2048 bits or more, P-256,
+ * P-384. Ed25519 the key role could sign with, but a worker has no
+ * method to stand in for it (worker_tls.c): refused at the start rather
+ * than every handshake failing.
+ */
 static const char *key_kind_refused(EVP_PKEY *key)
 {
 	char group[32];
@@ -54,7 +59,8 @@ static const char *key_kind_refused(EVP_PKEY *key)
 		return EVP_PKEY_get_bits(key) < 2048 ? "an RSA key under 2048 bits" :
 		       EVP_PKEY_get_size(key) > IPC_KEYS_SIG_MAX ? "an RSA key over 8192 bits" : NULL;
 	if (EVP_PKEY_is_a(key, "ED25519"))
-		return NULL;
+		return "an Ed25519 key, which iotd cannot serve yet: use RSA (2048 bits or more) "
+		       "or EC (P-256, P-384)";
 	if (EVP_PKEY_is_a(key, "EC")) {
 		if (EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group,
 						   sizeof(group), NULL) &&
@@ -62,7 +68,7 @@ static const char *key_kind_refused(EVP_PKEY *key)
 			return NULL;
 		return "an EC key on a curve other than P-256 or P-384";
 	}
-	return "a key of a kind other than RSA, EC or Ed25519";
+	return "a key of a kind other than RSA or EC";
 }
 
 static int load_key(const char *where, const char *path, EVP_PKEY **key, char *err,

@@ -20,8 +20,7 @@
  * (OPENSSL_SUPPRESS_DEPRECATED); tests/unit/test_tls.c checks that
  * OpenSSL does call them, for RSA-PSS (TLS 1.3), RSA PKCS#1 (TLS 1.2)
  * and ECDSA. Ed25519 certificates cannot be stood in for so (no legacy
- * method): the key role signs with such keys, the workers refuse them
- * for now.
+ * method): the key role refuses such keys at the start.
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
 

@@ -112,7 +112,7 @@ struct iotd_config {
 	long auth_max_waiting_per_address; /* CONNECTs of a failing address waiting behind its one in flight */
 	/* tls { } (see docs/iotd.conf.5; only the key role reads key_file) */
 	char tls_cert_file[256];     /* the server's certificate chain, PEM; "" = no TLS */
-	char tls_key_file[256];      /* its private key, PEM (RSA, EC P-256/P-384, Ed25519) */
+	char tls_key_file[256];      /* its private key, PEM (RSA, EC P-256/P-384) */
 	char tls_ca_file[256];       /* CAs that sign clients' certificates */
 	char tls_ca_path[256];       /* a directory of them (c_rehash) */
 	char tls_crl_file[256];      /* revoked client certificates */

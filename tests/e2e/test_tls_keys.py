@@ -88,6 +88,20 @@ def test_wrong_key_refuses_start(start_broker, tls_dir):
     assert "cannot start: keys: the key in tls.key_file does not match the certificate" in b.log
 
 
+def test_ed25519_key_refuses_start(start_broker, tls_dir):
+    """A key the workers cannot stand in for stops the start, saying what
+    to use, rather than every handshake failing."""
+    key, cert = str(tls_dir.path / "ed.key"), str(tls_dir.path / "ed.pem")
+    subprocess.run(["openssl", "req", "-x509", "-nodes", "-days", "1", "-subj", "/CN=iotd-e2e",
+                    "-newkey", "ed25519", "-keyout", key, "-out", cert], check=True,
+                   capture_output=True, timeout=60)
+    os.chmod(key, 0o644)
+    b = start_broker(tls={"cert_file": cert, "key_file": key}, wait=False)
+    assert exit_status(b) == 1
+    assert "cannot start: keys: tls.key_file " + key + ": an Ed25519 key, which iotd cannot " \
+        "serve yet: use RSA (2048 bits or more) or EC (P-256, P-384)" in b.log, b.log
+
+
 def test_unreadable_key_refuses_start(start_broker, tls_dir):
     cert, _ = make_cert(tls_dir, "server")
     b = start_broker(tls={"cert_file": cert, "key_file": str(tls_dir.path / "missing.key")},
