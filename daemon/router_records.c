@@ -230,6 +230,8 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 			router_answer_route(r, worker, x.ask, &m, NULL);
 		return ROUTER_OK;
 	}
+	if (r->shares)
+		m.from = router_find_conn(r, x.conn);
 	match = router_publish(r, &m);
 	if (x.flags & REC_PUB_ASK)
 		router_answer_route(r, worker, x.ask, &m, &match);
@@ -296,7 +298,7 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 		struct msg_body *body = NULL;
 
 		router_send_session_msg(r, s->conn, s->sid,
-					session_copy_new(r, s, x.packet_id, x.state, &m, &body),
+					session_copy_new(r, s, x.packet_id, x.state, &m, &body, false),
 					x.packet_id, x.state, &m);
 		msg_body_discard(body);
 	}

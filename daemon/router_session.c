@@ -686,6 +686,7 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 
 	if (s->clean) {
 		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session ended");
+		router_share_reroute(r, s);
 		session_free(r, s);
 	} else {
 		/* Kept for log lines while offline; without it (out of memory) they show none. */
