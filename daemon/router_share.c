@@ -147,6 +147,15 @@ static bool share_hash_publisher(const struct router *r)
 	return strcmp(r->cfg->shared_subscription_policy, "hash_publisher") == 0;
 }
 
+/* Online on a live connection: not one of a dead worker's, which the router is closing. */
+static bool share_member_online(const struct router *r, const struct session *s)
+{
+	unsigned w = conn_id_worker(s->conn);
+
+	return s->online && !s->pending && w < IOTD_MAX_WORKERS &&
+	       conn_id_epoch(s->conn) == (r->worker_epoch[w] & 0xffff);
+}
+
 /*
  * The member of g that takes m, and the QoS granted to it in *qos; NULL
  * when none may. From the policy's first choice on, the first member
@@ -175,7 +184,7 @@ struct session *share_pick(struct router *r, struct share_group *g, const struct
 
 		if (s == except || !router_acl_allows(r, s, m->topic, m->topic_len, ACL_READ))
 			continue;
-		if (s->online && !s->pending) {
+		if (share_member_online(r, s)) {
 			if (q == 0 || s->q_at_worker < (uint32_t)r->cfg->max_inflight)
 				chosen = i;
 			else if (online == UINT32_MAX)
