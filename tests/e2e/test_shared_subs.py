@@ -189,26 +189,36 @@ def test_a_shared_subscribe_gets_no_retained_message(broker, clients):
 
 # ------------------------------------------------------------ nothing lost
 
-def test_qos1_member_leaving_mid_stream_loses_nothing(broker, clients):
-    """A raw member acknowledges its first 5 messages, holds the next ones
-    unacknowledged and drops its connection: those go to the other member;
-    the acknowledged ones do not."""
-    leaver = raw(broker, tag="leaver")
-    stayer = paho(broker, "stayer")
+def stream_with_a_leaving_member(broker, tag, qos, answer, n, leave_after):
+    """Two members of one group, on different workers: a raw one answering
+    each message as answer(index, packet) says, and a Paho one. n messages
+    are published at qos; the raw member drops its connection once it got
+    leave_after of them, mid-stream. Returns (raw member, Paho member,
+    publisher, payloads sent), every publish acknowledged."""
+    leaver = raw(broker, tag=f"{tag}leaver")
+    stayer = paho(broker, f"{tag}stayer")
     broker.assert_different_workers(leaver, stayer)
-    leaver.subscribe([("$share/g/ql/#", 1)])
-    assert stayer.subscribe("$share/g/ql/#", qos=1) == [1]
-    member = RawMember(leaver, lambda i, p: m.puback(p.pid) if i < 5 else None)
-    pub = paho(broker, "qlpub")
-    sent = [f"m{i}" for i in range(300)]
-    infos = [pub.publish("ql/t", p, qos=1, wait=False) for p in sent[:150]]
-    member.wait_count(12, "the leaving member's first messages")
+    leaver.subscribe([(f"$share/g/{tag}/#", qos)])
+    assert stayer.subscribe(f"$share/g/{tag}/#", qos=qos) == [qos]
+    member = RawMember(leaver, answer)
+    pub = paho(broker, f"{tag}pub")
+    sent = [f"m{i}" for i in range(n)]
+    infos = [pub.publish(f"{tag}/t", p, qos=qos, wait=False) for p in sent[:n // 2]]
+    member.wait_count(leave_after, "the leaving member's first messages")
     member.leave()
-    infos += [pub.publish("ql/t", p, qos=1, wait=False) for p in sent[150:]]
+    infos += [pub.publish(f"{tag}/t", p, qos=qos, wait=False) for p in sent[n // 2:]]
     for info in infos:
         info.wait_for_publish(T(20))
         assert info.is_published()
+    return member, stayer, pub, sent
 
+
+def test_qos1_member_leaving_mid_stream_loses_nothing(broker):
+    """A raw member acknowledges its first 5 messages, holds the next ones
+    unacknowledged and drops its connection: those go to the other member;
+    the acknowledged ones do not."""
+    member, stayer, pub, sent = stream_with_a_leaving_member(
+        broker, "ql", 1, lambda i, p: m.puback(p.pid) if i < 5 else None, 300, 12)
     acked = set(member.payloads(lambda i: i < 5))
     held = set(member.payloads(lambda i: i >= 5))
     wait_for(lambda: set(sent) <= set(got(stayer)) | acked, 20,
@@ -259,22 +269,8 @@ def test_qos2_member_leaving_mid_stream_delivers_each_message_once(broker):
     """A raw member sends PUBREC for its first 4 messages (they are its now),
     ignores the next ones and drops its connection: those, and only those,
     go to the other member."""
-    leaver = raw(broker, tag="q2leaver")
-    stayer = paho(broker, "q2stayer")
-    broker.assert_different_workers(leaver, stayer)
-    leaver.subscribe([("$share/g/q2/#", 2)])
-    assert stayer.subscribe("$share/g/q2/#", qos=2) == [2]
-    member = RawMember(leaver, lambda i, p: m.pubrec(p.pid) if i < 4 else None)
-    pub = paho(broker, "q2pub")
-    sent = [f"m{i}" for i in range(120)]
-    infos = [pub.publish("q2/t", p, qos=2, wait=False) for p in sent[:60]]
-    member.wait_count(10, "the leaving member's first messages")
-    member.leave()
-    infos += [pub.publish("q2/t", p, qos=2, wait=False) for p in sent[60:]]
-    for info in infos:
-        info.wait_for_publish(T(20))
-        assert info.is_published()
-
+    member, stayer, pub, sent = stream_with_a_leaving_member(
+        broker, "q2", 2, lambda i, p: m.pubrec(p.pid) if i < 4 else None, 120, 10)
     owned = member.payloads(lambda i: i < 4)
     wait_for(lambda: len(got(stayer)) + len(owned) >= len(sent), 20,
              "every message at a member")

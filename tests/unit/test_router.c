@@ -4385,17 +4385,18 @@ static void shared_filters_malformed_are_refused_and_valid_ones_granted(void **s
 /* Members on two workers take turns; a plain subscriber alongside gets every message. */
 static void shared_group_round_robins_and_plain_subscribers_get_all(void **state)
 {
+	/* One session per worker: two members, a plain subscriber, another group of its own. */
+	static const struct { const char *id, *filter; } on[4] = {
+		{ "m0", "$share/g/t/+" }, { "m1", "$share/g/t/+" },
+		{ "plain", "t/#" }, { "other", "$share/h/t/x" },
+	};
 	struct fx *f = *state;
 	struct route_ans a;
 
-	connect_ok(f, C(0, 1), true, "m0", NULL);
-	connect_ok(f, C(1, 1), true, "m1", NULL);
-	connect_ok(f, C(2, 1), true, "plain", NULL);
-	connect_ok(f, C(3, 1), true, "other", NULL);
-	subscribe_ok(f, C(0, 1), "$share/g/t/+", 0);
-	subscribe_ok(f, C(1, 1), "$share/g/t/+", 0);
-	subscribe_ok(f, C(2, 1), "t/#", 0);
-	subscribe_ok(f, C(3, 1), "$share/h/t/x", 0);      /* another group: all of its own */
+	for (unsigned w = 0; w < 4; w++) {
+		connect_ok(f, C(w, 1), true, on[w].id, NULL);
+		subscribe_ok(f, C(w, 1), on[w].filter, 0);
+	}
 	fx_clear(f);
 	for (int i = 0; i < 6; i++)
 		assert_int_equal(send_publish(f, 2, 0, false, "t/x", "p"), 0);
