@@ -231,16 +231,15 @@ static struct share_group *share_group_of(const struct router *r, const struct s
  */
 void router_share_reroute(struct router *r, struct session *s)
 {
-	struct router_msg m = { 0 };
-
 	for (struct session_msg *q = s->q_head; q && s->q_at_worker; q = q->next) {
+		const struct msg_body *b = q->body;
+		/* Its publisher is not known any more: hash_publisher starts at the first member. */
+		const struct router_msg m = { q->qos, 0, (const char *)b->data, b->topic_len,
+					      b->data + b->topic_len, b->payload_len, NULL };
 		struct share_group *g;
 
 		if (!q->at_worker || q->state == MSG_PUBREL)
 			continue;
-		m = (struct router_msg){ q->qos, 0, (const char *)q->body->data, q->body->topic_len,
-					 q->body->data + q->body->topic_len, q->body->payload_len,
-					 NULL };
 		g = share_group_of(r, s, m.topic, m.topic_len);
 		if (g)
 			router_share_deliver_one(r, g, &m, s, q->body);

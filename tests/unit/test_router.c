@@ -4523,6 +4523,30 @@ static void shared_hash_publisher_keeps_a_publisher_on_one_member(void **state)
 	}
 }
 
+/* The ACL checks a share's filter, and a member that may not read a topic is passed over. */
+static void shared_subscriptions_under_an_acl(void **state)
+{
+	struct fx *f = *state;
+	const char *filters[] = { "$share/g/sensors/#", "$share/g/secret/#" };
+
+	set_acl(f, SENSORS_ACL "user all\ntopic read #\n");
+	connect_as(f, C(0, 1), true, "a", "alice", NULL);
+	connect_as(f, C(1, 1), true, "b", "all", NULL);
+	connect_as(f, C(2, 1), true, "p", "pub", NULL);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 1, 0x80 }, 2);
+	expect_suback(f, C(1, 1), filters, (const uint8_t[]){ 1, 1 }, 2);
+	fx_clear(f);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/private/a", "x", 0), 0);
+		assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/a", "x", 0), 0);
+	}
+	/* Each private one passes alice over, so each sensors/a is her turn. */
+	assert_int_equal(delivered(f, C(0, 1), "sensors/private/a", NULL), 0);
+	assert_int_equal(delivered(f, C(0, 1), "sensors/a", NULL), 2);
+	assert_int_equal(delivered(f, C(1, 1), "sensors/private/a", NULL), 2);
+	assert_int_equal(delivered(f, C(1, 1), "sensors/a", NULL), 0);
+}
+
 /* No retained message on a shared subscription [MQTT-4.8.2]. */
 static void shared_subscribe_gets_no_retained_message(void **state)
 {
@@ -4551,6 +4575,7 @@ int main(void)
 		T(shared_clean_member_leaves_its_unfinished_messages_to_another),
 		T(shared_hash_publisher_keeps_a_publisher_on_one_member),
 		T(shared_subscribe_gets_no_retained_message),
+		T(shared_subscriptions_under_an_acl),
 		T(connect_persistent_resumes_with_stored_qos1_but_not_qos0),
 		T(connect_clean_discards_stored_session),
 		T(resume_returns_qos2_ids_and_unfinished_messages_first),
