@@ -35,6 +35,7 @@ static_assert(ARRAY_SIZE(config_sections) == N_SECTIONS, "N_SECTIONS counts conf
 /* A backend is added here and in the auth role (daemon/auth_check.c). */
 static const char *const auth_backends[] = { "none", "file", "jwt", NULL };
 static const char *const storage_backends[] = { "memory", "disk", NULL };
+static const char *const share_policies[] = { "round_robin", "hash_publisher", NULL };
 static const char *const tls_versions[] = { "tlsv1.2", "tlsv1.3", NULL };
 
 #define FIELD(f) offsetof(struct iotd_config, f), sizeof(((struct iotd_config *)0)->f)
@@ -77,6 +78,8 @@ const struct key config_keys[] = {
 	KEY_INT(max_output_bytes, 1024, 1L << 40),
 	KEY_INT(max_router_backlog_bytes, 1048576, 1L << 40),
 	KEY("server", "queue_qos0_messages", KT_BOOL, queue_qos0_messages, NULL),
+	KEY("server", "shared_subscription_policy", KT_CHOICE, shared_subscription_policy,
+	    share_policies),
 	KEY_INT(max_topic_levels, 1, 65535),
 	KEY_INT(max_topic_length, 1, 65535),
 	KEY("server", "user", KT_USER, user, NULL),
@@ -164,6 +167,8 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->tls_handshake_timeout = 10;
 	cfg->tls_max_pending_signs = 64;
 	snprintf(cfg->storage_backend, sizeof(cfg->storage_backend), "memory");
+	snprintf(cfg->shared_subscription_policy, sizeof(cfg->shared_subscription_policy),
+		 "round_robin");
 	snprintf(cfg->storage_path, sizeof(cfg->storage_path), "/var/lib/iotd");
 	cfg->log_level = LOG_LVL_INFO;
 	cfg->log_format = LOG_FMT_TEXT;

@@ -48,9 +48,10 @@ struct router *router_new(const struct iotd_config *cfg, unsigned nworkers,
 	recw_init(&r->ack);
 	router_publish_scratch_init(&r->pub);
 	r->trie = topic_trie_new();
+	r->share_trie = topic_trie_new();
 	r->retained = retain_new(limit > 0 ? (size_t)limit : 0,
 				 cfg->retained_bytes_limit > 0 ? (size_t)cfg->retained_bytes_limit : 0);
-	if (!r->trie || !r->retained || (st && router_load(r, st) < 0)) {
+	if (!r->trie || !r->share_trie || !r->retained || (st && router_load(r, st) < 0)) {
 		router_free(&r);
 		return NULL;
 	}
@@ -73,6 +74,7 @@ void router_free(struct router **rp)
 	router_grants_free(r);
 	acl_free(r->acl);            /* after the views, which borrow its rules */
 	router_touched_clear(r);
+	router_share_free(r);        /* after the sessions: groups only point at them */
 	topic_trie_free(&r->trie);
 	retain_free(&r->retained);
 	recw_free(&r->out);

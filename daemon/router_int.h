@@ -99,6 +99,7 @@ struct session_sub {
 	UT_hash_handle hh;
 	struct router_cursor *cur;   /* its retained messages still to send, or NULL */
 	uint8_t qos;
+	bool shared;                 /* "$share/...": its group's (router_share.c), not in the trie */
 	uint16_t len;
 	char filter[];               /* NUL-terminated for log lines */
 };
@@ -244,6 +245,7 @@ struct router_match {
 	struct session *const *targets;
 	size_t n;
 	bool incomplete;             /* out of memory: the match missed some sessions */
+	bool shared;                 /* a shared subscription matched: never a local route */
 };
 
 /* One CONNECT the auth role accepted (router_grants.c). */
@@ -311,6 +313,9 @@ struct router {
 
 	/* Subscriptions, retained messages, publishing (router_publish.c). */
 	struct topic_trie *trie;
+	/* Shared subscriptions' groups, and the trie of their filters (router_share.c). */
+	struct share_group *shares;
+	struct topic_trie *share_trie;
 	struct retain_store *retained;
 	/* subscriptions owed retained messages, per worker of their session */
 	struct router_cursor *cur_head[IOTD_MAX_WORKERS], *cur_tail[IOTD_MAX_WORKERS];
@@ -343,6 +348,7 @@ struct router_msg {
 	uint16_t topic_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
+	const struct session *from;  /* its publisher, if known (shared_subscription_policy) */
 };
 
 /* ---- small helpers every file uses ------------------------------------- */
@@ -484,7 +490,8 @@ void session_enqueue_one(struct router *r, struct session *s, bool owed,
 			 uint16_t packet_id, uint8_t state, const struct router_msg *m);
 void session_queue_send(struct router *r, struct session *s);
 uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_id,
-			  uint8_t state, const struct router_msg *m, struct msg_body **body);
+			  uint8_t state, const struct router_msg *m, struct msg_body **body,
+			  bool shared);
 void session_copies_release(struct router *r, struct session *s);
 struct session_msg *session_copy_find(struct session *s, uint64_t copy,
 				      struct session_msg **prev_r);
@@ -507,6 +514,22 @@ void session_cursors_drop(struct router *r, struct session *s);
 struct router_match router_publish(struct router *r, const struct router_msg *m);
 void router_answer_route(struct router *r, unsigned worker, uint64_t ask,
 			 const struct router_msg *m, const struct router_match *match);
+
+/* ---- router_share.c: shared subscriptions' groups ---------------------- */
+
+struct share_group;
+struct topic_share_parts;
+
+int router_share_join(struct router *r, struct session *s, const struct topic_share_parts *p,
+		      uint8_t qos);
+void router_share_leave(struct router *r, struct session *s, const char *filter, uint16_t len);
+void router_share_free(struct router *r);
+struct session *share_pick(struct router *r, struct share_group *g, const struct router_msg *m,
+			   const struct session *except, uint8_t *qos);
+void router_share_reroute(struct router *r, struct session *s);
+void router_share_deliver_one(struct router *r, struct share_group *g,
+			      const struct router_msg *m, const struct session *except,
+			      struct msg_body *body);
 
 /* ---- router_load.c: the store read back, and rewritten ----------------- */
 

@@ -260,7 +260,7 @@ static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const st
 	struct router *r = ld->r;
 	struct session *s = router_find_sid(r, sid);
 	struct router_msg rm = { m->qos, m->retain, m->topic, m->topic_len, m->payload,
-				 m->payload_len };
+				 m->payload_len, NULL };
 	struct msg_body *body;
 	struct session_msg *q;
 

@@ -36,13 +36,36 @@ static void router_cursor_drop(struct router *r, struct session_sub *sub);
 
 /* ---- subscriptions ----------------------------------------------------- */
 
+/*
+ * Put the subscription where publishes find it: the trie for a plain
+ * one, its group for a shared one (parts: its name and filter). 0, or -1
+ * when out of memory.
+ */
+static int router_sub_attach(struct router *r, struct session *s, const char *filter,
+			     uint16_t len, const struct topic_share_parts *parts, uint8_t qos)
+{
+	if (parts)
+		return router_share_join(r, s, parts, qos);
+	return topic_trie_subscribe(r->trie, filter, len, s, qos) < 0 ? -1 : 0;
+}
+
+static void router_sub_detach(struct router *r, struct session *s, struct session_sub *sub)
+{
+	if (sub->shared)
+		router_share_leave(r, s, sub->filter, sub->len);
+	else
+		topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
+}
+
 uint8_t router_subscribe_one(struct router *r, struct session *s, const char *filter,
 			     uint16_t len, uint8_t qos)
 {
 	struct session_sub *sub;
+	struct topic_share_parts parts;
+	enum topic_share share = topic_share_parse(filter, len, &parts);
 	bool added = false;
 
-	if (qos > 2 || !len || !topic_filter_valid(filter, len, 0, 0))
+	if (qos > 2 || !len || !topic_filter_valid(filter, len, 0, 0) || share == TOPIC_SHARE_BAD)
 		return ROUTER_SUBACK_FAILURE;
 	HASH_FIND(hh, s->subs, filter, len, sub);
 	if (sub && sub->qos == qos)
@@ -55,14 +78,15 @@ uint8_t router_subscribe_one(struct router *r, struct session *s, const char *fi
 		memcpy(sub->filter, filter, len);
 		sub->filter[len] = '\0';
 		sub->len = len;
+		sub->shared = share == TOPIC_SHARE_OK;
 		added = true;
 	}
-	if (topic_trie_subscribe(r->trie, filter, len, s, qos) < 0)
+	if (router_sub_attach(r, s, filter, len, sub->shared ? &parts : NULL, qos) < 0)
 		goto nomem_free;
 	if (added) {
 		HASH_ADD_KEYPTR(hh, s->subs, sub->filter, sub->len, sub);
 		if (!sub->hh.tbl) {
-			topic_trie_unsubscribe(r->trie, filter, len, s);
+			router_sub_detach(r, s, sub);
 			goto nomem_free;
 		}
 	}
@@ -114,7 +138,7 @@ void router_unsubscribe_one(struct router *r, struct session *s, const char *fil
 	if (r->st)
 		store_sub_del(r->st, s->sid, sub->filter, sub->len);
 	router_cursor_drop(r, sub);
-	topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
+	router_sub_detach(r, s, sub);
 	HASH_DEL(s->subs, sub);
 	free(sub);
 	router_routes_changed(r);
@@ -128,7 +152,7 @@ void session_unsubscribe_all(struct router *r, struct session *s)
 		router_routes_changed(r);
 	HASH_ITER(hh, s->subs, sub, tmp) {
 		router_cursor_drop(r, sub);
-		topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
+		router_sub_detach(r, s, sub);
 		HASH_DEL(s->subs, sub);
 		free(sub);
 	}
@@ -268,23 +292,90 @@ static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
 }
 
 /*
- * Route a message to every session subscribed to its topic. Returns what
- * matched: the caller's, until the next publish.
+ * m at qos to session s, sharing *body: into the REC_DELIVER of s's
+ * worker while s is online, else into its queue when it keeps one.
+ * shared: through a shared subscription, which keeps a copy even for a
+ * clean session (router_share_reroute).
  */
-struct router_match router_publish(struct router *r, const struct router_msg *m)
+static void router_deliver_one(struct router *r, const struct rec_deliver *head,
+			       struct session *s, uint8_t qos, const struct router_msg *m,
+			       struct msg_body **body, bool shared)
 {
-	struct router_match_walk mw = { r, 0, false };
-	/*
-	 * The head of each REC_DELIVER it makes. Retain is set only on
-	 * deliveries caused by a new subscription [MQTT-3.3.1-9].
-	 */
-	const struct rec_deliver head = {
+	const struct router_msg qm = { qos, 0, m->topic, m->topic_len, m->payload, m->payload_len,
+				       m->from };
+
+	if (s->online && !s->pending)
+		router_deliver_add(r, head, s, qos,
+				   session_copy_new(r, s, 0, MSG_QUEUED, &qm, body, shared));
+	else if ((qos > 0 && (!s->clean || s->online)) ||
+		 (qos == 0 && !s->clean && !s->online && r->cfg->queue_qos0_messages))
+		/* Offline persistent, or taken over: the next connection gets it. */
+		session_enqueue(r, s, false, 0, MSG_QUEUED, &qm, body);
+}
+
+/* m to the one member of group g share_pick() chooses; except: see there. */
+static void router_share_deliver(struct router *r, const struct rec_deliver *head,
+				 struct share_group *g, const struct router_msg *m,
+				 const struct session *except, struct msg_body **body)
+{
+	uint8_t granted;
+	struct session *s = share_pick(r, g, m, except, &granted);
+
+	if (s)
+		router_deliver_one(r, head, s, MIN(m->qos, granted), m, body, true);
+}
+
+static struct rec_deliver router_deliver_head(const struct router_msg *m)
+{
+	/* Retain is set only on deliveries caused by a new subscription [MQTT-3.3.1-9]. */
+	return (struct rec_deliver){
 		.qos = m->qos,
 		.topic = { (const uint8_t *)m->topic, m->topic_len },
 		.payload = { m->payload, m->payload_len },
 		.retain = 0,
 	};
+}
+
+void router_share_deliver_one(struct router *r, struct share_group *g,
+			      const struct router_msg *m, const struct session *except,
+			      struct msg_body *body)
+{
+	const struct rec_deliver head = router_deliver_head(m);
+
+	router_share_deliver(r, &head, g, m, except, &body);
+	msg_body_discard(body);
+	router_deliver_flush(r);
+}
+
+/* The groups a publish matches, each giving it to one member. */
+struct router_share_walk {
+	struct router *r;
+	const struct rec_deliver *head;
+	const struct router_msg *m;
+	struct msg_body **body;
+	bool matched;
+};
+
+static void router_share_match_cb(void *group, uint8_t qos, void *arg)
+{
+	struct router_share_walk *sw = arg;
+
+	(void)qos;
+	sw->matched = true;
+	router_share_deliver(sw->r, sw->head, group, sw->m, NULL, sw->body);
+}
+
+/*
+ * Route a message to every session subscribed to its topic, and to one
+ * member of each shared subscription's group it matches. Returns what
+ * matched: the caller's, until the next publish.
+ */
+struct router_match router_publish(struct router *r, const struct router_msg *m)
+{
+	struct router_match_walk mw = { r, 0, false };
+	const struct rec_deliver head = router_deliver_head(m);  /* of each REC_DELIVER it makes */
 	struct msg_body *body = NULL;    /* held once by every queue the message enters */
+	struct router_share_walk sw = { r, &head, m, &body, false };
 	struct session *const *targets;
 
 	if (m->retain)
@@ -297,34 +388,24 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 		struct session *s = targets[i];
 		uint8_t qos = MIN(m->qos, s->granted);
 
-		if (!router_acl_allows(r, s, m->topic, m->topic_len, ACL_READ))
-			continue;
-		if (s->online && !s->pending)
-			router_deliver_add(r, &head, s, qos,
-					   session_copy_new(r, s, 0, MSG_QUEUED,
-							    &(struct router_msg){ qos, 0, m->topic,
-										  m->topic_len, m->payload,
-										  m->payload_len }, &body));
-		else if ((qos > 0 && (!s->clean || s->online)) ||
-			 (qos == 0 && !s->clean && !s->online && r->cfg->queue_qos0_messages))
-			/* Offline persistent, or taken over: the next connection gets it. */
-			session_enqueue(r, s, false, 0, MSG_QUEUED,
-					&(struct router_msg){ qos, 0, m->topic, m->topic_len,
-							      m->payload, m->payload_len }, &body);
+		if (router_acl_allows(r, s, m->topic, m->topic_len, ACL_READ))
+			router_deliver_one(r, &head, s, qos, m, &body, false);
 	}
+	if (r->shares)
+		topic_trie_match(r->share_trie, m->topic, m->topic_len, router_share_match_cb, &sw);
 	msg_body_discard(body);
 	router_deliver_flush(r);
 	log_debug("router: '%.*s' qos %u to %zu sessions", (int)m->topic_len, m->topic, m->qos,
 		  mw.n);
-	return (struct router_match){ targets, mw.n, mw.incomplete };
+	return (struct router_match){ targets, mw.n, mw.incomplete, sw.matched };
 }
 
 /* ---- route answers ----------------------------------------------------- */
 
 /*
  * Can the worker that asked deliver the topic's messages itself? Only
- * when the match (router_publish) found nothing but clean sessions online
- * on that worker, each of which the ACL lets read the topic: they need no
+ * when the match (router_publish) found no shared subscription (one
+ * member each, chosen here) and nothing but clean sessions online on that worker, each of which the ACL lets read the topic: they need no
  * copy, no queue, no other worker and no check the worker cannot make.
  * Anything else stays with the router, as does a message whose publish
  * was refused (match NULL).
@@ -332,7 +413,7 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 static bool router_route_local(const struct router *r, const struct router_match *match,
 			       unsigned worker, const struct router_msg *m)
 {
-	if (!match || match->incomplete || match->n > ROUTER_ROUTE_MAX)
+	if (!match || match->incomplete || match->shared || match->n > ROUTER_ROUTE_MAX)
 		return false;
 	for (size_t i = 0; i < match->n; i++) {
 		const struct session *s = match->targets[i];
@@ -450,6 +531,8 @@ void router_cursor_start(struct router *r, struct session *s, struct session_sub
 {
 	struct router_cursor *c = sub->cur;
 
+	if (sub->shared)
+		return;                  /* no retained messages on a shared subscription [MQTT-4.8.2] */
 	if (c) {
 		retain_cursor_stop(r->retained, &c->walk);
 	} else {

@@ -408,18 +408,21 @@ void session_queue_send(struct router *r, struct session *s)
 
 /*
  * Keep a copy of a QoS 1/2 message handed to a persistent session's
- * connection, sharing *body (see session_enqueue). Returns its id for the
+ * connection, or to any session's through a shared subscription (shared:
+ * a clean session's connection that closes leaves it to another member,
+ * router_share_reroute), sharing *body (see session_enqueue). Returns its id for the
  * worker, or 0 when none is kept (out of memory, or past
  * max_queued_bytes_total: the worker then hands the message back on a
  * clean close, as before copies existed, and a crash of the worker loses
  * it).
  */
 uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_id,
-			  uint8_t state, const struct router_msg *m, struct msg_body **body)
+			  uint8_t state, const struct router_msg *m, struct msg_body **body,
+			  bool shared)
 {
 	struct session_msg *q;
 
-	if (s->clean || m->qos == 0 ||
+	if ((s->clean && !shared) || m->qos == 0 ||
 	    s->q_at_worker >= ROUTER_MAX_WINDOW + (size_t)r->cfg->max_queued_messages)
 		return 0;
 	if (router_held_full(r, router_held_cost(*body, m))) {

@@ -112,13 +112,21 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
 	return ROUTER_OK;
 }
 
-/* SUBACK's code for one filter: 0x80 past the session's limit or when the ACL lets it read nothing there. */
+/*
+ * SUBACK's code for one filter: 0x80 past the session's limit or when the
+ * ACL lets it read nothing there (a shared subscription's: its filter's).
+ */
 static uint8_t router_subscribe_code(struct router *r, struct session *s, const char *filter,
 				     uint16_t len, uint8_t qos)
 {
+	struct topic_share_parts parts = { .filter = filter, .filter_len = len };
+
 	if (router_subscription_refused(s, r->cfg, filter, len))
 		return ROUTER_SUBACK_FAILURE;
-	if (router_acl_on(r, s) && !(s->acl && acl_client_may_subscribe(s->acl, filter, len))) {
+	if (topic_share_parse(filter, len, &parts) == TOPIC_SHARE_BAD)
+		return ROUTER_SUBACK_FAILURE;
+	if (router_acl_on(r, s) &&
+	    !(s->acl && acl_client_may_subscribe(s->acl, parts.filter, parts.filter_len))) {
 		log_debug("router: session %u: SUBSCRIBE to '%.*s' refused by the ACL", s->sid,
 			  (int)len, filter);
 		return ROUTER_SUBACK_FAILURE;
@@ -230,6 +238,8 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 			router_answer_route(r, worker, x.ask, &m, NULL);
 		return ROUTER_OK;
 	}
+	if (r->shares)
+		m.from = router_find_conn(r, x.conn);
 	match = router_publish(r, &m);
 	if (x.flags & REC_PUB_ASK)
 		router_answer_route(r, worker, x.ask, &m, &match);
@@ -296,7 +306,7 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 		struct msg_body *body = NULL;
 
 		router_send_session_msg(r, s->conn, s->sid,
-					session_copy_new(r, s, x.packet_id, x.state, &m, &body),
+					session_copy_new(r, s, x.packet_id, x.state, &m, &body, false),
 					x.packet_id, x.state, &m);
 		msg_body_discard(body);
 	}

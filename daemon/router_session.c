@@ -671,6 +671,7 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 			.topic_len = s->cx->will_topic_len,
 			.payload = cx_will_payload(s->cx),
 			.payload_len = s->cx->will_payload_len,
+			.from = s,
 		};
 
 		if (router_acl_allows(r, s, will.topic, will.topic_len, ACL_WRITE)) {
@@ -686,6 +687,7 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 
 	if (s->clean) {
 		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session ended");
+		router_share_reroute(r, s);
 		session_free(r, s);
 	} else {
 		/* Kept for log lines while offline; without it (out of memory) they show none. */

@@ -75,6 +75,7 @@ static const struct cfg_field cfg_fields[] = {
 	CF("server.max_output_bytes", max_output_bytes, false, APPLY_LIVE),
 	CF("server.max_router_backlog_bytes", max_router_backlog_bytes, false, APPLY_LIVE),
 	CF("server.queue_qos0_messages", queue_qos0_messages, false, APPLY_LIVE),
+	CF("server.shared_subscription_policy", shared_subscription_policy, true, APPLY_LIVE),
 	CF("server.max_topic_levels", max_topic_levels, false, APPLY_LIVE),
 	CF("server.max_topic_length", max_topic_length, false, APPLY_LIVE),
 	CF("server.user", user, true, APPLY_RESTART),

@@ -87,6 +87,28 @@ bool topic_filter_valid(const char *f, size_t len, size_t max_levels, size_t max
 	return topic_check(f, len, max_levels, max_len, true);
 }
 
+enum topic_share topic_share_parse(const char *f, size_t len, struct topic_share_parts *p)
+{
+	const char *name, *slash;
+	size_t rest;
+
+	if (!f || len < TOPIC_SHARE_PREFIX_LEN || memcmp(f, TOPIC_SHARE_PREFIX, TOPIC_SHARE_PREFIX_LEN))
+		return TOPIC_SHARE_NONE;
+	name = f + TOPIC_SHARE_PREFIX_LEN;
+	rest = len - TOPIC_SHARE_PREFIX_LEN;
+	slash = memchr(name, '/', rest);
+	if (!slash || slash == name || memchr(name, '+', (size_t)(slash - name)) ||
+	    memchr(name, '#', (size_t)(slash - name)))
+		return TOPIC_SHARE_BAD;
+	p->name = name;
+	p->name_len = (size_t)(slash - name);
+	p->filter = slash + 1;
+	p->filter_len = rest - p->name_len - 1;
+	if (!topic_filter_valid(p->filter, p->filter_len, 0, 0))
+		return TOPIC_SHARE_BAD;
+	return TOPIC_SHARE_OK;
+}
+
 /* [MQTT-4.7.2-1]: a first-level wildcard never matches a '$' topic. */
 static bool topic_first_level_wild(const char *f, size_t flen)
 {

@@ -92,6 +92,7 @@ struct iotd_config {
 	long max_output_bytes;       /* unsent output past which QoS 0 is dropped and the client not read */
 	long max_router_backlog_bytes; /* router's records held per worker ring; <= 0: no cap (tests) */
 	bool queue_qos0_messages;    /* offline persistent sessions queue QoS 0 too (dropped first) */
+	char shared_subscription_policy[16]; /* "round_robin" or "hash_publisher" */
 	long max_topic_levels;
 	long max_topic_length;
 	char user[64];               /* children drop to this user when started as root */

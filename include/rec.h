@@ -489,8 +489,8 @@ void rec_unsuback_encode(struct recw *w, const struct rec_unsuback *x);
  * fan-out may take several records). qos is the publisher's; a target's
  * is min(publish, granted). retain 1 only for retained messages sent on
  * subscribe. A target with a copy: the router keeps a copy of the message
- * for this persistent session until the worker reports MSG_DONE, named
- * by that copy id.
+ * for this persistent session (or for any session, through a shared
+ * subscription) until the worker reports MSG_DONE, named by that copy id.
  */
 struct rec_deliver {
 	uint8_t qos;

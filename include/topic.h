@@ -22,6 +22,21 @@
 bool topic_name_valid(const char *t, size_t len, size_t max_levels, size_t max_len);
 /* A filter for SUBSCRIBE/UNSUBSCRIBE: '+' alone in its level, '#' alone and last. */
 bool topic_filter_valid(const char *f, size_t len, size_t max_levels, size_t max_len);
+/*
+ * A shared subscription's filter, "$share/{name}/{filter}" (OASIS MQTT
+ * 5.0, 4.8.2): name one level or more characters without '/', '+' or
+ * '#', filter a valid filter. TOPIC_SHARE_NONE: not shared (a plain
+ * filter, checked as such); TOPIC_SHARE_BAD: shared but malformed; for
+ * TOPIC_SHARE_OK, *p points into f at its name and its filter.
+ */
+enum topic_share { TOPIC_SHARE_NONE, TOPIC_SHARE_OK, TOPIC_SHARE_BAD };
+#define TOPIC_SHARE_PREFIX "$share/"
+#define TOPIC_SHARE_PREFIX_LEN (sizeof(TOPIC_SHARE_PREFIX) - 1)
+struct topic_share_parts {
+	const char *name, *filter;
+	size_t name_len, filter_len;
+};
+enum topic_share topic_share_parse(const char *f, size_t len, struct topic_share_parts *p);
 /* Does filter match topic? Both assumed valid. */
 bool topic_matches(const char *filter, size_t flen, const char *topic, size_t tlen);
 

@@ -2,8 +2,9 @@
  * fuzz_topic.c - libFuzzer harness for topic.h and retain.h.
  *
  * Input: filter NUL topic NUL script. The filter and topic go through the
- * validators; when both are valid, topic_matches, a level-array reference
- * matcher, the trie and the retained store must all agree. The script is
+ * validators (the filter also as a shared subscription's); when both are
+ * valid, topic_matches, a level-array reference matcher, the trie and the
+ * retained store must all agree. The script is
  * a list of records [op][len][len bytes] that subscribe, unsubscribe and
  * retain against a trie and a store, checked step by step against a plain
  * array model; afterwards everything is removed again and the memory in
@@ -182,6 +183,34 @@ static void fuzz_validators(struct fuzz_str f, struct fuzz_str t)
 		CHECK(tv);
 }
 
+/*
+ * A shared subscription's filter: a good one splits into a name without
+ * '/', '+' or '#' and a valid filter, which are the string itself; one
+ * that is not shared does not start with the prefix.
+ */
+static void fuzz_share(struct fuzz_str f)
+{
+	struct topic_share_parts p;
+
+	switch (topic_share_parse(f.p, f.len, &p)) {
+	case TOPIC_SHARE_NONE:
+		CHECK(f.len < TOPIC_SHARE_PREFIX_LEN ||
+		      memcmp(f.p, TOPIC_SHARE_PREFIX, TOPIC_SHARE_PREFIX_LEN) != 0);
+		break;
+	case TOPIC_SHARE_OK:
+		CHECK(p.name == f.p + TOPIC_SHARE_PREFIX_LEN && p.name_len > 0);
+		CHECK(!memchr(p.name, '/', p.name_len) && !memchr(p.name, '+', p.name_len) &&
+		      !memchr(p.name, '#', p.name_len));
+		CHECK(p.filter == p.name + p.name_len + 1);
+		CHECK(TOPIC_SHARE_PREFIX_LEN + p.name_len + 1 + p.filter_len == f.len);
+		CHECK(topic_filter_valid(p.filter, p.filter_len, 0, 0));
+		break;
+	case TOPIC_SHARE_BAD:
+		CHECK(f.len >= TOPIC_SHARE_PREFIX_LEN);
+		break;
+	}
+}
+
 static void fuzz_pair(struct fuzz_str f, struct fuzz_str t)
 {
 	struct topic_trie *trie;
@@ -191,6 +220,7 @@ static void fuzz_pair(struct fuzz_str f, struct fuzz_str t)
 	bool want;
 
 	fuzz_validators(f, t);
+	fuzz_share(f);
 	if (!topic_filter_valid(f.p, f.len, 0, 0) || !topic_name_valid(t.p, t.len, 0, 0))
 		return;
 	want = topic_matches(f.p, f.len, t.p, t.len);

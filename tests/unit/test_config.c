@@ -169,6 +169,7 @@ static const struct setting settings[] = {
 	NUMBER(max_router_backlog_bytes, 67108864, 2097152),
 	NUMBER(max_topic_levels, 128, 8),
 	NUMBER(max_topic_length, 65535, 1024),
+	TEXT(shared_subscription_policy, "round_robin", "hash_publisher"),
 	TEXT(user, "iotd", "mqtt"),
 	NUMBER(auth_enabled, false, false),
 	TEXT(auth_backend, "none", "none"),
@@ -293,6 +294,7 @@ static void full_file_sets_every_key(void **state)
 		"  max_router_backlog_bytes = 2097152\n"
 		"  max_topic_levels = 8\n"
 		"  max_topic_length = 1024\n"
+		"  shared_subscription_policy = hash_publisher\n"
 		"  user = \"mqtt\"\n"
 		"}\n"
 		"auth { enabled = false backend = \"none\"\n"
@@ -401,6 +403,7 @@ static const struct bad_value bad_values[] = {
 	{ "auth", "max_pending", "0" },
 	{ "auth", "max_failure_delay_ms", "60001" },
 	{ "auth", "jwt_leeway", "-1" },
+	{ "server", "shared_subscription_policy", "random" },
 	{ "storage", "backend", "sql" },
 	{ "storage", "path", "relative/dir" },
 	{ "logging", "level", "loud" },

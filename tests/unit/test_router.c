@@ -4334,11 +4334,248 @@ static void router_main_reports_a_store_it_cannot_open(void **state)
 	assert_int_equal(access(dir, F_OK), -1);   /* a graceful stop removes it */
 }
 
+/* ---- shared subscriptions ------------------------------------------------ */
+
+/* The targets of every REC_DELIVER captured that name conn, and their copies in copies (if not NULL). */
+static size_t delivered_to(const struct fx *f, conn_id_t conn, uint64_t *copies, size_t cap)
+{
+	size_t n = 0;
+	struct deliver d;
+
+	for (size_t i = 0; i < f->n; i++) {
+		if (f->caps[i].type != REC_DELIVER)
+			continue;
+		decode_deliver(&f->caps[i], &d);
+		for (uint32_t t = 0; t < d.n; t++) {
+			if (d.t[t].conn != conn)
+				continue;
+			if (copies && n < cap)
+				copies[n] = d.t[t].copy;
+			n++;
+		}
+	}
+	return n;
+}
+
+static uint8_t suback_code(struct fx *f, conn_id_t conn, const char *filter)
+{
+	struct suback sa;
+
+	fx_clear(f);
+	assert_int_equal(send_subscribe(f, conn, 1, filter, 1), 0);
+	assert_true(f->n >= 1);
+	decode_suback(&f->caps[0], &sa);
+	assert_int_equal(sa.n, 1);
+	return sa.codes[0];
+}
+
+static void shared_filters_malformed_are_refused_and_valid_ones_granted(void **state)
+{
+	struct fx *f = *state;
+
+	connect_ok(f, C(0, 1), true, "a", NULL);
+	assert_int_equal(suback_code(f, C(0, 1), "$share/g"), 0x80);
+	assert_int_equal(suback_code(f, C(0, 1), "$share//a"), 0x80);
+	assert_int_equal(suback_code(f, C(0, 1), "$share/g#/a"), 0x80);
+	assert_int_equal(suback_code(f, C(0, 1), "$share/g/"), 0x80);
+	assert_int_equal(suback_code(f, C(0, 1), "$share/g/a/#"), 1);
+	assert_int_equal(stats_of(f).subscriptions, 0);       /* not in the trie of plain ones */
+}
+
+/* Members on two workers take turns; a plain subscriber alongside gets every message. */
+static void shared_group_round_robins_and_plain_subscribers_get_all(void **state)
+{
+	/* One session per worker: two members, a plain subscriber, another group of its own. */
+	static const struct { const char *id, *filter; } on[4] = {
+		{ "m0", "$share/g/t/+" }, { "m1", "$share/g/t/+" },
+		{ "plain", "t/#" }, { "other", "$share/h/t/x" },
+	};
+	struct fx *f = *state;
+	struct route_ans a;
+
+	for (unsigned w = 0; w < 4; w++) {
+		connect_ok(f, C(w, 1), true, on[w].id, NULL);
+		subscribe_ok(f, C(w, 1), on[w].filter, 0);
+	}
+	fx_clear(f);
+	for (int i = 0; i < 6; i++)
+		assert_int_equal(send_publish(f, 2, 0, false, "t/x", "p"), 0);
+	assert_int_equal(delivered_to(f, C(0, 1), NULL, 0), 3);
+	assert_int_equal(delivered_to(f, C(1, 1), NULL, 0), 3);
+	assert_int_equal(delivered_to(f, C(2, 1), NULL, 0), 6);
+	assert_int_equal(delivered_to(f, C(3, 1), NULL, 0), 6);
+	/* '+' at the first level never matches a '$' topic, in a group as anywhere. */
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 2, 0, false, "$x/t", "p"), 0);
+	subscribe_ok(f, C(0, 1), "$share/s/+/t", 0);
+	assert_int_equal(send_publish(f, 2, 0, false, "$x/t", "p"), 0);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+	/* A topic a group matches is never delivered by a worker itself. */
+	publish_asking(f, 2, 0, "t/x", 7, &a);
+	assert_int_equal(a.local, 0);
+	/* The last member gone, so is the group. */
+	assert_int_equal(send_unsubscribe(f, C(0, 1), 2, "$share/g/t/+"), 0);
+	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 2, 0, false, "t/y", "p"), 0);
+	assert_int_equal(delivered_to(f, C(0, 1), NULL, 0), 0);
+	assert_int_equal(delivered_to(f, C(2, 1), NULL, 0), 1);
+}
+
+/* A member whose window the router knows to be full is passed over while another has room. */
+static void shared_group_skips_a_member_with_a_full_window(void **state)
+{
+	struct fx *f = *state;
+	uint64_t copy[8];
+	uint32_t sid1;
+
+	f->cfg.max_inflight = 1;
+	connect_ok(f, C(0, 1), true, "m0", NULL);
+	sid1 = connect_ok(f, C(1, 1), true, "m1", NULL);
+	subscribe_ok(f, C(0, 1), "$share/g/t", 1);
+	subscribe_ok(f, C(1, 1), "$share/g/t", 1);
+	for (int i = 0; i < 5; i++) {
+		size_t n;
+
+		assert_int_equal(send_publish(f, 2, 1, false, "t", "p"), 0);
+		n = delivered_to(f, C(1, 1), copy, 8);
+		/* m1 acknowledges what it gets; m0 never does. */
+		for (size_t k = 0; k < n; k++) {
+			assert_int_not_equal(copy[k], 0);   /* a clean member's copy is kept too */
+			assert_int_equal(send_msg_state(f, C(1, 1), sid1, copy[k], 0, MSG_DONE), 0);
+		}
+		fx_clear(f);
+		if (i == 0)
+			continue;
+		assert_int_equal(n, 1);
+	}
+}
+
+/*
+ * A clean member's connection closes: what it had not finished goes to
+ * another member; a QoS 2 message whose PUBREC came does not.
+ */
+static void shared_clean_member_leaves_its_unfinished_messages_to_another(void **state)
+{
+	struct fx *f = *state;
+	uint64_t copy[4];
+	uint32_t sid0;
+
+	sid0 = connect_ok(f, C(0, 1), true, "m0", NULL);
+	connect_ok(f, C(1, 1), false, "m1", NULL);
+	subscribe_ok(f, C(0, 1), "$share/g/t", 2);
+	subscribe_ok(f, C(1, 1), "$share/g/t", 2);
+	assert_int_equal(send_publish(f, 2, 1, false, "t", "q1"), 0);   /* to m0 */
+	assert_int_equal(send_publish(f, 2, 1, false, "t", "x"), 0);    /* to m1 */
+	assert_int_equal(send_publish(f, 2, 2, false, "t", "q2"), 0);   /* to m0 */
+	assert_int_equal(delivered_to(f, C(0, 1), copy, 4), 2);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid0, copy[0], 5, MSG_INFLIGHT), 0);
+	assert_int_equal(send_msg_state(f, C(0, 1), sid0, copy[1], 6, MSG_PUBREL), 0);
+	fx_clear(f);
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(delivered_to(f, C(1, 1), copy, 4), 1);
+	assert_int_not_equal(copy[0], 0);
+	{
+		struct deliver d;
+
+		for (size_t i = 0; i < f->n; i++)
+			if (f->caps[i].type == REC_DELIVER)
+				decode_deliver(&f->caps[i], &d);
+		assert_string_equal(d.payload, "q1");
+		assert_int_equal(d.qos, 1);
+	}
+	/* m1 offline: the group's messages queue for it, the only member left. */
+	assert_int_equal(send_close(f, C(1, 1), false, 0, NULL), 0);
+	fx_clear(f);
+	assert_int_equal(send_publish(f, 2, 1, false, "t", "later"), 0);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+	fx_clear(f);
+	expect_resumed(f, C(1, 2), "m1", 3, (const char *const[]){ "x", "q1", "later" });
+}
+
+/* hash_publisher: each publisher's messages stay with one member. */
+static void shared_hash_publisher_keeps_a_publisher_on_one_member(void **state)
+{
+	struct fx *f = *state;
+	conn_id_t pub[4] = { C(2, 1), C(2, 2), C(2, 3), C(2, 4) };
+	const char *ids[4] = { "p1", "p2", "p3", "p4" };
+
+	snprintf(f->cfg.shared_subscription_policy, sizeof(f->cfg.shared_subscription_policy),
+		 "hash_publisher");
+	connect_ok(f, C(0, 1), true, "m0", NULL);
+	connect_ok(f, C(1, 1), true, "m1", NULL);
+	subscribe_ok(f, C(0, 1), "$share/g/t", 0);
+	subscribe_ok(f, C(1, 1), "$share/g/t", 0);
+	for (int p = 0; p < 4; p++) {
+		struct recw w;
+		size_t n0, n1;
+
+		connect_ok(f, pub[p], true, ids[p], NULL);
+		fx_clear(f);
+		for (int i = 0; i < 5; i++) {
+			build_publish_from(&w, pub[p], 0, false, "t", "p", 0);
+			assert_int_equal(handle(f, 2, REC_PUBLISH, &w), 0);
+		}
+		n0 = delivered_to(f, C(0, 1), NULL, 0);
+		n1 = delivered_to(f, C(1, 1), NULL, 0);
+		assert_int_equal(n0 + n1, 5);
+		assert_true(n0 == 0 || n1 == 0);
+	}
+}
+
+/* The ACL checks a share's filter, and a member that may not read a topic is passed over. */
+static void shared_subscriptions_under_an_acl(void **state)
+{
+	struct fx *f = *state;
+	const char *filters[] = { "$share/g/sensors/#", "$share/g/secret/#" };
+
+	set_acl(f, SENSORS_ACL "user all\ntopic read #\n");
+	connect_as(f, C(0, 1), true, "a", "alice", NULL);
+	connect_as(f, C(1, 1), true, "b", "all", NULL);
+	connect_as(f, C(2, 1), true, "p", "pub", NULL);
+	expect_suback(f, C(0, 1), filters, (const uint8_t[]){ 1, 0x80 }, 2);
+	expect_suback(f, C(1, 1), filters, (const uint8_t[]){ 1, 1 }, 2);
+	fx_clear(f);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/private/a", "x", 0), 0);
+		assert_int_equal(publish_from(f, C(2, 1), 1, false, "sensors/a", "x", 0), 0);
+	}
+	/* Each private one passes alice over, so each sensors/a is her turn. */
+	assert_int_equal(delivered(f, C(0, 1), "sensors/private/a", NULL), 0);
+	assert_int_equal(delivered(f, C(0, 1), "sensors/a", NULL), 2);
+	assert_int_equal(delivered(f, C(1, 1), "sensors/private/a", NULL), 2);
+	assert_int_equal(delivered(f, C(1, 1), "sensors/a", NULL), 0);
+}
+
+/* No retained message on a shared subscription [MQTT-4.8.2]. */
+static void shared_subscribe_gets_no_retained_message(void **state)
+{
+	struct fx *f = *state;
+
+	assert_int_equal(send_publish(f, 2, 1, true, "t", "kept"), 0);
+	connect_ok(f, C(0, 1), true, "m0", NULL);
+	fx_clear(f);
+	assert_int_equal(send_subscribe(f, C(0, 1), 1, "$share/g/t", 1), 0);
+	router_send_retained(f->r);
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+	fx_clear(f);
+	assert_int_equal(send_subscribe(f, C(0, 1), 2, "t", 1), 0);
+	router_send_retained(f->r);
+	assert_int_equal(count_type(f, REC_DELIVER), 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 		T(connect_new_session_is_acked_without_session_present),
+		T(shared_filters_malformed_are_refused_and_valid_ones_granted),
+		T(shared_group_round_robins_and_plain_subscribers_get_all),
+		T(shared_group_skips_a_member_with_a_full_window),
+		T(shared_clean_member_leaves_its_unfinished_messages_to_another),
+		T(shared_hash_publisher_keeps_a_publisher_on_one_member),
+		T(shared_subscribe_gets_no_retained_message),
+		T(shared_subscriptions_under_an_acl),
 		T(connect_persistent_resumes_with_stored_qos1_but_not_qos0),
 		T(connect_clean_discards_stored_session),
 		T(resume_returns_qos2_ids_and_unfinished_messages_first),

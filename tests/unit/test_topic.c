@@ -210,6 +210,58 @@ static void test_validators_use_length_not_nul(void **state)
 	assert_false(topic_filter_valid(NULL, 0, 0, 0));
 }
 
+/* ---- shared subscriptions' filters: "$share/{name}/{filter}" ---- */
+
+static void test_share_filter_parse(void **state)
+{
+	static const struct {
+		const char *f;
+		enum topic_share want;
+		const char *name, *filter;   /* for TOPIC_SHARE_OK */
+	} cases[] = {
+		{ "$share/g/a/b", TOPIC_SHARE_OK, "g", "a/b" },
+		{ "$share/group1/#", TOPIC_SHARE_OK, "group1", "#" },
+		{ "$share/g/+/x/#", TOPIC_SHARE_OK, "g", "+/x/#" },
+		{ "$share/g/$SYS/x", TOPIC_SHARE_OK, "g", "$SYS/x" },
+		{ "$share/g//", TOPIC_SHARE_OK, "g", "/" },
+		{ "$share/g", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share/g/", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share//a", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share/", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share/g+/a", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share/+/a", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share/#/a", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share/g/a#", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share/g/a/+b", TOPIC_SHARE_BAD, NULL, NULL },
+		{ "$share", TOPIC_SHARE_NONE, NULL, NULL },
+		{ "$sharex/g/a", TOPIC_SHARE_NONE, NULL, NULL },
+		{ "$SHARE/g/a", TOPIC_SHARE_NONE, NULL, NULL },
+		{ "a/$share/g/a", TOPIC_SHARE_NONE, NULL, NULL },
+		{ "#", TOPIC_SHARE_NONE, NULL, NULL },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct topic_share_parts p = { 0 };
+		enum topic_share got = topic_share_parse(cases[i].f, strlen(cases[i].f), &p);
+
+		if (got != cases[i].want)
+			print_error("topic_share_parse(\"%s\"): got %d, want %d\n", cases[i].f, got,
+				    cases[i].want);
+		assert_int_equal(got, cases[i].want);
+		if (got != TOPIC_SHARE_OK)
+			continue;
+		assert_int_equal(p.name_len, strlen(cases[i].name));
+		assert_memory_equal(p.name, cases[i].name, p.name_len);
+		assert_int_equal(p.filter_len, strlen(cases[i].filter));
+		assert_memory_equal(p.filter, cases[i].filter, p.filter_len);
+	}
+	/* The length, not a NUL, ends the filter. */
+	assert_int_equal(topic_share_parse("$share/g/ab", 9, &(struct topic_share_parts){ 0 }),
+			 TOPIC_SHARE_BAD);
+	assert_int_equal(topic_share_parse(NULL, 0, &(struct topic_share_parts){ 0 }),
+			 TOPIC_SHARE_NONE);
+}
+
 /* ---- matching: MQTT 3.1.1 section 4.7 examples and edge cases ---- */
 
 struct match_case {
@@ -772,6 +824,7 @@ int main(void)
 		cmocka_unit_test(test_topic_name_validity_table),
 		cmocka_unit_test(test_topic_filter_validity_table),
 		cmocka_unit_test(test_validators_use_length_not_nul),
+		cmocka_unit_test(test_share_filter_parse),
 		cmocka_unit_test(test_topic_matches_spec_examples),
 		cmocka_unit_test(test_trie_match_agrees_with_spec_examples),
 		cmocka_unit_test(test_plus_does_not_match_two_levels),
