@@ -276,8 +276,8 @@ struct router {
 	/* the route generation (shm.h), in shared memory, or route_gen_own */
 	_Atomic uint64_t *route_gen;
 	_Atomic uint64_t route_gen_own;
-	struct recw out;             /* any record but a SUBACK or a DELIVER being built */
-	struct recw ack;             /* a SUBACK, kept while its filters start their retained messages */
+	struct recw out;             /* any record but a SUBACK, UNSUBACK or a DELIVER being built */
+	struct recw ack;             /* a SUBACK, kept while its filters start their retained messages; an UNSUBACK */
 
 	/* The session registry (router_session.c). */
 	struct hidx by_id, by_sid;   /* sessions by client id (server-named ones not), by sid */
@@ -499,7 +499,7 @@ uint8_t router_subscribe_one(struct router *r, struct session *s, const char *fi
 			     uint16_t len, uint8_t qos);
 bool router_subscription_refused(struct session *s, const struct iotd_config *cfg,
 				 const char *filter, uint16_t len);
-void router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
+bool router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
 			    uint16_t len);
 void session_unsubscribe_all(struct router *r, struct session *s);
 void router_cursor_start(struct router *r, struct session *s, struct session_sub *sub);

@@ -103,14 +103,14 @@ bool router_subscription_refused(struct session *s, const struct iotd_config *cf
 	return true;
 }
 
-void router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
+bool router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
 			    uint16_t len)
 {
 	struct session_sub *sub;
 
 	HASH_FIND(hh, s->subs, filter, len, sub);
 	if (!sub)
-		return;
+		return false;
 	if (r->st)
 		store_sub_del(r->st, s->sid, sub->filter, sub->len);
 	router_cursor_drop(r, sub);
@@ -118,6 +118,7 @@ void router_unsubscribe_one(struct router *r, struct session *s, const char *fil
 	HASH_DEL(s->subs, sub);
 	free(sub);
 	router_routes_changed(r);
+	return true;
 }
 
 void session_unsubscribe_all(struct router *r, struct session *s)

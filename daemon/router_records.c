@@ -14,6 +14,7 @@
 
 #include "router_int.h"
 #include "mqtt.h"
+#include "mqtt5.h"
 #include "topic.h"
 
 enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
@@ -116,6 +117,9 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
 static uint8_t router_subscribe_code(struct router *r, struct session *s, const char *filter,
 				     uint16_t len, uint8_t qos)
 {
+	/* A code of failure the worker chose (an MQTT 5 reason code): only its own client hears it. */
+	if (qos >= ROUTER_SUBACK_FAILURE)
+		return qos;
 	if (router_subscription_refused(s, r->cfg, filter, len))
 		return ROUTER_SUBACK_FAILURE;
 	if (router_acl_on(r, s) && !(s->acl && acl_client_may_subscribe(s->acl, filter, len))) {
@@ -176,17 +180,23 @@ static int router_on_unsubscribe(struct router *r, unsigned worker, const void *
 	struct rec_unsubscribe x;
 	struct rec_str filter;
 	struct session *s;
+	size_t count_off;
+	uint16_t n;
 	int rc;
 
 	if (rec_unsubscribe_decode(&x, p, len))
 		return ROUTER_BAD;
 	if ((rc = router_conn_session(r, worker, x.conn, &s)) != ROUTER_OK)
 		return rc;
+	count_off = rec_unsuback_begin(&r->ack, &(struct rec_unsuback){ .conn = x.conn,
+								      .packet_id = x.packet_id });
+	n = (uint16_t)x.filters.n;
 	while (rec_unsubscribe_next(&x.filters, &filter))
-		router_unsubscribe_one(r, s, (const char *)filter.p, filter.len);
-	rec_unsuback_encode(&r->out, &(struct rec_unsuback){ .conn = x.conn,
-							   .packet_id = x.packet_id });
-	router_emit(r, worker, REC_UNSUBACK, &r->out);
+		rec_suback_add(&r->ack, router_unsubscribe_one(r, s, (const char *)filter.p,
+							       filter.len) ?
+			       MQTT5_RC_SUCCESS : MQTT5_RC_NO_SUBSCRIPTION_EXISTED);
+	rec_suback_end(&r->ack, count_off, n);
+	router_emit(r, worker, REC_UNSUBACK, &r->ack);
 	return ROUTER_OK;
 }
 

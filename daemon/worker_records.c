@@ -183,6 +183,17 @@ static void drop_delivery(struct worker *w, struct conn *c, uint64_t copy, const
 	report_state(w, c, copy, 0, MSG_DONE);
 }
 
+/*
+ * A message larger than the client's maximum packet size: not sent, its
+ * exchange finished as if it had been [MQTT-3.1.2-25].
+ */
+static void too_big(struct worker *w, struct conn *c, uint64_t copy)
+{
+	log_client(LOG_LVL_DEBUG, conn_client_id(c), c->remote,
+		   "a message above the client's maximum packet size; not sent");
+	report_state(w, c, copy, 0, MSG_DONE);
+}
+
 /* A message the QoS state put in flight goes out (dup: a resend under the id the router knows). */
 static void send_inflight(struct worker *w, struct conn *c, const struct inflight *f, bool dup)
 {
@@ -252,6 +263,10 @@ struct delivery {
 static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uint8_t qos,
 		       uint64_t copy)
 {
+	if (!publish_fits(w, c, d->topic.len, d->payload.len, qos)) {
+		too_big(w, c, copy);
+		return;
+	}
 	if (qos == 0) {
 		if (buf_held(c->out) > (size_t)w->cfg->max_output_bytes) {
 			if (!c->drop_logged)
@@ -345,7 +360,7 @@ static int on_connack(struct worker *w, const void *p, size_t len)
 	}
 	c->sid = x.sid;
 	c->state = CS_ACTIVE;
-	send_connack(w, c, x.session_present, MQTT_CONNACK_ACCEPTED);
+	connack_accepted(w, c, x.session_present);
 	log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "connected (clean session %d%s)",
 		   c->clean, x.session_present ? ", session resumed" : "");
 	c->paused = false;
@@ -356,20 +371,37 @@ static int on_connack(struct worker *w, const void *p, size_t len)
 	return 0;
 }
 
+/*
+ * SUBACK, or an MQTT 5 UNSUBACK: the router's codes, each a 3.1.1 return
+ * code or an MQTT 5 reason code. A 3.1.1 client is sent the failure code
+ * for every reason code of failure (the MQTT 5 ones a worker chose for an
+ * MQTT 5 connection, which a 3.1.1 one never has).
+ */
+static void send_suback(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t pid,
+			const uint8_t *codes, size_t n)
+{
+	uint8_t *out;
+
+	if (c->v5) {
+		if ((out = out_reserve(w, c, mqtt5_suback_size(n, NULL))) != NULL)
+			mqtt5_encode_suback(out, type, pid, codes, n, NULL);
+		return;
+	}
+	if ((out = out_reserve(w, c, mqtt_suback_size(n))) != NULL)
+		mqtt_encode_suback(out, pid, codes, n);
+}
+
 static int on_suback(struct worker *w, const void *p, size_t len)
 {
 	struct rec_suback x;
 	struct conn *c;
-	uint8_t *out;
 
 	if (rec_suback_decode(&x, p, len) < 0)
 		return -1;
 	c = conn_lookup(w, x.conn);
 	if (x.codes.n == 0 || c == NULL || c->state != CS_ACTIVE)
 		return 0;
-	out = out_reserve(w, c, mqtt_suback_size(x.codes.n));
-	if (out != NULL)
-		mqtt_encode_suback(out, x.packet_id, x.codes.p, x.codes.n);
+	send_suback(w, c, MQTT_SUBACK, x.packet_id, x.codes.p, x.codes.n);
 	return 0;
 }
 
@@ -381,7 +413,11 @@ static int on_unsuback(struct worker *w, const void *p, size_t len)
 	if (rec_unsuback_decode(&x, p, len) < 0)
 		return -1;
 	c = conn_lookup(w, x.conn);
-	if (c != NULL && c->state == CS_ACTIVE)
+	if (c == NULL || c->state != CS_ACTIVE)
+		return 0;
+	if (c->v5 && x.codes.n > 0)
+		send_suback(w, c, MQTT_UNSUBACK, x.packet_id, x.codes.p, x.codes.n);
+	else
 		send_ack(w, c, MQTT_UNSUBACK, x.packet_id);
 	return 0;
 }
@@ -463,6 +499,10 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 		       x.payload);
 		return 0;
 	}
+	if (x.state != MSG_PUBREL && !publish_fits(w, c, x.topic.len, x.payload.len, x.qos)) {
+		too_big(w, c, x.copy);
+		return 0;
+	}
 	if (x.qos == 0) {
 		/* Queued offline (queue_qos0_messages): sent once, nothing to keep. */
 		send_publish(w, c, false, 0, x.retain, x.topic.p, x.topic.len, 0, x.payload.p,
@@ -496,7 +536,8 @@ static int on_kick(struct worker *w, const void *p, size_t len)
 		return -1;
 	c = conn_lookup(w, x.conn);
 	if (c != NULL)
-		conn_close(w, c, true, "session taken over by a new connection");
+		conn_disconnect(w, c, MQTT5_RC_SESSION_TAKEN_OVER, true,
+				"session taken over by a new connection");
 	return 0;
 }
 

@@ -475,14 +475,19 @@ static inline const uint8_t *rec_suback_codes(const struct recw *w, size_t count
 	return w->buf + count_off + sizeof(uint16_t);
 }
 
-/* REC_UNSUBACK: the answer to REC_UNSUBSCRIBE. */
+/*
+ * REC_UNSUBACK: the answer to REC_UNSUBSCRIBE, one MQTT 5 reason code per
+ * filter (0x00, or 0x11: no such subscription existed), written with
+ * rec_suback_add() and rec_suback_end().
+ */
 struct rec_unsuback {
 	uint64_t conn;
 	uint16_t packet_id;
+	struct rec_iter codes;       /* as rec_suback's */
 };
 
 int rec_unsuback_decode(struct rec_unsuback *x, const void *p, size_t len);
-void rec_unsuback_encode(struct recw *w, const struct rec_unsuback *x);
+size_t rec_unsuback_begin(struct recw *w, const struct rec_unsuback *x);
 
 /*
  * REC_DELIVER: a message for every target it has on one worker (a large

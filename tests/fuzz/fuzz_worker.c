@@ -247,9 +247,15 @@ static uint16_t build_unsuback(struct recw *rw, struct fuzz_in *in)
 {
 	struct rec_unsuback x;
 
+	size_t count_off;
+	uint8_t n = take(in) % 4;
+
 	x.conn = pick_conn(in);
 	x.packet_id = take16(in);
-	rec_unsuback_encode(rw, &x);
+	count_off = rec_unsuback_begin(rw, &x);
+	for (uint8_t i = 0; i < n; i++)
+		rec_suback_add(rw, take(in));
+	rec_suback_end(rw, count_off, n);
 	return REC_UNSUBACK;
 }
 

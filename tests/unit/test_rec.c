@@ -631,6 +631,7 @@ static void test_fixed_records_round_trip(void **state)
 	struct rec_unsuback ua;
 	struct rec_kick k;
 	struct recw w;
+	size_t off;
 
 	recw_init(&w);
 	rec_msg_state_encode(&w, &(struct rec_msg_state){
@@ -650,11 +651,16 @@ static void test_fixed_records_round_trip(void **state)
 	assert_int_equal(q2.held, 1);
 	assert_whole_only(REC_QOS2_IN, w.buf, w.len);
 
-	rec_unsuback_encode(&w, &(struct rec_unsuback){ .conn = 31, .packet_id = 32 });
-	assert_int_equal(w.len, 8 + 2);
+	off = rec_unsuback_begin(&w, &(struct rec_unsuback){ .conn = 31, .packet_id = 32 });
+	rec_suback_add(&w, 0x00);
+	rec_suback_add(&w, 0x11);
+	rec_suback_end(&w, off, 2);
+	assert_int_equal(w.len, 8 + 2 + 2 + 2);
 	assert_int_equal(rec_unsuback_decode(&ua, w.buf, w.len), 0);
 	assert_true(ua.conn == 31);
 	assert_int_equal(ua.packet_id, 32);
+	assert_int_equal(ua.codes.n, 2);
+	assert_true(ua.codes.p[0] == 0x00 && ua.codes.p[1] == 0x11);
 	assert_whole_only(REC_UNSUBACK, w.buf, w.len);
 
 	rec_kick_encode(&w, &(struct rec_kick){ .conn = 41 });

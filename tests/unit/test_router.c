@@ -33,6 +33,7 @@
 #include "ipc.h"
 #include "log.h"
 #include "mqtt.h"
+#include "mqtt5.h"
 #include "rec.h"
 #include "role.h"
 #include "router.h"
@@ -1081,15 +1082,20 @@ static void unsubscribe_stops_delivery_and_is_acked(void **state)
 	decode_unsuback(&f->caps[0], &ua);
 	assert_int_equal(ua.conn, C(0, 1));
 	assert_int_equal(ua.packet_id, 77);
+	assert_int_equal(ua.codes.n, 1);
+	assert_int_equal(ua.codes.p[0], MQTT5_RC_SUCCESS);
 	fx_clear(f);
 
 	assert_int_equal(send_publish(f, 0, 1, false, "t/a", "x"), 0);
 	assert_int_equal(f->n, 0);
 	assert_int_equal(stats_of(f).subscriptions, 0);
 
-	/* Unsubscribing from nothing is still acknowledged. */
+	/* Unsubscribing from nothing is still acknowledged, saying so (MQTT 5's 0x11). */
 	assert_int_equal(send_unsubscribe(f, C(0, 1), 78, "never"), 0);
 	assert_int_equal(count_type(f, REC_UNSUBACK), 1);
+	decode_unsuback(&f->caps[0], &ua);
+	assert_int_equal(ua.codes.n, 1);
+	assert_int_equal(ua.codes.p[0], MQTT5_RC_NO_SUBSCRIPTION_EXISTED);
 }
 
 static void resubscribe_replaces_the_qos(void **state)

@@ -1,0 +1,304 @@
+"""MQTT 5 clients: CONNACK and what it advertises, publish/subscribe across
+workers and with 3.1.1 clients (Paho, mosquitto_pub/sub, raw), topic aliases,
+the limits iotd gives (receive maximum, maximum packet size) and the one the
+client gives, reason codes in acknowledgements, and the DISCONNECT reason
+codes of both sides."""
+
+import pytest
+
+import mqttraw as m
+from helpers import CliPub, CliSub, raw, uid
+
+
+def raw5(target, cid=None, props=(), expect_reason=0, tag="v5", **kw):
+    """A raw client that sent an MQTT 5 CONNECT and got its CONNACK
+    (parsed: .connack.reason, .connack.propd)."""
+    c = raw(target, connect=False)
+    try:
+        c.send(m.connect_v5(uid(tag) if cid is None else cid, props=props, **kw))
+        c.connack = m.v5(c.expect(m.CONNACK))
+        assert c.connack.reason == expect_reason, \
+            f"CONNACK reason {c.connack.reason:#x}, expected {expect_reason:#x}"
+    except BaseException:
+        c.close()
+        raise
+    return c
+
+
+def subscribe5(c, filters, pid=1, props=()):
+    """SUBSCRIBE (filters: (filter, options)) and its SUBACK's codes."""
+    c.send(m.subscribe_v5(pid, filters, props))
+    return m.v5(c.expect(m.SUBACK, pid=pid)).codes
+
+
+def expect_disconnect(c, reason):
+    p = m.v5(c.expect(m.DISCONNECT))
+    assert p.reason == reason, f"DISCONNECT reason {p.reason:#x}, expected {reason:#x}"
+    c.expect_closed()
+
+
+# ------------------------------------------------------------ CONNECT / CONNACK
+
+@pytest.mark.broker_config(max_inflight=7, max_packet_size=4096)
+def test_connack_advertises_what_iotd_supports(broker, clients):
+    c = clients.own(raw5(broker, cid=""))
+    props = c.connack.propd
+    assert props[m.P_RECEIVE_MAX] == 7
+    assert props[m.P_MAX_PACKET_SIZE] == 4096
+    assert props[m.P_TOPIC_ALIAS_MAX] == 10
+    assert props[m.P_RETAIN_AVAILABLE] == 1
+    assert props[m.P_WILDCARD_AVAILABLE] == 1
+    assert props[m.P_SUB_ID_AVAILABLE] == 0
+    assert props[m.P_SHARED_AVAILABLE] == 0
+    assert props[m.P_ASSIGNED_CLIENT_ID].startswith(b"iotd-")
+    assert m.P_SERVER_KEEP_ALIVE not in props        # its keep-alive (60) is kept
+    # Clean Start with no session expiry asked: none granted, none said.
+    assert m.P_SESSION_EXPIRY not in props
+
+
+def test_client_id_given_is_not_assigned_and_session_expiry_granted(broker, clients):
+    c = clients.own(raw5(broker, clean=False, props=[(m.P_SESSION_EXPIRY, 30)]))
+    assert m.P_ASSIGNED_CLIENT_ID not in c.connack.propd
+    # Sessions resumed with Clean Start 0 do not expire: the client is told.
+    assert c.connack.propd[m.P_SESSION_EXPIRY] == 0xFFFFFFFF
+    d = clients.own(raw5(broker, clean=True, props=[(m.P_SESSION_EXPIRY, 30)]))
+    assert d.connack.propd[m.P_SESSION_EXPIRY] == 0
+
+
+@pytest.mark.broker_config(max_keepalive=30, keep_alive_timeout_secs=20)
+def test_server_keep_alive_replaces_what_is_over_max_keepalive(broker, clients):
+    for asked in (0, 300):
+        c = clients.own(raw5(broker, keepalive=asked))
+        assert c.connack.propd[m.P_SERVER_KEEP_ALIVE] == 30
+    c = clients.own(raw5(broker, keepalive=20))
+    assert m.P_SERVER_KEEP_ALIVE not in c.connack.propd
+
+
+def test_authentication_method_is_refused(broker, clients):
+    c = clients.own(raw5(broker, props=[(m.P_AUTH_METHOD, "SCRAM-SHA-1")], expect_reason=0x8C))
+    c.expect_closed()
+
+
+@pytest.mark.broker_config(max_client_id_length=23)
+def test_refused_connect_gets_a_v5_reason_code(broker, clients):
+    c = clients.own(raw5(broker, cid="x" * 24, expect_reason=0x85))
+    assert c.connack.body == b"\x00\x85\x00"      # MQTT 5 form: properties length 0
+    c.expect_closed()
+
+
+# ------------------------------------------------------------ publish / subscribe
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_paho_v5_clients_on_two_workers_exchange_messages(broker, clients, qos):
+    a = clients.paho(broker.port, uid("p5a"), v5=True)
+    b = clients.paho(broker.port, uid("p5b"), v5=True)
+    a.connect()
+    b.connect()
+    broker.assert_different_workers(a, b)
+    assert a.subscribe("v5/to-a", qos) == [qos]
+    assert b.subscribe("v5/to-b", qos) == [qos]
+    for i in range(3):
+        a.publish("v5/to-b", f"a{i}", qos)
+        b.publish("v5/to-a", f"b{i}", qos)
+    assert [(x.topic, x.payload, x.qos) for x in b.wait_messages(3)] == \
+        [("v5/to-b", f"a{i}".encode(), qos) for i in range(3)]
+    assert [(x.topic, x.payload, x.qos) for x in a.wait_messages(3)] == \
+        [("v5/to-a", f"b{i}".encode(), qos) for i in range(3)]
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_v5_and_311_clients_share_one_topic_space(broker, clients, qos):
+    v5c = clients.paho(broker.port, uid("p5"), v5=True)
+    v3c = clients.paho(broker.port, uid("p3"))
+    v5c.connect()
+    v3c.connect()
+    broker.assert_different_workers(v5c, v3c)
+    assert v5c.subscribe("mix5/#", qos) == [qos]
+    assert v3c.subscribe("mix3/#", qos) == [qos]
+    v3c.publish("mix5/x", "from-311", qos, retain=False)
+    v5c.publish("mix3/y", "from-5", qos)
+    assert [(x.topic, x.payload) for x in v5c.wait_messages(1)] == [("mix5/x", b"from-311")]
+    assert [(x.topic, x.payload) for x in v3c.wait_messages(1)] == [("mix3/y", b"from-5")]
+
+
+def test_mosquitto_clients_speak_v5(broker):
+    sub = CliSub(broker.port, "cli5/t", 1, uid("c5sub"), extra=("-V", "mqttv5"))
+    pub = None
+    try:
+        sub.wait_subscribed()
+        pub = CliPub(broker.port, "cli5/t", 1, uid("c5pub"), extra=("-V", "mqttv5"))
+        broker.assert_different_workers(sub, pub)
+        for i in range(3):
+            pub.send_line(f"m{i}")
+        pub.finish()
+        assert sub.wait_messages(3) == [("cli5/t", f"m{i}", 1, 0) for i in range(3)]
+    finally:
+        sub.stop()
+        if pub:
+            pub.stop()
+
+
+def test_retained_message_reaches_a_v5_subscriber(broker, clients):
+    p = clients.own(raw(broker))
+    p.publish("ret5/a", b"kept", qos=1, retain=True)
+    s = clients.own(raw5(broker))
+    assert subscribe5(s, [("ret5/#", 1)]) == [1]
+    got = m.v5(s.recv_publish())
+    assert (got.topic, got.payload, got.retain, got.props) == ("ret5/a", b"kept", True, [])
+
+
+# ------------------------------------------------------------ acknowledgements
+
+def test_unsuback_says_whether_the_subscription_existed(broker, clients):
+    c = clients.own(raw5(broker))
+    assert subscribe5(c, [("u5/a", 0)]) == [0]
+    c.send(m.unsubscribe_v5(2, ["u5/a", "u5/never"]))
+    ack = m.v5(c.expect(m.UNSUBACK, pid=2))
+    assert ack.codes == [0x00, 0x11]
+
+
+def test_suback_reason_codes_for_refused_filters(broker, clients):
+    c = clients.own(raw5(broker))
+    assert subscribe5(c, [("ok5/+", 2), ("$share/g/t", 1), ("bad5/#/x", 0)]) == \
+        [2, 0x9E, 0x8F]
+
+
+def test_subscription_identifier_is_not_supported(broker, clients):
+    c = clients.own(raw5(broker))
+    c.send(m.subscribe_v5(1, [("sid/t", 0)], props=[(m.P_SUB_ID, 5)]))
+    expect_disconnect(c, 0xA1)
+
+
+def test_payload_not_utf8_as_its_format_says_is_refused_with_0x99(broker, clients):
+    s = clients.own(raw(broker))
+    s.subscribe([("pfi/#", 1)])
+    c = clients.own(raw5(broker))
+    bad = [(m.P_PAYLOAD_FORMAT, 1)]
+    c.send(m.publish_v5("pfi/bad", b"\xff\xfe", qos=1, pid=3, props=bad))
+    assert m.v5(c.expect(m.PUBACK, pid=3)).reason == 0x99
+    c.send(m.publish_v5("pfi/bad", b"\xc3", qos=2, pid=4, props=bad))
+    assert m.v5(c.expect(m.PUBREC, pid=4)).reason == 0x99
+    c.send(m.publish_v5("pfi/ok", "marker", qos=1, pid=5, props=bad))
+    assert m.v5(c.expect(m.PUBACK, pid=5)).reason == 0
+    p = s.recv_publish()
+    assert (p.topic, p.payload) == ("pfi/ok", b"marker")
+
+
+# ------------------------------------------------------------ topic aliases
+
+def test_topic_alias_set_then_used(broker, clients):
+    s = clients.own(raw(broker))
+    s.subscribe([("al/#", 0)])
+    c = clients.own(raw5(broker))
+    c.send(m.publish_v5("al/one", "1", props=[(m.P_TOPIC_ALIAS, 3)]))
+    c.send(m.publish_v5("", "2", props=[(m.P_TOPIC_ALIAS, 3)]))
+    c.send(m.publish_v5("al/two", "3", props=[(m.P_TOPIC_ALIAS, 3)]))     # set again
+    c.send(m.publish_v5("", "4", qos=1, pid=9, props=[(m.P_TOPIC_ALIAS, 3)]))
+    c.expect(m.PUBACK, pid=9)
+    got = [(p.topic, p.payload) for p in s.recv_publishes(4)]
+    assert got == [("al/one", b"1"), ("al/one", b"2"), ("al/two", b"3"), ("al/two", b"4")]
+
+
+@pytest.mark.parametrize("alias,topic", [(11, "al/t"), (2, "")], ids=["over-max", "unknown"])
+def test_topic_alias_out_of_range_or_unknown_is_0x94(broker, clients, alias, topic):
+    c = clients.own(raw5(broker))
+    c.send(m.publish_v5("al/x", "set", props=[(m.P_TOPIC_ALIAS, 1)]))
+    c.send(m.publish_v5(topic, "x", props=[(m.P_TOPIC_ALIAS, alias)]))
+    expect_disconnect(c, 0x94)
+
+
+@pytest.mark.broker_config(topic_alias_maximum=0)
+def test_topic_alias_maximum_0_allows_none(broker, clients):
+    c = clients.own(raw5(broker))
+    assert m.P_TOPIC_ALIAS_MAX not in c.connack.propd
+    c.send(m.publish_v5("al/x", "x", props=[(m.P_TOPIC_ALIAS, 1)]))
+    expect_disconnect(c, 0x94)
+
+
+# ------------------------------------------------------------ limits, both ways
+
+@pytest.mark.broker_config(max_inflight=2)
+def test_receive_maximum_exceeded_by_the_client_is_0x93(broker, clients):
+    c = clients.own(raw5(broker))
+    assert c.connack.propd[m.P_RECEIVE_MAX] == 2
+    for pid in (1, 2):
+        c.send(m.publish_v5("rm/t", "x", qos=2, pid=pid))
+        c.expect(m.PUBREC, pid=pid)
+    c.send(m.publish_v5("rm/t", "x", qos=2, pid=3))
+    expect_disconnect(c, 0x93)
+
+
+@pytest.mark.broker_config(max_packet_size=1024)
+def test_packet_over_maximum_packet_size_is_0x95(broker, clients):
+    c = clients.own(raw5(broker))
+    c.send(m.publish_v5("mp/t", b"x" * 1100))
+    expect_disconnect(c, 0x95)
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_message_over_the_clients_maximum_packet_size_is_not_sent(broker, clients, qos):
+    s = clients.own(raw5(broker, props=[(m.P_MAX_PACKET_SIZE, 100)]))
+    assert subscribe5(s, [("cmp/#", qos)]) == [qos]
+    p = clients.own(raw(broker))
+    p.publish("cmp/big", b"x" * 200, qos=qos)
+    p.publish("cmp/small", b"marker", qos=qos)
+    got = m.v5(s.recv_publish())
+    assert (got.topic, got.payload) == ("cmp/small", b"marker")
+    # The QoS 1 exchange of the one left out is over: more flows.
+    p.publish("cmp/small", b"again", qos=qos)
+    assert m.v5(s.recv_publish()).payload == b"again"
+
+
+# ------------------------------------------------------------ DISCONNECT
+
+def test_takeover_is_0x8e(broker, clients):
+    cid = uid("take")
+    a = clients.own(raw5(broker, cid=cid))
+    clients.own(raw5(broker, cid=cid))
+    expect_disconnect(a, 0x8E)
+
+
+def test_keep_alive_timeout_is_0x8d(broker, clients):
+    c = clients.own(raw5(broker, keepalive=1))
+    p = m.v5(c.expect(m.DISCONNECT, timeout=4))
+    assert p.reason == 0x8D
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(m.connect_v5("again"), id="second-connect"),
+    pytest.param(m.publish_v5("pe/t", "x", props=[(m.P_SUB_ID, 1)]), id="sub-id-in-publish"),
+    pytest.param(m.packet(m.AUTH, 0, b"\x18\x00"), id="auth"),
+])
+def test_protocol_error_is_0x82(broker, clients, bad):
+    c = clients.own(raw5(broker))
+    c.send(bad)
+    expect_disconnect(c, 0x82)
+
+
+def test_malformed_packet_is_0x81(broker, clients):
+    c = clients.own(raw5(broker))
+    c.send(m.packet(m.PUBLISH, 0, m.enc_bytes("mf/t") + b"\x05\x01\x01"))   # props past the end
+    expect_disconnect(c, 0x81)
+
+
+def test_session_expiry_set_at_disconnect_after_none_is_0x82(broker, clients):
+    c = clients.own(raw5(broker))
+    c.send(m.disconnect_v5(0, props=[(m.P_SESSION_EXPIRY, 60)]))
+    expect_disconnect(c, 0x82)
+
+
+@pytest.mark.parametrize("reason,will", [(0x00, False), (0x04, True)],
+                         ids=["normal", "with-will"])
+def test_disconnect_reason_says_whether_the_will_goes(broker, clients, reason, will):
+    s = clients.own(raw(broker))
+    s.subscribe([("dw/#", 0)])
+    c = clients.own(raw5(broker, will=("dw/will", b"gone", 0, False)))
+    c.send(m.disconnect_v5(reason))
+    c.expect_closed()
+    if will:
+        p = s.recv_publish()
+        assert (p.topic, p.payload) == ("dw/will", b"gone")
+    clients.own(raw(broker)).publish("dw/marker", b"marker")
+    p = s.recv_publish()
+    assert (p.topic, p.payload) == ("dw/marker", b"marker")
+
