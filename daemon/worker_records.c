@@ -169,6 +169,14 @@ void push_close(struct worker *w, struct conn *c, bool publish_will)
 
 /* --- deliveries to this worker's connections ----------------------------- */
 
+/* The client's receive maximum, which narrows max_inflight (qos.h); 0: none. */
+static uint16_t conn_window(const struct worker *w, const struct conn *c)
+{
+	const struct conn_v5 *v = CONN_V5(w, c);
+
+	return v != NULL ? v->receive_max : 0;
+}
+
 /* A QoS 1/2 delivery refused by a limit: logged once until the queue empties. */
 static void drop_delivery(struct worker *w, struct conn *c, uint64_t copy, const char *why)
 {
@@ -234,7 +242,7 @@ static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 			uint64_t copy)
 {
 	struct inflight *sent = NULL;
-	enum qos_verdict v = qos_offer(&c->qos, &c->next_pid, w->cfg, m, qos, copy, &sent);
+	enum qos_verdict v = qos_offer(&c->qos, &c->next_pid, w->cfg, conn_window(w, c), m, qos, copy, &sent);
 
 	act_on_verdict(w, c, v, sent, qos, copy);
 }
@@ -244,7 +252,7 @@ void pending_pump(struct worker *w, struct conn *c)
 {
 	struct inflight *f;
 
-	while ((f = qos_pump(c->qos, &c->next_pid, w->cfg)) != NULL)
+	while ((f = qos_pump(c->qos, &c->next_pid, w->cfg, conn_window(w, c))) != NULL)
 		send_inflight(w, c, f, false);
 	if (c->qos->n_pending == 0)
 		c->drop_logged = false;
@@ -471,7 +479,7 @@ static int on_route(struct worker *w, const void *p, size_t len)
 
 static void resend_pubrel(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
 {
-	if (qos_resume_pubrel(&c->qos, w->cfg, pid, copy)) {
+	if (qos_resume_pubrel(&c->qos, w->cfg, conn_window(w, c), pid, copy)) {
 		send_ack(w, c, MQTT_PUBREL, pid);
 		return;
 	}
@@ -519,7 +527,7 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 		report_state(w, c, x.copy, 0, MSG_DONE);
 		return 0;
 	}
-	v = qos_resume(&c->qos, &c->next_pid, w->cfg, m, x.qos, x.state, x.packet_id, x.copy,
+	v = qos_resume(&c->qos, &c->next_pid, w->cfg, conn_window(w, c), m, x.qos, x.state, x.packet_id, x.copy,
 		       &sent);
 	act_on_verdict(w, c, v, sent, x.qos, x.copy);
 	if (m->refs == 0)

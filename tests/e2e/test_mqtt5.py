@@ -228,6 +228,22 @@ def test_receive_maximum_exceeded_by_the_client_is_0x93(broker, clients):
     expect_disconnect(c, 0x93)
 
 
+def test_the_clients_receive_maximum_bounds_what_is_in_flight_to_it(broker, clients):
+    s = clients.own(raw5(broker, props=[(m.P_RECEIVE_MAX, 2)]))
+    assert subscribe5(s, [("crm/q1", 1), ("crm/marker", 0)]) == [1, 0]
+    p = clients.own(raw(broker))
+    for i in range(4):
+        p.publish("crm/q1", f"m{i}".encode(), qos=1)
+    first = [s.recv_publish(ack=False) for _ in range(2)]
+    assert [x.payload[1:] for x in first] == [b"m0", b"m1"]   # past an empty property block
+    p.publish("crm/marker", b"marker")
+    got = s.recv_publish()
+    assert (got.topic, got.payload[1:]) == ("crm/marker", b"marker"), \
+        f"a third message in flight past receive maximum 2: {got!r}"
+    s.ack(first[0])
+    assert s.recv_publish(ack=False).payload[1:] == b"m2"
+
+
 @pytest.mark.broker_config(max_packet_size=1024)
 def test_packet_over_maximum_packet_size_is_0x95(broker, clients):
     c = clients.own(raw5(broker))
