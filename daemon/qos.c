@@ -14,9 +14,9 @@
 bool heap_trim_wanted;
 
 struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
-		      uint32_t plen, bool retain)
+		      uint32_t plen, const uint8_t *props, uint32_t props_len, bool retain)
 {
-	struct qmsg *m = malloc(sizeof(*m) + tlen + plen);
+	struct qmsg *m = malloc(sizeof(*m) + tlen + plen + props_len);
 
 	if (m == NULL)
 		return NULL;
@@ -24,16 +24,19 @@ struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payloa
 	m->topic_len = tlen;
 	m->retain = retain;
 	m->payload_len = plen;
+	m->props_len = props_len;
 	memcpy(m->data, topic, tlen);
 	if (plen)
 		memcpy(m->data + tlen, payload, plen);
+	if (props_len)
+		memcpy(m->data + tlen + plen, props, props_len);
 	return m;
 }
 
 void qmsg_unref(struct qmsg *m)
 {
 	if (m != NULL && --m->refs == 0) {
-		if ((size_t)m->topic_len + m->payload_len >= TRIM_MIN_BYTES)
+		if (qmsg_bytes(m) >= TRIM_MIN_BYTES)
 			heap_trim_wanted = true;
 		free(m);
 	}

@@ -343,6 +343,9 @@ struct router_msg {
 	uint16_t topic_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
+	/* An MQTT 5 message's properties (rec.h, REC_PUB_PROPS): live deliveries only, so far. */
+	const uint8_t *props;
+	uint32_t props_len;
 };
 
 /* ---- small helpers every file uses ------------------------------------- */

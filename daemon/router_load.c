@@ -259,8 +259,9 @@ static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const st
 	struct router_load *ld = arg;
 	struct router *r = ld->r;
 	struct session *s = router_find_sid(r, sid);
-	struct router_msg rm = { m->qos, m->retain, m->topic, m->topic_len, m->payload,
-				 m->payload_len };
+	struct router_msg rm = { .qos = m->qos, .retain = m->retain, .topic = m->topic,
+				 .topic_len = m->topic_len, .payload = m->payload,
+				 .payload_len = m->payload_len };
 	struct msg_body *body;
 	struct session_msg *q;
 

@@ -284,6 +284,7 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 		.topic = { (const uint8_t *)m->topic, m->topic_len },
 		.payload = { m->payload, m->payload_len },
 		.retain = 0,
+		.props = { m->props, m->props_len },
 	};
 	struct msg_body *body = NULL;    /* held once by every queue the message enters */
 	struct session *const *targets;
@@ -303,15 +304,19 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 		if (s->online && !s->pending)
 			router_deliver_add(r, &head, s, qos,
 					   session_copy_new(r, s, 0, MSG_QUEUED,
-							    &(struct router_msg){ qos, 0, m->topic,
-										  m->topic_len, m->payload,
-										  m->payload_len }, &body));
+							    &(struct router_msg){
+								    .qos = qos, .topic = m->topic,
+								    .topic_len = m->topic_len,
+								    .payload = m->payload,
+								    .payload_len = m->payload_len }, &body));
 		else if ((qos > 0 && (!s->clean || s->online)) ||
 			 (qos == 0 && !s->clean && !s->online && r->cfg->queue_qos0_messages))
 			/* Offline persistent, or taken over: the next connection gets it. */
 			session_enqueue(r, s, false, 0, MSG_QUEUED,
-					&(struct router_msg){ qos, 0, m->topic, m->topic_len,
-							      m->payload, m->payload_len }, &body);
+					&(struct router_msg){ .qos = qos, .topic = m->topic,
+							      .topic_len = m->topic_len,
+							      .payload = m->payload,
+							      .payload_len = m->payload_len }, &body);
 	}
 	msg_body_discard(body);
 	router_deliver_flush(r);

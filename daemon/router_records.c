@@ -214,6 +214,21 @@ static bool router_publisher_may(struct router *r, unsigned worker, conn_id_t co
 	return false;
 }
 
+/*
+ * A message's properties from a worker, forwarded to others: a whole
+ * MQTT 5 property block a PUBLISH may carry, without what the broker
+ * rewrites (message expiry, topic alias, subscription identifiers).
+ */
+static bool router_props_valid(const struct rec_bytes *props)
+{
+	struct mqtt5_props out;
+	size_t used;
+
+	return props->len == 0 ||
+	       (mqtt5_props_decode(props->p, props->len, MQTT_PUBLISH, &out, &used) == MQTT_OK &&
+		used == props->len && out.raw_len > 0 && !(out.present & MQTT5_PUBLISH_REWRITTEN));
+}
+
 static int router_on_publish(struct router *r, unsigned worker, const void *p, size_t len)
 {
 	struct rec_publish x;
@@ -221,7 +236,8 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 	struct router_msg m;
 
 	if (rec_publish_decode(&x, p, len) || x.qos > 2 ||
-	    (x.flags & ~(REC_PUB_RETAIN | REC_PUB_ASK)))
+	    (x.flags & ~(REC_PUB_RETAIN | REC_PUB_ASK | REC_PUB_PROPS)) ||
+	    !router_props_valid(&x.props))
 		return ROUTER_BAD;
 	m = (struct router_msg){
 		.qos = x.qos,
@@ -230,6 +246,8 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 		.topic_len = x.topic.len,
 		.payload = x.payload.p,
 		.payload_len = x.payload.len,
+		.props = x.props.p,
+		.props_len = x.props.len,
 	};
 	if (!topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;

@@ -485,6 +485,7 @@ void worker_teardown(struct worker *w)
 	ringout_clear(&w->out);
 	free(w->slots);
 	free(w->v5);
+	free(w->props_buf);
 	free(w->serials);
 	free(w->free_slots);
 	free(w->rbuf);

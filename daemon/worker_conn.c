@@ -143,20 +143,39 @@ void send_ack5(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t i
  * Would a PUBLISH of this topic and payload pass the client's maximum
  * packet size? An MQTT 5 client is not sent one that does not [MQTT-3.1.2-25].
  */
+/*
+ * A message's property block (rec.h: with its length field, which the
+ * router checked) as the encoders take it; NULL for an empty one.
+ */
+static const struct mqtt5_out *props_out(struct mqtt5_out *o, struct rec_bytes props)
+{
+	uint32_t hdr = 0;
+
+	if (props.len == 0)
+		return NULL;
+	while (hdr < props.len && (props.p[hdr++] & 0x80))
+		;
+	mqtt5_out_init(o, props.p + hdr, props.len - hdr, NULL, 0);
+	return o;
+}
+
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
-		  uint8_t qos)
+		  struct rec_bytes props, uint8_t qos)
 {
 	const struct conn_v5 *v = CONN_V5(w, c);
+	struct mqtt5_out o;
 
 	return v == NULL || v->max_packet == 0 ||
-	       mqtt5_publish_size(tlen, plen, qos, NULL) <= v->max_packet;
+	       mqtt5_publish_size(tlen, plen, qos, props_out(&o, props)) <= v->max_packet;
 }
 
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
 		  const uint8_t *topic, size_t tlen, uint16_t pid,
-		  const uint8_t *payload, size_t plen)
+		  const uint8_t *payload, size_t plen, struct rec_bytes props)
 {
-	size_t n = c->v5 ? mqtt5_publish_size(tlen, plen, qos, NULL) :
+	struct mqtt5_out o;
+	const struct mqtt5_out *po = c->v5 ? props_out(&o, props) : NULL;
+	size_t n = c->v5 ? mqtt5_publish_size(tlen, plen, qos, po) :
 			   mqtt_publish_size(tlen, plen, qos);
 	uint8_t *p;
 
@@ -173,7 +192,7 @@ void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool 
 		return;
 	}
 	if (c->v5)
-		mqtt5_encode_publish(p, dup, qos, retain, topic, tlen, pid, NULL, payload, plen);
+		mqtt5_encode_publish(p, dup, qos, retain, topic, tlen, pid, po, payload, plen);
 	else
 		mqtt_encode_publish(p, dup, qos, retain, topic, tlen, pid, payload, plen);
 	w->msgs_out++;

@@ -160,6 +160,8 @@ struct worker {
 	struct route_target *rt_scratch; /* a REC_ROUTE's targets being read */
 	uint32_t cap_rt_scratch;
 	uint8_t *rbuf;
+	uint8_t *props_buf;              /* an MQTT 5 PUBLISH's properties on their way to the router */
+	size_t cap_props;
 	uint64_t now_ms;
 	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
 	bool stopping;
@@ -190,10 +192,11 @@ void send_connack5(struct worker *w, struct conn *c, bool sp, uint8_t reason,
 void send_ack5(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id,
 	       uint8_t reason);
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
-		  uint8_t qos);
+		  struct rec_bytes props, uint8_t qos);
+/* props: an MQTT 5 message's properties (rec.h, REC_PUB_PROPS), sent to MQTT 5 clients alone. */
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
 		  const uint8_t *topic, size_t tlen, uint16_t pid,
-		  const uint8_t *payload, size_t plen);
+		  const uint8_t *payload, size_t plen, struct rec_bytes props);
 bool out_drained(struct worker *w, struct conn *c);
 void conn_set_rules(struct worker *w, struct conn *c, struct acl_client *view);
 bool conn_flush(struct worker *w, struct conn *c);
@@ -239,7 +242,8 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 
 /* worker_records.c */
 void push_recw(struct worker *w, uint16_t type);
-void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask);
+void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask,
+		  struct rec_bytes props);
 void push_close(struct worker *w, struct conn *c, bool publish_will);
 void report_state(struct worker *w, const struct conn *c, uint64_t copy, uint16_t pid,
 		  uint8_t state);

@@ -31,10 +31,12 @@
  * what the view refuses goes nowhere (it was acknowledged already, as the
  * protocol wants; the router would refuse it too).
  */
-static void route_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
+static void route_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub,
+			  struct rec_bytes props)
 {
 	uint64_t gen = atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire);
-	bool to_router = pub->retain;
+	/* A local route delivers no properties: a message with some goes to the router. */
+	bool to_router = pub->retain || props.len > 0;
 	const struct route *rt;
 	uint64_t ask;
 
@@ -53,10 +55,10 @@ static void route_publish(struct worker *w, struct conn *c, const struct mqtt_pu
 		deliver_local(w, rt, pub);
 		break;
 	case ROUTE_SEND:
-		push_publish(w, c->id, pub, 0);
+		push_publish(w, c->id, pub, 0, props);
 		break;
 	case ROUTE_SEND_ASK:
-		push_publish(w, c->id, pub, ask);
+		push_publish(w, c->id, pub, ask, props);
 		break;
 	}
 }
@@ -148,6 +150,45 @@ static enum pkt_result publish5_check(struct worker *w, struct conn *c, struct m
 	return PKT_OK;
 }
 
+/*
+ * The properties of an MQTT 5 PUBLISH that go to its receivers (rec.h,
+ * REC_PUB_PROPS): its block without what the broker rewrites, with a
+ * length field, in w->props_buf; empty when nothing is left. False: out
+ * of memory.
+ */
+static bool publish_props(struct worker *w, const struct mqtt5_props *in, struct rec_bytes *out)
+{
+	const size_t room = 4;       /* for the longest length field, written last */
+	struct mqtt5_prop_iter it;
+	struct mqtt5_prop prop;
+	size_t kept = 0, hdr;
+	uint8_t *dst;
+
+	*out = (struct rec_bytes){ 0 };
+	if ((in->present & ~MQTT5_PUBLISH_REWRITTEN) == 0)
+		return true;
+	if (w->cap_props < room + in->raw_len) {
+		uint8_t *b = realloc(w->props_buf, room + in->raw_len);
+
+		if (b == NULL)
+			return false;
+		w->props_buf = b;
+		w->cap_props = room + in->raw_len;
+	}
+	dst = w->props_buf + room;
+	mqtt5_prop_iter_init(&it, in);
+	for (const uint8_t *start = it.p; mqtt5_prop_next(&it, &prop); start = it.p) {
+		if (MQTT5_BIT(prop.id) & MQTT5_PUBLISH_REWRITTEN)
+			continue;
+		memcpy(dst + kept, start, (size_t)(it.p - start));
+		kept += (size_t)(it.p - start);
+	}
+	hdr = mqtt_varint_size((uint32_t)kept);
+	mqtt_varint_encode(w->props_buf + room - hdr, (uint32_t)kept);
+	*out = (struct rec_bytes){ w->props_buf + room - hdr, (uint32_t)(hdr + kept) };
+	return true;
+}
+
 /* A QoS 1/2 message refused with reason: acknowledged with it, not routed, not held. */
 static enum pkt_result publish_refuse(struct worker *w, struct conn *c,
 				      const struct mqtt_publish *pub, uint8_t reason)
@@ -165,6 +206,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 {
 	struct mqtt_publish v5pub;
 	const struct mqtt_publish *pub = in;
+	struct rec_bytes props = { 0 };
 	uint8_t reason;
 
 	if (p5 != NULL) {
@@ -174,6 +216,10 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 			return PKT_CLOSED;
 		if (reason != MQTT5_RC_SUCCESS)
 			return publish_refuse(w, c, pub, reason);
+		if (!publish_props(w, &p5->props, &props)) {
+			conn_disconnect(w, c, MQTT5_RC_UNSPECIFIED_ERROR, true, "out of memory");
+			return PKT_CLOSED;
+		}
 	} else if (!topic_valid(w, pub->topic)) {
 		conn_close(w, c, true, "invalid topic name in PUBLISH");
 		return PKT_CLOSED;
@@ -181,7 +227,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 	w->msgs_in++;
 	switch (pub->qos) {
 	case 0:
-		route_publish(w, c, pub);
+		route_publish(w, c, pub, props);
 		break;
 	case 1:
 		/*
@@ -190,13 +236,13 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 		 * is not kept waiting behind a write to the publisher.
 		 */
 		send_ack(w, c, MQTT_PUBACK, pub->packet_id);
-		route_publish(w, c, pub);
+		route_publish(w, c, pub, props);
 		break;
 	case 2:
 		switch (qos_in_receive(&c->qos, w->cfg, pub->packet_id)) {
 		case QOS_IN_NEW:
 			report_qos2_in(w, c, pub->packet_id, true);
-			route_publish(w, c, pub);
+			route_publish(w, c, pub, props);
 			break;
 		case QOS_IN_HELD:        /* exactly once: not routed again */
 			break;

@@ -43,14 +43,17 @@ void ring_commit(struct worker *w)
 }
 
 /* conn: the publisher's; ask: 0, or the route request this message carries (routes.h). */
-void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask)
+void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask,
+		  struct rec_bytes props)
 {
 	struct rec_publish x = {
 		.qos = pub->qos,
-		.flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0),
+		.flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0) |
+			 (props.len ? REC_PUB_PROPS : 0),
 		.conn = conn,
 		.topic = { pub->topic.p, pub->topic.len },
 		.payload = { pub->payload, pub->payload_len },
+		.props = props,
 		.ask = ask,
 	};
 	uint32_t len = (uint32_t)rec_publish_size(&x);
@@ -208,7 +211,8 @@ static void send_inflight(struct worker *w, struct conn *c, const struct infligh
 	const struct qmsg *m = f->msg;
 
 	send_publish(w, c, dup, f->qos, m->retain, m->data, m->topic_len, f->packet_id,
-		     m->data + m->topic_len, m->payload_len);
+		     m->data + m->topic_len, m->payload_len,
+		     (struct rec_bytes){ m->data + m->topic_len + m->payload_len, m->props_len });
 	if (!dup)
 		report_state(w, c, f->copy, f->packet_id, MSG_INFLIGHT);
 }
@@ -263,6 +267,7 @@ void pending_pump(struct worker *w, struct conn *c)
 struct delivery {
 	struct rec_str topic;
 	struct rec_bytes payload;
+	struct rec_bytes props;
 	uint8_t retain;
 	struct qmsg *m;
 };
@@ -271,7 +276,7 @@ struct delivery {
 static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uint8_t qos,
 		       uint64_t copy)
 {
-	if (!publish_fits(w, c, d->topic.len, d->payload.len, qos)) {
+	if (!publish_fits(w, c, d->topic.len, d->payload.len, d->props, qos)) {
 		too_big(w, c, copy);
 		return;
 	}
@@ -284,12 +289,12 @@ static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uin
 			return;
 		}
 		send_publish(w, c, false, 0, d->retain, d->topic.p, d->topic.len, 0, d->payload.p,
-			     d->payload.len);
+			     d->payload.len, d->props);
 		return;
 	}
 	if (d->m == NULL &&
 	    (d->m = qmsg_new(d->topic.p, d->topic.len, d->payload.p, d->payload.len,
-			     d->retain)) == NULL) {
+			     d->props.p, d->props.len, d->retain)) == NULL) {
 		log_error("out of memory for a QoS %u delivery; dropped", qos);
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
@@ -439,7 +444,8 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 	if (rec_deliver_decode(&x, p, len) < 0)
 		return -1;
 	/* x.qos, the publisher's, is not needed: each target's says what to send. */
-	d = (struct delivery){ .topic = x.topic, .payload = x.payload, .retain = x.retain };
+	d = (struct delivery){ .topic = x.topic, .payload = x.payload, .props = x.props,
+			       .retain = x.retain };
 	while (rec_deliver_next(&x.targets, &t)) {
 		struct conn *c = conn_lookup(w, t.conn);
 
@@ -507,21 +513,22 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 		       x.payload);
 		return 0;
 	}
-	if (x.state != MSG_PUBREL && !publish_fits(w, c, x.topic.len, x.payload.len, x.qos)) {
+	if (x.state != MSG_PUBREL &&
+	    !publish_fits(w, c, x.topic.len, x.payload.len, (struct rec_bytes){ 0 }, x.qos)) {
 		too_big(w, c, x.copy);
 		return 0;
 	}
 	if (x.qos == 0) {
 		/* Queued offline (queue_qos0_messages): sent once, nothing to keep. */
 		send_publish(w, c, false, 0, x.retain, x.topic.p, x.topic.len, 0, x.payload.p,
-			     x.payload.len);
+			     x.payload.len, (struct rec_bytes){ 0 });
 		return 0;
 	}
 	if (x.state == MSG_PUBREL) {
 		resend_pubrel(w, c, x.packet_id, x.copy);
 		return 0;
 	}
-	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, x.retain);
+	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, NULL, 0, x.retain);
 	if (m == NULL) {
 		log_error("out of memory resending a stored message; dropped");
 		report_state(w, c, x.copy, 0, MSG_DONE);

@@ -34,7 +34,8 @@ struct qmsg {
 	uint16_t topic_len;
 	uint8_t retain;
 	uint32_t payload_len;
-	uint8_t data[];              /* topic, then payload */
+	uint32_t props_len;          /* an MQTT 5 message's properties (rec.h, REC_PUB_PROPS); 0: none */
+	uint8_t data[];              /* topic, then payload, then properties */
 };
 
 /* copy: the router's id for its copy of the message (persistent sessions), or 0. */
@@ -83,13 +84,13 @@ extern bool heap_trim_wanted;
 
 /* A message with no reference yet; NULL when out of memory. */
 struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
-		      uint32_t plen, bool retain);
+		      uint32_t plen, const uint8_t *props, uint32_t props_len, bool retain);
 void qmsg_unref(struct qmsg *m);
 
 /* What a message costs each connection holding it, against its byte limits. */
 static inline size_t qmsg_bytes(const struct qmsg *m)
 {
-	return (size_t)m->topic_len + m->payload_len;
+	return (size_t)m->topic_len + m->payload_len + m->props_len;
 }
 
 /* Entry i of the queue, 0 the oldest. */

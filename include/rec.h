@@ -310,13 +310,21 @@ void rec_unsubscribe_end(struct recw *w, size_t count_off, uint16_t n);
  */
 #define REC_PUB_RETAIN 0x01
 #define REC_PUB_ASK 0x02
+#define REC_PUB_PROPS 0x04
 
+/*
+ * props (REC_PUB_PROPS): an MQTT 5 message's properties that go to its
+ * MQTT 5 receivers (payload format, content type, response topic,
+ * correlation data, user properties, in order), as a property block with
+ * its length field; the router checks it holds nothing else.
+ */
 struct rec_publish {
 	uint8_t qos;
 	uint8_t flags;               /* REC_PUB_* */
 	uint64_t conn;
 	struct rec_str topic;
 	struct rec_bytes payload;
+	struct rec_bytes props;      /* on the wire only with REC_PUB_PROPS (else empty when decoded) */
 	uint64_t ask;                /* on the wire only with REC_PUB_ASK (else 0 when decoded) */
 };
 
@@ -333,6 +341,12 @@ static inline int rec_publish_decode(struct rec_publish *x, const void *p, size_
 	x->conn = recr_u64(&r);
 	recr_str(&r, &x->topic.p, &x->topic.len);
 	recr_bytes(&r, &x->payload.p, &x->payload.len);
+	x->props = (struct rec_bytes){ 0 };
+	/* Present means not empty: a record has one encoding. */
+	if (x->flags & REC_PUB_PROPS) {
+		recr_bytes(&r, &x->props.p, &x->props.len);
+		r.err |= x->props.len == 0;
+	}
 	x->ask = x->flags & REC_PUB_ASK ? recr_u64(&r) : 0;
 	return recr_end(&r);
 }
@@ -340,6 +354,7 @@ static inline int rec_publish_decode(struct rec_publish *x, const void *p, size_
 static inline size_t rec_publish_size(const struct rec_publish *x)
 {
 	return REC_PUBLISH_FIXED_BYTES + x->topic.len + (size_t)x->payload.len +
+	       (x->flags & REC_PUB_PROPS ? sizeof(uint32_t) + (size_t)x->props.len : 0) +
 	       (x->flags & REC_PUB_ASK ? REC_PUBLISH_ASK_BYTES : 0);
 }
 
@@ -353,6 +368,10 @@ static inline void rec_publish_put(uint8_t *dst, const struct rec_publish *x)
 	dst = rec_put_mem(dst, x->topic.p, x->topic.len);
 	dst = rec_put_u32(dst, x->payload.len);
 	dst = rec_put_mem(dst, x->payload.p, x->payload.len);
+	if (x->flags & REC_PUB_PROPS) {
+		dst = rec_put_u32(dst, x->props.len);
+		dst = rec_put_mem(dst, x->props.p, x->props.len);
+	}
 	if (x->flags & REC_PUB_ASK)
 		rec_put_u64(dst, x->ask);
 }
@@ -495,15 +514,19 @@ size_t rec_unsuback_begin(struct recw *w, const struct rec_unsuback *x);
  * is min(publish, granted). retain 1 only for retained messages sent on
  * subscribe. A target with a copy: the router keeps a copy of the message
  * for this persistent session until the worker reports MSG_DONE, named
- * by that copy id.
+ * by that copy id. props: as REC_PUBLISH's, on the wire (after retain,
+ * which then has REC_DELIVER_PROPS set) only when not empty.
  */
 struct rec_deliver {
 	uint8_t qos;
 	struct rec_str topic;
 	struct rec_bytes payload;
-	uint8_t retain;
+	uint8_t retain;              /* 0 or 1 */
+	struct rec_bytes props;
 	struct rec_iter targets;     /* u32 count, then each: struct rec_target */
 };
+
+#define REC_DELIVER_PROPS 0x02
 
 /* On the wire: u64 conn, u32 sid, u8 qos | REC_TARGET_COPY if copy != 0, then u64 copy if so. */
 #define REC_TARGET_COPY 0x80
@@ -529,6 +552,14 @@ static inline int rec_deliver_decode(struct rec_deliver *x, const void *p, size_
 	recr_str(&r, &x->topic.p, &x->topic.len);
 	recr_bytes(&r, &x->payload.p, &x->payload.len);
 	x->retain = recr_u8(&r);
+	x->props = (struct rec_bytes){ 0 };
+	if (x->retain & REC_DELIVER_PROPS) {
+		recr_bytes(&r, &x->props.p, &x->props.len);
+		r.err |= x->props.len == 0;
+	}
+	if (x->retain & ~(1 | REC_DELIVER_PROPS))
+		r.err = true;
+	x->retain &= 1;
 	x->targets.n = recr_u32(&r);
 	x->targets.p = r.p;
 	for (uint32_t i = 0; i < x->targets.n && !r.err; i++) {
@@ -563,7 +594,8 @@ static inline bool rec_deliver_next(struct rec_iter *it, struct rec_target *t)
 /* The head's bytes: all but the targets. */
 static inline size_t rec_deliver_head_size(const struct rec_deliver *x)
 {
-	return REC_DELIVER_FIXED_BYTES + x->topic.len + (size_t)x->payload.len;
+	return REC_DELIVER_FIXED_BYTES + x->topic.len + (size_t)x->payload.len +
+	       (x->props.len ? sizeof(uint32_t) + (size_t)x->props.len : 0);
 }
 
 static inline size_t rec_target_size(const struct rec_target *t)
@@ -584,7 +616,12 @@ static inline size_t rec_deliver_begin(struct recw *w, const struct rec_deliver 
 		dst = rec_put_mem(dst, x->topic.p, x->topic.len);
 		dst = rec_put_u32(dst, x->payload.len);
 		dst = rec_put_mem(dst, x->payload.p, x->payload.len);
-		dst = rec_put_u8(dst, x->retain);
+		dst = rec_put_u8(dst, (uint8_t)((x->retain & 1) |
+						(x->props.len ? REC_DELIVER_PROPS : 0)));
+		if (x->props.len) {
+			dst = rec_put_u32(dst, x->props.len);
+			dst = rec_put_mem(dst, x->props.p, x->props.len);
+		}
 		rec_put_u32(dst, 0);
 	}
 	return size - sizeof(uint32_t);

@@ -7,7 +7,10 @@ codes of both sides."""
 import pytest
 
 import mqttraw as m
-from helpers import CliPub, CliSub, raw, uid
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from helpers import CliPub, CliSub, raw, raw_on, uid
 
 
 def raw5(target, cid=None, props=(), expect_reason=0, tag="v5", **kw):
@@ -145,6 +148,67 @@ def test_retained_message_reaches_a_v5_subscriber(broker, clients):
     assert subscribe5(s, [("ret5/#", 1)]) == [1]
     got = m.v5(s.recv_publish())
     assert (got.topic, got.payload, got.retain, got.props) == ("ret5/a", b"kept", True, [])
+
+
+APP_PROPS = [(m.P_PAYLOAD_FORMAT, 1), (m.P_USER_PROPERTY, (b"k", b"v1")),
+             (m.P_CONTENT_TYPE, b"text/plain"), (m.P_USER_PROPERTY, (b"a", b"v2")),
+             (m.P_RESPONSE_TOPIC, b"reply/here"), (m.P_CORRELATION_DATA, b"\x00\x01corr"),
+             (m.P_USER_PROPERTY, (b"k", b"v3"))]
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_message_properties_reach_v5_subscribers_in_order(broker, clients, qos):
+    s5 = clients.own(raw5(broker, tag="ps5"))
+    assert subscribe5(s5, [("props/#", qos)]) == [qos]
+    s3 = clients.own(raw(broker, tag="ps3"))
+    s3.subscribe([("props/#", qos)])
+    p = clients.own(raw_on(broker, avoid=broker.worker_of(s5),
+                           make=lambda: raw5(broker, tag="pp5")))
+    # What the broker rewrites does not travel: the topic alias stays with the publisher.
+    p.send(m.publish_v5("props/t", "hello", qos=qos, pid=7,
+                        props=APP_PROPS + [(m.P_TOPIC_ALIAS, 1)]))
+    if qos == 1:
+        p.expect(m.PUBACK, pid=7)
+    got = m.v5(s5.recv_publish())
+    assert (got.topic, got.payload, got.props) == ("props/t", b"hello", APP_PROPS)
+    plain = s3.recv_publish()
+    assert (plain.topic, plain.payload) == ("props/t", b"hello")   # 3.1.1: no properties
+
+
+def test_paho_v5_user_properties_and_response_topic(broker, clients):
+    sub = clients.paho(broker.port, uid("pps"), v5=True)
+    pub = clients.paho(broker.port, uid("ppp"), v5=True)
+    sub.connect()
+    pub.connect()
+    assert sub.subscribe("pprops/t", 1) == [1]
+    props = Properties(PacketTypes.PUBLISH)
+    props.UserProperty = [("first", "1"), ("second", "2")]
+    props.ResponseTopic = "pprops/reply"
+    props.CorrelationData = b"id-42"
+    props.ContentType = "application/json"
+    pub.publish("pprops/t", "{}", 1, properties=props)
+    msg = sub.wait_messages(1)[0]
+    assert msg.properties.UserProperty == [("first", "1"), ("second", "2")]
+    assert msg.properties.ResponseTopic == "pprops/reply"
+    assert msg.properties.CorrelationData == b"id-42"
+    assert msg.properties.ContentType == "application/json"
+
+
+def test_mosquitto_sub_v5_prints_user_properties(broker):
+    sub = CliSub(broker.port, "mprops/t", 1, uid("mps"),
+                 extra=("-V", "mqttv5", "-F", "MSG %q %r %t %p %P"))
+    pub = None
+    try:
+        sub.wait_subscribed()
+        pub = CliPub(broker.port, "mprops/t", 1, uid("mpp"),
+                     extra=("-V", "mqttv5", "-D", "publish", "user-property", "key", "val"))
+        pub.send_line("x")
+        pub.finish()
+        sub.wait_line(r"^MSG 1 0 mprops/t x key:val$", 10, "the message with its user property")
+    finally:
+        sub.stop()
+        if pub:
+            pub.stop()
 
 
 # ------------------------------------------------------------ acknowledgements

@@ -92,7 +92,7 @@ static int setup(void **state)
 static struct qmsg *msg(uint32_t n)
 {
 	static uint8_t payload[1 << 16];
-	struct qmsg *m = qmsg_new((const uint8_t *)"t", 1, payload, n, false);
+	struct qmsg *m = qmsg_new((const uint8_t *)"t", 1, payload, n, NULL, 0, false);
 
 	assert_non_null(m);
 	m->refs = 1;
@@ -605,7 +605,7 @@ static void out_of_memory_refuses_and_leaves_nothing_behind(void **state)
 	uint16_t next = 0;
 
 	fail_allocs(0, 1);
-	assert_null(qmsg_new((const uint8_t *)"t", 1, NULL, 0, false));
+	assert_null(qmsg_new((const uint8_t *)"t", 1, NULL, 0, NULL, 0, false));
 	/* No state: refused, nothing held. */
 	fail_allocs(0, 1);
 	assert_int_equal(offer(&q, &next, m, 1, 0, NULL), QOS_NOMEM);
@@ -674,7 +674,7 @@ static void a_queue_that_cannot_grow_refuses_and_keeps_what_it_holds(void **stat
 static void a_message_shared_by_connections_lives_until_the_last_lets_go(void **state)
 {
 	struct conn_qos *a = NULL, *b = NULL;
-	struct qmsg *m = qmsg_new((const uint8_t *)"a/b", 3, (const uint8_t *)"xyz", 3, true);
+	struct qmsg *m = qmsg_new((const uint8_t *)"a/b", 3, (const uint8_t *)"xyz", 3, NULL, 0, true);
 	uint16_t na = 0, nb = 0, pa, pb;
 	uint64_t copy;
 

@@ -410,6 +410,61 @@ static void test_publish_ask_only_with_its_flag(void **state)
 	recw_free(&w);
 }
 
+/* A message's properties travel with REC_PUB_PROPS and in a REC_DELIVER head; present means not empty. */
+static void test_publish_and_deliver_carry_props(void **state)
+{
+	static const uint8_t block[] = { 0x03, 0x01, 0x01, 0x17 };   /* not checked here */
+	struct rec_publish x = {
+		.qos = 1, .flags = REC_PUB_PROPS | REC_PUB_ASK, .topic = STR("t"),
+		.payload = BYTES("p"), .props = { block, sizeof(block) }, .ask = 5,
+	};
+	struct rec_deliver dx = {
+		.qos = 1, .topic = STR("t"), .payload = BYTES("p"), .retain = 1,
+		.props = { block, sizeof(block) },
+	};
+	struct rec_publish d;
+	struct rec_deliver dd;
+	struct rec_target t = { 0 };
+	struct recw w;
+	size_t off;
+
+	recw_init(&w);
+	rec_publish_encode(&w, &x);
+	assert_int_equal(w.len, REC_PUBLISH_FIXED_BYTES + 2 + 4 + sizeof(block) +
+			 REC_PUBLISH_ASK_BYTES);
+	assert_int_equal(rec_publish_size(&x), w.len);
+	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), 0);
+	assert_int_equal(d.props.len, sizeof(block));
+	assert_memory_equal(d.props.p, block, sizeof(block));
+	assert_true(d.ask == 5);
+	assert_whole_only(REC_PUBLISH, w.buf, w.len);
+
+	/* The flag with an empty block is refused. */
+	x.props.len = 0;
+	rec_publish_encode(&w, &x);
+	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), -1);
+
+	off = rec_deliver_begin(&w, &dx);
+	rec_deliver_add(&w, &(struct rec_target){ .conn = 1, .sid = 2, .qos = 1 });
+	rec_deliver_end(&w, off, 1);
+	assert_int_equal(rec_deliver_decode(&dd, w.buf, w.len), 0);
+	assert_int_equal(dd.retain, 1);
+	assert_int_equal(dd.props.len, sizeof(block));
+	assert_memory_equal(dd.props.p, block, sizeof(block));
+	assert_true(rec_deliver_next(&dd.targets, &t));
+	assert_true(t.conn == 1 && t.sid == 2);
+	assert_whole_only(REC_DELIVER, w.buf, w.len);
+
+	/* Without properties the head is as it was. */
+	dx.props.len = 0;
+	off = rec_deliver_begin(&w, &dx);
+	rec_deliver_end(&w, off, 0);
+	assert_int_equal(w.len, REC_DELIVER_FIXED_BYTES + 2);
+	assert_int_equal(rec_deliver_decode(&dd, w.buf, w.len), 0);
+	assert_int_equal(dd.props.len, 0);
+	recw_free(&w);
+}
+
 static void test_deliver_layout(void **state)
 {
 	static const uint8_t wire[] = {
@@ -963,6 +1018,7 @@ int main(void)
 		cmocka_unit_test(test_type_names_cover_every_type),
 		cmocka_unit_test(test_publish_layout),
 		cmocka_unit_test(test_publish_ask_only_with_its_flag),
+		cmocka_unit_test(test_publish_and_deliver_carry_props),
 		cmocka_unit_test(test_deliver_layout),
 		cmocka_unit_test(test_connect_layout),
 		cmocka_unit_test(test_subscribe_round_trip),

@@ -977,6 +977,49 @@ static void live_publish_with_retain_is_delivered_without_retain(void **state)
 	assert_int_equal(d.retain, 0);
 }
 
+/* A PUBLISH with an MQTT 5 property block: the block, the router's check of it. */
+static int send_publish_props(struct fx *f, const uint8_t *block, uint32_t len)
+{
+	const struct rec_publish x = {
+		.qos = 1, .flags = REC_PUB_PROPS, .topic = str("a"), .payload = bytes("x"),
+		.props = { block, len },
+	};
+	struct recw w;
+
+	recw_init(&w);
+	rec_publish_encode(&w, &x);
+	return handle(f, 1, REC_PUBLISH, &w);
+}
+
+static void message_properties_go_with_live_deliveries_once_checked(void **state)
+{
+	/* user property k=v, content type "c" */
+	static const uint8_t good[] = { 0x0b, 0x26, 0, 1, 'k', 0, 1, 'v', 0x03, 0, 1, 'c' };
+	static const uint8_t alias[] = { 0x03, 0x23, 0, 1 };          /* a topic alias */
+	static const uint8_t expiry[] = { 0x05, 0x02, 0, 0, 0, 9 };   /* a message expiry */
+	static const uint8_t short_len[] = { 0x05, 0x03, 0, 1, 'c' }; /* length past the end */
+	static const uint8_t extra[] = { 0x01, 0x01, 0x01, 0x00 };    /* a byte after the block */
+	static const uint8_t subscribe_only[] = { 0x02, 0x0b, 0x01 }; /* a subscription id */
+	struct fx *f = *state;
+	struct rec_deliver x;
+
+	connect_ok(f, C(0, 1), true, "dev", NULL);
+	subscribe_ok(f, C(0, 1), "a", 1);
+	assert_int_equal(send_publish_props(f, good, sizeof(good)), 0);
+	assert_int_equal(f->n, 1);
+	DECODE_CAPTURED(&f->caps[0], REC_DELIVER, rec_deliver_decode, &x);
+	assert_int_equal(x.props.len, sizeof(good));
+	assert_memory_equal(x.props.p, good, sizeof(good));
+	fx_clear(f);
+
+	assert_int_equal(send_publish_props(f, alias, sizeof(alias)), -1);
+	assert_int_equal(send_publish_props(f, expiry, sizeof(expiry)), -1);
+	assert_int_equal(send_publish_props(f, short_len, sizeof(short_len)), -1);
+	assert_int_equal(send_publish_props(f, extra, sizeof(extra)), -1);
+	assert_int_equal(send_publish_props(f, subscribe_only, sizeof(subscribe_only)), -1);
+	assert_int_equal(f->n, 0);
+}
+
 static void overlapping_subscriptions_give_one_copy_at_highest_qos(void **state)
 {
 	struct fx *f = *state;
@@ -4358,6 +4401,7 @@ int main(void)
 		T(subscribe_acks_first_then_sends_matching_retained),
 		T(retained_message_is_cleared_by_empty_payload),
 		T(live_publish_with_retain_is_delivered_without_retain),
+		T(message_properties_go_with_live_deliveries_once_checked),
 		T(retained_walk_resumes_as_the_ring_takes_them),
 		T(retained_walk_meets_changes_and_live_publishes_once),
 		T(retained_walk_ends_with_its_subscription_connection_or_session),
