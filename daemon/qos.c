@@ -25,6 +25,7 @@ struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payloa
 	m->retain = retain;
 	m->payload_len = plen;
 	m->props_len = props_len;
+	m->expires_at = 0;
 	memcpy(m->data, topic, tlen);
 	if (plen)
 		memcpy(m->data + tlen, payload, plen);

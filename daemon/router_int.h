@@ -343,9 +343,10 @@ struct router_msg {
 	uint16_t topic_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
-	/* An MQTT 5 message's properties (rec.h, REC_PUB_PROPS): live deliveries only, so far. */
+	/* An MQTT 5 message's properties and expiry (rec.h, REC_PUB_*): live deliveries only, so far. */
 	const uint8_t *props;
 	uint32_t props_len;
+	uint64_t expires_at;         /* ms since the epoch; 0: never */
 };
 
 /* ---- small helpers every file uses ------------------------------------- */

@@ -285,6 +285,7 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 		.payload = { m->payload, m->payload_len },
 		.retain = 0,
 		.props = { m->props, m->props_len },
+		.expires_at = m->expires_at,
 	};
 	struct msg_body *body = NULL;    /* held once by every queue the message enters */
 	struct session *const *targets;

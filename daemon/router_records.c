@@ -236,7 +236,7 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 	struct router_msg m;
 
 	if (rec_publish_decode(&x, p, len) || x.qos > 2 ||
-	    (x.flags & ~(REC_PUB_RETAIN | REC_PUB_ASK | REC_PUB_PROPS)) ||
+	    (x.flags & ~(REC_PUB_RETAIN | REC_PUB_ASK | REC_PUB_PROPS | REC_PUB_EXPIRY)) ||
 	    !router_props_valid(&x.props))
 		return ROUTER_BAD;
 	m = (struct router_msg){
@@ -248,6 +248,7 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 		.payload_len = x.payload.len,
 		.props = x.props.p,
 		.props_len = x.props.len,
+		.expires_at = x.expires_at,
 	};
 	if (!topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;

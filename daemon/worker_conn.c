@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -143,38 +144,60 @@ void send_ack5(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t i
  * Would a PUBLISH of this topic and payload pass the client's maximum
  * packet size? An MQTT 5 client is not sent one that does not [MQTT-3.1.2-25].
  */
-/*
- * A message's property block (rec.h: with its length field, which the
- * router checked) as the encoders take it; NULL for an empty one.
- */
-static const struct mqtt5_out *props_out(struct mqtt5_out *o, struct rec_bytes props)
+uint64_t wall_clock_ms(void)
 {
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* What an MQTT 5 PUBLISH carries of x5, built in o (own: room for the expiry); NULL: nothing. */
+struct v5_out {
+	struct mqtt5_out o;
+	struct mqtt5_props fwd;
+	uint8_t own[8];
+};
+
+static const struct mqtt5_out *msg_out(struct v5_out *out, struct msg_v5 x5)
+{
+	struct mqtt5_pbuf b;
 	uint32_t hdr = 0;
 
-	if (props.len == 0)
+	if (x5.props.len == 0 && x5.expires_at == 0)
 		return NULL;
-	while (hdr < props.len && (props.p[hdr++] & 0x80))
+	mqtt5_pbuf_init(&b, out->own, sizeof(out->own));
+	if (x5.expires_at) {
+		uint64_t now = wall_clock_ms();
+		/* What is left, rounded up: one that expired on its way still says 1 s. */
+		uint64_t left = x5.expires_at > now ? (x5.expires_at - now + 999) / 1000 : 1;
+
+		mqtt5_pbuf_num(&b, MQTT5_PROP_MESSAGE_EXPIRY, (uint32_t)MIN(left, UINT32_MAX));
+	}
+	/* The block after its length field (which the router checked): forwarded as it is. */
+	while (hdr < x5.props.len && (x5.props.p[hdr++] & 0x80))
 		;
-	mqtt5_out_init(o, props.p + hdr, props.len - hdr, NULL, 0);
-	return o;
+	out->fwd = (struct mqtt5_props){ .raw = x5.props.p + hdr, .raw_len = x5.props.len - hdr };
+	mqtt5_out_init(&out->o, b.p, b.len, &out->fwd, 0);
+	return &out->o;
 }
 
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
-		  struct rec_bytes props, uint8_t qos)
+		  struct msg_v5 x5, uint8_t qos)
 {
 	const struct conn_v5 *v = CONN_V5(w, c);
-	struct mqtt5_out o;
+	struct v5_out o;
 
 	return v == NULL || v->max_packet == 0 ||
-	       mqtt5_publish_size(tlen, plen, qos, props_out(&o, props)) <= v->max_packet;
+	       mqtt5_publish_size(tlen, plen, qos, msg_out(&o, x5)) <= v->max_packet;
 }
 
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
 		  const uint8_t *topic, size_t tlen, uint16_t pid,
-		  const uint8_t *payload, size_t plen, struct rec_bytes props)
+		  const uint8_t *payload, size_t plen, struct msg_v5 x5)
 {
-	struct mqtt5_out o;
-	const struct mqtt5_out *po = c->v5 ? props_out(&o, props) : NULL;
+	struct v5_out o;
+	const struct mqtt5_out *po = c->v5 ? msg_out(&o, x5) : NULL;
 	size_t n = c->v5 ? mqtt5_publish_size(tlen, plen, qos, po) :
 			   mqtt_publish_size(tlen, plen, qos);
 	uint8_t *p;

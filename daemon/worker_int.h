@@ -191,12 +191,22 @@ void send_connack5(struct worker *w, struct conn *c, bool sp, uint8_t reason,
 		   const struct mqtt5_out *props);
 void send_ack5(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id,
 	       uint8_t reason);
+/*
+ * What an MQTT 5 message carries besides its topic and payload (rec.h,
+ * REC_PUB_PROPS, REC_PUB_EXPIRY): sent to MQTT 5 clients alone, the expiry
+ * as the interval left.
+ */
+struct msg_v5 {
+	struct rec_bytes props;
+	uint64_t expires_at;
+};
+
+uint64_t wall_clock_ms(void);
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
-		  struct rec_bytes props, uint8_t qos);
-/* props: an MQTT 5 message's properties (rec.h, REC_PUB_PROPS), sent to MQTT 5 clients alone. */
+		  struct msg_v5 x5, uint8_t qos);
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
 		  const uint8_t *topic, size_t tlen, uint16_t pid,
-		  const uint8_t *payload, size_t plen, struct rec_bytes props);
+		  const uint8_t *payload, size_t plen, struct msg_v5 x5);
 bool out_drained(struct worker *w, struct conn *c);
 void conn_set_rules(struct worker *w, struct conn *c, struct acl_client *view);
 bool conn_flush(struct worker *w, struct conn *c);
@@ -243,7 +253,7 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 /* worker_records.c */
 void push_recw(struct worker *w, uint16_t type);
 void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask,
-		  struct rec_bytes props);
+		  struct msg_v5 x5);
 void push_close(struct worker *w, struct conn *c, bool publish_will);
 void report_state(struct worker *w, const struct conn *c, uint64_t copy, uint16_t pid,
 		  uint8_t state);

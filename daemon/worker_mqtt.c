@@ -32,11 +32,11 @@
  * protocol wants; the router would refuse it too).
  */
 static void route_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub,
-			  struct rec_bytes props)
+			  struct msg_v5 x5)
 {
 	uint64_t gen = atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire);
-	/* A local route delivers no properties: a message with some goes to the router. */
-	bool to_router = pub->retain || props.len > 0;
+	/* A local route delivers no properties nor expiry: a message with them goes to the router. */
+	bool to_router = pub->retain || x5.props.len > 0 || x5.expires_at > 0;
 	const struct route *rt;
 	uint64_t ask;
 
@@ -55,10 +55,10 @@ static void route_publish(struct worker *w, struct conn *c, const struct mqtt_pu
 		deliver_local(w, rt, pub);
 		break;
 	case ROUTE_SEND:
-		push_publish(w, c->id, pub, 0, props);
+		push_publish(w, c->id, pub, 0, x5);
 		break;
 	case ROUTE_SEND_ASK:
-		push_publish(w, c->id, pub, ask, props);
+		push_publish(w, c->id, pub, ask, x5);
 		break;
 	}
 }
@@ -206,7 +206,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 {
 	struct mqtt_publish v5pub;
 	const struct mqtt_publish *pub = in;
-	struct rec_bytes props = { 0 };
+	struct msg_v5 x5 = { 0 };
 	uint8_t reason;
 
 	if (p5 != NULL) {
@@ -216,10 +216,12 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 			return PKT_CLOSED;
 		if (reason != MQTT5_RC_SUCCESS)
 			return publish_refuse(w, c, pub, reason);
-		if (!publish_props(w, &p5->props, &props)) {
+		if (!publish_props(w, &p5->props, &x5.props)) {
 			conn_disconnect(w, c, MQTT5_RC_UNSPECIFIED_ERROR, true, "out of memory");
 			return PKT_CLOSED;
 		}
+		if (mqtt5_props_has(&p5->props, MQTT5_PROP_MESSAGE_EXPIRY))
+			x5.expires_at = wall_clock_ms() + (uint64_t)p5->props.message_expiry * 1000;
 	} else if (!topic_valid(w, pub->topic)) {
 		conn_close(w, c, true, "invalid topic name in PUBLISH");
 		return PKT_CLOSED;
@@ -227,7 +229,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 	w->msgs_in++;
 	switch (pub->qos) {
 	case 0:
-		route_publish(w, c, pub, props);
+		route_publish(w, c, pub, x5);
 		break;
 	case 1:
 		/*
@@ -236,13 +238,13 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 		 * is not kept waiting behind a write to the publisher.
 		 */
 		send_ack(w, c, MQTT_PUBACK, pub->packet_id);
-		route_publish(w, c, pub, props);
+		route_publish(w, c, pub, x5);
 		break;
 	case 2:
 		switch (qos_in_receive(&c->qos, w->cfg, pub->packet_id)) {
 		case QOS_IN_NEW:
 			report_qos2_in(w, c, pub->packet_id, true);
-			route_publish(w, c, pub, props);
+			route_publish(w, c, pub, x5);
 			break;
 		case QOS_IN_HELD:        /* exactly once: not routed again */
 			break;

@@ -44,16 +44,17 @@ void ring_commit(struct worker *w)
 
 /* conn: the publisher's; ask: 0, or the route request this message carries (routes.h). */
 void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask,
-		  struct rec_bytes props)
+		  struct msg_v5 x5)
 {
 	struct rec_publish x = {
 		.qos = pub->qos,
 		.flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0) |
-			 (props.len ? REC_PUB_PROPS : 0),
+			 (x5.props.len ? REC_PUB_PROPS : 0) | (x5.expires_at ? REC_PUB_EXPIRY : 0),
 		.conn = conn,
 		.topic = { pub->topic.p, pub->topic.len },
 		.payload = { pub->payload, pub->payload_len },
-		.props = props,
+		.props = x5.props,
+		.expires_at = x5.expires_at,
 		.ask = ask,
 	};
 	uint32_t len = (uint32_t)rec_publish_size(&x);
@@ -211,8 +212,8 @@ static void send_inflight(struct worker *w, struct conn *c, const struct infligh
 	const struct qmsg *m = f->msg;
 
 	send_publish(w, c, dup, f->qos, m->retain, m->data, m->topic_len, f->packet_id,
-		     m->data + m->topic_len, m->payload_len,
-		     (struct rec_bytes){ m->data + m->topic_len + m->payload_len, m->props_len });
+		     m->data + m->topic_len, m->payload_len, (struct msg_v5){
+			     { m->data + m->topic_len + m->payload_len, m->props_len }, m->expires_at });
 	if (!dup)
 		report_state(w, c, f->copy, f->packet_id, MSG_INFLIGHT);
 }
@@ -267,7 +268,7 @@ void pending_pump(struct worker *w, struct conn *c)
 struct delivery {
 	struct rec_str topic;
 	struct rec_bytes payload;
-	struct rec_bytes props;
+	struct msg_v5 x5;
 	uint8_t retain;
 	struct qmsg *m;
 };
@@ -276,7 +277,11 @@ struct delivery {
 static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uint8_t qos,
 		       uint64_t copy)
 {
-	if (!publish_fits(w, c, d->topic.len, d->payload.len, d->props, qos)) {
+	if (d->x5.expires_at && d->x5.expires_at <= wall_clock_ms()) {
+		report_state(w, c, copy, 0, MSG_DONE);   /* its message expiry passed: not sent */
+		return;
+	}
+	if (!publish_fits(w, c, d->topic.len, d->payload.len, d->x5, qos)) {
 		too_big(w, c, copy);
 		return;
 	}
@@ -289,16 +294,17 @@ static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uin
 			return;
 		}
 		send_publish(w, c, false, 0, d->retain, d->topic.p, d->topic.len, 0, d->payload.p,
-			     d->payload.len, d->props);
+			     d->payload.len, d->x5);
 		return;
 	}
 	if (d->m == NULL &&
 	    (d->m = qmsg_new(d->topic.p, d->topic.len, d->payload.p, d->payload.len,
-			     d->props.p, d->props.len, d->retain)) == NULL) {
+			     d->x5.props.p, d->x5.props.len, d->retain)) == NULL) {
 		log_error("out of memory for a QoS %u delivery; dropped", qos);
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
+	d->m->expires_at = d->x5.expires_at;
 	deliver_qos(w, c, d->m, qos > 2 ? 2 : qos, copy);
 }
 
@@ -444,8 +450,8 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 	if (rec_deliver_decode(&x, p, len) < 0)
 		return -1;
 	/* x.qos, the publisher's, is not needed: each target's says what to send. */
-	d = (struct delivery){ .topic = x.topic, .payload = x.payload, .props = x.props,
-			       .retain = x.retain };
+	d = (struct delivery){ .topic = x.topic, .payload = x.payload,
+			       .x5 = { x.props, x.expires_at }, .retain = x.retain };
 	while (rec_deliver_next(&x.targets, &t)) {
 		struct conn *c = conn_lookup(w, t.conn);
 
@@ -514,14 +520,14 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 		return 0;
 	}
 	if (x.state != MSG_PUBREL &&
-	    !publish_fits(w, c, x.topic.len, x.payload.len, (struct rec_bytes){ 0 }, x.qos)) {
+	    !publish_fits(w, c, x.topic.len, x.payload.len, (struct msg_v5){ 0 }, x.qos)) {
 		too_big(w, c, x.copy);
 		return 0;
 	}
 	if (x.qos == 0) {
 		/* Queued offline (queue_qos0_messages): sent once, nothing to keep. */
 		send_publish(w, c, false, 0, x.retain, x.topic.p, x.topic.len, 0, x.payload.p,
-			     x.payload.len, (struct rec_bytes){ 0 });
+			     x.payload.len, (struct msg_v5){ 0 });
 		return 0;
 	}
 	if (x.state == MSG_PUBREL) {

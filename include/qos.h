@@ -35,6 +35,7 @@ struct qmsg {
 	uint8_t retain;
 	uint32_t payload_len;
 	uint32_t props_len;          /* an MQTT 5 message's properties (rec.h, REC_PUB_PROPS); 0: none */
+	uint64_t expires_at;         /* its message expiry, ms since the epoch (rec.h); 0: none */
 	uint8_t data[];              /* topic, then payload, then properties */
 };
 

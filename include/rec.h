@@ -302,6 +302,24 @@ void rec_unsubscribe_add(struct recw *w, struct rec_str filter);
 void rec_unsubscribe_end(struct recw *w, size_t count_off, uint16_t n);
 
 /*
+ * A message's MQTT 5 properties and expiry, on the wire only when its
+ * flags say so (REC_PUB_PROPS / REC_PUB_EXPIRY, REC_DELIVER_PROPS /
+ * REC_DELIVER_EXPIRY); there, never empty or 0, so that a record has one
+ * encoding.
+ */
+static inline void recr_msg_v5(struct recr *r, bool has_props, bool has_expiry,
+			       struct rec_bytes *props, uint64_t *expires_at)
+{
+	*props = (struct rec_bytes){ 0 };
+	if (has_props) {
+		recr_bytes(r, &props->p, &props->len);
+		r->err |= props->len == 0;
+	}
+	*expires_at = has_expiry ? recr_u64(r) : 0;
+	r->err |= has_expiry && *expires_at == 0;
+}
+
+/*
  * REC_PUBLISH: a client's PUBLISH, to be routed; qos is the publisher's,
  * whose PUBACK/PUBREC the worker sent or will send; conn the publisher's
  * connection, whose session the router checks the ACL's write rule
@@ -311,12 +329,14 @@ void rec_unsubscribe_end(struct recw *w, size_t count_off, uint16_t n);
 #define REC_PUB_RETAIN 0x01
 #define REC_PUB_ASK 0x02
 #define REC_PUB_PROPS 0x04
+#define REC_PUB_EXPIRY 0x08
 
 /*
  * props (REC_PUB_PROPS): an MQTT 5 message's properties that go to its
  * MQTT 5 receivers (payload format, content type, response topic,
  * correlation data, user properties, in order), as a property block with
- * its length field; the router checks it holds nothing else.
+ * its length field; the router checks it holds nothing else. expires_at
+ * (REC_PUB_EXPIRY): its message expiry as a deadline, ms since the epoch.
  */
 struct rec_publish {
 	uint8_t qos;
@@ -325,6 +345,7 @@ struct rec_publish {
 	struct rec_str topic;
 	struct rec_bytes payload;
 	struct rec_bytes props;      /* on the wire only with REC_PUB_PROPS (else empty when decoded) */
+	uint64_t expires_at;         /* on the wire only with REC_PUB_EXPIRY (else 0 when decoded) */
 	uint64_t ask;                /* on the wire only with REC_PUB_ASK (else 0 when decoded) */
 };
 
@@ -341,12 +362,8 @@ static inline int rec_publish_decode(struct rec_publish *x, const void *p, size_
 	x->conn = recr_u64(&r);
 	recr_str(&r, &x->topic.p, &x->topic.len);
 	recr_bytes(&r, &x->payload.p, &x->payload.len);
-	x->props = (struct rec_bytes){ 0 };
-	/* Present means not empty: a record has one encoding. */
-	if (x->flags & REC_PUB_PROPS) {
-		recr_bytes(&r, &x->props.p, &x->props.len);
-		r.err |= x->props.len == 0;
-	}
+	recr_msg_v5(&r, x->flags & REC_PUB_PROPS, x->flags & REC_PUB_EXPIRY, &x->props,
+		    &x->expires_at);
 	x->ask = x->flags & REC_PUB_ASK ? recr_u64(&r) : 0;
 	return recr_end(&r);
 }
@@ -355,6 +372,7 @@ static inline size_t rec_publish_size(const struct rec_publish *x)
 {
 	return REC_PUBLISH_FIXED_BYTES + x->topic.len + (size_t)x->payload.len +
 	       (x->flags & REC_PUB_PROPS ? sizeof(uint32_t) + (size_t)x->props.len : 0) +
+	       (x->flags & REC_PUB_EXPIRY ? sizeof(uint64_t) : 0) +
 	       (x->flags & REC_PUB_ASK ? REC_PUBLISH_ASK_BYTES : 0);
 }
 
@@ -372,6 +390,8 @@ static inline void rec_publish_put(uint8_t *dst, const struct rec_publish *x)
 		dst = rec_put_u32(dst, x->props.len);
 		dst = rec_put_mem(dst, x->props.p, x->props.len);
 	}
+	if (x->flags & REC_PUB_EXPIRY)
+		dst = rec_put_u64(dst, x->expires_at);
 	if (x->flags & REC_PUB_ASK)
 		rec_put_u64(dst, x->ask);
 }
@@ -514,8 +534,9 @@ size_t rec_unsuback_begin(struct recw *w, const struct rec_unsuback *x);
  * is min(publish, granted). retain 1 only for retained messages sent on
  * subscribe. A target with a copy: the router keeps a copy of the message
  * for this persistent session until the worker reports MSG_DONE, named
- * by that copy id. props: as REC_PUBLISH's, on the wire (after retain,
- * which then has REC_DELIVER_PROPS set) only when not empty.
+ * by that copy id. props and expires_at: as REC_PUBLISH's, on the wire
+ * (after retain, which then has REC_DELIVER_PROPS, REC_DELIVER_EXPIRY
+ * set) only when not empty or 0.
  */
 struct rec_deliver {
 	uint8_t qos;
@@ -523,10 +544,12 @@ struct rec_deliver {
 	struct rec_bytes payload;
 	uint8_t retain;              /* 0 or 1 */
 	struct rec_bytes props;
+	uint64_t expires_at;
 	struct rec_iter targets;     /* u32 count, then each: struct rec_target */
 };
 
 #define REC_DELIVER_PROPS 0x02
+#define REC_DELIVER_EXPIRY 0x04
 
 /* On the wire: u64 conn, u32 sid, u8 qos | REC_TARGET_COPY if copy != 0, then u64 copy if so. */
 #define REC_TARGET_COPY 0x80
@@ -552,12 +575,9 @@ static inline int rec_deliver_decode(struct rec_deliver *x, const void *p, size_
 	recr_str(&r, &x->topic.p, &x->topic.len);
 	recr_bytes(&r, &x->payload.p, &x->payload.len);
 	x->retain = recr_u8(&r);
-	x->props = (struct rec_bytes){ 0 };
-	if (x->retain & REC_DELIVER_PROPS) {
-		recr_bytes(&r, &x->props.p, &x->props.len);
-		r.err |= x->props.len == 0;
-	}
-	if (x->retain & ~(1 | REC_DELIVER_PROPS))
+	recr_msg_v5(&r, x->retain & REC_DELIVER_PROPS, x->retain & REC_DELIVER_EXPIRY, &x->props,
+		    &x->expires_at);
+	if (x->retain & ~(1 | REC_DELIVER_PROPS | REC_DELIVER_EXPIRY))
 		r.err = true;
 	x->retain &= 1;
 	x->targets.n = recr_u32(&r);
@@ -595,7 +615,8 @@ static inline bool rec_deliver_next(struct rec_iter *it, struct rec_target *t)
 static inline size_t rec_deliver_head_size(const struct rec_deliver *x)
 {
 	return REC_DELIVER_FIXED_BYTES + x->topic.len + (size_t)x->payload.len +
-	       (x->props.len ? sizeof(uint32_t) + (size_t)x->props.len : 0);
+	       (x->props.len ? sizeof(uint32_t) + (size_t)x->props.len : 0) +
+	       (x->expires_at ? sizeof(uint64_t) : 0);
 }
 
 static inline size_t rec_target_size(const struct rec_target *t)
@@ -617,11 +638,14 @@ static inline size_t rec_deliver_begin(struct recw *w, const struct rec_deliver 
 		dst = rec_put_u32(dst, x->payload.len);
 		dst = rec_put_mem(dst, x->payload.p, x->payload.len);
 		dst = rec_put_u8(dst, (uint8_t)((x->retain & 1) |
-						(x->props.len ? REC_DELIVER_PROPS : 0)));
+						(x->props.len ? REC_DELIVER_PROPS : 0) |
+						(x->expires_at ? REC_DELIVER_EXPIRY : 0)));
 		if (x->props.len) {
 			dst = rec_put_u32(dst, x->props.len);
 			dst = rec_put_mem(dst, x->props.p, x->props.len);
 		}
+		if (x->expires_at)
+			dst = rec_put_u64(dst, x->expires_at);
 		rec_put_u32(dst, 0);
 	}
 	return size - sizeof(uint32_t);

@@ -154,8 +154,8 @@ def enc_props(props=()):
     return enc_varint(len(out)) + out
 
 
-def dec_props(buf, pos=0):
-    """(list of (identifier, value), position after the block) from buf[pos:]."""
+def dec_varint(buf, pos):
+    """(value, position after it) of the Variable Byte Integer at buf[pos:]."""
     mult, n = 1, 0
     while True:
         b = buf[pos]
@@ -163,7 +163,12 @@ def dec_props(buf, pos=0):
         n += (b & 0x7F) * mult
         mult *= 128
         if not b & 0x80:
-            break
+            return n, pos
+
+
+def dec_props(buf, pos=0):
+    """(list of (identifier, value), position after the block) from buf[pos:]."""
+    n, pos = dec_varint(buf, pos)
     end, out = pos + n, []
     while pos < end:
         pid = buf[pos]
@@ -176,14 +181,7 @@ def dec_props(buf, pos=0):
         elif kind == "u32":
             v, pos = struct.unpack("!I", buf[pos:pos + 4])[0], pos + 4
         elif kind == "var":
-            v, mult = 0, 1
-            while True:
-                b = buf[pos]
-                pos += 1
-                v += (b & 0x7F) * mult
-                mult *= 128
-                if not b & 0x80:
-                    break
+            v, pos = dec_varint(buf, pos)
         else:
             items = []
             for _ in range(2 if kind == "pair" else 1):
@@ -217,13 +215,9 @@ def connect_v5(client_id="", clean=True, keepalive=60, props=(), will=None, will
 
 
 def publish_v5(topic, payload=b"", qos=0, retain=False, pid=None, props=(), dup=False):
-    if isinstance(payload, str):
-        payload = payload.encode("utf-8")
-    flags = (0x08 if dup else 0) | ((qos & 3) << 1) | (0x01 if retain else 0)
-    body = enc_bytes(topic)
-    if qos > 0:
-        body += struct.pack("!H", pid if pid is not None else 1)
-    return packet(PUBLISH, flags, body + enc_props(props) + payload)
+    """An MQTT 5 PUBLISH: the 3.1.1 one with a property block before the payload."""
+    return publish(topic, payload, qos=qos, retain=retain, dup=dup, pid=pid,
+                   props_block=enc_props(props))
 
 
 def subscribe_v5(pid, filters, props=()):
@@ -340,14 +334,14 @@ def connack(session_present=False, rc=0):
     return packet(CONNACK, 0, bytes([1 if session_present else 0, rc]))
 
 
-def publish(topic, payload=b"", qos=0, retain=False, dup=False, pid=None):
+def publish(topic, payload=b"", qos=0, retain=False, dup=False, pid=None, props_block=b""):
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     flags = (0x08 if dup else 0) | ((qos & 3) << 1) | (0x01 if retain else 0)
     body = enc_bytes(topic)
     if qos > 0:
         body += struct.pack("!H", pid if pid is not None else 1)
-    return packet(PUBLISH, flags, body + payload)
+    return packet(PUBLISH, flags, body + props_block + payload)
 
 
 def _ack(ptype, pid, flags=0):

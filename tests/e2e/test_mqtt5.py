@@ -1,5 +1,6 @@
-"""MQTT 5 clients: CONNACK and what it advertises, publish/subscribe across
-workers and with 3.1.1 clients (Paho, mosquitto_pub/sub, raw), topic aliases,
+"""MQTT 5 clients (Paho MQTT 5 publish/subscribe across two workers is in
+test_pubsub.py): CONNACK and what it advertises, publish/subscribe with 3.1.1
+clients (Paho, mosquitto_pub/sub, raw), topic aliases,
 the limits iotd gives (receive maximum, maximum packet size) and the one the
 client gives, reason codes in acknowledgements, and the DISCONNECT reason
 codes of both sides."""
@@ -32,6 +33,15 @@ def subscribe5(c, filters, pid=1, props=()):
     """SUBSCRIBE (filters: (filter, options)) and its SUBACK's codes."""
     c.send(m.subscribe_v5(pid, filters, props))
     return m.v5(c.expect(m.SUBACK, pid=pid)).codes
+
+
+def subscribers_5_and_311(broker, clients, filt, qos):
+    """An MQTT 5 and a 3.1.1 raw subscriber to filt at qos."""
+    s5 = clients.own(raw5(broker, tag="s5"))
+    assert subscribe5(s5, [(filt, qos)]) == [qos]
+    s3 = clients.own(raw(broker, tag="s3"))
+    s3.subscribe([(filt, qos)])
+    return s5, s3
 
 
 def expect_disconnect(c, reason):
@@ -91,24 +101,6 @@ def test_refused_connect_gets_a_v5_reason_code(broker, clients):
 
 # ------------------------------------------------------------ publish / subscribe
 
-@pytest.mark.parametrize("qos", [0, 1, 2])
-def test_paho_v5_clients_on_two_workers_exchange_messages(broker, clients, qos):
-    a = clients.paho(broker.port, uid("p5a"), v5=True)
-    b = clients.paho(broker.port, uid("p5b"), v5=True)
-    a.connect()
-    b.connect()
-    broker.assert_different_workers(a, b)
-    assert a.subscribe("v5/to-a", qos) == [qos]
-    assert b.subscribe("v5/to-b", qos) == [qos]
-    for i in range(3):
-        a.publish("v5/to-b", f"a{i}", qos)
-        b.publish("v5/to-a", f"b{i}", qos)
-    assert [(x.topic, x.payload, x.qos) for x in b.wait_messages(3)] == \
-        [("v5/to-b", f"a{i}".encode(), qos) for i in range(3)]
-    assert [(x.topic, x.payload, x.qos) for x in a.wait_messages(3)] == \
-        [("v5/to-a", f"b{i}".encode(), qos) for i in range(3)]
-
-
 @pytest.mark.parametrize("qos", [1, 2])
 def test_v5_and_311_clients_share_one_topic_space(broker, clients, qos):
     v5c = clients.paho(broker.port, uid("p5"), v5=True)
@@ -124,21 +116,29 @@ def test_v5_and_311_clients_share_one_topic_space(broker, clients, qos):
     assert [(x.topic, x.payload) for x in v3c.wait_messages(1)] == [("mix3/y", b"from-5")]
 
 
-def test_mosquitto_clients_speak_v5(broker):
-    sub = CliSub(broker.port, "cli5/t", 1, uid("c5sub"), extra=("-V", "mqttv5"))
+def mosquitto_v5_exchange(broker, topic, lines, sub_extra=(), pub_extra=()):
+    """mosquitto_pub -V mqttv5 sends lines to topic; the mosquitto_sub -V
+    mqttv5 on it (subscribed first, QoS 1) is returned, stopped."""
+    sub = CliSub(broker.port, topic, 1, uid("c5sub"), extra=("-V", "mqttv5", *sub_extra))
     pub = None
     try:
         sub.wait_subscribed()
-        pub = CliPub(broker.port, "cli5/t", 1, uid("c5pub"), extra=("-V", "mqttv5"))
+        pub = CliPub(broker.port, topic, 1, uid("c5pub"), extra=("-V", "mqttv5", *pub_extra))
         broker.assert_different_workers(sub, pub)
-        for i in range(3):
-            pub.send_line(f"m{i}")
+        for line in lines:
+            pub.send_line(line)
         pub.finish()
-        assert sub.wait_messages(3) == [("cli5/t", f"m{i}", 1, 0) for i in range(3)]
+        sub.wait_line(rf"^MSG 1 0 {topic} {lines[-1]}", 10, "the last message")
     finally:
         sub.stop()
         if pub:
             pub.stop()
+    return sub
+
+
+def test_mosquitto_clients_speak_v5(broker):
+    sub = mosquitto_v5_exchange(broker, "cli5/t", [f"m{i}" for i in range(3)])
+    assert sub.messages() == [("cli5/t", f"m{i}", 1, 0) for i in range(3)]
 
 
 def test_retained_message_reaches_a_v5_subscriber(broker, clients):
@@ -158,10 +158,7 @@ APP_PROPS = [(m.P_PAYLOAD_FORMAT, 1), (m.P_USER_PROPERTY, (b"k", b"v1")),
 
 @pytest.mark.parametrize("qos", [0, 1, 2])
 def test_message_properties_reach_v5_subscribers_in_order(broker, clients, qos):
-    s5 = clients.own(raw5(broker, tag="ps5"))
-    assert subscribe5(s5, [("props/#", qos)]) == [qos]
-    s3 = clients.own(raw(broker, tag="ps3"))
-    s3.subscribe([("props/#", qos)])
+    s5, s3 = subscribers_5_and_311(broker, clients, "props/#", qos)
     p = clients.own(raw_on(broker, avoid=broker.worker_of(s5),
                            make=lambda: raw5(broker, tag="pp5")))
     # What the broker rewrites does not travel: the topic alias stays with the publisher.
@@ -173,6 +170,20 @@ def test_message_properties_reach_v5_subscribers_in_order(broker, clients, qos):
     assert (got.topic, got.payload, got.props) == ("props/t", b"hello", APP_PROPS)
     plain = s3.recv_publish()
     assert (plain.topic, plain.payload) == ("props/t", b"hello")   # 3.1.1: no properties
+
+
+def test_message_expiry_interval_left_reaches_v5_subscribers(broker, clients):
+    s5, s3 = subscribers_5_and_311(broker, clients, "exp/#", 1)
+    p = clients.own(raw5(broker, tag="ep5"))
+    p.send(m.publish_v5("exp/t", "soon", qos=1, pid=2,
+                        props=[(m.P_MESSAGE_EXPIRY, 60), (m.P_USER_PROPERTY, ("u", "1"))]))
+    p.expect(m.PUBACK, pid=2)
+    got = m.v5(s5.recv_publish())
+    # The interval left (rounded up), written first, then the properties forwarded.
+    assert got.props[0][0] == m.P_MESSAGE_EXPIRY and 55 <= got.props[0][1] <= 60
+    assert got.props[1:] == [(m.P_USER_PROPERTY, (b"u", b"1"))]
+    plain = s3.recv_publish()
+    assert (plain.topic, plain.payload) == ("exp/t", b"soon")
 
 
 def test_paho_v5_user_properties_and_response_topic(broker, clients):
@@ -195,20 +206,10 @@ def test_paho_v5_user_properties_and_response_topic(broker, clients):
 
 
 def test_mosquitto_sub_v5_prints_user_properties(broker):
-    sub = CliSub(broker.port, "mprops/t", 1, uid("mps"),
-                 extra=("-V", "mqttv5", "-F", "MSG %q %r %t %p %P"))
-    pub = None
-    try:
-        sub.wait_subscribed()
-        pub = CliPub(broker.port, "mprops/t", 1, uid("mpp"),
-                     extra=("-V", "mqttv5", "-D", "publish", "user-property", "key", "val"))
-        pub.send_line("x")
-        pub.finish()
-        sub.wait_line(r"^MSG 1 0 mprops/t x key:val$", 10, "the message with its user property")
-    finally:
-        sub.stop()
-        if pub:
-            pub.stop()
+    sub = mosquitto_v5_exchange(broker, "mprops/t", ["x"],
+                                sub_extra=("-F", "MSG %q %r %t %p %P"),
+                                pub_extra=("-D", "publish", "user-property", "key", "val"))
+    assert "MSG 1 0 mprops/t x key:val" in sub.lines
 
 
 # ------------------------------------------------------------ acknowledgements

@@ -444,19 +444,35 @@ static void test_publish_and_deliver_carry_props(void **state)
 	rec_publish_encode(&w, &x);
 	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), -1);
 
+	/* The expiry deadline with its flag; 0 with it is refused. */
+	x = (struct rec_publish){ .flags = REC_PUB_EXPIRY, .topic = STR("t"),
+				  .expires_at = 0x0102030405060708ull };
+	rec_publish_encode(&w, &x);
+	assert_int_equal(w.len, REC_PUBLISH_FIXED_BYTES + 1 + 8);
+	assert_int_equal(rec_publish_size(&x), w.len);
+	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), 0);
+	assert_true(d.expires_at == 0x0102030405060708ull);
+	assert_whole_only(REC_PUBLISH, w.buf, w.len);
+	x.expires_at = 0;
+	rec_publish_encode(&w, &x);
+	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), -1);
+	dx.expires_at = 77;
+
 	off = rec_deliver_begin(&w, &dx);
 	rec_deliver_add(&w, &(struct rec_target){ .conn = 1, .sid = 2, .qos = 1 });
 	rec_deliver_end(&w, off, 1);
 	assert_int_equal(rec_deliver_decode(&dd, w.buf, w.len), 0);
 	assert_int_equal(dd.retain, 1);
+	assert_true(dd.expires_at == 77);
 	assert_int_equal(dd.props.len, sizeof(block));
 	assert_memory_equal(dd.props.p, block, sizeof(block));
 	assert_true(rec_deliver_next(&dd.targets, &t));
 	assert_true(t.conn == 1 && t.sid == 2);
 	assert_whole_only(REC_DELIVER, w.buf, w.len);
 
-	/* Without properties the head is as it was. */
+	/* Without properties and expiry the head is as it was. */
 	dx.props.len = 0;
+	dx.expires_at = 0;
 	off = rec_deliver_begin(&w, &dx);
 	rec_deliver_end(&w, off, 0);
 	assert_int_equal(w.len, REC_DELIVER_FIXED_BYTES + 2);
