@@ -405,11 +405,13 @@ static int router_on_close(struct router *r, unsigned worker, const void *p, siz
 	struct session *s;
 
 	if (rec_close_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
-	    x.publish_will > 1)
+	    (x.publish_will & ~(1 | REC_CLOSE_END_SESSION)))
 		return ROUTER_BAD;
 	s = router_find_conn(r, x.conn);
 	if (s) {
-		router_close(r, s, x.publish_will, &x.ids);
+		if (x.publish_will & REC_CLOSE_END_SESSION)
+			s->clean = true;
+		router_close(r, s, x.publish_will & 1, &x.ids);
 		return ROUTER_OK;
 	}
 	s = router_find_pending(r, x.conn);

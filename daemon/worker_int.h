@@ -99,6 +99,7 @@ struct conn_v5 {
 	uint16_t server_keep_alive;  /* sent in CONNACK; 0: the client's own */
 	uint16_t n_alias;            /* aliases the client may set (topic_alias_maximum at CONNECT) */
 	bool assigned_id;            /* the client id was made here: sent in CONNACK */
+	bool end_session;            /* DISCONNECT set the session expiry to 0: it ends now */
 	struct topic_alias alias[];
 };
 

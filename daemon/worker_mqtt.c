@@ -214,6 +214,13 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 		pub = &v5pub;
 		if (publish5_check(w, c, &v5pub, &p5->props, &reason) == PKT_CLOSED)
 			return PKT_CLOSED;
+		/*
+		 * What the client's view of the ACL refuses is acknowledged with
+		 * 0x87; without a view the router decides, after the PUBACK.
+		 */
+		if (reason == MQTT5_RC_SUCCESS && pub->qos > 0 && w->acl_in_force && c->acl &&
+		    !acl_client_may(c->acl, (const char *)pub->topic.p, pub->topic.len, ACL_WRITE))
+			reason = MQTT5_RC_NOT_AUTHORIZED;
 		if (reason != MQTT5_RC_SUCCESS)
 			return publish_refuse(w, c, pub, reason);
 		if (!publish_props(w, &p5->props, &x5.props)) {
@@ -570,7 +577,7 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 static enum pkt_result handle_disconnect(struct worker *w, struct conn *c,
 					 const struct mqtt5_packet *p5)
 {
-	const struct conn_v5 *v;
+	struct conn_v5 *v;
 
 	if (p5 == NULL) {
 		conn_close(w, c, false, "client sent DISCONNECT");
@@ -581,6 +588,15 @@ static enum pkt_result handle_disconnect(struct worker *w, struct conn *c,
 		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
 				"DISCONNECT set a session expiry after CONNECT granted none");
 		return PKT_CLOSED;
+	}
+	/*
+	 * 0 ends a persistent session now; another interval leaves it as it
+	 * was granted (sessions do not expire by their interval yet).
+	 */
+	if (mqtt5_props_has(&p5->props, MQTT5_PROP_SESSION_EXPIRY) &&
+	    p5->props.session_expiry == 0 && !c->clean) {
+		v->end_session = true;
+		c->clean = true;     /* nothing to hand back to the router */
 	}
 	conn_close(w, c, p5->reason != MQTT5_RC_NORMAL_DISCONNECTION,
 		   p5->reason == MQTT5_RC_NORMAL_DISCONNECTION ? "client sent DISCONNECT" :

@@ -160,7 +160,12 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
  */
 void push_close(struct worker *w, struct conn *c, bool publish_will)
 {
-	struct rec_close x = { .conn = c->id, .publish_will = publish_will };
+	const struct conn_v5 *v = CONN_V5(w, c);
+	struct rec_close x = {
+		.conn = c->id,
+		.publish_will = (uint8_t)(publish_will |
+					  (v && v->end_session ? REC_CLOSE_END_SESSION : 0)),
+	};
 	uint16_t n = 0;
 
 	if (c->state == CS_ACTIVE && !c->clean)

@@ -467,11 +467,15 @@ void rec_qos2_in_encode(struct recw *w, const struct rec_qos2_in *x);
  * REC_CLOSE: the connection is gone. The ids are its inbound QoS 2
  * messages awaiting PUBREL, kept for a persistent session. (A worker's
  * death reaches the router on its control socket, IPC_WORKER_DOWN: no
- * worker can write it.)
+ * worker can write it.) REC_CLOSE_END_SESSION: the session ends with the
+ * connection, persistent as it was (an MQTT 5 DISCONNECT set its session
+ * expiry interval to 0).
  */
+#define REC_CLOSE_END_SESSION 0x02
+
 struct rec_close {
 	uint64_t conn;
-	uint8_t publish_will;
+	uint8_t publish_will;        /* 0 or 1, with REC_CLOSE_END_SESSION */
 	struct rec_iter ids;         /* u16 count, then each: u16 packet id (rec_packet_id_next) */
 };
 

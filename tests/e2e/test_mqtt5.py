@@ -11,7 +11,9 @@ import mqttraw as m
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from authfiles import auth_dir  # noqa: F401
 from helpers import CliPub, CliSub, raw, raw_on, uid
+from test_acl import acl_broker
 
 
 def raw5(target, cid=None, props=(), expect_reason=0, tag="v5", **kw):
@@ -247,6 +249,50 @@ def test_payload_not_utf8_as_its_format_says_is_refused_with_0x99(broker, client
     assert m.v5(c.expect(m.PUBACK, pid=5)).reason == 0
     p = s.recv_publish()
     assert (p.topic, p.payload) == ("pfi/ok", b"marker")
+
+
+@pytest.mark.iotd_only
+def test_publish_the_acl_refuses_is_acknowledged_with_0x87(start_broker, auth_dir):
+    b, _ = acl_broker(start_broker, auth_dir, workers=1)
+    s = raw(b, tag="acl5s")
+    c = raw(b, connect=False)
+    try:
+        s.subscribe([("public/#", 1)])
+        c.send(m.connect_v5(uid("acl5")))
+        assert m.v5(c.expect(m.CONNACK)).reason == 0
+        c.send(m.publish_v5("private/t", "no", qos=1, pid=4))
+        assert m.v5(c.expect(m.PUBACK, pid=4)).reason == 0x87
+        c.send(m.publish_v5("public/marker", "marker", qos=1, pid=5))
+        assert m.v5(c.expect(m.PUBACK, pid=5)).reason == 0
+        p = s.recv_publish()
+        assert (p.topic, p.payload) == ("public/marker", b"marker")
+    finally:
+        c.close()
+        s.close()
+
+
+# ------------------------------------------------------------ sessions
+
+def test_disconnect_with_session_expiry_0_ends_a_persistent_session(broker, clients):
+    cid = uid("se0")
+    c = clients.own(raw5(broker, cid=cid, clean=False))
+    assert subscribe5(c, [("se0/t", 1)]) == [1]
+    c.send(m.disconnect_v5(0, props=[(m.P_SESSION_EXPIRY, 0)]))
+    c.expect_closed()
+    again = clients.own(raw5(broker, cid=cid, clean=False))
+    assert not again.connack.session_present
+
+
+def test_disconnect_keeps_a_persistent_session_otherwise(broker, clients):
+    cid = uid("se1")
+    c = clients.own(raw5(broker, cid=cid, clean=False))
+    assert subscribe5(c, [("se1/t", 1)]) == [1]
+    c.send(m.disconnect_v5(0))
+    c.expect_closed()
+    again = clients.own(raw5(broker, cid=cid, clean=False))
+    assert again.connack.session_present
+    clients.own(raw(broker)).publish("se1/t", b"kept", qos=1)
+    assert m.v5(again.recv_publish()).payload == b"kept"
 
 
 # ------------------------------------------------------------ topic aliases
