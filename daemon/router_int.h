@@ -98,7 +98,8 @@ struct router_cursor;
 struct session_sub {
 	UT_hash_handle hh;
 	struct router_cursor *cur;   /* its retained messages still to send, or NULL */
-	uint8_t qos;
+	uint8_t opts;                /* MQTT 5 subscription options (mqtt5.h MQTT5_SUB_*): QoS in the low bits */
+	bool fresh;                  /* made by the SUBSCRIBE being answered (retain handling 1) */
 	uint16_t len;
 	char filter[];               /* NUL-terminated for log lines */
 };
@@ -139,7 +140,7 @@ struct session {
 	bool q_warned, q_warned_qos0;
 	bool subs_warned;            /* max_subscriptions_per_session reached: logged */
 	bool token;                  /* its user came with a token's rules: they, or nothing, hold */
-	uint8_t granted;             /* with stamp: the QoS this publish goes out at */
+	uint8_t granted;             /* with stamp: the QoS this publish goes out at, | SESSION_RAP */
 	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
 	uint32_t q_at_worker;        /* copies of what the connection holds */
@@ -244,7 +245,12 @@ struct router_match {
 	struct session *const *targets;
 	size_t n;
 	bool incomplete;             /* out of memory: the match missed some sessions */
+	bool options;                /* a subscription with no local or retain as published matched */
 };
+
+/* In session.granted: a subscription that matched keeps the retain flag as published. */
+#define SESSION_RAP 0x04
+#define SESSION_GRANTED_QOS(g) ((g) & 3)
 
 /* One CONNECT the auth role accepted (router_grants.c). */
 struct router_grant {
@@ -347,6 +353,7 @@ struct router_msg {
 	const uint8_t *props;
 	uint32_t props_len;
 	uint64_t expires_at;         /* ms since the epoch; 0: never */
+	const struct session *from;  /* the publisher's session (no local); NULL: none known */
 };
 
 /* ---- small helpers every file uses ------------------------------------- */

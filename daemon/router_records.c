@@ -130,6 +130,19 @@ static uint8_t router_subscribe_code(struct router *r, struct session *s, const 
 	return router_subscribe_one(r, s, filter, len, qos);
 }
 
+/*
+ * Do a subscription's retained messages go out after its SUBACK? Retain
+ * handling 0: yes; 1: if the SUBSCRIBE made it; 2: never.
+ */
+static bool router_retain_handling_sends(const struct session_sub *sub)
+{
+	switch (MQTT5_SUB_RETAIN_HANDLING(sub->opts)) {
+	case 0: return true;
+	case 1: return sub->fresh;
+	default: return false;
+	}
+}
+
 static int router_on_subscribe(struct router *r, unsigned worker, const void *p, size_t len)
 {
 	struct rec_subscribe x;
@@ -169,8 +182,10 @@ static int router_on_subscribe(struct router *r, unsigned worker, const void *p,
 		if (*codes == ROUTER_SUBACK_FAILURE)
 			continue;
 		HASH_FIND(hh, s->subs, sub.filter.p, sub.filter.len, held);
-		if (held)
+		if (held && router_retain_handling_sends(held))
 			router_cursor_start(r, s, held);
+		if (held)
+			held->fresh = false;
 	}
 	return ROUTER_OK;
 }
@@ -234,6 +249,7 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 	struct rec_publish x;
 	struct router_match match;
 	struct router_msg m;
+	struct session *from;
 
 	if (rec_publish_decode(&x, p, len) || x.qos > 2 ||
 	    (x.flags & ~(REC_PUB_RETAIN | REC_PUB_ASK | REC_PUB_PROPS | REC_PUB_EXPIRY)) ||
@@ -252,6 +268,9 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 	};
 	if (!topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
+	/* For no local: who published it (none when the connection is not known). */
+	if (router_conn_session(r, worker, x.conn, &from) == ROUTER_OK)
+		m.from = from;
 	/* The publisher matters to the ACL alone: without one, no test beyond this. */
 	if ((r->acl || r->grants_required) && !router_publisher_may(r, worker, x.conn, &m)) {
 		/* Not routed, retained or queued; the topic stays with the router for this worker. */

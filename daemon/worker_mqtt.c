@@ -276,7 +276,7 @@ static bool filter_valid(const struct worker *w, struct mqtt_str f)
 				  (size_t)w->cfg->max_topic_length);
 }
 
-/* A subscription's QoS as the router takes it, or the SUBACK code that refuses it. */
+/* A subscription's QoS (and MQTT 5 options) as the router takes it, or the SUBACK code that refuses it. */
 static uint8_t subscription_qos(const struct worker *w, struct mqtt_str f, uint8_t options,
 				bool v5)
 {
@@ -286,7 +286,8 @@ static uint8_t subscription_qos(const struct worker *w, struct mqtt_str f, uint8
 		return filter_valid(w, f) ? options : MQTT_SUBACK_FAILURE;
 	if (f.len >= sizeof(share) - 1 && memcmp(f.p, share, sizeof(share) - 1) == 0)
 		return MQTT5_RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
-	return filter_valid(w, f) ? MQTT5_SUB_QOS(options) : MQTT5_RC_TOPIC_FILTER_INVALID;
+	/* The router takes the whole options byte (QoS, no local, retain as published, retain handling). */
+	return filter_valid(w, f) ? options : MQTT5_RC_TOPIC_FILTER_INVALID;
 }
 
 /* p5 as for handle_publish. */

@@ -450,23 +450,27 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 {
 	struct rec_deliver x;
 	struct rec_target t;
-	struct delivery d;
+	struct delivery d[2];        /* as the head says; with the retain flag (retain as published) */
 
 	if (rec_deliver_decode(&x, p, len) < 0)
 		return -1;
 	/* x.qos, the publisher's, is not needed: each target's says what to send. */
-	d = (struct delivery){ .topic = x.topic, .payload = x.payload,
-			       .x5 = { x.props, x.expires_at }, .retain = x.retain };
+	d[0] = (struct delivery){ .topic = x.topic, .payload = x.payload,
+				  .x5 = { x.props, x.expires_at }, .retain = x.retain };
+	d[1] = d[0];
+	d[1].retain = 1;
 	while (rec_deliver_next(&x.targets, &t)) {
 		struct conn *c = conn_lookup(w, t.conn);
+		struct delivery *dt = &d[t.retain];
 
 		if (c != NULL && c->state == CS_ACTIVE)
-			deliver_to(w, c, &d, t.qos, t.copy);
+			deliver_to(w, c, dt, t.qos, t.copy);
 		else
-			bounce(w, t.conn, t.sid, t.copy, 0, MSG_QUEUED, t.qos, d.retain, d.topic,
-			       d.payload);
+			bounce(w, t.conn, t.sid, t.copy, 0, MSG_QUEUED, t.qos, dt->retain, dt->topic,
+			       dt->payload);
 	}
-	delivery_done(&d);
+	delivery_done(&d[0]);
+	delivery_done(&d[1]);
 	return 0;
 }
 

@@ -555,13 +555,20 @@ struct rec_deliver {
 #define REC_DELIVER_PROPS 0x02
 #define REC_DELIVER_EXPIRY 0x04
 
-/* On the wire: u64 conn, u32 sid, u8 qos | REC_TARGET_COPY if copy != 0, then u64 copy if so. */
+/*
+ * On the wire: u64 conn, u32 sid, u8 qos | REC_TARGET_COPY if copy != 0 |
+ * REC_TARGET_RETAIN if retain, then u64 copy if so. retain: the target
+ * gets the message with the retain flag (an MQTT 5 subscription with
+ * retain as published, and a message published with it).
+ */
 #define REC_TARGET_COPY 0x80
+#define REC_TARGET_RETAIN 0x40
 
 struct rec_target {
 	uint64_t conn;
 	uint32_t sid;
-	uint8_t qos;                 /* without REC_TARGET_COPY */
+	uint8_t qos;                 /* without REC_TARGET_COPY, REC_TARGET_RETAIN */
+	bool retain;
 	uint64_t copy;               /* 0: none (then not on the wire) */
 };
 
@@ -604,7 +611,8 @@ static inline bool rec_deliver_next(struct rec_iter *it, struct rec_target *t)
 	memcpy(&t->conn, it->p, sizeof(t->conn));
 	memcpy(&t->sid, it->p + 8, sizeof(t->sid));
 	qos = it->p[REC_TARGET_BYTES - 1];
-	t->qos = qos & (uint8_t)~REC_TARGET_COPY;
+	t->qos = qos & (uint8_t)~(REC_TARGET_COPY | REC_TARGET_RETAIN);
+	t->retain = qos & REC_TARGET_RETAIN;
 	t->copy = 0;
 	it->p += REC_TARGET_BYTES;
 	if (qos & REC_TARGET_COPY) {
@@ -658,16 +666,19 @@ static inline size_t rec_deliver_begin(struct recw *w, const struct rec_deliver 
 static inline void rec_deliver_add(struct recw *w, const struct rec_target *t)
 {
 	uint8_t *dst = recw_reserve(w, rec_target_size(t));
+	uint8_t qos;
 
 	if (!dst)
 		return;
 	dst = rec_put_u64(dst, t->conn);
 	dst = rec_put_u32(dst, t->sid);
+	qos = (uint8_t)((t->qos & ~(REC_TARGET_COPY | REC_TARGET_RETAIN)) |
+			(t->retain ? REC_TARGET_RETAIN : 0));
 	if (t->copy) {
-		dst = rec_put_u8(dst, (uint8_t)(t->qos | REC_TARGET_COPY));
+		dst = rec_put_u8(dst, (uint8_t)(qos | REC_TARGET_COPY));
 		rec_put_u64(dst, t->copy);
 	} else {
-		rec_put_u8(dst, t->qos & (uint8_t)~REC_TARGET_COPY);
+		rec_put_u8(dst, qos);
 	}
 }
 

@@ -214,6 +214,67 @@ def test_mosquitto_sub_v5_prints_user_properties(broker):
     assert "MSG 1 0 mprops/t x key:val" in sub.lines
 
 
+# ------------------------------------------------------------ subscription options
+
+NO_LOCAL, RAP = 0x04, 0x08
+
+
+def rh(n):
+    return n << 4
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_local_keeps_a_publishers_own_messages_from_it(start_broker, clients, workers):
+    b = start_broker(workers=workers)
+    c = clients.own(raw5(b, tag="nl"))
+    assert subscribe5(c, [("nl/#", 1 | NO_LOCAL), ("nlmark/#", 1)]) == [1, 1]
+    other = clients.own(raw(b, tag="nlo"))
+    other.subscribe([("nl/#", 1)])
+    for _ in range(2):         # the second time, a local route may have been cached
+        c.send(m.publish_v5("nl/t", "own", qos=1, pid=3))
+        c.expect(m.PUBACK, pid=3)
+        assert other.recv_publish().payload == b"own"
+    c.send(m.publish_v5("nlmark/t", "marker", qos=1, pid=4))
+    c.expect(m.PUBACK, pid=4)
+    got = m.v5(c.recv_publish())
+    assert (got.topic, got.payload) == ("nlmark/t", b"marker"), f"own message came back: {got!r}"
+    other_pub = clients.own(raw(b, tag="nlp"))
+    other_pub.publish("nl/t", b"from-other", qos=1)
+    assert m.v5(c.recv_publish()).payload == b"from-other"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_retain_as_published_keeps_the_retain_flag_live(start_broker, clients, workers):
+    b = start_broker(workers=workers)
+    keep = clients.own(raw5(b, tag="rap"))
+    assert subscribe5(keep, [("rap/#", 1 | RAP)]) == [1]
+    plain = clients.own(raw5(b, tag="norap"))
+    assert subscribe5(plain, [("rap/#", 1)]) == [1]
+    p = clients.own(raw(b, tag="rapp"))
+    for _ in range(2):
+        p.publish("rap/t", b"r", qos=1, retain=True)
+        p.publish("rap/t", b"n", qos=1)
+        assert [(x.payload, x.retain) for x in map(m.v5, keep.recv_publishes(2))] == \
+            [(b"r", True), (b"n", False)]
+        assert [(x.payload, x.retain) for x in map(m.v5, plain.recv_publishes(2))] == \
+            [(b"r", False), (b"n", False)]
+
+
+@pytest.mark.parametrize("handling,first,again", [(0, True, True), (1, True, False),
+                                                  (2, False, False)])
+def test_retain_handling(broker, clients, handling, first, again):
+    clients.own(raw(broker)).publish(f"rh{handling}/t", b"kept", qos=1, retain=True)
+    c = clients.own(raw5(broker))
+    p = clients.own(raw(broker))
+    for pid, sent in ((1, first), (2, again)):
+        assert subscribe5(c, [(f"rh{handling}/#", 1 | rh(handling))], pid=pid) == [1]
+        p.publish(f"rh{handling}/marker", b"marker", qos=1)
+        got = [(x.topic, x.payload) for x in map(m.v5, c.recv_publishes(2 if sent else 1))]
+        want = ([(f"rh{handling}/t", b"kept")] if sent else []) + \
+            [(f"rh{handling}/marker", b"marker")]
+        assert got == want
+
+
 # ------------------------------------------------------------ acknowledgements
 
 def test_unsuback_says_whether_the_subscription_existed(broker, clients):
