@@ -14,6 +14,7 @@ from paho.mqtt.properties import Properties
 from authfiles import auth_dir  # noqa: F401
 from helpers import CliPub, CliSub, raw, raw_on, uid
 from test_acl import acl_broker
+from test_crash_router import kill_router
 
 
 def raw5(target, cid=None, props=(), expect_reason=0, tag="v5", **kw):
@@ -258,6 +259,23 @@ def test_retain_as_published_keeps_the_retain_flag_live(start_broker, clients, w
             [(b"r", True), (b"n", False)]
         assert [(x.payload, x.retain) for x in map(m.v5, plain.recv_publishes(2))] == \
             [(b"r", False), (b"n", False)]
+
+
+@pytest.mark.iotd_only
+def test_subscription_options_survive_a_router_crash(broker, clients):
+    """The store keeps a subscription's options (format 5): after the
+    router's kill -9 and rebuild, no local and retain as published hold."""
+    cid = uid("optcrash")
+    c = clients.own(raw5(broker, cid=cid, clean=False))
+    assert subscribe5(c, [("oc/#", 1 | NO_LOCAL | RAP), ("ocmark/#", 1)]) == [1, 1]
+    kill_router(broker)
+    c.send(m.publish_v5("oc/own", "own", qos=1, pid=3))
+    c.expect(m.PUBACK, pid=3)
+    p = clients.own(raw(broker, tag="ocp"))
+    p.publish("oc/t", b"kept", qos=1, retain=True)
+    got = m.v5(c.recv_publish())
+    assert (got.topic, got.payload, got.retain) == ("oc/t", b"kept", True), \
+        f"own message back, or the retain flag lost: {got!r}"
 
 
 @pytest.mark.parametrize("handling,first,again", [(0, True, True), (1, True, False),
