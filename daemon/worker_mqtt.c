@@ -556,13 +556,21 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 			send_ack(w, c, MQTT_PUBREL, pid);
 			break;
 		case QOS_PUBREC_UNKNOWN:
+			/* An MQTT 5 client is told; a 3.1.1 one is not answered. */
+			if (c->v5)
+				send_ack5(w, c, MQTT_PUBREL, pid,
+					  MQTT5_RC_PACKET_IDENTIFIER_NOT_FOUND);
 			break;
 		}
 		break;
 	case MQTT_PUBREL:
-		if (qos_in_release(&c->qos, pid))
+		if (qos_in_release(&c->qos, pid)) {
 			report_qos2_in(w, c, pid, false);
-		send_ack(w, c, MQTT_PUBCOMP, pid);
+			send_ack(w, c, MQTT_PUBCOMP, pid);
+		} else {
+			send_ack5(w, c, MQTT_PUBCOMP, pid, c->v5 ?
+				  MQTT5_RC_PACKET_IDENTIFIER_NOT_FOUND : MQTT5_RC_SUCCESS);
+		}
 		break;
 	default:
 		break;

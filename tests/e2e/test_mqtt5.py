@@ -374,6 +374,19 @@ def test_disconnect_keeps_a_persistent_session_otherwise(broker, clients):
     assert m.v5(again.recv_publish()).payload == b"kept"
 
 
+def test_unknown_packet_ids_are_answered_0x92(broker, clients):
+    c = clients.own(raw5(broker))
+    c.send(m.ack_v5(m.PUBREL, 77))
+    assert m.v5(c.expect(m.PUBCOMP, pid=77)).reason == 0x92
+    c.send(m.ack_v5(m.PUBREC, 78))
+    assert m.v5(c.expect(m.PUBREL, pid=78)).reason == 0x92
+    # A 3.1.1 client still gets the plain PUBCOMP.
+    d = clients.own(raw(broker))
+    d.send(m.pubrel(79))
+    p = d.expect(m.PUBCOMP, pid=79)
+    assert p.body == b"\x00\x4f"
+
+
 # ------------------------------------------------------------ topic aliases
 
 def test_topic_alias_set_then_used(broker, clients):
