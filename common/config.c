@@ -71,6 +71,7 @@ const struct key config_keys[] = {
 	KEY_INT(retained_bytes_limit, 0, 1L << 40),
 	KEY_INT(memory_limit, 0, 1L << 46),
 	KEY_INT(max_inflight, 1, 65535),
+	KEY_INT(topic_alias_maximum, 0, 65535),
 	KEY_INT(max_queued_messages, 1, INT_MAX),
 	KEY_INT(max_queued_bytes, 0, 1L << 40),
 	KEY_INT(max_queued_bytes_total, 0, 1L << 46),
@@ -144,6 +145,7 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->retained_bytes_limit = 67108864;
 	cfg->memory_limit = 0;
 	cfg->max_inflight = 20;
+	cfg->topic_alias_maximum = 10;
 	cfg->max_queued_messages = 1000;
 	cfg->max_queued_bytes = 16777216;
 	cfg->max_queued_bytes_total = 268435456;

@@ -403,9 +403,9 @@ void rec_suback_end(struct recw *w, size_t count_off, uint16_t n)
 	recw_patch_u16(w, count_off, n);
 }
 
-#define UNSUBACK_FIELDS(F) F(u64, conn) F(u16, packet_id)
+#define UNSUBACK_FIELDS(F) F(u64, conn) F(u16, packet_id) F(codes16, codes)
 REC_DECODER(unsuback, UNSUBACK_FIELDS)
-REC_ENCODER(unsuback, UNSUBACK_FIELDS)
+REC_BEGIN(unsuback, UNSUBACK_FIELDS)
 
 #define KICK_FIELDS(F) F(u64, conn)
 REC_DECODER(kick, KICK_FIELDS)

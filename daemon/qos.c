@@ -14,9 +14,9 @@
 bool heap_trim_wanted;
 
 struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
-		      uint32_t plen, bool retain)
+		      uint32_t plen, const uint8_t *props, uint32_t props_len, bool retain)
 {
-	struct qmsg *m = malloc(sizeof(*m) + tlen + plen);
+	struct qmsg *m = malloc(sizeof(*m) + tlen + plen + props_len);
 
 	if (m == NULL)
 		return NULL;
@@ -24,16 +24,20 @@ struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payloa
 	m->topic_len = tlen;
 	m->retain = retain;
 	m->payload_len = plen;
+	m->props_len = props_len;
+	m->expires_at = 0;
 	memcpy(m->data, topic, tlen);
 	if (plen)
 		memcpy(m->data + tlen, payload, plen);
+	if (props_len)
+		memcpy(m->data + tlen + plen, props, props_len);
 	return m;
 }
 
 void qmsg_unref(struct qmsg *m)
 {
 	if (m != NULL && --m->refs == 0) {
-		if ((size_t)m->topic_len + m->payload_len >= TRIM_MIN_BYTES)
+		if (qmsg_bytes(m) >= TRIM_MIN_BYTES)
 			heap_trim_wanted = true;
 		free(m);
 	}
@@ -107,12 +111,12 @@ static uint16_t pid_alloc(const struct conn_qos *q, uint16_t *next_pid)
  * lowered one (only fewer entries are used), so n_inflight <= cap_inflight
  * always holds.
  */
-static bool inflight_room(const struct iotd_config *cfg, struct conn_qos *q)
+static bool inflight_room(const struct iotd_config *cfg, uint16_t window, struct conn_qos *q)
 {
 	long max = cfg->max_inflight;
 	struct inflight *p;
 
-	if (q->n_inflight >= max)
+	if (q->n_inflight >= max || (window > 0 && q->n_inflight >= window))
 		return false;
 	if (q->n_inflight < q->cap_inflight)
 		return true;
@@ -212,11 +216,12 @@ static bool pending_add(const struct iotd_config *cfg, struct conn_qos *q, struc
 	return true;
 }
 
-struct inflight *qos_pump(struct conn_qos *q, uint16_t *next_pid, const struct iotd_config *cfg)
+struct inflight *qos_pump(struct conn_qos *q, uint16_t *next_pid, const struct iotd_config *cfg,
+			  uint16_t window)
 {
 	struct pending p;
 
-	if (q->n_pending == 0 || !inflight_room(cfg, q))
+	if (q->n_pending == 0 || !inflight_room(cfg, window, q))
 		return NULL;
 	p = *qos_pending_at(q, 0);
 	q->pend_first = (q->pend_first + 1) & (q->cap_pending - 1);
@@ -245,7 +250,7 @@ static bool over_inflight_bytes(const struct iotd_config *cfg, const struct conn
 }
 
 enum qos_verdict qos_offer(struct conn_qos **qp, uint16_t *next_pid,
-			   const struct iotd_config *cfg, struct qmsg *m, uint8_t qos,
+			   const struct iotd_config *cfg, uint16_t window, struct qmsg *m, uint8_t qos,
 			   uint64_t copy, struct inflight **sent)
 {
 	struct conn_qos *q = qos_get(qp);
@@ -255,7 +260,7 @@ enum qos_verdict qos_offer(struct conn_qos **qp, uint16_t *next_pid,
 		return QOS_NOMEM;
 	if (over_inflight_bytes(cfg, q, m)) {
 		v = QOS_DROP_BYTES;
-	} else if (q->n_pending == 0 && inflight_room(cfg, q)) {
+	} else if (q->n_pending == 0 && inflight_room(cfg, window, q)) {
 		m->refs++;
 		*sent = inflight_add(q, m, qos, pid_alloc(q, next_pid), copy);
 		return QOS_SEND;
@@ -268,26 +273,26 @@ enum qos_verdict qos_offer(struct conn_qos **qp, uint16_t *next_pid,
 }
 
 enum qos_verdict qos_resume(struct conn_qos **qp, uint16_t *next_pid,
-			    const struct iotd_config *cfg, struct qmsg *m, uint8_t qos,
+			    const struct iotd_config *cfg, uint16_t window, struct qmsg *m, uint8_t qos,
 			    uint8_t state, uint16_t pid, uint64_t copy, struct inflight **sent)
 {
 	struct conn_qos *q = qos_get(qp);
 
 	if (q != NULL && state == MSG_INFLIGHT && pid != 0 && !pid_in_use(q, pid) &&
-	    q->n_pending == 0 && inflight_room(cfg, q)) {
+	    q->n_pending == 0 && inflight_room(cfg, window, q)) {
 		m->refs++;
 		*sent = inflight_add(q, m, qos, pid, copy);
 		return QOS_RESEND;
 	}
-	return qos_offer(qp, next_pid, cfg, m, qos, copy, sent);
+	return qos_offer(qp, next_pid, cfg, window, m, qos, copy, sent);
 }
 
-bool qos_resume_pubrel(struct conn_qos **qp, const struct iotd_config *cfg, uint16_t pid,
-		       uint64_t copy)
+bool qos_resume_pubrel(struct conn_qos **qp, const struct iotd_config *cfg, uint16_t window,
+		       uint16_t pid, uint64_t copy)
 {
 	struct conn_qos *q = qos_get(qp);
 
-	if (q != NULL && pid != 0 && !pid_in_use(q, pid) && inflight_room(cfg, q)) {
+	if (q != NULL && pid != 0 && !pid_in_use(q, pid) && inflight_room(cfg, window, q)) {
 		q->inflight[q->n_inflight++] = (struct inflight){ pid, MSG_PUBREL, 2, NULL, copy };
 		return true;
 	}

@@ -98,8 +98,9 @@ struct router_cursor;
 struct session_sub {
 	UT_hash_handle hh;
 	struct router_cursor *cur;   /* its retained messages still to send, or NULL */
-	uint8_t qos;
+	uint8_t opts;                /* MQTT 5 subscription options (mqtt5.h MQTT5_SUB_*): QoS in the low bits */
 	bool shared;                 /* "$share/...": its group's (router_share.c), not in the trie */
+	bool fresh;                  /* made by the SUBSCRIBE being answered (retain handling 1) */
 	uint16_t len;
 	char filter[];               /* NUL-terminated for log lines */
 };
@@ -140,7 +141,7 @@ struct session {
 	bool q_warned, q_warned_qos0;
 	bool subs_warned;            /* max_subscriptions_per_session reached: logged */
 	bool token;                  /* its user came with a token's rules: they, or nothing, hold */
-	uint8_t granted;             /* with stamp: the QoS this publish goes out at */
+	uint8_t granted;             /* with stamp: the QoS this publish goes out at, | SESSION_RAP */
 	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
 	uint32_t q_at_worker;        /* copies of what the connection holds */
@@ -246,7 +247,12 @@ struct router_match {
 	size_t n;
 	bool incomplete;             /* out of memory: the match missed some sessions */
 	bool shared;                 /* a shared subscription matched: never a local route */
+	bool options;                /* a subscription with no local or retain as published matched */
 };
+
+/* In session.granted: a subscription that matched keeps the retain flag as published. */
+#define SESSION_RAP 0x04
+#define SESSION_GRANTED_QOS(g) ((g) & 3)
 
 /* One CONNECT the auth role accepted (router_grants.c). */
 struct router_grant {
@@ -278,8 +284,8 @@ struct router {
 	/* the route generation (shm.h), in shared memory, or route_gen_own */
 	_Atomic uint64_t *route_gen;
 	_Atomic uint64_t route_gen_own;
-	struct recw out;             /* any record but a SUBACK or a DELIVER being built */
-	struct recw ack;             /* a SUBACK, kept while its filters start their retained messages */
+	struct recw out;             /* any record but a SUBACK, UNSUBACK or a DELIVER being built */
+	struct recw ack;             /* a SUBACK, kept while its filters start their retained messages; an UNSUBACK */
 
 	/* The session registry (router_session.c). */
 	struct hidx by_id, by_sid;   /* sessions by client id (server-named ones not), by sid */
@@ -348,7 +354,12 @@ struct router_msg {
 	uint16_t topic_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
-	const struct session *from;  /* its publisher, if known (shared_subscription_policy) */
+	/* An MQTT 5 message's properties and expiry (rec.h, REC_PUB_*): live deliveries only, so far. */
+	const uint8_t *props;
+	uint32_t props_len;
+	uint64_t expires_at;         /* ms since the epoch; 0: never */
+	/* The publisher's session (no local, shared_subscription_policy); NULL: none known. */
+	const struct session *from;
 };
 
 /* ---- small helpers every file uses ------------------------------------- */
@@ -506,7 +517,7 @@ uint8_t router_subscribe_one(struct router *r, struct session *s, const char *fi
 			     uint16_t len, uint8_t qos);
 bool router_subscription_refused(struct session *s, const struct iotd_config *cfg,
 				 const char *filter, uint16_t len);
-void router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
+bool router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
 			    uint16_t len);
 void session_unsubscribe_all(struct router *r, struct session *s);
 void router_cursor_start(struct router *r, struct session *s, struct session_sub *sub);

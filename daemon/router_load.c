@@ -211,15 +211,20 @@ static void router_load_session(void *arg, const struct store_session *ss)
 }
 
 static void router_load_sub(void *arg, uint32_t sid, const char *filter, uint16_t len,
-			    uint8_t qos)
+			    uint8_t opts)
 {
 	struct router_load *ld = arg;
 	struct session *s = router_find_sid(ld->r, sid);
 
-	if (s && router_subscribe_one(ld->r, s, filter, len, qos) != ROUTER_SUBACK_FAILURE)
+	struct session_sub *sub;
+
+	if (s && router_subscribe_one(ld->r, s, filter, len, opts) != ROUTER_SUBACK_FAILURE) {
+		HASH_FIND(hh, s->subs, filter, len, sub);
+		sub->fresh = false;      /* made long ago: retain handling 1 sends nothing */
 		ld->subs++;
-	else
+	} else {
 		ld->skipped++;
+	}
 }
 
 static bool msg_body_has(const void *item, const void *key)
@@ -259,8 +264,9 @@ static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const st
 	struct router_load *ld = arg;
 	struct router *r = ld->r;
 	struct session *s = router_find_sid(r, sid);
-	struct router_msg rm = { m->qos, m->retain, m->topic, m->topic_len, m->payload,
-				 m->payload_len, NULL };
+	struct router_msg rm = { .qos = m->qos, .retain = m->retain, .topic = m->topic,
+				 .topic_len = m->topic_len, .payload = m->payload,
+				 .payload_len = m->payload_len };
 	struct msg_body *body;
 	struct session_msg *q;
 
@@ -426,7 +432,7 @@ static void router_resync_session(struct router *r, struct session *s)
 
 	session_persist(r, s);
 	HASH_ITER(hh, s->subs, sub, tmp)
-		store_sub_put(r->st, s->sid, sub->filter, sub->len, sub->qos);
+		store_sub_put(r->st, s->sid, sub->filter, sub->len, sub->opts);
 	for (const struct session_msg *q = s->q_head; q; q = q->next)
 		session_msg_persist(r, s, q);
 }

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "router_int.h"
+#include "mqtt5.h"
 #include "mqtt.h"
 #include "store.h"
 #include "topic.h"
@@ -38,15 +39,15 @@ static void router_cursor_drop(struct router *r, struct session_sub *sub);
 
 /*
  * Put the subscription where publishes find it: the trie for a plain
- * one, its group for a shared one (parts: its name and filter). 0, or -1
- * when out of memory.
+ * one (with its options), its group for a shared one (parts: its name and
+ * filter; the QoS its options grant). 0, or -1 when out of memory.
  */
 static int router_sub_attach(struct router *r, struct session *s, const char *filter,
-			     uint16_t len, const struct topic_share_parts *parts, uint8_t qos)
+			     uint16_t len, const struct topic_share_parts *parts, uint8_t opts)
 {
 	if (parts)
-		return router_share_join(r, s, parts, qos);
-	return topic_trie_subscribe(r->trie, filter, len, s, qos) < 0 ? -1 : 0;
+		return router_share_join(r, s, parts, MQTT5_SUB_QOS(opts));
+	return topic_trie_subscribe(r->trie, filter, len, s, opts) < 0 ? -1 : 0;
 }
 
 static void router_sub_detach(struct router *r, struct session *s, struct session_sub *sub)
@@ -57,31 +58,41 @@ static void router_sub_detach(struct router *r, struct session *s, struct sessio
 		topic_trie_unsubscribe(r->trie, sub->filter, sub->len, s);
 }
 
-uint8_t router_subscribe_one(struct router *r, struct session *s, const char *filter,
-			     uint16_t len, uint8_t qos)
+/* Options a subscription may hold: a QoS up to 2, retain handling up to 2, nothing else. */
+static bool sub_opts_valid(uint8_t opts)
 {
+	return MQTT5_SUB_QOS(opts) <= 2 && MQTT5_SUB_RETAIN_HANDLING(opts) <= 2 &&
+	       !(opts & 0xC0);
+}
+
+uint8_t router_subscribe_one(struct router *r, struct session *s, const char *filter,
+			     uint16_t len, uint8_t opts)
+{
+	uint8_t qos = MQTT5_SUB_QOS(opts);
 	struct session_sub *sub;
 	struct topic_share_parts parts;
 	enum topic_share share = topic_share_parse(filter, len, &parts);
 	bool added = false;
 
-	if (qos > 2 || !len || !topic_filter_valid(filter, len, 0, 0) || share == TOPIC_SHARE_BAD)
+	if (!sub_opts_valid(opts) || !len || !topic_filter_valid(filter, len, 0, 0) ||
+	    share == TOPIC_SHARE_BAD)
 		return ROUTER_SUBACK_FAILURE;
 	HASH_FIND(hh, s->subs, filter, len, sub);
-	if (sub && sub->qos == qos)
+	if (sub && sub->opts == opts)
 		return qos;               /* the same again (a filter repeated in one SUBSCRIBE): nothing changes */
 	if (!sub) {
 		sub = malloc(sizeof(*sub) + (size_t)len + 1);
 		if (!sub)
 			goto nomem;
 		sub->cur = NULL;
+		sub->fresh = true;
 		memcpy(sub->filter, filter, len);
 		sub->filter[len] = '\0';
 		sub->len = len;
 		sub->shared = share == TOPIC_SHARE_OK;
 		added = true;
 	}
-	if (router_sub_attach(r, s, filter, len, sub->shared ? &parts : NULL, qos) < 0)
+	if (router_sub_attach(r, s, filter, len, sub->shared ? &parts : NULL, opts) < 0)
 		goto nomem_free;
 	if (added) {
 		HASH_ADD_KEYPTR(hh, s->subs, sub->filter, sub->len, sub);
@@ -90,11 +101,12 @@ uint8_t router_subscribe_one(struct router *r, struct session *s, const char *fi
 			goto nomem_free;
 		}
 	}
-	sub->qos = qos;
+	sub->opts = opts;
 	router_routes_changed(r);
 	if (r->st)
-		store_sub_put(r->st, s->sid, sub->filter, sub->len, qos);
-	log_debug("router: session %u subscribed to '%s' qos %u", s->sid, sub->filter, qos);
+		store_sub_put(r->st, s->sid, sub->filter, sub->len, opts);
+	log_debug("router: session %u subscribed to '%s' options 0x%02x", s->sid, sub->filter,
+		  opts);
 	return qos;
 nomem_free:
 	if (added)
@@ -127,14 +139,14 @@ bool router_subscription_refused(struct session *s, const struct iotd_config *cf
 	return true;
 }
 
-void router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
+bool router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
 			    uint16_t len)
 {
 	struct session_sub *sub;
 
 	HASH_FIND(hh, s->subs, filter, len, sub);
 	if (!sub)
-		return;
+		return false;
 	if (r->st)
 		store_sub_del(r->st, s->sid, sub->filter, sub->len);
 	router_cursor_drop(r, sub);
@@ -142,6 +154,7 @@ void router_unsubscribe_one(struct router *r, struct session *s, const char *fil
 	HASH_DEL(s->subs, sub);
 	free(sub);
 	router_routes_changed(r);
+	return true;
 }
 
 void session_unsubscribe_all(struct router *r, struct session *s)
@@ -227,12 +240,13 @@ static inline void router_deliver_end(struct router *r, unsigned worker)
 
 /* One more target of the message whose head is d, in its worker's REC_DELIVER. */
 static void router_deliver_add(struct router *r, const struct rec_deliver *d,
-			       const struct session *s, uint8_t qos, uint64_t copy)
+			       const struct session *s, uint8_t qos, bool retain, uint64_t copy)
 {
 	struct router_publish_scratch *pub = &r->pub;
 	unsigned worker = conn_id_worker(s->conn);
 	struct recw *w = &pub->deliver[worker];
-	const struct rec_target t = { .conn = s->conn, .sid = s->sid, .qos = qos, .copy = copy };
+	const struct rec_target t = { .conn = s->conn, .sid = s->sid, .qos = qos, .copy = copy,
+				      .retain = retain };
 
 	/* A fan-out too big for one ring record goes out in several. */
 	if (pub->deliver_n[worker] && r->max_record && w->len + rec_target_size(&t) > r->max_record)
@@ -262,21 +276,32 @@ static bool router_grow_targets(struct router_publish_scratch *pub)
 	return true;
 }
 
-/* A match in progress: the targets so far are in r->pub.targets. */
+/* A match in progress: the targets so far are in r->pub.targets; from: the publisher's session. */
 struct router_match_walk {
 	struct router *r;
+	const struct session *from;
 	size_t n;
 	bool incomplete;
+	bool options;
 };
 
-static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
+/* opts: the matching subscription's (QoS and MQTT 5 options), as the trie holds them. */
+static void router_match_cb(void *subscriber, uint8_t opts, void *arg)
 {
 	struct router_match_walk *mw = arg;
 	struct router_publish_scratch *pub = &mw->r->pub;
 	struct session *s = subscriber;
+	uint8_t qos = MQTT5_SUB_QOS(opts) |
+		      (opts & MQTT5_SUB_RETAIN_AS_PUBLISHED ? SESSION_RAP : 0);
 
+	if (opts & (MQTT5_SUB_NO_LOCAL | MQTT5_SUB_RETAIN_AS_PUBLISHED)) {
+		mw->options = true;
+		if ((opts & MQTT5_SUB_NO_LOCAL) && s == mw->from)
+			return;           /* [MQTT-3.8.3-3] */
+	}
 	if (s->stamp == pub->stamp) {
-		s->granted = MAX(s->granted, qos);
+		s->granted = (uint8_t)(MAX(SESSION_GRANTED_QOS(s->granted), SESSION_GRANTED_QOS(qos)) |
+				       ((s->granted | qos) & SESSION_RAP));
 		return;
 	}
 	if (mw->n == pub->cap_targets && !router_grow_targets(pub)) {
@@ -293,19 +318,22 @@ static void router_match_cb(void *subscriber, uint8_t qos, void *arg)
 
 /*
  * m at qos to session s, sharing *body: into the REC_DELIVER of s's
- * worker while s is online, else into its queue when it keeps one.
+ * worker while s is online (retain: the flag it goes out with, retain as
+ * published), else into its queue when it keeps one.
  * shared: through a shared subscription, which keeps a copy even for a
  * clean session (router_share_reroute).
  */
 static void router_deliver_one(struct router *r, const struct rec_deliver *head,
-			       struct session *s, uint8_t qos, const struct router_msg *m,
-			       struct msg_body **body, bool shared)
+			       struct session *s, uint8_t qos, bool retain,
+			       const struct router_msg *m, struct msg_body **body, bool shared)
 {
-	const struct router_msg qm = { qos, 0, m->topic, m->topic_len, m->payload, m->payload_len,
-				       m->from };
+	/* Live deliveries only carry MQTT 5 properties and expiry, so far. */
+	const struct router_msg qm = { .qos = qos, .topic = m->topic, .topic_len = m->topic_len,
+				       .payload = m->payload, .payload_len = m->payload_len,
+				       .from = m->from };
 
 	if (s->online && !s->pending)
-		router_deliver_add(r, head, s, qos,
+		router_deliver_add(r, head, s, qos, retain,
 				   session_copy_new(r, s, 0, MSG_QUEUED, &qm, body, shared));
 	else if ((qos > 0 && (!s->clean || s->online)) ||
 		 (qos == 0 && !s->clean && !s->online && r->cfg->queue_qos0_messages))
@@ -322,7 +350,7 @@ static void router_share_deliver(struct router *r, const struct rec_deliver *hea
 	struct session *s = share_pick(r, g, m, except, &granted);
 
 	if (s)
-		router_deliver_one(r, head, s, MIN(m->qos, granted), m, body, true);
+		router_deliver_one(r, head, s, MIN(m->qos, granted), false, m, body, true);
 }
 
 static struct rec_deliver router_deliver_head(const struct router_msg *m)
@@ -333,6 +361,8 @@ static struct rec_deliver router_deliver_head(const struct router_msg *m)
 		.topic = { (const uint8_t *)m->topic, m->topic_len },
 		.payload = { m->payload, m->payload_len },
 		.retain = 0,
+		.props = { m->props, m->props_len },
+		.expires_at = m->expires_at,
 	};
 }
 
@@ -372,7 +402,7 @@ static void router_share_match_cb(void *group, uint8_t qos, void *arg)
  */
 struct router_match router_publish(struct router *r, const struct router_msg *m)
 {
-	struct router_match_walk mw = { r, 0, false };
+	struct router_match_walk mw = { .r = r, .from = m->from };
 	const struct rec_deliver head = router_deliver_head(m);  /* of each REC_DELIVER it makes */
 	struct msg_body *body = NULL;    /* held once by every queue the message enters */
 	struct router_share_walk sw = { r, &head, m, &body, false };
@@ -386,10 +416,11 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 	targets = r->pub.targets;
 	for (size_t i = 0; i < mw.n; i++) {
 		struct session *s = targets[i];
-		uint8_t qos = MIN(m->qos, s->granted);
+		uint8_t qos = MIN(m->qos, SESSION_GRANTED_QOS(s->granted));
+		bool retain = m->retain && (s->granted & SESSION_RAP);
 
 		if (router_acl_allows(r, s, m->topic, m->topic_len, ACL_READ))
-			router_deliver_one(r, &head, s, qos, m, &body, false);
+			router_deliver_one(r, &head, s, qos, retain, m, &body, false);
 	}
 	if (r->shares)
 		topic_trie_match(r->share_trie, m->topic, m->topic_len, router_share_match_cb, &sw);
@@ -397,7 +428,7 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 	router_deliver_flush(r);
 	log_debug("router: '%.*s' qos %u to %zu sessions", (int)m->topic_len, m->topic, m->qos,
 		  mw.n);
-	return (struct router_match){ targets, mw.n, mw.incomplete, sw.matched };
+	return (struct router_match){ targets, mw.n, mw.incomplete, sw.matched, mw.options };
 }
 
 /* ---- route answers ----------------------------------------------------- */
@@ -413,7 +444,9 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 static bool router_route_local(const struct router *r, const struct router_match *match,
 			       unsigned worker, const struct router_msg *m)
 {
-	if (!match || match->incomplete || match->shared || match->n > ROUTER_ROUTE_MAX)
+	/* Per-target differences (no local, retain as published) are the router's to make. */
+	if (!match || match->incomplete || match->shared || match->options ||
+	    match->n > ROUTER_ROUTE_MAX)
 		return false;
 	for (size_t i = 0; i < match->n; i++) {
 		const struct session *s = match->targets[i];
@@ -439,8 +472,8 @@ static void router_route_record(const struct router *r, struct recw *w, uint64_t
 	size_t n = local ? match->n : 0;
 
 	for (size_t i = 0; i < n; i++)
-		rec_route_add(w, &(struct rec_route_target){ match->targets[i]->conn,
-							     match->targets[i]->granted });
+		rec_route_add(w, &(struct rec_route_target){
+			match->targets[i]->conn, SESSION_GRANTED_QOS(match->targets[i]->granted) });
 	rec_route_end(w, count_off, (uint32_t)n);
 }
 
@@ -578,7 +611,7 @@ static bool router_retained_cb(const char *topic, size_t topic_len, const uint8_
 			.retain = 1,
 		};
 		const struct rec_target t = {
-			.conn = s->conn, .sid = s->sid, .qos = MIN(qos, ctx->c->sub->qos),
+			.conn = s->conn, .sid = s->sid, .qos = MIN(qos, MQTT5_SUB_QOS(ctx->c->sub->opts)),
 		};
 		size_t count_off = rec_deliver_begin(w, &d);
 

@@ -14,6 +14,7 @@
 
 #include "router_int.h"
 #include "mqtt.h"
+#include "mqtt5.h"
 #include "topic.h"
 
 enum { ROUTER_OK = 0, ROUTER_BAD = -1, ROUTER_NOCONN = -2 };
@@ -121,6 +122,9 @@ static uint8_t router_subscribe_code(struct router *r, struct session *s, const 
 {
 	struct topic_share_parts parts = { .filter = filter, .filter_len = len };
 
+	/* A code of failure the worker chose (an MQTT 5 reason code): only its own client hears it. */
+	if (qos >= ROUTER_SUBACK_FAILURE)
+		return qos;
 	if (router_subscription_refused(s, r->cfg, filter, len))
 		return ROUTER_SUBACK_FAILURE;
 	if (topic_share_parse(filter, len, &parts) == TOPIC_SHARE_BAD)
@@ -132,6 +136,19 @@ static uint8_t router_subscribe_code(struct router *r, struct session *s, const 
 		return ROUTER_SUBACK_FAILURE;
 	}
 	return router_subscribe_one(r, s, filter, len, qos);
+}
+
+/*
+ * Do a subscription's retained messages go out after its SUBACK? Retain
+ * handling 0: yes; 1: if the SUBSCRIBE made it; 2: never.
+ */
+static bool router_retain_handling_sends(const struct session_sub *sub)
+{
+	switch (MQTT5_SUB_RETAIN_HANDLING(sub->opts)) {
+	case 0: return true;
+	case 1: return sub->fresh;
+	default: return false;
+	}
 }
 
 static int router_on_subscribe(struct router *r, unsigned worker, const void *p, size_t len)
@@ -173,8 +190,10 @@ static int router_on_subscribe(struct router *r, unsigned worker, const void *p,
 		if (*codes == ROUTER_SUBACK_FAILURE)
 			continue;
 		HASH_FIND(hh, s->subs, sub.filter.p, sub.filter.len, held);
-		if (held)
+		if (held && router_retain_handling_sends(held))
 			router_cursor_start(r, s, held);
+		if (held)
+			held->fresh = false;
 	}
 	return ROUTER_OK;
 }
@@ -184,17 +203,23 @@ static int router_on_unsubscribe(struct router *r, unsigned worker, const void *
 	struct rec_unsubscribe x;
 	struct rec_str filter;
 	struct session *s;
+	size_t count_off;
+	uint16_t n;
 	int rc;
 
 	if (rec_unsubscribe_decode(&x, p, len))
 		return ROUTER_BAD;
 	if ((rc = router_conn_session(r, worker, x.conn, &s)) != ROUTER_OK)
 		return rc;
+	count_off = rec_unsuback_begin(&r->ack, &(struct rec_unsuback){ .conn = x.conn,
+								      .packet_id = x.packet_id });
+	n = (uint16_t)x.filters.n;
 	while (rec_unsubscribe_next(&x.filters, &filter))
-		router_unsubscribe_one(r, s, (const char *)filter.p, filter.len);
-	rec_unsuback_encode(&r->out, &(struct rec_unsuback){ .conn = x.conn,
-							   .packet_id = x.packet_id });
-	router_emit(r, worker, REC_UNSUBACK, &r->out);
+		rec_suback_add(&r->ack, router_unsubscribe_one(r, s, (const char *)filter.p,
+							       filter.len) ?
+			       MQTT5_RC_SUCCESS : MQTT5_RC_NO_SUBSCRIPTION_EXISTED);
+	rec_suback_end(&r->ack, count_off, n);
+	router_emit(r, worker, REC_UNSUBACK, &r->ack);
 	return ROUTER_OK;
 }
 
@@ -212,14 +237,31 @@ static bool router_publisher_may(struct router *r, unsigned worker, conn_id_t co
 	return false;
 }
 
+/*
+ * A message's properties from a worker, forwarded to others: a whole
+ * MQTT 5 property block a PUBLISH may carry, without what the broker
+ * rewrites (message expiry, topic alias, subscription identifiers).
+ */
+static bool router_props_valid(const struct rec_bytes *props)
+{
+	struct mqtt5_props out;
+	size_t used;
+
+	return props->len == 0 ||
+	       (mqtt5_props_decode(props->p, props->len, MQTT_PUBLISH, &out, &used) == MQTT_OK &&
+		used == props->len && out.raw_len > 0 && !(out.present & MQTT5_PUBLISH_REWRITTEN));
+}
+
 static int router_on_publish(struct router *r, unsigned worker, const void *p, size_t len)
 {
 	struct rec_publish x;
 	struct router_match match;
 	struct router_msg m;
+	struct session *from;
 
 	if (rec_publish_decode(&x, p, len) || x.qos > 2 ||
-	    (x.flags & ~(REC_PUB_RETAIN | REC_PUB_ASK)))
+	    (x.flags & ~(REC_PUB_RETAIN | REC_PUB_ASK | REC_PUB_PROPS | REC_PUB_EXPIRY)) ||
+	    !router_props_valid(&x.props))
 		return ROUTER_BAD;
 	m = (struct router_msg){
 		.qos = x.qos,
@@ -228,9 +270,15 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 		.topic_len = x.topic.len,
 		.payload = x.payload.p,
 		.payload_len = x.payload.len,
+		.props = x.props.p,
+		.props_len = x.props.len,
+		.expires_at = x.expires_at,
 	};
 	if (!topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
+	/* For no local: who published it (none when the connection is not known). */
+	if (router_conn_session(r, worker, x.conn, &from) == ROUTER_OK)
+		m.from = from;
 	/* The publisher matters to the ACL alone: without one, no test beyond this. */
 	if ((r->acl || r->grants_required) && !router_publisher_may(r, worker, x.conn, &m)) {
 		/* Not routed, retained or queued; the topic stays with the router for this worker. */
@@ -386,11 +434,13 @@ static int router_on_close(struct router *r, unsigned worker, const void *p, siz
 	struct session *s;
 
 	if (rec_close_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
-	    x.publish_will > 1)
+	    (x.publish_will & ~(1 | REC_CLOSE_END_SESSION)))
 		return ROUTER_BAD;
 	s = router_find_conn(r, x.conn);
 	if (s) {
-		router_close(r, s, x.publish_will, &x.ids);
+		if (x.publish_will & REC_CLOSE_END_SESSION)
+			s->clean = true;
+		router_close(r, s, x.publish_will & 1, &x.ids);
 		return ROUTER_OK;
 	}
 	s = router_find_pending(r, x.conn);

@@ -234,8 +234,10 @@ void router_share_reroute(struct router *r, struct session *s)
 	for (struct session_msg *q = s->q_head; q && s->q_at_worker; q = q->next) {
 		const struct msg_body *b = q->body;
 		/* Its publisher is not known any more: hash_publisher starts at the first member. */
-		const struct router_msg m = { q->qos, 0, (const char *)b->data, b->topic_len,
-					      b->data + b->topic_len, b->payload_len, NULL };
+		const struct router_msg m = { .qos = q->qos, .topic = (const char *)b->data,
+					      .topic_len = b->topic_len,
+					      .payload = b->data + b->topic_len,
+					      .payload_len = b->payload_len };
 		struct share_group *g;
 
 		if (!q->at_worker || q->state == MSG_PUBREL)

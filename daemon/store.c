@@ -14,7 +14,9 @@
  *             then (format 4) the session's token (u8: 1 when its user came
  *             with a token's rules, and u32-counted rules) and the waiting
  *             CONNECT's
- *   subs      sid (u32 BE) + filter -> u8 qos
+ *   subs      sid (u32 BE) + filter -> u8 options (format 5: the MQTT 5
+ *             subscription options byte, QoS in its low bits; before, the
+ *             QoS alone, which reads as the same QoS without options)
  *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
  *             topic, payload
  *   retained  topic -> u8 qos + payload
@@ -31,7 +33,8 @@
  * format as it opens it (an older iotd then refuses it) and leaves the
  * values as they are: what a later format adds goes at the end of a value,
  * so an older value reads as without it (format 2: no user names; format
- * 3: no token's rules, which its daemon never stored).
+ * 3: no token's rules, which its daemon never stored; format 4: no
+ * subscription options).
  *
  * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
  * user, so no robust mutex or reader table can be left behind by a

@@ -354,7 +354,8 @@ static void check_deadlines(struct worker *w)
 				    "no verdict from the auth role within connect_timeout");
 		else if (c->state == CS_ACTIVE && c->keepalive > 0 &&
 			 idle >= (uint64_t)c->keepalive * 1500)
-			conn_close(w, c, true, "keep-alive timeout");
+			conn_disconnect(w, c, MQTT5_RC_KEEP_ALIVE_TIMEOUT, true,
+					"keep-alive timeout");
 	}
 }
 
@@ -483,6 +484,8 @@ void worker_teardown(struct worker *w)
 	ring_commit(w);
 	ringout_clear(&w->out);
 	free(w->slots);
+	free(w->v5);
+	free(w->props_buf);
 	free(w->serials);
 	free(w->free_slots);
 	free(w->rbuf);

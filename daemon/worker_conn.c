@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -102,19 +103,112 @@ void send_ack(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id
 		mqtt_encode_ack(p, type, id);
 }
 
+/* The MQTT 5 reason code of a 3.1.1 CONNACK return code. */
+static uint8_t connack_reason(uint8_t rc)
+{
+	switch (rc) {
+	case MQTT_CONNACK_ACCEPTED: return MQTT5_RC_SUCCESS;
+	case MQTT_CONNACK_BAD_PROTOCOL: return MQTT5_RC_UNSUPPORTED_PROTOCOL_VERSION;
+	case MQTT_CONNACK_ID_REJECTED: return MQTT5_RC_CLIENT_IDENTIFIER_NOT_VALID;
+	case MQTT_CONNACK_UNAVAILABLE: return MQTT5_RC_SERVER_UNAVAILABLE;
+	case MQTT_CONNACK_BAD_AUTH: return MQTT5_RC_BAD_USER_NAME_OR_PASSWORD;
+	case MQTT_CONNACK_NOT_AUTHORIZED: return MQTT5_RC_NOT_AUTHORIZED;
+	default: return MQTT5_RC_UNSPECIFIED_ERROR;
+	}
+}
+
+/* rc: a 3.1.1 return code, sent as its reason code to an MQTT 5 client (without properties). */
 void send_connack(struct worker *w, struct conn *c, bool sp, uint8_t rc)
 {
-	uint8_t *p = out_reserve(w, c, 4);
+	uint8_t *p;
+
+	if (c->v5) {
+		send_connack5(w, c, sp, connack_reason(rc), NULL);
+		return;
+	}
+	if ((p = out_reserve(w, c, 4)) != NULL)
+		mqtt_encode_connack(p, sp, rc);
+}
+
+void send_connack5(struct worker *w, struct conn *c, bool sp, uint8_t reason,
+		   const struct mqtt5_out *props)
+{
+	uint8_t *p = out_reserve(w, c, mqtt5_connack_size(props));
 
 	if (p != NULL)
-		mqtt_encode_connack(p, sp, rc);
+		mqtt5_encode_connack(p, sp, reason, props);
+}
+
+/* An acknowledgement with a reason code: MQTT 5 only (with 0, the 3.1.1 bytes). */
+void send_ack5(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id,
+	       uint8_t reason)
+{
+	uint8_t *p = out_reserve(w, c, mqtt5_ack_size(reason, NULL));
+
+	if (p != NULL)
+		mqtt5_encode_ack(p, type, id, reason, NULL);
+}
+
+/*
+ * Would a PUBLISH of this topic and payload pass the client's maximum
+ * packet size? An MQTT 5 client is not sent one that does not [MQTT-3.1.2-25].
+ */
+uint64_t wall_clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* What an MQTT 5 PUBLISH carries of x5, built in o (own: room for the expiry); NULL: nothing. */
+struct v5_out {
+	struct mqtt5_out o;
+	struct mqtt5_props fwd;
+	uint8_t own[8];
+};
+
+static const struct mqtt5_out *msg_out(struct v5_out *out, struct msg_v5 x5)
+{
+	struct mqtt5_pbuf b;
+	uint32_t hdr = 0;
+
+	if (x5.props.len == 0 && x5.expires_at == 0)
+		return NULL;
+	mqtt5_pbuf_init(&b, out->own, sizeof(out->own));
+	if (x5.expires_at) {
+		uint64_t now = wall_clock_ms();
+		/* What is left, rounded up: one that expired on its way still says 1 s. */
+		uint64_t left = x5.expires_at > now ? (x5.expires_at - now + 999) / 1000 : 1;
+
+		mqtt5_pbuf_num(&b, MQTT5_PROP_MESSAGE_EXPIRY, (uint32_t)MIN(left, UINT32_MAX));
+	}
+	/* The block after its length field (which the router checked): forwarded as it is. */
+	while (hdr < x5.props.len && (x5.props.p[hdr++] & 0x80))
+		;
+	out->fwd = (struct mqtt5_props){ .raw = x5.props.p + hdr, .raw_len = x5.props.len - hdr };
+	mqtt5_out_init(&out->o, b.p, b.len, &out->fwd, 0);
+	return &out->o;
+}
+
+bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
+		  struct msg_v5 x5, uint8_t qos)
+{
+	const struct conn_v5 *v = CONN_V5(w, c);
+	struct v5_out o;
+
+	return v == NULL || v->max_packet == 0 ||
+	       mqtt5_publish_size(tlen, plen, qos, msg_out(&o, x5)) <= v->max_packet;
 }
 
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
 		  const uint8_t *topic, size_t tlen, uint16_t pid,
-		  const uint8_t *payload, size_t plen)
+		  const uint8_t *payload, size_t plen, struct msg_v5 x5)
 {
-	size_t n = mqtt_publish_size(tlen, plen, qos);
+	struct v5_out o;
+	const struct mqtt5_out *po = c->v5 ? msg_out(&o, x5) : NULL;
+	size_t n = c->v5 ? mqtt5_publish_size(tlen, plen, qos, po) :
+			   mqtt_publish_size(tlen, plen, qos);
 	uint8_t *p;
 
 	/* No such PUBLISH (a QoS or size the router would never send): nothing to write. */
@@ -129,7 +223,10 @@ void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool 
 			   "out of memory for a delivery; message dropped");
 		return;
 	}
-	mqtt_encode_publish(p, dup, qos, retain, topic, tlen, pid, payload, plen);
+	if (c->v5)
+		mqtt5_encode_publish(p, dup, qos, retain, topic, tlen, pid, po, payload, plen);
+	else
+		mqtt_encode_publish(p, dup, qos, retain, topic, tlen, pid, payload, plen);
 	w->msgs_out++;
 }
 
@@ -254,6 +351,7 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 		struct conn **slots;
 		uint16_t *serials;
 		uint32_t *free_slots;
+		struct conn_v5 **v5;
 
 		if (cap > 0xffffff)
 			return -1;
@@ -269,9 +367,14 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 		if (free_slots == NULL)
 			return -1;
 		w->free_slots = free_slots;
+		v5 = realloc(w->v5, cap * sizeof(*v5));
+		if (v5 == NULL)
+			return -1;
+		w->v5 = v5;
 		w->cap_slots = cap;
 	}
 	w->slots[w->n_slots] = NULL;
+	w->v5[w->n_slots] = NULL;
 	w->serials[w->n_slots] = 0;
 	*slot_r = w->n_slots++;
 	return 0;
@@ -384,8 +487,22 @@ void conn_set_rules(struct worker *w, struct conn *c, struct acl_client *view)
 
 /* --- closing ------------------------------------------------------------ */
 
-static void conn_free_state(struct conn *c)
+void conn_v5_free(struct worker *w, struct conn *c)
 {
+	struct conn_v5 *v = CONN_V5(w, c);
+
+	if (v == NULL)
+		return;
+	for (uint16_t i = 0; i < v->n_alias; i++)
+		free(v->alias[i].topic);
+	free(v);
+	w->v5[conn_id_slot(c->id)] = NULL;
+	c->v5 = false;
+}
+
+static void conn_free_state(struct worker *w, struct conn *c)
+{
+	conn_v5_free(w, c);
 	xport_free(c->xp);
 	c->xp = NULL;
 	acl_client_free(c->acl);
@@ -434,13 +551,28 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 		*dirty_link(w, c) = c->dirty_next;
 		c->dirty = false;
 	}
-	conn_free_state(c);
+	conn_free_state(w, c);
 	c->state = CS_CLOSED;
 	w->slots[slot] = NULL;
 	w->free_slots[w->n_free++] = slot;
 	w->n_conns--;
 	c->dirty_next = w->graveyard;
 	w->graveyard = c;
+}
+
+/*
+ * Close c as conn_close() does; an MQTT 5 client past its CONNACK is told
+ * why first, with a DISCONNECT carrying reason.
+ */
+void conn_disconnect(struct worker *w, struct conn *c, uint8_t reason, bool publish_will,
+		     const char *why)
+{
+	uint8_t *p;
+
+	if (c->v5 && c->state == CS_ACTIVE &&
+	    (p = out_reserve(w, c, mqtt5_reason_size(reason, NULL))) != NULL)
+		mqtt5_encode_reason(p, MQTT_DISCONNECT, reason, NULL);
+	conn_close(w, c, publish_will, why);
 }
 
 /* A CONNECT refused: CONNACK with its code, then close (no will: it was never registered). */
@@ -464,7 +596,7 @@ void close_all(struct worker *w, const char *why)
 {
 	for (uint32_t i = 0; i < w->n_slots; i++)
 		if (w->slots[i] != NULL)
-			conn_close(w, w->slots[i], false, why);
+			conn_disconnect(w, w->slots[i], MQTT5_RC_SERVER_SHUTTING_DOWN, false, why);
 }
 
 /* --- input -------------------------------------------------------------- */

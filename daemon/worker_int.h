@@ -18,6 +18,7 @@
 #include "addrlimit.h"
 #include "ipc.h"
 #include "mqtt.h"
+#include "mqtt5.h"
 #include "qos.h"
 #include "rec.h"
 #include "ringout.h"
@@ -74,12 +75,38 @@ struct conn {
 	bool drop_logged : 1;
 	bool in_off : 1;             /* EPOLLIN left out of its epoll registration */
 	bool out_full : 1;           /* not reading: its unsent output is past max_output_bytes */
+	bool v5 : 1;                 /* speaks MQTT 5: its struct conn_v5 is worker.v5[slot] */
 	/* "127.0.0.1:53412" or "[::1]:53412", NUL, the client id (empty before CONNECT), NUL */
 	char remote[];
 };
 
 static_assert(sizeof(struct conn) <= 80, "struct conn grew: every idle connection pays for it");
+/*
+ * What an MQTT 5 connection holds beyond struct conn, allocated apart so
+ * that a 3.1.1 connection pays nothing for it: the client's limits on
+ * what it is sent, what it was granted, and the topic aliases it set
+ * (server.topic_alias_maximum of them; an unset one has a NULL topic).
+ */
+struct topic_alias {
+	uint8_t *topic;
+	uint16_t len;
+};
+
+struct conn_v5 {
+	uint32_t max_packet;         /* the client's maximum packet size; 0: none */
+	uint32_t session_expiry;     /* granted in CONNACK */
+	uint16_t receive_max;        /* the client's: QoS 1/2 messages in flight to it */
+	uint16_t server_keep_alive;  /* sent in CONNACK; 0: the client's own */
+	uint16_t n_alias;            /* aliases the client may set (topic_alias_maximum at CONNECT) */
+	bool assigned_id;            /* the client id was made here: sent in CONNACK */
+	bool end_session;            /* DISCONNECT set the session expiry to 0: it ends now */
+	struct topic_alias alias[];
+};
+
 static_assert(CS_CLOSED < 8, "enum conn_state fits conn.state");
+
+/* c's MQTT 5 state; NULL for an MQTT 3.1.1 connection. */
+#define CONN_V5(w, c) ((c)->v5 ? (w)->v5[conn_id_slot((c)->id)] : NULL)
 
 /* Bytes held: not yet sent (output) or not yet decoded (input). */
 static inline size_t buf_held(const struct buf *b)
@@ -113,6 +140,7 @@ struct worker {
 	struct ringout out;              /* prod, with the records that did not fit yet */
 	struct shmring_consumer cons;    /* from the router */
 	struct conn **slots;
+	struct conn_v5 **v5;             /* per slot: an MQTT 5 connection's state (conn.v5) */
 	uint16_t *serials;
 	uint32_t n_slots, cap_slots;
 	uint32_t *free_slots;
@@ -133,6 +161,8 @@ struct worker {
 	struct route_target *rt_scratch; /* a REC_ROUTE's targets being read */
 	uint32_t cap_rt_scratch;
 	uint8_t *rbuf;
+	uint8_t *props_buf;              /* an MQTT 5 PUBLISH's properties on their way to the router */
+	size_t cap_props;
 	uint64_t now_ms;
 	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
 	bool stopping;
@@ -158,9 +188,26 @@ void conn_set_events(struct worker *w, struct conn *c);
 uint8_t *out_reserve(struct worker *w, struct conn *c, size_t n);
 void send_ack(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id);
 void send_connack(struct worker *w, struct conn *c, bool sp, uint8_t rc);
+void send_connack5(struct worker *w, struct conn *c, bool sp, uint8_t reason,
+		   const struct mqtt5_out *props);
+void send_ack5(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t id,
+	       uint8_t reason);
+/*
+ * What an MQTT 5 message carries besides its topic and payload (rec.h,
+ * REC_PUB_PROPS, REC_PUB_EXPIRY): sent to MQTT 5 clients alone, the expiry
+ * as the interval left.
+ */
+struct msg_v5 {
+	struct rec_bytes props;
+	uint64_t expires_at;
+};
+
+uint64_t wall_clock_ms(void);
+bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
+		  struct msg_v5 x5, uint8_t qos);
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
 		  const uint8_t *topic, size_t tlen, uint16_t pid,
-		  const uint8_t *payload, size_t plen);
+		  const uint8_t *payload, size_t plen, struct msg_v5 x5);
 bool out_drained(struct worker *w, struct conn *c);
 void conn_set_rules(struct worker *w, struct conn *c, struct acl_client *view);
 bool conn_flush(struct worker *w, struct conn *c);
@@ -180,6 +227,9 @@ void conn_read(struct worker *w, struct conn *c);
 bool conn_feed(struct worker *w, struct conn **cp, const uint8_t *p, size_t n);
 void conn_process_input(struct worker *w, struct conn *c);
 void conn_close(struct worker *w, struct conn *c, bool publish_will, const char *why);
+void conn_disconnect(struct worker *w, struct conn *c, uint8_t reason, bool publish_will,
+		     const char *why);
+void conn_v5_free(struct worker *w, struct conn *c);
 void conn_refuse(struct worker *w, struct conn *c, uint8_t code, const char *why);
 void bury_closed(struct worker *w);
 void close_all(struct worker *w, const char *why);
@@ -197,12 +247,14 @@ bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connec
 void worker_auth_forget(struct worker *w, const struct conn *c);
 
 /* worker_mqtt.c */
+void connack_accepted(struct worker *w, struct conn *c, bool sp);
 void connect_forward(struct worker *w, struct conn *c, const struct rec_connect *rc);
 ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size_t len);
 
 /* worker_records.c */
 void push_recw(struct worker *w, uint16_t type);
-void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask);
+void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask,
+		  struct msg_v5 x5);
 void push_close(struct worker *w, struct conn *c, bool publish_will);
 void report_state(struct worker *w, const struct conn *c, uint64_t copy, uint16_t pid,
 		  uint8_t state);

@@ -8,9 +8,15 @@
  * topic's route says (routes.h); PUBACK, PUBREC, PUBREL and PUBCOMP move
  * the connection's QoS state (qos.h); PINGREQ is answered; DISCONNECT, a
  * protocol error or a decode failure closes the connection.
+ *
+ * A CONNECT of protocol level 5 makes the connection an MQTT 5 one: its
+ * packets are decoded by the MQTT 5 codec (mqtt5.h), its limits and topic
+ * aliases kept in its struct conn_v5, its CONNACK carries what iotd
+ * supports, and what closes it is said in a DISCONNECT's reason code.
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
@@ -25,10 +31,12 @@
  * what the view refuses goes nowhere (it was acknowledged already, as the
  * protocol wants; the router would refuse it too).
  */
-static void route_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
+static void route_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub,
+			  struct msg_v5 x5)
 {
 	uint64_t gen = atomic_load_explicit(&w->env->shm.router->route_gen, memory_order_acquire);
-	bool to_router = pub->retain;
+	/* A local route delivers no properties nor expiry: a message with them goes to the router. */
+	bool to_router = pub->retain || x5.props.len > 0 || x5.expires_at > 0;
 	const struct route *rt;
 	uint64_t ask;
 
@@ -47,25 +55,188 @@ static void route_publish(struct worker *w, struct conn *c, const struct mqtt_pu
 		deliver_local(w, rt, pub);
 		break;
 	case ROUTE_SEND:
-		push_publish(w, c->id, pub, 0);
+		push_publish(w, c->id, pub, 0, x5);
 		break;
 	case ROUTE_SEND_ASK:
-		push_publish(w, c->id, pub, ask);
+		push_publish(w, c->id, pub, ask, x5);
 		break;
 	}
 }
 
-static enum pkt_result handle_publish(struct worker *w, struct conn *c, const struct mqtt_publish *pub)
+static bool topic_valid(const struct worker *w, struct mqtt_str t)
 {
-	if (!topic_name_valid((const char *)pub->topic.p, pub->topic.len,
-			      (size_t)w->cfg->max_topic_levels, (size_t)w->cfg->max_topic_length)) {
+	return topic_name_valid((const char *)t.p, t.len, (size_t)w->cfg->max_topic_levels,
+				(size_t)w->cfg->max_topic_length);
+}
+
+/*
+ * A client's topic alias [MQTT-3.3.2.3.4]: a PUBLISH with a topic sets
+ * it, one without takes the topic it was set to. False: out of range or
+ * never set (DISCONNECT 0x94), or out of memory (*nomem).
+ */
+static bool topic_alias_apply(struct conn_v5 *v, uint16_t alias, struct mqtt_str *topic,
+			      bool *nomem)
+{
+	struct topic_alias *a;
+
+	*nomem = false;
+	if (alias == 0 || alias > v->n_alias)
+		return false;
+	a = &v->alias[alias - 1];
+	if (topic->len == 0) {
+		if (a->topic == NULL)
+			return false;
+		*topic = (struct mqtt_str){ a->topic, a->len };
+		return true;
+	}
+	if (a->len != topic->len || a->topic == NULL) {
+		uint8_t *t = realloc(a->topic, topic->len);
+
+		if (t == NULL) {
+			*nomem = true;
+			return false;
+		}
+		a->topic = t;
+		a->len = topic->len;
+	}
+	memcpy(a->topic, topic->p, topic->len);
+	return true;
+}
+
+/*
+ * What MQTT 5 adds to a PUBLISH from the client: its topic alias
+ * resolved into pub->topic, the properties a client may not send or send
+ * so refused. PKT_CLOSED: c was closed. *reason: 0, or the reason code
+ * of the acknowledgement that refuses the message (not routed).
+ */
+static enum pkt_result publish5_check(struct worker *w, struct conn *c, struct mqtt_publish *pub,
+				      const struct mqtt5_props *props, uint8_t *reason)
+{
+	bool nomem;
+
+	*reason = MQTT5_RC_SUCCESS;
+	if (mqtt5_props_has(props, MQTT5_PROP_SUB_ID)) {
+		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
+				"subscription identifier in a PUBLISH from the client");
+		return PKT_CLOSED;
+	}
+	if (pub->topic.len > 0 && !topic_valid(w, pub->topic)) {
+		conn_disconnect(w, c, MQTT5_RC_TOPIC_NAME_INVALID, true,
+				"invalid topic name in PUBLISH");
+		return PKT_CLOSED;
+	}
+	if (mqtt5_props_has(props, MQTT5_PROP_TOPIC_ALIAS) &&
+	    !topic_alias_apply(CONN_V5(w, c), props->topic_alias, &pub->topic, &nomem)) {
+		conn_disconnect(w, c, nomem ? MQTT5_RC_UNSPECIFIED_ERROR :
+				MQTT5_RC_TOPIC_ALIAS_INVALID, true,
+				nomem ? "out of memory" : "topic alias out of range or unknown "
+				"(server.topic_alias_maximum)");
+		return PKT_CLOSED;
+	}
+	if (mqtt5_props_has(props, MQTT5_PROP_RESPONSE_TOPIC) &&
+	    !topic_valid(w, props->response_topic)) {
+		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
+				"invalid response topic in PUBLISH");
+		return PKT_CLOSED;
+	}
+	if (props->payload_format == 1 && !mqtt_utf8_valid(pub->payload, pub->payload_len)) {
+		if (pub->qos == 0) {
+			conn_disconnect(w, c, MQTT5_RC_PAYLOAD_FORMAT_INVALID, true,
+					"PUBLISH payload said UTF-8 is not");
+			return PKT_CLOSED;
+		}
+		*reason = MQTT5_RC_PAYLOAD_FORMAT_INVALID;
+	}
+	return PKT_OK;
+}
+
+/*
+ * The properties of an MQTT 5 PUBLISH that go to its receivers (rec.h,
+ * REC_PUB_PROPS): its block without what the broker rewrites, with a
+ * length field, in w->props_buf; empty when nothing is left. False: out
+ * of memory.
+ */
+static bool publish_props(struct worker *w, const struct mqtt5_props *in, struct rec_bytes *out)
+{
+	const size_t room = 4;       /* for the longest length field, written last */
+	struct mqtt5_prop_iter it;
+	struct mqtt5_prop prop;
+	size_t kept = 0, hdr;
+	uint8_t *dst;
+
+	*out = (struct rec_bytes){ 0 };
+	if ((in->present & ~MQTT5_PUBLISH_REWRITTEN) == 0)
+		return true;
+	if (w->cap_props < room + in->raw_len) {
+		uint8_t *b = realloc(w->props_buf, room + in->raw_len);
+
+		if (b == NULL)
+			return false;
+		w->props_buf = b;
+		w->cap_props = room + in->raw_len;
+	}
+	dst = w->props_buf + room;
+	mqtt5_prop_iter_init(&it, in);
+	for (const uint8_t *start = it.p; mqtt5_prop_next(&it, &prop); start = it.p) {
+		if (MQTT5_BIT(prop.id) & MQTT5_PUBLISH_REWRITTEN)
+			continue;
+		memcpy(dst + kept, start, (size_t)(it.p - start));
+		kept += (size_t)(it.p - start);
+	}
+	hdr = mqtt_varint_size((uint32_t)kept);
+	mqtt_varint_encode(w->props_buf + room - hdr, (uint32_t)kept);
+	*out = (struct rec_bytes){ w->props_buf + room - hdr, (uint32_t)(hdr + kept) };
+	return true;
+}
+
+/* A QoS 1/2 message refused with reason: acknowledged with it, not routed, not held. */
+static enum pkt_result publish_refuse(struct worker *w, struct conn *c,
+				      const struct mqtt_publish *pub, uint8_t reason)
+{
+	log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "PUBLISH to '%.*s' refused: %s",
+		   (int)pub->topic.len, (const char *)pub->topic.p,
+		   mqtt5_reason_name(MQTT_PUBACK, reason));
+	send_ack5(w, c, pub->qos == 1 ? MQTT_PUBACK : MQTT_PUBREC, pub->packet_id, reason);
+	return PKT_OK;
+}
+
+/* p5: the packet as the MQTT 5 codec decoded it; NULL on an MQTT 3.1.1 connection. */
+static enum pkt_result handle_publish(struct worker *w, struct conn *c,
+				      const struct mqtt_publish *in, const struct mqtt5_packet *p5)
+{
+	struct mqtt_publish v5pub;
+	const struct mqtt_publish *pub = in;
+	struct msg_v5 x5 = { 0 };
+	uint8_t reason;
+
+	if (p5 != NULL) {
+		v5pub = *in;
+		pub = &v5pub;
+		if (publish5_check(w, c, &v5pub, &p5->props, &reason) == PKT_CLOSED)
+			return PKT_CLOSED;
+		/*
+		 * What the client's view of the ACL refuses is acknowledged with
+		 * 0x87; without a view the router decides, after the PUBACK.
+		 */
+		if (reason == MQTT5_RC_SUCCESS && pub->qos > 0 && w->acl_in_force && c->acl &&
+		    !acl_client_may(c->acl, (const char *)pub->topic.p, pub->topic.len, ACL_WRITE))
+			reason = MQTT5_RC_NOT_AUTHORIZED;
+		if (reason != MQTT5_RC_SUCCESS)
+			return publish_refuse(w, c, pub, reason);
+		if (!publish_props(w, &p5->props, &x5.props)) {
+			conn_disconnect(w, c, MQTT5_RC_UNSPECIFIED_ERROR, true, "out of memory");
+			return PKT_CLOSED;
+		}
+		if (mqtt5_props_has(&p5->props, MQTT5_PROP_MESSAGE_EXPIRY))
+			x5.expires_at = wall_clock_ms() + (uint64_t)p5->props.message_expiry * 1000;
+	} else if (!topic_valid(w, pub->topic)) {
 		conn_close(w, c, true, "invalid topic name in PUBLISH");
 		return PKT_CLOSED;
 	}
 	w->msgs_in++;
 	switch (pub->qos) {
 	case 0:
-		route_publish(w, c, pub);
+		route_publish(w, c, pub, x5);
 		break;
 	case 1:
 		/*
@@ -74,22 +245,23 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c, const st
 		 * is not kept waiting behind a write to the publisher.
 		 */
 		send_ack(w, c, MQTT_PUBACK, pub->packet_id);
-		route_publish(w, c, pub);
+		route_publish(w, c, pub, x5);
 		break;
 	case 2:
 		switch (qos_in_receive(&c->qos, w->cfg, pub->packet_id)) {
 		case QOS_IN_NEW:
 			report_qos2_in(w, c, pub->packet_id, true);
-			route_publish(w, c, pub);
+			route_publish(w, c, pub, x5);
 			break;
 		case QOS_IN_HELD:        /* exactly once: not routed again */
 			break;
 		case QOS_IN_FULL:
-			conn_close(w, c, true, "too many QoS 2 messages awaiting PUBREL "
-				   "(max_inflight)");
+			/* max_inflight is the receive maximum an MQTT 5 client was given. */
+			conn_disconnect(w, c, MQTT5_RC_RECEIVE_MAXIMUM_EXCEEDED, true,
+					"too many QoS 2 messages awaiting PUBREL (max_inflight)");
 			return PKT_CLOSED;
 		case QOS_IN_NOMEM:
-			conn_close(w, c, true, "out of memory");
+			conn_disconnect(w, c, MQTT5_RC_UNSPECIFIED_ERROR, true, "out of memory");
 			return PKT_CLOSED;
 		}
 		send_ack(w, c, MQTT_PUBREC, pub->packet_id);
@@ -104,20 +276,45 @@ static bool filter_valid(const struct worker *w, struct mqtt_str f)
 				  (size_t)w->cfg->max_topic_length);
 }
 
-static void handle_subscribe(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+/* A subscription's QoS (and MQTT 5 options) as the router takes it, or the SUBACK code that refuses it. */
+static uint8_t subscription_qos(const struct worker *w, struct mqtt_str f, uint8_t options,
+				bool v5)
+{
+	static const char share[] = "$share/";
+
+	if (!v5)
+		return filter_valid(w, f) ? options : MQTT_SUBACK_FAILURE;
+	if (f.len >= sizeof(share) - 1 && memcmp(f.p, share, sizeof(share) - 1) == 0)
+		return MQTT5_RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
+	/* The router takes the whole options byte (QoS, no local, retain as published, retain handling). */
+	return filter_valid(w, f) ? options : MQTT5_RC_TOPIC_FILTER_INVALID;
+}
+
+/* p5 as for handle_publish. */
+static enum pkt_result handle_subscribe(struct worker *w, struct conn *c,
+					const struct mqtt_packet *pkt, const struct mqtt5_packet *p5)
 {
 	struct rec_subscribe x = { .conn = c->id, .packet_id = pkt->u.list.packet_id };
 	struct mqtt_list_iter it;
 	struct mqtt_str f;
 	uint8_t qos;
-	size_t count_off = rec_subscribe_begin(&w->rw, &x);
+	size_t count_off;
 	uint16_t n = 0;
 
-	mqtt_list_iter_init(&it, pkt);
+	if (p5 != NULL && mqtt5_props_has(&p5->props, MQTT5_PROP_SUB_ID)) {
+		conn_disconnect(w, c, MQTT5_RC_SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED, true,
+				"subscription identifier in SUBSCRIBE (not supported)");
+		return PKT_CLOSED;
+	}
+	count_off = rec_subscribe_begin(&w->rw, &x);
+	if (p5 != NULL)
+		mqtt5_list_iter_init(&it, p5);
+	else
+		mqtt_list_iter_init(&it, pkt);
 	while (mqtt_list_next(&it, &f, &qos)) {
 		struct rec_subscription s = {
 			.filter = { f.p, f.len },
-			.qos = filter_valid(w, f) ? qos : MQTT_SUBACK_FAILURE,
+			.qos = subscription_qos(w, f, qos, p5 != NULL),
 		};
 
 		rec_subscribe_add(&w->rw, &s);
@@ -125,9 +322,11 @@ static void handle_subscribe(struct worker *w, struct conn *c, const struct mqtt
 	}
 	rec_subscribe_end(&w->rw, count_off, n);
 	push_recw(w, REC_SUBSCRIBE);
+	return PKT_OK;
 }
 
-static void handle_unsubscribe(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+static void handle_unsubscribe(struct worker *w, struct conn *c, const struct mqtt_packet *pkt,
+			       const struct mqtt5_packet *p5)
 {
 	struct rec_unsubscribe x = { .conn = c->id, .packet_id = pkt->u.list.packet_id };
 	struct mqtt_list_iter it;
@@ -136,7 +335,10 @@ static void handle_unsubscribe(struct worker *w, struct conn *c, const struct mq
 	size_t count_off = rec_unsubscribe_begin(&w->rw, &x);
 	uint16_t n = 0;
 
-	mqtt_list_iter_init(&it, pkt);
+	if (p5 != NULL)
+		mqtt5_list_iter_init(&it, p5);
+	else
+		mqtt_list_iter_init(&it, pkt);
 	while (mqtt_list_next(&it, &f, &qos)) {
 		rec_unsubscribe_add(&w->rw, (struct rec_str){ f.p, f.len });
 		n++;
@@ -165,20 +367,76 @@ static bool take_identity(struct conn *c, struct mqtt_connect *k, char *ident, s
 	return true;
 }
 
+/*
+ * An MQTT 5 CONNECT makes c an MQTT 5 connection: its state, from the
+ * CONNECT's properties. False: out of memory.
+ */
+static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_props *props)
+{
+	uint16_t n_alias = (uint16_t)w->cfg->topic_alias_maximum;
+	struct conn_v5 *v = calloc(1, sizeof(*v) + n_alias * sizeof(v->alias[0]));
+
+	if (v == NULL)
+		return false;
+	v->n_alias = n_alias;
+	v->receive_max = props->receive_max;
+	v->session_expiry = props->session_expiry;   /* asked; what is granted replaces it */
+	if (mqtt5_props_has(props, MQTT5_PROP_MAX_PACKET_SIZE))
+		v->max_packet = props->max_packet_size;
+	w->v5[conn_id_slot(c->id)] = v;
+	c->v5 = true;
+	return true;
+}
+
+/*
+ * The keep-alive iotd holds c to: the client's, or server.max_keepalive
+ * when it asks for none or more, or keep_alive_timeout_secs when it asks
+ * for none. An MQTT 5 client is told in CONNACK (server keep alive); a
+ * 3.1.1 one over max_keepalive is refused (false).
+ */
+static bool connect_keepalive(struct worker *w, struct conn *c, uint16_t asked)
+{
+	const struct iotd_config *cfg = w->cfg;
+	struct conn_v5 *v = CONN_V5(w, c);
+	uint16_t ka = asked;
+
+	if (cfg->max_keepalive > 0 && (asked == 0 || asked > cfg->max_keepalive)) {
+		if (v == NULL)
+			return false;
+		ka = (uint16_t)cfg->max_keepalive;
+	}
+	if (ka == 0 && v != NULL)
+		ka = (uint16_t)cfg->keep_alive_timeout_secs;
+	if (v != NULL && ka != asked)
+		v->server_keep_alive = ka;
+	c->keepalive = ka ? ka : (uint16_t)cfg->keep_alive_timeout_secs;
+	return true;
+}
+
 static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
-				      const struct mqtt_connect *connect)
+				      const struct mqtt5_packet *p5)
 {
 	const struct iotd_config *cfg = w->cfg;
 	struct conn *c = *cp;
-	struct mqtt_connect k = *connect;
+	struct mqtt_connect k = p5->u.connect;
 	const struct mqtt_connect *ck = &k;
-	bool from_cert = false;
+	bool from_cert = false, v5 = ck->protocol_level == MQTT5_PROTOCOL_LEVEL;
 	struct rec_connect rc;
 	char gen[40], ident[XPORT_IDENTITY_MAX + 1];
 	const char *id;
 	size_t len;
 
-	if (ck->client_id.len == 0 && !ck->clean_session) {
+	if (v5 && !conn_v5_new(w, c, &p5->props)) {
+		conn_close(w, c, false, "out of memory");
+		return PKT_CLOSED;
+	}
+	if (v5 && mqtt5_props_has(&p5->props, MQTT5_PROP_AUTH_METHOD)) {
+		send_connack5(w, c, false, MQTT5_RC_BAD_AUTHENTICATION_METHOD, NULL);
+		conn_close(w, c, false, "authentication method in CONNECT (not supported)");
+		return PKT_CLOSED;
+	}
+	/* MQTT 5 lets the server assign an id whatever Clean Start says. */
+	if (ck->client_id.len == 0 && !ck->clean_session && !v5) {
 		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
 		conn_close(w, c, false, "empty client id with clean session 0");
 		return PKT_CLOSED;
@@ -188,7 +446,7 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		conn_close(w, c, false, "client id longer than max_client_id_length");
 		return PKT_CLOSED;
 	}
-	if (cfg->max_keepalive > 0 && (ck->keepalive == 0 || ck->keepalive > cfg->max_keepalive)) {
+	if (!connect_keepalive(w, c, ck->keepalive)) {
 		send_connack(w, c, false, MQTT_CONNACK_ID_REJECTED);
 		conn_close(w, c, false, "keep-alive above max_keepalive");
 		return PKT_CLOSED;
@@ -203,6 +461,8 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		snprintf(gen, sizeof(gen), "iotd-%016llx", (unsigned long long)c->id);
 		id = gen;
 		len = strlen(gen);
+		if (v5)
+			CONN_V5(w, c)->assigned_id = true;
 	} else {
 		id = (const char *)ck->client_id.p;
 		len = strnlen(id, ck->client_id.len);
@@ -237,7 +497,6 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 	 */
 	c->paused = true;
 	c->clean = ck->clean_session;
-	c->keepalive = ck->keepalive ? ck->keepalive : (uint16_t)cfg->keep_alive_timeout_secs;
 	rc = (struct rec_connect){
 		.conn = c->id,
 		.clean = ck->clean_session,
@@ -297,13 +556,21 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 			send_ack(w, c, MQTT_PUBREL, pid);
 			break;
 		case QOS_PUBREC_UNKNOWN:
+			/* An MQTT 5 client is told; a 3.1.1 one is not answered. */
+			if (c->v5)
+				send_ack5(w, c, MQTT_PUBREL, pid,
+					  MQTT5_RC_PACKET_IDENTIFIER_NOT_FOUND);
 			break;
 		}
 		break;
 	case MQTT_PUBREL:
-		if (qos_in_release(&c->qos, pid))
+		if (qos_in_release(&c->qos, pid)) {
 			report_qos2_in(w, c, pid, false);
-		send_ack(w, c, MQTT_PUBCOMP, pid);
+			send_ack(w, c, MQTT_PUBCOMP, pid);
+		} else {
+			send_ack5(w, c, MQTT_PUBCOMP, pid, c->v5 ?
+				  MQTT5_RC_PACKET_IDENTIFIER_NOT_FOUND : MQTT5_RC_SUCCESS);
+		}
 		break;
 	default:
 		break;
@@ -311,9 +578,85 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 	return PKT_OK;
 }
 
-/* *cp: the connection, which a CONNECT moves. */
+/*
+ * DISCONNECT from the client: an MQTT 5 one says whether the will goes
+ * out (reason 0x04 or an error), and may change the session expiry, but
+ * not from 0 [MQTT-3.14.2-2].
+ */
+static enum pkt_result handle_disconnect(struct worker *w, struct conn *c,
+					 const struct mqtt5_packet *p5)
+{
+	struct conn_v5 *v;
+
+	if (p5 == NULL) {
+		conn_close(w, c, false, "client sent DISCONNECT");
+		return PKT_CLOSED;
+	}
+	v = CONN_V5(w, c);
+	if (v->session_expiry == 0 && p5->props.session_expiry != 0) {
+		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
+				"DISCONNECT set a session expiry after CONNECT granted none");
+		return PKT_CLOSED;
+	}
+	/*
+	 * 0 ends a persistent session now; another interval leaves it as it
+	 * was granted (sessions do not expire by their interval yet).
+	 */
+	if (mqtt5_props_has(&p5->props, MQTT5_PROP_SESSION_EXPIRY) &&
+	    p5->props.session_expiry == 0 && !c->clean) {
+		v->end_session = true;
+		c->clean = true;     /* nothing to hand back to the router */
+	}
+	conn_close(w, c, p5->reason != MQTT5_RC_NORMAL_DISCONNECTION,
+		   p5->reason == MQTT5_RC_NORMAL_DISCONNECTION ? "client sent DISCONNECT" :
+		   "client sent DISCONNECT (with will)");
+	return PKT_CLOSED;
+}
+
+/*
+ * A connection's CONNECT accepted by the router (sp: session present).
+ * An MQTT 5 client hears what iotd supports and grants it.
+ */
+void connack_accepted(struct worker *w, struct conn *c, bool sp)
+{
+	const struct iotd_config *cfg = w->cfg;
+	struct conn_v5 *v = CONN_V5(w, c);
+	uint8_t buf[128];
+	struct mqtt5_pbuf b;
+	struct mqtt5_out out;
+	const char *id = conn_client_id(c);
+	/* Sessions end with their connection or never (a clean session 0, as in 3.1.1). */
+	uint32_t granted = c->clean ? 0 : UINT32_MAX;
+
+	if (v == NULL) {
+		send_connack(w, c, sp, MQTT_CONNACK_ACCEPTED);
+		return;
+	}
+	mqtt5_pbuf_init(&b, buf, sizeof(buf));
+	if (granted != v->session_expiry)
+		mqtt5_pbuf_num(&b, MQTT5_PROP_SESSION_EXPIRY, granted);
+	v->session_expiry = granted;
+	mqtt5_pbuf_num(&b, MQTT5_PROP_RECEIVE_MAX, (uint32_t)cfg->max_inflight);
+	mqtt5_pbuf_num(&b, MQTT5_PROP_MAX_PACKET_SIZE, (uint32_t)cfg->max_packet_size);
+	if (v->n_alias > 0)
+		mqtt5_pbuf_num(&b, MQTT5_PROP_TOPIC_ALIAS_MAX, v->n_alias);
+	mqtt5_pbuf_num(&b, MQTT5_PROP_RETAIN_AVAILABLE, 1);
+	mqtt5_pbuf_num(&b, MQTT5_PROP_WILDCARD_SUB_AVAILABLE, 1);
+	mqtt5_pbuf_num(&b, MQTT5_PROP_SUB_ID_AVAILABLE, 0);
+	mqtt5_pbuf_num(&b, MQTT5_PROP_SHARED_SUB_AVAILABLE, 0);
+	if (v->assigned_id)
+		mqtt5_pbuf_str(&b, MQTT5_PROP_ASSIGNED_CLIENT_ID, (const uint8_t *)id, strlen(id));
+	if (v->server_keep_alive)
+		mqtt5_pbuf_num(&b, MQTT5_PROP_SERVER_KEEP_ALIVE, v->server_keep_alive);
+	if (b.failed)
+		log_error("CONNACK properties for '%s' did not fit; some left out", id);
+	mqtt5_out_init(&out, b.p, b.len, NULL, 0);
+	send_connack5(w, c, sp, MQTT5_RC_SUCCESS, &out);
+}
+
+/* *cp: the connection, which a CONNECT moves; p5 as for handle_publish. */
 static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
-				     const struct mqtt_packet *pkt)
+				     const struct mqtt_packet *pkt, const struct mqtt5_packet *p5)
 {
 	struct conn *c = *cp;
 
@@ -326,21 +669,20 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 			conn_close(w, c, false, "first packet is not CONNECT");
 			return PKT_CLOSED;
 		}
-		return handle_connect(w, cp, &pkt->u.connect);
+		return handle_connect(w, cp, p5);
 	}
 	switch (pkt->type) {
 	case MQTT_PUBLISH:
-		return handle_publish(w, c, &pkt->u.publish);
+		return handle_publish(w, c, &pkt->u.publish, p5);
 	case MQTT_PUBACK:
 	case MQTT_PUBREC:
 	case MQTT_PUBREL:
 	case MQTT_PUBCOMP:
 		return handle_ack(w, c, pkt);
 	case MQTT_SUBSCRIBE:
-		handle_subscribe(w, c, pkt);
-		return PKT_OK;
+		return handle_subscribe(w, c, pkt, p5);
 	case MQTT_UNSUBSCRIBE:
-		handle_unsubscribe(w, c, pkt);
+		handle_unsubscribe(w, c, pkt, p5);
 		return PKT_OK;
 	case MQTT_PINGREQ: {
 		uint8_t *p = out_reserve(w, c, 2);
@@ -350,13 +692,17 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 		return PKT_OK;
 	}
 	case MQTT_DISCONNECT:
-		conn_close(w, c, false, "client sent DISCONNECT");
-		return PKT_CLOSED;
+		return handle_disconnect(w, c, p5);
 	case MQTT_CONNECT:
-		conn_close(w, c, true, "second CONNECT");
+		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true, "second CONNECT");
+		return PKT_CLOSED;
+	case MQTT_AUTH:
+		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
+				"AUTH without an authentication method");
 		return PKT_CLOSED;
 	default:
-		conn_close(w, c, true, "server-only packet from client");
+		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
+				"server-only packet from client");
 		return PKT_CLOSED;
 	}
 }
@@ -392,7 +738,32 @@ static void decode_failure(struct worker *w, struct conn *c, int rc)
 		return;
 	}
 	snprintf(why, sizeof(why), "protocol error: %s", mqtt_result_str(rc));
-	conn_close(w, c, c->state == CS_ACTIVE, why);
+	conn_disconnect(w, c, mqtt5_result_reason(rc), c->state == CS_ACTIVE, why);
+}
+
+/*
+ * Decode one packet of 'remaining' body bytes: by the MQTT 5 codec on an
+ * MQTT 5 connection and for every CONNECT (*p5 then set, pkt its copy for
+ * what both versions share), else by the 3.1.1 codec (*p5 NULL).
+ */
+static int decode_packet(const struct conn *c, uint8_t first, const uint8_t *body,
+			 size_t remaining, struct mqtt_packet *pkt, struct mqtt5_packet *buf5,
+			 const struct mqtt5_packet **p5)
+{
+	int rc;
+
+	*p5 = NULL;
+	if (!c->v5 && c->state != CS_NEW)
+		return mqtt_decode(first, body, remaining, pkt);
+	static_assert(sizeof(pkt->u) == sizeof(buf5->u), "both codecs' packets share their union");
+	rc = mqtt5_decode(first, body, remaining, buf5);
+	if (rc != MQTT_OK)
+		return rc;
+	pkt->type = buf5->type;
+	pkt->flags = buf5->flags;
+	memcpy(&pkt->u, &buf5->u, sizeof(pkt->u));
+	*p5 = buf5;
+	return MQTT_OK;
 }
 
 /*
@@ -407,6 +778,8 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 
 	while (off < len && !c->paused) {
 		struct mqtt_packet pkt;
+		struct mqtt5_packet buf5;
+		const struct mqtt5_packet *p5;
 		uint8_t first;
 		uint32_t remaining;
 		size_t hdr;
@@ -420,14 +793,15 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 			conn_close(w, c, false, "first packet is not CONNECT");
 			return -1;
 		}
-		rc = mqtt_fixed_header(p + off, len - off, packet_limit(w, c), &first, &remaining,
-				       &hdr);
+		rc = (c->v5 ? mqtt5_fixed_header : mqtt_fixed_header)(p + off, len - off,
+									packet_limit(w, c),
+									&first, &remaining, &hdr);
 		if (rc == MQTT_INCOMPLETE)
 			break;
 		if (rc == MQTT_OK && hdr + remaining > len - off)
 			break;
 		if (rc == MQTT_OK)
-			rc = mqtt_decode(first, p + off + hdr, remaining, &pkt);
+			rc = decode_packet(c, first, p + off + hdr, remaining, &pkt, &buf5, &p5);
 		if (rc != MQTT_OK) {
 			decode_failure(w, c, rc);
 			return -1;
@@ -438,7 +812,7 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 		 * client trickling a packet byte by byte does not keep itself alive.
 		 */
 		c->last_rx_ms = w->now_ms;
-		switch (handle_packet(w, cp, &pkt)) {
+		switch (handle_packet(w, cp, &pkt, p5)) {
 		case PKT_CLOSED:
 			return -1;
 		case PKT_PAUSE:

@@ -43,14 +43,18 @@ void ring_commit(struct worker *w)
 }
 
 /* conn: the publisher's; ask: 0, or the route request this message carries (routes.h). */
-void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask)
+void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *pub, uint64_t ask,
+		  struct msg_v5 x5)
 {
 	struct rec_publish x = {
 		.qos = pub->qos,
-		.flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0),
+		.flags = (pub->retain ? REC_PUB_RETAIN : 0) | (ask ? REC_PUB_ASK : 0) |
+			 (x5.props.len ? REC_PUB_PROPS : 0) | (x5.expires_at ? REC_PUB_EXPIRY : 0),
 		.conn = conn,
 		.topic = { pub->topic.p, pub->topic.len },
 		.payload = { pub->payload, pub->payload_len },
+		.props = x5.props,
+		.expires_at = x5.expires_at,
 		.ask = ask,
 	};
 	uint32_t len = (uint32_t)rec_publish_size(&x);
@@ -156,7 +160,12 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
  */
 void push_close(struct worker *w, struct conn *c, bool publish_will)
 {
-	struct rec_close x = { .conn = c->id, .publish_will = publish_will };
+	const struct conn_v5 *v = CONN_V5(w, c);
+	struct rec_close x = {
+		.conn = c->id,
+		.publish_will = (uint8_t)(publish_will |
+					  (v && v->end_session ? REC_CLOSE_END_SESSION : 0)),
+	};
 	uint16_t n = 0;
 
 	if (c->state == CS_ACTIVE && !c->clean)
@@ -168,6 +177,14 @@ void push_close(struct worker *w, struct conn *c, bool publish_will)
 }
 
 /* --- deliveries to this worker's connections ----------------------------- */
+
+/* The client's receive maximum, which narrows max_inflight (qos.h); 0: none. */
+static uint16_t conn_window(const struct worker *w, const struct conn *c)
+{
+	const struct conn_v5 *v = CONN_V5(w, c);
+
+	return v != NULL ? v->receive_max : 0;
+}
 
 /* A QoS 1/2 delivery refused by a limit: logged once until the queue empties. */
 static void drop_delivery(struct worker *w, struct conn *c, uint64_t copy, const char *why)
@@ -183,13 +200,25 @@ static void drop_delivery(struct worker *w, struct conn *c, uint64_t copy, const
 	report_state(w, c, copy, 0, MSG_DONE);
 }
 
+/*
+ * A message larger than the client's maximum packet size: not sent, its
+ * exchange finished as if it had been [MQTT-3.1.2-25].
+ */
+static void too_big(struct worker *w, struct conn *c, uint64_t copy)
+{
+	log_client(LOG_LVL_DEBUG, conn_client_id(c), c->remote,
+		   "a message above the client's maximum packet size; not sent");
+	report_state(w, c, copy, 0, MSG_DONE);
+}
+
 /* A message the QoS state put in flight goes out (dup: a resend under the id the router knows). */
 static void send_inflight(struct worker *w, struct conn *c, const struct inflight *f, bool dup)
 {
 	const struct qmsg *m = f->msg;
 
 	send_publish(w, c, dup, f->qos, m->retain, m->data, m->topic_len, f->packet_id,
-		     m->data + m->topic_len, m->payload_len);
+		     m->data + m->topic_len, m->payload_len, (struct msg_v5){
+			     { m->data + m->topic_len + m->payload_len, m->props_len }, m->expires_at });
 	if (!dup)
 		report_state(w, c, f->copy, f->packet_id, MSG_INFLIGHT);
 }
@@ -223,7 +252,7 @@ static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 			uint64_t copy)
 {
 	struct inflight *sent = NULL;
-	enum qos_verdict v = qos_offer(&c->qos, &c->next_pid, w->cfg, m, qos, copy, &sent);
+	enum qos_verdict v = qos_offer(&c->qos, &c->next_pid, w->cfg, conn_window(w, c), m, qos, copy, &sent);
 
 	act_on_verdict(w, c, v, sent, qos, copy);
 }
@@ -233,7 +262,7 @@ void pending_pump(struct worker *w, struct conn *c)
 {
 	struct inflight *f;
 
-	while ((f = qos_pump(c->qos, &c->next_pid, w->cfg)) != NULL)
+	while ((f = qos_pump(c->qos, &c->next_pid, w->cfg, conn_window(w, c))) != NULL)
 		send_inflight(w, c, f, false);
 	if (c->qos->n_pending == 0)
 		c->drop_logged = false;
@@ -244,6 +273,7 @@ void pending_pump(struct worker *w, struct conn *c)
 struct delivery {
 	struct rec_str topic;
 	struct rec_bytes payload;
+	struct msg_v5 x5;
 	uint8_t retain;
 	struct qmsg *m;
 };
@@ -252,6 +282,14 @@ struct delivery {
 static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uint8_t qos,
 		       uint64_t copy)
 {
+	if (d->x5.expires_at && d->x5.expires_at <= wall_clock_ms()) {
+		report_state(w, c, copy, 0, MSG_DONE);   /* its message expiry passed: not sent */
+		return;
+	}
+	if (!publish_fits(w, c, d->topic.len, d->payload.len, d->x5, qos)) {
+		too_big(w, c, copy);
+		return;
+	}
 	if (qos == 0) {
 		if (buf_held(c->out) > (size_t)w->cfg->max_output_bytes) {
 			if (!c->drop_logged)
@@ -261,16 +299,17 @@ static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uin
 			return;
 		}
 		send_publish(w, c, false, 0, d->retain, d->topic.p, d->topic.len, 0, d->payload.p,
-			     d->payload.len);
+			     d->payload.len, d->x5);
 		return;
 	}
 	if (d->m == NULL &&
 	    (d->m = qmsg_new(d->topic.p, d->topic.len, d->payload.p, d->payload.len,
-			     d->retain)) == NULL) {
+			     d->x5.props.p, d->x5.props.len, d->retain)) == NULL) {
 		log_error("out of memory for a QoS %u delivery; dropped", qos);
 		report_state(w, c, copy, 0, MSG_DONE);
 		return;
 	}
+	d->m->expires_at = d->x5.expires_at;
 	deliver_qos(w, c, d->m, qos > 2 ? 2 : qos, copy);
 }
 
@@ -345,7 +384,7 @@ static int on_connack(struct worker *w, const void *p, size_t len)
 	}
 	c->sid = x.sid;
 	c->state = CS_ACTIVE;
-	send_connack(w, c, x.session_present, MQTT_CONNACK_ACCEPTED);
+	connack_accepted(w, c, x.session_present);
 	log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "connected (clean session %d%s)",
 		   c->clean, x.session_present ? ", session resumed" : "");
 	c->paused = false;
@@ -356,20 +395,37 @@ static int on_connack(struct worker *w, const void *p, size_t len)
 	return 0;
 }
 
+/*
+ * SUBACK, or an MQTT 5 UNSUBACK: the router's codes, each a 3.1.1 return
+ * code or an MQTT 5 reason code. A 3.1.1 client is sent the failure code
+ * for every reason code of failure (the MQTT 5 ones a worker chose for an
+ * MQTT 5 connection, which a 3.1.1 one never has).
+ */
+static void send_suback(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t pid,
+			const uint8_t *codes, size_t n)
+{
+	uint8_t *out;
+
+	if (c->v5) {
+		if ((out = out_reserve(w, c, mqtt5_suback_size(n, NULL))) != NULL)
+			mqtt5_encode_suback(out, type, pid, codes, n, NULL);
+		return;
+	}
+	if ((out = out_reserve(w, c, mqtt_suback_size(n))) != NULL)
+		mqtt_encode_suback(out, pid, codes, n);
+}
+
 static int on_suback(struct worker *w, const void *p, size_t len)
 {
 	struct rec_suback x;
 	struct conn *c;
-	uint8_t *out;
 
 	if (rec_suback_decode(&x, p, len) < 0)
 		return -1;
 	c = conn_lookup(w, x.conn);
 	if (x.codes.n == 0 || c == NULL || c->state != CS_ACTIVE)
 		return 0;
-	out = out_reserve(w, c, mqtt_suback_size(x.codes.n));
-	if (out != NULL)
-		mqtt_encode_suback(out, x.packet_id, x.codes.p, x.codes.n);
+	send_suback(w, c, MQTT_SUBACK, x.packet_id, x.codes.p, x.codes.n);
 	return 0;
 }
 
@@ -381,7 +437,11 @@ static int on_unsuback(struct worker *w, const void *p, size_t len)
 	if (rec_unsuback_decode(&x, p, len) < 0)
 		return -1;
 	c = conn_lookup(w, x.conn);
-	if (c != NULL && c->state == CS_ACTIVE)
+	if (c == NULL || c->state != CS_ACTIVE)
+		return 0;
+	if (c->v5 && x.codes.n > 0)
+		send_suback(w, c, MQTT_UNSUBACK, x.packet_id, x.codes.p, x.codes.n);
+	else
 		send_ack(w, c, MQTT_UNSUBACK, x.packet_id);
 	return 0;
 }
@@ -390,22 +450,27 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 {
 	struct rec_deliver x;
 	struct rec_target t;
-	struct delivery d;
+	struct delivery d[2];        /* as the head says; with the retain flag (retain as published) */
 
 	if (rec_deliver_decode(&x, p, len) < 0)
 		return -1;
 	/* x.qos, the publisher's, is not needed: each target's says what to send. */
-	d = (struct delivery){ .topic = x.topic, .payload = x.payload, .retain = x.retain };
+	d[0] = (struct delivery){ .topic = x.topic, .payload = x.payload,
+				  .x5 = { x.props, x.expires_at }, .retain = x.retain };
+	d[1] = d[0];
+	d[1].retain = 1;
 	while (rec_deliver_next(&x.targets, &t)) {
 		struct conn *c = conn_lookup(w, t.conn);
+		struct delivery *dt = &d[t.retain];
 
 		if (c != NULL && c->state == CS_ACTIVE)
-			deliver_to(w, c, &d, t.qos, t.copy);
+			deliver_to(w, c, dt, t.qos, t.copy);
 		else
-			bounce(w, t.conn, t.sid, t.copy, 0, MSG_QUEUED, t.qos, d.retain, d.topic,
-			       d.payload);
+			bounce(w, t.conn, t.sid, t.copy, 0, MSG_QUEUED, t.qos, dt->retain, dt->topic,
+			       dt->payload);
 	}
-	delivery_done(&d);
+	delivery_done(&d[0]);
+	delivery_done(&d[1]);
 	return 0;
 }
 
@@ -435,7 +500,7 @@ static int on_route(struct worker *w, const void *p, size_t len)
 
 static void resend_pubrel(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
 {
-	if (qos_resume_pubrel(&c->qos, w->cfg, pid, copy)) {
+	if (qos_resume_pubrel(&c->qos, w->cfg, conn_window(w, c), pid, copy)) {
 		send_ack(w, c, MQTT_PUBREL, pid);
 		return;
 	}
@@ -463,23 +528,28 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 		       x.payload);
 		return 0;
 	}
+	if (x.state != MSG_PUBREL &&
+	    !publish_fits(w, c, x.topic.len, x.payload.len, (struct msg_v5){ 0 }, x.qos)) {
+		too_big(w, c, x.copy);
+		return 0;
+	}
 	if (x.qos == 0) {
 		/* Queued offline (queue_qos0_messages): sent once, nothing to keep. */
 		send_publish(w, c, false, 0, x.retain, x.topic.p, x.topic.len, 0, x.payload.p,
-			     x.payload.len);
+			     x.payload.len, (struct msg_v5){ 0 });
 		return 0;
 	}
 	if (x.state == MSG_PUBREL) {
 		resend_pubrel(w, c, x.packet_id, x.copy);
 		return 0;
 	}
-	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, x.retain);
+	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, NULL, 0, x.retain);
 	if (m == NULL) {
 		log_error("out of memory resending a stored message; dropped");
 		report_state(w, c, x.copy, 0, MSG_DONE);
 		return 0;
 	}
-	v = qos_resume(&c->qos, &c->next_pid, w->cfg, m, x.qos, x.state, x.packet_id, x.copy,
+	v = qos_resume(&c->qos, &c->next_pid, w->cfg, conn_window(w, c), m, x.qos, x.state, x.packet_id, x.copy,
 		       &sent);
 	act_on_verdict(w, c, v, sent, x.qos, x.copy);
 	if (m->refs == 0)
@@ -496,7 +566,8 @@ static int on_kick(struct worker *w, const void *p, size_t len)
 		return -1;
 	c = conn_lookup(w, x.conn);
 	if (c != NULL)
-		conn_close(w, c, true, "session taken over by a new connection");
+		conn_disconnect(w, c, MQTT5_RC_SESSION_TAKEN_OVER, true,
+				"session taken over by a new connection");
 	return 0;
 }
 

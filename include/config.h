@@ -85,6 +85,7 @@ struct iotd_config {
 	long retained_bytes_limit;   /* topic + payload bytes of all retained messages; 0 = no cap */
 	long memory_limit;           /* whole daemon (PSS, KiB granularity), bytes; 0 = no ceiling */
 	long max_inflight;           /* QoS 1/2 messages in flight per session */
+	long topic_alias_maximum;    /* MQTT 5 topic aliases a client may set per connection; 0 = none */
 	long max_queued_messages;    /* per session, beyond the in-flight window */
 	long max_queued_bytes;       /* per session; 0 = no byte cap */
 	long max_queued_bytes_total; /* the router's session queues together; 0 = no cap */

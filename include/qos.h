@@ -34,7 +34,9 @@ struct qmsg {
 	uint16_t topic_len;
 	uint8_t retain;
 	uint32_t payload_len;
-	uint8_t data[];              /* topic, then payload */
+	uint32_t props_len;          /* an MQTT 5 message's properties (rec.h, REC_PUB_PROPS); 0: none */
+	uint64_t expires_at;         /* its message expiry, ms since the epoch (rec.h); 0: none */
+	uint8_t data[];              /* topic, then payload, then properties */
 };
 
 /* copy: the router's id for its copy of the message (persistent sessions), or 0. */
@@ -83,13 +85,13 @@ extern bool heap_trim_wanted;
 
 /* A message with no reference yet; NULL when out of memory. */
 struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
-		      uint32_t plen, bool retain);
+		      uint32_t plen, const uint8_t *props, uint32_t props_len, bool retain);
 void qmsg_unref(struct qmsg *m);
 
 /* What a message costs each connection holding it, against its byte limits. */
 static inline size_t qmsg_bytes(const struct qmsg *m)
 {
-	return (size_t)m->topic_len + m->payload_len;
+	return (size_t)m->topic_len + m->payload_len + m->props_len;
 }
 
 /* Entry i of the queue, 0 the oldest. */
@@ -108,6 +110,9 @@ enum qos_verdict {
 };
 
 /*
+ * The window of messages in flight is max_inflight, or 'window' when that
+ * is lower and not 0 (an MQTT 5 client's receive maximum).
+ *
  * A message for this connection at QoS qos (1 or 2); copy: the router's,
  * or 0. It goes in flight when nothing waits and the window has room,
  * else to the end of the queue. Past max_inflight_bytes it is refused,
@@ -117,7 +122,7 @@ enum qos_verdict {
  * caller's to keep when the state is freed.
  */
 enum qos_verdict qos_offer(struct conn_qos **qp, uint16_t *next_pid,
-			   const struct iotd_config *cfg, struct qmsg *m, uint8_t qos,
+			   const struct iotd_config *cfg, uint16_t window, struct qmsg *m, uint8_t qos,
 			   uint64_t copy, struct inflight **sent);
 
 /*
@@ -127,7 +132,7 @@ enum qos_verdict qos_offer(struct conn_qos **qp, uint16_t *next_pid,
  * and the window has room; anything else is a qos_offer().
  */
 enum qos_verdict qos_resume(struct conn_qos **qp, uint16_t *next_pid,
-			    const struct iotd_config *cfg, struct qmsg *m, uint8_t qos,
+			    const struct iotd_config *cfg, uint16_t window, struct qmsg *m, uint8_t qos,
 			    uint8_t state, uint16_t pid, uint64_t copy, struct inflight **sent);
 
 /*
@@ -135,15 +140,16 @@ enum qos_verdict qos_resume(struct conn_qos **qp, uint16_t *next_pid,
  * id: true when it is in the window again (the caller sends PUBREL), false
  * when the id is 0 or in use or the window is full.
  */
-bool qos_resume_pubrel(struct conn_qos **qp, const struct iotd_config *cfg, uint16_t pid,
-		       uint64_t copy);
+bool qos_resume_pubrel(struct conn_qos **qp, const struct iotd_config *cfg, uint16_t window,
+		       uint16_t pid, uint64_t copy);
 
 /*
  * The oldest queued message moved into the window under a new packet id,
  * or NULL when nothing is queued or the window is full: called until NULL
  * as acknowledgements (or a raised max_inflight) make room. q: not NULL.
  */
-struct inflight *qos_pump(struct conn_qos *q, uint16_t *next_pid, const struct iotd_config *cfg);
+struct inflight *qos_pump(struct conn_qos *q, uint16_t *next_pid, const struct iotd_config *cfg,
+			  uint16_t window);
 
 /*
  * PUBACK (a QoS 1 message in flight) and PUBCOMP (a QoS 2 exchange at

@@ -302,6 +302,24 @@ void rec_unsubscribe_add(struct recw *w, struct rec_str filter);
 void rec_unsubscribe_end(struct recw *w, size_t count_off, uint16_t n);
 
 /*
+ * A message's MQTT 5 properties and expiry, on the wire only when its
+ * flags say so (REC_PUB_PROPS / REC_PUB_EXPIRY, REC_DELIVER_PROPS /
+ * REC_DELIVER_EXPIRY); there, never empty or 0, so that a record has one
+ * encoding.
+ */
+static inline void recr_msg_v5(struct recr *r, bool has_props, bool has_expiry,
+			       struct rec_bytes *props, uint64_t *expires_at)
+{
+	*props = (struct rec_bytes){ 0 };
+	if (has_props) {
+		recr_bytes(r, &props->p, &props->len);
+		r->err |= props->len == 0;
+	}
+	*expires_at = has_expiry ? recr_u64(r) : 0;
+	r->err |= has_expiry && *expires_at == 0;
+}
+
+/*
  * REC_PUBLISH: a client's PUBLISH, to be routed; qos is the publisher's,
  * whose PUBACK/PUBREC the worker sent or will send; conn the publisher's
  * connection, whose session the router checks the ACL's write rule
@@ -310,13 +328,24 @@ void rec_unsubscribe_end(struct recw *w, size_t count_off, uint16_t n);
  */
 #define REC_PUB_RETAIN 0x01
 #define REC_PUB_ASK 0x02
+#define REC_PUB_PROPS 0x04
+#define REC_PUB_EXPIRY 0x08
 
+/*
+ * props (REC_PUB_PROPS): an MQTT 5 message's properties that go to its
+ * MQTT 5 receivers (payload format, content type, response topic,
+ * correlation data, user properties, in order), as a property block with
+ * its length field; the router checks it holds nothing else. expires_at
+ * (REC_PUB_EXPIRY): its message expiry as a deadline, ms since the epoch.
+ */
 struct rec_publish {
 	uint8_t qos;
 	uint8_t flags;               /* REC_PUB_* */
 	uint64_t conn;
 	struct rec_str topic;
 	struct rec_bytes payload;
+	struct rec_bytes props;      /* on the wire only with REC_PUB_PROPS (else empty when decoded) */
+	uint64_t expires_at;         /* on the wire only with REC_PUB_EXPIRY (else 0 when decoded) */
 	uint64_t ask;                /* on the wire only with REC_PUB_ASK (else 0 when decoded) */
 };
 
@@ -333,6 +362,8 @@ static inline int rec_publish_decode(struct rec_publish *x, const void *p, size_
 	x->conn = recr_u64(&r);
 	recr_str(&r, &x->topic.p, &x->topic.len);
 	recr_bytes(&r, &x->payload.p, &x->payload.len);
+	recr_msg_v5(&r, x->flags & REC_PUB_PROPS, x->flags & REC_PUB_EXPIRY, &x->props,
+		    &x->expires_at);
 	x->ask = x->flags & REC_PUB_ASK ? recr_u64(&r) : 0;
 	return recr_end(&r);
 }
@@ -340,6 +371,8 @@ static inline int rec_publish_decode(struct rec_publish *x, const void *p, size_
 static inline size_t rec_publish_size(const struct rec_publish *x)
 {
 	return REC_PUBLISH_FIXED_BYTES + x->topic.len + (size_t)x->payload.len +
+	       (x->flags & REC_PUB_PROPS ? sizeof(uint32_t) + (size_t)x->props.len : 0) +
+	       (x->flags & REC_PUB_EXPIRY ? sizeof(uint64_t) : 0) +
 	       (x->flags & REC_PUB_ASK ? REC_PUBLISH_ASK_BYTES : 0);
 }
 
@@ -353,6 +386,12 @@ static inline void rec_publish_put(uint8_t *dst, const struct rec_publish *x)
 	dst = rec_put_mem(dst, x->topic.p, x->topic.len);
 	dst = rec_put_u32(dst, x->payload.len);
 	dst = rec_put_mem(dst, x->payload.p, x->payload.len);
+	if (x->flags & REC_PUB_PROPS) {
+		dst = rec_put_u32(dst, x->props.len);
+		dst = rec_put_mem(dst, x->props.p, x->props.len);
+	}
+	if (x->flags & REC_PUB_EXPIRY)
+		dst = rec_put_u64(dst, x->expires_at);
 	if (x->flags & REC_PUB_ASK)
 		rec_put_u64(dst, x->ask);
 }
@@ -428,11 +467,15 @@ void rec_qos2_in_encode(struct recw *w, const struct rec_qos2_in *x);
  * REC_CLOSE: the connection is gone. The ids are its inbound QoS 2
  * messages awaiting PUBREL, kept for a persistent session. (A worker's
  * death reaches the router on its control socket, IPC_WORKER_DOWN: no
- * worker can write it.)
+ * worker can write it.) REC_CLOSE_END_SESSION: the session ends with the
+ * connection, persistent as it was (an MQTT 5 DISCONNECT set its session
+ * expiry interval to 0).
  */
+#define REC_CLOSE_END_SESSION 0x02
+
 struct rec_close {
 	uint64_t conn;
-	uint8_t publish_will;
+	uint8_t publish_will;        /* 0 or 1, with REC_CLOSE_END_SESSION */
 	struct rec_iter ids;         /* u16 count, then each: u16 packet id (rec_packet_id_next) */
 };
 
@@ -475,14 +518,19 @@ static inline const uint8_t *rec_suback_codes(const struct recw *w, size_t count
 	return w->buf + count_off + sizeof(uint16_t);
 }
 
-/* REC_UNSUBACK: the answer to REC_UNSUBSCRIBE. */
+/*
+ * REC_UNSUBACK: the answer to REC_UNSUBSCRIBE, one MQTT 5 reason code per
+ * filter (0x00, or 0x11: no such subscription existed), written with
+ * rec_suback_add() and rec_suback_end().
+ */
 struct rec_unsuback {
 	uint64_t conn;
 	uint16_t packet_id;
+	struct rec_iter codes;       /* as rec_suback's */
 };
 
 int rec_unsuback_decode(struct rec_unsuback *x, const void *p, size_t len);
-void rec_unsuback_encode(struct recw *w, const struct rec_unsuback *x);
+size_t rec_unsuback_begin(struct recw *w, const struct rec_unsuback *x);
 
 /*
  * REC_DELIVER: a message for every target it has on one worker (a large
@@ -491,22 +539,37 @@ void rec_unsuback_encode(struct recw *w, const struct rec_unsuback *x);
  * subscribe. A target with a copy: the router keeps a copy of the message
  * for this persistent session (or for any session, through a shared
  * subscription) until the worker reports MSG_DONE, named by that copy id.
+ * props and expires_at: as REC_PUBLISH's, on the wire (after retain,
+ * which then has REC_DELIVER_PROPS, REC_DELIVER_EXPIRY set) only when
+ * not empty or 0.
  */
 struct rec_deliver {
 	uint8_t qos;
 	struct rec_str topic;
 	struct rec_bytes payload;
-	uint8_t retain;
+	uint8_t retain;              /* 0 or 1 */
+	struct rec_bytes props;
+	uint64_t expires_at;
 	struct rec_iter targets;     /* u32 count, then each: struct rec_target */
 };
 
-/* On the wire: u64 conn, u32 sid, u8 qos | REC_TARGET_COPY if copy != 0, then u64 copy if so. */
+#define REC_DELIVER_PROPS 0x02
+#define REC_DELIVER_EXPIRY 0x04
+
+/*
+ * On the wire: u64 conn, u32 sid, u8 qos | REC_TARGET_COPY if copy != 0 |
+ * REC_TARGET_RETAIN if retain, then u64 copy if so. retain: the target
+ * gets the message with the retain flag (an MQTT 5 subscription with
+ * retain as published, and a message published with it).
+ */
 #define REC_TARGET_COPY 0x80
+#define REC_TARGET_RETAIN 0x40
 
 struct rec_target {
 	uint64_t conn;
 	uint32_t sid;
-	uint8_t qos;                 /* without REC_TARGET_COPY */
+	uint8_t qos;                 /* without REC_TARGET_COPY, REC_TARGET_RETAIN */
+	bool retain;
 	uint64_t copy;               /* 0: none (then not on the wire) */
 };
 
@@ -524,6 +587,11 @@ static inline int rec_deliver_decode(struct rec_deliver *x, const void *p, size_
 	recr_str(&r, &x->topic.p, &x->topic.len);
 	recr_bytes(&r, &x->payload.p, &x->payload.len);
 	x->retain = recr_u8(&r);
+	recr_msg_v5(&r, x->retain & REC_DELIVER_PROPS, x->retain & REC_DELIVER_EXPIRY, &x->props,
+		    &x->expires_at);
+	if (x->retain & ~(1 | REC_DELIVER_PROPS | REC_DELIVER_EXPIRY))
+		r.err = true;
+	x->retain &= 1;
 	x->targets.n = recr_u32(&r);
 	x->targets.p = r.p;
 	for (uint32_t i = 0; i < x->targets.n && !r.err; i++) {
@@ -544,7 +612,8 @@ static inline bool rec_deliver_next(struct rec_iter *it, struct rec_target *t)
 	memcpy(&t->conn, it->p, sizeof(t->conn));
 	memcpy(&t->sid, it->p + 8, sizeof(t->sid));
 	qos = it->p[REC_TARGET_BYTES - 1];
-	t->qos = qos & (uint8_t)~REC_TARGET_COPY;
+	t->qos = qos & (uint8_t)~(REC_TARGET_COPY | REC_TARGET_RETAIN);
+	t->retain = qos & REC_TARGET_RETAIN;
 	t->copy = 0;
 	it->p += REC_TARGET_BYTES;
 	if (qos & REC_TARGET_COPY) {
@@ -558,7 +627,9 @@ static inline bool rec_deliver_next(struct rec_iter *it, struct rec_target *t)
 /* The head's bytes: all but the targets. */
 static inline size_t rec_deliver_head_size(const struct rec_deliver *x)
 {
-	return REC_DELIVER_FIXED_BYTES + x->topic.len + (size_t)x->payload.len;
+	return REC_DELIVER_FIXED_BYTES + x->topic.len + (size_t)x->payload.len +
+	       (x->props.len ? sizeof(uint32_t) + (size_t)x->props.len : 0) +
+	       (x->expires_at ? sizeof(uint64_t) : 0);
 }
 
 static inline size_t rec_target_size(const struct rec_target *t)
@@ -579,7 +650,15 @@ static inline size_t rec_deliver_begin(struct recw *w, const struct rec_deliver 
 		dst = rec_put_mem(dst, x->topic.p, x->topic.len);
 		dst = rec_put_u32(dst, x->payload.len);
 		dst = rec_put_mem(dst, x->payload.p, x->payload.len);
-		dst = rec_put_u8(dst, x->retain);
+		dst = rec_put_u8(dst, (uint8_t)((x->retain & 1) |
+						(x->props.len ? REC_DELIVER_PROPS : 0) |
+						(x->expires_at ? REC_DELIVER_EXPIRY : 0)));
+		if (x->props.len) {
+			dst = rec_put_u32(dst, x->props.len);
+			dst = rec_put_mem(dst, x->props.p, x->props.len);
+		}
+		if (x->expires_at)
+			dst = rec_put_u64(dst, x->expires_at);
 		rec_put_u32(dst, 0);
 	}
 	return size - sizeof(uint32_t);
@@ -588,16 +667,19 @@ static inline size_t rec_deliver_begin(struct recw *w, const struct rec_deliver 
 static inline void rec_deliver_add(struct recw *w, const struct rec_target *t)
 {
 	uint8_t *dst = recw_reserve(w, rec_target_size(t));
+	uint8_t qos;
 
 	if (!dst)
 		return;
 	dst = rec_put_u64(dst, t->conn);
 	dst = rec_put_u32(dst, t->sid);
+	qos = (uint8_t)((t->qos & ~(REC_TARGET_COPY | REC_TARGET_RETAIN)) |
+			(t->retain ? REC_TARGET_RETAIN : 0));
 	if (t->copy) {
-		dst = rec_put_u8(dst, (uint8_t)(t->qos | REC_TARGET_COPY));
+		dst = rec_put_u8(dst, (uint8_t)(qos | REC_TARGET_COPY));
 		rec_put_u64(dst, t->copy);
 	} else {
-		rec_put_u8(dst, t->qos & (uint8_t)~REC_TARGET_COPY);
+		rec_put_u8(dst, qos);
 	}
 }
 

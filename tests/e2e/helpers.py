@@ -542,14 +542,20 @@ class PahoClient:
 
     def __init__(self, port, client_id, clean_session=True, keepalive=60,
                  will=None, host="127.0.0.1", username=None, password=None, ws_path=None,
-                 tls=None):
+                 tls=None, v5=False):
         """ws_path: MQTT over WebSocket, asking for that path ("/mqtt");
-        tls: (CA file, certificate file or None, key file or None), over TLS."""
+        tls: (CA file, certificate file or None, key file or None), over TLS;
+        v5: speak MQTT 5 (clean_session is then Clean Start)."""
         self.port = port
         self.host = host
         self.client_id = client_id
-        self.c = mqtt.Client(client_id=client_id, clean_session=clean_session,
-                             protocol=mqtt.MQTTv311, reconnect_on_failure=False,
+        self.v5 = v5
+        self.clean_start = clean_session
+        self.connack_props = None
+        self.c = mqtt.Client(client_id=client_id,
+                             clean_session=None if v5 else clean_session,
+                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                             reconnect_on_failure=False,
                              transport="tcp" if ws_path is None else "websockets")
         if ws_path is not None:
             self.c.ws_set_options(path=ws_path)
@@ -572,9 +578,11 @@ class PahoClient:
         self.c.on_subscribe = self._on_subscribe
         self.c.on_disconnect = self._on_disconnect
 
-    def _on_connect(self, c, ud, flags, rc):
+    # Under MQTT 5 paho passes reason codes (ReasonCodes, compared by value) and properties.
+    def _on_connect(self, c, ud, flags, rc, props=None):
         with self.lock:
-            self.connack = (flags.get("session present", 0), rc)
+            self.connack = (flags.get("session present", 0), getattr(rc, "value", rc))
+            self.connack_props = props
             self.lock.notify_all()
 
     def _on_message(self, c, ud, msg):
@@ -582,14 +590,14 @@ class PahoClient:
             self.messages.append(msg)
             self.lock.notify_all()
 
-    def _on_subscribe(self, c, ud, mid, granted):
+    def _on_subscribe(self, c, ud, mid, granted, props=None):
         with self.lock:
-            self.granted[mid] = list(granted)
+            self.granted[mid] = [getattr(g, "value", g) for g in granted]
             self.lock.notify_all()
 
-    def _on_disconnect(self, c, ud, rc):
+    def _on_disconnect(self, c, ud, rc, props=None):
         with self.lock:
-            self.disconnected = rc
+            self.disconnected = getattr(rc, "value", rc)
             self.lock.notify_all()
 
     def _wait(self, cond, timeout, what):
@@ -599,8 +607,12 @@ class PahoClient:
                 raise AssertionError(f"[{self.client_id}] timed out after {timeout:.1f} s "
                                      f"waiting for {what}")
 
-    def connect(self, expect_rc=0):
-        self.c.connect(self.host, self.port, self.keepalive)
+    def connect(self, expect_rc=0, properties=None):
+        if self.v5:
+            self.c.connect(self.host, self.port, self.keepalive, clean_start=self.clean_start,
+                           properties=properties)
+        else:
+            self.c.connect(self.host, self.port, self.keepalive)
         self.c.loop_start()
         self._wait(lambda: self.connack is not None, 5, "CONNACK")
         assert self.connack[1] == expect_rc, f"CONNACK rc {self.connack[1]}, expected {expect_rc}"
@@ -614,12 +626,12 @@ class PahoClient:
 
     def unsubscribe(self, topic):
         done = threading.Event()
-        self.c.on_unsubscribe = lambda c, ud, mid: done.set()
+        self.c.on_unsubscribe = lambda c, ud, mid, *v5: done.set()
         self.c.unsubscribe(topic)
         assert done.wait(T(5)), f"[{self.client_id}] no UNSUBACK for {topic!r}"
 
-    def publish(self, topic, payload, qos=0, retain=False, wait=True):
-        info = self.c.publish(topic, payload, qos, retain)
+    def publish(self, topic, payload, qos=0, retain=False, wait=True, properties=None):
+        info = self.c.publish(topic, payload, qos, retain, properties=properties)
         if wait:
             info.wait_for_publish(T(10))
             assert info.is_published(), f"[{self.client_id}] publish to {topic!r} not completed"

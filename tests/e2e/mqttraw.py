@@ -1,6 +1,6 @@
 """
-mqttraw - a small raw MQTT 3.1.1 client over a plain socket, for protocol
-edge cases the well-behaved client libraries refuse to produce.
+mqttraw - a small raw MQTT 3.1.1 (and MQTT 5) client over a plain socket,
+for protocol edge cases the well-behaved client libraries refuse to produce.
 
 Packet builders are plain functions returning bytes, so a test can send any
 packet (or any bytes) and take any liberty with flags, lengths and ids. The
@@ -28,6 +28,7 @@ UNSUBACK = 11
 PINGREQ = 12
 PINGRESP = 13
 DISCONNECT = 14
+AUTH = 15
 
 TYPE_NAMES = {
     0: "RESERVED0", CONNECT: "CONNECT", CONNACK: "CONNACK", PUBLISH: "PUBLISH",
@@ -116,12 +117,159 @@ def with_flags(pkt, flags):
     return bytes([(pkt[0] & 0xF0) | (flags & 0x0F)]) + pkt[1:]
 
 
-def connect_v5(client_id="", clean=True, keepalive=60):
-    """An MQTT 5 CONNECT (protocol level 5, empty property lists)."""
-    body = enc_str("MQTT") + bytes([5, 0x02 if clean else 0]) + struct.pack("!H", keepalive)
-    body += b"\x00"                     # CONNECT properties: none
-    body += enc_bytes(client_id)
+# MQTT 5 properties: identifier -> how its value is encoded.
+PROP_KINDS = {
+    0x01: "u8", 0x02: "u32", 0x03: "str", 0x08: "str", 0x09: "bin", 0x0B: "var",
+    0x11: "u32", 0x12: "str", 0x13: "u16", 0x15: "str", 0x16: "bin", 0x17: "u8",
+    0x18: "u32", 0x19: "u8", 0x1A: "str", 0x1C: "str", 0x1F: "str", 0x21: "u16",
+    0x22: "u16", 0x23: "u16", 0x24: "u8", 0x25: "u8", 0x26: "pair", 0x27: "u32",
+    0x28: "u8", 0x29: "u8", 0x2A: "u8",
+}
+P_PAYLOAD_FORMAT, P_MESSAGE_EXPIRY, P_CONTENT_TYPE, P_RESPONSE_TOPIC = 0x01, 0x02, 0x03, 0x08
+P_CORRELATION_DATA, P_SUB_ID, P_SESSION_EXPIRY, P_ASSIGNED_CLIENT_ID = 0x09, 0x0B, 0x11, 0x12
+P_SERVER_KEEP_ALIVE, P_AUTH_METHOD, P_RECEIVE_MAX, P_TOPIC_ALIAS_MAX = 0x13, 0x15, 0x21, 0x22
+P_TOPIC_ALIAS, P_RETAIN_AVAILABLE, P_USER_PROPERTY, P_MAX_PACKET_SIZE = 0x23, 0x25, 0x26, 0x27
+P_WILDCARD_AVAILABLE, P_SUB_ID_AVAILABLE, P_SHARED_AVAILABLE = 0x28, 0x29, 0x2A
+
+
+def enc_props(props=()):
+    """An MQTT 5 property block from (identifier, value) pairs, in order
+    (a user property's value is a (key, value) pair)."""
+    out = b""
+    for pid, v in props:
+        kind = PROP_KINDS[pid]
+        out += bytes([pid])
+        if kind == "u8":
+            out += bytes([v])
+        elif kind == "u16":
+            out += struct.pack("!H", v)
+        elif kind == "u32":
+            out += struct.pack("!I", v)
+        elif kind == "var":
+            out += enc_varint(v)
+        elif kind in ("str", "bin"):
+            out += enc_bytes(v)
+        else:
+            out += enc_bytes(v[0]) + enc_bytes(v[1])
+    return enc_varint(len(out)) + out
+
+
+def dec_varint(buf, pos):
+    """(value, position after it) of the Variable Byte Integer at buf[pos:]."""
+    mult, n = 1, 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        n += (b & 0x7F) * mult
+        mult *= 128
+        if not b & 0x80:
+            return n, pos
+
+
+def dec_props(buf, pos=0):
+    """(list of (identifier, value), position after the block) from buf[pos:]."""
+    n, pos = dec_varint(buf, pos)
+    end, out = pos + n, []
+    while pos < end:
+        pid = buf[pos]
+        kind = PROP_KINDS[pid]
+        pos += 1
+        if kind == "u8":
+            v, pos = buf[pos], pos + 1
+        elif kind == "u16":
+            v, pos = struct.unpack("!H", buf[pos:pos + 2])[0], pos + 2
+        elif kind == "u32":
+            v, pos = struct.unpack("!I", buf[pos:pos + 4])[0], pos + 4
+        elif kind == "var":
+            v, pos = dec_varint(buf, pos)
+        else:
+            items = []
+            for _ in range(2 if kind == "pair" else 1):
+                ln = struct.unpack("!H", buf[pos:pos + 2])[0]
+                items.append(bytes(buf[pos + 2:pos + 2 + ln]))
+                pos += 2 + ln
+            v = tuple(items) if kind == "pair" else items[0]
+        out.append((pid, v))
+    return out, end
+
+
+def connect_v5(client_id="", clean=True, keepalive=60, props=(), will=None, will_props=(),
+               username=None, password=None):
+    """An MQTT 5 CONNECT; will: (topic, payload, qos, retain)."""
+    flags = (0x02 if clean else 0)
+    if will is not None:
+        flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
+    if username is not None:
+        flags |= 0x80
+    if password is not None:
+        flags |= 0x40
+    body = enc_str("MQTT") + bytes([5, flags]) + struct.pack("!H", keepalive)
+    body += enc_props(props) + enc_bytes(client_id)
+    if will is not None:
+        body += enc_props(will_props) + enc_bytes(will[0]) + enc_bytes(will[1])
+    if username is not None:
+        body += enc_bytes(username)
+    if password is not None:
+        body += enc_bytes(password)
     return packet(CONNECT, 0, body)
+
+
+def publish_v5(topic, payload=b"", qos=0, retain=False, pid=None, props=(), dup=False):
+    """An MQTT 5 PUBLISH: the 3.1.1 one with a property block before the payload."""
+    return publish(topic, payload, qos=qos, retain=retain, dup=dup, pid=pid,
+                   props_block=enc_props(props))
+
+
+def subscribe_v5(pid, filters, props=()):
+    """filters: list of (topic_filter, options byte)."""
+    body = struct.pack("!H", pid) + enc_props(props)
+    for f, o in filters:
+        body += enc_bytes(f) + bytes([o])
+    return packet(SUBSCRIBE, 0x02, body)
+
+
+def unsubscribe_v5(pid, filters, props=()):
+    body = struct.pack("!H", pid) + enc_props(props)
+    for f in filters:
+        body += enc_bytes(f)
+    return packet(UNSUBSCRIBE, 0x02, body)
+
+
+def ack_v5(ptype, pid, reason=0):
+    return packet(ptype, 0x02 if ptype == PUBREL else 0, struct.pack("!H", pid) + bytes([reason]))
+
+
+def disconnect_v5(reason=0, props=()):
+    return packet(DISCONNECT, 0, bytes([reason]) + enc_props(props))
+
+
+def v5(p):
+    """What an MQTT 5 packet adds, as attributes of p: reason, props (a list
+    of (identifier, value)); a PUBLISH's payload and an ack's codes taken
+    past the property block. Returns p."""
+    p.props, p.reason = [], 0
+    b = p.body
+    if p.type == CONNACK:
+        p.reason = b[1]
+        p.props, _ = dec_props(b, 2)
+    elif p.type == PUBLISH:
+        pos = 2 + len(p.topic_bytes) + (2 if p.qos else 0)
+        p.props, pos = dec_props(b, pos)
+        p.payload = b[pos:]
+    elif p.type in (SUBACK, UNSUBACK):
+        p.props, pos = dec_props(b, 2)
+        p.codes = list(b[pos:])
+    elif p.type in (PUBACK, PUBREC, PUBREL, PUBCOMP):
+        if len(b) > 2:
+            p.reason = b[2]
+        if len(b) > 3:
+            p.props, _ = dec_props(b, 3)
+    elif p.type == DISCONNECT and b:
+        p.reason = b[0]
+        if len(b) > 1:
+            p.props, _ = dec_props(b, 1)
+    p.propd = {k: v for k, v in p.props}
+    return p
 
 
 def connect(client_id="", clean=True, keepalive=60, will=None, username=None,
@@ -186,14 +334,14 @@ def connack(session_present=False, rc=0):
     return packet(CONNACK, 0, bytes([1 if session_present else 0, rc]))
 
 
-def publish(topic, payload=b"", qos=0, retain=False, dup=False, pid=None):
+def publish(topic, payload=b"", qos=0, retain=False, dup=False, pid=None, props_block=b""):
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
     flags = (0x08 if dup else 0) | ((qos & 3) << 1) | (0x01 if retain else 0)
     body = enc_bytes(topic)
     if qos > 0:
         body += struct.pack("!H", pid if pid is not None else 1)
-    return packet(PUBLISH, flags, body + payload)
+    return packet(PUBLISH, flags, body + props_block + payload)
 
 
 def _ack(ptype, pid, flags=0):

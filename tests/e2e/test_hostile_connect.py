@@ -122,24 +122,13 @@ def test_unknown_protocol_name_closes_without_connack(broker, bystander, name):
     bystander.check()
 
 
-MOSQ_V5 = pytest.mark.mosquitto_differs("Mosquitto speaks MQTT 5; iotd is a 3.1.1 server")
 
 
-@pytest.mark.parametrize("name,level", [("MQTT", 3), pytest.param("MQTT", 5, marks=MOSQ_V5),
-                                        ("MQTT", 0), ("MQTT", 255), ("MQIsdp", 4)])
+@pytest.mark.parametrize("name,level", [("MQTT", 3), ("MQTT", 6), ("MQTT", 0), ("MQTT", 255),
+                                        ("MQIsdp", 4)])
 def test_unsupported_protocol_level_gets_connack_1(broker, bystander, name, level):
     with raw(broker, connect=False) as c:
         c.send(m.connect(uid("level"), proto_name=name, level=level))
-        refused_with(c, 1)
-    bystander.check()
-
-
-@MOSQ_V5
-def test_mqtt5_connect_gets_connack_1(broker, bystander):
-    """A real MQTT 5 CONNECT (properties included) is answered in 3.1.1
-    form: 20 02 00 01, then closed [MQTT-3.1.2-2]."""
-    with raw(broker, connect=False) as c:
-        c.send(m.connect_v5(uid("v5")))
         refused_with(c, 1)
     bystander.check()
 

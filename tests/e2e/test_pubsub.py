@@ -10,10 +10,11 @@ from helpers import T, CliPub, CliSub, PahoClient, uid
 
 # ------------------------------------------------------------ QoS 0/1/2
 
+@pytest.mark.parametrize("v5", [False, True], ids=["mqtt311", "mqtt5"])
 @pytest.mark.parametrize("qos", [0, 1, 2])
-def test_paho_clients_on_two_workers_exchange_messages_both_directions(broker, qos, clients):
-    a = clients.paho(broker.port, uid("pa"))
-    b = clients.paho(broker.port, uid("pb"))
+def test_paho_clients_on_two_workers_exchange_messages_both_directions(broker, qos, clients, v5):
+    a = clients.paho(broker.port, uid("pa"), v5=v5)
+    b = clients.paho(broker.port, uid("pb"), v5=v5)
     a.connect()
     b.connect()
     broker.assert_different_workers(a, b)

@@ -8,7 +8,8 @@
  * included, over a worker set up as worker_setup() would, with private
  * memory standing in for the shared regions. Each input starts from four
  * real connections (socketpairs) that sent a CONNECT through the real read
- * path, then feeds a sequence of records: well-formed ones built with the
+ * path (two of them MQTT 5 ones, with a receive maximum and a maximum
+ * packet size), then feeds a sequence of records: well-formed ones built with the
  * real encoders (rec.h) - CONNACK, SUBACK, UNSUBACK, DELIVER, SESSION_MSG,
  * KICK and ROUTE over those connection ids and a few others, with QoS,
  * flags, counts and copy ids taken whole, so that a CONNACK makes a
@@ -157,24 +158,38 @@ static const uint8_t connect_pkt[] = {
 	0x00, 0x01, 'c',
 };
 
+/* MQTT 5: receive maximum 2, maximum packet size 40, so that both limits are met. */
+static const uint8_t connect5_pkt[] = {
+	0x10, 0x15, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x05, 0x02, 0x00, 0x3c,
+	0x08, 0x21, 0x00, 0x02, 0x27, 0x00, 0x00, 0x00, 0x28, 0x00, 0x01, 'c',
+};
+
+/* Odd slots speak MQTT 5 (conn.v5). */
+static bool slot_v5(unsigned i)
+{
+	return i & 1;
+}
+
 /*
  * Four connections that sent a CONNECT, now waiting for their CONNACK:
- * the first half with a clean session, the others with a persistent one.
+ * the first half with a clean session, the others with a persistent one;
+ * odd slots with an MQTT 5 CONNECT.
  */
 static void conns_open(struct worker *w, int *peers)
 {
 	for (unsigned i = 0; i < NCONNS; i++) {
 		struct ipc_client info = { .remote = "127.0.0.1:1" };
-		uint8_t pkt[sizeof(connect_pkt)];
+		uint8_t pkt[sizeof(connect5_pkt)];
+		size_t len = slot_v5(i) ? sizeof(connect5_pkt) : sizeof(connect_pkt);
 		int sp[2];
 
-		memcpy(pkt, connect_pkt, sizeof(pkt));
+		memcpy(pkt, slot_v5(i) ? connect5_pkt : connect_pkt, len);
 		if (i >= NCONNS / 2)
 			pkt[CONNECT_FLAGS] = 0x00;
 		peers[i] = -1;
 		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sp) < 0)
 			continue;
-		if (write(sp[1], pkt, sizeof(pkt)) != sizeof(pkt) ||
+		if (write(sp[1], pkt, len) != (ssize_t)len ||
 		    !conn_new(w, sp[0], &info)) {
 			close(sp[1]);
 			continue;
@@ -247,9 +262,15 @@ static uint16_t build_unsuback(struct recw *rw, struct fuzz_in *in)
 {
 	struct rec_unsuback x;
 
+	size_t count_off;
+	uint8_t n = take(in) % 4;
+
 	x.conn = pick_conn(in);
 	x.packet_id = take16(in);
-	rec_unsuback_encode(rw, &x);
+	count_off = rec_unsuback_begin(rw, &x);
+	for (uint8_t i = 0; i < n; i++)
+		rec_suback_add(rw, take(in));
+	rec_suback_end(rw, count_off, n);
 	return REC_UNSUBACK;
 }
 
@@ -262,11 +283,13 @@ static struct rec_target pick_target(struct fuzz_in *in)
 	t.sid = take(in) % 4;
 	t.qos = take(in) % 8;                /* any, not only 0..2 */
 	t.copy = take(in) % 4;               /* 0: none */
+	t.retain = take(in) & 1;
 	return t;
 }
 
 static uint16_t build_deliver(struct recw *rw, struct fuzz_in *in)
 {
+	static const uint8_t user_prop[] = { 0x06, 0x26, 0x00, 0x01, 'k', 0x00, 0x00 };
 	uint8_t n = take(in) % 5, buf[32];
 	struct rec_deliver x;
 	size_t count_off;
@@ -275,6 +298,10 @@ static uint16_t build_deliver(struct recw *rw, struct fuzz_in *in)
 	x.topic = pick_topic(in);
 	x.payload = take_payload(in, buf, sizeof(buf));
 	x.retain = take(in) % 3;
+	/* Sometimes an MQTT 5 message: a user property, an expiry past or to come. */
+	x.props = take(in) & 1 ? (struct rec_bytes){ user_prop, sizeof(user_prop) } :
+				 (struct rec_bytes){ 0 };
+	x.expires_at = take(in) % 3 == 0 ? 0 : (take(in) & 1 ? 1 : UINT64_MAX / 2);
 	count_off = rec_deliver_begin(rw, &x);
 	for (uint8_t i = 0; i < n; i++) {
 		struct rec_target t = pick_target(in);
@@ -367,10 +394,12 @@ static uint16_t build_damaged(struct recw *rw, struct fuzz_in *in)
  */
 static void client_packet(struct worker *w, const int *peers, struct fuzz_in *in)
 {
+	/* An MQTT 5 PUBLISH's property block: content type "x". */
+	static const uint8_t content_type[] = { 0x04, 0x03, 0x00, 0x01, 'x' };
 	static const uint8_t acks[] = {
 		MQTT_PUBACK << 4, MQTT_PUBREC << 4, MQTT_PUBREL << 4 | 0x02, MQTT_PUBCOMP << 4,
 	};
-	uint8_t b = take(in), pkt[16], n = 0;
+	uint8_t b = take(in), pkt[24], n = 0;
 	unsigned i = b % NCONNS;
 	uint16_t pid = 1 + take(in) % 8;     /* the ids the worker hands out first */
 	struct conn *c = conn_lookup(w, conn_id_make(0, 1, i, 1));
@@ -381,13 +410,17 @@ static void client_packet(struct worker *w, const int *peers, struct fuzz_in *in
 		uint8_t qos = (b >> 2) % 3;
 
 		pkt[n++] = (uint8_t)(MQTT_PUBLISH << 4 | qos << 1 | (b >> 4 & 1));
-		pkt[n++] = (uint8_t)(3 + (qos ? 2 : 0) + 1);
+		pkt[n++] = (uint8_t)(3 + (qos ? 2 : 0) + 1 + (slot_v5(i) ? sizeof(content_type) : 0));
 		pkt[n++] = 0;
 		pkt[n++] = 1;
 		pkt[n++] = 't';
 		if (qos) {
 			pkt[n++] = (uint8_t)(pid >> 8);
 			pkt[n++] = (uint8_t)pid;
+		}
+		if (slot_v5(i)) {
+			memcpy(pkt + n, content_type, sizeof(content_type));
+			n += sizeof(content_type);
 		}
 		pkt[n++] = take(in);                  /* one byte of payload */
 	} else {

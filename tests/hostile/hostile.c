@@ -860,7 +860,8 @@ static bool forge_router_only(struct writer *w, struct recw *r, unsigned other,
 	rec_suback_add(r, 2);
 	rec_suback_end(r, count_off, 1);
 	ok &= writer_rec(w, REC_SUBACK, r);
-	rec_unsuback_encode(r, &(struct rec_unsuback){ .conn = conn, .packet_id = 1 });
+	count_off = rec_unsuback_begin(r, &(struct rec_unsuback){ .conn = conn, .packet_id = 1 });
+	rec_suback_end(r, count_off, 0);
 	ok &= writer_rec(w, REC_UNSUBACK, r);
 	count_off = rec_deliver_begin(r, &(struct rec_deliver){
 		.qos = 2, .topic = topic, .payload = BYTES("forged-deliver"),

@@ -92,7 +92,7 @@ static int setup(void **state)
 static struct qmsg *msg(uint32_t n)
 {
 	static uint8_t payload[1 << 16];
-	struct qmsg *m = qmsg_new((const uint8_t *)"t", 1, payload, n, false);
+	struct qmsg *m = qmsg_new((const uint8_t *)"t", 1, payload, n, NULL, 0, false);
 
 	assert_non_null(m);
 	m->refs = 1;
@@ -104,7 +104,7 @@ static enum qos_verdict offer(struct conn_qos **qp, uint16_t *next_pid, struct q
 			      uint8_t qos, uint64_t copy, uint16_t *pid)
 {
 	struct inflight *sent = NULL;
-	enum qos_verdict v = qos_offer(qp, next_pid, &cfg, m, qos, copy, &sent);
+	enum qos_verdict v = qos_offer(qp, next_pid, &cfg, 0, m, qos, copy, &sent);
 
 	if (v == QOS_SEND || v == QOS_RESEND) {
 		assert_non_null(sent);
@@ -121,7 +121,7 @@ static enum qos_verdict offer(struct conn_qos **qp, uint16_t *next_pid, struct q
 
 static uint16_t pump(struct conn_qos *q, uint16_t *next_pid, struct qmsg **m)
 {
-	struct inflight *f = qos_pump(q, next_pid, &cfg);
+	struct inflight *f = qos_pump(q, next_pid, &cfg, 0);
 
 	if (f == NULL)
 		return 0;
@@ -314,6 +314,30 @@ static void a_raised_max_inflight_widens_the_window_and_a_lowered_one_narrows_it
 	free_all(q, m);
 }
 
+/* An MQTT 5 client's receive maximum narrows the window; max_inflight still bounds a larger one. */
+static void the_clients_receive_maximum_narrows_the_window(void **state)
+{
+	struct conn_qos *q = NULL;
+	struct qmsg *m = msg(1);
+	struct inflight *sent;
+	uint16_t next = 0;
+	uint64_t copy;
+
+	cfg.max_inflight = 4;
+	for (int i = 0; i < 3; i++)
+		qos_offer(&q, &next, &cfg, 2, m, 1, 0, &sent);
+	assert_int_equal(q->n_inflight, 2);
+	assert_int_equal(q->n_pending, 1);
+	assert_null(qos_pump(q, &next, &cfg, 2));
+	assert_true(qos_puback(q, 1, &copy));
+	assert_non_null(qos_pump(q, &next, &cfg, 2));
+	assert_int_equal(q->n_inflight, 2);
+	for (int i = 0; i < 4; i++)
+		qos_offer(&q, &next, &cfg, 100, m, 1, 0, &sent);
+	assert_int_equal(q->n_inflight, 4);
+	free_all(q, m);
+}
+
 /* --- limits and bytes ---------------------------------------------------- */
 
 static void the_queue_refuses_past_max_queued_messages_and_bytes(void **state)
@@ -465,28 +489,28 @@ static void a_resumed_message_in_flight_keeps_its_packet_id(void **state)
 	uint16_t next = 0;
 
 	cfg.max_inflight = 3;
-	assert_int_equal(qos_resume(&q, &next, &cfg, m, 2, MSG_INFLIGHT, 500, 7, &sent),
+	assert_int_equal(qos_resume(&q, &next, &cfg, 0, m, 2, MSG_INFLIGHT, 500, 7, &sent),
 			 QOS_RESEND);
 	assert_int_equal(sent->packet_id, 500);
 	assert_int_equal(sent->copy, 7);
 	assert_int_equal(next, 0);                       /* no new id taken */
 	assert_int_equal(m->refs, 2);
 	/* Its id in use, or 0: a new delivery under a new id. */
-	assert_int_equal(qos_resume(&q, &next, &cfg, m, 1, MSG_INFLIGHT, 500, 8, &sent), QOS_SEND);
+	assert_int_equal(qos_resume(&q, &next, &cfg, 0, m, 1, MSG_INFLIGHT, 500, 8, &sent), QOS_SEND);
 	assert_int_equal(sent->packet_id, 1);
-	assert_int_equal(qos_resume(&q, &next, &cfg, m, 1, MSG_INFLIGHT, 0, 9, &sent), QOS_SEND);
+	assert_int_equal(qos_resume(&q, &next, &cfg, 0, m, 1, MSG_INFLIGHT, 0, 9, &sent), QOS_SEND);
 	assert_int_equal(sent->packet_id, 2);
 	/* Window full: queued, whatever its state. */
-	assert_int_equal(qos_resume(&q, &next, &cfg, m, 1, MSG_INFLIGHT, 600, 0, &sent),
+	assert_int_equal(qos_resume(&q, &next, &cfg, 0, m, 1, MSG_INFLIGHT, 600, 0, &sent),
 			 QOS_QUEUED);
 	/* Something queued: a resend does not pass it, even with room. */
 	cfg.max_inflight = 10;
-	assert_int_equal(qos_resume(&q, &next, &cfg, m, 1, MSG_INFLIGHT, 601, 0, &sent),
+	assert_int_equal(qos_resume(&q, &next, &cfg, 0, m, 1, MSG_INFLIGHT, 601, 0, &sent),
 			 QOS_QUEUED);
 	qos_free(q);
 	q = NULL;
 	/* A queued one gets a new id. */
-	assert_int_equal(qos_resume(&q, &next, &cfg, m, 1, MSG_QUEUED, 700, 0, &sent), QOS_SEND);
+	assert_int_equal(qos_resume(&q, &next, &cfg, 0, m, 1, MSG_QUEUED, 700, 0, &sent), QOS_SEND);
 	assert_int_equal(sent->packet_id, 3);
 	free_all(q, m);
 }
@@ -498,18 +522,18 @@ static void a_resumed_pubrel_waits_for_its_pubcomp(void **state)
 	uint16_t next = 0, pid;
 	uint64_t copy;
 
-	assert_false(qos_resume_pubrel(&q, &cfg, 0, 3));
+	assert_false(qos_resume_pubrel(&q, &cfg, 0, 0, 3));
 	assert_null(q);
-	assert_true(qos_resume_pubrel(&q, &cfg, 300, 3));
+	assert_true(qos_resume_pubrel(&q, &cfg, 0, 300, 3));
 	assert_int_equal(q->n_inflight, 1);
 	assert_int_equal(q->inflight[0].state, MSG_PUBREL);
 	assert_int_equal(q->inflight[0].qos, 2);
 	assert_null(q->inflight[0].msg);
 	assert_int_equal(q->inflight_bytes, 0);
-	assert_false(qos_resume_pubrel(&q, &cfg, 300, 4));       /* in use */
+	assert_false(qos_resume_pubrel(&q, &cfg, 0, 300, 4));       /* in use */
 	assert_int_equal(qos_pubrec(q, 300, &copy), QOS_PUBREC_AGAIN);
 	offer(&q, &next, m, 1, 0, &pid);
-	assert_false(qos_resume_pubrel(&q, &cfg, 301, 5));       /* window full */
+	assert_false(qos_resume_pubrel(&q, &cfg, 0, 301, 5));       /* window full */
 	assert_int_equal(q->n_inflight, 2);
 	assert_true(qos_pubcomp(q, 300, &copy));
 	assert_int_equal(copy, 3);
@@ -581,7 +605,7 @@ static void out_of_memory_refuses_and_leaves_nothing_behind(void **state)
 	uint16_t next = 0;
 
 	fail_allocs(0, 1);
-	assert_null(qmsg_new((const uint8_t *)"t", 1, NULL, 0, false));
+	assert_null(qmsg_new((const uint8_t *)"t", 1, NULL, 0, NULL, 0, false));
 	/* No state: refused, nothing held. */
 	fail_allocs(0, 1);
 	assert_int_equal(offer(&q, &next, m, 1, 0, NULL), QOS_NOMEM);
@@ -602,13 +626,13 @@ static void out_of_memory_refuses_and_leaves_nothing_behind(void **state)
 
 	/* A resend without state falls back to a delivery, which tries again. */
 	fail_allocs(0, 2);
-	assert_int_equal(qos_resume(&q, &next, &cfg, m, 1, MSG_INFLIGHT, 9, 0, &sent), QOS_NOMEM);
+	assert_int_equal(qos_resume(&q, &next, &cfg, 0, m, 1, MSG_INFLIGHT, 9, 0, &sent), QOS_NOMEM);
 	assert_null(q);
 	fail_allocs(0, 1);
-	assert_false(qos_resume_pubrel(&q, &cfg, 9, 0));
+	assert_false(qos_resume_pubrel(&q, &cfg, 0, 9, 0));
 	assert_null(q);
 	fail_allocs(1, 1);
-	assert_false(qos_resume_pubrel(&q, &cfg, 9, 0));
+	assert_false(qos_resume_pubrel(&q, &cfg, 0, 9, 0));
 	assert_null(q);
 
 	fail_allocs(0, 1);
@@ -650,7 +674,7 @@ static void a_queue_that_cannot_grow_refuses_and_keeps_what_it_holds(void **stat
 static void a_message_shared_by_connections_lives_until_the_last_lets_go(void **state)
 {
 	struct conn_qos *a = NULL, *b = NULL;
-	struct qmsg *m = qmsg_new((const uint8_t *)"a/b", 3, (const uint8_t *)"xyz", 3, true);
+	struct qmsg *m = qmsg_new((const uint8_t *)"a/b", 3, (const uint8_t *)"xyz", 3, NULL, 0, true);
 	uint16_t na = 0, nb = 0, pa, pb;
 	uint64_t copy;
 
@@ -692,6 +716,7 @@ int main(void)
 		cmocka_unit_test_setup(the_queue_grows_across_its_wrap_keeping_the_order, setup),
 		cmocka_unit_test_setup(a_raised_max_inflight_widens_the_window_and_a_lowered_one_narrows_it,
 				       setup),
+		cmocka_unit_test_setup(the_clients_receive_maximum_narrows_the_window, setup),
 		cmocka_unit_test_setup(the_queue_refuses_past_max_queued_messages_and_bytes, setup),
 		cmocka_unit_test_setup(max_inflight_bytes_bounds_the_window_and_the_queue_together,
 				       setup),

@@ -410,6 +410,77 @@ static void test_publish_ask_only_with_its_flag(void **state)
 	recw_free(&w);
 }
 
+/* A message's properties travel with REC_PUB_PROPS and in a REC_DELIVER head; present means not empty. */
+static void test_publish_and_deliver_carry_props(void **state)
+{
+	static const uint8_t block[] = { 0x03, 0x01, 0x01, 0x17 };   /* not checked here */
+	struct rec_publish x = {
+		.qos = 1, .flags = REC_PUB_PROPS | REC_PUB_ASK, .topic = STR("t"),
+		.payload = BYTES("p"), .props = { block, sizeof(block) }, .ask = 5,
+	};
+	struct rec_deliver dx = {
+		.qos = 1, .topic = STR("t"), .payload = BYTES("p"), .retain = 1,
+		.props = { block, sizeof(block) },
+	};
+	struct rec_publish d;
+	struct rec_deliver dd;
+	struct rec_target t = { 0 };
+	struct recw w;
+	size_t off;
+
+	recw_init(&w);
+	rec_publish_encode(&w, &x);
+	assert_int_equal(w.len, REC_PUBLISH_FIXED_BYTES + 2 + 4 + sizeof(block) +
+			 REC_PUBLISH_ASK_BYTES);
+	assert_int_equal(rec_publish_size(&x), w.len);
+	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), 0);
+	assert_int_equal(d.props.len, sizeof(block));
+	assert_memory_equal(d.props.p, block, sizeof(block));
+	assert_true(d.ask == 5);
+	assert_whole_only(REC_PUBLISH, w.buf, w.len);
+
+	/* The flag with an empty block is refused. */
+	x.props.len = 0;
+	rec_publish_encode(&w, &x);
+	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), -1);
+
+	/* The expiry deadline with its flag; 0 with it is refused. */
+	x = (struct rec_publish){ .flags = REC_PUB_EXPIRY, .topic = STR("t"),
+				  .expires_at = 0x0102030405060708ull };
+	rec_publish_encode(&w, &x);
+	assert_int_equal(w.len, REC_PUBLISH_FIXED_BYTES + 1 + 8);
+	assert_int_equal(rec_publish_size(&x), w.len);
+	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), 0);
+	assert_true(d.expires_at == 0x0102030405060708ull);
+	assert_whole_only(REC_PUBLISH, w.buf, w.len);
+	x.expires_at = 0;
+	rec_publish_encode(&w, &x);
+	assert_int_equal(rec_publish_decode(&d, w.buf, w.len), -1);
+	dx.expires_at = 77;
+
+	off = rec_deliver_begin(&w, &dx);
+	rec_deliver_add(&w, &(struct rec_target){ .conn = 1, .sid = 2, .qos = 1 });
+	rec_deliver_end(&w, off, 1);
+	assert_int_equal(rec_deliver_decode(&dd, w.buf, w.len), 0);
+	assert_int_equal(dd.retain, 1);
+	assert_true(dd.expires_at == 77);
+	assert_int_equal(dd.props.len, sizeof(block));
+	assert_memory_equal(dd.props.p, block, sizeof(block));
+	assert_true(rec_deliver_next(&dd.targets, &t));
+	assert_true(t.conn == 1 && t.sid == 2);
+	assert_whole_only(REC_DELIVER, w.buf, w.len);
+
+	/* Without properties and expiry the head is as it was. */
+	dx.props.len = 0;
+	dx.expires_at = 0;
+	off = rec_deliver_begin(&w, &dx);
+	rec_deliver_end(&w, off, 0);
+	assert_int_equal(w.len, REC_DELIVER_FIXED_BYTES + 2);
+	assert_int_equal(rec_deliver_decode(&dd, w.buf, w.len), 0);
+	assert_int_equal(dd.props.len, 0);
+	recw_free(&w);
+}
+
 static void test_deliver_layout(void **state)
 {
 	static const uint8_t wire[] = {
@@ -631,6 +702,7 @@ static void test_fixed_records_round_trip(void **state)
 	struct rec_unsuback ua;
 	struct rec_kick k;
 	struct recw w;
+	size_t off;
 
 	recw_init(&w);
 	rec_msg_state_encode(&w, &(struct rec_msg_state){
@@ -650,11 +722,16 @@ static void test_fixed_records_round_trip(void **state)
 	assert_int_equal(q2.held, 1);
 	assert_whole_only(REC_QOS2_IN, w.buf, w.len);
 
-	rec_unsuback_encode(&w, &(struct rec_unsuback){ .conn = 31, .packet_id = 32 });
-	assert_int_equal(w.len, 8 + 2);
+	off = rec_unsuback_begin(&w, &(struct rec_unsuback){ .conn = 31, .packet_id = 32 });
+	rec_suback_add(&w, 0x00);
+	rec_suback_add(&w, 0x11);
+	rec_suback_end(&w, off, 2);
+	assert_int_equal(w.len, 8 + 2 + 2 + 2);
 	assert_int_equal(rec_unsuback_decode(&ua, w.buf, w.len), 0);
 	assert_true(ua.conn == 31);
 	assert_int_equal(ua.packet_id, 32);
+	assert_int_equal(ua.codes.n, 2);
+	assert_true(ua.codes.p[0] == 0x00 && ua.codes.p[1] == 0x11);
 	assert_whole_only(REC_UNSUBACK, w.buf, w.len);
 
 	rec_kick_encode(&w, &(struct rec_kick){ .conn = 41 });
@@ -957,6 +1034,7 @@ int main(void)
 		cmocka_unit_test(test_type_names_cover_every_type),
 		cmocka_unit_test(test_publish_layout),
 		cmocka_unit_test(test_publish_ask_only_with_its_flag),
+		cmocka_unit_test(test_publish_and_deliver_carry_props),
 		cmocka_unit_test(test_deliver_layout),
 		cmocka_unit_test(test_connect_layout),
 		cmocka_unit_test(test_subscribe_round_trip),

@@ -33,6 +33,7 @@
 #include "ipc.h"
 #include "log.h"
 #include "mqtt.h"
+#include "mqtt5.h"
 #include "rec.h"
 #include "role.h"
 #include "router.h"
@@ -976,6 +977,120 @@ static void live_publish_with_retain_is_delivered_without_retain(void **state)
 	assert_int_equal(d.retain, 0);
 }
 
+/* A PUBLISH with an MQTT 5 property block: the block, the router's check of it. */
+static int send_publish_props(struct fx *f, const uint8_t *block, uint32_t len)
+{
+	const struct rec_publish x = {
+		.qos = 1, .flags = REC_PUB_PROPS, .topic = str("a"), .payload = bytes("x"),
+		.props = { block, len },
+	};
+	struct recw w;
+
+	recw_init(&w);
+	rec_publish_encode(&w, &x);
+	return handle(f, 1, REC_PUBLISH, &w);
+}
+
+static void message_properties_go_with_live_deliveries_once_checked(void **state)
+{
+	/* user property k=v, content type "c" */
+	static const uint8_t good[] = { 0x0b, 0x26, 0, 1, 'k', 0, 1, 'v', 0x03, 0, 1, 'c' };
+	static const uint8_t alias[] = { 0x03, 0x23, 0, 1 };          /* a topic alias */
+	static const uint8_t expiry[] = { 0x05, 0x02, 0, 0, 0, 9 };   /* a message expiry */
+	static const uint8_t short_len[] = { 0x05, 0x03, 0, 1, 'c' }; /* length past the end */
+	static const uint8_t extra[] = { 0x01, 0x01, 0x01, 0x00 };    /* a byte after the block */
+	static const uint8_t subscribe_only[] = { 0x02, 0x0b, 0x01 }; /* a subscription id */
+	struct fx *f = *state;
+	struct rec_deliver x;
+
+	connect_ok(f, C(0, 1), true, "dev", NULL);
+	subscribe_ok(f, C(0, 1), "a", 1);
+	assert_int_equal(send_publish_props(f, good, sizeof(good)), 0);
+	assert_int_equal(f->n, 1);
+	DECODE_CAPTURED(&f->caps[0], REC_DELIVER, rec_deliver_decode, &x);
+	assert_int_equal(x.props.len, sizeof(good));
+	assert_memory_equal(x.props.p, good, sizeof(good));
+	fx_clear(f);
+
+	assert_int_equal(send_publish_props(f, alias, sizeof(alias)), -1);
+	assert_int_equal(send_publish_props(f, expiry, sizeof(expiry)), -1);
+	assert_int_equal(send_publish_props(f, short_len, sizeof(short_len)), -1);
+	assert_int_equal(send_publish_props(f, extra, sizeof(extra)), -1);
+	assert_int_equal(send_publish_props(f, subscribe_only, sizeof(subscribe_only)), -1);
+	assert_int_equal(f->n, 0);
+}
+
+static int send_publish_from(struct fx *f, conn_id_t conn, bool retain, const char *topic)
+{
+	struct recw w;
+
+	build_publish_from(&w, conn, 1, retain, topic, "x", 0);
+	return handle(f, conn_id_worker(conn), REC_PUBLISH, &w);
+}
+
+/* MQTT 5 options in the subscription byte: no local, retain as published (per target). */
+static void no_local_and_retain_as_published_shape_each_target(void **state)
+{
+	struct fx *f = *state;
+	struct rec_deliver x;
+	struct rec_target t;
+	struct suback sa;
+	size_t n = 0;
+
+	connect_ok(f, C(0, 1), true, "nl", NULL);
+	connect_ok(f, C(0, 2), true, "rap", NULL);
+	subscribe_ok(f, C(0, 1), "t", 1 | MQTT5_SUB_NO_LOCAL);
+	subscribe_ok(f, C(0, 2), "t", 1 | MQTT5_SUB_RETAIN_AS_PUBLISHED);
+	assert_int_equal(send_publish_from(f, C(0, 1), true, "t"), 0);
+	assert_int_equal(f->n, 1);
+	DECODE_CAPTURED(&f->caps[0], REC_DELIVER, rec_deliver_decode, &x);
+	assert_int_equal(x.retain, 0);
+	while (rec_deliver_next(&x.targets, &t)) {
+		assert_true(t.conn == C(0, 2));    /* not back to its publisher */
+		assert_true(t.retain);
+		assert_int_equal(t.qos, 1);
+		n++;
+	}
+	assert_int_equal(n, 1);
+	fx_clear(f);
+
+	/* From another publisher, without retain: both, and no retain flag. */
+	connect_ok(f, C(0, 3), true, "pub", NULL);
+	fx_clear(f);
+	assert_int_equal(send_publish_from(f, C(0, 3), false, "t"), 0);
+	assert_int_equal(f->n, 1);
+	DECODE_CAPTURED(&f->caps[0], REC_DELIVER, rec_deliver_decode, &x);
+	for (n = 0; rec_deliver_next(&x.targets, &t); n++)
+		assert_false(t.retain);
+	assert_int_equal(n, 2);
+
+	/* Options the protocol does not have are refused. */
+	fx_clear(f);
+	assert_int_equal(send_subscribe(f, C(0, 3), 9, "u", 0x30), 0);   /* retain handling 3 */
+	decode_suback(&f->caps[0], &sa);
+	assert_int_equal(sa.n, 1);
+	assert_int_equal(sa.codes[0], 0x80);
+}
+
+/* Retain handling 1 sends the retained messages when the subscription is new only; 2 never. */
+static void retain_handling_decides_what_a_subscribe_sends(void **state)
+{
+	struct fx *f = *state;
+
+	assert_int_equal(send_publish(f, 0, 1, true, "r/1", "kept"), 0);
+	connect_ok(f, C(1, 1), true, "dev", NULL);
+	fx_clear(f);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(send_subscribe(f, C(1, 1), 1, "r/#", 1 | 0x10), 0);
+		assert_false(router_send_retained(f->r));
+		assert_int_equal(count_type(f, REC_DELIVER), i == 0 ? 1 : 0);
+		fx_clear(f);
+	}
+	assert_int_equal(send_subscribe(f, C(1, 1), 2, "r/+", 1 | 0x20), 0);
+	assert_false(router_send_retained(f->r));
+	assert_int_equal(count_type(f, REC_DELIVER), 0);
+}
+
 static void overlapping_subscriptions_give_one_copy_at_highest_qos(void **state)
 {
 	struct fx *f = *state;
@@ -1081,15 +1196,20 @@ static void unsubscribe_stops_delivery_and_is_acked(void **state)
 	decode_unsuback(&f->caps[0], &ua);
 	assert_int_equal(ua.conn, C(0, 1));
 	assert_int_equal(ua.packet_id, 77);
+	assert_int_equal(ua.codes.n, 1);
+	assert_int_equal(ua.codes.p[0], MQTT5_RC_SUCCESS);
 	fx_clear(f);
 
 	assert_int_equal(send_publish(f, 0, 1, false, "t/a", "x"), 0);
 	assert_int_equal(f->n, 0);
 	assert_int_equal(stats_of(f).subscriptions, 0);
 
-	/* Unsubscribing from nothing is still acknowledged. */
+	/* Unsubscribing from nothing is still acknowledged, saying so (MQTT 5's 0x11). */
 	assert_int_equal(send_unsubscribe(f, C(0, 1), 78, "never"), 0);
 	assert_int_equal(count_type(f, REC_UNSUBACK), 1);
+	decode_unsuback(&f->caps[0], &ua);
+	assert_int_equal(ua.codes.n, 1);
+	assert_int_equal(ua.codes.p[0], MQTT5_RC_NO_SUBSCRIPTION_EXISTED);
 }
 
 static void resubscribe_replaces_the_qos(void **state)
@@ -4589,6 +4709,9 @@ int main(void)
 		T(subscribe_acks_first_then_sends_matching_retained),
 		T(retained_message_is_cleared_by_empty_payload),
 		T(live_publish_with_retain_is_delivered_without_retain),
+		T(message_properties_go_with_live_deliveries_once_checked),
+		T(no_local_and_retain_as_published_shape_each_target),
+		T(retain_handling_decides_what_a_subscribe_sends),
 		T(retained_walk_resumes_as_the_ring_takes_them),
 		T(retained_walk_meets_changes_and_live_publishes_once),
 		T(retained_walk_ends_with_its_subscription_connection_or_session),

@@ -645,6 +645,35 @@ static void older_format_is_read_and_upgraded(void **state)
 }
 
 /*
+ * Format 5 keeps a subscription's MQTT 5 options in the byte that held
+ * its QoS: a format 4 subscription reads as its QoS with no option, and
+ * the options byte of a format 5 one comes back whole.
+ */
+static void format_4_subscription_reads_as_its_qos_without_options(void **state)
+{
+	struct fx *f = *state;
+	struct got *g;
+	uint64_t format = 0;
+
+	open_ok(f);
+	put_session(f->st, 3, "dev", false, 0, 0);
+	store_sub_put(f->st, 3, "old/+", 5, 2);
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	set_format(f, 4);
+	open_ok(f);
+	assert_true(store_meta_get(f->st, "format", &format));
+	assert_int_equal(format, 5);
+	store_sub_put(f->st, 3, "new/#", 5, 0x2d);   /* QoS 1, no local, retain as published, RH 2 */
+	assert_int_equal(store_commit(f->st), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->nsub, 2);
+	for (size_t i = 0; i < g->nsub; i++)
+		assert_int_equal(g->sub[i].qos, strcmp(g->sub[i].filter, "old/+") == 0 ? 2 : 0x2d);
+	free(g);
+}
+
+/*
  * Change session sid's value behind iotd's back: cut n bytes off its end,
  * then, when back is not 0, set the byte back bytes from the new end to poke.
  */
@@ -1096,6 +1125,7 @@ int main(void)
 		T(new_daemon_of_a_memory_store_starts_empty),
 		T(newer_format_is_refused),
 		T(older_format_is_read_and_upgraded),
+		T(format_4_subscription_reads_as_its_qos_without_options),
 		T(format_2_sessions_read_as_without_user_names),
 		T(format_3_sessions_read_as_without_tokens),
 		T(tokens_without_rules_and_orphans_keep_their_mark),
