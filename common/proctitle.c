@@ -15,6 +15,12 @@ extern char **environ;
 
 static char *title_start;
 static size_t title_space;
+/*
+ * The environment as it was moved, kept whole: unsetenv() (sd_listen_fds()
+ * unsets LISTEN_*) drops strings from environ, not from here, so a copy
+ * never becomes a leak.
+ */
+static char **environ_moved;
 
 static char *dup_or_die(const char *s)
 {
@@ -35,8 +41,11 @@ static void move_environ(void)
 	env = calloc(n + 1, sizeof(*env));
 	if (env == NULL)
 		abort();
+	environ_moved = calloc(n + 1, sizeof(*environ_moved));
+	if (environ_moved == NULL)
+		abort();
 	for (size_t i = 0; i < n; i++)
-		env[i] = dup_or_die(environ[i]);
+		env[i] = environ_moved[i] = dup_or_die(environ[i]);
 	environ = env;
 }
 
