@@ -127,9 +127,10 @@ def test_members_on_both_workers_share_the_stream_and_a_plain_subscriber_gets_al
         assert sorted(got(plain)) == sorted(sent)
         assert sorted(got(other)) == sorted(sent)
         na, nb = len(got(a)), len(got(b))
-        # Round robin, but a member the router knows to have a full window is passed over.
-        assert abs(na - nb) <= MAX_INFLIGHT, f"unfair share: {na} and {nb}"
-        assert na > 0 and nb > 0
+        # Round robin, but a member the router knows to have a full window is
+        # passed over: a member slowed down by a loaded machine gets less, never
+        # next to nothing.
+        assert min(na, nb) >= len(sent) // 4, f"unfair share: {na} and {nb}"
         plain.stop()
         for c in (a, other, pub):
             c.disconnect()
