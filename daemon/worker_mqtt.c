@@ -276,18 +276,24 @@ static bool filter_valid(const struct worker *w, struct mqtt_str f)
 				  (size_t)w->cfg->max_topic_length);
 }
 
-/* A subscription's QoS (and MQTT 5 options) as the router takes it, or the SUBACK code that refuses it. */
+/*
+ * A subscription's QoS (and MQTT 5 options) as the router takes it, or the
+ * SUBACK code that refuses it. The router takes the whole options byte
+ * (QoS, no local, retain as published, retain handling).
+ */
 static uint8_t subscription_qos(const struct worker *w, struct mqtt_str f, uint8_t options,
 				bool v5)
 {
-	static const char share[] = "$share/";
-
 	if (!v5)
 		return filter_valid(w, f) ? options : MQTT_SUBACK_FAILURE;
-	if (f.len >= sizeof(share) - 1 && memcmp(f.p, share, sizeof(share) - 1) == 0)
-		return MQTT5_RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
-	/* The router takes the whole options byte (QoS, no local, retain as published, retain handling). */
 	return filter_valid(w, f) ? options : MQTT5_RC_TOPIC_FILTER_INVALID;
+}
+
+/* No local on a shared subscription is a protocol error [MQTT-3.8.3-4]. */
+static bool shared_no_local(struct mqtt_str f, uint8_t options)
+{
+	return (options & MQTT5_SUB_NO_LOCAL) && f.len >= TOPIC_SHARE_PREFIX_LEN &&
+	       memcmp(f.p, TOPIC_SHARE_PREFIX, TOPIC_SHARE_PREFIX_LEN) == 0;
 }
 
 /* p5 as for handle_publish. */
@@ -312,6 +318,11 @@ static enum pkt_result handle_subscribe(struct worker *w, struct conn *c,
 	else
 		mqtt_list_iter_init(&it, pkt);
 	while (mqtt_list_next(&it, &f, &qos)) {
+		if (p5 != NULL && shared_no_local(f, qos)) {
+			conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
+					"no local on a shared subscription");
+			return PKT_CLOSED;
+		}
 		struct rec_subscription s = {
 			.filter = { f.p, f.len },
 			.qos = subscription_qos(w, f, qos, p5 != NULL),
@@ -642,8 +653,8 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 		mqtt5_pbuf_num(&b, MQTT5_PROP_TOPIC_ALIAS_MAX, v->n_alias);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_RETAIN_AVAILABLE, 1);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_WILDCARD_SUB_AVAILABLE, 1);
+	/* Shared subscriptions are available: the property's absence says so. */
 	mqtt5_pbuf_num(&b, MQTT5_PROP_SUB_ID_AVAILABLE, 0);
-	mqtt5_pbuf_num(&b, MQTT5_PROP_SHARED_SUB_AVAILABLE, 0);
 	if (v->assigned_id)
 		mqtt5_pbuf_str(&b, MQTT5_PROP_ASSIGNED_CLIENT_ID, (const uint8_t *)id, strlen(id));
 	if (v->server_keep_alive)
