@@ -104,7 +104,7 @@ uint8_t router_subscribe_one(struct router *r, struct session *s, const char *fi
 	sub->opts = opts;
 	router_routes_changed(r);
 	if (r->st)
-		store_sub_put(r->st, s->sid, sub->filter, sub->len, opts);
+		store_sub_put(r->st, s->sid, sub->filter, sub->len, opts, 0);
 	log_debug("router: session %u subscribed to '%s' options 0x%02x", s->sid, sub->filter,
 		  opts);
 	return qos;
