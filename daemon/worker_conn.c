@@ -161,6 +161,30 @@ uint64_t wall_clock_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Room for the longest length field of a property block, before its body. */
+#define PROPS_LEN_ROOM 4
+
+uint8_t *props_begin(struct props_buf *b, size_t n)
+{
+	if (b->cap < PROPS_LEN_ROOM + n) {
+		uint8_t *p = realloc(b->p, PROPS_LEN_ROOM + n);
+
+		if (p == NULL)
+			return NULL;
+		b->p = p;
+		b->cap = PROPS_LEN_ROOM + n;
+	}
+	return b->p + PROPS_LEN_ROOM;
+}
+
+struct rec_bytes props_end(struct props_buf *b, size_t len)
+{
+	size_t hdr = mqtt_varint_size((uint32_t)len);
+
+	mqtt_varint_encode(b->p + PROPS_LEN_ROOM - hdr, (uint32_t)len);
+	return (struct rec_bytes){ b->p + PROPS_LEN_ROOM - hdr, (uint32_t)(hdr + len) };
+}
+
 /* What an MQTT 5 PUBLISH carries of x5, built in o (own: room for the expiry); NULL: nothing. */
 struct v5_out {
 	struct mqtt5_out o;

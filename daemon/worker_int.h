@@ -131,6 +131,12 @@ struct addr_reports {
 	bool send_failed_logged;
 };
 
+/* A growable buffer for a property block and its length field (props_begin()). */
+struct props_buf {
+	uint8_t *p;
+	size_t cap;
+};
+
 struct worker {
 	struct role_env *env;
 	const struct iotd_config *cfg;
@@ -161,8 +167,8 @@ struct worker {
 	struct route_target *rt_scratch; /* a REC_ROUTE's targets being read */
 	uint32_t cap_rt_scratch;
 	uint8_t *rbuf;
-	uint8_t *props_buf;              /* an MQTT 5 PUBLISH's properties on their way to the router */
-	size_t cap_props;
+	struct props_buf pub_props;      /* an MQTT 5 PUBLISH's properties on their way to the router */
+	struct props_buf sub_id_props;   /* a delivery's properties with its subscription identifiers */
 	uint64_t now_ms;
 	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
 	bool stopping;
@@ -201,6 +207,14 @@ struct msg_v5 {
 	struct rec_bytes props;
 	uint64_t expires_at;
 };
+
+/*
+ * A property block built by the worker: props_begin() gives room for a
+ * body of up to n bytes (NULL: out of memory), props_end() puts the
+ * length field of the len bytes written before it and returns the block.
+ */
+uint8_t *props_begin(struct props_buf *b, size_t n);
+struct rec_bytes props_end(struct props_buf *b, size_t len);
 
 uint64_t wall_clock_ms(void);
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,

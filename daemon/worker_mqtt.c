@@ -153,29 +153,21 @@ static enum pkt_result publish5_check(struct worker *w, struct conn *c, struct m
 /*
  * The properties of an MQTT 5 PUBLISH that go to its receivers (rec.h,
  * REC_PUB_PROPS): its block without what the broker rewrites, with a
- * length field, in w->props_buf; empty when nothing is left. False: out
+ * length field, in w->pub_props; empty when nothing is left. False: out
  * of memory.
  */
 static bool publish_props(struct worker *w, const struct mqtt5_props *in, struct rec_bytes *out)
 {
-	const size_t room = 4;       /* for the longest length field, written last */
 	struct mqtt5_prop_iter it;
 	struct mqtt5_prop prop;
-	size_t kept = 0, hdr;
+	size_t kept = 0;
 	uint8_t *dst;
 
 	*out = (struct rec_bytes){ 0 };
 	if ((in->present & ~MQTT5_PUBLISH_REWRITTEN) == 0)
 		return true;
-	if (w->cap_props < room + in->raw_len) {
-		uint8_t *b = realloc(w->props_buf, room + in->raw_len);
-
-		if (b == NULL)
-			return false;
-		w->props_buf = b;
-		w->cap_props = room + in->raw_len;
-	}
-	dst = w->props_buf + room;
+	if ((dst = props_begin(&w->pub_props, in->raw_len)) == NULL)
+		return false;
 	mqtt5_prop_iter_init(&it, in);
 	for (const uint8_t *start = it.p; mqtt5_prop_next(&it, &prop); start = it.p) {
 		if (MQTT5_BIT(prop.id) & MQTT5_PUBLISH_REWRITTEN)
@@ -183,9 +175,7 @@ static bool publish_props(struct worker *w, const struct mqtt5_props *in, struct
 		memcpy(dst + kept, start, (size_t)(it.p - start));
 		kept += (size_t)(it.p - start);
 	}
-	hdr = mqtt_varint_size((uint32_t)kept);
-	mqtt_varint_encode(w->props_buf + room - hdr, (uint32_t)kept);
-	*out = (struct rec_bytes){ w->props_buf + room - hdr, (uint32_t)(hdr + kept) };
+	*out = props_end(&w->pub_props, kept);
 	return true;
 }
 
@@ -307,11 +297,9 @@ static enum pkt_result handle_subscribe(struct worker *w, struct conn *c,
 	size_t count_off;
 	uint16_t n = 0;
 
-	if (p5 != NULL && mqtt5_props_has(&p5->props, MQTT5_PROP_SUB_ID)) {
-		conn_disconnect(w, c, MQTT5_RC_SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED, true,
-				"subscription identifier in SUBSCRIBE (not supported)");
-		return PKT_CLOSED;
-	}
+	/* The codec refused a SUBSCRIBE with identifier 0 or two of them. */
+	if (p5 != NULL && mqtt5_props_has(&p5->props, MQTT5_PROP_SUB_ID))
+		x.sub_id = p5->props.sub_id;
 	count_off = rec_subscribe_begin(&w->rw, &x);
 	if (p5 != NULL)
 		mqtt5_list_iter_init(&it, p5);
@@ -653,8 +641,7 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 		mqtt5_pbuf_num(&b, MQTT5_PROP_TOPIC_ALIAS_MAX, v->n_alias);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_RETAIN_AVAILABLE, 1);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_WILDCARD_SUB_AVAILABLE, 1);
-	/* Shared subscriptions are available: the property's absence says so. */
-	mqtt5_pbuf_num(&b, MQTT5_PROP_SUB_ID_AVAILABLE, 0);
+	/* Shared subscriptions and subscription identifiers are available: the properties' absence says so. */
 	if (v->assigned_id)
 		mqtt5_pbuf_str(&b, MQTT5_PROP_ASSIGNED_CLIENT_ID, (const uint8_t *)id, strlen(id));
 	if (v->server_keep_alive)

@@ -5,7 +5,11 @@ the end of a QoS 2 exchange by a PUBREC of failure."""
 import pytest
 
 import mqttraw as m
-from helpers import T, raw, raw_on, uid, wait_for
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from helpers import T, PahoClient, raw, raw_on, uid, wait_for
+from test_crash_router import kill_router
 from test_mqtt5 import NO_LOCAL, expect_disconnect, raw5, subscribe5
 from test_shared_subs import RawMember
 
@@ -55,4 +59,85 @@ def test_no_local_on_a_shared_subscription_is_a_protocol_error(broker, clients):
     c = clients.own(raw5(broker))
     assert subscribe5(c, [("$share/g/ok", 1)]) == [1]
     c.send(m.subscribe_v5(2, [("$share/g/nl", 1 | NO_LOCAL)]))
+    expect_disconnect(c, 0x82)
+
+
+# ------------------------------------------------------------ subscription identifiers
+
+def sub_ids(p):
+    return sorted(v for k, v in p.props if k == m.P_SUB_ID)
+
+
+def subscribe_with_id(c, filt, options, sub_id, pid):
+    props = [(m.P_SUB_ID, sub_id)] if sub_id else []
+    assert subscribe5(c, [(filt, options)], pid=pid, props=props) == [options & 3]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("qos", [0, 1])
+def test_a_delivery_carries_the_identifiers_of_every_subscription_it_matched(
+        start_broker, clients, workers, qos):
+    b = start_broker(workers=workers)
+    c = clients.own(raw5(b, tag="sid"))
+    subscribe_with_id(c, "si/#", 1, 5, 1)
+    subscribe_with_id(c, "si/+", 1, 268435455, 2)
+    subscribe_with_id(c, "si/x", 1, 0, 3)
+    pub = clients.own(raw5(b, tag="sidp"))
+    for round_ in range(2):       # the second time, a local route may have been cached
+        for pid, (topic, want) in enumerate([("si/x", [5, 268435455]), ("si/y/z", [5])], 1):
+            pub.send(m.publish_v5(topic, f"{topic}-{round_}", qos=qos, pid=pid if qos else None,
+                                  props=[USER]))
+            if qos:
+                pub.expect(m.PUBACK, pid=pid)
+            got = m.v5(c.recv_publish())
+            assert (got.topic, got.payload) == (topic, f"{topic}-{round_}".encode()), \
+                "one delivery per message, however many subscriptions it matched"
+            assert sub_ids(got) == want, f"{topic}: {got.props!r}"
+            assert USER in got.props
+
+
+def test_retained_message_on_subscribe_carries_that_subscriptions_identifier(broker, clients):
+    clients.own(raw(broker)).publish("sir/t", b"kept", qos=1, retain=True)
+    c = clients.own(raw5(broker))
+    subscribe_with_id(c, "sir/#", 1, 42, 1)
+    got = m.v5(c.recv_publish())
+    assert (got.payload, got.retain, sub_ids(got)) == (b"kept", True, [42])
+
+
+def test_shared_subscription_identifier_reaches_its_member(broker, clients):
+    c = clients.own(raw5(broker))
+    subscribe_with_id(c, "$share/g/sis/#", 1, 9, 1)
+    clients.own(raw(broker)).publish("sis/t", b"one", qos=1)
+    got = m.v5(c.recv_publish())
+    assert (got.payload, sub_ids(got)) == (b"one", [9])
+
+
+def test_paho_sees_the_subscription_identifier(broker, clients):
+    sub = PahoClient(broker.port, uid("psid"), v5=True)
+    sub.connect()
+    try:
+        props = Properties(PacketTypes.SUBSCRIBE)
+        props.SubscriptionIdentifier = 77
+        assert sub.subscribe("psid/#", qos=1, properties=props) == [1]
+        clients.own(raw(broker)).publish("psid/t", b"x", qos=1)
+        msg = sub.wait_messages(1)[0]
+        assert msg.properties.SubscriptionIdentifier == [77]
+    finally:
+        sub.disconnect()
+
+
+@pytest.mark.iotd_only
+def test_subscription_identifier_survives_a_router_crash(broker, clients):
+    """The store keeps a subscription's identifier (format 6)."""
+    c = clients.own(raw5(broker, cid=uid("sidcrash"), clean=False))
+    subscribe_with_id(c, "sic/#", 1, 1234, 1)
+    kill_router(broker)
+    clients.own(raw(broker, tag="sicp")).publish("sic/t", b"after", qos=1)
+    got = m.v5(c.recv_publish())
+    assert (got.payload, sub_ids(got)) == (b"after", [1234])
+
+
+def test_subscription_identifier_0_is_a_protocol_error(broker, clients):
+    c = clients.own(raw5(broker))
+    c.send(m.subscribe_v5(1, [("sid0/t", 0)], props=[(m.P_SUB_ID, 0)]))
     expect_disconnect(c, 0x82)
