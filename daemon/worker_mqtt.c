@@ -378,6 +378,7 @@ static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_pro
 	if (v == NULL)
 		return false;
 	v->n_alias = n_alias;
+	v->n_alias_out = (uint16_t)MIN((long)props->topic_alias_max, w->cfg->topic_alias_maximum_out);
 	v->receive_max = props->receive_max;
 	v->session_expiry = props->session_expiry;   /* asked; what is granted replaces it */
 	if (mqtt5_props_has(props, MQTT5_PROP_MAX_PACKET_SIZE))

@@ -327,14 +327,9 @@ static void delivery_done(struct delivery *d)
 static bool props_with_sub_ids(struct worker *w, struct rec_bytes props,
 			       const struct rec_target *t, struct rec_bytes *out)
 {
-	uint32_t hdr = 0;
-	size_t len;
+	size_t hdr = props_body_off(props), len = props.len - hdr;
 	uint8_t *dst;
 
-	/* The block after its length field (which the router checked). */
-	while (hdr < props.len && (props.p[hdr++] & 0x80))
-		;
-	len = props.len - hdr;
 	dst = props_begin(&w->sub_id_props, len + (size_t)t->n_sub_ids * 5);
 	if (dst == NULL)
 		return false;

@@ -141,3 +141,70 @@ def test_subscription_identifier_0_is_a_protocol_error(broker, clients):
     c = clients.own(raw5(broker))
     c.send(m.subscribe_v5(1, [("sid0/t", 0)], props=[(m.P_SUB_ID, 0)]))
     expect_disconnect(c, 0x82)
+
+
+# ------------------------------------------------------------ topic aliases from the server
+
+def alias_of(p):
+    return p.propd.get(m.P_TOPIC_ALIAS)
+
+
+def publish_each(pub, topics, qos=0):
+    for i, topic in enumerate(topics, 1):
+        pub.send(m.publish(topic, topic, qos=qos, pid=i if qos else None))
+        if qos:
+            pub.expect(m.PUBACK, pid=i)
+
+
+def test_the_first_topics_sent_get_aliases_used_alone_later(broker, clients):
+    c = clients.own(raw5(broker, props=[(m.P_TOPIC_ALIAS_MAX, 2)]))
+    assert subscribe5(c, [("ta/#", 1)]) == [1]
+    topics = ["ta/a", "ta/a", "ta/b", "ta/c", "ta/b", "ta/c", "ta/a"]
+    publish_each(clients.own(raw(broker, tag="tap")), topics)
+    got = [m.v5(p) for p in c.recv_publishes(len(topics))]
+    assert [(p.topic, alias_of(p), p.payload) for p in got] == [
+        ("ta/a", 1, b"ta/a"),       # sets alias 1
+        ("", 1, b"ta/a"),           # the alias alone
+        ("ta/b", 2, b"ta/b"),       # sets alias 2: the client's maximum reached
+        ("ta/c", None, b"ta/c"),    # no alias left: the topic in full
+        ("", 2, b"ta/b"),
+        ("ta/c", None, b"ta/c"),
+        ("", 1, b"ta/a"),
+    ]
+
+
+def test_no_alias_for_a_client_that_allows_none(broker, clients):
+    c = clients.own(raw5(broker))
+    assert subscribe5(c, [("tn/#", 0)]) == [0]
+    publish_each(clients.own(raw(broker, tag="tnp")), ["tn/a"] * 3)
+    got = [m.v5(p) for p in c.recv_publishes(3)]
+    assert [(p.topic, alias_of(p)) for p in got] == [("tn/a", None)] * 3
+
+
+@pytest.mark.broker_config(topic_alias_maximum_out=0)
+def test_topic_alias_maximum_out_0_sets_none(broker, clients):
+    c = clients.own(raw5(broker, props=[(m.P_TOPIC_ALIAS_MAX, 5)]))
+    assert subscribe5(c, [("t0/#", 0)]) == [0]
+    publish_each(clients.own(raw(broker, tag="t0p")), ["t0/a"] * 3)
+    got = [m.v5(p) for p in c.recv_publishes(3)]
+    assert [(p.topic, alias_of(p)) for p in got] == [("t0/a", None)] * 3
+
+
+def test_a_message_resent_with_dup_carries_its_topic(broker, clients):
+    """Aliases last as long as their connection [MQTT-3.3.2-7]: what is
+    resent to the next one names its topic again."""
+    cid = uid("tadup")
+    props = [(m.P_TOPIC_ALIAS_MAX, 5)]
+    c = raw5(broker, cid=cid, clean=False, props=props)
+    try:
+        assert subscribe5(c, [("td/#", 1)]) == [1]
+        publish_each(clients.own(raw(broker, tag="tdp")), ["td/x", "td/x"], qos=1)
+        first = [m.v5(p) for p in c.recv_publishes(2, ack=False)]
+        assert [(p.topic, alias_of(p)) for p in first] == [("td/x", 1), ("", 1)]
+    finally:
+        c.close()
+    again = clients.own(raw5(broker, cid=cid, clean=False, props=props))
+    resent = [m.v5(p) for p in again.recv_publishes(2)]
+    assert [(p.topic, p.dup, p.payload) for p in resent] == [("td/x", True, b"td/x")] * 2
+    for p in resent:
+        assert alias_of(p) in (None, 1), "an alias the new connection never set"
