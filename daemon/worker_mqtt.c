@@ -532,7 +532,19 @@ void connect_forward(struct worker *w, struct conn *c, const struct rec_connect 
 	c->state = CS_CONNECTING;
 }
 
-static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+/*
+ * A QoS 1/2 exchange the client ended: the router forgets its copy, and
+ * the window has room.
+ */
+static void ack_done(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
+{
+	report_state(w, c, copy, pid, MSG_DONE);
+	pending_pump(w, c);
+}
+
+/* p5 as for handle_publish. */
+static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt,
+				  const struct mqtt5_packet *p5)
 {
 	uint16_t pid = pkt->u.packet_id;
 	uint64_t copy;
@@ -541,12 +553,16 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 	case MQTT_PUBACK:
 	case MQTT_PUBCOMP:
 		if (pkt->type == MQTT_PUBACK ? qos_puback(c->qos, pid, &copy) :
-					       qos_pubcomp(c->qos, pid, &copy)) {
-			report_state(w, c, copy, pid, MSG_DONE);
-			pending_pump(w, c);
-		}
+					       qos_pubcomp(c->qos, pid, &copy))
+			ack_done(w, c, pid, copy);
 		break;
 	case MQTT_PUBREC:
+		/* An MQTT 5 client refusing the message ends the exchange: no PUBREL. */
+		if (p5 != NULL && p5->reason >= 0x80) {
+			if (qos_pubrec_refused(c->qos, pid, &copy))
+				ack_done(w, c, pid, copy);
+			break;
+		}
 		switch (qos_pubrec(c->qos, pid, &copy)) {
 		case QOS_PUBREC_RELEASED:
 			report_state(w, c, copy, pid, MSG_PUBREL);
@@ -677,7 +693,7 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 	case MQTT_PUBREC:
 	case MQTT_PUBREL:
 	case MQTT_PUBCOMP:
-		return handle_ack(w, c, pkt);
+		return handle_ack(w, c, pkt, p5);
 	case MQTT_SUBSCRIBE:
 		return handle_subscribe(w, c, pkt, p5);
 	case MQTT_UNSUBSCRIBE:

@@ -208,3 +208,34 @@ def test_a_message_resent_with_dup_carries_its_topic(broker, clients):
     assert [(p.topic, p.dup, p.payload) for p in resent] == [("td/x", True, b"td/x")] * 2
     for p in resent:
         assert alias_of(p) in (None, 1), "an alias the new connection never set"
+
+
+# ------------------------------------------------------------ QoS 2 refused, problem information
+
+def test_a_pubrec_of_failure_ends_the_qos2_exchange(broker, clients):
+    """No PUBREL after a PUBREC >= 0x80 [MQTT-4.3.3]: the next message,
+    held back by the client's receive maximum of 1, comes instead."""
+    s = clients.own(raw5(broker, props=[(m.P_RECEIVE_MAX, 1)]))
+    assert subscribe5(s, [("prf/#", 2)]) == [2]
+    p = clients.own(raw(broker, tag="prfp"))
+    p.publish("prf/x", b"refused", qos=2)
+    p.publish("prf/y", b"next", qos=2)
+    got = m.v5(s.recv_publish(ack=False))
+    assert (got.topic, got.qos) == ("prf/x", 2)
+    s.send(m.ack_v5(m.PUBREC, got.pid, 0x80))
+    nxt = m.v5(s.recv_packet(5, what="the next PUBLISH"))
+    assert nxt.type == m.PUBLISH, f"expected the next PUBLISH, got {nxt!r}"
+    assert nxt.topic == "prf/y"
+
+
+def test_request_problem_information_0_gets_no_reason_string(broker, clients):
+    """iotd sends no reason string nor user property: with Request Problem
+    Information 0 none may come but in CONNACK and DISCONNECT [MQTT-3.1.2-29]."""
+    c = clients.own(raw5(broker, props=[(0x17, 0)]))
+    bad = [(m.P_PAYLOAD_FORMAT, 1)]
+    c.send(m.publish_v5("rpi/bad", b"\xff", qos=1, pid=3, props=bad))
+    ack = m.v5(c.expect(m.PUBACK, pid=3))
+    assert (ack.reason, ack.props) == (0x99, [])
+    assert subscribe5(c, [("rpi/#/x", 0)], pid=4) == [0x8F]
+    c.send(m.unsubscribe_v5(5, ["rpi/never"]))
+    assert m.v5(c.expect(m.UNSUBACK, pid=5)).props == []
