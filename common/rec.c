@@ -310,7 +310,7 @@ bool rec_packet_id_next(struct rec_iter *it, uint16_t *packet_id)
 REC_DECODER(connect, CONNECT_FIELDS)
 REC_ENCODER(connect, CONNECT_FIELDS)
 
-#define SUBSCRIBE_FIELDS(F) F(u64, conn) F(u16, packet_id) F(subs16, filters)
+#define SUBSCRIBE_FIELDS(F) F(u64, conn) F(u16, packet_id) F(u32, sub_id) F(subs16, filters)
 REC_DECODER(subscribe, SUBSCRIBE_FIELDS)
 REC_BEGIN(subscribe, SUBSCRIBE_FIELDS)
 

@@ -325,6 +325,11 @@ bool qos_pubcomp(struct conn_qos *q, uint16_t pid, uint64_t *copy)
 	return inflight_complete(q, pid, 2, MSG_PUBREL, copy);
 }
 
+bool qos_pubrec_refused(struct conn_qos *q, uint16_t pid, uint64_t *copy)
+{
+	return inflight_complete(q, pid, 2, MSG_INFLIGHT, copy);
+}
+
 enum qos_pubrec qos_pubrec(struct conn_qos *q, uint16_t pid, uint64_t *copy)
 {
 	int i = inflight_find(q, pid);

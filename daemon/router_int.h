@@ -99,6 +99,7 @@ struct session_sub {
 	UT_hash_handle hh;
 	struct router_cursor *cur;   /* its retained messages still to send, or NULL */
 	uint8_t opts;                /* MQTT 5 subscription options (mqtt5.h MQTT5_SUB_*): QoS in the low bits */
+	uint32_t sub_id;             /* its MQTT 5 subscription identifier; 0: none */
 	bool shared;                 /* "$share/...": its group's (router_share.c), not in the trie */
 	bool fresh;                  /* made by the SUBSCRIBE being answered (retain handling 1) */
 	uint16_t len;
@@ -247,11 +248,24 @@ struct router_match {
 	size_t n;
 	bool incomplete;             /* out of memory: the match missed some sessions */
 	bool shared;                 /* a shared subscription matched: never a local route */
-	bool options;                /* a subscription with no local or retain as published matched */
+	bool options;                /* a subscription with no local, retain as published or an identifier matched */
 };
 
 /* In session.granted: a subscription that matched keeps the retain flag as published. */
 #define SESSION_RAP 0x04
+/* In session.granted: a subscription with an identifier matched (router_sub_ids_of()). */
+#define SESSION_SUB_IDS 0x08
+/*
+ * In the options the trie holds (never in session_sub.opts nor the store):
+ * the subscription has an identifier, so its matches are the router's.
+ */
+#define ROUTER_OPT_SUB_ID 0x40
+
+/* The subscription identifiers one delivery carries (rec.h REC_TARGET_SUB_IDS). */
+struct router_sub_ids {
+	uint8_t n;
+	uint32_t id[REC_TARGET_SUB_IDS_MAX];
+};
 #define SESSION_GRANTED_QOS(g) ((g) & 3)
 
 /* One CONNECT the auth role accepted (router_grants.c). */
@@ -514,7 +528,7 @@ void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uin
 void router_publish_scratch_init(struct router_publish_scratch *pub);
 void router_publish_scratch_free(struct router_publish_scratch *pub);
 uint8_t router_subscribe_one(struct router *r, struct session *s, const char *filter,
-			     uint16_t len, uint8_t qos);
+			     uint16_t len, uint8_t qos, uint32_t sub_id);
 bool router_subscription_refused(struct session *s, const struct iotd_config *cfg,
 				 const char *filter, uint16_t len);
 bool router_unsubscribe_one(struct router *r, struct session *s, const char *filter,
@@ -532,11 +546,11 @@ struct share_group;
 struct topic_share_parts;
 
 int router_share_join(struct router *r, struct session *s, const struct topic_share_parts *p,
-		      uint8_t qos);
+		      uint8_t qos, uint32_t sub_id);
 void router_share_leave(struct router *r, struct session *s, const char *filter, uint16_t len);
 void router_share_free(struct router *r);
 struct session *share_pick(struct router *r, struct share_group *g, const struct router_msg *m,
-			   const struct session *except, uint8_t *qos);
+			   const struct session *except, uint8_t *qos, uint32_t *sub_id);
 void router_share_reroute(struct router *r, struct session *s);
 void router_share_deliver_one(struct router *r, struct share_group *g,
 			      const struct router_msg *m, const struct session *except,

@@ -211,14 +211,14 @@ static void router_load_session(void *arg, const struct store_session *ss)
 }
 
 static void router_load_sub(void *arg, uint32_t sid, const char *filter, uint16_t len,
-			    uint8_t opts)
+			    uint8_t opts, uint32_t sub_id)
 {
 	struct router_load *ld = arg;
 	struct session *s = router_find_sid(ld->r, sid);
 
 	struct session_sub *sub;
 
-	if (s && router_subscribe_one(ld->r, s, filter, len, opts) != ROUTER_SUBACK_FAILURE) {
+	if (s && router_subscribe_one(ld->r, s, filter, len, opts, sub_id) != ROUTER_SUBACK_FAILURE) {
 		HASH_FIND(hh, s->subs, filter, len, sub);
 		sub->fresh = false;      /* made long ago: retain handling 1 sends nothing */
 		ld->subs++;
@@ -432,7 +432,7 @@ static void router_resync_session(struct router *r, struct session *s)
 
 	session_persist(r, s);
 	HASH_ITER(hh, s->subs, sub, tmp)
-		store_sub_put(r->st, s->sid, sub->filter, sub->len, sub->opts);
+		store_sub_put(r->st, s->sid, sub->filter, sub->len, sub->opts, sub->sub_id);
 	for (const struct session_msg *q = s->q_head; q; q = q->next)
 		session_msg_persist(r, s, q);
 }

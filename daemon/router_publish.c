@@ -39,15 +39,18 @@ static void router_cursor_drop(struct router *r, struct session_sub *sub);
 
 /*
  * Put the subscription where publishes find it: the trie for a plain
- * one (with its options), its group for a shared one (parts: its name and
- * filter; the QoS its options grant). 0, or -1 when out of memory.
+ * one (with its options, and ROUTER_OPT_SUB_ID when it has an
+ * identifier), its group for a shared one (parts: its name and filter;
+ * the QoS its options grant). 0, or -1 when out of memory.
  */
 static int router_sub_attach(struct router *r, struct session *s, const char *filter,
-			     uint16_t len, const struct topic_share_parts *parts, uint8_t opts)
+			     uint16_t len, const struct topic_share_parts *parts, uint8_t opts,
+			     uint32_t sub_id)
 {
 	if (parts)
-		return router_share_join(r, s, parts, MQTT5_SUB_QOS(opts));
-	return topic_trie_subscribe(r->trie, filter, len, s, opts) < 0 ? -1 : 0;
+		return router_share_join(r, s, parts, MQTT5_SUB_QOS(opts), sub_id);
+	return topic_trie_subscribe(r->trie, filter, len, s,
+				    (uint8_t)(opts | (sub_id ? ROUTER_OPT_SUB_ID : 0))) < 0 ? -1 : 0;
 }
 
 static void router_sub_detach(struct router *r, struct session *s, struct session_sub *sub)
@@ -66,7 +69,7 @@ static bool sub_opts_valid(uint8_t opts)
 }
 
 uint8_t router_subscribe_one(struct router *r, struct session *s, const char *filter,
-			     uint16_t len, uint8_t opts)
+			     uint16_t len, uint8_t opts, uint32_t sub_id)
 {
 	uint8_t qos = MQTT5_SUB_QOS(opts);
 	struct session_sub *sub;
@@ -75,10 +78,10 @@ uint8_t router_subscribe_one(struct router *r, struct session *s, const char *fi
 	bool added = false;
 
 	if (!sub_opts_valid(opts) || !len || !topic_filter_valid(filter, len, 0, 0) ||
-	    share == TOPIC_SHARE_BAD)
+	    share == TOPIC_SHARE_BAD || sub_id > MQTT5_SUB_ID_MAX)
 		return ROUTER_SUBACK_FAILURE;
 	HASH_FIND(hh, s->subs, filter, len, sub);
-	if (sub && sub->opts == opts)
+	if (sub && sub->opts == opts && sub->sub_id == sub_id)
 		return qos;               /* the same again (a filter repeated in one SUBSCRIBE): nothing changes */
 	if (!sub) {
 		sub = malloc(sizeof(*sub) + (size_t)len + 1);
@@ -92,7 +95,7 @@ uint8_t router_subscribe_one(struct router *r, struct session *s, const char *fi
 		sub->shared = share == TOPIC_SHARE_OK;
 		added = true;
 	}
-	if (router_sub_attach(r, s, filter, len, sub->shared ? &parts : NULL, opts) < 0)
+	if (router_sub_attach(r, s, filter, len, sub->shared ? &parts : NULL, opts, sub_id) < 0)
 		goto nomem_free;
 	if (added) {
 		HASH_ADD_KEYPTR(hh, s->subs, sub->filter, sub->len, sub);
@@ -102,11 +105,12 @@ uint8_t router_subscribe_one(struct router *r, struct session *s, const char *fi
 		}
 	}
 	sub->opts = opts;
+	sub->sub_id = sub_id;
 	router_routes_changed(r);
 	if (r->st)
-		store_sub_put(r->st, s->sid, sub->filter, sub->len, opts);
-	log_debug("router: session %u subscribed to '%s' options 0x%02x", s->sid, sub->filter,
-		  opts);
+		store_sub_put(r->st, s->sid, sub->filter, sub->len, opts, sub_id);
+	log_debug("router: session %u subscribed to '%s' options 0x%02x identifier %u", s->sid,
+		  sub->filter, opts, sub_id);
 	return qos;
 nomem_free:
 	if (added)
@@ -238,15 +242,20 @@ static inline void router_deliver_end(struct router *r, unsigned worker)
 	pub->deliver_n[worker] = 0;
 }
 
-/* One more target of the message whose head is d, in its worker's REC_DELIVER. */
+/*
+ * One more target of the message whose head is d, in its worker's
+ * REC_DELIVER; ids: the identifiers it carries, or NULL.
+ */
 static void router_deliver_add(struct router *r, const struct rec_deliver *d,
-			       const struct session *s, uint8_t qos, bool retain, uint64_t copy)
+			       const struct session *s, uint8_t qos, bool retain, uint64_t copy,
+			       const struct router_sub_ids *ids)
 {
 	struct router_publish_scratch *pub = &r->pub;
 	unsigned worker = conn_id_worker(s->conn);
 	struct recw *w = &pub->deliver[worker];
 	const struct rec_target t = { .conn = s->conn, .sid = s->sid, .qos = qos, .copy = copy,
-				      .retain = retain };
+				      .retain = retain, .n_sub_ids = ids ? ids->n : 0,
+				      .sub_ids = ids ? ids->id : NULL };
 
 	/* A fan-out too big for one ring record goes out in several. */
 	if (pub->deliver_n[worker] && r->max_record && w->len + rec_target_size(&t) > r->max_record)
@@ -292,16 +301,17 @@ static void router_match_cb(void *subscriber, uint8_t opts, void *arg)
 	struct router_publish_scratch *pub = &mw->r->pub;
 	struct session *s = subscriber;
 	uint8_t qos = MQTT5_SUB_QOS(opts) |
-		      (opts & MQTT5_SUB_RETAIN_AS_PUBLISHED ? SESSION_RAP : 0);
+		      (opts & MQTT5_SUB_RETAIN_AS_PUBLISHED ? SESSION_RAP : 0) |
+		      (opts & ROUTER_OPT_SUB_ID ? SESSION_SUB_IDS : 0);
 
-	if (opts & (MQTT5_SUB_NO_LOCAL | MQTT5_SUB_RETAIN_AS_PUBLISHED)) {
+	if (opts & (MQTT5_SUB_NO_LOCAL | MQTT5_SUB_RETAIN_AS_PUBLISHED | ROUTER_OPT_SUB_ID)) {
 		mw->options = true;
 		if ((opts & MQTT5_SUB_NO_LOCAL) && s == mw->from)
 			return;           /* [MQTT-3.8.3-3] */
 	}
 	if (s->stamp == pub->stamp) {
 		s->granted = (uint8_t)(MAX(SESSION_GRANTED_QOS(s->granted), SESSION_GRANTED_QOS(qos)) |
-				       ((s->granted | qos) & SESSION_RAP));
+				       ((s->granted | qos) & (SESSION_RAP | SESSION_SUB_IDS)));
 		return;
 	}
 	if (mw->n == pub->cap_targets && !router_grow_targets(pub)) {
@@ -317,15 +327,40 @@ static void router_match_cb(void *subscriber, uint8_t opts, void *arg)
 }
 
 /*
+ * The identifiers of s's plain subscriptions that match m (one in the
+ * trie had one: SESSION_SUB_IDS), in *ids, the first
+ * REC_TARGET_SUB_IDS_MAX of them. Only sessions that gave identifiers
+ * pay for this walk of their subscriptions.
+ */
+static void router_sub_ids_of(const struct session *s, const struct router_msg *m,
+			      struct router_sub_ids *ids)
+{
+	const struct session_sub *sub, *tmp;
+
+	ids->n = 0;
+	HASH_ITER(hh, s->subs, sub, tmp) {
+		if (ids->n == REC_TARGET_SUB_IDS_MAX)
+			break;
+		if (sub->sub_id == 0 || sub->shared ||
+		    ((sub->opts & MQTT5_SUB_NO_LOCAL) && s == m->from) ||
+		    !topic_matches(sub->filter, sub->len, m->topic, m->topic_len))
+			continue;
+		ids->id[ids->n++] = sub->sub_id;
+	}
+}
+
+/*
  * m at qos to session s, sharing *body: into the REC_DELIVER of s's
  * worker while s is online (retain: the flag it goes out with, retain as
- * published), else into its queue when it keeps one.
+ * published; ids: the subscription identifiers it carries, or NULL), else
+ * into its queue when it keeps one.
  * shared: through a shared subscription, which keeps a copy even for a
  * clean session (router_share_reroute).
  */
 static void router_deliver_one(struct router *r, const struct rec_deliver *head,
 			       struct session *s, uint8_t qos, bool retain,
-			       const struct router_msg *m, struct msg_body **body, bool shared)
+			       const struct router_sub_ids *ids, const struct router_msg *m,
+			       struct msg_body **body, bool shared)
 {
 	/* Live deliveries only carry MQTT 5 properties and expiry, so far. */
 	const struct router_msg qm = { .qos = qos, .topic = m->topic, .topic_len = m->topic_len,
@@ -334,7 +369,7 @@ static void router_deliver_one(struct router *r, const struct rec_deliver *head,
 
 	if (s->online && !s->pending)
 		router_deliver_add(r, head, s, qos, retain,
-				   session_copy_new(r, s, 0, MSG_QUEUED, &qm, body, shared));
+				   session_copy_new(r, s, 0, MSG_QUEUED, &qm, body, shared), ids);
 	else if ((qos > 0 && (!s->clean || s->online)) ||
 		 (qos == 0 && !s->clean && !s->online && r->cfg->queue_qos0_messages))
 		/* Offline persistent, or taken over: the next connection gets it. */
@@ -347,10 +382,12 @@ static void router_share_deliver(struct router *r, const struct rec_deliver *hea
 				 const struct session *except, struct msg_body **body)
 {
 	uint8_t granted;
-	struct session *s = share_pick(r, g, m, except, &granted);
+	struct router_sub_ids ids = { .n = 1 };
+	struct session *s = share_pick(r, g, m, except, &granted, &ids.id[0]);
 
 	if (s)
-		router_deliver_one(r, head, s, MIN(m->qos, granted), false, m, body, true);
+		router_deliver_one(r, head, s, MIN(m->qos, granted), false, ids.id[0] ? &ids : NULL,
+				   m, body, true);
 }
 
 static struct rec_deliver router_deliver_head(const struct router_msg *m)
@@ -418,9 +455,14 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 		struct session *s = targets[i];
 		uint8_t qos = MIN(m->qos, SESSION_GRANTED_QOS(s->granted));
 		bool retain = m->retain && (s->granted & SESSION_RAP);
+		struct router_sub_ids ids;
 
-		if (router_acl_allows(r, s, m->topic, m->topic_len, ACL_READ))
-			router_deliver_one(r, &head, s, qos, retain, m, &body, false);
+		if (!router_acl_allows(r, s, m->topic, m->topic_len, ACL_READ))
+			continue;
+		if (s->granted & SESSION_SUB_IDS)
+			router_sub_ids_of(s, m, &ids);
+		router_deliver_one(r, &head, s, qos, retain,
+				   s->granted & SESSION_SUB_IDS ? &ids : NULL, m, &body, false);
 	}
 	if (r->shares)
 		topic_trie_match(r->share_trie, m->topic, m->topic_len, router_share_match_cb, &sw);
@@ -444,7 +486,7 @@ struct router_match router_publish(struct router *r, const struct router_msg *m)
 static bool router_route_local(const struct router *r, const struct router_match *match,
 			       unsigned worker, const struct router_msg *m)
 {
-	/* Per-target differences (no local, retain as published) are the router's to make. */
+	/* Per-target differences (no local, retain as published, identifiers) are the router's to make. */
 	if (!match || match->incomplete || match->shared || match->options ||
 	    match->n > ROUTER_ROUTE_MAX)
 		return false;
@@ -610,8 +652,10 @@ static bool router_retained_cb(const char *topic, size_t topic_len, const uint8_
 			.payload = { payload, (uint32_t)payload_len },
 			.retain = 1,
 		};
+		const struct session_sub *sub = ctx->c->sub;
 		const struct rec_target t = {
-			.conn = s->conn, .sid = s->sid, .qos = MIN(qos, MQTT5_SUB_QOS(ctx->c->sub->opts)),
+			.conn = s->conn, .sid = s->sid, .qos = MIN(qos, MQTT5_SUB_QOS(sub->opts)),
+			.n_sub_ids = sub->sub_id ? 1 : 0, .sub_ids = &sub->sub_id,
 		};
 		size_t count_off = rec_deliver_begin(w, &d);
 

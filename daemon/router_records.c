@@ -118,7 +118,7 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
  * ACL lets it read nothing there (a shared subscription's: its filter's).
  */
 static uint8_t router_subscribe_code(struct router *r, struct session *s, const char *filter,
-				     uint16_t len, uint8_t qos)
+				     uint16_t len, uint8_t qos, uint32_t sub_id)
 {
 	struct topic_share_parts parts = { .filter = filter, .filter_len = len };
 
@@ -135,7 +135,7 @@ static uint8_t router_subscribe_code(struct router *r, struct session *s, const 
 			  (int)len, filter);
 		return ROUTER_SUBACK_FAILURE;
 	}
-	return router_subscribe_one(r, s, filter, len, qos);
+	return router_subscribe_one(r, s, filter, len, qos, sub_id);
 }
 
 /*
@@ -171,7 +171,7 @@ static int router_on_subscribe(struct router *r, unsigned worker, const void *p,
 							      .packet_id = x.packet_id });
 	for (it = x.filters; rec_subscribe_next(&it, &sub);) {
 		rec_suback_add(ack, router_subscribe_code(r, s, (const char *)sub.filter.p,
-							  sub.filter.len, sub.qos));
+							  sub.filter.len, sub.qos, x.sub_id));
 	}
 	rec_suback_end(ack, count_off, (uint16_t)x.filters.n);
 	router_emit(r, worker, REC_SUBACK, ack);

@@ -18,6 +18,7 @@
 struct share_member {
 	struct session *s;
 	uint8_t qos;                 /* granted to this member */
+	uint32_t sub_id;             /* its subscription's identifier (MQTT 5); 0: none */
 };
 
 struct share_group {
@@ -88,7 +89,7 @@ static struct share_member *share_member_find(struct share_group *g, const struc
 }
 
 int router_share_join(struct router *r, struct session *s, const struct topic_share_parts *p,
-		      uint8_t qos)
+		      uint8_t qos, uint32_t sub_id)
 {
 	struct share_group *g = share_find(r, p);
 	struct share_member *mb;
@@ -97,6 +98,7 @@ int router_share_join(struct router *r, struct session *s, const struct topic_sh
 		return -1;
 	if ((mb = share_member_find(g, s)) != NULL) {
 		mb->qos = qos;
+		mb->sub_id = sub_id;
 		return 0;
 	}
 	if (g->n == g->cap) {
@@ -111,7 +113,7 @@ int router_share_join(struct router *r, struct session *s, const struct topic_sh
 		g->members = grown;
 		g->cap = cap;
 	}
-	g->members[g->n++] = (struct share_member){ s, qos };
+	g->members[g->n++] = (struct share_member){ s, qos, sub_id };
 	return 0;
 }
 
@@ -157,7 +159,8 @@ static bool share_member_online(const struct router *r, const struct session *s)
 }
 
 /*
- * The member of g that takes m, and the QoS granted to it in *qos; NULL
+ * The member of g that takes m, the QoS granted to it in *qos and its
+ * subscription's identifier in *sub_id; NULL
  * when none may. From the policy's first choice on, the first member
  * that can take it now: online, and for QoS 1/2 with room in its window
  * as far as the router knows (the copies it holds of what the member's
@@ -166,7 +169,7 @@ static bool share_member_online(const struct router *r, const struct session *s)
  * that does not count (the one whose connection just closed).
  */
 struct session *share_pick(struct router *r, struct share_group *g, const struct router_msg *m,
-			   const struct session *except, uint8_t *qos)
+			   const struct session *except, uint8_t *qos, uint32_t *sub_id)
 {
 	uint32_t start, chosen = UINT32_MAX, online = UINT32_MAX, offline = UINT32_MAX;
 
@@ -201,6 +204,7 @@ struct session *share_pick(struct router *r, struct share_group *g, const struct
 	if (!share_hash_publisher(r))
 		g->next = (chosen + 1) % g->n;
 	*qos = g->members[chosen].qos;
+	*sub_id = g->members[chosen].sub_id;
 	return g->members[chosen].s;
 }
 

@@ -16,7 +16,9 @@
  *             CONNECT's
  *   subs      sid (u32 BE) + filter -> u8 options (format 5: the MQTT 5
  *             subscription options byte, QoS in its low bits; before, the
- *             QoS alone, which reads as the same QoS without options)
+ *             QoS alone, which reads as the same QoS without options),
+ *             then (format 6) the u32 subscription identifier when it has
+ *             one (MQTT 5)
  *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
  *             topic, payload
  *   retained  topic -> u8 qos + payload
@@ -34,7 +36,7 @@
  * values as they are: what a later format adds goes at the end of a value,
  * so an older value reads as without it (format 2: no user names; format
  * 3: no token's rules, which its daemon never stored; format 4: no
- * subscription options).
+ * subscription options; format 5: no subscription identifiers).
  *
  * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
  * user, so no robust mutex or reader table can be left behind by a
@@ -614,15 +616,19 @@ static bool sub_key(struct store *st, uint32_t sid, const char *filter, uint16_t
 	return true;
 }
 
-void store_sub_put(struct store *st, uint32_t sid, const char *filter, uint16_t len, uint8_t qos)
+void store_sub_put(struct store *st, uint32_t sid, const char *filter, uint16_t len, uint8_t opts,
+		   uint32_t sub_id)
 {
+	uint8_t v[1 + sizeof(sub_id)] = { opts };
+
 	if (!store_wtxn(st))
 		return;
 	if (!sub_key(st, sid, filter, len)) {
 		store_fail(st, "encoding a subscription", ENOMEM);
 		return;
 	}
-	lkey_put(st, st->subs, st->kbuf, 4 + (size_t)len, &qos, 1, NULL, 0,
+	memcpy(v + 1, &sub_id, sizeof(sub_id));
+	lkey_put(st, st->subs, st->kbuf, 4 + (size_t)len, v, sub_id ? sizeof(v) : 1, NULL, 0,
 		 "writing a subscription");
 }
 
@@ -854,14 +860,17 @@ static bool scan_sub(struct store *st, const MDB_val *k, const MDB_val *v, void 
 {
 	struct scan_ctx *c = ctx;
 	MDB_val full, rest;
+	uint32_t sub_id = 0;
 
 	if (!lkey_split(k, v, &full, &rest) || full.mv_size < 4 ||
-	    full.mv_size - 4 > UINT16_MAX || rest.mv_size != 1) {
+	    full.mv_size - 4 > UINT16_MAX || (rest.mv_size != 1 && rest.mv_size != 1 + sizeof(sub_id))) {
 		store_corrupt(st, "subscription");
 		return true;
 	}
+	if (rest.mv_size > 1)
+		memcpy(&sub_id, (const uint8_t *)rest.mv_data + 1, sizeof(sub_id));
 	((store_sub_cb)c->cb)(c->arg, get_be32(full.mv_data), (const char *)full.mv_data + 4,
-			      (uint16_t)(full.mv_size - 4), *(const uint8_t *)rest.mv_data);
+			      (uint16_t)(full.mv_size - 4), *(const uint8_t *)rest.mv_data, sub_id);
 	return true;
 }
 

@@ -485,7 +485,8 @@ void worker_teardown(struct worker *w)
 	ringout_clear(&w->out);
 	free(w->slots);
 	free(w->v5);
-	free(w->props_buf);
+	free(w->pub_props.p);
+	free(w->sub_id_props.p);
 	free(w->serials);
 	free(w->free_slots);
 	free(w->rbuf);

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hidx.h"
 #include "log.h"
 #include "worker_int.h"
 #include "worker_transport.h"
@@ -161,19 +162,55 @@ uint64_t wall_clock_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* What an MQTT 5 PUBLISH carries of x5, built in o (own: room for the expiry); NULL: nothing. */
+/* Room for the longest length field of a property block, before its body. */
+#define PROPS_LEN_ROOM 4
+
+uint8_t *props_begin(struct props_buf *b, size_t n)
+{
+	if (b->cap < PROPS_LEN_ROOM + n) {
+		uint8_t *p = realloc(b->p, PROPS_LEN_ROOM + n);
+
+		if (p == NULL)
+			return NULL;
+		b->p = p;
+		b->cap = PROPS_LEN_ROOM + n;
+	}
+	return b->p + PROPS_LEN_ROOM;
+}
+
+size_t props_body_off(struct rec_bytes props)
+{
+	size_t hdr = 0;
+
+	while (hdr < props.len && (props.p[hdr++] & 0x80))
+		;
+	return hdr;
+}
+
+struct rec_bytes props_end(struct props_buf *b, size_t len)
+{
+	size_t hdr = mqtt_varint_size((uint32_t)len);
+
+	mqtt_varint_encode(b->p + PROPS_LEN_ROOM - hdr, (uint32_t)len);
+	return (struct rec_bytes){ b->p + PROPS_LEN_ROOM - hdr, (uint32_t)(hdr + len) };
+}
+
+/*
+ * What an MQTT 5 PUBLISH carries of x5 and its topic alias (0: none),
+ * built in o (own: room for the expiry and the alias); NULL: nothing.
+ */
 struct v5_out {
 	struct mqtt5_out o;
 	struct mqtt5_props fwd;
 	uint8_t own[8];
 };
 
-static const struct mqtt5_out *msg_out(struct v5_out *out, struct msg_v5 x5)
+static const struct mqtt5_out *msg_out(struct v5_out *out, struct msg_v5 x5, uint16_t alias)
 {
 	struct mqtt5_pbuf b;
-	uint32_t hdr = 0;
+	size_t hdr;
 
-	if (x5.props.len == 0 && x5.expires_at == 0)
+	if (x5.props.len == 0 && x5.expires_at == 0 && alias == 0)
 		return NULL;
 	mqtt5_pbuf_init(&b, out->own, sizeof(out->own));
 	if (x5.expires_at) {
@@ -183,9 +220,10 @@ static const struct mqtt5_out *msg_out(struct v5_out *out, struct msg_v5 x5)
 
 		mqtt5_pbuf_num(&b, MQTT5_PROP_MESSAGE_EXPIRY, (uint32_t)MIN(left, UINT32_MAX));
 	}
-	/* The block after its length field (which the router checked): forwarded as it is. */
-	while (hdr < x5.props.len && (x5.props.p[hdr++] & 0x80))
-		;
+	if (alias)
+		mqtt5_pbuf_num(&b, MQTT5_PROP_TOPIC_ALIAS, alias);
+	/* The block after its length field: forwarded as it is. */
+	hdr = props_body_off(x5.props);
 	out->fwd = (struct mqtt5_props){ .raw = x5.props.p + hdr, .raw_len = x5.props.len - hdr };
 	mqtt5_out_init(&out->o, b.p, b.len, &out->fwd, 0);
 	return &out->o;
@@ -198,7 +236,84 @@ bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, siz
 	struct v5_out o;
 
 	return v == NULL || v->max_packet == 0 ||
-	       mqtt5_publish_size(tlen, plen, qos, msg_out(&o, x5)) <= v->max_packet;
+	       mqtt5_publish_size(tlen, plen, qos, msg_out(&o, x5, 0)) <= v->max_packet;
+}
+
+/*
+ * The topic alias a PUBLISH of topic to an MQTT 5 client goes out with,
+ * as iotd sets them: the first n_alias_out distinct topics sent on the
+ * connection get 1, 2, ... for its life, and are never given another
+ * (simple, bounded, and no alias ever changes meaning); later topics go
+ * out in full. *known: the client has the alias already, and the PUBLISH
+ * leaves the topic out; else a new one is set by the PUBLISH, which
+ * alias_out_sent() records once it is written. 0: none.
+ */
+static uint16_t alias_out_pick(struct conn_v5 *v, const uint8_t *topic, size_t tlen,
+			       bool *known)
+{
+	struct topic_alias_out *a;
+	uint32_t h;
+
+	*known = false;
+	if (v->n_alias_out == 0)
+		return 0;
+	h = hidx_hash_bytes(topic, tlen);
+	for (uint16_t i = 0; i < v->used_alias_out; i++) {
+		a = &v->alias_out[i];
+		if (a->hash == h && a->len == tlen && memcmp(a->topic, topic, tlen) == 0) {
+			*known = true;
+			return (uint16_t)(i + 1);
+		}
+	}
+	if (v->used_alias_out == v->n_alias_out ||
+	    (v->alias_out == NULL &&
+	     (v->alias_out = calloc(v->n_alias_out, sizeof(*v->alias_out))) == NULL))
+		return 0;
+	a = &v->alias_out[v->used_alias_out];
+	free(a->topic);              /* one picked before whose PUBLISH was not written */
+	if ((a->topic = malloc(tlen)) == NULL)
+		return 0;
+	memcpy(a->topic, topic, tlen);
+	a->len = (uint16_t)tlen;
+	a->hash = h;
+	return (uint16_t)(v->used_alias_out + 1);
+}
+
+static void alias_out_sent(struct conn_v5 *v, uint16_t alias, bool known)
+{
+	if (alias && !known)
+		v->used_alias_out++;
+}
+
+/*
+ * The bytes of a PUBLISH to c, and in o what MQTT 5 adds (*po). A resent
+ * one (dup) carries its topic in full [MQTT-3.3.2-7]; so does one that a
+ * new alias would take past the client's maximum packet size.
+ */
+static size_t publish_out(struct worker *w, struct conn *c, bool dup, uint8_t qos,
+			  const uint8_t *topic, size_t tlen, size_t plen, struct msg_v5 x5,
+			  struct v5_out *o, const struct mqtt5_out **po, uint16_t *alias,
+			  bool *known)
+{
+	struct conn_v5 *v = CONN_V5(w, c);
+	size_t n;
+
+	*alias = 0;
+	*known = false;
+	if (v == NULL) {
+		*po = NULL;
+		return mqtt_publish_size(tlen, plen, qos);
+	}
+	if (!dup)
+		*alias = alias_out_pick(v, topic, tlen, known);
+	*po = msg_out(o, x5, *alias);
+	n = mqtt5_publish_size(*known ? 0 : tlen, plen, qos, *po);
+	if (*alias && !*known && v->max_packet && n > v->max_packet) {
+		*alias = 0;
+		*po = msg_out(o, x5, 0);
+		n = mqtt5_publish_size(tlen, plen, qos, *po);
+	}
+	return n;
 }
 
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,
@@ -206,9 +321,10 @@ void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool 
 		  const uint8_t *payload, size_t plen, struct msg_v5 x5)
 {
 	struct v5_out o;
-	const struct mqtt5_out *po = c->v5 ? msg_out(&o, x5) : NULL;
-	size_t n = c->v5 ? mqtt5_publish_size(tlen, plen, qos, po) :
-			   mqtt_publish_size(tlen, plen, qos);
+	const struct mqtt5_out *po;
+	uint16_t alias;
+	bool known;
+	size_t n = publish_out(w, c, dup, qos, topic, tlen, plen, x5, &o, &po, &alias, &known);
 	uint8_t *p;
 
 	/* No such PUBLISH (a QoS or size the router would never send): nothing to write. */
@@ -223,9 +339,11 @@ void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool 
 			   "out of memory for a delivery; message dropped");
 		return;
 	}
-	if (c->v5)
-		mqtt5_encode_publish(p, dup, qos, retain, topic, tlen, pid, po, payload, plen);
-	else
+	if (c->v5) {
+		mqtt5_encode_publish(p, dup, qos, retain, topic, known ? 0 : tlen, pid, po, payload,
+				     plen);
+		alias_out_sent(CONN_V5(w, c), alias, known);
+	} else
 		mqtt_encode_publish(p, dup, qos, retain, topic, tlen, pid, payload, plen);
 	w->msgs_out++;
 }
@@ -495,6 +613,9 @@ void conn_v5_free(struct worker *w, struct conn *c)
 		return;
 	for (uint16_t i = 0; i < v->n_alias; i++)
 		free(v->alias[i].topic);
+	for (uint16_t i = 0; v->alias_out != NULL && i < v->n_alias_out; i++)
+		free(v->alias_out[i].topic);
+	free(v->alias_out);
 	free(v);
 	w->v5[conn_id_slot(c->id)] = NULL;
 	c->v5 = false;

@@ -92,12 +92,26 @@ struct topic_alias {
 	uint16_t len;
 };
 
+/* A topic iotd gave an alias to (its index + 1) on a connection, with the topic's hash. */
+struct topic_alias_out {
+	uint8_t *topic;
+	uint32_t hash;
+	uint16_t len;
+};
+
 struct conn_v5 {
 	uint32_t max_packet;         /* the client's maximum packet size; 0: none */
 	uint32_t session_expiry;     /* granted in CONNACK */
 	uint16_t receive_max;        /* the client's: QoS 1/2 messages in flight to it */
 	uint16_t server_keep_alive;  /* sent in CONNACK; 0: the client's own */
 	uint16_t n_alias;            /* aliases the client may set (topic_alias_maximum at CONNECT) */
+	/*
+	 * Aliases iotd sets (min(the client's Topic Alias Maximum,
+	 * topic_alias_maximum_out) at CONNECT): the first n_alias_out topics
+	 * sent get one each for the connection's life (alias_out_pick()).
+	 */
+	uint16_t n_alias_out, used_alias_out;
+	struct topic_alias_out *alias_out;   /* n_alias_out, allocated at the first */
 	bool assigned_id;            /* the client id was made here: sent in CONNACK */
 	bool end_session;            /* DISCONNECT set the session expiry to 0: it ends now */
 	struct topic_alias alias[];
@@ -131,6 +145,12 @@ struct addr_reports {
 	bool send_failed_logged;
 };
 
+/* A growable buffer for a property block and its length field (props_begin()). */
+struct props_buf {
+	uint8_t *p;
+	size_t cap;
+};
+
 struct worker {
 	struct role_env *env;
 	const struct iotd_config *cfg;
@@ -161,8 +181,8 @@ struct worker {
 	struct route_target *rt_scratch; /* a REC_ROUTE's targets being read */
 	uint32_t cap_rt_scratch;
 	uint8_t *rbuf;
-	uint8_t *props_buf;              /* an MQTT 5 PUBLISH's properties on their way to the router */
-	size_t cap_props;
+	struct props_buf pub_props;      /* an MQTT 5 PUBLISH's properties on their way to the router */
+	struct props_buf sub_id_props;   /* a delivery's properties with its subscription identifiers */
 	uint64_t now_ms;
 	uint64_t msgs_in, msgs_out;      /* not yet added to shared memory */
 	bool stopping;
@@ -201,6 +221,16 @@ struct msg_v5 {
 	struct rec_bytes props;
 	uint64_t expires_at;
 };
+
+/*
+ * A property block built by the worker: props_begin() gives room for a
+ * body of up to n bytes (NULL: out of memory), props_end() puts the
+ * length field of the len bytes written before it and returns the block.
+ */
+uint8_t *props_begin(struct props_buf *b, size_t n);
+struct rec_bytes props_end(struct props_buf *b, size_t len);
+/* Where a block's body starts, after its length field (which the router checked). */
+size_t props_body_off(struct rec_bytes props);
 
 uint64_t wall_clock_ms(void);
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,

@@ -153,29 +153,21 @@ static enum pkt_result publish5_check(struct worker *w, struct conn *c, struct m
 /*
  * The properties of an MQTT 5 PUBLISH that go to its receivers (rec.h,
  * REC_PUB_PROPS): its block without what the broker rewrites, with a
- * length field, in w->props_buf; empty when nothing is left. False: out
+ * length field, in w->pub_props; empty when nothing is left. False: out
  * of memory.
  */
 static bool publish_props(struct worker *w, const struct mqtt5_props *in, struct rec_bytes *out)
 {
-	const size_t room = 4;       /* for the longest length field, written last */
 	struct mqtt5_prop_iter it;
 	struct mqtt5_prop prop;
-	size_t kept = 0, hdr;
+	size_t kept = 0;
 	uint8_t *dst;
 
 	*out = (struct rec_bytes){ 0 };
 	if ((in->present & ~MQTT5_PUBLISH_REWRITTEN) == 0)
 		return true;
-	if (w->cap_props < room + in->raw_len) {
-		uint8_t *b = realloc(w->props_buf, room + in->raw_len);
-
-		if (b == NULL)
-			return false;
-		w->props_buf = b;
-		w->cap_props = room + in->raw_len;
-	}
-	dst = w->props_buf + room;
+	if ((dst = props_begin(&w->pub_props, in->raw_len)) == NULL)
+		return false;
 	mqtt5_prop_iter_init(&it, in);
 	for (const uint8_t *start = it.p; mqtt5_prop_next(&it, &prop); start = it.p) {
 		if (MQTT5_BIT(prop.id) & MQTT5_PUBLISH_REWRITTEN)
@@ -183,9 +175,7 @@ static bool publish_props(struct worker *w, const struct mqtt5_props *in, struct
 		memcpy(dst + kept, start, (size_t)(it.p - start));
 		kept += (size_t)(it.p - start);
 	}
-	hdr = mqtt_varint_size((uint32_t)kept);
-	mqtt_varint_encode(w->props_buf + room - hdr, (uint32_t)kept);
-	*out = (struct rec_bytes){ w->props_buf + room - hdr, (uint32_t)(hdr + kept) };
+	*out = props_end(&w->pub_props, kept);
 	return true;
 }
 
@@ -276,18 +266,24 @@ static bool filter_valid(const struct worker *w, struct mqtt_str f)
 				  (size_t)w->cfg->max_topic_length);
 }
 
-/* A subscription's QoS (and MQTT 5 options) as the router takes it, or the SUBACK code that refuses it. */
+/*
+ * A subscription's QoS (and MQTT 5 options) as the router takes it, or the
+ * SUBACK code that refuses it. The router takes the whole options byte
+ * (QoS, no local, retain as published, retain handling).
+ */
 static uint8_t subscription_qos(const struct worker *w, struct mqtt_str f, uint8_t options,
 				bool v5)
 {
-	static const char share[] = "$share/";
-
 	if (!v5)
 		return filter_valid(w, f) ? options : MQTT_SUBACK_FAILURE;
-	if (f.len >= sizeof(share) - 1 && memcmp(f.p, share, sizeof(share) - 1) == 0)
-		return MQTT5_RC_SHARED_SUBSCRIPTIONS_NOT_SUPPORTED;
-	/* The router takes the whole options byte (QoS, no local, retain as published, retain handling). */
 	return filter_valid(w, f) ? options : MQTT5_RC_TOPIC_FILTER_INVALID;
+}
+
+/* No local on a shared subscription is a protocol error [MQTT-3.8.3-4]. */
+static bool shared_no_local(struct mqtt_str f, uint8_t options)
+{
+	return (options & MQTT5_SUB_NO_LOCAL) && f.len >= TOPIC_SHARE_PREFIX_LEN &&
+	       memcmp(f.p, TOPIC_SHARE_PREFIX, TOPIC_SHARE_PREFIX_LEN) == 0;
 }
 
 /* p5 as for handle_publish. */
@@ -301,17 +297,20 @@ static enum pkt_result handle_subscribe(struct worker *w, struct conn *c,
 	size_t count_off;
 	uint16_t n = 0;
 
-	if (p5 != NULL && mqtt5_props_has(&p5->props, MQTT5_PROP_SUB_ID)) {
-		conn_disconnect(w, c, MQTT5_RC_SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED, true,
-				"subscription identifier in SUBSCRIBE (not supported)");
-		return PKT_CLOSED;
-	}
+	/* The codec refused a SUBSCRIBE with identifier 0 or two of them. */
+	if (p5 != NULL && mqtt5_props_has(&p5->props, MQTT5_PROP_SUB_ID))
+		x.sub_id = p5->props.sub_id;
 	count_off = rec_subscribe_begin(&w->rw, &x);
 	if (p5 != NULL)
 		mqtt5_list_iter_init(&it, p5);
 	else
 		mqtt_list_iter_init(&it, pkt);
 	while (mqtt_list_next(&it, &f, &qos)) {
+		if (p5 != NULL && shared_no_local(f, qos)) {
+			conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
+					"no local on a shared subscription");
+			return PKT_CLOSED;
+		}
 		struct rec_subscription s = {
 			.filter = { f.p, f.len },
 			.qos = subscription_qos(w, f, qos, p5 != NULL),
@@ -379,6 +378,7 @@ static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_pro
 	if (v == NULL)
 		return false;
 	v->n_alias = n_alias;
+	v->n_alias_out = (uint16_t)MIN((long)props->topic_alias_max, w->cfg->topic_alias_maximum_out);
 	v->receive_max = props->receive_max;
 	v->session_expiry = props->session_expiry;   /* asked; what is granted replaces it */
 	if (mqtt5_props_has(props, MQTT5_PROP_MAX_PACKET_SIZE))
@@ -532,7 +532,19 @@ void connect_forward(struct worker *w, struct conn *c, const struct rec_connect 
 	c->state = CS_CONNECTING;
 }
 
-static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt)
+/*
+ * A QoS 1/2 exchange the client ended: the router forgets its copy, and
+ * the window has room.
+ */
+static void ack_done(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
+{
+	report_state(w, c, copy, pid, MSG_DONE);
+	pending_pump(w, c);
+}
+
+/* p5 as for handle_publish. */
+static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct mqtt_packet *pkt,
+				  const struct mqtt5_packet *p5)
 {
 	uint16_t pid = pkt->u.packet_id;
 	uint64_t copy;
@@ -541,12 +553,16 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 	case MQTT_PUBACK:
 	case MQTT_PUBCOMP:
 		if (pkt->type == MQTT_PUBACK ? qos_puback(c->qos, pid, &copy) :
-					       qos_pubcomp(c->qos, pid, &copy)) {
-			report_state(w, c, copy, pid, MSG_DONE);
-			pending_pump(w, c);
-		}
+					       qos_pubcomp(c->qos, pid, &copy))
+			ack_done(w, c, pid, copy);
 		break;
 	case MQTT_PUBREC:
+		/* An MQTT 5 client refusing the message ends the exchange: no PUBREL. */
+		if (p5 != NULL && p5->reason >= 0x80) {
+			if (qos_pubrec_refused(c->qos, pid, &copy))
+				ack_done(w, c, pid, copy);
+			break;
+		}
 		switch (qos_pubrec(c->qos, pid, &copy)) {
 		case QOS_PUBREC_RELEASED:
 			report_state(w, c, copy, pid, MSG_PUBREL);
@@ -642,8 +658,7 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 		mqtt5_pbuf_num(&b, MQTT5_PROP_TOPIC_ALIAS_MAX, v->n_alias);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_RETAIN_AVAILABLE, 1);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_WILDCARD_SUB_AVAILABLE, 1);
-	mqtt5_pbuf_num(&b, MQTT5_PROP_SUB_ID_AVAILABLE, 0);
-	mqtt5_pbuf_num(&b, MQTT5_PROP_SHARED_SUB_AVAILABLE, 0);
+	/* Shared subscriptions and subscription identifiers are available: the properties' absence says so. */
 	if (v->assigned_id)
 		mqtt5_pbuf_str(&b, MQTT5_PROP_ASSIGNED_CLIENT_ID, (const uint8_t *)id, strlen(id));
 	if (v->server_keep_alive)
@@ -678,7 +693,7 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 	case MQTT_PUBREC:
 	case MQTT_PUBREL:
 	case MQTT_PUBCOMP:
-		return handle_ack(w, c, pkt);
+		return handle_ack(w, c, pkt, p5);
 	case MQTT_SUBSCRIBE:
 		return handle_subscribe(w, c, pkt, p5);
 	case MQTT_UNSUBSCRIBE:

@@ -320,6 +320,54 @@ static void delivery_done(struct delivery *d)
 }
 
 /*
+ * props, then a subscription identifier property for each of t's, as one
+ * block in w->sub_id_props. False: an identifier no subscription can have
+ * (the router's record is hostile input), or out of memory.
+ */
+static bool props_with_sub_ids(struct worker *w, struct rec_bytes props,
+			       const struct rec_target *t, struct rec_bytes *out)
+{
+	size_t hdr = props_body_off(props), len = props.len - hdr;
+	uint8_t *dst;
+
+	dst = props_begin(&w->sub_id_props, len + (size_t)t->n_sub_ids * 5);
+	if (dst == NULL)
+		return false;
+	if (len)
+		memcpy(dst, props.p + hdr, len);
+	for (unsigned i = 0; i < t->n_sub_ids; i++) {
+		uint32_t id = rec_target_sub_id(t, i);
+
+		if (id == 0 || id > MQTT5_SUB_ID_MAX)
+			return false;
+		dst[len++] = MQTT5_PROP_SUB_ID;
+		len += mqtt_varint_encode(dst + len, id);
+	}
+	*out = props_end(&w->sub_id_props, len);
+	return true;
+}
+
+/*
+ * d to an MQTT 5 connection with the identifiers of the subscriptions it
+ * matched [MQTT-3.3.4-3]: a PUBLISH (and a QoS 1/2 copy) of its own.
+ */
+static void deliver_with_sub_ids(struct worker *w, struct conn *c, const struct delivery *d,
+				 const struct rec_target *t)
+{
+	struct delivery own = *d;
+
+	own.m = NULL;
+	if (!props_with_sub_ids(w, d->x5.props, t, &own.x5.props)) {
+		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
+			   "a delivery with a bad subscription identifier, or out of memory; dropped");
+		report_state(w, c, t->copy, 0, MSG_DONE);
+		return;
+	}
+	deliver_to(w, c, &own, t->qos, t->copy);
+	delivery_done(&own);
+}
+
+/*
  * A message whose every target is a clean session on this worker: no
  * copy, no report, and a target gone since the route was answered is
  * simply skipped (its session ended with it).
@@ -463,7 +511,9 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 		struct conn *c = conn_lookup(w, t.conn);
 		struct delivery *dt = &d[t.retain];
 
-		if (c != NULL && c->state == CS_ACTIVE)
+		if (c != NULL && c->state == CS_ACTIVE && t.n_sub_ids > 0 && c->v5)
+			deliver_with_sub_ids(w, c, dt, &t);
+		else if (c != NULL && c->state == CS_ACTIVE)
 			deliver_to(w, c, dt, t.qos, t.copy);
 		else
 			bounce(w, t.conn, t.sid, t.copy, 0, MSG_QUEUED, t.qos, dt->retain, dt->topic,

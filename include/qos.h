@@ -168,6 +168,12 @@ enum qos_pubrec {
 
 /* PUBREC for pid; *copy: the exchange's router copy id. */
 enum qos_pubrec qos_pubrec(struct conn_qos *q, uint16_t pid, uint64_t *copy);
+/*
+ * An MQTT 5 PUBREC with a reason code of failure (0x80 or more) for a QoS 2
+ * message in flight: its exchange ends there, with no PUBREL [MQTT-4.3.3];
+ * as qos_puback otherwise.
+ */
+bool qos_pubrec_refused(struct conn_qos *q, uint16_t pid, uint64_t *copy);
 
 enum qos_in {
 	QOS_IN_NEW,          /* held until its PUBREL: route the message */

@@ -270,10 +270,13 @@ void rec_connect_encode(struct recw *w, const struct rec_connect *x);
 /*
  * REC_SUBSCRIBE: a client's SUBSCRIBE. Subscription qos 0x80: the worker
  * found the filter invalid; the router skips it and answers 0x80 for it.
+ * sub_id: its MQTT 5 subscription identifier (1..268435455), 0 for none;
+ * the router keeps it with each subscription the packet makes.
  */
 struct rec_subscribe {
 	uint64_t conn;
 	uint16_t packet_id;
+	uint32_t sub_id;
 	struct rec_iter filters;     /* u16 count, then each: struct rec_subscription */
 };
 
@@ -558,18 +561,28 @@ struct rec_deliver {
 
 /*
  * On the wire: u64 conn, u32 sid, u8 qos | REC_TARGET_COPY if copy != 0 |
- * REC_TARGET_RETAIN if retain, then u64 copy if so. retain: the target
- * gets the message with the retain flag (an MQTT 5 subscription with
- * retain as published, and a message published with it).
+ * REC_TARGET_RETAIN if retain | REC_TARGET_SUB_IDS if n_sub_ids != 0,
+ * then u64 copy if so, then u8 n_sub_ids and that many u32 if so. retain:
+ * the target gets the message with the retain flag (an MQTT 5
+ * subscription with retain as published, and a message published with
+ * it). sub_ids: the subscription identifiers of the target's
+ * subscriptions the message matched (MQTT 5), at most
+ * REC_TARGET_SUB_IDS_MAX; the worker checks each is one a client may be
+ * sent.
  */
 #define REC_TARGET_COPY 0x80
 #define REC_TARGET_RETAIN 0x40
+#define REC_TARGET_SUB_IDS 0x20
+#define REC_TARGET_FLAGS (REC_TARGET_COPY | REC_TARGET_RETAIN | REC_TARGET_SUB_IDS)
+#define REC_TARGET_SUB_IDS_MAX 32
 
 struct rec_target {
 	uint64_t conn;
 	uint32_t sid;
-	uint8_t qos;                 /* without REC_TARGET_COPY, REC_TARGET_RETAIN */
+	uint8_t qos;                 /* without REC_TARGET_FLAGS */
 	bool retain;
+	uint8_t n_sub_ids;           /* 0: none (then not on the wire) */
+	const void *sub_ids;         /* n_sub_ids u32, unaligned: rec_target_sub_id() */
 	uint64_t copy;               /* 0: none (then not on the wire) */
 };
 
@@ -577,7 +590,18 @@ struct rec_target {
 #define REC_TARGET_BYTES 13
 #define REC_TARGET_COPY_BYTES 8
 
-/* A REC_TARGET_COPY with copy id 0 is malformed: copy 0 means none. */
+static inline uint32_t rec_target_sub_id(const struct rec_target *t, unsigned i)
+{
+	uint32_t id;
+
+	memcpy(&id, (const uint8_t *)t->sub_ids + (size_t)i * sizeof(id), sizeof(id));
+	return id;
+}
+
+/*
+ * A REC_TARGET_COPY with copy id 0 is malformed: copy 0 means none; so is
+ * a REC_TARGET_SUB_IDS with no identifier or more than REC_TARGET_SUB_IDS_MAX.
+ */
 static inline int rec_deliver_decode(struct rec_deliver *x, const void *p, size_t len)
 {
 	struct recr r;
@@ -596,9 +620,16 @@ static inline int rec_deliver_decode(struct rec_deliver *x, const void *p, size_
 	x->targets.p = r.p;
 	for (uint32_t i = 0; i < x->targets.n && !r.err; i++) {
 		const uint8_t *t = recr_take(&r, REC_TARGET_BYTES);
+		uint8_t flags = t ? t[REC_TARGET_BYTES - 1] : 0;
 
-		if (t && (t[REC_TARGET_BYTES - 1] & REC_TARGET_COPY) && recr_u64(&r) == 0)
+		if ((flags & REC_TARGET_COPY) && recr_u64(&r) == 0)
 			r.err = true;
+		if (flags & REC_TARGET_SUB_IDS) {
+			uint8_t n = recr_u8(&r);
+
+			r.err |= n == 0 || n > REC_TARGET_SUB_IDS_MAX;
+			recr_take(&r, (size_t)n * sizeof(uint32_t));
+		}
 	}
 	return recr_end(&r);
 }
@@ -612,13 +643,20 @@ static inline bool rec_deliver_next(struct rec_iter *it, struct rec_target *t)
 	memcpy(&t->conn, it->p, sizeof(t->conn));
 	memcpy(&t->sid, it->p + 8, sizeof(t->sid));
 	qos = it->p[REC_TARGET_BYTES - 1];
-	t->qos = qos & (uint8_t)~(REC_TARGET_COPY | REC_TARGET_RETAIN);
+	t->qos = qos & (uint8_t)~REC_TARGET_FLAGS;
 	t->retain = qos & REC_TARGET_RETAIN;
 	t->copy = 0;
+	t->n_sub_ids = 0;
+	t->sub_ids = NULL;
 	it->p += REC_TARGET_BYTES;
 	if (qos & REC_TARGET_COPY) {
 		memcpy(&t->copy, it->p, sizeof(t->copy));
 		it->p += REC_TARGET_COPY_BYTES;
+	}
+	if (qos & REC_TARGET_SUB_IDS) {
+		t->n_sub_ids = *it->p++;
+		t->sub_ids = it->p;
+		it->p += (size_t)t->n_sub_ids * sizeof(uint32_t);
 	}
 	it->n--;
 	return true;
@@ -634,7 +672,8 @@ static inline size_t rec_deliver_head_size(const struct rec_deliver *x)
 
 static inline size_t rec_target_size(const struct rec_target *t)
 {
-	return REC_TARGET_BYTES + (t->copy ? REC_TARGET_COPY_BYTES : 0);
+	return REC_TARGET_BYTES + (t->copy ? REC_TARGET_COPY_BYTES : 0) +
+	       (t->n_sub_ids ? 1 + (size_t)t->n_sub_ids * sizeof(uint32_t) : 0);
 }
 
 static inline size_t rec_deliver_begin(struct recw *w, const struct rec_deliver *x)
@@ -673,13 +712,14 @@ static inline void rec_deliver_add(struct recw *w, const struct rec_target *t)
 		return;
 	dst = rec_put_u64(dst, t->conn);
 	dst = rec_put_u32(dst, t->sid);
-	qos = (uint8_t)((t->qos & ~(REC_TARGET_COPY | REC_TARGET_RETAIN)) |
-			(t->retain ? REC_TARGET_RETAIN : 0));
-	if (t->copy) {
-		dst = rec_put_u8(dst, (uint8_t)(qos | REC_TARGET_COPY));
-		rec_put_u64(dst, t->copy);
-	} else {
-		rec_put_u8(dst, qos);
+	qos = (uint8_t)((t->qos & ~REC_TARGET_FLAGS) | (t->retain ? REC_TARGET_RETAIN : 0) |
+			(t->copy ? REC_TARGET_COPY : 0) | (t->n_sub_ids ? REC_TARGET_SUB_IDS : 0));
+	dst = rec_put_u8(dst, qos);
+	if (t->copy)
+		dst = rec_put_u64(dst, t->copy);
+	if (t->n_sub_ids) {
+		dst = rec_put_u8(dst, t->n_sub_ids);
+		rec_put_mem(dst, t->sub_ids, (size_t)t->n_sub_ids * sizeof(uint32_t));
 	}
 }
 

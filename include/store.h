@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_FORMAT 5                    /* meta "format"; a newer store is refused */
+#define STORE_FORMAT 6                    /* meta "format"; a newer store is refused */
 #define STORE_FORMAT_OLDEST 1             /* still read (and upgraded in place) */
 #define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/<store_memory_name()> */
 #define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */
@@ -184,7 +184,9 @@ void store_sync(struct store *st);
 void store_session_put(struct store *st, const struct store_session *s);
 /* The session, its subscriptions and its queue. */
 void store_session_del(struct store *st, uint32_t sid);
-void store_sub_put(struct store *st, uint32_t sid, const char *filter, uint16_t len, uint8_t qos);
+/* opts: the subscription options byte; sub_id: its identifier, 0 for none. */
+void store_sub_put(struct store *st, uint32_t sid, const char *filter, uint16_t len, uint8_t opts,
+		   uint32_t sub_id);
 void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t len);
 /* order: position in the session's queue, kept in ascending order. */
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m);
@@ -205,7 +207,7 @@ void store_outbox_clear(struct store *st);
 
 typedef void (*store_session_cb)(void *arg, const struct store_session *s);
 typedef void (*store_sub_cb)(void *arg, uint32_t sid, const char *filter, uint16_t len,
-			     uint8_t qos);
+			     uint8_t opts, uint32_t sub_id);
 typedef void (*store_queue_cb)(void *arg, uint32_t sid, uint64_t order, const struct store_msg *m);
 typedef void (*store_retained_cb)(void *arg, const char *topic, uint16_t len, uint8_t qos,
 				  const uint8_t *payload, uint32_t payload_len);

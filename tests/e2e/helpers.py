@@ -618,8 +618,8 @@ class PahoClient:
         assert self.connack[1] == expect_rc, f"CONNACK rc {self.connack[1]}, expected {expect_rc}"
         return self.connack
 
-    def subscribe(self, topic, qos=0):
-        rc, mid = self.c.subscribe(topic, qos)
+    def subscribe(self, topic, qos=0, properties=None):
+        rc, mid = self.c.subscribe(topic, qos, properties=properties)
         assert rc == mqtt.MQTT_ERR_SUCCESS, f"subscribe failed locally: {rc}"
         self._wait(lambda: mid in self.granted, 5, f"SUBACK for {topic!r}")
         return self.granted[mid]

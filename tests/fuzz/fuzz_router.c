@@ -93,12 +93,15 @@ static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 
 static uint16_t build_subscribe(struct recw *w, struct fuzz_in *in)
 {
+	/* Subscription identifiers: none, some, and ones no client can give. */
+	static const uint32_t sub_ids[] = { 0, 0, 1, 7, 268435455, 268435456, UINT32_MAX };
 	uint8_t n = take(in) % 4;
 	struct rec_subscribe x;
 	size_t count_off;
 
 	x.conn = pick_conn(in);
 	x.packet_id = take16(in);
+	x.sub_id = sub_ids[take(in) % (sizeof(sub_ids) / sizeof(sub_ids[0]))];
 	count_off = rec_subscribe_begin(w, &x);
 	for (uint8_t i = 0; i < n; i++) {
 		struct rec_subscription sub;

@@ -274,9 +274,13 @@ static uint16_t build_unsuback(struct recw *rw, struct fuzz_in *in)
 	return REC_UNSUBACK;
 }
 
-/* A delivery's target: a connection, a session id, any QoS, a copy id or none. */
+/*
+ * A delivery's target: a connection, a session id, any QoS, a copy id or
+ * none, subscription identifiers (some no subscription can have) or none.
+ */
 static struct rec_target pick_target(struct fuzz_in *in)
 {
+	static const uint32_t ids[] = { 1, 268435455, 0, 268435456, 7 };
 	struct rec_target t;
 
 	t.conn = pick_conn(in);
@@ -284,6 +288,8 @@ static struct rec_target pick_target(struct fuzz_in *in)
 	t.qos = take(in) % 8;                /* any, not only 0..2 */
 	t.copy = take(in) % 4;               /* 0: none */
 	t.retain = take(in) & 1;
+	t.n_sub_ids = take(in) % 3;          /* 0: none */
+	t.sub_ids = ids + take(in) % 4;      /* two of them at most */
 	return t;
 }
 

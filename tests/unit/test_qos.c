@@ -452,6 +452,34 @@ static void qos2_goes_pubrec_then_pubcomp(void **state)
 	qmsg_unref(m);
 }
 
+/* An MQTT 5 PUBREC of failure ends a QoS 2 exchange in flight, and nothing else. */
+static void qos2_refused_by_pubrec_ends_there(void **state)
+{
+	struct conn_qos *q = NULL;
+	struct qmsg *m = msg(3), *m1 = msg(3);
+	uint16_t next = 0, pid, pid1;
+	uint64_t copy = 0;
+
+	(void)state;
+	offer(&q, &next, m, 2, 44, &pid);
+	offer(&q, &next, m1, 1, 45, &pid1);
+	assert_false(qos_pubrec_refused(q, pid1, &copy));   /* a QoS 1 message */
+	assert_true(qos_pubrec_refused(q, pid, &copy));
+	assert_int_equal(copy, 44);
+	assert_int_equal(q->n_inflight, 1);
+	assert_false(qos_pubcomp(q, pid, &copy));           /* gone: no PUBREL, no PUBCOMP */
+	assert_false(qos_pubrec_refused(q, pid, &copy));
+	assert_true(qos_puback(q, pid1, &copy));
+	/* One at PUBREL already is past refusing. */
+	offer(&q, &next, m, 2, 46, &pid);
+	assert_int_equal(qos_pubrec(q, pid, &copy), QOS_PUBREC_RELEASED);
+	assert_false(qos_pubrec_refused(q, pid, &copy));
+	assert_true(qos_pubcomp(q, pid, &copy));
+	assert_trimmed_away(&q);
+	qmsg_unref(m);
+	qmsg_unref(m1);
+}
+
 static void unknown_ids_change_nothing(void **state)
 {
 	struct conn_qos *q = NULL;
@@ -722,6 +750,7 @@ int main(void)
 				       setup),
 		cmocka_unit_test_setup(qos1_is_done_at_puback_and_nothing_else, setup),
 		cmocka_unit_test_setup(qos2_goes_pubrec_then_pubcomp, setup),
+		cmocka_unit_test_setup(qos2_refused_by_pubrec_ends_there, setup),
 		cmocka_unit_test_setup(unknown_ids_change_nothing, setup),
 		cmocka_unit_test_setup(a_resumed_message_in_flight_keeps_its_packet_id, setup),
 		cmocka_unit_test_setup(a_resumed_pubrel_waits_for_its_pubcomp, setup),

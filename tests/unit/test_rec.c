@@ -537,6 +537,52 @@ static void test_deliver_layout(void **state)
 	recw_free(&w);
 }
 
+/*
+ * A target's subscription identifiers: REC_TARGET_SUB_IDS, a count and
+ * that many u32 after the copy; a count of 0 or past
+ * REC_TARGET_SUB_IDS_MAX is malformed.
+ */
+static void test_deliver_target_sub_ids(void **state)
+{
+	const struct rec_deliver x = { .qos = 1, .topic = STR("t"), .payload = BYTES("p") };
+	const uint32_t ids[2] = { 5, 268435455 };
+	const struct rec_target t = { .conn = 3, .sid = 4, .qos = 1, .copy = 9, .n_sub_ids = 2,
+				      .sub_ids = ids };
+	struct rec_deliver d;
+	struct rec_target got;
+	struct recw w;
+	size_t count_off, at;
+
+	(void)state;
+	recw_init(&w);
+	count_off = rec_deliver_begin(&w, &x);
+	at = w.len;
+	rec_deliver_add(&w, &t);
+	rec_deliver_end(&w, count_off, 1);
+	assert_false(w.oom);
+	assert_int_equal(rec_target_size(&t), REC_TARGET_BYTES + REC_TARGET_COPY_BYTES + 1 + 8);
+	assert_int_equal(w.len - at, rec_target_size(&t));
+	assert_int_equal(w.buf[at + REC_TARGET_BYTES - 1], 1 | REC_TARGET_COPY | REC_TARGET_SUB_IDS);
+	assert_int_equal(rec_deliver_decode(&d, w.buf, w.len), 0);
+	assert_true(rec_deliver_next(&d.targets, &got));
+	assert_int_equal(got.qos, 1);
+	assert_true(got.copy == 9);
+	assert_int_equal(got.n_sub_ids, 2);
+	assert_int_equal(rec_target_sub_id(&got, 0), 5);
+	assert_int_equal(rec_target_sub_id(&got, 1), 268435455);
+	assert_whole_only(REC_DELIVER, w.buf, w.len);
+
+	/* The count byte follows the copy: 0, or one past the cap, is malformed. */
+	w.buf[at + REC_TARGET_BYTES + REC_TARGET_COPY_BYTES] = 0;
+	assert_int_equal(rec_deliver_decode(&d, w.buf, w.len), -1);
+	w.buf[at + REC_TARGET_BYTES + REC_TARGET_COPY_BYTES] = REC_TARGET_SUB_IDS_MAX + 1;
+	assert_int_equal(rec_deliver_decode(&d, w.buf, w.len), -1);
+	/* Three said, two there. */
+	w.buf[at + REC_TARGET_BYTES + REC_TARGET_COPY_BYTES] = 3;
+	assert_int_equal(rec_deliver_decode(&d, w.buf, w.len), -1);
+	recw_free(&w);
+}
+
 static void test_connect_layout(void **state)
 {
 	static const uint8_t wire[] = {
@@ -600,16 +646,18 @@ static void test_subscribe_round_trip(void **state)
 	size_t count_off;
 
 	recw_init(&w);
-	count_off = rec_subscribe_begin(&w, &(struct rec_subscribe){ .conn = 42, .packet_id = 7 });
+	count_off = rec_subscribe_begin(&w, &(struct rec_subscribe){ .conn = 42, .packet_id = 7,
+								      .sub_id = 268435455 });
 	for (int i = 0; i < 3; i++)
 		rec_subscribe_add(&w, &subs[i]);
 	rec_subscribe_end(&w, count_off, 3);
 	assert_false(w.oom);
-	assert_int_equal(w.len, 8 + 2 + 2 + (2 + 5 + 1) + (2 + 0 + 1) + (2 + 1 + 1));
+	assert_int_equal(w.len, 8 + 2 + 4 + 2 + (2 + 5 + 1) + (2 + 0 + 1) + (2 + 1 + 1));
 
 	assert_int_equal(rec_subscribe_decode(&d, w.buf, w.len), 0);
 	assert_true(d.conn == 42);
 	assert_int_equal(d.packet_id, 7);
+	assert_int_equal(d.sub_id, 268435455);
 	assert_int_equal(d.filters.n, 3);
 	/* A copy iterates; the list stays for a second walk. */
 	for (int pass = 0; pass < 2; pass++) {
@@ -1045,6 +1093,7 @@ int main(void)
 		cmocka_unit_test(test_suback_codes),
 		cmocka_unit_test(test_deliver_many_targets),
 		cmocka_unit_test(test_deliver_target_copy_flag),
+		cmocka_unit_test(test_deliver_target_sub_ids),
 		cmocka_unit_test(test_route_round_trip),
 		cmocka_unit_test(test_validate_knows_every_type),
 		cmocka_unit_test(test_encode_starts_afresh_and_keeps_oom),

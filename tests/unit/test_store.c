@@ -109,7 +109,7 @@ struct got_msg {
 struct got {
 	struct got_session s[8];
 	size_t ns;
-	struct { uint32_t sid; char filter[1024]; uint8_t qos; } sub[8];
+	struct { uint32_t sid; char filter[1024]; uint8_t qos; uint32_t sub_id; } sub[8];
 	size_t nsub;
 	struct got_msg q[16];
 	size_t nq;
@@ -165,13 +165,15 @@ static void got_session(void *arg, const struct store_session *s)
 	}
 }
 
-static void got_sub(void *arg, uint32_t sid, const char *filter, uint16_t len, uint8_t qos)
+static void got_sub(void *arg, uint32_t sid, const char *filter, uint16_t len, uint8_t qos,
+		    uint32_t sub_id)
 {
 	struct got *g = arg;
 
 	assert_true(g->nsub < 8);
 	g->sub[g->nsub].sid = sid;
 	copy_str(g->sub[g->nsub].filter, sizeof(g->sub[0].filter), filter, len);
+	g->sub[g->nsub].sub_id = sub_id;
 	g->sub[g->nsub++].qos = qos;
 }
 
@@ -311,10 +313,10 @@ static void everything_written_comes_back_after_reopen(void **state)
 	open_ok(f);
 	put_session(f->st, 1, "alpha", false, 0x0100000100010001ull, 0x0000000100020001ull);
 	put_session(f->st, 2, "beta", false, 0, 0);
-	store_sub_put(f->st, 1, "a/+/c", 5, 1);
-	store_sub_put(f->st, 1, lt1, 900, 2);
-	store_sub_put(f->st, 1, lt2, 900, 0);
-	store_sub_put(f->st, 2, "#", 1, 2);
+	store_sub_put(f->st, 1, "a/+/c", 5, 1, 0);
+	store_sub_put(f->st, 1, lt1, 900, 2, 0);
+	store_sub_put(f->st, 1, lt2, 900, 0, 0);
+	store_sub_put(f->st, 2, "#", 1, 2, 0);
 	put_msg(f->st, 2, 5, "t/1", "five");
 	put_msg(f->st, 2, 3, "t/1", "three");
 	put_retained(f->st, "r/1", "one");
@@ -419,10 +421,10 @@ static void deletes_remove_sessions_with_their_subscriptions_and_queue(void **st
 	open_ok(f);
 	put_session(f->st, 1, "one", false, 0, 0);
 	put_session(f->st, 2, "two", false, 0, 0);
-	store_sub_put(f->st, 1, "a", 1, 0);
-	store_sub_put(f->st, 1, lt, 700, 1);
-	store_sub_put(f->st, 2, "b", 1, 1);
-	store_sub_put(f->st, 2, lt, 700, 1);
+	store_sub_put(f->st, 1, "a", 1, 0, 0);
+	store_sub_put(f->st, 1, lt, 700, 1, 0);
+	store_sub_put(f->st, 2, "b", 1, 1, 0);
+	store_sub_put(f->st, 2, lt, 700, 1, 0);
 	put_msg(f->st, 1, 1, "a", "x");
 	put_msg(f->st, 2, 1, "b", "y");
 	put_msg(f->st, 2, 2, "b", "z");
@@ -535,8 +537,8 @@ static void new_daemon_keeps_persistent_sessions_offline_only(void **state)
 		    0x0000000100020001ull);
 	put_session(f->st, 2, "persistent-offline", false, 0, 0);
 	put_session(f->st, 3, "clean-online", true, 0x0100000100030001ull, 0);
-	store_sub_put(f->st, 1, "p/1", 3, 1);
-	store_sub_put(f->st, 3, "c/3", 3, 1);
+	store_sub_put(f->st, 1, "p/1", 3, 1, 0);
+	store_sub_put(f->st, 3, "c/3", 3, 1, 0);
 	put_msg(f->st, 2, 1, "t", "kept");
 	put_msg(f->st, 3, 1, "t", "gone");
 	put_retained(f->st, "r", "stays");
@@ -583,7 +585,7 @@ static void new_daemon_of_a_memory_store_starts_empty(void **state)
 
 	open_ok(f);
 	put_session(f->st, 1, "p", false, 0, 0);
-	store_sub_put(f->st, 1, "p/1", 3, 1);
+	store_sub_put(f->st, 1, "p/1", 3, 1, 0);
 	put_msg(f->st, 1, 1, "t", "x");
 	put_retained(f->st, "r", "x");
 	assert_int_equal(store_commit(f->st), 0);
@@ -647,7 +649,8 @@ static void older_format_is_read_and_upgraded(void **state)
 /*
  * Format 5 keeps a subscription's MQTT 5 options in the byte that held
  * its QoS: a format 4 subscription reads as its QoS with no option, and
- * the options byte of a format 5 one comes back whole.
+ * the options byte of a format 5 one comes back whole, with a format 6
+ * one's subscription identifier.
  */
 static void format_4_subscription_reads_as_its_qos_without_options(void **state)
 {
@@ -657,19 +660,26 @@ static void format_4_subscription_reads_as_its_qos_without_options(void **state)
 
 	open_ok(f);
 	put_session(f->st, 3, "dev", false, 0, 0);
-	store_sub_put(f->st, 3, "old/+", 5, 2);
+	store_sub_put(f->st, 3, "old/+", 5, 2, 0);
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
 	set_format(f, 4);
 	open_ok(f);
 	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, 5);
-	store_sub_put(f->st, 3, "new/#", 5, 0x2d);   /* QoS 1, no local, retain as published, RH 2 */
+	assert_int_equal(format, STORE_FORMAT);
+	store_sub_put(f->st, 3, "new/#", 5, 0x2d, 0);   /* QoS 1, no local, retain as published, RH 2 */
+	store_sub_put(f->st, 3, "sid/#", 5, 1, 268435455);
 	assert_int_equal(store_commit(f->st), 0);
 	g = read_all(f->st);
-	assert_int_equal(g->nsub, 2);
-	for (size_t i = 0; i < g->nsub; i++)
-		assert_int_equal(g->sub[i].qos, strcmp(g->sub[i].filter, "old/+") == 0 ? 2 : 0x2d);
+	assert_int_equal(g->nsub, 3);
+	for (size_t i = 0; i < g->nsub; i++) {
+		bool old = strcmp(g->sub[i].filter, "old/+") == 0;
+		bool sid = strcmp(g->sub[i].filter, "sid/#") == 0;
+
+		assert_int_equal(g->sub[i].qos, old ? 2 : sid ? 1 : 0x2d);
+		/* Format 6: the identifier, when there is one, after the options. */
+		assert_int_equal(g->sub[i].sub_id, sid ? 268435455 : 0);
+	}
 	free(g);
 }
 
