@@ -364,7 +364,8 @@ void rec_publish_encode(struct recw *w, const struct rec_publish *x)
 
 #define SESSION_MSG_FIELDS(F)                                                   \
 	F(u64, conn) F(u32, sid) F(u64, copy) F(u16, packet_id) F(u8, state)   \
-	F(u8, qos) F(u8, retain) F(str, topic) F(bytes, payload)
+	F(u8, qos) F(u8, retain) F(str, topic) F(bytes, payload) F(bytes, props) \
+	F(u64, expires_at)
 REC_DECODER(session_msg, SESSION_MSG_FIELDS)
 REC_ENCODER(session_msg, SESSION_MSG_FIELDS)
 

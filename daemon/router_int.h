@@ -28,6 +28,7 @@
 #include "log.h"
 #include "rec.h"
 #include "retain.h"
+#include "role.h"
 #include "router.h"
 
 #define ROUTER_REMOTE_LEN 64          /* as struct ipc_client: enough for "[v6]:port" */
@@ -106,16 +107,29 @@ struct session_sub {
 };
 
 /*
- * The topic and payload of a message held in session queues: one publish
- * queued for many sessions is held once, shared by every entry that
- * holds it (refs), and freed with the last one.
+ * The topic, payload and MQTT 5 properties of a message held in session
+ * queues: one publish queued for many sessions is held once, shared by
+ * every entry that holds it (refs), and freed with the last one.
  */
 struct msg_body {
 	uint32_t refs;               /* session_msg entries holding it */
 	uint32_t payload_len;
+	uint32_t props_len;          /* its property block (rec.h REC_PUB_PROPS); 0: none */
 	uint16_t topic_len;
-	uint8_t data[];              /* topic, then payload */
+	uint64_t expires_at;         /* its message expiry, ms since the epoch; 0: never */
+	uint8_t data[];              /* topic, then payload, then props */
 };
+
+static inline const uint8_t *msg_body_props(const struct msg_body *b)
+{
+	return b->data + b->topic_len + b->payload_len;
+}
+
+/* Has the message's expiry passed at wall-clock time now (ms since the epoch)? */
+static inline bool msg_expired(uint64_t expires_at, uint64_t now)
+{
+	return expires_at != 0 && expires_at <= now;
+}
 
 /* One message in one session's queue; what differs per session, and its shared body. */
 struct session_msg {
@@ -354,7 +368,7 @@ struct router_msg {
 	uint16_t topic_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
-	/* An MQTT 5 message's properties and expiry (rec.h, REC_PUB_*): live deliveries only, so far. */
+	/* An MQTT 5 message's properties and expiry (rec.h, REC_PUB_*), kept wherever it is kept. */
 	const uint8_t *props;
 	uint32_t props_len;
 	uint64_t expires_at;         /* ms since the epoch; 0: never */
@@ -499,6 +513,7 @@ void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t pa
 		     uint8_t state, const struct router_msg *m, struct msg_body **body);
 void session_enqueue_one(struct router *r, struct session *s, bool owed,
 			 uint16_t packet_id, uint8_t state, const struct router_msg *m);
+void session_msg_view(const struct session_msg *q, struct router_msg *m);
 void session_queue_send(struct router *r, struct session *s);
 uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_id,
 			  uint8_t state, const struct router_msg *m, struct msg_body **body,
@@ -521,6 +536,7 @@ bool router_unsubscribe_one(struct router *r, struct session *s, const char *fil
 			    uint16_t len);
 void session_unsubscribe_all(struct router *r, struct session *s);
 void router_cursor_start(struct router *r, struct session *s, struct session_sub *sub);
+void router_retained_expire(struct router *r);
 void session_cursors_drop(struct router *r, struct session *s);
 struct router_match router_publish(struct router *r, const struct router_msg *m);
 void router_answer_route(struct router *r, unsigned worker, uint64_t ask,

@@ -301,7 +301,7 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 	struct session *s;
 
 	if (rec_session_msg_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
-	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1)
+	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1 || !router_props_valid(&x.props))
 		return ROUTER_BAD;
 	m = (struct router_msg){
 		.qos = x.qos,
@@ -310,6 +310,9 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 		.topic_len = x.topic.len,
 		.payload = x.payload.p,
 		.payload_len = x.payload.len,
+		.props = x.props.p,
+		.props_len = x.props.len,
+		.expires_at = x.expires_at,
 	};
 	/* An unfinished exchange needs QoS >= 1 (PUBREL: 2); anything to publish needs a topic. */
 	if ((x.state != MSG_QUEUED && m.qos == 0) || (x.state == MSG_PUBREL && m.qos != 2))

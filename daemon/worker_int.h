@@ -202,7 +202,12 @@ struct msg_v5 {
 	uint64_t expires_at;
 };
 
-uint64_t wall_clock_ms(void);
+/* Has its message expiry passed? Such a message is not sent (a resend of one in flight is). */
+static inline bool msg_v5_expired(struct msg_v5 x5)
+{
+	return x5.expires_at != 0 && x5.expires_at <= wall_clock_ms();
+}
+
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
 		  struct msg_v5 x5, uint8_t qos);
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,

@@ -407,7 +407,9 @@ void rec_publish_encode(struct recw *w, const struct rec_publish *x);
  * Router -> worker: a stored message for a resumed session; the worker
  * resends it (MSG_INFLIGHT: same packet id, DUP=1; MSG_PUBREL: PUBREL
  * only; MSG_QUEUED: a new delivery) and reports its progress with
- * REC_MSG_STATE (copy != 0).
+ * REC_MSG_STATE (copy != 0). props and expires_at: the message's MQTT 5
+ * properties and deadline, as REC_PUBLISH's (empty and 0: none), always
+ * on the wire: this record is not per message.
  */
 struct rec_session_msg {
 	uint64_t conn;
@@ -419,6 +421,8 @@ struct rec_session_msg {
 	uint8_t retain;
 	struct rec_str topic;
 	struct rec_bytes payload;
+	struct rec_bytes props;
+	uint64_t expires_at;
 };
 
 int rec_session_msg_decode(struct rec_session_msg *x, const void *p, size_t len);

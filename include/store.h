@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_FORMAT 5                    /* meta "format"; a newer store is refused */
+#define STORE_FORMAT 6                    /* meta "format"; a newer store is refused */
 #define STORE_FORMAT_OLDEST 1             /* still read (and upgraded in place) */
 #define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/<store_memory_name()> */
 #define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */
@@ -86,6 +86,13 @@ struct store_session {
 	struct store_token pend_token;    /* ... and its token's rules */
 };
 
+/* What an MQTT 5 message carries beside its payload (rec.h REC_PUB_PROPS, REC_PUB_EXPIRY). */
+struct store_v5 {
+	const uint8_t *props;             /* its property block; props_len 0: none */
+	uint32_t props_len;
+	uint64_t expires_at;              /* its message expiry, ms since the epoch; 0: never */
+};
+
 /* A message in a session's queue. */
 struct store_msg {
 	uint16_t packet_id;
@@ -95,6 +102,7 @@ struct store_msg {
 	uint16_t topic_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
+	struct store_v5 v5;               /* format 6; none in an older store */
 };
 
 /* ---- location and life cycle ------------------------------------------- */
@@ -189,8 +197,9 @@ void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t 
 /* order: position in the session's queue, kept in ascending order. */
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m);
 void store_queue_del(struct store *st, uint32_t sid, uint64_t order);
+/* v5: the message's properties and expiry (format 6); NULL: none. */
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
-			const uint8_t *payload, uint32_t payload_len);
+			const uint8_t *payload, uint32_t payload_len, const struct store_v5 *v5);
 void store_retained_del(struct store *st, const char *topic, uint16_t len);
 /* Named counters in meta: "next_sid", "tail/<i>", "head/<i>". */
 void store_meta_put(struct store *st, const char *key, uint64_t v);
@@ -208,7 +217,8 @@ typedef void (*store_sub_cb)(void *arg, uint32_t sid, const char *filter, uint16
 			     uint8_t qos);
 typedef void (*store_queue_cb)(void *arg, uint32_t sid, uint64_t order, const struct store_msg *m);
 typedef void (*store_retained_cb)(void *arg, const char *topic, uint16_t len, uint8_t qos,
-				  const uint8_t *payload, uint32_t payload_len);
+				  const uint8_t *payload, uint32_t payload_len,
+				  const struct store_v5 *v5);
 typedef void (*store_outbox_cb)(void *arg, uint64_t seq, uint16_t type, const void *data,
 				uint32_t len);
 

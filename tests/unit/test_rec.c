@@ -672,7 +672,8 @@ static void test_session_msg_round_trip(void **state)
 	const struct rec_session_msg x = {
 		.conn = 0xfedcba9876543210ull, .sid = 0xffffffff, .copy = 1ull << 63,
 		.packet_id = 0x1234, .state = MSG_PUBREL, .qos = 2, .retain = 1,
-		.topic = STR("s/t"), .payload = BYTES("hello"),
+		.topic = STR("s/t"), .payload = BYTES("hello"), .props = BYTES("\x03\x01\x00\x01"),
+		.expires_at = 1234567890123ull,
 	};
 	struct rec_session_msg d;
 	struct recw w;
@@ -680,7 +681,7 @@ static void test_session_msg_round_trip(void **state)
 	recw_init(&w);
 	rec_session_msg_encode(&w, &x);
 	assert_false(w.oom);
-	assert_int_equal(w.len, 8 + 4 + 8 + 2 + 1 + 1 + 1 + (2 + 3) + (4 + 5));
+	assert_int_equal(w.len, 8 + 4 + 8 + 2 + 1 + 1 + 1 + (2 + 3) + (4 + 5) + (4 + 4) + 8);
 	assert_int_equal(rec_session_msg_decode(&d, w.buf, w.len), 0);
 	assert_true(d.conn == x.conn);
 	assert_int_equal(d.sid, x.sid);
@@ -691,6 +692,9 @@ static void test_session_msg_round_trip(void **state)
 	assert_int_equal(d.retain, 1);
 	assert_str(d.topic, "s/t");
 	assert_bytes(d.payload, "hello");
+	assert_int_equal(d.props.len, 4);
+	assert_memory_equal(d.props.p, "\x03\x01\x00\x01", 4);
+	assert_true(d.expires_at == x.expires_at);
 	assert_whole_only(REC_SESSION_MSG, w.buf, w.len);
 	recw_free(&w);
 }

@@ -103,7 +103,8 @@ struct got_msg {
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
 	bool at_worker;
-	char topic[1024], payload[64];
+	char topic[1024], payload[64], props[64];
+	uint64_t expires_at;
 };
 
 struct got {
@@ -113,7 +114,7 @@ struct got {
 	size_t nsub;
 	struct got_msg q[16];
 	size_t nq;
-	struct { char topic[1024]; uint8_t qos; char payload[64]; } ret[8];
+	struct { char topic[1024]; uint8_t qos; char payload[64], props[64]; uint64_t expires_at; } ret[8];
 	size_t nret;
 	struct { uint64_t seq; uint16_t type; char data[64]; } held[8];
 	size_t nheld;
@@ -190,16 +191,20 @@ static void got_queued(void *arg, uint32_t sid, uint64_t order, const struct sto
 	o->retain = m->retain;
 	copy_str(o->topic, sizeof(o->topic), m->topic, m->topic_len);
 	copy_str(o->payload, sizeof(o->payload), m->payload, m->payload_len);
+	copy_str(o->props, sizeof(o->props), m->v5.props, m->v5.props_len);
+	o->expires_at = m->v5.expires_at;
 }
 
 static void got_retained(void *arg, const char *topic, uint16_t len, uint8_t qos,
-			 const uint8_t *payload, uint32_t payload_len)
+			 const uint8_t *payload, uint32_t payload_len, const struct store_v5 *v5)
 {
 	struct got *g = arg;
 
 	assert_true(g->nret < 8);
 	copy_str(g->ret[g->nret].topic, sizeof(g->ret[0].topic), topic, len);
 	copy_str(g->ret[g->nret].payload, sizeof(g->ret[0].payload), payload, payload_len);
+	copy_str(g->ret[g->nret].props, sizeof(g->ret[0].props), v5->props, v5->props_len);
+	g->ret[g->nret].expires_at = v5->expires_at;
 	g->ret[g->nret++].qos = qos;
 }
 
@@ -284,7 +289,7 @@ static void put_msg(struct store *st, uint32_t sid, uint64_t order, const char *
 static void put_retained(struct store *st, const char *topic, const char *payload)
 {
 	store_retained_put(st, topic, (uint16_t)strlen(topic), 1, (const uint8_t *)payload,
-			   (uint32_t)strlen(payload));
+			   (uint32_t)strlen(payload), NULL);
 }
 
 /* A topic longer than an LMDB key: 'len' bytes of 'fill' ending in 'tail'. */
@@ -663,13 +668,93 @@ static void format_4_subscription_reads_as_its_qos_without_options(void **state)
 	set_format(f, 4);
 	open_ok(f);
 	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, 5);
+	assert_int_equal(format, STORE_FORMAT);
 	store_sub_put(f->st, 3, "new/#", 5, 0x2d);   /* QoS 1, no local, retain as published, RH 2 */
 	assert_int_equal(store_commit(f->st), 0);
 	g = read_all(f->st);
 	assert_int_equal(g->nsub, 2);
 	for (size_t i = 0; i < g->nsub; i++)
 		assert_int_equal(g->sub[i].qos, strcmp(g->sub[i].filter, "old/+") == 0 ? 2 : 0x2d);
+	free(g);
+}
+
+/* Cut n bytes off the end of a value of database db, behind iotd's back. */
+static void cut_value(struct fx *f, const char *db, const void *key, size_t klen, size_t n)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { klen, (void *)key }, v;
+	uint8_t buf[1024];
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	assert_true(v.mv_size > n && v.mv_size <= sizeof(buf));
+	memcpy(buf, v.mv_data, v.mv_size);
+	v = (MDB_val){ v.mv_size - n, buf };
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+#define V5_PROPS "\x05\x03\x00\x02ct"    /* a property block: content type "ct" */
+
+/*
+ * Format 6 keeps an MQTT 5 message's properties and expiry with queued and
+ * retained messages: a format 5 queued message (its value ends before
+ * them) and retained message (its qos byte without STORE_RETAINED_V5)
+ * read as messages without them, and format 6 ones come back whole.
+ */
+static void format_5_messages_read_as_without_properties(void **state)
+{
+	static const uint8_t qkey[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1 };
+	const struct store_v5 v5 = { (const uint8_t *)V5_PROPS, 6, 1700000000123ull };
+	struct store_msg m = {
+		.packet_id = 2, .state = MSG_QUEUED, .qos = 1, .topic = "t", .topic_len = 1,
+		.payload = (const uint8_t *)"new", .payload_len = 3, .v5 = v5,
+	};
+	struct fx *f = *state;
+	uint64_t format = 0;
+	struct got *g;
+
+	open_ok(f);
+	put_session(f->st, 3, "dev", false, 0, 0);
+	put_msg(f->st, 3, 1, "t", "old");
+	put_retained(f->st, "r/old", "plain");
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	cut_value(f, "queue", qkey, sizeof(qkey), 8 + 4);   /* no expiry, no counted block */
+	set_format(f, 5);
+	open_ok(f);
+	assert_true(store_meta_get(f->st, "format", &format));
+	assert_int_equal(format, STORE_FORMAT);
+	store_queue_put(f->st, 3, 2, &m);
+	store_retained_put(f->st, "r/new", 5, 1, (const uint8_t *)"five", 4, &v5);
+	assert_int_equal(store_commit(f->st), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->nq, 2);
+	assert_string_equal(g->q[0].payload, "old");
+	assert_string_equal(g->q[0].props, "");
+	assert_true(g->q[0].expires_at == 0);
+	assert_string_equal(g->q[1].payload, "new");
+	assert_memory_equal(g->q[1].props, V5_PROPS, 6);
+	assert_true(g->q[1].expires_at == v5.expires_at);
+	assert_int_equal(g->nret, 2);
+	for (size_t i = 0; i < 2; i++) {
+		bool v5_one = strcmp(g->ret[i].topic, "r/new") == 0;
+
+		assert_int_equal(g->ret[i].qos, 1);
+		assert_string_equal(g->ret[i].payload, v5_one ? "five" : "plain");
+		assert_true(g->ret[i].expires_at == (v5_one ? v5.expires_at : 0));
+		if (v5_one)
+			assert_memory_equal(g->ret[i].props, V5_PROPS, 6);
+		else
+			assert_string_equal(g->ret[i].props, "");
+	}
 	free(g);
 }
 
@@ -915,7 +1000,7 @@ static void a_failed_write_makes_the_store_stale_until_a_rewrite(void **state)
 	assert_int_equal(store_commit(f->st), 0);
 	for (i = 0; i < 64 && !store_stale(f->st); i++) {
 		snprintf(topic, sizeof(topic), "big/%d", i);
-		store_retained_put(f->st, topic, (uint16_t)strlen(topic), 0, big, sizeof(big));
+		store_retained_put(f->st, topic, (uint16_t)strlen(topic), 0, big, sizeof(big), NULL);
 	}
 	assert_true(store_stale(f->st));
 	assert_int_equal(store_commit(f->st), -1);
@@ -1126,6 +1211,7 @@ int main(void)
 		T(newer_format_is_refused),
 		T(older_format_is_read_and_upgraded),
 		T(format_4_subscription_reads_as_its_qos_without_options),
+		T(format_5_messages_read_as_without_properties),
 		T(format_2_sessions_read_as_without_user_names),
 		T(format_3_sessions_read_as_without_tokens),
 		T(tokens_without_rules_and_orphans_keep_their_mark),

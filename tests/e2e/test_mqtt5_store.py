@@ -1,0 +1,157 @@
+"""MQTT 5 messages kept for later: the properties and message expiry of a
+message queued for an offline session, of a retained message, across a
+router crash and a daemon restart with the disk store; retain as
+published for queued messages."""
+
+import os
+import signal
+import time
+
+import pytest
+
+import mqttraw as m
+from helpers import T, offline_session, raw, resumed, uid, wait_for
+from test_crash_router import disk_env, kill_router
+from test_mqtt5 import RAP, raw5, subscribe5
+
+pytestmark = pytest.mark.iotd_only
+
+PROPS = [(m.P_CONTENT_TYPE, b"text/plain"), (m.P_USER_PROPERTY, (b"k", b"v1")),
+         (m.P_USER_PROPERTY, (b"a", b"v2"))]
+KEEP = [(m.P_SESSION_EXPIRY, 300)]     # a session that outlives its connection
+
+
+def offline_v5(broker, cid, filters):
+    """An MQTT 5 persistent session for cid subscribed to filters (filter,
+    options), left offline by a normal DISCONNECT."""
+    c = raw5(broker, cid=cid, clean=False, props=KEEP)
+    assert subscribe5(c, filters) == [o & 3 for _, o in filters]
+    c.send(m.disconnect_v5(0))
+    c.expect_closed()
+    c.close()
+
+
+def resumed_v5(broker, cid):
+    c = raw5(broker, cid=cid, clean=False, props=KEEP)
+    assert c.connack.body[0] & 1, "the session was not kept"
+    return c
+
+
+def publish5(broker, topic, payload, props=(), qos=1, retain=False):
+    """One MQTT 5 PUBLISH from a connection of its own, acknowledged."""
+    p = raw5(broker, tag="pub5")
+    try:
+        p.send(m.publish_v5(topic, payload, qos=qos, retain=retain, pid=1, props=props))
+        if qos == 1:
+            p.expect(m.PUBACK, pid=1)
+    finally:
+        p.disconnect()
+
+
+def expiry_left(props):
+    """The message expiry interval a PUBLISH says is left, and the other properties."""
+    left = [v for k, v in props if k == m.P_MESSAGE_EXPIRY]
+    return (left[0] if left else None), [(k, v) for k, v in props if k != m.P_MESSAGE_EXPIRY]
+
+
+def test_queued_message_keeps_its_properties_and_its_expiry_counts_down(broker, clients):
+    cid = uid("q5")
+    offline_v5(broker, cid, [("q5/#", 1)])
+    before = broker.log.count("queued new message")
+    publish5(broker, "q5/a", b"kept", PROPS + [(m.P_MESSAGE_EXPIRY, 60)])
+    publish5(broker, "q5/b", b"expires", [(m.P_MESSAGE_EXPIRY, 1)])
+    publish5(broker, "q5/c", b"marker")
+    wait_for(lambda: broker.log.count("queued new message") >= before + 3, T(5),
+             "the router to queue the three messages")
+    # The second one's second must pass while it is queued: nothing to wait for but time.
+    time.sleep(1.2)
+    c = clients.own(resumed_v5(broker, cid))
+    got = [m.v5(p) for p in c.recv_publishes(2)]
+    assert [(p.topic, p.payload) for p in got] == [("q5/a", b"kept"), ("q5/c", b"marker")]
+    left, rest = expiry_left(got[0].props)
+    assert left is not None and left <= 59, f"interval left {left}: it did not count down"
+    assert rest == PROPS
+    assert got[1].props == []
+    c.expect_no_packet(0.3)
+
+
+def test_a_311_session_gets_a_queued_v5_message_without_properties(broker, clients):
+    cid = uid("q3")
+    offline_session(broker, cid, [("q3/#", 1)])
+    publish5(broker, "q3/a", b"plain", PROPS + [(m.P_MESSAGE_EXPIRY, 60)])
+    c = clients.own(resumed(broker, cid))
+    p = c.recv_publish()
+    assert (p.topic, p.payload) == ("q3/a", b"plain")
+
+
+def test_retain_as_published_applies_to_queued_messages(broker, clients):
+    keep, plain = uid("rapq"), uid("norapq")
+    offline_v5(broker, keep, [("rapq/#", 1 | RAP)])
+    offline_v5(broker, plain, [("rapq/#", 1)])
+    publish5(broker, "rapq/t", b"r", retain=True)
+    publish5(broker, "rapq/t", b"n")
+    k = clients.own(resumed_v5(broker, keep))
+    assert [(p.payload, p.retain) for p in map(m.v5, k.recv_publishes(2))] == \
+        [(b"r", True), (b"n", False)]
+    p = clients.own(resumed_v5(broker, plain))
+    assert [(x.payload, x.retain) for x in map(m.v5, p.recv_publishes(2))] == \
+        [(b"r", False), (b"n", False)]
+
+
+def test_retained_message_keeps_its_properties_until_it_expires(broker, clients):
+    publish5(broker, "ret5x/t", b"brief", PROPS + [(m.P_MESSAGE_EXPIRY, 2)], retain=True)
+    s = clients.own(raw5(broker, tag="rs1"))
+    assert subscribe5(s, [("ret5x/#", 1)]) == [1]
+    got = m.v5(s.recv_publish())
+    left, rest = expiry_left(got.props)
+    assert (got.payload, got.retain) == (b"brief", True)
+    assert left in (1, 2) and rest == PROPS
+    # The router's sweep removes it once its expiry passed, and it is sent no more.
+    wait_for(lambda: "retained message on 'ret5x/t' expired" in broker.log, T(5),
+             "the retained message to expire")
+    late = clients.own(raw5(broker, tag="rs2"))
+    assert subscribe5(late, [("ret5x/#", 1)]) == [1]
+    late.expect_no_packet(0.5)
+
+
+def test_properties_of_kept_messages_survive_a_router_crash(broker, clients):
+    cid = uid("qcr")
+    offline_v5(broker, cid, [("qcr/#", 1)])
+    publish5(broker, "qcr/q", b"queued", PROPS + [(m.P_MESSAGE_EXPIRY, 300)])
+    publish5(broker, "qcr/r", b"retained", PROPS, retain=True)
+    kill_router(broker)
+    c = clients.own(resumed_v5(broker, cid))
+    got = m.v5(c.recv_publish())
+    left, rest = expiry_left(got.props)
+    assert (got.topic, got.payload, rest) == ("qcr/q", b"queued", PROPS)
+    assert left is not None and left <= 300
+    # The retained one reached the session queued; a new subscriber gets it from the store.
+    assert m.v5(c.recv_publish()).payload == b"retained"
+    s = clients.own(raw5(broker, tag="qcrs"))
+    assert subscribe5(s, [("qcr/r", 1)]) == [1]
+    got = m.v5(s.recv_publish())
+    assert (got.payload, got.retain, got.props) == (b"retained", True, PROPS)
+
+
+def test_properties_of_kept_messages_survive_a_daemon_restart_on_disk(start_broker,
+                                                                        store_parent):
+    env = disk_env(os.path.join(store_parent, "store"))
+    b = start_broker(env=env)
+    cid = uid("qdisk")
+    offline_v5(b, cid, [("qdisk/q", 1)])
+    publish5(b, "qdisk/q", b"queued", PROPS + [(m.P_MESSAGE_EXPIRY, 300)])
+    publish5(b, "qdisk/r", b"retained", PROPS + [(m.P_MESSAGE_EXPIRY, 300)], retain=True)
+    b.stop(signal.SIGTERM)
+
+    b2 = start_broker(env=env)
+    c = resumed_v5(b2, cid)
+    got = m.v5(c.recv_publish(timeout=T(5)))
+    left, rest = expiry_left(got.props)
+    assert (got.payload, rest) == (b"queued", PROPS) and 0 < left <= 300
+    s = raw5(b2, tag="qdisks")
+    assert subscribe5(s, [("qdisk/r", 1)]) == [1]
+    got = m.v5(s.recv_publish(timeout=T(5)))
+    left, rest = expiry_left(got.props)
+    assert (got.payload, got.retain, rest) == (b"retained", True, PROPS) and 0 < left <= 300
+    for x in (c, s):
+        x.disconnect()
