@@ -50,6 +50,10 @@ struct session_connect {
 	conn_id_t conn;
 	uint32_t will_payload_len;
 	uint32_t token_rules_len;    /* 0 with token: the rules are lost, it may do nothing */
+	uint32_t session_expiry;     /* granted (rec.h): 0 the session ends with the connection */
+	uint32_t will_delay;         /* seconds the will waits after the connection closed */
+	uint32_t will_expiry;        /* the will's message expiry interval, seconds; 0: none */
+	uint32_t will_props_len;     /* its MQTT 5 properties (rec.h REC_PUB_PROPS) */
 	uint16_t keepalive;
 	uint16_t client_id_len, will_topic_len;
 	uint16_t user_len;           /* 0: no user name */
@@ -58,7 +62,10 @@ struct session_connect {
 	bool will_flag;
 	bool token;                  /* its user came with a token's rules (its grant said so) */
 	uint8_t will_qos, will_retain;
-	/* client id, remote, user, will topic (each NUL-terminated), will payload, token's rules */
+	/*
+	 * client id, remote, user, will topic (each NUL-terminated), will
+	 * payload, will properties, token's rules
+	 */
 	char data[];
 };
 
@@ -89,9 +96,14 @@ static inline const uint8_t *cx_will_payload(const struct session_connect *c)
 	return (const uint8_t *)cx_will_topic(c) + c->will_topic_len + 1;
 }
 
-static inline const uint8_t *cx_token_rules(const struct session_connect *c)
+static inline const uint8_t *cx_will_props(const struct session_connect *c)
 {
 	return cx_will_payload(c) + c->will_payload_len;
+}
+
+static inline const uint8_t *cx_token_rules(const struct session_connect *c)
+{
+	return cx_will_props(c) + c->will_props_len;
 }
 
 struct router_cursor;
@@ -156,6 +168,7 @@ struct session {
 	bool subs_warned;            /* max_subscriptions_per_session reached: logged */
 	bool token;                  /* its user came with a token's rules: they, or nothing, hold */
 	uint8_t granted;             /* with stamp: the QoS this publish goes out at, | SESSION_RAP */
+	uint32_t expiry;             /* seconds it outlives its connection (rec.h); 0: clean */
 	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
 	uint32_t q_at_worker;        /* copies of what the connection holds */
@@ -183,6 +196,9 @@ struct session {
 
 	/* A CONNECT that takes this session over once its conn has closed. */
 	struct session_connect *pending;
+	/* Offline: the CONNECT whose will waits for its delay (will_at_ms, wall clock); NULL: none. */
+	struct session_connect *will;
+	uint64_t will_at_ms;
 
 	uint64_t last_seen_ms;
 	struct session *off_prev, *off_next; /* offline persistent sessions, oldest first */
@@ -313,6 +329,7 @@ struct router {
 	struct router_waiting *waiting;   /* by the waiting CONNECT's conn */
 	struct router_kicked *kicked;
 	struct session *off_head, *off_tail;
+	struct session *off_sweep;   /* where the check of intervals and wills goes on */
 	uint32_t next_sid;
 	bool warned_sessions_full;   /* max_sessions reached: logged once until a session fits again */
 
@@ -494,6 +511,7 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 		  const struct rec_iter *ids);
 size_t router_close_worker(struct router *r, unsigned worker, uint32_t new_epoch);
 void router_sessions_expire(struct router *r);
+uint32_t router_expiry_cap(const struct router *r, uint32_t expiry);
 void router_sessions_free(struct router *r);
 
 /* ---- router_queue.c: queued messages, copies, the held-bytes budget ---- */

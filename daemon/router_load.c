@@ -51,6 +51,10 @@ static struct session_connect *session_connect_load(const struct store_session *
 		.will_retain = c->will_retain,
 		.will_topic = { (const uint8_t *)c->will_topic, c->will_topic_len },
 		.will_payload = { c->will_payload, c->will_payload_len },
+		.session_expiry = c->session_expiry,
+		.will_delay = c->will_delay,
+		.will_expiry = c->will_expiry,
+		.will_props = { c->will_props, c->will_props_len },
 	};
 
 	return session_connect_new(&f, &tok);
@@ -86,6 +90,7 @@ static struct session *session_load_new(const struct store_session *ss)
 		return NULL;
 	s->sid = ss->sid;
 	s->clean = ss->clean;
+	s->expiry = ss->clean ? 0 : ss->expiry;
 	s->last_seen_ms = ss->last_seen_ms;
 	if (!ss->online && !(s->remote_off = strdup(ss->remote)))
 		goto fail;
@@ -106,6 +111,11 @@ static struct session *session_load_new(const struct store_session *ss)
 		goto fail;
 	if (ss->pending && !(s->pending = session_connect_load(ss, &ss->pend, &ss->pend_token)))
 		goto fail;
+	if (ss->will_held && !ss->online) {
+		if (!(s->will = session_connect_load(ss, &ss->will, &(struct store_token){ 0 })))
+			goto fail;
+		s->will_at_ms = ss->will_at_ms;
+	}
 	return s;
 fail:
 	session_dealloc(s);

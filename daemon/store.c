@@ -13,7 +13,10 @@
  *             (format 3) the session's user name and the waiting CONNECT's,
  *             then (format 4) the session's token (u8: 1 when its user came
  *             with a token's rules, and u32-counted rules) and the waiting
- *             CONNECT's
+ *             CONNECT's, then (format 6) the session expiry interval, a
+ *             will held back for its delay (u8; then its deadline and its
+ *             CONNECT), and the MQTT 5 part of each CONNECT held (session
+ *             expiry, will delay, will expiry, will properties)
  *   subs      sid (u32 BE) + filter -> u8 options (format 5: the MQTT 5
  *             subscription options byte, QoS in its low bits; before, the
  *             QoS alone, which reads as the same QoS without options)
@@ -402,6 +405,23 @@ static void dec_connect(struct recr *r, struct store_connect *c)
 	recr_bytes(r, &c->will_payload, &c->will_payload_len);
 }
 
+/* Format 6: what a CONNECT adds for MQTT 5. */
+static void enc_connect6(struct recw *w, const struct store_connect *c)
+{
+	recw_u32(w, c->session_expiry);
+	recw_u32(w, c->will_delay);
+	recw_u32(w, c->will_expiry);
+	recw_bytes(w, c->will_props, c->will_props_len);
+}
+
+static void dec_connect6(struct recr *r, struct store_connect *c)
+{
+	c->session_expiry = recr_u32(r);
+	c->will_delay = recr_u32(r);
+	c->will_expiry = recr_u32(r);
+	recr_bytes(r, &c->will_props, &c->will_props_len);
+}
+
 static void enc_token(struct recw *w, const struct store_token *t)
 {
 	recw_u8(w, t->on);
@@ -447,6 +467,48 @@ static void enc_session(struct recw *w, const struct store_session *s)
 	enc_token(w, &s->token);
 	if (s->pending)
 		enc_token(w, &s->pend_token);
+	/* Format 6, after them so that a format 5 value reads as without it. */
+	recw_u32(w, s->expiry);
+	recw_u8(w, s->will_held);
+	if (s->will_held) {
+		recw_u64(w, s->will_at_ms);
+		enc_connect(w, &s->will);
+		enc_connect6(w, &s->will);
+	}
+	if (s->online)
+		enc_connect6(w, &s->cx);
+	if (s->pending)
+		enc_connect6(w, &s->pend);
+}
+
+/*
+ * What a format 6 value ends with; an older one's sessions and CONNECTs
+ * last as their clean flag says (with the connection, or for ever), and
+ * hold no will back.
+ */
+static void dec_session6(struct recr *r, struct store_session *s)
+{
+	uint8_t held;
+
+	s->expiry = s->clean ? 0 : REC_EXPIRY_NEVER;
+	s->cx.session_expiry = s->cx.clean ? 0 : REC_EXPIRY_NEVER;
+	s->pend.session_expiry = s->pend.clean ? 0 : REC_EXPIRY_NEVER;
+	s->will_held = false;
+	if (!recr_left(r))
+		return;
+	s->expiry = recr_u32(r);
+	held = recr_u8(r);
+	r->err |= held > 1;
+	s->will_held = held == 1;
+	if (s->will_held) {
+		s->will_at_ms = recr_u64(r);
+		dec_connect(r, &s->will);
+		dec_connect6(r, &s->will);
+	}
+	if (s->online)
+		dec_connect6(r, &s->cx);
+	if (s->pending)
+		dec_connect6(r, &s->pend);
 }
 
 /* The user names a format 3 value ends with; a format 2 one has none ("" for all). */
@@ -518,6 +580,7 @@ static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, 
 		dec_connect(&r, &s->pend);
 	dec_session_users(&r, s);
 	dec_session_tokens(&r, s);
+	dec_session6(&r, s);
 	if (recr_end(&r) || clean > 1 || online > 1 || pending > 1) {
 		free(*ids);
 		*ids = NULL;

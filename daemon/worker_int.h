@@ -94,7 +94,8 @@ struct topic_alias {
 
 struct conn_v5 {
 	uint32_t max_packet;         /* the client's maximum packet size; 0: none */
-	uint32_t session_expiry;     /* granted in CONNACK */
+	uint32_t session_expiry;     /* asked in CONNECT; once granted, the session's (rec.h) */
+	bool expiry_capped;          /* granted another than asked: CONNACK says so */
 	uint16_t receive_max;        /* the client's: QoS 1/2 messages in flight to it */
 	uint16_t server_keep_alive;  /* sent in CONNACK; 0: the client's own */
 	uint16_t n_alias;            /* aliases the client may set (topic_alias_maximum at CONNECT) */

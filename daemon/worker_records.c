@@ -173,6 +173,7 @@ void push_close(struct worker *w, struct conn *c, bool publish_will)
 		.conn = c->id,
 		.publish_will = (uint8_t)(publish_will |
 					  (v && v->end_session ? REC_CLOSE_END_SESSION : 0)),
+		.session_expiry = v ? v->session_expiry : c->clean ? 0 : REC_EXPIRY_NEVER,
 	};
 	uint16_t n = 0;
 

@@ -53,6 +53,11 @@ struct store_connect {
 	uint16_t will_topic_len;
 	const uint8_t *will_payload;
 	uint32_t will_payload_len;
+	/* Format 6; an older store's: expiry as clean says (0, or never), no will delay nor properties. */
+	uint32_t session_expiry;          /* granted (rec.h REC_CONNECT) */
+	uint32_t will_delay, will_expiry;
+	const uint8_t *will_props;
+	uint32_t will_props_len;
 };
 
 /*
@@ -84,6 +89,11 @@ struct store_session {
 	bool pending;                     /* pend: a CONNECT waiting to take it over */
 	struct store_connect pend;
 	struct store_token pend_token;    /* ... and its token's rules */
+	/* Format 6. */
+	uint32_t expiry;                  /* its session expiry interval (rec.h) */
+	bool will_held;                   /* offline, will: the CONNECT whose will waits */
+	uint64_t will_at_ms;              /* ... until then (wall clock, ms since the epoch) */
+	struct store_connect will;
 };
 
 /* What an MQTT 5 message carries beside its payload (rec.h REC_PUB_PROPS, REC_PUB_EXPIRY). */

@@ -155,3 +155,126 @@ def test_properties_of_kept_messages_survive_a_daemon_restart_on_disk(start_brok
     assert (got.payload, got.retain, rest) == (b"retained", True, PROPS) and 0 < left <= 300
     for x in (c, s):
         x.disconnect()
+
+
+# ------------------------------------------------------------ session expiry
+
+def expired(broker, cid):
+    return lambda: any("session expired" in line and f"client_id={cid}" in line
+                       for line in broker.log.splitlines())
+
+
+def test_session_expires_after_its_interval(broker, clients):
+    cid = uid("sx")
+    c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 1)])
+    assert subscribe5(c, [("sx/t", 1)]) == [1]
+    c.send(m.disconnect_v5(0))
+    c.expect_closed()
+    c.close()
+    wait_for(expired(broker, cid), T(5), "the session to expire")
+    again = clients.own(raw5(broker, cid=cid, clean=False, props=KEEP))
+    assert not again.connack.body[0] & 1
+    clients.own(raw(broker)).publish("sx/t", b"nobody", qos=1)
+    again.expect_no_packet(0.3)          # the subscription went with the session
+
+
+def test_session_resumed_within_its_interval_keeps_its_subscriptions(broker, clients):
+    cid = uid("sxk")
+    c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 3)])
+    assert subscribe5(c, [("sxk/t", 1)]) == [1]
+    c.send(m.disconnect_v5(0))
+    c.expect_closed()
+    c.close()
+    again = clients.own(resumed_v5(broker, cid))
+    clients.own(raw(broker)).publish("sxk/t", b"kept", qos=1)
+    assert m.v5(again.recv_publish()).payload == b"kept"
+    assert not expired(broker, cid)()
+
+
+@pytest.mark.broker_config(max_session_expiry_interval=1)
+def test_the_cap_applies_and_connack_says_so(broker, clients):
+    cid = uid("sxc")
+    c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 3600)])
+    assert c.connack.propd[m.P_SESSION_EXPIRY] == 1
+    c.send(m.disconnect_v5(0))
+    c.expect_closed()
+    c.close()
+    wait_for(expired(broker, cid), T(5), "the capped session to expire")
+
+
+def test_disconnect_sets_a_shorter_interval(broker, clients):
+    cid = uid("sxd")
+    c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 3600)])
+    c.send(m.disconnect_v5(0, props=[(m.P_SESSION_EXPIRY, 1)]))
+    c.expect_closed()
+    c.close()
+    wait_for(expired(broker, cid), T(5), "the session to expire at DISCONNECT's interval")
+
+
+# ------------------------------------------------------------ wills
+
+WILL_PROPS = [(m.P_CONTENT_TYPE, b"text/plain"), (m.P_USER_PROPERTY, (b"why", b"gone"))]
+P_WILL_DELAY = 0x18
+
+
+def will_watcher(broker, clients, topic):
+    s = clients.own(raw5(broker, tag="ww"))
+    assert subscribe5(s, [(topic, 1)]) == [1]
+    return s
+
+
+def client_with_will(broker, topic, expiry, delay=0, props=WILL_PROPS, cid=None):
+    wp = list(props) + ([(P_WILL_DELAY, delay)] if delay else [])
+    return raw5(broker, cid=cid or uid("wl"), clean=False,
+                props=[(m.P_SESSION_EXPIRY, expiry)],
+                will=(topic, b"gone", 1, False), will_props=wp)
+
+
+def test_will_carries_its_properties(broker, clients):
+    s = will_watcher(broker, clients, "wp/#")
+    c = client_with_will(broker, "wp/t", 0, props=WILL_PROPS + [(m.P_MESSAGE_EXPIRY, 60)])
+    c.close()                                   # no DISCONNECT: the will goes
+    got = m.v5(s.recv_publish())
+    left, rest = expiry_left(got.props)
+    assert (got.topic, got.payload, rest) == ("wp/t", b"gone", WILL_PROPS)
+    assert left is not None and left <= 60
+
+
+def test_will_delay_holds_the_will_until_it_passes(broker, clients):
+    s = will_watcher(broker, clients, "wd/#")
+    c = client_with_will(broker, "wd/t", 60, delay=2)
+    closed = time.monotonic()
+    c.close()
+    got = m.v5(s.recv_publish(timeout=T(6)))
+    assert time.monotonic() - closed >= 1.8, "the will did not wait for its delay"
+    assert (got.topic, got.payload, got.props) == ("wd/t", b"gone", WILL_PROPS)
+
+
+def test_will_delay_cancelled_by_a_resume_within_it(broker, clients):
+    s = will_watcher(broker, clients, "wr/#")
+    cid = uid("wr")
+    c = client_with_will(broker, "wr/t", 60, delay=2, cid=cid)
+    c.close()
+    clients.own(raw5(broker, cid=cid, clean=False, props=KEEP))
+    wait_for(lambda: "delayed will on 'wr/t' cancelled" in broker.log, T(5),
+             "the resume to cancel the will")
+    s.expect_no_packet(2.5)                     # past the delay: nothing
+
+
+def test_will_goes_when_the_session_ends_before_its_delay(broker, clients):
+    s = will_watcher(broker, clients, "we/#")
+    c = client_with_will(broker, "we/t", 1, delay=30)
+    closed = time.monotonic()
+    c.close()
+    got = m.v5(s.recv_publish(timeout=T(6)))
+    assert got.payload == b"gone" and time.monotonic() - closed < 10
+
+
+def test_held_will_survives_a_router_crash(broker, clients):
+    s = will_watcher(broker, clients, "wc/#")
+    c = client_with_will(broker, "wc/t", 60, delay=2)
+    c.close()
+    wait_for(lambda: "will on 'wc/t' held" in broker.log, T(5), "the will to be held")
+    kill_router(broker)
+    got = m.v5(s.recv_publish(timeout=T(8)))
+    assert (got.topic, got.props) == ("wc/t", WILL_PROPS)

@@ -73,7 +73,8 @@ static struct rec_str pick_topic(struct fuzz_in *in)
 
 static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 {
-	uint8_t flags = take(in), buf[16];
+	static const uint32_t expiries[4] = { 0, 1, 300, REC_EXPIRY_NEVER };
+	uint8_t flags = take(in), v5 = take(in), buf[16];
 	struct rec_connect x = { .remote = { (const uint8_t *)"127.0.0.1:1", 11 } };
 
 	x.conn = pick_conn(in);
@@ -87,6 +88,13 @@ static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 	x.will_payload = take_payload(in, buf, sizeof(buf));
 	if (flags & 0x80)
 		x.user = (struct rec_str){ (const uint8_t *)"alice", 5 };
+	/* The MQTT 5 part: a session expiry, a will delay and expiry, will properties (or junk). */
+	x.session_expiry = expiries[v5 & 3];
+	x.will_delay = v5 >> 2 & 3;
+	x.will_expiry = v5 >> 4 & 1;
+	if (v5 & 0x20)
+		x.will_props = (struct rec_bytes){ (const uint8_t *)(v5 & 0x40 ? "\x02\x01\x01" :
+								     "\x02\x23\x01"), 3 };
 	rec_connect_encode(w, &x);
 	return REC_CONNECT;
 }
@@ -193,6 +201,7 @@ static uint16_t build_close(struct recw *w, struct fuzz_in *in)
 
 	x.conn = pick_conn(in);
 	x.publish_will = take(in) % 3;
+	x.session_expiry = take(in) & 1 ? REC_EXPIRY_NEVER : take(in) % 3;
 	for (uint8_t i = 0; i < n; i++)
 		ids[i] = take(in) % 4;
 	rec_close_encode(w, &x, ids, n);

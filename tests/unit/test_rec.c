@@ -549,12 +549,18 @@ static void test_connect_layout(void **state)
 		0x01, 0x01, 0x00,                               /* will flag, qos, retain */
 		0x01, 0x00, 'w',                                /* will topic */
 		0x03, 0x00, 0x00, 0x00, 'b', 'y', 'e',          /* will payload */
+		0x2c, 0x01, 0x00, 0x00,                         /* session expiry 300 */
+		0x05, 0x00, 0x00, 0x00,                         /* will delay 5 */
+		0x0a, 0x00, 0x00, 0x00,                         /* will expiry 10 */
+		0x02, 0x00, 0x00, 0x00, 0x01, 0x01,             /* will props: payload format 1 */
 	};
 	const struct rec_connect x = {
 		.conn = 0x0102030405060708ull, .clean = 1, .keepalive = 60,
 		.client_id = STR("c1"), .remote = STR("r"), .user = STR("u1"),
 		.will_flag = 1, .will_qos = 1, .will_retain = 0,
 		.will_topic = STR("w"), .will_payload = BYTES("bye"),
+		.session_expiry = 300, .will_delay = 5, .will_expiry = 10,
+		.will_props = BYTES("\x01\x01"),
 	};
 	struct rec_connect d;
 	struct recw w;
@@ -575,6 +581,10 @@ static void test_connect_layout(void **state)
 	assert_int_equal(d.will_retain, 0);
 	assert_str(d.will_topic, "w");
 	assert_bytes(d.will_payload, "bye");
+	assert_int_equal(d.session_expiry, 300);
+	assert_int_equal(d.will_delay, 5);
+	assert_int_equal(d.will_expiry, 10);
+	assert_bytes(d.will_props, "\x01\x01");
 	assert_whole_only(REC_CONNECT, wire, sizeof(wire));
 
 	/* Without a will: empty strings, no pointers. */
@@ -755,12 +765,14 @@ static void test_close_and_connack_carry_ids(void **state)
 	struct recw w;
 
 	recw_init(&w);
-	rec_close_encode(&w, &(struct rec_close){ .conn = 9, .publish_will = 1 }, ids, 3);
+	rec_close_encode(&w, &(struct rec_close){ .conn = 9, .publish_will = 1, .session_expiry = 77 },
+			 ids, 3);
 	assert_false(w.oom);
-	assert_int_equal(w.len, 8 + 1 + 2 + 3 * 2);
+	assert_int_equal(w.len, 8 + 1 + 4 + 2 + 3 * 2);
 	assert_int_equal(rec_close_decode(&c, w.buf, w.len), 0);
 	assert_true(c.conn == 9);
 	assert_int_equal(c.publish_will, 1);
+	assert_int_equal(c.session_expiry, 77);
 	assert_int_equal(c.ids.n, 3);
 	for (int i = 0; i < 3; i++) {
 		assert_true(rec_packet_id_next(&c.ids, &id));
@@ -768,9 +780,9 @@ static void test_close_and_connack_carry_ids(void **state)
 	}
 	assert_false(rec_packet_id_next(&c.ids, &id));
 	assert_whole_only(REC_CLOSE, w.buf, w.len);
-	recw_patch_u16(&w, 9, 4);                       /* the count */
+	recw_patch_u16(&w, 13, 4);                      /* the count */
 	assert_int_equal(rec_close_decode(&c, w.buf, w.len), -1);
-	recw_patch_u16(&w, 9, 2);
+	recw_patch_u16(&w, 13, 2);
 	assert_int_equal(rec_close_decode(&c, w.buf, w.len), -1);
 
 	rec_close_encode(&w, &(struct rec_close){ .conn = 9 }, NULL, 0);

@@ -214,6 +214,7 @@ static void build_connect_as(struct recw *w, conn_id_t conn, bool clean, const c
 		.will_retain = will ? will->retain : 0,
 		.will_topic = str(will ? will->topic : ""),
 		.will_payload = bytes(will ? will->payload : ""),
+		.session_expiry = clean ? 0 : REC_EXPIRY_NEVER,
 	};
 
 	recw_init(w);
@@ -326,7 +327,8 @@ static int send_publish(struct fx *f, unsigned worker, uint8_t qos, bool retain,
 static void build_close(struct recw *w, conn_id_t conn, bool publish_will, uint16_t n,
 			const uint16_t *ids)
 {
-	const struct rec_close x = { .conn = conn, .publish_will = publish_will };
+	const struct rec_close x = { .conn = conn, .publish_will = publish_will,
+				     .session_expiry = REC_EXPIRY_NEVER };
 
 	recw_init(w);
 	rec_close_encode(w, &x, ids, n);

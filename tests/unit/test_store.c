@@ -95,6 +95,11 @@ struct got_session {
 	bool will_flag;
 	uint8_t will_qos, will_retain;
 	char will_topic[64], will_payload[64];
+	uint32_t expiry, cx_expiry, will_delay;
+	char will_props[64];
+	bool will_held;
+	uint64_t will_at;
+	char held_topic[64], held_props[64];
 };
 
 struct got_msg {
@@ -145,6 +150,15 @@ static void got_session(void *arg, const struct store_session *s)
 	copy_str(o->token_rules, sizeof(o->token_rules), s->token.rules, s->token.len);
 	o->last_seen = s->last_seen_ms;
 	o->n_ids = s->n_qos2_ids;
+	o->expiry = s->expiry;
+	o->will_held = s->will_held;
+	if (s->will_held) {
+		o->will_at = s->will_at_ms;
+		copy_str(o->held_topic, sizeof(o->held_topic), s->will.will_topic,
+			 s->will.will_topic_len);
+		copy_str(o->held_props, sizeof(o->held_props), s->will.will_props,
+			 s->will.will_props_len);
+	}
 	if (s->n_qos2_ids)
 		memcpy(o->ids, s->qos2_ids, s->n_qos2_ids * sizeof(uint16_t));
 	if (s->online) {
@@ -156,6 +170,10 @@ static void got_session(void *arg, const struct store_session *s)
 			 s->cx.will_topic_len);
 		copy_str(o->will_payload, sizeof(o->will_payload), s->cx.will_payload,
 			 s->cx.will_payload_len);
+		o->cx_expiry = s->cx.session_expiry;
+		o->will_delay = s->cx.will_delay;
+		copy_str(o->will_props, sizeof(o->will_props), s->cx.will_props,
+			 s->cx.will_props_len);
 	}
 	if (s->pending) {
 		o->pend_conn = s->pend.conn;
@@ -795,6 +813,8 @@ static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
 
 /* What a format 4 value spends on a token with these rules: its flag, then the counted rules. */
 #define TOKEN_BYTES(rules) (1 + 4 + strlen(rules))
+/* What format 6 adds to a session holding no will, with n CONNECTs without will properties. */
+#define FORMAT6_BYTES(n) (4 + 1 + 16 * (n))
 
 /*
  * Sessions "on" (online, with a waiting CONNECT) and "off" as an older
@@ -834,8 +854,8 @@ static void format_2_sessions_read_as_without_user_names(void **state)
 {
 	struct got *g = two_sessions_of_format(*state, 2,
 		2 + strlen(PUT_USER("on")) + 2 + strlen("next") + TOKEN_BYTES(PUT_TOKEN("on")) +
-		TOKEN_BYTES(PEND_TOKEN),
-		2 + strlen(PUT_USER("off")) + TOKEN_BYTES(PUT_TOKEN("off")));
+		TOKEN_BYTES(PEND_TOKEN) + FORMAT6_BYTES(2),
+		2 + strlen(PUT_USER("off")) + TOKEN_BYTES(PUT_TOKEN("off")) + FORMAT6_BYTES(0));
 
 	assert_string_equal(g->s[0].user, "");
 	assert_string_equal(g->s[0].pend_user, "");
@@ -852,8 +872,8 @@ static void format_2_sessions_read_as_without_user_names(void **state)
 static void format_3_sessions_read_as_without_tokens(void **state)
 {
 	struct got *g = two_sessions_of_format(*state, 3,
-		TOKEN_BYTES(PUT_TOKEN("on")) + TOKEN_BYTES(PEND_TOKEN),
-		TOKEN_BYTES(PUT_TOKEN("off")));
+		TOKEN_BYTES(PUT_TOKEN("on")) + TOKEN_BYTES(PEND_TOKEN) + FORMAT6_BYTES(2),
+		TOKEN_BYTES(PUT_TOKEN("off")) + FORMAT6_BYTES(0));
 
 	assert_string_equal(g->s[0].user, PUT_USER("on"));
 	assert_string_equal(g->s[0].pend_user, "next");
@@ -861,6 +881,63 @@ static void format_3_sessions_read_as_without_tokens(void **state)
 	assert_false(g->s[0].pend_token);
 	assert_string_equal(g->s[1].user, PUT_USER("off"));
 	assert_false(g->s[1].token);
+	free(g);
+}
+
+/*
+ * Format 5 sessions (no MQTT 5 part at the end) last as their clean flag
+ * says: a persistent one, and its CONNECTs, for ever; none holds a will.
+ */
+static void format_5_sessions_read_as_lasting_as_their_clean_flag_says(void **state)
+{
+	struct got *g = two_sessions_of_format(*state, 5, FORMAT6_BYTES(2), FORMAT6_BYTES(0));
+
+	assert_string_equal(g->s[0].user, PUT_USER("on"));
+	assert_true(g->s[0].token);
+	assert_int_equal(g->s[0].expiry, REC_EXPIRY_NEVER);
+	assert_int_equal(g->s[0].cx_expiry, REC_EXPIRY_NEVER);
+	assert_int_equal(g->s[1].expiry, REC_EXPIRY_NEVER);
+	assert_false(g->s[1].will_held);
+	free(g);
+}
+
+/* Format 6: a session's interval, its CONNECT's MQTT 5 part, and a will held for its delay. */
+static void session_expiry_and_held_will_round_trip(void **state)
+{
+	struct fx *f = *state;
+	struct store_session s = {
+		.sid = 8, .client_id = "w", .client_id_len = 1, .remote = "r", .expiry = 7,
+		.online = true, .will_held = false,
+	};
+	struct got *g;
+
+	s.cx = (struct store_connect){
+		.conn = 0x0100000100010001ull, .will_flag = true, .remote = "r",
+		.will_topic = "t", .will_topic_len = 1, .session_expiry = 7, .will_delay = 3,
+		.will_props = (const uint8_t *)V5_PROPS, .will_props_len = 6,
+	};
+	open_ok(f);
+	store_session_put(f->st, &s);
+	s.sid = 9;
+	s.online = false;
+	s.will_held = true;
+	s.will_at_ms = 1700000000999ull;
+	s.will = s.cx;
+	s.will.will_topic = "held";
+	s.will.will_topic_len = 4;
+	store_session_put(f->st, &s);
+	assert_int_equal(store_commit(f->st), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 2);
+	assert_int_equal(g->s[0].expiry, 7);
+	assert_int_equal(g->s[0].cx_expiry, 7);
+	assert_int_equal(g->s[0].will_delay, 3);
+	assert_memory_equal(g->s[0].will_props, V5_PROPS, 6);
+	assert_false(g->s[0].will_held);
+	assert_true(g->s[1].will_held);
+	assert_true(g->s[1].will_at == 1700000000999ull);
+	assert_string_equal(g->s[1].held_topic, "held");
+	assert_memory_equal(g->s[1].held_props, V5_PROPS, 6);
 	free(g);
 }
 
@@ -892,8 +969,8 @@ static void tokens_without_rules_and_orphans_keep_their_mark(void **state)
 	assert_string_equal(g->s[1].token_rules, PUT_TOKEN("kept"));
 	free(g);
 	store_close(&f->st);
-	/* Session 5's value ends with its token: the flag, then a u32 0 (no rules). */
-	change_session_value(f, 5, 0, 5, 2);
+	/* Session 5's value ends with its token (the flag, then a u32 0: no rules), then format 6's. */
+	change_session_value(f, 5, 0, 5 + FORMAT6_BYTES(0), 2);
 	open_ok(f);
 	g = read_all(f->st);
 	assert_int_equal(g->ns, 1);
@@ -1214,6 +1291,8 @@ int main(void)
 		T(format_5_messages_read_as_without_properties),
 		T(format_2_sessions_read_as_without_user_names),
 		T(format_3_sessions_read_as_without_tokens),
+		T(format_5_sessions_read_as_lasting_as_their_clean_flag_says),
+		T(session_expiry_and_held_will_round_trip),
 		T(tokens_without_rules_and_orphans_keep_their_mark),
 		T(copies_keep_their_mark_and_go_one_by_one),
 		T(a_file_that_is_not_lmdb_is_refused),
