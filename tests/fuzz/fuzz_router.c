@@ -93,8 +93,7 @@ static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 	x.will_delay = v5 >> 2 & 3;
 	x.will_expiry = v5 >> 4 & 1;
 	if (v5 & 0x20)
-		x.will_props = (struct rec_bytes){ (const uint8_t *)(v5 & 0x40 ? "\x02\x01\x01" :
-								     "\x02\x23\x01"), 3 };
+		take_msg_v5(in, &x.will_props, &(uint64_t){ 0 });
 	rec_connect_encode(w, &x);
 	return REC_CONNECT;
 }
@@ -164,6 +163,7 @@ static uint16_t build_session_msg(struct recw *w, struct fuzz_in *in)
 	x.retain = take(in) % 2;
 	x.topic = pick_topic(in);
 	x.payload = take_payload(in, buf, sizeof(buf));
+	take_msg_v5(in, &x.props, &x.expires_at);
 	rec_session_msg_encode(w, &x);
 	return REC_SESSION_MSG;
 }
