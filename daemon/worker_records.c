@@ -265,13 +265,24 @@ static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 	act_on_verdict(w, c, v, sent, qos, copy);
 }
 
-/* Move queued messages into the window as acknowledgements free it. */
+/*
+ * Move queued messages into the window as acknowledgements free it; one
+ * whose message expiry passed while it waited goes instead, as done.
+ */
 void pending_pump(struct worker *w, struct conn *c)
 {
+	uint64_t now = c->qos->n_pending ? wall_clock_ms() : 0, copy;
 	struct inflight *f;
 
-	while ((f = qos_pump(c->qos, &c->next_pid, w->cfg, conn_window(w, c))) != NULL)
+	for (;;) {
+		if (qos_drop_expired(c->qos, now, &copy)) {
+			report_state(w, c, copy, 0, MSG_DONE);
+			continue;
+		}
+		if ((f = qos_pump(c->qos, &c->next_pid, w->cfg, conn_window(w, c))) == NULL)
+			break;
 		send_inflight(w, c, f, false);
+	}
 	if (c->qos->n_pending == 0)
 		c->drop_logged = false;
 	qos_trim(&c->qos);
