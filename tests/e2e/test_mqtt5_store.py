@@ -21,14 +21,20 @@ PROPS = [(m.P_CONTENT_TYPE, b"text/plain"), (m.P_USER_PROPERTY, (b"k", b"v1")),
 KEEP = [(m.P_SESSION_EXPIRY, 300)]     # a session that outlives its connection
 
 
-def offline_v5(broker, cid, filters):
-    """An MQTT 5 persistent session for cid subscribed to filters (filter,
-    options), left offline by a normal DISCONNECT."""
-    c = raw5(broker, cid=cid, clean=False, props=KEEP)
-    assert subscribe5(c, filters) == [o & 3 for _, o in filters]
-    c.send(m.disconnect_v5(0))
+def leave(c, props=()):
+    """A normal DISCONNECT (with props), and the connection closed."""
+    c.send(m.disconnect_v5(0, props=props))
     c.expect_closed()
     c.close()
+
+
+def offline_v5(broker, cid, filters, expiry=300):
+    """An MQTT 5 session for cid with that session expiry interval,
+    subscribed to filters (filter, options), left offline by a normal
+    DISCONNECT."""
+    c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, expiry)])
+    assert subscribe5(c, filters) == [o & 3 for _, o in filters]
+    leave(c)
 
 
 def resumed_v5(broker, cid):
@@ -166,11 +172,7 @@ def expired(broker, cid):
 
 def test_session_expires_after_its_interval(broker, clients):
     cid = uid("sx")
-    c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 1)])
-    assert subscribe5(c, [("sx/t", 1)]) == [1]
-    c.send(m.disconnect_v5(0))
-    c.expect_closed()
-    c.close()
+    offline_v5(broker, cid, [("sx/t", 1)], expiry=1)
     wait_for(expired(broker, cid), T(5), "the session to expire")
     again = clients.own(raw5(broker, cid=cid, clean=False, props=KEEP))
     assert not again.connack.body[0] & 1
@@ -180,11 +182,7 @@ def test_session_expires_after_its_interval(broker, clients):
 
 def test_session_resumed_within_its_interval_keeps_its_subscriptions(broker, clients):
     cid = uid("sxk")
-    c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 3)])
-    assert subscribe5(c, [("sxk/t", 1)]) == [1]
-    c.send(m.disconnect_v5(0))
-    c.expect_closed()
-    c.close()
+    offline_v5(broker, cid, [("sxk/t", 1)], expiry=3)
     again = clients.own(resumed_v5(broker, cid))
     clients.own(raw(broker)).publish("sxk/t", b"kept", qos=1)
     assert m.v5(again.recv_publish()).payload == b"kept"
@@ -196,18 +194,14 @@ def test_the_cap_applies_and_connack_says_so(broker, clients):
     cid = uid("sxc")
     c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 3600)])
     assert c.connack.propd[m.P_SESSION_EXPIRY] == 1
-    c.send(m.disconnect_v5(0))
-    c.expect_closed()
-    c.close()
+    leave(c)
     wait_for(expired(broker, cid), T(5), "the capped session to expire")
 
 
 def test_disconnect_sets_a_shorter_interval(broker, clients):
     cid = uid("sxd")
     c = raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 3600)])
-    c.send(m.disconnect_v5(0, props=[(m.P_SESSION_EXPIRY, 1)]))
-    c.expect_closed()
-    c.close()
+    leave(c, props=[(m.P_SESSION_EXPIRY, 1)])
     wait_for(expired(broker, cid), T(5), "the session to expire at DISCONNECT's interval")
 
 
