@@ -60,6 +60,7 @@ const struct key config_keys[] = {
 	KEY_INT(max_connect_rate_per_address, 0, 1000000),
 	KEY_INT(placement_slack, 0, 1000000),
 	KEY_INT(session_timeout_secs, 0, INT_MAX),
+	KEY_INT(max_session_expiry_interval, 0, UINT32_MAX),
 	KEY_INT(keep_alive_timeout_secs, 0, 65535),
 	KEY_INT(max_keepalive, 0, 65535),
 	KEY_INT(connect_timeout, 1, 3600),

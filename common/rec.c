@@ -306,7 +306,8 @@ bool rec_packet_id_next(struct rec_iter *it, uint16_t *packet_id)
 #define CONNECT_FIELDS(F)                                                       \
 	F(u64, conn) F(u8, clean) F(u16, keepalive) F(str, client_id) F(str, remote) \
 	F(str, user) F(u8, will_flag) F(u8, will_qos) F(u8, will_retain)        \
-	F(str, will_topic) F(bytes, will_payload)
+	F(str, will_topic) F(bytes, will_payload) F(u32, session_expiry) F(u32, will_delay) \
+	F(u32, will_expiry) F(bytes, will_props)
 REC_DECODER(connect, CONNECT_FIELDS)
 REC_ENCODER(connect, CONNECT_FIELDS)
 
@@ -364,7 +365,8 @@ void rec_publish_encode(struct recw *w, const struct rec_publish *x)
 
 #define SESSION_MSG_FIELDS(F)                                                   \
 	F(u64, conn) F(u32, sid) F(u64, copy) F(u16, packet_id) F(u8, state)   \
-	F(u8, qos) F(u8, retain) F(str, topic) F(bytes, payload)
+	F(u8, qos) F(u8, retain) F(str, topic) F(bytes, payload) F(bytes, props) \
+	F(u64, expires_at)
 REC_DECODER(session_msg, SESSION_MSG_FIELDS)
 REC_ENCODER(session_msg, SESSION_MSG_FIELDS)
 
@@ -376,7 +378,7 @@ REC_ENCODER(msg_state, MSG_STATE_FIELDS)
 REC_DECODER(qos2_in, QOS2_IN_FIELDS)
 REC_ENCODER(qos2_in, QOS2_IN_FIELDS)
 
-#define CLOSE_FIELDS(F) F(u64, conn) F(u8, publish_will) F(ids16, ids)
+#define CLOSE_FIELDS(F) F(u64, conn) F(u8, publish_will) F(u32, session_expiry) F(ids16, ids)
 REC_DECODER(close, CLOSE_FIELDS)
 REC_ENCODER_IDS(close, CLOSE_FIELDS)
 

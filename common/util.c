@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ipc.h"
@@ -45,6 +46,14 @@ void eventfd_drain(int efd)
 			return;
 		fatal("eventfd %d: read: %m", efd);
 	}
+}
+
+uint64_t wall_clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 int epoll_watch(int epfd, int fd, uint32_t events, void *ptr)

@@ -234,6 +234,23 @@ struct inflight *qos_pump(struct conn_qos *q, uint16_t *next_pid, const struct i
 	return inflight_add(q, p.msg, p.qos, pid_alloc(q, next_pid), p.copy);
 }
 
+bool qos_drop_expired(struct conn_qos *q, uint64_t now, uint64_t *copy)
+{
+	struct pending p;
+
+	if (q->n_pending == 0)
+		return false;
+	p = *qos_pending_at(q, 0);
+	if (p.msg->expires_at == 0 || p.msg->expires_at > now)
+		return false;
+	q->pend_first = (q->pend_first + 1) & (q->cap_pending - 1);
+	q->n_pending--;
+	q->pending_bytes -= qmsg_bytes(p.msg);
+	*copy = p.copy;
+	qmsg_unref(p.msg);
+	return true;
+}
+
 /* --- deliveries ---------------------------------------------------------- */
 
 /*

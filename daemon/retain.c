@@ -34,9 +34,11 @@
 
 struct retain_msg {
 	size_t topic_len, payload_len;
+	uint32_t props_len;
 	uint64_t seq;                /* rs->seq when stored: newer than a cursor, skipped by it */
+	uint64_t expires_at;         /* ms since the epoch; 0: never */
 	uint8_t qos;
-	char data[];                 /* topic, then payload */
+	char data[];                 /* topic, then payload, then properties */
 };
 
 struct retain_node {
@@ -53,32 +55,76 @@ struct retain_store {
 	struct retain_node *root;    /* stands for "before the first level" */
 	size_t count, bytes;
 	size_t max_count, max_bytes;
+	size_t n_expiring;           /* messages with an expiry: retain_expire() has work */
+	struct retain_node *sweep;   /* where retain_expire() goes on (pinned); NULL: the root */
 	uint64_t seq;                /* bumped by every message stored */
 };
 
 static size_t retain_msg_size(const struct retain_msg *m)
 {
-	return m->topic_len + m->payload_len;
+	return m->topic_len + m->payload_len + m->props_len;
 }
 
-static struct retain_msg *retain_msg_new(const char *topic, size_t topic_len,
-					 const uint8_t *payload, size_t payload_len,
-					 uint8_t qos)
+/* Its size: topic, payload and properties; SIZE_MAX when that does not fit. */
+static size_t retained_size(const struct retained *in)
+{
+	if (in->topic_len > SIZE_MAX - in->payload_len ||
+	    in->props_len > SIZE_MAX - in->topic_len - in->payload_len)
+		return SIZE_MAX;
+	return in->topic_len + in->payload_len + in->props_len;
+}
+
+static struct retain_msg *retain_msg_new(const struct retained *in)
 {
 	struct retain_msg *m;
-	size_t size = topic_len + payload_len; /* overflow ruled out by retain_put */
+	size_t size = retained_size(in);
 
 	if (size > SIZE_MAX - sizeof(*m))
 		return NULL;
 	m = malloc(sizeof(*m) + size);
 	if (!m)
 		return NULL;
-	m->topic_len = topic_len;
-	m->payload_len = payload_len;
-	m->qos = qos;
-	memcpy(m->data, topic, topic_len);
-	memcpy(m->data + topic_len, payload, payload_len);
+	m->topic_len = in->topic_len;
+	m->payload_len = in->payload_len;
+	m->props_len = in->props_len;
+	m->expires_at = in->expires_at;
+	m->qos = in->qos;
+	memcpy(m->data, in->topic, in->topic_len);
+	memcpy(m->data + in->topic_len, in->payload, in->payload_len);
+	if (in->props_len)
+		memcpy(m->data + in->topic_len + in->payload_len, in->props, in->props_len);
 	return m;
+}
+
+/* What a walk reports of m. */
+static struct retained retain_msg_view(const struct retain_msg *m)
+{
+	return (struct retained){
+		.topic = m->data, .topic_len = m->topic_len,
+		.payload = (const uint8_t *)m->data + m->topic_len, .payload_len = m->payload_len,
+		.props = (const uint8_t *)m->data + m->topic_len + m->payload_len,
+		.props_len = m->props_len, .expires_at = m->expires_at, .qos = m->qos,
+	};
+}
+
+/* n's message goes (replaced, cleared or expired); the counts follow. */
+static void retain_msg_drop(struct retain_store *rs, struct retain_node *n)
+{
+	rs->count--;
+	rs->bytes -= retain_msg_size(n->msg);
+	rs->n_expiring -= n->msg->expires_at != 0;
+	free(n->msg);
+	n->msg = NULL;
+}
+
+/* m becomes n's message, counted; the caller dropped any earlier one. */
+static void retain_msg_set(struct retain_store *rs, struct retain_node *n, struct retain_msg *m)
+{
+	n->msg = m;
+	m->seq = ++rs->seq;
+	rs->count++;
+	rs->bytes += retain_msg_size(m);
+	rs->n_expiring += m->expires_at != 0;
 }
 
 static struct retain_node *retain_node_new(struct retain_node *parent, const char *level,
@@ -238,69 +284,108 @@ static int retain_clear(struct retain_store *rs, const char *topic, size_t len)
 
 	if (off <= len || !n->msg)
 		return RETAIN_CLEARED;
-	rs->count--;
-	rs->bytes -= retain_msg_size(n->msg);
-	free(n->msg);
-	n->msg = NULL;
+	retain_msg_drop(rs, n);
 	retain_prune(rs, n);
 	return RETAIN_CLEARED;
 }
 
-static int retain_replace(struct retain_store *rs, struct retain_node *n, const char *topic,
-			  size_t topic_len, const uint8_t *payload, size_t payload_len,
-			  uint8_t qos)
+static int retain_replace(struct retain_store *rs, struct retain_node *n,
+			  const struct retained *in, size_t need)
 {
 	size_t others = rs->bytes - retain_msg_size(n->msg);
-	size_t need = topic_len + payload_len;
 	struct retain_msg *m;
 
 	/* Not growing is always allowed: a lowered budget must not freeze a stale value. */
 	if (need > retain_msg_size(n->msg) && retain_over_budget(rs, others, need))
 		return RETAIN_FULL;
-	m = retain_msg_new(topic, topic_len, payload, payload_len, qos);
+	m = retain_msg_new(in);
 	if (!m)
 		return RETAIN_NOMEM;
-	free(n->msg);
-	n->msg = m;
-	m->seq = ++rs->seq;
-	rs->bytes = others + need;
+	retain_msg_drop(rs, n);
+	retain_msg_set(rs, n, m);
 	return RETAIN_STORED;
 }
 
 /* The topic must have passed topic_name_valid; NULL arguments store nothing. */
-int retain_put(struct retain_store *rs, const char *topic, size_t topic_len,
-	       const uint8_t *payload, size_t payload_len, uint8_t qos)
+int retain_put_msg(struct retain_store *rs, const struct retained *in)
 {
 	struct retain_node *n;
 	struct retain_msg *m;
 	size_t off, need;
 
-	if (!rs || !topic || (payload_len && !payload))
+	if (!rs || !in->topic || (in->payload_len && !in->payload) ||
+	    (in->props_len && !in->props))
 		return RETAIN_NOMEM;
-	if (payload_len == 0)
-		return retain_clear(rs, topic, topic_len);
-	if (topic_len > SIZE_MAX - payload_len)
+	if (in->payload_len == 0)
+		return retain_clear(rs, in->topic, in->topic_len);
+	need = retained_size(in);
+	if (need == SIZE_MAX)
 		return RETAIN_NOMEM;
-	need = topic_len + payload_len;
-	n = retain_descend(rs, topic, topic_len, &off);
-	if (off > topic_len && n->msg)
-		return retain_replace(rs, n, topic, topic_len, payload, payload_len, qos);
+	n = retain_descend(rs, in->topic, in->topic_len, &off);
+	if (off > in->topic_len && n->msg)
+		return retain_replace(rs, n, in, need);
 	if ((rs->max_count && rs->count >= rs->max_count) || retain_over_budget(rs, rs->bytes, need))
 		return RETAIN_FULL;
-	m = retain_msg_new(topic, topic_len, payload, payload_len, qos);
+	m = retain_msg_new(in);
 	if (!m)
 		return RETAIN_NOMEM;
-	n = retain_build(rs, n, topic, topic_len, off);
+	n = retain_build(rs, n, in->topic, in->topic_len, off);
 	if (!n)
 		goto fail;
-	n->msg = m;
-	m->seq = ++rs->seq;
-	rs->count++;
-	rs->bytes += need;
+	retain_msg_set(rs, n, m);
 	return RETAIN_STORED;
 fail:
 	free(m);
 	return RETAIN_NOMEM;
+}
+
+int retain_put(struct retain_store *rs, const char *topic, size_t topic_len,
+	       const uint8_t *payload, size_t payload_len, uint8_t qos)
+{
+	const struct retained in = { .topic = topic, .topic_len = topic_len, .payload = payload,
+				     .payload_len = payload_len, .qos = qos };
+
+	return retain_put_msg(rs, &in);
+}
+
+/* The node after n in a pre-order walk of the whole tree ('$' topics too); NULL after the last. */
+static struct retain_node *retain_preorder_next(const struct retain_node *root,
+					       struct retain_node *n)
+{
+	if (n->children)
+		return n->children;
+	while (n != root && !n->hh.next)
+		n = n->parent;
+	return n == root ? NULL : n->hh.next;
+}
+
+size_t retain_expire(struct retain_store *rs, uint64_t now, size_t steps, retain_cb cb,
+		     void *arg)
+{
+	struct retain_node *n, *next;
+	size_t gone = 0;
+
+	if (!rs || !rs->n_expiring)
+		return 0;
+	n = rs->sweep ? rs->sweep : rs->root;
+	if (rs->sweep)
+		rs->sweep->pins--;
+	for (; n && steps > 0; steps--, n = next) {
+		if (n->msg && n->msg->expires_at && n->msg->expires_at <= now) {
+			struct retained view = retain_msg_view(n->msg);
+
+			cb(&view, arg);
+			retain_msg_drop(rs, n);
+			gone++;
+		}
+		next = retain_preorder_next(rs->root, n);
+		/* Its next is a child (then n stays) or not below n: pruning n spares it. */
+		retain_prune(rs, n);
+	}
+	rs->sweep = n;
+	if (n)
+		n->pins++;
+	return gone;
 }
 
 size_t retain_count(const struct retain_store *rs)
@@ -349,11 +434,12 @@ static bool retain_report(const struct retain_cursor *c, const struct retain_nod
 			  retain_cursor_cb cb, void *arg)
 {
 	const struct retain_msg *m = n->msg;
+	struct retained view;
 
 	if (!m || m->seq > c->since)
 		return true;
-	return cb(m->data, m->topic_len, (const uint8_t *)m->data + m->topic_len, m->payload_len,
-		  m->qos, arg);
+	view = retain_msg_view(m);
+	return cb(&view, arg);
 }
 
 /* ENTER: match the filter level at off against the children of n. */
@@ -508,12 +594,11 @@ struct retain_match_ctx {
 	void *arg;
 };
 
-static bool retain_match_cb(const char *topic, size_t topic_len, const uint8_t *payload,
-			    size_t payload_len, uint8_t qos, void *arg)
+static bool retain_match_cb(const struct retained *m, void *arg)
 {
 	const struct retain_match_ctx *ctx = arg;
 
-	ctx->cb(topic, topic_len, payload, payload_len, qos, ctx->arg);
+	ctx->cb(m, ctx->arg);
 	return true;
 }
 

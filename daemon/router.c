@@ -103,6 +103,7 @@ void router_tick(struct router *r, uint64_t now_ms)
 	router_resync_due(r);
 	router_sessions_expire(r);
 	router_grants_expire(r);
+	router_retained_expire(r);
 }
 
 void router_set_room(struct router *r, router_room_fn room)

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "rec.h"
 #include "retain.h"
+#include "role.h"
 #include "router.h"
 
 #define ROUTER_REMOTE_LEN 64          /* as struct ipc_client: enough for "[v6]:port" */
@@ -49,6 +50,10 @@ struct session_connect {
 	conn_id_t conn;
 	uint32_t will_payload_len;
 	uint32_t token_rules_len;    /* 0 with token: the rules are lost, it may do nothing */
+	uint32_t session_expiry;     /* granted (rec.h): 0 the session ends with the connection */
+	uint32_t will_delay;         /* seconds the will waits after the connection closed */
+	uint32_t will_expiry;        /* the will's message expiry interval, seconds; 0: none */
+	uint32_t will_props_len;     /* its MQTT 5 properties (rec.h REC_PUB_PROPS) */
 	uint16_t keepalive;
 	uint16_t client_id_len, will_topic_len;
 	uint16_t user_len;           /* 0: no user name */
@@ -57,7 +62,10 @@ struct session_connect {
 	bool will_flag;
 	bool token;                  /* its user came with a token's rules (its grant said so) */
 	uint8_t will_qos, will_retain;
-	/* client id, remote, user, will topic (each NUL-terminated), will payload, token's rules */
+	/*
+	 * client id, remote, user, will topic (each NUL-terminated), will
+	 * payload, will properties, token's rules
+	 */
 	char data[];
 };
 
@@ -88,9 +96,14 @@ static inline const uint8_t *cx_will_payload(const struct session_connect *c)
 	return (const uint8_t *)cx_will_topic(c) + c->will_topic_len + 1;
 }
 
-static inline const uint8_t *cx_token_rules(const struct session_connect *c)
+static inline const uint8_t *cx_will_props(const struct session_connect *c)
 {
 	return cx_will_payload(c) + c->will_payload_len;
+}
+
+static inline const uint8_t *cx_token_rules(const struct session_connect *c)
+{
+	return cx_will_props(c) + c->will_props_len;
 }
 
 struct router_cursor;
@@ -107,16 +120,29 @@ struct session_sub {
 };
 
 /*
- * The topic and payload of a message held in session queues: one publish
- * queued for many sessions is held once, shared by every entry that
- * holds it (refs), and freed with the last one.
+ * The topic, payload and MQTT 5 properties of a message held in session
+ * queues: one publish queued for many sessions is held once, shared by
+ * every entry that holds it (refs), and freed with the last one.
  */
 struct msg_body {
 	uint32_t refs;               /* session_msg entries holding it */
 	uint32_t payload_len;
+	uint32_t props_len;          /* its property block (rec.h REC_PUB_PROPS); 0: none */
 	uint16_t topic_len;
-	uint8_t data[];              /* topic, then payload */
+	uint64_t expires_at;         /* its message expiry, ms since the epoch; 0: never */
+	uint8_t data[];              /* topic, then payload, then props */
 };
+
+static inline const uint8_t *msg_body_props(const struct msg_body *b)
+{
+	return b->data + b->topic_len + b->payload_len;
+}
+
+/* Has the message's expiry passed at wall-clock time now (ms since the epoch)? */
+static inline bool msg_expired(uint64_t expires_at, uint64_t now)
+{
+	return expires_at != 0 && expires_at <= now;
+}
 
 /* One message in one session's queue; what differs per session, and its shared body. */
 struct session_msg {
@@ -143,6 +169,7 @@ struct session {
 	bool subs_warned;            /* max_subscriptions_per_session reached: logged */
 	bool token;                  /* its user came with a token's rules: they, or nothing, hold */
 	uint8_t granted;             /* with stamp: the QoS this publish goes out at, | SESSION_RAP */
+	uint32_t expiry;             /* seconds it outlives its connection (rec.h); 0: clean */
 	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
 	uint32_t q_at_worker;        /* copies of what the connection holds */
@@ -170,6 +197,9 @@ struct session {
 
 	/* A CONNECT that takes this session over once its conn has closed. */
 	struct session_connect *pending;
+	/* Offline: the CONNECT whose will waits for its delay (will_at_ms, wall clock); NULL: none. */
+	struct session_connect *will;
+	uint64_t will_at_ms;
 
 	uint64_t last_seen_ms;
 	struct session *off_prev, *off_next; /* offline persistent sessions, oldest first */
@@ -313,6 +343,7 @@ struct router {
 	struct router_waiting *waiting;   /* by the waiting CONNECT's conn */
 	struct router_kicked *kicked;
 	struct session *off_head, *off_tail;
+	struct session *off_sweep;   /* where the check of intervals and wills goes on */
 	uint32_t next_sid;
 	bool warned_sessions_full;   /* max_sessions reached: logged once until a session fits again */
 
@@ -368,7 +399,7 @@ struct router_msg {
 	uint16_t topic_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
-	/* An MQTT 5 message's properties and expiry (rec.h, REC_PUB_*): live deliveries only, so far. */
+	/* An MQTT 5 message's properties and expiry (rec.h, REC_PUB_*), kept wherever it is kept. */
 	const uint8_t *props;
 	uint32_t props_len;
 	uint64_t expires_at;         /* ms since the epoch; 0: never */
@@ -494,6 +525,7 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 		  const struct rec_iter *ids);
 size_t router_close_worker(struct router *r, unsigned worker, uint32_t new_epoch);
 void router_sessions_expire(struct router *r);
+uint32_t router_expiry_cap(const struct router *r, uint32_t expiry);
 void router_sessions_free(struct router *r);
 
 /* ---- router_queue.c: queued messages, copies, the held-bytes budget ---- */
@@ -513,6 +545,7 @@ void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t pa
 		     uint8_t state, const struct router_msg *m, struct msg_body **body);
 void session_enqueue_one(struct router *r, struct session *s, bool owed,
 			 uint16_t packet_id, uint8_t state, const struct router_msg *m);
+void session_msg_view(const struct session_msg *q, struct router_msg *m);
 void session_queue_send(struct router *r, struct session *s);
 uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_id,
 			  uint8_t state, const struct router_msg *m, struct msg_body **body,
@@ -535,6 +568,7 @@ bool router_unsubscribe_one(struct router *r, struct session *s, const char *fil
 			    uint16_t len);
 void session_unsubscribe_all(struct router *r, struct session *s);
 void router_cursor_start(struct router *r, struct session *s, struct session_sub *sub);
+void router_retained_expire(struct router *r);
 void session_cursors_drop(struct router *r, struct session *s);
 struct router_match router_publish(struct router *r, const struct router_msg *m);
 void router_answer_route(struct router *r, unsigned worker, uint64_t ask,

@@ -51,6 +51,10 @@ static struct session_connect *session_connect_load(const struct store_session *
 		.will_retain = c->will_retain,
 		.will_topic = { (const uint8_t *)c->will_topic, c->will_topic_len },
 		.will_payload = { c->will_payload, c->will_payload_len },
+		.session_expiry = c->session_expiry,
+		.will_delay = c->will_delay,
+		.will_expiry = c->will_expiry,
+		.will_props = { c->will_props, c->will_props_len },
 	};
 
 	return session_connect_new(&f, &tok);
@@ -86,6 +90,7 @@ static struct session *session_load_new(const struct store_session *ss)
 		return NULL;
 	s->sid = ss->sid;
 	s->clean = ss->clean;
+	s->expiry = ss->clean ? 0 : ss->expiry;
 	s->last_seen_ms = ss->last_seen_ms;
 	if (!ss->online && !(s->remote_off = strdup(ss->remote)))
 		goto fail;
@@ -106,6 +111,11 @@ static struct session *session_load_new(const struct store_session *ss)
 		goto fail;
 	if (ss->pending && !(s->pending = session_connect_load(ss, &ss->pend, &ss->pend_token)))
 		goto fail;
+	if (ss->will_held && !ss->online) {
+		if (!(s->will = session_connect_load(ss, &ss->will, &(struct store_token){ 0 })))
+			goto fail;
+		s->will_at_ms = ss->will_at_ms;
+	}
 	return s;
 fail:
 	session_dealloc(s);
@@ -233,8 +243,10 @@ static bool msg_body_has(const void *item, const void *key)
 	const struct router_msg *m = key;
 
 	return b->topic_len == m->topic_len && b->payload_len == m->payload_len &&
+	       b->props_len == m->props_len && b->expires_at == m->expires_at &&
 	       memcmp(b->data, m->topic, m->topic_len) == 0 &&
-	       (!m->payload_len || memcmp(b->data + m->topic_len, m->payload, m->payload_len) == 0);
+	       (!m->payload_len || memcmp(b->data + m->topic_len, m->payload, m->payload_len) == 0) &&
+	       (!m->props_len || memcmp(msg_body_props(b), m->props, m->props_len) == 0);
 }
 
 static uint32_t msg_body_hash(const struct router_msg *m)
@@ -266,7 +278,8 @@ static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const st
 	struct session *s = router_find_sid(r, sid);
 	struct router_msg rm = { .qos = m->qos, .retain = m->retain, .topic = m->topic,
 				 .topic_len = m->topic_len, .payload = m->payload,
-				 .payload_len = m->payload_len };
+				 .payload_len = m->payload_len, .props = m->v5.props,
+				 .props_len = m->v5.props_len, .expires_at = m->v5.expires_at };
 	struct msg_body *body;
 	struct session_msg *q;
 
@@ -296,11 +309,17 @@ static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const st
 }
 
 static void router_load_retained(void *arg, const char *topic, uint16_t len, uint8_t qos,
-				 const uint8_t *payload, uint32_t payload_len)
+				 const uint8_t *payload, uint32_t payload_len,
+				 const struct store_v5 *v5)
 {
 	struct router_load *ld = arg;
-	int rc = qos > 2 ? RETAIN_CLEARED :
-		 retain_put(ld->r->retained, topic, len, payload, payload_len, qos);
+	const struct retained in = {
+		.topic = topic, .topic_len = len, .payload = payload, .payload_len = payload_len,
+		.props = v5->props, .props_len = v5->props_len, .expires_at = v5->expires_at,
+		.qos = qos,
+	};
+	/* One whose expiry passed while no router ran goes with the first sweep. */
+	int rc = qos > 2 ? RETAIN_CLEARED : retain_put_msg(ld->r->retained, &in);
 
 	if (rc == RETAIN_STORED)
 		ld->retained++;
@@ -415,15 +434,14 @@ struct router_resync_ctx {
 	bool found;
 };
 
-static void router_resync_retained_cb(const char *topic, size_t topic_len,
-				      const uint8_t *payload, size_t payload_len, uint8_t qos,
-				      void *arg)
+static void router_resync_retained_cb(const struct retained *m, void *arg)
 {
 	struct router_resync_ctx *ctx = arg;
 
 	ctx->found = true;
-	store_retained_put(ctx->r->st, topic, (uint16_t)topic_len, qos, payload,
-			   (uint32_t)payload_len);
+	store_retained_put(ctx->r->st, m->topic, (uint16_t)m->topic_len, m->qos, m->payload,
+			   (uint32_t)m->payload_len,
+			   &(struct store_v5){ m->props, m->props_len, m->expires_at });
 }
 
 static void router_resync_session(struct router *r, struct session *s)

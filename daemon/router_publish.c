@@ -32,6 +32,8 @@
 #define ROUTER_RETAINED_STEPS 4096
 #define ROUTER_RETAINED_BYTES (2u << 20)
 #define ROUTER_RETAINED_SLICE 256
+/* Nodes of the retained tree the 1 s sweep for expired messages visits per tick. */
+#define ROUTER_RETAINED_SWEEP 16384
 
 static void router_cursor_drop(struct router *r, struct session_sub *sub);
 
@@ -184,15 +186,20 @@ static void router_persist_retained(struct router *r, const struct router_msg *m
 	router_touch_retained(r, m->topic, m->topic_len);
 	if (rc == RETAIN_STORED)
 		store_retained_put(r->st, m->topic, m->topic_len, m->qos, m->payload,
-				   m->payload_len);
+				   m->payload_len,
+				   &(struct store_v5){ m->props, m->props_len, m->expires_at });
 	else
 		store_retained_del(r->st, m->topic, m->topic_len);
 }
 
 static void router_retain(struct router *r, const struct router_msg *m)
 {
-	int rc = retain_put(r->retained, m->topic, m->topic_len, m->payload, m->payload_len,
-			    m->qos);
+	const struct retained in = {
+		.topic = m->topic, .topic_len = m->topic_len, .payload = m->payload,
+		.payload_len = m->payload_len, .props = m->props, .props_len = m->props_len,
+		.expires_at = m->expires_at, .qos = m->qos,
+	};
+	int rc = retain_put_msg(r->retained, &in);
 
 	router_persist_retained(r, m, rc);
 	switch (rc) {
@@ -362,10 +369,11 @@ static void router_deliver_one(struct router *r, const struct rec_deliver *head,
 			       const struct router_sub_ids *ids, const struct router_msg *m,
 			       struct msg_body **body, bool shared)
 {
-	/* Live deliveries only carry MQTT 5 properties and expiry, so far. */
-	const struct router_msg qm = { .qos = qos, .topic = m->topic, .topic_len = m->topic_len,
-				       .payload = m->payload, .payload_len = m->payload_len,
-				       .from = m->from };
+	/* What this session keeps of it: its QoS and retain flag, the rest as published. */
+	struct router_msg qm = *m;
+
+	qm.qos = qos;
+	qm.retain = retain;
 
 	if (s->online && !s->pending)
 		router_deliver_add(r, head, s, qos, retain,
@@ -632,29 +640,37 @@ struct router_retained_send {
 	struct router_cursor *c;
 	unsigned worker;
 	size_t bytes;                /* left in this turn's budget for the worker */
+	uint64_t now;                /* wall clock: retained messages past their expiry are not sent */
 };
 
-/* One retained message to the cursor's subscriber; false: the turn's budget or the ring is full. */
-static bool router_retained_cb(const char *topic, size_t topic_len, const uint8_t *payload,
-			       size_t payload_len, uint8_t qos, void *arg)
+/*
+ * One retained message to the cursor's subscriber, unless its expiry
+ * passed (the sweep removes it soon); false: the turn's budget or the
+ * ring is full.
+ */
+static bool router_retained_cb(const struct retained *m, void *arg)
 {
 	struct router_retained_send *ctx = arg;
 	const struct session *s = ctx->c->s;
 	struct recw *w = &ctx->r->out;
 	/* What the record costs the turn, sent or not: its head and one target. */
-	size_t cost = REC_DELIVER_FIXED_BYTES + topic_len + payload_len + REC_TARGET_BYTES;
+	size_t cost = REC_DELIVER_FIXED_BYTES + m->topic_len + m->payload_len + m->props_len +
+		      REC_TARGET_BYTES;
 
-	if (topic_len <= UINT16_MAX && payload_len <= UINT32_MAX &&
-	    router_acl_allows(ctx->r, s, topic, topic_len, ACL_READ)) {
+	if (m->topic_len <= UINT16_MAX && m->payload_len <= UINT32_MAX &&
+	    !msg_expired(m->expires_at, ctx->now) &&
+	    router_acl_allows(ctx->r, s, m->topic, m->topic_len, ACL_READ)) {
 		const struct rec_deliver d = {
-			.qos = qos,
-			.topic = { (const uint8_t *)topic, (uint16_t)topic_len },
-			.payload = { payload, (uint32_t)payload_len },
+			.qos = m->qos,
+			.topic = { (const uint8_t *)m->topic, (uint16_t)m->topic_len },
+			.payload = { m->payload, (uint32_t)m->payload_len },
 			.retain = 1,
+			.props = { m->props, m->props_len },
+			.expires_at = m->expires_at,
 		};
 		const struct session_sub *sub = ctx->c->sub;
 		const struct rec_target t = {
-			.conn = s->conn, .sid = s->sid, .qos = MIN(qos, MQTT5_SUB_QOS(sub->opts)),
+			.conn = s->conn, .sid = s->sid, .qos = MIN(m->qos, MQTT5_SUB_QOS(sub->opts)),
 			.n_sub_ids = sub->sub_id ? 1 : 0, .sub_ids = &sub->sub_id,
 		};
 		size_t count_off = rec_deliver_begin(w, &d);
@@ -673,7 +689,7 @@ static bool router_retained_cb(const char *topic, size_t topic_len, const uint8_
  */
 static bool router_send_retained_to(struct router *r, unsigned worker)
 {
-	struct router_retained_send ctx = { r, NULL, worker, ROUTER_RETAINED_BYTES };
+	struct router_retained_send ctx = { r, NULL, worker, ROUTER_RETAINED_BYTES, wall_clock_ms() };
 	size_t steps = ROUTER_RETAINED_STEPS;
 	struct router_cursor *c;
 
@@ -691,6 +707,25 @@ static bool router_send_retained_to(struct router *r, unsigned worker)
 		steps -= slice - left;
 	}
 	return r->cur_head[worker] && router_room(r, worker);
+}
+
+/* A retained message's expiry passed: the store forgets it too. */
+static void router_retained_expired(const struct retained *m, void *arg)
+{
+	struct router *r = arg;
+
+	log_debug("router: retained message on '%.*s' expired", (int)m->topic_len, m->topic);
+	if (r->st) {
+		router_touch_retained(r, m->topic, (uint16_t)m->topic_len);
+		store_retained_del(r->st, m->topic, (uint16_t)m->topic_len);
+	}
+}
+
+/* Retained messages whose expiry passed go, a bounded part of the store per tick (router_tick). */
+void router_retained_expire(struct router *r)
+{
+	retain_expire(r->retained, wall_clock_ms(), ROUTER_RETAINED_SWEEP, router_retained_expired,
+		      r);
 }
 
 bool router_send_retained(struct router *r)

@@ -9,7 +9,9 @@
  * since, and, while it is online, copies of what the worker has in flight
  * for it, kept until the worker reports each done (REC_MSG_STATE) so that
  * a worker's death loses none. max_queued_messages and max_queued_bytes
- * bound each session, max_queued_bytes_total all of them (held_bytes).
+ * bound each session, max_queued_bytes_total all of them (held_bytes),
+ * counting an MQTT 5 message's properties with its payload. A message
+ * whose expiry passed while it waited is dropped when it would be sent.
  * Every change is written to the store's queue.
  */
 #include <stdlib.h>
@@ -35,6 +37,7 @@ void session_msg_persist(struct router *r, const struct session *s,
 		.topic_len = q->body->topic_len,
 		.payload = q->body->data + q->body->topic_len,
 		.payload_len = q->body->payload_len,
+		.v5 = { msg_body_props(q->body), q->body->props_len, q->body->expires_at },
 	};
 
 	if (r->st)
@@ -54,6 +57,8 @@ void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uin
 		.retain = m->retain,
 		.topic = { (const uint8_t *)m->topic, m->topic_len },
 		.payload = { m->payload, m->payload_len },
+		.props = { m->props, m->props_len },
+		.expires_at = m->expires_at,
 	};
 
 	rec_session_msg_encode(&r->out, &x);
@@ -64,23 +69,33 @@ void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uin
 
 static size_t msg_body_bytes(const struct msg_body *b)
 {
-	return (size_t)b->topic_len + b->payload_len;
+	return (size_t)b->topic_len + b->payload_len + b->props_len;
 }
 
-/* A body for m's topic and payload, held by no entry yet (refs 0, not counted). */
+/* What a message counts against the queues' byte limits: topic, payload and properties. */
+static size_t router_msg_bytes(const struct router_msg *m)
+{
+	return (size_t)m->topic_len + m->payload_len + m->props_len;
+}
+
+/* A body for m's topic, payload and properties, held by no entry yet (refs 0, not counted). */
 struct msg_body *msg_body_new(const struct router_msg *m)
 {
-	struct msg_body *b = malloc(sizeof(*b) + (size_t)m->topic_len + m->payload_len);
+	struct msg_body *b = malloc(sizeof(*b) + router_msg_bytes(m));
 
 	if (!b)
 		return NULL;
 	b->refs = 0;
 	b->topic_len = m->topic_len;
 	b->payload_len = m->payload_len;
+	b->props_len = m->props_len;
+	b->expires_at = m->expires_at;
 	if (m->topic_len)
 		memcpy(b->data, m->topic, m->topic_len);
 	if (m->payload_len)
 		memcpy(b->data + m->topic_len, m->payload, m->payload_len);
+	if (m->props_len)
+		memcpy(b->data + m->topic_len + m->payload_len, m->props, m->props_len);
 	return b;
 }
 
@@ -97,7 +112,7 @@ static size_t router_held_cost(const struct msg_body *body, const struct router_
 {
 	if (body && body->refs)
 		return ROUTER_ENTRY_COST;
-	return ROUTER_ENTRY_COST + (size_t)m->topic_len + m->payload_len;
+	return ROUTER_ENTRY_COST + router_msg_bytes(m);
 }
 
 /* Would holding more bytes take the session queues past max_queued_bytes_total? */
@@ -302,7 +317,7 @@ static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t
 void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t packet_id,
 		     uint8_t state, const struct router_msg *m, struct msg_body **body)
 {
-	size_t bytes = (size_t)m->topic_len + m->payload_len;
+	size_t bytes = router_msg_bytes(m);
 	size_t held = router_held_cost(*body, m);
 	struct session_msg *q;
 
@@ -344,7 +359,7 @@ void session_enqueue_one(struct router *r, struct session *s, bool owed,
 	msg_body_discard(body);
 }
 
-static void session_msg_view(const struct session_msg *q, struct router_msg *m)
+void session_msg_view(const struct session_msg *q, struct router_msg *m)
 {
 	m->qos = q->qos;
 	m->retain = q->retain;
@@ -352,6 +367,10 @@ static void session_msg_view(const struct session_msg *q, struct router_msg *m)
 	m->topic_len = q->body->topic_len;
 	m->payload = q->body->data + q->body->topic_len;
 	m->payload_len = q->body->payload_len;
+	m->props = msg_body_props(q->body);
+	m->props_len = q->body->props_len;
+	m->expires_at = q->body->expires_at;
+	m->from = NULL;
 }
 
 /* Mark q as a copy of what the session's connection holds, or no longer; counted and stored. */
@@ -367,10 +386,12 @@ static void session_msg_mark(struct router *r, struct session *s, struct session
 /*
  * Hand the stored messages to the session's new connection, the
  * unfinished exchanges first. Each stays here as a copy until the worker
- * reports it done (REC_MSG_STATE).
+ * reports it done (REC_MSG_STATE). One not yet sent whose expiry passed
+ * while it waited is dropped: it must not reach the client.
  */
 void session_queue_send(struct router *r, struct session *s)
 {
+	uint64_t now = wall_clock_ms();
 	struct router_msg m;
 
 	for (int pass = 0; pass < 2; pass++) {
@@ -381,6 +402,11 @@ void session_queue_send(struct router *r, struct session *s)
 			if (q->at_worker || (q->state == MSG_QUEUED) != (pass == 1))
 				continue;
 			session_msg_view(q, &m);
+			if (q->state == MSG_QUEUED && msg_expired(m.expires_at, now)) {
+				session_msg_drop(r, s, q, prev);
+				q = prev;
+				continue;
+			}
 			if (q->state != MSG_PUBREL &&
 			    !router_acl_allows(r, s, m.topic, m.topic_len, ACL_READ)) {
 				/* Queued before the ACL or the session's user changed: not its to read now. */

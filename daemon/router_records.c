@@ -71,6 +71,21 @@ void router_set_worker(struct router *r, unsigned worker, uint32_t epoch, uint32
  * into the router's copy of it (session_connect), which keeps them until
  * the session is placed, however long a takeover makes it wait.
  */
+/*
+ * A message's properties from a worker, forwarded to others: a whole
+ * MQTT 5 property block a PUBLISH may carry, without what the broker
+ * rewrites (message expiry, topic alias, subscription identifiers).
+ */
+static bool router_props_valid(const struct rec_bytes *props)
+{
+	struct mqtt5_props out;
+	size_t used;
+
+	return props->len == 0 ||
+	       (mqtt5_props_decode(props->p, props->len, MQTT_PUBLISH, &out, &used) == MQTT_OK &&
+		used == props->len && out.raw_len > 0 && !(out.present & MQTT5_PUBLISH_REWRITTEN));
+}
+
 static int router_on_connect(struct router *r, unsigned worker, const void *p, size_t len)
 {
 	struct rec_connect x;
@@ -84,14 +99,21 @@ static int router_on_connect(struct router *r, unsigned worker, const void *p, s
 		return ROUTER_BAD;
 	if (router_conn_slot_taken(r, x.conn) || router_find_pending(r, x.conn))
 		return ROUTER_BAD;         /* a second CONNECT on one connection */
+	/* The will's MQTT 5 part only with a will, its properties as a PUBLISH's. */
+	if ((!x.will_flag && (x.will_delay || x.will_expiry || x.will_props.len)) ||
+	    !router_props_valid(&x.will_props))
+		return ROUTER_BAD;
 	if (x.will_flag &&
 	    !topic_name_valid((const char *)x.will_topic.p, x.will_topic.len, 0, 0)) {
 		log_warn("router: CONNECT from worker %u with an invalid will topic: will ignored",
 			 worker);
 		x.will_flag = 0;
 	}
-	if (!x.client_id.len)
+	x.session_expiry = router_expiry_cap(r, x.session_expiry);
+	if (!x.client_id.len) {
 		x.clean = 1;              /* a server-named session cannot persist [MQTT-3.1.3-8] */
+		x.session_expiry = 0;
+	}
 	if (!router_grant_vouches(r, x.conn, (const char *)x.user.p, x.user.len, &g)) {
 		log_warn("router: CONNECT of '%.*s' as \"%.*s\" from worker %u, which the auth role "
 			 "did not accept so: refused (CONNACK 5)", (int)MIN(x.client_id.len, 256u),
@@ -237,21 +259,6 @@ static bool router_publisher_may(struct router *r, unsigned worker, conn_id_t co
 	return false;
 }
 
-/*
- * A message's properties from a worker, forwarded to others: a whole
- * MQTT 5 property block a PUBLISH may carry, without what the broker
- * rewrites (message expiry, topic alias, subscription identifiers).
- */
-static bool router_props_valid(const struct rec_bytes *props)
-{
-	struct mqtt5_props out;
-	size_t used;
-
-	return props->len == 0 ||
-	       (mqtt5_props_decode(props->p, props->len, MQTT_PUBLISH, &out, &used) == MQTT_OK &&
-		used == props->len && out.raw_len > 0 && !(out.present & MQTT5_PUBLISH_REWRITTEN));
-}
-
 static int router_on_publish(struct router *r, unsigned worker, const void *p, size_t len)
 {
 	struct rec_publish x;
@@ -301,7 +308,7 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 	struct session *s;
 
 	if (rec_session_msg_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
-	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1)
+	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1 || !router_props_valid(&x.props))
 		return ROUTER_BAD;
 	m = (struct router_msg){
 		.qos = x.qos,
@@ -310,6 +317,9 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 		.topic_len = x.topic.len,
 		.payload = x.payload.p,
 		.payload_len = x.payload.len,
+		.props = x.props.p,
+		.props_len = x.props.len,
+		.expires_at = x.expires_at,
 	};
 	/* An unfinished exchange needs QoS >= 1 (PUBREL: 2); anything to publish needs a topic. */
 	if ((x.state != MSG_QUEUED && m.qos == 0) || (x.state == MSG_PUBREL && m.qos != 2))
@@ -438,7 +448,10 @@ static int router_on_close(struct router *r, unsigned worker, const void *p, siz
 		return ROUTER_BAD;
 	s = router_find_conn(r, x.conn);
 	if (s) {
-		if (x.publish_will & REC_CLOSE_END_SESSION)
+		/* A DISCONNECT may change the interval, never make a session that ends outlive it. */
+		if (!s->clean)
+			s->expiry = router_expiry_cap(r, x.session_expiry);
+		if ((x.publish_will & REC_CLOSE_END_SESSION) || s->expiry == 0)
 			s->clean = true;
 		router_close(r, s, x.publish_will & 1, &x.ids);
 		return ROUTER_OK;

@@ -20,6 +20,9 @@
 #include "mqtt.h"
 #include "store.h"
 
+/* Offline sessions whose interval and held will one tick checks (router_sessions_expire). */
+#define ROUTER_SESSION_CHECKS 16384
+
 /* ---- persistence and output -------------------------------------------- */
 
 static void store_connect_view(const struct session_connect *c, struct store_connect *o)
@@ -38,6 +41,11 @@ static void store_connect_view(const struct session_connect *c, struct store_con
 		.will_topic_len = c->will_topic_len,
 		.will_payload = cx_will_payload(c),
 		.will_payload_len = c->will_payload_len,
+		.session_expiry = c->session_expiry,
+		.will_delay = c->will_delay,
+		.will_expiry = c->will_expiry,
+		.will_props = cx_will_props(c),
+		.will_props_len = c->will_props_len,
 	};
 }
 
@@ -58,12 +66,17 @@ void session_persist(struct router *r, const struct session *s)
 		.online = s->online && s->cx,
 		.pending = s->pending != NULL,
 		.token = { s->token, s->token_rules, (uint32_t)s->token_rules_len },
+		.expiry = s->expiry,
+		.will_held = s->will != NULL,
+		.will_at_ms = s->will_at_ms,
 	};
 
 	if (!r->st)
 		return;
 	if (ss.online)
 		store_connect_view(s->cx, &ss.cx);
+	if (ss.will_held)
+		store_connect_view(s->will, &ss.will);
 	if (ss.pending) {
 		store_connect_view(s->pending, &ss.pend);
 		ss.pend_token = (struct store_token){ s->pending->token, cx_token_rules(s->pending),
@@ -151,6 +164,8 @@ static void session_offline_unlink(struct router *r, struct session *s)
 {
 	if (!s->in_offline)
 		return;
+	if (r->off_sweep == s)
+		r->off_sweep = s->off_next;
 	if (s->off_prev)
 		s->off_prev->off_next = s->off_next;
 	else
@@ -257,6 +272,7 @@ void session_dealloc(struct session *s)
 	acl_client_free(s->acl);
 	free(s->token_rules);
 	free(s->pending);
+	free(s->will);
 	free(s->cx);
 	free(s->remote_off);
 	free(s->user);
@@ -359,6 +375,7 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
 	size_t remote_len = MIN((size_t)f->remote.len, (size_t)ROUTER_REMOTE_LEN - 1);
 	size_t topic_len = f->will_flag ? f->will_topic.len : 0;
 	size_t payload_len = f->will_flag ? f->will_payload.len : 0;
+	size_t props_len = f->will_flag ? f->will_props.len : 0;
 	size_t rules_len = tok && tok->token && tok->rules ? tok->len : 0;
 	struct session_connect *c;
 	char *p;
@@ -366,7 +383,7 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
 	if (rules_len > UINT32_MAX)
 		rules_len = 0;               /* no encoding is that long: lost, so nothing allowed */
 	c = malloc(sizeof(*c) + (size_t)f->client_id.len + 1 + remote_len + 1 + f->user.len + 1 +
-		   topic_len + 1 + payload_len + rules_len);
+		   topic_len + 1 + payload_len + props_len + rules_len);
 	if (!c)
 		return NULL;
 	c->conn = f->conn;
@@ -380,6 +397,10 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
 	c->user_len = f->user.len;
 	c->will_topic_len = (uint16_t)topic_len;
 	c->will_payload_len = (uint32_t)payload_len;
+	c->will_props_len = (uint32_t)props_len;
+	c->session_expiry = f->session_expiry;
+	c->will_delay = f->will_flag ? f->will_delay : 0;
+	c->will_expiry = f->will_flag ? f->will_expiry : 0;
 	c->token = tok && tok->token;
 	c->token_rules_len = (uint32_t)rules_len;
 
@@ -389,8 +410,10 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
 	p = put_string(p, f->will_topic.p, topic_len);
 	if (payload_len)
 		memcpy(p, f->will_payload.p, payload_len);
+	if (props_len)
+		memcpy(p + payload_len, f->will_props.p, props_len);
 	if (rules_len)
-		memcpy(p + payload_len, tok->rules, rules_len);
+		memcpy(p + payload_len + props_len, tok->rules, rules_len);
 	return c;
 }
 
@@ -545,6 +568,62 @@ static void router_takeover(struct router *r, struct session *s, struct session_
 		   "session taken over: closing its previous connection");
 }
 
+/* The will of c, s's connection, published now if the ACL lets s write there. */
+static void session_will_publish(struct router *r, struct session *s,
+				 const struct session_connect *c)
+{
+	const struct router_msg will = {
+		.qos = c->will_qos,
+		.retain = c->will_retain,
+		.topic = cx_will_topic(c),
+		.topic_len = c->will_topic_len,
+		.payload = cx_will_payload(c),
+		.payload_len = c->will_payload_len,
+		.props = cx_will_props(c),
+		.props_len = c->will_props_len,
+		.expires_at = c->will_expiry ? wall_clock_ms() + (uint64_t)c->will_expiry * 1000 : 0,
+		.from = s,
+	};
+
+	if (router_acl_allows(r, s, will.topic, will.topic_len, ACL_WRITE)) {
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+			   "publishing will on '%s'", cx_will_topic(c));
+		router_publish(r, &will);
+	} else {
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+			   "will on '%s' not published: the ACL does not let it write there",
+			   cx_will_topic(c));
+	}
+}
+
+/*
+ * The will s holds back for its delay: published (the delay passed, or the
+ * session ends first) or cancelled (the session was resumed in time
+ * [MQTT-3.1.3-9]).
+ */
+static void session_will_release(struct router *r, struct session *s, bool publish)
+{
+	struct session_connect *c = s->will;
+
+	if (!c)
+		return;
+	s->will = NULL;
+	if (publish)
+		session_will_publish(r, s, c);
+	else
+		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+			   "delayed will on '%s' cancelled: the session was resumed", cx_will_topic(c));
+	free(c);
+}
+
+/* The session's interval as a record gave it: bounded by max_session_expiry_interval. */
+uint32_t router_expiry_cap(const struct router *r, uint32_t expiry)
+{
+	uint32_t cap = (uint32_t)r->cfg->max_session_expiry_interval;
+
+	return cap && expiry > cap ? cap : expiry;
+}
+
 /* Accept a CONNECT: takes ownership of c. */
 void router_connect_apply(struct router *r, struct session_connect *c)
 {
@@ -561,9 +640,12 @@ void router_connect_apply(struct router *r, struct session_connect *c)
 	if (s && (c->clean || s->clean)) {
 		log_client(LOG_LVL_INFO, s->client_id, cx_remote(c),
 			   "stored session discarded (clean session requested)");
+		session_will_release(r, s, true);    /* the session ends: its will goes */
 		session_free(r, s);
 		s = NULL;
 	}
+	if (s)
+		session_will_release(r, s, false);
 	present = s != NULL;
 	if (!s) {
 		if (router_sessions_full(r)) {
@@ -593,7 +675,8 @@ void router_connect_apply(struct router *r, struct session_connect *c)
 	}
 	s->online = true;
 	session_offline_unlink(r, s);
-	s->clean = c->clean;
+	s->expiry = c->session_expiry;
+	s->clean = s->expiry == 0;
 	free(s->cx);
 	s->cx = cx_token_rules_drop(c);
 	free(s->remote_off);
@@ -659,31 +742,16 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 		router_waiting_del(r, pending->conn);
 		s->pending = NULL;
 	}
+	bool will = publish_will && s->cx && s->cx->will_flag;
+	/* A will with a delay waits in a session that outlives the connection. */
+	bool hold = will && s->cx->will_delay && !s->clean;
+
 	session_cursors_drop(r, s);
 	router_conn_unlink(r, s);
 	s->online = false;
 
-	if (publish_will && s->cx && s->cx->will_flag) {
-		struct router_msg will = {
-			.qos = s->cx->will_qos,
-			.retain = s->cx->will_retain,
-			.topic = cx_will_topic(s->cx),
-			.topic_len = s->cx->will_topic_len,
-			.payload = cx_will_payload(s->cx),
-			.payload_len = s->cx->will_payload_len,
-			.from = s,
-		};
-
-		if (router_acl_allows(r, s, will.topic, will.topic_len, ACL_WRITE)) {
-			log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
-				   "publishing will on '%s'", cx_will_topic(s->cx));
-			router_publish(r, &will);
-		} else {
-			log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
-				   "will on '%s' not published: the ACL does not let it write there",
-				   cx_will_topic(s->cx));
-		}
-	}
+	if (will && !hold)
+		session_will_publish(r, s, s->cx);
 
 	if (s->clean) {
 		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session ended");
@@ -693,7 +761,15 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 		/* Kept for log lines while offline; without it (out of memory) they show none. */
 		free(s->remote_off);
 		s->remote_off = s->cx ? strdup(cx_remote(s->cx)) : NULL;
-		free(s->cx);
+		if (hold) {
+			s->will = s->cx;
+			s->will_at_ms = wall_clock_ms() + (uint64_t)s->will->will_delay * 1000;
+			log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+				   "will on '%s' held for %u s", cx_will_topic(s->will),
+				   s->will->will_delay);
+		} else {
+			free(s->cx);
+		}
 		s->cx = NULL;
 		if (ids)
 			session_qos2_ids_set(s, *ids);
@@ -762,24 +838,55 @@ size_t router_close_worker(struct router *r, unsigned worker, uint32_t new_epoch
 	return router_close_dead(r, worker, new_epoch);
 }
 
-/* Persistent sessions absent longer than session_timeout_secs go (router_tick). */
+/* An offline session's time is up: its held will goes out, and it ends. */
+static void session_expire(struct router *r, struct session *s, uint64_t secs)
+{
+	log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
+		   "session expired after %llu s offline (%zu stored messages dropped)",
+		   (unsigned long long)secs, session_queue_len(s));
+	session_will_release(r, s, true);
+	session_free(r, s);
+}
+
+/*
+ * One offline session's own clock: its held will once the delay passed,
+ * its end once offline for its session expiry interval.
+ */
+static void session_check(struct router *r, struct session *s, uint64_t wall_ms)
+{
+	uint64_t now_ms = r->now_ms;
+
+	if (s->will && s->will_at_ms <= wall_ms) {
+		session_will_release(r, s, true);
+		session_persist(r, s);
+	}
+	if (s->expiry != REC_EXPIRY_NEVER && s->last_seen_ms != STORE_SEEN_UNKNOWN &&
+	    now_ms >= s->last_seen_ms && now_ms - s->last_seen_ms >= (uint64_t)s->expiry * 1000)
+		session_expire(r, s, s->expiry);
+}
+
+/*
+ * Offline persistent sessions whose time is up go (router_tick): those
+ * absent longer than session_timeout_secs, oldest first, then each
+ * session's own interval and held will, ROUTER_SESSION_CHECKS sessions a
+ * tick, going on from where the last tick stopped.
+ */
 void router_sessions_expire(struct router *r)
 {
 	long secs = r->cfg->session_timeout_secs;
-	uint64_t timeout_ms, now_ms = r->now_ms;
-	struct session *s;
+	uint64_t wall_ms = wall_clock_ms();
+	size_t budget = ROUTER_SESSION_CHECKS;
+	struct session *s, *next;
 
-	if (secs <= 0)
-		return;
-	timeout_ms = (uint64_t)secs * 1000;
 	/* Offline sessions are linked in the order they left: the oldest first. */
-	while ((s = r->off_head) && now_ms >= s->last_seen_ms &&
-	       now_ms - s->last_seen_ms > timeout_ms) {
-		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
-			   "session expired after %ld s offline (%zu stored messages dropped)",
-			   secs, session_queue_len(s));
-		session_free(r, s);
+	while (secs > 0 && (s = r->off_head) && r->now_ms >= s->last_seen_ms &&
+	       r->now_ms - s->last_seen_ms > (uint64_t)secs * 1000)
+		session_expire(r, s, (uint64_t)secs);
+	for (s = r->off_sweep ? r->off_sweep : r->off_head; s && budget > 0; s = next, budget--) {
+		next = s->off_next;
+		session_check(r, s, wall_ms);
 	}
+	r->off_sweep = s;
 }
 
 /* Every session and the registry's tables, from memory only (router_free: the store keeps them). */

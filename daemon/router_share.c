@@ -236,16 +236,13 @@ static struct share_group *share_group_of(const struct router *r, const struct s
 void router_share_reroute(struct router *r, struct session *s)
 {
 	for (struct session_msg *q = s->q_head; q && s->q_at_worker; q = q->next) {
-		const struct msg_body *b = q->body;
 		/* Its publisher is not known any more: hash_publisher starts at the first member. */
-		const struct router_msg m = { .qos = q->qos, .topic = (const char *)b->data,
-					      .topic_len = b->topic_len,
-					      .payload = b->data + b->topic_len,
-					      .payload_len = b->payload_len };
+		struct router_msg m;
 		struct share_group *g;
 
 		if (!q->at_worker || q->state == MSG_PUBREL)
 			continue;
+		session_msg_view(q, &m);
 		g = share_group_of(r, s, m.topic, m.topic_len);
 		if (g)
 			router_share_deliver_one(r, g, &m, s, q->body);

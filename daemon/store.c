@@ -13,15 +13,21 @@
  *             (format 3) the session's user name and the waiting CONNECT's,
  *             then (format 4) the session's token (u8: 1 when its user came
  *             with a token's rules, and u32-counted rules) and the waiting
- *             CONNECT's
+ *             CONNECT's, then (format 6) the session expiry interval, a
+ *             will held back for its delay (u8; then its deadline and its
+ *             CONNECT), and the MQTT 5 part of each CONNECT held (session
+ *             expiry, will delay, will expiry, will properties)
  *   subs      sid (u32 BE) + filter -> u8 options (format 5: the MQTT 5
  *             subscription options byte, QoS in its low bits; before, the
  *             QoS alone, which reads as the same QoS without options),
  *             then (format 6) the u32 subscription identifier when it has
  *             one (MQTT 5)
  *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
- *             topic, payload
- *   retained  topic -> u8 qos + payload
+ *             topic, payload, then (format 6) the message's expiry (u64)
+ *             and its MQTT 5 property block (u32-counted)
+ *   retained  topic -> u8 qos + payload; format 6: a qos byte with
+ *             STORE_RETAINED_V5 set is followed by the expiry (u64) and
+ *             the property block (u32-counted) before the payload
  *   outbox    ring (u32 BE) + seq (u64 BE) -> u16 type + record payload
  *
  * Big-endian numbers in keys keep LMDB's byte order equal to numeric
@@ -36,7 +42,9 @@
  * values as they are: what a later format adds goes at the end of a value,
  * so an older value reads as without it (format 2: no user names; format
  * 3: no token's rules, which its daemon never stored; format 4: no
- * subscription options; format 5: no subscription identifiers).
+ * subscription options; format 5: no subscription identifiers, no
+ * message properties nor expiry, and a retained message's qos byte never
+ * has STORE_RETAINED_V5 set).
  *
  * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
  * user, so no robust mutex or reader table can be left behind by a
@@ -400,6 +408,23 @@ static void dec_connect(struct recr *r, struct store_connect *c)
 	recr_bytes(r, &c->will_payload, &c->will_payload_len);
 }
 
+/* Format 6: what a CONNECT adds for MQTT 5. */
+static void enc_connect6(struct recw *w, const struct store_connect *c)
+{
+	recw_u32(w, c->session_expiry);
+	recw_u32(w, c->will_delay);
+	recw_u32(w, c->will_expiry);
+	recw_bytes(w, c->will_props, c->will_props_len);
+}
+
+static void dec_connect6(struct recr *r, struct store_connect *c)
+{
+	c->session_expiry = recr_u32(r);
+	c->will_delay = recr_u32(r);
+	c->will_expiry = recr_u32(r);
+	recr_bytes(r, &c->will_props, &c->will_props_len);
+}
+
 static void enc_token(struct recw *w, const struct store_token *t)
 {
 	recw_u8(w, t->on);
@@ -445,6 +470,48 @@ static void enc_session(struct recw *w, const struct store_session *s)
 	enc_token(w, &s->token);
 	if (s->pending)
 		enc_token(w, &s->pend_token);
+	/* Format 6, after them so that a format 5 value reads as without it. */
+	recw_u32(w, s->expiry);
+	recw_u8(w, s->will_held);
+	if (s->will_held) {
+		recw_u64(w, s->will_at_ms);
+		enc_connect(w, &s->will);
+		enc_connect6(w, &s->will);
+	}
+	if (s->online)
+		enc_connect6(w, &s->cx);
+	if (s->pending)
+		enc_connect6(w, &s->pend);
+}
+
+/*
+ * What a format 6 value ends with; an older one's sessions and CONNECTs
+ * last as their clean flag says (with the connection, or for ever), and
+ * hold no will back.
+ */
+static void dec_session6(struct recr *r, struct store_session *s)
+{
+	uint8_t held;
+
+	s->expiry = s->clean ? 0 : REC_EXPIRY_NEVER;
+	s->cx.session_expiry = s->cx.clean ? 0 : REC_EXPIRY_NEVER;
+	s->pend.session_expiry = s->pend.clean ? 0 : REC_EXPIRY_NEVER;
+	s->will_held = false;
+	if (!recr_left(r))
+		return;
+	s->expiry = recr_u32(r);
+	held = recr_u8(r);
+	r->err |= held > 1;
+	s->will_held = held == 1;
+	if (s->will_held) {
+		s->will_at_ms = recr_u64(r);
+		dec_connect(r, &s->will);
+		dec_connect6(r, &s->will);
+	}
+	if (s->online)
+		dec_connect6(r, &s->cx);
+	if (s->pending)
+		dec_connect6(r, &s->pend);
 }
 
 /* The user names a format 3 value ends with; a format 2 one has none ("" for all). */
@@ -516,6 +583,7 @@ static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, 
 		dec_connect(&r, &s->pend);
 	dec_session_users(&r, s);
 	dec_session_tokens(&r, s);
+	dec_session6(&r, s);
 	if (recr_end(&r) || clean > 1 || online > 1 || pending > 1) {
 		free(*ids);
 		*ids = NULL;
@@ -523,6 +591,9 @@ static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, 
 	}
 	return 0;
 }
+
+/* Format 6: a retained message's qos byte with this bit is followed by its expiry and properties. */
+#define STORE_RETAINED_V5 0x80
 
 /* Format 2: the state byte's high bit says the message is a copy held for a worker. */
 #define STORE_MSG_AT_WORKER 0x80
@@ -536,6 +607,15 @@ static void enc_msg(struct recw *w, const struct store_msg *m)
 	recw_u8(w, m->retain);
 	recw_str(w, m->topic, m->topic_len);
 	recw_bytes(w, m->payload, m->payload_len);
+	/* Format 6, at the end so that a format 5 value reads as "none". */
+	recw_u64(w, m->v5.expires_at);
+	recw_bytes(w, m->v5.props, m->v5.props_len);
+}
+
+static void dec_v5(struct recr *r, struct store_v5 *v5)
+{
+	v5->expires_at = recr_u64(r);
+	recr_bytes(r, &v5->props, &v5->props_len);
 }
 
 static int dec_msg(const MDB_val *v, struct store_msg *m)
@@ -553,6 +633,9 @@ static int dec_msg(const MDB_val *v, struct store_msg *m)
 	recr_str(&r, &topic, &m->topic_len);
 	m->topic = (const char *)topic;
 	recr_bytes(&r, &m->payload, &m->payload_len);
+	m->v5 = (struct store_v5){ 0 };
+	if (recr_left(&r))
+		dec_v5(&r, &m->v5);
 	return recr_end(&r) || m->qos > 2 || m->retain > 1 ? -1 : 0;
 }
 
@@ -659,9 +742,23 @@ void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
 }
 
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
-			const uint8_t *payload, uint32_t payload_len)
+			const uint8_t *payload, uint32_t payload_len, const struct store_v5 *v5)
 {
-	lkey_put(st, st->retained, topic, len, &qos, 1, payload, payload_len,
+	struct recw *w = &st->val;
+
+	recw_reset(w);
+	if (v5 && (v5->props_len || v5->expires_at)) {
+		recw_u8(w, qos | STORE_RETAINED_V5);
+		recw_u64(w, v5->expires_at);
+		recw_bytes(w, v5->props, v5->props_len);
+	} else {
+		recw_u8(w, qos);
+	}
+	if (w->oom) {
+		store_fail(st, "encoding a retained message", ENOMEM);
+		return;
+	}
+	lkey_put(st, st->retained, topic, len, w->buf, w->len, payload, payload_len,
 		 "writing a retained message");
 }
 
@@ -891,17 +988,27 @@ static bool scan_queued(struct store *st, const MDB_val *k, const MDB_val *v, vo
 static bool scan_retained(struct store *st, const MDB_val *k, const MDB_val *v, void *ctx)
 {
 	struct scan_ctx *c = ctx;
+	struct store_v5 v5 = { 0 };
 	MDB_val full, rest;
-	const uint8_t *p;
+	struct recr r;
+	uint8_t qos;
 
 	if (!lkey_split(k, v, &full, &rest) || !full.mv_size || full.mv_size > UINT16_MAX ||
-	    rest.mv_size < 1 || rest.mv_size - 1 > UINT32_MAX) {
-		store_corrupt(st, "retained message");
-		return true;
+	    rest.mv_size < 1 || rest.mv_size - 1 > UINT32_MAX)
+		goto corrupt;
+	recr_init(&r, rest.mv_data, rest.mv_size);
+	qos = recr_u8(&r);
+	if (qos & STORE_RETAINED_V5) {
+		dec_v5(&r, &v5);
+		if (r.err)
+			goto corrupt;
 	}
-	p = rest.mv_data;
-	((store_retained_cb)c->cb)(c->arg, full.mv_data, (uint16_t)full.mv_size, p[0], p + 1,
-				   (uint32_t)(rest.mv_size - 1));
+	((store_retained_cb)c->cb)(c->arg, full.mv_data, (uint16_t)full.mv_size,
+				   qos & (uint8_t)~STORE_RETAINED_V5, r.p,
+				   (uint32_t)recr_left(&r), &v5);
+	return true;
+corrupt:
+	store_corrupt(st, "retained message");
 	return true;
 }
 

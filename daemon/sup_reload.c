@@ -57,6 +57,7 @@ static const struct cfg_field cfg_fields[] = {
 	CF("server.max_connect_rate_per_address", max_connect_rate_per_address, false, APPLY_LIVE),
 	CF("server.placement_slack", placement_slack, false, APPLY_LIVE),
 	CF("server.session_timeout_secs", session_timeout_secs, false, APPLY_LIVE),
+	CF("server.max_session_expiry_interval", max_session_expiry_interval, false, APPLY_LIVE),
 	CF("server.keep_alive_timeout_secs", keep_alive_timeout_secs, false, APPLY_LIVE),
 	CF("server.max_keepalive", max_keepalive, false, APPLY_LIVE),
 	CF("server.connect_timeout", connect_timeout, false, APPLY_LIVE),

@@ -337,18 +337,22 @@ bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user,
 
 static struct auth_wait *wait_new(const struct rec_connect *rc)
 {
-	struct auth_wait *aw = malloc(sizeof(*aw) + rc->will_topic.len + rc->will_payload.len);
+	size_t tlen = rc->will_topic.len, plen = rc->will_payload.len;
+	struct auth_wait *aw = malloc(sizeof(*aw) + tlen + plen + rc->will_props.len);
 
 	if (aw == NULL)
 		return NULL;
 	*aw = (struct auth_wait){ .rc = *rc };
 	/* Empty fields may point nowhere. */
-	if (rc->will_topic.len > 0)
-		memcpy(aw->will, rc->will_topic.p, rc->will_topic.len);
-	if (rc->will_payload.len > 0)
-		memcpy(aw->will + rc->will_topic.len, rc->will_payload.p, rc->will_payload.len);
+	if (tlen > 0)
+		memcpy(aw->will, rc->will_topic.p, tlen);
+	if (plen > 0)
+		memcpy(aw->will + tlen, rc->will_payload.p, plen);
+	if (rc->will_props.len > 0)
+		memcpy(aw->will + tlen + plen, rc->will_props.p, rc->will_props.len);
 	aw->rc.will_topic.p = aw->will;
-	aw->rc.will_payload.p = aw->will + rc->will_topic.len;
+	aw->rc.will_payload.p = aw->will + tlen;
+	aw->rc.will_props.p = aw->will + tlen + plen;
 	/* The verdict's, when the record is written. */
 	aw->rc.user = (struct rec_str){ NULL, 0 };
 	return aw;

@@ -150,17 +150,6 @@ void send_ack5(struct worker *w, struct conn *c, enum mqtt_type type, uint16_t i
 		mqtt5_encode_ack(p, type, id, reason, NULL);
 }
 
-/*
- * Would a PUBLISH of this topic and payload pass the client's maximum
- * packet size? An MQTT 5 client is not sent one that does not [MQTT-3.1.2-25].
- */
-uint64_t wall_clock_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Room for the longest length field of a property block, before its body. */
 #define PROPS_LEN_ROOM 4
@@ -229,6 +218,10 @@ static const struct mqtt5_out *msg_out(struct v5_out *out, struct msg_v5 x5, uin
 	return &out->o;
 }
 
+/*
+ * Would a PUBLISH of this topic and payload pass the client's maximum
+ * packet size? An MQTT 5 client is not sent one that does not [MQTT-3.1.2-25].
+ */
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
 		  struct msg_v5 x5, uint8_t qos)
 {

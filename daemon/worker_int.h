@@ -101,7 +101,8 @@ struct topic_alias_out {
 
 struct conn_v5 {
 	uint32_t max_packet;         /* the client's maximum packet size; 0: none */
-	uint32_t session_expiry;     /* granted in CONNACK */
+	uint32_t session_expiry;     /* asked in CONNECT; once granted, the session's (rec.h) */
+	bool expiry_capped;          /* granted another than asked: CONNACK says so */
 	uint16_t receive_max;        /* the client's: QoS 1/2 messages in flight to it */
 	uint16_t server_keep_alive;  /* sent in CONNACK; 0: the client's own */
 	uint16_t n_alias;            /* aliases the client may set (topic_alias_maximum at CONNECT) */
@@ -233,6 +234,13 @@ struct rec_bytes props_end(struct props_buf *b, size_t len);
 size_t props_body_off(struct rec_bytes props);
 
 uint64_t wall_clock_ms(void);
+
+/* Has its message expiry passed? Such a message is not sent (a resend of one in flight is). */
+static inline bool msg_v5_expired(struct msg_v5 x5)
+{
+	return x5.expires_at != 0 && x5.expires_at <= wall_clock_ms();
+}
+
 bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, size_t plen,
 		  struct msg_v5 x5, uint8_t qos);
 void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool retain,

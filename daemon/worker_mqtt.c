@@ -156,7 +156,8 @@ static enum pkt_result publish5_check(struct worker *w, struct conn *c, struct m
  * length field, in w->pub_props; empty when nothing is left. False: out
  * of memory.
  */
-static bool publish_props(struct worker *w, const struct mqtt5_props *in, struct rec_bytes *out)
+static bool publish_props(struct worker *w, const struct mqtt5_props *in, uint64_t skip,
+			  struct rec_bytes *out)
 {
 	struct mqtt5_prop_iter it;
 	struct mqtt5_prop prop;
@@ -164,13 +165,13 @@ static bool publish_props(struct worker *w, const struct mqtt5_props *in, struct
 	uint8_t *dst;
 
 	*out = (struct rec_bytes){ 0 };
-	if ((in->present & ~MQTT5_PUBLISH_REWRITTEN) == 0)
+	if ((in->present & ~skip) == 0)
 		return true;
 	if ((dst = props_begin(&w->pub_props, in->raw_len)) == NULL)
 		return false;
 	mqtt5_prop_iter_init(&it, in);
 	for (const uint8_t *start = it.p; mqtt5_prop_next(&it, &prop); start = it.p) {
-		if (MQTT5_BIT(prop.id) & MQTT5_PUBLISH_REWRITTEN)
+		if (MQTT5_BIT(prop.id) & skip)
 			continue;
 		memcpy(dst + kept, start, (size_t)(it.p - start));
 		kept += (size_t)(it.p - start);
@@ -213,7 +214,7 @@ static enum pkt_result handle_publish(struct worker *w, struct conn *c,
 			reason = MQTT5_RC_NOT_AUTHORIZED;
 		if (reason != MQTT5_RC_SUCCESS)
 			return publish_refuse(w, c, pub, reason);
-		if (!publish_props(w, &p5->props, &x5.props)) {
+		if (!publish_props(w, &p5->props, MQTT5_PUBLISH_REWRITTEN, &x5.props)) {
 			conn_disconnect(w, c, MQTT5_RC_UNSPECIFIED_ERROR, true, "out of memory");
 			return PKT_CLOSED;
 		}
@@ -389,6 +390,35 @@ static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_pro
 }
 
 /*
+ * The session expiry interval granted: 3.1.1's clean session 1 is 0, 0 is
+ * never; MQTT 5's asked, up to server.max_session_expiry_interval.
+ */
+static uint32_t granted_expiry(const struct iotd_config *cfg, const struct conn_v5 *v,
+			       bool clean)
+{
+	uint32_t cap = (uint32_t)cfg->max_session_expiry_interval;
+
+	if (v == NULL)
+		return clean ? 0 : REC_EXPIRY_NEVER;
+	return cap && v->session_expiry > cap ? cap : v->session_expiry;
+}
+
+/*
+ * The will's MQTT 5 part into rc: its delay, its message expiry, and the
+ * properties that go with it when published. false: out of memory.
+ */
+static bool connect_will5(struct worker *w, const struct mqtt5_packet *p5,
+			  struct rec_connect *rc)
+{
+	const struct mqtt5_props *wp = &p5->will_props;
+
+	rc->will_delay = wp->will_delay;
+	rc->will_expiry = mqtt5_props_has(wp, MQTT5_PROP_MESSAGE_EXPIRY) ? wp->message_expiry : 0;
+	return publish_props(w, wp, MQTT5_PUBLISH_REWRITTEN | MQTT5_BIT(MQTT5_PROP_WILL_DELAY),
+			     &rc->will_props);
+}
+
+/*
  * The keep-alive iotd holds c to: the client's, or server.max_keepalive
  * when it asks for none or more, or keep_alive_timeout_secs when it asks
  * for none. An MQTT 5 client is told in CONNACK (server keep alive); a
@@ -496,7 +526,6 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 	 * cost an epoll_ctl call more per connection.
 	 */
 	c->paused = true;
-	c->clean = ck->clean_session;
 	rc = (struct rec_connect){
 		.conn = c->id,
 		.clean = ck->clean_session,
@@ -507,7 +536,20 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		.will_retain = ck->will_retain,
 		.will_topic = { ck->will_topic.p, ck->will_flag ? ck->will_topic.len : 0 },
 		.will_payload = { ck->will_payload.p, ck->will_flag ? ck->will_payload.len : 0 },
+		.session_expiry = granted_expiry(cfg, CONN_V5(w, c), ck->clean_session),
 	};
+	/* A session that ends with its connection is "clean" to the worker, as in 3.1.1. */
+	c->clean = rc.session_expiry == 0;
+	if (v5) {
+		struct conn_v5 *v = CONN_V5(w, c);
+
+		v->expiry_capped = v->session_expiry != rc.session_expiry;
+		v->session_expiry = rc.session_expiry;
+		if (ck->will_flag && !connect_will5(w, p5, &rc)) {
+			conn_close(w, c, false, "out of memory");
+			return PKT_CLOSED;
+		}
+	}
 	/* With the auth role, the record waits for its verdict (worker_auth.c). */
 	if (config_auth_role(cfg))
 		return worker_auth_hold(w, c, ck, from_cert, &rc) ? PKT_PAUSE : PKT_CLOSED;
@@ -614,14 +656,16 @@ static enum pkt_result handle_disconnect(struct worker *w, struct conn *c,
 				"DISCONNECT set a session expiry after CONNECT granted none");
 		return PKT_CLOSED;
 	}
-	/*
-	 * 0 ends a persistent session now; another interval leaves it as it
-	 * was granted (sessions do not expire by their interval yet).
-	 */
-	if (mqtt5_props_has(&p5->props, MQTT5_PROP_SESSION_EXPIRY) &&
-	    p5->props.session_expiry == 0 && !c->clean) {
-		v->end_session = true;
-		c->clean = true;     /* nothing to hand back to the router */
+	/* 0 ends a persistent session now; another interval is the session's from now on. */
+	if (mqtt5_props_has(&p5->props, MQTT5_PROP_SESSION_EXPIRY)) {
+		uint32_t cap = (uint32_t)w->cfg->max_session_expiry_interval;
+
+		v->session_expiry = cap && p5->props.session_expiry > cap ? cap :
+				    p5->props.session_expiry;
+		if (v->session_expiry == 0 && !c->clean) {
+			v->end_session = true;
+			c->clean = true;     /* nothing to hand back to the router */
+		}
 	}
 	conn_close(w, c, p5->reason != MQTT5_RC_NORMAL_DISCONNECTION,
 		   p5->reason == MQTT5_RC_NORMAL_DISCONNECTION ? "client sent DISCONNECT" :
@@ -641,17 +685,14 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 	struct mqtt5_pbuf b;
 	struct mqtt5_out out;
 	const char *id = conn_client_id(c);
-	/* Sessions end with their connection or never (a clean session 0, as in 3.1.1). */
-	uint32_t granted = c->clean ? 0 : UINT32_MAX;
 
 	if (v == NULL) {
 		send_connack(w, c, sp, MQTT_CONNACK_ACCEPTED);
 		return;
 	}
 	mqtt5_pbuf_init(&b, buf, sizeof(buf));
-	if (granted != v->session_expiry)
-		mqtt5_pbuf_num(&b, MQTT5_PROP_SESSION_EXPIRY, granted);
-	v->session_expiry = granted;
+	if (v->expiry_capped)
+		mqtt5_pbuf_num(&b, MQTT5_PROP_SESSION_EXPIRY, v->session_expiry);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_RECEIVE_MAX, (uint32_t)cfg->max_inflight);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_MAX_PACKET_SIZE, (uint32_t)cfg->max_packet_size);
 	if (v->n_alias > 0)

@@ -72,11 +72,12 @@ void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *p
 /* A message with no copy at the router (copy 0), handed to it for session sid. */
 static void push_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint16_t pid,
 			     uint8_t state, uint8_t qos, bool retain, struct rec_str topic,
-			     struct rec_bytes payload)
+			     struct rec_bytes payload, struct msg_v5 x5)
 {
 	struct rec_session_msg x = {
 		.conn = conn, .sid = sid, .copy = 0, .packet_id = pid, .state = state,
 		.qos = qos, .retain = retain, .topic = topic, .payload = payload,
+		.props = x5.props, .expires_at = x5.expires_at,
 	};
 
 	rec_session_msg_encode(&w->rw, &x);
@@ -126,6 +127,13 @@ static struct rec_bytes held_payload(const struct qmsg *m)
 		 : (struct rec_bytes){ 0 };
 }
 
+static struct msg_v5 held_v5(const struct qmsg *m)
+{
+	return m ? (struct msg_v5){ { m->data + m->topic_len + m->payload_len, m->props_len },
+				    m->expires_at }
+		 : (struct msg_v5){ 0 };
+}
+
 /*
  * A persistent session leaves what it still owes its client with the
  * router: the messages it has no copy of (it has the others, up to date).
@@ -142,14 +150,14 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
 
 		if (f->copy == 0)
 			push_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos,
-					 m ? m->retain : false, held_topic(m), held_payload(m));
+					 m ? m->retain : false, held_topic(m), held_payload(m), held_v5(m));
 	}
 	for (uint32_t i = 0; i < q->n_pending; i++) {
 		const struct pending *p = qos_pending_at(q, i);
 
 		if (p->copy == 0)
 			push_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
-					 held_topic(p->msg), held_payload(p->msg));
+					 held_topic(p->msg), held_payload(p->msg), held_v5(p->msg));
 	}
 }
 
@@ -165,6 +173,7 @@ void push_close(struct worker *w, struct conn *c, bool publish_will)
 		.conn = c->id,
 		.publish_will = (uint8_t)(publish_will |
 					  (v && v->end_session ? REC_CLOSE_END_SESSION : 0)),
+		.session_expiry = v ? v->session_expiry : c->clean ? 0 : REC_EXPIRY_NEVER,
 	};
 	uint16_t n = 0;
 
@@ -217,8 +226,7 @@ static void send_inflight(struct worker *w, struct conn *c, const struct infligh
 	const struct qmsg *m = f->msg;
 
 	send_publish(w, c, dup, f->qos, m->retain, m->data, m->topic_len, f->packet_id,
-		     m->data + m->topic_len, m->payload_len, (struct msg_v5){
-			     { m->data + m->topic_len + m->payload_len, m->props_len }, m->expires_at });
+		     m->data + m->topic_len, m->payload_len, held_v5(m));
 	if (!dup)
 		report_state(w, c, f->copy, f->packet_id, MSG_INFLIGHT);
 }
@@ -257,13 +265,24 @@ static void deliver_qos(struct worker *w, struct conn *c, struct qmsg *m, uint8_
 	act_on_verdict(w, c, v, sent, qos, copy);
 }
 
-/* Move queued messages into the window as acknowledgements free it. */
+/*
+ * Move queued messages into the window as acknowledgements free it; one
+ * whose message expiry passed while it waited goes instead, as done.
+ */
 void pending_pump(struct worker *w, struct conn *c)
 {
+	uint64_t now = c->qos->n_pending ? wall_clock_ms() : 0, copy;
 	struct inflight *f;
 
-	while ((f = qos_pump(c->qos, &c->next_pid, w->cfg, conn_window(w, c))) != NULL)
+	for (;;) {
+		if (qos_drop_expired(c->qos, now, &copy)) {
+			report_state(w, c, copy, 0, MSG_DONE);
+			continue;
+		}
+		if ((f = qos_pump(c->qos, &c->next_pid, w->cfg, conn_window(w, c))) == NULL)
+			break;
 		send_inflight(w, c, f, false);
+	}
 	if (c->qos->n_pending == 0)
 		c->drop_logged = false;
 	qos_trim(&c->qos);
@@ -282,7 +301,7 @@ struct delivery {
 static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uint8_t qos,
 		       uint64_t copy)
 {
-	if (d->x5.expires_at && d->x5.expires_at <= wall_clock_ms()) {
+	if (msg_v5_expired(d->x5)) {
 		report_state(w, c, copy, 0, MSG_DONE);   /* its message expiry passed: not sent */
 		return;
 	}
@@ -399,14 +418,14 @@ void deliver_local(struct worker *w, const struct route *rt,
 
 static void bounce(struct worker *w, conn_id_t conn, uint32_t sid, uint64_t copy, uint16_t pid,
 		   uint8_t state, uint8_t qos, bool retain, struct rec_str topic,
-		   struct rec_bytes payload)
+		   struct rec_bytes payload, struct msg_v5 x5)
 {
 	/*
 	 * The connection went away first: the router re-routes to the session
 	 * (it holds a copy already, if copy != 0).
 	 */
 	if (qos > 0 && sid != 0 && copy == 0)
-		push_session_msg(w, conn, sid, pid, state, qos, retain, topic, payload);
+		push_session_msg(w, conn, sid, pid, state, qos, retain, topic, payload, x5);
 }
 
 static int on_connack(struct worker *w, const void *p, size_t len)
@@ -517,7 +536,7 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 			deliver_to(w, c, dt, t.qos, t.copy);
 		else
 			bounce(w, t.conn, t.sid, t.copy, 0, MSG_QUEUED, t.qos, dt->retain, dt->topic,
-			       dt->payload);
+			       dt->payload, dt->x5);
 	}
 	delivery_done(&d[0]);
 	delivery_done(&d[1]);
@@ -567,38 +586,45 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 	struct inflight *sent = NULL;
 	enum qos_verdict v;
 	struct qmsg *m;
+	struct msg_v5 x5;
 
 	if (rec_session_msg_decode(&x, p, len) < 0)
 		return -1;
 	if (x.qos > 2 || (x.qos == 0 && x.state != MSG_QUEUED))
 		return 0;
+	x5 = (struct msg_v5){ x.props, x.expires_at };
 	c = conn_lookup(w, x.conn);
 	if (c == NULL || c->state != CS_ACTIVE) {
 		bounce(w, x.conn, x.sid, x.copy, x.packet_id, x.state, x.qos, x.retain, x.topic,
-		       x.payload);
+		       x.payload, x5);
 		return 0;
 	}
-	if (x.state != MSG_PUBREL &&
-	    !publish_fits(w, c, x.topic.len, x.payload.len, (struct msg_v5){ 0 }, x.qos)) {
+	if (x.state == MSG_QUEUED && msg_v5_expired(x5)) {
+		report_state(w, c, x.copy, 0, MSG_DONE);   /* expired while it waited: not sent */
+		return 0;
+	}
+	if (x.state != MSG_PUBREL && !publish_fits(w, c, x.topic.len, x.payload.len, x5, x.qos)) {
 		too_big(w, c, x.copy);
 		return 0;
 	}
 	if (x.qos == 0) {
 		/* Queued offline (queue_qos0_messages): sent once, nothing to keep. */
 		send_publish(w, c, false, 0, x.retain, x.topic.p, x.topic.len, 0, x.payload.p,
-			     x.payload.len, (struct msg_v5){ 0 });
+			     x.payload.len, x5);
 		return 0;
 	}
 	if (x.state == MSG_PUBREL) {
 		resend_pubrel(w, c, x.packet_id, x.copy);
 		return 0;
 	}
-	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, NULL, 0, x.retain);
+	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, x.props.p, x.props.len,
+		     x.retain);
 	if (m == NULL) {
 		log_error("out of memory resending a stored message; dropped");
 		report_state(w, c, x.copy, 0, MSG_DONE);
 		return 0;
 	}
+	m->expires_at = x.expires_at;
 	v = qos_resume(&c->qos, &c->next_pid, w->cfg, conn_window(w, c), m, x.qos, x.state, x.packet_id, x.copy,
 		       &sent);
 	act_on_verdict(w, c, v, sent, x.qos, x.copy);

@@ -74,6 +74,7 @@ struct iotd_config {
 	long max_connect_rate_per_address; /* new connections a second from one address; 0 = no cap */
 	long placement_slack;        /* the previous connection's worker may hold this many more */
 	long session_timeout_secs;   /* persistent sessions expire after this absence; 0 = never */
+	long max_session_expiry_interval; /* seconds an MQTT 5 session expiry may ask; 0 = no cap */
 	long keep_alive_timeout_secs;/* keep-alive applied to clients that ask for none (0) */
 	long max_keepalive;          /* a client asking for more is refused; 0 = no cap */
 	long connect_timeout;        /* seconds from accept to CONNECT */

@@ -152,6 +152,14 @@ struct inflight *qos_pump(struct conn_qos *q, uint16_t *next_pid, const struct i
 			  uint16_t window);
 
 /*
+ * The oldest queued message dropped when its message expiry is at or
+ * before now (ms since the epoch): true, *copy its router copy id (the
+ * caller reports it done). Called before each qos_pump(), so that a
+ * message that expired while it waited behind the window is never sent.
+ */
+bool qos_drop_expired(struct conn_qos *q, uint64_t now, uint64_t *copy);
+
+/*
  * PUBACK (a QoS 1 message in flight) and PUBCOMP (a QoS 2 exchange at
  * PUBREL): true when pid named one, now removed, *copy its router copy
  * id. The window then has room: the caller pumps and trims. Any other id

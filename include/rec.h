@@ -248,8 +248,15 @@ bool rec_packet_id_next(struct rec_iter *it, uint16_t *packet_id);
 
 /*
  * REC_CONNECT: a client's CONNECT, validated by the worker. The router
- * owns the session registry and answers REC_CONNACK.
+ * owns the session registry and answers REC_CONNACK. clean: a stored
+ * session is discarded (3.1.1's clean session, MQTT 5's Clean Start);
+ * session_expiry: seconds the session outlives the connection (3.1.1:
+ * clean session 1 is 0, 0 is REC_EXPIRY_NEVER), as granted. The will's
+ * MQTT 5 part: its delay and message expiry interval in seconds (0: none)
+ * and its properties as REC_PUBLISH's props (empty: none).
  */
+#define REC_EXPIRY_NEVER UINT32_MAX
+
 struct rec_connect {
 	uint64_t conn;
 	uint8_t clean;
@@ -262,6 +269,10 @@ struct rec_connect {
 	uint8_t will_retain;
 	struct rec_str will_topic;
 	struct rec_bytes will_payload;
+	uint32_t session_expiry;
+	uint32_t will_delay;
+	uint32_t will_expiry;
+	struct rec_bytes will_props;
 };
 
 int rec_connect_decode(struct rec_connect *x, const void *p, size_t len);
@@ -410,7 +421,9 @@ void rec_publish_encode(struct recw *w, const struct rec_publish *x);
  * Router -> worker: a stored message for a resumed session; the worker
  * resends it (MSG_INFLIGHT: same packet id, DUP=1; MSG_PUBREL: PUBREL
  * only; MSG_QUEUED: a new delivery) and reports its progress with
- * REC_MSG_STATE (copy != 0).
+ * REC_MSG_STATE (copy != 0). props and expires_at: the message's MQTT 5
+ * properties and deadline, as REC_PUBLISH's (empty and 0: none), always
+ * on the wire: this record is not per message.
  */
 struct rec_session_msg {
 	uint64_t conn;
@@ -422,6 +435,8 @@ struct rec_session_msg {
 	uint8_t retain;
 	struct rec_str topic;
 	struct rec_bytes payload;
+	struct rec_bytes props;
+	uint64_t expires_at;
 };
 
 int rec_session_msg_decode(struct rec_session_msg *x, const void *p, size_t len);
@@ -472,13 +487,15 @@ void rec_qos2_in_encode(struct recw *w, const struct rec_qos2_in *x);
  * death reaches the router on its control socket, IPC_WORKER_DOWN: no
  * worker can write it.) REC_CLOSE_END_SESSION: the session ends with the
  * connection, persistent as it was (an MQTT 5 DISCONNECT set its session
- * expiry interval to 0).
+ * expiry interval to 0). session_expiry: the session's interval as the
+ * connection leaves it (an MQTT 5 DISCONNECT may have changed it).
  */
 #define REC_CLOSE_END_SESSION 0x02
 
 struct rec_close {
 	uint64_t conn;
 	uint8_t publish_will;        /* 0 or 1, with REC_CLOSE_END_SESSION */
+	uint32_t session_expiry;
 	struct rec_iter ids;         /* u16 count, then each: u16 packet id (rec_packet_id_next) */
 };
 

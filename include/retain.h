@@ -3,7 +3,9 @@
  *
  * One message per topic, kept in a tree by topic level so that a
  * subscription with wildcards visits only the matching branches. Bounded by
- * a count and a byte budget (topic + payload bytes).
+ * a count and a byte budget (topic + payload + MQTT 5 properties bytes).
+ * A message with an expiry is removed by retain_expire() once it passed;
+ * until then a walk still reports it, and the caller looks at expires_at.
  */
 #ifndef IOTD_RETAIN_H
 #define IOTD_RETAIN_H
@@ -23,6 +25,18 @@ void retain_free(struct retain_store **rs);
  */
 void retain_set_limits(struct retain_store *rs, size_t max_count, size_t max_bytes);
 
+/* One retained message, as retain_put_msg() takes it and the walks report it. */
+struct retained {
+	const char *topic;
+	size_t topic_len;
+	const uint8_t *payload;
+	size_t payload_len;
+	const uint8_t *props;        /* its MQTT 5 property block (rec.h REC_PUB_PROPS); 0: none */
+	uint32_t props_len;
+	uint64_t expires_at;         /* its message expiry, ms since the epoch; 0: never */
+	uint8_t qos;
+};
+
 enum retain_result {
 	RETAIN_STORED = 0,     /* stored or replaced */
 	RETAIN_CLEARED = 1,    /* empty payload: removed (or nothing to remove) */
@@ -31,11 +45,13 @@ enum retain_result {
 };
 
 /* Store, replace, or (payload_len 0) clear the retained message of a topic. */
+int retain_put_msg(struct retain_store *rs, const struct retained *m);
+/* The same for a message without properties or expiry. */
 int retain_put(struct retain_store *rs, const char *topic, size_t topic_len,
 	       const uint8_t *payload, size_t payload_len, uint8_t qos);
 
-typedef void (*retain_cb)(const char *topic, size_t topic_len, const uint8_t *payload,
-			  size_t payload_len, uint8_t qos, void *arg);
+/* m and what it points to are valid during the call only. */
+typedef void (*retain_cb)(const struct retained *m, void *arg);
 /* Call cb for every retained message whose topic matches filter ($-rule included). */
 void retain_match(const struct retain_store *rs, const char *filter, size_t filter_len,
 		  retain_cb cb, void *arg);
@@ -70,8 +86,7 @@ void retain_cursor_start(struct retain_store *rs, struct retain_cursor *c, const
 /* Abandon the walk; nothing to do for a finished or stopped one. */
 void retain_cursor_stop(struct retain_store *rs, struct retain_cursor *c);
 /* false: stop after this message (it counts as reported). Must not change the store. */
-typedef bool (*retain_cursor_cb)(const char *topic, size_t topic_len, const uint8_t *payload,
-				 size_t payload_len, uint8_t qos, void *arg);
+typedef bool (*retain_cursor_cb)(const struct retained *m, void *arg);
 /*
  * Go on with the walk for at most *steps nodes (each node visited costs
  * one, whether it holds a message or not; *steps is lowered by what was
@@ -80,6 +95,16 @@ typedef bool (*retain_cursor_cb)(const char *topic, size_t topic_len, const uint
  */
 bool retain_cursor_next(struct retain_store *rs, struct retain_cursor *c, size_t *steps,
 			retain_cursor_cb cb, void *arg);
+
+/*
+ * Remove the messages whose expiry is at or before now (ms since the
+ * epoch), calling cb for each before it goes, visiting at most steps nodes
+ * of the tree: a sweep that goes on from where the last call stopped (its
+ * node pinned meanwhile) and starts over at the end. Costs nothing while
+ * no message has an expiry. Returns how many it removed.
+ */
+size_t retain_expire(struct retain_store *rs, uint64_t now, size_t steps, retain_cb cb,
+		     void *arg);
 
 size_t retain_count(const struct retain_store *rs);
 size_t retain_bytes(const struct retain_store *rs);

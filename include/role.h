@@ -91,6 +91,13 @@ void eventfd_wake(int efd);
 /* Read and discard an eventfd's counter. */
 void eventfd_drain(int efd);
 
+/*
+ * The wall clock in ms since the epoch (CLOCK_REALTIME): what a message's
+ * expiry deadline is measured in (rec.h), the same in every process and
+ * across restarts.
+ */
+uint64_t wall_clock_ms(void);
+
 /* Add fd to the epoll set epfd for events; its events carry ptr. 0, or -1 (errno). */
 int epoll_watch(int epfd, int fd, uint32_t events, void *ptr);
 

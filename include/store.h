@@ -53,6 +53,11 @@ struct store_connect {
 	uint16_t will_topic_len;
 	const uint8_t *will_payload;
 	uint32_t will_payload_len;
+	/* Format 6; an older store's: expiry as clean says (0, or never), no will delay nor properties. */
+	uint32_t session_expiry;          /* granted (rec.h REC_CONNECT) */
+	uint32_t will_delay, will_expiry;
+	const uint8_t *will_props;
+	uint32_t will_props_len;
 };
 
 /*
@@ -84,6 +89,18 @@ struct store_session {
 	bool pending;                     /* pend: a CONNECT waiting to take it over */
 	struct store_connect pend;
 	struct store_token pend_token;    /* ... and its token's rules */
+	/* Format 6. */
+	uint32_t expiry;                  /* its session expiry interval (rec.h) */
+	bool will_held;                   /* offline, will: the CONNECT whose will waits */
+	uint64_t will_at_ms;              /* ... until then (wall clock, ms since the epoch) */
+	struct store_connect will;
+};
+
+/* What an MQTT 5 message carries beside its payload (rec.h REC_PUB_PROPS, REC_PUB_EXPIRY). */
+struct store_v5 {
+	const uint8_t *props;             /* its property block; props_len 0: none */
+	uint32_t props_len;
+	uint64_t expires_at;              /* its message expiry, ms since the epoch; 0: never */
 };
 
 /* A message in a session's queue. */
@@ -95,6 +112,7 @@ struct store_msg {
 	uint16_t topic_len;
 	const uint8_t *payload;
 	uint32_t payload_len;
+	struct store_v5 v5;               /* format 6; none in an older store */
 };
 
 /* ---- location and life cycle ------------------------------------------- */
@@ -191,8 +209,9 @@ void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t 
 /* order: position in the session's queue, kept in ascending order. */
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m);
 void store_queue_del(struct store *st, uint32_t sid, uint64_t order);
+/* v5: the message's properties and expiry (format 6); NULL: none. */
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
-			const uint8_t *payload, uint32_t payload_len);
+			const uint8_t *payload, uint32_t payload_len, const struct store_v5 *v5);
 void store_retained_del(struct store *st, const char *topic, uint16_t len);
 /* Named counters in meta: "next_sid", "tail/<i>", "head/<i>". */
 void store_meta_put(struct store *st, const char *key, uint64_t v);
@@ -210,7 +229,8 @@ typedef void (*store_sub_cb)(void *arg, uint32_t sid, const char *filter, uint16
 			     uint8_t opts, uint32_t sub_id);
 typedef void (*store_queue_cb)(void *arg, uint32_t sid, uint64_t order, const struct store_msg *m);
 typedef void (*store_retained_cb)(void *arg, const char *topic, uint16_t len, uint8_t qos,
-				  const uint8_t *payload, uint32_t payload_len);
+				  const uint8_t *payload, uint32_t payload_len,
+				  const struct store_v5 *v5);
 typedef void (*store_outbox_cb)(void *arg, uint64_t seq, uint16_t type, const void *data,
 				uint32_t len);
 

@@ -72,13 +72,16 @@ def test_connack_advertises_what_iotd_supports(broker, clients):
     assert m.P_SESSION_EXPIRY not in props
 
 
+@pytest.mark.broker_config(max_session_expiry_interval=20)
 def test_client_id_given_is_not_assigned_and_session_expiry_granted(broker, clients):
-    c = clients.own(raw5(broker, clean=False, props=[(m.P_SESSION_EXPIRY, 30)]))
+    c = clients.own(raw5(broker, clean=False, props=[(m.P_SESSION_EXPIRY, 10)]))
     assert m.P_ASSIGNED_CLIENT_ID not in c.connack.propd
-    # Sessions resumed with Clean Start 0 do not expire: the client is told.
-    assert c.connack.propd[m.P_SESSION_EXPIRY] == 0xFFFFFFFF
-    d = clients.own(raw5(broker, clean=True, props=[(m.P_SESSION_EXPIRY, 30)]))
-    assert d.connack.propd[m.P_SESSION_EXPIRY] == 0
+    # Granted as asked: nothing to say.
+    assert m.P_SESSION_EXPIRY not in c.connack.propd
+    # Over max_session_expiry_interval (also "never"): the client is told what it got.
+    for asked in (30, 0xFFFFFFFF):
+        d = clients.own(raw5(broker, clean=True, props=[(m.P_SESSION_EXPIRY, asked)]))
+        assert d.connack.propd[m.P_SESSION_EXPIRY] == 20
 
 
 @pytest.mark.broker_config(max_keepalive=30, keep_alive_timeout_secs=20)
@@ -348,7 +351,7 @@ def test_publish_the_acl_refuses_is_acknowledged_with_0x87(start_broker, auth_di
 
 def test_disconnect_with_session_expiry_0_ends_a_persistent_session(broker, clients):
     cid = uid("se0")
-    c = clients.own(raw5(broker, cid=cid, clean=False))
+    c = clients.own(raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 60)]))
     assert subscribe5(c, [("se0/t", 1)]) == [1]
     c.send(m.disconnect_v5(0, props=[(m.P_SESSION_EXPIRY, 0)]))
     c.expect_closed()
@@ -358,11 +361,11 @@ def test_disconnect_with_session_expiry_0_ends_a_persistent_session(broker, clie
 
 def test_disconnect_keeps_a_persistent_session_otherwise(broker, clients):
     cid = uid("se1")
-    c = clients.own(raw5(broker, cid=cid, clean=False))
+    c = clients.own(raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 60)]))
     assert subscribe5(c, [("se1/t", 1)]) == [1]
     c.send(m.disconnect_v5(0))
     c.expect_closed()
-    again = clients.own(raw5(broker, cid=cid, clean=False))
+    again = clients.own(raw5(broker, cid=cid, clean=False, props=[(m.P_SESSION_EXPIRY, 60)]))
     assert again.connack.session_present
     clients.own(raw(broker)).publish("se1/t", b"kept", qos=1)
     assert m.v5(again.recv_publish()).payload == b"kept"

@@ -73,7 +73,8 @@ static struct rec_str pick_topic(struct fuzz_in *in)
 
 static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 {
-	uint8_t flags = take(in), buf[16];
+	static const uint32_t expiries[4] = { 0, 1, 300, REC_EXPIRY_NEVER };
+	uint8_t flags = take(in), v5 = take(in), buf[16];
 	struct rec_connect x = { .remote = { (const uint8_t *)"127.0.0.1:1", 11 } };
 
 	x.conn = pick_conn(in);
@@ -87,6 +88,12 @@ static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 	x.will_payload = take_payload(in, buf, sizeof(buf));
 	if (flags & 0x80)
 		x.user = (struct rec_str){ (const uint8_t *)"alice", 5 };
+	/* The MQTT 5 part: a session expiry, a will delay and expiry, will properties (or junk). */
+	x.session_expiry = expiries[v5 & 3];
+	x.will_delay = v5 >> 2 & 3;
+	x.will_expiry = v5 >> 4 & 1;
+	if (v5 & 0x20)
+		take_msg_v5(in, &x.will_props, &(uint64_t){ 0 });
 	rec_connect_encode(w, &x);
 	return REC_CONNECT;
 }
@@ -159,6 +166,7 @@ static uint16_t build_session_msg(struct recw *w, struct fuzz_in *in)
 	x.retain = take(in) % 2;
 	x.topic = pick_topic(in);
 	x.payload = take_payload(in, buf, sizeof(buf));
+	take_msg_v5(in, &x.props, &x.expires_at);
 	rec_session_msg_encode(w, &x);
 	return REC_SESSION_MSG;
 }
@@ -196,6 +204,7 @@ static uint16_t build_close(struct recw *w, struct fuzz_in *in)
 
 	x.conn = pick_conn(in);
 	x.publish_will = take(in) % 3;
+	x.session_expiry = take(in) & 1 ? REC_EXPIRY_NEVER : take(in) % 3;
 	for (uint8_t i = 0; i < n; i++)
 		ids[i] = take(in) % 4;
 	rec_close_encode(w, &x, ids, n);

@@ -158,10 +158,9 @@ static void fuzz_on_sub(void *subscriber, uint8_t qos, void *arg)
 	c->total++;
 }
 
-static void fuzz_on_retained(const char *topic, size_t topic_len, const uint8_t *payload,
-			     size_t payload_len, uint8_t qos, void *arg)
+static void fuzz_on_retained(const struct retained *m, void *arg)
 {
-	CHECK(payload_len > 0 && qos <= 2);
+	CHECK(m->payload_len > 0 && m->qos <= 2);
 	(*(size_t *)arg)++;
 }
 

@@ -332,6 +332,7 @@ static uint16_t build_session_msg(struct recw *rw, struct fuzz_in *in)
 	x.retain = take(in) % 3;
 	x.topic = pick_topic(in);
 	x.payload = take_payload(in, buf, sizeof(buf));
+	take_msg_v5(in, &x.props, &x.expires_at);
 	rec_session_msg_encode(rw, &x);
 	return REC_SESSION_MSG;
 }

@@ -52,6 +52,23 @@ static inline struct rec_bytes take_payload(struct fuzz_in *in, uint8_t *buf, ui
 }
 
 /* Fewer than cap raw bytes into w under any type number, none included: no layout at all. */
+/*
+ * A message's MQTT 5 part as records carry it: no properties, a block a
+ * PUBLISH may forward, or one holding what the broker rewrites (a topic
+ * alias); no expiry, one long past, or one far off.
+ */
+static inline void take_msg_v5(struct fuzz_in *in, struct rec_bytes *props, uint64_t *expires_at)
+{
+	static const uint64_t deadlines[3] = { 0, 1, UINT64_MAX / 2 };
+	uint8_t v = take(in);
+
+	*props = (struct rec_bytes){ 0 };
+	if (v & 1)
+		*props = (struct rec_bytes){ (const uint8_t *)(v & 2 ? "\x02\x01\x01" : "\x02\x23\x01"),
+					     3 };
+	*expires_at = deadlines[(v >> 2) % 3];
+}
+
 static inline uint16_t take_raw_record(struct recw *w, struct fuzz_in *in, uint8_t cap)
 {
 	uint16_t type = take(in) % (REC_TYPE_MAX + 2);

@@ -244,6 +244,41 @@ static void a_full_window_queues_and_acknowledgements_send_the_oldest_first(void
 	}
 }
 
+/* A queued message whose expiry passed is dropped from the head of the queue, not sent. */
+static void queued_messages_past_their_expiry_are_dropped_not_sent(void **state)
+{
+	struct conn_qos *q = NULL;
+	struct qmsg *m[4], *got;
+	uint16_t next = 0;
+	uint64_t copy;
+
+	for (int i = 0; i < 4; i++)
+		m[i] = msg((uint32_t)i + 1);
+	m[1]->expires_at = 1000;
+	m[2]->expires_at = 5000;
+	assert_int_equal(offer(&q, &next, m[0], 1, 10, NULL), QOS_SEND);
+	assert_int_equal(offer(&q, &next, m[3], 1, 13, NULL), QOS_SEND);
+	assert_int_equal(offer(&q, &next, m[1], 1, 11, NULL), QOS_QUEUED);
+	assert_int_equal(offer(&q, &next, m[2], 1, 12, NULL), QOS_QUEUED);
+	/* Not yet, and only the head. */
+	assert_false(qos_drop_expired(q, 999, &copy));
+	assert_true(qos_puback(q, 1, &copy));
+	assert_true(qos_drop_expired(q, 1000, &copy));
+	assert_int_equal(copy, 11);
+	assert_int_equal(m[1]->refs, 1);
+	assert_int_equal(q->n_pending, 1);
+	assert_int_equal(q->pending_bytes, 1 + 3);      /* m[2]'s topic and payload */
+	assert_false(qos_drop_expired(q, 4999, &copy));
+	assert_int_equal(pump(q, &next, &got), 3);
+	assert_ptr_equal(got, m[2]);
+	assert_false(qos_drop_expired(q, UINT64_MAX, &copy));   /* nothing queued */
+	qos_free(q);
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(m[i]->refs, 1);
+		qmsg_unref(m[i]);
+	}
+}
+
 static void the_queue_grows_across_its_wrap_keeping_the_order(void **state)
 {
 	struct conn_qos *q = NULL;
@@ -742,6 +777,7 @@ int main(void)
 		cmocka_unit_test_setup(a_full_window_queues_and_acknowledgements_send_the_oldest_first,
 				       setup),
 		cmocka_unit_test_setup(the_queue_grows_across_its_wrap_keeping_the_order, setup),
+		cmocka_unit_test_setup(queued_messages_past_their_expiry_are_dropped_not_sent, setup),
 		cmocka_unit_test_setup(a_raised_max_inflight_widens_the_window_and_a_lowered_one_narrows_it,
 				       setup),
 		cmocka_unit_test_setup(the_clients_receive_maximum_narrows_the_window, setup),

@@ -595,12 +595,18 @@ static void test_connect_layout(void **state)
 		0x01, 0x01, 0x00,                               /* will flag, qos, retain */
 		0x01, 0x00, 'w',                                /* will topic */
 		0x03, 0x00, 0x00, 0x00, 'b', 'y', 'e',          /* will payload */
+		0x2c, 0x01, 0x00, 0x00,                         /* session expiry 300 */
+		0x05, 0x00, 0x00, 0x00,                         /* will delay 5 */
+		0x0a, 0x00, 0x00, 0x00,                         /* will expiry 10 */
+		0x02, 0x00, 0x00, 0x00, 0x01, 0x01,             /* will props: payload format 1 */
 	};
 	const struct rec_connect x = {
 		.conn = 0x0102030405060708ull, .clean = 1, .keepalive = 60,
 		.client_id = STR("c1"), .remote = STR("r"), .user = STR("u1"),
 		.will_flag = 1, .will_qos = 1, .will_retain = 0,
 		.will_topic = STR("w"), .will_payload = BYTES("bye"),
+		.session_expiry = 300, .will_delay = 5, .will_expiry = 10,
+		.will_props = BYTES("\x01\x01"),
 	};
 	struct rec_connect d;
 	struct recw w;
@@ -621,6 +627,10 @@ static void test_connect_layout(void **state)
 	assert_int_equal(d.will_retain, 0);
 	assert_str(d.will_topic, "w");
 	assert_bytes(d.will_payload, "bye");
+	assert_int_equal(d.session_expiry, 300);
+	assert_int_equal(d.will_delay, 5);
+	assert_int_equal(d.will_expiry, 10);
+	assert_bytes(d.will_props, "\x01\x01");
 	assert_whole_only(REC_CONNECT, wire, sizeof(wire));
 
 	/* Without a will: empty strings, no pointers. */
@@ -720,7 +730,8 @@ static void test_session_msg_round_trip(void **state)
 	const struct rec_session_msg x = {
 		.conn = 0xfedcba9876543210ull, .sid = 0xffffffff, .copy = 1ull << 63,
 		.packet_id = 0x1234, .state = MSG_PUBREL, .qos = 2, .retain = 1,
-		.topic = STR("s/t"), .payload = BYTES("hello"),
+		.topic = STR("s/t"), .payload = BYTES("hello"), .props = BYTES("\x03\x01\x00\x01"),
+		.expires_at = 1234567890123ull,
 	};
 	struct rec_session_msg d;
 	struct recw w;
@@ -728,7 +739,7 @@ static void test_session_msg_round_trip(void **state)
 	recw_init(&w);
 	rec_session_msg_encode(&w, &x);
 	assert_false(w.oom);
-	assert_int_equal(w.len, 8 + 4 + 8 + 2 + 1 + 1 + 1 + (2 + 3) + (4 + 5));
+	assert_int_equal(w.len, 8 + 4 + 8 + 2 + 1 + 1 + 1 + (2 + 3) + (4 + 5) + (4 + 4) + 8);
 	assert_int_equal(rec_session_msg_decode(&d, w.buf, w.len), 0);
 	assert_true(d.conn == x.conn);
 	assert_int_equal(d.sid, x.sid);
@@ -739,6 +750,9 @@ static void test_session_msg_round_trip(void **state)
 	assert_int_equal(d.retain, 1);
 	assert_str(d.topic, "s/t");
 	assert_bytes(d.payload, "hello");
+	assert_int_equal(d.props.len, 4);
+	assert_memory_equal(d.props.p, "\x03\x01\x00\x01", 4);
+	assert_true(d.expires_at == x.expires_at);
 	assert_whole_only(REC_SESSION_MSG, w.buf, w.len);
 	recw_free(&w);
 }
@@ -799,12 +813,14 @@ static void test_close_and_connack_carry_ids(void **state)
 	struct recw w;
 
 	recw_init(&w);
-	rec_close_encode(&w, &(struct rec_close){ .conn = 9, .publish_will = 1 }, ids, 3);
+	rec_close_encode(&w, &(struct rec_close){ .conn = 9, .publish_will = 1, .session_expiry = 77 },
+			 ids, 3);
 	assert_false(w.oom);
-	assert_int_equal(w.len, 8 + 1 + 2 + 3 * 2);
+	assert_int_equal(w.len, 8 + 1 + 4 + 2 + 3 * 2);
 	assert_int_equal(rec_close_decode(&c, w.buf, w.len), 0);
 	assert_true(c.conn == 9);
 	assert_int_equal(c.publish_will, 1);
+	assert_int_equal(c.session_expiry, 77);
 	assert_int_equal(c.ids.n, 3);
 	for (int i = 0; i < 3; i++) {
 		assert_true(rec_packet_id_next(&c.ids, &id));
@@ -812,9 +828,9 @@ static void test_close_and_connack_carry_ids(void **state)
 	}
 	assert_false(rec_packet_id_next(&c.ids, &id));
 	assert_whole_only(REC_CLOSE, w.buf, w.len);
-	recw_patch_u16(&w, 9, 4);                       /* the count */
+	recw_patch_u16(&w, 13, 4);                      /* the count */
 	assert_int_equal(rec_close_decode(&c, w.buf, w.len), -1);
-	recw_patch_u16(&w, 9, 2);
+	recw_patch_u16(&w, 13, 2);
 	assert_int_equal(rec_close_decode(&c, w.buf, w.len), -1);
 
 	rec_close_encode(&w, &(struct rec_close){ .conn = 9 }, NULL, 0);

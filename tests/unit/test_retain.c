@@ -42,21 +42,19 @@ static void copy_str(char *dst, size_t cap, const void *src, size_t len)
 	dst[len] = '\0';
 }
 
-static void collect(const char *topic, size_t topic_len, const uint8_t *payload,
-		    size_t payload_len, uint8_t qos, void *arg)
+static void collect(const struct retained *m, void *arg)
 {
 	struct got *g = arg;
 
 	if (g->n < MAX_GOT) {
-		copy_str(g->topic[g->n], sizeof(g->topic[0]), topic, topic_len);
-		copy_str(g->payload[g->n], sizeof(g->payload[0]), payload, payload_len);
-		g->qos[g->n] = qos;
+		copy_str(g->topic[g->n], sizeof(g->topic[0]), m->topic, m->topic_len);
+		copy_str(g->payload[g->n], sizeof(g->payload[0]), m->payload, m->payload_len);
+		g->qos[g->n] = m->qos;
 	}
 	g->n++;
 }
 
-static void count_cb(const char *topic, size_t topic_len, const uint8_t *payload,
-		     size_t payload_len, uint8_t qos, void *arg)
+static void count_cb(const struct retained *m, void *arg)
 {
 	(*(size_t *)arg)++;
 }
@@ -541,12 +539,11 @@ struct step_got {
 	size_t stop_after;
 };
 
-static bool step_collect(const char *topic, size_t topic_len, const uint8_t *payload,
-			 size_t payload_len, uint8_t qos, void *arg)
+static bool step_collect(const struct retained *m, void *arg)
 {
 	struct step_got *s = arg;
 
-	collect(topic, topic_len, payload, payload_len, qos, &s->g);
+	collect(m, &s->g);
 	return !s->stop_after || s->g.n % s->stop_after != 0;
 }
 
@@ -708,6 +705,53 @@ static void test_cursor_survives_topics_removed_under_it(void **state)
 	retain_free(&rs);
 }
 
+/*
+ * Messages with an expiry: walks report it with their properties until
+ * retain_expire() removes them, a bounded number of nodes per call, going
+ * on where the last call stopped ('$' topics too); the counts follow.
+ */
+static void test_expired_messages_are_swept_a_bounded_part_at_a_time(void **state)
+{
+	struct retain_store *rs = retain_new(0, 0);
+	const struct retained a = { .topic = "a/x", .topic_len = 3, .payload = (const uint8_t *)"1",
+				    .payload_len = 1, .props = (const uint8_t *)"\x02\x01\x01",
+				    .props_len = 3, .expires_at = 1000, .qos = 1 };
+	struct retained b = a, d = a;
+	size_t calls = 0, gone = 0;
+	struct got *g;
+
+	b.topic = "b";
+	b.topic_len = 1;
+	b.expires_at = 5000;
+	d.topic = "$d/y";
+	d.topic_len = 4;
+	assert_non_null(rs);
+	assert_int_equal(retain_put_msg(rs, &a), RETAIN_STORED);
+	assert_int_equal(retain_put_msg(rs, &b), RETAIN_STORED);
+	assert_int_equal(retain_put_msg(rs, &d), RETAIN_STORED);
+	assert_int_equal(put(rs, "c", "kept", 0), RETAIN_STORED);
+	assert_int_equal(retain_bytes(rs), 3 + 1 + 3 + 1 + 1 + 3 + 4 + 1 + 3 + 1 + 4);
+	assert_int_equal(retain_expire(rs, 999, 100, count_cb, &calls), 0);
+	g = lookup(rs, "a/x");
+	assert_int_equal(g->n, 1);
+	/* One node per call: the whole tree (root, a, a/x, b, $d, $d/y, c) takes 7 calls. */
+	for (int i = 0; i < 7; i++)
+		gone += retain_expire(rs, 1000, 1, count_cb, &calls);
+	assert_int_equal(gone, 2);
+	assert_int_equal(calls, 2);
+	assert_int_equal(retain_count(rs), 2);
+	assert_int_equal(lookup(rs, "a/x")->n, 0);
+	assert_int_equal(lookup(rs, "$d/y")->n, 0);
+	assert_int_equal(lookup(rs, "b")->n, 1);
+	assert_int_equal(retain_expire(rs, 5000, 100, count_cb, &calls), 1);
+	assert_int_equal(retain_count(rs), 1);
+	assert_int_equal(retain_bytes(rs), 1 + 4);
+	/* Nothing left with an expiry: the sweep costs nothing. */
+	assert_int_equal(retain_expire(rs, UINT64_MAX, 100, count_cb, &calls), 0);
+	assert_int_equal(calls, 3);
+	retain_free(&rs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -733,6 +777,7 @@ int main(void)
 		cmocka_unit_test(test_cursor_stops_when_told_and_resumes_where_it_stopped),
 		cmocka_unit_test(test_cursor_skips_topics_stored_or_cleared_after_its_start),
 		cmocka_unit_test(test_cursor_survives_topics_removed_under_it),
+		cmocka_unit_test(test_expired_messages_are_swept_a_bounded_part_at_a_time),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -214,6 +214,7 @@ static void build_connect_as(struct recw *w, conn_id_t conn, bool clean, const c
 		.will_retain = will ? will->retain : 0,
 		.will_topic = str(will ? will->topic : ""),
 		.will_payload = bytes(will ? will->payload : ""),
+		.session_expiry = clean ? 0 : REC_EXPIRY_NEVER,
 	};
 
 	recw_init(w);
@@ -326,7 +327,8 @@ static int send_publish(struct fx *f, unsigned worker, uint8_t qos, bool retain,
 static void build_close(struct recw *w, conn_id_t conn, bool publish_will, uint16_t n,
 			const uint16_t *ids)
 {
-	const struct rec_close x = { .conn = conn, .publish_will = publish_will };
+	const struct rec_close x = { .conn = conn, .publish_will = publish_will,
+				     .session_expiry = REC_EXPIRY_NEVER };
 
 	recw_init(w);
 	rec_close_encode(w, &x, ids, n);
@@ -2432,6 +2434,85 @@ static void sessions_never_expire_with_timeout_zero(void **state)
 	connect_ok(f, C(0, 1), false, "dev", NULL);
 	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
 	router_tick(f->r, UINT64_C(1) << 50);
+	assert_int_equal(stats_of(f).sessions, 1);
+}
+
+/* A CONNECT of an MQTT 5 client: Clean Start 0, session expiry interval expiry, a will maybe. */
+static int send_connect5(struct fx *f, conn_id_t conn, const char *id, uint32_t expiry,
+			 uint32_t will_delay, const char *will_props)
+{
+	const struct rec_connect x = {
+		.conn = conn, .keepalive = 60, .client_id = str(id), .remote = str("127.0.0.1:1"),
+		.will_flag = will_props != NULL, .will_topic = str(will_props ? "will/t" : ""),
+		.will_payload = bytes(will_props ? "bye" : ""), .session_expiry = expiry,
+		.will_delay = will_delay, .will_props = bytes(will_props ? will_props : ""),
+	};
+	struct recw w;
+
+	recw_init(&w);
+	rec_connect_encode(&w, &x);
+	return handle(f, 0, REC_CONNECT, &w);
+}
+
+static int send_close_expiry(struct fx *f, conn_id_t conn, uint32_t expiry)
+{
+	const struct rec_close x = { .conn = conn, .session_expiry = expiry };
+	struct recw w;
+
+	recw_init(&w);
+	rec_close_encode(&w, &x, NULL, 0);
+	return handle(f, 0, REC_CLOSE, &w);
+}
+
+/*
+ * Each session ends once offline for its own interval, capped by
+ * max_session_expiry_interval (and as a DISCONNECT changed it); 0 ends it
+ * with its connection.
+ */
+static void offline_sessions_expire_after_their_own_interval(void **state)
+{
+	struct fx *f = *state;
+
+	f->cfg.max_session_expiry_interval = 60;
+	router_tick(f->r, 1000);
+	assert_int_equal(send_connect5(f, C(0, 1), "five", 5, 0, NULL), 0);
+	assert_int_equal(send_connect5(f, C(0, 2), "capped", REC_EXPIRY_NEVER, 0, NULL), 0);
+	assert_int_equal(send_connect5(f, C(0, 3), "changed", 3600, 0, NULL), 0);
+	assert_int_equal(send_connect5(f, C(0, 4), "zero", 0, 0, NULL), 0);
+	assert_int_equal(stats_of(f).sessions, 4);
+	assert_int_equal(send_close_expiry(f, C(0, 1), 5), 0);
+	assert_int_equal(send_close_expiry(f, C(0, 2), REC_EXPIRY_NEVER), 0);
+	assert_int_equal(send_close_expiry(f, C(0, 3), 2), 0);   /* DISCONNECT's interval */
+	assert_int_equal(send_close_expiry(f, C(0, 4), 100), 0); /* cannot make it outlive 0 */
+	assert_int_equal(stats_of(f).sessions, 3);
+	router_tick(f->r, 2999);
+	assert_int_equal(stats_of(f).sessions, 3);
+	router_tick(f->r, 3000);
+	assert_int_equal(stats_of(f).sessions, 2);
+	router_tick(f->r, 6000);
+	assert_int_equal(stats_of(f).sessions, 1);
+	router_tick(f->r, 60999);
+	assert_int_equal(stats_of(f).sessions, 1);
+	router_tick(f->r, 61000);
+	assert_int_equal(stats_of(f).sessions, 0);
+}
+
+/* Records are hostile: a will's MQTT 5 part without a will, or properties a PUBLISH cannot forward. */
+static void connect_with_a_bad_will_part_is_dropped(void **state)
+{
+	struct fx *f = *state;
+	const struct rec_connect x = {
+		.conn = C(0, 1), .client_id = str("w"), .remote = str("r"), .will_delay = 5,
+	};
+	struct recw w;
+
+	recw_init(&w);
+	rec_connect_encode(&w, &x);
+	assert_int_equal(handle(f, 0, REC_CONNECT, &w), -1);
+	/* A topic alias is the broker's to rewrite: not in a will's forwarded properties. */
+	assert_int_equal(send_connect5(f, C(0, 1), "w", 60, 0, "\x03\x23\x00\x01"), -1);
+	assert_int_equal(f->n, 0);
+	assert_int_equal(send_connect5(f, C(0, 1), "w", 60, 0, "\x02\x01\x01"), 0);
 	assert_int_equal(stats_of(f).sessions, 1);
 }
 
@@ -4749,6 +4830,8 @@ int main(void)
 		T(full_offline_queue_drops_qos0_first),
 		T(offline_session_expires_after_timeout),
 		T(sessions_never_expire_with_timeout_zero),
+		T(offline_sessions_expire_after_their_own_interval),
+		T(connect_with_a_bad_will_part_is_dropped),
 		T(bounce_goes_to_the_sessions_new_connection),
 		T(bounce_to_offline_session_is_queued),
 		T(bounce_for_gone_session_is_dropped),

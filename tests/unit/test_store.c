@@ -95,6 +95,11 @@ struct got_session {
 	bool will_flag;
 	uint8_t will_qos, will_retain;
 	char will_topic[64], will_payload[64];
+	uint32_t expiry, cx_expiry, will_delay;
+	char will_props[64];
+	bool will_held;
+	uint64_t will_at;
+	char held_topic[64], held_props[64];
 };
 
 struct got_msg {
@@ -103,7 +108,8 @@ struct got_msg {
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
 	bool at_worker;
-	char topic[1024], payload[64];
+	char topic[1024], payload[64], props[64];
+	uint64_t expires_at;
 };
 
 struct got {
@@ -113,7 +119,7 @@ struct got {
 	size_t nsub;
 	struct got_msg q[16];
 	size_t nq;
-	struct { char topic[1024]; uint8_t qos; char payload[64]; } ret[8];
+	struct { char topic[1024]; uint8_t qos; char payload[64], props[64]; uint64_t expires_at; } ret[8];
 	size_t nret;
 	struct { uint64_t seq; uint16_t type; char data[64]; } held[8];
 	size_t nheld;
@@ -144,6 +150,15 @@ static void got_session(void *arg, const struct store_session *s)
 	copy_str(o->token_rules, sizeof(o->token_rules), s->token.rules, s->token.len);
 	o->last_seen = s->last_seen_ms;
 	o->n_ids = s->n_qos2_ids;
+	o->expiry = s->expiry;
+	o->will_held = s->will_held;
+	if (s->will_held) {
+		o->will_at = s->will_at_ms;
+		copy_str(o->held_topic, sizeof(o->held_topic), s->will.will_topic,
+			 s->will.will_topic_len);
+		copy_str(o->held_props, sizeof(o->held_props), s->will.will_props,
+			 s->will.will_props_len);
+	}
 	if (s->n_qos2_ids)
 		memcpy(o->ids, s->qos2_ids, s->n_qos2_ids * sizeof(uint16_t));
 	if (s->online) {
@@ -155,6 +170,10 @@ static void got_session(void *arg, const struct store_session *s)
 			 s->cx.will_topic_len);
 		copy_str(o->will_payload, sizeof(o->will_payload), s->cx.will_payload,
 			 s->cx.will_payload_len);
+		o->cx_expiry = s->cx.session_expiry;
+		o->will_delay = s->cx.will_delay;
+		copy_str(o->will_props, sizeof(o->will_props), s->cx.will_props,
+			 s->cx.will_props_len);
 	}
 	if (s->pending) {
 		o->pend_conn = s->pend.conn;
@@ -192,16 +211,20 @@ static void got_queued(void *arg, uint32_t sid, uint64_t order, const struct sto
 	o->retain = m->retain;
 	copy_str(o->topic, sizeof(o->topic), m->topic, m->topic_len);
 	copy_str(o->payload, sizeof(o->payload), m->payload, m->payload_len);
+	copy_str(o->props, sizeof(o->props), m->v5.props, m->v5.props_len);
+	o->expires_at = m->v5.expires_at;
 }
 
 static void got_retained(void *arg, const char *topic, uint16_t len, uint8_t qos,
-			 const uint8_t *payload, uint32_t payload_len)
+			 const uint8_t *payload, uint32_t payload_len, const struct store_v5 *v5)
 {
 	struct got *g = arg;
 
 	assert_true(g->nret < 8);
 	copy_str(g->ret[g->nret].topic, sizeof(g->ret[0].topic), topic, len);
 	copy_str(g->ret[g->nret].payload, sizeof(g->ret[0].payload), payload, payload_len);
+	copy_str(g->ret[g->nret].props, sizeof(g->ret[0].props), v5->props, v5->props_len);
+	g->ret[g->nret].expires_at = v5->expires_at;
 	g->ret[g->nret++].qos = qos;
 }
 
@@ -286,7 +309,7 @@ static void put_msg(struct store *st, uint32_t sid, uint64_t order, const char *
 static void put_retained(struct store *st, const char *topic, const char *payload)
 {
 	store_retained_put(st, topic, (uint16_t)strlen(topic), 1, (const uint8_t *)payload,
-			   (uint32_t)strlen(payload));
+			   (uint32_t)strlen(payload), NULL);
 }
 
 /* A topic longer than an LMDB key: 'len' bytes of 'fill' ending in 'tail'. */
@@ -683,6 +706,86 @@ static void format_4_subscription_reads_as_its_qos_without_options(void **state)
 	free(g);
 }
 
+/* Cut n bytes off the end of a value of database db, behind iotd's back. */
+static void cut_value(struct fx *f, const char *db, const void *key, size_t klen, size_t n)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { klen, (void *)key }, v;
+	uint8_t buf[1024];
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	assert_true(v.mv_size > n && v.mv_size <= sizeof(buf));
+	memcpy(buf, v.mv_data, v.mv_size);
+	v = (MDB_val){ v.mv_size - n, buf };
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+#define V5_PROPS "\x05\x03\x00\x02ct"    /* a property block: content type "ct" */
+
+/*
+ * Format 6 keeps an MQTT 5 message's properties and expiry with queued and
+ * retained messages: a format 5 queued message (its value ends before
+ * them) and retained message (its qos byte without STORE_RETAINED_V5)
+ * read as messages without them, and format 6 ones come back whole.
+ */
+static void format_5_messages_read_as_without_properties(void **state)
+{
+	static const uint8_t qkey[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1 };
+	const struct store_v5 v5 = { (const uint8_t *)V5_PROPS, 6, 1700000000123ull };
+	struct store_msg m = {
+		.packet_id = 2, .state = MSG_QUEUED, .qos = 1, .topic = "t", .topic_len = 1,
+		.payload = (const uint8_t *)"new", .payload_len = 3, .v5 = v5,
+	};
+	struct fx *f = *state;
+	uint64_t format = 0;
+	struct got *g;
+
+	open_ok(f);
+	put_session(f->st, 3, "dev", false, 0, 0);
+	put_msg(f->st, 3, 1, "t", "old");
+	put_retained(f->st, "r/old", "plain");
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	cut_value(f, "queue", qkey, sizeof(qkey), 8 + 4);   /* no expiry, no counted block */
+	set_format(f, 5);
+	open_ok(f);
+	assert_true(store_meta_get(f->st, "format", &format));
+	assert_int_equal(format, STORE_FORMAT);
+	store_queue_put(f->st, 3, 2, &m);
+	store_retained_put(f->st, "r/new", 5, 1, (const uint8_t *)"five", 4, &v5);
+	assert_int_equal(store_commit(f->st), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->nq, 2);
+	assert_string_equal(g->q[0].payload, "old");
+	assert_string_equal(g->q[0].props, "");
+	assert_true(g->q[0].expires_at == 0);
+	assert_string_equal(g->q[1].payload, "new");
+	assert_memory_equal(g->q[1].props, V5_PROPS, 6);
+	assert_true(g->q[1].expires_at == v5.expires_at);
+	assert_int_equal(g->nret, 2);
+	for (size_t i = 0; i < 2; i++) {
+		bool v5_one = strcmp(g->ret[i].topic, "r/new") == 0;
+
+		assert_int_equal(g->ret[i].qos, 1);
+		assert_string_equal(g->ret[i].payload, v5_one ? "five" : "plain");
+		assert_true(g->ret[i].expires_at == (v5_one ? v5.expires_at : 0));
+		if (v5_one)
+			assert_memory_equal(g->ret[i].props, V5_PROPS, 6);
+		else
+			assert_string_equal(g->ret[i].props, "");
+	}
+	free(g);
+}
+
 /*
  * Change session sid's value behind iotd's back: cut n bytes off its end,
  * then, when back is not 0, set the byte back bytes from the new end to poke.
@@ -720,6 +823,8 @@ static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
 
 /* What a format 4 value spends on a token with these rules: its flag, then the counted rules. */
 #define TOKEN_BYTES(rules) (1 + 4 + strlen(rules))
+/* What format 6 adds to a session holding no will, with n CONNECTs without will properties. */
+#define FORMAT6_BYTES(n) (4 + 1 + 16 * (n))
 
 /*
  * Sessions "on" (online, with a waiting CONNECT) and "off" as an older
@@ -759,8 +864,8 @@ static void format_2_sessions_read_as_without_user_names(void **state)
 {
 	struct got *g = two_sessions_of_format(*state, 2,
 		2 + strlen(PUT_USER("on")) + 2 + strlen("next") + TOKEN_BYTES(PUT_TOKEN("on")) +
-		TOKEN_BYTES(PEND_TOKEN),
-		2 + strlen(PUT_USER("off")) + TOKEN_BYTES(PUT_TOKEN("off")));
+		TOKEN_BYTES(PEND_TOKEN) + FORMAT6_BYTES(2),
+		2 + strlen(PUT_USER("off")) + TOKEN_BYTES(PUT_TOKEN("off")) + FORMAT6_BYTES(0));
 
 	assert_string_equal(g->s[0].user, "");
 	assert_string_equal(g->s[0].pend_user, "");
@@ -777,8 +882,8 @@ static void format_2_sessions_read_as_without_user_names(void **state)
 static void format_3_sessions_read_as_without_tokens(void **state)
 {
 	struct got *g = two_sessions_of_format(*state, 3,
-		TOKEN_BYTES(PUT_TOKEN("on")) + TOKEN_BYTES(PEND_TOKEN),
-		TOKEN_BYTES(PUT_TOKEN("off")));
+		TOKEN_BYTES(PUT_TOKEN("on")) + TOKEN_BYTES(PEND_TOKEN) + FORMAT6_BYTES(2),
+		TOKEN_BYTES(PUT_TOKEN("off")) + FORMAT6_BYTES(0));
 
 	assert_string_equal(g->s[0].user, PUT_USER("on"));
 	assert_string_equal(g->s[0].pend_user, "next");
@@ -786,6 +891,63 @@ static void format_3_sessions_read_as_without_tokens(void **state)
 	assert_false(g->s[0].pend_token);
 	assert_string_equal(g->s[1].user, PUT_USER("off"));
 	assert_false(g->s[1].token);
+	free(g);
+}
+
+/*
+ * Format 5 sessions (no MQTT 5 part at the end) last as their clean flag
+ * says: a persistent one, and its CONNECTs, for ever; none holds a will.
+ */
+static void format_5_sessions_read_as_lasting_as_their_clean_flag_says(void **state)
+{
+	struct got *g = two_sessions_of_format(*state, 5, FORMAT6_BYTES(2), FORMAT6_BYTES(0));
+
+	assert_string_equal(g->s[0].user, PUT_USER("on"));
+	assert_true(g->s[0].token);
+	assert_int_equal(g->s[0].expiry, REC_EXPIRY_NEVER);
+	assert_int_equal(g->s[0].cx_expiry, REC_EXPIRY_NEVER);
+	assert_int_equal(g->s[1].expiry, REC_EXPIRY_NEVER);
+	assert_false(g->s[1].will_held);
+	free(g);
+}
+
+/* Format 6: a session's interval, its CONNECT's MQTT 5 part, and a will held for its delay. */
+static void session_expiry_and_held_will_round_trip(void **state)
+{
+	struct fx *f = *state;
+	struct store_session s = {
+		.sid = 8, .client_id = "w", .client_id_len = 1, .remote = "r", .expiry = 7,
+		.online = true, .will_held = false,
+	};
+	struct got *g;
+
+	s.cx = (struct store_connect){
+		.conn = 0x0100000100010001ull, .will_flag = true, .remote = "r",
+		.will_topic = "t", .will_topic_len = 1, .session_expiry = 7, .will_delay = 3,
+		.will_props = (const uint8_t *)V5_PROPS, .will_props_len = 6,
+	};
+	open_ok(f);
+	store_session_put(f->st, &s);
+	s.sid = 9;
+	s.online = false;
+	s.will_held = true;
+	s.will_at_ms = 1700000000999ull;
+	s.will = s.cx;
+	s.will.will_topic = "held";
+	s.will.will_topic_len = 4;
+	store_session_put(f->st, &s);
+	assert_int_equal(store_commit(f->st), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 2);
+	assert_int_equal(g->s[0].expiry, 7);
+	assert_int_equal(g->s[0].cx_expiry, 7);
+	assert_int_equal(g->s[0].will_delay, 3);
+	assert_memory_equal(g->s[0].will_props, V5_PROPS, 6);
+	assert_false(g->s[0].will_held);
+	assert_true(g->s[1].will_held);
+	assert_true(g->s[1].will_at == 1700000000999ull);
+	assert_string_equal(g->s[1].held_topic, "held");
+	assert_memory_equal(g->s[1].held_props, V5_PROPS, 6);
 	free(g);
 }
 
@@ -817,8 +979,8 @@ static void tokens_without_rules_and_orphans_keep_their_mark(void **state)
 	assert_string_equal(g->s[1].token_rules, PUT_TOKEN("kept"));
 	free(g);
 	store_close(&f->st);
-	/* Session 5's value ends with its token: the flag, then a u32 0 (no rules). */
-	change_session_value(f, 5, 0, 5, 2);
+	/* Session 5's value ends with its token (the flag, then a u32 0: no rules), then format 6's. */
+	change_session_value(f, 5, 0, 5 + FORMAT6_BYTES(0), 2);
 	open_ok(f);
 	g = read_all(f->st);
 	assert_int_equal(g->ns, 1);
@@ -925,7 +1087,7 @@ static void a_failed_write_makes_the_store_stale_until_a_rewrite(void **state)
 	assert_int_equal(store_commit(f->st), 0);
 	for (i = 0; i < 64 && !store_stale(f->st); i++) {
 		snprintf(topic, sizeof(topic), "big/%d", i);
-		store_retained_put(f->st, topic, (uint16_t)strlen(topic), 0, big, sizeof(big));
+		store_retained_put(f->st, topic, (uint16_t)strlen(topic), 0, big, sizeof(big), NULL);
 	}
 	assert_true(store_stale(f->st));
 	assert_int_equal(store_commit(f->st), -1);
@@ -1136,8 +1298,11 @@ int main(void)
 		T(newer_format_is_refused),
 		T(older_format_is_read_and_upgraded),
 		T(format_4_subscription_reads_as_its_qos_without_options),
+		T(format_5_messages_read_as_without_properties),
 		T(format_2_sessions_read_as_without_user_names),
 		T(format_3_sessions_read_as_without_tokens),
+		T(format_5_sessions_read_as_lasting_as_their_clean_flag_says),
+		T(session_expiry_and_held_will_round_trip),
 		T(tokens_without_rules_and_orphans_keep_their_mark),
 		T(copies_keep_their_mark_and_go_one_by_one),
 		T(a_file_that_is_not_lmdb_is_refused),
