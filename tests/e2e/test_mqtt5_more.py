@@ -194,7 +194,8 @@ def test_a_message_resent_with_dup_carries_its_topic(broker, clients):
     """Aliases last as long as their connection [MQTT-3.3.2-7]: what is
     resent to the next one names its topic again."""
     cid = uid("tadup")
-    props = [(m.P_TOPIC_ALIAS_MAX, 5)]
+    # A session that outlives its connection: MQTT 5's default expiry is 0.
+    props = [(m.P_TOPIC_ALIAS_MAX, 5), (m.P_SESSION_EXPIRY, 60)]
     c = raw5(broker, cid=cid, clean=False, props=props)
     try:
         assert subscribe5(c, [("td/#", 1)]) == [1]
