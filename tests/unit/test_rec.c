@@ -503,7 +503,7 @@ static void test_deliver_layout(void **state)
 		{ .conn = 2, .sid = 0x01020304, .qos = 2, .copy = 10 },
 	};
 	struct rec_deliver d;
-	struct rec_target got;
+	struct rec_target got = { 0 };
 	struct recw w;
 	size_t count_off;
 
@@ -549,7 +549,7 @@ static void test_deliver_target_sub_ids(void **state)
 	const struct rec_target t = { .conn = 3, .sid = 4, .qos = 1, .copy = 9, .n_sub_ids = 2,
 				      .sub_ids = ids };
 	struct rec_deliver d;
-	struct rec_target got;
+	struct rec_target got = { 0 };
 	struct recw w;
 	size_t count_off, at;
 
