@@ -78,7 +78,18 @@ def listening(port):
 
 
 class Mosquitto:
+    """Mosquitto with a listener of each kind. Its websockets listeners bind
+    without SO_REUSEADDR, so a port the kernel handed out while connections
+    to it still linger in TIME_WAIT fails there: such a start is retried with
+    fresh ports."""
+
     def __init__(self, d):
+        for attempt in range(5):
+            if self._start(d):
+                return
+        pytest.fail("mosquitto did not start: " + (d / "mosquitto.log").read_text())
+
+    def _start(self, d):
         self.port = {k: free_port() for k in ("mqtt", "tls", "ws", "wss")}
         tls = [f"cafile {d}/ca.pem", f"certfile {d}/server.pem", f"keyfile {d}/server.key"]
         conf = ["allow_anonymous true", "persistence false", "max_queued_messages 1000000",
@@ -95,7 +106,12 @@ class Mosquitto:
         for kind, port in self.port.items():
             wait_for(lambda p=port: self.proc.poll() is not None or listening(p), 10,
                      f"mosquitto's {kind} listener")
-        assert self.proc.poll() is None, (d / "mosquitto.log").read_text()
+        if self.proc.poll() is None:
+            return True
+        self.log.close()
+        log = (d / "mosquitto.log").read_text()
+        assert "Unable to create websockets listener" in log, log
+        return False
 
     def stop(self):
         self.proc.terminate()
