@@ -148,6 +148,8 @@ void recw_patch_u32(struct recw *w, size_t off, uint32_t v)
  *   strs16      u16 count, then strings
  *   subs16      u16 count, then each a string and a u8 qos
  *   targets32   u32 count, then REC_ROUTE_TARGET_BYTES each
+ *   subids8     u8 count (at most REC_TARGET_SUB_IDS_MAX), then u32s,
+ *               written from x's list
  *
  * From the list come the decoder and the encoder (or rec_X_begin(), whose
  * list comes later), so the two cannot disagree. A decoder reads every
@@ -188,6 +190,25 @@ static void rec_read_strs16(struct recr *r, struct rec_iter *it, size_t extra)
 	}
 }
 
+/* A u8 count of u32 subscription identifiers, at most REC_TARGET_SUB_IDS_MAX. */
+static void rec_read_sub_ids8(struct recr *r, struct rec_iter *it)
+{
+	it->n = recr_u8(r);
+	r->err |= it->n > REC_TARGET_SUB_IDS_MAX;
+	it->p = recr_take(r, (size_t)it->n * sizeof(uint32_t));
+}
+
+/* A list a reader would refuse is not written: the record is marked incomplete. */
+static void rec_write_sub_ids8(struct recw *w, const struct rec_iter *it)
+{
+	if (it->n > REC_TARGET_SUB_IDS_MAX) {
+		w->oom = true;
+		return;
+	}
+	recw_u8(w, (uint8_t)it->n);
+	recw_put(w, it->p, (size_t)it->n * sizeof(uint32_t));
+}
+
 static void rec_write_ids(struct recw *w, const uint16_t *ids, uint16_t n)
 {
 	recw_u16(w, n);
@@ -208,6 +229,7 @@ static void rec_write_ids(struct recw *w, const uint16_t *ids, uint16_t n)
 #define DECODE_strs16(f) rec_read_strs16(r, &x->f, 0);
 #define DECODE_subs16(f) rec_read_strs16(r, &x->f, sizeof(uint8_t));
 #define DECODE_targets32(f) rec_read_array32(r, &x->f, REC_ROUTE_TARGET_BYTES);
+#define DECODE_subids8(f) rec_read_sub_ids8(r, &x->f);
 
 /* A field of x written to w; a list's count is 0 until rec_X_end() patches it at count_off. */
 #define ENCODE(kind, f) ENCODE_##kind(f)
@@ -222,6 +244,7 @@ static void rec_write_ids(struct recw *w, const uint16_t *ids, uint16_t n)
 #define ENCODE_strs16(f) ENCODE_codes16(f)
 #define ENCODE_subs16(f) ENCODE_codes16(f)
 #define ENCODE_targets32(f) count_off = w->len; recw_u32(w, 0);
+#define ENCODE_subids8(f) rec_write_sub_ids8(w, &x->f);
 
 /* int rec_X_decode(struct rec_X *x, const void *p, size_t len) */
 #define REC_DECODER(X, FIELDS)                                                  \
@@ -303,6 +326,11 @@ bool rec_packet_id_next(struct rec_iter *it, uint16_t *packet_id)
 	return rec_iter_copy(it, packet_id, sizeof(*packet_id));
 }
 
+bool rec_sub_id_next(struct rec_iter *it, uint32_t *sub_id)
+{
+	return rec_iter_copy(it, sub_id, sizeof(*sub_id));
+}
+
 #define CONNECT_FIELDS(F)                                                       \
 	F(u64, conn) F(u8, clean) F(u16, keepalive) F(str, client_id) F(str, remote) \
 	F(str, user) F(u8, will_flag) F(u8, will_qos) F(u8, will_retain)        \
@@ -366,7 +394,7 @@ void rec_publish_encode(struct recw *w, const struct rec_publish *x)
 #define SESSION_MSG_FIELDS(F)                                                   \
 	F(u64, conn) F(u32, sid) F(u64, copy) F(u16, packet_id) F(u8, state)   \
 	F(u8, qos) F(u8, retain) F(str, topic) F(bytes, payload) F(bytes, props) \
-	F(u64, expires_at)
+	F(u64, expires_at) F(subids8, sub_ids)
 REC_DECODER(session_msg, SESSION_MSG_FIELDS)
 REC_ENCODER(session_msg, SESSION_MSG_FIELDS)
 

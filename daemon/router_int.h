@@ -144,7 +144,12 @@ static inline bool msg_expired(uint64_t expires_at, uint64_t now)
 	return expires_at != 0 && expires_at <= now;
 }
 
-/* One message in one session's queue; what differs per session, and its shared body. */
+/*
+ * One message in one session's queue; what differs per session, and its
+ * shared body. The identifiers of the session's subscriptions it matched
+ * (MQTT 5) follow the entry: one without any (every 3.1.1 session's) is
+ * no bigger than before they were kept.
+ */
 struct session_msg {
 	struct session_msg *next;
 	struct msg_body *body;
@@ -152,6 +157,8 @@ struct session_msg {
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
 	bool at_worker;              /* a copy of what the session's connection holds (rec.h) */
+	uint8_t n_sub_ids;           /* at most REC_TARGET_SUB_IDS_MAX */
+	uint32_t sub_ids[];
 };
 
 /*
@@ -403,6 +410,12 @@ struct router_msg {
 	const uint8_t *props;
 	uint32_t props_len;
 	uint64_t expires_at;         /* ms since the epoch; 0: never */
+	/*
+	 * For one session: the identifiers of its subscriptions the message
+	 * matched (rec.h REC_TARGET_SUB_IDS), n_sub_ids u32, unaligned.
+	 */
+	uint8_t n_sub_ids;
+	const void *sub_ids;
 	/* The publisher's session (no local, shared_subscription_policy); NULL: none known. */
 	const struct session *from;
 };
@@ -533,7 +546,8 @@ void router_sessions_free(struct router *r);
 struct msg_body *msg_body_new(const struct router_msg *m);
 void router_held_check(struct router *r);
 struct session_msg *session_msg_new(struct router *r, uint16_t packet_id, uint8_t state,
-				    uint8_t qos, uint8_t retain, struct msg_body *body);
+				    const struct router_msg *m, struct msg_body *body);
+bool router_sub_ids_valid(uint32_t n, const void *sub_ids);
 void session_msg_persist(struct router *r, const struct session *s,
 			 const struct session_msg *q);
 void session_msg_drop(struct router *r, struct session *s, struct session_msg *q,

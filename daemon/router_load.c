@@ -279,16 +279,17 @@ static void router_load_queued(void *arg, uint32_t sid, uint64_t order, const st
 	struct router_msg rm = { .qos = m->qos, .retain = m->retain, .topic = m->topic,
 				 .topic_len = m->topic_len, .payload = m->payload,
 				 .payload_len = m->payload_len, .props = m->v5.props,
-				 .props_len = m->v5.props_len, .expires_at = m->v5.expires_at };
+				 .props_len = m->v5.props_len, .expires_at = m->v5.expires_at,
+				 .n_sub_ids = m->n_sub_ids, .sub_ids = m->sub_ids };
 	struct msg_body *body;
 	struct session_msg *q;
 
-	if (!s || m->state > MSG_PUBREL) {
+	if (!s || m->state > MSG_PUBREL || !router_sub_ids_valid(m->n_sub_ids, m->sub_ids)) {
 		ld->skipped++;
 		return;
 	}
 	body = router_load_body(ld, &rm);
-	q = session_msg_new(r, m->packet_id, m->state, m->qos, m->retain, body);
+	q = session_msg_new(r, m->packet_id, m->state, &rm, body);
 	if (!q) {
 		if (body && !body->refs) {
 			hidx_del(&ld->bodies, msg_body_hash(&rm), body);

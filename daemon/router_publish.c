@@ -369,11 +369,13 @@ static void router_deliver_one(struct router *r, const struct rec_deliver *head,
 			       const struct router_sub_ids *ids, const struct router_msg *m,
 			       struct msg_body **body, bool shared)
 {
-	/* What this session keeps of it: its QoS and retain flag, the rest as published. */
+	/* What this session keeps of it: its QoS, retain flag and identifiers, the rest as published. */
 	struct router_msg qm = *m;
 
 	qm.qos = qos;
 	qm.retain = retain;
+	qm.n_sub_ids = ids ? ids->n : 0;
+	qm.sub_ids = ids ? ids->id : NULL;
 
 	if (s->online && !s->pending)
 		router_deliver_add(r, head, s, qos, retain,

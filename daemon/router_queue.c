@@ -10,7 +10,8 @@
  * for it, kept until the worker reports each done (REC_MSG_STATE) so that
  * a worker's death loses none. max_queued_messages and max_queued_bytes
  * bound each session, max_queued_bytes_total all of them (held_bytes),
- * counting an MQTT 5 message's properties with its payload. A message
+ * counting an MQTT 5 message's properties with its payload, and its
+ * subscription identifiers (4 bytes each) with its entry. A message
  * whose expiry passed while it waited is dropped when it would be sent.
  * Every change is written to the store's queue.
  */
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "router_int.h"
+#include "mqtt5.h"
 #include "store.h"
 
 #define ROUTER_MAX_WINDOW 65535u      /* a session cannot owe more in-flight messages than packet ids */
@@ -38,6 +40,8 @@ void session_msg_persist(struct router *r, const struct session *s,
 		.payload = q->body->data + q->body->topic_len,
 		.payload_len = q->body->payload_len,
 		.v5 = { msg_body_props(q->body), q->body->props_len, q->body->expires_at },
+		.n_sub_ids = q->n_sub_ids,
+		.sub_ids = q->sub_ids,
 	};
 
 	if (r->st)
@@ -59,6 +63,7 @@ void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uin
 		.payload = { m->payload, m->payload_len },
 		.props = { m->props, m->props_len },
 		.expires_at = m->expires_at,
+		.sub_ids = { m->sub_ids, m->n_sub_ids },
 	};
 
 	rec_session_msg_encode(&r->out, &x);
@@ -107,12 +112,38 @@ static struct msg_body *msg_body_get(struct msg_body **body, const struct router
 	return *body;
 }
 
-/* What one more entry holding body (NULL: not made yet) adds to held_bytes. */
+/* What an entry adds to ROUTER_ENTRY_COST: its subscription identifiers. */
+static size_t sub_ids_bytes(uint8_t n_sub_ids)
+{
+	return (size_t)n_sub_ids * sizeof(uint32_t);
+}
+
+/* What one more entry for m holding body (NULL: not made yet) adds to held_bytes. */
 static size_t router_held_cost(const struct msg_body *body, const struct router_msg *m)
 {
+	size_t entry = ROUTER_ENTRY_COST + sub_ids_bytes(m->n_sub_ids);
+
 	if (body && body->refs)
-		return ROUTER_ENTRY_COST;
-	return ROUTER_ENTRY_COST + router_msg_bytes(m);
+		return entry;
+	return entry + router_msg_bytes(m);
+}
+
+/*
+ * Identifiers a worker's record or the store gives for a queued message:
+ * at most REC_TARGET_SUB_IDS_MAX, each one a subscription may have.
+ */
+bool router_sub_ids_valid(uint32_t n, const void *sub_ids)
+{
+	if (n > REC_TARGET_SUB_IDS_MAX)
+		return false;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t id;
+
+		memcpy(&id, (const uint8_t *)sub_ids + (size_t)i * sizeof(id), sizeof(id));
+		if (id == 0 || id > MQTT5_SUB_ID_MAX)
+			return false;
+	}
+	return true;
 }
 
 /* Would holding more bytes take the session queues past max_queued_bytes_total? */
@@ -142,25 +173,33 @@ void router_held_check(struct router *r)
 
 /* ---- a session's queue ------------------------------------------------- */
 
-/* A queue entry for body, which it holds (and which is counted once, with its first holder). */
+/*
+ * A queue entry for body, which it holds (and which is counted once, with
+ * its first holder), with m's QoS, retain flag and subscription
+ * identifiers (at most REC_TARGET_SUB_IDS_MAX: the caller's to check).
+ */
 struct session_msg *session_msg_new(struct router *r, uint16_t packet_id, uint8_t state,
-				    uint8_t qos, uint8_t retain, struct msg_body *body)
+				    const struct router_msg *m, struct msg_body *body)
 {
 	struct session_msg *q;
 
-	if (!body || body->refs == UINT32_MAX || !(q = malloc(sizeof(*q))))
+	if (!body || body->refs == UINT32_MAX ||
+	    !(q = malloc(sizeof(*q) + sub_ids_bytes(m->n_sub_ids))))
 		return NULL;
 	q->body = body;
 	q->packet_id = packet_id;
 	q->state = state;
 	q->at_worker = false;
-	q->qos = qos;
-	q->retain = retain;
+	q->qos = m->qos;
+	q->retain = m->retain;
+	q->n_sub_ids = m->n_sub_ids;
+	if (m->n_sub_ids)
+		memcpy(q->sub_ids, m->sub_ids, sub_ids_bytes(m->n_sub_ids));
 	if (body->refs++ == 0) {
 		r->held_bytes += msg_body_bytes(body);
 		r->held_bodies++;
 	}
-	r->held_bytes += ROUTER_ENTRY_COST;
+	r->held_bytes += ROUTER_ENTRY_COST + sub_ids_bytes(q->n_sub_ids);
 	return q;
 }
 
@@ -169,7 +208,7 @@ static void session_msg_free(struct router *r, struct session_msg *q)
 {
 	struct msg_body *b = q->body;
 
-	r->held_bytes -= ROUTER_ENTRY_COST;
+	r->held_bytes -= ROUTER_ENTRY_COST + sub_ids_bytes(q->n_sub_ids);
 	if (--b->refs == 0) {
 		r->held_bytes -= msg_body_bytes(b);
 		r->held_bodies--;
@@ -193,11 +232,12 @@ void session_queue_clear(struct router *r, struct session *s)
 
 /*
  * Add (dir 1) or take away (dir -1) q from the counts its kind is in. A
- * session counts the whole size of every message it queues, shared or not.
+ * session counts the whole size of every message it queues, shared or
+ * not, with the identifiers its entry holds.
  */
 static void session_queue_count(struct session *s, const struct session_msg *q, int dir)
 {
-	size_t bytes = msg_body_bytes(q->body);
+	size_t bytes = msg_body_bytes(q->body) + sub_ids_bytes(q->n_sub_ids);
 
 	if (q->at_worker) {
 		s->q_at_worker += (uint32_t)dir;
@@ -215,9 +255,10 @@ size_t session_queue_len(const struct session *s)
 }
 
 /*
- * No room for a message of bytes (topic + payload) in state, whose entry
- * would add held to what all queues hold: the session's own limits, then
- * the budget of all sessions together.
+ * No room for a message of bytes (topic, payload, properties and
+ * identifiers) in state, whose entry would add held to what all queues
+ * hold: the session's own limits, then the budget of all sessions
+ * together.
  */
 static bool session_queue_full(const struct router *r, const struct session *s,
 			       uint8_t state, size_t bytes, size_t held)
@@ -317,7 +358,7 @@ static bool session_queue_evict_qos0(struct router *r, struct session *s, size_t
 void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t packet_id,
 		     uint8_t state, const struct router_msg *m, struct msg_body **body)
 {
-	size_t bytes = router_msg_bytes(m);
+	size_t bytes = router_msg_bytes(m) + sub_ids_bytes(m->n_sub_ids);
 	size_t held = router_held_cost(*body, m);
 	struct session_msg *q;
 
@@ -335,7 +376,7 @@ void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t pa
 		}
 		return;
 	}
-	q = session_msg_new(r, packet_id, state, m->qos, m->retain, msg_body_get(body, m));
+	q = session_msg_new(r, packet_id, state, m, msg_body_get(body, m));
 	if (!q) {
 		r->queue_drops++;
 		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
@@ -370,6 +411,8 @@ void session_msg_view(const struct session_msg *q, struct router_msg *m)
 	m->props = msg_body_props(q->body);
 	m->props_len = q->body->props_len;
 	m->expires_at = q->body->expires_at;
+	m->n_sub_ids = q->n_sub_ids;
+	m->sub_ids = q->sub_ids;
 	m->from = NULL;
 }
 
@@ -455,7 +498,7 @@ uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_i
 		router_held_warn(r, "messages to persistent sessions' connections are not kept against a worker crash");
 		return 0;
 	}
-	q = session_msg_new(r, packet_id, state, m->qos, m->retain, msg_body_get(body, m));
+	q = session_msg_new(r, packet_id, state, m, msg_body_get(body, m));
 	if (!q) {
 		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 			   "out of memory: a QoS %u message is not kept against a worker crash",

@@ -308,7 +308,8 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 	struct session *s;
 
 	if (rec_session_msg_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
-	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1 || !router_props_valid(&x.props))
+	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1 || !router_props_valid(&x.props) ||
+	    !router_sub_ids_valid(x.sub_ids.n, x.sub_ids.p))
 		return ROUTER_BAD;
 	m = (struct router_msg){
 		.qos = x.qos,
@@ -320,6 +321,8 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 		.props = x.props.p,
 		.props_len = x.props.len,
 		.expires_at = x.expires_at,
+		.n_sub_ids = (uint8_t)x.sub_ids.n,
+		.sub_ids = x.sub_ids.p,
 	};
 	/* An unfinished exchange needs QoS >= 1 (PUBREL: 2); anything to publish needs a topic. */
 	if ((x.state != MSG_QUEUED && m.qos == 0) || (x.state == MSG_PUBREL && m.qos != 2))

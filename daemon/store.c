@@ -24,7 +24,9 @@
  *             one (MQTT 5)
  *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
  *             topic, payload, then (format 6) the message's expiry (u64)
- *             and its MQTT 5 property block (u32-counted)
+ *             and its MQTT 5 property block (u32-counted), then (format
+ *             7, only when it has some) its subscription identifiers (u8
+ *             count, u32 each)
  *   retained  topic -> u8 qos + payload; format 6: a qos byte with
  *             STORE_RETAINED_V5 set is followed by the expiry (u64) and
  *             the property block (u32-counted) before the payload
@@ -44,7 +46,8 @@
  * 3: no token's rules, which its daemon never stored; format 4: no
  * subscription options; format 5: no subscription identifiers, no
  * message properties nor expiry, and a retained message's qos byte never
- * has STORE_RETAINED_V5 set).
+ * has STORE_RETAINED_V5 set; format 6: no queued message's subscription
+ * identifiers).
  *
  * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
  * user, so no robust mutex or reader table can be left behind by a
@@ -610,6 +613,15 @@ static void enc_msg(struct recw *w, const struct store_msg *m)
 	/* Format 6, at the end so that a format 5 value reads as "none". */
 	recw_u64(w, m->v5.expires_at);
 	recw_bytes(w, m->v5.props, m->v5.props_len);
+	/* Format 7, only when there are some: a message without costs no byte more. */
+	if (m->n_sub_ids) {
+		size_t n = (size_t)m->n_sub_ids * sizeof(uint32_t);
+		uint8_t *dst;
+
+		recw_u8(w, m->n_sub_ids);
+		if ((dst = recw_reserve(w, n)) != NULL)
+			rec_put_mem(dst, m->sub_ids, n);
+	}
 }
 
 static void dec_v5(struct recr *r, struct store_v5 *v5)
@@ -636,6 +648,13 @@ static int dec_msg(const MDB_val *v, struct store_msg *m)
 	m->v5 = (struct store_v5){ 0 };
 	if (recr_left(&r))
 		dec_v5(&r, &m->v5);
+	m->n_sub_ids = 0;
+	m->sub_ids = NULL;
+	if (recr_left(&r)) {
+		m->n_sub_ids = recr_u8(&r);
+		r.err |= m->n_sub_ids == 0 || m->n_sub_ids > REC_TARGET_SUB_IDS_MAX;
+		m->sub_ids = recr_take(&r, (size_t)m->n_sub_ids * sizeof(uint32_t));
+	}
 	return recr_end(&r) || m->qos > 2 || m->retain > 1 ? -1 : 0;
 }
 

@@ -72,12 +72,12 @@ void push_publish(struct worker *w, conn_id_t conn, const struct mqtt_publish *p
 /* A message with no copy at the router (copy 0), handed to it for session sid. */
 static void push_session_msg(struct worker *w, conn_id_t conn, uint32_t sid, uint16_t pid,
 			     uint8_t state, uint8_t qos, bool retain, struct rec_str topic,
-			     struct rec_bytes payload, struct msg_v5 x5)
+			     struct rec_bytes payload, struct msg_v5 x5, struct rec_iter sub_ids)
 {
 	struct rec_session_msg x = {
 		.conn = conn, .sid = sid, .copy = 0, .packet_id = pid, .state = state,
 		.qos = qos, .retain = retain, .topic = topic, .payload = payload,
-		.props = x5.props, .expires_at = x5.expires_at,
+		.props = x5.props, .expires_at = x5.expires_at, .sub_ids = sub_ids,
 	};
 
 	rec_session_msg_encode(&w->rw, &x);
@@ -150,14 +150,16 @@ static void conn_hand_back_state(struct worker *w, struct conn *c)
 
 		if (f->copy == 0)
 			push_session_msg(w, c->id, c->sid, f->packet_id, f->state, f->qos,
-					 m ? m->retain : false, held_topic(m), held_payload(m), held_v5(m));
+					 m ? m->retain : false, held_topic(m), held_payload(m), held_v5(m),
+					 (struct rec_iter){ 0 });
 	}
 	for (uint32_t i = 0; i < q->n_pending; i++) {
 		const struct pending *p = qos_pending_at(q, i);
 
 		if (p->copy == 0)
 			push_session_msg(w, c->id, c->sid, 0, MSG_QUEUED, p->qos, p->msg->retain,
-					 held_topic(p->msg), held_payload(p->msg), held_v5(p->msg));
+					 held_topic(p->msg), held_payload(p->msg), held_v5(p->msg),
+					 (struct rec_iter){ 0 });
 	}
 }
 
@@ -418,14 +420,14 @@ void deliver_local(struct worker *w, const struct route *rt,
 
 static void bounce(struct worker *w, conn_id_t conn, uint32_t sid, uint64_t copy, uint16_t pid,
 		   uint8_t state, uint8_t qos, bool retain, struct rec_str topic,
-		   struct rec_bytes payload, struct msg_v5 x5)
+		   struct rec_bytes payload, struct msg_v5 x5, struct rec_iter sub_ids)
 {
 	/*
 	 * The connection went away first: the router re-routes to the session
 	 * (it holds a copy already, if copy != 0).
 	 */
 	if (qos > 0 && sid != 0 && copy == 0)
-		push_session_msg(w, conn, sid, pid, state, qos, retain, topic, payload, x5);
+		push_session_msg(w, conn, sid, pid, state, qos, retain, topic, payload, x5, sub_ids);
 }
 
 static int on_connack(struct worker *w, const void *p, size_t len)
@@ -536,7 +538,7 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 			deliver_to(w, c, dt, t.qos, t.copy);
 		else
 			bounce(w, t.conn, t.sid, t.copy, 0, MSG_QUEUED, t.qos, dt->retain, dt->topic,
-			       dt->payload, dt->x5);
+			       dt->payload, dt->x5, (struct rec_iter){ t.sub_ids, t.n_sub_ids });
 	}
 	delivery_done(&d[0]);
 	delivery_done(&d[1]);
@@ -582,6 +584,7 @@ static void resend_pubrel(struct worker *w, struct conn *c, uint16_t pid, uint64
 static int on_session_msg(struct worker *w, const void *p, size_t len)
 {
 	struct rec_session_msg x;
+	struct rec_target t = { 0 };
 	struct conn *c;
 	struct inflight *sent = NULL;
 	enum qos_verdict v;
@@ -596,7 +599,17 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 	c = conn_lookup(w, x.conn);
 	if (c == NULL || c->state != CS_ACTIVE) {
 		bounce(w, x.conn, x.sid, x.copy, x.packet_id, x.state, x.qos, x.retain, x.topic,
-		       x.payload, x5);
+		       x.payload, x5, x.sub_ids);
+		return 0;
+	}
+	/* Its subscription identifiers go to an MQTT 5 client, as a live delivery's [MQTT-3.3.4-3]. */
+	t.n_sub_ids = (uint8_t)x.sub_ids.n;
+	t.sub_ids = x.sub_ids.p;
+	if (c->v5 && t.n_sub_ids > 0 && x.state != MSG_PUBREL &&
+	    !props_with_sub_ids(w, x.props, &t, &x5.props)) {
+		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
+			   "a stored message with a bad subscription identifier, or out of memory; dropped");
+		report_state(w, c, x.copy, 0, MSG_DONE);
 		return 0;
 	}
 	if (x.state == MSG_QUEUED && msg_v5_expired(x5)) {
@@ -617,7 +630,7 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 		resend_pubrel(w, c, x.packet_id, x.copy);
 		return 0;
 	}
-	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, x.props.p, x.props.len,
+	m = qmsg_new(x.topic.p, x.topic.len, x.payload.p, x.payload.len, x5.props.p, x5.props.len,
 		     x.retain);
 	if (m == NULL) {
 		log_error("out of memory resending a stored message; dropped");

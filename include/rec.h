@@ -243,6 +243,8 @@ struct rec_iter {
 
 /* A list of u16 packet ids (REC_CLOSE, REC_CONNACK); p is unaligned. */
 bool rec_packet_id_next(struct rec_iter *it, uint16_t *packet_id);
+/* A list of u32 subscription identifiers (REC_SESSION_MSG); p is unaligned. */
+bool rec_sub_id_next(struct rec_iter *it, uint32_t *sub_id);
 
 /* ---- worker -> router (ring w2r[i]) ------------------------------------ */
 
@@ -423,7 +425,9 @@ void rec_publish_encode(struct recw *w, const struct rec_publish *x);
  * only; MSG_QUEUED: a new delivery) and reports its progress with
  * REC_MSG_STATE (copy != 0). props and expires_at: the message's MQTT 5
  * properties and deadline, as REC_PUBLISH's (empty and 0: none), always
- * on the wire: this record is not per message.
+ * on the wire: this record is not per message. sub_ids: the identifiers
+ * of the session's subscriptions the message matched, as a REC_DELIVER
+ * target's (none: count 0); a worker sends them to an MQTT 5 client only.
  */
 struct rec_session_msg {
 	uint64_t conn;
@@ -437,6 +441,7 @@ struct rec_session_msg {
 	struct rec_bytes payload;
 	struct rec_bytes props;
 	uint64_t expires_at;
+	struct rec_iter sub_ids;     /* u8 count (at most REC_TARGET_SUB_IDS_MAX), then each: u32 (rec_sub_id_next) */
 };
 
 int rec_session_msg_decode(struct rec_session_msg *x, const void *p, size_t len);

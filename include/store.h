@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_FORMAT 6                    /* meta "format"; a newer store is refused */
+#define STORE_FORMAT 7                    /* meta "format"; a newer store is refused */
 #define STORE_FORMAT_OLDEST 1             /* still read (and upgraded in place) */
 #define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/<store_memory_name()> */
 #define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */
@@ -113,6 +113,9 @@ struct store_msg {
 	const uint8_t *payload;
 	uint32_t payload_len;
 	struct store_v5 v5;               /* format 6; none in an older store */
+	/* Format 7: its subscription identifiers (rec.h REC_SESSION_MSG); none in an older store. */
+	uint8_t n_sub_ids;
+	const void *sub_ids;              /* n_sub_ids u32, unaligned */
 };
 
 /* ---- location and life cycle ------------------------------------------- */

@@ -727,19 +727,22 @@ static void test_unsubscribe_round_trip(void **state)
 
 static void test_session_msg_round_trip(void **state)
 {
-	const struct rec_session_msg x = {
+	static const uint32_t ids[2] = { 7, 268435455 };
+	struct rec_session_msg x = {
 		.conn = 0xfedcba9876543210ull, .sid = 0xffffffff, .copy = 1ull << 63,
 		.packet_id = 0x1234, .state = MSG_PUBREL, .qos = 2, .retain = 1,
 		.topic = STR("s/t"), .payload = BYTES("hello"), .props = BYTES("\x03\x01\x00\x01"),
-		.expires_at = 1234567890123ull,
+		.expires_at = 1234567890123ull, .sub_ids = { (const uint8_t *)ids, 2 },
 	};
+	const size_t fixed = 8 + 4 + 8 + 2 + 1 + 1 + 1 + (2 + 3) + (4 + 5) + (4 + 4) + 8;
 	struct rec_session_msg d;
+	uint32_t id;
 	struct recw w;
 
 	recw_init(&w);
 	rec_session_msg_encode(&w, &x);
 	assert_false(w.oom);
-	assert_int_equal(w.len, 8 + 4 + 8 + 2 + 1 + 1 + 1 + (2 + 3) + (4 + 5) + (4 + 4) + 8);
+	assert_int_equal(w.len, fixed + 1 + 2 * 4);
 	assert_int_equal(rec_session_msg_decode(&d, w.buf, w.len), 0);
 	assert_true(d.conn == x.conn);
 	assert_int_equal(d.sid, x.sid);
@@ -753,7 +756,39 @@ static void test_session_msg_round_trip(void **state)
 	assert_int_equal(d.props.len, 4);
 	assert_memory_equal(d.props.p, "\x03\x01\x00\x01", 4);
 	assert_true(d.expires_at == x.expires_at);
+	assert_int_equal(d.sub_ids.n, 2);
+	assert_true(rec_sub_id_next(&d.sub_ids, &id));
+	assert_int_equal(id, 7);
+	assert_true(rec_sub_id_next(&d.sub_ids, &id));
+	assert_int_equal(id, 268435455);
+	assert_false(rec_sub_id_next(&d.sub_ids, &id));
 	assert_whole_only(REC_SESSION_MSG, w.buf, w.len);
+
+	/* No identifiers: the count alone. */
+	x.sub_ids = (struct rec_iter){ 0 };
+	rec_session_msg_encode(&w, &x);
+	assert_false(w.oom);
+	assert_int_equal(w.len, fixed + 1);
+	assert_int_equal(rec_session_msg_decode(&d, w.buf, w.len), 0);
+	assert_int_equal(d.sub_ids.n, 0);
+	assert_whole_only(REC_SESSION_MSG, w.buf, w.len);
+
+	/* A count past REC_TARGET_SUB_IDS_MAX is refused by the reader, and never written. */
+	{
+		uint8_t buf[512];
+
+		memcpy(buf, w.buf, fixed);
+		buf[fixed] = REC_TARGET_SUB_IDS_MAX + 1;
+		memset(buf + fixed + 1, 1, (REC_TARGET_SUB_IDS_MAX + 1) * 4);
+		assert_int_equal(rec_session_msg_decode(&d, buf, fixed + 1 +
+							(REC_TARGET_SUB_IDS_MAX + 1) * 4), -1);
+		buf[fixed] = REC_TARGET_SUB_IDS_MAX;
+		assert_int_equal(rec_session_msg_decode(&d, buf, fixed + 1 +
+							REC_TARGET_SUB_IDS_MAX * 4), 0);
+		x.sub_ids = (struct rec_iter){ buf, REC_TARGET_SUB_IDS_MAX + 1 };
+		rec_session_msg_encode(&w, &x);
+		assert_true(w.oom);
+	}
 	recw_free(&w);
 }
 

@@ -110,6 +110,8 @@ struct got_msg {
 	bool at_worker;
 	char topic[1024], payload[64], props[64];
 	uint64_t expires_at;
+	uint8_t n_sub_ids;
+	uint32_t sub_ids[REC_TARGET_SUB_IDS_MAX];
 };
 
 struct got {
@@ -213,6 +215,10 @@ static void got_queued(void *arg, uint32_t sid, uint64_t order, const struct sto
 	copy_str(o->payload, sizeof(o->payload), m->payload, m->payload_len);
 	copy_str(o->props, sizeof(o->props), m->v5.props, m->v5.props_len);
 	o->expires_at = m->v5.expires_at;
+	o->n_sub_ids = m->n_sub_ids;
+	assert_true(m->n_sub_ids <= REC_TARGET_SUB_IDS_MAX);
+	if (m->n_sub_ids)
+		memcpy(o->sub_ids, m->sub_ids, (size_t)m->n_sub_ids * sizeof(uint32_t));
 }
 
 static void got_retained(void *arg, const char *topic, uint16_t len, uint8_t qos,
@@ -786,6 +792,88 @@ static void format_5_messages_read_as_without_properties(void **state)
 	free(g);
 }
 
+/* The size of a value of database db, read behind iotd's back. */
+static size_t value_size(struct fx *f, const char *db, const void *key, size_t klen)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { klen, (void *)key }, v;
+	size_t n;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK | MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	n = v.mv_size;
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return n;
+}
+
+/*
+ * Format 7 keeps a queued message's subscription identifiers, only when
+ * it has some: a message without any is written as format 6 wrote it (a
+ * format 6 value reads as one without), one with them comes back whole,
+ * and a value shorter than its count says is damaged, skipped.
+ */
+static void format_6_messages_read_as_without_sub_ids(void **state)
+{
+	static const uint8_t k1[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1 };
+	static const uint8_t k2[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2 };
+	static const uint32_t ids[2] = { 9, 268435455 };
+	struct store_msg m = {
+		.packet_id = 2, .state = MSG_INFLIGHT, .qos = 2, .topic = "t", .topic_len = 1,
+		.payload = (const uint8_t *)"ids", .payload_len = 3,
+		.n_sub_ids = 2, .sub_ids = ids,
+	};
+	/* packet id, state, qos, retain, topic, payload, expiry, counted properties */
+	const size_t format6 = 2 + 1 + 1 + 1 + (2 + 1) + (4 + 3) + 8 + 4;
+	struct fx *f = *state;
+	uint64_t format = 0;
+	struct got *g;
+
+	open_ok(f);
+	put_session(f->st, 3, "dev", false, 0, 0);
+	put_msg(f->st, 3, 1, "t", "old");
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	assert_int_equal(value_size(f, "queue", k1, sizeof(k1)), format6);
+	set_format(f, 6);
+	open_ok(f);
+	assert_true(store_meta_get(f->st, "format", &format));
+	assert_int_equal(format, STORE_FORMAT);
+	store_queue_put(f->st, 3, 2, &m);
+	assert_int_equal(store_commit(f->st), 0);
+	g = read_all(f->st);
+	assert_int_equal(g->nq, 2);
+	assert_string_equal(g->q[0].payload, "old");
+	assert_int_equal(g->q[0].n_sub_ids, 0);
+	assert_string_equal(g->q[1].payload, "ids");
+	assert_int_equal(g->q[1].state, MSG_INFLIGHT);
+	assert_int_equal(g->q[1].n_sub_ids, 2);
+	assert_int_equal(g->q[1].sub_ids[0], 9);
+	assert_int_equal(g->q[1].sub_ids[1], 268435455);
+	free(g);
+	store_close(&f->st);
+	assert_int_equal(value_size(f, "queue", k2, sizeof(k2)), format6 + 1 + 2 * 4);
+
+	/* A count the value does not hold: damaged, skipped. */
+	open_ok(f);
+	store_queue_put(f->st, 3, 2, &(struct store_msg){ .qos = 1, .topic = "t", .topic_len = 1,
+							  .n_sub_ids = 1, .sub_ids = ids });
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	cut_value(f, "queue", k2, sizeof(k2), 4);
+	open_ok(f);
+	g = read_all(f->st);
+	assert_int_equal(g->nq, 1);
+	assert_string_equal(g->q[0].payload, "old");
+	free(g);
+}
+
 /*
  * Change session sid's value behind iotd's back: cut n bytes off its end,
  * then, when back is not 0, set the byte back bytes from the new end to poke.
@@ -1299,6 +1387,7 @@ int main(void)
 		T(older_format_is_read_and_upgraded),
 		T(format_4_subscription_reads_as_its_qos_without_options),
 		T(format_5_messages_read_as_without_properties),
+		T(format_6_messages_read_as_without_sub_ids),
 		T(format_2_sessions_read_as_without_user_names),
 		T(format_3_sessions_read_as_without_tokens),
 		T(format_5_sessions_read_as_lasting_as_their_clean_flag_says),
