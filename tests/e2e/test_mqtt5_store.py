@@ -1,7 +1,8 @@
 """MQTT 5 messages kept for later: the properties and message expiry of a
 message queued for an offline session, of a retained message, across a
 router crash and a daemon restart with the disk store; retain as
-published for queued messages."""
+published for queued messages; the subscription identifiers of queued
+and resent messages, through the same."""
 
 import os
 import signal
@@ -13,6 +14,7 @@ import mqttraw as m
 from helpers import T, offline_session, raw, resumed, uid, wait_for
 from test_crash_router import disk_env, kill_router
 from test_mqtt5 import RAP, raw5, subscribe5
+from test_mqtt5_more import sub_ids, subscribe_with_id
 
 pytestmark = pytest.mark.iotd_only
 
@@ -50,6 +52,10 @@ def publish5(broker, topic, payload, props=(), qos=1, retain=False):
         p.send(m.publish_v5(topic, payload, qos=qos, retain=retain, pid=1, props=props))
         if qos == 1:
             p.expect(m.PUBACK, pid=1)
+        elif qos == 2:
+            p.expect(m.PUBREC, pid=1)
+            p.send(m.pubrel(1))
+            p.expect(m.PUBCOMP, pid=1)
     finally:
         p.disconnect()
 
@@ -161,6 +167,128 @@ def test_properties_of_kept_messages_survive_a_daemon_restart_on_disk(start_brok
     assert (got.payload, got.retain, rest) == (b"retained", True, PROPS) and 0 < left <= 300
     for x in (c, s):
         x.disconnect()
+
+
+# ------------------------------------------------------------ subscription identifiers
+
+def subscribed_with_ids(broker, cid, filters):
+    """An MQTT 5 session for cid that outlives its connection, subscribed
+    to each (filter, QoS, identifier) of filters; its connection."""
+    c = raw5(broker, cid=cid, clean=False, props=KEEP)
+    for pid, (filt, qos, sub_id) in enumerate(filters, 1):
+        subscribe_with_id(c, filt, qos, sub_id, pid)
+    return c
+
+
+def ids_of(publishes):
+    return [(p.topic, p.payload, sub_ids(p)) for p in publishes]
+
+
+def test_queued_messages_carry_the_identifiers_of_their_subscriptions(broker, clients):
+    cid = uid("qid")
+    leave(subscribed_with_ids(broker, cid, [("qid/#", 1, 5), ("qid/+", 1, 268435455),
+                                            ("qid/plain/#", 1, 0)]))
+    publish5(broker, "qid/x", b"both", PROPS)
+    publish5(broker, "qid/y/z", b"one")
+    publish5(broker, "qid/plain/t", b"no id of its own")
+    c = clients.own(resumed_v5(broker, cid))
+    got = [m.v5(p) for p in c.recv_publishes(3)]
+    assert ids_of(got) == [("qid/x", b"both", [5, 268435455]), ("qid/y/z", b"one", [5]),
+                           ("qid/plain/t", b"no id of its own", [5])]
+    assert [(k, v) for k, v in got[0].props if k != m.P_SUB_ID] == PROPS
+    c.expect_no_packet(0.3)
+
+
+def inflight_unacked(broker, cid, topic):
+    """A QoS 1 and a QoS 2 message on topic sent to cid's connection,
+    subscribed with identifiers 7 and 8, and not acknowledged; the
+    connection."""
+    c = subscribed_with_ids(broker, cid, [(f"{topic}/#", 2, 7), (f"{topic}/+", 2, 8)])
+    publish5(broker, f"{topic}/one", b"q1", qos=1)
+    publish5(broker, f"{topic}/two", b"q2", qos=2)
+    got = [m.v5(p) for p in c.recv_publishes(2, ack=False)]
+    assert [(p.payload, p.qos, p.dup, sub_ids(p)) for p in got] == \
+        [(b"q1", 1, False, [7, 8]), (b"q2", 2, False, [7, 8])]
+    return c, [p.pid for p in got]
+
+
+def assert_resent(c, pids, topic):
+    got = [m.v5(p) for p in c.recv_publishes(2)]
+    assert [(p.topic, p.pid, p.qos, p.dup, sub_ids(p)) for p in got] == \
+        [(f"{topic}/one", pids[0], 1, True, [7, 8]), (f"{topic}/two", pids[1], 2, True, [7, 8])]
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["reconnect", "router-crash"])
+def test_messages_in_flight_are_resent_with_dup_and_their_identifiers(broker, clients, crash):
+    cid, topic = uid("fid"), uid("fidt")
+    c, pids = inflight_unacked(broker, cid, topic)
+    if crash:
+        kill_router(broker)     # the new router knows them from the store alone
+    c.close()                   # no DISCONNECT, no acknowledgement
+    assert_resent(clients.own(resumed_v5(broker, cid)), pids, topic)
+
+
+def test_queued_message_identifiers_survive_a_router_crash(broker, clients):
+    cid = uid("qidc")
+    leave(subscribed_with_ids(broker, cid, [("qidc/#", 1, 40), ("qidc/+", 1, 41)]))
+    publish5(broker, "qidc/t", b"queued")
+    kill_router(broker)
+    c = clients.own(resumed_v5(broker, cid))
+    assert ids_of([m.v5(c.recv_publish())]) == [("qidc/t", b"queued", [40, 41])]
+
+
+def test_identifiers_of_kept_messages_survive_a_daemon_restart_on_disk(start_broker,
+                                                                        store_parent):
+    env = disk_env(os.path.join(store_parent, "store"))
+    b = start_broker(env=env)
+    cid, topic = uid("diskid"), uid("diskt")
+    c, pids = inflight_unacked(b, cid, topic)
+    c.close()
+    wait_for(lambda: any("session offline" in line and f"client_id={cid}" in line
+                         for line in b.log.splitlines()), T(5), "the session to go offline")
+    publish5(b, f"{topic}/late", b"queued", qos=1)
+    b.stop(signal.SIGTERM)
+
+    b2 = start_broker(env=env)
+    c = resumed_v5(b2, cid)
+    try:
+        assert_resent(c, pids, topic)
+        got = m.v5(c.recv_publish(timeout=T(5)))
+        assert (got.payload, got.dup, sub_ids(got)) == (b"queued", False, [7, 8])
+    finally:
+        c.disconnect()
+
+
+def test_shared_subscriptions_queued_message_carries_the_members_identifier(broker, clients):
+    """A persistent member offline queues what its group gives it, with its
+    own subscription's identifier; an overlapping plain subscription gets
+    a delivery of its own, with its identifier."""
+    cid = uid("shq")
+    leave(subscribed_with_ids(broker, cid, [("$share/gq/shq/#", 1, 11), ("shq/+", 1, 12)]))
+    publish5(broker, "shq/t", b"shared")
+    c = clients.own(resumed_v5(broker, cid))
+    got = [m.v5(p) for p in c.recv_publishes(2)]
+    assert sorted(ids_of(got)) == [("shq/t", b"shared", [11]), ("shq/t", b"shared", [12])]
+
+
+def test_rerouted_shared_message_carries_the_new_members_identifier(broker, clients):
+    """A clean member's connection closes with a message unacknowledged:
+    the offline persistent member the group gives it to queues it with
+    its own identifier, not the first member's."""
+    group = f"$share/{uid('gr')}/rr/#"
+    keeper = uid("rrk")
+    leave(subscribed_with_ids(broker, keeper, [(group, 1, 22)]))
+    first = raw5(broker, tag="rrf")
+    try:
+        subscribe_with_id(first, group, 1, 21, 1)
+        publish5(broker, "rr/t", b"moved")
+        got = m.v5(first.recv_publish(ack=False))
+        assert (got.payload, sub_ids(got)) == (b"moved", [21])
+    finally:
+        first.close()
+    c = clients.own(resumed_v5(broker, keeper))
+    got = m.v5(c.recv_publish(timeout=T(5)))
+    assert (got.payload, sub_ids(got)) == (b"moved", [22])
 
 
 # ------------------------------------------------------------ session expiry
