@@ -301,38 +301,85 @@ static int router_on_publish(struct router *r, unsigned worker, const void *p, s
 	return ROUTER_OK;
 }
 
-static int router_on_session_msg(struct router *r, unsigned worker, const void *p, size_t len)
+/*
+ * A message a worker hands back without a copy here was kept there as it
+ * went to an MQTT 5 client: its subscription identifiers in its property
+ * block (props_with_sub_ids()). They come out into ids, the rest of the
+ * block into *own (malloc'd, NULL when nothing was taken out) and
+ * *props. -1: a block that does not decode, or more identifiers than
+ * REC_TARGET_SUB_IDS_MAX; -2: out of memory.
+ */
+static int router_props_take_sub_ids(struct rec_bytes *props, uint8_t **own,
+				     struct router_sub_ids *ids)
 {
-	struct rec_session_msg x;
-	struct router_msg m;
+	struct mqtt5_props out;
+	struct mqtt5_prop_iter it;
+	struct mqtt5_prop prop;
+	const uint8_t *at;
+	size_t used, body = 0, hdr;
+	uint8_t *buf;
+
+	ids->n = 0;
+	*own = NULL;
+	if (props->len == 0)
+		return 0;
+	if (mqtt5_props_decode(props->p, props->len, MQTT_PUBLISH, &out, &used) != MQTT_OK ||
+	    used != props->len)
+		return -1;
+	if (!mqtt5_props_has(&out, MQTT5_PROP_SUB_ID))
+		return 0;
+	/* The body shrinks, so its length field is no longer: room for the longest. */
+	if (!(buf = malloc(4 + (size_t)out.raw_len)))
+		return -2;
+	mqtt5_prop_iter_init(&it, &out);
+	for (at = it.p; mqtt5_prop_next(&it, &prop); at = it.p) {
+		if (prop.id != MQTT5_PROP_SUB_ID) {
+			memcpy(buf + 4 + body, at, (size_t)(it.p - at));
+			body += (size_t)(it.p - at);
+		} else if (ids->n == REC_TARGET_SUB_IDS_MAX) {
+			free(buf);
+			return -1;
+		} else {
+			ids->id[ids->n++] = prop.num;
+		}
+	}
+	*own = buf;
+	*props = (struct rec_bytes){ 0 };
+	if (body) {
+		hdr = mqtt_varint_size((uint32_t)body);
+		mqtt_varint_encode(buf + 4 - hdr, (uint32_t)body);
+		*props = (struct rec_bytes){ buf + 4 - hdr, (uint32_t)(hdr + body) };
+	}
+	return 0;
+}
+
+/* A well-formed REC_SESSION_MSG, its property block checked: to its session. */
+static int router_session_msg_take(struct router *r, const struct rec_session_msg *x)
+{
+	const struct router_msg m = {
+		.qos = x->qos,
+		.retain = x->retain,
+		.topic = (const char *)x->topic.p,
+		.topic_len = x->topic.len,
+		.payload = x->payload.p,
+		.payload_len = x->payload.len,
+		.props = x->props.p,
+		.props_len = x->props.len,
+		.expires_at = x->expires_at,
+		.n_sub_ids = (uint8_t)x->sub_ids.n,
+		.sub_ids = x->sub_ids.p,
+	};
 	struct session *s;
 
-	if (rec_session_msg_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
-	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1 || !router_props_valid(&x.props) ||
-	    !router_sub_ids_valid(x.sub_ids.n, x.sub_ids.p))
-		return ROUTER_BAD;
-	m = (struct router_msg){
-		.qos = x.qos,
-		.retain = x.retain,
-		.topic = (const char *)x.topic.p,
-		.topic_len = x.topic.len,
-		.payload = x.payload.p,
-		.payload_len = x.payload.len,
-		.props = x.props.p,
-		.props_len = x.props.len,
-		.expires_at = x.expires_at,
-		.n_sub_ids = (uint8_t)x.sub_ids.n,
-		.sub_ids = x.sub_ids.p,
-	};
 	/* An unfinished exchange needs QoS >= 1 (PUBREL: 2); anything to publish needs a topic. */
-	if ((x.state != MSG_QUEUED && m.qos == 0) || (x.state == MSG_PUBREL && m.qos != 2))
+	if ((x->state != MSG_QUEUED && m.qos == 0) || (x->state == MSG_PUBREL && m.qos != 2))
 		return ROUTER_BAD;
-	if (x.state != MSG_PUBREL && !topic_name_valid(m.topic, m.topic_len, 0, 0))
+	if (x->state != MSG_PUBREL && !topic_name_valid(m.topic, m.topic_len, 0, 0))
 		return ROUTER_BAD;
 
-	s = router_find_sid(r, x.sid);
+	s = router_find_sid(r, x->sid);
 	if (!s) {
-		log_debug("router: stored message for gone session %u dropped", x.sid);
+		log_debug("router: stored message for gone session %u dropped", x->sid);
 		return ROUTER_OK;
 	}
 	/*
@@ -340,23 +387,23 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 	 * current or last one, or the one a takeover replaced) owes it. A
 	 * worker cannot queue messages for sessions it never held.
 	 */
-	if (x.conn != s->conn && x.conn != s->prev_conn)
+	if (x->conn != s->conn && x->conn != s->prev_conn)
 		return ROUTER_NOCONN;
-	if (x.copy) {
+	if (x->copy) {
 		/* The router holds this one already, with its state as last reported. */
 		return ROUTER_OK;
 	}
-	if (x.state != MSG_PUBREL && !router_acl_allows(r, s, m.topic, m.topic_len, ACL_READ)) {
+	if (x->state != MSG_PUBREL && !router_acl_allows(r, s, m.topic, m.topic_len, ACL_READ)) {
 		log_debug("router: session %u: message on '%.*s' dropped: the ACL does not let it read there",
 			  s->sid, (int)m.topic_len, m.topic);
 		return ROUTER_OK;
 	}
-	if (s->online && s->conn == x.conn) {
+	if (s->online && s->conn == x->conn) {
 		/* Owed by the session's own closing connection (REC_CLOSE follows). */
-		session_enqueue_one(r, s, true, x.packet_id, x.state, &m);
+		session_enqueue_one(r, s, true, x->packet_id, x->state, &m);
 	} else if (!s->online || s->pending) {
 		if (m.qos > 0)
-			session_enqueue_one(r, s, false, x.packet_id, x.state, &m);
+			session_enqueue_one(r, s, false, x->packet_id, x->state, &m);
 	} else {
 		/*
 		 * A delivery or stored message that reached a connection the session
@@ -367,11 +414,37 @@ static int router_on_session_msg(struct router *r, unsigned worker, const void *
 		struct msg_body *body = NULL;
 
 		router_send_session_msg(r, s->conn, s->sid,
-					session_copy_new(r, s, x.packet_id, x.state, &m, &body, false),
-					x.packet_id, x.state, &m);
+					session_copy_new(r, s, x->packet_id, x->state, &m, &body, false),
+					x->packet_id, x->state, &m);
 		msg_body_discard(body);
 	}
 	return ROUTER_OK;
+}
+
+/* Identifiers come as the record's list or in the block, not both (the block then has none left). */
+static int router_on_session_msg(struct router *r, unsigned worker, const void *p, size_t len)
+{
+	struct rec_session_msg x;
+	struct router_sub_ids held = { 0 };
+	uint8_t *own = NULL;
+	int rc;
+
+	if (rec_session_msg_decode(&x, p, len) || !router_conn_ok(r, worker, x.conn) ||
+	    x.state > MSG_PUBREL || x.qos > 2 || x.retain > 1 ||
+	    !router_sub_ids_valid(x.sub_ids.n, x.sub_ids.p))
+		return ROUTER_BAD;
+	rc = x.sub_ids.n ? 0 : router_props_take_sub_ids(&x.props, &own, &held);
+	if (rc == -2) {
+		log_error("router: out of memory: a message handed back for session %u dropped", x.sid);
+		return ROUTER_OK;
+	}
+	if (rc == 0 && held.n && !router_sub_ids_valid(held.n, held.id))
+		rc = -1;
+	if (rc == 0 && held.n)
+		x.sub_ids = (struct rec_iter){ (const uint8_t *)held.id, held.n };
+	rc = rc == 0 && router_props_valid(&x.props) ? router_session_msg_take(r, &x) : ROUTER_BAD;
+	free(own);
+	return rc;
 }
 
 /* A persistent session's inbound QoS 2 id was taken (PUBLISH) or released (PUBREL). */

@@ -98,10 +98,11 @@ static uint16_t build_connect(struct recw *w, struct fuzz_in *in)
 	return REC_CONNECT;
 }
 
+/* Subscription identifiers: none, some, and ones no client can give. */
+static const uint32_t sub_ids[] = { 0, 0, 1, 7, 268435455, 268435456, UINT32_MAX };
+
 static uint16_t build_subscribe(struct recw *w, struct fuzz_in *in)
 {
-	/* Subscription identifiers: none, some, and ones no client can give. */
-	static const uint32_t sub_ids[] = { 0, 0, 1, 7, 268435455, 268435456, UINT32_MAX };
 	uint8_t n = take(in) % 4;
 	struct rec_subscribe x;
 	size_t count_off;
@@ -167,6 +168,9 @@ static uint16_t build_session_msg(struct recw *w, struct fuzz_in *in)
 	x.topic = pick_topic(in);
 	x.payload = take_payload(in, buf, sizeof(buf));
 	take_msg_v5(in, &x.props, &x.expires_at);
+	/* Subscription identifiers: none, some, and ones no subscription can have. */
+	x.sub_ids.p = (const uint8_t *)(sub_ids + take(in) % 4);
+	x.sub_ids.n = take(in) % 4;
 	rec_session_msg_encode(w, &x);
 	return REC_SESSION_MSG;
 }

@@ -333,6 +333,12 @@ static uint16_t build_session_msg(struct recw *rw, struct fuzz_in *in)
 	x.topic = pick_topic(in);
 	x.payload = take_payload(in, buf, sizeof(buf));
 	take_msg_v5(in, &x.props, &x.expires_at);
+	{
+		/* Subscription identifiers, as a delivery's target's. */
+		struct rec_target t = pick_target(in);
+
+		x.sub_ids = (struct rec_iter){ t.sub_ids, t.n_sub_ids };
+	}
 	rec_session_msg_encode(rw, &x);
 	return REC_SESSION_MSG;
 }

@@ -2560,6 +2560,60 @@ static void bounce_to_offline_session_is_queued(void **state)
 	expect_resumed(f, C(1, 1), "dev", 1, (const char *const[]){ "late" });
 }
 
+/* A session message with this property block and these identifiers, from conn for sid. */
+static int send_session_msg_v5(struct fx *f, conn_id_t conn, uint32_t sid, const char *props,
+			       size_t props_len, const uint32_t *ids, uint32_t n_ids)
+{
+	const struct rec_session_msg x = {
+		.conn = conn, .sid = sid, .state = MSG_QUEUED, .qos = 1, .topic = str("t"),
+		.payload = bytes("v5"), .props = { (const uint8_t *)props, (uint32_t)props_len },
+		.sub_ids = { (const uint8_t *)ids, n_ids },
+	};
+	struct recw w;
+
+	recw_init(&w);
+	rec_session_msg_encode(&w, &x);
+	return handle(f, conn_id_worker(conn), REC_SESSION_MSG, &w);
+}
+
+/*
+ * A message handed back carries its identifiers as the record's list, or,
+ * kept as it went to an MQTT 5 client, in its property block: either way
+ * the session gets them back as the list, and the block without them.
+ * Identifiers in both places, or one no subscription can have, make a
+ * malformed record.
+ */
+static void handed_back_message_keeps_its_identifiers(void **state)
+{
+	/* content type "ct", then identifiers 5 and 300 */
+	static const char in_block[] = "\x0a\x03\x00\x02" "ct" "\x0b\x05\x0b\xac\x02";
+	static const char ctype[] = "\x05\x03\x00\x02" "ct";
+	static const uint32_t ids[2] = { 7, 268435455 }, bad[1] = { 268435456 };
+	struct fx *f = *state;
+	uint32_t sid = connect_ok(f, C(0, 1), false, "dev", NULL);
+	const uint32_t want[2][2] = { { 5, 300 }, { 7, 268435455 } };
+
+	assert_int_equal(send_close(f, C(0, 1), false, 0, NULL), 0);
+	assert_int_equal(send_session_msg_v5(f, C(0, 1), sid, in_block, 11, NULL, 0), 0);
+	assert_int_equal(send_session_msg_v5(f, C(0, 1), sid, ctype, 6, ids, 2), 0);
+	assert_int_equal(send_session_msg_v5(f, C(0, 1), sid, in_block, 11, ids, 2), -1);
+	assert_int_equal(send_session_msg_v5(f, C(0, 1), sid, NULL, 0, bad, 1), -1);
+	fx_clear(f);
+	assert_int_equal(send_connect(f, C(1, 1), false, "dev", NULL), 0);
+	assert_int_equal(f->n, 3);
+	for (size_t i = 0; i < 2; i++) {
+		struct rec_session_msg x;
+		uint32_t id;
+
+		DECODE_CAPTURED(&f->caps[1 + i], REC_SESSION_MSG, rec_session_msg_decode, &x);
+		assert_int_equal(x.props.len, 6);
+		assert_memory_equal(x.props.p, ctype, 6);
+		assert_int_equal(x.sub_ids.n, 2);
+		for (size_t k = 0; rec_sub_id_next(&x.sub_ids, &id); k++)
+			assert_int_equal(id, want[i][k]);
+	}
+}
+
 static void bounce_for_gone_session_is_dropped(void **state)
 {
 	struct fx *f = *state;
@@ -4834,6 +4888,7 @@ int main(void)
 		T(connect_with_a_bad_will_part_is_dropped),
 		T(bounce_goes_to_the_sessions_new_connection),
 		T(bounce_to_offline_session_is_queued),
+		T(handed_back_message_keeps_its_identifiers),
 		T(bounce_for_gone_session_is_dropped),
 		T(records_for_unknown_connections_are_dropped),
 		T(records_from_the_wrong_ring_or_of_router_types_are_dropped),
