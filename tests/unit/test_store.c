@@ -642,6 +642,17 @@ static void set_format(struct fx *f, uint64_t format)
 	mdb_env_close(env);
 }
 
+/* Mark the closed store as written by format, open it: it is marked current. */
+static void reopen_upgraded_from(struct fx *f, uint64_t format)
+{
+	uint64_t now = 0;
+
+	set_format(f, format);
+	open_ok(f);
+	assert_true(store_meta_get(f->st, "format", &now));
+	assert_int_equal(now, STORE_FORMAT);
+}
+
 static void newer_format_is_refused(void **state)
 {
 	struct fx *f = *state;
@@ -659,17 +670,13 @@ static void older_format_is_read_and_upgraded(void **state)
 {
 	struct fx *f = *state;
 	struct got g = { 0 };
-	uint64_t format = 0;
 
 	open_ok(f);
 	put_session(f->st, 3, "dev", false, 0, 0);
 	put_msg(f->st, 3, 1, "t", "kept");
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
-	set_format(f, STORE_FORMAT_OLDEST);
-	open_ok(f);
-	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, STORE_FORMAT);
+	reopen_upgraded_from(f, STORE_FORMAT_OLDEST);
 	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
 	assert_int_equal(g.nq, 1);
 	assert_string_equal(g.q[0].payload, "kept");
@@ -685,17 +692,13 @@ static void format_4_subscription_reads_as_its_qos_without_options(void **state)
 {
 	struct fx *f = *state;
 	struct got *g;
-	uint64_t format = 0;
 
 	open_ok(f);
 	put_session(f->st, 3, "dev", false, 0, 0);
 	store_sub_put(f->st, 3, "old/+", 5, 2, 0);
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
-	set_format(f, 4);
-	open_ok(f);
-	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, STORE_FORMAT);
+	reopen_upgraded_from(f, 4);
 	store_sub_put(f->st, 3, "new/#", 5, 0x2d, 0);   /* QoS 1, no local, retain as published, RH 2 */
 	store_sub_put(f->st, 3, "sid/#", 5, 1, 268435455);
 	assert_int_equal(store_commit(f->st), 0);
@@ -752,7 +755,6 @@ static void format_5_messages_read_as_without_properties(void **state)
 		.payload = (const uint8_t *)"new", .payload_len = 3, .v5 = v5,
 	};
 	struct fx *f = *state;
-	uint64_t format = 0;
 	struct got *g;
 
 	open_ok(f);
@@ -762,10 +764,7 @@ static void format_5_messages_read_as_without_properties(void **state)
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
 	cut_value(f, "queue", qkey, sizeof(qkey), 8 + 4);   /* no expiry, no counted block */
-	set_format(f, 5);
-	open_ok(f);
-	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, STORE_FORMAT);
+	reopen_upgraded_from(f, 5);
 	store_queue_put(f->st, 3, 2, &m);
 	store_retained_put(f->st, "r/new", 5, 1, (const uint8_t *)"five", 4, &v5);
 	assert_int_equal(store_commit(f->st), 0);
@@ -832,7 +831,6 @@ static void format_6_messages_read_as_without_sub_ids(void **state)
 	/* packet id, state, qos, retain, topic, payload, expiry, counted properties */
 	const size_t format6 = 2 + 1 + 1 + 1 + (2 + 1) + (4 + 3) + 8 + 4;
 	struct fx *f = *state;
-	uint64_t format = 0;
 	struct got *g;
 
 	open_ok(f);
@@ -841,10 +839,7 @@ static void format_6_messages_read_as_without_sub_ids(void **state)
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
 	assert_int_equal(value_size(f, "queue", k1, sizeof(k1)), format6);
-	set_format(f, 6);
-	open_ok(f);
-	assert_true(store_meta_get(f->st, "format", &format));
-	assert_int_equal(format, STORE_FORMAT);
+	reopen_upgraded_from(f, 6);
 	store_queue_put(f->st, 3, 2, &m);
 	assert_int_equal(store_commit(f->st), 0);
 	g = read_all(f->st);
@@ -924,7 +919,6 @@ static struct got *two_sessions_of_format(struct fx *f, uint64_t format, size_t 
 					  size_t off_cut)
 {
 	struct got *g;
-	uint64_t v = 0;
 
 	open_ok(f);
 	put_session(f->st, 1, "on", false, 0x0100000100010001ull, 0x0000000100020001ull);
@@ -933,10 +927,7 @@ static struct got *two_sessions_of_format(struct fx *f, uint64_t format, size_t 
 	store_close(&f->st);
 	cut_session_value(f, 1, on_cut);
 	cut_session_value(f, 2, off_cut);
-	set_format(f, format);
-	open_ok(f);
-	assert_true(store_meta_get(f->st, "format", &v));
-	assert_int_equal(v, STORE_FORMAT);
+	reopen_upgraded_from(f, format);
 	g = read_all(f->st);
 	assert_int_equal(g->ns, 2);
 	assert_true(g->s[0].online);
