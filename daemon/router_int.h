@@ -181,6 +181,7 @@ struct session {
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
 	uint32_t q_at_worker;        /* copies of what the connection holds */
 	uint32_t n_cursors;          /* subscriptions with retained messages still to send */
+	uint32_t due_slot;           /* offline: its place in router.due + 1; 0: in none */
 
 	conn_id_t conn;              /* while online: in conn_slots; offline: the last one */
 	conn_id_t prev_conn;         /* the connection before conn (a takeover's old one) */
@@ -213,6 +214,15 @@ struct session {
 	uint64_t stamp;              /* publish that last matched us: folds overlapping filters */
 
 	char client_id[];            /* NUL-terminated; "" for a server-named clean session */
+};
+
+/*
+ * An offline session's next deadline on the router's clock (router.now_ms):
+ * the end of its session expiry interval, or its held will's delay.
+ */
+struct session_due {
+	uint64_t at;
+	struct session *s;
 };
 
 /*
@@ -350,7 +360,10 @@ struct router {
 	struct router_waiting *waiting;   /* by the waiting CONNECT's conn */
 	struct router_kicked *kicked;
 	struct session *off_head, *off_tail;
-	struct session *off_sweep;   /* where the check of intervals and wills goes on */
+	struct session *off_sweep;   /* where the backstop check of intervals and wills goes on */
+	struct session_due *due;     /* offline sessions by their next deadline: a binary min-heap */
+	uint32_t n_due, cap_due;
+	bool warned_due;             /* the heap could not grow: logged once until it can */
 	uint32_t next_sid;
 	bool warned_sessions_full;   /* max_sessions reached: logged once until a session fits again */
 
@@ -524,6 +537,7 @@ void session_free(struct router *r, struct session *s);
 bool router_session_link(struct router *r, struct session *s);
 bool router_conn_link(struct router *r, struct session *s);
 void session_offline_link(struct router *r, struct session *s);
+void session_due_update(struct router *r, struct session *s, uint64_t wall_ms);
 bool router_waiting_add(struct router *r, struct session *s, conn_id_t conn);
 void session_pending_drop(struct router *r, struct session *s);
 struct session *router_find_id(const struct router *r, const char *id, uint16_t len);

@@ -389,6 +389,7 @@ void router_restamp(struct router *r)
 
 	for (s = r->off_tail; s && s->last_seen_ms == STORE_SEEN_UNKNOWN; s = s->off_prev) {
 		s->last_seen_ms = r->now_ms;
+		session_due_update(r, s, wall_clock_ms());
 		session_persist(r, s);
 	}
 	r->restamp = false;

@@ -148,6 +148,112 @@ static void router_conn_unlink(struct router *r, struct session *s)
 	}
 }
 
+/* ---- offline sessions by deadline ------------------------------------- */
+
+/*
+ * router.due is a binary min-heap of the offline sessions that have a
+ * deadline (an interval that is not REC_EXPIRY_NEVER, or a held will), by
+ * that deadline on the router's clock: each tick takes those whose time
+ * came, however many sessions are offline, and each change costs
+ * O(log n). A held will's deadline is wall-clock time (it outlives the
+ * daemon), turned into the router's clock as the session is placed; the
+ * check itself is on the wall clock, and a session whose will is not due
+ * after all (the wall clock moved) is placed again.
+ */
+
+static void session_due_put(struct router *r, uint32_t i, struct session_due d)
+{
+	r->due[i] = d;
+	d.s->due_slot = i + 1;
+}
+
+static void session_due_up(struct router *r, uint32_t i)
+{
+	struct session_due d = r->due[i];
+
+	for (uint32_t parent; i > 0 && r->due[parent = (i - 1) / 2].at > d.at; i = parent)
+		session_due_put(r, i, r->due[parent]);
+	session_due_put(r, i, d);
+}
+
+static void session_due_down(struct router *r, uint32_t i)
+{
+	struct session_due d = r->due[i];
+
+	for (uint32_t child; (child = 2 * i + 1) < r->n_due; i = child) {
+		if (child + 1 < r->n_due && r->due[child + 1].at < r->due[child].at)
+			child++;
+		if (r->due[child].at >= d.at)
+			break;
+		session_due_put(r, i, r->due[child]);
+	}
+	session_due_put(r, i, d);
+}
+
+static void session_due_remove(struct router *r, struct session *s)
+{
+	uint32_t i = s->due_slot - 1;
+
+	if (!s->due_slot)
+		return;
+	s->due_slot = 0;
+	if (i == --r->n_due)
+		return;
+	session_due_put(r, i, r->due[r->n_due]);
+	if (i > 0 && r->due[(i - 1) / 2].at > r->due[i].at)
+		session_due_up(r, i);
+	else
+		session_due_down(r, i);
+}
+
+/* When s is next due on the router's clock; UINT64_MAX: never. */
+static uint64_t session_due_at(const struct router *r, const struct session *s, uint64_t wall_ms)
+{
+	uint64_t at = UINT64_MAX;
+
+	if (s->expiry != REC_EXPIRY_NEVER && s->last_seen_ms != STORE_SEEN_UNKNOWN)
+		at = s->last_seen_ms + (uint64_t)s->expiry * 1000;
+	if (s->will)
+		at = MIN(at, r->now_ms + (s->will_at_ms > wall_ms ? s->will_at_ms - wall_ms : 0));
+	return at;
+}
+
+static bool session_due_grow(struct router *r)
+{
+	uint32_t cap = r->cap_due ? r->cap_due * 2 : 64;
+	struct session_due *due;
+
+	if (r->cap_due >= UINT32_MAX / 2 || !(due = reallocarray(r->due, cap, sizeof(*due))))
+		return false;
+	r->due = due;
+	r->cap_due = cap;
+	return true;
+}
+
+/*
+ * Place offline session s by its deadlines as they are now. Out of memory
+ * it is left to the backstop sweep (router_sessions_expire), which finds it
+ * later.
+ */
+void session_due_update(struct router *r, struct session *s, uint64_t wall_ms)
+{
+	uint64_t at = session_due_at(r, s, wall_ms);
+
+	session_due_remove(r, s);
+	if (at == UINT64_MAX)
+		return;
+	if (r->n_due == r->cap_due && !session_due_grow(r)) {
+		if (!r->warned_due)
+			log_error("router: out of memory: offline sessions past the first %u are checked by the sweep alone (%u a second)",
+				  r->n_due, ROUTER_SESSION_CHECKS);
+		r->warned_due = true;
+		return;
+	}
+	r->warned_due = false;
+	r->due[r->n_due] = (struct session_due){ at, s };
+	session_due_up(r, r->n_due++);
+}
+
 void session_offline_link(struct router *r, struct session *s)
 {
 	s->off_next = NULL;
@@ -158,12 +264,14 @@ void session_offline_link(struct router *r, struct session *s)
 		r->off_head = s;
 	r->off_tail = s;
 	s->in_offline = true;
+	session_due_update(r, s, wall_clock_ms());
 }
 
 static void session_offline_unlink(struct router *r, struct session *s)
 {
 	if (!s->in_offline)
 		return;
+	session_due_remove(r, s);
 	if (r->off_sweep == s)
 		r->off_sweep = s->off_next;
 	if (s->off_prev)
@@ -850,9 +958,9 @@ static void session_expire(struct router *r, struct session *s, uint64_t secs)
 
 /*
  * One offline session's own clock: its held will once the delay passed,
- * its end once offline for its session expiry interval.
+ * its end once offline for its session expiry interval. false: it ended.
  */
-static void session_check(struct router *r, struct session *s, uint64_t wall_ms)
+static bool session_check(struct router *r, struct session *s, uint64_t wall_ms)
 {
 	uint64_t now_ms = r->now_ms;
 
@@ -861,14 +969,18 @@ static void session_check(struct router *r, struct session *s, uint64_t wall_ms)
 		session_persist(r, s);
 	}
 	if (s->expiry != REC_EXPIRY_NEVER && s->last_seen_ms != STORE_SEEN_UNKNOWN &&
-	    now_ms >= s->last_seen_ms && now_ms - s->last_seen_ms >= (uint64_t)s->expiry * 1000)
+	    now_ms >= s->last_seen_ms && now_ms - s->last_seen_ms >= (uint64_t)s->expiry * 1000) {
 		session_expire(r, s, s->expiry);
+		return false;
+	}
+	return true;
 }
 
 /*
  * Offline persistent sessions whose time is up go (router_tick): those
- * absent longer than session_timeout_secs, oldest first, then each
- * session's own interval and held will, ROUTER_SESSION_CHECKS sessions a
+ * absent longer than session_timeout_secs, oldest first, then those whose
+ * own interval or held will is due (router.due), then, as a backstop for
+ * a session the heap could not take, ROUTER_SESSION_CHECKS sessions a
  * tick, going on from where the last tick stopped.
  */
 void router_sessions_expire(struct router *r)
@@ -882,6 +994,12 @@ void router_sessions_expire(struct router *r)
 	while (secs > 0 && (s = r->off_head) && r->now_ms >= s->last_seen_ms &&
 	       r->now_ms - s->last_seen_ms > (uint64_t)secs * 1000)
 		session_expire(r, s, (uint64_t)secs);
+	while (r->n_due && r->due[0].at <= r->now_ms) {
+		s = r->due[0].s;
+		session_due_remove(r, s);
+		if (session_check(r, s, wall_ms))
+			session_due_update(r, s, wall_ms);
+	}
 	for (s = r->off_sweep ? r->off_sweep : r->off_head; s && budget > 0; s = next, budget--) {
 		next = s->off_next;
 		session_check(r, s, wall_ms);
@@ -901,6 +1019,9 @@ void router_sessions_free(struct router *r)
 			session_free(r, s);
 	hidx_free(&r->by_sid);
 	hidx_free(&r->by_id);
+	free(r->due);
+	r->due = NULL;
+	r->n_due = r->cap_due = 0;
 	HASH_ITER(hh, r->kicked, k, ktmp) {
 		HASH_DEL(r->kicked, k);
 		free(k);

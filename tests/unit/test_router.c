@@ -2497,6 +2497,38 @@ static void offline_sessions_expire_after_their_own_interval(void **state)
 	assert_int_equal(stats_of(f).sessions, 0);
 }
 
+/*
+ * Offline sessions are found by their deadline, not by a sweep of a
+ * bounded number a tick: one with a short interval among more than a
+ * tick's sweep ends at the first tick past its deadline, wherever the
+ * sweep is, and the others stay.
+ */
+static void a_short_interval_among_many_offline_sessions_ends_on_time(void **state)
+{
+	enum { MANY = 20000 };          /* more than the sweep checks a tick */
+	struct fx *f = *state;
+	char id[32];
+
+	router_tick(f->r, 1000);
+	for (unsigned i = 0; i < MANY; i++) {
+		snprintf(id, sizeof(id), "many%u", i);
+		assert_int_equal(send_connect5(f, C(0, 1), id, 3600, 0, NULL), 0);
+		assert_int_equal(send_close_expiry(f, C(0, 1), 3600), 0);
+	}
+	assert_int_equal(send_connect5(f, C(0, 1), "short", 2, 0, NULL), 0);
+	assert_int_equal(send_close_expiry(f, C(0, 1), 2), 0);   /* due at 3000 */
+	assert_int_equal(stats_of(f).sessions, MANY + 1);
+	router_tick(f->r, 2000);
+	router_tick(f->r, 2999);
+	assert_int_equal(stats_of(f).sessions, MANY + 1);
+	router_tick(f->r, 3000);
+	assert_int_equal(stats_of(f).sessions, MANY);
+	router_tick(f->r, 1000 + 3600 * 1000 - 1);
+	assert_int_equal(stats_of(f).sessions, MANY);
+	router_tick(f->r, 1000 + 3600 * 1000);
+	assert_int_equal(stats_of(f).sessions, 0);
+}
+
 /* Records are hostile: a will's MQTT 5 part without a will, or properties a PUBLISH cannot forward. */
 static void connect_with_a_bad_will_part_is_dropped(void **state)
 {
@@ -4885,6 +4917,7 @@ int main(void)
 		T(offline_session_expires_after_timeout),
 		T(sessions_never_expire_with_timeout_zero),
 		T(offline_sessions_expire_after_their_own_interval),
+		T(a_short_interval_among_many_offline_sessions_ends_on_time),
 		T(connect_with_a_bad_will_part_is_dropped),
 		T(bounce_goes_to_the_sessions_new_connection),
 		T(bounce_to_offline_session_is_queued),
