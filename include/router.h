@@ -202,7 +202,8 @@ struct router_stats {
 	/*
 	 * What the session queues (offline messages and copies) hold, as
 	 * max_queued_bytes_total counts it: topic + payload of each message
-	 * once however many queues share it, plus ROUTER_ENTRY_COST per entry.
+	 * once however many queues share it, plus ROUTER_ENTRY_COST per entry and
+	 * 4 bytes per subscription identifier an entry carries.
 	 */
 	size_t queued_bytes_total;
 	size_t queued_payloads; /* messages held, each once */
