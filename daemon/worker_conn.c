@@ -609,6 +609,7 @@ void conn_v5_free(struct worker *w, struct conn *c)
 	for (uint16_t i = 0; v->alias_out != NULL && i < v->n_alias_out; i++)
 		free(v->alias_out[i].topic);
 	free(v->alias_out);
+	free(v->auth_final);
 	free(v);
 	w->v5[conn_id_slot(c->id)] = NULL;
 	c->v5 = false;
