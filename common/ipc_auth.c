@@ -58,7 +58,8 @@ void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len)
 		.has_user = f->has_user, .has_password = f->has_password,
 		.remote_len = (uint16_t)f->remote_len, .client_id_len = (uint32_t)f->client_id_len,
 		.user_len = (uint32_t)f->user_len, .password_len = (uint32_t)f->password_len,
-		.flags = (f->user_from_cert ? IPC_AUTH_USER_FROM_CERT : 0) | f->scram_step,
+		.flags = (f->user_from_cert ? IPC_AUTH_USER_FROM_CERT : 0) | f->scram_step |
+			 (f->reauth ? IPC_AUTH_SCRAM_REAUTH : 0),
 		.data_len = (uint32_t)f->data_len,
 	};
 	const struct field fields[] = {
@@ -76,6 +77,7 @@ void *ipc_auth_request_encode(const struct ipc_auth_fields *f, size_t *len)
 bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_fields *f)
 {
 	const uint32_t scram = IPC_AUTH_SCRAM_FIRST | IPC_AUTH_SCRAM_FINAL;
+	const uint32_t first_reauth = IPC_AUTH_SCRAM_FIRST | IPC_AUTH_SCRAM_REAUTH;
 	struct ipc_auth_request h;
 	const char *p = (const char *)data + sizeof(h);
 
@@ -84,11 +86,13 @@ bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_field
 	    h.user_len > IPC_AUTH_FIELD_MAX || h.password_len > IPC_AUTH_FIELD_MAX ||
 	    h.data_len > IPC_AUTH_DATA_MAX ||
 	    h.has_user > 1 || h.has_password > 1 ||
-	    (h.flags & ~(uint32_t)(IPC_AUTH_USER_FROM_CERT | scram)) ||
+	    (h.flags & ~(uint32_t)(IPC_AUTH_USER_FROM_CERT | scram | IPC_AUTH_SCRAM_REAUTH)) ||
+	    ((h.flags & IPC_AUTH_SCRAM_REAUTH) && (h.flags & first_reauth) != first_reauth) ||
 	    ((h.flags & IPC_AUTH_USER_FROM_CERT) && (!h.has_user || h.has_password)) ||
 	    (!h.has_user && h.user_len) || (!h.has_password && h.password_len) ||
 	    /* A SCRAM step is one step, with its message alone; a CONNECT's request has none. */
-	    ((h.flags & scram) && ((h.flags & scram) == scram || h.flags != (h.flags & scram) ||
+	    ((h.flags & scram) && ((h.flags & scram) == scram ||
+				   (h.flags & ~(uint32_t)IPC_AUTH_SCRAM_REAUTH) != (h.flags & scram) ||
 				   h.has_user || h.has_password)) ||
 	    (!(h.flags & scram) && h.data_len) ||
 	    len != sizeof(h) + (size_t)h.remote_len + h.client_id_len + h.user_len +
@@ -104,6 +108,7 @@ bool ipc_auth_request_decode(const void *data, size_t len, struct ipc_auth_field
 		.password = (const uint8_t *)p + h.remote_len + h.client_id_len + h.user_len,
 		.password_len = h.password_len,
 		.scram_step = (uint8_t)(h.flags & scram),
+		.reauth = (h.flags & IPC_AUTH_SCRAM_REAUTH) != 0,
 		.data = (const uint8_t *)p + h.remote_len + h.client_id_len + h.user_len +
 			h.password_len,
 		.data_len = h.data_len,

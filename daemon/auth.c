@@ -195,6 +195,7 @@ static bool exchange_keep(struct auth_chan *ch, struct auth_job *j)
 	j->ex = NULL;
 	ex->conn = j->conn;
 	ex->ticket = j->ticket;
+	ex->reauth = j->reauth;
 	ex->expires_ms = now + (uint64_t)ch->a->cfg->connect_timeout * 1000;
 	HASH_ADD(hh, ch->exchanges, conn, sizeof(ex->conn), ex);
 	ch->nexchanges++;
@@ -228,7 +229,7 @@ static void chan_set_events(struct auth_chan *ch, bool want_out)
  */
 static void job_rules_from_acl(struct auth *a, struct auth_job *j)
 {
-	if (j->code != MQTT_CONNACK_ACCEPTED || j->cont || j->rules_from_token)
+	if (j->code != MQTT_CONNACK_ACCEPTED || j->cont || j->reauth || j->rules_from_token)
 		return;
 	free(j->rules);
 	j->rules = NULL;
@@ -495,6 +496,7 @@ static struct auth_job *job_new(struct auth *a, unsigned worker, const struct ip
 	if (f->data_len > 0)
 		memcpy(p, f->data, f->data_len);
 	j->scram_step = f->scram_step;
+	j->reauth = f->reauth;
 	auth_policy_from(a->cfg, &j->policy);
 	return j;
 }
@@ -544,6 +546,8 @@ static void request_take(struct auth_chan *ch, const struct ipc_auth_fields *f)
 		answer_unavailable(a, j, j->why);
 		return;
 	}
+	if (j->ex != NULL)
+		j->reauth = j->ex->reauth;
 	j->creds = a->creds;
 	atomic_fetch_add(&a->creds->refs, 1);
 	failing = j->has_key && addr_fail_delay(a->fails, &j->key, clock_ms(),
@@ -705,7 +709,7 @@ static bool grant_sent(struct auth *a, struct auth_job *j)
 	size_t len;
 	int rc;
 
-	if (j->code != MQTT_CONNACK_ACCEPTED || j->cont || j->granted ||
+	if (j->code != MQTT_CONNACK_ACCEPTED || j->cont || j->reauth || j->granted ||
 	    !config_acl_in_force(a->cfg))
 		return true;
 	if ((grant = ipc_auth_verdict_encode(&f, &len)) == NULL) {

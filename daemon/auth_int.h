@@ -63,6 +63,7 @@ struct auth_exchange {
 	uint64_t conn;
 	uint32_t ticket;
 	uint64_t expires_ms;         /* connect_timeout after server-first */
+	bool reauth;                 /* a connected client's: no grant at its end */
 	struct scram_exchange x;
 };
 
@@ -85,6 +86,7 @@ struct auth_job {
 	bool has_user, has_password;
 	bool user_from_cert;         /* the user name is a client certificate's identity */
 	uint8_t scram_step;          /* 0, IPC_AUTH_SCRAM_FIRST or IPC_AUTH_SCRAM_FINAL */
+	bool reauth;                 /* a connected client's exchange (IPC_AUTH_SCRAM_REAUTH) */
 	struct auth_exchange *ex;    /* a SCRAM step's exchange (the job's until it is kept) */
 	const uint8_t *data;         /* a SCRAM step's message */
 	size_t data_len;

@@ -53,6 +53,8 @@ struct auth_wait {
 	bool cancel;                 /* the connection is gone: IPC_AUTH_CANCEL to send */
 	bool scram;                  /* a SCRAM exchange, not a password */
 	bool awaiting_client;        /* server-first sent: the client's AUTH is awaited */
+	bool reauth;                 /* a connected client's re-authentication */
+	uint64_t deadline_ms;        /* a re-authentication's end at the latest */
 	struct rec_connect rc;       /* the CONNECT record but its user name; will bytes below */
 	uint8_t will[];
 };
@@ -223,6 +225,8 @@ static void on_continue(struct worker *w, struct conn *c, struct auth_wait *aw,
 	wait_drop_request(aw);
 	aw->awaiting_client = true;
 	send_auth(w, c, MQTT5_RC_CONTINUE_AUTHENTICATION, f->data, f->data_len);
+	if (aw->reauth)
+		return;              /* connected: read all along */
 	c->paused = false;
 	if (c->in_off)
 		conn_set_events(w, c);
@@ -230,17 +234,56 @@ static void on_continue(struct worker *w, struct conn *c, struct auth_wait *aw,
 		conn_process_input(w, c);
 }
 
-/* SCRAM's server-final, for the CONNACK that ends the exchange; false when out of memory. */
+/*
+ * SCRAM's server-final, for the CONNACK that ends the exchange, and the
+ * user name, for re-authentications; false when out of memory.
+ */
 static bool keep_server_final(struct worker *w, struct conn *c, const struct ipc_auth_fields *f)
 {
 	struct conn_v5 *v = CONN_V5(w, c);
 
 	if (v == NULL || f->data_len == 0 || f->data_len > UINT16_MAX ||
-	    (v->auth_final = malloc(f->data_len)) == NULL)
+	    f->user_len > UINT16_MAX || (v->auth_final = malloc(f->data_len)) == NULL ||
+	    (v->scram_user = malloc(f->user_len + 1)) == NULL)
 		return false;
 	memcpy(v->auth_final, f->data, f->data_len);
 	v->auth_final_len = (uint16_t)f->data_len;
+	memcpy(v->scram_user, f->user, f->user_len);
+	v->scram_user_len = (uint16_t)f->user_len;
 	return true;
+}
+
+/* A connected client's exchange failed or cannot go on: its connection ends. */
+static void reauth_fail(struct worker *w, struct conn *c, const char *why)
+{
+	conn_disconnect(w, c, MQTT5_RC_NOT_AUTHORIZED, true, why);
+}
+
+/* An exchange that cannot go on: refused before CONNACK, disconnected after. */
+static void exchange_fail(struct worker *w, struct conn *c, const char *why)
+{
+	if (c->state == CS_ACTIVE)
+		reauth_fail(w, c, why);
+	else
+		conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, why);
+}
+
+/*
+ * A re-authentication's verdict: AUTH 0x00 with server-final when it
+ * names the same user, else the connection ends (DISCONNECT 0x87).
+ */
+static void reauth_end(struct worker *w, struct conn *c, const struct ipc_auth_fields *f)
+{
+	struct conn_v5 *v = CONN_V5(w, c);
+
+	v->reauth = false;
+	if (f->code != MQTT_CONNACK_ACCEPTED || f->cont || f->data_len == 0)
+		reauth_fail(w, c, "re-authentication refused");
+	else if (f->user_len != v->scram_user_len ||
+		 memcmp(f->user, v->scram_user, f->user_len) != 0)
+		reauth_fail(w, c, "re-authentication as another user");
+	else
+		send_auth(w, c, MQTT5_RC_SUCCESS, f->data, f->data_len);
 }
 
 static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
@@ -252,7 +295,7 @@ static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 
 	if (f->ticket >= wa->cap || (aw = wa->waits[f->ticket]) == NULL || aw->conn != f->conn)
 		return;              /* answered already */
-	if (aw->cancel || c == NULL || c->state != CS_AUTHENTICATING) {
+	if (aw->cancel || c == NULL || c->state != (aw->reauth ? CS_ACTIVE : CS_AUTHENTICATING)) {
 		wait_free(wa, f->ticket);    /* gone: no cancel needed any more */
 		return;
 	}
@@ -264,7 +307,9 @@ static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 	}
 	/* Out of the table first: the connection may close below, and has nothing to cancel. */
 	aw = wait_take(wa, f->ticket);
-	if (f->code == MQTT_CONNACK_ACCEPTED && aw->scram && !keep_server_final(w, c, f)) {
+	if (aw->reauth) {
+		reauth_end(w, c, f);
+	} else if (f->code == MQTT_CONNACK_ACCEPTED && aw->scram && !keep_server_final(w, c, f)) {
 		conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, "SCRAM accepted without server-final, "
 			    "or out of memory");
 	} else if (f->code != MQTT_CONNACK_ACCEPTED || f->cont) {
@@ -341,8 +386,7 @@ static int on_hello(void *ctx, struct ipc_msg *m)
 			c = conn_lookup(w, aw->conn);
 			wait_free(wa, t);
 			if (c != NULL)
-				conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE,
-					    "the auth role restarted during its SCRAM exchange");
+				exchange_fail(w, c, "the auth role restarted during its SCRAM exchange");
 			continue;
 		}
 		if (aw != NULL && aw->sent) {
@@ -577,10 +621,64 @@ static enum pkt_result auth_protocol_error(struct worker *w, struct conn *c, uin
 	return PKT_CLOSED;
 }
 
+/* AUTH's method is SCRAM-SHA-256. */
+static bool auth_method_scram(const struct mqtt5_props *props)
+{
+	return mqtt5_props_has(props, MQTT5_PROP_AUTH_METHOD) &&
+	       props->auth_method.len == strlen(SCRAM_METHOD) &&
+	       memcmp(props->auth_method.p, SCRAM_METHOD, props->auth_method.len) == 0;
+}
+
+/*
+ * AUTH 0x19 from a client SCRAM authenticated: its exchange begins again,
+ * its connection working meanwhile; one at a time, for connect_timeout
+ * at most (worker_auth_tick).
+ */
+static enum pkt_result reauth_begin(struct worker *w, struct conn *c,
+				    const struct mqtt5_packet *p5)
+{
+	struct worker_auth *wa = wa_of(w);
+	struct conn_v5 *v = CONN_V5(w, c);
+	const struct rec_connect none = { 0 };
+	struct ipc_auth_fields f = {
+		.conn = c->id, .remote = c->remote, .remote_len = c->remote_len,
+		.client_id = conn_client_id(c), .client_id_len = strlen(conn_client_id(c)),
+		.scram_step = IPC_AUTH_SCRAM_FIRST, .reauth = true,
+		.data = p5->props.auth_data.p, .data_len = p5->props.auth_data.len,
+	};
+	struct auth_wait *aw;
+	uint32_t t;
+
+	if (f.data_len > IPC_AUTH_DATA_MAX) {
+		reauth_fail(w, c, "SCRAM client-first longer than its bound");
+		return PKT_CLOSED;
+	}
+	if (!ticket_take(w, wa, &t)) {
+		conn_disconnect(w, c, MQTT5_RC_SERVER_BUSY, true,
+				"re-authentication: too many waiting for the auth role (auth.max_pending)");
+		return PKT_CLOSED;
+	}
+	f.ticket = t;
+	if ((aw = wait_new(&none)) == NULL || !wait_request(wa, aw, &f)) {
+		free(aw);
+		reauth_fail(w, c, "cannot ask the auth role (out of memory)");
+		return PKT_CLOSED;
+	}
+	aw->conn = c->id;
+	aw->scram = aw->reauth = true;
+	aw->deadline_ms = w->now_ms + (uint64_t)w->cfg->connect_timeout * 1000;
+	wa->waits[t] = aw;
+	wa->held++;
+	v->reauth = true;
+	worker_auth_flush(w);
+	return PKT_OK;
+}
+
 enum pkt_result worker_auth_packet(struct worker *w, struct conn *c,
 				   const struct mqtt5_packet *p5)
 {
 	struct worker_auth *wa = wa_of(w);
+	struct conn_v5 *v = CONN_V5(w, c);
 	const struct mqtt5_props *props = &p5->props;
 	struct ipc_auth_fields f = {
 		.conn = c->id, .remote = c->remote, .remote_len = c->remote_len,
@@ -590,18 +688,18 @@ enum pkt_result worker_auth_packet(struct worker *w, struct conn *c,
 	struct auth_wait *aw;
 	uint32_t t;
 
-	if (c->state != CS_AUTHENTICATING || (aw = wait_of_exchange(wa, c, &t)) == NULL)
+	if ((aw = wait_of_exchange(wa, c, &t)) == NULL) {
+		if (c->state == CS_ACTIVE && v != NULL && v->scram_user != NULL && !v->reauth &&
+		    p5->reason == MQTT5_RC_REAUTHENTICATE && auth_method_scram(props))
+			return reauth_begin(w, c, p5);
 		return auth_protocol_error(w, c, MQTT5_RC_PROTOCOL_ERROR,
 					   "AUTH without an exchange in progress");
-	if (p5->reason != MQTT5_RC_CONTINUE_AUTHENTICATION ||
-	    !mqtt5_props_has(props, MQTT5_PROP_AUTH_METHOD) ||
-	    props->auth_method.len != strlen(SCRAM_METHOD) ||
-	    memcmp(props->auth_method.p, SCRAM_METHOD, props->auth_method.len) != 0)
+	}
+	if (p5->reason != MQTT5_RC_CONTINUE_AUTHENTICATION || !auth_method_scram(props))
 		return auth_protocol_error(w, c, MQTT5_RC_PROTOCOL_ERROR,
 					   "AUTH not continuing the exchange's method");
 	if (props->auth_data.len > IPC_AUTH_DATA_MAX) {
-		conn_refuse(w, c, MQTT_CONNACK_NOT_AUTHORIZED, "SCRAM client-final longer than "
-			    "its bound");
+		exchange_fail(w, c, "SCRAM client-final longer than its bound");
 		return PKT_CLOSED;
 	}
 	f.ticket = t;
@@ -610,13 +708,30 @@ enum pkt_result worker_auth_packet(struct worker *w, struct conn *c,
 	aw->awaiting_client = false;
 	aw->sent = true;             /* wait_request counts it unsent again */
 	if (!wait_request(wa, aw, &f)) {
-		conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, "cannot ask the auth role (out of memory)");
+		exchange_fail(w, c, "cannot ask the auth role (out of memory)");
 		return PKT_CLOSED;
 	}
+	worker_auth_flush(w);
+	if (aw->reauth)
+		return PKT_OK;
 	/* Nothing more from the client until the verdict. */
 	c->paused = true;
-	worker_auth_flush(w);
 	return PKT_PAUSE;
+}
+
+void worker_auth_tick(struct worker *w)
+{
+	struct worker_auth *wa = wa_of(w);
+
+	for (uint32_t t = 0; wa != NULL && wa->held > 0 && t < wa->cap; t++) {
+		struct auth_wait *aw = wa->waits[t];
+		struct conn *c;
+
+		if (aw == NULL || !aw->reauth || aw->cancel || aw->deadline_ms > w->now_ms ||
+		    (c = conn_lookup(w, aw->conn)) == NULL)
+			continue;
+		reauth_fail(w, c, "re-authentication not finished within connect_timeout");
+	}
 }
 
 /*
@@ -702,8 +817,7 @@ void worker_auth_config_changed(struct worker *w)
 		if (aw != NULL && aw->scram) {
 			wait_free(wa, t);
 			if (c != NULL)
-				conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE,
-					    "the auth role stopped during its SCRAM exchange");
+				exchange_fail(w, c, "the auth role stopped during its SCRAM exchange");
 			continue;
 		}
 		if (c == NULL || !ipc_auth_request_decode(aw->req, aw->req_len, &f))

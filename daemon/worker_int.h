@@ -117,6 +117,9 @@ struct conn_v5 {
 	bool end_session;            /* DISCONNECT set the session expiry to 0: it ends now */
 	uint8_t *auth_final;         /* SCRAM's server-final, for CONNACK (worker_auth.c); malloc'd */
 	uint16_t auth_final_len;
+	bool reauth;                 /* a re-authentication in progress (worker_auth.c) */
+	uint16_t scram_user_len;
+	char *scram_user;            /* whom SCRAM authenticated: a re-authentication must agree */
 	struct topic_alias alias[];
 };
 
@@ -288,6 +291,8 @@ bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connec
 		      const struct mqtt_str *scram_first);
 /* CONNECT's Authentication Method is one iotd offers (SCRAM-SHA-256 with a password file). */
 bool worker_auth_method_ok(const struct worker *w, const struct mqtt_str *method);
+/* Re-authentications not finished within connect_timeout end their connection (1 s tick). */
+void worker_auth_tick(struct worker *w);
 /* An AUTH packet (MQTT 5): the client's step of its exchange, else a protocol error. */
 enum pkt_result worker_auth_packet(struct worker *w, struct conn *c,
 				   const struct mqtt5_packet *p5);

@@ -186,6 +186,7 @@ struct ipc_auth_request {
  */
 #define IPC_AUTH_SCRAM_FIRST 0x02
 #define IPC_AUTH_SCRAM_FINAL 0x04
+#define IPC_AUTH_SCRAM_REAUTH 0x08   /* with _FIRST: no grant to the router at the end */
 
 /* Followed by the user name, the client's rules and the SCRAM message, without NULs. */
 struct ipc_auth_verdict {
@@ -222,6 +223,7 @@ struct ipc_auth_fields {
 	bool has_user, has_password;     /* requests */
 	bool user_from_cert;             /* requests: IPC_AUTH_USER_FROM_CERT */
 	uint8_t scram_step;              /* requests: 0, IPC_AUTH_SCRAM_FIRST or _FINAL */
+	bool reauth;                     /* requests: IPC_AUTH_SCRAM_REAUTH */
 	bool cont;                       /* verdicts: IPC_AUTH_CONTINUE */
 	const char *remote, *client_id, *user;
 	const uint8_t *password, *rules, *data;

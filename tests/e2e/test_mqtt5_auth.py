@@ -299,3 +299,25 @@ def test_reauthentication(start_broker, auth_dir, clients):
     p = reauth(d, "x")
     assert p.type == m.DISCONNECT and p.reason == 0x87
     d.expect_closed()
+
+
+def test_reauthentication_abandoned(start_broker, auth_dir, clients):
+    """A re-authentication left after server-first ends its connection at
+    connect_timeout (DISCONNECT 0x87); a second AUTH 0x19 while one is in
+    progress is a protocol error."""
+    b = start_broker(auth={"backend": "file", "password_file": scram_file(auth_dir)},
+                     probe_auth=("alice", ALICE), connect_timeout=2)
+    c = clients.own(scram_connect(b, "alice", ALICE))
+    c.send(m.auth_v5(REAUTH, auth_props(Scram("alice", ALICE).first())))
+    assert m.v5(c.expect(m.AUTH, timeout=T(5))).reason == CONTINUE
+    p = m.v5(c.expect(m.DISCONNECT, timeout=T(6)))
+    assert p.reason == 0x87
+    c.expect_closed()
+    d = clients.own(scram_connect(b, "alice", ALICE))
+    d.send(m.auth_v5(REAUTH, auth_props(Scram("alice", ALICE).first())))
+    assert m.v5(d.expect(m.AUTH, timeout=T(5))).reason == CONTINUE
+    d.send(m.auth_v5(REAUTH, auth_props(Scram("alice", ALICE).first())))
+    assert m.v5(d.expect(m.DISCONNECT)).reason == 0x82
+    d.expect_closed()
+    # Nothing of theirs is left held: a new client still gets through.
+    scram_connect(b, "alice", ALICE).close()
