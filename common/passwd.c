@@ -1,6 +1,7 @@
 /*
  * passwd.c - the password file (passwd.h): parsing, the table of users,
- * verification and new Argon2id hashes.
+ * verification, a user's SCRAM verifier, and new Argon2id and
+ * SCRAM-SHA-256 entries.
  *
  * Owns the table: one array of entries sorted by user name (binary search;
  * no per-process hash key to set up, and lookups cost the same whoever
@@ -471,8 +472,13 @@ int passwd_parse(const char *buf, size_t len, const struct passwd_limits *lim,
 			p.t->scram_iterations = p.t->e[i].cost;
 			break;
 		}
-	if (RAND_bytes(p.t->scram_secret, sizeof(p.t->scram_secret)) != 1) {
-		snprintf(err, errlen, "no randomness for the unknown-user stand-in");
+	/*
+	 * The stand-in's salts come from the file's own bytes (its salts and
+	 * keys are secrets): the same while the file is, across restarts and
+	 * reloads, as a real user's salt is.
+	 */
+	if (EVP_Digest(buf, len, p.t->scram_secret, NULL, EVP_sha256(), NULL) != 1) {
+		snprintf(err, errlen, "cannot hash the file for the unknown-user stand-in");
 		goto fail;
 	}
 	*out = p.t;

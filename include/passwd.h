@@ -136,8 +136,9 @@ struct scram_verifier;
  * user's SCRAM verifier: true when the user has a $scram-sha-256$ entry.
  * Otherwise (no such user, or another kind of hash) false, with a
  * stand-in that looks the same to a client (a salt made from the name
- * under a secret of the table, the usual iterations) and that no proof
- * matches: an exchange with it fails as with a wrong password.
+ * under a key hashed from the file's bytes, so the same across restarts
+ * while the file is unchanged; the first SCRAM entry's iterations, else
+ * 4096) and that no proof matches: an exchange with it fails as with a wrong password.
  */
 bool passwd_scram_verifier(const struct passwd_table *t, const char *user, size_t ulen,
 			   struct scram_verifier *v);
