@@ -98,7 +98,7 @@ static bool saslname(const char *s, size_t len, char *out, size_t *out_len)
 			out[n++] = s[i];
 			continue;
 		}
-		if (i + 2 >= len + 0 || (memcmp(s + i, "=2C", 3) != 0 && memcmp(s + i, "=3D", 3) != 0))
+		if (len - i < 3 || (memcmp(s + i, "=2C", 3) != 0 && memcmp(s + i, "=3D", 3) != 0))
 			return false;
 		out[n++] = s[i + 1] == '2' ? ',' : '=';
 		i += 2;
@@ -107,19 +107,17 @@ static bool saslname(const char *s, size_t len, char *out, size_t *out_len)
 	return n > 0;
 }
 
-/* Extensions after the nonce: "x=value" each, x a letter; ignored. */
-static bool extensions_ok(const char *s, size_t len, size_t off, size_t end)
+/* Extensions in s[off..end): "x=value" each, x a letter; taken as they are. */
+static bool extensions_ok(const char *s, size_t off, size_t end)
 {
-	const char *f, *v;
-	size_t flen, vlen;
+	const char *f;
+	size_t flen;
 
 	while (off < end) {
 		if (!next_field(s, end, &off, &f, &flen) || flen < 3 || f[1] != '=' ||
 		    !((f[0] >= 'a' && f[0] <= 'z') || (f[0] >= 'A' && f[0] <= 'Z')))
 			return false;
-		(void)attr(f, flen, f[0], &v, &vlen);
 	}
-	(void)len;
 	return true;
 }
 
@@ -152,7 +150,7 @@ const char *scram_client_first(struct scram_exchange *x, const char *msg, size_t
 	if (!next_field(msg, len, &off, &f, &flen) || !attr(f, flen, 'r', &v, &vlen) ||
 	    !nonce_ok(v, vlen))
 		return "client-first: no nonce (r=) of printable characters";
-	if (off < len && !extensions_ok(msg, len, off, len))
+	if (off < len && !extensions_ok(msg, off, len))
 		return "client-first: a malformed extension";
 	/* The nonce is kept where server-first will repeat it. */
 	if (vlen + 2 > sizeof(x->server_first))
@@ -251,7 +249,7 @@ enum scram_result scram_client_final(const struct scram_exchange *x, const char 
 	if (p == NULL || (size_t)(msg + len - p) < 4 || memcmp(p, ",p=", 3) != 0)
 		return *why = "client-final: no proof (p=) at its end", SCRAM_MALFORMED;
 	wp_len = (size_t)(p - msg);
-	if (wp_len > off - 1 && !extensions_ok(msg, wp_len, off, wp_len))
+	if (wp_len > off - 1 && !extensions_ok(msg, off, wp_len))
 		return SCRAM_MALFORMED;
 	n = b64_decode(B64_STD, p + 3, (size_t)(msg + len - p) - 3, proof, sizeof(proof));
 	if (n != SCRAM_KEY_LEN)
