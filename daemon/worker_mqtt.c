@@ -700,6 +700,8 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_METHOD, (const uint8_t *)SCRAM_METHOD,
 			       strlen(SCRAM_METHOD));
 		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_DATA, v->auth_final, v->auth_final_len);
+		free(v->auth_final);         /* copied: said once */
+		v->auth_final = NULL;
 	}
 	if (v->expiry_capped)
 		mqtt5_pbuf_num(&b, MQTT5_PROP_SESSION_EXPIRY, v->session_expiry);
