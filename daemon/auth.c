@@ -22,9 +22,13 @@
  * force, each accepted CONNECT is granted to the router
  * (IPC_AUTH_GRANT) before its verdict goes to the worker. Decisions are
  * auth_check.c's, run on auth_pool.c's threads; a client's view of the
- * ACL file is made here, as its verdict is sent. What a worker sends is
- * hostile input: every request is decoded with its lengths checked, and
- * a worker can only fill its own share of the role.
+ * ACL file is made here, as its verdict is sent. Also owns the SCRAM
+ * exchanges between their two steps (struct auth_exchange, a table per
+ * worker's channel: one per connection, auth.max_pending per channel,
+ * each until connect_timeout; a cancel drops it; a re-authentication's
+ * ends without a grant). What a worker sends is hostile input: every
+ * request is decoded with its lengths checked, and a worker can only
+ * fill its own share of the role.
  */
 #include <errno.h>
 #include <libgen.h>

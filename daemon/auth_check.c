@@ -1,6 +1,7 @@
 /*
  * auth_check.c - the auth role's decisions: the files it holds and the
- * verdict on one CONNECT's credentials.
+ * verdict on one CONNECT's credentials, or on one step of its SCRAM-SHA-256
+ * exchange (scram.h; the secret, the user's verifier, never leaves here).
  *
  * Owns the files in force (struct auth_creds): the password file, the JWT
  * key file and the ACL file, read together as one transaction (all of
