@@ -1,6 +1,7 @@
 /*
  * passwd.c - the password file (passwd.h): parsing, the table of users,
- * verification and new Argon2id hashes.
+ * verification, a user's SCRAM verifier, and new Argon2id and
+ * SCRAM-SHA-256 entries.
  *
  * Owns the table: one array of entries sorted by user name (binary search;
  * no per-process hash key to set up, and lookups cost the same whoever
@@ -24,11 +25,13 @@
 #include <argon2.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "b64.h"
 #include "passwd.h"
+#include "scram.h"
 #include "textfile.h"
 
 #define PW_SALT_MAX 64
@@ -36,7 +39,7 @@
 #define PW_USER_MAX 65535
 #define SHA512_LEN 64
 
-enum pw_scheme { PW_SHA512, PW_PBKDF2, PW_ARGON2ID };
+enum pw_scheme { PW_SHA512, PW_PBKDF2, PW_ARGON2ID, PW_SCRAM };
 
 struct pw_entry {
 	uint32_t user_off;           /* into the table's names */
@@ -60,6 +63,9 @@ struct passwd_table {
 	/* Verified against for a user not in the file: the first entry's kind, random salt and hash. */
 	struct pw_entry stand_in;
 	bool has_stand_in;
+	/* An unknown user's SCRAM salt is an HMAC of its name under this (RFC 5802, 5.1). */
+	uint8_t scram_secret[32];
+	uint32_t scram_iterations;   /* the first SCRAM entry's, or PASSWD_SCRAM_ITERATIONS */
 };
 
 /* ---- one hash ---- */
@@ -151,7 +157,7 @@ static const char *pw_parse_hash(const char *s, size_t len, const struct passwd_
 	size_t flen, off = 1;
 
 	if (len < 1 || s[0] != '$' || !pw_field(s, len, &off, &f, &flen))
-		return "the hash does not start with $6$, $7$ or $argon2id$";
+		return "the hash does not start with $6$, $7$, $argon2id$ or $scram-sha-256$";
 	if (flen == 1 && f[0] == '6') {
 		e->scheme = PW_SHA512;
 	} else if (flen == 1 && f[0] == '7') {
@@ -165,10 +171,30 @@ static const char *pw_parse_hash(const char *s, size_t len, const struct passwd_
 			return "$argon2id$: only version v=19 is understood";
 		if (!pw_field(s, len, &off, &f, &flen) || !pw_argon2_params(f, flen, lim, e))
 			return "$argon2id$: parameters not m=KiB,t=passes,p=lanes within the limits";
+	} else if (flen == 13 && memcmp(f, "scram-sha-256", 13) == 0) {
+		e->scheme = PW_SCRAM;
+		if (!pw_field(s, len, &off, &f, &flen) ||
+		    !pw_number(f, flen, lim->max_pbkdf2_iterations, &e->cost) ||
+		    e->cost < SCRAM_ITERATIONS_MIN)
+			return "$scram-sha-256$: iterations not a number from 4096 to the limit";
 	} else {
-		return "the hash does not start with $6$, $7$ or $argon2id$";
+		return "the hash does not start with $6$, $7$, $argon2id$ or $scram-sha-256$";
 	}
-	if (e->scheme == PW_ARGON2ID) {
+	if (e->scheme == PW_SCRAM) {
+		uint8_t server_len;
+
+		if (!pw_field(s, len, &off, &f, &flen) ||
+		    !pw_b64(B64_STD, f, flen, e->salt, 1, SCRAM_SALT_MAX, &e->salt_len))
+			return "$scram-sha-256$: salt not 1 to 64 bytes of base64";
+		if (!pw_field(s, len, &off, &f, &flen) ||
+		    !pw_b64(B64_STD, f, flen, e->hash, SCRAM_KEY_LEN, SCRAM_KEY_LEN, &e->hash_len))
+			return "$scram-sha-256$: StoredKey not 32 bytes of base64";
+		if (!pw_field(s, len, &off, &f, &flen) ||
+		    !pw_b64(B64_STD, f, flen, e->hash + SCRAM_KEY_LEN, SCRAM_KEY_LEN, SCRAM_KEY_LEN,
+			    &server_len))
+			return "$scram-sha-256$: ServerKey not 32 bytes of base64";
+		e->hash_len = 2 * SCRAM_KEY_LEN;
+	} else if (e->scheme == PW_ARGON2ID) {
 		if (!pw_field(s, len, &off, &f, &flen) ||
 		    !pw_b64(B64_STD_NOPAD, f, flen, e->salt, ARGON2_MIN_SALT_LENGTH, PW_SALT_MAX, &e->salt_len))
 			return "$argon2id$: salt not 8 to 64 bytes of unpadded base64";
@@ -270,6 +296,16 @@ static bool pw_compute(const struct pw_entry *e, const void *password, size_t pw
 		};
 
 		return argon2_ctx(&ctx, Argon2_id) == ARGON2_OK;
+	}
+	case PW_SCRAM: {
+		/* StoredKey then ServerKey, as the entry holds them: both compared. */
+		struct scram_verifier v;
+		bool ok = scram_verifier_make(password, pwlen, e->salt, e->salt_len, e->cost, &v);
+
+		memcpy(out, v.stored_key, SCRAM_KEY_LEN);
+		memcpy(out + SCRAM_KEY_LEN, v.server_key, SCRAM_KEY_LEN);
+		OPENSSL_cleanse(&v, sizeof(v));
+		return ok;
 	}
 	}
 	return false;
@@ -430,6 +466,21 @@ int passwd_parse(const char *buf, size_t len, const struct passwd_limits *lim,
 		}
 		pw_sort(p.t);
 	}
+	p.t->scram_iterations = PASSWD_SCRAM_ITERATIONS;
+	for (size_t i = 0; i < p.t->n; i++)
+		if (p.t->e[i].scheme == PW_SCRAM) {
+			p.t->scram_iterations = p.t->e[i].cost;
+			break;
+		}
+	/*
+	 * The stand-in's salts come from the file's own bytes (its salts and
+	 * keys are secrets): the same while the file is, across restarts and
+	 * reloads, as a real user's salt is.
+	 */
+	if (EVP_Digest(buf, len, p.t->scram_secret, NULL, EVP_sha256(), NULL) != 1) {
+		snprintf(err, errlen, "cannot hash the file for the unknown-user stand-in");
+		goto fail;
+	}
 	*out = p.t;
 	return 0;
 fail:
@@ -518,4 +569,53 @@ int passwd_hash_argon2id(const void *password, size_t pwlen,
 				   sizeof(salt), PASSWD_ARGON2_HASH, out, outlen);
 	OPENSSL_cleanse(salt, sizeof(salt));
 	return rc == ARGON2_OK ? 0 : -1;
+}
+
+bool passwd_scram_verifier(const struct passwd_table *t, const char *user, size_t ulen,
+			   struct scram_verifier *v)
+{
+	const struct pw_entry *e = pw_find(t, user, ulen);
+	uint8_t mac[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+
+	if (e != NULL && e->scheme == PW_SCRAM) {
+		v->iterations = e->cost;
+		v->salt_len = e->salt_len;
+		memcpy(v->salt, e->salt, e->salt_len);
+		memcpy(v->stored_key, e->hash, SCRAM_KEY_LEN);
+		memcpy(v->server_key, e->hash + SCRAM_KEY_LEN, SCRAM_KEY_LEN);
+		return true;
+	}
+	/*
+	 * No such user, or one whose hash SCRAM cannot use: the same salt for
+	 * the same name every time, keys that no proof matches.
+	 */
+	v->iterations = t->scram_iterations;
+	v->salt_len = PASSWD_SCRAM_SALT;
+	if (HMAC(EVP_sha256(), t->scram_secret, sizeof(t->scram_secret), (const uint8_t *)user,
+		 ulen, mac, &n) == NULL || RAND_bytes(v->stored_key, SCRAM_KEY_LEN) != 1 ||
+	    RAND_bytes(v->server_key, SCRAM_KEY_LEN) != 1)
+		memset(mac, 0, sizeof(mac)); /* still no proof matches: the keys were never made */
+	memcpy(v->salt, mac, PASSWD_SCRAM_SALT);
+	return false;
+}
+
+int passwd_hash_scram(const void *password, size_t pwlen, uint32_t iterations, char *out,
+		      size_t outlen)
+{
+	uint8_t salt[PASSWD_SCRAM_SALT];
+	char s64[b64_encoded_size(PASSWD_SCRAM_SALT)], k1[b64_encoded_size(SCRAM_KEY_LEN)];
+	char k2[sizeof(k1)];
+	struct scram_verifier v;
+	int n;
+
+	if (iterations < SCRAM_ITERATIONS_MIN || RAND_bytes(salt, sizeof(salt)) != 1 ||
+	    !scram_verifier_make(password, pwlen, salt, sizeof(salt), iterations, &v))
+		return -1;
+	b64_encode(B64_STD, salt, sizeof(salt), s64, sizeof(s64));
+	b64_encode(B64_STD, v.stored_key, SCRAM_KEY_LEN, k1, sizeof(k1));
+	b64_encode(B64_STD, v.server_key, SCRAM_KEY_LEN, k2, sizeof(k2));
+	OPENSSL_cleanse(&v, sizeof(v));
+	n = snprintf(out, outlen, "$scram-sha-256$%u$%s$%s$%s", iterations, s64, k1, k2);
+	return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }

@@ -22,9 +22,13 @@
  * force, each accepted CONNECT is granted to the router
  * (IPC_AUTH_GRANT) before its verdict goes to the worker. Decisions are
  * auth_check.c's, run on auth_pool.c's threads; a client's view of the
- * ACL file is made here, as its verdict is sent. What a worker sends is
- * hostile input: every request is decoded with its lengths checked, and
- * a worker can only fill its own share of the role.
+ * ACL file is made here, as its verdict is sent. Also owns the SCRAM
+ * exchanges between their two steps (struct auth_exchange, a table per
+ * worker's channel: one per connection, auth.max_pending per channel,
+ * each until connect_timeout; a cancel drops it; a re-authentication's
+ * ends without a grant). What a worker sends is hostile input: every
+ * request is decoded with its lengths checked, and a worker can only
+ * fill its own share of the role.
  */
 #include <errno.h>
 #include <libgen.h>
@@ -71,6 +75,12 @@ struct auth_chan {
 	bool want_out;               /* EPOLLOUT armed */
 	bool full;                   /* an episode of refusals past max_pending, logged */
 	bool foreign_logged;         /* a request about another worker's connection, logged */
+	/*
+	 * SCRAM exchanges between their steps, by connection: at most one a
+	 * connection, auth.max_pending a channel, each until connect_timeout.
+	 */
+	struct auth_exchange *exchanges;
+	uint32_t nexchanges;
 };
 
 /*
@@ -121,14 +131,79 @@ static uint64_t clock_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static void exchange_free(struct auth_exchange *ex)
+{
+	if (ex == NULL)
+		return;
+	explicit_bzero(ex, sizeof(*ex));    /* its keys verify proofs */
+	free(ex);
+}
+
 static void job_free(struct auth_job *j)
 {
 	auth_creds_unref(j->creds);
 	free(j->out_user);
 	free(j->rules);
+	exchange_free(j->ex);
 	/* The password is a secret: not left in freed memory. */
-	explicit_bzero(j->bytes, j->client_id_len + j->user_len + j->password_len);
+	explicit_bzero(j->bytes, (size_t)(j->data - j->bytes) + j->data_len);
 	free(j);
+}
+
+/* --- SCRAM exchanges between their steps ------------------------------------- */
+
+static void exchange_drop(struct auth_chan *ch, struct auth_exchange *ex)
+{
+	HASH_DEL(ch->exchanges, ex);
+	ch->nexchanges--;
+	exchange_free(ex);
+}
+
+/* The exchange of conn and ticket, out of the table; NULL when there is none. */
+static struct auth_exchange *exchange_take(struct auth_chan *ch, uint64_t conn, uint32_t ticket)
+{
+	struct auth_exchange *ex;
+
+	HASH_FIND(hh, ch->exchanges, &conn, sizeof(conn), ex);
+	if (ex == NULL || ex->ticket != ticket)
+		return NULL;
+	HASH_DEL(ch->exchanges, ex);
+	ch->nexchanges--;
+	if (ex->expires_ms <= clock_ms()) {
+		exchange_free(ex);
+		return NULL;
+	}
+	return ex;
+}
+
+/*
+ * j's exchange, whose server-first is encoded, kept for its final step.
+ * A connection's earlier exchange goes; so do the expired ones when the
+ * table is full. false: still full (auth.max_pending).
+ */
+static bool exchange_keep(struct auth_chan *ch, struct auth_job *j)
+{
+	struct auth_exchange *ex, *tmp;
+	uint64_t now = clock_ms();
+
+	HASH_FIND(hh, ch->exchanges, &j->conn, sizeof(j->conn), ex);
+	if (ex != NULL)
+		exchange_drop(ch, ex);
+	if (ch->nexchanges >= (uint32_t)ch->a->cfg->auth_max_pending)
+		HASH_ITER(hh, ch->exchanges, ex, tmp)
+			if (ex->expires_ms <= now)
+				exchange_drop(ch, ex);
+	if (ch->nexchanges >= (uint32_t)ch->a->cfg->auth_max_pending)
+		return false;
+	ex = j->ex;
+	j->ex = NULL;
+	ex->conn = j->conn;
+	ex->ticket = j->ticket;
+	ex->reauth = j->reauth;
+	ex->expires_ms = now + (uint64_t)ch->a->cfg->connect_timeout * 1000;
+	HASH_ADD(hh, ch->exchanges, conn, sizeof(ex->conn), ex);
+	ch->nexchanges++;
+	return true;
 }
 
 /* --- answering ------------------------------------------------------------ */
@@ -158,7 +233,7 @@ static void chan_set_events(struct auth_chan *ch, bool want_out)
  */
 static void job_rules_from_acl(struct auth *a, struct auth_job *j)
 {
-	if (j->code != MQTT_CONNACK_ACCEPTED || j->rules_from_token)
+	if (j->code != MQTT_CONNACK_ACCEPTED || j->cont || j->reauth || j->rules_from_token)
 		return;
 	free(j->rules);
 	j->rules = NULL;
@@ -207,8 +282,18 @@ static void chan_flush(struct auth_chan *ch)
 			.conn = j->conn, .ticket = j->ticket, .code = j->code,
 			.user = j->out_user, .user_len = j->out_user_len,
 			.rules_from_token = j->rules_from_token,
+			.cont = j->cont, .data = (const uint8_t *)j->out_data,
+			.data_len = j->out_data_len,
 		};
 
+		if (ch->out_verdict == NULL && j->cont && !exchange_keep(ch, j)) {
+			log_warn("worker %u has %u SCRAM exchanges in progress (auth.max_pending); "
+				 "answering CONNACK 3", ch->index, ch->nexchanges);
+			f.code = j->code = MQTT_CONNACK_UNAVAILABLE;
+			f.cont = j->cont = false;
+			f.data = NULL;
+			f.data_len = 0;
+		}
 		if (ch->out_verdict == NULL) {
 			job_rules_from_acl(ch->a, j);
 			f.rules = j->rules;
@@ -362,6 +447,9 @@ static void decided(struct auth *a, struct auth_job *j)
 	if (j->code != MQTT_CONNACK_ACCEPTED)
 		log_auth_refusal(j->client_id, j->client_id_len, j->remote, j->user, j->user_len,
 				 j->code, j->why);
+	else if (j->cont)
+		log_debug("SCRAM exchange of REMOTE=%s as \"%.*s\": server-first", j->remote,
+			  (int)MIN(j->user_len, 256u), j->user);
 	else
 		log_debug("accepted REMOTE=%s as \"%.*s\"", j->remote, (int)MIN(j->out_user_len, 256u),
 			  j->out_user);
@@ -378,7 +466,7 @@ static void decided(struct auth *a, struct auth_job *j)
 
 static struct auth_job *job_new(struct auth *a, unsigned worker, const struct ipc_auth_fields *f)
 {
-	size_t n = f->client_id_len + f->user_len + f->password_len;
+	size_t n = f->client_id_len + f->user_len + f->password_len + f->data_len;
 	struct auth_job *j = malloc(sizeof(*j) + n);
 	uint8_t *p;
 
@@ -406,6 +494,13 @@ static struct auth_job *job_new(struct auth *a, unsigned worker, const struct ip
 	j->password = p;
 	j->password_len = f->password_len;
 	memcpy(p, f->password, f->password_len);
+	p += f->password_len;
+	j->data = p;
+	j->data_len = f->data_len;
+	if (f->data_len > 0)
+		memcpy(p, f->data, f->data_len);
+	j->scram_step = f->scram_step;
+	j->reauth = f->reauth;
 	auth_policy_from(a->cfg, &j->policy);
 	return j;
 }
@@ -446,6 +541,17 @@ static void request_take(struct auth_chan *ch, const struct ipc_auth_fields *f)
 	}
 	if (ch->held == 1)
 		ch->full = false;
+	/* A final step goes on the exchange its first began; none left (expired, restarted): CONNACK 3. */
+	if (j->scram_step == IPC_AUTH_SCRAM_FINAL &&
+	    (j->ex = exchange_take(ch, j->conn, j->ticket)) == NULL) {
+		j->why = "no SCRAM exchange in progress (expired, or the auth role restarted)";
+		log_auth_refusal(j->client_id, j->client_id_len, j->remote, j->user, j->user_len,
+				 MQTT_CONNACK_UNAVAILABLE, j->why);
+		answer_unavailable(a, j, j->why);
+		return;
+	}
+	if (j->ex != NULL)
+		j->reauth = j->ex->reauth;
 	j->creds = a->creds;
 	atomic_fetch_add(&a->creds->refs, 1);
 	failing = j->has_key && addr_fail_delay(a->fails, &j->key, clock_ms(),
@@ -498,6 +604,7 @@ static int on_cancel(void *ctx, struct ipc_msg *m)
 	struct auth_job *j;
 
 	memcpy(&c, m->data, sizeof(c));
+	exchange_free(exchange_take(ch, c.conn, c.ticket));
 	HASH_FIND(hh, ch->jobs, &c.conn, sizeof(c.conn), j);
 	if (j == NULL || j->ticket != c.ticket)
 		return 0;
@@ -606,7 +713,8 @@ static bool grant_sent(struct auth *a, struct auth_job *j)
 	size_t len;
 	int rc;
 
-	if (j->code != MQTT_CONNACK_ACCEPTED || j->granted || !config_acl_in_force(a->cfg))
+	if (j->code != MQTT_CONNACK_ACCEPTED || j->cont || j->reauth || j->granted ||
+	    !config_acl_in_force(a->cfg))
 		return true;
 	if ((grant = ipc_auth_verdict_encode(&f, &len)) == NULL) {
 		errno = ENOMEM;
@@ -856,11 +964,15 @@ static void auth_teardown(struct auth *a)
 	for (unsigned i = 0; i < a->env->nworkers; i++) {
 		struct auth_chan *ch = &a->chans[i];
 
+		struct auth_exchange *ex, *extmp;
+
 		for (j = ch->out; j != NULL; j = tmp) {
 			tmp = j->next;
 			job_free(j);
 		}
 		free(ch->out_verdict);
+		HASH_ITER(hh, ch->exchanges, ex, extmp)
+			exchange_drop(ch, ex);
 	}
 	auth_creds_unref(a->creds);
 	recw_free(&a->router.acl);

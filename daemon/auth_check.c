@@ -1,6 +1,7 @@
 /*
  * auth_check.c - the auth role's decisions: the files it holds and the
- * verdict on one CONNECT's credentials.
+ * verdict on one CONNECT's credentials, or on one step of its SCRAM-SHA-256
+ * exchange (scram.h; the secret, the user's verifier, never leaves here).
  *
  * Owns the files in force (struct auth_creds): the password file, the JWT
  * key file and the ACL file, read together as one transaction (all of
@@ -203,6 +204,67 @@ static void decide_file(struct auth_job *j)
 	}
 }
 
+/*
+ * A SCRAM step (scram.h). The first: the user's verifier (or a stand-in
+ * that fails as a wrong password would, for an unknown user or one whose
+ * entry is another hash) and server-first; the exchange is the job's,
+ * kept by auth.c once server-first is sent. The final: the proof checked
+ * against the exchange auth.c gave the job.
+ */
+static void decide_scram(struct auth_job *j)
+{
+	struct scram_verifier v;
+	char nonce[32];
+	const char *why;
+
+	if (j->policy.backend != AUTH_FILE) {
+		refuse(j, MQTT_CONNACK_NOT_AUTHORIZED, "SCRAM-SHA-256 without a password file");
+		return;
+	}
+	if (j->scram_step == IPC_AUTH_SCRAM_FIRST) {
+		if ((j->ex = calloc(1, sizeof(*j->ex))) == NULL) {
+			refuse(j, MQTT_CONNACK_UNAVAILABLE, "out of memory");
+			return;
+		}
+		if ((why = scram_client_first(&j->ex->x, (const char *)j->data, j->data_len)) != NULL) {
+			refuse(j, MQTT_CONNACK_NOT_AUTHORIZED, why);
+			j->bad_credentials = true;   /* counts as a failure of its address */
+			return;
+		}
+		j->user = j->ex->x.user;
+		j->user_len = j->ex->x.user_len;
+		(void)passwd_scram_verifier(j->creds->pw, j->user, j->user_len, &v);
+		if (!scram_server_nonce(nonce) ||
+		    (why = scram_server_first(&j->ex->x, nonce, strlen(nonce), &v)) != NULL) {
+			refuse(j, MQTT_CONNACK_UNAVAILABLE, "cannot make server-first");
+		} else {
+			j->cont = true;
+			j->code = MQTT_CONNACK_ACCEPTED;
+			j->out_data = j->ex->x.server_first;
+			j->out_data_len = j->ex->x.server_first_len;
+		}
+		explicit_bzero(&v, sizeof(v));
+		return;
+	}
+	j->user = j->ex->x.user;
+	j->user_len = j->ex->x.user_len;
+	switch (scram_client_final(&j->ex->x, (const char *)j->data, j->data_len, j->server_final,
+				   sizeof(j->server_final), &j->out_data_len, &why)) {
+	case SCRAM_OK:
+		j->good_credentials = true;
+		j->out_data = j->server_final;
+		accept_as(j, j->user, j->user_len);
+		break;
+	case SCRAM_BAD_PROOF:
+		refuse(j, MQTT_CONNACK_BAD_AUTH, "bad user name or password");
+		break;
+	case SCRAM_MALFORMED:
+		refuse(j, MQTT_CONNACK_NOT_AUTHORIZED, why);
+		j->bad_credentials = true;
+		break;
+	}
+}
+
 /* The password is the token; the user name the client sent is not used. */
 static void decide_jwt(struct auth_job *j)
 {
@@ -240,6 +302,10 @@ void auth_decide(struct auth_job *j)
 {
 	const struct auth_policy *p = &j->policy;
 
+	if (j->scram_step) {
+		decide_scram(j);
+		return;
+	}
 	/*
 	 * A client certificate's identity as the user name, without a
 	 * password, as Mosquitto's use_identity_as_username: the worker's

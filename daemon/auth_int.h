@@ -19,6 +19,7 @@
 #include "iotd.h"
 #include "ipc.h"
 #include "keyhash.h"
+#include "scram.h"
 
 enum auth_backend { AUTH_NONE, AUTH_FILE, AUTH_JWT };
 
@@ -53,6 +54,19 @@ enum auth_job_state {
 
 struct auth_addr;
 
+/*
+ * A SCRAM exchange between its two steps (auth.c keeps it by connection,
+ * in its worker's channel; a job holds it while it is decided).
+ */
+struct auth_exchange {
+	UT_hash_handle hh;
+	uint64_t conn;
+	uint32_t ticket;
+	uint64_t expires_ms;         /* connect_timeout after server-first */
+	bool reauth;                 /* a connected client's: no grant at its end */
+	struct scram_exchange x;
+};
+
 /* One request from a worker, from its arrival until its verdict is sent. */
 struct auth_job {
 	struct auth_job *next;       /* the queues (auth_sched.c), the pool's, the delayed list,
@@ -71,6 +85,11 @@ struct auth_job {
 	bool has_key;                /* an IP address: slowed down when it fails */
 	bool has_user, has_password;
 	bool user_from_cert;         /* the user name is a client certificate's identity */
+	uint8_t scram_step;          /* 0, IPC_AUTH_SCRAM_FIRST or IPC_AUTH_SCRAM_FINAL */
+	bool reauth;                 /* a connected client's exchange (IPC_AUTH_SCRAM_REAUTH) */
+	struct auth_exchange *ex;    /* a SCRAM step's exchange (the job's until it is kept) */
+	const uint8_t *data;         /* a SCRAM step's message */
+	size_t data_len;
 	char remote[IPC_AUTH_REMOTE_MAX + 1];
 	const char *client_id, *user;
 	const uint8_t *password;
@@ -87,7 +106,11 @@ struct auth_job {
 	size_t rules_len;
 	bool rules_from_token;       /* a JWT's lists: the ACL file's view is not wanted */
 	bool granted;                /* IPC_AUTH_GRANT sent to the router */
-	uint8_t bytes[];             /* client id, user name, password */
+	bool cont;                   /* server-first in out_data: the exchange goes on */
+	const char *out_data;        /* server-first or server-final; NULL: none */
+	size_t out_data_len;
+	char server_final[64];
+	uint8_t bytes[];             /* client id, user name, password, SCRAM message */
 };
 
 /* auth_check.c */

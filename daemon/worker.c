@@ -535,6 +535,7 @@ int worker_main(struct role_env *env)
 
 				(void)!read(w.timerfd, &ticks, sizeof(ticks));
 				check_deadlines(&w);
+				worker_auth_tick(&w);
 				publish_counters(&w);
 				if (w.tls != NULL)
 					tls_worker_tick(w.tls);

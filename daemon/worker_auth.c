@@ -16,7 +16,15 @@
  * IPC_AUTH_RULES_STALE says the router took a later one. A connection that
  * closes while the auth role has its request cancels it
  * (IPC_AUTH_CANCEL); a verdict for a connection that is gone is dropped.
- * A full channel is written again on its EPOLLOUT. Also owns w->acl_in_force, set
+ * A full channel is written again on its EPOLLOUT.
+ *
+ * MQTT 5's enhanced authentication (SCRAM-SHA-256, scram.h) goes the
+ * same way in two steps under one ticket: CONNECT's client-first is the
+ * first request; its answer (IPC_AUTH_CONTINUE) is sent to the client in
+ * AUTH 0x18 and the connection read again for the client's AUTH alone,
+ * whose client-final is the second request; that one's verdict ends it as
+ * a password's would, server-final kept for the CONNACK. The exchange
+ * lives in the auth role; a worker keeps no secret of it. Also owns w->acl_in_force, set
  * from the configuration. Without the auth role, the secure
  * default is applied here: only loopback clients, unless
  * auth.allow_anonymous.
@@ -27,6 +35,7 @@
 #include <sys/epoll.h>
 
 #include "log.h"
+#include "scram.h"
 #include "worker_int.h"
 
 #define VERDICTS_PER_WAKE 64
@@ -42,6 +51,10 @@ struct auth_wait {
 	size_t req_len;
 	bool sent;                   /* the request, or the cancel */
 	bool cancel;                 /* the connection is gone: IPC_AUTH_CANCEL to send */
+	bool scram;                  /* a SCRAM exchange, not a password */
+	bool awaiting_client;        /* server-first sent: the client's AUTH is awaited */
+	bool reauth;                 /* a connected client's re-authentication */
+	uint64_t deadline_ms;        /* a re-authentication's end at the latest */
 	struct rec_connect rc;       /* the CONNECT record but its user name; will bytes below */
 	uint8_t will[];
 };
@@ -184,6 +197,95 @@ static struct acl_client *verdict_view(struct worker_auth *wa, const struct conn
 	return view;
 }
 
+/* An AUTH packet to c: reason, SCRAM's method and data. */
+static void send_auth(struct worker *w, struct conn *c, uint8_t reason, const uint8_t *data,
+		      size_t len)
+{
+	uint8_t buf[2 * IPC_AUTH_DATA_MAX + 64], *p;
+	struct mqtt5_pbuf b;
+	struct mqtt5_out out;
+
+	mqtt5_pbuf_init(&b, buf, sizeof(buf));
+	mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_METHOD, (const uint8_t *)SCRAM_METHOD,
+		       strlen(SCRAM_METHOD));
+	mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_DATA, data, len);
+	mqtt5_out_init(&out, b.p, b.len, NULL, 0);
+	if ((p = out_reserve(w, c, mqtt5_reason_size(reason, &out))) != NULL)
+		mqtt5_encode_reason(p, MQTT_AUTH, reason, &out);
+}
+
+/*
+ * server-first came: to the client in AUTH 0x18, and c is read again, for
+ * its AUTH (handle_packet refuses anything else). The slot stays, its
+ * request sent and answered, until the client's step is sent under it.
+ */
+static void on_continue(struct worker *w, struct conn *c, struct auth_wait *aw,
+			const struct ipc_auth_fields *f)
+{
+	wait_drop_request(aw);
+	aw->awaiting_client = true;
+	send_auth(w, c, MQTT5_RC_CONTINUE_AUTHENTICATION, f->data, f->data_len);
+	if (aw->reauth)
+		return;              /* connected: read all along */
+	c->paused = false;
+	if (c->in_off)
+		conn_set_events(w, c);
+	if (buf_held(c->in) > 0)
+		conn_process_input(w, c);
+}
+
+/*
+ * SCRAM's server-final, for the CONNACK that ends the exchange, and the
+ * user name, for re-authentications; false when out of memory.
+ */
+static bool keep_server_final(struct worker *w, struct conn *c, const struct ipc_auth_fields *f)
+{
+	struct conn_v5 *v = CONN_V5(w, c);
+
+	if (v == NULL || f->data_len == 0 || f->data_len > UINT16_MAX ||
+	    f->user_len > UINT16_MAX || (v->auth_final = malloc(f->data_len)) == NULL ||
+	    (v->scram_user = malloc(f->user_len + 1)) == NULL)
+		return false;
+	memcpy(v->auth_final, f->data, f->data_len);
+	v->auth_final_len = (uint16_t)f->data_len;
+	memcpy(v->scram_user, f->user, f->user_len);
+	v->scram_user_len = (uint16_t)f->user_len;
+	return true;
+}
+
+/* A connected client's exchange failed or cannot go on: its connection ends. */
+static void reauth_fail(struct worker *w, struct conn *c, const char *why)
+{
+	conn_disconnect(w, c, MQTT5_RC_NOT_AUTHORIZED, true, why);
+}
+
+/* An exchange that cannot go on: refused before CONNACK, disconnected after. */
+static void exchange_fail(struct worker *w, struct conn *c, const char *why)
+{
+	if (c->state == CS_ACTIVE)
+		reauth_fail(w, c, why);
+	else
+		conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, why);
+}
+
+/*
+ * A re-authentication's verdict: AUTH 0x00 with server-final when it
+ * names the same user, else the connection ends (DISCONNECT 0x87).
+ */
+static void reauth_end(struct worker *w, struct conn *c, const struct ipc_auth_fields *f)
+{
+	struct conn_v5 *v = CONN_V5(w, c);
+
+	v->reauth = false;
+	if (f->code != MQTT_CONNACK_ACCEPTED || f->cont || f->data_len == 0)
+		reauth_fail(w, c, "re-authentication refused");
+	else if (f->user_len != v->scram_user_len ||
+		 memcmp(f->user, v->scram_user, f->user_len) != 0)
+		reauth_fail(w, c, "re-authentication as another user");
+	else
+		send_auth(w, c, MQTT5_RC_SUCCESS, f->data, f->data_len);
+}
+
 static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 {
 	struct worker_auth *wa = wa_of(w);
@@ -193,13 +295,24 @@ static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)
 
 	if (f->ticket >= wa->cap || (aw = wa->waits[f->ticket]) == NULL || aw->conn != f->conn)
 		return;              /* answered already */
-	if (aw->cancel || c == NULL || c->state != CS_AUTHENTICATING) {
+	if (aw->cancel || c == NULL || c->state != (aw->reauth ? CS_ACTIVE : CS_AUTHENTICATING)) {
 		wait_free(wa, f->ticket);    /* gone: no cancel needed any more */
+		return;
+	}
+	if (aw->awaiting_client)
+		return;              /* not asked: the client's step is awaited */
+	if (f->cont && aw->scram && f->data_len > 0) {
+		on_continue(w, c, aw, f);
 		return;
 	}
 	/* Out of the table first: the connection may close below, and has nothing to cancel. */
 	aw = wait_take(wa, f->ticket);
-	if (f->code != MQTT_CONNACK_ACCEPTED) {
+	if (aw->reauth) {
+		reauth_end(w, c, f);
+	} else if (f->code == MQTT_CONNACK_ACCEPTED && aw->scram && !keep_server_final(w, c, f)) {
+		conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, "SCRAM accepted without server-final, "
+			    "or out of memory");
+	} else if (f->code != MQTT_CONNACK_ACCEPTED || f->cont) {
 		conn_refuse(w, c, f->code == MQTT_CONNACK_BAD_AUTH ||
 			    f->code == MQTT_CONNACK_NOT_AUTHORIZED ? f->code : MQTT_CONNACK_UNAVAILABLE,
 			    "authentication refused");
@@ -264,11 +377,23 @@ static int on_hello(void *ctx, struct ipc_msg *m)
 	acl_views_forget(wa->views);
 
 	/* A cancel not sent yet is sent still: its request may wait in the socket. */
-	for (uint32_t t = 0; t < wa->cap; t++)
-		if (wa->waits[t] != NULL && wa->waits[t]->sent) {
-			wa->waits[t]->sent = false;
+	for (uint32_t t = 0; t < wa->cap; t++) {
+		struct auth_wait *aw = wa->waits[t];
+		struct conn *c;
+
+		/* A SCRAM exchange waiting for its client went with the old process: it fails. */
+		if (aw != NULL && aw->awaiting_client) {
+			c = conn_lookup(w, aw->conn);
+			wait_free(wa, t);
+			if (c != NULL)
+				exchange_fail(w, c, "the auth role restarted during its SCRAM exchange");
+			continue;
+		}
+		if (aw != NULL && aw->sent) {
+			aw->sent = false;
 			wa->unsent++;
 		}
+	}
 	if (wa->held > 0)
 		log_info("the auth role restarted: sending its %u requests again", wa->held);
 	worker_auth_flush(w);
@@ -383,13 +508,33 @@ static bool ticket_take(struct worker *w, struct worker_auth *wa, uint32_t *t)
 	return false;
 }
 
+/* A request into its slot, to be sent (worker_auth_flush); false when out of memory. */
+static bool wait_request(struct worker_auth *wa, struct auth_wait *aw,
+			 const struct ipc_auth_fields *f)
+{
+	if ((aw->req = ipc_auth_request_encode(f, &aw->req_len)) == NULL)
+		return false;
+	aw->sent = false;
+	wa->unsent++;
+	return true;
+}
+
+bool worker_auth_method_ok(const struct worker *w, const struct mqtt_str *method)
+{
+	return config_auth_role(w->cfg) && strcmp(w->cfg->auth_backend, "file") == 0 &&
+	       method->len == strlen(SCRAM_METHOD) &&
+	       memcmp(method->p, SCRAM_METHOD, method->len) == 0;
+}
+
 /*
- * Hold c's CONNECT (rc, without its user name) and ask the auth role.
- * Returns false when it cannot be held (c was answered CONNACK 3 and
+ * Hold c's CONNECT (rc, without its user name) and ask the auth role:
+ * about its password, or (scram_first) the first step of its SCRAM
+ * exchange. Returns false when it cannot be held (c was answered and
  * closed).
  */
 bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
-		      bool from_cert, const struct rec_connect *rc)
+		      bool from_cert, const struct rec_connect *rc,
+		      const struct mqtt_str *scram_first)
 {
 	struct worker_auth *wa = wa_of(w);
 	struct ipc_auth_fields f = {
@@ -403,6 +548,19 @@ bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connec
 	struct auth_wait *aw = NULL;
 	uint32_t t;
 
+	if (scram_first != NULL) {
+		/* The exchange says who the client is; CONNECT's user name and password are not used. */
+		if (scram_first->len > IPC_AUTH_DATA_MAX) {
+			conn_refuse(w, c, MQTT_CONNACK_NOT_AUTHORIZED, "SCRAM client-first longer "
+				    "than its bound");
+			return false;
+		}
+		f.has_user = f.has_password = false;
+		f.user_len = f.password_len = 0;
+		f.scram_step = IPC_AUTH_SCRAM_FIRST;
+		f.data = scram_first->p;
+		f.data_len = scram_first->len;
+	}
 	if (!ticket_take(w, wa, &t)) {
 		if (!wa->full)
 			log_warn("%u CONNECTs wait for the auth role (auth.max_pending); answering "
@@ -414,22 +572,166 @@ bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connec
 		wa->full = false;
 	f.ticket = t;
 	aw = wait_new(rc);
-	if (aw == NULL || (aw->req = ipc_auth_request_encode(&f, &aw->req_len)) == NULL) {
-		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
-			   "cannot ask the auth role (out of memory)");
-		free(aw);
-		goto unavailable;
-	}
+	if (aw == NULL)
+		goto oom;
 	aw->conn = c->id;
+	aw->scram = scram_first != NULL;
+	if (!wait_request(wa, aw, &f))
+		goto oom;
 	wa->waits[t] = aw;
 	wa->held++;
-	wa->unsent++;
 	c->state = CS_AUTHENTICATING;
 	worker_auth_flush(w);
 	return true;
+oom:
+	log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
+		   "cannot ask the auth role (out of memory)");
+	free(aw);
 unavailable:
 	conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, "cannot authenticate now");
 	return false;
+}
+
+/* The slot of c's exchange that waits for the client's step; NULL when there is none. */
+static struct auth_wait *wait_of_exchange(struct worker_auth *wa, const struct conn *c,
+					  uint32_t *t)
+{
+	for (uint32_t i = 0; wa != NULL && i < wa->cap; i++)
+		if (wa->waits[i] != NULL && wa->waits[i]->conn == c->id &&
+		    wa->waits[i]->awaiting_client) {
+			*t = i;
+			return wa->waits[i];
+		}
+	return NULL;
+}
+
+/*
+ * Before CONNACK a protocol error is answered in CONNACK; after it, in
+ * DISCONNECT [MQTT-4.13.2-1].
+ */
+static enum pkt_result auth_protocol_error(struct worker *w, struct conn *c, uint8_t reason,
+					   const char *why)
+{
+	if (c->state == CS_ACTIVE) {
+		conn_disconnect(w, c, reason, true, why);
+	} else {
+		send_connack5(w, c, false, reason, NULL);
+		conn_close(w, c, false, why);
+	}
+	return PKT_CLOSED;
+}
+
+/* AUTH's method is SCRAM-SHA-256. */
+static bool auth_method_scram(const struct mqtt5_props *props)
+{
+	return mqtt5_props_has(props, MQTT5_PROP_AUTH_METHOD) &&
+	       props->auth_method.len == strlen(SCRAM_METHOD) &&
+	       memcmp(props->auth_method.p, SCRAM_METHOD, props->auth_method.len) == 0;
+}
+
+/*
+ * AUTH 0x19 from a client SCRAM authenticated: its exchange begins again,
+ * its connection working meanwhile; one at a time, for connect_timeout
+ * at most (worker_auth_tick).
+ */
+static enum pkt_result reauth_begin(struct worker *w, struct conn *c,
+				    const struct mqtt5_packet *p5)
+{
+	struct worker_auth *wa = wa_of(w);
+	struct conn_v5 *v = CONN_V5(w, c);
+	const struct rec_connect none = { 0 };
+	struct ipc_auth_fields f = {
+		.conn = c->id, .remote = c->remote, .remote_len = c->remote_len,
+		.client_id = conn_client_id(c), .client_id_len = strlen(conn_client_id(c)),
+		.scram_step = IPC_AUTH_SCRAM_FIRST, .reauth = true,
+		.data = p5->props.auth_data.p, .data_len = p5->props.auth_data.len,
+	};
+	struct auth_wait *aw;
+	uint32_t t;
+
+	if (f.data_len > IPC_AUTH_DATA_MAX) {
+		reauth_fail(w, c, "SCRAM client-first longer than its bound");
+		return PKT_CLOSED;
+	}
+	if (!ticket_take(w, wa, &t)) {
+		conn_disconnect(w, c, MQTT5_RC_SERVER_BUSY, true,
+				"re-authentication: too many waiting for the auth role (auth.max_pending)");
+		return PKT_CLOSED;
+	}
+	f.ticket = t;
+	if ((aw = wait_new(&none)) == NULL || !wait_request(wa, aw, &f)) {
+		free(aw);
+		reauth_fail(w, c, "cannot ask the auth role (out of memory)");
+		return PKT_CLOSED;
+	}
+	aw->conn = c->id;
+	aw->scram = aw->reauth = true;
+	aw->deadline_ms = w->now_ms + (uint64_t)w->cfg->connect_timeout * 1000;
+	wa->waits[t] = aw;
+	wa->held++;
+	v->reauth = true;
+	worker_auth_flush(w);
+	return PKT_OK;
+}
+
+enum pkt_result worker_auth_packet(struct worker *w, struct conn *c,
+				   const struct mqtt5_packet *p5)
+{
+	struct worker_auth *wa = wa_of(w);
+	struct conn_v5 *v = CONN_V5(w, c);
+	const struct mqtt5_props *props = &p5->props;
+	struct ipc_auth_fields f = {
+		.conn = c->id, .remote = c->remote, .remote_len = c->remote_len,
+		.client_id = conn_client_id(c), .client_id_len = strlen(conn_client_id(c)),
+		.scram_step = IPC_AUTH_SCRAM_FINAL,
+	};
+	struct auth_wait *aw;
+	uint32_t t;
+
+	if ((aw = wait_of_exchange(wa, c, &t)) == NULL) {
+		if (c->state == CS_ACTIVE && v != NULL && v->scram_user != NULL && !v->reauth &&
+		    p5->reason == MQTT5_RC_REAUTHENTICATE && auth_method_scram(props))
+			return reauth_begin(w, c, p5);
+		return auth_protocol_error(w, c, MQTT5_RC_PROTOCOL_ERROR,
+					   "AUTH without an exchange in progress");
+	}
+	if (p5->reason != MQTT5_RC_CONTINUE_AUTHENTICATION || !auth_method_scram(props))
+		return auth_protocol_error(w, c, MQTT5_RC_PROTOCOL_ERROR,
+					   "AUTH not continuing the exchange's method");
+	if (props->auth_data.len > IPC_AUTH_DATA_MAX) {
+		exchange_fail(w, c, "SCRAM client-final longer than its bound");
+		return PKT_CLOSED;
+	}
+	f.ticket = t;
+	f.data = props->auth_data.p;
+	f.data_len = props->auth_data.len;
+	aw->awaiting_client = false;
+	aw->sent = true;             /* wait_request counts it unsent again */
+	if (!wait_request(wa, aw, &f)) {
+		exchange_fail(w, c, "cannot ask the auth role (out of memory)");
+		return PKT_CLOSED;
+	}
+	worker_auth_flush(w);
+	if (aw->reauth)
+		return PKT_OK;
+	/* Nothing more from the client until the verdict. */
+	c->paused = true;
+	return PKT_PAUSE;
+}
+
+void worker_auth_tick(struct worker *w)
+{
+	struct worker_auth *wa = wa_of(w);
+
+	for (uint32_t t = 0; wa != NULL && wa->held > 0 && t < wa->cap; t++) {
+		struct auth_wait *aw = wa->waits[t];
+		struct conn *c;
+
+		if (aw == NULL || !aw->reauth || aw->cancel || aw->deadline_ms > w->now_ms ||
+		    (c = conn_lookup(w, aw->conn)) == NULL)
+			continue;
+		reauth_fail(w, c, "re-authentication not finished within connect_timeout");
+	}
 }
 
 /*
@@ -509,6 +811,13 @@ void worker_auth_config_changed(struct worker *w)
 
 		if (aw != NULL && aw->cancel) {
 			wait_free(wa, t);            /* no role left to tell */
+			continue;
+		}
+		/* No role left to end a SCRAM exchange: it fails. */
+		if (aw != NULL && aw->scram) {
+			wait_free(wa, t);
+			if (c != NULL)
+				exchange_fail(w, c, "the auth role stopped during its SCRAM exchange");
 			continue;
 		}
 		if (c == NULL || !ipc_auth_request_decode(aw->req, aw->req_len, &f))

@@ -609,6 +609,8 @@ void conn_v5_free(struct worker *w, struct conn *c)
 	for (uint16_t i = 0; v->alias_out != NULL && i < v->n_alias_out; i++)
 		free(v->alias_out[i].topic);
 	free(v->alias_out);
+	free(v->auth_final);
+	free(v->scram_user);
 	free(v);
 	w->v5[conn_id_slot(c->id)] = NULL;
 	c->v5 = false;
@@ -634,6 +636,8 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 	if (c->state == CS_CONNECTING || c->state == CS_ACTIVE) {
 		push_close(w, c, publish_will);
 		log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "disconnected: %s", why);
+		if (c->v5 && CONN_V5(w, c)->reauth)
+			worker_auth_forget(w, c);
 	} else {
 		if (c->state == CS_AUTHENTICATING)
 			worker_auth_forget(w, c);

@@ -115,6 +115,11 @@ struct conn_v5 {
 	struct topic_alias_out *alias_out;   /* n_alias_out, allocated at the first */
 	bool assigned_id;            /* the client id was made here: sent in CONNACK */
 	bool end_session;            /* DISCONNECT set the session expiry to 0: it ends now */
+	/* SCRAM-SHA-256 (worker_auth.c): */
+	uint8_t *auth_final;         /* server-final until CONNACK carries it; malloc'd */
+	char *scram_user;            /* whom it authenticated: a re-authentication must agree */
+	uint16_t auth_final_len, scram_user_len;
+	bool reauth;                 /* a re-authentication in progress */
 	struct topic_alias alias[];
 };
 
@@ -279,9 +284,21 @@ void worker_auth_config_changed(struct worker *w);
 void worker_auth_event(struct worker *w, uint32_t events);
 void worker_auth_flush(struct worker *w);
 bool worker_auth_loopback_ok(struct worker *w, struct conn *c, const char *user, size_t ulen);
-/* from_cert: ck's user name is the client certificate's identity (IPC_AUTH_USER_FROM_CERT). */
+/*
+ * from_cert: ck's user name is the client certificate's identity
+ * (IPC_AUTH_USER_FROM_CERT). scram_first: CONNECT's Authentication Data,
+ * when its method is SCRAM-SHA-256; else NULL.
+ */
 bool worker_auth_hold(struct worker *w, struct conn *c, const struct mqtt_connect *ck,
-		      bool from_cert, const struct rec_connect *rc);
+		      bool from_cert, const struct rec_connect *rc,
+		      const struct mqtt_str *scram_first);
+/* CONNECT's Authentication Method is one iotd offers (SCRAM-SHA-256 with a password file). */
+bool worker_auth_method_ok(const struct worker *w, const struct mqtt_str *method);
+/* Re-authentications not finished within connect_timeout end their connection (1 s tick). */
+void worker_auth_tick(struct worker *w);
+/* An AUTH packet (MQTT 5): the client's step of its exchange, else a protocol error. */
+enum pkt_result worker_auth_packet(struct worker *w, struct conn *c,
+				   const struct mqtt5_packet *p5);
 void worker_auth_forget(struct worker *w, const struct conn *c);
 
 /* worker_mqtt.c */

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "scram.h"
 #include "topic.h"
 #include "worker_int.h"
 #include "worker_transport.h"
@@ -450,6 +451,7 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 	struct conn *c = *cp;
 	struct mqtt_connect k = p5->u.connect;
 	const struct mqtt_connect *ck = &k;
+	const struct mqtt_str *scram = NULL;
 	bool from_cert = false, v5 = ck->protocol_level == MQTT5_PROTOCOL_LEVEL;
 	struct rec_connect rc;
 	char gen[40], ident[XPORT_IDENTITY_MAX + 1];
@@ -461,9 +463,12 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		return PKT_CLOSED;
 	}
 	if (v5 && mqtt5_props_has(&p5->props, MQTT5_PROP_AUTH_METHOD)) {
-		send_connack5(w, c, false, MQTT5_RC_BAD_AUTHENTICATION_METHOD, NULL);
-		conn_close(w, c, false, "authentication method in CONNECT (not supported)");
-		return PKT_CLOSED;
+		if (!worker_auth_method_ok(w, &p5->props.auth_method)) {
+			send_connack5(w, c, false, MQTT5_RC_BAD_AUTHENTICATION_METHOD, NULL);
+			conn_close(w, c, false, "authentication method in CONNECT not offered");
+			return PKT_CLOSED;
+		}
+		scram = &p5->props.auth_data;
 	}
 	/* MQTT 5 lets the server assign an id whatever Clean Start says. */
 	if (ck->client_id.len == 0 && !ck->clean_session && !v5) {
@@ -503,7 +508,7 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 		return PKT_CLOSED;
 	}
 	*cp = c;
-	if (cfg->tls_use_identity_as_username && c->xp != NULL &&
+	if (cfg->tls_use_identity_as_username && scram == NULL && c->xp != NULL &&
 	    listen_transport_tls(c->xp->transport)) {
 		if (!take_identity(c, &k, ident, sizeof(ident))) {
 			conn_refuse(w, c, MQTT_CONNACK_NOT_AUTHORIZED, "no identity in the client "
@@ -552,7 +557,7 @@ static enum pkt_result handle_connect(struct worker *w, struct conn **cp,
 	}
 	/* With the auth role, the record waits for its verdict (worker_auth.c). */
 	if (config_auth_role(cfg))
-		return worker_auth_hold(w, c, ck, from_cert, &rc) ? PKT_PAUSE : PKT_CLOSED;
+		return worker_auth_hold(w, c, ck, from_cert, &rc, scram) ? PKT_PAUSE : PKT_CLOSED;
 	connect_forward(w, c, &rc);
 	return PKT_PAUSE;
 }
@@ -681,7 +686,7 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 {
 	const struct iotd_config *cfg = w->cfg;
 	struct conn_v5 *v = CONN_V5(w, c);
-	uint8_t buf[128];
+	uint8_t buf[256];
 	struct mqtt5_pbuf b;
 	struct mqtt5_out out;
 	const char *id = conn_client_id(c);
@@ -691,6 +696,13 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 		return;
 	}
 	mqtt5_pbuf_init(&b, buf, sizeof(buf));
+	if (v->auth_final != NULL) {
+		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_METHOD, (const uint8_t *)SCRAM_METHOD,
+			       strlen(SCRAM_METHOD));
+		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_DATA, v->auth_final, v->auth_final_len);
+		free(v->auth_final);         /* copied: said once */
+		v->auth_final = NULL;
+	}
 	if (v->expiry_capped)
 		mqtt5_pbuf_num(&b, MQTT5_PROP_SESSION_EXPIRY, v->session_expiry);
 	mqtt5_pbuf_num(&b, MQTT5_PROP_RECEIVE_MAX, (uint32_t)cfg->max_inflight);
@@ -727,6 +739,11 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 		}
 		return handle_connect(w, cp, p5);
 	}
+	/* Read while authenticating only for its exchange: AUTH alone. */
+	if (c->state == CS_AUTHENTICATING && pkt->type != MQTT_AUTH) {
+		conn_close(w, c, false, "a packet other than AUTH before CONNACK");
+		return PKT_CLOSED;
+	}
 	switch (pkt->type) {
 	case MQTT_PUBLISH:
 		return handle_publish(w, c, &pkt->u.publish, p5);
@@ -753,9 +770,7 @@ static enum pkt_result handle_packet(struct worker *w, struct conn **cp,
 		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true, "second CONNECT");
 		return PKT_CLOSED;
 	case MQTT_AUTH:
-		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
-				"AUTH without an authentication method");
-		return PKT_CLOSED;
+		return worker_auth_packet(w, c, p5);
 	default:
 		conn_disconnect(w, c, MQTT5_RC_PROTOCOL_ERROR, true,
 				"server-only packet from client");

@@ -21,7 +21,7 @@
 
 #include "config.h"
 
-#define IPC_VERSION 14           /* bump whenever the header, enum ipc_type or a payload changes */
+#define IPC_VERSION 15           /* bump whenever the header, enum ipc_type or a payload changes */
 /*
  * The largest payload: an IPC_AUTH_REQUEST with a client id, a user name
  * and a password of MQTT's 65535 bytes each (every other message is
@@ -157,14 +157,15 @@ struct ipc_addr_entry {
 #define IPC_AUTH_FIELD_MAX 65535     /* a client id, user name or password: MQTT's bound */
 #define IPC_AUTH_REMOTE_MAX 63       /* struct ipc_client's remote, without its NUL */
 
-/* Followed by remote, client id, user name and password, without NULs. */
+/* Followed by remote, client id, user name, password and SCRAM message, without NULs. */
 struct ipc_auth_request {
 	uint64_t conn;
 	uint32_t ticket;
 	uint8_t has_user, has_password;  /* the CONNECT's flags: an empty one is not an absent one */
 	uint16_t remote_len;
 	uint32_t client_id_len, user_len, password_len;
-	uint32_t flags;                  /* IPC_AUTH_USER_FROM_CERT */
+	uint32_t flags;                  /* IPC_AUTH_USER_FROM_CERT, IPC_AUTH_SCRAM_* */
+	uint32_t data_len;               /* a SCRAM step's message; 0 otherwise */
 };
 
 /*
@@ -173,15 +174,28 @@ struct ipc_auth_request {
  * taken only while the auth role's configuration says so.
  */
 #define IPC_AUTH_USER_FROM_CERT 0x01
+/*
+ * A step of MQTT 5's enhanced authentication (SCRAM-SHA-256, scram.h)
+ * rather than a password: the data is the client's message (at most
+ * SCRAM_MSG_MAX bytes), with no user name nor password. The first step
+ * (client-first) is answered IPC_AUTH_CONTINUE with server-first, and the
+ * auth role keeps the exchange (by connection and ticket) for the final
+ * step (client-final), answered as a CONNECT is, server-final in the
+ * data of an acceptance. REAUTH: the first step of a connected client's
+ * re-authentication.
+ */
+#define IPC_AUTH_SCRAM_FIRST 0x02
+#define IPC_AUTH_SCRAM_FINAL 0x04
+#define IPC_AUTH_SCRAM_REAUTH 0x08   /* with _FIRST: no grant to the router at the end */
 
-/* Followed by the user name and the client's rules, without NULs. */
+/* Followed by the user name, the client's rules and the SCRAM message, without NULs. */
 struct ipc_auth_verdict {
 	uint64_t conn;
 	uint32_t ticket;
 	uint8_t code;                    /* a CONNACK return code: 0, 3, 4 or 5 */
-	uint8_t flags;                   /* IPC_AUTH_RULES_FROM_TOKEN */
+	uint8_t flags;                   /* IPC_AUTH_RULES_FROM_TOKEN, IPC_AUTH_CONTINUE */
 	uint8_t reserved[2];
-	uint32_t user_len, rules_len;
+	uint32_t user_len, rules_len, data_len;
 };
 
 /*
@@ -197,6 +211,8 @@ struct ipc_auth_cancel {
 
 /* The rules are a token's lists: they stay when the ACL changes (IPC_AUTH_RULES_STALE). */
 #define IPC_AUTH_RULES_FROM_TOKEN 0x01
+/* Not a verdict yet: the data is server-first; the client's final step is awaited. */
+#define IPC_AUTH_CONTINUE 0x02
 
 /* A request or a verdict as its fields, pointing into a payload. */
 struct ipc_auth_fields {
@@ -206,12 +222,18 @@ struct ipc_auth_fields {
 	bool rules_from_token;           /* verdicts */
 	bool has_user, has_password;     /* requests */
 	bool user_from_cert;             /* requests: IPC_AUTH_USER_FROM_CERT */
+	uint8_t scram_step;              /* requests: 0, IPC_AUTH_SCRAM_FIRST or _FINAL */
+	bool reauth;                     /* requests: IPC_AUTH_SCRAM_REAUTH */
+	bool cont;                       /* verdicts: IPC_AUTH_CONTINUE */
 	const char *remote, *client_id, *user;
-	const uint8_t *password, *rules;
-	size_t remote_len, client_id_len, user_len, password_len, rules_len;
+	const uint8_t *password, *rules, *data;
+	size_t remote_len, client_id_len, user_len, password_len, rules_len, data_len;
 };
 
-_Static_assert(sizeof(struct ipc_auth_request) + IPC_AUTH_REMOTE_MAX + 3 * IPC_AUTH_FIELD_MAX <=
+#define IPC_AUTH_DATA_MAX 1024       /* a SCRAM message: scram.h's SCRAM_MSG_MAX */
+
+_Static_assert(sizeof(struct ipc_auth_request) + IPC_AUTH_REMOTE_MAX + 3 * IPC_AUTH_FIELD_MAX +
+	       IPC_AUTH_DATA_MAX <=
 	       IPC_MAX_PAYLOAD, "the largest request fits one message");
 
 /*

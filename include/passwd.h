@@ -14,9 +14,15 @@
  *   $argon2id$v=19$m=..,t=..,p=..$<salt>$<hash>
  *                                   iotd's own (iotd-passwd), libargon2's
  *                                   encoded form
+ *   $scram-sha-256$<iterations>$<salt>$<StoredKey>$<ServerKey>
+ *                                   iotd's own (iotd-passwd -s): a SCRAM
+ *                                   verifier (RFC 5802, RFC 7677), for MQTT
+ *                                   5's enhanced authentication and plain
+ *                                   passwords alike
  *
  * Salts and hashes are base64: padded in the first two forms (the hash is
- * 64 bytes, the salt 1 to 64, mosquitto_passwd writes 12), unpadded in
+ * 64 bytes, the salt 1 to 64, mosquitto_passwd writes 12) and in SCRAM's
+ * (salt 1 to 64 bytes, each key 32, at least 4096 iterations), unpadded in
  * Argon2's (salt 8 to 64 bytes, hash 16 to 64). A line that is none of
  * these refuses the whole file, with its line number in the message: a
  * file half understood would lock out some users without a word.
@@ -32,6 +38,7 @@
 #ifndef IOTD_PASSWD_H
 #define IOTD_PASSWD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -115,5 +122,29 @@ struct passwd_argon2_params {
  */
 int passwd_hash_argon2id(const void *password, size_t pwlen,
 			 const struct passwd_argon2_params *p, char *out, size_t outlen);
+
+/*
+ * New SCRAM-SHA-256 entries (iotd-passwd -s): a 16-byte salt and 4096
+ * iterations (RFC 7677's minimum) unless told more.
+ */
+#define PASSWD_SCRAM_ITERATIONS 4096
+#define PASSWD_SCRAM_SALT 16
+
+struct scram_verifier;
+
+/*
+ * user's SCRAM verifier: true when the user has a $scram-sha-256$ entry.
+ * Otherwise (no such user, or another kind of hash) false, with a
+ * stand-in that looks the same to a client (a salt made from the name
+ * under a key hashed from the file's bytes, so the same across restarts
+ * while the file is unchanged; the first SCRAM entry's iterations, else
+ * 4096) and that no proof matches: an exchange with it fails as with a wrong password.
+ */
+bool passwd_scram_verifier(const struct passwd_table *t, const char *user, size_t ulen,
+			   struct scram_verifier *v);
+
+/* Write a new "$scram-sha-256$..." for password into out. Returns 0, or -1. */
+int passwd_hash_scram(const void *password, size_t pwlen, uint32_t iterations, char *out,
+		      size_t outlen);
 
 #endif

@@ -239,6 +239,11 @@ def ack_v5(ptype, pid, reason=0):
     return packet(ptype, 0x02 if ptype == PUBREL else 0, struct.pack("!H", pid) + bytes([reason]))
 
 
+def auth_v5(reason, props=()):
+    """An MQTT 5 AUTH: its reason code and properties."""
+    return packet(AUTH, 0, bytes([reason]) + enc_props(props))
+
+
 def disconnect_v5(reason=0, props=()):
     return packet(DISCONNECT, 0, bytes([reason]) + enc_props(props))
 
@@ -264,7 +269,7 @@ def v5(p):
             p.reason = b[2]
         if len(b) > 3:
             p.props, _ = dec_props(b, 3)
-    elif p.type == DISCONNECT and b:
+    elif p.type in (DISCONNECT, AUTH) and b:
         p.reason = b[0]
         if len(b) > 1:
             p.props, _ = dec_props(b, 1)

@@ -3,7 +3,8 @@
  * (ipc_auth.c): what a compromised worker can send the auth role, and
  * the verdicts a worker reads.
  *
- * Input: a payload, decoded as a request and as a verdict. A decoded
+ * Input: a payload, decoded as a request (a password's or a SCRAM
+ * step's) and as a verdict. A decoded
  * request's fields must lie inside the payload, within their bounds, and
  * add up to it exactly; encoded again, it must give the same bytes. The
  * same for a verdict.
@@ -45,9 +46,15 @@ static void check_request(const struct ipc_auth_fields *f, const uint8_t *data, 
 	inside(f->client_id, f->client_id_len, data, size);
 	inside(f->user, f->user_len, data, size);
 	inside(f->password, f->password_len, data, size);
+	inside(f->data, f->data_len, data, size);
 	if (f->remote_len > IPC_AUTH_REMOTE_MAX || f->user_len > IPC_AUTH_FIELD_MAX ||
+	    f->data_len > IPC_AUTH_DATA_MAX ||
 	    sizeof(struct ipc_auth_request) + f->remote_len + f->client_id_len + f->user_len +
-	    f->password_len != size || (!f->has_user && f->user_len))
+	    f->password_len + f->data_len != size || (!f->has_user && f->user_len) ||
+	    /* A SCRAM step carries its message alone; a password's request none. */
+	    (f->scram_step && (f->has_user || f->has_password || f->user_from_cert)) ||
+	    (!f->scram_step && (f->data_len || f->reauth)) ||
+	    (f->reauth && f->scram_step != IPC_AUTH_SCRAM_FIRST))
 		__builtin_trap();
 	same_again(ipc_auth_request_encode, f, sizeof(struct ipc_auth_request), data, size);
 }
@@ -56,6 +63,7 @@ static void check_verdict(const struct ipc_auth_fields *f, const uint8_t *data, 
 {
 	inside(f->user, f->user_len, data, size);
 	inside(f->rules, f->rules_len, data, size);
+	inside(f->data, f->data_len, data, size);
 	same_again(ipc_auth_verdict_encode, f, sizeof(struct ipc_auth_verdict), data, size);
 }
 

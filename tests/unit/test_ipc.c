@@ -749,7 +749,7 @@ static void test_auth_request_round_trips(void **state)
 	((struct ipc_auth_request *)p)->has_user = 2;
 	assert_false(ipc_auth_request_decode(p, len, &g));
 	((struct ipc_auth_request *)p)->has_user = 1;
-	((struct ipc_auth_request *)p)->flags = 0x02;      /* a flag of no meaning */
+	((struct ipc_auth_request *)p)->flags = 0x10;      /* a flag of no meaning */
 	assert_false(ipc_auth_request_decode(p, len, &g));
 	/* A certificate's identity comes without a password. */
 	((struct ipc_auth_request *)p)->flags = IPC_AUTH_USER_FROM_CERT;
@@ -769,6 +769,55 @@ static void test_auth_request_round_trips(void **state)
 	/* Longer fields than MQTT allows are not encoded. */
 	f.user_len = IPC_AUTH_FIELD_MAX + 1;
 	assert_null(ipc_auth_request_encode(&f, &len));
+}
+
+/* A SCRAM step: its message alone, one step at a time, REAUTH with the first only. */
+static void test_auth_scram_step_round_trips(void **state)
+{
+	static const char first[] = "n,,n=alice,r=abc";
+	struct ipc_auth_fields f = {
+		.conn = 5, .ticket = 2, .remote = "127.0.0.1:1", .remote_len = 11,
+		.client_id = "c", .client_id_len = 1, .scram_step = IPC_AUTH_SCRAM_FIRST,
+		.reauth = true, .data = (const uint8_t *)first, .data_len = sizeof(first) - 1,
+	}, g;
+	struct ipc_auth_request *h;
+	size_t len;
+	uint8_t *p = ipc_auth_request_encode(&f, &len);
+
+	assert_non_null(p);
+	assert_true(ipc_auth_request_decode(p, len, &g));
+	assert_true(g.scram_step == IPC_AUTH_SCRAM_FIRST && g.reauth && !g.has_user);
+	assert_int_equal(g.data_len, sizeof(first) - 1);
+	assert_memory_equal(g.data, first, g.data_len);
+	h = (struct ipc_auth_request *)p;
+	h->flags = IPC_AUTH_SCRAM_FIRST | IPC_AUTH_SCRAM_FINAL;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	h->flags = IPC_AUTH_SCRAM_FINAL | IPC_AUTH_SCRAM_REAUTH;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	h->flags = IPC_AUTH_SCRAM_FIRST | IPC_AUTH_USER_FROM_CERT;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	h->flags = 0;                                      /* a password's request has no message */
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	h->flags = IPC_AUTH_SCRAM_FINAL;
+	h->has_user = 1;                                   /* nor a step a user name */
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	h->has_user = 0;
+	h->data_len = IPC_AUTH_DATA_MAX + 1;
+	assert_false(ipc_auth_request_decode(p, len, &g));
+	free(p);
+	f.data_len = IPC_AUTH_DATA_MAX + 1;
+	assert_null(ipc_auth_request_encode(&f, &len));
+
+	/* server-first, continuing. */
+	f = (struct ipc_auth_fields){ .conn = 5, .ticket = 2, .cont = true,
+				      .data = (const uint8_t *)"r=abcdef,s=c2FsdA==,i=4096",
+				      .data_len = 26 };
+	p = ipc_auth_verdict_encode(&f, &len);
+	assert_non_null(p);
+	assert_true(ipc_auth_verdict_decode(p, len, &g));
+	assert_true(g.cont && g.data_len == 26 && g.user_len == 0 && g.rules_len == 0);
+	assert_memory_equal(g.data, "r=abcdef,s=c2FsdA==,i=4096", 26);
+	free(p);
 }
 
 static void test_auth_verdict_round_trips(void **state)
@@ -820,6 +869,7 @@ int main(void)
 		PAIR_TEST(test_dispatch_never_waits_on_a_blocking_socket),
 		cmocka_unit_test(test_auth_request_round_trips),
 		cmocka_unit_test(test_auth_verdict_round_trips),
+		cmocka_unit_test(test_auth_scram_step_round_trips),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -30,6 +30,7 @@
 #include "b64.h"
 #include "iotd.h"
 #include "passwd.h"
+#include "scram.h"
 
 #include "files.h"
 
@@ -187,6 +188,47 @@ static void argon2id_round_trip(void **state)
 	LOGINS(t, PASSWD_OK, "default:s3cret", "cheap:s3cret", "lanes:other");
 	LOGINS(t, PASSWD_BAD, "default:s3creT", "cheap:s3cre", "lanes:s3cret");
 	passwd_free(t);
+}
+
+/*
+ * $scram-sha-256$: a plain password checks against its StoredKey and
+ * ServerKey; its verifier is what scram_verifier_make gives. An unknown
+ * user, or one of another kind of hash, gets a stand-in: the same salt
+ * for the same name, other keys.
+ */
+static void scram_entries(void **state)
+{
+	char a[PASSWD_HASH_MAX], b[PASSWD_HASH_MAX], text[1024];
+	struct scram_verifier v, w, mine;
+	struct passwd_table *t;
+
+	assert_int_equal(passwd_hash_scram("pencil", 6, 4096, a, sizeof(a)), 0);
+	assert_int_equal(passwd_hash_argon2id("s3cret", 6, &cheap, b, sizeof(b)), 0);
+	assert_int_equal(passwd_hash_scram("pencil", 6, 4095, text, sizeof(text)), -1);
+	assert_contains(a, "$scram-sha-256$4096$");
+	snprintf(text, sizeof(text), "user:%s\nargon:%s\n", a, b);
+	t = parse_ok(text);
+	LOGINS(t, PASSWD_OK, "user:pencil", "argon:s3cret");
+	LOGINS(t, PASSWD_BAD, "user:pencils", "user:", "nobody:pencil");
+	assert_true(passwd_scram_verifier(t, "user", 4, &v));
+	assert_int_equal(v.iterations, 4096);
+	assert_true(scram_verifier_make("pencil", 6, v.salt, v.salt_len, 4096, &mine));
+	assert_memory_equal(v.stored_key, mine.stored_key, SCRAM_KEY_LEN);
+	assert_memory_equal(v.server_key, mine.server_key, SCRAM_KEY_LEN);
+	assert_false(passwd_scram_verifier(t, "argon", 5, &v));
+	assert_false(passwd_scram_verifier(t, "ghost", 5, &w));
+	assert_int_equal(v.iterations, 4096);
+	assert_int_equal(w.salt_len, v.salt_len);
+	assert_false(passwd_scram_verifier(t, "ghost", 5, &v));
+	assert_memory_equal(v.salt, w.salt, v.salt_len);
+	assert_memory_not_equal(v.stored_key, w.stored_key, SCRAM_KEY_LEN);
+	passwd_free(t);
+	/* Fewer than 4096 iterations, keys of another length: the file is refused. */
+	parse_fails("u:$scram-sha-256$4095$c2FsdA==$"
+		    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=$"
+		    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n", "line 1");
+	parse_fails("u:$scram-sha-256$4096$c2FsdA==$AAAA$"
+		    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n", "line 1");
 }
 
 static void argon2id_bad_parameters_refused(void **state)
@@ -660,6 +702,7 @@ int main(void)
 		cmocka_unit_test(passwords_are_bytes),
 		cmocka_unit_test(argon2id_round_trip),
 		cmocka_unit_test(argon2id_bad_parameters_refused),
+		cmocka_unit_test(scram_entries),
 		cmocka_unit_test(unknown_user_is_bad),
 		cmocka_unit_test(duplicate_user_later_line_wins),
 		cmocka_unit_test(blanks_around_user_and_hash_ignored),
