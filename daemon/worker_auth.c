@@ -197,10 +197,16 @@ static struct acl_client *verdict_view(struct worker_auth *wa, const struct conn
 	return view;
 }
 
-/* An AUTH packet to c: reason, SCRAM's method and data. */
-static void send_auth(struct worker *w, struct conn *c, uint8_t reason, const uint8_t *data,
+/*
+ * An AUTH packet to c: reason, SCRAM's method and data. False when it
+ * would exceed the client's Maximum Packet Size: it is not sent (MQTT 5
+ * 3.1.2.11.4), and the exchange cannot go on without it.
+ */
+static bool send_auth(struct worker *w, struct conn *c, uint8_t reason, const uint8_t *data,
 		      size_t len)
 {
+	const struct conn_v5 *v = CONN_V5(w, c);
+	size_t size;
 	uint8_t buf[2 * IPC_AUTH_DATA_MAX + 64], *p;
 	struct mqtt5_pbuf b;
 	struct mqtt5_out out;
@@ -210,8 +216,27 @@ static void send_auth(struct worker *w, struct conn *c, uint8_t reason, const ui
 		       strlen(SCRAM_METHOD));
 	mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_DATA, data, len);
 	mqtt5_out_init(&out, b.p, b.len, NULL, 0);
-	if ((p = out_reserve(w, c, mqtt5_reason_size(reason, &out))) != NULL)
+	size = mqtt5_reason_size(reason, &out);
+	if (v != NULL && v->max_packet && size > v->max_packet)
+		return false;
+	if ((p = out_reserve(w, c, size)) != NULL)
 		mqtt5_encode_reason(p, MQTT_AUTH, reason, &out);
+	return true;
+}
+
+/* A connected client's exchange failed or cannot go on: its connection ends. */
+static void reauth_fail(struct worker *w, struct conn *c, const char *why)
+{
+	conn_disconnect(w, c, MQTT5_RC_NOT_AUTHORIZED, true, why);
+}
+
+/* An exchange that cannot go on: refused before CONNACK, disconnected after. */
+static void exchange_fail(struct worker *w, struct conn *c, const char *why)
+{
+	if (c->state == CS_ACTIVE)
+		reauth_fail(w, c, why);
+	else
+		conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, why);
 }
 
 /*
@@ -224,7 +249,10 @@ static void on_continue(struct worker *w, struct conn *c, struct auth_wait *aw,
 {
 	wait_drop_request(aw);
 	aw->awaiting_client = true;
-	send_auth(w, c, MQTT5_RC_CONTINUE_AUTHENTICATION, f->data, f->data_len);
+	if (!send_auth(w, c, MQTT5_RC_CONTINUE_AUTHENTICATION, f->data, f->data_len)) {
+		exchange_fail(w, c, "SCRAM's AUTH packet exceeds the client's maximum packet size");
+		return;
+	}
 	if (aw->reauth)
 		return;              /* connected: read all along */
 	c->paused = false;
@@ -253,21 +281,6 @@ static bool keep_server_final(struct worker *w, struct conn *c, const struct ipc
 	return true;
 }
 
-/* A connected client's exchange failed or cannot go on: its connection ends. */
-static void reauth_fail(struct worker *w, struct conn *c, const char *why)
-{
-	conn_disconnect(w, c, MQTT5_RC_NOT_AUTHORIZED, true, why);
-}
-
-/* An exchange that cannot go on: refused before CONNACK, disconnected after. */
-static void exchange_fail(struct worker *w, struct conn *c, const char *why)
-{
-	if (c->state == CS_ACTIVE)
-		reauth_fail(w, c, why);
-	else
-		conn_refuse(w, c, MQTT_CONNACK_UNAVAILABLE, why);
-}
-
 /*
  * A re-authentication's verdict: AUTH 0x00 with server-final when it
  * names the same user, else the connection ends (DISCONNECT 0x87).
@@ -282,8 +295,8 @@ static void reauth_end(struct worker *w, struct conn *c, const struct ipc_auth_f
 	else if (f->user_len != v->scram_user_len ||
 		 memcmp(f->user, v->scram_user, f->user_len) != 0)
 		reauth_fail(w, c, "re-authentication as another user");
-	else
-		send_auth(w, c, MQTT5_RC_SUCCESS, f->data, f->data_len);
+	else if (!send_auth(w, c, MQTT5_RC_SUCCESS, f->data, f->data_len))
+		reauth_fail(w, c, "SCRAM's AUTH packet exceeds the client's maximum packet size");
 }
 
 static void on_verdict_fields(struct worker *w, const struct ipc_auth_fields *f)

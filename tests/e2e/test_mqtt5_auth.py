@@ -176,6 +176,25 @@ def test_other_method_and_no_password_file(start_broker, auth_dir):
     c.expect_closed()
 
 
+def test_auth_packet_over_the_clients_maximum_packet_size(start_broker, auth_dir):
+    """server-first does not fit in the Maximum Packet Size the client
+    allows: no AUTH goes out (a packet over it is never sent), the exchange
+    ends with a refusal; the same client allowing more gets through."""
+    b = scram_broker(start_broker, auth_dir)
+    c = raw(b, connect=False)
+    c.send(m.connect_v5(uid("small"), props=[(m.P_MAX_PACKET_SIZE, 40),
+                                             *auth_props(Scram("alice", ALICE).first())]))
+    got = c.expect_closed(timeout=T(10))
+    assert all(p.type != m.AUTH for p in got), [p.type for p in got]
+    assert all(len(p.body) + 2 <= 40 for p in got), [len(p.body) for p in got]
+    c = raw(b, connect=False)
+    c.scram = Scram("alice", ALICE)
+    c.send(m.connect_v5(uid("big"), props=[(m.P_MAX_PACKET_SIZE, 512),
+                                           *auth_props(c.scram.first())]))
+    a = m.v5(c.expect(m.AUTH, timeout=T(5)))
+    assert a.reason == CONTINUE
+
+
 def test_malformed_messages(start_broker, auth_dir):
     """client-first asking for channel binding, and a client-final of
     another nonce: CONNACK 0x87. AUTH of another method, or AUTH 0x19
