@@ -113,6 +113,8 @@ struct conn_v5 {
 	 */
 	uint16_t n_alias_out, used_alias_out;
 	struct topic_alias_out *alias_out;   /* n_alias_out, allocated at the first */
+	/* Topic bytes the aliases hold, each way: at most server.topic_alias_max_bytes. */
+	uint32_t alias_bytes, alias_out_bytes;
 	bool assigned_id;            /* the client id was made here: sent in CONNACK */
 	bool end_session;            /* DISCONNECT set the session expiry to 0: it ends now */
 	struct topic_alias alias[];
