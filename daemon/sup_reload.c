@@ -182,7 +182,7 @@ static void auth_apply(struct supervisor *sv, bool setup_changed)
 
 	if (c->state == CHILD_DOWN) {
 		if (wanted && c->restart_at_ms == 0)
-			c->restart_at_ms = now_ms();     /* restart_due_children forks it */
+			c->restart_at_ms = clock_ms();     /* restart_due_children forks it */
 		return;
 	}
 	if (!setup_changed && wanted) {

@@ -235,8 +235,6 @@ struct rec_bytes props_end(struct props_buf *b, size_t len);
 /* Where a block's body starts, after its length field (which the router checked). */
 size_t props_body_off(struct rec_bytes props);
 
-uint64_t wall_clock_ms(void);
-
 /* Has its message expiry passed? Such a message is not sent (a resend of one in flight is). */
 static inline bool msg_v5_expired(struct msg_v5 x5)
 {
