@@ -608,8 +608,9 @@ void conn_v5_free(struct worker *w, struct conn *c)
 
 	if (v == NULL)
 		return;
-	for (uint16_t i = 0; i < v->n_alias; i++)
+	for (uint16_t i = 0; v->alias != NULL && i < v->n_alias; i++)
 		free(v->alias[i].topic);
+	free(v->alias);
 	for (uint16_t i = 0; v->alias_out != NULL && i < v->n_alias_out; i++)
 		free(v->alias_out[i].topic);
 	free(v->alias_out);

@@ -87,6 +87,12 @@ static uint8_t topic_alias_apply(const struct worker *w, struct conn_v5 *v, uint
 
 	if (alias == 0 || alias > v->n_alias)
 		return MQTT5_RC_TOPIC_ALIAS_INVALID;
+	if (v->alias == NULL) {
+		if (topic->len == 0)
+			return MQTT5_RC_TOPIC_ALIAS_INVALID;
+		if ((v->alias = calloc(v->n_alias, sizeof(*v->alias))) == NULL)
+			return MQTT5_RC_UNSPECIFIED_ERROR;
+	}
 	a = &v->alias[alias - 1];
 	if (topic->len == 0) {
 		if (a->topic == NULL)
@@ -390,12 +396,11 @@ static bool take_identity(struct conn *c, struct mqtt_connect *k, char *ident, s
  */
 static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_props *props)
 {
-	uint16_t n_alias = (uint16_t)w->cfg->topic_alias_maximum;
-	struct conn_v5 *v = calloc(1, sizeof(*v) + n_alias * sizeof(v->alias[0]));
+	struct conn_v5 *v = calloc(1, sizeof(*v));
 
 	if (v == NULL)
 		return false;
-	v->n_alias = n_alias;
+	v->n_alias = (uint16_t)w->cfg->topic_alias_maximum;
 	v->n_alias_out = (uint16_t)MIN((long)props->topic_alias_max, w->cfg->topic_alias_maximum_out);
 	v->receive_max = props->receive_max;
 	v->session_expiry = props->session_expiry;   /* asked; what is granted replaces it */
