@@ -74,6 +74,7 @@ const struct key config_keys[] = {
 	KEY_INT(max_inflight, 1, 65535),
 	KEY_INT(topic_alias_maximum, 0, 65535),
 	KEY_INT(topic_alias_maximum_out, 0, 1024),
+	KEY_INT(topic_alias_max_bytes, 1, 1L << 30),
 	KEY_INT(max_queued_messages, 1, INT_MAX),
 	KEY_INT(max_queued_bytes, 0, 1L << 40),
 	KEY_INT(max_queued_bytes_total, 0, 1L << 46),
@@ -149,6 +150,7 @@ void config_defaults(struct iotd_config *cfg)
 	cfg->max_inflight = 20;
 	cfg->topic_alias_maximum = 10;
 	cfg->topic_alias_maximum_out = 10;
+	cfg->topic_alias_max_bytes = 65536;
 	cfg->max_queued_messages = 1000;
 	cfg->max_queued_bytes = 16777216;
 	cfg->max_queued_bytes_total = 268435456;

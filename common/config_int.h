@@ -41,7 +41,7 @@ struct key {
 
 /* The tables' lengths, checked against their initialisers in config.c. */
 #define N_SECTIONS 5
-#define N_KEYS 65
+#define N_KEYS 66
 
 extern const char *const config_sections[];
 extern const struct key config_keys[];

@@ -1,6 +1,6 @@
 /*
- * util.c - small helpers every role shares: eventfd wake-ups, watching
- * an fd with epoll, taking a reloaded configuration, answering the
+ * util.c - small helpers every role shares: eventfd wake-ups, the wall
+ * and monotonic clocks in ms, watching an fd with epoll, taking a reloaded configuration, answering the
  * supervisor's health checks and applying new log settings (role.h).
  *
  * Owns nothing: the eventfds are the supervisor's, created non-blocking,
@@ -53,6 +53,14 @@ uint64_t wall_clock_ms(void)
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+uint64_t clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 

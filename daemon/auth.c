@@ -123,14 +123,6 @@ struct auth {
 	bool stopping;
 };
 
-static uint64_t clock_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void exchange_free(struct auth_exchange *ex)
 {
 	if (ex == NULL)

@@ -88,14 +88,6 @@ struct keys {
 	bool stopping;
 };
 
-static uint64_t clock_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /*
  * The key a reload replaced is dropped once every handshake begun under
  * it has ended; how long epoll may sleep until then (-1: nothing held).

@@ -23,7 +23,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "addrlimit.h"
@@ -187,14 +186,6 @@ static uint64_t total_load(const struct listener *l)
 }
 
 /* --- addresses ----------------------------------------------------------- */
-
-static uint64_t clock_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* Addresses held in every view together. */
 static uint32_t counted_addresses(const struct listener *l)

@@ -134,14 +134,6 @@ static bool router_proc_ring_open(struct router_proc *p, unsigned i)
 	return !p->faulty[i];
 }
 
-static uint64_t router_now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /*
  * A DELIVER of a QoS 0 message may be lost with the router, as with a
  * worker: storing it would only fill the store while a slow worker floods.
@@ -775,14 +767,14 @@ static int router_store_open(struct router_proc *p, bool *same, char *err, size_
 static void router_store_failed(struct router_proc *p, const char *why)
 {
 	struct pollfd pfd = { .fd = p->env->ctl_fd, .events = POLLIN };
-	uint64_t deadline = router_now_ms() + ROUTER_STORE_FAILED_WAIT_MS;
+	uint64_t deadline = clock_ms() + ROUTER_STORE_FAILED_WAIT_MS;
 
 	if (ipc_send(p->env->ctl_fd, IPC_STORE_FAILED, 0, why, strlen(why) + 1, -1) < 0) {
 		log_error("router: %s (and cannot tell the supervisor: %s)", why, strerror(errno));
 		return;
 	}
 	/* Until the answer (IPC_SHUTDOWN) or the supervisor's end; a PING meanwhile is answered. */
-	for (uint64_t now = router_now_ms(); now < deadline && !p->stopping; now = router_now_ms()) {
+	for (uint64_t now = clock_ms(); now < deadline && !p->stopping; now = clock_ms()) {
 		if (poll(&pfd, 1, (int)(deadline - now)) <= 0)
 			continue;
 		if (ipc_dispatch(p->env->ctl_fd, &p->ctl_in, p, ROUTER_CTL_PER_WAKE) < 0)
@@ -889,7 +881,7 @@ static void router_proc_tick(struct router_proc *p)
 {
 	bool stale = p->st && store_stale(p->st);
 
-	router_tick(p->r, router_now_ms());
+	router_tick(p->r, clock_ms());
 	if (stale && !store_stale(p->st))
 		router_proc_resynced(p);
 	router_proc_stats(p);
@@ -958,7 +950,7 @@ static int router_proc_setup(struct router_proc *p)
 		router_restore_rings(p);
 	router_proc_poison_check(p);
 	router_set_max_record(p->r, max_record);
-	router_tick(p->r, router_now_ms());
+	router_tick(p->r, clock_ms());
 	router_proc_flush(p);
 	router_proc_stats(p);
 

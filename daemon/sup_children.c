@@ -197,7 +197,7 @@ int child_spawn(struct supervisor *sv, struct child *c)
 	child_listen_to(c);
 	c->pid = pid;
 	c->state = CHILD_STARTING;
-	c->started_ms = now_ms();
+	c->started_ms = clock_ms();
 	c->ready_ms = 0;
 	c->restart_at_ms = 0;
 	c->ping_outstanding = false;
@@ -334,7 +334,7 @@ static void worker_fault(struct supervisor *sv, const struct ipc_msg *m)
 
 void child_schedule_restart(struct supervisor *sv, struct child *c)
 {
-	uint64_t now = now_ms();
+	uint64_t now = clock_ms();
 	char name[32];
 
 	/*
@@ -384,7 +384,7 @@ void child_exited(struct supervisor *sv, struct child *c, int status)
 	}
 	if (c->replacing && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
 		c->replacing = false;
-		c->restart_at_ms = now_ms();
+		c->restart_at_ms = clock_ms();
 		log_info("%s restarting with the new configuration", name);
 		return;
 	}
@@ -447,7 +447,7 @@ unsigned feeders_alive(const struct supervisor *sv)
 
 void restart_due_children(struct supervisor *sv)
 {
-	uint64_t now = now_ms();
+	uint64_t now = clock_ms();
 
 	for (unsigned i = 0; i < sv->n_children; i++) {
 		struct child *c = &sv->children[i];
@@ -533,7 +533,7 @@ void health_setup(struct supervisor *sv)
 		log_debug("systemd watchdog: %llu ms; health check every %llu ms",
 			  (unsigned long long)(usec / 1000), (unsigned long long)sv->health_ms);
 	}
-	sv->next_health_ms = now_ms() + sv->health_ms;
+	sv->next_health_ms = clock_ms() + sv->health_ms;
 }
 
 static void child_answered(struct child *c)
@@ -587,7 +587,7 @@ static bool child_ping(struct supervisor *sv, struct child *c, uint64_t now)
  */
 void health_tick(struct supervisor *sv)
 {
-	uint64_t now = now_ms();
+	uint64_t now = clock_ms();
 	bool healthy = true;
 
 	if (sv->stopping || now < sv->next_health_ms)
@@ -611,7 +611,7 @@ static void child_ready(struct supervisor *sv, struct child *c)
 	if (c->state != CHILD_STARTING)
 		return;
 	c->state = CHILD_RUNNING;
-	c->ready_ms = now_ms();
+	c->ready_ms = clock_ms();
 	if (c->role == ROLE_ROUTER)
 		router_told_downs(sv);
 	/* Its rings are taken over: the router and the listener may count on it. */

@@ -71,6 +71,7 @@ static const struct cfg_field cfg_fields[] = {
 	CF("server.max_inflight", max_inflight, false, APPLY_LIVE),
 	CF("server.topic_alias_maximum", topic_alias_maximum, false, APPLY_LIVE),
 	CF("server.topic_alias_maximum_out", topic_alias_maximum_out, false, APPLY_LIVE),
+	CF("server.topic_alias_max_bytes", topic_alias_max_bytes, false, APPLY_LIVE),
 	CF("server.max_queued_messages", max_queued_messages, false, APPLY_LIVE),
 	CF("server.max_queued_bytes", max_queued_bytes, false, APPLY_LIVE),
 	CF("server.max_queued_bytes_total", max_queued_bytes_total, false, APPLY_LIVE),
@@ -181,7 +182,7 @@ static void auth_apply(struct supervisor *sv, bool setup_changed)
 
 	if (c->state == CHILD_DOWN) {
 		if (wanted && c->restart_at_ms == 0)
-			c->restart_at_ms = now_ms();     /* restart_due_children forks it */
+			c->restart_at_ms = clock_ms();     /* restart_due_children forks it */
 		return;
 	}
 	if (!setup_changed && wanted) {

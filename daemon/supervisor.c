@@ -161,7 +161,7 @@ void stop_failed_start(struct supervisor *sv)
 	sv->start_failed = true;
 	sv->stopping = true;
 	sv->router_told = true;      /* told below, with the others */
-	sv->stop_deadline_ms = now_ms() + STOP_GRACE_MS;
+	sv->stop_deadline_ms = clock_ms() + STOP_GRACE_MS;
 	for (unsigned i = 0; i < sv->n_children; i++) {
 		struct child *c = &sv->children[i];
 
@@ -194,7 +194,7 @@ static void stop_graceful(struct supervisor *sv)
 	if (sv->stopping)
 		return;
 	sv->stopping = true;
-	sv->stop_deadline_ms = now_ms() + STOP_GRACE_MS;
+	sv->stop_deadline_ms = clock_ms() + STOP_GRACE_MS;
 	sd_notify(0, "STOPPING=1");
 	log_info("stopping (SIGINT): closing clients");
 	for (unsigned i = 0; i < sv->n_children; i++) {
@@ -222,7 +222,7 @@ void kill_children(struct supervisor *sv, int sig, bool router_too)
  */
 static void stop_immediate(struct supervisor *sv)
 {
-	uint64_t deadline = now_ms() + 1000;
+	uint64_t deadline = clock_ms() + 1000;
 
 	sd_notify(0, "STOPPING=1");
 	log_info("stopping (SIGTERM)");
@@ -230,7 +230,7 @@ static void stop_immediate(struct supervisor *sv)
 	kill_children(sv, SIGKILL, false);
 	while (children_alive(sv) > 0) {
 		int status;
-		bool late = now_ms() >= deadline;
+		bool late = clock_ms() >= deadline;
 		pid_t pid = waitpid(-1, &status, late ? 0 : WNOHANG);
 		struct child *c;
 
@@ -239,7 +239,7 @@ static void stop_immediate(struct supervisor *sv)
 		if (pid == 0) {
 			/* Polled: the router is draining; this wait is bounded by the deadline. */
 			nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
-			if (now_ms() >= deadline) {
+			if (clock_ms() >= deadline) {
 				log_warn("router still running after a second; killing it");
 				kill_children(sv, SIGKILL, true);
 			}
@@ -304,7 +304,7 @@ static void setup_children(struct supervisor *sv)
 /* Arm the timer for the next restart or stop deadline (or 1 s for housekeeping). */
 static void arm_timer(struct supervisor *sv)
 {
-	uint64_t next = now_ms() + 1000, now = now_ms();
+	uint64_t next = clock_ms() + 1000, now = clock_ms();
 	struct itimerspec its = { 0 };
 
 	for (unsigned i = 0; i < sv->n_children; i++)
@@ -374,19 +374,19 @@ static void run_loop(struct supervisor *sv)
 			shutdown_router_when_alone(sv);
 			if (children_alive(sv) == 0)
 				return;
-			if (now_ms() >= sv->stop_deadline_ms) {
+			if (clock_ms() >= sv->stop_deadline_ms) {
 				log_warn("children still running after %d ms; killing them", STOP_GRACE_MS);
 				kill_children(sv, SIGKILL, true);
-				sv->stop_deadline_ms = now_ms() + 1000;
+				sv->stop_deadline_ms = clock_ms() + 1000;
 			}
 			continue;
 		}
 		restart_due_children(sv);
 		health_tick(sv);
-		if (sv->ready_sent && now_ms() - last_status >= 1000) {
+		if (sv->ready_sent && clock_ms() - last_status >= 1000) {
 			check_memory(sv);
 			notify_status(sv);
-			last_status = now_ms();
+			last_status = clock_ms();
 		}
 	}
 }

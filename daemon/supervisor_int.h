@@ -75,14 +75,6 @@ struct listen_set {
 	int n;
 };
 
-static inline uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* supervisor.c */
 const char *child_name(const struct child *c, char *buf, size_t len);
 const char *role_name(enum iotd_role role);

@@ -48,14 +48,6 @@
  */
 #define ACCEPT_PER_TURN 64
 
-static uint64_t clock_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* --- address reports to the listener ----------------------------------- */
 
 static bool report_push(struct worker *w, uint32_t op, uint64_t token, const struct addr_key *k)

@@ -237,12 +237,13 @@ bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, siz
  * as iotd sets them: the first n_alias_out distinct topics sent on the
  * connection get 1, 2, ... for its life, and are never given another
  * (simple, bounded, and no alias ever changes meaning); later topics go
- * out in full. *known: the client has the alias already, and the PUBLISH
- * leaves the topic out; else a new one is set by the PUBLISH, which
- * alias_out_sent() records once it is written. 0: none.
+ * out in full, as do new ones past server.topic_alias_max_bytes of the
+ * topics aliased. *known: the client has the alias already, and the
+ * PUBLISH leaves the topic out; else a new one is set by the PUBLISH,
+ * which alias_out_sent() records once it is written. 0: none.
  */
-static uint16_t alias_out_pick(struct conn_v5 *v, const uint8_t *topic, size_t tlen,
-			       bool *known)
+static uint16_t alias_out_pick(const struct worker *w, struct conn_v5 *v,
+			       const uint8_t *topic, size_t tlen, bool *known)
 {
 	struct topic_alias_out *a;
 	uint32_t h;
@@ -259,6 +260,7 @@ static uint16_t alias_out_pick(struct conn_v5 *v, const uint8_t *topic, size_t t
 		}
 	}
 	if (v->used_alias_out == v->n_alias_out ||
+	    v->alias_out_bytes + tlen > (size_t)w->cfg->topic_alias_max_bytes ||
 	    (v->alias_out == NULL &&
 	     (v->alias_out = calloc(v->n_alias_out, sizeof(*v->alias_out))) == NULL))
 		return 0;
@@ -274,8 +276,10 @@ static uint16_t alias_out_pick(struct conn_v5 *v, const uint8_t *topic, size_t t
 
 static void alias_out_sent(struct conn_v5 *v, uint16_t alias, bool known)
 {
-	if (alias && !known)
+	if (alias && !known) {
+		v->alias_out_bytes += v->alias_out[alias - 1].len;
 		v->used_alias_out++;
+	}
 }
 
 /*
@@ -298,7 +302,7 @@ static size_t publish_out(struct worker *w, struct conn *c, bool dup, uint8_t qo
 		return mqtt_publish_size(tlen, plen, qos);
 	}
 	if (!dup)
-		*alias = alias_out_pick(v, topic, tlen, known);
+		*alias = alias_out_pick(w, v, topic, tlen, known);
 	*po = msg_out(o, x5, *alias);
 	n = mqtt5_publish_size(*known ? 0 : tlen, plen, qos, *po);
 	if (*alias && !*known && v->max_packet && n > v->max_packet) {
@@ -604,13 +608,15 @@ void conn_v5_free(struct worker *w, struct conn *c)
 
 	if (v == NULL)
 		return;
-	for (uint16_t i = 0; i < v->n_alias; i++)
+	for (uint16_t i = 0; v->alias != NULL && i < v->n_alias; i++)
 		free(v->alias[i].topic);
+	free(v->alias);
 	for (uint16_t i = 0; v->alias_out != NULL && i < v->n_alias_out; i++)
 		free(v->alias_out[i].topic);
 	free(v->alias_out);
-	free(v->auth_final);
-	free(v->scram_user);
+	if (v->scram != NULL)
+		free(v->scram->final);
+	free(v->scram);
 	free(v);
 	w->v5[conn_id_slot(c->id)] = NULL;
 	c->v5 = false;

@@ -84,9 +84,11 @@ static_assert(sizeof(struct conn) <= 80, "struct conn grew: every idle connectio
 /*
  * What an MQTT 5 connection holds beyond struct conn, allocated apart so
  * that a 3.1.1 connection pays nothing for it: the client's limits on
- * what it is sent, what it was granted, and the topic aliases it set
- * (server.topic_alias_maximum of them; an unset one has a NULL topic).
+ * what it is sent, what it was granted, and the topic aliases each side
+ * set. The alias tables are allocated at their first alias, so that a
+ * connection that sets none (most) pays nothing for them either.
  */
+/* A topic the client set an alias to (its index + 1); unset: a NULL topic. */
 struct topic_alias {
 	uint8_t *topic;
 	uint16_t len;
@@ -99,10 +101,21 @@ struct topic_alias_out {
 	uint16_t len;
 };
 
+/* SCRAM-SHA-256 (worker_auth.c): made when an exchange succeeds. */
+struct conn_scram {
+	uint8_t *final;              /* server-final until CONNACK carries it; malloc'd */
+	uint16_t final_len, user_len;
+	char user[];                 /* whom it authenticated: a re-authentication must agree */
+};
+
 struct conn_v5 {
+	struct conn_scram *scram;    /* NULL: not authenticated by SCRAM */
+	struct topic_alias *alias;   /* n_alias, allocated at the first the client sets */
+	struct topic_alias_out *alias_out;   /* n_alias_out, allocated at the first */
 	uint32_t max_packet;         /* the client's maximum packet size; 0: none */
 	uint32_t session_expiry;     /* asked in CONNECT; once granted, the session's (rec.h) */
-	bool expiry_capped;          /* granted another than asked: CONNACK says so */
+	/* Topic bytes the aliases hold, each way: at most server.topic_alias_max_bytes. */
+	uint32_t alias_bytes, alias_out_bytes;
 	uint16_t receive_max;        /* the client's: QoS 1/2 messages in flight to it */
 	uint16_t server_keep_alive;  /* sent in CONNACK; 0: the client's own */
 	uint16_t n_alias;            /* aliases the client may set (topic_alias_maximum at CONNECT) */
@@ -112,16 +125,14 @@ struct conn_v5 {
 	 * sent get one each for the connection's life (alias_out_pick()).
 	 */
 	uint16_t n_alias_out, used_alias_out;
-	struct topic_alias_out *alias_out;   /* n_alias_out, allocated at the first */
+	bool expiry_capped;          /* granted another than asked: CONNACK says so */
 	bool assigned_id;            /* the client id was made here: sent in CONNACK */
 	bool end_session;            /* DISCONNECT set the session expiry to 0: it ends now */
-	/* SCRAM-SHA-256 (worker_auth.c): */
-	uint8_t *auth_final;         /* server-final until CONNACK carries it; malloc'd */
-	char *scram_user;            /* whom it authenticated: a re-authentication must agree */
-	uint16_t auth_final_len, scram_user_len;
-	bool reauth;                 /* a re-authentication in progress */
-	struct topic_alias alias[];
+	bool reauth;                 /* a SCRAM re-authentication in progress (worker_auth.c) */
 };
+
+/* A malloc chunk of 64 bytes (up to 56 asked): every MQTT 5 connection pays for it. */
+static_assert(sizeof(struct conn_v5) <= 56, "struct conn_v5 grew: every MQTT 5 connection pays for it");
 
 static_assert(CS_CLOSED < 8, "enum conn_state fits conn.state");
 
@@ -237,8 +248,6 @@ uint8_t *props_begin(struct props_buf *b, size_t n);
 struct rec_bytes props_end(struct props_buf *b, size_t len);
 /* Where a block's body starts, after its length field (which the router checked). */
 size_t props_body_off(struct rec_bytes props);
-
-uint64_t wall_clock_ms(void);
 
 /* Has its message expiry passed? Such a message is not sent (a resend of one in flight is). */
 static inline bool msg_v5_expired(struct msg_v5 x5)

@@ -72,36 +72,61 @@ static bool topic_valid(const struct worker *w, struct mqtt_str t)
 
 /*
  * A client's topic alias [MQTT-3.3.2.3.4]: a PUBLISH with a topic sets
- * it, one without takes the topic it was set to. False: out of range or
- * never set (DISCONNECT 0x94), or out of memory (*nomem).
+ * it, one without takes the topic it was set to. The topics the
+ * connection's aliases hold stay within server.topic_alias_max_bytes.
+ * Returns 0, or the reason code of the DISCONNECT that refuses it: 0x94
+ * for an alias out of range or never set (the client broke the
+ * protocol), 0x97 for one past the bytes (the client did not: the bound
+ * is iotd's own, told to no client, so a limit imposed by the server),
+ * 0x80 out of memory.
  */
-static bool topic_alias_apply(struct conn_v5 *v, uint16_t alias, struct mqtt_str *topic,
-			      bool *nomem)
+static uint8_t topic_alias_apply(const struct worker *w, struct conn_v5 *v, uint16_t alias,
+				 struct mqtt_str *topic)
 {
 	struct topic_alias *a;
+	size_t held;
 
-	*nomem = false;
 	if (alias == 0 || alias > v->n_alias)
-		return false;
+		return MQTT5_RC_TOPIC_ALIAS_INVALID;
+	if (v->alias == NULL) {
+		if (topic->len == 0)
+			return MQTT5_RC_TOPIC_ALIAS_INVALID;
+		if ((v->alias = calloc(v->n_alias, sizeof(*v->alias))) == NULL)
+			return MQTT5_RC_UNSPECIFIED_ERROR;
+	}
 	a = &v->alias[alias - 1];
 	if (topic->len == 0) {
 		if (a->topic == NULL)
-			return false;
+			return MQTT5_RC_TOPIC_ALIAS_INVALID;
 		*topic = (struct mqtt_str){ a->topic, a->len };
-		return true;
+		return MQTT5_RC_SUCCESS;
 	}
+	held = v->alias_bytes - (a->topic != NULL ? a->len : 0);
+	if (held + topic->len > (size_t)w->cfg->topic_alias_max_bytes)
+		return MQTT5_RC_QUOTA_EXCEEDED;
 	if (a->len != topic->len || a->topic == NULL) {
 		uint8_t *t = realloc(a->topic, topic->len);
 
-		if (t == NULL) {
-			*nomem = true;
-			return false;
-		}
+		if (t == NULL)
+			return MQTT5_RC_UNSPECIFIED_ERROR;
 		a->topic = t;
 		a->len = topic->len;
 	}
 	memcpy(a->topic, topic->p, topic->len);
-	return true;
+	v->alias_bytes = (uint32_t)(held + topic->len);
+	return MQTT5_RC_SUCCESS;
+}
+
+static const char *topic_alias_refusal(uint8_t reason)
+{
+	switch (reason) {
+	case MQTT5_RC_QUOTA_EXCEEDED:
+		return "topic aliases past their bytes (server.topic_alias_max_bytes)";
+	case MQTT5_RC_TOPIC_ALIAS_INVALID:
+		return "topic alias out of range or unknown (server.topic_alias_maximum)";
+	default:
+		return "out of memory for a topic alias";
+	}
 }
 
 /*
@@ -113,7 +138,7 @@ static bool topic_alias_apply(struct conn_v5 *v, uint16_t alias, struct mqtt_str
 static enum pkt_result publish5_check(struct worker *w, struct conn *c, struct mqtt_publish *pub,
 				      const struct mqtt5_props *props, uint8_t *reason)
 {
-	bool nomem;
+	uint8_t alias_rc;
 
 	*reason = MQTT5_RC_SUCCESS;
 	if (mqtt5_props_has(props, MQTT5_PROP_SUB_ID)) {
@@ -127,11 +152,9 @@ static enum pkt_result publish5_check(struct worker *w, struct conn *c, struct m
 		return PKT_CLOSED;
 	}
 	if (mqtt5_props_has(props, MQTT5_PROP_TOPIC_ALIAS) &&
-	    !topic_alias_apply(CONN_V5(w, c), props->topic_alias, &pub->topic, &nomem)) {
-		conn_disconnect(w, c, nomem ? MQTT5_RC_UNSPECIFIED_ERROR :
-				MQTT5_RC_TOPIC_ALIAS_INVALID, true,
-				nomem ? "out of memory" : "topic alias out of range or unknown "
-				"(server.topic_alias_maximum)");
+	    (alias_rc = topic_alias_apply(w, CONN_V5(w, c), props->topic_alias,
+					  &pub->topic)) != MQTT5_RC_SUCCESS) {
+		conn_disconnect(w, c, alias_rc, true, topic_alias_refusal(alias_rc));
 		return PKT_CLOSED;
 	}
 	if (mqtt5_props_has(props, MQTT5_PROP_RESPONSE_TOPIC) &&
@@ -374,12 +397,11 @@ static bool take_identity(struct conn *c, struct mqtt_connect *k, char *ident, s
  */
 static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_props *props)
 {
-	uint16_t n_alias = (uint16_t)w->cfg->topic_alias_maximum;
-	struct conn_v5 *v = calloc(1, sizeof(*v) + n_alias * sizeof(v->alias[0]));
+	struct conn_v5 *v = calloc(1, sizeof(*v));
 
 	if (v == NULL)
 		return false;
-	v->n_alias = n_alias;
+	v->n_alias = (uint16_t)w->cfg->topic_alias_maximum;
 	v->n_alias_out = (uint16_t)MIN((long)props->topic_alias_max, w->cfg->topic_alias_maximum_out);
 	v->receive_max = props->receive_max;
 	v->session_expiry = props->session_expiry;   /* asked; what is granted replaces it */
@@ -696,12 +718,12 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 		return;
 	}
 	mqtt5_pbuf_init(&b, buf, sizeof(buf));
-	if (v->auth_final != NULL) {
+	if (v->scram != NULL && v->scram->final != NULL) {
 		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_METHOD, (const uint8_t *)SCRAM_METHOD,
 			       strlen(SCRAM_METHOD));
-		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_DATA, v->auth_final, v->auth_final_len);
-		free(v->auth_final);         /* copied: said once */
-		v->auth_final = NULL;
+		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_DATA, v->scram->final, v->scram->final_len);
+		free(v->scram->final);       /* copied: said once */
+		v->scram->final = NULL;
 	}
 	if (v->expiry_capped)
 		mqtt5_pbuf_num(&b, MQTT5_PROP_SESSION_EXPIRY, v->session_expiry);

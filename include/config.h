@@ -88,6 +88,7 @@ struct iotd_config {
 	long max_inflight;           /* QoS 1/2 messages in flight per session */
 	long topic_alias_maximum;    /* MQTT 5 topic aliases a client may set per connection; 0 = none */
 	long topic_alias_maximum_out; /* MQTT 5 topic aliases iotd sets per connection (at most the client's); 0 = none */
+	long topic_alias_max_bytes;  /* topic bytes a connection's aliases hold, each direction */
 	long max_queued_messages;    /* per session, beyond the in-flight window */
 	long max_queued_bytes;       /* per session; 0 = no byte cap */
 	long max_queued_bytes_total; /* the router's session queues together; 0 = no cap */

@@ -98,6 +98,12 @@ void eventfd_drain(int efd);
  */
 uint64_t wall_clock_ms(void);
 
+/*
+ * The monotonic clock in ms (CLOCK_MONOTONIC): what every timeout,
+ * interval and deadline inside one process is measured in.
+ */
+uint64_t clock_ms(void);
+
 /* Add fd to the epoll set epfd for events; its events carry ptr. 0, or -1 (errno). */
 int epoll_watch(int epfd, int fd, uint32_t events, void *ptr);
 

@@ -54,6 +54,7 @@
 
 #include "iotd.h"
 #include "rec.h"
+#include "role.h"
 #include "shm.h"
 #include "shmring.h"
 
@@ -125,14 +126,6 @@ static void die(const char *fmt, ...)
 	if (stopped_pid > 0)
 		kill(stopped_pid, SIGKILL);
 	exit(2);
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static void sleep_ms(unsigned ms)
@@ -438,13 +431,13 @@ static void target_open(struct target *t, pid_t pid)
 /* SIGSTOP, and wait until the worker is stopped: from now on only we write its memory. */
 static void target_stop(struct target *t)
 {
-	uint64_t deadline = now_ms() + 2000;
+	uint64_t deadline = clock_ms() + 2000;
 
 	if (kill(t->pid, SIGSTOP) < 0)
 		die("cannot stop pid %d: %s", (int)t->pid, strerror(errno));
 	stopped_pid = t->pid;
 	while (proc_state(t->pid, NULL) != 'T') {
-		if (now_ms() > deadline)
+		if (clock_ms() > deadline)
 			die("pid %d did not stop", (int)t->pid);
 		sleep_ms(1);
 	}
@@ -453,14 +446,14 @@ static void target_stop(struct target *t)
 /* Wait up to ms for the daemon to kill the worker; true when it did. */
 static bool wait_killed(struct target *t, unsigned ms, uint64_t *after_ms)
 {
-	uint64_t start = now_ms();
+	uint64_t start = clock_ms();
 
 	while (!proc_gone(t->pid)) {
-		if (now_ms() - start > ms)
+		if (clock_ms() - start > ms)
 			return false;
 		sleep_ms(2);
 	}
-	*after_ms = now_ms() - start;
+	*after_ms = clock_ms() - start;
 	return true;
 }
 
@@ -514,10 +507,10 @@ static bool writer_publish(struct writer *w)
 /* Wait until the router has read everything published (or the worker is gone). */
 static bool writer_drained(struct writer *w, unsigned ms)
 {
-	uint64_t deadline = now_ms() + ms;
+	uint64_t deadline = clock_ms() + ms;
 
 	while (w2r_tail(w->t) != w->published) {
-		if (proc_gone(w->t->pid) || now_ms() > deadline)
+		if (proc_gone(w->t->pid) || clock_ms() > deadline)
 			return false;
 		sleep_ms(1);
 	}
@@ -530,13 +523,13 @@ static bool writer_put(struct writer *w, uint16_t type, const void *payload, uin
 	struct target *t = w->t;
 	uint64_t size = ring_record_bytes(len), mask = t->ring_size - 1;
 	uint64_t to_end = t->ring_size - (w->head & mask), pad = size > to_end ? to_end : 0;
-	uint64_t deadline = now_ms() + WAIT_READ_MS;
+	uint64_t deadline = clock_ms() + WAIT_READ_MS;
 	struct shmring_rec hdr = { .len = len, .type = type };
 
 	if (len > shmring_max_payload(t->ring_size))
 		return false;
 	while (t->ring_size - (w->head - w2r_tail(t)) < pad + size) {
-		if (!writer_publish(w) || proc_gone(t->pid) || now_ms() > deadline)
+		if (!writer_publish(w) || proc_gone(t->pid) || clock_ms() > deadline)
 			return false;
 		sleep_ms(1);
 	}
@@ -664,7 +657,7 @@ static void *race_data(void *arg)
 	unsigned seed = (unsigned)getpid() ^ 0x5eed;
 	uint8_t buf[256];
 
-	while (!__atomic_load_n(&r->stop, __ATOMIC_RELAXED) && now_ms() < r->until) {
+	while (!__atomic_load_n(&r->stop, __ATOMIC_RELAXED) && clock_ms() < r->until) {
 		uint64_t off = (r->base + rnd64(&seed) % 4096) & (t->ring_size - 1) & ~7ull;
 		size_t n = 8 + (size_t)(rnd64(&seed) % (sizeof(buf) - 8));
 
@@ -692,7 +685,7 @@ static void *race_head(void *arg)
 	struct target *t = r->t;
 	unsigned seed = (unsigned)getpid() ^ 0x4ead;
 
-	while (!__atomic_load_n(&r->stop, __ATOMIC_RELAXED) && now_ms() < r->until) {
+	while (!__atomic_load_n(&r->stop, __ATOMIC_RELAXED) && clock_ms() < r->until) {
 		uint64_t tail = w2r_tail(t), head;
 		unsigned pick = (unsigned)rand_r(&seed) % 8;
 
@@ -721,7 +714,7 @@ static void case_race(struct target *t)
 
 	wait_router_caught_up(t);
 	r.base = w2r_tail(t);
-	r.until = now_ms() + RACE_MS;
+	r.until = clock_ms() + RACE_MS;
 	if (pthread_create(&data, NULL, race_data, &r) != 0 ||
 	    pthread_create(&head, NULL, race_head, &r) != 0)
 		die("pthread_create failed");
@@ -1010,8 +1003,8 @@ static void case_counters(struct target *t)
 		    !put_u64(t, OWN(t, msgs_out), UINT64_MAX - 1))
 			die("cannot write the counters: %s", strerror(errno));
 		/* Flip the wake-up flags: the router may wake the worker, never more than once each. */
-		deadline = now_ms() + 500;
-		while (now_ms() < deadline) {
+		deadline = clock_ms() + 500;
+		while (clock_ms() < deadline) {
 			if (!put_u32(t, OWN(t, w2r.p_wait), v) || !put_u32(t, OWN(t, r2w.c_sleep), v))
 				break;
 			wake_router(t);

@@ -162,6 +162,7 @@ static const struct setting settings[] = {
 	NUMBER(retained_message_limit, 10000, 77),
 	NUMBER(max_inflight, 20, 100),
 	NUMBER(topic_alias_maximum_out, 10, 0),
+	NUMBER(topic_alias_max_bytes, 65536, 1),
 	NUMBER(max_queued_messages, 1000, 50),
 	NUMBER(max_queued_bytes, 16777216, 1000000),
 	NUMBER(max_queued_bytes_total, 268435456, 3000000),
@@ -288,6 +289,7 @@ static void full_file_sets_every_key(void **state)
 		"  retained_message_limit = 77\n"
 		"  max_inflight = 100\n"
 		"  topic_alias_maximum_out = 0\n"
+		"  topic_alias_max_bytes = 1\n"
 		"  max_queued_messages = 50\n"
 		"  max_queued_bytes = 1000000\n"
 		"  max_queued_bytes_total = 3000000\n"
@@ -373,6 +375,8 @@ static const struct bad_value bad_values[] = {
 	{ "server", "max_inflight", "65536" },
 	{ "server", "topic_alias_maximum_out", "1025" },
 	{ "server", "topic_alias_maximum_out", "-1" },
+	{ "server", "topic_alias_max_bytes", "0" },
+	{ "server", "topic_alias_max_bytes", "1073741825" },
 	{ "server", "max_queued_messages", "" },
 	{ "server", "max_queued_bytes", "1x" },
 	{ "server", "max_queued_bytes", "1099511627777" },
@@ -714,7 +718,7 @@ static void shipped_config_file_equals_the_defaults(void **state)
 		"session_timeout_secs", "keep_alive_timeout_secs", "max_keepalive",
 		"connect_timeout", "max_packet_size", "max_connect_size", "max_http_request_size",
 		"max_client_id_length", "retained_message_limit", "max_inflight",
-		"topic_alias_maximum", "topic_alias_maximum_out",
+		"topic_alias_maximum", "topic_alias_maximum_out", "topic_alias_max_bytes",
 		"max_queued_messages", "max_queued_bytes", "max_router_backlog_bytes",
 		"max_topic_levels",
 		"max_topic_length", "user", "backend", "allow_anonymous", "jwt_username_claim",

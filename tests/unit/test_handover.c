@@ -294,7 +294,7 @@ static void peer_remote(int fd, char *out, size_t cap)
  */
 static void read_channel(struct fx *f, unsigned w, struct got *g, int wait_ms)
 {
-	uint64_t deadline = mono_ms() + (uint64_t)wait_ms;
+	uint64_t deadline = clock_ms() + (uint64_t)wait_ms;
 
 	memset(g, 0, sizeof(*g));
 	for (;;) {
@@ -304,7 +304,7 @@ static void read_channel(struct fx *f, unsigned w, struct got *g, int wait_ms)
 		int fds[IPC_MAX_FDS];
 		unsigned nfds;
 		ssize_t n;
-		uint64_t now = mono_ms();
+		uint64_t now = clock_ms();
 
 		if (now >= deadline || poll(&pfd, 1, (int)(deadline - now)) <= 0)
 			return;
@@ -380,7 +380,7 @@ static void listener_spawn(struct fx *f, uint64_t *tokens)
 /* Wait until the process is in that state (/proc/PID/stat). */
 static void wait_state(pid_t pid, char want)
 {
-	uint64_t deadline = mono_ms() + 5000;
+	uint64_t deadline = clock_ms() + 5000;
 	char path[64], buf[256], *p;
 
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
@@ -395,7 +395,7 @@ static void wait_state(pid_t pid, char want)
 		assert_non_null(p);
 		if (p[2] == want)
 			return;
-		assert_true(mono_ms() < deadline);
+		assert_true(clock_ms() < deadline);
 		poll(NULL, 0, 1);
 	}
 }
@@ -628,10 +628,10 @@ static void listener_names_ipv6_clients_in_brackets(void **state)
  */
 static void expect_handed(struct fx *f, unsigned w, uint64_t want)
 {
-	uint64_t deadline = mono_ms() + 5000;
+	uint64_t deadline = clock_ms() + 5000;
 
 	while (atomic_load(handed(f, w)) != want) {
-		if (mono_ms() >= deadline)
+		if (clock_ms() >= deadline)
 			fail_msg("worker %u: handed %llu, expected %llu", w,
 				 (unsigned long long)atomic_load(handed(f, w)),
 				 (unsigned long long)want);
@@ -814,11 +814,11 @@ static void listener_takes_a_lying_workers_release_count_as_no_load(void **state
 /* Wait until worker 0 has counted accepted and released as expected. */
 static void wait_counts(struct fx *f, uint64_t accepted, uint64_t released)
 {
-	uint64_t deadline = mono_ms() + 5000;
+	uint64_t deadline = clock_ms() + 5000;
 
 	while (atomic_load(&worker_mem(f, 0)->accepted) != accepted ||
 	       atomic_load(&worker_mem(f, 0)->released) != released) {
-		if (mono_ms() >= deadline)
+		if (clock_ms() >= deadline)
 			fail_msg("worker 0: accepted %llu released %llu, expected %llu and %llu",
 				 (unsigned long long)atomic_load(&worker_mem(f, 0)->accepted),
 				 (unsigned long long)atomic_load(&worker_mem(f, 0)->released),
@@ -1115,11 +1115,11 @@ static void send_reports(struct fx *f, unsigned w, const struct ipc_addr_entry *
 /* Wait until the listener has read everything sent on worker w's channel. */
 static void wait_reports_read(struct fx *f, unsigned w)
 {
-	uint64_t deadline = mono_ms() + 5000;
+	uint64_t deadline = clock_ms() + 5000;
 	int unread;
 
 	while (assert_int_equal(ioctl(f->env.chan_worker[w], SIOCOUTQ, &unread), 0), unread > 0) {
-		assert_true(mono_ms() < deadline);
+		assert_true(clock_ms() < deadline);
 		poll(NULL, 0, 2);
 	}
 }
@@ -1243,8 +1243,8 @@ static void listener_takes_nothing_harmful_from_a_worker(void **state)
 	wait_reports_read(f, 0);
 	connect_until_taken(f);
 	assert_int_equal(try_connect(f, NULL), -1);
-	for (uint64_t deadline = mono_ms() + 2000; holds_path(f->pid, path);)
-		assert_true(mono_ms() < deadline);
+	for (uint64_t deadline = clock_ms() + 2000; holds_path(f->pid, path);)
+		assert_true(clock_ms() < deadline);
 	/*
 	 * 51,200 addresses claimed held: the counts keep max_connections and a
 	 * batch (114) of them. Unbounded they would take a few MB.

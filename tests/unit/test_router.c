@@ -3927,14 +3927,14 @@ static void proc_stop(struct proc *p, bool shutdown)
 /* Write one record into w2r[0], waiting for room as a worker would. */
 static void proc_send(struct proc *p, uint16_t type, struct recw *w)
 {
-	uint64_t deadline = mono_ms() + 10000;
+	uint64_t deadline = clock_ms() + 10000;
 	void *dst;
 
 	assert_false(w->oom);
 	while (!(dst = shmring_reserve(&p->w2r, type, 0, (uint32_t)w->len))) {
 		if (shmring_commit(&p->w2r))
 			eventfd_wake(p->env.router_efd);
-		assert_true(mono_ms() < deadline);
+		assert_true(clock_ms() < deadline);
 		poll(NULL, 0, 1);
 	}
 	memcpy(dst, w->buf, w->len);
@@ -3946,12 +3946,12 @@ static void proc_send(struct proc *p, uint16_t type, struct recw *w)
 /* The next record in r2w[0], copied out; its space is given back at once. */
 static void proc_recv(struct proc *p, struct cap *c)
 {
-	uint64_t deadline = mono_ms() + 10000;
+	uint64_t deadline = clock_ms() + 10000;
 	const struct shmring_rec *rec;
 	struct pollfd pfd = { .fd = p->env.worker_efd[0], .events = POLLIN };
 
 	while (!(rec = shmring_peek(&p->r2w))) {
-		if (mono_ms() >= deadline) {
+		if (clock_ms() >= deadline) {
 			kill(p->pid, SIGKILL);
 			fail_msg("no record from the router within 10 s");
 		}
@@ -4211,10 +4211,10 @@ static void router_main_holds_the_rings_until_the_acl_comes(void **state)
 static void proc_wait_applied(struct proc *p, uint64_t r2w_head)
 {
 	struct shm_router_ring *rr = p->env.shm.router_ring[0];
-	uint64_t deadline = mono_ms() + 10000;
+	uint64_t deadline = clock_ms() + 10000;
 
 	while (atomic_load(&rr->w2r.tail) != p->w2r.head || atomic_load(&rr->r2w.head) <= r2w_head) {
-		assert_true(mono_ms() < deadline);
+		assert_true(clock_ms() < deadline);
 		poll(NULL, 0, 1);
 	}
 }

@@ -223,10 +223,10 @@ static void keys_wait(struct tls_worker *w, int fd, int ms, struct tls_conn **re
 static struct tls_worker *worker_ready(struct iotd_config *cfg, unsigned index, int fd)
 {
 	struct tls_worker *w = tls_worker_new(cfg, index, fd);
-	uint64_t until = mono_ms() + WAIT_MS;
+	uint64_t until = clock_ms() + WAIT_MS;
 
 	assert_non_null(w);
-	while (!tls_worker_ready(w, 0) && mono_ms() < until)
+	while (!tls_worker_ready(w, 0) && clock_ms() < until)
 		keys_wait(w, fd, 100, NULL);
 	assert_true(tls_worker_ready(w, 0));
 	/* The listener's index is hostile: none past the configuration's certificates. */
@@ -291,14 +291,14 @@ static bool handshake_on(int sp[2], struct tls_worker *w, int keys_fd,
 	SSL *cs;
 	struct tls_conn *c, *resumed = NULL;
 	bool client_done = false, server_done = false, failed = false;
-	uint64_t until = mono_ms() + WAIT_MS;
+	uint64_t until = clock_ms() + WAIT_MS;
 	char buf[64];
 	size_t n;
 
 	cs = client_new(&cctx, cfg, version, sp[0], resume);
 	c = tls_conn_new(w, 0, sp[1], &sp[1]);
 	assert_non_null(c);
-	while ((!client_done || !server_done) && !failed && mono_ms() < until) {
+	while ((!client_done || !server_done) && !failed && clock_ms() < until) {
 		if (!client_done) {
 			int rc = SSL_do_handshake(cs);
 
@@ -566,10 +566,10 @@ static void send_ecdsa(int fd, unsigned index, uint64_t id, uint32_t key_id)
 /* The next answer on a worker's channel (chain and tickets skipped), within WAIT_MS. */
 static struct ipc_keys_fields next_answer(int fd, uint8_t *buf)
 {
-	uint64_t until = mono_ms() + WAIT_MS;
+	uint64_t until = clock_ms() + WAIT_MS;
 	struct ipc_keys_fields a;
 
-	while (mono_ms() < until) {
+	while (clock_ms() < until) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		struct ipc_hdr hdr;
 		int rfd;
