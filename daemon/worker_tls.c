@@ -25,8 +25,10 @@
 #define OPENSSL_SUPPRESS_DEPRECATED
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/async.h>
 #include <openssl/core_names.h>
@@ -46,6 +48,7 @@
 #include "worker_tls.h"
 
 #define KEYS_MSGS_PER_WAKE 64
+#define HEAP_RELEASE_EVERY_MS 1000   /* burst_release() at most this often at a burst's end */
 
 struct tls_conn {
 	struct tls_worker *w;
@@ -56,6 +59,7 @@ struct tls_conn {
 	uint64_t sign_id;            /* the signature in flight; 0: none */
 	struct ipc_keys_fields *req; /* its request, on the paused job's stack */
 	UT_hash_handle hh;           /* in w->signing, by sign_id */
+	bool handshaking;            /* counted in w->handshakes */
 	bool answered;               /* the answer to sign_id came (or never will) */
 	bool drained;                /* the last read wanted the socket: no whole record buffered */
 	uint32_t sig_status;
@@ -79,6 +83,9 @@ struct tls_worker {
 	void *arg;
 	bool send_logged;
 	bool jobs_pooled;            /* a handshake paused since the pool was last emptied */
+	unsigned handshakes;         /* connections whose handshake has not ended */
+	bool heap_dirty;             /* a handshake ended since burst_release() */
+	uint64_t released_ms;        /* burst_release()'s last time */
 };
 
 /*
@@ -603,19 +610,66 @@ static bool async_pool_init(const struct iotd_config *cfg)
 	return true;
 }
 
+static uint64_t clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /*
- * Every second: once no handshake waits for a signature, the jobs a burst
- * of them made go, stacks and all, so that the memory serves connections
- * (a paused job would outlive its pool: none is paused then).
+ * What a burst of handshakes held for a while goes back to the system:
+ * the async jobs it made (their 32 KiB stacks), then the free pages of
+ * the heap (malloc_trim), where the handshakes' buffers (read-ahead,
+ * handshake messages, key shares) were freed between the connections
+ * that stayed. Only while no handshake waits for a signature: a paused
+ * job would outlive its pool.
+ */
+static void burst_release(struct tls_worker *w, uint64_t now_ms)
+{
+	if (HASH_COUNT(w->signing) > 0 || ASYNC_get_current_job() != NULL)
+		return;
+	if (w->jobs_pooled) {
+		ASYNC_cleanup_thread();
+		if (ASYNC_init_thread((size_t)w->cfg->tls_max_pending_signs * 4, 0) != 1)
+			log_warn("TLS: cannot set up OpenSSL's async jobs again; OpenSSL makes "
+				 "them as needed");
+		w->jobs_pooled = false;
+	}
+	malloc_trim(0);
+	w->heap_dirty = false;
+	w->released_ms = now_ms;
+}
+
+/*
+ * A handshake ended (done, failed or dropped). The last one in progress
+ * ends a burst: its memory goes back at once, unless a release was less
+ * than HEAP_RELEASE_EVERY_MS ago (a trickle of handshakes, each alone:
+ * the tick then does it), so that a trim costs at most one per second.
+ */
+static void handshake_ended(struct tls_conn *c)
+{
+	struct tls_worker *w = c->w;
+	uint64_t now_ms;
+
+	if (!c->handshaking)
+		return;
+	c->handshaking = false;
+	w->handshakes--;
+	w->heap_dirty = true;
+	if (w->handshakes == 0 && (now_ms = clock_ms()) - w->released_ms >= HEAP_RELEASE_EVERY_MS)
+		burst_release(w, now_ms);
+}
+
+/*
+ * Every second: what handshakes ended since the last release left goes,
+ * even while others (slow or stalled ones) are in progress.
  */
 void tls_worker_tick(struct tls_worker *w)
 {
-	if (!w->jobs_pooled || HASH_COUNT(w->signing) > 0)
-		return;
-	ASYNC_cleanup_thread();
-	if (ASYNC_init_thread((size_t)w->cfg->tls_max_pending_signs * 4, 0) != 1)
-		log_warn("TLS: cannot set up OpenSSL's async jobs again; OpenSSL makes them as needed");
-	w->jobs_pooled = false;
+	if (w->heap_dirty)
+		burst_release(w, clock_ms());
 }
 
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)
@@ -688,6 +742,8 @@ struct tls_conn *tls_conn_new(struct tls_worker *w, uint32_t cert, int fd, void 
 		return NULL;
 	}
 	SSL_set_accept_state(c->ssl);
+	c->handshaking = true;
+	w->handshakes++;
 	return c;
 }
 
@@ -727,6 +783,7 @@ enum tls_result tls_conn_handshake(struct tls_conn *c)
 		return result_of(c, rc);
 	/* Only a handshake signs: reads and writes need no job from the bounded pool. */
 	SSL_clear_mode(c->ssl, SSL_MODE_ASYNC);
+	handshake_ended(c);
 	return TLS_DONE;
 }
 
@@ -851,5 +908,6 @@ void tls_conn_free(struct tls_conn *c)
 		tls_conn_handshake(c);
 	}
 	SSL_free(c->ssl);
+	handshake_ended(c);
 	free(c);
 }
