@@ -429,8 +429,14 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 		SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
 		SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_keys);
 		SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"iotd", 4);
-		/* Tickets alone resume sessions: no cache holding one per connection. */
+		/*
+		 * Tickets alone resume sessions: no cache holding one per
+		 * connection. One ticket per handshake (OpenSSL sends two), as a
+		 * resumption brings a new one: each costs a copy of the session,
+		 * its encoding and encryption.
+		 */
 		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+		SSL_CTX_set_num_tickets(ctx, 1);
 		ok = SSL_CTX_set_min_proto_version(ctx, strcmp(cfg->tls_min_version, "tlsv1.3") == 0 ?
 							 TLS1_3_VERSION : TLS1_2_VERSION) == 1;
 	}
