@@ -28,7 +28,6 @@
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <openssl/async.h>
 #include <openssl/core_names.h>
@@ -48,7 +47,7 @@
 #include "worker_tls.h"
 
 #define KEYS_MSGS_PER_WAKE 64
-#define HEAP_RELEASE_EVERY_MS 1000   /* burst_release() at most this often at a burst's end */
+#define BURST_MIN 8                  /* handshakes at once that make a burst (burst_release) */
 
 struct tls_conn {
 	struct tls_worker *w;
@@ -84,8 +83,8 @@ struct tls_worker {
 	bool send_logged;
 	bool jobs_pooled;            /* a handshake paused since the pool was last emptied */
 	unsigned handshakes;         /* connections whose handshake has not ended */
+	unsigned handshakes_peak;    /* the most at once since burst_release() */
 	bool heap_dirty;             /* a handshake ended since burst_release() */
-	uint64_t released_ms;        /* burst_release()'s last time */
 };
 
 /*
@@ -616,14 +615,6 @@ static bool async_pool_init(const struct iotd_config *cfg)
 	return true;
 }
 
-static uint64_t clock_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /*
  * What a burst of handshakes held for a while goes back to the system:
  * the async jobs it made (their 32 KiB stacks), then the free pages of
@@ -632,7 +623,7 @@ static uint64_t clock_ms(void)
  * that stayed. Only while no handshake waits for a signature: a paused
  * job would outlive its pool.
  */
-static void burst_release(struct tls_worker *w, uint64_t now_ms)
+static void burst_release(struct tls_worker *w)
 {
 	if (HASH_COUNT(w->signing) > 0 || ASYNC_get_current_job() != NULL)
 		return;
@@ -645,27 +636,26 @@ static void burst_release(struct tls_worker *w, uint64_t now_ms)
 	}
 	malloc_trim(0);
 	w->heap_dirty = false;
-	w->released_ms = now_ms;
+	w->handshakes_peak = w->handshakes;
 }
 
 /*
  * A handshake ended (done, failed or dropped). The last one in progress
- * ends a burst: its memory goes back at once, unless a release was less
- * than HEAP_RELEASE_EVERY_MS ago (a trickle of handshakes, each alone:
- * the tick then does it), so that a trim costs at most one per second.
+ * ends a burst: its memory goes back at once when BURST_MIN or more were
+ * at once, so that a trim costs a burst's handshakes little; what fewer
+ * held goes at the tick.
  */
 static void handshake_ended(struct tls_conn *c)
 {
 	struct tls_worker *w = c->w;
-	uint64_t now_ms;
 
 	if (!c->handshaking)
 		return;
 	c->handshaking = false;
 	w->handshakes--;
 	w->heap_dirty = true;
-	if (w->handshakes == 0 && (now_ms = clock_ms()) - w->released_ms >= HEAP_RELEASE_EVERY_MS)
-		burst_release(w, now_ms);
+	if (w->handshakes == 0 && w->handshakes_peak >= BURST_MIN)
+		burst_release(w);
 }
 
 /*
@@ -675,7 +665,7 @@ static void handshake_ended(struct tls_conn *c)
 void tls_worker_tick(struct tls_worker *w)
 {
 	if (w->heap_dirty)
-		burst_release(w, clock_ms());
+		burst_release(w);
 }
 
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)
@@ -749,7 +739,8 @@ struct tls_conn *tls_conn_new(struct tls_worker *w, uint32_t cert, int fd, void 
 	}
 	SSL_set_accept_state(c->ssl);
 	c->handshaking = true;
-	w->handshakes++;
+	if (++w->handshakes > w->handshakes_peak)
+		w->handshakes_peak = w->handshakes;
 	return c;
 }
 
