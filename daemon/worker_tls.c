@@ -24,6 +24,7 @@
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
 
+#include <assert.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdlib.h>
@@ -49,23 +50,32 @@
 #define KEYS_MSGS_PER_WAKE 64
 #define BURST_MIN 8                  /* handshakes at once that make a burst (burst_release) */
 
+/* A signature in flight: on its handshake's paused job's stack (signature_of). */
+struct tls_sign {
+	uint64_t id;                 /* its request's id, in w->signing; 0: in none */
+	struct tls_conn *c;
+	struct ipc_keys_fields *req; /* its request, on the same stack */
+	UT_hash_handle hh;           /* in w->signing, by id */
+	/* Where the answer goes: OpenSSL's buffer. */
+	uint8_t *sig;
+	size_t sig_len, sig_cap;
+	uint32_t status;
+	bool answered;               /* the answer came (or never will) */
+};
+
+/* What an idle connection holds beyond OpenSSL's SSL: kept small. */
 struct tls_conn {
 	struct tls_worker *w;
 	SSL *ssl;
 	void *owner;
-	uint32_t cert;               /* the certificate it presents (TLS_CERTS_MAX) */
+	struct tls_sign *sign;       /* the signature in flight; NULL: none */
 	uint32_t key_id;             /* the chain's its SSL_CTX was made from */
-	uint64_t sign_id;            /* the signature in flight; 0: none */
-	struct ipc_keys_fields *req; /* its request, on the paused job's stack */
-	UT_hash_handle hh;           /* in w->signing, by sign_id */
+	uint8_t cert;                /* the certificate it presents (TLS_CERTS_MAX) */
 	bool handshaking;            /* counted in w->handshakes */
-	bool answered;               /* the answer to sign_id came (or never will) */
 	bool drained;                /* the last read wanted the socket: no whole record buffered */
-	uint32_t sig_status;
-	/* Where the answer goes: OpenSSL's buffer, on the paused job's stack. */
-	uint8_t *sig;
-	size_t sig_len, sig_cap;
 };
+
+static_assert(TLS_CERTS_MAX <= 256, "tls_conn.cert holds a certificate's index");
 
 struct tls_worker {
 	const struct iotd_config *cfg;
@@ -77,7 +87,7 @@ struct tls_worker {
 	uint32_t key_id[TLS_CERTS_MAX];
 	struct ipc_keys_tickets tickets;
 	uint64_t next_id;
-	struct tls_conn *signing;    /* connections waiting for a signature, by sign_id */
+	struct tls_sign *signing;    /* the signatures waited for, by id */
 	void (*resumed)(struct tls_conn *c, void *arg); /* during tls_worker_on_keys */
 	void *arg;
 	bool send_logged;
@@ -124,22 +134,20 @@ static bool request_write(struct tls_worker *w, struct ipc_keys_fields *f)
 }
 
 /* Send c's request; false when the channel is full or broken (logged once). */
-static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
+static bool request_send(struct tls_conn *c, struct tls_sign *sg)
 {
 	struct tls_worker *w = c->w;
 
-	f->key_id = c->key_id;
-	if (!request_write(w, f)) {
+	sg->req->key_id = c->key_id;
+	if (!request_write(w, sg->req)) {
 		if (!w->send_logged)
 			log_warn("cannot ask the key role for a signature: %s; the handshake "
 				 "fails (further ones unlogged)", strerror(errno));
 		w->send_logged = true;
 		return false;
 	}
-	c->sign_id = f->id;
-	c->req = f;
-	c->answered = false;
-	HASH_ADD(hh, w->signing, sign_id, sizeof(c->sign_id), c);
+	sg->id = sg->req->id;
+	HASH_ADD(hh, w->signing, id, sizeof(sg->id), sg);
 	w->jobs_pooled = true;
 	return true;
 }
@@ -152,23 +160,21 @@ static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
 static long signature_of(struct ipc_keys_fields *f, uint8_t *sig, size_t cap)
 {
 	struct tls_conn *c = tls_current;
-
+	struct tls_sign sg = { .c = c, .req = f, .sig = sig, .sig_cap = cap };
 	long n;
 
-	if (c == NULL || ASYNC_get_current_job() == NULL)
+	if (c == NULL || ASYNC_get_current_job() == NULL || !request_send(c, &sg))
 		return -1;
-	c->sig = sig;
-	c->sig_cap = cap;
-	if (!request_send(c, f))
-		return -1;
-	while (!c->answered)
+	c->sign = &sg;
+	while (!sg.answered)
 		if (!ASYNC_pause_job())
 			break;
-	n = c->answered && c->sig_status == IPC_KEYS_OK ? (long)c->sig_len : -1;
+	if (sg.id != 0)              /* no answer, and no pause: it leaves the stack */
+		HASH_DEL(c->w->signing, &sg);
+	c->sign = NULL;
+	n = sg.answered && sg.status == IPC_KEYS_OK ? (long)sg.sig_len : -1;
 	if (n < 0)
-		log_debug("the key role did not sign (status %u)", c->sig_status);
-	c->sig = NULL;
-	c->sig_cap = c->sig_len = 0;
+		log_debug("the key role did not sign (status %u)", sg.status);
 	return n;
 }
 
@@ -462,17 +468,18 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
  * to it (or another key's). One presenting another keeps its id, which a
  * reloaded key role still signs with. False when the channel is full.
  */
-static bool request_resend(struct tls_worker *w, struct tls_conn *c, const X509 *now)
+static bool request_resend(struct tls_worker *w, struct tls_sign *sg, const X509 *now)
 {
-	uint64_t before = c->req->id;
+	struct tls_conn *c = sg->c;
+	uint64_t before = sg->req->id;
 
 	if (X509_cmp(SSL_CTX_get0_certificate(SSL_get_SSL_CTX(c->ssl)), now) == 0)
-		c->key_id = c->req->key_id = w->key_id[c->cert];
-	if (!request_write(w, c->req)) {
-		c->req->id = before;
+		c->key_id = sg->req->key_id = w->key_id[c->cert];
+	if (!request_write(w, sg->req)) {
+		sg->req->id = before;
 		return false;
 	}
-	c->sign_id = c->req->id;
+	sg->id = sg->req->id;
 	return true;
 }
 
@@ -485,14 +492,14 @@ static bool request_resend(struct tls_worker *w, struct tls_conn *c, const X509 
 static void requests_resend(struct tls_worker *w, uint32_t cert)
 {
 	const X509 *now = SSL_CTX_get0_certificate(w->ctx[cert]);
-	struct tls_conn *c, *tmp, *again = NULL;
+	struct tls_sign *sg, *tmp, *again = NULL;
 	bool full = false;
 
-	HASH_ITER(hh, w->signing, c, tmp) {
-		HASH_DEL(w->signing, c);
-		if (c->cert == cert && !full)
-			full = !request_resend(w, c, now);
-		HASH_ADD(hh, again, sign_id, sizeof(c->sign_id), c);
+	HASH_ITER(hh, w->signing, sg, tmp) {
+		HASH_DEL(w->signing, sg);
+		if (sg->c->cert == cert && !full)
+			full = !request_resend(w, sg, now);
+		HASH_ADD(hh, again, id, sizeof(sg->id), sg);
 	}
 	w->signing = again;
 }
@@ -532,34 +539,33 @@ static int on_tickets(void *ctx, struct ipc_msg *m)
 }
 
 /* The answer for a connection still waiting: its handshake may go on. */
-static void answer_take(struct tls_worker *w, struct tls_conn *c, const struct ipc_keys_fields *a)
+static void answer_take(struct tls_worker *w, struct tls_sign *sg, const struct ipc_keys_fields *a)
 {
-	HASH_DEL(w->signing, c);
-	c->sign_id = 0;
-	c->req = NULL;
-	c->answered = true;
-	c->sig_status = a->len <= c->sig_cap ? a->status : IPC_KEYS_SIGN_FAILED;
-	if (c->sig_status == IPC_KEYS_OK) {
-		memcpy(c->sig, a->data, a->len);
-		c->sig_len = a->len;
+	HASH_DEL(w->signing, sg);
+	sg->id = 0;
+	sg->answered = true;
+	sg->status = a->len <= sg->sig_cap ? a->status : IPC_KEYS_SIGN_FAILED;
+	if (sg->status == IPC_KEYS_OK) {
+		memcpy(sg->sig, a->data, a->len);
+		sg->sig_len = a->len;
 	}
 	if (w->resumed != NULL)
-		w->resumed(c, w->arg);
+		w->resumed(sg->c, w->arg);
 }
 
 static int on_signed(void *ctx, struct ipc_msg *m)
 {
 	struct tls_worker *w = ctx;
 	struct ipc_keys_fields a;
-	struct tls_conn *c;
+	struct tls_sign *sg;
 
 	if (!ipc_keys_signed_decode(m->data, m->hdr.len, &a)) {
 		log_error("a malformed signature from the key role; ignored");
 		return 0;
 	}
-	HASH_FIND(hh, w->signing, &a.id, sizeof(a.id), c);
-	if (c != NULL)               /* else its connection is gone */
-		answer_take(w, c, &a);
+	HASH_FIND(hh, w->signing, &a.id, sizeof(a.id), sg);
+	if (sg != NULL)              /* else its connection is gone */
+		answer_take(w, sg, &a);
 	return 0;
 }
 
@@ -729,7 +735,7 @@ struct tls_conn *tls_conn_new(struct tls_worker *w, uint32_t cert, int fd, void 
 		return NULL;
 	c->w = w;
 	c->owner = owner;
-	c->cert = cert;
+	c->cert = (uint8_t)cert;
 	c->key_id = w->key_id[cert];
 	c->ssl = SSL_new(w->ctx[cert]);
 	if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1) {
@@ -894,14 +900,13 @@ void tls_conn_free(struct tls_conn *c)
 	if (c == NULL)
 		return;
 	/* A handshake paused for a signature ends, failed, before its SSL goes. */
-	if (c->sign_id != 0) {
-		HASH_DEL(c->w->signing, c);
-		c->sign_id = 0;
-		c->req = NULL;
+	if (c->sign != NULL && c->sign->id != 0) {
+		HASH_DEL(c->w->signing, c->sign);
+		c->sign->id = 0;
 	}
-	if (SSL_waiting_for_async(c->ssl)) {
-		c->answered = true;
-		c->sig_status = IPC_KEYS_SIGN_FAILED;
+	if (c->sign != NULL && SSL_waiting_for_async(c->ssl)) {
+		c->sign->answered = true;
+		c->sign->status = IPC_KEYS_SIGN_FAILED;
 		tls_conn_handshake(c);
 	}
 	SSL_free(c->ssl);
