@@ -2,8 +2,9 @@
  * worker_tls.c - a worker's TLS (worker_tls.h): an SSL_CTX per
  * certificate, made from what the key role sends (each certificate's
  * chain and clients' CAs, the session-ticket keys), the connections'
- * handshakes and records, and the handshake's signature sent to the key
- * role and waited for.
+ * handshakes and records, the handshake's signature sent to the key
+ * role and waited for, and the memory a burst of handshakes held given
+ * back when it ends.
  *
  * The worker never holds the server's private key. Its SSL_CTX holds a
  * stand-in made from the certificate's public key: an RSA key with an
