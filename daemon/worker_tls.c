@@ -30,6 +30,7 @@
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/async.h>
 #include <openssl/core_names.h>
@@ -50,6 +51,7 @@
 
 #define KEYS_MSGS_PER_WAKE 64
 #define BURST_MIN 8                  /* handshakes at once that make a burst (burst_release) */
+#define BURST_RELEASE_GAP_MS 250     /* at most one burst_release() so often between ticks */
 
 /* A signature in flight: on its handshake's paused job's stack (signature_of). */
 struct tls_sign {
@@ -96,6 +98,7 @@ struct tls_worker {
 	unsigned handshakes;         /* connections whose handshake has not ended */
 	unsigned handshakes_peak;    /* the most at once since burst_release() */
 	bool heap_dirty;             /* a handshake ended since burst_release() */
+	uint64_t released_ms;        /* burst_release()'s last time */
 };
 
 /*
@@ -630,7 +633,7 @@ static bool async_pool_init(const struct iotd_config *cfg)
  * that stayed. Only while no handshake waits for a signature: a paused
  * job would outlive its pool.
  */
-static void burst_release(struct tls_worker *w)
+static void burst_release(struct tls_worker *w, uint64_t now_ms)
 {
 	if (HASH_COUNT(w->signing) > 0 || ASYNC_get_current_job() != NULL)
 		return;
@@ -644,25 +647,38 @@ static void burst_release(struct tls_worker *w)
 	malloc_trim(0);
 	w->heap_dirty = false;
 	w->handshakes_peak = w->handshakes;
+	w->released_ms = now_ms;
+}
+
+static uint64_t clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 /*
  * A handshake ended (done, failed or dropped). The last one in progress
  * ends a burst: its memory goes back at once when BURST_MIN or more were
- * at once, so that a trim costs a burst's handshakes little; what fewer
- * held goes at the tick.
+ * at once, and no release was BURST_RELEASE_GAP_MS ago or less (a burst
+ * whose count touches zero now and then pays for a few trims a second,
+ * as the next handshakes find their memory anew). What a trickle held
+ * goes at the tick.
  */
 static void handshake_ended(struct tls_conn *c)
 {
 	struct tls_worker *w = c->w;
+	uint64_t now_ms;
 
 	if (!c->handshaking)
 		return;
 	c->handshaking = false;
 	w->handshakes--;
 	w->heap_dirty = true;
-	if (w->handshakes == 0 && w->handshakes_peak >= BURST_MIN)
-		burst_release(w);
+	if (w->handshakes == 0 && w->handshakes_peak >= BURST_MIN &&
+	    (now_ms = clock_ms()) - w->released_ms >= BURST_RELEASE_GAP_MS)
+		burst_release(w, now_ms);
 }
 
 /*
@@ -672,7 +688,7 @@ static void handshake_ended(struct tls_conn *c)
 void tls_worker_tick(struct tls_worker *w)
 {
 	if (w->heap_dirty)
-		burst_release(w);
+		burst_release(w, clock_ms());
 }
 
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)
