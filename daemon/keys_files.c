@@ -3,7 +3,8 @@
  * keys: for each certificate (tls { }'s and the named ones), its key_file
  * read and checked against its cert_file, the chain and the clients' CAs
  * and CRLs (ca_file, ca_path, crl_file) written out again as PEM for the
- * workers, and the signature of one request. Nothing here but the key
+ * workers, a signing context per algorithm and digest the key signs with,
+ * and the signature of one request. Nothing here but the key
  * role ever reads a key_file.
  */
 #include <dirent.h>
