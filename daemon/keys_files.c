@@ -3,7 +3,8 @@
  * keys: for each certificate (tls { }'s and the named ones), its key_file
  * read and checked against its cert_file, the chain and the clients' CAs
  * and CRLs (ca_file, ca_path, crl_file) written out again as PEM for the
- * workers, and the signature of one request. Nothing here but the key
+ * workers, a signing context per algorithm and digest the key signs with,
+ * and the signature of one request. Nothing here but the key
  * role ever reads a key_file.
  */
 #include <dirent.h>
@@ -242,6 +243,8 @@ done:
 	return rc;
 }
 
+static int sign_ctxs_make(struct keys_files *f);
+
 /* One certificate's files, under key_id. */
 static int keys_files_load(const struct tls_cert_files *tc, uint32_t key_id, struct keys_files *f,
 			   char *err, size_t errlen)
@@ -257,6 +260,11 @@ static int keys_files_load(const struct tls_cert_files *tc, uint32_t key_id, str
 	    load_chain(where, tc->cert_file, f->key, f, err, errlen) < 0 ||
 	    load_trust(where, tc, f, err, errlen) < 0)
 		goto fail;
+	if (sign_ctxs_make(f) < 0) {
+		snprintf(err, errlen, "%skey_file %s: cannot set up signing: %s", where,
+			 tc->key_file, ssl_why());
+		goto fail;
+	}
 	if (f->chain_len + f->trust_len > IPC_KEYS_CHAIN_MAX) {
 		snprintf(err, errlen, "%scert_file %s: the certificate chain and the clients' CAs "
 			 "take %zu bytes, more than %zu", where, tc->cert_file,
@@ -304,6 +312,9 @@ int keys_files_check(const struct iotd_config *cfg, char *err, size_t errlen)
 
 void keys_files_free(struct keys_files *f)
 {
+	for (size_t a = 0; a < ARRAY_SIZE(f->sign_ctx); a++)
+		for (size_t m = 0; m < ARRAY_SIZE(f->sign_ctx[a]); m++)
+			EVP_PKEY_CTX_free(f->sign_ctx[a][m]);
 	EVP_PKEY_free(f->key);
 	free(f->chain);
 	free(f->trust);
@@ -350,22 +361,50 @@ static int sign_ed25519(EVP_PKEY *key, const struct ipc_keys_fields *req, uint8_
 	return ok ? 0 : -1;
 }
 
-/* PKCS#1 v1.5 and ECDSA sign a digest; a checked PSS encoding is signed as it is. */
-static int sign_digest(EVP_PKEY *key, const struct ipc_keys_fields *req, uint8_t *sig,
-		       size_t *sig_len)
+/* A context to sign with: PKCS#1 v1.5 and ECDSA over md's digest, RSA-PSS's encoding as it is. */
+static EVP_PKEY_CTX *sign_ctx_new(EVP_PKEY *key, uint8_t alg, uint8_t md)
 {
 	EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
 	int ok = c != NULL && EVP_PKEY_sign_init(c) == 1;
 
-	if (ok && req->alg == IPC_KEYS_RSA_PSS)
+	if (ok && alg == IPC_KEYS_RSA_PSS)
 		ok = EVP_PKEY_CTX_set_rsa_padding(c, RSA_NO_PADDING) == 1;
 	else if (ok)
-		ok = EVP_PKEY_CTX_set_signature_md(c, md_of(req->md)) == 1 &&
-		     (req->alg != IPC_KEYS_RSA_PKCS1 ||
+		ok = EVP_PKEY_CTX_set_signature_md(c, md_of(md)) == 1 &&
+		     (alg != IPC_KEYS_RSA_PKCS1 ||
 		      EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) == 1);
-	ok = ok && EVP_PKEY_sign(c, sig, sig_len, req->data, req->len) == 1;
-	EVP_PKEY_CTX_free(c);
-	return ok ? 0 : -1;
+	if (!ok) {
+		EVP_PKEY_CTX_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+/* Every context the key signs a digest with (none for Ed25519, which signs the data). */
+static int sign_ctxs_make(struct keys_files *f)
+{
+	for (uint8_t alg = IPC_KEYS_RSA_PKCS1; alg <= IPC_KEYS_ECDSA; alg++) {
+		if (!alg_fits(f->key, alg))
+			continue;
+		for (uint8_t md = IPC_KEYS_MD_NONE; md < IPC_KEYS_MD_MAX; md++) {
+			if ((md == IPC_KEYS_MD_NONE) != (alg == IPC_KEYS_RSA_PSS))
+				continue;
+			if ((f->sign_ctx[alg][md] = sign_ctx_new(f->key, alg, md)) == NULL)
+				return -1;
+		}
+	}
+	return 0;
+}
+
+/* PKCS#1 v1.5 and ECDSA sign a digest; a checked PSS encoding is signed as it is. */
+static int sign_digest(const struct keys_files *f, const struct ipc_keys_fields *req, uint8_t *sig,
+		       size_t *sig_len)
+{
+	uint8_t md = req->alg == IPC_KEYS_RSA_PSS ? IPC_KEYS_MD_NONE : req->md;
+	EVP_PKEY_CTX *c = req->alg <= IPC_KEYS_ECDSA && md < IPC_KEYS_MD_MAX ?
+			  f->sign_ctx[req->alg][md] : NULL;
+
+	return c != NULL && EVP_PKEY_sign(c, sig, sig_len, req->data, req->len) == 1 ? 0 : -1;
 }
 
 /* db ^= MGF1(seed) (RFC 8017, B.2.1). */
@@ -441,7 +480,7 @@ uint32_t keys_sign(const struct keys_files *f, const struct ipc_keys_fields *req
 		return IPC_KEYS_WRONG_ALG;
 	*sig_len = IPC_KEYS_SIG_MAX;
 	rc = req->alg == IPC_KEYS_ED25519 ? sign_ed25519(f->key, req, sig, sig_len) :
-					    sign_digest(f->key, req, sig, sig_len);
+					    sign_digest(f, req, sig, sig_len);
 	if (rc < 0) {
 		log_warn("cannot sign: %s", ssl_why());
 		*sig_len = 0;

@@ -22,6 +22,12 @@ struct keys_files {
 	size_t chain_len;
 	char *trust;                 /* PEM of the clients' CAs and CRLs; NULL: none */
 	size_t trust_len;
+	/*
+	 * A signing context per algorithm and digest the key signs a digest
+	 * with (RSA-PSS under IPC_KEYS_MD_NONE), set up once at load: a
+	 * signature then costs no fetch and no set-up. NULL: not this key's.
+	 */
+	EVP_PKEY_CTX *sign_ctx[IPC_KEYS_ECDSA + 1][IPC_KEYS_MD_MAX];
 };
 
 /*

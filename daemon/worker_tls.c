@@ -2,8 +2,9 @@
  * worker_tls.c - a worker's TLS (worker_tls.h): an SSL_CTX per
  * certificate, made from what the key role sends (each certificate's
  * chain and clients' CAs, the session-ticket keys), the connections'
- * handshakes and records, and the handshake's signature sent to the key
- * role and waited for.
+ * handshakes and records, the handshake's signature sent to the key
+ * role and waited for, and the memory a burst of handshakes held given
+ * back when it ends.
  *
  * The worker never holds the server's private key. Its SSL_CTX holds a
  * stand-in made from the certificate's public key: an RSA key with an
@@ -24,9 +25,12 @@
  */
 #define OPENSSL_SUPPRESS_DEPRECATED
 
+#include <assert.h>
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/async.h>
 #include <openssl/core_names.h>
@@ -46,23 +50,35 @@
 #include "worker_tls.h"
 
 #define KEYS_MSGS_PER_WAKE 64
+#define BURST_MIN 8                  /* handshakes at once that make a burst (burst_release) */
+#define BURST_RELEASE_GAP_MS 250     /* at most one burst_release() so often between ticks */
 
+/* A signature in flight: on its handshake's paused job's stack (signature_of). */
+struct tls_sign {
+	uint64_t id;                 /* its request's id, in w->signing; 0: in none */
+	struct tls_conn *c;
+	struct ipc_keys_fields *req; /* its request, on the same stack */
+	UT_hash_handle hh;           /* in w->signing, by id */
+	/* Where the answer goes: OpenSSL's buffer. */
+	uint8_t *sig;
+	size_t sig_len, sig_cap;
+	uint32_t status;
+	bool answered;               /* the answer came (or never will) */
+};
+
+/* What an idle connection holds beyond OpenSSL's SSL: kept small. */
 struct tls_conn {
 	struct tls_worker *w;
 	SSL *ssl;
 	void *owner;
-	uint32_t cert;               /* the certificate it presents (TLS_CERTS_MAX) */
+	struct tls_sign *sign;       /* the signature in flight; NULL: none */
 	uint32_t key_id;             /* the chain's its SSL_CTX was made from */
-	uint64_t sign_id;            /* the signature in flight; 0: none */
-	struct ipc_keys_fields *req; /* its request, on the paused job's stack */
-	UT_hash_handle hh;           /* in w->signing, by sign_id */
-	bool answered;               /* the answer to sign_id came (or never will) */
+	uint8_t cert;                /* the certificate it presents (TLS_CERTS_MAX) */
+	bool handshaking;            /* counted in w->handshakes */
 	bool drained;                /* the last read wanted the socket: no whole record buffered */
-	uint32_t sig_status;
-	/* Where the answer goes: OpenSSL's buffer, on the paused job's stack. */
-	uint8_t *sig;
-	size_t sig_len, sig_cap;
 };
+
+static_assert(TLS_CERTS_MAX <= 256, "tls_conn.cert holds a certificate's index");
 
 struct tls_worker {
 	const struct iotd_config *cfg;
@@ -74,11 +90,15 @@ struct tls_worker {
 	uint32_t key_id[TLS_CERTS_MAX];
 	struct ipc_keys_tickets tickets;
 	uint64_t next_id;
-	struct tls_conn *signing;    /* connections waiting for a signature, by sign_id */
+	struct tls_sign *signing;    /* the signatures waited for, by id */
 	void (*resumed)(struct tls_conn *c, void *arg); /* during tls_worker_on_keys */
 	void *arg;
 	bool send_logged;
 	bool jobs_pooled;            /* a handshake paused since the pool was last emptied */
+	unsigned handshakes;         /* connections whose handshake has not ended */
+	unsigned handshakes_peak;    /* the most at once since burst_release() */
+	bool heap_dirty;             /* a handshake ended since burst_release() */
+	uint64_t released_ms;        /* burst_release()'s last time */
 };
 
 /*
@@ -118,22 +138,20 @@ static bool request_write(struct tls_worker *w, struct ipc_keys_fields *f)
 }
 
 /* Send c's request; false when the channel is full or broken (logged once). */
-static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
+static bool request_send(struct tls_conn *c, struct tls_sign *sg)
 {
 	struct tls_worker *w = c->w;
 
-	f->key_id = c->key_id;
-	if (!request_write(w, f)) {
+	sg->req->key_id = c->key_id;
+	if (!request_write(w, sg->req)) {
 		if (!w->send_logged)
 			log_warn("cannot ask the key role for a signature: %s; the handshake "
 				 "fails (further ones unlogged)", strerror(errno));
 		w->send_logged = true;
 		return false;
 	}
-	c->sign_id = f->id;
-	c->req = f;
-	c->answered = false;
-	HASH_ADD(hh, w->signing, sign_id, sizeof(c->sign_id), c);
+	sg->id = sg->req->id;
+	HASH_ADD(hh, w->signing, id, sizeof(sg->id), sg);
 	w->jobs_pooled = true;
 	return true;
 }
@@ -146,23 +164,21 @@ static bool request_send(struct tls_conn *c, struct ipc_keys_fields *f)
 static long signature_of(struct ipc_keys_fields *f, uint8_t *sig, size_t cap)
 {
 	struct tls_conn *c = tls_current;
-
+	struct tls_sign sg = { .c = c, .req = f, .sig = sig, .sig_cap = cap };
 	long n;
 
-	if (c == NULL || ASYNC_get_current_job() == NULL)
+	if (c == NULL || ASYNC_get_current_job() == NULL || !request_send(c, &sg))
 		return -1;
-	c->sig = sig;
-	c->sig_cap = cap;
-	if (!request_send(c, f))
-		return -1;
-	while (!c->answered)
+	c->sign = &sg;
+	while (!sg.answered)
 		if (!ASYNC_pause_job())
 			break;
-	n = c->answered && c->sig_status == IPC_KEYS_OK ? (long)c->sig_len : -1;
+	if (sg.id != 0)              /* no answer, and no pause: it leaves the stack */
+		HASH_DEL(c->w->signing, &sg);
+	c->sign = NULL;
+	n = sg.answered && sg.status == IPC_KEYS_OK ? (long)sg.sig_len : -1;
 	if (n < 0)
-		log_debug("the key role did not sign (status %u)", c->sig_status);
-	c->sig = NULL;
-	c->sig_cap = c->sig_len = 0;
+		log_debug("the key role did not sign (status %u)", sg.status);
 	return n;
 }
 
@@ -422,8 +438,14 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
 		SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
 		SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_keys);
 		SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"iotd", 4);
-		/* Tickets alone resume sessions: no cache holding one per connection. */
+		/*
+		 * Tickets alone resume sessions: no cache holding one per
+		 * connection. One ticket per handshake (OpenSSL sends two), as a
+		 * resumption brings a new one: each costs a copy of the session,
+		 * its encoding and encryption.
+		 */
 		SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+		SSL_CTX_set_num_tickets(ctx, 1);
 		ok = SSL_CTX_set_min_proto_version(ctx, strcmp(cfg->tls_min_version, "tlsv1.3") == 0 ?
 							 TLS1_3_VERSION : TLS1_2_VERSION) == 1;
 	}
@@ -450,17 +472,18 @@ static SSL_CTX *ctx_make(struct tls_worker *w, const struct ipc_keys_pem *p)
  * to it (or another key's). One presenting another keeps its id, which a
  * reloaded key role still signs with. False when the channel is full.
  */
-static bool request_resend(struct tls_worker *w, struct tls_conn *c, const X509 *now)
+static bool request_resend(struct tls_worker *w, struct tls_sign *sg, const X509 *now)
 {
-	uint64_t before = c->req->id;
+	struct tls_conn *c = sg->c;
+	uint64_t before = sg->req->id;
 
 	if (X509_cmp(SSL_CTX_get0_certificate(SSL_get_SSL_CTX(c->ssl)), now) == 0)
-		c->key_id = c->req->key_id = w->key_id[c->cert];
-	if (!request_write(w, c->req)) {
-		c->req->id = before;
+		c->key_id = sg->req->key_id = w->key_id[c->cert];
+	if (!request_write(w, sg->req)) {
+		sg->req->id = before;
 		return false;
 	}
-	c->sign_id = c->req->id;
+	sg->id = sg->req->id;
 	return true;
 }
 
@@ -473,14 +496,14 @@ static bool request_resend(struct tls_worker *w, struct tls_conn *c, const X509 
 static void requests_resend(struct tls_worker *w, uint32_t cert)
 {
 	const X509 *now = SSL_CTX_get0_certificate(w->ctx[cert]);
-	struct tls_conn *c, *tmp, *again = NULL;
+	struct tls_sign *sg, *tmp, *again = NULL;
 	bool full = false;
 
-	HASH_ITER(hh, w->signing, c, tmp) {
-		HASH_DEL(w->signing, c);
-		if (c->cert == cert && !full)
-			full = !request_resend(w, c, now);
-		HASH_ADD(hh, again, sign_id, sizeof(c->sign_id), c);
+	HASH_ITER(hh, w->signing, sg, tmp) {
+		HASH_DEL(w->signing, sg);
+		if (sg->c->cert == cert && !full)
+			full = !request_resend(w, sg, now);
+		HASH_ADD(hh, again, id, sizeof(sg->id), sg);
 	}
 	w->signing = again;
 }
@@ -520,34 +543,33 @@ static int on_tickets(void *ctx, struct ipc_msg *m)
 }
 
 /* The answer for a connection still waiting: its handshake may go on. */
-static void answer_take(struct tls_worker *w, struct tls_conn *c, const struct ipc_keys_fields *a)
+static void answer_take(struct tls_worker *w, struct tls_sign *sg, const struct ipc_keys_fields *a)
 {
-	HASH_DEL(w->signing, c);
-	c->sign_id = 0;
-	c->req = NULL;
-	c->answered = true;
-	c->sig_status = a->len <= c->sig_cap ? a->status : IPC_KEYS_SIGN_FAILED;
-	if (c->sig_status == IPC_KEYS_OK) {
-		memcpy(c->sig, a->data, a->len);
-		c->sig_len = a->len;
+	HASH_DEL(w->signing, sg);
+	sg->id = 0;
+	sg->answered = true;
+	sg->status = a->len <= sg->sig_cap ? a->status : IPC_KEYS_SIGN_FAILED;
+	if (sg->status == IPC_KEYS_OK) {
+		memcpy(sg->sig, a->data, a->len);
+		sg->sig_len = a->len;
 	}
 	if (w->resumed != NULL)
-		w->resumed(c, w->arg);
+		w->resumed(sg->c, w->arg);
 }
 
 static int on_signed(void *ctx, struct ipc_msg *m)
 {
 	struct tls_worker *w = ctx;
 	struct ipc_keys_fields a;
-	struct tls_conn *c;
+	struct tls_sign *sg;
 
 	if (!ipc_keys_signed_decode(m->data, m->hdr.len, &a)) {
 		log_error("a malformed signature from the key role; ignored");
 		return 0;
 	}
-	HASH_FIND(hh, w->signing, &a.id, sizeof(a.id), c);
-	if (c != NULL)               /* else its connection is gone */
-		answer_take(w, c, &a);
+	HASH_FIND(hh, w->signing, &a.id, sizeof(a.id), sg);
+	if (sg != NULL)              /* else its connection is gone */
+		answer_take(w, sg, &a);
 	return 0;
 }
 
@@ -604,18 +626,69 @@ static bool async_pool_init(const struct iotd_config *cfg)
 }
 
 /*
- * Every second: once no handshake waits for a signature, the jobs a burst
- * of them made go, stacks and all, so that the memory serves connections
- * (a paused job would outlive its pool: none is paused then).
+ * What a burst of handshakes held for a while goes back to the system:
+ * the async jobs it made (their 32 KiB stacks), then the free pages of
+ * the heap (malloc_trim), where the handshakes' buffers (read-ahead,
+ * handshake messages, key shares) were freed between the connections
+ * that stayed. Only while no handshake waits for a signature: a paused
+ * job would outlive its pool.
+ */
+static void burst_release(struct tls_worker *w, uint64_t now_ms)
+{
+	if (HASH_COUNT(w->signing) > 0 || ASYNC_get_current_job() != NULL)
+		return;
+	if (w->jobs_pooled) {
+		ASYNC_cleanup_thread();
+		if (ASYNC_init_thread((size_t)w->cfg->tls_max_pending_signs * 4, 0) != 1)
+			log_warn("TLS: cannot set up OpenSSL's async jobs again; OpenSSL makes "
+				 "them as needed");
+		w->jobs_pooled = false;
+	}
+	malloc_trim(0);
+	w->heap_dirty = false;
+	w->handshakes_peak = w->handshakes;
+	w->released_ms = now_ms;
+}
+
+static uint64_t clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/*
+ * A handshake ended (done, failed or dropped). The last one in progress
+ * ends a burst: its memory goes back at once when BURST_MIN or more were
+ * at once, and no release was BURST_RELEASE_GAP_MS ago or less (a burst
+ * whose count touches zero now and then pays for a few trims a second,
+ * as the next handshakes find their memory anew). What a trickle held
+ * goes at the tick.
+ */
+static void handshake_ended(struct tls_conn *c)
+{
+	struct tls_worker *w = c->w;
+	uint64_t now_ms;
+
+	if (!c->handshaking)
+		return;
+	c->handshaking = false;
+	w->handshakes--;
+	w->heap_dirty = true;
+	if (w->handshakes == 0 && w->handshakes_peak >= BURST_MIN &&
+	    (now_ms = clock_ms()) - w->released_ms >= BURST_RELEASE_GAP_MS)
+		burst_release(w, now_ms);
+}
+
+/*
+ * Every second: what handshakes ended since the last release left goes,
+ * even while others (slow or stalled ones) are in progress.
  */
 void tls_worker_tick(struct tls_worker *w)
 {
-	if (!w->jobs_pooled || HASH_COUNT(w->signing) > 0)
-		return;
-	ASYNC_cleanup_thread();
-	if (ASYNC_init_thread((size_t)w->cfg->tls_max_pending_signs * 4, 0) != 1)
-		log_warn("TLS: cannot set up OpenSSL's async jobs again; OpenSSL makes them as needed");
-	w->jobs_pooled = false;
+	if (w->heap_dirty)
+		burst_release(w, clock_ms());
 }
 
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd)
@@ -679,7 +752,7 @@ struct tls_conn *tls_conn_new(struct tls_worker *w, uint32_t cert, int fd, void 
 		return NULL;
 	c->w = w;
 	c->owner = owner;
-	c->cert = cert;
+	c->cert = (uint8_t)cert;
 	c->key_id = w->key_id[cert];
 	c->ssl = SSL_new(w->ctx[cert]);
 	if (c->ssl == NULL || SSL_set_fd(c->ssl, fd) != 1) {
@@ -688,6 +761,9 @@ struct tls_conn *tls_conn_new(struct tls_worker *w, uint32_t cert, int fd, void 
 		return NULL;
 	}
 	SSL_set_accept_state(c->ssl);
+	c->handshaking = true;
+	if (++w->handshakes > w->handshakes_peak)
+		w->handshakes_peak = w->handshakes;
 	return c;
 }
 
@@ -727,6 +803,7 @@ enum tls_result tls_conn_handshake(struct tls_conn *c)
 		return result_of(c, rc);
 	/* Only a handshake signs: reads and writes need no job from the bounded pool. */
 	SSL_clear_mode(c->ssl, SSL_MODE_ASYNC);
+	handshake_ended(c);
 	return TLS_DONE;
 }
 
@@ -840,16 +917,16 @@ void tls_conn_free(struct tls_conn *c)
 	if (c == NULL)
 		return;
 	/* A handshake paused for a signature ends, failed, before its SSL goes. */
-	if (c->sign_id != 0) {
-		HASH_DEL(c->w->signing, c);
-		c->sign_id = 0;
-		c->req = NULL;
+	if (c->sign != NULL && c->sign->id != 0) {
+		HASH_DEL(c->w->signing, c->sign);
+		c->sign->id = 0;
 	}
-	if (SSL_waiting_for_async(c->ssl)) {
-		c->answered = true;
-		c->sig_status = IPC_KEYS_SIGN_FAILED;
+	if (c->sign != NULL && SSL_waiting_for_async(c->ssl)) {
+		c->sign->answered = true;
+		c->sign->status = IPC_KEYS_SIGN_FAILED;
 		tls_conn_handshake(c);
 	}
 	SSL_free(c->ssl);
+	handshake_ended(c);
 	free(c);
 }

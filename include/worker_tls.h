@@ -55,7 +55,11 @@ int tls_worker_preinit(void);
  */
 struct tls_worker *tls_worker_new(const struct iotd_config *cfg, unsigned index, int keys_fd);
 void tls_worker_free(struct tls_worker *w);
-/* The worker's 1 s tick: the async jobs' pool emptied once no handshake waits for a signature. */
+/*
+ * The worker's 1 s tick: what handshakes ended since the last release
+ * held goes back (the async jobs' pool emptied, the heap trimmed), once
+ * no handshake waits for a signature. The end of a burst does so at once.
+ */
 void tls_worker_tick(struct tls_worker *w);
 /*
  * Whether certificate cert (TLS_CERTS_MAX, as the listener says) is one
