@@ -332,20 +332,21 @@ static void router_proc_persist(struct router_proc *p)
 	router_journal_write(p);
 }
 
-/* Publish each ring's batch with one wake-up at most. */
+/*
+ * Publish each worker's batch and give back the room its records took:
+ * one wake-up at most per worker, whether it sleeps on its ring from us,
+ * waits for room in its ring to us, or both (one eventfd serves both).
+ */
 static void router_proc_publish(struct router_proc *p)
 {
 	for (unsigned i = 0; i < p->env->nworkers; i++) {
-		if (ringout_commit(&p->out_q[i]))
+		bool wake = ringout_commit(&p->out_q[i]);
+
+		if (shmring_release(&p->in[i]))
+			wake = true;
+		if (wake)
 			eventfd_wake(p->env->worker_efd[i]);
 	}
-}
-
-static void router_proc_release(struct router_proc *p)
-{
-	for (unsigned i = 0; i < p->env->nworkers; i++)
-		if (shmring_release(&p->in[i]))
-			eventfd_wake(p->env->worker_efd[i]);
 }
 
 /*
@@ -361,7 +362,6 @@ static bool router_proc_flush(struct router_proc *p)
 	more = router_send_retained(p->r);
 	router_proc_persist(p);
 	router_proc_publish(p);
-	router_proc_release(p);
 	return more;
 }
 

@@ -186,6 +186,8 @@ struct worker {
 	struct conn *dirty;
 	struct conn *graveyard;          /* closed this turn: epoll may still name them */
 	bool throttled;                  /* backlog for the router too big: stop reading clients */
+	bool window_freed;               /* the packets being processed freed in-flight room */
+	bool router_room_due;            /* the router waits for room drain_ring gave back: wake it */
 	/*
 	 * An ACL is in force (auth.acl_file, or a backend whose verdicts carry
 	 * rules): a PUBLISH uses a local route only when its connection's view

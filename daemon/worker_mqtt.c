@@ -603,12 +603,14 @@ void connect_forward(struct worker *w, struct conn *c, const struct rec_connect 
 
 /*
  * A QoS 1/2 exchange the client ended: the router forgets its copy, and
- * the window has room.
+ * the window has room, refilled once the bytes read are all handled
+ * (process_bytes): a client acknowledges in batches, and one pass over
+ * the queue then fills the whole room.
  */
 static void ack_done(struct worker *w, struct conn *c, uint16_t pid, uint64_t copy)
 {
 	report_state(w, c, copy, pid, MSG_DONE);
-	pending_pump(w, c);
+	w->window_freed = true;
 }
 
 /* p5 as for handle_publish. */
@@ -869,6 +871,7 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 	struct conn *c = *cp;
 	size_t off = 0;
 
+	w->window_freed = false;
 	while (off < len && !c->paused) {
 		struct mqtt_packet pkt;
 		struct mqtt5_packet buf5;
@@ -913,6 +916,11 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 			break;
 		}
 		c = *cp;
+	}
+	if (w->window_freed) {
+		w->window_freed = false;
+		if (c->qos != NULL)
+			pending_pump(w, c);
 	}
 	return (ssize_t)off;
 }

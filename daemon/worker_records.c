@@ -34,11 +34,20 @@ void push_recw(struct worker *w, uint16_t type)
 			  errno == EMSGSIZE ? "larger than the ring" : strerror(errno));
 }
 
-/* Held records first, then what was reserved: published with one wake-up at most. */
+/*
+ * Held records first, then what was reserved: published with one wake-up
+ * at most, which also answers a router waiting for room that drain_ring()
+ * gave back.
+ */
 void ring_commit(struct worker *w)
 {
+	bool wake = w->router_room_due;
+
+	w->router_room_due = false;
 	ringout_flush(&w->out, NULL, NULL);
 	if (ringout_commit(&w->out))
+		wake = true;
+	if (wake)
 		eventfd_wake(w->env->router_efd);
 }
 
@@ -222,14 +231,20 @@ static void too_big(struct worker *w, struct conn *c, uint64_t copy)
 	report_state(w, c, copy, 0, MSG_DONE);
 }
 
-/* A message the QoS state put in flight goes out (dup: a resend under the id the router knows). */
+/*
+ * A message the QoS state put in flight goes out (dup: a resend under the
+ * id the router knows). The packet id matters to the router only for a
+ * session that outlives the connection, which resends under it: a clean
+ * session's copy (a shared subscription's) is handed to another member
+ * whatever its id, so the sent step costs it no record and no store write.
+ */
 static void send_inflight(struct worker *w, struct conn *c, const struct inflight *f, bool dup)
 {
 	const struct qmsg *m = f->msg;
 
 	send_publish(w, c, dup, f->qos, m->retain, m->data, m->topic_len, f->packet_id,
 		     m->data + m->topic_len, m->payload_len, held_v5(m));
-	if (!dup)
+	if (!dup && !c->clean)
 		report_state(w, c, f->copy, f->packet_id, MSG_INFLIGHT);
 }
 
@@ -695,6 +710,7 @@ void drain_ring(struct worker *w)
 		log_error("the ring from the router is corrupted; skipping what it holds");
 		shmring_discard(&w->cons);
 	}
+	/* The wake-up, if due, goes with the turn's records (ring_commit, called next). */
 	if (shmring_release(&w->cons))
-		eventfd_wake(w->env->router_efd);
+		w->router_room_due = true;
 }

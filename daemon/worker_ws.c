@@ -41,6 +41,7 @@
 #include "http_upgrade.h"
 #include "log.h"
 #include "worker_int.h"
+#include "worker_tls.h"
 #include "worker_transport.h"
 
 #define WS_CLOSE_NORMAL 1000
@@ -58,6 +59,7 @@ struct ws_call {
 	struct worker *w;
 	struct conn *c;
 	size_t budget;               /* bytes the socket may still give in this call */
+	bool drained;                /* the last read took all there was: no read(2) to find nothing */
 	bool eof;                    /* the client closed its side */
 	int err;                     /* errno of a failed read */
 };
@@ -145,10 +147,17 @@ static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
 		}
 		return n;
 	}
-	if (ws_stop_reading(k->c) || k->budget == 0)
+	if (ws_stop_reading(k->c) || k->budget == 0 || k->drained)
 		goto would_block;
 	n = xport_lower_read(k->c, buf, MIN(len, k->budget));
 	if (n > 0) {
+		/*
+		 * A short read emptied the socket (under TLS: nothing left read
+		 * ahead); what comes later is announced by epoll, so wslay's
+		 * next call would only cost a read(2) that finds nothing.
+		 */
+		k->drained = k->c->xp->tls != NULL ? !tls_conn_buffered(k->c->xp->tls) :
+						      (size_t)n < MIN(len, k->budget);
 		k->budget -= (size_t)n;
 		return n;
 	}
