@@ -393,7 +393,9 @@ def test_sharedfanin(mosq, version, qos):
 @pytest.mark.broker_config(max_queued_messages=1000000, max_queued_bytes=0,
                            max_queued_bytes_total=0)
 @pytest.mark.parametrize("args", [("-V", "5", "-s", "fanin", "-q", "1"),
-                                  ("-V", "5", "-s", "pairs", "-q", "0"),
+                                  # QoS 1: a QoS 0 message may be dropped for a
+                                  # subscriber that reads slowly (a loaded machine)
+                                  ("-V", "5", "-s", "pairs", "-q", "1"),
                                   ("-s", "sharedfanin", "-q", "1")])
 def test_against_iotd(broker, args):
     """The MQTT 5 clients and the shared group against iotd itself."""

@@ -95,8 +95,15 @@ def test_full_offline_queue_drops_qos0_first(broker, clients):
     pub = clients.raw(broker, uid("q0pub"))
     plan = [(b"a", 0), (b"b", 1), (b"c", 0), (b"d", 1), (b"e", 0),
             (b"f", 1), (b"g", 1), (b"h", 1)]
+    sync = f"q0sync/{uid('s')}"
+    pub.subscribe([(sync, 0)])
     for i, (payload, qos) in enumerate(plan):
         pub.publish("q0/t", payload, qos=qos, pid=i + 1)
+    # A topic new to its worker goes through the router, after the publishes
+    # above: once it is back they are all queued (the resume comes through
+    # another ring, and must not overtake them).
+    pub.publish(sync, b"sync", qos=0)
+    assert pub.recv_publish(timeout=T(5)).topic == sync
     # e pushed a out, f pushed c, g pushed e; then no QoS 0 was left: h is dropped.
     c = resumed(broker, cid)
     got = [(p.payload, p.qos) for p in drain(c)]
