@@ -466,7 +466,6 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 		struct conn **slots;
 		uint16_t *serials;
 		uint32_t *free_slots;
-		struct conn_v5 **v5;
 
 		if (cap > 0xffffff)
 			return -1;
@@ -482,14 +481,9 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 		if (free_slots == NULL)
 			return -1;
 		w->free_slots = free_slots;
-		v5 = realloc(w->v5, cap * sizeof(*v5));
-		if (v5 == NULL)
-			return -1;
-		w->v5 = v5;
 		w->cap_slots = cap;
 	}
 	w->slots[w->n_slots] = NULL;
-	w->v5[w->n_slots] = NULL;
 	w->serials[w->n_slots] = 0;
 	*slot_r = w->n_slots++;
 	return 0;
@@ -618,7 +612,7 @@ void conn_v5_free(struct worker *w, struct conn *c)
 		free(v->scram->final);
 	free(v->scram);
 	free(v);
-	w->v5[conn_id_slot(c->id)] = NULL;
+	c->v5_state = NULL;
 	c->v5 = false;
 }
 

@@ -407,7 +407,7 @@ static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_pro
 	v->session_expiry = props->session_expiry;   /* asked; what is granted replaces it */
 	if (mqtt5_props_has(props, MQTT5_PROP_MAX_PACKET_SIZE))
 		v->max_packet = props->max_packet_size;
-	w->v5[conn_id_slot(c->id)] = v;
+	c->v5_state = v;
 	c->v5 = true;
 	return true;
 }
