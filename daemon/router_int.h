@@ -64,7 +64,8 @@ struct session_connect {
 	uint8_t will_qos, will_retain;
 	/*
 	 * client id, remote, user, will topic (each NUL-terminated), will
-	 * payload, will properties, token's rules
+	 * payload, will properties, token's rules; once it is a session's cx,
+	 * client id "" and no rules: the session holds them
 	 */
 	char data[];
 };

@@ -579,17 +579,29 @@ void session_view_make(struct router *r, struct session *s)
 			   "out of memory making its view of the ACL: it may do nothing");
 }
 
-/* c is placed: its token's rules are its session's now, and c's copy goes. */
-static struct session_connect *cx_token_rules_drop(struct session_connect *c)
+/*
+ * c is placed: its client id and its token's rules are its session's now,
+ * so c's copies go (an online session keeps its CONNECT as long as it is
+ * connected). Its client id reads "" from here on: s->client_id is the one.
+ */
+static struct session_connect *cx_placed_shrink(struct session_connect *c)
 {
-	size_t size = (size_t)((const char *)cx_token_rules(c) - (const char *)c);
+	size_t tail = (size_t)((const char *)cx_token_rules(c) - cx_remote(c));
 	struct session_connect *smaller;
 
-	if (!c->token_rules_len)
+	if (!c->client_id_len && !c->token_rules_len)
 		return c;
-	c->token_rules_len = 0;
-	smaller = realloc(c, size);
-	return smaller ? smaller : c;
+	/* A new allocation: realloc keeps a chunk it cannot split by 32 bytes. */
+	smaller = malloc(offsetof(struct session_connect, data) + 1 + tail);
+	if (!smaller)
+		return c;
+	memcpy(smaller, c, offsetof(struct session_connect, data));
+	smaller->data[0] = '\0';
+	memcpy(smaller->data + 1, cx_remote(c), tail);
+	smaller->client_id_len = 0;
+	smaller->token_rules_len = 0;
+	free(c);
+	return smaller;
 }
 
 /*
@@ -786,7 +798,7 @@ void router_connect_apply(struct router *r, struct session_connect *c)
 	s->expiry = c->session_expiry;
 	s->clean = s->expiry == 0;
 	free(s->cx);
-	s->cx = cx_token_rules_drop(c);
+	s->cx = cx_placed_shrink(c);
 	free(s->remote_off);
 	s->remote_off = NULL;
 
