@@ -65,7 +65,8 @@ void session_persist(struct router *r, const struct session *s)
 		.n_qos2_ids = s->n_qos2_ids,
 		.online = s->online && s->cx,
 		.pending = s->pending != NULL,
-		.token = { s->token, s->token_rules, (uint32_t)s->token_rules_len },
+		.token = { s->token, s->token_rules ? s->token_rules->bytes : NULL,
+			   s->token_rules ? s->token_rules->len : 0 },
 		.expiry = s->expiry,
 		.will_held = s->will != NULL,
 		.will_at_ms = s->will_at_ms,
@@ -531,17 +532,26 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
  */
 static bool session_token_take(struct session *s, const struct session_connect *c)
 {
-	uint8_t *rules = NULL;
+	struct session_rules *rules = NULL;
 
-	if (c->token_rules_len && !(rules = malloc(c->token_rules_len)))
+	if (c->token_rules_len && !(rules = session_rules_new(cx_token_rules(c), c->token_rules_len)))
 		return false;
-	if (rules)
-		memcpy(rules, cx_token_rules(c), c->token_rules_len);
 	free(s->token_rules);
 	s->token = c->token;
 	s->token_rules = rules;
-	s->token_rules_len = c->token_rules_len;
 	return true;
+}
+
+/* A copy of a token's rules, len > 0; NULL: out of memory. */
+struct session_rules *session_rules_new(const uint8_t *bytes, uint32_t len)
+{
+	struct session_rules *t = malloc(sizeof(*t) + len);
+
+	if (!t)
+		return NULL;
+	t->len = len;
+	memcpy(t->bytes, bytes, len);
+	return t;
 }
 
 /*
@@ -561,7 +571,7 @@ void session_view_make(struct router *r, struct session *s)
 		const char *why = "they are lost";
 
 		if (s->token_rules &&
-		    !(s->acl = acl_client_decode(s->token_rules, s->token_rules_len, err,
+		    !(s->acl = acl_client_decode(s->token_rules->bytes, s->token_rules->len, err,
 						 sizeof(err))))
 			why = err;
 		if (!s->acl)
