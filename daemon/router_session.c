@@ -601,7 +601,7 @@ static struct session_connect *cx_placed_shrink(struct session_connect *c)
 
 	if (!c->client_id_len && !c->token_rules_len)
 		return c;
-	/* A new allocation: realloc keeps a chunk it cannot split by 32 bytes. */
+	/* A new allocation: realloc keeps the whole chunk when less than 32 bytes would go. */
 	smaller = malloc(offsetof(struct session_connect, data) + 1 + tail);
 	if (!smaller)
 		return c;
