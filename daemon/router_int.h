@@ -64,7 +64,8 @@ struct session_connect {
 	uint8_t will_qos, will_retain;
 	/*
 	 * client id, remote, user, will topic (each NUL-terminated), will
-	 * payload, will properties, token's rules
+	 * payload, will properties, token's rules; once it is a session's cx,
+	 * client id "" and no rules: the session holds them
 	 */
 	char data[];
 };
@@ -189,8 +190,7 @@ struct session {
 	char *remote_off;            /* offline: where it last connected from (session_remote()) */
 	char *user;                  /* its (last) connection's user name; NULL: none */
 	struct acl_client *acl;      /* its view of the router's ACL (router_acl_allows) */
-	uint8_t *token_rules;        /* with token: its token's view (acl_client_encode); NULL: lost */
-	size_t token_rules_len;
+	struct session_rules *token_rules; /* with token: its token's view; NULL: lost */
 	struct session_sub *subs;
 
 	/*
@@ -215,6 +215,14 @@ struct session {
 
 	char client_id[];            /* NUL-terminated; "" for a server-named clean session */
 };
+
+/* A token's view of the ACL (acl_client_encode), its length in its allocation. */
+struct session_rules {
+	uint32_t len;
+	uint8_t bytes[];
+};
+
+struct session_rules *session_rules_new(const uint8_t *bytes, uint32_t len);
 
 /*
  * An offline session's next deadline on the router's clock (router.now_ms):

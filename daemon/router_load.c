@@ -72,13 +72,11 @@ static void session_token_load(struct session *s, const struct store_session *ss
 	s->token = t->on;
 	if (!t->on || !t->len)
 		return;
-	if (!(s->token_rules = malloc(t->len))) {
+	if (!(s->token_rules = session_rules_new(t->rules, t->len))) {
 		log_client(LOG_LVL_ERROR, s->client_id, ss->remote,
 			   "out of memory loading its token's rules: it may do nothing until it connects again");
 		return;
 	}
-	memcpy(s->token_rules, t->rules, t->len);
-	s->token_rules_len = t->len;
 }
 
 /* The allocations of a stored session, linked nowhere yet. */

@@ -65,7 +65,8 @@ void session_persist(struct router *r, const struct session *s)
 		.n_qos2_ids = s->n_qos2_ids,
 		.online = s->online && s->cx,
 		.pending = s->pending != NULL,
-		.token = { s->token, s->token_rules, (uint32_t)s->token_rules_len },
+		.token = { s->token, s->token_rules ? s->token_rules->bytes : NULL,
+			   s->token_rules ? s->token_rules->len : 0 },
 		.expiry = s->expiry,
 		.will_held = s->will != NULL,
 		.will_at_ms = s->will_at_ms,
@@ -531,17 +532,26 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
  */
 static bool session_token_take(struct session *s, const struct session_connect *c)
 {
-	uint8_t *rules = NULL;
+	struct session_rules *rules = NULL;
 
-	if (c->token_rules_len && !(rules = malloc(c->token_rules_len)))
+	if (c->token_rules_len && !(rules = session_rules_new(cx_token_rules(c), c->token_rules_len)))
 		return false;
-	if (rules)
-		memcpy(rules, cx_token_rules(c), c->token_rules_len);
 	free(s->token_rules);
 	s->token = c->token;
 	s->token_rules = rules;
-	s->token_rules_len = c->token_rules_len;
 	return true;
+}
+
+/* A copy of a token's rules, len > 0; NULL: out of memory. */
+struct session_rules *session_rules_new(const uint8_t *bytes, uint32_t len)
+{
+	struct session_rules *t = malloc(sizeof(*t) + len);
+
+	if (!t)
+		return NULL;
+	t->len = len;
+	memcpy(t->bytes, bytes, len);
+	return t;
 }
 
 /*
@@ -561,7 +571,7 @@ void session_view_make(struct router *r, struct session *s)
 		const char *why = "they are lost";
 
 		if (s->token_rules &&
-		    !(s->acl = acl_client_decode(s->token_rules, s->token_rules_len, err,
+		    !(s->acl = acl_client_decode(s->token_rules->bytes, s->token_rules->len, err,
 						 sizeof(err))))
 			why = err;
 		if (!s->acl)
@@ -579,17 +589,29 @@ void session_view_make(struct router *r, struct session *s)
 			   "out of memory making its view of the ACL: it may do nothing");
 }
 
-/* c is placed: its token's rules are its session's now, and c's copy goes. */
-static struct session_connect *cx_token_rules_drop(struct session_connect *c)
+/*
+ * c is placed: its client id and its token's rules are its session's now,
+ * so c's copies go (an online session keeps its CONNECT as long as it is
+ * connected). Its client id reads "" from here on: s->client_id is the one.
+ */
+static struct session_connect *cx_placed_shrink(struct session_connect *c)
 {
-	size_t size = (size_t)((const char *)cx_token_rules(c) - (const char *)c);
+	size_t tail = (size_t)((const char *)cx_token_rules(c) - cx_remote(c));
 	struct session_connect *smaller;
 
-	if (!c->token_rules_len)
+	if (!c->client_id_len && !c->token_rules_len)
 		return c;
-	c->token_rules_len = 0;
-	smaller = realloc(c, size);
-	return smaller ? smaller : c;
+	/* A new allocation: realloc keeps the whole chunk when less than 32 bytes would go. */
+	smaller = malloc(offsetof(struct session_connect, data) + 1 + tail);
+	if (!smaller)
+		return c;
+	memcpy(smaller, c, offsetof(struct session_connect, data));
+	smaller->data[0] = '\0';
+	memcpy(smaller->data + 1, cx_remote(c), tail);
+	smaller->client_id_len = 0;
+	smaller->token_rules_len = 0;
+	free(c);
+	return smaller;
 }
 
 /*
@@ -786,7 +808,7 @@ void router_connect_apply(struct router *r, struct session_connect *c)
 	s->expiry = c->session_expiry;
 	s->clean = s->expiry == 0;
 	free(s->cx);
-	s->cx = cx_token_rules_drop(c);
+	s->cx = cx_placed_shrink(c);
 	free(s->remote_off);
 	s->remote_off = NULL;
 

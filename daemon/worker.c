@@ -476,7 +476,6 @@ void worker_teardown(struct worker *w)
 	ring_commit(w);
 	ringout_clear(&w->out);
 	free(w->slots);
-	free(w->v5);
 	free(w->pub_props.p);
 	free(w->sub_id_props.p);
 	free(w->serials);

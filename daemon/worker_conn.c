@@ -245,6 +245,8 @@ bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, siz
 static uint16_t alias_out_pick(const struct worker *w, struct conn_v5 *v,
 			       const uint8_t *topic, size_t tlen, bool *known)
 {
+	struct alias_table_out *t = v->alias_out;
+	uint16_t used = t != NULL ? t->used : 0;
 	struct topic_alias_out *a;
 	uint32_t h;
 
@@ -252,33 +254,37 @@ static uint16_t alias_out_pick(const struct worker *w, struct conn_v5 *v,
 	if (v->n_alias_out == 0)
 		return 0;
 	h = hidx_hash_bytes(topic, tlen);
-	for (uint16_t i = 0; i < v->used_alias_out; i++) {
-		a = &v->alias_out[i];
+	for (uint16_t i = 0; i < used; i++) {
+		a = &t->a[i];
 		if (a->hash == h && a->len == tlen && memcmp(a->topic, topic, tlen) == 0) {
 			*known = true;
 			return (uint16_t)(i + 1);
 		}
 	}
-	if (v->used_alias_out == v->n_alias_out ||
-	    v->alias_out_bytes + tlen > (size_t)w->cfg->topic_alias_max_bytes ||
-	    (v->alias_out == NULL &&
-	     (v->alias_out = calloc(v->n_alias_out, sizeof(*v->alias_out))) == NULL))
+	if (used == v->n_alias_out ||
+	    (t != NULL ? t->bytes : 0) + tlen > (size_t)w->cfg->topic_alias_max_bytes)
 		return 0;
-	a = &v->alias_out[v->used_alias_out];
+	if (t == NULL) {
+		t = calloc(1, sizeof(*t) + (size_t)v->n_alias_out * sizeof(t->a[0]));
+		if (t == NULL)
+			return 0;
+		v->alias_out = t;
+	}
+	a = &t->a[used];
 	free(a->topic);              /* one picked before whose PUBLISH was not written */
 	if ((a->topic = malloc(tlen)) == NULL)
 		return 0;
 	memcpy(a->topic, topic, tlen);
 	a->len = (uint16_t)tlen;
 	a->hash = h;
-	return (uint16_t)(v->used_alias_out + 1);
+	return (uint16_t)(used + 1);
 }
 
 static void alias_out_sent(struct conn_v5 *v, uint16_t alias, bool known)
 {
 	if (alias && !known) {
-		v->alias_out_bytes += v->alias_out[alias - 1].len;
-		v->used_alias_out++;
+		v->alias_out->bytes += v->alias_out->a[alias - 1].len;
+		v->alias_out->used++;
 	}
 }
 
@@ -466,7 +472,6 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 		struct conn **slots;
 		uint16_t *serials;
 		uint32_t *free_slots;
-		struct conn_v5 **v5;
 
 		if (cap > 0xffffff)
 			return -1;
@@ -482,14 +487,9 @@ static int slot_alloc(struct worker *w, uint32_t *slot_r)
 		if (free_slots == NULL)
 			return -1;
 		w->free_slots = free_slots;
-		v5 = realloc(w->v5, cap * sizeof(*v5));
-		if (v5 == NULL)
-			return -1;
-		w->v5 = v5;
 		w->cap_slots = cap;
 	}
 	w->slots[w->n_slots] = NULL;
-	w->v5[w->n_slots] = NULL;
 	w->serials[w->n_slots] = 0;
 	*slot_r = w->n_slots++;
 	return 0;
@@ -609,16 +609,16 @@ void conn_v5_free(struct worker *w, struct conn *c)
 	if (v == NULL)
 		return;
 	for (uint16_t i = 0; v->alias != NULL && i < v->n_alias; i++)
-		free(v->alias[i].topic);
+		free(v->alias->a[i].topic);
 	free(v->alias);
 	for (uint16_t i = 0; v->alias_out != NULL && i < v->n_alias_out; i++)
-		free(v->alias_out[i].topic);
+		free(v->alias_out->a[i].topic);
 	free(v->alias_out);
 	if (v->scram != NULL)
 		free(v->scram->final);
 	free(v->scram);
 	free(v);
-	w->v5[conn_id_slot(c->id)] = NULL;
+	c->v5_state = NULL;
 	c->v5 = false;
 }
 

@@ -59,6 +59,7 @@ struct conn {
 	struct conn *dirty_next;
 	struct acl_client *acl;      /* its view of the ACL (conn_set_rules); NULL: none given */
 	struct xport *xp;            /* layers above the socket (worker_transport.h); NULL: plain TCP */
+	struct conn_v5 *v5_state;    /* MQTT 5: its state (CONN_V5); NULL: 3.1.1 */
 	int fd;
 	uint32_t sid;                /* the router's session id, from CONNACK */
 	uint16_t keepalive;          /* effective, seconds; 0 = none */
@@ -75,12 +76,13 @@ struct conn {
 	bool drop_logged : 1;
 	bool in_off : 1;             /* EPOLLIN left out of its epoll registration */
 	bool out_full : 1;           /* not reading: its unsent output is past max_output_bytes */
-	bool v5 : 1;                 /* speaks MQTT 5: its struct conn_v5 is worker.v5[slot] */
+	bool v5 : 1;                 /* speaks MQTT 5: v5_state is its struct conn_v5 */
 	/* "127.0.0.1:53412" or "[::1]:53412", NUL, the client id (empty before CONNECT), NUL */
 	char remote[];
 };
 
-static_assert(sizeof(struct conn) <= 80, "struct conn grew: every idle connection pays for it");
+/* 88: the MQTT 5 pointer costs less here than an array of them sized by slot. */
+static_assert(sizeof(struct conn) <= 88, "struct conn grew: every idle connection pays for it");
 /*
  * What an MQTT 5 connection holds beyond struct conn, allocated apart so
  * that a 3.1.1 connection pays nothing for it: the client's limits on
@@ -101,6 +103,22 @@ struct topic_alias_out {
 	uint16_t len;
 };
 
+/*
+ * A connection's aliases one way, allocated at the first: n_alias (or
+ * n_alias_out) entries, and the topic bytes they hold, at most
+ * server.topic_alias_max_bytes. Out: the first used entries are given.
+ */
+struct alias_table_in {
+	uint32_t bytes;
+	struct topic_alias a[];
+};
+
+struct alias_table_out {
+	uint32_t bytes;
+	uint16_t used;
+	struct topic_alias_out a[];
+};
+
 /* SCRAM-SHA-256 (worker_auth.c): made when an exchange succeeds. */
 struct conn_scram {
 	uint8_t *final;              /* server-final until CONNACK carries it; malloc'd */
@@ -110,34 +128,32 @@ struct conn_scram {
 
 struct conn_v5 {
 	struct conn_scram *scram;    /* NULL: not authenticated by SCRAM */
-	struct topic_alias *alias;   /* n_alias, allocated at the first the client sets */
-	struct topic_alias_out *alias_out;   /* n_alias_out, allocated at the first */
+	struct alias_table_in *alias;        /* allocated at the first the client sets */
+	struct alias_table_out *alias_out;   /* allocated at the first iotd sets */
 	uint32_t max_packet;         /* the client's maximum packet size; 0: none */
 	uint32_t session_expiry;     /* asked in CONNECT; once granted, the session's (rec.h) */
-	/* Topic bytes the aliases hold, each way: at most server.topic_alias_max_bytes. */
-	uint32_t alias_bytes, alias_out_bytes;
 	uint16_t receive_max;        /* the client's: QoS 1/2 messages in flight to it */
-	uint16_t server_keep_alive;  /* sent in CONNACK; 0: the client's own */
 	uint16_t n_alias;            /* aliases the client may set (topic_alias_maximum at CONNECT) */
 	/*
 	 * Aliases iotd sets (min(the client's Topic Alias Maximum,
 	 * topic_alias_maximum_out) at CONNECT): the first n_alias_out topics
 	 * sent get one each for the connection's life (alias_out_pick()).
 	 */
-	uint16_t n_alias_out, used_alias_out;
-	bool expiry_capped;          /* granted another than asked: CONNACK says so */
-	bool assigned_id;            /* the client id was made here: sent in CONNACK */
-	bool end_session;            /* DISCONNECT set the session expiry to 0: it ends now */
-	bool reauth;                 /* a SCRAM re-authentication in progress (worker_auth.c) */
+	uint16_t n_alias_out;
+	bool expiry_capped : 1;      /* granted another than asked: CONNACK says so */
+	bool assigned_id : 1;        /* the client id was made here: sent in CONNACK */
+	bool keep_alive_told : 1;    /* conn.keepalive is not the client's: CONNACK says so */
+	bool end_session : 1;        /* DISCONNECT set the session expiry to 0: it ends now */
+	bool reauth : 1;             /* a SCRAM re-authentication in progress (worker_auth.c) */
 };
 
-/* A malloc chunk of 64 bytes (up to 56 asked): every MQTT 5 connection pays for it. */
-static_assert(sizeof(struct conn_v5) <= 56, "struct conn_v5 grew: every MQTT 5 connection pays for it");
+/* A malloc chunk of 48 bytes (up to 40 asked): every MQTT 5 connection pays for it. */
+static_assert(sizeof(struct conn_v5) <= 40, "struct conn_v5 grew: every MQTT 5 connection pays for it");
 
 static_assert(CS_CLOSED < 8, "enum conn_state fits conn.state");
 
 /* c's MQTT 5 state; NULL for an MQTT 3.1.1 connection. */
-#define CONN_V5(w, c) ((c)->v5 ? (w)->v5[conn_id_slot((c)->id)] : NULL)
+#define CONN_V5(w, c) ((c)->v5_state)
 
 /* Bytes held: not yet sent (output) or not yet decoded (input). */
 static inline size_t buf_held(const struct buf *b)
@@ -177,7 +193,6 @@ struct worker {
 	struct ringout out;              /* prod, with the records that did not fit yet */
 	struct shmring_consumer cons;    /* from the router */
 	struct conn **slots;
-	struct conn_v5 **v5;             /* per slot: an MQTT 5 connection's state (conn.v5) */
 	uint16_t *serials;
 	uint32_t n_slots, cap_slots;
 	uint32_t *free_slots;

@@ -91,17 +91,18 @@ static uint8_t topic_alias_apply(const struct worker *w, struct conn_v5 *v, uint
 	if (v->alias == NULL) {
 		if (topic->len == 0)
 			return MQTT5_RC_TOPIC_ALIAS_INVALID;
-		if ((v->alias = calloc(v->n_alias, sizeof(*v->alias))) == NULL)
+		v->alias = calloc(1, sizeof(*v->alias) + (size_t)v->n_alias * sizeof(v->alias->a[0]));
+		if (v->alias == NULL)
 			return MQTT5_RC_UNSPECIFIED_ERROR;
 	}
-	a = &v->alias[alias - 1];
+	a = &v->alias->a[alias - 1];
 	if (topic->len == 0) {
 		if (a->topic == NULL)
 			return MQTT5_RC_TOPIC_ALIAS_INVALID;
 		*topic = (struct mqtt_str){ a->topic, a->len };
 		return MQTT5_RC_SUCCESS;
 	}
-	held = v->alias_bytes - (a->topic != NULL ? a->len : 0);
+	held = v->alias->bytes - (a->topic != NULL ? a->len : 0);
 	if (held + topic->len > (size_t)w->cfg->topic_alias_max_bytes)
 		return MQTT5_RC_QUOTA_EXCEEDED;
 	if (a->len != topic->len || a->topic == NULL) {
@@ -113,7 +114,7 @@ static uint8_t topic_alias_apply(const struct worker *w, struct conn_v5 *v, uint
 		a->len = topic->len;
 	}
 	memcpy(a->topic, topic->p, topic->len);
-	v->alias_bytes = (uint32_t)(held + topic->len);
+	v->alias->bytes = (uint32_t)(held + topic->len);
 	return MQTT5_RC_SUCCESS;
 }
 
@@ -407,7 +408,7 @@ static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_pro
 	v->session_expiry = props->session_expiry;   /* asked; what is granted replaces it */
 	if (mqtt5_props_has(props, MQTT5_PROP_MAX_PACKET_SIZE))
 		v->max_packet = props->max_packet_size;
-	w->v5[conn_id_slot(c->id)] = v;
+	c->v5_state = v;
 	c->v5 = true;
 	return true;
 }
@@ -460,9 +461,10 @@ static bool connect_keepalive(struct worker *w, struct conn *c, uint16_t asked)
 	}
 	if (ka == 0 && v != NULL)
 		ka = (uint16_t)cfg->keep_alive_timeout_secs;
-	if (v != NULL && ka != asked)
-		v->server_keep_alive = ka;
 	c->keepalive = ka ? ka : (uint16_t)cfg->keep_alive_timeout_secs;
+	/* With v, ka is c->keepalive, and never 0 when it is not what was asked. */
+	if (v != NULL && ka != asked)
+		v->keep_alive_told = true;
 	return true;
 }
 
@@ -738,8 +740,8 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 	/* Shared subscriptions and subscription identifiers are available: the properties' absence says so. */
 	if (v->assigned_id)
 		mqtt5_pbuf_str(&b, MQTT5_PROP_ASSIGNED_CLIENT_ID, (const uint8_t *)id, strlen(id));
-	if (v->server_keep_alive)
-		mqtt5_pbuf_num(&b, MQTT5_PROP_SERVER_KEEP_ALIVE, v->server_keep_alive);
+	if (v->keep_alive_told)
+		mqtt5_pbuf_num(&b, MQTT5_PROP_SERVER_KEEP_ALIVE, c->keepalive);
 	if (b.failed)
 		log_error("CONNACK properties for '%s' did not fit; some left out", id);
 	mqtt5_out_init(&out, b.p, b.len, NULL, 0);
