@@ -88,20 +88,6 @@ static bool pw_number(const char *s, size_t len, uint32_t max, uint32_t *out)
 	return true;
 }
 
-/* The next '$'-separated field of s[*off..len); false when there is none. */
-static bool pw_field(const char *s, size_t len, size_t *off, const char **f, size_t *flen)
-{
-	const char *end;
-
-	if (*off > len)
-		return false;
-	*f = s + *off;
-	end = memchr(*f, '$', len - *off);
-	*flen = end ? (size_t)(end - *f) : len - *off;
-	*off += *flen + 1;
-	return true;
-}
-
 static bool pw_b64(enum b64_form form, const char *s, size_t len, uint8_t *out,
 		   size_t min, size_t max, uint8_t *out_len)
 {
@@ -156,24 +142,24 @@ static const char *pw_parse_hash(const char *s, size_t len, const struct passwd_
 	const char *f;
 	size_t flen, off = 1;
 
-	if (len < 1 || s[0] != '$' || !pw_field(s, len, &off, &f, &flen))
+	if (len < 1 || s[0] != '$' || !text_field(s, len, '$', &off, &f, &flen))
 		return "the hash does not start with $6$, $7$, $argon2id$ or $scram-sha-256$";
 	if (flen == 1 && f[0] == '6') {
 		e->scheme = PW_SHA512;
 	} else if (flen == 1 && f[0] == '7') {
 		e->scheme = PW_PBKDF2;
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_number(f, flen, lim->max_pbkdf2_iterations, &e->cost))
 			return "$7$: iterations not a number from 1 to the limit";
 	} else if (flen == 8 && memcmp(f, "argon2id", 8) == 0) {
 		e->scheme = PW_ARGON2ID;
-		if (!pw_field(s, len, &off, &f, &flen) || flen != 4 || memcmp(f, "v=19", 4) != 0)
+		if (!text_field(s, len, '$', &off, &f, &flen) || flen != 4 || memcmp(f, "v=19", 4) != 0)
 			return "$argon2id$: only version v=19 is understood";
-		if (!pw_field(s, len, &off, &f, &flen) || !pw_argon2_params(f, flen, lim, e))
+		if (!text_field(s, len, '$', &off, &f, &flen) || !pw_argon2_params(f, flen, lim, e))
 			return "$argon2id$: parameters not m=KiB,t=passes,p=lanes within the limits";
 	} else if (flen == 13 && memcmp(f, "scram-sha-256", 13) == 0) {
 		e->scheme = PW_SCRAM;
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_number(f, flen, lim->max_pbkdf2_iterations, &e->cost) ||
 		    e->cost < SCRAM_ITERATIONS_MIN)
 			return "$scram-sha-256$: iterations not a number from 4096 to the limit";
@@ -183,29 +169,29 @@ static const char *pw_parse_hash(const char *s, size_t len, const struct passwd_
 	if (e->scheme == PW_SCRAM) {
 		uint8_t server_len;
 
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_b64(B64_STD, f, flen, e->salt, 1, SCRAM_SALT_MAX, &e->salt_len))
 			return "$scram-sha-256$: salt not 1 to 64 bytes of base64";
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_b64(B64_STD, f, flen, e->hash, SCRAM_KEY_LEN, SCRAM_KEY_LEN, &e->hash_len))
 			return "$scram-sha-256$: StoredKey not 32 bytes of base64";
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_b64(B64_STD, f, flen, e->hash + SCRAM_KEY_LEN, SCRAM_KEY_LEN, SCRAM_KEY_LEN,
 			    &server_len))
 			return "$scram-sha-256$: ServerKey not 32 bytes of base64";
 		e->hash_len = 2 * SCRAM_KEY_LEN;
 	} else if (e->scheme == PW_ARGON2ID) {
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_b64(B64_STD_NOPAD, f, flen, e->salt, ARGON2_MIN_SALT_LENGTH, PW_SALT_MAX, &e->salt_len))
 			return "$argon2id$: salt not 8 to 64 bytes of unpadded base64";
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_b64(B64_STD_NOPAD, f, flen, e->hash, 16, PW_HASH_MAX, &e->hash_len))
 			return "$argon2id$: hash not 16 to 64 bytes of unpadded base64";
 	} else {
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_b64(B64_STD, f, flen, e->salt, 1, PW_SALT_MAX, &e->salt_len))
 			return "salt not 1 to 64 bytes of base64";
-		if (!pw_field(s, len, &off, &f, &flen) ||
+		if (!text_field(s, len, '$', &off, &f, &flen) ||
 		    !pw_b64(B64_STD, f, flen, e->hash, SHA512_LEN, SHA512_LEN, &e->hash_len))
 			return "hash not 64 bytes of base64";
 	}

@@ -18,6 +18,7 @@
 #include <openssl/sha.h>
 
 #include "b64.h"
+#include "textfile.h"
 #include "scram.h"
 
 static bool hmac256(const uint8_t *key, size_t klen, const void *msg, size_t mlen,
@@ -52,20 +53,6 @@ bool scram_verifier_make(const void *password, size_t pwlen, const uint8_t *salt
 }
 
 /* --- parsing ---------------------------------------------------------------- */
-
-/* The next ','-separated field of s[*off..len); false past the end. */
-static bool next_field(const char *s, size_t len, size_t *off, const char **f, size_t *flen)
-{
-	const char *end;
-
-	if (*off > len)
-		return false;
-	*f = s + *off;
-	end = memchr(*f, ',', len - *off);
-	*flen = end ? (size_t)(end - *f) : len - *off;
-	*off += *flen + 1;
-	return true;
-}
 
 /* "x=value": the attribute x, a value of at least one byte. */
 static bool attr(const char *f, size_t flen, char name, const char **v, size_t *vlen)
@@ -114,7 +101,7 @@ static bool extensions_ok(const char *s, size_t off, size_t end)
 	size_t flen;
 
 	while (off < end) {
-		if (!next_field(s, end, &off, &f, &flen) || flen < 3 || f[1] != '=' ||
+		if (!text_field(s, end, ',', &off, &f, &flen) || flen < 3 || f[1] != '=' ||
 		    !((f[0] >= 'a' && f[0] <= 'z') || (f[0] >= 'A' && f[0] <= 'Z')))
 			return false;
 	}
@@ -129,13 +116,13 @@ const char *scram_client_first(struct scram_exchange *x, const char *msg, size_t
 	memset(x, 0, sizeof(*x));
 	if (len > SCRAM_MSG_MAX)
 		return "client-first longer than its bound";
-	if (!next_field(msg, len, &off, &f, &flen) || flen != 1)
+	if (!text_field(msg, len, ',', &off, &f, &flen) || flen != 1)
 		return "client-first: no GS2 header";
 	if (f[0] == 'p')
 		return "client-first: channel binding asked (p=), which iotd does not offer";
 	if (f[0] != 'n' && f[0] != 'y')
 		return "client-first: GS2 header not n or y";
-	if (!next_field(msg, len, &off, &f, &flen) || off > len)
+	if (!text_field(msg, len, ',', &off, &f, &flen) || off > len)
 		return "client-first: no GS2 header";
 	if (flen != 0)
 		return "client-first: an authorization identity (a=), which iotd does not take";
@@ -143,11 +130,11 @@ const char *scram_client_first(struct scram_exchange *x, const char *msg, size_t
 	memcpy(x->gs2, msg, off);
 	memcpy(x->client_first_bare, msg + off, len - off);
 	x->client_first_bare_len = len - off;
-	if (!next_field(msg, len, &off, &f, &flen) || !attr(f, flen, 'n', &v, &vlen))
+	if (!text_field(msg, len, ',', &off, &f, &flen) || !attr(f, flen, 'n', &v, &vlen))
 		return "client-first: no user name (n=)";
 	if (!saslname(v, vlen, x->user, &x->user_len))
 		return "client-first: a user name badly escaped";
-	if (!next_field(msg, len, &off, &f, &flen) || !attr(f, flen, 'r', &v, &vlen) ||
+	if (!text_field(msg, len, ',', &off, &f, &flen) || !attr(f, flen, 'r', &v, &vlen) ||
 	    !nonce_ok(v, vlen))
 		return "client-first: no nonce (r=) of printable characters";
 	if (off < len && !extensions_ok(msg, off, len))
@@ -231,12 +218,12 @@ enum scram_result scram_client_final(const struct scram_exchange *x, const char 
 	*why = "client-final malformed";
 	if (len > SCRAM_MSG_MAX)
 		return *why = "client-final longer than its bound", SCRAM_MALFORMED;
-	if (!next_field(msg, len, &off, &f, &flen) || !attr(f, flen, 'c', &v, &vlen) ||
+	if (!text_field(msg, len, ',', &off, &f, &flen) || !attr(f, flen, 'c', &v, &vlen) ||
 	    (n = b64_decode(B64_STD, v, vlen, cb, sizeof(cb))) < 0 ||
 	    (size_t)n != x->gs2_len || memcmp(cb, x->gs2, x->gs2_len) != 0)
 		return *why = "client-final: channel binding (c=) not the GS2 header of client-first",
 		       SCRAM_MALFORMED;
-	if (!next_field(msg, len, &off, &f, &flen) || !attr(f, flen, 'r', &v, &vlen) ||
+	if (!text_field(msg, len, ',', &off, &f, &flen) || !attr(f, flen, 'r', &v, &vlen) ||
 	    vlen != x->nonce_len || memcmp(v, x->server_first + 2, vlen) != 0)
 		return *why = "client-final: nonce (r=) not the exchange's", SCRAM_MALFORMED;
 	/* The proof is the last attribute; what lies between is extensions. */

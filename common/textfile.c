@@ -116,3 +116,16 @@ int textfile_lines(const char *text, size_t len, size_t max_bytes, size_t max_li
 	}
 	return 0;
 }
+
+bool text_field(const char *s, size_t len, char sep, size_t *off, const char **f, size_t *flen)
+{
+	const char *end;
+
+	if (*off > len)
+		return false;
+	*f = s + *off;
+	end = memchr(*f, sep, len - *off);
+	*flen = end ? (size_t)(end - *f) : len - *off;
+	*off += *flen + 1;
+	return true;
+}

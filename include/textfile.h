@@ -11,6 +11,7 @@
 #ifndef IOTD_TEXTFILE_H
 #define IOTD_TEXTFILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /*
@@ -51,5 +52,11 @@ int textfile_close(struct textfile *f, int rc, char *err, size_t errlen);
 int textfile_lines(const char *text, size_t len, size_t max_bytes, size_t max_line,
 		   int (*line)(void *arg, size_t no, const char *s, size_t n), void *arg,
 		   char *err, size_t errlen);
+
+/*
+ * The next sep-separated field of s[*off..len) in *f, *flen, *off moved
+ * past it and its separator; false when there is none.
+ */
+bool text_field(const char *s, size_t len, char sep, size_t *off, const char **f, size_t *flen);
 
 #endif
