@@ -251,6 +251,25 @@ def test_abandoned_exchanges(start_broker, auth_dir):
     scram_connect(b, "alice", ALICE).close()
 
 
+def test_exchanges_held_past_max_pending(start_broker, auth_dir):
+    """auth.max_pending exchanges waiting for their clients' final step on
+    one worker: one more is refused (CONNACK 0x88) while they wait, and
+    those held still finish."""
+    b = start_broker(auth={"backend": "file", "password_file": scram_file(auth_dir),
+                           "max_pending": 2},
+                     probe_auth=("alice", ALICE), workers=1)
+    held = [scram_begin(b, "alice", ALICE) for _ in range(2)]
+    c = raw(b, connect=False)
+    c.send(m.connect_v5(uid("over"), props=auth_props(Scram("alice", ALICE).first())))
+    assert m.v5(c.expect(m.CONNACK, timeout=T(5))).reason == 0x88
+    c.expect_closed()
+    for h in held:
+        h.send(m.auth_v5(CONTINUE, auth_props(h.scram.final(h.server_first))))
+        assert m.v5(h.expect(m.CONNACK, timeout=T(10))).reason == 0
+        h.close()
+    scram_connect(b, "alice", ALICE).close()
+
+
 def test_acl_under_the_scram_user(start_broker, auth_dir):
     """The ACL applies to the user the exchange named."""
     acl = auth_dir.file("acl", "user alice\ntopic readwrite alice/#\n")

@@ -291,6 +291,26 @@ static void expect_verdict(struct fx *f, uint64_t conn, uint8_t code)
 	assert_int_equal(v.code, code);
 }
 
+/* A SCRAM first step for conn: client-first of user. */
+static void ask_scram_first(struct fx *f, uint64_t conn, uint32_t ticket, const char *user)
+{
+	char first[128];
+	int n = snprintf(first, sizeof(first), "n,,n=%s,r=clientnonce%llu", user,
+			 (unsigned long long)conn);
+	struct ipc_auth_fields q = {
+		.conn = conn, .ticket = ticket, .remote = "10.0.0.1", .remote_len = 8,
+		.client_id = "c", .client_id_len = 1,
+		.scram_step = IPC_AUTH_SCRAM_FIRST, .data = (const uint8_t *)first,
+		.data_len = (size_t)n,
+	};
+	size_t len;
+	void *p = ipc_auth_request_encode(&q, &len);
+
+	assert_non_null(p);
+	assert_int_equal(ipc_send(f->chan, IPC_AUTH_REQUEST, 0, p, len, -1), 0);
+	free(p);
+}
+
 static void cancel(struct fx *f, uint64_t conn, uint32_t ticket)
 {
 	struct ipc_auth_cancel c = { .conn = conn, .ticket = ticket };
@@ -661,6 +681,31 @@ static void an_acl_file_goes_to_the_router_and_into_each_verdict(void **state)
 	acl_client_free(view);
 }
 
+/*
+ * A worker (hostile, or its own bound broken) that leaves more exchanges
+ * waiting for their final step than auth.max_pending (2 here): the auth
+ * role keeps no more, and the one past it is answered CONNACK 3.
+ */
+static void scram_exchanges_are_bounded_per_channel(void **state)
+{
+	struct fx *f = *state;
+	char user[64];
+	struct ipc_auth_fields v;
+
+	for (uint64_t conn = 1; conn <= 3; conn++) {
+		ask_scram_first(f, conn, (uint32_t)conn, "alice");
+		v = verdict(f, user, sizeof(user));
+		assert_int_equal(v.conn, conn);
+		if (conn <= 2) {
+			assert_int_equal(v.code, MQTT_CONNACK_ACCEPTED);
+			assert_true(v.cont && v.data_len > 0);
+		} else {
+			assert_int_equal(v.code, MQTT_CONNACK_UNAVAILABLE);
+			assert_false(v.cont);
+		}
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -668,6 +713,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(a_certificate_identity_needs_its_setting, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(a_malformed_request_is_dropped, setup, teardown),
+		cmocka_unit_test_setup_teardown(scram_exchanges_are_bounded_per_channel, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(failures_slow_down_and_bound_the_requests_held,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(a_cancel_drops_the_request_at_once, setup, teardown),
