@@ -123,7 +123,7 @@ void send_connack(struct worker *w, struct conn *c, bool sp, uint8_t rc)
 {
 	uint8_t *p;
 
-	if (c->v5) {
+	if (conn_is_v5(c)) {
 		send_connack5(w, c, sp, connack_reason(rc), NULL);
 		return;
 	}
@@ -342,7 +342,7 @@ void send_publish(struct worker *w, struct conn *c, bool dup, uint8_t qos, bool 
 			   "out of memory for a delivery; message dropped");
 		return;
 	}
-	if (c->v5) {
+	if (conn_is_v5(c)) {
 		mqtt5_encode_publish(p, dup, qos, retain, topic, known ? 0 : tlen, pid, po, payload,
 				     plen);
 		alias_out_sent(CONN_V5(w, c), alias, known);
@@ -619,7 +619,6 @@ void conn_v5_free(struct worker *w, struct conn *c)
 	free(v->scram);
 	free(v);
 	c->v5_state = NULL;
-	c->v5 = false;
 }
 
 static void conn_free_state(struct worker *w, struct conn *c)
@@ -642,7 +641,7 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 	if (c->state == CS_CONNECTING || c->state == CS_ACTIVE) {
 		push_close(w, c, publish_will);
 		log_client(LOG_LVL_INFO, conn_client_id(c), c->remote, "disconnected: %s", why);
-		if (c->v5 && CONN_V5(w, c)->reauth)
+		if (conn_is_v5(c) && CONN_V5(w, c)->reauth)
 			worker_auth_forget(w, c);
 	} else {
 		if (c->state == CS_AUTHENTICATING)
@@ -693,7 +692,7 @@ void conn_disconnect(struct worker *w, struct conn *c, uint8_t reason, bool publ
 {
 	uint8_t *p;
 
-	if (c->v5 && c->state == CS_ACTIVE &&
+	if (conn_is_v5(c) && c->state == CS_ACTIVE &&
 	    (p = out_reserve(w, c, mqtt5_reason_size(reason, NULL))) != NULL)
 		mqtt5_encode_reason(p, MQTT_DISCONNECT, reason, NULL);
 	conn_close(w, c, publish_will, why);

@@ -76,7 +76,6 @@ struct conn {
 	bool drop_logged : 1;
 	bool in_off : 1;             /* EPOLLIN left out of its epoll registration */
 	bool out_full : 1;           /* not reading: its unsent output is past max_output_bytes */
-	bool v5 : 1;                 /* speaks MQTT 5: v5_state is its struct conn_v5 */
 	/* "127.0.0.1:53412" or "[::1]:53412", NUL, the client id (empty before CONNECT), NUL */
 	char remote[];
 };
@@ -154,6 +153,12 @@ static_assert(CS_CLOSED < 8, "enum conn_state fits conn.state");
 
 /* c's MQTT 5 state; NULL for an MQTT 3.1.1 connection. */
 #define CONN_V5(w, c) ((c)->v5_state)
+
+/* c speaks MQTT 5 (its CONNECT was of level 5). */
+static inline bool conn_is_v5(const struct conn *c)
+{
+	return c->v5_state != NULL;
+}
 
 /* Bytes held: not yet sent (output) or not yet decoded (input). */
 static inline size_t buf_held(const struct buf *b)

@@ -409,7 +409,6 @@ static bool conn_v5_new(struct worker *w, struct conn *c, const struct mqtt5_pro
 	if (mqtt5_props_has(props, MQTT5_PROP_MAX_PACKET_SIZE))
 		v->max_packet = props->max_packet_size;
 	c->v5_state = v;
-	c->v5 = true;
 	return true;
 }
 
@@ -646,7 +645,7 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 			break;
 		case QOS_PUBREC_UNKNOWN:
 			/* An MQTT 5 client is told; a 3.1.1 one is not answered. */
-			if (c->v5)
+			if (conn_is_v5(c))
 				send_ack5(w, c, MQTT_PUBREL, pid,
 					  MQTT5_RC_PACKET_IDENTIFIER_NOT_FOUND);
 			break;
@@ -657,7 +656,7 @@ static enum pkt_result handle_ack(struct worker *w, struct conn *c, const struct
 			report_qos2_in(w, c, pid, false);
 			send_ack(w, c, MQTT_PUBCOMP, pid);
 		} else {
-			send_ack5(w, c, MQTT_PUBCOMP, pid, c->v5 ?
+			send_ack5(w, c, MQTT_PUBCOMP, pid, conn_is_v5(c) ?
 				  MQTT5_RC_PACKET_IDENTIFIER_NOT_FOUND : MQTT5_RC_SUCCESS);
 		}
 		break;
@@ -850,7 +849,7 @@ static int decode_packet(const struct conn *c, uint8_t first, const uint8_t *bod
 	int rc;
 
 	*p5 = NULL;
-	if (!c->v5 && c->state != CS_NEW)
+	if (!conn_is_v5(c) && c->state != CS_NEW)
 		return mqtt_decode(first, body, remaining, pkt);
 	static_assert(sizeof(pkt->u) == sizeof(buf5->u), "both codecs' packets share their union");
 	rc = mqtt5_decode(first, body, remaining, buf5);
@@ -891,7 +890,7 @@ ssize_t process_bytes(struct worker *w, struct conn **cp, const uint8_t *p, size
 			conn_close(w, c, false, "first packet is not CONNECT");
 			return -1;
 		}
-		rc = (c->v5 ? mqtt5_fixed_header : mqtt_fixed_header)(p + off, len - off,
+		rc = (conn_is_v5(c) ? mqtt5_fixed_header : mqtt_fixed_header)(p + off, len - off,
 									packet_limit(w, c),
 									&first, &remaining, &hdr);
 		if (rc == MQTT_INCOMPLETE)

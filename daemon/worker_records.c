@@ -490,7 +490,7 @@ static void send_suback(struct worker *w, struct conn *c, enum mqtt_type type, u
 {
 	uint8_t *out;
 
-	if (c->v5) {
+	if (conn_is_v5(c)) {
 		if ((out = out_reserve(w, c, mqtt5_suback_size(n, NULL))) != NULL)
 			mqtt5_encode_suback(out, type, pid, codes, n, NULL);
 		return;
@@ -523,7 +523,7 @@ static int on_unsuback(struct worker *w, const void *p, size_t len)
 	c = conn_lookup(w, x.conn);
 	if (c == NULL || c->state != CS_ACTIVE)
 		return 0;
-	if (c->v5 && x.codes.n > 0)
+	if (conn_is_v5(c) && x.codes.n > 0)
 		send_suback(w, c, MQTT_UNSUBACK, x.packet_id, x.codes.p, x.codes.n);
 	else
 		send_ack(w, c, MQTT_UNSUBACK, x.packet_id);
@@ -547,7 +547,7 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 		struct conn *c = conn_lookup(w, t.conn);
 		struct delivery *dt = &d[t.retain];
 
-		if (c != NULL && c->state == CS_ACTIVE && t.n_sub_ids > 0 && c->v5)
+		if (c != NULL && c->state == CS_ACTIVE && t.n_sub_ids > 0 && conn_is_v5(c))
 			deliver_with_sub_ids(w, c, dt, &t);
 		else if (c != NULL && c->state == CS_ACTIVE)
 			deliver_to(w, c, dt, t.qos, t.copy);
@@ -620,7 +620,7 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 	/* Its subscription identifiers go to an MQTT 5 client, as a live delivery's [MQTT-3.3.4-3]. */
 	t.n_sub_ids = (uint8_t)x.sub_ids.n;
 	t.sub_ids = x.sub_ids.p;
-	if (c->v5 && t.n_sub_ids > 0 && x.state != MSG_PUBREL &&
+	if (conn_is_v5(c) && t.n_sub_ids > 0 && x.state != MSG_PUBREL &&
 	    !props_with_sub_ids(w, x.props, &t, &x5.props)) {
 		log_client(LOG_LVL_ERROR, conn_client_id(c), c->remote,
 			   "a stored message with a bad subscription identifier, or out of memory; dropped");

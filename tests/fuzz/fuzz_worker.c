@@ -164,7 +164,7 @@ static const uint8_t connect5_pkt[] = {
 	0x08, 0x21, 0x00, 0x02, 0x27, 0x00, 0x00, 0x00, 0x28, 0x00, 0x01, 'c',
 };
 
-/* Odd slots speak MQTT 5 (conn.v5). */
+/* Odd slots speak MQTT 5 (conn_is_v5()). */
 static bool slot_v5(unsigned i)
 {
 	return i & 1;
