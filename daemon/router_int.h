@@ -163,8 +163,29 @@ struct session_msg {
 };
 
 /*
+ * What only an offline persistent session has: its place in the offline
+ * list and in router.due, when it left, a will held back for its delay
+ * and where it last connected from. Made as its connection closes (out of
+ * the CONNECT it kept, in place, unless a will is held), freed as it
+ * connects again; an online session has its CONNECT in this room instead.
+ */
+struct session_away {
+	struct session *off_prev, *off_next; /* offline persistent sessions, oldest first */
+	struct session_connect *will; /* the CONNECT whose will waits (will_at_ms, wall clock); NULL: none */
+	uint64_t will_at_ms;
+	uint64_t last_seen_ms;       /* router clock; STORE_SEEN_UNKNOWN: an earlier daemon's */
+	uint32_t due_slot;           /* its place in router.due + 1; 0: in none */
+	char remote[];               /* for log lines (session_remote()) */
+};
+
+/* An away made in place of a kept CONNECT: its remote moves down, never up. */
+static_assert(offsetof(struct session_away, remote) <= offsetof(struct session_connect, data),
+	      "struct session_away outgrew struct session_connect's head");
+
+/*
  * One per session, online or not; thousands of idle connections each have
- * one, so the small fields are packed together ahead of the pointers.
+ * one, so the small fields are packed together ahead of the pointers, and
+ * what only an online or only an offline session needs shares one pointer.
  */
 struct session {
 	uint32_t sid;
@@ -172,6 +193,7 @@ struct session {
 	uint16_t n_qos2_ids;
 	bool clean;
 	bool online;
+	bool is_away;                /* away, not cx, is what the union holds */
 	bool in_offline;             /* linked in the offline list */
 	bool q_warned, q_warned_qos0;
 	bool subs_warned;            /* max_subscriptions_per_session reached: logged */
@@ -182,12 +204,15 @@ struct session {
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */
 	uint32_t q_at_worker;        /* copies of what the connection holds */
 	uint32_t n_cursors;          /* subscriptions with retained messages still to send */
-	uint32_t due_slot;           /* offline: its place in router.due + 1; 0: in none */
 
 	conn_id_t conn;              /* while online: in conn_slots; offline: the last one */
 	conn_id_t prev_conn;         /* the connection before conn (a takeover's old one) */
-	struct session_connect *cx;  /* the accepted CONNECT (its will, its remote) while online */
-	char *remote_off;            /* offline: where it last connected from (session_remote()) */
+	union {
+		/* !is_away: the accepted CONNECT (its will, its remote) while online; NULL: none */
+		struct session_connect *cx;
+		/* is_away: offline (session_away_of()) */
+		struct session_away *away;
+	};
 	char *user;                  /* its (last) connection's user name; NULL: none */
 	struct acl_client *acl;      /* its view of the router's ACL (router_acl_allows) */
 	struct session_rules *token_rules; /* with token: its token's view; NULL: lost */
@@ -205,16 +230,23 @@ struct session {
 
 	/* A CONNECT that takes this session over once its conn has closed. */
 	struct session_connect *pending;
-	/* Offline: the CONNECT whose will waits for its delay (will_at_ms, wall clock); NULL: none. */
-	struct session_connect *will;
-	uint64_t will_at_ms;
 
-	uint64_t last_seen_ms;
-	struct session *off_prev, *off_next; /* offline persistent sessions, oldest first */
 	uint64_t stamp;              /* publish that last matched us: folds overlapping filters */
 
 	char client_id[];            /* NUL-terminated; "" for a server-named clean session */
 };
+
+/* The session's CONNECT while it has one (online, or closing); NULL: none. */
+static inline struct session_connect *session_cx(const struct session *s)
+{
+	return s->is_away ? NULL : s->cx;
+}
+
+/* An offline session's own state; NULL: none (online, or not made yet). */
+static inline struct session_away *session_away_of(const struct session *s)
+{
+	return s->is_away ? s->away : NULL;
+}
 
 /* A token's view of the ACL (acl_client_encode), its length in its allocation. */
 struct session_rules {
@@ -481,9 +513,9 @@ void router_grants_free(struct router *r);
 /* For log lines: the connection's address, or where an offline session was last seen. */
 static inline const char *session_remote(const struct session *s)
 {
-	if (s->cx)
-		return cx_remote(s->cx);
-	return s->remote_off ? s->remote_off : "";
+	if (s->is_away)
+		return s->away->remote;
+	return s->cx ? cx_remote(s->cx) : "";
 }
 
 static inline void router_emit(struct router *r, unsigned worker, uint16_t type,
@@ -540,6 +572,7 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
 					    const struct session_token *tok);
 struct session *session_alloc(const char *client_id, uint16_t len);
 void session_dealloc(struct session *s);
+struct session_away *session_away_new(const char *remote, size_t len);
 void session_view_make(struct router *r, struct session *s);
 void session_free(struct router *r, struct session *s);
 bool router_session_link(struct router *r, struct session *s);

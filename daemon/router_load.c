@@ -89,9 +89,13 @@ static struct session *session_load_new(const struct store_session *ss)
 	s->sid = ss->sid;
 	s->clean = ss->clean;
 	s->expiry = ss->clean ? 0 : ss->expiry;
-	s->last_seen_ms = ss->last_seen_ms;
-	if (!ss->online && !(s->remote_off = strdup(ss->remote)))
-		goto fail;
+	if (!ss->online) {
+		s->away = session_away_new(ss->remote, strnlen(ss->remote, ROUTER_REMOTE_LEN - 1));
+		if (!s->away)
+			goto fail;
+		s->is_away = true;
+		s->away->last_seen_ms = ss->last_seen_ms;
+	}
 	/* Its view: of its token's rules now (router_load_session), of the ACL when it comes. */
 	if (ss->user_len && !(s->user = strndup(ss->user, ss->user_len)))
 		goto fail;
@@ -110,9 +114,9 @@ static struct session *session_load_new(const struct store_session *ss)
 	if (ss->pending && !(s->pending = session_connect_load(ss, &ss->pend, &ss->pend_token)))
 		goto fail;
 	if (ss->will_held && !ss->online) {
-		if (!(s->will = session_connect_load(ss, &ss->will, &(struct store_token){ 0 })))
+		if (!(s->away->will = session_connect_load(ss, &ss->will, &(struct store_token){ 0 })))
 			goto fail;
-		s->will_at_ms = ss->will_at_ms;
+		s->away->will_at_ms = ss->will_at_ms;
 	}
 	return s;
 fail:
@@ -149,7 +153,7 @@ static bool router_load_link(struct router *r, struct session *s)
 		s->pending = pending;
 		return false;
 	}
-	if (s->cx) {
+	if (session_cx(s)) {
 		s->conn = s->cx->conn;
 		if (!router_conn_link(r, s))
 			goto fail;
@@ -211,7 +215,7 @@ static void router_load_session(void *arg, const struct store_session *ss)
 		return;
 	}
 	session_view_make(r, s);
-	if (s->last_seen_ms == STORE_SEEN_UNKNOWN)
+	if (s->is_away && s->away->last_seen_ms == STORE_SEEN_UNKNOWN)
 		r->restamp = true;
 	ld->max_sid = MAX(ld->max_sid, s->sid);
 	ld->sessions++;
@@ -332,8 +336,8 @@ static int router_cmp_last_seen(const void *a, const void *b)
 {
 	const struct session *x = *(struct session *const *)a, *y = *(struct session *const *)b;
 
-	if (x->last_seen_ms != y->last_seen_ms)
-		return x->last_seen_ms < y->last_seen_ms ? -1 : 1;
+	if (x->away->last_seen_ms != y->away->last_seen_ms)
+		return x->away->last_seen_ms < y->away->last_seen_ms ? -1 : 1;
 	return x->sid < y->sid ? -1 : x->sid > y->sid;
 }
 
@@ -385,8 +389,8 @@ void router_restamp(struct router *r)
 {
 	struct session *s;
 
-	for (s = r->off_tail; s && s->last_seen_ms == STORE_SEEN_UNKNOWN; s = s->off_prev) {
-		s->last_seen_ms = r->now_ms;
+	for (s = r->off_tail; s && s->away->last_seen_ms == STORE_SEEN_UNKNOWN; s = s->away->off_prev) {
+		s->away->last_seen_ms = r->now_ms;
 		session_due_update(r, s, wall_clock_ms());
 		session_persist(r, s);
 	}

@@ -52,6 +52,8 @@ static void store_connect_view(const struct session_connect *c, struct store_con
 /* Write the session record (not its subscriptions or queue, which are written as they change). */
 void session_persist(struct router *r, const struct session *s)
 {
+	const struct session_connect *cx = s->online ? session_cx(s) : NULL;
+	const struct session_away *away = session_away_of(s);
 	struct store_session ss = {
 		.sid = s->sid,
 		.clean = s->clean,
@@ -60,24 +62,25 @@ void session_persist(struct router *r, const struct session *s)
 		.remote = session_remote(s),
 		.user = s->user ? s->user : "",
 		.user_len = s->user ? (uint16_t)strlen(s->user) : 0,
-		.last_seen_ms = s->last_seen_ms,
+		/* Online, it has none: an online session's is never read back. */
+		.last_seen_ms = away ? away->last_seen_ms : 0,
 		.qos2_ids = s->qos2_ids,
 		.n_qos2_ids = s->n_qos2_ids,
-		.online = s->online && s->cx,
+		.online = cx != NULL,
 		.pending = s->pending != NULL,
 		.token = { s->token, s->token_rules ? s->token_rules->bytes : NULL,
 			   s->token_rules ? s->token_rules->len : 0 },
 		.expiry = s->expiry,
-		.will_held = s->will != NULL,
-		.will_at_ms = s->will_at_ms,
+		.will_held = away && away->will,
+		.will_at_ms = away ? away->will_at_ms : 0,
 	};
 
 	if (!r->st)
 		return;
 	if (ss.online)
-		store_connect_view(s->cx, &ss.cx);
+		store_connect_view(cx, &ss.cx);
 	if (ss.will_held)
-		store_connect_view(s->will, &ss.will);
+		store_connect_view(away->will, &ss.will);
 	if (ss.pending) {
 		store_connect_view(s->pending, &ss.pend);
 		ss.pend_token = (struct store_token){ s->pending->token, cx_token_rules(s->pending),
@@ -165,7 +168,7 @@ static void router_conn_unlink(struct router *r, struct session *s)
 static void session_due_put(struct router *r, uint32_t i, struct session_due d)
 {
 	r->due[i] = d;
-	d.s->due_slot = i + 1;
+	d.s->away->due_slot = i + 1;
 }
 
 static void session_due_up(struct router *r, uint32_t i)
@@ -193,11 +196,13 @@ static void session_due_down(struct router *r, uint32_t i)
 
 static void session_due_remove(struct router *r, struct session *s)
 {
-	uint32_t i = s->due_slot - 1;
+	struct session_away *a = session_away_of(s);
+	uint32_t i;
 
-	if (!s->due_slot)
+	if (!a || !a->due_slot)
 		return;
-	s->due_slot = 0;
+	i = a->due_slot - 1;
+	a->due_slot = 0;
 	if (i == --r->n_due)
 		return;
 	session_due_put(r, i, r->due[r->n_due]);
@@ -207,15 +212,16 @@ static void session_due_remove(struct router *r, struct session *s)
 		session_due_down(r, i);
 }
 
-/* When s is next due on the router's clock; UINT64_MAX: never. */
+/* When offline s is next due on the router's clock; UINT64_MAX: never. */
 static uint64_t session_due_at(const struct router *r, const struct session *s, uint64_t wall_ms)
 {
+	const struct session_away *a = s->away;
 	uint64_t at = UINT64_MAX;
 
-	if (s->expiry != REC_EXPIRY_NEVER && s->last_seen_ms != STORE_SEEN_UNKNOWN)
-		at = s->last_seen_ms + (uint64_t)s->expiry * 1000;
-	if (s->will)
-		at = MIN(at, r->now_ms + (s->will_at_ms > wall_ms ? s->will_at_ms - wall_ms : 0));
+	if (s->expiry != REC_EXPIRY_NEVER && a->last_seen_ms != STORE_SEEN_UNKNOWN)
+		at = a->last_seen_ms + (uint64_t)s->expiry * 1000;
+	if (a->will)
+		at = MIN(at, r->now_ms + (a->will_at_ms > wall_ms ? a->will_at_ms - wall_ms : 0));
 	return at;
 }
 
@@ -255,12 +261,13 @@ void session_due_update(struct router *r, struct session *s, uint64_t wall_ms)
 	session_due_up(r, r->n_due++);
 }
 
+/* Link s, which is away (session_away_of), last in the offline list. */
 void session_offline_link(struct router *r, struct session *s)
 {
-	s->off_next = NULL;
-	s->off_prev = r->off_tail;
+	s->away->off_next = NULL;
+	s->away->off_prev = r->off_tail;
 	if (r->off_tail)
-		r->off_tail->off_next = s;
+		r->off_tail->away->off_next = s;
 	else
 		r->off_head = s;
 	r->off_tail = s;
@@ -270,20 +277,22 @@ void session_offline_link(struct router *r, struct session *s)
 
 static void session_offline_unlink(struct router *r, struct session *s)
 {
+	struct session_away *a = s->away;
+
 	if (!s->in_offline)
 		return;
 	session_due_remove(r, s);
 	if (r->off_sweep == s)
-		r->off_sweep = s->off_next;
-	if (s->off_prev)
-		s->off_prev->off_next = s->off_next;
+		r->off_sweep = a->off_next;
+	if (a->off_prev)
+		a->off_prev->away->off_next = a->off_next;
 	else
-		r->off_head = s->off_next;
-	if (s->off_next)
-		s->off_next->off_prev = s->off_prev;
+		r->off_head = a->off_next;
+	if (a->off_next)
+		a->off_next->away->off_prev = a->off_prev;
 	else
-		r->off_tail = s->off_prev;
-	s->off_prev = s->off_next = NULL;
+		r->off_tail = a->off_prev;
+	a->off_prev = a->off_next = NULL;
 	s->in_offline = false;
 }
 
@@ -375,15 +384,63 @@ struct session *session_alloc(const char *client_id, uint16_t len)
 	return s;
 }
 
+/* An offline session's state, with where it last connected from; NULL: out of memory. */
+struct session_away *session_away_new(const char *remote, size_t len)
+{
+	struct session_away *a = calloc(1, MAX(sizeof(*a), offsetof(struct session_away, remote) + len + 1));
+
+	if (!a)
+		return NULL;
+	memcpy(a->remote, remote, len);
+	a->remote[len] = '\0';
+	return a;
+}
+
+/*
+ * The CONNECT a closing connection kept becomes its session's away, in
+ * its own allocation: the remote moves down over the CONNECT's head and
+ * the rest (its will, which went or was never held) is given back.
+ */
+static struct session_away *session_away_in_place(struct session_connect *c)
+{
+	size_t len = c->remote_len;
+	struct session_away *a = (struct session_away *)(void *)c, *smaller;
+
+	memmove(a->remote, cx_remote(c), len);
+	a->remote[len] = '\0';
+	a->off_prev = a->off_next = NULL;
+	a->will = NULL;
+	a->will_at_ms = a->last_seen_ms = 0;
+	a->due_slot = 0;
+	smaller = realloc(a, offsetof(struct session_away, remote) + len + 1);
+	return smaller ? smaller : a;
+}
+
+/* s connects again (its held will released first): its away, or its old CONNECT, goes. */
+static void session_away_end(struct session *s)
+{
+	if (s->is_away) {
+		free(s->away->will);
+		free(s->away);
+		s->is_away = false;
+	} else {
+		free(s->cx);
+	}
+	s->cx = NULL;
+}
+
 /* A session in no lookup (any more): only its allocations to free. */
 void session_dealloc(struct session *s)
 {
 	acl_client_free(s->acl);
 	free(s->token_rules);
 	free(s->pending);
-	free(s->will);
-	free(s->cx);
-	free(s->remote_off);
+	if (s->is_away) {
+		free(s->away->will);
+		free(s->away);
+	} else {
+		free(s->cx);
+	}
 	free(s->user);
 	free(s->qos2_ids);
 	free(s);
@@ -733,11 +790,12 @@ static void session_will_publish(struct router *r, struct session *s,
  */
 static void session_will_release(struct router *r, struct session *s, bool publish)
 {
-	struct session_connect *c = s->will;
+	struct session_away *a = session_away_of(s);
+	struct session_connect *c = a ? a->will : NULL;
 
 	if (!c)
 		return;
-	s->will = NULL;
+	a->will = NULL;
 	if (publish)
 		session_will_publish(r, s, c);
 	else
@@ -807,10 +865,8 @@ void router_connect_apply(struct router *r, struct session_connect *c)
 	session_offline_unlink(r, s);
 	s->expiry = c->session_expiry;
 	s->clean = s->expiry == 0;
-	free(s->cx);
+	session_away_end(s);
 	s->cx = cx_placed_shrink(c);
-	free(s->remote_off);
-	s->remote_off = NULL;
 
 	/*
 	 * The worker takes the inbound QoS 2 ids over; a persistent session's
@@ -857,6 +913,39 @@ static void session_qos2_ids_set(struct session *s, struct rec_iter ids)
 }
 
 /*
+ * s's connection closed and s lives on: its CONNECT becomes its away, or,
+ * with a will held back (hold), that will beside a new away; out of
+ * memory for that, the will goes now rather than never. false: s had no
+ * CONNECT and there is no memory for an away.
+ */
+static bool session_away_begin(struct router *r, struct session *s, bool hold)
+{
+	struct session_connect *cx = session_cx(s);
+	struct session_away *a = NULL;
+
+	if (hold && !(a = session_away_new(cx_remote(cx), cx->remote_len))) {
+		log_client(LOG_LVL_ERROR, s->client_id, cx_remote(cx),
+			   "out of memory: will published without its delay");
+		session_will_publish(r, s, cx);
+		hold = false;
+	}
+	if (hold) {
+		a->will = cx;
+		a->will_at_ms = wall_clock_ms() + (uint64_t)cx->will_delay * 1000;
+	} else if (cx) {
+		a = session_away_in_place(cx);
+	} else if (!(a = session_away_new("", 0))) {
+		return false;
+	}
+	s->away = a;
+	s->is_away = true;
+	if (hold)
+		log_client(LOG_LVL_INFO, s->client_id, a->remote, "will on '%s' held for %u s",
+			   cx_will_topic(cx), cx->will_delay);
+	return true;
+}
+
+/*
  * The session's connection is gone. The will goes out before the session
  * state does, so a persistent session subscribed to it keeps it. A CONNECT
  * waiting for this close is then accepted. ids: the inbound QoS 2 ids the
@@ -867,45 +956,38 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 		  const struct rec_iter *ids)
 {
 	struct session_connect *pending = s->pending;
+	struct session_connect *cx = session_cx(s);
 
 	if (pending) {
 		router_waiting_del(r, pending->conn);
 		s->pending = NULL;
 	}
-	bool will = publish_will && s->cx && s->cx->will_flag;
+	bool will = publish_will && cx && cx->will_flag;
 	/* A will with a delay waits in a session that outlives the connection. */
-	bool hold = will && s->cx->will_delay && !s->clean;
+	bool hold = will && cx->will_delay && !s->clean;
 
 	session_cursors_drop(r, s);
 	router_conn_unlink(r, s);
 	s->online = false;
 
 	if (will && !hold)
-		session_will_publish(r, s, s->cx);
+		session_will_publish(r, s, cx);
 
 	if (s->clean) {
 		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session ended");
 		router_share_reroute(r, s);
 		session_free(r, s);
+	} else if (!session_away_begin(r, s, hold)) {
+		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
+			   "out of memory: session ended (%zu stored messages dropped)",
+			   session_queue_len(s));
+		session_free(r, s);
 	} else {
-		/* Kept for log lines while offline; without it (out of memory) they show none. */
-		free(s->remote_off);
-		s->remote_off = s->cx ? strdup(cx_remote(s->cx)) : NULL;
-		if (hold) {
-			s->will = s->cx;
-			s->will_at_ms = wall_clock_ms() + (uint64_t)s->will->will_delay * 1000;
-			log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
-				   "will on '%s' held for %u s", cx_will_topic(s->will),
-				   s->will->will_delay);
-		} else {
-			free(s->cx);
-		}
-		s->cx = NULL;
 		if (ids)
 			session_qos2_ids_set(s, *ids);
 		session_copies_release(r, s);
 		s->q_owed_tail = NULL;
-		s->last_seen_ms = r->now_ms;
+		s->away->last_seen_ms = r->now_ms;
 		session_offline_link(r, s);
 		session_persist(r, s);
 		log_client(LOG_LVL_INFO, s->client_id, session_remote(s),
@@ -984,14 +1066,15 @@ static void session_expire(struct router *r, struct session *s, uint64_t secs)
  */
 static bool session_check(struct router *r, struct session *s, uint64_t wall_ms)
 {
+	const struct session_away *a = s->away;
 	uint64_t now_ms = r->now_ms;
 
-	if (s->will && s->will_at_ms <= wall_ms) {
+	if (a->will && a->will_at_ms <= wall_ms) {
 		session_will_release(r, s, true);
 		session_persist(r, s);
 	}
-	if (s->expiry != REC_EXPIRY_NEVER && s->last_seen_ms != STORE_SEEN_UNKNOWN &&
-	    now_ms >= s->last_seen_ms && now_ms - s->last_seen_ms >= (uint64_t)s->expiry * 1000) {
+	if (s->expiry != REC_EXPIRY_NEVER && a->last_seen_ms != STORE_SEEN_UNKNOWN &&
+	    now_ms >= a->last_seen_ms && now_ms - a->last_seen_ms >= (uint64_t)s->expiry * 1000) {
 		session_expire(r, s, s->expiry);
 		return false;
 	}
@@ -1013,8 +1096,8 @@ void router_sessions_expire(struct router *r)
 	struct session *s, *next;
 
 	/* Offline sessions are linked in the order they left: the oldest first. */
-	while (secs > 0 && (s = r->off_head) && r->now_ms >= s->last_seen_ms &&
-	       r->now_ms - s->last_seen_ms > (uint64_t)secs * 1000)
+	while (secs > 0 && (s = r->off_head) && r->now_ms >= s->away->last_seen_ms &&
+	       r->now_ms - s->away->last_seen_ms > (uint64_t)secs * 1000)
 		session_expire(r, s, (uint64_t)secs);
 	while (r->n_due && r->due[0].at <= r->now_ms) {
 		s = r->due[0].s;
@@ -1023,7 +1106,7 @@ void router_sessions_expire(struct router *r)
 			session_due_update(r, s, wall_ms);
 	}
 	for (s = r->off_sweep ? r->off_sweep : r->off_head; s && budget > 0; s = next, budget--) {
-		next = s->off_next;
+		next = s->away->off_next;
 		session_check(r, s, wall_ms);
 	}
 	r->off_sweep = s;
