@@ -272,8 +272,9 @@ static bool keep_server_final(struct worker *w, struct conn *c, const struct ipc
 
 	struct conn_scram *s;
 
-	if (v == NULL || v->scram != NULL || f->data_len == 0 || f->data_len > UINT16_MAX ||
-	    f->user_len > UINT16_MAX || (s = malloc(sizeof(*s) + f->user_len + 1)) == NULL)
+	if (v == NULL || conn_v5_scram(v) != NULL || f->data_len == 0 || f->data_len > UINT16_MAX ||
+	    f->user_len > UINT16_MAX || conn_v5_hold(v) == NULL ||
+	    (s = malloc(sizeof(*s) + f->user_len + 1)) == NULL)
 		return false;
 	if ((s->final = malloc(f->data_len)) == NULL) {
 		free(s);
@@ -284,7 +285,7 @@ static bool keep_server_final(struct worker *w, struct conn *c, const struct ipc
 	memcpy(s->user, f->user, f->user_len);
 	s->user[f->user_len] = '\0';
 	s->user_len = (uint16_t)f->user_len;
-	v->scram = s;
+	v->held->scram = s;
 	return true;
 }
 
@@ -299,8 +300,8 @@ static void reauth_end(struct worker *w, struct conn *c, const struct ipc_auth_f
 	v->reauth = false;
 	if (f->code != MQTT_CONNACK_ACCEPTED || f->cont || f->data_len == 0)
 		reauth_fail(w, c, "re-authentication refused");
-	else if (f->user_len != v->scram->user_len ||
-		 memcmp(f->user, v->scram->user, f->user_len) != 0)
+	else if (f->user_len != conn_v5_scram(v)->user_len ||
+		 memcmp(f->user, conn_v5_scram(v)->user, f->user_len) != 0)
 		reauth_fail(w, c, "re-authentication as another user");
 	else if (!send_auth(w, c, MQTT5_RC_SUCCESS, f->data, f->data_len))
 		reauth_fail(w, c, "SCRAM's AUTH packet exceeds the client's maximum packet size");
@@ -709,7 +710,7 @@ enum pkt_result worker_auth_packet(struct worker *w, struct conn *c,
 	uint32_t t;
 
 	if ((aw = wait_of_exchange(wa, c, &t)) == NULL) {
-		if (c->state == CS_ACTIVE && v != NULL && v->scram != NULL && !v->reauth &&
+		if (c->state == CS_ACTIVE && v != NULL && conn_v5_scram(v) != NULL && !v->reauth &&
 		    p5->reason == MQTT5_RC_REAUTHENTICATE && auth_method_scram(props))
 			return reauth_begin(w, c, p5);
 		return auth_protocol_error(w, c, MQTT5_RC_PROTOCOL_ERROR,

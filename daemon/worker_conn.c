@@ -245,7 +245,7 @@ bool publish_fits(const struct worker *w, const struct conn *c, size_t tlen, siz
 static uint16_t alias_out_pick(const struct worker *w, struct conn_v5 *v,
 			       const uint8_t *topic, size_t tlen, bool *known)
 {
-	struct alias_table_out *t = v->alias_out;
+	struct alias_table_out *t = v->held != NULL ? v->held->alias_out : NULL;
 	uint16_t used = t != NULL ? t->used : 0;
 	struct topic_alias_out *a;
 	uint32_t h;
@@ -265,10 +265,12 @@ static uint16_t alias_out_pick(const struct worker *w, struct conn_v5 *v,
 	    (t != NULL ? t->bytes : 0) + tlen > (size_t)w->cfg->topic_alias_max_bytes)
 		return 0;
 	if (t == NULL) {
+		if (conn_v5_hold(v) == NULL)
+			return 0;
 		t = calloc(1, sizeof(*t) + (size_t)v->n_alias_out * sizeof(t->a[0]));
 		if (t == NULL)
 			return 0;
-		v->alias_out = t;
+		v->held->alias_out = t;
 	}
 	a = &t->a[used];
 	free(a->topic);              /* one picked before whose PUBLISH was not written */
@@ -283,8 +285,10 @@ static uint16_t alias_out_pick(const struct worker *w, struct conn_v5 *v,
 static void alias_out_sent(struct conn_v5 *v, uint16_t alias, bool known)
 {
 	if (alias && !known) {
-		v->alias_out->bytes += v->alias_out->a[alias - 1].len;
-		v->alias_out->used++;
+		struct alias_table_out *t = v->held->alias_out;
+
+		t->bytes += t->a[alias - 1].len;
+		t->used++;
 	}
 }
 
@@ -602,21 +606,39 @@ void conn_set_rules(struct worker *w, struct conn *c, struct acl_client *view)
 
 /* --- closing ------------------------------------------------------------ */
 
+/* v's held part, made at the first of its parts; NULL: out of memory. */
+struct conn_v5_held *conn_v5_hold(struct conn_v5 *v)
+{
+	if (v->held == NULL)
+		v->held = calloc(1, sizeof(*v->held));
+	return v->held;
+}
+
+static void conn_v5_held_free(struct conn_v5 *v)
+{
+	struct conn_v5_held *h = v->held;
+
+	if (h == NULL)
+		return;
+	for (uint16_t i = 0; h->alias != NULL && i < v->n_alias; i++)
+		free(h->alias->a[i].topic);
+	free(h->alias);
+	for (uint16_t i = 0; h->alias_out != NULL && i < v->n_alias_out; i++)
+		free(h->alias_out->a[i].topic);
+	free(h->alias_out);
+	if (h->scram != NULL)
+		free(h->scram->final);
+	free(h->scram);
+	free(h);
+}
+
 void conn_v5_free(struct worker *w, struct conn *c)
 {
 	struct conn_v5 *v = CONN_V5(w, c);
 
 	if (v == NULL)
 		return;
-	for (uint16_t i = 0; v->alias != NULL && i < v->n_alias; i++)
-		free(v->alias->a[i].topic);
-	free(v->alias);
-	for (uint16_t i = 0; v->alias_out != NULL && i < v->n_alias_out; i++)
-		free(v->alias_out->a[i].topic);
-	free(v->alias_out);
-	if (v->scram != NULL)
-		free(v->scram->final);
-	free(v->scram);
+	conn_v5_held_free(v);
 	free(v);
 	c->v5_state = NULL;
 }

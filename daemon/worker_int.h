@@ -125,10 +125,19 @@ struct conn_scram {
 	char user[];                 /* whom it authenticated: a re-authentication must agree */
 };
 
-struct conn_v5 {
+/*
+ * What an MQTT 5 connection holds only once it uses it (conn_v5_hold()):
+ * apart, so that what every one has (struct conn_v5) fits the smallest
+ * malloc chunk.
+ */
+struct conn_v5_held {
 	struct conn_scram *scram;    /* NULL: not authenticated by SCRAM */
 	struct alias_table_in *alias;        /* allocated at the first the client sets */
 	struct alias_table_out *alias_out;   /* allocated at the first iotd sets */
+};
+
+struct conn_v5 {
+	struct conn_v5_held *held;   /* NULL: none of them yet */
 	uint32_t max_packet;         /* the client's maximum packet size; 0: none */
 	uint32_t session_expiry;     /* asked in CONNECT; once granted, the session's (rec.h) */
 	uint16_t receive_max;        /* the client's: QoS 1/2 messages in flight to it */
@@ -146,8 +155,14 @@ struct conn_v5 {
 	bool reauth : 1;             /* a SCRAM re-authentication in progress (worker_auth.c) */
 };
 
-/* A malloc chunk of 48 bytes (up to 40 asked): every MQTT 5 connection pays for it. */
-static_assert(sizeof(struct conn_v5) <= 40, "struct conn_v5 grew: every MQTT 5 connection pays for it");
+/* A malloc chunk of 32 bytes, the smallest (up to 24 asked): every MQTT 5 connection pays for it. */
+static_assert(sizeof(struct conn_v5) <= 24, "struct conn_v5 grew: every MQTT 5 connection pays for it");
+
+/* v's SCRAM outcome; NULL: not authenticated by SCRAM. */
+static inline struct conn_scram *conn_v5_scram(const struct conn_v5 *v)
+{
+	return v->held != NULL ? v->held->scram : NULL;
+}
 
 static_assert(CS_CLOSED < 8, "enum conn_state fits conn.state");
 
@@ -304,6 +319,7 @@ void conn_close(struct worker *w, struct conn *c, bool publish_will, const char 
 void conn_disconnect(struct worker *w, struct conn *c, uint8_t reason, bool publish_will,
 		     const char *why);
 void conn_v5_free(struct worker *w, struct conn *c);
+struct conn_v5_held *conn_v5_hold(struct conn_v5 *v);
 void conn_refuse(struct worker *w, struct conn *c, uint8_t code, const char *why);
 void bury_closed(struct worker *w);
 void close_all(struct worker *w, const char *why);

@@ -83,38 +83,42 @@ static bool topic_valid(const struct worker *w, struct mqtt_str t)
 static uint8_t topic_alias_apply(const struct worker *w, struct conn_v5 *v, uint16_t alias,
 				 struct mqtt_str *topic)
 {
+	struct alias_table_in *t = v->held != NULL ? v->held->alias : NULL;
 	struct topic_alias *a;
 	size_t held;
 
 	if (alias == 0 || alias > v->n_alias)
 		return MQTT5_RC_TOPIC_ALIAS_INVALID;
-	if (v->alias == NULL) {
+	if (t == NULL) {
 		if (topic->len == 0)
 			return MQTT5_RC_TOPIC_ALIAS_INVALID;
-		v->alias = calloc(1, sizeof(*v->alias) + (size_t)v->n_alias * sizeof(v->alias->a[0]));
-		if (v->alias == NULL)
+		if (conn_v5_hold(v) == NULL)
 			return MQTT5_RC_UNSPECIFIED_ERROR;
+		t = calloc(1, sizeof(*t) + (size_t)v->n_alias * sizeof(t->a[0]));
+		if (t == NULL)
+			return MQTT5_RC_UNSPECIFIED_ERROR;
+		v->held->alias = t;
 	}
-	a = &v->alias->a[alias - 1];
+	a = &t->a[alias - 1];
 	if (topic->len == 0) {
 		if (a->topic == NULL)
 			return MQTT5_RC_TOPIC_ALIAS_INVALID;
 		*topic = (struct mqtt_str){ a->topic, a->len };
 		return MQTT5_RC_SUCCESS;
 	}
-	held = v->alias->bytes - (a->topic != NULL ? a->len : 0);
+	held = t->bytes - (a->topic != NULL ? a->len : 0);
 	if (held + topic->len > (size_t)w->cfg->topic_alias_max_bytes)
 		return MQTT5_RC_QUOTA_EXCEEDED;
 	if (a->len != topic->len || a->topic == NULL) {
-		uint8_t *t = realloc(a->topic, topic->len);
+		uint8_t *copy = realloc(a->topic, topic->len);
 
-		if (t == NULL)
+		if (copy == NULL)
 			return MQTT5_RC_UNSPECIFIED_ERROR;
-		a->topic = t;
+		a->topic = copy;
 		a->len = topic->len;
 	}
 	memcpy(a->topic, topic->p, topic->len);
-	v->alias->bytes = (uint32_t)(held + topic->len);
+	t->bytes = (uint32_t)(held + topic->len);
 	return MQTT5_RC_SUCCESS;
 }
 
@@ -715,18 +719,20 @@ void connack_accepted(struct worker *w, struct conn *c, bool sp)
 	struct mqtt5_pbuf b;
 	struct mqtt5_out out;
 	const char *id = conn_client_id(c);
+	struct conn_scram *scram;
 
 	if (v == NULL) {
 		send_connack(w, c, sp, MQTT_CONNACK_ACCEPTED);
 		return;
 	}
 	mqtt5_pbuf_init(&b, buf, sizeof(buf));
-	if (v->scram != NULL && v->scram->final != NULL) {
+	scram = conn_v5_scram(v);
+	if (scram != NULL && scram->final != NULL) {
 		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_METHOD, (const uint8_t *)SCRAM_METHOD,
 			       strlen(SCRAM_METHOD));
-		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_DATA, v->scram->final, v->scram->final_len);
-		free(v->scram->final);       /* copied: said once */
-		v->scram->final = NULL;
+		mqtt5_pbuf_str(&b, MQTT5_PROP_AUTH_DATA, scram->final, scram->final_len);
+		free(scram->final);          /* copied: said once */
+		scram->final = NULL;
 	}
 	if (v->expiry_capped)
 		mqtt5_pbuf_num(&b, MQTT5_PROP_SESSION_EXPIRY, v->session_expiry);
