@@ -16,7 +16,9 @@
  *             CONNECT's, then (format 6) the session expiry interval, a
  *             will held back for its delay (u8; then its deadline and its
  *             CONNECT), and the MQTT 5 part of each CONNECT held (session
- *             expiry, will delay, will expiry, will properties)
+ *             expiry, will delay, will expiry, will properties); format
+ *             8 writes the same fields afresh, tighter: see "sessions,
+ *             format 8" below
  *   subs      sid (u32 BE) + filter -> u8 options (format 5: the MQTT 5
  *             subscription options byte, QoS in its low bits; before, the
  *             QoS alone, which reads as the same QoS without options),
@@ -47,7 +49,9 @@
  * subscription options; format 5: no subscription identifiers, no
  * message properties nor expiry, and a retained message's qos byte never
  * has STORE_RETAINED_V5 set; format 6: no queued message's subscription
- * identifiers).
+ * identifiers). Format 8 encodes a session anew, from its first byte on:
+ * an older session's value is read by the older decoder, and written as
+ * format 8 the next time the session changes.
  *
  * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
  * user, so no robust mutex or reader table can be left behind by a
@@ -447,7 +451,8 @@ static void dec_token(struct recr *r, struct store_token *t)
 		t->rules = NULL;
 }
 
-static void enc_session(struct recw *w, const struct store_session *s)
+/* Format 7's value (store_int.h): only the tests of reading older stores write one now. */
+void store_session_encode7(struct recw *w, const struct store_session *s)
 {
 	recw_reset(w);
 	recw_u8(w, s->clean);
@@ -548,6 +553,239 @@ static void dec_session_tokens(struct recr *r, struct store_session *s)
 		dec_token(r, &s->pend_token);
 }
 
+/* The n inbound QoS 2 ids that follow, copied out to *ids (values carry no alignment). */
+static int dec_qos2_ids(struct recr *r, uint16_t n, struct store_session *s, uint16_t **ids)
+{
+	s->n_qos2_ids = n;
+	if (n && !r->err) {
+		*ids = malloc((size_t)n * sizeof(**ids));
+		if (!*ids)
+			return -1;
+		for (uint16_t i = 0; i < n; i++)
+			(*ids)[i] = recr_u16(r);
+	}
+	s->qos2_ids = *ids;
+	return 0;
+}
+
+/* ---- sessions, format 8 ----------------------------------------------- */
+
+/*
+ * A format 8 value starts with S8_MARK and the session's flags: no older
+ * value starts with that bit (theirs start with the clean flag, 0 or 1),
+ * so both are read, each by its own decoder. Numbers are varints (seven
+ * bits a byte, low first, at most ten), and what a session does not have
+ * takes no room.
+ */
+#define S8_MARK       0x80
+#define S8_CLEAN      0x01
+#define S8_ONLINE     0x02
+#define S8_PENDING    0x04
+#define S8_WILL_HELD  0x08
+#define S8_TOKEN      0x10
+#define S8_REMOTE_CX  0x20    /* its remote is its CONNECT's: not written twice */
+/* A CONNECT's flags byte: will QoS in bits 3-4. */
+#define C8_CLEAN      0x01
+#define C8_WILL       0x02
+#define C8_RETAIN     0x04
+#define C8_QOS_SHIFT  3
+
+static void enc_varint(struct recw *w, uint64_t v)
+{
+	do {
+		recw_u8(w, (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0)));
+		v >>= 7;
+	} while (v);
+}
+
+/* A varint up to max; more, or longer than ten bytes, is corrupt (r->err). */
+static uint64_t dec_varint(struct recr *r, uint64_t max)
+{
+	uint64_t v = 0;
+
+	for (unsigned shift = 0; shift < 70 && !r->err; shift += 7) {
+		uint8_t b = recr_u8(r);
+
+		v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			r->err |= v > max;
+			return r->err ? 0 : v;
+		}
+	}
+	r->err = true;
+	return 0;
+}
+
+/* A varint count of bytes, then the bytes. */
+static void enc_bytes8(struct recw *w, const void *p, size_t len)
+{
+	uint8_t *dst;
+
+	enc_varint(w, len);
+	if (len && (dst = recw_reserve(w, len)))
+		memcpy(dst, p, len);
+}
+
+/* NULL for none (or corrupt: r->err). */
+static const uint8_t *dec_bytes8(struct recr *r, uint32_t max, uint32_t *len)
+{
+	*len = (uint32_t)dec_varint(r, max);
+	return *len ? recr_take(r, *len) : NULL;
+}
+
+/* A string with its NUL, for log lines: its length (no NUL) as a varint, then it. */
+static void enc_cstr8(struct recw *w, const char *s)
+{
+	enc_bytes8(w, s ? s : "", strnlen(s ? s : "", UINT16_MAX - 1) + 1);
+	if (w->len && !w->oom)
+		w->buf[w->len - 1] = '\0';
+}
+
+static const char *dec_cstr8(struct recr *r)
+{
+	uint32_t len;
+	const uint8_t *p = dec_bytes8(r, UINT16_MAX, &len);
+
+	if (!p || p[len - 1] != '\0') {
+		r->err = true;
+		return "";
+	}
+	return (const char *)p;
+}
+
+static void enc_connect8(struct recw *w, const struct store_connect *c)
+{
+	recw_u64(w, c->conn);
+	recw_u8(w, (uint8_t)((c->clean ? C8_CLEAN : 0) | (c->will_flag ? C8_WILL : 0) |
+			     (c->will_retain ? C8_RETAIN : 0) | (c->will_qos & 3) << C8_QOS_SHIFT));
+	enc_varint(w, c->keepalive);
+	enc_varint(w, c->session_expiry);
+	enc_cstr8(w, c->remote);
+	if (!c->will_flag)
+		return;
+	enc_bytes8(w, c->will_topic, c->will_topic_len);
+	enc_bytes8(w, c->will_payload, c->will_payload_len);
+	enc_varint(w, c->will_delay);
+	enc_varint(w, c->will_expiry);
+	enc_bytes8(w, c->will_props, c->will_props_len);
+}
+
+static void dec_connect8(struct recr *r, struct store_connect *c)
+{
+	uint8_t flags;
+	uint32_t len;
+
+	c->conn = recr_u64(r);
+	flags = recr_u8(r);
+	r->err |= flags >= 3 << C8_QOS_SHIFT;
+	c->clean = flags & C8_CLEAN;
+	c->will_flag = flags & C8_WILL;
+	c->will_retain = (flags & C8_RETAIN) != 0;
+	c->will_qos = flags >> C8_QOS_SHIFT;
+	c->keepalive = (uint16_t)dec_varint(r, UINT16_MAX);
+	c->session_expiry = (uint32_t)dec_varint(r, UINT32_MAX);
+	c->remote = dec_cstr8(r);
+	if (!c->will_flag)
+		return;
+	c->will_topic = (const char *)dec_bytes8(r, UINT16_MAX, &len);
+	c->will_topic_len = (uint16_t)len;
+	c->will_payload = dec_bytes8(r, UINT32_MAX, &c->will_payload_len);
+	c->will_delay = (uint32_t)dec_varint(r, UINT32_MAX);
+	c->will_expiry = (uint32_t)dec_varint(r, UINT32_MAX);
+	c->will_props = dec_bytes8(r, UINT32_MAX, &c->will_props_len);
+}
+
+static void enc_session8(struct recw *w, const struct store_session *s)
+{
+	bool remote_cx = s->online && s->remote && s->cx.remote && strcmp(s->remote, s->cx.remote) == 0;
+
+	recw_reset(w);
+	recw_u8(w, S8_MARK | (s->clean ? S8_CLEAN : 0) | (s->online ? S8_ONLINE : 0) |
+		(s->pending ? S8_PENDING : 0) | (s->will_held ? S8_WILL_HELD : 0) |
+		(s->token.on ? S8_TOKEN : 0) | (remote_cx ? S8_REMOTE_CX : 0));
+	enc_bytes8(w, s->client_id, s->client_id_len);
+	enc_varint(w, s->last_seen_ms);
+	if (!remote_cx)
+		enc_cstr8(w, s->remote);
+	enc_varint(w, s->expiry);
+	enc_varint(w, s->n_qos2_ids);
+	for (uint16_t i = 0; i < s->n_qos2_ids; i++)
+		recw_u16(w, s->qos2_ids[i]);
+	enc_bytes8(w, s->user, s->user_len);
+	if (s->token.on)
+		enc_bytes8(w, s->token.rules, s->token.len);
+	if (s->online)
+		enc_connect8(w, &s->cx);
+	if (s->pending) {
+		enc_connect8(w, &s->pend);
+		enc_bytes8(w, s->pend.user, s->pend.user_len);
+		recw_u8(w, s->pend_token.on);
+		if (s->pend_token.on)
+			enc_bytes8(w, s->pend_token.rules, s->pend_token.len);
+	}
+	if (s->will_held) {
+		enc_varint(w, s->will_at_ms);
+		enc_connect8(w, &s->will);
+	}
+}
+
+/* A token's rules as format 8 has them when on; NULL for none. */
+static void dec_token8(struct recr *r, struct store_token *t, bool on)
+{
+	t->on = on;
+	t->rules = on ? dec_bytes8(r, UINT32_MAX, &t->len) : NULL;
+	if (!on)
+		t->len = 0;
+}
+
+static int dec_session8(struct recr *r, struct store_session *s, uint16_t **ids)
+{
+	uint8_t flags = recr_u8(r), pend_on;
+	const uint8_t *p;
+	uint32_t len;
+
+	r->err |= (flags & ~(S8_MARK | S8_CLEAN | S8_ONLINE | S8_PENDING | S8_WILL_HELD | S8_TOKEN |
+			     S8_REMOTE_CX)) != 0 || ((flags & S8_REMOTE_CX) && !(flags & S8_ONLINE));
+	s->clean = flags & S8_CLEAN;
+	s->online = flags & S8_ONLINE;
+	s->pending = flags & S8_PENDING;
+	s->will_held = flags & S8_WILL_HELD;
+	p = dec_bytes8(r, UINT16_MAX, &len);
+	s->client_id = p ? (const char *)p : "";
+	s->client_id_len = (uint16_t)len;
+	s->last_seen_ms = dec_varint(r, UINT64_MAX);
+	s->remote = flags & S8_REMOTE_CX ? "" : dec_cstr8(r);
+	s->expiry = (uint32_t)dec_varint(r, UINT32_MAX);
+	if (dec_qos2_ids(r, (uint16_t)dec_varint(r, UINT16_MAX), s, ids) < 0)
+		return -1;
+	p = dec_bytes8(r, UINT16_MAX, &len);
+	s->user = p ? (const char *)p : "";
+	s->user_len = (uint16_t)len;
+	dec_token8(r, &s->token, flags & S8_TOKEN);
+	s->cx.user = s->pend.user = "";
+	if (s->online) {
+		dec_connect8(r, &s->cx);
+		s->cx.user = s->user;
+		s->cx.user_len = s->user_len;
+		if (flags & S8_REMOTE_CX)
+			s->remote = s->cx.remote;
+	}
+	if (s->pending) {
+		dec_connect8(r, &s->pend);
+		p = dec_bytes8(r, UINT16_MAX, &len);
+		s->pend.user = p ? (const char *)p : "";
+		s->pend.user_len = (uint16_t)len;
+		pend_on = recr_u8(r);
+		r->err |= pend_on > 1;
+		dec_token8(r, &s->pend_token, pend_on == 1);
+	}
+	if (s->will_held) {
+		s->will_at_ms = dec_varint(r, UINT64_MAX);
+		dec_connect8(r, &s->will);
+	}
+	return recr_end(r) ? -1 : 0;
+}
+
 /* ids: room for n_qos2_ids, which the caller frees. 0, or -1 when corrupt. */
 static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, uint16_t **ids)
 {
@@ -558,22 +796,21 @@ static int dec_session(const MDB_val *v, uint32_t sid, struct store_session *s, 
 	*s = (struct store_session){ .sid = sid };
 	*ids = NULL;
 	recr_init(&r, v->mv_data, v->mv_size);
+	if (v->mv_size && *(const uint8_t *)v->mv_data & S8_MARK) {
+		if (dec_session8(&r, s, ids) == 0)
+			return 0;
+		free(*ids);
+		*ids = NULL;
+		return -1;
+	}
 	clean = recr_u8(&r);
 	s->clean = clean;
 	s->last_seen_ms = recr_u64(&r);
 	recr_str(&r, &cid, &s->client_id_len);
 	s->client_id = cid ? (const char *)cid : "";
 	s->remote = dec_cstr(&r);
-	s->n_qos2_ids = recr_u16(&r);
-	if (s->n_qos2_ids && !r.err) {
-		/* Values carry no alignment: copy the ids out. */
-		*ids = malloc((size_t)s->n_qos2_ids * sizeof(**ids));
-		if (!*ids)
-			return -1;
-		for (uint16_t i = 0; i < s->n_qos2_ids; i++)
-			(*ids)[i] = recr_u16(&r);
-	}
-	s->qos2_ids = *ids;
+	if (dec_qos2_ids(&r, recr_u16(&r), s, ids) < 0)
+		return -1;
 	online = recr_u8(&r);
 	s->online = online;
 	if (online)
@@ -665,7 +902,7 @@ void store_session_put(struct store *st, const struct store_session *s)
 	uint8_t kb[4];
 	MDB_val k = key_sid(kb, s->sid), v;
 
-	enc_session(&st->val, s);
+	enc_session8(&st->val, s);
 	if (!store_encoded(st, &v, "encoding a session"))
 		return;
 	/*

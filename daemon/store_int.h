@@ -45,4 +45,7 @@ static inline MDB_val mval(const void *p, size_t len)
 	return (MDB_val){ .mv_size = len, .mv_data = (void *)p };
 }
 
+/* A session's value as format 7 wrote it, for the tests of reading an older store. */
+void store_session_encode7(struct recw *w, const struct store_session *s);
+
 #endif

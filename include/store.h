@@ -22,7 +22,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define STORE_FORMAT 7                    /* meta "format"; a newer store is refused */
+#define STORE_FORMAT 8                    /* meta "format"; a newer store is refused */
 #define STORE_FORMAT_OLDEST 1             /* still read (and upgraded in place) */
 #define STORE_MEMORY_ROOT "/dev/shm"      /* backend "memory": <root>/<store_memory_name()> */
 #define STORE_MEMORY_FALLBACK "/tmp"      /* ... when /dev/shm is missing or read-only */

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "rec.h"
 #include "store.h"
+#include "../../daemon/store_int.h"
 
 #define MAP ((size_t)64 << 20)
 
@@ -268,10 +269,10 @@ static struct got *read_all(struct store *st)
 
 static const uint16_t IDS[] = { 7, 300, 65535 };
 
-static void put_session(struct store *st, uint32_t sid, const char *id, bool clean, uint64_t conn,
-			uint64_t pend_conn)
+/* The session put_session writes; user and token: room for its user name and rules (64 each). */
+static struct store_session session_of(uint32_t sid, const char *id, bool clean, uint64_t conn,
+				       uint64_t pend_conn, char *user, char *token)
 {
-	char user[64], token[64];
 	struct store_session s = {
 		.sid = sid,
 		.clean = clean,
@@ -284,9 +285,8 @@ static void put_session(struct store *st, uint32_t sid, const char *id, bool cle
 		.online = conn != 0,
 		.pending = pend_conn != 0,
 		.user = user,
-		.user_len = (uint16_t)snprintf(user, sizeof(user), "user-%s", id),
-		.token = { true, (const uint8_t *)token,
-			   (uint32_t)snprintf(token, sizeof(token), "tok-%s", id) },
+		.user_len = (uint16_t)snprintf(user, 64, "user-%s", id),
+		.token = { true, (const uint8_t *)token, (uint32_t)snprintf(token, 64, "tok-%s", id) },
 		.pend_token = { true, (const uint8_t *)PEND_TOKEN, 4 },
 	};
 
@@ -297,6 +297,15 @@ static void put_session(struct store *st, uint32_t sid, const char *id, bool cle
 	};
 	s.pend = (struct store_connect){ .conn = pend_conn, .remote = "10.0.0.1:1", .user = "next",
 					 .user_len = 4 };
+	return s;
+}
+
+static void put_session(struct store *st, uint32_t sid, const char *id, bool clean, uint64_t conn,
+			uint64_t pend_conn)
+{
+	char user[64], token[64];
+	struct store_session s = session_of(sid, id, clean, conn, pend_conn, user, token);
+
 	store_session_put(st, &s);
 }
 
@@ -870,10 +879,12 @@ static void format_6_messages_read_as_without_sub_ids(void **state)
 }
 
 /*
- * Change session sid's value behind iotd's back: cut n bytes off its end,
- * then, when back is not 0, set the byte back bytes from the new end to poke.
+ * Change session sid's value behind iotd's back: with value, replace it by
+ * its first len bytes; else cut n bytes off its end. Then, when back is
+ * not 0, set the byte back bytes from the new end to poke.
  */
-static void change_session_value(struct fx *f, uint32_t sid, size_t n, size_t back, uint8_t poke)
+static void edit_session_value(struct fx *f, uint32_t sid, const uint8_t *value, size_t len,
+			       size_t n, size_t back, uint8_t poke)
 {
 	uint8_t kb[4] = { (uint8_t)(sid >> 24), (uint8_t)(sid >> 16), (uint8_t)(sid >> 8), (uint8_t)sid };
 	MDB_env *env;
@@ -887,10 +898,15 @@ static void change_session_value(struct fx *f, uint32_t sid, size_t n, size_t ba
 	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK, 0600), 0);
 	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
 	assert_int_equal(mdb_dbi_open(txn, "sessions", 0, &sessions), 0);
-	assert_int_equal(mdb_get(txn, sessions, &k, &v), 0);
-	assert_true(v.mv_size > n && v.mv_size <= sizeof(buf));
-	memcpy(buf, v.mv_data, v.mv_size);
-	v = (MDB_val){ v.mv_size - n, buf };
+	if (!value) {
+		assert_int_equal(mdb_get(txn, sessions, &k, &v), 0);
+		assert_true(v.mv_size > n);
+		value = v.mv_data;
+		len = v.mv_size - n;
+	}
+	assert_true(len > 0 && len <= sizeof(buf));
+	memcpy(buf, value, len);
+	v = (MDB_val){ len, buf };
 	assert_true(back <= v.mv_size);
 	if (back)
 		buf[v.mv_size - back] = poke;
@@ -899,10 +915,25 @@ static void change_session_value(struct fx *f, uint32_t sid, size_t n, size_t ba
 	mdb_env_close(env);
 }
 
-static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
+static void change_session_value(struct fx *f, uint32_t sid, size_t n, size_t back, uint8_t poke)
 {
-	change_session_value(f, sid, n, 0, 0);
+	edit_session_value(f, sid, NULL, 0, n, back, poke);
 }
+
+/* Write s as format 7 did, less its last cut bytes, into the closed store, then poke as above. */
+static void put_session_format7(struct fx *f, const struct store_session *s, size_t cut,
+				size_t back, uint8_t poke)
+{
+	struct recw w;
+
+	recw_init(&w);
+	store_session_encode7(&w, s);
+	assert_false(w.oom);
+	assert_true(w.len > cut);
+	edit_session_value(f, s->sid, w.buf, w.len - cut, 0, back, poke);
+	recw_free(&w);
+}
+
 
 /* What a format 4 value spends on a token with these rules: its flag, then the counted rules. */
 #define TOKEN_BYTES(rules) (1 + 4 + strlen(rules))
@@ -918,15 +949,19 @@ static void cut_session_value(struct fx *f, uint32_t sid, size_t n)
 static struct got *two_sessions_of_format(struct fx *f, uint64_t format, size_t on_cut,
 					  size_t off_cut)
 {
+	char user[2][64], token[2][64];
+	struct store_session on = session_of(1, "on", false, 0x0100000100010001ull,
+					     0x0000000100020001ull, user[0], token[0]);
+	struct store_session off = session_of(2, "off", false, 0, 0, user[1], token[1]);
 	struct got *g;
 
 	open_ok(f);
-	put_session(f->st, 1, "on", false, 0x0100000100010001ull, 0x0000000100020001ull);
-	put_session(f->st, 2, "off", false, 0, 0);
+	store_session_put(f->st, &on);
+	store_session_put(f->st, &off);
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
-	cut_session_value(f, 1, on_cut);
-	cut_session_value(f, 2, off_cut);
+	put_session_format7(f, &on, on_cut, 0, 0);
+	put_session_format7(f, &off, off_cut, 0, 0);
 	reopen_upgraded_from(f, format);
 	g = read_all(f->st);
 	assert_int_equal(g->ns, 2);
@@ -987,6 +1022,54 @@ static void format_5_sessions_read_as_lasting_as_their_clean_flag_says(void **st
 	assert_int_equal(g->s[0].cx_expiry, REC_EXPIRY_NEVER);
 	assert_int_equal(g->s[1].expiry, REC_EXPIRY_NEVER);
 	assert_false(g->s[1].will_held);
+	free(g);
+}
+
+/* Format 7 sessions, the last of the older encoding, are read back whole. */
+static void format_7_sessions_read_back_whole(void **state)
+{
+	struct got *g = two_sessions_of_format(*state, 7, 0, 0);
+
+	assert_string_equal(g->s[0].user, PUT_USER("on"));
+	assert_string_equal(g->s[0].pend_user, "next");
+	assert_true(g->s[0].token);
+	assert_true(g->s[0].pend_token);
+	assert_string_equal(g->s[1].user, PUT_USER("off"));
+	assert_true(g->s[1].token);
+	free(g);
+}
+
+/*
+ * Format 8 spends on an idle connection's session (online, no will, no
+ * user name) its flags, counted strings and varints: 42 bytes here, where
+ * format 7 spent 92.
+ */
+static void format_8_session_of_an_idle_connection_is_short(void **state)
+{
+	struct fx *f = *state;
+	struct store_session s = {
+		.sid = 1, .client_id = "ib1234-c1", .client_id_len = 9, .remote = "127.0.0.1:5000",
+		.online = true, .user = "",
+	};
+	struct recw w;
+	struct got *g;
+
+	s.cx = (struct store_connect){ .conn = 0x0100000100010001ull, .keepalive = 60,
+				       .remote = "127.0.0.1:5000" };
+	open_ok(f);
+	store_session_put(f->st, &s);
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	assert_int_equal(value_size(f, "sessions", "\0\0\0\1", 4), 42);
+	recw_init(&w);
+	store_session_encode7(&w, &s);
+	assert_int_equal(w.len, 92);
+	recw_free(&w);
+	open_ok(f);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 1);
+	assert_true(g->s[0].online);
+	assert_string_equal(g->s[0].client_id, "ib1234-c1");
 	free(g);
 }
 
@@ -1058,12 +1141,19 @@ static void tokens_without_rules_and_orphans_keep_their_mark(void **state)
 	assert_string_equal(g->s[1].token_rules, PUT_TOKEN("kept"));
 	free(g);
 	store_close(&f->st);
-	/* Session 5's value ends with its token (the flag, then a u32 0: no rules), then format 6's. */
-	change_session_value(f, 5, 0, 5 + FORMAT6_BYTES(0), 2);
+	/* Session 5's format 7 value ends with its token (the flag, then a u32 0: no rules), then format 6's. */
+	put_session_format7(f, &s, 0, 5 + FORMAT6_BYTES(0), 2);
 	open_ok(f);
 	g = read_all(f->st);
 	assert_int_equal(g->ns, 1);
 	assert_int_equal(g->s[0].sid, 6);
+	free(g);
+	store_close(&f->st);
+	/* A format 8 value whose first byte has a flag no format 8 sets is corrupt too. */
+	change_session_value(f, 6, 0, value_size(f, "sessions", "\0\0\0\6", 4), 0xc0);
+	open_ok(f);
+	g = read_all(f->st);
+	assert_int_equal(g->ns, 0);
 	free(g);
 }
 
@@ -1382,6 +1472,8 @@ int main(void)
 		T(format_2_sessions_read_as_without_user_names),
 		T(format_3_sessions_read_as_without_tokens),
 		T(format_5_sessions_read_as_lasting_as_their_clean_flag_says),
+		T(format_7_sessions_read_back_whole),
+		T(format_8_session_of_an_idle_connection_is_short),
 		T(session_expiry_and_held_will_round_trip),
 		T(tokens_without_rules_and_orphans_keep_their_mark),
 		T(copies_keep_their_mark_and_go_one_by_one),
