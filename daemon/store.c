@@ -373,17 +373,23 @@ static void enc_cstr(struct recw *w, const char *s)
 		w->buf[w->len - 1] = '\0';
 }
 
+/* The len bytes at p, read as a string ending with its NUL; else corrupt (r->err) and "". */
+static const char *cstr_at(struct recr *r, const uint8_t *p, size_t len)
+{
+	if (!p || !len || p[len - 1] != '\0') {
+		r->err = true;
+		return "";
+	}
+	return (const char *)p;
+}
+
 static const char *dec_cstr(struct recr *r)
 {
 	const uint8_t *p;
 	uint16_t len;
 
 	recr_str(r, &p, &len);
-	if (!len || p[len - 1] != '\0') {
-		r->err = true;
-		return "";
-	}
-	return (const char *)p;
+	return cstr_at(r, p, len);
 }
 
 static void enc_connect(struct recw *w, const struct store_connect *c)
@@ -646,11 +652,7 @@ static const char *dec_cstr8(struct recr *r)
 	uint32_t len;
 	const uint8_t *p = dec_bytes8(r, UINT16_MAX, &len);
 
-	if (!p || p[len - 1] != '\0') {
-		r->err = true;
-		return "";
-	}
-	return (const char *)p;
+	return cstr_at(r, p, len);
 }
 
 static void enc_connect8(struct recw *w, const struct store_connect *c)
