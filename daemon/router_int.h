@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* An allocation failure in a hash add must not exit the router: the add fails, tbl is NULL. */
 #define HASH_NONFATAL_OOM 1
@@ -51,26 +52,33 @@ struct session_connect {
 	uint32_t will_payload_len;
 	uint32_t token_rules_len;    /* 0 with token: the rules are lost, it may do nothing */
 	uint32_t session_expiry;     /* granted (rec.h): 0 the session ends with the connection */
-	uint32_t will_delay;         /* seconds the will waits after the connection closed */
-	uint32_t will_expiry;        /* the will's message expiry interval, seconds; 0: none */
 	uint32_t will_props_len;     /* its MQTT 5 properties (rec.h REC_PUB_PROPS) */
 	uint16_t keepalive;
 	uint16_t client_id_len, will_topic_len;
 	uint16_t user_len;           /* 0: no user name */
 	uint8_t remote_len;          /* < ROUTER_REMOTE_LEN */
-	bool clean;
-	bool will_flag;
-	bool token;                  /* its user came with a token's rules (its grant said so) */
-	uint8_t will_qos, will_retain;
+	bool clean : 1;
+	bool will_flag : 1;
+	bool token : 1;              /* its user came with a token's rules (its grant said so) */
+	uint8_t will_qos : 2;
+	bool will_retain : 1;
 	/*
-	 * client id, remote, user, will topic (each NUL-terminated), will
-	 * payload, will properties, token's rules; once it is a session's cx,
-	 * client id "" and no rules: the session holds them
+	 * client id, remote, user (each NUL-terminated), with a will its
+	 * struct cx_will_times (unaligned), will topic (NUL-terminated),
+	 * will payload, will properties, token's rules; once it is a
+	 * session's cx, client id and user "" and no rules: the session
+	 * holds them
 	 */
 	char data[];
 };
 
 static_assert(ROUTER_REMOTE_LEN <= 256, "remote_len is 8 bits");
+
+/* What only a CONNECT with a will keeps of it beside its topic, payload and properties. */
+struct cx_will_times {
+	uint32_t delay;              /* seconds the will waits after the connection closed */
+	uint32_t expiry;             /* the will's message expiry interval, seconds; 0: none */
+};
 
 static inline const char *cx_client_id(const struct session_connect *c)
 {
@@ -87,9 +95,19 @@ static inline const char *cx_user(const struct session_connect *c)
 	return cx_remote(c) + c->remote_len + 1;
 }
 
+/* The will's delay and expiry; without a will, 0 and 0. */
+static inline struct cx_will_times cx_will_times(const struct session_connect *c)
+{
+	struct cx_will_times t = { 0, 0 };
+
+	if (c->will_flag)
+		memcpy(&t, cx_user(c) + c->user_len + 1, sizeof(t));
+	return t;
+}
+
 static inline const char *cx_will_topic(const struct session_connect *c)
 {
-	return cx_user(c) + c->user_len + 1;
+	return cx_user(c) + c->user_len + 1 + (c->will_flag ? sizeof(struct cx_will_times) : 0);
 }
 
 static inline const uint8_t *cx_will_payload(const struct session_connect *c)
@@ -165,9 +183,9 @@ struct session_msg {
 /*
  * What only an offline persistent session has: its place in the offline
  * list and in router.due, when it left, a will held back for its delay
- * and where it last connected from. Made as its connection closes (out of
- * the CONNECT it kept, in place, unless a will is held), freed as it
- * connects again; an online session has its CONNECT in this room instead.
+ * and where it last connected from. Made as its connection closes, freed
+ * as it connects again; an online session has its CONNECT in this room
+ * instead.
  */
 struct session_away {
 	struct session *off_prev, *off_next; /* offline persistent sessions, oldest first */
@@ -177,10 +195,6 @@ struct session_away {
 	uint32_t due_slot;           /* its place in router.due + 1; 0: in none */
 	char remote[];               /* for log lines (session_remote()) */
 };
-
-/* An away made in place of a kept CONNECT: its remote moves down, never up. */
-static_assert(offsetof(struct session_away, remote) <= offsetof(struct session_connect, data),
-	      "struct session_away outgrew struct session_connect's head");
 
 /*
  * One per session, online or not; thousands of idle connections each have

@@ -42,8 +42,8 @@ static void store_connect_view(const struct session_connect *c, struct store_con
 		.will_payload = cx_will_payload(c),
 		.will_payload_len = c->will_payload_len,
 		.session_expiry = c->session_expiry,
-		.will_delay = c->will_delay,
-		.will_expiry = c->will_expiry,
+		.will_delay = cx_will_times(c).delay,
+		.will_expiry = cx_will_times(c).expiry,
 		.will_props = cx_will_props(c),
 		.will_props_len = c->will_props_len,
 	};
@@ -396,26 +396,6 @@ struct session_away *session_away_new(const char *remote, size_t len)
 	return a;
 }
 
-/*
- * The CONNECT a closing connection kept becomes its session's away, in
- * its own allocation: the remote moves down over the CONNECT's head and
- * the rest (its will, which went or was never held) is given back.
- */
-static struct session_away *session_away_in_place(struct session_connect *c)
-{
-	size_t len = c->remote_len;
-	struct session_away *a = (struct session_away *)(void *)c, *smaller;
-
-	memmove(a->remote, cx_remote(c), len);
-	a->remote[len] = '\0';
-	a->off_prev = a->off_next = NULL;
-	a->will = NULL;
-	a->will_at_ms = a->last_seen_ms = 0;
-	a->due_slot = 0;
-	smaller = realloc(a, offsetof(struct session_away, remote) + len + 1);
-	return smaller ? smaller : a;
-}
-
 /* s connects again (its held will released first): its away, or its old CONNECT, goes. */
 static void session_away_end(struct session *s)
 {
@@ -543,13 +523,15 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
 	size_t payload_len = f->will_flag ? f->will_payload.len : 0;
 	size_t props_len = f->will_flag ? f->will_props.len : 0;
 	size_t rules_len = tok && tok->token && tok->rules ? tok->len : 0;
+	size_t times_len = f->will_flag ? sizeof(struct cx_will_times) : 0;
 	struct session_connect *c;
 	char *p;
 
 	if (rules_len > UINT32_MAX)
 		rules_len = 0;               /* no encoding is that long: lost, so nothing allowed */
-	c = malloc(sizeof(*c) + (size_t)f->client_id.len + 1 + remote_len + 1 + f->user.len + 1 +
-		   topic_len + 1 + payload_len + props_len + rules_len);
+	c = malloc(offsetof(struct session_connect, data) + (size_t)f->client_id.len + 1 +
+		   remote_len + 1 + f->user.len + 1 + times_len + topic_len + 1 + payload_len +
+		   props_len + rules_len);
 	if (!c)
 		return NULL;
 	c->conn = f->conn;
@@ -565,14 +547,18 @@ struct session_connect *session_connect_new(const struct rec_connect *f,
 	c->will_payload_len = (uint32_t)payload_len;
 	c->will_props_len = (uint32_t)props_len;
 	c->session_expiry = f->session_expiry;
-	c->will_delay = f->will_flag ? f->will_delay : 0;
-	c->will_expiry = f->will_flag ? f->will_expiry : 0;
 	c->token = tok && tok->token;
 	c->token_rules_len = (uint32_t)rules_len;
 
 	p = put_string(c->data, f->client_id.p, f->client_id.len);
 	p = put_string(p, f->remote.p, remote_len);
 	p = put_string(p, f->user.p, f->user.len);
+	if (times_len) {
+		const struct cx_will_times t = { f->will_delay, f->will_expiry };
+
+		memcpy(p, &t, sizeof(t));
+		p += sizeof(t);
+	}
 	p = put_string(p, f->will_topic.p, topic_len);
 	if (payload_len)
 		memcpy(p, f->will_payload.p, payload_len);
@@ -647,25 +633,32 @@ void session_view_make(struct router *r, struct session *s)
 }
 
 /*
- * c is placed: its client id and its token's rules are its session's now,
- * so c's copies go (an online session keeps its CONNECT as long as it is
- * connected). Its client id reads "" from here on: s->client_id is the one.
+ * c is placed: its client id, user name and token's rules are its
+ * session's now, so c's copies go (an online session keeps its CONNECT as
+ * long as it is connected). Its client id and user read "" from here on:
+ * s->client_id and s->user are the ones.
  */
 static struct session_connect *cx_placed_shrink(struct session_connect *c)
 {
-	size_t tail = (size_t)((const char *)cx_token_rules(c) - cx_remote(c));
+	const char *will = cx_user(c) + c->user_len + 1;   /* its will's times, or its topic */
+	size_t will_len = (size_t)((const char *)cx_token_rules(c) - will);
 	struct session_connect *smaller;
+	char *p;
 
-	if (!c->client_id_len && !c->token_rules_len)
+	if (!c->client_id_len && !c->user_len && !c->token_rules_len)
 		return c;
 	/* A new allocation: realloc keeps the whole chunk when less than 32 bytes would go. */
-	smaller = malloc(offsetof(struct session_connect, data) + 1 + tail);
+	smaller = malloc(offsetof(struct session_connect, data) + 1 + c->remote_len + 1 + 1 +
+			 will_len);
 	if (!smaller)
 		return c;
 	memcpy(smaller, c, offsetof(struct session_connect, data));
-	smaller->data[0] = '\0';
-	memcpy(smaller->data + 1, cx_remote(c), tail);
+	p = put_string(smaller->data, NULL, 0);
+	p = put_string(p, cx_remote(c), c->remote_len);
+	p = put_string(p, NULL, 0);
+	memcpy(p, will, will_len);
 	smaller->client_id_len = 0;
+	smaller->user_len = 0;
 	smaller->token_rules_len = 0;
 	free(c);
 	return smaller;
@@ -768,7 +761,8 @@ static void session_will_publish(struct router *r, struct session *s,
 		.payload_len = c->will_payload_len,
 		.props = cx_will_props(c),
 		.props_len = c->will_props_len,
-		.expires_at = c->will_expiry ? wall_clock_ms() + (uint64_t)c->will_expiry * 1000 : 0,
+		.expires_at = cx_will_times(c).expiry ?
+			      wall_clock_ms() + (uint64_t)cx_will_times(c).expiry * 1000 : 0,
 		.from = s,
 	};
 
@@ -913,35 +907,27 @@ static void session_qos2_ids_set(struct session *s, struct rec_iter ids)
 }
 
 /*
- * s's connection closed and s lives on: its CONNECT becomes its away, or,
- * with a will held back (hold), that will beside a new away; out of
- * memory for that, the will goes now rather than never. false: s had no
- * CONNECT and there is no memory for an away.
+ * s's connection closed and s lives on: its away takes the place of its
+ * CONNECT, which goes, or stays as the will held back for its delay
+ * (hold). false: out of memory, s as it was.
  */
-static bool session_away_begin(struct router *r, struct session *s, bool hold)
+static bool session_away_begin(struct session *s, bool hold)
 {
 	struct session_connect *cx = session_cx(s);
-	struct session_away *a = NULL;
+	struct session_away *a = session_away_new(cx ? cx_remote(cx) : "", cx ? cx->remote_len : 0);
 
-	if (hold && !(a = session_away_new(cx_remote(cx), cx->remote_len))) {
-		log_client(LOG_LVL_ERROR, s->client_id, cx_remote(cx),
-			   "out of memory: will published without its delay");
-		session_will_publish(r, s, cx);
-		hold = false;
-	}
-	if (hold) {
-		a->will = cx;
-		a->will_at_ms = wall_clock_ms() + (uint64_t)cx->will_delay * 1000;
-	} else if (cx) {
-		a = session_away_in_place(cx);
-	} else if (!(a = session_away_new("", 0))) {
+	if (!a)
 		return false;
-	}
 	s->away = a;
 	s->is_away = true;
-	if (hold)
-		log_client(LOG_LVL_INFO, s->client_id, a->remote, "will on '%s' held for %u s",
-			   cx_will_topic(cx), cx->will_delay);
+	if (!hold) {
+		free(cx);
+		return true;
+	}
+	a->will = cx;
+	a->will_at_ms = wall_clock_ms() + (uint64_t)cx_will_times(cx).delay * 1000;
+	log_client(LOG_LVL_INFO, s->client_id, a->remote, "will on '%s' held for %u s",
+		   cx_will_topic(cx), cx_will_times(cx).delay);
 	return true;
 }
 
@@ -964,7 +950,7 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 	}
 	bool will = publish_will && cx && cx->will_flag;
 	/* A will with a delay waits in a session that outlives the connection. */
-	bool hold = will && cx->will_delay && !s->clean;
+	bool hold = will && cx_will_times(cx).delay && !s->clean;
 
 	session_cursors_drop(r, s);
 	router_conn_unlink(r, s);
@@ -977,10 +963,12 @@ void router_close(struct router *r, struct session *s, bool publish_will,
 		log_client(LOG_LVL_INFO, s->client_id, session_remote(s), "session ended");
 		router_share_reroute(r, s);
 		session_free(r, s);
-	} else if (!session_away_begin(r, s, hold)) {
+	} else if (!session_away_begin(s, hold)) {
 		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 			   "out of memory: session ended (%zu stored messages dropped)",
 			   session_queue_len(s));
+		if (hold)
+			session_will_publish(r, s, cx);    /* the session ends: its will goes */
 		session_free(r, s);
 	} else {
 		if (ids)
