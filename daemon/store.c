@@ -415,6 +415,7 @@ static void dec_connect(struct recr *r, struct store_connect *c)
 	c->will_flag = recr_u8(r);
 	c->will_qos = recr_u8(r);
 	c->will_retain = recr_u8(r);
+	r->err |= c->will_qos > 2 || c->will_retain > 1;  /* corrupt: no CONNECT has them */
 	c->remote = dec_cstr(r);
 	recr_str(r, &topic, &c->will_topic_len);
 	c->will_topic = (const char *)topic;
