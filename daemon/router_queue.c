@@ -237,11 +237,12 @@ void session_queue_clear(struct router *r, struct session *s)
  */
 static void session_queue_count(struct session *s, const struct session_msg *q, int dir)
 {
-	size_t bytes = msg_body_bytes(q->body) + sub_ids_bytes(q->n_sub_ids);
-
 	if (q->at_worker) {
+		/* Not counted in bytes: a copy's body is not touched here, it is long cold. */
 		s->q_at_worker += (uint32_t)dir;
 	} else if (q->state == MSG_QUEUED) {
+		size_t bytes = msg_body_bytes(q->body) + sub_ids_bytes(q->n_sub_ids);
+
 		s->q_queued += (uint32_t)dir;
 		s->q_queued_bytes += dir > 0 ? bytes : -bytes;
 	} else {
@@ -316,6 +317,8 @@ void session_msg_drop(struct router *r, struct session *s, struct session_msg *q
 	if (s->q_owed_tail == q)
 		s->q_owed_tail = prev;
 	session_queue_count(s, q, -1);
+	/* Its body is needed by the free: let its load overlap the store's work. */
+	__builtin_prefetch(q->body);
 	if (r->st)
 		store_queue_del(r->st, s->sid, q->order);
 	session_msg_free(r, q);
