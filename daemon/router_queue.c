@@ -217,12 +217,15 @@ static void session_msg_free(struct router *r, struct session_msg *q)
 	free(q);
 }
 
+/* The session is going: its queue leaves memory and the store (not one key range there). */
 void session_queue_clear(struct router *r, struct session *s)
 {
 	struct session_msg *m, *next;
 
 	for (m = s->q_head; m; m = next) {
 		next = m->next;
+		if (r->st)
+			store_queue_del(r->st, s->sid, m->order);
 		session_msg_free(r, m);
 	}
 	s->q_head = s->q_tail = s->q_owed_tail = NULL;

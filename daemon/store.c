@@ -22,18 +22,19 @@
  *             QoS alone, which reads as the same QoS without options),
  *             then (format 6) the u32 subscription identifier when it has
  *             one (MQTT 5)
- *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
- *             topic, payload, then (format 6) the message's expiry (u64)
- *             and its MQTT 5 property block (u32-counted), then (format
- *             7, only when it has some) its subscription identifiers (u8
- *             count, u32 each)
+ *   messages  order (u64 BE) + sid (u32 BE) -> packet id, state, qos,
+ *             retain, topic, payload, then (format 6) the message's expiry
+ *             (u64) and its MQTT 5 property block (u32-counted), then
+ *             (format 7, only when it has some) its subscription
+ *             identifiers (u8 count, u32 each). Up to format 7 these were
+ *             database "queue", keyed sid + order: see "Queue keys" below
  *   retained  topic -> u8 qos + payload; format 6: a qos byte with
  *             STORE_RETAINED_V5 set is followed by the expiry (u64) and
  *             the property block (u32-counted) before the payload
  *   outbox    ring (u32 BE) + seq (u64 BE) -> u16 type + record payload
  *
  * Big-endian numbers in keys keep LMDB's byte order equal to numeric
- * order, so a session's subscriptions and queue are one key range. Values
+ * order, so a session's subscriptions are one key range. Values
  * use rec.h's host-order fields: an LMDB file is tied to its architecture
  * anyway. LMDB keys are limited to 511 bytes while topics and filters may
  * reach 65535: a longer key is stored as its first STORE_KEY_PREFIX bytes
@@ -48,6 +49,18 @@
  * message properties nor expiry, and a retained message's qos byte never
  * has STORE_RETAINED_V5 set; format 6: no queued message's subscription
  * identifiers).
+ *
+ * Queue keys (format 8). Queue order is one counter for all sessions, so
+ * keyed by it first, the messages of every session's queue are one run
+ * in time: each new one is appended (MDB_APPEND, which fills pages
+ * instead of splitting them) to the end of the tree, and the oldest,
+ * which are mostly the ones done, are deleted from its start. Each turn
+ * of a busy router then dirties a few pages at either end, where keys by
+ * session first dirtied pages at both ends of every session's range. A
+ * session's queue is no key range any more: the router deletes each of
+ * its messages (it holds them all), and a new daemon's claim sweeps the
+ * messages of the sessions it dropped. A store of an older format has
+ * its "queue" moved into "messages" as it is opened (store_open.c).
  *
  * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
  * user, so no robust mutex or reader table can be left behind by a
@@ -101,12 +114,20 @@ static MDB_val key_sid(uint8_t kb[4], uint32_t sid)
 	return mval(kb, 4);
 }
 
-/* The key of a session's queued message or of a ring's held record: id, then order, in kb. */
+/* The key of a ring's held record: ring, then order, in kb. */
 static MDB_val key_ordered(uint8_t kb[12], uint32_t id, uint64_t order)
 {
 	put_be32(kb, id);
 	put_be64(kb + 4, order);
 	return mval(kb, 12);
+}
+
+/* The key of a session's queued message (format 8): order, then session, in kb. */
+static MDB_val key_queued(uint8_t kb[STORE_QKEY_LEN], uint32_t sid, uint64_t order)
+{
+	put_be64(kb, order);
+	put_be32(kb + 8, sid);
+	return mval(kb, STORE_QKEY_LEN);
 }
 
 /* ---- failures ---------------------------------------------------------- */
@@ -696,7 +717,6 @@ void store_session_del(struct store *st, uint32_t sid)
 
 	store_del(st, st->sessions, &k, "deleting a session");
 	store_del_prefix(st, st->subs, kb, 4, "deleting a session's subscriptions");
-	store_del_prefix(st, st->queue, kb, 4, "deleting a session's queue");
 }
 
 /* Subscriptions are keyed by sid + filter: that whole key, in st->kbuf. */
@@ -747,17 +767,37 @@ void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t 
 
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m)
 {
-	uint8_t kb[12];
-	MDB_val k = key_ordered(kb, sid, order), v;
+	uint8_t kb[STORE_QKEY_LEN];
+	MDB_val k = key_queued(kb, sid, order), v;
 
 	enc_msg(&st->val, m);
-	if (store_encoded(st, &v, "encoding a queued message"))
-		store_put(st, st->queue, &k, &v, "writing a queued message");
+	if (!store_encoded(st, &v, "encoding a queued message"))
+		return;
+	/*
+	 * A new message's key is past every other (queue order only grows,
+	 * but for what a closing connection still owed): appended. queue_last
+	 * is only a hint; a key that is not last after all is put as any.
+	 */
+	if (memcmp(kb, st->queue_last, sizeof(kb)) > 0) {
+		int rc = mdb_put(st->txn, st->queue, &k, &v, MDB_APPEND);
+
+		memcpy(st->queue_last, kb, sizeof(kb));
+		if (rc == 0)
+			return;
+		if (rc != MDB_KEYEXIST) {
+			store_fail(st, "writing a queued message", rc);
+			return;
+		}
+	}
+	store_put(st, st->queue, &k, &v, "writing a queued message");
 }
 
 void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
 {
-	store_del_ordered(st, st->queue, sid, order, "deleting a queued message");
+	uint8_t kb[STORE_QKEY_LEN];
+	MDB_val k = key_queued(kb, sid, order);
+
+	store_del(st, st->queue, &k, "deleting a queued message");
 }
 
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
@@ -833,6 +873,49 @@ static void store_drop(struct store *st, MDB_dbi dbi, const char *what)
 void store_outbox_clear(struct store *st)
 {
 	store_drop(st, st->outbox, "deleting the held records");
+}
+
+/* ---- upgrade ----------------------------------------------------------- */
+
+int store_queue_upgrade(struct store *st, MDB_txn *txn)
+{
+	MDB_dbi old;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t moved = 0, dropped = 0;
+	int rc = mdb_dbi_open(txn, "queue", 0, &old);
+
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return rc;
+	rc = mdb_cursor_open(txn, old, &cur);
+	if (rc)
+		return rc;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		uint8_t kb[STORE_QKEY_LEN];
+		MDB_val nk;
+
+		if (k.mv_size != 12) {
+			dropped++;
+			continue;
+		}
+		nk = key_queued(kb, get_be32(k.mv_data), get_be64((const uint8_t *)k.mv_data + 4));
+		rc = mdb_put(txn, st->queue, &nk, &v, 0);
+		if (rc)
+			break;
+		moved++;
+	}
+	mdb_cursor_close(cur);
+	if (rc != MDB_NOTFOUND)
+		return rc;
+	if (dropped)
+		log_error("store %s: %zu corrupt queued messages were skipped", st->dir, dropped);
+	if (moved)
+		log_info("store %s: %zu queued messages moved to the format %d layout", st->dir,
+			 moved, STORE_FORMAT);
+	return mdb_drop(txn, old, 1);
 }
 
 /* ---- transactions ------------------------------------------------------ */
@@ -995,12 +1078,12 @@ static bool scan_queued(struct store *st, const MDB_val *k, const MDB_val *v, vo
 	struct scan_ctx *c = ctx;
 	struct store_msg m;
 
-	if (k->mv_size != 12 || dec_msg(v, &m) < 0) {
+	if (k->mv_size != STORE_QKEY_LEN || dec_msg(v, &m) < 0) {
 		store_corrupt(st, "queued message");
 		return true;
 	}
-	((store_queue_cb)c->cb)(c->arg, get_be32(k->mv_data),
-				get_be64((const uint8_t *)k->mv_data + 4), &m);
+	((store_queue_cb)c->cb)(c->arg, get_be32((const uint8_t *)k->mv_data + 8),
+				get_be64(k->mv_data), &m);
 	return true;
 }
 
@@ -1184,6 +1267,50 @@ out:
 	free(copy);
 }
 
+/*
+ * Delete the queued messages of sessions that are not in the store (those
+ * store_session_orphan() just dropped): a session's queue is no key range
+ * of its own to delete with it.
+ */
+static void store_queue_prune(struct store *st)
+{
+	uint8_t from[STORE_QKEY_LEN] = { 0 };
+	MDB_cursor *cur;
+	MDB_val k = mval(from, sizeof(from)), v;
+	MDB_cursor_op op = MDB_SET_RANGE;
+	int rc;
+
+	if (!store_wtxn(st))
+		return;
+	rc = mdb_cursor_open(st->txn, st->queue, &cur);
+	if (rc) {
+		store_fail(st, "deleting the messages of dropped sessions", rc);
+		return;
+	}
+	while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+		uint8_t kb[4];
+		MDB_val sk, sv;
+
+		op = MDB_NEXT;
+		if (k.mv_size != STORE_QKEY_LEN)
+			continue;
+		memcpy(from, k.mv_data, sizeof(from));
+		memcpy(kb, from + 8, sizeof(kb));
+		sk = mval(kb, sizeof(kb));
+		rc = mdb_get(st->txn, st->sessions, &sk, &sv);
+		if (rc == 0)
+			continue;
+		if (rc != MDB_NOTFOUND || (rc = mdb_cursor_del(cur, 0)) != 0)
+			break;
+		/* On from the key deleted: the next one is the first at or after it. */
+		k = mval(from, sizeof(from));
+		op = MDB_SET_RANGE;
+	}
+	mdb_cursor_close(cur);
+	if (rc && rc != MDB_NOTFOUND)
+		store_fail(st, "deleting the messages of dropped sessions", rc);
+}
+
 /* Delete meta "head/<i>" and "tail/<i>": the rings they describe are gone. */
 static void store_forget_rings(struct store *st)
 {
@@ -1220,6 +1347,7 @@ int store_new_daemon(struct store *st, const char *ident, bool keep_persistent)
 		for (size_t i = 0; i < l.n && !st->stale; i++)
 			store_session_orphan(st, l.sid[i]);
 		free(l.sid);
+		store_queue_prune(st);
 	} else {
 		store_drop(st, st->sessions, "emptying the sessions");
 		store_drop(st, st->subs, "emptying the subscriptions");
