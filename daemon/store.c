@@ -139,6 +139,7 @@ static MDB_val key_queued(uint8_t kb[STORE_QKEY_LEN], uint32_t sid, uint64_t ord
  */
 static void store_fail(struct store *st, const char *what, int rc)
 {
+	st->n_qdel = 0;
 	if (!st->warned)
 		log_error("store %s: %s: %s: serving from memory; the store is written again in full once it accepts writes",
 			  st->dir, what, mdb_strerror(rc));
@@ -765,11 +766,74 @@ void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t 
 	lkey_del(st, st->subs, st->kbuf, 4 + (size_t)len, "deleting a subscription");
 }
 
+/*
+ * Deletes wait for the commit (or a read or put that must see them), to
+ * be done last first: they come mostly in queue order (the oldest
+ * messages are done first), so that is about descending key order, and
+ * deleting a page's last node moves no other (LMDB packs a page's nodes
+ * from its end down, in the order they were put), where deleting its
+ * first one, the oldest message of an appended page, moved all the
+ * others. Not sorted: qsort() may ask the kernel for the memory size,
+ * which the router's seccomp filter does not allow, and the order only
+ * saves work.
+ */
+void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
+{
+	uint8_t kb[STORE_QKEY_LEN];
+	MDB_val k = key_queued(kb, sid, order);
+
+	if (!store_wtxn(st))
+		return;
+	if (st->n_qdel == st->cap_qdel) {
+		size_t cap = st->cap_qdel ? st->cap_qdel * 2 : 256;
+		void *grown = reallocarray(st->qdel, cap, sizeof(*st->qdel));
+
+		if (!grown) {
+			store_del(st, st->queue, &k, "deleting a queued message");
+			return;
+		}
+		st->qdel = grown;
+		st->cap_qdel = cap;
+	}
+	memcpy(st->qdel[st->n_qdel++], kb, sizeof(kb));
+	if (st->n_qdel == 1 || memcmp(kb, st->qdel_max, sizeof(kb)) > 0)
+		memcpy(st->qdel_max, kb, sizeof(kb));
+}
+
+/* Do the deletes store_queue_del() keeps, into the open transaction. */
+static void store_queue_flush(struct store *st)
+{
+	MDB_cursor *cur;
+	int rc;
+
+	if (!st->n_qdel || !st->txn)
+		return;
+	rc = mdb_cursor_open(st->txn, st->queue, &cur);
+	if (rc == 0) {
+		for (size_t i = st->n_qdel; rc == 0 && i-- > 0;) {
+			MDB_val k = mval(st->qdel[i], STORE_QKEY_LEN), v;
+
+			rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
+			if (rc == 0)
+				rc = mdb_cursor_del(cur, 0);
+			else if (rc == MDB_NOTFOUND)
+				rc = 0;
+		}
+		mdb_cursor_close(cur);
+	}
+	st->n_qdel = 0;
+	if (rc)
+		store_fail(st, "deleting a queued message", rc);
+}
+
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m)
 {
 	uint8_t kb[STORE_QKEY_LEN];
 	MDB_val k = key_queued(kb, sid, order), v;
 
+	/* A key this turn may have deleted: the delete first, as it came first. */
+	if (st->n_qdel && memcmp(kb, st->qdel_max, sizeof(kb)) <= 0)
+		store_queue_flush(st);
 	enc_msg(&st->val, m);
 	if (!store_encoded(st, &v, "encoding a queued message"))
 		return;
@@ -792,13 +856,6 @@ void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struc
 	store_put(st, st->queue, &k, &v, "writing a queued message");
 }
 
-void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
-{
-	uint8_t kb[STORE_QKEY_LEN];
-	MDB_val k = key_queued(kb, sid, order);
-
-	store_del(st, st->queue, &k, "deleting a queued message");
-}
 
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
 			const uint8_t *payload, uint32_t payload_len, const struct store_v5 *v5)
@@ -924,6 +981,7 @@ int store_commit(struct store *st)
 {
 	int rc;
 
+	store_queue_flush(st);
 	if (!st->txn)
 		return st->stale ? -1 : 0;
 	rc = mdb_txn_commit(st->txn);
@@ -943,6 +1001,7 @@ int store_commit(struct store *st)
 
 void store_abort(struct store *st)
 {
+	st->n_qdel = 0;
 	if (st->txn)
 		mdb_txn_abort(st->txn);
 	st->txn = NULL;
@@ -1153,6 +1212,7 @@ int store_each_sub(struct store *st, store_sub_cb cb, void *arg)
 
 int store_each_queued(struct store *st, store_queue_cb cb, void *arg)
 {
+	store_queue_flush(st);
 	return store_each(st, st->queue, scan_queued, (void *)cb, arg, "queued messages");
 }
 
@@ -1282,6 +1342,7 @@ static void store_queue_prune(struct store *st)
 
 	if (!store_wtxn(st))
 		return;
+	store_queue_flush(st);
 	rc = mdb_cursor_open(st->txn, st->queue, &cur);
 	if (rc) {
 		store_fail(st, "deleting the messages of dropped sessions", rc);

@@ -35,6 +35,10 @@ struct store {
 	bool unsynced;               /* committed since the last store_sync() */
 	uint32_t sessions_max_sid;   /* largest session id written: above it, a put appends */
 	uint8_t queue_last[STORE_QKEY_LEN]; /* largest queue key written: above it, a put appends */
+	/* Queued messages deleted this turn, done at the commit (store_queue_flush) */
+	uint8_t (*qdel)[STORE_QKEY_LEN];
+	size_t n_qdel, cap_qdel;
+	uint8_t qdel_max[STORE_QKEY_LEN]; /* the largest of them */
 	struct recw val;             /* scratch for encoding values */
 	uint8_t *kbuf;               /* scratch for building long keys (sid + filter) */
 	size_t kcap;

@@ -440,6 +440,7 @@ void store_close(struct store **stp)
 		close(st->lock_fd);
 	recw_free(&st->val);
 	free(st->kbuf);
+	free(st->qdel);
 	free(st);
 	*stp = NULL;
 }

@@ -1209,6 +1209,42 @@ static void copies_keep_their_mark_and_go_one_by_one(void **state)
 	assert_string_equal(g.q[1].payload, "three");
 }
 
+/*
+ * A turn's deletes of queued messages are done at its commit, last first,
+ * but they keep their place among the turn's other changes: a message
+ * deleted and put again is there, one deleted is not read back in the
+ * same turn, and an aborted turn deletes nothing.
+ */
+static void queue_deletes_keep_their_place_in_the_turn(void **state)
+{
+	struct fx *f = *state;
+	struct got g = { 0 }, in_turn = { 0 };
+
+	open_ok(f);
+	put_session(f->st, 3, "dev", false, 0, 0);
+	for (uint64_t i = 1; i <= 6; i++)
+		put_msg(f->st, 3, i, "t", i == 2 ? "two" : "x");
+	assert_int_equal(store_commit(f->st), 0);
+	store_queue_del(f->st, 3, 9);              /* absent: nothing happens */
+	store_queue_del(f->st, 3, 3);
+	store_queue_del(f->st, 3, 1);
+	store_queue_del(f->st, 3, 2);
+	put_msg(f->st, 3, 2, "t", "two again");
+	store_queue_del(f->st, 3, 5);
+	assert_int_equal(store_each_queued(f->st, got_queued, &in_turn), 0);
+	assert_int_equal(in_turn.nq, 3);
+	store_queue_del(f->st, 3, 6);
+	store_abort(f->st);
+	store_queue_del(f->st, 3, 4);
+	assert_int_equal(store_commit(f->st), 0);
+	reopen(f);
+	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
+	assert_int_equal(g.nq, 5);
+	for (size_t i = 0; i < 5; i++)
+		assert_int_equal(g.q[i].order, i + 1 < 4 ? i + 1 : i + 2);
+	assert_string_equal(g.q[1].payload, "two");
+}
+
 static void a_file_that_is_not_lmdb_is_refused(void **state)
 {
 	struct fx *f = *state;
@@ -1500,6 +1536,7 @@ int main(void)
 		T(session_expiry_and_held_will_round_trip),
 		T(tokens_without_rules_and_orphans_keep_their_mark),
 		T(copies_keep_their_mark_and_go_one_by_one),
+		T(queue_deletes_keep_their_place_in_the_turn),
 		T(a_file_that_is_not_lmdb_is_refused),
 		T(an_lmdb_environment_of_somebody_else_is_refused),
 		T(a_path_that_is_a_file_or_in_use_is_refused),
