@@ -26,7 +26,9 @@
  *             retain, topic, payload, then (format 6) the message's expiry
  *             (u64) and its MQTT 5 property block (u32-counted), then
  *             (format 7, only when it has some) its subscription
- *             identifiers (u8 count, u32 each). Up to format 7 these were
+ *             identifiers (u8 count, u32 each); one with none of these
+ *             (every 3.1.1 message) is written as format 5 wrote it, which
+ *             reads as none of them. Up to format 7 these were
  *             database "queue", keyed sid + order: see "Queue keys" below
  *   retained  topic -> u8 qos + payload; format 6: a qos byte with
  *             STORE_RETAINED_V5 set is followed by the expiry (u64) and
@@ -632,6 +634,9 @@ static void enc_msg(struct recw *w, const struct store_msg *m)
 	recw_u8(w, m->retain);
 	recw_str(w, m->topic, m->topic_len);
 	recw_bytes(w, m->payload, m->payload_len);
+	/* A message with none of what later formats add is written as format 5, which reads as none. */
+	if (!m->v5.expires_at && !m->v5.props_len && !m->n_sub_ids)
+		return;
 	/* Format 6, at the end so that a format 5 value reads as "none". */
 	recw_u64(w, m->v5.expires_at);
 	recw_bytes(w, m->v5.props, m->v5.props_len);

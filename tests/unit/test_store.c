@@ -629,6 +629,27 @@ static void new_daemon_of_a_memory_store_starts_empty(void **state)
 	free(g);
 }
 
+/* The size of a value of database db, read behind iotd's back. */
+static size_t value_size(struct fx *f, const char *db, const void *key, size_t klen)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { klen, (void *)key }, v;
+	size_t n;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK | MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	n = v.mv_size;
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return n;
+}
+
 /*
  * Make a closed store's queue what format 7 and older wrote: every queued
  * message moved from "messages" (key: order, sid) to "queue" (key: sid,
@@ -875,7 +896,8 @@ static void format_5_messages_read_as_without_properties(void **state)
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
 	queue_as_format7(f);
-	cut_value(f, "queue", qkey, sizeof(qkey), 8 + 4);   /* no expiry, no counted block */
+	/* A message with neither is written as format 5 wrote it: no expiry, no counted block. */
+	assert_int_equal(value_size(f, "queue", qkey, sizeof(qkey)), 2 + 1 + 1 + 1 + (2 + 1) + (4 + 3));
 	reopen_upgraded_from(f, 5);
 	store_queue_put(f->st, 3, 2, &m);
 	store_retained_put(f->st, "r/new", 5, 1, (const uint8_t *)"five", 4, &v5);
@@ -903,39 +925,25 @@ static void format_5_messages_read_as_without_properties(void **state)
 	free(g);
 }
 
-/* The size of a value of database db, read behind iotd's back. */
-static size_t value_size(struct fx *f, const char *db, const void *key, size_t klen)
-{
-	MDB_env *env;
-	MDB_txn *txn;
-	MDB_dbi dbi;
-	MDB_val k = { klen, (void *)key }, v;
-	size_t n;
-
-	assert_int_equal(mdb_env_create(&env), 0);
-	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK | MDB_RDONLY, 0600), 0);
-	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
-	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
-	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
-	n = v.mv_size;
-	mdb_txn_abort(txn);
-	mdb_env_close(env);
-	return n;
-}
-
 /*
  * Format 7 keeps a queued message's subscription identifiers, only when
  * it has some: a message without any is written as format 6 wrote it (a
  * format 6 value reads as one without), one with them comes back whole,
- * and a value shorter than its count says is damaged, skipped.
+ * and a value shorter than its count says is damaged, skipped. One with
+ * no expiry, properties nor identifiers is written as format 5 wrote it.
  */
 static void format_6_messages_read_as_without_sub_ids(void **state)
 {
 	/* Format 6's keys are sid + order (moved as the store is opened), format 8's order + sid. */
 	static const uint8_t k1[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1 };
 	static const uint8_t k2[12] = { 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3 };
+	static const uint8_t k7[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 7 };
 	static const uint32_t ids[2] = { 9, 268435455 };
+	const struct store_msg old = {
+		.packet_id = 1, .state = MSG_QUEUED, .qos = 1, .topic = "t", .topic_len = 1,
+		.payload = (const uint8_t *)"old", .payload_len = 3,
+		.v5 = { .expires_at = 1700000000123ull },
+	};
 	struct store_msg m = {
 		.packet_id = 2, .state = MSG_INFLIGHT, .qos = 2, .topic = "t", .topic_len = 1,
 		.payload = (const uint8_t *)"ids", .payload_len = 3,
@@ -948,18 +956,24 @@ static void format_6_messages_read_as_without_sub_ids(void **state)
 
 	open_ok(f);
 	put_session(f->st, 3, "dev", false, 0, 0);
-	put_msg(f->st, 3, 1, "t", "old");
+	store_queue_put(f->st, 3, 1, &old);
+	put_msg(f->st, 3, 7, "t", "new");
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
 	queue_as_format7(f);
 	assert_int_equal(value_size(f, "queue", k1, sizeof(k1)), format6);
+	assert_int_equal(value_size(f, "queue", k7, sizeof(k7)), format6 - 8 - 4);
 	reopen_upgraded_from(f, 6);
 	store_queue_put(f->st, 3, 2, &m);
 	assert_int_equal(store_commit(f->st), 0);
 	g = read_all(f->st);
-	assert_int_equal(g->nq, 2);
+	assert_int_equal(g->nq, 3);
 	assert_string_equal(g->q[0].payload, "old");
 	assert_int_equal(g->q[0].n_sub_ids, 0);
+	assert_true(g->q[0].expires_at == old.v5.expires_at);
+	assert_string_equal(g->q[2].payload, "new");
+	assert_true(g->q[2].expires_at == 0);
+	assert_int_equal(g->q[2].n_sub_ids, 0);
 	assert_string_equal(g->q[1].payload, "ids");
 	assert_int_equal(g->q[1].state, MSG_INFLIGHT);
 	assert_int_equal(g->q[1].n_sub_ids, 2);
@@ -978,8 +992,9 @@ static void format_6_messages_read_as_without_sub_ids(void **state)
 	cut_value(f, "messages", k2, sizeof(k2), 4);
 	open_ok(f);
 	g = read_all(f->st);
-	assert_int_equal(g->nq, 1);
+	assert_int_equal(g->nq, 2);
 	assert_string_equal(g->q[0].payload, "old");
+	assert_string_equal(g->q[1].payload, "new");
 	free(g);
 }
 
