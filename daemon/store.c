@@ -806,6 +806,8 @@ void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
 }
 
 /* Do the deletes store_queue_del() keeps, into the open transaction. */
+#define STORE_QDEL_KEEP 4096u    /* deletes a turn's list keeps room for (48 KiB) */
+
 static void store_queue_flush(struct store *st)
 {
 	MDB_cursor *cur;
@@ -827,6 +829,12 @@ static void store_queue_flush(struct store *st)
 		mdb_cursor_close(cur);
 	}
 	st->n_qdel = 0;
+	/* A session's whole queue deleted at once must not stay held. */
+	if (st->cap_qdel > STORE_QDEL_KEEP) {
+		free(st->qdel);
+		st->qdel = NULL;
+		st->cap_qdel = 0;
+	}
 	if (rc)
 		store_fail(st, "deleting a queued message", rc);
 }

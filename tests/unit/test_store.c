@@ -1258,6 +1258,18 @@ static void queue_deletes_keep_their_place_in_the_turn(void **state)
 	for (size_t i = 0; i < 5; i++)
 		assert_int_equal(g.q[i].order, i + 1 < 4 ? i + 1 : i + 2);
 	assert_string_equal(g.q[1].payload, "two");
+
+	/* A whole long queue deleted in one turn. */
+	put_session(f->st, 4, "long", false, 0, 0);
+	for (uint64_t i = 100; i < 6100; i++)
+		put_msg(f->st, 4, i, "t", "x");
+	assert_int_equal(store_commit(f->st), 0);
+	for (uint64_t i = 100; i < 6100; i++)
+		store_queue_del(f->st, 4, i);
+	assert_int_equal(store_commit(f->st), 0);
+	memset(&g, 0, sizeof(g));
+	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
+	assert_int_equal(g.nq, 5);
 }
 
 static void a_file_that_is_not_lmdb_is_refused(void **state)
