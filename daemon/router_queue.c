@@ -35,26 +35,42 @@
 
 /* ---- the store and the worker ------------------------------------------ */
 
-void session_msg_persist(struct router *r, const struct session *s,
-			 const struct session_msg *q)
+/*
+ * Write session sid's queue entry order: m as the entry holds it, with
+ * its packet id, state and mark. A new entry is written from what it was
+ * made of, not read back: its small fields, just stored to a line the
+ * cache may not hold yet, would make the read wait for that line.
+ */
+static void session_msg_store(struct router *r, uint32_t sid, uint64_t order,
+			      uint16_t packet_id, uint8_t state, bool at_worker,
+			      const struct router_msg *m)
 {
-	struct store_msg m = {
-		.packet_id = q->packet_id,
-		.state = q->state,
-		.qos = q->qos,
-		.retain = q->retain,
-		.at_worker = q->at_worker,
-		.topic = (const char *)q->body->data,
-		.topic_len = q->body->topic_len,
-		.payload = q->body->data + q->body->topic_len,
-		.payload_len = q->body->payload_len,
-		.v5 = { msg_body_props(q->body), q->body->props_len, q->body->expires_at },
-		.n_sub_ids = q->n_sub_ids,
-		.sub_ids = q->sub_ids,
+	struct store_msg sm = {
+		.packet_id = packet_id,
+		.state = state,
+		.qos = m->qos,
+		.retain = m->retain,
+		.at_worker = at_worker,
+		.topic = m->topic,
+		.topic_len = m->topic_len,
+		.payload = m->payload,
+		.payload_len = m->payload_len,
+		.v5 = { m->props, m->props_len, m->expires_at },
+		.n_sub_ids = m->n_sub_ids,
+		.sub_ids = m->sub_ids,
 	};
 
 	if (r->st)
-		store_queue_put(r->st, s->sid, q->order, &m);
+		store_queue_put(r->st, sid, order, &sm);
+}
+
+void session_msg_persist(struct router *r, const struct session *s,
+			 const struct session_msg *q)
+{
+	struct router_msg m;
+
+	session_msg_view(q, &m);
+	session_msg_store(r, s->sid, q->order, q->packet_id, q->state, q->at_worker, &m);
 }
 
 void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uint64_t copy,
@@ -463,6 +479,7 @@ void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t pa
 	size_t bytes = router_msg_bytes(m) + sub_ids_bytes(m->n_sub_ids);
 	size_t held = router_held_cost(*body, m);
 	struct session_msg *q;
+	uint64_t order;
 
 	if (session_queue_full(r, s, state, bytes, held) &&
 	    (state != MSG_QUEUED || !session_queue_evict_qos0(r, s, bytes, held))) {
@@ -485,9 +502,10 @@ void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t pa
 			   "out of memory: queued message dropped");
 		return;
 	}
-	q->order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | (owed ? 0 : ROUTER_ORDER_QUEUED);
+	order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | (owed ? 0 : ROUTER_ORDER_QUEUED);
+	q->order = order;
 	session_queue_link(s, q, owed);
-	session_msg_persist(r, s, q);
+	session_msg_store(r, s->sid, order, packet_id, state, false, m);
 	log_debug("router: session %u queued %s message (%zu stored)", s->sid,
 		  owed ? "owed" : "new", session_queue_len(s));
 }
@@ -592,6 +610,7 @@ uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_i
 			  bool shared)
 {
 	struct session_msg *q;
+	uint64_t order;
 
 	if ((s->clean && !shared) || m->qos == 0 ||
 	    s->q_at_worker >= ROUTER_MAX_WINDOW + (size_t)r->cfg->max_queued_messages)
@@ -608,10 +627,11 @@ uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_i
 		return 0;
 	}
 	q->at_worker = true;
-	q->order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | ROUTER_ORDER_QUEUED;
+	order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | ROUTER_ORDER_QUEUED;
+	q->order = order;
 	session_queue_link(s, q, false);
-	session_msg_persist(r, s, q);
-	return q->order;
+	session_msg_store(r, s->sid, order, packet_id, state, true, m);
+	return order;
 }
 
 /* The connection is gone: what it held becomes the head of the offline queue, as last reported. */
