@@ -124,6 +124,12 @@ static MDB_val key_ordered(uint8_t kb[12], uint32_t id, uint64_t order)
 	return mval(kb, 12);
 }
 
+/* a's key after b's? */
+static bool qkey_after(struct store_qkey a, struct store_qkey b)
+{
+	return a.order > b.order || (a.order == b.order && a.sid > b.sid);
+}
+
 /* The key of a session's queued message (format 8): order, then session, in kb. */
 static MDB_val key_queued(uint8_t kb[STORE_QKEY_LEN], uint32_t sid, uint64_t order)
 {
@@ -784,6 +790,7 @@ void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t 
  */
 void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
 {
+	const struct store_qkey key = { order, sid };
 	uint8_t kb[STORE_QKEY_LEN];
 	MDB_val k = key_queued(kb, sid, order);
 
@@ -801,8 +808,8 @@ void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
 		st->cap_qdel = cap;
 	}
 	memcpy(st->qdel[st->n_qdel++], kb, sizeof(kb));
-	if (st->n_qdel == 1 || memcmp(kb, st->qdel_max, sizeof(kb)) > 0)
-		memcpy(st->qdel_max, kb, sizeof(kb));
+	if (st->n_qdel == 1 || qkey_after(key, st->qdel_max))
+		st->qdel_max = key;
 }
 
 /* Do the deletes store_queue_del() keeps, into the open transaction. */
@@ -841,11 +848,12 @@ static void store_queue_flush(struct store *st)
 
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m)
 {
+	const struct store_qkey key = { order, sid };
 	uint8_t kb[STORE_QKEY_LEN];
 	MDB_val k = key_queued(kb, sid, order), v;
 
 	/* A key this turn may have deleted: the delete first, as it came first. */
-	if (st->n_qdel && memcmp(kb, st->qdel_max, sizeof(kb)) <= 0)
+	if (st->n_qdel && !qkey_after(key, st->qdel_max))
 		store_queue_flush(st);
 	enc_msg(&st->val, m);
 	if (!store_encoded(st, &v, "encoding a queued message"))
@@ -855,10 +863,10 @@ void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struc
 	 * but for what a closing connection still owed): appended. queue_last
 	 * is only a hint; a key that is not last after all is put as any.
 	 */
-	if (memcmp(kb, st->queue_last, sizeof(kb)) > 0) {
+	if (qkey_after(key, st->queue_last)) {
 		int rc = mdb_put(st->txn, st->queue, &k, &v, MDB_APPEND);
 
-		memcpy(st->queue_last, kb, sizeof(kb));
+		st->queue_last = key;
 		if (rc == 0)
 			return;
 		if (rc != MDB_KEYEXIST) {

@@ -22,6 +22,12 @@
 #define STORE_DIR_PREFIX "iotd-"
 #define STORE_NAME_RANDOM 16                      /* bytes of getrandom() in a memory store's name */
 
+/* A queued message's key as numbers: ordered as its bytes are (store.c key_queued). */
+struct store_qkey {
+	uint64_t order;
+	uint32_t sid;
+};
+
 struct store {
 	MDB_env *env;
 	MDB_dbi meta, sessions, subs, queue, retained, outbox;   /* queue: "messages" */
@@ -34,11 +40,11 @@ struct store {
 	bool warned_sync;
 	bool unsynced;               /* committed since the last store_sync() */
 	uint32_t sessions_max_sid;   /* largest session id written: above it, a put appends */
-	uint8_t queue_last[STORE_QKEY_LEN]; /* largest queue key written: above it, a put appends */
+	struct store_qkey queue_last;  /* largest queue key written: above it, a put appends */
 	/* Queued messages deleted this turn, done at the commit (store_queue_flush) */
 	uint8_t (*qdel)[STORE_QKEY_LEN];
 	size_t n_qdel, cap_qdel;
-	uint8_t qdel_max[STORE_QKEY_LEN]; /* the largest of them */
+	struct store_qkey qdel_max;    /* the largest of them */
 	struct recw val;             /* scratch for encoding values */
 	uint8_t *kbuf;               /* scratch for building long keys (sid + filter) */
 	size_t kcap;
