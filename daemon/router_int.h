@@ -148,9 +148,18 @@ struct msg_body {
 	uint32_t payload_len;
 	uint32_t props_len;          /* its property block (rec.h REC_PUB_PROPS); 0: none */
 	uint16_t topic_len;
+	uint8_t size_step;           /* data allocated in MSG_BODY_STEP bytes: this many; 0: as long as it is */
 	uint64_t expires_at;         /* its message expiry, ms since the epoch; 0: never */
 	uint8_t data[];              /* topic, then payload, then props */
 };
+
+/*
+ * Bodies of up to MSG_BODY_STEPS steps of data are allocated in whole
+ * steps, so that a freed one serves the next body of its step
+ * (router_queue.c: the spare bodies).
+ */
+#define MSG_BODY_STEP 64u
+#define MSG_BODY_STEPS 8u
 
 static inline const uint8_t *msg_body_props(const struct msg_body *b)
 {
@@ -435,6 +444,15 @@ struct router {
 	size_t held_bodies;
 	bool warned_held_full;       /* max_queued_bytes_total reached: logged once per episode */
 	uint64_t queue_drops;
+	/*
+	 * Entries without identifiers and bodies freed lately, for the next
+	 * ones (ROUTER_SPARE_MSGS and ROUTER_SPARE_BODIES at most): bodies by
+	 * their size step, linked through their data.
+	 */
+	struct session_msg *spare_msgs;
+	uint32_t n_spare_msgs;
+	struct msg_body *spare_bodies[MSG_BODY_STEPS + 1];
+	uint32_t n_spare_bodies;
 
 	/* Subscriptions, retained messages, publishing (router_publish.c). */
 	struct topic_trie *trie;
@@ -634,6 +652,7 @@ uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_i
 			  uint8_t state, const struct router_msg *m, struct msg_body **body,
 			  bool shared);
 void session_copies_release(struct router *r, struct session *s);
+void router_spares_free(struct router *r);
 struct session_msg *session_copy_find(struct session *s, uint64_t copy,
 				      struct session_msg **prev_r);
 void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uint64_t copy,

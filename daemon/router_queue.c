@@ -13,7 +13,8 @@
  * counting an MQTT 5 message's properties with its payload, and its
  * subscription identifiers (4 bytes each) with its entry. A message
  * whose expiry passed while it waited is dropped when it would be sent.
- * Every change is written to the store's queue.
+ * Every change is written to the store's queue. Entries and bodies freed
+ * are kept, up to a fixed number, for the next ones (the spares).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -23,29 +24,53 @@
 #include "store.h"
 
 #define ROUTER_MAX_WINDOW 65535u      /* a session cannot owe more in-flight messages than packet ids */
+/*
+ * Freed entries and bodies kept for the next ones (at most 40 KiB and
+ * 560 KiB): under load the router frees an entry and a body per delivery
+ * done and makes them per delivery, and malloc's work on long-cold
+ * chunks cost more than the copying.
+ */
+#define ROUTER_SPARE_MSGS 1024u
+#define ROUTER_SPARE_BODIES 1024u
 
 /* ---- the store and the worker ------------------------------------------ */
+
+/*
+ * Write session sid's queue entry order: m as the entry holds it, with
+ * its packet id, state and mark. A new entry is written from what it was
+ * made of, not read back: its small fields, just stored to a line the
+ * cache may not hold yet, would make the read wait for that line.
+ */
+static void session_msg_store(struct router *r, uint32_t sid, uint64_t order,
+			      uint16_t packet_id, uint8_t state, bool at_worker,
+			      const struct router_msg *m)
+{
+	struct store_msg sm = {
+		.packet_id = packet_id,
+		.state = state,
+		.qos = m->qos,
+		.retain = m->retain,
+		.at_worker = at_worker,
+		.topic = m->topic,
+		.topic_len = m->topic_len,
+		.payload = m->payload,
+		.payload_len = m->payload_len,
+		.v5 = { m->props, m->props_len, m->expires_at },
+		.n_sub_ids = m->n_sub_ids,
+		.sub_ids = m->sub_ids,
+	};
+
+	if (r->st)
+		store_queue_put(r->st, sid, order, &sm);
+}
 
 void session_msg_persist(struct router *r, const struct session *s,
 			 const struct session_msg *q)
 {
-	struct store_msg m = {
-		.packet_id = q->packet_id,
-		.state = q->state,
-		.qos = q->qos,
-		.retain = q->retain,
-		.at_worker = q->at_worker,
-		.topic = (const char *)q->body->data,
-		.topic_len = q->body->topic_len,
-		.payload = q->body->data + q->body->topic_len,
-		.payload_len = q->body->payload_len,
-		.v5 = { msg_body_props(q->body), q->body->props_len, q->body->expires_at },
-		.n_sub_ids = q->n_sub_ids,
-		.sub_ids = q->sub_ids,
-	};
+	struct router_msg m;
 
-	if (r->st)
-		store_queue_put(r->st, s->sid, q->order, &m);
+	session_msg_view(q, &m);
+	session_msg_store(r, s->sid, q->order, q->packet_id, q->state, q->at_worker, &m);
 }
 
 void router_send_session_msg(struct router *r, conn_id_t conn, uint32_t sid, uint64_t copy,
@@ -83,13 +108,17 @@ static size_t router_msg_bytes(const struct router_msg *m)
 	return (size_t)m->topic_len + m->payload_len + m->props_len;
 }
 
-/* A body for m's topic, payload and properties, held by no entry yet (refs 0, not counted). */
-struct msg_body *msg_body_new(const struct router_msg *m)
+/* How many MSG_BODY_STEPs a body of bytes is allocated in; 0: too big, as long as it is. */
+static uint8_t msg_body_steps(size_t bytes)
 {
-	struct msg_body *b = malloc(sizeof(*b) + router_msg_bytes(m));
+	size_t steps = (bytes + MSG_BODY_STEP - 1) / MSG_BODY_STEP;
 
-	if (!b)
-		return NULL;
+	return steps && steps <= MSG_BODY_STEPS ? (uint8_t)steps : 0;
+}
+
+/* Fill b with m's topic, payload and properties, held by no entry yet. */
+static struct msg_body *msg_body_fill(struct msg_body *b, const struct router_msg *m)
+{
 	b->refs = 0;
 	b->topic_len = m->topic_len;
 	b->payload_len = m->payload_len;
@@ -104,12 +133,50 @@ struct msg_body *msg_body_new(const struct router_msg *m)
 	return b;
 }
 
-/* The body a message about to be queued shares: *body, made from m on first need. */
-static struct msg_body *msg_body_get(struct msg_body **body, const struct router_msg *m)
+/* A body for m's topic, payload and properties, held by no entry yet (refs 0, not counted). */
+struct msg_body *msg_body_new(const struct router_msg *m)
 {
-	if (!*body)
+	size_t bytes = router_msg_bytes(m);
+	uint8_t steps = msg_body_steps(bytes);
+	struct msg_body *b = malloc(sizeof(*b) + (steps ? steps * (size_t)MSG_BODY_STEP : bytes));
+
+	if (!b)
+		return NULL;
+	b->size_step = steps;
+	return msg_body_fill(b, m);
+}
+
+/* The body a message about to be queued shares: *body, made from m on first need. */
+static struct msg_body *msg_body_get(struct router *r, struct msg_body **body,
+				     const struct router_msg *m)
+{
+	uint8_t steps;
+	struct msg_body *b;
+
+	if (*body)
+		return *body;
+	steps = msg_body_steps(router_msg_bytes(m));
+	b = steps ? r->spare_bodies[steps] : NULL;
+	if (b) {
+		memcpy(&r->spare_bodies[steps], b->data, sizeof(b));
+		r->n_spare_bodies--;
+		*body = msg_body_fill(b, m);
+	} else {
 		*body = msg_body_new(m);
+	}
 	return *body;
+}
+
+/* A body no entry holds any more: kept for the next of its size, or freed. */
+static void msg_body_dealloc(struct router *r, struct msg_body *b)
+{
+	if (b->size_step && r->n_spare_bodies < ROUTER_SPARE_BODIES) {
+		memcpy(b->data, &r->spare_bodies[b->size_step], sizeof(b));
+		r->spare_bodies[b->size_step] = b;
+		r->n_spare_bodies++;
+		return;
+	}
+	free(b);
 }
 
 /* What an entry adds to ROUTER_ENTRY_COST: its subscription identifiers. */
@@ -173,6 +240,52 @@ void router_held_check(struct router *r)
 
 /* ---- a session's queue ------------------------------------------------- */
 
+/* Room for an entry with n_sub_ids identifiers: a spare one (the last freed) when it has none. */
+static struct session_msg *session_msg_alloc(struct router *r, uint8_t n_sub_ids)
+{
+	struct session_msg *q = r->spare_msgs;
+
+	if (n_sub_ids == 0 && q) {
+		r->spare_msgs = q->next;
+		r->n_spare_msgs--;
+		return q;
+	}
+	return malloc(sizeof(*q) + sub_ids_bytes(n_sub_ids));
+}
+
+static void session_msg_dealloc(struct router *r, struct session_msg *q)
+{
+	if (q->n_sub_ids == 0 && r->n_spare_msgs < ROUTER_SPARE_MSGS) {
+		q->next = r->spare_msgs;
+		r->spare_msgs = q;
+		r->n_spare_msgs++;
+		return;
+	}
+	free(q);
+}
+
+void router_spares_free(struct router *r)
+{
+	struct session_msg *q, *next;
+
+	for (q = r->spare_msgs; q; q = next) {
+		next = q->next;
+		free(q);
+	}
+	r->spare_msgs = NULL;
+	r->n_spare_msgs = 0;
+	for (unsigned i = 0; i <= MSG_BODY_STEPS; i++) {
+		struct msg_body *b = r->spare_bodies[i], *bnext;
+
+		for (; b; b = bnext) {
+			memcpy(&bnext, b->data, sizeof(bnext));
+			free(b);
+		}
+		r->spare_bodies[i] = NULL;
+	}
+	r->n_spare_bodies = 0;
+}
+
 /*
  * A queue entry for body, which it holds (and which is counted once, with
  * its first holder), with m's QoS, retain flag and subscription
@@ -183,8 +296,7 @@ struct session_msg *session_msg_new(struct router *r, uint16_t packet_id, uint8_
 {
 	struct session_msg *q;
 
-	if (!body || body->refs == UINT32_MAX ||
-	    !(q = malloc(sizeof(*q) + sub_ids_bytes(m->n_sub_ids))))
+	if (!body || body->refs == UINT32_MAX || !(q = session_msg_alloc(r, m->n_sub_ids)))
 		return NULL;
 	q->body = body;
 	q->packet_id = packet_id;
@@ -212,17 +324,20 @@ static void session_msg_free(struct router *r, struct session_msg *q)
 	if (--b->refs == 0) {
 		r->held_bytes -= msg_body_bytes(b);
 		r->held_bodies--;
-		free(b);
+		msg_body_dealloc(r, b);
 	}
-	free(q);
+	session_msg_dealloc(r, q);
 }
 
+/* The session is going: its queue leaves memory and the store (not one key range there). */
 void session_queue_clear(struct router *r, struct session *s)
 {
 	struct session_msg *m, *next;
 
 	for (m = s->q_head; m; m = next) {
 		next = m->next;
+		if (r->st)
+			store_queue_del(r->st, s->sid, m->order);
 		session_msg_free(r, m);
 	}
 	s->q_head = s->q_tail = s->q_owed_tail = NULL;
@@ -237,11 +352,12 @@ void session_queue_clear(struct router *r, struct session *s)
  */
 static void session_queue_count(struct session *s, const struct session_msg *q, int dir)
 {
-	size_t bytes = msg_body_bytes(q->body) + sub_ids_bytes(q->n_sub_ids);
-
 	if (q->at_worker) {
+		/* Not counted in bytes: a copy's body is not touched here, it is long cold. */
 		s->q_at_worker += (uint32_t)dir;
 	} else if (q->state == MSG_QUEUED) {
+		size_t bytes = msg_body_bytes(q->body) + sub_ids_bytes(q->n_sub_ids);
+
 		s->q_queued += (uint32_t)dir;
 		s->q_queued_bytes += dir > 0 ? bytes : -bytes;
 	} else {
@@ -316,6 +432,8 @@ void session_msg_drop(struct router *r, struct session *s, struct session_msg *q
 	if (s->q_owed_tail == q)
 		s->q_owed_tail = prev;
 	session_queue_count(s, q, -1);
+	/* Its body is needed by the free: let its load overlap the store's work. */
+	__builtin_prefetch(q->body);
 	if (r->st)
 		store_queue_del(r->st, s->sid, q->order);
 	session_msg_free(r, q);
@@ -361,6 +479,7 @@ void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t pa
 	size_t bytes = router_msg_bytes(m) + sub_ids_bytes(m->n_sub_ids);
 	size_t held = router_held_cost(*body, m);
 	struct session_msg *q;
+	uint64_t order;
 
 	if (session_queue_full(r, s, state, bytes, held) &&
 	    (state != MSG_QUEUED || !session_queue_evict_qos0(r, s, bytes, held))) {
@@ -376,16 +495,17 @@ void session_enqueue(struct router *r, struct session *s, bool owed, uint16_t pa
 		}
 		return;
 	}
-	q = session_msg_new(r, packet_id, state, m, msg_body_get(body, m));
+	q = session_msg_new(r, packet_id, state, m, msg_body_get(r, body, m));
 	if (!q) {
 		r->queue_drops++;
 		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 			   "out of memory: queued message dropped");
 		return;
 	}
-	q->order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | (owed ? 0 : ROUTER_ORDER_QUEUED);
+	order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | (owed ? 0 : ROUTER_ORDER_QUEUED);
+	q->order = order;
 	session_queue_link(s, q, owed);
-	session_msg_persist(r, s, q);
+	session_msg_store(r, s->sid, order, packet_id, state, false, m);
 	log_debug("router: session %u queued %s message (%zu stored)", s->sid,
 		  owed ? "owed" : "new", session_queue_len(s));
 }
@@ -490,6 +610,7 @@ uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_i
 			  bool shared)
 {
 	struct session_msg *q;
+	uint64_t order;
 
 	if ((s->clean && !shared) || m->qos == 0 ||
 	    s->q_at_worker >= ROUTER_MAX_WINDOW + (size_t)r->cfg->max_queued_messages)
@@ -498,7 +619,7 @@ uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_i
 		router_held_warn(r, "messages to persistent sessions' connections are not kept against a worker crash");
 		return 0;
 	}
-	q = session_msg_new(r, packet_id, state, m, msg_body_get(body, m));
+	q = session_msg_new(r, packet_id, state, m, msg_body_get(r, body, m));
 	if (!q) {
 		log_client(LOG_LVL_ERROR, s->client_id, session_remote(s),
 			   "out of memory: a QoS %u message is not kept against a worker crash",
@@ -506,10 +627,11 @@ uint64_t session_copy_new(struct router *r, struct session *s, uint16_t packet_i
 		return 0;
 	}
 	q->at_worker = true;
-	q->order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | ROUTER_ORDER_QUEUED;
+	order = (r->next_order++ & ~ROUTER_ORDER_QUEUED) | ROUTER_ORDER_QUEUED;
+	q->order = order;
 	session_queue_link(s, q, false);
-	session_msg_persist(r, s, q);
-	return q->order;
+	session_msg_store(r, s->sid, order, packet_id, state, true, m);
+	return order;
 }
 
 /* The connection is gone: what it held becomes the head of the offline queue, as last reported. */

@@ -1121,4 +1121,5 @@ void router_sessions_free(struct router *r)
 	}
 	for (unsigned i = 0; i < IOTD_MAX_WORKERS; i++)
 		free(r->conn_slots[i]);
+	router_spares_free(r);
 }

@@ -24,18 +24,21 @@
  *             QoS alone, which reads as the same QoS without options),
  *             then (format 6) the u32 subscription identifier when it has
  *             one (MQTT 5)
- *   queue     sid (u32 BE) + order (u64 BE) -> packet id, state, qos, retain,
- *             topic, payload, then (format 6) the message's expiry (u64)
- *             and its MQTT 5 property block (u32-counted), then (format
- *             7, only when it has some) its subscription identifiers (u8
- *             count, u32 each)
+ *   messages  order (u64 BE) + sid (u32 BE) -> packet id, state, qos,
+ *             retain, topic, payload, then (format 6) the message's expiry
+ *             (u64) and its MQTT 5 property block (u32-counted), then
+ *             (format 7, only when it has some) its subscription
+ *             identifiers (u8 count, u32 each); one with none of these
+ *             (every 3.1.1 message) is written as format 5 wrote it, which
+ *             reads as none of them. Up to format 7 these were
+ *             database "queue", keyed sid + order: see "Queue keys" below
  *   retained  topic -> u8 qos + payload; format 6: a qos byte with
  *             STORE_RETAINED_V5 set is followed by the expiry (u64) and
  *             the property block (u32-counted) before the payload
  *   outbox    ring (u32 BE) + seq (u64 BE) -> u16 type + record payload
  *
  * Big-endian numbers in keys keep LMDB's byte order equal to numeric
- * order, so a session's subscriptions and queue are one key range. Values
+ * order, so a session's subscriptions are one key range. Values
  * use rec.h's host-order fields: an LMDB file is tied to its architecture
  * anyway. LMDB keys are limited to 511 bytes while topics and filters may
  * reach 65535: a longer key is stored as its first STORE_KEY_PREFIX bytes
@@ -52,6 +55,18 @@
  * identifiers). Format 8 encodes a session anew, from its first byte on:
  * an older session's value is read by the older decoder, and written as
  * format 8 the next time the session changes.
+ *
+ * Queue keys (format 8). Queue order is one counter for all sessions, so
+ * keyed by it first, the messages of every session's queue are one run
+ * in time: each new one is appended (MDB_APPEND, which fills pages
+ * instead of splitting them) to the end of the tree, and the oldest,
+ * which are mostly the ones done, are deleted from its start. Each turn
+ * of a busy router then dirties a few pages at either end, where keys by
+ * session first dirtied pages at both ends of every session's range. A
+ * session's queue is no key range any more: the router deletes each of
+ * its messages (it holds them all), and a new daemon's claim sweeps the
+ * messages of the sessions it dropped. A store of an older format has
+ * its "queue" moved into "messages" as it is opened (store_open.c).
  *
  * The environment is opened MDB_NOLOCK (iotd.lock guarantees a single
  * user, so no robust mutex or reader table can be left behind by a
@@ -105,12 +120,26 @@ static MDB_val key_sid(uint8_t kb[4], uint32_t sid)
 	return mval(kb, 4);
 }
 
-/* The key of a session's queued message or of a ring's held record: id, then order, in kb. */
+/* The key of a ring's held record: ring, then order, in kb. */
 static MDB_val key_ordered(uint8_t kb[12], uint32_t id, uint64_t order)
 {
 	put_be32(kb, id);
 	put_be64(kb + 4, order);
 	return mval(kb, 12);
+}
+
+/* a's key after b's? */
+static bool qkey_after(struct store_qkey a, struct store_qkey b)
+{
+	return a.order > b.order || (a.order == b.order && a.sid > b.sid);
+}
+
+/* The key of a session's queued message (format 8): order, then session, in kb. */
+static MDB_val key_queued(uint8_t kb[STORE_QKEY_LEN], uint32_t sid, uint64_t order)
+{
+	put_be64(kb, order);
+	put_be32(kb + 8, sid);
+	return mval(kb, STORE_QKEY_LEN);
 }
 
 /* ---- failures ---------------------------------------------------------- */
@@ -122,6 +151,7 @@ static MDB_val key_ordered(uint8_t kb[12], uint32_t id, uint64_t order)
  */
 static void store_fail(struct store *st, const char *what, int rc)
 {
+	st->n_qdel = 0;
 	if (!st->warned)
 		log_error("store %s: %s: %s: serving from memory; the store is written again in full once it accepts writes",
 			  st->dir, what, mdb_strerror(rc));
@@ -850,6 +880,9 @@ static void enc_msg(struct recw *w, const struct store_msg *m)
 	recw_u8(w, m->retain);
 	recw_str(w, m->topic, m->topic_len);
 	recw_bytes(w, m->payload, m->payload_len);
+	/* A message with none of what later formats add is written as format 5, which reads as none. */
+	if (!m->v5.expires_at && !m->v5.props_len && !m->n_sub_ids)
+		return;
 	/* Format 6, at the end so that a format 5 value reads as "none". */
 	recw_u64(w, m->v5.expires_at);
 	recw_bytes(w, m->v5.props, m->v5.props_len);
@@ -936,7 +969,6 @@ void store_session_del(struct store *st, uint32_t sid)
 
 	store_del(st, st->sessions, &k, "deleting a session");
 	store_del_prefix(st, st->subs, kb, 4, "deleting a session's subscriptions");
-	store_del_prefix(st, st->queue, kb, 4, "deleting a session's queue");
 }
 
 /* Subscriptions are keyed by sid + filter: that whole key, in st->kbuf. */
@@ -985,20 +1017,106 @@ void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t 
 	lkey_del(st, st->subs, st->kbuf, 4 + (size_t)len, "deleting a subscription");
 }
 
-void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m)
-{
-	uint8_t kb[12];
-	MDB_val k = key_ordered(kb, sid, order), v;
-
-	enc_msg(&st->val, m);
-	if (store_encoded(st, &v, "encoding a queued message"))
-		store_put(st, st->queue, &k, &v, "writing a queued message");
-}
-
+/*
+ * Deletes wait for the commit (or a read or put that must see them), to
+ * be done last first: they come mostly in queue order (the oldest
+ * messages are done first), so that is about descending key order, and
+ * deleting a page's last node moves no other (LMDB packs a page's nodes
+ * from its end down, in the order they were put), where deleting its
+ * first one, the oldest message of an appended page, moved all the
+ * others. Not sorted: qsort() may ask the kernel for the memory size,
+ * which the router's seccomp filter does not allow, and the order only
+ * saves work.
+ */
 void store_queue_del(struct store *st, uint32_t sid, uint64_t order)
 {
-	store_del_ordered(st, st->queue, sid, order, "deleting a queued message");
+	const struct store_qkey key = { order, sid };
+	uint8_t kb[STORE_QKEY_LEN];
+	MDB_val k = key_queued(kb, sid, order);
+
+	if (!store_wtxn(st))
+		return;
+	if (st->n_qdel == st->cap_qdel) {
+		size_t cap = st->cap_qdel ? st->cap_qdel * 2 : 256;
+		void *grown = reallocarray(st->qdel, cap, sizeof(*st->qdel));
+
+		if (!grown) {
+			store_del(st, st->queue, &k, "deleting a queued message");
+			return;
+		}
+		st->qdel = grown;
+		st->cap_qdel = cap;
+	}
+	memcpy(st->qdel[st->n_qdel++], kb, sizeof(kb));
+	if (st->n_qdel == 1 || qkey_after(key, st->qdel_max))
+		st->qdel_max = key;
 }
+
+/* Do the deletes store_queue_del() keeps, into the open transaction. */
+#define STORE_QDEL_KEEP 4096u    /* deletes a turn's list keeps room for (48 KiB) */
+
+static void store_queue_flush(struct store *st)
+{
+	MDB_cursor *cur;
+	int rc;
+
+	if (!st->n_qdel || !st->txn)
+		return;
+	rc = mdb_cursor_open(st->txn, st->queue, &cur);
+	if (rc == 0) {
+		for (size_t i = st->n_qdel; rc == 0 && i-- > 0;) {
+			MDB_val k = mval(st->qdel[i], STORE_QKEY_LEN), v;
+
+			rc = mdb_cursor_get(cur, &k, &v, MDB_SET);
+			if (rc == 0)
+				rc = mdb_cursor_del(cur, 0);
+			else if (rc == MDB_NOTFOUND)
+				rc = 0;
+		}
+		mdb_cursor_close(cur);
+	}
+	st->n_qdel = 0;
+	/* A session's whole queue deleted at once must not stay held. */
+	if (st->cap_qdel > STORE_QDEL_KEEP) {
+		free(st->qdel);
+		st->qdel = NULL;
+		st->cap_qdel = 0;
+	}
+	if (rc)
+		store_fail(st, "deleting a queued message", rc);
+}
+
+void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m)
+{
+	const struct store_qkey key = { order, sid };
+	uint8_t kb[STORE_QKEY_LEN];
+	MDB_val k = key_queued(kb, sid, order), v;
+
+	/* A key this turn may have deleted: the delete first, as it came first. */
+	if (st->n_qdel && !qkey_after(key, st->qdel_max))
+		store_queue_flush(st);
+	enc_msg(&st->val, m);
+	if (!store_encoded(st, &v, "encoding a queued message"))
+		return;
+	/*
+	 * A new message's key is past every other (queue order only grows,
+	 * but for what a closing connection still owed): appended. queue_last
+	 * is only a hint; a key that is not last after all is put as any.
+	 */
+	if (qkey_after(key, st->queue_last)) {
+		int rc = mdb_put(st->txn, st->queue, &k, &v, MDB_APPEND);
+
+		st->queue_last = key;
+		if (rc == 0)
+			return;
+		if (rc != MDB_KEYEXIST) {
+			store_fail(st, "writing a queued message", rc);
+			return;
+		}
+	}
+	store_put(st, st->queue, &k, &v, "writing a queued message");
+}
+
 
 void store_retained_put(struct store *st, const char *topic, uint16_t len, uint8_t qos,
 			const uint8_t *payload, uint32_t payload_len, const struct store_v5 *v5)
@@ -1075,12 +1193,56 @@ void store_outbox_clear(struct store *st)
 	store_drop(st, st->outbox, "deleting the held records");
 }
 
+/* ---- upgrade ----------------------------------------------------------- */
+
+int store_queue_upgrade(struct store *st, MDB_txn *txn)
+{
+	MDB_dbi old;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t moved = 0, dropped = 0;
+	int rc = mdb_dbi_open(txn, "queue", 0, &old);
+
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return rc;
+	rc = mdb_cursor_open(txn, old, &cur);
+	if (rc)
+		return rc;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		uint8_t kb[STORE_QKEY_LEN];
+		MDB_val nk;
+
+		if (k.mv_size != 12) {
+			dropped++;
+			continue;
+		}
+		nk = key_queued(kb, get_be32(k.mv_data), get_be64((const uint8_t *)k.mv_data + 4));
+		rc = mdb_put(txn, st->queue, &nk, &v, 0);
+		if (rc)
+			break;
+		moved++;
+	}
+	mdb_cursor_close(cur);
+	if (rc != MDB_NOTFOUND)
+		return rc;
+	if (dropped)
+		log_error("store %s: %zu corrupt queued messages were skipped", st->dir, dropped);
+	if (moved)
+		log_info("store %s: %zu queued messages moved to the format %d layout", st->dir,
+			 moved, STORE_FORMAT);
+	return mdb_drop(txn, old, 1);
+}
+
 /* ---- transactions ------------------------------------------------------ */
 
 int store_commit(struct store *st)
 {
 	int rc;
 
+	store_queue_flush(st);
 	if (!st->txn)
 		return st->stale ? -1 : 0;
 	rc = mdb_txn_commit(st->txn);
@@ -1100,6 +1262,7 @@ int store_commit(struct store *st)
 
 void store_abort(struct store *st)
 {
+	st->n_qdel = 0;
 	if (st->txn)
 		mdb_txn_abort(st->txn);
 	st->txn = NULL;
@@ -1235,12 +1398,12 @@ static bool scan_queued(struct store *st, const MDB_val *k, const MDB_val *v, vo
 	struct scan_ctx *c = ctx;
 	struct store_msg m;
 
-	if (k->mv_size != 12 || dec_msg(v, &m) < 0) {
+	if (k->mv_size != STORE_QKEY_LEN || dec_msg(v, &m) < 0) {
 		store_corrupt(st, "queued message");
 		return true;
 	}
-	((store_queue_cb)c->cb)(c->arg, get_be32(k->mv_data),
-				get_be64((const uint8_t *)k->mv_data + 4), &m);
+	((store_queue_cb)c->cb)(c->arg, get_be32((const uint8_t *)k->mv_data + 8),
+				get_be64(k->mv_data), &m);
 	return true;
 }
 
@@ -1310,6 +1473,7 @@ int store_each_sub(struct store *st, store_sub_cb cb, void *arg)
 
 int store_each_queued(struct store *st, store_queue_cb cb, void *arg)
 {
+	store_queue_flush(st);
 	return store_each(st, st->queue, scan_queued, (void *)cb, arg, "queued messages");
 }
 
@@ -1424,6 +1588,51 @@ out:
 	free(copy);
 }
 
+/*
+ * Delete the queued messages of sessions that are not in the store (those
+ * store_session_orphan() just dropped): a session's queue is no key range
+ * of its own to delete with it.
+ */
+static void store_queue_prune(struct store *st)
+{
+	uint8_t from[STORE_QKEY_LEN] = { 0 };
+	MDB_cursor *cur;
+	MDB_val k = mval(from, sizeof(from)), v;
+	MDB_cursor_op op = MDB_SET_RANGE;
+	int rc;
+
+	if (!store_wtxn(st))
+		return;
+	store_queue_flush(st);
+	rc = mdb_cursor_open(st->txn, st->queue, &cur);
+	if (rc) {
+		store_fail(st, "deleting the messages of dropped sessions", rc);
+		return;
+	}
+	while ((rc = mdb_cursor_get(cur, &k, &v, op)) == 0) {
+		uint8_t kb[4];
+		MDB_val sk, sv;
+
+		op = MDB_NEXT;
+		if (k.mv_size != STORE_QKEY_LEN)
+			continue;
+		memcpy(from, k.mv_data, sizeof(from));
+		memcpy(kb, from + 8, sizeof(kb));
+		sk = mval(kb, sizeof(kb));
+		rc = mdb_get(st->txn, st->sessions, &sk, &sv);
+		if (rc == 0)
+			continue;
+		if (rc != MDB_NOTFOUND || (rc = mdb_cursor_del(cur, 0)) != 0)
+			break;
+		/* On from the key deleted: the next one is the first at or after it. */
+		k = mval(from, sizeof(from));
+		op = MDB_SET_RANGE;
+	}
+	mdb_cursor_close(cur);
+	if (rc && rc != MDB_NOTFOUND)
+		store_fail(st, "deleting the messages of dropped sessions", rc);
+}
+
 /* Delete meta "head/<i>" and "tail/<i>": the rings they describe are gone. */
 static void store_forget_rings(struct store *st)
 {
@@ -1460,6 +1669,7 @@ int store_new_daemon(struct store *st, const char *ident, bool keep_persistent)
 		for (size_t i = 0; i < l.n && !st->stale; i++)
 			store_session_orphan(st, l.sid[i]);
 		free(l.sid);
+		store_queue_prune(st);
 	} else {
 		store_drop(st, st->sessions, "emptying the sessions");
 		store_drop(st, st->subs, "emptying the subscriptions");

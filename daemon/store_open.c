@@ -295,7 +295,7 @@ static int store_dbs_open(struct store *st, MDB_txn *txn)
 	if (rc == 0)
 		rc = mdb_dbi_open(txn, "subs", MDB_CREATE, &st->subs);
 	if (rc == 0)
-		rc = mdb_dbi_open(txn, "queue", MDB_CREATE, &st->queue);
+		rc = mdb_dbi_open(txn, "messages", MDB_CREATE, &st->queue);
 	if (rc == 0)
 		rc = mdb_dbi_open(txn, "retained", MDB_CREATE, &st->retained);
 	if (rc == 0)
@@ -307,7 +307,8 @@ static int store_dbs_open(struct store *st, MDB_txn *txn)
  * An empty environment becomes a new store; one with iotd's meta must be
  * of a format we know; anything else is somebody else's data.
  */
-static int store_check_format(struct store *st, MDB_txn *txn, char *err, size_t errlen)
+static int store_check_format(struct store *st, MDB_txn *txn, uint64_t *found, char *err,
+			      size_t errlen)
 {
 	MDB_dbi main_db, meta;
 	MDB_stat ms;
@@ -341,10 +342,15 @@ static int store_check_format(struct store *st, MDB_txn *txn, char *err, size_t 
 	if (rc)
 		goto lmdb;
 	memcpy(&format, v.mv_data, sizeof(format));
+	*found = format;
 	if (format == STORE_FORMAT)
 		return 0;
 	if (format >= STORE_FORMAT_OLDEST && format < STORE_FORMAT) {
-		/* Every older format is a subset of this one: mark it so an older iotd refuses it. */
+		/*
+		 * Every older format's values are a subset of this one's (its
+		 * queue's keys are moved by store_prepare): mark it so that an
+		 * older iotd refuses it.
+		 */
 		format = STORE_FORMAT;
 		v = mval(&format, sizeof(format));
 		rc = mdb_put(txn, meta, &k, &v, 0);
@@ -372,15 +378,18 @@ lmdb:
 static int store_prepare(struct store *st, char *err, size_t errlen)
 {
 	MDB_txn *txn;
+	uint64_t found = STORE_FORMAT;
 	int rc = mdb_txn_begin(st->env, NULL, 0, &txn);
 
 	if (rc)
 		goto lmdb;
-	if (store_check_format(st, txn, err, errlen) < 0) {
+	if (store_check_format(st, txn, &found, err, errlen) < 0) {
 		mdb_txn_abort(txn);
 		return -1;
 	}
 	rc = store_dbs_open(st, txn);
+	if (rc == 0 && found < 8)
+		rc = store_queue_upgrade(st, txn);
 	if (rc) {
 		mdb_txn_abort(txn);
 		goto lmdb;
@@ -431,6 +440,7 @@ void store_close(struct store **stp)
 		close(st->lock_fd);
 	recw_free(&st->val);
 	free(st->kbuf);
+	free(st->qdel);
 	free(st);
 	*stp = NULL;
 }

@@ -203,13 +203,19 @@ void store_sync(struct store *st);
 /* ---- mutations (join the open transaction) ----------------------------- */
 
 void store_session_put(struct store *st, const struct store_session *s);
-/* The session, its subscriptions and its queue. */
+/*
+ * The session and its subscriptions. Not its queue, which is no key range
+ * of its own (format 8): the caller deletes each message (store_queue_del).
+ */
 void store_session_del(struct store *st, uint32_t sid);
 /* opts: the subscription options byte; sub_id: its identifier, 0 for none. */
 void store_sub_put(struct store *st, uint32_t sid, const char *filter, uint16_t len, uint8_t opts,
 		   uint32_t sub_id);
 void store_sub_del(struct store *st, uint32_t sid, const char *filter, uint16_t len);
-/* order: position in the session's queue, kept in ascending order. */
+/*
+ * order: position in the session's queue, kept in ascending order; one
+ * counter for every session, so that a new message's key is the last.
+ */
 void store_queue_put(struct store *st, uint32_t sid, uint64_t order, const struct store_msg *m);
 void store_queue_del(struct store *st, uint32_t sid, uint64_t order);
 /* v5: the message's properties and expiry (format 6); NULL: none. */

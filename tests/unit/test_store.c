@@ -450,6 +450,10 @@ static void uncommitted_changes_are_lost_like_in_a_crash(void **state)
 	free(g);
 }
 
+/*
+ * A session goes with its subscriptions; its queued messages, which are no
+ * key range of its own (format 8), go one by one.
+ */
 static void deletes_remove_sessions_with_their_subscriptions_and_queue(void **state)
 {
 	struct fx *f = *state;
@@ -469,6 +473,7 @@ static void deletes_remove_sessions_with_their_subscriptions_and_queue(void **st
 	assert_int_equal(store_commit(f->st), 0);
 
 	store_session_del(f->st, 1);
+	store_queue_del(f->st, 1, 1);
 	store_sub_del(f->st, 2, lt, 700);
 	store_sub_del(f->st, 2, "nope", 4);         /* absent: nothing happens */
 	assert_int_equal(store_commit(f->st), 0);
@@ -633,6 +638,83 @@ static void new_daemon_of_a_memory_store_starts_empty(void **state)
 	free(g);
 }
 
+/* The size of a value of database db, read behind iotd's back. */
+static size_t value_size(struct fx *f, const char *db, const void *key, size_t klen)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { klen, (void *)key }, v;
+	size_t n;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK | MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	n = v.mv_size;
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return n;
+}
+
+/*
+ * Make a closed store's queue what format 7 and older wrote: every queued
+ * message moved from "messages" (key: order, sid) to "queue" (key: sid,
+ * order), behind iotd's back.
+ */
+static void queue_as_format7(struct fx *f)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi msgs, queue;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "messages", 0, &msgs), 0);
+	assert_int_equal(mdb_dbi_open(txn, "queue", MDB_CREATE, &queue), 0);
+	assert_int_equal(mdb_cursor_open(txn, msgs, &cur), 0);
+	while ((rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST)) == 0) {
+		uint8_t old[12];
+		MDB_val ok = { sizeof(old), old };
+
+		assert_int_equal(k.mv_size, 12);
+		memcpy(old, (const uint8_t *)k.mv_data + 8, 4);
+		memcpy(old + 4, k.mv_data, 8);
+		assert_int_equal(mdb_put(txn, queue, &ok, &v, 0), 0);
+		assert_int_equal(mdb_cursor_del(cur, 0), 0);
+	}
+	assert_int_equal(rc, MDB_NOTFOUND);
+	mdb_cursor_close(cur);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+/* Is there a database of this name in the closed store? */
+static bool has_db(struct fx *f, const char *db)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	int rc;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK | MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	rc = mdb_dbi_open(txn, db, 0, &dbi);
+	assert_true(rc == 0 || rc == MDB_NOTFOUND);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return rc == 0;
+}
+
 /* Write a format number into a closed store, behind iotd's back. */
 static void set_format(struct fx *f, uint64_t format)
 {
@@ -685,6 +767,7 @@ static void older_format_is_read_and_upgraded(void **state)
 	put_msg(f->st, 3, 1, "t", "kept");
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
+	queue_as_format7(f);
 	reopen_upgraded_from(f, STORE_FORMAT_OLDEST);
 	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
 	assert_int_equal(g.nq, 1);
@@ -747,6 +830,55 @@ static void cut_value(struct fx *f, const char *db, const void *key, size_t klen
 	mdb_env_close(env);
 }
 
+/*
+ * Format 8 keys queued messages by queue order, then session: a format 7
+ * store's "queue" (keys by session, then order) is moved into "messages"
+ * as it is opened, each message whole, and read back in queue order
+ * across sessions (the messages a closing connection owed, without
+ * ROUTER_ORDER_QUEUED's high bit, first). A new one is appended after.
+ */
+static void format_7_queues_are_moved_into_queue_order(void **state)
+{
+	const uint64_t queued = UINT64_C(1) << 63;
+	struct fx *f = *state;
+	struct got *g;
+
+	open_ok(f);
+	put_session(f->st, 3, "three", false, 0, 0);
+	put_session(f->st, 4, "four", false, 0, 0);
+	put_msg(f->st, 3, queued | 1, "t/3", "a");
+	put_msg(f->st, 4, queued | 2, "t/4", "b");
+	put_msg(f->st, 3, queued | 4, "t/3", "d");
+	put_msg(f->st, 4, 3, "t/4", "owed");
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	queue_as_format7(f);
+	reopen_upgraded_from(f, 7);
+	g = read_all(f->st);
+	assert_int_equal(g->nq, 4);
+	assert_int_equal(g->q[0].sid, 4);
+	assert_string_equal(g->q[0].payload, "owed");
+	assert_int_equal(g->q[1].sid, 3);
+	assert_int_equal(g->q[1].order, queued | 1);
+	assert_string_equal(g->q[1].topic, "t/3");
+	assert_string_equal(g->q[1].payload, "a");
+	assert_int_equal(g->q[2].sid, 4);
+	assert_string_equal(g->q[2].payload, "b");
+	assert_int_equal(g->q[3].order, queued | 4);
+	free(g);
+	store_queue_del(f->st, 3, queued | 1);
+	put_msg(f->st, 3, queued | 5, "t/3", "e");
+	assert_int_equal(store_commit(f->st), 0);
+	store_close(&f->st);
+	assert_false(has_db(f, "queue"));
+	open_ok(f);
+	g = read_all(f->st);
+	assert_int_equal(g->nq, 4);
+	assert_string_equal(g->q[1].payload, "b");
+	assert_string_equal(g->q[3].payload, "e");
+	free(g);
+}
+
 #define V5_PROPS "\x05\x03\x00\x02ct"    /* a property block: content type "ct" */
 
 /*
@@ -772,7 +904,9 @@ static void format_5_messages_read_as_without_properties(void **state)
 	put_retained(f->st, "r/old", "plain");
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
-	cut_value(f, "queue", qkey, sizeof(qkey), 8 + 4);   /* no expiry, no counted block */
+	queue_as_format7(f);
+	/* A message with neither is written as format 5 wrote it: no expiry, no counted block. */
+	assert_int_equal(value_size(f, "queue", qkey, sizeof(qkey)), 2 + 1 + 1 + 1 + (2 + 1) + (4 + 3));
 	reopen_upgraded_from(f, 5);
 	store_queue_put(f->st, 3, 2, &m);
 	store_retained_put(f->st, "r/new", 5, 1, (const uint8_t *)"five", 4, &v5);
@@ -800,38 +934,25 @@ static void format_5_messages_read_as_without_properties(void **state)
 	free(g);
 }
 
-/* The size of a value of database db, read behind iotd's back. */
-static size_t value_size(struct fx *f, const char *db, const void *key, size_t klen)
-{
-	MDB_env *env;
-	MDB_txn *txn;
-	MDB_dbi dbi;
-	MDB_val k = { klen, (void *)key }, v;
-	size_t n;
-
-	assert_int_equal(mdb_env_create(&env), 0);
-	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-	assert_int_equal(mdb_env_open(env, f->path, MDB_NOLOCK | MDB_RDONLY, 0600), 0);
-	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
-	assert_int_equal(mdb_dbi_open(txn, db, 0, &dbi), 0);
-	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
-	n = v.mv_size;
-	mdb_txn_abort(txn);
-	mdb_env_close(env);
-	return n;
-}
-
 /*
  * Format 7 keeps a queued message's subscription identifiers, only when
  * it has some: a message without any is written as format 6 wrote it (a
  * format 6 value reads as one without), one with them comes back whole,
- * and a value shorter than its count says is damaged, skipped.
+ * and a value shorter than its count says is damaged, skipped. One with
+ * no expiry, properties nor identifiers is written as format 5 wrote it.
  */
 static void format_6_messages_read_as_without_sub_ids(void **state)
 {
+	/* Format 6's keys are sid + order (moved as the store is opened), format 8's order + sid. */
 	static const uint8_t k1[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 1 };
-	static const uint8_t k2[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 2 };
+	static const uint8_t k2[12] = { 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3 };
+	static const uint8_t k7[12] = { 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 7 };
 	static const uint32_t ids[2] = { 9, 268435455 };
+	const struct store_msg old = {
+		.packet_id = 1, .state = MSG_QUEUED, .qos = 1, .topic = "t", .topic_len = 1,
+		.payload = (const uint8_t *)"old", .payload_len = 3,
+		.v5 = { .expires_at = 1700000000123ull },
+	};
 	struct store_msg m = {
 		.packet_id = 2, .state = MSG_INFLIGHT, .qos = 2, .topic = "t", .topic_len = 1,
 		.payload = (const uint8_t *)"ids", .payload_len = 3,
@@ -844,17 +965,24 @@ static void format_6_messages_read_as_without_sub_ids(void **state)
 
 	open_ok(f);
 	put_session(f->st, 3, "dev", false, 0, 0);
-	put_msg(f->st, 3, 1, "t", "old");
+	store_queue_put(f->st, 3, 1, &old);
+	put_msg(f->st, 3, 7, "t", "new");
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
+	queue_as_format7(f);
 	assert_int_equal(value_size(f, "queue", k1, sizeof(k1)), format6);
+	assert_int_equal(value_size(f, "queue", k7, sizeof(k7)), format6 - 8 - 4);
 	reopen_upgraded_from(f, 6);
 	store_queue_put(f->st, 3, 2, &m);
 	assert_int_equal(store_commit(f->st), 0);
 	g = read_all(f->st);
-	assert_int_equal(g->nq, 2);
+	assert_int_equal(g->nq, 3);
 	assert_string_equal(g->q[0].payload, "old");
 	assert_int_equal(g->q[0].n_sub_ids, 0);
+	assert_true(g->q[0].expires_at == old.v5.expires_at);
+	assert_string_equal(g->q[2].payload, "new");
+	assert_true(g->q[2].expires_at == 0);
+	assert_int_equal(g->q[2].n_sub_ids, 0);
 	assert_string_equal(g->q[1].payload, "ids");
 	assert_int_equal(g->q[1].state, MSG_INFLIGHT);
 	assert_int_equal(g->q[1].n_sub_ids, 2);
@@ -862,7 +990,7 @@ static void format_6_messages_read_as_without_sub_ids(void **state)
 	assert_int_equal(g->q[1].sub_ids[1], 268435455);
 	free(g);
 	store_close(&f->st);
-	assert_int_equal(value_size(f, "queue", k2, sizeof(k2)), format6 + 1 + 2 * 4);
+	assert_int_equal(value_size(f, "messages", k2, sizeof(k2)), format6 + 1 + 2 * 4);
 
 	/* A count the value does not hold: damaged, skipped. */
 	open_ok(f);
@@ -870,11 +998,12 @@ static void format_6_messages_read_as_without_sub_ids(void **state)
 							  .n_sub_ids = 1, .sub_ids = ids });
 	assert_int_equal(store_commit(f->st), 0);
 	store_close(&f->st);
-	cut_value(f, "queue", k2, sizeof(k2), 4);
+	cut_value(f, "messages", k2, sizeof(k2), 4);
 	open_ok(f);
 	g = read_all(f->st);
-	assert_int_equal(g->nq, 1);
+	assert_int_equal(g->nq, 2);
 	assert_string_equal(g->q[0].payload, "old");
+	assert_string_equal(g->q[1].payload, "new");
 	free(g);
 }
 
@@ -1185,6 +1314,54 @@ static void copies_keep_their_mark_and_go_one_by_one(void **state)
 	assert_string_equal(g.q[1].payload, "three");
 }
 
+/*
+ * A turn's deletes of queued messages are done at its commit, last first,
+ * but they keep their place among the turn's other changes: a message
+ * deleted and put again is there, one deleted is not read back in the
+ * same turn, and an aborted turn deletes nothing.
+ */
+static void queue_deletes_keep_their_place_in_the_turn(void **state)
+{
+	struct fx *f = *state;
+	struct got g = { 0 }, in_turn = { 0 };
+
+	open_ok(f);
+	put_session(f->st, 3, "dev", false, 0, 0);
+	for (uint64_t i = 1; i <= 6; i++)
+		put_msg(f->st, 3, i, "t", i == 2 ? "two" : "x");
+	assert_int_equal(store_commit(f->st), 0);
+	store_queue_del(f->st, 3, 9);              /* absent: nothing happens */
+	store_queue_del(f->st, 3, 3);
+	store_queue_del(f->st, 3, 1);
+	store_queue_del(f->st, 3, 2);
+	put_msg(f->st, 3, 2, "t", "two again");
+	store_queue_del(f->st, 3, 5);
+	assert_int_equal(store_each_queued(f->st, got_queued, &in_turn), 0);
+	assert_int_equal(in_turn.nq, 3);
+	store_queue_del(f->st, 3, 6);
+	store_abort(f->st);
+	store_queue_del(f->st, 3, 4);
+	assert_int_equal(store_commit(f->st), 0);
+	reopen(f);
+	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
+	assert_int_equal(g.nq, 5);
+	for (size_t i = 0; i < 5; i++)
+		assert_int_equal(g.q[i].order, i + 1 < 4 ? i + 1 : i + 2);
+	assert_string_equal(g.q[1].payload, "two");
+
+	/* A whole long queue deleted in one turn. */
+	put_session(f->st, 4, "long", false, 0, 0);
+	for (uint64_t i = 100; i < 6100; i++)
+		put_msg(f->st, 4, i, "t", "x");
+	assert_int_equal(store_commit(f->st), 0);
+	for (uint64_t i = 100; i < 6100; i++)
+		store_queue_del(f->st, 4, i);
+	assert_int_equal(store_commit(f->st), 0);
+	memset(&g, 0, sizeof(g));
+	assert_int_equal(store_each_queued(f->st, got_queued, &g), 0);
+	assert_int_equal(g.nq, 5);
+}
+
 static void a_file_that_is_not_lmdb_is_refused(void **state)
 {
 	struct fx *f = *state;
@@ -1469,6 +1646,7 @@ int main(void)
 		T(format_4_subscription_reads_as_its_qos_without_options),
 		T(format_5_messages_read_as_without_properties),
 		T(format_6_messages_read_as_without_sub_ids),
+		T(format_7_queues_are_moved_into_queue_order),
 		T(format_2_sessions_read_as_without_user_names),
 		T(format_3_sessions_read_as_without_tokens),
 		T(format_5_sessions_read_as_lasting_as_their_clean_flag_says),
@@ -1477,6 +1655,7 @@ int main(void)
 		T(session_expiry_and_held_will_round_trip),
 		T(tokens_without_rules_and_orphans_keep_their_mark),
 		T(copies_keep_their_mark_and_go_one_by_one),
+		T(queue_deletes_keep_their_place_in_the_turn),
 		T(a_file_that_is_not_lmdb_is_refused),
 		T(an_lmdb_environment_of_somebody_else_is_refused),
 		T(a_path_that_is_a_file_or_in_use_is_refused),
