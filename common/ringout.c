@@ -2,7 +2,8 @@
  * ringout.c - a ring's producer end with its overflow backlog (see
  * ringout.h).
  *
- * Owns the backlog: a FIFO of copies in the producer's private memory.
+ * Owns the backlog: a FIFO of copies in the producer's private memory,
+ * and the memory of records moved out of it, kept for the next ones.
  * The ring itself, its geometry and its checks are shmring's.
  */
 #include <errno.h>
@@ -14,6 +15,7 @@
 void ringout_init(struct ringout *o, struct shmring_producer *prod)
 {
 	*o = (struct ringout){ .prod = prod };
+	spares_init(&o->spares, RINGOUT_SPARES);
 }
 
 void ringout_clear(struct ringout *o)
@@ -24,6 +26,7 @@ void ringout_clear(struct ringout *o)
 		next = e->next;
 		free(e);
 	}
+	spares_clear(&o->spares);
 	o->head = o->tail = NULL;
 	o->n = 0;
 	o->bytes = 0;
@@ -50,7 +53,7 @@ void *ringout_reserve(struct ringout *o, uint16_t type, uint32_t len)
 struct ringout_rec *ringout_hold(struct ringout *o, uint64_t seq, uint16_t type,
 				 const void *data, uint32_t len)
 {
-	struct ringout_rec *e = malloc(ringout_cost(len));
+	struct ringout_rec *e = spares_alloc(&o->spares, ringout_cost(len));
 
 	if (e == NULL)
 		return NULL;
@@ -92,8 +95,12 @@ int ringout_flush(struct ringout *o, void (*moved)(void *arg, const struct ringo
 	struct ringout_rec *e;
 
 	while ((e = o->head) != NULL) {
-		void *dst = shmring_reserve(o->prod, e->type, 0, e->len);
+		void *dst;
 
+		/* Held a while, the records are cold: ask for the next one early. */
+		if (e->next != NULL)
+			__builtin_prefetch(e->next);
+		dst = shmring_reserve(o->prod, e->type, 0, e->len);
 		if (dst == NULL)
 			return errno == EPROTO ? -1 : 0;    /* full: p_wait set, the consumer wakes us */
 		memcpy(dst, e->data, e->len);
@@ -105,7 +112,7 @@ int ringout_flush(struct ringout *o, void (*moved)(void *arg, const struct ringo
 			o->tail = NULL;
 		o->n--;
 		o->bytes -= ringout_cost(e->len);
-		free(e);
+		spares_free(&o->spares, e, ringout_cost(e->len));
 	}
 	return 0;
 }

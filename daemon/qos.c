@@ -10,13 +10,28 @@
 
 #include "qos.h"
 #include "rec.h"
+#include "spares.h"
 
 bool heap_trim_wanted;
+
+/*
+ * Messages freed lately, for the next ones: under load a worker frees a
+ * message per PUBACK and makes one per delivery (QMSG_SPARES at most,
+ * none larger than SPARES_STEPS * SPARES_STEP bytes: 512 KiB).
+ */
+#define QMSG_SPARES 1024u
+static struct spares qmsg_spares = { .max = QMSG_SPARES };
+
+/* What m's block was allocated for, as spares_alloc() was told. */
+static size_t qmsg_alloc_size(size_t data_len)
+{
+	return sizeof(struct qmsg) + data_len;
+}
 
 struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
 		      uint32_t plen, const uint8_t *props, uint32_t props_len, bool retain)
 {
-	struct qmsg *m = malloc(sizeof(*m) + tlen + plen + props_len);
+	struct qmsg *m = spares_alloc(&qmsg_spares, qmsg_alloc_size((size_t)tlen + plen + props_len));
 
 	if (m == NULL)
 		return NULL;
@@ -34,13 +49,24 @@ struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payloa
 	return m;
 }
 
+void qmsg_discard(struct qmsg *m)
+{
+	if (m == NULL || m->refs > 0)
+		return;
+	if (qmsg_bytes(m) >= TRIM_MIN_BYTES)
+		heap_trim_wanted = true;
+	spares_free(&qmsg_spares, m, qmsg_alloc_size(qmsg_bytes(m)));
+}
+
 void qmsg_unref(struct qmsg *m)
 {
-	if (m != NULL && --m->refs == 0) {
-		if (qmsg_bytes(m) >= TRIM_MIN_BYTES)
-			heap_trim_wanted = true;
-		free(m);
-	}
+	if (m != NULL && --m->refs == 0)
+		qmsg_discard(m);
+}
+
+void qmsg_spares_free(void)
+{
+	spares_clear(&qmsg_spares);
 }
 
 /* Allocated on first use; NULL when out of memory. */

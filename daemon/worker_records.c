@@ -351,8 +351,7 @@ static void deliver_to(struct worker *w, struct conn *c, struct delivery *d, uin
 
 static void delivery_done(struct delivery *d)
 {
-	if (d->m != NULL && d->m->refs == 0)
-		free(d->m);
+	qmsg_discard(d->m);
 }
 
 /*
@@ -656,8 +655,7 @@ static int on_session_msg(struct worker *w, const void *p, size_t len)
 	v = qos_resume(&c->qos, &c->next_pid, w->cfg, conn_window(w, c), m, x.qos, x.state, x.packet_id, x.copy,
 		       &sent);
 	act_on_verdict(w, c, v, sent, x.qos, x.copy);
-	if (m->refs == 0)
-		free(m);
+	qmsg_discard(m);
 	return 0;
 }
 

@@ -83,10 +83,19 @@ static_assert(sizeof(struct conn_qos) <= 64, "struct conn_qos grew");
 #define TRIM_MIN_BYTES 65536
 extern bool heap_trim_wanted;
 
-/* A message with no reference yet; NULL when out of memory. */
+/*
+ * A message with no reference yet; NULL when out of memory. Freed
+ * messages of up to 512 bytes are kept (1,024 at most, process-wide) for
+ * the next ones: under load a worker frees one per acknowledgement and
+ * makes one per delivery.
+ */
 struct qmsg *qmsg_new(const uint8_t *topic, uint16_t tlen, const uint8_t *payload,
 		      uint32_t plen, const uint8_t *props, uint32_t props_len, bool retain);
 void qmsg_unref(struct qmsg *m);
+/* Free m if nothing took a reference to it (a delivery none of whose targets kept it). */
+void qmsg_discard(struct qmsg *m);
+/* Free the kept messages (at exit, so that a leak check sees none). */
+void qmsg_spares_free(void);
 
 /* What a message costs each connection holding it, against its byte limits. */
 static inline size_t qmsg_bytes(const struct qmsg *m)

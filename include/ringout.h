@@ -12,6 +12,9 @@
  * What may be held, and for how long, is the owner's policy (a worker
  * stops reading its clients past a size; the router drops deliveries
  * past max_router_backlog_bytes): ringout only counts what it holds.
+ * Records moved into the ring leave their memory for the next ones held
+ * (RINGOUT_SPARES at most, of up to 512 bytes each), which nothing counts:
+ * a backlog that stays makes and frees a record per record.
  */
 #ifndef IOTD_RINGOUT_H
 #define IOTD_RINGOUT_H
@@ -21,6 +24,7 @@
 #include <stdint.h>
 
 #include "shmring.h"
+#include "spares.h"
 
 /* A record held for the ring, a copy in the producer's memory. */
 struct ringout_rec {
@@ -32,9 +36,12 @@ struct ringout_rec {
 	uint8_t data[];
 };
 
+#define RINGOUT_SPARES 1024u
+
 struct ringout {
 	struct shmring_producer *prod;
 	struct ringout_rec *head, *tail;
+	struct spares spares;        /* records' memory freed lately, for the next ones */
 	size_t n;                    /* records held */
 	size_t bytes;                /* held, each record's own overhead included */
 	uint64_t next_seq;
@@ -48,7 +55,7 @@ static inline size_t ringout_cost(uint32_t len)
 }
 
 void ringout_init(struct ringout *o, struct shmring_producer *prod);
-/* Frees what is held; the ring is not touched. */
+/* Frees what is held and kept; the ring is not touched. */
 void ringout_clear(struct ringout *o);
 
 /*

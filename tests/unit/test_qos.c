@@ -667,6 +667,7 @@ static void out_of_memory_refuses_and_leaves_nothing_behind(void **state)
 	struct inflight *sent;
 	uint16_t next = 0;
 
+	qmsg_spares_free();     /* a kept one would need no allocation */
 	fail_allocs(0, 1);
 	assert_null(qmsg_new((const uint8_t *)"t", 1, NULL, 0, NULL, 0, false));
 	/* No state: refused, nothing held. */
@@ -757,6 +758,32 @@ static void a_message_shared_by_connections_lives_until_the_last_lets_go(void **
 	assert_null(a);
 }
 
+static void a_freed_message_serves_the_next_of_its_size(void **state)
+{
+	struct qmsg *m = msg(40), *again, *larger, *big;
+
+	qmsg_unref(m);
+	/* The last freed, of the same 64-byte step, comes back: no allocation. */
+	fail_allocs(0, 1);
+	again = msg(50);
+	assert_ptr_equal(again, m);
+	assert_int_equal(qmsg_bytes(again), 51);
+	/* Another step allocates; so does one larger than any kept. */
+	fail_allocs(-1, 0);
+	larger = msg(200);
+	assert_ptr_not_equal(larger, m);
+	big = msg(1000);
+	qmsg_unref(again);
+	qmsg_unref(larger);
+	qmsg_unref(big);
+	/* A message nothing took is freed by its maker. */
+	m = qmsg_new((const uint8_t *)"t", 1, NULL, 0, NULL, 0, false);
+	assert_non_null(m);
+	qmsg_discard(m);
+	qmsg_discard(NULL);
+	qmsg_spares_free();
+}
+
 static void a_large_message_freed_asks_for_a_heap_trim(void **state)
 {
 	struct qmsg *small = msg(TRIM_MIN_BYTES - 2), *large = msg(TRIM_MIN_BYTES - 1);
@@ -796,6 +823,7 @@ int main(void)
 		cmocka_unit_test_setup(a_queue_that_cannot_grow_refuses_and_keeps_what_it_holds, setup),
 		cmocka_unit_test_setup(a_message_shared_by_connections_lives_until_the_last_lets_go,
 				       setup),
+		cmocka_unit_test_setup(a_freed_message_serves_the_next_of_its_size, setup),
 		cmocka_unit_test_setup(a_large_message_freed_asks_for_a_heap_trim, setup),
 	};
 

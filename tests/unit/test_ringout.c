@@ -212,6 +212,24 @@ static void held_records_are_numbered_and_a_restored_number_is_kept(void **state
 	assert_int_equal(put(f, 6, 3, 0x11), 0);
 }
 
+static void a_record_moved_into_the_ring_leaves_its_memory_to_the_next(void **state)
+{
+	struct fixture *f = *state;
+	struct ringout_rec *e = ringout_hold(&f->out, 0, 5, "abc", 3);
+
+	assert_non_null(e);
+	assert_int_equal(ringout_flush(&f->out, NULL, NULL), 0);
+	assert_int_equal(f->out.n, 0);
+	assert_int_equal(f->out.spares.n, 1);
+	assert_ptr_equal(ringout_hold(&f->out, 1, 6, "defg", 4), e);
+	assert_int_equal(f->out.spares.n, 0);
+	assert_memory_equal(f->out.head->data, "defg", 4);
+	assert_int_equal(f->out.bytes, ringout_cost(4));
+	assert_int_equal(ringout_flush(&f->out, NULL, NULL), 0);
+	ringout_commit(&f->out);
+	/* teardown's ringout_clear frees the kept one */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -223,6 +241,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(a_record_the_ring_can_never_take_is_refused, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(held_records_are_numbered_and_a_restored_number_is_kept,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(a_record_moved_into_the_ring_leaves_its_memory_to_the_next,
 						setup, teardown),
 	};
 
