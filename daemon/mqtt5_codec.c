@@ -112,14 +112,15 @@ uint8_t mqtt5_result_reason(int result)
 /* An optional reason code, then an optional block: the end of the body says which are there. */
 static int mqtt5_decode_reason(struct mqtt_rd *r, struct mqtt5_packet *out)
 {
-	if (mqtt_rd_left(r) == 0)
-		return MQTT_OK;
-	mqtt_rd_u8(r, &out->reason);
-	if (!mqtt5_reason_allowed(out->type, out->reason))
-		return MQTT_ERR_MALFORMED;
-	if (mqtt_rd_left(r) == 0)
-		return MQTT_OK;
-	return mqtt5_props_read(r, out->type, &out->props);
+	if (mqtt_rd_left(r) > 0) {
+		mqtt_rd_u8(r, &out->reason);
+		if (!mqtt5_reason_allowed(out->type, out->reason))
+			return MQTT_ERR_MALFORMED;
+	}
+	if (mqtt_rd_left(r) > 0)
+		return mqtt5_props_read(r, out->type, &out->props);
+	mqtt5_props_init(&out->props);
+	return MQTT_OK;
 }
 
 /* PUBACK, PUBREC, PUBREL, PUBCOMP [MQTT-3.4.2]: packet id, then as above. */
@@ -175,11 +176,30 @@ static int mqtt5_decode_list(struct mqtt_rd *r, struct mqtt5_packet *out)
 	return mqtt_decode_list_entries(r, out->type, l, true);
 }
 
+/* A CONNECT's blocks, each empty when the packet has none (a level below 5, no will). */
+static int mqtt5_decode_connect(struct mqtt_rd *r, struct mqtt5_packet *out)
+{
+	const struct mqtt_connect *c = &out->u.connect;
+	int rc = mqtt_decode_connect_v(r, &out->u.connect, &out->props, &out->will_props);
+
+	if (rc != MQTT_OK)
+		return rc;
+	if (c->protocol_level != MQTT5_PROTOCOL_LEVEL)
+		mqtt5_props_init(&out->props);
+	if (c->protocol_level != MQTT5_PROTOCOL_LEVEL || !c->will_flag)
+		mqtt5_props_init(&out->will_props);
+	return MQTT_OK;
+}
+
+/*
+ * Each type's decoder leaves out->props a block, read or empty, once it
+ * returns MQTT_OK: a block read is not set to its defaults twice.
+ */
 static int mqtt5_decode_body(struct mqtt_rd *r, struct mqtt5_packet *out)
 {
 	switch (out->type) {
 	case MQTT_CONNECT:
-		return mqtt_decode_connect_v(r, &out->u.connect, &out->props, &out->will_props);
+		return mqtt5_decode_connect(r, out);
 	case MQTT_CONNACK:
 		return mqtt5_decode_connack(r, out);
 	case MQTT_PUBLISH:
@@ -199,6 +219,7 @@ static int mqtt5_decode_body(struct mqtt_rd *r, struct mqtt5_packet *out)
 		return mqtt5_decode_reason(r, out);
 	case MQTT_PINGREQ:
 	case MQTT_PINGRESP:
+		mqtt5_props_init(&out->props);
 		return MQTT_OK;
 	}
 	return MQTT_ERR_TYPE;
@@ -210,8 +231,6 @@ int mqtt5_decode(uint8_t first_byte, const uint8_t *body, size_t len, struct mqt
 	int rc = mqtt_decode_first(first_byte, MQTT_AUTH, &out->type, &out->flags);
 
 	out->reason = 0;
-	mqtt5_props_init(&out->props);
-	mqtt5_props_init(&out->will_props);
 	if (rc != MQTT_OK)
 		return rc;
 	mqtt_rd_init(&r, body, len);

@@ -253,9 +253,11 @@ uint8_t mqtt5_result_reason(int result);
  * A decoded MQTT 5 packet. 'reason' is the reason code of CONNACK (also
  * in u.connack.rc), PUBACK, PUBREC, PUBREL, PUBCOMP, DISCONNECT and AUTH,
  * 0 when the packet left it out. 'props' is the packet's block (empty
- * for the types without one: PINGREQ, PINGRESP); 'will_props' the will's
- * in a CONNECT with the will flag. SUBACK and UNSUBACK lists hold one
- * reason code per entry (mqtt_list_next gives it in *qos).
+ * for the types without one: PINGREQ, PINGRESP); 'will_props' a
+ * CONNECT's will's (empty without the will flag), and not set for the
+ * other types, which have no will. SUBACK and UNSUBACK lists hold one
+ * reason code per entry (mqtt_list_next gives it in *qos). Once decoding
+ * failed, neither block is set.
  */
 struct mqtt5_packet {
 	enum mqtt_type type;

@@ -284,6 +284,54 @@ static void test_absent_properties_hold_the_defaults(void **state)
 	assert_int_equal(d.props.max_packet_size, 0);
 }
 
+/*
+ * Every packet without a block of its own decodes with the empty one, the
+ * defaults, as one read from an empty block does; so does a CONNECT's
+ * will block without a will, and both of a 3.1.1 CONNECT's.
+ */
+static void test_packets_without_a_block_have_the_empty_one(void **state)
+{
+	static const struct {
+		uint8_t first;
+		uint8_t body[16];
+		size_t len;
+	} cases[] = {
+		{ 0x40, { 0x00, 0x01 }, 2 },                    /* PUBACK, short form */
+		{ 0x40, { 0x00, 0x01, 0x10 }, 3 },              /* PUBACK with a reason */
+		{ 0x62, { 0x00, 0x01, 0x00, 0x00 }, 4 },        /* PUBREL, an empty block */
+		{ 0xE0, { 0 }, 0 },                             /* DISCONNECT */
+		{ 0xE0, { 0x04 }, 1 },                          /* DISCONNECT with will */
+		{ 0xF0, { 0x18, 0x00 }, 2 },                    /* AUTH, an empty block */
+		{ 0xC0, { 0 }, 0 },                             /* PINGREQ */
+		{ 0x30, { 0x00, 0x01, 't', 0x00 }, 4 },         /* PUBLISH, an empty block */
+	};
+	static const uint8_t v5[] = { 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x05, 0x02, 0x00, 0x00,
+				      0x00, 0x00, 0x01, 'c' };
+	static const uint8_t v4[] = { 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x00,
+				      0x00, 0x01, 'c' };
+	struct mqtt5_props empty;
+	struct mqtt5_packet d;
+
+	mqtt5_props_init(&empty);
+	assert_int_equal(empty.receive_max, 65535);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		memset(&d, 0xA5, sizeof(d));
+		assert_int_equal(mqtt5_decode(cases[i].first, cases[i].body, cases[i].len, &d),
+				 MQTT_OK);
+		d.props.raw = NULL;     /* an empty block read points into the body */
+		assert_memory_equal(&d.props, &empty, sizeof(empty));
+	}
+	memset(&d, 0xA5, sizeof(d));
+	assert_int_equal(mqtt5_decode(0x10, v5, sizeof(v5), &d), MQTT_OK);
+	d.props.raw = NULL;
+	assert_memory_equal(&d.props, &empty, sizeof(empty));
+	assert_memory_equal(&d.will_props, &empty, sizeof(empty));
+	memset(&d, 0xA5, sizeof(d));
+	assert_int_equal(mqtt5_decode(0x10, v4, sizeof(v4), &d), MQTT_OK);
+	assert_memory_equal(&d.props, &empty, sizeof(empty));
+	assert_memory_equal(&d.will_props, &empty, sizeof(empty));
+}
+
 /* --- one packet, one answer ---------------------------------------------- */
 
 static void run_decode_case(void **state)
@@ -933,6 +981,7 @@ int main(void)
 		cmocka_unit_test(test_every_property_round_trips_where_allowed_and_is_refused_elsewhere),
 		cmocka_unit_test(test_auth_data_round_trips_with_its_method),
 		cmocka_unit_test(test_absent_properties_hold_the_defaults),
+		cmocka_unit_test(test_packets_without_a_block_have_the_empty_one),
 		cmocka_unit_test(test_connect_round_trips_with_will_properties),
 		cmocka_unit_test(test_v3_decoder_refuses_level_5_as_before),
 		cmocka_unit_test(test_fixed_header_type_15),
