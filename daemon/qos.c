@@ -355,6 +355,12 @@ static bool inflight_complete(struct conn_qos *q, uint16_t pid, uint8_t qos, uin
 		return false;
 	*copy = q->inflight[i].copy;
 	inflight_remove(q, i);
+	/*
+	 * Clients acknowledge in order, so the next one is likely for the
+	 * message now at i, sent a while ago: ask for it early.
+	 */
+	if (i < q->n_inflight && q->inflight[i].msg != NULL)
+		__builtin_prefetch(q->inflight[i].msg);
 	return true;
 }
 

@@ -537,11 +537,14 @@ static int on_deliver(struct worker *w, const void *p, size_t len)
 
 	if (rec_deliver_decode(&x, p, len) < 0)
 		return -1;
-	/* x.qos, the publisher's, is not needed: each target's says what to send. */
-	d[0] = (struct delivery){ .topic = x.topic, .payload = x.payload,
-				  .x5 = { x.props, x.expires_at }, .retain = x.retain };
-	d[1] = d[0];
-	d[1].retain = 1;
+	/*
+	 * x.qos, the publisher's, is not needed: each target's says what to
+	 * send. Each made whole, not one copied from the other just written
+	 * (a load of stores not yet done stalls).
+	 */
+	for (uint8_t i = 0; i < 2; i++)
+		d[i] = (struct delivery){ .topic = x.topic, .payload = x.payload,
+					  .x5 = { x.props, x.expires_at }, .retain = i | x.retain };
 	while (rec_deliver_next(&x.targets, &t)) {
 		struct conn *c = conn_lookup(w, t.conn);
 		struct delivery *dt = &d[t.retain];
