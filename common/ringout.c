@@ -15,7 +15,7 @@
 void ringout_init(struct ringout *o, struct shmring_producer *prod)
 {
 	*o = (struct ringout){ .prod = prod };
-	spares_init(&o->spares, RINGOUT_SPARES);
+	spares_init(&o->spares, RINGOUT_SPARE_BYTES);
 }
 
 void ringout_clear(struct ringout *o)

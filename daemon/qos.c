@@ -16,11 +16,12 @@ bool heap_trim_wanted;
 
 /*
  * Messages freed lately, for the next ones: under load a worker frees a
- * message per PUBACK and makes one per delivery (QMSG_SPARES at most,
- * none larger than SPARES_STEPS * SPARES_STEP bytes: 512 KiB).
+ * message per PUBACK and makes one per delivery, each in bursts of
+ * thousands (a turn's records, a read's acknowledgements), so the spares
+ * must outlast a burst: QMSG_SPARE_BYTES at most (8,192 of 128 bytes).
  */
-#define QMSG_SPARES 1024u
-static struct spares qmsg_spares = { .max = QMSG_SPARES };
+#define QMSG_SPARE_BYTES (1u << 20)
+static struct spares qmsg_spares = { .max_bytes = QMSG_SPARE_BYTES };
 
 /* What m's block was allocated for, as spares_alloc() was told. */
 static size_t qmsg_alloc_size(size_t data_len)

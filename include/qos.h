@@ -85,7 +85,7 @@ extern bool heap_trim_wanted;
 
 /*
  * A message with no reference yet; NULL when out of memory. Freed
- * messages of up to 512 bytes are kept (1,024 at most, process-wide) for
+ * messages of up to 512 bytes are kept (1 MiB at most, process-wide) for
  * the next ones: under load a worker frees one per acknowledgement and
  * makes one per delivery.
  */

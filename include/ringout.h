@@ -13,8 +13,8 @@
  * stops reading its clients past a size; the router drops deliveries
  * past max_router_backlog_bytes): ringout only counts what it holds.
  * Records moved into the ring leave their memory for the next ones held
- * (RINGOUT_SPARES at most, of up to 512 bytes each), which nothing counts:
- * a backlog that stays makes and frees a record per record.
+ * (RINGOUT_SPARE_BYTES at most, records of up to 512 bytes), which
+ * nothing counts: a backlog that stays makes and frees a record per record.
  */
 #ifndef IOTD_RINGOUT_H
 #define IOTD_RINGOUT_H
@@ -36,7 +36,7 @@ struct ringout_rec {
 	uint8_t data[];
 };
 
-#define RINGOUT_SPARES 1024u
+#define RINGOUT_SPARE_BYTES (256u << 10)
 
 struct ringout {
 	struct shmring_producer *prod;
