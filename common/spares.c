@@ -20,13 +20,18 @@ static unsigned spares_step(size_t bytes)
 void *spares_alloc(struct spares *s, size_t bytes)
 {
 	unsigned step = spares_step(bytes);
+	void *p;
 
 	if (step == 0)
 		return malloc(bytes);
 	if (s->n_kept[step - 1] == 0)
 		return malloc(step * (size_t)SPARES_STEP);
 	s->bytes -= step * (size_t)SPARES_STEP;
-	return s->kept[step - 1][--s->n_kept[step - 1]];
+	p = s->kept[step - 1][--s->n_kept[step - 1]];
+	/* Blocks are taken in bursts, deeper and colder: the next one is asked for now. */
+	if (s->n_kept[step - 1] > 0)
+		__builtin_prefetch(s->kept[step - 1][s->n_kept[step - 1] - 1], 1);
+	return p;
 }
 
 /* Room for one more block of step i + 1 (within the bound); false when the array cannot grow. */

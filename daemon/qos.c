@@ -346,6 +346,24 @@ bool qos_resume_pubrel(struct conn_qos **qp, const struct iotd_config *cfg, uint
 
 /* --- acknowledgements ---------------------------------------------------- */
 
+/*
+ * Once the exchange at window entry i ended, ask early for the messages
+ * touched next, long cold by then: clients acknowledge in order, so the
+ * next acknowledgement likely names the one now at i; and the pump
+ * (qos_pump(), once the acknowledgements read are all handled) fills the
+ * slot just freed with a queued one: the j-th slot free with the j-th
+ * oldest (the window taken as max_inflight, its size when allocated).
+ */
+static void inflight_prefetch(const struct conn_qos *q, int i)
+{
+	uint32_t free_slots = (uint32_t)(q->cap_inflight - q->n_inflight);
+
+	if (i < q->n_inflight && q->inflight[i].msg != NULL)
+		__builtin_prefetch(q->inflight[i].msg);
+	if (free_slots > 0 && free_slots <= q->n_pending)
+		__builtin_prefetch(qos_pending_at(q, free_slots - 1)->msg);
+}
+
 /* The end of an exchange at QoS qos, expected at state. */
 static bool inflight_complete(struct conn_qos *q, uint16_t pid, uint8_t qos, uint8_t state,
 			      uint64_t *copy)
@@ -356,12 +374,7 @@ static bool inflight_complete(struct conn_qos *q, uint16_t pid, uint8_t qos, uin
 		return false;
 	*copy = q->inflight[i].copy;
 	inflight_remove(q, i);
-	/*
-	 * Clients acknowledge in order, so the next one is likely for the
-	 * message now at i, sent a while ago: ask for it early.
-	 */
-	if (i < q->n_inflight && q->inflight[i].msg != NULL)
-		__builtin_prefetch(q->inflight[i].msg);
+	inflight_prefetch(q, i);
 	return true;
 }
 
