@@ -863,7 +863,25 @@ static int decode_packet(const struct conn *c, uint8_t first, const uint8_t *bod
 		return rc;
 	pkt->type = buf5->type;
 	pkt->flags = buf5->flags;
-	memcpy(&pkt->u, &buf5->u, sizeof(pkt->u));
+	/*
+	 * What the type uses: the union's fields were just written, and a
+	 * copy of it whole reads them back in wider loads, which wait for
+	 * the stores.
+	 */
+	switch (buf5->type) {
+	case MQTT_PUBLISH:
+		pkt->u.publish = buf5->u.publish;
+		break;
+	case MQTT_PUBACK:
+	case MQTT_PUBREC:
+	case MQTT_PUBREL:
+	case MQTT_PUBCOMP:
+		pkt->u.packet_id = buf5->u.packet_id;
+		break;
+	default:
+		memcpy(&pkt->u, &buf5->u, sizeof(pkt->u));
+		break;
+	}
 	*p5 = buf5;
 	return MQTT_OK;
 }
