@@ -178,9 +178,19 @@ static inline bool msg_expired(uint64_t expires_at, uint64_t now)
  * (MQTT 5) follow the entry: one without any (every 3.1.1 session's) is
  * no bigger than before they were kept.
  */
+#define SESSION_MSG_AHEAD 16   /* entries between one and its prefetch hint (session_msg.ahead) */
+
 struct session_msg {
 	struct session_msg *next;
 	struct msg_body *body;
+	/*
+	 * While the entry is its queue's tail: the entry about
+	 * SESSION_MSG_AHEAD before it (session.q_lag_gap says how far), or
+	 * NULL, always one in the queue (session_msg_drop sees to it). After:
+	 * only a hint for __builtin_prefetch, never read through: the entry
+	 * about SESSION_MSG_AHEAD after it, or one since freed.
+	 */
+	struct session_msg *ahead;
 	uint64_t order;              /* key in the store's queue: ascending = list order */
 	uint16_t packet_id;
 	uint8_t state, qos, retain;
@@ -222,6 +232,7 @@ struct session {
 	bool subs_warned;            /* max_subscriptions_per_session reached: logged */
 	bool token;                  /* its user came with a token's rules: they, or nothing, hold */
 	uint8_t granted;             /* with stamp: the QoS this publish goes out at, | SESSION_RAP */
+	uint8_t q_lag_gap;           /* entries from q_tail->ahead to q_tail (session_queue_link) */
 	uint32_t expiry;             /* seconds it outlives its connection (rec.h); 0: clean */
 	uint32_t q_queued;           /* MSG_QUEUED ones in the queue: what the limits count */
 	uint32_t q_window;           /* MSG_INFLIGHT / MSG_PUBREL ones */

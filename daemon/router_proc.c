@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -49,6 +50,12 @@
 #define ROUTER_MAX_EVENTS 8
 #define ROUTER_NO_POS UINT64_MAX     /* a ring position the store does not have yet */
 #define ROUTER_POISON_CRASHES 3      /* deaths in a row on one record before it is set aside */
+#define ROUTER_HUGE_QUEUES (8u << 20) /* queued bytes past which the heap goes in huge pages */
+#define ROUTER_HEAP_STEP (32u << 20)  /* then glibc grows the heap by this much at a time (M_TOP_PAD) */
+#define ROUTER_HUGE_PAGE ((uintptr_t)2 << 20)
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25              /* Linux 6.1; an older one says EINVAL: only new growth is huge */
+#endif
 
 /*
  * Records for a worker wait in its ringout's backlog while its r2w ring is
@@ -97,6 +104,11 @@ struct router_proc {
 	bool acl_wait;
 	bool have_acl;                  /* the auth role's ACL is in force */
 	bool stopping;                  /* IPC_SHUTDOWN came */
+	/* The heap in huge pages (router_heap_huge). */
+	uintptr_t heap_lo;              /* where the heap ended at start */
+	uintptr_t heap_huge_end;        /* huge pages asked for up to here */
+	bool heap_huge;                 /* the queues grew past ROUTER_HUGE_QUEUES once */
+	bool heap_huge_off;             /* the kernel said no */
 };
 
 /*
@@ -504,6 +516,48 @@ static void router_proc_awake(struct router_proc *p)
 		shmring_awake(&p->in[i]);
 }
 
+/*
+ * A busy router's queues hold tens of MiB, and each copy is touched again
+ * long after it was made (some 90,000 deliveries later in a busy shared
+ * group): in 4 KiB pages that is a TLB miss or two per copy done, which
+ * no prefetch hides (see BENCHMARKS.md, "MQTT 5 and shared
+ * subscriptions"). So once the queues hold more than ROUTER_HUGE_QUEUES,
+ * the heap asks for transparent huge pages (THP's "madvise" mode; a
+ * system set to "never" says no, and that is that): what it holds is
+ * collapsed into them once, glibc is asked to grow it ROUTER_HEAP_STEP at
+ * a time, and each growth is marked by the next busy turn, before most of
+ * it is touched. A router whose queues stay small, however many idle
+ * sessions it has, keeps its 4 KiB pages and its memory.
+ */
+static void router_heap_huge(struct router_proc *p, size_t queued)
+{
+	uintptr_t brk, lo, hi;
+
+	if (p->heap_huge_off || (!p->heap_huge && queued < ROUTER_HUGE_QUEUES))
+		return;
+	brk = (uintptr_t)sbrk(0);
+	if (brk < p->heap_huge_end)
+		p->heap_huge_end = brk;         /* trimmed: what grows there again is new */
+	lo = (p->heap_huge ? p->heap_huge_end : p->heap_lo) + ROUTER_HUGE_PAGE - 1;
+	lo &= ~(ROUTER_HUGE_PAGE - 1);
+	hi = brk & ~(ROUTER_HUGE_PAGE - 1);
+	if (hi <= lo)
+		return;
+	if (madvise((void *)lo, hi - lo, MADV_HUGEPAGE) < 0) {
+		log_info("router: no huge pages for the queues: %s", strerror(errno));
+		p->heap_huge_off = true;
+		return;
+	}
+	if (!p->heap_huge) {
+		if (madvise((void *)lo, hi - lo, MADV_COLLAPSE) < 0)
+			log_debug("router: the heap not collapsed into huge pages: %s",
+				  strerror(errno));
+		mallopt(M_TOP_PAD, ROUTER_HEAP_STEP);
+		p->heap_huge = true;
+	}
+	p->heap_huge_end = hi;
+}
+
 static void router_proc_stats(struct router_proc *p)
 {
 	struct router_stats st;
@@ -513,6 +567,7 @@ static void router_proc_stats(struct router_proc *p)
 			      memory_order_relaxed);
 	atomic_store_explicit(&p->env->shm.router->retained, (uint32_t)st.retained,
 			      memory_order_relaxed);
+	router_heap_huge(p, st.queued_bytes_total);
 }
 
 /* ---- the process: what the supervisor says ----------------------------- */
@@ -1054,6 +1109,7 @@ int router_main(struct role_env *env)
 	p->epfd = p->tfd = -1;
 	ipc_dispatcher_init(&p->ctl_in, router_from_supervisor, IPC_PEER_ANY, "the supervisor");
 	ipc_dispatcher_init(&p->auth_in, router_from_auth, IPC_PEER_ANY, "the auth role");
+	p->heap_lo = p->heap_huge_end = (uintptr_t)sbrk(0);
 	if (router_proc_setup(p) < 0)
 		goto out;
 	router_set_room(p->r, router_proc_room);

@@ -393,6 +393,31 @@ static bool session_queue_full(const struct router *r, const struct session *s,
 }
 
 /*
+ * q goes at the tail: give the entry SESSION_MSG_AHEAD before it q as
+ * its prefetch hint. A copy is reported done some 90,000 deliveries after
+ * it was made (a busy shared group), when its entry is long out of the
+ * caches; the report on one has the entry some SESSION_MSG_AHEAD reports
+ * later on its way (router_on_msg_state), where the entry just after it
+ * would be needed before its load completes. The tail's own ahead is the
+ * lagging entry, which only ever points at one in the queue.
+ */
+static void session_queue_lag(struct session *s, struct session_msg *q)
+{
+	struct session_msg *t = s->q_tail, *lag = t ? t->ahead : NULL;
+
+	if (!lag) {
+		q->ahead = t;
+		s->q_lag_gap = 1;
+	} else if (s->q_lag_gap < SESSION_MSG_AHEAD) {
+		q->ahead = lag;
+		s->q_lag_gap++;
+	} else {
+		lag->ahead = q;
+		q->ahead = lag->next;   /* lag is before q: never NULL */
+	}
+}
+
+/*
  * Link q into the session's queue and count it. owed: it comes from the
  * session's closing connection, so it is older than anything the router
  * queued meanwhile and goes before it. The order key says the same to
@@ -400,6 +425,7 @@ static bool session_queue_full(const struct router *r, const struct session *s,
  */
 void session_queue_link(struct session *s, struct session_msg *q, bool owed)
 {
+	q->ahead = NULL;
 	if (owed) {
 		q->next = s->q_owed_tail ? s->q_owed_tail->next : s->q_head;
 		if (s->q_owed_tail)
@@ -409,6 +435,7 @@ void session_queue_link(struct session *s, struct session_msg *q, bool owed)
 		s->q_owed_tail = q;
 	} else {
 		q->next = NULL;
+		session_queue_lag(s, q);
 		if (s->q_tail)
 			s->q_tail->next = q;
 		else
@@ -423,14 +450,19 @@ void session_queue_link(struct session *s, struct session_msg *q, bool owed)
 void session_msg_drop(struct router *r, struct session *s, struct session_msg *q,
 		      struct session_msg *prev)
 {
+	bool was_tail = s->q_tail == q;
+
 	if (prev)
 		prev->next = q->next;
 	else
 		s->q_head = q->next;
-	if (s->q_tail == q)
+	if (was_tail)
 		s->q_tail = prev;
 	if (s->q_owed_tail == q)
 		s->q_owed_tail = prev;
+	/* The tail's lagging entry must stay one in the queue (session_queue_lag). */
+	if (s->q_tail && (was_tail || s->q_tail->ahead == q))
+		s->q_tail->ahead = NULL;
 	session_queue_count(s, q, -1);
 	/* Its body is needed by the free: let its load overlap the store's work. */
 	__builtin_prefetch(q->body);

@@ -503,20 +503,20 @@ static int router_on_msg_state(struct router *r, unsigned worker, const void *p,
 		return ROUTER_OK;
 	}
 	if (x.state == MSG_DONE) {
-		struct session_msg *next = q->next;
+		struct session_msg *next = q->next, *ahead = q->ahead;
 
 		session_msg_drop(r, s, q, prev);
 		/*
 		 * A connection finishes its messages mostly in order, often a
-		 * run of them in one read: the next report is most likely for
-		 * the copy after this one, made long ago and cold. Have it, its
-		 * body and the one after it on their way (next was, by this
-		 * report's turn of the same).
+		 * run of them in one read: the next reports are most likely for
+		 * the copies after this one, made long ago and cold. Have the
+		 * one SESSION_MSG_AHEAD on on its way (its hint may name a copy
+		 * since freed: a prefetch never faults), and the next one's
+		 * body (that entry was, SESSION_MSG_AHEAD reports ago).
 		 */
-		if (next) {
+		__builtin_prefetch(ahead);
+		if (next)
 			__builtin_prefetch(next->body);
-			__builtin_prefetch(next->next);
-		}
 		return ROUTER_OK;
 	}
 	if (x.state == MSG_PUBREL && q->qos != 2)
