@@ -17,7 +17,7 @@ PREFIX   ?= /usr/local
 SYSCONFDIR ?= /etc
 FUZZ_SECONDS ?= 60
 # Each harness in `make test`, which CI runs.
-TEST_FUZZ_SECONDS ?= 45
+TEST_FUZZ_SECONDS ?= 35
 PYTHON   ?= /usr/bin/python3
 
 PKGS     := libconfuse libsystemd libseccomp lmdb libssl libcrypto libargon2
